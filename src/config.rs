@@ -1,0 +1,185 @@
+//! `fieldsync.toml` in the data directory → a validated [`Config`] with defaults.
+//!
+//! Every setting is optional: a data directory with no config file runs on the defaults.
+//! Unknown keys are rejected so a typo does not silently change nothing.
+
+use crate::model::validate_table;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// File name of the config inside the data directory.
+pub const CONFIG_FILE: &str = "fieldsync.toml";
+
+/// Default TCP port of the sync agent.
+pub const DEFAULT_PORT: u16 = 7437;
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// Path of the file.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or an unknown/mistyped key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// Path of the file.
+        path: String,
+        /// What toml said.
+        message: String,
+    },
+    /// A value that parses but makes no sense.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// Path of the file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    unique: Vec<String>,
+    #[serde(default)]
+    local_only: Vec<String>,
+    #[serde(default)]
+    sync: SyncConfig,
+}
+
+/// Settings of the sync protocol and agent.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Address the agent listens on.
+    pub listen: String,
+    /// Static peers (`host:port`), for networks without multicast.
+    pub peers: Vec<String>,
+    /// Most records in one page of changes.
+    pub page_records: usize,
+    /// Most bytes (encoded, before compression) in one page of changes.
+    pub page_bytes: usize,
+    /// Seconds between fallback syncs with every known peer.
+    pub interval_secs: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            listen: format!("0.0.0.0:{DEFAULT_PORT}"),
+            peers: Vec::new(),
+            page_records: 2_000,
+            page_bytes: 4 << 20,
+            interval_secs: 60,
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Table → fields whose values should be unique across records (clashes are logged).
+    pub unique: BTreeMap<String, BTreeSet<String>>,
+    /// Tables that never leave this instance and are never accepted from peers.
+    pub local_only: BTreeSet<String>,
+    /// Sync settings.
+    pub sync: SyncConfig,
+}
+
+impl Config {
+    /// Loads `fieldsync.toml` from `dir`, or the defaults when there is none.
+    pub fn load(dir: &Path) -> Result<Config, ConfigError> {
+        let path = dir.join(CONFIG_FILE);
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: shown,
+                    source,
+                })
+            }
+        };
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: origin.to_string(),
+            message,
+        };
+        let mut unique: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for entry in raw.unique {
+            let (table, field) = entry
+                .split_once('.')
+                .filter(|(_, f)| !f.is_empty())
+                .ok_or_else(|| invalid(format!("unique entry {entry:?} must be TABLE.FIELD")))?;
+            validate_table(table).map_err(|e| invalid(format!("unique entry {entry:?}: {e}")))?;
+            unique
+                .entry(table.to_string())
+                .or_default()
+                .insert(field.to_string());
+        }
+        let mut local_only = BTreeSet::new();
+        for t in raw.local_only {
+            validate_table(&t).map_err(|e| invalid(format!("local_only: {e}")))?;
+            local_only.insert(t);
+        }
+        if raw.sync.page_records == 0 || raw.sync.page_bytes < 1024 {
+            return Err(invalid(
+                "sync.page_records must be > 0 and sync.page_bytes >= 1024".into(),
+            ));
+        }
+        Ok(Config {
+            unique,
+            local_only,
+            sync: raw.sync,
+        })
+    }
+
+    /// Unique fields declared for `table`.
+    pub fn unique_fields(&self, table: &str) -> impl Iterator<Item = &String> {
+        self.unique.get(table).into_iter().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_unique_and_local_only() {
+        let c = Config::parse(
+            "unique = [\"package.name\", \"person.ref\"]\nlocal_only = [\"settings\"]\n",
+            "t",
+        )
+        .unwrap();
+        assert!(c.unique["package"].contains("name"));
+        assert!(c.local_only.contains("settings"));
+        assert_eq!(c.sync.page_records, SyncConfig::default().page_records);
+    }
+
+    #[test]
+    fn rejects_typos_and_bad_entries() {
+        let e = Config::parse("uniqe = []", "t").unwrap_err().to_string();
+        assert!(e.contains("uniqe"), "{e}");
+        let e = Config::parse("unique = [\"nodot\"]", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TABLE.FIELD"), "{e}");
+        assert!(Config::parse("local_only = [\"Bad!\"]", "t").is_err());
+    }
+}

@@ -1,0 +1,431 @@
+//! Import and export formats (JSONL, CSV, op files) and the canonical content digest.
+//!
+//! The JSONL record format is the one of `shared/gen.py`:
+//! `{"table":"person","id":"<uuid>","fields":{...}}`, and the digest is computed exactly as
+//! `gen.py --digest` computes it, so an export can be checked against generated data.
+
+use crate::merge::Edit;
+use crate::model::{self, validate_fields, Fields, ValidationError};
+use crate::store::{LocalOp, Store, StoreError};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::io::{BufRead, Write};
+use uuid::Uuid;
+
+/// A line of input that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// What is wrong, and where.
+    #[error("line {line}: {message}")]
+    Line {
+        /// 1-based line number (for CSV: the file line, header = 1).
+        line: usize,
+        /// The problem.
+        message: String,
+    },
+    /// Reading the input failed.
+    #[error("reading input: {0}")]
+    Io(#[from] std::io::Error),
+    /// Writing the output failed.
+    #[error("writing output: {0}")]
+    Write(std::io::Error),
+    /// The store failed while exporting.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn line_err(line: usize, message: impl ToString) -> FormatError {
+    FormatError::Line {
+        line,
+        message: message.to_string(),
+    }
+}
+
+/// Compact JSON with object keys sorted at every level (Python's `sort_keys=True`).
+pub fn canonical_json(v: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(v, &mut out);
+    out
+}
+
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(&m[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// One record read from an import file, with its source line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportRecord {
+    /// Source line (1-based).
+    pub line: usize,
+    /// The id: kept from the file, or new.
+    pub id: Uuid,
+    /// The fields.
+    pub fields: Fields,
+}
+
+fn take_id(fields: &mut Fields, line: usize) -> Result<Uuid, FormatError> {
+    match fields.remove("id") {
+        None => Ok(Uuid::new_v4()),
+        Some(Value::String(s)) => model::parse_id(&s).map_err(|e| line_err(line, e)),
+        Some(other) => Err(line_err(
+            line,
+            format!(
+                "\"id\" must be a UUID string, got {}",
+                model::json_type(&other)
+            ),
+        )),
+    }
+}
+
+/// Reads JSONL records for `table`: gen.py's `{"table","id","fields"}` lines, or plain field
+/// objects (an `"id"` key, if present, keeps the id). Blank lines are skipped.
+pub fn read_jsonl(table: &str, input: impl BufRead) -> Result<Vec<ImportRecord>, FormatError> {
+    let mut out = Vec::new();
+    for (n, line) in input.lines().enumerate() {
+        let line_no = n + 1;
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| line_err(line_no, format!("malformed JSON: {e}")))?;
+        let Value::Object(mut obj) = v else {
+            return Err(line_err(line_no, "expected a JSON object"));
+        };
+        let (id, fields) = if obj.contains_key("fields") {
+            if let Some(t) = obj.get("table") {
+                if t.as_str() != Some(table) {
+                    return Err(line_err(
+                        line_no,
+                        format!("record is for table {t}, importing into {table:?}"),
+                    ));
+                }
+            }
+            let fields = validate_fields(obj.remove("fields").unwrap_or_default())
+                .map_err(|e| line_err(line_no, e))?;
+            let id = take_id(&mut obj, line_no)?;
+            (id, fields)
+        } else {
+            let id = take_id(&mut obj, line_no)?;
+            model::check_fields(&obj).map_err(|e| line_err(line_no, e))?;
+            (id, obj)
+        };
+        out.push(ImportRecord {
+            line: line_no,
+            id,
+            fields,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads CSV with a header row of field names; an `id` column keeps ids. Empty cells are
+/// absent fields; cells that are JSON numbers, booleans, arrays or objects keep that type,
+/// everything else is a string.
+pub fn read_csv(input: impl std::io::Read) -> Result<Vec<ImportRecord>, FormatError> {
+    let mut rdr = csv::ReaderBuilder::new().flexible(false).from_reader(input);
+    let headers = rdr
+        .headers()
+        .map_err(|e| line_err(1, format!("malformed CSV header: {e}")))?
+        .clone();
+    if let Some(h) = headers.iter().find(|h| h.is_empty()) {
+        return Err(line_err(
+            1,
+            format!("empty column name {h:?} in the header"),
+        ));
+    }
+    let mut out = Vec::new();
+    for row in rdr.records() {
+        let row = row.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line() as usize);
+            line_err(line, format!("malformed CSV row: {e}"))
+        })?;
+        let line = row.position().map_or(0, |p| p.line() as usize);
+        let mut fields = Fields::new();
+        let mut id = None;
+        for (h, cell) in headers.iter().zip(row.iter()) {
+            if h == "id" {
+                if !cell.is_empty() {
+                    id = Some(model::parse_id(cell).map_err(|e| line_err(line, e))?);
+                }
+                continue;
+            }
+            if cell.is_empty() {
+                continue;
+            }
+            fields.insert(h.to_string(), csv_cell(cell));
+        }
+        model::check_fields(&fields).map_err(|e| line_err(line, e))?;
+        out.push(ImportRecord {
+            line,
+            id: id.unwrap_or_else(Uuid::new_v4),
+            fields,
+        });
+    }
+    Ok(out)
+}
+
+fn csv_cell(cell: &str) -> Value {
+    match serde_json::from_str::<Value>(cell) {
+        Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Array(_) | Value::Object(_))) => v,
+        _ => Value::String(cell.to_string()),
+    }
+}
+
+fn csv_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => canonical_json(other),
+    }
+}
+
+/// Reads an op file: JSON lines `{"op":"put"|"patch"|"delete","table","id","fields"}`.
+/// Returns the ops with their line numbers.
+pub fn read_ops(input: impl BufRead) -> Result<Vec<(usize, LocalOp)>, FormatError> {
+    let mut out = Vec::new();
+    for (n, line) in input.lines().enumerate() {
+        let line_no = n + 1;
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| line_err(line_no, format!("malformed JSON: {e}")))?;
+        let err = |m: String| line_err(line_no, m);
+        let get_str = |k: &str| -> Result<String, FormatError> {
+            v.get(k)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| err(format!("missing or non-string \"{k}\"")))
+        };
+        let op = get_str("op")?;
+        let table = get_str("table")?;
+        model::validate_table(&table).map_err(|e| err(e.to_string()))?;
+        let id = model::parse_id(&get_str("id")?).map_err(|e| err(e.to_string()))?;
+        let fields = || -> Result<Fields, FormatError> {
+            let f = v.get("fields").cloned().unwrap_or(Value::Null);
+            validate_fields(f).map_err(|e| err(format!("\"fields\": {e}")))
+        };
+        let edit = match op.as_str() {
+            "put" => Edit::Put(fields()?),
+            "patch" => Edit::Patch(fields()?),
+            "delete" => Edit::Delete,
+            other => {
+                return Err(err(format!(
+                    "unknown op {other:?}: use put, patch or delete"
+                )))
+            }
+        };
+        out.push((line_no, LocalOp { table, id, edit }));
+    }
+    Ok(out)
+}
+
+/// The JSON object of a record as printed and exported: `{"table","id","fields"}`
+/// plus `"deleted": true` for tombstones.
+pub fn record_json(table: &str, id: &Uuid, fields: Fields, deleted: bool) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("table".into(), Value::String(table.to_string()));
+    m.insert("id".into(), Value::String(id.to_string()));
+    m.insert("fields".into(), Value::Object(fields));
+    if deleted {
+        m.insert("deleted".into(), Value::Bool(true));
+    }
+    Value::Object(m)
+}
+
+/// Writes a table as JSON lines in id order (gen.py's format).
+pub fn export_jsonl(
+    store: &Store,
+    table: &str,
+    include_deleted: bool,
+    mut out: impl Write,
+) -> Result<u64, FormatError> {
+    let mut n = 0;
+    for r in store.scan_table(table) {
+        let (id, rec) = r?;
+        let alive = rec.state.is_alive();
+        if !alive && !include_deleted {
+            continue;
+        }
+        let v = record_json(table, &id, rec.state.live_fields(), !alive);
+        writeln!(out, "{}", canonical_json(&v)).map_err(FormatError::Write)?;
+        n += 1;
+    }
+    out.flush().map_err(FormatError::Write)?;
+    Ok(n)
+}
+
+/// Writes a table as CSV: `id`, then every field name in sorted order (plus `deleted` with
+/// `--include-deleted`). Strings are written as is, other values as JSON.
+pub fn export_csv(
+    store: &Store,
+    table: &str,
+    include_deleted: bool,
+    out: impl Write,
+) -> Result<u64, FormatError> {
+    let mut names = std::collections::BTreeSet::new();
+    for r in store.scan_table(table) {
+        let (_, rec) = r?;
+        if rec.state.is_alive() || include_deleted {
+            names.extend(rec.state.live_fields().keys().cloned());
+        }
+    }
+    let mut w = csv::Writer::from_writer(out);
+    let werr = |e: csv::Error| FormatError::Write(std::io::Error::other(e));
+    let mut header = vec!["id".to_string()];
+    header.extend(names.iter().cloned());
+    if include_deleted {
+        header.push("deleted".into());
+    }
+    w.write_record(&header).map_err(werr)?;
+    let mut n = 0;
+    for r in store.scan_table(table) {
+        let (id, rec) = r?;
+        let alive = rec.state.is_alive();
+        if !alive && !include_deleted {
+            continue;
+        }
+        let fields = rec.state.live_fields();
+        let mut row = vec![id.to_string()];
+        row.extend(
+            names
+                .iter()
+                .map(|k| fields.get(k).map(csv_text).unwrap_or_default()),
+        );
+        if include_deleted {
+            row.push(if alive { "" } else { "true" }.into());
+        }
+        w.write_record(&row).map_err(werr)?;
+        n += 1;
+    }
+    w.flush().map_err(FormatError::Write)?;
+    Ok(n)
+}
+
+/// Count and SHA-256 of the live records of the given tables, computed as `gen.py --digest`:
+/// lines `id:canonical({"table","fields"})\n` sorted by id.
+pub fn digest(store: &Store, tables: &[String]) -> Result<(u64, String), StoreError> {
+    let mut lines: Vec<(Uuid, String)> = Vec::new();
+    for t in tables {
+        for r in store.scan_table(t) {
+            let (id, rec) = r?;
+            if rec.state.is_alive() {
+                let mut m = serde_json::Map::new();
+                m.insert("table".into(), Value::String(t.clone()));
+                m.insert("fields".into(), Value::Object(rec.state.live_fields()));
+                lines.push((id, canonical_json(&Value::Object(m))));
+            }
+        }
+    }
+    // Ids sort by their text in byte order; as one table is already sorted, only merge tables.
+    if tables.len() > 1 {
+        lines.sort_by_key(|(id, _)| id.to_string());
+    }
+    let mut h = Sha256::new();
+    for (id, line) in &lines {
+        h.update(id.to_string().as_bytes());
+        h.update(b":");
+        h.update(line.as_bytes());
+        h.update(b"\n");
+    }
+    Ok((lines.len() as u64, hex::encode(h.finalize())))
+}
+
+/// Converts a validation error on a given line into a [`FormatError`].
+pub fn at_line(line: usize, e: ValidationError) -> FormatError {
+    line_err(line, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_json_sorts_keys_and_keeps_unicode() {
+        let v = json!({"b": 1, "a": {"z": [1, {"y": 2, "x": "Müller"}]}, "c": 1.5});
+        assert_eq!(
+            canonical_json(&v),
+            r#"{"a":{"z":[1,{"x":"Müller","y":2}]},"b":1,"c":1.5}"#
+        );
+    }
+
+    #[test]
+    fn jsonl_accepts_gen_py_lines_and_plain_objects() {
+        let id = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+        let input = format!(
+            "{{\"table\":\"person\",\"id\":\"{id}\",\"fields\":{{\"name\":\"A\"}}}}\n\n{{\"name\":\"B\"}}\n"
+        );
+        let r = read_jsonl("person", input.as_bytes()).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].id.to_string(), id);
+        assert_eq!(r[1].line, 3);
+    }
+
+    #[test]
+    fn jsonl_errors_name_the_line() {
+        let e = read_jsonl("person", "{\"a\":1}\n{bad\n".as_bytes()).unwrap_err();
+        assert!(e.to_string().starts_with("line 2: malformed JSON"), "{e}");
+        let e = read_jsonl("person", "[1]\n".as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+        let e = read_jsonl("person", "{\"id\":\"nope\"}\n".as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("not a UUID"), "{e}");
+    }
+
+    #[test]
+    fn csv_cells_keep_types() {
+        let r = read_csv("id,name,age,tags\n,Ana,34,\"[1,2]\"\n,007,,\n".as_bytes()).unwrap();
+        assert_eq!(
+            Value::Object(r[0].fields.clone()),
+            json!({"name": "Ana", "age": 34, "tags": [1, 2]})
+        );
+        assert_eq!(Value::Object(r[1].fields.clone()), json!({"name": "007"}));
+        assert_eq!(r[1].line, 3);
+    }
+
+    #[test]
+    fn csv_ragged_rows_are_errors_with_lines() {
+        let e = read_csv("a,b\n1,2\n3\n".as_bytes()).unwrap_err();
+        assert!(e.to_string().starts_with("line 3"), "{e}");
+    }
+
+    #[test]
+    fn ops_parse_and_reject_unknown_ops() {
+        let id = Uuid::new_v4();
+        let ok = format!("{{\"op\":\"delete\",\"table\":\"t\",\"id\":\"{id}\"}}\n");
+        assert_eq!(read_ops(ok.as_bytes()).unwrap()[0].1.edit, Edit::Delete);
+        let bad = format!("{{\"op\":\"drop\",\"table\":\"t\",\"id\":\"{id}\"}}\n");
+        assert!(read_ops(bad.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("unknown op"));
+    }
+}

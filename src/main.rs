@@ -1,0 +1,36 @@
+//! The `fieldsync` binary: parse the command line, set up logging, run, map errors to exit codes.
+
+use clap::Parser;
+use fieldsync::cli::{self, Cli};
+use std::io::Write;
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let result = cli::run(cli, &mut out);
+    let flushed = out.flush();
+    let code = match result {
+        Ok(()) => match flushed {
+            Ok(()) => 0,
+            // A closed pipe (`| head`) is not an error worth a message.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+            Err(e) => {
+                eprintln!("fieldsync: writing output: {e}");
+                3
+            }
+        },
+        Err(e) => {
+            eprintln!("fieldsync: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,406 @@
+//! The merge rules: pure functions from (local state, edit or incoming state) to an outcome.
+//!
+//! No sled, no tokio, no clock reads: time arrives as a stamp parameter. The store calls these
+//! inside its write transaction and persists whatever they return (new state, revisions for the
+//! history, conflicts for the log). The rules are written down in ARCHITECTURE.md; in short:
+//! each field is a last-writer-wins register ordered by HLC, version vectors tell "newer" from
+//! "concurrent" so that only truly concurrent different writes are logged as conflicts, and a
+//! delete only wins over edits its deleter had seen.
+
+use crate::clock::Hlc;
+use crate::model::{covers, vv_join, FieldState, Fields, RecordState};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A local change a user asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Edit {
+    /// Replace the record's fields with exactly these (create if missing or deleted).
+    Put(Fields),
+    /// Change only these fields; a JSON `null` removes the field (RFC 7396 at the top level).
+    Patch(Fields),
+    /// Tombstone the record.
+    Delete,
+    /// Set one field with a fresh stamp even if the value is unchanged, so that a decision
+    /// (resolving a conflict) replicates and supersedes both conflicting writes.
+    Reassert(String, Option<Value>),
+}
+
+/// Why a local edit could not be applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EditError {
+    /// Patch or delete of an id that was never written here.
+    #[error("no such record")]
+    NotFound,
+    /// Patch or delete of a deleted record.
+    #[error("record is deleted")]
+    Deleted,
+}
+
+/// Which side of a merge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// This instance's copy.
+    Local,
+    /// The incoming copy.
+    Remote,
+}
+
+/// What kind of revision a history entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevisionKind {
+    /// The record came into existence.
+    Create,
+    /// Fields changed on a live record.
+    Update,
+    /// The record was tombstoned.
+    Delete,
+    /// A deleted record came back (a put after delete, or an edit that won over a delete).
+    Restore,
+}
+
+/// One field's change inside a revision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldChange {
+    /// Field name.
+    pub field: String,
+    /// Value before (`None`: was not set).
+    pub old: Option<Value>,
+    /// Value after (`None`: removed).
+    pub new: Option<Value>,
+}
+
+/// One revision of a record, keyed in the history by its stamp (unique across instances).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Revision {
+    /// The stamp of the event; `at.node` is the instance that made it.
+    pub at: Hlc,
+    /// What happened.
+    pub kind: RevisionKind,
+    /// Fields whose value changed.
+    pub changes: Vec<FieldChange>,
+}
+
+/// A conflict detected while merging; the store logs it with ids and times.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Conflict {
+    /// Both sides changed one field concurrently to different values.
+    Field {
+        /// Field name.
+        field: String,
+        /// The local write.
+        local: FieldState,
+        /// The incoming write.
+        remote: FieldState,
+        /// The side whose value was kept.
+        chosen: Side,
+        /// Why that side was chosen.
+        reason: String,
+    },
+    /// A delete and an edit the deleter had not seen: the record stays alive.
+    DeleteEdit {
+        /// The delete that lost.
+        deleted: Hlc,
+        /// Where the delete came from.
+        deleted_on: Side,
+        /// Explanation for the log.
+        reason: String,
+    },
+}
+
+/// Result of a local edit that changed something.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalOutcome {
+    /// The record's new state.
+    pub state: RecordState,
+    /// The history entry for this edit.
+    pub revision: Revision,
+    /// Fields whose stored state changed (to be sent to peers).
+    pub touched: Vec<String>,
+}
+
+/// Applies a local edit stamped `at`. `Ok(None)` means nothing changed (nothing to write or sync).
+pub fn local_edit(
+    current: Option<&RecordState>,
+    edit: &Edit,
+    at: Hlc,
+) -> Result<Option<LocalOutcome>, EditError> {
+    let was_alive = current.is_some_and(RecordState::is_alive);
+    let mut state = current.cloned().unwrap_or_default();
+    let mut changes = Vec::new();
+    let mut set = |state: &mut RecordState, field: &str, new: Option<Value>, force: bool| {
+        let old = state.value(field).cloned();
+        if old != new || force {
+            changes.push(FieldChange {
+                field: field.to_string(),
+                old,
+                new: new.clone(),
+            });
+            state.fields.insert(
+                field.to_string(),
+                FieldState {
+                    value: new,
+                    stamp: at,
+                },
+            );
+        }
+    };
+    let kind = match edit {
+        Edit::Put(fields) => {
+            let removed: Vec<String> = state
+                .live_fields()
+                .keys()
+                .filter(|k| fields.get(*k).is_none_or(Value::is_null))
+                .cloned()
+                .collect();
+            for k in removed {
+                set(&mut state, &k, None, false);
+            }
+            // A null field is the same as an absent one (as in a patch), so put is idempotent.
+            for (k, v) in fields.iter().filter(|(_, v)| !v.is_null()) {
+                set(&mut state, k, Some(v.clone()), false);
+            }
+            match (current, was_alive) {
+                (None, _) => RevisionKind::Create,
+                (Some(_), false) => RevisionKind::Restore,
+                (Some(_), true) => RevisionKind::Update,
+            }
+        }
+        Edit::Patch(fields) => {
+            check_alive(current)?;
+            for (k, v) in fields {
+                set(&mut state, k, (!v.is_null()).then(|| v.clone()), false);
+            }
+            RevisionKind::Update
+        }
+        Edit::Delete => {
+            check_alive(current)?;
+            RevisionKind::Delete
+        }
+        Edit::Reassert(field, value) => {
+            check_alive(current)?;
+            set(&mut state, field, value.clone(), true);
+            RevisionKind::Update
+        }
+    };
+    // A put on a live record with identical fields, or a patch that changes nothing, is no event.
+    if changes.is_empty() && kind == RevisionKind::Update {
+        return Ok(None);
+    }
+    state.vv.insert(at.node, at.ts);
+    if kind == RevisionKind::Delete {
+        let seen = state.vv.clone();
+        vv_join(&mut state.del_seen, &seen);
+        state.deleted = state.deleted.max(Some(at));
+    }
+    let touched = changes.iter().map(|c| c.field.clone()).collect();
+    Ok(Some(LocalOutcome {
+        state,
+        revision: Revision { at, kind, changes },
+        touched,
+    }))
+}
+
+fn check_alive(current: Option<&RecordState>) -> Result<(), EditError> {
+    match current {
+        None => Err(EditError::NotFound),
+        Some(s) if !s.is_alive() => Err(EditError::Deleted),
+        Some(_) => Ok(()),
+    }
+}
+
+/// How an incoming state related to the local one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MergeKind {
+    /// Unknown record: inserted as received.
+    Insert,
+    /// Nothing new: the local copy already had it all.
+    NoOp,
+    /// The incoming copy had seen every local change: taken as is.
+    FastForward,
+    /// Concurrent histories: merged field by field.
+    Merge,
+}
+
+/// Result of merging an incoming record state into the local one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MergeOutcome {
+    /// The merged state (equal to the local one for `NoOp`).
+    pub state: RecordState,
+    /// How the two related.
+    pub kind: MergeKind,
+    /// History entries for what changed here, oldest first.
+    pub revisions: Vec<Revision>,
+    /// Fields whose stored state changed (to be forwarded to other peers).
+    pub touched: Vec<String>,
+    /// Conflicts to log.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// Merges an incoming record state (whole, or a delta with a subset of fields) into the local one.
+///
+/// Commutative, associative and idempotent on the resulting state: every field takes the write
+/// with the largest stamp, and the version vectors and delete knowledge take pointwise maxima.
+pub fn merge_remote(local: Option<&RecordState>, remote: &RecordState) -> MergeOutcome {
+    let empty = RecordState::default();
+    let base = local.unwrap_or(&empty);
+    let was_alive = local.is_some_and(RecordState::is_alive);
+    let mut state = base.clone();
+    let mut conflicts = Vec::new();
+    let mut touched = Vec::new();
+    // Changed values grouped by the stamp of the write that made them: one revision per event.
+    let mut by_stamp: std::collections::BTreeMap<Hlc, Vec<FieldChange>> = Default::default();
+
+    for (name, r) in &remote.fields {
+        let l = base.fields.get(name);
+        if l.is_some_and(|l| l.stamp == r.stamp) {
+            continue;
+        }
+        if let Some(l) = l {
+            let concurrent = !covers(&remote.vv, &l.stamp) && !covers(&base.vv, &r.stamp);
+            if concurrent && l.value != r.value {
+                let chosen = if r.stamp > l.stamp {
+                    Side::Remote
+                } else {
+                    Side::Local
+                };
+                let reason = if r.stamp.ts == l.stamp.ts {
+                    "concurrent edits with equal clocks; the higher instance id wins".to_string()
+                } else {
+                    "concurrent edits; the later write (hybrid logical clock) wins".to_string()
+                };
+                conflicts.push(Conflict::Field {
+                    field: name.clone(),
+                    local: l.clone(),
+                    remote: r.clone(),
+                    chosen,
+                    reason,
+                });
+            }
+            if r.stamp < l.stamp {
+                continue;
+            }
+        }
+        let old = l.and_then(|l| l.value.clone());
+        if old != r.value {
+            by_stamp.entry(r.stamp).or_default().push(FieldChange {
+                field: name.clone(),
+                old,
+                new: r.value.clone(),
+            });
+        }
+        touched.push(name.clone());
+        state.fields.insert(name.clone(), r.clone());
+    }
+    vv_join(&mut state.vv, &remote.vv);
+    vv_join(&mut state.del_seen, &remote.del_seen);
+    state.deleted = state.deleted.max(remote.deleted);
+    let is_alive = state.is_alive();
+
+    if local.is_some() && is_alive {
+        if let Some(d) = remote.deleted {
+            if !remote.is_alive() && state.del_seen != base.del_seen {
+                conflicts.push(Conflict::DeleteEdit {
+                    deleted: d,
+                    deleted_on: Side::Remote,
+                    reason: "deleted elsewhere, but this copy has edits the deleter had not \
+                             seen: the edit wins and the record stays"
+                        .to_string(),
+                });
+            }
+        }
+        if let Some(d) = base
+            .deleted
+            .filter(|d| !was_alive && !covers(&remote.vv, d))
+        {
+            conflicts.push(Conflict::DeleteEdit {
+                deleted: d,
+                deleted_on: Side::Local,
+                reason: "deleted here, but edited elsewhere by someone who had not seen the \
+                         delete: the edit wins and the record is restored"
+                    .to_string(),
+            });
+        }
+    }
+
+    let kind = if local.is_none() {
+        MergeKind::Insert
+    } else if state == *base {
+        MergeKind::NoOp
+    } else if remote
+        .vv
+        .iter()
+        .all(|(n, ts)| *ts >= base.vv.get(n).copied().unwrap_or(0))
+        && base.vv.keys().all(|n| remote.vv.contains_key(n))
+    {
+        MergeKind::FastForward
+    } else {
+        MergeKind::Merge
+    };
+
+    let mut revisions: Vec<Revision> = by_stamp
+        .into_iter()
+        .map(|(at, changes)| Revision {
+            at,
+            kind: RevisionKind::Update,
+            changes,
+        })
+        .collect();
+    if !was_alive && is_alive {
+        let first = if local.is_none() {
+            RevisionKind::Create
+        } else {
+            RevisionKind::Restore
+        };
+        match revisions.first_mut() {
+            Some(r) => r.kind = first,
+            None => revisions.push(Revision {
+                at: latest_event(&state),
+                kind: first,
+                changes: vec![],
+            }),
+        }
+    }
+    if local.is_none() && !is_alive {
+        if let Some(r) = revisions.first_mut() {
+            r.kind = RevisionKind::Create;
+        }
+    }
+    if was_alive && !is_alive || local.is_none() && !is_alive {
+        if let Some(d) = state.deleted {
+            revisions.push(Revision {
+                at: d,
+                kind: RevisionKind::Delete,
+                changes: vec![],
+            });
+        }
+    }
+    MergeOutcome {
+        state,
+        kind,
+        revisions,
+        touched,
+        conflicts,
+    }
+}
+
+/// The stamp of the newest event reflected in a state.
+fn latest_event(s: &RecordState) -> Hlc {
+    s.vv.iter()
+        .map(|(node, ts)| Hlc {
+            ts: *ts,
+            node: *node,
+        })
+        .max()
+        .unwrap_or(Hlc {
+            ts: 0,
+            node: uuid::Uuid::nil(),
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! Plain data: tables, record ids, fields, the replicated record state, and input validation.
+//!
+//! Nothing here does I/O. [`RecordState`] is what replicates: a map of fields, each stamped with
+//! the HLC of the write that set it, plus the causal metadata the merge rules need
+//! (see ARCHITECTURE.md, "Merge rules").
+
+use crate::clock::Hlc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// The fields of a record: a JSON object whose top-level keys are tracked separately.
+pub type Fields = serde_json::Map<String, Value>;
+
+/// Per-instance latest event `ts` seen for one record (a version vector keyed by instance).
+pub type VersionVector = BTreeMap<Uuid, u64>;
+
+/// Largest accepted record, measured as the compact JSON of its fields.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// Longest accepted table name.
+pub const MAX_TABLE_LEN: usize = 64;
+
+/// Input that cannot become a record.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ValidationError {
+    /// Table name outside `[a-z][a-z0-9_]{0,63}`.
+    #[error("table name {0:?} is invalid: use 1-64 characters a-z, 0-9, _ starting with a letter")]
+    Table(String),
+    /// Record id that is not a UUID.
+    #[error("record id {0:?} is not a UUID")]
+    Id(String),
+    /// Fields that are not a JSON object.
+    #[error("fields must be a JSON object, got {0}")]
+    NotAnObject(&'static str),
+    /// Fields over [`MAX_RECORD_BYTES`].
+    #[error("record is {0} bytes, over the 1 MiB limit")]
+    TooLarge(usize),
+    /// Field name that cannot be stored.
+    #[error("field name {0:?} is invalid: it must be non-empty")]
+    FieldName(String),
+}
+
+/// Checks a table name against `[a-z][a-z0-9_]{0,63}`.
+pub fn validate_table(name: &str) -> Result<(), ValidationError> {
+    let mut chars = name.chars();
+    let ok = matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= MAX_TABLE_LEN
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::Table(name.to_string()))
+    }
+}
+
+/// Parses a record id (any UUID form `uuid` accepts; stored and printed hyphenated lowercase).
+pub fn parse_id(s: &str) -> Result<Uuid, ValidationError> {
+    Uuid::parse_str(s.trim()).map_err(|_| ValidationError::Id(s.to_string()))
+}
+
+/// The JSON type name of a value, for error messages.
+pub fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Turns a JSON value into record fields, enforcing object shape and the size limit.
+pub fn validate_fields(v: Value) -> Result<Fields, ValidationError> {
+    match v {
+        Value::Object(map) => {
+            check_fields(&map)?;
+            Ok(map)
+        }
+        other => Err(ValidationError::NotAnObject(json_type(&other))),
+    }
+}
+
+/// Checks field names and the encoded size of an already-built field map.
+pub fn check_fields(map: &Fields) -> Result<(), ValidationError> {
+    if let Some(k) = map.keys().find(|k| k.is_empty()) {
+        return Err(ValidationError::FieldName(k.clone()));
+    }
+    let size = serde_json::to_vec(map)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_RECORD_BYTES {
+        return Err(ValidationError::TooLarge(size));
+    }
+    Ok(())
+}
+
+/// One field's replicated state: its value (`None` once removed) and the stamp of that write.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldState {
+    /// The value; `None` records that the field was removed (so removal replicates too).
+    pub value: Option<Value>,
+    /// The write that set it.
+    pub stamp: Hlc,
+}
+
+/// The replicated state of one record: a last-writer-wins map per field plus causal metadata.
+///
+/// `vv[i]` is the `ts` of instance i's latest event on this record reflected here.
+/// `del_seen` is the union of what every deleter had seen when it deleted; the record is alive
+/// iff some event is not covered by it (an edit no deleter saw wins over the delete).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecordState {
+    /// Field name → state; removed fields stay as `None` values.
+    pub fields: BTreeMap<String, FieldState>,
+    /// Latest event per instance (edits and deletes).
+    pub vv: VersionVector,
+    /// Pointwise maximum of the deleters' version vectors.
+    pub del_seen: VersionVector,
+    /// The latest delete event, if the record was ever deleted.
+    pub deleted: Option<Hlc>,
+}
+
+impl RecordState {
+    /// True unless every event on the record was seen by some delete.
+    pub fn is_alive(&self) -> bool {
+        self.vv
+            .iter()
+            .any(|(node, ts)| *ts > self.del_seen.get(node).copied().unwrap_or(0))
+    }
+
+    /// The current values of the fields that are set.
+    pub fn live_fields(&self) -> Fields {
+        self.fields
+            .iter()
+            .filter_map(|(k, f)| f.value.clone().map(|v| (k.clone(), v)))
+            .collect()
+    }
+
+    /// The value of one field, if set.
+    pub fn value(&self, field: &str) -> Option<&Value> {
+        self.fields.get(field).and_then(|f| f.value.as_ref())
+    }
+
+    /// The largest `ts` anywhere in the state (the receiver's clock must move past it).
+    pub fn max_ts(&self) -> u64 {
+        let f = self.fields.values().map(|f| f.stamp.ts);
+        let v = self.vv.values().copied();
+        f.chain(v).max().unwrap_or(0)
+    }
+}
+
+/// True if version vector `vv` has seen the event stamped `stamp`.
+pub fn covers(vv: &VersionVector, stamp: &Hlc) -> bool {
+    vv.get(&stamp.node).is_some_and(|ts| *ts >= stamp.ts)
+}
+
+/// Pointwise maximum of two version vectors, in place.
+pub fn vv_join(into: &mut VersionVector, other: &VersionVector) {
+    for (node, ts) in other {
+        let e = into.entry(*node).or_insert(0);
+        *e = (*e).max(*ts);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn table_names() {
+        for ok in ["person", "a", "shelter_2", &"x".repeat(64)] {
+            assert!(validate_table(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Person",
+            "2x",
+            "_x",
+            "per-son",
+            "Person!",
+            &"x".repeat(65),
+        ] {
+            assert!(validate_table(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn fields_must_be_an_object_under_the_limit() {
+        assert!(validate_fields(json!({"a": 1})).is_ok());
+        assert_eq!(
+            validate_fields(json!([1])),
+            Err(ValidationError::NotAnObject("an array"))
+        );
+        let big = "x".repeat(MAX_RECORD_BYTES);
+        assert!(matches!(
+            validate_fields(json!({ "a": big })),
+            Err(ValidationError::TooLarge(_))
+        ));
+    }
+}

@@ -1,0 +1,544 @@
+//! The local database: records, change feed, history, conflict log, unique index, peers.
+//!
+//! One sled tree holds everything under prefixed keys (see [`keys`]); every write goes through
+//! the single writer lock and one atomic batch, then an fsync, before it is acknowledged.
+//! The merge decisions themselves are made by [`crate::merge`]; this module only loads,
+//! persists and indexes.
+
+mod keys;
+mod txn;
+mod write;
+
+pub use txn::Txn;
+pub(crate) use write::decode_record;
+pub use write::{ApplyStats, Keep, LocalOp, OpResult, RemoteChange};
+
+use crate::clock::{Clock, Hlc};
+use crate::config::Config;
+use crate::merge::{self, Revision, Side};
+use crate::model::{RecordState, ValidationError};
+use chrono::{DateTime, Utc};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+/// Everything that can go wrong in the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (usually a running agent) has the database open.
+    #[error(
+        "the database in {0} is in use by another fieldsync process (is `fieldsync run` running?)"
+    )]
+    Locked(PathBuf),
+    /// No such record.
+    #[error("record {table}/{id} not found")]
+    NotFound {
+        /// Table.
+        table: String,
+        /// Record id.
+        id: Uuid,
+    },
+    /// The record exists but is deleted.
+    #[error("record {table}/{id} is deleted (use --include-deleted to see it)")]
+    Deleted {
+        /// Table.
+        table: String,
+        /// Record id.
+        id: Uuid,
+    },
+    /// A local write would give a unique field a value another record already has.
+    #[error("{table}.{field} = {value} is already used by record {other}")]
+    UniqueClash {
+        /// Table.
+        table: String,
+        /// The unique field.
+        field: String,
+        /// The value (JSON).
+        value: String,
+        /// The record holding it.
+        other: Uuid,
+    },
+    /// No conflict with that id.
+    #[error("conflict {0} not found")]
+    ConflictNotFound(u64),
+    /// A `--keep` that does not fit the conflict.
+    #[error("{0}")]
+    BadResolution(String),
+    /// A table that must not be synced.
+    #[error("table {0:?} is local-only on this instance and is not accepted from peers")]
+    LocalOnly(String),
+    /// Invalid input.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// One operation of a batch failed; nothing of the batch was written.
+    #[error("operation {}: {source}", index + 1)]
+    Op {
+        /// Zero-based index of the failing operation.
+        index: usize,
+        /// What went wrong.
+        source: Box<StoreError>,
+    },
+    /// The database itself failed.
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value could not be decoded (corruption or a newer format).
+    #[error("stored data could not be decoded: {0}")]
+    Decode(String),
+    /// Filesystem trouble around the database.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// True for "the thing asked for does not exist" (CLI exit code 1).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            StoreError::NotFound { .. }
+            | StoreError::Deleted { .. }
+            | StoreError::ConflictNotFound(_) => true,
+            StoreError::Op { source, .. } => source.is_not_found(),
+            _ => false,
+        }
+    }
+
+    /// True for input the user or a peer got wrong (CLI exit code 2).
+    pub fn is_invalid_input(&self) -> bool {
+        match self {
+            StoreError::Invalid(_)
+            | StoreError::UniqueClash { .. }
+            | StoreError::BadResolution(_)
+            | StoreError::LocalOnly(_) => true,
+            StoreError::Op { source, .. } => source.is_invalid_input(),
+            _ => false,
+        }
+    }
+}
+
+/// Who this instance is. Created once, on first use or by `init`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// The instance id (UUID v4), stable for the life of the database.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// Who is responsible for this laptop.
+    pub owner: String,
+    /// How to reach them.
+    pub contact: String,
+    /// When the instance was created.
+    pub created: DateTime<Utc>,
+}
+
+/// A record as stored: the replicated state plus local bookkeeping for the feed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredRecord {
+    /// The replicated state.
+    pub state: RecordState,
+    /// Feed position of the last change to this record.
+    pub seq: u64,
+    /// Feed position at which each field last changed (so deltas carry only changed fields).
+    pub fseq: BTreeMap<String, u64>,
+}
+
+/// Where a revision came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// Written on this instance.
+    Local,
+    /// Received from this peer (the origin instance is in the revision's stamp).
+    Peer(Uuid),
+    /// A merge of data received from a peer.
+    Merge(Uuid),
+}
+
+/// One entry of a record's history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// The revision.
+    pub revision: Revision,
+    /// How it arrived here.
+    pub source: Source,
+    /// Local wall time when it was applied here.
+    pub applied_at: DateTime<Utc>,
+}
+
+/// What a conflict log entry is about.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ConflictDetail {
+    /// A conflict found by the merge rules.
+    Merge {
+        /// The details.
+        conflict: merge::Conflict,
+    },
+    /// Two different records with the same value of a unique field.
+    NameClash {
+        /// The unique field.
+        field: String,
+        /// The shared value.
+        value: Value,
+        /// The other record.
+        other: Uuid,
+    },
+}
+
+/// How a conflict was settled.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resolution {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What was kept or why it is settled.
+    pub how: String,
+}
+
+/// One entry of the conflict log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConflictEntry {
+    /// Local conflict id.
+    pub id: u64,
+    /// Table of the record.
+    pub table: String,
+    /// The record.
+    pub record: Uuid,
+    /// When it was detected here.
+    pub detected_at: DateTime<Utc>,
+    /// The peer whose data caused it, if any.
+    pub peer: Option<Uuid>,
+    /// What it is.
+    pub detail: ConflictDetail,
+    /// Set once settled.
+    pub resolved: Option<Resolution>,
+}
+
+/// A row of the `sync_instance` table: what we know about one peer instance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerRow {
+    /// The peer's instance id.
+    pub instance: Uuid,
+    /// Its display name.
+    pub name: String,
+    /// Its owner.
+    pub owner: String,
+    /// Its contact.
+    pub contact: String,
+    /// The address we last reached it at.
+    pub url: String,
+    /// When we first heard of it.
+    pub first_seen: Option<DateTime<Utc>>,
+    /// When a sync with it last succeeded.
+    pub last_update: Option<DateTime<Utc>>,
+    /// Successful sync sessions.
+    pub sync_count: u64,
+    /// The peer's feed position we have received and applied up to.
+    pub received_upto: u64,
+    /// Observed clock offset (peer minus us), in milliseconds.
+    pub clock_offset_ms: i64,
+    /// The last error with this peer, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// When we last tried.
+    pub last_attempt: Option<DateTime<Utc>>,
+}
+
+/// Live and deleted record counts of one table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableCounts {
+    /// Records that are alive.
+    pub live: u64,
+    /// Tombstoned records.
+    pub deleted: u64,
+}
+
+pub(crate) struct WriterState {
+    pub(crate) seq: u64,
+    pub(crate) clock: Clock,
+    pub(crate) next_conflict: u64,
+}
+
+/// Handle to an open database. Cheap to share behind an `Arc`.
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+    dir: PathBuf,
+    instance: InstanceInfo,
+    config: Arc<Config>,
+    writer: Mutex<WriterState>,
+}
+
+/// Database cache size: small, because field laptops are old and the agent runs for days.
+const CACHE_BYTES: u64 = 16 << 20;
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(v).expect("in-memory values always encode")
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    rmp_serde::from_slice(b).map_err(|e| StoreError::Decode(e.to_string()))
+}
+
+impl Store {
+    /// Opens (creating if needed) the database under `dir`, creating the instance on first use.
+    pub fn open(dir: &Path, config: Config) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked(dir.to_path_buf())
+                }
+                other => StoreError::Sled(other),
+            })?;
+        let tree = db.open_tree("fieldsync")?;
+        let instance = match tree.get(keys::meta("instance"))? {
+            Some(v) => decode(&v)?,
+            None => {
+                let info = InstanceInfo {
+                    id: Uuid::new_v4(),
+                    name: default_name(),
+                    owner: String::new(),
+                    contact: String::new(),
+                    created: Utc::now(),
+                };
+                tree.insert(keys::meta("instance"), encode(&info))?;
+                db.flush()?;
+                info
+            }
+        };
+        let get_u64 = |name: &str| -> Result<u64, StoreError> {
+            Ok(match tree.get(keys::meta(name))? {
+                Some(v) => decode(&v)?,
+                None => 0,
+            })
+        };
+        let writer = WriterState {
+            seq: get_u64("seq")?,
+            clock: Clock::new(instance.id, get_u64("clock")?),
+            next_conflict: get_u64("next_conflict")?.max(1),
+        };
+        Ok(Store {
+            db,
+            tree,
+            dir: dir.to_path_buf(),
+            instance,
+            config: Arc::new(config),
+            writer: Mutex::new(writer),
+        })
+    }
+
+    /// This instance.
+    pub fn instance(&self) -> &InstanceInfo {
+        &self.instance
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Current feed position (the sequence number of the latest change).
+    pub fn seq(&self) -> u64 {
+        self.lock().seq
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        // A panic while holding the lock cannot leave a half-written batch (nothing is applied
+        // before commit), so the state behind a poisoned lock is still consistent.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Updates name, owner and contact of this instance (only the given ones).
+    pub fn set_instance_info(
+        &mut self,
+        name: Option<String>,
+        owner: Option<String>,
+        contact: Option<String>,
+    ) -> Result<&InstanceInfo, StoreError> {
+        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut info = self.instance.clone();
+        info.name = name.unwrap_or(info.name);
+        info.owner = owner.unwrap_or(info.owner);
+        info.contact = contact.unwrap_or(info.contact);
+        if info != self.instance {
+            self.tree.insert(keys::meta("instance"), encode(&info))?;
+            self.db.flush()?;
+        }
+        drop(_w);
+        self.instance = info;
+        Ok(&self.instance)
+    }
+
+    /// One record, deleted or not.
+    pub fn get(&self, table: &str, id: &Uuid) -> Result<Option<StoredRecord>, StoreError> {
+        let k = keys::record(&keys::record_suffix(table, id));
+        self.tree.get(k)?.map(|v| decode_record(&v)).transpose()
+    }
+
+    /// The records of a table in id order (deleted ones too; filter with `is_alive`).
+    pub fn scan_table(
+        &self,
+        table: &str,
+    ) -> impl Iterator<Item = Result<(Uuid, StoredRecord), StoreError>> + '_ {
+        let prefix = keys::table_records(table);
+        let plen = prefix.len();
+        self.tree.scan_prefix(prefix).map(move |kv| {
+            let (k, v) = kv?;
+            let id = Uuid::from_slice(&k[plen..]).map_err(|e| StoreError::Decode(e.to_string()))?;
+            Ok((id, decode_record(&v)?))
+        })
+    }
+
+    /// Every table with its counts, by name.
+    pub fn tables(&self) -> Result<Vec<(String, TableCounts)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([keys::TABLE]) {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k[1..]).into_owned();
+            out.push((name, decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// The history of a record, oldest first.
+    pub fn history(&self, table: &str, id: &Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
+        let prefix = keys::history_of(&keys::record_suffix(table, id));
+        self.tree
+            .scan_prefix(prefix)
+            .map(|kv| decode(&kv?.1))
+            .collect()
+    }
+
+    /// The conflict log, unresolved first, then by id.
+    pub fn conflicts(&self) -> Result<Vec<ConflictEntry>, StoreError> {
+        let mut all: Vec<ConflictEntry> = self
+            .tree
+            .scan_prefix([keys::CONFLICT])
+            .map(|kv| decode(&kv?.1))
+            .collect::<Result<_, _>>()?;
+        all.sort_by_key(|c| (c.resolved.is_some(), c.id));
+        Ok(all)
+    }
+
+    /// One conflict log entry.
+    pub fn conflict(&self, id: u64) -> Result<ConflictEntry, StoreError> {
+        match self.tree.get(keys::conflict(id))? {
+            Some(v) => decode(&v),
+            None => Err(StoreError::ConflictNotFound(id)),
+        }
+    }
+
+    /// Ids of the conflicts logged for one record.
+    pub fn conflicts_of(&self, table: &str, id: &Uuid) -> Result<Vec<u64>, StoreError> {
+        let prefix = keys::conflicts_of(&keys::record_suffix(table, id));
+        let plen = prefix.len();
+        self.tree
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let k = kv?.0;
+                let b: [u8; 8] = k[plen..].try_into().map_err(|_| {
+                    StoreError::Decode("conflict index key has the wrong length".into())
+                })?;
+                Ok(u64::from_be_bytes(b))
+            })
+            .collect()
+    }
+
+    /// The `sync_instance` table.
+    pub fn peers(&self) -> Result<Vec<PeerRow>, StoreError> {
+        self.tree
+            .scan_prefix([keys::PEER])
+            .map(|kv| decode(&kv?.1))
+            .collect()
+    }
+
+    /// One peer's row, if known.
+    pub fn peer(&self, id: &Uuid) -> Result<Option<PeerRow>, StoreError> {
+        self.tree
+            .get(keys::peer(id))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
+    /// Writes a peer row on its own (bookkeeping outside a page, e.g. the last error).
+    pub fn put_peer(&self, row: &PeerRow) -> Result<(), StoreError> {
+        let _w = self.lock();
+        self.tree.insert(keys::peer(&row.instance), encode(row))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Records changed after feed position `after`, in feed order, at most `limit` of them.
+    pub fn changes_since(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String, Uuid, StoredRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self
+            .tree
+            .range(keys::feed(after.saturating_add(1))..keys::feed(u64::MAX))
+        {
+            let (k, suffix) = kv?;
+            let seq = u64::from_be_bytes(k[1..9].try_into().expect("feed keys are 9 bytes"));
+            let (table, id) = keys::parse_record_suffix(&suffix)
+                .ok_or_else(|| StoreError::Decode("bad feed entry".into()))?;
+            let rec = self.get(&table, &id)?.ok_or_else(|| {
+                StoreError::Decode(format!("feed points at missing {table}/{id}"))
+            })?;
+            out.push((seq, table, id, rec));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forces everything to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Stamps the "now" of this instance (advances the clock; used by the sync hello).
+    pub fn clock_now(&self) -> Hlc {
+        let mut w = self.lock();
+        w.clock.tick(crate::clock::wall_millis())
+    }
+}
+
+/// Describes a side for the conflict log.
+pub fn side_name(s: Side) -> &'static str {
+    match s {
+        Side::Local => "local",
+        Side::Remote => "remote",
+    }
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "fieldsync".to_string())
+}
+
+#[cfg(test)]
+mod tests;
