@@ -5,6 +5,12 @@ use crate::clock::Clock;
 use serde_json::json;
 use uuid::Uuid;
 
+/// Both replicas receive the other's state as it was before the exchange (one sync session).
+fn exchange(a: &mut Replica, b: &mut Replica) -> (MergeOutcome, MergeOutcome) {
+    let (sa, sb) = (a.state.clone().unwrap(), b.state.clone().unwrap());
+    (a.recv_state(sb), b.recv_state(sa))
+}
+
 /// One replica's copy of a single record, with its own clock.
 struct Replica {
     clock: Clock,
@@ -40,7 +46,10 @@ impl Replica {
     }
 
     fn recv(&mut self, from: &Replica) -> MergeOutcome {
-        let remote = from.state.clone().unwrap();
+        self.recv_state(from.state.clone().unwrap())
+    }
+
+    fn recv_state(&mut self, remote: RecordState) -> MergeOutcome {
         self.clock.observe(remote.max_ts());
         let out = merge_remote(self.state.as_ref(), &remote);
         self.state = Some(out.state.clone());
@@ -115,9 +124,9 @@ fn rule4_concurrent_edits_of_different_fields_merge_without_conflict() {
     b.recv(&a);
     a.patch(json!({"status": "sighted"}));
     b.patch(json!({"notes": "near the market"}));
-    let on_b = b.recv(&a);
-    let on_a = a.recv(&b);
+    let (on_a, on_b) = exchange(&mut a, &mut b);
     assert_eq!(on_a.kind, MergeKind::Merge);
+    assert_eq!(on_b.kind, MergeKind::Merge);
     assert!(on_a.conflicts.is_empty() && on_b.conflicts.is_empty());
     let want = json!({"name": "Wei", "status": "sighted", "notes": "near the market"});
     assert_eq!(a.fields(), want);
@@ -134,8 +143,7 @@ fn rule4_same_field_concurrently_is_a_logged_conflict_with_the_later_write_chose
     a.patch(json!({"status": "sighted"}));
     b.wall += 100; // b writes later in wall time
     b.patch(json!({"status": "found_alive"}));
-    let on_a = a.recv(&b);
-    let on_b = b.recv(&a);
+    let (on_a, on_b) = exchange(&mut a, &mut b);
     assert_eq!(a.state, b.state, "both sides choose the same result");
     assert_eq!(a.fields(), json!({"status": "found_alive"}));
     for (out, chosen) in [(&on_a, Side::Remote), (&on_b, Side::Local)] {
@@ -221,8 +229,7 @@ fn rule5_edit_the_deleter_never_saw_wins_on_both_sides_and_is_logged() {
     b.recv(&a);
     a.edit(Edit::Delete);
     b.patch(json!({"status": "found_alive"}));
-    let on_b = b.recv(&a);
-    let on_a = a.recv(&b);
+    let (on_a, on_b) = exchange(&mut a, &mut b);
     assert!(a.alive() && b.alive());
     assert_eq!(a.state, b.state);
     assert_eq!(a.fields(), json!({"name": "Omar", "status": "found_alive"}));
