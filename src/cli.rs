@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use uuid::Uuid;
 
 const ABOUT: &str = "Peer-to-peer record sync for laptops in the field.";
@@ -186,6 +187,36 @@ pub enum Command {
         /// Tables to include (default: all).
         tables: Vec<String>,
     },
+    /// Run the agent: serve the sync protocol and sync with peers until SIGINT/SIGTERM.
+    ///
+    /// While it runs, every other command works too: the CLI talks to the agent through a
+    /// control endpoint on 127.0.0.1 that only the owner of the data directory can use.
+    /// Example: fieldsync run --listen 0.0.0.0:7437 --peer 192.0.2.7:7437
+    Run {
+        /// Address to serve the sync protocol on (default from fieldsync.toml, else 0.0.0.0:7437).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// A peer to sync with (repeatable), in addition to `peers` in fieldsync.toml.
+        #[arg(long = "peer", value_name = "HOST:PORT")]
+        peers: Vec<String>,
+    },
+    /// Run one sync session with a peer, both directions, and print a summary line per direction.
+    ///
+    /// Works whether or not the local agent is running.
+    /// Example: fieldsync sync 192.0.2.7:7437
+    Sync {
+        /// The peer's agent address.
+        addr: String,
+    },
+    /// Check whether we are in sync with a peer: per table, in sync or the differing record ids.
+    ///
+    /// Compares digests of id ranges, bisecting only where they differ; no records are copied.
+    /// Exit code 0 when every table is in sync, 1 when something differs.
+    /// Example: fieldsync verify 192.0.2.7:7437
+    Verify {
+        /// The peer's agent address.
+        addr: String,
+    },
     /// Print this instance's id, name, record counts and a peers summary.
     Status,
     /// Print the sync_instance table: one row per peer instance.
@@ -246,6 +277,20 @@ pub enum CliError {
     /// Other I/O trouble (exit 3).
     #[error("{0}")]
     Io(String),
+    /// A sync session failed (exit 3).
+    #[error(transparent)]
+    Sync(#[from] crate::sync::SyncError),
+    /// `verify` found differences (exit 1); the details are on stdout.
+    #[error("not in sync with {0}")]
+    Differs(String),
+    /// A command run by the agent failed; its message and exit code.
+    #[error("{message}")]
+    Forwarded {
+        /// Exit code.
+        code: i32,
+        /// The error message.
+        message: String,
+    },
 }
 
 impl CliError {
@@ -253,7 +298,9 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Invalid(_) | CliError::Config(_) => 2,
-            CliError::NotFound(_) => 1,
+            CliError::NotFound(_) | CliError::Differs(_) => 1,
+            CliError::Forwarded { code, .. } => *code,
+            CliError::Sync(_) => 3,
             CliError::Store(e) | CliError::Format(FormatError::Store(e)) => {
                 if e.is_not_found() {
                     1
@@ -308,20 +355,174 @@ pub fn resolve_data_dir(flag: Option<PathBuf>) -> Result<PathBuf, CliError> {
     Ok(base.join("fieldsync"))
 }
 
-/// Opens the store in the resolved data directory with its config.
-pub fn open_store(data_dir: Option<PathBuf>) -> Result<Store, CliError> {
-    let dir = resolve_data_dir(data_dir)?;
-    let config = Config::load(&dir)?;
-    Ok(Store::open(&dir, config)?)
+/// What a command reads and writes besides the store.
+pub struct Io<'a> {
+    /// Standard output.
+    pub out: &'a mut dyn Write,
+    /// Standard input already read (commands forwarded to the agent), or `None` for the real one.
+    pub stdin: Option<String>,
+    /// Directory that relative file paths are relative to.
+    pub cwd: PathBuf,
+    /// Runtime for the commands that talk to peers.
+    pub rt: tokio::runtime::Handle,
 }
 
-/// Runs one command, writing its output to `out`.
-pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
-    let mut store = open_store(cli.data_dir)?;
+/// Runs one command line. `args` is the full argv (forwarded as is when an agent holds the
+/// database).
+pub fn run(
+    cli: Cli,
+    args: Vec<String>,
+    out: &mut dyn Write,
+    rt: &tokio::runtime::Handle,
+) -> Result<(), CliError> {
+    let dir = resolve_data_dir(cli.data_dir.clone())?;
+    let config = Config::load(&dir)?;
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let store = match Store::open(&dir, config) {
+        Ok(s) => Arc::new(s),
+        Err(StoreError::Locked(_)) => return forward(&dir, &cli.command, args, out, cwd, rt),
+        Err(e) => return Err(e.into()),
+    };
+    if let Command::Run { listen, peers } = cli.command {
+        let sync = &store.config().sync;
+        let mut all = sync.peers.clone();
+        all.extend(peers);
+        let opts = crate::agent::AgentOptions {
+            listen: listen.unwrap_or_else(|| sync.listen.clone()),
+            peers: all,
+            interval: std::time::Duration::from_secs(sync.interval_secs.max(1)),
+        };
+        let exec = executor(rt.clone());
+        return rt
+            .block_on(crate::agent::run(store, opts, exec))
+            .map_err(|e| CliError::Io(e.to_string()));
+    }
+    let mut io = Io {
+        out,
+        stdin: None,
+        cwd,
+        rt: rt.clone(),
+    };
+    execute(&store, cli.command, &mut io)
+}
+
+/// Sends the command line to the agent that holds the database and relays its output.
+fn forward(
+    dir: &Path,
+    command: &Command,
+    args: Vec<String>,
+    out: &mut dyn Write,
+    cwd: PathBuf,
+    rt: &tokio::runtime::Handle,
+) -> Result<(), CliError> {
+    if matches!(command, Command::Run { .. }) {
+        return Err(CliError::Io(format!(
+            "an agent is already running on {}",
+            dir.display()
+        )));
+    }
+    let reads_stdin = args.iter().skip(1).any(|a| a == "-");
+    let stdin = if reads_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CliError::Io(format!("reading stdin: {e}")))?;
+        Some(s)
+    } else {
+        None
+    };
+    let req = crate::control::RunRequest {
+        token: String::new(),
+        args: args.into_iter().skip(1).collect(),
+        stdin,
+        cwd,
+    };
+    let reply = rt
+        .block_on(crate::control::forward(dir, req))
+        .map_err(|e| {
+            CliError::Io(format!(
+                "the database in {} is in use by another process, and {e}",
+                dir.display()
+            ))
+        })?;
+    out.write_all(reply.stdout.as_bytes())
+        .map_err(|e| CliError::Io(format!("writing output: {e}")))?;
+    if reply.code == 0 {
+        Ok(())
+    } else {
+        Err(CliError::Forwarded {
+            code: reply.code,
+            message: reply.stderr,
+        })
+    }
+}
+
+/// The control endpoint's way of running a command line inside the agent.
+pub fn executor(rt: tokio::runtime::Handle) -> crate::control::Executor {
+    Arc::new(move |store, req| {
+        let mut argv = vec!["fieldsync".to_string()];
+        argv.extend(req.args);
+        let cli = match Cli::try_parse_from(argv) {
+            Ok(c) => c,
+            Err(e) => {
+                // --help and --version are "errors" that print to stdout with exit code 0.
+                let code = e.exit_code();
+                let text = e.to_string();
+                return if code == 0 {
+                    crate::control::RunReply {
+                        code,
+                        stdout: text,
+                        stderr: String::new(),
+                    }
+                } else {
+                    crate::control::RunReply {
+                        code,
+                        stdout: String::new(),
+                        stderr: text.trim_end().trim_start_matches("error: ").to_string(),
+                    }
+                };
+            }
+        };
+        if matches!(cli.command, Command::Run { .. }) {
+            return crate::control::RunReply {
+                code: 3,
+                stdout: String::new(),
+                stderr: "an agent is already running on this data directory".into(),
+            };
+        }
+        let mut buf = Vec::new();
+        let mut io = Io {
+            out: &mut buf,
+            stdin: req.stdin,
+            cwd: req.cwd,
+            rt: rt.clone(),
+        };
+        let result = execute(store, cli.command, &mut io);
+        let (code, stderr) = match result {
+            Ok(()) => (0, String::new()),
+            Err(e) => (e.exit_code(), e.to_string()),
+        };
+        crate::control::RunReply {
+            code,
+            stdout: String::from_utf8_lossy(&buf).into_owned(),
+            stderr,
+        }
+    })
+}
+
+/// Runs one command against an open store.
+pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<(), CliError> {
+    let Io {
+        out,
+        stdin,
+        cwd,
+        rt,
+    } = io;
+    let out = &mut **out;
     let p = |out: &mut dyn Write, v: &Value| -> Result<(), CliError> {
         writeln!(out, "{v}").map_err(|e| CliError::Io(format!("writing output: {e}")))
     };
-    match cli.command {
+    match command {
         Command::Init {
             name,
             owner,
@@ -336,7 +537,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 Some(s) => model::parse_id(&s)?,
                 None => Uuid::new_v4(),
             };
-            let fields = model::validate_fields(read_json_arg(&json)?)?;
+            let fields = model::validate_fields(read_json_arg(&json, stdin)?)?;
             store.write_one(LocalOp {
                 table,
                 id,
@@ -347,7 +548,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Patch { table, id, json } => {
             model::validate_table(&table)?;
             let id = model::parse_id(&id)?;
-            let fields = model::validate_fields(read_json_arg(&json)?)?;
+            let fields = model::validate_fields(read_json_arg(&json, stdin)?)?;
             store.write_one(LocalOp {
                 table,
                 id,
@@ -455,9 +656,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Import { table, file } => {
             model::validate_table(&table)?;
             let records = if file.extension().is_some_and(|e| e == "csv") {
-                formats::read_csv(open_input(&file)?)?
+                formats::read_csv(open_input(&file, stdin, cwd)?)?
             } else {
-                formats::read_jsonl(&table, BufReader::new(open_input(&file)?))?
+                formats::read_jsonl(&table, BufReader::new(open_input(&file, stdin, cwd)?))?
             };
             let lines: Vec<usize> = records.iter().map(|r| r.line).collect();
             let ops: Vec<LocalOp> = records
@@ -491,7 +692,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
             };
         }
         Command::Apply { file } => {
-            let ops = formats::read_ops(BufReader::new(open_input(&file)?))?;
+            let ops = formats::read_ops(BufReader::new(open_input(&file, stdin, cwd)?))?;
             let lines: Vec<usize> = ops.iter().map(|(l, _)| *l).collect();
             let ops: Vec<LocalOp> = ops.into_iter().map(|(_, o)| o).collect();
             let results = store.write_local(&ops).map_err(|e| at_line(e, &lines))?;
@@ -549,28 +750,69 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 p(out, &peer_json(&row))?;
             }
         }
+        Command::Sync { addr } => {
+            let opts = crate::sync::SessionOptions::from_store(store);
+            let r = rt
+                .block_on(crate::sync::sync_with(store.clone(), &addr, &opts))
+                .inspect_err(|e| crate::sync::note_failure(store, None, e))?;
+            for (direction, d) in [("received", r.received), ("sent", r.sent)] {
+                let mut v = serde_json::to_value(d).unwrap_or_default();
+                v["direction"] = json!(direction);
+                v["peer"] = json!(r.peer.instance);
+                v["peer_name"] = json!(r.peer.name);
+                p(out, &v)?;
+            }
+        }
+        Command::Verify { addr } => {
+            let checks = rt.block_on(crate::sync::verify_with(store.clone(), &addr))?;
+            let all = checks.iter().all(|c| c.in_sync);
+            for c in &checks {
+                p(out, &serde_json::to_value(c).unwrap_or_default())?;
+            }
+            if !all {
+                return Err(CliError::Differs(addr));
+            }
+        }
+        Command::Run { .. } => {
+            return Err(CliError::Invalid(
+                "`run` cannot be started from inside a running agent".into(),
+            ))
+        }
     }
     Ok(())
 }
 
 /// Reads a JSON argument, or stdin for `-`.
-fn read_json_arg(arg: &str) -> Result<Value, CliError> {
+fn read_json_arg(arg: &str, stdin: &mut Option<String>) -> Result<Value, CliError> {
     let text = if arg == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| CliError::Io(format!("reading stdin: {e}")))?;
-        s
+        match stdin.take() {
+            Some(s) => s,
+            None => {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| CliError::Io(format!("reading stdin: {e}")))?;
+                s
+            }
+        }
     } else {
         arg.to_string()
     };
     serde_json::from_str(&text).map_err(|e| CliError::Invalid(format!("malformed JSON: {e}")))
 }
 
-fn open_input(path: &Path) -> Result<Box<dyn Read>, CliError> {
+fn open_input(
+    path: &Path,
+    stdin: &mut Option<String>,
+    cwd: &Path,
+) -> Result<Box<dyn Read>, CliError> {
     if path == Path::new("-") {
-        return Ok(Box::new(std::io::stdin()));
+        return Ok(match stdin.take() {
+            Some(s) => Box::new(std::io::Cursor::new(s.into_bytes())),
+            None => Box::new(std::io::stdin()),
+        });
     }
+    let path = &cwd.join(path);
     let f = std::fs::File::open(path)
         .map_err(|e| CliError::Invalid(format!("cannot open {}: {e}", path.display())))?;
     Ok(Box::new(f))

@@ -11,14 +11,22 @@
 //! - [`store`]: the sled database: records, feed, history, conflicts, peers; atomic batches.
 //! - [`config`]: `fieldsync.toml` → validated settings.
 //! - [`formats`]: JSONL/CSV import and export, the canonical digest.
+//! - [`protocol`]: the JSON-RPC wire contract, its server (accept loop) and client.
+//! - [`sync`]: one sync session with a peer (initiator and responder), and `verify`.
+//! - [`agent`]: the daemon: sync server, control endpoint, triggers, shutdown.
+//! - [`control`]: the local control endpoint the CLI uses while an agent holds the database.
 //! - [`cli`]: the command line (clap definitions and command bodies).
 
 #![deny(unreachable_pub)]
 
+pub mod agent;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod formats;
 pub mod merge;
 pub mod model;
+pub mod protocol;
 pub mod store;
+pub mod sync;

@@ -13,9 +13,20 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fieldsync: cannot start the async runtime: {e}");
+            std::process::exit(3);
+        }
+    };
     let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let result = cli::run(cli, &mut out);
+    let mut out = std::io::LineWriter::new(stdout.lock());
+    let result = cli::run(cli, std::env::args().collect(), &mut out, rt.handle());
     let flushed = out.flush();
     let code = match result {
         Ok(()) => match flushed {

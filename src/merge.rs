@@ -388,6 +388,39 @@ pub fn merge_remote(local: Option<&RecordState>, remote: &RecordState) -> MergeO
     }
 }
 
+/// What must be sent of a record to a peer that has received everything of ours up to feed
+/// position `since` and every event covered by `known`; `None` if the peer has it all.
+///
+/// Fields that last changed at or before `since` were sent in an earlier session, and fields
+/// whose write the peer already knows (its own, or received through a third instance) are
+/// left out. The version vector and delete knowledge always travel whole: they are small.
+pub fn outgoing_delta(
+    state: &RecordState,
+    fseq: &std::collections::BTreeMap<String, u64>,
+    since: u64,
+    known: &crate::model::VersionVector,
+) -> Option<RecordState> {
+    if state
+        .vv
+        .iter()
+        .all(|(n, ts)| known.get(n).is_some_and(|k| k >= ts))
+    {
+        return None;
+    }
+    let fields = state
+        .fields
+        .iter()
+        .filter(|(k, f)| fseq.get(*k).is_none_or(|s| *s > since) && !covers(known, &f.stamp))
+        .map(|(k, f)| (k.clone(), f.clone()))
+        .collect();
+    Some(RecordState {
+        fields,
+        vv: state.vv.clone(),
+        del_seen: state.del_seen.clone(),
+        deleted: state.deleted,
+    })
+}
+
 /// The stamp of the newest event reflected in a state.
 fn latest_event(s: &RecordState) -> Hlc {
     s.vv.iter()

@@ -5,7 +5,7 @@
 //! |--------|-----------------------------------------------|------------------------------|
 //! | `M`    | meta name (`instance`, `seq`, `clock`, ...)   | per name                     |
 //! | `R`    | table, 0x00, id (16 bytes)                    | `StoredRecord`               |
-//! | `F`    | seq (u64 BE)                                  | record key (table 0x00 id)   |
+//! | `F`    | seq (u64 BE)                                  | echo flag, [peer id], record key |
 //! | `H`    | table, 0x00, id, stamp (24 bytes)             | `HistoryEntry`               |
 //! | `C`    | conflict id (u64 BE)                          | `ConflictEntry`              |
 //! | `X`    | table, 0x00, id, conflict id (u64 BE)         | empty: conflicts by record   |
@@ -73,6 +73,30 @@ pub(crate) fn feed(seq: u64) -> Vec<u8> {
     with_prefix(FEED, &[&seq.to_be_bytes()])
 }
 
+/// A feed value: the record key, and the peer this state came from unchanged, if it did (so it
+/// is never sent back to that peer): `0x00 suffix` or `0x01 peer(16) suffix`.
+pub(crate) fn feed_value(suffix: &[u8], echo_of: Option<Uuid>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(suffix.len() + 17);
+    match echo_of {
+        Some(p) => {
+            v.push(1);
+            v.extend_from_slice(p.as_bytes());
+        }
+        None => v.push(0),
+    }
+    v.extend_from_slice(suffix);
+    v
+}
+
+/// Splits a feed value into (echo peer, record key).
+pub(crate) fn parse_feed_value(v: &[u8]) -> Option<(Option<Uuid>, &[u8])> {
+    match v.first()? {
+        0 => Some((None, &v[1..])),
+        1 if v.len() > 17 => Some((Some(Uuid::from_slice(&v[1..17]).ok()?), &v[17..])),
+        _ => None,
+    }
+}
+
 pub(crate) fn history(suffix: &[u8], at: &Hlc) -> Vec<u8> {
     with_prefix(HISTORY, &[suffix, &at.to_key_bytes()])
 }
@@ -119,6 +143,20 @@ pub(crate) fn peer(id: &Uuid) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn feed_values_round_trip() {
+        let s = record_suffix("t", &Uuid::new_v4());
+        let p = Uuid::new_v4();
+        assert_eq!(
+            parse_feed_value(&feed_value(&s, None)),
+            Some((None, &s[..]))
+        );
+        assert_eq!(
+            parse_feed_value(&feed_value(&s, Some(p))),
+            Some((Some(p), &s[..]))
+        );
+    }
 
     #[test]
     fn record_suffix_round_trips() {

@@ -6,9 +6,11 @@
 //! persists and indexes.
 
 mod keys;
+mod replication;
 mod txn;
 mod write;
 
+pub use replication::{Knowledge, OutgoingPage, Position};
 pub use txn::Txn;
 pub(crate) use write::decode_record;
 pub use write::{ApplyStats, Keep, LocalOp, OpResult, RemoteChange};
@@ -22,7 +24,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use uuid::Uuid;
 
 /// Everything that can go wrong in the store layer.
@@ -268,7 +270,7 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     dir: PathBuf,
-    instance: InstanceInfo,
+    instance: RwLock<InstanceInfo>,
     config: Arc<Config>,
     writer: Mutex<WriterState>,
 }
@@ -333,15 +335,23 @@ impl Store {
             db,
             tree,
             dir: dir.to_path_buf(),
-            instance,
+            instance: RwLock::new(instance),
             config: Arc::new(config),
             writer: Mutex::new(writer),
         })
     }
 
     /// This instance.
-    pub fn instance(&self) -> &InstanceInfo {
-        &self.instance
+    pub fn instance(&self) -> InstanceInfo {
+        self.instance
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// This instance's id.
+    pub fn id(&self) -> Uuid {
+        self.instance().id
     }
 
     /// The configuration the store was opened with.
@@ -367,23 +377,23 @@ impl Store {
 
     /// Updates name, owner and contact of this instance (only the given ones).
     pub fn set_instance_info(
-        &mut self,
+        &self,
         name: Option<String>,
         owner: Option<String>,
         contact: Option<String>,
-    ) -> Result<&InstanceInfo, StoreError> {
-        let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let mut info = self.instance.clone();
+    ) -> Result<InstanceInfo, StoreError> {
+        let _w = self.lock();
+        let mut cur = self.instance.write().unwrap_or_else(|e| e.into_inner());
+        let mut info = cur.clone();
         info.name = name.unwrap_or(info.name);
         info.owner = owner.unwrap_or(info.owner);
         info.contact = contact.unwrap_or(info.contact);
-        if info != self.instance {
+        if info != *cur {
             self.tree.insert(keys::meta("instance"), encode(&info))?;
             self.db.flush()?;
+            *cur = info.clone();
         }
-        drop(_w);
-        self.instance = info;
-        Ok(&self.instance)
+        Ok(info)
     }
 
     /// One record, deleted or not.
@@ -400,6 +410,22 @@ impl Store {
         let prefix = keys::table_records(table);
         let plen = prefix.len();
         self.tree.scan_prefix(prefix).map(move |kv| {
+            let (k, v) = kv?;
+            let id = Uuid::from_slice(&k[plen..]).map_err(|e| StoreError::Decode(e.to_string()))?;
+            Ok((id, decode_record(&v)?))
+        })
+    }
+
+    /// The records of a table whose id bytes start with `prefix`, in id order.
+    pub fn scan_ids(
+        &self,
+        table: &str,
+        prefix: &[u8],
+    ) -> impl Iterator<Item = Result<(Uuid, StoredRecord), StoreError>> + '_ {
+        let mut p = keys::table_records(table);
+        let plen = p.len();
+        p.extend_from_slice(prefix);
+        self.tree.scan_prefix(p).map(move |kv| {
             let (k, v) = kv?;
             let id = Uuid::from_slice(&k[plen..]).map_err(|e| StoreError::Decode(e.to_string()))?;
             Ok((id, decode_record(&v)?))
@@ -496,9 +522,10 @@ impl Store {
             .tree
             .range(keys::feed(after.saturating_add(1))..keys::feed(u64::MAX))
         {
-            let (k, suffix) = kv?;
+            let (k, v) = kv?;
             let seq = u64::from_be_bytes(k[1..9].try_into().expect("feed keys are 9 bytes"));
-            let (table, id) = keys::parse_record_suffix(&suffix)
+            let (table, id) = keys::parse_feed_value(&v)
+                .and_then(|(_, suffix)| keys::parse_record_suffix(suffix))
                 .ok_or_else(|| StoreError::Decode("bad feed entry".into()))?;
             let rec = self.get(&table, &id)?.ok_or_else(|| {
                 StoreError::Decode(format!("feed points at missing {table}/{id}"))

@@ -91,6 +91,8 @@ struct Persist<'a> {
     source: Source,
     conflicts: Vec<Conflict>,
     peer: Option<Uuid>,
+    /// Set when the new state is exactly what this peer sent (insert or fast-forward).
+    echo_of: Option<Uuid>,
 }
 
 impl Store {
@@ -98,7 +100,7 @@ impl Store {
         let guard = self.lock();
         let w = WriterState {
             seq: guard.seq,
-            clock: Clock::new(self.instance.id, guard.clock.last()),
+            clock: Clock::new(self.id(), guard.clock.last()),
             next_conflict: guard.next_conflict,
         };
         let batch = Batch {
@@ -191,6 +193,8 @@ impl Store {
             stats.applied += 1;
             stats.inserted += u64::from(out.kind == MergeKind::Insert);
             let from = peer.unwrap_or_default();
+            let plain = matches!(out.kind, MergeKind::Insert | MergeKind::FastForward);
+            let echo_of = peer.filter(|_| plain && out.conflicts.is_empty());
             let logged = b.persist(Persist {
                 table: &ch.table,
                 id: ch.id,
@@ -205,6 +209,7 @@ impl Store {
                 },
                 conflicts: out.conflicts,
                 peer,
+                echo_of,
             })?;
             stats.conflicts += logged;
         }
@@ -320,6 +325,7 @@ impl Batch<'_> {
             source: Source::Local,
             conflicts: vec![],
             peer: None,
+            echo_of: None,
         })?;
         Ok(OpResult::Written(self.w.seq))
     }
@@ -339,7 +345,8 @@ impl Batch<'_> {
         if let Some(prev) = &p.prev {
             self.txn.remove(keys::feed(prev.seq));
         }
-        self.txn.put(keys::feed(seq), suffix.clone());
+        self.txn
+            .put(keys::feed(seq), keys::feed_value(&suffix, p.echo_of));
 
         if was_alive != Some(is_alive) {
             let ck = keys::table_counts(p.table);

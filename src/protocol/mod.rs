@@ -1,0 +1,426 @@
+//! The sync protocol's wire contract: method names, parameter and result types, error codes,
+//! page encodings. docs/PROTOCOL.md is the prose version of this file; keep them equal.
+//!
+//! Only this module (with `server` and `client`) knows JSON-RPC. Sessions are driven by
+//! [`crate::sync`], which speaks in the types defined here.
+
+pub mod client;
+pub mod server;
+
+use crate::model::VersionVector;
+use crate::store::{ApplyStats, RemoteChange};
+use base64::Engine;
+use jsonrpsee::types::ErrorObjectOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The oldest protocol version this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// Method: exchange identities, versions, positions and knowledge.
+pub const HELLO: &str = "fieldsync_hello";
+/// Method: "your changes since feed position N", one page.
+pub const PULL: &str = "fieldsync_pull";
+/// Method: "here are my changes since the position you have", one page.
+pub const PUSH: &str = "fieldsync_push";
+/// Method: "I have new changes" (pull from me soon).
+pub const NOTIFY: &str = "fieldsync_notify";
+/// Method: per-table digest buckets for `verify`.
+pub const DIGEST: &str = "fieldsync_digest";
+
+/// Page encoding: changes as a JSON array (readable, for debugging).
+pub const ENC_JSON: &str = "json";
+/// Page encoding: base64 of zstd-compressed MessagePack (the default).
+pub const ENC_ZSTD: &str = "msgpack+zstd";
+
+/// Largest JSON-RPC request or response body accepted, in bytes.
+pub const MAX_BODY_BYTES: u32 = 32 << 20;
+/// Largest decompressed page accepted, in bytes.
+pub const MAX_PAGE_BYTES: usize = 64 << 20;
+/// Most records accepted in one page.
+pub const MAX_PAGE_RECORDS: usize = 20_000;
+
+/// Error codes of the protocol (JSON-RPC `error.code`); the standard -327xx codes also occur.
+pub mod codes {
+    /// No protocol version in common.
+    pub const INCOMPATIBLE_VERSION: i32 = 1001;
+    /// The peer has our own instance id.
+    pub const SAME_INSTANCE: i32 = 1002;
+    /// A feed position beyond the feed head.
+    pub const POSITION_FROM_FUTURE: i32 = 1003;
+    /// A page that fails validation (bad table, bad record, local-only table, bad encoding).
+    pub const INVALID_PAGE: i32 = 1004;
+    /// A push that would leave a gap: its `since` is after what we have received.
+    pub const POSITION_GAP: i32 = 1005;
+    /// A page over the size or record limits.
+    pub const PAGE_TOO_LARGE: i32 = 1006;
+    /// The store failed; nothing was written.
+    pub const STORE_FAILED: i32 = 1007;
+    /// A request from an instance that has not said hello.
+    pub const UNKNOWN_PEER: i32 = 1008;
+    /// A table name that is invalid.
+    pub const INVALID_TABLE: i32 = 1009;
+}
+
+/// A protocol-level error: a code from [`codes`] and a message naming the problem.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (code {code})")]
+pub struct ProtocolError {
+    /// One of [`codes`] or a JSON-RPC code.
+    pub code: i32,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl ProtocolError {
+    /// An error with a code and a message.
+    pub fn new(code: i32, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ProtocolError> for ErrorObjectOwned {
+    fn from(e: ProtocolError) -> Self {
+        ErrorObjectOwned::owned(e.code, e.message, None::<()>)
+    }
+}
+
+/// Who an instance is, as told to peers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Instance id.
+    pub instance: Uuid,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// Owner.
+    #[serde(default)]
+    pub owner: String,
+    /// Contact.
+    #[serde(default)]
+    pub contact: String,
+    /// Where its agent listens, if it runs one (`host:port`).
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// `fieldsync_hello` params.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Oldest protocol version the caller speaks.
+    pub protocol_min: u32,
+    /// Newest protocol version the caller speaks.
+    pub protocol_max: u32,
+    /// The caller.
+    pub peer: PeerInfo,
+    /// Caller's wall clock, epoch milliseconds (to measure the clock offset).
+    pub clock_ms: u64,
+    /// Caller's feed head.
+    pub head: u64,
+    /// Caller's knowledge vector (instance → ts).
+    pub knowledge: VersionVector,
+    /// Page encodings the caller accepts, preferred first.
+    #[serde(default)]
+    pub encodings: Vec<String>,
+    /// Tables the caller never sends or accepts.
+    #[serde(default)]
+    pub local_only: Vec<String>,
+    /// Tables the caller has records in and syncs.
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
+
+/// `fieldsync_hello` result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HelloReply {
+    /// The protocol version both will speak.
+    pub protocol: u32,
+    /// The responder.
+    pub peer: PeerInfo,
+    /// Responder's wall clock, epoch milliseconds.
+    pub clock_ms: u64,
+    /// Responder's feed head.
+    pub head: u64,
+    /// Responder's knowledge vector.
+    pub knowledge: VersionVector,
+    /// The position of the caller's feed the responder has received up to (push from there).
+    pub received_upto: u64,
+    /// The page encoding to use.
+    pub encoding: String,
+    /// Tables the responder never sends or accepts.
+    #[serde(default)]
+    pub local_only: Vec<String>,
+    /// Tables the responder has records in and syncs.
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
+
+/// `fieldsync_pull` params.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PullRequest {
+    /// The caller's instance id.
+    pub from: Uuid,
+    /// Send changes after this position of your feed.
+    pub since: u64,
+    /// At most this many records (capped by the responder).
+    pub limit: u32,
+    /// About this many bytes at most (capped by the responder).
+    pub max_bytes: u32,
+    /// What the caller already has: changes it covers are not sent.
+    pub knowledge: VersionVector,
+    /// Page encoding wanted.
+    pub encoding: String,
+    /// Tables the caller does not accept.
+    #[serde(default)]
+    pub local_only: Vec<String>,
+}
+
+/// A page of changes, in either direction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Page {
+    /// The sender's feed position this page starts after.
+    pub since: u64,
+    /// The sender's feed position to continue from.
+    pub next: u64,
+    /// More changes follow.
+    pub more: bool,
+    /// Number of records in the page.
+    pub count: u32,
+    /// Encoding of `data`: [`ENC_JSON`] or [`ENC_ZSTD`].
+    pub encoding: String,
+    /// The changes: a JSON array for `json`, a base64 string for `msgpack+zstd`.
+    pub data: serde_json::Value,
+}
+
+/// `fieldsync_push` params.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// The caller's instance id.
+    pub from: Uuid,
+    /// The page.
+    pub page: Page,
+    /// With the last page (`more == false`): the caller's knowledge as of its hello.
+    #[serde(default)]
+    pub knowledge: Option<VersionVector>,
+}
+
+/// `fieldsync_push` result.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PushReply {
+    /// The caller's feed position the responder now has.
+    pub received_upto: u64,
+    /// What applying the page did.
+    pub stats: ApplyStats,
+}
+
+/// `fieldsync_notify` params.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Notify {
+    /// The caller's instance id.
+    pub from: Uuid,
+    /// The caller's feed head.
+    pub head: u64,
+}
+
+/// `fieldsync_digest` params: buckets of one table under an id prefix.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DigestRequest {
+    /// Table.
+    pub table: String,
+    /// Lowercase hex prefix of the id (bytes), empty for the whole table.
+    pub prefix: String,
+}
+
+/// One digest bucket: the records whose id starts with `prefix`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Lowercase hex id prefix.
+    pub prefix: String,
+    /// Records in the bucket (deleted ones included).
+    pub count: u64,
+    /// SHA-256 over the bucket's records' content hashes, in id order (hex).
+    pub hash: String,
+}
+
+/// `fieldsync_digest` result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestReply {
+    /// The requested bucket as a whole.
+    pub total: Bucket,
+    /// Sub-buckets one hex byte deeper (only non-empty ones); empty when `records` is given.
+    pub buckets: Vec<Bucket>,
+    /// For small buckets: every record id with its content hash.
+    pub records: Option<Vec<(Uuid, String)>>,
+}
+
+/// Chooses the protocol version for a caller's range, or explains why there is none.
+pub fn negotiate(min: u32, max: u32) -> Result<u32, ProtocolError> {
+    let v = max.min(PROTOCOL_VERSION);
+    if v < min.max(MIN_PROTOCOL_VERSION) {
+        return Err(ProtocolError::new(
+            codes::INCOMPATIBLE_VERSION,
+            format!(
+                "incompatible protocol version: peer speaks {min}..={max}, \
+                 this instance speaks {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION}"
+            ),
+        ));
+    }
+    Ok(v)
+}
+
+/// Encodes changes into a page body.
+pub fn encode_changes(
+    changes: &[RemoteChange],
+    encoding: &str,
+) -> Result<serde_json::Value, ProtocolError> {
+    match encoding {
+        ENC_JSON => serde_json::to_value(changes)
+            .map_err(|e| ProtocolError::new(codes::INVALID_PAGE, format!("encoding page: {e}"))),
+        ENC_ZSTD => {
+            let raw = rmp_serde::to_vec(changes).map_err(|e| {
+                ProtocolError::new(codes::INVALID_PAGE, format!("encoding page: {e}"))
+            })?;
+            let packed = zstd::bulk::compress(&raw, 3).map_err(|e| {
+                ProtocolError::new(codes::INVALID_PAGE, format!("compressing page: {e}"))
+            })?;
+            Ok(serde_json::Value::String(
+                base64::engine::general_purpose::STANDARD.encode(packed),
+            ))
+        }
+        other => Err(unknown_encoding(other)),
+    }
+}
+
+fn unknown_encoding(e: &str) -> ProtocolError {
+    ProtocolError::new(
+        codes::INVALID_PAGE,
+        format!("unknown page encoding {e:?}: use {ENC_ZSTD:?} or {ENC_JSON:?}"),
+    )
+}
+
+/// Decodes and bounds-checks a page body.
+pub fn decode_changes(page: &Page) -> Result<Vec<RemoteChange>, ProtocolError> {
+    let invalid = |m: String| ProtocolError::new(codes::INVALID_PAGE, m);
+    if page.count as usize > MAX_PAGE_RECORDS {
+        return Err(ProtocolError::new(
+            codes::PAGE_TOO_LARGE,
+            format!(
+                "page has {} records, over the limit of {MAX_PAGE_RECORDS}",
+                page.count
+            ),
+        ));
+    }
+    let changes: Vec<RemoteChange> = match page.encoding.as_str() {
+        ENC_JSON => serde_json::from_value(page.data.clone())
+            .map_err(|e| invalid(format!("malformed page: {e}")))?,
+        ENC_ZSTD => {
+            let text = page
+                .data
+                .as_str()
+                .ok_or_else(|| invalid("page data must be a base64 string".into()))?;
+            let packed = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| invalid(format!("page data is not base64: {e}")))?;
+            let raw = zstd::bulk::decompress(&packed, MAX_PAGE_BYTES).map_err(|e| {
+                ProtocolError::new(
+                    codes::PAGE_TOO_LARGE,
+                    format!("page does not decompress within {MAX_PAGE_BYTES} bytes: {e}"),
+                )
+            })?;
+            rmp_serde::from_slice(&raw).map_err(|e| invalid(format!("malformed page: {e}")))?
+        }
+        other => return Err(unknown_encoding(other)),
+    };
+    if changes.len() != page.count as usize {
+        return Err(invalid(format!(
+            "page says {} records but holds {}",
+            page.count,
+            changes.len()
+        )));
+    }
+    if page.next < page.since {
+        return Err(invalid(format!(
+            "page goes backwards: since {} next {}",
+            page.since, page.next
+        )));
+    }
+    Ok(changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Hlc;
+    use crate::model::{FieldState, RecordState};
+
+    fn sample() -> Vec<RemoteChange> {
+        let node = Uuid::new_v4();
+        let mut state = RecordState::default();
+        state.fields.insert(
+            "name".into(),
+            FieldState {
+                value: Some(serde_json::json!("José")),
+                stamp: Hlc { ts: 42, node },
+            },
+        );
+        state.vv.insert(node, 42);
+        vec![RemoteChange {
+            table: "person".into(),
+            id: Uuid::new_v4(),
+            state,
+        }]
+    }
+
+    #[test]
+    fn both_encodings_round_trip() {
+        for enc in [ENC_JSON, ENC_ZSTD] {
+            let ch = sample();
+            let page = Page {
+                since: 0,
+                next: 1,
+                more: false,
+                count: 1,
+                encoding: enc.into(),
+                data: encode_changes(&ch, enc).unwrap(),
+            };
+            assert_eq!(decode_changes(&page).unwrap(), ch, "{enc}");
+        }
+    }
+
+    #[test]
+    fn bad_pages_are_refused_with_a_reason() {
+        let mut page = Page {
+            since: 0,
+            next: 1,
+            more: false,
+            count: 2,
+            encoding: ENC_JSON.into(),
+            data: encode_changes(&sample(), ENC_JSON).unwrap(),
+        };
+        assert!(decode_changes(&page)
+            .unwrap_err()
+            .message
+            .contains("says 2"));
+        page.encoding = "xml".into();
+        assert!(decode_changes(&page)
+            .unwrap_err()
+            .message
+            .contains("unknown page encoding"));
+        page.encoding = ENC_ZSTD.into();
+        page.data = serde_json::json!("not base64!");
+        assert_eq!(decode_changes(&page).unwrap_err().code, codes::INVALID_PAGE);
+    }
+
+    #[test]
+    fn version_negotiation() {
+        assert_eq!(negotiate(1, 5).unwrap(), PROTOCOL_VERSION);
+        let e = negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3).unwrap_err();
+        assert_eq!(e.code, codes::INCOMPATIBLE_VERSION);
+        assert!(e.message.contains("incompatible protocol version"));
+    }
+}

@@ -1,0 +1,123 @@
+//! What the sync layer needs from the store: this instance's knowledge vector, per-peer
+//! bookkeeping written in the same batch as a page, and outgoing pages read from the feed.
+
+use super::{decode, decode_record, encode, keys, PeerRow, Store, StoreError, Txn};
+use crate::merge::outgoing_delta;
+use crate::model::VersionVector;
+use crate::store::RemoteChange;
+use std::collections::BTreeSet;
+
+/// Per origin instance, the `ts` up to which this instance has every event of that origin.
+///
+/// The own entry is the clock as of the last committed write; other entries come from completed
+/// sync sessions (after pulling everything a peer had, we know everything the peer knew).
+pub type Knowledge = VersionVector;
+
+/// A consistent view of this instance for a session's hello.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Position {
+    /// Feed head: every change committed so far has a feed position <= head.
+    pub head: u64,
+    /// Knowledge as of that head.
+    pub knowledge: Knowledge,
+}
+
+/// A page of outgoing changes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OutgoingPage {
+    /// Record deltas to send.
+    pub changes: Vec<RemoteChange>,
+    /// Feed position to resume from (the last position examined, sent or skipped).
+    pub next: u64,
+    /// True if the feed has entries after `next`.
+    pub more: bool,
+    /// Feed entries examined (sent or skipped as already known to the receiver).
+    pub examined: u64,
+}
+
+impl Store {
+    /// Head and knowledge, read under the writer lock so that every own event with a stamp up to
+    /// the reported clock is already committed and in the feed.
+    pub fn position(&self) -> Result<Position, StoreError> {
+        let w = self.lock();
+        let mut knowledge: Knowledge = match self.tree.get(keys::meta("knowledge"))? {
+            Some(v) => decode(&v)?,
+            None => Knowledge::new(),
+        };
+        knowledge.insert(self.id(), w.clock.last());
+        Ok(Position {
+            head: w.seq,
+            knowledge,
+        })
+    }
+
+    /// Adds what a peer knew to our knowledge, inside a page's batch (call only after receiving
+    /// every change the peer had when it reported that knowledge).
+    pub fn stage_knowledge(&self, txn: &mut Txn<'_>, peer: &Knowledge) -> Result<(), StoreError> {
+        let mut k: Knowledge = match txn.get(&keys::meta("knowledge"))? {
+            Some(v) => decode(&v)?,
+            None => Knowledge::new(),
+        };
+        crate::model::vv_join(&mut k, peer);
+        // Our own entry is the clock; never store a claim about ourselves from a peer.
+        k.remove(&self.id());
+        txn.put(keys::meta("knowledge"), encode(&k));
+        Ok(())
+    }
+
+    /// Writes a peer row inside a page's batch.
+    pub fn stage_peer(&self, txn: &mut Txn<'_>, row: &PeerRow) {
+        txn.put(keys::peer(&row.instance), encode(row));
+    }
+
+    /// Reads the next page of changes after `since` for a receiver that knows `known` and does
+    /// not accept `skip_tables`. Stops at `limit` records or about `max_bytes` of stored data.
+    /// States that came unchanged from `receiver` are skipped without being read.
+    pub fn outgoing(
+        &self,
+        since: u64,
+        limit: usize,
+        max_bytes: usize,
+        known: &Knowledge,
+        skip_tables: &BTreeSet<String>,
+        receiver: Option<uuid::Uuid>,
+    ) -> Result<OutgoingPage, StoreError> {
+        let mut page = OutgoingPage {
+            next: since,
+            ..Default::default()
+        };
+        let mut bytes = 0usize;
+        let mut feed = self
+            .tree
+            .range(keys::feed(since.saturating_add(1))..keys::feed(u64::MAX));
+        for kv in feed.by_ref() {
+            let (k, v) = kv?;
+            let seq = u64::from_be_bytes(k[1..9].try_into().expect("feed keys are 9 bytes"));
+            let (echo_of, suffix) = keys::parse_feed_value(&v)
+                .ok_or_else(|| StoreError::Decode("bad feed entry".into()))?;
+            page.next = seq;
+            page.examined += 1;
+            if echo_of.is_some() && echo_of == receiver {
+                continue;
+            }
+            let (table, id) = keys::parse_record_suffix(suffix)
+                .ok_or_else(|| StoreError::Decode("bad feed entry".into()))?;
+            if self.config.local_only.contains(&table) || skip_tables.contains(&table) {
+                continue;
+            }
+            let raw = self.tree.get(keys::record(suffix))?.ok_or_else(|| {
+                StoreError::Decode(format!("feed points at missing {table}/{id}"))
+            })?;
+            let rec = decode_record(&raw)?;
+            if let Some(state) = outgoing_delta(&rec.state, &rec.fseq, since, known) {
+                bytes += raw.len();
+                page.changes.push(RemoteChange { table, id, state });
+            }
+            if page.changes.len() >= limit || bytes >= max_bytes {
+                break;
+            }
+        }
+        page.more = feed.next().is_some();
+        Ok(page)
+    }
+}

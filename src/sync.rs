@@ -1,0 +1,740 @@
+//! One sync session with one peer, both directions: hello, pull pages, push pages.
+//!
+//! [`Responder`] answers a peer's requests (the server side); [`sync_with`] drives a session
+//! as the initiator. Both sides persist a page and the position it advances to in one store
+//! batch, so an interrupted session resumes exactly where it stopped. See docs/PROTOCOL.md.
+
+use crate::clock::wall_millis;
+use crate::formats::canonical_json;
+use crate::model::{validate_table, VersionVector};
+use crate::protocol::client::Client;
+use crate::protocol::{
+    self, codes, Bucket, DigestReply, DigestRequest, Hello, HelloReply, Notify, Page, PeerInfo,
+    ProtocolError, PullRequest, PushReply, PushRequest, ENC_JSON, ENC_ZSTD,
+};
+use crate::store::{ApplyStats, PeerRow, Store, StoreError};
+use chrono::Utc;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+/// A session that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The peer answered with a protocol error.
+    #[error("peer refused: {0}")]
+    Refused(ProtocolError),
+    /// The connection failed or timed out.
+    #[error("cannot reach {addr}: {message}")]
+    Transport {
+        /// The peer address.
+        addr: String,
+        /// What failed.
+        message: String,
+    },
+    /// The peer sent something we refuse.
+    #[error("{0}")]
+    Peer(ProtocolError),
+    /// Our store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Counts for one direction of a session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DirectionReport {
+    /// Pages exchanged.
+    pub pages: u64,
+    /// Records sent or received.
+    pub records: u64,
+    /// Records that changed on the receiving side.
+    pub applied: u64,
+    /// Conflicts logged on the receiving side.
+    pub conflicts: u64,
+    /// Encoded page bytes.
+    pub bytes: u64,
+    /// Milliseconds spent.
+    pub ms: u64,
+}
+
+/// What a session did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SessionReport {
+    /// The peer.
+    pub peer: PeerInfo,
+    /// Changes we pulled.
+    pub received: DirectionReport,
+    /// Changes we pushed.
+    pub sent: DirectionReport,
+}
+
+/// Page sizes and encoding for sessions we start.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Most records per page.
+    pub page_records: usize,
+    /// About this many bytes per page.
+    pub page_bytes: usize,
+    /// Preferred page encoding.
+    pub encoding: String,
+    /// Our agent's address, told to the peer (`None` for a one-shot CLI sync).
+    pub url: Option<String>,
+}
+
+impl SessionOptions {
+    /// Options from the store's config.
+    pub fn from_store(store: &Store) -> Self {
+        let c = &store.config().sync;
+        Self {
+            page_records: c.page_records,
+            page_bytes: c.page_bytes,
+            encoding: ENC_ZSTD.to_string(),
+            url: None,
+        }
+    }
+}
+
+fn local_only(store: &Store) -> Vec<String> {
+    store.config().local_only.iter().cloned().collect()
+}
+
+fn synced_tables(store: &Store) -> Result<Vec<String>, StoreError> {
+    Ok(store
+        .tables()?
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| !store.config().local_only.contains(t))
+        .collect())
+}
+
+fn store_err(e: StoreError) -> ProtocolError {
+    match e {
+        StoreError::Invalid(_) | StoreError::LocalOnly(_) => {
+            ProtocolError::new(codes::INVALID_PAGE, format!("page refused: {e}"))
+        }
+        other => ProtocolError::new(
+            codes::STORE_FAILED,
+            format!("store failed, nothing written: {other}"),
+        ),
+    }
+}
+
+/// The server side of the protocol, over one store.
+pub struct Responder {
+    store: Arc<Store>,
+    url: Option<String>,
+    on_notify: Option<tokio::sync::mpsc::Sender<Uuid>>,
+}
+
+impl Responder {
+    /// A responder for `store`; `url` is told to peers; notifications go to `on_notify`.
+    pub fn new(
+        store: Arc<Store>,
+        url: Option<String>,
+        on_notify: Option<tokio::sync::mpsc::Sender<Uuid>>,
+    ) -> Self {
+        Self {
+            store,
+            url,
+            on_notify,
+        }
+    }
+
+    /// The store served.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn me(&self) -> PeerInfo {
+        let i = self.store.instance();
+        PeerInfo {
+            instance: i.id,
+            name: i.name,
+            owner: i.owner,
+            contact: i.contact,
+            url: self.url.clone(),
+        }
+    }
+
+    /// `fieldsync_hello`.
+    pub fn hello(&self, h: Hello) -> Result<HelloReply, ProtocolError> {
+        let protocol = protocol::negotiate(h.protocol_min, h.protocol_max)?;
+        let me = self.me();
+        if h.peer.instance == me.instance {
+            return Err(ProtocolError::new(
+                codes::SAME_INSTANCE,
+                format!(
+                    "peer has our own instance id {}: a copied data directory? \
+                     Give one of them a new identity",
+                    me.instance
+                ),
+            ));
+        }
+        let mut row = self
+            .store
+            .peer(&h.peer.instance)
+            .map_err(store_err)?
+            .unwrap_or_default();
+        note_peer(&mut row, &h.peer, h.clock_ms);
+        if h.head < row.received_upto {
+            warn!(peer = %h.peer.instance, head = h.head, had = row.received_upto,
+                  "peer's feed is behind what we received from it (restored?): resyncing from 0");
+            row.received_upto = 0;
+        }
+        self.store.put_peer(&row).map_err(store_err)?;
+        let pos = self.store.position().map_err(store_err)?;
+        let encoding = if h.encodings.iter().any(|e| e == ENC_ZSTD) {
+            ENC_ZSTD
+        } else {
+            ENC_JSON
+        };
+        Ok(HelloReply {
+            protocol,
+            peer: me,
+            clock_ms: wall_millis(),
+            head: pos.head,
+            knowledge: pos.knowledge,
+            received_upto: row.received_upto,
+            encoding: encoding.to_string(),
+            local_only: local_only(&self.store),
+            tables: synced_tables(&self.store).map_err(store_err)?,
+        })
+    }
+
+    /// `fieldsync_pull`.
+    pub fn pull(&self, r: PullRequest) -> Result<Page, ProtocolError> {
+        let head = self.store.seq();
+        if r.since > head {
+            return Err(ProtocolError::new(
+                codes::POSITION_FROM_FUTURE,
+                format!(
+                    "position {} is beyond this instance's feed head {head}: \
+                     was this instance restored from a backup? Reset the position to 0",
+                    r.since
+                ),
+            ));
+        }
+        let cfg = &self.store.config().sync;
+        let limit = (r.limit as usize).clamp(1, cfg.page_records.min(protocol::MAX_PAGE_RECORDS));
+        let max_bytes = (r.max_bytes as usize).clamp(1024, cfg.page_bytes);
+        let skip: BTreeSet<String> = r.local_only.into_iter().collect();
+        let out = self
+            .store
+            .outgoing(r.since, limit, max_bytes, &r.knowledge, &skip, Some(r.from))
+            .map_err(store_err)?;
+        Ok(Page {
+            since: r.since,
+            next: out.next,
+            more: out.more,
+            count: out.changes.len() as u32,
+            data: protocol::encode_changes(&out.changes, &r.encoding)?,
+            encoding: r.encoding,
+        })
+    }
+
+    /// `fieldsync_push`: applies one page and advances our position for the caller atomically.
+    pub fn push(&self, r: PushRequest) -> Result<PushReply, ProtocolError> {
+        let changes = protocol::decode_changes(&r.page)?;
+        if self.store.peer(&r.from).map_err(store_err)?.is_none() {
+            return Err(ProtocolError::new(
+                codes::UNKNOWN_PEER,
+                format!("instance {} must say hello before pushing", r.from),
+            ));
+        }
+        let page = &r.page;
+        let mut gap = None;
+        let mut received_upto = 0;
+        let stats = self
+            .store
+            .apply_remote(Some(r.from), &changes, |txn| {
+                let mut row = self.store.peer(&r.from)?.unwrap_or_default();
+                if page.since > row.received_upto {
+                    gap = Some(row.received_upto);
+                    return Err(StoreError::BadResolution("gap".into()));
+                }
+                row.received_upto = row.received_upto.max(page.next);
+                if !page.more {
+                    if let Some(k) = &r.knowledge {
+                        self.store.stage_knowledge(txn, k)?;
+                    }
+                    row.last_update = Some(Utc::now());
+                    row.sync_count += 1;
+                    row.last_error = None;
+                }
+                received_upto = row.received_upto;
+                self.store.stage_peer(txn, &row);
+                Ok(())
+            })
+            .map_err(|e| match gap {
+                Some(had) => ProtocolError::new(
+                    codes::POSITION_GAP,
+                    format!(
+                        "page starts after position {} but only {had} was received: \
+                         resend from {had}",
+                        page.since
+                    ),
+                ),
+                None => store_err(e),
+            })?;
+        Ok(PushReply {
+            received_upto,
+            stats,
+        })
+    }
+
+    /// `fieldsync_notify`.
+    pub fn notify(&self, n: Notify) -> Result<(), ProtocolError> {
+        if let Some(tx) = &self.on_notify {
+            // A full queue means a sync is already pending; dropping the extra nudge is fine.
+            let _ = tx.try_send(n.from);
+        }
+        Ok(())
+    }
+
+    /// `fieldsync_digest`.
+    pub fn digest(&self, r: DigestRequest) -> Result<DigestReply, ProtocolError> {
+        validate_table(&r.table)
+            .map_err(|e| ProtocolError::new(codes::INVALID_TABLE, e.to_string()))?;
+        let prefix = hex::decode(&r.prefix).map_err(|e| {
+            ProtocolError::new(
+                codes::INVALID_TABLE,
+                format!("prefix {:?} is not hex: {e}", r.prefix),
+            )
+        })?;
+        digest_buckets(&self.store, &r.table, &prefix, false).map_err(store_err)
+    }
+}
+
+fn note_peer(row: &mut PeerRow, p: &PeerInfo, clock_ms: u64) {
+    let now = Utc::now();
+    row.instance = p.instance;
+    row.name = p.name.clone();
+    row.owner = p.owner.clone();
+    row.contact = p.contact.clone();
+    if let Some(u) = &p.url {
+        row.url = u.clone();
+    }
+    row.first_seen.get_or_insert(now);
+    row.last_attempt = Some(now);
+    row.clock_offset_ms = clock_ms as i64 - wall_millis() as i64;
+}
+
+/// Buckets of records with ids under `prefix`, or the records themselves when there are few.
+pub fn digest_buckets(
+    store: &Store,
+    table: &str,
+    prefix: &[u8],
+    force_records: bool,
+) -> Result<DigestReply, StoreError> {
+    const LEAF: usize = 256;
+    let mut items: Vec<(Uuid, [u8; 32])> = Vec::new();
+    for r in store.scan_ids(table, prefix) {
+        let (id, rec) = r?;
+        let content = serde_json::json!({
+            "deleted": !rec.state.is_alive(),
+            "fields": serde_json::Value::Object(rec.state.live_fields()),
+        });
+        items.push((
+            id,
+            Sha256::digest(canonical_json(&content).as_bytes()).into(),
+        ));
+    }
+    let bucket = |p: &[u8], items: &[(Uuid, [u8; 32])]| {
+        let mut h = Sha256::new();
+        for (id, c) in items {
+            h.update(id.as_bytes());
+            h.update(c);
+        }
+        Bucket {
+            prefix: hex::encode(p),
+            count: items.len() as u64,
+            hash: hex::encode(h.finalize()),
+        }
+    };
+    let total = bucket(prefix, &items);
+    if items.len() <= LEAF || force_records || prefix.len() >= 16 {
+        let records = items.iter().map(|(id, c)| (*id, hex::encode(c))).collect();
+        return Ok(DigestReply {
+            total,
+            buckets: vec![],
+            records: Some(records),
+        });
+    }
+    let depth = prefix.len();
+    let mut buckets = Vec::new();
+    let mut start = 0;
+    while start < items.len() {
+        let b = items[start].0.as_bytes()[depth];
+        let end = start + items[start..].partition_point(|(id, _)| id.as_bytes()[depth] == b);
+        let mut p = prefix.to_vec();
+        p.push(b);
+        buckets.push(bucket(&p, &items[start..end]));
+        start = end;
+    }
+    Ok(DigestReply {
+        total,
+        buckets,
+        records: None,
+    })
+}
+
+/// Runs one full session with the peer at `addr`: hello, pull everything new, push everything new.
+pub async fn sync_with(
+    store: Arc<Store>,
+    addr: &str,
+    opts: &SessionOptions,
+) -> Result<SessionReport, SyncError> {
+    let client = Client::connect(addr).map_err(|message| SyncError::Transport {
+        addr: addr.to_string(),
+        message,
+    })?;
+    let span = info_span!("sync", peer_addr = %addr, peer = tracing::field::Empty);
+    let result = session(&store, &client, addr, opts)
+        .instrument(span.clone())
+        .await;
+    match &result {
+        Ok(r) => info!(parent: &span, peer = %r.peer.instance, name = %r.peer.name,
+                       received = r.received.records, applied = r.received.applied,
+                       sent = r.sent.records, conflicts = r.received.conflicts + r.sent.conflicts,
+                       ms = r.received.ms + r.sent.ms, "session finished"),
+        Err(e) => warn!(parent: &span, error = %e, "session failed"),
+    }
+    result
+}
+
+async fn session(
+    store: &Arc<Store>,
+    client: &Client,
+    addr: &str,
+    opts: &SessionOptions,
+) -> Result<SessionReport, SyncError> {
+    let pos = blocking(store, |s| s.position()).await?;
+    let me = store.instance();
+    let hello = Hello {
+        protocol_min: protocol::MIN_PROTOCOL_VERSION,
+        protocol_max: protocol::PROTOCOL_VERSION,
+        peer: PeerInfo {
+            instance: me.id,
+            name: me.name.clone(),
+            owner: me.owner.clone(),
+            contact: me.contact.clone(),
+            url: opts.url.clone(),
+        },
+        clock_ms: wall_millis(),
+        head: pos.head,
+        knowledge: pos.knowledge.clone(),
+        encodings: vec![opts.encoding.clone(), ENC_JSON.to_string()],
+        local_only: local_only(store),
+        tables: synced_tables(store)?,
+    };
+    let reply = client.hello(&hello).await.map_err(|e| e.into_sync(addr))?;
+    let peer = reply.peer.clone();
+    tracing::Span::current().record("peer", tracing::field::display(peer.instance));
+    if peer.instance == me.id {
+        return Err(SyncError::Peer(ProtocolError::new(
+            codes::SAME_INSTANCE,
+            format!("peer at {addr} has our own instance id {}", me.id),
+        )));
+    }
+    protocol::negotiate(reply.protocol, reply.protocol)?;
+    let mut report = SessionReport {
+        peer: peer.clone(),
+        ..Default::default()
+    };
+    let mut since = {
+        let store = store.clone();
+        let peer = peer.clone();
+        let url = addr.to_string();
+        let (clock_ms, head) = (reply.clock_ms, reply.head);
+        blocking(&store, move |s| {
+            let mut row = s.peer(&peer.instance)?.unwrap_or_default();
+            note_peer(&mut row, &peer, clock_ms);
+            // The address we just reached it at beats whatever it says about itself.
+            row.url = url;
+            if head < row.received_upto {
+                warn!(
+                    head,
+                    had = row.received_upto,
+                    "peer's feed is behind what we received from it (restored?): resyncing from 0"
+                );
+                row.received_upto = 0;
+            }
+            s.put_peer(&row)?;
+            Ok(row.received_upto)
+        })
+        .await?
+    };
+
+    // Pull: pages of the peer's changes, each applied with its position in one batch.
+    let started = Instant::now();
+    let their_knowledge = reply.knowledge.clone();
+    for _ in 0..u32::MAX {
+        let req = PullRequest {
+            from: me.id,
+            since,
+            limit: opts.page_records as u32,
+            max_bytes: opts.page_bytes as u32,
+            knowledge: pos.knowledge.clone(),
+            encoding: reply.encoding.clone(),
+            local_only: hello.local_only.clone(),
+        };
+        let page = client.pull(&req).await.map_err(|e| e.into_sync(addr))?;
+        if page.since != since || (page.more && page.next <= since) {
+            return Err(SyncError::Peer(ProtocolError::new(
+                codes::INVALID_PAGE,
+                format!(
+                    "peer sent a page for position {}..{} when asked for {since}",
+                    page.since, page.next
+                ),
+            )));
+        }
+        let changes = protocol::decode_changes(&page).map_err(SyncError::Peer)?;
+        report.received.pages += 1;
+        report.received.records += changes.len() as u64;
+        report.received.bytes += page.data.to_string().len() as u64;
+        let (next, more) = (page.next, page.more);
+        let k = their_knowledge.clone();
+        let pid = peer.instance;
+        let stats: ApplyStats = blocking(store, move |s| {
+            s.apply_remote(Some(pid), &changes, |txn| {
+                let mut row = s.peer(&pid)?.unwrap_or_default();
+                row.received_upto = row.received_upto.max(next);
+                if !more {
+                    s.stage_knowledge(txn, &k)?;
+                }
+                s.stage_peer(txn, &row);
+                Ok(())
+            })
+        })
+        .await?;
+        report.received.applied += stats.applied;
+        report.received.conflicts += stats.conflicts;
+        since = next;
+        if !more {
+            break;
+        }
+    }
+    report.received.ms = started.elapsed().as_millis() as u64;
+
+    // Push: our changes since what the peer has, skipping what it already knows.
+    let started = Instant::now();
+    let skip: BTreeSet<String> = reply.local_only.iter().cloned().collect();
+    let mut since = reply.received_upto;
+    for _ in 0..u32::MAX {
+        let (k, sk, limit, bytes) = (
+            reply.knowledge.clone(),
+            skip.clone(),
+            opts.page_records.min(protocol::MAX_PAGE_RECORDS),
+            opts.page_bytes,
+        );
+        let pid = peer.instance;
+        let out = blocking(store, move |s| {
+            s.outgoing(since, limit, bytes, &k, &sk, Some(pid))
+        })
+        .await?;
+        let page = Page {
+            since,
+            next: out.next,
+            more: out.more,
+            count: out.changes.len() as u32,
+            data: protocol::encode_changes(&out.changes, &reply.encoding)
+                .map_err(SyncError::Peer)?,
+            encoding: reply.encoding.clone(),
+        };
+        report.sent.pages += 1;
+        report.sent.records += out.changes.len() as u64;
+        report.sent.bytes += page.data.to_string().len() as u64;
+        let req = PushRequest {
+            from: me.id,
+            knowledge: (!out.more).then(|| pos.knowledge.clone()),
+            page,
+        };
+        let r = client.push(&req).await.map_err(|e| e.into_sync(addr))?;
+        report.sent.applied += r.stats.applied;
+        report.sent.conflicts += r.stats.conflicts;
+        since = out.next;
+        if !out.more {
+            break;
+        }
+    }
+    report.sent.ms = started.elapsed().as_millis() as u64;
+
+    let pid = peer.instance;
+    blocking(store, move |s| {
+        let mut row = s.peer(&pid)?.unwrap_or_default();
+        row.last_update = Some(Utc::now());
+        row.sync_count += 1;
+        row.last_error = None;
+        s.put_peer(&row)
+    })
+    .await?;
+    Ok(report)
+}
+
+/// Records a failed session in the peer's row (best effort: the session already failed).
+pub fn note_failure(store: &Store, peer: Option<Uuid>, error: &SyncError) {
+    let Some(pid) = peer else { return };
+    if let Ok(Some(mut row)) = store.peer(&pid) {
+        row.last_error = Some(error.to_string());
+        row.last_attempt = Some(Utc::now());
+        let _ = store.put_peer(&row);
+    }
+}
+
+/// Runs store work off the async threads (sled and fsync block).
+async fn blocking<T, F>(store: &Arc<Store>, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+{
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || f(&s))
+        .await
+        .map_err(|e| StoreError::Decode(format!("store task failed: {e}")))?
+}
+
+/// One table's verify result.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TableCheck {
+    /// Table.
+    pub table: String,
+    /// Same content on both sides.
+    pub in_sync: bool,
+    /// Records here (deleted included).
+    pub local_count: u64,
+    /// Records there.
+    pub remote_count: u64,
+    /// Ids whose content differs or that only one side has.
+    pub differing: Vec<Uuid>,
+}
+
+/// Compares every table with the peer by bisecting digest buckets; transfers no records.
+pub async fn verify_with(store: Arc<Store>, addr: &str) -> Result<Vec<TableCheck>, SyncError> {
+    let client = Client::connect(addr).map_err(|message| SyncError::Transport {
+        addr: addr.to_string(),
+        message,
+    })?;
+    let pos = blocking(&store, |s| s.position()).await?;
+    let me = store.instance();
+    let hello = Hello {
+        protocol_min: protocol::MIN_PROTOCOL_VERSION,
+        protocol_max: protocol::PROTOCOL_VERSION,
+        peer: PeerInfo {
+            instance: me.id,
+            name: me.name,
+            owner: me.owner,
+            contact: me.contact,
+            url: None,
+        },
+        clock_ms: wall_millis(),
+        head: pos.head,
+        knowledge: pos.knowledge,
+        encodings: vec![ENC_ZSTD.into()],
+        local_only: local_only(&store),
+        tables: synced_tables(&store)?,
+    };
+    let reply = client.hello(&hello).await.map_err(|e| e.into_sync(addr))?;
+    let mut tables: BTreeSet<String> = reply.tables.iter().cloned().collect();
+    tables.extend(hello.tables.iter().cloned());
+    let mut out = Vec::new();
+    for table in tables {
+        let mut differing = Vec::new();
+        let mut stack: Vec<Vec<u8>> = vec![vec![]];
+        let (mut local_count, mut remote_count) = (None, None);
+        // Bounded: each level adds one id byte, and ids have 16.
+        while let Some(prefix) = stack.pop() {
+            let remote = client
+                .digest(&DigestRequest {
+                    table: table.clone(),
+                    prefix: hex::encode(&prefix),
+                })
+                .await
+                .map_err(|e| e.into_sync(addr))?;
+            let force = remote.records.is_some();
+            let (t, p) = (table.clone(), prefix.clone());
+            let local = blocking(&store, move |s| digest_buckets(s, &t, &p, force)).await?;
+            remote_count.get_or_insert(remote.total.count);
+            local_count.get_or_insert(local.total.count);
+            if remote.total == local.total {
+                continue;
+            }
+            match (remote.records, local.records) {
+                (Some(r), Some(l)) => {
+                    let r: std::collections::BTreeMap<Uuid, String> = r.into_iter().collect();
+                    let l: std::collections::BTreeMap<Uuid, String> = l.into_iter().collect();
+                    let ids: BTreeSet<&Uuid> = r.keys().chain(l.keys()).collect();
+                    differing.extend(ids.into_iter().filter(|id| r.get(id) != l.get(id)));
+                }
+                _ => {
+                    let mut sub: std::collections::BTreeMap<
+                        String,
+                        (Option<Bucket>, Option<Bucket>),
+                    > = Default::default();
+                    for b in remote.buckets {
+                        let key = b.prefix.clone();
+                        sub.entry(key).or_default().0 = Some(b);
+                    }
+                    for b in local.buckets {
+                        let key = b.prefix.clone();
+                        sub.entry(key).or_default().1 = Some(b);
+                    }
+                    for (p, (r, l)) in sub {
+                        if r != l {
+                            stack.push(hex::decode(p).unwrap_or_default());
+                        }
+                    }
+                }
+            }
+        }
+        differing.sort();
+        out.push(TableCheck {
+            in_sync: differing.is_empty(),
+            table,
+            local_count: local_count.unwrap_or(0),
+            remote_count: remote_count.unwrap_or(0),
+            differing,
+        });
+    }
+    Ok(out)
+}
+
+/// Tells a peer we have new changes.
+pub async fn notify(store: &Store, addr: &str) -> Result<(), SyncError> {
+    let client = Client::connect(addr).map_err(|message| SyncError::Transport {
+        addr: addr.to_string(),
+        message,
+    })?;
+    client
+        .notify(&Notify {
+            from: store.id(),
+            head: store.seq(),
+        })
+        .await
+        .map_err(|e| e.into_sync(addr))
+}
+
+impl crate::protocol::client::CallError {
+    /// Turns a failed call to the peer at `addr` into a session error.
+    pub fn into_sync(self, addr: &str) -> SyncError {
+        match self {
+            crate::protocol::client::CallError::Protocol(e) => SyncError::Refused(e),
+            crate::protocol::client::CallError::Transport(message) => SyncError::Transport {
+                addr: addr.to_string(),
+                message,
+            },
+        }
+    }
+}
+
+impl From<ProtocolError> for SyncError {
+    fn from(e: ProtocolError) -> Self {
+        SyncError::Peer(e)
+    }
+}
+
+/// The knowledge type re-exported for callers of this module.
+pub type Knowledge = VersionVector;
