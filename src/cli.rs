@@ -881,6 +881,8 @@ pub fn conflict_json(c: &ConflictEntry) -> Value {
     let mut v = json!({
         "id": c.id, "table": c.table, "record": c.record,
         "detected_at": c.detected_at.to_rfc3339(), "peer": c.peer,
+        // "local"/"remote" below are as seen by the detecting instance (null: this one).
+        "detected_by": c.reported_by,
         "resolved": c.resolved.as_ref().map(|r| json!({"at": r.at.to_rfc3339(), "how": r.how})),
     });
     let extra = match &c.detail {

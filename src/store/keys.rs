@@ -9,6 +9,7 @@
 //! | `H`    | table, 0x00, id, stamp (24 bytes)             | `HistoryEntry`               |
 //! | `C`    | conflict id (u64 BE)                          | `ConflictEntry`              |
 //! | `X`    | table, 0x00, id, conflict id (u64 BE)         | empty: conflicts by record   |
+//! | `D`    | table, 0x00, id, conflict fingerprint (32)    | conflict id (u64 BE): dedupe |
 //! | `U`    | table, 0x00, field, 0x00, value JSON, 0x00, id| empty: unique-field index    |
 //! | `T`    | table                                         | live and deleted counts      |
 //! | `P`    | peer instance id (16 bytes)                   | `PeerRow` (sync_instance)    |
@@ -26,6 +27,7 @@ pub(crate) const HISTORY: u8 = b'H';
 pub(crate) const CONFLICT: u8 = b'C';
 pub(crate) const CONFLICT_BY_RECORD: u8 = b'X';
 pub(crate) const UNIQUE: u8 = b'U';
+pub(crate) const CONFLICT_DEDUPE: u8 = b'D';
 pub(crate) const TABLE: u8 = b'T';
 pub(crate) const PEER: u8 = b'P';
 
@@ -115,6 +117,10 @@ pub(crate) fn conflict_by_record(suffix: &[u8], id: u64) -> Vec<u8> {
 
 pub(crate) fn conflicts_of(suffix: &[u8]) -> Vec<u8> {
     with_prefix(CONFLICT_BY_RECORD, &[suffix])
+}
+
+pub(crate) fn conflict_dedupe(suffix: &[u8], fingerprint: &[u8; 32]) -> Vec<u8> {
+    with_prefix(CONFLICT_DEDUPE, &[suffix, fingerprint])
 }
 
 /// Prefix of the unique index entries for one value of one field.

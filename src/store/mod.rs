@@ -13,7 +13,7 @@ mod write;
 pub use replication::{Knowledge, OutgoingPage, Position};
 pub use txn::Txn;
 pub(crate) use write::decode_record;
-pub use write::{ApplyStats, Keep, LocalOp, OpResult, RemoteChange};
+pub use write::{ApplyStats, Keep, LocalOp, OpResult, RemoteChange, ReportedConflict};
 
 use crate::clock::{Clock, Hlc};
 use crate::config::Config;
@@ -148,6 +148,8 @@ pub struct StoredRecord {
     pub seq: u64,
     /// Feed position at which each field last changed (so deltas carry only changed fields).
     pub fseq: BTreeMap<String, u64>,
+    /// Feed position of the latest conflict logged for this record (0: none).
+    pub conflict_seq: u64,
 }
 
 /// Where a revision came from.
@@ -219,6 +221,10 @@ pub struct ConflictEntry {
     pub detail: ConflictDetail,
     /// Set once settled.
     pub resolved: Option<Resolution>,
+    /// Feed position of the record when the conflict was logged (so it travels with the record).
+    pub seq: u64,
+    /// The instance that detected it, when it arrived from a peer rather than being found here.
+    pub reported_by: Option<Uuid>,
 }
 
 /// A row of the `sync_instance` table: what we know about one peer instance.

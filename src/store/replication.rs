@@ -1,7 +1,10 @@
 //! What the sync layer needs from the store: this instance's knowledge vector, per-peer
 //! bookkeeping written in the same batch as a page, and outgoing pages read from the feed.
 
-use super::{decode, decode_record, encode, keys, PeerRow, Store, StoreError, Txn};
+use super::{
+    decode, decode_record, encode, keys, ConflictDetail, PeerRow, ReportedConflict, Store,
+    StoreError, Txn,
+};
 use crate::merge::outgoing_delta;
 use crate::model::VersionVector;
 use crate::store::RemoteChange;
@@ -36,6 +39,29 @@ pub struct OutgoingPage {
 }
 
 impl Store {
+    /// Unresolved merge conflicts of one record logged after `since`, as peers receive them.
+    fn conflicts_to_report(
+        &self,
+        suffix: &[u8],
+        since: u64,
+    ) -> Result<Vec<ReportedConflict>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(keys::conflicts_of(suffix)) {
+            let k = kv?.0;
+            let id = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8-byte id"));
+            let e = self.conflict(id)?;
+            if let (ConflictDetail::Merge { conflict }, None, true) =
+                (e.detail, &e.resolved, e.seq > since)
+            {
+                out.push(ReportedConflict {
+                    detected_by: e.reported_by.unwrap_or(self.id()),
+                    conflict,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     /// Head and knowledge, read under the writer lock so that every own event with a stamp up to
     /// the reported clock is already committed and in the feed.
     pub fn position(&self) -> Result<Position, StoreError> {
@@ -111,7 +137,17 @@ impl Store {
             let rec = decode_record(&raw)?;
             if let Some(state) = outgoing_delta(&rec.state, &rec.fseq, since, known) {
                 bytes += raw.len();
-                page.changes.push(RemoteChange { table, id, state });
+                let conflicts = if rec.conflict_seq > since {
+                    self.conflicts_to_report(suffix, since)?
+                } else {
+                    Vec::new()
+                };
+                page.changes.push(RemoteChange {
+                    table,
+                    id,
+                    state,
+                    conflicts,
+                });
             }
             if page.changes.len() >= limit || bytes >= max_bytes {
                 break;

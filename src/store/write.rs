@@ -37,7 +37,7 @@ pub enum OpResult {
 }
 
 /// One record state received from a peer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RemoteChange {
     /// Table.
     pub table: String,
@@ -45,6 +45,48 @@ pub struct RemoteChange {
     pub id: Uuid,
     /// The peer's state of the record (possibly only the fields that changed).
     pub state: RecordState,
+    /// Conflicts the sender logged for this record since the receiver's position, so every
+    /// instance's log shows them (deduplicated by the writes involved).
+    #[serde(default)]
+    pub conflicts: Vec<ReportedConflict>,
+}
+
+/// A conflict as reported by the instance that detected it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReportedConflict {
+    /// The instance that detected it.
+    pub detected_by: Uuid,
+    /// What it is.
+    pub conflict: Conflict,
+}
+
+/// Identifies a conflict by the writes involved, whichever side detected it.
+pub(crate) fn fingerprint(c: &Conflict) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    match c {
+        Conflict::Field {
+            field,
+            local,
+            remote,
+            ..
+        } => {
+            let (a, b) = if local.stamp <= remote.stamp {
+                (local.stamp, remote.stamp)
+            } else {
+                (remote.stamp, local.stamp)
+            };
+            h.update(b"field\0");
+            h.update(field.as_bytes());
+            h.update(a.to_key_bytes());
+            h.update(b.to_key_bytes());
+        }
+        Conflict::DeleteEdit { deleted, .. } => {
+            h.update(b"delete_edit\0");
+            h.update(deleted.to_key_bytes());
+        }
+    }
+    h.finalize().into()
 }
 
 /// Counts from applying a batch of remote changes.
@@ -90,6 +132,8 @@ struct Persist<'a> {
     revisions: Vec<Revision>,
     source: Source,
     conflicts: Vec<Conflict>,
+    /// Conflicts other instances detected, received with the record.
+    reported: Vec<ReportedConflict>,
     peer: Option<Uuid>,
     /// Set when the new state is exactly what this peer sent (insert or fast-forward).
     echo_of: Option<Uuid>,
@@ -187,7 +231,16 @@ impl Store {
             let suffix = keys::record_suffix(&ch.table, &ch.id);
             let prev = b.load(&suffix)?;
             let out = merge::merge_remote(prev.as_ref().map(|p| &p.state), &state);
-            if out.kind == MergeKind::NoOp {
+            let mut reported = Vec::new();
+            for r in &ch.conflicts {
+                let dk = keys::conflict_dedupe(&suffix, &fingerprint(&r.conflict));
+                if b.txn.get(&dk)?.is_none() {
+                    reported.push(r.clone());
+                }
+            }
+            // An unchanged record is still written when it brings news of a conflict, so that
+            // the report reaches this instance's other peers too.
+            if out.kind == MergeKind::NoOp && reported.is_empty() {
                 continue;
             }
             stats.applied += 1;
@@ -208,6 +261,7 @@ impl Store {
                     Source::Peer(from)
                 },
                 conflicts: out.conflicts,
+                reported,
                 peer,
                 echo_of,
             })?;
@@ -324,6 +378,7 @@ impl Batch<'_> {
             revisions: vec![out.revision],
             source: Source::Local,
             conflicts: vec![],
+            reported: vec![],
             peer: None,
             echo_of: None,
         })?;
@@ -367,11 +422,21 @@ impl Batch<'_> {
             self.txn.put(ck, encode(&c));
         }
 
-        let mut conflicts: Vec<ConflictDetail> = p
-            .conflicts
+        let mut conflicts: Vec<(ConflictDetail, Option<Uuid>)> = Vec::new();
+        let reported = p
+            .reported
             .into_iter()
-            .map(|conflict| ConflictDetail::Merge { conflict })
-            .collect();
+            .map(|r| (r.conflict, Some(r.detected_by)));
+        for (conflict, reporter) in p.conflicts.into_iter().map(|c| (c, None)).chain(reported) {
+            let dk = keys::conflict_dedupe(&suffix, &fingerprint(&conflict));
+            if self.txn.get(&dk)?.is_none() {
+                self.txn
+                    .put(dk, self.w.next_conflict.to_be_bytes().to_vec());
+                conflicts.push((ConflictDetail::Merge { conflict }, reporter));
+                // Reserve the id now so the dedupe entry points at the right conflict.
+                self.w.next_conflict += 1;
+            }
+        }
         let old_state = p.prev.as_ref().map(|r| &r.state).filter(|s| s.is_alive());
         for field in self.store.config.unique_fields(p.table) {
             let old = old_state.and_then(|s| s.value(field));
@@ -398,11 +463,15 @@ impl Batch<'_> {
                             other,
                         });
                     }
-                    conflicts.push(ConflictDetail::NameClash {
-                        field: field.clone(),
-                        value: v.clone(),
-                        other,
-                    });
+                    conflicts.push((
+                        ConflictDetail::NameClash {
+                            field: field.clone(),
+                            value: v.clone(),
+                            other,
+                        },
+                        None,
+                    ));
+                    self.w.next_conflict += 1;
                 }
                 let mut k = prefix;
                 k.extend_from_slice(p.id.as_bytes());
@@ -426,9 +495,9 @@ impl Batch<'_> {
             self.supersede(&suffix, &p.state, &p.touched)?;
         }
         let logged = conflicts.len() as u64;
-        for detail in conflicts {
-            let id = self.w.next_conflict;
-            self.w.next_conflict += 1;
+        let first_id = self.w.next_conflict - logged;
+        for (n, (detail, reported_by)) in conflicts.into_iter().enumerate() {
+            let id = first_id + n as u64;
             let entry = ConflictEntry {
                 id,
                 table: p.table.to_string(),
@@ -437,16 +506,24 @@ impl Batch<'_> {
                 peer: p.peer,
                 detail,
                 resolved: None,
+                seq,
+                reported_by,
             };
             self.txn.put(keys::conflict(id), encode(&entry));
             self.txn
                 .put(keys::conflict_by_record(&suffix, id), Vec::new());
         }
 
+        let conflict_seq = if logged > 0 {
+            seq
+        } else {
+            p.prev.as_ref().map_or(0, |r| r.conflict_seq)
+        };
         let rec = StoredRecord {
             state: p.state,
             seq,
             fseq,
+            conflict_seq,
         };
         self.txn.put(keys::record(&suffix), encode_record(&rec));
         Ok(logged)
