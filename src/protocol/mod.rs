@@ -373,6 +373,7 @@ mod tests {
             table: "person".into(),
             id: Uuid::new_v4(),
             state,
+            conflicts: vec![],
         }]
     }
 
