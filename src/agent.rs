@@ -1,29 +1,43 @@
 //! The daemon behind `fieldsync run`: serves the sync protocol, runs the control endpoint for
-//! the CLI, starts sessions (on a peer's notify, periodically with known and static peers),
-//! and shuts down cleanly on SIGINT/SIGTERM.
+//! the CLI, finds peers with mDNS, and keeps them in sync on its own.
 //!
-//! Every task watches one shutdown signal; store work runs on blocking threads.
+//! Sessions start when a peer is discovered, when a peer notifies us of changes, periodically
+//! as a fallback, and our local changes are announced to peers (debounced) so they pull. At
+//! most one session per peer runs at a time; failures back off exponentially per peer. Every
+//! task watches one shutdown signal; store work runs on blocking threads.
 
+use crate::config::DiscoveryConfig;
 use crate::control::{self, Executor};
-use crate::protocol::server;
-use crate::store::Store;
-use crate::sync::{self, Responder, SessionOptions};
-use std::collections::HashSet;
+use crate::discovery::{Advert, Discovery, PeerEvent};
+use crate::protocol::server::{self, Traffic};
+use crate::store::{PeerRow, Store};
+use crate::sync::{self, Inbound, Responder, SessionOptions, SyncError};
+use chrono::Utc;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use uuid::Uuid;
+
+/// What the agent shows to `fieldsync status` while it runs.
+pub type LiveStatus = Arc<Mutex<serde_json::Value>>;
 
 /// How the agent was started.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     /// Sync listen address.
     pub listen: String,
-    /// Static peers (`host:port`) to sync with, besides the ones that contact us.
+    /// Static peers (`host:port`) to sync with, besides discovered ones.
     pub peers: Vec<String>,
     /// Seconds between fallback syncs.
     pub interval: Duration,
+    /// mDNS settings; `None` disables discovery.
+    pub discovery: Option<DiscoveryConfig>,
+    /// Where to publish live status.
+    pub live: LiveStatus,
 }
 
 /// Why the agent could not run.
@@ -42,70 +56,202 @@ pub enum AgentError {
     Control(#[from] control::ControlError),
 }
 
-/// Sessions in flight, keyed by peer address: at most one per peer at a time.
-#[derive(Default)]
-struct InFlight(Mutex<HashSet<String>>);
-
-impl InFlight {
-    fn try_start(&self, addr: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(addr.to_string())
-    }
-
-    fn finish(&self, addr: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(addr);
-    }
+/// Why a session was started (discovery sessions ignore back-off: the peer just appeared).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reason {
+    Discovered,
+    Notified,
+    Periodic,
 }
 
-/// Shared state of the running agent's tasks.
+/// Longest back-off between attempts with a failing peer.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Local changes are announced this long after the first one, so a burst becomes one notify.
+const NOTIFY_DEBOUNCE: Duration = Duration::from_millis(200);
+
 struct Agent {
     store: Arc<Store>,
     opts: SessionOptions,
-    in_flight: InFlight,
+    inbound: Arc<Inbound>,
+    /// Keys of sessions in flight (peer id, or address for unknown static peers).
+    in_flight: Mutex<std::collections::HashSet<String>>,
+    /// Key → (consecutive failures, not before).
+    backoff: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Peers currently seen by discovery: id → addresses.
+    online: Mutex<HashMap<Uuid, Vec<String>>>,
+    discovery: Mutex<Option<Discovery>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Agent {
-    /// Runs a session with `addr` unless one is already running.
-    fn spawn_session(self: &Arc<Self>, addr: String) {
-        if !self.in_flight.try_start(&addr) {
+    /// Starts a session with a peer (trying each address until one answers) unless one runs.
+    fn spawn_session(self: &Arc<Self>, peer: Option<Uuid>, addrs: Vec<String>, why: Reason) {
+        let Some(first) = addrs.first() else { return };
+        let key = peer.map_or_else(|| first.clone(), |p| p.to_string());
+        if peer.is_some_and(|p| self.inbound.active(&p)) {
+            return;
+        }
+        if why != Reason::Discovered {
+            if let Some((_, until)) = lock(&self.backoff).get(&key) {
+                if Instant::now() < *until {
+                    return;
+                }
+            }
+        }
+        if !lock(&self.in_flight).insert(key.clone()) {
             return;
         }
         let me = self.clone();
         tokio::spawn(async move {
-            match sync::sync_with(me.store.clone(), &addr, &me.opts).await {
-                Ok(_) => {}
-                Err(e) => {
-                    let peer = me
-                        .store
-                        .peers()
-                        .ok()
-                        .and_then(|ps| ps.into_iter().find(|p| p.url == addr))
-                        .map(|p| p.instance);
-                    sync::note_failure(&me.store, peer, &e);
+            let mut last_err = None;
+            for addr in &addrs {
+                match sync::sync_with(me.store.clone(), addr, &me.opts).await {
+                    Ok(report) => {
+                        last_err = None;
+                        lock(&me.backoff).remove(&key);
+                        me.remember_address(report.peer.instance, addr);
+                        break;
+                    }
+                    Err(e @ SyncError::Transport { .. }) => last_err = Some(e),
+                    Err(e) => {
+                        last_err = Some(e);
+                        break;
+                    }
                 }
             }
-            me.in_flight.finish(&addr);
+            if let Some(e) = last_err {
+                let mut b = lock(&me.backoff);
+                let entry = b.entry(key.clone()).or_insert((0, Instant::now()));
+                entry.0 += 1;
+                let wait = Duration::from_secs(1 << entry.0.min(9)).min(MAX_BACKOFF);
+                entry.1 = Instant::now() + wait;
+                drop(b);
+                warn!(peer = ?peer, error = %e, retry_in_s = wait.as_secs(), "sync failed");
+                sync::note_failure(&me.store, peer, &e);
+                if let (Some(p), Some(d)) = (peer, lock(&me.discovery).as_ref()) {
+                    d.verify(&p);
+                }
+            }
+            lock(&me.in_flight).remove(&key);
         });
     }
 
-    /// Known peer addresses: static ones and every peer row with an address.
-    fn known_addrs(&self, statics: &[String]) -> Vec<String> {
-        let mut addrs: Vec<String> = statics.to_vec();
-        if let Ok(rows) = self.store.peers() {
-            addrs.extend(rows.into_iter().map(|r| r.url).filter(|u| !u.is_empty()));
+    fn remember_address(&self, peer: Uuid, addr: &str) {
+        self.update_row(peer, |row| {
+            row.addresses.retain(|a| a != addr);
+            row.addresses.insert(0, addr.to_string());
+            row.addresses.truncate(4);
+        });
+    }
+
+    fn update_row(&self, peer: Uuid, f: impl FnOnce(&mut PeerRow)) {
+        let mut row = match self.store.peer(&peer) {
+            Ok(Some(r)) => r,
+            Ok(None) => PeerRow {
+                instance: peer,
+                first_seen: Some(Utc::now()),
+                ..Default::default()
+            },
+            Err(_) => return,
+        };
+        f(&mut row);
+        if let Err(e) = self.store.put_peer(&row) {
+            warn!(error = %e, "cannot record peer state");
         }
-        addrs.sort();
-        addrs.dedup();
-        addrs
+    }
+
+    /// Addresses to reach a peer at: discovered ones, then remembered ones.
+    fn addrs_of(&self, peer: &Uuid) -> Vec<String> {
+        let mut out = lock(&self.online).get(peer).cloned().unwrap_or_default();
+        if let Ok(Some(row)) = self.store.peer(peer) {
+            out.extend(row.addresses);
+            if !row.url.is_empty() {
+                out.push(row.url);
+            }
+        }
+        dedup(out)
+    }
+
+    fn on_peer_event(self: &Arc<Self>, ev: PeerEvent) {
+        match ev {
+            PeerEvent::Found {
+                instance,
+                name,
+                addrs,
+            } => {
+                let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                info!(peer = %instance, %name, ?addrs, "peer discovered");
+                lock(&self.online).insert(instance, addrs.clone());
+                lock(&self.backoff).remove(&instance.to_string());
+                self.update_row(instance, |row| {
+                    row.online = true;
+                    row.last_seen = Some(Utc::now());
+                    if row.name.is_empty() {
+                        row.name = name;
+                    }
+                });
+                // Two agents that discover each other at once must not both start a session:
+                // the smaller id starts at once, the other only if nothing happened meanwhile.
+                if self.store.id() < instance {
+                    self.spawn_session(Some(instance), addrs, Reason::Discovered);
+                } else {
+                    let me = self.clone();
+                    let found = Utc::now();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        let synced = me
+                            .store
+                            .peer(&instance)
+                            .ok()
+                            .flatten()
+                            .and_then(|r| r.last_update)
+                            .is_some_and(|t| t >= found);
+                        if !synced {
+                            let addrs = me.addrs_of(&instance);
+                            me.spawn_session(Some(instance), addrs, Reason::Discovered);
+                        }
+                    });
+                }
+            }
+            PeerEvent::Lost { instance } => {
+                info!(peer = %instance, "peer left");
+                lock(&self.online).remove(&instance);
+                self.update_row(instance, |row| row.online = false);
+            }
+        }
+    }
+
+    /// Every peer we could sync with: static addresses, discovered and remembered peers.
+    fn all_targets(&self, statics: &[String]) -> Vec<(Option<Uuid>, Vec<String>)> {
+        let mut out: Vec<(Option<Uuid>, Vec<String>)> = Vec::new();
+        let mut covered: Vec<String> = Vec::new();
+        if let Ok(rows) = self.store.peers() {
+            for row in rows {
+                let addrs = self.addrs_of(&row.instance);
+                if !addrs.is_empty() {
+                    covered.extend(addrs.iter().cloned());
+                    out.push((Some(row.instance), addrs));
+                }
+            }
+        }
+        for s in statics {
+            if !covered.contains(s) {
+                out.push((None, vec![s.clone()]));
+            }
+        }
+        out
     }
 }
 
-/// Runs the agent until SIGINT/SIGTERM. Prints one JSON line with the bound addresses.
+fn dedup(v: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    v.into_iter().filter(|a| seen.insert(a.clone())).collect()
+}
+
+/// Runs the agent until SIGINT/SIGTERM. Prints one JSON line with the bound address.
 pub async fn run(
     store: Arc<Store>,
     options: AgentOptions,
@@ -119,77 +265,196 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(&options.listen)
         .await
         .map_err(listen_err)?;
-    let listen = listener.local_addr().map_err(listen_err)?.to_string();
+    let bound = listener.local_addr().map_err(listen_err)?;
+    let listen = bound.to_string();
     let responder = Responder::new(store.clone(), Some(listen.clone()), Some(notify_tx));
+    let inbound = responder.inbound();
     let running = server::start(listener, responder)
         .await
         .map_err(listen_err)?;
+    let traffic = running.traffic.clone();
     let control = control::start(store.clone(), &listen, exec).await?;
     let mut session_opts = SessionOptions::from_store(&store);
     session_opts.url = Some(listen.clone());
+    // Peers seen by an earlier run are not known to be here now.
+    if let Ok(rows) = store.peers() {
+        for mut row in rows.into_iter().filter(|r| r.online) {
+            row.online = false;
+            let _ = store.put_peer(&row);
+        }
+    }
     let agent = Arc::new(Agent {
         store: store.clone(),
         opts: session_opts,
-        in_flight: InFlight::default(),
+        inbound,
+        in_flight: Mutex::default(),
+        backoff: Mutex::default(),
+        online: Mutex::default(),
+        discovery: Mutex::default(),
     });
-    info!(instance = %store.id(), %listen, "agent listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    if let Some(dc) = &options.discovery {
+        let (tx, mut rx) = mpsc::channel(64);
+        let advert = Advert {
+            instance: store.id(),
+            mesh: dc.mesh.clone(),
+            name: store.instance().name,
+            port: bound.port(),
+        };
+        match Discovery::start(&advert, dc.mdns_port, tx) {
+            Ok(d) => *lock(&agent.discovery) = Some(d),
+            Err(e) => warn!(error = %e, "mDNS discovery unavailable; static peers only"),
+        }
+        let a = agent.clone();
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(ev) = rx.recv() => a.on_peer_event(ev),
+                    _ = stop.changed() => break,
+                }
+            }
+        }));
+    }
+    info!(instance = %store.id(), %listen, discovery = options.discovery.is_some(), "agent listening");
     println!(
         "{}",
-        serde_json::json!({"event": "listening", "listen": listen, "instance": store.id()})
+        json!({"event": "listening", "listen": listen, "instance": store.id()})
     );
 
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let ticker = {
-        let agent = agent.clone();
+    // Fallback: every known peer, periodically.
+    {
+        let a = agent.clone();
         let statics = options.peers.clone();
         let mut stop = stop_rx.clone();
         let interval = options.interval;
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        for addr in agent.known_addrs(&statics) {
-                            agent.spawn_session(addr);
+                        for (peer, addrs) in a.all_targets(&statics) {
+                            a.spawn_session(peer, addrs, Reason::Periodic);
                         }
                     }
                     _ = stop.changed() => break,
                 }
             }
-        })
-    };
-    let notified = {
-        let agent = agent.clone();
+        }));
+    }
+    // A peer told us it has changes.
+    {
+        let a = agent.clone();
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     Some(peer) = notify_rx.recv() => {
-                        match agent.store.peer(&peer) {
-                            Ok(Some(row)) if !row.url.is_empty() => agent.spawn_session(row.url),
-                            _ => warn!(%peer, "notify from a peer without a known address"),
+                        let addrs = a.addrs_of(&peer);
+                        if addrs.is_empty() {
+                            warn!(%peer, "notify from a peer without a known address");
                         }
+                        a.spawn_session(Some(peer), addrs, Reason::Notified);
                     }
                     _ = stop.changed() => break,
                 }
             }
-        })
-    };
+        }));
+    }
+    // Our changes: tell every reachable peer, so it pulls promptly.
+    {
+        let a = agent.clone();
+        let statics = options.peers.clone();
+        let mut stop = stop_rx.clone();
+        let mut changes = store.subscribe();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { break },
+                    _ = stop.changed() => break,
+                }
+                tokio::time::sleep(NOTIFY_DEBOUNCE).await;
+                changes.borrow_and_update();
+                for (_, addrs) in a.all_targets(&statics) {
+                    let store = a.store.clone();
+                    tokio::spawn(async move {
+                        for addr in addrs {
+                            let sent = tokio::time::timeout(
+                                Duration::from_secs(5),
+                                sync::notify(&store, &addr),
+                            )
+                            .await;
+                            if matches!(sent, Ok(Ok(()))) {
+                                break;
+                            }
+                        }
+                    });
+                }
+            }
+        }));
+    }
+    // Live status for `fieldsync status`.
+    {
+        let a = agent.clone();
+        let live = options.live.clone();
+        let mut stop = stop_rx.clone();
+        let listen = listen.clone();
+        let t = traffic.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => publish(&a, &live, &listen, &t),
+                    _ = stop.changed() => break,
+                }
+            }
+        }));
+    }
 
     wait_for_signal().await;
     info!("shutting down");
     let _ = stop_tx.send(true);
-    let _ = stop_rx.changed().await;
+    let discovery = lock(&agent.discovery).take();
+    let goodbye = tokio::task::spawn_blocking(move || {
+        if let Some(d) = discovery {
+            d.shutdown();
+        }
+    });
     let _ = tokio::time::timeout(Duration::from_secs(3), running.stop()).await;
     let _ = control.stop();
-    ticker.abort();
-    notified.abort();
+    for t in tasks {
+        t.abort();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
+    if let Ok(rows) = store.peers() {
+        for mut row in rows.into_iter().filter(|r| r.online) {
+            row.online = false;
+            let _ = store.put_peer(&row);
+        }
+    }
     if let Err(e) = store.flush() {
         warn!(error = %e, "flush on shutdown failed");
     }
     control::remove_agent_file(store.dir());
     info!("stopped");
     Ok(())
+}
+
+fn publish(a: &Agent, live: &LiveStatus, listen: &str, traffic: &Traffic) {
+    let health = lock(&a.discovery).as_ref().map(|d| d.health());
+    let online: Vec<String> = lock(&a.online).keys().map(|k| k.to_string()).collect();
+    *lock(live) = json!({
+        "running": true,
+        "listen": listen,
+        "pid": std::process::id(),
+        "discovery": health,
+        "online_peers": online,
+        "sessions_in_flight": lock(&a.in_flight).len(),
+        "bytes_received": traffic.read.load(Ordering::Relaxed),
+        "bytes_sent": traffic.written.load(Ordering::Relaxed),
+    });
 }
 
 async fn wait_for_signal() {

@@ -199,6 +199,9 @@ pub enum Command {
         /// A peer to sync with (repeatable), in addition to `peers` in fieldsync.toml.
         #[arg(long = "peer", value_name = "HOST:PORT")]
         peers: Vec<String>,
+        /// Do not advertise or browse with mDNS (static peers only).
+        #[arg(long)]
+        no_discovery: bool,
     },
     /// Run one sync session with a peer, both directions, and print a summary line per direction.
     ///
@@ -365,6 +368,8 @@ pub struct Io<'a> {
     pub cwd: PathBuf,
     /// Runtime for the commands that talk to peers.
     pub rt: tokio::runtime::Handle,
+    /// The running agent's live status, when the command runs inside the agent.
+    pub live: Option<crate::agent::LiveStatus>,
 }
 
 /// Runs one command line. `args` is the full argv (forwarded as is when an agent holds the
@@ -383,16 +388,25 @@ pub fn run(
         Err(StoreError::Locked(_)) => return forward(&dir, &cli.command, args, out, cwd, rt),
         Err(e) => return Err(e.into()),
     };
-    if let Command::Run { listen, peers } = cli.command {
+    if let Command::Run {
+        listen,
+        peers,
+        no_discovery,
+    } = cli.command
+    {
         let sync = &store.config().sync;
         let mut all = sync.peers.clone();
         all.extend(peers);
+        let dc = &store.config().discovery;
+        let live = crate::agent::LiveStatus::default();
         let opts = crate::agent::AgentOptions {
             listen: listen.unwrap_or_else(|| sync.listen.clone()),
             peers: all,
             interval: std::time::Duration::from_secs(sync.interval_secs.max(1)),
+            discovery: (dc.enabled && !no_discovery).then(|| dc.clone()),
+            live: live.clone(),
         };
-        let exec = executor(rt.clone());
+        let exec = executor(rt.clone(), live);
         return rt
             .block_on(crate::agent::run(store, opts, exec))
             .map_err(|e| CliError::Io(e.to_string()));
@@ -402,6 +416,7 @@ pub fn run(
         stdin: None,
         cwd,
         rt: rt.clone(),
+        live: None,
     };
     execute(&store, cli.command, &mut io)
 }
@@ -458,7 +473,10 @@ fn forward(
 }
 
 /// The control endpoint's way of running a command line inside the agent.
-pub fn executor(rt: tokio::runtime::Handle) -> crate::control::Executor {
+pub fn executor(
+    rt: tokio::runtime::Handle,
+    live: crate::agent::LiveStatus,
+) -> crate::control::Executor {
     Arc::new(move |store, req| {
         let mut argv = vec!["fieldsync".to_string()];
         argv.extend(req.args);
@@ -496,6 +514,7 @@ pub fn executor(rt: tokio::runtime::Handle) -> crate::control::Executor {
             stdin: req.stdin,
             cwd: req.cwd,
             rt: rt.clone(),
+            live: Some(live.clone()),
         };
         let result = execute(store, cli.command, &mut io);
         let (code, stderr) = match result {
@@ -517,6 +536,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         stdin,
         cwd,
         rt,
+        live,
     } = io;
     let out = &mut **out;
     let p = |out: &mut dyn Write, v: &Value| -> Result<(), CliError> {
@@ -687,8 +707,8 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         } => {
             model::validate_table(&table)?;
             match format {
-                ExportFormat::Jsonl => formats::export_jsonl(&store, &table, include_deleted, out)?,
-                ExportFormat::Csv => formats::export_csv(&store, &table, include_deleted, out)?,
+                ExportFormat::Jsonl => formats::export_jsonl(store, &table, include_deleted, out)?,
+                ExportFormat::Csv => formats::export_csv(store, &table, include_deleted, out)?,
             };
         }
         Command::Apply { file } => {
@@ -715,7 +735,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
                 }
                 tables
             };
-            let (count, sha) = formats::digest(&store, &tables)?;
+            let (count, sha) = formats::digest(store, &tables)?;
             p(
                 out,
                 &json!({"count": count, "sha256": sha, "tables": tables}),
@@ -734,6 +754,16 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
                 .count();
             let peers = store.peers()?;
             let last_sync = peers.iter().filter_map(|p| p.last_update).max();
+            let online = peers.iter().filter(|p| p.online).count();
+            let failing: Vec<Value> = peers
+                .iter()
+                .filter(|p| p.last_error.is_some())
+                .map(|p| json!({"instance": p.instance, "name": p.name, "error": p.last_error}))
+                .collect();
+            let agent = match live {
+                Some(l) => l.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                None => json!({"running": false}),
+            };
             let info = store.instance();
             p(
                 out,
@@ -741,7 +771,9 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
                     "instance": info.id, "name": info.name, "owner": info.owner,
                     "contact": info.contact, "data_dir": store.dir(), "feed_seq": store.seq(),
                     "tables": tables, "unresolved_conflicts": unresolved,
-                    "peers": {"known": peers.len(), "last_sync": last_sync},
+                    "peers": {"known": peers.len(), "online": online, "last_sync": last_sync,
+                              "failing": failing},
+                    "agent": agent,
                 }),
             )?;
         }
@@ -933,6 +965,7 @@ pub fn peer_json(r: &PeerRow) -> Value {
         "url": r.url, "first_seen": r.first_seen, "last_update": r.last_update,
         "sync_count": r.sync_count, "received_upto": r.received_upto,
         "clock_offset_ms": r.clock_offset_ms, "last_error": r.last_error,
-        "last_attempt": r.last_attempt,
+        "last_attempt": r.last_attempt, "online": r.online, "last_seen": r.last_seen,
+        "addresses": r.addresses,
     })
 }

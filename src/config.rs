@@ -52,6 +52,30 @@ struct RawConfig {
     local_only: Vec<String>,
     #[serde(default)]
     sync: SyncConfig,
+    #[serde(default)]
+    discovery: DiscoveryConfig,
+}
+
+/// Settings of mDNS discovery.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Advertise and browse with mDNS.
+    pub enabled: bool,
+    /// Deployment id: agents with another one ignore each other.
+    pub mesh: String,
+    /// UDP port for mDNS (5353 on a real network; another port isolates test groups).
+    pub mdns_port: u16,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mesh: "default".into(),
+            mdns_port: 5353,
+        }
+    }
 }
 
 /// Settings of the sync protocol and agent.
@@ -91,6 +115,8 @@ pub struct Config {
     pub local_only: BTreeSet<String>,
     /// Sync settings.
     pub sync: SyncConfig,
+    /// Discovery settings.
+    pub discovery: DiscoveryConfig,
 }
 
 impl Config {
@@ -147,6 +173,7 @@ impl Config {
             unique,
             local_only,
             sync: raw.sync,
+            discovery: raw.discovery,
         })
     }
 

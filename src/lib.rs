@@ -13,6 +13,7 @@
 //! - [`formats`]: JSONL/CSV import and export, the canonical digest.
 //! - [`protocol`]: the JSON-RPC wire contract, its server (accept loop) and client.
 //! - [`sync`]: one sync session with a peer (initiator and responder), and `verify`.
+//! - [`discovery`]: mDNS advertise/browse → peer events.
 //! - [`agent`]: the daemon: sync server, control endpoint, triggers, shutdown.
 //! - [`control`]: the local control endpoint the CLI uses while an agent holds the database.
 //! - [`cli`]: the command line (clap definitions and command bodies).
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod discovery;
 pub mod formats;
 pub mod merge;
 pub mod model;

@@ -128,6 +128,40 @@ pub struct Responder {
     store: Arc<Store>,
     url: Option<String>,
     on_notify: Option<tokio::sync::mpsc::Sender<Uuid>>,
+    inbound: Arc<Inbound>,
+}
+
+/// Peers that have a session with us in progress (hello seen, last push not yet), so the agent
+/// does not start a second, overlapping session with the same peer.
+#[derive(Default)]
+pub struct Inbound(std::sync::Mutex<std::collections::HashMap<Uuid, Instant>>);
+
+/// How long an inbound session counts as in progress without its last push.
+const INBOUND_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Inbound {
+    fn begin(&self, peer: Uuid) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, Instant::now());
+    }
+
+    fn end(&self, peer: &Uuid) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(peer);
+    }
+
+    /// True while `peer` runs a session with us.
+    pub fn active(&self, peer: &Uuid) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .is_some_and(|t| t.elapsed() < INBOUND_GRACE)
+    }
 }
 
 impl Responder {
@@ -141,7 +175,13 @@ impl Responder {
             store,
             url,
             on_notify,
+            inbound: Arc::default(),
         }
+    }
+
+    /// Sessions peers are running with us.
+    pub fn inbound(&self) -> Arc<Inbound> {
+        self.inbound.clone()
     }
 
     /// The store served.
@@ -160,8 +200,13 @@ impl Responder {
         }
     }
 
-    /// `fieldsync_hello`.
-    pub fn hello(&self, h: Hello) -> Result<HelloReply, ProtocolError> {
+    /// `fieldsync_hello`; `remote` is the TCP peer, used when the caller's url has no host.
+    pub fn hello(
+        &self,
+        mut h: Hello,
+        remote: Option<std::net::SocketAddr>,
+    ) -> Result<HelloReply, ProtocolError> {
+        h.peer.url = h.peer.url.map(|u| reachable_url(&u, remote));
         let protocol = protocol::negotiate(h.protocol_min, h.protocol_max)?;
         let me = self.me();
         if h.peer.instance == me.instance {
@@ -180,6 +225,8 @@ impl Responder {
             .map_err(store_err)?
             .unwrap_or_default();
         note_peer(&mut row, &h.peer, h.clock_ms);
+        row.last_seen = Some(Utc::now());
+        self.inbound.begin(h.peer.instance);
         if h.head < row.received_upto {
             warn!(peer = %h.peer.instance, head = h.head, had = row.received_upto,
                   "peer's feed is behind what we received from it (restored?): resyncing from 0");
@@ -269,6 +316,11 @@ impl Responder {
                 self.store.stage_peer(txn, &row);
                 Ok(())
             })
+            .inspect(|_| {
+                if !page.more {
+                    self.inbound.end(&r.from);
+                }
+            })
             .map_err(|e| match gap {
                 Some(had) => ProtocolError::new(
                     codes::POSITION_GAP,
@@ -306,6 +358,17 @@ impl Responder {
             )
         })?;
         digest_buckets(&self.store, &r.table, &prefix, false).map_err(store_err)
+    }
+}
+
+/// An agent listening on 0.0.0.0 tells peers "0.0.0.0:7437"; they reach it at the address the
+/// connection came from, with the advertised port.
+fn reachable_url(url: &str, remote: Option<std::net::SocketAddr>) -> String {
+    match (url.parse::<std::net::SocketAddr>(), remote) {
+        (Ok(a), Some(r)) if a.ip().is_unspecified() => {
+            std::net::SocketAddr::new(r.ip(), a.port()).to_string()
+        }
+        _ => url.to_string(),
     }
 }
 

@@ -54,20 +54,28 @@ impl Running {
     }
 }
 
+/// The TCP peer of a request, put into the request's extensions by the accept loop.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteAddr(pub SocketAddr);
+
 fn register<P, R, F>(module: &mut RpcModule<Responder>, name: &'static str, f: F)
 where
     P: DeserializeOwned + Send + 'static,
     R: Serialize + Clone + Send + 'static,
-    F: Fn(&Responder, P) -> Result<R, ProtocolError> + Clone + Send + Sync + 'static,
+    F: Fn(&Responder, P, Option<SocketAddr>) -> Result<R, ProtocolError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
 {
     module
-        .register_blocking_method(name, move |params: Params, ctx, _ext| {
-            let p: P = params.one().map_err(|e| {
+        .register_blocking_method(name, move |params: Params, ctx, ext| {
+            let remote = ext.get::<RemoteAddr>().map(|r| r.0);
+            let p: P = params.one().inspect_err(|e| {
                 warn!(method = name, error = %e.message(), "invalid params");
-                e
             })?;
-            f(&ctx, p).map_err(|e| {
-                warn!(method = name, code = e.code, error = %e.message, "request refused");
+            f(&ctx, p, remote).map_err(|e| {
+                warn!(method = name, code = e.code, error = %e.message, ?remote, "request refused");
                 ErrorObjectOwned::from(e)
             })
         })
@@ -77,11 +85,11 @@ where
 /// The JSON-RPC methods over a responder.
 pub fn methods(responder: Responder) -> RpcModule<Responder> {
     let mut m = RpcModule::new(responder);
-    register(&mut m, HELLO, |r, p| r.hello(p));
-    register(&mut m, PULL, |r, p| r.pull(p));
-    register(&mut m, PUSH, |r, p| r.push(p));
-    register(&mut m, NOTIFY, |r, p| r.notify(p).map(|()| true));
-    register(&mut m, DIGEST, |r, p| r.digest(p));
+    register(&mut m, HELLO, |r, p, remote| r.hello(p, remote));
+    register(&mut m, PULL, |r, p, _| r.pull(p));
+    register(&mut m, PUSH, |r, p, _| r.push(p));
+    register(&mut m, NOTIFY, |r, p, _| r.notify(p).map(|()| true));
+    register(&mut m, DIGEST, |r, p, _| r.digest(p));
     m
 }
 
@@ -130,7 +138,11 @@ async fn accept_loop(
         };
         debug!(%peer, "connection");
         let _ = sock.set_nodelay(true);
-        let svc = builder.clone().build(methods.clone(), stop.clone());
+        let inner = builder.clone().build(methods.clone(), stop.clone());
+        let svc = WithRemote {
+            inner,
+            remote: peer,
+        };
         let stream = Counted {
             inner: sock,
             traffic: traffic.clone(),
@@ -142,6 +154,31 @@ async fn accept_loop(
             }
             drop(permit);
         });
+    }
+}
+
+/// Puts the connection's peer address into every request's extensions.
+#[derive(Clone)]
+struct WithRemote<S> {
+    inner: S,
+    remote: SocketAddr,
+}
+
+impl<S, B> tower::Service<jsonrpsee::server::HttpRequest<B>> for WithRemote<S>
+where
+    S: tower::Service<jsonrpsee::server::HttpRequest<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: jsonrpsee::server::HttpRequest<B>) -> Self::Future {
+        req.extensions_mut().insert(RemoteAddr(self.remote));
+        self.inner.call(req)
     }
 }
 

@@ -254,6 +254,15 @@ pub struct PeerRow {
     pub last_error: Option<String>,
     /// When we last tried.
     pub last_attempt: Option<DateTime<Utc>>,
+    /// Whether the agent currently sees it on the network.
+    #[serde(default)]
+    pub online: bool,
+    /// When it was last seen on the network or contacted us.
+    #[serde(default)]
+    pub last_seen: Option<DateTime<Utc>>,
+    /// Addresses it was last reachable at (tried on restart).
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// Live and deleted record counts of one table.
@@ -279,6 +288,7 @@ pub struct Store {
     instance: RwLock<InstanceInfo>,
     config: Arc<Config>,
     writer: Mutex<WriterState>,
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 /// Database cache size: small, because field laptops are old and the agent runs for days.
@@ -343,6 +353,7 @@ impl Store {
             dir: dir.to_path_buf(),
             instance: RwLock::new(instance),
             config: Arc::new(config),
+            changed: tokio::sync::watch::Sender::new(writer.seq),
             writer: Mutex::new(writer),
         })
     }
@@ -368,6 +379,11 @@ impl Store {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A receiver that sees the feed head after every committed change (for change notifications).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     /// Current feed position (the sequence number of the latest change).

@@ -168,7 +168,10 @@ impl Store {
             .put(keys::meta("next_conflict"), encode(&b.w.next_conflict));
         b.txn.commit()?;
         self.db.flush()?;
+        let seq = b.w.seq;
         *guard = b.w;
+        self.changed
+            .send_if_modified(|s| std::mem::replace(s, seq) != seq);
         Ok(())
     }
 
