@@ -12,6 +12,7 @@ use crate::discovery::{Advert, Discovery, PeerEvent};
 use crate::protocol::server::{self, Traffic};
 use crate::store::{PeerRow, Store};
 use crate::sync::{self, Inbound, Responder, SessionOptions, SyncError};
+use crate::tls::Transport;
 use chrono::Utc;
 use serde_json::json;
 use std::collections::HashMap;
@@ -38,6 +39,8 @@ pub struct AgentOptions {
     pub discovery: Option<DiscoveryConfig>,
     /// Where to publish live status.
     pub live: LiveStatus,
+    /// Mutual TLS within the deployment, or plaintext for debugging.
+    pub transport: Transport,
 }
 
 /// Why the agent could not run.
@@ -54,6 +57,9 @@ pub enum AgentError {
     /// The control endpoint failed.
     #[error(transparent)]
     Control(#[from] control::ControlError),
+    /// The TLS configuration could not be built from the credential.
+    #[error(transparent)]
+    Tls(#[from] crate::mesh::MeshError),
 }
 
 /// Why a session was started (discovery sessions ignore back-off: the peer just appeared).
@@ -267,14 +273,30 @@ pub async fn run(
         .map_err(listen_err)?;
     let bound = listener.local_addr().map_err(listen_err)?;
     let listen = bound.to_string();
-    let responder = Responder::new(store.clone(), Some(listen.clone()), Some(notify_tx));
+    let transport = options.transport.clone();
+    let tls = match &transport {
+        Transport::Tls { identity, revoked } => {
+            revoked.set(crate::mesh::load_revocations(&store, &identity.ca_pem));
+            Some(Arc::new(crate::tls::server_config(
+                identity,
+                revoked.clone(),
+            )?))
+        }
+        Transport::Plaintext => None,
+    };
+    let responder = Responder::new(
+        store.clone(),
+        Some(listen.clone()),
+        Some(notify_tx),
+        transport.clone(),
+    );
     let inbound = responder.inbound();
-    let running = server::start(listener, responder)
+    let running = server::start(listener, responder, tls)
         .await
         .map_err(listen_err)?;
     let traffic = running.traffic.clone();
     let control = control::start(store.clone(), &listen, exec).await?;
-    let mut session_opts = SessionOptions::from_store(&store);
+    let mut session_opts = SessionOptions::from_store(&store, transport.clone());
     session_opts.url = Some(listen.clone());
     // Peers seen by an earlier run are not known to be here now.
     if let Ok(rows) = store.peers() {
@@ -297,9 +319,13 @@ pub async fn run(
     let mut tasks = Vec::new();
     if let Some(dc) = &options.discovery {
         let (tx, mut rx) = mpsc::channel(64);
+        // Within a deployment the mesh id comes from its CA, so strangers' laptops are ignored.
+        let mesh = transport
+            .mesh_id()
+            .map_or_else(|| format!("plaintext-{}", dc.mesh), str::to_string);
         let advert = Advert {
             instance: store.id(),
-            mesh: dc.mesh.clone(),
+            mesh,
             name: store.instance().name,
             port: bound.port(),
         };
@@ -379,11 +405,12 @@ pub async fn run(
                 changes.borrow_and_update();
                 for (_, addrs) in a.all_targets(&statics) {
                     let store = a.store.clone();
+                    let transport = a.opts.transport.clone();
                     tokio::spawn(async move {
                         for addr in addrs {
                             let sent = tokio::time::timeout(
                                 Duration::from_secs(5),
-                                sync::notify(&store, &addr),
+                                sync::notify(&store, &addr, &transport),
                             )
                             .await;
                             if matches!(sent, Ok(Ok(()))) {
@@ -391,6 +418,27 @@ pub async fn run(
                             }
                         }
                     });
+                }
+            }
+        }));
+    }
+    // Revocations arrive by sync: keep the set the TLS verifiers consult current.
+    if let Transport::Tls { identity, revoked } = &transport {
+        let (store, identity, revoked) = (store.clone(), identity.clone(), revoked.clone());
+        let mut stop = stop_rx.clone();
+        let mut changes = store.subscribe();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { break },
+                    _ = stop.changed() => break,
+                }
+                let (s, ca) = (store.clone(), identity.ca_pem.clone());
+                if let Ok(all) =
+                    tokio::task::spawn_blocking(move || crate::mesh::load_revocations(&s, &ca))
+                        .await
+                {
+                    revoked.set(all);
                 }
             }
         }));
@@ -454,6 +502,9 @@ fn publish(a: &Agent, live: &LiveStatus, listen: &str, traffic: &Traffic) {
         "sessions_in_flight": lock(&a.in_flight).len(),
         "bytes_received": traffic.read.load(Ordering::Relaxed),
         "bytes_sent": traffic.written.load(Ordering::Relaxed),
+        "refused_connections": traffic.refused.load(Ordering::Relaxed),
+        "throttled_connections": traffic.throttled.load(Ordering::Relaxed),
+        "transport": a.opts.transport.mesh_id().map_or("plaintext (insecure)", |_| "mutual TLS"),
     });
 }
 

@@ -7,11 +7,13 @@
 use crate::config::{Config, ConfigError};
 use crate::formats::{self, FormatError};
 use crate::merge::{Conflict, Edit};
+use crate::mesh;
 use crate::model::{self, FieldState};
 use crate::store::{
     side_name, ConflictDetail, ConflictEntry, HistoryEntry, Keep, LocalOp, OpResult, PeerRow,
     Source, Store, StoreError,
 };
+use crate::tls::{Identity, Revoked, Transport};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use std::io::{BufReader, Read, Write};
@@ -71,6 +73,9 @@ pub enum Command {
         /// How to reach the owner.
         #[arg(long)]
         contact: Option<String>,
+        /// Join a deployment: a credential from `mesh enroll` (.fsmesh) or a join file.
+        #[arg(long, value_name = "FILE")]
+        mesh: Option<PathBuf>,
     },
     /// Create or replace a record and print its id.
     ///
@@ -202,6 +207,9 @@ pub enum Command {
         /// Do not advertise or browse with mDNS (static peers only).
         #[arg(long)]
         no_discovery: bool,
+        /// Sync without TLS (debugging only; both sides must set it). Prints a warning.
+        #[arg(long, env = "FIELDSYNC_INSECURE_PLAINTEXT")]
+        insecure_plaintext: bool,
     },
     /// Run one sync session with a peer, both directions, and print a summary line per direction.
     ///
@@ -210,6 +218,9 @@ pub enum Command {
     Sync {
         /// The peer's agent address.
         addr: String,
+        /// Sync without TLS (debugging only; both sides must set it).
+        #[arg(long, env = "FIELDSYNC_INSECURE_PLAINTEXT")]
+        insecure_plaintext: bool,
     },
     /// Check whether we are in sync with a peer: per table, in sync or the differing record ids.
     ///
@@ -219,11 +230,71 @@ pub enum Command {
     Verify {
         /// The peer's agent address.
         addr: String,
+        /// Talk without TLS (debugging only; both sides must set it).
+        #[arg(long, env = "FIELDSYNC_INSECURE_PLAINTEXT")]
+        insecure_plaintext: bool,
     },
+    /// Deployment membership: who may sync with whom (mutual TLS with a deployment CA).
+    #[command(subcommand)]
+    Mesh(MeshCommand),
     /// Print this instance's id, name, record counts and a peers summary.
     Status,
     /// Print the sync_instance table: one row per peer instance.
     Peers,
+}
+
+/// Subcommands of `mesh`.
+#[derive(Debug, Subcommand)]
+pub enum MeshCommand {
+    /// Create a deployment CA on the coordinator's laptop (which joins it too).
+    ///
+    /// Writes the CA (certificate and private key) to --out, default mesh-ca.fsca in the data
+    /// directory. Keep it safe: whoever holds it can enroll and revoke laptops.
+    /// With --join-file, also writes a file that lets any laptop enroll itself (see README).
+    /// Example: fieldsync mesh create --name "Flood response 2026"
+    Create {
+        /// Deployment name.
+        #[arg(long)]
+        name: String,
+        /// Where to write the CA file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also write a self-enrolment join file here (it carries the CA key).
+        #[arg(long, value_name = "FILE")]
+        join_file: Option<PathBuf>,
+    },
+    /// Issue a credential file for one laptop, to carry over on a USB stick.
+    ///
+    /// Example: fieldsync mesh enroll --out laptop7.fsmesh --name laptop7
+    Enroll {
+        /// Credential file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Display name of the laptop.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Enroll an existing instance id (a laptop that already has data); default: a new one.
+        #[arg(long)]
+        instance: Option<String>,
+        /// The CA file (default: mesh-ca.fsca in the data directory).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+    /// Revoke a lost or stolen laptop: every node that syncs afterwards refuses it.
+    ///
+    /// Example: fieldsync mesh revoke 6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b --reason stolen
+    Revoke {
+        /// The instance id to shut out.
+        instance: String,
+        /// Why (kept in the signed revocation).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// The CA file (default: mesh-ca.fsca in the data directory).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+    /// Show the deployment, this node's certificate and the revoked nodes.
+    Show,
 }
 
 /// Arguments of `conflicts`.
@@ -370,6 +441,8 @@ pub struct Io<'a> {
     pub rt: tokio::runtime::Handle,
     /// The running agent's live status, when the command runs inside the agent.
     pub live: Option<crate::agent::LiveStatus>,
+    /// The running agent's transport, when the command runs inside the agent.
+    pub transport: Option<Transport>,
 }
 
 /// Runs one command line. `args` is the full argv (forwarded as is when an agent holds the
@@ -392,8 +465,10 @@ pub fn run(
         listen,
         peers,
         no_discovery,
+        insecure_plaintext,
     } = cli.command
     {
+        let transport = resolve_transport(&store, insecure_plaintext)?;
         let sync = &store.config().sync;
         let mut all = sync.peers.clone();
         all.extend(peers);
@@ -405,8 +480,9 @@ pub fn run(
             interval: std::time::Duration::from_secs(sync.interval_secs.max(1)),
             discovery: (dc.enabled && !no_discovery).then(|| dc.clone()),
             live: live.clone(),
+            transport: transport.clone(),
         };
-        let exec = executor(rt.clone(), live);
+        let exec = executor(rt.clone(), live, transport);
         return rt
             .block_on(crate::agent::run(store, opts, exec))
             .map_err(|e| CliError::Io(e.to_string()));
@@ -417,8 +493,45 @@ pub fn run(
         cwd,
         rt: rt.clone(),
         live: None,
+        transport: None,
     };
     execute(&store, cli.command, &mut io)
+}
+
+/// Mutual TLS from this laptop's credential; plaintext only when asked for explicitly.
+pub fn resolve_transport(store: &Store, insecure: bool) -> Result<Transport, CliError> {
+    if insecure {
+        eprintln!(
+            "fieldsync: WARNING: --insecure-plaintext: sync traffic is neither encrypted nor \
+             authenticated; anyone on this network can read and change the records"
+        );
+        return Ok(Transport::Plaintext);
+    }
+    let cred = mesh::load_credential(store.dir())
+        .map_err(|e| CliError::Invalid(e.to_string()))?
+        .ok_or_else(|| {
+            CliError::Invalid(
+                "this laptop has not joined a deployment, and plaintext sync is refused: \
+                 run `fieldsync init --mesh FILE` with a credential from the coordinator \
+                 (`fieldsync mesh enroll`), or pass --insecure-plaintext for debugging"
+                    .into(),
+            )
+        })?;
+    if cred.instance != store.id() {
+        return Err(CliError::Invalid(format!(
+            "the credential is for instance {} but this data directory is instance {}",
+            cred.instance,
+            store.id()
+        )));
+    }
+    let identity =
+        Identity::from_credential(&cred).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let revoked = Arc::new(Revoked::default());
+    revoked.set(mesh::load_revocations(store, &identity.ca_pem));
+    Ok(Transport::Tls {
+        identity: Arc::new(identity),
+        revoked,
+    })
 }
 
 /// Sends the command line to the agent that holds the database and relays its output.
@@ -476,6 +589,7 @@ fn forward(
 pub fn executor(
     rt: tokio::runtime::Handle,
     live: crate::agent::LiveStatus,
+    transport: Transport,
 ) -> crate::control::Executor {
     Arc::new(move |store, req| {
         let mut argv = vec!["fieldsync".to_string()];
@@ -515,6 +629,7 @@ pub fn executor(
             cwd: req.cwd,
             rt: rt.clone(),
             live: Some(live.clone()),
+            transport: Some(transport.clone()),
         };
         let result = execute(store, cli.command, &mut io);
         let (code, stderr) = match result {
@@ -537,7 +652,15 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         cwd,
         rt,
         live,
+        transport,
     } = io;
+    let agent_transport = transport.clone();
+    let transport_for = |insecure: bool| -> Result<Transport, CliError> {
+        match &agent_transport {
+            Some(t) => Ok(t.clone()),
+            None => resolve_transport(store, insecure),
+        }
+    };
     let out = &mut **out;
     let p = |out: &mut dyn Write, v: &Value| -> Result<(), CliError> {
         writeln!(out, "{v}").map_err(|e| CliError::Io(format!("writing output: {e}")))
@@ -547,10 +670,30 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
             name,
             owner,
             contact,
+            mesh: file,
         } => {
-            let info = store.set_instance_info(name, owner, contact)?;
-            writeln!(out, "{}", info.id).map_err(|e| CliError::Io(e.to_string()))?;
+            if let Some(file) = file {
+                let path = cwd.join(file);
+                let cred = match mesh::load_mesh_file(&path).map_err(invalid)? {
+                    mesh::MeshFile::Credential(c) => c,
+                    mesh::MeshFile::Join(ca) => {
+                        let n = name.clone().unwrap_or_else(|| store.instance().name);
+                        ca.enroll(store.id(), &n).map_err(invalid)?
+                    }
+                };
+                store.adopt_instance(cred.instance)?;
+                mesh::save(&store.dir().join(mesh::CREDENTIAL_FILE), &cred).map_err(invalid)?;
+                let name = name.or_else(|| (!cred.name.is_empty()).then(|| cred.name.clone()));
+                store.set_instance_info(name, owner, contact)?;
+                if live.is_some() {
+                    eprintln!("fieldsync: joined; restart the agent to sync with TLS");
+                }
+            } else {
+                store.set_instance_info(name, owner, contact)?;
+            }
+            writeln!(out, "{}", store.id()).map_err(|e| CliError::Io(e.to_string()))?;
         }
+        Command::Mesh(m) => mesh_command(store, m, cwd, out)?,
         Command::Put { table, id, json } => {
             model::validate_table(&table)?;
             let id = match id {
@@ -782,8 +925,12 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
                 p(out, &peer_json(&row))?;
             }
         }
-        Command::Sync { addr } => {
-            let opts = crate::sync::SessionOptions::from_store(store);
+        Command::Sync {
+            addr,
+            insecure_plaintext,
+        } => {
+            let opts =
+                crate::sync::SessionOptions::from_store(store, transport_for(insecure_plaintext)?);
             let r = rt
                 .block_on(crate::sync::sync_with(store.clone(), &addr, &opts))
                 .inspect_err(|e| crate::sync::note_failure(store, None, e))?;
@@ -795,8 +942,12 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
                 p(out, &v)?;
             }
         }
-        Command::Verify { addr } => {
-            let checks = rt.block_on(crate::sync::verify_with(store.clone(), &addr))?;
+        Command::Verify {
+            addr,
+            insecure_plaintext,
+        } => {
+            let t = transport_for(insecure_plaintext)?;
+            let checks = rt.block_on(crate::sync::verify_with(store.clone(), &addr, &t))?;
             let all = checks.iter().all(|c| c.in_sync);
             for c in &checks {
                 p(out, &serde_json::to_value(c).unwrap_or_default())?;
@@ -812,6 +963,100 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         }
     }
     Ok(())
+}
+
+fn invalid(e: impl std::fmt::Display) -> CliError {
+    CliError::Invalid(e.to_string())
+}
+
+fn mesh_command(
+    store: &Arc<Store>,
+    m: MeshCommand,
+    cwd: &Path,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let default_ca = store.dir().join(mesh::CA_FILE);
+    let ca_path = |p: Option<PathBuf>| p.map_or_else(|| default_ca.clone(), |p| cwd.join(p));
+    let v = match m {
+        MeshCommand::Create {
+            name,
+            out: file,
+            join_file,
+        } => {
+            let path = ca_path(file);
+            if path.exists() {
+                return Err(invalid(format!(
+                    "{} already exists: a deployment CA is made once",
+                    path.display()
+                )));
+            }
+            let ca = mesh::CaFile::create(&name).map_err(invalid)?;
+            mesh::save(&path, &ca).map_err(invalid)?;
+            if let Some(j) = &join_file {
+                mesh::save(&cwd.join(j), &ca.as_join_file()).map_err(invalid)?;
+            }
+            // The coordinator's laptop is the first member.
+            let cred = ca
+                .enroll(store.id(), &store.instance().name)
+                .map_err(invalid)?;
+            mesh::save(&store.dir().join(mesh::CREDENTIAL_FILE), &cred).map_err(invalid)?;
+            json!({"deployment": name, "mesh_id": ca.mesh_id().map_err(invalid)?,
+                   "ca_file": path, "join_file": join_file.map(|j| cwd.join(j)),
+                   "instance": store.id()})
+        }
+        MeshCommand::Enroll {
+            out: file,
+            name,
+            instance,
+            ca,
+        } => {
+            let ca = mesh::load_ca(&ca_path(ca)).map_err(invalid)?;
+            let id = match instance {
+                Some(s) => model::parse_id(&s)?,
+                None => Uuid::new_v4(),
+            };
+            let cred = ca.enroll(id, &name).map_err(invalid)?;
+            let path = cwd.join(file);
+            mesh::save(&path, &cred).map_err(invalid)?;
+            json!({"instance": id, "name": name, "credential": path, "deployment": ca.deployment})
+        }
+        MeshCommand::Revoke {
+            instance,
+            reason,
+            ca,
+        } => {
+            let ca = mesh::load_ca(&ca_path(ca)).map_err(invalid)?;
+            let id = model::parse_id(&instance)?;
+            let fields = ca.revoke(id, &reason).map_err(invalid)?;
+            store.write_system(&[LocalOp {
+                table: mesh::REVOCATIONS.into(),
+                id,
+                edit: Edit::Put(fields.clone()),
+            }])?;
+            json!({"revoked": id, "at": fields.get("revoked_at"), "reason": reason})
+        }
+        MeshCommand::Show => {
+            let cred = mesh::load_credential(store.dir()).map_err(invalid)?;
+            let revoked: Vec<Value> = match &cred {
+                Some(c) => mesh::load_revocations(store, &c.ca_cert)
+                    .into_iter()
+                    .map(|(id, at)| json!({"instance": id, "revoked_at": at}))
+                    .collect(),
+                None => vec![],
+            };
+            match cred {
+                None => json!({"joined": false, "instance": store.id(),
+                               "hint": "join with `fieldsync init --mesh FILE`"}),
+                Some(c) => json!({
+                    "joined": true, "deployment": c.deployment,
+                    "mesh_id": mesh::mesh_id(&c.ca_cert).map_err(invalid)?,
+                    "instance": c.instance, "certificate": mesh::describe_cert(&c.cert),
+                    "holds_ca": default_ca.exists(), "revoked": revoked,
+                }),
+            }
+        }
+    };
+    writeln!(out, "{v}").map_err(|e| CliError::Io(e.to_string()))
 }
 
 /// Reads a JSON argument, or stdin for `-`.

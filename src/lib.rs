@@ -11,6 +11,8 @@
 //! - [`store`]: the sled database: records, feed, history, conflicts, peers; atomic batches.
 //! - [`config`]: `fieldsync.toml` → validated settings.
 //! - [`formats`]: JSONL/CSV import and export, the canonical digest.
+//! - [`mesh`]: deployment CA, credentials, join files, signed revocations.
+//! - [`tls`]: rustls configs for mutual TLS within a deployment.
 //! - [`protocol`]: the JSON-RPC wire contract, its server (accept loop) and client.
 //! - [`sync`]: one sync session with a peer (initiator and responder), and `verify`.
 //! - [`discovery`]: mDNS advertise/browse → peer events.
@@ -28,7 +30,9 @@ pub mod control;
 pub mod discovery;
 pub mod formats;
 pub mod merge;
+pub mod mesh;
 pub mod model;
 pub mod protocol;
 pub mod store;
 pub mod sync;
+pub mod tls;

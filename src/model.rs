@@ -40,6 +40,9 @@ pub enum ValidationError {
     /// Field name that cannot be stored.
     #[error("field name {0:?} is invalid: it must be non-empty")]
     FieldName(String),
+    /// A system table users cannot write.
+    #[error("table {0:?} is reserved for fieldsync itself (tables starting with fs_)")]
+    Reserved(String),
 }
 
 /// Checks a table name against `[a-z][a-z0-9_]{0,63}`.

@@ -6,13 +6,17 @@
 
 use crate::clock::wall_millis;
 use crate::formats::canonical_json;
+use crate::mesh;
 use crate::model::{validate_table, VersionVector};
 use crate::protocol::client::Client;
+use crate::protocol::server::Caller;
 use crate::protocol::{
     self, codes, Bucket, DigestReply, DigestRequest, Hello, HelloReply, Notify, Page, PeerInfo,
     ProtocolError, PullRequest, PushReply, PushRequest, ENC_JSON, ENC_ZSTD,
 };
+use crate::store::RemoteChange;
 use crate::store::{ApplyStats, PeerRow, Store, StoreError};
+use crate::tls::Transport;
 use chrono::Utc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -83,17 +87,20 @@ pub struct SessionOptions {
     pub encoding: String,
     /// Our agent's address, told to the peer (`None` for a one-shot CLI sync).
     pub url: Option<String>,
+    /// Mutual TLS, or plaintext for debugging.
+    pub transport: Transport,
 }
 
 impl SessionOptions {
     /// Options from the store's config.
-    pub fn from_store(store: &Store) -> Self {
+    pub fn from_store(store: &Store, transport: Transport) -> Self {
         let c = &store.config().sync;
         Self {
             page_records: c.page_records,
             page_bytes: c.page_bytes,
             encoding: ENC_ZSTD.to_string(),
             url: None,
+            transport,
         }
     }
 }
@@ -129,6 +136,80 @@ pub struct Responder {
     url: Option<String>,
     on_notify: Option<tokio::sync::mpsc::Sender<Uuid>>,
     inbound: Arc<Inbound>,
+    transport: Transport,
+}
+
+/// Checks that a request speaks for the instance its certificate names (with TLS).
+fn check_caller(
+    claimed: &Uuid,
+    caller: &Caller,
+    transport: &Transport,
+) -> Result<(), ProtocolError> {
+    match (transport, caller.instance) {
+        (Transport::Plaintext, _) => Ok(()),
+        (Transport::Tls { .. }, Some(cert)) if cert == *claimed => Ok(()),
+        (Transport::Tls { .. }, Some(cert)) => Err(ProtocolError::new(
+            codes::IDENTITY_MISMATCH,
+            format!("the request claims instance {claimed} but the certificate is for {cert}"),
+        )),
+        (Transport::Tls { .. }, None) => Err(ProtocolError::new(
+            codes::IDENTITY_MISMATCH,
+            "no client certificate on this connection",
+        )),
+    }
+}
+
+/// Admits a page: revocations must be signed by the deployment CA (else the page is refused);
+/// changes written by a revoked instance after its revocation are dropped. Returns how many
+/// changes were dropped.
+pub fn admit(
+    transport: &Transport,
+    changes: &mut Vec<RemoteChange>,
+) -> Result<usize, ProtocolError> {
+    let invalid = |m: String| ProtocolError::new(codes::INVALID_PAGE, m);
+    for ch in changes.iter().filter(|c| c.table == mesh::REVOCATIONS) {
+        let Transport::Tls { identity, .. } = transport else {
+            return Err(invalid(
+                "revocations are only accepted within a deployment".into(),
+            ));
+        };
+        if ch.state.deleted.is_some() {
+            return Err(invalid("a revocation cannot be deleted".into()));
+        }
+        mesh::verify_revocation(&identity.ca_pem, &ch.state.live_fields())
+            .map_err(|e| invalid(format!("page refused: {e}")))?;
+    }
+    let Transport::Tls { revoked, .. } = transport else {
+        return Ok(0);
+    };
+    let all = revoked.all();
+    if all.is_empty() {
+        return Ok(0);
+    }
+    let cutoff: std::collections::HashMap<Uuid, u64> = all
+        .iter()
+        .map(|(id, at)| {
+            (
+                *id,
+                crate::clock::ts_from_millis(at.timestamp_millis().max(0) as u64),
+            )
+        })
+        .collect();
+    let before = changes.len();
+    changes.retain(|ch| {
+        !ch.state
+            .vv
+            .iter()
+            .any(|(node, ts)| cutoff.get(node).is_some_and(|c| ts > c))
+    });
+    let dropped = before - changes.len();
+    if dropped > 0 {
+        warn!(
+            dropped,
+            "refused changes written by revoked instances after their revocation"
+        );
+    }
+    Ok(dropped)
 }
 
 /// Peers that have a session with us in progress (hello seen, last push not yet), so the agent
@@ -170,12 +251,14 @@ impl Responder {
         store: Arc<Store>,
         url: Option<String>,
         on_notify: Option<tokio::sync::mpsc::Sender<Uuid>>,
+        transport: Transport,
     ) -> Self {
         Self {
             store,
             url,
             on_notify,
             inbound: Arc::default(),
+            transport,
         }
     }
 
@@ -201,12 +284,9 @@ impl Responder {
     }
 
     /// `fieldsync_hello`; `remote` is the TCP peer, used when the caller's url has no host.
-    pub fn hello(
-        &self,
-        mut h: Hello,
-        remote: Option<std::net::SocketAddr>,
-    ) -> Result<HelloReply, ProtocolError> {
-        h.peer.url = h.peer.url.map(|u| reachable_url(&u, remote));
+    pub fn hello(&self, mut h: Hello, caller: Caller) -> Result<HelloReply, ProtocolError> {
+        check_caller(&h.peer.instance, &caller, &self.transport)?;
+        h.peer.url = h.peer.url.map(|u| reachable_url(&u, caller.addr));
         let protocol = protocol::negotiate(h.protocol_min, h.protocol_max)?;
         let me = self.me();
         if h.peer.instance == me.instance {
@@ -253,7 +333,8 @@ impl Responder {
     }
 
     /// `fieldsync_pull`.
-    pub fn pull(&self, r: PullRequest) -> Result<Page, ProtocolError> {
+    pub fn pull(&self, r: PullRequest, caller: Caller) -> Result<Page, ProtocolError> {
+        check_caller(&r.from, &caller, &self.transport)?;
         let head = self.store.seq();
         if r.since > head {
             return Err(ProtocolError::new(
@@ -284,8 +365,10 @@ impl Responder {
     }
 
     /// `fieldsync_push`: applies one page and advances our position for the caller atomically.
-    pub fn push(&self, r: PushRequest) -> Result<PushReply, ProtocolError> {
-        let changes = protocol::decode_changes(&r.page)?;
+    pub fn push(&self, r: PushRequest, caller: Caller) -> Result<PushReply, ProtocolError> {
+        check_caller(&r.from, &caller, &self.transport)?;
+        let mut changes = protocol::decode_changes(&r.page)?;
+        admit(&self.transport, &mut changes)?;
         if self.store.peer(&r.from).map_err(store_err)?.is_none() {
             return Err(ProtocolError::new(
                 codes::UNKNOWN_PEER,
@@ -339,7 +422,8 @@ impl Responder {
     }
 
     /// `fieldsync_notify`.
-    pub fn notify(&self, n: Notify) -> Result<(), ProtocolError> {
+    pub fn notify(&self, n: Notify, caller: Caller) -> Result<(), ProtocolError> {
+        check_caller(&n.from, &caller, &self.transport)?;
         if let Some(tx) = &self.on_notify {
             // A full queue means a sync is already pending; dropping the extra nudge is fine.
             let _ = tx.try_send(n.from);
@@ -445,18 +529,50 @@ pub fn digest_buckets(
     })
 }
 
+/// A client for `addr` over `transport`, and the slot where TLS puts the peer's instance.
+fn connect(
+    addr: &str,
+    transport: &Transport,
+) -> Result<(Client, Option<Arc<std::sync::Mutex<Option<Uuid>>>>), SyncError> {
+    let terr = |message: String| SyncError::Transport {
+        addr: addr.to_string(),
+        message,
+    };
+    match transport {
+        Transport::Plaintext => Ok((Client::connect(addr, None).map_err(terr)?, None)),
+        Transport::Tls { identity, revoked } => {
+            let (cfg, seen) = crate::tls::client_config(identity, revoked.clone())
+                .map_err(|e| terr(e.to_string()))?;
+            Ok((Client::connect(addr, Some(cfg)).map_err(terr)?, Some(seen)))
+        }
+    }
+}
+
+/// Fails unless the peer's certificate is for the instance it says it is.
+fn check_server(
+    seen: &Option<Arc<std::sync::Mutex<Option<Uuid>>>>,
+    claimed: &Uuid,
+) -> Result<(), SyncError> {
+    let Some(slot) = seen else { return Ok(()) };
+    let cert = *slot.lock().unwrap_or_else(|e| e.into_inner());
+    if cert != Some(*claimed) {
+        return Err(SyncError::Peer(ProtocolError::new(
+            codes::IDENTITY_MISMATCH,
+            format!("peer claims instance {claimed} but its certificate is for {cert:?}"),
+        )));
+    }
+    Ok(())
+}
+
 /// Runs one full session with the peer at `addr`: hello, pull everything new, push everything new.
 pub async fn sync_with(
     store: Arc<Store>,
     addr: &str,
     opts: &SessionOptions,
 ) -> Result<SessionReport, SyncError> {
-    let client = Client::connect(addr).map_err(|message| SyncError::Transport {
-        addr: addr.to_string(),
-        message,
-    })?;
+    let (client, seen) = connect(addr, &opts.transport)?;
     let span = info_span!("sync", peer_addr = %addr, peer = tracing::field::Empty);
-    let result = session(&store, &client, addr, opts)
+    let result = session(&store, &client, &seen, addr, opts)
         .instrument(span.clone())
         .await;
     match &result {
@@ -472,6 +588,7 @@ pub async fn sync_with(
 async fn session(
     store: &Arc<Store>,
     client: &Client,
+    seen: &Option<Arc<std::sync::Mutex<Option<Uuid>>>>,
     addr: &str,
     opts: &SessionOptions,
 ) -> Result<SessionReport, SyncError> {
@@ -497,6 +614,7 @@ async fn session(
     let reply = client.hello(&hello).await.map_err(|e| e.into_sync(addr))?;
     let peer = reply.peer.clone();
     tracing::Span::current().record("peer", tracing::field::display(peer.instance));
+    check_server(seen, &peer.instance)?;
     if peer.instance == me.id {
         return Err(SyncError::Peer(ProtocolError::new(
             codes::SAME_INSTANCE,
@@ -555,7 +673,8 @@ async fn session(
                 ),
             )));
         }
-        let changes = protocol::decode_changes(&page).map_err(SyncError::Peer)?;
+        let mut changes = protocol::decode_changes(&page).map_err(SyncError::Peer)?;
+        admit(&opts.transport, &mut changes).map_err(SyncError::Peer)?;
         report.received.pages += 1;
         report.received.records += changes.len() as u64;
         report.received.bytes += page.data.to_string().len() as u64;
@@ -676,11 +795,12 @@ pub struct TableCheck {
 }
 
 /// Compares every table with the peer by bisecting digest buckets; transfers no records.
-pub async fn verify_with(store: Arc<Store>, addr: &str) -> Result<Vec<TableCheck>, SyncError> {
-    let client = Client::connect(addr).map_err(|message| SyncError::Transport {
-        addr: addr.to_string(),
-        message,
-    })?;
+pub async fn verify_with(
+    store: Arc<Store>,
+    addr: &str,
+    transport: &Transport,
+) -> Result<Vec<TableCheck>, SyncError> {
+    let (client, seen) = connect(addr, transport)?;
     let pos = blocking(&store, |s| s.position()).await?;
     let me = store.instance();
     let hello = Hello {
@@ -701,6 +821,7 @@ pub async fn verify_with(store: Arc<Store>, addr: &str) -> Result<Vec<TableCheck
         tables: synced_tables(&store)?,
     };
     let reply = client.hello(&hello).await.map_err(|e| e.into_sync(addr))?;
+    check_server(&seen, &reply.peer.instance)?;
     let mut tables: BTreeSet<String> = reply.tables.iter().cloned().collect();
     tables.extend(hello.tables.iter().cloned());
     let mut out = Vec::new();
@@ -766,11 +887,8 @@ pub async fn verify_with(store: Arc<Store>, addr: &str) -> Result<Vec<TableCheck
 }
 
 /// Tells a peer we have new changes.
-pub async fn notify(store: &Store, addr: &str) -> Result<(), SyncError> {
-    let client = Client::connect(addr).map_err(|message| SyncError::Transport {
-        addr: addr.to_string(),
-        message,
-    })?;
+pub async fn notify(store: &Store, addr: &str, transport: &Transport) -> Result<(), SyncError> {
+    let (client, _) = connect(addr, transport)?;
     client
         .notify(&Notify {
             from: store.id(),

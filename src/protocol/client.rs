@@ -31,17 +31,23 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client for `addr` (`host:port`, or a full `http://` URL).
-    pub fn connect(addr: &str) -> Result<Self, String> {
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let inner = HttpClientBuilder::default()
+    /// A client for `addr` (`host:port`); over mutual TLS when `tls` is given.
+    pub fn connect(addr: &str, tls: Option<rustls::ClientConfig>) -> Result<Self, String> {
+        let host = addr
+            .trim_start_matches("http://")
+            .trim_start_matches("https://");
+        let mut b = HttpClientBuilder::default()
             .max_request_size(MAX_BODY_BYTES)
             .max_response_size(MAX_BODY_BYTES)
-            .request_timeout(REQUEST_TIMEOUT)
+            .request_timeout(REQUEST_TIMEOUT);
+        let url = match tls {
+            Some(cfg) => {
+                b = b.with_custom_cert_store(cfg);
+                format!("https://{host}")
+            }
+            None => format!("http://{host}"),
+        };
+        let inner = b
             .build(&url)
             .map_err(|e| format!("bad peer address {addr:?}: {e}"))?;
         Ok(Self { inner })

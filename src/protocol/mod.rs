@@ -62,6 +62,8 @@ pub mod codes {
     pub const UNKNOWN_PEER: i32 = 1008;
     /// A table name that is invalid.
     pub const INVALID_TABLE: i32 = 1009;
+    /// The request claims an instance other than the one its certificate is for.
+    pub const IDENTITY_MISMATCH: i32 = 1010;
 }
 
 /// A protocol-level error: a code from [`codes`] and a message naming the problem.

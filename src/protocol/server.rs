@@ -13,27 +13,43 @@ use jsonrpsee::server::{
 use jsonrpsee::types::{ErrorObjectOwned, Params};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
+use uuid::Uuid;
 
 /// Most simultaneous peer connections; further ones wait in the kernel's accept queue.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// Bytes read and written on all sync connections (at the socket, HTTP framing included).
+/// Bytes read and written on all sync connections (at the socket, HTTP framing included), and
+/// connections refused.
 #[derive(Debug, Default)]
 pub struct Traffic {
     /// Bytes received.
     pub read: AtomicU64,
     /// Bytes sent.
     pub written: AtomicU64,
+    /// Connections refused at the TLS handshake (no/bad/foreign/revoked certificate, plaintext).
+    pub refused: AtomicU64,
+    /// Connections dropped while their address was backing off after failed handshakes.
+    pub throttled: AtomicU64,
 }
+
+/// How long a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may sit with no bytes moving before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Failed handshakes from one address before it has to wait.
+const FAILURES_BEFORE_BACKOFF: u32 = 3;
 
 /// A running sync server.
 pub struct Running {
@@ -58,24 +74,37 @@ impl Running {
 #[derive(Clone, Copy, Debug)]
 pub struct RemoteAddr(pub SocketAddr);
 
+/// The instance named by the peer's verified TLS certificate (absent in plaintext mode).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerInstance(pub Uuid);
+
+/// Who is calling: the TCP address and, with TLS, the certified instance.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Caller {
+    /// TCP peer address.
+    pub addr: Option<SocketAddr>,
+    /// Instance from the certificate.
+    pub instance: Option<Uuid>,
+}
+
 fn register<P, R, F>(module: &mut RpcModule<Responder>, name: &'static str, f: F)
 where
     P: DeserializeOwned + Send + 'static,
     R: Serialize + Clone + Send + 'static,
-    F: Fn(&Responder, P, Option<SocketAddr>) -> Result<R, ProtocolError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    F: Fn(&Responder, P, Caller) -> Result<R, ProtocolError> + Clone + Send + Sync + 'static,
 {
     module
         .register_blocking_method(name, move |params: Params, ctx, ext| {
-            let remote = ext.get::<RemoteAddr>().map(|r| r.0);
+            let remote = Caller {
+                addr: ext.get::<RemoteAddr>().map(|r| r.0),
+                instance: ext.get::<PeerInstance>().map(|p| p.0),
+            };
             let p: P = params.one().inspect_err(|e| {
                 warn!(method = name, error = %e.message(), "invalid params");
             })?;
             f(&ctx, p, remote).map_err(|e| {
-                warn!(method = name, code = e.code, error = %e.message, ?remote, "request refused");
+                warn!(method = name, code = e.code, error = %e.message, peer = ?remote.addr,
+                      "request refused");
                 ErrorObjectOwned::from(e)
             })
         })
@@ -85,21 +114,34 @@ where
 /// The JSON-RPC methods over a responder.
 pub fn methods(responder: Responder) -> RpcModule<Responder> {
     let mut m = RpcModule::new(responder);
-    register(&mut m, HELLO, |r, p, remote| r.hello(p, remote));
-    register(&mut m, PULL, |r, p, _| r.pull(p));
-    register(&mut m, PUSH, |r, p, _| r.push(p));
-    register(&mut m, NOTIFY, |r, p, _| r.notify(p).map(|()| true));
+    register(&mut m, HELLO, |r, p, caller| r.hello(p, caller));
+    register(&mut m, PULL, |r, p, caller| r.pull(p, caller));
+    register(&mut m, PUSH, |r, p, caller| r.push(p, caller));
+    register(&mut m, NOTIFY, |r, p, caller| {
+        r.notify(p, caller).map(|()| true)
+    });
     register(&mut m, DIGEST, |r, p, _| r.digest(p));
     m
 }
 
-/// Serves `responder` on a bound listener until stopped.
-pub async fn start(listener: TcpListener, responder: Responder) -> std::io::Result<Running> {
+/// Serves `responder` on a bound listener until stopped; with `tls`, only mutual-TLS peers.
+pub async fn start(
+    listener: TcpListener,
+    responder: Responder,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let traffic = Arc::new(Traffic::default());
     let (stop, handle) = stop_channel();
     let methods = methods(responder);
-    let task = tokio::spawn(accept_loop(listener, methods, stop, traffic.clone()));
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let task = tokio::spawn(accept_loop(
+        listener,
+        methods,
+        stop,
+        traffic.clone(),
+        acceptor,
+    ));
     Ok(Running {
         addr,
         traffic,
@@ -113,7 +155,9 @@ async fn accept_loop(
     methods: RpcModule<Responder>,
     stop: StopHandle,
     traffic: Arc<Traffic>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
 ) {
+    let failures: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>> = Arc::default();
     let cfg = ServerConfig::builder()
         .max_request_body_size(MAX_BODY_BYTES)
         .max_response_body_size(MAX_BODY_BYTES)
@@ -137,19 +181,51 @@ async fn accept_loop(
             _ = stop.clone().shutdown() => break,
         };
         debug!(%peer, "connection");
+        if backing_off(&failures, peer.ip()) {
+            traffic.throttled.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let _ = sock.set_nodelay(true);
-        let inner = builder.clone().build(methods.clone(), stop.clone());
-        let svc = WithRemote {
-            inner,
-            remote: peer,
-        };
-        let stream = Counted {
-            inner: sock,
-            traffic: traffic.clone(),
-        };
-        let stopped = stop.clone().shutdown();
+        let stream = Counted::new(sock, traffic.clone());
+        let (builder, methods, stop) = (builder.clone(), methods.clone(), stop.clone());
+        let (acceptor, failures, traffic) = (acceptor.clone(), failures.clone(), traffic.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_with_graceful_shutdown(stream, svc, stopped).await {
+            let stopped = stop.clone().shutdown();
+            let inner = builder.build(methods, stop);
+            let result = match acceptor {
+                None => {
+                    let svc = WithRemote {
+                        inner,
+                        remote: peer,
+                        instance: None,
+                    };
+                    serve_with_graceful_shutdown(stream, svc, stopped).await
+                }
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            refused(&traffic, &failures, peer, &e.to_string());
+                            return;
+                        }
+                        Err(_) => {
+                            refused(&traffic, &failures, peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    lock(&failures).remove(&peer.ip());
+                    let instance = crate::tls::peer_instance(tls.get_ref().1.peer_certificates());
+                    let svc = WithRemote {
+                        inner,
+                        remote: peer,
+                        instance,
+                    };
+                    serve_with_graceful_shutdown(tls, svc, stopped).await
+                }
+            };
+            if let Err(e) = result {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
@@ -157,11 +233,40 @@ async fn accept_loop(
     }
 }
 
-/// Puts the connection's peer address into every request's extensions.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Logs and counts a refused handshake, and makes a repeatedly failing address wait.
+fn refused(
+    traffic: &Traffic,
+    failures: &Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    peer: SocketAddr,
+    reason: &str,
+) {
+    traffic.refused.fetch_add(1, Ordering::Relaxed);
+    let mut f = lock(failures);
+    let e = f.entry(peer.ip()).or_insert((0, Instant::now()));
+    e.0 += 1;
+    if e.0 >= FAILURES_BEFORE_BACKOFF {
+        let secs = 1u64 << (e.0 - FAILURES_BEFORE_BACKOFF).min(5);
+        e.1 = Instant::now() + Duration::from_secs(secs);
+    }
+    warn!(%peer, %reason, failures = e.0, "connection refused: not a member of this deployment");
+}
+
+fn backing_off(failures: &Mutex<HashMap<IpAddr, (u32, Instant)>>, ip: IpAddr) -> bool {
+    lock(failures)
+        .get(&ip)
+        .is_some_and(|(n, until)| *n >= FAILURES_BEFORE_BACKOFF && Instant::now() < *until)
+}
+
+/// Puts the connection's peer address and certified instance into every request's extensions.
 #[derive(Clone)]
 struct WithRemote<S> {
     inner: S,
     remote: SocketAddr,
+    instance: Option<Uuid>,
 }
 
 impl<S, B> tower::Service<jsonrpsee::server::HttpRequest<B>> for WithRemote<S>
@@ -178,14 +283,45 @@ where
 
     fn call(&mut self, mut req: jsonrpsee::server::HttpRequest<B>) -> Self::Future {
         req.extensions_mut().insert(RemoteAddr(self.remote));
+        if let Some(i) = self.instance {
+            req.extensions_mut().insert(PeerInstance(i));
+        }
         self.inner.call(req)
     }
 }
 
-/// A TCP stream that counts bytes both ways.
+/// A TCP stream that counts bytes both ways and fails once nothing has moved for
+/// [`IDLE_TIMEOUT`], so a slow or stuck client cannot hold a connection slot forever.
 struct Counted {
     inner: TcpStream,
     traffic: Arc<Traffic>,
+    idle: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Counted {
+    fn new(inner: TcpStream, traffic: Arc<Traffic>) -> Self {
+        Self {
+            inner,
+            traffic,
+            idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
+        }
+    }
+
+    fn touch(&mut self) {
+        self.idle
+            .as_mut()
+            .reset(tokio::time::Instant::now() + IDLE_TIMEOUT);
+    }
+
+    fn check_idle(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        match self.idle.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connection idle for too long",
+            )),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Counted {
@@ -195,10 +331,18 @@ impl AsyncRead for Counted {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        self.traffic.read.fetch_add(n, Ordering::Relaxed);
-        r
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                let n = (buf.filled().len() - before) as u64;
+                self.traffic.read.fetch_add(n, Ordering::Relaxed);
+                self.touch();
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.check_idle(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
     }
 }
 
@@ -208,11 +352,18 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &r {
-            self.traffic.written.fetch_add(*n as u64, Ordering::Relaxed);
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                self.traffic.written.fetch_add(n as u64, Ordering::Relaxed);
+                self.touch();
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.check_idle(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
         }
-        r
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

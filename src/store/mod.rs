@@ -418,6 +418,30 @@ impl Store {
         Ok(info)
     }
 
+    /// Takes the instance id a deployment credential was issued for. Only possible before
+    /// anything was written, since every stored change is stamped with the instance id.
+    pub fn adopt_instance(&self, id: Uuid) -> Result<InstanceInfo, StoreError> {
+        let mut w = self.lock();
+        let mut cur = self.instance.write().unwrap_or_else(|e| e.into_inner());
+        if cur.id == id {
+            return Ok(cur.clone());
+        }
+        if w.seq > 0 {
+            return Err(StoreError::BadResolution(format!(
+                "this laptop already has data stamped with instance {}: enroll it with \
+                 `fieldsync mesh enroll --instance {}` instead",
+                cur.id, cur.id
+            )));
+        }
+        let mut info = cur.clone();
+        info.id = id;
+        self.tree.insert(keys::meta("instance"), encode(&info))?;
+        self.db.flush()?;
+        w.clock = Clock::new(id, w.clock.last());
+        *cur = info.clone();
+        Ok(info)
+    }
+
     /// One record, deleted or not.
     pub fn get(&self, table: &str, id: &Uuid) -> Result<Option<StoredRecord>, StoreError> {
         let k = keys::record(&keys::record_suffix(table, id));

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::clock::{wall_millis, Clock};
 use crate::merge::{self, Conflict, Edit, EditError, MergeKind, Revision};
-use crate::model::{check_fields, covers, validate_table, RecordState};
+use crate::model::{check_fields, covers, validate_table, RecordState, ValidationError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -177,6 +177,25 @@ impl Store {
 
     /// Applies local operations all-or-nothing; fails with [`StoreError::Op`] naming the first bad one.
     pub fn write_local(&self, ops: &[LocalOp]) -> Result<Vec<OpResult>, StoreError> {
+        if let Some((index, op)) = ops
+            .iter()
+            .enumerate()
+            .find(|(_, o)| o.table.starts_with(crate::mesh::SYSTEM_PREFIX))
+        {
+            return Err(StoreError::Op {
+                index,
+                source: Box::new(ValidationError::Reserved(op.table.clone()).into()),
+            });
+        }
+        self.write_local_unchecked(ops)
+    }
+
+    /// Writes to system tables too (revocations made by the coordinator).
+    pub fn write_system(&self, ops: &[LocalOp]) -> Result<Vec<OpResult>, StoreError> {
+        self.write_local_unchecked(ops)
+    }
+
+    fn write_local_unchecked(&self, ops: &[LocalOp]) -> Result<Vec<OpResult>, StoreError> {
         let (guard, mut b) = self.begin();
         let mut results = Vec::with_capacity(ops.len());
         for (index, op) in ops.iter().enumerate() {

@@ -1,0 +1,279 @@
+//! Transport security: TLS 1.3 with mutual authentication against the deployment CA (rustls).
+//!
+//! Both ends present a certificate signed by the CA; the certificate names the instance, so a
+//! laptop cannot claim another's id. Peers are reached by IP address, so certificates carry one
+//! fixed DNS name ([`SERVER_NAME`]) and the client verifies the chain against that name.
+//! Revoked instances are refused by both verifiers.
+
+use crate::mesh::{self, Credential, MeshError, SERVER_NAME};
+use chrono::{DateTime, Utc};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, Error as TlsError, RootCertStore,
+    ServerConfig, SignatureScheme,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use uuid::Uuid;
+
+/// This laptop's identity in its deployment.
+pub struct Identity {
+    /// The instance the certificate is for.
+    pub instance: Uuid,
+    /// Deployment name.
+    pub deployment: String,
+    /// Deployment id (derived from the CA certificate).
+    pub mesh_id: String,
+    /// CA certificate (PEM), to verify revocations.
+    pub ca_pem: String,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: Arc<RootCertStore>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("instance", &self.instance)
+            .field("mesh_id", &self.mesh_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn bad(e: impl std::fmt::Display) -> MeshError {
+    MeshError::Cert(e.to_string())
+}
+
+impl Identity {
+    /// Loads an identity from a credential.
+    pub fn from_credential(c: &Credential) -> Result<Self, MeshError> {
+        let ca = CertificateDer::from_pem_slice(c.ca_cert.as_bytes()).map_err(bad)?;
+        let cert = CertificateDer::from_pem_slice(c.cert.as_bytes()).map_err(bad)?;
+        let key = PrivateKeyDer::from_pem_slice(c.key.as_bytes()).map_err(bad)?;
+        if mesh::instance_of_der(&cert) != Some(c.instance) {
+            return Err(MeshError::Invalid(
+                "the credential's certificate is not for its instance id".into(),
+            ));
+        }
+        let mut roots = RootCertStore::empty();
+        roots.add(ca).map_err(bad)?;
+        Ok(Self {
+            instance: c.instance,
+            deployment: c.deployment.clone(),
+            mesh_id: mesh::mesh_id(&c.ca_cert)?,
+            ca_pem: c.ca_cert.clone(),
+            chain: vec![cert],
+            key,
+            roots: Arc::new(roots),
+        })
+    }
+}
+
+/// Revoked instances and when they were revoked (refreshed from the replicated table).
+#[derive(Debug, Default)]
+pub struct Revoked(RwLock<HashMap<Uuid, DateTime<Utc>>>);
+
+impl Revoked {
+    /// Replaces the set.
+    pub fn set(&self, all: HashMap<Uuid, DateTime<Utc>>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = all;
+    }
+
+    /// When `id` was revoked, if it was.
+    pub fn get(&self, id: &Uuid) -> Option<DateTime<Utc>> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    /// Every revocation.
+    pub fn all(&self) -> HashMap<Uuid, DateTime<Utc>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// How sync connections are protected.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// Mutual TLS within a deployment.
+    Tls {
+        /// Our identity.
+        identity: Arc<Identity>,
+        /// Revoked instances.
+        revoked: Arc<Revoked>,
+    },
+    /// No protection (`--insecure-plaintext`, for debugging only).
+    Plaintext,
+}
+
+impl Transport {
+    /// The deployment id for mDNS, if in a deployment.
+    pub fn mesh_id(&self) -> Option<&str> {
+        match self {
+            Transport::Tls { identity, .. } => Some(&identity.mesh_id),
+            Transport::Plaintext => None,
+        }
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Server side: require a client certificate from our CA, for an instance not revoked.
+pub fn server_config(id: &Identity, revoked: Arc<Revoked>) -> Result<ServerConfig, MeshError> {
+    let inner = WebPkiClientVerifier::builder_with_provider(id.roots.clone(), provider())
+        .build()
+        .map_err(bad)?;
+    let verifier = Arc::new(ClientVerifier { inner, revoked });
+    ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(bad)?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(bad)
+}
+
+/// Client side: present our certificate, accept only a server of our CA that is not revoked,
+/// and report which instance the server's certificate is for.
+pub fn client_config(
+    id: &Identity,
+    revoked: Arc<Revoked>,
+) -> Result<(ClientConfig, Arc<Mutex<Option<Uuid>>>), MeshError> {
+    let inner = WebPkiServerVerifier::builder_with_provider(id.roots.clone(), provider())
+        .build()
+        .map_err(bad)?;
+    let seen = Arc::new(Mutex::new(None));
+    let verifier = Arc::new(ServerVerifier {
+        inner,
+        revoked,
+        seen: seen.clone(),
+    });
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(bad)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(id.chain.clone(), id.key.clone_key())
+        .map_err(bad)?;
+    Ok((cfg, seen))
+}
+
+/// The instance a verified peer certificate is for.
+pub fn peer_instance(certs: Option<&[CertificateDer<'_>]>) -> Option<Uuid> {
+    certs
+        .and_then(|c| c.first())
+        .and_then(|c| mesh::instance_of_der(c))
+}
+
+fn check_identity(end_entity: &CertificateDer<'_>, revoked: &Revoked) -> Result<Uuid, TlsError> {
+    let id = mesh::instance_of_der(end_entity)
+        .ok_or_else(|| TlsError::General("certificate names no fieldsync instance".into()))?;
+    if revoked.get(&id).is_some() {
+        return Err(TlsError::General(format!(
+            "instance {id} has been revoked by the deployment"
+        )));
+    }
+    Ok(id)
+}
+
+#[derive(Debug)]
+struct ClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<Revoked>,
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, TlsError> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        check_identity(end_entity, &self.revoked)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[derive(Debug)]
+struct ServerVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    revoked: Arc<Revoked>,
+    seen: Arc<Mutex<Option<Uuid>>>,
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        // Peers are dialled by IP; every node certificate carries the fixed deployment name.
+        let name = ServerName::try_from(SERVER_NAME).expect("valid DNS name");
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &name, ocsp_response, now)?;
+        let id = check_identity(end_entity, &self.revoked)?;
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
