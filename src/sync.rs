@@ -533,7 +533,7 @@ pub fn digest_buckets(
 fn connect(
     addr: &str,
     transport: &Transport,
-) -> Result<(Client, Option<Arc<std::sync::Mutex<Option<Uuid>>>>), SyncError> {
+) -> Result<(Client, Option<crate::tls::SeenPeer>), SyncError> {
     let terr = |message: String| SyncError::Transport {
         addr: addr.to_string(),
         message,
@@ -549,10 +549,7 @@ fn connect(
 }
 
 /// Fails unless the peer's certificate is for the instance it says it is.
-fn check_server(
-    seen: &Option<Arc<std::sync::Mutex<Option<Uuid>>>>,
-    claimed: &Uuid,
-) -> Result<(), SyncError> {
+fn check_server(seen: &Option<crate::tls::SeenPeer>, claimed: &Uuid) -> Result<(), SyncError> {
     let Some(slot) = seen else { return Ok(()) };
     let cert = *slot.lock().unwrap_or_else(|e| e.into_inner());
     if cert != Some(*claimed) {
@@ -588,7 +585,7 @@ pub async fn sync_with(
 async fn session(
     store: &Arc<Store>,
     client: &Client,
-    seen: &Option<Arc<std::sync::Mutex<Option<Uuid>>>>,
+    seen: &Option<crate::tls::SeenPeer>,
     addr: &str,
     opts: &SessionOptions,
 ) -> Result<SessionReport, SyncError> {

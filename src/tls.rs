@@ -141,12 +141,15 @@ pub fn server_config(id: &Identity, revoked: Arc<Revoked>) -> Result<ServerConfi
         .map_err(bad)
 }
 
+/// Where a client's verifier records the instance the server's certificate is for.
+pub type SeenPeer = Arc<Mutex<Option<Uuid>>>;
+
 /// Client side: present our certificate, accept only a server of our CA that is not revoked,
 /// and report which instance the server's certificate is for.
 pub fn client_config(
     id: &Identity,
     revoked: Arc<Revoked>,
-) -> Result<(ClientConfig, Arc<Mutex<Option<Uuid>>>), MeshError> {
+) -> Result<(ClientConfig, SeenPeer), MeshError> {
     let inner = WebPkiServerVerifier::builder_with_provider(id.roots.clone(), provider())
         .build()
         .map_err(bad)?;
@@ -234,7 +237,7 @@ impl ClientCertVerifier for ClientVerifier {
 struct ServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
     revoked: Arc<Revoked>,
-    seen: Arc<Mutex<Option<Uuid>>>,
+    seen: SeenPeer,
 }
 
 impl ServerCertVerifier for ServerVerifier {
