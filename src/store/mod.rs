@@ -298,6 +298,15 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(v).expect("in-memory values always encode")
 }
 
+/// Compact (array) encoding, for the bulky values: records and history.
+pub(crate) fn encode_compact<T: Serialize>(v: &T) -> Vec<u8> {
+    rmp_serde::to_vec(v).expect("in-memory values always encode")
+}
+
+pub(crate) fn decode_compact<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    rmp_serde::from_slice(b).map_err(|e| StoreError::Decode(e.to_string()))
+}
+
 pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
     rmp_serde::from_slice(b).map_err(|e| StoreError::Decode(e.to_string()))
 }
@@ -494,7 +503,7 @@ impl Store {
         let prefix = keys::history_of(&keys::record_suffix(table, id));
         self.tree
             .scan_prefix(prefix)
-            .map(|kv| decode(&kv?.1))
+            .map(|kv| decode_compact(&kv?.1))
             .collect()
     }
 

@@ -509,7 +509,7 @@ impl Batch<'_> {
                     source: p.source,
                     applied_at: self.now,
                 };
-                self.txn.put(hk, encode(&e));
+                self.txn.put(hk, super::encode_compact(&e));
             }
         }
 
@@ -602,10 +602,10 @@ impl Batch<'_> {
 
 /// Records use the compact (array) encoding: they are the bulk of the database.
 pub(crate) fn encode_record(r: &StoredRecord) -> Vec<u8> {
-    rmp_serde::to_vec(r).expect("in-memory records always encode")
+    super::encode_compact(r)
 }
 
 /// Decodes a record stored by [`encode_record`].
 pub(crate) fn decode_record(b: &[u8]) -> Result<StoredRecord, StoreError> {
-    rmp_serde::from_slice(b).map_err(|e| StoreError::Decode(e.to_string()))
+    super::decode_compact(b)
 }
