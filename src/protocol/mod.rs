@@ -5,6 +5,7 @@
 //! [`crate::sync`], which speaks in the types defined here.
 
 pub mod client;
+pub mod pack;
 pub mod server;
 
 use crate::model::VersionVector;
@@ -284,7 +285,7 @@ pub fn encode_changes(
         ENC_JSON => serde_json::to_value(changes)
             .map_err(|e| ProtocolError::new(codes::INVALID_PAGE, format!("encoding page: {e}"))),
         ENC_ZSTD => {
-            let raw = rmp_serde::to_vec(changes).map_err(|e| {
+            let raw = pack::pack(changes).map_err(|e| {
                 ProtocolError::new(codes::INVALID_PAGE, format!("encoding page: {e}"))
             })?;
             let packed = zstd::bulk::compress(&raw, 3).map_err(|e| {
@@ -334,7 +335,7 @@ pub fn decode_changes(page: &Page) -> Result<Vec<RemoteChange>, ProtocolError> {
                     format!("page does not decompress within {MAX_PAGE_BYTES} bytes: {e}"),
                 )
             })?;
-            rmp_serde::from_slice(&raw).map_err(|e| invalid(format!("malformed page: {e}")))?
+            pack::unpack(&raw).map_err(|e| invalid(format!("malformed page: {e}")))?
         }
         other => return Err(unknown_encoding(other)),
     };
