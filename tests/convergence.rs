@@ -895,6 +895,7 @@ fn snapshot(s: &Store) -> Vec<RemoteChange> {
             table,
             id,
             state: rec.state,
+            conflicts: vec![],
         })
         .collect()
 }
