@@ -120,6 +120,7 @@ struct Batch<'a> {
     w: WriterState,
     now: DateTime<Utc>,
     wall: u64,
+    started: std::time::Instant,
 }
 
 /// What to persist for one record.
@@ -153,6 +154,7 @@ impl Store {
             w,
             now: Utc::now(),
             wall: wall_millis(),
+            started: std::time::Instant::now(),
         };
         (guard, batch)
     }
@@ -166,8 +168,14 @@ impl Store {
         b.txn.put(keys::meta("clock"), encode(&b.w.clock.last()));
         b.txn
             .put(keys::meta("next_conflict"), encode(&b.w.next_conflict));
+        let t = std::time::Instant::now();
+        let writes = b.txn.len();
         b.txn.commit()?;
+        let committed = t.elapsed();
         self.db.flush()?;
+        tracing::debug!(writes, built_ms = (t - b.started).as_millis() as u64,
+                        commit_ms = committed.as_millis() as u64,
+                        flush_ms = (t.elapsed() - committed).as_millis() as u64, "batch written");
         let seq = b.w.seq;
         *guard = b.w;
         self.changed
