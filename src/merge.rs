@@ -370,7 +370,7 @@ pub fn merge_remote(local: Option<&RecordState>, remote: &RecordState) -> MergeO
             r.kind = RevisionKind::Create;
         }
     }
-    if was_alive && !is_alive || local.is_none() && !is_alive {
+    if !is_alive && (was_alive || local.is_none()) {
         if let Some(d) = state.deleted {
             revisions.push(Revision {
                 at: d,
