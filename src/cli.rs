@@ -190,6 +190,55 @@ pub enum Command {
     Status,
     /// Print the sync_instance table: one row per peer instance.
     Peers,
+    /// Write deterministic test or benchmark data as JSON lines to stdout (no database needed).
+    ///
+    /// Example: fieldsync generate records --count 100000 --seed 42 > p100k.jsonl
+    ///
+    /// Example: fieldsync generate ops --from p100k.jsonl --count 1000 --seed 7 > ops.jsonl
+    #[command(subcommand)]
+    Generate(GenerateCommand),
+}
+
+/// Subcommands of `generate` (the formats of shared/gen.py).
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Person records, one {"table","id","fields"} object a line, about 330 bytes each.
+    ///
+    /// The same count and seed always give the same bytes.
+    ///
+    /// Example: fieldsync generate records --count 100000 --seed 42 > p100k.jsonl
+    Records {
+        /// How many records.
+        #[arg(long)]
+        count: u64,
+        /// Seed of everything generated.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Edits of a records file for `fieldsync apply`: COUNT puts, then deletes of other ids.
+    ///
+    /// Each put is the whole record with status, notes and updated_by changed. Ids are chosen
+    /// with --ids-seed, so two op files with the same --ids-seed and different --seed edit the
+    /// same records differently (for concurrent-edit and conflict tests).
+    ///
+    /// Example: fieldsync generate ops --from p100k.jsonl --count 1000 --seed 7 > ops.jsonl
+    Ops {
+        /// The records file to edit (`-` for stdin).
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// How many puts.
+        #[arg(long)]
+        count: usize,
+        /// Seed of the new values.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Seed that picks the ids (default: --seed).
+        #[arg(long)]
+        ids_seed: Option<u64>,
+        /// How many deletes (default: max(1, COUNT/50)).
+        #[arg(long)]
+        deletes: Option<usize>,
+    },
 }
 
 /// Arguments of `conflicts`.
@@ -317,6 +366,10 @@ pub fn open_store(data_dir: Option<PathBuf>) -> Result<Store, CliError> {
 
 /// Runs one command, writing its output to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    // Generating data must not need (or lock) a database: it runs beside a live agent.
+    if let Command::Generate(what) = cli.command {
+        return generate(what, out);
+    }
     let mut store = open_store(cli.data_dir)?;
     let p = |out: &mut dyn Write, v: &Value| -> Result<(), CliError> {
         writeln!(out, "{v}").map_err(|e| CliError::Io(format!("writing output: {e}")))
@@ -549,8 +602,40 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 p(out, &peer_json(&row))?;
             }
         }
+        Command::Generate(_) => {} // handled before the store is opened
     }
     Ok(())
+}
+
+fn generate(what: GenerateCommand, out: &mut dyn Write) -> Result<(), CliError> {
+    use crate::gen::{self, GenError, OpsSpec};
+    let result = match what {
+        GenerateCommand::Records { count, seed } => {
+            gen::write_records(count, seed, out).map_err(GenError::Io)
+        }
+        GenerateCommand::Ops {
+            from,
+            count,
+            seed,
+            ids_seed,
+            deletes,
+        } => {
+            let spec = OpsSpec {
+                count,
+                seed,
+                ids_seed,
+                deletes,
+            };
+            gen::write_ops(BufReader::new(open_input(&from)?), &spec, out).map(|_| ())
+        }
+    };
+    match result {
+        Ok(()) => Ok(()),
+        // `generate records --count 1000000 | head` is a normal way to stop it.
+        Err(GenError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(GenError::Io(e)) => Err(CliError::Io(format!("generate: {e}"))),
+        Err(e) => Err(CliError::Invalid(e.to_string())),
+    }
 }
 
 /// Reads a JSON argument, or stdin for `-`.

@@ -11,6 +11,7 @@
 //! - [`store`]: the sled database: records, feed, history, conflicts, peers; atomic batches.
 //! - [`config`]: `fieldsync.toml` → validated settings.
 //! - [`formats`]: JSONL/CSV import and export, the canonical digest.
+//! - [`gen`]: deterministic test and benchmark data (records and op files, gen.py's format).
 //! - [`cli`]: the command line (clap definitions and command bodies).
 
 #![deny(unreachable_pub)]
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod formats;
+pub mod gen;
 pub mod merge;
 pub mod model;
 pub mod store;
