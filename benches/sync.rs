@@ -77,7 +77,8 @@ impl Agent {
     }
 
     fn rss_kb(&self, field: &str) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         s.lines()
             .find(|l| l.starts_with(field))
             .and_then(|l| l.split_whitespace().nth(1))
@@ -88,7 +89,9 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -105,7 +108,10 @@ impl Drop for Agent {
 fn sync(from: &Agent, to: &Agent) -> (f64, u64, Value) {
     let before = to.wire_bytes();
     let out = fs_ok(&from.dir, &["sync", &to.addr]);
-    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let ms: f64 = lines.iter().map(|l| l["ms"].as_f64().unwrap_or(0.0)).sum();
     let bytes = to.wire_bytes() - before;
     (ms, bytes, Value::Array(lines))
@@ -137,28 +143,94 @@ fn gen_data(dir: &Path, n: usize) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
     let deletes = (n / 5000).max(1).to_string();
     if shared.exists() {
         let py = |args: &[&str]| {
-            let st = Command::new("python3").arg(&shared).args(args).stderr(Stdio::null()).status();
+            let st = Command::new("python3")
+                .arg(&shared)
+                .args(args)
+                .stderr(Stdio::null())
+                .status();
             assert!(st.expect("python3").success(), "gen.py {args:?}");
         };
-        py(&["--records", &n.to_string(), "--seed", "42", "--out", recs.to_str().unwrap()]);
-        py(&["--mutate", &edits, "--deletes", &deletes, "--from", recs.to_str().unwrap(),
-             "--seed", "7", "--out", ops.to_str().unwrap()]);
+        py(&[
+            "--records",
+            &n.to_string(),
+            "--seed",
+            "42",
+            "--out",
+            recs.to_str().unwrap(),
+        ]);
+        py(&[
+            "--mutate",
+            &edits,
+            "--deletes",
+            &deletes,
+            "--from",
+            recs.to_str().unwrap(),
+            "--seed",
+            "7",
+            "--out",
+            ops.to_str().unwrap(),
+        ]);
         for (seed, out) in [("11", &conf_a), ("12", &conf_b)] {
-            py(&["--mutate", "100", "--deletes", "0", "--ids-seed", "99", "--from",
-                 recs.to_str().unwrap(), "--seed", seed, "--out", out.to_str().unwrap()]);
+            py(&[
+                "--mutate",
+                "100",
+                "--deletes",
+                "0",
+                "--ids-seed",
+                "99",
+                "--from",
+                recs.to_str().unwrap(),
+                "--seed",
+                seed,
+                "--out",
+                out.to_str().unwrap(),
+            ]);
         }
     } else {
         let gen = |args: &[&str], out: &Path| {
-            let o = Command::new(BIN).arg("generate").args(args).output().expect("generate");
+            let o = Command::new(BIN)
+                .arg("generate")
+                .args(args)
+                .output()
+                .expect("generate");
             assert!(o.status.success(), "generate {args:?}");
             std::fs::write(out, o.stdout).unwrap();
         };
-        gen(&["records", "--count", &n.to_string(), "--seed", "42"], &recs);
-        gen(&["ops", "--from", recs.to_str().unwrap(), "--count", &edits, "--deletes", &deletes,
-              "--seed", "7"], &ops);
+        gen(
+            &["records", "--count", &n.to_string(), "--seed", "42"],
+            &recs,
+        );
+        gen(
+            &[
+                "ops",
+                "--from",
+                recs.to_str().unwrap(),
+                "--count",
+                &edits,
+                "--deletes",
+                &deletes,
+                "--seed",
+                "7",
+            ],
+            &ops,
+        );
         for (seed, out) in [("11", &conf_a), ("12", &conf_b)] {
-            gen(&["ops", "--from", recs.to_str().unwrap(), "--count", "100", "--deletes", "0",
-                  "--ids-seed", "99", "--seed", seed], out);
+            gen(
+                &[
+                    "ops",
+                    "--from",
+                    recs.to_str().unwrap(),
+                    "--count",
+                    "100",
+                    "--deletes",
+                    "0",
+                    "--ids-seed",
+                    "99",
+                    "--seed",
+                    seed,
+                ],
+                out,
+            );
         }
     }
     (recs, ops, conf_a, conf_b)
@@ -171,7 +243,17 @@ fn mesh(root: &Path) -> (PathBuf, PathBuf) {
     fs_ok(&a, &["init", "--name", "bench-a"]);
     fs_ok(&a, &["mesh", "create", "--name", "bench"]);
     let cred = root.join("b.fsmesh");
-    fs_ok(&a, &["mesh", "enroll", "--out", cred.to_str().unwrap(), "--name", "bench-b"]);
+    fs_ok(
+        &a,
+        &[
+            "mesh",
+            "enroll",
+            "--out",
+            cred.to_str().unwrap(),
+            "--name",
+            "bench-b",
+        ],
+    );
     fs_ok(&b, &["init", "--mesh", cred.to_str().unwrap()]);
     (a, b)
 }
@@ -222,11 +304,15 @@ fn one_run(root: &Path, n: usize, data: &(PathBuf, PathBuf, PathBuf, PathBuf)) -
     r.noop_bytes = bytes;
     fs_ok(&a_dir, &["apply", conf_a.to_str().unwrap()]);
     fs_ok(&b_dir, &["apply", conf_b.to_str().unwrap()]);
-    let before = json(&fs_ok(&b_dir, &["status"]))["unresolved_conflicts"].as_u64().unwrap_or(0);
+    let before = json(&fs_ok(&b_dir, &["status"]))["unresolved_conflicts"]
+        .as_u64()
+        .unwrap_or(0);
     let (ms, _, _) = sync(&a, &b);
     r.conflict_ms = ms;
     verified(&a, &b);
-    let after = json(&fs_ok(&b_dir, &["status"]))["unresolved_conflicts"].as_u64().unwrap_or(0);
+    let after = json(&fs_ok(&b_dir, &["status"]))["unresolved_conflicts"]
+        .as_u64()
+        .unwrap_or(0);
     r.conflicts = after - before;
     std::thread::sleep(Duration::from_secs(2));
     r.idle_rss_b = b.rss_kb("VmRSS:");
@@ -278,15 +364,95 @@ fn table(n: usize, runs: &[Run]) -> String {
     let m = |f: &dyn Fn(&Run) -> f64| median(runs.iter().map(f).collect());
     let initial_ms = m(&|r| r.initial_ms);
     let rows: Vec<(String, String, String)> = vec![
-        ("local import".into(), format!("{:.0} records/s", m(&|r| r.import_rps)), target(n, m(&|r| r.import_rps) >= 100_000.0, "≥ 100,000 records/s")),
-        ("initial sync A→B".into(), format!("{:.0} ms, {:.0} records/s", initial_ms, n as f64 / initial_ms * 1000.0), target(n, initial_ms <= 1500.0 && n as f64 / initial_ms * 1000.0 >= 65_000.0, "≤ 1.5 s, ≥ 65,000 records/s")),
-        ("initial sync bytes on the wire".into(), format!("{:.2} MB", m(&|r| r.initial_bytes as f64) / 1e6), target(n, m(&|r| r.initial_bytes as f64) <= 10e6, "≤ 10 MB")),
-        ("peak RSS during initial sync (A / B)".into(), format!("{:.0} / {:.0} MB", m(&|r| r.initial_rss_a as f64) / 1024.0, m(&|r| r.initial_rss_b as f64) / 1024.0), target(n, m(&|r| r.initial_rss_a.max(r.initial_rss_b) as f64) <= 60.0 * 1024.0, "≤ 60 MB each")),
-        ("first reverse sync B→A".into(), format!("{:.1} ms, {:.1} KB", m(&|r| r.reverse_ms), m(&|r| r.reverse_bytes as f64) / 1e3), target(n, m(&|r| r.reverse_ms) <= 50.0 && m(&|r| r.reverse_bytes as f64) <= 4e3, "≤ 50 ms, ≤ 4 KB")),
-        ("incremental sync (1% edited, 0.02% deleted)".into(), format!("{:.1} ms, {:.1} KB", m(&|r| r.incr_ms), m(&|r| r.incr_bytes as f64) / 1e3), target(n, m(&|r| r.incr_ms) <= 100.0 && m(&|r| r.incr_bytes as f64) <= 100e3, "≤ 100 ms, ≤ 100 KB")),
-        ("no-op sync".into(), format!("{:.1} ms, {:.2} KB", m(&|r| r.noop_ms), m(&|r| r.noop_bytes as f64) / 1e3), target(n, m(&|r| r.noop_ms) <= 5.0 && m(&|r| r.noop_bytes as f64) <= 2e3, "≤ 5 ms, ≤ 2 KB")),
-        ("two-way, 100 records edited on both sides".into(), format!("{:.1} ms, {:.0} conflicts logged, verified in sync", m(&|r| r.conflict_ms), m(&|r| r.conflicts as f64)), "—".into()),
-        ("idle agent RSS after sync".into(), format!("{:.1} MB", m(&|r| r.idle_rss_b as f64) / 1024.0), target(n, m(&|r| r.idle_rss_b as f64) <= 20.0 * 1024.0, "≤ 20 MB")),
+        (
+            "local import".into(),
+            format!("{:.0} records/s", m(&|r| r.import_rps)),
+            target(n, m(&|r| r.import_rps) >= 100_000.0, "≥ 100,000 records/s"),
+        ),
+        (
+            "initial sync A→B".into(),
+            format!(
+                "{:.0} ms, {:.0} records/s",
+                initial_ms,
+                n as f64 / initial_ms * 1000.0
+            ),
+            target(
+                n,
+                initial_ms <= 1500.0 && n as f64 / initial_ms * 1000.0 >= 65_000.0,
+                "≤ 1.5 s, ≥ 65,000 records/s",
+            ),
+        ),
+        (
+            "initial sync bytes on the wire".into(),
+            format!("{:.2} MB", m(&|r| r.initial_bytes as f64) / 1e6),
+            target(n, m(&|r| r.initial_bytes as f64) <= 10e6, "≤ 10 MB"),
+        ),
+        (
+            "peak RSS during initial sync (A / B)".into(),
+            format!(
+                "{:.0} / {:.0} MB",
+                m(&|r| r.initial_rss_a as f64) / 1024.0,
+                m(&|r| r.initial_rss_b as f64) / 1024.0
+            ),
+            target(
+                n,
+                m(&|r| r.initial_rss_a.max(r.initial_rss_b) as f64) <= 60.0 * 1024.0,
+                "≤ 60 MB each",
+            ),
+        ),
+        (
+            "first reverse sync B→A".into(),
+            format!(
+                "{:.1} ms, {:.1} KB",
+                m(&|r| r.reverse_ms),
+                m(&|r| r.reverse_bytes as f64) / 1e3
+            ),
+            target(
+                n,
+                m(&|r| r.reverse_ms) <= 50.0 && m(&|r| r.reverse_bytes as f64) <= 4e3,
+                "≤ 50 ms, ≤ 4 KB",
+            ),
+        ),
+        (
+            "incremental sync (1% edited, 0.02% deleted)".into(),
+            format!(
+                "{:.1} ms, {:.1} KB",
+                m(&|r| r.incr_ms),
+                m(&|r| r.incr_bytes as f64) / 1e3
+            ),
+            target(
+                n,
+                m(&|r| r.incr_ms) <= 100.0 && m(&|r| r.incr_bytes as f64) <= 100e3,
+                "≤ 100 ms, ≤ 100 KB",
+            ),
+        ),
+        (
+            "no-op sync".into(),
+            format!(
+                "{:.1} ms, {:.2} KB",
+                m(&|r| r.noop_ms),
+                m(&|r| r.noop_bytes as f64) / 1e3
+            ),
+            target(
+                n,
+                m(&|r| r.noop_ms) <= 5.0 && m(&|r| r.noop_bytes as f64) <= 2e3,
+                "≤ 5 ms, ≤ 2 KB",
+            ),
+        ),
+        (
+            "two-way, 100 records edited on both sides".into(),
+            format!(
+                "{:.1} ms, {:.0} conflicts logged, verified in sync",
+                m(&|r| r.conflict_ms),
+                m(&|r| r.conflicts as f64)
+            ),
+            "—".into(),
+        ),
+        (
+            "idle agent RSS after sync".into(),
+            format!("{:.1} MB", m(&|r| r.idle_rss_b as f64) / 1024.0),
+            target(n, m(&|r| r.idle_rss_b as f64) <= 20.0 * 1024.0, "≤ 20 MB"),
+        ),
     ];
     let mut s = format!("\n### N = {n} (median of {} runs)\n\n| measurement | result | target (N = 100,000) |\n|---|---|---|\n", runs.len());
     for (a, b, c) in rows {
@@ -316,7 +482,12 @@ fn million(tmp: &Path) -> String {
     let b = Agent::start(&b_dir);
     sync(&a, &b);
     verified(&a, &b);
-    let noop: Vec<(f64, u64)> = (0..5).map(|_| { let (ms, b2, _) = sync(&a, &b); (ms, b2) }).collect();
+    let noop: Vec<(f64, u64)> = (0..5)
+        .map(|_| {
+            let (ms, b2, _) = sync(&a, &b);
+            (ms, b2)
+        })
+        .collect();
     let ms = median(noop.iter().map(|x| x.0).collect());
     let bytes = median(noop.iter().map(|x| x.1 as f64).collect());
     format!("\n### N = 1,000,000: no-op sync\n\n| measurement | result | target |\n|---|---|---|\n| no-op sync | {ms:.1} ms, {:.2} KB | ≤ 5 ms, ≤ 2 KB: {} |\n",
@@ -326,13 +497,30 @@ fn million(tmp: &Path) -> String {
 fn write_results(report: &str) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let rustc = Command::new("rustc").arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let rustc = Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let version = fs_ok(Path::new("/tmp"), &["--version"]);
     let date = chrono::Utc::now().format("%Y-%m-%d");
-    let data = if Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/gen.py").exists() { "shared/gen.py" } else { "fieldsync generate" };
+    let data = if Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/gen.py")
+        .exists()
+    {
+        "shared/gen.py"
+    } else {
+        "fieldsync generate"
+    };
     let text = format!(
         "# Benchmark results\n\nMeasured {date} with `cargo bench --bench sync` on {cpu} ({cores} cores), {rustc}, {}.\n\
          Two agents of the release build on 127.0.0.1, sled on disk, mutual TLS 1.3, pages msgpack+zstd.\n\

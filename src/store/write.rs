@@ -138,6 +138,8 @@ struct Persist<'a> {
     peer: Option<Uuid>,
     /// Set when the new state is exactly what this peer sent (insert or fast-forward).
     echo_of: Option<Uuid>,
+    /// For remote changes, what the sender's state had seen (None: a local write).
+    writer_vv: Option<crate::model::VersionVector>,
 }
 
 impl Store {
@@ -173,9 +175,13 @@ impl Store {
         b.txn.commit()?;
         let committed = t.elapsed();
         self.db.flush()?;
-        tracing::debug!(writes, built_ms = (t - b.started).as_millis() as u64,
-                        commit_ms = committed.as_millis() as u64,
-                        flush_ms = (t.elapsed() - committed).as_millis() as u64, "batch written");
+        tracing::debug!(
+            writes,
+            built_ms = (t - b.started).as_millis() as u64,
+            commit_ms = committed.as_millis() as u64,
+            flush_ms = (t.elapsed() - committed).as_millis() as u64,
+            "batch written"
+        );
         let seq = b.w.seq;
         *guard = b.w;
         self.changed
@@ -294,6 +300,7 @@ impl Store {
                 reported,
                 peer,
                 echo_of,
+                writer_vv: Some(state.vv.clone()),
             })?;
             stats.conflicts += logged;
         }
@@ -411,6 +418,7 @@ impl Batch<'_> {
             reported: vec![],
             peer: None,
             echo_of: None,
+            writer_vv: None,
         })?;
         Ok(OpResult::Written(self.w.seq))
     }
@@ -522,7 +530,10 @@ impl Batch<'_> {
         }
 
         if p.prev.is_some() {
-            self.supersede(&suffix, &p.state, &p.touched)?;
+            // A later write settles a conflict only if its writer had seen both sides: judge by
+            // the writer's own knowledge (the incoming state), not our merged one.
+            let writer_vv = p.writer_vv.as_ref().unwrap_or(&p.state.vv);
+            self.supersede(&suffix, &p.state, writer_vv, &p.touched)?;
         }
         let logged = conflicts.len() as u64;
         let first_id = self.w.next_conflict - logged;
@@ -564,6 +575,7 @@ impl Batch<'_> {
         &mut self,
         suffix: &[u8],
         state: &RecordState,
+        writer_vv: &crate::model::VersionVector,
         touched: &[String],
     ) -> Result<(), StoreError> {
         let prefix = keys::conflicts_of(suffix);
@@ -594,8 +606,8 @@ impl Batch<'_> {
             let later = now.stamp != local.stamp && now.stamp != remote.stamp;
             if touched.contains(field)
                 && later
-                && covers(&state.vv, &local.stamp)
-                && covers(&state.vv, &remote.stamp)
+                && covers(writer_vv, &local.stamp)
+                && covers(writer_vv, &remote.stamp)
             {
                 entry.resolved = Some(Resolution {
                     at: self.now,
