@@ -133,7 +133,7 @@ impl History {
         for i in seen.iter() {
             let e = &self.events[i];
             for (f, v) in &e.writes {
-                if s.fields.get(f).map_or(true, |old| old.stamp < e.stamp) {
+                if s.fields.get(f).is_none_or(|old| old.stamp < e.stamp) {
                     let fs = FieldState {
                         value: v.clone(),
                         stamp: e.stamp,

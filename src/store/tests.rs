@@ -100,7 +100,7 @@ fn reopen_keeps_records_instance_feed_and_clock() {
     let dir = tempfile::tempdir().unwrap();
     let id = Uuid::new_v4();
     let (instance, seq, stamp) = {
-        let mut s = Store::open(dir.path(), Config::default()).unwrap();
+        let s = Store::open(dir.path(), Config::default()).unwrap();
         s.set_instance_info(Some("laptop7".into()), Some("Team B".into()), None)
             .unwrap();
         put(&s, "person", id, json!({"name": "Ana", "age": 3}));
