@@ -500,3 +500,27 @@ fn table_counts_follow_deletes_restores_and_remote_tombstones() {
         .count();
     assert_eq!(scanned, 1);
 }
+
+#[test]
+fn history_rebuilds_the_creating_revision_from_later_changes() {
+    let s = node("");
+    let id = Uuid::new_v4();
+    put(&s, "person", id, json!({"a": 1, "b": 2}));
+    patch(&s, "person", id, json!({"a": 3}));
+    patch(&s, "person", id, json!({"b": null, "c": 4}));
+    put(&s, "person", id, json!({"a": 5, "c": 4}));
+    let h = s.history("person", &id).unwrap();
+    assert_eq!(h.len(), 4);
+    assert_eq!(h[0].revision.kind, crate::merge::RevisionKind::Create);
+    let created: Vec<(String, serde_json::Value)> = h[0]
+        .revision
+        .changes
+        .iter()
+        .map(|c| (c.field.clone(), c.new.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        created,
+        vec![("a".to_string(), json!(1)), ("b".to_string(), json!(2))]
+    );
+    assert!(h.windows(2).all(|w| w[0].revision.at < w[1].revision.at));
+}

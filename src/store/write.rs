@@ -5,11 +5,11 @@
 
 use super::keys;
 use super::{
-    decode, encode, ConflictDetail, ConflictEntry, HistoryEntry, Resolution, Source, Store,
-    StoreError, StoredRecord, TableCounts, Txn, WriterState,
+    decode, encode, ConflictDetail, ConflictEntry, Created, HistoryEntry, Resolution, Source,
+    Store, StoreError, StoredRecord, TableCounts, Txn, WriterState,
 };
 use crate::clock::{wall_millis, Clock};
-use crate::merge::{self, Conflict, Edit, EditError, MergeKind, Revision};
+use crate::merge::{self, Conflict, Edit, EditError, MergeKind, Revision, RevisionKind};
 use crate::model::{check_fields, covers, validate_table, RecordState, ValidationError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -517,7 +517,16 @@ impl Batch<'_> {
             }
         }
 
+        let mut created = p.prev.as_ref().and_then(|r| r.created.clone());
         for revision in p.revisions {
+            if p.prev.is_none() && created.is_none() && revision.kind == RevisionKind::Create {
+                created = Some(Created {
+                    at: revision.at,
+                    source: p.source,
+                    applied_at: self.now,
+                });
+                continue;
+            }
             let hk = keys::history(&suffix, &revision.at);
             if self.txn.get(&hk)?.is_none() {
                 let e = HistoryEntry {
@@ -565,6 +574,7 @@ impl Batch<'_> {
             seq,
             fseq,
             conflict_seq,
+            created,
         };
         self.txn.put(keys::record(&suffix), encode_record(&rec));
         Ok(logged)
