@@ -191,7 +191,11 @@ fn other_deployment_is_ignored() {
     }
     assert_eq!(digest(&lab, 2).0, 1, "the outsider has only its own record");
     for i in 0..2 {
-        assert_eq!(digest(&lab, i).0, 2, "host {i} received the outsider's record");
+        assert_eq!(
+            digest(&lab, i).0,
+            2,
+            "host {i} received the outsider's record"
+        );
         let rows = peers(&lab, i);
         assert!(
             rows.iter().all(|r| r["instance"] != ids[2].as_str()),
@@ -276,16 +280,16 @@ fn sigterm_during_large_sync_then_resume() {
     let imported = lab.cli_json(0, &["import", "person", &file.to_string_lossy()]);
     assert_eq!(imported["written"], N);
     let (_, sha) = digest(&lab, 0);
-    lab.start(0, &[]);
+    let host0 = lab.start(0, &[]);
     let started = Instant::now();
     lab.start(1, &[]);
 
-    let mut last = 0;
+    // Interrupt well into the transfer (a tenth of it is through), not at its first page.
     let seen = poll(SETTLE, Duration::from_millis(20), || {
-        last = digest(&lab, 1).0;
-        (last > 0).then_some(last)
+        let n = digest(&lab, 1).0;
+        (n >= N / 10).then_some(n)
     })
-    .unwrap_or_else(|| panic!("the large sync did not start within {SETTLE:?}"));
+    .unwrap_or_else(|| panic!("the large sync did not get going within {SETTLE:?}"));
     assert!(
         seen < N,
         "the sync finished before it could be interrupted ({:.2} s); make it larger",
@@ -307,12 +311,23 @@ fn sigterm_during_large_sync_then_resume() {
         kept >= seen && kept <= N,
         "records lost on shutdown: saw {seen}, kept {kept}"
     );
+    // The position reached in host 0's feed was saved with (never ahead of) the records, so
+    // the next session resumes there instead of starting over.
+    let row = peers(&lab, 1)
+        .into_iter()
+        .find(|r| r["instance"] == host0.as_str())
+        .expect("host 1 knows host 0");
+    let upto = row["received_upto"].as_u64().expect("received_upto");
+    assert!(
+        upto > 0 && upto <= kept,
+        "saved position {upto} does not match the {kept} records kept"
+    );
     let resume = Instant::now();
     lab.start(1, &[]);
     wait_count(&lab, 1, N, "resumed large sync");
     assert_eq!(digest(&lab, 1).1, sha, "same records as host 0");
     println!(
-        "resumed with {kept} of {N} records kept; finished in {:.2} s",
+        "resumed from position {upto} with {kept} of {N} records kept; finished in {:.2} s",
         resume.elapsed().as_secs_f64()
     );
 }

@@ -11,6 +11,8 @@
 //! removed first. `Drop` kills every process the lab started and deletes the namespaces
 //! (which deletes their veths). Every wait is bounded.
 //!
+//! Set `FIELDSYNC_LAB_KEEP=1` to keep the data directories and agent logs after the test.
+//!
 //! Needs root (network namespaces, nftables): without it the lab is not built and the test
 //! is skipped with a message, except under CI (`CI` set), where it fails.
 #![allow(dead_code)]
@@ -55,7 +57,10 @@ impl Out {
     /// Stdout parsed as one JSON value.
     pub fn json(&self) -> Value {
         serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {:?} (stderr {:?})", self.stdout, self.stderr)
+            panic!(
+                "not JSON ({e}): {:?} (stderr {:?})",
+                self.stdout, self.stderr
+            )
         })
     }
 
@@ -167,7 +172,10 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Out {
 
 /// Runs a setup command (`ip`, `nft`), panicking with its stderr when it fails.
 fn sh(args: &[&str]) {
-    let out = run_bounded(Command::new(args[0]).args(&args[1..]), Duration::from_secs(20));
+    let out = run_bounded(
+        Command::new(args[0]).args(&args[1..]),
+        Duration::from_secs(20),
+    );
     assert!(
         out.code == 0,
         "{} failed ({}): {}",
@@ -504,6 +512,14 @@ impl Drop for Lab {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("agent logs of lab {}:\n{}", self.name, self.logs(80));
+        }
+        if std::env::var_os("FIELDSYNC_LAB_KEEP").is_some() {
+            self.tmp.disable_cleanup(true);
+            eprintln!(
+                "lab {}: data and logs kept in {}",
+                self.name,
+                self.tmp.path().display()
+            );
         }
         for (_, mut a) in lock(&self.agents).drain() {
             let _ = a.child.kill();
