@@ -34,6 +34,8 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// All lab namespaces start with this.
 const NS_PREFIX: &str = "fsl";
+/// All lab temp dirs start with this, then the test process id.
+const TMP_PREFIX: &str = "fieldsync-lab-";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -221,25 +223,36 @@ fn destroy_netns(ns: &str) {
     sh_quiet(&["ip", "netns", "del", ns]);
 }
 
-/// Deletes lab namespaces left by test processes that no longer run (a crashed run).
-fn sweep_stale() {
-    let Ok(dir) = std::fs::read_dir("/var/run/netns") else {
-        return;
+/// True if `name` is `<prefix><pid><sep>...` for a process id that no longer runs.
+fn of_dead_process(name: &str, prefix: &str, sep: char) -> bool {
+    let Some((pid, _)) = name.strip_prefix(prefix).and_then(|r| r.split_once(sep)) else {
+        return false;
     };
-    for e in dir.filter_map(Result::ok) {
-        let name = e.file_name().to_string_lossy().into_owned();
-        // fsl<pid>x<counter><suffix>
-        let Some(rest) = name.strip_prefix(NS_PREFIX) else {
-            continue;
-        };
-        let Some((pid, _)) = rest.split_once('x') else {
-            continue;
-        };
-        let Ok(pid) = pid.parse::<u32>() else {
-            continue;
-        };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            destroy_netns(&name);
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Removes what test processes that no longer run (a crashed run) left: namespaces, with the
+/// agents still running in them, and temp dirs.
+fn sweep_stale() {
+    if let Ok(dir) = std::fs::read_dir("/var/run/netns") {
+        for e in dir.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // fsl<pid>x<counter><suffix>
+            if of_dead_process(&name, NS_PREFIX, 'x') {
+                destroy_netns(&name);
+            }
+        }
+    }
+    let tmp = std::env::temp_dir();
+    if let Ok(dir) = std::fs::read_dir(&tmp) {
+        for e in dir.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if of_dead_process(&name, TMP_PREFIX, '-') {
+                let _ = std::fs::remove_dir_all(tmp.join(&name));
+            }
         }
     }
 }
@@ -266,7 +279,7 @@ impl Lab {
             switch: switch.clone(),
             hosts: host_names.clone(),
             tmp: tempfile::Builder::new()
-                .prefix("fieldsync-lab-")
+                .prefix(&format!("{TMP_PREFIX}{}-", std::process::id()))
                 .tempdir()
                 .expect("temp dir"),
             agents: Mutex::default(),
