@@ -137,9 +137,7 @@ fn killed_node_catches_up_after_restart() {
     let Some(lab) = Lab::new("killed_node_catches_up_after_restart", 3) else {
         return;
     };
-    for i in 0..3 {
-        lab.start(i, &[]);
-    }
+    let ids: Vec<String> = (0..3).map(|i| lab.start(i, &[])).collect();
     put(&lab, 0, "person", R, json!({"name": "Amina"}));
     converge(&lab, &[0, 1, 2], 1, "seed record");
 
@@ -163,6 +161,19 @@ fn killed_node_catches_up_after_restart() {
         get(&lab, 2, "person", R),
         json!({"name": "Amina", "status": "injured"})
     );
+    // Everyone shows everyone online again.
+    for i in 0..3 {
+        let mut rows = Vec::new();
+        poll(SETTLE, Duration::from_millis(250), || {
+            rows = peers(&lab, i);
+            let online = |j: usize| {
+                rows.iter()
+                    .any(|r| r["instance"] == ids[j].as_str() && r["online"] == true)
+            };
+            (0..3).filter(|&j| j != i).all(online).then_some(())
+        })
+        .unwrap_or_else(|| panic!("host {i} does not show the others online: {rows:?}"));
+    }
 }
 
 /// An agent of another deployment (mesh) on the same bridge is ignored both ways.

@@ -129,7 +129,6 @@ pub fn supported(test: &str) -> bool {
         }
         Some(why) => {
             eprintln!("SKIPPED {test}: {why}");
-            println!("SKIPPED {test}: {why}");
             false
         }
     }
