@@ -36,6 +36,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const NS_PREFIX: &str = "fsl";
 /// All lab temp dirs start with this, then the test process id.
 const TMP_PREFIX: &str = "fieldsync-lab-";
+/// Marks a temp dir kept on purpose (`FIELDSYNC_LAB_KEEP`): never swept.
+const KEPT: &str = "KEPT";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -249,7 +251,8 @@ fn sweep_stale() {
     if let Ok(dir) = std::fs::read_dir(&tmp) {
         for e in dir.filter_map(Result::ok) {
             let name = e.file_name().to_string_lossy().into_owned();
-            if of_dead_process(&name, TMP_PREFIX, '-') {
+            let kept = tmp.join(&name).join(KEPT).exists();
+            if of_dead_process(&name, TMP_PREFIX, '-') && !kept {
                 let _ = std::fs::remove_dir_all(tmp.join(&name));
             }
         }
@@ -527,6 +530,7 @@ impl Drop for Lab {
         }
         if std::env::var_os("FIELDSYNC_LAB_KEEP").is_some() {
             self.tmp.disable_cleanup(true);
+            let _ = std::fs::write(self.tmp.path().join(KEPT), "FIELDSYNC_LAB_KEEP\n");
             eprintln!(
                 "lab {}: data and logs kept in {}",
                 self.name,
