@@ -40,7 +40,7 @@ fn first_sync_copies_records_and_histories_with_the_same_ids() {
         &a,
         "person",
         &edited,
-        &json!({"status": "found_alive", "age": 41}),
+        &json!({"status": "reunited", "age": 41}),
     );
     delete(&a, "person", &deleted);
     let a_id = instance_id(&a);
@@ -88,10 +88,10 @@ fn edits_on_both_sides_merge_by_field_and_same_field_edits_are_logged_conflicts(
 
     let (merged, clashed) = (recs[0].0, recs[1].0);
     // Different fields of one record: both edits survive.
-    patch(&a, "person", &merged, &json!({"status": "found_alive"}));
+    patch(&a, "person", &merged, &json!({"status": "reunited"}));
     patch(&b, "person", &merged, &json!({"phone": "+1 555 0199"}));
     // The same field on both sides: one value wins everywhere, and the clash is logged.
-    patch(&a, "person", &clashed, &json!({"status": "in_shelter"}));
+    patch(&a, "person", &clashed, &json!({"status": "in_hospital"}));
     patch(&b, "person", &clashed, &json!({"status": "deceased"}));
     // New records on each side travel the other way.
     let (new_a, new_b) = (Uuid::new_v4(), Uuid::new_v4());
@@ -105,7 +105,7 @@ fn edits_on_both_sides_merge_by_field_and_same_field_edits_are_logged_conflicts(
 
     for dir in [&a, &b] {
         let f = fields_of(dir, &merged);
-        assert_eq!(f["status"], "found_alive", "A's edit kept");
+        assert_eq!(f["status"], "reunited", "A's edit kept");
         assert_eq!(f["phone"], "+1 555 0199", "B's edit kept");
         assert!(alive(dir, "person", &new_a) && alive(dir, "person", &new_b));
     }
@@ -121,7 +121,7 @@ fn edits_on_both_sides_merge_by_field_and_same_field_edits_are_logged_conflicts(
     assert_eq!(c["field"], "status");
     assert_eq!(c["peer"], agent_b.instance());
     let winner = &c[c["chosen"].as_str().unwrap()]["value"];
-    assert!(winner == "in_shelter" || winner == "deceased", "{c}");
+    assert!(winner == "in_hospital" || winner == "deceased", "{c}");
     assert_eq!(&fields_of(&a, &clashed)["status"], winner);
     assert_eq!(&fields_of(&b, &clashed)["status"], winner);
     let meta = &get(&a, "person", &clashed).unwrap()["meta"];
@@ -150,7 +150,7 @@ fn a_delete_propagates_unless_the_other_side_edited_the_record_meanwhile() {
     let (plain, contested) = (recs[0].0, recs[1].0);
     delete(&a, "person", &plain);
     delete(&a, "person", &contested);
-    patch(&b, "person", &contested, &json!({"status": "found_alive"}));
+    patch(&b, "person", &contested, &json!({"status": "reunited"}));
 
     sync(&a, agent_b.addr());
     assert_same(&a, &b, agent_b.addr());
@@ -164,7 +164,7 @@ fn a_delete_propagates_unless_the_other_side_edited_the_record_meanwhile() {
             alive(dir, "person", &contested),
             "the edit wins over the delete"
         );
-        assert_eq!(fields_of(dir, &contested)["status"], "found_alive");
+        assert_eq!(fields_of(dir, &contested)["status"], "reunited");
     }
     let (ca, cb) = (conflicts(&a), conflicts(&b));
     let de: Vec<&Value> = ca
@@ -244,12 +244,12 @@ fn three_instances_propagate_through_the_middle_without_duplicates_or_echo() {
     sync(&b, agent_c.addr());
     sync(&b, agent_a.addr());
     let rec = from_a[0].0;
-    patch(&a, "person", &rec, &json!({"status": "found_alive"}));
+    patch(&a, "person", &rec, &json!({"status": "registered"}));
     sync(&a, agent_b.addr());
     sync(&c, agent_b.addr());
 
     let got = get(&c, "person", &rec).expect("A's record reached C");
-    assert_eq!(got["fields"]["status"], "found_alive");
+    assert_eq!(got["fields"]["status"], "registered");
     for f in got["meta"]["fields"].as_object().unwrap().values() {
         assert_eq!(f["instance"], a_id.as_str(), "origin of {rec} on C");
     }
@@ -336,13 +336,15 @@ fn the_same_unique_name_on_two_instances_keeps_both_records_and_logs_a_clash() {
 
 const BIG: usize = 20_000;
 const PAGE: &str = "page_records = 500";
+/// Where the big syncs are interrupted.
+const HALF: u64 = BIG as u64 / 2;
 
-/// Waits until `dir` (an agent's, so the CLI is forwarded) has some but not all of the big
-/// batch, i.e. the session is past its first page and not finished.
-fn wait_mid_session(dir: &Path, session: &mut Running) -> u64 {
+/// Waits until `dir` (an agent's, so the CLI is forwarded) has at least `at_least` but not all
+/// `total` records, i.e. the session is that far along and not finished; returns the count.
+fn wait_mid_session(dir: &Path, session: &mut Running, at_least: u64, total: u64) -> u64 {
     let mut seen = 0;
     wait_until(
-        "the first pages to arrive",
+        "the session to get far enough",
         Duration::from_secs(120),
         || {
             assert!(
@@ -350,10 +352,10 @@ fn wait_mid_session(dir: &Path, session: &mut Running) -> u64 {
                 "the sync ended before it could be interrupted"
             );
             seen = live_count(dir, "person");
-            seen > 0
+            seen >= at_least
         },
     );
-    assert!(seen < BIG as u64, "already complete: nothing to interrupt");
+    assert!(seen < total, "already complete: nothing to interrupt");
     seen
 }
 
@@ -372,7 +374,7 @@ fn an_interrupted_big_sync_resumes_after_the_initiating_cli_is_killed() {
     let agent_b = Agent::start(&b);
 
     let mut session = spawn(&a, &["sync", agent_b.addr()]);
-    let seen = wait_mid_session(&b, &mut session);
+    let seen = wait_mid_session(&b, &mut session, HALF, BIG as u64);
     let killed = session.kill9();
     let had = live_count(&b, "person");
     eprintln!("initiator killed after B had {seen}..{had} of {BIG} ({killed})");
@@ -403,9 +405,8 @@ fn an_interrupted_big_sync_resumes_after_the_serving_agent_is_killed() {
     import(&a, "person", &people(BIG));
     let mut agent_b = Agent::start(&b);
 
-    let session = spawn(&a, &["sync", agent_b.addr()]);
-    let mut session = session;
-    let seen = wait_mid_session(&b, &mut session);
+    let mut session = spawn(&a, &["sync", agent_b.addr()]);
+    let seen = wait_mid_session(&b, &mut session, HALF, BIG as u64);
     agent_b.kill9();
     let failed = session.wait(CLI_TIMEOUT);
     assert_ne!(
@@ -439,7 +440,7 @@ fn an_interrupted_big_pull_resumes_after_the_initiating_agent_is_killed() {
 
     // Forwarded to A's agent: the agent is the initiator and the side receiving pages.
     let mut session = spawn(&a, &["sync", agent_b.addr()]);
-    let seen = wait_mid_session(&a, &mut session);
+    let seen = wait_mid_session(&a, &mut session, HALF, BIG as u64);
     agent_a.kill9();
     let failed = session.wait(CLI_TIMEOUT);
     assert_ne!(failed.code, 0, "{failed}");
@@ -469,7 +470,8 @@ fn writes_through_the_agent_during_a_big_sync_are_not_lost() {
     let (agent_a, agent_b) = (Agent::start(&a), Agent::start(&b));
 
     let mut session = spawn(&a, &["sync", agent_b.addr()]);
-    wait_mid_session(&a, &mut session);
+    // Past the first page of the pull, so the puts overlap applying pages and then pushing.
+    wait_mid_session(&a, &mut session, 5_001, 10_000);
     let ids: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
     let mut during = 0;
     for (i, id) in ids.iter().enumerate() {

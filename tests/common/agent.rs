@@ -711,3 +711,106 @@ pub fn rpc_raw(addr: &str, body: &[u8]) -> Value {
     assert_eq!(status, 200, "HTTP status for a JSON-RPC reply: {v}");
     v
 }
+
+/// A stand-in "peer" on 127.0.0.1 that answers every HTTP request with whatever `answer`
+/// returns for the request body (raw bytes, HTTP head included). Serves until dropped.
+pub struct FakePeer {
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<usize>>,
+}
+
+impl FakePeer {
+    /// Starts serving.
+    pub fn start(answer: impl Fn(&str) -> Vec<u8> + Send + 'static) -> FakePeer {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind fake peer");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + CLI_TIMEOUT;
+            let mut served = 0;
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).ok();
+                        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                        let body = read_http_body(&mut s);
+                        let _ = s.write_all(&answer(&body));
+                        let _ = s.flush();
+                        served += 1;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            served
+        });
+        FakePeer {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Stops serving and returns how many requests it answered.
+    pub fn finish(mut self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0)
+    }
+}
+
+impl Drop for FakePeer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one HTTP request and returns its body (by Content-Length; empty on any trouble).
+fn read_http_body(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // Bounded by the read timeout and by a size cap.
+    while buf.len() < (1 << 20) {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::new()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// An HTTP 200 response carrying a JSON body.
+pub fn http_json(body: &Value) -> Vec<u8> {
+    let text = body.to_string();
+    format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{text}",
+        text.len()
+    )
+    .into_bytes()
+}
