@@ -16,6 +16,7 @@ const SAME_INSTANCE: i64 = 1002;
 const POSITION_FROM_FUTURE: i64 = 1003;
 const INVALID_PAGE: i64 = 1004;
 const POSITION_GAP: i64 = 1005;
+const PAGE_TOO_LARGE: i64 = 1006;
 const UNKNOWN_PEER: i64 = 1008;
 const PARSE_ERROR: i64 = -32700;
 const METHOD_NOT_FOUND: i64 = -32601;
@@ -230,6 +231,26 @@ fn page_data_that_is_base64_but_not_zstd_is_refused_as_invalid() {
     let r = rpc(fx.addr(), "fieldsync_push", push(me, page));
     // Corrupt data is an invalid page, not an oversized one (PAGE_TOO_LARGE is for limits).
     assert_refused(&r, INVALID_PAGE, "zstd");
+    fx.assert_unharmed();
+}
+
+#[test]
+fn a_page_that_decompresses_beyond_the_limit_is_refused_as_too_large() {
+    let mut fx = Fixture::new();
+    let me = Uuid::new_v4();
+    fx.hello_as(me);
+    // A few KiB on the wire that would expand to 65 MiB: refused before it is inflated.
+    let bomb = zstd::bulk::compress(&vec![0u8; 65 << 20], 3).unwrap();
+    let page = json!({
+        "since": 0, "next": 1, "more": false, "count": 1, "encoding": "msgpack+zstd",
+        "data": base64::engine::general_purpose::STANDARD.encode(bomb),
+    });
+    let r = rpc(fx.addr(), "fieldsync_push", push(me, page));
+    assert_refused(
+        &r,
+        PAGE_TOO_LARGE,
+        "does not decompress within 67108864 bytes",
+    );
     fx.assert_unharmed();
 }
 
