@@ -398,8 +398,9 @@ fn an_interrupted_big_sync_resumes_after_the_initiating_cli_is_killed() {
     assert_eq!(digest(&b)["count"], BIG);
 }
 
-#[test]
-fn an_interrupted_big_sync_resumes_after_the_serving_agent_is_killed() {
+/// A push of the big batch into B's agent, interrupted half-way by `interrupt(agent)`, then
+/// re-run against B restarted on the same data.
+fn serving_agent_interrupted(interrupt: fn(&mut Agent), how: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = big_pair(tmp.path());
     import(&a, "person", &people(BIG));
@@ -407,7 +408,7 @@ fn an_interrupted_big_sync_resumes_after_the_serving_agent_is_killed() {
 
     let mut session = spawn(&a, &["sync", agent_b.addr()]);
     let seen = wait_mid_session(&b, &mut session, HALF, BIG as u64);
-    agent_b.kill9();
+    interrupt(&mut agent_b);
     let failed = session.wait(CLI_TIMEOUT);
     assert_ne!(
         failed.code, 0,
@@ -418,7 +419,7 @@ fn an_interrupted_big_sync_resumes_after_the_serving_agent_is_killed() {
     // Restarted on the same data, on a new port (the old one may still be in TIME_WAIT).
     let agent_b = Agent::start(&b);
     let had = live_count(&b, "person");
-    eprintln!("server killed after it had {seen}..{had} of {BIG}");
+    eprintln!("server {how} after it had {seen}..{had} of {BIG}");
     assert!(had >= seen && had < BIG as u64);
     let rerun = sync(&a, agent_b.addr());
     assert!(
@@ -428,6 +429,17 @@ fn an_interrupted_big_sync_resumes_after_the_serving_agent_is_killed() {
     );
     assert_same(&a, &b, agent_b.addr());
     assert_eq!(digest(&b)["count"], BIG);
+}
+
+#[test]
+fn an_interrupted_big_sync_resumes_after_the_serving_agent_is_killed() {
+    serving_agent_interrupted(Agent::kill9, "killed");
+}
+
+#[test]
+fn an_interrupted_big_sync_resumes_after_the_serving_agent_is_stopped_mid_session() {
+    // SIGTERM mid-session: the agent must still exit cleanly (stop() asserts exit code 0).
+    serving_agent_interrupted(Agent::stop, "stopped");
 }
 
 #[test]
@@ -532,13 +544,18 @@ fn records_are_not_echoed_back_and_a_no_op_sync_moves_nothing() {
     let (a, b) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
     let recs = people(500);
     import(&a, "person", &recs);
-    let (agent_a, agent_b) = (Agent::start(&a), Agent::start(&b));
+    let (agent_a, mut agent_b) = (Agent::start(&a), Agent::start(&b));
 
     let first = sync(&a, agent_b.addr());
     assert_eq!(first.sent.records, 500);
-    // B's agent now holds 500 records it got from A: none of them may go back.
+    // B now holds 500 records it got from A: none of them may go back, whether B syncs as a
+    // one-shot CLI (its agent stopped) or through its running agent.
+    agent_b.stop();
     let back = sync(&b, agent_a.addr());
     assert_eq!(back.moved(), 0, "B echoed A's records: {back:?}");
+    let agent_b = Agent::start(&b);
+    let back = sync(&b, agent_a.addr());
+    assert_eq!(back.moved(), 0, "B's agent echoed A's records: {back:?}");
     let noop = sync(&a, agent_b.addr());
     assert_eq!(noop.moved(), 0, "{noop:?}");
     let noop = sync(&b, agent_a.addr());
