@@ -570,3 +570,30 @@ fn records_are_not_echoed_back_and_a_no_op_sync_moves_nothing() {
     assert_eq!(sync(&b, agent_a.addr()).moved(), 0);
     assert_same(&a, &b, agent_b.addr());
 }
+
+#[test]
+#[ignore = "known bug: a restored instance that writes before its next sync diverges for good"]
+fn an_instance_restored_from_a_backup_converges_even_if_it_wrote_before_syncing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
+    let backup = tmp.path().join("b-backup");
+    import(&b, "person", &people(50));
+    copy_dir(&b, &backup);
+    import(&b, "person", &people(50));
+    let mut agent_b = Agent::start(&b);
+    sync(&a, agent_b.addr());
+    agent_b.stop();
+
+    // The laptop is restored from the backup and 60 records are entered before the next sync:
+    // its feed head (110) is past what A received from it (100), so A does not notice.
+    std::fs::remove_dir_all(&b).unwrap();
+    copy_dir(&backup, &b);
+    import(&b, "person", &people(60));
+    let agent_b = Agent::start(&b);
+    sync(&a, agent_b.addr());
+    sync(&a, agent_b.addr());
+    // Today: A never gets 50 of the 60 new records (B's positions 51..=100 are below A's
+    // received_upto), and B never gets back the 50 it lost (its own clock in its knowledge
+    // claims it has them), so 100 records differ however often they sync.
+    assert_same(&a, &b, agent_b.addr());
+}

@@ -426,6 +426,20 @@ pub fn data_dir(root: &Path, name: &str) -> PathBuf {
     d
 }
 
+/// Copies a stopped instance's data directory (a backup, or a restore from one).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create copy target");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
 /// A person record of roughly 330 bytes, like the field data the tool is built for.
 pub fn person(i: usize) -> Value {
     let status = ["missing", "found_alive", "in_shelter", "unknown"][i % 4];
