@@ -394,8 +394,8 @@ fn an_interrupted_big_sync_resumes_after_the_initiating_cli_is_killed() {
         "{:?}",
         rerun.sent.raw
     );
-    assert_same(&a, &b, agent_b.addr());
-    assert_eq!(digest(&b)["count"], BIG);
+    let d = assert_same(&a, &b, agent_b.addr());
+    assert_eq!(d["count"], BIG);
 }
 
 /// A push of the big batch into B's agent, interrupted half-way by `interrupt(agent)`, then
@@ -427,8 +427,8 @@ fn serving_agent_interrupted(interrupt: fn(&mut Agent), how: &str) {
         "the re-run started over instead of resuming: {:?}",
         rerun.sent.raw
     );
-    assert_same(&a, &b, agent_b.addr());
-    assert_eq!(digest(&b)["count"], BIG);
+    let d = assert_same(&a, &b, agent_b.addr());
+    assert_eq!(d["count"], BIG);
 }
 
 #[test]
@@ -468,8 +468,8 @@ fn an_interrupted_big_pull_resumes_after_the_initiating_agent_is_killed() {
         rerun.received.raw
     );
     assert_same(&a, &b, agent_b.addr());
-    assert_same(&b, &a, agent_a.addr());
-    assert_eq!(digest(&a)["count"], BIG);
+    let d = assert_same(&b, &a, agent_a.addr());
+    assert_eq!(d["count"], BIG);
 }
 
 #[test]

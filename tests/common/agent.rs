@@ -641,18 +641,21 @@ pub fn verify(dir: &Path, addr: &str) -> (i32, Vec<Value>) {
     (out.code, out.lines())
 }
 
-/// Asserts that `verify` says in sync and that both sides have the same digest and export.
+/// Asserts that `verify` says in sync and that both sides have the same digest and table
+/// counts; returns the digest.
 #[track_caller]
-pub fn assert_same(a: &Path, b: &Path, b_addr: &str) {
+pub fn assert_same(a: &Path, b: &Path, b_addr: &str) -> Value {
     let (code, lines) = verify(a, b_addr);
     assert_eq!(code, 0, "verify says not in sync: {lines:?}");
     assert!(lines.iter().all(|l| l["in_sync"] == true), "{lines:?}");
-    assert_eq!(digest(a), digest(b), "digests differ");
+    let d = digest(a);
+    assert_eq!(d, digest(b), "digests differ");
     let (ta, tb) = (
         run(a, &["tables"]).ok().stdout,
         run(b, &["tables"]).ok().stdout,
     );
     assert_eq!(ta, tb, "table counts differ");
+    d
 }
 
 // ---------------------------------------------------------------------------------------------
