@@ -78,6 +78,30 @@ fn first_sync_copies_records_and_histories_with_the_same_ids() {
 }
 
 #[test]
+fn a_record_edited_before_its_first_sync_arrives_whole_in_a_multi_page_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    write_config(&a, "", "page_records = 500");
+    write_config(&b, "", "page_records = 500");
+    let recs = people(1000);
+    import(&a, "person", &recs);
+    // The edit moves the record's feed entry from position 1 to 1001, i.e. onto the second
+    // page, while its untouched fields still carry position 1.
+    let edited = recs[0].0;
+    patch(&a, "person", &edited, &json!({"status": "reunited"}));
+
+    let agent_b = Agent::start(&b);
+    let s = sync(&a, agent_b.addr());
+    assert_eq!(s.sent.records, 1000, "{:?}", s.sent.raw);
+    assert_eq!(
+        fields_of(&b, &edited),
+        fields_of(&a, &edited),
+        "fields lost"
+    );
+    assert_same(&a, &b, agent_b.addr());
+}
+
+#[test]
 fn edits_on_both_sides_merge_by_field_and_same_field_edits_are_logged_conflicts() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
@@ -370,18 +394,35 @@ fn big_pair(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
 fn an_interrupted_big_sync_resumes_after_the_initiating_cli_is_killed() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = big_pair(tmp.path());
-    import(&a, "person", &people(BIG));
+    let recs = people(BIG);
+    import(&a, "person", &recs);
+    // Edited before any sync: its feed entry moves from position BIG/4 to the end, past
+    // where the session will be interrupted, while its other fields keep position BIG/4.
+    let moved = recs[BIG / 4].0;
+    patch(&a, "person", &moved, &json!({"status": "in_hospital"}));
     let agent_b = Agent::start(&b);
 
     let mut session = spawn(&a, &["sync", agent_b.addr()]);
     let seen = wait_mid_session(&b, &mut session, HALF, BIG as u64);
     let killed = session.kill9();
     let had = live_count(&b, "person");
-    eprintln!("initiator killed after B had {seen}..{had} of {BIG} ({killed})");
+    eprintln!(
+        "initiator killed (exit {}) after B had {seen}..{had} of {BIG}",
+        killed.code
+    );
     assert!(
         had < BIG as u64,
         "the kill came too late to interrupt anything"
     );
+
+    // Edits before the re-run on both sides of the interruption point: records go out in
+    // import order, so the first ones reached B and the last ones did not.
+    let (sent, unsent) = (recs[0].0, recs[BIG - 1].0);
+    assert!(alive(&b, "person", &sent) && get(&b, "person", &unsent).is_none());
+    patch(&a, "person", &sent, &json!({"status": "reunited"}));
+    patch(&a, "person", &unsent, &json!({"status": "registered"}));
+    delete(&a, "person", &recs[1].0);
+    delete(&a, "person", &recs[BIG - 2].0);
 
     let rerun = sync(&a, agent_b.addr());
     assert!(
@@ -395,7 +436,11 @@ fn an_interrupted_big_sync_resumes_after_the_initiating_cli_is_killed() {
         rerun.sent.raw
     );
     let d = assert_same(&a, &b, agent_b.addr());
-    assert_eq!(d["count"], BIG);
+    assert_eq!(d["count"], BIG - 2);
+    assert_eq!(fields_of(&b, &sent)["status"], "reunited");
+    assert_eq!(fields_of(&b, &unsent)["status"], "registered");
+    assert_eq!(fields_of(&b, &moved), fields_of(&a, &moved));
+    assert!(!alive(&b, "person", &recs[1].0) && !alive(&b, "person", &recs[BIG - 2].0));
 }
 
 /// A push of the big batch into B's agent, interrupted half-way by `interrupt(agent)`, then
@@ -482,8 +527,9 @@ fn writes_through_the_agent_during_a_big_sync_are_not_lost() {
     let (agent_a, agent_b) = (Agent::start(&a), Agent::start(&b));
 
     let mut session = spawn(&a, &["sync", agent_b.addr()]);
-    // Past the first page of the pull, so the puts overlap applying pages and then pushing.
-    wait_mid_session(&a, &mut session, 5_001, 10_000);
+    // Once the first pulled page is in, the puts overlap applying pages and then pushing. Any
+    // point before the session ends will do, so there is no upper bound to miss.
+    wait_mid_session(&a, &mut session, 5_001, u64::MAX);
     let ids: Vec<Uuid> = (0..50).map(|_| Uuid::new_v4()).collect();
     let mut during = 0;
     for (i, id) in ids.iter().enumerate() {
