@@ -18,7 +18,8 @@ fn stamps(h: &[Value]) -> Vec<String> {
         .collect()
 }
 
-fn field_conflicts<'a>(cs: &'a [Value], id: &Uuid) -> Vec<&'a Value> {
+/// The conflict log entries about one record.
+fn conflicts_of<'a>(cs: &'a [Value], id: &Uuid) -> Vec<&'a Value> {
     cs.iter()
         .filter(|c| c["record"] == id.to_string())
         .collect()
@@ -133,12 +134,12 @@ fn edits_on_both_sides_merge_by_field_and_same_field_edits_are_logged_conflicts(
         assert_eq!(f["phone"], "+1 555 0199", "B's edit kept");
         assert!(alive(dir, "person", &new_a) && alive(dir, "person", &new_b));
     }
-    assert!(field_conflicts(&conflicts(&a), &merged).is_empty());
-    assert!(field_conflicts(&conflicts(&b), &merged).is_empty());
+    assert!(conflicts_of(&conflicts(&a), &merged).is_empty());
+    assert!(conflicts_of(&conflicts(&b), &merged).is_empty());
 
     // The initiator merged first, so it logs the conflict; B receives an already merged state.
     let ca = conflicts(&a);
-    let logged = field_conflicts(&ca, &clashed);
+    let logged = conflicts_of(&ca, &clashed);
     assert_eq!(logged.len(), 1, "A's conflict log: {ca:?}");
     let c = logged[0];
     assert_eq!(c["type"], "field");
@@ -153,13 +154,13 @@ fn edits_on_both_sides_merge_by_field_and_same_field_edits_are_logged_conflicts(
     eprintln!(
         "same-field conflict logged on A (initiator): {}, on B (responder): {}",
         logged.len(),
-        field_conflicts(&conflicts(&b), &clashed).len()
+        conflicts_of(&conflicts(&b), &clashed).len()
     );
 
     // Repeating the sync neither moves anything nor logs the conflict again.
     let again = sync(&a, agent_b.addr());
     assert_eq!(again.moved(), 0, "{again:?}");
-    assert_eq!(field_conflicts(&conflicts(&a), &clashed).len(), 1);
+    assert_eq!(conflicts_of(&conflicts(&a), &clashed).len(), 1);
 }
 
 #[test]
@@ -202,14 +203,14 @@ fn a_delete_propagates_unless_the_other_side_edited_the_record_meanwhile() {
     );
     assert!(de.iter().all(|c| c["record"] == contested.to_string()));
     // A merged B's edit into its own delete, so A is the side that logs it.
-    assert_eq!(field_conflicts(&ca, &contested).len(), 1, "{ca:?}");
-    assert_eq!(field_conflicts(&ca, &contested)[0]["deleted_on"], "local");
+    assert_eq!(conflicts_of(&ca, &contested).len(), 1, "{ca:?}");
+    assert_eq!(conflicts_of(&ca, &contested)[0]["deleted_on"], "local");
     eprintln!(
         "delete-vs-edit conflict logged on A (deleter, initiator): {}, on B (editor): {}",
-        field_conflicts(&ca, &contested).len(),
-        field_conflicts(&cb, &contested).len()
+        conflicts_of(&ca, &contested).len(),
+        conflicts_of(&cb, &contested).len()
     );
-    assert!(field_conflicts(&ca, &plain).is_empty() && field_conflicts(&cb, &plain).is_empty());
+    assert!(conflicts_of(&ca, &plain).is_empty() && conflicts_of(&cb, &plain).is_empty());
 }
 
 #[test]
