@@ -330,10 +330,15 @@ pub fn decode_changes(page: &Page) -> Result<Vec<RemoteChange>, ProtocolError> {
                 .decode(text)
                 .map_err(|e| invalid(format!("page data is not base64: {e}")))?;
             let raw = zstd::bulk::decompress(&packed, MAX_PAGE_BYTES).map_err(|e| {
-                ProtocolError::new(
-                    codes::PAGE_TOO_LARGE,
-                    format!("page does not decompress within {MAX_PAGE_BYTES} bytes: {e}"),
-                )
+                // Only a frame that declares more than the limit is too large; anything else
+                // that fails to decompress is corrupt data, i.e. an invalid page.
+                match zstd::zstd_safe::get_frame_content_size(&packed) {
+                    Ok(Some(n)) if n > MAX_PAGE_BYTES as u64 => ProtocolError::new(
+                        codes::PAGE_TOO_LARGE,
+                        format!("page does not decompress within {MAX_PAGE_BYTES} bytes: {e}"),
+                    ),
+                    _ => invalid(format!("page data is not valid zstd: {e}")),
+                }
             })?;
             pack::unpack(&raw).map_err(|e| invalid(format!("malformed page: {e}")))?
         }

@@ -369,3 +369,6 @@ impl Drop for Background {
         let _ = self.child.wait();
     }
 }
+
+/// Agents and one-shot sync commands for the multi-process sync tests.
+pub mod agent;
