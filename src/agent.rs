@@ -154,17 +154,7 @@ impl Agent {
     }
 
     fn update_row(&self, peer: Uuid, f: impl FnOnce(&mut PeerRow)) {
-        let mut row = match self.store.peer(&peer) {
-            Ok(Some(r)) => r,
-            Ok(None) => PeerRow {
-                instance: peer,
-                first_seen: Some(Utc::now()),
-                ..Default::default()
-            },
-            Err(_) => return,
-        };
-        f(&mut row);
-        if let Err(e) = self.store.put_peer(&row) {
+        if let Err(e) = self.store.update_peer(&peer, f) {
             warn!(error = %e, "cannot record peer state");
         }
     }
@@ -299,12 +289,7 @@ pub async fn run(
     let mut session_opts = SessionOptions::from_store(&store, transport.clone());
     session_opts.url = Some(listen.clone());
     // Peers seen by an earlier run are not known to be here now.
-    if let Ok(rows) = store.peers() {
-        for mut row in rows.into_iter().filter(|r| r.online) {
-            row.online = false;
-            let _ = store.put_peer(&row);
-        }
-    }
+    mark_offline(&store);
     let agent = Arc::new(Agent {
         store: store.clone(),
         opts: session_opts,
@@ -403,19 +388,23 @@ pub async fn run(
                 }
                 tokio::time::sleep(NOTIFY_DEBOUNCE).await;
                 changes.borrow_and_update();
-                for (_, addrs) in a.all_targets(&statics) {
-                    let store = a.store.clone();
-                    let transport = a.opts.transport.clone();
+                for (peer, addrs) in a.all_targets(&statics) {
+                    let a = a.clone();
                     tokio::spawn(async move {
                         for addr in addrs {
                             let sent = tokio::time::timeout(
                                 Duration::from_secs(5),
-                                sync::notify(&store, &addr, &transport),
+                                sync::notify(&a.store, &addr, &a.opts.transport),
                             )
                             .await;
                             if matches!(sent, Ok(Ok(()))) {
-                                break;
+                                return;
                             }
+                        }
+                        // Unreachable: ask the network whether it is gone (mDNS verify drops a
+                        // crashed peer in seconds instead of at its record's TTL).
+                        if let (Some(p), Some(d)) = (peer, lock(&a.discovery).as_ref()) {
+                            d.verify(&p);
                         }
                     });
                 }
@@ -476,18 +465,22 @@ pub async fn run(
         t.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
-    if let Ok(rows) = store.peers() {
-        for mut row in rows.into_iter().filter(|r| r.online) {
-            row.online = false;
-            let _ = store.put_peer(&row);
-        }
-    }
+    mark_offline(&store);
     if let Err(e) = store.flush() {
         warn!(error = %e, "flush on shutdown failed");
     }
     control::remove_agent_file(store.dir());
     info!("stopped");
     Ok(())
+}
+
+/// Peers are not known to be online while no agent watches the network.
+fn mark_offline(store: &Store) {
+    if let Ok(rows) = store.peers() {
+        for row in rows.into_iter().filter(|r| r.online) {
+            let _ = store.update_peer(&row.instance, |r| r.online = false);
+        }
+    }
 }
 
 fn publish(a: &Agent, live: &LiveStatus, listen: &str, traffic: &Traffic) {

@@ -392,16 +392,16 @@ pub fn merge_remote(local: Option<&RecordState>, remote: &RecordState) -> MergeO
     }
 }
 
-/// What must be sent of a record to a peer that has received everything of ours up to feed
-/// position `since` and every event covered by `known`; `None` if the peer has it all.
+/// What must be sent of a record to a peer whose knowledge is `known`; `None` if the peer has
+/// it all.
 ///
-/// Fields that last changed at or before `since` were sent in an earlier session, and fields
-/// whose write the peer already knows (its own, or received through a third instance) are
-/// left out. The version vector and delete knowledge always travel whole: they are small.
+/// Fields whose write the peer already has (its own, or received through any instance in a
+/// completed session) are left out, so an edit of one field sends that field. Knowledge is the
+/// only safe filter: feed positions are not, because a record's feed entry moves with every
+/// change, so a field's old position says nothing about whether the peer ever got it. The
+/// version vector and delete knowledge always travel whole: they are small.
 pub fn outgoing_delta(
     state: &RecordState,
-    fseq: &std::collections::BTreeMap<String, u64>,
-    since: u64,
     known: &crate::model::VersionVector,
 ) -> Option<RecordState> {
     if state
@@ -414,7 +414,7 @@ pub fn outgoing_delta(
     let fields = state
         .fields
         .iter()
-        .filter(|(k, f)| fseq.get(*k).is_none_or(|s| *s > since) && !covers(known, &f.stamp))
+        .filter(|(_, f)| !covers(known, &f.stamp))
         .map(|(k, f)| (k.clone(), f.clone()))
         .collect();
     Some(RecordState {

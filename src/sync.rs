@@ -299,20 +299,20 @@ impl Responder {
                 ),
             ));
         }
-        let mut row = self
-            .store
-            .peer(&h.peer.instance)
-            .map_err(store_err)?
-            .unwrap_or_default();
-        note_peer(&mut row, &h.peer, h.clock_ms);
-        row.last_seen = Some(Utc::now());
         self.inbound.begin(h.peer.instance);
-        if h.head < row.received_upto {
-            warn!(peer = %h.peer.instance, head = h.head, had = row.received_upto,
-                  "peer's feed is behind what we received from it (restored?): resyncing from 0");
-            row.received_upto = 0;
-        }
-        self.store.put_peer(&row).map_err(store_err)?;
+        let received_upto = self
+            .store
+            .update_peer(&h.peer.instance, |row| {
+                note_peer(row, &h.peer, h.clock_ms);
+                row.last_seen = Some(Utc::now());
+                if h.head < row.received_upto {
+                    warn!(peer = %h.peer.instance, head = h.head, had = row.received_upto,
+                          "peer's feed is behind what we received from it (restored?): resyncing from 0");
+                    row.received_upto = 0;
+                }
+                row.received_upto
+            })
+            .map_err(store_err)?;
         let pos = self.store.position().map_err(store_err)?;
         let encoding = if h.encodings.iter().any(|e| e == ENC_ZSTD) {
             ENC_ZSTD
@@ -325,7 +325,7 @@ impl Responder {
             clock_ms: wall_millis(),
             head: pos.head,
             knowledge: pos.knowledge,
-            received_upto: row.received_upto,
+            received_upto,
             encoding: encoding.to_string(),
             local_only: local_only(&self.store),
             tables: synced_tables(&self.store).map_err(store_err)?,
@@ -629,20 +629,17 @@ async fn session(
         let url = addr.to_string();
         let (clock_ms, head) = (reply.clock_ms, reply.head);
         blocking(&store, move |s| {
-            let mut row = s.peer(&peer.instance)?.unwrap_or_default();
-            note_peer(&mut row, &peer, clock_ms);
-            // The address we just reached it at beats whatever it says about itself.
-            row.url = url;
-            if head < row.received_upto {
-                warn!(
-                    head,
-                    had = row.received_upto,
-                    "peer's feed is behind what we received from it (restored?): resyncing from 0"
-                );
-                row.received_upto = 0;
-            }
-            s.put_peer(&row)?;
-            Ok(row.received_upto)
+            s.update_peer(&peer.instance, |row| {
+                note_peer(row, &peer, clock_ms);
+                // The address we just reached it at beats whatever it says about itself.
+                row.url = url;
+                if head < row.received_upto {
+                    warn!(head, had = row.received_upto,
+                          "peer's feed is behind what we received from it (restored?): resyncing from 0");
+                    row.received_upto = 0;
+                }
+                row.received_upto
+            })
         })
         .await?
     };
@@ -744,11 +741,11 @@ async fn session(
 
     let pid = peer.instance;
     blocking(store, move |s| {
-        let mut row = s.peer(&pid)?.unwrap_or_default();
-        row.last_update = Some(Utc::now());
-        row.sync_count += 1;
-        row.last_error = None;
-        s.put_peer(&row)
+        s.update_peer(&pid, |row| {
+            row.last_update = Some(Utc::now());
+            row.sync_count += 1;
+            row.last_error = None;
+        })
     })
     .await?;
     Ok(report)
@@ -757,10 +754,11 @@ async fn session(
 /// Records a failed session in the peer's row (best effort: the session already failed).
 pub fn note_failure(store: &Store, peer: Option<Uuid>, error: &SyncError) {
     let Some(pid) = peer else { return };
-    if let Ok(Some(mut row)) = store.peer(&pid) {
-        row.last_error = Some(error.to_string());
-        row.last_attempt = Some(Utc::now());
-        let _ = store.put_peer(&row);
+    if let Ok(Some(_)) = store.peer(&pid) {
+        let _ = store.update_peer(&pid, |row| {
+            row.last_error = Some(error.to_string());
+            row.last_attempt = Some(Utc::now());
+        });
     }
 }
 

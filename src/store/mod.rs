@@ -146,8 +146,6 @@ pub struct StoredRecord {
     pub state: RecordState,
     /// Feed position of the last change to this record.
     pub seq: u64,
-    /// Feed position at which each field last changed (so deltas carry only changed fields).
-    pub fseq: BTreeMap<String, u64>,
     /// Feed position of the latest conflict logged for this record (0: none).
     pub conflict_seq: u64,
     /// The creating revision's stamp and origin. Its field values are not stored: `history`
@@ -336,7 +334,9 @@ impl Store {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(None)
+            // Data writes fsync explicitly before they are acknowledged; this only bounds how
+            // long peer bookkeeping (positions without data, last-seen times) stays in memory.
+            .flush_every_ms(Some(1000))
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
@@ -581,12 +581,27 @@ impl Store {
             .transpose()
     }
 
-    /// Writes a peer row on its own (bookkeeping outside a page, e.g. the last error).
-    pub fn put_peer(&self, row: &PeerRow) -> Result<(), StoreError> {
+    /// Reads, changes and writes one peer's row under the writer lock, so bookkeeping never
+    /// overwrites a position a page advanced concurrently. Creates the row if needed. Not
+    /// fsynced (sled flushes within a second): losing it only costs a re-send, never data.
+    pub fn update_peer<T>(
+        &self,
+        id: &Uuid,
+        f: impl FnOnce(&mut PeerRow) -> T,
+    ) -> Result<T, StoreError> {
         let _w = self.lock();
-        self.tree.insert(keys::peer(&row.instance), encode(row))?;
-        self.db.flush()?;
-        Ok(())
+        let mut row = match self.tree.get(keys::peer(id))? {
+            Some(v) => decode(&v)?,
+            None => PeerRow {
+                instance: *id,
+                first_seen: Some(Utc::now()),
+                ..Default::default()
+            },
+        };
+        let out = f(&mut row);
+        row.instance = *id;
+        self.tree.insert(keys::peer(id), encode(&row))?;
+        Ok(out)
     }
 
     /// Records changed after feed position `after`, in feed order, at most `limit` of them.

@@ -39,20 +39,14 @@ pub struct OutgoingPage {
 }
 
 impl Store {
-    /// Unresolved merge conflicts of one record logged after `since`, as peers receive them.
-    fn conflicts_to_report(
-        &self,
-        suffix: &[u8],
-        since: u64,
-    ) -> Result<Vec<ReportedConflict>, StoreError> {
+    /// Unresolved merge conflicts of one record, as peers receive them.
+    fn conflicts_to_report(&self, suffix: &[u8]) -> Result<Vec<ReportedConflict>, StoreError> {
         let mut out = Vec::new();
         for kv in self.tree.scan_prefix(keys::conflicts_of(suffix)) {
             let k = kv?.0;
             let id = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8-byte id"));
             let e = self.conflict(id)?;
-            if let (ConflictDetail::Merge { conflict }, None, true) =
-                (e.detail, &e.resolved, e.seq > since)
-            {
+            if let (ConflictDetail::Merge { conflict }, None) = (e.detail, &e.resolved) {
                 out.push(ReportedConflict {
                     detected_by: e.reported_by.unwrap_or(self.id()),
                     conflict,
@@ -139,10 +133,12 @@ impl Store {
             // moves on every change, so a record edited before the receiver read its old
             // position was never sent, yet its untouched fields still carry that old position.
             // Only the receiver's knowledge can tell which writes it already has.
-            if let Some(state) = outgoing_delta(&rec.state, &rec.fseq, 0, known) {
+            if let Some(state) = outgoing_delta(&rec.state, known) {
                 bytes += raw.len();
-                let conflicts = if rec.conflict_seq > since {
-                    self.conflicts_to_report(suffix, since)?
+                // Like fields, conflicts are not filtered by position (the record may never have
+                // reached this peer); receivers log each one once.
+                let conflicts = if rec.conflict_seq > 0 {
+                    self.conflicts_to_report(suffix)?
                 } else {
                     Vec::new()
                 };

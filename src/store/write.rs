@@ -163,8 +163,18 @@ impl Store {
 
     fn finish(
         &self,
+        guard: std::sync::MutexGuard<'_, WriterState>,
+        b: Batch<'_>,
+    ) -> Result<(), StoreError> {
+        self.finish_with(guard, b, true)
+    }
+
+    /// Commits a batch; `durable` = fsync before returning (every batch that changes data).
+    fn finish_with(
+        &self,
         mut guard: std::sync::MutexGuard<'_, WriterState>,
         mut b: Batch<'_>,
+        durable: bool,
     ) -> Result<(), StoreError> {
         b.txn.put(keys::meta("seq"), encode(&b.w.seq));
         b.txn.put(keys::meta("clock"), encode(&b.w.clock.last()));
@@ -174,7 +184,9 @@ impl Store {
         let writes = b.txn.len();
         b.txn.commit()?;
         let committed = t.elapsed();
-        self.db.flush()?;
+        if durable {
+            self.db.flush()?;
+        }
         tracing::debug!(
             writes,
             built_ms = (t - b.started).as_millis() as u64,
@@ -305,7 +317,9 @@ impl Store {
             stats.conflicts += logged;
         }
         extra(&mut b.txn)?;
-        self.finish(guard, b)?;
+        // A page that changed no record only moved a position: losing that in a crash costs a
+        // re-send, never data, so it skips the fsync (a no-op sync stays a few milliseconds).
+        self.finish_with(guard, b, stats.applied > 0)?;
         Ok(stats)
     }
 
@@ -431,10 +445,6 @@ impl Batch<'_> {
         let seq = self.w.seq;
         let was_alive = p.prev.as_ref().map(|r| r.state.is_alive());
         let is_alive = p.state.is_alive();
-        let mut fseq = p.prev.as_ref().map(|r| r.fseq.clone()).unwrap_or_default();
-        for f in &p.touched {
-            fseq.insert(f.clone(), seq);
-        }
         if let Some(prev) = &p.prev {
             self.txn.remove(keys::feed(prev.seq));
         }
@@ -572,7 +582,6 @@ impl Batch<'_> {
         let rec = StoredRecord {
             state: p.state,
             seq,
-            fseq,
             conflict_seq,
             created,
         };

@@ -341,6 +341,62 @@ impl Lab {
         self.tmp.path().join(name)
     }
 
+    /// Enrolls host `i` (keeping its instance id) in the lab's deployment, so agents sync over
+    /// mutual TLS. A host whose config names another `mesh` gets a CA of its own, making it a
+    /// different deployment (TLS deployments derive their mDNS id from the CA).
+    pub fn ensure_member(&self, i: usize) {
+        let dir = self.dir(i);
+        if dir.join("credential.fsmesh").exists() {
+            return;
+        }
+        let config = std::fs::read_to_string(dir.join("fieldsync.toml")).unwrap_or_default();
+        let mesh = config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("mesh = "))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_else(|| "lab".into());
+        let ca = self.scratch(&format!("ca-{mesh}.fsca"));
+        let coord = self.scratch(&format!("coordinator-{mesh}"));
+        let direct = |args: &[&str]| {
+            let mut cmd = Command::new(bin());
+            cmd.args(args).env_remove("FIELDSYNC_DIR");
+            let out = run_bounded(&mut cmd, CLI_TIMEOUT);
+            assert_eq!(out.code, 0, "fieldsync {args:?}: {}", out.stderr);
+            out
+        };
+        let (c, ca_s) = (coord.to_str().unwrap(), ca.to_str().unwrap());
+        if !ca.exists() {
+            direct(&[
+                "--data-dir",
+                c,
+                "mesh",
+                "create",
+                "--name",
+                &mesh,
+                "--out",
+                ca_s,
+            ]);
+        }
+        let d = dir.to_str().unwrap();
+        let status = direct(&["--data-dir", d, "status"]).json();
+        let id = status["instance"].as_str().expect("instance").to_string();
+        let cred = self.scratch(&format!("h{i}.fsmesh"));
+        let cred_s = cred.to_str().unwrap();
+        direct(&[
+            "--data-dir",
+            c,
+            "mesh",
+            "enroll",
+            "--out",
+            cred_s,
+            "--ca",
+            ca_s,
+            "--instance",
+            &id,
+        ]);
+        direct(&["--data-dir", d, "init", "--mesh", cred_s]);
+    }
+
     /// Writes `fieldsync.toml` of host `i`.
     pub fn write_config(&self, i: usize, toml: &str) {
         std::fs::write(self.dir(i).join("fieldsync.toml"), toml).expect("write config");
@@ -384,6 +440,9 @@ impl Lab {
             !self.running(i),
             "host {i} already runs an agent; stop it first"
         );
+        if !extra.contains(&"--insecure-plaintext") {
+            self.ensure_member(i);
+        }
         let run = self.runs.fetch_add(1, Ordering::SeqCst);
         let out_path = self.scratch(&format!("agent-h{i}-{run}.out"));
         let log = self.scratch(&format!("agent-h{i}-{run}.log"));
