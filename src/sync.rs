@@ -569,6 +569,7 @@ pub async fn sync_with(
 ) -> Result<SessionReport, SyncError> {
     let (client, seen) = connect(addr, &opts.transport)?;
     let span = info_span!("sync", peer_addr = %addr, peer = tracing::field::Empty);
+    info!(parent: &span, "session started");
     let result = session(&store, &client, &seen, addr, opts)
         .instrument(span.clone())
         .await;
@@ -577,7 +578,11 @@ pub async fn sync_with(
                        received = r.received.records, applied = r.received.applied,
                        sent = r.sent.records, conflicts = r.received.conflicts + r.sent.conflicts,
                        ms = r.received.ms + r.sent.ms, "session finished"),
-        Err(e) => warn!(parent: &span, error = %e, "session failed"),
+        Err(e) => {
+            let known = store.peers().ok().and_then(|ps| ps.into_iter().find(|p| p.url == addr));
+            warn!(parent: &span, error = %e, peer = ?known.as_ref().map(|p| p.instance),
+                  name = ?known.map(|p| p.name), "session failed")
+        }
     }
     result
 }
