@@ -24,7 +24,41 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 /// What the agent shows to `fieldsync status` while it runs.
-pub type LiveStatus = Arc<Mutex<serde_json::Value>>;
+pub type LiveStatus = Arc<Live>;
+
+/// The running agent's state for `status`: a snapshot refreshed every second, plus the socket
+/// counters read at query time (a sync shorter than a second must show up at once).
+#[derive(Debug, Default)]
+pub struct Live {
+    snapshot: Mutex<serde_json::Value>,
+    traffic: std::sync::OnceLock<Arc<Traffic>>,
+}
+
+impl Live {
+    /// The current status as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = lock(&self.snapshot).clone();
+        if let (Some(t), Some(m)) = (self.traffic.get(), v.as_object_mut()) {
+            m.insert(
+                "bytes_received".into(),
+                json!(t.read.load(Ordering::Relaxed)),
+            );
+            m.insert(
+                "bytes_sent".into(),
+                json!(t.written.load(Ordering::Relaxed)),
+            );
+            m.insert(
+                "refused_connections".into(),
+                json!(t.refused.load(Ordering::Relaxed)),
+            );
+            m.insert(
+                "throttled_connections".into(),
+                json!(t.throttled.load(Ordering::Relaxed)),
+            );
+        }
+        v
+    }
+}
 
 /// How the agent was started.
 #[derive(Clone, Debug)]
@@ -285,6 +319,7 @@ pub async fn run(
         .await
         .map_err(listen_err)?;
     let traffic = running.traffic.clone();
+    let _ = options.live.traffic.set(traffic.clone());
     let control = control::start(store.clone(), &listen, exec).await?;
     let mut session_opts = SessionOptions::from_store(&store, transport.clone());
     session_opts.url = Some(listen.clone());
@@ -486,7 +521,7 @@ fn mark_offline(store: &Store) {
 fn publish(a: &Agent, live: &LiveStatus, listen: &str, traffic: &Traffic) {
     let health = lock(&a.discovery).as_ref().map(|d| d.health());
     let online: Vec<String> = lock(&a.online).keys().map(|k| k.to_string()).collect();
-    *lock(live) = json!({
+    *lock(&live.snapshot) = json!({
         "running": true,
         "listen": listen,
         "pid": std::process::id(),

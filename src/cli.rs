@@ -984,7 +984,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
                 .map(|p| json!({"instance": p.instance, "name": p.name, "error": p.last_error}))
                 .collect();
             let agent = match live {
-                Some(l) => l.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+                Some(l) => l.to_json(),
                 None => json!({"running": false}),
             };
             let info = store.instance();

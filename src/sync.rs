@@ -579,7 +579,10 @@ pub async fn sync_with(
                        sent = r.sent.records, conflicts = r.received.conflicts + r.sent.conflicts,
                        ms = r.received.ms + r.sent.ms, "session finished"),
         Err(e) => {
-            let known = store.peers().ok().and_then(|ps| ps.into_iter().find(|p| p.url == addr));
+            let known = store
+                .peers()
+                .ok()
+                .and_then(|ps| ps.into_iter().find(|p| p.url == addr));
             warn!(parent: &span, error = %e, peer = ?known.as_ref().map(|p| p.instance),
                   name = ?known.map(|p| p.name), "session failed")
         }

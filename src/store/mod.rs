@@ -291,6 +291,10 @@ pub(crate) struct WriterState {
     pub(crate) seq: u64,
     pub(crate) clock: Clock,
     pub(crate) next_conflict: u64,
+    /// The stamp of our newest own event (our entry in the knowledge vector).
+    pub(crate) own_last: u64,
+    /// Per origin, the newest event held in a synced table (an upper bound of what we have).
+    pub(crate) holdings: crate::model::VersionVector,
 }
 
 /// Handle to an open database. Cheap to share behind an `Arc`.
@@ -370,6 +374,11 @@ impl Store {
             seq: get_u64("seq")?,
             clock: Clock::new(instance.id, get_u64("clock")?),
             next_conflict: get_u64("next_conflict")?.max(1),
+            own_last: get_u64("own_last")?,
+            holdings: match tree.get(keys::meta("holdings"))? {
+                Some(v) => decode(&v)?,
+                None => Default::default(),
+            },
         };
         Ok(Store {
             db,

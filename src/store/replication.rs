@@ -64,7 +64,9 @@ impl Store {
             Some(v) => decode(&v)?,
             None => Knowledge::new(),
         };
-        knowledge.insert(self.id(), w.clock.last());
+        // Our own entry is our newest own event, not the clock: the clock also moves when we
+        // merely observe a peer's stamps, and a claim about events we never made helps no one.
+        knowledge.insert(self.id(), w.own_last);
         Ok(Position {
             head: w.seq,
             knowledge,
@@ -102,6 +104,21 @@ impl Store {
         skip_tables: &BTreeSet<String>,
         receiver: Option<uuid::Uuid>,
     ) -> Result<OutgoingPage, StoreError> {
+        {
+            // Nothing to send if the receiver already has every event we hold: answer at once
+            // instead of walking the feed (after A sends B 100,000 records, B → A is this).
+            let w = self.lock();
+            let covered = w
+                .holdings
+                .iter()
+                .all(|(n, ts)| known.get(n).is_some_and(|k| k >= ts));
+            if covered && since <= w.seq {
+                return Ok(OutgoingPage {
+                    next: w.seq,
+                    ..Default::default()
+                });
+            }
+        }
         let mut page = OutgoingPage {
             next: since,
             ..Default::default()

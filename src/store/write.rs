@@ -149,6 +149,8 @@ impl Store {
             seq: guard.seq,
             clock: Clock::new(self.id(), guard.clock.last()),
             next_conflict: guard.next_conflict,
+            own_last: guard.own_last,
+            holdings: guard.holdings.clone(),
         };
         let batch = Batch {
             store: self,
@@ -180,12 +182,19 @@ impl Store {
         b.txn.put(keys::meta("clock"), encode(&b.w.clock.last()));
         b.txn
             .put(keys::meta("next_conflict"), encode(&b.w.next_conflict));
+        b.txn.put(keys::meta("own_last"), encode(&b.w.own_last));
+        b.txn.put(keys::meta("holdings"), encode(&b.w.holdings));
         let t = std::time::Instant::now();
         let writes = b.txn.len();
         b.txn.commit()?;
         let committed = t.elapsed();
         if durable {
             self.db.flush()?;
+        }
+        if writes > 10_000 {
+            // A big import or page leaves the allocator holding freed memory; give it back so
+            // a long-running agent on an old laptop does not sit at its peak.
+            trim_heap();
         }
         tracing::debug!(
             writes,
@@ -420,6 +429,7 @@ impl Batch<'_> {
             }
         };
         check_fields(&out.state.live_fields())?;
+        self.w.own_last = self.w.own_last.max(at.ts);
         self.persist(Persist {
             table: &op.table,
             id: op.id,
@@ -579,6 +589,9 @@ impl Batch<'_> {
         } else {
             p.prev.as_ref().map_or(0, |r| r.conflict_seq)
         };
+        if !self.store.config.local_only.contains(p.table) {
+            crate::model::vv_join(&mut self.w.holdings, &p.state.vv);
+        }
         let rec = StoredRecord {
             state: p.state,
             seq,
@@ -636,6 +649,13 @@ impl Batch<'_> {
             }
         }
         Ok(())
+    }
+}
+
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
