@@ -780,3 +780,38 @@ fn doctor_on_a_laptop_without_data_says_to_init() {
         .contains("fieldsync init"));
     assert!(!inst.dir().exists(), "doctor creates nothing");
 }
+
+#[test]
+fn a_hangup_stops_the_agent_cleanly_unless_it_was_started_with_nohup() {
+    let args = [
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-discovery",
+        "--insecure-plaintext",
+    ];
+    // Closing the terminal window (start.sh on a stick) sends SIGHUP: a clean stop.
+    let inst = Instance::new();
+    let agent = inst.spawn(&args);
+    listening(&agent);
+    send_signal(agent.id(), "HUP");
+    let (code, stderr) = agent.wait(STOP_LIMIT).expect("stops within the limit");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!inst.dir().join("agent.json").exists(), "a clean stop");
+
+    // `nohup fieldsync run` asks to survive the terminal: SIGHUP is left ignored.
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(r#"trap "" HUP; exec "$0" "$@""#)
+        .arg(bin())
+        .arg("--data-dir")
+        .arg(inst.dir())
+        .args(args)
+        .env("HOME", inst.scratch("home"));
+    let mut agent = Background::spawn(c);
+    listening(&agent);
+    send_signal(agent.id(), "HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(agent.running(), "an ignored SIGHUP does not stop the agent");
+    stop_agent(agent);
+}
