@@ -631,6 +631,15 @@ fn backup_while_the_agent_takes_writes_restores_on_another_laptop() {
     // --force replaces everything again, back to the snapshot.
     other.ok(&["restore", file.to_str().unwrap(), "--force"]);
     assert_eq!(other.digest(&[]), (count, sha.clone()));
+    // A change made after that restore reaches the source, which had synced with this laptop
+    // before: feed positions it already received are not reused.
+    let fresh = other.put("person", r#"{"name":"after restore"}"#);
+    other.ok(&["sync", &addr, "--insecure-plaintext"]);
+    assert_eq!(
+        a.ok(&["get", "person", &fresh]).json()["fields"]["name"],
+        "after restore"
+    );
+    other.ok(&["verify", &addr, "--insecure-plaintext"]);
 
     // With --take-over-identity the restored laptop becomes the source instance.
     let heir = Instance::new();

@@ -277,3 +277,145 @@ impl Store {
         Ok(false)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::merge::Edit;
+    use crate::store::{Knowledge, LocalOp};
+    use serde_json::json;
+    use tempfile::TempDir;
+
+    fn open() -> (TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Config::default()).unwrap();
+        (dir, store)
+    }
+
+    fn put_new(s: &Store, n: usize) {
+        for i in 0..n {
+            let serde_json::Value::Object(fields) = json!({"i": i}) else {
+                unreachable!()
+            };
+            s.write_one(LocalOp {
+                table: "t".into(),
+                id: Uuid::new_v4(),
+                edit: Edit::Put(fields),
+            })
+            .unwrap();
+        }
+    }
+
+    fn snapshot(s: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+        s.read_consistent(|v| v.entries().collect::<Result<_, _>>().unwrap())
+    }
+
+    fn clock(s: &Store) -> u64 {
+        s.lock().clock.last()
+    }
+
+    fn digest(s: &Store) -> (u64, String) {
+        crate::formats::digest(s, &["t".to_string()]).unwrap()
+    }
+
+    #[test]
+    fn own_id_restore_moves_positions_past_the_old_ones_and_forgets_peer_state() {
+        let (_a_dir, a) = open();
+        let (_b_dir, b) = open();
+        put_new(&a, 3);
+        let stranger = Uuid::new_v4();
+        for (instance, upto) in [(stranger, 9), (b.id(), 4)] {
+            a.put_peer(&PeerRow {
+                instance,
+                received_upto: upto,
+                online: true,
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let k: Knowledge = [(stranger, 123)].into_iter().collect();
+        a.tree.insert(keys::meta("knowledge"), encode(&k)).unwrap();
+        let snap = snapshot(&a);
+        put_new(&b, 5);
+        let (b_id, b_clock) = (b.id(), clock(&b));
+
+        let r = b.restore(snap, false).unwrap();
+        assert_eq!((r.instance, r.backup_instance), (b_id, a.id()));
+        assert!(r.discarded_own_changes, "b's own 5 records are gone");
+        assert_eq!(r.feed_shift, 5);
+        assert_eq!(digest(&b), digest(&a));
+        assert_eq!(b.seq(), a.seq() + 5);
+        // Peers resuming after any position b handed out before still get every record.
+        assert_eq!(b.changes_since(5, 100).unwrap().len(), 3);
+        for rec in b.scan_table("t") {
+            let (_, rec) = rec.unwrap();
+            assert!(rec.seq > 5 && rec.fseq.values().all(|s| *s > 5), "{rec:?}");
+        }
+        let peers = b.peers().unwrap();
+        assert_eq!(peers.len(), 1, "no row for b itself");
+        assert_eq!(
+            (peers[0].instance, peers[0].received_upto, peers[0].online),
+            (stranger, 0, false)
+        );
+        let pos = b.position().unwrap();
+        assert_eq!(pos.knowledge.len(), 1, "knowledge of others is reset");
+        assert!(pos.knowledge[&b_id] >= b_clock.max(clock(&a)));
+        // The next write follows the restored feed and is stamped by b.
+        put_new(&b, 1);
+        assert_eq!(b.seq(), a.seq() + 6);
+        assert_eq!(
+            b.changes_since(a.seq() + 5, 10).unwrap()[0]
+                .3
+                .state
+                .vv
+                .len(),
+            1
+        );
+        assert!(b.changes_since(a.seq() + 5, 10).unwrap()[0].3.state.vv[&b_id] > 0);
+    }
+
+    #[test]
+    fn take_over_resumes_the_backup_instance_clock_and_jumps_its_feed() {
+        let (_a_dir, a) = open();
+        let (_c_dir, c) = open();
+        put_new(&a, 3);
+        let snap = snapshot(&a);
+        let (a_clock, a_seq) = (clock(&a), a.seq());
+        put_new(&a, 2);
+
+        let r = c.restore(snap, true).unwrap();
+        assert!(r.took_over_identity && !r.discarded_own_changes);
+        assert_eq!((c.id(), c.instance().name), (a.id(), a.instance().name));
+        assert_eq!(c.seq(), a_seq + TAKE_OVER_FEED_GAP);
+        // Peers that received a's later positions still get every restored record.
+        assert_eq!(c.changes_since(a.seq(), 100).unwrap().len(), 3);
+        // Exactly the backup's clock: a's two later changes are not claimed, so they come back.
+        assert_eq!(c.position().unwrap().knowledge[&a.id()], a_clock);
+    }
+
+    #[test]
+    fn restoring_a_laptops_own_backup_does_not_claim_what_came_after_it() {
+        let (_a_dir, a) = open();
+        put_new(&a, 2);
+        let snap = snapshot(&a);
+        let (snap_clock, snap_digest) = (clock(&a), digest(&a));
+        put_new(&a, 2);
+        let old_seq = a.seq();
+
+        let r = a.restore(snap, false).unwrap();
+        assert!(!r.took_over_identity && !r.discarded_own_changes);
+        assert_eq!(digest(&a), snap_digest);
+        assert_eq!(a.position().unwrap().knowledge[&a.id()], snap_clock);
+        assert!(a.seq() > old_seq, "positions never go back");
+    }
+
+    #[test]
+    fn a_store_with_only_its_identity_is_empty() {
+        let (_dir, s) = open();
+        s.set_instance_info(Some("x".into()), None, None).unwrap();
+        assert!(s.is_empty().unwrap());
+        put_new(&s, 1);
+        assert!(!s.is_empty().unwrap());
+    }
+}
