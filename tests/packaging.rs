@@ -297,14 +297,21 @@ fn portable_mode_keeps_everything_on_the_stick() {
         "portable mode uses the folder beside the binary"
     );
 
-    // The agent, the way start.sh runs it, and commands forwarded to it meanwhile.
-    let agent = Background::spawn(cmd(&[
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--no-discovery",
-        "--insecure-plaintext",
-    ]));
+    // The agent, started by start.sh, and commands forwarded to it meanwhile.
+    let mut start = Command::new("/bin/sh");
+    start
+        .env_clear()
+        .env("HOME", &home)
+        .env("TMPDIR", &tmp)
+        .current_dir(&cwd)
+        .arg(stick.join("start.sh"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-discovery",
+            "--insecure-plaintext",
+        ]);
+    let agent = Background::spawn(start);
     listening(&agent);
     assert_eq!(ok(&["status"]).json()["agent"]["running"], true);
     let second = ok(&["put", "person", r#"{"name":"Bea"}"#])
