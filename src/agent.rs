@@ -287,6 +287,7 @@ pub async fn run(
     options: AgentOptions,
     exec: Executor,
 ) -> Result<(), AgentError> {
+    let signals = StopSignals::register();
     let (notify_tx, mut notify_rx) = mpsc::channel::<Uuid>(64);
     let listen_err = |source| AgentError::Listen {
         addr: options.listen.clone(),
@@ -485,7 +486,7 @@ pub async fn run(
         }));
     }
 
-    wait_for_signal().await;
+    signals.wait().await;
     info!("shutting down");
     let _ = stop_tx.send(true);
     let discovery = lock(&agent.discovery).take();
@@ -536,17 +537,56 @@ fn publish(a: &Agent, live: &LiveStatus, listen: &str, traffic: &Traffic) {
     });
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// The signals that stop the agent: SIGINT, SIGTERM and SIGHUP (closing the terminal window is
+/// how a portable-mode user stops it; not when started with SIGHUP ignored, as by `nohup`).
+/// Registered before the agent announces it is listening, so a signal sent right after that
+/// stops it cleanly instead of killing it.
+struct StopSignals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn register() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Checked before registering: a handler replaces the ignored disposition.
+        let hup = (!hangup_ignored())
+            .then(|| signal(SignalKind::hangup()).ok())
+            .flatten();
+        StopSignals {
+            int: signal(SignalKind::interrupt()).ok(),
+            term: signal(SignalKind::terminate()).ok(),
+            hup,
         }
     }
+
+    async fn wait(mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            _ = recv(&mut self.int) => {}
+            _ = recv(&mut self.term) => {}
+            _ = recv(&mut self.hup) => {}
+        }
+    }
+}
+
+/// Whether this process was started with SIGHUP ignored (the `SigIgn` mask in /proc).
+fn hangup_ignored() -> bool {
+    // Bit n-1 stands for signal n; SIGHUP is 1.
+    const SIGHUP_BIT: u64 = 1;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let mask = s.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        })
+        .is_some_and(|m| m & SIGHUP_BIT != 0)
 }

@@ -36,7 +36,12 @@ Exit codes: 0 ok, 1 not found, 2 bad usage or invalid input, 3 other failure
 
 /// The fieldsync command line.
 #[derive(Debug, Parser)]
-#[command(name = "fieldsync", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(
+    name = "fieldsync",
+    version = crate::build_info::version_text(),
+    about = ABOUT,
+    long_about = LONG_ABOUT
+)]
 pub struct Cli {
     /// Data directory (default: $FIELDSYNC_DIR, ./fieldsync-data beside the binary, or
     /// ~/.local/share/fieldsync).
@@ -257,6 +262,40 @@ pub enum Command {
     /// Example: fieldsync generate ops --from p100k.jsonl --count 1000 --seed 7 > ops.jsonl
     #[command(subcommand)]
     Generate(GenerateCommand),
+    /// Write a consistent snapshot of the whole database to FILE; works while the agent runs.
+    ///
+    /// Records, history, conflicts, peers and this laptop's identity, as of one moment (writes
+    /// wait while it is read). Prints the count and digest of the records it holds: `restore`
+    /// checks them, and `fieldsync digest` on the restored laptop prints the same.
+    ///
+    /// Example: fieldsync backup /media/usb/laptop7-2026-05-01.fsbackup
+    Backup {
+        /// The backup file to write (replaced atomically if it exists).
+        file: PathBuf,
+    },
+    /// Replace this laptop's database with a backup (stop the agent first).
+    ///
+    /// This laptop keeps its own instance id and its credential; the next sync with each peer
+    /// is a full one. With --take-over-identity it becomes the laptop the backup came from
+    /// (for replacing a lost or broken laptop: never run both at once).
+    ///
+    /// Example: fieldsync restore /media/usb/laptop7-2026-05-01.fsbackup
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Replace the data even if this data directory already holds some.
+        #[arg(long)]
+        force: bool,
+        /// Become the instance the backup was taken from (its id, name, clock).
+        #[arg(long)]
+        take_over_identity: bool,
+    },
+    /// Check that this laptop can sync: data directory, database, credential, network, port,
+    /// clock.
+    ///
+    /// Prints one JSON line per check: {"check","ok","detail","fix"}. Exit code 0 when every
+    /// check passes, 1 otherwise.
+    Doctor,
 }
 
 /// Subcommands of `generate` (the formats of shared/gen.py).
@@ -420,6 +459,9 @@ pub enum CliError {
     /// `verify` found differences (exit 1); the details are on stdout.
     #[error("not in sync with {0}")]
     Differs(String),
+    /// `doctor` found problems (exit 1); the checks are on stdout.
+    #[error("doctor: failed checks: {0}")]
+    Unhealthy(String),
     /// A command run by the agent failed; its message and exit code.
     #[error("{message}")]
     Forwarded {
@@ -435,7 +477,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Invalid(_) | CliError::Config(_) => 2,
-            CliError::NotFound(_) | CliError::Differs(_) => 1,
+            CliError::NotFound(_) | CliError::Differs(_) | CliError::Unhealthy(_) => 1,
             CliError::Forwarded { code, .. } => *code,
             CliError::Sync(_) => 3,
             CliError::Store(e) | CliError::Format(FormatError::Store(e)) => {
@@ -534,6 +576,10 @@ pub fn run(
         Command::Generate(what) => return generate(what, out, &mut None, &cwd),
         command => Cli { command, ..cli },
     };
+    // Doctor must report on a data directory that is missing, broken or held by an agent.
+    if matches!(cli.command, Command::Doctor) {
+        return crate::doctor::run(cli.data_dir, out, rt);
+    }
     let dir = resolve_data_dir(cli.data_dir.clone())?;
     let config = Config::load(&dir)?;
     let store = match Store::open(&dir, config) {
@@ -1042,8 +1088,80 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
             ))
         }
         Command::Generate(what) => generate(what, out, stdin, cwd)?,
+        Command::Backup { file } => backup(store, &cwd.join(file), out)?,
+        Command::Restore {
+            file,
+            force,
+            take_over_identity,
+        } => {
+            if live.is_some() {
+                return Err(CliError::Io(
+                    "restore replaces the database under the running agent: stop it \
+                     (`fieldsync run`) first"
+                        .into(),
+                ));
+            }
+            restore(store, &cwd.join(file), force, take_over_identity, out)?;
+        }
+        Command::Doctor => crate::doctor::run_with_store(store, live.as_ref(), out)?,
     }
     Ok(())
+}
+
+fn backup_error(e: crate::backup::BackupError) -> CliError {
+    use crate::backup::BackupError;
+    match e {
+        BackupError::Io { .. } => CliError::Io(e.to_string()),
+        BackupError::Invalid { .. } => CliError::Invalid(e.to_string()),
+        BackupError::Store(e) => CliError::Store(e),
+    }
+}
+
+fn backup(store: &Store, file: &Path, out: &mut dyn Write) -> Result<(), CliError> {
+    let h = crate::backup::write_backup(store, file).map_err(backup_error)?;
+    let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let v = json!({
+        "backup": file, "bytes": bytes, "instance": h.instance, "name": h.instance_name,
+        "created_at": h.created_at.to_rfc3339(), "feed_seq": h.feed_seq,
+        "count": h.live_records, "sha256": h.sha256, "entries": h.counts,
+    });
+    writeln!(out, "{v}").map_err(CliError::Output)
+}
+
+fn restore(
+    store: &Store,
+    file: &Path,
+    force: bool,
+    take_over: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let r = crate::backup::restore(store, file, take_over, force).map_err(backup_error)?;
+    let mut warnings = Vec::new();
+    if r.report.discarded_own_changes {
+        warnings.push(
+            "this laptop's own changes that were not in the backup are gone here; peers that \
+             received them keep them"
+                .to_string(),
+        );
+    }
+    match mesh::load_credential(store.dir()) {
+        Ok(Some(c)) if c.instance != r.report.instance => warnings.push(format!(
+            "the credential here is for instance {}, not {}: on the coordinator's laptop run \
+             `fieldsync mesh enroll --instance {} --out FILE`, then `fieldsync init --mesh FILE` \
+             here",
+            c.instance, r.report.instance, r.report.instance
+        )),
+        _ => {}
+    }
+    let v = json!({
+        "restored": file, "instance": r.report.instance,
+        "backup_instance": r.report.backup_instance,
+        "took_over_identity": r.report.took_over_identity,
+        "backup_created_at": r.header.created_at.to_rfc3339(),
+        "count": r.live_records, "sha256": r.sha256, "entries": r.report.counts,
+        "peers_reset": r.report.peers_reset, "warnings": warnings,
+    });
+    writeln!(out, "{v}").map_err(CliError::Output)
 }
 
 fn invalid(e: impl std::fmt::Display) -> CliError {

@@ -20,15 +20,21 @@
 //! - [`control`]: the local control endpoint the CLI uses while an agent holds the database.
 //! - [`gen`]: deterministic test and benchmark data (records and op files, gen.py's format).
 //! - [`cli`]: the command line (clap definitions and command bodies).
+//! - [`build_info`]: version, git commit and build date fixed at build time.
+//! - [`backup`]: `backup`/`restore`: the whole database in one file.
+//! - [`doctor`]: `doctor`: checks that this laptop can sync, with fixes.
 
 #![deny(unreachable_pub)]
 
 pub mod agent;
+pub mod backup;
+pub mod build_info;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod discovery;
+pub mod doctor;
 pub mod formats;
 pub mod gen;
 pub mod merge;

@@ -7,10 +7,12 @@
 
 mod keys;
 mod replication;
+mod snapshot;
 mod txn;
 mod write;
 
 pub use replication::{Knowledge, OutgoingPage, Position};
+pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
 pub use txn::Txn;
 pub(crate) use write::decode_record;
 pub use write::{ApplyStats, Keep, LocalOp, OpResult, RemoteChange, ReportedConflict};
@@ -331,10 +333,16 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
 impl Store {
     /// Opens (creating if needed) the database under `dir`, creating the instance on first use.
     pub fn open(dir: &Path, config: Config) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        use std::os::unix::fs::DirBuilderExt;
+        // The records are personal data: a new data directory is private to its owner.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(CACHE_BYTES)

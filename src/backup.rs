@@ -1,0 +1,286 @@
+//! `fieldsync backup` and `fieldsync restore`: the whole database in one file.
+//!
+//! File format, version 1: one zstd frame (with its content checksum, so a damaged or cut-off
+//! file is refused) holding a sequence of MessagePack values: a [`Header`], then exactly
+//! `header.counts.keys` entries, each a two-element array `[key, value]` of binary strings
+//! (the raw pairs of the database tree; their layout is documented in `store/keys.rs`).
+//!
+//! The snapshot is read under the store's writer lock (see [`Store::read_consistent`]) and
+//! compressed in memory, so writes wait only for reading and compressing, not for a slow USB
+//! stick; the file is then written beside its final name, fsynced, and renamed into place.
+
+use crate::formats;
+use crate::store::{RestoreReport, SnapshotCounts, Store, StoreError};
+use chrono::{DateTime, Utc};
+use serde::de::{Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+/// The `format` marker of a backup header.
+pub const FORMAT: &str = "fieldsync-backup";
+/// The newest format version this build reads and the one it writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// zstd level: fast enough that writes are held up briefly, and records compress well.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Failures of backup and restore.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// Reading or writing the file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not a usable backup.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a backup holds, written first in the file and printed by `backup`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// Version of the fieldsync that wrote it.
+    pub fieldsync: String,
+    /// The instance the backup was taken from.
+    pub instance: Uuid,
+    /// Its display name.
+    pub instance_name: String,
+    /// When the snapshot was taken.
+    pub created_at: DateTime<Utc>,
+    /// The feed head at the snapshot.
+    pub feed_seq: u64,
+    /// Entries by kind.
+    pub counts: SnapshotCounts,
+    /// Live records (what `fieldsync digest` counts).
+    pub live_records: u64,
+    /// `fieldsync digest` of every table at the snapshot.
+    pub sha256: String,
+}
+
+struct Bin<'a>(&'a [u8]);
+
+impl Serialize for Bin<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
+struct ByteBuf(Vec<u8>);
+
+impl<'de> Deserialize<'de> for ByteBuf {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteBuf;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a binary string")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.to_vec()))
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// Writes a consistent snapshot of the whole database to `path` (atomically: a reader never
+/// sees a partial file under that name) and returns its header.
+pub fn write_backup(store: &Store, path: &Path) -> Result<Header, BackupError> {
+    let io = |source| BackupError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (header, packed) = store.read_consistent(|view| -> Result<_, BackupError> {
+        let s = view.store();
+        let tables: Vec<String> = s.tables()?.into_iter().map(|(t, _)| t).collect();
+        let (live_records, sha256) = formats::digest(s, &tables)?;
+        let info = s.instance();
+        let header = Header {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            fieldsync: crate::build_info::version_text().into(),
+            instance: info.id,
+            instance_name: info.name,
+            created_at: Utc::now(),
+            feed_seq: view.seq(),
+            counts: view.counts()?,
+            live_records,
+            sha256,
+        };
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(io)?;
+        enc.include_checksum(true).map_err(io)?;
+        let mut written = 0u64;
+        rmp_serde::encode::write_named(&mut enc, &header).map_err(|e| invalid(path, e))?;
+        for kv in view.entries() {
+            let (k, v) = kv?;
+            rmp_serde::encode::write(&mut enc, &(Bin(&k), Bin(&v)))
+                .map_err(|e| invalid(path, e))?;
+            written += 1;
+        }
+        if written != header.counts.keys {
+            return Err(invalid(
+                path,
+                "the database changed while it was being read",
+            ));
+        }
+        Ok((header, enc.finish().map_err(io)?))
+    })?;
+    write_atomically(path, &packed).map_err(io)?;
+    Ok(header)
+}
+
+fn invalid(path: &Path, message: impl std::fmt::Display) -> BackupError {
+    BackupError::Invalid {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+/// Writes `data` to a temporary file beside `path`, fsyncs it, renames it over `path` and
+/// fsyncs the directory, so a crash leaves the old file or the new one.
+fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        // Backups hold every record: readable by their owner only, like the database.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The raw key/value pairs of a database, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Reads and checks a whole backup file: header, every entry, the checksum at the end.
+pub fn read_backup(path: &Path) -> Result<(Header, Entries), BackupError> {
+    let file = std::fs::File::open(path).map_err(|source| BackupError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let not_backup = |e: &dyn std::fmt::Display| {
+        invalid(path, format!("not a fieldsync backup, or damaged ({e})"))
+    };
+    let dec = zstd::stream::read::Decoder::new(file).map_err(|e| not_backup(&e))?;
+    let mut de = rmp_serde::Deserializer::new(dec);
+    let header = Header::deserialize(&mut de).map_err(|e| not_backup(&e))?;
+    if header.format != FORMAT {
+        return Err(not_backup(&"wrong format marker"));
+    }
+    if header.format_version > FORMAT_VERSION {
+        return Err(invalid(
+            path,
+            format!(
+                "backup format {} was written by a newer fieldsync ({}); this one reads up to {}",
+                header.format_version, header.fieldsync, FORMAT_VERSION
+            ),
+        ));
+    }
+    let mut entries = Vec::with_capacity(header.counts.keys.min(1 << 20) as usize);
+    for _ in 0..header.counts.keys {
+        let (ByteBuf(k), ByteBuf(v)) =
+            <(ByteBuf, ByteBuf)>::deserialize(&mut de).map_err(|e| not_backup(&e))?;
+        entries.push((k, v));
+    }
+    // Reading to the end makes zstd verify the frame's checksum.
+    let mut rest = Vec::new();
+    de.into_inner()
+        .read_to_end(&mut rest)
+        .map_err(|e| not_backup(&e))?;
+    if !rest.is_empty() {
+        return Err(not_backup(&"unexpected data after the last entry"));
+    }
+    Ok((header, entries))
+}
+
+/// What `fieldsync restore` did.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Restored {
+    /// The backup's header.
+    pub header: Header,
+    /// What the store did.
+    pub report: RestoreReport,
+    /// Live records after the restore.
+    pub live_records: u64,
+    /// `fieldsync digest` after the restore (equals the header's).
+    pub sha256: String,
+}
+
+/// Replaces the store's contents with a backup (see [`Store::restore`] for what changes), then
+/// checks that the restored records digest to what the backup captured.
+pub fn restore(
+    store: &Store,
+    path: &Path,
+    take_over: bool,
+    force: bool,
+) -> Result<Restored, BackupError> {
+    let (header, entries) = read_backup(path)?;
+    if !force && !store.is_empty()? {
+        return Err(invalid(
+            store.dir(),
+            "the data directory already holds data; restore into an empty one, or pass \
+             --force to replace everything in it",
+        ));
+    }
+    let report = store.restore(entries, take_over)?;
+    let tables: Vec<String> = store.tables()?.into_iter().map(|(t, _)| t).collect();
+    let (live_records, sha256) = formats::digest(store, &tables)?;
+    if (live_records, &sha256) != (header.live_records, &header.sha256) {
+        return Err(invalid(
+            path,
+            format!(
+                "restored {live_records} records with digest {sha256}, but the backup recorded \
+                 {} with {}",
+                header.live_records, header.sha256
+            ),
+        ));
+    }
+    Ok(Restored {
+        header,
+        report,
+        live_records,
+        sha256,
+    })
+}

@@ -1,0 +1,516 @@
+//! `fieldsync doctor`: is this laptop ready to sync, and if not, what to do about it.
+//!
+//! Prints one JSON line per check, `{"check","ok","detail","fix"}` (`fix` is null when the
+//! check passed), and fails with exit code 1 if any check failed. When a running agent holds
+//! the database, the checks run inside the agent (through the control endpoint), which can
+//! answer for the database and the port it holds.
+
+use crate::agent::LiveStatus;
+use crate::cli::CliError;
+use crate::config::Config;
+use crate::control;
+use crate::mesh;
+use crate::store::{Store, StoreError};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+
+/// One check's result, printed as a JSON line.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub check: &'static str,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+    /// What to do about a failure (null when it passed).
+    pub fix: Option<String>,
+}
+
+fn pass(check: &'static str, detail: impl Into<String>) -> Check {
+    Check {
+        check,
+        ok: true,
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+fn fail(check: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Check {
+    Check {
+        check,
+        ok: false,
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+/// `fieldsync doctor` from the command line: opens the database itself, or asks the running
+/// agent that holds it to run the checks.
+pub fn run(
+    data_dir: Option<PathBuf>,
+    out: &mut dyn Write,
+    rt: &tokio::runtime::Handle,
+) -> Result<(), CliError> {
+    let dir = match crate::cli::resolve_data_dir(data_dir) {
+        Ok(d) => d,
+        Err(e) => {
+            let mut checks = vec![fail(
+                "data_dir",
+                e.to_string(),
+                "pass --data-dir DIR or set FIELDSYNC_DIR",
+            )];
+            checks.extend(environment_checks(&Config::default(), None));
+            return report(&checks, out);
+        }
+    };
+    let mut checks = dir_checks(&dir);
+    if !dir.is_dir() {
+        checks.push(fail(
+            "database",
+            format!("no database in {} yet", dir.display()),
+            "run `fieldsync init` (it creates the data directory and this laptop's identity)",
+        ));
+        checks.push(credential_check(&dir, None));
+        checks.extend(environment_checks(&Config::default(), None));
+        return report(&checks, out);
+    }
+    let config = match Config::load(&dir) {
+        Ok(c) => {
+            checks.push(pass("config", config_detail(&dir)));
+            c
+        }
+        Err(e) => {
+            checks.push(fail(
+                "config",
+                e.to_string(),
+                "correct fieldsync.toml in the data directory (see README, Configuration)",
+            ));
+            Config::default()
+        }
+    };
+    match Store::open(&dir, config.clone()) {
+        Ok(store) => {
+            checks.push(pass("database", database_detail(&store)));
+            checks.push(credential_check(&dir, Some(store.id())));
+            drop(store);
+            checks.extend(environment_checks(&config, None));
+        }
+        Err(StoreError::Locked(_)) => {
+            let req = control::RunRequest {
+                token: String::new(),
+                args: vec!["doctor".into()],
+                stdin: None,
+                cwd: std::env::current_dir().unwrap_or_default(),
+            };
+            match rt.block_on(control::forward(&dir, req)) {
+                Ok(reply) => {
+                    // The agent's view of the same data directory is the answer.
+                    out.write_all(reply.stdout.as_bytes())
+                        .map_err(CliError::Output)?;
+                    return match reply.code {
+                        0 => Ok(()),
+                        code => Err(CliError::Forwarded {
+                            code,
+                            message: reply.stderr,
+                        }),
+                    };
+                }
+                Err(e) => {
+                    let agent = control::read_agent_file(&dir).ok();
+                    let pid = agent
+                        .as_ref()
+                        .map_or_else(|| "unknown".to_string(), |a| a.pid.to_string());
+                    checks.push(fail(
+                        "database",
+                        format!(
+                            "the database is held by another process that does not answer \
+                             ({e})"
+                        ),
+                        format!(
+                            "if `fieldsync run` is not supposed to be running, stop the process \
+                             holding it (agent.json names pid {pid}) and run doctor again"
+                        ),
+                    ));
+                    checks.push(credential_check(&dir, agent.map(|a| a.instance)));
+                    checks.extend(environment_checks(&config, None));
+                }
+            }
+        }
+        Err(e) => {
+            checks.push(fail(
+                "database",
+                format!("the database does not open: {e}"),
+                "if it is damaged, move the data directory aside and `fieldsync restore` the \
+                 latest backup into a new one",
+            ));
+            checks.push(credential_check(&dir, None));
+            checks.extend(environment_checks(&config, None));
+        }
+    }
+    report(&checks, out)
+}
+
+/// `fieldsync doctor` with the store already open (inside the agent, `live` is its status).
+pub fn run_with_store(
+    store: &Store,
+    live: Option<&LiveStatus>,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let dir = store.dir();
+    let mut checks = dir_checks(dir);
+    checks.push(pass("config", config_detail(dir)));
+    let live = live.map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    let db = match &live {
+        Some(l) => format!(
+            "held by the running agent (pid {}), which answers; {}",
+            l["pid"],
+            database_detail(store)
+        ),
+        None => database_detail(store),
+    };
+    checks.push(pass("database", db));
+    checks.push(credential_check(dir, Some(store.id())));
+    let agent_listen = live
+        .as_ref()
+        .and_then(|l| l["listen"].as_str().map(str::to_string));
+    checks.extend(environment_checks(store.config(), agent_listen));
+    report(&checks, out)
+}
+
+fn report(checks: &[Check], out: &mut dyn Write) -> Result<(), CliError> {
+    for c in checks {
+        let line = serde_json::to_string(c).expect("plain struct");
+        writeln!(out, "{line}").map_err(CliError::Output)?;
+    }
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.check).collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Unhealthy(failed.join(", ")))
+    }
+}
+
+fn config_detail(dir: &Path) -> String {
+    let path = dir.join(crate::config::CONFIG_FILE);
+    if path.exists() {
+        format!("{} is valid", path.display())
+    } else {
+        "no fieldsync.toml: defaults apply".into()
+    }
+}
+
+fn database_detail(store: &Store) -> String {
+    let info = store.instance();
+    let (mut live, mut tables) = (0, 0);
+    if let Ok(t) = store.tables() {
+        tables = t.len();
+        live = t.iter().map(|(_, c)| c.live).sum::<u64>();
+    }
+    format!(
+        "opens: instance {} ({}), {live} live records in {tables} tables",
+        info.id, info.name
+    )
+}
+
+/// Exists, is a directory we can write in, is private to its owner, who is us.
+fn dir_checks(dir: &Path) -> Vec<Check> {
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => m,
+        Ok(_) => {
+            return vec![fail(
+                "data_dir",
+                format!("{} is not a directory", dir.display()),
+                "move that file away, or pass --data-dir with a directory",
+            )]
+        }
+        Err(e) => {
+            return vec![fail(
+                "data_dir",
+                format!("{}: {e}", dir.display()),
+                "run `fieldsync init` to create it, or pass --data-dir with the right directory",
+            )]
+        }
+    };
+    let probe = dir.join(format!(".doctor-probe-{}", std::process::id()));
+    let writable = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map(|_| std::fs::remove_file(&probe));
+    let mut out = vec![match writable {
+        Ok(_) => pass(
+            "data_dir",
+            format!("{} exists and is writable", dir.display()),
+        ),
+        Err(e) => fail(
+            "data_dir",
+            format!("{} is not writable: {e}", dir.display()),
+            "run fieldsync as the user who owns the data directory, or fix its owner \
+             (chown -R USER DIR)",
+        ),
+    }];
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = meta.permissions().mode() & 0o777;
+    let me = effective_uid();
+    out.push(if me.is_some_and(|u| u != meta.uid()) {
+        fail(
+            "data_dir_permissions",
+            format!(
+                "{} belongs to uid {}, not to you (uid {}): files you create there may be \
+                 unreadable for the agent",
+                dir.display(),
+                meta.uid(),
+                me.unwrap_or_default()
+            ),
+            "run fieldsync as the directory's owner (e.g. `sudo -u fieldsync fieldsync ...` \
+             for the system service)",
+        )
+    } else if mode & 0o077 != 0 {
+        fail(
+            "data_dir_permissions",
+            format!(
+                "{} has mode {mode:04o}: other users of this computer can read the records",
+                dir.display()
+            ),
+            format!(
+                "chmod 700 {} (on a FAT or exFAT USB stick the mount decides; then this can \
+                 be ignored)",
+                dir.display()
+            ),
+        )
+    } else {
+        pass(
+            "data_dir_permissions",
+            format!("mode {mode:04o}, owned by you"),
+        )
+    });
+    out
+}
+
+/// The effective uid, from /proc (no libc call needed for one number).
+fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Present, for this instance, and valid today (node certificate and deployment CA).
+fn credential_check(dir: &Path, instance: Option<Uuid>) -> Check {
+    let cred = match mesh::load_credential(dir) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return fail(
+                "credential",
+                format!(
+                    "no {} in {}: this laptop has not joined a deployment, and sync is refused \
+                     without one",
+                    mesh::CREDENTIAL_FILE,
+                    dir.display()
+                ),
+                "ask the coordinator for a credential file (`fieldsync mesh enroll`) and run \
+                 `fieldsync init --mesh FILE`",
+            )
+        }
+        Err(e) => {
+            return fail(
+                "credential",
+                e.to_string(),
+                "ask the coordinator for a new credential and run `fieldsync init --mesh FILE`",
+            )
+        }
+    };
+    if let Some(id) = instance.filter(|id| *id != cred.instance) {
+        return fail(
+            "credential",
+            format!(
+                "the credential is for instance {}, but this data directory is instance {id}",
+                cred.instance
+            ),
+            format!(
+                "on the coordinator's laptop: `fieldsync mesh enroll --instance {id} --out \
+                 FILE`; here: `fieldsync init --mesh FILE`"
+            ),
+        );
+    }
+    let now = Utc::now();
+    let mut until = None;
+    for (what, pem) in [
+        ("certificate", &cred.cert),
+        ("deployment CA", &cred.ca_cert),
+    ] {
+        match validity(pem) {
+            Err(e) => {
+                return fail(
+                    "credential",
+                    format!("the {what} in the credential cannot be read: {e}"),
+                    "ask the coordinator for a new credential",
+                )
+            }
+            Ok((from, _)) if now < from => {
+                return fail(
+                    "credential",
+                    format!("the {what} is not valid before {from} (the clock says {now})"),
+                    "check the system clock; if it is right, ask the coordinator for a new \
+                     credential",
+                )
+            }
+            Ok((_, to)) if now > to => {
+                return fail(
+                    "credential",
+                    format!("the {what} expired on {to}"),
+                    "ask the coordinator for a new credential (`fieldsync mesh enroll`)",
+                )
+            }
+            Ok((_, to)) => until = Some(until.map_or(to, |u: DateTime<Utc>| u.min(to))),
+        }
+    }
+    pass(
+        "credential",
+        format!(
+            "deployment {:?}, instance {}, valid until {}",
+            cred.deployment,
+            cred.instance,
+            until.map_or_else(String::new, |u| u.to_rfc3339())
+        ),
+    )
+}
+
+fn validity(pem: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), String> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+    let cert = p.parse_x509().map_err(|e| e.to_string())?;
+    let v = cert.validity();
+    let t = |a: &x509_parser::time::ASN1Time| {
+        DateTime::from_timestamp(a.timestamp(), 0).ok_or_else(|| "date out of range".to_string())
+    };
+    Ok((t(&v.not_before)?, t(&v.not_after)?))
+}
+
+/// Checks that do not need the database: multicast, the sync port, the clock.
+fn environment_checks(config: &Config, agent_listen: Option<String>) -> Vec<Check> {
+    vec![
+        multicast_check(config),
+        port_check(&config.sync.listen, agent_listen),
+        clock_check(Utc::now()),
+    ]
+}
+
+fn multicast_check(config: &Config) -> Check {
+    if !config.discovery.enabled {
+        return pass(
+            "multicast",
+            format!(
+                "mDNS discovery is off in fieldsync.toml; static peers: {:?}",
+                config.sync.peers
+            ),
+        );
+    }
+    let ifaces = crate::discovery::multicast_interfaces();
+    if ifaces.is_empty() {
+        fail(
+            "multicast",
+            "no network interface is up with multicast: other laptops will not be found \
+             automatically",
+            "connect to the team's network (Wi-Fi or cable); where multicast is blocked, list \
+             peers under [sync] peers in fieldsync.toml",
+        )
+    } else {
+        pass(
+            "multicast",
+            format!("interfaces with multicast: {}", ifaces.join(", ")),
+        )
+    }
+}
+
+fn port_check(listen: &str, agent_listen: Option<String>) -> Check {
+    if let Some(addr) = agent_listen {
+        return pass(
+            "port",
+            format!("{listen}: held by this data directory's running agent (listening on {addr})"),
+        );
+    }
+    match std::net::TcpListener::bind(listen) {
+        Ok(_) => pass("port", format!("{listen} is free for `fieldsync run`")),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => fail(
+            "port",
+            format!("{listen} is in use by another program, so `fieldsync run` cannot start"),
+            "stop that program (`ss -ltnp` shows which; another fieldsync agent with a \
+             different data directory?), or set another address under [sync] listen in \
+             fieldsync.toml",
+        ),
+        Err(e) => fail(
+            "port",
+            format!("cannot listen on {listen}: {e}"),
+            "set a usable address under [sync] listen in fieldsync.toml",
+        ),
+    }
+}
+
+/// Latest year a field laptop's clock can plausibly show, relative to the build.
+const PLAUSIBLE_YEARS_AFTER_BUILD: i64 = 30;
+
+fn clock_check(now: DateTime<Utc>) -> Check {
+    let built = DateTime::from_timestamp(crate::build_info::build_epoch(), 0).unwrap_or_default();
+    // A day of slack: the build date is the commit date, made on someone else's clock.
+    let too_early = now < built - chrono::Duration::days(1);
+    let too_late = now > built + chrono::Duration::days(365 * PLAUSIBLE_YEARS_AFTER_BUILD);
+    let fix = "set the date and time (`timedatectl set-time`, or the desktop's settings): a \
+               wrong clock makes edits look older or newer than they are, so the wrong one wins";
+    if too_early {
+        fail(
+            "clock",
+            format!(
+                "the system time {} is before this program was built ({})",
+                now.to_rfc3339(),
+                built.date_naive()
+            ),
+            fix,
+        )
+    } else if too_late {
+        fail(
+            "clock",
+            format!(
+                "the system time {} is implausibly far in the future",
+                now.to_rfc3339()
+            ),
+            fix,
+        )
+    } else {
+        pass(
+            "clock",
+            format!(
+                "system time {} (built {})",
+                now.to_rfc3339(),
+                built.date_naive()
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_before_the_build_or_decades_after_it_fails() {
+        let built = DateTime::from_timestamp(crate::build_info::build_epoch(), 0).unwrap();
+        assert!(clock_check(Utc::now()).ok);
+        assert!(!clock_check(built - chrono::Duration::days(30)).ok);
+        assert!(!clock_check(DateTime::from_timestamp(0, 0).unwrap()).ok);
+        assert!(!clock_check(built + chrono::Duration::days(365 * 40)).ok);
+    }
+
+    #[test]
+    fn a_port_in_use_fails_and_a_free_one_passes() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = held.local_addr().unwrap().to_string();
+        let c = port_check(&addr, None);
+        assert!(!c.ok && c.fix.is_some(), "{c:?}");
+        drop(held);
+        assert!(port_check(&addr, None).ok);
+        assert!(port_check(&addr, Some(addr.clone())).ok);
+    }
+}

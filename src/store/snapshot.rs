@@ -1,0 +1,421 @@
+//! Whole-database snapshots for `fieldsync backup` and `fieldsync restore`.
+//!
+//! A snapshot is every key/value pair of the tree, read while the writer lock is held, so no
+//! batch commits in the middle of it. A restore replaces the tree in one batch and rewrites
+//! what describes the *old* instance's place among its peers rather than the data itself (see
+//! [`Store::restore`]).
+
+use super::{
+    decode, decode_record, encode, keys, write::encode_record, ConflictEntry, InstanceInfo,
+    PeerRow, Store, StoreError, WriterState,
+};
+use crate::clock::Clock;
+use serde::{Deserialize, Serialize};
+use std::sync::MutexGuard;
+use uuid::Uuid;
+
+/// How many entries of each kind a snapshot holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotCounts {
+    /// Every key/value pair.
+    pub keys: u64,
+    /// Records, live and deleted.
+    pub records: u64,
+    /// History revisions.
+    pub history: u64,
+    /// Conflict log entries.
+    pub conflicts: u64,
+    /// `sync_instance` rows.
+    pub peers: u64,
+    /// Meta entries (instance, clock, feed head, knowledge, ...).
+    pub meta: u64,
+}
+
+impl SnapshotCounts {
+    fn add(&mut self, key: &[u8]) {
+        self.keys += 1;
+        match key.first() {
+            Some(&keys::RECORD) => self.records += 1,
+            Some(&keys::HISTORY) => self.history += 1,
+            Some(&keys::CONFLICT) => self.conflicts += 1,
+            Some(&keys::PEER) => self.peers += 1,
+            Some(&keys::META) => self.meta += 1,
+            _ => {}
+        }
+    }
+}
+
+/// The database as of one moment: readable only while the writer lock is held.
+///
+/// Store methods that take the writer lock (writes, [`Store::seq`], [`Store::position`],
+/// [`Store::clock_now`]) must not be called through [`ConsistentView::store`]: they would wait
+/// for this view forever.
+pub struct ConsistentView<'a> {
+    store: &'a Store,
+    writer: MutexGuard<'a, WriterState>,
+}
+
+impl ConsistentView<'_> {
+    /// The store, for lock-free reads (records, tables, digest) of this same state.
+    pub fn store(&self) -> &Store {
+        self.store
+    }
+
+    /// Feed head of this state.
+    pub fn seq(&self) -> u64 {
+        self.writer.seq
+    }
+
+    /// Every key/value pair, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
+        self.store.tree.iter().map(|kv| {
+            kv.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(Into::into)
+        })
+    }
+
+    /// Counts every entry by kind (one pass over the tree).
+    pub fn counts(&self) -> Result<SnapshotCounts, StoreError> {
+        let mut c = SnapshotCounts::default();
+        for kv in self.store.tree.iter().keys() {
+            c.add(&kv?);
+        }
+        Ok(c)
+    }
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RestoreReport {
+    /// The instance the backup was taken from.
+    pub backup_instance: Uuid,
+    /// This database's instance id after the restore.
+    pub instance: Uuid,
+    /// Whether this database took over the backup's instance id.
+    pub took_over_identity: bool,
+    /// How far the restored feed positions were moved up (see [`Store::restore`]).
+    pub feed_shift: u64,
+    /// Peer rows whose sync positions were reset.
+    pub peers_reset: u64,
+    /// Entries written.
+    pub counts: SnapshotCounts,
+    /// Whether this database had changes of its own (under an id that stays) that the restore
+    /// discarded; peers keep them but will not send them back.
+    pub discarded_own_changes: bool,
+}
+
+/// Feed positions of a taken-over instance restart this far above the backup's feed head.
+/// Peers may have received positions the old laptop handed out after the backup was taken;
+/// starting far beyond them means no peer skips a restored record or a new change as "already
+/// received" (a laptop does not make 2^32 changes between a backup and its replacement).
+const TAKE_OVER_FEED_GAP: u64 = 1 << 32;
+
+impl Store {
+    /// Runs `f` on a consistent view of the whole database: the writer lock is held throughout,
+    /// so writes (local, from peers, bookkeeping) wait and no batch is half in.
+    pub fn read_consistent<R>(&self, f: impl FnOnce(&ConsistentView<'_>) -> R) -> R {
+        let view = ConsistentView {
+            store: self,
+            writer: self.lock(),
+        };
+        f(&view)
+    }
+
+    /// True when the database holds nothing but this instance's identity (no record, peer,
+    /// conflict or history yet), so a restore loses nothing.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        for k in self.tree.iter().keys() {
+            if k?.first() != Some(&keys::META) {
+                return Ok(false);
+            }
+        }
+        Ok(self.seq() == 0)
+    }
+
+    /// Replaces the whole database with `entries` (a snapshot taken on any instance) in one
+    /// batch.
+    ///
+    /// The records, history and conflicts come back as they were, with their original stamps.
+    /// What describes the old instance's place among its peers is rewritten, so the next sync
+    /// with each peer is a full one (idempotent: merging what a side already has changes
+    /// nothing):
+    /// - identity: this database keeps its own instance id (and name) unless `take_over`;
+    /// - the knowledge vector is cleared and every peer's `received_upto` is reset to 0, so
+    ///   nothing is skipped as "already known" on the strength of the old instance's sessions;
+    ///   a row for this instance itself is dropped;
+    /// - feed positions move up past every position this instance may have handed out to peers
+    ///   (its own old feed head; for a take-over, [`TAKE_OVER_FEED_GAP`] above the backup's),
+    ///   so a peer resuming "after position N" gets every restored record again;
+    /// - the clock resumes after the backup's and this instance's own; a take-over (or a
+    ///   laptop's own backup) resumes exactly at the backup's, so the changes the old instance
+    ///   made after the backup, stamped higher, are still fetched from peers.
+    pub fn restore(
+        &self,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+        take_over: bool,
+    ) -> Result<RestoreReport, StoreError> {
+        let meta_of = |name: &str| {
+            let k = keys::meta(name);
+            entries.iter().find(|(ek, _)| *ek == k).map(|(_, v)| v)
+        };
+        let backup_info: InstanceInfo = decode(
+            meta_of("instance")
+                .ok_or_else(|| StoreError::Decode("the backup has no instance entry".into()))?,
+        )?;
+        let u64_of = |name: &str| -> Result<u64, StoreError> {
+            meta_of(name).map_or(Ok(0), |v| decode::<u64>(v))
+        };
+        let (backup_seq, backup_clock) = (u64_of("seq")?, u64_of("clock")?);
+        let next_conflict = u64_of("next_conflict")?.max(1);
+
+        let mut w = self.lock();
+        let mut cur = self.instance.write().unwrap_or_else(|e| e.into_inner());
+        // Restoring a laptop's own backup continues that instance's line, like a take-over.
+        let continues_backup = take_over || cur.id == backup_info.id;
+        let (info, clock, shift) = if continues_backup {
+            let info = if take_over { &backup_info } else { &*cur };
+            // The clock resumes exactly where the backup was: the instance's own knowledge is
+            // its clock, and a later clock would claim (and so never fetch back) the changes it
+            // made after the backup that peers still have.
+            (info.clone(), backup_clock, TAKE_OVER_FEED_GAP.max(w.seq))
+        } else {
+            // This instance's stamps and feed positions already in peers' hands stay used.
+            (cur.clone(), backup_clock.max(w.clock.last()), w.seq)
+        };
+        // This instance's own changes are gone here, and as its clock claims them, peers will
+        // not send them back. Every change leaves a history key ending in its stamp's node.
+        let discarded_own_changes = !continues_backup && self.has_history_by(&cur.id)?;
+        let seq = backup_seq + shift;
+
+        let mut batch = sled::Batch::default();
+        for k in self.tree.iter().keys() {
+            batch.remove(k?);
+        }
+        let mut counts = SnapshotCounts::default();
+        let mut peers_reset = 0;
+        for (k, v) in entries {
+            let (k, v) = match k.first() {
+                Some(&keys::META) => match &k[1..] {
+                    b"instance" => (k, encode(&info)),
+                    b"seq" => (k, encode(&seq)),
+                    b"clock" => (k, encode(&clock)),
+                    b"knowledge" => continue,
+                    _ => (k, v),
+                },
+                Some(&keys::FEED) if shift > 0 => {
+                    let at = k
+                        .get(1..9)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .ok_or_else(|| StoreError::Decode("bad feed key in backup".into()))?;
+                    (keys::feed(at + shift), v)
+                }
+                Some(&keys::RECORD) if shift > 0 => {
+                    let mut r = decode_record(&v)?;
+                    r.seq += shift;
+                    r.fseq.values_mut().for_each(|s| *s += shift);
+                    if r.conflict_seq > 0 {
+                        r.conflict_seq += shift;
+                    }
+                    (k, encode_record(&r))
+                }
+                Some(&keys::CONFLICT) => {
+                    let mut c: ConflictEntry = decode(&v)?;
+                    if c.seq > 0 {
+                        c.seq += shift;
+                    }
+                    // Found by the backup's instance, which this one may no longer be.
+                    if c.reported_by.is_none() && info.id != backup_info.id {
+                        c.reported_by = Some(backup_info.id);
+                    }
+                    (k, encode(&c))
+                }
+                Some(&keys::PEER) => {
+                    let mut row: PeerRow = decode(&v)?;
+                    if row.instance == info.id {
+                        continue;
+                    }
+                    row.received_upto = 0;
+                    row.online = false;
+                    row.last_error = None;
+                    peers_reset += 1;
+                    (k, encode(&row))
+                }
+                _ => (k, v),
+            };
+            counts.add(&k);
+            batch.insert(k, v);
+        }
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        *w = WriterState {
+            seq,
+            clock: Clock::new(info.id, clock),
+            next_conflict,
+        };
+        *cur = info.clone();
+        drop(cur);
+        drop(w);
+        self.changed.send_replace(seq);
+        Ok(RestoreReport {
+            backup_instance: backup_info.id,
+            instance: info.id,
+            took_over_identity: take_over,
+            feed_shift: shift,
+            peers_reset,
+            counts,
+            discarded_own_changes,
+        })
+    }
+
+    fn has_history_by(&self, node: &Uuid) -> Result<bool, StoreError> {
+        for k in self.tree.scan_prefix([keys::HISTORY]).keys() {
+            if k?.ends_with(node.as_bytes()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::merge::Edit;
+    use crate::store::{Knowledge, LocalOp};
+    use serde_json::json;
+    use tempfile::TempDir;
+
+    fn open() -> (TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Config::default()).unwrap();
+        (dir, store)
+    }
+
+    fn put_new(s: &Store, n: usize) {
+        for i in 0..n {
+            let serde_json::Value::Object(fields) = json!({"i": i}) else {
+                unreachable!()
+            };
+            s.write_one(LocalOp {
+                table: "t".into(),
+                id: Uuid::new_v4(),
+                edit: Edit::Put(fields),
+            })
+            .unwrap();
+        }
+    }
+
+    fn snapshot(s: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+        s.read_consistent(|v| v.entries().collect::<Result<_, _>>().unwrap())
+    }
+
+    fn clock(s: &Store) -> u64 {
+        s.lock().clock.last()
+    }
+
+    fn digest(s: &Store) -> (u64, String) {
+        crate::formats::digest(s, &["t".to_string()]).unwrap()
+    }
+
+    #[test]
+    fn own_id_restore_moves_positions_past_the_old_ones_and_forgets_peer_state() {
+        let (_a_dir, a) = open();
+        let (_b_dir, b) = open();
+        put_new(&a, 3);
+        let stranger = Uuid::new_v4();
+        for (instance, upto) in [(stranger, 9), (b.id(), 4)] {
+            a.put_peer(&PeerRow {
+                instance,
+                received_upto: upto,
+                online: true,
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let k: Knowledge = [(stranger, 123)].into_iter().collect();
+        a.tree.insert(keys::meta("knowledge"), encode(&k)).unwrap();
+        let snap = snapshot(&a);
+        put_new(&b, 5);
+        let (b_id, b_clock) = (b.id(), clock(&b));
+
+        let r = b.restore(snap, false).unwrap();
+        assert_eq!((r.instance, r.backup_instance), (b_id, a.id()));
+        assert!(r.discarded_own_changes, "b's own 5 records are gone");
+        assert_eq!(r.feed_shift, 5);
+        assert_eq!(digest(&b), digest(&a));
+        assert_eq!(b.seq(), a.seq() + 5);
+        // Peers resuming after any position b handed out before still get every record.
+        assert_eq!(b.changes_since(5, 100).unwrap().len(), 3);
+        for rec in b.scan_table("t") {
+            let (_, rec) = rec.unwrap();
+            assert!(rec.seq > 5 && rec.fseq.values().all(|s| *s > 5), "{rec:?}");
+        }
+        let peers = b.peers().unwrap();
+        assert_eq!(peers.len(), 1, "no row for b itself");
+        assert_eq!(
+            (peers[0].instance, peers[0].received_upto, peers[0].online),
+            (stranger, 0, false)
+        );
+        let pos = b.position().unwrap();
+        assert_eq!(pos.knowledge.len(), 1, "knowledge of others is reset");
+        assert!(pos.knowledge[&b_id] >= b_clock.max(clock(&a)));
+        // The next write follows the restored feed and is stamped by b.
+        put_new(&b, 1);
+        assert_eq!(b.seq(), a.seq() + 6);
+        assert_eq!(
+            b.changes_since(a.seq() + 5, 10).unwrap()[0]
+                .3
+                .state
+                .vv
+                .len(),
+            1
+        );
+        assert!(b.changes_since(a.seq() + 5, 10).unwrap()[0].3.state.vv[&b_id] > 0);
+    }
+
+    #[test]
+    fn take_over_resumes_the_backup_instance_clock_and_jumps_its_feed() {
+        let (_a_dir, a) = open();
+        let (_c_dir, c) = open();
+        put_new(&a, 3);
+        let snap = snapshot(&a);
+        let (a_clock, a_seq) = (clock(&a), a.seq());
+        put_new(&a, 2);
+
+        let r = c.restore(snap, true).unwrap();
+        assert!(r.took_over_identity && !r.discarded_own_changes);
+        assert_eq!((c.id(), c.instance().name), (a.id(), a.instance().name));
+        assert_eq!(c.seq(), a_seq + TAKE_OVER_FEED_GAP);
+        // Peers that received a's later positions still get every restored record.
+        assert_eq!(c.changes_since(a.seq(), 100).unwrap().len(), 3);
+        // Exactly the backup's clock: a's two later changes are not claimed, so they come back.
+        assert_eq!(c.position().unwrap().knowledge[&a.id()], a_clock);
+    }
+
+    #[test]
+    fn restoring_a_laptops_own_backup_does_not_claim_what_came_after_it() {
+        let (_a_dir, a) = open();
+        put_new(&a, 2);
+        let snap = snapshot(&a);
+        let (snap_clock, snap_digest) = (clock(&a), digest(&a));
+        put_new(&a, 2);
+        let old_seq = a.seq();
+
+        let r = a.restore(snap, false).unwrap();
+        assert!(!r.took_over_identity && !r.discarded_own_changes);
+        assert_eq!(digest(&a), snap_digest);
+        assert_eq!(a.position().unwrap().knowledge[&a.id()], snap_clock);
+        assert!(a.seq() > old_seq, "positions never go back");
+    }
+
+    #[test]
+    fn a_store_with_only_its_identity_is_empty() {
+        let (_dir, s) = open();
+        s.set_instance_info(Some("x".into()), None, None).unwrap();
+        assert!(s.is_empty().unwrap());
+        put_new(&s, 1);
+        assert!(!s.is_empty().unwrap());
+    }
+}
