@@ -163,7 +163,7 @@ pub fn run_with_store(
     let dir = store.dir();
     let mut checks = dir_checks(dir);
     checks.push(pass("config", config_detail(dir)));
-    let live = live.map(|l| l.lock().unwrap_or_else(|e| e.into_inner()).clone());
+    let live = live.map(|l| l.to_json());
     let db = match &live {
         Some(l) => format!(
             "held by the running agent (pid {}), which answers; {}",

@@ -89,6 +89,28 @@ pub struct SessionOptions {
     pub url: Option<String>,
     /// Mutual TLS, or plaintext for debugging.
     pub transport: Transport,
+    /// Clients by peer address, so an agent's sessions reuse an established connection.
+    pub clients: Arc<ClientCache>,
+}
+
+/// Connections kept per peer address: a no-op sync on an established connection is a few
+/// small requests, not a new TLS handshake with two certificate chains.
+#[derive(Debug, Default)]
+pub struct ClientCache(std::sync::Mutex<std::collections::HashMap<String, CachedClient>>);
+
+/// A client and the slot its TLS verifier fills with the server's instance.
+type CachedClient = (Arc<Client>, Option<crate::tls::SeenPeer>);
+
+impl ClientCache {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, CachedClient>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Client")
+    }
 }
 
 impl SessionOptions {
@@ -101,6 +123,7 @@ impl SessionOptions {
             encoding: ENC_ZSTD.to_string(),
             url: None,
             transport,
+            clients: Arc::default(),
         }
     }
 }
@@ -567,12 +590,38 @@ pub async fn sync_with(
     addr: &str,
     opts: &SessionOptions,
 ) -> Result<SessionReport, SyncError> {
-    let (client, seen) = connect(addr, &opts.transport)?;
     let span = info_span!("sync", peer_addr = %addr, peer = tracing::field::Empty);
     info!(parent: &span, "session started");
-    let result = session(&store, &client, &seen, addr, opts)
+    let cached = opts.clients.map().get(addr).cloned();
+    let reused = cached.is_some();
+    let (client, seen) = match cached {
+        Some(c) => c,
+        None => {
+            let (c, s) = connect(addr, &opts.transport)?;
+            let c = (Arc::new(c), s);
+            opts.clients.map().insert(addr.to_string(), c.clone());
+            c
+        }
+    };
+    let mut result = session(&store, &client, &seen, addr, opts)
         .instrument(span.clone())
         .await;
+    if result.is_err() {
+        opts.clients.map().remove(addr);
+    }
+    if reused && matches!(result, Err(SyncError::Transport { .. })) {
+        // The kept connection may have been closed by the peer (idle timeout, restart): one
+        // retry on a fresh connection; the session resumes from the stored positions.
+        let (c, s) = connect(addr, &opts.transport)?;
+        let c = (Arc::new(c), s);
+        opts.clients.map().insert(addr.to_string(), c.clone());
+        result = session(&store, &c.0, &c.1, addr, opts)
+            .instrument(span.clone())
+            .await;
+        if result.is_err() {
+            opts.clients.map().remove(addr);
+        }
+    }
     match &result {
         Ok(r) => info!(parent: &span, peer = %r.peer.instance, name = %r.peer.name,
                        received = r.received.records, applied = r.received.applied,

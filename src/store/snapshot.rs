@@ -184,7 +184,7 @@ impl Store {
         };
         // This instance's own changes are gone here, and as its clock claims them, peers will
         // not send them back. Every change leaves a history key ending in its stamp's node.
-        let discarded_own_changes = !continues_backup && self.has_history_by(&cur.id)?;
+        let discarded_own_changes = !continues_backup && w.own_last > 0;
         let seq = backup_seq + shift;
 
         let mut batch = sled::Batch::default();
@@ -200,6 +200,8 @@ impl Store {
                     b"seq" => (k, encode(&seq)),
                     b"clock" => (k, encode(&clock)),
                     b"knowledge" => continue,
+                    // The newest own event of the backup's instance is ours only if we become it.
+                    b"own_last" if !continues_backup => (k, encode(&0u64)),
                     _ => (k, v),
                 },
                 Some(&keys::FEED) if shift > 0 => {
@@ -213,7 +215,6 @@ impl Store {
                 Some(&keys::RECORD) if shift > 0 => {
                     let mut r = decode_record(&v)?;
                     r.seq += shift;
-                    r.fseq.values_mut().for_each(|s| *s += shift);
                     if r.conflict_seq > 0 {
                         r.conflict_seq += shift;
                     }
@@ -248,10 +249,27 @@ impl Store {
         }
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
+        let meta_u64 = |name: &str| -> Result<u64, StoreError> {
+            Ok(match self.tree.get(keys::meta(name))? {
+                Some(v) => decode(&v)?,
+                None => 0,
+            })
+        };
+        let own_last = if continues_backup {
+            meta_u64("own_last")?
+        } else {
+            0
+        };
+        let holdings = match self.tree.get(keys::meta("holdings"))? {
+            Some(v) => decode(&v)?,
+            None => Default::default(),
+        };
         *w = WriterState {
             seq,
             clock: Clock::new(info.id, clock),
             next_conflict,
+            own_last,
+            holdings,
         };
         *cur = info.clone();
         drop(cur);
@@ -266,15 +284,6 @@ impl Store {
             counts,
             discarded_own_changes,
         })
-    }
-
-    fn has_history_by(&self, node: &Uuid) -> Result<bool, StoreError> {
-        for k in self.tree.scan_prefix([keys::HISTORY]).keys() {
-            if k?.ends_with(node.as_bytes()) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
     }
 }
 
@@ -326,11 +335,9 @@ mod tests {
         put_new(&a, 3);
         let stranger = Uuid::new_v4();
         for (instance, upto) in [(stranger, 9), (b.id(), 4)] {
-            a.put_peer(&PeerRow {
-                instance,
-                received_upto: upto,
-                online: true,
-                ..Default::default()
+            a.update_peer(&instance, |row| {
+                row.received_upto = upto;
+                row.online = true;
             })
             .unwrap();
         }
@@ -350,7 +357,7 @@ mod tests {
         assert_eq!(b.changes_since(5, 100).unwrap().len(), 3);
         for rec in b.scan_table("t") {
             let (_, rec) = rec.unwrap();
-            assert!(rec.seq > 5 && rec.fseq.values().all(|s| *s > 5), "{rec:?}");
+            assert!(rec.seq > 5, "{rec:?}");
         }
         let peers = b.peers().unwrap();
         assert_eq!(peers.len(), 1, "no row for b itself");
@@ -360,7 +367,13 @@ mod tests {
         );
         let pos = b.position().unwrap();
         assert_eq!(pos.knowledge.len(), 1, "knowledge of others is reset");
-        assert!(pos.knowledge[&b_id] >= b_clock.max(clock(&a)));
+        // b holds none of its own events now, so it claims none: peers resend whatever of b's
+        // they have.
+        assert_eq!(pos.knowledge[&b_id], 0);
+        assert!(
+            clock(&b) >= b_clock.max(clock(&a)),
+            "the clock never goes back"
+        );
         // The next write follows the restored feed and is stamped by b.
         put_new(&b, 1);
         assert_eq!(b.seq(), a.seq() + 6);
