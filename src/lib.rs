@@ -29,6 +29,8 @@ pub mod config;
 pub mod control;
 pub mod discovery;
 pub mod formats;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod merge;
 pub mod mesh;
 pub mod model;
