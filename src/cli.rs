@@ -62,6 +62,7 @@ pub enum Command {
     /// Create this laptop's instance (or update its details) and print its instance id.
     ///
     /// Optional: the first command that needs an instance creates one with defaults.
+    ///
     /// Example: fieldsync init --name laptop7 --owner "Red Cross Team B" --contact "+1 555 0100"
     Init {
         /// Display name (default: the host name).
@@ -80,7 +81,9 @@ pub enum Command {
     /// Create or replace a record and print its id.
     ///
     /// Fields not in JSON_OBJECT are removed; a put with identical fields writes nothing.
+    ///
     /// Example: fieldsync put person '{"name":"Amina Okafor","age":34}'
+    ///
     /// Example: fieldsync put person --id 6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b - < big.json
     Put {
         /// Table name: a-z, 0-9, _ (starting with a letter, at most 64).
@@ -150,6 +153,7 @@ pub enum Command {
     /// Print the conflict log (unresolved first), or resolve an entry.
     ///
     /// Example: fieldsync conflicts --table person
+    ///
     /// Example: fieldsync conflicts resolve 3 --keep remote
     Conflicts(ConflictsArgs),
     /// Import records from .jsonl or .csv (`-` for stdin as JSONL), all or nothing.
@@ -157,6 +161,7 @@ pub enum Command {
     /// JSONL lines are {"table","id","fields"} (the gen.py format) or plain field objects.
     /// CSV has a header row of field names; an `id` column keeps ids. Cells that are JSON
     /// numbers, booleans, arrays or objects keep their type; the rest are strings.
+    ///
     /// Example: fieldsync import person people.csv
     Import {
         /// Table name.
@@ -180,6 +185,7 @@ pub enum Command {
     /// Apply a file of JSON-line operations, all or nothing.
     ///
     /// Lines: {"op":"put"|"patch"|"delete","table":..,"id":..,"fields":{..}}.
+    ///
     /// Example: fieldsync apply ops.jsonl
     Apply {
         /// The op file (`-` for stdin).
@@ -196,6 +202,7 @@ pub enum Command {
     ///
     /// While it runs, every other command works too: the CLI talks to the agent through a
     /// control endpoint on 127.0.0.1 that only the owner of the data directory can use.
+    ///
     /// Example: fieldsync run --listen 0.0.0.0:7437 --peer 192.0.2.7:7437
     Run {
         /// Address to serve the sync protocol on (default from fieldsync.toml, else 0.0.0.0:7437).
@@ -214,6 +221,7 @@ pub enum Command {
     /// Run one sync session with a peer, both directions, and print a summary line per direction.
     ///
     /// Works whether or not the local agent is running.
+    ///
     /// Example: fieldsync sync 192.0.2.7:7437
     Sync {
         /// The peer's agent address.
@@ -226,6 +234,7 @@ pub enum Command {
     ///
     /// Compares digests of id ranges, bisecting only where they differ; no records are copied.
     /// Exit code 0 when every table is in sync, 1 when something differs.
+    ///
     /// Example: fieldsync verify 192.0.2.7:7437
     Verify {
         /// The peer's agent address.
@@ -241,6 +250,55 @@ pub enum Command {
     Status,
     /// Print the sync_instance table: one row per peer instance.
     Peers,
+    /// Write deterministic test or benchmark data as JSON lines to stdout (no database needed).
+    ///
+    /// Example: fieldsync generate records --count 100000 --seed 42 > p100k.jsonl
+    ///
+    /// Example: fieldsync generate ops --from p100k.jsonl --count 1000 --seed 7 > ops.jsonl
+    #[command(subcommand)]
+    Generate(GenerateCommand),
+}
+
+/// Subcommands of `generate` (the formats of shared/gen.py).
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Person records, one {"table","id","fields"} object a line, about 330 bytes each.
+    ///
+    /// The same count and seed always give the same bytes.
+    ///
+    /// Example: fieldsync generate records --count 100000 --seed 42 > p100k.jsonl
+    Records {
+        /// How many records.
+        #[arg(long)]
+        count: u64,
+        /// Seed of everything generated.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Edits of a records file for `fieldsync apply`: COUNT puts, then deletes of other ids.
+    ///
+    /// Each put is the whole record with status, notes and updated_by changed. Ids are chosen
+    /// with --ids-seed, so two op files with the same --ids-seed and different --seed edit the
+    /// same records differently (for concurrent-edit and conflict tests).
+    ///
+    /// Example: fieldsync generate ops --from p100k.jsonl --count 1000 --seed 7 > ops.jsonl
+    Ops {
+        /// The records file to edit (`-` for stdin).
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// How many puts.
+        #[arg(long)]
+        count: usize,
+        /// Seed of the new values.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Seed that picks the ids (default: --seed).
+        #[arg(long)]
+        ids_seed: Option<u64>,
+        /// How many deletes (default: max(1, COUNT/50)).
+        #[arg(long)]
+        deletes: Option<usize>,
+    },
 }
 
 /// Subcommands of `mesh`.
@@ -251,6 +309,7 @@ pub enum MeshCommand {
     /// Writes the CA (certificate and private key) to --out, default mesh-ca.fsca in the data
     /// directory. Keep it safe: whoever holds it can enroll and revoke laptops.
     /// With --join-file, also writes a file that lets any laptop enroll itself (see README).
+    ///
     /// Example: fieldsync mesh create --name "Flood response 2026"
     Create {
         /// Deployment name.
@@ -320,6 +379,7 @@ pub enum ConflictAction {
     /// For a field conflict: --keep local | remote | a JSON value. For a delete-vs-edit
     /// conflict: the side to keep (keeping the deleting side deletes the record). For a name
     /// clash: local/remote keeps both records, a JSON value renames this record's field.
+    ///
     /// Example: fieldsync conflicts resolve 3 --keep '"found_alive"'
     Resolve {
         /// The conflict id (from `fieldsync conflicts`).
@@ -351,6 +411,9 @@ pub enum CliError {
     /// Other I/O trouble (exit 3).
     #[error("{0}")]
     Io(String),
+    /// Writing the output failed (a closed pipe is not reported: `list | head` is normal).
+    #[error("writing output: {0}")]
+    Output(std::io::Error),
     /// A sync session failed (exit 3).
     #[error(transparent)]
     Sync(#[from] crate::sync::SyncError),
@@ -385,7 +448,19 @@ impl CliError {
                 }
             }
             CliError::Format(FormatError::Line { .. }) => 2,
-            CliError::Format(_) | CliError::Io(_) => 3,
+            CliError::Format(_) | CliError::Io(_) | CliError::Output(_) => 3,
+        }
+    }
+}
+
+impl CliError {
+    /// True when the reader of our output went away (`fieldsync list | head`): not an error.
+    pub fn is_closed_output(&self) -> bool {
+        match self {
+            CliError::Output(e) | CliError::Format(FormatError::Write(e)) => {
+                e.kind() == std::io::ErrorKind::BrokenPipe
+            }
+            _ => false,
         }
     }
 }
@@ -453,9 +528,14 @@ pub fn run(
     out: &mut dyn Write,
     rt: &tokio::runtime::Handle,
 ) -> Result<(), CliError> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    // Generating data must not need (or lock) a database: it runs beside a live agent.
+    let cli = match cli.command {
+        Command::Generate(what) => return generate(what, out, &mut None, &cwd),
+        command => Cli { command, ..cli },
+    };
     let dir = resolve_data_dir(cli.data_dir.clone())?;
     let config = Config::load(&dir)?;
-    let cwd = std::env::current_dir().unwrap_or_default();
     let store = match Store::open(&dir, config) {
         Ok(s) => Arc::new(s),
         Err(StoreError::Locked(_)) => return forward(&dir, &cli.command, args, out, cwd, rt),
@@ -574,7 +654,7 @@ fn forward(
             ))
         })?;
     out.write_all(reply.stdout.as_bytes())
-        .map_err(|e| CliError::Io(format!("writing output: {e}")))?;
+        .map_err(CliError::Output)?;
     if reply.code == 0 {
         Ok(())
     } else {
@@ -663,7 +743,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
     };
     let out = &mut **out;
     let p = |out: &mut dyn Write, v: &Value| -> Result<(), CliError> {
-        writeln!(out, "{v}").map_err(|e| CliError::Io(format!("writing output: {e}")))
+        writeln!(out, "{v}").map_err(CliError::Output)
     };
     match command {
         Command::Init {
@@ -691,7 +771,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
             } else {
                 store.set_instance_info(name, owner, contact)?;
             }
-            writeln!(out, "{}", store.id()).map_err(|e| CliError::Io(e.to_string()))?;
+            writeln!(out, "{}", store.id()).map_err(CliError::Output)?;
         }
         Command::Mesh(m) => mesh_command(store, m, cwd, out)?,
         Command::Put { table, id, json } => {
@@ -706,7 +786,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
                 id,
                 edit: Edit::Put(fields),
             })?;
-            writeln!(out, "{id}").map_err(|e| CliError::Io(e.to_string()))?;
+            writeln!(out, "{id}").map_err(CliError::Output)?;
         }
         Command::Patch { table, id, json } => {
             model::validate_table(&table)?;
@@ -717,7 +797,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
                 id,
                 edit: Edit::Patch(fields),
             })?;
-            writeln!(out, "{id}").map_err(|e| CliError::Io(e.to_string()))?;
+            writeln!(out, "{id}").map_err(CliError::Output)?;
         }
         Command::Delete { table, id } => {
             model::validate_table(&table)?;
@@ -727,7 +807,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
                 id,
                 edit: Edit::Delete,
             })?;
-            writeln!(out, "{id}").map_err(|e| CliError::Io(e.to_string()))?;
+            writeln!(out, "{id}").map_err(CliError::Output)?;
         }
         Command::Get {
             table,
@@ -961,6 +1041,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
                 "`run` cannot be started from inside a running agent".into(),
             ))
         }
+        Command::Generate(what) => generate(what, out, stdin, cwd)?,
     }
     Ok(())
 }
@@ -1056,7 +1137,43 @@ fn mesh_command(
             }
         }
     };
-    writeln!(out, "{v}").map_err(|e| CliError::Io(e.to_string()))
+    writeln!(out, "{v}").map_err(CliError::Output)
+}
+
+fn generate(
+    what: GenerateCommand,
+    out: &mut dyn Write,
+    stdin: &mut Option<String>,
+    cwd: &Path,
+) -> Result<(), CliError> {
+    use crate::gen::{self, GenError, OpsSpec};
+    let result = match what {
+        GenerateCommand::Records { count, seed } => {
+            gen::write_records(count, seed, out).map_err(GenError::Io)
+        }
+        GenerateCommand::Ops {
+            from,
+            count,
+            seed,
+            ids_seed,
+            deletes,
+        } => {
+            let spec = OpsSpec {
+                count,
+                seed,
+                ids_seed,
+                deletes,
+            };
+            gen::write_ops(BufReader::new(open_input(&from, stdin, cwd)?), &spec, out).map(|_| ())
+        }
+    };
+    match result {
+        Ok(()) => Ok(()),
+        // `generate records --count 1000000 | head` is a normal way to stop it.
+        Err(GenError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(GenError::Io(e)) => Err(CliError::Io(format!("generate: {e}"))),
+        Err(e) => Err(CliError::Invalid(e.to_string())),
+    }
 }
 
 /// Reads a JSON argument, or stdin for `-`.

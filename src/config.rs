@@ -139,9 +139,19 @@ impl Config {
 
     /// Parses config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_string(),
-            message: e.to_string(),
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's Display spans several lines with an excerpt; errors here are one line.
+            let line = e
+                .span()
+                .map(|sp| text[..sp.start.min(text.len())].matches('\n').count() + 1);
+            let msg = e.message().trim().replace('\n', " ");
+            ConfigError::Parse {
+                path: origin.to_string(),
+                message: match line {
+                    Some(l) => format!("line {l}: {msg}"),
+                    None => msg,
+                },
+            }
         })?;
         let invalid = |message: String| ConfigError::Invalid {
             path: origin.to_string(),

@@ -146,8 +146,8 @@ pub fn read_jsonl(table: &str, input: impl BufRead) -> Result<Vec<ImportRecord>,
 }
 
 /// Reads CSV with a header row of field names; an `id` column keeps ids. Empty cells are
-/// absent fields; cells that are JSON numbers, booleans, arrays or objects keep that type,
-/// everything else is a string.
+/// absent fields; cells that are JSON numbers, booleans, arrays or objects keep that type, a
+/// JSON-quoted cell (`"34"`) is that string, everything else is a string as written.
 pub fn read_csv(input: impl std::io::Read) -> Result<Vec<ImportRecord>, FormatError> {
     let mut rdr = csv::ReaderBuilder::new().flexible(false).from_reader(input);
     let headers = rdr
@@ -193,13 +193,17 @@ pub fn read_csv(input: impl std::io::Read) -> Result<Vec<ImportRecord>, FormatEr
 
 fn csv_cell(cell: &str) -> Value {
     match serde_json::from_str::<Value>(cell) {
-        Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Array(_) | Value::Object(_))) => v,
+        // A JSON-quoted cell is a string that would otherwise read as another type (or is empty).
+        Ok(v @ (Value::Number(_) | Value::Bool(_) | Value::Array(_) | Value::Object(_)))
+        | Ok(v @ Value::String(_)) => v,
         _ => Value::String(cell.to_string()),
     }
 }
 
 fn csv_text(v: &Value) -> String {
     match v {
+        // Quote strings that would come back as another type, so export → import round-trips.
+        Value::String(s) if s.is_empty() || csv_cell(s) != *v => canonical_json(v),
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         other => canonical_json(other),
@@ -409,6 +413,21 @@ mod tests {
         );
         assert_eq!(Value::Object(r[1].fields.clone()), json!({"name": "007"}));
         assert_eq!(r[1].line, 3);
+    }
+
+    #[test]
+    fn csv_strings_that_look_like_other_types_round_trip() {
+        for v in [
+            json!("34"),
+            json!("true"),
+            json!("[1]"),
+            json!(""),
+            json!("\"q\""),
+            json!("Ana"),
+        ] {
+            assert_eq!(csv_cell(&csv_text(&v)), v, "{v}");
+        }
+        assert_eq!(csv_cell("34"), json!(34));
     }
 
     #[test]

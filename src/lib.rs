@@ -18,6 +18,7 @@
 //! - [`discovery`]: mDNS advertise/browse → peer events.
 //! - [`agent`]: the daemon: sync server, control endpoint, triggers, shutdown.
 //! - [`control`]: the local control endpoint the CLI uses while an agent holds the database.
+//! - [`gen`]: deterministic test and benchmark data (records and op files, gen.py's format).
 //! - [`cli`]: the command line (clap definitions and command bodies).
 
 #![deny(unreachable_pub)]
@@ -31,6 +32,7 @@ pub mod discovery;
 pub mod formats;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gen;
 pub mod merge;
 pub mod mesh;
 pub mod model;

@@ -5,7 +5,30 @@ use fieldsync::cli::{self, Cli};
 use std::io::Write;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind::*;
+            if matches!(
+                e.kind(),
+                DisplayHelp | DisplayVersion | DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line, like every other error; --help has the details.
+            let text = e.to_string();
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!(
+                "fieldsync: {} (see --help)",
+                first.join(" ").trim_start_matches("error: ")
+            );
+            std::process::exit(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -39,6 +62,7 @@ fn main() {
                 3
             }
         },
+        Err(e) if e.is_closed_output() => 0,
         Err(e) => {
             eprintln!("fieldsync: {e}");
             e.exit_code()

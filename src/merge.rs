@@ -313,10 +313,14 @@ pub fn merge_remote(local: Option<&RecordState>, remote: &RecordState) -> MergeO
                 });
             }
         }
-        if let Some(d) = base
-            .deleted
-            .filter(|d| !was_alive && !covers(&remote.vv, d))
-        {
+        // Any delete known here that the remote never saw lost to its edits, not only the latest
+        // one: the remote may have seen (and undone) a later concurrent delete. A deleter's whole
+        // context is in `del_seen`, so an entry the remote's vv lacks is such a delete.
+        let unseen_delete = base
+            .del_seen
+            .iter()
+            .any(|(node, ts)| remote.vv.get(node).copied().unwrap_or(0) < *ts);
+        if let Some(d) = base.deleted.filter(|_| !was_alive && unseen_delete) {
             conflicts.push(Conflict::DeleteEdit {
                 deleted: d,
                 deleted_on: Side::Local,

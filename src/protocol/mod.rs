@@ -5,6 +5,7 @@
 //! [`crate::sync`], which speaks in the types defined here.
 
 pub mod client;
+pub mod pack;
 pub mod server;
 
 use crate::model::VersionVector;
@@ -284,7 +285,7 @@ pub fn encode_changes(
         ENC_JSON => serde_json::to_value(changes)
             .map_err(|e| ProtocolError::new(codes::INVALID_PAGE, format!("encoding page: {e}"))),
         ENC_ZSTD => {
-            let raw = rmp_serde::to_vec(changes).map_err(|e| {
+            let raw = pack::pack(changes).map_err(|e| {
                 ProtocolError::new(codes::INVALID_PAGE, format!("encoding page: {e}"))
             })?;
             let packed = zstd::bulk::compress(&raw, 3).map_err(|e| {
@@ -329,12 +330,17 @@ pub fn decode_changes(page: &Page) -> Result<Vec<RemoteChange>, ProtocolError> {
                 .decode(text)
                 .map_err(|e| invalid(format!("page data is not base64: {e}")))?;
             let raw = zstd::bulk::decompress(&packed, MAX_PAGE_BYTES).map_err(|e| {
-                ProtocolError::new(
-                    codes::PAGE_TOO_LARGE,
-                    format!("page does not decompress within {MAX_PAGE_BYTES} bytes: {e}"),
-                )
+                // Only a frame that declares more than the limit is too large; anything else
+                // that fails to decompress is corrupt data, i.e. an invalid page.
+                match zstd::zstd_safe::get_frame_content_size(&packed) {
+                    Ok(Some(n)) if n > MAX_PAGE_BYTES as u64 => ProtocolError::new(
+                        codes::PAGE_TOO_LARGE,
+                        format!("page does not decompress within {MAX_PAGE_BYTES} bytes: {e}"),
+                    ),
+                    _ => invalid(format!("page data is not valid zstd: {e}")),
+                }
             })?;
-            rmp_serde::from_slice(&raw).map_err(|e| invalid(format!("malformed page: {e}")))?
+            pack::unpack(&raw).map_err(|e| invalid(format!("malformed page: {e}")))?
         }
         other => return Err(unknown_encoding(other)),
     };

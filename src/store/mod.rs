@@ -150,6 +150,21 @@ pub struct StoredRecord {
     pub fseq: BTreeMap<String, u64>,
     /// Feed position of the latest conflict logged for this record (0: none).
     pub conflict_seq: u64,
+    /// The creating revision's stamp and origin. Its field values are not stored: `history`
+    /// rebuilds them from the current state by undoing the later revisions, which saves one
+    /// write per new record (the bulk of an import or an initial sync).
+    pub created: Option<Created>,
+}
+
+/// Where and when a record was created (see [`StoredRecord::created`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Created {
+    /// The creating event.
+    pub at: Hlc,
+    /// How it arrived here.
+    pub source: Source,
+    /// Local wall time when it was applied here.
+    pub applied_at: DateTime<Utc>,
 }
 
 /// Where a revision came from.
@@ -296,6 +311,15 @@ const CACHE_BYTES: u64 = 16 << 20;
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(v).expect("in-memory values always encode")
+}
+
+/// Compact (array) encoding, for the bulky values: records and history.
+pub(crate) fn encode_compact<T: Serialize>(v: &T) -> Vec<u8> {
+    rmp_serde::to_vec(v).expect("in-memory values always encode")
+}
+
+pub(crate) fn decode_compact<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    rmp_serde::from_slice(b).map_err(|e| StoreError::Decode(e.to_string()))
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
@@ -492,10 +516,18 @@ impl Store {
     /// The history of a record, oldest first.
     pub fn history(&self, table: &str, id: &Uuid) -> Result<Vec<HistoryEntry>, StoreError> {
         let prefix = keys::history_of(&keys::record_suffix(table, id));
-        self.tree
+        let mut stored: Vec<HistoryEntry> = self
+            .tree
             .scan_prefix(prefix)
-            .map(|kv| decode(&kv?.1))
-            .collect()
+            .map(|kv| decode_compact(&kv?.1))
+            .collect::<Result<_, _>>()?;
+        let Some(rec) = self.get(table, id)? else {
+            return Ok(stored);
+        };
+        if let Some(c) = &rec.created {
+            stored.insert(0, creation_entry(&rec, c, &stored));
+        }
+        Ok(stored)
     }
 
     /// The conflict log, unresolved first, then by id.
@@ -594,6 +626,43 @@ impl Store {
     pub fn clock_now(&self) -> Hlc {
         let mut w = self.lock();
         w.clock.tick(crate::clock::wall_millis())
+    }
+}
+
+/// Rebuilds the creating revision: undo every later revision's changes (newest first) on the
+/// current values. Per field, changes were recorded in increasing stamp order (a change only
+/// happens when a larger stamp wins), so this restores exactly the values the record was
+/// created with.
+fn creation_entry(rec: &StoredRecord, c: &Created, later: &[HistoryEntry]) -> HistoryEntry {
+    let mut values: BTreeMap<String, Option<Value>> = rec
+        .state
+        .fields
+        .iter()
+        .map(|(k, f)| (k.clone(), f.value.clone()))
+        .collect();
+    for e in later.iter().rev() {
+        for ch in e.revision.changes.iter().rev() {
+            values.insert(ch.field.clone(), ch.old.clone());
+        }
+    }
+    let changes = values
+        .into_iter()
+        .filter_map(|(field, v)| {
+            v.map(|new| merge::FieldChange {
+                field,
+                old: None,
+                new: Some(new),
+            })
+        })
+        .collect();
+    HistoryEntry {
+        revision: Revision {
+            at: c.at,
+            kind: merge::RevisionKind::Create,
+            changes,
+        },
+        source: c.source,
+        applied_at: c.applied_at,
     }
 }
 

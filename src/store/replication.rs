@@ -135,7 +135,11 @@ impl Store {
                 StoreError::Decode(format!("feed points at missing {table}/{id}"))
             })?;
             let rec = decode_record(&raw)?;
-            if let Some(state) = outgoing_delta(&rec.state, &rec.fseq, since, known) {
+            // No field is left out for its feed position being <= `since`: a record's feed entry
+            // moves on every change, so a record edited before the receiver read its old
+            // position was never sent, yet its untouched fields still carry that old position.
+            // Only the receiver's knowledge can tell which writes it already has.
+            if let Some(state) = outgoing_delta(&rec.state, &rec.fseq, 0, known) {
                 bytes += raw.len();
                 let conflicts = if rec.conflict_seq > since {
                     self.conflicts_to_report(suffix, since)?

@@ -1,1 +1,526 @@
+//! The store on a real on-disk sled in temporary directories: persistence, the feed, atomic
+//! remote batches, unique values, history, conflict log and counts. Remote changes are built from
+//! another store's `get(..).state`, which is what sync sends.
 
+use super::*;
+use crate::merge::{Conflict, Edit};
+use serde_json::json;
+use tempfile::TempDir;
+
+/// A store in its own temporary directory (kept alive with it).
+struct Node {
+    store: Store,
+    _dir: TempDir,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+fn node(config: &str) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse(config, "test").unwrap();
+    Node {
+        store: Store::open(dir.path(), config).unwrap(),
+        _dir: dir,
+    }
+}
+
+fn fields(v: Value) -> crate::model::Fields {
+    match v {
+        Value::Object(m) => m,
+        other => panic!("not an object: {other}"),
+    }
+}
+
+fn write(s: &Store, table: &str, id: Uuid, edit: Edit) -> OpResult {
+    s.write_one(LocalOp {
+        table: table.into(),
+        id,
+        edit,
+    })
+    .unwrap()
+}
+
+fn put(s: &Store, table: &str, id: Uuid, v: Value) -> OpResult {
+    write(s, table, id, Edit::Put(fields(v)))
+}
+
+fn patch(s: &Store, table: &str, id: Uuid, v: Value) -> OpResult {
+    write(s, table, id, Edit::Patch(fields(v)))
+}
+
+/// What `from` would send of one record.
+fn change(from: &Store, table: &str, id: Uuid) -> RemoteChange {
+    RemoteChange {
+        table: table.into(),
+        id,
+        state: from.get(table, &id).unwrap().expect("record exists").state,
+        conflicts: vec![],
+    }
+}
+
+/// Sends records from one store to another, as one page.
+fn send(from: &Store, to: &Store, records: &[(&str, Uuid)]) -> ApplyStats {
+    let page: Vec<RemoteChange> = records.iter().map(|(t, id)| change(from, t, *id)).collect();
+    to.apply_remote(Some(from.instance().id), &page, |_| Ok(()))
+        .unwrap()
+}
+
+fn live(s: &Store, table: &str, id: Uuid) -> Option<Value> {
+    s.get(table, &id)
+        .unwrap()
+        .filter(|r| r.state.is_alive())
+        .map(|r| Value::Object(r.state.live_fields()))
+}
+
+fn counts(s: &Store) -> Vec<(String, TableCounts)> {
+    s.tables().unwrap()
+}
+
+/// Everything a refused batch must leave untouched.
+fn snapshot(s: &Store) -> (u64, Vec<(String, TableCounts)>, usize, usize) {
+    (
+        s.seq(),
+        counts(s),
+        s.changes_since(0, usize::MAX).unwrap().len(),
+        s.conflicts().unwrap().len(),
+    )
+}
+
+fn tc(live: u64, deleted: u64) -> TableCounts {
+    TableCounts { live, deleted }
+}
+
+#[test]
+fn reopen_keeps_records_instance_feed_and_clock() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = Uuid::new_v4();
+    let (instance, seq, stamp) = {
+        let s = Store::open(dir.path(), Config::default()).unwrap();
+        s.set_instance_info(Some("laptop7".into()), Some("Team B".into()), None)
+            .unwrap();
+        put(&s, "person", id, json!({"name": "Ana", "age": 3}));
+        patch(&s, "person", id, json!({"age": 4}));
+        let rec = s.get("person", &id).unwrap().unwrap();
+        (s.instance().clone(), s.seq(), rec.state.fields["age"].stamp)
+    };
+    let s = Store::open(dir.path(), Config::default()).unwrap();
+    assert_eq!(s.instance(), instance, "same id, name and owner");
+    assert_eq!(s.instance().name, "laptop7");
+    assert_eq!(s.seq(), seq);
+    assert_eq!(
+        live(&s, "person", id),
+        Some(json!({"name": "Ana", "age": 4}))
+    );
+    assert_eq!(s.history("person", &id).unwrap().len(), 2);
+    assert_eq!(counts(&s), vec![("person".to_string(), tc(1, 0))]);
+    // The feed and the clock continue after the reopen instead of restarting.
+    assert_eq!(
+        patch(&s, "person", id, json!({"age": 5})),
+        OpResult::Written(seq + 1)
+    );
+    let after = s.get("person", &id).unwrap().unwrap().state.fields["age"].stamp;
+    assert!(after > stamp);
+    drop(s);
+    // A second open of the same directory while one is open is refused, not corrupting.
+    let a = Store::open(dir.path(), Config::default()).unwrap();
+    assert!(matches!(
+        Store::open(dir.path(), Config::default()),
+        Err(StoreError::Locked(_))
+    ));
+    drop(a);
+}
+
+#[test]
+fn changes_since_returns_each_changed_record_once_at_its_latest_seq() {
+    let s = node("");
+    let [a, b, c] = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+    assert_eq!(put(&s, "person", a, json!({"n": 1})), OpResult::Written(1));
+    put(&s, "person", b, json!({"n": 2}));
+    patch(&s, "person", a, json!({"n": 3}));
+    put(&s, "shelter", c, json!({"beds": 4}));
+    write(&s, "person", b, Edit::Delete);
+    // Writing nothing moves nothing.
+    assert_eq!(put(&s, "person", a, json!({"n": 3})), OpResult::Unchanged);
+    assert_eq!(s.seq(), 5);
+
+    let all = s.changes_since(0, 100).unwrap();
+    let seen: Vec<(u64, &str, Uuid)> = all
+        .iter()
+        .map(|(q, t, id, _)| (*q, t.as_str(), *id))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(3, "person", a), (4, "shelter", c), (5, "person", b)]
+    );
+    for (q, t, id, rec) in &all {
+        assert_eq!(rec.seq, *q);
+        assert_eq!(rec, &s.get(t, id).unwrap().unwrap(), "the current record");
+    }
+    assert!(!all[2].3.state.is_alive(), "deletes are in the feed too");
+    let after3: Vec<Uuid> = s
+        .changes_since(3, 100)
+        .unwrap()
+        .iter()
+        .map(|c| c.2)
+        .collect();
+    assert_eq!(after3, vec![c, b]);
+    let first: Vec<u64> = s.changes_since(0, 1).unwrap().iter().map(|c| c.0).collect();
+    assert_eq!(first, vec![3], "limit");
+    assert!(s.changes_since(5, 100).unwrap().is_empty());
+}
+
+#[test]
+fn a_remote_page_with_one_invalid_change_writes_nothing() {
+    let a = node("");
+    let b = node("local_only = [\"secrets\"]\n");
+    let ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        put(&a, "person", *id, json!({"n": i}));
+    }
+    put(&a, "secrets", Uuid::new_v4(), json!({"pin": 1}));
+    let existing = Uuid::new_v4();
+    put(&b, "person", existing, json!({"n": "mine"}));
+    let before = snapshot(&b);
+    let good: Vec<RemoteChange> = ids.iter().map(|id| change(&a, "person", *id)).collect();
+
+    let bad_table = RemoteChange {
+        table: "Bad!".into(),
+        ..good[0].clone()
+    };
+    let local_only = RemoteChange {
+        table: "secrets".into(),
+        ..good[1].clone()
+    };
+    let mut too_big = good[2].clone();
+    too_big.id = Uuid::new_v4();
+    let mut f = too_big.state.fields["n"].clone();
+    f.value = Some(Value::String("x".repeat(crate::model::MAX_RECORD_BYTES)));
+    too_big.state.fields.insert("blob".into(), f);
+    let mut touching_existing = change(&a, "person", ids[0]);
+    touching_existing.id = existing;
+
+    for (bad, what) in [
+        (bad_table, "invalid"),
+        (local_only, "local-only"),
+        (too_big, "1 MiB"),
+    ] {
+        let mut page = good.clone();
+        page.push(touching_existing.clone());
+        page.push(bad);
+        let e = b
+            .apply_remote(Some(a.instance().id), &page, |_| Ok(()))
+            .unwrap_err();
+        assert!(e.is_invalid_input(), "{e}");
+        assert!(e.to_string().contains(what), "{e}");
+        assert_eq!(snapshot(&b), before, "{e}");
+        for id in &ids {
+            assert!(b.get("person", id).unwrap().is_none());
+        }
+        assert_eq!(live(&b, "person", existing), Some(json!({"n": "mine"})));
+    }
+
+    // The caller's own writes share the batch: if they fail, the page is not applied either.
+    let e = b
+        .apply_remote(Some(a.instance().id), &good, |_| {
+            Err(StoreError::BadResolution("bookkeeping failed".into()))
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("bookkeeping"));
+    assert_eq!(snapshot(&b), before);
+
+    let stats = b
+        .apply_remote(Some(a.instance().id), &good, |_| Ok(()))
+        .unwrap();
+    assert_eq!(stats.applied, 3);
+    assert_eq!(stats.inserted, 3);
+    assert_eq!(counts(&b), vec![("person".to_string(), tc(4, 0))]);
+}
+
+#[test]
+fn remote_name_clash_keeps_both_and_logs_it_but_a_local_clash_is_refused() {
+    let cfg = "unique = [\"package.name\"]\n";
+    let (a, b) = (node(cfg), node(cfg));
+    let (theirs, mine) = (Uuid::new_v4(), Uuid::new_v4());
+    put(
+        &a,
+        "package",
+        theirs,
+        json!({"name": "water-kit", "qty": 1}),
+    );
+    put(&b, "package", mine, json!({"name": "water-kit", "qty": 2}));
+
+    let stats = send(&a, &b, &[("package", theirs)]);
+    assert_eq!(stats.conflicts, 1);
+    assert_eq!(live(&b, "package", theirs).unwrap()["qty"], 1, "both kept");
+    assert_eq!(live(&b, "package", mine).unwrap()["qty"], 2);
+    assert_eq!(counts(&b), vec![("package".to_string(), tc(2, 0))]);
+    let log = b.conflicts().unwrap();
+    assert_eq!(log.len(), 1);
+    let c = &log[0];
+    assert_eq!(
+        (c.record, c.peer, c.resolved.as_ref()),
+        (theirs, Some(a.instance().id), None)
+    );
+    assert_eq!(
+        c.detail,
+        ConflictDetail::NameClash {
+            field: "name".into(),
+            value: json!("water-kit"),
+            other: mine,
+        }
+    );
+    assert_eq!(b.conflicts_of("package", &theirs).unwrap(), vec![c.id]);
+
+    // Locally, a third record with the name is refused and nothing is written.
+    let seq = b.seq();
+    let e = b
+        .write_one(LocalOp {
+            table: "package".into(),
+            id: Uuid::new_v4(),
+            edit: Edit::Put(fields(json!({"name": "water-kit"}))),
+        })
+        .unwrap_err();
+    assert!(matches!(e, StoreError::UniqueClash { .. }), "{e}");
+    assert!(e.is_invalid_input());
+    assert_eq!(b.seq(), seq);
+
+    // Renaming settles it: the value is then free for a new record.
+    let resolved = b
+        .resolve_conflict(c.id, Keep::Value(json!("water-kit-2")))
+        .unwrap();
+    assert!(resolved.resolved.is_some());
+    assert_eq!(live(&b, "package", theirs).unwrap()["name"], "water-kit-2");
+    assert!(b.conflicts().unwrap().iter().all(|c| c.resolved.is_some()));
+}
+
+#[test]
+fn the_same_remote_state_twice_adds_no_history() {
+    let (a, b, c) = (node(""), node(""), node(""));
+    let id = Uuid::new_v4();
+    put(
+        &a,
+        "person",
+        id,
+        json!({"name": "Ana", "status": "missing"}),
+    );
+    patch(&a, "person", id, json!({"status": "sighted"}));
+    let stamps = |s: &Store| -> Vec<crate::clock::Hlc> {
+        s.history("person", &id)
+            .unwrap()
+            .iter()
+            .map(|h| h.revision.at)
+            .collect()
+    };
+
+    assert_eq!(send(&a, &b, &[("person", id)]).applied, 1);
+    assert_eq!(
+        stamps(&b),
+        stamps(&a),
+        "one revision per event, same stamps"
+    );
+    let seq = b.seq();
+    assert_eq!(send(&a, &b, &[("person", id)]).applied, 0);
+    assert_eq!(stamps(&b).len(), 2);
+    assert_eq!(b.seq(), seq, "a no-op page writes nothing");
+
+    // The same events arriving by another route (a → c → b) are not recorded again.
+    patch(&a, "person", id, json!({"status": "found_alive"}));
+    send(&a, &c, &[("person", id)]);
+    send(&c, &b, &[("person", id)]);
+    send(&a, &b, &[("person", id)]);
+    assert_eq!(stamps(&b), stamps(&a));
+    assert_eq!(stamps(&b).len(), 3);
+    let h = b.history("person", &id).unwrap();
+    assert_eq!(
+        h[2].source,
+        Source::Peer(c.instance().id),
+        "arrived first via c"
+    );
+    assert_eq!(live(&b, "person", id), live(&a, "person", id));
+}
+
+/// Two stores that both edit `status` of one record without seeing each other's edit, then `b`
+/// receives `a`'s state: returns the conflict `b` logged.
+fn concurrent_status_edits(a: &Store, b: &Store, id: Uuid) -> ConflictEntry {
+    put(a, "person", id, json!({"name": "Ana", "status": "missing"}));
+    send(a, b, &[("person", id)]);
+    patch(a, "person", id, json!({"status": "found_alive"}));
+    patch(b, "person", id, json!({"status": "sighted"}));
+    let stats = send(a, b, &[("person", id)]);
+    assert_eq!(stats.conflicts, 1);
+    let log = b.conflicts().unwrap();
+    assert_eq!(log.len(), 1);
+    let c = log[0].clone();
+    assert!(c.resolved.is_none());
+    match &c.detail {
+        ConflictDetail::Merge {
+            conflict:
+                Conflict::Field {
+                    field,
+                    local,
+                    remote,
+                    ..
+                },
+        } => {
+            assert_eq!(field, "status");
+            assert_eq!(local.value, Some(json!("sighted")));
+            assert_eq!(remote.value, Some(json!("found_alive")));
+        }
+        other => panic!("expected a field conflict, got {other:?}"),
+    }
+    c
+}
+
+#[test]
+fn resolving_a_conflict_writes_a_revision_that_settles_it_everywhere() {
+    let (a, b) = (node(""), node(""));
+    let id = Uuid::new_v4();
+    let c = concurrent_status_edits(&a, &b, id);
+    let (seq, revisions) = (b.seq(), b.history("person", &id).unwrap().len());
+
+    let done = b.resolve_conflict(c.id, Keep::Local).unwrap();
+    assert_eq!(done.resolved.as_ref().unwrap().how, "kept the local value");
+    assert_eq!(b.conflict(c.id).unwrap(), done, "stored resolved");
+    assert_eq!(live(&b, "person", id).unwrap()["status"], "sighted");
+    assert_eq!(b.seq(), seq + 1, "a new write that will sync");
+    let h = b.history("person", &id).unwrap();
+    assert_eq!(h.len(), revisions + 1);
+    let last = h.last().unwrap();
+    assert_eq!(last.source, Source::Local);
+    assert_eq!(last.revision.at.node, b.instance().id);
+
+    assert!(matches!(
+        b.resolve_conflict(c.id, Keep::Remote),
+        Err(StoreError::BadResolution(_))
+    ));
+    assert!(matches!(
+        b.resolve_conflict(999, Keep::Local),
+        Err(StoreError::ConflictNotFound(999))
+    ));
+
+    // The decision outranks both conflicting writes, so `a` takes it without a conflict.
+    send(&b, &a, &[("person", id)]);
+    assert_eq!(live(&a, "person", id).unwrap()["status"], "sighted");
+    assert!(a.conflicts().unwrap().is_empty());
+}
+
+#[test]
+fn a_later_write_that_saw_both_sides_supersedes_a_logged_conflict() {
+    let (a, b) = (node(""), node(""));
+    let id = Uuid::new_v4();
+    let c = concurrent_status_edits(&a, &b, id);
+    // a learns b's merged state (which has seen a's write, so a just takes it), then writes a
+    // newer value: that write has seen both sides.
+    send(&b, &a, &[("person", id)]);
+    assert!(a.conflicts().unwrap().is_empty());
+    patch(&a, "person", id, json!({"status": "closed_duplicate"}));
+    send(&a, &b, &[("person", id)]);
+
+    let settled = b.conflict(c.id).unwrap();
+    let how = &settled.resolved.expect("marked resolved").how;
+    assert!(how.starts_with("superseded"), "{how}");
+    assert_eq!(
+        live(&b, "person", id).unwrap()["status"],
+        "closed_duplicate"
+    );
+}
+
+#[test]
+fn a_write_that_did_not_see_both_sides_leaves_the_conflict_open() {
+    let (a, b) = (node(""), node(""));
+    let id = Uuid::new_v4();
+    put(
+        &a,
+        "person",
+        id,
+        json!({"name": "Ana", "status": "missing"}),
+    );
+    send(&a, &b, &[("person", id)]);
+    patch(&b, "person", id, json!({"status": "sighted"}));
+    // a's clock moves past b's edit (through another record) without a seeing that edit, so a's
+    // concurrent edit is the later one and wins at b: b's "sighted" loses and is logged.
+    let other = Uuid::new_v4();
+    put(&b, "note", other, json!({"text": "clock carrier"}));
+    send(&b, &a, &[("note", other)]);
+    patch(&a, "person", id, json!({"status": "found_alive"}));
+    send(&a, &b, &[("person", id)]);
+    let log = b.conflicts().unwrap();
+    assert_eq!(log.len(), 1);
+    assert!(matches!(
+        &log[0].detail,
+        ConflictDetail::Merge {
+            conflict: Conflict::Field {
+                chosen: crate::merge::Side::Remote,
+                ..
+            }
+        }
+    ));
+
+    // a edits again, still never having seen "sighted": nobody has looked at b's lost value, so
+    // the entry must stay open.
+    patch(&a, "person", id, json!({"status": "under_review"}));
+    send(&a, &b, &[("person", id)]);
+    assert_eq!(live(&b, "person", id).unwrap()["status"], "under_review");
+    let entry = b.conflict(log[0].id).unwrap();
+    assert!(entry.resolved.is_none(), "{:?}", entry.resolved);
+}
+
+#[test]
+fn table_counts_follow_deletes_restores_and_remote_tombstones() {
+    let (a, b) = (node(""), node(""));
+    let ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        put(&a, "person", *id, json!({"name": "x"}));
+    }
+    assert_eq!(counts(&a), vec![("person".to_string(), tc(3, 0))]);
+    write(&a, "person", ids[0], Edit::Delete);
+    assert_eq!(counts(&a), vec![("person".to_string(), tc(2, 1))]);
+    put(&a, "person", ids[0], json!({"name": "back"}));
+    assert_eq!(counts(&a), vec![("person".to_string(), tc(3, 0))]);
+    write(&a, "person", ids[1], Edit::Delete);
+
+    // b gets one record alive, then its delete; and another only as a tombstone.
+    send(&a, &b, &[("person", ids[0])]);
+    assert_eq!(counts(&b), vec![("person".to_string(), tc(1, 0))]);
+    send(&a, &b, &[("person", ids[1])]);
+    assert_eq!(counts(&b), vec![("person".to_string(), tc(1, 1))]);
+    write(&a, "person", ids[0], Edit::Delete);
+    send(&a, &b, &[("person", ids[0]), ("person", ids[2])]);
+    assert_eq!(counts(&b), vec![("person".to_string(), tc(1, 2))]);
+    assert_eq!(counts(&b), counts(&a));
+    // Counts agree with what a scan finds.
+    let scanned = b
+        .scan_table("person")
+        .filter(|r| r.as_ref().unwrap().1.state.is_alive())
+        .count();
+    assert_eq!(scanned, 1);
+}
+
+#[test]
+fn history_rebuilds_the_creating_revision_from_later_changes() {
+    let s = node("");
+    let id = Uuid::new_v4();
+    put(&s, "person", id, json!({"a": 1, "b": 2}));
+    patch(&s, "person", id, json!({"a": 3}));
+    patch(&s, "person", id, json!({"b": null, "c": 4}));
+    put(&s, "person", id, json!({"a": 5, "c": 4}));
+    let h = s.history("person", &id).unwrap();
+    assert_eq!(h.len(), 4);
+    assert_eq!(h[0].revision.kind, crate::merge::RevisionKind::Create);
+    let created: Vec<(String, serde_json::Value)> = h[0]
+        .revision
+        .changes
+        .iter()
+        .map(|c| (c.field.clone(), c.new.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        created,
+        vec![("a".to_string(), json!(1)), ("b".to_string(), json!(2))]
+    );
+    assert!(h.windows(2).all(|w| w[0].revision.at < w[1].revision.at));
+}

@@ -57,6 +57,16 @@ impl<'a> Txn<'a> {
         Ok(keys.into_iter().collect())
     }
 
+    /// Number of pending writes.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// True when nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
     /// Applies every write atomically.
     pub(crate) fn commit(self) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();

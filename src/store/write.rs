@@ -5,11 +5,11 @@
 
 use super::keys;
 use super::{
-    decode, encode, ConflictDetail, ConflictEntry, HistoryEntry, Resolution, Source, Store,
-    StoreError, StoredRecord, TableCounts, Txn, WriterState,
+    decode, encode, ConflictDetail, ConflictEntry, Created, HistoryEntry, Resolution, Source,
+    Store, StoreError, StoredRecord, TableCounts, Txn, WriterState,
 };
 use crate::clock::{wall_millis, Clock};
-use crate::merge::{self, Conflict, Edit, EditError, MergeKind, Revision};
+use crate::merge::{self, Conflict, Edit, EditError, MergeKind, Revision, RevisionKind};
 use crate::model::{check_fields, covers, validate_table, RecordState, ValidationError};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -120,6 +120,7 @@ struct Batch<'a> {
     w: WriterState,
     now: DateTime<Utc>,
     wall: u64,
+    started: std::time::Instant,
 }
 
 /// What to persist for one record.
@@ -137,6 +138,8 @@ struct Persist<'a> {
     peer: Option<Uuid>,
     /// Set when the new state is exactly what this peer sent (insert or fast-forward).
     echo_of: Option<Uuid>,
+    /// For remote changes, what the sender's state had seen (None: a local write).
+    writer_vv: Option<crate::model::VersionVector>,
 }
 
 impl Store {
@@ -153,6 +156,7 @@ impl Store {
             w,
             now: Utc::now(),
             wall: wall_millis(),
+            started: std::time::Instant::now(),
         };
         (guard, batch)
     }
@@ -166,8 +170,18 @@ impl Store {
         b.txn.put(keys::meta("clock"), encode(&b.w.clock.last()));
         b.txn
             .put(keys::meta("next_conflict"), encode(&b.w.next_conflict));
+        let t = std::time::Instant::now();
+        let writes = b.txn.len();
         b.txn.commit()?;
+        let committed = t.elapsed();
         self.db.flush()?;
+        tracing::debug!(
+            writes,
+            built_ms = (t - b.started).as_millis() as u64,
+            commit_ms = committed.as_millis() as u64,
+            flush_ms = (t.elapsed() - committed).as_millis() as u64,
+            "batch written"
+        );
         let seq = b.w.seq;
         *guard = b.w;
         self.changed
@@ -286,6 +300,7 @@ impl Store {
                 reported,
                 peer,
                 echo_of,
+                writer_vv: Some(state.vv.clone()),
             })?;
             stats.conflicts += logged;
         }
@@ -403,6 +418,7 @@ impl Batch<'_> {
             reported: vec![],
             peer: None,
             echo_of: None,
+            writer_vv: None,
         })?;
         Ok(OpResult::Written(self.w.seq))
     }
@@ -501,7 +517,16 @@ impl Batch<'_> {
             }
         }
 
+        let mut created = p.prev.as_ref().and_then(|r| r.created.clone());
         for revision in p.revisions {
+            if p.prev.is_none() && created.is_none() && revision.kind == RevisionKind::Create {
+                created = Some(Created {
+                    at: revision.at,
+                    source: p.source,
+                    applied_at: self.now,
+                });
+                continue;
+            }
             let hk = keys::history(&suffix, &revision.at);
             if self.txn.get(&hk)?.is_none() {
                 let e = HistoryEntry {
@@ -509,12 +534,15 @@ impl Batch<'_> {
                     source: p.source,
                     applied_at: self.now,
                 };
-                self.txn.put(hk, encode(&e));
+                self.txn.put(hk, super::encode_compact(&e));
             }
         }
 
         if p.prev.is_some() {
-            self.supersede(&suffix, &p.state, &p.touched)?;
+            // A later write settles a conflict only if its writer had seen both sides: judge by
+            // the writer's own knowledge (the incoming state), not our merged one.
+            let writer_vv = p.writer_vv.as_ref().unwrap_or(&p.state.vv);
+            self.supersede(&suffix, &p.state, writer_vv, &p.touched)?;
         }
         let logged = conflicts.len() as u64;
         let first_id = self.w.next_conflict - logged;
@@ -546,6 +574,7 @@ impl Batch<'_> {
             seq,
             fseq,
             conflict_seq,
+            created,
         };
         self.txn.put(keys::record(&suffix), encode_record(&rec));
         Ok(logged)
@@ -556,6 +585,7 @@ impl Batch<'_> {
         &mut self,
         suffix: &[u8],
         state: &RecordState,
+        writer_vv: &crate::model::VersionVector,
         touched: &[String],
     ) -> Result<(), StoreError> {
         let prefix = keys::conflicts_of(suffix);
@@ -586,8 +616,8 @@ impl Batch<'_> {
             let later = now.stamp != local.stamp && now.stamp != remote.stamp;
             if touched.contains(field)
                 && later
-                && covers(&state.vv, &local.stamp)
-                && covers(&state.vv, &remote.stamp)
+                && covers(writer_vv, &local.stamp)
+                && covers(writer_vv, &remote.stamp)
             {
                 entry.resolved = Some(Resolution {
                     at: self.now,
@@ -602,10 +632,10 @@ impl Batch<'_> {
 
 /// Records use the compact (array) encoding: they are the bulk of the database.
 pub(crate) fn encode_record(r: &StoredRecord) -> Vec<u8> {
-    rmp_serde::to_vec(r).expect("in-memory records always encode")
+    super::encode_compact(r)
 }
 
 /// Decodes a record stored by [`encode_record`].
 pub(crate) fn decode_record(b: &[u8]) -> Result<StoredRecord, StoreError> {
-    rmp_serde::from_slice(b).map_err(|e| StoreError::Decode(e.to_string()))
+    super::decode_compact(b)
 }

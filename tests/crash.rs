@@ -1,0 +1,131 @@
+//! Power cut during an import: `fieldsync import` is one atomic batch, so a process killed with
+//! SIGKILL at any moment must leave a database that opens and holds either none or all of the
+//! imported records.
+
+mod common;
+
+use common::Instance;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Enough records that an import runs for seconds in a debug build (about 2 s here for 8,000).
+/// Most of that time builds the batch in memory; sled writes it out in the last ~15%.
+const RECORDS: u64 = 8_000;
+
+/// SHA-256 of nothing: the digest of an empty table.
+const EMPTY_SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// When to pull the plug.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    /// After this fraction of a complete import's duration: while the batch is being built.
+    Time(f64),
+    /// Once sled's data file has grown to this fraction of a complete import's: while the
+    /// batch is being written, a window too short to hit reliably by time alone.
+    Written(f64),
+}
+
+fn db_file_len(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join("db").join("db")).map_or(0, |m| m.len())
+}
+
+#[test]
+fn import_killed_at_any_moment_leaves_none_or_all_records() {
+    let reference = Instance::new();
+    let file = reference.scratch("big.jsonl");
+    let mut w = BufWriter::new(std::fs::File::create(&file).unwrap());
+    fieldsync::gen::write_records(RECORDS, 77, &mut w).unwrap();
+    w.flush().unwrap();
+    drop(w);
+    let file = file.to_str().unwrap();
+
+    let started = Instant::now();
+    reference.ok(&["import", "person", file]);
+    let full_time = started.elapsed();
+    let full = reference.digest(&["person"]);
+    assert_eq!(full.0, RECORDS);
+    let full_len = db_file_len(&reference.dir());
+    // An empty database's file, to tell "writing the batch" from "just opened".
+    let empty_len = {
+        let e = Instance::new();
+        e.ok(&["status"]);
+        db_file_len(&e.dir())
+    };
+    assert!(full_len > 4 * empty_len, "{full_len} vs {empty_len}");
+
+    let points = [
+        KillAt::Time(0.05),
+        KillAt::Time(0.4),
+        KillAt::Written(0.05),
+        KillAt::Written(0.5),
+        KillAt::Written(0.95),
+    ];
+    let mut outcomes = Vec::new();
+    for (n, at) in points.into_iter().enumerate() {
+        let inst = Instance::new();
+        let mut import = inst.spawn(&["import", "person", file]);
+        match at {
+            KillAt::Time(f) => std::thread::sleep(full_time.mul_f64(f)),
+            KillAt::Written(f) => {
+                let target = empty_len + ((full_len - empty_len) as f64 * f) as u64;
+                let deadline = Instant::now() + common::COMMAND_TIMEOUT;
+                while import.running()
+                    && db_file_len(&inst.dir()) < target
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        let len_at_kill = db_file_len(&inst.dir());
+        let killed_mid_import = import.kill9();
+
+        // The database opens, and the table is all or nothing.
+        let tables = inst.ok(&["tables"]).lines();
+        let (count, sha) = inst.digest(&["person"]);
+        let state = if count == 0 {
+            assert_eq!(sha, EMPTY_SHA);
+            assert!(
+                tables.iter().all(|t| t["live"] == 0 && t["deleted"] == 0),
+                "counts say records exist while the table is empty: {tables:?}"
+            );
+            "empty"
+        } else {
+            assert_eq!(
+                (count, &sha),
+                (full.0, &full.1),
+                "killed at {at:?}: a partial import survived"
+            );
+            assert_eq!(
+                tables,
+                vec![serde_json::json!({"table": "person", "live": RECORDS, "deleted": 0})]
+            );
+            "complete"
+        };
+        outcomes.push((at, killed_mid_import, len_at_kill, state));
+
+        if n == 3 {
+            // A recovered database also takes writes: the same import completes.
+            inst.ok(&["import", "person", file]);
+            assert_eq!(inst.digest(&["person"]), full);
+        }
+    }
+    eprintln!(
+        "import of {RECORDS} records: {full_time:?}, db file {empty_len} -> {full_len} bytes; \
+         kills (when, mid-import, db bytes at kill, result): {outcomes:?}"
+    );
+    let mid = outcomes.iter().filter(|o| o.1).count();
+    assert!(
+        mid >= 3,
+        "fewer than 3 kills landed during an import: {outcomes:?}"
+    );
+    let mid_write = outcomes
+        .iter()
+        .filter(|o| o.1 && o.2 > empty_len && o.2 < full_len)
+        .count();
+    assert!(
+        mid_write >= 1,
+        "no kill landed while the batch was written: {outcomes:?}"
+    );
+}
