@@ -22,7 +22,7 @@ const WALL_MS: u64 = 1_700_000_000_000;
 ///
 /// The bytes are tried as a whole `Page` (JSON), as the `data` of a `json` page, as the base64
 /// payload of a `msgpack+zstd` page (so zstd sees them raw), and zstd-compressed as that payload
-/// (so MessagePack decoding sees them raw).
+/// (so the packed MessagePack layout, `protocol::pack`, sees them raw).
 pub fn page_bytes(data: &[u8]) {
     if let Ok(page) = serde_json::from_slice::<Page>(data) {
         check_page(&page);
@@ -35,12 +35,10 @@ pub fn page_bytes(data: &[u8]) {
     let count = u32::from(data.first().copied().unwrap_or(0) & 0x0f);
     check_page(&page_of(ENC_ZSTD, b64(data), count));
     if let Ok(packed) = zstd::bulk::compress(data, 1) {
-        // A one-element array header in front makes a page of one change the common case.
         check_page(&page_of(ENC_ZSTD, b64(&packed), count));
-        let mut one = vec![0x91];
-        one.extend_from_slice(data);
-        if let Ok(packed) = zstd::bulk::compress(&one, 1) {
-            check_page(&page_of(ENC_ZSTD, b64(&packed), 1));
+        // The packed layout's row count is its table column: try the count it implies too.
+        if let Ok(changes) = protocol::pack::unpack(data) {
+            check_page(&page_of(ENC_ZSTD, b64(&packed), changes.len() as u32));
         }
     }
 }
@@ -151,12 +149,14 @@ fn node(c: &mut Choices<'_>) -> Uuid {
     Uuid::from_u128(NODES[c.below(NODES.len() as u8) as usize])
 }
 
-/// Mostly small clock values (so states overlap and conflict), sometimes extreme ones.
+/// Mostly small clock values (so states overlap and conflict), sometimes extreme ones: both
+/// sides of the largest stamp a receiver accepts, and the top of the range.
 fn ts(c: &mut Choices<'_>) -> u64 {
     match c.byte() {
-        250 => u64::MAX,
-        251 => u64::MAX - 1,
-        252 => 1 << 63,
+        249 => u64::MAX,
+        250 => protocol::MAX_STAMP_TS + 1,
+        251 => protocol::MAX_STAMP_TS,
+        252 => protocol::MAX_STAMP_TS - 1,
         253 => crate::clock::ts_from_millis(WALL_MS),
         254 => crate::clock::ts_from_millis(WALL_MS) + 1,
         b => u64::from(b % 12) + 1,
@@ -268,6 +268,28 @@ pub fn merge_bytes(data: &[u8]) {
     let r1 = state(&mut c);
     let r2 = state(&mut c);
     let l = local.as_ref();
+    if let Some(s) = l
+        .into_iter()
+        .chain([&r1, &r2])
+        .find(|s| !protocol::stamps_in_range(s))
+    {
+        // Such a state never reaches the merge: a page carrying it is refused.
+        let ch = [RemoteChange {
+            table: "t".into(),
+            id: Uuid::nil(),
+            state: s.clone(),
+            conflicts: vec![],
+        }];
+        for enc in [ENC_JSON, ENC_ZSTD] {
+            let data = protocol::encode_changes(&ch, enc).expect("encodes");
+            let page = page_of(enc, data, 1);
+            assert!(
+                protocol::decode_changes(&page).is_err(),
+                "far-future stamp accepted"
+            );
+        }
+        return;
+    }
 
     // Idempotence: receiving the same state again is a no-op that records nothing.
     let once = merge_remote(l, &r1);

@@ -4,13 +4,14 @@
 //!
 //! The checks run on threads with the stack size of the agent's threads (tokio's 2 MiB), so an
 //! input that only overflows a small stack fails here as it would in the agent.
-//! `FIELDSYNC_WRITE_SEEDS=1 cargo test --test fuzz_corpus` rewrites the seed files of
-//! `fuzz/corpus/` from the pages built here.
+//! `FIELDSYNC_WRITE_SEEDS=1 cargo test --test fuzz_corpus` rewrites the seed and regression
+//! files in `fuzz/` from the pages built here.
 
 use fieldsync::clock::Hlc;
 use fieldsync::fuzzing::{merge_bytes, page_bytes, pseudo_random_inputs};
 use fieldsync::merge::{Conflict, Side};
 use fieldsync::model::{FieldState, RecordState};
+use fieldsync::protocol::pack::pack;
 use fieldsync::protocol::{encode_changes, Page, ENC_JSON, ENC_ZSTD};
 use fieldsync::store::{RemoteChange, ReportedConflict};
 use serde_json::json;
@@ -168,17 +169,79 @@ fn seed_pages() -> Vec<(String, Vec<u8>)> {
             format!("seed-data-json-{n}"),
             serde_json::to_vec(chs).unwrap(),
         ));
-        // Raw MessagePack: `page_bytes` compresses it itself, so the decoder sees it as is.
-        out.push((format!("seed-msgpack-{n}"), rmp_serde::to_vec(chs).unwrap()));
+        // The packed layout uncompressed: `page_bytes` compresses it itself.
+        out.push((format!("seed-packed-{n}"), pack(chs).unwrap()));
     }
     out
 }
 
+/// Pages that broke the receiver before it was fixed; `fuzz/regressions/sync_page` holds the
+/// same bytes, so `cargo fuzz run sync_page fuzz/regressions/sync_page` replays them.
+fn regression_pages() -> Vec<(String, Vec<u8>)> {
+    let node = Uuid::from_u128(0xa);
+    let one = |ts: u64, value: serde_json::Value| {
+        let mut state = RecordState::default();
+        state.fields.insert(
+            "n".into(),
+            FieldState {
+                value: Some(value),
+                stamp: Hlc { ts, node },
+            },
+        );
+        state.vv.insert(node, ts);
+        vec![RemoteChange {
+            table: "person".into(),
+            id: Uuid::from_u128(1),
+            state,
+            conflicts: vec![],
+        }]
+    };
+    let json_page = |changes: &[RemoteChange]| {
+        let page = Page {
+            since: 0,
+            next: 1,
+            more: false,
+            count: 1,
+            encoding: ENC_JSON.into(),
+            data: encode_changes(changes, ENC_JSON).unwrap(),
+        };
+        serde_json::to_vec(&page).unwrap()
+    };
+    // A value nested 1000 deep (just inside MessagePack's own limit of 1024) in the packed
+    // layout: decoding it overflowed a 2 MiB stack and aborted the agent.
+    let packed = pack(&one(70, json!("DEEP"))).unwrap();
+    let at = packed
+        .windows(5)
+        .position(|w| w == b"\xa4DEEP")
+        .expect("the marker string");
+    let mut deep = packed[..at].to_vec();
+    deep.extend(std::iter::repeat_n(0x91, 1000));
+    deep.push(0xc0);
+    deep.extend_from_slice(&packed[at + 5..]);
+    vec![
+        ("regression-deep-packed".into(), deep),
+        // The receiver's clock observed u64::MAX and overflowed on its next local edit.
+        (
+            "regression-stamp-u64-max".into(),
+            json_page(&one(u64::MAX, json!(1))),
+        ),
+        // Over i64::MAX the packed layout's ts deltas overflow when the record is sent on.
+        (
+            "regression-stamp-past-i64".into(),
+            json_page(&one(1 << 63, json!(1))),
+        ),
+    ]
+}
+
 fn write_seeds(target: &str, seeds: &[(String, Vec<u8>)]) {
+    write_files("corpus", target, seeds);
+}
+
+fn write_files(kind: &str, target: &str, seeds: &[(String, Vec<u8>)]) {
     if std::env::var_os("FIELDSYNC_WRITE_SEEDS").is_none() {
         return;
     }
-    let dir = fuzz_dir().join("corpus").join(target);
+    let dir = fuzz_dir().join(kind).join(target);
     std::fs::create_dir_all(&dir).unwrap();
     for (name, data) in seeds {
         std::fs::write(dir.join(name), data).unwrap();
@@ -189,14 +252,21 @@ fn write_seeds(target: &str, seeds: &[(String, Vec<u8>)]) {
 fn sync_page_corpus_and_regressions() {
     let seeds = seed_pages();
     write_seeds("sync_page", &seeds);
+    let regressions = regression_pages();
+    write_files("regressions", "sync_page", &regressions);
     let mut inputs = labelled(committed("sync_page"));
     inputs.extend(seeds);
+    inputs.extend(regressions);
     run_all("sync_page corpus", inputs, page_bytes);
 }
 
 #[test]
 fn sync_page_pseudo_random_inputs() {
-    run_all("sync_page random", random(0x5eed_0001, 3000, 256), page_bytes);
+    run_all(
+        "sync_page random",
+        random(0x5eed_0001, 3000, 256),
+        page_bytes,
+    );
 }
 
 #[test]
