@@ -606,3 +606,67 @@ fn the_control_endpoint_is_local_and_needs_the_token() {
     assert_eq!(r["result"]["code"], 0, "{r}");
     node.ok(&["get", "person", &id]);
 }
+
+/// 7. Pages a member crafts to break the receiver are refused, and the agent stays up and
+/// keeps working: a value nested as deep as MessagePack allows, and stamps at the top of the
+/// clock's range.
+#[test]
+fn hostile_pages_from_a_member_are_refused_and_the_agent_stays_up() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let host = coord.enroll("host");
+    let a = coord.enroll("a");
+    let agent = host.start(&[]);
+    let a_id = a.id();
+    let cfg = tls_client(&a.credential(), false);
+    let call = |method: &str, params: &Value| {
+        rpc_tls(&cfg, "127.0.0.1", agent.sock(), method, params).expect("an answer")
+    };
+    assert!(call("fieldsync_hello", &hello(&a_id))["result"].is_object());
+
+    let mut deep = change("person", Uuid::new_v4(), &a_id, json!({"n": "DEEP"}));
+    let packed = protocol::pack::pack(std::slice::from_ref(&deep)).unwrap();
+    let at = packed.windows(5).position(|w| w == b"\xa4DEEP").unwrap();
+    let mut nested = packed[..at].to_vec();
+    nested.extend(std::iter::repeat_n(0x91, 1000));
+    nested.push(0xc0);
+    nested.extend_from_slice(&packed[at + 5..]);
+    let data = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        zstd::bulk::compress(&nested, 3).unwrap(),
+    );
+    let mut req = push(&a_id, std::slice::from_ref(&deep), ENC_ZSTD);
+    req["page"]["data"] = json!(data);
+    let r = call("fieldsync_push", &req);
+    assert_eq!(error_code(&r), Some(1004), "{r}");
+
+    let node: Uuid = a_id.parse().unwrap();
+    for ts in [u64::MAX, 1 << 63] {
+        deep.state.fields.get_mut("n").unwrap().stamp.ts = ts;
+        deep.state.vv.insert(node, ts);
+        let r = call(
+            "fieldsync_push",
+            &push(&a_id, std::slice::from_ref(&deep), ENC_JSON),
+        );
+        assert_eq!(error_code(&r), Some(1004), "{r}");
+        assert!(r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("year 4000"));
+    }
+
+    assert_eq!(agent.live()["running"], true, "{}", agent.log());
+    assert_eq!(host.status()["feed_seq"], 0);
+    // Local edits still get stamps (the clock did not take the hostile ones in) ...
+    let mine = host.put("person", json!({"name": "after the attack"}));
+    // ... and the member's ordinary pages are still applied.
+    let fine = change("person", Uuid::new_v4(), &a_id, json!({"name": "ordinary"}));
+    let r = call(
+        "fieldsync_push",
+        &push(&a_id, std::slice::from_ref(&fine), ENC_ZSTD),
+    );
+    assert_eq!(r["result"]["stats"]["applied"], 1, "{r}");
+    host.ok(&["get", "person", &mine]);
+    host.ok(&["get", "person", &fine.id.to_string()]);
+    assert_eq!(agent.live()["running"], true, "{}", agent.log());
+}
