@@ -128,7 +128,7 @@ fn seed_pages() -> Vec<(String, Vec<u8>)> {
             reason: "concurrent edits".into(),
         },
     };
-    let changes = vec![
+    let changes = [
         RemoteChange {
             table: "person".into(),
             id: Uuid::from_u128(1),

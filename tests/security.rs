@@ -87,7 +87,7 @@ fn person_count(n: &Node) -> u64 {
     n.digest(&["person"]).0
 }
 
-/// 1. While a member keeps syncing, a stranger of another deployment, a revoked laptop, a
+/// Part 1: While a member keeps syncing, a stranger of another deployment, a revoked laptop, a
 /// client without a certificate and a plaintext client all get nothing and change nothing.
 #[test]
 fn strangers_revoked_and_plaintext_clients_are_refused_while_a_member_syncs() {
@@ -223,7 +223,7 @@ fn assert_no_refusal_of_member(agent: &Agent) {
     assert_eq!(agent.live()["throttled_connections"], 0);
 }
 
-/// 2. A member's certificate speaks for that member only.
+/// Part 2: A member's certificate speaks for that member only.
 #[test]
 fn a_member_cannot_speak_for_another_instance() {
     let coord = Node::new("coord");
@@ -277,7 +277,7 @@ fn a_member_cannot_speak_for_another_instance() {
     assert!(r["result"]["peer"]["instance"].is_string(), "{r}");
 }
 
-/// 3. A revocation reaches laptops the coordinator never meets, and only the CA can make one.
+/// Part 3: A revocation reaches laptops the coordinator never meets, and only the CA can make one.
 #[test]
 fn revocations_travel_with_the_data_and_only_the_ca_can_revoke() {
     let coord = Node::new("coord");
@@ -426,7 +426,7 @@ fn revocations_travel_with_the_data_and_only_the_ca_can_revoke() {
     coord.ok(&["sync", &agent_b.addr]);
 }
 
-/// 4. Plaintext only when asked for, on both ends, and never mixed with TLS.
+/// Part 4: Plaintext only when asked for, on both ends, and never mixed with TLS.
 #[test]
 fn plaintext_must_be_asked_for_and_does_not_mix_with_tls() {
     let loner = Node::new("loner");
@@ -481,7 +481,7 @@ fn plaintext_must_be_asked_for_and_does_not_mix_with_tls() {
     assert_eq!(person_count(&loner), 2);
 }
 
-/// 5. Connections that never finish a handshake neither starve a member nor live forever.
+/// Part 5: Connections that never finish a handshake neither starve a member nor live forever.
 #[test]
 fn idle_and_half_open_connections_do_not_starve_members() {
     let coord = Node::new("coord");
@@ -539,9 +539,20 @@ fn idle_and_half_open_connections_do_not_starve_members() {
     member.put("person", json!({"name": "through a full house"}));
     member.ok(&["sync", &agent.addr]);
     assert_eq!(person_count(&host), 2);
+    let n = flood.len() as u64;
     drop(flood);
-    // The flood's own address was the one made to wait: its surplus connections were dropped.
-    agent.wait_counter("throttled_connections", 6);
+    // Every flood connection ends refused (timed out, or closed mid-handshake) or throttled:
+    // once its address had failed three handshakes, the surplus was dropped unserved.
+    wait_for(
+        "every flood connection to be accounted for",
+        CMD_LIMIT,
+        || {
+            let live = agent.live();
+            let refused = live["refused_connections"].as_u64().unwrap_or(0);
+            let throttled = live["throttled_connections"].as_u64().unwrap_or(0);
+            (refused + throttled >= 50 + n && throttled >= 1).then_some(())
+        },
+    );
     let lines = agent.log_lines_from("127.0.0.1");
     assert!(
         !lines.iter().any(|l| l.contains("refused")),
@@ -550,7 +561,7 @@ fn idle_and_half_open_connections_do_not_starve_members() {
     );
 }
 
-/// 6. The control endpoint is local, its token file private, and a wrong token gets nothing.
+/// Part 6: The control endpoint is local, its token file private, and a wrong token gets nothing.
 #[test]
 fn the_control_endpoint_is_local_and_needs_the_token() {
     use std::os::unix::fs::PermissionsExt;
@@ -607,7 +618,7 @@ fn the_control_endpoint_is_local_and_needs_the_token() {
     node.ok(&["get", "person", &id]);
 }
 
-/// 7. Pages a member crafts to break the receiver are refused, and the agent stays up and
+/// Part 7: Pages a member crafts to break the receiver are refused, and the agent stays up and
 /// keeps working: a value nested as deep as MessagePack allows, and stamps at the top of the
 /// clock's range.
 #[test]
