@@ -115,7 +115,7 @@ fn strangers_revoked_and_plaintext_clients_are_refused_while_a_member_syncs() {
         host.revoked().contains(&stolen.id()).then_some(())
     });
     // The agent reloads the revocations its TLS verifier consults right after the write.
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_secs(1));
     let seq_before = host.status()["feed_seq"].as_u64().unwrap();
     assert_eq!(seq_before, 1, "only the revocation so far");
 
@@ -311,7 +311,7 @@ fn revocations_travel_with_the_data_and_only_the_ca_can_revoke() {
     wait_for("B to hold the revocation", CMD_LIMIT, || {
         b.revoked().contains(&x_id).then_some(())
     });
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_secs(1));
     assert!(
         !b.ok(&["peers"]).contains(&coord.id()),
         "the coordinator reached B directly"
