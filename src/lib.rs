@@ -36,6 +36,8 @@ pub mod control;
 pub mod discovery;
 pub mod doctor;
 pub mod formats;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gen;
 pub mod merge;
 pub mod mesh;

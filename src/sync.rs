@@ -490,7 +490,8 @@ fn note_peer(row: &mut PeerRow, p: &PeerInfo, clock_ms: u64) {
     }
     row.first_seen.get_or_insert(now);
     row.last_attempt = Some(now);
-    row.clock_offset_ms = clock_ms as i64 - wall_millis() as i64;
+    // A peer's clock is whatever it says: clamp so an absurd one cannot overflow the offset.
+    row.clock_offset_ms = clock_ms.min(i64::MAX as u64) as i64 - wall_millis() as i64;
 }
 
 /// Buckets of records with ids under `prefix`, or the records themselves when there are few.

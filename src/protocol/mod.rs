@@ -306,6 +306,18 @@ fn unknown_encoding(e: &str) -> ProtocolError {
     )
 }
 
+/// Latest stamp accepted from a peer: the start of the year 4000. The receiver's clock moves
+/// past every stamp it accepts, so a stamp near `u64::MAX` would leave no room to order its next
+/// edit (the packed layout also needs every ts to fit an `i64`).
+pub const MAX_STAMP_TS: u64 = 64_060_588_800_000 << 16;
+
+/// True if every stamp in `s` is at most [`MAX_STAMP_TS`].
+pub fn stamps_in_range(s: &crate::model::RecordState) -> bool {
+    s.max_ts() <= MAX_STAMP_TS
+        && s.del_seen.values().all(|ts| *ts <= MAX_STAMP_TS)
+        && s.deleted.is_none_or(|d| d.ts <= MAX_STAMP_TS)
+}
+
 /// Decodes and bounds-checks a page body.
 pub fn decode_changes(page: &Page) -> Result<Vec<RemoteChange>, ProtocolError> {
     let invalid = |m: String| ProtocolError::new(codes::INVALID_PAGE, m);
@@ -355,6 +367,12 @@ pub fn decode_changes(page: &Page) -> Result<Vec<RemoteChange>, ProtocolError> {
         return Err(invalid(format!(
             "page goes backwards: since {} next {}",
             page.since, page.next
+        )));
+    }
+    if let Some(ch) = changes.iter().find(|c| !stamps_in_range(&c.state)) {
+        return Err(invalid(format!(
+            "record {}/{} carries a stamp dated after the year 4000",
+            ch.table, ch.id
         )));
     }
     Ok(changes)

@@ -160,9 +160,15 @@ pub fn pack(changes: &[RemoteChange]) -> Result<Vec<u8>, String> {
     rmp_serde::to_vec(&p).map_err(|e| e.to_string())
 }
 
+/// Deepest nesting accepted in a packed page, as serde_json allows in a JSON one: decoding
+/// recurses per level, and MessagePack's own limit (1024) overflows a 2 MiB thread stack.
+const MAX_DEPTH: usize = 128;
+
 /// Unpacks [`pack`]'s layout, checking every index.
 pub fn unpack(bytes: &[u8]) -> Result<Vec<RemoteChange>, String> {
-    let p: Packed = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    let p = Packed::deserialize(&mut de).map_err(|e| e.to_string())?;
     let n = p.table.len();
     if p.ids.len() != n * 16
         || p.vv.len() != n

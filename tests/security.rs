@@ -1,0 +1,687 @@
+//! Who may sync, checked the way an attacker would try it: real `fieldsync` processes, real
+//! sockets on 127.0.0.1 and real TLS.
+//!
+//! Clients that must be refused connect from other loopback addresses (127.0.0.2, .3, ...)
+//! through a relay or a bound socket: the agent backs off per address after failed
+//! handshakes, and a refused stranger on another host must not slow down the legitimate
+//! member, which connects from 127.0.0.1.
+
+#[path = "common/security.rs"]
+mod helpers;
+
+use fieldsync::clock::{ts_from_millis, wall_millis, Hlc};
+use fieldsync::mesh::CaFile;
+use fieldsync::model::{FieldState, RecordState};
+use fieldsync::protocol::{self, Hello, Page, PeerInfo, PushRequest, ENC_JSON, ENC_ZSTD};
+use fieldsync::store::RemoteChange;
+use helpers::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+fn hello(instance: &str) -> Value {
+    serde_json::to_value(Hello {
+        protocol_min: protocol::MIN_PROTOCOL_VERSION,
+        protocol_max: protocol::PROTOCOL_VERSION,
+        peer: PeerInfo {
+            instance: instance.parse().unwrap(),
+            name: "crafted".into(),
+            ..Default::default()
+        },
+        clock_ms: wall_millis(),
+        head: 1,
+        knowledge: Default::default(),
+        encodings: vec![ENC_JSON.into()],
+        local_only: vec![],
+        tables: vec!["person".into()],
+    })
+    .unwrap()
+}
+
+/// A record as `writer` would send it, with a field stamped now.
+fn change(table: &str, id: Uuid, writer: &str, fields: Value) -> RemoteChange {
+    let node: Uuid = writer.parse().unwrap();
+    let at = Hlc {
+        ts: ts_from_millis(wall_millis()),
+        node,
+    };
+    let mut state = RecordState::default();
+    for (k, v) in fields.as_object().unwrap() {
+        state.fields.insert(
+            k.clone(),
+            FieldState {
+                value: Some(v.clone()),
+                stamp: at,
+            },
+        );
+    }
+    state.vv.insert(node, at.ts);
+    RemoteChange {
+        table: table.into(),
+        id,
+        state,
+        conflicts: vec![],
+    }
+}
+
+/// A push of one page (`since` 0) in `encoding`, claiming to come from `from`.
+fn push(from: &str, changes: &[RemoteChange], encoding: &str) -> Value {
+    serde_json::to_value(PushRequest {
+        from: from.parse().unwrap(),
+        page: Page {
+            since: 0,
+            next: changes.len() as u64,
+            more: false,
+            count: changes.len() as u32,
+            encoding: encoding.into(),
+            data: protocol::encode_changes(changes, encoding).unwrap(),
+        },
+        knowledge: None,
+    })
+    .unwrap()
+}
+
+fn person_count(n: &Node) -> u64 {
+    n.digest(&["person"]).0
+}
+
+/// Part 1: While a member keeps syncing, a stranger of another deployment, a revoked laptop, a
+/// client without a certificate and a plaintext client all get nothing and change nothing.
+#[test]
+fn strangers_revoked_and_plaintext_clients_are_refused_while_a_member_syncs() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Flood response");
+    let host = coord.enroll("host");
+    let member = coord.enroll("member");
+    let stolen = coord.enroll("stolen");
+    // Same deployment name, its own CA: a look-alike.
+    let foreign = Node::new("foreign");
+    foreign.create_mesh("Flood response");
+    let plain = Node::new("plain");
+    for (n, who) in [
+        (&foreign, "foreign"),
+        (&stolen, "stolen"),
+        (&plain, "plain"),
+    ] {
+        n.put("person", json!({"name": format!("planted by {who}")}));
+    }
+
+    let agent = host.start(&[]);
+    coord.ok(&["mesh", "revoke", &stolen.id(), "--reason", "stolen"]);
+    coord.ok(&["sync", &agent.addr]);
+    wait_for("the host to hold the revocation", CMD_LIMIT, || {
+        host.revoked().contains(&stolen.id()).then_some(())
+    });
+    // The agent reloads the revocations its TLS verifier consults right after the write.
+    std::thread::sleep(Duration::from_secs(1));
+    let seq_before = host.status()["feed_seq"].as_u64().unwrap();
+    assert_eq!(seq_before, 1, "only the revocation so far");
+
+    let via_foreign = Relay::new(agent.sock(), "127.0.0.2");
+    let via_stolen = Relay::new(agent.sock(), "127.0.0.3");
+    let via_plain = Relay::new(agent.sock(), "127.0.0.4");
+    const SESSIONS: usize = 6;
+    // Below the back-off threshold, so every attempt reaches the TLS handshake.
+    const ATTEMPTS: usize = 2;
+
+    // Read before the member starts syncing: one process at a time opens a database.
+    let (member_id, member_cred) = (member.id(), member.credential());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..SESSIONS {
+                member.put("person", json!({"name": format!("member record {i}")}));
+                member.ok(&["sync", &agent.addr]);
+            }
+        });
+        s.spawn(|| {
+            for _ in 0..ATTEMPTS {
+                let err = foreign.fails(&["sync", &via_foreign.addr]);
+                assert!(err.contains("cannot reach"), "{err}");
+            }
+        });
+        s.spawn(|| {
+            for _ in 0..ATTEMPTS {
+                stolen.fails(&["sync", &via_stolen.addr]);
+            }
+        });
+        s.spawn(|| {
+            for _ in 0..ATTEMPTS {
+                plain.fails(&["sync", "--insecure-plaintext", &via_plain.addr]);
+            }
+        });
+        s.spawn(|| {
+            // A TLS client that trusts the CA but has no certificate of its own.
+            let anon = tls_client(&member_cred, true);
+            let x = change(
+                "person",
+                Uuid::new_v4(),
+                &member_id,
+                json!({"name": "anonymous"}),
+            );
+            for _ in 0..ATTEMPTS {
+                let r = rpc_tls(
+                    &anon,
+                    "127.0.0.5",
+                    agent.sock(),
+                    "fieldsync_push",
+                    &push(&member_id, std::slice::from_ref(&x), ENC_JSON),
+                );
+                assert!(r.is_err(), "an anonymous client got an answer: {r:?}");
+            }
+        });
+    });
+
+    // The host has exactly the member's records and the revocation, nothing planted.
+    assert_eq!(person_count(&host), SESSIONS as u64);
+    assert_eq!(host.digest(&[]), member.digest(&[]));
+    assert_eq!(
+        host.status()["feed_seq"].as_u64().unwrap(),
+        seq_before + SESSIONS as u64
+    );
+    // The refused got nothing: each holds only what it planted itself.
+    for n in [&foreign, &stolen, &plain] {
+        assert_eq!(person_count(n), 1, "{} received records", n.name);
+    }
+
+    let expected = (via_foreign.count() + via_stolen.count() + via_plain.count() + ATTEMPTS) as u64;
+    assert!(expected >= 4 * ATTEMPTS as u64);
+    let refused = agent.wait_counter("refused_connections", expected);
+    assert_eq!(
+        refused, expected,
+        "every refused connection is counted once"
+    );
+    assert_eq!(agent.live()["throttled_connections"], 0);
+
+    for (ip, reason) in [
+        ("127.0.0.2", "alert"),
+        ("127.0.0.3", "revoked"),
+        ("127.0.0.4", "corrupt message"),
+        ("127.0.0.5", "no certificates"),
+    ] {
+        let lines = agent.log_lines_from(ip);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("connection refused") && l.contains(reason)),
+            "no refusal from {ip} naming {reason:?} in the log:\n{}",
+            agent.log()
+        );
+    }
+    assert_no_refusal_of_member(&agent);
+}
+
+/// The member (127.0.0.1) was never refused or throttled.
+fn assert_no_refusal_of_member(agent: &Agent) {
+    let lines = agent.log_lines_from("127.0.0.1");
+    assert!(
+        !lines.iter().any(|l| l.contains("refused")),
+        "{}",
+        agent.log()
+    );
+    assert_eq!(agent.live()["throttled_connections"], 0);
+}
+
+/// Part 2: A member's certificate speaks for that member only.
+#[test]
+fn a_member_cannot_speak_for_another_instance() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let host = coord.enroll("host");
+    let a = coord.enroll("alice");
+    let b = coord.enroll("bob");
+    let agent = host.start(&[]);
+    let cfg = tls_client(&a.credential(), false);
+    let (a_id, b_id) = (a.id(), b.id());
+    let call = |method: &str, params: &Value| {
+        rpc_tls(&cfg, "127.0.0.1", agent.sock(), method, params).expect("an answer")
+    };
+
+    let r = call("fieldsync_hello", &hello(&b_id));
+    assert_eq!(error_code(&r), Some(1010), "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains(&a_id),
+        "{r}"
+    );
+    let rec = Uuid::new_v4();
+    let page = [change(
+        "person",
+        rec,
+        &b_id,
+        json!({"name": "forged by alice"}),
+    )];
+    for enc in [ENC_JSON, ENC_ZSTD] {
+        let r = call("fieldsync_push", &push(&b_id, &page, enc));
+        assert_eq!(error_code(&r), Some(1010), "{r}");
+    }
+    let pull = json!({"from": b_id, "since": 0, "limit": 100, "max_bytes": 100000,
+                      "knowledge": {}, "encoding": ENC_JSON});
+    assert_eq!(error_code(&call("fieldsync_pull", &pull)), Some(1010));
+    let notify = json!({"from": b_id, "head": 1});
+    assert_eq!(error_code(&call("fieldsync_notify", &notify)), Some(1010));
+
+    let st = host.status();
+    assert_eq!(st["feed_seq"], 0, "{st}");
+    assert_eq!(
+        st["peers"]["known"], 0,
+        "a refused hello left a peer row: {st}"
+    );
+    assert_eq!(
+        host.run(&["get", "person", &rec.to_string()]).status.code(),
+        Some(1)
+    );
+
+    // The same connection setup speaking for itself is served: the refusal was the claim.
+    let r = call("fieldsync_hello", &hello(&a_id));
+    assert!(r["result"]["peer"]["instance"].is_string(), "{r}");
+}
+
+/// Part 3: A revocation reaches laptops the coordinator never meets, and only the CA can make one.
+#[test]
+fn revocations_travel_with_the_data_and_only_the_ca_can_revoke() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let a = coord.enroll("a");
+    let b = coord.enroll("b");
+    let relay_push = coord.enroll("relay-push");
+    let relay_pull = coord.enroll("relay-pull");
+    let x = coord.enroll("x");
+    let x_id = x.id();
+    let agent_a = a.start(&[]);
+    let agent_b = b.start(&[]);
+    let agent_d = relay_push.start(&[]);
+    let agent_e = relay_pull.start(&[]);
+
+    // Before its revocation X is a member like any other.
+    let before = x.put("person", json!({"name": "written before the revocation"}));
+    x.ok(&["sync", &agent_d.addr]);
+
+    coord.ok(&["mesh", "revoke", &x_id, "--reason", "laptop stolen"]);
+    coord.put("person", json!({"name": "coordinator's record"}));
+    // X keeps writing and finds members that have not heard of the revocation yet.
+    let after_d = x.put("person", json!({"name": "written after, relayed by push"}));
+    x.ok(&["sync", &agent_d.addr]);
+    let after_e = x.put("person", json!({"name": "written after, relayed by pull"}));
+    x.ok(&["sync", &agent_e.addr]);
+
+    // C → A → B; the coordinator never talks to B.
+    coord.ok(&["sync", &agent_a.addr]);
+    a.ok(&["sync", &agent_b.addr]);
+    wait_for("B to hold the revocation", CMD_LIMIT, || {
+        b.revoked().contains(&x_id).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !b.ok(&["peers"]).contains(&coord.id()),
+        "the coordinator reached B directly"
+    );
+
+    let err = x.fails(&["sync", &agent_b.addr]);
+    assert!(err.contains("cannot reach"), "{err}");
+    assert!(
+        agent_b
+            .log()
+            .lines()
+            .any(|l| l.contains("connection refused") && l.contains("revoked")),
+        "{}",
+        agent_b.log()
+    );
+
+    // D pushes X's records to B (B is the responder); B pulls E's (B is the initiator).
+    relay_push.ok(&["sync", &agent_b.addr]);
+    b.ok(&["sync", &agent_e.addr]);
+    b.ok(&["get", "person", &before]);
+    for late in [&after_d, &after_e] {
+        assert_eq!(
+            b.run(&["get", "person", late]).status.code(),
+            Some(1),
+            "B applied a change X wrote after its revocation"
+        );
+    }
+    assert!(
+        agent_b
+            .log()
+            .contains("revoked instances after their revocation"),
+        "{}",
+        agent_b.log()
+    );
+    // The relays, having met B, now refuse X too.
+    assert!(relay_push.revoked().contains(&x_id));
+    wait_for("D to refuse X", CMD_LIMIT, || {
+        x.run(&["sync", &agent_d.addr])
+            .status
+            .code()
+            .filter(|c| *c != 0)
+    });
+
+    // An ordinary member forges revocations of the coordinator: with a key of its own under
+    // the real deployment id, and with another deployment's CA altogether.
+    let real = serde_json::from_str::<Value>(
+        &std::fs::read_to_string(coord.dir().join("mesh-ca.fsca")).unwrap(),
+    )
+    .unwrap();
+    let other = CaFile::create("Relief").unwrap();
+    let impostor = CaFile {
+        ca_cert: real["ca_cert"].as_str().unwrap().to_string(),
+        ..other.clone()
+    };
+    let coord_id: Uuid = coord.id().parse().unwrap();
+    let cfg = tls_client(&a.credential(), false);
+    let a_id = a.id();
+    let r = rpc_tls(
+        &cfg,
+        "127.0.0.1",
+        agent_b.sock(),
+        "fieldsync_hello",
+        &hello(&a_id),
+    )
+    .unwrap();
+    assert!(r["result"].is_object(), "{r}");
+    let seq = b.status()["feed_seq"].clone();
+    let innocent = Uuid::new_v4();
+    for forger in [&impostor, &other] {
+        let fields = forger.revoke(coord_id, "coup").unwrap();
+        let mut rev = change(
+            "fs_revocations",
+            coord_id,
+            &a_id,
+            Value::Object(fields.clone()),
+        );
+        rev.id = coord_id;
+        let page = [
+            change("person", innocent, &a_id, json!({"name": "same page"})),
+            rev,
+        ];
+        let r = rpc_tls(
+            &cfg,
+            "127.0.0.1",
+            agent_b.sock(),
+            "fieldsync_push",
+            &push(&a_id, &page, ENC_JSON),
+        )
+        .unwrap();
+        assert_eq!(error_code(&r), Some(1004), "{r}");
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not signed by this deployment's CA"),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        b.status()["feed_seq"],
+        seq,
+        "a refused page wrote something"
+    );
+    assert_eq!(b.revoked(), vec![x_id.clone()]);
+    assert_eq!(
+        b.run(&["get", "person", &innocent.to_string()])
+            .status
+            .code(),
+        Some(1)
+    );
+    // The coordinator is still welcome.
+    coord.ok(&["sync", &agent_b.addr]);
+}
+
+/// Part 4: Plaintext only when asked for, on both ends, and never mixed with TLS.
+#[test]
+fn plaintext_must_be_asked_for_and_does_not_mix_with_tls() {
+    let loner = Node::new("loner");
+    let mut c = loner.cmd(&["run", "--listen", "127.0.0.1:0", "--no-discovery"]);
+    c.stdin(std::process::Stdio::null());
+    let o = output_within(c, CMD_LIMIT);
+    assert!(!o.status.success(), "run without a credential started");
+    let err = text(&o.stderr);
+    assert!(err.contains("--insecure-plaintext"), "{err}");
+    assert!(!text(&o.stdout).contains("listening"));
+
+    let plain_agent = loner.start(&["--insecure-plaintext"]);
+    assert!(
+        plain_agent.log().contains("WARNING"),
+        "{}",
+        plain_agent.log()
+    );
+    assert_eq!(plain_agent.live()["transport"], "plaintext (insecure)");
+    loner.put("person", json!({"name": "on the plaintext agent"}));
+
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let host = coord.enroll("host");
+    let tls_agent = host.start(&[]);
+    assert_eq!(tls_agent.live()["transport"], "mutual TLS");
+    host.put("person", json!({"name": "on the TLS agent"}));
+
+    let client = Node::new("client");
+    client.put("person", json!({"name": "from the plaintext client"}));
+    // Without the switch a laptop outside any deployment does not even try.
+    let err = client.fails(&["sync", &plain_agent.addr]);
+    assert!(err.contains("--insecure-plaintext"), "{err}");
+    // The switch from the environment works like the flag.
+    let mut c = client.cmd(&["sync", &tls_agent.addr]);
+    c.env("FIELDSYNC_INSECURE_PLAINTEXT", "true");
+    let o = output_within(c, CMD_LIMIT);
+    assert!(
+        !o.status.success(),
+        "plaintext client synced with a TLS agent"
+    );
+    assert!(text(&o.stderr).contains("WARNING"));
+    // A TLS client and a plaintext agent do not talk either.
+    coord.fails(&["sync", &plain_agent.addr]);
+
+    assert_eq!(person_count(&host), 1);
+    assert_eq!(person_count(&loner), 1);
+    assert_eq!(person_count(&client), 1);
+    assert_eq!(person_count(&coord), 0);
+
+    // Both ends in plaintext do sync: the failures above were the mismatch.
+    client.ok(&["sync", "--insecure-plaintext", &plain_agent.addr]);
+    assert_eq!(person_count(&loner), 2);
+}
+
+/// Part 5: Connections that never finish a handshake neither starve a member nor live forever.
+#[test]
+fn idle_and_half_open_connections_do_not_starve_members() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let host = coord.enroll("host");
+    let member = coord.enroll("member");
+    let agent = host.start(&[]);
+    let dst = agent.sock();
+
+    // A ClientHello cut short: record header and the first bytes of the handshake.
+    let partial: &[u8] = &[
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let opened = Instant::now();
+    let mut held: Vec<TcpStream> = (0..40)
+        .map(|_| connect_from("127.0.0.2", dst).expect("idle connection"))
+        .collect();
+    for _ in 0..10 {
+        let mut s = connect_from("127.0.0.2", dst).expect("half-open connection");
+        s.write_all(partial).unwrap();
+        held.push(s);
+    }
+    member.put("person", json!({"name": "still gets through"}));
+    member.ok(&["sync", &agent.addr]);
+    assert_eq!(person_count(&host), 1);
+
+    // The handshake timeout (10 s) closes every one of them; none is left to the idle timeout.
+    let deadline = opened + Duration::from_secs(20);
+    for (i, s) in held.iter_mut().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        s.set_read_timeout(Some(left.max(Duration::from_millis(10))))
+            .unwrap();
+        let mut b = [0u8; 64];
+        match s.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!(
+                "connection {i} still open {:?} after opening: {other:?}",
+                opened.elapsed()
+            ),
+        }
+    }
+    drop(held);
+    agent.wait_counter("refused_connections", 50);
+    assert!(agent
+        .log_lines_from("127.0.0.2")
+        .iter()
+        .any(|l| l.contains("timed out")));
+
+    // More silent connections than the agent has slots: the member waits for the timeouts to
+    // free slots, then gets through.
+    let flood: Vec<TcpStream> = (0..fieldsync::protocol::server::MAX_CONNECTIONS + 6)
+        .map(|_| connect_from("127.0.0.3", dst).expect("flood connection"))
+        .collect();
+    member.put("person", json!({"name": "through a full house"}));
+    member.ok(&["sync", &agent.addr]);
+    assert_eq!(person_count(&host), 2);
+    let n = flood.len() as u64;
+    drop(flood);
+    // Every flood connection ends refused (timed out, or closed mid-handshake) or throttled:
+    // once its address had failed three handshakes, the surplus was dropped unserved.
+    wait_for(
+        "every flood connection to be accounted for",
+        CMD_LIMIT,
+        || {
+            let live = agent.live();
+            let refused = live["refused_connections"].as_u64().unwrap_or(0);
+            let throttled = live["throttled_connections"].as_u64().unwrap_or(0);
+            (refused + throttled >= 50 + n && throttled >= 1).then_some(())
+        },
+    );
+    let lines = agent.log_lines_from("127.0.0.1");
+    assert!(
+        !lines.iter().any(|l| l.contains("refused")),
+        "{}",
+        agent.log()
+    );
+}
+
+/// Part 6: The control endpoint is local, its token file private, and a wrong token gets nothing.
+#[test]
+fn the_control_endpoint_is_local_and_needs_the_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::new("solo");
+    let agent = node.start(&["--insecure-plaintext"]);
+    let file = node.dir().join("agent.json");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "agent.json is readable by others: {mode:o}");
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let port = info["port"].as_u64().unwrap() as u16;
+
+    // Listening on 127.0.0.1 only: /proc/net/tcp shows the bound address, and the same port on
+    // another loopback address is closed.
+    let listen = std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let (ip, p) = cols.get(1)?.split_once(':')?;
+            (u16::from_str_radix(p, 16).ok()? == port && cols.get(3) == Some(&"0A"))
+                .then(|| ip.to_string())
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(
+        listen,
+        vec!["0100007F"],
+        "control endpoint listens on {listen:?}"
+    );
+    let elsewhere: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    assert!(TcpStream::connect_timeout(&elsewhere, Duration::from_secs(5)).is_err());
+
+    let ctl: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let id = Uuid::new_v4().to_string();
+    let run = |token: &str| {
+        rpc_plain(
+            ctl,
+            "control_run",
+            &json!({"token": token, "args": ["put", "person", "--id", id, "{\"name\":\"x\"}"],
+                    "stdin": null, "cwd": "/"}),
+        )
+        .expect("an answer")
+    };
+    for wrong in ["x", ""] {
+        let r = run(wrong);
+        assert!(r["error"].is_object(), "token {wrong:?} accepted: {r}");
+        assert!(r["error"]["message"].as_str().unwrap().contains("token"));
+    }
+    assert_eq!(node.status()["feed_seq"], 0);
+    assert!(agent.log().contains("wrong token"), "{}", agent.log());
+    // The token from the file works: the refusal was about the token.
+    let r = run(info["token"].as_str().unwrap());
+    assert_eq!(r["result"]["code"], 0, "{r}");
+    node.ok(&["get", "person", &id]);
+}
+
+/// Part 7: Requests a member crafts to break the receiver are refused or tolerated, and the
+/// agent stays up and keeps working: a hello from a clock at the top of its range, a value
+/// nested as deep as MessagePack allows, and stamps at the top of the clock's range.
+#[test]
+fn hostile_pages_from_a_member_are_refused_and_the_agent_stays_up() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let host = coord.enroll("host");
+    let a = coord.enroll("a");
+    let agent = host.start(&[]);
+    let a_id = a.id();
+    let cfg = tls_client(&a.credential(), false);
+    let call = |method: &str, params: &Value| {
+        rpc_tls(&cfg, "127.0.0.1", agent.sock(), method, params).expect("an answer")
+    };
+    // A clock at the top of the range is a wrong clock, not a reason to fail the hello.
+    let mut h = hello(&a_id);
+    h["clock_ms"] = json!(1u64 << 63);
+    let r = call("fieldsync_hello", &h);
+    assert!(r["result"].is_object(), "{r}");
+
+    let mut deep = change("person", Uuid::new_v4(), &a_id, json!({"n": "DEEP"}));
+    let packed = protocol::pack::pack(std::slice::from_ref(&deep)).unwrap();
+    let at = packed.windows(5).position(|w| w == b"\xa4DEEP").unwrap();
+    let mut nested = packed[..at].to_vec();
+    nested.extend(std::iter::repeat_n(0x91, 1000));
+    nested.push(0xc0);
+    nested.extend_from_slice(&packed[at + 5..]);
+    let data = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        zstd::bulk::compress(&nested, 3).unwrap(),
+    );
+    let mut req = push(&a_id, std::slice::from_ref(&deep), ENC_ZSTD);
+    req["page"]["data"] = json!(data);
+    let r = call("fieldsync_push", &req);
+    assert_eq!(error_code(&r), Some(1004), "{r}");
+
+    let node: Uuid = a_id.parse().unwrap();
+    for ts in [u64::MAX, 1 << 63] {
+        deep.state.fields.get_mut("n").unwrap().stamp.ts = ts;
+        deep.state.vv.insert(node, ts);
+        let r = call(
+            "fieldsync_push",
+            &push(&a_id, std::slice::from_ref(&deep), ENC_JSON),
+        );
+        assert_eq!(error_code(&r), Some(1004), "{r}");
+        assert!(r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("year 4000"));
+    }
+
+    assert_eq!(agent.live()["running"], true, "{}", agent.log());
+    assert_eq!(host.status()["feed_seq"], 0);
+    // Local edits still get stamps (the clock did not take the hostile ones in) ...
+    let mine = host.put("person", json!({"name": "after the attack"}));
+    // ... and the member's ordinary pages are still applied.
+    let fine = change("person", Uuid::new_v4(), &a_id, json!({"name": "ordinary"}));
+    let r = call(
+        "fieldsync_push",
+        &push(&a_id, std::slice::from_ref(&fine), ENC_ZSTD),
+    );
+    assert_eq!(r["result"]["stats"]["applied"], 1, "{r}");
+    host.ok(&["get", "person", &mine]);
+    host.ok(&["get", "person", &fine.id.to_string()]);
+    assert_eq!(agent.live()["running"], true, "{}", agent.log());
+}
