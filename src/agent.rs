@@ -75,6 +75,8 @@ pub struct AgentOptions {
     pub live: LiveStatus,
     /// Mutual TLS within the deployment, or plaintext for debugging.
     pub transport: Transport,
+    /// Kept connections, shared with sessions started through the control endpoint.
+    pub clients: Arc<crate::sync::ClientCache>,
 }
 
 /// Why the agent could not run.
@@ -323,6 +325,7 @@ pub async fn run(
     let _ = options.live.traffic.set(traffic.clone());
     let control = control::start(store.clone(), &listen, exec).await?;
     let mut session_opts = SessionOptions::from_store(&store, transport.clone());
+    session_opts.clients = options.clients.clone();
     session_opts.url = Some(listen.clone());
     // Peers seen by an earlier run are not known to be here now.
     mark_offline(&store);

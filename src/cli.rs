@@ -560,6 +560,8 @@ pub struct Io<'a> {
     pub live: Option<crate::agent::LiveStatus>,
     /// The running agent's transport, when the command runs inside the agent.
     pub transport: Option<Transport>,
+    /// The running agent's kept connections, when the command runs inside the agent.
+    pub clients: Option<Arc<crate::sync::ClientCache>>,
 }
 
 /// Runs one command line. `args` is the full argv (forwarded as is when an agent holds the
@@ -600,6 +602,7 @@ pub fn run(
         all.extend(peers);
         let dc = &store.config().discovery;
         let live = crate::agent::LiveStatus::default();
+        let clients = Arc::<crate::sync::ClientCache>::default();
         let opts = crate::agent::AgentOptions {
             listen: listen.unwrap_or_else(|| sync.listen.clone()),
             peers: all,
@@ -607,8 +610,9 @@ pub fn run(
             discovery: (dc.enabled && !no_discovery).then(|| dc.clone()),
             live: live.clone(),
             transport: transport.clone(),
+            clients: clients.clone(),
         };
-        let exec = executor(rt.clone(), live, transport);
+        let exec = executor(rt.clone(), live, transport, clients);
         return rt
             .block_on(crate::agent::run(store, opts, exec))
             .map_err(|e| CliError::Io(e.to_string()));
@@ -620,6 +624,7 @@ pub fn run(
         rt: rt.clone(),
         live: None,
         transport: None,
+        clients: None,
     };
     execute(&store, cli.command, &mut io)
 }
@@ -716,6 +721,7 @@ pub fn executor(
     rt: tokio::runtime::Handle,
     live: crate::agent::LiveStatus,
     transport: Transport,
+    clients: Arc<crate::sync::ClientCache>,
 ) -> crate::control::Executor {
     Arc::new(move |store, req| {
         let mut argv = vec!["fieldsync".to_string()];
@@ -756,6 +762,7 @@ pub fn executor(
             rt: rt.clone(),
             live: Some(live.clone()),
             transport: Some(transport.clone()),
+            clients: Some(clients.clone()),
         };
         let result = execute(store, cli.command, &mut io);
         let (code, stderr) = match result {
@@ -779,6 +786,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         rt,
         live,
         transport,
+        clients,
     } = io;
     let agent_transport = transport.clone();
     let transport_for = |insecure: bool| -> Result<Transport, CliError> {
@@ -1055,8 +1063,11 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
             addr,
             insecure_plaintext,
         } => {
-            let opts =
+            let mut opts =
                 crate::sync::SessionOptions::from_store(store, transport_for(insecure_plaintext)?);
+            if let Some(c) = clients {
+                opts.clients = c.clone();
+            }
             let r = rt
                 .block_on(crate::sync::sync_with(store.clone(), &addr, &opts))
                 .inspect_err(|e| crate::sync::note_failure(store, None, e))?;

@@ -649,23 +649,12 @@ async fn session(
 ) -> Result<SessionReport, SyncError> {
     let pos = blocking(store, |s| s.position()).await?;
     let me = store.instance();
-    let hello = Hello {
-        protocol_min: protocol::MIN_PROTOCOL_VERSION,
-        protocol_max: protocol::PROTOCOL_VERSION,
-        peer: PeerInfo {
-            instance: me.id,
-            name: me.name.clone(),
-            owner: me.owner.clone(),
-            contact: me.contact.clone(),
-            url: opts.url.clone(),
-        },
-        clock_ms: wall_millis(),
-        head: pos.head,
-        knowledge: pos.knowledge.clone(),
-        encodings: vec![opts.encoding.clone(), ENC_JSON.to_string()],
-        local_only: local_only(store),
-        tables: synced_tables(store)?,
-    };
+    let hello = our_hello(
+        store,
+        &pos,
+        opts.url.clone(),
+        vec![opts.encoding.clone(), ENC_JSON.to_string()],
+    )?;
     let reply = client.hello(&hello).await.map_err(|e| e.into_sync(addr))?;
     let peer = reply.peer.clone();
     tracing::Span::current().record("peer", tracing::field::display(peer.instance));
@@ -847,6 +836,33 @@ pub struct TableCheck {
     pub differing: Vec<Uuid>,
 }
 
+/// The hello this instance sends: identity, versions, position and knowledge.
+fn our_hello(
+    store: &Store,
+    pos: &crate::store::Position,
+    url: Option<String>,
+    encodings: Vec<String>,
+) -> Result<Hello, SyncError> {
+    let me = store.instance();
+    Ok(Hello {
+        protocol_min: protocol::MIN_PROTOCOL_VERSION,
+        protocol_max: protocol::PROTOCOL_VERSION,
+        peer: PeerInfo {
+            instance: me.id,
+            name: me.name,
+            owner: me.owner,
+            contact: me.contact,
+            url,
+        },
+        clock_ms: wall_millis(),
+        head: pos.head,
+        knowledge: pos.knowledge.clone(),
+        encodings,
+        local_only: local_only(store),
+        tables: synced_tables(store)?,
+    })
+}
+
 /// Compares every table with the peer by bisecting digest buckets; transfers no records.
 pub async fn verify_with(
     store: Arc<Store>,
@@ -855,24 +871,7 @@ pub async fn verify_with(
 ) -> Result<Vec<TableCheck>, SyncError> {
     let (client, seen) = connect(addr, transport)?;
     let pos = blocking(&store, |s| s.position()).await?;
-    let me = store.instance();
-    let hello = Hello {
-        protocol_min: protocol::MIN_PROTOCOL_VERSION,
-        protocol_max: protocol::PROTOCOL_VERSION,
-        peer: PeerInfo {
-            instance: me.id,
-            name: me.name,
-            owner: me.owner,
-            contact: me.contact,
-            url: None,
-        },
-        clock_ms: wall_millis(),
-        head: pos.head,
-        knowledge: pos.knowledge,
-        encodings: vec![ENC_ZSTD.into()],
-        local_only: local_only(&store),
-        tables: synced_tables(&store)?,
-    };
+    let hello = our_hello(&store, &pos, None, vec![ENC_ZSTD.into()])?;
     let reply = client.hello(&hello).await.map_err(|e| e.into_sync(addr))?;
     check_server(&seen, &reply.peer.instance)?;
     let mut tables: BTreeSet<String> = reply.tables.iter().cloned().collect();
