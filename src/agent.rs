@@ -77,6 +77,8 @@ pub struct AgentOptions {
     pub transport: Transport,
     /// Kept connections, shared with sessions started through the control endpoint.
     pub clients: Arc<crate::sync::ClientCache>,
+    /// False until the laptop joins a deployment: only the local CLI is served.
+    pub sync_enabled: bool,
 }
 
 /// Why the agent could not run.
@@ -289,6 +291,9 @@ pub async fn run(
     options: AgentOptions,
     exec: Executor,
 ) -> Result<(), AgentError> {
+    if !options.sync_enabled {
+        return run_without_sync(store, options, exec).await;
+    }
     let signals = StopSignals::register();
     let (notify_tx, mut notify_rx) = mpsc::channel::<Uuid>(64);
     let listen_err = |source| AgentError::Listen {
@@ -510,6 +515,34 @@ pub async fn run(
     }
     control::remove_agent_file(store.dir());
     info!("stopped");
+    Ok(())
+}
+
+/// The agent of a laptop outside any deployment: no sync port, no discovery, only the control
+/// endpoint so every CLI command keeps working while it runs.
+async fn run_without_sync(
+    store: Arc<Store>,
+    options: AgentOptions,
+    exec: Executor,
+) -> Result<(), AgentError> {
+    let signals = StopSignals::register();
+    let control = control::start(store.clone(), "", exec).await?;
+    *lock(&options.live.snapshot) = json!({
+        "running": true, "pid": std::process::id(), "listen": null,
+        "transport": "none: sync is off until this laptop joins a deployment",
+    });
+    mark_offline(&store);
+    info!(instance = %store.id(), "agent running with sync off (not in a deployment)");
+    println!(
+        "{}",
+        json!({"event": "listening", "listen": null, "sync": "off", "instance": store.id()})
+    );
+    signals.wait().await;
+    let _ = control.stop();
+    if let Err(e) = store.flush() {
+        warn!(error = %e, "flush on shutdown failed");
+    }
+    control::remove_agent_file(store.dir());
     Ok(())
 }
 

@@ -596,7 +596,21 @@ pub fn run(
         insecure_plaintext,
     } = cli.command
     {
-        let transport = resolve_transport(&store, insecure_plaintext)?;
+        // A laptop that has not joined a deployment still runs (the CLI works through the
+        // agent), with sync off: plaintext is never the fallback.
+        let not_joined =
+            !insecure_plaintext && matches!(mesh::load_credential(store.dir()), Ok(None));
+        let transport = if not_joined {
+            eprintln!(
+                "fieldsync: sync is off: this laptop has not joined a deployment, and plaintext \
+                 sync is refused. Join with `fieldsync init --mesh FILE` (a credential from \
+                 `fieldsync mesh enroll`, or a join file) and restart, or pass \
+                 --insecure-plaintext for debugging"
+            );
+            Transport::Plaintext
+        } else {
+            resolve_transport(&store, insecure_plaintext)?
+        };
         let sync = &store.config().sync;
         let mut all = sync.peers.clone();
         all.extend(peers);
@@ -611,6 +625,7 @@ pub fn run(
             live: live.clone(),
             transport: transport.clone(),
             clients: clients.clone(),
+            sync_enabled: !not_joined,
         };
         let exec = executor(rt.clone(), live, transport, clients);
         return rt

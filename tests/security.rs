@@ -430,13 +430,28 @@ fn revocations_travel_with_the_data_and_only_the_ca_can_revoke() {
 #[test]
 fn plaintext_must_be_asked_for_and_does_not_mix_with_tls() {
     let loner = Node::new("loner");
+    // Without a credential the agent runs for the local CLI only: no sync port at all.
     let mut c = loner.cmd(&["run", "--listen", "127.0.0.1:0", "--no-discovery"]);
-    c.stdin(std::process::Stdio::null());
-    let o = output_within(c, CMD_LIMIT);
-    assert!(!o.status.success(), "run without a credential started");
+    c.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("start run");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("first line");
+    let first: serde_json::Value = serde_json::from_str(&line).expect("json line");
+    assert_eq!(first["sync"], "off", "{line}");
+    assert!(first["listen"].is_null(), "{line}");
+    let _ = child.kill();
+    let o = child.wait_with_output().expect("wait");
     let err = text(&o.stderr);
-    assert!(err.contains("--insecure-plaintext"), "{err}");
-    assert!(!text(&o.stdout).contains("listening"));
+    assert!(
+        err.contains("--insecure-plaintext") && err.contains("sync is off"),
+        "{err}"
+    );
 
     let plain_agent = loner.start(&["--insecure-plaintext"]);
     assert!(
