@@ -220,7 +220,7 @@ pub enum Command {
         #[arg(long)]
         no_discovery: bool,
         /// Sync without TLS (debugging only; both sides must set it). Prints a warning.
-        #[arg(long, env = "FIELDSYNC_INSECURE_PLAINTEXT")]
+        #[arg(long, env = "FIELDSYNC_INSECURE_PLAINTEXT", value_parser = clap::builder::BoolishValueParser::new())]
         insecure_plaintext: bool,
     },
     /// Run one sync session with a peer, both directions, and print a summary line per direction.
@@ -232,7 +232,7 @@ pub enum Command {
         /// The peer's agent address.
         addr: String,
         /// Sync without TLS (debugging only; both sides must set it).
-        #[arg(long, env = "FIELDSYNC_INSECURE_PLAINTEXT")]
+        #[arg(long, env = "FIELDSYNC_INSECURE_PLAINTEXT", value_parser = clap::builder::BoolishValueParser::new())]
         insecure_plaintext: bool,
     },
     /// Check whether we are in sync with a peer: per table, in sync or the differing record ids.
@@ -245,7 +245,7 @@ pub enum Command {
         /// The peer's agent address.
         addr: String,
         /// Talk without TLS (debugging only; both sides must set it).
-        #[arg(long, env = "FIELDSYNC_INSECURE_PLAINTEXT")]
+        #[arg(long, env = "FIELDSYNC_INSECURE_PLAINTEXT", value_parser = clap::builder::BoolishValueParser::new())]
         insecure_plaintext: bool,
     },
     /// Deployment membership: who may sync with whom (mutual TLS with a deployment CA).
