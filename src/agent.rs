@@ -482,12 +482,11 @@ pub async fn run(
         let live = options.live.clone();
         let mut stop = stop_rx.clone();
         let listen = listen.clone();
-        let t = traffic.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => publish(&a, &live, &listen, &t),
+                    _ = tick.tick() => publish(&a, &live, &listen),
                     _ = stop.changed() => break,
                 }
             }
@@ -555,7 +554,8 @@ fn mark_offline(store: &Store) {
     }
 }
 
-fn publish(a: &Agent, live: &LiveStatus, listen: &str, traffic: &Traffic) {
+// Socket counters are not copied here: `Live::to_json` reads them at query time.
+fn publish(a: &Agent, live: &LiveStatus, listen: &str) {
     let health = lock(&a.discovery).as_ref().map(|d| d.health());
     let online: Vec<String> = lock(&a.online).keys().map(|k| k.to_string()).collect();
     *lock(&live.snapshot) = json!({
@@ -565,10 +565,6 @@ fn publish(a: &Agent, live: &LiveStatus, listen: &str, traffic: &Traffic) {
         "discovery": health,
         "online_peers": online,
         "sessions_in_flight": lock(&a.in_flight).len(),
-        "bytes_received": traffic.read.load(Ordering::Relaxed),
-        "bytes_sent": traffic.written.load(Ordering::Relaxed),
-        "refused_connections": traffic.refused.load(Ordering::Relaxed),
-        "throttled_connections": traffic.throttled.load(Ordering::Relaxed),
         "transport": a.opts.transport.mesh_id().map_or("plaintext (insecure)", |_| "mutual TLS"),
     });
 }
