@@ -41,42 +41,8 @@ fn line_err(line: usize, message: impl ToString) -> FormatError {
     }
 }
 
-/// Compact JSON with object keys sorted at every level (Python's `sort_keys=True`).
-pub fn canonical_json(v: &Value) -> String {
-    let mut out = String::new();
-    write_canonical(v, &mut out);
-    out
-}
-
-fn write_canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(&m[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(a) => {
-            out.push('[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(x, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
-}
+/// Canonical JSON moved to [`crate::canonical`]; kept here so existing callers compile.
+pub use crate::canonical::canonical_json;
 
 /// One record read from an import file, with its source line.
 #[derive(Clone, Debug, PartialEq)]
@@ -372,15 +338,6 @@ pub fn at_line(line: usize, e: ValidationError) -> FormatError {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn canonical_json_sorts_keys_and_keeps_unicode() {
-        let v = json!({"b": 1, "a": {"z": [1, {"y": 2, "x": "Müller"}]}, "c": 1.5});
-        assert_eq!(
-            canonical_json(&v),
-            r#"{"a":{"z":[1,{"x":"Müller","y":2}]},"b":1,"c":1.5}"#
-        );
-    }
 
     #[test]
     fn jsonl_accepts_gen_py_lines_and_plain_objects() {

@@ -7,14 +7,17 @@
 //! # Layout
 //! - [`clock`]: the hybrid logical clock that stamps every change.
 //! - [`model`]: plain data (records, fields, replicated state) and input validation.
-//! - [`merge`]: the merge rules, pure functions with no I/O.
+//! - [`merge`]: the merge rules, pure functions with no I/O (conflict rules in `merge::conflicts`).
+//! - [`change`]: what replicates: a record's state as sent to a peer, reported conflicts, counts.
+//! - [`canonical`]: canonical JSON for digests and signatures.
 //! - [`store`]: the sled database: records, feed, history, conflicts, peers; atomic batches.
 //! - [`config`]: `fieldsync.toml` → validated settings.
-//! - [`formats`]: JSONL/CSV import and export, the canonical digest.
+//! - [`formats`]: JSONL/CSV import and export, the content digest.
 //! - [`mesh`]: deployment CA, credentials, join files, signed revocations.
 //! - [`tls`]: rustls configs for mutual TLS within a deployment.
 //! - [`protocol`]: the JSON-RPC wire contract, its server (accept loop) and client.
-//! - [`sync`]: one sync session with a peer (initiator and responder), and `verify`.
+//! - [`sync`]: sync sessions: the initiator loop over a `Peer`, the responder, the one receive
+//!   path for pages, revocation admission, `verify`.
 //! - [`discovery`]: mDNS advertise/browse → peer events.
 //! - [`agent`]: the daemon: sync server, control endpoint, triggers, shutdown.
 //! - [`control`]: the local control endpoint the CLI uses while an agent holds the database.
@@ -29,6 +32,8 @@
 pub mod agent;
 pub mod backup;
 pub mod build_info;
+pub mod canonical;
+pub mod change;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -23,7 +23,7 @@ use uuid::Uuid;
 /// The replicated system table of revocations (record id = revoked instance id).
 pub const REVOCATIONS: &str = "fs_revocations";
 /// Prefix of system tables: users cannot write them directly.
-pub const SYSTEM_PREFIX: &str = "fs_";
+pub const SYSTEM_PREFIX: &str = crate::model::SYSTEM_PREFIX;
 /// The DNS name every node certificate carries; peers are reached by IP, so the name is fixed.
 pub const SERVER_NAME: &str = "fieldsync.mesh";
 /// Credential file name inside the data directory.

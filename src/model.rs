@@ -45,6 +45,9 @@ pub enum ValidationError {
     Reserved(String),
 }
 
+/// Prefix of system tables (written only by fieldsync itself, e.g. `fs_revocations`).
+pub const SYSTEM_PREFIX: &str = "fs_";
+
 /// Checks a table name against `[a-z][a-z0-9_]{0,63}`.
 pub fn validate_table(name: &str) -> Result<(), ValidationError> {
     let mut chars = name.chars();

@@ -901,7 +901,7 @@ fn snapshot(s: &Store) -> Vec<RemoteChange> {
 }
 
 fn send(from: &Store, to: &Store, changes: &[RemoteChange]) -> ApplyStats {
-    to.apply_remote(Some(from.instance().id), changes, |_| Ok(()))
+    to.apply_remote(Some(from.instance().id), changes)
         .expect("remote changes apply")
 }
 

@@ -1,15 +1,16 @@
 //! The sync protocol's wire contract: method names, parameter and result types, error codes,
 //! page encodings. docs/PROTOCOL.md is the prose version of this file; keep them equal.
 //!
-//! Only this module (with `server` and `client`) knows JSON-RPC. Sessions are driven by
-//! [`crate::sync`], which speaks in the types defined here.
+//! Only this module (with `server` and `client`) knows JSON-RPC. It never imports the store or
+//! the sync layer: the application implements [`server::SyncService`] and drives sessions in the
+//! types defined here.
 
 pub mod client;
 pub mod pack;
 pub mod server;
 
+use crate::change::{ApplyStats, RemoteChange};
 use crate::model::VersionVector;
-use crate::store::{ApplyStats, RemoteChange};
 use base64::Engine;
 use jsonrpsee::types::ErrorObjectOwned;
 use serde::{Deserialize, Serialize};

@@ -4,9 +4,9 @@
 //! record's version vector. A 100,000-record initial sync is a few MB this way instead of the
 //! tens of MB a row-wise JSON encoding needs.
 
+use crate::change::{RemoteChange, ReportedConflict};
 use crate::clock::Hlc;
 use crate::model::{FieldState, RecordState, VersionVector};
-use crate::store::{RemoteChange, ReportedConflict};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};

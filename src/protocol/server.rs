@@ -1,11 +1,16 @@
 //! Serves the sync methods: an accept loop with a connection limit, byte counters at the
 //! socket, and jsonrpsee's HTTP service per connection.
 //!
-//! Each method parses its params, runs the [`Responder`] on a blocking thread (sled and fsync
-//! block), and maps errors to JSON-RPC errors in one place, logging every refusal.
+//! The protocol declares what it needs from the application as [`SyncService`] (like
+//! Syncthing's `lib/protocol` `Model` interface); the sync layer implements it, so this module
+//! never imports the sync layer or the store. Each method parses its params, runs the service
+//! on a blocking thread (sled and fsync block), and maps errors to JSON-RPC errors in one place,
+//! logging every refusal.
 
-use super::{ProtocolError, DIGEST, HELLO, MAX_BODY_BYTES, NOTIFY, PULL, PUSH};
-use crate::sync::Responder;
+use super::{
+    DigestReply, DigestRequest, Hello, HelloReply, Notify, Page, ProtocolError, PullRequest,
+    PushReply, PushRequest, DIGEST, HELLO, MAX_BODY_BYTES, NOTIFY, PULL, PUSH,
+};
 use jsonrpsee::server::{
     serve_with_graceful_shutdown, stop_channel, RpcModule, Server, ServerConfig, ServerHandle,
     StopHandle,
@@ -87,11 +92,29 @@ pub struct Caller {
     pub instance: Option<Uuid>,
 }
 
-fn register<P, R, F>(module: &mut RpcModule<Responder>, name: &'static str, f: F)
+/// The answering side of the sync protocol, implemented by the application (the sync layer).
+///
+/// Every method is called on a blocking thread (implementations may do disk I/O and fsync) with
+/// the parsed params and who is calling; an `Err` becomes the JSON-RPC error sent back.
+pub trait SyncService: Send + Sync + 'static {
+    /// `fieldsync_hello`: identities, versions, positions and knowledge.
+    fn hello(&self, h: Hello, caller: Caller) -> Result<HelloReply, ProtocolError>;
+    /// `fieldsync_pull`: one page of changes after a position.
+    fn pull(&self, r: PullRequest, caller: Caller) -> Result<Page, ProtocolError>;
+    /// `fieldsync_push`: apply one page, and the position it advances to, atomically.
+    fn push(&self, r: PushRequest, caller: Caller) -> Result<PushReply, ProtocolError>;
+    /// `fieldsync_notify`: the caller has new changes.
+    fn notify(&self, n: Notify, caller: Caller) -> Result<(), ProtocolError>;
+    /// `fieldsync_digest`: digest buckets of one table for `verify`.
+    fn digest(&self, r: DigestRequest, caller: Caller) -> Result<DigestReply, ProtocolError>;
+}
+
+fn register<S, P, R, F>(module: &mut RpcModule<S>, name: &'static str, f: F)
 where
+    S: SyncService,
     P: DeserializeOwned + Send + 'static,
     R: Serialize + Clone + Send + 'static,
-    F: Fn(&Responder, P, Caller) -> Result<R, ProtocolError> + Clone + Send + Sync + 'static,
+    F: Fn(&S, P, Caller) -> Result<R, ProtocolError> + Clone + Send + Sync + 'static,
 {
     module
         .register_blocking_method(name, move |params: Params, ctx, ext| {
@@ -111,29 +134,29 @@ where
         .expect("method names are unique");
 }
 
-/// The JSON-RPC methods over a responder.
-pub fn methods(responder: Responder) -> RpcModule<Responder> {
-    let mut m = RpcModule::new(responder);
+/// The JSON-RPC methods over a service.
+pub fn methods<S: SyncService>(service: S) -> RpcModule<S> {
+    let mut m = RpcModule::new(service);
     register(&mut m, HELLO, |r, p, caller| r.hello(p, caller));
     register(&mut m, PULL, |r, p, caller| r.pull(p, caller));
     register(&mut m, PUSH, |r, p, caller| r.push(p, caller));
     register(&mut m, NOTIFY, |r, p, caller| {
         r.notify(p, caller).map(|()| true)
     });
-    register(&mut m, DIGEST, |r, p, _| r.digest(p));
+    register(&mut m, DIGEST, |r, p, caller| r.digest(p, caller));
     m
 }
 
-/// Serves `responder` on a bound listener until stopped; with `tls`, only mutual-TLS peers.
-pub async fn start(
+/// Serves `service` on a bound listener until stopped; with `tls`, only mutual-TLS peers.
+pub async fn start<S: SyncService>(
     listener: TcpListener,
-    responder: Responder,
+    service: S,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let traffic = Arc::new(Traffic::default());
     let (stop, handle) = stop_channel();
-    let methods = methods(responder);
+    let methods = methods(service);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let task = tokio::spawn(accept_loop(
         listener,
@@ -150,9 +173,9 @@ pub async fn start(
     })
 }
 
-async fn accept_loop(
+async fn accept_loop<S: SyncService>(
     listener: TcpListener,
-    methods: RpcModule<Responder>,
+    methods: RpcModule<S>,
     stop: StopHandle,
     traffic: Arc<Traffic>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,

@@ -11,11 +11,12 @@ mod snapshot;
 mod txn;
 mod write;
 
-pub use replication::{Knowledge, OutgoingPage, Position};
+pub use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
+pub use replication::{CommitError, Committed, Knowledge, OutgoingPage, PageCommit, Position};
 pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
 pub use txn::Txn;
 pub(crate) use write::decode_record;
-pub use write::{ApplyStats, Keep, LocalOp, OpResult, RemoteChange, ReportedConflict};
+pub use write::{Keep, LocalOp, OpResult};
 
 use crate::clock::{Clock, Hlc};
 use crate::config::Config;

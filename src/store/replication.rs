@@ -1,14 +1,25 @@
-//! What the sync layer needs from the store: this instance's knowledge vector, per-peer
-//! bookkeeping written in the same batch as a page, and outgoing pages read from the feed.
+//! What the sync layer needs from the store: this instance's knowledge vector, outgoing pages
+//! read from the feed, and [`Store::commit_page`], the one way an incoming page is written:
+//! its records and the peer's position (and, with a session's last page, the knowledge and
+//! bookkeeping it brings) in one atomic, durable batch.
+//!
+//! | what a page commit writes   | key (see `keys.rs`)  | when                               |
+//! |-----------------------------|----------------------|------------------------------------|
+//! | merged records, feed, history, conflicts, counts, clock | as for any write | every page |
+//! | `PeerRow.received_upto`     | `peer(instance)`     | every page (max with `next`)       |
+//! | knowledge                   | `meta("knowledge")`  | last page (`more == false`)        |
+//! | `last_update`, `sync_count` | `peer(instance)`     | last page that ends the session    |
 
 use super::{
     decode, decode_record, encode, keys, ConflictDetail, PeerRow, ReportedConflict, Store,
     StoreError, Txn,
 };
+use crate::change::ApplyStats;
+use crate::change::RemoteChange;
 use crate::merge::outgoing_delta;
 use crate::model::VersionVector;
-use crate::store::RemoteChange;
 use std::collections::BTreeSet;
+use uuid::Uuid;
 
 /// Per origin instance, the `ts` up to which this instance has every event of that origin.
 ///
@@ -38,7 +49,96 @@ pub struct OutgoingPage {
     pub examined: u64,
 }
 
+/// One page received from a peer, and the bookkeeping that commits with it.
+#[derive(Clone, Copy, Debug)]
+pub struct PageCommit<'a> {
+    /// The sending instance (it must have said hello: its peer row exists).
+    pub peer: Uuid,
+    /// The page's changes, already decoded and admitted.
+    pub changes: &'a [RemoteChange],
+    /// The sender's feed position the page starts after.
+    pub since: u64,
+    /// The sender's feed position the page ends at.
+    pub next: u64,
+    /// True if the sender has more pages after this one.
+    pub more: bool,
+    /// What the sender knew when the session began; added to ours with the last page only
+    /// (`more == false`), when everything the sender had is in.
+    pub knowledge: Option<&'a Knowledge>,
+    /// The last page also ends the sender's session with us (a push): stamp `last_update` and
+    /// `sync_count` in the same batch.
+    pub ends_session: bool,
+}
+
+/// A page written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// What merging the page did.
+    pub stats: ApplyStats,
+    /// The sender's feed position we now have everything up to.
+    pub received_upto: u64,
+}
+
+/// Why a page was not written (nothing of it was).
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The page starts after what we have received from the sender: taking it would skip the
+    /// changes in between.
+    #[error("page starts after position {since} but only {had} was received: resend from {had}")]
+    Gap {
+        /// Where the page starts.
+        since: u64,
+        /// What we have received from the sender.
+        had: u64,
+    },
+    /// The sender never said hello (no peer row).
+    #[error("instance {0} must say hello before sending pages")]
+    UnknownPeer(Uuid),
+    /// Bad content or a store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 impl Store {
+    /// Writes one page from `c.peer` and advances its position, all or nothing: the merged
+    /// records, the peer's `received_upto`, and with the last page the knowledge it brings. The
+    /// batch is fsynced before returning if any record changed (a page that changed nothing
+    /// only moved a position: losing that in a crash costs a re-send, never data, so a no-op
+    /// sync stays a few milliseconds).
+    pub fn commit_page(&self, c: PageCommit<'_>) -> Result<Committed, CommitError> {
+        self.check_remote(c.changes)?;
+        let (guard, mut b) = self.begin();
+        let mut row: PeerRow = match b.txn.get(&keys::peer(&c.peer))? {
+            Some(v) => decode(&v)?,
+            None => return Err(CommitError::UnknownPeer(c.peer)),
+        };
+        if c.since > row.received_upto {
+            return Err(CommitError::Gap {
+                since: c.since,
+                had: row.received_upto,
+            });
+        }
+        let stats = b.merge_changes(Some(c.peer), c.changes)?;
+        row.received_upto = row.received_upto.max(c.next);
+        if !c.more {
+            if let Some(k) = c.knowledge {
+                self.stage_knowledge(&mut b.txn, k)?;
+            }
+            if c.ends_session {
+                row.last_update = Some(b.now);
+                row.sync_count += 1;
+                row.last_error = None;
+            }
+        }
+        let received_upto = row.received_upto;
+        b.txn.put(keys::peer(&c.peer), encode(&row));
+        self.finish_with(guard, b, stats.applied > 0)?;
+        Ok(Committed {
+            stats,
+            received_upto,
+        })
+    }
+
     /// Unresolved merge conflicts of one record, as peers receive them.
     fn conflicts_to_report(&self, suffix: &[u8]) -> Result<Vec<ReportedConflict>, StoreError> {
         let mut out = Vec::new();
@@ -75,7 +175,7 @@ impl Store {
 
     /// Adds what a peer knew to our knowledge, inside a page's batch (call only after receiving
     /// every change the peer had when it reported that knowledge).
-    pub fn stage_knowledge(&self, txn: &mut Txn<'_>, peer: &Knowledge) -> Result<(), StoreError> {
+    fn stage_knowledge(&self, txn: &mut Txn<'_>, peer: &Knowledge) -> Result<(), StoreError> {
         let mut k: Knowledge = match txn.get(&keys::meta("knowledge"))? {
             Some(v) => decode(&v)?,
             None => Knowledge::new(),
@@ -85,11 +185,6 @@ impl Store {
         k.remove(&self.id());
         txn.put(keys::meta("knowledge"), encode(&k));
         Ok(())
-    }
-
-    /// Writes a peer row inside a page's batch.
-    pub fn stage_peer(&self, txn: &mut Txn<'_>, row: &PeerRow) {
-        txn.put(keys::peer(&row.instance), encode(row));
     }
 
     /// Reads the next page of changes after `since` for a receiver that knows `known` and does

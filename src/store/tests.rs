@@ -66,8 +66,7 @@ fn change(from: &Store, table: &str, id: Uuid) -> RemoteChange {
 /// Sends records from one store to another, as one page.
 fn send(from: &Store, to: &Store, records: &[(&str, Uuid)]) -> ApplyStats {
     let page: Vec<RemoteChange> = records.iter().map(|(t, id)| change(from, t, *id)).collect();
-    to.apply_remote(Some(from.instance().id), &page, |_| Ok(()))
-        .unwrap()
+    to.apply_remote(Some(from.instance().id), &page).unwrap()
 }
 
 fn live(s: &Store, table: &str, id: Uuid) -> Option<Value> {
@@ -212,9 +211,7 @@ fn a_remote_page_with_one_invalid_change_writes_nothing() {
         let mut page = good.clone();
         page.push(touching_existing.clone());
         page.push(bad);
-        let e = b
-            .apply_remote(Some(a.instance().id), &page, |_| Ok(()))
-            .unwrap_err();
+        let e = b.apply_remote(Some(a.instance().id), &page).unwrap_err();
         assert!(e.is_invalid_input(), "{e}");
         assert!(e.to_string().contains(what), "{e}");
         assert_eq!(snapshot(&b), before, "{e}");
@@ -224,18 +221,37 @@ fn a_remote_page_with_one_invalid_change_writes_nothing() {
         assert_eq!(live(&b, "person", existing), Some(json!({"n": "mine"})));
     }
 
-    // The caller's own writes share the batch: if they fail, the page is not applied either.
-    let e = b
-        .apply_remote(Some(a.instance().id), &good, |_| {
-            Err(StoreError::BadResolution("bookkeeping failed".into()))
-        })
-        .unwrap_err();
-    assert!(e.to_string().contains("bookkeeping"));
+    // A page commits with its position: a sender that never said hello, or a page that starts
+    // after what was received (a gap), is refused and nothing of the page is written.
+    let page = |since, next| crate::store::PageCommit {
+        peer: a.id(),
+        changes: &good,
+        since,
+        next,
+        more: false,
+        knowledge: None,
+        ends_session: true,
+    };
+    let e = b.commit_page(page(0, 7)).unwrap_err();
+    assert!(
+        matches!(e, crate::store::CommitError::UnknownPeer(p) if p == a.id()),
+        "{e}"
+    );
     assert_eq!(snapshot(&b), before);
+    b.update_peer(&a.id(), |row| row.received_upto = 3).unwrap();
+    let e = b.commit_page(page(5, 7)).unwrap_err();
+    assert!(
+        matches!(e, crate::store::CommitError::Gap { since: 5, had: 3 }),
+        "{e}"
+    );
+    assert_eq!(snapshot(&b), before);
+    assert_eq!(b.peer(&a.id()).unwrap().unwrap().received_upto, 3);
 
-    let stats = b
-        .apply_remote(Some(a.instance().id), &good, |_| Ok(()))
-        .unwrap();
+    let committed = b.commit_page(page(3, 7)).unwrap();
+    assert_eq!(committed.received_upto, 7);
+    let row = b.peer(&a.id()).unwrap().unwrap();
+    assert_eq!((row.received_upto, row.sync_count), (7, 1));
+    let stats = committed.stats;
     assert_eq!(stats.applied, 3);
     assert_eq!(stats.inserted, 3);
     assert_eq!(counts(&b), vec![("person".to_string(), tc(4, 0))]);

@@ -8,11 +8,11 @@ use super::{
     decode, encode, ConflictDetail, ConflictEntry, Created, HistoryEntry, Resolution, Source,
     Store, StoreError, StoredRecord, TableCounts, Txn, WriterState,
 };
+use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
 use crate::clock::{wall_millis, Clock};
 use crate::merge::{self, Conflict, Edit, EditError, MergeKind, Revision, RevisionKind};
 use crate::model::{check_fields, covers, validate_table, RecordState, ValidationError};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -34,30 +34,6 @@ pub enum OpResult {
     Written(u64),
     /// Nothing changed, nothing written.
     Unchanged,
-}
-
-/// One record state received from a peer.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RemoteChange {
-    /// Table.
-    pub table: String,
-    /// Record id.
-    pub id: Uuid,
-    /// The peer's state of the record (possibly only the fields that changed).
-    pub state: RecordState,
-    /// Conflicts the sender logged for this record since the receiver's position, so every
-    /// instance's log shows them (deduplicated by the writes involved).
-    #[serde(default)]
-    pub conflicts: Vec<ReportedConflict>,
-}
-
-/// A conflict as reported by the instance that detected it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ReportedConflict {
-    /// The instance that detected it.
-    pub detected_by: Uuid,
-    /// What it is.
-    pub conflict: Conflict,
 }
 
 /// Identifies a conflict by the writes involved, whichever side detected it.
@@ -89,19 +65,6 @@ pub(crate) fn fingerprint(c: &Conflict) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Counts from applying a batch of remote changes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApplyStats {
-    /// Changes received.
-    pub received: u64,
-    /// Records that changed here.
-    pub applied: u64,
-    /// Of those, records new here.
-    pub inserted: u64,
-    /// Conflicts logged (including name clashes).
-    pub conflicts: u64,
-}
-
 /// Which value a conflict resolution keeps.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Keep {
@@ -114,11 +77,11 @@ pub enum Keep {
 }
 
 /// The writer's view during one batch.
-struct Batch<'a> {
+pub(super) struct Batch<'a> {
     store: &'a Store,
-    txn: Txn<'a>,
+    pub(super) txn: Txn<'a>,
     w: WriterState,
-    now: DateTime<Utc>,
+    pub(super) now: DateTime<Utc>,
     wall: u64,
     started: std::time::Instant,
 }
@@ -143,7 +106,7 @@ struct Persist<'a> {
 }
 
 impl Store {
-    fn begin(&self) -> (std::sync::MutexGuard<'_, WriterState>, Batch<'_>) {
+    pub(super) fn begin(&self) -> (std::sync::MutexGuard<'_, WriterState>, Batch<'_>) {
         let guard = self.lock();
         let w = WriterState {
             seq: guard.seq,
@@ -172,7 +135,7 @@ impl Store {
     }
 
     /// Commits a batch; `durable` = fsync before returning (every batch that changes data).
-    fn finish_with(
+    pub(super) fn finish_with(
         &self,
         mut guard: std::sync::MutexGuard<'_, WriterState>,
         mut b: Batch<'_>,
@@ -215,7 +178,7 @@ impl Store {
         if let Some((index, op)) = ops
             .iter()
             .enumerate()
-            .find(|(_, o)| o.table.starts_with(crate::mesh::SYSTEM_PREFIX))
+            .find(|(_, o)| o.table.starts_with(crate::model::SYSTEM_PREFIX))
         {
             return Err(StoreError::Op {
                 index,
@@ -255,17 +218,23 @@ impl Store {
         }
     }
 
-    /// Merges a page of remote changes in one atomic batch; `extra` adds more writes to the same
-    /// batch (the sync layer's per-peer position), so a page and its bookkeeping commit together.
-    pub fn apply_remote<F>(
+    /// Merges remote changes that come with no position (tests, tools) in one atomic batch,
+    /// fsynced if any record changed. Sync sessions use [`Store::commit_page`].
+    pub fn apply_remote(
         &self,
         peer: Option<Uuid>,
         changes: &[RemoteChange],
-        extra: F,
-    ) -> Result<ApplyStats, StoreError>
-    where
-        F: FnOnce(&mut Txn<'_>) -> Result<(), StoreError>,
-    {
+    ) -> Result<ApplyStats, StoreError> {
+        self.check_remote(changes)?;
+        let (guard, mut b) = self.begin();
+        let stats = b.merge_changes(peer, changes)?;
+        self.finish_with(guard, b, stats.applied > 0)?;
+        Ok(stats)
+    }
+
+    /// Refuses a page with a bad table, a local-only table or invalid fields, before anything
+    /// is written.
+    pub(super) fn check_remote(&self, changes: &[RemoteChange]) -> Result<(), StoreError> {
         for ch in changes {
             validate_table(&ch.table)?;
             if self.config.local_only.contains(&ch.table) {
@@ -273,63 +242,7 @@ impl Store {
             }
             check_fields(&ch.state.live_fields())?;
         }
-        let (guard, mut b) = self.begin();
-        let mut stats = ApplyStats::default();
-        for ch in changes {
-            stats.received += 1;
-            let mut state = ch.state.clone();
-            // A JSON null and an absent field are the same thing; keep one representation.
-            for f in state.fields.values_mut() {
-                if f.value == Some(Value::Null) {
-                    f.value = None;
-                }
-            }
-            b.w.clock.observe(state.max_ts());
-            let suffix = keys::record_suffix(&ch.table, &ch.id);
-            let prev = b.load(&suffix)?;
-            let out = merge::merge_remote(prev.as_ref().map(|p| &p.state), &state);
-            let mut reported = Vec::new();
-            for r in &ch.conflicts {
-                let dk = keys::conflict_dedupe(&suffix, &fingerprint(&r.conflict));
-                if b.txn.get(&dk)?.is_none() {
-                    reported.push(r.clone());
-                }
-            }
-            // An unchanged record is still written when it brings news of a conflict, so that
-            // the report reaches this instance's other peers too.
-            if out.kind == MergeKind::NoOp && reported.is_empty() {
-                continue;
-            }
-            stats.applied += 1;
-            stats.inserted += u64::from(out.kind == MergeKind::Insert);
-            let from = peer.unwrap_or_default();
-            let plain = matches!(out.kind, MergeKind::Insert | MergeKind::FastForward);
-            let echo_of = peer.filter(|_| plain && out.conflicts.is_empty());
-            let logged = b.persist(Persist {
-                table: &ch.table,
-                id: ch.id,
-                prev,
-                state: out.state,
-                touched: out.touched,
-                revisions: out.revisions,
-                source: if out.kind == MergeKind::Merge {
-                    Source::Merge(from)
-                } else {
-                    Source::Peer(from)
-                },
-                conflicts: out.conflicts,
-                reported,
-                peer,
-                echo_of,
-                writer_vv: Some(state.vv.clone()),
-            })?;
-            stats.conflicts += logged;
-        }
-        extra(&mut b.txn)?;
-        // A page that changed no record only moved a position: losing that in a crash costs a
-        // re-send, never data, so it skips the fsync (a no-op sync stays a few milliseconds).
-        self.finish_with(guard, b, stats.applied > 0)?;
-        Ok(stats)
+        Ok(())
     }
 
     /// Settles a conflict: writes the kept value as a normal new revision (which syncs like any
@@ -397,6 +310,66 @@ impl Store {
 }
 
 impl Batch<'_> {
+    /// Merges remote changes into this batch (records, feed, history, conflicts, clock).
+    pub(super) fn merge_changes(
+        &mut self,
+        peer: Option<Uuid>,
+        changes: &[RemoteChange],
+    ) -> Result<ApplyStats, StoreError> {
+        let mut stats = ApplyStats::default();
+        for ch in changes {
+            stats.received += 1;
+            let mut state = ch.state.clone();
+            // A JSON null and an absent field are the same thing; keep one representation.
+            for f in state.fields.values_mut() {
+                if f.value == Some(Value::Null) {
+                    f.value = None;
+                }
+            }
+            self.w.clock.observe(state.max_ts());
+            let suffix = keys::record_suffix(&ch.table, &ch.id);
+            let prev = self.load(&suffix)?;
+            let out = merge::merge_remote(prev.as_ref().map(|p| &p.state), &state);
+            let mut reported = Vec::new();
+            for r in &ch.conflicts {
+                let dk = keys::conflict_dedupe(&suffix, &fingerprint(&r.conflict));
+                if self.txn.get(&dk)?.is_none() {
+                    reported.push(r.clone());
+                }
+            }
+            // An unchanged record is still written when it brings news of a conflict, so that
+            // the report reaches this instance's other peers too.
+            if out.kind == MergeKind::NoOp && reported.is_empty() {
+                continue;
+            }
+            stats.applied += 1;
+            stats.inserted += u64::from(out.kind == MergeKind::Insert);
+            let from = peer.unwrap_or_default();
+            let plain = matches!(out.kind, MergeKind::Insert | MergeKind::FastForward);
+            let echo_of = peer.filter(|_| plain && out.conflicts.is_empty());
+            let logged = self.persist(Persist {
+                table: &ch.table,
+                id: ch.id,
+                prev,
+                state: out.state,
+                touched: out.touched,
+                revisions: out.revisions,
+                source: if out.kind == MergeKind::Merge {
+                    Source::Merge(from)
+                } else {
+                    Source::Peer(from)
+                },
+                conflicts: out.conflicts,
+                reported,
+                peer,
+                echo_of,
+                writer_vv: Some(state.vv.clone()),
+            })?;
+            stats.conflicts += logged;
+        }
+        Ok(stats)
+    }
+
     fn load(&self, suffix: &[u8]) -> Result<Option<StoredRecord>, StoreError> {
         self.txn
             .get(&keys::record(suffix))?

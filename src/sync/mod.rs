@@ -1,0 +1,272 @@
+//! Sync sessions with peers, both directions: hello, pull pages, push pages; and `verify`.
+//!
+//! Layout (the protocol never imports this module: it declares
+//! [`crate::protocol::server::SyncService`], which [`Responder`] implements):
+//! - [`session`]: the initiator loop, generic over a [`Peer`] (no JSON-RPC, no TLS).
+//! - [`peer`]: the [`Peer`] trait, its JSON-RPC implementation and the connection cache.
+//! - [`responder`]: the answering side over one store.
+//! - [`receive`]: the one path for an incoming page (decode, admit, commit with its position)
+//!   and the one hello bookkeeping, used by both sides.
+//! - [`admit`]: revocation admission.
+//! - [`verify`]: digest buckets and `verify`.
+//!
+//! Both sides persist a page and the position it advances to in one store batch, so an
+//! interrupted session resumes exactly where it stopped. See docs/PROTOCOL.md.
+
+pub mod admit;
+pub mod peer;
+pub mod receive;
+pub mod responder;
+pub mod session;
+pub mod verify;
+
+pub use admit::admit;
+pub use peer::{ClientCache, Peer, RpcPeer};
+pub use responder::{Inbound, Responder};
+pub use verify::{digest_buckets, verify, verify_with, TableCheck};
+
+use crate::clock::wall_millis;
+use crate::model::VersionVector;
+use crate::protocol::client::CallError;
+use crate::protocol::{self, Hello, Notify, PeerInfo, ProtocolError, ENC_ZSTD};
+use crate::store::{Position, Store, StoreError};
+use crate::tls::Transport;
+use serde::Serialize;
+use std::sync::Arc;
+use tracing::{info, info_span, warn, Instrument};
+use uuid::Uuid;
+
+/// A session that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The peer answered with a protocol error.
+    #[error("peer refused: {0}")]
+    Refused(ProtocolError),
+    /// The connection failed or timed out.
+    #[error("cannot reach {addr}: {message}")]
+    Transport {
+        /// The peer address.
+        addr: String,
+        /// What failed.
+        message: String,
+    },
+    /// The peer sent something we refuse.
+    #[error("{0}")]
+    Peer(ProtocolError),
+    /// Our store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Counts for one direction of a session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DirectionReport {
+    /// Pages exchanged.
+    pub pages: u64,
+    /// Records sent or received.
+    pub records: u64,
+    /// Records that changed on the receiving side.
+    pub applied: u64,
+    /// Conflicts logged on the receiving side.
+    pub conflicts: u64,
+    /// Encoded page bytes.
+    pub bytes: u64,
+    /// Milliseconds spent.
+    pub ms: u64,
+}
+
+/// What a session did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SessionReport {
+    /// The peer.
+    pub peer: PeerInfo,
+    /// Changes we pulled.
+    pub received: DirectionReport,
+    /// Changes we pushed.
+    pub sent: DirectionReport,
+}
+
+/// Page sizes and encoding for sessions we start.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Most records per page.
+    pub page_records: usize,
+    /// About this many bytes per page.
+    pub page_bytes: usize,
+    /// Preferred page encoding.
+    pub encoding: String,
+    /// Our agent's address, told to the peer (`None` for a one-shot CLI sync).
+    pub url: Option<String>,
+    /// Mutual TLS, or plaintext for debugging (also decides what pages are admitted).
+    pub transport: Transport,
+    /// Clients by peer address, so an agent's sessions reuse an established connection.
+    pub clients: Arc<ClientCache>,
+}
+
+impl SessionOptions {
+    /// Options from the store's config.
+    pub fn from_store(store: &Store, transport: Transport) -> Self {
+        let c = &store.config().sync;
+        Self {
+            page_records: c.page_records,
+            page_bytes: c.page_bytes,
+            encoding: ENC_ZSTD.to_string(),
+            url: None,
+            transport,
+            clients: Arc::default(),
+        }
+    }
+}
+
+pub(crate) fn local_only(store: &Store) -> Vec<String> {
+    store.config().local_only.iter().cloned().collect()
+}
+
+pub(crate) fn synced_tables(store: &Store) -> Result<Vec<String>, StoreError> {
+    Ok(store
+        .tables()?
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| !store.config().local_only.contains(t))
+        .collect())
+}
+
+/// Runs one full session with the peer at `addr`: hello, pull everything new, push everything
+/// new; over a kept connection when `opts.clients` has one.
+pub async fn sync_with(
+    store: Arc<Store>,
+    addr: &str,
+    opts: &SessionOptions,
+) -> Result<SessionReport, SyncError> {
+    let span = info_span!("sync", peer_addr = %addr, peer = tracing::field::Empty);
+    info!(parent: &span, "session started");
+    let cached = opts.clients.get(addr);
+    let reused = cached.is_some();
+    let peer = match cached {
+        Some(p) => p,
+        None => {
+            let p = RpcPeer::connect(addr, &opts.transport)?;
+            opts.clients.put(addr, p.clone());
+            p
+        }
+    };
+    let mut result = session::run(&store, &peer, addr, opts)
+        .instrument(span.clone())
+        .await;
+    if result.is_err() {
+        opts.clients.forget(addr);
+    }
+    if reused && matches!(result, Err(SyncError::Transport { .. })) {
+        // The kept connection may have been closed by the peer (idle timeout, restart): one
+        // retry on a fresh connection; the session resumes from the stored positions.
+        let peer = RpcPeer::connect(addr, &opts.transport)?;
+        opts.clients.put(addr, peer.clone());
+        result = session::run(&store, &peer, addr, opts)
+            .instrument(span.clone())
+            .await;
+        if result.is_err() {
+            opts.clients.forget(addr);
+        }
+    }
+    match &result {
+        Ok(r) => info!(parent: &span, peer = %r.peer.instance, name = %r.peer.name,
+                       received = r.received.records, applied = r.received.applied,
+                       sent = r.sent.records, conflicts = r.received.conflicts + r.sent.conflicts,
+                       ms = r.received.ms + r.sent.ms, "session finished"),
+        Err(e) => {
+            let known = store
+                .peers()
+                .ok()
+                .and_then(|ps| ps.into_iter().find(|p| p.url == addr));
+            let (id, name) = known.map_or((String::new(), String::new()), |p| {
+                (p.instance.to_string(), p.name)
+            });
+            warn!(parent: &span, error = %e, peer = %id, name = %name, "session failed")
+        }
+    }
+    result
+}
+
+/// Records a failed session in the peer's row (best effort: the session already failed).
+pub fn note_failure(store: &Store, peer: Option<Uuid>, error: &SyncError) {
+    let Some(pid) = peer else { return };
+    if let Ok(Some(_)) = store.peer(&pid) {
+        let _ = store.update_peer(&pid, |row| {
+            row.last_error = Some(error.to_string());
+            row.last_attempt = Some(chrono::Utc::now());
+        });
+    }
+}
+
+/// Runs store work off the async threads (sled and fsync block).
+pub(crate) async fn blocking<T, F>(store: &Arc<Store>, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+{
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || f(&s))
+        .await
+        .map_err(|e| StoreError::Decode(format!("store task failed: {e}")))?
+}
+
+/// The hello this instance sends: identity, versions, position and knowledge.
+pub(crate) fn our_hello(
+    store: &Store,
+    pos: &Position,
+    url: Option<String>,
+    encodings: Vec<String>,
+) -> Result<Hello, SyncError> {
+    let me = store.instance();
+    Ok(Hello {
+        protocol_min: protocol::MIN_PROTOCOL_VERSION,
+        protocol_max: protocol::PROTOCOL_VERSION,
+        peer: PeerInfo {
+            instance: me.id,
+            name: me.name,
+            owner: me.owner,
+            contact: me.contact,
+            url,
+        },
+        clock_ms: wall_millis(),
+        head: pos.head,
+        knowledge: pos.knowledge.clone(),
+        encodings,
+        local_only: local_only(store),
+        tables: synced_tables(store)?,
+    })
+}
+
+/// Tells a peer we have new changes.
+pub async fn notify(store: &Store, addr: &str, transport: &Transport) -> Result<(), SyncError> {
+    let peer = RpcPeer::connect(addr, transport)?;
+    peer.client()
+        .notify(&Notify {
+            from: store.id(),
+            head: store.seq(),
+        })
+        .await
+        .map_err(|e| e.into_sync(addr))
+}
+
+impl CallError {
+    /// Turns a failed call to the peer at `addr` into a session error.
+    pub fn into_sync(self, addr: &str) -> SyncError {
+        match self {
+            CallError::Protocol(e) => SyncError::Refused(e),
+            CallError::Transport(message) => SyncError::Transport {
+                addr: addr.to_string(),
+                message,
+            },
+        }
+    }
+}
+
+impl From<ProtocolError> for SyncError {
+    fn from(e: ProtocolError) -> Self {
+        SyncError::Peer(e)
+    }
+}
+
+/// The knowledge type re-exported for callers of this module.
+pub type Knowledge = VersionVector;

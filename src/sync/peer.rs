@@ -1,0 +1,138 @@
+//! The other end of a session as the initiator sees it: [`Peer`] is the four requests a session
+//! makes. [`RpcPeer`] is the real one (the JSON-RPC client over HTTP, with mutual TLS), and
+//! [`ClientCache`] keeps one per peer address so an agent's sessions reuse a connection. Tests
+//! run whole sessions in one process with an in-memory implementation (tests/session.rs).
+
+use super::SyncError;
+use crate::protocol::client::{CallError, Client};
+use crate::protocol::{
+    codes, DigestReply, DigestRequest, Hello, HelloReply, Page, ProtocolError, PullRequest,
+    PushReply, PushRequest,
+};
+use crate::tls::{SeenPeer, Transport};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use uuid::Uuid;
+
+/// The requests a session sends to the other instance. Errors are the peer's refusals
+/// ([`CallError::Protocol`]) or a failed exchange ([`CallError::Transport`]).
+pub trait Peer: Sync {
+    /// `fieldsync_hello`.
+    fn hello(&self, h: &Hello) -> impl Future<Output = Result<HelloReply, CallError>> + Send;
+    /// `fieldsync_pull`: one page of the peer's changes.
+    fn pull(&self, r: &PullRequest) -> impl Future<Output = Result<Page, CallError>> + Send;
+    /// `fieldsync_push`: one page of ours.
+    fn push(&self, r: &PushRequest) -> impl Future<Output = Result<PushReply, CallError>> + Send;
+    /// `fieldsync_digest`.
+    fn digest(
+        &self,
+        r: &DigestRequest,
+    ) -> impl Future<Output = Result<DigestReply, CallError>> + Send;
+    /// Fails unless the transport authenticated the peer as `claimed` (the instance its hello
+    /// names). Without authentication (plaintext, in memory) there is nothing to check.
+    fn check_identity(&self, claimed: &Uuid) -> Result<(), ProtocolError> {
+        let _ = claimed;
+        Ok(())
+    }
+}
+
+/// A peer reached over the network: the JSON-RPC client and, with TLS, the slot where the
+/// verifier put the instance named by the server's certificate.
+#[derive(Clone)]
+pub struct RpcPeer {
+    client: Arc<Client>,
+    seen: Option<SeenPeer>,
+}
+
+impl std::fmt::Debug for RpcPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RpcPeer")
+    }
+}
+
+impl RpcPeer {
+    /// A new connection to `addr` over `transport` (no request is sent yet).
+    pub fn connect(addr: &str, transport: &Transport) -> Result<Self, SyncError> {
+        let terr = |message: String| SyncError::Transport {
+            addr: addr.to_string(),
+            message,
+        };
+        let (client, seen) = match transport {
+            Transport::Plaintext => (Client::connect(addr, None).map_err(terr)?, None),
+            Transport::Tls { identity, revoked } => {
+                let (cfg, seen) = crate::tls::client_config(identity, revoked.clone())
+                    .map_err(|e| terr(e.to_string()))?;
+                (Client::connect(addr, Some(cfg)).map_err(terr)?, Some(seen))
+            }
+        };
+        Ok(Self {
+            client: Arc::new(client),
+            seen,
+        })
+    }
+
+    /// The JSON-RPC client (for `notify`, which is not part of a session).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Peer for RpcPeer {
+    async fn hello(&self, h: &Hello) -> Result<HelloReply, CallError> {
+        self.client.hello(h).await
+    }
+
+    async fn pull(&self, r: &PullRequest) -> Result<Page, CallError> {
+        self.client.pull(r).await
+    }
+
+    async fn push(&self, r: &PushRequest) -> Result<PushReply, CallError> {
+        self.client.push(r).await
+    }
+
+    async fn digest(&self, r: &DigestRequest) -> Result<DigestReply, CallError> {
+        self.client.digest(r).await
+    }
+
+    fn check_identity(&self, claimed: &Uuid) -> Result<(), ProtocolError> {
+        let Some(slot) = &self.seen else {
+            return Ok(());
+        };
+        let cert = *slot.lock().unwrap_or_else(|e| e.into_inner());
+        if cert != Some(*claimed) {
+            let named = cert.map_or_else(|| "no instance".to_string(), |c| c.to_string());
+            return Err(ProtocolError::new(
+                codes::IDENTITY_MISMATCH,
+                format!("peer claims instance {claimed} but its certificate is for {named}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Connections kept per peer address: a no-op sync on an established connection is a few
+/// small requests, not a new TLS handshake with two certificate chains.
+#[derive(Debug, Default)]
+pub struct ClientCache(Mutex<HashMap<String, RpcPeer>>);
+
+impl ClientCache {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, RpcPeer>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The kept connection to `addr`, if any.
+    pub(crate) fn get(&self, addr: &str) -> Option<RpcPeer> {
+        self.map().get(addr).cloned()
+    }
+
+    /// Keeps `peer` as the connection to `addr`.
+    pub(crate) fn put(&self, addr: &str, peer: RpcPeer) {
+        self.map().insert(addr.to_string(), peer);
+    }
+
+    /// Forgets the connection to `addr` (after a failed session).
+    pub(crate) fn forget(&self, addr: &str) {
+        self.map().remove(addr);
+    }
+}

@@ -1,0 +1,250 @@
+//! The answering side of a session: [`Responder`] implements the protocol's
+//! [`SyncService`] over one store. Pages pushed to us go through the one receive path
+//! ([`super::receive`]), exactly like the pages we pull as initiator.
+
+use super::receive::{self, note_hello, receive_page, store_refusal, HelloSeen};
+use super::verify::digest_buckets;
+use super::{local_only, synced_tables};
+use crate::clock::wall_millis;
+use crate::model::validate_table;
+use crate::protocol::server::{Caller, SyncService};
+use crate::protocol::{
+    self, codes, DigestReply, DigestRequest, Hello, HelloReply, Notify, Page, PeerInfo,
+    ProtocolError, PullRequest, PushReply, PushRequest, ENC_JSON, ENC_ZSTD,
+};
+use crate::store::Store;
+use crate::tls::Transport;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// The server side of the protocol, over one store.
+pub struct Responder {
+    store: Arc<Store>,
+    url: Option<String>,
+    on_notify: Option<tokio::sync::mpsc::Sender<Uuid>>,
+    inbound: Arc<Inbound>,
+    transport: Transport,
+}
+
+/// Peers that have a session with us in progress (hello seen, last push not yet), so the agent
+/// does not start a second, overlapping session with the same peer.
+#[derive(Default)]
+pub struct Inbound(Mutex<HashMap<Uuid, Instant>>);
+
+/// How long an inbound session counts as in progress without its last push.
+const INBOUND_GRACE: Duration = Duration::from_secs(60);
+
+impl Inbound {
+    fn begin(&self, peer: Uuid) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer, Instant::now());
+    }
+
+    fn end(&self, peer: &Uuid) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(peer);
+    }
+
+    /// True while `peer` runs a session with us.
+    pub fn active(&self, peer: &Uuid) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(peer)
+            .is_some_and(|t| t.elapsed() < INBOUND_GRACE)
+    }
+}
+
+/// Checks that a request speaks for the instance its certificate names (with TLS).
+fn check_caller(
+    claimed: &Uuid,
+    caller: &Caller,
+    transport: &Transport,
+) -> Result<(), ProtocolError> {
+    match (transport, caller.instance) {
+        (Transport::Plaintext, _) => Ok(()),
+        (Transport::Tls { .. }, Some(cert)) if cert == *claimed => Ok(()),
+        (Transport::Tls { .. }, Some(cert)) => Err(ProtocolError::new(
+            codes::IDENTITY_MISMATCH,
+            format!("the request claims instance {claimed} but the certificate is for {cert}"),
+        )),
+        (Transport::Tls { .. }, None) => Err(ProtocolError::new(
+            codes::IDENTITY_MISMATCH,
+            "no client certificate on this connection",
+        )),
+    }
+}
+
+impl Responder {
+    /// A responder for `store`; `url` is told to peers; notifications go to `on_notify`.
+    pub fn new(
+        store: Arc<Store>,
+        url: Option<String>,
+        on_notify: Option<tokio::sync::mpsc::Sender<Uuid>>,
+        transport: Transport,
+    ) -> Self {
+        Self {
+            store,
+            url,
+            on_notify,
+            inbound: Arc::default(),
+            transport,
+        }
+    }
+
+    /// Sessions peers are running with us.
+    pub fn inbound(&self) -> Arc<Inbound> {
+        self.inbound.clone()
+    }
+
+    /// The store served.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn me(&self) -> PeerInfo {
+        let i = self.store.instance();
+        PeerInfo {
+            instance: i.id,
+            name: i.name,
+            owner: i.owner,
+            contact: i.contact,
+            url: self.url.clone(),
+        }
+    }
+}
+
+impl SyncService for Responder {
+    /// `fieldsync_hello`; the caller's TCP address fills in a url without a host.
+    fn hello(&self, mut h: Hello, caller: Caller) -> Result<HelloReply, ProtocolError> {
+        check_caller(&h.peer.instance, &caller, &self.transport)?;
+        h.peer.url = h.peer.url.map(|u| reachable_url(&u, caller.addr));
+        let protocol = protocol::negotiate(h.protocol_min, h.protocol_max)?;
+        let me = self.me();
+        if h.peer.instance == me.instance {
+            return Err(ProtocolError::new(
+                codes::SAME_INSTANCE,
+                format!(
+                    "peer has our own instance id {}: a copied data directory? \
+                     Give one of them a new identity",
+                    me.instance
+                ),
+            ));
+        }
+        self.inbound.begin(h.peer.instance);
+        let received_upto =
+            note_hello(&self.store, &h.peer, h.clock_ms, h.head, HelloSeen::Inbound)
+                .map_err(|e| store_refusal(&e))?;
+        let pos = self.store.position().map_err(|e| store_refusal(&e))?;
+        let encoding = if h.encodings.iter().any(|e| e == ENC_ZSTD) {
+            ENC_ZSTD
+        } else {
+            ENC_JSON
+        };
+        Ok(HelloReply {
+            protocol,
+            peer: me,
+            clock_ms: wall_millis(),
+            head: pos.head,
+            knowledge: pos.knowledge,
+            received_upto,
+            encoding: encoding.to_string(),
+            local_only: local_only(&self.store),
+            tables: synced_tables(&self.store).map_err(|e| store_refusal(&e))?,
+        })
+    }
+
+    /// `fieldsync_pull`: reads the published head and the feed, never the writer's lock, so it
+    /// is answered while another peer's page is being committed.
+    fn pull(&self, r: PullRequest, caller: Caller) -> Result<Page, ProtocolError> {
+        check_caller(&r.from, &caller, &self.transport)?;
+        let head = self.store.seq();
+        if r.since > head {
+            return Err(ProtocolError::new(
+                codes::POSITION_FROM_FUTURE,
+                format!(
+                    "position {} is beyond this instance's feed head {head}: \
+                     was this instance restored from a backup? Reset the position to 0",
+                    r.since
+                ),
+            ));
+        }
+        let cfg = &self.store.config().sync;
+        let limit = (r.limit as usize).clamp(1, cfg.page_records.min(protocol::MAX_PAGE_RECORDS));
+        let max_bytes = (r.max_bytes as usize).clamp(1024, cfg.page_bytes);
+        let skip: BTreeSet<String> = r.local_only.into_iter().collect();
+        let out = self
+            .store
+            .outgoing(r.since, limit, max_bytes, &r.knowledge, &skip, Some(r.from))
+            .map_err(|e| store_refusal(&e))?;
+        Ok(Page {
+            since: r.since,
+            next: out.next,
+            more: out.more,
+            count: out.changes.len() as u32,
+            data: protocol::encode_changes(&out.changes, &r.encoding)?,
+            encoding: r.encoding,
+        })
+    }
+
+    /// `fieldsync_push`: applies one page and advances our position for the caller atomically.
+    fn push(&self, r: PushRequest, caller: Caller) -> Result<PushReply, ProtocolError> {
+        check_caller(&r.from, &caller, &self.transport)?;
+        let got = receive_page(
+            &self.store,
+            &self.transport,
+            r.from,
+            &r.page,
+            r.knowledge.as_ref(),
+            true,
+        )
+        .map_err(|e: receive::ReceiveError| e.to_protocol())?;
+        if !r.page.more {
+            self.inbound.end(&r.from);
+        }
+        Ok(PushReply {
+            received_upto: got.committed.received_upto,
+            stats: got.committed.stats,
+        })
+    }
+
+    /// `fieldsync_notify`.
+    fn notify(&self, n: Notify, caller: Caller) -> Result<(), ProtocolError> {
+        check_caller(&n.from, &caller, &self.transport)?;
+        if let Some(tx) = &self.on_notify {
+            // A full queue means a sync is already pending; dropping the extra nudge is fine.
+            let _ = tx.try_send(n.from);
+        }
+        Ok(())
+    }
+
+    /// `fieldsync_digest`.
+    fn digest(&self, r: DigestRequest, _caller: Caller) -> Result<DigestReply, ProtocolError> {
+        validate_table(&r.table)
+            .map_err(|e| ProtocolError::new(codes::INVALID_TABLE, e.to_string()))?;
+        let prefix = hex::decode(&r.prefix).map_err(|e| {
+            ProtocolError::new(
+                codes::INVALID_TABLE,
+                format!("prefix {:?} is not hex: {e}", r.prefix),
+            )
+        })?;
+        digest_buckets(&self.store, &r.table, &prefix, false).map_err(|e| store_refusal(&e))
+    }
+}
+
+/// An agent listening on 0.0.0.0 tells peers "0.0.0.0:7437"; they reach it at the address the
+/// connection came from, with the advertised port.
+fn reachable_url(url: &str, remote: Option<std::net::SocketAddr>) -> String {
+    match (url.parse::<std::net::SocketAddr>(), remote) {
+        (Ok(a), Some(r)) if a.ip().is_unspecified() => {
+            std::net::SocketAddr::new(r.ip(), a.port()).to_string()
+        }
+        _ => url.to_string(),
+    }
+}

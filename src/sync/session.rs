@@ -1,0 +1,177 @@
+//! The initiator's side of one session, generic over the transport: hello, pull every new page
+//! of the peer's, push every new page of ours. No jsonrpsee and no TLS here: [`run`] talks to a
+//! [`Peer`], so whole sessions run in one process against an in-memory peer (tests/session.rs)
+//! exactly as they run against a real one.
+//!
+//! Each pulled page goes through the one receive path ([`receive_page`]): the page and the
+//! position it advances to commit together, so an interrupted session resumes where it stopped.
+
+use super::peer::Peer;
+use super::receive::{note_hello, receive_page, HelloSeen, ReceiveError};
+use super::{blocking, our_hello, SessionOptions, SessionReport, SyncError};
+use crate::change::RemoteChange;
+use crate::protocol::{self, codes, Page, ProtocolError, PullRequest, PushRequest, ENC_JSON};
+use crate::store::{CommitError, Store};
+use chrono::Utc;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Runs one full session with `peer` (called `label` in errors, usually its address): hello,
+/// pull everything new, push everything new. Store work runs on blocking threads.
+pub async fn run<P: Peer>(
+    store: &Arc<Store>,
+    peer: &P,
+    label: &str,
+    opts: &SessionOptions,
+) -> Result<SessionReport, SyncError> {
+    let pos = blocking(store, |s| s.position()).await?;
+    let me = store.instance();
+    let hello = our_hello(
+        store,
+        &pos,
+        opts.url.clone(),
+        vec![opts.encoding.clone(), ENC_JSON.to_string()],
+    )?;
+    let reply = peer.hello(&hello).await.map_err(|e| e.into_sync(label))?;
+    let info = reply.peer.clone();
+    tracing::Span::current().record("peer", tracing::field::display(info.instance));
+    peer.check_identity(&info.instance)
+        .map_err(SyncError::Peer)?;
+    if info.instance == me.id {
+        return Err(SyncError::Peer(ProtocolError::new(
+            codes::SAME_INSTANCE,
+            format!("peer at {label} has our own instance id {}", me.id),
+        )));
+    }
+    protocol::negotiate(reply.protocol, reply.protocol)?;
+    let mut report = SessionReport {
+        peer: info.clone(),
+        ..Default::default()
+    };
+    let mut since = {
+        let (info, addr) = (info.clone(), label.to_string());
+        let (clock_ms, head) = (reply.clock_ms, reply.head);
+        blocking(store, move |s| {
+            note_hello(
+                s,
+                &info,
+                clock_ms,
+                head,
+                HelloSeen::Outbound { addr: &addr },
+            )
+        })
+        .await?
+    };
+
+    // Pull: pages of the peer's changes, each committed with its position in one batch.
+    let started = Instant::now();
+    for _ in 0..u32::MAX {
+        let req = PullRequest {
+            from: me.id,
+            since,
+            limit: opts.page_records as u32,
+            max_bytes: opts.page_bytes as u32,
+            knowledge: pos.knowledge.clone(),
+            encoding: reply.encoding.clone(),
+            local_only: hello.local_only.clone(),
+        };
+        let page = peer.pull(&req).await.map_err(|e| e.into_sync(label))?;
+        if page.since != since || (page.more && page.next <= since) {
+            return Err(SyncError::Peer(ProtocolError::new(
+                codes::INVALID_PAGE,
+                format!(
+                    "peer sent a page for position {}..{} when asked for {since}",
+                    page.since, page.next
+                ),
+            )));
+        }
+        report.received.pages += 1;
+        report.received.bytes += page.data.to_string().len() as u64;
+        let (next, more) = (page.next, page.more);
+        let (k, pid, transport) = (
+            reply.knowledge.clone(),
+            info.instance,
+            opts.transport.clone(),
+        );
+        let got = blocking(store, move |s| {
+            Ok(receive_page(s, &transport, pid, &page, Some(&k), false))
+        })
+        .await?
+        .map_err(|e| match e {
+            ReceiveError::Commit(CommitError::Store(e)) => SyncError::Store(e),
+            other => SyncError::Peer(other.to_protocol()),
+        })?;
+        report.received.records += got.records;
+        report.received.applied += got.committed.stats.applied;
+        report.received.conflicts += got.committed.stats.conflicts;
+        since = next;
+        if !more {
+            break;
+        }
+    }
+    report.received.ms = started.elapsed().as_millis() as u64;
+
+    // Push: our changes since what the peer has, skipping what it already knows.
+    let started = Instant::now();
+    let skip: BTreeSet<String> = reply.local_only.iter().cloned().collect();
+    let mut since = reply.received_upto;
+    for _ in 0..u32::MAX {
+        let (k, sk, limit, bytes) = (
+            reply.knowledge.clone(),
+            skip.clone(),
+            opts.page_records.min(protocol::MAX_PAGE_RECORDS),
+            opts.page_bytes,
+        );
+        let pid = info.instance;
+        let out = blocking(store, move |s| {
+            s.outgoing(since, limit, bytes, &k, &sk, Some(pid))
+        })
+        .await?;
+        let page = page_of(since, out.next, out.more, &out.changes, &reply.encoding)?;
+        report.sent.pages += 1;
+        report.sent.records += out.changes.len() as u64;
+        report.sent.bytes += page.data.to_string().len() as u64;
+        let req = PushRequest {
+            from: me.id,
+            knowledge: (!out.more).then(|| pos.knowledge.clone()),
+            page,
+        };
+        let r = peer.push(&req).await.map_err(|e| e.into_sync(label))?;
+        report.sent.applied += r.stats.applied;
+        report.sent.conflicts += r.stats.conflicts;
+        since = out.next;
+        if !out.more {
+            break;
+        }
+    }
+    report.sent.ms = started.elapsed().as_millis() as u64;
+
+    let pid = info.instance;
+    blocking(store, move |s| {
+        s.update_peer(&pid, |row| {
+            row.last_update = Some(Utc::now());
+            row.sync_count += 1;
+            row.last_error = None;
+        })
+    })
+    .await?;
+    Ok(report)
+}
+
+fn page_of(
+    since: u64,
+    next: u64,
+    more: bool,
+    changes: &[RemoteChange],
+    encoding: &str,
+) -> Result<Page, SyncError> {
+    Ok(Page {
+        since,
+        next,
+        more,
+        count: changes.len() as u32,
+        data: protocol::encode_changes(changes, encoding).map_err(SyncError::Peer)?,
+        encoding: encoding.to_string(),
+    })
+}
