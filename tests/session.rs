@@ -1,0 +1,308 @@
+//! Whole sync sessions between two temporary stores in one process, through an in-memory
+//! [`Peer`] that calls the other store's [`Responder`] directly (every request and reply still
+//! goes through its JSON form, as on the wire). No socket, no TLS, no child process: what is
+//! tested is the session logic itself — pages and positions, interruption and resume, the gap
+//! refusal, knowledge raising, no echo — on real sled stores on disk.
+
+use fieldsync::change::RemoteChange;
+use fieldsync::config::Config;
+use fieldsync::formats;
+use fieldsync::merge::Edit;
+use fieldsync::protocol::client::CallError;
+use fieldsync::protocol::server::{Caller, SyncService};
+use fieldsync::protocol::{
+    codes, DigestReply, DigestRequest, Hello, HelloReply, Page, PullRequest, PushReply,
+    PushRequest, ENC_JSON,
+};
+use fieldsync::store::{LocalOp, Store};
+use fieldsync::sync::{session, Peer, Responder, SessionOptions, SessionReport, SyncError};
+use fieldsync::tls::Transport;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use uuid::Uuid;
+
+const PERSON: &str = "person";
+/// Small pages, so a few dozen records make a multi-page session.
+const PAGE: usize = 7;
+
+struct Node {
+    store: Arc<Store>,
+    _dir: tempfile::TempDir,
+}
+
+fn node() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse("", "session test").unwrap();
+    let store = Arc::new(Store::open(dir.path(), config).unwrap());
+    Node { store, _dir: dir }
+}
+
+fn put(s: &Store, id: Uuid, fields: serde_json::Value) {
+    let serde_json::Value::Object(f) = fields else {
+        panic!("fields must be an object")
+    };
+    s.write_one(LocalOp {
+        table: PERSON.into(),
+        id,
+        edit: Edit::Put(f),
+    })
+    .unwrap();
+}
+
+fn write_many(s: &Store, n: usize, tag: &str) -> Vec<Uuid> {
+    (0..n)
+        .map(|i| {
+            let id = Uuid::new_v4();
+            put(s, id, json!({"name": format!("{tag}{i}")}));
+            id
+        })
+        .collect()
+}
+
+fn export(s: &Store) -> String {
+    let mut out = Vec::new();
+    formats::export_jsonl(s, PERSON, true, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn count(s: &Store) -> usize {
+    s.changes_since(0, usize::MAX).unwrap().len()
+}
+
+/// A value through its JSON form, as it crosses the wire.
+fn wire<T: Serialize + DeserializeOwned>(v: &T) -> T {
+    serde_json::from_value(serde_json::to_value(v).unwrap()).unwrap()
+}
+
+/// The other store, answering in memory. `cut_pull`/`cut_push`: the n-th such request (1-based)
+/// fails as if the connection dropped before it reached the responder.
+struct MemPeer {
+    responder: Responder,
+    cut_pull: Option<usize>,
+    cut_push: Option<usize>,
+    pulls: AtomicUsize,
+    pushes: AtomicUsize,
+}
+
+impl MemPeer {
+    fn new(to: &Node) -> Self {
+        Self {
+            responder: Responder::new(to.store.clone(), None, None, Transport::Plaintext),
+            cut_pull: None,
+            cut_push: None,
+            pulls: AtomicUsize::new(0),
+            pushes: AtomicUsize::new(0),
+        }
+    }
+
+    fn cut(n: &AtomicUsize, at: Option<usize>) -> Result<(), CallError> {
+        let this = n.fetch_add(1, Ordering::SeqCst) + 1;
+        match at {
+            Some(at) if this == at => Err(CallError::Transport("connection dropped".into())),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn answer<T: Serialize + DeserializeOwned>(
+    r: Result<T, fieldsync::protocol::ProtocolError>,
+) -> Result<T, CallError> {
+    r.map(|v| wire(&v)).map_err(CallError::Protocol)
+}
+
+impl Peer for MemPeer {
+    async fn hello(&self, h: &Hello) -> Result<HelloReply, CallError> {
+        answer(self.responder.hello(wire(h), Caller::default()))
+    }
+
+    async fn pull(&self, r: &PullRequest) -> Result<Page, CallError> {
+        Self::cut(&self.pulls, self.cut_pull)?;
+        answer(self.responder.pull(wire(r), Caller::default()))
+    }
+
+    async fn push(&self, r: &PushRequest) -> Result<PushReply, CallError> {
+        Self::cut(&self.pushes, self.cut_push)?;
+        answer(self.responder.push(wire(r), Caller::default()))
+    }
+
+    async fn digest(&self, r: &DigestRequest) -> Result<DigestReply, CallError> {
+        answer(self.responder.digest(wire(r), Caller::default()))
+    }
+}
+
+fn opts(s: &Store) -> SessionOptions {
+    let mut o = SessionOptions::from_store(s, Transport::Plaintext);
+    o.page_records = PAGE;
+    o
+}
+
+/// Runs one session from `a` with `peer` (bounded: a session is a bounded loop of requests).
+fn run(a: &Node, peer: &MemPeer) -> Result<SessionReport, SyncError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            session::run(&a.store, peer, "in-memory peer", &opts(&a.store)),
+        )
+        .await
+        .expect("a session in memory finishes within a minute")
+    })
+}
+
+#[test]
+fn a_session_moves_both_ways_in_pages_raises_knowledge_and_echoes_nothing() {
+    let (a, b) = (node(), node());
+    write_many(&a.store, 30, "a");
+    write_many(&b.store, 20, "b");
+
+    let r = run(&a, &MemPeer::new(&b)).unwrap();
+    assert_eq!(r.peer.instance, b.store.id());
+    assert_eq!((r.received.records, r.received.applied), (20, 20));
+    assert_eq!(r.received.pages, 3, "20 records in pages of {PAGE}");
+    // No echo: what A just pulled from B is not pushed back.
+    assert_eq!((r.sent.records, r.sent.applied), (30, 30));
+    assert_eq!(r.sent.pages, 5, "30 records in pages of {PAGE}");
+    assert_eq!(export(&a.store), export(&b.store));
+    assert_eq!(count(&a.store), 50);
+
+    // Knowledge was raised on both sides: each now knows everything the other had.
+    let (ka, kb) = (
+        a.store.position().unwrap().knowledge,
+        b.store.position().unwrap().knowledge,
+    );
+    assert!(ka.contains_key(&b.store.id()), "{ka:?}");
+    assert!(kb.contains_key(&a.store.id()), "{kb:?}");
+
+    // Both sides count the session once.
+    assert_eq!(a.store.peer(&b.store.id()).unwrap().unwrap().sync_count, 1);
+    assert_eq!(b.store.peer(&a.store.id()).unwrap().unwrap().sync_count, 1);
+
+    // A second session has nothing to move in either direction, and writes no record.
+    let (seq_a, seq_b) = (a.store.seq(), b.store.seq());
+    let r = run(&a, &MemPeer::new(&b)).unwrap();
+    assert_eq!((r.received.records, r.sent.records), (0, 0));
+    assert_eq!((a.store.seq(), b.store.seq()), (seq_a, seq_b));
+
+    // One new edit on B travels alone.
+    put(&b.store, Uuid::new_v4(), json!({"name": "late"}));
+    let r = run(&a, &MemPeer::new(&b)).unwrap();
+    assert_eq!((r.received.records, r.sent.records), (1, 0));
+    assert_eq!(export(&a.store), export(&b.store));
+}
+
+#[test]
+fn an_interrupted_pull_resumes_after_the_last_committed_page() {
+    let (a, b) = (node(), node());
+    write_many(&b.store, 25, "b");
+
+    // The third pull never reaches B: two pages (2 × PAGE records) are in, with their position.
+    let peer = MemPeer {
+        cut_pull: Some(3),
+        ..MemPeer::new(&b)
+    };
+    let e = run(&a, &peer).unwrap_err();
+    assert!(matches!(e, SyncError::Transport { .. }), "{e}");
+    assert_eq!(count(&a.store), 2 * PAGE);
+    let row = a.store.peer(&b.store.id()).unwrap().unwrap();
+    assert!(row.received_upto > 0);
+    // Knowledge is only raised with the last page: nothing about B is claimed yet.
+    assert!(!a
+        .store
+        .position()
+        .unwrap()
+        .knowledge
+        .contains_key(&b.store.id()));
+
+    // The next session starts at the stored position: only the rest is pulled.
+    let r = run(&a, &MemPeer::new(&b)).unwrap();
+    assert_eq!(r.received.records as usize, 25 - 2 * PAGE);
+    assert_eq!(export(&a.store), export(&b.store));
+}
+
+#[test]
+fn an_interrupted_push_resumes_after_the_last_committed_page() {
+    let (a, b) = (node(), node());
+    write_many(&a.store, 25, "a");
+
+    let peer = MemPeer {
+        cut_push: Some(2),
+        ..MemPeer::new(&b)
+    };
+    let e = run(&a, &peer).unwrap_err();
+    assert!(matches!(e, SyncError::Transport { .. }), "{e}");
+    assert_eq!(count(&b.store), PAGE);
+    let row = b.store.peer(&a.store.id()).unwrap().unwrap();
+    assert_eq!(row.sync_count, 0, "the session did not finish");
+
+    let r = run(&a, &MemPeer::new(&b)).unwrap();
+    assert_eq!(r.sent.records as usize, 25 - PAGE);
+    assert_eq!(export(&a.store), export(&b.store));
+    assert_eq!(b.store.peer(&a.store.id()).unwrap().unwrap().sync_count, 1);
+}
+
+/// A page for `to` holding all of `from`'s records, claimed to start at `since`.
+fn page_of(from: &Store, since: u64, next: u64) -> Page {
+    let changes: Vec<RemoteChange> = from
+        .changes_since(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, table, id, rec)| RemoteChange {
+            table,
+            id,
+            state: rec.state,
+            conflicts: vec![],
+        })
+        .collect();
+    Page {
+        since,
+        next,
+        more: false,
+        count: changes.len() as u32,
+        data: fieldsync::protocol::encode_changes(&changes, ENC_JSON).unwrap(),
+        encoding: ENC_JSON.into(),
+    }
+}
+
+#[test]
+fn a_push_that_would_leave_a_gap_or_comes_before_hello_is_refused_and_writes_nothing() {
+    let (a, b) = (node(), node());
+    write_many(&a.store, 5, "a");
+    let peer = MemPeer::new(&b);
+    let push = |since, next| PushRequest {
+        from: a.store.id(),
+        page: page_of(&a.store, since, next),
+        knowledge: None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+
+    let Err(CallError::Protocol(e)) = rt.block_on(peer.push(&push(0, 5))) else {
+        panic!("a push before hello must be refused")
+    };
+    assert_eq!(e.code, codes::UNKNOWN_PEER, "{e}");
+    assert_eq!(count(&b.store), 0);
+
+    // After a hello B has received nothing from A, so a page starting at 3 would skip 1..=3.
+    let r = run(&a, &MemPeer { cut_pull: Some(1), ..MemPeer::new(&b) });
+    assert!(r.is_err());
+    let seq = b.store.seq();
+    let Err(CallError::Protocol(e)) = rt.block_on(peer.push(&push(3, 5))) else {
+        panic!("a push with a gap must be refused")
+    };
+    assert_eq!(e.code, codes::POSITION_GAP, "{e}");
+    assert!(e.message.contains("resend from 0"), "{e}");
+    assert_eq!((count(&b.store), b.store.seq()), (0, seq));
+    assert_eq!(b.store.peer(&a.store.id()).unwrap().unwrap().received_upto, 0);
+
+    // From the right position the same page is taken, with its position.
+    let r = rt.block_on(peer.push(&push(0, 5))).unwrap();
+    assert_eq!((r.received_upto, r.stats.applied), (5, 5));
+    assert_eq!(export(&a.store), export(&b.store));
+}
