@@ -290,7 +290,13 @@ fn a_push_that_would_leave_a_gap_or_comes_before_hello_is_refused_and_writes_not
     assert_eq!(count(&b.store), 0);
 
     // After a hello B has received nothing from A, so a page starting at 3 would skip 1..=3.
-    let r = run(&a, &MemPeer { cut_pull: Some(1), ..MemPeer::new(&b) });
+    let r = run(
+        &a,
+        &MemPeer {
+            cut_pull: Some(1),
+            ..MemPeer::new(&b)
+        },
+    );
     assert!(r.is_err());
     let seq = b.store.seq();
     let Err(CallError::Protocol(e)) = rt.block_on(peer.push(&push(3, 5))) else {
@@ -299,10 +305,91 @@ fn a_push_that_would_leave_a_gap_or_comes_before_hello_is_refused_and_writes_not
     assert_eq!(e.code, codes::POSITION_GAP, "{e}");
     assert!(e.message.contains("resend from 0"), "{e}");
     assert_eq!((count(&b.store), b.store.seq()), (0, seq));
-    assert_eq!(b.store.peer(&a.store.id()).unwrap().unwrap().received_upto, 0);
+    assert_eq!(
+        b.store.peer(&a.store.id()).unwrap().unwrap().received_upto,
+        0
+    );
 
     // From the right position the same page is taken, with its position.
     let r = rt.block_on(peer.push(&push(0, 5))).unwrap();
     assert_eq!((r.received_upto, r.stats.applied), (5, 5));
     assert_eq!(export(&a.store), export(&b.store));
+}
+
+/// A store's unresolved merge conflicts, by the writes involved (whoever detected them).
+fn unresolved(s: &Store) -> std::collections::BTreeSet<String> {
+    use fieldsync::merge::Conflict;
+    use fieldsync::store::ConflictDetail;
+    s.conflicts()
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.resolved.is_none())
+        .map(|c| match c.detail {
+            ConflictDetail::Merge {
+                conflict:
+                    Conflict::Field {
+                        field,
+                        local,
+                        remote,
+                        ..
+                    },
+            } => {
+                let mut v = [local.value, remote.value].map(|v| v.unwrap_or_default().to_string());
+                v.sort();
+                format!("{field}: {} vs {}", v[0], v[1])
+            }
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn three_laptops_writing_one_field_end_with_the_same_unresolved_conflicts() {
+    // A, B and C each write "a", "b", "c" (in that order) to the same field of one record,
+    // without having seen each other's write. Then A syncs with B, and B with C.
+    let (a, b, c) = (node(), node(), node());
+    let id = Uuid::new_v4();
+    for (n, v) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        put(&n.store, id, json!({"name": v}));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    run(&a, &MemPeer::new(&b)).unwrap();
+    run(&b, &MemPeer::new(&c)).unwrap();
+    assert_eq!(export(&b.store), export(&c.store));
+    // B and C hold every write; both must show the same open conflicts: nobody who had seen
+    // both "a" and "b" wrote after them ("c" was written without seeing either).
+    let on_c = unresolved(&c.store);
+    assert_eq!(unresolved(&b.store), on_c);
+    assert_eq!(on_c.len(), 2, "{on_c:?}");
+
+    // Once everyone has synced with everyone, every laptop shows the same open conflicts.
+    run(&a, &MemPeer::new(&c)).unwrap();
+    run(&a, &MemPeer::new(&b)).unwrap();
+    for n in [&a, &b, &c] {
+        assert_eq!(export(&n.store), export(&a.store));
+        assert_eq!(unresolved(&n.store), on_c);
+    }
+
+    // Resolving one of them on one laptop settles the field everywhere: the kept value is a
+    // later write by someone who had seen every side, so it supersedes the other one too.
+    let open = a.store.conflicts().unwrap();
+    let first = open.iter().find(|e| e.resolved.is_none()).unwrap();
+    a.store
+        .resolve_conflict(first.id, fieldsync::store::Keep::Value(json!("abc")))
+        .unwrap();
+    assert!(
+        unresolved(&a.store).is_empty(),
+        "{:?}",
+        unresolved(&a.store)
+    );
+    run(&a, &MemPeer::new(&b)).unwrap();
+    run(&b, &MemPeer::new(&c)).unwrap();
+    for n in [&a, &b, &c] {
+        assert_eq!(export(&n.store), export(&a.store));
+        assert!(
+            unresolved(&n.store).is_empty(),
+            "{:?}",
+            unresolved(&n.store)
+        );
+    }
 }

@@ -12,11 +12,12 @@ mod txn;
 mod write;
 
 pub use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
+pub use crate::merge::Keep;
 pub use replication::{CommitError, Committed, Knowledge, OutgoingPage, PageCommit, Position};
 pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
 pub use txn::Txn;
 pub(crate) use write::decode_record;
-pub use write::{Keep, LocalOp, OpResult};
+pub use write::{LocalOp, OpResult};
 
 use crate::clock::{Clock, Hlc};
 use crate::config::Config;

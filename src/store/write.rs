@@ -10,8 +10,9 @@ use super::{
 };
 use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
 use crate::clock::{wall_millis, Clock};
+use crate::merge::conflicts::{self, fingerprint, ClashOutcome, Keep};
 use crate::merge::{self, Conflict, Edit, EditError, MergeKind, Revision, RevisionKind};
-use crate::model::{check_fields, covers, validate_table, RecordState, ValidationError};
+use crate::model::{check_fields, validate_table, RecordState, ValidationError};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
@@ -34,46 +35,6 @@ pub enum OpResult {
     Written(u64),
     /// Nothing changed, nothing written.
     Unchanged,
-}
-
-/// Identifies a conflict by the writes involved, whichever side detected it.
-pub(crate) fn fingerprint(c: &Conflict) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    match c {
-        Conflict::Field {
-            field,
-            local,
-            remote,
-            ..
-        } => {
-            let (a, b) = if local.stamp <= remote.stamp {
-                (local.stamp, remote.stamp)
-            } else {
-                (remote.stamp, local.stamp)
-            };
-            h.update(b"field\0");
-            h.update(field.as_bytes());
-            h.update(a.to_key_bytes());
-            h.update(b.to_key_bytes());
-        }
-        Conflict::DeleteEdit { deleted, .. } => {
-            h.update(b"delete_edit\0");
-            h.update(deleted.to_key_bytes());
-        }
-    }
-    h.finalize().into()
-}
-
-/// Which value a conflict resolution keeps.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Keep {
-    /// The local side's value.
-    Local,
-    /// The remote side's value.
-    Remote,
-    /// This value instead.
-    Value(Value),
 }
 
 /// The writer's view during one batch.
@@ -101,8 +62,8 @@ struct Persist<'a> {
     peer: Option<Uuid>,
     /// Set when the new state is exactly what this peer sent (insert or fast-forward).
     echo_of: Option<Uuid>,
-    /// For remote changes, what the sender's state had seen (None: a local write).
-    writer_vv: Option<crate::model::VersionVector>,
+    /// For remote changes, the state as the sender sent it (None: a local write).
+    writer: Option<&'a RecordState>,
 }
 
 impl Store {
@@ -260,48 +221,15 @@ impl Store {
             id: entry.record,
             edit,
         };
-        let how = match (&entry.detail, &keep) {
-            (ConflictDetail::Merge { conflict }, _) => match (conflict, keep.clone()) {
-                (Conflict::Field { field, local, .. }, Keep::Local) => {
-                    b.local(&op(Edit::Reassert(field.clone(), local.value.clone())))?;
-                    "kept the local value".to_string()
-                }
-                (Conflict::Field { field, remote, .. }, Keep::Remote) => {
-                    b.local(&op(Edit::Reassert(field.clone(), remote.value.clone())))?;
-                    "kept the remote value".to_string()
-                }
-                (Conflict::Field { field, .. }, Keep::Value(v)) => {
-                    let v = (!v.is_null()).then_some(v);
-                    b.local(&op(Edit::Reassert(field.clone(), v)))?;
-                    "set a new value".to_string()
-                }
-                (Conflict::DeleteEdit { deleted_on, .. }, k @ (Keep::Local | Keep::Remote)) => {
-                    let keep_side = if k == Keep::Local {
-                        merge::Side::Local
-                    } else {
-                        merge::Side::Remote
-                    };
-                    if keep_side == *deleted_on {
-                        b.local(&op(Edit::Delete))?;
-                        "kept the delete: record deleted".to_string()
-                    } else {
-                        "kept the edit: record stays".to_string()
-                    }
-                }
-                (Conflict::DeleteEdit { .. }, Keep::Value(_)) => {
-                    return Err(StoreError::BadResolution(
-                        "a delete-vs-edit conflict takes --keep local or --keep remote".into(),
-                    ))
-                }
-            },
-            (ConflictDetail::NameClash { field, .. }, Keep::Value(v)) => {
-                let mut patch = serde_json::Map::new();
-                patch.insert(field.clone(), v.clone());
-                b.local(&op(Edit::Patch(patch)))?;
-                format!("renamed: {field} set to {v}")
-            }
-            (ConflictDetail::NameClash { .. }, _) => "kept both records".to_string(),
+        let resolution = match &entry.detail {
+            ConflictDetail::Merge { conflict } => conflicts::resolve(conflict, &keep)
+                .map_err(|e| StoreError::BadResolution(e.to_string()))?,
+            ConflictDetail::NameClash { field, .. } => conflicts::resolve_name_clash(field, &keep),
         };
+        if let Some(edit) = resolution.edit {
+            b.local(&op(edit))?;
+        }
+        let how = resolution.how;
         entry.resolved = Some(Resolution { at: b.now, how });
         b.txn.put(keys::conflict(id), encode(&entry));
         self.finish(guard, b)?;
@@ -363,7 +291,7 @@ impl Batch<'_> {
                 reported,
                 peer,
                 echo_of,
-                writer_vv: Some(state.vv.clone()),
+                writer: Some(&state),
             })?;
             stats.conflicts += logged;
         }
@@ -415,7 +343,7 @@ impl Batch<'_> {
             reported: vec![],
             peer: None,
             echo_of: None,
-            writer_vv: None,
+            writer: None,
         })?;
         Ok(OpResult::Written(self.w.seq))
     }
@@ -486,7 +414,8 @@ impl Batch<'_> {
                 if let Some(k) = others.first() {
                     let other = Uuid::from_slice(&k[prefix.len()..])
                         .map_err(|e| StoreError::Decode(e.to_string()))?;
-                    if p.source == Source::Local {
+                    if conflicts::on_unique_clash(p.source == Source::Local) == ClashOutcome::Refuse
+                    {
                         return Err(StoreError::UniqueClash {
                             table: p.table.to_string(),
                             field: field.clone(),
@@ -531,12 +460,6 @@ impl Batch<'_> {
             }
         }
 
-        if p.prev.is_some() {
-            // A later write settles a conflict only if its writer had seen both sides: judge by
-            // the writer's own knowledge (the incoming state), not our merged one.
-            let writer_vv = p.writer_vv.as_ref().unwrap_or(&p.state.vv);
-            self.supersede(&suffix, &p.state, writer_vv, &p.touched)?;
-        }
         let logged = conflicts.len() as u64;
         let first_id = self.w.next_conflict - logged;
         for (n, (detail, reported_by)) in conflicts.into_iter().enumerate() {
@@ -556,6 +479,8 @@ impl Batch<'_> {
             self.txn
                 .put(keys::conflict_by_record(&suffix, id), Vec::new());
         }
+        // After logging, so that conflicts just received are judged by the same rule.
+        self.supersede(&suffix, &p.state, p.writer, &p.touched)?;
 
         let conflict_seq = if logged > 0 {
             seq
@@ -575,48 +500,55 @@ impl Batch<'_> {
         Ok(logged)
     }
 
-    /// Marks field conflicts of this record resolved once a later write has seen both sides.
+    /// Marks field conflicts of this record resolved once a later write has seen both sides
+    /// ([`conflicts::superseded_by`]). A conflict is judged only by the batch that brings the
+    /// field's current write: a local edit of the field, or a remote state that carries it
+    /// (whose version vector is then the best available account of what its writer had seen).
     fn supersede(
         &mut self,
         suffix: &[u8],
         state: &RecordState,
-        writer_vv: &crate::model::VersionVector,
+        writer: Option<&RecordState>,
         touched: &[String],
     ) -> Result<(), StoreError> {
         let prefix = keys::conflicts_of(suffix);
+        let mut entries = Vec::new();
         for k in self.txn.keys_with_prefix(&prefix)? {
             let id = u64::from_be_bytes(k[prefix.len()..].try_into().unwrap_or_default());
-            let Some(v) = self.txn.get(&keys::conflict(id))? else {
-                continue;
-            };
-            let mut entry: ConflictEntry = decode(&v)?;
-            if entry.resolved.is_some() {
-                continue;
+            if let Some(v) = self.txn.get(&keys::conflict(id))? {
+                entries.push((id, decode::<ConflictEntry>(&v)?));
             }
+        }
+        let known: Vec<Conflict> = entries
+            .iter()
+            .filter_map(|(_, e)| match &e.detail {
+                ConflictDetail::Merge { conflict } => Some(conflict.clone()),
+                ConflictDetail::NameClash { .. } => None,
+            })
+            .collect();
+        let writer_vv = writer.map_or(&state.vv, |w| &w.vv);
+        for (id, mut entry) in entries {
             let ConflictDetail::Merge {
-                conflict:
-                    Conflict::Field {
-                        field,
-                        local,
-                        remote,
-                        ..
-                    },
+                conflict: conflict @ Conflict::Field { field, .. },
             } = &entry.detail
             else {
                 continue;
             };
-            let Some(now) = state.fields.get(field) else {
+            if entry.resolved.is_some() {
                 continue;
+            }
+            let now = state.fields.get(field).map(|f| f.stamp);
+            let carried = match writer {
+                Some(w) => now.is_some() && w.fields.get(field).map(|f| f.stamp) == now,
+                None => touched.contains(field),
             };
-            let later = now.stamp != local.stamp && now.stamp != remote.stamp;
-            if touched.contains(field)
-                && later
-                && covers(writer_vv, &local.stamp)
-                && covers(writer_vv, &remote.stamp)
-            {
+            if !carried {
+                continue;
+            }
+            if let Some(by) = conflicts::superseded_by(conflict, state, writer_vv, &known) {
                 entry.resolved = Some(Resolution {
                     at: self.now,
-                    how: format!("superseded by a later write ({})", now.stamp),
+                    how: format!("superseded by a later write ({by})"),
                 });
                 self.txn.put(keys::conflict(id), encode(&entry));
             }

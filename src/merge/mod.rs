@@ -5,7 +5,12 @@
 //! history, conflicts for the log). The rules are written down in ARCHITECTURE.md; in short:
 //! each field is a last-writer-wins register ordered by HLC, version vectors tell "newer" from
 //! "concurrent" so that only truly concurrent different writes are logged as conflicts, and a
-//! delete only wins over edits its deleter had seen.
+//! delete only wins over edits its deleter had seen. The rules about conflicts once they are
+//! logged (identity, supersession, unique-field clashes, resolutions) are in [`conflicts`].
+
+pub mod conflicts;
+
+pub use conflicts::Keep;
 
 use crate::clock::Hlc;
 use crate::model::{covers, vv_join, FieldState, Fields, RecordState};

@@ -1,0 +1,194 @@
+//! The conflict rules, as pure functions: how a conflict is identified across instances, when a
+//! later write supersedes a field conflict, what a unique-field clash does, and how a
+//! resolution becomes an edit. The store applies them inside its write batch; the proptest
+//! model (tests/convergence.rs) checks that, with them, every replica ends with the same open
+//! conflicts.
+
+use super::{Conflict, Edit, Side};
+use crate::clock::Hlc;
+use crate::model::{covers, RecordState, VersionVector};
+use serde_json::Value;
+
+/// Identifies a conflict by the writes involved, whichever instance detected it (and on which
+/// side): a field conflict by its field and its two stamps in order, a delete-vs-edit conflict
+/// by the delete's stamp. Part of the store's dedupe key, so it must never change.
+pub fn fingerprint(c: &Conflict) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    match c {
+        Conflict::Field {
+            field,
+            local,
+            remote,
+            ..
+        } => {
+            let (a, b) = ordered(local.stamp, remote.stamp);
+            h.update(b"field\0");
+            h.update(field.as_bytes());
+            h.update(a.to_key_bytes());
+            h.update(b.to_key_bytes());
+        }
+        Conflict::DeleteEdit { deleted, .. } => {
+            h.update(b"delete_edit\0");
+            h.update(deleted.to_key_bytes());
+        }
+    }
+    h.finalize().into()
+}
+
+fn ordered(a: Hlc, b: Hlc) -> (Hlc, Hlc) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+/// True if `c` is a field conflict on `field` between the writes `x` and `y` (either order).
+fn pairs(c: &Conflict, field: &str, x: Hlc, y: Hlc) -> bool {
+    matches!(c, Conflict::Field { field: f, local, remote, .. }
+        if f == field && ordered(local.stamp, remote.stamp) == ordered(x, y))
+}
+
+/// When a field conflict is settled by a later write: the write the record now holds for the
+/// field (in `state`) is neither side, its writer had seen both sides (`writer_vv`: the version
+/// vector of the state the write arrived in, or ours for a local edit), and no known conflict
+/// (`known`: the record's conflict log, reported ones included) says that write was made
+/// without seeing one of the sides. Returns that write's stamp.
+///
+/// The last condition matters because `writer_vv` can be a merged vector: an instance that
+/// merged "a" and "b" and then received a concurrent "c" sends "c" with a vector covering all
+/// three, although "c"'s writer saw neither; whoever merged "c" with a side logged that as a
+/// conflict, and it travels with the record. A delete-vs-edit conflict is never superseded.
+pub fn superseded_by<'a>(
+    c: &Conflict,
+    state: &RecordState,
+    writer_vv: &VersionVector,
+    known: impl IntoIterator<Item = &'a Conflict>,
+) -> Option<Hlc> {
+    let Conflict::Field {
+        field,
+        local,
+        remote,
+        ..
+    } = c
+    else {
+        return None;
+    };
+    let now = state.fields.get(field)?.stamp;
+    if now == local.stamp || now == remote.stamp {
+        return None;
+    }
+    if !covers(writer_vv, &local.stamp) || !covers(writer_vv, &remote.stamp) {
+        return None;
+    }
+    let blind = known
+        .into_iter()
+        .any(|k| pairs(k, field, now, local.stamp) || pairs(k, field, now, remote.stamp));
+    (!blind).then_some(now)
+}
+
+/// What a write that gives a unique field a value another record already has does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClashOutcome {
+    /// A local write is refused: the user can pick another value now.
+    Refuse,
+    /// A remote record is stored anyway and a name clash is logged: refusing it would make the
+    /// instances diverge forever, and both records are real.
+    StoreAndLog,
+}
+
+/// The name-clash rule: refuse a local write, keep a remote one and log the clash.
+pub fn on_unique_clash(local_write: bool) -> ClashOutcome {
+    if local_write {
+        ClashOutcome::Refuse
+    } else {
+        ClashOutcome::StoreAndLog
+    }
+}
+
+/// Which value a conflict resolution keeps.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Keep {
+    /// The local side's value.
+    Local,
+    /// The remote side's value.
+    Remote,
+    /// This value instead.
+    Value(Value),
+}
+
+/// A resolution turned into what to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolution {
+    /// The edit that carries the decision to every instance (`None`: nothing to write).
+    pub edit: Option<Edit>,
+    /// What was done, for the log.
+    pub how: String,
+}
+
+/// A `--keep` that does not fit the conflict.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a delete-vs-edit conflict takes --keep local or --keep remote")]
+pub struct KeepMismatch;
+
+/// How resolving a merge conflict becomes an edit. A field conflict writes the kept value with a
+/// fresh stamp even when it is already the current one ([`Edit::Reassert`]), so the decision
+/// replicates and supersedes the conflict on every instance (its writer has seen both sides).
+/// A delete-vs-edit conflict kept on the delete's side deletes the record; kept on the edit's
+/// side the record simply stays.
+pub fn resolve(c: &Conflict, keep: &Keep) -> Result<Resolution, KeepMismatch> {
+    let done = |edit, how: &str| Resolution {
+        edit,
+        how: how.to_string(),
+    };
+    Ok(match (c, keep) {
+        (Conflict::Field { field, local, .. }, Keep::Local) => done(
+            Some(Edit::Reassert(field.clone(), local.value.clone())),
+            "kept the local value",
+        ),
+        (Conflict::Field { field, remote, .. }, Keep::Remote) => done(
+            Some(Edit::Reassert(field.clone(), remote.value.clone())),
+            "kept the remote value",
+        ),
+        (Conflict::Field { field, .. }, Keep::Value(v)) => done(
+            Some(Edit::Reassert(
+                field.clone(),
+                (!v.is_null()).then(|| v.clone()),
+            )),
+            "set a new value",
+        ),
+        (Conflict::DeleteEdit { deleted_on, .. }, k @ (Keep::Local | Keep::Remote)) => {
+            let side = if *k == Keep::Local {
+                Side::Local
+            } else {
+                Side::Remote
+            };
+            if side == *deleted_on {
+                done(Some(Edit::Delete), "kept the delete: record deleted")
+            } else {
+                done(None, "kept the edit: record stays")
+            }
+        }
+        (Conflict::DeleteEdit { .. }, Keep::Value(_)) => return Err(KeepMismatch),
+    })
+}
+
+/// How resolving a name clash becomes an edit: a new value renames this record; keeping either
+/// side keeps both records as they are.
+pub fn resolve_name_clash(field: &str, keep: &Keep) -> Resolution {
+    match keep {
+        Keep::Value(v) => {
+            let mut patch = serde_json::Map::new();
+            patch.insert(field.to_string(), v.clone());
+            Resolution {
+                edit: Some(Edit::Patch(patch)),
+                how: format!("renamed: {field} set to {v}"),
+            }
+        }
+        _ => Resolution {
+            edit: None,
+            how: "kept both records".to_string(),
+        },
+    }
+}
