@@ -12,6 +12,7 @@
 use fieldsync::clock::{Clock, Hlc};
 use fieldsync::config::Config;
 use fieldsync::formats::{self, canonical_json};
+use fieldsync::merge::conflicts::{fingerprint, superseded_by, unseen_sides};
 use fieldsync::merge::{local_edit, merge_remote, Conflict, Edit, EditError, MergeKind, Side};
 use fieldsync::model::{FieldState, Fields, RecordState};
 use fieldsync::store::{
@@ -286,12 +287,40 @@ struct Snap {
     id: usize,
     state: RecordState,
     seen: Bits,
+    /// The sender's open conflicts on the record, reported with it (as pages carry them).
+    reported: Vec<Conflict>,
+}
+
+/// One replica's conflict log for one record: by fingerprint, the conflict and whether it is
+/// settled.
+type Log = BTreeMap<[u8; 32], (Conflict, bool)>;
+
+fn open_conflicts(log: Option<&Log>) -> Vec<Conflict> {
+    log.into_iter()
+        .flat_map(|l| l.values())
+        .filter(|(_, settled)| !settled)
+        .map(|(c, _)| c.clone())
+        .collect()
+}
+
+/// The store's supersession pass: every field conflict not resolved by a person is re-judged
+/// against the record's state and log; returns how many became settled.
+fn supersede(log: &mut Log, state: &RecordState) -> u64 {
+    let known: Vec<Conflict> = log.values().map(|(c, _)| c.clone()).collect();
+    let mut n = 0;
+    for (c, settled) in log.values_mut() {
+        let now = superseded_by(c, state, &known).is_some();
+        n += u64::from(now && !*settled);
+        *settled = now;
+    }
+    n
 }
 
 struct Replica {
     clock: Clock,
     skew: i64,
     recs: BTreeMap<usize, (RecordState, Bits)>,
+    logs: BTreeMap<usize, Log>,
 }
 
 impl Replica {
@@ -302,6 +331,7 @@ impl Replica {
                 id: *id,
                 state: state.clone(),
                 seen: seen.clone(),
+                reported: open_conflicts(self.logs.get(id)),
             })
             .collect()
     }
@@ -333,6 +363,9 @@ struct Tally {
     field_conflicts: u64,
     tie_breaks: u64,
     delete_edit_conflicts: u64,
+    reported_conflicts_logged: u64,
+    superseded: u64,
+    open_at_end: u64,
     ended_deleted: u64,
     ended_alive_after_delete: u64,
     stale_rechecks: u64,
@@ -353,6 +386,9 @@ impl Tally {
         self.field_conflicts += o.field_conflicts;
         self.tie_breaks += o.tie_breaks;
         self.delete_edit_conflicts += o.delete_edit_conflicts;
+        self.reported_conflicts_logged += o.reported_conflicts_logged;
+        self.superseded += o.superseded;
+        self.open_at_end += o.open_at_end;
         self.ended_deleted += o.ended_deleted;
         self.ended_alive_after_delete += o.ended_alive_after_delete;
         self.stale_rechecks += o.stale_rechecks;
@@ -392,6 +428,7 @@ impl World {
                     clock: Clock::new(node_id(r), 0),
                     skew: *skew,
                     recs: BTreeMap::new(),
+                    logs: BTreeMap::new(),
                 })
                 .collect(),
             hist: vec![History::default(); IDS],
@@ -452,10 +489,15 @@ impl World {
                 let mut seen = ctx;
                 seen.insert(e);
                 check_state(h, &out.state, &seen)?;
+                // A local edit of a field settles its conflicts if this replica had seen both
+                // sides (its own state is the writer's context).
+                let log = rep.logs.entry(id).or_default();
+                self.tally.superseded += supersede(log, &out.state);
                 self.archive.push(Snap {
                     id,
                     state: out.state.clone(),
                     seen: seen.clone(),
+                    reported: open_conflicts(Some(log)),
                 });
                 rep.recs.insert(id, (out.state, seen));
                 self.tally.edits += 1;
@@ -503,7 +545,35 @@ impl World {
         self.check_conflicts(local.map(|l| &l.0), &lseen, snap, &seen, &out.conflicts)?;
 
         let rep = &mut self.reps[to];
-        let changed = out.kind != MergeKind::NoOp;
+        // As the store does: conflicts found by this merge and those reported with the state
+        // are logged once each (by the writes involved); a state that changes nothing is still
+        // taken when it brings a conflict this replica has not logged.
+        let log = rep.logs.entry(snap.id).or_default();
+        let known: Vec<Conflict> = log.values().map(|(c, _)| c.clone()).collect();
+        let found: Vec<Conflict> = out
+            .conflicts
+            .iter()
+            .cloned()
+            .chain(if out.kind == MergeKind::NoOp {
+                Vec::new()
+            } else {
+                unseen_sides(&known, &snap.state, &out.state)
+            })
+            .filter(|c| !log.contains_key(&fingerprint(c)))
+            .collect();
+        let reported: Vec<&Conflict> = snap
+            .reported
+            .iter()
+            .filter(|c| !log.contains_key(&fingerprint(c)))
+            .collect();
+        let changed = out.kind != MergeKind::NoOp || !reported.is_empty() || !found.is_empty();
+        if changed {
+            self.tally.reported_conflicts_logged += reported.len() as u64;
+            for c in found.iter().chain(reported) {
+                log.entry(fingerprint(c)).or_insert((c.clone(), false));
+            }
+            self.tally.superseded += supersede(log, &out.state);
+        }
         match out.kind {
             MergeKind::Insert => self.tally.inserts += 1,
             MergeKind::NoOp => self.tally.noops += 1,
@@ -515,6 +585,7 @@ impl World {
                 id: snap.id,
                 state: out.state.clone(),
                 seen: seen.clone(),
+                reported: open_conflicts(rep.logs.get(&snap.id)),
             });
             rep.recs.insert(snap.id, (out.state, seen));
         }
@@ -690,6 +761,28 @@ impl World {
             }
             prop_assert_eq!(rep.export(), export.clone(), "exports differ");
         }
+        // Every replica holds the same open conflicts (by the writes involved).
+        let open = |r: &Replica, id: &usize| -> Vec<[u8; 32]> {
+            let mut v: Vec<_> = open_conflicts(r.logs.get(id))
+                .iter()
+                .map(fingerprint)
+                .collect();
+            v.sort();
+            v
+        };
+        for id in &ids {
+            let want = open(first, id);
+            self.tally.open_at_end += want.len() as u64;
+            for (n, rep) in self.reps.iter().enumerate().skip(1) {
+                prop_assert_eq!(
+                    open(rep, id),
+                    want.clone(),
+                    "replica {} holds other open conflicts on record {} than replica 0",
+                    n,
+                    id
+                );
+            }
+        }
         for (id, h) in self.hist.iter().enumerate() {
             let mut all = Bits::default();
             (0..h.events.len()).for_each(|i| all.insert(i));
@@ -811,6 +904,9 @@ fn replicas_converge_fixed_seed() {
     assert!(t.edits >= 4_000, "{t:?}");
     assert!(t.field_conflicts > 0, "{t:?}");
     assert!(t.tie_breaks > 0, "{t:?}");
+    assert!(t.reported_conflicts_logged > 0, "{t:?}");
+    assert!(t.superseded > 0, "{t:?}");
+    assert!(t.open_at_end > 0, "{t:?}");
     assert!(t.delete_edit_conflicts > 0, "{t:?}");
     assert!(
         t.ended_deleted > 0 && t.ended_alive_after_delete > 0,

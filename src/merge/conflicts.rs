@@ -6,7 +6,7 @@
 
 use super::{Conflict, Edit, Side};
 use crate::clock::Hlc;
-use crate::model::{covers, RecordState, VersionVector};
+use crate::model::{covers, RecordState};
 use serde_json::Value;
 
 /// Identifies a conflict by the writes involved, whichever instance detected it (and on which
@@ -50,20 +50,79 @@ fn pairs(c: &Conflict, field: &str, x: Hlc, y: Hlc) -> bool {
         if f == field && ordered(local.stamp, remote.stamp) == ordered(x, y))
 }
 
-/// When a field conflict is settled by a later write: the write the record now holds for the
-/// field (in `state`) is neither side, its writer had seen both sides (`writer_vv`: the version
-/// vector of the state the write arrived in, or ours for a local edit), and no known conflict
-/// (`known`: the record's conflict log, reported ones included) says that write was made
-/// without seeing one of the sides. Returns that write's stamp.
+/// Conflicts between an incoming write and the sides of conflicts already logged on the
+/// record, which [`super::merge_remote`] cannot see because it compares only with the current
+/// value: a write `w` that becomes the field's value here, arriving in a state that has not
+/// seen a side `x` of a logged conflict on that field, was made concurrently with `x`; if the
+/// values differ that is a conflict too (`x` lost to `w`). `log` is the record's conflict log,
+/// `incoming` the state as received, `merged` the result of the merge. Only a merge that
+/// changed the record consults it: an old copy changes nothing, not even the log (rule 6).
 ///
-/// The last condition matters because `writer_vv` can be a merged vector: an instance that
-/// merged "a" and "b" and then received a concurrent "c" sends "c" with a vector covering all
-/// three, although "c"'s writer saw neither; whoever merged "c" with a side logged that as a
-/// conflict, and it travels with the record. A delete-vs-edit conflict is never superseded.
+/// Without it a write made without seeing a lost value would look like a decision taken by
+/// someone who had seen it, and settle its conflict (see [`superseded_by`]).
+pub fn unseen_sides<'a>(
+    log: impl IntoIterator<Item = &'a Conflict>,
+    incoming: &RecordState,
+    merged: &RecordState,
+) -> Vec<Conflict> {
+    let mut out: Vec<Conflict> = Vec::new();
+    for c in log {
+        let Conflict::Field {
+            field,
+            local,
+            remote,
+            ..
+        } = c
+        else {
+            continue;
+        };
+        let Some(w) = incoming.fields.get(field) else {
+            continue;
+        };
+        if merged.fields.get(field).map(|m| m.stamp) != Some(w.stamp) {
+            continue;
+        }
+        for x in [local, remote] {
+            if x.stamp == w.stamp || covers(&incoming.vv, &x.stamp) || x.value == w.value {
+                continue;
+            }
+            let found = Conflict::Field {
+                field: field.clone(),
+                local: x.clone(),
+                remote: w.clone(),
+                chosen: if w.stamp > x.stamp {
+                    Side::Remote
+                } else {
+                    Side::Local
+                },
+                reason: if w.stamp.ts == x.stamp.ts {
+                    "concurrent edits with equal clocks; the higher instance id wins".to_string()
+                } else {
+                    "concurrent edits; the later write (hybrid logical clock) wins".to_string()
+                },
+            };
+            if !out.iter().any(|o| fingerprint(o) == fingerprint(&found)) {
+                out.push(found);
+            }
+        }
+    }
+    out
+}
+
+/// When a field conflict is settled by a later write: the record's current write to the field
+/// (in `state`) is neither side, and no known conflict (`known`: the record's conflict log,
+/// reported ones included) says that write was made without seeing one of the sides. Returns
+/// that write's stamp. A delete-vs-edit conflict is never superseded.
+///
+/// Judged from the record's state and log only, so replicas that end with the same state and
+/// the same log agree; a replica re-judges on every change of the record (evidence that the
+/// write was blind can arrive after the write). A write by someone who had seen both sides
+/// (a resolution, a later edit) can never be paired with a side in a logged conflict, so it
+/// settles the conflict everywhere; a concurrent write that merely won by clock cannot, because
+/// wherever it met a side, that meeting was logged ([`super::merge_remote`], [`unseen_sides`]).
 pub fn superseded_by<'a>(
     c: &Conflict,
     state: &RecordState,
-    writer_vv: &VersionVector,
     known: impl IntoIterator<Item = &'a Conflict>,
 ) -> Option<Hlc> {
     let Conflict::Field {
@@ -77,9 +136,6 @@ pub fn superseded_by<'a>(
     };
     let now = state.fields.get(field)?.stamp;
     if now == local.stamp || now == remote.stamp {
-        return None;
-    }
-    if !covers(writer_vv, &local.stamp) || !covers(writer_vv, &remote.stamp) {
         return None;
     }
     let blind = known

@@ -53,7 +53,6 @@ struct Persist<'a> {
     id: Uuid,
     prev: Option<StoredRecord>,
     state: RecordState,
-    touched: Vec<String>,
     revisions: Vec<Revision>,
     source: Source,
     conflicts: Vec<Conflict>,
@@ -62,8 +61,6 @@ struct Persist<'a> {
     peer: Option<Uuid>,
     /// Set when the new state is exactly what this peer sent (insert or fast-forward).
     echo_of: Option<Uuid>,
-    /// For remote changes, the state as the sender sent it (None: a local write).
-    writer: Option<&'a RecordState>,
 }
 
 impl Store {
@@ -257,7 +254,26 @@ impl Batch<'_> {
             self.w.clock.observe(state.max_ts());
             let suffix = keys::record_suffix(&ch.table, &ch.id);
             let prev = self.load(&suffix)?;
-            let out = merge::merge_remote(prev.as_ref().map(|p| &p.state), &state);
+            let mut out = merge::merge_remote(prev.as_ref().map(|p| &p.state), &state);
+            // Only a state that brings something new is evidence: an old copy changes nothing,
+            // not even the conflict log (rule 6).
+            let news = out.kind != MergeKind::NoOp;
+            if news && prev.as_ref().is_some_and(|p| p.conflict_seq > 0) {
+                let log: Vec<Conflict> = self
+                    .record_conflicts(&suffix)?
+                    .into_iter()
+                    .filter_map(|(_, e)| match e.detail {
+                        ConflictDetail::Merge { conflict } => Some(conflict),
+                        ConflictDetail::NameClash { .. } => None,
+                    })
+                    .collect();
+                for c in conflicts::unseen_sides(&log, &state, &out.state) {
+                    let dk = keys::conflict_dedupe(&suffix, &fingerprint(&c));
+                    if self.txn.get(&dk)?.is_none() {
+                        out.conflicts.push(c);
+                    }
+                }
+            }
             let mut reported = Vec::new();
             for r in &ch.conflicts {
                 let dk = keys::conflict_dedupe(&suffix, &fingerprint(&r.conflict));
@@ -267,7 +283,7 @@ impl Batch<'_> {
             }
             // An unchanged record is still written when it brings news of a conflict, so that
             // the report reaches this instance's other peers too.
-            if out.kind == MergeKind::NoOp && reported.is_empty() {
+            if out.kind == MergeKind::NoOp && reported.is_empty() && out.conflicts.is_empty() {
                 continue;
             }
             stats.applied += 1;
@@ -280,7 +296,6 @@ impl Batch<'_> {
                 id: ch.id,
                 prev,
                 state: out.state,
-                touched: out.touched,
                 revisions: out.revisions,
                 source: if out.kind == MergeKind::Merge {
                     Source::Merge(from)
@@ -291,7 +306,6 @@ impl Batch<'_> {
                 reported,
                 peer,
                 echo_of,
-                writer: Some(&state),
             })?;
             stats.conflicts += logged;
         }
@@ -336,14 +350,12 @@ impl Batch<'_> {
             id: op.id,
             prev,
             state: out.state,
-            touched: out.touched,
             revisions: vec![out.revision],
             source: Source::Local,
             conflicts: vec![],
             reported: vec![],
             peer: None,
             echo_of: None,
-            writer: None,
         })?;
         Ok(OpResult::Written(self.w.seq))
     }
@@ -480,7 +492,7 @@ impl Batch<'_> {
                 .put(keys::conflict_by_record(&suffix, id), Vec::new());
         }
         // After logging, so that conflicts just received are judged by the same rule.
-        self.supersede(&suffix, &p.state, p.writer, &p.touched)?;
+        self.supersede(&suffix, &p.state)?;
 
         let conflict_seq = if logged > 0 {
             seq
@@ -500,17 +512,8 @@ impl Batch<'_> {
         Ok(logged)
     }
 
-    /// Marks field conflicts of this record resolved once a later write has seen both sides
-    /// ([`conflicts::superseded_by`]). A conflict is judged only by the batch that brings the
-    /// field's current write: a local edit of the field, or a remote state that carries it
-    /// (whose version vector is then the best available account of what its writer had seen).
-    fn supersede(
-        &mut self,
-        suffix: &[u8],
-        state: &RecordState,
-        writer: Option<&RecordState>,
-        touched: &[String],
-    ) -> Result<(), StoreError> {
+    /// The record's conflict log as this batch would leave it: (conflict id, entry).
+    fn record_conflicts(&self, suffix: &[u8]) -> Result<Vec<(u64, ConflictEntry)>, StoreError> {
         let prefix = keys::conflicts_of(suffix);
         let mut entries = Vec::new();
         for k in self.txn.keys_with_prefix(&prefix)? {
@@ -519,6 +522,14 @@ impl Batch<'_> {
                 entries.push((id, decode::<ConflictEntry>(&v)?));
             }
         }
+        Ok(entries)
+    }
+
+    /// Re-judges every field conflict of this record that is open or was settled by a later
+    /// write ([`conflicts::superseded_by`]) against the record's new state and log. Conflicts a
+    /// person resolved stay resolved.
+    fn supersede(&mut self, suffix: &[u8], state: &RecordState) -> Result<(), StoreError> {
+        let entries = self.record_conflicts(suffix)?;
         let known: Vec<Conflict> = entries
             .iter()
             .filter_map(|(_, e)| match &e.detail {
@@ -526,36 +537,39 @@ impl Batch<'_> {
                 ConflictDetail::NameClash { .. } => None,
             })
             .collect();
-        let writer_vv = writer.map_or(&state.vv, |w| &w.vv);
         for (id, mut entry) in entries {
             let ConflictDetail::Merge {
-                conflict: conflict @ Conflict::Field { field, .. },
+                conflict: conflict @ Conflict::Field { .. },
             } = &entry.detail
             else {
                 continue;
             };
-            if entry.resolved.is_some() {
+            let by_write = entry
+                .resolved
+                .as_ref()
+                .is_some_and(|r| r.how.starts_with(SUPERSEDED));
+            if entry.resolved.is_some() && !by_write {
                 continue;
             }
-            let now = state.fields.get(field).map(|f| f.stamp);
-            let carried = match writer {
-                Some(w) => now.is_some() && w.fields.get(field).map(|f| f.stamp) == now,
-                None => touched.contains(field),
-            };
-            if !carried {
-                continue;
-            }
-            if let Some(by) = conflicts::superseded_by(conflict, state, writer_vv, &known) {
-                entry.resolved = Some(Resolution {
+            let judged = conflicts::superseded_by(conflict, state, &known);
+            let resolved = match (judged, by_write) {
+                (Some(by), false) => Some(Resolution {
                     at: self.now,
-                    how: format!("superseded by a later write ({by})"),
-                });
-                self.txn.put(keys::conflict(id), encode(&entry));
-            }
+                    how: format!("{SUPERSEDED} ({by})"),
+                }),
+                // Evidence arrived that the write was made without seeing a side: open again.
+                (None, true) => None,
+                _ => continue,
+            };
+            entry.resolved = resolved;
+            self.txn.put(keys::conflict(id), encode(&entry));
         }
         Ok(())
     }
 }
+
+/// How a conflict settled by a later write is marked (the prefix of its `how`).
+const SUPERSEDED: &str = "superseded by a later write";
 
 fn trim_heap() {
     // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
