@@ -399,3 +399,37 @@ fn three_laptops_writing_one_field_end_with_the_same_unresolved_conflicts() {
         );
     }
 }
+
+#[test]
+fn a_pull_is_answered_while_a_write_holds_the_writer_lock() {
+    // A commit holds the store's writer lock while it writes and fsyncs its batch (a big page
+    // from another peer takes seconds on an old laptop). Readers use the head published by the
+    // last completed write, so a pull is answered meanwhile, from what is durable.
+    let (a, b) = (node(), node());
+    write_many(&b.store, 10, "b");
+    let peer = MemPeer::new(&b);
+    let req = PullRequest {
+        from: a.store.id(),
+        since: 0,
+        limit: 100,
+        max_bytes: 1 << 20,
+        knowledge: Default::default(),
+        encoding: ENC_JSON.into(),
+        local_only: vec![],
+    };
+    let writing = b.store.hold_writer();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = tx.send(peer.responder.pull(req, Caller::default()));
+        });
+        let answered = rx.recv_timeout(std::time::Duration::from_secs(20));
+        // Release before asserting, so the reader thread ends even if it was blocked.
+        drop(writing);
+        let page = answered
+            .expect("the pull was answered while the writer lock was held")
+            .unwrap();
+        assert_eq!((page.count, page.next, page.more), (10, 10, false));
+    });
+    assert_eq!(b.store.position().unwrap().head, 10);
+}

@@ -301,6 +301,18 @@ pub(crate) struct WriterState {
     pub(crate) holdings: crate::model::VersionVector,
 }
 
+/// What readers see of the writer's state, published after each commit (and its fsync): the
+/// feed head, our newest own event, what we hold and what we know. Readers (`seq`, `position`,
+/// a pull's fast path) read this and never take the writer's lock, so a peer's pull is answered
+/// while another peer's page is being written and flushed.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Head {
+    pub(crate) seq: u64,
+    pub(crate) own_last: u64,
+    pub(crate) holdings: crate::model::VersionVector,
+    pub(crate) knowledge: replication::Knowledge,
+}
+
 /// Handle to an open database. Cheap to share behind an `Arc`.
 pub struct Store {
     db: sled::Db,
@@ -309,6 +321,7 @@ pub struct Store {
     instance: RwLock<InstanceInfo>,
     config: Arc<Config>,
     writer: Mutex<WriterState>,
+    head: RwLock<Arc<Head>>,
     changed: tokio::sync::watch::Sender<u64>,
 }
 
@@ -390,15 +403,18 @@ impl Store {
                 None => Default::default(),
             },
         };
-        Ok(Store {
+        let store = Store {
             db,
             tree,
             dir: dir.to_path_buf(),
             instance: RwLock::new(instance),
             config: Arc::new(config),
             changed: tokio::sync::watch::Sender::new(writer.seq),
+            head: RwLock::default(),
             writer: Mutex::new(writer),
-        })
+        };
+        store.publish(&store.lock())?;
+        Ok(store)
     }
 
     /// This instance.
@@ -429,9 +445,39 @@ impl Store {
         self.changed.subscribe()
     }
 
-    /// Current feed position (the sequence number of the latest change).
+    /// Current feed position (the sequence number of the latest change). Does not wait for a
+    /// write in progress: it is the head as of the last completed one.
     pub fn seq(&self) -> u64 {
-        self.lock().seq
+        self.head().seq
+    }
+
+    /// The head published by the last completed write.
+    pub(crate) fn head(&self) -> Arc<Head> {
+        self.head.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Publishes the writer's state for readers; called with the writer lock held, after a
+    /// batch is committed and flushed (so readers only see what is durable).
+    pub(crate) fn publish(&self, w: &WriterState) -> Result<(), StoreError> {
+        let knowledge = match self.tree.get(keys::meta("knowledge"))? {
+            Some(v) => decode(&v)?,
+            None => replication::Knowledge::new(),
+        };
+        let head = Head {
+            seq: w.seq,
+            own_last: w.own_last,
+            holdings: w.holdings.clone(),
+            knowledge,
+        };
+        *self.head.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(head);
+        Ok(())
+    }
+
+    /// Holds the writer's lock until the guard is dropped, exactly as a write does while it
+    /// commits and flushes. For tests that show readers do not wait for writes.
+    #[doc(hidden)]
+    pub fn hold_writer(&self) -> impl Drop + '_ {
+        self.lock()
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {

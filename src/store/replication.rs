@@ -156,19 +156,17 @@ impl Store {
         Ok(out)
     }
 
-    /// Head and knowledge, read under the writer lock so that every own event with a stamp up to
-    /// the reported clock is already committed and in the feed.
+    /// Head and knowledge as of the last completed write (the published head): every own event
+    /// with a stamp up to our reported entry is committed and in the feed at or before `head`.
+    /// Never waits for a write in progress.
     pub fn position(&self) -> Result<Position, StoreError> {
-        let w = self.lock();
-        let mut knowledge: Knowledge = match self.tree.get(keys::meta("knowledge"))? {
-            Some(v) => decode(&v)?,
-            None => Knowledge::new(),
-        };
+        let h = self.head();
+        let mut knowledge = h.knowledge.clone();
         // Our own entry is our newest own event, not the clock: the clock also moves when we
         // merely observe a peer's stamps, and a claim about events we never made helps no one.
-        knowledge.insert(self.id(), w.own_last);
+        knowledge.insert(self.id(), h.own_last);
         Ok(Position {
-            head: w.seq,
+            head: h.seq,
             knowledge,
         })
     }
@@ -202,14 +200,14 @@ impl Store {
         {
             // Nothing to send if the receiver already has every event we hold: answer at once
             // instead of walking the feed (after A sends B 100,000 records, B → A is this).
-            let w = self.lock();
-            let covered = w
+            let h = self.head();
+            let covered = h
                 .holdings
                 .iter()
                 .all(|(n, ts)| known.get(n).is_some_and(|k| k >= ts));
-            if covered && since <= w.seq {
+            if covered && since <= h.seq {
                 return Ok(OutgoingPage {
-                    next: w.seq,
+                    next: h.seq,
                     ..Default::default()
                 });
             }

@@ -273,6 +273,7 @@ impl Store {
         };
         *cur = info.clone();
         drop(cur);
+        self.publish(&w)?;
         drop(w);
         self.changed.send_replace(seq);
         Ok(RestoreReport {

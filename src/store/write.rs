@@ -126,6 +126,7 @@ impl Store {
         );
         let seq = b.w.seq;
         *guard = b.w;
+        self.publish(&guard)?;
         self.changed
             .send_if_modified(|s| std::mem::replace(s, seq) != seq);
         Ok(())
