@@ -18,8 +18,10 @@ const LOGICAL_BITS: u32 = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Hlc {
     /// Milliseconds since the Unix epoch << 16 | logical counter.
+    #[serde(rename = "ts")]
     pub ts: u64,
     /// The instance that made the stamp.
+    #[serde(rename = "node")]
     pub node: Uuid,
 }
 

@@ -107,8 +107,10 @@ pub fn check_fields(map: &Fields) -> Result<(), ValidationError> {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FieldState {
     /// The value; `None` records that the field was removed (so removal replicates too).
+    #[serde(rename = "value")]
     pub value: Option<Value>,
     /// The write that set it.
+    #[serde(rename = "stamp")]
     pub stamp: Hlc,
 }
 
@@ -117,15 +119,23 @@ pub struct FieldState {
 /// `vv[i]` is the `ts` of instance i's latest event on this record reflected here.
 /// `del_seen` is the union of what every deleter had seen when it deleted; the record is alive
 /// iff some event is not covered by it (an edit no deleter saw wins over the delete).
+///
+/// Part of the wire (pages) and disk (records) formats: every serde name is spelled out so a
+/// Rust rename cannot change them; on disk the field order matters too (compact encoding).
+/// Both are pinned by golden-bytes tests (tests/session.rs, store tests).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RecordState {
     /// Field name → state; removed fields stay as `None` values.
+    #[serde(rename = "fields")]
     pub fields: BTreeMap<String, FieldState>,
     /// Latest event per instance (edits and deletes).
+    #[serde(rename = "vv")]
     pub vv: VersionVector,
     /// Pointwise maximum of the deleters' version vectors.
+    #[serde(rename = "del_seen")]
     pub del_seen: VersionVector,
     /// The latest delete event, if the record was ever deleted.
+    #[serde(rename = "deleted")]
     pub deleted: Option<Hlc>,
 }
 

@@ -88,30 +88,39 @@ pub struct Revision {
     pub changes: Vec<FieldChange>,
 }
 
-/// A conflict detected while merging; the store logs it with ids and times.
+/// A conflict detected while merging; the store logs it with ids and times. Part of the wire
+/// (reported with pages) and disk (conflict log) formats: serde names are spelled out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Conflict {
     /// Both sides changed one field concurrently to different values.
     Field {
         /// Field name.
+        #[serde(rename = "field")]
         field: String,
         /// The local write.
+        #[serde(rename = "local")]
         local: FieldState,
         /// The incoming write.
+        #[serde(rename = "remote")]
         remote: FieldState,
         /// The side whose value was kept.
+        #[serde(rename = "chosen")]
         chosen: Side,
         /// Why that side was chosen.
+        #[serde(rename = "reason")]
         reason: String,
     },
     /// A delete and an edit the deleter had not seen: the record stays alive.
     DeleteEdit {
         /// The delete that lost.
+        #[serde(rename = "deleted")]
         deleted: Hlc,
         /// Where the delete came from.
+        #[serde(rename = "deleted_on")]
         deleted_on: Side,
         /// Explanation for the log.
+        #[serde(rename = "reason")]
         reason: String,
     },
 }

@@ -540,3 +540,90 @@ fn history_rebuilds_the_creating_revision_from_later_changes() {
     );
     assert!(h.windows(2).all(|w| w[0].revision.at < w[1].revision.at));
 }
+
+/// A record and a conflict entry as the disk holds them. Renaming or reordering a Rust field of
+/// the stored or merge types must not change these bytes: existing databases decode them.
+#[test]
+fn stored_record_and_conflict_encodings_are_pinned_byte_for_byte() {
+    use crate::clock::Hlc;
+    use crate::model::FieldState;
+    let (n1, n2) = (Uuid::from_u128(0x11), Uuid::from_u128(0x22));
+    let at = |ts, node| Hlc { ts, node };
+    let time = DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let mut state = RecordState::default();
+    state.fields.insert(
+        "name".into(),
+        FieldState {
+            value: Some(json!("Ana")),
+            stamp: at(7 << 16, n1),
+        },
+    );
+    state.vv.insert(n1, 7 << 16);
+    state.del_seen.insert(n2, 3 << 16);
+    state.deleted = Some(at(3 << 16, n2));
+    let rec = StoredRecord {
+        state,
+        seq: 5,
+        conflict_seq: 3,
+        created: Some(Created {
+            at: at(1 << 16, n2),
+            source: Source::Peer(n2),
+            applied_at: time,
+        }),
+    };
+    let entry = ConflictEntry {
+        id: 9,
+        table: "person".into(),
+        record: Uuid::from_u128(0xabc),
+        detected_at: time,
+        peer: Some(n2),
+        detail: ConflictDetail::Merge {
+            conflict: Conflict::Field {
+                field: "name".into(),
+                local: rec.state.fields["name"].clone(),
+                remote: FieldState {
+                    value: None,
+                    stamp: at(6 << 16, n2),
+                },
+                chosen: Side::Local,
+                reason: "r".into(),
+            },
+        },
+        resolved: Some(Resolution {
+            at: time,
+            how: "kept the local value".into(),
+        }),
+        seq: 5,
+        reported_by: None,
+    };
+    let r = hex::encode(write::encode_record(&rec));
+    let c = hex::encode(encode(&entry));
+    assert_eq!(r, GOLDEN_RECORD);
+    assert_eq!(c, GOLDEN_CONFLICT);
+    assert_eq!(write::decode_record(&hex::decode(r).unwrap()).unwrap(), rec);
+    assert_eq!(
+        decode::<ConflictEntry>(&hex::decode(c).unwrap()).unwrap(),
+        entry
+    );
+}
+
+const GOLDEN_RECORD: &str = concat!(
+    "949481a46e616d6592a3416e6192ce00070000c4100000000000000000000000000000001181c410",
+    "00000000000000000000000000000011ce0007000081c41000000000000000000000000000000022",
+    "ce0003000092ce00030000c4100000000000000000000000000000002205039392ce00010000c410",
+    "0000000000000000000000000000002281a470656572c41000000000000000000000000000000022",
+    "b4323032362d30312d30325430333a30343a30355a",
+);
+const GOLDEN_CONFLICT: &str = concat!(
+    "89a2696409a57461626c65a6706572736f6ea67265636f7264c41000000000000000000000000000",
+    "000abcab64657465637465645f6174b4323032362d30312d30325430333a30343a30355aa4706565",
+    "72c41000000000000000000000000000000022a664657461696c82a474797065a56d65726765a863",
+    "6f6e666c69637486a46b696e64a56669656c64a56669656c64a46e616d65a56c6f63616c82a57661",
+    "6c7565a3416e61a57374616d7082a27473ce00070000a46e6f6465c4100000000000000000000000",
+    "0000000011a672656d6f746582a576616c7565c0a57374616d7082a27473ce00060000a46e6f6465",
+    "c41000000000000000000000000000000022a663686f73656ea56c6f63616ca6726561736f6ea172",
+    "a87265736f6c76656482a26174b4323032362d30312d30325430333a30343a30355aa3686f77b46b",
+    "65707420746865206c6f63616c2076616c7565a373657105ab7265706f727465645f6279c0",
+);
