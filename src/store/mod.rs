@@ -391,7 +391,13 @@ impl Store {
         let (mut db, mut tree) = open_db()?;
         if let recovery::FormatCheck::Older(from) = recovery::check_format(&db, &tree, dir)? {
             drop((db, tree));
-            (db, tree) = recovery::migrate(dir, from, recovery::MIGRATIONS, open_db)?;
+            (db, tree) = recovery::migrate(
+                dir,
+                from,
+                recovery::FORMAT_VERSION,
+                recovery::MIGRATIONS,
+                open_db,
+            )?;
         }
         let instance = match tree.get(keys::meta("instance"))? {
             Some(v) => decode(&v)?,

@@ -36,9 +36,9 @@ pub const DAMAGED_DIR: &str = "damaged";
 /// changes to `batch` (it reads `tree`, which still holds the old format).
 pub(crate) type Migration = fn(&sled::Tree, &mut sled::Batch) -> Result<(), StoreError>;
 
-/// The migrations, indexed by the format they start from (`MIGRATIONS[0]` would migrate
-/// format 1 to 2). Empty: there is only one format so far.
-pub(crate) const MIGRATIONS: &[Migration] = &[];
+/// The migrations, each with the format it starts from (`(1, f)` migrates format 1 to 2).
+/// Empty: there is only one format so far.
+pub(crate) const MIGRATIONS: &[(u32, Migration)] = &[];
 
 /// A UTC time stamp usable in a file name, sortable as text.
 fn stamp() -> String {
@@ -154,7 +154,7 @@ pub(crate) fn check_format(
     Ok(FormatCheck::Current)
 }
 
-/// Migrates the store in `data_dir/db` from format `from` to [`FORMAT_VERSION`] with `steps`
+/// Migrates the store in `data_dir/db` from format `from` to format `to` with `steps`
 /// (normally [`MIGRATIONS`]): all steps and the new version go into one batch, so a crash
 /// leaves the old format or the new one. The sled directory is copied to
 /// `db.format-<from>.old/` first and that copy is removed only once the migrated batch is
@@ -162,7 +162,8 @@ pub(crate) fn check_format(
 pub(crate) fn migrate(
     data_dir: &Path,
     from: u32,
-    steps: &[Migration],
+    to: u32,
+    steps: &[(u32, Migration)],
     open: impl Fn() -> Result<(sled::Db, sled::Tree), StoreError>,
 ) -> Result<(sled::Db, sled::Tree), StoreError> {
     let db_dir = data_dir.join("db");
@@ -180,17 +181,17 @@ pub(crate) fn migrate(
     }
     let (db, tree) = open()?;
     let mut batch = sled::Batch::default();
-    for v in from..FORMAT_VERSION {
-        let step = steps.get(v as usize - 1).ok_or_else(|| {
+    for v in from..to {
+        let (_, step) = steps.iter().find(|(f, _)| *f == v).ok_or_else(|| {
             StoreError::Decode(format!("no migration from store format {v} to {}", v + 1))
         })?;
         step(&tree, &mut batch)?;
     }
-    batch.insert(keys::meta("format"), encode(&FORMAT_VERSION));
+    batch.insert(keys::meta("format"), encode(&to));
     tree.apply_batch(batch)?;
     db.flush()?;
     tracing::warn!(
-        "migrated the database in {} from store format {from} to {FORMAT_VERSION}",
+        "migrated the database in {} from store format {from} to {to}",
         data_dir.display()
     );
     std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
@@ -231,4 +232,153 @@ pub fn move_damaged_db(data_dir: &Path) -> Result<PathBuf, StoreError> {
         to.display()
     );
     Ok(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::merge::Edit;
+    use crate::store::{LocalOp, Store};
+    use uuid::Uuid;
+
+    fn store_with_a_record(dir: &Path) -> Store {
+        let s = Store::open(dir, Config::default()).unwrap();
+        let serde_json::Value::Object(fields) = serde_json::json!({"name": "Amina"}) else {
+            unreachable!()
+        };
+        s.write_one(LocalOp {
+            table: "person".into(),
+            id: Uuid::new_v4(),
+            edit: Edit::Put(fields),
+        })
+        .unwrap();
+        s
+    }
+
+    /// Every key/value pair of the tree, read with sled directly.
+    fn raw(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let db = sled::open(dir.join("db")).unwrap();
+        let t = db.open_tree("fieldsync").unwrap();
+        t.iter()
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+            .collect()
+    }
+
+    fn set_raw_format(dir: &Path, v: Option<u32>) {
+        let db = sled::open(dir.join("db")).unwrap();
+        let t = db.open_tree("fieldsync").unwrap();
+        match v {
+            Some(v) => t.insert(keys::meta("format"), encode(&v)).unwrap(),
+            None => t.remove(keys::meta("format")).unwrap(),
+        };
+        db.flush().unwrap();
+    }
+
+    #[test]
+    fn a_new_store_records_its_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), Config::default()).unwrap();
+        assert_eq!(stored_format(&s.tree).unwrap(), FORMAT_VERSION);
+        assert!(s.tree.get(keys::meta("format")).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_store_from_a_newer_fieldsync_is_refused_with_both_versions_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(store_with_a_record(dir.path()));
+        set_raw_format(dir.path(), Some(FORMAT_VERSION + 1));
+        let before = raw(dir.path());
+        let e = Store::open(dir.path(), Config::default())
+            .err()
+            .expect("a newer format is refused");
+        assert!(matches!(e, StoreError::NewerFormat { found, supported, .. }
+            if found == FORMAT_VERSION + 1 && supported == FORMAT_VERSION));
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("format {}", FORMAT_VERSION + 1))
+                && msg.contains(&format!("up to {FORMAT_VERSION}"))
+                && msg.contains(&dir.path().display().to_string())
+                && !msg.contains('\n'),
+            "{msg}"
+        );
+        assert_eq!(raw(dir.path()), before, "nothing was written");
+    }
+
+    #[test]
+    fn a_store_without_the_version_key_is_the_first_format_and_gets_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = {
+            let s = store_with_a_record(dir.path());
+            crate::formats::digest(&s, &["person".to_string()]).unwrap()
+        };
+        set_raw_format(dir.path(), None);
+        let s = Store::open(dir.path(), Config::default()).unwrap();
+        assert_eq!(
+            crate::formats::digest(&s, &["person".to_string()]).unwrap(),
+            digest
+        );
+        let v: u32 = decode(&s.tree.get(keys::meta("format")).unwrap().unwrap()).unwrap();
+        assert_eq!(v, 1);
+    }
+
+    fn add_marker(tree: &sled::Tree, batch: &mut sled::Batch) -> Result<(), StoreError> {
+        assert!(
+            tree.get(keys::meta("instance"))?.is_some(),
+            "reads the old store"
+        );
+        batch.insert(keys::meta("migrated"), encode(&true));
+        Ok(())
+    }
+
+    fn fail_step(_: &sled::Tree, _: &mut sled::Batch) -> Result<(), StoreError> {
+        Err(StoreError::Decode("test step fails".into()))
+    }
+
+    fn opener(dir: &Path) -> impl Fn() -> Result<(sled::Db, sled::Tree), StoreError> + '_ {
+        move || {
+            let db = sled::open(dir.join("db"))?;
+            let t = db.open_tree("fieldsync")?;
+            Ok((db, t))
+        }
+    }
+
+    #[test]
+    fn a_migration_commits_in_one_step_and_drops_the_old_copy_only_after_success() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(store_with_a_record(dir.path()));
+        set_raw_format(dir.path(), Some(7));
+        let before = raw(dir.path());
+        let old = dir.path().join("db.format-7.old");
+
+        // A failing step writes nothing and keeps the copy of the old format.
+        let e = migrate(dir.path(), 7, 8, &[(7, fail_step)], opener(dir.path()))
+            .err()
+            .expect("the step fails");
+        assert!(e.to_string().contains("test step fails"));
+        assert_eq!(raw(dir.path()), before);
+        assert!(
+            old.is_dir(),
+            "the old copy is kept until a migration succeeds"
+        );
+
+        // Retried (after an interruption the copy is the original): done in one batch.
+        let (db, tree) = migrate(dir.path(), 7, 8, &[(7, add_marker)], opener(dir.path())).unwrap();
+        assert_eq!(stored_format(&tree).unwrap(), 8);
+        assert!(tree.get(keys::meta("migrated")).unwrap().is_some());
+        drop((db, tree));
+        assert!(
+            !old.exists(),
+            "the copy goes once the migrated store is durable"
+        );
+        let after = raw(dir.path());
+        assert_eq!(after.len(), before.len() + 1);
+
+        // A missing step is an error, not a silent version bump.
+        set_raw_format(dir.path(), Some(3));
+        let e = migrate(dir.path(), 3, 5, &[(3, add_marker)], opener(dir.path()))
+            .err()
+            .expect("no step from 4");
+        assert!(e.to_string().contains("from store format 4"), "{e}");
+    }
 }
