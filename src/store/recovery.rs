@@ -353,8 +353,7 @@ mod tests {
 
         // A failing step writes nothing and keeps the copy of the old format.
         let e = migrate(dir.path(), 7, 8, &[(7, fail_step)], opener(dir.path()))
-            .err()
-            .expect("the step fails");
+            .expect_err("the step fails");
         assert!(e.to_string().contains("test step fails"));
         assert_eq!(raw(dir.path()), before);
         assert!(
@@ -377,8 +376,7 @@ mod tests {
         // A missing step is an error, not a silent version bump.
         set_raw_format(dir.path(), Some(3));
         let e = migrate(dir.path(), 3, 5, &[(3, add_marker)], opener(dir.path()))
-            .err()
-            .expect("no step from 4");
+            .expect_err("no step from 4");
         assert!(e.to_string().contains("from store format 4"), "{e}");
     }
 }
