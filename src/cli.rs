@@ -296,6 +296,14 @@ pub enum Command {
     /// Prints one JSON line per check: {"check","ok","detail","fix"}. Exit code 0 when every
     /// check passes, 1 otherwise.
     Doctor,
+    /// Replace a damaged database (one that says "run `fieldsync repair`") with the newest
+    /// automatic snapshot; stop the agent first.
+    ///
+    /// The damaged database is moved to damaged/ in the data directory, never deleted. The
+    /// laptop keeps its identity; its next syncs bring back everything its peers hold.
+    ///
+    /// Example: fieldsync repair
+    Repair,
 }
 
 /// Subcommands of `generate` (the formats of shared/gen.py).
@@ -581,6 +589,11 @@ pub fn run(
     // Doctor must report on a data directory that is missing, broken or held by an agent.
     if matches!(cli.command, Command::Doctor) {
         return crate::doctor::run(cli.data_dir, out, rt);
+    }
+    // Repair works on a database that does not open.
+    if matches!(cli.command, Command::Repair) {
+        let dir = resolve_data_dir(cli.data_dir.clone())?;
+        return repair(&dir, Config::load(&dir)?, out);
     }
     let dir = resolve_data_dir(cli.data_dir.clone())?;
     let config = Config::load(&dir)?;
@@ -1130,8 +1143,42 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
             restore(store, &cwd.join(file), force, take_over_identity, out)?;
         }
         Command::Doctor => crate::doctor::run_with_store(store, live.as_ref(), out)?,
+        Command::Repair => {
+            return Err(CliError::Invalid(format!(
+                "the database in {} opens (the agent is running on it): nothing to repair",
+                store.dir().display()
+            )))
+        }
     }
     Ok(())
+}
+
+fn repair(dir: &Path, config: Config, out: &mut dyn Write) -> Result<(), CliError> {
+    use crate::repair::RepairError;
+    let r = crate::repair::repair(dir, config).map_err(|e| match e {
+        RepairError::NotDamaged(_) => CliError::Invalid(e.to_string()),
+        RepairError::NoDatabase(_) => CliError::NotFound(e.to_string()),
+        RepairError::Store(e) => CliError::Store(e),
+        RepairError::Backup(e) => backup_error(e),
+    })?;
+    let unusable: Vec<Value> = r
+        .unusable_snapshots
+        .iter()
+        .map(|(p, why)| json!({"file": p, "error": why}))
+        .collect();
+    let v = json!({
+        "repaired": dir, "damaged_database_moved_to": r.moved_to, "damage": r.damage,
+        "restored_snapshot": r.snapshot, "unusable_snapshots": unusable,
+        "instance": r.instance, "incarnation": r.incarnation,
+        "count": r.live_records, "sha256": r.sha256,
+        "next": if r.snapshot.is_some() {
+            "start the agent (`fieldsync run`): the next syncs bring back what peers hold"
+        } else {
+            "no automatic snapshot was usable: the database is empty; start the agent \
+             (`fieldsync run`) and everything comes back from peers"
+        },
+    });
+    writeln!(out, "{v}").map_err(CliError::Output)
 }
 
 fn backup_error(e: crate::backup::BackupError) -> CliError {

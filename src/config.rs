@@ -54,6 +54,33 @@ struct RawConfig {
     sync: SyncConfig,
     #[serde(default)]
     discovery: DiscoveryConfig,
+    #[serde(default)]
+    snapshots: SnapshotConfig,
+}
+
+/// Settings of the agent's automatic snapshots (`[snapshots]`; see `autosnapshot.rs`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Keep automatic snapshots while the agent runs.
+    pub enabled: bool,
+    /// Take one after this many changes (feed positions) since the last one.
+    pub every_changes: u64,
+    /// Otherwise take one this many seconds after the last, if anything changed.
+    pub every_secs: u64,
+    /// How many to keep (the oldest beyond this are removed after a new one is written).
+    pub keep: usize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            every_changes: 1_000,
+            every_secs: 3_600,
+            keep: 3,
+        }
+    }
 }
 
 /// Settings of mDNS discovery.
@@ -117,6 +144,8 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Discovery settings.
     pub discovery: DiscoveryConfig,
+    /// Automatic snapshot settings.
+    pub snapshots: SnapshotConfig,
 }
 
 impl Config {
@@ -179,11 +208,20 @@ impl Config {
                 "sync.page_records must be > 0 and sync.page_bytes >= 1024".into(),
             ));
         }
+        let snap = &raw.snapshots;
+        if snap.every_changes == 0 || snap.every_secs == 0 || snap.keep == 0 {
+            return Err(invalid(
+                "snapshots.every_changes, snapshots.every_secs and snapshots.keep must be > 0 \
+                 (set snapshots.enabled = false to turn automatic snapshots off)"
+                    .into(),
+            ));
+        }
         Ok(Config {
             unique,
             local_only,
             sync: raw.sync,
             discovery: raw.discovery,
+            snapshots: raw.snapshots,
         })
     }
 

@@ -26,10 +26,13 @@
 //! - [`build_info`]: version, git commit and build date fixed at build time.
 //! - [`backup`]: `backup`/`restore`: the whole database in one file.
 //! - [`doctor`]: `doctor`: checks that this laptop can sync, with fixes.
+//! - [`autosnapshot`]: the agent's rolling automatic snapshots in the data directory.
+//! - [`repair`]: `repair`: replace a damaged database by the newest automatic snapshot.
 
 #![deny(unreachable_pub)]
 
 pub mod agent;
+pub mod autosnapshot;
 pub mod backup;
 pub mod build_info;
 pub mod canonical;
@@ -48,6 +51,7 @@ pub mod merge;
 pub mod mesh;
 pub mod model;
 pub mod protocol;
+pub mod repair;
 pub mod store;
 pub mod sync;
 pub mod tls;

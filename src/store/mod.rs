@@ -6,6 +6,7 @@
 //! persists and indexes.
 
 mod keys;
+pub mod recovery;
 mod replication;
 mod snapshot;
 mod txn;
@@ -93,6 +94,27 @@ pub enum StoreError {
     /// A stored value could not be decoded (corruption or a newer format).
     #[error("stored data could not be decoded: {0}")]
     Decode(String),
+    /// sled found its files damaged (a disk that lost or garbled recent writes).
+    #[error(
+        "the database in {0} is damaged (the disk lost or garbled data it had accepted, usually \
+         in a power cut): run `fieldsync repair --data-dir {0}` to move it aside and restore the \
+         newest automatic snapshot"
+    )]
+    Damaged(PathBuf),
+    /// The data directory was written by a newer fieldsync.
+    #[error(
+        "the database in {dir} has store format {found}, written by a newer fieldsync; this \
+         fieldsync reads formats up to {supported}: install the newer fieldsync again (nothing \
+         was changed)"
+    )]
+    NewerFormat {
+        /// The data directory.
+        dir: PathBuf,
+        /// The format version found.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
     /// Filesystem trouble around the database.
     #[error("{path}: {source}")]
     Io {
@@ -358,20 +380,40 @@ impl Store {
                 path: dir.to_path_buf(),
                 source,
             })?;
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .cache_capacity(CACHE_BYTES)
-            // Data writes fsync explicitly before they are acknowledged; this only bounds how
-            // long peer bookkeeping (positions without data, last-seen times) stays in memory.
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked(dir.to_path_buf())
-                }
-                other => StoreError::Sled(other),
-            })?;
-        let tree = db.open_tree("fieldsync")?;
+        let db_dir = dir.join("db");
+        recovery::move_aside_incomplete_snapshots(&db_dir, dir)?;
+        let open_db = || -> Result<(sled::Db, sled::Tree), StoreError> {
+            let db = sled::Config::new()
+                .path(&db_dir)
+                .cache_capacity(CACHE_BYTES)
+                // Data writes fsync explicitly before they are acknowledged; this only bounds
+                // how long peer bookkeeping (positions without data, last-seen times) stays in
+                // memory.
+                .flush_every_ms(Some(1000))
+                .open()
+                .map_err(|e| match e {
+                    sled::Error::Io(ref io)
+                        if io.to_string().contains("could not acquire lock") =>
+                    {
+                        StoreError::Locked(dir.to_path_buf())
+                    }
+                    sled::Error::Corruption { .. } => StoreError::Damaged(dir.to_path_buf()),
+                    other => StoreError::Sled(other),
+                })?;
+            let tree = db.open_tree("fieldsync").map_err(|e| damaged(e, dir))?;
+            Ok((db, tree))
+        };
+        let (mut db, mut tree) = open_db()?;
+        if let recovery::FormatCheck::Older(from) = recovery::check_format(&db, &tree, dir)? {
+            drop((db, tree));
+            (db, tree) = recovery::migrate(
+                dir,
+                from,
+                recovery::FORMAT_VERSION,
+                recovery::MIGRATIONS,
+                open_db,
+            )?;
+        }
         let instance = match tree.get(keys::meta("instance"))? {
             Some(v) => decode(&v)?,
             None => {
@@ -751,6 +793,14 @@ pub fn side_name(s: Side) -> &'static str {
     match s {
         Side::Local => "local",
         Side::Remote => "remote",
+    }
+}
+
+/// A sled error, with corruption reported as [`StoreError::Damaged`] of `dir`.
+fn damaged(e: sled::Error, dir: &Path) -> StoreError {
+    match e {
+        sled::Error::Corruption { .. } => StoreError::Damaged(dir.to_path_buf()),
+        other => StoreError::Sled(other),
     }
 }
 
