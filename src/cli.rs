@@ -222,6 +222,13 @@ pub enum Command {
         /// Sync without TLS (debugging only; both sides must set it). Prints a warning.
         #[arg(long, env = "FIELDSYNC_INSECURE_PLAINTEXT", value_parser = clap::builder::BoolishValueParser::new())]
         insecure_plaintext: bool,
+        /// Address of the HTTP API for local applications (default from fieldsync.toml, else
+        /// 127.0.0.1:7438; port 0 picks a free one). URL and token are written to api.json.
+        #[arg(long, value_name = "ADDR")]
+        api_listen: Option<String>,
+        /// Do not serve the HTTP API.
+        #[arg(long)]
+        no_api: bool,
     },
     /// Run one sync session with a peer, both directions, and print a summary line per direction.
     ///
@@ -594,6 +601,8 @@ pub fn run(
         peers,
         no_discovery,
         insecure_plaintext,
+        api_listen,
+        no_api,
     } = cli.command
     {
         // A laptop that has not joined a deployment still runs (the CLI works through the
@@ -627,10 +636,45 @@ pub fn run(
             clients: clients.clone(),
             sync_enabled: !not_joined,
         };
+        let app = crate::app::App::new(
+            store.clone(),
+            Some(crate::app::AgentCtx {
+                live: live.clone(),
+                transport: transport.clone(),
+                clients: clients.clone(),
+                sync_enabled: !not_joined,
+                api_url: None,
+            }),
+        );
         let exec = executor(rt.clone(), live, transport, clients);
-        return rt
-            .block_on(crate::agent::run(store, opts, exec))
-            .map_err(|e| CliError::Io(e.to_string()));
+        let api_cfg = store.config().api.clone();
+        return rt.block_on(async move {
+            let explicit = api_listen.or(api_cfg.listen);
+            let api = if no_api || !api_cfg.enabled {
+                None
+            } else {
+                let addr = explicit
+                    .clone()
+                    .unwrap_or_else(|| crate::http::DEFAULT_LISTEN.to_string());
+                match crate::http::start(app, &addr).await {
+                    Ok(h) => Some(h),
+                    // The default port may be taken (a second agent on this machine): the agent
+                    // still syncs; an explicitly configured address must work.
+                    Err(e @ crate::http::HttpError::Bind { .. }) if explicit.is_none() => {
+                        eprintln!("fieldsync: the HTTP API is off: {e}");
+                        None
+                    }
+                    Err(e) => return Err(CliError::Invalid(e.to_string())),
+                }
+            };
+            let r = crate::agent::run(store, opts, exec)
+                .await
+                .map_err(|e| CliError::Io(e.to_string()));
+            if let Some(h) = api {
+                h.stop().await;
+            }
+            r
+        });
     }
     let mut io = Io {
         out,

@@ -54,6 +54,28 @@ struct RawConfig {
     sync: SyncConfig,
     #[serde(default)]
     discovery: DiscoveryConfig,
+    #[serde(default)]
+    api: ApiConfig,
+}
+
+/// Settings of the HTTP API for local applications (`[api]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Serve the API at all.
+    pub enabled: bool,
+    /// `IP:PORT` to serve it on; `None`: 127.0.0.1:7438, and a busy port is only a warning.
+    /// Another interface than loopback only when set here explicitly.
+    pub listen: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+        }
+    }
 }
 
 /// Settings of mDNS discovery.
@@ -117,6 +139,8 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Discovery settings.
     pub discovery: DiscoveryConfig,
+    /// HTTP API settings.
+    pub api: ApiConfig,
 }
 
 impl Config {
@@ -184,6 +208,7 @@ impl Config {
             local_only,
             sync: raw.sync,
             discovery: raw.discovery,
+            api: raw.api,
         })
     }
 

@@ -16,8 +16,10 @@
 //! - [`protocol`]: the JSON-RPC wire contract, its server (accept loop) and client.
 //! - [`sync`]: one sync session with a peer (initiator and responder), and `verify`.
 //! - [`discovery`]: mDNS advertise/browse → peer events.
+//! - [`app`]: the application layer: one typed function per operation, for every door.
 //! - [`agent`]: the daemon: sync server, control endpoint, triggers, shutdown.
 //! - [`control`]: the local control endpoint the CLI uses while an agent holds the database.
+//! - [`http`]: the HTTP API for local applications (axum, OpenAPI by utoipa).
 //! - [`gen`]: deterministic test and benchmark data (records and op files, gen.py's format).
 //! - [`cli`]: the command line (clap definitions and command bodies).
 //! - [`build_info`]: version, git commit and build date fixed at build time.
@@ -27,6 +29,7 @@
 #![deny(unreachable_pub)]
 
 pub mod agent;
+pub mod app;
 pub mod backup;
 pub mod build_info;
 pub mod cli;
@@ -39,6 +42,7 @@ pub mod formats;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gen;
+pub mod http;
 pub mod merge;
 pub mod mesh;
 pub mod model;
