@@ -50,7 +50,7 @@ impl App {
             None => json!({"running": false}),
         };
         if let (Some(url), Some(m)) = (
-            self.agent.as_ref().and_then(|a| a.api_url.clone()),
+            self.agent.as_ref().and_then(|a| a.api_url.get().cloned()),
             agent.as_object_mut(),
         ) {
             m.insert("api".into(), json!(url));

@@ -38,8 +38,9 @@ pub struct AgentCtx {
     pub clients: Arc<ClientCache>,
     /// False when the laptop has not joined a deployment: `sync`/`verify` are refused.
     pub sync_enabled: bool,
-    /// The HTTP API's base URL, when it is served.
-    pub api_url: Option<String>,
+    /// The HTTP API's base URL once it is served (set by [`crate::http::start`], shared with
+    /// every copy of this context).
+    pub api_url: Arc<std::sync::OnceLock<String>>,
 }
 
 /// The application: a store, plus the agent's context when running inside `fieldsync run`.
@@ -66,9 +67,9 @@ impl App {
     }
 
     /// Sets the HTTP API's URL once it is listening (shown by `status`).
-    pub fn set_api_url(&mut self, url: String) {
-        if let Some(a) = &mut self.agent {
-            a.api_url = Some(url);
+    pub fn set_api_url(&self, url: String) {
+        if let Some(a) = &self.agent {
+            let _ = a.api_url.set(url);
         }
     }
 }

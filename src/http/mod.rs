@@ -105,7 +105,7 @@ impl ApiHandle {
 
 /// Binds `listen` (`IP:PORT`; port 0 picks one), writes `api.json` and serves until stopped.
 /// `app` gets the URL for `status`.
-pub async fn start(mut app: App, listen: &str) -> Result<ApiHandle, HttpError> {
+pub async fn start(app: App, listen: &str) -> Result<ApiHandle, HttpError> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|_| HttpError::Address(listen.to_string()))?;
