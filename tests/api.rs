@@ -680,3 +680,130 @@ fn peer_changes_reach_the_feed_longpoll_and_sse_with_their_origin() {
     )
     .error(404, "PEER_NOT_FOUND");
 }
+
+/// Runs Python code with the standard library and returns its stdout (bounded in time).
+fn python(code: &str, args: &[&str]) -> String {
+    let mut c = std::process::Command::new("python3");
+    c.arg("-c").arg(code).args(args);
+    let out = run_bounded(c);
+    assert!(
+        out.status.success(),
+        "python3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn run_bounded(mut c: std::process::Command) -> std::process::Output {
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("python3 is needed for this test");
+    let deadline = Instant::now() + REQ_TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("command did not finish within {REQ_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The mirror's rows of one table: uuid → (deleted, name).
+fn mirrored(db: &Path) -> Value {
+    let code = "import sqlite3,json,sys\n\
+        d=sqlite3.connect(sys.argv[1])\n\
+        t=[r[0] for r in d.execute(\"select name from sqlite_master where name='person'\")]\n\
+        rows=d.execute('select uuid, deleted, name, age from person').fetchall() if t else []\n\
+        print(json.dumps({u:[x,n,a] for u,x,n,a in rows}))";
+    serde_json::from_str(python(code, &[db.to_str().unwrap()]).trim()).unwrap()
+}
+
+#[test]
+fn mirror_to_sqlite_follows_the_feed_while_a_peer_syncs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
+    let (_a, api) = agent(&a_dir);
+    let b = Agent::start(&b_dir);
+    let recs = people(40);
+    import(&b_dir, "person", &recs);
+    delete(&b_dir, "person", &recs[0].0);
+    let local = api.send(
+        "POST",
+        "/v1/tables/person/records",
+        &json!({"name": "local", "age": 1}),
+    );
+    let local_id = local.json()["id"].as_str().unwrap().to_string();
+
+    let db = tmp.path().join("mirror.sqlite");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mirror_to_sqlite.py");
+    let follower = std::process::Command::new("python3")
+        .arg(&script)
+        .args([
+            "--data-dir",
+            a_dir.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .args(["--timeout-ms", "2000", "--batch", "7"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the mirror");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid_guard = Kill(follower);
+    // The peer's records arrive while the mirror follows the feed.
+    let s = api.send("POST", "/v1/sync", &json!({"peer": b.addr()}));
+    assert_eq!(s.status, 200, "{}", s.json());
+    let mut last = Value::Null;
+    wait_until("the mirror has every record", REQ_TIMEOUT, || {
+        last = mirrored(&db);
+        let done = last.as_object().is_some_and(|m| m.len() == 41);
+        if !done {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        done
+    });
+    assert_eq!(
+        last[recs[0].0.to_string()][0],
+        1,
+        "the deleted record is marked deleted"
+    );
+    assert_eq!(last[recs[1].0.to_string()][0], 0);
+    assert_eq!(last[recs[1].0.to_string()][1], recs[1].1["name"]);
+    assert_eq!(last[&local_id], json!([0, "local", 1]));
+    drop(pid_guard);
+
+    // Changes while the mirror is stopped are picked up by the next run, from its position.
+    api.send(
+        "PATCH",
+        &rec_path("person", &local_id),
+        &json!({"age": null, "name": "renamed"}),
+    );
+    let mut once = std::process::Command::new("python3");
+    once.arg(&script).args([
+        "--data-dir",
+        a_dir.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--once",
+    ]);
+    let out = run_bounded(once);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("mirrored 1 changes"),
+        "only the one new change: {stdout}"
+    );
+    assert_eq!(mirrored(&db)[&local_id], json!([0, "renamed", null]));
+}
