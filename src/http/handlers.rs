@@ -213,7 +213,8 @@ impl Params {
             ApiError::bad("BAD_QUERY", "query", format!("malformed query string: {e}"))
         })?;
         for (k, _) in &pairs {
-            if !known.contains(&k.as_str()) && !(filters && k.starts_with("field.")) {
+            let allowed = known.contains(&k.as_str()) || (filters && k.starts_with("field."));
+            if !allowed {
                 return Err(ApiError::bad(
                     "UNKNOWN_PARAMETER",
                     k,
