@@ -1,10 +1,11 @@
 //! Sync commands: `run` (the agent, with its control endpoint and HTTP API), `sync`, `verify`.
 
-use super::{executor, print, resolve_transport, CliError, Io};
+use super::{executor, print, resolve_transport, CliError, Door, Io};
 use crate::app::{AgentCtx, App};
+use crate::control::Op;
 use crate::store::Store;
 use crate::tls::Transport;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// The options of `run`.
@@ -65,8 +66,8 @@ pub fn run_agent(
         clients: ctx.clients.clone(),
         sync_enabled: !not_joined,
     };
-    let app = App::new(store.clone(), Some(ctx.clone()));
-    let exec = executor(rt.clone(), ctx);
+    let app = App::new(store.clone(), Some(ctx));
+    let exec = executor(rt.clone(), app.clone());
     let api_cfg = store.config().api.clone();
     rt.block_on(async move {
         let explicit = args.api_listen.or(api_cfg.listen);
@@ -97,36 +98,36 @@ pub fn run_agent(
     })
 }
 
-/// The transport for a one-shot session: the agent's inside it, else this laptop's own.
-fn transport(app: &App, insecure: bool) -> Result<Option<Transport>, CliError> {
-    match app.agent() {
-        Some(_) => Ok(None),
-        None => resolve_transport(app.store(), insecure).map(Some),
-    }
-}
-
 /// `sync PEER`: one session; a summary line per direction.
-pub fn sync(app: &App, peer: &str, insecure: bool, io: &mut Io<'_>) -> Result<(), CliError> {
-    let t = transport(app, insecure)?;
-    let r = io.rt.block_on(app.sync(peer, t))?;
-    for (direction, d) in [("received", r.received), ("sent", r.sent)] {
-        let mut v = serde_json::to_value(d).unwrap_or_default();
+pub fn sync(door: &Door<'_>, peer: &str, io: &mut Io<'_>) -> Result<(), CliError> {
+    let r: Value = door.call(
+        Op::Sync {
+            peer: peer.to_string(),
+        },
+        io,
+    )?;
+    for direction in ["received", "sent"] {
+        let mut v = r[direction].clone();
         v["direction"] = json!(direction);
-        v["peer"] = json!(r.peer.instance);
-        v["peer_name"] = json!(r.peer.name);
+        v["peer"] = r["peer"].clone();
+        v["peer_name"] = r["peer_name"].clone();
         print(io.out, &v)?;
     }
     Ok(())
 }
 
 /// `verify PEER`: a line per table; exit code 1 when something differs.
-pub fn verify(app: &App, peer: &str, insecure: bool, io: &mut Io<'_>) -> Result<(), CliError> {
-    let t = transport(app, insecure)?;
-    let checks = io.rt.block_on(app.verify(peer, t))?;
+pub fn verify(door: &Door<'_>, peer: &str, io: &mut Io<'_>) -> Result<(), CliError> {
+    let checks: Vec<Value> = door.call(
+        Op::Verify {
+            peer: peer.to_string(),
+        },
+        io,
+    )?;
     for c in &checks {
-        print(io.out, &serde_json::to_value(c).unwrap_or_default())?;
+        print(io.out, c)?;
     }
-    if checks.iter().all(|c| c.in_sync) {
+    if checks.iter().all(|c| c["in_sync"] == true) {
         Ok(())
     } else {
         Err(CliError::Differs(peer.to_string()))
