@@ -97,7 +97,12 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // The scheme name is case-insensitive (RFC 9110).
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
+        });
     match given {
         Some(t) if same_token(t.trim().as_bytes(), st.token.as_bytes()) => {
             // Refused before the body is read: a client that sent `Expect: 100-continue`
