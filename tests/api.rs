@@ -670,6 +670,44 @@ fn peer_changes_reach_the_feed_longpoll_and_sse_with_their_origin() {
     )
     .error(404, "PEER_NOT_FOUND");
 
+    // Concurrent edits of one field on A (through the API) and B make a conflict on A.
+    let rec = rec_path("person", &id.to_string());
+    assert_eq!(
+        api.send("PATCH", &rec, &json!({"name": "A side"})).status,
+        200
+    );
+    patch(&b_dir, "person", &id, &json!({"name": "B side"}));
+    assert_eq!(
+        api.send("POST", "/v1/sync", &json!({"peer": "bravo"}))
+            .status,
+        200
+    );
+    let list = api.get("/v1/conflicts?table=person").json();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        (list[0]["type"].as_str(), list[0]["field"].as_str()),
+        (Some("field"), Some("name"))
+    );
+    let cid = list[0]["id"].as_u64().unwrap();
+    let resolved = api.send(
+        "POST",
+        &format!("/v1/conflicts/{cid}/resolve"),
+        &json!({"keep": {"value": "agreed"}}),
+    );
+    assert_eq!(resolved.status, 200, "{}", resolved.json());
+    assert!(resolved.json()["resolved"].is_object());
+    assert_eq!(api.get("/v1/conflicts").json(), json!([]));
+    assert_eq!(
+        api.get("/v1/conflicts?all=true")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(api.get(&rec).json()["fields"]["name"], "agreed");
+
     // `mesh revoke` takes the peer's name too.
     let ca = tmp.path().join("test-ca.fsca");
     let ca = ca.to_str().unwrap();
