@@ -56,6 +56,8 @@ struct RawConfig {
     discovery: DiscoveryConfig,
     #[serde(default)]
     snapshots: SnapshotConfig,
+    #[serde(default)]
+    api: ApiConfig,
 }
 
 /// Settings of the agent's automatic snapshots (`[snapshots]`; see `autosnapshot.rs`).
@@ -79,6 +81,26 @@ impl Default for SnapshotConfig {
             every_changes: 1_000,
             every_secs: 3_600,
             keep: 3,
+        }
+    }
+}
+
+/// Settings of the HTTP API for local applications (`[api]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Serve the API at all.
+    pub enabled: bool,
+    /// `IP:PORT` to serve it on; `None`: 127.0.0.1:7438, and a busy port is only a warning.
+    /// Another interface than loopback only when set here explicitly.
+    pub listen: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
         }
     }
 }
@@ -146,6 +168,8 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     /// Automatic snapshot settings.
     pub snapshots: SnapshotConfig,
+    /// HTTP API settings.
+    pub api: ApiConfig,
 }
 
 impl Config {
@@ -222,6 +246,7 @@ impl Config {
             sync: raw.sync,
             discovery: raw.discovery,
             snapshots: raw.snapshots,
+            api: raw.api,
         })
     }
 

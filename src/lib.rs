@@ -19,10 +19,12 @@
 //! - [`sync`]: sync sessions: the initiator loop over a `Peer`, the responder, the one receive
 //!   path for pages, revocation admission, `verify`.
 //! - [`discovery`]: mDNS advertise/browse → peer events.
+//! - [`app`]: the application layer: one typed function per operation, for every door.
 //! - [`agent`]: the daemon: sync server, control endpoint, triggers, shutdown.
 //! - [`control`]: the local control endpoint the CLI uses while an agent holds the database.
+//! - [`http`]: the HTTP API for local applications (axum, OpenAPI by utoipa).
 //! - [`gen`]: deterministic test and benchmark data (records and op files, gen.py's format).
-//! - [`cli`]: the command line (clap definitions and command bodies).
+//! - [`cli`]: the command line: clap definitions, and command bodies by group that call [`app`].
 //! - [`build_info`]: version, git commit and build date fixed at build time.
 //! - [`backup`]: `backup`/`restore`: the whole database in one file.
 //! - [`doctor`]: `doctor`: checks that this laptop can sync, with fixes.
@@ -32,6 +34,7 @@
 #![deny(unreachable_pub)]
 
 pub mod agent;
+pub mod app;
 pub mod autosnapshot;
 pub mod backup;
 pub mod build_info;
@@ -47,6 +50,7 @@ pub mod formats;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gen;
+pub mod http;
 pub mod merge;
 pub mod mesh;
 pub mod model;

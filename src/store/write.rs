@@ -177,6 +177,34 @@ impl Store {
         }
     }
 
+    /// Applies one local edit decided under the writer lock: `decide` sees the record as it is
+    /// at that moment (for an If-Match check or a JSON merge patch) and returns the edit, or an
+    /// error that writes nothing. Used by the application layer (`crate::app`).
+    pub fn write_one_with<E: From<StoreError>>(
+        &self,
+        table: &str,
+        id: Uuid,
+        decide: impl FnOnce(Option<&StoredRecord>) -> Result<Edit, E>,
+    ) -> Result<OpResult, E> {
+        if table.starts_with(crate::model::SYSTEM_PREFIX) {
+            return Err(StoreError::from(ValidationError::Reserved(table.to_string())).into());
+        }
+        validate_table(table).map_err(StoreError::from)?;
+        let (guard, mut b) = self.begin();
+        let prev = b.load(&keys::record_suffix(table, &id))?;
+        let edit = decide(prev.as_ref())?;
+        let op = LocalOp {
+            table: table.to_string(),
+            id,
+            edit,
+        };
+        let r = b.local(&op)?;
+        if matches!(r, OpResult::Written(_)) {
+            self.finish(guard, b)?;
+        }
+        Ok(r)
+    }
+
     /// Merges remote changes that come with no position (tests, tools) in one atomic batch,
     /// fsynced if any record changed. Sync sessions use [`Store::commit_page`].
     pub fn apply_remote(
