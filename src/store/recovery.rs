@@ -216,6 +216,22 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), StoreError> {
     sync_dir(to)
 }
 
+/// Refuses a database whose feed head `seq` is behind the newest automatic snapshot of the same
+/// data directory: the disk lost writes it had acknowledged (sled treats a garbled log tail
+/// after its own last snapshot as an interrupted write and silently drops it). Feed positions
+/// only grow, even across a restore (see `Store::restore`), so this never fires on a healthy
+/// database.
+pub(crate) fn check_not_behind_snapshots(data_dir: &Path, seq: u64) -> Result<(), StoreError> {
+    match crate::autosnapshot::list(data_dir).last() {
+        Some(newest) if newest.feed_seq > seq => Err(StoreError::LostWrites {
+            dir: data_dir.to_path_buf(),
+            seq,
+            snapshot_seq: newest.feed_seq,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Moves a damaged `data_dir/db` into `data_dir/damaged/db-<UTC stamp>` (never deletes it)
 /// and returns where it went.
 pub fn move_damaged_db(data_dir: &Path) -> Result<PathBuf, StoreError> {
