@@ -476,12 +476,6 @@ pub async fn run(
             }
         }));
     }
-    // The rolling automatic snapshots (`repair` restores the newest).
-    tasks.push(tokio::spawn(crate::autosnapshot::run(
-        store.clone(),
-        store.config().snapshots.clone(),
-        stop_rx.clone(),
-    )));
     // Live status for `fieldsync status`.
     {
         let a = agent.clone();
@@ -498,6 +492,14 @@ pub async fn run(
             }
         }));
     }
+
+    // The rolling automatic snapshots (`repair` restores the newest); spawned last, so the
+    // tasks `status` expects right after start come first.
+    tasks.push(tokio::spawn(crate::autosnapshot::run(
+        store.clone(),
+        store.config().snapshots.clone(),
+        stop_rx.clone(),
+    )));
 
     signals.wait().await;
     info!("shutting down");

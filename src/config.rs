@@ -273,6 +273,26 @@ mod tests {
     }
 
     #[test]
+    fn automatic_snapshots_are_on_by_default_and_configurable() {
+        let d = Config::parse("", "t").unwrap().snapshots;
+        assert!(d.enabled);
+        assert_eq!((d.every_changes, d.every_secs, d.keep), (1_000, 3_600, 3));
+        let c = Config::parse(
+            "[snapshots]\nenabled = false\nevery_changes = 50\nkeep = 5\n",
+            "t",
+        )
+        .unwrap()
+        .snapshots;
+        assert!(!c.enabled);
+        assert_eq!((c.every_changes, c.every_secs, c.keep), (50, 3_600, 5));
+        let e = Config::parse("[snapshots]\nkeep = 0\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("snapshots.keep"), "{e}");
+        assert!(Config::parse("[snapshots]\nevry = 1\n", "t").is_err());
+    }
+
+    #[test]
     fn rejects_typos_and_bad_entries() {
         let e = Config::parse("uniqe = []", "t").unwrap_err().to_string();
         assert!(e.contains("uniqe"), "{e}");

@@ -142,7 +142,7 @@ pub fn run(
         }
         Err(e) => {
             let fix = match e {
-                StoreError::Damaged(_) => format!(
+                StoreError::Damaged(_) | StoreError::LostWrites { .. } => format!(
                     "run `fieldsync repair --data-dir {}`: it moves the damaged database aside \
                      (kept in damaged/), restores the newest automatic snapshot, and the next \
                      syncs bring back what peers hold",

@@ -82,7 +82,7 @@ pub fn repair(dir: &Path, config: Config) -> Result<Repaired, RepairError> {
                 .map(|a| a.instance)
         });
     let moved_to = recovery::move_damaged_db(dir)?;
-    let store = Store::open(dir, config)?;
+    let store = Store::open_for_restore(dir, config)?;
     let mut unusable = Vec::new();
     let mut restored = None;
     for snap in autosnapshot::list(dir).into_iter().rev() {

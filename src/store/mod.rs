@@ -101,6 +101,20 @@ pub enum StoreError {
          newest automatic snapshot"
     )]
     Damaged(PathBuf),
+    /// The database is older than its own newest automatic snapshot: the disk lost writes.
+    #[error(
+        "the database in {dir} lost writes the disk had accepted (usually in a power cut): it \
+         is at feed position {seq}, its newest automatic snapshot at {snapshot_seq}: run \
+         `fieldsync repair --data-dir {dir}` to move it aside and restore that snapshot"
+    )]
+    LostWrites {
+        /// The data directory.
+        dir: PathBuf,
+        /// The database's feed head.
+        seq: u64,
+        /// The newest snapshot's.
+        snapshot_seq: u64,
+    },
     /// The data directory was written by a newer fieldsync.
     #[error(
         "the database in {dir} has store format {found}, written by a newer fieldsync; this \
@@ -369,7 +383,22 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
 
 impl Store {
     /// Opens (creating if needed) the database under `dir`, creating the instance on first use.
+    ///
+    /// Before sled sees the directory, an incomplete sled snapshot is moved aside; a database
+    /// sled finds damaged, or one behind its own newest automatic snapshot (lost writes), is
+    /// refused with a message pointing at `fieldsync repair`; a newer store format is refused
+    /// and an older one migrated (see [`recovery`]).
     pub fn open(dir: &Path, config: Config) -> Result<Store, StoreError> {
+        Self::open_with(dir, config, true)
+    }
+
+    /// Like [`Store::open`], but without comparing the database with the automatic snapshots:
+    /// for `repair`, which creates a new, empty database beside them before restoring one.
+    pub fn open_for_restore(dir: &Path, config: Config) -> Result<Store, StoreError> {
+        Self::open_with(dir, config, false)
+    }
+
+    fn open_with(dir: &Path, config: Config, check_snapshots: bool) -> Result<Store, StoreError> {
         use std::os::unix::fs::DirBuilderExt;
         // The records are personal data: a new data directory is private to its owner.
         std::fs::DirBuilder::new()
@@ -445,6 +474,9 @@ impl Store {
                 None => Default::default(),
             },
         };
+        if check_snapshots {
+            recovery::check_not_behind_snapshots(dir, writer.seq)?;
+        }
         let store = Store {
             db,
             tree,

@@ -79,27 +79,38 @@ pub fn move_aside_incomplete_snapshots(
     db_dir: &Path,
     data_dir: &Path,
 ) -> Result<Vec<PathBuf>, StoreError> {
-    let entries = match std::fs::read_dir(db_dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_err(db_dir)(e)),
+    if incomplete_snapshots(db_dir)?.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A process that holds sled's lock (`Config::open`, config.rs:342-355, takes it in
+    // `open_file`/`try_lock`, config.rs:556-610: `flock(LOCK_EX | LOCK_NB)` on `db/db`, before
+    // `Db::start_inner` reads or writes any snapshot) may be writing
+    // that very file right now. Only a directory nobody has open is touched: the lock is held
+    // while moving and released before sled opens it.
+    let lock_path = db_dir.join("db");
+    let _lock = match std::fs::File::open(&lock_path) {
+        Ok(f) => {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: flock(2) on a file descriptor we own for the duration of the call.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                return Ok(Vec::new());
+            }
+            Some(f)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(&lock_path)(e)),
     };
     let mut moved = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(io_err(db_dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with("snap.") && name.ends_with(".generating")) {
-            continue;
-        }
+    for (name, path) in incomplete_snapshots(db_dir)? {
         let aside = data_dir.join(MOVED_ASIDE_DIR);
         std::fs::create_dir_all(&aside).map_err(io_err(&aside))?;
         let to = aside.join(format!("{}-{name}", stamp()));
-        std::fs::rename(entry.path(), &to).map_err(io_err(&to))?;
+        std::fs::rename(&path, &to).map_err(io_err(&to))?;
         tracing::warn!(
             "moved the incomplete database snapshot {} to {}: a process was stopped while \
              writing it (power cut or kill), and the database opens from the previous snapshot \
              and its log; the file is kept only for inspection",
-            entry.path().display(),
+            path.display(),
             to.display()
         );
         moved.push(to);
@@ -110,6 +121,24 @@ pub fn move_aside_incomplete_snapshots(
         sync_dir(&data_dir.join(MOVED_ASIDE_DIR))?;
     }
     Ok(moved)
+}
+
+/// The `snap.*.generating` files in sled's directory, as (name, path).
+fn incomplete_snapshots(db_dir: &Path) -> Result<Vec<(String, PathBuf)>, StoreError> {
+    let entries = match std::fs::read_dir(db_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(db_dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(db_dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            out.push((name, entry.path()));
+        }
+    }
+    Ok(out)
 }
 
 /// The format version recorded in the tree (absent: 1, the format before the key existed).
@@ -216,6 +245,22 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), StoreError> {
     sync_dir(to)
 }
 
+/// Refuses a database whose feed head `seq` is behind the newest automatic snapshot of the same
+/// data directory: the disk lost writes it had acknowledged (sled treats a garbled log tail
+/// after its own last snapshot as an interrupted write and silently drops it). Feed positions
+/// only grow, even across a restore (see `Store::restore`), so this never fires on a healthy
+/// database.
+pub(crate) fn check_not_behind_snapshots(data_dir: &Path, seq: u64) -> Result<(), StoreError> {
+    match crate::autosnapshot::list(data_dir).last() {
+        Some(newest) if newest.feed_seq > seq => Err(StoreError::LostWrites {
+            dir: data_dir.to_path_buf(),
+            seq,
+            snapshot_seq: newest.feed_seq,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Moves a damaged `data_dir/db` into `data_dir/damaged/db-<UTC stamp>` (never deletes it)
 /// and returns where it went.
 pub fn move_damaged_db(data_dir: &Path) -> Result<PathBuf, StoreError> {
@@ -320,6 +365,26 @@ mod tests {
         );
         let v: u32 = decode(&s.tree.get(keys::meta("format")).unwrap().unwrap()).unwrap();
         assert_eq!(v, 1);
+    }
+
+    #[test]
+    fn an_incomplete_snapshot_is_moved_only_when_no_process_has_the_database_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_dir = dir.path().join("db");
+        let store = store_with_a_record(dir.path());
+        let gen = db_dir.join("snap.00000000000FFFFF.generating");
+        std::fs::write(&gen, b"cut off").unwrap();
+        // The holder may be writing it right now: hands off.
+        assert!(move_aside_incomplete_snapshots(&db_dir, dir.path())
+            .unwrap()
+            .is_empty());
+        assert!(gen.exists());
+        drop(store);
+        let moved = move_aside_incomplete_snapshots(&db_dir, dir.path()).unwrap();
+        assert_eq!(moved.len(), 1);
+        assert!(!gen.exists());
+        assert_eq!(std::fs::read(&moved[0]).unwrap(), b"cut off");
+        assert!(moved[0].starts_with(dir.path().join(MOVED_ASIDE_DIR)));
     }
 
     fn add_marker(tree: &sled::Tree, batch: &mut sled::Batch) -> Result<(), StoreError> {
