@@ -10,7 +10,9 @@
 //! - [`merge`]: the merge rules, pure functions with no I/O.
 //! - [`store`]: the sled database: records, feed, history, conflicts, peers; atomic batches.
 //! - [`config`]: `fieldsync.toml` → validated settings.
-//! - [`formats`]: JSONL/CSV import and export, the canonical digest.
+//! - [`formats`]: JSONL/CSV export, op files, the canonical digest.
+//! - [`import`]: `import`: CSV, JSONL and spreadsheets into a table by id or natural key, all
+//!   or nothing in bounded memory.
 //! - [`mesh`]: deployment CA, credentials, join files, signed revocations.
 //! - [`tls`]: rustls configs for mutual TLS within a deployment.
 //! - [`protocol`]: the JSON-RPC wire contract, its server (accept loop) and client.
@@ -39,6 +41,7 @@ pub mod formats;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gen;
+pub mod import;
 pub mod merge;
 pub mod mesh;
 pub mod model;

@@ -8,11 +8,13 @@
 mod keys;
 mod replication;
 mod snapshot;
+pub(crate) mod staging;
 mod txn;
 mod write;
 
 pub use replication::{Knowledge, OutgoingPage, Position};
 pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
+pub use staging::{ImportCounts, ImportRow, RowOutcome, StagedImport, UpdateMode};
 pub use txn::Txn;
 pub(crate) use write::decode_record;
 pub use write::{ApplyStats, Keep, LocalOp, OpResult, RemoteChange, ReportedConflict};
@@ -388,7 +390,7 @@ impl Store {
                 None => Default::default(),
             },
         };
-        Ok(Store {
+        let store = Store {
             db,
             tree,
             dir: dir.to_path_buf(),
@@ -396,7 +398,10 @@ impl Store {
             config: Arc::new(config),
             changed: tokio::sync::watch::Sender::new(writer.seq),
             writer: Mutex::new(writer),
-        })
+        };
+        // An import a crash interrupted is finished (committed) or discarded (not committed).
+        staging::recover(&store)?;
+        Ok(store)
     }
 
     /// This instance.
