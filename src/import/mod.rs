@@ -25,6 +25,7 @@ mod jsonl;
 mod sheet;
 
 use crate::model::{self, Fields};
+use crate::store::staging::APPLY_CHUNK;
 use crate::store::{ImportCounts, ImportRow, StagedImport, Store, StoreError, UpdateMode};
 use serde::Serialize;
 use serde_json::Value;
@@ -35,7 +36,7 @@ use uuid::Uuid;
 
 /// Rows held in memory before they are staged: bounds memory (a chunk of typical records is
 /// a few MB) and is the size up to which an import is written as one batch without staging.
-const CHUNK: usize = 10_000;
+pub const CHUNK_ROWS: usize = 10_000;
 
 /// Root of the id namespaces: `namespace = UUID v5(ROOT, "deployment:" + deployment id)`.
 pub const NAMESPACE_ROOT: Uuid = Uuid::from_u128(0x6d2f_41c4_9a3e_4f0b_8c55_1e7a_b3d9_0f21);
@@ -85,6 +86,9 @@ pub struct ImportOptions {
     pub sheet: Option<String>,
     /// Fields always kept as text (`--text`).
     pub text: Vec<String>,
+    /// Rows per chunk (staging and roll-forward); `None`: [`CHUNK_ROWS`]. Smaller chunks let
+    /// tests exercise a staged import with a small file.
+    pub chunk_rows: Option<usize>,
 }
 
 /// What an import did: `records` rows read (empty rows skipped), and what became of them.
@@ -402,6 +406,7 @@ fn run(
     let mut in_chunk: HashMap<Uuid, u64> = HashMap::new();
     let mut staged: Option<StagedImport<'_>> = None;
     let mut records = 0u64;
+    let chunk_rows = opts.chunk_rows.unwrap_or(CHUNK_ROWS).max(1);
     for row in opened.rows {
         let row = row?;
         if row.empty {
@@ -483,10 +488,10 @@ fn run(
             update,
         });
         records += 1;
-        if chunk.len() >= CHUNK {
+        if chunk.len() >= chunk_rows {
             let s = match &mut staged {
                 Some(s) => s,
-                None => staged.insert(store.stage_import(table)?),
+                None => staged.insert(store.stage_import(table, chunk_rows.min(APPLY_CHUNK))?),
             };
             s.stage(std::mem::take(&mut chunk))?;
             in_chunk.clear();

@@ -29,9 +29,10 @@ use uuid::Uuid;
 /// Prefix byte of staged import rows (see the module's table).
 pub(crate) const STAGED: u8 = b'I';
 
-/// Rows applied per batch during roll-forward: a few MB of record data, so memory is bounded
-/// while each batch is still big enough that the fsync per batch costs little.
-const APPLY_CHUNK: usize = 5_000;
+/// Rows applied per batch during roll-forward (unless the import sets another): a few MB of
+/// record data, so memory is bounded while each batch is still big enough that the fsync per
+/// batch costs little.
+pub(crate) const APPLY_CHUNK: usize = 5_000;
 
 /// How an import row changes a record that already exists and is alive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,8 +130,13 @@ impl Store {
         Ok(counts)
     }
 
-    /// Starts a staged import into `table` (for imports too large for one batch).
-    pub fn stage_import(&self, table: &str) -> Result<StagedImport<'_>, StoreError> {
+    /// Starts a staged import into `table` (for imports too large for one batch) that rolls
+    /// forward `apply_chunk` rows per batch.
+    pub fn stage_import(
+        &self,
+        table: &str,
+        apply_chunk: usize,
+    ) -> Result<StagedImport<'_>, StoreError> {
         crate::model::validate_table(table)?;
         Ok(StagedImport {
             store: self,
@@ -138,6 +144,7 @@ impl Store {
             id: Uuid::new_v4(),
             rows: 0,
             done: false,
+            apply_chunk: apply_chunk.max(1),
         })
     }
 
@@ -169,6 +176,7 @@ pub struct StagedImport<'a> {
     id: Uuid,
     rows: u64,
     done: bool,
+    apply_chunk: usize,
 }
 
 impl StagedImport<'_> {
@@ -216,7 +224,7 @@ impl StagedImport<'_> {
         self.store.db.flush()?;
         self.done = true;
         tracing::debug!(import = %self.id, rows = self.rows, "import committed, rolling forward");
-        roll_forward(self.store, &self.id, &marker)
+        roll_forward(self.store, &self.id, &marker, self.apply_chunk)
     }
 }
 
@@ -253,13 +261,14 @@ fn roll_forward(
     store: &Store,
     import: &Uuid,
     marker: &ImportMarker,
+    chunk: usize,
 ) -> Result<ImportCounts, StoreError> {
     let prefix = staged_prefix(import);
     let mut counts = ImportCounts::default();
     loop {
         let mut staged_keys = Vec::new();
         let mut rows = Vec::new();
-        for kv in store.tree.scan_prefix(&prefix).take(APPLY_CHUNK) {
+        for kv in store.tree.scan_prefix(&prefix).take(chunk) {
             let (k, v) = kv?;
             let id = Uuid::from_slice(&k[prefix.len()..])
                 .map_err(|e| StoreError::Decode(format!("staged import key: {e}")))?;
@@ -336,7 +345,7 @@ pub(crate) fn recover(store: &Store) -> Result<(), StoreError> {
     for (id, marker) in &committed {
         tracing::info!(import = %id, table = marker.table, rows = marker.rows,
             "finishing an import interrupted after it committed");
-        roll_forward(store, id, marker)?;
+        roll_forward(store, id, marker, APPLY_CHUNK)?;
     }
     // Whatever is still staged never committed.
     while let Some(kv) = store.tree.scan_prefix([STAGED]).next() {
