@@ -276,7 +276,7 @@ fn bad_input_names_the_line_and_column_and_imports_nothing() {
             vec!["line 4", "line 2", "case = \"A-1\", district = \"5\""],
         ),
         (
-            a.file("latin1.csv", b"case,name\nA-1,M\xfcller\n".to_vec()),
+            a.file("latin1.csv", b"case,name\nA-1,M\xfcller\n"),
             vec!["--key", "case"],
             vec!["line 2, column 2 (name)", "UTF-8"],
         ),
