@@ -14,6 +14,13 @@ use std::time::{Duration, Instant};
 /// Most of that time builds the batch in memory; sled writes it out in the last ~15%.
 const RECORDS: u64 = 8_000;
 
+/// `import person FILE` as one batch: chunks larger than the file, so nothing is staged.
+fn one_batch_import(inst: &Instance, file: &str) -> std::process::Command {
+    let mut c = inst.cmd(&["import", "person", file]);
+    c.env("FIELDSYNC_IMPORT_CHUNK_ROWS", (RECORDS + 1).to_string());
+    c
+}
+
 /// SHA-256 of nothing: the digest of an empty table.
 const EMPTY_SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
@@ -42,7 +49,7 @@ fn import_killed_at_any_moment_leaves_none_or_all_records() {
     let file = file.to_str().unwrap();
 
     let started = Instant::now();
-    reference.ok(&["import", "person", file]);
+    common::run(one_batch_import(&reference, file), None).ok();
     let full_time = started.elapsed();
     let full = reference.digest(&["person"]);
     assert_eq!(full.0, RECORDS);
@@ -65,7 +72,7 @@ fn import_killed_at_any_moment_leaves_none_or_all_records() {
     let mut outcomes = Vec::new();
     for (n, at) in points.into_iter().enumerate() {
         let inst = Instance::new();
-        let mut import = inst.spawn(&["import", "person", file]);
+        let mut import = common::Background::spawn(one_batch_import(&inst, file));
         match at {
             KillAt::Time(f) => std::thread::sleep(full_time.mul_f64(f)),
             KillAt::Written(f) => {
@@ -131,8 +138,8 @@ fn import_killed_at_any_moment_leaves_none_or_all_records() {
     );
 }
 
-/// Rows per chunk for the staged-import test: small, so an 8,000-row file is staged in 8
-/// chunks and rolled forward in 8 batches (the default is 10,000 rows per chunk).
+/// Rows per chunk for the staged-import test (the default): an 8,000-row file is staged in 8
+/// chunks and rolled forward in 8 batches.
 const SMALL_CHUNK: &str = "1000";
 
 /// An import process whose log lines (stderr) arrive on a channel with their arrival time.

@@ -399,12 +399,14 @@ impl Store {
     /// put; a live record takes a put ([`UpdateMode::Replace`]) or a patch
     /// ([`UpdateMode::Merge`]); a deleted record is left deleted (an import never resurrects).
     /// `extra` adds writes to the same batch (removing staged rows), which commits even when no
-    /// record changed; it is fsynced when a record changed. Fails with [`StoreError::Op`]
-    /// naming the first bad row, writing nothing.
+    /// record changed; with `durable` it is fsynced when a record changed (a staged import's
+    /// roll-forward flushes once at the end instead). Fails with [`StoreError::Op`] naming the
+    /// first bad row, writing nothing.
     pub(crate) fn write_import<F>(
         &self,
         table: &str,
         rows: &[ImportRow],
+        durable: bool,
         extra: F,
     ) -> Result<Vec<RowOutcome>, StoreError>
     where
@@ -424,7 +426,7 @@ impl Store {
             .iter()
             .any(|r| matches!(r, RowOutcome::Inserted | RowOutcome::Updated));
         if changed || !b.txn.is_empty() {
-            self.finish_with(guard, b, changed)?;
+            self.finish_with(guard, b, durable && changed)?;
         }
         Ok(out)
     }
@@ -708,7 +710,7 @@ impl Batch<'_> {
     }
 }
 
-fn trim_heap() {
+pub(crate) fn trim_heap() {
     // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
     unsafe {
         libc::malloc_trim(0);
