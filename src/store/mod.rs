@@ -9,6 +9,7 @@ mod keys;
 pub mod recovery;
 mod replication;
 mod snapshot;
+pub(crate) mod staging;
 mod txn;
 mod write;
 
@@ -16,6 +17,7 @@ pub use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
 pub use crate::merge::Keep;
 pub use replication::{CommitError, Committed, Knowledge, OutgoingPage, PageCommit, Position};
 pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
+pub use staging::{ImportCounts, ImportRow, RowOutcome, StagedImport, UpdateMode};
 pub use txn::Txn;
 pub(crate) use write::decode_record;
 pub use write::{LocalOp, OpResult};
@@ -488,6 +490,8 @@ impl Store {
             writer: Mutex::new(writer),
         };
         store.publish(&store.lock())?;
+        // An import a crash interrupted is finished (committed) or discarded (not committed).
+        staging::recover(&store)?;
         Ok(store)
     }
 
