@@ -654,7 +654,13 @@ pub fn run(
         transport: None,
         clients: None,
     };
-    execute(&store, cli.command, &mut io)
+    // sled reads pages lazily, so damage can also surface after the open: same one line.
+    execute(&store, cli.command, &mut io).map_err(|e| match e {
+        CliError::Store(StoreError::Sled(sled::Error::Corruption { .. })) => {
+            CliError::Store(StoreError::Damaged(dir.clone()))
+        }
+        other => other,
+    })
 }
 
 /// Mutual TLS from this laptop's credential; plaintext only when asked for explicitly.
@@ -1232,7 +1238,8 @@ fn restore(
         "took_over_identity": r.report.took_over_identity,
         "backup_created_at": r.header.created_at.to_rfc3339(),
         "count": r.live_records, "sha256": r.sha256, "entries": r.report.counts,
-        "peers_reset": r.report.peers_reset, "warnings": warnings,
+        "peers_reset": r.report.peers_reset, "incarnation": r.report.incarnation,
+        "warnings": warnings,
     });
     writeln!(out, "{v}").map_err(CliError::Output)
 }
