@@ -1178,7 +1178,8 @@ fn repair(dir: &Path, config: Config, out: &mut dyn Write) -> Result<(), CliErro
         "instance": r.instance, "incarnation": r.incarnation,
         "count": r.live_records, "sha256": r.sha256,
         "next": if r.snapshot.is_some() {
-            "start the agent (`fieldsync run`): the next syncs bring back what peers hold"
+            "start the agent (`fieldsync run`) and let it sync with its peers before making \
+             changes: the next syncs bring back what peers hold"
         } else {
             "no automatic snapshot was usable: the database is empty; start the agent \
              (`fieldsync run`) and everything comes back from peers"
