@@ -566,7 +566,13 @@ pub fn run(
         rt: rt.clone(),
         agent: None,
     };
-    execute(&store, cli.command, &mut io)
+    // sled reads pages lazily, so damage can also surface after the open: same one line.
+    execute(&store, cli.command, &mut io).map_err(|e| match e {
+        CliError::Store(StoreError::Sled(sled::Error::Corruption { .. })) => {
+            CliError::Store(StoreError::Damaged(dir.clone()))
+        }
+        other => other,
+    })
 }
 
 /// Mutual TLS from this laptop's credential; plaintext only when asked for explicitly.
