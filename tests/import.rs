@@ -276,6 +276,15 @@ fn bad_input_names_the_line_and_column_and_imports_nothing() {
             vec!["line 4", "line 2", "case = \"A-1\", district = \"5\""],
         ),
         (
+            // Larger than one chunk (1,000 rows): the repeat is found across staged chunks.
+            a.file(
+                "dup-far.csv",
+                format!("{}C-0001,again,1,found\n", registry_csv(1500, |_| "missing")),
+            ),
+            vec!["--key", "case_number"],
+            vec!["line 1502 repeats line 3", "case_number"],
+        ),
+        (
             a.file("latin1.csv", b"case,name\nA-1,M\xfcller\n"),
             vec!["--key", "case"],
             vec!["line 2, column 2 (name)", "UTF-8"],

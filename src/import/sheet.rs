@@ -66,16 +66,15 @@ pub(crate) fn open(
         .worksheet_range(&name)
         .map_err(|e| bad(format!("cannot read sheet {name:?}: {e}")))?;
     let (row0, col0) = range.start().unwrap_or((0, 0));
-    let mut rows = range.rows();
-    let header_cells = rows.next().unwrap_or(&[]);
+    let (height, width) = range.get_size();
     let mut names: Vec<String> = Vec::new();
     let mut labels = Vec::new();
-    for (j, c) in header_cells.iter().enumerate() {
+    for j in 0..if height > 0 { width } else { 0 } {
         let letters = column_letters(col0 + j as u32);
-        let n = match c {
-            Data::Empty => String::new(),
-            Data::String(s) => s.clone(),
-            other => other.to_string(),
+        let n = match range.get((0, j)) {
+            None | Some(Data::Empty) => String::new(),
+            Some(Data::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
         };
         if !n.is_empty() {
             if let Some(k) = names.iter().position(|x| *x == n) {
@@ -93,17 +92,52 @@ pub(crate) fn open(
         names.push(n);
     }
     let header = Header { names, labels };
-    let text_cols: Vec<bool> = header.names.iter().map(|n| text.contains(n)).collect();
-    let mut out = Vec::new();
-    for (i, cells) in rows.enumerate() {
-        let line = u64::from(row0) + i as u64 + 2;
-        out.push(row(&header, &text_cols, line, cells));
-    }
+    let rows = SheetRows {
+        text: header.names.iter().map(|n| text.contains(n)).collect(),
+        header: header.clone(),
+        range,
+        next: 1,
+        height,
+        row0: u64::from(row0),
+    };
     Ok(Opened {
         unit: "row",
         header: Some(header),
-        rows: Box::new(out.into_iter()),
+        rows: Box::new(rows),
     })
+}
+
+/// The data rows of a sheet, converted one at a time (the sheet itself is already in memory).
+struct SheetRows {
+    range: calamine::Range<Data>,
+    header: Header,
+    text: Vec<bool>,
+    /// Next row, relative to the range's first (the header).
+    next: usize,
+    height: usize,
+    /// The sheet row (0-based) of the range's first row.
+    row0: u64,
+}
+
+impl Iterator for SheetRows {
+    type Item = Result<Row, ImportError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.height {
+            return None;
+        }
+        let i = self.next;
+        self.next += 1;
+        let cells: Vec<Data> = (0..self.header.names.len())
+            .map(|j| self.range.get((i, j)).cloned().unwrap_or(Data::Empty))
+            .collect();
+        Some(row(
+            &self.header,
+            &self.text,
+            self.row0 + i as u64 + 1,
+            &cells,
+        ))
+    }
 }
 
 fn row(header: &Header, text: &[bool], line: u64, cells: &[Data]) -> Result<Row, ImportError> {

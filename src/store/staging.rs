@@ -4,7 +4,7 @@
 //!
 //! | key                                    | value (rmp-serde)                          |
 //! |----------------------------------------|--------------------------------------------|
-//! | `I` import id (16) record id (16)      | [`StagedRow`]: one row waiting to apply    |
+//! | `I` import id (16) row number (u64 BE) | `StagedRow`: one row waiting to apply      |
 //! | `M` `import/` import id (text)         | `ImportMarker`: the import is committed    |
 //!
 //! Lifecycle of a staged import: rows are staged chunk by chunk (one `sled::Batch` each, not
@@ -15,8 +15,8 @@
 //! [`recover`] discards staging without a marker (the import never committed: none of it) and
 //! rolls a marked one forward to completion (all of it).
 //!
-//! Staged rows are keyed by record id, so a second row for the same record in one import is
-//! found with one lookup, and the roll-forward writes records in key order.
+//! Staged rows are keyed by their number in the file, so the roll-forward writes records (and
+//! their feed entries, hence what peers receive first) in file order, as a one-batch import does.
 //!
 //! Readers of this process may see a roll-forward in progress (some rows applied, others not)
 //! for as long as it runs; a crash never leaves it that way, because the next open finishes it.
@@ -96,9 +96,10 @@ impl ImportCounts {
     }
 }
 
-/// A staged row as stored (table and id are in the marker and the key).
+/// A staged row as stored (the table is in the marker).
 #[derive(Serialize, Deserialize)]
 struct StagedRow {
+    id: Uuid,
     line: u64,
     fields: Fields,
     update: UpdateMode,
@@ -180,24 +181,15 @@ pub struct StagedImport<'a> {
 }
 
 impl StagedImport<'_> {
-    /// The line of an already staged row for record `id`, if there is one.
-    pub fn staged_line(&self, id: &Uuid) -> Result<Option<u64>, StoreError> {
-        let mut k = staged_prefix(&self.id);
-        k.extend_from_slice(id.as_bytes());
-        match self.store.tree.get(k)? {
-            Some(v) => Ok(Some(decode::<StagedRow>(&v)?.line)),
-            None => Ok(None),
-        }
-    }
-
     /// Writes a chunk of rows to the staging area (one batch, not yet durable).
     pub fn stage(&mut self, rows: Vec<ImportRow>) -> Result<(), StoreError> {
         let prefix = staged_prefix(&self.id);
         let mut batch = sled::Batch::default();
         for r in rows {
             let mut k = prefix.clone();
-            k.extend_from_slice(r.id.as_bytes());
+            k.extend_from_slice(&self.rows.to_be_bytes());
             let v = StagedRow {
+                id: r.id,
                 line: r.line,
                 fields: r.fields,
                 update: r.update,
@@ -276,11 +268,9 @@ fn roll_forward(
         let mut rows = Vec::new();
         for kv in store.tree.scan_prefix(&prefix).take(chunk) {
             let (k, v) = kv?;
-            let id = Uuid::from_slice(&k[prefix.len()..])
-                .map_err(|e| StoreError::Decode(format!("staged import key: {e}")))?;
             let s: StagedRow = decode(&v)?;
             rows.push(ImportRow {
-                id,
+                id: s.id,
                 line: s.line,
                 fields: s.fields,
                 update: s.update,
