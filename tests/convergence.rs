@@ -561,6 +561,10 @@ impl World {
             })
             .filter(|c| !log.contains_key(&fingerprint(c)))
             .collect();
+        // As pages do: a record travels with its open conflicts, also to a receiver that has
+        // all its writes when conflicts were logged after the receiver's position (sending only
+        // to receivers that lack a write does not converge: different laptops log different
+        // pairs of the same concurrent writes, depending on the order they met them).
         let reported: Vec<&Conflict> = snap
             .reported
             .iter()

@@ -270,6 +270,7 @@ impl Store {
             next_conflict,
             own_last,
             holdings,
+            conflict_head: seq,
         };
         *cur = info.clone();
         drop(cur);
