@@ -493,6 +493,14 @@ pub async fn run(
         }));
     }
 
+    // The rolling automatic snapshots (`repair` restores the newest); spawned last, so the
+    // tasks `status` expects right after start come first.
+    tasks.push(tokio::spawn(crate::autosnapshot::run(
+        store.clone(),
+        store.config().snapshots.clone(),
+        stop_rx.clone(),
+    )));
+
     signals.wait().await;
     info!("shutting down");
     let _ = stop_tx.send(true);
@@ -526,6 +534,12 @@ async fn run_without_sync(
 ) -> Result<(), AgentError> {
     let signals = StopSignals::register();
     let control = control::start(store.clone(), "", exec).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let snapshots = tokio::spawn(crate::autosnapshot::run(
+        store.clone(),
+        store.config().snapshots.clone(),
+        stop_rx,
+    ));
     *lock(&options.live.snapshot) = json!({
         "running": true, "pid": std::process::id(), "listen": null,
         "transport": "none: sync is off until this laptop joins a deployment",
@@ -537,6 +551,8 @@ async fn run_without_sync(
         json!({"event": "listening", "listen": null, "sync": "off", "instance": store.id()})
     );
     signals.wait().await;
+    let _ = stop_tx.send(true);
+    let _ = snapshots.await;
     let _ = control.stop();
     if let Err(e) = store.flush() {
         warn!(error = %e, "flush on shutdown failed");

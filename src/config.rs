@@ -54,6 +54,55 @@ struct RawConfig {
     sync: SyncConfig,
     #[serde(default)]
     discovery: DiscoveryConfig,
+    #[serde(default)]
+    snapshots: SnapshotConfig,
+    #[serde(default)]
+    api: ApiConfig,
+}
+
+/// Settings of the agent's automatic snapshots (`[snapshots]`; see `autosnapshot.rs`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Keep automatic snapshots while the agent runs.
+    pub enabled: bool,
+    /// Take one after this many changes (feed positions) since the last one.
+    pub every_changes: u64,
+    /// Otherwise take one this many seconds after the last, if anything changed.
+    pub every_secs: u64,
+    /// How many to keep (the oldest beyond this are removed after a new one is written).
+    pub keep: usize,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            every_changes: 1_000,
+            every_secs: 3_600,
+            keep: 3,
+        }
+    }
+}
+
+/// Settings of the HTTP API for local applications (`[api]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Serve the API at all.
+    pub enabled: bool,
+    /// `IP:PORT` to serve it on; `None`: 127.0.0.1:7438, and a busy port is only a warning.
+    /// Another interface than loopback only when set here explicitly.
+    pub listen: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+        }
+    }
 }
 
 /// Settings of mDNS discovery.
@@ -117,6 +166,10 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Discovery settings.
     pub discovery: DiscoveryConfig,
+    /// Automatic snapshot settings.
+    pub snapshots: SnapshotConfig,
+    /// HTTP API settings.
+    pub api: ApiConfig,
 }
 
 impl Config {
@@ -179,11 +232,21 @@ impl Config {
                 "sync.page_records must be > 0 and sync.page_bytes >= 1024".into(),
             ));
         }
+        let snap = &raw.snapshots;
+        if snap.every_changes == 0 || snap.every_secs == 0 || snap.keep == 0 {
+            return Err(invalid(
+                "snapshots.every_changes, snapshots.every_secs and snapshots.keep must be > 0 \
+                 (set snapshots.enabled = false to turn automatic snapshots off)"
+                    .into(),
+            ));
+        }
         Ok(Config {
             unique,
             local_only,
             sync: raw.sync,
             discovery: raw.discovery,
+            snapshots: raw.snapshots,
+            api: raw.api,
         })
     }
 
@@ -207,6 +270,26 @@ mod tests {
         assert!(c.unique["package"].contains("name"));
         assert!(c.local_only.contains("settings"));
         assert_eq!(c.sync.page_records, SyncConfig::default().page_records);
+    }
+
+    #[test]
+    fn automatic_snapshots_are_on_by_default_and_configurable() {
+        let d = Config::parse("", "t").unwrap().snapshots;
+        assert!(d.enabled);
+        assert_eq!((d.every_changes, d.every_secs, d.keep), (1_000, 3_600, 3));
+        let c = Config::parse(
+            "[snapshots]\nenabled = false\nevery_changes = 50\nkeep = 5\n",
+            "t",
+        )
+        .unwrap()
+        .snapshots;
+        assert!(!c.enabled);
+        assert_eq!((c.every_changes, c.every_secs, c.keep), (50, 3_600, 5));
+        let e = Config::parse("[snapshots]\nkeep = 0\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("snapshots.keep"), "{e}");
+        assert!(Config::parse("[snapshots]\nevry = 1\n", "t").is_err());
     }
 
     #[test]

@@ -141,11 +141,24 @@ pub fn run(
             }
         }
         Err(e) => {
+            let fix = match e {
+                StoreError::Damaged(_) | StoreError::LostWrites { .. } => format!(
+                    "run `fieldsync repair --data-dir {}`: it moves the damaged database aside \
+                     (kept in damaged/), restores the newest automatic snapshot, and the next \
+                     syncs bring back what peers hold",
+                    dir.display()
+                ),
+                StoreError::NewerFormat { .. } => {
+                    "use the newer fieldsync that wrote this data directory".to_string()
+                }
+                _ => "if it is damaged, move the data directory aside and `fieldsync restore` \
+                      the latest backup into a new one"
+                    .to_string(),
+            };
             checks.push(fail(
                 "database",
                 format!("the database does not open: {e}"),
-                "if it is damaged, move the data directory aside and `fieldsync restore` the \
-                 latest backup into a new one",
+                fix,
             ));
             checks.push(credential_check(&dir, None));
             checks.extend(environment_checks(&config, None));

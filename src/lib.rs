@@ -12,24 +12,32 @@
 //! - [`canonical`]: canonical JSON for digests and signatures.
 //! - [`store`]: the sled database: records, feed, history, conflicts, peers; atomic batches.
 //! - [`config`]: `fieldsync.toml` → validated settings.
-//! - [`formats`]: JSONL/CSV import and export, the content digest.
+//! - [`formats`]: JSONL/CSV export, op files, the canonical digest.
+//! - [`import`]: `import`: CSV, JSONL and spreadsheets into a table by id or natural key, all
+//!   or nothing in bounded memory.
 //! - [`mesh`]: deployment CA, credentials, join files, signed revocations.
 //! - [`tls`]: rustls configs for mutual TLS within a deployment.
 //! - [`protocol`]: the JSON-RPC wire contract, its server (accept loop) and client.
 //! - [`sync`]: sync sessions: the initiator loop over a `Peer`, the responder, the one receive
 //!   path for pages, revocation admission, `verify`.
 //! - [`discovery`]: mDNS advertise/browse → peer events.
+//! - [`app`]: the application layer: one typed function per operation, for every door.
 //! - [`agent`]: the daemon: sync server, control endpoint, triggers, shutdown.
 //! - [`control`]: the local control endpoint the CLI uses while an agent holds the database.
+//! - [`http`]: the HTTP API for local applications (axum, OpenAPI by utoipa).
 //! - [`gen`]: deterministic test and benchmark data (records and op files, gen.py's format).
-//! - [`cli`]: the command line (clap definitions and command bodies).
+//! - [`cli`]: the command line: clap definitions, and command bodies by group that call [`app`].
 //! - [`build_info`]: version, git commit and build date fixed at build time.
 //! - [`backup`]: `backup`/`restore`: the whole database in one file.
 //! - [`doctor`]: `doctor`: checks that this laptop can sync, with fixes.
+//! - [`autosnapshot`]: the agent's rolling automatic snapshots in the data directory.
+//! - [`repair`]: `repair`: replace a damaged database by the newest automatic snapshot.
 
 #![deny(unreachable_pub)]
 
 pub mod agent;
+pub mod app;
+pub mod autosnapshot;
 pub mod backup;
 pub mod build_info;
 pub mod canonical;
@@ -44,10 +52,13 @@ pub mod formats;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gen;
+pub mod http;
+pub mod import;
 pub mod merge;
 pub mod mesh;
 pub mod model;
 pub mod protocol;
+pub mod repair;
 pub mod store;
 pub mod sync;
 pub mod tls;

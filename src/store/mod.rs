@@ -6,8 +6,10 @@
 //! persists and indexes.
 
 mod keys;
+pub mod recovery;
 mod replication;
 mod snapshot;
+pub(crate) mod staging;
 mod txn;
 mod write;
 
@@ -15,6 +17,7 @@ pub use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
 pub use crate::merge::Keep;
 pub use replication::{CommitError, Committed, Knowledge, OutgoingPage, PageCommit, Position};
 pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
+pub use staging::{ImportCounts, ImportRow, RowOutcome, StagedImport, UpdateMode};
 pub use txn::Txn;
 pub(crate) use write::decode_record;
 pub use write::{LocalOp, OpResult};
@@ -93,6 +96,41 @@ pub enum StoreError {
     /// A stored value could not be decoded (corruption or a newer format).
     #[error("stored data could not be decoded: {0}")]
     Decode(String),
+    /// sled found its files damaged (a disk that lost or garbled recent writes).
+    #[error(
+        "the database in {0} is damaged (the disk lost or garbled data it had accepted, usually \
+         in a power cut): run `fieldsync repair --data-dir {0}` to move it aside and restore the \
+         newest automatic snapshot"
+    )]
+    Damaged(PathBuf),
+    /// The database is older than its own newest automatic snapshot: the disk lost writes.
+    #[error(
+        "the database in {dir} lost writes the disk had accepted (usually in a power cut): it \
+         is at feed position {seq}, its newest automatic snapshot at {snapshot_seq}: run \
+         `fieldsync repair --data-dir {dir}` to move it aside and restore that snapshot"
+    )]
+    LostWrites {
+        /// The data directory.
+        dir: PathBuf,
+        /// The database's feed head.
+        seq: u64,
+        /// The newest snapshot's.
+        snapshot_seq: u64,
+    },
+    /// The data directory was written by a newer fieldsync.
+    #[error(
+        "the database in {dir} has store format {found}, written by a newer fieldsync; this \
+         fieldsync reads formats up to {supported}: install the newer fieldsync again (nothing \
+         was changed)"
+    )]
+    NewerFormat {
+        /// The data directory.
+        dir: PathBuf,
+        /// The format version found.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
     /// Filesystem trouble around the database.
     #[error("{path}: {source}")]
     Io {
@@ -351,7 +389,22 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
 
 impl Store {
     /// Opens (creating if needed) the database under `dir`, creating the instance on first use.
+    ///
+    /// Before sled sees the directory, an incomplete sled snapshot is moved aside; a database
+    /// sled finds damaged, or one behind its own newest automatic snapshot (lost writes), is
+    /// refused with a message pointing at `fieldsync repair`; a newer store format is refused
+    /// and an older one migrated (see [`recovery`]).
     pub fn open(dir: &Path, config: Config) -> Result<Store, StoreError> {
+        Self::open_with(dir, config, true)
+    }
+
+    /// Like [`Store::open`], but without comparing the database with the automatic snapshots:
+    /// for `repair`, which creates a new, empty database beside them before restoring one.
+    pub fn open_for_restore(dir: &Path, config: Config) -> Result<Store, StoreError> {
+        Self::open_with(dir, config, false)
+    }
+
+    fn open_with(dir: &Path, config: Config, check_snapshots: bool) -> Result<Store, StoreError> {
         use std::os::unix::fs::DirBuilderExt;
         // The records are personal data: a new data directory is private to its owner.
         std::fs::DirBuilder::new()
@@ -362,20 +415,40 @@ impl Store {
                 path: dir.to_path_buf(),
                 source,
             })?;
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .cache_capacity(CACHE_BYTES)
-            // Data writes fsync explicitly before they are acknowledged; this only bounds how
-            // long peer bookkeeping (positions without data, last-seen times) stays in memory.
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| match e {
-                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked(dir.to_path_buf())
-                }
-                other => StoreError::Sled(other),
-            })?;
-        let tree = db.open_tree("fieldsync")?;
+        let db_dir = dir.join("db");
+        recovery::move_aside_incomplete_snapshots(&db_dir, dir)?;
+        let open_db = || -> Result<(sled::Db, sled::Tree), StoreError> {
+            let db = sled::Config::new()
+                .path(&db_dir)
+                .cache_capacity(CACHE_BYTES)
+                // Data writes fsync explicitly before they are acknowledged; this only bounds
+                // how long peer bookkeeping (positions without data, last-seen times) stays in
+                // memory.
+                .flush_every_ms(Some(1000))
+                .open()
+                .map_err(|e| match e {
+                    sled::Error::Io(ref io)
+                        if io.to_string().contains("could not acquire lock") =>
+                    {
+                        StoreError::Locked(dir.to_path_buf())
+                    }
+                    sled::Error::Corruption { .. } => StoreError::Damaged(dir.to_path_buf()),
+                    other => StoreError::Sled(other),
+                })?;
+            let tree = db.open_tree("fieldsync").map_err(|e| damaged(e, dir))?;
+            Ok((db, tree))
+        };
+        let (mut db, mut tree) = open_db()?;
+        if let recovery::FormatCheck::Older(from) = recovery::check_format(&db, &tree, dir)? {
+            drop((db, tree));
+            (db, tree) = recovery::migrate(
+                dir,
+                from,
+                recovery::FORMAT_VERSION,
+                recovery::MIGRATIONS,
+                open_db,
+            )?;
+        }
         let instance = match tree.get(keys::meta("instance"))? {
             Some(v) => decode(&v)?,
             None => {
@@ -409,6 +482,9 @@ impl Store {
                 None => Default::default(),
             },
         };
+        if check_snapshots {
+            recovery::check_not_behind_snapshots(dir, writer.seq)?;
+        }
         let store = Store {
             db,
             tree,
@@ -420,6 +496,8 @@ impl Store {
             writer: Mutex::new(writer),
         };
         store.publish(&store.lock())?;
+        // An import a crash interrupted is finished (committed) or discarded (not committed).
+        staging::recover(&store)?;
         Ok(store)
     }
 
@@ -758,6 +836,14 @@ pub fn side_name(s: Side) -> &'static str {
     match s {
         Side::Local => "local",
         Side::Remote => "remote",
+    }
+}
+
+/// A sled error, with corruption reported as [`StoreError::Damaged`] of `dir`.
+fn damaged(e: sled::Error, dir: &Path) -> StoreError {
+    match e {
+        sled::Error::Corruption { .. } => StoreError::Damaged(dir.to_path_buf()),
+        other => StoreError::Sled(other),
     }
 }
 

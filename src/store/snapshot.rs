@@ -102,6 +102,8 @@ pub struct RestoreReport {
     /// Whether this database had changes of its own (under an id that stays) that the restore
     /// discarded; peers keep them but will not send them back.
     pub discarded_own_changes: bool,
+    /// This laptop's incarnation after the restore (one more than before).
+    pub incarnation: u64,
 }
 
 /// Feed positions of a taken-over instance restart this far above the backup's feed head.
@@ -119,6 +121,23 @@ impl Store {
             writer: self.lock(),
         };
         f(&view)
+    }
+
+    /// How many times this database was restored or repaired (0: never). Each restore starts a
+    /// new *incarnation*: what described the laptop's place among its peers (knowledge, peer
+    /// positions) was reset, so the next syncs bring back everything peers hold. Stored as
+    /// meta `incarnation` (u64), written in the restore's batch.
+    pub fn incarnation(&self) -> Result<u64, StoreError> {
+        Ok(match self.tree.get(keys::meta("incarnation"))? {
+            Some(v) => decode(&v)?,
+            None => 0,
+        })
+    }
+
+    /// Restores an empty database that is the instance `info` (a take-over of a backup holding
+    /// only that identity): for `repair` without a usable snapshot.
+    pub fn restore_identity(&self, info: &InstanceInfo) -> Result<RestoreReport, StoreError> {
+        self.restore(vec![(keys::meta("instance"), encode(info))], true)
     }
 
     /// True when the database holds nothing but this instance's identity (no record, peer,
@@ -166,6 +185,8 @@ impl Store {
             meta_of(name).map_or(Ok(0), |v| decode::<u64>(v))
         };
         let (backup_seq, backup_clock) = (u64_of("seq")?, u64_of("clock")?);
+        // Every restore starts a new incarnation of this laptop (see `Store::incarnation`).
+        let incarnation = u64_of("incarnation")?.max(self.incarnation()?) + 1;
         let next_conflict = u64_of("next_conflict")?.max(1);
 
         let mut w = self.lock();
@@ -199,7 +220,7 @@ impl Store {
                     b"instance" => (k, encode(&info)),
                     b"seq" => (k, encode(&seq)),
                     b"clock" => (k, encode(&clock)),
-                    b"knowledge" => continue,
+                    b"knowledge" | b"incarnation" => continue,
                     // The newest own event of the backup's instance is ours only if we become it.
                     b"own_last" if !continues_backup => (k, encode(&0u64)),
                     _ => (k, v),
@@ -247,6 +268,7 @@ impl Store {
             counts.add(&k);
             batch.insert(k, v);
         }
+        batch.insert(keys::meta("incarnation"), encode(&incarnation));
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
         let meta_u64 = |name: &str| -> Result<u64, StoreError> {
@@ -285,6 +307,7 @@ impl Store {
             peers_reset,
             counts,
             discarded_own_changes,
+            incarnation,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! it before returning, so a write is durable when acknowledged and a failed batch writes nothing.
 
 use super::keys;
+use super::staging::{ImportRow, RowOutcome, UpdateMode};
 use super::{
     decode, encode, ConflictDetail, ConflictEntry, Created, HistoryEntry, Resolution, Source,
     Store, StoreError, StoredRecord, TableCounts, Txn, WriterState,
@@ -178,6 +179,34 @@ impl Store {
         }
     }
 
+    /// Applies one local edit decided under the writer lock: `decide` sees the record as it is
+    /// at that moment (for an If-Match check or a JSON merge patch) and returns the edit, or an
+    /// error that writes nothing. Used by the application layer (`crate::app`).
+    pub fn write_one_with<E: From<StoreError>>(
+        &self,
+        table: &str,
+        id: Uuid,
+        decide: impl FnOnce(Option<&StoredRecord>) -> Result<Edit, E>,
+    ) -> Result<OpResult, E> {
+        if table.starts_with(crate::model::SYSTEM_PREFIX) {
+            return Err(StoreError::from(ValidationError::Reserved(table.to_string())).into());
+        }
+        validate_table(table).map_err(StoreError::from)?;
+        let (guard, mut b) = self.begin();
+        let prev = b.load(&keys::record_suffix(table, &id))?;
+        let edit = decide(prev.as_ref())?;
+        let op = LocalOp {
+            table: table.to_string(),
+            id,
+            edit,
+        };
+        let r = b.local(&op)?;
+        if matches!(r, OpResult::Written(_)) {
+            self.finish(guard, b)?;
+        }
+        Ok(r)
+    }
+
     /// Merges remote changes that come with no position (tests, tools) in one atomic batch,
     /// fsynced if any record changed. Sync sessions use [`Store::commit_page`].
     pub fn apply_remote(
@@ -234,9 +263,66 @@ impl Store {
         self.finish(guard, b)?;
         Ok(entry)
     }
+    /// Applies import rows to one table in one batch (see [`super::staging`]): a new id is a
+    /// put; a live record takes a put ([`UpdateMode::Replace`]) or a patch
+    /// ([`UpdateMode::Merge`]); a deleted record is left deleted (an import never resurrects).
+    /// `extra` adds writes to the same batch (removing staged rows), which commits even when no
+    /// record changed; with `durable` it is fsynced when a record changed (a staged import's
+    /// roll-forward flushes once at the end instead). Fails with [`StoreError::Op`] naming the
+    /// first bad row, writing nothing.
+    pub(crate) fn write_import<F>(
+        &self,
+        table: &str,
+        rows: &[ImportRow],
+        durable: bool,
+        extra: F,
+    ) -> Result<Vec<RowOutcome>, StoreError>
+    where
+        F: FnOnce(&mut Txn<'_>) -> Result<(), StoreError>,
+    {
+        let (guard, mut b) = self.begin();
+        let mut out = Vec::with_capacity(rows.len());
+        for (index, row) in rows.iter().enumerate() {
+            let r = b.import_row(table, row).map_err(|e| StoreError::Op {
+                index,
+                source: Box::new(e),
+            })?;
+            out.push(r);
+        }
+        extra(&mut b.txn)?;
+        let changed = out
+            .iter()
+            .any(|r| matches!(r, RowOutcome::Inserted | RowOutcome::Updated));
+        if changed || !b.txn.is_empty() {
+            self.finish_with(guard, b, durable && changed)?;
+        }
+        Ok(out)
+    }
 }
 
 impl Batch<'_> {
+    fn import_row(&mut self, table: &str, row: &ImportRow) -> Result<RowOutcome, StoreError> {
+        let prev = self.load(&keys::record_suffix(table, &row.id))?;
+        let edit = match prev.as_ref().map(|p| p.state.is_alive()) {
+            None => Edit::Put(row.fields.clone()),
+            Some(false) => return Ok(RowOutcome::DeletedKept),
+            Some(true) => match row.update {
+                UpdateMode::Replace => Edit::Put(row.fields.clone()),
+                UpdateMode::Merge => Edit::Patch(row.fields.clone()),
+            },
+        };
+        let op = LocalOp {
+            table: table.to_string(),
+            id: row.id,
+            edit,
+        };
+        Ok(match self.local(&op)? {
+            OpResult::Written(_) if prev.is_none() => RowOutcome::Inserted,
+            OpResult::Written(_) => RowOutcome::Updated,
+            OpResult::Unchanged => RowOutcome::Unchanged,
+        })
+    }
+
     /// Merges remote changes into this batch (records, feed, history, conflicts, clock).
     pub(super) fn merge_changes(
         &mut self,
@@ -574,7 +660,7 @@ impl Batch<'_> {
 /// How a conflict settled by a later write is marked (the prefix of its `how`).
 const SUPERSEDED: &str = "superseded by a later write";
 
-fn trim_heap() {
+pub(crate) fn trim_heap() {
     // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
     unsafe {
         libc::malloc_trim(0);

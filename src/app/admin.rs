@@ -1,0 +1,184 @@
+//! Status, peers and the conflict log.
+
+use super::{App, AppError};
+use crate::merge::Conflict;
+use crate::model::FieldState;
+use crate::store::{side_name, ConflictDetail, ConflictEntry, Keep, PeerRow};
+use serde_json::{json, Value};
+
+/// How `keep` of a conflict resolution is given: `local`, `remote`, or a JSON value.
+pub fn parse_keep(keep: &str) -> Result<Keep, AppError> {
+    Ok(match keep {
+        "local" => Keep::Local,
+        "remote" => Keep::Remote,
+        other => Keep::Value(serde_json::from_str(other).map_err(|e| {
+            AppError::invalid(
+                "INVALID_KEEP",
+                "keep",
+                format!(
+                    "--keep must be local, remote or a JSON value ({e}); quote strings: '\"text\"'"
+                ),
+            )
+        })?),
+    })
+}
+
+impl App {
+    /// This instance, record counts, conflicts, a peers summary and the agent's live state.
+    pub fn status(&self) -> Result<Value, AppError> {
+        let store = &self.store;
+        let tables: serde_json::Map<String, Value> = store
+            .tables()?
+            .into_iter()
+            .map(|(t, c)| (t, json!({"live": c.live, "deleted": c.deleted})))
+            .collect();
+        let unresolved = store
+            .conflicts()?
+            .iter()
+            .filter(|c| c.resolved.is_none())
+            .count();
+        let peers = store.peers()?;
+        let last_sync = peers.iter().filter_map(|p| p.last_update).max();
+        let online = peers.iter().filter(|p| p.online).count();
+        let failing: Vec<Value> = peers
+            .iter()
+            .filter(|p| p.last_error.is_some())
+            .map(|p| json!({"instance": p.instance, "name": p.name, "error": p.last_error}))
+            .collect();
+        let mut agent = match &self.agent {
+            Some(a) => a.live.to_json(),
+            None => json!({"running": false}),
+        };
+        if let (Some(url), Some(m)) = (
+            self.agent.as_ref().and_then(|a| a.api_url.get().cloned()),
+            agent.as_object_mut(),
+        ) {
+            m.insert("api".into(), json!(url));
+        }
+        let info = store.instance();
+        Ok(json!({
+            "instance": info.id, "name": info.name, "owner": info.owner,
+            "contact": info.contact, "data_dir": store.dir(), "feed_seq": store.seq(),
+            "tables": tables, "unresolved_conflicts": unresolved,
+            "peers": {"known": peers.len(), "online": online, "last_sync": last_sync,
+                      "failing": failing},
+            "agent": agent,
+        }))
+    }
+
+    /// The sync_instance table: one row per peer instance.
+    pub fn peers(&self) -> Result<Vec<PeerRow>, AppError> {
+        Ok(self.store.peers()?)
+    }
+
+    /// The conflict log (unresolved first), optionally one table, optionally resolved ones too.
+    pub fn conflicts(
+        &self,
+        table: Option<&str>,
+        all: bool,
+    ) -> Result<Vec<ConflictEntry>, AppError> {
+        if let Some(t) = table {
+            crate::model::validate_table(t)?;
+        }
+        Ok(self
+            .store
+            .conflicts()?
+            .into_iter()
+            .filter(|c| table.is_none_or(|t| t == c.table) && (all || c.resolved.is_none()))
+            .collect())
+    }
+
+    /// Settles a conflict by writing the kept value as a new revision.
+    pub fn resolve(&self, id: u64, keep: Keep) -> Result<ConflictEntry, AppError> {
+        Ok(self.store.resolve_conflict(id, keep)?)
+    }
+}
+
+fn stamp_json(f: &FieldState) -> Value {
+    json!({"value": f.value, "at": f.stamp.to_string(), "instance": f.stamp.node})
+}
+
+/// A record's replication metadata as `get --meta` prints it.
+pub fn record_meta(rec: &crate::store::StoredRecord, conflicts: &[u64]) -> Value {
+    let s = &rec.state;
+    let fields: serde_json::Map<String, Value> = s
+        .fields
+        .iter()
+        .map(|(k, f)| {
+            let mut v = stamp_json(f);
+            v["removed"] = Value::Bool(f.value.is_none());
+            v.as_object_mut().map(|m| m.remove("value"));
+            (k.clone(), v)
+        })
+        .collect();
+    let vv: serde_json::Map<String, Value> =
+        s.vv.iter()
+            .map(|(n, ts)| (n.to_string(), json!(ts)))
+            .collect();
+    json!({
+        "alive": s.is_alive(), "seq": rec.seq, "fields": fields, "vv": vv,
+        "deleted": s.deleted.map(|d| d.to_string()), "conflicts": conflicts,
+    })
+}
+
+/// A conflict log entry as printed and served.
+pub fn conflict_json(c: &ConflictEntry) -> Value {
+    let mut v = json!({
+        "id": c.id, "table": c.table, "record": c.record,
+        "detected_at": c.detected_at.to_rfc3339(), "peer": c.peer,
+        // "local"/"remote" below are as seen by the detecting instance (null: this one).
+        "detected_by": c.reported_by,
+        "resolved": c.resolved.as_ref().map(|r| json!({"at": r.at.to_rfc3339(), "how": r.how})),
+    });
+    let extra = match &c.detail {
+        ConflictDetail::Merge {
+            conflict:
+                Conflict::Field {
+                    field,
+                    local,
+                    remote,
+                    chosen,
+                    reason,
+                },
+        } => json!({
+            "type": "field", "field": field, "local": stamp_json(local),
+            "remote": stamp_json(remote), "chosen": side_name(*chosen), "reason": reason,
+        }),
+        ConflictDetail::Merge {
+            conflict:
+                Conflict::DeleteEdit {
+                    deleted,
+                    deleted_on,
+                    reason,
+                },
+        } => json!({
+            "type": "delete_edit", "deleted_at": deleted.to_string(),
+            "deleted_by": deleted.node, "deleted_on": side_name(*deleted_on),
+            "chosen": "edit", "reason": reason,
+        }),
+        ConflictDetail::NameClash {
+            field,
+            value,
+            other,
+        } => json!({
+            "type": "name_clash", "field": field, "value": value, "other_record": other,
+            "reason": "two different records share a unique value; both are kept",
+        }),
+    };
+    if let (Some(m), Value::Object(e)) = (v.as_object_mut(), extra) {
+        m.extend(e);
+    }
+    v
+}
+
+/// A sync_instance row as printed and served.
+pub fn peer_json(r: &PeerRow) -> Value {
+    json!({
+        "instance": r.instance, "name": r.name, "owner": r.owner, "contact": r.contact,
+        "url": r.url, "first_seen": r.first_seen, "last_update": r.last_update,
+        "sync_count": r.sync_count, "received_upto": r.received_upto,
+        "clock_offset_ms": r.clock_offset_ms, "last_error": r.last_error,
+        "last_attempt": r.last_attempt, "online": r.online, "last_seen": r.last_seen,
+        "addresses": r.addresses,
+    })
+}

@@ -1,0 +1,186 @@
+//! The one error type of the application layer, with what every door needs to report it: a
+//! stable machine code, the HTTP status, the offending input field and the CLI exit code.
+
+use crate::model::ValidationError;
+use crate::store::StoreError;
+
+/// Why an application operation failed. The message (Display) is one line that names the
+/// problem and the next step; nothing was written when an operation returns an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The input is wrong (HTTP 400, exit code 2).
+    #[error("{message}")]
+    Invalid {
+        /// Stable code, e.g. `INVALID_TABLE`.
+        code: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+        /// The input field at fault (`table`, `id`, `fields.name`, `ops[3]`, a query parameter).
+        field: Option<String>,
+    },
+    /// The thing asked for does not exist (HTTP 404, exit code 1).
+    #[error("{message}")]
+    NotFound {
+        /// Stable code: `NOT_FOUND`, `RECORD_DELETED`, `CONFLICT_NOT_FOUND`, `PEER_NOT_FOUND`.
+        code: &'static str,
+        /// What was not found.
+        message: String,
+    },
+    /// The write would break a rule of the data: a unique value already used (HTTP 409,
+    /// exit code 2).
+    #[error("{message}")]
+    Conflict {
+        /// Stable code: `UNIQUE_CLASH`.
+        code: &'static str,
+        /// What clashes with what.
+        message: String,
+        /// The field at fault.
+        field: Option<String>,
+    },
+    /// The record changed since the revision the caller had read (If-Match; HTTP 412, exit
+    /// code 2).
+    #[error("{0}")]
+    Precondition(String),
+    /// The operation needs something this agent does not have now: sync is off (HTTP 503,
+    /// exit code 3).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A peer could not be reached or refused (HTTP 502, exit code 3).
+    #[error("{0}")]
+    Peer(String),
+    /// The database failed (HTTP 500, exit code 3).
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl AppError {
+    /// A 400 with a code and the field at fault.
+    pub fn invalid(code: &'static str, field: impl Into<String>, message: impl ToString) -> Self {
+        AppError::Invalid {
+            code,
+            message: message.to_string(),
+            field: Some(field.into()),
+        }
+    }
+
+    /// The stable machine code (`SCREAMING_SNAKE_CASE`), documented in docs/API.md.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::Invalid { code, .. }
+            | AppError::NotFound { code, .. }
+            | AppError::Conflict { code, .. } => code,
+            AppError::Precondition(_) => "REVISION_MISMATCH",
+            AppError::Unavailable(_) => "SYNC_OFF",
+            AppError::Peer(_) => "PEER_FAILED",
+            AppError::Store(_) => "STORE_ERROR",
+        }
+    }
+
+    /// The HTTP status code.
+    pub fn status(&self) -> u16 {
+        match self {
+            AppError::Invalid { .. } => 400,
+            AppError::NotFound { .. } => 404,
+            AppError::Conflict { .. } => 409,
+            AppError::Precondition(_) => 412,
+            AppError::Unavailable(_) => 503,
+            AppError::Peer(_) => 502,
+            AppError::Store(_) => 500,
+        }
+    }
+
+    /// The input field at fault, if one is.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            AppError::Invalid { field, .. } | AppError::Conflict { field, .. } => field.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The CLI exit code: 1 not found, 2 invalid input, 3 anything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AppError::NotFound { .. } => 1,
+            AppError::Invalid { .. } | AppError::Conflict { .. } | AppError::Precondition(_) => 2,
+            AppError::Unavailable(_) | AppError::Peer(_) | AppError::Store(_) => 3,
+        }
+    }
+
+    /// Prefixes the field at fault (`ops[2].` + `table`), for errors inside a batch.
+    fn in_field(mut self, prefix: &str) -> Self {
+        if let AppError::Invalid { field, .. } | AppError::Conflict { field, .. } = &mut self {
+            *field = Some(match field.take() {
+                Some(f) => format!("{prefix}.{f}"),
+                None => prefix.to_string(),
+            });
+        }
+        self
+    }
+}
+
+impl From<ValidationError> for AppError {
+    fn from(e: ValidationError) -> Self {
+        let (code, field) = match &e {
+            ValidationError::Table(_) => ("INVALID_TABLE", "table"),
+            ValidationError::Id(_) => ("INVALID_ID", "id"),
+            ValidationError::NotAnObject(_) => ("INVALID_FIELDS", "fields"),
+            ValidationError::TooLarge(_) => ("RECORD_TOO_LARGE", "fields"),
+            ValidationError::FieldName(_) => ("INVALID_FIELD_NAME", "fields"),
+            ValidationError::Reserved(_) => ("RESERVED_TABLE", "table"),
+        };
+        AppError::invalid(code, field, e)
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        // Messages stay the store's own text: the CLI prints them unchanged.
+        let message = e.to_string();
+        match e {
+            StoreError::NotFound { .. } => AppError::NotFound {
+                code: "NOT_FOUND",
+                message,
+            },
+            StoreError::Deleted { .. } => AppError::NotFound {
+                code: "RECORD_DELETED",
+                message,
+            },
+            StoreError::ConflictNotFound(_) => AppError::NotFound {
+                code: "CONFLICT_NOT_FOUND",
+                message,
+            },
+            StoreError::UniqueClash { field, .. } => AppError::Conflict {
+                code: "UNIQUE_CLASH",
+                message,
+                field: Some(format!("fields.{field}")),
+            },
+            StoreError::BadResolution(_) => AppError::invalid("BAD_RESOLUTION", "keep", message),
+            StoreError::LocalOnly(_) => AppError::invalid("LOCAL_ONLY_TABLE", "table", message),
+            StoreError::Invalid(v) => {
+                let mut a = AppError::from(v);
+                if let AppError::Invalid { message: m, .. } = &mut a {
+                    *m = message;
+                }
+                a
+            }
+            StoreError::Op { index, source } => {
+                let inner = AppError::from(*source).in_field(&format!("ops[{index}]"));
+                match inner {
+                    AppError::Invalid { code, field, .. } => AppError::Invalid {
+                        code,
+                        message,
+                        field,
+                    },
+                    AppError::NotFound { code, .. } => AppError::NotFound { code, message },
+                    AppError::Conflict { code, field, .. } => AppError::Conflict {
+                        code,
+                        message,
+                        field,
+                    },
+                    other => other,
+                }
+            }
+            other => AppError::Store(other),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Sync and verify with a peer named by instance id, display name or address.
+
+use super::{App, AppError};
+use crate::sync::{SessionReport, SyncError, TableCheck};
+use crate::tls::Transport;
+use uuid::Uuid;
+
+fn sync_error(e: SyncError) -> AppError {
+    match e {
+        SyncError::Store(e) => e.into(),
+        other => AppError::Peer(other.to_string()),
+    }
+}
+
+impl App {
+    /// The instance a peer reference names: an instance id, or the display name of exactly one
+    /// known peer (from the sync_instance table).
+    pub fn resolve_instance(&self, peer: &str) -> Result<Uuid, AppError> {
+        if let Ok(id) = Uuid::parse_str(peer.trim()) {
+            return Ok(id);
+        }
+        let rows = self.store.peers()?;
+        let named: Vec<_> = rows.iter().filter(|r| r.name == peer).collect();
+        match named.as_slice() {
+            [one] => Ok(one.instance),
+            [] => Err(AppError::NotFound {
+                code: "PEER_NOT_FOUND",
+                message: format!(
+                    "no known peer is named {peer:?}: use its instance id (`fieldsync peers`)"
+                ),
+            }),
+            _ => Err(AppError::invalid(
+                "AMBIGUOUS_PEER",
+                "peer",
+                format!(
+                    "{} known peers are named {peer:?}: use the instance id (`fieldsync peers`)",
+                    named.len()
+                ),
+            )),
+        }
+    }
+
+    /// The address to reach a peer at: an instance id or a known peer's name is looked up in
+    /// the sync_instance table; anything else is taken as `host:port`.
+    pub fn resolve_peer_addr(&self, peer: &str) -> Result<String, AppError> {
+        let by_id = Uuid::parse_str(peer.trim()).ok();
+        let rows = self.store.peers()?;
+        let row = match by_id {
+            Some(id) => rows.iter().find(|r| r.instance == id),
+            None => {
+                let named: Vec<_> = rows.iter().filter(|r| r.name == peer).collect();
+                if named.len() > 1 {
+                    return Err(AppError::invalid(
+                        "AMBIGUOUS_PEER",
+                        "peer",
+                        format!(
+                            "{} known peers are named {peer:?}: use the instance id or an address",
+                            named.len()
+                        ),
+                    ));
+                }
+                named.first().copied()
+            }
+        };
+        match row {
+            Some(r) => {
+                let addr = Some(r.url.clone())
+                    .filter(|u| !u.is_empty())
+                    .or_else(|| r.addresses.first().cloned());
+                addr.ok_or_else(|| AppError::NotFound {
+                    code: "PEER_NOT_FOUND",
+                    message: format!(
+                        "peer {peer} has no known address: pass its HOST:PORT instead"
+                    ),
+                })
+            }
+            None if by_id.is_some() => Err(AppError::NotFound {
+                code: "PEER_NOT_FOUND",
+                message: format!("instance {peer} is not a known peer: pass its HOST:PORT instead"),
+            }),
+            None => Ok(peer.to_string()),
+        }
+    }
+
+    /// The transport for a session: the agent's own when inside it, else `given`.
+    fn transport(&self, given: Option<Transport>) -> Result<Transport, AppError> {
+        match (&self.agent, given) {
+            (Some(a), _) if !a.sync_enabled => Err(AppError::Unavailable(
+                "sync is off: this laptop has not joined a deployment; join with `fieldsync \
+                 init --mesh FILE` and restart the agent"
+                    .into(),
+            )),
+            (Some(a), _) => Ok(a.transport.clone()),
+            (None, Some(t)) => Ok(t),
+            (None, None) => Err(AppError::Unavailable(
+                "no sync transport: run this inside the agent or pass one".into(),
+            )),
+        }
+    }
+
+    /// One sync session with a peer, both directions.
+    pub async fn sync(
+        &self,
+        peer: &str,
+        transport: Option<Transport>,
+    ) -> Result<SessionReport, AppError> {
+        let addr = self.resolve_peer_addr(peer)?;
+        let transport = self.transport(transport)?;
+        let mut opts = crate::sync::SessionOptions::from_store(&self.store, transport);
+        if let Some(a) = &self.agent {
+            opts.clients = a.clients.clone();
+        }
+        crate::sync::sync_with(self.store.clone(), &addr, &opts)
+            .await
+            .map_err(|e| {
+                crate::sync::note_failure(&self.store, None, &e);
+                sync_error(e)
+            })
+    }
+
+    /// Compares every table with a peer; returns per table whether it is in sync.
+    pub async fn verify(
+        &self,
+        peer: &str,
+        transport: Option<Transport>,
+    ) -> Result<Vec<TableCheck>, AppError> {
+        let addr = self.resolve_peer_addr(peer)?;
+        let transport = self.transport(transport)?;
+        crate::sync::verify_with(self.store.clone(), &addr, &transport)
+            .await
+            .map_err(sync_error)
+    }
+}

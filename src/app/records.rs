@@ -1,0 +1,539 @@
+//! Record operations: put, create, patch, delete, get, list, history, batches, tables.
+//!
+//! Optimistic concurrency: a record's revision, as an HTTP entity tag, is the feed position of
+//! its latest change on this instance ([`etag`]): it moves with every change, local or from a
+//! peer, and a write returns the exact position it committed at. A [`Precondition`] is checked
+//! inside the store's writer lock ([`Store::write_one_with`]), so no change can slip in between
+//! the check and the write.
+
+use super::{App, AppError};
+use crate::merge::Edit;
+use crate::model::{self, Fields};
+use crate::store::{HistoryEntry, LocalOp, OpResult, Source, StoreError, StoredRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Most records one list page returns.
+pub const MAX_PAGE: usize = 1000;
+
+/// A record as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecordView {
+    /// Table.
+    pub table: String,
+    /// Record id.
+    pub id: Uuid,
+    /// The current fields (for `at`: the fields as of that revision).
+    #[schema(value_type = Object)]
+    pub fields: Fields,
+    /// True for a deleted record (only shown when asked for).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+    /// Feed position of the record's latest change: its revision here, and its ETag.
+    pub seq: u64,
+    /// The stamp of the latest event on the record (`time#counter@instance`), as in `history`.
+    pub rev: Option<String>,
+}
+
+/// What a write did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WriteOutcome {
+    /// Table.
+    pub table: String,
+    /// Record id (server-made for a create).
+    pub id: Uuid,
+    /// False when the write changed nothing (same values; nothing synced).
+    pub written: bool,
+    /// The record's revision after the write (its ETag); 0 for a record that never existed.
+    pub seq: u64,
+}
+
+/// One page of a table listing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ListPage {
+    /// Records in id order.
+    pub records: Vec<RecordView>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    pub next: Option<Uuid>,
+}
+
+/// A table and its counts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TableInfo {
+    /// Table name.
+    pub table: String,
+    /// Live records.
+    pub live: u64,
+    /// Deleted records.
+    pub deleted: u64,
+}
+
+/// One operation of a batch (the `apply` op format).
+#[derive(Clone, Debug, PartialEq, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchOp {
+    /// `put`, `patch` (top-level fields, like `apply`) or `delete`.
+    pub op: String,
+    /// Table.
+    pub table: String,
+    /// Record id; a put without one creates a record with a new id.
+    pub id: Option<String>,
+    /// The fields (put, patch).
+    #[schema(value_type = Option<Object>)]
+    pub fields: Option<Value>,
+}
+
+/// What a batch did; all of it was written, or (on error) nothing.
+#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+pub struct BatchOutcome {
+    /// Operations.
+    pub ops: usize,
+    /// Operations that changed something.
+    pub written: usize,
+    /// Operations that changed nothing.
+    pub unchanged: usize,
+    /// Per operation, in order.
+    pub results: Vec<WriteOutcome>,
+}
+
+/// A condition a write must meet, checked under the writer lock.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Precondition {
+    /// Write unconditionally.
+    #[default]
+    None,
+    /// If-Match: the record's current revision must be one of these (`*`: it must exist).
+    Match(Vec<String>),
+    /// If-None-Match: `*`: the record must not exist (create only).
+    NoneMatch,
+}
+
+/// How a patch treats nested objects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PatchMode {
+    /// Top-level fields are replaced whole (the CLI's `patch`, `apply`).
+    TopLevel,
+    /// JSON merge patch (RFC 7396): nested objects merge, `null` removes at any depth.
+    MergePatch,
+}
+
+/// The ETag of a revision: the quoted feed position.
+pub fn etag(seq: u64) -> String {
+    format!("\"{seq}\"")
+}
+
+fn alive(r: Option<&StoredRecord>) -> Option<&StoredRecord> {
+    r.filter(|r| r.state.is_alive())
+}
+
+fn check(
+    pre: &Precondition,
+    table: &str,
+    id: &Uuid,
+    cur: Option<&StoredRecord>,
+) -> Result<(), AppError> {
+    let cur = alive(cur);
+    match pre {
+        Precondition::None => Ok(()),
+        Precondition::NoneMatch => match cur {
+            None => Ok(()),
+            Some(r) => Err(AppError::Precondition(format!(
+                "record {table}/{id} already exists (revision {}): read it and write with \
+                 If-Match, or drop If-None-Match",
+                etag(r.seq)
+            ))),
+        },
+        Precondition::Match(tags) => {
+            let ok = cur.is_some_and(|r| {
+                let mine = etag(r.seq);
+                tags.iter()
+                    .any(|t| t == "*" || t.trim_start_matches("W/") == mine)
+            });
+            if ok {
+                return Ok(());
+            }
+            Err(AppError::Precondition(match cur {
+                Some(r) => format!(
+                    "record {table}/{id} changed since revision {}: it is now at revision {}; \
+                     read it again and reapply your change",
+                    tags.join(", "),
+                    etag(r.seq)
+                ),
+                None => format!(
+                    "record {table}/{id} does not exist (or was deleted) and If-Match was given: \
+                     read it again"
+                ),
+            }))
+        }
+    }
+}
+
+/// The latest event on a record (max over its version vector) as `time#counter@instance`.
+pub fn revision_stamp(r: &StoredRecord) -> Option<crate::clock::Hlc> {
+    r.state
+        .vv
+        .iter()
+        .map(|(node, ts)| crate::clock::Hlc {
+            ts: *ts,
+            node: *node,
+        })
+        .max()
+}
+
+fn view(table: &str, id: Uuid, r: &StoredRecord) -> RecordView {
+    RecordView {
+        table: table.to_string(),
+        id,
+        fields: r.state.live_fields(),
+        deleted: !r.state.is_alive(),
+        seq: r.seq,
+        rev: revision_stamp(r).map(|h| h.to_string()),
+    }
+}
+
+/// RFC 7396 merge of `patch` into `target`.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            let t = target.as_object_mut().expect("made an object");
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+fn parse_table(table: &str) -> Result<(), AppError> {
+    model::validate_table(table).map_err(AppError::from)
+}
+
+fn parse_id(id: &str) -> Result<Uuid, AppError> {
+    model::parse_id(id).map_err(AppError::from)
+}
+
+fn malformed(e: serde_json::Error) -> AppError {
+    AppError::invalid("MALFORMED_JSON", "fields", format!("malformed JSON: {e}"))
+}
+
+/// Parses JSON text given by a caller (a CLI argument, a request body).
+pub fn parse_json(text: &[u8]) -> Result<Value, AppError> {
+    serde_json::from_slice(text).map_err(malformed)
+}
+
+impl App {
+    fn outcome(&self, table: &str, id: Uuid, r: OpResult) -> Result<WriteOutcome, AppError> {
+        let seq = match r {
+            OpResult::Written(seq) => seq,
+            OpResult::Unchanged => self.store.get(table, &id)?.map_or(0, |r| r.seq),
+        };
+        Ok(WriteOutcome {
+            table: table.to_string(),
+            id,
+            written: matches!(r, OpResult::Written(_)),
+            seq,
+        })
+    }
+
+    fn write(
+        &self,
+        table: &str,
+        id: Uuid,
+        pre: &Precondition,
+        edit: impl FnOnce(Option<&StoredRecord>) -> Result<Edit, AppError>,
+    ) -> Result<WriteOutcome, AppError> {
+        parse_table(table)?;
+        let r = self.store.write_one_with(table, id, |cur| {
+            check(pre, table, &id, cur)?;
+            edit(cur)
+        })?;
+        self.outcome(table, id, r)
+    }
+
+    /// Creates or replaces a record (`id` None: a new UUID). Fields not given are removed.
+    pub fn put(
+        &self,
+        table: &str,
+        id: Option<&str>,
+        fields: Value,
+        pre: &Precondition,
+    ) -> Result<WriteOutcome, AppError> {
+        parse_table(table)?;
+        let id = match id {
+            Some(s) => parse_id(s)?,
+            None => Uuid::new_v4(),
+        };
+        let fields = model::validate_fields(fields)?;
+        self.write(table, id, pre, |_| Ok(Edit::Put(fields)))
+    }
+
+    /// Changes the given fields of an existing record; `null` removes a field.
+    pub fn patch(
+        &self,
+        table: &str,
+        id: &str,
+        patch: Value,
+        mode: PatchMode,
+        pre: &Precondition,
+    ) -> Result<WriteOutcome, AppError> {
+        parse_table(table)?;
+        let id = parse_id(id)?;
+        let patch = model::validate_fields(patch)?;
+        self.write(table, id, pre, |cur| {
+            if mode == PatchMode::TopLevel {
+                return Ok(Edit::Patch(patch));
+            }
+            // Nested objects merge with the current value, read under the writer lock.
+            let mut top = Fields::new();
+            for (k, v) in patch {
+                let now = alive(cur).and_then(|r| r.state.value(&k));
+                let merged = match (now, &v) {
+                    (Some(n @ Value::Object(_)), Value::Object(_)) => {
+                        let mut n = n.clone();
+                        merge_patch(&mut n, &v);
+                        n
+                    }
+                    (_, Value::Object(_)) => {
+                        // RFC 7396: a patch object applied to a non-object drops its nulls.
+                        let mut n = Value::Object(Default::default());
+                        merge_patch(&mut n, &v);
+                        n
+                    }
+                    _ => v,
+                };
+                top.insert(k, merged);
+            }
+            Ok(Edit::Patch(top))
+        })
+    }
+
+    /// Deletes a record (a tombstone that syncs).
+    pub fn delete(
+        &self,
+        table: &str,
+        id: &str,
+        pre: &Precondition,
+    ) -> Result<WriteOutcome, AppError> {
+        parse_table(table)?;
+        let id = parse_id(id)?;
+        self.write(table, id, pre, |_| Ok(Edit::Delete))
+    }
+
+    /// Reads one record. A deleted one is `RECORD_DELETED` unless `include_deleted`.
+    pub fn get(
+        &self,
+        table: &str,
+        id: &str,
+        include_deleted: bool,
+    ) -> Result<(RecordView, StoredRecord), AppError> {
+        parse_table(table)?;
+        let id = parse_id(id)?;
+        let rec = self
+            .store
+            .get(table, &id)?
+            .ok_or_else(|| StoreError::NotFound {
+                table: table.to_string(),
+                id,
+            })?;
+        if !rec.state.is_alive() && !include_deleted {
+            return Err(StoreError::Deleted {
+                table: table.to_string(),
+                id,
+            }
+            .into());
+        }
+        Ok((view(table, id, &rec), rec))
+    }
+
+    /// The record as it was right after revision `at` (a stamp as printed by `history`).
+    pub fn get_at(&self, table: &str, id: &str, at: &str) -> Result<RecordView, AppError> {
+        let (mut v, _) = self.get(table, id, true)?;
+        let history = self.store.history(table, &v.id)?;
+        let upto = history
+            .iter()
+            .position(|e| e.revision.at.to_string() == at)
+            .ok_or_else(|| {
+                AppError::invalid(
+                    "UNKNOWN_REVISION",
+                    "at",
+                    format!(
+                        "record {table}/{} has no revision {at:?}: use an \"at\" value from its \
+                         history",
+                        v.id
+                    ),
+                )
+            })?;
+        let mut fields = Fields::new();
+        let mut deleted = false;
+        for e in &history[..=upto] {
+            deleted = e.revision.kind == crate::merge::RevisionKind::Delete;
+            for ch in &e.revision.changes {
+                match &ch.new {
+                    Some(n) => fields.insert(ch.field.clone(), n.clone()),
+                    None => fields.remove(&ch.field),
+                };
+            }
+        }
+        v.fields = fields;
+        v.deleted = deleted;
+        v.rev = Some(at.to_string());
+        Ok(v)
+    }
+
+    /// A page of a table in id order: records after `after`, at most `limit` (≤ [`MAX_PAGE`]),
+    /// keeping only those whose fields equal every `(field, value)` filter.
+    pub fn list(
+        &self,
+        table: &str,
+        after: Option<&str>,
+        limit: usize,
+        include_deleted: bool,
+        filters: &[(String, Value)],
+    ) -> Result<ListPage, AppError> {
+        parse_table(table)?;
+        let after = after
+            .map(|a| model::parse_id(a).map_err(|_| {
+                AppError::invalid("INVALID_ID", "after", format!("after={a:?} is not a record id: pass the \"next\" value of the previous page"))
+            }))
+            .transpose()?;
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut records = Vec::new();
+        let mut next = None;
+        for r in self.store.scan_table(table) {
+            let (id, rec) = r?;
+            if after.is_some_and(|a| id <= a) {
+                continue;
+            }
+            if !rec.state.is_alive() && !include_deleted {
+                continue;
+            }
+            if !filters.iter().all(|(f, v)| rec.state.value(f) == Some(v)) {
+                continue;
+            }
+            if records.len() == limit {
+                next = records.last().map(|r: &RecordView| r.id);
+                break;
+            }
+            records.push(view(table, id, &rec));
+        }
+        Ok(ListPage { records, next })
+    }
+
+    /// Every revision of a record, oldest first.
+    pub fn history(&self, table: &str, id: &str) -> Result<Vec<HistoryEntry>, AppError> {
+        parse_table(table)?;
+        let id = parse_id(id)?;
+        let h = self.store.history(table, &id)?;
+        if h.is_empty() {
+            return Err(StoreError::NotFound {
+                table: table.to_string(),
+                id,
+            }
+            .into());
+        }
+        Ok(h)
+    }
+
+    /// Applies operations all or nothing (one atomic, durable batch).
+    pub fn batch(&self, ops: Vec<BatchOp>) -> Result<BatchOutcome, AppError> {
+        let mut local = Vec::with_capacity(ops.len());
+        for (i, o) in ops.into_iter().enumerate() {
+            let at = |e: AppError| {
+                let field = e
+                    .field()
+                    .map(|f| format!("ops[{i}].{f}"))
+                    .unwrap_or(format!("ops[{i}]"));
+                AppError::Invalid {
+                    code: e.code(),
+                    message: format!("operation {}: {e}", i + 1),
+                    field: Some(field),
+                }
+            };
+            if !matches!(o.op.as_str(), "put" | "patch" | "delete") {
+                return Err(at(AppError::invalid(
+                    "INVALID_OP",
+                    "op",
+                    format!("op {:?} is unknown: use put, patch or delete", o.op),
+                )));
+            }
+            parse_table(&o.table).map_err(at)?;
+            let id = match (&o.id, o.op.as_str()) {
+                (Some(s), _) => parse_id(s).map_err(at)?,
+                (None, "put") => Uuid::new_v4(),
+                (None, _) => {
+                    return Err(at(AppError::invalid(
+                        "MISSING_ID",
+                        "id",
+                        format!("{} needs an id", o.op),
+                    )))
+                }
+            };
+            let fields = |f: Option<Value>| -> Result<Fields, AppError> {
+                let f = f.ok_or_else(|| {
+                    AppError::invalid("MISSING_FIELDS", "fields", format!("{} needs fields", o.op))
+                })?;
+                Ok(model::validate_fields(f)?)
+            };
+            let edit = match o.op.as_str() {
+                "put" => Edit::Put(fields(o.fields).map_err(at)?),
+                "patch" => Edit::Patch(fields(o.fields).map_err(at)?),
+                _ => Edit::Delete,
+            };
+            local.push(LocalOp {
+                table: o.table,
+                id,
+                edit,
+            });
+        }
+        let results = self.store.write_local(&local)?;
+        let mut out = Vec::with_capacity(results.len());
+        for (op, r) in local.iter().zip(&results) {
+            out.push(self.outcome(&op.table, op.id, *r)?);
+        }
+        let written = out.iter().filter(|o| o.written).count();
+        Ok(BatchOutcome {
+            ops: out.len(),
+            written,
+            unchanged: out.len() - written,
+            results: out,
+        })
+    }
+
+    /// Table names with live and deleted counts.
+    pub fn tables(&self) -> Result<Vec<TableInfo>, AppError> {
+        Ok(self
+            .store
+            .tables()?
+            .into_iter()
+            .map(|(table, c)| TableInfo {
+                table,
+                live: c.live,
+                deleted: c.deleted,
+            })
+            .collect())
+    }
+}
+
+/// A history entry as printed by `fieldsync history` and served by the API.
+pub fn history_json(e: &HistoryEntry) -> Value {
+    let r = &e.revision;
+    let source = match e.source {
+        Source::Local => "local".to_string(),
+        Source::Peer(p) => format!("peer {p}"),
+        Source::Merge(p) => format!("merge with peer {p}"),
+    };
+    json!({
+        "at": r.at.to_string(), "time": r.at.time().to_rfc3339(), "instance": r.at.node,
+        "kind": r.kind, "source": source, "applied_at": e.applied_at.to_rfc3339(),
+        "changes": r.changes,
+    })
+}

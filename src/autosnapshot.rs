@@ -1,0 +1,158 @@
+//! Automatic snapshots: the agent's rolling backup inside the data directory, the way back
+//! (`fieldsync repair`) when the disk loses or garbles what the database had written.
+//!
+//! Layout (inside the data directory):
+//!
+//! | path                                        | what                                      |
+//! |---------------------------------------------|-------------------------------------------|
+//! | `snapshots/auto-<UTC stamp>-<feed seq>.fsbackup` | a backup file (format of `backup.rs`)  |
+//!
+//! Names sort by time; the feed position lets the agent tell "anything changed since" without
+//! reading the file. Each file is written atomically by [`crate::backup::write_backup`]
+//! (temporary name, fsync, rename, fsync of the directory), so a crash leaves the previous set
+//! intact; the oldest beyond `keep` are removed only after a new one is in place.
+
+use crate::backup::{self, BackupError};
+use crate::config::SnapshotConfig;
+use crate::store::Store;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Directory of the automatic snapshots, inside the data directory.
+pub const SNAPSHOT_DIR: &str = "snapshots";
+
+/// One automatic snapshot file.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AutoSnapshot {
+    /// Its name (sorts by time).
+    pub name: String,
+    /// Feed position of the store when it was taken.
+    pub feed_seq: u64,
+    /// Full path.
+    pub path: PathBuf,
+}
+
+fn parse(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix("auto-")?.strip_suffix(".fsbackup")?;
+    rest.rsplit_once('-')?.1.parse().ok()
+}
+
+/// The automatic snapshots of a data directory, oldest first (none if the directory is
+/// missing). Temporary files of an interrupted write (dot-names) are not listed.
+pub fn list(data_dir: &Path) -> Vec<AutoSnapshot> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join(SNAPSHOT_DIR)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<AutoSnapshot> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let feed_seq = parse(&name)?;
+            Some(AutoSnapshot {
+                path: e.path(),
+                name,
+                feed_seq,
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Takes one snapshot now and removes the oldest beyond `keep`. Returns the new file.
+pub fn take(store: &Store, keep: usize) -> Result<AutoSnapshot, BackupError> {
+    let dir = store.dir().join(SNAPSHOT_DIR);
+    std::fs::create_dir_all(&dir).map_err(|source| BackupError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    // Temporary files of a write a crash interrupted (only one agent uses this directory).
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(".auto-") && n.ends_with(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let seq = store.seq();
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+    let name = format!("auto-{stamp}-{seq}.fsbackup");
+    let path = dir.join(&name);
+    let header = backup::write_backup(store, &path)?;
+    // The name carries the feed head read before the snapshot; the header has the exact one.
+    let exact = format!("auto-{stamp}-{}.fsbackup", header.feed_seq);
+    let path = if exact != name {
+        let to = dir.join(&exact);
+        std::fs::rename(&path, &to).map_err(|source| BackupError::Io {
+            path: to.clone(),
+            source,
+        })?;
+        to
+    } else {
+        path
+    };
+    let all = list(store.dir());
+    for old in all.iter().take(all.len().saturating_sub(keep.max(1))) {
+        if let Err(e) = std::fs::remove_file(&old.path) {
+            warn!(file = %old.path.display(), error = %e, "could not remove an old automatic snapshot");
+        }
+    }
+    info!(file = %path.display(), feed_seq = header.feed_seq, "automatic snapshot written");
+    Ok(AutoSnapshot {
+        name: exact,
+        feed_seq: header.feed_seq,
+        path,
+    })
+}
+
+/// The agent's snapshot task: a snapshot after `every_changes` changes, or `every_secs` after
+/// the last one when anything changed, until `stop` turns true. Failures are logged and
+/// retried at the next trigger; they never stop the agent.
+pub async fn run(store: Arc<Store>, cfg: SnapshotConfig, mut stop: watch::Receiver<bool>) {
+    if !cfg.enabled {
+        return;
+    }
+    let mut last = list(store.dir()).last().map(|s| s.feed_seq);
+    if last.is_none() && store.seq() > 0 {
+        // A laptop with data and no snapshot yet (first agent start since upgrading).
+        let (s, keep) = (store.clone(), cfg.keep);
+        match tokio::task::spawn_blocking(move || take(&s, keep)).await {
+            Ok(Ok(snap)) => last = Some(snap.feed_seq),
+            Ok(Err(e)) => warn!(error = %e, "automatic snapshot failed"),
+            Err(e) => warn!(error = %e, "automatic snapshot task failed"),
+        }
+    }
+    let mut changes = store.subscribe();
+    let mut tick = tokio::time::interval(Duration::from_secs(cfg.every_secs.max(1)));
+    tick.tick().await;
+    loop {
+        let timed = tokio::select! {
+            r = changes.changed() => { if r.is_err() { return } false }
+            _ = tick.tick() => true,
+            _ = stop.changed() => return,
+        };
+        let seq = *changes.borrow_and_update();
+        // A restore moves feed positions up, so "changed" is "different", not "greater".
+        let due = match last {
+            None => seq > 0,
+            Some(l) if timed => seq != l,
+            Some(l) => seq.abs_diff(l) >= cfg.every_changes,
+        };
+        if !due {
+            continue;
+        }
+        let (s, keep) = (store.clone(), cfg.keep);
+        match tokio::task::spawn_blocking(move || take(&s, keep)).await {
+            Ok(Ok(snap)) => {
+                last = Some(snap.feed_seq);
+                tick.reset();
+            }
+            Ok(Err(e)) => warn!(error = %e, "automatic snapshot failed"),
+            Err(e) => warn!(error = %e, "automatic snapshot task failed"),
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Administration commands: `status`, `peers`, `generate`, `backup`, `restore`.
+
+use super::{open_input, print, CliError, Door, Io};
+use crate::app::admin::peer_json;
+use crate::app::App;
+use crate::control::Op;
+use crate::mesh;
+use crate::store::PeerRow;
+use clap::Subcommand;
+use serde_json::{json, Value};
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+
+/// Subcommands of `generate` (the formats of shared/gen.py).
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Person records, one {"table","id","fields"} object a line, about 330 bytes each.
+    ///
+    /// The same count and seed always give the same bytes.
+    ///
+    /// Example: fieldsync generate records --count 100000 --seed 42 > p100k.jsonl
+    Records {
+        /// How many records.
+        #[arg(long)]
+        count: u64,
+        /// Seed of everything generated.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Edits of a records file for `fieldsync apply`: COUNT puts, then deletes of other ids.
+    ///
+    /// Each put is the whole record with status, notes and updated_by changed. Ids are chosen
+    /// with --ids-seed, so two op files with the same --ids-seed and different --seed edit the
+    /// same records differently (for concurrent-edit and conflict tests).
+    ///
+    /// Example: fieldsync generate ops --from p100k.jsonl --count 1000 --seed 7 > ops.jsonl
+    Ops {
+        /// The records file to edit (`-` for stdin).
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// How many puts.
+        #[arg(long)]
+        count: usize,
+        /// Seed of the new values.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Seed that picks the ids (default: --seed).
+        #[arg(long)]
+        ids_seed: Option<u64>,
+        /// How many deletes (default: max(1, COUNT/50)).
+        #[arg(long)]
+        deletes: Option<usize>,
+    },
+}
+
+/// `status`: who am I, counts, conflicts, peers, the agent (and its API URL) when running.
+pub fn status(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
+    let v: serde_json::Value = door.call(Op::Status, io)?;
+    print(io.out, &v)
+}
+
+/// `peers`: one line per peer instance.
+pub fn peers(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
+    let rows: Vec<PeerRow> = door.call(Op::Peers, io)?;
+    for row in &rows {
+        print(io.out, &peer_json(row))?;
+    }
+    Ok(())
+}
+
+fn backup_error(e: crate::backup::BackupError) -> CliError {
+    use crate::backup::BackupError;
+    match e {
+        BackupError::Io { .. } => CliError::Io(e.to_string()),
+        BackupError::Invalid { .. } => CliError::Invalid(e.to_string()),
+        BackupError::Store(e) => CliError::Store(e),
+    }
+}
+
+/// `repair`: moves a damaged database aside and restores the newest automatic snapshot.
+pub fn repair(
+    dir: &Path,
+    config: crate::config::Config,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use crate::repair::RepairError;
+    let r = crate::repair::repair(dir, config).map_err(|e| match e {
+        RepairError::NotDamaged(_) => CliError::Invalid(e.to_string()),
+        RepairError::NoDatabase(_) => CliError::NotFound(e.to_string()),
+        RepairError::Store(e) => CliError::Store(e),
+        RepairError::Backup(e) => backup_error(e),
+    })?;
+    let unusable: Vec<Value> = r
+        .unusable_snapshots
+        .iter()
+        .map(|(p, why)| json!({"file": p, "error": why}))
+        .collect();
+    let v = json!({
+        "repaired": dir, "damaged_database_moved_to": r.moved_to, "damage": r.damage,
+        "restored_snapshot": r.snapshot, "unusable_snapshots": unusable,
+        "instance": r.instance, "incarnation": r.incarnation,
+        "count": r.live_records, "sha256": r.sha256,
+        "next": if r.snapshot.is_some() {
+            "start the agent (`fieldsync run`): the next syncs bring back what peers hold"
+        } else {
+            "no automatic snapshot was usable: the database is empty; start the agent \
+             (`fieldsync run`) and everything comes back from peers"
+        },
+    });
+    writeln!(out, "{v}").map_err(CliError::Output)
+}
+
+/// `backup FILE`.
+pub fn backup(app: &App, file: &Path, io: &mut Io<'_>) -> Result<(), CliError> {
+    let (store, file, out) = (app.store(), &io.cwd.join(file), &mut *io.out);
+    let h = crate::backup::write_backup(store, file).map_err(backup_error)?;
+    let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let v = json!({
+        "backup": file, "bytes": bytes, "instance": h.instance, "name": h.instance_name,
+        "created_at": h.created_at.to_rfc3339(), "feed_seq": h.feed_seq,
+        "count": h.live_records, "sha256": h.sha256, "entries": h.counts,
+    });
+    writeln!(out, "{v}").map_err(CliError::Output)
+}
+
+/// `restore FILE` (refused inside a running agent).
+pub fn restore(
+    app: &App,
+    file: &Path,
+    force: bool,
+    take_over: bool,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
+    if app.agent().is_some() {
+        return Err(CliError::Io(
+            "restore replaces the database under the running agent: stop it \
+             (`fieldsync run`) first"
+                .into(),
+        ));
+    }
+    let (store, file, out) = (app.store(), &io.cwd.join(file), &mut *io.out);
+    let r = crate::backup::restore(store, file, take_over, force).map_err(backup_error)?;
+    let mut warnings = Vec::new();
+    if r.report.discarded_own_changes {
+        warnings.push(
+            "this laptop's own changes that were not in the backup are gone here; peers that \
+             received them keep them"
+                .to_string(),
+        );
+    }
+    match mesh::load_credential(store.dir()) {
+        Ok(Some(c)) if c.instance != r.report.instance => warnings.push(format!(
+            "the credential here is for instance {}, not {}: on the coordinator's laptop run \
+             `fieldsync mesh enroll --instance {} --out FILE`, then `fieldsync init --mesh FILE` \
+             here",
+            c.instance, r.report.instance, r.report.instance
+        )),
+        _ => {}
+    }
+    let v = json!({
+        "restored": file, "instance": r.report.instance,
+        "backup_instance": r.report.backup_instance,
+        "took_over_identity": r.report.took_over_identity,
+        "backup_created_at": r.header.created_at.to_rfc3339(),
+        "count": r.live_records, "sha256": r.sha256, "entries": r.report.counts,
+        "peers_reset": r.report.peers_reset, "warnings": warnings,
+    });
+    writeln!(out, "{v}").map_err(CliError::Output)
+}
+
+/// `generate records|ops` (no database needed).
+pub fn generate(
+    what: GenerateCommand,
+    out: &mut dyn Write,
+    stdin: &mut Option<String>,
+    cwd: &Path,
+) -> Result<(), CliError> {
+    use crate::gen::{self, GenError, OpsSpec};
+    let result = match what {
+        GenerateCommand::Records { count, seed } => {
+            gen::write_records(count, seed, out).map_err(GenError::Io)
+        }
+        GenerateCommand::Ops {
+            from,
+            count,
+            seed,
+            ids_seed,
+            deletes,
+        } => {
+            let spec = OpsSpec {
+                count,
+                seed,
+                ids_seed,
+                deletes,
+            };
+            gen::write_ops(BufReader::new(open_input(&from, stdin, cwd)?), &spec, out).map(|_| ())
+        }
+    };
+    match result {
+        Ok(()) => Ok(()),
+        // `generate records --count 1000000 | head` is a normal way to stop it.
+        Err(GenError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(GenError::Io(e)) => Err(CliError::Io(format!("generate: {e}"))),
+        Err(e) => Err(CliError::Invalid(e.to_string())),
+    }
+}

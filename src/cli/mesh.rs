@@ -1,0 +1,190 @@
+//! Deployment commands: `init` (joining) and `mesh create|enroll|revoke|show`.
+
+use super::{invalid, CliError, Io};
+use crate::app::App;
+use crate::merge::Edit;
+use crate::mesh;
+use crate::model;
+use crate::store::LocalOp;
+use clap::Subcommand;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use uuid::Uuid;
+
+/// Subcommands of `mesh`.
+#[derive(Debug, Subcommand)]
+pub enum MeshCommand {
+    /// Create a deployment CA on the coordinator's laptop (which joins it too).
+    ///
+    /// Writes the CA (certificate and private key) to --out, default mesh-ca.fsca in the data
+    /// directory. Keep it safe: whoever holds it can enroll and revoke laptops.
+    /// With --join-file, also writes a file that lets any laptop enroll itself (see README).
+    ///
+    /// Example: fieldsync mesh create --name "Flood response 2026"
+    Create {
+        /// Deployment name.
+        #[arg(long)]
+        name: String,
+        /// Where to write the CA file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Also write a self-enrolment join file here (it carries the CA key).
+        #[arg(long, value_name = "FILE")]
+        join_file: Option<PathBuf>,
+    },
+    /// Issue a credential file for one laptop, to carry over on a USB stick.
+    ///
+    /// Example: fieldsync mesh enroll --out laptop7.fsmesh --name laptop7
+    Enroll {
+        /// Credential file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Display name of the laptop.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Enroll an existing instance id (a laptop that already has data); default: a new one.
+        #[arg(long)]
+        instance: Option<String>,
+        /// The CA file (default: mesh-ca.fsca in the data directory).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+    /// Revoke a lost or stolen laptop: every node that syncs afterwards refuses it.
+    ///
+    /// INSTANCE is an instance id, or the name of exactly one known peer (`fieldsync peers`).
+    ///
+    /// Example: fieldsync mesh revoke 6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b --reason stolen
+    Revoke {
+        /// The instance id (or known peer name) to shut out.
+        instance: String,
+        /// Why (kept in the signed revocation).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// The CA file (default: mesh-ca.fsca in the data directory).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+    /// Show the deployment, this node's certificate and the revoked nodes.
+    Show,
+}
+
+/// `init`: instance details, and joining a deployment with `--mesh FILE`; prints the id.
+pub fn init(
+    app: &App,
+    name: Option<String>,
+    owner: Option<String>,
+    contact: Option<String>,
+    file: Option<PathBuf>,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
+    let store = app.store();
+    if let Some(file) = file {
+        let path = io.cwd.join(file);
+        let cred = match mesh::load_mesh_file(&path).map_err(invalid)? {
+            mesh::MeshFile::Credential(c) => c,
+            mesh::MeshFile::Join(ca) => {
+                let n = name.clone().unwrap_or_else(|| store.instance().name);
+                ca.enroll(store.id(), &n).map_err(invalid)?
+            }
+        };
+        store.adopt_instance(cred.instance)?;
+        mesh::save(&store.dir().join(mesh::CREDENTIAL_FILE), &cred).map_err(invalid)?;
+        let name = name.or_else(|| (!cred.name.is_empty()).then(|| cred.name.clone()));
+        store.set_instance_info(name, owner, contact)?;
+        if app.agent().is_some() {
+            eprintln!("fieldsync: joined; restart the agent to sync with TLS");
+        }
+    } else {
+        store.set_instance_info(name, owner, contact)?;
+    }
+    writeln!(io.out, "{}", store.id()).map_err(CliError::Output)
+}
+
+/// `mesh create|enroll|revoke|show`.
+pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), CliError> {
+    let store = app.store();
+    let cwd = &io.cwd;
+    let default_ca = store.dir().join(mesh::CA_FILE);
+    let ca_path = |p: Option<PathBuf>| p.map_or_else(|| default_ca.clone(), |p| cwd.join(p));
+    let v = match m {
+        MeshCommand::Create {
+            name,
+            out: file,
+            join_file,
+        } => {
+            let path = ca_path(file);
+            if path.exists() {
+                return Err(invalid(format!(
+                    "{} already exists: a deployment CA is made once",
+                    path.display()
+                )));
+            }
+            let ca = mesh::CaFile::create(&name).map_err(invalid)?;
+            mesh::save(&path, &ca).map_err(invalid)?;
+            if let Some(j) = &join_file {
+                mesh::save(&cwd.join(j), &ca.as_join_file()).map_err(invalid)?;
+            }
+            // The coordinator's laptop is the first member.
+            let cred = ca
+                .enroll(store.id(), &store.instance().name)
+                .map_err(invalid)?;
+            mesh::save(&store.dir().join(mesh::CREDENTIAL_FILE), &cred).map_err(invalid)?;
+            json!({"deployment": name, "mesh_id": ca.mesh_id().map_err(invalid)?,
+                   "ca_file": path, "join_file": join_file.map(|j| cwd.join(j)),
+                   "instance": store.id()})
+        }
+        MeshCommand::Enroll {
+            out: file,
+            name,
+            instance,
+            ca,
+        } => {
+            let ca = mesh::load_ca(&ca_path(ca)).map_err(invalid)?;
+            let id = match instance {
+                Some(s) => model::parse_id(&s)?,
+                None => Uuid::new_v4(),
+            };
+            let cred = ca.enroll(id, &name).map_err(invalid)?;
+            let path = cwd.join(file);
+            mesh::save(&path, &cred).map_err(invalid)?;
+            json!({"instance": id, "name": name, "credential": path, "deployment": ca.deployment})
+        }
+        MeshCommand::Revoke {
+            instance,
+            reason,
+            ca,
+        } => {
+            let ca = mesh::load_ca(&ca_path(ca)).map_err(invalid)?;
+            // An instance id, or the name of exactly one known peer.
+            let id = app.resolve_instance(&instance)?;
+            let fields = ca.revoke(id, &reason).map_err(invalid)?;
+            store.write_system(&[LocalOp {
+                table: mesh::REVOCATIONS.into(),
+                id,
+                edit: Edit::Put(fields.clone()),
+            }])?;
+            json!({"revoked": id, "at": fields.get("revoked_at"), "reason": reason})
+        }
+        MeshCommand::Show => {
+            let cred = mesh::load_credential(store.dir()).map_err(invalid)?;
+            let revoked: Vec<Value> = match &cred {
+                Some(c) => mesh::load_revocations(store, &c.ca_cert)
+                    .into_iter()
+                    .map(|(id, at)| json!({"instance": id, "revoked_at": at}))
+                    .collect(),
+                None => vec![],
+            };
+            match cred {
+                None => json!({"joined": false, "instance": store.id(),
+                               "hint": "join with `fieldsync init --mesh FILE`"}),
+                Some(c) => json!({
+                    "joined": true, "deployment": c.deployment,
+                    "mesh_id": mesh::mesh_id(&c.ca_cert).map_err(invalid)?,
+                    "instance": c.instance, "certificate": mesh::describe_cert(&c.cert),
+                    "holds_ca": default_ca.exists(), "revoked": revoked,
+                }),
+            }
+        }
+    };
+    writeln!(io.out, "{v}").map_err(CliError::Output)
+}

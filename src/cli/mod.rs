@@ -1,0 +1,969 @@
+//! The command line: clap definitions, and the dispatch of each command to its group's module.
+//!
+//! Commands print JSON on stdout (one object, or JSON lines for lists) and one-line errors on
+//! stderr. Exit codes: 0 ok, 1 not found, 2 bad usage or invalid input, 3 anything else
+//! (database in use, disk errors). Command bodies parse arguments, call the application layer
+//! ([`crate::app`]) and print; they live by group:
+//! - [`records`]: put, patch, delete, get, list, tables, history, conflicts, import, export,
+//!   apply, digest.
+//! - [`sync`]: run (the agent), sync, verify.
+//! - [`mesh`]: init, mesh create/enroll/revoke/show.
+//! - [`admin`]: status, peers, generate, backup, restore.
+
+pub mod admin;
+pub mod mesh;
+pub mod records;
+pub mod sync;
+
+pub use crate::app::admin::{conflict_json, peer_json};
+pub use admin::GenerateCommand;
+pub use mesh::MeshCommand;
+pub use records::{ConflictAction, ConflictsArgs};
+
+use crate::app::{AgentCtx, App, AppError};
+use crate::config::{Config, ConfigError};
+use crate::formats::FormatError;
+use crate::model;
+use crate::store::{Store, StoreError};
+use crate::tls::{Identity, Revoked, Transport};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const ABOUT: &str = "Peer-to-peer record sync for laptops in the field.";
+
+const LONG_ABOUT: &str = "\
+fieldsync keeps a local database of records (tables of JSON objects with UUIDs that are the same
+on every laptop) and syncs it with other laptops on the same network.
+
+Data directory, in order: --data-dir; $FIELDSYNC_DIR; a folder `fieldsync-data/` beside the
+executable if one exists (portable mode, for a USB stick); ~/.local/share/fieldsync.
+
+Output is JSON on stdout (one object, or one object per line for lists).
+Exit codes: 0 ok, 1 not found, 2 bad usage or invalid input, 3 other failure
+(for example the database is in use by another fieldsync process).";
+
+/// The fieldsync command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "fieldsync",
+    version = crate::build_info::version_text(),
+    about = ABOUT,
+    long_about = LONG_ABOUT
+)]
+pub struct Cli {
+    /// Data directory (default: $FIELDSYNC_DIR, ./fieldsync-data beside the binary, or
+    /// ~/.local/share/fieldsync).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format of `export`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ExportFormat {
+    /// One `{"table","id","fields"}` object per line (the gen.py format).
+    Jsonl,
+    /// A header row of field names, an `id` column first.
+    Csv,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create this laptop's instance (or update its details) and print its instance id.
+    ///
+    /// Optional: the first command that needs an instance creates one with defaults.
+    ///
+    /// Example: fieldsync init --name laptop7 --owner "Red Cross Team B" --contact "+1 555 0100"
+    Init {
+        /// Display name (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Who is responsible for this laptop.
+        #[arg(long)]
+        owner: Option<String>,
+        /// How to reach the owner.
+        #[arg(long)]
+        contact: Option<String>,
+        /// Join a deployment: a credential from `mesh enroll` (.fsmesh) or a join file.
+        #[arg(long, value_name = "FILE")]
+        mesh: Option<PathBuf>,
+    },
+    /// Create or replace a record and print its id.
+    ///
+    /// Fields not in JSON_OBJECT are removed; a put with identical fields writes nothing.
+    ///
+    /// Example: fieldsync put person '{"name":"Amina Okafor","age":34}'
+    ///
+    /// Example: fieldsync put person --id 6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b - < big.json
+    Put {
+        /// Table name: a-z, 0-9, _ (starting with a letter, at most 64).
+        table: String,
+        /// The record id (default: a new UUID).
+        #[arg(long)]
+        id: Option<String>,
+        /// The fields as a JSON object, or `-` to read it from stdin.
+        json: String,
+    },
+    /// Change only the given fields of a record; a null value removes that field.
+    ///
+    /// Example: fieldsync patch person 6f1c2b7e-... '{"status":"found_alive","notes":null}'
+    Patch {
+        /// Table name.
+        table: String,
+        /// Record id.
+        id: String,
+        /// The fields to change as a JSON object, or `-` for stdin.
+        json: String,
+    },
+    /// Delete a record (a tombstone that syncs; history stays readable).
+    ///
+    /// Example: fieldsync delete person 6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b
+    Delete {
+        /// Table name.
+        table: String,
+        /// Record id.
+        id: String,
+    },
+    /// Print one record as {"table","id","fields"}.
+    ///
+    /// Example: fieldsync get person 6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b --meta
+    Get {
+        /// Table name.
+        table: String,
+        /// Record id.
+        id: String,
+        /// Add "meta": per-field stamps (time, instance), version vector, feed position, conflicts.
+        #[arg(long)]
+        meta: bool,
+        /// Also print a deleted record (with "deleted": true).
+        #[arg(long)]
+        include_deleted: bool,
+    },
+    /// Print a table's records as JSON lines, ordered by id.
+    ///
+    /// Example: fieldsync list person | head
+    List {
+        /// Table name.
+        table: String,
+        /// Include deleted records (marked "deleted": true).
+        #[arg(long)]
+        include_deleted: bool,
+    },
+    /// Print table names with live and deleted counts.
+    Tables,
+    /// Print every revision of a record, oldest first: when, which instance, what changed.
+    ///
+    /// Example: fieldsync history person 6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b
+    History {
+        /// Table name.
+        table: String,
+        /// Record id.
+        id: String,
+    },
+    /// Print the conflict log (unresolved first), or resolve an entry.
+    ///
+    /// Example: fieldsync conflicts --table person
+    ///
+    /// Example: fieldsync conflicts resolve 3 --keep remote
+    Conflicts(ConflictsArgs),
+    /// Import records from CSV, JSONL or a spreadsheet, all or nothing.
+    ///
+    /// Which record a row is: an `id` column (or JSONL "id") gives it; otherwise --key FIELD
+    /// derives it from the key fields (the same row gives the same id on every laptop of the
+    /// deployment, so importing again, or on two laptops, never makes copies); --new-ids makes
+    /// every row a new record. With none of them the import is refused.
+    ///
+    /// An existing record: with --key the row's non-empty cells are set and its other fields
+    /// kept (JSONL null removes a field); with file ids the row replaces the fields. Unchanged
+    /// rows write nothing; deleted records stay deleted. Prints
+    /// {"table","records","inserted","updated","unchanged","deleted_kept"}.
+    ///
+    /// Formats by extension, in any case: .csv/.tsv (delimiter , ; or tab detected from the
+    /// header; UTF-8 with or without BOM; CRLF; quoted newlines), .xlsx/.xlsm/.xls/.ods (first
+    /// sheet or --sheet), anything else (and `-`, stdin) JSONL: {"table","id","fields"} lines
+    /// or plain field objects.
+    ///
+    /// Types: a CSV cell that is a JSON number (whose value survives exactly), true/false, or a
+    /// JSON array/object keeps that type; a JSON-quoted cell ("34") is that text; everything
+    /// else, dates included, is text as written; empty cells are no value. Numbers that would
+    /// change (a 30-digit integer) stay text in CSV and are refused in JSONL. Spreadsheet cells
+    /// keep the sheet's types (dates as ISO 8601 text). --text FIELD,... keeps fields as text
+    /// (phone numbers, postcodes).
+    ///
+    /// Example: fieldsync import person people.csv --key case_number
+    ///
+    /// Example: fieldsync import shelter shelters.xlsx --sheet Open --key name,district
+    Import {
+        /// Table name.
+        table: String,
+        /// The file (`-` reads JSONL from standard input).
+        file: PathBuf,
+        /// Fields that identify a row (comma-separated): rows update the record with that key.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "FIELD",
+            conflicts_with = "new_ids"
+        )]
+        key: Vec<String>,
+        /// Every row is a new record with a new id (importing twice adds everything twice).
+        #[arg(long)]
+        new_ids: bool,
+        /// CSV delimiter: a single character, or `tab` (default: detected from the header).
+        #[arg(long, value_name = "CHAR")]
+        delimiter: Option<String>,
+        /// Spreadsheet sheet to read (default: the first).
+        #[arg(long, value_name = "NAME")]
+        sheet: Option<String>,
+        /// Fields always imported as text (comma-separated), e.g. --text phone,postcode.
+        #[arg(long, value_delimiter = ',', value_name = "FIELD")]
+        text: Vec<String>,
+    },
+    /// Write a table to stdout as JSONL (default) or CSV, ordered by id.
+    ///
+    /// Example: fieldsync export person --format csv > people.csv
+    Export {
+        /// Table name.
+        table: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+        /// Include deleted records.
+        #[arg(long)]
+        include_deleted: bool,
+    },
+    /// Apply a file of JSON-line operations, all or nothing.
+    ///
+    /// Lines: {"op":"put"|"patch"|"delete","table":..,"id":..,"fields":{..}}.
+    ///
+    /// Example: fieldsync apply ops.jsonl
+    Apply {
+        /// The op file (`-` for stdin).
+        file: PathBuf,
+    },
+    /// Print the count and SHA-256 of the live records (same canonical form as gen.py --digest).
+    ///
+    /// Example: fieldsync digest person
+    Digest {
+        /// Tables to include (default: all).
+        tables: Vec<String>,
+    },
+    /// Run the agent: serve the sync protocol and sync with peers until SIGINT/SIGTERM.
+    ///
+    /// While it runs, every other command works too: the CLI talks to the agent through a
+    /// control endpoint on 127.0.0.1 that only the owner of the data directory can use.
+    ///
+    /// Example: fieldsync run --listen 0.0.0.0:7437 --peer 192.0.2.7:7437
+    Run {
+        /// Address to serve the sync protocol on (default from fieldsync.toml, else 0.0.0.0:7437).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// A peer to sync with (repeatable), in addition to `peers` in fieldsync.toml.
+        #[arg(long = "peer", value_name = "HOST:PORT")]
+        peers: Vec<String>,
+        /// Do not advertise or browse with mDNS (static peers only).
+        #[arg(long)]
+        no_discovery: bool,
+        /// Sync without TLS (debugging only; both sides must set it). Prints a warning.
+        #[arg(long, env = "FIELDSYNC_INSECURE_PLAINTEXT", value_parser = clap::builder::BoolishValueParser::new())]
+        insecure_plaintext: bool,
+        /// Address of the HTTP API for local applications (default from fieldsync.toml, else
+        /// 127.0.0.1:7438; port 0 picks a free one). URL and token are written to api.json.
+        #[arg(long, value_name = "ADDR")]
+        api_listen: Option<String>,
+        /// Do not serve the HTTP API.
+        #[arg(long)]
+        no_api: bool,
+    },
+    /// Run one sync session with a peer, both directions, and print a summary line per direction.
+    ///
+    /// Works whether or not the local agent is running.
+    ///
+    /// Example: fieldsync sync 192.0.2.7:7437
+    Sync {
+        /// The peer's agent address.
+        addr: String,
+        /// Sync without TLS (debugging only; both sides must set it).
+        #[arg(long, env = "FIELDSYNC_INSECURE_PLAINTEXT", value_parser = clap::builder::BoolishValueParser::new())]
+        insecure_plaintext: bool,
+    },
+    /// Check whether we are in sync with a peer: per table, in sync or the differing record ids.
+    ///
+    /// Compares digests of id ranges, bisecting only where they differ; no records are copied.
+    /// Exit code 0 when every table is in sync, 1 when something differs.
+    ///
+    /// Example: fieldsync verify 192.0.2.7:7437
+    Verify {
+        /// The peer's agent address.
+        addr: String,
+        /// Talk without TLS (debugging only; both sides must set it).
+        #[arg(long, env = "FIELDSYNC_INSECURE_PLAINTEXT", value_parser = clap::builder::BoolishValueParser::new())]
+        insecure_plaintext: bool,
+    },
+    /// Deployment membership: who may sync with whom (mutual TLS with a deployment CA).
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+    /// Print this instance's id, name, record counts and a peers summary.
+    Status,
+    /// Print the sync_instance table: one row per peer instance.
+    Peers,
+    /// Write deterministic test or benchmark data as JSON lines to stdout (no database needed).
+    ///
+    /// Example: fieldsync generate records --count 100000 --seed 42 > p100k.jsonl
+    ///
+    /// Example: fieldsync generate ops --from p100k.jsonl --count 1000 --seed 7 > ops.jsonl
+    #[command(subcommand)]
+    Generate(GenerateCommand),
+    /// Write a consistent snapshot of the whole database to FILE; works while the agent runs.
+    ///
+    /// Records, history, conflicts, peers and this laptop's identity, as of one moment (writes
+    /// wait while it is read). Prints the count and digest of the records it holds: `restore`
+    /// checks them, and `fieldsync digest` on the restored laptop prints the same.
+    ///
+    /// Example: fieldsync backup /media/usb/laptop7-2026-05-01.fsbackup
+    Backup {
+        /// The backup file to write (replaced atomically if it exists).
+        file: PathBuf,
+    },
+    /// Replace this laptop's database with a backup (stop the agent first).
+    ///
+    /// This laptop keeps its own instance id and its credential; the next sync with each peer
+    /// is a full one. With --take-over-identity it becomes the laptop the backup came from
+    /// (for replacing a lost or broken laptop: never run both at once).
+    ///
+    /// Example: fieldsync restore /media/usb/laptop7-2026-05-01.fsbackup
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// Replace the data even if this data directory already holds some.
+        #[arg(long)]
+        force: bool,
+        /// Become the instance the backup was taken from (its id, name, clock).
+        #[arg(long)]
+        take_over_identity: bool,
+    },
+    /// Check that this laptop can sync: data directory, database, credential, network, port,
+    /// clock.
+    ///
+    /// Prints one JSON line per check: {"check","ok","detail","fix"}. Exit code 0 when every
+    /// check passes, 1 otherwise.
+    Doctor,
+    /// Replace a damaged database (one that says "run `fieldsync repair`") with the newest
+    /// automatic snapshot; stop the agent first.
+    ///
+    /// The damaged database is moved to damaged/ in the data directory, never deleted. The
+    /// laptop keeps its identity; its next syncs bring back everything its peers hold.
+    ///
+    /// Example: fieldsync repair
+    Repair,
+}
+
+/// A failed command, with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad usage or invalid input (exit 2).
+    #[error("{0}")]
+    Invalid(String),
+    /// Something asked for does not exist (exit 1).
+    #[error("{0}")]
+    NotFound(String),
+    /// A store failure (exit code by kind).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Bad input file.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// Bad config file (exit 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Other I/O trouble (exit 3).
+    #[error("{0}")]
+    Io(String),
+    /// Writing the output failed (a closed pipe is not reported: `list | head` is normal).
+    #[error("writing output: {0}")]
+    Output(std::io::Error),
+    /// A sync session failed (exit 3).
+    #[error(transparent)]
+    Sync(#[from] crate::sync::SyncError),
+    /// `verify` found differences (exit 1); the details are on stdout.
+    #[error("not in sync with {0}")]
+    Differs(String),
+    /// `doctor` found problems (exit 1); the checks are on stdout.
+    #[error("doctor: failed checks: {0}")]
+    Unhealthy(String),
+    /// An application-layer operation failed (exit code by kind).
+    #[error(transparent)]
+    App(#[from] AppError),
+    /// A command run by the agent failed; its message and exit code.
+    #[error("{message}")]
+    Forwarded {
+        /// Exit code.
+        code: i32,
+        /// The error message.
+        message: String,
+    },
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Invalid(_) | CliError::Config(_) => 2,
+            CliError::NotFound(_) | CliError::Differs(_) | CliError::Unhealthy(_) => 1,
+            CliError::Forwarded { code, .. } => *code,
+            CliError::App(e) => e.exit_code(),
+            CliError::Sync(_) => 3,
+            CliError::Store(e) | CliError::Format(FormatError::Store(e)) => {
+                if e.is_not_found() {
+                    1
+                } else if e.is_invalid_input() {
+                    2
+                } else {
+                    3
+                }
+            }
+            CliError::Format(FormatError::Line { .. }) => 2,
+            CliError::Format(_) | CliError::Io(_) | CliError::Output(_) => 3,
+        }
+    }
+}
+
+impl CliError {
+    /// True when the reader of our output went away (`fieldsync list | head`): not an error.
+    pub fn is_closed_output(&self) -> bool {
+        match self {
+            CliError::Output(e) | CliError::Format(FormatError::Write(e)) => {
+                e.kind() == std::io::ErrorKind::BrokenPipe
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<model::ValidationError> for CliError {
+    fn from(e: model::ValidationError) -> Self {
+        CliError::Invalid(e.to_string())
+    }
+}
+
+/// Picks the data directory: flag, $FIELDSYNC_DIR, portable folder, platform default.
+pub fn resolve_data_dir(flag: Option<PathBuf>) -> Result<PathBuf, CliError> {
+    if let Some(d) = flag {
+        return Ok(d);
+    }
+    if let Some(d) = std::env::var_os("FIELDSYNC_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        let portable = dir.join("fieldsync-data");
+        if portable.is_dir() {
+            return Ok(portable);
+        }
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|d| !d.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/share"))
+        })
+        .ok_or_else(|| {
+            CliError::Invalid(
+                "no data directory: pass --data-dir, set FIELDSYNC_DIR, or set HOME".into(),
+            )
+        })?;
+    Ok(base.join("fieldsync"))
+}
+
+/// What a command reads and writes besides the store.
+pub struct Io<'a> {
+    /// Standard output.
+    pub out: &'a mut dyn Write,
+    /// Standard input already read (commands forwarded to the agent), or `None` for the real one.
+    pub stdin: Option<String>,
+    /// Directory that relative file paths are relative to.
+    pub cwd: PathBuf,
+    /// Runtime for the commands that talk to peers.
+    pub rt: tokio::runtime::Handle,
+    /// The running agent's context (live status, transport, connections, API URL), when the
+    /// command runs inside the agent.
+    pub agent: Option<AgentCtx>,
+}
+
+/// Runs one command line. `args` is the full argv (forwarded as is when an agent holds the
+/// database).
+pub fn run(
+    cli: Cli,
+    args: Vec<String>,
+    out: &mut dyn Write,
+    rt: &tokio::runtime::Handle,
+) -> Result<(), CliError> {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    // Generating data must not need (or lock) a database: it runs beside a live agent.
+    let cli = match cli.command {
+        Command::Generate(what) => return admin::generate(what, out, &mut None, &cwd),
+        command => Cli { command, ..cli },
+    };
+    // Doctor must report on a data directory that is missing, broken or held by an agent.
+    if matches!(cli.command, Command::Doctor) {
+        return crate::doctor::run(cli.data_dir, out, rt);
+    }
+    // Repair works on a database that does not open.
+    if matches!(cli.command, Command::Repair) {
+        let dir = resolve_data_dir(cli.data_dir.clone())?;
+        return admin::repair(&dir, Config::load(&dir)?, out);
+    }
+    let dir = resolve_data_dir(cli.data_dir.clone())?;
+    let config = Config::load(&dir)?;
+    let store = match Store::open(&dir, config) {
+        Ok(s) => Arc::new(s),
+        Err(StoreError::Locked(_)) if is_typed(&cli.command) => {
+            let mut io = Io {
+                out,
+                stdin: None,
+                cwd,
+                rt: rt.clone(),
+                agent: None,
+            };
+            return typed(&Door::Agent(&dir), cli.command, &mut io);
+        }
+        Err(StoreError::Locked(_)) => return forward(&dir, &cli.command, args, out, cwd, rt),
+        Err(e) => return Err(e.into()),
+    };
+    if let Command::Run {
+        listen,
+        peers,
+        no_discovery,
+        insecure_plaintext,
+        api_listen,
+        no_api,
+    } = cli.command
+    {
+        let args = sync::RunArgs {
+            listen,
+            peers,
+            no_discovery,
+            insecure_plaintext,
+            api_listen,
+            no_api,
+        };
+        return sync::run_agent(store, args, rt);
+    }
+    let mut io = Io {
+        out,
+        stdin: None,
+        cwd,
+        rt: rt.clone(),
+        agent: None,
+    };
+    execute(&store, cli.command, &mut io)
+}
+
+/// Mutual TLS from this laptop's credential; plaintext only when asked for explicitly.
+pub fn resolve_transport(store: &Store, insecure: bool) -> Result<Transport, CliError> {
+    if insecure {
+        eprintln!(
+            "fieldsync: WARNING: --insecure-plaintext: sync traffic is neither encrypted nor \
+             authenticated; anyone on this network can read and change the records"
+        );
+        return Ok(Transport::Plaintext);
+    }
+    let cred = crate::mesh::load_credential(store.dir())
+        .map_err(|e| CliError::Invalid(e.to_string()))?
+        .ok_or_else(|| {
+            CliError::Invalid(
+                "this laptop has not joined a deployment, and plaintext sync is refused: \
+                 run `fieldsync init --mesh FILE` with a credential from the coordinator \
+                 (`fieldsync mesh enroll`), or pass --insecure-plaintext for debugging"
+                    .into(),
+            )
+        })?;
+    if cred.instance != store.id() {
+        return Err(CliError::Invalid(format!(
+            "the credential is for instance {} but this data directory is instance {}",
+            cred.instance,
+            store.id()
+        )));
+    }
+    let identity =
+        Identity::from_credential(&cred).map_err(|e| CliError::Invalid(e.to_string()))?;
+    let revoked = Arc::new(Revoked::default());
+    revoked.set(crate::mesh::load_revocations(store, &identity.ca_pem));
+    Ok(Transport::Tls {
+        identity: Arc::new(identity),
+        revoked,
+    })
+}
+
+/// Sends the command line to the agent that holds the database and relays its output.
+fn forward(
+    dir: &Path,
+    command: &Command,
+    args: Vec<String>,
+    out: &mut dyn Write,
+    cwd: PathBuf,
+    rt: &tokio::runtime::Handle,
+) -> Result<(), CliError> {
+    if matches!(command, Command::Run { .. }) {
+        return Err(CliError::Io(format!(
+            "an agent is already running on {}",
+            dir.display()
+        )));
+    }
+    let reads_stdin = args.iter().skip(1).any(|a| a == "-");
+    let stdin = if reads_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CliError::Io(format!("reading stdin: {e}")))?;
+        Some(s)
+    } else {
+        None
+    };
+    let req = crate::control::RunRequest {
+        token: String::new(),
+        args: args.into_iter().skip(1).collect(),
+        stdin,
+        cwd,
+    };
+    let reply = rt
+        .block_on(crate::control::forward(dir, req))
+        .map_err(|e| {
+            CliError::Io(format!(
+                "the database in {} is in use by another process, and {e}",
+                dir.display()
+            ))
+        })?;
+    out.write_all(reply.stdout.as_bytes())
+        .map_err(CliError::Output)?;
+    if reply.code == 0 {
+        Ok(())
+    } else {
+        Err(CliError::Forwarded {
+            code: reply.code,
+            message: reply.stderr,
+        })
+    }
+}
+
+/// The control endpoint's way of running a command line inside the agent.
+pub fn executor(rt: tokio::runtime::Handle, app: App) -> crate::control::Executor {
+    let agent = app.agent().cloned();
+    let run = Arc::new(move |store: &Arc<Store>, req: crate::control::RunRequest| {
+        let mut argv = vec!["fieldsync".to_string()];
+        argv.extend(req.args);
+        let cli = match Cli::try_parse_from(argv) {
+            Ok(c) => c,
+            Err(e) => {
+                // --help and --version are "errors" that print to stdout with exit code 0.
+                let code = e.exit_code();
+                let text = e.to_string();
+                return if code == 0 {
+                    crate::control::RunReply {
+                        code,
+                        stdout: text,
+                        stderr: String::new(),
+                    }
+                } else {
+                    crate::control::RunReply {
+                        code,
+                        stdout: String::new(),
+                        stderr: text.trim_end().trim_start_matches("error: ").to_string(),
+                    }
+                };
+            }
+        };
+        if matches!(cli.command, Command::Run { .. }) {
+            return crate::control::RunReply {
+                code: 3,
+                stdout: String::new(),
+                stderr: "an agent is already running on this data directory".into(),
+            };
+        }
+        let mut buf = Vec::new();
+        let mut io = Io {
+            out: &mut buf,
+            stdin: req.stdin,
+            cwd: req.cwd,
+            rt: rt.clone(),
+            agent: agent.clone(),
+        };
+        let result = execute(store, cli.command, &mut io);
+        let (code, stderr) = match result {
+            Ok(()) => (0, String::new()),
+            Err(e) => (e.exit_code(), e.to_string()),
+        };
+        crate::control::RunReply {
+            code,
+            stdout: String::from_utf8_lossy(&buf).into_owned(),
+            stderr,
+        }
+    });
+    crate::control::Executor { app, run }
+}
+
+/// Runs one command against an open store.
+pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<(), CliError> {
+    let app = App::new(store.clone(), io.agent.clone());
+    let insecure = matches!(
+        command,
+        Command::Sync {
+            insecure_plaintext: true,
+            ..
+        } | Command::Verify {
+            insecure_plaintext: true,
+            ..
+        }
+    );
+    let door = Door::Local {
+        app: &app,
+        insecure,
+    };
+    if is_typed(&command) {
+        return typed(&door, command, io);
+    }
+    match command {
+        Command::Init {
+            name,
+            owner,
+            contact,
+            mesh,
+        } => mesh::init(&app, name, owner, contact, mesh, io),
+        Command::Mesh(m) => mesh::mesh_command(&app, m, io),
+        Command::List {
+            table,
+            include_deleted,
+        } => records::list(&app, &table, include_deleted, io),
+        Command::Import {
+            table,
+            file,
+            key,
+            new_ids,
+            delimiter,
+            sheet,
+            text,
+        } => {
+            let delimiter = delimiter
+                .as_deref()
+                .map(records::parse_delimiter)
+                .transpose()?;
+            let opts = crate::import::ImportOptions {
+                key,
+                new_ids,
+                delimiter,
+                sheet,
+                text,
+                // Undocumented in --help: lets tests stage an import with a small file.
+                chunk_rows: std::env::var("FIELDSYNC_IMPORT_CHUNK_ROWS")
+                    .ok()
+                    .and_then(|v| v.parse().ok()),
+            };
+            records::import(&app, &table, &file, &opts, io)
+        }
+        Command::Export {
+            table,
+            format,
+            include_deleted,
+        } => records::export(&app, &table, format, include_deleted, io),
+        Command::Apply { file } => records::apply(&app, &file, io),
+        Command::Digest { tables } => records::digest(&app, tables, io),
+        Command::Put { .. }
+        | Command::Patch { .. }
+        | Command::Delete { .. }
+        | Command::Get { .. }
+        | Command::Tables
+        | Command::History { .. }
+        | Command::Conflicts(_)
+        | Command::Status
+        | Command::Peers
+        | Command::Sync { .. }
+        | Command::Verify { .. } => typed(&door, command, io),
+        Command::Run { .. } => Err(CliError::Invalid(
+            "`run` cannot be started from inside a running agent".into(),
+        )),
+        Command::Generate(what) => admin::generate(what, io.out, &mut io.stdin, &io.cwd),
+        Command::Backup { file } => admin::backup(&app, &file, io),
+        Command::Restore {
+            file,
+            force,
+            take_over_identity,
+        } => admin::restore(&app, &file, force, take_over_identity, io),
+        Command::Doctor => {
+            crate::doctor::run_with_store(store, io.agent.as_ref().map(|a| &a.live), io.out)
+        }
+        Command::Repair => Err(CliError::Invalid(format!(
+            "the database in {} opens (the agent is running on it): nothing to repair",
+            store.dir().display()
+        ))),
+    }
+}
+
+/// True for the commands that are typed application-layer operations ([`crate::control::Op`]):
+/// run in this process, or sent to the agent that holds the database as typed values.
+fn is_typed(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Put { .. }
+            | Command::Patch { .. }
+            | Command::Delete { .. }
+            | Command::Get { .. }
+            | Command::Tables
+            | Command::History { .. }
+            | Command::Conflicts(_)
+            | Command::Status
+            | Command::Peers
+            | Command::Sync { .. }
+            | Command::Verify { .. }
+    )
+}
+
+/// Runs a typed command through `door` and prints its output.
+fn typed(door: &Door<'_>, command: Command, io: &mut Io<'_>) -> Result<(), CliError> {
+    match command {
+        Command::Put { table, id, json } => records::put(door, &table, id, &json, io),
+        Command::Patch { table, id, json } => records::patch(door, &table, &id, &json, io),
+        Command::Delete { table, id } => records::delete(door, &table, &id, io),
+        Command::Get {
+            table,
+            id,
+            meta,
+            include_deleted,
+        } => records::get(door, &table, &id, meta, include_deleted, io),
+        Command::Tables => records::tables(door, io),
+        Command::History { table, id } => records::history(door, &table, &id, io),
+        Command::Conflicts(args) => records::conflicts(door, args, io),
+        Command::Status => admin::status(door, io),
+        Command::Peers => admin::peers(door, io),
+        Command::Sync { addr, .. } => sync::sync(door, &addr, io),
+        Command::Verify { addr, .. } => sync::verify(door, &addr, io),
+        _ => Err(CliError::Invalid(
+            "this command is not a typed operation".into(),
+        )),
+    }
+}
+
+/// Where typed operations run: in this process, or in the agent that holds the database
+/// (through the control endpoint's `control_op`).
+pub enum Door<'a> {
+    /// This process has the database open.
+    Local {
+        /// The application.
+        app: &'a App,
+        /// `--insecure-plaintext` for a one-shot sync or verify.
+        insecure: bool,
+    },
+    /// A running agent holds the database in this data directory.
+    Agent(&'a Path),
+}
+
+impl Door<'_> {
+    /// Runs one operation and decodes its typed output.
+    pub fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        op: crate::control::Op,
+        io: &Io<'_>,
+    ) -> Result<T, CliError> {
+        use crate::control::{ControlError, Op};
+        let v = match self {
+            Door::Local { app, insecure } => {
+                let transport = match (&op, app.agent()) {
+                    (Op::Sync { .. } | Op::Verify { .. }, None) => {
+                        Some(resolve_transport(app.store(), *insecure)?)
+                    }
+                    _ => None,
+                };
+                io.rt
+                    .block_on(crate::control::dispatch(app, op, transport))?
+            }
+            Door::Agent(dir) => {
+                io.rt
+                    .block_on(crate::control::call(dir, op))
+                    .map_err(|e| match e {
+                        ControlError::Failed { exit, message } => CliError::Forwarded {
+                            code: exit,
+                            message,
+                        },
+                        other => CliError::Io(format!(
+                            "the database in {} is in use by another process, and {other}",
+                            dir.display()
+                        )),
+                    })?
+            }
+        };
+        serde_json::from_value(v)
+            .map_err(|e| CliError::Io(format!("unexpected reply from the application layer: {e}")))
+    }
+}
+
+/// Prints one JSON value as a line.
+fn print(out: &mut dyn Write, v: &Value) -> Result<(), CliError> {
+    writeln!(out, "{v}").map_err(CliError::Output)
+}
+
+fn invalid(e: impl std::fmt::Display) -> CliError {
+    CliError::Invalid(e.to_string())
+}
+
+/// Reads a JSON argument, or stdin for `-`.
+fn read_json_arg(arg: &str, stdin: &mut Option<String>) -> Result<Value, CliError> {
+    let text = if arg == "-" {
+        match stdin.take() {
+            Some(s) => s,
+            None => {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| CliError::Io(format!("reading stdin: {e}")))?;
+                s
+            }
+        }
+    } else {
+        arg.to_string()
+    };
+    serde_json::from_str(&text).map_err(|e| CliError::Invalid(format!("malformed JSON: {e}")))
+}
+
+fn open_input(
+    path: &Path,
+    stdin: &mut Option<String>,
+    cwd: &Path,
+) -> Result<Box<dyn Read>, CliError> {
+    if path == Path::new("-") {
+        return Ok(match stdin.take() {
+            Some(s) => Box::new(std::io::Cursor::new(s.into_bytes())),
+            None => Box::new(std::io::stdin()),
+        });
+    }
+    let path = &cwd.join(path);
+    let f = std::fs::File::open(path)
+        .map_err(|e| CliError::Invalid(format!("cannot open {}: {e}", path.display())))?;
+    Ok(Box::new(f))
+}
+
+/// Rewrites "operation N" of a batch error into the input file's line number.
+fn at_line(e: StoreError, lines: &[usize]) -> CliError {
+    match e {
+        StoreError::Op { index, source } => {
+            let line = lines.get(index).copied().unwrap_or(index + 1);
+            let msg = format!("line {line}: {source}");
+            if source.is_not_found() {
+                CliError::NotFound(msg)
+            } else if source.is_invalid_input() {
+                CliError::Invalid(msg)
+            } else {
+                CliError::Store(*source)
+            }
+        }
+        other => other.into(),
+    }
+}

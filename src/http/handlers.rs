@@ -1,0 +1,700 @@
+//! The routes: decode, call [`crate::app`] on a blocking thread, encode. See docs/API.md.
+
+use super::{same_token, ApiError, ApiState, ErrorBody, BODY_LIMIT};
+use crate::app::admin::{conflict_json, parse_keep, peer_json};
+use crate::app::changes::{Change, ChangesPage};
+use crate::app::records::{
+    etag, history_json, parse_json, BatchOp, BatchOutcome, ListPage, PatchMode, Precondition,
+    RecordView, TableInfo, WriteOutcome,
+};
+use crate::app::{App, AppError};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use utoipa::OpenApi;
+
+type St = State<Arc<ApiState>>;
+type Body = Result<Bytes, BytesRejection>;
+type Q = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+/// The OpenAPI 3 document of the API, generated from the handlers and types.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "fieldsync local API", version = "1", description = "Records, conflicts, sync and the changes feed of one fieldsync agent, for applications on the same machine. Every request needs `Authorization: Bearer TOKEN` (the token is in api.json in the data directory)."),
+    paths(
+        openapi, status, peers, sync_now, verify, tables, create, list, get_record, put_record,
+        patch_record, delete_record, history, batch, conflicts, resolve, changes
+    ),
+    components(schemas(
+        ErrorBody, RecordView, WriteOutcome, ListPage, TableInfo, BatchOp, BatchOutcome, Change,
+        ChangesPage, PeerRef, BatchRequest, ResolveRequest
+    )),
+    modifiers(&Bearer)
+)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let c = doc.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        doc.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+pub(super) fn router(state: Arc<ApiState>) -> Router {
+    let rec = "/v1/tables/{table}/records/{id}";
+    Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/sync", post(sync_now))
+        .route("/v1/verify", post(verify))
+        .route("/v1/tables", get(tables))
+        .route("/v1/tables/{table}/records", post(create).get(list))
+        .route(
+            rec,
+            get(get_record)
+                .put(put_record)
+                .patch(patch_record)
+                .delete(delete_record),
+        )
+        .route(&format!("{rec}/history"), get(history))
+        .route("/v1/batch", post(batch))
+        .route("/v1/conflicts", get(conflicts))
+        .route("/v1/conflicts/{id}/resolve", post(resolve))
+        .route("/v1/changes", get(changes))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn auth(State(st): St, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        // The scheme name is case-insensitive (RFC 9110).
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
+        });
+    match given {
+        Some(t) if same_token(t.trim().as_bytes(), st.token.as_bytes()) => {
+            // Refused before the body is read: a client that sent `Expect: 100-continue`
+            // (curl does for large bodies) gets the answer without uploading anything.
+            let declared = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+                return too_large().into_response();
+            }
+            next.run(req).await
+        }
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            None,
+            "wrong bearer token: use the token in api.json in the agent's data directory",
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            None,
+            "missing `Authorization: Bearer TOKEN`: the token is in api.json in the agent's \
+             data directory",
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "NO_SUCH_ENDPOINT",
+        None,
+        "no such endpoint: see /v1/openapi.json",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        None,
+        "this endpoint does not take that method: see /v1/openapi.json",
+    )
+}
+
+/// Runs an application call on a blocking thread (sled reads, fsyncs).
+async fn blocking<T: Send + 'static>(
+    st: &Arc<ApiState>,
+    f: impl FnOnce(&App) -> Result<T, AppError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let app = st.app.clone();
+    tokio::task::spawn_blocking(move || f(&app))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                None,
+                format!("the request's task failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "BODY_TOO_LARGE",
+        None,
+        format!(
+            "request body over {} MiB: split it into smaller batches",
+            BODY_LIMIT >> 20
+        ),
+    )
+}
+
+fn body_bytes(body: Body) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            ApiError::bad(
+                "BAD_BODY",
+                "body",
+                format!("cannot read the request body: {e}"),
+            )
+        }
+    })
+}
+
+fn body_json(body: Body) -> Result<Value, ApiError> {
+    parse_json(&body_bytes(body)?).map_err(ApiError::from)
+}
+
+fn body_typed<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = body_bytes(body)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad("MALFORMED_JSON", "body", format!("request body: {e}")))
+}
+
+/// Query parameters as pairs; `known` are the only names allowed (plus `field.NAME` when
+/// `filters` is true).
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn new(q: Q, known: &[&str], filters: bool) -> Result<Self, ApiError> {
+        let Query(pairs) = q.map_err(|e| {
+            ApiError::bad("BAD_QUERY", "query", format!("malformed query string: {e}"))
+        })?;
+        for (k, _) in &pairs {
+            let allowed = known.contains(&k.as_str()) || (filters && k.starts_with("field."));
+            if !allowed {
+                return Err(ApiError::bad(
+                    "UNKNOWN_PARAMETER",
+                    k,
+                    format!(
+                        "query parameter {k:?} is unknown here: use {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(Params(pairs))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.get(name) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("true") | Some("1") | Some("") => Ok(true),
+            Some(v) => Err(ApiError::bad(
+                "BAD_QUERY",
+                name,
+                format!("{name}={v:?} is not a boolean: use true or false"),
+            )),
+        }
+    }
+
+    fn number(&self, name: &str, default: u64) -> Result<u64, ApiError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| {
+                ApiError::bad(
+                    "BAD_QUERY",
+                    name,
+                    format!("{name}={v:?} is not a non-negative integer"),
+                )
+            }),
+        }
+    }
+}
+
+fn precondition(h: &HeaderMap) -> Result<Precondition, ApiError> {
+    let text = |name: header::HeaderName| -> Result<Option<String>, ApiError> {
+        h.get(&name)
+            .map(|v| {
+                v.to_str().map(str::to_string).map_err(|_| {
+                    ApiError::bad("BAD_HEADER", name.as_str(), "header is not ASCII text")
+                })
+            })
+            .transpose()
+    };
+    if let Some(m) = text(header::IF_MATCH)? {
+        return Ok(Precondition::Match(
+            m.split(',').map(|t| t.trim().to_string()).collect(),
+        ));
+    }
+    match text(header::IF_NONE_MATCH)?.as_deref() {
+        None => Ok(Precondition::None),
+        Some("*") => Ok(Precondition::NoneMatch),
+        Some(_) => Err(ApiError::bad(
+            "BAD_HEADER",
+            "if-none-match",
+            "only `If-None-Match: *` (create only) is supported on writes",
+        )),
+    }
+}
+
+fn with_etag(mut r: Response, seq: u64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&etag(seq)) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+fn written(o: WriteOutcome, status: StatusCode) -> Response {
+    let seq = o.seq;
+    let loc = format!("/v1/tables/{}/records/{}", o.table, o.id);
+    let mut r = with_etag((status, Json(o)).into_response(), seq);
+    if status == StatusCode::CREATED {
+        if let Ok(v) = HeaderValue::from_str(&loc) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+    }
+    r
+}
+
+/// The OpenAPI 3 document of this API.
+#[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "The OpenAPI document", body = Object)))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// This instance, record counts, conflicts, peers summary, agent state (as `fieldsync status`).
+#[utoipa::path(get, path = "/v1/status", responses((status = 200, description = "Status", body = Object), (status = 401, body = ErrorBody)))]
+async fn status(State(st): St) -> Result<Json<Value>, ApiError> {
+    Ok(Json(blocking(&st, |a| a.status()).await?))
+}
+
+/// The sync_instance table: one row per peer instance (as `fieldsync peers`).
+#[utoipa::path(get, path = "/v1/peers", responses((status = 200, description = "Peer rows", body = Vec<Object>)))]
+async fn peers(State(st): St) -> Result<Json<Vec<Value>>, ApiError> {
+    let rows = blocking(&st, |a| a.peers()).await?;
+    Ok(Json(rows.iter().map(peer_json).collect()))
+}
+
+/// A peer, by instance id, display name or `HOST:PORT`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct PeerRef {
+    /// Instance id, display name of a known peer, or `HOST:PORT`.
+    peer: String,
+}
+
+/// Runs one sync session with a peer now, both directions.
+#[utoipa::path(post, path = "/v1/sync", request_body = PeerRef, responses(
+    (status = 200, description = "Per direction: pages, records, applied, conflicts, bytes, ms", body = Object),
+    (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    (status = 502, description = "The peer could not be reached or refused", body = ErrorBody),
+    (status = 503, description = "Sync is off (not joined)", body = ErrorBody)))]
+async fn sync_now(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
+    let p: PeerRef = body_typed(body)?;
+    let r = st.app.sync(&p.peer, None).await?;
+    Ok(Json(json!({
+        "peer": r.peer.instance, "peer_name": r.peer.name,
+        "received": r.received, "sent": r.sent,
+    })))
+}
+
+/// Compares every table with a peer (digests only, no records copied).
+#[utoipa::path(post, path = "/v1/verify", request_body = PeerRef, responses(
+    (status = 200, description = "in_sync overall and per table", body = Object),
+    (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn verify(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
+    let p: PeerRef = body_typed(body)?;
+    let checks = st.app.verify(&p.peer, None).await?;
+    Ok(Json(json!({
+        "in_sync": checks.iter().all(|c| c.in_sync), "tables": checks,
+    })))
+}
+
+/// Table names with live and deleted counts.
+#[utoipa::path(get, path = "/v1/tables", responses((status = 200, body = Vec<TableInfo>)))]
+async fn tables(State(st): St) -> Result<Json<Vec<TableInfo>>, ApiError> {
+    Ok(Json(blocking(&st, |a| a.tables()).await?))
+}
+
+/// Creates a record with a server-made id. Body: the fields as a JSON object.
+#[utoipa::path(post, path = "/v1/tables/{table}/records", request_body = Object,
+    params(("table" = String, Path, description = "Table name: a-z, 0-9, _")),
+    responses((status = 201, description = "Created; ETag and Location headers", body = WriteOutcome),
+    (status = 400, body = ErrorBody), (status = 409, description = "A unique value is already used", body = ErrorBody),
+    (status = 413, body = ErrorBody)))]
+async fn create(
+    State(st): St,
+    Path(table): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let fields = body_json(body)?;
+    let o = blocking(&st, move |a| {
+        a.put(&table, None, fields, &Precondition::None)
+    })
+    .await?;
+    Ok(written(o, StatusCode::CREATED))
+}
+
+/// One page of a table in id order. Filters: `field.NAME=VALUE` (VALUE as JSON, else a string).
+#[utoipa::path(get, path = "/v1/tables/{table}/records",
+    params(("table" = String, Path,),
+        ("after" = Option<String>, Query, description = "Only ids after this one (the `next` of the previous page)"),
+        ("limit" = Option<u64>, Query, description = "Records per page, 1-1000, default 100"),
+        ("include_deleted" = Option<bool>, Query, description = "Include deleted records"),
+        ("field.NAME" = Option<String>, Query, description = "Only records whose field NAME equals this value")),
+    responses((status = 200, body = ListPage), (status = 400, body = ErrorBody)))]
+async fn list(State(st): St, Path(table): Path<String>, q: Q) -> Result<Json<ListPage>, ApiError> {
+    let p = Params::new(q, &["after", "limit", "include_deleted"], true)?;
+    let limit = p.number("limit", 100)? as usize;
+    let deleted = p.flag("include_deleted")?;
+    let after = p.get("after").map(str::to_string);
+    let filters: Vec<(String, Value)> =
+        p.0.iter()
+            .filter_map(|(k, v)| {
+                let f = k.strip_prefix("field.")?;
+                let val = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.clone()));
+                Some((f.to_string(), val))
+            })
+            .collect();
+    let page = blocking(&st, move |a| {
+        a.list(&table, after.as_deref(), limit, deleted, &filters)
+    })
+    .await?;
+    Ok(Json(page))
+}
+
+/// One record, with its revision as ETag; `at` shows it as of a revision from its history.
+#[utoipa::path(get, path = "/v1/tables/{table}/records/{id}",
+    params(("table" = String, Path,), ("id" = String, Path, description = "Record id (UUID)"),
+        ("include_deleted" = Option<bool>, Query,), ("at" = Option<String>, Query, description = "A revision stamp (`at` of a history entry)")),
+    responses((status = 200, description = "The record; ETag header", body = RecordView),
+        (status = 404, description = "NOT_FOUND or RECORD_DELETED", body = ErrorBody)))]
+async fn get_record(
+    State(st): St,
+    Path((table, id)): Path<(String, String)>,
+    q: Q,
+) -> Result<Response, ApiError> {
+    let p = Params::new(q, &["include_deleted", "at"], false)?;
+    let deleted = p.flag("include_deleted")?;
+    let at = p.get("at").map(str::to_string);
+    let v = blocking(&st, move |a| match at {
+        Some(at) => a.get_at(&table, &id, &at),
+        None => a.get(&table, &id, deleted).map(|(v, _)| v),
+    })
+    .await?;
+    let seq = v.seq;
+    Ok(with_etag(Json(v).into_response(), seq))
+}
+
+/// Creates or replaces a record: fields not in the body are removed. If-Match: only if the
+/// record is still at that revision (else 412); If-None-Match: * only if it does not exist.
+#[utoipa::path(put, path = "/v1/tables/{table}/records/{id}", request_body = Object,
+    params(("table" = String, Path,), ("id" = String, Path,),
+        ("If-Match" = Option<String>, Header, description = "ETag from a read"),
+        ("If-None-Match" = Option<String>, Header, description = "`*`: create only")),
+    responses((status = 200, body = WriteOutcome), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 412, description = "The record changed", body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
+async fn put_record(
+    State(st): St,
+    Path((table, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let pre = precondition(&headers)?;
+    let fields = body_json(body)?;
+    let o = blocking(&st, move |a| a.put(&table, Some(&id), fields, &pre)).await?;
+    Ok(written(o, StatusCode::OK))
+}
+
+/// JSON merge patch (RFC 7396): given fields change, nested objects merge, null removes.
+#[utoipa::path(patch, path = "/v1/tables/{table}/records/{id}", request_body = Object,
+    params(("table" = String, Path,), ("id" = String, Path,), ("If-Match" = Option<String>, Header,)),
+    responses((status = 200, body = WriteOutcome), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
+async fn patch_record(
+    State(st): St,
+    Path((table, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let pre = precondition(&headers)?;
+    let patch = body_json(body)?;
+    let o = blocking(&st, move |a| {
+        a.patch(&table, &id, patch, PatchMode::MergePatch, &pre)
+    })
+    .await?;
+    Ok(written(o, StatusCode::OK))
+}
+
+/// Deletes a record (a tombstone that syncs; history stays).
+#[utoipa::path(delete, path = "/v1/tables/{table}/records/{id}",
+    params(("table" = String, Path,), ("id" = String, Path,), ("If-Match" = Option<String>, Header,)),
+    responses((status = 200, body = WriteOutcome), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
+async fn delete_record(
+    State(st): St,
+    Path((table, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let pre = precondition(&headers)?;
+    let o = blocking(&st, move |a| a.delete(&table, &id, &pre)).await?;
+    Ok(written(o, StatusCode::OK))
+}
+
+/// Every revision of a record, oldest first (as `fieldsync history`).
+#[utoipa::path(get, path = "/v1/tables/{table}/records/{id}/history",
+    params(("table" = String, Path,), ("id" = String, Path,)),
+    responses((status = 200, body = Vec<Object>), (status = 404, body = ErrorBody)))]
+async fn history(
+    State(st): St,
+    Path((table, id)): Path<(String, String)>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let h = blocking(&st, move |a| a.history(&table, &id)).await?;
+    Ok(Json(h.iter().map(history_json).collect()))
+}
+
+/// A batch of operations.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    /// The operations, applied in order.
+    ops: Vec<BatchOp>,
+}
+
+/// Applies put/patch/delete operations all or nothing (like `fieldsync apply`).
+#[utoipa::path(post, path = "/v1/batch", request_body = BatchRequest,
+    responses((status = 200, body = BatchOutcome),
+        (status = 400, description = "`field` names the failing op, e.g. ops[2].id; nothing written", body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
+async fn batch(State(st): St, body: Body) -> Result<Json<BatchOutcome>, ApiError> {
+    let req: BatchRequest = body_typed(body)?;
+    Ok(Json(blocking(&st, move |a| a.batch(req.ops)).await?))
+}
+
+/// The conflict log, unresolved first (as `fieldsync conflicts`).
+#[utoipa::path(get, path = "/v1/conflicts",
+    params(("table" = Option<String>, Query,), ("all" = Option<bool>, Query, description = "Include resolved ones")),
+    responses((status = 200, body = Vec<Object>)))]
+async fn conflicts(State(st): St, q: Q) -> Result<Json<Vec<Value>>, ApiError> {
+    let p = Params::new(q, &["table", "all"], false)?;
+    let all = p.flag("all")?;
+    let table = p.get("table").map(str::to_string);
+    let list = blocking(&st, move |a| a.conflicts(table.as_deref(), all)).await?;
+    Ok(Json(list.iter().map(conflict_json).collect()))
+}
+
+/// How to resolve a conflict.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ResolveRequest {
+    /// `"local"`, `"remote"`, or `{"value": V}` to write V instead.
+    #[schema(value_type = Object)]
+    keep: Value,
+}
+
+/// Settles a conflict by writing the kept value as a new revision (which syncs).
+#[utoipa::path(post, path = "/v1/conflicts/{id}/resolve", request_body = ResolveRequest,
+    params(("id" = u64, Path, description = "Conflict id")),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn resolve(
+    State(st): St,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::bad(
+            "INVALID_ID",
+            "id",
+            format!("conflict id {id:?} is not a number"),
+        )
+    })?;
+    let req: ResolveRequest = body_typed(body)?;
+    let keep = match req.keep {
+        Value::String(s) if s == "local" || s == "remote" => parse_keep(&s)?,
+        Value::Object(mut m) if m.len() == 1 && m.contains_key("value") => {
+            crate::store::Keep::Value(m.remove("value").unwrap_or(Value::Null))
+        }
+        _ => {
+            return Err(ApiError::bad(
+                "INVALID_KEEP",
+                "keep",
+                "keep must be \"local\", \"remote\" or {\"value\": V}",
+            ))
+        }
+    };
+    let c = blocking(&st, move |a| a.resolve(id, keep)).await?;
+    Ok(Json(conflict_json(&c)))
+}
+
+/// Every change after `since`, in feed order. `feed=longpoll` waits (up to `timeout_ms`) for
+/// a change when there is none; `feed=sse` streams changes as server-sent events (`id` = seq,
+/// `event: change`, `data` = the change) and resumes from `Last-Event-ID`.
+#[utoipa::path(get, path = "/v1/changes",
+    params(("since" = Option<u64>, Query, description = "Feed position; 0 for everything"),
+        ("limit" = Option<u64>, Query, description = "Most changes per page, default 1000"),
+        ("feed" = Option<String>, Query, description = "normal (default), longpoll or sse"),
+        ("timeout_ms" = Option<u64>, Query, description = "longpoll: longest wait, default 30000, at most 300000")),
+    responses((status = 200, body = ChangesPage), (status = 400, body = ErrorBody)))]
+async fn changes(State(st): St, headers: HeaderMap, q: Q) -> Result<Response, ApiError> {
+    let p = Params::new(q, &["since", "limit", "feed", "timeout_ms"], false)?;
+    let mut since = p.number("since", 0)?;
+    let limit = p.number("limit", 1000)? as usize;
+    let timeout = Duration::from_millis(p.number("timeout_ms", 30_000)?.min(300_000));
+    match p.get("feed").unwrap_or("normal") {
+        "normal" => {
+            let page = blocking(&st, move |a| a.changes(since, limit)).await?;
+            Ok(Json(page).into_response())
+        }
+        "longpoll" => {
+            let mut rx = st.app.store().subscribe();
+            let mut stopping = st.stopping.clone();
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                rx.borrow_and_update();
+                let page = blocking(&st, move |a| a.changes(since, limit)).await?;
+                if !page.changes.is_empty() || tokio::time::Instant::now() >= deadline {
+                    return Ok(Json(page).into_response());
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return Ok(Json(page).into_response()) },
+                    _ = tokio::time::sleep_until(deadline) => {}
+                    _ = stopping.wait_for(|s| *s) => return Ok(Json(page).into_response()),
+                }
+            }
+        }
+        "sse" => {
+            if let Some(last) = headers
+                .get("last-event-id")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                since = since.max(last);
+            }
+            Ok(sse(st, since, limit).into_response())
+        }
+        other => Err(ApiError::bad(
+            "BAD_QUERY",
+            "feed",
+            format!("feed={other:?} is unknown: use normal, longpoll or sse"),
+        )),
+    }
+}
+
+struct Stream {
+    st: Arc<ApiState>,
+    rx: tokio::sync::watch::Receiver<u64>,
+    since: u64,
+    limit: usize,
+    buf: VecDeque<Change>,
+    done: bool,
+}
+
+fn sse(
+    st: Arc<ApiState>,
+    since: u64,
+    limit: usize,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    let rx = st.app.store().subscribe();
+    let s = Stream {
+        st,
+        rx,
+        since,
+        limit,
+        buf: VecDeque::new(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(s, |mut s| async move {
+        loop {
+            if s.done {
+                return None;
+            }
+            if let Some(c) = s.buf.pop_front() {
+                let ev = Event::default()
+                    .id(c.seq.to_string())
+                    .event("change")
+                    .json_data(&c)
+                    .unwrap_or_else(|_| Event::default().comment("unencodable change"));
+                return Some((Ok(ev), s));
+            }
+            s.rx.borrow_and_update();
+            let (since, limit) = (s.since, s.limit);
+            match blocking(&s.st, move |a| a.changes(since, limit)).await {
+                Ok(page) if !page.changes.is_empty() => {
+                    s.since = page.last_seq;
+                    s.buf.extend(page.changes);
+                }
+                Ok(_) => {
+                    let mut stopping = s.st.stopping.clone();
+                    tokio::select! {
+                        r = s.rx.changed() => if r.is_err() { return None },
+                        _ = stopping.wait_for(|v| *v) => return None,
+                    }
+                }
+                Err(e) => {
+                    s.done = true;
+                    let ev = Event::default()
+                        .event("error")
+                        .json_data(json!({"code": e.code, "message": e.message}))
+                        .unwrap_or_default();
+                    return Some((Ok(ev), s));
+                }
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

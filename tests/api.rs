@@ -1,0 +1,911 @@
+//! The HTTP API end to end: a real `fieldsync run` agent serving on 127.0.0.1, spoken to over
+//! real TCP with a minimal HTTP/1.1 client (so every byte on the wire is what an application
+//! would send), checked the way an application would check it.
+
+mod common;
+
+use common::agent::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Longest any one request may take (a long poll included): a hang fails the test.
+const REQ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An HTTP response.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {} body is not JSON ({e}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts an error response: status, the JSON {code, message, field} shape and the code.
+    #[track_caller]
+    fn error(&self, status: u16, code: &str) -> Value {
+        let v = self.json();
+        assert_eq!(self.status, status, "{v}");
+        assert_eq!(v["code"], code, "{v}");
+        let m = v["message"].as_str().expect("message");
+        assert!(
+            !m.is_empty() && !m.contains('\n'),
+            "one-line message: {m:?}"
+        );
+        assert!(v.as_object().unwrap().contains_key("field"), "{v}");
+        v
+    }
+}
+
+/// The agent's API as an application finds it: URL and token from api.json.
+#[derive(Clone)]
+struct Api {
+    addr: String,
+    token: String,
+}
+
+impl Api {
+    fn of(dir: &Path) -> Api {
+        let f: Value =
+            serde_json::from_slice(&std::fs::read(dir.join("api.json")).expect("api.json"))
+                .expect("api.json is JSON");
+        let url = f["url"].as_str().expect("url");
+        Api {
+            addr: url.trim_start_matches("http://").to_string(),
+            token: f["token"].as_str().expect("token").to_string(),
+        }
+    }
+
+    fn open(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> TcpStream {
+        let mut s = TcpStream::connect(&self.addr).expect("connect to the API");
+        s.set_read_timeout(Some(REQ_TIMEOUT)).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            head.push_str(&format!("Authorization: Bearer {}\r\n", self.token));
+        }
+        for (k, v) in headers {
+            if !v.is_empty() {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        s
+    }
+
+    fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        read_response(self.open(method, path, headers, body))
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        self.req("GET", path, &[], b"")
+    }
+
+    fn send(&self, method: &str, path: &str, body: &Value) -> Resp {
+        self.req(method, path, &[], body.to_string().as_bytes())
+    }
+}
+
+fn read_response(s: TcpStream) -> Resp {
+    let mut r = BufReader::new(s);
+    let (status, headers) = read_head(&mut r);
+    let mut body = Vec::new();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let n = usize::from_str_radix(line.trim(), 16).expect("chunk size");
+            if n == 0 {
+                break;
+            }
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).unwrap();
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else {
+        r.read_to_end(&mut body).unwrap();
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn read_head(r: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).unwrap();
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').expect("header line");
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    (status, headers)
+}
+
+/// An agent with the API on a free port of 127.0.0.1.
+fn agent(dir: &Path) -> (Agent, Api) {
+    let a = Agent::start_with(dir, &["--api-listen", "127.0.0.1:0"]);
+    let api = Api::of(dir);
+    (a, api)
+}
+
+fn rec_path(table: &str, id: &str) -> String {
+    format!("/v1/tables/{table}/records/{id}")
+}
+
+fn new_root() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = data_dir(tmp.path(), "a");
+    (tmp, dir)
+}
+
+#[test]
+fn records_crud_paging_filters_history_and_batch() {
+    let (_tmp, dir) = new_root();
+    let (_a, api) = agent(&dir);
+
+    // The token file is the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.join("api.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Create: server-made id, 201, Location and ETag.
+    let r = api.send(
+        "POST",
+        "/v1/tables/person/records",
+        &json!({"name": "Amina", "age": 34, "address": {"city": "Jos", "street": "Main"}}),
+    );
+    assert_eq!(r.status, 201, "{}", r.json());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let etag = r.header("etag").expect("ETag").to_string();
+    assert_eq!(r.header("location"), Some(rec_path("person", &id).as_str()));
+
+    // Get: the record, the same ETag, and the CLI sees the same record.
+    let g = api.get(&rec_path("person", &id));
+    assert_eq!(g.status, 200);
+    assert_eq!(g.header("etag"), Some(etag.as_str()));
+    assert_eq!(g.json()["fields"]["address"]["city"], "Jos");
+    let cli = run(&dir, &["get", "person", &id]).ok().json();
+    assert_eq!(cli["fields"], g.json()["fields"]);
+
+    // Patch is a JSON merge patch: nested objects merge, null removes at any depth.
+    let p = api.send(
+        "PATCH",
+        &rec_path("person", &id),
+        &json!({"address": {"street": null, "zip": "930"}, "age": null, "status": "found"}),
+    );
+    assert_eq!(p.status, 200, "{}", p.json());
+    assert_ne!(p.header("etag"), Some(etag.as_str()));
+    let f = api.get(&rec_path("person", &id)).json()["fields"].clone();
+    assert_eq!(
+        f,
+        json!({"name": "Amina", "status": "found", "address": {"city": "Jos", "zip": "930"}})
+    );
+
+    // Put replaces; same values again is "written": false with the same ETag.
+    let id2 = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    let put = api.send(
+        "PUT",
+        &rec_path("person", id2),
+        &json!({"name": "Bello", "age": 7}),
+    );
+    assert_eq!(put.status, 200);
+    assert_eq!(put.json()["written"], true);
+    let again = api.send(
+        "PUT",
+        &rec_path("person", id2),
+        &json!({"name": "Bello", "age": 7}),
+    );
+    assert_eq!(again.json()["written"], false);
+    assert_eq!(again.header("etag"), put.header("etag"));
+
+    // History, and the record as of its first revision.
+    let h = api
+        .get(&format!("{}/history", rec_path("person", &id)))
+        .json();
+    let h = h.as_array().unwrap();
+    assert_eq!(h.len(), 2, "{h:?}");
+    let first = h[0]["at"].as_str().unwrap();
+    let at = api.get(&format!(
+        "{}?at={}",
+        rec_path("person", &id),
+        first.replace('#', "%23")
+    ));
+    assert_eq!(at.status, 200, "{}", at.json());
+    assert_eq!(at.json()["fields"]["age"], 34);
+
+    // Paging by id and a field filter.
+    let ops: Vec<Value> = (0..25)
+        .map(|i| json!({"op": "put", "table": "shelter", "fields": {"n": i, "kind": if i % 5 == 0 {"school"} else {"tent"}}}))
+        .collect();
+    let b = api.send("POST", "/v1/batch", &json!({"ops": ops}));
+    assert_eq!(b.status, 200, "{}", b.json());
+    assert_eq!(b.json()["written"], 25);
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    for _ in 0..10 {
+        let q = if after.is_empty() {
+            "/v1/tables/shelter/records?limit=10".to_string()
+        } else {
+            format!("/v1/tables/shelter/records?limit=10&after={after}")
+        };
+        let page = api.get(&q).json();
+        for r in page["records"].as_array().unwrap() {
+            seen.push(r["id"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            Some(n) => after = n.to_string(),
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(
+        (seen.len(), &sorted),
+        (25, &seen),
+        "ids once each, in order"
+    );
+    let schools = api
+        .get("/v1/tables/shelter/records?field.kind=school")
+        .json();
+    assert_eq!(schools["records"].as_array().unwrap().len(), 5);
+    let n3 = api.get("/v1/tables/shelter/records?field.n=3").json();
+    assert_eq!(n3["records"][0]["fields"]["n"], 3);
+
+    // Delete: then 404 RECORD_DELETED, visible with include_deleted.
+    let d = api.req("DELETE", &rec_path("person", id2), &[], b"");
+    assert_eq!(d.status, 200);
+    api.get(&rec_path("person", id2))
+        .error(404, "RECORD_DELETED");
+    let dd = api.get(&format!("{}?include_deleted=true", rec_path("person", id2)));
+    assert_eq!(dd.json()["deleted"], true);
+
+    // Tables, status (with the API URL, also through the CLI), peers, OpenAPI.
+    let t = api.get("/v1/tables").json();
+    assert!(t
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["table"] == "shelter" && t["live"] == 25));
+    let s = api.get("/v1/status").json();
+    assert_eq!(s["tables"]["person"]["deleted"], 1);
+    let url = format!("http://{}", api.addr);
+    assert_eq!(s["agent"]["api"], url.as_str());
+    assert_eq!(
+        run(&dir, &["status"]).ok().json()["agent"]["api"],
+        url.as_str()
+    );
+    assert_eq!(api.get("/v1/peers").json(), json!([]));
+    let doc = api.get("/v1/openapi.json").json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for p in [
+        "/v1/changes",
+        "/v1/batch",
+        "/v1/tables/{table}/records/{id}",
+        "/v1/sync",
+    ] {
+        assert!(doc["paths"].get(p).is_some(), "{p} in the OpenAPI document");
+    }
+}
+
+#[test]
+fn every_error_is_json_with_a_code_and_writes_nothing() {
+    let (_tmp, dir) = new_root();
+    std::fs::write(dir.join("fieldsync.toml"), "unique = [\"person.case\"]\n").unwrap();
+    let (_a, api) = agent(&dir);
+    let id = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    let ok = api.send("PUT", &rec_path("person", id), &json!({"case": "C1"}));
+    assert_eq!(ok.status, 200);
+    let head = api.get("/v1/status").json()["feed_seq"].clone();
+
+    // 401: no token, wrong token.
+    // (An empty Authorization value makes the test client send no Authorization header.)
+    api.req("GET", "/v1/status", &[("Authorization", "")], b"")
+        .error(401, "UNAUTHORIZED");
+    let wrong = api.req(
+        "GET",
+        "/v1/status",
+        &[("Authorization", "Bearer nope")],
+        b"",
+    );
+    wrong.error(401, "UNAUTHORIZED");
+    assert_eq!(wrong.header("www-authenticate"), Some("Bearer"));
+    let lower = format!("bearer {}", api.token);
+    let ok = api.req("GET", "/v1/status", &[("Authorization", &lower)], b"");
+    assert_eq!(ok.status, 200, "the scheme name is case-insensitive");
+
+    // 400s name the field.
+    let e = api
+        .send("POST", "/v1/tables/Bad!/records", &json!({}))
+        .error(400, "INVALID_TABLE");
+    assert_eq!(e["field"], "table");
+    let e = api
+        .send("PUT", &rec_path("person", "not-a-uuid"), &json!({}))
+        .error(400, "INVALID_ID");
+    assert_eq!(e["field"], "id");
+    api.req("PUT", &rec_path("person", id), &[], b"{not json")
+        .error(400, "MALFORMED_JSON");
+    api.send("PUT", &rec_path("person", id), &json!([1]))
+        .error(400, "INVALID_FIELDS");
+    api.send("PUT", &rec_path("fs_revocations", id), &json!({}))
+        .error(400, "RESERVED_TABLE");
+    api.get("/v1/tables/person/records?limit=x")
+        .error(400, "BAD_QUERY");
+    api.get("/v1/tables/person/records?bogus=1")
+        .error(400, "UNKNOWN_PARAMETER");
+    api.get("/v1/changes?feed=stream").error(400, "BAD_QUERY");
+    let e = api
+        .send(
+            "POST",
+            "/v1/batch",
+            &json!({"ops": [
+                {"op": "put", "table": "person", "fields": {"case": "C9"}},
+                {"op": "patch", "table": "person", "id": "x", "fields": {}}]}),
+        )
+        .error(400, "INVALID_ID");
+    assert_eq!(e["field"], "ops[1].id");
+    api.send(
+        "POST",
+        "/v1/batch",
+        &json!({"ops": [{"op": "upsert", "table": "t"}]}),
+    )
+    .error(400, "INVALID_OP");
+    let e = api
+        .send(
+            "POST",
+            "/v1/batch",
+            &json!({"ops": [
+                {"op": "put", "table": "person", "fields": {"case": "C9"}},
+                {"op": "delete", "table": "person", "id": "0f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b"}]}),
+        )
+        .error(404, "NOT_FOUND");
+    let _ = e;
+    api.get("/v1/conflicts/x/resolve")
+        .error(405, "METHOD_NOT_ALLOWED");
+    api.send("POST", "/v1/conflicts/x/resolve", &json!({"keep": "local"}))
+        .error(400, "INVALID_ID");
+    api.send("POST", "/v1/conflicts/7/resolve", &json!({"keep": 3}))
+        .error(400, "INVALID_KEEP");
+
+    // 404s.
+    let other = "0f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    api.get(&rec_path("person", other)).error(404, "NOT_FOUND");
+    api.send("PATCH", &rec_path("person", other), &json!({"a": 1}))
+        .error(404, "NOT_FOUND");
+    api.send("POST", "/v1/conflicts/7/resolve", &json!({"keep": "local"}))
+        .error(404, "CONFLICT_NOT_FOUND");
+    api.get("/v1/nothing").error(404, "NO_SUCH_ENDPOINT");
+
+    // 409: a unique value already used.
+    let e = api
+        .send("POST", "/v1/tables/person/records", &json!({"case": "C1"}))
+        .error(409, "UNIQUE_CLASH");
+    assert_eq!(e["field"], "fields.case");
+
+    // 412: If-Match with a stale revision, If-None-Match: * on an existing record.
+    api.req(
+        "PUT",
+        &rec_path("person", id),
+        &[("If-Match", "\"1234567\"")],
+        b"{\"case\":\"C2\"}",
+    )
+    .error(412, "REVISION_MISMATCH");
+    api.req(
+        "PUT",
+        &rec_path("person", id),
+        &[("If-None-Match", "*")],
+        b"{\"case\":\"C2\"}",
+    )
+    .error(412, "REVISION_MISMATCH");
+
+    // 413: over the body limit, refused before the body is sent.
+    let s = api.open(
+        "PUT",
+        &rec_path("person", id),
+        &[("Content-Length", ""), ("Expect", "100-continue")],
+        b"",
+    );
+    drop(s);
+    let mut s = TcpStream::connect(&api.addr).unwrap();
+    s.set_read_timeout(Some(REQ_TIMEOUT)).unwrap();
+    write!(
+        s,
+        "PUT {} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        rec_path("person", id),
+        api.token,
+        17 << 20
+    )
+    .unwrap();
+    read_response(s).error(413, "BODY_TOO_LARGE");
+
+    // Nothing of all that was written, and the agent still serves.
+    let s = api.get("/v1/status").json();
+    assert_eq!(s["feed_seq"], head, "no failed request wrote anything");
+    assert_eq!(
+        api.get(&rec_path("person", id)).json()["fields"],
+        json!({"case": "C1"})
+    );
+}
+
+#[test]
+fn if_match_lets_exactly_one_of_two_racing_writers_win() {
+    let (_tmp, dir) = new_root();
+    let (_a, api) = agent(&dir);
+    let id = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    api.send("PUT", &rec_path("person", id), &json!({"n": 0}));
+    for round in 0..20 {
+        let etag = api
+            .get(&rec_path("person", id))
+            .header("etag")
+            .unwrap()
+            .to_string();
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let (api, etag) = (api.clone(), etag.clone());
+                std::thread::spawn(move || {
+                    let body = json!({"n": round, "by": w}).to_string();
+                    api.req(
+                        "PUT",
+                        &rec_path("person", id),
+                        &[("If-Match", &etag)],
+                        body.as_bytes(),
+                    )
+                    .status
+                })
+            })
+            .collect();
+        let mut codes: Vec<u16> = writers.into_iter().map(|t| t.join().unwrap()).collect();
+        codes.sort();
+        assert_eq!(
+            codes,
+            vec![200, 412],
+            "round {round}: one wins, one is told"
+        );
+    }
+    let h = api
+        .get(&format!("{}/history", rec_path("person", id)))
+        .json();
+    assert_eq!(h.as_array().unwrap().len(), 21, "one revision per round");
+}
+
+/// Reads the feed from `since` until it is empty; returns (changes, last_seq).
+fn drain(api: &Api, mut since: u64) -> (Vec<Value>, u64) {
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        let page = api
+            .get(&format!("/v1/changes?since={since}&limit=7"))
+            .json();
+        let changes = page["changes"].as_array().unwrap().clone();
+        if changes.is_empty() {
+            return (out, since);
+        }
+        since = page["last_seq"].as_u64().unwrap();
+        out.extend(changes);
+    }
+    panic!("feed did not end");
+}
+
+#[test]
+fn changes_feed_resumes_exactly_after_restarts_and_kill_9() {
+    let (_tmp, dir) = new_root();
+    let (mut a, api) = agent(&dir);
+    let mut written = Vec::new();
+    for i in 0..10 {
+        let r = api.send("POST", "/v1/tables/person/records", &json!({"i": i}));
+        written.push(r.json()["id"].as_str().unwrap().to_string());
+    }
+    // The app processes the first page and stores its position.
+    let page = api.get("/v1/changes?since=0&limit=4").json();
+    let stored = page["last_seq"].as_u64().unwrap();
+    let mut processed: Vec<String> = page["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(processed, written[..4]);
+    let c0 = &page["changes"][0];
+    assert_eq!(c0["origin"], a.instance());
+    assert_eq!(
+        (c0["source"].as_str(), c0["via"].is_null()),
+        (Some("local"), true)
+    );
+    assert_eq!(c0["deleted"], false);
+
+    // An acknowledged write, then kill -9 at once: the change is durable and in the feed.
+    let last = api.send("POST", "/v1/tables/person/records", &json!({"i": 10}));
+    assert_eq!(last.status, 201);
+    written.push(last.json()["id"].as_str().unwrap().to_string());
+    a.kill9();
+    // While the agent is down the CLI writes (a delete of an already processed record).
+    run(&dir, &["delete", "person", &written[0]]).ok();
+    let (_a2, api2) = agent(&dir);
+    let (rest, _) = drain(&api2, stored);
+    let ids: Vec<String> = rest
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    processed.extend(ids.clone());
+    let mut expect = written[4..].to_vec();
+    expect.push(written[0].clone());
+    assert_eq!(
+        ids, expect,
+        "everything after the stored position, once, in order"
+    );
+    assert!(rest.iter().all(|c| c["seq"].as_u64().unwrap() > stored));
+    assert_eq!(rest.last().unwrap()["deleted"], true);
+
+    // A clean restart: nothing new, nothing repeated.
+    let resume = rest.last().unwrap()["seq"].as_u64().unwrap();
+    drop(_a2);
+    let (_a3, api3) = agent(&dir);
+    assert_eq!(drain(&api3, resume).0, Vec::<Value>::new());
+}
+
+#[test]
+fn peer_changes_reach_the_feed_longpoll_and_sse_with_their_origin() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
+    let (mut a, api) = agent(&a_dir);
+    ensure_member(&b_dir);
+    run(&b_dir, &["init", "--name", "bravo"]).ok();
+    let b = Agent::start(&b_dir);
+    let head = api.get("/v1/status").json()["feed_seq"].as_u64().unwrap();
+
+    // A long poll and an event stream wait for the next change.
+    let poll = {
+        let api = api.clone();
+        std::thread::spawn(move || {
+            api.get(&format!(
+                "/v1/changes?since={head}&feed=longpoll&timeout_ms=50000"
+            ))
+            .json()
+        })
+    };
+    let mut sse = BufReader::new(api.open(
+        "GET",
+        &format!("/v1/changes?feed=sse&since={head}"),
+        &[],
+        b"",
+    ));
+    let (status, headers) = read_head(&mut sse);
+    assert_eq!(status, 200);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("content-type")
+                && v.starts_with("text/event-stream"))
+    );
+
+    let id = uuid::Uuid::new_v4();
+    put(&b_dir, "person", &id, &json!({"name": "from B"}));
+    // Sync now, through the API, naming the peer by address.
+    let s = api.send("POST", "/v1/sync", &json!({"peer": b.addr()}));
+    assert_eq!(s.status, 200, "{}", s.json());
+    assert_eq!(s.json()["received"]["applied"], 1);
+
+    let got = poll.join().unwrap();
+    let c = &got["changes"][0];
+    assert_eq!(c["id"], id.to_string());
+    assert_eq!(c["origin"], b.instance());
+    assert_eq!(c["via"], b.instance());
+    assert_eq!(c["source"], "peer");
+
+    // The event stream delivers the same change (chunked lines: skip chunk sizes).
+    let deadline = Instant::now() + REQ_TIMEOUT;
+    let mut data = None;
+    while data.is_none() && Instant::now() < deadline {
+        let mut line = String::new();
+        if sse.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(d) = line.trim_end().strip_prefix("data: ") {
+            data = Some(serde_json::from_str::<Value>(d).unwrap());
+        }
+    }
+    let data = data.expect("an SSE change event");
+    assert_eq!(data["id"], id.to_string());
+    assert_eq!(data["via"], b.instance());
+
+    // Sync by the peer's name (known after the first session), through the API and the CLI.
+    let s = api.send("POST", "/v1/sync", &json!({"peer": "bravo"}));
+    assert_eq!(s.status, 200, "{}", s.json());
+    let lines = run(&a_dir, &["sync", "bravo"]).ok().lines();
+    assert_eq!(lines[0]["peer"], b.instance());
+    let v = api.send("POST", "/v1/verify", &json!({"peer": b.instance()}));
+    assert_eq!(v.status, 200, "{}", v.json());
+    assert_eq!(v.json()["in_sync"], true);
+    api.send("POST", "/v1/sync", &json!({"peer": "127.0.0.1:1"}))
+        .error(502, "PEER_FAILED");
+    api.send(
+        "POST",
+        "/v1/sync",
+        &json!({"peer": uuid::Uuid::new_v4().to_string()}),
+    )
+    .error(404, "PEER_NOT_FOUND");
+
+    // Concurrent edits of one field on A (through the API) and B make a conflict on A.
+    let rec = rec_path("person", &id.to_string());
+    assert_eq!(
+        api.send("PATCH", &rec, &json!({"name": "A side"})).status,
+        200
+    );
+    patch(&b_dir, "person", &id, &json!({"name": "B side"}));
+    assert_eq!(
+        api.send("POST", "/v1/sync", &json!({"peer": "bravo"}))
+            .status,
+        200
+    );
+    let list = api.get("/v1/conflicts?table=person").json();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        (list[0]["type"].as_str(), list[0]["field"].as_str()),
+        (Some("field"), Some("name"))
+    );
+    let cid = list[0]["id"].as_u64().unwrap();
+    let resolved = api.send(
+        "POST",
+        &format!("/v1/conflicts/{cid}/resolve"),
+        &json!({"keep": {"value": "agreed"}}),
+    );
+    assert_eq!(resolved.status, 200, "{}", resolved.json());
+    assert!(resolved.json()["resolved"].is_object());
+    assert_eq!(api.get("/v1/conflicts").json(), json!([]));
+    assert_eq!(
+        api.get("/v1/conflicts?all=true")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(api.get(&rec).json()["fields"]["name"], "agreed");
+
+    // `mesh revoke` takes the peer's name too.
+    let ca = tmp.path().join("test-ca.fsca");
+    let ca = ca.to_str().unwrap();
+    let r = run(
+        &a_dir,
+        &["mesh", "revoke", "bravo", "--reason", "lost", "--ca", ca],
+    );
+    assert_eq!(r.ok().json()["revoked"], b.instance());
+    let unknown = run(&a_dir, &["mesh", "revoke", "nobody", "--ca", ca]);
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+
+    // An open event stream does not hold up a clean stop; api.json goes with the agent.
+    a.stop();
+    assert!(!a_dir.join("api.json").exists());
+    drop(sse);
+}
+
+#[test]
+fn the_cli_runs_typed_operations_in_the_agent_with_the_same_output_and_exit_codes() {
+    let (_tmp, dir) = new_root();
+    let id = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    // Output without an agent, then the same commands while the agent holds the database.
+    let script = |dir: &Path| -> Vec<String> {
+        let mut out = Vec::new();
+        for args in [
+            vec![
+                "put",
+                "person",
+                "--id",
+                id,
+                r#"{"name":"A","address":{"city":"Jos"}}"#,
+            ],
+            vec!["patch", "person", id, r#"{"address":{"zip":"1"}}"#],
+            vec!["get", "person", id],
+            vec!["tables"],
+            vec!["conflicts"],
+            vec!["peers"],
+            vec!["delete", "person", id],
+            vec!["get", "person", id, "--include-deleted"],
+        ] {
+            out.push(run(dir, &args).ok().stdout.trim().to_string());
+        }
+        out.push(
+            run(dir, &["history", "person", id])
+                .ok()
+                .lines()
+                .len()
+                .to_string(),
+        );
+        out
+    };
+    let plain = script(&dir);
+    assert_eq!(
+        plain[2],
+        format!(
+            r#"{{"fields":{{"address":{{"zip":"1"}},"name":"A"}},"id":"{id}","table":"person"}}"#
+        )
+    );
+    let other = dir.with_file_name("b");
+    let _a = Agent::start_with(&other, &["--api-listen", "127.0.0.1:0"]);
+    let through_agent = script(&other);
+    assert_eq!(plain, through_agent);
+    // Errors keep their exit codes and messages.
+    let e = run(
+        &other,
+        &["get", "person", "0f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b"],
+    );
+    assert_eq!(e.code, 1);
+    assert!(e.stderr.contains("not found"), "{}", e.stderr);
+    assert_eq!(run(&other, &["put", "Bad!", "{}"]).code, 2);
+    let e = run(&other, &["get", "person", id]);
+    assert_eq!(e.code, 1);
+    assert!(e.stderr.contains("is deleted"), "{}", e.stderr);
+}
+
+/// Runs Python code with the standard library and returns its stdout (bounded in time).
+fn python(code: &str, args: &[&str]) -> String {
+    let mut c = std::process::Command::new("python3");
+    c.arg("-c").arg(code).args(args);
+    let out = run_bounded(c);
+    assert!(
+        out.status.success(),
+        "python3 failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn run_bounded(mut c: std::process::Command) -> std::process::Output {
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("python3 is needed for this test");
+    let deadline = Instant::now() + REQ_TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("command did not finish within {REQ_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The mirror's rows of one table: uuid → (deleted, name).
+fn mirrored(db: &Path) -> Value {
+    let code = "import sqlite3,json,sys\n\
+        d=sqlite3.connect(sys.argv[1])\n\
+        t=[r[0] for r in d.execute(\"select name from sqlite_master where name='person'\")]\n\
+        rows=d.execute('select uuid, deleted, name, age from person').fetchall() if t else []\n\
+        print(json.dumps({u:[x,n,a] for u,x,n,a in rows}))";
+    serde_json::from_str(python(code, &[db.to_str().unwrap()]).trim()).unwrap()
+}
+
+#[test]
+fn mirror_to_sqlite_follows_the_feed_while_a_peer_syncs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
+    let (_a, api) = agent(&a_dir);
+    let b = Agent::start(&b_dir);
+    let recs = people(40);
+    import(&b_dir, "person", &recs);
+    delete(&b_dir, "person", &recs[0].0);
+    let local = api.send(
+        "POST",
+        "/v1/tables/person/records",
+        &json!({"name": "local", "age": 1}),
+    );
+    let local_id = local.json()["id"].as_str().unwrap().to_string();
+
+    let db = tmp.path().join("mirror.sqlite");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mirror_to_sqlite.py");
+    let follower = std::process::Command::new("python3")
+        .arg(&script)
+        .args([
+            "--data-dir",
+            a_dir.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+        ])
+        .args(["--timeout-ms", "2000", "--batch", "7"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the mirror");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid_guard = Kill(follower);
+    // The peer's records arrive while the mirror follows the feed.
+    let s = api.send("POST", "/v1/sync", &json!({"peer": b.addr()}));
+    assert_eq!(s.status, 200, "{}", s.json());
+    let mut last = Value::Null;
+    wait_until("the mirror has every record", REQ_TIMEOUT, || {
+        last = mirrored(&db);
+        let done = last.as_object().is_some_and(|m| m.len() == 41);
+        if !done {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        done
+    });
+    assert_eq!(
+        last[recs[0].0.to_string()][0],
+        1,
+        "the deleted record is marked deleted"
+    );
+    assert_eq!(last[recs[1].0.to_string()][0], 0);
+    assert_eq!(last[recs[1].0.to_string()][1], recs[1].1["name"]);
+    assert_eq!(last[&local_id], json!([0, "local", 1]));
+    drop(pid_guard);
+
+    // Changes while the mirror is stopped are picked up by the next run, from its position.
+    api.send(
+        "PATCH",
+        &rec_path("person", &local_id),
+        &json!({"age": null, "name": "renamed"}),
+    );
+    let mut once = std::process::Command::new("python3");
+    once.arg(&script).args([
+        "--data-dir",
+        a_dir.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--once",
+    ]);
+    let out = run_bounded(once);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("mirrored 1 changes"),
+        "only the one new change: {stdout}"
+    );
+    assert_eq!(mirrored(&db)[&local_id], json!([0, "renamed", null]));
+}
