@@ -21,6 +21,7 @@ const UNKNOWN_PEER: i64 = 1008;
 const PARSE_ERROR: i64 = -32700;
 const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
+const INVALID_REQUEST: i64 = -32600;
 
 /// An agent with some data, a second instance to sync with it afterwards, and what the agent
 /// looked like before the test poked it.
@@ -165,6 +166,21 @@ fn malformed_json_is_a_parse_error() {
         br#"{"jsonrpc":"2.0","id":1,"method":"fieldsync_pull","params":[{"from":"#,
     );
     assert_refused(&r, PARSE_ERROR, "parse error");
+    fx.assert_unharmed();
+}
+
+#[test]
+fn a_request_whose_id_is_an_object_or_missing_is_an_invalid_request() {
+    let mut fx = Fixture::new();
+    for body in [
+        &br#"{"jsonrpc":"2.0","id":{"a":1},"method":"fieldsync_pull","params":[]}"#[..],
+        br#"{"jsonrpc":"2.0","id":[1],"method":"fieldsync_notify","params":[]}"#,
+        br#"{"jsonrpc":"2.0","method":"fieldsync_notify","params":[]}"#,
+    ] {
+        let r = rpc_raw(fx.addr(), body);
+        assert_refused(&r, INVALID_REQUEST, "invalid request");
+        assert_eq!(r["id"], Value::Null, "{r}");
+    }
     fx.assert_unharmed();
 }
 

@@ -337,6 +337,9 @@ pub(crate) struct WriterState {
     pub(crate) own_last: u64,
     /// Per origin, the newest event held in a synced table (an upper bound of what we have).
     pub(crate) holdings: crate::model::VersionVector,
+    /// Feed position of the latest batch that logged a conflict (in memory: the feed head when
+    /// the store was opened, so the first sessions after a start look at the feed once).
+    pub(crate) conflict_head: u64,
 }
 
 /// What readers see of the writer's state, published after each commit (and its fsync): the
@@ -349,6 +352,7 @@ pub(crate) struct Head {
     pub(crate) own_last: u64,
     pub(crate) holdings: crate::model::VersionVector,
     pub(crate) knowledge: replication::Knowledge,
+    pub(crate) conflict_head: u64,
 }
 
 /// Handle to an open database. Cheap to share behind an `Arc`.
@@ -466,8 +470,10 @@ impl Store {
                 None => 0,
             })
         };
+        let seq = get_u64("seq")?;
         let writer = WriterState {
-            seq: get_u64("seq")?,
+            seq,
+            conflict_head: seq,
             clock: Clock::new(instance.id, get_u64("clock")?),
             next_conflict: get_u64("next_conflict")?.max(1),
             own_last: get_u64("own_last")?,
@@ -546,6 +552,7 @@ impl Store {
             own_last: w.own_last,
             holdings: w.holdings.clone(),
             knowledge,
+            conflict_head: w.conflict_head,
         };
         *self.head.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(head);
         Ok(())

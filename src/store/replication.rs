@@ -199,14 +199,15 @@ impl Store {
         receiver: Option<uuid::Uuid>,
     ) -> Result<OutgoingPage, StoreError> {
         let skip_echoes = {
-            // Nothing to send if the receiver already has every event we hold: answer at once
-            // instead of walking the feed (after A sends B 100,000 records, B → A is this).
+            // Nothing to send if the receiver already has every event we hold and no conflict
+            // was logged after its position: answer at once instead of walking the feed (after
+            // A sends B 100,000 records, B → A is this).
             let h = self.head();
             let covered = h
                 .holdings
                 .iter()
                 .all(|(n, ts)| known.get(n).is_some_and(|k| k >= ts));
-            if covered && since <= h.seq {
+            if covered && since <= h.seq && h.conflict_head <= since {
                 return Ok(OutgoingPage {
                     next: h.seq,
                     ..Default::default()
@@ -252,21 +253,40 @@ impl Store {
             // moves on every change, so a record edited before the receiver read its old
             // position was never sent, yet its untouched fields still carry that old position.
             // Only the receiver's knowledge can tell which writes it already has.
-            if let Some(state) = outgoing_delta(&rec.state, known) {
-                bytes += raw.len();
-                // Like fields, conflicts are not filtered by position (the record may never have
-                // reached this peer); receivers log each one once.
-                let conflicts = if rec.conflict_seq > 0 {
-                    self.conflicts_to_report(suffix)?
-                } else {
-                    Vec::new()
-                };
-                page.changes.push(RemoteChange {
-                    table,
-                    id,
-                    state,
-                    conflicts,
-                });
+            match outgoing_delta(&rec.state, known) {
+                Some(state) => {
+                    bytes += raw.len();
+                    // Like fields, conflicts are not filtered by position (the record may never
+                    // have reached this peer); receivers log each one once.
+                    let conflicts = if rec.conflict_seq > 0 {
+                        self.conflicts_to_report(suffix)?
+                    } else {
+                        Vec::new()
+                    };
+                    page.changes.push(RemoteChange {
+                        table,
+                        id,
+                        state,
+                        conflicts,
+                    });
+                }
+                // The receiver has every write, but conflicts were logged here since its
+                // position: which pairs of concurrent writes an instance logs depends on the
+                // order it met them, so open conflicts travel even to a receiver that needs no
+                // write (it merges nothing and logs those it lacks). Rare, and small.
+                None if rec.conflict_seq > since => {
+                    let conflicts = self.conflicts_to_report(suffix)?;
+                    if !conflicts.is_empty() {
+                        bytes += raw.len();
+                        page.changes.push(RemoteChange {
+                            table,
+                            id,
+                            state: rec.state,
+                            conflicts,
+                        });
+                    }
+                }
+                None => {}
             }
             if page.changes.len() >= limit || bytes >= max_bytes {
                 break;

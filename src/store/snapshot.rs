@@ -292,6 +292,7 @@ impl Store {
             next_conflict,
             own_last,
             holdings,
+            conflict_head: seq,
         };
         *cur = info.clone();
         drop(cur);

@@ -73,6 +73,7 @@ impl Store {
             next_conflict: guard.next_conflict,
             own_last: guard.own_last,
             holdings: guard.holdings.clone(),
+            conflict_head: guard.conflict_head,
         };
         let batch = Batch {
             store: self,
@@ -582,6 +583,7 @@ impl Batch<'_> {
         self.supersede(&suffix, &p.state)?;
 
         let conflict_seq = if logged > 0 {
+            self.w.conflict_head = seq;
             seq
         } else {
             p.prev.as_ref().map_or(0, |r| r.conflict_seq)
