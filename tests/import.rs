@@ -279,7 +279,10 @@ fn bad_input_names_the_line_and_column_and_imports_nothing() {
             // Larger than one chunk (1,000 rows): the repeat is found across staged chunks.
             a.file(
                 "dup-far.csv",
-                format!("{}C-0001,again,1,found\n", registry_csv(1500, |_| "missing")),
+                format!(
+                    "{}C-0001,again,1,found\n",
+                    registry_csv(1500, |_| "missing")
+                ),
             ),
             vec!["--key", "case_number"],
             vec!["line 1502 repeats line 3", "case_number"],

@@ -263,6 +263,7 @@ impl Store {
         self.finish(guard, b)?;
         Ok(entry)
     }
+
     /// Applies import rows to one table in one batch (see [`super::staging`]): a new id is a
     /// put; a live record takes a put ([`UpdateMode::Replace`]) or a patch
     /// ([`UpdateMode::Merge`]); a deleted record is left deleted (an import never resurrects).
