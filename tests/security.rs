@@ -36,6 +36,11 @@ fn hello(instance: &str) -> Value {
         encodings: vec![ENC_JSON.into()],
         local_only: vec![],
         tables: vec!["person".into()],
+        incarnation: Some(fieldsync::model::Incarnation {
+            id: Uuid::new_v4(),
+            since: 1,
+            parent: None,
+        }),
     })
     .unwrap()
 }

@@ -5,6 +5,7 @@
 //! The merge decisions themselves are made by [`crate::merge`]; this module only loads,
 //! persists and indexes.
 
+mod incarnation;
 mod keys;
 mod replication;
 mod snapshot;
@@ -13,6 +14,7 @@ mod write;
 
 pub use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
 pub use crate::merge::Keep;
+pub use incarnation::{dir_key, judge, Incarnation, Lineage, Verdict};
 pub use replication::{CommitError, Committed, Knowledge, OutgoingPage, PageCommit, Position};
 pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
 pub use txn::Txn;
@@ -280,6 +282,33 @@ pub struct PeerRow {
     /// Addresses it was last reachable at (tried on restart).
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// The peer's latest incarnation seen in its hello (see `incarnation.rs`).
+    #[serde(default)]
+    pub incarnation: Option<Incarnation>,
+    /// Earlier incarnations it moved on from (restores): seeing one again means two data
+    /// directories share its instance id.
+    #[serde(default)]
+    pub retired: Vec<Uuid>,
+    /// Our feed position when its current incarnation was first seen: feed entries at or
+    /// below it may be marked as received from an earlier incarnation, whose data the peer
+    /// may no longer hold, so they are never skipped as echoes when sending to it.
+    #[serde(default)]
+    pub echo_from: u64,
+    /// Set when two data directories were seen using this instance id: it is refused from
+    /// then on, until one of them gets a new credential.
+    #[serde(default)]
+    pub duplicate: Option<DuplicateIdentity>,
+}
+
+/// Two data directories seen using one instance id (see [`PeerRow::duplicate`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DuplicateIdentity {
+    /// When it was detected.
+    pub detected_at: DateTime<Utc>,
+    /// The incarnations seen.
+    pub incarnations: Vec<Uuid>,
+    /// What was seen, in words.
+    pub reason: String,
 }
 
 /// Live and deleted record counts of one table.
@@ -299,6 +328,8 @@ pub(crate) struct WriterState {
     pub(crate) own_last: u64,
     /// Per origin, the newest event held in a synced table (an upper bound of what we have).
     pub(crate) holdings: crate::model::VersionVector,
+    /// This data directory's incarnation and what it may be missing of its own events.
+    pub(crate) lineage: Lineage,
 }
 
 /// Handle to an open database. Cheap to share behind an `Arc`.
@@ -380,15 +411,43 @@ impl Store {
                 None => 0,
             })
         };
+        let own_last = get_u64("own_last")?;
+        let here = incarnation::dir_key(&dir.join("db"));
+        let lineage = match tree.get(keys::meta("lineage"))? {
+            None => {
+                let l = Lineage::fresh(crate::clock::wall_millis(), here);
+                tree.insert(keys::meta("lineage"), encode(&l))?;
+                db.flush()?;
+                l
+            }
+            Some(v) => {
+                let l: Lineage = decode(&v)?;
+                if l.dir_key.is_some() && here.is_some() && l.dir_key != here {
+                    // Another directory's database: a copy (the original may live on) or a
+                    // directory copied back from an old stick. A new incarnation makes peers
+                    // resend what this copy lacks and tells them apart from the original.
+                    let next = l.successor(crate::clock::wall_millis(), own_last, own_last, here);
+                    tracing::warn!(dir = %dir.display(), incarnation = %next.current.id,
+                        "this data directory was copied or moved: starting a new incarnation \
+                         so peers resend whatever it lacks");
+                    tree.insert(keys::meta("lineage"), encode(&next))?;
+                    db.flush()?;
+                    next
+                } else {
+                    l
+                }
+            }
+        };
         let writer = WriterState {
             seq: get_u64("seq")?,
             clock: Clock::new(instance.id, get_u64("clock")?),
             next_conflict: get_u64("next_conflict")?.max(1),
-            own_last: get_u64("own_last")?,
+            own_last,
             holdings: match tree.get(keys::meta("holdings"))? {
                 Some(v) => decode(&v)?,
                 None => Default::default(),
             },
+            lineage,
         };
         Ok(Store {
             db,
@@ -620,6 +679,32 @@ impl Store {
         let out = f(&mut row);
         row.instance = *id;
         self.tree.insert(keys::peer(id), encode(&row))?;
+        Ok(out)
+    }
+
+    /// Like [`Store::update_peer`], but `f` also gets the feed head and says whether the row
+    /// must be durable before returning (rare, important changes: a new incarnation seen, a
+    /// duplicate identity).
+    pub fn update_peer_with<T>(
+        &self,
+        id: &Uuid,
+        f: impl FnOnce(&mut PeerRow, u64) -> (T, bool),
+    ) -> Result<T, StoreError> {
+        let w = self.lock();
+        let mut row = match self.tree.get(keys::peer(id))? {
+            Some(v) => decode(&v)?,
+            None => PeerRow {
+                instance: *id,
+                first_seen: Some(Utc::now()),
+                ..Default::default()
+            },
+        };
+        let (out, durable) = f(&mut row, w.seq);
+        row.instance = *id;
+        self.tree.insert(keys::peer(id), encode(&row))?;
+        if durable {
+            self.db.flush()?;
+        }
         Ok(out)
     }
 

@@ -41,7 +41,7 @@ pub enum OpResult {
 pub(super) struct Batch<'a> {
     store: &'a Store,
     pub(super) txn: Txn<'a>,
-    w: WriterState,
+    pub(super) w: WriterState,
     pub(super) now: DateTime<Utc>,
     wall: u64,
     started: std::time::Instant,
@@ -75,6 +75,7 @@ impl Store {
             next_conflict: guard.next_conflict,
             own_last: guard.own_last,
             holdings: guard.holdings.clone(),
+            lineage: guard.lineage.clone(),
         };
         let batch = Batch {
             store: self,
@@ -108,6 +109,7 @@ impl Store {
             .put(keys::meta("next_conflict"), encode(&b.w.next_conflict));
         b.txn.put(keys::meta("own_last"), encode(&b.w.own_last));
         b.txn.put(keys::meta("holdings"), encode(&b.w.holdings));
+        b.txn.put(keys::meta("lineage"), encode(&b.w.lineage));
         let t = std::time::Instant::now();
         let writes = b.txn.len();
         b.txn.commit()?;

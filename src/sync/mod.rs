@@ -234,6 +234,7 @@ pub(crate) fn our_hello(
         encodings,
         local_only: local_only(store),
         tables: synced_tables(store)?,
+        incarnation: Some(store.incarnation()),
     })
 }
 

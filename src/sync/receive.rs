@@ -10,10 +10,14 @@
 use super::admit::admit;
 use crate::clock::wall_millis;
 use crate::protocol::{self, codes, Page, PeerInfo, ProtocolError};
-use crate::store::{CommitError, Committed, Knowledge, PageCommit, PeerRow, Store, StoreError};
+use crate::model::Incarnation;
+use crate::store::{
+    judge, CommitError, Committed, DuplicateIdentity, Knowledge, PageCommit, PeerRow, Store,
+    StoreError, Verdict,
+};
 use crate::tls::Transport;
 use chrono::Utc;
-use tracing::warn;
+use tracing::{info, warn};
 use uuid::Uuid;
 
 /// Why an incoming page was not taken (nothing of it was written).
@@ -43,6 +47,9 @@ impl ReceiveError {
                 codes::UNKNOWN_PEER,
                 format!("instance {id} must say hello before pushing"),
             ),
+            ReceiveError::Commit(CommitError::Duplicate { peer, reason }) => {
+                duplicate_refusal(peer, reason)
+            }
             ReceiveError::Commit(CommitError::Store(e)) => store_refusal(e),
         }
     }
@@ -111,29 +118,91 @@ pub enum HelloSeen<'a> {
     },
 }
 
+/// The refusal of an instance whose id two data directories use, with the fix.
+pub fn duplicate_refusal(peer: &Uuid, reason: &str) -> ProtocolError {
+    ProtocolError::new(
+        codes::DUPLICATE_INSTANCE,
+        format!(
+            "instance {peer} is used by two data directories at once ({reason}); it is refused \
+             from now on. Give one of the two laptops a new identity: on the coordinator \
+             `fieldsync mesh enroll --name NAME --out new.fsmesh`; on that laptop \
+             `fieldsync backup old.fsbackup`, `fieldsync --data-dir NEWDIR init --mesh \
+             new.fsmesh`, `fieldsync --data-dir NEWDIR restore old.fsbackup`"
+        ),
+    )
+}
+
 /// Records a peer's hello in its row (identity, contact, url, clock offset, times) and returns
-/// the position we have received up to from it. A peer whose feed head is behind that position
-/// was restored from an older backup: we resync it from 0 rather than skip what it now holds.
+/// the position we have received up to from it.
+///
+/// Its incarnation is judged against the ones seen before (`store::judge`): a newer one (the
+/// peer was restored or rolled back) resets its position and makes every feed entry so far
+/// eligible to be sent to it again, echo marks notwithstanding (`PeerRow::echo_from`); two
+/// active incarnations of one instance mark it duplicate and refuse it from then on. A peer
+/// whose feed head is behind our position is resynced from 0 rather than skipping what it now
+/// holds.
 pub fn note_hello(
     store: &Store,
     peer: &PeerInfo,
     clock_ms: u64,
     head: u64,
+    incarnation: Option<&Incarnation>,
     seen: HelloSeen<'_>,
-) -> Result<u64, StoreError> {
-    store.update_peer(&peer.instance, |row| {
-        note_peer(row, peer, clock_ms);
-        match seen {
-            HelloSeen::Inbound => row.last_seen = Some(Utc::now()),
-            HelloSeen::Outbound { addr } => row.url = addr.to_string(),
-        }
-        if head < row.received_upto {
-            warn!(peer = %peer.instance, head, had = row.received_upto,
-                  "peer's feed is behind what we received from it (restored?): resyncing from 0");
-            row.received_upto = 0;
-        }
-        row.received_upto
-    })
+) -> Result<u64, ReceiveError> {
+    let Some(inc) = incarnation else {
+        return Err(ReceiveError::Refused(ProtocolError::new(
+            codes::INVALID_PARAMS,
+            "hello has no `incarnation` (required from protocol version 2)",
+        )));
+    };
+    let out = store
+        .update_peer_with(&peer.instance, |row, seq| {
+            if let Some(d) = &row.duplicate {
+                return (Err(d.reason.clone()), false);
+            }
+            note_peer(row, peer, clock_ms);
+            match seen {
+                HelloSeen::Inbound => row.last_seen = Some(Utc::now()),
+                HelloSeen::Outbound { addr } => row.url = addr.to_string(),
+            }
+            let durable;
+            match judge(row.incarnation.as_ref(), &row.retired, inc) {
+                Verdict::Known => {
+                    durable = row.incarnation.is_none();
+                    row.incarnation = Some(*inc);
+                }
+                Verdict::Newer => {
+                    let old = row.incarnation.replace(*inc).map(|o| o.id);
+                    row.retired.extend(old);
+                    row.echo_from = seq;
+                    row.received_upto = 0;
+                    durable = true;
+                    info!(peer = %peer.instance, name = %peer.name, incarnation = %inc.id,
+                          "peer was restored or rolled back (new incarnation): sending it \
+                           everything it lacks");
+                }
+                Verdict::Duplicate(reason) => {
+                    let mut seen_ids: Vec<Uuid> = row.incarnation.iter().map(|i| i.id).collect();
+                    seen_ids.push(inc.id);
+                    row.duplicate = Some(DuplicateIdentity {
+                        detected_at: Utc::now(),
+                        incarnations: seen_ids,
+                        reason: reason.clone(),
+                    });
+                    warn!(peer = %peer.instance, name = %peer.name, %reason,
+                          "two data directories use one instance id: refusing it from now on");
+                    return (Err(reason), true);
+                }
+            }
+            if head < row.received_upto {
+                warn!(peer = %peer.instance, head, had = row.received_upto,
+                      "peer's feed is behind what we received from it (restored?): resyncing from 0");
+                row.received_upto = 0;
+            }
+            (Ok(row.received_upto), durable)
+        })
+        .map_err(|e| ReceiveError::Commit(CommitError::Store(e)))?;
+    out.map_err(|reason| ReceiveError::Refused(duplicate_refusal(&peer.instance, &reason)))
 }
 
 fn note_peer(row: &mut PeerRow, p: &PeerInfo, clock_ms: u64) {
