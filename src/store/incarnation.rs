@@ -87,12 +87,14 @@ impl Lineage {
     }
 
     /// A peer that had every one of our events up to `peer_has` sent us all it had: raise
-    /// `lo`, and once it reaches `hi` nothing is missing any more.
-    pub fn refetched(&mut self, peer_has: u64) {
-        if let Some((lo, hi)) = self.missing {
-            let lo = lo.max(peer_has);
-            self.missing = (lo < hi).then_some((lo, hi));
-        }
+    /// `lo`, and once it reaches `hi` nothing is missing any more. Returns the stamp up to
+    /// which every own event is now held, when that closed the gap (the caller raises its
+    /// newest-own-event mark to it, so the claim does not fall back).
+    pub fn refetched(&mut self, peer_has: u64) -> Option<u64> {
+        let (lo, hi) = self.missing?;
+        let lo = lo.max(peer_has);
+        self.missing = (lo < hi).then_some((lo, hi));
+        self.missing.is_none().then_some(hi)
     }
 }
 
@@ -187,9 +189,9 @@ mod tests {
         assert!(s.current.since > l.current.since, "always moves forward");
         assert_eq!(s.current.parent, Some(l.current.id));
         assert_eq!(s.own_claim(200), 40);
-        s.refetched(70);
+        assert_eq!(s.refetched(70), None);
         assert_eq!(s.own_claim(200), 70);
-        s.refetched(100);
+        assert_eq!(s.refetched(100), Some(100));
         assert_eq!(s.missing, None);
         assert_eq!(s.own_claim(200), 200);
         // A second restore before the first was refetched keeps the wider gap.

@@ -138,8 +138,8 @@ impl Store {
             if let Some(k) = c.knowledge {
                 // Everything the sender had is in: it had every own event of ours up to its
                 // claim, so those are no longer missing here.
-                if let Some(mine) = k.get(&self.id()) {
-                    b.w.lineage.refetched(*mine);
+                if let Some(held) = k.get(&self.id()).and_then(|m| b.w.lineage.refetched(*m)) {
+                    b.w.own_last = b.w.own_last.max(held);
                 }
                 self.stage_knowledge(&mut b.txn, k)?;
             }
