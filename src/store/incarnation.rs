@@ -18,7 +18,7 @@
 //! |----------------------|--------------------------|------------------------------------------|
 //! | `M` `lineage`        | [`Lineage`]              | with every batch (it is writer state)    |
 //!
-//! `Lineage = { current: Incarnation {id, since, parent}, dir_key: (dev, inode) | nil,
+//! `Lineage = { current: Incarnation {id, since, parent}, dir_key: [dev, inode, born] | nil,
 //!              missing: (lo, hi) | nil }`.
 
 use serde::{Deserialize, Serialize};
@@ -32,16 +32,16 @@ pub use crate::model::Incarnation;
 pub struct Lineage {
     /// The current incarnation.
     pub current: Incarnation,
-    /// `(device, inode)` of the database directory when the incarnation began: a copy of the
-    /// data directory has other inodes, so it starts a new incarnation when opened.
-    pub dir_key: Option<(u64, u64)>,
+    /// The database directory's [`DirKey`] when the incarnation began: a copy of the data
+    /// directory has another, so it starts a new incarnation when opened.
+    pub dir_key: Option<DirKey>,
     /// Own events with `lo < ts <= hi` may be missing here (after a restore or rollback).
     pub missing: Option<(u64, u64)>,
 }
 
 impl Lineage {
     /// A fresh data directory's lineage.
-    pub fn fresh(now_ms: u64, dir_key: Option<(u64, u64)>) -> Self {
+    pub fn fresh(now_ms: u64, dir_key: Option<DirKey>) -> Self {
         Self {
             current: Incarnation {
                 id: Uuid::new_v4(),
@@ -60,7 +60,7 @@ impl Lineage {
         now_ms: u64,
         held: u64,
         issued: u64,
-        dir_key: Option<(u64, u64)>,
+        dir_key: Option<DirKey>,
     ) -> Self {
         let (lo, hi) = match self.missing {
             Some((lo, hi)) => (lo.min(held), hi.max(issued)),
@@ -98,10 +98,21 @@ impl Lineage {
     }
 }
 
-/// `(device, inode)` of a directory, if it can be read.
-pub fn dir_key(dir: &Path) -> Option<(u64, u64)> {
+/// What tells one database directory from a copy of it: `[device, inode, birth time in
+/// nanoseconds (0 where the file system keeps none)]`. The birth time matters: a directory
+/// deleted and copied back often gets the freed inode number again.
+pub type DirKey = [u64; 3];
+
+/// The [`DirKey`] of a directory, if it can be read.
+pub fn dir_key(dir: &Path) -> Option<DirKey> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+    let m = std::fs::metadata(dir).ok()?;
+    let born = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    Some([m.dev(), m.ino(), born])
 }
 
 /// How a peer's hello incarnation relates to the one we knew (see [`judge`]).

@@ -14,7 +14,7 @@ mod write;
 
 pub use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
 pub use crate::merge::Keep;
-pub use incarnation::{dir_key, judge, Incarnation, Lineage, Verdict};
+pub use incarnation::{dir_key, judge, DirKey, Incarnation, Lineage, Verdict};
 pub use replication::{CommitError, Committed, Knowledge, OutgoingPage, PageCommit, Position};
 pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
 pub use txn::Txn;
@@ -426,7 +426,11 @@ impl Store {
                     // Another directory's database: a copy (the original may live on) or a
                     // directory copied back from an old stick. A new incarnation makes peers
                     // resend what this copy lacks and tells them apart from the original.
-                    let next = l.successor(crate::clock::wall_millis(), own_last, own_last, here);
+                    // Every own event the original issued is older than now: until a peer
+                    // proves it held them all, claim only what the copy holds.
+                    let now = crate::clock::wall_millis();
+                    let issued = crate::clock::ts_from_millis(now).max(get_u64("clock")?);
+                    let next = l.successor(now, l.own_claim(own_last), issued, here);
                     tracing::warn!(dir = %dir.display(), incarnation = %next.current.id,
                         "this data directory was copied or moved: starting a new incarnation \
                          so peers resend whatever it lacks");
@@ -438,9 +442,11 @@ impl Store {
                 }
             }
         };
+        // The clock never falls behind what may be missing of our own events.
+        let clock = get_u64("clock")?.max(lineage.missing.map_or(0, |m| m.1));
         let writer = WriterState {
             seq: get_u64("seq")?,
-            clock: Clock::new(instance.id, get_u64("clock")?),
+            clock: Clock::new(instance.id, clock),
             next_conflict: get_u64("next_conflict")?.max(1),
             own_last,
             holdings: match tree.get(keys::meta("holdings"))? {

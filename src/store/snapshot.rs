@@ -185,6 +185,7 @@ impl Store {
         };
         // The clock never goes back: stamps this directory or the backup handed out stay used.
         let clock = backup_clock.max(w.clock.last());
+        // (and past every own stamp that may be missing; see `issued` below)
         // Own events this database held and the backup lacks are still with peers: the new
         // incarnation claims only what the backup holds of them, so peers send them back.
         let discarded_own_changes = !continues_backup && w.own_last > 0;
@@ -193,7 +194,15 @@ impl Store {
         } else {
             0
         };
-        let issued = if info.id == cur.id { w.own_last } else { 0 };
+        // The newest own stamp that may have been issued: on this database, its own mark; for a
+        // take-over, anything the old laptop made before now.
+        let issued = if take_over {
+            crate::clock::ts_from_millis(crate::clock::wall_millis()).max(backup_clock)
+        } else if info.id == cur.id {
+            w.own_last
+        } else {
+            0
+        };
         let base = match (take_over, meta_of("lineage")) {
             (true, Some(v)) => decode::<Lineage>(v)?,
             _ => w.lineage.clone(),
@@ -286,7 +295,7 @@ impl Store {
         };
         *w = WriterState {
             seq,
-            clock: Clock::new(info.id, clock),
+            clock: Clock::new(info.id, clock.max(lineage.missing.map_or(0, |m| m.1))),
             next_conflict,
             own_last,
             holdings,
