@@ -830,6 +830,18 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
                         ca.enroll(store.id(), &n).map_err(invalid)?
                     }
                 };
+                // One credential on two laptops makes two data directories share an instance
+                // id: refuse one that a peer of this laptop already uses.
+                if let Some(peer) = store.peer(&cred.instance)? {
+                    return Err(CliError::Invalid(format!(
+                        "{} is the credential of instance {}, which peer \"{}\" already uses: \
+                         each laptop needs its own; on the coordinator run `fieldsync mesh \
+                         enroll --name NAME --out NEW.fsmesh` and use NEW.fsmesh here",
+                        path.display(),
+                        cred.instance,
+                        peer.name
+                    )));
+                }
                 store.adopt_instance(cred.instance)?;
                 mesh::save(&store.dir().join(mesh::CREDENTIAL_FILE), &cred).map_err(invalid)?;
                 let name = name.or_else(|| (!cred.name.is_empty()).then(|| cred.name.clone()));
@@ -1065,6 +1077,8 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
                     "tables": tables, "unresolved_conflicts": unresolved,
                     "peers": {"known": peers.len(), "online": online, "last_sync": last_sync,
                               "failing": failing},
+                    "incarnation": store.incarnation(),
+                    "identity_problems": crate::sync::identity_problems(store)?,
                     "agent": agent,
                 }),
             )?;
@@ -1472,6 +1486,10 @@ pub fn peer_json(r: &PeerRow) -> Value {
         "sync_count": r.sync_count, "received_upto": r.received_upto,
         "clock_offset_ms": r.clock_offset_ms, "last_error": r.last_error,
         "last_attempt": r.last_attempt, "online": r.online, "last_seen": r.last_seen,
-        "addresses": r.addresses,
+        "addresses": r.addresses, "incarnation": r.incarnation,
+        "duplicate_identity": r.duplicate.as_ref().map(|d| json!({
+            "detected_at": d.detected_at, "incarnations": d.incarnations, "reason": d.reason,
+            "fix": crate::sync::DUPLICATE_FIX,
+        })),
     })
 }

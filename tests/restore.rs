@@ -13,8 +13,7 @@ use fieldsync::merge::Edit;
 use fieldsync::protocol::client::CallError;
 use fieldsync::protocol::server::{Caller, SyncService};
 use fieldsync::protocol::{
-    codes, DigestReply, DigestRequest, Hello, HelloReply, Page, PullRequest, PushReply,
-    PushRequest,
+    codes, DigestReply, DigestRequest, Hello, HelloReply, Page, PullRequest, PushReply, PushRequest,
 };
 use fieldsync::store::{LocalOp, Store};
 use fieldsync::sync::{session, Peer, Responder, SessionOptions, SessionReport, SyncError};
@@ -182,7 +181,10 @@ fn case_1_a_write_synced_before_a_restore_comes_back_on_the_first_sync() {
     let before = b.s().incarnation();
 
     let report = b.s().restore(backup, false).unwrap();
-    assert_ne!(report.incarnation, before.id, "a restore starts a new incarnation");
+    assert_ne!(
+        report.incarnation, before.id,
+        "a restore starts a new incarnation"
+    );
     assert!(!state(b.s()).contains_key(&r), "the backup predates R");
     // In both directions, whoever starts: R is back after the first session.
     sync(&a, &b).unwrap();
@@ -191,7 +193,10 @@ fn case_1_a_write_synced_before_a_restore_comes_back_on_the_first_sync() {
     assert_eq!(state(a.s()), state(b.s()));
     let v = b.s().incarnation();
     assert_eq!(v.parent, Some(before.id));
-    assert_eq!(a.s().peer(&b.s().id()).unwrap().unwrap().incarnation, Some(v));
+    assert_eq!(
+        a.s().peer(&b.s().id()).unwrap().unwrap().incarnation,
+        Some(v)
+    );
 }
 
 #[test]
@@ -310,7 +315,11 @@ fn a_rollback_is_noticed_from_a_peers_knowledge_and_everything_comes_back() {
         sync(&b, &a).unwrap();
 
         roll_back(&mut b, aside.path());
-        assert_eq!(b.s().incarnation(), before, "same directory: nothing tells yet");
+        assert_eq!(
+            b.s().incarnation(),
+            before,
+            "same directory: nothing tells yet"
+        );
         assert!(state(b.s())[&x].is_some() && !state(b.s()).contains_key(&r));
         if b_starts {
             sync(&b, &a).unwrap();
@@ -320,7 +329,11 @@ fn a_rollback_is_noticed_from_a_peers_knowledge_and_everything_comes_back() {
         let now = b.s().incarnation();
         assert_ne!(now.id, before.id, "the rollback started a new incarnation");
         assert_eq!(now.parent, Some(before.id));
-        assert_eq!(state(b.s())[&r], Some(json!({"name": "R"})), "own write back");
+        assert_eq!(
+            state(b.s())[&r],
+            Some(json!({"name": "R"})),
+            "own write back"
+        );
         assert_eq!(state(b.s())[&x], None, "own delete back");
         sync(&b, &a).unwrap();
         assert_eq!(state(a.s()), state(b.s()));
@@ -348,7 +361,11 @@ fn a_copied_data_directory_and_its_original_are_both_refused_and_nothing_is_lost
         dir: copy,
     };
     assert_eq!(a2.s().id(), a1.s().id());
-    assert_ne!(a2.s().incarnation().id, a1.s().incarnation().id, "a copy is told apart");
+    assert_ne!(
+        a2.s().incarnation().id,
+        a1.s().incarnation().id,
+        "a copy is told apart"
+    );
     let w2 = Uuid::new_v4();
     put(a2.s(), w2, json!({"w": 2}));
     sync(&a2, &p).unwrap(); // looks like a restore so far
@@ -391,9 +408,19 @@ fn one_credential_used_by_two_fresh_laptops_is_refused_at_first_contact() {
     let before = state(p.s());
     let err = sync(&l2, &p).unwrap_err();
     assert!(err.to_string().contains("two data directories"), "{err}");
-    assert_eq!(state(p.s()), before, "nothing of the second laptop was taken");
-    assert!(sync(&l1, &p).is_err(), "the first one is refused too from now on");
-    assert!(state(l2.s()).contains_key(&mine), "its write is still on it");
+    assert_eq!(
+        state(p.s()),
+        before,
+        "nothing of the second laptop was taken"
+    );
+    assert!(
+        sync(&l1, &p).is_err(),
+        "the first one is refused too from now on"
+    );
+    assert!(
+        state(l2.s()).contains_key(&mine),
+        "its write is still on it"
+    );
 }
 
 /// A small deterministic generator (xorshift), so a failing seed replays exactly.
@@ -546,13 +573,23 @@ fn random_run(seed: u64, steps: usize, n: usize) {
             }
         }
     }
-    assert!(restores.iter().sum::<u32>() > 0, "seed {seed}: no restore happened");
+    assert!(
+        restores.iter().sum::<u32>() > 0,
+        "seed {seed}: no restore happened"
+    );
     for (i, x) in nodes.iter().enumerate() {
-        assert_eq!(x.s().incarnation().id, incarnations[i], "seed {seed}: spurious incarnation");
+        assert_eq!(
+            x.s().incarnation().id,
+            incarnations[i],
+            "seed {seed}: spurious incarnation"
+        );
     }
     let finals: Vec<_> = nodes.iter().map(|x| state(x.s())).collect();
     for (i, f) in finals.iter().enumerate() {
-        assert_eq!(f, &finals[0], "seed {seed}: replica {i} differs from replica 0");
+        assert_eq!(
+            f, &finals[0],
+            "seed {seed}: replica {i} differs from replica 0"
+        );
     }
     let fin = &finals[0];
     for rec in &records {

@@ -55,13 +55,7 @@ impl Lineage {
 
     /// Begins the next incarnation: own events after `held` up to `issued` may be missing.
     /// Pure apart from the random id.
-    pub fn successor(
-        &self,
-        now_ms: u64,
-        held: u64,
-        issued: u64,
-        dir_key: Option<DirKey>,
-    ) -> Self {
+    pub fn successor(&self, now_ms: u64, held: u64, issued: u64, dir_key: Option<DirKey>) -> Self {
         let (lo, hi) = match self.missing {
             Some((lo, hi)) => (lo.min(held), hi.max(issued)),
             None => (held, issued),

@@ -172,7 +172,11 @@ impl Store {
     /// peers that see it in `hello` resend everything this directory lacks, own writes and
     /// deletes included. `issued` is the newest own stamp that may have been handed out before
     /// (0 if unknown); the clock moves past it so no stamp is reused. Durable on return.
-    pub fn start_incarnation(&self, reason: &str, issued: u64) -> Result<super::Incarnation, StoreError> {
+    pub fn start_incarnation(
+        &self,
+        reason: &str,
+        issued: u64,
+    ) -> Result<super::Incarnation, StoreError> {
         let mut w = self.lock();
         self.start_incarnation_locked(&mut w, reason, issued)
     }
@@ -235,7 +239,8 @@ impl Store {
              up to {}: it was rolled back (restored disk, VM snapshot or old copy)",
             w.own_last
         );
-        self.start_incarnation_locked(&mut w, &reason, peer_has).map(Some)
+        self.start_incarnation_locked(&mut w, &reason, peer_has)
+            .map(Some)
     }
 
     /// Unresolved merge conflicts of one record, as peers receive them.

@@ -9,8 +9,8 @@
 
 use super::admit::admit;
 use crate::clock::wall_millis;
-use crate::protocol::{self, codes, Page, PeerInfo, ProtocolError};
 use crate::model::Incarnation;
+use crate::protocol::{self, codes, Page, PeerInfo, ProtocolError};
 use crate::store::{
     judge, CommitError, Committed, DuplicateIdentity, Knowledge, PageCommit, PeerRow, Store,
     StoreError, Verdict,
@@ -118,18 +118,74 @@ pub enum HelloSeen<'a> {
     },
 }
 
+/// What to do when two data directories share one instance id.
+pub const DUPLICATE_FIX: &str = "give one of the two laptops a new identity: on the \
+     coordinator `fieldsync mesh enroll --name NAME --out new.fsmesh`; on that laptop \
+     `fieldsync backup old.fsbackup`, `fieldsync --data-dir NEWDIR init --mesh new.fsmesh`, \
+     `fieldsync --data-dir NEWDIR restore old.fsbackup`, then run from NEWDIR";
+
 /// The refusal of an instance whose id two data directories use, with the fix.
 pub fn duplicate_refusal(peer: &Uuid, reason: &str) -> ProtocolError {
     ProtocolError::new(
         codes::DUPLICATE_INSTANCE,
         format!(
             "instance {peer} is used by two data directories at once ({reason}); it is refused \
-             from now on. Give one of the two laptops a new identity: on the coordinator \
-             `fieldsync mesh enroll --name NAME --out new.fsmesh`; on that laptop \
-             `fieldsync backup old.fsbackup`, `fieldsync --data-dir NEWDIR init --mesh \
-             new.fsmesh`, `fieldsync --data-dir NEWDIR restore old.fsbackup`"
+             from now on. Fix: {DUPLICATE_FIX}"
         ),
     )
+}
+
+/// One identity problem for `status`, `peers` and `doctor`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IdentityProblem {
+    /// The instance whose id is shared.
+    pub instance: Uuid,
+    /// Its name as last seen.
+    pub name: String,
+    /// What was seen.
+    pub problem: String,
+    /// What to do.
+    pub fix: String,
+}
+
+/// Instance ids seen used by two data directories: peers we refuse, and this laptop itself
+/// when a peer refused it for that reason.
+pub fn identity_problems(store: &Store) -> Result<Vec<IdentityProblem>, StoreError> {
+    let me = store.instance();
+    let mut out = Vec::new();
+    for row in store.peers()? {
+        if let Some(d) = &row.duplicate {
+            out.push(IdentityProblem {
+                instance: row.instance,
+                name: row.name.clone(),
+                problem: format!(
+                    "peer {} ({}) is used by two data directories at once ({}); refused since {}",
+                    row.name,
+                    row.instance,
+                    d.reason,
+                    d.detected_at.to_rfc3339()
+                ),
+                fix: DUPLICATE_FIX.to_string(),
+            });
+        }
+        let refused_me = row
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains(&format!("(code {})", codes::DUPLICATE_INSTANCE)));
+        if refused_me {
+            out.push(IdentityProblem {
+                instance: me.id,
+                name: me.name.clone(),
+                problem: format!(
+                    "peer {} refuses this laptop: its instance id {} is used by another data \
+                     directory too",
+                    row.name, me.id
+                ),
+                fix: DUPLICATE_FIX.to_string(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Records a peer's hello in its row (identity, contact, url, clock offset, times) and returns
