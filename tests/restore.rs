@@ -102,7 +102,10 @@ fn state(s: &Store) -> BTreeMap<Uuid, Option<Value>> {
         .collect()
 }
 
-fn snapshot(s: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// Every key/value pair of a database, as a backup holds them.
+type Snapshot = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn snapshot(s: &Store) -> Snapshot {
     s.read_consistent(|v| v.entries().collect::<Result<_, _>>().unwrap())
 }
 
@@ -479,7 +482,7 @@ fn random_run(seed: u64, steps: usize, n: usize) {
     let mut rng = Rng(seed);
     let nodes: Vec<Node> = (0..n).map(|_| Node::new()).collect();
     // Per replica: its latest backup and the writes it held then.
-    let mut backups: Vec<Option<(Vec<(Vec<u8>, Vec<u8>)>, Vec<usize>)>> = vec![None; n];
+    let mut backups: Vec<Option<(Snapshot, Vec<usize>)>> = vec![None; n];
     let mut restores = vec![0u32; n];
     // A restore is announced; nothing else may start an incarnation here (no rollback).
     let mut incarnations: Vec<Uuid> = nodes.iter().map(|x| x.s().incarnation().id).collect();
