@@ -398,14 +398,14 @@ fn assert_initiator_unchanged(a: &std::path::Path, d: &Value, seq: &Value) {
 fn sync_refuses_a_peer_that_answers_with_another_protocol_version() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, d, seq) = initiator(tmp.path());
-    // A future agent that accepts our hello but says it will speak version 2 only.
+    // A future agent that accepts our hello but says it will speak version 3 only.
     let peer = FakePeer::start(|body| {
         let req: Value = serde_json::from_str(body).unwrap_or_default();
         let mut knowledge = Map::new();
         let id = Uuid::new_v4();
         knowledge.insert(id.to_string(), json!(now_ts()));
         http_json(&json!({"jsonrpc": "2.0", "id": req["id"], "result": {
-            "protocol": 2, "peer": {"instance": id, "name": "future"}, "clock_ms": now_ts() >> 16,
+            "protocol": 3, "peer": {"instance": id, "name": "future"}, "clock_ms": now_ts() >> 16,
             "head": 100, "knowledge": knowledge, "received_upto": 0, "encoding": "json",
         }}))
     });
