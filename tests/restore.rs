@@ -304,7 +304,7 @@ fn roll_back(n: &mut Node, aside: &Path) {
 
 #[test]
 fn a_rollback_is_noticed_from_a_peers_knowledge_and_everything_comes_back() {
-    for b_starts in [true, false] {
+    for (b_starts, writes_first) in [(true, false), (false, false), (true, true), (false, true)] {
         let (a, mut b) = (Node::new(), Node::new());
         put(b.s(), Uuid::new_v4(), json!({"v": 0}));
         let x = Uuid::new_v4();
@@ -324,6 +324,15 @@ fn a_rollback_is_noticed_from_a_peers_knowledge_and_everything_comes_back() {
             "same directory: nothing tells yet"
         );
         assert!(state(b.s())[&x].is_some() && !state(b.s()).contains_key(&r));
+        // Writing before the first sync moves B's newest own event past what A knows of it:
+        // the rollback is still told by A knowing an own event B neither opened with nor
+        // wrote since.
+        let late: Vec<Uuid> = (0..usize::from(writes_first) * 5)
+            .map(|_| Uuid::new_v4())
+            .collect();
+        for id in &late {
+            put(b.s(), *id, json!({"late": true}));
+        }
         if b_starts {
             sync(&b, &a).unwrap();
         } else {
@@ -340,10 +349,15 @@ fn a_rollback_is_noticed_from_a_peers_knowledge_and_everything_comes_back() {
         assert_eq!(state(b.s())[&x], None, "own delete back");
         sync(&b, &a).unwrap();
         assert_eq!(state(a.s()), state(b.s()));
+        assert!(late.iter().all(|id| state(a.s()).contains_key(id)));
         // New writes are stamped past everything the old incarnation issued.
         let old = a.s().position().unwrap().knowledge[&b.s().id()];
         put(b.s(), Uuid::new_v4(), json!({"v": 9}));
-        assert!(b.s().position().unwrap().knowledge[&b.s().id()] > old);
+        assert!(
+            b.s().position().unwrap().knowledge[&b.s().id()] > old,
+            "b_starts {b_starts} writes_first {writes_first}: {:?} old {old}",
+            b.s().lineage()
+        );
     }
 }
 
@@ -396,6 +410,28 @@ fn a_copied_data_directory_and_its_original_are_both_refused_and_nothing_is_lost
     fresh.s().restore(snapshot(a1.s()), false).unwrap();
     sync(&fresh, &p).unwrap();
     assert_eq!(state(p.s())[&w3], Some(json!({"w": 3})));
+}
+
+#[test]
+fn a_take_over_while_the_original_still_runs_refuses_both_and_loses_nothing() {
+    let (p, a, c) = (Node::new(), Node::new(), Node::new());
+    let w1 = Uuid::new_v4();
+    put(a.s(), w1, json!({"w": 1}));
+    sync(&a, &p).unwrap();
+    c.s().restore(snapshot(a.s()), true).unwrap();
+    let w2 = Uuid::new_v4();
+    put(c.s(), w2, json!({"w": 2}));
+    sync(&c, &p).unwrap(); // a legitimate take-over so far
+    let w3 = Uuid::new_v4();
+    put(a.s(), w3, json!({"w": 3}));
+    let err = sync(&a, &p).unwrap_err();
+    assert!(err.to_string().contains("two data directories"), "{err}");
+    assert!(sync(&c, &p).is_err(), "the take-over is refused too");
+    assert!(state(p.s()).contains_key(&w1) && state(p.s()).contains_key(&w2));
+    assert!(
+        state(a.s()).contains_key(&w3),
+        "unsynced, still on the laptop that wrote it"
+    );
 }
 
 #[test]
@@ -480,7 +516,11 @@ fn alive_on(node: &Node, id: &Uuid) -> bool {
 
 fn random_run(seed: u64, steps: usize, n: usize) {
     let mut rng = Rng(seed);
-    let nodes: Vec<Node> = (0..n).map(|_| Node::new()).collect();
+    let mut nodes: Vec<Node> = (0..n).map(|_| Node::new()).collect();
+    // Per replica: its database files copied aside (a disk image) and the writes it held then,
+    // for rollbacks nobody announces; and whether it was ever rolled back.
+    let mut images: Vec<Option<(tempfile::TempDir, Vec<usize>)>> = (0..n).map(|_| None).collect();
+    let mut rolled = vec![false; n];
     // Per replica: its latest backup and the writes it held then.
     let mut backups: Vec<Option<(Snapshot, Vec<usize>)>> = vec![None; n];
     let mut restores = vec![0u32; n];
@@ -549,7 +589,25 @@ fn random_run(seed: u64, steps: usize, n: usize) {
                 let held = (0..writes.len())
                     .filter(|&i| writes[i].holders & (1 << r) != 0)
                     .collect();
-                backups[r] = Some((snapshot(nodes[r].s()), held));
+                if rng.below(2) == 0 {
+                    backups[r] = Some((snapshot(nodes[r].s()), held));
+                } else {
+                    images[r] = Some((save_aside(&mut nodes[r]), held));
+                }
+            }
+            _ if rng.below(2) == 0 => {
+                if let Some((aside, held)) = images[r].take() {
+                    roll_back(&mut nodes[r], aside.path());
+                    restores[r] += 1;
+                    rolled[r] = true;
+                    for w in writes.iter_mut() {
+                        w.holders &= !(1 << r);
+                    }
+                    for i in held.iter().copied() {
+                        writes[i].holders |= 1 << r;
+                    }
+                    images[r] = Some((aside, held));
+                }
             }
             _ => {
                 if let Some((entries, held)) = backups[r].clone() {
@@ -580,7 +638,12 @@ fn random_run(seed: u64, steps: usize, n: usize) {
         restores.iter().sum::<u32>() > 0,
         "seed {seed}: no restore happened"
     );
-    for (i, x) in nodes.iter().enumerate() {
+    eprintln!(
+        "seed {seed}: {} restores and rollbacks ({} replicas rolled back)",
+        restores.iter().sum::<u32>(),
+        rolled.iter().filter(|r| **r).count()
+    );
+    for (i, x) in nodes.iter().enumerate().filter(|(i, _)| !rolled[*i]) {
         assert_eq!(
             x.s().incarnation().id,
             incarnations[i],

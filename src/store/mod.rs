@@ -330,6 +330,11 @@ pub(crate) struct WriterState {
     pub(crate) holdings: crate::model::VersionVector,
     /// This data directory's incarnation and what it may be missing of its own events.
     pub(crate) lineage: Lineage,
+    /// `(own_last, floor)` when the database was opened (not persisted): every own stamp
+    /// issued since is >= `floor` (the clock and the wall clock then), so a peer that knows an
+    /// own event of ours strictly between the two proves the opened state lost it (rolled
+    /// back), even after we wrote newer events.
+    pub(crate) opened: (u64, u64),
 }
 
 /// Handle to an open database. Cheap to share behind an `Arc`.
@@ -453,6 +458,10 @@ impl Store {
                 Some(v) => decode(&v)?,
                 None => Default::default(),
             },
+            opened: (
+                own_last,
+                (clock + 1).max(crate::clock::ts_from_millis(crate::clock::wall_millis())),
+            ),
             lineage,
         };
         Ok(Store {

@@ -140,6 +140,8 @@ impl Store {
                 // claim, so those are no longer missing here.
                 if let Some(held) = k.get(&self.id()).and_then(|m| b.w.lineage.refetched(*m)) {
                     b.w.own_last = b.w.own_last.max(held);
+                    // Those own events are held now: a peer knowing them proves no rollback.
+                    b.w.opened.0 = b.w.opened.0.max(held);
                 }
                 self.stage_knowledge(&mut b.txn, k)?;
             }
@@ -178,20 +180,21 @@ impl Store {
         issued: u64,
     ) -> Result<super::Incarnation, StoreError> {
         let mut w = self.lock();
-        self.start_incarnation_locked(&mut w, reason, issued)
+        let (held, issued) = (w.lineage.own_claim(w.own_last), issued.max(w.own_last));
+        self.start_incarnation_locked(&mut w, reason, held, issued)
     }
 
     pub(super) fn start_incarnation_locked(
         &self,
         w: &mut super::WriterState,
         reason: &str,
+        held: u64,
         issued: u64,
     ) -> Result<super::Incarnation, StoreError> {
-        let held = w.lineage.own_claim(w.own_last);
         let next = w.lineage.successor(
             crate::clock::wall_millis(),
             held,
-            issued.max(w.own_last),
+            issued,
             super::dir_key(&self.dir.join("db")),
         );
         w.clock.observe(issued);
@@ -219,7 +222,11 @@ impl Store {
         peer_has: u64,
     ) -> Result<Option<super::Incarnation>, StoreError> {
         let mut w = self.lock();
-        if peer_has <= w.own_last && w.lineage.missing.is_none() {
+        // Rolled back if the peer knows more than we ever held, or knows an own event that is
+        // neither in the state we opened nor issued since (we wrote after the rollback).
+        let (opened_last, floor) = w.opened;
+        let lost_since_open = peer_has > opened_last && peer_has < floor;
+        if (peer_has <= w.own_last && !lost_since_open) && w.lineage.missing.is_none() {
             return Ok(None);
         }
         if let Some((lo, hi)) = w.lineage.missing {
@@ -235,11 +242,13 @@ impl Store {
             return Ok(None);
         }
         let reason = format!(
-            "peer {peer} holds our own events up to {peer_has} but this data directory has only \
-             up to {}: it was rolled back (restored disk, VM snapshot or old copy)",
-            w.own_last
+            "peer {peer} holds our own events up to {peer_has} but this data directory had only \
+             up to {} when opened: it was rolled back (restored disk, VM snapshot or old copy)",
+            opened_last.min(w.own_last)
         );
-        self.start_incarnation_locked(&mut w, &reason, peer_has)
+        // Held for sure: what the opened state had (anything we wrote since is newer).
+        let held = opened_last.min(w.own_last);
+        self.start_incarnation_locked(&mut w, &reason, held, peer_has)
             .map(Some)
     }
 

@@ -300,6 +300,10 @@ impl Store {
             own_last,
             holdings,
             lineage: lineage.clone(),
+            opened: (
+                own_last,
+                (clock + 1).max(crate::clock::ts_from_millis(crate::clock::wall_millis())),
+            ),
         };
         tracing::warn!(incarnation = %lineage.current.id, missing_from = backup_own_last,
             "restored from a backup: new incarnation, peers will send back what the backup lacks");

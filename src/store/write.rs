@@ -76,6 +76,7 @@ impl Store {
             own_last: guard.own_last,
             holdings: guard.holdings.clone(),
             lineage: guard.lineage.clone(),
+            opened: guard.opened,
         };
         let batch = Batch {
             store: self,
