@@ -1180,7 +1180,7 @@ fn restore(
     if r.report.discarded_own_changes {
         warnings.push(
             "this laptop's own changes that were not in the backup are gone here; peers that \
-             received them keep them"
+             received them send them back on the next sync"
                 .to_string(),
         );
     }
@@ -1197,6 +1197,7 @@ fn restore(
         "restored": file, "instance": r.report.instance,
         "backup_instance": r.report.backup_instance,
         "took_over_identity": r.report.took_over_identity,
+        "incarnation": r.report.incarnation,
         "backup_created_at": r.header.created_at.to_rfc3339(),
         "count": r.live_records, "sha256": r.sha256, "entries": r.report.counts,
         "peers_reset": r.report.peers_reset, "warnings": warnings,

@@ -102,7 +102,7 @@ pub struct RestoreReport {
     /// Entries written.
     pub counts: SnapshotCounts,
     /// Whether this database had changes of its own (under an id that stays) that the restore
-    /// discarded; peers keep them but will not send them back.
+    /// discarded; peers that received them send them back (the new incarnation claims none).
     pub discarded_own_changes: bool,
 }
 
