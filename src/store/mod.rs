@@ -298,6 +298,10 @@ pub struct PeerRow {
     /// then on, until one of them gets a new credential.
     #[serde(default)]
     pub duplicate: Option<DuplicateIdentity>,
+    /// The knowledge it reported in its last hello. Knowledge never decreases within an
+    /// incarnation, so a hello reporting less means it was rolled back unannounced.
+    #[serde(default)]
+    pub knowledge: crate::model::VersionVector,
 }
 
 /// Two data directories seen using one instance id (see [`PeerRow::duplicate`]).

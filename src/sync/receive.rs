@@ -202,6 +202,7 @@ pub fn note_hello(
     peer: &PeerInfo,
     clock_ms: u64,
     head: u64,
+    knowledge: &Knowledge,
     incarnation: Option<&Incarnation>,
     seen: HelloSeen<'_>,
 ) -> Result<u64, ReceiveError> {
@@ -221,11 +222,26 @@ pub fn note_hello(
                 HelloSeen::Inbound => row.last_seen = Some(Utc::now()),
                 HelloSeen::Outbound { addr } => row.url = addr.to_string(),
             }
-            let durable;
+            let mut durable;
             match judge(row.incarnation.as_ref(), &row.retired, inc) {
                 Verdict::Known => {
                     durable = row.incarnation.is_none();
                     row.incarnation = Some(*inc);
+                    // Less knowledge than it reported before: its database was rolled back
+                    // without a new incarnation (it lost no own write, or has not noticed yet).
+                    // What we marked as received from it may be gone there: send it again.
+                    let regressed = row
+                        .knowledge
+                        .iter()
+                        .any(|(n, t)| knowledge.get(n).copied().unwrap_or(0) < *t);
+                    if regressed {
+                        row.echo_from = seq;
+                        row.received_upto = 0;
+                        durable = true;
+                        warn!(peer = %peer.instance, name = %peer.name,
+                              "peer knows less than it did (rolled back?): sending it everything \
+                               it lacks");
+                    }
                 }
                 Verdict::Newer => {
                     let old = row.incarnation.replace(*inc).map(|o| o.id);
@@ -250,10 +266,15 @@ pub fn note_hello(
                     return (Err(reason), true);
                 }
             }
+            row.knowledge = knowledge.clone();
             if head < row.received_upto {
+                // Its feed went back: rolled back (a restore would have a new incarnation), so
+                // what we marked as received from it may be gone there too.
                 warn!(peer = %peer.instance, head, had = row.received_upto,
-                      "peer's feed is behind what we received from it (restored?): resyncing from 0");
+                      "peer's feed is behind what we received from it (rolled back?): resyncing \
+                       from 0 and sending it everything it lacks");
                 row.received_upto = 0;
+                row.echo_from = seq;
             }
             (Ok(row.received_upto), durable)
         })

@@ -142,6 +142,7 @@ impl SyncService for Responder {
             &h.peer,
             h.clock_ms,
             h.head,
+            &h.knowledge,
             h.incarnation.as_ref(),
             HelloSeen::Inbound,
         )

@@ -54,12 +54,14 @@ pub async fn run<P: Peer>(
         let since = {
             let (info, addr) = (info.clone(), label.to_string());
             let (clock_ms, head, inc) = (reply.clock_ms, reply.head, reply.incarnation);
+            let k = reply.knowledge.clone();
             blocking(store, move |s| {
                 Ok(note_hello(
                     s,
                     &info,
                     clock_ms,
                     head,
+                    &k,
                     inc.as_ref(),
                     HelloSeen::Outbound { addr: &addr },
                 ))
