@@ -6,7 +6,9 @@
 //! brings back every acknowledged, synced write — own writes and own deletes included — and no
 //! delete comes back to life; two data directories sharing one instance id are refused with an
 //! error that names the problem, and nothing acknowledged is lost. A randomized run mixes
-//! backups and restores among several laptops (`FIELDSYNC_LONG_TESTS=1` for more and longer).
+//! backups, restores and unannounced rollbacks among several laptops (`FIELDSYNC_LONG_TESTS=1`
+//! for more and longer: still failing in some runs, see ARCHITECTURE.md; `FIELDSYNC_SEED=S`
+//! replays one run).
 
 use fieldsync::config::Config;
 use fieldsync::merge::Edit;
@@ -501,6 +503,13 @@ struct Rec {
 fn random_backups_and_restores_never_lose_a_synced_write_nor_resurrect_a_delete() {
     let long = std::env::var("FIELDSYNC_LONG_TESTS").is_ok_and(|v| v == "1");
     let (runs, steps, n) = if long { (40, 300, 5) } else { (6, 80, 4) };
+    // FIELDSYNC_SEED=S replays one run (the seed a failure names).
+    if let Some(seed) = std::env::var("FIELDSYNC_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return random_run(seed, steps, n);
+    }
     for seed in 1..=runs {
         random_run(seed * 7919, steps, n);
     }
@@ -516,6 +525,8 @@ fn alive_on(node: &Node, id: &Uuid) -> bool {
 
 fn random_run(seed: u64, steps: usize, n: usize) {
     let mut rng = Rng(seed);
+    // FIELDSYNC_NO_ROLLBACKS=1: announced restores only (tells the two apart when one fails).
+    let no_rollbacks = std::env::var("FIELDSYNC_NO_ROLLBACKS").is_ok_and(|v| v == "1");
     let mut nodes: Vec<Node> = (0..n).map(|_| Node::new()).collect();
     // Per replica: its database files copied aside (a disk image) and the writes it held then,
     // for rollbacks nobody announces; and whether it was ever rolled back.
@@ -589,7 +600,7 @@ fn random_run(seed: u64, steps: usize, n: usize) {
                 let held = (0..writes.len())
                     .filter(|&i| writes[i].holders & (1 << r) != 0)
                     .collect();
-                if rng.below(2) == 0 {
+                if rng.below(2) == 0 || no_rollbacks {
                     backups[r] = Some((snapshot(nodes[r].s()), held));
                 } else {
                     images[r] = Some((save_aside(&mut nodes[r]), held));
