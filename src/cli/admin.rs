@@ -145,7 +145,7 @@ pub fn restore(
     if r.report.discarded_own_changes {
         warnings.push(
             "this laptop's own changes that were not in the backup are gone here; peers that \
-             received them keep them"
+             received them send them back on the next sync"
                 .to_string(),
         );
     }

@@ -42,7 +42,7 @@ pub enum OpResult {
 pub(super) struct Batch<'a> {
     store: &'a Store,
     pub(super) txn: Txn<'a>,
-    w: WriterState,
+    pub(super) w: WriterState,
     pub(super) now: DateTime<Utc>,
     wall: u64,
     started: std::time::Instant,
@@ -74,6 +74,8 @@ impl Store {
             own_last: guard.own_last,
             holdings: guard.holdings.clone(),
             conflict_head: guard.conflict_head,
+            lineage: guard.lineage.clone(),
+            opened: guard.opened,
         };
         let batch = Batch {
             store: self,
@@ -107,6 +109,7 @@ impl Store {
             .put(keys::meta("next_conflict"), encode(&b.w.next_conflict));
         b.txn.put(keys::meta("own_last"), encode(&b.w.own_last));
         b.txn.put(keys::meta("holdings"), encode(&b.w.holdings));
+        b.txn.put(keys::meta("lineage"), encode(&b.w.lineage));
         let t = std::time::Instant::now();
         let writes = b.txn.len();
         b.txn.commit()?;
