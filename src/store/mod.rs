@@ -512,6 +512,13 @@ impl Store {
                 None => 0,
             })
         };
+        let seq = get_u64("seq")?;
+        // A database older than its own newest automatic snapshot lost acknowledged writes:
+        // refuse it before anything (a new incarnation for a moved directory included) is
+        // written, so `repair` finds it as the disk left it.
+        if check_snapshots {
+            recovery::check_not_behind_snapshots(dir, seq)?;
+        }
         let own_last = get_u64("own_last")?;
         let here = incarnation::dir_key(&dir.join("db"));
         let lineage = match tree.get(keys::meta("lineage"))? {
@@ -545,7 +552,6 @@ impl Store {
         };
         // The clock never falls behind what may be missing of our own events.
         let clock = get_u64("clock")?.max(lineage.missing.map_or(0, |m| m.1));
-        let seq = get_u64("seq")?;
         let writer = WriterState {
             seq,
             conflict_head: seq,
@@ -562,9 +568,6 @@ impl Store {
             ),
             lineage,
         };
-        if check_snapshots {
-            recovery::check_not_behind_snapshots(dir, writer.seq)?;
-        }
         let store = Store {
             db,
             tree,
