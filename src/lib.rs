@@ -15,6 +15,7 @@
 //! - [`tls`]: rustls configs for mutual TLS within a deployment.
 //! - [`protocol`]: the JSON-RPC wire contract, its server (accept loop) and client.
 //! - [`sync`]: one sync session with a peer (initiator and responder), and `verify`.
+//! - [`progress`]: progress of sync sessions in flight (records, bytes, rate, time left).
 //! - [`discovery`]: mDNS advertise/browse → peer events.
 //! - [`app`]: the application layer: one typed function per operation, for every door.
 //! - [`agent`]: the daemon: sync server, control endpoint, triggers, shutdown.
@@ -46,6 +47,7 @@ pub mod http;
 pub mod merge;
 pub mod mesh;
 pub mod model;
+pub mod progress;
 pub mod protocol;
 pub mod store;
 pub mod sync;

@@ -604,7 +604,8 @@ pub async fn sync_with(
             c
         }
     };
-    let mut result = session(&store, &client, &seen, addr, opts)
+    let tracker = crate::progress::start(addr);
+    let mut result = session(&store, &client, &seen, addr, opts, &tracker)
         .instrument(span.clone())
         .await;
     if result.is_err() {
@@ -616,13 +617,14 @@ pub async fn sync_with(
         let (c, s) = connect(addr, &opts.transport)?;
         let c = (Arc::new(c), s);
         opts.clients.map().insert(addr.to_string(), c.clone());
-        result = session(&store, &c.0, &c.1, addr, opts)
+        result = session(&store, &c.0, &c.1, addr, opts, &tracker)
             .instrument(span.clone())
             .await;
         if result.is_err() {
             opts.clients.map().remove(addr);
         }
     }
+    tracker.finish(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
     match &result {
         Ok(r) => info!(parent: &span, peer = %r.peer.instance, name = %r.peer.name,
                        received = r.received.records, applied = r.received.applied,
@@ -646,7 +648,9 @@ async fn session(
     seen: &Option<crate::tls::SeenPeer>,
     addr: &str,
     opts: &SessionOptions,
+    tracker: &crate::progress::Tracker,
 ) -> Result<SessionReport, SyncError> {
+    use crate::progress::Way;
     let pos = blocking(store, |s| s.position()).await?;
     let me = store.instance();
     let hello = our_hello(
@@ -666,6 +670,7 @@ async fn session(
         )));
     }
     protocol::negotiate(reply.protocol, reply.protocol)?;
+    tracker.peer(peer.instance, &peer.name, reply.received_upto);
     let mut report = SessionReport {
         peer: peer.clone(),
         ..Default::default()
@@ -694,6 +699,7 @@ async fn session(
     // Pull: pages of the peer's changes, each applied with its position in one batch.
     let started = Instant::now();
     let their_knowledge = reply.knowledge.clone();
+    tracker.direction(Way::Pull, since, reply.head);
     for _ in 0..u32::MAX {
         let req = PullRequest {
             from: me.id,
@@ -716,9 +722,10 @@ async fn session(
         }
         let mut changes = protocol::decode_changes(&page).map_err(SyncError::Peer)?;
         admit(&opts.transport, &mut changes).map_err(SyncError::Peer)?;
+        let (n, page_bytes) = (changes.len() as u64, page.data.to_string().len() as u64);
         report.received.pages += 1;
-        report.received.records += changes.len() as u64;
-        report.received.bytes += page.data.to_string().len() as u64;
+        report.received.records += n;
+        report.received.bytes += page_bytes;
         let (next, more) = (page.next, page.more);
         let k = their_knowledge.clone();
         let pid = peer.instance;
@@ -736,6 +743,7 @@ async fn session(
         .await?;
         report.received.applied += stats.applied;
         report.received.conflicts += stats.conflicts;
+        tracker.page(Way::Pull, n, page_bytes, stats.conflicts, next, !more);
         since = next;
         if !more {
             break;
@@ -747,6 +755,7 @@ async fn session(
     let started = Instant::now();
     let skip: BTreeSet<String> = reply.local_only.iter().cloned().collect();
     let mut since = reply.received_upto;
+    tracker.direction(Way::Push, since, pos.head);
     for _ in 0..u32::MAX {
         let (k, sk, limit, bytes) = (
             reply.knowledge.clone(),
@@ -768,9 +777,10 @@ async fn session(
                 .map_err(SyncError::Peer)?,
             encoding: reply.encoding.clone(),
         };
+        let page_bytes = page.data.to_string().len() as u64;
         report.sent.pages += 1;
         report.sent.records += out.changes.len() as u64;
-        report.sent.bytes += page.data.to_string().len() as u64;
+        report.sent.bytes += page_bytes;
         let req = PushRequest {
             from: me.id,
             knowledge: (!out.more).then(|| pos.knowledge.clone()),
@@ -779,6 +789,14 @@ async fn session(
         let r = client.push(&req).await.map_err(|e| e.into_sync(addr))?;
         report.sent.applied += r.stats.applied;
         report.sent.conflicts += r.stats.conflicts;
+        tracker.page(
+            Way::Push,
+            out.changes.len() as u64,
+            page_bytes,
+            r.stats.conflicts,
+            out.next,
+            !out.more,
+        );
         since = out.next;
         if !out.more {
             break;

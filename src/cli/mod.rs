@@ -11,6 +11,7 @@
 //! - [`admin`]: status, peers, generate, backup, restore.
 
 pub mod admin;
+pub mod console;
 pub mod mesh;
 pub mod records;
 pub mod sync;
@@ -308,6 +309,15 @@ pub enum Command {
         #[arg(long)]
         take_over_identity: bool,
     },
+    /// Print (and on a desktop, open) a one-time login link to the console: the web page the
+    /// running agent serves on its HTTP API port (peers, live syncs, conflicts, records).
+    ///
+    /// The link works once, within 10 minutes. Needs `fieldsync run` with the HTTP API on.
+    Console {
+        /// Print `{"url","expires_in_secs"}` as JSON (also when stdout is not a terminal).
+        #[arg(long)]
+        json: bool,
+    },
     /// Check that this laptop can sync: data directory, database, credential, network, port,
     /// clock.
     ///
@@ -471,6 +481,10 @@ pub fn run(
         return crate::doctor::run(cli.data_dir, out, rt);
     }
     let dir = resolve_data_dir(cli.data_dir.clone())?;
+    // The console link comes from the agent's HTTP API, never from the database.
+    if let Command::Console { json } = cli.command {
+        return console::console(&dir, json, out);
+    }
     let config = Config::load(&dir)?;
     let store = match Store::open(&dir, config) {
         Ok(s) => Arc::new(s),
@@ -695,6 +709,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         Command::Run { .. } => Err(CliError::Invalid(
             "`run` cannot be started from inside a running agent".into(),
         )),
+        Command::Console { json } => console::console(store.dir(), json, io.out),
         Command::Generate(what) => admin::generate(what, io.out, &mut io.stdin, &io.cwd),
         Command::Backup { file } => admin::backup(&app, &file, io),
         Command::Restore {

@@ -648,6 +648,23 @@ impl Store {
         Ok(out)
     }
 
+    /// How many feed entries (records changed) lie after position `after`, counting at most
+    /// `cap` (keys only; no record is read).
+    pub fn feed_len_after(&self, after: u64, cap: u64) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for kv in self
+            .tree
+            .range(keys::feed(after.saturating_add(1))..keys::feed(u64::MAX))
+        {
+            kv?;
+            n += 1;
+            if n >= cap {
+                break;
+            }
+        }
+        Ok(n)
+    }
+
     /// Forces everything to disk.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
