@@ -230,6 +230,16 @@ impl Tracker {
     /// A page went through: `records` records, `bytes` encoded bytes, position now `at`;
     /// `last` when it was the direction's last page.
     pub fn page(&self, way: Way, records: u64, bytes: u64, conflicts: u64, at: u64, last: bool) {
+        let id = self.id;
+        if way == Way::Push {
+            // The peer applied this page: it has our feed up to `at`.
+            with(|g| {
+                if let Some(p) = g.running.get(&id).and_then(|s| s.peer) {
+                    let e = g.sent_upto.entry(p).or_insert(0);
+                    *e = (*e).max(at);
+                }
+            });
+        }
         self.update(|s| {
             s.conflicts += conflicts;
             let started = s.dir_clock[if way == Way::Pull { 0 } else { 1 }];

@@ -53,11 +53,20 @@ pub enum GenerateCommand {
 
 /// `status`: who am I, counts, conflicts, peers, the agent (and its API URL) when running.
 pub fn status(app: &App, io: &mut Io<'_>) -> Result<(), CliError> {
-    print(io.out, &app.status()?)
+    let v = app.status()?;
+    if io.human {
+        let text = super::human::status(&v, chrono::Utc::now());
+        return write!(io.out, "{text}").map_err(CliError::Output);
+    }
+    print(io.out, &v)
 }
 
 /// `peers`: one line per peer instance.
 pub fn peers(app: &App, io: &mut Io<'_>) -> Result<(), CliError> {
+    if io.human {
+        let text = super::human::peers(&app.peers()?, chrono::Utc::now());
+        return write!(io.out, "{text}").map_err(CliError::Output);
+    }
     for row in app.peers()? {
         print(io.out, &peer_json(&row))?;
     }

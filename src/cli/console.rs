@@ -6,12 +6,12 @@
 
 use super::CliError;
 use serde_json::Value;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-/// Prints the login link (JSON `{"url","expires_in_secs"}` when stdout is not a terminal or
-/// `json` is set) and, on a desktop, opens it in the browser.
+/// Prints the login link (JSON `{"url","expires_in_secs"}` when `json`: `--json` or stdout not
+/// a terminal) and, on a desktop, opens it in the browser.
 pub fn console(dir: &Path, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
     let api = crate::http::read_api_file(dir).map_err(|_| {
         CliError::Io(format!(
@@ -22,8 +22,7 @@ pub fn console(dir: &Path, json: bool, out: &mut dyn Write) -> Result<(), CliErr
     })?;
     let link = request_link(&api.url, &api.token)?;
     let url = link["url"].as_str().unwrap_or_default().to_string();
-    let terminal = std::io::stdout().is_terminal() && !json;
-    if terminal {
+    if !json {
         writeln!(
             out,
             "Open the console: {url}\nThe link works once, within {} minutes; run \
@@ -48,8 +47,18 @@ pub fn console(dir: &Path, json: bool, out: &mut dyn Write) -> Result<(), CliErr
     Ok(())
 }
 
-/// `POST /v1/console/link` with the bearer token, over plain HTTP/1.1 on loopback.
+/// `POST /v1/console/link` with the bearer token.
 fn request_link(base: &str, token: &str) -> Result<Value, CliError> {
+    request(base, token, "POST", "/v1/console/link")
+}
+
+/// `GET path` of the agent's API with the bearer token.
+pub(crate) fn get_json(base: &str, token: &str, path: &str) -> Result<Value, CliError> {
+    request(base, token, "GET", path)
+}
+
+/// One request to the agent's API over plain HTTP/1.1 on loopback; the JSON body of a 200.
+fn request(base: &str, token: &str, method: &str, path: &str) -> Result<Value, CliError> {
     let addr = base.trim_start_matches("http://").trim_end_matches('/');
     let fail = |e: String| {
         CliError::Io(format!(
@@ -63,7 +72,7 @@ fn request_link(base: &str, token: &str) -> Result<Value, CliError> {
         .map_err(|e| fail(e.to_string()))?;
     write!(
         s,
-        "POST /v1/console/link HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
          Content-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| fail(e.to_string()))?;

@@ -48,7 +48,7 @@ pub enum ConflictAction {
     },
 }
 
-/// `put`: prints the id.
+/// `put`: prints what it did (`{"table","id","written","seq"}`).
 pub fn put(
     app: &App,
     table: &str,
@@ -62,10 +62,10 @@ pub fn put(
     }
     let fields = read_json_arg(json, &mut io.stdin)?;
     let o = app.put(table, id.as_deref(), fields, &Precondition::None)?;
-    writeln!(io.out, "{}", o.id).map_err(CliError::Output)
+    written(io, "Saved", &o)
 }
 
-/// `patch`: top-level fields (a nested object is replaced whole); prints the id.
+/// `patch`: top-level fields (a nested object is replaced whole); prints what it did.
 pub fn patch(
     app: &App,
     table: &str,
@@ -83,13 +83,25 @@ pub fn patch(
         PatchMode::TopLevel,
         &Precondition::None,
     )?;
-    writeln!(io.out, "{}", o.id).map_err(CliError::Output)
+    written(io, "Changed", &o)
 }
 
-/// `delete`: prints the id.
+/// `delete`: prints what it did.
 pub fn delete(app: &App, table: &str, id: &str, io: &mut Io<'_>) -> Result<(), CliError> {
     let o = app.delete(table, id, &Precondition::None)?;
-    writeln!(io.out, "{}", o.id).map_err(CliError::Output)
+    written(io, "Deleted", &o)
+}
+
+/// What a write did: `{"table","id","written","seq"}`, or a sentence for people.
+fn written(
+    io: &mut Io<'_>,
+    verb: &str,
+    o: &crate::app::records::WriteOutcome,
+) -> Result<(), CliError> {
+    if io.human {
+        return write!(io.out, "{}", super::human::write(verb, o)).map_err(CliError::Output);
+    }
+    writeln!(io.out, "{}", serde_json::to_value(o).unwrap_or_default()).map_err(CliError::Output)
 }
 
 /// `get`: `{"table","id","fields"}`, with `meta` on request.

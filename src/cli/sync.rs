@@ -37,8 +37,9 @@ pub fn run_agent(
         eprintln!(
             "fieldsync: sync is off: this laptop has not joined a deployment, and plaintext \
              sync is refused. Join with `fieldsync init --mesh FILE` (a credential from \
-             `fieldsync mesh enroll`, or a join file) and restart, or pass \
-             --insecure-plaintext for debugging"
+             `fieldsync mesh enroll` on the coordinator's laptop, or a join file) and restart; \
+             on the coordinator's own laptop, `fieldsync mesh create --name NAME` starts a \
+             deployment and joins it. --insecure-plaintext is for debugging only"
         );
         Transport::Plaintext
     } else {
@@ -108,7 +109,15 @@ fn transport(app: &App, insecure: bool) -> Result<Option<Transport>, CliError> {
 /// `sync PEER`: one session; a summary line per direction.
 pub fn sync(app: &App, peer: &str, insecure: bool, io: &mut Io<'_>) -> Result<(), CliError> {
     let t = transport(app, insecure)?;
-    let r = io.rt.block_on(app.sync(peer, t))?;
+    // In the agent, the bar is drawn by the CLI that forwarded the command (see `forward`).
+    let bar =
+        (io.human && app.agent().is_none()).then(|| super::bar::Bar::start(super::bar::local()));
+    let r = io.rt.block_on(app.sync(peer, t));
+    drop(bar);
+    let r = r?;
+    if io.human {
+        return write!(io.out, "{}", super::human::sync(&r)).map_err(CliError::Output);
+    }
     for (direction, d) in [("received", r.received), ("sent", r.sent)] {
         let mut v = serde_json::to_value(d).unwrap_or_default();
         v["direction"] = json!(direction);

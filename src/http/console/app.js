@@ -3,6 +3,10 @@
 "use strict";
 
 const page = () => document.getElementById("page");
+// Replaces the page's content; arrays are flattened, null and undefined skipped.
+function render(...kids) {
+  page().replaceChildren(...kids.flat(2).filter((k) => k !== null && k !== undefined));
+}
 let stream = null; // the Live page's EventSource
 let names = {}; // instance id -> display name (this laptop and its peers)
 let me = null;
@@ -15,7 +19,7 @@ function h(tag, attrs, ...kids) {
     if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v === true ? "" : v);
   }
-  for (const k of kids.flat()) {
+  for (const k of kids.flat(Infinity)) {
     if (k === null || k === undefined) continue;
     e.append(typeof k === "string" || typeof k === "number" ? String(k) : k);
   }
@@ -116,7 +120,7 @@ async function overview() {
       h("td", {}, p.last_sync ? localTime(p.last_sync) + " (" + ago(p.last_sync) + ")" : "never"),
       h("td", {}, sent(p)),
       h("td", {}, p.problem ? h("span", { class: "bad" }, p.problem) : "none")));
-  page().replaceChildren(
+  render(
     h("h1", {}, "Overview"),
     h("dl", { class: "facts" },
       h("dt", {}, "This laptop"), h("dd", {}, o.name || o.instance),
@@ -152,7 +156,7 @@ function renderSessions(s) {
     h("p", { class: "muted" }, "Started " + localTime(x.started) + ", " + secs(x.elapsed_secs) + (x.conflicts ? ", " + x.conflicts + " conflicts" : "")),
     direction("Received", x.received),
     direction("Sent", x.sent));
-  page().replaceChildren(
+  render(
     h("h1", {}, "Live sessions"),
     h("h2", {}, "In progress"),
     s.running.length ? s.running.map(card) : h("p", { id: "idle" }, "No sync is running right now."),
@@ -198,7 +202,7 @@ async function conflicts(notice) {
           h("p", { class: "value" }, show(s.value)),
           isNow ? h("p", { class: "ok" }, "This value is in the record now" + (c.chosen === label ? " (the later write wins)" : "")) : null,
           h("button", { type: "button", onclick: () => resolve(c.id, keep), "aria-label": "Keep " + nameOf(s.instance) + "'s value for conflict " + c.id },
-            "Keep " + nameOf(s.instance) + "'s value"));
+            s.instance === me.instance ? "Keep " + (me.name || "this laptop") + "'s value (this laptop)" : "Keep " + nameOf(s.instance) + "'s value"));
       };
       const input = h("input", { id: "value-" + c.id, type: "text", value: JSON.stringify(now === undefined ? null : now) });
       cards.push(h("div", { class: "card conflict", "data-conflict": String(c.id) }, head, why,
@@ -223,7 +227,7 @@ async function conflicts(notice) {
           h("button", { type: "button", class: "secondary", onclick: () => resolve(c.id, "remote") }, "Keep the other side"))));
     }
   }
-  page().replaceChildren(
+  render(
     h("h1", {}, "Conflicts"),
     notice ? h("p", { class: "ok", role: "status" }, notice) : null,
     cards.length ? cards : h("p", { id: "no-conflicts" }, "No unresolved conflicts."));
@@ -271,7 +275,7 @@ async function records(args) {
   } else {
     parts.push(h("p", {}, "No tables yet."));
   }
-  page().replaceChildren(...parts);
+  render(...parts);
 }
 
 async function record(args) {
@@ -281,7 +285,7 @@ async function record(args) {
   const hist = await api("/v1/tables/" + table + "/records/" + id + "/history");
   const changes = (c) => (c || []).map((x) =>
     h("li", {}, h("strong", {}, x.field + ": "), x.old === undefined || x.old === null ? "" : show(x.old) + " → ", x.new === undefined || x.new === null ? "(removed)" : show(x.new)));
-  page().replaceChildren(
+  render(
     h("h1", {}, table + " record " + id + (r.deleted ? " (deleted)" : "")),
     h("dl", { class: "facts" }, Object.entries(r.fields).map(([k, v]) => [h("dt", {}, k), h("dd", { class: "value" }, show(v))])),
     h("h2", {}, "History, oldest first"),
@@ -299,7 +303,7 @@ async function warnings() {
   await loadMe();
   const w = await api("/v1/warnings");
   const d = w.discovery;
-  page().replaceChildren(
+  render(
     h("h1", {}, "Held & warnings"),
     h("h2", {}, "Clocks"),
     w.clocks.length ? h("ul", {}, w.clocks.map((c) => h("li", { class: "bad" }, c.message)))
