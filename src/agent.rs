@@ -163,7 +163,7 @@ impl Agent {
                             row.online = true;
                             row.last_seen = Some(Utc::now());
                         });
-                        eprintln!("{}", session_line(&report));
+                        eprintln!("{}", report_line(&report));
                         break;
                     }
                     Err(e @ SyncError::Transport { .. }) => last_err = Some(e),
@@ -567,21 +567,28 @@ async fn run_without_sync(
     Ok(())
 }
 
-/// The line `run` prints when a session it started finishes, e.g.
+/// The line `run` prints when a session it started finishes (and `sync` on a terminal), e.g.
 /// `synced with laptopB: received 312, sent 4, 1 conflict, 0.4 s`.
-pub fn session_line(r: &sync::SessionReport) -> String {
+pub fn session_line(name: &str, received: u64, sent: u64, conflicts: u64, ms: u64) -> String {
+    format!(
+        "synced with {name}: received {received}, sent {sent}, {conflicts} conflict{}, {:.1} s",
+        if conflicts == 1 { "" } else { "s" },
+        ms as f64 / 1000.0
+    )
+}
+
+fn report_line(r: &sync::SessionReport) -> String {
     let name = if r.peer.name.is_empty() {
         r.peer.instance.to_string()
     } else {
         r.peer.name.clone()
     };
-    let conflicts = r.received.conflicts + r.sent.conflicts;
-    format!(
-        "synced with {name}: received {}, sent {}, {conflicts} conflict{}, {:.1} s",
+    session_line(
+        &name,
         r.received.records,
         r.sent.records,
-        if conflicts == 1 { "" } else { "s" },
-        (r.received.ms + r.sent.ms) as f64 / 1000.0
+        r.received.conflicts + r.sent.conflicts,
+        r.received.ms + r.sent.ms,
     )
 }
 

@@ -4,8 +4,23 @@
 //! The agent listens on 127.0.0.1 (never another interface) on a random port and writes
 //! `agent.json` (port, token, pid) into the data directory with mode 0600, so only the local
 //! user who owns the data can read the token. Every request must carry that token.
+//!
+//! Methods (JSON-RPC over HTTP, one positional parameter):
+//!
+//! | method        | params                         | result                                |
+//! |---------------|--------------------------------|---------------------------------------|
+//! | `control_op`  | `{"token", "op": {"op": NAME, ...}}` ([`Op`]) | the operation's typed output (see [`dispatch`]) |
+//! | `control_run` | [`RunRequest`] (argv, stdin, cwd) | [`RunReply`] (exit code, stdout, stderr) |
+//!
+//! `control_op` carries the application-layer operations as typed values; a failure is error
+//! `1100` with `data` = `{"code", "field", "status", "exit"}` ([`crate::app::AppError`]).
+//! `control_run` remains for the commands that stream files or output (import, export, apply,
+//! list, backup, mesh, ...), which run inside the agent as a command line.
 
+use crate::app::records::{PatchMode, Precondition, RecordView};
+use crate::app::{App, AppError};
 use crate::store::Store;
+use crate::tls::Transport;
 use jsonrpsee::server::{RpcModule, Server, ServerConfig, ServerHandle};
 use jsonrpsee::types::{ErrorObjectOwned, Params};
 use serde::{Deserialize, Serialize};
@@ -17,6 +32,10 @@ use uuid::Uuid;
 pub const AGENT_FILE: &str = "agent.json";
 /// Method: run one CLI command inside the agent.
 pub const RUN: &str = "control_run";
+/// Method: one typed application-layer operation ([`Op`]).
+pub const OP: &str = "control_op";
+/// JSON-RPC error code of a failed operation (details in `data`).
+pub const OP_FAILED: i32 = 1100;
 /// Largest control request/response (an export of a big table goes through here).
 const MAX_CONTROL_BYTES: u32 = 1 << 30;
 
@@ -73,15 +92,205 @@ pub enum ControlError {
     /// The agent could not be reached or refused.
     #[error("the running agent did not answer: {0}")]
     Agent(String),
+    /// The operation failed inside the agent.
+    #[error("{message}")]
+    Failed {
+        /// The CLI exit code for it.
+        exit: i32,
+        /// The error's one-line message.
+        message: String,
+    },
 }
 
 /// Runs a command line against the agent's store; provided by the CLI layer.
-pub type Executor = Arc<dyn Fn(&Arc<Store>, RunRequest) -> RunReply + Send + Sync>;
+pub type RunCommand = Arc<dyn Fn(&Arc<Store>, RunRequest) -> RunReply + Send + Sync>;
+
+/// What the control endpoint runs: typed operations on the agent's application, and command
+/// lines (provided by the CLI layer).
+#[derive(Clone)]
+pub struct Executor {
+    /// The agent's application (with its agent context).
+    pub app: App,
+    /// Runs a command line against the agent's store.
+    pub run: RunCommand,
+}
 
 struct Ctx {
     store: Arc<Store>,
     token: String,
     exec: Executor,
+}
+
+/// One application-layer operation, as the CLI sends it to a running agent (and runs it
+/// locally when no agent holds the database).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    /// Create or replace a record → `WriteOutcome`.
+    Put {
+        /// Table.
+        table: String,
+        /// Record id (None: a new one).
+        id: Option<String>,
+        /// Fields (a JSON object).
+        fields: serde_json::Value,
+    },
+    /// Change top-level fields → `WriteOutcome`.
+    Patch {
+        /// Table.
+        table: String,
+        /// Record id.
+        id: String,
+        /// Fields to change (null removes).
+        fields: serde_json::Value,
+    },
+    /// Delete → `WriteOutcome`.
+    Delete {
+        /// Table.
+        table: String,
+        /// Record id.
+        id: String,
+    },
+    /// Read one record → [`GetReply`].
+    Get {
+        /// Table.
+        table: String,
+        /// Record id.
+        id: String,
+        /// Also a deleted record.
+        include_deleted: bool,
+        /// Add replication metadata.
+        meta: bool,
+    },
+    /// A record's revisions → `Vec<HistoryEntry>`.
+    History {
+        /// Table.
+        table: String,
+        /// Record id.
+        id: String,
+    },
+    /// The conflict log → `Vec<ConflictEntry>`.
+    Conflicts {
+        /// Only this table.
+        table: Option<String>,
+        /// Resolved ones too.
+        all: bool,
+    },
+    /// Resolve a conflict → `ConflictEntry`.
+    Resolve {
+        /// Conflict id.
+        id: u64,
+        /// `local`, `remote` or a JSON value (text).
+        keep: String,
+    },
+    /// Tables with counts → `Vec<TableInfo>`.
+    Tables,
+    /// Status → JSON object.
+    Status,
+    /// Peer rows → `Vec<PeerRow>`.
+    Peers,
+    /// Sync now → `{"peer","peer_name","received","sent"}`.
+    Sync {
+        /// Instance id, name or `HOST:PORT`.
+        peer: String,
+    },
+    /// Verify → `Vec<TableCheck>`.
+    Verify {
+        /// Instance id, name or `HOST:PORT`.
+        peer: String,
+    },
+}
+
+/// `get`'s result: the record and, when asked for, its replication metadata.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GetReply {
+    /// The record.
+    pub record: RecordView,
+    /// `get --meta`: per-field stamps, version vector, feed position, conflicts.
+    pub meta: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct OpRequest {
+    token: String,
+    op: Op,
+}
+
+/// Runs one operation on `app` and returns its output as JSON. `transport` is for `sync` and
+/// `verify` outside an agent (inside one, the agent's own is used).
+pub async fn dispatch(
+    app: &App,
+    op: Op,
+    transport: Option<Transport>,
+) -> Result<serde_json::Value, AppError> {
+    fn json<T: Serialize>(v: T) -> Result<serde_json::Value, AppError> {
+        serde_json::to_value(v).map_err(|e| AppError::Peer(format!("cannot encode a reply: {e}")))
+    }
+    match op {
+        Op::Sync { peer } => {
+            let r = app.sync(&peer, transport).await?;
+            Ok(serde_json::json!({
+                "peer": r.peer.instance, "peer_name": r.peer.name,
+                "received": r.received, "sent": r.sent,
+            }))
+        }
+        Op::Verify { peer } => json(app.verify(&peer, transport).await?),
+        op => {
+            // Everything else reads or writes sled (writes fsync): off the async threads.
+            let app = app.clone();
+            tokio::task::spawn_blocking(move || blocking(&app, op))
+                .await
+                .map_err(|e| AppError::Peer(format!("the operation's task failed: {e}")))?
+        }
+    }
+}
+
+fn blocking(app: &App, op: Op) -> Result<serde_json::Value, AppError> {
+    fn json<T: Serialize>(v: T) -> Result<serde_json::Value, AppError> {
+        serde_json::to_value(v).map_err(|e| AppError::Peer(format!("cannot encode a reply: {e}")))
+    }
+    let none = &Precondition::None;
+    match op {
+        Op::Put { table, id, fields } => json(app.put(&table, id.as_deref(), fields, none)?),
+        Op::Patch { table, id, fields } => {
+            json(app.patch(&table, &id, fields, PatchMode::TopLevel, none)?)
+        }
+        Op::Delete { table, id } => json(app.delete(&table, &id, none)?),
+        Op::Get {
+            table,
+            id,
+            include_deleted,
+            meta,
+        } => {
+            let (record, rec) = app.get(&table, &id, include_deleted)?;
+            let meta = if meta {
+                let conflicts = app.store().conflicts_of(&table, &record.id)?;
+                Some(crate::app::admin::record_meta(&rec, &conflicts))
+            } else {
+                None
+            };
+            json(GetReply { record, meta })
+        }
+        Op::History { table, id } => json(app.history(&table, &id)?),
+        Op::Conflicts { table, all } => json(app.conflicts(table.as_deref(), all)?),
+        Op::Resolve { id, keep } => json(app.resolve(id, crate::app::admin::parse_keep(&keep)?)?),
+        Op::Tables => json(app.tables()?),
+        Op::Status => app.status(),
+        Op::Peers => json(app.peers()?),
+        Op::Sync { .. } | Op::Verify { .. } => Err(AppError::Peer(
+            "sync and verify are not blocking operations".into(),
+        )),
+    }
+}
+
+fn op_error(e: AppError) -> ErrorObjectOwned {
+    ErrorObjectOwned::owned(
+        OP_FAILED,
+        e.to_string(),
+        Some(serde_json::json!({
+            "code": e.code(), "field": e.field(), "status": e.status(), "exit": e.exit_code(),
+        })),
+    )
 }
 
 /// Starts the control endpoint and writes `agent.json`; returns the server handle.
@@ -126,9 +335,25 @@ pub async fn start(
                     None::<()>,
                 ));
             }
-            Ok::<_, ErrorObjectOwned>((ctx.exec)(&ctx.store, req))
+            Ok::<_, ErrorObjectOwned>((ctx.exec.run)(&ctx.store, req))
         })
-        .expect("one method");
+        .expect("a new method name");
+    module
+        .register_async_method(OP, |params, ctx, _| async move {
+            let req: OpRequest = params.one()?;
+            if req.token != ctx.token {
+                tracing::warn!("control request with a wrong token refused");
+                return Err(ErrorObjectOwned::owned(
+                    1009,
+                    "wrong control token",
+                    None::<()>,
+                ));
+            }
+            dispatch(&ctx.exec.app, req.op, None)
+                .await
+                .map_err(op_error)
+        })
+        .expect("a new method name");
     let handle = server.start(module);
     write_agent_file(&dir, &info)?;
     Ok(handle)
@@ -193,4 +418,32 @@ pub async fn forward(dir: &Path, req: RunRequest) -> Result<RunReply, ControlErr
         .request(RUN, jsonrpsee::rpc_params![req])
         .await
         .map_err(|e| ControlError::Agent(e.to_string()))
+}
+
+/// Runs one typed operation in the agent that owns `dir`.
+pub async fn call(dir: &Path, op: Op) -> Result<serde_json::Value, ControlError> {
+    use jsonrpsee::core::client::{ClientT, Error};
+    let info = read_agent_file(dir)?;
+    let client = jsonrpsee::http_client::HttpClientBuilder::default()
+        .max_request_size(MAX_CONTROL_BYTES)
+        .max_response_size(MAX_CONTROL_BYTES)
+        .request_timeout(std::time::Duration::from_secs(3600))
+        .build(format!("http://127.0.0.1:{}", info.port))
+        .map_err(|e| ControlError::Agent(e.to_string()))?;
+    let req = serde_json::json!({"token": info.token, "op": op});
+    match client.request(OP, jsonrpsee::rpc_params![req]).await {
+        Ok(v) => Ok(v),
+        Err(Error::Call(e)) if e.code() == OP_FAILED => {
+            let exit = e
+                .data()
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(d.get()).ok())
+                .and_then(|d| d["exit"].as_i64())
+                .unwrap_or(3) as i32;
+            Err(ControlError::Failed {
+                exit,
+                message: e.message().to_string(),
+            })
+        }
+        Err(e) => Err(ControlError::Agent(e.to_string())),
+    }
 }

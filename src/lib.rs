@@ -22,7 +22,7 @@
 //! - [`control`]: the local control endpoint the CLI uses while an agent holds the database.
 //! - [`http`]: the HTTP API for local applications (axum, OpenAPI by utoipa).
 //! - [`gen`]: deterministic test and benchmark data (records and op files, gen.py's format).
-//! - [`cli`]: the command line (clap definitions and command bodies).
+//! - [`cli`]: the command line: clap definitions, and command bodies by group that call [`app`].
 //! - [`build_info`]: version, git commit and build date fixed at build time.
 //! - [`backup`]: `backup`/`restore`: the whole database in one file.
 //! - [`doctor`]: `doctor`: checks that this laptop can sync, with fixes.

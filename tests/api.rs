@@ -345,12 +345,9 @@ fn every_error_is_json_with_a_code_and_writes_nothing() {
     let head = api.get("/v1/status").json()["feed_seq"].clone();
 
     // 401: no token, wrong token.
-    let r = api.req("GET", "/v1/status", &[("Authorization", "")], b"");
-    let mut s = TcpStream::connect(&api.addr).unwrap();
-    s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    read_response(s).error(401, "UNAUTHORIZED");
-    let _ = r;
+    // (An empty Authorization value makes the test client send no Authorization header.)
+    api.req("GET", "/v1/status", &[("Authorization", "")], b"")
+        .error(401, "UNAUTHORIZED");
     let wrong = api.req(
         "GET",
         "/v1/status",
@@ -359,6 +356,9 @@ fn every_error_is_json_with_a_code_and_writes_nothing() {
     );
     wrong.error(401, "UNAUTHORIZED");
     assert_eq!(wrong.header("www-authenticate"), Some("Bearer"));
+    let lower = format!("bearer {}", api.token);
+    let ok = api.req("GET", "/v1/status", &[("Authorization", &lower)], b"");
+    assert_eq!(ok.status, 200, "the scheme name is case-insensitive");
 
     // 400s name the field.
     let e = api
@@ -592,7 +592,9 @@ fn changes_feed_resumes_exactly_after_restarts_and_kill_9() {
 fn peer_changes_reach_the_feed_longpoll_and_sse_with_their_origin() {
     let tmp = tempfile::tempdir().unwrap();
     let (a_dir, b_dir) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
-    let (_a, api) = agent(&a_dir);
+    let (mut a, api) = agent(&a_dir);
+    ensure_member(&b_dir);
+    run(&b_dir, &["init", "--name", "bravo"]).ok();
     let b = Agent::start(&b_dir);
     let head = api.get("/v1/status").json()["feed_seq"].as_u64().unwrap();
 
@@ -651,23 +653,11 @@ fn peer_changes_reach_the_feed_longpoll_and_sse_with_their_origin() {
     assert_eq!(data["id"], id.to_string());
     assert_eq!(data["via"], b.instance());
 
-    // Sync by the peer's name (known after the first session), and verify.
-    let name = run(&b_dir, &["status"]).ok().json()["name"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let peers = api.get("/v1/peers").json();
-    if peers
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["name"] == name.as_str())
-        .count()
-        == 1
-    {
-        let s = api.send("POST", "/v1/sync", &json!({"peer": name}));
-        assert_eq!(s.status, 200, "{}", s.json());
-    }
+    // Sync by the peer's name (known after the first session), through the API and the CLI.
+    let s = api.send("POST", "/v1/sync", &json!({"peer": "bravo"}));
+    assert_eq!(s.status, 200, "{}", s.json());
+    let lines = run(&a_dir, &["sync", "bravo"]).ok().lines();
+    assert_eq!(lines[0]["peer"], b.instance());
     let v = api.send("POST", "/v1/verify", &json!({"peer": b.instance()}));
     assert_eq!(v.status, 200, "{}", v.json());
     assert_eq!(v.json()["in_sync"], true);
@@ -679,6 +669,118 @@ fn peer_changes_reach_the_feed_longpoll_and_sse_with_their_origin() {
         &json!({"peer": uuid::Uuid::new_v4().to_string()}),
     )
     .error(404, "PEER_NOT_FOUND");
+
+    // Concurrent edits of one field on A (through the API) and B make a conflict on A.
+    let rec = rec_path("person", &id.to_string());
+    assert_eq!(
+        api.send("PATCH", &rec, &json!({"name": "A side"})).status,
+        200
+    );
+    patch(&b_dir, "person", &id, &json!({"name": "B side"}));
+    assert_eq!(
+        api.send("POST", "/v1/sync", &json!({"peer": "bravo"}))
+            .status,
+        200
+    );
+    let list = api.get("/v1/conflicts?table=person").json();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        (list[0]["type"].as_str(), list[0]["field"].as_str()),
+        (Some("field"), Some("name"))
+    );
+    let cid = list[0]["id"].as_u64().unwrap();
+    let resolved = api.send(
+        "POST",
+        &format!("/v1/conflicts/{cid}/resolve"),
+        &json!({"keep": {"value": "agreed"}}),
+    );
+    assert_eq!(resolved.status, 200, "{}", resolved.json());
+    assert!(resolved.json()["resolved"].is_object());
+    assert_eq!(api.get("/v1/conflicts").json(), json!([]));
+    assert_eq!(
+        api.get("/v1/conflicts?all=true")
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(api.get(&rec).json()["fields"]["name"], "agreed");
+
+    // `mesh revoke` takes the peer's name too.
+    let ca = tmp.path().join("test-ca.fsca");
+    let ca = ca.to_str().unwrap();
+    let r = run(
+        &a_dir,
+        &["mesh", "revoke", "bravo", "--reason", "lost", "--ca", ca],
+    );
+    assert_eq!(r.ok().json()["revoked"], b.instance());
+    let unknown = run(&a_dir, &["mesh", "revoke", "nobody", "--ca", ca]);
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+
+    // An open event stream does not hold up a clean stop; api.json goes with the agent.
+    a.stop();
+    assert!(!a_dir.join("api.json").exists());
+    drop(sse);
+}
+
+#[test]
+fn the_cli_runs_typed_operations_in_the_agent_with_the_same_output_and_exit_codes() {
+    let (_tmp, dir) = new_root();
+    let id = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    // Output without an agent, then the same commands while the agent holds the database.
+    let script = |dir: &Path| -> Vec<String> {
+        let mut out = Vec::new();
+        for args in [
+            vec![
+                "put",
+                "person",
+                "--id",
+                id,
+                r#"{"name":"A","address":{"city":"Jos"}}"#,
+            ],
+            vec!["patch", "person", id, r#"{"address":{"zip":"1"}}"#],
+            vec!["get", "person", id],
+            vec!["tables"],
+            vec!["conflicts"],
+            vec!["peers"],
+            vec!["delete", "person", id],
+            vec!["get", "person", id, "--include-deleted"],
+        ] {
+            out.push(run(dir, &args).ok().stdout.trim().to_string());
+        }
+        out.push(
+            run(dir, &["history", "person", id])
+                .ok()
+                .lines()
+                .len()
+                .to_string(),
+        );
+        out
+    };
+    let plain = script(&dir);
+    assert_eq!(
+        plain[2],
+        format!(
+            r#"{{"fields":{{"address":{{"zip":"1"}},"name":"A"}},"id":"{id}","table":"person"}}"#
+        )
+    );
+    let other = dir.with_file_name("b");
+    let _a = Agent::start_with(&other, &["--api-listen", "127.0.0.1:0"]);
+    let through_agent = script(&other);
+    assert_eq!(plain, through_agent);
+    // Errors keep their exit codes and messages.
+    let e = run(
+        &other,
+        &["get", "person", "0f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b"],
+    );
+    assert_eq!(e.code, 1);
+    assert!(e.stderr.contains("not found"), "{}", e.stderr);
+    assert_eq!(run(&other, &["put", "Bad!", "{}"]).code, 2);
+    let e = run(&other, &["get", "person", id]);
+    assert_eq!(e.code, 1);
+    assert!(e.stderr.contains("is deleted"), "{}", e.stderr);
 }
 
 /// Runs Python code with the standard library and returns its stdout (bounded in time).

@@ -19,7 +19,7 @@ use uuid::Uuid;
 pub const MAX_PAGE: usize = 1000;
 
 /// A record as the API shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RecordView {
     /// Table.
     pub table: String,
@@ -29,7 +29,7 @@ pub struct RecordView {
     #[schema(value_type = Object)]
     pub fields: Fields,
     /// True for a deleted record (only shown when asked for).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
     /// Feed position of the record's latest change: its revision here, and its ETag.
     pub seq: u64,
@@ -38,7 +38,7 @@ pub struct RecordView {
 }
 
 /// What a write did.
-#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WriteOutcome {
     /// Table.
     pub table: String,
@@ -51,7 +51,7 @@ pub struct WriteOutcome {
 }
 
 /// One page of a table listing.
-#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ListPage {
     /// Records in id order.
     pub records: Vec<RecordView>,
@@ -60,7 +60,7 @@ pub struct ListPage {
 }
 
 /// A table and its counts.
-#[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TableInfo {
     /// Table name.
     pub table: String,

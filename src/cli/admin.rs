@@ -1,9 +1,11 @@
 //! Administration commands: `status`, `peers`, `generate`, `backup`, `restore`.
 
-use super::{open_input, print, CliError, Io};
+use super::{open_input, print, CliError, Door, Io};
 use crate::app::admin::peer_json;
 use crate::app::App;
+use crate::control::Op;
 use crate::mesh;
+use crate::store::PeerRow;
 use clap::Subcommand;
 use serde_json::json;
 use std::io::{BufReader, Write};
@@ -52,8 +54,8 @@ pub enum GenerateCommand {
 }
 
 /// `status`: who am I, counts, conflicts, peers, the agent (and its API URL) when running.
-pub fn status(app: &App, io: &mut Io<'_>) -> Result<(), CliError> {
-    let v = app.status()?;
+pub fn status(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
+    let v: serde_json::Value = door.call(Op::Status, io)?;
     if io.human {
         let text = super::human::status(&v, chrono::Utc::now());
         return write!(io.out, "{text}").map_err(CliError::Output);
@@ -62,13 +64,14 @@ pub fn status(app: &App, io: &mut Io<'_>) -> Result<(), CliError> {
 }
 
 /// `peers`: one line per peer instance.
-pub fn peers(app: &App, io: &mut Io<'_>) -> Result<(), CliError> {
+pub fn peers(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
+    let rows: Vec<PeerRow> = door.call(Op::Peers, io)?;
     if io.human {
-        let text = super::human::peers(&app.peers()?, chrono::Utc::now());
+        let text = super::human::peers(&rows, chrono::Utc::now());
         return write!(io.out, "{text}").map_err(CliError::Output);
     }
-    for row in app.peers()? {
-        print(io.out, &peer_json(&row))?;
+    for row in &rows {
+        print(io.out, &peer_json(row))?;
     }
     Ok(())
 }

@@ -4,7 +4,6 @@
 
 use crate::app::records::WriteOutcome;
 use crate::store::PeerRow;
-use crate::sync::SessionReport;
 use chrono::{DateTime, Local, Utc};
 use serde_json::Value;
 
@@ -188,9 +187,22 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// `sync`: the line `run` prints too.
-pub fn sync(r: &SessionReport) -> String {
-    crate::agent::session_line(r) + "\n"
+/// `sync`: the line `run` prints too, from the sync operation's output
+/// (`{"peer","peer_name","received","sent"}`).
+pub fn sync(v: &Value) -> String {
+    let name = v["peer_name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .or(v["peer"].as_str())
+        .unwrap_or("?");
+    let n = |d: &str, k: &str| v[d][k].as_u64().unwrap_or(0);
+    crate::agent::session_line(
+        name,
+        n("received", "records"),
+        n("sent", "records"),
+        n("received", "conflicts") + n("sent", "conflicts"),
+        n("received", "ms") + n("sent", "ms"),
+    ) + "\n"
 }
 
 /// `put`/`patch`/`delete`.

@@ -501,6 +501,18 @@ pub fn run(
     let config = Config::load(&dir)?;
     let store = match Store::open(&dir, config) {
         Ok(s) => Arc::new(s),
+        Err(StoreError::Locked(_)) if is_typed(&cli.command) => {
+            // Typed operations run in the agent but print here, so `human` applies as is.
+            let mut io = Io {
+                out,
+                stdin: None,
+                cwd,
+                rt: rt.clone(),
+                agent: None,
+                human,
+            };
+            return typed(&Door::Agent(&dir), cli.command, &mut io);
+        }
         Err(StoreError::Locked(_)) => {
             let mut args = args;
             // The agent's stdout is not the terminal: it is told how to print.
@@ -608,18 +620,14 @@ fn forward(
         stdin,
         cwd,
     };
-    // `sync` runs inside the agent: its progress bar follows the agent's sessions.
-    let human = req.args.iter().any(|a| a == "--human");
-    let bar = (human && matches!(command, Command::Sync { .. }))
-        .then(|| bar::Bar::start(bar::agent(dir)));
-    let reply = rt.block_on(crate::control::forward(dir, req));
-    drop(bar);
-    let reply = reply.map_err(|e| {
-        CliError::Io(format!(
-            "the database in {} is in use by another process, and {e}",
-            dir.display()
-        ))
-    })?;
+    let reply = rt
+        .block_on(crate::control::forward(dir, req))
+        .map_err(|e| {
+            CliError::Io(format!(
+                "the database in {} is in use by another process, and {e}",
+                dir.display()
+            ))
+        })?;
     out.write_all(reply.stdout.as_bytes())
         .map_err(CliError::Output)?;
     if reply.code == 0 {
@@ -633,8 +641,9 @@ fn forward(
 }
 
 /// The control endpoint's way of running a command line inside the agent.
-pub fn executor(rt: tokio::runtime::Handle, agent: AgentCtx) -> crate::control::Executor {
-    Arc::new(move |store, req| {
+pub fn executor(rt: tokio::runtime::Handle, app: App) -> crate::control::Executor {
+    let agent = app.agent().cloned();
+    let run = Arc::new(move |store: &Arc<Store>, req: crate::control::RunRequest| {
         let mut argv = vec!["fieldsync".to_string()];
         argv.extend(req.args);
         let cli = match Cli::try_parse_from(argv) {
@@ -671,7 +680,7 @@ pub fn executor(rt: tokio::runtime::Handle, agent: AgentCtx) -> crate::control::
             stdin: req.stdin,
             cwd: req.cwd,
             rt: rt.clone(),
-            agent: Some(agent.clone()),
+            agent: agent.clone(),
             human: cli.human && !cli.json_output,
         };
         let result = execute(store, cli.command, &mut io);
@@ -684,12 +693,30 @@ pub fn executor(rt: tokio::runtime::Handle, agent: AgentCtx) -> crate::control::
             stdout: String::from_utf8_lossy(&buf).into_owned(),
             stderr,
         }
-    })
+    });
+    crate::control::Executor { app, run }
 }
 
 /// Runs one command against an open store.
 pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<(), CliError> {
     let app = App::new(store.clone(), io.agent.clone());
+    let insecure = matches!(
+        command,
+        Command::Sync {
+            insecure_plaintext: true,
+            ..
+        } | Command::Verify {
+            insecure_plaintext: true,
+            ..
+        }
+    );
+    let door = Door::Local {
+        app: &app,
+        insecure,
+    };
+    if is_typed(&command) {
+        return typed(&door, command, io);
+    }
     match command {
         Command::Init {
             name,
@@ -698,22 +725,10 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
             mesh,
         } => mesh::init(&app, name, owner, contact, mesh, io),
         Command::Mesh(m) => mesh::mesh_command(&app, m, io),
-        Command::Put { table, id, json } => records::put(&app, &table, id, &json, io),
-        Command::Patch { table, id, json } => records::patch(&app, &table, &id, &json, io),
-        Command::Delete { table, id } => records::delete(&app, &table, &id, io),
-        Command::Get {
-            table,
-            id,
-            meta,
-            include_deleted,
-        } => records::get(&app, &table, &id, meta, include_deleted, io),
         Command::List {
             table,
             include_deleted,
         } => records::list(&app, &table, include_deleted, io),
-        Command::Tables => records::tables(&app, io),
-        Command::History { table, id } => records::history(&app, &table, &id, io),
-        Command::Conflicts(args) => records::conflicts(&app, args, io),
         Command::Import { table, file } => records::import(&app, &table, &file, io),
         Command::Export {
             table,
@@ -722,16 +737,17 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         } => records::export(&app, &table, format, include_deleted, io),
         Command::Apply { file } => records::apply(&app, &file, io),
         Command::Digest { tables } => records::digest(&app, tables, io),
-        Command::Status => admin::status(&app, io),
-        Command::Peers => admin::peers(&app, io),
-        Command::Sync {
-            addr,
-            insecure_plaintext,
-        } => sync::sync(&app, &addr, insecure_plaintext, io),
-        Command::Verify {
-            addr,
-            insecure_plaintext,
-        } => sync::verify(&app, &addr, insecure_plaintext, io),
+        Command::Put { .. }
+        | Command::Patch { .. }
+        | Command::Delete { .. }
+        | Command::Get { .. }
+        | Command::Tables
+        | Command::History { .. }
+        | Command::Conflicts(_)
+        | Command::Status
+        | Command::Peers
+        | Command::Sync { .. }
+        | Command::Verify { .. } => typed(&door, command, io),
         Command::Run { .. } => Err(CliError::Invalid(
             "`run` cannot be started from inside a running agent".into(),
         )),
@@ -746,6 +762,103 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         Command::Doctor => {
             crate::doctor::run_with_store(store, io.agent.as_ref().map(|a| &a.live), io.out)
         }
+    }
+}
+
+/// True for the commands that are typed application-layer operations ([`crate::control::Op`]):
+/// run in this process, or sent to the agent that holds the database as typed values.
+fn is_typed(c: &Command) -> bool {
+    matches!(
+        c,
+        Command::Put { .. }
+            | Command::Patch { .. }
+            | Command::Delete { .. }
+            | Command::Get { .. }
+            | Command::Tables
+            | Command::History { .. }
+            | Command::Conflicts(_)
+            | Command::Status
+            | Command::Peers
+            | Command::Sync { .. }
+            | Command::Verify { .. }
+    )
+}
+
+/// Runs a typed command through `door` and prints its output.
+fn typed(door: &Door<'_>, command: Command, io: &mut Io<'_>) -> Result<(), CliError> {
+    match command {
+        Command::Put { table, id, json } => records::put(door, &table, id, &json, io),
+        Command::Patch { table, id, json } => records::patch(door, &table, &id, &json, io),
+        Command::Delete { table, id } => records::delete(door, &table, &id, io),
+        Command::Get {
+            table,
+            id,
+            meta,
+            include_deleted,
+        } => records::get(door, &table, &id, meta, include_deleted, io),
+        Command::Tables => records::tables(door, io),
+        Command::History { table, id } => records::history(door, &table, &id, io),
+        Command::Conflicts(args) => records::conflicts(door, args, io),
+        Command::Status => admin::status(door, io),
+        Command::Peers => admin::peers(door, io),
+        Command::Sync { addr, .. } => sync::sync(door, &addr, io),
+        Command::Verify { addr, .. } => sync::verify(door, &addr, io),
+        _ => Err(CliError::Invalid(
+            "this command is not a typed operation".into(),
+        )),
+    }
+}
+
+/// Where typed operations run: in this process, or in the agent that holds the database
+/// (through the control endpoint's `control_op`).
+pub enum Door<'a> {
+    /// This process has the database open.
+    Local {
+        /// The application.
+        app: &'a App,
+        /// `--insecure-plaintext` for a one-shot sync or verify.
+        insecure: bool,
+    },
+    /// A running agent holds the database in this data directory.
+    Agent(&'a Path),
+}
+
+impl Door<'_> {
+    /// Runs one operation and decodes its typed output.
+    pub fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        op: crate::control::Op,
+        io: &Io<'_>,
+    ) -> Result<T, CliError> {
+        use crate::control::{ControlError, Op};
+        let v = match self {
+            Door::Local { app, insecure } => {
+                let transport = match (&op, app.agent()) {
+                    (Op::Sync { .. } | Op::Verify { .. }, None) => {
+                        Some(resolve_transport(app.store(), *insecure)?)
+                    }
+                    _ => None,
+                };
+                io.rt
+                    .block_on(crate::control::dispatch(app, op, transport))?
+            }
+            Door::Agent(dir) => {
+                io.rt
+                    .block_on(crate::control::call(dir, op))
+                    .map_err(|e| match e {
+                        ControlError::Failed { exit, message } => CliError::Forwarded {
+                            code: exit,
+                            message,
+                        },
+                        other => CliError::Io(format!(
+                            "the database in {} is in use by another process, and {other}",
+                            dir.display()
+                        )),
+                    })?
+            }
+        };
+        serde_json::from_value(v)
+            .map_err(|e| CliError::Io(format!("unexpected reply from the application layer: {e}")))
     }
 }
 

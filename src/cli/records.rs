@@ -1,13 +1,15 @@
 //! Record commands: put, patch, delete, get, list, tables, history, conflicts, import, export,
 //! apply, digest.
 
-use super::{at_line, open_input, print, read_json_arg, CliError, ExportFormat, Io};
-use crate::app::admin::{conflict_json, parse_keep, record_meta};
-use crate::app::records::{history_json, PatchMode, Precondition};
+use super::{at_line, open_input, print, read_json_arg, CliError, Door, ExportFormat, Io};
+use crate::app::admin::{conflict_json, parse_keep};
+use crate::app::records::{history_json, TableInfo, WriteOutcome};
 use crate::app::App;
+use crate::control::{GetReply, Op};
 use crate::formats;
 use crate::merge::Edit;
 use crate::model;
+use crate::store::{ConflictEntry, HistoryEntry};
 use crate::store::{LocalOp, OpResult};
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -50,7 +52,7 @@ pub enum ConflictAction {
 
 /// `put`: prints what it did (`{"table","id","written","seq"}`).
 pub fn put(
-    app: &App,
+    door: &Door<'_>,
     table: &str,
     id: Option<String>,
     json: &str,
@@ -61,43 +63,36 @@ pub fn put(
         model::parse_id(s)?;
     }
     let fields = read_json_arg(json, &mut io.stdin)?;
-    let o = app.put(table, id.as_deref(), fields, &Precondition::None)?;
+    let table = table.to_string();
+    let o: WriteOutcome = door.call(Op::Put { table, id, fields }, io)?;
     written(io, "Saved", &o)
 }
 
 /// `patch`: top-level fields (a nested object is replaced whole); prints what it did.
 pub fn patch(
-    app: &App,
+    door: &Door<'_>,
     table: &str,
     id: &str,
     json: &str,
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
     model::validate_table(table)?;
-    let id = model::parse_id(id)?;
+    let id = model::parse_id(id)?.to_string();
     let fields = read_json_arg(json, &mut io.stdin)?;
-    let o = app.patch(
-        table,
-        &id.to_string(),
-        fields,
-        PatchMode::TopLevel,
-        &Precondition::None,
-    )?;
+    let table = table.to_string();
+    let o: WriteOutcome = door.call(Op::Patch { table, id, fields }, io)?;
     written(io, "Changed", &o)
 }
 
 /// `delete`: prints what it did.
-pub fn delete(app: &App, table: &str, id: &str, io: &mut Io<'_>) -> Result<(), CliError> {
-    let o = app.delete(table, id, &Precondition::None)?;
+pub fn delete(door: &Door<'_>, table: &str, id: &str, io: &mut Io<'_>) -> Result<(), CliError> {
+    let (table, id) = (table.to_string(), id.to_string());
+    let o: WriteOutcome = door.call(Op::Delete { table, id }, io)?;
     written(io, "Deleted", &o)
 }
 
 /// What a write did: `{"table","id","written","seq"}`, or a sentence for people.
-fn written(
-    io: &mut Io<'_>,
-    verb: &str,
-    o: &crate::app::records::WriteOutcome,
-) -> Result<(), CliError> {
+fn written(io: &mut Io<'_>, verb: &str, o: &WriteOutcome) -> Result<(), CliError> {
     if io.human {
         return write!(io.out, "{}", super::human::write(verb, o)).map_err(CliError::Output);
     }
@@ -106,18 +101,24 @@ fn written(
 
 /// `get`: `{"table","id","fields"}`, with `meta` on request.
 pub fn get(
-    app: &App,
+    door: &Door<'_>,
     table: &str,
     id: &str,
     meta: bool,
     include_deleted: bool,
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
-    let (view, rec) = app.get(table, id, include_deleted)?;
-    let mut v = formats::record_json(table, &view.id, view.fields, view.deleted);
-    if meta {
-        let conflicts = app.store().conflicts_of(table, &view.id)?;
-        v["meta"] = record_meta(&rec, &conflicts);
+    let op = Op::Get {
+        table: table.to_string(),
+        id: id.to_string(),
+        include_deleted,
+        meta,
+    };
+    let r: GetReply = door.call(op, io)?;
+    let rec = r.record;
+    let mut v = formats::record_json(&rec.table, &rec.id, rec.fields, rec.deleted);
+    if let Some(m) = r.meta {
+        v["meta"] = m;
     }
     print(io.out, &v)
 }
@@ -144,8 +145,9 @@ pub fn list(
 }
 
 /// `tables`: one line per table with counts.
-pub fn tables(app: &App, io: &mut Io<'_>) -> Result<(), CliError> {
-    for t in app.tables()? {
+pub fn tables(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
+    let tables: Vec<TableInfo> = door.call(Op::Tables, io)?;
+    for t in tables {
         print(
             io.out,
             &json!({"table": t.table, "live": t.live, "deleted": t.deleted}),
@@ -155,23 +157,31 @@ pub fn tables(app: &App, io: &mut Io<'_>) -> Result<(), CliError> {
 }
 
 /// `history`: one line per revision, oldest first.
-pub fn history(app: &App, table: &str, id: &str, io: &mut Io<'_>) -> Result<(), CliError> {
-    for e in &app.history(table, id)? {
+pub fn history(door: &Door<'_>, table: &str, id: &str, io: &mut Io<'_>) -> Result<(), CliError> {
+    let (table, id) = (table.to_string(), id.to_string());
+    let h: Vec<HistoryEntry> = door.call(Op::History { table, id }, io)?;
+    for e in &h {
         print(io.out, &history_json(e))?;
     }
     Ok(())
 }
 
 /// `conflicts` (list) and `conflicts resolve`.
-pub fn conflicts(app: &App, args: ConflictsArgs, io: &mut Io<'_>) -> Result<(), CliError> {
+pub fn conflicts(door: &Door<'_>, args: ConflictsArgs, io: &mut Io<'_>) -> Result<(), CliError> {
     match args.action {
         Some(ConflictAction::Resolve { id, keep }) => {
-            let entry = app.resolve(id, parse_keep(&keep)?)?;
+            parse_keep(&keep)?;
+            let entry: ConflictEntry = door.call(Op::Resolve { id, keep }, io)?;
             print(io.out, &conflict_json(&entry))
         }
         None => {
-            for c in app.conflicts(args.table.as_deref(), args.all)? {
-                print(io.out, &conflict_json(&c))?;
+            let op = Op::Conflicts {
+                table: args.table,
+                all: args.all,
+            };
+            let list: Vec<ConflictEntry> = door.call(op, io)?;
+            for c in &list {
+                print(io.out, &conflict_json(c))?;
             }
             Ok(())
         }

@@ -1,10 +1,11 @@
 //! Sync commands: `run` (the agent, with its control endpoint and HTTP API), `sync`, `verify`.
 
-use super::{executor, print, resolve_transport, CliError, Io};
+use super::{executor, print, resolve_transport, CliError, Door, Io};
 use crate::app::{AgentCtx, App};
+use crate::control::Op;
 use crate::store::Store;
 use crate::tls::Transport;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// The options of `run`.
@@ -66,8 +67,8 @@ pub fn run_agent(
         clients: ctx.clients.clone(),
         sync_enabled: !not_joined,
     };
-    let app = App::new(store.clone(), Some(ctx.clone()));
-    let exec = executor(rt.clone(), ctx);
+    let app = App::new(store.clone(), Some(ctx));
+    let exec = executor(rt.clone(), app.clone());
     let api_cfg = store.config().api.clone();
     rt.block_on(async move {
         let explicit = args.api_listen.or(api_cfg.listen);
@@ -98,44 +99,48 @@ pub fn run_agent(
     })
 }
 
-/// The transport for a one-shot session: the agent's inside it, else this laptop's own.
-fn transport(app: &App, insecure: bool) -> Result<Option<Transport>, CliError> {
-    match app.agent() {
-        Some(_) => Ok(None),
-        None => resolve_transport(app.store(), insecure).map(Some),
-    }
-}
-
 /// `sync PEER`: one session; a summary line per direction.
-pub fn sync(app: &App, peer: &str, insecure: bool, io: &mut Io<'_>) -> Result<(), CliError> {
-    let t = transport(app, insecure)?;
-    // In the agent, the bar is drawn by the CLI that forwarded the command (see `forward`).
-    let bar =
-        (io.human && app.agent().is_none()).then(|| super::bar::Bar::start(super::bar::local()));
-    let r = io.rt.block_on(app.sync(peer, t));
+pub fn sync(door: &Door<'_>, peer: &str, io: &mut Io<'_>) -> Result<(), CliError> {
+    // On a terminal, a progress bar follows the session where it runs: in the agent, or here.
+    let source = match door {
+        Door::Agent(dir) => Some(super::bar::agent(dir)),
+        Door::Local { app, .. } if app.agent().is_none() => Some(super::bar::local()),
+        Door::Local { .. } => None,
+    };
+    let bar = source.filter(|_| io.human).map(super::bar::Bar::start);
+    let r: Result<Value, CliError> = door.call(
+        Op::Sync {
+            peer: peer.to_string(),
+        },
+        io,
+    );
     drop(bar);
     let r = r?;
     if io.human {
         return write!(io.out, "{}", super::human::sync(&r)).map_err(CliError::Output);
     }
-    for (direction, d) in [("received", r.received), ("sent", r.sent)] {
-        let mut v = serde_json::to_value(d).unwrap_or_default();
+    for direction in ["received", "sent"] {
+        let mut v = r[direction].clone();
         v["direction"] = json!(direction);
-        v["peer"] = json!(r.peer.instance);
-        v["peer_name"] = json!(r.peer.name);
+        v["peer"] = r["peer"].clone();
+        v["peer_name"] = r["peer_name"].clone();
         print(io.out, &v)?;
     }
     Ok(())
 }
 
 /// `verify PEER`: a line per table; exit code 1 when something differs.
-pub fn verify(app: &App, peer: &str, insecure: bool, io: &mut Io<'_>) -> Result<(), CliError> {
-    let t = transport(app, insecure)?;
-    let checks = io.rt.block_on(app.verify(peer, t))?;
+pub fn verify(door: &Door<'_>, peer: &str, io: &mut Io<'_>) -> Result<(), CliError> {
+    let checks: Vec<Value> = door.call(
+        Op::Verify {
+            peer: peer.to_string(),
+        },
+        io,
+    )?;
     for c in &checks {
-        print(io.out, &serde_json::to_value(c).unwrap_or_default())?;
+        print(io.out, c)?;
     }
-    if checks.iter().all(|c| c.in_sync) {
+    if checks.iter().all(|c| c["in_sync"] == true) {
         Ok(())
     } else {
         Err(CliError::Differs(peer.to_string()))

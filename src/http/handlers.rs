@@ -103,7 +103,12 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // The scheme name is case-insensitive (RFC 9110).
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|s| s.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
+        });
     // The console's session cookie stands for the token; a write with it must also carry a
     // header that a cross-site form cannot set.
     let console = given.is_none()
@@ -226,7 +231,8 @@ impl Params {
             ApiError::bad("BAD_QUERY", "query", format!("malformed query string: {e}"))
         })?;
         for (k, _) in &pairs {
-            if !(known.contains(&k.as_str()) || filters && k.starts_with("field.")) {
+            let allowed = known.contains(&k.as_str()) || (filters && k.starts_with("field."));
+            if !allowed {
                 return Err(ApiError::bad(
                     "UNKNOWN_PARAMETER",
                     k,

@@ -267,10 +267,14 @@ impl From<AppError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A lookup of something absent is routine for an application; everything else is
+        // logged where the agent's operator sees it.
         if self.status.is_server_error() {
             tracing::warn!(code = self.code, message = %self.message, "API request failed");
-        } else {
+        } else if self.status == StatusCode::NOT_FOUND {
             tracing::info!(code = self.code, message = %self.message, "API request refused");
+        } else {
+            tracing::warn!(code = self.code, message = %self.message, "API request refused");
         }
         let body = ErrorBody {
             code: self.code.to_string(),
