@@ -157,6 +157,13 @@ impl Agent {
                         last_err = None;
                         lock(&me.backoff).remove(&key);
                         me.remember_address(report.peer.instance, addr);
+                        // A peer that just answered a session is online, static or discovered
+                        // (the row's flag is reset when the agent starts, so never stale).
+                        me.update_row(report.peer.instance, |row| {
+                            row.online = true;
+                            row.last_seen = Some(Utc::now());
+                        });
+                        eprintln!("{}", report_line(&report));
                         break;
                     }
                     Err(e @ SyncError::Transport { .. }) => last_err = Some(e),
@@ -175,6 +182,21 @@ impl Agent {
                 drop(b);
                 warn!(peer = ?peer, error = %e, retry_in_s = wait.as_secs(), "sync failed");
                 sync::note_failure(&me.store, peer, &e);
+                let who = peer
+                    .and_then(|p| me.store.peer(&p).ok().flatten())
+                    .map(|r| r.name)
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| addrs.join(", "));
+                eprintln!(
+                    "sync with {who} failed: {e} (next try in {} s)",
+                    wait.as_secs()
+                );
+                // A static peer that cannot be reached is offline until it answers again.
+                if let (Some(p), SyncError::Transport { .. }) = (peer, &e) {
+                    if !lock(&me.online).contains_key(&p) {
+                        me.update_row(p, |row| row.online = false);
+                    }
+                }
                 if let (Some(p), Some(d)) = (peer, lock(&me.discovery).as_ref()) {
                     d.verify(&p);
                 }
@@ -559,6 +581,31 @@ async fn run_without_sync(
     }
     control::remove_agent_file(store.dir());
     Ok(())
+}
+
+/// The line `run` prints when a session it started finishes (and `sync` on a terminal), e.g.
+/// `synced with laptopB: received 312, sent 4, 1 conflict, 0.4 s`.
+pub fn session_line(name: &str, received: u64, sent: u64, conflicts: u64, ms: u64) -> String {
+    format!(
+        "synced with {name}: received {received}, sent {sent}, {conflicts} conflict{}, {:.1} s",
+        if conflicts == 1 { "" } else { "s" },
+        ms as f64 / 1000.0
+    )
+}
+
+fn report_line(r: &sync::SessionReport) -> String {
+    let name = if r.peer.name.is_empty() {
+        r.peer.instance.to_string()
+    } else {
+        r.peer.name.clone()
+    };
+    session_line(
+        &name,
+        r.received.records,
+        r.sent.records,
+        r.received.conflicts + r.sent.conflicts,
+        r.received.ms + r.sent.ms,
+    )
 }
 
 /// Peers are not known to be online while no agent watches the network.

@@ -20,6 +20,7 @@
 //! - [`protocol`]: the JSON-RPC wire contract, its server (accept loop) and client.
 //! - [`sync`]: sync sessions: the initiator loop over a `Peer`, the responder, the one receive
 //!   path for pages, revocation admission, `verify`.
+//! - [`progress`]: progress of sync sessions in flight (records, bytes, rate, time left).
 //! - [`discovery`]: mDNS advertise/browse → peer events.
 //! - [`app`]: the application layer: one typed function per operation, for every door.
 //! - [`agent`]: the daemon: sync server, control endpoint, triggers, shutdown.
@@ -57,6 +58,7 @@ pub mod import;
 pub mod merge;
 pub mod mesh;
 pub mod model;
+pub mod progress;
 pub mod protocol;
 pub mod repair;
 pub mod store;

@@ -61,12 +61,11 @@ fn init_is_idempotent_and_updates_details() {
     let a = Instance::new();
     let id = a
         .ok(&["init", "--name", "laptop7", "--owner", "Team B"])
-        .text()
-        .to_string();
+        .id();
     assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
-    assert_eq!(a.ok(&["init"]).text(), id, "init again keeps the instance");
+    assert_eq!(a.ok(&["init"]).id(), id, "init again keeps the instance");
     assert_eq!(
-        a.ok(&["init", "--contact", "+1 555 0100"]).text(),
+        a.ok(&["init", "--contact", "+1 555 0100"]).id(),
         id,
         "updating details keeps the id"
     );
@@ -80,7 +79,7 @@ fn init_is_idempotent_and_updates_details() {
     // An instance made by the first ordinary command is the same kind of thing.
     let b = Instance::new();
     let seen = b.status()["instance"].as_str().unwrap().to_string();
-    assert_eq!(b.ok(&["init"]).text(), seen);
+    assert_eq!(b.ok(&["init"]).id(), seen);
     assert_ne!(seen, id, "every data directory is its own instance");
 }
 
@@ -102,7 +101,7 @@ fn put_and_get_with_new_and_given_ids() {
         &ID.to_uppercase(),
         "{\"name\":\"B\"}",
     ]);
-    assert_eq!(out.text(), ID);
+    assert_eq!(out.id(), ID);
     assert_eq!(
         fields(&a.ok(&["get", "person", ID]).json()),
         &json!({"name": "B"})
@@ -130,8 +129,7 @@ fn put_reads_a_large_document_from_stdin() {
     let id = a
         .run_stdin(&["put", "person", "--id", ID, "-"], &text)
         .ok()
-        .text()
-        .to_string();
+        .id();
     assert_eq!(id, ID);
     assert_eq!(fields(&a.ok(&["get", "person", ID]).json()), &doc);
     let patch = json!({"name": "smaller"}).to_string();
@@ -151,7 +149,7 @@ fn identical_put_or_patch_writes_nothing() {
     let history = a.ok(&["history", "person", ID]).lines().len();
     // A null field is the same as an absent one, so these are all the same record.
     for same in [doc, r#"{"age":3,"name":"A"}"#] {
-        assert_eq!(a.ok(&["put", "person", "--id", ID, same]).text(), ID);
+        assert_eq!(a.ok(&["put", "person", "--id", ID, same]).id(), ID);
     }
     a.ok(&["patch", "person", ID, r#"{"age":3,"gone":null}"#]);
     assert_eq!(
@@ -179,7 +177,7 @@ fn patch_changes_given_fields_and_null_removes() {
         ID,
         r#"{"status":"found_alive","notes":null,"age":7}"#,
     ]);
-    assert_eq!(out.text(), ID);
+    assert_eq!(out.id(), ID);
     assert_eq!(
         fields(&a.ok(&["get", "person", ID]).json()),
         &json!({"name": "A", "status": "found_alive", "age": 7})
@@ -199,7 +197,7 @@ fn delete_leaves_a_tombstone_that_include_deleted_shows() {
     let a = Instance::new();
     a.ok(&["put", "person", "--id", ID, r#"{"name":"A"}"#]);
     let keep = a.put("person", r#"{"name":"B"}"#);
-    assert_eq!(a.ok(&["delete", "person", ID]).text(), ID);
+    assert_eq!(a.ok(&["delete", "person", ID]).id(), ID);
 
     a.run(&["get", "person", ID])
         .fails(1, &["deleted", "--include-deleted"]);
@@ -250,7 +248,7 @@ fn delete_leaves_a_tombstone_that_include_deleted_shows() {
 #[test]
 fn get_meta_shows_stamps_vv_and_feed_position() {
     let a = Instance::new();
-    let me = a.ok(&["init"]).text().to_string();
+    let me = a.ok(&["init"]).id();
     a.ok(&["put", "person", "--id", ID, r#"{"name":"A","age":1}"#]);
     a.ok(&["patch", "person", ID, r#"{"age":null}"#]);
     let v = a.ok(&["get", "person", ID, "--meta"]).json();
@@ -300,7 +298,7 @@ fn list_is_ordered_by_id_and_tables_counts_per_table() {
 #[test]
 fn history_lists_revisions_oldest_first_with_old_and_new_values() {
     let a = Instance::new();
-    let me = a.ok(&["init"]).text().to_string();
+    let me = a.ok(&["init"]).id();
     a.ok(&["put", "person", "--id", ID, r#"{"status":"missing"}"#]);
     a.ok(&["patch", "person", ID, r#"{"status":"sighted"}"#]);
     a.ok(&["delete", "person", ID]);

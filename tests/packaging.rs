@@ -167,7 +167,7 @@ fn bare_cycle(exe: &Path) {
     // Without HOME there is no default data directory: a clear refusal, not a crash.
     run(cmd(&["status"]), None).fails(2, &["no data directory"]);
     let me = run(cmd(&["--data-dir", "data", "init", "--name", "bare"]), None).ok();
-    assert_eq!(me.text().len(), 36, "init prints the instance id: {me:?}");
+    assert_eq!(me.id().len(), 36, "init prints the instance id: {me:?}");
     let id = run(
         cmd(&[
             "--data-dir",
@@ -180,7 +180,7 @@ fn bare_cycle(exe: &Path) {
     )
     .ok();
     let got = run(
-        cmd(&["--data-dir", "data", "get", "person", id.text()]),
+        cmd(&["--data-dir", "data", "get", "person", &id.id()]),
         None,
     )
     .ok()
@@ -280,10 +280,8 @@ fn portable_mode_keeps_everything_on_the_stick() {
     };
     let ok = |args: &[&str]| run(cmd(args), None).ok();
 
-    let id = ok(&["init", "--name", "stick7"]).text().to_string();
-    let rec = ok(&["put", "person", r#"{"name":"Amina"}"#])
-        .text()
-        .to_string();
+    let id = ok(&["init", "--name", "stick7"]).id();
+    let rec = ok(&["put", "person", r#"{"name":"Amina"}"#]).id();
     assert_eq!(
         ok(&["get", "person", &rec]).json()["fields"]["name"],
         "Amina"
@@ -314,9 +312,7 @@ fn portable_mode_keeps_everything_on_the_stick() {
     let agent = Background::spawn(start);
     listening(&agent);
     assert_eq!(ok(&["status"]).json()["agent"]["running"], true);
-    let second = ok(&["put", "person", r#"{"name":"Bea"}"#])
-        .text()
-        .to_string();
+    let second = ok(&["put", "person", r#"{"name":"Bea"}"#]).id();
     stop_agent(agent);
     assert_eq!(
         ok(&["get", "person", &second]).json()["fields"]["name"],
@@ -557,7 +553,7 @@ fn writer(inst: Arc<Instance>, size: usize, stop: Arc<AtomicBool>) -> std::threa
 fn backup_while_the_agent_takes_writes_restores_on_another_laptop() {
     const BATCH: usize = 7;
     let a = Arc::new(Instance::new());
-    let a_id = a.ok(&["init", "--name", "source"]).text().to_string();
+    let a_id = a.ok(&["init", "--name", "source"]).id();
     let agent = a.spawn(&[
         "run",
         "--listen",
@@ -603,10 +599,7 @@ fn backup_while_the_agent_takes_writes_restores_on_another_laptop() {
 
     // Another laptop, with its own identity, restores it.
     let other = Instance::new();
-    let other_id = other
-        .ok(&["init", "--name", "replacement"])
-        .text()
-        .to_string();
+    let other_id = other.ok(&["init", "--name", "replacement"]).id();
     let r = other.ok(&["restore", file.to_str().unwrap()]).json();
     assert_eq!(
         (r["count"].as_u64().unwrap(), r["sha256"].as_str().unwrap()),

@@ -55,6 +55,10 @@ impl App {
         ) {
             m.insert("api".into(), json!(url));
         }
+        if let (Some(_), Some(m)) = (&self.agent, agent.as_object_mut()) {
+            // Sessions in flight, with progress (records, bytes, expected, time left).
+            m.insert("sessions".into(), json!(crate::progress::snapshot().0));
+        }
         let info = store.instance();
         Ok(json!({
             "instance": info.id, "name": info.name, "owner": info.owner,

@@ -12,9 +12,12 @@
 //! - [`admin`]: status, peers, the conflict log and resolving it.
 //! - [`peers`]: sync and verify with a peer named by id, name or address.
 //! - [`changes`]: the changes feed (every change after a feed position).
+//! - [`console`]: the console's overview (peers in words, what each has not received yet),
+//!   live sessions and warnings.
 
 pub mod admin;
 pub mod changes;
+pub mod console;
 mod error;
 pub mod peers;
 pub mod records;

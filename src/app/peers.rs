@@ -110,12 +110,21 @@ impl App {
         if let Some(a) = &self.agent {
             opts.clients = a.clients.clone();
         }
-        crate::sync::sync_with(self.store.clone(), &addr, &opts)
+        let r = crate::sync::sync_with(self.store.clone(), &addr, &opts)
             .await
             .map_err(|e| {
                 crate::sync::note_failure(&self.store, None, &e);
                 sync_error(e)
-            })
+            })?;
+        if self.agent.is_some() {
+            // A peer that just answered is online (the agent clears the flag when it starts,
+            // so a one-shot sync without an agent does not set it).
+            let _ = self.store.update_peer(&r.peer.instance, |row| {
+                row.online = true;
+                row.last_seen = Some(chrono::Utc::now());
+            });
+        }
+        Ok(r)
     }
 
     /// Compares every table with a peer; returns per table whether it is in sync.

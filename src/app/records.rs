@@ -408,11 +408,8 @@ impl App {
         let limit = limit.clamp(1, MAX_PAGE);
         let mut records = Vec::new();
         let mut next = None;
-        for r in self.store.scan_table(table) {
+        for r in self.store.scan_table_after(table, after) {
             let (id, rec) = r?;
-            if after.is_some_and(|a| id <= a) {
-                continue;
-            }
             if !rec.state.is_alive() && !include_deleted {
                 continue;
             }

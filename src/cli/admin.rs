@@ -56,12 +56,20 @@ pub enum GenerateCommand {
 /// `status`: who am I, counts, conflicts, peers, the agent (and its API URL) when running.
 pub fn status(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
     let v: serde_json::Value = door.call(Op::Status, io)?;
+    if io.human {
+        let text = super::human::status(&v, chrono::Utc::now());
+        return write!(io.out, "{text}").map_err(CliError::Output);
+    }
     print(io.out, &v)
 }
 
 /// `peers`: one line per peer instance.
 pub fn peers(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
     let rows: Vec<PeerRow> = door.call(Op::Peers, io)?;
+    if io.human {
+        let text = super::human::peers(&rows, chrono::Utc::now());
+        return write!(io.out, "{text}").map_err(CliError::Output);
+    }
     for row in &rows {
         print(io.out, &peer_json(row))?;
     }

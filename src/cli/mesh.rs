@@ -68,7 +68,8 @@ pub enum MeshCommand {
     Show,
 }
 
-/// `init`: instance details, and joining a deployment with `--mesh FILE`; prints the id.
+/// `init`: instance details, and joining a deployment with `--mesh FILE`; prints
+/// `{"instance","name","owner","contact"}`.
 pub fn init(
     app: &App,
     name: Option<String>,
@@ -109,7 +110,22 @@ pub fn init(
     } else {
         store.set_instance_info(name, owner, contact)?;
     }
-    writeln!(io.out, "{}", store.id()).map_err(CliError::Output)
+    let me = store.instance();
+    if io.human {
+        let owner = if me.owner.is_empty() {
+            String::new()
+        } else {
+            format!(", owner {}", me.owner)
+        };
+        return writeln!(
+            io.out,
+            "This laptop is {}{owner} (instance {}).",
+            me.name, me.id
+        )
+        .map_err(CliError::Output);
+    }
+    let v = serde_json::json!({"instance": me.id, "name": me.name, "owner": me.owner, "contact": me.contact});
+    writeln!(io.out, "{v}").map_err(CliError::Output)
 }
 
 /// `mesh create|enroll|revoke|show`.

@@ -1,8 +1,9 @@
 //! The command line: clap definitions, and the dispatch of each command to its group's module.
 //!
 //! Commands print JSON on stdout (one object, or JSON lines for lists) and one-line errors on
-//! stderr. Exit codes: 0 ok, 1 not found, 2 bad usage or invalid input, 3 anything else
-//! (database in use, disk errors). Command bodies parse arguments, call the application layer
+//! stderr; on a terminal (or with the hidden `--human`) some print for people instead
+//! ([`human`]), and `--json` forces JSON. Exit codes: 0 ok, 1 not found, 2 bad usage or
+//! invalid input, 3 anything else (database in use, disk errors). Command bodies parse arguments, call the application layer
 //! ([`crate::app`]) and print; they live by group:
 //! - [`records`]: put, patch, delete, get, list, tables, history, conflicts, import, export,
 //!   apply, digest.
@@ -11,6 +12,9 @@
 //! - [`admin`]: status, peers, generate, backup, restore.
 
 pub mod admin;
+pub mod bar;
+pub mod console;
+pub mod human;
 pub mod mesh;
 pub mod records;
 pub mod sync;
@@ -28,7 +32,7 @@ use crate::store::{Store, StoreError};
 use crate::tls::{Identity, Revoked, Transport};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,7 +45,9 @@ on every laptop) and syncs it with other laptops on the same network.
 Data directory, in order: --data-dir; $FIELDSYNC_DIR; a folder `fieldsync-data/` beside the
 executable if one exists (portable mode, for a USB stick); ~/.local/share/fieldsync.
 
-Output is JSON on stdout (one object, or one object per line for lists).
+On a terminal, status, peers, sync, init, put, patch and delete print for people (tables and
+sentences, names, local times). With --json, or when stdout is not a terminal (a pipe, a
+script), output is JSON on stdout (one object, or one object per line for lists).
 Exit codes: 0 ok, 1 not found, 2 bad usage or invalid input, 3 other failure
 (for example the database is in use by another fieldsync process).";
 
@@ -58,6 +64,14 @@ pub struct Cli {
     /// ~/.local/share/fieldsync).
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Print JSON (as scripts expect) even on a terminal; any stdout that is not a terminal
+    /// gets JSON anyway.
+    #[arg(long = "json", id = "json_output", global = true)]
+    pub json_output: bool,
+    /// Print for people even when stdout is not a terminal (used when a command is forwarded
+    /// to the agent, and by tests).
+    #[arg(long, global = true, hide = true)]
+    pub human: bool,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -75,7 +89,8 @@ pub enum ExportFormat {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create this laptop's instance (or update its details) and print its instance id.
+    /// Create this laptop's instance (or update its details) and print it
+    /// (`{"instance","name","owner","contact"}`).
     ///
     /// Optional: the first command that needs an instance creates one with defaults.
     ///
@@ -94,7 +109,7 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         mesh: Option<PathBuf>,
     },
-    /// Create or replace a record and print its id.
+    /// Create or replace a record and print what was written (`{"table","id","written","seq"}`).
     ///
     /// Fields not in JSON_OBJECT are removed; a put with identical fields writes nothing.
     ///
@@ -348,6 +363,11 @@ pub enum Command {
         #[arg(long)]
         take_over_identity: bool,
     },
+    /// Print (and on a desktop, open) a one-time login link to the console: the web page the
+    /// running agent serves on its HTTP API port (peers, live syncs, conflicts, records).
+    ///
+    /// The link works once, within 10 minutes. Needs `fieldsync run` with the HTTP API on.
+    Console,
     /// Check that this laptop can sync: data directory, database, credential, network, port,
     /// clock.
     ///
@@ -498,6 +518,8 @@ pub struct Io<'a> {
     /// The running agent's context (live status, transport, connections, API URL), when the
     /// command runs inside the agent.
     pub agent: Option<AgentCtx>,
+    /// Print for people ([`human`]) rather than JSON.
+    pub human: bool,
 }
 
 /// Runs one command line. `args` is the full argv (forwarded as is when an agent holds the
@@ -524,20 +546,34 @@ pub fn run(
         return admin::repair(&dir, Config::load(&dir)?, out);
     }
     let dir = resolve_data_dir(cli.data_dir.clone())?;
+    // The console link comes from the agent's HTTP API, never from the database.
+    let human = !cli.json_output && (cli.human || std::io::stdout().is_terminal());
+    if let Command::Console = cli.command {
+        return console::console(&dir, !human, out);
+    }
     let config = Config::load(&dir)?;
     let store = match Store::open(&dir, config) {
         Ok(s) => Arc::new(s),
         Err(StoreError::Locked(_)) if is_typed(&cli.command) => {
+            // Typed operations run in the agent but print here, so `human` applies as is.
             let mut io = Io {
                 out,
                 stdin: None,
                 cwd,
                 rt: rt.clone(),
                 agent: None,
+                human,
             };
             return typed(&Door::Agent(&dir), cli.command, &mut io);
         }
-        Err(StoreError::Locked(_)) => return forward(&dir, &cli.command, args, out, cwd, rt),
+        Err(StoreError::Locked(_)) => {
+            let mut args = args;
+            // The agent's stdout is not the terminal: it is told how to print.
+            if human && !args.iter().any(|a| a == "--human") {
+                args.push("--human".into());
+            }
+            return forward(&dir, &cli.command, args, out, cwd, rt);
+        }
         Err(e) => return Err(e.into()),
     };
     if let Command::Run {
@@ -565,6 +601,7 @@ pub fn run(
         cwd,
         rt: rt.clone(),
         agent: None,
+        human,
     };
     // sled reads pages lazily, so damage can also surface after the open: same one line.
     execute(&store, cli.command, &mut io).map_err(|e| match e {
@@ -703,6 +740,7 @@ pub fn executor(rt: tokio::runtime::Handle, app: App) -> crate::control::Executo
             cwd: req.cwd,
             rt: rt.clone(),
             agent: agent.clone(),
+            human: cli.human && !cli.json_output,
         };
         let result = execute(store, cli.command, &mut io);
         let (code, stderr) = match result {
@@ -797,6 +835,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         Command::Run { .. } => Err(CliError::Invalid(
             "`run` cannot be started from inside a running agent".into(),
         )),
+        Command::Console => console::console(store.dir(), !io.human, io.out),
         Command::Generate(what) => admin::generate(what, io.out, &mut io.stdin, &io.cwd),
         Command::Backup { file } => admin::backup(&app, &file, io),
         Command::Restore {

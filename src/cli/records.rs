@@ -49,7 +49,7 @@ pub enum ConflictAction {
     },
 }
 
-/// `put`: prints the id.
+/// `put`: prints what it did (`{"table","id","written","seq"}`).
 pub fn put(
     door: &Door<'_>,
     table: &str,
@@ -64,10 +64,10 @@ pub fn put(
     let fields = read_json_arg(json, &mut io.stdin)?;
     let table = table.to_string();
     let o: WriteOutcome = door.call(Op::Put { table, id, fields }, io)?;
-    writeln!(io.out, "{}", o.id).map_err(CliError::Output)
+    written(io, "Saved", &o)
 }
 
-/// `patch`: top-level fields (a nested object is replaced whole); prints the id.
+/// `patch`: top-level fields (a nested object is replaced whole); prints what it did.
 pub fn patch(
     door: &Door<'_>,
     table: &str,
@@ -80,14 +80,22 @@ pub fn patch(
     let fields = read_json_arg(json, &mut io.stdin)?;
     let table = table.to_string();
     let o: WriteOutcome = door.call(Op::Patch { table, id, fields }, io)?;
-    writeln!(io.out, "{}", o.id).map_err(CliError::Output)
+    written(io, "Changed", &o)
 }
 
-/// `delete`: prints the id.
+/// `delete`: prints what it did.
 pub fn delete(door: &Door<'_>, table: &str, id: &str, io: &mut Io<'_>) -> Result<(), CliError> {
     let (table, id) = (table.to_string(), id.to_string());
     let o: WriteOutcome = door.call(Op::Delete { table, id }, io)?;
-    writeln!(io.out, "{}", o.id).map_err(CliError::Output)
+    written(io, "Deleted", &o)
+}
+
+/// What a write did: `{"table","id","written","seq"}`, or a sentence for people.
+fn written(io: &mut Io<'_>, verb: &str, o: &WriteOutcome) -> Result<(), CliError> {
+    if io.human {
+        return write!(io.out, "{}", super::human::write(verb, o)).map_err(CliError::Output);
+    }
+    writeln!(io.out, "{}", serde_json::to_value(o).unwrap_or_default()).map_err(CliError::Output)
 }
 
 /// `get`: `{"table","id","fields"}`, with `meta` on request.

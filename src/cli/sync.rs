@@ -38,8 +38,9 @@ pub fn run_agent(
         eprintln!(
             "fieldsync: sync is off: this laptop has not joined a deployment, and plaintext \
              sync is refused. Join with `fieldsync init --mesh FILE` (a credential from \
-             `fieldsync mesh enroll`, or a join file) and restart, or pass \
-             --insecure-plaintext for debugging"
+             `fieldsync mesh enroll` on the coordinator's laptop, or a join file) and restart; \
+             on the coordinator's own laptop, `fieldsync mesh create --name NAME` starts a \
+             deployment and joins it. --insecure-plaintext is for debugging only"
         );
         Transport::Plaintext
     } else {
@@ -100,12 +101,24 @@ pub fn run_agent(
 
 /// `sync PEER`: one session; a summary line per direction.
 pub fn sync(door: &Door<'_>, peer: &str, io: &mut Io<'_>) -> Result<(), CliError> {
-    let r: Value = door.call(
+    // On a terminal, a progress bar follows the session where it runs: in the agent, or here.
+    let source = match door {
+        Door::Agent(dir) => Some(super::bar::agent(dir)),
+        Door::Local { app, .. } if app.agent().is_none() => Some(super::bar::local()),
+        Door::Local { .. } => None,
+    };
+    let bar = source.filter(|_| io.human).map(super::bar::Bar::start);
+    let r: Result<Value, CliError> = door.call(
         Op::Sync {
             peer: peer.to_string(),
         },
         io,
-    )?;
+    );
+    drop(bar);
+    let r = r?;
+    if io.human {
+        return write!(io.out, "{}", super::human::sync(&r)).map_err(CliError::Output);
+    }
     for direction in ["received", "sent"] {
         let mut v = r[direction].clone();
         v["direction"] = json!(direction);

@@ -34,7 +34,8 @@ type Q = Result<Query<Vec<(String, String)>>, QueryRejection>;
     info(title = "fieldsync local API", version = "1", description = "Records, conflicts, sync and the changes feed of one fieldsync agent, for applications on the same machine. Every request needs `Authorization: Bearer TOKEN` (the token is in api.json in the data directory)."),
     paths(
         openapi, status, peers, sync_now, verify, tables, create, list, get_record, put_record,
-        patch_record, delete_record, history, batch, conflicts, resolve, changes
+        patch_record, delete_record, history, batch, conflicts, resolve, changes, console_link,
+        overview, sessions, warnings
     ),
     components(schemas(
         ErrorBody, RecordView, WriteOutcome, ListPage, TableInfo, BatchOp, BatchOutcome, Change,
@@ -85,11 +86,16 @@ pub(super) fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/conflicts", get(conflicts))
         .route("/v1/conflicts/{id}/resolve", post(resolve))
         .route("/v1/changes", get(changes))
+        .route("/v1/console/link", post(console_link))
+        .route("/v1/overview", get(overview))
+        .route("/v1/sessions", get(sessions))
+        .route("/v1/warnings", get(warnings))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(super::console::router(state))
 }
 
 async fn auth(State(st): St, req: Request, next: Next) -> Response {
@@ -103,7 +109,14 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
                 .filter(|s| s.eq_ignore_ascii_case("bearer "))
                 .map(|_| &v[7..])
         });
+    // The console's session cookie stands for the token; a write with it must also carry a
+    // header that a cross-site form cannot set.
+    let console = given.is_none()
+        && st.logins.session_of(req.headers())
+        && (req.method() == axum::http::Method::GET
+            || req.headers().contains_key(super::console::WRITE_HEADER));
     match given {
+        _ if console => next.run(req).await,
         Some(t) if same_token(t.trim().as_bytes(), st.token.as_bytes()) => {
             // Refused before the body is read: a client that sent `Expect: 100-continue`
             // (curl does for large bodies) gets the answer without uploading anything.
@@ -697,4 +710,76 @@ fn sse(
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// A one-time login link for the console (what `fieldsync console` prints): opening it within
+/// 10 minutes sets a session cookie; it works once.
+#[utoipa::path(post, path = "/v1/console/link", responses(
+    (status = 200, description = "`url` (the link) and `expires_in_secs`", body = Object),
+    (status = 401, body = ErrorBody)))]
+async fn console_link(State(st): St) -> Json<Value> {
+    let token = st.logins.new_link();
+    let base = st
+        .app
+        .agent()
+        .and_then(|a| a.api_url.get().cloned())
+        .unwrap_or_default();
+    Json(json!({
+        "url": format!("{base}/console/login?token={token}"),
+        "expires_in_secs": super::console::LINK_TTL.as_secs(),
+    }))
+}
+
+/// This laptop and every peer in words: online, last sync, changes it has not received yet.
+#[utoipa::path(get, path = "/v1/overview", responses((status = 200, body = Object), (status = 401, body = ErrorBody)))]
+async fn overview(State(st): St) -> Result<Json<Value>, ApiError> {
+    Ok(Json(blocking(&st, |a| a.overview()).await?))
+}
+
+/// Clock offset warnings, failing peers and discovery's diagnosis.
+#[utoipa::path(get, path = "/v1/warnings", responses((status = 200, body = Object), (status = 401, body = ErrorBody)))]
+async fn warnings(State(st): St) -> Result<Json<Value>, ApiError> {
+    Ok(Json(blocking(&st, |a| a.warnings()).await?))
+}
+
+/// Sync sessions this agent started: in flight (records and bytes done vs expected, rate,
+/// seconds left) and the last 20 finished. `feed=sse` streams the same object as an event
+/// named `sessions` whenever it changes (at most 5 a second).
+#[utoipa::path(get, path = "/v1/sessions",
+    params(("feed" = Option<String>, Query, description = "normal (default) or sse")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody)))]
+async fn sessions(State(st): St, q: Q) -> Result<Response, ApiError> {
+    let p = Params::new(q, &["feed"], false)?;
+    match p.get("feed").unwrap_or("normal") {
+        "normal" => Ok(Json(st.app.sessions()).into_response()),
+        "sse" => {
+            let rx = crate::progress::subscribe();
+            let s = (st, rx, true);
+            let stream = futures_util::stream::unfold(s, |(st, mut rx, first)| async move {
+                if !first {
+                    let mut stopping = st.stopping.clone();
+                    tokio::select! {
+                        r = rx.changed() => if r.is_err() { return None },
+                        _ = stopping.wait_for(|v| *v) => return None,
+                    }
+                    // Pages can come faster than a person reads: at most 5 updates a second.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                rx.borrow_and_update();
+                let ev = Event::default()
+                    .event("sessions")
+                    .json_data(st.app.sessions())
+                    .unwrap_or_default();
+                Some((Ok::<_, std::convert::Infallible>(ev), (st, rx, false)))
+            });
+            Ok(Sse::new(stream)
+                .keep_alive(KeepAlive::default())
+                .into_response())
+        }
+        other => Err(ApiError::bad(
+            "BAD_QUERY",
+            "feed",
+            format!("feed={other:?} is unknown: use normal or sse"),
+        )),
+    }
 }

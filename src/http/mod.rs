@@ -16,6 +16,7 @@
 //! | `token` | the bearer token (64 hex characters)    |
 //! | `pid`   | the agent's process id                  |
 
+mod console;
 mod handlers;
 
 use crate::app::{App, AppError};
@@ -77,6 +78,8 @@ pub(crate) struct ApiState {
     token: String,
     /// Turns true when the agent stops, ending long polls and event streams.
     pub(crate) stopping: watch::Receiver<bool>,
+    /// The console's one-time login links and sessions.
+    pub(crate) logins: console::Logins,
 }
 
 /// A running API server.
@@ -143,6 +146,7 @@ pub async fn start(app: App, listen: &str) -> Result<ApiHandle, HttpError> {
         app,
         token,
         stopping: stopping.clone(),
+        logins: Default::default(),
     });
     let router = handlers::router(state);
     let mut wait = stopping;

@@ -720,6 +720,34 @@ impl Store {
     }
 
     /// The records of a table whose id bytes start with `prefix`, in id order.
+    /// The records of a table with ids after `after` (all when `None`), in id order: a page of
+    /// a listing starts where the last one ended instead of reading from the table's start.
+    pub fn scan_table_after(
+        &self,
+        table: &str,
+        after: Option<Uuid>,
+    ) -> impl Iterator<Item = Result<(Uuid, StoredRecord), StoreError>> + '_ {
+        use std::ops::Bound;
+        let prefix = keys::table_records(table);
+        let plen = prefix.len();
+        let start = match after {
+            Some(id) => {
+                let mut k = prefix.clone();
+                k.extend_from_slice(id.as_bytes());
+                Bound::Excluded(k)
+            }
+            None => Bound::Included(prefix.clone()),
+        };
+        self.tree
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take_while(move |kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+            .map(move |kv| {
+                let (k, v) = kv?;
+                let id =
+                    Uuid::from_slice(&k[plen..]).map_err(|e| StoreError::Decode(e.to_string()))?;
+                Ok((id, decode_record(&v)?))
+            })
+    }
     pub fn scan_ids(
         &self,
         table: &str,
@@ -888,6 +916,23 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// How many feed entries (records changed) lie after position `after`, counting at most
+    /// `cap` (keys only; no record is read).
+    pub fn feed_len_after(&self, after: u64, cap: u64) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for kv in self
+            .tree
+            .range(keys::feed(after.saturating_add(1))..keys::feed(u64::MAX))
+        {
+            kv?;
+            n += 1;
+            if n >= cap {
+                break;
+            }
+        }
+        Ok(n)
     }
 
     /// Forces everything to disk.

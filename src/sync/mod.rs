@@ -151,7 +151,8 @@ pub async fn sync_with(
             p
         }
     };
-    let mut result = session::run(&store, &peer, addr, opts)
+    let tracker = crate::progress::start(addr);
+    let mut result = session::run_tracked(&store, &peer, addr, opts, Some(&tracker))
         .instrument(span.clone())
         .await;
     if result.is_err() {
@@ -162,13 +163,14 @@ pub async fn sync_with(
         // retry on a fresh connection; the session resumes from the stored positions.
         let peer = RpcPeer::connect(addr, &opts.transport)?;
         opts.clients.put(addr, peer.clone());
-        result = session::run(&store, &peer, addr, opts)
+        result = session::run_tracked(&store, &peer, addr, opts, Some(&tracker))
             .instrument(span.clone())
             .await;
         if result.is_err() {
             opts.clients.forget(addr);
         }
     }
+    tracker.finish(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
     match &result {
         Ok(r) => info!(parent: &span, peer = %r.peer.instance, name = %r.peer.name,
                        received = r.received.records, applied = r.received.applied,

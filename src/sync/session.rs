@@ -10,6 +10,7 @@ use super::peer::Peer;
 use super::receive::{note_hello, receive_page, HelloSeen, ReceiveError};
 use super::{blocking, our_hello, SessionOptions, SessionReport, SyncError};
 use crate::change::RemoteChange;
+use crate::progress::{Tracker, Way};
 use crate::protocol::{self, codes, Page, ProtocolError, PullRequest, PushRequest, ENC_JSON};
 use crate::store::{CommitError, Store};
 use chrono::Utc;
@@ -24,6 +25,18 @@ pub async fn run<P: Peer>(
     peer: &P,
     label: &str,
     opts: &SessionOptions,
+) -> Result<SessionReport, SyncError> {
+    run_tracked(store, peer, label, opts, None).await
+}
+
+/// [`run`], reporting progress page by page to `tracker` (the console's live sessions, the
+/// CLI's progress bar).
+pub async fn run_tracked<P: Peer>(
+    store: &Arc<Store>,
+    peer: &P,
+    label: &str,
+    opts: &SessionOptions,
+    tracker: Option<&Tracker>,
 ) -> Result<SessionReport, SyncError> {
     let me = store.instance();
     // At most two hellos: if the peer holds more of our own events than we do, we were rolled
@@ -83,6 +96,10 @@ pub async fn run<P: Peer>(
         peer: info.clone(),
         ..Default::default()
     };
+    if let Some(t) = tracker {
+        t.peer(info.instance, &info.name, reply.received_upto);
+        t.direction(Way::Pull, since, reply.head);
+    }
 
     // Pull: pages of the peer's changes, each committed with its position in one batch.
     let started = Instant::now();
@@ -106,8 +123,9 @@ pub async fn run<P: Peer>(
                 ),
             )));
         }
+        let page_bytes = page.data.to_string().len() as u64;
         report.received.pages += 1;
-        report.received.bytes += page.data.to_string().len() as u64;
+        report.received.bytes += page_bytes;
         let (next, more) = (page.next, page.more);
         let (k, pid, transport) = (
             reply.knowledge.clone(),
@@ -125,6 +143,10 @@ pub async fn run<P: Peer>(
         report.received.records += got.records;
         report.received.applied += got.committed.stats.applied;
         report.received.conflicts += got.committed.stats.conflicts;
+        if let Some(t) = tracker {
+            let conflicts = got.committed.stats.conflicts;
+            t.page(Way::Pull, got.records, page_bytes, conflicts, next, !more);
+        }
         since = next;
         if !more {
             break;
@@ -136,6 +158,9 @@ pub async fn run<P: Peer>(
     let started = Instant::now();
     let skip: BTreeSet<String> = reply.local_only.iter().cloned().collect();
     let mut since = reply.received_upto;
+    if let Some(t) = tracker {
+        t.direction(Way::Push, since, pos.head);
+    }
     for _ in 0..u32::MAX {
         let (k, sk, limit, bytes) = (
             reply.knowledge.clone(),
@@ -149,9 +174,10 @@ pub async fn run<P: Peer>(
         })
         .await?;
         let page = page_of(since, out.next, out.more, &out.changes, &reply.encoding)?;
+        let page_bytes = page.data.to_string().len() as u64;
         report.sent.pages += 1;
         report.sent.records += out.changes.len() as u64;
-        report.sent.bytes += page.data.to_string().len() as u64;
+        report.sent.bytes += page_bytes;
         let req = PushRequest {
             from: me.id,
             knowledge: (!out.more).then(|| pos.knowledge.clone()),
@@ -160,6 +186,17 @@ pub async fn run<P: Peer>(
         let r = peer.push(&req).await.map_err(|e| e.into_sync(label))?;
         report.sent.applied += r.stats.applied;
         report.sent.conflicts += r.stats.conflicts;
+        if let Some(t) = tracker {
+            let n = out.changes.len() as u64;
+            t.page(
+                Way::Push,
+                n,
+                page_bytes,
+                r.stats.conflicts,
+                out.next,
+                !out.more,
+            );
+        }
         since = out.next;
         if !out.more {
             break;

@@ -83,6 +83,18 @@ impl Output {
     pub fn text(&self) -> &str {
         self.stdout.trim_end()
     }
+
+    /// The id a write or `init` printed: `id` (put/patch/delete) or `instance` (init) of its
+    /// JSON object.
+    #[track_caller]
+    pub fn id(&self) -> String {
+        let v = self.json();
+        v.get("id")
+            .or_else(|| v.get("instance"))
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no id in {v}"))
+            .to_string()
+    }
 }
 
 /// Parses JSON lines, failing the test on a line that is not JSON.
@@ -280,7 +292,7 @@ impl Instance {
     /// Puts a record and returns its id.
     #[track_caller]
     pub fn put(&self, table: &str, json: &str) -> String {
-        self.ok(&["put", table, json]).text().to_string()
+        self.ok(&["put", table, json]).id()
     }
 }
 

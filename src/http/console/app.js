@@ -1,0 +1,344 @@
+// The fieldsync console: a small client of the local HTTP API (docs/API.md). The session
+// cookie authenticates every request; writes add the X-Fieldsync-Console header.
+"use strict";
+
+const page = () => document.getElementById("page");
+// Replaces the page's content; arrays are flattened, null and undefined skipped.
+function render(...kids) {
+  page().replaceChildren(...kids.flat(2).filter((k) => k !== null && k !== undefined));
+}
+let stream = null; // the Live page's EventSource
+let names = {}; // instance id -> display name (this laptop and its peers)
+let me = null;
+
+// h("td", {class: "x"}, "text", child): builds an element; strings become text, never HTML.
+function h(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : v);
+  }
+  for (const k of kids.flat(Infinity)) {
+    if (k === null || k === undefined) continue;
+    e.append(typeof k === "string" || typeof k === "number" ? String(k) : k);
+  }
+  return e;
+}
+
+async function api(path, opts) {
+  const o = Object.assign({ headers: {} }, opts || {});
+  if (o.body !== undefined) {
+    o.headers["Content-Type"] = "application/json";
+    o.headers["X-Fieldsync-Console"] = "1";
+    o.body = JSON.stringify(o.body);
+  }
+  const r = await fetch(path, o);
+  const text = await r.text();
+  let v = null;
+  try { v = text ? JSON.parse(text) : null; } catch (_) { v = null; }
+  if (!r.ok) {
+    if (r.status === 401) throw new Error("Your console session ended: run `fieldsync console` for a new link.");
+    throw new Error((v && v.message) || ("request failed with status " + r.status));
+  }
+  return v;
+}
+
+function showError(msg) {
+  const e = document.getElementById("error");
+  e.textContent = msg || "";
+  e.hidden = !msg;
+}
+
+function nameOf(id) {
+  if (!id) return "this laptop";
+  if (me && id === me.instance) return (me.name || "this laptop") + " (this laptop)";
+  return names[id] || id;
+}
+
+function localTime(t) {
+  if (!t) return "never";
+  const d = new Date(t);
+  return d.toLocaleString();
+}
+
+function ago(t) {
+  if (!t) return "";
+  const s = Math.max(0, Math.round((Date.now() - new Date(t).getTime()) / 1000));
+  if (s < 60) return s + " s ago";
+  if (s < 3600) return Math.round(s / 60) + " min ago";
+  if (s < 86400) return Math.round(s / 3600) + " h ago";
+  return Math.round(s / 86400) + " days ago";
+}
+
+function bytes(n) {
+  if (n < 1024) return n + " B";
+  if (n < 1048576) return (n / 1024).toFixed(1) + " KB";
+  return (n / 1048576).toFixed(1) + " MB";
+}
+
+function secs(s) {
+  if (s === null || s === undefined) return "unknown";
+  s = Math.round(s);
+  if (s < 60) return s + " s";
+  return Math.floor(s / 60) + " min " + (s % 60) + " s";
+}
+
+// Stamps look like 2026-11-24T14:00:00.123Z#0003@<instance>.
+function stampTime(at) {
+  return at ? localTime(String(at).split("#")[0]) : "";
+}
+
+function show(v) {
+  return v === undefined ? "(no value)" : JSON.stringify(v, null, 1);
+}
+
+async function loadMe() {
+  const o = await api("/v1/overview");
+  me = o;
+  names = {};
+  for (const p of o.peers) names[p.instance] = p.name;
+  document.getElementById("me").textContent =
+    (o.name || "this laptop") + (o.owner ? " · " + o.owner : "") + (o.deployment ? " · " + o.deployment : "");
+  return o;
+}
+
+// ---- Overview ---------------------------------------------------------------------------
+
+async function overview() {
+  const o = await loadMe();
+  const sent = (p) => {
+    if (p.pending === null) return h("span", { class: "muted" }, "not known until the next sync");
+    if (p.pending === 0) return h("span", { class: "ok" }, "yes, everything");
+    return h("span", { class: "bad" }, p.pending + " change" + (p.pending === 1 ? "" : "s") + " not yet received");
+  };
+  const rows = o.peers.map((p) =>
+    h("tr", { "data-peer": p.name },
+      h("th", { scope: "row" }, p.name),
+      h("td", {}, p.owner || ""),
+      h("td", {}, p.online ? h("span", { class: "ok" }, "online") : h("span", { class: "muted" }, "offline")),
+      h("td", {}, p.last_sync ? localTime(p.last_sync) + " (" + ago(p.last_sync) + ")" : "never"),
+      h("td", {}, sent(p)),
+      h("td", {}, p.problem ? h("span", { class: "bad" }, p.problem) : "none")));
+  render(
+    h("h1", {}, "Overview"),
+    h("dl", { class: "facts" },
+      h("dt", {}, "This laptop"), h("dd", {}, o.name || o.instance),
+      h("dt", {}, "Owner"), h("dd", {}, o.owner || "not set"),
+      h("dt", {}, "Deployment"), h("dd", {}, o.deployment || "not joined: sync is off"),
+      h("dt", {}, "Unresolved conflicts"), h("dd", {}, String(o.unresolved_conflicts))),
+    h("h2", {}, "Peers"),
+    o.peers.length === 0
+      ? h("p", {}, "No peer has synced with this laptop yet.")
+      : h("table", { id: "peers" },
+        h("thead", {}, h("tr", {}, ["Laptop", "Owner", "State", "Last sync", "Everything sent?", "Problem"].map((t) => h("th", { scope: "col" }, t)))),
+        h("tbody", {}, rows)));
+}
+
+// ---- Live sessions ----------------------------------------------------------------------
+
+function direction(label, d) {
+  const pct = Math.floor((d.fraction || 0) * 100);
+  return h("div", { class: "dir" },
+    h("p", {}, h("strong", {}, label + ": "),
+      d.records + " of about " + d.records_expected + " records, " + bytes(d.bytes) + " of about " + bytes(d.bytes_expected) +
+      ", " + Math.round(d.rate) + " records/s, time left " + (d.done ? "none" : secs(d.eta_secs))),
+    h("progress", { max: "100", value: String(pct), "aria-label": label + " " + pct + "%" }),
+    h("span", { class: "pct" }, pct + "%"));
+}
+
+function renderSessions(s) {
+  const card = (x) => h("div", { class: "card session", "data-peer": x.peer_name || x.addr, "data-state": x.state },
+    h("h2", {}, (x.peer_name || x.addr) + " — " +
+      (x.state === "running" ? "syncing, " + Math.floor(x.fraction * 100) + "% done" :
+        x.state === "finished" ? "finished, 100% done" : "failed")),
+    x.error ? h("p", { class: "bad" }, x.error) : null,
+    h("p", { class: "muted" }, "Started " + localTime(x.started) + ", " + secs(x.elapsed_secs) + (x.conflicts ? ", " + x.conflicts + " conflicts" : "")),
+    direction("Received", x.received),
+    direction("Sent", x.sent));
+  render(
+    h("h1", {}, "Live sessions"),
+    h("h2", {}, "In progress"),
+    s.running.length ? s.running.map(card) : h("p", { id: "idle" }, "No sync is running right now."),
+    h("h2", {}, "Recently finished"),
+    s.finished.length ? s.finished.map(card) : h("p", {}, "None since the agent started."));
+}
+
+async function live() {
+  await loadMe();
+  renderSessions(await api("/v1/sessions"));
+  stream = new EventSource("/v1/sessions?feed=sse");
+  stream.addEventListener("sessions", (e) => renderSessions(JSON.parse(e.data)));
+}
+
+// ---- Conflicts --------------------------------------------------------------------------
+
+async function resolve(id, keep) {
+  try {
+    await api("/v1/conflicts/" + id + "/resolve", { method: "POST", body: { keep } });
+    showError("");
+    await conflicts("Conflict " + id + " resolved: the kept value syncs to the other laptops.");
+  } catch (e) { showError(e.message); }
+}
+
+async function conflicts(notice) {
+  await loadMe();
+  const list = await api("/v1/conflicts");
+  const cards = [];
+  for (const c of list) {
+    let current = null;
+    try {
+      current = (await api("/v1/tables/" + c.table + "/records/" + c.record + "?include_deleted=true")).fields;
+    } catch (_) { current = null; }
+    const head = h("h2", {}, "Conflict " + c.id + ": " + c.table + " record " + c.record + (c.field ? ", field “" + c.field + "”" : ""));
+    const why = h("p", {}, "Detected " + localTime(c.detected_at) + ". " + (c.reason || ""));
+    if (c.type === "field") {
+      const now = current ? current[c.field] : undefined;
+      const side = (label, s, keep) => {
+        const isNow = JSON.stringify(now) === JSON.stringify(s.value);
+        return h("div", { class: "side" + (isNow ? " now" : "") },
+          h("h3", {}, nameOf(s.instance)),
+          h("p", { class: "muted" }, "written " + stampTime(s.at)),
+          h("p", { class: "value" }, show(s.value)),
+          isNow ? h("p", { class: "ok" }, "This value is in the record now" + (c.chosen === label ? " (the later write wins)" : "")) : null,
+          h("button", { type: "button", onclick: () => resolve(c.id, keep), "aria-label": "Keep " + nameOf(s.instance) + "'s value for conflict " + c.id },
+            s.instance === me.instance ? "Keep " + (me.name || "this laptop") + "'s value (this laptop)" : "Keep " + nameOf(s.instance) + "'s value"));
+      };
+      const input = h("input", { id: "value-" + c.id, type: "text", value: JSON.stringify(now === undefined ? null : now) });
+      cards.push(h("div", { class: "card conflict", "data-conflict": String(c.id) }, head, why,
+        h("div", { class: "sides" }, side("local", c.local, "local"), side("remote", c.remote, "remote")),
+        h("form", { class: "inline", onsubmit: (e) => {
+          e.preventDefault();
+          let v;
+          try { v = JSON.parse(input.value); } catch (_) { v = input.value; }
+          resolve(c.id, { value: v });
+        } },
+        h("label", { for: "value-" + c.id }, "Or keep another value (JSON, or plain text):"), input,
+        h("button", { type: "submit", class: "secondary" }, "Keep this value"))));
+    } else {
+      cards.push(h("div", { class: "card conflict", "data-conflict": String(c.id) }, head, why,
+        c.type === "delete_edit" ? h("p", {}, "Deleted on " + nameOf(c.deleted_by) + " at " + stampTime(c.deleted_at) +
+          "; an edit the deleter had not seen keeps the record alive.") : null,
+        c.type === "name_clash" ? h("p", {}, "Another record (" + c.other_record + ") has the same " + c.field + ": " + show(c.value)) : null,
+        h("p", {}, "The record now: ", h("span", { class: "value" }, current ? show(current) : "deleted")),
+        h("div", { class: "inline" },
+          h("button", { type: "button", onclick: () => resolve(c.id, "local") }, "Keep this laptop's side"),
+          " ",
+          h("button", { type: "button", class: "secondary", onclick: () => resolve(c.id, "remote") }, "Keep the other side"))));
+    }
+  }
+  render(
+    h("h1", {}, "Conflicts"),
+    notice ? h("p", { class: "ok", role: "status" }, notice) : null,
+    cards.length ? cards : h("p", { id: "no-conflicts" }, "No unresolved conflicts."));
+}
+
+// ---- Records ----------------------------------------------------------------------------
+
+async function records(args) {
+  await loadMe();
+  const [table, after, field, value] = args;
+  const tables = await api("/v1/tables");
+  const sel = h("select", { id: "table" }, tables.map((t) =>
+    h("option", { value: t.table || t.name, selected: (t.table || t.name) === table }, (t.table || t.name) + " (" + t.live + ")")));
+  const f = h("input", { id: "field", type: "text", value: field || "", placeholder: "e.g. name" });
+  const v = h("input", { id: "value", type: "text", value: value || "", placeholder: "e.g. Amina Okafor" });
+  const go = (a) => {
+    location.hash = "#records/" + [sel.value, a || "", f.value, v.value].map(encodeURIComponent).join("/");
+  };
+  const form = h("form", { class: "inline", onsubmit: (e) => { e.preventDefault(); go(""); } },
+    h("label", { for: "table" }, "Table"), sel,
+    h("label", { for: "field" }, "Field"), f,
+    h("label", { for: "value" }, "equals"), v,
+    h("button", { type: "submit" }, "Show"));
+  const parts = [h("h1", {}, "Records"), form];
+  const t = table || (tables[0] && (tables[0].table || tables[0].name));
+  if (t) {
+    let q = "?limit=50" + (after ? "&after=" + encodeURIComponent(after) : "");
+    if (field) {
+      let val = value;
+      try { JSON.parse(value); } catch (_) { val = JSON.stringify(value); }
+      q += "&field." + encodeURIComponent(field) + "=" + encodeURIComponent(val);
+    }
+    const p = await api("/v1/tables/" + t + "/records" + q);
+    const cols = [];
+    for (const r of p.records) for (const k of Object.keys(r.fields)) if (!cols.includes(k) && cols.length < 6) cols.push(k);
+    parts.push(h("table", { id: "records" },
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Record"), cols.map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, p.records.map((r) => h("tr", {},
+        h("td", {}, h("a", { href: "#record/" + t + "/" + r.id }, r.id.slice(0, 8))),
+        cols.map((c) => h("td", {}, r.fields[c] === undefined ? "" : (typeof r.fields[c] === "string" ? r.fields[c] : JSON.stringify(r.fields[c])))))))));
+    if (!p.records.length) parts.push(h("p", {}, "No records match."));
+    parts.push(h("p", {},
+      after ? h("button", { type: "button", class: "secondary", onclick: () => go("") }, "First page") : null, " ",
+      p.next ? h("button", { type: "button", onclick: () => go(p.next) }, "Next page") : null));
+  } else {
+    parts.push(h("p", {}, "No tables yet."));
+  }
+  render(...parts);
+}
+
+async function record(args) {
+  await loadMe();
+  const [table, id] = args;
+  const r = await api("/v1/tables/" + table + "/records/" + id + "?include_deleted=true");
+  const hist = await api("/v1/tables/" + table + "/records/" + id + "/history");
+  const changes = (c) => (c || []).map((x) =>
+    h("li", {}, h("strong", {}, x.field + ": "), x.old === undefined || x.old === null ? "" : show(x.old) + " → ", x.new === undefined || x.new === null ? "(removed)" : show(x.new)));
+  render(
+    h("h1", {}, table + " record " + id + (r.deleted ? " (deleted)" : "")),
+    h("dl", { class: "facts" }, Object.entries(r.fields).map(([k, v]) => [h("dt", {}, k), h("dd", { class: "value" }, show(v))])),
+    h("h2", {}, "History, oldest first"),
+    h("table", { id: "history" },
+      h("thead", {}, h("tr", {}, ["When", "Laptop", "What", "Changes"].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, hist.map((e) => h("tr", {},
+        h("td", {}, localTime(e.time)), h("td", {}, nameOf(e.instance)), h("td", {}, e.kind),
+        h("td", {}, h("ul", {}, changes(e.changes))))))),
+    h("p", {}, h("a", { href: "#records/" + table }, "Back to " + table)));
+}
+
+// ---- Held & warnings --------------------------------------------------------------------
+
+async function warnings() {
+  await loadMe();
+  const w = await api("/v1/warnings");
+  const d = w.discovery;
+  render(
+    h("h1", {}, "Held & warnings"),
+    h("h2", {}, "Clocks"),
+    w.clocks.length ? h("ul", {}, w.clocks.map((c) => h("li", { class: "bad" }, c.message)))
+      : h("p", { class: "ok" }, "Every peer's clock is within a minute of this laptop's."),
+    h("h2", {}, "Failing peers"),
+    w.failing.length ? h("ul", {}, w.failing.map((f) => h("li", {}, f.name + ": " + f.error + " (last tried " + localTime(f.last_attempt) + ")")))
+      : h("p", { class: "ok" }, "No peer is failing."),
+    h("h2", {}, "Discovery"),
+    !d ? h("p", {}, "Discovery is off (static peers only).")
+      : h("p", {}, d.diagnosis || ("Working: " + d.peers_heard + " peer adverts heard on " + (d.interfaces || []).join(", ") + ".")),
+    h("h2", {}, "Held by safety brakes"),
+    w.held.length ? h("ul", {}, w.held.map((x) => h("li", {}, JSON.stringify(x))))
+      : h("p", {}, "None: this version applies every change it receives; it has no safety brakes that hold changes back."));
+}
+
+// ---- Router -----------------------------------------------------------------------------
+
+const pages = { overview, live, conflicts, records, record, warnings };
+
+async function route() {
+  if (stream) { stream.close(); stream = null; }
+  const [name, ...args] = (location.hash.slice(1) || "overview").split("/").map(decodeURIComponent);
+  const nav = name === "record" ? "records" : name;
+  for (const a of document.querySelectorAll("nav a")) {
+    if (a.id === "nav-" + nav) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  }
+  showError("");
+  try {
+    await (pages[name] || overview)(args);
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+window.addEventListener("hashchange", route);
+window.addEventListener("DOMContentLoaded", route);
+// The overview's "3 min ago" and online states go stale: refresh it every 10 s.
+setInterval(() => { if ((location.hash || "#overview") === "#overview") route(); }, 10000);

@@ -1,0 +1,334 @@
+//! The console in a real browser: headless Chromium driven over WebDriver (chromedriver) against
+//! real agents on 127.0.0.1, checked the way a coordinator would look at it: log in with the
+//! link `fieldsync console` prints (and be refused without it), see the peers by name, watch a
+//! 20,000-record sync reach 100%, resolve a conflict by clicking and find the kept value on the
+//! other laptop after the next sync.
+//!
+//! A screenshot of every page is saved under target/tmp/console-screenshots/ for a reviewer.
+//! Needs Debian's `chromium` and `chromium-driver` (.ci/run installs them): skipped with a
+//! message where they are missing, failing in CI (where `CI` is set).
+
+mod common;
+
+use common::agent::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Longest wait for any one thing the page should show.
+const SHOW_LIMIT: Duration = Duration::from_secs(90);
+
+fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+/// chromedriver on a free loopback port, killed (by PID) when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start(bin: &Path, log: &Path) -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new(bin)
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let d = Driver { child, port };
+        wait_until("chromedriver listens", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        d
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn browser(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
+    let caps = json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1366,768",
+                format!("--user-data-dir={}", profile.display()),
+            ]
+        }
+    });
+    let Value::Object(caps) = caps else {
+        unreachable!()
+    };
+    // The WebDriver client speaks plain HTTP to chromedriver; its TLS stack still wants a
+    // provider chosen (ring, as the agent uses).
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    ClientBuilder::rustls()
+        .expect("rustls connector")
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a WebDriver session with headless chromium")
+}
+
+/// The page's visible text.
+async fn text(c: &Client) -> String {
+    match c.find(Locator::Css("body")).await {
+        Ok(b) => b.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Waits (bounded) until the page's text satisfies `ok`; returns that text.
+async fn wait_text(c: &Client, what: &str, ok: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let t = text(c).await;
+        assert!(
+            !t.contains("[object "),
+            "a page shows an unrendered object:\n{t}"
+        );
+        if ok(&t) {
+            return t;
+        }
+        assert!(
+            start.elapsed() < SHOW_LIMIT,
+            "the console never showed {what}; it shows:\n{t}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn shot(c: &Client, dir: &Path, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(dir.join(format!("{name}.png")), png).expect("save screenshot");
+}
+
+fn api_base(dir: &Path) -> String {
+    let f: Value = serde_json::from_slice(&std::fs::read(dir.join("api.json")).expect("api.json"))
+        .expect("api.json is JSON");
+    f["url"].as_str().expect("url").to_string()
+}
+
+#[test]
+fn console_in_a_real_browser() {
+    let (Some(chromium), Some(chromedriver)) = (which("chromium"), which("chromedriver")) else {
+        assert!(
+            !in_ci(),
+            "CI must be able to run this: chromium and chromedriver (.ci/run installs them)"
+        );
+        eprintln!(
+            "SKIPPED (not in CI): chromium and chromedriver are not installed \
+             (apt-get install chromium chromium-driver)"
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    // Three laptops: B is the one the coordinator looks at; A holds 20,000 records.
+    let names = [("a", "laptopA"), ("b", "laptopB"), ("c", "laptopC")];
+    let dirs: Vec<PathBuf> = names
+        .iter()
+        .map(|(d, name)| {
+            let dir = data_dir(root, d);
+            run(&dir, &["init", "--name", name, "--owner", "Team North"]).ok();
+            dir
+        })
+        .collect();
+    let (a, b) = (&dirs[0], &dirs[1]);
+    import(a, "person", &people(20_000));
+    let agents: Vec<Agent> = dirs
+        .iter()
+        .map(|d| Agent::start_with(d, &["--api-listen", "127.0.0.1:0"]))
+        .collect();
+    let (a_addr, c_addr) = (agents[0].addr().to_string(), agents[2].addr().to_string());
+    let base = api_base(b);
+
+    let driver = Driver::start(&chromedriver, &root.join("chromedriver.log"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = browser(&driver, &chromium, &root.join("profile")).await;
+
+        // Without the link: refused, and so is a made-up token.
+        client.goto(&format!("{base}/console/")).await.unwrap();
+        wait_text(&client, "the refusal", |t| t.contains("Not logged in")).await;
+        shot(&client, &shots, "0-refused").await;
+        client
+            .goto(&format!("{base}/console/login?token={}", "0".repeat(64)))
+            .await
+            .unwrap();
+        wait_text(&client, "a bad link refused", |t| {
+            t.contains("This login link does not work")
+        })
+        .await;
+        let r = client
+            .execute("return fetch('/v1/overview').then(r => r.status)", vec![])
+            .await
+            .unwrap();
+        assert_eq!(r, json!(401), "the API without the cookie or token");
+
+        // Log in with the link `fieldsync console` prints.
+        let link = run(b, &["console", "--json"]).ok().json();
+        let url = link["url"].as_str().expect("url").to_string();
+        assert!(url.starts_with(&base), "{url} is on the agent's API port");
+        client.goto(&url).await.unwrap();
+        wait_text(&client, "the overview", |t| {
+            t.contains("Overview") && t.contains("laptopB") && t.contains("Team North")
+        })
+        .await;
+
+        // Watch the 20,000-record sync from A on the Live sessions page.
+        client.goto(&format!("{base}/console/#live")).await.unwrap();
+        wait_text(&client, "the live page", |t| t.contains("Live sessions")).await;
+        let b2 = b.to_path_buf();
+        let a2 = a_addr.clone();
+        let syncing = std::thread::spawn(move || sync(&b2, &a2));
+        let mut partial = None;
+        let start = Instant::now();
+        let finished = loop {
+            let t = text(&client).await;
+            if let Some(line) = t.lines().find(|l| l.contains("laptopA — syncing")) {
+                partial.get_or_insert(line.to_string());
+            }
+            if t.contains("laptopA — finished, 100% done") {
+                break t;
+            }
+            assert!(
+                start.elapsed() < SHOW_LIMIT,
+                "the live page never showed the sync finished:\n{t}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        shot(&client, &shots, "2-live").await;
+        let summary = syncing.join().expect("sync thread");
+        assert_eq!(summary.received.records, 20_000, "{summary:?}");
+        assert!(
+            finished.contains("20000 of about 20000 records"),
+            "records done vs expected:\n{finished}"
+        );
+        eprintln!("seen while syncing: {partial:?}");
+
+        // Both peers by name on the overview, online, everything sent.
+        sync(b, &c_addr);
+        client
+            .goto(&format!("{base}/console/#overview"))
+            .await
+            .unwrap();
+        let t = wait_text(&client, "both peers", |t| {
+            t.contains("laptopA") && t.contains("laptopC") && t.contains("online")
+        })
+        .await;
+        assert!(t.contains("yes, everything"), "{t}");
+        assert!(t.contains("ago"), "last sync as \"… ago\": {t}");
+        shot(&client, &shots, "1-overview").await;
+
+        // A conflict: B and A change the same field; A's change is later and wins.
+        let id = Uuid::new_v4();
+        put(
+            b,
+            "person",
+            &id,
+            &json!({"name": "Amina Okafor", "status": "missing"}),
+        );
+        sync(b, &a_addr);
+        patch(b, "person", &id, &json!({"status": "in_shelter"}));
+        std::thread::sleep(Duration::from_millis(5));
+        patch(a, "person", &id, &json!({"status": "found_alive"}));
+        let s = sync(b, &a_addr);
+        assert_eq!(s.received.conflicts, 1, "{s:?}");
+        client
+            .goto(&format!("{base}/console/#conflicts"))
+            .await
+            .unwrap();
+        let t = wait_text(&client, "the conflict", |t| {
+            t.contains("found_alive") && t.contains("in_shelter")
+        })
+        .await;
+        assert!(t.contains("This value is in the record now"), "{t}");
+        assert!(t.contains("laptopA"), "sides named by laptop: {t}");
+        shot(&client, &shots, "3-conflicts").await;
+        // Keep this laptop's (B's) value by clicking.
+        let button = client
+            .find(Locator::Css(".conflict .sides .side:first-child button"))
+            .await
+            .expect("keep button");
+        assert!(
+            button.text().await.unwrap().contains("laptopB"),
+            "the first side is this laptop's"
+        );
+        button.click().await.unwrap();
+        wait_text(&client, "the resolution", |t| t.contains("resolved")).await;
+        sync(b, &a_addr);
+        let on_a = get(a, "person", &id).expect("record on A");
+        assert_eq!(on_a["fields"]["status"], "in_shelter", "{on_a}");
+
+        // Records: paged and searchable; a record page with its history.
+        client
+            .goto(&format!(
+                "{base}/console/#records/person//name/Amina%20Okafor"
+            ))
+            .await
+            .unwrap();
+        wait_text(&client, "the search result", |t| t.contains("Amina Okafor")).await;
+        shot(&client, &shots, "4-records").await;
+        client
+            .goto(&format!("{base}/console/#record/person/{id}"))
+            .await
+            .unwrap();
+        let t = wait_text(&client, "the record's history", |t| {
+            t.contains("History") && t.contains("found_alive")
+        })
+        .await;
+        assert!(
+            t.contains("Amina Okafor") && t.contains("in_shelter"),
+            "{t}"
+        );
+        shot(&client, &shots, "5-record").await;
+        client
+            .goto(&format!("{base}/console/#warnings"))
+            .await
+            .unwrap();
+        wait_text(&client, "the warnings", |t| t.contains("Held & warnings")).await;
+        shot(&client, &shots, "6-warnings").await;
+
+        // The login link was spent.
+        client.goto(&url).await.unwrap();
+        wait_text(&client, "a spent link refused", |t| {
+            t.contains("This login link does not work")
+        })
+        .await;
+        client.close().await.unwrap();
+    });
+    drop(driver);
+    drop(agents);
+}
