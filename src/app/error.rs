@@ -149,6 +149,10 @@ impl From<StoreError> for AppError {
                 code: "CONFLICT_NOT_FOUND",
                 message,
             },
+            StoreError::HoldNotFound(_) => AppError::NotFound {
+                code: "HOLD_NOT_FOUND",
+                message,
+            },
             StoreError::UniqueClash { field, .. } => AppError::Conflict {
                 code: "UNIQUE_CLASH",
                 message,

@@ -12,10 +12,12 @@
 //! - [`admin`]: status, peers, the conflict log and resolving it.
 //! - [`peers`]: sync and verify with a peer named by id, name or address.
 //! - [`changes`]: the changes feed (every change after a feed position).
+//! - [`held`]: deletes held by the mass-delete brake: list, approve, reject.
 
 pub mod admin;
 pub mod changes;
 mod error;
+pub mod held;
 pub mod peers;
 pub mod records;
 

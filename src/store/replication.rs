@@ -9,6 +9,7 @@
 //! | `PeerRow.received_upto`     | `peer(instance)`     | every page (max with `next`)       |
 //! | knowledge                   | `meta("knowledge")`  | last page (`more == false`)        |
 //! | `last_update`, `sync_count` | `peer(instance)`     | last page that ends the session    |
+//! | held deletes (`held.rs`)    | `held(id)`           | a page that trips the brake        |
 
 use super::{
     decode, decode_record, encode, keys, ConflictDetail, PeerRow, ReportedConflict, Store,
@@ -75,6 +76,8 @@ pub struct PageCommit<'a> {
 pub struct Committed {
     /// What merging the page did.
     pub stats: ApplyStats,
+    /// Changes the mass-delete brake held instead of merging (`held.rs`).
+    pub held: u64,
     /// The sender's feed position we now have everything up to.
     pub received_upto: u64,
 }
@@ -118,7 +121,8 @@ impl Store {
                 had: row.received_upto,
             });
         }
-        let stats = b.merge_changes(Some(c.peer), c.changes)?;
+        let (apply, held) = b.brake(&self.config.brake, c.peer, &row.name, c.changes)?;
+        let stats = b.merge_changes(Some(c.peer), &apply)?;
         row.received_upto = row.received_upto.max(c.next);
         if !c.more {
             if let Some(k) = c.knowledge {
@@ -132,9 +136,10 @@ impl Store {
         }
         let received_upto = row.received_upto;
         b.txn.put(keys::peer(&c.peer), encode(&row));
-        self.finish_with(guard, b, stats.applied > 0)?;
+        self.finish_with(guard, b, stats.applied > 0 || held > 0)?;
         Ok(Committed {
             stats,
+            held,
             received_upto,
         })
     }
@@ -181,6 +186,8 @@ impl Store {
         crate::model::vv_join(&mut k, peer);
         // Our own entry is the clock; never store a claim about ourselves from a peer.
         k.remove(&self.id());
+        // Held deletes were not received: stay below them until a person decides.
+        super::held::cap_knowledge(txn, &mut k)?;
         txn.put(keys::meta("knowledge"), encode(&k));
         Ok(())
     }
