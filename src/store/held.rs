@@ -301,3 +301,113 @@ impl Store {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::merge::Edit;
+    use crate::store::{LocalOp, PageCommit, RemoteChange, Store};
+    use serde_json::json;
+    use uuid::Uuid;
+
+    fn open(cfg: &str) -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), Config::parse(cfg, "test").unwrap()).unwrap();
+        (s, dir)
+    }
+
+    fn live(s: &Store) -> u64 {
+        s.tables().unwrap().first().map_or(0, |t| t.1.live)
+    }
+
+    fn states(s: &Store, ids: &[Uuid]) -> Vec<RemoteChange> {
+        ids.iter()
+            .map(|id| RemoteChange {
+                table: "person".into(),
+                id: *id,
+                state: s.get("person", id).unwrap().unwrap().state,
+                conflicts: vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_deletes_stay_out_of_knowledge_are_not_held_twice_and_approve_applies_them() {
+        let cfg = "[brake.tables.person]\npercent = 20\nmin_records = 2\n";
+        let ((a, _da), (b, _db)) = (open(cfg), open(cfg));
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        let op = |id: Uuid, edit| LocalOp {
+            table: "person".into(),
+            id,
+            edit,
+        };
+        for (i, id) in ids.iter().enumerate() {
+            let f = json!({"n": i}).as_object().unwrap().clone();
+            a.write_one(op(*id, Edit::Put(f))).unwrap();
+        }
+        b.apply_remote(Some(a.id()), &states(&a, &ids)).unwrap();
+        b.update_peer(&a.id(), |_| ()).unwrap();
+        for id in &ids[..4] {
+            a.write_one(op(*id, Edit::Delete)).unwrap();
+        }
+        let f = json!({"n": 40}).as_object().unwrap().clone();
+        a.write_one(op(ids[4], Edit::Put(f))).unwrap();
+        let first_delete = a
+            .get("person", &ids[0])
+            .unwrap()
+            .unwrap()
+            .state
+            .deleted
+            .unwrap();
+        let k = a.position().unwrap().knowledge;
+        let changes = states(&a, &ids);
+        let page = |since| PageCommit {
+            peer: a.id(),
+            changes: &changes,
+            since,
+            next: 9,
+            more: false,
+            knowledge: Some(&k),
+            ends_session: true,
+        };
+
+        let c = b.commit_page(page(0)).unwrap();
+        assert_eq!((c.held, c.stats.applied, c.received_upto), (4, 1, 9));
+        assert_eq!(live(&b), 5, "4 of 5 deletes held, the edit applied");
+        let known = b.position().unwrap().knowledge[&a.id()];
+        assert!(
+            known < first_delete.ts,
+            "a held delete is not counted as received"
+        );
+        let holds = b.holds().unwrap();
+        assert_eq!(holds.len(), 1);
+        assert_eq!(
+            holds[0].describe(),
+            format!("{} wants to delete 4 of 5 person records", a.id())
+        );
+
+        // The same page again (a resend) joins the pending hold instead of adding one.
+        let c = b.commit_page(page(9)).unwrap();
+        assert_eq!(c.held, 4);
+        let holds = b.holds().unwrap();
+        assert_eq!((holds.len(), holds[0].changes.len()), (1, 4));
+        assert_eq!(live(&b), 5);
+
+        let d = b.approve_hold(holds[0].id).unwrap();
+        assert_eq!((d.merged.applied, d.restored), (4, 0));
+        assert_eq!(live(&b), 1);
+        assert!(b.holds().unwrap().is_empty());
+        assert!(matches!(
+            b.approve_hold(holds[0].id),
+            Err(crate::store::StoreError::HoldNotFound(_))
+        ));
+        // With no hold pending, the next session's knowledge is taken whole.
+        let none: Vec<RemoteChange> = vec![];
+        b.commit_page(PageCommit {
+            changes: &none,
+            ..page(9)
+        })
+        .unwrap();
+        assert_eq!(b.position().unwrap().knowledge[&a.id()], k[&a.id()]);
+    }
+}
