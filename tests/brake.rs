@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 use uuid::Uuid;
 
-/// Deletes `ids` in one `apply` batch (through B's agent while it runs).
+/// Deletes `ids` in one `apply --yes` batch (through B's agent while it runs).
 fn delete_all(dir: &Path, ids: &[Uuid]) {
     let file = dir.with_extension(format!("ops-{}.jsonl", Uuid::new_v4().simple()));
     let text: String = ids
@@ -18,7 +18,23 @@ fn delete_all(dir: &Path, ids: &[Uuid]) {
         .map(|id| format!("{}\n", json!({"op": "delete", "table": "person", "id": id})))
         .collect();
     std::fs::write(&file, text).expect("write op file");
-    run(dir, &["apply", file.to_str().expect("utf-8")]).ok();
+    let path = file.to_str().expect("utf-8");
+    let before = live_count(dir, "person");
+    let refused = run(dir, &["apply", path]);
+    if ids.len() >= 50 {
+        // Locally too, a mass delete needs confirmation (no terminal here: --yes).
+        assert_ne!(refused.code, 0, "{refused}");
+        let want = format!(
+            "this batch deletes {} of {before} person records",
+            ids.len()
+        );
+        assert!(refused.stderr.contains(&want), "{refused}");
+        assert!(refused.stderr.contains("--yes"), "{refused}");
+        assert_eq!(live_count(dir, "person"), before, "nothing was written");
+        run(dir, &["apply", "--yes", path]).ok();
+    } else {
+        refused.ok();
+    }
     let _ = std::fs::remove_file(file);
 }
 

@@ -30,7 +30,8 @@ pub enum AppError {
     /// exit code 2).
     #[error("{message}")]
     Conflict {
-        /// Stable code: `UNIQUE_CLASH`.
+        /// Stable code: `UNIQUE_CLASH`, or `MASS_DELETE` (a batch over the `[brake]` limit
+        /// without confirmation).
         code: &'static str,
         /// What clashes with what.
         message: String,

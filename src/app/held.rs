@@ -2,9 +2,11 @@
 //! exactly the held deletes) or reject one (keep the records alive everywhere).
 
 use super::{App, AppError};
-use crate::store::{Decided, Hold};
+use crate::merge::Edit;
+use crate::store::{Decided, Hold, LocalOp};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
 /// A pending hold as a person sees it (without the held record states).
@@ -69,6 +71,50 @@ fn decision(id: u64, what: &str, d: Decided) -> HoldDecision {
 }
 
 impl App {
+    /// Refuses a local batch that would delete more of a table's live records than `[brake]`
+    /// allows, unless `confirmed` (`--yes`, a terminal confirmation, or the API's
+    /// `confirm_mass_delete`). Errors: `MASS_DELETE` (a conflict: nothing was written).
+    pub fn check_mass_delete(&self, ops: &[LocalOp], confirmed: bool) -> Result<(), AppError> {
+        if confirmed {
+            return Ok(());
+        }
+        let mut doomed: BTreeMap<&str, BTreeSet<Uuid>> = BTreeMap::new();
+        for op in ops.iter().filter(|o| matches!(o.edit, Edit::Delete)) {
+            let live = self
+                .store
+                .get(&op.table, &op.id)?
+                .is_some_and(|r| r.state.is_alive());
+            if live {
+                doomed.entry(op.table.as_str()).or_default().insert(op.id);
+            }
+        }
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let counts: BTreeMap<String, u64> = self
+            .store
+            .tables()?
+            .into_iter()
+            .map(|(t, c)| (t, c.live))
+            .collect();
+        for (table, ids) in doomed {
+            let live = counts.get(table).copied().unwrap_or(0);
+            let n = ids.len() as u64;
+            if self.store.config().brake.trips(table, n, live) {
+                return Err(AppError::Conflict {
+                    code: "MASS_DELETE",
+                    message: format!(
+                        "this batch deletes {n} of {live} {table} records, more than [brake] in \
+                         fieldsync.toml allows: nothing was written; run it again with --yes \
+                         (API: \"confirm_mass_delete\": true) if that is what you want"
+                    ),
+                    field: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Pending holds, oldest first.
     pub fn holds(&self) -> Result<Vec<HoldView>, AppError> {
         Ok(self.store.holds()?.iter().map(HoldView::from).collect())

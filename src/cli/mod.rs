@@ -220,10 +220,17 @@ pub enum Command {
     ///
     /// Lines: {"op":"put"|"patch"|"delete","table":..,"id":..,"fields":{..}}.
     ///
+    /// A file deleting more of a table's live records than `[brake]` in fieldsync.toml allows
+    /// (default: more than 20% and at least 50) asks for confirmation on a terminal and
+    /// otherwise needs --yes.
+    ///
     /// Example: fieldsync apply ops.jsonl
     Apply {
         /// The op file (`-` for stdin).
         file: PathBuf,
+        /// Confirm a mass delete without asking.
+        #[arg(long)]
+        yes: bool,
     },
     /// Print the count and SHA-256 of the live records (same canonical form as gen.py --digest).
     ///
@@ -740,7 +747,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
             format,
             include_deleted,
         } => records::export(&app, &table, format, include_deleted, io),
-        Command::Apply { file } => records::apply(&app, &file, io),
+        Command::Apply { file, yes } => records::apply(&app, &file, yes, io),
         Command::Held(h) => admin::held(&app, h, io),
         Command::Digest { tables } => records::digest(&app, tables, io),
         Command::Put { .. }
