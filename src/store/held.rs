@@ -57,6 +57,10 @@ pub struct Hold {
     /// below its oldest held event that we do not have).
     #[serde(rename = "cap")]
     pub cap: VersionVector,
+    /// Held because the peer's knowledge of its own events was behind what we hold of them
+    /// (it looks reset or restored), whatever the count.
+    #[serde(rename = "reset", default)]
+    pub reset: bool,
 }
 
 impl Hold {
@@ -67,8 +71,13 @@ impl Hold {
         } else {
             self.peer_name.clone()
         };
+        let reset = if self.reset {
+            " (which looks reset or restored)"
+        } else {
+            ""
+        };
         format!(
-            "{who} wants to delete {} of {} {} records",
+            "{who}{reset} wants to delete {} of {} {} records",
             self.changes.len(),
             self.live,
             self.table
@@ -110,13 +119,15 @@ pub(super) fn cap_knowledge(txn: &Txn<'_>, k: &mut VersionVector) -> Result<(), 
 impl Batch<'_> {
     /// Runs the brake over a page from `peer`: returns the changes to merge now and writes the
     /// ones it holds into this batch (a new hold per tripped table, or added to a pending hold
-    /// of the same record, or of the same peer and table). Returns the page itself, unsplit and
+    /// of the same record, or of the same peer and table). `reset`: the peer looks reset or
+    /// restored, so any delete of a live record is held. Returns the page itself, unsplit and
     /// uncopied, when it deletes nothing live.
     pub(super) fn brake<'c>(
         &mut self,
         cfg: &BrakeConfig,
         peer: Uuid,
         peer_name: &str,
+        reset: bool,
         changes: &'c [RemoteChange],
     ) -> Result<(Cow<'c, [RemoteChange]>, u64), StoreError> {
         // Which changes would turn a live record into a tombstone, per table.
@@ -160,7 +171,9 @@ impl Batch<'_> {
             let pending = holds
                 .iter()
                 .position(|h| h.peer == peer && h.table == table);
-            let trips = pending.is_some() || cfg.trips(table, ks.len() as u64, live);
+            let trips = pending.is_some()
+                || (reset && cfg.enabled)
+                || cfg.trips(table, ks.len() as u64, live);
             let mut fresh: Option<usize> = None;
             for (i, cap) in ks {
                 let ch = &changes[i];
@@ -184,6 +197,7 @@ impl Batch<'_> {
                                 at: self.now,
                                 changes: Vec::new(),
                                 cap: VersionVector::new(),
+                                reset,
                             });
                             fresh = Some(holds.len() - 1);
                             holds.len() - 1
@@ -409,5 +423,35 @@ mod tests {
         })
         .unwrap();
         assert_eq!(b.position().unwrap().knowledge[&a.id()], k[&a.id()]);
+
+        // A peer whose knowledge of its own events went backwards (reset or restored): even
+        // one delete from it is held.
+        let f = json!({"n": 41}).as_object().unwrap().clone();
+        a.write_one(op(ids[4], Edit::Put(f))).unwrap();
+        b.commit_page(PageCommit {
+            changes: &states(&a, &ids[4..]),
+            ..page(9)
+        })
+        .unwrap();
+        a.write_one(op(ids[4], Edit::Delete)).unwrap();
+        let mut behind = a.position().unwrap().knowledge;
+        behind.insert(a.id(), 1);
+        let last = states(&a, &ids[4..]);
+        let c = b
+            .commit_page(PageCommit {
+                changes: &last,
+                knowledge: Some(&behind),
+                ..page(0)
+            })
+            .unwrap();
+        assert_eq!(c.held, 1);
+        let holds = b.holds().unwrap();
+        assert!(holds[0].reset);
+        assert!(
+            holds[0].describe().contains("looks reset or restored"),
+            "{}",
+            holds[0].describe()
+        );
+        assert_eq!(live(&b), 1);
     }
 }

@@ -121,7 +121,18 @@ impl Store {
                 had: row.received_upto,
             });
         }
-        let (apply, held) = b.brake(&self.config.brake, c.peer, &row.name, c.changes)?;
+        // A sender vouching for fewer of its own events than we hold of it was reset or
+        // restored: whatever it deletes waits for a person. Checked on a page from position 0
+        // only (where `note_hello` restarts a peer whose feed went back, and where no page of
+        // this session is in yet): later pages may carry events newer than the hello's
+        // knowledge, which would look the same. Further deletes of the same tables from it join
+        // the pending hold.
+        let reset = c.since == 0
+            && c.knowledge.is_some_and(|k| {
+                let held = self.head().holdings.get(&c.peer).copied().unwrap_or(0);
+                k.get(&c.peer).copied().unwrap_or(0) < held
+            });
+        let (apply, held) = b.brake(&self.config.brake, c.peer, &row.name, reset, c.changes)?;
         let stats = b.merge_changes(Some(c.peer), &apply)?;
         row.received_upto = row.received_upto.max(c.next);
         if !c.more {
