@@ -131,3 +131,48 @@ impl App {
         Ok(decision(id, "rejected", self.store.reject_hold(id)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::records::BatchOp;
+    use crate::config::Config;
+    use crate::store::Store;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn op(op: &str, id: &Uuid) -> BatchOp {
+        BatchOp {
+            op: op.into(),
+            table: "person".into(),
+            id: Some(id.to_string()),
+            fields: (op == "put").then(|| json!({"name": id.to_string()})),
+        }
+    }
+
+    #[test]
+    fn a_local_batch_deleting_over_the_limit_needs_confirmation_and_writes_nothing_without() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Config::default()).unwrap();
+        let app = App::new(Arc::new(store), None);
+        let ids: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
+        app.batch(ids.iter().map(|i| op("put", i)).collect(), false)
+            .unwrap();
+        let deletes = |r: std::ops::Range<usize>| ids[r].iter().map(|i| op("delete", i)).collect();
+        let e = app.batch(deletes(0..60), false).unwrap_err();
+        assert_eq!(e.code(), "MASS_DELETE");
+        assert!(
+            e.to_string()
+                .starts_with("this batch deletes 60 of 100 person records"),
+            "{e}"
+        );
+        assert_eq!(app.tables().unwrap()[0].live, 100, "nothing written");
+        // Under the limit (20 of 100), or confirmed, it goes through.
+        app.batch(deletes(0..20), false).unwrap();
+        assert_eq!(app.tables().unwrap()[0].live, 80);
+        let e = app.batch(deletes(20..80), false).unwrap_err();
+        assert!(e.to_string().contains("60 of 80"), "{e}");
+        app.batch(deletes(20..80), true).unwrap();
+        assert_eq!(app.tables().unwrap()[0].live, 20);
+    }
+}
