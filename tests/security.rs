@@ -36,6 +36,11 @@ fn hello(instance: &str) -> Value {
         encodings: vec![ENC_JSON.into()],
         local_only: vec![],
         tables: vec!["person".into()],
+        incarnation: Some(fieldsync::model::Incarnation {
+            id: Uuid::new_v4(),
+            since: 1,
+            parent: None,
+        }),
     })
     .unwrap()
 }
@@ -369,14 +374,11 @@ fn revocations_travel_with_the_data_and_only_the_ca_can_revoke() {
     let coord_id: Uuid = coord.id().parse().unwrap();
     let cfg = tls_client(&a.credential(), false);
     let a_id = a.id();
-    let r = rpc_tls(
-        &cfg,
-        "127.0.0.1",
-        agent_b.sock(),
-        "fieldsync_hello",
-        &hello(&a_id),
-    )
-    .unwrap();
+    // Speaking as A, which B knows: with A's own incarnation (a new one would be a second
+    // data directory with A's id, refused as a duplicate).
+    let mut h = hello(&a_id);
+    h["incarnation"] = a.status()["incarnation"].clone();
+    let r = rpc_tls(&cfg, "127.0.0.1", agent_b.sock(), "fieldsync_hello", &h).unwrap();
     assert!(r["result"].is_object(), "{r}");
     let seq = b.status()["feed_seq"].clone();
     let innocent = Uuid::new_v4();
