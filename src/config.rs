@@ -58,6 +58,66 @@ struct RawConfig {
     snapshots: SnapshotConfig,
     #[serde(default)]
     api: ApiConfig,
+    #[serde(default)]
+    brake: BrakeConfig,
+}
+
+/// When an incoming batch of deletes is held for a person to decide (`[brake]`, with
+/// per-table overrides under `[brake.tables.NAME]`; see `store/held.rs`).
+///
+/// A batch trips the brake for a table when it would delete more than `percent` % of the
+/// table's live records *and* at least `min_records` of them.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrakeConfig {
+    /// False turns the brake off for every table.
+    pub enabled: bool,
+    /// Share of a table's live records, in percent (0-100), that a batch may delete unheld.
+    pub percent: u64,
+    /// A batch deleting fewer records than this is never held.
+    pub min_records: u64,
+    /// Per-table overrides.
+    pub tables: BTreeMap<String, BrakeRule>,
+}
+
+/// The brake's thresholds for one table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrakeRule {
+    /// Share of the table's live records, in percent, that a batch may delete unheld.
+    pub percent: u64,
+    /// A batch deleting fewer records than this is never held.
+    pub min_records: u64,
+}
+
+impl Default for BrakeConfig {
+    fn default() -> Self {
+        BrakeConfig {
+            enabled: true,
+            percent: 20,
+            min_records: 50,
+            tables: BTreeMap::new(),
+        }
+    }
+}
+
+impl BrakeConfig {
+    /// The thresholds for `table` (its override, else the defaults).
+    pub fn rule(&self, table: &str) -> BrakeRule {
+        self.tables.get(table).copied().unwrap_or(BrakeRule {
+            percent: self.percent,
+            min_records: self.min_records,
+        })
+    }
+
+    /// True if deleting `deletes` of `live` live records of `table` in one batch must be held.
+    pub fn trips(&self, table: &str, deletes: u64, live: u64) -> bool {
+        let r = self.rule(table);
+        // Integer arithmetic: more than percent % of live, i.e. deletes*100 > percent*live.
+        self.enabled
+            && deletes >= r.min_records
+            && u128::from(deletes) * 100 > u128::from(r.percent) * u128::from(live)
+    }
 }
 
 /// Settings of the agent's automatic snapshots (`[snapshots]`; see `autosnapshot.rs`).
@@ -170,6 +230,8 @@ pub struct Config {
     pub snapshots: SnapshotConfig,
     /// HTTP API settings.
     pub api: ApiConfig,
+    /// Mass-delete brake thresholds.
+    pub brake: BrakeConfig,
 }
 
 impl Config {
@@ -240,7 +302,24 @@ impl Config {
                     .into(),
             ));
         }
+        let brake_rules = std::iter::once(("brake".to_string(), raw.brake.percent)).chain(
+            raw.brake
+                .tables
+                .iter()
+                .map(|(t, r)| (format!("brake.tables.{t}"), r.percent)),
+        );
+        for (name, percent) in brake_rules {
+            if percent > 100 {
+                return Err(invalid(format!(
+                    "{name}.percent is {percent}: use 0-100 (percent of a table's live records)"
+                )));
+            }
+        }
+        for t in raw.brake.tables.keys() {
+            validate_table(t).map_err(|e| invalid(format!("brake.tables: {e}")))?;
+        }
         Ok(Config {
+            brake: raw.brake,
             unique,
             local_only,
             sync: raw.sync,
@@ -290,6 +369,30 @@ mod tests {
             .to_string();
         assert!(e.contains("snapshots.keep"), "{e}");
         assert!(Config::parse("[snapshots]\nevry = 1\n", "t").is_err());
+    }
+
+    #[test]
+    fn the_brake_defaults_to_20_percent_and_50_records_and_is_set_per_table() {
+        let c = Config::parse("", "t").unwrap();
+        assert!(
+            !c.brake.trips("person", 49, 100),
+            "fewer than 50 never trips"
+        );
+        assert!(c.brake.trips("person", 50, 100));
+        assert!(!c.brake.trips("person", 60, 300), "exactly 20% is allowed");
+        assert!(c.brake.trips("person", 61, 300));
+        let c = Config::parse(
+            "[brake]\npercent = 50\n[brake.tables.person]\npercent = 5\nmin_records = 2\n",
+            "t",
+        )
+        .unwrap();
+        assert!(c.brake.trips("person", 2, 10));
+        assert!(!c.brake.trips("family", 50, 100));
+        assert!(c.brake.trips("family", 51, 100));
+        let off = Config::parse("[brake]\nenabled = false\n", "t").unwrap();
+        assert!(!off.brake.trips("person", 100, 100));
+        let e = Config::parse("[brake]\npercent = 120\n", "t").unwrap_err();
+        assert!(e.to_string().contains("brake.percent is 120"), "{e}");
     }
 
     #[test]

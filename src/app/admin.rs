@@ -60,10 +60,15 @@ impl App {
             m.insert("sessions".into(), json!(crate::progress::snapshot().0));
         }
         let info = store.instance();
+        let held: Vec<Value> = store
+            .holds()?
+            .iter()
+            .map(|h| json!({"id": h.id, "message": h.describe()}))
+            .collect();
         Ok(json!({
             "instance": info.id, "name": info.name, "owner": info.owner,
             "contact": info.contact, "data_dir": store.dir(), "feed_seq": store.seq(),
-            "tables": tables, "unresolved_conflicts": unresolved,
+            "tables": tables, "unresolved_conflicts": unresolved, "held": held,
             "peers": {"known": peers.len(), "online": online, "last_sync": last_sync,
                       "failing": failing},
             "incarnation": store.incarnation(),

@@ -30,7 +30,8 @@ pub enum AppError {
     /// exit code 2).
     #[error("{message}")]
     Conflict {
-        /// Stable code: `UNIQUE_CLASH`.
+        /// Stable code: `UNIQUE_CLASH`, or `MASS_DELETE` (a batch over the `[brake]` limit
+        /// without confirmation).
         code: &'static str,
         /// What clashes with what.
         message: String,
@@ -147,6 +148,10 @@ impl From<StoreError> for AppError {
             },
             StoreError::ConflictNotFound(_) => AppError::NotFound {
                 code: "CONFLICT_NOT_FOUND",
+                message,
+            },
+            StoreError::HoldNotFound(_) => AppError::NotFound {
+                code: "HOLD_NOT_FOUND",
                 message,
             },
             StoreError::UniqueClash { field, .. } => AppError::Conflict {

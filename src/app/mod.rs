@@ -14,11 +14,13 @@
 //! - [`changes`]: the changes feed (every change after a feed position).
 //! - [`console`]: the console's overview (peers in words, what each has not received yet),
 //!   live sessions and warnings.
+//! - [`held`]: deletes held by the mass-delete brake: list, approve, reject.
 
 pub mod admin;
 pub mod changes;
 pub mod console;
 mod error;
+pub mod held;
 pub mod peers;
 pub mod records;
 

@@ -441,7 +441,11 @@ impl App {
     }
 
     /// Applies operations all or nothing (one atomic, durable batch).
-    pub fn batch(&self, ops: Vec<BatchOp>) -> Result<BatchOutcome, AppError> {
+    pub fn batch(
+        &self,
+        ops: Vec<BatchOp>,
+        confirm_mass_delete: bool,
+    ) -> Result<BatchOutcome, AppError> {
         let mut local = Vec::with_capacity(ops.len());
         for (i, o) in ops.into_iter().enumerate() {
             let at = |e: AppError| {
@@ -491,6 +495,7 @@ impl App {
                 edit,
             });
         }
+        self.check_mass_delete(&local, confirm_mass_delete)?;
         let results = self.store.write_local(&local)?;
         let mut out = Vec::with_capacity(results.len());
         for (op, r) in local.iter().zip(&results) {

@@ -63,6 +63,22 @@ pub fn status(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
     print(io.out, &v)
 }
 
+/// `held list | approve ID | reject ID`: deletes held by the mass-delete brake.
+pub fn held(app: &App, cmd: super::HeldCommand, io: &mut Io<'_>) -> Result<(), CliError> {
+    use super::HeldCommand;
+    let v = match cmd {
+        HeldCommand::List => {
+            for h in app.holds()? {
+                print(io.out, &serde_json::to_value(h).map_err(super::invalid)?)?;
+            }
+            return Ok(());
+        }
+        HeldCommand::Approve { id } => serde_json::to_value(app.approve_hold(id)?),
+        HeldCommand::Reject { id } => serde_json::to_value(app.reject_hold(id)?),
+    };
+    print(io.out, &v.map_err(super::invalid)?)
+}
+
 /// `peers`: one line per peer instance.
 pub fn peers(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
     let rows: Vec<PeerRow> = door.call(Op::Peers, io)?;

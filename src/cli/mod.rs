@@ -86,6 +86,24 @@ pub enum ExportFormat {
     Csv,
 }
 
+/// `fieldsync held ...`.
+#[derive(Debug, Subcommand)]
+pub enum HeldCommand {
+    /// One line per pending hold: id, peer, table, how many deletes of how many live records.
+    List,
+    /// Apply exactly the held deletes.
+    Approve {
+        /// The hold's id (from `held list`).
+        id: u64,
+    },
+    /// Keep the records alive everywhere: apply the held deletes, then restore each record
+    /// with a new revision after them (it syncs back to the laptop that deleted them).
+    Reject {
+        /// The hold's id (from `held list`).
+        id: u64,
+    },
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -257,10 +275,17 @@ pub enum Command {
     ///
     /// Lines: {"op":"put"|"patch"|"delete","table":..,"id":..,"fields":{..}}.
     ///
+    /// A file deleting more of a table's live records than `[brake]` in fieldsync.toml allows
+    /// (default: more than 20% and at least 50) asks for confirmation on a terminal and
+    /// otherwise needs --yes.
+    ///
     /// Example: fieldsync apply ops.jsonl
     Apply {
         /// The op file (`-` for stdin).
         file: PathBuf,
+        /// Confirm a mass delete without asking.
+        #[arg(long)]
+        yes: bool,
     },
     /// Print the count and SHA-256 of the live records (same canonical form as gen.py --digest).
     ///
@@ -324,8 +349,20 @@ pub enum Command {
     /// Deployment membership: who may sync with whom (mutual TLS with a deployment CA).
     #[command(subcommand)]
     Mesh(MeshCommand),
-    /// Print this instance's id, name, record counts and a peers summary.
+    /// Print this instance's id, name, record counts, held deletes and a peers summary.
     Status,
+    /// Deletes held by the mass-delete brake: list them, approve or reject one.
+    ///
+    /// A sync that would delete more than `[brake]` allows of a table's live records (default:
+    /// more than 20% and at least 50) applies everything else and holds those deletes here.
+    ///
+    /// Example: fieldsync held list
+    ///
+    /// Example: fieldsync held approve 3
+    ///
+    /// Example: fieldsync held reject 3
+    #[command(subcommand)]
+    Held(HeldCommand),
     /// Print the sync_instance table: one row per peer instance.
     Peers,
     /// Write deterministic test or benchmark data as JSON lines to stdout (no database needed).
@@ -819,7 +856,8 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
             format,
             include_deleted,
         } => records::export(&app, &table, format, include_deleted, io),
-        Command::Apply { file } => records::apply(&app, &file, io),
+        Command::Apply { file, yes } => records::apply(&app, &file, yes, io),
+        Command::Held(h) => admin::held(&app, h, io),
         Command::Digest { tables } => records::digest(&app, tables, io),
         Command::Put { .. }
         | Command::Patch { .. }

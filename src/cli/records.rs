@@ -13,6 +13,7 @@ use crate::store::{LocalOp, OpResult};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::io::BufReader;
+use std::io::IsTerminal;
 use std::path::Path;
 
 /// Arguments of `conflicts`.
@@ -251,10 +252,18 @@ pub fn export(
 }
 
 /// `apply`: an op file, all or nothing; errors name the file's line.
-pub fn apply(app: &App, file: &Path, io: &mut Io<'_>) -> Result<(), CliError> {
+pub fn apply(app: &App, file: &Path, yes: bool, io: &mut Io<'_>) -> Result<(), CliError> {
+    let reads_stdin = file == Path::new("-");
     let ops = formats::read_ops(BufReader::new(open_input(file, &mut io.stdin, &io.cwd)?))?;
     let lines: Vec<usize> = ops.iter().map(|(l, _)| *l).collect();
     let ops: Vec<LocalOp> = ops.into_iter().map(|(_, o)| o).collect();
+    if let Err(e) = app.check_mass_delete(&ops, yes) {
+        // A person at a terminal may confirm; scripts, pipes and the agent need --yes.
+        let terminal = io.agent.is_none() && !reads_stdin && std::io::stdin().is_terminal();
+        if !terminal || !confirmed_on_terminal(&e.to_string()) {
+            return Err(e.into());
+        }
+    }
     let results = app
         .store()
         .write_local(&ops)
@@ -267,6 +276,14 @@ pub fn apply(app: &App, file: &Path, io: &mut Io<'_>) -> Result<(), CliError> {
         io.out,
         &json!({"ops": results.len(), "written": written, "unchanged": results.len() - written}),
     )
+}
+
+/// Asks on the terminal; true only for an explicit "yes".
+fn confirmed_on_terminal(what: &str) -> bool {
+    let what = what.split(": nothing was written").next().unwrap_or(what);
+    eprint!("fieldsync: {what}. Type yes to go on: ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == "yes"
 }
 
 /// `digest`: count and SHA-256 of the live records.

@@ -527,16 +527,23 @@ async fn history(
 struct BatchRequest {
     /// The operations, applied in order.
     ops: Vec<BatchOp>,
+    /// Needed when the batch deletes more of a table's live records than `[brake]` allows
+    /// (default: more than 20% and at least 50); otherwise it is refused with `MASS_DELETE`.
+    #[serde(default)]
+    confirm_mass_delete: bool,
 }
 
 /// Applies put/patch/delete operations all or nothing (like `fieldsync apply`).
 #[utoipa::path(post, path = "/v1/batch", request_body = BatchRequest,
     responses((status = 200, body = BatchOutcome),
         (status = 400, description = "`field` names the failing op, e.g. ops[2].id; nothing written", body = ErrorBody),
+        (status = 409, description = "`MASS_DELETE`: deletes more than `[brake]` allows without `confirm_mass_delete`; nothing written", body = ErrorBody),
         (status = 413, body = ErrorBody)))]
 async fn batch(State(st): St, body: Body) -> Result<Json<BatchOutcome>, ApiError> {
     let req: BatchRequest = body_typed(body)?;
-    Ok(Json(blocking(&st, move |a| a.batch(req.ops)).await?))
+    Ok(Json(
+        blocking(&st, move |a| a.batch(req.ops, req.confirm_mass_delete)).await?,
+    ))
 }
 
 /// The conflict log, unresolved first (as `fieldsync conflicts`).

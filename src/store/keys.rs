@@ -13,6 +13,7 @@
 //! | `U`    | table, 0x00, field, 0x00, value JSON, 0x00, id| empty: unique-field index    |
 //! | `T`    | table                                         | live and deleted counts      |
 //! | `P`    | peer instance id (16 bytes)                   | `PeerRow` (sync_instance)    |
+//! | `B`    | hold id (u64 BE)                              | `Hold`: deletes held by the brake |
 //! | `I`    | import id (16), record id (16)                | staged import row (staging.rs) |
 //!
 //! Table names never contain 0x00 and JSON text never contains a raw 0x00, so the separators
@@ -31,6 +32,7 @@ pub(crate) const UNIQUE: u8 = b'U';
 pub(crate) const CONFLICT_DEDUPE: u8 = b'D';
 pub(crate) const TABLE: u8 = b'T';
 pub(crate) const PEER: u8 = b'P';
+pub(crate) const HELD: u8 = b'B';
 
 /// `table 0x00 id`: the identity of a record inside every record-scoped key.
 pub(crate) fn record_suffix(table: &str, id: &Uuid) -> Vec<u8> {
@@ -141,6 +143,10 @@ pub(crate) fn unique_value(table: &str, field: &str, value_json: &str) -> Vec<u8
 
 pub(crate) fn table_counts(table: &str) -> Vec<u8> {
     with_prefix(TABLE, &[table.as_bytes()])
+}
+
+pub(crate) fn held(id: u64) -> Vec<u8> {
+    with_prefix(HELD, &[&id.to_be_bytes()])
 }
 
 pub(crate) fn peer(id: &Uuid) -> Vec<u8> {

@@ -5,6 +5,7 @@
 //! The merge decisions themselves are made by [`crate::merge`]; this module only loads,
 //! persists and indexes.
 
+mod held;
 mod incarnation;
 mod keys;
 pub mod recovery;
@@ -16,6 +17,7 @@ mod write;
 
 pub use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
 pub use crate::merge::Keep;
+pub use held::{Decided, Hold};
 pub use incarnation::{dir_key, judge, DirKey, Incarnation, Lineage, Verdict};
 pub use replication::{CommitError, Committed, Knowledge, OutgoingPage, PageCommit, Position};
 pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
@@ -75,6 +77,9 @@ pub enum StoreError {
     /// No conflict with that id.
     #[error("conflict {0} not found")]
     ConflictNotFound(u64),
+    /// No pending hold with that id.
+    #[error("no pending hold {0}: `fieldsync held list` shows the pending ones")]
+    HoldNotFound(u64),
     /// A `--keep` that does not fit the conflict.
     #[error("{0}")]
     BadResolution(String),

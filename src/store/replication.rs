@@ -9,6 +9,7 @@
 //! | `PeerRow.received_upto`     | `peer(instance)`     | every page (max with `next`)       |
 //! | knowledge                   | `meta("knowledge")`  | last page (`more == false`)        |
 //! | `last_update`, `sync_count` | `peer(instance)`     | last page that ends the session    |
+//! | held deletes (`held.rs`)    | `held(id)`           | a page that trips the brake        |
 
 use super::{
     decode, decode_record, encode, keys, ConflictDetail, PeerRow, ReportedConflict, Store,
@@ -75,6 +76,8 @@ pub struct PageCommit<'a> {
 pub struct Committed {
     /// What merging the page did.
     pub stats: ApplyStats,
+    /// Changes the mass-delete brake held instead of merging (`held.rs`).
+    pub held: u64,
     /// The sender's feed position we now have everything up to.
     pub received_upto: u64,
 }
@@ -132,7 +135,19 @@ impl Store {
                 had: row.received_upto,
             });
         }
-        let stats = b.merge_changes(Some(c.peer), c.changes)?;
+        // A sender vouching for fewer of its own events than we hold of it was reset or
+        // restored: whatever it deletes waits for a person. Checked on a page from position 0
+        // only (where `note_hello` restarts a peer whose feed went back, and where no page of
+        // this session is in yet): later pages may carry events newer than the hello's
+        // knowledge, which would look the same. Further deletes of the same tables from it join
+        // the pending hold.
+        let reset = c.since == 0
+            && c.knowledge.is_some_and(|k| {
+                let held = self.head().holdings.get(&c.peer).copied().unwrap_or(0);
+                k.get(&c.peer).copied().unwrap_or(0) < held
+            });
+        let (apply, held) = b.brake(&self.config.brake, c.peer, &row.name, reset, c.changes)?;
+        let stats = b.merge_changes(Some(c.peer), &apply)?;
         row.received_upto = row.received_upto.max(c.next);
         if !c.more {
             if let Some(k) = c.knowledge {
@@ -153,9 +168,10 @@ impl Store {
         }
         let received_upto = row.received_upto;
         b.txn.put(keys::peer(&c.peer), encode(&row));
-        self.finish_with(guard, b, stats.applied > 0)?;
+        self.finish_with(guard, b, stats.applied > 0 || held > 0)?;
         Ok(Committed {
             stats,
+            held,
             received_upto,
         })
     }
@@ -299,6 +315,8 @@ impl Store {
         crate::model::vv_join(&mut k, peer);
         // Our own entry is the clock; never store a claim about ourselves from a peer.
         k.remove(&self.id());
+        // Held deletes were not received: stay below them until a person decides.
+        super::held::cap_knowledge(txn, &mut k)?;
         txn.put(keys::meta("knowledge"), encode(&k));
         Ok(())
     }

@@ -404,14 +404,14 @@ impl Batch<'_> {
         Ok(stats)
     }
 
-    fn load(&self, suffix: &[u8]) -> Result<Option<StoredRecord>, StoreError> {
+    pub(super) fn load(&self, suffix: &[u8]) -> Result<Option<StoredRecord>, StoreError> {
         self.txn
             .get(&keys::record(suffix))?
             .map(|v| decode_record(&v))
             .transpose()
     }
 
-    fn local(&mut self, op: &LocalOp) -> Result<OpResult, StoreError> {
+    pub(super) fn local(&mut self, op: &LocalOp) -> Result<OpResult, StoreError> {
         validate_table(&op.table)?;
         if let Edit::Put(f) | Edit::Patch(f) = &op.edit {
             check_fields(f)?;

@@ -1,0 +1,457 @@
+//! The mass-delete brake's store side: incoming deletes held for a person to decide.
+//!
+//! A page that would delete more of a table's live records than `[brake]` allows (see
+//! [`crate::config::BrakeConfig`]) is split before it is merged: the changes that would turn a
+//! live record into a tombstone are written as one [`Hold`] instead of being merged, and
+//! everything else in the page is merged as usual, in the same batch. The hold waits for
+//! `fieldsync held approve ID` (merge exactly the held changes) or `held reject ID` (merge them,
+//! then restore every record they deleted with a new local revision, which syncs back).
+//!
+//! | key (see `keys.rs`) | value (rmp-serde) | written                                        |
+//! |---------------------|-------------------|------------------------------------------------|
+//! | `B` hold id (u64 BE)| [`Hold`]          | with the page that tripped the brake; removed by approve/reject |
+//! | `M` `next_hold`     | u64               | with every new hold                            |
+//!
+//! Knowledge: a held delete was not received. While a hold is pending, our knowledge of each
+//! origin stays below the oldest held event of that origin (its `cap`), so no peer leaves the
+//! held events out of what it sends us ([`cap_knowledge`], applied whenever knowledge is raised).
+//! Positions still advance, so nothing else stalls.
+
+use super::write::{Batch, LocalOp};
+use super::{decode, encode, keys, Store, StoreError, TableCounts, Txn};
+use crate::change::{ApplyStats, RemoteChange};
+use crate::config::BrakeConfig;
+use crate::merge::{merge_remote, Edit};
+use crate::model::VersionVector;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// Deletes from one peer for one table, held by the brake until a person decides.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    /// The hold's id (`fieldsync held approve ID`).
+    #[serde(rename = "id")]
+    pub id: u64,
+    /// The instance the deletes came from.
+    #[serde(rename = "peer")]
+    pub peer: Uuid,
+    /// Its display name when the hold was made.
+    #[serde(rename = "peer_name")]
+    pub peer_name: String,
+    /// The table.
+    #[serde(rename = "table")]
+    pub table: String,
+    /// Live records of the table here when the hold was made.
+    #[serde(rename = "live")]
+    pub live: u64,
+    /// When the hold was made.
+    #[serde(rename = "at")]
+    pub at: DateTime<Utc>,
+    /// The held record states, exactly as received (merged by approve or reject).
+    #[serde(rename = "changes")]
+    pub changes: Vec<RemoteChange>,
+    /// Per origin, the highest stamp our knowledge may claim while this hold is pending (one
+    /// below its oldest held event that we do not have).
+    #[serde(rename = "cap")]
+    pub cap: VersionVector,
+    /// Held because the peer's knowledge of its own events was behind what we hold of them
+    /// (it looks reset or restored), whatever the count.
+    #[serde(rename = "reset", default)]
+    pub reset: bool,
+}
+
+impl Hold {
+    /// One line for a person: "laptopB wants to delete 80 of 100 person records".
+    pub fn describe(&self) -> String {
+        let who = if self.peer_name.is_empty() {
+            self.peer.to_string()
+        } else {
+            self.peer_name.clone()
+        };
+        let reset = if self.reset {
+            " (which looks reset or restored)"
+        } else {
+            ""
+        };
+        format!(
+            "{who}{reset} wants to delete {} of {} {} records",
+            self.changes.len(),
+            self.live,
+            self.table
+        )
+    }
+}
+
+/// What deciding a hold did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decided {
+    /// Merging the held changes.
+    pub merged: ApplyStats,
+    /// Records restored with a new revision after the deletes (reject only).
+    pub restored: u64,
+}
+
+fn decode_holds(txn: &Txn<'_>) -> Result<Vec<Hold>, StoreError> {
+    let mut out = Vec::new();
+    for k in txn.keys_with_prefix(&[keys::HELD])? {
+        if let Some(v) = txn.get(&k)? {
+            out.push(decode(&v)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Lowers `k` to every pending hold's cap, so held events are never counted as received.
+pub(super) fn cap_knowledge(txn: &Txn<'_>, k: &mut VersionVector) -> Result<(), StoreError> {
+    for h in decode_holds(txn)? {
+        for (node, cap) in &h.cap {
+            if let Some(e) = k.get_mut(node) {
+                *e = (*e).min(*cap);
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Batch<'_> {
+    /// Runs the brake over a page from `peer`: returns the changes to merge now and writes the
+    /// ones it holds into this batch (a new hold per tripped table, or added to a pending hold
+    /// of the same record, or of the same peer and table). `reset`: the peer looks reset or
+    /// restored, so any delete of a live record is held. Returns the page itself, unsplit and
+    /// uncopied, when it deletes nothing live.
+    pub(super) fn brake<'c>(
+        &mut self,
+        cfg: &BrakeConfig,
+        peer: Uuid,
+        peer_name: &str,
+        reset: bool,
+        changes: &'c [RemoteChange],
+    ) -> Result<(Cow<'c, [RemoteChange]>, u64), StoreError> {
+        // Which changes would turn a live record into a tombstone, per table.
+        let mut kills: BTreeMap<&str, Vec<(usize, VersionVector)>> = BTreeMap::new();
+        for (i, ch) in changes.iter().enumerate() {
+            if ch.state.deleted.is_none() {
+                continue;
+            }
+            let Some(prev) = self.load(&keys::record_suffix(&ch.table, &ch.id))? else {
+                continue;
+            };
+            if !prev.state.is_alive() || merge_remote(Some(&prev.state), &ch.state).state.is_alive()
+            {
+                continue;
+            }
+            // The held events we do not have: knowledge must stay below each of them.
+            let mut cap = VersionVector::new();
+            let stamps = ch
+                .state
+                .fields
+                .values()
+                .map(|f| f.stamp)
+                .chain(ch.state.deleted);
+            for s in stamps.filter(|s| !crate::model::covers(&prev.state.vv, s)) {
+                let e = cap.entry(s.node).or_insert(u64::MAX);
+                *e = (*e).min(s.ts.saturating_sub(1));
+            }
+            kills.entry(ch.table.as_str()).or_default().push((i, cap));
+        }
+        if kills.is_empty() {
+            return Ok((Cow::Borrowed(changes), 0));
+        }
+        let mut holds = decode_holds(&self.txn)?;
+        let mut touched: Vec<usize> = Vec::new();
+        let mut held_idx = vec![false; changes.len()];
+        for (table, ks) in kills {
+            let live = match self.txn.get(&keys::table_counts(table))? {
+                Some(v) => decode::<TableCounts>(&v)?.live,
+                None => 0,
+            };
+            let pending = holds
+                .iter()
+                .position(|h| h.peer == peer && h.table == table);
+            let trips = pending.is_some()
+                || (reset && cfg.enabled)
+                || cfg.trips(table, ks.len() as u64, live);
+            let mut fresh: Option<usize> = None;
+            for (i, cap) in ks {
+                let ch = &changes[i];
+                // A record already held (from any peer) stays held: its states join there.
+                let same = holds
+                    .iter()
+                    .position(|h| h.table == ch.table && h.changes.iter().any(|c| c.id == ch.id));
+                let target = match (same, trips) {
+                    (Some(h), _) => h,
+                    (None, false) => continue,
+                    (None, true) => match pending.or(fresh) {
+                        Some(h) => h,
+                        None => {
+                            let id = self.next_hold()?;
+                            holds.push(Hold {
+                                id,
+                                peer,
+                                peer_name: peer_name.to_string(),
+                                table: table.to_string(),
+                                live,
+                                at: self.now,
+                                changes: Vec::new(),
+                                cap: VersionVector::new(),
+                                reset,
+                            });
+                            fresh = Some(holds.len() - 1);
+                            holds.len() - 1
+                        }
+                    },
+                };
+                let h = &mut holds[target];
+                match h.changes.iter_mut().find(|c| c.id == ch.id) {
+                    Some(c) => {
+                        c.state = merge_remote(Some(&c.state), &ch.state).state;
+                        c.conflicts.extend(ch.conflicts.iter().cloned());
+                    }
+                    None => h.changes.push(ch.clone()),
+                }
+                for (node, ts) in cap {
+                    let e = h.cap.entry(node).or_insert(ts);
+                    *e = (*e).min(ts);
+                }
+                held_idx[i] = true;
+                if !touched.contains(&target) {
+                    touched.push(target);
+                }
+            }
+        }
+        let held = held_idx.iter().filter(|h| **h).count() as u64;
+        if held == 0 {
+            return Ok((Cow::Borrowed(changes), 0));
+        }
+        for t in touched {
+            let h = &holds[t];
+            tracing::warn!(hold = h.id, peer = %h.peer, table = %h.table,
+                "{}: held (run `fieldsync held approve {}` or `fieldsync held reject {}`)",
+                h.describe(), h.id, h.id);
+            self.txn.put(keys::held(h.id), encode(h));
+        }
+        let rest = changes
+            .iter()
+            .zip(held_idx)
+            .filter(|(_, h)| !h)
+            .map(|(c, _)| c.clone())
+            .collect();
+        Ok((Cow::Owned(rest), held))
+    }
+
+    fn next_hold(&mut self) -> Result<u64, StoreError> {
+        let id = match self.txn.get(&keys::meta("next_hold"))? {
+            Some(v) => decode::<u64>(&v)?,
+            None => 1,
+        };
+        self.txn.put(keys::meta("next_hold"), encode(&(id + 1)));
+        Ok(id)
+    }
+}
+
+impl Store {
+    /// Every pending hold, oldest first.
+    pub fn holds(&self) -> Result<Vec<Hold>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([keys::HELD]) {
+            out.push(decode(&kv?.1)?);
+        }
+        Ok(out)
+    }
+
+    /// Approves hold `id`: merges exactly its held changes (as from the peer they came from)
+    /// and removes it, in one durable batch.
+    pub fn approve_hold(&self, id: u64) -> Result<Decided, StoreError> {
+        self.decide(id, false)
+    }
+
+    /// Rejects hold `id`: merges its held changes, then restores every record they deleted with
+    /// a new local revision (a put of its last fields, as on any deleted record), so the restore
+    /// syncs back and every instance converges on the records being alive, history showing the
+    /// delete and the restore. One durable batch.
+    pub fn reject_hold(&self, id: u64) -> Result<Decided, StoreError> {
+        self.decide(id, true)
+    }
+
+    fn decide(&self, id: u64, restore: bool) -> Result<Decided, StoreError> {
+        let (guard, mut b) = self.begin();
+        let hold: Hold = match b.txn.get(&keys::held(id))? {
+            Some(v) => decode(&v)?,
+            None => return Err(StoreError::HoldNotFound(id)),
+        };
+        let mut out = Decided {
+            merged: b.merge_changes(Some(hold.peer), &hold.changes)?,
+            restored: 0,
+        };
+        if restore {
+            for ch in &hold.changes {
+                let Some(rec) = b.load(&keys::record_suffix(&ch.table, &ch.id))? else {
+                    continue;
+                };
+                if rec.state.is_alive() {
+                    continue;
+                }
+                b.local(&LocalOp {
+                    table: ch.table.clone(),
+                    id: ch.id,
+                    edit: Edit::Put(rec.state.live_fields()),
+                })?;
+                out.restored += 1;
+            }
+        }
+        b.txn.remove(keys::held(id));
+        self.finish_with(guard, b, true)?;
+        tracing::info!(
+            hold = id,
+            table = %hold.table,
+            merged = out.merged.applied,
+            restored = out.restored,
+            "hold {}",
+            if restore { "rejected" } else { "approved" }
+        );
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::merge::Edit;
+    use crate::store::{LocalOp, PageCommit, RemoteChange, Store};
+    use serde_json::json;
+    use uuid::Uuid;
+
+    fn open(cfg: &str) -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), Config::parse(cfg, "test").unwrap()).unwrap();
+        (s, dir)
+    }
+
+    fn live(s: &Store) -> u64 {
+        s.tables().unwrap().first().map_or(0, |t| t.1.live)
+    }
+
+    fn states(s: &Store, ids: &[Uuid]) -> Vec<RemoteChange> {
+        ids.iter()
+            .map(|id| RemoteChange {
+                table: "person".into(),
+                id: *id,
+                state: s.get("person", id).unwrap().unwrap().state,
+                conflicts: vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_deletes_stay_out_of_knowledge_are_not_held_twice_and_approve_applies_them() {
+        let cfg = "[brake.tables.person]\npercent = 20\nmin_records = 2\n";
+        let ((a, _da), (b, _db)) = (open(cfg), open(cfg));
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        let op = |id: Uuid, edit| LocalOp {
+            table: "person".into(),
+            id,
+            edit,
+        };
+        for (i, id) in ids.iter().enumerate() {
+            let f = json!({"n": i}).as_object().unwrap().clone();
+            a.write_one(op(*id, Edit::Put(f))).unwrap();
+        }
+        b.apply_remote(Some(a.id()), &states(&a, &ids)).unwrap();
+        b.update_peer(&a.id(), |_| ()).unwrap();
+        for id in &ids[..4] {
+            a.write_one(op(*id, Edit::Delete)).unwrap();
+        }
+        let f = json!({"n": 40}).as_object().unwrap().clone();
+        a.write_one(op(ids[4], Edit::Put(f))).unwrap();
+        let first_delete = a
+            .get("person", &ids[0])
+            .unwrap()
+            .unwrap()
+            .state
+            .deleted
+            .unwrap();
+        let k = a.position().unwrap().knowledge;
+        let changes = states(&a, &ids);
+        let page = |since| PageCommit {
+            peer: a.id(),
+            changes: &changes,
+            since,
+            next: 9,
+            more: false,
+            knowledge: Some(&k),
+            ends_session: true,
+        };
+
+        let c = b.commit_page(page(0)).unwrap();
+        assert_eq!((c.held, c.stats.applied, c.received_upto), (4, 1, 9));
+        assert_eq!(live(&b), 5, "4 of 5 deletes held, the edit applied");
+        let known = b.position().unwrap().knowledge[&a.id()];
+        assert!(
+            known < first_delete.ts,
+            "a held delete is not counted as received"
+        );
+        let holds = b.holds().unwrap();
+        assert_eq!(holds.len(), 1);
+        assert_eq!(
+            holds[0].describe(),
+            format!("{} wants to delete 4 of 5 person records", a.id())
+        );
+
+        // The same page again (a resend) joins the pending hold instead of adding one.
+        let c = b.commit_page(page(9)).unwrap();
+        assert_eq!(c.held, 4);
+        let holds = b.holds().unwrap();
+        assert_eq!((holds.len(), holds[0].changes.len()), (1, 4));
+        assert_eq!(live(&b), 5);
+
+        let d = b.approve_hold(holds[0].id).unwrap();
+        assert_eq!((d.merged.applied, d.restored), (4, 0));
+        assert_eq!(live(&b), 1);
+        assert!(b.holds().unwrap().is_empty());
+        assert!(matches!(
+            b.approve_hold(holds[0].id),
+            Err(crate::store::StoreError::HoldNotFound(_))
+        ));
+        // With no hold pending, the next session's knowledge is taken whole.
+        let none: Vec<RemoteChange> = vec![];
+        b.commit_page(PageCommit {
+            changes: &none,
+            ..page(9)
+        })
+        .unwrap();
+        assert_eq!(b.position().unwrap().knowledge[&a.id()], k[&a.id()]);
+
+        // A peer whose knowledge of its own events went backwards (reset or restored): even
+        // one delete from it is held.
+        let f = json!({"n": 41}).as_object().unwrap().clone();
+        a.write_one(op(ids[4], Edit::Put(f))).unwrap();
+        b.commit_page(PageCommit {
+            changes: &states(&a, &ids[4..]),
+            ..page(9)
+        })
+        .unwrap();
+        a.write_one(op(ids[4], Edit::Delete)).unwrap();
+        let mut behind = a.position().unwrap().knowledge;
+        behind.insert(a.id(), 1);
+        let last = states(&a, &ids[4..]);
+        let c = b
+            .commit_page(PageCommit {
+                changes: &last,
+                knowledge: Some(&behind),
+                ..page(0)
+            })
+            .unwrap();
+        assert_eq!(c.held, 1);
+        let holds = b.holds().unwrap();
+        assert!(holds[0].reset);
+        assert!(
+            holds[0].describe().contains("looks reset or restored"),
+            "{}",
+            holds[0].describe()
+        );
+        assert_eq!(live(&b), 1);
+    }
+}
