@@ -102,7 +102,7 @@ impl App {
             .unwrap_or(Value::Null);
         Ok(json!({
             "clock_warn_ms": CLOCK_WARN_MS, "clocks": clocks, "failing": failing,
-            "discovery": discovery, "held": [],
+            "discovery": discovery, "held": self.holds()?,
         }))
     }
 }

@@ -315,8 +315,8 @@ async function warnings() {
     !d ? h("p", {}, "Discovery is off (static peers only).")
       : h("p", {}, d.diagnosis || ("Working: " + d.peers_heard + " peer adverts heard on " + (d.interfaces || []).join(", ") + ".")),
     h("h2", {}, "Held by safety brakes"),
-    w.held.length ? h("ul", {}, w.held.map((x) => h("li", {}, JSON.stringify(x))))
-      : h("p", {}, "None: this version applies every change it receives; it has no safety brakes that hold changes back."));
+    w.held.length ? h("ul", {}, w.held.map((x) => h("li", { class: "bad" }, x.message + " (held " + localTime(x.at) + "; decide with `fieldsync held approve " + x.id + "` or `fieldsync held reject " + x.id + "`)")))
+      : h("p", { class: "ok" }, "Nothing held: no peer asked to delete a large part of a table."));
 }
 
 // ---- Router -----------------------------------------------------------------------------
