@@ -161,6 +161,9 @@ pub enum Op {
         include_deleted: bool,
         /// Add replication metadata.
         meta: bool,
+        /// As it was after this revision (stamp or RFC 3339 time).
+        #[serde(default)]
+        at: Option<String>,
     },
     /// A record's revisions → `Vec<HistoryEntry>`.
     History {
@@ -261,7 +264,12 @@ fn blocking(app: &App, op: Op) -> Result<serde_json::Value, AppError> {
             id,
             include_deleted,
             meta,
+            at,
         } => {
+            if let Some(at) = at {
+                let record = app.get_at(&table, &id, &at)?;
+                return json(GetReply { record, meta: None });
+            }
             let (record, rec) = app.get(&table, &id, include_deleted)?;
             let meta = if meta {
                 let conflicts = app.store().conflicts_of(&table, &record.id)?;

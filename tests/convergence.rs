@@ -992,6 +992,7 @@ fn snapshot(s: &Store) -> Vec<RemoteChange> {
             id,
             state: rec.state,
             conflicts: vec![],
+            history: vec![],
         })
         .collect()
 }

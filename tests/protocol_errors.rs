@@ -59,7 +59,7 @@ impl Fixture {
 
     /// Says hello as a made-up instance, as a real peer must before pushing.
     fn hello_as(&self, instance: Uuid) {
-        let r = rpc(self.addr(), "fieldsync_hello", hello(instance, 1, 1));
+        let r = rpc(self.addr(), "fieldsync_hello", hello(instance, 2, 2));
         assert!(r.get("result").is_some(), "hello refused: {r}");
     }
 
@@ -306,7 +306,7 @@ fn a_pull_from_a_position_beyond_the_feed_head_is_refused() {
 fn a_hello_with_the_agents_own_instance_id_is_refused() {
     let mut fx = Fixture::new();
     let own: Uuid = fx.agent.instance().parse().unwrap();
-    let r = rpc(fx.addr(), "fieldsync_hello", hello(own, 1, 1));
+    let r = rpc(fx.addr(), "fieldsync_hello", hello(own, 2, 2));
     assert_refused(&r, SAME_INSTANCE, "our own instance id");
     fx.assert_unharmed();
     assert!(
@@ -354,9 +354,12 @@ fn a_push_that_leaves_a_gap_in_positions_is_refused() {
 #[test]
 fn a_hello_with_no_protocol_version_in_common_is_refused() {
     let mut fx = Fixture::new();
-    let r = rpc(fx.addr(), "fieldsync_hello", hello(Uuid::new_v4(), 2, 5));
+    // Version 1 peers send records without their history: refused with the clear error.
+    let r = rpc(fx.addr(), "fieldsync_hello", hello(Uuid::new_v4(), 1, 1));
     assert_refused(&r, INCOMPATIBLE_VERSION, "incompatible protocol version");
-    assert_refused(&r, INCOMPATIBLE_VERSION, "2..=5");
+    assert_refused(&r, INCOMPATIBLE_VERSION, "1..=1");
+    let r = rpc(fx.addr(), "fieldsync_hello", hello(Uuid::new_v4(), 3, 5));
+    assert_refused(&r, INCOMPATIBLE_VERSION, "3..=5");
     fx.assert_unharmed();
 }
 
@@ -384,14 +387,14 @@ fn assert_initiator_unchanged(a: &std::path::Path, d: &Value, seq: &Value) {
 fn sync_refuses_a_peer_that_answers_with_another_protocol_version() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, d, seq) = initiator(tmp.path());
-    // A future agent that accepts our hello but says it will speak version 2 only.
+    // A future agent that accepts our hello but says it will speak version 3 only.
     let peer = FakePeer::start(|body| {
         let req: Value = serde_json::from_str(body).unwrap_or_default();
         let mut knowledge = Map::new();
         let id = Uuid::new_v4();
         knowledge.insert(id.to_string(), json!(now_ts()));
         http_json(&json!({"jsonrpc": "2.0", "id": req["id"], "result": {
-            "protocol": 2, "peer": {"instance": id, "name": "future"}, "clock_ms": now_ts() >> 16,
+            "protocol": 3, "peer": {"instance": id, "name": "future"}, "clock_ms": now_ts() >> 16,
             "head": 100, "knowledge": knowledge, "received_upto": 0, "encoding": "json",
         }}))
     });

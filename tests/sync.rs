@@ -78,6 +78,102 @@ fn first_sync_copies_records_and_histories_with_the_same_ids() {
     assert_eq!(kinds(deleted), vec![json!("create"), json!("delete")]);
 }
 
+/// What every laptop must print alike of a history: stamp, maker, kind, cause and changes
+/// (`source` and `applied_at` say how and when the revision reached this laptop).
+fn replicated(h: &[Value]) -> Vec<Value> {
+    h.iter()
+        .map(|e| json!([e["at"], e["instance"], e["kind"], e["cause"], e["changes"]]))
+        .collect()
+}
+
+#[test]
+fn every_revision_travels_with_its_exact_old_and_new_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        data_dir(tmp.path(), "a"),
+        data_dir(tmp.path(), "b"),
+        data_dir(tmp.path(), "c"),
+    );
+    let doc = Uuid::new_v4();
+    put(&a, "doc", &doc, &json!({"b": 1, "c": "x"}));
+    patch(&a, "doc", &doc, &json!({"c": "y"}));
+    let notes = Uuid::new_v4();
+    put(&a, "person", &notes, &json!({"notes": "rev1"}));
+    patch(
+        &a,
+        "person",
+        &notes,
+        &json!({"notes": "rev2", "status": "found"}),
+    );
+    patch(&a, "person", &notes, &json!({"notes": "rev3"}));
+    let single = Uuid::new_v4();
+    put(&a, "person", &single, &json!({"notes": "only"}));
+
+    let (agent_b, agent_c) = (Agent::start(&b), Agent::start(&c));
+    sync(&a, agent_b.addr());
+    let hb = history(&b, "doc", &doc);
+    let changes: Vec<(Value, Value)> = hb
+        .iter()
+        .map(|e| (e["kind"].clone(), e["changes"].clone()))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            (
+                json!("create"),
+                json!([{"field": "b", "old": null, "new": 1},
+                       {"field": "c", "old": null, "new": "x"}])
+            ),
+            (
+                json!("update"),
+                json!([{"field": "c", "old": "x", "new": "y"}])
+            ),
+        ],
+        "B's history of doc: {hb:?}"
+    );
+    assert_eq!(replicated(&hb), replicated(&history(&a, "doc", &doc)));
+    let notes_b: Vec<Value> = history(&b, "person", &notes)
+        .iter()
+        .map(|e| e["changes"].clone())
+        .collect();
+    assert_eq!(
+        notes_b,
+        vec![
+            json!([{"field": "notes", "old": null, "new": "rev1"}]),
+            json!([{"field": "notes", "old": "rev1", "new": "rev2"},
+                   {"field": "status", "old": null, "new": "found"}]),
+            json!([{"field": "notes", "old": "rev2", "new": "rev3"}]),
+        ]
+    );
+    assert_eq!(history(&b, "person", &single).len(), 1);
+
+    // A→B→C, then A↔C directly: the same revisions everywhere, none twice.
+    patch(&b, "doc", &doc, &json!({"b": 2}));
+    sync(&c, agent_b.addr());
+    sync(&a, agent_c.addr());
+    sync(&c, agent_b.addr());
+    let ha = replicated(&history(&a, "doc", &doc));
+    assert_eq!(ha.len(), 3, "{ha:?}");
+    for (name, dir) in [("B", &b), ("C", &c)] {
+        for (table, id) in [("doc", doc), ("person", notes), ("person", single)] {
+            assert_eq!(
+                replicated(&history(dir, table, &id)),
+                replicated(&history(&a, table, &id)),
+                "{name}: history of {table}/{id}"
+            );
+        }
+    }
+    // `get --at` shows the record as it was after a revision, on a laptop that never had it.
+    let at = history(&c, "doc", &doc)[0]["at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let then = run(&c, &["get", "doc", &doc.to_string(), "--at", &at])
+        .ok()
+        .json();
+    assert_eq!(then["fields"], json!({"b": 1, "c": "x"}), "{then}");
+}
+
 #[test]
 fn a_record_edited_before_its_first_sync_arrives_whole_in_a_multi_page_sync() {
     let tmp = tempfile::tempdir().unwrap();

@@ -98,6 +98,7 @@ pub fn get(
     id: &str,
     meta: bool,
     include_deleted: bool,
+    at: Option<String>,
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
     let op = Op::Get {
@@ -105,6 +106,7 @@ pub fn get(
         id: id.to_string(),
         include_deleted,
         meta,
+        at,
     };
     let r: GetReply = door.call(op, io)?;
     let rec = r.record;
@@ -149,13 +151,52 @@ pub fn tables(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
 }
 
 /// `history`: one line per revision, oldest first.
-pub fn history(door: &Door<'_>, table: &str, id: &str, io: &mut Io<'_>) -> Result<(), CliError> {
+pub fn history(
+    door: &Door<'_>,
+    table: &str,
+    id: &str,
+    diff: bool,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
     let (table, id) = (table.to_string(), id.to_string());
     let h: Vec<HistoryEntry> = door.call(Op::History { table, id }, io)?;
     for e in &h {
-        print(io.out, &history_json(e))?;
+        if diff {
+            write!(io.out, "{}", history_diff(e)).map_err(CliError::Output)?;
+        } else {
+            print(io.out, &history_json(e))?;
+        }
     }
     Ok(())
+}
+
+/// One revision as a readable diff: a header (time, kind, maker, cause, stamp), then per
+/// changed field `- field: old` and `+ field: new` (JSON values; an absent side is left out).
+pub fn history_diff(e: &HistoryEntry) -> String {
+    let r = &e.revision;
+    let cause = match r.cause {
+        crate::merge::Cause::Edit => "edit",
+        crate::merge::Cause::Resolution => "conflict resolution",
+    };
+    let kind = serde_json::to_value(r.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut out = format!(
+        "@ {} {kind} by {} ({cause}), revision {}\n",
+        r.at.time().to_rfc3339(),
+        r.at.node,
+        r.at
+    );
+    for c in &r.changes {
+        if let Some(old) = &c.old {
+            out.push_str(&format!("- {}: {old}\n", c.field));
+        }
+        if let Some(new) = &c.new {
+            out.push_str(&format!("+ {}: {new}\n", c.field));
+        }
+    }
+    out
 }
 
 /// `conflicts` (list) and `conflicts resolve`.

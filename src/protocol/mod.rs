@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// Method: exchange identities, versions, positions and knowledge.
 pub const HELLO: &str = "fieldsync_hello";
@@ -401,6 +401,7 @@ mod tests {
             id: Uuid::new_v4(),
             state,
             conflicts: vec![],
+            history: vec![],
         }]
     }
 
@@ -450,5 +451,9 @@ mod tests {
         let e = negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3).unwrap_err();
         assert_eq!(e.code, codes::INCOMPATIBLE_VERSION);
         assert!(e.message.contains("incompatible protocol version"));
+        // Version 1 sent records without their history: such a peer is refused, clearly.
+        let old = negotiate(1, 1).unwrap_err();
+        assert_eq!(old.code, codes::INCOMPATIBLE_VERSION);
+        assert!(old.message.contains("peer speaks 1..=1"), "{}", old.message);
     }
 }

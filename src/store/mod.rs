@@ -74,6 +74,9 @@ pub enum StoreError {
     /// A `--keep` that does not fit the conflict.
     #[error("{0}")]
     BadResolution(String),
+    /// A received revision that is not an event of the record it came with.
+    #[error("invalid history: {0}")]
+    BadHistory(String),
     /// A table that must not be synced.
     #[error("table {0:?} is local-only on this instance and is not accepted from peers")]
     LocalOnly(String),
@@ -143,6 +146,7 @@ impl StoreError {
             StoreError::Invalid(_)
             | StoreError::UniqueClash { .. }
             | StoreError::BadResolution(_)
+            | StoreError::BadHistory(_)
             | StoreError::LocalOnly(_) => true,
             StoreError::Op { source, .. } => source.is_invalid_input(),
             _ => false,
@@ -782,6 +786,7 @@ fn creation_entry(rec: &StoredRecord, c: &Created, later: &[HistoryEntry]) -> Hi
             at: c.at,
             kind: merge::RevisionKind::Create,
             changes,
+            cause: merge::Cause::Edit,
         },
         source: c.source,
         applied_at: c.applied_at,

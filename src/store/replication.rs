@@ -11,13 +11,13 @@
 //! | `last_update`, `sync_count` | `peer(instance)`     | last page that ends the session    |
 
 use super::{
-    decode, decode_record, encode, keys, ConflictDetail, PeerRow, ReportedConflict, Store,
-    StoreError, Txn,
+    decode, decode_compact, decode_record, encode, keys, ConflictDetail, HistoryEntry, PeerRow,
+    ReportedConflict, Store, StoreError, Txn,
 };
 use crate::change::ApplyStats;
 use crate::change::RemoteChange;
-use crate::merge::outgoing_delta;
-use crate::model::VersionVector;
+use crate::merge::{outgoing_delta, Cause, Revision, RevisionKind};
+use crate::model::{covers, VersionVector};
 use std::collections::BTreeSet;
 use uuid::Uuid;
 
@@ -137,6 +137,71 @@ impl Store {
             stats,
             received_upto,
         })
+    }
+
+    /// What a receiver that knows `known` would get of one record in a page (its delta and the
+    /// revisions it lacks, without conflicts), or `None` if it has it all or there is no such
+    /// record. For tools and tests that move records between stores without a session.
+    pub fn outgoing_change(
+        &self,
+        table: &str,
+        id: &Uuid,
+        known: &Knowledge,
+    ) -> Result<Option<RemoteChange>, StoreError> {
+        let suffix = keys::record_suffix(table, id);
+        let Some(rec) = self.get(table, id)? else {
+            return Ok(None);
+        };
+        let Some(state) = outgoing_delta(&rec.state, known) else {
+            return Ok(None);
+        };
+        let history = self.history_to_send(&suffix, &rec, known)?;
+        Ok(Some(RemoteChange {
+            table: table.to_string(),
+            id: *id,
+            state,
+            conflicts: vec![],
+            history,
+        }))
+    }
+
+    /// The revisions of a record a receiver that knows `known` lacks, oldest first (see
+    /// [`RemoteChange::history`]). A record whose one event is its creation has no stored
+    /// revision and sends none, without a read: the receiver dates the creation by that event.
+    fn history_to_send(
+        &self,
+        suffix: &[u8],
+        rec: &super::StoredRecord,
+        known: &Knowledge,
+    ) -> Result<Vec<Revision>, StoreError> {
+        let only_created = rec.created.as_ref().is_some_and(|c| {
+            rec.state.vv.len() == 1 && rec.state.vv.get(&c.at.node) == Some(&c.at.ts)
+        });
+        if only_created {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix(keys::history_of(suffix)) {
+            let e: HistoryEntry = decode_compact(&kv?.1)?;
+            if !covers(known, &e.revision.at) {
+                out.push(e.revision);
+            }
+        }
+        if let Some(c) = rec.created.as_ref().filter(|c| !covers(known, &c.at)) {
+            if !out.is_empty() {
+                // Values left out: the receiver rebuilds them from the state and `out`.
+                out.insert(
+                    0,
+                    Revision {
+                        at: c.at,
+                        kind: RevisionKind::Create,
+                        changes: vec![],
+                        cause: Cause::Edit,
+                    },
+                );
+            }
+        }
+        Ok(out)
     }
 
     /// Unresolved merge conflicts of one record, as peers receive them.
@@ -261,11 +326,13 @@ impl Store {
                 } else {
                     Vec::new()
                 };
+                let history = self.history_to_send(suffix, &rec, known)?;
                 page.changes.push(RemoteChange {
                     table,
                     id,
                     state,
                     conflicts,
+                    history,
                 });
             }
             if page.changes.len() >= limit || bytes >= max_bytes {

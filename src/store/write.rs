@@ -11,8 +11,8 @@ use super::{
 use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
 use crate::clock::{wall_millis, Clock};
 use crate::merge::conflicts::{self, fingerprint, ClashOutcome, Keep};
-use crate::merge::{self, Conflict, Edit, EditError, MergeKind, Revision, RevisionKind};
-use crate::model::{check_fields, validate_table, RecordState, ValidationError};
+use crate::merge::{self, Cause, Conflict, Edit, EditError, MergeKind, Revision, RevisionKind};
+use crate::model::{check_fields, covers, validate_table, RecordState, ValidationError};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
@@ -228,6 +228,15 @@ impl Store {
                 return Err(StoreError::LocalOnly(ch.table.clone()));
             }
             check_fields(&ch.state.live_fields())?;
+            // A revision must be one of the events the state reflects: anything else would
+            // put a revision in the history that never happened to this record.
+            if let Some(r) = ch.history.iter().find(|r| !covers(&ch.state.vv, &r.at)) {
+                return Err(StoreError::BadHistory(format!(
+                    "{}/{}: revision {} is not an event of the record's state; the sender \
+                     must be fixed or upgraded",
+                    ch.table, ch.id, r.at
+                )));
+            }
         }
         Ok(())
     }
@@ -310,9 +319,23 @@ impl Batch<'_> {
                     reported.push(r.clone());
                 }
             }
+            // The revisions come as their makers recorded them; the merge invents none. A
+            // record whose one event is its creation comes without history: date the creation
+            // by that event.
+            let mut revisions = ch.history.clone();
+            if prev.is_none() && revisions.is_empty() {
+                revisions.push(Revision {
+                    at: merge::latest_event(&state),
+                    kind: RevisionKind::Create,
+                    changes: vec![],
+                    cause: Cause::Edit,
+                });
+            }
             // An unchanged record is still written when it brings news of a conflict, so that
             // the report reaches this instance's other peers too.
             if out.kind == MergeKind::NoOp && reported.is_empty() && out.conflicts.is_empty() {
+                // Nothing new in the state, but a revision this instance lacks is still kept.
+                self.stage_history(&suffix, revisions, Source::Peer(peer.unwrap_or_default()))?;
                 continue;
             }
             stats.applied += 1;
@@ -325,7 +348,7 @@ impl Batch<'_> {
                 id: ch.id,
                 prev,
                 state: out.state,
-                revisions: out.revisions,
+                revisions,
                 source: if out.kind == MergeKind::Merge {
                     Source::Merge(from)
                 } else {
@@ -481,6 +504,7 @@ impl Batch<'_> {
         }
 
         let mut created = p.prev.as_ref().and_then(|r| r.created.clone());
+        let mut later = Vec::with_capacity(p.revisions.len());
         for revision in p.revisions {
             if p.prev.is_none() && created.is_none() && revision.kind == RevisionKind::Create {
                 created = Some(Created {
@@ -490,16 +514,9 @@ impl Batch<'_> {
                 });
                 continue;
             }
-            let hk = keys::history(&suffix, &revision.at);
-            if self.txn.get(&hk)?.is_none() {
-                let e = HistoryEntry {
-                    revision,
-                    source: p.source,
-                    applied_at: self.now,
-                };
-                self.txn.put(hk, super::encode_compact(&e));
-            }
+            later.push(revision);
         }
+        self.stage_history(&suffix, later, p.source)?;
 
         let logged = conflicts.len() as u64;
         let first_id = self.w.next_conflict - logged;
@@ -539,6 +556,32 @@ impl Batch<'_> {
         };
         self.txn.put(keys::record(&suffix), encode_record(&rec));
         Ok(logged)
+    }
+
+    /// Stores revisions under their stamps, skipping any already stored (the same revision
+    /// arriving by two paths is kept once). The creating revision is never stored here: it is
+    /// the record's `created` marker, its values rebuilt on reading.
+    fn stage_history(
+        &mut self,
+        suffix: &[u8],
+        revisions: Vec<Revision>,
+        source: Source,
+    ) -> Result<(), StoreError> {
+        for revision in revisions {
+            if revision.kind == RevisionKind::Create && revision.changes.is_empty() {
+                continue;
+            }
+            let hk = keys::history(suffix, &revision.at);
+            if self.txn.get(&hk)?.is_none() {
+                let e = HistoryEntry {
+                    revision,
+                    source,
+                    applied_at: self.now,
+                };
+                self.txn.put(hk, super::encode_compact(&e));
+            }
+        }
+        Ok(())
     }
 
     /// The record's conflict log as this batch would leave it: (conflict id, entry).
