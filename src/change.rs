@@ -41,9 +41,7 @@ pub struct RemoteChange {
     pub conflicts: Vec<ReportedConflict>,
     /// The record's revisions the receiver lacks (stamps its knowledge does not cover), oldest
     /// first, exactly as their makers recorded them. Empty when the record's only revision is
-    /// its creation (the state says it all: the receiver dates it by the state's one event).
-    /// A creation sent with later revisions carries no changes: the receiver rebuilds its
-    /// values from the state by undoing the later revisions, as the sender does.
+    /// its creation: the state says it all (its one event, every field written by it).
     #[serde(rename = "history", default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Revision>,
 }

@@ -636,7 +636,10 @@ impl Store {
             return Ok(stored);
         };
         if let Some(c) = &rec.created {
-            stored.insert(0, creation_entry(&rec, c, &stored));
+            // Stored whole when another instance created the same id concurrently.
+            if !stored.iter().any(|e| e.revision.at == c.at) {
+                stored.insert(0, creation_entry(&rec, c, &stored));
+            }
         }
         Ok(stored)
     }
@@ -759,7 +762,11 @@ impl Store {
 /// current values. Per field, changes were recorded in increasing stamp order (a change only
 /// happens when a larger stamp wins), so this restores exactly the values the record was
 /// created with.
-fn creation_entry(rec: &StoredRecord, c: &Created, later: &[HistoryEntry]) -> HistoryEntry {
+pub(super) fn creation_entry(
+    rec: &StoredRecord,
+    c: &Created,
+    later: &[HistoryEntry],
+) -> HistoryEntry {
     let mut values: BTreeMap<String, Option<Value>> = rec
         .state
         .fields

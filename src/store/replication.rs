@@ -11,12 +11,12 @@
 //! | `last_update`, `sync_count` | `peer(instance)`     | last page that ends the session    |
 
 use super::{
-    decode, decode_compact, decode_record, encode, keys, ConflictDetail, HistoryEntry, PeerRow,
-    ReportedConflict, Store, StoreError, Txn,
+    decode, decode_record, encode, keys, ConflictDetail, PeerRow, ReportedConflict, Store,
+    StoreError, Txn,
 };
 use crate::change::ApplyStats;
 use crate::change::RemoteChange;
-use crate::merge::{outgoing_delta, Cause, Revision, RevisionKind};
+use crate::merge::{outgoing_delta, Revision};
 use crate::model::{covers, VersionVector};
 use std::collections::BTreeSet;
 use uuid::Uuid;
@@ -167,7 +167,7 @@ impl Store {
 
     /// The revisions of a record a receiver that knows `known` lacks, oldest first (see
     /// [`RemoteChange::history`]). A record whose one event is its creation has no stored
-    /// revision and sends none, without a read: the receiver dates the creation by that event.
+    /// revision and sends none, without a read: the receiver rebuilds it from the state.
     fn history_to_send(
         &self,
         suffix: &[u8],
@@ -180,27 +180,16 @@ impl Store {
         if only_created {
             return Ok(Vec::new());
         }
-        let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(keys::history_of(suffix)) {
-            let e: HistoryEntry = decode_compact(&kv?.1)?;
-            if !covers(known, &e.revision.at) {
-                out.push(e.revision);
-            }
-        }
-        if let Some(c) = rec.created.as_ref().filter(|c| !covers(known, &c.at)) {
-            if !out.is_empty() {
-                // Values left out: the receiver rebuilds them from the state and `out`.
-                out.insert(
-                    0,
-                    Revision {
-                        at: c.at,
-                        kind: RevisionKind::Create,
-                        changes: vec![],
-                        cause: Cause::Edit,
-                    },
-                );
-            }
-        }
+        let (table, id) = keys::parse_record_suffix(suffix)
+            .ok_or_else(|| StoreError::Decode("bad record key".into()))?;
+        // The creation goes whole (rebuilt here): a receiver that created the same id
+        // concurrently cannot rebuild it from a history that is not linear.
+        let out = self
+            .history(&table, &id)?
+            .into_iter()
+            .map(|e| e.revision)
+            .filter(|r| !covers(known, &r.at))
+            .collect();
         Ok(out)
     }
 

@@ -323,18 +323,18 @@ impl Batch<'_> {
             // record whose one event is its creation comes without history: date the creation
             // by that event.
             let mut revisions = ch.history.clone();
-            if prev.is_none() && revisions.is_empty() {
-                revisions.push(Revision {
-                    at: merge::latest_event(&state),
-                    kind: RevisionKind::Create,
-                    changes: vec![],
-                    cause: Cause::Edit,
-                });
+            if revisions.is_empty() && state.vv.len() == 1 {
+                let at = merge::latest_event(&state);
+                if !prev.as_ref().is_some_and(|p| covers(&p.state.vv, &at)) {
+                    revisions.push(only_revision(&state, at));
+                }
             }
             // An unchanged record is still written when it brings news of a conflict, so that
             // the report reaches this instance's other peers too.
             if out.kind == MergeKind::NoOp && reported.is_empty() && out.conflicts.is_empty() {
                 // Nothing new in the state, but a revision this instance lacks is still kept.
+                let created = prev.as_ref().and_then(|p| p.created.as_ref()).map(|c| c.at);
+                revisions.retain(|r| Some(r.at) != created);
                 self.stage_history(&suffix, revisions, Source::Peer(peer.unwrap_or_default()))?;
                 continue;
             }
@@ -504,15 +504,36 @@ impl Batch<'_> {
         }
 
         let mut created = p.prev.as_ref().and_then(|r| r.created.clone());
+        let creates = p
+            .revisions
+            .iter()
+            .filter(|r| r.kind == RevisionKind::Create)
+            .count();
         let mut later = Vec::with_capacity(p.revisions.len());
         for revision in p.revisions {
-            if p.prev.is_none() && created.is_none() && revision.kind == RevisionKind::Create {
-                created = Some(Created {
-                    at: revision.at,
-                    source: p.source,
-                    applied_at: self.now,
-                });
-                continue;
+            if revision.kind == RevisionKind::Create {
+                match (&p.prev, &created) {
+                    // The common case: one creation, kept as a marker (values rebuilt on
+                    // reading), one write less per new record.
+                    (None, None) => {
+                        created = Some(Created {
+                            at: revision.at,
+                            source: p.source,
+                            applied_at: self.now,
+                        });
+                        if creates == 1 {
+                            continue;
+                        }
+                    }
+                    // Another instance created the same id concurrently: the history is no
+                    // longer a line, so this record's own creation is stored whole first.
+                    (Some(prev), Some(c)) if c.at != revision.at => {
+                        self.materialize_creation(&suffix, prev, c)?;
+                    }
+                    // Our own creation again: the marker has it.
+                    (Some(_), Some(c)) if c.at == revision.at => continue,
+                    _ => {}
+                }
             }
             later.push(revision);
         }
@@ -558,9 +579,31 @@ impl Batch<'_> {
         Ok(logged)
     }
 
+    /// Writes the record's creation (so far a marker, rebuilt on reading) whole into the history,
+    /// rebuilt from the record as it was before this change.
+    fn materialize_creation(
+        &mut self,
+        suffix: &[u8],
+        prev: &StoredRecord,
+        c: &Created,
+    ) -> Result<(), StoreError> {
+        let hk = keys::history(suffix, &c.at);
+        if self.txn.get(&hk)?.is_some() {
+            return Ok(());
+        }
+        let mut stored = Vec::new();
+        for k in self.txn.keys_with_prefix(&keys::history_of(suffix))? {
+            if let Some(v) = self.txn.get(&k)? {
+                stored.push(super::decode_compact::<HistoryEntry>(&v)?);
+            }
+        }
+        let e = super::creation_entry(prev, c, &stored);
+        self.txn.put(hk, super::encode_compact(&e));
+        Ok(())
+    }
+
     /// Stores revisions under their stamps, skipping any already stored (the same revision
-    /// arriving by two paths is kept once). The creating revision is never stored here: it is
-    /// the record's `created` marker, its values rebuilt on reading.
+    /// arriving by two paths is kept once).
     fn stage_history(
         &mut self,
         suffix: &[u8],
@@ -568,9 +611,6 @@ impl Batch<'_> {
         source: Source,
     ) -> Result<(), StoreError> {
         for revision in revisions {
-            if revision.kind == RevisionKind::Create && revision.changes.is_empty() {
-                continue;
-            }
             let hk = keys::history(suffix, &revision.at);
             if self.txn.get(&hk)?.is_none() {
                 let e = HistoryEntry {
@@ -637,6 +677,29 @@ impl Batch<'_> {
             self.txn.put(keys::conflict(id), encode(&entry));
         }
         Ok(())
+    }
+}
+
+/// The one revision of a record whose only event is `at`, its creation: every field the state
+/// has was written by it (what [`merge::local_edit`] recorded for a create).
+fn only_revision(state: &RecordState, at: crate::clock::Hlc) -> Revision {
+    let changes = state
+        .fields
+        .iter()
+        .filter(|(_, f)| f.stamp == at)
+        .filter_map(|(k, f)| {
+            f.value.clone().map(|v| merge::FieldChange {
+                field: k.clone(),
+                old: None,
+                new: Some(v),
+            })
+        })
+        .collect();
+    Revision {
+        at,
+        kind: RevisionKind::Create,
+        changes,
+        cause: Cause::Edit,
     }
 }
 
