@@ -455,6 +455,57 @@ fn the_same_unique_name_on_two_instances_keeps_both_records_and_logs_a_clash() {
     assert_eq!(c["value"], "Amina Okafor");
 }
 
+#[test]
+fn a_name_clash_clears_on_both_laptops_once_one_record_is_renamed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for d in [&a, &b] {
+        write_config(d, "unique = [\"person.case_number\"]", "");
+    }
+    let (id_a, id_b) = (Uuid::new_v4(), Uuid::new_v4());
+    put(
+        &a,
+        "person",
+        &id_a,
+        &json!({"case_number": "K", "name": "Ana"}),
+    );
+    put(
+        &b,
+        "person",
+        &id_b,
+        &json!({"case_number": "K", "name": "Bo"}),
+    );
+    let agent_b = Agent::start(&b);
+    sync(&a, agent_b.addr());
+    let open = |dir: &Path| -> Vec<Value> {
+        conflicts(dir)
+            .into_iter()
+            .filter(|c| c["type"] == "name_clash" && c["resolved"].is_null())
+            .collect()
+    };
+    for (name, dir) in [("A", &a), ("B", &b)] {
+        let o = open(dir);
+        assert_eq!(o.len(), 1, "{name}: {o:?}");
+        assert_eq!(o[0]["value"], "K");
+        let both: BTreeSet<String> = [&o[0]["record"], &o[0]["other_record"]]
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        let want: BTreeSet<String> = [id_a, id_b].iter().map(Uuid::to_string).collect();
+        assert_eq!(both, want, "{name}: {o:?}");
+        assert!(alive(dir, "person", &id_a) && alive(dir, "person", &id_b));
+    }
+    // B renames its record by a plain patch: the clash clears on B at once, on A by the sync.
+    patch(&b, "person", &id_b, &json!({"case_number": "K2"}));
+    assert!(open(&b).is_empty(), "B: {:?}", open(&b));
+    sync(&a, agent_b.addr());
+    for (name, dir) in [("A", &a), ("B", &b)] {
+        assert!(open(dir).is_empty(), "{name}: {:?}", conflicts(dir));
+        assert_eq!(fields_of(dir, &id_b)["case_number"], "K2");
+        assert_eq!(fields_of(dir, &id_a)["case_number"], "K");
+    }
+}
+
 const BIG: usize = 20_000;
 const PAGE: &str = "page_records = 500";
 /// The page size `PAGE` sets.

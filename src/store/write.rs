@@ -554,6 +554,13 @@ impl Batch<'_> {
                 seq,
                 reported_by,
             };
+            // A name clash is about two records: index it under both, so a change of either
+            // re-checks it.
+            if let ConflictDetail::NameClash { other, .. } = &entry.detail {
+                let other_suffix = keys::record_suffix(p.table, other);
+                self.txn
+                    .put(keys::conflict_by_record(&other_suffix, id), Vec::new());
+            }
             self.txn.put(keys::conflict(id), encode(&entry));
             self.txn
                 .put(keys::conflict_by_record(&suffix, id), Vec::new());
@@ -576,7 +583,46 @@ impl Batch<'_> {
             created,
         };
         self.txn.put(keys::record(&suffix), encode_record(&rec));
+        if self.store.config.unique_fields(p.table).next().is_some() {
+            self.recheck_clashes(&suffix)?;
+        }
         Ok(logged)
+    }
+
+    /// Clears the open name clashes of a record whose two records no longer share the value
+    /// (either changed it, locally or by sync, or was deleted). Run after every write of the
+    /// record, so every instance clears a clash once the values differ there.
+    fn recheck_clashes(&mut self, suffix: &[u8]) -> Result<(), StoreError> {
+        for (cid, mut entry) in self.record_conflicts(suffix)? {
+            let ConflictDetail::NameClash {
+                field,
+                value,
+                other,
+            } = &entry.detail
+            else {
+                continue;
+            };
+            if entry.resolved.is_some() {
+                continue;
+            }
+            let mut shared = true;
+            for rid in [entry.record, *other] {
+                let rec = self.load(&keys::record_suffix(&entry.table, &rid))?;
+                let now = rec
+                    .as_ref()
+                    .filter(|r| r.state.is_alive())
+                    .and_then(|r| r.state.value(field));
+                shared &= now == Some(value);
+            }
+            if !shared {
+                entry.resolved = Some(Resolution {
+                    at: self.now,
+                    how: format!("cleared: the two records no longer share {field} = {value}"),
+                });
+                self.txn.put(keys::conflict(cid), encode(&entry));
+            }
+        }
+        Ok(())
     }
 
     /// Writes the record's creation (so far a marker, rebuilt on reading) whole into the history,
