@@ -281,7 +281,7 @@ fn blocking(app: &App, op: Op) -> Result<serde_json::Value, AppError> {
         }
         Op::History { table, id } => json(app.history(&table, &id)?),
         Op::Conflicts { table, all } => json(app.conflicts(table.as_deref(), all)?),
-        Op::Resolve { id, keep } => json(app.resolve(id, crate::app::admin::parse_keep(&keep)?)?),
+        Op::Resolve { id, keep } => json(app.resolve(id, app.parse_keep_for(id, &keep)?)?),
         Op::Tables => json(app.tables()?),
         Op::Status => app.status(),
         Op::Peers => json(app.peers()?),

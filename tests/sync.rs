@@ -506,6 +506,55 @@ fn a_name_clash_clears_on_both_laptops_once_one_record_is_renamed() {
     }
 }
 
+#[test]
+fn conflicts_are_resolved_from_the_readers_side_and_clear_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
+    let (x, y) = (Uuid::new_v4(), Uuid::new_v4());
+    put(&a, "person", &x, &json!({"s": "start"}));
+    put(
+        &a,
+        "person",
+        &y,
+        &json!({"name": "Yan", "status": "missing"}),
+    );
+    let agent_b = Agent::start(&b);
+    sync(&a, agent_b.addr());
+    // Concurrent writes of one field, and a delete on B while A edits.
+    patch(&a, "person", &x, &json!({"s": "fromA"}));
+    patch(&b, "person", &x, &json!({"s": "fromB"}));
+    patch(&a, "person", &y, &json!({"status": "found"}));
+    delete(&b, "person", &y);
+    sync(&a, agent_b.addr());
+    assert!(alive(&a, "person", &y) && alive(&b, "person", &y));
+    let open_on = |dir: &Path, id: &Uuid| -> Vec<Value> {
+        conflicts_of(&conflicts(dir), id)
+            .into_iter()
+            .filter(|c| c["resolved"].is_null())
+            .cloned()
+            .collect()
+    };
+    let on_b = open_on(&b, &x);
+    assert_eq!(on_b.len(), 1, "{on_b:?}");
+    let cid = on_b[0]["id"].to_string();
+    // On B, "mine" is B's value, whoever detected the conflict.
+    run(&b, &["conflicts", "resolve", &cid, "--keep", "mine"]).ok();
+    let dy = open_on(&b, &y);
+    assert_eq!(dy.len(), 1, "{dy:?}");
+    let did = dy[0]["id"].to_string();
+    run(&b, &["conflicts", "resolve", &did, "--keep", "deleted"]).ok();
+    sync(&a, agent_b.addr());
+    for (name, dir) in [("A", &a), ("B", &b)] {
+        assert_eq!(fields_of(dir, &x)["s"], "fromB", "{name}");
+        assert!(
+            open_on(dir, &x).is_empty(),
+            "{name}: {:?}",
+            open_on(dir, &x)
+        );
+        assert!(!alive(dir, "person", &y), "{name}: Y is still alive");
+    }
+}
+
 const BIG: usize = 20_000;
 const PAGE: &str = "page_records = 500";
 /// The page size `PAGE` sets.

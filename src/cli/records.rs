@@ -36,17 +36,26 @@ pub struct ConflictsArgs {
 pub enum ConflictAction {
     /// Settle a conflict by writing the kept value as a new revision (which syncs like any edit).
     ///
-    /// For a field conflict: --keep local | remote | a JSON value. For a delete-vs-edit
-    /// conflict: the side to keep (keeping the deleting side deletes the record). For a name
-    /// clash: local/remote keeps both records, a JSON value renames this record's field.
+    /// Sides are named from this laptop's point of view. For a field conflict: --keep mine |
+    /// theirs, --keep-from NAME_OR_ID (the laptop that wrote the side to keep) or --keep-value
+    /// JSON. For a delete-vs-edit conflict: --keep deleted | alive. For a name clash:
+    /// --keep-value JSON renames the conflict's record. --keep local | remote still work for a
+    /// conflict this laptop detected itself, and are refused (naming these flags) otherwise.
     ///
-    /// Example: fieldsync conflicts resolve 3 --keep '"found_alive"'
+    /// Example: fieldsync conflicts resolve 3 --keep mine
     Resolve {
         /// The conflict id (from `fieldsync conflicts`).
         id: u64,
-        /// local, remote, or a JSON value.
-        #[arg(long)]
-        keep: String,
+        /// mine, theirs, deleted, alive (or local, remote, or a JSON value).
+        #[arg(long, required_unless_present_any = ["keep_from", "keep_value"],
+              conflicts_with_all = ["keep_from", "keep_value"])]
+        keep: Option<String>,
+        /// Keep the side written by this laptop (name or instance id).
+        #[arg(long, value_name = "NAME_OR_ID", conflicts_with = "keep_value")]
+        keep_from: Option<String>,
+        /// Write this JSON value instead (quote strings: '"text"').
+        #[arg(long, value_name = "JSON")]
+        keep_value: Option<String>,
     },
 }
 
@@ -202,8 +211,25 @@ pub fn history_diff(e: &HistoryEntry) -> String {
 /// `conflicts` (list) and `conflicts resolve`.
 pub fn conflicts(door: &Door<'_>, args: ConflictsArgs, io: &mut Io<'_>) -> Result<(), CliError> {
     match args.action {
-        Some(ConflictAction::Resolve { id, keep }) => {
-            parse_keep(&keep)?;
+        Some(ConflictAction::Resolve {
+            id,
+            keep,
+            keep_from,
+            keep_value,
+        }) => {
+            let keep = match (keep, keep_from, keep_value) {
+                (Some(k), _, _) => k,
+                (None, Some(from), _) => format!("from:{from}"),
+                (None, None, Some(v)) => {
+                    parse_keep(&v)?;
+                    v
+                }
+                (None, None, None) => {
+                    return Err(CliError::Invalid(
+                        "say what to keep: --keep, --keep-from or --keep-value".into(),
+                    ))
+                }
+            };
             let entry: ConflictEntry = door.call(Op::Resolve { id, keep }, io)?;
             print(io.out, &conflict_json(&entry))
         }

@@ -250,6 +250,15 @@ impl Store {
                 "conflict {id} is already resolved"
             )));
         }
+        // "local"/"remote" name the sides as the detecting instance saw them: on any other
+        // instance they would keep the wrong one.
+        if let (Keep::Local | Keep::Remote, Some(by)) = (&keep, entry.reported_by) {
+            return Err(StoreError::BadResolution(format!(
+                "conflict {id} was detected on instance {by}, so local/remote are that \
+                 laptop's sides, not this one's: use --keep mine | theirs, --keep-from \
+                 NAME_OR_ID, --keep-value JSON, or --keep deleted | alive"
+            )));
+        }
         let (guard, mut b) = self.begin();
         let op = |edit| LocalOp {
             table: entry.table.clone(),
