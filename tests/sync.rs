@@ -132,6 +132,10 @@ fn every_revision_travels_with_its_exact_old_and_new_values() {
         "B's history of doc: {hb:?}"
     );
     assert_eq!(replicated(&hb), replicated(&history(&a, "doc", &doc)));
+    let diff = run(&b, &["history", "doc", &doc.to_string(), "--diff"]).ok();
+    let text = &diff.stdout;
+    assert!(text.contains("+ b: 1\n+ c: \"x\"\n"), "{text}");
+    assert!(text.contains("- c: \"x\"\n+ c: \"y\"\n"), "{text}");
     let notes_b: Vec<Value> = history(&b, "person", &notes)
         .iter()
         .map(|e| e["changes"].clone())
