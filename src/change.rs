@@ -9,14 +9,16 @@
 //!
 //! | type               | JSON / MessagePack map keys                               |
 //! |--------------------|-----------------------------------------------------------|
-//! | `RemoteChange`     | `table`, `id`, `state`, `conflicts` (absent = none)       |
+//! | `RemoteChange`     | `table`, `id`, `state`, `conflicts`, `history` (absent = none) |
 //! | `ReportedConflict` | `detected_by`, `conflict`                                 |
 //! | `ApplyStats`       | `received`, `applied`, `inserted`, `conflicts`            |
 //!
 //! `state` is a [`RecordState`] (`fields`, `vv`, `del_seen`, `deleted`) and `conflict` a
-//! [`Conflict`] (tagged by `kind`: `field` or `delete_edit`); both spell their names out too.
+//! [`Conflict`] (tagged by `kind`: `field` or `delete_edit`); `history` is a list of
+//! [`Revision`]s (`at`, `kind`, `changes` of `field`/`old`/`new`, `cause`). All spell their
+//! names out too.
 
-use crate::merge::Conflict;
+use crate::merge::{Conflict, Revision};
 use crate::model::RecordState;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -37,6 +39,11 @@ pub struct RemoteChange {
     /// them (receivers deduplicate by the writes involved).
     #[serde(rename = "conflicts", default)]
     pub conflicts: Vec<ReportedConflict>,
+    /// The record's revisions the receiver lacks (stamps its knowledge does not cover), oldest
+    /// first, exactly as their makers recorded them. Empty when the record's only revision is
+    /// its creation: the state says it all (its one event, every field written by it).
+    #[serde(rename = "history", default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<Revision>,
 }
 
 /// A conflict as reported by the instance that detected it.

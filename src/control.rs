@@ -161,6 +161,9 @@ pub enum Op {
         include_deleted: bool,
         /// Add replication metadata.
         meta: bool,
+        /// As it was after this revision (stamp or RFC 3339 time).
+        #[serde(default)]
+        at: Option<String>,
     },
     /// A record's revisions → `Vec<HistoryEntry>`.
     History {
@@ -261,7 +264,12 @@ fn blocking(app: &App, op: Op) -> Result<serde_json::Value, AppError> {
             id,
             include_deleted,
             meta,
+            at,
         } => {
+            if let Some(at) = at {
+                let record = app.get_at(&table, &id, &at)?;
+                return json(GetReply { record, meta: None });
+            }
             let (record, rec) = app.get(&table, &id, include_deleted)?;
             let meta = if meta {
                 let conflicts = app.store().conflicts_of(&table, &record.id)?;
@@ -273,7 +281,7 @@ fn blocking(app: &App, op: Op) -> Result<serde_json::Value, AppError> {
         }
         Op::History { table, id } => json(app.history(&table, &id)?),
         Op::Conflicts { table, all } => json(app.conflicts(table.as_deref(), all)?),
-        Op::Resolve { id, keep } => json(app.resolve(id, crate::app::admin::parse_keep(&keep)?)?),
+        Op::Resolve { id, keep } => json(app.resolve(id, app.parse_keep_for(id, &keep)?)?),
         Op::Tables => json(app.tables()?),
         Op::Status => app.status(),
         Op::Peers => json(app.peers()?),

@@ -986,16 +986,28 @@ fn open_nodes(n: usize) -> Vec<Node> {
         .collect()
 }
 
-/// Everything a store has, as a peer would receive it.
+/// Everything a store has, as a peer that knows nothing would receive it (history included).
 fn snapshot(s: &Store) -> Vec<RemoteChange> {
     s.changes_since(0, usize::MAX)
         .unwrap()
         .into_iter()
-        .map(|(_, table, id, rec)| RemoteChange {
-            table,
-            id,
-            state: rec.state,
-            conflicts: vec![],
+        .map(|(_, table, id, _)| {
+            s.outgoing_change(&table, &id, &Default::default())
+                .unwrap()
+                .expect("a record in the feed has something to send")
+        })
+        .collect()
+}
+
+/// Every record's history as every laptop must print it alike: the revisions (stamp, kind,
+/// changes with old and new values, cause), oldest first. How and when each arrived is local.
+fn histories(s: &Store) -> BTreeMap<Uuid, Vec<fieldsync::merge::Revision>> {
+    s.changes_since(0, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, table, id, _)| {
+            let h = s.history(&table, &id).unwrap();
+            (id, h.into_iter().map(|e| e.revision).collect())
         })
         .collect()
 }
@@ -1059,6 +1071,15 @@ fn assert_converged(nodes: &[Node]) {
         );
         assert_eq!(states(&n.store), states(first));
         assert_eq!(open_merge_conflicts(&n.store), open_merge_conflicts(first));
+        let (mine, theirs) = (histories(&n.store), histories(first));
+        for (id, h) in &mine {
+            assert_eq!(Some(h), theirs.get(id), "history of {id}");
+            assert!(
+                h.windows(2).all(|w| w[0].at < w[1].at),
+                "history of {id} out of order or with a revision twice: {h:?}"
+            );
+        }
+        assert_eq!(mine.len(), theirs.len());
     }
 }
 

@@ -134,18 +134,21 @@ fn seed_pages() -> Vec<(String, Vec<u8>)> {
             id: Uuid::from_u128(1),
             state: live.clone(),
             conflicts: vec![conflict],
+            history: vec![],
         },
         RemoteChange {
             table: "shelter_2".into(),
             id: Uuid::from_u128(2),
             state: deleted,
             conflicts: vec![],
+            history: vec![],
         },
         RemoteChange {
             table: "fs_revocations".into(),
             id: a,
             state: live,
             conflicts: vec![],
+            history: vec![],
         },
     ];
     let mut out = Vec::new();
@@ -194,6 +197,7 @@ fn regression_pages() -> Vec<(String, Vec<u8>)> {
             id: Uuid::from_u128(1),
             state,
             conflicts: vec![],
+            history: vec![],
         }]
     };
     let json_page = |changes: &[RemoteChange]| {

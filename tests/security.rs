@@ -68,6 +68,7 @@ fn change(table: &str, id: Uuid, writer: &str, fields: Value) -> RemoteChange {
         id,
         state,
         conflicts: vec![],
+        history: vec![],
     }
 }
 

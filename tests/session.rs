@@ -257,6 +257,7 @@ fn page_of(from: &Store, since: u64, next: u64) -> Page {
             id,
             state: rec.state,
             conflicts: vec![],
+            history: vec![],
         })
         .collect();
     Page {
@@ -439,7 +440,7 @@ fn a_pull_is_answered_while_a_write_holds_the_writer_lock() {
 fn golden_change() -> RemoteChange {
     use fieldsync::change::ReportedConflict;
     use fieldsync::clock::Hlc;
-    use fieldsync::merge::{Conflict, Side};
+    use fieldsync::merge::{Cause, Conflict, FieldChange, Revision, RevisionKind, Side};
     use fieldsync::model::{FieldState, RecordState};
     let (n1, n2) = (Uuid::from_u128(0x11), Uuid::from_u128(0x22));
     let stamp = |ts, node| Hlc { ts, node };
@@ -472,6 +473,25 @@ fn golden_change() -> RemoteChange {
                 reason: "r".into(),
             },
         }],
+        // The revisions the receiver lacks travel with the record, as their maker wrote them.
+        history: vec![
+            Revision {
+                at: stamp(2 << 16, n1),
+                kind: RevisionKind::Create,
+                changes: vec![],
+                cause: Cause::Edit,
+            },
+            Revision {
+                at: stamp(7 << 16, n1),
+                kind: RevisionKind::Update,
+                changes: vec![FieldChange {
+                    field: "name".into(),
+                    old: Some(json!("An")),
+                    new: Some(json!("Ana")),
+                }],
+                cause: Cause::Resolution,
+            },
+        ],
     }
 }
 
@@ -488,14 +508,17 @@ fn page_encodings_are_pinned_byte_for_byte() {
     assert_eq!(fieldsync::protocol::pack::unpack(&packed).unwrap(), ch);
 }
 
-const GOLDEN_JSON: &str = r#"[{"conflicts":[{"conflict":{"chosen":"remote","field":"name","kind":"field","local":{"stamp":{"node":"00000000-0000-0000-0000-000000000022","ts":393216},"value":"Ann"},"reason":"r","remote":{"stamp":{"node":"00000000-0000-0000-0000-000000000011","ts":458752},"value":"Ana"}},"detected_by":"00000000-0000-0000-0000-000000000022"}],"id":"00000000-0000-0000-0000-000000000abc","state":{"del_seen":{"00000000-0000-0000-0000-000000000022":196608},"deleted":{"node":"00000000-0000-0000-0000-000000000022","ts":196608},"fields":{"gone":{"stamp":{"node":"00000000-0000-0000-0000-000000000022","ts":327681},"value":null},"name":{"stamp":{"node":"00000000-0000-0000-0000-000000000011","ts":458752},"value":"Ana"}},"vv":{"00000000-0000-0000-0000-000000000011":458752,"00000000-0000-0000-0000-000000000022":589824}},"table":"person"}]"#;
+const GOLDEN_JSON: &str = r#"[{"conflicts":[{"conflict":{"chosen":"remote","field":"name","kind":"field","local":{"stamp":{"node":"00000000-0000-0000-0000-000000000022","ts":393216},"value":"Ann"},"reason":"r","remote":{"stamp":{"node":"00000000-0000-0000-0000-000000000011","ts":458752},"value":"Ana"}},"detected_by":"00000000-0000-0000-0000-000000000022"}],"history":[{"at":{"node":"00000000-0000-0000-0000-000000000011","ts":131072},"cause":"edit","changes":[],"kind":"create"},{"at":{"node":"00000000-0000-0000-0000-000000000011","ts":458752},"cause":"resolution","changes":[{"field":"name","new":"Ana","old":"An"}],"kind":"update"}],"id":"00000000-0000-0000-0000-000000000abc","state":{"del_seen":{"00000000-0000-0000-0000-000000000022":196608},"deleted":{"node":"00000000-0000-0000-0000-000000000022","ts":196608},"fields":{"gone":{"stamp":{"node":"00000000-0000-0000-0000-000000000022","ts":327681},"value":null},"name":{"stamp":{"node":"00000000-0000-0000-0000-000000000011","ts":458752},"value":"Ana"}},"vv":{"00000000-0000-0000-0000-000000000011":458752,"00000000-0000-0000-0000-000000000022":589824}},"table":"person"}]"#;
 const GOLDEN_PACK: &str = concat!(
-    "9992c41000000000000000000000000000000011c4100000000000000000000000000000002291a6",
+    "9a92c41000000000000000000000000000000011c4100000000000000000000000000000002291a6",
     "706572736f6e9100c41000000000000000000000000000000abc91929200ce000700009201ce0009",
     "000091919201ce000300009192ce0003000001919192c41000000000000000000000000000000022",
     "96a56669656c64a46e616d6592a3416e6e92ce00060000c410000000000000000000000000000000",
     "2292a3416e6192ce00070000c41000000000000000000000000000000011a672656d6f7465a17292",
-    "94a4676f6e65910091c0919201ce0005000194a46e616d65910091a3416e61919200c0",
+    "94a4676f6e65910091c0919201ce0005000194a46e616d65910091a3416e61919200c09192009294",
+    "92ce00020000c41000000000000000000000000000000011a663726561746590a4656469749492ce",
+    "00070000c41000000000000000000000000000000011a67570646174659193a46e616d65a2416ea3",
+    "416e61aa7265736f6c7574696f6e",
 );
 
 #[test]
@@ -573,6 +596,7 @@ fn a_conflict_logged_after_the_receivers_position_reaches_it_even_when_it_has_ev
         id,
         state: rec.state.clone(),
         conflicts: vec![report],
+        history: vec![],
     };
     let stats = x.store.apply_remote(Some(z), &[same]).unwrap();
     assert_eq!(stats.conflicts, 1);

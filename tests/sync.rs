@@ -78,6 +78,106 @@ fn first_sync_copies_records_and_histories_with_the_same_ids() {
     assert_eq!(kinds(deleted), vec![json!("create"), json!("delete")]);
 }
 
+/// What every laptop must print alike of a history: stamp, maker, kind, cause and changes
+/// (`source` and `applied_at` say how and when the revision reached this laptop).
+fn replicated(h: &[Value]) -> Vec<Value> {
+    h.iter()
+        .map(|e| json!([e["at"], e["instance"], e["kind"], e["cause"], e["changes"]]))
+        .collect()
+}
+
+#[test]
+fn every_revision_travels_with_its_exact_old_and_new_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        data_dir(tmp.path(), "a"),
+        data_dir(tmp.path(), "b"),
+        data_dir(tmp.path(), "c"),
+    );
+    let doc = Uuid::new_v4();
+    put(&a, "doc", &doc, &json!({"b": 1, "c": "x"}));
+    patch(&a, "doc", &doc, &json!({"c": "y"}));
+    let notes = Uuid::new_v4();
+    put(&a, "person", &notes, &json!({"notes": "rev1"}));
+    patch(
+        &a,
+        "person",
+        &notes,
+        &json!({"notes": "rev2", "status": "found"}),
+    );
+    patch(&a, "person", &notes, &json!({"notes": "rev3"}));
+    let single = Uuid::new_v4();
+    put(&a, "person", &single, &json!({"notes": "only"}));
+
+    let (agent_b, agent_c) = (Agent::start(&b), Agent::start(&c));
+    sync(&a, agent_b.addr());
+    let hb = history(&b, "doc", &doc);
+    let changes: Vec<(Value, Value)> = hb
+        .iter()
+        .map(|e| (e["kind"].clone(), e["changes"].clone()))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![
+            (
+                json!("create"),
+                json!([{"field": "b", "old": null, "new": 1},
+                       {"field": "c", "old": null, "new": "x"}])
+            ),
+            (
+                json!("update"),
+                json!([{"field": "c", "old": "x", "new": "y"}])
+            ),
+        ],
+        "B's history of doc: {hb:?}"
+    );
+    assert_eq!(replicated(&hb), replicated(&history(&a, "doc", &doc)));
+    let diff = run(&b, &["history", "doc", &doc.to_string(), "--diff"]).ok();
+    let text = &diff.stdout;
+    assert!(text.contains("+ b: 1\n+ c: \"x\"\n"), "{text}");
+    assert!(text.contains("- c: \"x\"\n+ c: \"y\"\n"), "{text}");
+    let notes_b: Vec<Value> = history(&b, "person", &notes)
+        .iter()
+        .map(|e| e["changes"].clone())
+        .collect();
+    assert_eq!(
+        notes_b,
+        vec![
+            json!([{"field": "notes", "old": null, "new": "rev1"}]),
+            json!([{"field": "notes", "old": "rev1", "new": "rev2"},
+                   {"field": "status", "old": null, "new": "found"}]),
+            json!([{"field": "notes", "old": "rev2", "new": "rev3"}]),
+        ]
+    );
+    assert_eq!(history(&b, "person", &single).len(), 1);
+
+    // A→B→C, then A↔C directly: the same revisions everywhere, none twice.
+    patch(&b, "doc", &doc, &json!({"b": 2}));
+    sync(&c, agent_b.addr());
+    sync(&a, agent_c.addr());
+    sync(&c, agent_b.addr());
+    let ha = replicated(&history(&a, "doc", &doc));
+    assert_eq!(ha.len(), 3, "{ha:?}");
+    for (name, dir) in [("B", &b), ("C", &c)] {
+        for (table, id) in [("doc", doc), ("person", notes), ("person", single)] {
+            assert_eq!(
+                replicated(&history(dir, table, &id)),
+                replicated(&history(&a, table, &id)),
+                "{name}: history of {table}/{id}"
+            );
+        }
+    }
+    // `get --at` shows the record as it was after a revision, on a laptop that never had it.
+    let at = history(&c, "doc", &doc)[0]["at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let then = run(&c, &["get", "doc", &doc.to_string(), "--at", &at])
+        .ok()
+        .json();
+    assert_eq!(then["fields"], json!({"b": 1, "c": "x"}), "{then}");
+}
+
 #[test]
 fn a_record_edited_before_its_first_sync_arrives_whole_in_a_multi_page_sync() {
     let tmp = tempfile::tempdir().unwrap();
@@ -357,6 +457,106 @@ fn the_same_unique_name_on_two_instances_keeps_both_records_and_logs_a_clash() {
     assert_eq!(c["record"], id_b.to_string());
     assert_eq!(c["other_record"], id_a.to_string());
     assert_eq!(c["value"], "Amina Okafor");
+}
+
+#[test]
+fn a_name_clash_clears_on_both_laptops_once_one_record_is_renamed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    for d in [&a, &b] {
+        write_config(d, "unique = [\"person.case_number\"]", "");
+    }
+    let (id_a, id_b) = (Uuid::new_v4(), Uuid::new_v4());
+    put(
+        &a,
+        "person",
+        &id_a,
+        &json!({"case_number": "K", "name": "Ana"}),
+    );
+    put(
+        &b,
+        "person",
+        &id_b,
+        &json!({"case_number": "K", "name": "Bo"}),
+    );
+    let agent_b = Agent::start(&b);
+    sync(&a, agent_b.addr());
+    let open = |dir: &Path| -> Vec<Value> {
+        conflicts(dir)
+            .into_iter()
+            .filter(|c| c["type"] == "name_clash" && c["resolved"].is_null())
+            .collect()
+    };
+    for (name, dir) in [("A", &a), ("B", &b)] {
+        let o = open(dir);
+        assert_eq!(o.len(), 1, "{name}: {o:?}");
+        assert_eq!(o[0]["value"], "K");
+        let both: BTreeSet<String> = [&o[0]["record"], &o[0]["other_record"]]
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        let want: BTreeSet<String> = [id_a, id_b].iter().map(Uuid::to_string).collect();
+        assert_eq!(both, want, "{name}: {o:?}");
+        assert!(alive(dir, "person", &id_a) && alive(dir, "person", &id_b));
+    }
+    // B renames its record by a plain patch: the clash clears on B at once, on A by the sync.
+    patch(&b, "person", &id_b, &json!({"case_number": "K2"}));
+    assert!(open(&b).is_empty(), "B: {:?}", open(&b));
+    sync(&a, agent_b.addr());
+    for (name, dir) in [("A", &a), ("B", &b)] {
+        assert!(open(dir).is_empty(), "{name}: {:?}", conflicts(dir));
+        assert_eq!(fields_of(dir, &id_b)["case_number"], "K2");
+        assert_eq!(fields_of(dir, &id_a)["case_number"], "K");
+    }
+}
+
+#[test]
+fn conflicts_are_resolved_from_the_readers_side_and_clear_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
+    let (x, y) = (Uuid::new_v4(), Uuid::new_v4());
+    put(&a, "person", &x, &json!({"s": "start"}));
+    put(
+        &a,
+        "person",
+        &y,
+        &json!({"name": "Yan", "status": "missing"}),
+    );
+    let agent_b = Agent::start(&b);
+    sync(&a, agent_b.addr());
+    // Concurrent writes of one field, and a delete on B while A edits.
+    patch(&a, "person", &x, &json!({"s": "fromA"}));
+    patch(&b, "person", &x, &json!({"s": "fromB"}));
+    patch(&a, "person", &y, &json!({"status": "found"}));
+    delete(&b, "person", &y);
+    sync(&a, agent_b.addr());
+    assert!(alive(&a, "person", &y) && alive(&b, "person", &y));
+    let open_on = |dir: &Path, id: &Uuid| -> Vec<Value> {
+        conflicts_of(&conflicts(dir), id)
+            .into_iter()
+            .filter(|c| c["resolved"].is_null())
+            .cloned()
+            .collect()
+    };
+    let on_b = open_on(&b, &x);
+    assert_eq!(on_b.len(), 1, "{on_b:?}");
+    let cid = on_b[0]["id"].to_string();
+    // On B, "mine" is B's value, whoever detected the conflict.
+    run(&b, &["conflicts", "resolve", &cid, "--keep", "mine"]).ok();
+    let dy = open_on(&b, &y);
+    assert_eq!(dy.len(), 1, "{dy:?}");
+    let did = dy[0]["id"].to_string();
+    run(&b, &["conflicts", "resolve", &did, "--keep", "deleted"]).ok();
+    sync(&a, agent_b.addr());
+    for (name, dir) in [("A", &a), ("B", &b)] {
+        assert_eq!(fields_of(dir, &x)["s"], "fromB", "{name}");
+        assert!(
+            open_on(dir, &x).is_empty(),
+            "{name}: {:?}",
+            open_on(dir, &x)
+        );
+        assert!(!alive(dir, "person", &y), "{name}: Y is still alive");
+    }
 }
 
 const BIG: usize = 20_000;

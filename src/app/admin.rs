@@ -100,6 +100,54 @@ impl App {
     }
 
     /// Settles a conflict by writing the kept value as a new revision.
+    /// Reads a `keep` relative to this laptop (the reader) for conflict `id`: `mine` (the side
+    /// this instance wrote), `theirs` (the other side), `deleted` | `alive` (delete-vs-edit),
+    /// `from:NAME_OR_ID` (the side a given laptop wrote), or what [`parse_keep`] takes.
+    pub fn parse_keep_for(&self, id: u64, keep: &str) -> Result<Keep, AppError> {
+        let me = self.store.id();
+        let bad = |m: String| AppError::invalid("BAD_RESOLUTION", "keep", m);
+        Ok(match keep {
+            "deleted" => Keep::Deleted,
+            "alive" => Keep::Alive,
+            "mine" | "theirs" => {
+                let sides = match self.store.conflict(id)?.detail {
+                    ConflictDetail::Merge {
+                        conflict: Conflict::Field { local, remote, .. },
+                    } => Some((local.stamp.node, remote.stamp.node)),
+                    _ => None,
+                };
+                let Some((a, b)) = sides else {
+                    return Err(bad(format!(
+                        "--keep {keep} is for field conflicts; conflict {id} takes --keep \
+                         deleted | alive (delete-vs-edit) or --keep-value JSON (name clash)"
+                    )));
+                };
+                let other = match (a == me, b == me) {
+                    (true, false) => b,
+                    (false, true) => a,
+                    _ => {
+                        return Err(bad(format!(
+                            "this laptop ({me}) wrote neither side of conflict {id} (written by \
+                             {a} and {b}): use --keep-from NAME_OR_ID or --keep-value JSON"
+                        )))
+                    }
+                };
+                Keep::From(if keep == "mine" { me } else { other })
+            }
+            k if k.starts_with("from:") => {
+                let who = &k[5..];
+                let own = self.store.instance();
+                if who == own.name || who == me.to_string() {
+                    Keep::From(me)
+                } else {
+                    Keep::From(self.resolve_instance(who)?)
+                }
+            }
+            other => parse_keep(other)?,
+        })
+    }
+
+    /// Settles conflict `id` by `keep` (see [`crate::store::Store::resolve_conflict`]).
     pub fn resolve(&self, id: u64, keep: Keep) -> Result<ConflictEntry, AppError> {
         Ok(self.store.resolve_conflict(id, keep)?)
     }

@@ -161,6 +161,7 @@ impl From<StoreError> for AppError {
             },
             StoreError::BadResolution(_) => AppError::invalid("BAD_RESOLUTION", "keep", message),
             StoreError::LocalOnly(_) => AppError::invalid("LOCAL_ONLY_TABLE", "table", message),
+            StoreError::BadHistory(_) => AppError::invalid("BAD_HISTORY", "history", message),
             StoreError::Invalid(v) => {
                 let mut a = AppError::from(v);
                 if let AppError::Invalid { message: m, .. } = &mut a {

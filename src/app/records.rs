@@ -354,24 +354,44 @@ impl App {
         Ok((view(table, id, &rec), rec))
     }
 
-    /// The record as it was right after revision `at` (a stamp as printed by `history`).
+    /// The record as it was right after revision `at`: a stamp as printed by `history`, or an
+    /// RFC 3339 time (then the latest revision made at or before it). Every laptop that has the
+    /// record answers alike, since histories replicate whole.
     pub fn get_at(&self, table: &str, id: &str, at: &str) -> Result<RecordView, AppError> {
         let (mut v, _) = self.get(table, id, true)?;
         let history = self.store.history(table, &v.id)?;
-        let upto = history
-            .iter()
-            .position(|e| e.revision.at.to_string() == at)
-            .ok_or_else(|| {
-                AppError::invalid(
-                    "UNKNOWN_REVISION",
-                    "at",
-                    format!(
-                        "record {table}/{} has no revision {at:?}: use an \"at\" value from its \
-                         history",
-                        v.id
-                    ),
-                )
-            })?;
+        let by_time = chrono::DateTime::parse_from_rfc3339(at.trim())
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc));
+        let found = match by_time {
+            Some(t) => history.iter().rposition(|e| e.revision.at.time() <= t),
+            None => history.iter().position(|e| e.revision.at.to_string() == at),
+        };
+        if let (Some(t), None) = (by_time, found) {
+            return Err(AppError::invalid(
+                "UNKNOWN_REVISION",
+                "at",
+                format!(
+                    "record {table}/{} did not exist yet at {}: its history starts at {}",
+                    v.id,
+                    t.to_rfc3339(),
+                    history
+                        .first()
+                        .map_or_else(String::new, |e| e.revision.at.time().to_rfc3339())
+                ),
+            ));
+        }
+        let upto = found.ok_or_else(|| {
+            AppError::invalid(
+                "UNKNOWN_REVISION",
+                "at",
+                format!(
+                    "record {table}/{} has no revision {at:?}: use an \"at\" value from its \
+                         history or an RFC 3339 time",
+                    v.id
+                ),
+            )
+        })?;
         let mut fields = Fields::new();
         let mut deleted = false;
         for e in &history[..=upto] {
@@ -535,7 +555,7 @@ pub fn history_json(e: &HistoryEntry) -> Value {
     };
     json!({
         "at": r.at.to_string(), "time": r.at.time().to_rfc3339(), "instance": r.at.node,
-        "kind": r.kind, "source": source, "applied_at": e.applied_at.to_rfc3339(),
+        "kind": r.kind, "cause": r.cause, "source": source, "applied_at": e.applied_at.to_rfc3339(),
         "changes": r.changes,
     })
 }

@@ -177,6 +177,10 @@ pub enum Command {
         /// Also print a deleted record (with "deleted": true).
         #[arg(long)]
         include_deleted: bool,
+        /// Print the record as it was right after a revision: an "at" stamp from `history`,
+        /// or an RFC 3339 time (the latest revision at or before it).
+        #[arg(long, value_name = "STAMP_OR_TIME")]
+        at: Option<String>,
     },
     /// Print a table's records as JSON lines, ordered by id.
     ///
@@ -198,6 +202,10 @@ pub enum Command {
         table: String,
         /// Record id.
         id: String,
+        /// Print each revision as a readable diff (`-` old, `+` new value per field) instead
+        /// of JSON lines.
+        #[arg(long)]
+        diff: bool,
     },
     /// Print the conflict log (unresolved first), or resolve an entry.
     ///
@@ -921,9 +929,10 @@ fn typed(door: &Door<'_>, command: Command, io: &mut Io<'_>) -> Result<(), CliEr
             id,
             meta,
             include_deleted,
-        } => records::get(door, &table, &id, meta, include_deleted, io),
+            at,
+        } => records::get(door, &table, &id, meta, include_deleted, at, io),
         Command::Tables => records::tables(door, io),
-        Command::History { table, id } => records::history(door, &table, &id, io),
+        Command::History { table, id, diff } => records::history(door, &table, &id, diff, io),
         Command::Conflicts(args) => records::conflicts(door, args, io),
         Command::Status => admin::status(door, io),
         Command::Peers => admin::peers(door, io),

@@ -36,17 +36,26 @@ pub struct ConflictsArgs {
 pub enum ConflictAction {
     /// Settle a conflict by writing the kept value as a new revision (which syncs like any edit).
     ///
-    /// For a field conflict: --keep local | remote | a JSON value. For a delete-vs-edit
-    /// conflict: the side to keep (keeping the deleting side deletes the record). For a name
-    /// clash: local/remote keeps both records, a JSON value renames this record's field.
+    /// Sides are named from this laptop's point of view. For a field conflict: --keep mine |
+    /// theirs, --keep-from NAME_OR_ID (the laptop that wrote the side to keep) or --keep-value
+    /// JSON. For a delete-vs-edit conflict: --keep deleted | alive. For a name clash:
+    /// --keep-value JSON renames the conflict's record. --keep local | remote still work for a
+    /// conflict this laptop detected itself, and are refused (naming these flags) otherwise.
     ///
-    /// Example: fieldsync conflicts resolve 3 --keep '"found_alive"'
+    /// Example: fieldsync conflicts resolve 3 --keep mine
     Resolve {
         /// The conflict id (from `fieldsync conflicts`).
         id: u64,
-        /// local, remote, or a JSON value.
-        #[arg(long)]
-        keep: String,
+        /// mine, theirs, deleted, alive (or local, remote, or a JSON value).
+        #[arg(long, required_unless_present_any = ["keep_from", "keep_value"],
+              conflicts_with_all = ["keep_from", "keep_value"])]
+        keep: Option<String>,
+        /// Keep the side written by this laptop (name or instance id).
+        #[arg(long, value_name = "NAME_OR_ID", conflicts_with = "keep_value")]
+        keep_from: Option<String>,
+        /// Write this JSON value instead (quote strings: '"text"').
+        #[arg(long, value_name = "JSON")]
+        keep_value: Option<String>,
     },
 }
 
@@ -106,6 +115,7 @@ pub fn get(
     id: &str,
     meta: bool,
     include_deleted: bool,
+    at: Option<String>,
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
     let op = Op::Get {
@@ -113,6 +123,7 @@ pub fn get(
         id: id.to_string(),
         include_deleted,
         meta,
+        at,
     };
     let r: GetReply = door.call(op, io)?;
     let rec = r.record;
@@ -157,20 +168,76 @@ pub fn tables(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
 }
 
 /// `history`: one line per revision, oldest first.
-pub fn history(door: &Door<'_>, table: &str, id: &str, io: &mut Io<'_>) -> Result<(), CliError> {
+pub fn history(
+    door: &Door<'_>,
+    table: &str,
+    id: &str,
+    diff: bool,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
     let (table, id) = (table.to_string(), id.to_string());
     let h: Vec<HistoryEntry> = door.call(Op::History { table, id }, io)?;
     for e in &h {
-        print(io.out, &history_json(e))?;
+        if diff {
+            write!(io.out, "{}", history_diff(e)).map_err(CliError::Output)?;
+        } else {
+            print(io.out, &history_json(e))?;
+        }
     }
     Ok(())
+}
+
+/// One revision as a readable diff: a header (time, kind, maker, cause, stamp), then per
+/// changed field `- field: old` and `+ field: new` (JSON values; an absent side is left out).
+pub fn history_diff(e: &HistoryEntry) -> String {
+    let r = &e.revision;
+    let cause = match r.cause {
+        crate::merge::Cause::Edit => "edit",
+        crate::merge::Cause::Resolution => "conflict resolution",
+    };
+    let kind = serde_json::to_value(r.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut out = format!(
+        "@ {} {kind} by {} ({cause}), revision {}\n",
+        r.at.time().to_rfc3339(),
+        r.at.node,
+        r.at
+    );
+    for c in &r.changes {
+        if let Some(old) = &c.old {
+            out.push_str(&format!("- {}: {old}\n", c.field));
+        }
+        if let Some(new) = &c.new {
+            out.push_str(&format!("+ {}: {new}\n", c.field));
+        }
+    }
+    out
 }
 
 /// `conflicts` (list) and `conflicts resolve`.
 pub fn conflicts(door: &Door<'_>, args: ConflictsArgs, io: &mut Io<'_>) -> Result<(), CliError> {
     match args.action {
-        Some(ConflictAction::Resolve { id, keep }) => {
-            parse_keep(&keep)?;
+        Some(ConflictAction::Resolve {
+            id,
+            keep,
+            keep_from,
+            keep_value,
+        }) => {
+            let keep = match (keep, keep_from, keep_value) {
+                (Some(k), _, _) => k,
+                (None, Some(from), _) => format!("from:{from}"),
+                (None, None, Some(v)) => {
+                    parse_keep(&v)?;
+                    v
+                }
+                (None, None, None) => {
+                    return Err(CliError::Invalid(
+                        "say what to keep: --keep, --keep-from or --keep-value".into(),
+                    ))
+                }
+            };
             let entry: ConflictEntry = door.call(Op::Resolve { id, keep }, io)?;
             print(io.out, &conflict_json(&entry))
         }

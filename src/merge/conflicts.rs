@@ -166,12 +166,19 @@ pub fn on_unique_clash(local_write: bool) -> ClashOutcome {
 /// Which value a conflict resolution keeps.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Keep {
-    /// The local side's value.
+    /// The local side's value, as the detecting instance saw it (only unambiguous on that
+    /// instance: the store refuses it for a conflict received from a peer).
     Local,
-    /// The remote side's value.
+    /// The remote side's value, as the detecting instance saw it (same restriction).
     Remote,
     /// This value instead.
     Value(Value),
+    /// The value written by this instance (the side whose writer is this instance).
+    From(uuid::Uuid),
+    /// Delete-vs-edit: the record deleted.
+    Deleted,
+    /// Delete-vs-edit: the record alive, with the edit.
+    Alive,
 }
 
 /// A resolution turned into what to write.
@@ -183,10 +190,10 @@ pub struct Resolution {
     pub how: String,
 }
 
-/// A `--keep` that does not fit the conflict.
+/// A `--keep` that does not fit the conflict; the message names what does.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("a delete-vs-edit conflict takes --keep local or --keep remote")]
-pub struct KeepMismatch;
+#[error("{0}")]
+pub struct KeepMismatch(pub String);
 
 /// How resolving a merge conflict becomes an edit. A field conflict writes the kept value with a
 /// fresh stamp even when it is already the current one ([`Edit::Reassert`]), so the decision
@@ -226,7 +233,47 @@ pub fn resolve(c: &Conflict, keep: &Keep) -> Result<Resolution, KeepMismatch> {
                 done(None, "kept the edit: record stays")
             }
         }
-        (Conflict::DeleteEdit { .. }, Keep::Value(_)) => return Err(KeepMismatch),
+        (
+            Conflict::Field {
+                field,
+                local,
+                remote,
+                ..
+            },
+            Keep::From(n),
+        ) => {
+            let side = [local, remote].into_iter().find(|s| s.stamp.node == *n);
+            match side {
+                Some(s) => done(
+                    Some(Edit::Reassert(field.clone(), s.value.clone())),
+                    &format!("kept the value written by {n}"),
+                ),
+                None => {
+                    return Err(KeepMismatch(format!(
+                        "neither side of this conflict was written by {n}: the sides were \
+                         written by {} and {}; use --keep-from with one of them or \
+                         --keep-value JSON",
+                        local.stamp.node, remote.stamp.node
+                    )))
+                }
+            }
+        }
+        (Conflict::Field { .. }, Keep::Deleted | Keep::Alive) => {
+            return Err(KeepMismatch(
+                "--keep deleted | alive is for delete-vs-edit conflicts; for a field conflict \
+                 use --keep mine | theirs, --keep-from NAME_OR_ID or --keep-value JSON"
+                    .into(),
+            ))
+        }
+        (Conflict::DeleteEdit { .. }, Keep::Deleted) => {
+            done(Some(Edit::Delete), "kept the delete: record deleted")
+        }
+        (Conflict::DeleteEdit { .. }, Keep::Alive) => done(None, "kept the edit: record stays"),
+        (Conflict::DeleteEdit { .. }, Keep::Value(_) | Keep::From(_)) => {
+            return Err(KeepMismatch(
+                "a delete-vs-edit conflict takes --keep deleted or --keep alive".into(),
+            ))
+        }
     })
 }
 

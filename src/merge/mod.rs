@@ -66,26 +66,53 @@ pub enum RevisionKind {
     Restore,
 }
 
-/// One field's change inside a revision.
+/// Why an instance made a revision. Replicates with it (wire and disk: names spelled out).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cause {
+    /// A person or program edited the record (put, patch, delete, import).
+    #[default]
+    #[serde(rename = "edit")]
+    Edit,
+    /// A person settled a conflict (`conflicts resolve`): the kept value, rewritten with a
+    /// fresh stamp so the decision replicates.
+    #[serde(rename = "resolution")]
+    Resolution,
+}
+
+/// One field's change inside a revision. Part of the wire (history travels with records) and
+/// disk formats: serde names are spelled out.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FieldChange {
     /// Field name.
+    #[serde(rename = "field")]
     pub field: String,
-    /// Value before (`None`: was not set).
+    /// Value before, on the instance that made the revision (`None`: was not set).
+    #[serde(rename = "old")]
     pub old: Option<Value>,
     /// Value after (`None`: removed).
+    #[serde(rename = "new")]
     pub new: Option<Value>,
 }
 
 /// One revision of a record, keyed in the history by its stamp (unique across instances).
+///
+/// A revision is made once, by the instance whose stamp it carries, and then copied as is to
+/// every instance that gets the record: merges make none of their own (a merge is not an event;
+/// its result is the join of revisions that all travel), so no instance ever invents one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Revision {
     /// The stamp of the event; `at.node` is the instance that made it.
+    #[serde(rename = "at")]
     pub at: Hlc,
     /// What happened.
+    #[serde(rename = "kind")]
     pub kind: RevisionKind,
-    /// Fields whose value changed.
+    /// Fields whose value changed, with their values before and after on the maker.
+    #[serde(rename = "changes")]
     pub changes: Vec<FieldChange>,
+    /// Why it was made. Last, with a default, so histories stored before it was added decode.
+    #[serde(rename = "cause", default)]
+    pub cause: Cause,
 }
 
 /// A conflict detected while merging; the store logs it with ids and times. Part of the wire
@@ -213,7 +240,12 @@ pub fn local_edit(
     let touched = changes.iter().map(|c| c.field.clone()).collect();
     Ok(Some(LocalOutcome {
         state,
-        revision: Revision { at, kind, changes },
+        revision: Revision {
+            at,
+            kind,
+            changes,
+            cause: Cause::Edit,
+        },
         touched,
     }))
 }
@@ -247,8 +279,6 @@ pub struct MergeOutcome {
     pub state: RecordState,
     /// How the two related.
     pub kind: MergeKind,
-    /// History entries for what changed here, oldest first.
-    pub revisions: Vec<Revision>,
     /// Fields whose stored state changed (to be forwarded to other peers).
     pub touched: Vec<String>,
     /// Conflicts to log.
@@ -266,8 +296,6 @@ pub fn merge_remote(local: Option<&RecordState>, remote: &RecordState) -> MergeO
     let mut state = base.clone();
     let mut conflicts = Vec::new();
     let mut touched = Vec::new();
-    // Changed values grouped by the stamp of the write that made them: one revision per event.
-    let mut by_stamp: std::collections::BTreeMap<Hlc, Vec<FieldChange>> = Default::default();
 
     for (name, r) in &remote.fields {
         let l = base.fields.get(name);
@@ -298,14 +326,6 @@ pub fn merge_remote(local: Option<&RecordState>, remote: &RecordState) -> MergeO
             if r.stamp < l.stamp {
                 continue;
             }
-        }
-        let old = l.and_then(|l| l.value.clone());
-        if old != r.value {
-            by_stamp.entry(r.stamp).or_default().push(FieldChange {
-                field: name.clone(),
-                old,
-                new: r.value.clone(),
-            });
         }
         touched.push(name.clone());
         state.fields.insert(name.clone(), r.clone());
@@ -360,47 +380,9 @@ pub fn merge_remote(local: Option<&RecordState>, remote: &RecordState) -> MergeO
         MergeKind::Merge
     };
 
-    let mut revisions: Vec<Revision> = by_stamp
-        .into_iter()
-        .map(|(at, changes)| Revision {
-            at,
-            kind: RevisionKind::Update,
-            changes,
-        })
-        .collect();
-    if !was_alive && is_alive {
-        let first = if local.is_none() {
-            RevisionKind::Create
-        } else {
-            RevisionKind::Restore
-        };
-        match revisions.first_mut() {
-            Some(r) => r.kind = first,
-            None => revisions.push(Revision {
-                at: latest_event(&state),
-                kind: first,
-                changes: vec![],
-            }),
-        }
-    }
-    if local.is_none() && !is_alive {
-        if let Some(r) = revisions.first_mut() {
-            r.kind = RevisionKind::Create;
-        }
-    }
-    if !is_alive && (was_alive || local.is_none()) {
-        if let Some(d) = state.deleted {
-            revisions.push(Revision {
-                at: d,
-                kind: RevisionKind::Delete,
-                changes: vec![],
-            });
-        }
-    }
     MergeOutcome {
         state,
         kind,
-        revisions,
         touched,
         conflicts,
     }
@@ -440,7 +422,7 @@ pub fn outgoing_delta(
 }
 
 /// The stamp of the newest event reflected in a state.
-fn latest_event(s: &RecordState) -> Hlc {
+pub fn latest_event(s: &RecordState) -> Hlc {
     s.vv.iter()
         .map(|(node, ts)| Hlc {
             ts: *ts,

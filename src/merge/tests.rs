@@ -73,9 +73,6 @@ fn rule1_unknown_record_is_inserted_with_its_stamps() {
     let out = b.recv(&a);
     assert_eq!(out.kind, MergeKind::Insert);
     assert_eq!(b.state, a.state, "same fields, same stamps, same origin");
-    assert_eq!(out.revisions.len(), 1);
-    assert_eq!(out.revisions[0].kind, RevisionKind::Create);
-    assert_eq!(out.revisions[0].at.node, Uuid::from_u128(1));
 }
 
 #[test]
@@ -218,7 +215,6 @@ fn rule5_delete_of_an_untouched_copy_is_applied() {
     let out = b.recv(&a);
     assert!(!b.alive());
     assert!(out.conflicts.is_empty());
-    assert_eq!(out.revisions.last().unwrap().kind, RevisionKind::Delete);
 }
 
 #[test]
@@ -247,7 +243,6 @@ fn rule5_edit_the_deleter_never_saw_wins_on_both_sides_and_is_logged() {
             ..
         }]
     ));
-    assert_eq!(on_a.revisions[0].kind, RevisionKind::Restore);
 }
 
 #[test]

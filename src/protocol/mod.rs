@@ -16,7 +16,8 @@ use jsonrpsee::types::ErrorObjectOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The protocol version this build speaks (2: `hello` carries the incarnation).
+/// The protocol version this build speaks (2: `hello` carries the incarnation; pages
+/// carry the revisions the receiver lacks).
 pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest protocol version this build still speaks. Version 1 peers cannot tell a
 /// restored laptop from the one it replaced, so they are refused.
@@ -413,6 +414,7 @@ mod tests {
             id: Uuid::new_v4(),
             state,
             conflicts: vec![],
+            history: vec![],
         }]
     }
 
@@ -462,5 +464,9 @@ mod tests {
         let e = negotiate(PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 3).unwrap_err();
         assert_eq!(e.code, codes::INCOMPATIBLE_VERSION);
         assert!(e.message.contains("incompatible protocol version"));
+        // Version 1 sent records without their history: such a peer is refused, clearly.
+        let old = negotiate(1, 1).unwrap_err();
+        assert_eq!(old.code, codes::INCOMPATIBLE_VERSION);
+        assert!(old.message.contains("peer speaks 1..=1"), "{}", old.message);
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::change::{RemoteChange, ReportedConflict};
 use crate::clock::Hlc;
+use crate::merge::Revision;
 use crate::model::{FieldState, RecordState, VersionVector};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -38,6 +39,8 @@ struct Packed {
     deleted: Vec<Option<(u64, u16)>>,
     conflicts: Vec<Vec<ReportedConflict>>,
     columns: Vec<Column>,
+    /// Sparse: (row, revisions) for the records that carry history (most carry none).
+    history: Vec<(u32, Vec<Revision>)>,
 }
 
 /// Serializes `Vec<u8>` as one msgpack binary, not an array of integers.
@@ -115,6 +118,7 @@ pub fn pack(changes: &[RemoteChange]) -> Result<Vec<u8>, String> {
         deleted: Vec::with_capacity(changes.len()),
         conflicts: Vec::with_capacity(changes.len()),
         columns: vec![],
+        history: vec![],
     };
     let mut columns: BTreeMap<&str, Column> = BTreeMap::new();
     let mut prev_ts: u64 = 0;
@@ -140,6 +144,9 @@ pub fn pack(changes: &[RemoteChange]) -> Result<Vec<u8>, String> {
             None => None,
         });
         p.conflicts.push(ch.conflicts.clone());
+        if !ch.history.is_empty() {
+            p.history.push((row as u32, ch.history.clone()));
+        }
         for (name, f) in &s.fields {
             let node = nodes.get(&f.stamp.node)?;
             let ts = (s.vv.get(&f.stamp.node) != Some(&f.stamp.ts)).then_some(f.stamp.ts);
@@ -222,7 +229,17 @@ pub fn unpack(bytes: &[u8]) -> Result<Vec<RemoteChange>, String> {
                 deleted,
             },
             conflicts: p.conflicts[row].clone(),
+            history: vec![],
         });
+    }
+    for (row, revisions) in p.history {
+        let ch = out
+            .get_mut(row as usize)
+            .ok_or_else(|| format!("history row {row} out of range"))?;
+        if !ch.history.is_empty() {
+            return Err(format!("history row {row} given twice"));
+        }
+        ch.history = revisions;
     }
     for col in p.columns {
         if col.rows.len() != col.values.len() || col.rows.len() != col.stamps.len() {
@@ -284,6 +301,21 @@ mod tests {
             id: Uuid::new_v4(),
             state: s,
             conflicts: vec![],
+            // Every third record carries history, as records edited since creation do.
+            history: if n % 3 == 1 {
+                vec![crate::merge::Revision {
+                    at: Hlc { ts: 1000 + n, node },
+                    kind: crate::merge::RevisionKind::Update,
+                    changes: vec![crate::merge::FieldChange {
+                        field: "name".into(),
+                        old: Some(Value::String("x".into())),
+                        new: Some(Value::String(format!("n{n}"))),
+                    }],
+                    cause: crate::merge::Cause::Edit,
+                }]
+            } else {
+                vec![]
+            },
         }
     }
 

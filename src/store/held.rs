@@ -341,6 +341,7 @@ mod tests {
                 id: *id,
                 state: s.get("person", id).unwrap().unwrap().state,
                 conflicts: vec![],
+                history: vec![],
             })
             .collect()
     }

@@ -83,6 +83,9 @@ pub enum StoreError {
     /// A `--keep` that does not fit the conflict.
     #[error("{0}")]
     BadResolution(String),
+    /// A received revision that is not an event of the record it came with.
+    #[error("invalid history: {0}")]
+    BadHistory(String),
     /// A table that must not be synced.
     #[error("table {0:?} is local-only on this instance and is not accepted from peers")]
     LocalOnly(String),
@@ -166,6 +169,7 @@ impl StoreError {
             StoreError::Invalid(_)
             | StoreError::UniqueClash { .. }
             | StoreError::BadResolution(_)
+            | StoreError::BadHistory(_)
             | StoreError::LocalOnly(_) => true,
             StoreError::Op { source, .. } => source.is_invalid_input(),
             _ => false,
@@ -791,7 +795,10 @@ impl Store {
             return Ok(stored);
         };
         if let Some(c) = &rec.created {
-            stored.insert(0, creation_entry(&rec, c, &stored));
+            // Stored whole when another instance created the same id concurrently.
+            if !stored.iter().any(|e| e.revision.at == c.at) {
+                stored.insert(0, creation_entry(&rec, c, &stored));
+            }
         }
         Ok(stored)
     }
@@ -957,7 +964,11 @@ impl Store {
 /// current values. Per field, changes were recorded in increasing stamp order (a change only
 /// happens when a larger stamp wins), so this restores exactly the values the record was
 /// created with.
-fn creation_entry(rec: &StoredRecord, c: &Created, later: &[HistoryEntry]) -> HistoryEntry {
+pub(super) fn creation_entry(
+    rec: &StoredRecord,
+    c: &Created,
+    later: &[HistoryEntry],
+) -> HistoryEntry {
     let mut values: BTreeMap<String, Option<Value>> = rec
         .state
         .fields
@@ -984,6 +995,7 @@ fn creation_entry(rec: &StoredRecord, c: &Created, later: &[HistoryEntry]) -> Hi
             at: c.at,
             kind: merge::RevisionKind::Create,
             changes,
+            cause: merge::Cause::Edit,
         },
         source: c.source,
         applied_at: c.applied_at,

@@ -17,8 +17,8 @@ use super::{
 };
 use crate::change::ApplyStats;
 use crate::change::RemoteChange;
-use crate::merge::outgoing_delta;
-use crate::model::VersionVector;
+use crate::merge::{outgoing_delta, Revision};
+use crate::model::{covers, VersionVector};
 use std::collections::BTreeSet;
 use uuid::Uuid;
 
@@ -271,6 +271,60 @@ impl Store {
             .map(Some)
     }
 
+    /// What a receiver that knows `known` would get of one record in a page (its delta and the
+    /// revisions it lacks, without conflicts), or `None` if it has it all or there is no such
+    /// record. For tools and tests that move records between stores without a session.
+    pub fn outgoing_change(
+        &self,
+        table: &str,
+        id: &Uuid,
+        known: &Knowledge,
+    ) -> Result<Option<RemoteChange>, StoreError> {
+        let suffix = keys::record_suffix(table, id);
+        let Some(rec) = self.get(table, id)? else {
+            return Ok(None);
+        };
+        let Some(state) = outgoing_delta(&rec.state, known) else {
+            return Ok(None);
+        };
+        let history = self.history_to_send(&suffix, &rec, known)?;
+        Ok(Some(RemoteChange {
+            table: table.to_string(),
+            id: *id,
+            state,
+            conflicts: vec![],
+            history,
+        }))
+    }
+
+    /// The revisions of a record a receiver that knows `known` lacks, oldest first (see
+    /// [`RemoteChange::history`]). A record whose one event is its creation has no stored
+    /// revision and sends none, without a read: the receiver rebuilds it from the state.
+    fn history_to_send(
+        &self,
+        suffix: &[u8],
+        rec: &super::StoredRecord,
+        known: &Knowledge,
+    ) -> Result<Vec<Revision>, StoreError> {
+        let only_created = rec.created.as_ref().is_some_and(|c| {
+            rec.state.vv.len() == 1 && rec.state.vv.get(&c.at.node) == Some(&c.at.ts)
+        });
+        if only_created {
+            return Ok(Vec::new());
+        }
+        let (table, id) = keys::parse_record_suffix(suffix)
+            .ok_or_else(|| StoreError::Decode("bad record key".into()))?;
+        // The creation goes whole (rebuilt here): a receiver that created the same id
+        // concurrently cannot rebuild it from a history that is not linear.
+        let out = self
+            .history(&table, &id)?
+            .into_iter()
+            .map(|e| e.revision)
+            .filter(|r| !covers(known, &r.at))
+            .collect();
+        Ok(out)
+    }
+
     /// Unresolved merge conflicts of one record, as peers receive them.
     fn conflicts_to_report(&self, suffix: &[u8]) -> Result<Vec<ReportedConflict>, StoreError> {
         let mut out = Vec::new();
@@ -405,11 +459,13 @@ impl Store {
                     } else {
                         Vec::new()
                     };
+                    let history = self.history_to_send(suffix, &rec, known)?;
                     page.changes.push(RemoteChange {
                         table,
                         id,
                         state,
                         conflicts,
+                        history,
                     });
                 }
                 // The receiver has every write, but conflicts were logged here since its
@@ -425,6 +481,8 @@ impl Store {
                             id,
                             state: rec.state,
                             conflicts,
+                            // It has every write, so every revision too.
+                            history: Vec::new(),
                         });
                     }
                 }

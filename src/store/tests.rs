@@ -55,12 +55,9 @@ fn patch(s: &Store, table: &str, id: Uuid, v: Value) -> OpResult {
 
 /// What `from` would send of one record.
 fn change(from: &Store, table: &str, id: Uuid) -> RemoteChange {
-    RemoteChange {
-        table: table.into(),
-        id,
-        state: from.get(table, &id).unwrap().expect("record exists").state,
-        conflicts: vec![],
-    }
+    from.outgoing_change(table, &id, &Default::default())
+        .unwrap()
+        .expect("record exists")
 }
 
 /// Sends records from one store to another, as one page.

@@ -12,8 +12,8 @@ use super::{
 use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
 use crate::clock::{wall_millis, Clock};
 use crate::merge::conflicts::{self, fingerprint, ClashOutcome, Keep};
-use crate::merge::{self, Conflict, Edit, EditError, MergeKind, Revision, RevisionKind};
-use crate::model::{check_fields, validate_table, RecordState, ValidationError};
+use crate::merge::{self, Cause, Conflict, Edit, EditError, MergeKind, Revision, RevisionKind};
+use crate::model::{check_fields, covers, validate_table, RecordState, ValidationError};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
@@ -233,6 +233,15 @@ impl Store {
                 return Err(StoreError::LocalOnly(ch.table.clone()));
             }
             check_fields(&ch.state.live_fields())?;
+            // A revision must be one of the events the state reflects: anything else would
+            // put a revision in the history that never happened to this record.
+            if let Some(r) = ch.history.iter().find(|r| !covers(&ch.state.vv, &r.at)) {
+                return Err(StoreError::BadHistory(format!(
+                    "{}/{}: revision {} is not an event of the record's state; the sender \
+                     must be fixed or upgraded",
+                    ch.table, ch.id, r.at
+                )));
+            }
         }
         Ok(())
     }
@@ -244,6 +253,15 @@ impl Store {
         if entry.resolved.is_some() {
             return Err(StoreError::BadResolution(format!(
                 "conflict {id} is already resolved"
+            )));
+        }
+        // "local"/"remote" name the sides as the detecting instance saw them: on any other
+        // instance they would keep the wrong one.
+        if let (Keep::Local | Keep::Remote, Some(by)) = (&keep, entry.reported_by) {
+            return Err(StoreError::BadResolution(format!(
+                "conflict {id} was detected on instance {by}, so local/remote are that \
+                 laptop's sides, not this one's: use --keep mine | theirs, --keep-from \
+                 NAME_OR_ID, --keep-value JSON, or --keep deleted | alive"
             )));
         }
         let (guard, mut b) = self.begin();
@@ -373,9 +391,23 @@ impl Batch<'_> {
                     reported.push(r.clone());
                 }
             }
+            // The revisions come as their makers recorded them; the merge invents none. A
+            // record whose one event is its creation comes without history: date the creation
+            // by that event.
+            let mut revisions = ch.history.clone();
+            if revisions.is_empty() && state.vv.len() == 1 {
+                let at = merge::latest_event(&state);
+                if !prev.as_ref().is_some_and(|p| covers(&p.state.vv, &at)) {
+                    revisions.push(only_revision(&state, at));
+                }
+            }
             // An unchanged record is still written when it brings news of a conflict, so that
             // the report reaches this instance's other peers too.
             if out.kind == MergeKind::NoOp && reported.is_empty() && out.conflicts.is_empty() {
+                // Nothing new in the state, but a revision this instance lacks is still kept.
+                let created = prev.as_ref().and_then(|p| p.created.as_ref()).map(|c| c.at);
+                revisions.retain(|r| Some(r.at) != created);
+                self.stage_history(&suffix, revisions, Source::Peer(peer.unwrap_or_default()))?;
                 continue;
             }
             stats.applied += 1;
@@ -388,7 +420,7 @@ impl Batch<'_> {
                 id: ch.id,
                 prev,
                 state: out.state,
-                revisions: out.revisions,
+                revisions,
                 source: if out.kind == MergeKind::Merge {
                     Source::Merge(from)
                 } else {
@@ -544,25 +576,40 @@ impl Batch<'_> {
         }
 
         let mut created = p.prev.as_ref().and_then(|r| r.created.clone());
+        let creates = p
+            .revisions
+            .iter()
+            .filter(|r| r.kind == RevisionKind::Create)
+            .count();
+        let mut later = Vec::with_capacity(p.revisions.len());
         for revision in p.revisions {
-            if p.prev.is_none() && created.is_none() && revision.kind == RevisionKind::Create {
-                created = Some(Created {
-                    at: revision.at,
-                    source: p.source,
-                    applied_at: self.now,
-                });
-                continue;
+            if revision.kind == RevisionKind::Create {
+                match (&p.prev, &created) {
+                    // The common case: one creation, kept as a marker (values rebuilt on
+                    // reading), one write less per new record.
+                    (None, None) => {
+                        created = Some(Created {
+                            at: revision.at,
+                            source: p.source,
+                            applied_at: self.now,
+                        });
+                        if creates == 1 {
+                            continue;
+                        }
+                    }
+                    // Another instance created the same id concurrently: the history is no
+                    // longer a line, so this record's own creation is stored whole first.
+                    (Some(prev), Some(c)) if c.at != revision.at => {
+                        self.materialize_creation(&suffix, prev, c)?;
+                    }
+                    // Our own creation again: the marker has it.
+                    (Some(_), Some(c)) if c.at == revision.at => continue,
+                    _ => {}
+                }
             }
-            let hk = keys::history(&suffix, &revision.at);
-            if self.txn.get(&hk)?.is_none() {
-                let e = HistoryEntry {
-                    revision,
-                    source: p.source,
-                    applied_at: self.now,
-                };
-                self.txn.put(hk, super::encode_compact(&e));
-            }
+            later.push(revision);
         }
+        self.stage_history(&suffix, later, p.source)?;
 
         let logged = conflicts.len() as u64;
         let first_id = self.w.next_conflict - logged;
@@ -579,6 +626,13 @@ impl Batch<'_> {
                 seq,
                 reported_by,
             };
+            // A name clash is about two records: index it under both, so a change of either
+            // re-checks it.
+            if let ConflictDetail::NameClash { other, .. } = &entry.detail {
+                let other_suffix = keys::record_suffix(p.table, other);
+                self.txn
+                    .put(keys::conflict_by_record(&other_suffix, id), Vec::new());
+            }
             self.txn.put(keys::conflict(id), encode(&entry));
             self.txn
                 .put(keys::conflict_by_record(&suffix, id), Vec::new());
@@ -602,7 +656,91 @@ impl Batch<'_> {
             created,
         };
         self.txn.put(keys::record(&suffix), encode_record(&rec));
+        if self.store.config.unique_fields(p.table).next().is_some() {
+            self.recheck_clashes(&suffix)?;
+        }
         Ok(logged)
+    }
+
+    /// Clears the open name clashes of a record whose two records no longer share the value
+    /// (either changed it, locally or by sync, or was deleted). Run after every write of the
+    /// record, so every instance clears a clash once the values differ there.
+    fn recheck_clashes(&mut self, suffix: &[u8]) -> Result<(), StoreError> {
+        for (cid, mut entry) in self.record_conflicts(suffix)? {
+            let ConflictDetail::NameClash {
+                field,
+                value,
+                other,
+            } = &entry.detail
+            else {
+                continue;
+            };
+            if entry.resolved.is_some() {
+                continue;
+            }
+            let mut shared = true;
+            for rid in [entry.record, *other] {
+                let rec = self.load(&keys::record_suffix(&entry.table, &rid))?;
+                let now = rec
+                    .as_ref()
+                    .filter(|r| r.state.is_alive())
+                    .and_then(|r| r.state.value(field));
+                shared &= now == Some(value);
+            }
+            if !shared {
+                entry.resolved = Some(Resolution {
+                    at: self.now,
+                    how: format!("cleared: the two records no longer share {field} = {value}"),
+                });
+                self.txn.put(keys::conflict(cid), encode(&entry));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the record's creation (so far a marker, rebuilt on reading) whole into the history,
+    /// rebuilt from the record as it was before this change.
+    fn materialize_creation(
+        &mut self,
+        suffix: &[u8],
+        prev: &StoredRecord,
+        c: &Created,
+    ) -> Result<(), StoreError> {
+        let hk = keys::history(suffix, &c.at);
+        if self.txn.get(&hk)?.is_some() {
+            return Ok(());
+        }
+        let mut stored = Vec::new();
+        for k in self.txn.keys_with_prefix(&keys::history_of(suffix))? {
+            if let Some(v) = self.txn.get(&k)? {
+                stored.push(super::decode_compact::<HistoryEntry>(&v)?);
+            }
+        }
+        let e = super::creation_entry(prev, c, &stored);
+        self.txn.put(hk, super::encode_compact(&e));
+        Ok(())
+    }
+
+    /// Stores revisions under their stamps, skipping any already stored (the same revision
+    /// arriving by two paths is kept once).
+    fn stage_history(
+        &mut self,
+        suffix: &[u8],
+        revisions: Vec<Revision>,
+        source: Source,
+    ) -> Result<(), StoreError> {
+        for revision in revisions {
+            let hk = keys::history(suffix, &revision.at);
+            if self.txn.get(&hk)?.is_none() {
+                let e = HistoryEntry {
+                    revision,
+                    source,
+                    applied_at: self.now,
+                };
+                self.txn.put(hk, super::encode_compact(&e));
+            }
+        }
+        Ok(())
     }
 
     /// The record's conflict log as this batch would leave it: (conflict id, entry).
@@ -658,6 +796,29 @@ impl Batch<'_> {
             self.txn.put(keys::conflict(id), encode(&entry));
         }
         Ok(())
+    }
+}
+
+/// The one revision of a record whose only event is `at`, its creation: every field the state
+/// has was written by it (what [`merge::local_edit`] recorded for a create).
+fn only_revision(state: &RecordState, at: crate::clock::Hlc) -> Revision {
+    let changes = state
+        .fields
+        .iter()
+        .filter(|(_, f)| f.stamp == at)
+        .filter_map(|(k, f)| {
+            f.value.clone().map(|v| merge::FieldChange {
+                field: k.clone(),
+                old: None,
+                new: Some(v),
+            })
+        })
+        .collect();
+    Revision {
+        at,
+        kind: RevisionKind::Create,
+        changes,
+        cause: Cause::Edit,
     }
 }
 

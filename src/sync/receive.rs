@@ -59,7 +59,7 @@ impl ReceiveError {
 /// else is ours (and nothing was written).
 pub(crate) fn store_refusal(e: &StoreError) -> ProtocolError {
     match e {
-        StoreError::Invalid(_) | StoreError::LocalOnly(_) => {
+        StoreError::Invalid(_) | StoreError::LocalOnly(_) | StoreError::BadHistory(_) => {
             ProtocolError::new(codes::INVALID_PAGE, format!("page refused: {e}"))
         }
         other => ProtocolError::new(
