@@ -55,13 +55,14 @@ impl App {
         ) {
             m.insert("api".into(), json!(url));
         }
+        let quarantined: u64 = peers.iter().map(|p| p.quarantined).sum();
         let info = store.instance();
         Ok(json!({
             "instance": info.id, "name": info.name, "owner": info.owner,
             "contact": info.contact, "data_dir": store.dir(), "feed_seq": store.seq(),
             "tables": tables, "unresolved_conflicts": unresolved,
             "peers": {"known": peers.len(), "online": online, "last_sync": last_sync,
-                      "failing": failing},
+                      "failing": failing, "quarantined": quarantined},
             "agent": agent,
         }))
     }

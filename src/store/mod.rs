@@ -316,6 +316,9 @@ pub struct PeerRow {
     /// Addresses it was last reachable at (tried on restart).
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// Records from this peer dropped because they failed validation (quarantined), in total.
+    #[serde(default)]
+    pub quarantined: u64,
 }
 
 /// Live and deleted record counts of one table.

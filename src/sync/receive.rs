@@ -3,7 +3,7 @@
 //! [`receive_page`], and both sides record the other's hello through [`note_hello`].
 //!
 //! An incoming page is decoded and bounds-checked (`protocol::decode_changes`), admitted
-//! (revocations signed, revoked writers dropped: [`super::admit`]), then committed with the
+//! (invalid revocations quarantined, revoked writers dropped: [`super::admit`]), then committed with the
 //! position it advances to in one store batch ([`Store::commit_page`]). Anything refused is
 //! refused before a byte is written.
 
@@ -69,6 +69,8 @@ pub struct Received {
     pub committed: Committed,
     /// Records in the page after admission.
     pub records: u64,
+    /// Records dropped from the page because they failed validation (see [`super::admit`]).
+    pub quarantined: u64,
 }
 
 /// Decodes, admits and commits one page from `from` with the position it advances to.
@@ -83,7 +85,7 @@ pub fn receive_page(
     ends_session: bool,
 ) -> Result<Received, ReceiveError> {
     let mut changes = protocol::decode_changes(page).map_err(ReceiveError::Refused)?;
-    admit(transport, &mut changes).map_err(ReceiveError::Refused)?;
+    let admitted = admit(store, transport, &mut changes);
     let committed = store.commit_page(PageCommit {
         peer: from,
         changes: &changes,
@@ -93,9 +95,18 @@ pub fn receive_page(
         knowledge,
         ends_session,
     })?;
+    if admitted.quarantined > 0 {
+        // Bookkeeping after the page: losing it in a crash loses a count, not data.
+        store
+            .update_peer(&from, |row| {
+                row.quarantined += admitted.quarantined as u64;
+            })
+            .map_err(CommitError::Store)?;
+    }
     Ok(Received {
         committed,
         records: changes.len() as u64,
+        quarantined: admitted.quarantined as u64,
     })
 }
 
