@@ -875,3 +875,64 @@ fn revoking_the_coordinator_itself_needs_force() {
     coord.ok(&["mesh", "revoke", &id, "--reason", "retiring", "--force"]);
     assert_eq!(coord.revoked(), vec![id]);
 }
+
+/// Issue #18 item 3: a member's knowledge claim (the year-4000 maximum for every instance,
+/// plus thousands of made-up instances) is bounded: unknown instances dropped, the rest never
+/// beyond now. A record written afterwards still reaches the victim and travels on, and the
+/// victim's hello stays small.
+#[test]
+fn a_member_cannot_poison_knowledge() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let b = coord.enroll("b");
+    let c = coord.enroll("c");
+    let a = coord.enroll("a");
+    let agent_b = b.start(&[]);
+    let agent_c = c.start(&[]);
+    coord.put("person", json!({"name": "before"}));
+    coord.ok(&["sync", &agent_b.addr]);
+    b.ok(&["sync", &agent_c.addr]);
+
+    let a_id = a.id();
+    let call = member_session(&a, &agent_b);
+    let mut claim = serde_json::Map::new();
+    for id in [coord.id(), b.id(), c.id(), a_id.clone()] {
+        claim.insert(id, json!(protocol::MAX_STAMP_TS));
+    }
+    let made_up: Vec<String> = (0..3000).map(|_| Uuid::new_v4().to_string()).collect();
+    for id in &made_up {
+        claim.insert(id.clone(), json!(ts_from_millis(wall_millis())));
+    }
+    let ordinary = change("person", Uuid::new_v4(), &a_id, json!({"name": "from a"}));
+    let mut req = push(&a_id, std::slice::from_ref(&ordinary), ENC_JSON);
+    req["knowledge"] = Value::Object(claim);
+    let res = call("fieldsync_push", &req);
+    assert_eq!(res["result"]["stats"]["applied"], 1, "{res}");
+    assert!(
+        agent_b.log().contains("knowledge claim bounded"),
+        "{}",
+        agent_b.log()
+    );
+
+    let reply = call("fieldsync_hello", &hello(&a_id));
+    let k = reply["result"]["knowledge"].as_object().expect("knowledge");
+    assert!(k.len() <= 5, "{k:?}");
+    assert!(made_up.iter().all(|id| !k.contains_key(id)));
+    let ceiling = ts_from_millis(wall_millis() + 60_000);
+    for (id, ts) in k {
+        assert!(ts.as_u64().unwrap() <= ceiling, "{id}: {ts}");
+    }
+
+    // A record the coordinator writes now still reaches B, and B passes it on to C.
+    std::thread::sleep(Duration::from_millis(5));
+    let fresh = coord.put("person", json!({"name": "after the poison"}));
+    coord.ok(&["sync", &agent_b.addr]);
+    b.ok(&["get", "person", &fresh]);
+    b.ok(&["sync", &agent_c.addr]);
+    c.ok(&["get", "person", &fresh]);
+    coord.ok(&["sync", &agent_c.addr]);
+    let want = coord.digest(&["person"]);
+    assert_eq!(want.0, 3);
+    assert_eq!(b.digest(&["person"]), want);
+    assert_eq!(c.digest(&["person"]), want);
+}
