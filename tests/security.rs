@@ -936,3 +936,76 @@ fn a_member_cannot_poison_knowledge() {
     assert_eq!(b.digest(&["person"]), want);
     assert_eq!(c.digest(&["person"]), want);
 }
+
+/// Peak resident memory of a process (`VmHWM`), in kB.
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue #18 item 5 (the page bomb): a few-KB zstd page declaring 20,000 records whose
+/// columns hold a million rows is refused before the rows are built (the agent's peak memory
+/// stays small), and a legitimate sync still completes afterwards.
+#[test]
+fn a_page_holding_more_rows_than_it_declares_is_refused_cheaply() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let host = coord.enroll("host");
+    let a = coord.enroll("a");
+    let agent = host.start(&[]);
+    let a_id = a.id();
+    let node: Uuid = a_id.parse().unwrap();
+    const ROWS: usize = 1_000_000;
+    // The packed layout's columns (nodes, tables, table, ids, vv, del_seen, deleted,
+    // conflicts, columns), each per-record column a million rows long.
+    let raw = rmp_serde::to_vec(&(
+        vec![node],
+        vec!["person"],
+        vec![0u16; ROWS],
+        Vec::<u8>::new(),
+        vec![Vec::<(u16, i64)>::new(); ROWS],
+        vec![Vec::<(u16, u64)>::new(); ROWS],
+        vec![None::<(u64, u16)>; ROWS],
+        vec![Vec::<u8>::new(); ROWS],
+        Vec::<u8>::new(),
+    ))
+    .unwrap();
+    let packed = zstd::bulk::compress(&raw, 19).unwrap();
+    assert!(packed.len() < 64 * 1024, "{} bytes", packed.len());
+    let data = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &packed);
+    let call = member_session(&a, &agent);
+    let before_kb = peak_rss_kb(agent.proc.0.id());
+    let started = Instant::now();
+    let mut req = push(&a_id, &[], ENC_ZSTD);
+    req["page"]["count"] = json!(20_000);
+    req["page"]["next"] = json!(20_000);
+    req["page"]["data"] = json!(data);
+    let res = call("fieldsync_push", &req);
+    assert_eq!(error_code(&res), Some(1004), "{res}");
+    assert!(
+        res["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("declares 20000 records"),
+        "{res}"
+    );
+    let after_kb = peak_rss_kb(agent.proc.0.id());
+    assert!(
+        after_kb < 100 * 1024,
+        "peak RSS {before_kb} kB → {after_kb} kB"
+    );
+    assert!(started.elapsed() < CMD_LIMIT);
+    assert_eq!(host.status()["feed_seq"], 0);
+    // A legitimate member still syncs.
+    a.put("person", json!({"name": "ordinary"}));
+    a.ok(&["sync", &agent.addr]);
+    assert_eq!(person_count(&host), 1);
+    eprintln!(
+        "page bomb refused in {:?}, agent peak RSS {before_kb} kB → {after_kb} kB",
+        started.elapsed()
+    );
+}
