@@ -1057,3 +1057,40 @@ fn connection_floods_do_not_stop_a_members_sync() {
     drop(silent);
     drop(trickling);
 }
+
+/// Issue #18 item 4 (the tombstone bomb, partly): a delete whose `del_seen` claims the year
+/// 3000 for every laptop is refused whole (it would delete every later edit), the record stays
+/// alive, and the laptops still converge.
+#[test]
+fn a_delete_claiming_the_far_future_is_refused() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let host = coord.enroll("host");
+    let a = coord.enroll("a");
+    let agent = host.start(&[]);
+    let victim = coord.put("person", json!({"name": "keep me"}));
+    coord.ok(&["sync", &agent.addr]);
+    let a_id = a.id();
+    let node: Uuid = a_id.parse().unwrap();
+    let far = ts_from_millis(32_503_680_000_000); // 3000-01-01
+    let mut bomb = change("person", victim.parse().unwrap(), &a_id, json!({}));
+    bomb.state.deleted = Some(Hlc {
+        ts: ts_from_millis(wall_millis()),
+        node,
+    });
+    for id in [coord.id(), host.id(), a_id.clone()] {
+        bomb.state.del_seen.insert(id.parse().unwrap(), far);
+    }
+    let call = member_session(&a, &agent);
+    let res = call("fieldsync_push", &push(&a_id, &[bomb], ENC_JSON));
+    assert_eq!(error_code(&res), Some(1004), "{res}");
+    let msg = res["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("more than a day ahead"), "{res}");
+    assert!(msg.contains("3000-01-01"), "{res}");
+    host.ok(&["get", "person", &victim]);
+    // An edit after the attack is still a real edit everywhere.
+    coord.ok(&["patch", "person", &victim, r#"{"name":"kept"}"#]);
+    coord.ok(&["sync", &agent.addr]);
+    assert!(host.ok(&["get", "person", &victim]).contains("kept"));
+    assert_eq!(host.digest(&["person"]), coord.digest(&["person"]));
+}

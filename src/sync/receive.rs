@@ -85,6 +85,7 @@ pub fn receive_page(
     ends_session: bool,
 ) -> Result<Received, ReceiveError> {
     let mut changes = protocol::decode_changes(page).map_err(ReceiveError::Refused)?;
+    check_future_stamps(&changes, wall_millis()).map_err(ReceiveError::Refused)?;
     let admitted = admit(store, transport, &mut changes);
     let bounded = match knowledge {
         Some(k) if !page.more => Some(bound_knowledge(store, from, k, &changes)?),
@@ -183,6 +184,42 @@ pub fn bound_knowledge(
               "peer's knowledge claim bounded: unknown instances dropped, future stamps lowered");
     }
     Ok(out)
+}
+
+/// How far ahead of our clock any stamp of an incoming record may be (field stamps, `vv`,
+/// `del_seen`, the delete), in milliseconds. A stamp further ahead is a wrong clock or a forgery
+/// (a delete whose `del_seen` claims the far future would delete every later edit): the page is
+/// refused, nothing is written, and the sender resends it once the clocks agree.
+pub const MAX_FUTURE_STAMP_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Refuses a page holding a stamp more than [`MAX_FUTURE_STAMP_MS`] ahead of `now_ms`.
+pub fn check_future_stamps(
+    changes: &[crate::change::RemoteChange],
+    now_ms: u64,
+) -> Result<(), ProtocolError> {
+    let limit = crate::clock::ts_from_millis(now_ms.saturating_add(MAX_FUTURE_STAMP_MS));
+    for ch in changes {
+        let s = &ch.state;
+        let latest = s
+            .max_ts()
+            .max(s.del_seen.values().copied().max().unwrap_or(0))
+            .max(s.deleted.map_or(0, |d| d.ts));
+        if latest > limit {
+            let at = crate::clock::millis_to_time(latest >> 16);
+            return Err(ProtocolError::new(
+                codes::INVALID_PAGE,
+                format!(
+                    "record {}/{} carries a stamp dated {}, more than a day ahead of this \
+                     laptop's clock: set the clock right on the laptop that wrote it, then sync \
+                     again",
+                    ch.table,
+                    ch.id,
+                    at.format("%Y-%m-%d %H:%M UTC")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Which side of a session saw the hello.

@@ -556,10 +556,8 @@ pub fn trickling_member(
     let name = ServerName::try_from("fieldsync.mesh").unwrap();
     let conn = rustls::ClientConnection::new(cfg.clone(), name).ok()?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let head = format!(
-        "POST / HTTP/1.1\r\nHost: fieldsync\r\nContent-Type: application/json\r\n\
-         Content-Length: 100000\r\n\r\n{{"
-    );
+    let head = "POST / HTTP/1.1\r\nHost: fieldsync\r\nContent-Type: application/json\r\n\
+                Content-Length: 100000\r\n\r\n{";
     tls.write_all(head.as_bytes()).ok()?;
     tls.flush().ok()?;
     Some(tls)
