@@ -180,6 +180,6 @@ pub fn peer_json(r: &PeerRow) -> Value {
         "sync_count": r.sync_count, "received_upto": r.received_upto,
         "clock_offset_ms": r.clock_offset_ms, "last_error": r.last_error,
         "last_attempt": r.last_attempt, "online": r.online, "last_seen": r.last_seen,
-        "addresses": r.addresses,
+        "addresses": r.addresses, "quarantined": r.quarantined,
     })
 }

@@ -152,12 +152,13 @@ pub fn bound_knowledge(
     let base = now.min(sender_now);
     let own_limit = crate::clock::ts_from_millis(base + MAX_CLOCK_SKEW_MS);
     let other_limit = crate::clock::ts_from_millis(base);
-    let known = |id: &Uuid| {
-        *id == from
-            || ours.contains_key(id)
-            || peers.iter().any(|p| p.instance == *id)
-            || changes.iter().any(|c| c.state.vv.contains_key(id))
-    };
+    // Sets built once: a claim may list hundreds of thousands of instances.
+    let met: std::collections::HashSet<Uuid> = peers
+        .iter()
+        .map(|p| p.instance)
+        .chain(changes.iter().flat_map(|c| c.state.vv.keys().copied()))
+        .collect();
+    let known = |id: &Uuid| *id == from || ours.contains_key(id) || met.contains(id);
     let mut room = MAX_KNOWLEDGE_ENTRIES.saturating_sub(ours.len());
     let mut out = Knowledge::new();
     let (mut dropped, mut lowered) = (0usize, 0usize);
