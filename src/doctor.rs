@@ -96,6 +96,7 @@ pub fn run(
         Ok(store) => {
             checks.push(pass("database", database_detail(&store)));
             checks.push(credential_check(&dir, Some(store.id())));
+            checks.push(identity_check(&store));
             drop(store);
             checks.extend(environment_checks(&config, None));
         }
@@ -187,11 +188,39 @@ pub fn run_with_store(
     };
     checks.push(pass("database", db));
     checks.push(credential_check(dir, Some(store.id())));
+    checks.push(identity_check(store));
     let agent_listen = live
         .as_ref()
         .and_then(|l| l["listen"].as_str().map(str::to_string));
     checks.extend(environment_checks(store.config(), agent_listen));
     report(&checks, out)
+}
+
+/// Fails when an instance id was seen used by two data directories (a peer we refuse, or
+/// this laptop refused by a peer), with the fix.
+fn identity_check(store: &Store) -> Check {
+    match crate::sync::identity_problems(store) {
+        Ok(p) if p.is_empty() => pass(
+            "identity",
+            format!(
+                "no instance id seen in use by two data directories (incarnation {})",
+                store.incarnation().id
+            ),
+        ),
+        Ok(p) => fail(
+            "identity",
+            p.iter()
+                .map(|x| x.problem.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+            crate::sync::DUPLICATE_FIX,
+        ),
+        Err(e) => fail(
+            "identity",
+            format!("cannot read the peer list: {e}"),
+            "run `fieldsync doctor` again; if it persists, restore the latest backup",
+        ),
+    }
 }
 
 fn report(checks: &[Check], out: &mut dyn Write) -> Result<(), CliError> {

@@ -1,4 +1,6 @@
-//! Import and export formats (JSONL, CSV, op files) and the canonical content digest.
+//! Export formats (JSONL, CSV), op files and the canonical content digest. Import lives in
+//! [`crate::import`]; `csv_cell` here is the export side's view of its type rules, so an
+//! exported CSV imports back to the same values.
 //!
 //! The JSONL record format is the one of `shared/gen.py`:
 //! `{"table":"person","id":"<uuid>","fields":{...}}`, and the digest is computed exactly as
@@ -44,119 +46,8 @@ fn line_err(line: usize, message: impl ToString) -> FormatError {
 /// Canonical JSON moved to [`crate::canonical`]; kept here so existing callers compile.
 pub use crate::canonical::canonical_json;
 
-/// One record read from an import file, with its source line.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ImportRecord {
-    /// Source line (1-based).
-    pub line: usize,
-    /// The id: kept from the file, or new.
-    pub id: Uuid,
-    /// The fields.
-    pub fields: Fields,
-}
-
-fn take_id(fields: &mut Fields, line: usize) -> Result<Uuid, FormatError> {
-    match fields.remove("id") {
-        None => Ok(Uuid::new_v4()),
-        Some(Value::String(s)) => model::parse_id(&s).map_err(|e| line_err(line, e)),
-        Some(other) => Err(line_err(
-            line,
-            format!(
-                "\"id\" must be a UUID string, got {}",
-                model::json_type(&other)
-            ),
-        )),
-    }
-}
-
-/// Reads JSONL records for `table`: gen.py's `{"table","id","fields"}` lines, or plain field
-/// objects (an `"id"` key, if present, keeps the id). Blank lines are skipped.
-pub fn read_jsonl(table: &str, input: impl BufRead) -> Result<Vec<ImportRecord>, FormatError> {
-    let mut out = Vec::new();
-    for (n, line) in input.lines().enumerate() {
-        let line_no = n + 1;
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: Value = serde_json::from_str(&line)
-            .map_err(|e| line_err(line_no, format!("malformed JSON: {e}")))?;
-        let Value::Object(mut obj) = v else {
-            return Err(line_err(line_no, "expected a JSON object"));
-        };
-        let (id, fields) = if obj.contains_key("fields") {
-            if let Some(t) = obj.get("table") {
-                if t.as_str() != Some(table) {
-                    return Err(line_err(
-                        line_no,
-                        format!("record is for table {t}, importing into {table:?}"),
-                    ));
-                }
-            }
-            let fields = validate_fields(obj.remove("fields").unwrap_or_default())
-                .map_err(|e| line_err(line_no, e))?;
-            let id = take_id(&mut obj, line_no)?;
-            (id, fields)
-        } else {
-            let id = take_id(&mut obj, line_no)?;
-            model::check_fields(&obj).map_err(|e| line_err(line_no, e))?;
-            (id, obj)
-        };
-        out.push(ImportRecord {
-            line: line_no,
-            id,
-            fields,
-        });
-    }
-    Ok(out)
-}
-
-/// Reads CSV with a header row of field names; an `id` column keeps ids. Empty cells are
-/// absent fields; cells that are JSON numbers, booleans, arrays or objects keep that type, a
-/// JSON-quoted cell (`"34"`) is that string, everything else is a string as written.
-pub fn read_csv(input: impl std::io::Read) -> Result<Vec<ImportRecord>, FormatError> {
-    let mut rdr = csv::ReaderBuilder::new().flexible(false).from_reader(input);
-    let headers = rdr
-        .headers()
-        .map_err(|e| line_err(1, format!("malformed CSV header: {e}")))?
-        .clone();
-    if let Some(h) = headers.iter().find(|h| h.is_empty()) {
-        return Err(line_err(
-            1,
-            format!("empty column name {h:?} in the header"),
-        ));
-    }
-    let mut out = Vec::new();
-    for row in rdr.records() {
-        let row = row.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line() as usize);
-            line_err(line, format!("malformed CSV row: {e}"))
-        })?;
-        let line = row.position().map_or(0, |p| p.line() as usize);
-        let mut fields = Fields::new();
-        let mut id = None;
-        for (h, cell) in headers.iter().zip(row.iter()) {
-            if h == "id" {
-                if !cell.is_empty() {
-                    id = Some(model::parse_id(cell).map_err(|e| line_err(line, e))?);
-                }
-                continue;
-            }
-            if cell.is_empty() {
-                continue;
-            }
-            fields.insert(h.to_string(), csv_cell(cell));
-        }
-        model::check_fields(&fields).map_err(|e| line_err(line, e))?;
-        out.push(ImportRecord {
-            line,
-            id: id.unwrap_or_else(Uuid::new_v4),
-            fields,
-        });
-    }
-    Ok(out)
-}
-
+/// How an import reads a CSV cell, as far as an export needs to know to quote strings that
+/// would otherwise read back as another type.
 fn csv_cell(cell: &str) -> Value {
     match serde_json::from_str::<Value>(cell) {
         // A JSON-quoted cell is a string that would otherwise read as another type (or is empty).
@@ -340,39 +231,6 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn jsonl_accepts_gen_py_lines_and_plain_objects() {
-        let id = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
-        let input = format!(
-            "{{\"table\":\"person\",\"id\":\"{id}\",\"fields\":{{\"name\":\"A\"}}}}\n\n{{\"name\":\"B\"}}\n"
-        );
-        let r = read_jsonl("person", input.as_bytes()).unwrap();
-        assert_eq!(r.len(), 2);
-        assert_eq!(r[0].id.to_string(), id);
-        assert_eq!(r[1].line, 3);
-    }
-
-    #[test]
-    fn jsonl_errors_name_the_line() {
-        let e = read_jsonl("person", "{\"a\":1}\n{bad\n".as_bytes()).unwrap_err();
-        assert!(e.to_string().starts_with("line 2: malformed JSON"), "{e}");
-        let e = read_jsonl("person", "[1]\n".as_bytes()).unwrap_err();
-        assert!(e.to_string().contains("line 1"), "{e}");
-        let e = read_jsonl("person", "{\"id\":\"nope\"}\n".as_bytes()).unwrap_err();
-        assert!(e.to_string().contains("not a UUID"), "{e}");
-    }
-
-    #[test]
-    fn csv_cells_keep_types() {
-        let r = read_csv("id,name,age,tags\n,Ana,34,\"[1,2]\"\n,007,,\n".as_bytes()).unwrap();
-        assert_eq!(
-            Value::Object(r[0].fields.clone()),
-            json!({"name": "Ana", "age": 34, "tags": [1, 2]})
-        );
-        assert_eq!(Value::Object(r[1].fields.clone()), json!({"name": "007"}));
-        assert_eq!(r[1].line, 3);
-    }
-
-    #[test]
     fn csv_strings_that_look_like_other_types_round_trip() {
         for v in [
             json!("34"),
@@ -385,12 +243,6 @@ mod tests {
             assert_eq!(csv_cell(&csv_text(&v)), v, "{v}");
         }
         assert_eq!(csv_cell("34"), json!(34));
-    }
-
-    #[test]
-    fn csv_ragged_rows_are_errors_with_lines() {
-        let e = read_csv("a,b\n1,2\n3\n".as_bytes()).unwrap_err();
-        assert!(e.to_string().starts_with("line 3"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! - [`canonical`]: canonical JSON for digests and signatures.
 //! - [`store`]: the sled database: records, feed, history, conflicts, peers; atomic batches.
 //! - [`config`]: `fieldsync.toml` → validated settings.
-//! - [`formats`]: JSONL/CSV import and export, the content digest.
+//! - [`formats`]: JSONL/CSV export, op files, the canonical digest.
+//! - [`import`]: `import`: CSV, JSONL and spreadsheets into a table by id or natural key, all
+//!   or nothing in bounded memory.
 //! - [`mesh`]: deployment CA, credentials, join files, signed revocations.
 //! - [`tls`]: rustls configs for mutual TLS within a deployment.
 //! - [`protocol`]: the JSON-RPC wire contract, its server (accept loop) and client.
@@ -51,6 +53,7 @@ pub mod formats;
 pub mod fuzzing;
 pub mod gen;
 pub mod http;
+pub mod import;
 pub mod merge;
 pub mod mesh;
 pub mod model;

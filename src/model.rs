@@ -181,6 +181,18 @@ pub fn vv_join(into: &mut VersionVector, other: &VersionVector) {
     }
 }
 
+/// One life of an instance, as peers see it in `hello`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incarnation {
+    /// Random id of this incarnation.
+    pub id: Uuid,
+    /// When it began, epoch milliseconds; a successor always has a larger value.
+    pub since: u64,
+    /// The incarnation it continues (restored, rolled back or copied from); `None` for a data
+    /// directory created by `init`.
+    pub parent: Option<Uuid>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,7 +53,7 @@ pub struct Repaired {
     /// This laptop's instance id (unchanged).
     pub instance: Uuid,
     /// The new incarnation.
-    pub incarnation: u64,
+    pub incarnation: uuid::Uuid,
     /// Live records after the repair.
     pub live_records: u64,
     /// Digest of all tables after the repair.
@@ -114,7 +114,7 @@ pub fn repair(dir: &Path, config: Config) -> Result<Repaired, RepairError> {
         snapshot: restored,
         unusable_snapshots: unusable,
         instance: store.id(),
-        incarnation: store.incarnation()?,
+        incarnation: store.incarnation().id,
         live_records,
         sha256,
     })

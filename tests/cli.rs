@@ -364,7 +364,8 @@ fn jsonl_export_import_round_trip_keeps_ids_and_values() {
     let r = b.ok(&["import", "person", path_str(&file)]).json();
     assert_eq!(
         r,
-        json!({"table": "person", "records": 301, "written": 301, "unchanged": 0})
+        json!({"table": "person", "records": 301, "inserted": 301, "updated": 0,
+               "unchanged": 0, "deleted_kept": 0})
     );
     assert_eq!(b.ok(&["export", "person"]).stdout, export.stdout);
     assert_eq!(fields(&b.ok(&["get", "person", ID]).json()), &odd);
@@ -373,7 +374,8 @@ fn jsonl_export_import_round_trip_keeps_ids_and_values() {
 
     // Importing the same file again changes nothing.
     let again = b.ok(&["import", "person", path_str(&file)]).json();
-    assert_eq!(again["written"], 0);
+    assert_eq!(again["inserted"], 0);
+    assert_eq!(again["updated"], 0);
     assert_eq!(again["unchanged"], 301);
 }
 
@@ -586,11 +588,12 @@ fn invalid_input_is_refused_with_exit_2_and_writes_nothing() {
     a.ok(&["put", "person", "--id", ID, r#"{"name":"A"}"#]);
     let before = a.snapshot();
     let big = json!({"blob": "x".repeat(1 << 20)}).to_string();
-    let csv_ragged = a.file("ragged.csv", "id,name,age\n,Ana,3\n,Bo\n");
-    let csv_bad_id = a.file("badid.csv", "id,name\n,Ana\nnot-a-uuid,Bo\n");
-    let jsonl_bad = a.file("bad.jsonl", "{\"name\":\"ok\"}\n{\"name\":\n");
-    let jsonl_array = a.file("array.jsonl", "{\"name\":\"ok\"}\n[1,2]\n");
-    let jsonl_big = a.file("big.jsonl", format!("{{\"name\":\"ok\"}}\n{big}\n"));
+    let csv_ragged = a.file("ragged.csv", format!("id,name,age\n{ID},Ana,3\n,Bo\n"));
+    let csv_bad_id = a.file("badid.csv", format!("id,name\n{ID},Ana\nnot-a-uuid,Bo\n"));
+    let ok_line = format!("{{\"id\":\"{ID}\",\"name\":\"ok\"}}");
+    let jsonl_bad = a.file("bad.jsonl", format!("{ok_line}\n{{\"name\":\n"));
+    let jsonl_array = a.file("array.jsonl", format!("{ok_line}\n[1,2]\n"));
+    let jsonl_big = a.file("big.jsonl", format!("{ok_line}\n{big}\n"));
     let jsonl_other_table = a.file(
         "other.jsonl",
         "{\"table\":\"shelter\",\"id\":\"6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5c\",\"fields\":{}}\n",
@@ -732,8 +735,8 @@ fn unique_fields_refuse_a_second_local_record_with_the_same_value() {
         .fails(2, &["already used", &first]);
     // Two new records clashing with each other inside one import: the second line is named.
     let f = a.file("dup.jsonl", "{\"name\":\"stove\"}\n{\"name\":\"stove\"}\n");
-    a.run(&["import", "package", path_str(&f)])
-        .fails(2, &["line 2", "stove"]);
+    a.run(&["import", "package", path_str(&f), "--new-ids"])
+        .fails(2, &["line 2", "line 1", "stove"]);
     assert_eq!(a.snapshot(), before, "nothing written");
     // The same value in another table, or on the record itself, is fine.
     a.put("person", r#"{"name":"water-kit"}"#);

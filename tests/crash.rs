@@ -1,6 +1,7 @@
-//! Power cut during an import: `fieldsync import` is one atomic batch, so a process killed with
-//! SIGKILL at any moment must leave a database that opens and holds either none or all of the
-//! imported records.
+//! Power cut during an import: a process killed with SIGKILL at any moment must leave a
+//! database that opens and holds either none or all of the imported records. An import of up to
+//! one chunk is one atomic batch; a larger one is staged, marked committed and rolled forward,
+//! and the next open finishes it (all) or discards it (none).
 
 mod common;
 
@@ -12,6 +13,13 @@ use std::time::{Duration, Instant};
 /// Enough records that an import runs for seconds in a debug build (about 2 s here for 8,000).
 /// Most of that time builds the batch in memory; sled writes it out in the last ~15%.
 const RECORDS: u64 = 8_000;
+
+/// `import person FILE` as one batch: chunks larger than the file, so nothing is staged.
+fn one_batch_import(inst: &Instance, file: &str) -> std::process::Command {
+    let mut c = inst.cmd(&["import", "person", file]);
+    c.env("FIELDSYNC_IMPORT_CHUNK_ROWS", (RECORDS + 1).to_string());
+    c
+}
 
 /// SHA-256 of nothing: the digest of an empty table.
 const EMPTY_SHA: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -41,7 +49,7 @@ fn import_killed_at_any_moment_leaves_none_or_all_records() {
     let file = file.to_str().unwrap();
 
     let started = Instant::now();
-    reference.ok(&["import", "person", file]);
+    common::run(one_batch_import(&reference, file), None).ok();
     let full_time = started.elapsed();
     let full = reference.digest(&["person"]);
     assert_eq!(full.0, RECORDS);
@@ -64,7 +72,7 @@ fn import_killed_at_any_moment_leaves_none_or_all_records() {
     let mut outcomes = Vec::new();
     for (n, at) in points.into_iter().enumerate() {
         let inst = Instance::new();
-        let mut import = inst.spawn(&["import", "person", file]);
+        let mut import = common::Background::spawn(one_batch_import(&inst, file));
         match at {
             KillAt::Time(f) => std::thread::sleep(full_time.mul_f64(f)),
             KillAt::Written(f) => {
@@ -189,4 +197,163 @@ fn a_snapshot_cut_off_by_a_kill_is_moved_aside_and_the_database_opens() {
     // And it takes writes again.
     inst.put("person", r#"{"name":"Chen"}"#);
     assert_eq!(inst.digest(&["person"]).0, 3);
+}
+
+/// Rows per chunk for the staged-import test (the default): an 8,000-row file is staged in 8
+/// chunks and rolled forward in 8 batches.
+const SMALL_CHUNK: &str = "1000";
+
+/// An import process whose log lines (stderr) arrive on a channel with their arrival time.
+struct LoggedImport {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<(Instant, String)>,
+}
+
+impl LoggedImport {
+    fn spawn(inst: &Instance, file: &str) -> LoggedImport {
+        let mut cmd = inst.cmd(&["import", "person", file]);
+        cmd.env("RUST_LOG", "fieldsync=debug")
+            .env("FIELDSYNC_IMPORT_CHUNK_ROWS", SMALL_CHUNK)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("the fieldsync binary starts");
+        let err = child.stderr.take().expect("stderr is piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                if tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        LoggedImport { child, lines }
+    }
+
+    /// Waits (bounded) for the log line saying the import committed; its arrival time.
+    fn committed(&self) -> Option<Instant> {
+        let deadline = Instant::now() + common::COMMAND_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((at, l)) if l.contains("import committed") => return Some(at),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// SIGKILL; whether it was still running.
+    fn kill9(&mut self) -> bool {
+        let running = matches!(self.child.try_wait(), Ok(None));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        running
+    }
+}
+
+impl Drop for LoggedImport {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// When to kill a staged import.
+#[derive(Clone, Copy, Debug)]
+enum StagedKill {
+    /// This fraction of the time from start to the commit marker: while staging.
+    Staging(f64),
+    /// This fraction of the roll-forward's duration after the commit marker.
+    RollForward(f64),
+}
+
+#[test]
+fn staged_import_killed_before_its_commit_leaves_none_and_after_it_all() {
+    let reference = Instance::new();
+    let file = reference.scratch("big.jsonl");
+    let mut w = BufWriter::new(std::fs::File::create(&file).unwrap());
+    fieldsync::gen::write_records(RECORDS, 78, &mut w).unwrap();
+    w.flush().unwrap();
+    drop(w);
+    let file = file.to_str().unwrap();
+
+    let started = Instant::now();
+    let mut full_run = LoggedImport::spawn(&reference, file);
+    let committed_at = full_run
+        .committed()
+        .expect("a staged import logs its commit");
+    let status = full_run.child.wait().unwrap();
+    assert!(status.success(), "reference import failed: {status:?}");
+    let (to_commit, roll_forward) = (committed_at - started, committed_at.elapsed());
+    let full = reference.digest(&["person"]);
+    assert_eq!(full.0, RECORDS);
+
+    let points = [
+        StagedKill::Staging(0.3),
+        StagedKill::Staging(0.8),
+        StagedKill::RollForward(0.0),
+        StagedKill::RollForward(0.3),
+        StagedKill::RollForward(0.7),
+    ];
+    let mut outcomes = Vec::new();
+    for at in points {
+        let inst = Instance::new();
+        let mut import = LoggedImport::spawn(&inst, file);
+        match at {
+            StagedKill::Staging(f) => std::thread::sleep(to_commit.mul_f64(f)),
+            StagedKill::RollForward(f) => {
+                import.committed().expect("the import commits");
+                std::thread::sleep(roll_forward.mul_f64(f));
+            }
+        }
+        let killed_mid_import = import.kill9();
+
+        // The next command opens the database: it finishes a committed import, or discards
+        // an uncommitted one.
+        let mut open = inst.cmd(&["tables"]);
+        open.env("RUST_LOG", "fieldsync=info");
+        let opened = common::run(open, None).ok();
+        let recovered = opened.stderr.contains("finishing an import");
+        let (count, sha) = inst.digest(&["person"]);
+        let state = if count == 0 {
+            assert_eq!(sha, EMPTY_SHA);
+            assert!(
+                opened
+                    .lines()
+                    .iter()
+                    .all(|t| t["live"] == 0 && t["deleted"] == 0),
+                "counts say records exist while the table is empty: {:?}",
+                opened.stdout
+            );
+            "empty"
+        } else {
+            assert_eq!(
+                (count, &sha),
+                (full.0, &full.1),
+                "killed at {at:?}: a partial import survived"
+            );
+            "complete"
+        };
+        if let StagedKill::RollForward(_) = at {
+            assert_eq!(state, "complete", "killed after the commit marker: {at:?}");
+        }
+        outcomes.push((at, killed_mid_import, recovered, state));
+    }
+    eprintln!(
+        "staged import of {RECORDS} records: {to_commit:?} to commit, {roll_forward:?} to roll \
+         forward; kills (when, mid-import, recovered on open, result): {outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o.1 && o.3 == "empty" && matches!(o.0, StagedKill::Staging(_))),
+        "no kill landed while staging: {outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().any(|o| o.1 && o.2 && o.3 == "complete"),
+        "no kill landed mid roll-forward and was finished on open: {outcomes:?}"
+    );
 }

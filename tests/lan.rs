@@ -288,8 +288,11 @@ fn sigterm_during_large_sync_then_resume() {
         })
         .collect();
     std::fs::write(&file, lines).expect("write import file");
-    let imported = lab.cli_json(0, &["import", "person", &file.to_string_lossy()]);
-    assert_eq!(imported["written"], N);
+    let imported = lab.cli_json(
+        0,
+        &["import", "person", &file.to_string_lossy(), "--key", "n"],
+    );
+    assert_eq!(imported["inserted"], N);
     let (_, sha) = digest(&lab, 0);
     let host0 = lab.start(0, &[]);
     let started = Instant::now();

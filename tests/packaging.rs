@@ -743,6 +743,7 @@ fn doctor_passes_on_a_healthy_laptop_and_names_what_is_wrong() {
             "data_dir",
             "data_dir_permissions",
             "database",
+            "identity",
             "multicast",
             "port"
         ]

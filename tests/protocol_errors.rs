@@ -21,6 +21,7 @@ const UNKNOWN_PEER: i64 = 1008;
 const PARSE_ERROR: i64 = -32700;
 const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
+const INVALID_REQUEST: i64 = -32600;
 
 /// An agent with some data, a second instance to sync with it afterwards, and what the agent
 /// looked like before the test poked it.
@@ -59,7 +60,7 @@ impl Fixture {
 
     /// Says hello as a made-up instance, as a real peer must before pushing.
     fn hello_as(&self, instance: Uuid) {
-        let r = rpc(self.addr(), "fieldsync_hello", hello(instance, 1, 1));
+        let r = rpc(self.addr(), "fieldsync_hello", hello(instance, 2, 2));
         assert!(r.get("result").is_some(), "hello refused: {r}");
     }
 
@@ -107,6 +108,7 @@ fn hello(instance: Uuid, min: u32, max: u32) -> Value {
         "peer": {"instance": instance, "name": "test-peer"},
         "clock_ms": now_ts() >> 16, "head": 0, "knowledge": {},
         "encodings": ["json"],
+        "incarnation": {"id": Uuid::new_v4(), "since": 1, "parent": null},
     })
 }
 
@@ -165,6 +167,21 @@ fn malformed_json_is_a_parse_error() {
         br#"{"jsonrpc":"2.0","id":1,"method":"fieldsync_pull","params":[{"from":"#,
     );
     assert_refused(&r, PARSE_ERROR, "parse error");
+    fx.assert_unharmed();
+}
+
+#[test]
+fn a_request_whose_id_is_an_object_or_missing_is_an_invalid_request() {
+    let mut fx = Fixture::new();
+    for body in [
+        &br#"{"jsonrpc":"2.0","id":{"a":1},"method":"fieldsync_pull","params":[]}"#[..],
+        br#"{"jsonrpc":"2.0","id":[1],"method":"fieldsync_notify","params":[]}"#,
+        br#"{"jsonrpc":"2.0","method":"fieldsync_notify","params":[]}"#,
+    ] {
+        let r = rpc_raw(fx.addr(), body);
+        assert_refused(&r, INVALID_REQUEST, "invalid request");
+        assert_eq!(r["id"], Value::Null, "{r}");
+    }
     fx.assert_unharmed();
 }
 
@@ -306,7 +323,7 @@ fn a_pull_from_a_position_beyond_the_feed_head_is_refused() {
 fn a_hello_with_the_agents_own_instance_id_is_refused() {
     let mut fx = Fixture::new();
     let own: Uuid = fx.agent.instance().parse().unwrap();
-    let r = rpc(fx.addr(), "fieldsync_hello", hello(own, 1, 1));
+    let r = rpc(fx.addr(), "fieldsync_hello", hello(own, 2, 2));
     assert_refused(&r, SAME_INSTANCE, "our own instance id");
     fx.assert_unharmed();
     assert!(
@@ -354,9 +371,22 @@ fn a_push_that_leaves_a_gap_in_positions_is_refused() {
 #[test]
 fn a_hello_with_no_protocol_version_in_common_is_refused() {
     let mut fx = Fixture::new();
-    let r = rpc(fx.addr(), "fieldsync_hello", hello(Uuid::new_v4(), 2, 5));
+    let r = rpc(fx.addr(), "fieldsync_hello", hello(Uuid::new_v4(), 3, 5));
     assert_refused(&r, INCOMPATIBLE_VERSION, "incompatible protocol version");
-    assert_refused(&r, INCOMPATIBLE_VERSION, "2..=5");
+    assert_refused(&r, INCOMPATIBLE_VERSION, "3..=5");
+    fx.assert_unharmed();
+}
+
+#[test]
+fn a_version_1_peer_is_refused_by_version_not_as_malformed() {
+    // Version 1 hellos carry no incarnation: such a peer cannot tell a restored laptop from
+    // the one it replaced, so it is refused with the version error, naming both ranges.
+    let mut fx = Fixture::new();
+    let mut h = hello(Uuid::new_v4(), 1, 1);
+    h.as_object_mut().unwrap().remove("incarnation");
+    let r = rpc(fx.addr(), "fieldsync_hello", h);
+    assert_refused(&r, INCOMPATIBLE_VERSION, "incompatible protocol version");
+    assert_refused(&r, INCOMPATIBLE_VERSION, "1..=1");
     fx.assert_unharmed();
 }
 
@@ -384,14 +414,14 @@ fn assert_initiator_unchanged(a: &std::path::Path, d: &Value, seq: &Value) {
 fn sync_refuses_a_peer_that_answers_with_another_protocol_version() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, d, seq) = initiator(tmp.path());
-    // A future agent that accepts our hello but says it will speak version 2 only.
+    // A future agent that accepts our hello but says it will speak version 3 only.
     let peer = FakePeer::start(|body| {
         let req: Value = serde_json::from_str(body).unwrap_or_default();
         let mut knowledge = Map::new();
         let id = Uuid::new_v4();
         knowledge.insert(id.to_string(), json!(now_ts()));
         http_json(&json!({"jsonrpc": "2.0", "id": req["id"], "result": {
-            "protocol": 2, "peer": {"instance": id, "name": "future"}, "clock_ms": now_ts() >> 16,
+            "protocol": 3, "peer": {"instance": id, "name": "future"}, "clock_ms": now_ts() >> 16,
             "head": 100, "knowledge": knowledge, "received_upto": 0, "encoding": "json",
         }}))
     });

@@ -90,7 +90,7 @@ fn agent_keeps_the_last_three_snapshots_and_repair_brings_everything_back() {
     let instance = instance_id(&a);
 
     // The disk garbles the newest writes.
-    run(&a, &["status"]).ok();
+    let status_before = run(&a, &["status"]).ok().json();
     garble_log_tail(&a, 16);
     let out = run(&a, &["status"]);
     assert_eq!(out.code, 3, "{out}");
@@ -129,7 +129,15 @@ fn agent_keeps_the_last_three_snapshots_and_repair_brings_everything_back() {
         snaps.last().unwrap().to_str().unwrap()
     );
     assert_eq!(r["instance"], instance.as_str());
-    assert_eq!(r["incarnation"], 1);
+    let before_incarnation = status_before["incarnation"]["id"].clone();
+    assert!(
+        r["incarnation"].as_str().is_some_and(|s| s.len() == 36),
+        "a new incarnation id: {r}"
+    );
+    assert_ne!(
+        r["incarnation"], before_incarnation,
+        "repair starts a new incarnation"
+    );
     assert_eq!(r["sha256"], newest.sha256);
     assert_eq!(digest(&a)["sha256"], newest.sha256.as_str());
     assert_ne!(digest(&a), before, "a5 was only on the garbled disk");

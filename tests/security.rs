@@ -36,6 +36,18 @@ fn hello(instance: &str) -> Value {
         encodings: vec![ENC_JSON.into()],
         local_only: vec![],
         tables: vec!["person".into()],
+        // One crafted incarnation per instance, so repeated crafted hellos are one data
+        // directory (a real sync by the same instance is then a second one: tests use another
+        // member for that).
+        incarnation: Some(fieldsync::model::Incarnation {
+            id: {
+                let mut b = *instance.parse::<Uuid>().unwrap().as_bytes();
+                b[0] ^= 0xff;
+                Uuid::from_bytes(b)
+            },
+            since: 1,
+            parent: None,
+        }),
     })
     .unwrap()
 }
@@ -369,14 +381,11 @@ fn revocations_travel_with_the_data_and_only_the_ca_can_revoke() {
     let coord_id: Uuid = coord.id().parse().unwrap();
     let cfg = tls_client(&a.credential(), false);
     let a_id = a.id();
-    let r = rpc_tls(
-        &cfg,
-        "127.0.0.1",
-        agent_b.sock(),
-        "fieldsync_hello",
-        &hello(&a_id),
-    )
-    .unwrap();
+    // Speaking as A, which B knows: with A's own incarnation (a new one would be a second
+    // data directory with A's id, refused as a duplicate).
+    let mut h = hello(&a_id);
+    h["incarnation"] = a.status()["incarnation"].clone();
+    let r = rpc_tls(&cfg, "127.0.0.1", agent_b.sock(), "fieldsync_hello", &h).unwrap();
     assert!(r["result"].is_object(), "{r}");
     let innocent = Uuid::new_v4();
     for (n, forger) in [&impostor, &other].into_iter().enumerate() {
@@ -864,10 +873,11 @@ fn digest_refuses_local_only_tables() {
         &json!({"table": "person", "prefix": ""}),
     );
     assert!(res["result"].is_object(), "{res}");
-    // And the member still syncs the shared table, never the local-only one.
-    a.ok(&["sync", &agent.addr]);
-    assert_eq!(a.digest(&["person"]).0, 1);
-    assert_eq!(a.digest(&["pins"]).0, 0);
+    // A member still syncs the shared table, never the local-only one.
+    let b = coord.enroll("b");
+    b.ok(&["sync", &agent.addr]);
+    assert_eq!(b.digest(&["person"]).0, 1);
+    assert_eq!(b.digest(&["pins"]).0, 0);
 }
 
 /// Issue #18 item 8: the coordinator revoking its own instance is refused unless `--force`.
@@ -1009,8 +1019,9 @@ fn a_page_holding_more_rows_than_it_declares_is_refused_cheaply() {
     assert!(started.elapsed() < CMD_LIMIT);
     assert_eq!(host.status()["feed_seq"], 0);
     // A legitimate member still syncs.
-    a.put("person", json!({"name": "ordinary"}));
-    a.ok(&["sync", &agent.addr]);
+    let b = coord.enroll("b");
+    b.put("person", json!({"name": "ordinary"}));
+    b.ok(&["sync", &agent.addr]);
     assert_eq!(person_count(&host), 1);
     eprintln!(
         "page bomb refused in {:?}, agent peak RSS {before_kb} kB → {after_kb} kB",

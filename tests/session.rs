@@ -497,3 +497,93 @@ const GOLDEN_PACK: &str = concat!(
     "2292a3416e6192ce00070000c41000000000000000000000000000000011a672656d6f7465a17292",
     "94a4676f6e65910091c0919201ce0005000194a46e616d65910091a3416e61919200c0",
 );
+
+#[test]
+fn laptops_that_already_hold_every_write_still_exchange_their_open_conflicts() {
+    // Which pairs of concurrent writes a laptop logs depends on the order it met them. Two
+    // laptops that end up holding every write (so no record needs sending between them) must
+    // still end up showing the same open conflicts: a record whose conflicts were logged after
+    // the receiver's position travels with them even when the receiver has all its writes.
+    let (a, b, c, d) = (node(), node(), node(), node());
+    let id = Uuid::new_v4();
+    for (n, v) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        put(&n.store, id, json!({"name": v}));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // A meets B then C; D meets C then B then A.
+    run(&a, &MemPeer::new(&b)).unwrap();
+    run(&a, &MemPeer::new(&c)).unwrap();
+    run(&d, &MemPeer::new(&c)).unwrap();
+    run(&d, &MemPeer::new(&b)).unwrap();
+    run(&d, &MemPeer::new(&a)).unwrap();
+    // Everyone with everyone, twice: bounded, and more than enough to spread everything.
+    let all = [&a, &b, &c, &d];
+    for _ in 0..2 {
+        for x in all {
+            for y in all {
+                if x.store.id() != y.store.id() {
+                    run(x, &MemPeer::new(y)).unwrap();
+                }
+            }
+        }
+    }
+    let want = unresolved(&a.store);
+    assert!(!want.is_empty());
+    for n in all {
+        assert_eq!(export(&n.store), export(&a.store));
+        assert_eq!(unresolved(&n.store), want);
+    }
+}
+
+#[test]
+fn a_conflict_logged_after_the_receivers_position_reaches_it_even_when_it_has_every_write() {
+    use fieldsync::change::ReportedConflict;
+    use fieldsync::clock::Hlc;
+    use fieldsync::merge::{Conflict, Side};
+    use fieldsync::model::FieldState;
+    let (x, y) = (node(), node());
+    let id = Uuid::new_v4();
+    put(&x.store, id, json!({"name": "x"}));
+    run(&y, &MemPeer::new(&x)).unwrap();
+    assert!(unresolved(&y.store).is_empty());
+
+    // X learns (from a third laptop Z, with no write X or Y lacks) that Z's concurrent "z" lost
+    // to "x": X now shows an open conflict; Y already has every write of the record.
+    let rec = x.store.get(PERSON, &id).unwrap().unwrap();
+    let current = rec.state.fields["name"].clone();
+    let z = Uuid::from_u128(0x2);
+    let report = ReportedConflict {
+        detected_by: z,
+        conflict: Conflict::Field {
+            field: "name".into(),
+            local: FieldState {
+                value: Some(json!("z")),
+                stamp: Hlc {
+                    ts: current.stamp.ts - 1,
+                    node: z,
+                },
+            },
+            remote: current,
+            chosen: Side::Remote,
+            reason: "concurrent edits; the later write (hybrid logical clock) wins".into(),
+        },
+    };
+    let same = RemoteChange {
+        table: PERSON.into(),
+        id,
+        state: rec.state.clone(),
+        conflicts: vec![report],
+    };
+    let stats = x.store.apply_remote(Some(z), &[same]).unwrap();
+    assert_eq!(stats.conflicts, 1);
+    assert_eq!(unresolved(&x.store).len(), 1);
+
+    // Y's next session pulls the record again for its conflict alone, and logs it.
+    let r = run(&y, &MemPeer::new(&x)).unwrap();
+    assert_eq!((r.received.records, r.received.conflicts), (1, 1));
+    assert_eq!(unresolved(&y.store), unresolved(&x.store));
+    assert_eq!(export(&y.store), export(&x.store));
+    // And nothing moves once both logs agree.
+    let r = run(&y, &MemPeer::new(&x)).unwrap();
+    assert_eq!((r.received.records, r.sent.records), (0, 0));
+}

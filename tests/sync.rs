@@ -628,7 +628,6 @@ fn records_are_not_echoed_back_and_a_no_op_sync_moves_nothing() {
 }
 
 #[test]
-#[ignore = "known bug: a restored instance that writes before its next sync diverges for good"]
 fn an_instance_restored_from_a_backup_converges_even_if_it_wrote_before_syncing() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
@@ -648,8 +647,127 @@ fn an_instance_restored_from_a_backup_converges_even_if_it_wrote_before_syncing(
     let agent_b = Agent::start(&b);
     sync(&a, agent_b.addr());
     sync(&a, agent_b.addr());
-    // Today: A never gets 50 of the 60 new records (B's positions 51..=100 are below A's
-    // received_upto), and B never gets back the 50 it lost (its own clock in its knowledge
-    // claims it has them), so 100 records differ however often they sync.
+    // The copied-back directory is a new incarnation (other inodes): A resends B everything
+    // it lacks and reads B's feed from the start, so both hold all 160 records.
     assert_same(&a, &b, agent_b.addr());
+    assert_eq!(digest(&a)["count"], 160);
+}
+
+/// `backup FILE` on a stopped laptop.
+fn backup(dir: &Path, file: &Path) {
+    run(dir, &["backup", file.to_str().unwrap()]).ok();
+}
+
+/// `restore --force FILE` on a stopped laptop: its own backup, in place.
+fn restore_force(dir: &Path, file: &Path) {
+    run(dir, &["restore", "--force", file.to_str().unwrap()]).ok();
+}
+
+#[test]
+fn a_restored_laptop_gets_back_its_synced_writes_and_deletes_on_the_first_sync() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
+    let agent_a = Agent::start(&a);
+    let x = Uuid::new_v4();
+    put(&a, "person", &x, &person(1));
+    sync(&b, agent_a.addr());
+    let file = tmp.path().join("b.fsbackup");
+    backup(&b, &file);
+
+    // Case 1: B writes R and syncs; case 2: B deletes X and syncs. Then B is restored.
+    let r = Uuid::new_v4();
+    put(&b, "person", &r, &person(2));
+    delete(&b, "person", &x);
+    sync(&b, agent_a.addr());
+    assert!(!alive(&a, "person", &x) && alive(&a, "person", &r));
+    restore_force(&b, &file);
+    assert!(alive(&b, "person", &x) && get(&b, "person", &r).is_none());
+
+    let s = sync(&b, agent_a.addr());
+    assert!(s.received.records >= 2, "{:?}", s.received.raw);
+    assert!(alive(&b, "person", &r), "R is back on B");
+    assert!(
+        !alive(&b, "person", &x),
+        "X is deleted on B after the first sync"
+    );
+    assert!(!alive(&a, "person", &x), "and still on A");
+    assert_same(&b, &a, agent_a.addr());
+    // B's patch now meets a deleted record, like any patch of a deleted record.
+    let out = run(&b, &["patch", "person", &x.to_string(), r#"{"age": 3}"#]);
+    assert_ne!(out.code, 0, "{out}");
+    sync(&b, agent_a.addr());
+    assert!(!alive(&a, "person", &x));
+}
+
+#[test]
+fn a_copied_data_directory_is_refused_with_its_original_and_status_peers_doctor_say_how_to_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
+    let mut agent_a = Agent::start(&a);
+    let w1 = Uuid::new_v4();
+    put(&b, "person", &w1, &person(1));
+    sync(&b, agent_a.addr());
+    let b2 = tmp.path().join("b2");
+    copy_dir(&b, &b2);
+    let w2 = Uuid::new_v4();
+    put(&b2, "person", &w2, &person(2));
+    sync(&b2, agent_a.addr());
+    let w3 = Uuid::new_v4();
+    put(&b, "person", &w3, &person(3));
+
+    let out = run(&b, &peer_args("sync", &b, agent_a.addr()));
+    assert_ne!(out.code, 0, "{out}");
+    assert!(out.stderr.contains("used by two data directories"), "{out}");
+    assert!(out.stderr.contains("fieldsync mesh enroll"), "{out}");
+    assert!(!out.stderr.contains("Some("), "no debug format: {out}");
+    let out = run(&b2, &peer_args("sync", &b2, agent_a.addr()));
+    assert_ne!(out.code, 0, "the copy is refused too from now on: {out}");
+
+    // A's coordinator view: status, peers and doctor name the problem and the fix.
+    let st = status(&a);
+    let problems = st["identity_problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{st}");
+    assert!(problems[0]["fix"]
+        .as_str()
+        .unwrap()
+        .contains("fieldsync mesh enroll --name NAME --out new.fsmesh"));
+    let peers = run(&a, &["peers"]).ok().lines();
+    let row = peers
+        .iter()
+        .find(|p| p["instance"] == instance_id(&b))
+        .unwrap();
+    assert!(row["duplicate_identity"]["reason"].is_string(), "{row}");
+    let doc = run(&a, &["doctor"]);
+    assert_ne!(doc.code, 0, "{doc}");
+    let check = doc
+        .lines()
+        .into_iter()
+        .find(|c| c["check"] == "identity")
+        .unwrap();
+    assert_eq!(check["ok"], false);
+    assert!(check["fix"].as_str().unwrap().contains("init --mesh"));
+    // The refused laptop sees it too.
+    let doc = run(&b, &["doctor"]);
+    let check = doc
+        .lines()
+        .into_iter()
+        .find(|c| c["check"] == "identity")
+        .unwrap();
+    assert_eq!(check["ok"], false, "{doc}");
+
+    // Nothing acknowledged is lost: synced writes are on A, the rest on the laptop that made
+    // them; A's agent restarts and still refuses (the verdict is stored).
+    assert!(alive(&a, "person", &w1) && alive(&a, "person", &w2));
+    assert!(alive(&b, "person", &w3));
+    agent_a.stop();
+    let agent_a = Agent::start(&a);
+    assert_ne!(run(&b, &peer_args("sync", &b, agent_a.addr())).code, 0);
+
+    // `init --mesh` refuses a credential a known peer already uses.
+    let c = data_dir(tmp.path(), "c");
+    sync(&c, agent_a.addr());
+    let cred = a.with_extension("fsmesh");
+    let out = run(&c, &["init", "--mesh", cred.to_str().unwrap()]);
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.stderr.contains("already uses"), "{out}");
 }

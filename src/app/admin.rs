@@ -63,6 +63,8 @@ impl App {
             "tables": tables, "unresolved_conflicts": unresolved,
             "peers": {"known": peers.len(), "online": online, "last_sync": last_sync,
                       "failing": failing, "quarantined": quarantined},
+            "incarnation": store.incarnation(),
+            "identity_problems": crate::sync::identity_problems(store)?,
             "agent": agent,
         }))
     }
@@ -180,6 +182,10 @@ pub fn peer_json(r: &PeerRow) -> Value {
         "sync_count": r.sync_count, "received_upto": r.received_upto,
         "clock_offset_ms": r.clock_offset_ms, "last_error": r.last_error,
         "last_attempt": r.last_attempt, "online": r.online, "last_seen": r.last_seen,
-        "addresses": r.addresses, "quarantined": r.quarantined,
+        "addresses": r.addresses, "incarnation": r.incarnation, "quarantined": r.quarantined,
+        "duplicate_identity": r.duplicate.as_ref().map(|d| json!({
+            "detected_at": d.detected_at, "incarnations": d.incarnations, "reason": d.reason,
+            "fix": crate::sync::DUPLICATE_FIX,
+        })),
     })
 }

@@ -101,7 +101,8 @@ pub fn repair(
         "instance": r.instance, "incarnation": r.incarnation,
         "count": r.live_records, "sha256": r.sha256,
         "next": if r.snapshot.is_some() {
-            "start the agent (`fieldsync run`): the next syncs bring back what peers hold"
+            "start the agent (`fieldsync run`) and let it sync with its peers before making \
+             changes: the next syncs bring back what peers hold"
         } else {
             "no automatic snapshot was usable: the database is empty; start the agent \
              (`fieldsync run`) and everything comes back from peers"
@@ -144,7 +145,7 @@ pub fn restore(
     if r.report.discarded_own_changes {
         warnings.push(
             "this laptop's own changes that were not in the backup are gone here; peers that \
-             received them keep them"
+             received them send them back on the next sync"
                 .to_string(),
         );
     }
@@ -163,7 +164,8 @@ pub fn restore(
         "took_over_identity": r.report.took_over_identity,
         "backup_created_at": r.header.created_at.to_rfc3339(),
         "count": r.live_records, "sha256": r.sha256, "entries": r.report.counts,
-        "peers_reset": r.report.peers_reset, "warnings": warnings,
+        "peers_reset": r.report.peers_reset, "incarnation": r.report.incarnation,
+        "warnings": warnings,
     });
     writeln!(out, "{v}").map_err(CliError::Output)
 }

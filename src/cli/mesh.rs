@@ -91,6 +91,18 @@ pub fn init(
                 ca.enroll(store.id(), &n).map_err(invalid)?
             }
         };
+        // One credential on two laptops makes two data directories share an instance id:
+        // refuse one that a peer of this laptop already uses.
+        if let Some(peer) = store.peer(&cred.instance)? {
+            return Err(CliError::Invalid(format!(
+                "{} is the credential of instance {}, which peer \"{}\" already uses: \
+                 each laptop needs its own; on the coordinator run `fieldsync mesh \
+                 enroll --name NAME --out NEW.fsmesh` and use NEW.fsmesh here",
+                path.display(),
+                cred.instance,
+                peer.name
+            )));
+        }
         store.adopt_instance(cred.instance)?;
         mesh::save(&store.dir().join(mesh::CREDENTIAL_FILE), &cred).map_err(invalid)?;
         let name = name.or_else(|| (!cred.name.is_empty()).then(|| cred.name.clone()));

@@ -172,18 +172,58 @@ pub enum Command {
     ///
     /// Example: fieldsync conflicts resolve 3 --keep remote
     Conflicts(ConflictsArgs),
-    /// Import records from .jsonl or .csv (`-` for stdin as JSONL), all or nothing.
+    /// Import records from CSV, JSONL or a spreadsheet, all or nothing.
     ///
-    /// JSONL lines are {"table","id","fields"} (the gen.py format) or plain field objects.
-    /// CSV has a header row of field names; an `id` column keeps ids. Cells that are JSON
-    /// numbers, booleans, arrays or objects keep their type; the rest are strings.
+    /// Which record a row is: an `id` column (or JSONL "id") gives it; otherwise --key FIELD
+    /// derives it from the key fields (the same row gives the same id on every laptop of the
+    /// deployment, so importing again, or on two laptops, never makes copies); --new-ids makes
+    /// every row a new record. With none of them the import is refused.
     ///
-    /// Example: fieldsync import person people.csv
+    /// An existing record: with --key the row's non-empty cells are set and its other fields
+    /// kept (JSONL null removes a field); with file ids the row replaces the fields. Unchanged
+    /// rows write nothing; deleted records stay deleted. Prints
+    /// {"table","records","inserted","updated","unchanged","deleted_kept"}.
+    ///
+    /// Formats by extension, in any case: .csv/.tsv (delimiter , ; or tab detected from the
+    /// header; UTF-8 with or without BOM; CRLF; quoted newlines), .xlsx/.xlsm/.xls/.ods (first
+    /// sheet or --sheet), anything else (and `-`, stdin) JSONL: {"table","id","fields"} lines
+    /// or plain field objects.
+    ///
+    /// Types: a CSV cell that is a JSON number (whose value survives exactly), true/false, or a
+    /// JSON array/object keeps that type; a JSON-quoted cell ("34") is that text; everything
+    /// else, dates included, is text as written; empty cells are no value. Numbers that would
+    /// change (a 30-digit integer) stay text in CSV and are refused in JSONL. Spreadsheet cells
+    /// keep the sheet's types (dates as ISO 8601 text). --text FIELD,... keeps fields as text
+    /// (phone numbers, postcodes).
+    ///
+    /// Example: fieldsync import person people.csv --key case_number
+    ///
+    /// Example: fieldsync import shelter shelters.xlsx --sheet Open --key name,district
     Import {
         /// Table name.
         table: String,
-        /// The file (.csv is read as CSV, anything else as JSONL).
+        /// The file (`-` reads JSONL from standard input).
         file: PathBuf,
+        /// Fields that identify a row (comma-separated): rows update the record with that key.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            value_name = "FIELD",
+            conflicts_with = "new_ids"
+        )]
+        key: Vec<String>,
+        /// Every row is a new record with a new id (importing twice adds everything twice).
+        #[arg(long)]
+        new_ids: bool,
+        /// CSV delimiter: a single character, or `tab` (default: detected from the header).
+        #[arg(long, value_name = "CHAR")]
+        delimiter: Option<String>,
+        /// Spreadsheet sheet to read (default: the first).
+        #[arg(long, value_name = "NAME")]
+        sheet: Option<String>,
+        /// Fields always imported as text (comma-separated), e.g. --text phone,postcode.
+        #[arg(long, value_delimiter = ',', value_name = "FIELD")]
+        text: Vec<String>,
     },
     /// Write a table to stdout as JSONL (default) or CSV, ordered by id.
     ///
@@ -526,7 +566,13 @@ pub fn run(
         rt: rt.clone(),
         agent: None,
     };
-    execute(&store, cli.command, &mut io)
+    // sled reads pages lazily, so damage can also surface after the open: same one line.
+    execute(&store, cli.command, &mut io).map_err(|e| match e {
+        CliError::Store(StoreError::Sled(sled::Error::Corruption { .. })) => {
+            CliError::Store(StoreError::Damaged(dir.clone()))
+        }
+        other => other,
+    })
 }
 
 /// Mutual TLS from this laptop's credential; plaintext only when asked for explicitly.
@@ -704,7 +750,32 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
             table,
             include_deleted,
         } => records::list(&app, &table, include_deleted, io),
-        Command::Import { table, file } => records::import(&app, &table, &file, io),
+        Command::Import {
+            table,
+            file,
+            key,
+            new_ids,
+            delimiter,
+            sheet,
+            text,
+        } => {
+            let delimiter = delimiter
+                .as_deref()
+                .map(records::parse_delimiter)
+                .transpose()?;
+            let opts = crate::import::ImportOptions {
+                key,
+                new_ids,
+                delimiter,
+                sheet,
+                text,
+                // Undocumented in --help: lets tests stage an import with a small file.
+                chunk_rows: std::env::var("FIELDSYNC_IMPORT_CHUNK_ROWS")
+                    .ok()
+                    .and_then(|v| v.parse().ok()),
+            };
+            records::import(&app, &table, &file, &opts, io)
+        }
         Command::Export {
             table,
             format,

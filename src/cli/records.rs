@@ -7,7 +7,6 @@ use crate::app::records::{history_json, TableInfo, WriteOutcome};
 use crate::app::App;
 use crate::control::{GetReply, Op};
 use crate::formats;
-use crate::merge::Edit;
 use crate::model;
 use crate::store::{ConflictEntry, HistoryEntry};
 use crate::store::{LocalOp, OpResult};
@@ -181,36 +180,46 @@ pub fn conflicts(door: &Door<'_>, args: ConflictsArgs, io: &mut Io<'_>) -> Resul
 }
 
 /// `import`: a JSONL or CSV file into one table, all or nothing.
-pub fn import(app: &App, table: &str, file: &Path, io: &mut Io<'_>) -> Result<(), CliError> {
-    model::validate_table(table)?;
-    let input = open_input(file, &mut io.stdin, &io.cwd)?;
-    let records = if file.extension().is_some_and(|e| e == "csv") {
-        formats::read_csv(input)?
+pub fn import(
+    app: &App,
+    table: &str,
+    file: &Path,
+    opts: &crate::import::ImportOptions,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
+    let summary = if file == Path::new("-") {
+        let input = open_input(file, &mut io.stdin, &io.cwd)?;
+        crate::import::import_reader(
+            app.store(),
+            table,
+            input,
+            crate::import::Format::Jsonl,
+            opts,
+        )
     } else {
-        formats::read_jsonl(table, BufReader::new(input))?
-    };
-    let lines: Vec<usize> = records.iter().map(|r| r.line).collect();
-    let ops: Vec<LocalOp> = records
-        .into_iter()
-        .map(|r| LocalOp {
-            table: table.to_string(),
-            id: r.id,
-            edit: Edit::Put(r.fields),
-        })
-        .collect();
-    let results = app
-        .store()
-        .write_local(&ops)
-        .map_err(|e| at_line(e, &lines))?;
-    let written = results
-        .iter()
-        .filter(|r| matches!(r, OpResult::Written(_)))
-        .count();
-    print(
-        io.out,
-        &json!({"table": table, "records": results.len(), "written": written,
-                "unchanged": results.len() - written}),
-    )
+        crate::import::import_file(app.store(), table, &io.cwd.join(file), opts)
+    }
+    .map_err(import_error)?;
+    print(io.out, &json!(summary))
+}
+
+/// `--delimiter`: one character, or `tab`.
+pub(super) fn parse_delimiter(s: &str) -> Result<u8, CliError> {
+    match s {
+        "tab" | "\\t" => Ok(b'\t'),
+        s if s.len() == 1 && s.is_ascii() => Ok(s.as_bytes()[0]),
+        other => Err(CliError::Invalid(format!(
+            "--delimiter {other:?} is not one character: use e.g. --delimiter ';' or --delimiter tab"
+        ))),
+    }
+}
+
+fn import_error(e: crate::import::ImportError) -> CliError {
+    match e {
+        crate::import::ImportError::Store(s) => s.into(),
+        e if e.is_invalid_input() => CliError::Invalid(e.to_string()),
+        e => CliError::Io(e.to_string()),
+    }
 }
 
 /// `export`: JSONL or CSV to stdout, streamed.

@@ -16,10 +16,11 @@ use jsonrpsee::types::ErrorObjectOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
-/// The oldest protocol version this build still speaks.
-pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this build speaks (2: `hello` carries the incarnation).
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest protocol version this build still speaks. Version 1 peers cannot tell a
+/// restored laptop from the one it replaced, so they are refused.
+pub const MIN_PROTOCOL_VERSION: u32 = 2;
 
 /// Method: exchange identities, versions, positions and knowledge.
 pub const HELLO: &str = "fieldsync_hello";
@@ -46,6 +47,8 @@ pub const MAX_PAGE_RECORDS: usize = 20_000;
 
 /// Error codes of the protocol (JSON-RPC `error.code`); the standard -327xx codes also occur.
 pub mod codes {
+    /// Invalid params (JSON-RPC's own code), e.g. a hello without its incarnation.
+    pub const INVALID_PARAMS: i32 = -32602;
     /// No protocol version in common.
     pub const INCOMPATIBLE_VERSION: i32 = 1001;
     /// The peer has our own instance id.
@@ -66,6 +69,8 @@ pub mod codes {
     pub const INVALID_TABLE: i32 = 1009;
     /// The request claims an instance other than the one its certificate is for.
     pub const IDENTITY_MISMATCH: i32 = 1010;
+    /// The caller's (or responder's) instance id is used by two data directories at once.
+    pub const DUPLICATE_INSTANCE: i32 = 1011;
 }
 
 /// A protocol-level error: a code from [`codes`] and a message naming the problem.
@@ -137,6 +142,10 @@ pub struct Hello {
     /// Tables the caller has records in and syncs.
     #[serde(default)]
     pub tables: Vec<String>,
+    /// The caller's data directory's incarnation (required from version 2; optional in the
+    /// type only so that a version 1 hello is refused by version, not as malformed).
+    #[serde(default)]
+    pub incarnation: Option<crate::model::Incarnation>,
 }
 
 /// `fieldsync_hello` result.
@@ -162,6 +171,9 @@ pub struct HelloReply {
     /// Tables the responder has records in and syncs.
     #[serde(default)]
     pub tables: Vec<String>,
+    /// The responder's data directory's incarnation.
+    #[serde(default)]
+    pub incarnation: Option<crate::model::Incarnation>,
 }
 
 /// `fieldsync_pull` params.

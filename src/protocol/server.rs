@@ -11,11 +11,14 @@ use super::{
     DigestReply, DigestRequest, Hello, HelloReply, Notify, Page, ProtocolError, PullRequest,
     PushReply, PushRequest, DIGEST, HELLO, MAX_BODY_BYTES, NOTIFY, PULL, PUSH,
 };
+use jsonrpsee::server::middleware::rpc::{
+    Batch, MethodResponse, Notification, Request, RpcServiceBuilder, RpcServiceT,
+};
 use jsonrpsee::server::{
     serve_with_graceful_shutdown, stop_channel, RpcModule, Server, ServerConfig, ServerHandle,
     StopHandle,
 };
-use jsonrpsee::types::{ErrorObjectOwned, Params};
+use jsonrpsee::types::{ErrorCode, ErrorObject, ErrorObjectOwned, Id, Params};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -198,7 +201,10 @@ async fn accept_loop<S: SyncService>(
         .max_connections(MAX_CONNECTIONS as u32)
         .http_only()
         .build();
-    let builder = Server::builder().set_config(cfg).to_service_builder();
+    let builder = Server::builder()
+        .set_config(cfg)
+        .set_rpc_middleware(RpcServiceBuilder::new().layer_fn(CallsOnly))
+        .to_service_builder();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         // The permit is taken before accept, so a flood of connections waits in the backlog
@@ -347,6 +353,46 @@ fn backing_off(failures: &Mutex<HashMap<IpAddr, (u32, Instant)>>, ip: IpAddr) ->
     lock(failures)
         .get(&ip)
         .is_some_and(|(n, until)| *n >= FAILURES_BEFORE_BACKOFF && Instant::now() < *until)
+}
+
+/// Every sync method is a call: a request without a usable id is refused with JSON-RPC's
+/// Invalid Request (-32600, id null). jsonrpsee reads a request whose id is not a string, number
+/// or null (an object, say) as a notification and would answer `null`, which tells the sender
+/// nothing.
+#[derive(Clone)]
+struct CallsOnly<S>(S);
+
+impl<S> RpcServiceT for CallsOnly<S>
+where
+    S: RpcServiceT<
+            MethodResponse = MethodResponse,
+            BatchResponse = MethodResponse,
+            NotificationResponse = MethodResponse,
+        > + Send
+        + Sync,
+{
+    type MethodResponse = MethodResponse;
+    type NotificationResponse = MethodResponse;
+    type BatchResponse = MethodResponse;
+
+    fn call<'a>(&self, request: Request<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+        self.0.call(request)
+    }
+
+    fn batch<'a>(&self, requests: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+        self.0.batch(requests)
+    }
+
+    fn notification<'a>(
+        &self,
+        n: Notification<'a>,
+    ) -> impl Future<Output = MethodResponse> + Send + 'a {
+        warn!(method = %n.method_name(), "invalid request: no usable id (sync methods are calls)");
+        std::future::ready(MethodResponse::error(
+            Id::Null,
+            ErrorObject::from(ErrorCode::InvalidRequest),
+        ))
+    }
 }
 
 /// Puts the connection's peer address and certified instance into every request's extensions.

@@ -13,6 +13,7 @@
 //! | `U`    | table, 0x00, field, 0x00, value JSON, 0x00, id| empty: unique-field index    |
 //! | `T`    | table                                         | live and deleted counts      |
 //! | `P`    | peer instance id (16 bytes)                   | `PeerRow` (sync_instance)    |
+//! | `I`    | import id (16), record id (16)                | staged import row (staging.rs) |
 //!
 //! Table names never contain 0x00 and JSON text never contains a raw 0x00, so the separators
 //! are unambiguous; ids are raw UUID bytes, so record keys sort like the ids' text.

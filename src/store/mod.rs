@@ -5,17 +5,21 @@
 //! The merge decisions themselves are made by [`crate::merge`]; this module only loads,
 //! persists and indexes.
 
+mod incarnation;
 mod keys;
 pub mod recovery;
 mod replication;
 mod snapshot;
+pub(crate) mod staging;
 mod txn;
 mod write;
 
 pub use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
 pub use crate::merge::Keep;
+pub use incarnation::{dir_key, judge, DirKey, Incarnation, Lineage, Verdict};
 pub use replication::{CommitError, Committed, Knowledge, OutgoingPage, PageCommit, Position};
 pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
+pub use staging::{ImportCounts, ImportRow, RowOutcome, StagedImport, UpdateMode};
 pub use txn::Txn;
 pub(crate) use write::decode_record;
 pub use write::{LocalOp, OpResult};
@@ -316,9 +320,40 @@ pub struct PeerRow {
     /// Addresses it was last reachable at (tried on restart).
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// The peer's latest incarnation seen in its hello (see `incarnation.rs`).
+    #[serde(default)]
+    pub incarnation: Option<Incarnation>,
+    /// Earlier incarnations it moved on from (restores): seeing one again means two data
+    /// directories share its instance id.
+    #[serde(default)]
+    pub retired: Vec<Uuid>,
+    /// Our feed position when its current incarnation was first seen: feed entries at or
+    /// below it may be marked as received from an earlier incarnation, whose data the peer
+    /// may no longer hold, so they are never skipped as echoes when sending to it.
+    #[serde(default)]
+    pub echo_from: u64,
+    /// Set when two data directories were seen using this instance id: it is refused from
+    /// then on, until one of them gets a new credential.
+    #[serde(default)]
+    pub duplicate: Option<DuplicateIdentity>,
+    /// The knowledge it reported in its last hello. Knowledge never decreases within an
+    /// incarnation, so a hello reporting less means it was rolled back unannounced.
+    #[serde(default)]
+    pub knowledge: crate::model::VersionVector,
     /// Records from this peer dropped because they failed validation (quarantined), in total.
     #[serde(default)]
     pub quarantined: u64,
+}
+
+/// Two data directories seen using one instance id (see [`PeerRow::duplicate`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DuplicateIdentity {
+    /// When it was detected.
+    pub detected_at: DateTime<Utc>,
+    /// The incarnations seen.
+    pub incarnations: Vec<Uuid>,
+    /// What was seen, in words.
+    pub reason: String,
 }
 
 /// Live and deleted record counts of one table.
@@ -338,6 +373,16 @@ pub(crate) struct WriterState {
     pub(crate) own_last: u64,
     /// Per origin, the newest event held in a synced table (an upper bound of what we have).
     pub(crate) holdings: crate::model::VersionVector,
+    /// Feed position of the latest batch that logged a conflict (in memory: the feed head when
+    /// the store was opened, so the first sessions after a start look at the feed once).
+    pub(crate) conflict_head: u64,
+    /// This data directory's incarnation and what it may be missing of its own events.
+    pub(crate) lineage: Lineage,
+    /// `(own_last, floor)` when the database was opened (not persisted): every own stamp
+    /// issued since is >= `floor` (the clock and the wall clock then), so a peer that knows an
+    /// own event of ours strictly between the two proves the opened state lost it (rolled
+    /// back), even after we wrote newer events.
+    pub(crate) opened: (u64, u64),
 }
 
 /// What readers see of the writer's state, published after each commit (and its fsync): the
@@ -347,9 +392,12 @@ pub(crate) struct WriterState {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Head {
     pub(crate) seq: u64,
-    pub(crate) own_last: u64,
     pub(crate) holdings: crate::model::VersionVector,
     pub(crate) knowledge: replication::Knowledge,
+    pub(crate) conflict_head: u64,
+    /// Our own entry in the knowledge we report: our newest own event, or less after a restore
+    /// or rollback (see `incarnation.rs`).
+    pub(crate) own_claim: u64,
 }
 
 /// Handle to an open database. Cheap to share behind an `Arc`.
@@ -467,19 +515,62 @@ impl Store {
                 None => 0,
             })
         };
+        let seq = get_u64("seq")?;
+        // A database older than its own newest automatic snapshot lost acknowledged writes:
+        // refuse it before anything (a new incarnation for a moved directory included) is
+        // written, so `repair` finds it as the disk left it.
+        if check_snapshots {
+            recovery::check_not_behind_snapshots(dir, seq)?;
+        }
+        let own_last = get_u64("own_last")?;
+        let here = incarnation::dir_key(&dir.join("db"));
+        let lineage = match tree.get(keys::meta("lineage"))? {
+            None => {
+                let l = Lineage::fresh(crate::clock::wall_millis(), here);
+                tree.insert(keys::meta("lineage"), encode(&l))?;
+                db.flush()?;
+                l
+            }
+            Some(v) => {
+                let l: Lineage = decode(&v)?;
+                if l.dir_key.is_some() && here.is_some() && l.dir_key != here {
+                    // Another directory's database: a copy (the original may live on) or a
+                    // directory copied back from an old stick. A new incarnation makes peers
+                    // resend what this copy lacks and tells them apart from the original.
+                    // Every own event the original issued is older than now: until a peer
+                    // proves it held them all, claim only what the copy holds.
+                    let now = crate::clock::wall_millis();
+                    let issued = crate::clock::ts_from_millis(now).max(get_u64("clock")?);
+                    let next = l.successor(now, l.own_claim(own_last), issued, here);
+                    tracing::warn!(dir = %dir.display(), incarnation = %next.current.id,
+                        "this data directory was copied or moved: starting a new incarnation \
+                         so peers resend whatever it lacks");
+                    tree.insert(keys::meta("lineage"), encode(&next))?;
+                    db.flush()?;
+                    next
+                } else {
+                    l
+                }
+            }
+        };
+        // The clock never falls behind what may be missing of our own events.
+        let clock = get_u64("clock")?.max(lineage.missing.map_or(0, |m| m.1));
         let writer = WriterState {
-            seq: get_u64("seq")?,
-            clock: Clock::new(instance.id, get_u64("clock")?),
+            seq,
+            conflict_head: seq,
+            clock: Clock::new(instance.id, clock),
             next_conflict: get_u64("next_conflict")?.max(1),
-            own_last: get_u64("own_last")?,
+            own_last,
             holdings: match tree.get(keys::meta("holdings"))? {
                 Some(v) => decode(&v)?,
                 None => Default::default(),
             },
+            opened: (
+                own_last,
+                (clock + 1).max(crate::clock::ts_from_millis(crate::clock::wall_millis())),
+            ),
+            lineage,
         };
-        if check_snapshots {
-            recovery::check_not_behind_snapshots(dir, writer.seq)?;
-        }
         let store = Store {
             db,
             tree,
@@ -491,6 +582,8 @@ impl Store {
             writer: Mutex::new(writer),
         };
         store.publish(&store.lock())?;
+        // An import a crash interrupted is finished (committed) or discarded (not committed).
+        staging::recover(&store)?;
         Ok(store)
     }
 
@@ -542,9 +635,10 @@ impl Store {
         };
         let head = Head {
             seq: w.seq,
-            own_last: w.own_last,
             holdings: w.holdings.clone(),
             knowledge,
+            conflict_head: w.conflict_head,
+            own_claim: w.lineage.own_claim(w.own_last),
         };
         *self.head.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(head);
         Ok(())
@@ -743,6 +837,32 @@ impl Store {
         let out = f(&mut row);
         row.instance = *id;
         self.tree.insert(keys::peer(id), encode(&row))?;
+        Ok(out)
+    }
+
+    /// Like [`Store::update_peer`], but `f` also gets the feed head and says whether the row
+    /// must be durable before returning (rare, important changes: a new incarnation seen, a
+    /// duplicate identity).
+    pub fn update_peer_with<T>(
+        &self,
+        id: &Uuid,
+        f: impl FnOnce(&mut PeerRow, u64) -> (T, bool),
+    ) -> Result<T, StoreError> {
+        let w = self.lock();
+        let mut row = match self.tree.get(keys::peer(id))? {
+            Some(v) => decode(&v)?,
+            None => PeerRow {
+                instance: *id,
+                first_seen: Some(Utc::now()),
+                ..Default::default()
+            },
+        };
+        let (out, durable) = f(&mut row, w.seq);
+        row.instance = *id;
+        self.tree.insert(keys::peer(id), encode(&row))?;
+        if durable {
+            self.db.flush()?;
+        }
         Ok(out)
     }
 

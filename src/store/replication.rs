@@ -94,6 +94,14 @@ pub enum CommitError {
     /// The sender never said hello (no peer row).
     #[error("instance {0} must say hello before sending pages")]
     UnknownPeer(Uuid),
+    /// The sender's instance id is used by two data directories at once: refused for good.
+    #[error("instance {peer} is refused: {reason}")]
+    Duplicate {
+        /// The sender.
+        peer: Uuid,
+        /// What was seen.
+        reason: String,
+    },
     /// Bad content or a store failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -112,6 +120,12 @@ impl Store {
             Some(v) => decode(&v)?,
             None => return Err(CommitError::UnknownPeer(c.peer)),
         };
+        if let Some(d) = &row.duplicate {
+            return Err(CommitError::Duplicate {
+                peer: c.peer,
+                reason: d.reason.clone(),
+            });
+        }
         if c.since > row.received_upto {
             return Err(CommitError::Gap {
                 since: c.since,
@@ -122,6 +136,13 @@ impl Store {
         row.received_upto = row.received_upto.max(c.next);
         if !c.more {
             if let Some(k) = c.knowledge {
+                // Everything the sender had is in: it had every own event of ours up to its
+                // claim, so those are no longer missing here.
+                if let Some(held) = k.get(&self.id()).and_then(|m| b.w.lineage.refetched(*m)) {
+                    b.w.own_last = b.w.own_last.max(held);
+                    // Those own events are held now: a peer knowing them proves no rollback.
+                    b.w.opened.0 = b.w.opened.0.max(held);
+                }
                 self.stage_knowledge(&mut b.txn, k)?;
             }
             if c.ends_session {
@@ -137,6 +158,101 @@ impl Store {
             stats,
             received_upto,
         })
+    }
+
+    /// This data directory's current incarnation.
+    pub fn incarnation(&self) -> super::Incarnation {
+        self.lock().lineage.current
+    }
+
+    /// This data directory's lineage (incarnation, own events that may be missing).
+    pub fn lineage(&self) -> super::Lineage {
+        self.lock().lineage.clone()
+    }
+
+    /// Starts a new incarnation of this instance (every restore, and `repair`, call this):
+    /// peers that see it in `hello` resend everything this directory lacks, own writes and
+    /// deletes included. `issued` is the newest own stamp that may have been handed out before
+    /// (0 if unknown); the clock moves past it so no stamp is reused. Durable on return.
+    pub fn start_incarnation(
+        &self,
+        reason: &str,
+        issued: u64,
+    ) -> Result<super::Incarnation, StoreError> {
+        let mut w = self.lock();
+        let (held, issued) = (w.lineage.own_claim(w.own_last), issued.max(w.own_last));
+        self.start_incarnation_locked(&mut w, reason, held, issued)
+    }
+
+    pub(super) fn start_incarnation_locked(
+        &self,
+        w: &mut super::WriterState,
+        reason: &str,
+        held: u64,
+        issued: u64,
+    ) -> Result<super::Incarnation, StoreError> {
+        let next = w.lineage.successor(
+            crate::clock::wall_millis(),
+            held,
+            issued,
+            super::dir_key(&self.dir.join("db")),
+        );
+        w.clock.observe(issued);
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::meta("lineage"), encode(&next));
+        batch.insert(keys::meta("clock"), encode(&w.clock.last()));
+        self.tree.apply_batch(batch)?;
+        self.db.flush()?;
+        tracing::warn!(incarnation = %next.current.id, previous = %w.lineage.current.id,
+            missing_from = next.missing.map_or(0, |m| m.0), reason,
+            "started a new incarnation: peers will send back what this laptop lacks");
+        w.lineage = next;
+        // Readers report our own claim from the published head: publish the new one.
+        self.publish(w)?;
+        Ok(w.lineage.current)
+    }
+
+    /// A peer's hello says it holds our own events up to `peer_has`. The clock moves past it
+    /// (no stamp of ours is ever issued twice). If that is more than we hold and we did not
+    /// know anything was missing, this directory was rolled back (a lost log tail, a VM
+    /// snapshot, an old copy): a new incarnation starts, logged with the reason, and is
+    /// returned so the caller tells peers. While own events are known to be missing, a peer
+    /// that knows more only widens what is missing.
+    pub fn note_self_claim(
+        &self,
+        peer: &Uuid,
+        peer_has: u64,
+    ) -> Result<Option<super::Incarnation>, StoreError> {
+        let mut w = self.lock();
+        // Rolled back if the peer knows more than we ever held, or knows an own event that is
+        // neither in the state we opened nor issued since (we wrote after the rollback).
+        let (opened_last, floor) = w.opened;
+        let lost_since_open = peer_has > opened_last && peer_has < floor;
+        if (peer_has <= w.own_last && !lost_since_open) && w.lineage.missing.is_none() {
+            return Ok(None);
+        }
+        if let Some((lo, hi)) = w.lineage.missing {
+            if peer_has > hi {
+                w.lineage.missing = Some((lo, peer_has));
+                w.clock.observe(peer_has);
+                let mut batch = sled::Batch::default();
+                batch.insert(keys::meta("lineage"), encode(&w.lineage));
+                batch.insert(keys::meta("clock"), encode(&w.clock.last()));
+                self.tree.apply_batch(batch)?;
+                self.db.flush()?;
+                self.publish(&w)?;
+            }
+            return Ok(None);
+        }
+        let reason = format!(
+            "peer {peer} holds our own events up to {peer_has} but this data directory had only \
+             up to {} when opened: it was rolled back (restored disk, VM snapshot or old copy)",
+            opened_last.min(w.own_last)
+        );
+        // Held for sure: what the opened state had (anything we wrote since is newer).
+        let held = opened_last.min(w.own_last);
+        self.start_incarnation_locked(&mut w, &reason, held, peer_has)
+            .map(Some)
     }
 
     /// Unresolved merge conflicts of one record, as peers receive them.
@@ -164,7 +280,9 @@ impl Store {
         let mut knowledge = h.knowledge.clone();
         // Our own entry is our newest own event, not the clock: the clock also moves when we
         // merely observe a peer's stamps, and a claim about events we never made helps no one.
-        knowledge.insert(self.id(), h.own_last);
+        // After a restore or rollback only the own events known to be held are claimed (see
+        // `incarnation.rs`), so peers send back the rest.
+        knowledge.insert(self.id(), h.own_claim);
         Ok(Position {
             head: h.seq,
             knowledge,
@@ -199,14 +317,15 @@ impl Store {
         receiver: Option<uuid::Uuid>,
     ) -> Result<OutgoingPage, StoreError> {
         let skip_echoes = {
-            // Nothing to send if the receiver already has every event we hold: answer at once
-            // instead of walking the feed (after A sends B 100,000 records, B → A is this).
+            // Nothing to send if the receiver already has every event we hold and no conflict
+            // was logged after its position: answer at once instead of walking the feed (after
+            // A sends B 100,000 records, B → A is this).
             let h = self.head();
             let covered = h
                 .holdings
                 .iter()
                 .all(|(n, ts)| known.get(n).is_some_and(|k| k >= ts));
-            if covered && since <= h.seq {
+            if covered && since <= h.seq && h.conflict_head <= since {
                 return Ok(OutgoingPage {
                     next: h.seq,
                     ..Default::default()
@@ -220,6 +339,12 @@ impl Store {
                     .get(&r)
                     .is_none_or(|held| known.get(&r).is_some_and(|k| k >= held))
             })
+        };
+        // Echo marks from before the receiver's current incarnation describe data it may have
+        // lost (it was restored or rolled back since): those entries are sent like any other.
+        let echo_from = match receiver {
+            Some(r) => self.peer(&r)?.map_or(0, |row| row.echo_from),
+            None => 0,
         };
         let mut page = OutgoingPage {
             next: since,
@@ -236,7 +361,7 @@ impl Store {
                 .ok_or_else(|| StoreError::Decode("bad feed entry".into()))?;
             page.next = seq;
             page.examined += 1;
-            if skip_echoes && echo_of.is_some() && echo_of == receiver {
+            if skip_echoes && echo_of.is_some() && echo_of == receiver && seq > echo_from {
                 continue;
             }
             let (table, id) = keys::parse_record_suffix(suffix)
@@ -261,21 +386,40 @@ impl Store {
                     d
                 }
             });
-            if let Some(state) = delta {
-                bytes += raw.len();
-                // Like fields, conflicts are not filtered by position (the record may never have
-                // reached this peer); receivers log each one once.
-                let conflicts = if rec.conflict_seq > 0 {
-                    self.conflicts_to_report(suffix)?
-                } else {
-                    Vec::new()
-                };
-                page.changes.push(RemoteChange {
-                    table,
-                    id,
-                    state,
-                    conflicts,
-                });
+            match delta {
+                Some(state) => {
+                    bytes += raw.len();
+                    // Like fields, conflicts are not filtered by position (the record may never
+                    // have reached this peer); receivers log each one once.
+                    let conflicts = if rec.conflict_seq > 0 {
+                        self.conflicts_to_report(suffix)?
+                    } else {
+                        Vec::new()
+                    };
+                    page.changes.push(RemoteChange {
+                        table,
+                        id,
+                        state,
+                        conflicts,
+                    });
+                }
+                // The receiver has every write, but conflicts were logged here since its
+                // position: which pairs of concurrent writes an instance logs depends on the
+                // order it met them, so open conflicts travel even to a receiver that needs no
+                // write (it merges nothing and logs those it lacks). Rare, and small.
+                None if rec.conflict_seq > since => {
+                    let conflicts = self.conflicts_to_report(suffix)?;
+                    if !conflicts.is_empty() {
+                        bytes += raw.len();
+                        page.changes.push(RemoteChange {
+                            table,
+                            id,
+                            state: rec.state,
+                            conflicts,
+                        });
+                    }
+                }
+                None => {}
             }
             if page.changes.len() >= limit || bytes >= max_bytes {
                 break;

@@ -7,7 +7,7 @@
 
 use super::{
     decode, decode_record, encode, keys, write::encode_record, ConflictEntry, InstanceInfo,
-    PeerRow, Store, StoreError, WriterState,
+    Lineage, PeerRow, Store, StoreError, WriterState,
 };
 use crate::clock::Clock;
 use serde::{Deserialize, Serialize};
@@ -93,6 +93,8 @@ pub struct RestoreReport {
     pub instance: Uuid,
     /// Whether this database took over the backup's instance id.
     pub took_over_identity: bool,
+    /// The incarnation this database now lives (peers see it in `hello`).
+    pub incarnation: Uuid,
     /// How far the restored feed positions were moved up (see [`Store::restore`]).
     pub feed_shift: u64,
     /// Peer rows whose sync positions were reset.
@@ -100,10 +102,8 @@ pub struct RestoreReport {
     /// Entries written.
     pub counts: SnapshotCounts,
     /// Whether this database had changes of its own (under an id that stays) that the restore
-    /// discarded; peers keep them but will not send them back.
+    /// discarded; peers that received them send them back (the new incarnation claims none).
     pub discarded_own_changes: bool,
-    /// This laptop's incarnation after the restore (one more than before).
-    pub incarnation: u64,
 }
 
 /// Feed positions of a taken-over instance restart this far above the backup's feed head.
@@ -121,17 +121,6 @@ impl Store {
             writer: self.lock(),
         };
         f(&view)
-    }
-
-    /// How many times this database was restored or repaired (0: never). Each restore starts a
-    /// new *incarnation*: what described the laptop's place among its peers (knowledge, peer
-    /// positions) was reset, so the next syncs bring back everything peers hold. Stored as
-    /// meta `incarnation` (u64), written in the restore's batch.
-    pub fn incarnation(&self) -> Result<u64, StoreError> {
-        Ok(match self.tree.get(keys::meta("incarnation"))? {
-            Some(v) => decode(&v)?,
-            None => 0,
-        })
     }
 
     /// Restores an empty database that is the instance `info` (a take-over of a backup holding
@@ -165,9 +154,11 @@ impl Store {
     /// - feed positions move up past every position this instance may have handed out to peers
     ///   (its own old feed head; for a take-over, [`TAKE_OVER_FEED_GAP`] above the backup's),
     ///   so a peer resuming "after position N" gets every restored record again;
-    /// - the clock resumes after the backup's and this instance's own; a take-over (or a
-    ///   laptop's own backup) resumes exactly at the backup's, so the changes the old instance
-    ///   made after the backup, stamped higher, are still fetched from peers.
+    /// - a new incarnation begins (see `incarnation.rs`): peers that see it in `hello` forget
+    ///   what they believed this instance holds (echo marks, its feed position) and send back
+    ///   everything the backup lacks, own writes and deletes included, because this instance
+    ///   claims of its own events only those the backup holds until a peer brought the rest;
+    /// - the clock resumes after both the backup's and this database's (never a stamp twice).
     pub fn restore(
         &self,
         entries: Vec<(Vec<u8>, Vec<u8>)>,
@@ -185,27 +176,49 @@ impl Store {
             meta_of(name).map_or(Ok(0), |v| decode::<u64>(v))
         };
         let (backup_seq, backup_clock) = (u64_of("seq")?, u64_of("clock")?);
-        // Every restore starts a new incarnation of this laptop (see `Store::incarnation`).
-        let incarnation = u64_of("incarnation")?.max(self.incarnation()?) + 1;
         let next_conflict = u64_of("next_conflict")?.max(1);
 
         let mut w = self.lock();
         let mut cur = self.instance.write().unwrap_or_else(|e| e.into_inner());
         // Restoring a laptop's own backup continues that instance's line, like a take-over.
         let continues_backup = take_over || cur.id == backup_info.id;
-        let (info, clock, shift) = if continues_backup {
+        let (info, shift) = if continues_backup {
             let info = if take_over { &backup_info } else { &*cur };
-            // The clock resumes exactly where the backup was: the instance's own knowledge is
-            // its clock, and a later clock would claim (and so never fetch back) the changes it
-            // made after the backup that peers still have.
-            (info.clone(), backup_clock, TAKE_OVER_FEED_GAP.max(w.seq))
+            (info.clone(), TAKE_OVER_FEED_GAP.max(w.seq))
         } else {
-            // This instance's stamps and feed positions already in peers' hands stay used.
-            (cur.clone(), backup_clock.max(w.clock.last()), w.seq)
+            // This instance's feed positions already in peers' hands stay used.
+            (cur.clone(), w.seq)
         };
-        // This instance's own changes are gone here, and as its clock claims them, peers will
-        // not send them back. Every change leaves a history key ending in its stamp's node.
+        // The clock never goes back: stamps this directory or the backup handed out stay used.
+        let clock = backup_clock.max(w.clock.last());
+        // (and past every own stamp that may be missing; see `issued` below)
+        // Own events this database held and the backup lacks are still with peers: the new
+        // incarnation claims only what the backup holds of them, so peers send them back.
         let discarded_own_changes = !continues_backup && w.own_last > 0;
+        let backup_own_last = if continues_backup {
+            u64_of("own_last")?
+        } else {
+            0
+        };
+        // The newest own stamp that may have been issued: on this database, its own mark; for a
+        // take-over, anything the old laptop made before now.
+        let issued = if take_over {
+            crate::clock::ts_from_millis(crate::clock::wall_millis()).max(backup_clock)
+        } else if info.id == cur.id {
+            w.own_last
+        } else {
+            0
+        };
+        let base = match (take_over, meta_of("lineage")) {
+            (true, Some(v)) => decode::<Lineage>(v)?,
+            _ => w.lineage.clone(),
+        };
+        let lineage = base.successor(
+            crate::clock::wall_millis(),
+            backup_own_last,
+            issued.max(backup_own_last),
+            super::dir_key(&self.dir.join("db")),
+        );
         let seq = backup_seq + shift;
 
         let mut batch = sled::Batch::default();
@@ -220,7 +233,7 @@ impl Store {
                     b"instance" => (k, encode(&info)),
                     b"seq" => (k, encode(&seq)),
                     b"clock" => (k, encode(&clock)),
-                    b"knowledge" | b"incarnation" => continue,
+                    b"knowledge" | b"lineage" => continue,
                     // The newest own event of the backup's instance is ours only if we become it.
                     b"own_last" if !continues_backup => (k, encode(&0u64)),
                     _ => (k, v),
@@ -268,7 +281,7 @@ impl Store {
             counts.add(&k);
             batch.insert(k, v);
         }
-        batch.insert(keys::meta("incarnation"), encode(&incarnation));
+        batch.insert(keys::meta("lineage"), encode(&lineage));
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
         let meta_u64 = |name: &str| -> Result<u64, StoreError> {
@@ -288,11 +301,19 @@ impl Store {
         };
         *w = WriterState {
             seq,
-            clock: Clock::new(info.id, clock),
+            clock: Clock::new(info.id, clock.max(lineage.missing.map_or(0, |m| m.1))),
             next_conflict,
             own_last,
             holdings,
+            conflict_head: seq,
+            lineage: lineage.clone(),
+            opened: (
+                own_last,
+                (clock + 1).max(crate::clock::ts_from_millis(crate::clock::wall_millis())),
+            ),
         };
+        tracing::warn!(incarnation = %lineage.current.id, missing_from = backup_own_last,
+            "restored from a backup: new incarnation, peers will send back what the backup lacks");
         *cur = info.clone();
         drop(cur);
         self.publish(&w)?;
@@ -302,11 +323,11 @@ impl Store {
             backup_instance: backup_info.id,
             instance: info.id,
             took_over_identity: take_over,
+            incarnation: lineage.current.id,
             feed_shift: shift,
             peers_reset,
             counts,
             discarded_own_changes,
-            incarnation,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! it before returning, so a write is durable when acknowledged and a failed batch writes nothing.
 
 use super::keys;
+use super::staging::{ImportRow, RowOutcome, UpdateMode};
 use super::{
     decode, encode, ConflictDetail, ConflictEntry, Created, HistoryEntry, Resolution, Source,
     Store, StoreError, StoredRecord, TableCounts, Txn, WriterState,
@@ -41,7 +42,7 @@ pub enum OpResult {
 pub(super) struct Batch<'a> {
     store: &'a Store,
     pub(super) txn: Txn<'a>,
-    w: WriterState,
+    pub(super) w: WriterState,
     pub(super) now: DateTime<Utc>,
     wall: u64,
     started: std::time::Instant,
@@ -72,6 +73,9 @@ impl Store {
             next_conflict: guard.next_conflict,
             own_last: guard.own_last,
             holdings: guard.holdings.clone(),
+            conflict_head: guard.conflict_head,
+            lineage: guard.lineage.clone(),
+            opened: guard.opened,
         };
         let batch = Batch {
             store: self,
@@ -105,6 +109,7 @@ impl Store {
             .put(keys::meta("next_conflict"), encode(&b.w.next_conflict));
         b.txn.put(keys::meta("own_last"), encode(&b.w.own_last));
         b.txn.put(keys::meta("holdings"), encode(&b.w.holdings));
+        b.txn.put(keys::meta("lineage"), encode(&b.w.lineage));
         let t = std::time::Instant::now();
         let writes = b.txn.len();
         b.txn.commit()?;
@@ -261,9 +266,67 @@ impl Store {
         self.finish(guard, b)?;
         Ok(entry)
     }
+
+    /// Applies import rows to one table in one batch (see [`super::staging`]): a new id is a
+    /// put; a live record takes a put ([`UpdateMode::Replace`]) or a patch
+    /// ([`UpdateMode::Merge`]); a deleted record is left deleted (an import never resurrects).
+    /// `extra` adds writes to the same batch (removing staged rows), which commits even when no
+    /// record changed; with `durable` it is fsynced when a record changed (a staged import's
+    /// roll-forward flushes once at the end instead). Fails with [`StoreError::Op`] naming the
+    /// first bad row, writing nothing.
+    pub(crate) fn write_import<F>(
+        &self,
+        table: &str,
+        rows: &[ImportRow],
+        durable: bool,
+        extra: F,
+    ) -> Result<Vec<RowOutcome>, StoreError>
+    where
+        F: FnOnce(&mut Txn<'_>) -> Result<(), StoreError>,
+    {
+        let (guard, mut b) = self.begin();
+        let mut out = Vec::with_capacity(rows.len());
+        for (index, row) in rows.iter().enumerate() {
+            let r = b.import_row(table, row).map_err(|e| StoreError::Op {
+                index,
+                source: Box::new(e),
+            })?;
+            out.push(r);
+        }
+        extra(&mut b.txn)?;
+        let changed = out
+            .iter()
+            .any(|r| matches!(r, RowOutcome::Inserted | RowOutcome::Updated));
+        if changed || !b.txn.is_empty() {
+            self.finish_with(guard, b, durable && changed)?;
+        }
+        Ok(out)
+    }
 }
 
 impl Batch<'_> {
+    fn import_row(&mut self, table: &str, row: &ImportRow) -> Result<RowOutcome, StoreError> {
+        let prev = self.load(&keys::record_suffix(table, &row.id))?;
+        let edit = match prev.as_ref().map(|p| p.state.is_alive()) {
+            None => Edit::Put(row.fields.clone()),
+            Some(false) => return Ok(RowOutcome::DeletedKept),
+            Some(true) => match row.update {
+                UpdateMode::Replace => Edit::Put(row.fields.clone()),
+                UpdateMode::Merge => Edit::Patch(row.fields.clone()),
+            },
+        };
+        let op = LocalOp {
+            table: table.to_string(),
+            id: row.id,
+            edit,
+        };
+        Ok(match self.local(&op)? {
+            OpResult::Written(_) if prev.is_none() => RowOutcome::Inserted,
+            OpResult::Written(_) => RowOutcome::Updated,
+            OpResult::Unchanged => RowOutcome::Unchanged,
+        })
+    }
+
     /// Merges remote changes into this batch (records, feed, history, conflicts, clock).
     pub(super) fn merge_changes(
         &mut self,
@@ -524,6 +587,7 @@ impl Batch<'_> {
         self.supersede(&suffix, &p.state)?;
 
         let conflict_seq = if logged > 0 {
+            self.w.conflict_head = seq;
             seq
         } else {
             p.prev.as_ref().map_or(0, |r| r.conflict_seq)
@@ -600,7 +664,7 @@ impl Batch<'_> {
 /// How a conflict settled by a later write is marked (the prefix of its `how`).
 const SUPERSEDED: &str = "superseded by a later write";
 
-fn trim_heap() {
+pub(crate) fn trim_heap() {
     // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
     unsafe {
         libc::malloc_trim(0);

@@ -22,6 +22,7 @@ pub mod verify;
 
 pub use admit::admit;
 pub use peer::{ClientCache, Peer, RpcPeer};
+pub use receive::{identity_problems, IdentityProblem, DUPLICATE_FIX};
 pub use responder::{Inbound, Responder};
 pub use verify::{digest_buckets, verify, verify_with, TableCheck};
 
@@ -178,6 +179,11 @@ pub async fn sync_with(
                 .peers()
                 .ok()
                 .and_then(|ps| ps.into_iter().find(|p| p.url == addr));
+            // Kept in the peer's row too (a one-shot CLI sync has no other place), so
+            // `status`, `peers` and `doctor` show why, e.g. a refused duplicate identity.
+            if let Some(p) = &known {
+                note_failure(&store, Some(p.instance), e);
+            }
             let (id, name) = known.map_or((String::new(), String::new()), |p| {
                 (p.instance.to_string(), p.name)
             });
@@ -234,6 +240,7 @@ pub(crate) fn our_hello(
         encodings,
         local_only: local_only(store),
         tables: synced_tables(store)?,
+        incarnation: Some(store.incarnation()),
     })
 }
 

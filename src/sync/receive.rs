@@ -9,11 +9,15 @@
 
 use super::admit::admit;
 use crate::clock::wall_millis;
+use crate::model::Incarnation;
 use crate::protocol::{self, codes, Page, PeerInfo, ProtocolError};
-use crate::store::{CommitError, Committed, Knowledge, PageCommit, PeerRow, Store, StoreError};
+use crate::store::{
+    judge, CommitError, Committed, DuplicateIdentity, Knowledge, PageCommit, PeerRow, Store,
+    StoreError, Verdict,
+};
 use crate::tls::Transport;
 use chrono::Utc;
-use tracing::warn;
+use tracing::{info, warn};
 use uuid::Uuid;
 
 /// Why an incoming page was not taken (nothing of it was written).
@@ -43,6 +47,9 @@ impl ReceiveError {
                 codes::UNKNOWN_PEER,
                 format!("instance {id} must say hello before pushing"),
             ),
+            ReceiveError::Commit(CommitError::Duplicate { peer, reason }) => {
+                duplicate_refusal(peer, reason)
+            }
             ReceiveError::Commit(CommitError::Store(e)) => store_refusal(e),
         }
     }
@@ -235,29 +242,168 @@ pub enum HelloSeen<'a> {
     },
 }
 
+/// What to do when two data directories share one instance id.
+pub const DUPLICATE_FIX: &str = "give one of the two laptops a new identity: on the \
+     coordinator `fieldsync mesh enroll --name NAME --out new.fsmesh`; on that laptop \
+     `fieldsync backup old.fsbackup`, `fieldsync --data-dir NEWDIR init --mesh new.fsmesh`, \
+     `fieldsync --data-dir NEWDIR restore old.fsbackup`, then run from NEWDIR";
+
+/// The refusal of an instance whose id two data directories use, with the fix.
+pub fn duplicate_refusal(peer: &Uuid, reason: &str) -> ProtocolError {
+    ProtocolError::new(
+        codes::DUPLICATE_INSTANCE,
+        format!(
+            "instance {peer} is used by two data directories at once ({reason}); it is refused \
+             from now on. Fix: {DUPLICATE_FIX}"
+        ),
+    )
+}
+
+/// One identity problem for `status`, `peers` and `doctor`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IdentityProblem {
+    /// The instance whose id is shared.
+    pub instance: Uuid,
+    /// Its name as last seen.
+    pub name: String,
+    /// What was seen.
+    pub problem: String,
+    /// What to do.
+    pub fix: String,
+}
+
+/// Instance ids seen used by two data directories: peers we refuse, and this laptop itself
+/// when a peer refused it for that reason.
+pub fn identity_problems(store: &Store) -> Result<Vec<IdentityProblem>, StoreError> {
+    let me = store.instance();
+    let mut out = Vec::new();
+    for row in store.peers()? {
+        if let Some(d) = &row.duplicate {
+            out.push(IdentityProblem {
+                instance: row.instance,
+                name: row.name.clone(),
+                problem: format!(
+                    "peer {} ({}) is used by two data directories at once ({}); refused since {}",
+                    row.name,
+                    row.instance,
+                    d.reason,
+                    d.detected_at.to_rfc3339()
+                ),
+                fix: DUPLICATE_FIX.to_string(),
+            });
+        }
+        let refused_me = row
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains(&format!("(code {})", codes::DUPLICATE_INSTANCE)));
+        if refused_me {
+            out.push(IdentityProblem {
+                instance: me.id,
+                name: me.name.clone(),
+                problem: format!(
+                    "peer {} refuses this laptop: its instance id {} is used by another data \
+                     directory too",
+                    row.name, me.id
+                ),
+                fix: DUPLICATE_FIX.to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// Records a peer's hello in its row (identity, contact, url, clock offset, times) and returns
-/// the position we have received up to from it. A peer whose feed head is behind that position
-/// was restored from an older backup: we resync it from 0 rather than skip what it now holds.
+/// the position we have received up to from it.
+///
+/// Its incarnation is judged against the ones seen before (`store::judge`): a newer one (the
+/// peer was restored or rolled back) resets its position and makes every feed entry so far
+/// eligible to be sent to it again, echo marks notwithstanding (`PeerRow::echo_from`); two
+/// active incarnations of one instance mark it duplicate and refuse it from then on. A peer
+/// whose feed head is behind our position is resynced from 0 rather than skipping what it now
+/// holds.
 pub fn note_hello(
     store: &Store,
     peer: &PeerInfo,
     clock_ms: u64,
     head: u64,
+    knowledge: &Knowledge,
+    incarnation: Option<&Incarnation>,
     seen: HelloSeen<'_>,
-) -> Result<u64, StoreError> {
-    store.update_peer(&peer.instance, |row| {
-        note_peer(row, peer, clock_ms);
-        match seen {
-            HelloSeen::Inbound => row.last_seen = Some(Utc::now()),
-            HelloSeen::Outbound { addr } => row.url = addr.to_string(),
-        }
-        if head < row.received_upto {
-            warn!(peer = %peer.instance, head, had = row.received_upto,
-                  "peer's feed is behind what we received from it (restored?): resyncing from 0");
-            row.received_upto = 0;
-        }
-        row.received_upto
-    })
+) -> Result<u64, ReceiveError> {
+    let Some(inc) = incarnation else {
+        return Err(ReceiveError::Refused(ProtocolError::new(
+            codes::INVALID_PARAMS,
+            "hello has no `incarnation` (required from protocol version 2)",
+        )));
+    };
+    let out = store
+        .update_peer_with(&peer.instance, |row, seq| {
+            if let Some(d) = &row.duplicate {
+                return (Err(d.reason.clone()), false);
+            }
+            note_peer(row, peer, clock_ms);
+            match seen {
+                HelloSeen::Inbound => row.last_seen = Some(Utc::now()),
+                HelloSeen::Outbound { addr } => row.url = addr.to_string(),
+            }
+            let mut durable;
+            match judge(row.incarnation.as_ref(), &row.retired, inc) {
+                Verdict::Known => {
+                    durable = row.incarnation.is_none();
+                    row.incarnation = Some(*inc);
+                    // Less knowledge than it reported before: its database was rolled back
+                    // without a new incarnation (it lost no own write, or has not noticed yet).
+                    // What we marked as received from it may be gone there: send it again.
+                    let regressed = row
+                        .knowledge
+                        .iter()
+                        .any(|(n, t)| knowledge.get(n).copied().unwrap_or(0) < *t);
+                    if regressed {
+                        row.echo_from = seq;
+                        row.received_upto = 0;
+                        durable = true;
+                        warn!(peer = %peer.instance, name = %peer.name,
+                              "peer knows less than it did (rolled back?): sending it everything \
+                               it lacks");
+                    }
+                }
+                Verdict::Newer => {
+                    let old = row.incarnation.replace(*inc).map(|o| o.id);
+                    row.retired.extend(old);
+                    row.echo_from = seq;
+                    row.received_upto = 0;
+                    durable = true;
+                    info!(peer = %peer.instance, name = %peer.name, incarnation = %inc.id,
+                          "peer was restored or rolled back (new incarnation): sending it \
+                           everything it lacks");
+                }
+                Verdict::Duplicate(reason) => {
+                    let mut seen_ids: Vec<Uuid> = row.incarnation.iter().map(|i| i.id).collect();
+                    seen_ids.push(inc.id);
+                    row.duplicate = Some(DuplicateIdentity {
+                        detected_at: Utc::now(),
+                        incarnations: seen_ids,
+                        reason: reason.clone(),
+                    });
+                    warn!(peer = %peer.instance, name = %peer.name, %reason,
+                          "two data directories use one instance id: refusing it from now on");
+                    return (Err(reason), true);
+                }
+            }
+            row.knowledge = knowledge.clone();
+            if head < row.received_upto {
+                // Its feed went back: rolled back (a restore would have a new incarnation), so
+                // what we marked as received from it may be gone there too.
+                warn!(peer = %peer.instance, head, had = row.received_upto,
+                      "peer's feed is behind what we received from it (rolled back?): resyncing \
+                       from 0 and sending it everything it lacks");
+                row.received_upto = 0;
+                row.echo_from = seq;
+            }
+            (Ok(row.received_upto), durable)
+        })
+        .map_err(|e| ReceiveError::Commit(CommitError::Store(e)))?;
+    out.map_err(|reason| ReceiveError::Refused(duplicate_refusal(&peer.instance, &reason)))
 }
 
 fn note_peer(row: &mut PeerRow, p: &PeerInfo, clock_ms: u64) {

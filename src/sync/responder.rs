@@ -137,10 +137,24 @@ impl SyncService for Responder {
                 ),
             ));
         }
+        let received_upto = note_hello(
+            &self.store,
+            &h.peer,
+            h.clock_ms,
+            h.head,
+            &h.knowledge,
+            h.incarnation.as_ref(),
+            HelloSeen::Inbound,
+        )
+        .map_err(|e| e.to_protocol())?;
         self.inbound.begin(h.peer.instance);
-        let received_upto =
-            note_hello(&self.store, &h.peer, h.clock_ms, h.head, HelloSeen::Inbound)
+        // The caller holds our own events up to its claim: if we hold fewer, we were rolled
+        // back, and the new incarnation in this reply makes the caller resend them.
+        if let Some(mine) = h.knowledge.get(&me.instance) {
+            self.store
+                .note_self_claim(&h.peer.instance, *mine)
                 .map_err(|e| store_refusal(&e))?;
+        }
         let pos = self.store.position().map_err(|e| store_refusal(&e))?;
         let encoding = if h.encodings.iter().any(|e| e == ENC_ZSTD) {
             ENC_ZSTD
@@ -157,6 +171,7 @@ impl SyncService for Responder {
             encoding: encoding.to_string(),
             local_only: local_only(&self.store),
             tables: synced_tables(&self.store).map_err(|e| store_refusal(&e))?,
+            incarnation: Some(self.store.incarnation()),
         })
     }
 

@@ -25,43 +25,63 @@ pub async fn run<P: Peer>(
     label: &str,
     opts: &SessionOptions,
 ) -> Result<SessionReport, SyncError> {
-    let pos = blocking(store, |s| s.position()).await?;
     let me = store.instance();
-    let hello = our_hello(
-        store,
-        &pos,
-        opts.url.clone(),
-        vec![opts.encoding.clone(), ENC_JSON.to_string()],
-    )?;
-    let reply = peer.hello(&hello).await.map_err(|e| e.into_sync(label))?;
-    let info = reply.peer.clone();
-    tracing::Span::current().record("peer", tracing::field::display(info.instance));
-    peer.check_identity(&info.instance)
-        .map_err(SyncError::Peer)?;
-    if info.instance == me.id {
-        return Err(SyncError::Peer(ProtocolError::new(
-            codes::SAME_INSTANCE,
-            format!("peer at {label} has our own instance id {}", me.id),
-        )));
-    }
-    protocol::negotiate(reply.protocol, reply.protocol)?;
+    // At most two hellos: if the peer holds more of our own events than we do, we were rolled
+    // back; a new incarnation starts and is announced in a second hello, so the peer stops
+    // trusting what it believed we hold and sends it all.
+    let mut attempt = 0;
+    let (pos, hello, reply, info, mut since) = loop {
+        attempt += 1;
+        let pos = blocking(store, |s| s.position()).await?;
+        let hello = our_hello(
+            store,
+            &pos,
+            opts.url.clone(),
+            vec![opts.encoding.clone(), ENC_JSON.to_string()],
+        )?;
+        let reply = peer.hello(&hello).await.map_err(|e| e.into_sync(label))?;
+        let info = reply.peer.clone();
+        tracing::Span::current().record("peer", tracing::field::display(info.instance));
+        peer.check_identity(&info.instance)
+            .map_err(SyncError::Peer)?;
+        if info.instance == me.id {
+            return Err(SyncError::Peer(ProtocolError::new(
+                codes::SAME_INSTANCE,
+                format!("peer at {label} has our own instance id {}", me.id),
+            )));
+        }
+        protocol::negotiate(reply.protocol, reply.protocol)?;
+        let since = {
+            let (info, addr) = (info.clone(), label.to_string());
+            let (clock_ms, head, inc) = (reply.clock_ms, reply.head, reply.incarnation);
+            let k = reply.knowledge.clone();
+            blocking(store, move |s| {
+                Ok(note_hello(
+                    s,
+                    &info,
+                    clock_ms,
+                    head,
+                    &k,
+                    inc.as_ref(),
+                    HelloSeen::Outbound { addr: &addr },
+                ))
+            })
+            .await?
+            .map_err(|e| match e {
+                ReceiveError::Commit(CommitError::Store(e)) => SyncError::Store(e),
+                other => SyncError::Peer(other.to_protocol()),
+            })?
+        };
+        let peer_has = reply.knowledge.get(&me.id).copied().unwrap_or(0);
+        let pid = info.instance;
+        let restarted = blocking(store, move |s| s.note_self_claim(&pid, peer_has)).await?;
+        if restarted.is_none() || attempt >= 2 {
+            break (pos, hello, reply, info, since);
+        }
+    };
     let mut report = SessionReport {
         peer: info.clone(),
         ..Default::default()
-    };
-    let mut since = {
-        let (info, addr) = (info.clone(), label.to_string());
-        let (clock_ms, head) = (reply.clock_ms, reply.head);
-        blocking(store, move |s| {
-            note_hello(
-                s,
-                &info,
-                clock_ms,
-                head,
-                HelloSeen::Outbound { addr: &addr },
-            )
-        })
-        .await?
     };
 
     // Pull: pages of the peer's changes, each committed with its position in one batch.

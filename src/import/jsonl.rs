@@ -1,0 +1,140 @@
+//! JSONL input, streamed one line at a time: gen.py's `{"table","id","fields"}` lines or plain
+//! field objects (an `"id"` key holds the record id). Blank lines are skipped; a byte order
+//! mark and CRLF line ends are accepted. A number that would not keep its value (a 30-digit
+//! integer) is refused naming its field: quote it to keep it as text.
+
+use super::cells::{as_text, first_inexact_number};
+use super::{ImportError, Opened, Row};
+use crate::model::{self, validate_fields, Fields};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read};
+
+/// Opens JSONL input for `table`.
+pub(crate) fn open(input: Box<dyn Read>, table: &str, text: &HashSet<String>) -> Opened {
+    Opened {
+        unit: "line",
+        header: None,
+        rows: Box::new(JsonlRows {
+            input: BufReader::with_capacity(1 << 16, input),
+            buf: Vec::new(),
+            line: 0,
+            table: table.to_string(),
+            text: text.clone(),
+        }),
+    }
+}
+
+struct JsonlRows {
+    input: BufReader<Box<dyn Read>>,
+    buf: Vec<u8>,
+    line: u64,
+    table: String,
+    text: HashSet<String>,
+}
+
+fn has_float(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.is_f64(),
+        Value::Array(a) => a.iter().any(has_float),
+        Value::Object(m) => m.values().any(has_float),
+        _ => false,
+    }
+}
+
+impl JsonlRows {
+    fn err(&self, message: impl ToString) -> ImportError {
+        ImportError::Line {
+            unit: "line",
+            line: self.line,
+            message: message.to_string(),
+        }
+    }
+
+    fn take_id(&self, obj: &mut Fields) -> Result<Option<uuid::Uuid>, ImportError> {
+        match obj.remove("id") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => model::parse_id(&s).map(Some).map_err(|e| self.err(e)),
+            Some(other) => Err(self.err(format!(
+                "\"id\" must be a UUID string, got {}",
+                model::json_type(&other)
+            ))),
+        }
+    }
+
+    fn parse(&self, text: &str) -> Result<Row, ImportError> {
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| self.err(format!("malformed JSON: {e}")))?;
+        if has_float(&v) {
+            if let Some(bad) = first_inexact_number(text) {
+                let field = bad
+                    .key
+                    .map(|k| format!("field {k:?}: "))
+                    .unwrap_or_default();
+                return Err(self.err(format!(
+                    "{field}the number {} cannot be stored exactly; write it in quotes to keep \
+                     it as text",
+                    bad.number
+                )));
+            }
+        }
+        let Value::Object(mut obj) = v else {
+            return Err(self.err("expected a JSON object"));
+        };
+        let (id, mut fields) = if obj.contains_key("fields") {
+            if let Some(t) = obj.get("table") {
+                if t.as_str() != Some(self.table.as_str()) {
+                    return Err(self.err(format!(
+                        "record is for table {t}, importing into {:?}",
+                        self.table
+                    )));
+                }
+            }
+            let fields = validate_fields(obj.remove("fields").unwrap_or_default())
+                .map_err(|e| self.err(e))?;
+            (self.take_id(&mut obj)?, fields)
+        } else {
+            let id = self.take_id(&mut obj)?;
+            model::check_fields(&obj).map_err(|e| self.err(e))?;
+            (id, obj)
+        };
+        for (k, v) in fields.iter_mut() {
+            if self.text.contains(k) {
+                *v = as_text(v);
+            }
+        }
+        Ok(Row {
+            line: self.line,
+            id,
+            empty: fields.is_empty() && id.is_none(),
+            fields,
+        })
+    }
+}
+
+impl Iterator for JsonlRows {
+    type Item = Result<Row, ImportError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.buf.clear();
+            match self.input.read_until(b'\n', &mut self.buf) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(ImportError::Io(e))),
+            }
+            self.line += 1;
+            let mut bytes = &self.buf[..];
+            if self.line == 1 {
+                bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+            }
+            let Ok(text) = std::str::from_utf8(bytes) else {
+                return Some(Err(self.err("not UTF-8 text: save the file as UTF-8")));
+            };
+            if text.trim().is_empty() {
+                continue;
+            }
+            return Some(self.parse(text));
+        }
+    }
+}

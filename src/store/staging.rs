@@ -1,0 +1,358 @@
+//! Imports: rows of one table applied through the local write path, either in one batch (a
+//! small import) or staged in bounded chunks and rolled forward (a redo log), so a large
+//! import needs bounded memory and a crash at any moment leaves none or all of it.
+//!
+//! | key                                    | value (rmp-serde)                          |
+//! |----------------------------------------|--------------------------------------------|
+//! | `I` import id (16) row number (u64 BE) | `StagedRow`: one row waiting to apply      |
+//! | `M` `import/` import id (text)         | `ImportMarker`: the import is committed    |
+//!
+//! Lifecycle of a staged import: rows are staged chunk by chunk (one `sled::Batch` each, not
+//! fsynced); `commit` flushes them, writes the marker and flushes again — from that moment the
+//! import has happened. Then it rolls forward: each chunk of staged rows is applied through the
+//! local write path and its staged keys are removed *in the same batch*, so a crash mid-way
+//! leaves exactly the rows not yet applied; finally the marker is removed. On open,
+//! [`recover`] discards staging without a marker (the import never committed: none of it) and
+//! rolls a marked one forward to completion (all of it).
+//!
+//! Staged rows are keyed by their number in the file, so the roll-forward writes records (and
+//! their feed entries, hence what peers receive first) in file order, as a one-batch import does.
+//!
+//! Readers of this process may see a roll-forward in progress (some rows applied, others not)
+//! for as long as it runs; a crash never leaves it that way, because the next open finishes it.
+
+use super::{decode, encode, keys, Store, StoreError};
+use crate::model::Fields;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Prefix byte of staged import rows (see the module's table).
+pub(crate) const STAGED: u8 = b'I';
+
+/// Rows applied per batch during roll-forward (unless the import sets another). sled holds
+/// several times a batch's size in memory while applying it (a 5,000-row batch peaked at over
+/// 100 MB), so batches stay small; they are not fsynced one by one (see `roll_forward`).
+pub(crate) const APPLY_CHUNK: usize = 1_000;
+
+/// How an import row changes a record that already exists and is alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateMode {
+    /// The row's fields replace the record's (a `put`: fields not in the row are removed).
+    Replace,
+    /// The row's fields are set and the record's other fields kept (a `patch`; null removes).
+    Merge,
+}
+
+/// One row to import into a table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportRow {
+    /// The record id (from the file, derived from a key, or new).
+    pub id: Uuid,
+    /// Source line (or spreadsheet row), for messages.
+    pub line: u64,
+    /// The row's fields.
+    pub fields: Fields,
+    /// What to do when the record exists.
+    pub update: UpdateMode,
+}
+
+/// What an import row did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowOutcome {
+    /// A new record.
+    Inserted,
+    /// An existing record changed (an edit with history).
+    Updated,
+    /// The record already held these values: nothing written.
+    Unchanged,
+    /// The record was deleted here; an import never brings it back, so nothing was written.
+    DeletedKept,
+}
+
+/// Counts of a finished import.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportCounts {
+    /// New records.
+    pub inserted: u64,
+    /// Changed records.
+    pub updated: u64,
+    /// Rows whose record already held their values.
+    pub unchanged: u64,
+    /// Rows for records deleted here, left deleted.
+    pub deleted_kept: u64,
+    /// Rows refused while rolling forward (a unique value taken by a record that arrived from
+    /// a peer after the rows were checked); each is logged with its line. Normally 0.
+    pub skipped: u64,
+}
+
+impl ImportCounts {
+    fn add(&mut self, o: RowOutcome) {
+        match o {
+            RowOutcome::Inserted => self.inserted += 1,
+            RowOutcome::Updated => self.updated += 1,
+            RowOutcome::Unchanged => self.unchanged += 1,
+            RowOutcome::DeletedKept => self.deleted_kept += 1,
+        }
+    }
+}
+
+/// A staged row as stored (the table is in the marker).
+#[derive(Serialize, Deserialize)]
+struct StagedRow {
+    id: Uuid,
+    line: u64,
+    fields: Fields,
+    update: UpdateMode,
+}
+
+/// Written when a staged import commits.
+#[derive(Serialize, Deserialize)]
+struct ImportMarker {
+    table: String,
+    rows: u64,
+}
+
+fn staged_prefix(import: &Uuid) -> Vec<u8> {
+    keys::with_prefix(STAGED, &[import.as_bytes()])
+}
+
+fn marker_key(import: &Uuid) -> Vec<u8> {
+    keys::meta(&format!("import/{import}"))
+}
+
+impl Store {
+    /// Applies import rows to `table` in one atomic, durable batch (for imports that fit in
+    /// memory). A failing row fails the batch with [`StoreError::Op`] and writes nothing.
+    pub fn import_rows(&self, table: &str, rows: &[ImportRow]) -> Result<ImportCounts, StoreError> {
+        let mut counts = ImportCounts::default();
+        for o in self.write_import(table, rows, true, |_| Ok(()))? {
+            counts.add(o);
+        }
+        Ok(counts)
+    }
+
+    /// Starts a staged import into `table` (for imports too large for one batch) that rolls
+    /// forward `apply_chunk` rows per batch.
+    pub fn stage_import(
+        &self,
+        table: &str,
+        apply_chunk: usize,
+    ) -> Result<StagedImport<'_>, StoreError> {
+        crate::model::validate_table(table)?;
+        Ok(StagedImport {
+            store: self,
+            table: table.to_string(),
+            id: Uuid::new_v4(),
+            rows: 0,
+            done: false,
+            apply_chunk: apply_chunk.max(1),
+        })
+    }
+
+    /// The record holding `value` in the unique field `table.field`, other than `except`.
+    pub fn unique_holder(
+        &self,
+        table: &str,
+        field: &str,
+        value: &serde_json::Value,
+        except: &Uuid,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let prefix = keys::unique_value(table, field, &value.to_string());
+        for kv in self.tree.scan_prefix(&prefix) {
+            let k = kv?.0;
+            let id = Uuid::from_slice(&k[prefix.len()..])
+                .map_err(|e| StoreError::Decode(e.to_string()))?;
+            if id != *except {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// An import being staged; dropped without [`StagedImport::commit`], its rows are discarded.
+pub struct StagedImport<'a> {
+    store: &'a Store,
+    table: String,
+    id: Uuid,
+    rows: u64,
+    done: bool,
+    apply_chunk: usize,
+}
+
+impl StagedImport<'_> {
+    /// Writes a chunk of rows to the staging area (one batch, not yet durable).
+    pub fn stage(&mut self, rows: Vec<ImportRow>) -> Result<(), StoreError> {
+        let prefix = staged_prefix(&self.id);
+        let mut batch = sled::Batch::default();
+        for r in rows {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&self.rows.to_be_bytes());
+            let v = StagedRow {
+                id: r.id,
+                line: r.line,
+                fields: r.fields,
+                update: r.update,
+            };
+            batch.insert(k, encode(&v));
+            self.rows += 1;
+        }
+        self.store.tree.apply_batch(batch)?;
+        // Flushing each chunk keeps sled's dirty pages (memory) bounded by one chunk.
+        Ok(())
+    }
+
+    /// Makes the import happen: staged rows durable, then the commit marker (durable), then
+    /// the roll-forward. Once the marker is written, a failure or crash leaves the rest to
+    /// [`recover`] at the next open.
+    pub fn commit(mut self) -> Result<ImportCounts, StoreError> {
+        self.store.db.flush()?;
+        let marker = ImportMarker {
+            table: self.table.clone(),
+            rows: self.rows,
+        };
+        self.store
+            .tree
+            .insert(marker_key(&self.id), encode(&marker))?;
+        self.store.db.flush()?;
+        self.done = true;
+        tracing::debug!(import = %self.id, rows = self.rows, "import committed, rolling forward");
+        roll_forward(self.store, &self.id, &marker, self.apply_chunk)
+    }
+}
+
+impl Drop for StagedImport<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Refused or failed before commit: nothing of it may apply. If this cleanup fails
+            // too, the next open discards the unmarked rows.
+            if let Err(e) = discard(self.store, &self.id) {
+                tracing::warn!(import = %self.id, "could not discard staged import rows: {e}");
+            }
+        }
+    }
+}
+
+fn discard(store: &Store, import: &Uuid) -> Result<(), StoreError> {
+    let prefix = staged_prefix(import);
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for kv in store.tree.scan_prefix(&prefix).take(APPLY_CHUNK) {
+            batch.remove(kv?.0);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        store.tree.apply_batch(batch)?;
+    }
+}
+
+/// Applies the staged rows of a committed import, chunk by chunk, then removes its marker.
+///
+/// The chunks are not fsynced one by one: the staged rows and the marker are durable, and sled
+/// recovers a prefix of its log, so a crash can only lose the latest chunks *together with the
+/// removal of their staged rows*, which the next open applies again. One flush at the end
+/// makes the whole import durable before it is reported.
+fn roll_forward(
+    store: &Store,
+    import: &Uuid,
+    marker: &ImportMarker,
+    chunk: usize,
+) -> Result<ImportCounts, StoreError> {
+    let prefix = staged_prefix(import);
+    let mut counts = ImportCounts::default();
+    loop {
+        let mut staged_keys = Vec::new();
+        let mut rows = Vec::new();
+        for kv in store.tree.scan_prefix(&prefix).take(chunk) {
+            let (k, v) = kv?;
+            let s: StagedRow = decode(&v)?;
+            rows.push(ImportRow {
+                id: s.id,
+                line: s.line,
+                fields: s.fields,
+                update: s.update,
+            });
+            staged_keys.push(k.to_vec());
+        }
+        if rows.is_empty() {
+            break;
+        }
+        apply_chunk(store, &marker.table, rows, staged_keys, &mut counts)?;
+    }
+    store.tree.remove(marker_key(import))?;
+    store.db.flush()?;
+    // Give the allocator's freed chunks back, so an agent does not sit at the import's peak.
+    super::write::trim_heap();
+    Ok(counts)
+}
+
+/// Applies one chunk and removes its staged keys in the same batch. A row the write path
+/// refuses as invalid (checked before commit, so only a race with a peer's data can cause it)
+/// is logged and skipped rather than blocking the import forever.
+fn apply_chunk(
+    store: &Store,
+    table: &str,
+    mut rows: Vec<ImportRow>,
+    staged_keys: Vec<Vec<u8>>,
+    counts: &mut ImportCounts,
+) -> Result<(), StoreError> {
+    loop {
+        let remove = |txn: &mut super::Txn<'_>| {
+            for k in &staged_keys {
+                txn.remove(k.clone());
+            }
+            Ok(())
+        };
+        match store.write_import(table, &rows, false, remove) {
+            Ok(outcomes) => {
+                for o in outcomes {
+                    counts.add(o);
+                }
+                return Ok(());
+            }
+            Err(StoreError::Op { index, source }) if source.is_invalid_input() => {
+                let row = rows.remove(index);
+                tracing::warn!(
+                    table,
+                    id = %row.id,
+                    line = row.line,
+                    "import row skipped while rolling forward: {source}"
+                );
+                counts.skipped += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Finishes or discards imports a crash interrupted: called when the store opens.
+pub(crate) fn recover(store: &Store) -> Result<(), StoreError> {
+    let marker_prefix = keys::meta("import/");
+    let mut committed = Vec::new();
+    for kv in store.tree.scan_prefix(&marker_prefix) {
+        let (k, v) = kv?;
+        let id = std::str::from_utf8(&k[marker_prefix.len()..])
+            .ok()
+            .and_then(|s| s.parse::<Uuid>().ok())
+            .ok_or_else(|| StoreError::Decode("bad import marker key".into()))?;
+        committed.push((id, decode::<ImportMarker>(&v)?));
+    }
+    for (id, marker) in &committed {
+        tracing::info!(import = %id, table = marker.table, rows = marker.rows,
+            "finishing an import interrupted after it committed");
+        roll_forward(store, id, marker, APPLY_CHUNK)?;
+    }
+    // Whatever is still staged never committed.
+    while let Some(kv) = store.tree.scan_prefix([STAGED]).next() {
+        let k = kv?.0;
+        let id = Uuid::from_slice(k.get(1..17).unwrap_or_default())
+            .map_err(|e| StoreError::Decode(format!("staged import key: {e}")))?;
+        tracing::info!(import = %id, "discarding an import interrupted before it committed");
+        discard(store, &id)?;
+        store.db.flush()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,555 @@
+//! Bringing existing lists in, as a coordinator would: the real binary on temporary data
+//! directories, CSV/JSONL/xlsx/ods files written by the tests themselves, and a real sync
+//! between two laptops that imported the same list.
+
+mod common;
+
+use common::Instance;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+/// A registry export of `n` people without an id column, keyed by `case_number`.
+fn registry_csv(n: usize, status_of: impl Fn(usize) -> &'static str) -> String {
+    let mut s = String::from("case_number,name,age,status\n");
+    for i in 0..n {
+        s.push_str(&format!(
+            "C-{i:04},Person {i},{},{}\n",
+            20 + i % 60,
+            status_of(i)
+        ));
+    }
+    s
+}
+
+/// Exported records (JSONL) as values, in id order.
+fn export(inst: &Instance, table: &str) -> Vec<Value> {
+    inst.ok(&["export", table]).lines()
+}
+
+/// The record whose `field` is `value`.
+fn find(records: &[Value], field: &str, value: &str) -> Value {
+    records
+        .iter()
+        .find(|r| r["fields"][field] == value)
+        .unwrap_or_else(|| panic!("no record with {field} = {value}: {records:?}"))
+        .clone()
+}
+
+#[test]
+fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
+    let a = Instance::new();
+    let file = a.file("registry.csv", registry_csv(50, |_| "missing"));
+    let first = a
+        .ok(&["import", "person", path_str(&file), "--key", "case_number"])
+        .json();
+    assert_eq!(
+        first,
+        json!({"table": "person", "records": 50, "inserted": 50, "updated": 0,
+               "unchanged": 0, "deleted_kept": 0})
+    );
+    let before = a.snapshot();
+    let second = a
+        .ok(&["import", "person", path_str(&file), "--key", "case_number"])
+        .json();
+    assert_eq!(
+        (
+            &second["records"],
+            &second["inserted"],
+            &second["updated"],
+            &second["unchanged"]
+        ),
+        (&json!(50), &json!(0), &json!(0), &json!(50))
+    );
+    assert_eq!(a.snapshot(), before, "an unchanged import writes nothing");
+    assert_eq!(a.digest(&["person"]).0, 50);
+
+    // In the field, someone adds a note to C-0003 and deletes C-0004.
+    let records = export(&a, "person");
+    let c3 = find(&records, "case_number", "C-0003")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let c4 = find(&records, "case_number", "C-0004")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    a.ok(&["patch", "person", &c3, r#"{"notes":"seen at the river"}"#]);
+    a.ok(&["delete", "person", &c4]);
+
+    // The registry's next export: C-0003 found, C-0004 too, C-0050 new.
+    let changed = registry_csv(51, |i| if i == 3 || i == 4 { "found" } else { "missing" });
+    let file2 = a.file("registry2.csv", changed);
+    let third = a
+        .ok(&["import", "person", path_str(&file2), "--key", "case_number"])
+        .json();
+    assert_eq!(
+        third,
+        json!({"table": "person", "records": 51, "inserted": 1, "updated": 1,
+               "unchanged": 48, "deleted_kept": 1})
+    );
+    let rec = a.ok(&["get", "person", &c3]).json();
+    assert_eq!(
+        rec["fields"],
+        json!({"case_number": "C-0003", "name": "Person 3", "age": 23, "status": "found",
+               "notes": "seen at the river"}),
+        "the file's columns are set, a field added in the field is kept"
+    );
+    let history = a.ok(&["history", "person", &c3]).lines();
+    let kinds: Vec<&Value> = history.iter().map(|h| &h["kind"]).collect();
+    assert_eq!(
+        kinds,
+        [&json!("create"), &json!("update"), &json!("update")]
+    );
+    assert_eq!(
+        history[2]["changes"],
+        json!([{"field": "status", "old": "missing", "new": "found"}])
+    );
+    a.run(&["get", "person", &c4]).fails(1, &["deleted"]);
+    assert_eq!(
+        a.digest(&["person"]).0,
+        50,
+        "50 live: 51 rows, one deleted here"
+    );
+}
+
+#[test]
+fn a_file_without_ids_needs_a_key_or_new_ids() {
+    let a = Instance::new();
+    a.put("person", r#"{"name":"existing"}"#);
+    let before = a.snapshot();
+    let csv = a.file("people.csv", "name,age\nAnn,3\nBo,4\n");
+    a.run(&["import", "person", path_str(&csv)]).fails(
+        2,
+        &[
+            "no id column",
+            "--key FIELD",
+            "--new-ids",
+            "every row a new record",
+        ],
+    );
+    let jsonl = a.file("people.jsonl", "{\"name\":\"Ann\"}\n");
+    a.run(&["import", "person", path_str(&jsonl)])
+        .fails(2, &["line 1", "--key FIELD", "--new-ids"]);
+    a.run(&["import", "person", path_str(&csv), "--key", "phone"])
+        .fails(2, &["\"phone\"", "not a column", "\"name\", \"age\""]);
+    assert_eq!(a.snapshot(), before, "nothing written by a refused import");
+
+    // --new-ids says it explicitly: every row is a new record, every time.
+    for _ in 0..2 {
+        let r = a
+            .ok(&["import", "person", path_str(&csv), "--new-ids"])
+            .json();
+        assert_eq!(r["inserted"], 2);
+    }
+    assert_eq!(a.digest(&["person"]).0, 5);
+}
+
+#[test]
+fn csv_dialects_semicolons_tabs_capital_extensions_bom_crlf_and_quoted_newlines() {
+    let a = Instance::new();
+    let semi = a.file("semi.csv", "name;age;status\nAnn;3;missing\n");
+    a.ok(&["import", "person", path_str(&semi), "--key", "name"]);
+    let upper = a.file("people.CSV", "name,age,status\nBo,4,found\n");
+    a.ok(&["import", "person", path_str(&upper), "--key", "name"]);
+    let tsv = a.file("people.tsv", "name\tage\tstatus\nCy\t5\tmissing\n");
+    a.ok(&["import", "person", path_str(&tsv), "--key", "name"]);
+    // A header without the delimiter in it needs --delimiter.
+    let given = a.file("given.csv", "name|age|status\nDi|6|found\n");
+    a.ok(&[
+        "import",
+        "person",
+        path_str(&given),
+        "--key",
+        "name",
+        "--delimiter",
+        "|",
+    ]);
+    // Excel's "CSV UTF-8": a byte order mark, CRLF, a quoted cell with a line break in it.
+    let excel = a.file(
+        "excel.csv",
+        "\u{feff}name,age,status,notes\r\nEd,7,missing,\"line one\r\nline two, with comma\"\r\n",
+    );
+    a.ok(&["import", "person", path_str(&excel), "--key", "name"]);
+
+    let records = export(&a, "person");
+    assert_eq!(records.len(), 5);
+    let fields = |name: &str| find(&records, "name", name)["fields"].clone();
+    assert_eq!(
+        fields("Ann"),
+        json!({"name": "Ann", "age": 3, "status": "missing"})
+    );
+    assert_eq!(
+        fields("Bo"),
+        json!({"name": "Bo", "age": 4, "status": "found"})
+    );
+    assert_eq!(
+        fields("Cy"),
+        json!({"name": "Cy", "age": 5, "status": "missing"})
+    );
+    assert_eq!(
+        fields("Di"),
+        json!({"name": "Di", "age": 6, "status": "found"})
+    );
+    assert_eq!(
+        fields("Ed"),
+        json!({"name": "Ed", "age": 7, "status": "missing",
+               "notes": "line one\r\nline two, with comma"})
+    );
+}
+
+#[test]
+fn types_dates_stay_as_written_text_columns_and_inexact_numbers() {
+    let a = Instance::new();
+    let big = "123456789012345678901234567890";
+    let csv = a.file(
+        "types.csv",
+        format!(
+            "case,postcode,phone,born,amount,ok,tags,big,quoted\n\
+             A-1,01234,12345,2026-03-01,1.50,true,\"[1,2]\",{big},\"\"\"34\"\"\"\n"
+        ),
+    );
+    a.ok(&[
+        "import",
+        "person",
+        path_str(&csv),
+        "--key",
+        "case",
+        "--text",
+        "phone",
+    ]);
+    assert_eq!(
+        export(&a, "person")[0]["fields"],
+        json!({"case": "A-1", "postcode": "01234", "phone": "12345", "born": "2026-03-01",
+               "amount": 1.5, "ok": true, "tags": [1, 2], "big": big, "quoted": "34"})
+    );
+    // JSONL states its types, so a number that would change is refused, naming the field.
+    let before = a.snapshot();
+    let jsonl = a.file(
+        "big.jsonl",
+        format!("{{\"case\":\"A-2\",\"n\":1}}\n{{\"case\":\"A-3\",\"registry_no\":{big}}}\n"),
+    );
+    a.run(&["import", "person", path_str(&jsonl), "--key", "case"])
+        .fails(2, &["line 2", "\"registry_no\"", big, "quotes"]);
+    assert_eq!(a.snapshot(), before);
+}
+
+#[test]
+fn bad_input_names_the_line_and_column_and_imports_nothing() {
+    let a = Instance::new();
+    a.put("person", r#"{"name":"existing"}"#);
+    let before = a.snapshot();
+    let cases: Vec<(PathBuf, Vec<&str>, Vec<&str>)> = vec![
+        (
+            a.file("ragged.csv", "case,name\nA-1,Ann\nA-2\n"),
+            vec!["--key", "case"],
+            vec!["line 3", "1 cells", "header has 2", "delimiter"],
+        ),
+        (
+            a.file(
+                "badid.csv",
+                "name,id\nAnn,6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b\nBo,nope\n",
+            ),
+            vec![],
+            vec!["line 3, column 2 (id)", "\"nope\"", "UUID"],
+        ),
+        (
+            a.file("nokey.csv", "case,name\nA-1,Ann\n,Bo\n"),
+            vec!["--key", "case"],
+            vec!["line 3, column 1 (case)", "key is empty"],
+        ),
+        (
+            a.file("dup.csv", "case,name\nA-1,Ann\nA-2,Bo\nA-1,Ann again\n"),
+            vec!["--key", "case"],
+            vec!["line 4", "line 2", "case = \"A-1\""],
+        ),
+        (
+            a.file(
+                "dup2.csv",
+                "case,district,name\nA-1,5,Ann\nA-1,6,Bo\nA-1,5,Cy\n",
+            ),
+            vec!["--key", "case,district"],
+            vec!["line 4", "line 2", "case = \"A-1\", district = \"5\""],
+        ),
+        (
+            // Larger than one chunk (1,000 rows): the repeat is found across staged chunks.
+            a.file(
+                "dup-far.csv",
+                format!(
+                    "{}C-0001,again,1,found\n",
+                    registry_csv(1500, |_| "missing")
+                ),
+            ),
+            vec!["--key", "case_number"],
+            vec!["line 1502 repeats line 3", "case_number"],
+        ),
+        (
+            a.file("latin1.csv", b"case,name\nA-1,M\xfcller\n"),
+            vec!["--key", "case"],
+            vec!["line 2, column 2 (name)", "UTF-8"],
+        ),
+        (
+            a.file("bad.jsonl", "{\"case\":\"A-1\"}\n{\"case\":\n"),
+            vec!["--key", "case"],
+            vec!["line 2", "malformed JSON"],
+        ),
+    ];
+    for (file, opts, words) in &cases {
+        let mut args = vec!["import", "person", path_str(file)];
+        args.extend(opts);
+        a.run(&args).fails(2, words);
+    }
+    assert_eq!(
+        a.snapshot(),
+        before,
+        "nothing written by any refused import"
+    );
+}
+
+/// The people of the spreadsheet tests, as CSV.
+const PEOPLE_CSV: &str = "case,name,age,registered,verified,phone\n\
+    A-1,Ann,34,2026-03-01,true,0044123\n\
+    A-2,Bo Müller,7,2026-03-02,false,+1 555 0100\n\
+    B-1,Cy,81,,true,\n";
+
+/// The same people as spreadsheet cells: (text, number, date (y, m, d), bool).
+enum Cell {
+    Text(&'static str),
+    Num(f64),
+    Date(u16, u8, u8),
+    Bool(bool),
+    Empty,
+}
+
+fn people_cells() -> Vec<Vec<Cell>> {
+    use Cell::*;
+    vec![
+        vec![
+            Text("case"),
+            Text("name"),
+            Text("age"),
+            Text("registered"),
+            Text("verified"),
+            Text("phone"),
+        ],
+        vec![
+            Text("A-1"),
+            Text("Ann"),
+            Num(34.0),
+            Date(2026, 3, 1),
+            Bool(true),
+            Text("0044123"),
+        ],
+        vec![
+            Text("A-2"),
+            Text("Bo Müller"),
+            Num(7.0),
+            Date(2026, 3, 2),
+            Bool(false),
+            Text("+1 555 0100"),
+        ],
+        vec![Text("B-1"), Text("Cy"), Num(81.0), Empty, Bool(true), Empty],
+    ]
+}
+
+fn write_xlsx(path: &Path) {
+    use rust_xlsxwriter::{ExcelDateTime, Format, Workbook};
+    let mut wb = Workbook::new();
+    // The data is on the second sheet, so --sheet is needed.
+    let notes = wb.add_worksheet();
+    notes.set_name("Notes").unwrap();
+    notes
+        .write_string(0, 0, "exported from the registry")
+        .unwrap();
+    let ws = wb.add_worksheet();
+    ws.set_name("People").unwrap();
+    let date = Format::new().set_num_format("dd/mm/yyyy");
+    for (r, row) in people_cells().iter().enumerate() {
+        for (c, cell) in row.iter().enumerate() {
+            let (r, c) = (r as u32, c as u16);
+            match cell {
+                Cell::Text(s) => ws.write_string(r, c, *s).map(|_| ()),
+                Cell::Num(n) => ws.write_number(r, c, *n).map(|_| ()),
+                Cell::Bool(b) => ws.write_boolean(r, c, *b).map(|_| ()),
+                Cell::Date(y, m, d) => {
+                    let dt = ExcelDateTime::from_ymd(*y, *m, *d).unwrap();
+                    ws.write_datetime_with_format(r, c, &dt, &date).map(|_| ())
+                }
+                Cell::Empty => Ok(()),
+            }
+            .unwrap();
+        }
+    }
+    wb.save(path).unwrap();
+}
+
+/// A minimal OpenDocument spreadsheet, written as the format defines it: a zip whose first
+/// entry is the uncompressed `mimetype`, a manifest, and `content.xml` with the table.
+fn write_ods(path: &Path) {
+    let mut rows = String::new();
+    for row in people_cells() {
+        rows.push_str("<table:table-row>");
+        for cell in row {
+            rows.push_str(&match cell {
+                Cell::Text(s) => format!(
+                    "<table:table-cell office:value-type=\"string\"><text:p>{s}</text:p></table:table-cell>"
+                ),
+                Cell::Num(n) => format!(
+                    "<table:table-cell office:value-type=\"float\" office:value=\"{n}\"><text:p>{n}</text:p></table:table-cell>"
+                ),
+                Cell::Date(y, m, d) => format!(
+                    "<table:table-cell office:value-type=\"date\" office:date-value=\"{y:04}-{m:02}-{d:02}\"><text:p>{d:02}/{m:02}/{y}</text:p></table:table-cell>"
+                ),
+                Cell::Bool(b) => format!(
+                    "<table:table-cell office:value-type=\"boolean\" office:boolean-value=\"{b}\"><text:p>{}</text:p></table:table-cell>",
+                    if b { "TRUE" } else { "FALSE" }
+                ),
+                Cell::Empty => "<table:table-cell/>".to_string(),
+            });
+        }
+        rows.push_str("</table:table-row>");
+    }
+    let content = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+         <office:document-content \
+         xmlns:office=\"urn:oasis:names:tc:opendocument:xmlns:office:1.0\" \
+         xmlns:table=\"urn:oasis:names:tc:opendocument:xmlns:table:1.0\" \
+         xmlns:text=\"urn:oasis:names:tc:opendocument:xmlns:text:1.0\" office:version=\"1.2\">\
+         <office:body><office:spreadsheet><table:table table:name=\"People\">{rows}\
+         </table:table></office:spreadsheet></office:body></office:document-content>"
+    );
+    let manifest = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+        <manifest:manifest xmlns:manifest=\"urn:oasis:names:tc:opendocument:xmlns:manifest:1.0\" manifest:version=\"1.2\">\
+        <manifest:file-entry manifest:full-path=\"/\" manifest:media-type=\"application/vnd.oasis.opendocument.spreadsheet\"/>\
+        <manifest:file-entry manifest:full-path=\"content.xml\" manifest:media-type=\"text/xml\"/>\
+        </manifest:manifest>";
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for (name, body) in [
+        ("mimetype", "application/vnd.oasis.opendocument.spreadsheet"),
+        ("META-INF/manifest.xml", manifest),
+        ("content.xml", content.as_str()),
+    ] {
+        z.start_file(name, stored).unwrap();
+        z.write_all(body.as_bytes()).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+#[test]
+fn xlsx_and_ods_import_as_the_same_records_as_csv() {
+    let from_csv = Instance::new();
+    let csv = from_csv.file("people.csv", PEOPLE_CSV);
+    from_csv.ok(&["import", "person", path_str(&csv), "--key", "case"]);
+    let expected = export(&from_csv, "person");
+    assert_eq!(
+        find(&expected, "case", "A-1")["fields"],
+        json!({"case": "A-1", "name": "Ann", "age": 34, "registered": "2026-03-01",
+               "verified": true, "phone": "0044123"})
+    );
+
+    let x = Instance::new();
+    let xlsx = x.scratch("People.XLSX");
+    write_xlsx(&xlsx);
+    // The first sheet has no "case" column: the key check names the columns it does have.
+    x.run(&["import", "person", path_str(&xlsx), "--key", "case"])
+        .fails(2, &["\"case\"", "not a column"]);
+    x.run(&[
+        "import",
+        "person",
+        path_str(&xlsx),
+        "--key",
+        "case",
+        "--sheet",
+        "Nope",
+    ])
+    .fails(2, &["no sheet \"Nope\"", "\"Notes\", \"People\""]);
+    let r = x
+        .ok(&[
+            "import",
+            "person",
+            path_str(&xlsx),
+            "--key",
+            "case",
+            "--sheet",
+            "People",
+        ])
+        .json();
+    assert_eq!(r["inserted"], 3);
+    assert_eq!(
+        export(&x, "person"),
+        expected,
+        "xlsx gives the CSV's records"
+    );
+    let again = x
+        .ok(&[
+            "import",
+            "person",
+            path_str(&xlsx),
+            "--key",
+            "case",
+            "--sheet",
+            "People",
+        ])
+        .json();
+    assert_eq!(again["unchanged"], 3);
+
+    let o = Instance::new();
+    let ods = o.scratch("people.ods");
+    write_ods(&ods);
+    o.ok(&["import", "person", path_str(&ods), "--key", "case"]);
+    assert_eq!(
+        export(&o, "person"),
+        expected,
+        "ods gives the CSV's records"
+    );
+}
+
+#[test]
+fn the_same_keyed_row_imported_on_two_laptops_is_one_record_after_sync() {
+    use common::agent::{self, Agent};
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        agent::data_dir(tmp.path(), "a"),
+        agent::data_dir(tmp.path(), "b"),
+    );
+    // Both laptops join the deployment first: derived ids depend on it.
+    agent::ensure_member(&a);
+    agent::ensure_member(&b);
+    let list = tmp.path().join("registry.csv");
+    std::fs::write(&list, "case,name,status\nA-1,Ann,missing\nA-2,Bo,missing\n").unwrap();
+    let list_b = tmp.path().join("registry-b.csv");
+    std::fs::write(&list_b, "case,name,status\nA-1,Ann,missing\nA-3,Cy,found\n").unwrap();
+    let import = |dir: &Path, file: &Path| {
+        agent::run(dir, &["import", "person", path_str(file), "--key", "case"])
+            .ok()
+            .json()
+    };
+    assert_eq!(import(&a, &list)["inserted"], 2);
+    assert_eq!(import(&b, &list_b)["inserted"], 2);
+
+    let agent_b = Agent::start(&b);
+    agent::sync(&a, agent_b.addr());
+    agent::assert_same(&a, &b, agent_b.addr());
+    let records = common::parse_lines(&agent::export(&a, "person"));
+    assert_eq!(records.len(), 3, "A-1 once, A-2, A-3: {records:?}");
+    let ann: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["fields"]["case"] == "A-1")
+        .collect();
+    assert_eq!(ann.len(), 1);
+    assert_eq!(
+        common::parse_lines(&agent::export(&b, "person")),
+        records,
+        "the same ids on both"
+    );
+    assert!(
+        agent::run(&a, &["conflicts"]).ok().stdout.trim().is_empty(),
+        "identical rows are no conflict"
+    );
+}
