@@ -59,6 +59,7 @@ impl App {
             // Sessions in flight, with progress (records, bytes, expected, time left).
             m.insert("sessions".into(), json!(crate::progress::snapshot().0));
         }
+        let quarantined: u64 = peers.iter().map(|p| p.quarantined).sum();
         let info = store.instance();
         let held: Vec<Value> = store
             .holds()?
@@ -70,7 +71,7 @@ impl App {
             "contact": info.contact, "data_dir": store.dir(), "feed_seq": store.seq(),
             "tables": tables, "unresolved_conflicts": unresolved, "held": held,
             "peers": {"known": peers.len(), "online": online, "last_sync": last_sync,
-                      "failing": failing},
+                      "failing": failing, "quarantined": quarantined},
             "incarnation": store.incarnation(),
             "identity_problems": crate::sync::identity_problems(store)?,
             "agent": agent,
@@ -238,7 +239,7 @@ pub fn peer_json(r: &PeerRow) -> Value {
         "sync_count": r.sync_count, "received_upto": r.received_upto,
         "clock_offset_ms": r.clock_offset_ms, "last_error": r.last_error,
         "last_attempt": r.last_attempt, "online": r.online, "last_seen": r.last_seen,
-        "addresses": r.addresses, "incarnation": r.incarnation,
+        "addresses": r.addresses, "incarnation": r.incarnation, "quarantined": r.quarantined,
         "duplicate_identity": r.duplicate.as_ref().map(|d| json!({
             "detected_at": d.detected_at, "incarnations": d.incarnations, "reason": d.reason,
             "fix": crate::sync::DUPLICATE_FIX,

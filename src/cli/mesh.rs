@@ -63,6 +63,10 @@ pub enum MeshCommand {
         /// The CA file (default: mesh-ca.fsca in the data directory).
         #[arg(long)]
         ca: Option<PathBuf>,
+        /// Revoke even this instance itself (the coordinator): every other laptop then refuses
+        /// it, so it can no longer sync or hand out later revocations over the network.
+        #[arg(long)]
+        force: bool,
     },
     /// Show the deployment, this node's certificate and the revoked nodes.
     Show,
@@ -181,10 +185,18 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
             instance,
             reason,
             ca,
+            force,
         } => {
             let ca = mesh::load_ca(&ca_path(ca)).map_err(invalid)?;
             // An instance id, or the name of exactly one known peer.
             let id = app.resolve_instance(&instance)?;
+            if id == store.id() && !force {
+                return Err(invalid(format!(
+                    "{id} is this instance: revoking it shuts the coordinator itself out of \
+                     the deployment (every laptop that hears of it refuses its connections, and \
+                     it can no longer spread revocations); run again with --force if you mean it"
+                )));
+            }
             let fields = ca.revoke(id, &reason).map_err(invalid)?;
             store.write_system(&[LocalOp {
                 table: mesh::REVOCATIONS.into(),

@@ -366,7 +366,8 @@ pub fn decode_changes(page: &Page) -> Result<Vec<RemoteChange>, ProtocolError> {
                     _ => invalid(format!("page data is not valid zstd: {e}")),
                 }
             })?;
-            pack::unpack(&raw).map_err(|e| invalid(format!("malformed page: {e}")))?
+            pack::unpack_declared(&raw, page.count as usize)
+                .map_err(|e| invalid(format!("malformed page: {e}")))?
         }
         other => return Err(unknown_encoding(other)),
     };

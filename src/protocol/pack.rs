@@ -173,6 +173,25 @@ const MAX_DEPTH: usize = 128;
 
 /// Unpacks [`pack`]'s layout, checking every index.
 pub fn unpack(bytes: &[u8]) -> Result<Vec<RemoteChange>, String> {
+    unpack_declared(bytes, usize::MAX)
+}
+
+/// Most field values a packed page may carry per declared record (summed over all columns).
+pub const MAX_FIELDS_PER_RECORD: usize = 256;
+
+/// Most version-vector (and `del_seen`) entries one record may carry.
+pub const MAX_VV_ENTRIES: usize = 1024;
+
+/// Like [`unpack`], for a page that declares `declared` records: before anything is allocated,
+/// one pass over the bytes that builds nothing checks that every per-record column holds
+/// exactly `declared` rows, that the field columns hold at most [`MAX_FIELDS_PER_RECORD`]
+/// values per record and no record more than [`MAX_VV_ENTRIES`] version-vector entries. A
+/// small compressed page that unpacks into millions of rows is refused at the cost of reading
+/// it, not of building it.
+pub fn unpack_declared(bytes: &[u8], declared: usize) -> Result<Vec<RemoteChange>, String> {
+    if declared != usize::MAX {
+        prescan(bytes, declared)?;
+    }
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(MAX_DEPTH);
     let p = Packed::deserialize(&mut de).map_err(|e| e.to_string())?;
@@ -268,6 +287,150 @@ pub fn unpack(bytes: &[u8]) -> Result<Vec<RemoteChange>, String> {
         }
     }
     Ok(out)
+}
+
+/// The allocation-free pass of [`unpack_declared`]: walks the packed layout with
+/// `IgnoredAny`, counting elements and stopping at the first count over its bound.
+fn prescan(bytes: &[u8], declared: usize) -> Result<(), String> {
+    use serde::de::{DeserializeSeed, Error, IgnoredAny, SeqAccess, Visitor};
+    use std::fmt;
+
+    /// How a sequence's elements are bounded and what each element is.
+    #[derive(Clone, Copy)]
+    enum Walk {
+        /// Skip the whole value.
+        Skip,
+        /// A per-record column: exactly `declared` elements, each walked as `inner`.
+        Rows(&'static Walk),
+        /// A record's version vector: at most `MAX_VV_ENTRIES` entries.
+        Entries,
+        /// The field columns: count the values of every column against `budget`.
+        Columns,
+        /// One field column (name, rows, values, stamps): rows counted against the budget.
+        Column,
+        /// A column's row list.
+        ColumnRows,
+    }
+    struct Seed<'a> {
+        walk: Walk,
+        declared: usize,
+        budget: &'a std::cell::Cell<usize>,
+    }
+    impl<'de> DeserializeSeed<'de> for Seed<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            match self.walk {
+                Walk::Skip => IgnoredAny::deserialize(d).map(|_| ()),
+                _ => d.deserialize_seq(self),
+            }
+        }
+    }
+    impl<'de> Visitor<'de> for Seed<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a packed page")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+            let child = |walk: Walk| Seed {
+                walk,
+                declared: self.declared,
+                budget: self.budget,
+            };
+            let mut n = 0usize;
+            loop {
+                let walk = match self.walk {
+                    Walk::Rows(inner) => *inner,
+                    Walk::Columns => Walk::Column,
+                    // name, rows, values, stamps
+                    Walk::Column if n == 1 => Walk::ColumnRows,
+                    _ => Walk::Skip,
+                };
+                if a.next_element_seed(child(walk))?.is_none() {
+                    break;
+                }
+                n += 1;
+                match self.walk {
+                    Walk::Rows(_) if n > self.declared => {
+                        return Err(A::Error::custom(format!(
+                            "page declares {} records but holds more",
+                            self.declared
+                        )))
+                    }
+                    Walk::Entries if n > MAX_VV_ENTRIES => {
+                        return Err(A::Error::custom(format!(
+                            "a record carries more than {MAX_VV_ENTRIES} version-vector entries"
+                        )))
+                    }
+                    Walk::ColumnRows => {
+                        let left = self.budget.get().checked_sub(1).ok_or_else(|| {
+                            A::Error::custom(format!(
+                                "page carries more than {MAX_FIELDS_PER_RECORD} field values \
+                                 per declared record"
+                            ))
+                        })?;
+                        self.budget.set(left);
+                    }
+                    _ => {}
+                }
+            }
+            if matches!(self.walk, Walk::Rows(_)) && n != self.declared {
+                return Err(A::Error::custom(format!(
+                    "page declares {} records but holds {n}",
+                    self.declared
+                )));
+            }
+            Ok(())
+        }
+    }
+    /// The top level: nodes, tables, table, ids, vv, del_seen, deleted, conflicts, columns.
+    struct Top<'a> {
+        declared: usize,
+        budget: &'a std::cell::Cell<usize>,
+    }
+    impl<'de> Visitor<'de> for Top<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a packed page")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+            const SKIP: Walk = Walk::Skip;
+            const ENTRIES: Walk = Walk::Entries;
+            let walks = [
+                Walk::Skip,
+                Walk::Skip,
+                Walk::Rows(&SKIP),
+                Walk::Skip,
+                Walk::Rows(&ENTRIES),
+                Walk::Rows(&ENTRIES),
+                Walk::Rows(&SKIP),
+                Walk::Rows(&SKIP),
+                Walk::Columns,
+            ];
+            for walk in walks {
+                let seed = Seed {
+                    walk,
+                    declared: self.declared,
+                    budget: self.budget,
+                };
+                if a.next_element_seed(seed)?.is_none() {
+                    break;
+                }
+            }
+            while a.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(())
+        }
+    }
+    let budget = std::cell::Cell::new(declared.max(1).saturating_mul(MAX_FIELDS_PER_RECORD));
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    serde::Deserializer::deserialize_seq(
+        &mut de,
+        Top {
+            declared,
+            budget: &budget,
+        },
+    )
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

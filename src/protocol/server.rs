@@ -58,6 +58,15 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Failed handshakes from one address before it has to wait.
 const FAILURES_BEFORE_BACKOFF: u32 = 3;
+/// Connections from one address still in their TLS handshake (not yet authenticated); more are
+/// closed at once, so silent sockets from one host cannot fill the connection slots.
+pub const MAX_HANDSHAKES_PER_ADDR: usize = 16;
+/// Most simultaneous connections of one certified instance; more are closed after the
+/// handshake, so one member (even a hostile one) cannot hold the slots other members need.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 8;
+/// How long one request may take from its first byte to its answer, body included: a body
+/// trickled one byte at a time is cut off here even though bytes keep moving.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(120);
 
 /// A running sync server.
 pub struct Running {
@@ -184,6 +193,8 @@ async fn accept_loop<S: SyncService>(
     acceptor: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let failures: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>> = Arc::default();
+    let handshaking: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let per_peer: Arc<Mutex<HashMap<Uuid, usize>>> = Arc::default();
     let cfg = ServerConfig::builder()
         .max_request_body_size(MAX_BODY_BYTES)
         .max_response_body_size(MAX_BODY_BYTES)
@@ -214,15 +225,22 @@ async fn accept_loop<S: SyncService>(
             traffic.throttled.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        let Some(shaking) = Slot::take(&handshaking, peer.ip(), MAX_HANDSHAKES_PER_ADDR) else {
+            traffic.throttled.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "too many unauthenticated connections from this address: closed");
+            continue;
+        };
         let _ = sock.set_nodelay(true);
         let stream = Counted::new(sock, traffic.clone());
         let (builder, methods, stop) = (builder.clone(), methods.clone(), stop.clone());
         let (acceptor, failures, traffic) = (acceptor.clone(), failures.clone(), traffic.clone());
+        let per_peer = per_peer.clone();
         tokio::spawn(async move {
             let stopped = stop.clone().shutdown();
             let inner = builder.build(methods, stop);
             let result = match acceptor {
                 None => {
+                    drop(shaking);
                     let svc = WithRemote {
                         inner,
                         remote: peer,
@@ -244,8 +262,21 @@ async fn accept_loop<S: SyncService>(
                             return;
                         }
                     };
+                    drop(shaking);
                     lock(&failures).remove(&peer.ip());
                     let instance = crate::tls::peer_instance(tls.get_ref().1.peer_certificates());
+                    let _mine = match instance {
+                        Some(i) => match Slot::take(&per_peer, i, MAX_CONNECTIONS_PER_PEER) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                traffic.throttled.fetch_add(1, Ordering::Relaxed);
+                                warn!(%peer, instance = %i,
+                                      "too many connections from one member: closed");
+                                return;
+                            }
+                        },
+                        None => None,
+                    };
                     let svc = WithRemote {
                         inner,
                         remote: peer,
@@ -259,6 +290,40 @@ async fn accept_loop<S: SyncService>(
             }
             drop(permit);
         });
+    }
+}
+
+/// One of at most `max` connections counted under a key (an address, an instance), given back
+/// when dropped.
+struct Slot<K: std::hash::Hash + Eq + Copy> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Slot<K> {
+    fn take(counts: &Arc<Mutex<HashMap<K, usize>>>, key: K, max: usize) -> Option<Self> {
+        let mut c = lock(counts);
+        let n = c.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            counts: counts.clone(),
+            key,
+        })
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Drop for Slot<K> {
+    fn drop(&mut self) {
+        let mut c = lock(&self.counts);
+        if let Some(n) = c.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -341,10 +406,12 @@ struct WithRemote<S> {
 impl<S, B> tower::Service<jsonrpsee::server::HttpRequest<B>> for WithRemote<S>
 where
     S: tower::Service<jsonrpsee::server::HttpRequest<B>>,
+    S::Future: Send + 'static,
+    S::Error: From<&'static str>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -355,7 +422,18 @@ where
         if let Some(i) = self.instance {
             req.extensions_mut().insert(PeerInstance(i));
         }
-        self.inner.call(req)
+        // The body is read inside the inner future, so this deadline covers it too.
+        let fut = self.inner.call(req);
+        let remote = self.remote;
+        Box::pin(async move {
+            match tokio::time::timeout(REQUEST_DEADLINE, fut).await {
+                Ok(r) => r,
+                Err(_) => {
+                    warn!(peer = %remote, "request not complete within its deadline: closed");
+                    Err(S::Error::from("request deadline exceeded"))
+                }
+            }
+        })
     }
 }
 

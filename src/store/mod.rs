@@ -349,6 +349,9 @@ pub struct PeerRow {
     /// incarnation, so a hello reporting less means it was rolled back unannounced.
     #[serde(default)]
     pub knowledge: crate::model::VersionVector,
+    /// Records from this peer dropped because they failed validation (quarantined), in total.
+    #[serde(default)]
+    pub quarantined: u64,
 }
 
 /// Two data directories seen using one instance id (see [`PeerRow::duplicate`]).

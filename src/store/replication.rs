@@ -449,7 +449,16 @@ impl Store {
             // moves on every change, so a record edited before the receiver read its old
             // position was never sent, yet its untouched fields still carry that old position.
             // Only the receiver's knowledge can tell which writes it already has.
-            match outgoing_delta(&rec.state, known) {
+            // A signed record (a revocation) travels whole: its signature covers every field,
+            // so a receiver that checks it needs them all, whatever it already knows.
+            let delta = outgoing_delta(&rec.state, known).map(|d| {
+                if table == crate::mesh::REVOCATIONS {
+                    rec.state.clone()
+                } else {
+                    d
+                }
+            });
+            match delta {
                 Some(state) => {
                     bytes += raw.len();
                     // Like fields, conflicts are not filtered by position (the record may never

@@ -1,44 +1,106 @@
-//! Revocation admission: what of an incoming page this deployment accepts, decided before
-//! anything is written.
+//! Admission: what of an incoming page this deployment accepts, decided before anything is
+//! written.
 //!
-//! Two rules, both only with a credential (mutual TLS): a change to the replicated revocation
-//! table must carry the deployment CA's signature (else the whole page is refused), and changes
-//! written by a revoked instance after its revocation are dropped from the page.
+//! Rules, in order:
+//! - A change to the replicated revocation table is kept only if it is a whole, live record
+//!   whose CA signature verifies *and* names the record's own id (a signed body moved under
+//!   another id would un-revoke that id), and only if we do not already hold a verified
+//!   revocation for that id: a verified revocation is immutable, never replaced, merged field
+//!   by field or deleted by sync. Anything else is *quarantined*: dropped from the page, logged
+//!   with the reason and counted in the sender's peer row (`quarantined`, shown by `peers` and
+//!   `status`). The rest of the page is still taken, so one bad record cannot block a laptop's
+//!   data for good.
+//! - Without a credential (plaintext) no revocation is accepted at all.
+//! - Changes written by a revoked instance after its revocation are dropped.
 
 use crate::change::RemoteChange;
 use crate::mesh;
-use crate::protocol::{codes, ProtocolError};
+use crate::store::Store;
 use crate::tls::Transport;
 use std::collections::HashMap;
 use tracing::warn;
 use uuid::Uuid;
 
-/// Admits a page: revocations must be signed by the deployment CA (else the page is refused);
-/// changes written by a revoked instance after its revocation are dropped. Returns how many
-/// changes were dropped.
-pub fn admit(
-    transport: &Transport,
-    changes: &mut Vec<RemoteChange>,
-) -> Result<usize, ProtocolError> {
-    let invalid = |m: String| ProtocolError::new(codes::INVALID_PAGE, m);
-    for ch in changes.iter().filter(|c| c.table == mesh::REVOCATIONS) {
-        let Transport::Tls { identity, .. } = transport else {
-            return Err(invalid(
-                "revocations are only accepted within a deployment".into(),
-            ));
-        };
-        if ch.state.deleted.is_some() {
-            return Err(invalid("a revocation cannot be deleted".into()));
-        }
-        mesh::verify_revocation(&identity.ca_pem, &ch.state.live_fields())
-            .map_err(|e| invalid(format!("page refused: {e}")))?;
+/// What admission removed from a page.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Admitted {
+    /// Changes dropped because a revoked instance wrote them after its revocation.
+    pub revoked_writes: usize,
+    /// Records dropped because they failed validation (see the module doc).
+    pub quarantined: usize,
+}
+
+/// Why a revocation record is not taken, or `None` if it is.
+fn revocation_refusal(store: &Store, transport: &Transport, ch: &RemoteChange) -> Option<String> {
+    let Transport::Tls { identity, .. } = transport else {
+        return Some("revocations are only accepted within a deployment".into());
+    };
+    let s = &ch.state;
+    if s.deleted.is_some() || !s.del_seen.is_empty() {
+        return Some("a revocation cannot be deleted".into());
     }
+    if s.fields.is_empty() || s.fields.values().any(|f| f.value.is_none()) {
+        return Some("a revocation travels whole: fields are missing".into());
+    }
+    let fields = s.live_fields();
+    match mesh::verify_revocation(&identity.ca_pem, &fields) {
+        Err(e) => return Some(e.to_string()),
+        Ok((who, _)) if who != ch.id => {
+            return Some(format!(
+                "the signed revocation of {who} was sent as record {}",
+                ch.id
+            ))
+        }
+        Ok(_) => {}
+    }
+    // Immutable once verified: an identical copy is a harmless re-send, anything else is not.
+    match store.get(mesh::REVOCATIONS, &ch.id) {
+        Ok(Some(local)) => {
+            let held = local.state.live_fields();
+            let verified =
+                mesh::verify_revocation(&identity.ca_pem, &held).is_ok_and(|(who, _)| who == ch.id);
+            if verified && !local.state.is_alive() {
+                // Deleted before this rule existed: the signed body is still the revocation.
+                return Some("a verified revocation is already held (immutable)".into());
+            }
+            if verified && (held != fields || local.state.vv != s.vv) {
+                return Some("a verified revocation is already held (immutable)".into());
+            }
+            None
+        }
+        Ok(None) => None,
+        Err(e) => Some(format!("could not read the held revocation: {e}")),
+    }
+}
+
+/// Admits a page (see the module doc): drops quarantined revocation records and changes a
+/// revoked instance wrote after its revocation, logging each, and says how many went.
+pub fn admit(store: &Store, transport: &Transport, changes: &mut Vec<RemoteChange>) -> Admitted {
+    let mut out = Admitted::default();
+    changes.retain_mut(|ch| {
+        if ch.table != mesh::REVOCATIONS {
+            return true;
+        }
+        match revocation_refusal(store, transport, ch) {
+            Some(reason) => {
+                warn!(table = %ch.table, id = %ch.id, %reason,
+                      "quarantined a record from a peer: dropped, the rest of the page is taken");
+                out.quarantined += 1;
+                false
+            }
+            None => {
+                // Conflicts on a signed record can only be made up; they are not logged.
+                ch.conflicts.clear();
+                true
+            }
+        }
+    });
     let Transport::Tls { revoked, .. } = transport else {
-        return Ok(0);
+        return out;
     };
     let all = revoked.all();
     if all.is_empty() {
-        return Ok(0);
+        return out;
     }
     let cutoff: HashMap<Uuid, u64> = all
         .iter()
@@ -56,12 +118,12 @@ pub fn admit(
             .iter()
             .any(|(node, ts)| cutoff.get(node).is_some_and(|c| ts > c))
     });
-    let dropped = before - changes.len();
-    if dropped > 0 {
+    out.revoked_writes = before - changes.len();
+    if out.revoked_writes > 0 {
         warn!(
-            dropped,
+            dropped = out.revoked_writes,
             "refused changes written by revoked instances after their revocation"
         );
     }
-    Ok(dropped)
+    out
 }

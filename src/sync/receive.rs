@@ -3,7 +3,7 @@
 //! [`receive_page`], and both sides record the other's hello through [`note_hello`].
 //!
 //! An incoming page is decoded and bounds-checked (`protocol::decode_changes`), admitted
-//! (revocations signed, revoked writers dropped: [`super::admit`]), then committed with the
+//! (invalid revocations quarantined, revoked writers dropped: [`super::admit`]), then committed with the
 //! position it advances to in one store batch ([`Store::commit_page`]). Anything refused is
 //! refused before a byte is written.
 
@@ -76,6 +76,8 @@ pub struct Received {
     pub committed: Committed,
     /// Records in the page after admission.
     pub records: u64,
+    /// Records dropped from the page because they failed validation (see [`super::admit`]).
+    pub quarantined: u64,
 }
 
 /// Decodes, admits and commits one page from `from` with the position it advances to.
@@ -90,20 +92,142 @@ pub fn receive_page(
     ends_session: bool,
 ) -> Result<Received, ReceiveError> {
     let mut changes = protocol::decode_changes(page).map_err(ReceiveError::Refused)?;
-    admit(transport, &mut changes).map_err(ReceiveError::Refused)?;
+    check_future_stamps(&changes, wall_millis()).map_err(ReceiveError::Refused)?;
+    let admitted = admit(store, transport, &mut changes);
+    let bounded = match knowledge {
+        Some(k) if !page.more => Some(bound_knowledge(store, from, k, &changes)?),
+        _ => None,
+    };
     let committed = store.commit_page(PageCommit {
         peer: from,
         changes: &changes,
         since: page.since,
         next: page.next,
         more: page.more,
-        knowledge,
+        knowledge: bounded.as_ref(),
         ends_session,
     })?;
+    if admitted.quarantined > 0 {
+        // Bookkeeping after the page: losing it in a crash loses a count, not data.
+        store
+            .update_peer(&from, |row| {
+                row.quarantined += admitted.quarantined as u64;
+            })
+            .map_err(CommitError::Store)?;
+    }
     Ok(Received {
         committed,
         records: changes.len() as u64,
+        quarantined: admitted.quarantined as u64,
     })
+}
+
+/// How far a peer's clock may run ahead of ours (and a knowledge claim ahead of either), in
+/// milliseconds. Knowledge above it is lowered to it: lower knowledge only means more is sent.
+pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+
+/// Most entries our knowledge vector holds (one per origin instance). A peer's claims about
+/// further instances are dropped: they would only make every hello reply larger.
+pub const MAX_KNOWLEDGE_ENTRIES: usize = 1024;
+
+/// Longest peer-supplied string kept in a peer row (name, owner, contact, url), in bytes.
+pub const MAX_PEER_STRING: usize = 256;
+
+/// What of a peer's knowledge claim we adopt. A member can claim anything, and knowledge
+/// decides what is *not* sent to us later, so a claim is only taken for an instance we already
+/// know of (our knowledge, a peer we met over mutual TLS, the sender, or a writer in this
+/// page), never beyond the sender's clock or ours (plus [`MAX_CLOCK_SKEW_MS`] for the sender's
+/// own entry), and never past
+/// [`MAX_KNOWLEDGE_ENTRIES`] instances. Dropping or lowering an entry is always safe: it costs
+/// re-sent fields, never a lost change.
+pub fn bound_knowledge(
+    store: &Store,
+    from: Uuid,
+    claim: &Knowledge,
+    changes: &[crate::change::RemoteChange],
+) -> Result<Knowledge, ReceiveError> {
+    let store_err = |e| ReceiveError::Commit(CommitError::Store(e));
+    let ours = store.position().map_err(store_err)?.knowledge;
+    let peers = store.peers().map_err(store_err)?;
+    let now = wall_millis();
+    let sender_now = peers.iter().find(|p| p.instance == from).map_or(now, |p| {
+        (now as i64).saturating_add(p.clock_offset_ms).max(0) as u64
+    });
+    // The sender may be ahead of our clock by the allowed skew about its own events; about
+    // anyone else's it cannot know anything stamped after now (ours or its own, the lower):
+    // a claim a little in the future would hide the next writes of that instance from us.
+    let base = now.min(sender_now);
+    let own_limit = crate::clock::ts_from_millis(base + MAX_CLOCK_SKEW_MS);
+    let other_limit = crate::clock::ts_from_millis(base);
+    // Sets built once: a claim may list hundreds of thousands of instances.
+    let met: std::collections::HashSet<Uuid> = peers
+        .iter()
+        .map(|p| p.instance)
+        .chain(changes.iter().flat_map(|c| c.state.vv.keys().copied()))
+        .collect();
+    let known = |id: &Uuid| *id == from || ours.contains_key(id) || met.contains(id);
+    let mut room = MAX_KNOWLEDGE_ENTRIES.saturating_sub(ours.len());
+    let mut out = Knowledge::new();
+    let (mut dropped, mut lowered) = (0usize, 0usize);
+    for (id, ts) in claim {
+        if !known(id) {
+            dropped += 1;
+            continue;
+        }
+        if !ours.contains_key(id) {
+            if room == 0 {
+                dropped += 1;
+                continue;
+            }
+            room -= 1;
+        }
+        let limit = if *id == from { own_limit } else { other_limit };
+        if *ts > limit {
+            lowered += 1;
+        }
+        out.insert(*id, (*ts).min(limit));
+    }
+    if dropped > 0 || lowered > 0 {
+        warn!(peer = %from, dropped, lowered,
+              "peer's knowledge claim bounded: unknown instances dropped, future stamps lowered");
+    }
+    Ok(out)
+}
+
+/// How far ahead of our clock any stamp of an incoming record may be (field stamps, `vv`,
+/// `del_seen`, the delete), in milliseconds. A stamp further ahead is a wrong clock or a forgery
+/// (a delete whose `del_seen` claims the far future would delete every later edit): the page is
+/// refused, nothing is written, and the sender resends it once the clocks agree.
+pub const MAX_FUTURE_STAMP_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Refuses a page holding a stamp more than [`MAX_FUTURE_STAMP_MS`] ahead of `now_ms`.
+pub fn check_future_stamps(
+    changes: &[crate::change::RemoteChange],
+    now_ms: u64,
+) -> Result<(), ProtocolError> {
+    let limit = crate::clock::ts_from_millis(now_ms.saturating_add(MAX_FUTURE_STAMP_MS));
+    for ch in changes {
+        let s = &ch.state;
+        let latest = s
+            .max_ts()
+            .max(s.del_seen.values().copied().max().unwrap_or(0))
+            .max(s.deleted.map_or(0, |d| d.ts));
+        if latest > limit {
+            let at = crate::clock::millis_to_time(latest >> 16);
+            return Err(ProtocolError::new(
+                codes::INVALID_PAGE,
+                format!(
+                    "record {}/{} carries a stamp dated {}, more than a day ahead of this \
+                     laptop's clock: set the clock right on the laptop that wrote it, then sync \
+                     again",
+                    ch.table,
+                    ch.id,
+                    at.format("%Y-%m-%d %H:%M UTC")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Which side of a session saw the hello.
@@ -285,14 +409,24 @@ pub fn note_hello(
 fn note_peer(row: &mut PeerRow, p: &PeerInfo, clock_ms: u64) {
     let now = Utc::now();
     row.instance = p.instance;
-    row.name = p.name.clone();
-    row.owner = p.owner.clone();
-    row.contact = p.contact.clone();
+    // Whatever a peer says about itself is kept only up to a bounded length.
+    row.name = bounded(&p.name);
+    row.owner = bounded(&p.owner);
+    row.contact = bounded(&p.contact);
     if let Some(u) = &p.url {
-        row.url = u.clone();
+        row.url = bounded(u);
     }
     row.first_seen.get_or_insert(now);
     row.last_attempt = Some(now);
     // A peer's clock is whatever it says: clamp so an absurd one cannot overflow the offset.
     row.clock_offset_ms = clock_ms.min(i64::MAX as u64) as i64 - wall_millis() as i64;
+}
+
+/// `s` cut to at most [`MAX_PEER_STRING`] bytes, at a character boundary.
+fn bounded(s: &str) -> String {
+    let mut end = s.len().min(MAX_PEER_STRING);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }

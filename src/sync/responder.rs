@@ -243,6 +243,18 @@ impl SyncService for Responder {
     fn digest(&self, r: DigestRequest, _caller: Caller) -> Result<DigestReply, ProtocolError> {
         validate_table(&r.table)
             .map_err(|e| ProtocolError::new(codes::INVALID_TABLE, e.to_string()))?;
+        // A local-only table never leaves this laptop, not even as ids and content hashes
+        // (a hash of a short value is guessed offline): refused exactly as `pull` leaves it out.
+        if self.store.config().local_only.contains(&r.table) {
+            return Err(ProtocolError::new(
+                codes::INVALID_TABLE,
+                format!(
+                    "table {} is local-only on this instance and never synced: \
+                     leave it out of verify",
+                    r.table
+                ),
+            ));
+        }
         let prefix = hex::decode(&r.prefix).map_err(|e| {
             ProtocolError::new(
                 codes::INVALID_TABLE,

@@ -544,3 +544,21 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
 pub fn error_code(resp: &Value) -> Option<i64> {
     resp["error"]["code"].as_i64()
 }
+
+/// A TLS connection as a member that has sent the headers of a `fieldsync_push` and one byte
+/// of its body, and then nothing more (a slow-body client). `None` if the agent closed it.
+pub fn trickling_member(
+    cfg: &Arc<rustls::ClientConfig>,
+    dst: SocketAddr,
+) -> Option<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let tcp = TcpStream::connect(dst).ok()?;
+    tcp.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
+    let name = ServerName::try_from("fieldsync.mesh").unwrap();
+    let conn = rustls::ClientConnection::new(cfg.clone(), name).ok()?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let head = "POST / HTTP/1.1\r\nHost: fieldsync\r\nContent-Type: application/json\r\n\
+                Content-Length: 100000\r\n\r\n{";
+    tls.write_all(head.as_bytes()).ok()?;
+    tls.flush().ok()?;
+    Some(tls)
+}
