@@ -368,26 +368,10 @@ pub async fn start(
 }
 
 fn write_agent_file(dir: &Path, info: &AgentFile) -> Result<(), ControlError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(AGENT_FILE);
-    let tmp = dir.join(format!("{AGENT_FILE}.tmp"));
-    let io = |source| ControlError::Io {
-        path: path.clone(),
-        source,
-    };
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(&serde_json::to_vec(info).expect("plain struct"))
-        .map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    Ok(())
+    let bytes = serde_json::to_vec(info).expect("plain struct");
+    crate::fsutil::write_private_atomic(&path, &bytes)
+        .map_err(|source| ControlError::Io { path, source })
 }
 
 /// Removes `agent.json` (on shutdown).

@@ -30,6 +30,7 @@
 //! - [`cli`]: the command line: clap definitions, and command bodies by group that call [`app`].
 //! - [`build_info`]: version, git commit and build date fixed at build time.
 //! - [`backup`]: `backup`/`restore`: the whole database in one file.
+//! - [`fsutil`]: atomic, owner-only file writes (token and credential files).
 //! - [`doctor`]: `doctor`: checks that this laptop can sync, with fixes.
 //! - [`autosnapshot`]: the agent's rolling automatic snapshots in the data directory.
 //! - [`repair`]: `repair`: replace a damaged database by the newest automatic snapshot.
@@ -50,6 +51,7 @@ pub mod control;
 pub mod discovery;
 pub mod doctor;
 pub mod formats;
+pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gen;

@@ -774,6 +774,16 @@ impl Matrix {
     /// A full sync must converge: A and B both hold exactly the union of the models.
     fn converge(&mut self, addr: &str) {
         self.a.ok(&["sync", addr, "--insecure-plaintext"]);
+        // After a restore A is a new incarnation that claims less of its own history, so B's
+        // mass-delete brake holds every delete A sends until a person decides; a coordinator
+        // would approve them (tests/brake.rs covers the brake itself).
+        let held = self.b.ok(&["held", "list"]);
+        for line in held.lines().filter(|l| !l.trim().is_empty()) {
+            let h: serde_json::Value =
+                serde_json::from_str(line).expect("held list prints JSON lines");
+            let id = h["id"].to_string();
+            self.b.ok(&["held", "approve", &id]);
+        }
         let mut union = self.model.clone();
         for (id, f) in &self.b_own {
             union.insert(*id, f.clone());

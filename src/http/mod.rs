@@ -191,26 +191,10 @@ pub fn read_api_file(dir: &Path) -> Result<ApiFile, HttpError> {
 }
 
 fn write_api_file(dir: &Path, info: &ApiFile) -> Result<(), HttpError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(API_FILE);
-    let tmp = dir.join(format!("{API_FILE}.tmp"));
-    let io = |source| HttpError::Io {
-        path: path.clone(),
-        source,
-    };
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(&serde_json::to_vec(info).expect("plain struct"))
-        .map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    Ok(())
+    let bytes = serde_json::to_vec(info).expect("plain struct");
+    crate::fsutil::write_private_atomic(&path, &bytes)
+        .map_err(|source| HttpError::Io { path, source })
 }
 
 /// An error response: `{"code","message","field"}` with its status.

@@ -377,8 +377,9 @@ impl Store {
 
     /// Reads the next page of changes after `since` for a receiver that knows `known` and does
     /// not accept `skip_tables`. Stops at `limit` records or about `max_bytes` of stored data.
-    /// States that came unchanged from `receiver` are skipped without being read, unless the
-    /// receiver's knowledge of its own events is behind ours (it was restored).
+    /// States that came unchanged from `receiver` are skipped without being read, unless they
+    /// came from an earlier incarnation of it (it was restored or rolled back since: see
+    /// `PeerRow::echo_from`).
     pub fn outgoing(
         &self,
         since: u64,
@@ -388,7 +389,7 @@ impl Store {
         skip_tables: &BTreeSet<String>,
         receiver: Option<uuid::Uuid>,
     ) -> Result<OutgoingPage, StoreError> {
-        let skip_echoes = {
+        {
             // Nothing to send if the receiver already has every event we hold and no conflict
             // was logged after its position: answer at once instead of walking the feed (after
             // A sends B 100,000 records, B → A is this).
@@ -403,15 +404,7 @@ impl Store {
                     ..Default::default()
                 });
             }
-            // States that came from the receiver are skipped only while it vouches for every
-            // event of its own that we hold. A receiver restored from a snapshot (`repair`,
-            // `restore`) reports less, and then gets back what it sent us and lost.
-            receiver.is_some_and(|r| {
-                h.holdings
-                    .get(&r)
-                    .is_none_or(|held| known.get(&r).is_some_and(|k| k >= held))
-            })
-        };
+        }
         // Echo marks from before the receiver's current incarnation describe data it may have
         // lost (it was restored or rolled back since): those entries are sent like any other.
         let echo_from = match receiver {
@@ -433,7 +426,7 @@ impl Store {
                 .ok_or_else(|| StoreError::Decode("bad feed entry".into()))?;
             page.next = seq;
             page.examined += 1;
-            if skip_echoes && echo_of.is_some() && echo_of == receiver && seq > echo_from {
+            if echo_of.is_some() && echo_of == receiver && seq > echo_from {
                 continue;
             }
             let (table, id) = keys::parse_record_suffix(suffix)

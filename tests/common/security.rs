@@ -176,9 +176,9 @@ impl Node {
     }
 
     pub fn put(&self, table: &str, fields: Value) -> String {
-        self.ok(&["put", table, &fields.to_string()])
-            .trim()
-            .to_string()
+        let out = self.ok(&["put", table, &fields.to_string()]);
+        let v: Value = serde_json::from_str(out.trim()).expect("put prints a JSON object");
+        v["id"].as_str().expect("put prints its id").to_string()
     }
 
     /// `(count, sha256)` of the live records of `tables`.
