@@ -21,7 +21,7 @@ use std::path::Path;
 use uuid::Uuid;
 
 /// The replicated system table of revocations (record id = revoked instance id).
-pub const REVOCATIONS: &str = "fs_revocations";
+pub const REVOCATIONS: &str = crate::model::REVOCATIONS_TABLE;
 /// Prefix of system tables: users cannot write them directly.
 pub const SYSTEM_PREFIX: &str = crate::model::SYSTEM_PREFIX;
 /// The DNS name every node certificate carries; peers are reached by IP, so the name is fixed.

@@ -48,6 +48,10 @@ pub enum ValidationError {
 /// Prefix of system tables (written only by fieldsync itself, e.g. `fs_revocations`).
 pub const SYSTEM_PREFIX: &str = "fs_";
 
+/// The replicated table of CA-signed revocations (see `mesh.rs`). Its records are signed and
+/// travel whole (never as a field delta), so the store needs its name too.
+pub const REVOCATIONS_TABLE: &str = "fs_revocations";
+
 /// Checks a table name against `[a-z][a-z0-9_]{0,63}`.
 pub fn validate_table(name: &str) -> Result<(), ValidationError> {
     let mut chars = name.chars();

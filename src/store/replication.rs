@@ -445,7 +445,7 @@ impl Store {
             // A signed record (a revocation) travels whole: its signature covers every field,
             // so a receiver that checks it needs them all, whatever it already knows.
             let delta = outgoing_delta(&rec.state, known).map(|d| {
-                if table == crate::mesh::REVOCATIONS {
+                if table == crate::model::REVOCATIONS_TABLE {
                     rec.state.clone()
                 } else {
                     d

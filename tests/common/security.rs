@@ -551,7 +551,9 @@ pub fn trickling_member(
     cfg: &Arc<rustls::ClientConfig>,
     dst: SocketAddr,
 ) -> Option<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
-    let tcp = TcpStream::connect(dst).ok()?;
+    // From its own address, as a stolen laptop on the network would be: the legitimate member
+    // syncing meanwhile connects from 127.0.0.1.
+    let tcp = connect_from("127.0.0.10", dst).ok()?;
     tcp.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
     let name = ServerName::try_from("fieldsync.mesh").unwrap();
     let conn = rustls::ClientConnection::new(cfg.clone(), name).ok()?;
