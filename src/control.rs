@@ -335,28 +335,14 @@ pub async fn start(
     module
         .register_blocking_method(RUN, |params: Params, ctx, _| {
             let req: RunRequest = params.one()?;
-            if req.token != ctx.token {
-                tracing::warn!("control request with a wrong token refused");
-                return Err(ErrorObjectOwned::owned(
-                    1009,
-                    "wrong control token",
-                    None::<()>,
-                ));
-            }
+            check_token(&req.token, &ctx.token)?;
             Ok::<_, ErrorObjectOwned>((ctx.exec.run)(&ctx.store, req))
         })
         .expect("a new method name");
     module
         .register_async_method(OP, |params, ctx, _| async move {
             let req: OpRequest = params.one()?;
-            if req.token != ctx.token {
-                tracing::warn!("control request with a wrong token refused");
-                return Err(ErrorObjectOwned::owned(
-                    1009,
-                    "wrong control token",
-                    None::<()>,
-                ));
-            }
+            check_token(&req.token, &ctx.token)?;
             dispatch(&ctx.exec.app, req.op, None)
                 .await
                 .map_err(op_error)
@@ -365,6 +351,19 @@ pub async fn start(
     let handle = server.start(module);
     write_agent_file(&dir, &info)?;
     Ok(handle)
+}
+
+/// Refuses a control request whose token is not this agent's (logged; error 1009).
+fn check_token(given: &str, ours: &str) -> Result<(), ErrorObjectOwned> {
+    if given == ours {
+        return Ok(());
+    }
+    tracing::warn!("control request with a wrong token refused");
+    Err(ErrorObjectOwned::owned(
+        1009,
+        "wrong control token",
+        None::<()>,
+    ))
 }
 
 fn write_agent_file(dir: &Path, info: &AgentFile) -> Result<(), ControlError> {
