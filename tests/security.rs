@@ -895,6 +895,26 @@ fn revoking_the_coordinator_itself_needs_force() {
     assert_eq!(coord.revoked(), vec![id]);
 }
 
+/// Issue #19 (found by a newcomer following the README): a laptop lost on its way to the field
+/// is revoked by the name it was enrolled under, although the coordinator never synced with it.
+/// A name enrolled twice is refused, naming both ids; an unknown name still fails.
+#[test]
+fn a_laptop_is_revoked_by_its_enrolled_name_before_it_ever_synced() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let lost = coord.enroll("laptopB");
+    let r = coord.json(&["mesh", "revoke", "laptopB", "--reason", "lost in transit"]);
+    assert_eq!(r["revoked"], lost.id().as_str());
+    assert_eq!(coord.revoked(), vec![lost.id()]);
+
+    let (x, y) = (coord.enroll("twin"), coord.enroll("twin"));
+    let err = coord.fails(&["mesh", "revoke", "twin", "--reason", "which?"]);
+    assert!(err.contains(&x.id()) && err.contains(&y.id()), "{err}");
+    let err = coord.fails(&["mesh", "revoke", "nobody", "--reason", "typo"]);
+    assert!(err.contains("nobody"), "{err}");
+    assert_eq!(coord.revoked(), vec![lost.id()]);
+}
+
 /// Issue #18 item 3: a member's knowledge claim (the year-4000 maximum for every instance,
 /// plus thousands of made-up instances) is bounded: unknown instances dropped, the rest never
 /// beyond now. A record written afterwards still reaches the victim and travels on, and the

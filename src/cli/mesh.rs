@@ -8,7 +8,7 @@ use crate::model;
 use crate::store::LocalOp;
 use clap::Subcommand;
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 /// Subcommands of `mesh`.
@@ -179,6 +179,9 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
             let cred = ca.enroll(id, &name).map_err(invalid)?;
             let path = cwd.join(file);
             mesh::save(&path, &cred).map_err(invalid)?;
+            // Remembered here so `mesh revoke NAME` works before the coordinator ever synced
+            // with that laptop (a laptop lost on its way to the field).
+            note_enrolled(store.dir(), id, &name)?;
             json!({"instance": id, "name": name, "credential": path, "deployment": ca.deployment})
         }
         MeshCommand::Revoke {
@@ -188,8 +191,14 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
             force,
         } => {
             let ca = mesh::load_ca(&ca_path(ca)).map_err(invalid)?;
-            // An instance id, or the name of exactly one known peer.
-            let id = app.resolve_instance(&instance)?;
+            // An instance id, the name of exactly one known peer, or of one laptop enrolled here.
+            let id = match app.resolve_instance(&instance) {
+                Ok(id) => id,
+                Err(e) => match enrolled_named(store.dir(), &instance)? {
+                    Some(id) => id,
+                    None => return Err(e.into()),
+                },
+            };
             if id == store.id() && !force {
                 return Err(invalid(format!(
                     "{id} is this instance: revoking it shuts the coordinator itself out of \
@@ -227,4 +236,54 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
         }
     };
     writeln!(io.out, "{v}").map_err(CliError::Output)
+}
+
+/// Laptops this coordinator enrolled, by instance id: `enrolled.json` in its data directory
+/// (`{"<uuid>": "name", ...}`, mode 0600). Lets `mesh revoke` take a name the coordinator knows
+/// only from enrolling it.
+const ENROLLED_FILE: &str = "enrolled.json";
+
+fn read_enrolled(dir: &Path) -> Result<std::collections::BTreeMap<Uuid, String>, CliError> {
+    let path = dir.join(ENROLLED_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            invalid(format!(
+                "{} is not a list of enrolled laptops ({e}): move it aside and enroll again",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(CliError::Io(format!("{}: {e}", path.display()))),
+    }
+}
+
+fn note_enrolled(dir: &Path, id: Uuid, name: &str) -> Result<(), CliError> {
+    let mut all = read_enrolled(dir)?;
+    all.insert(id, name.to_string());
+    let path = dir.join(ENROLLED_FILE);
+    let bytes = serde_json::to_vec_pretty(&all).expect("a map of strings");
+    crate::fsutil::write_private_atomic(&path, &bytes)
+        .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))
+}
+
+/// The one laptop enrolled here under `name`; an error if several were.
+fn enrolled_named(dir: &Path, name: &str) -> Result<Option<Uuid>, CliError> {
+    let all = read_enrolled(dir)?;
+    let ids: Vec<Uuid> = all
+        .iter()
+        .filter(|(_, n)| n.as_str() == name)
+        .map(|(id, _)| *id)
+        .collect();
+    match ids.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        _ => Err(invalid(format!(
+            "{} laptops were enrolled as {name:?}: revoke by instance id ({})",
+            ids.len(),
+            ids.iter()
+                .map(Uuid::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
