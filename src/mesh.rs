@@ -307,21 +307,11 @@ pub fn load_revocations(
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), MeshError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |e: std::io::Error| MeshError::File {
+    // Atomic and owner-only: a credential or CA key is never half written or world-readable.
+    crate::fsutil::write_private_atomic(path, text.as_bytes()).map_err(|e| MeshError::File {
         path: path.display().to_string(),
         message: e.to_string(),
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(err)?;
-    f.write_all(text.as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)
+    })
 }
 
 /// Writes any mesh file as JSON, readable only by its owner.

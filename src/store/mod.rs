@@ -865,19 +865,7 @@ impl Store {
         id: &Uuid,
         f: impl FnOnce(&mut PeerRow) -> T,
     ) -> Result<T, StoreError> {
-        let _w = self.lock();
-        let mut row = match self.tree.get(keys::peer(id))? {
-            Some(v) => decode(&v)?,
-            None => PeerRow {
-                instance: *id,
-                first_seen: Some(Utc::now()),
-                ..Default::default()
-            },
-        };
-        let out = f(&mut row);
-        row.instance = *id;
-        self.tree.insert(keys::peer(id), encode(&row))?;
-        Ok(out)
+        self.update_peer_with(id, |row, _| (f(row), false))
     }
 
     /// Like [`Store::update_peer`], but `f` also gets the feed head and says whether the row
