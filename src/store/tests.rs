@@ -123,7 +123,17 @@ fn reopen_keeps_records_instance_feed_and_clock() {
     assert!(after > stamp);
     drop(s);
     // A second open of the same directory while one is open is refused, not corrupting.
-    let a = Store::open(dir.path(), Config::default()).unwrap();
+    // sled's background flusher lets go of the directory's lock a moment after the drop:
+    // wait for that (bounded), as a process starting after another has exited would.
+    let a = (0..100)
+        .find_map(|_| match Store::open(dir.path(), Config::default()) {
+            Err(StoreError::Locked(_)) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                None
+            }
+            other => Some(other.unwrap()),
+        })
+        .expect("the dropped store released its lock within 2 s");
     assert!(matches!(
         Store::open(dir.path(), Config::default()),
         Err(StoreError::Locked(_))
