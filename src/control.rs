@@ -3,7 +3,10 @@
 //!
 //! The agent listens on 127.0.0.1 (never another interface) on a random port and writes
 //! `agent.json` (port, token, pid) into the data directory with mode 0600, so only the local
-//! user who owns the data can read the token. Every request must carry that token.
+//! user who owns the data can read the token. Every request must carry that token in its
+//! header (`Authorization: Bearer TOKEN`), checked before the body is read, and stay within a
+//! body limit per method ([`crate::control_gate`]: `control_op` on `/op`, `control_run` on
+//! `/run`).
 //!
 //! Methods (JSON-RPC over HTTP, one positional parameter):
 //!
@@ -19,9 +22,10 @@
 
 use crate::app::records::{PatchMode, Precondition, RecordView};
 use crate::app::{App, AppError};
+use crate::control_gate::{self, MAX_RESPONSE_BODY, MAX_RUN_BODY, OP_PATH, RUN_PATH};
 use crate::store::Store;
 use crate::tls::Transport;
-use jsonrpsee::server::{RpcModule, Server, ServerConfig, ServerHandle};
+use jsonrpsee::server::{stop_channel, RpcModule, ServerHandle};
 use jsonrpsee::types::{ErrorObjectOwned, Params};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -36,8 +40,6 @@ pub const RUN: &str = "control_run";
 pub const OP: &str = "control_op";
 /// JSON-RPC error code of a failed operation (details in `data`).
 pub const OP_FAILED: i32 = 1100;
-/// Largest control request/response (an export of a big table goes through here).
-const MAX_CONTROL_BYTES: u32 = 1 << 30;
 
 /// Contents of `agent.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -308,21 +310,13 @@ pub async fn start(
     exec: Executor,
 ) -> Result<ServerHandle, ControlError> {
     let token = format!("{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-    let cfg = ServerConfig::builder()
-        .max_request_body_size(MAX_CONTROL_BYTES)
-        .max_response_body_size(MAX_CONTROL_BYTES)
-        .max_connections(16)
-        .http_only()
-        .build();
-    let server = Server::builder()
-        .set_config(cfg)
-        .build("127.0.0.1:0")
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|source| ControlError::Io {
             path: "127.0.0.1:0".into(),
             source,
         })?;
-    let port = server.local_addr().map(|a| a.port()).unwrap_or(0);
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let dir = store.dir().to_path_buf();
     let info = AgentFile {
         pid: std::process::id(),
@@ -331,7 +325,11 @@ pub async fn start(
         listen: listen.to_string(),
         instance: store.id(),
     };
-    let mut module = RpcModule::new(Ctx { store, token, exec });
+    let mut module = RpcModule::new(Ctx {
+        store,
+        token: token.clone(),
+        exec,
+    });
     module
         .register_blocking_method(RUN, |params: Params, ctx, _| {
             let req: RunRequest = params.one()?;
@@ -348,12 +346,15 @@ pub async fn start(
                 .map_err(op_error)
         })
         .expect("a new method name");
-    let handle = server.start(module);
+    let (stop, handle) = stop_channel();
+    tokio::spawn(control_gate::serve(listener, module, token, stop));
     write_agent_file(&dir, &info)?;
     Ok(handle)
 }
 
-/// Refuses a control request whose token is not this agent's (logged; error 1009).
+/// Refuses a control request whose token is not this agent's (logged; error 1009). The gate
+/// has checked the header already; the token in the params is checked again so that a request
+/// is only ever run with the token it names.
 fn check_token(given: &str, ours: &str) -> Result<(), ErrorObjectOwned> {
     if given == ours {
         return Ok(());
@@ -391,16 +392,30 @@ pub fn read_agent_file(dir: &Path) -> Result<AgentFile, ControlError> {
     })
 }
 
+/// An HTTP client for the agent's control endpoint at `path`, carrying the token header.
+fn client(
+    info: &AgentFile,
+    path: &str,
+) -> Result<jsonrpsee::http_client::HttpClient, ControlError> {
+    use jsonrpsee::http_client::{HeaderMap, HeaderValue};
+    let mut headers = HeaderMap::new();
+    let auth = HeaderValue::from_str(&format!("Bearer {}", info.token))
+        .map_err(|e| ControlError::Agent(format!("agent.json holds an unusable token: {e}")))?;
+    headers.insert("authorization", auth);
+    jsonrpsee::http_client::HttpClientBuilder::default()
+        .set_headers(headers)
+        .max_request_size(MAX_RUN_BODY as u32)
+        .max_response_size(MAX_RESPONSE_BODY)
+        .request_timeout(std::time::Duration::from_secs(3600))
+        .build(format!("http://127.0.0.1:{}{path}", info.port))
+        .map_err(|e| ControlError::Agent(e.to_string()))
+}
+
 /// Sends a command line to the agent that owns `dir`.
 pub async fn forward(dir: &Path, req: RunRequest) -> Result<RunReply, ControlError> {
     use jsonrpsee::core::client::ClientT;
     let info = read_agent_file(dir)?;
-    let client = jsonrpsee::http_client::HttpClientBuilder::default()
-        .max_request_size(MAX_CONTROL_BYTES)
-        .max_response_size(MAX_CONTROL_BYTES)
-        .request_timeout(std::time::Duration::from_secs(3600))
-        .build(format!("http://127.0.0.1:{}", info.port))
-        .map_err(|e| ControlError::Agent(e.to_string()))?;
+    let client = client(&info, RUN_PATH)?;
     let req = RunRequest {
         token: info.token,
         ..req
@@ -415,12 +430,7 @@ pub async fn forward(dir: &Path, req: RunRequest) -> Result<RunReply, ControlErr
 pub async fn call(dir: &Path, op: Op) -> Result<serde_json::Value, ControlError> {
     use jsonrpsee::core::client::{ClientT, Error};
     let info = read_agent_file(dir)?;
-    let client = jsonrpsee::http_client::HttpClientBuilder::default()
-        .max_request_size(MAX_CONTROL_BYTES)
-        .max_response_size(MAX_CONTROL_BYTES)
-        .request_timeout(std::time::Duration::from_secs(3600))
-        .build(format!("http://127.0.0.1:{}", info.port))
-        .map_err(|e| ControlError::Agent(e.to_string()))?;
+    let client = client(&info, OP_PATH)?;
     let req = serde_json::json!({"token": info.token, "op": op});
     match client.request(OP, jsonrpsee::rpc_params![req]).await {
         Ok(v) => Ok(v),

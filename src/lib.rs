@@ -25,6 +25,8 @@
 //! - [`app`]: the application layer: one typed function per operation, for every door.
 //! - [`agent`]: the daemon: sync server, control endpoint, triggers, shutdown.
 //! - [`control`]: the local control endpoint the CLI uses while an agent holds the database.
+//! - [`control_gate`]: the control endpoint's door: token header before the body, body limits,
+//!   per-connection deadline.
 //! - [`http`]: the HTTP API for local applications (axum, OpenAPI by utoipa).
 //! - [`gen`]: deterministic test and benchmark data (records and op files, gen.py's format).
 //! - [`cli`]: the command line: clap definitions, and command bodies by group that call [`app`].
@@ -48,6 +50,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod control_gate;
 pub mod discovery;
 pub mod doctor;
 pub mod formats;

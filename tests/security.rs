@@ -625,8 +625,10 @@ fn the_control_endpoint_is_local_and_needs_the_token() {
     let ctl: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let id = Uuid::new_v4().to_string();
     let run = |token: &str| {
-        rpc_plain(
+        rpc_plain_with(
             ctl,
+            "/run",
+            &format!("Authorization: Bearer {token}\r\n"),
             "control_run",
             &json!({"token": token, "args": ["put", "person", "--id", id, "{\"name\":\"x\"}"],
                     "stdin": null, "cwd": "/"}),
@@ -1125,4 +1127,103 @@ fn a_delete_claiming_the_far_future_is_refused() {
     coord.ok(&["sync", &agent.addr]);
     assert!(host.ok(&["get", "person", &victim]).contains("kept"));
     assert_eq!(host.digest(&["person"]), coord.digest(&["person"]));
+}
+
+/// Issue #18 item 5 (the control endpoint): 16 local connections that send 1 GiB bodies
+/// without the token are answered 401 as soon as their header is in, without the agent
+/// reading the bodies (its peak memory stays small, each connection is cut off after a few
+/// MB); a typed op over its 8 MiB limit is refused by its declared length even with the
+/// token; and the CLI keeps working throughout.
+#[test]
+fn the_control_endpoint_refuses_big_bodies_without_the_token_before_reading_them() {
+    const GIB: u64 = 1 << 30;
+    let node = Node::new("solo");
+    let agent = node.start(&["--insecure-plaintext"]);
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(node.dir().join("agent.json")).unwrap())
+            .unwrap();
+    let ctl: SocketAddr = format!("127.0.0.1:{}", info["port"]).parse().unwrap();
+    let token = info["token"].as_str().unwrap().to_string();
+    let before_kb = peak_rss_kb(agent.proc.0.id());
+    let started = Instant::now();
+    let floods: Vec<_> = (0..16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(ctl).unwrap();
+                s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                // Half of them send a token, a wrong one; half none at all.
+                let auth = if i % 2 == 0 {
+                    "Authorization: Bearer wrong\r\n"
+                } else {
+                    ""
+                };
+                let head = format!(
+                    "POST /run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                     {auth}Content-Length: {GIB}\r\n\r\n"
+                );
+                s.write_all(head.as_bytes()).unwrap();
+                let chunk = vec![b' '; 1 << 16];
+                let mut sent = 0u64;
+                let t = Instant::now();
+                // Bounded: at most 1 GiB and 60 s.
+                while sent < GIB && t.elapsed() < Duration::from_secs(60) {
+                    match s.write(&chunk) {
+                        Ok(n) => sent += n as u64,
+                        Err(_) => break,
+                    }
+                }
+                let mut answer = Vec::new();
+                let _ = s.read_to_end(&mut answer);
+                (
+                    sent,
+                    t.elapsed(),
+                    String::from_utf8_lossy(&answer).into_owned(),
+                )
+            })
+        })
+        .collect();
+    // Meanwhile, and afterwards, the owner's CLI works.
+    let id = node.put("person", json!({"name": "during the flood"}));
+    for f in floods {
+        let (sent, took, answer) = f.join().unwrap();
+        assert!(sent < 256 << 20, "{sent} bytes were taken in {took:?}");
+        assert!(took < Duration::from_secs(20), "cut off after {took:?}");
+        if !answer.is_empty() {
+            assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+            assert!(answer.contains("1009"), "{answer}");
+        }
+    }
+    let after_kb = peak_rss_kb(agent.proc.0.id());
+    assert!(
+        after_kb < 150 * 1024,
+        "peak RSS {before_kb} kB → {after_kb} kB"
+    );
+    assert!(agent.log().contains("missing or wrong token"));
+    // With the token, a typed op is refused by its declared length beyond 8 MiB, unread.
+    let mut s = TcpStream::connect(ctl).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST /op HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
+        (8 << 20) + 1
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut answer = [0u8; 4096];
+    let n = s.read(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("limit of 8388608 bytes for /op"),
+        "{answer}"
+    );
+    // The CLI still goes through the agent, reads back what it wrote during the flood.
+    assert!(node
+        .ok(&["get", "person", &id])
+        .contains("during the flood"));
+    assert_eq!(agent.live()["running"], true);
+    eprintln!(
+        "16 × 1 GiB control floods refused in {:?}; agent peak RSS {before_kb} kB → {after_kb} kB",
+        started.elapsed()
+    );
 }

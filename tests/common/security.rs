@@ -468,11 +468,35 @@ pub fn rpc_plain(dst: SocketAddr, method: &str, params: &Value) -> Result<Value,
     http_call(&mut tcp, method, params)
 }
 
+/// One JSON-RPC call over a plain TCP connection to `path`, with extra header lines (each
+/// ending in `\r\n`), e.g. the control endpoint's `Authorization: Bearer TOKEN`.
+pub fn rpc_plain_with(
+    dst: SocketAddr,
+    path: &str,
+    headers: &str,
+    method: &str,
+    params: &Value,
+) -> Result<Value, String> {
+    let mut tcp = TcpStream::connect(dst).map_err(|e| format!("connect: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    http_call_with(&mut tcp, path, headers, method, params)
+}
+
 fn http_call(s: &mut impl ReadWrite, method: &str, params: &Value) -> Result<Value, String> {
+    http_call_with(s, "/", "", method, params)
+}
+
+fn http_call_with(
+    s: &mut impl ReadWrite,
+    path: &str,
+    headers: &str,
+    method: &str,
+    params: &Value,
+) -> Result<Value, String> {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": [params]}).to_string();
     let req = format!(
-        "POST / HTTP/1.1\r\nHost: fieldsync.mesh\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: fieldsync.mesh\r\nContent-Type: application/json\r\n\
+         {headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes())
