@@ -6,6 +6,7 @@
 //! types defined here.
 
 pub mod client;
+pub mod decodes;
 pub mod pack;
 pub mod server;
 
@@ -344,6 +345,8 @@ pub fn decode_changes(page: &Page) -> Result<Vec<RemoteChange>, ProtocolError> {
             ),
         ));
     }
+    // Bounds the memory of decodes in flight (see `decodes`): taken after the cheap checks.
+    let _slot = decodes::acquire();
     let changes: Vec<RemoteChange> = match page.encoding.as_str() {
         ENC_JSON => serde_json::from_value(page.data.clone())
             .map_err(|e| invalid(format!("malformed page: {e}")))?,

@@ -1,4 +1,5 @@
-//! Serves the sync methods: an accept loop with a connection limit, byte counters at the
+//! Serves the sync methods: an accept loop with separate limits for unauthenticated and
+//! authenticated connections, byte counters at the
 //! socket, and jsonrpsee's HTTP service per connection.
 //!
 //! The protocol declares what it needs from the application as [`SyncService`] (like
@@ -35,8 +36,14 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
-/// Most simultaneous peer connections; further ones wait in the kernel's accept queue.
+/// Most simultaneous authenticated peer connections (past their TLS handshake; every
+/// connection in plaintext mode); a further one waits up to [`HANDSHAKE_TIMEOUT`] for a slot.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Most simultaneous connections still in their TLS handshake (not yet authenticated), from
+/// all addresses together; more are closed at once. Separate from [`MAX_CONNECTIONS`], so
+/// silent sockets can never take the slots of members, and a member's new connection only
+/// competes with other strangers for one of these until its handshake is done (milliseconds).
+pub const MAX_UNAUTHENTICATED: usize = 128;
 
 /// Bytes read and written on all sync connections (at the socket, HTTP framing included), and
 /// connections refused.
@@ -206,13 +213,8 @@ async fn accept_loop<S: SyncService>(
         .set_rpc_middleware(RpcServiceBuilder::new().layer_fn(CallsOnly))
         .to_service_builder();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let strangers = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
     loop {
-        // The permit is taken before accept, so a flood of connections waits in the backlog
-        // instead of consuming memory here.
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stop.clone().shutdown() => break,
-        };
         let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -230,17 +232,25 @@ async fn accept_loop<S: SyncService>(
             debug!(%peer, "too many unauthenticated connections from this address: closed");
             continue;
         };
+        let Ok(stranger) = strangers.clone().try_acquire_owned() else {
+            traffic.throttled.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "too many unauthenticated connections: closed");
+            continue;
+        };
         let _ = sock.set_nodelay(true);
         let stream = Counted::new(sock, traffic.clone());
         let (builder, methods, stop) = (builder.clone(), methods.clone(), stop.clone());
         let (acceptor, failures, traffic) = (acceptor.clone(), failures.clone(), traffic.clone());
-        let per_peer = per_peer.clone();
+        let (per_peer, slots) = (per_peer.clone(), slots.clone());
         tokio::spawn(async move {
             let stopped = stop.clone().shutdown();
             let inner = builder.build(methods, stop);
             let result = match acceptor {
                 None => {
-                    drop(shaking);
+                    drop((shaking, stranger));
+                    let Some(_permit) = member_slot(&slots, &traffic, peer).await else {
+                        return;
+                    };
                     let svc = WithRemote {
                         inner,
                         remote: peer,
@@ -262,7 +272,7 @@ async fn accept_loop<S: SyncService>(
                             return;
                         }
                     };
-                    drop(shaking);
+                    drop((shaking, stranger));
                     lock(&failures).remove(&peer.ip());
                     let instance = crate::tls::peer_instance(tls.get_ref().1.peer_certificates());
                     let _mine = match instance {
@@ -277,6 +287,9 @@ async fn accept_loop<S: SyncService>(
                         },
                         None => None,
                     };
+                    let Some(_permit) = member_slot(&slots, &traffic, peer).await else {
+                        return;
+                    };
                     let svc = WithRemote {
                         inner,
                         remote: peer,
@@ -288,8 +301,24 @@ async fn accept_loop<S: SyncService>(
             if let Err(e) = result {
                 debug!(%peer, error = %e, "connection ended with an error");
             }
-            drop(permit);
         });
+    }
+}
+
+/// One of the [`MAX_CONNECTIONS`] slots of authenticated connections, waiting for one at most
+/// [`HANDSHAKE_TIMEOUT`]; `None` (counted, logged) if none came free.
+async fn member_slot(
+    slots: &Arc<Semaphore>,
+    traffic: &Traffic,
+    peer: SocketAddr,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, slots.clone().acquire_owned()).await {
+        Ok(Ok(p)) => Some(p),
+        _ => {
+            traffic.throttled.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, "all {MAX_CONNECTIONS} connection slots busy: closed");
+            None
+        }
     }
 }
 
