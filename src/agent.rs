@@ -194,7 +194,7 @@ impl Agent {
                 // A static peer that cannot be reached is offline until it answers again.
                 if let (Some(p), SyncError::Transport { .. }) = (peer, &e) {
                     if !lock(&me.online).contains_key(&p) {
-                        me.update_row(p, |row| row.online = false);
+                        me.update_known_row(p, |row| row.online = false);
                     }
                 }
                 if let (Some(p), Some(d)) = (peer, lock(&me.discovery).as_ref()) {
@@ -216,6 +216,15 @@ impl Agent {
     fn update_row(&self, peer: Uuid, f: impl FnOnce(&mut PeerRow)) {
         if let Err(e) = self.store.update_peer(&peer, f) {
             warn!(error = %e, "cannot record peer state");
+        }
+    }
+
+    /// Like [`Agent::update_row`], but only for a peer that already has a row: what discovery
+    /// says about an instance never creates one (an advert proves nothing; a row is stored
+    /// once a session's TLS handshake has proved the instance).
+    fn update_known_row(&self, peer: Uuid, f: impl FnOnce(&mut PeerRow)) {
+        if matches!(self.store.peer(&peer), Ok(Some(_))) {
+            self.update_row(peer, f);
         }
     }
 
@@ -242,7 +251,7 @@ impl Agent {
                 info!(peer = %instance, %name, ?addrs, "peer discovered");
                 lock(&self.online).insert(instance, addrs.clone());
                 lock(&self.backoff).remove(&instance.to_string());
-                self.update_row(instance, |row| {
+                self.update_known_row(instance, |row| {
                     row.online = true;
                     row.last_seen = Some(Utc::now());
                     if row.name.is_empty() {
@@ -275,7 +284,11 @@ impl Agent {
             PeerEvent::Lost { instance } => {
                 info!(peer = %instance, "peer left");
                 lock(&self.online).remove(&instance);
-                self.update_row(instance, |row| row.online = false);
+                // A forgotten candidate that never proved itself leaves nothing behind.
+                if !matches!(self.store.peer(&instance), Ok(Some(_))) {
+                    lock(&self.backoff).remove(&instance.to_string());
+                }
+                self.update_known_row(instance, |row| row.online = false);
             }
         }
     }

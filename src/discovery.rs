@@ -5,9 +5,17 @@
 //! turns mdns-sd's events into [`PeerEvent`]s: our own advert, other deployments and
 //! incompatible versions are filtered out (logged once each), repeated resolutions of one peer
 //! are deduplicated, and address-less resolutions are ignored.
+//!
+//! An advert is a claim by anyone on the LAN (the deployment id in it is public), so what it
+//! says is a *candidate*, never a peer: only addresses on the subnet of the interface the
+//! advert arrived on are passed on (no off-subnet address, no loopback: an outsider cannot
+//! make the agent dial elsewhere), at most [`MAX_CANDIDATES`] candidates are remembered (the
+//! least recently heard is forgotten first, with a `Lost` event), and a candidate not heard
+//! for [`CANDIDATE_TTL`] is forgotten. The agent stores a peer row only after a session's TLS
+//! handshake proved the instance ([`crate::agent`]).
 
 use crate::protocol::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
-use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
+use mdns_sd::{IfKind, ScopedIp, ServiceDaemon, ServiceEvent, ServiceInfo};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -23,6 +31,11 @@ const TXT_INSTANCE: &str = "id";
 const TXT_MESH: &str = "mesh";
 const TXT_PROTO: &str = "proto";
 const TXT_NAME: &str = "name";
+
+/// Most unverified candidates remembered at once.
+pub const MAX_CANDIDATES: usize = 64;
+/// A candidate not heard again for this long is forgotten (mDNS re-announces well within it).
+pub const CANDIDATE_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// A change in who is on the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +88,11 @@ pub struct Health {
     pub peers_heard: u64,
     /// Adverts of other deployments or versions ignored.
     pub ignored: u64,
+    /// Adverts of our deployment naming no address on the subnet of the interface they
+    /// arrived on (off-subnet or loopback): not dialled.
+    pub off_subnet: u64,
+    /// Unverified candidates remembered now (at most [`MAX_CANDIDATES`]).
+    pub candidates: usize,
     /// Seconds since the last peer advert was heard (None: never).
     pub secs_since_peer: Option<u64>,
     /// A human explanation when no peer has been heard.
@@ -86,6 +104,8 @@ struct State {
     heard_self: bool,
     peers_heard: u64,
     ignored: u64,
+    off_subnet: u64,
+    candidates: usize,
     last_peer: Option<Instant>,
     started: Option<Instant>,
 }
@@ -138,9 +158,20 @@ impl Discovery {
         let me = advert.clone();
         let (st, pe) = (state.clone(), peers.clone());
         tokio::spawn(async move {
-            let mut seen: HashMap<String, (Uuid, Vec<SocketAddr>)> = HashMap::new();
+            let mut seen = Candidates::default();
             let mut logged: HashSet<String> = HashSet::new();
-            while let Ok(ev) = events.recv_async().await {
+            let mut sweep = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                let ev = tokio::select! {
+                    ev = events.recv_async() => match ev { Ok(ev) => ev, Err(_) => break },
+                    _ = sweep.tick() => {
+                        let gone = seen.expire(Instant::now());
+                        if !forget(&tx, &pe, &st, &seen, gone).await {
+                            break;
+                        }
+                        continue;
+                    }
+                };
                 match ev {
                     ServiceEvent::ServiceResolved(svc) => {
                         let get = |k: &str| svc.get_property_val_str(k).map(str::to_string);
@@ -154,35 +185,45 @@ impl Discovery {
                         let mesh = get(TXT_MESH).unwrap_or_default();
                         let compatible = get(TXT_PROTO).is_some_and(|p| proto_overlaps(&p));
                         if mesh != me.mesh || !compatible {
-                            if logged.insert(svc.fullname.clone()) {
-                                lock(&st).ignored += 1;
+                            if logged.len() < MAX_CANDIDATES && logged.insert(svc.fullname.clone())
+                            {
                                 info!(%instance, %mesh, proto = ?get(TXT_PROTO),
                                       "ignoring a fieldsync agent of another deployment or protocol version");
                             }
+                            lock(&st).ignored += 1;
                             continue;
                         }
-                        let mut addrs: Vec<SocketAddr> = svc
-                            .get_addresses()
-                            .iter()
-                            .map(|a| a.to_ip_addr())
-                            .filter(|ip| !ip.is_loopback() && !is_ipv6_link_local(ip))
-                            .map(|ip| SocketAddr::new(ip, svc.get_port()))
-                            .collect();
-                        if addrs.is_empty() {
-                            continue;
-                        }
-                        // IPv4 first: link-local IPv6 needs a scope we do not carry.
-                        addrs.sort_by_key(|a| (a.is_ipv6(), *a));
                         {
                             let mut s = lock(&st);
                             s.peers_heard += 1;
                             s.last_peer = Some(Instant::now());
                         }
-                        let name = get(TXT_NAME).unwrap_or_default();
-                        if seen.get(&svc.fullname) == Some(&(instance, addrs.clone())) {
+                        let nets = local_nets();
+                        let mut addrs: Vec<SocketAddr> = svc
+                            .get_addresses()
+                            .iter()
+                            .filter(|a| on_link(a, &nets))
+                            .map(|a| a.to_ip_addr())
+                            .filter(|ip| !ip.is_loopback() && !is_ipv6_link_local(ip))
+                            .map(|ip| SocketAddr::new(ip, svc.get_port()))
+                            .collect();
+                        if addrs.is_empty() {
+                            lock(&st).off_subnet += 1;
+                            debug!(%instance, addrs = ?svc.get_addresses(),
+                                   "advert names no address on the subnet it arrived on: not dialled");
                             continue;
                         }
-                        seen.insert(svc.fullname.clone(), (instance, addrs.clone()));
+                        // IPv4 first: link-local IPv6 needs a scope we do not carry.
+                        addrs.sort_by_key(|a| (a.is_ipv6(), *a));
+                        let name = get(TXT_NAME).unwrap_or_default();
+                        let (changed, evicted) =
+                            seen.heard(&svc.fullname, instance, &addrs, Instant::now());
+                        if !forget(&tx, &pe, &st, &seen, evicted).await {
+                            break;
+                        }
+                        if !changed {
+                            continue;
+                        }
                         lock(&pe).insert(instance, svc.fullname.clone());
                         debug!(%instance, ?addrs, "peer resolved");
                         if tx
@@ -198,11 +239,9 @@ impl Discovery {
                         }
                     }
                     ServiceEvent::ServiceRemoved(_, fullname) => {
-                        if let Some((instance, _)) = seen.remove(&fullname) {
-                            lock(&pe).remove(&instance);
-                            if tx.send(PeerEvent::Lost { instance }).await.is_err() {
-                                break;
-                            }
+                        let gone = seen.remove(&fullname).into_iter().collect();
+                        if !forget(&tx, &pe, &st, &seen, gone).await {
+                            break;
                         }
                     }
                     _ => {}
@@ -264,6 +303,8 @@ impl Discovery {
             heard_self: s.heard_self,
             peers_heard: s.peers_heard,
             ignored: s.ignored,
+            off_subnet: s.off_subnet,
+            candidates: s.candidates,
             secs_since_peer,
             diagnosis,
         }
@@ -282,6 +323,133 @@ impl Discovery {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends `Lost` for forgotten candidates and updates the count; false once the agent is gone.
+async fn forget(
+    tx: &mpsc::Sender<PeerEvent>,
+    peers: &Mutex<HashMap<Uuid, String>>,
+    state: &Mutex<State>,
+    seen: &Candidates,
+    gone: Vec<Uuid>,
+) -> bool {
+    lock(state).candidates = seen.len();
+    for instance in gone {
+        lock(peers).remove(&instance);
+        if tx.send(PeerEvent::Lost { instance }).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// What adverts claimed, bounded: advert full name → (instance, addresses, last heard).
+#[derive(Default)]
+struct Candidates {
+    by_name: HashMap<String, (Uuid, Vec<SocketAddr>, Instant)>,
+}
+
+impl Candidates {
+    /// Notes an advert heard at `now`. Returns whether it is new or its instance or addresses
+    /// changed, and the instances forgotten to stay within [`MAX_CANDIDATES`] (least recently
+    /// heard first).
+    fn heard(
+        &mut self,
+        name: &str,
+        instance: Uuid,
+        addrs: &[SocketAddr],
+        now: Instant,
+    ) -> (bool, Vec<Uuid>) {
+        let changed = self
+            .by_name
+            .get(name)
+            .is_none_or(|(i, a, _)| *i != instance || a != addrs);
+        self.by_name
+            .insert(name.to_string(), (instance, addrs.to_vec(), now));
+        let mut evicted = Vec::new();
+        while self.by_name.len() > MAX_CANDIDATES {
+            let oldest = self
+                .by_name
+                .iter()
+                .filter(|(n, _)| n.as_str() != name)
+                .min_by_key(|(_, (_, _, t))| *t)
+                .map(|(n, _)| n.clone());
+            let Some(oldest) = oldest else { break };
+            if let Some((i, _, _)) = self.by_name.remove(&oldest) {
+                evicted.push(i);
+            }
+        }
+        (changed, evicted)
+    }
+
+    /// Forgets an advert (its goodbye); the instance it named, if it was remembered.
+    fn remove(&mut self, name: &str) -> Option<Uuid> {
+        self.by_name.remove(name).map(|(i, _, _)| i)
+    }
+
+    /// Forgets adverts not heard for [`CANDIDATE_TTL`] before `now`; their instances.
+    fn expire(&mut self, now: Instant) -> Vec<Uuid> {
+        let mut gone = Vec::new();
+        self.by_name.retain(|_, (i, _, t)| {
+            let keep = now.saturating_duration_since(*t) < CANDIDATE_TTL;
+            if !keep {
+                gone.push(*i);
+            }
+            keep
+        });
+        gone
+    }
+
+    fn len(&self) -> usize {
+        self.by_name.len()
+    }
+}
+
+/// One address of a local interface: (interface index, address, netmask).
+type LocalNet = (u32, IpAddr, IpAddr);
+
+/// The addresses and netmasks of this host's interfaces.
+fn local_nets() -> Vec<LocalNet> {
+    if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| {
+            let index = i.index?;
+            Some(match i.addr {
+                if_addrs::IfAddr::V4(a) => (index, IpAddr::V4(a.ip), IpAddr::V4(a.netmask)),
+                if_addrs::IfAddr::V6(a) => (index, IpAddr::V6(a.ip), IpAddr::V6(a.netmask)),
+            })
+        })
+        .collect()
+}
+
+/// True if an advertised address lies on the subnet of (one of) the interface(s) the advert
+/// arrived on.
+fn on_link(addr: &ScopedIp, nets: &[LocalNet]) -> bool {
+    let ifaces: Vec<u32> = match addr {
+        ScopedIp::V4(v4) => v4.interface_ids().iter().map(|i| i.index).collect(),
+        ScopedIp::V6(v6) => vec![v6.scope_id().index],
+        _ => return false,
+    };
+    let ip = addr.to_ip_addr();
+    nets.iter()
+        .any(|(index, net, mask)| ifaces.contains(index) && same_subnet(ip, *net, *mask))
+}
+
+/// True if `ip` and `net` agree on every bit of `mask` (and are of one family). A loopback
+/// `ip` is never on a non-loopback subnet, and loopback interfaces do not take adverts.
+fn same_subnet(ip: IpAddr, net: IpAddr, mask: IpAddr) -> bool {
+    match (ip, net, mask) {
+        (IpAddr::V4(ip), IpAddr::V4(net), IpAddr::V4(mask)) => {
+            let m = u32::from(mask);
+            !ip.is_loopback() && u32::from(ip) & m == u32::from(net) & m
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net), IpAddr::V6(mask)) => {
+            let m = u128::from(mask);
+            !ip.is_loopback() && u128::from(ip) & m == u128::from(net) & m
+        }
+        _ => false,
+    }
 }
 
 fn is_ipv6_link_local(ip: &IpAddr) -> bool {
@@ -324,6 +492,54 @@ pub fn multicast_interfaces() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subnets() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let (net, mask) = (ip("198.51.100.1"), ip("255.255.255.0"));
+        assert!(same_subnet(ip("198.51.100.77"), net, mask));
+        assert!(!same_subnet(ip("192.0.2.1"), net, mask), "off-subnet");
+        assert!(!same_subnet(ip("127.0.0.1"), net, mask), "loopback");
+        assert!(!same_subnet(ip("2001:db8::1"), net, mask), "other family");
+        let (net6, mask6) = (ip("2001:db8:1::5"), ip("ffff:ffff:ffff:ffff::"));
+        assert!(same_subnet(ip("2001:db8:1::99"), net6, mask6));
+        assert!(!same_subnet(ip("2001:db8:2::99"), net6, mask6));
+        assert!(
+            !same_subnet(ip("::1"), ip("::"), ip("::")),
+            "loopback, any mask"
+        );
+    }
+
+    #[test]
+    fn candidates_are_bounded_and_forgotten() {
+        let t0 = Instant::now();
+        let addr: Vec<SocketAddr> = vec!["198.51.100.2:7437".parse().unwrap()];
+        let mut c = Candidates::default();
+        let ids: Vec<Uuid> = (0..MAX_CANDIDATES + 10).map(|_| Uuid::new_v4()).collect();
+        let mut evicted = vec![];
+        for (n, id) in ids.iter().enumerate() {
+            let at = t0 + Duration::from_millis(n as u64);
+            let (changed, gone) = c.heard(&format!("a{n}"), *id, &addr, at);
+            assert!(changed);
+            evicted.extend(gone);
+        }
+        assert_eq!(c.len(), MAX_CANDIDATES);
+        // The least recently heard went first.
+        assert_eq!(evicted, ids[..10].to_vec());
+        // Heard again unchanged: nothing new to dial.
+        let last = MAX_CANDIDATES + 9;
+        let again = t0 + Duration::from_secs(60);
+        assert_eq!(
+            c.heard(&format!("a{last}"), ids[last], &addr, again),
+            (false, vec![])
+        );
+        // After the TTL everything not heard since is forgotten.
+        let gone = c.expire(t0 + CANDIDATE_TTL + Duration::from_secs(1));
+        assert_eq!(gone.len(), MAX_CANDIDATES - 1);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.remove(&format!("a{last}")), Some(ids[last]));
+        assert_eq!(c.len(), 0);
+    }
 
     #[test]
     fn protocol_ranges() {

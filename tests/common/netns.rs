@@ -174,7 +174,7 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Out {
 }
 
 /// Runs a setup command (`ip`, `nft`), panicking with its stderr when it fails.
-fn sh(args: &[&str]) {
+pub fn sh(args: &[&str]) {
     let out = run_bounded(
         Command::new(args[0]).args(&args[1..]),
         Duration::from_secs(20),
