@@ -12,10 +12,12 @@
 //! | `/op`  | `control_op`  | [`MAX_OP_BODY`] (8 MiB)      | the largest typed op is a `put` of one record of at most `MAX_RECORD_BYTES` (1 MiB), which JSON escaping can grow up to 6× |
 //! | `/run` | `control_run` | [`MAX_RUN_BODY`] (1 GiB)     | a command's stdin travels whole (`import -`), so only the token's owner can send this much |
 //!
-//! A connection has [`CONNECTION_WINDOW`] from its accept (or from its last answer) to deliver
-//! a complete request (header and body); a request whose body is complete may run as long as
-//! it needs (an import). At most [`MAX_CONNECTIONS`] connections are served at once; more wait
-//! in the kernel's accept queue, so a flood delays the CLI by at most one window.
+//! A connection has [`HEADER_WINDOW`] from its accept to show the token (a silent or slow local
+//! client holds a slot that briefly) and [`CONNECTION_WINDOW`] from its accept (or from its
+//! last answer) to deliver a complete request (header and body); a request whose body is
+//! complete may run as long as it needs (an import). At most [`MAX_CONNECTIONS`] connections
+//! are served at once; more wait in the kernel's accept queue, so a flood of connections
+//! without the token delays the CLI by at most [`HEADER_WINDOW`].
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -25,7 +27,7 @@ use jsonrpsee::server::{
 };
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -45,6 +47,8 @@ pub const MAX_RUN_BODY: usize = 1 << 30;
 pub const MAX_RESPONSE_BODY: u32 = 1 << 30;
 /// Most control connections served at once.
 pub const MAX_CONNECTIONS: usize = 16;
+/// Time a connection has to show the token in a request header, from its accept.
+pub const HEADER_WINDOW: Duration = Duration::from_secs(5);
 /// Time a connection has to deliver a complete request, from its accept or its last answer.
 pub const CONNECTION_WINDOW: Duration = Duration::from_secs(30);
 /// JSON-RPC error code of a request without the right token in its header.
@@ -56,6 +60,8 @@ pub const TOO_LARGE: i32 = -32007;
 struct Activity {
     /// Requests whose body is complete and whose answer is not yet sent.
     busy: AtomicUsize,
+    /// Whether a request on this connection showed the token.
+    authorized: AtomicBool,
     /// When the connection was accepted or last answered.
     since: Mutex<Instant>,
 }
@@ -64,14 +70,21 @@ impl Activity {
     fn new() -> Self {
         Self {
             busy: AtomicUsize::new(0),
+            authorized: AtomicBool::new(false),
             since: Mutex::new(Instant::now()),
         }
     }
 
-    /// True if nothing runs and no complete request came within the window.
+    /// True if nothing runs and no complete request came within the window (or no token
+    /// within the header window).
     fn expired(&self, now: Instant) -> bool {
-        self.busy.load(Ordering::SeqCst) == 0
-            && now.duration_since(*lock(&self.since)) > CONNECTION_WINDOW
+        let idle = now.duration_since(*lock(&self.since));
+        let window = if self.authorized.load(Ordering::SeqCst) {
+            CONNECTION_WINDOW
+        } else {
+            HEADER_WINDOW
+        };
+        self.busy.load(Ordering::SeqCst) == 0 && idle > window
     }
 }
 
@@ -140,8 +153,7 @@ pub(crate) async fn serve<C: Send + Sync + 'static>(
                 tokio::select! {
                     _ = &mut conn => break,
                     _ = tick.tick() => if activity.expired(Instant::now()) {
-                        warn!("control connection sent no complete request within {} s: closed",
-                              CONNECTION_WINDOW.as_secs());
+                        warn!("control connection sent no complete request in time: closed");
                         break;
                     },
                 }
@@ -217,7 +229,9 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .is_some_and(|v| same(v.as_bytes(), self.token.as_bytes()));
-        if !authorized {
+        if authorized {
+            self.activity.authorized.store(true, Ordering::SeqCst);
+        } else {
             warn!("control request with a missing or wrong token refused (body not read)");
             return Box::pin(std::future::ready(Ok(refusal(
                 http::StatusCode::UNAUTHORIZED,
@@ -274,7 +288,10 @@ mod tests {
     fn a_connection_expires_only_when_idle_past_the_window() {
         let a = Arc::new(Activity::new());
         let start = *lock(&a.since);
-        assert!(!a.expired(start + CONNECTION_WINDOW / 2));
+        assert!(!a.expired(start + HEADER_WINDOW / 2));
+        assert!(a.expired(start + HEADER_WINDOW * 2), "no token shown");
+        a.authorized.store(true, Ordering::SeqCst);
+        assert!(!a.expired(start + HEADER_WINDOW * 2));
         assert!(a.expired(start + CONNECTION_WINDOW * 2));
         let busy = Busy::start(&a);
         assert!(

@@ -1221,9 +1221,25 @@ fn the_control_endpoint_refuses_big_bodies_without_the_token_before_reading_them
     assert!(node
         .ok(&["get", "person", &id])
         .contains("during the flood"));
+    // 16 silent local connections fill every control slot; each is closed 5 s after its
+    // accept for not showing the token, so the CLI gets through within seconds.
+    let silent: Vec<TcpStream> = (0..16).map(|_| TcpStream::connect(ctl).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    assert!(node
+        .ok(&["get", "person", &id])
+        .contains("during the flood"));
+    let waited = t.elapsed();
+    assert!(
+        waited < Duration::from_secs(15),
+        "the CLI waited {waited:?}"
+    );
+    assert!(agent.log().contains("no complete request in time"));
+    drop(silent);
     assert_eq!(agent.live()["running"], true);
     eprintln!(
-        "16 × 1 GiB control floods refused in {:?}; agent peak RSS {before_kb} kB → {after_kb} kB",
+        "16 × 1 GiB control floods refused in {:?}; agent peak RSS {before_kb} kB → {after_kb} kB; \
+         CLI behind 16 silent connections: {waited:?}",
         started.elapsed()
     );
 }
