@@ -423,7 +423,7 @@ fn note_peer(row: &mut PeerRow, p: &PeerInfo, clock_ms: u64) {
 }
 
 /// `s` cut to at most [`MAX_PEER_STRING`] bytes, at a character boundary.
-fn bounded(s: &str) -> String {
+pub(crate) fn bounded(s: &str) -> String {
     let mut end = s.len().min(MAX_PEER_STRING);
     while !s.is_char_boundary(end) {
         end -= 1;
