@@ -367,9 +367,8 @@ pub fn verify(
         )));
     }
     let body_start = PREFIX + hlen;
-    let sig_at = body_start
-        .checked_add(usize::try_from(header.body_bytes).unwrap_or(usize::MAX))
-        .unwrap_or(usize::MAX);
+    let sig_at =
+        body_start.saturating_add(usize::try_from(header.body_bytes).unwrap_or(usize::MAX));
     if bytes.len() < sig_at.saturating_add(2) {
         return Err(truncated(file, bytes.len(), sig_at.saturating_add(2)));
     }

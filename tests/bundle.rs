@@ -349,7 +349,7 @@ fn a_read_killed_between_pages_finishes_on_the_next_read_and_nothing_is_doubled(
     read_and_kill_after(&c, &file, 3);
     let partial = live_count(&c, "person");
     assert!(
-        partial >= 150 && partial < 600,
+        (150..600).contains(&partial),
         "killed mid-read: {partial} records"
     );
 
