@@ -367,3 +367,49 @@ fn a_read_killed_between_pages_finishes_on_the_next_read_and_nothing_is_doubled(
     assert_eq!(again["applied"], 0, "{again}");
     assert_eq!(digest(&a), digest(&c));
 }
+
+#[test]
+fn a_credential_from_before_bundles_gets_a_clear_fix_and_works_after_enrolling_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (a, c) = (data_dir(root, "a"), data_dir(root, "c"));
+    ensure_member(&a);
+    ensure_member(&c);
+    let ic = instance_id(&c);
+    put(&a, "person", &Uuid::new_v4(), &person(1));
+    let file = root.join("for-c.fsbundle");
+    write_bundle(&a, &file, Some(&ic));
+    // C's credential as `mesh enroll` wrote it before bundles existed: no bundle key.
+    let cred_path = c.join("credential.fsmesh");
+    let mut cred: Value = serde_json::from_str(&std::fs::read_to_string(&cred_path).unwrap())
+        .expect("credential is JSON");
+    cred.as_object_mut().unwrap().remove("bundle_key");
+    std::fs::write(&cred_path, cred.to_string()).unwrap();
+    let out = run(&c, &["bundle", "read", file.to_str().unwrap()]).code(2);
+    assert!(
+        out.stderr
+            .contains(&format!("fieldsync mesh enroll --instance {ic}")),
+        "{out}"
+    );
+    assert_eq!(live_count(&c, "person"), 0);
+    // The documented fix: enrolled again under the same instance id, same data.
+    let new = root.join("c-again.fsmesh");
+    let ca = root.join("test-ca.fsca");
+    run(
+        &root.join(".coordinator"),
+        &[
+            "mesh",
+            "enroll",
+            "--instance",
+            &ic,
+            "--out",
+            new.to_str().unwrap(),
+            "--ca",
+            ca.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    run(&c, &["init", "--mesh", new.to_str().unwrap()]).ok();
+    assert_eq!(instance_id(&c), ic);
+    assert_eq!(read_bundle(&c, &file)["applied"], 1);
+}
