@@ -284,6 +284,15 @@ fn bundle_show_describes_a_bundle_without_applying_it() {
             .contains("written by this laptop"),
         "{own}"
     );
+    // Read by a laptop it was not written for: records merged, no position adopted.
+    let b = data_dir(&root, "b");
+    let got = read_bundle(&b, &file);
+    assert_eq!(got["applied"], 4, "{got}");
+    assert_eq!(got["positions_adopted"], false, "{got}");
+    assert!(
+        got["note"].as_str().unwrap().contains("not this laptop"),
+        "{got}"
+    );
     let human = run(&c, &["--human", "bundle", "show", file.to_str().unwrap()]).ok();
     assert!(
         human.stdout.contains(&format!("from {name_a} (")),
