@@ -284,6 +284,17 @@ fn bundle_show_describes_a_bundle_without_applying_it() {
             .contains("written by this laptop"),
         "{own}"
     );
+    // On a laptop outside any deployment: described, with the reason it cannot be read.
+    let outsider = plaintext_data_dir(&root, "outsider");
+    let v = run(&outsider, &["bundle", "show", file.to_str().unwrap()])
+        .ok()
+        .json();
+    assert_eq!(
+        (&v["records"], &v["readable_here"]),
+        (&json!(4), &json!(false)),
+        "{v}"
+    );
+    assert!(v["problem"].as_str().unwrap().contains("not joined"), "{v}");
     // Read by a laptop it was not written for: records merged, no position adopted.
     let b = data_dir(&root, "b");
     let got = read_bundle(&b, &file);
