@@ -31,6 +31,7 @@
 //! - [`gen`]: deterministic test and benchmark data (records and op files, gen.py's format).
 //! - [`cli`]: the command line: clap definitions, and command bodies by group that call [`app`].
 //! - [`build_info`]: version, git commit and build date fixed at build time.
+//! - [`bundle`]: the USB bundle file: header, encrypted pages, signature.
 //! - [`backup`]: `backup`/`restore`: the whole database in one file.
 //! - [`fsutil`]: atomic, owner-only file writes (token and credential files).
 //! - [`doctor`]: `doctor`: checks that this laptop can sync, with fixes.
@@ -44,6 +45,7 @@ pub mod app;
 pub mod autosnapshot;
 pub mod backup;
 pub mod build_info;
+pub mod bundle;
 pub mod canonical;
 pub mod change;
 pub mod cli;

@@ -87,7 +87,18 @@ pub struct Credential {
     pub cert: String,
     /// Node private key (PEM).
     pub key: String,
+    /// The deployment's bundle key (base64, 32 bytes): what every member holds and an outsider
+    /// with a USB stick does not, so bundles are encrypted to the deployment (see
+    /// `crate::bundle`). Derived from the CA key at enrolment ([`CaFile::bundle_key`]);
+    /// `None` in credentials enrolled before bundles existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_key: Option<String>,
 }
+
+/// HKDF salt and info prefix of the deployment bundle key (fixed: changing them changes every
+/// deployment's key).
+const BUNDLE_KEY_SALT: &[u8] = b"fieldsync bundle key";
+const BUNDLE_KEY_INFO: &str = "fieldsync bundle key v1 ";
 
 const KIND_CA: &str = "fieldsync-ca";
 const KIND_JOIN: &str = "fieldsync-join";
@@ -171,7 +182,25 @@ impl CaFile {
             ca_cert: self.ca_cert.clone(),
             cert: cert.pem(),
             key: key.serialize_pem(),
+            bundle_key: Some(self.bundle_key()?),
         })
+    }
+
+    /// The deployment's bundle key (base64 of 32 bytes): HKDF-SHA256 of the CA private key
+    /// (DER) with the deployment id as info. Deterministic, so a CA made before bundles existed
+    /// gives its laptops the same key when they are enrolled again; only holders of the CA key
+    /// can compute it, and every credential carries a copy.
+    pub fn bundle_key(&self) -> Result<String, MeshError> {
+        use rustls::pki_types::{pem::PemObject, PrivateKeyDer};
+        let der = PrivateKeyDer::from_pem_slice(self.ca_key.as_bytes()).map_err(cert_err)?;
+        let info = [BUNDLE_KEY_INFO.as_bytes(), self.mesh_id()?.as_bytes()].concat();
+        let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, BUNDLE_KEY_SALT);
+        let mut out = [0u8; 32];
+        salt.extract(der.secret_der())
+            .expand(&[&info], ring::hkdf::HKDF_SHA256)
+            .and_then(|okm| okm.fill(&mut out))
+            .map_err(|_| MeshError::Cert("deriving the bundle key failed".into()))?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(out))
     }
 
     /// Signs a revocation of `instance`; the result is the record's fields.
@@ -385,6 +414,27 @@ fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, MeshError
     })
 }
 
+impl Credential {
+    /// The deployment bundle key (32 bytes), or the one-line fix for a credential enrolled
+    /// before bundles existed.
+    pub fn bundle_key_bytes(&self) -> Result<[u8; 32], MeshError> {
+        let fix = || {
+            MeshError::Invalid(format!(
+                "this laptop's credential was enrolled before USB bundles existed and holds no \
+                 bundle key: on the coordinator's laptop run `fieldsync mesh enroll --instance {} \
+                 --name {} --out NEW.fsmesh`, then here `fieldsync init --mesh NEW.fsmesh` (same \
+                 instance, same data)",
+                self.instance, self.name
+            ))
+        };
+        let text = self.bundle_key.as_deref().ok_or_else(fix)?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| fix())?;
+        raw.try_into().map_err(|_| fix())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,5 +456,23 @@ mod tests {
         let foreign = other.revoke(id, "x").unwrap();
         assert!(verify_revocation(&ca.ca_cert, &foreign).is_err());
         assert_ne!(ca.mesh_id().unwrap(), other.mesh_id().unwrap());
+    }
+
+    #[test]
+    fn every_member_gets_the_same_bundle_key_and_another_deployment_another() {
+        let ca = CaFile::create("Flood response 2026").unwrap();
+        let a = ca.enroll(Uuid::new_v4(), "a").unwrap();
+        let b = ca.enroll(Uuid::new_v4(), "b").unwrap();
+        assert_eq!(a.bundle_key_bytes().unwrap(), b.bundle_key_bytes().unwrap());
+        let other = CaFile::create("Flood response 2026").unwrap();
+        let c = other.enroll(Uuid::new_v4(), "c").unwrap();
+        assert_ne!(a.bundle_key_bytes().unwrap(), c.bundle_key_bytes().unwrap());
+        // A credential from before bundles: a clear error naming the fix.
+        let old = Credential {
+            bundle_key: None,
+            ..a
+        };
+        let e = old.bundle_key_bytes().unwrap_err().to_string();
+        assert!(e.contains("mesh enroll --instance"), "{e}");
     }
 }

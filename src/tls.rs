@@ -123,6 +123,23 @@ impl Transport {
     }
 }
 
+impl Identity {
+    /// Checks that `cert_pem` is a member certificate issued by this deployment's CA (the same
+    /// chain check as a TLS peer's, at the current time) and returns the instance it is for.
+    /// Used for files signed by a member (USB bundles), where there is no handshake.
+    pub fn verify_member(&self, cert_pem: &str) -> Result<Uuid, MeshError> {
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(bad)?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(bad)?;
+        verifier
+            .verify_client_cert(&cert, &[], UnixTime::now())
+            .map_err(bad)?;
+        mesh::instance_of_der(&cert)
+            .ok_or_else(|| MeshError::Cert("certificate names no fieldsync instance".into()))
+    }
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

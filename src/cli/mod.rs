@@ -10,9 +10,11 @@
 //! - [`sync`]: run (the agent), sync, verify.
 //! - [`mesh`]: init, mesh create/enroll/revoke/show.
 //! - [`admin`]: status, peers, generate, backup, restore.
+//! - [`bundle`]: bundle write/read/show (sync by USB stick).
 
 pub mod admin;
 pub mod bar;
+pub mod bundle;
 pub mod console;
 pub mod human;
 pub mod mesh;
@@ -21,6 +23,7 @@ pub mod sync;
 
 pub use crate::app::admin::{conflict_json, peer_json};
 pub use admin::GenerateCommand;
+pub use bundle::BundleCommand;
 pub use mesh::MeshCommand;
 pub use records::{ConflictAction, ConflictsArgs};
 
@@ -371,6 +374,16 @@ pub enum Command {
     /// Example: fieldsync held reject 3
     #[command(subcommand)]
     Held(HeldCommand),
+    /// Sync by USB stick: write a bundle of changes for a laptop out of reach, read one, or
+    /// show what one holds. Bundles are encrypted to the deployment and signed by the writer.
+    ///
+    /// Example: fieldsync bundle write /media/usb/for-camp-b.fsbundle --for camp-b
+    ///
+    /// Example: fieldsync bundle read /media/usb/for-camp-b.fsbundle
+    ///
+    /// Example: fieldsync bundle show /media/usb/for-camp-b.fsbundle
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// Print the sync_instance table: one row per peer instance.
     Peers,
     /// Write deterministic test or benchmark data as JSON lines to stdout (no database needed).
@@ -866,6 +879,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         } => records::export(&app, &table, format, include_deleted, io),
         Command::Apply { file, yes } => records::apply(&app, &file, yes, io),
         Command::Held(h) => admin::held(&app, h, io),
+        Command::Bundle(b) => bundle::bundle(&app, b, io),
         Command::Digest { tables } => records::digest(&app, tables, io),
         Command::Put { .. }
         | Command::Patch { .. }

@@ -9,11 +9,13 @@
 //!   and the one hello bookkeeping, used by both sides.
 //! - [`admit`]: revocation admission.
 //! - [`verify`]: digest buckets and `verify`.
+//! - [`bundle`]: sync by USB stick: writing a bundle's pages, reading one through `receive`.
 //!
 //! Both sides persist a page and the position it advances to in one store batch, so an
 //! interrupted session resumes exactly where it stopped. See docs/PROTOCOL.md.
 
 pub mod admit;
+pub mod bundle;
 pub mod peer;
 pub mod receive;
 pub mod responder;

@@ -135,8 +135,8 @@ pub const MAX_PEER_STRING: usize = 256;
 
 /// What of a peer's knowledge claim we adopt. A member can claim anything, and knowledge
 /// decides what is *not* sent to us later, so a claim is only taken for an instance we already
-/// know of (our knowledge, a peer we met over mutual TLS, the sender, or a writer in this
-/// page), never beyond the sender's clock or ours (plus [`MAX_CLOCK_SKEW_MS`] for the sender's
+/// know of (our knowledge, a peer we met over mutual TLS, the sender, a writer in this page, or
+/// an instance whose events we hold), never beyond the sender's clock or ours (plus [`MAX_CLOCK_SKEW_MS`] for the sender's
 /// own entry), and never past
 /// [`MAX_KNOWLEDGE_ENTRIES`] instances. Dropping or lowering an entry is always safe: it costs
 /// re-sent fields, never a lost change.
@@ -159,11 +159,15 @@ pub fn bound_knowledge(
     let base = now.min(sender_now);
     let own_limit = crate::clock::ts_from_millis(base + MAX_CLOCK_SKEW_MS);
     let other_limit = crate::clock::ts_from_millis(base);
-    // Sets built once: a claim may list hundreds of thousands of instances.
+    // Sets built once: a claim may list hundreds of thousands of instances. Instances whose
+    // events we already hold count as met too: a session (or a bundle) of many pages brings
+    // them in earlier pages, and the last page alone need not mention them.
+    let held = store.head();
     let met: std::collections::HashSet<Uuid> = peers
         .iter()
         .map(|p| p.instance)
         .chain(changes.iter().flat_map(|c| c.state.vv.keys().copied()))
+        .chain(held.holdings.keys().copied())
         .collect();
     let known = |id: &Uuid| *id == from || ours.contains_key(id) || met.contains(id);
     let mut room = MAX_KNOWLEDGE_ENTRIES.saturating_sub(ours.len());
@@ -423,7 +427,7 @@ fn note_peer(row: &mut PeerRow, p: &PeerInfo, clock_ms: u64) {
 }
 
 /// `s` cut to at most [`MAX_PEER_STRING`] bytes, at a character boundary.
-fn bounded(s: &str) -> String {
+pub(crate) fn bounded(s: &str) -> String {
     let mut end = s.len().min(MAX_PEER_STRING);
     while !s.is_char_boundary(end) {
         end -= 1;
