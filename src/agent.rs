@@ -39,13 +39,16 @@ impl Live {
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = lock(&self.snapshot).clone();
         if let (Some(t), Some(m)) = (self.traffic.get(), v.as_object_mut()) {
+            // Both roles: the server's sockets (sessions peers run with us) and our clients'
+            // (sessions we run), both counted as bytes move.
+            let (cr, cw) = crate::protocol::counters::client_total().get();
             m.insert(
                 "bytes_received".into(),
-                json!(t.read.load(Ordering::Relaxed)),
+                json!(t.read.load(Ordering::Relaxed) + cr),
             );
             m.insert(
                 "bytes_sent".into(),
-                json!(t.written.load(Ordering::Relaxed)),
+                json!(t.written.load(Ordering::Relaxed) + cw),
             );
             m.insert(
                 "refused_connections".into(),

@@ -232,6 +232,8 @@ async fn accept_loop<S: SyncService>(
         };
         let _ = sock.set_nodelay(true);
         let stream = Counted::new(sock, traffic.clone());
+        // Filled in once the handshake names the caller, so its bytes count for it too.
+        let caller_bytes = stream.caller.clone();
         let (builder, methods, stop) = (builder.clone(), methods.clone(), stop.clone());
         let (acceptor, failures, traffic) = (acceptor.clone(), failures.clone(), traffic.clone());
         let per_peer = per_peer.clone();
@@ -265,6 +267,9 @@ async fn accept_loop<S: SyncService>(
                     drop(shaking);
                     lock(&failures).remove(&peer.ip());
                     let instance = crate::tls::peer_instance(tls.get_ref().1.peer_certificates());
+                    if let Some(i) = instance {
+                        let _ = caller_bytes.set(super::counters::peer(i));
+                    }
                     let _mine = match instance {
                         Some(i) => match Slot::take(&per_peer, i, MAX_CONNECTIONS_PER_PEER) {
                             Some(slot) => Some(slot),
@@ -442,6 +447,8 @@ where
 struct Counted {
     inner: TcpStream,
     traffic: Arc<Traffic>,
+    /// The certified caller's counters ([`super::counters::peer`]), once known.
+    caller: Arc<std::sync::OnceLock<Arc<super::counters::ByteCounters>>>,
     idle: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -450,6 +457,7 @@ impl Counted {
         Self {
             inner,
             traffic,
+            caller: Arc::default(),
             idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
         }
     }
@@ -482,6 +490,9 @@ impl AsyncRead for Counted {
             Poll::Ready(r) => {
                 let n = (buf.filled().len() - before) as u64;
                 self.traffic.read.fetch_add(n, Ordering::Relaxed);
+                if let Some(c) = self.caller.get() {
+                    c.add_read(n);
+                }
                 self.touch();
                 Poll::Ready(r)
             }
@@ -502,6 +513,9 @@ impl AsyncWrite for Counted {
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
                 self.traffic.written.fetch_add(n as u64, Ordering::Relaxed);
+                if let Some(c) = self.caller.get() {
+                    c.add_written(n as u64);
+                }
                 self.touch();
                 Poll::Ready(Ok(n))
             }

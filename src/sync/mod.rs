@@ -152,6 +152,7 @@ pub async fn sync_with(
         }
     };
     let tracker = crate::progress::start(addr);
+    tracker.socket(peer.client().bytes().clone());
     let mut result = session::run_tracked(&store, &peer, addr, opts, Some(&tracker))
         .instrument(span.clone())
         .await;
@@ -163,6 +164,7 @@ pub async fn sync_with(
         // retry on a fresh connection; the session resumes from the stored positions.
         let peer = RpcPeer::connect(addr, &opts.transport)?;
         opts.clients.put(addr, peer.clone());
+        tracker.socket(peer.client().bytes().clone());
         result = session::run_tracked(&store, &peer, addr, opts, Some(&tracker))
             .instrument(span.clone())
             .await;
