@@ -160,10 +160,8 @@ impl Agent {
                         last_err = None;
                         lock(&me.backoff).remove(&key);
                         me.remember_address(report.peer.instance, addr);
-                        // A peer that just answered a session is online, static or discovered
-                        // (the row's flag is reset when the agent starts, so never stale).
+                        // Online now (`sync_with` told `presence`); the row keeps when.
                         me.update_row(report.peer.instance, |row| {
-                            row.online = true;
                             row.last_seen = Some(Utc::now());
                         });
                         eprintln!("{}", report_line(&report));
@@ -194,11 +192,10 @@ impl Agent {
                     "sync with {who} failed: {e} (next try in {} s)",
                     wait.as_secs()
                 );
-                // A static peer that cannot be reached is offline until it answers again.
+                // A peer that cannot be reached is offline until it answers again (unless
+                // discovery still sees it).
                 if let (Some(p), SyncError::Transport { .. }) = (peer, &e) {
-                    if !lock(&me.online).contains_key(&p) {
-                        me.update_row(p, |row| row.online = false);
-                    }
+                    crate::presence::unreachable(p);
                 }
                 if let (Some(p), Some(d)) = (peer, lock(&me.discovery).as_ref()) {
                     d.verify(&p);
@@ -245,8 +242,8 @@ impl Agent {
                 info!(peer = %instance, %name, ?addrs, "peer discovered");
                 lock(&self.online).insert(instance, addrs.clone());
                 lock(&self.backoff).remove(&instance.to_string());
+                crate::presence::discovered(instance, true);
                 self.update_row(instance, |row| {
-                    row.online = true;
                     row.last_seen = Some(Utc::now());
                     if row.name.is_empty() {
                         row.name = name;
@@ -278,7 +275,7 @@ impl Agent {
             PeerEvent::Lost { instance } => {
                 info!(peer = %instance, "peer left");
                 lock(&self.online).remove(&instance);
-                self.update_row(instance, |row| row.online = false);
+                crate::presence::discovered(instance, false);
             }
         }
     }
@@ -611,7 +608,8 @@ fn report_line(r: &sync::SessionReport) -> String {
     )
 }
 
-/// Peers are not known to be online while no agent watches the network.
+/// Rows written by earlier versions kept an `online` flag on disk; it is cleared here and no
+/// longer read: online state lives in memory ([`crate::presence`]).
 fn mark_offline(store: &Store) {
     if let Ok(rows) = store.peers() {
         for row in rows.into_iter().filter(|r| r.online) {
@@ -623,13 +621,11 @@ fn mark_offline(store: &Store) {
 // Socket counters are not copied here: `Live::to_json` reads them at query time.
 fn publish(a: &Agent, live: &LiveStatus, listen: &str) {
     let health = lock(&a.discovery).as_ref().map(|d| d.health());
-    let online: Vec<String> = lock(&a.online).keys().map(|k| k.to_string()).collect();
     *lock(&live.snapshot) = json!({
         "running": true,
         "listen": listen,
         "pid": std::process::id(),
         "discovery": health,
-        "online_peers": online,
         "sessions_in_flight": lock(&a.in_flight).len(),
         "transport": a.opts.transport.mesh_id().map_or("plaintext (insecure)", |_| "mutual TLS"),
     });

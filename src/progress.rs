@@ -225,6 +225,17 @@ pub fn any_running() -> bool {
         .is_empty()
 }
 
+/// True while a session with `peer` (either role) is in flight.
+pub fn in_session_with(peer: &Uuid) -> bool {
+    board()
+        .inner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .running
+        .values()
+        .any(|s| s.peer.as_ref() == Some(peer))
+}
+
 /// Starts tracking a session this process starts with the peer at `addr`.
 pub fn start(addr: &str) -> Tracker {
     begin(addr, "initiator")

@@ -106,3 +106,137 @@ fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     false
 }
+
+/// `peers --json` rows on `dir`.
+fn peer_rows(dir: &std::path::Path) -> Vec<Value> {
+    run(dir, &["peers", "--json"]).ok().lines()
+}
+
+/// Instance ids `peers` shows online, sorted, and the same from `status`.
+fn online_both_ways(dir: &std::path::Path) -> (Vec<String>, Vec<String>) {
+    let mut from_peers: Vec<String> = peer_rows(dir)
+        .iter()
+        .filter(|r| r["online"] == true)
+        .map(|r| r["instance"].as_str().unwrap().to_string())
+        .collect();
+    let s = status(dir);
+    let mut from_status: Vec<String> = s["agent"]["online_peers"]
+        .as_array()
+        .expect("status lists online peers while the agent runs")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    from_peers.sort();
+    from_status.sort();
+    assert_eq!(
+        s["peers"]["online"].as_u64().unwrap() as usize,
+        from_status.len(),
+        "{s}"
+    );
+    (from_peers, from_status)
+}
+
+/// Asserts `peers` and `status` on `dir` agree that exactly `ids` are online.
+#[track_caller]
+fn online_is(dir: &std::path::Path, ids: &[&str]) {
+    let (p, s) = online_both_ways(dir);
+    let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(p, want, "peers");
+    assert_eq!(s, want, "status");
+}
+
+#[test]
+fn online_state_is_one_truth_in_memory_and_never_for_a_revoked_laptop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let dirs: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|d| {
+            let dir = data_dir(root, d);
+            run(
+                &dir,
+                &["init", "--name", &format!("laptop{}", d.to_uppercase())],
+            )
+            .ok();
+            dir
+        })
+        .collect();
+    let (a, b, c) = (&dirs[0], &dirs[1], &dirs[2]);
+    let mut agent_a = Agent::start_with(a, &["--no-api"]);
+    let mut agent_b = Agent::start_with(b, &["--no-api"]);
+    let mut agent_c = Agent::start_with(c, &["--no-api"]);
+    let (id_a, id_b, id_c) = (
+        agent_a.instance().to_string(),
+        agent_b.instance().to_string(),
+        agent_c.instance().to_string(),
+    );
+
+    // A session makes both ends online, whoever started it.
+    sync(b, agent_a.addr());
+    sync(c, agent_a.addr());
+    online_is(b, &[&id_a]);
+    online_is(a, &[&id_b, &id_c]);
+
+    // C is revoked: never online again on A, marked with the date and reason, and its next
+    // attempt is refused and listed (time, address, why).
+    let ca = root.join("test-ca.fsca");
+    let ca = ca.to_str().unwrap();
+    run(
+        a,
+        &[
+            "mesh", "revoke", "laptopC", "--reason", "stolen", "--ca", ca,
+        ],
+    )
+    .ok();
+    online_is(a, &[&id_b]);
+    let row = peer_rows(a)
+        .into_iter()
+        .find(|r| r["instance"] == id_c.as_str())
+        .unwrap();
+    assert_eq!(row["revoked"]["reason"], "stolen", "{row}");
+    assert!(row["revoked"]["at"].is_string(), "{row}");
+    // (A restarted agent: its kept connection, made before the revocation, is gone.)
+    agent_c.stop();
+    let agent_c = Agent::start_with(c, &["--no-api"]);
+    let refused = run(c, &["sync", agent_a.addr()]);
+    assert_ne!(refused.code, 0, "a revoked laptop cannot sync");
+    let s = status(a);
+    let seen = &s["agent"]["refused_recent"][0];
+    assert!(
+        seen["reason"].as_str().unwrap().contains("revoked"),
+        "{seen}"
+    );
+    assert!(seen["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let people = run(a, &["peers", "--human"]).ok().stdout;
+    let c_line = people.lines().find(|l| l.starts_with("laptopC")).unwrap();
+    assert!(
+        c_line.contains("revoked") && c_line.contains("stolen"),
+        "{people}"
+    );
+    assert!(
+        people.contains("Refused connections")
+            && people.contains("a revoked laptop (laptopC has been revoked"),
+        "{people}"
+    );
+
+    // Not persisted: a restarted agent knows nobody is online until it hears from them.
+    agent_a.stop();
+    let mut agent_a = Agent::start_with(a, &["--no-api"]);
+    online_is(a, &[]);
+    agent_a.stop();
+
+    // A static peer is online once it answers, and offline once it stops answering.
+    let b_addr = agent_b.addr().to_string();
+    let agent_a = Agent::start_with(a, &["--no-api", "--peer", &b_addr]);
+    assert!(
+        wait_until(Duration::from_secs(30), || online_both_ways(a)
+            == (vec![id_b.clone()], vec![id_b.clone()])),
+        "the static peer answered the first round"
+    );
+    agent_b.stop();
+    let failed = run(a, &["sync", &b_addr]);
+    assert_ne!(failed.code, 0);
+    online_is(a, &[]);
+    drop((agent_a, agent_c));
+}

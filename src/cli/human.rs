@@ -3,7 +3,6 @@
 //! `--json`, and any stdout that is not a terminal, keep the JSON output scripts rely on.
 
 use crate::app::records::WriteOutcome;
-use crate::store::PeerRow;
 use chrono::{DateTime, Local, Utc};
 use serde_json::Value;
 
@@ -57,38 +56,89 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn name_of(p: &PeerRow) -> String {
-    if p.name.is_empty() {
-        p.instance.to_string()
-    } else {
-        p.name.clone()
+/// An RFC 3339 time in a JSON value.
+fn time_of(v: &Value) -> Option<DateTime<Utc>> {
+    v.as_str()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// A peer row's name, or its instance id when it never told one.
+fn row_name(p: &Value) -> String {
+    match p["name"].as_str() {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => p["instance"].as_str().unwrap_or("?").to_string(),
     }
 }
 
-/// `peers`: one aligned row per laptop.
-pub fn peers(rows: &[PeerRow], now: DateTime<Utc>) -> String {
+/// `peers`: one aligned row per laptop (rows as `peers --json` prints them), then the
+/// connections the agent refused lately (`status`'s `agent.refused_recent`), ids replaced by
+/// the names of known laptops.
+pub fn peers(rows: &[Value], refused: &Value, now: DateTime<Utc>) -> String {
+    let mut out = String::new();
     if rows.is_empty() {
-        return "No peers yet: none has synced with this laptop.\n".into();
+        out += "No peers yet: none has synced with this laptop.\n";
+    } else {
+        let body: Vec<Vec<String>> = rows
+            .iter()
+            .map(|p| {
+                let revoked = &p["revoked"];
+                let (state, problem) = if revoked.is_object() {
+                    let at = time_of(&revoked["at"]).map_or_else(String::new, |t| {
+                        t.with_timezone(&Local).format("%Y-%m-%d %H:%M").to_string()
+                    });
+                    let why = revoked["reason"].as_str().unwrap_or("no reason given");
+                    ("revoked", format!("revoked {at}: {why}"))
+                } else {
+                    let state = if p["online"] == true {
+                        "online"
+                    } else {
+                        "offline"
+                    };
+                    let problem = p["last_error"]
+                        .as_str()
+                        .map_or_else(String::new, |e| format!("failing: {e}"));
+                    (state, problem)
+                };
+                vec![
+                    row_name(p),
+                    p["owner"].as_str().unwrap_or("").to_string(),
+                    state.into(),
+                    when(time_of(&p["last_update"]), now),
+                    p["sync_count"].to_string(),
+                    problem,
+                ]
+            })
+            .collect();
+        out += &table(
+            &["LAPTOP", "OWNER", "STATE", "LAST SYNC", "SYNCS", "PROBLEM"],
+            &body,
+        );
     }
-    let body: Vec<Vec<String>> = rows
-        .iter()
-        .map(|p| {
-            vec![
-                name_of(p),
-                p.owner.clone(),
-                if p.online { "online" } else { "offline" }.into(),
-                when(p.last_update, now),
-                p.sync_count.to_string(),
-                p.last_error
-                    .as_ref()
-                    .map_or_else(String::new, |e| format!("failing: {e}")),
-            ]
-        })
-        .collect();
-    table(
-        &["LAPTOP", "OWNER", "STATE", "LAST SYNC", "SYNCS", "PROBLEM"],
-        &body,
-    )
+    let refused = refused.as_array().map_or(&[][..], Vec::as_slice);
+    if !refused.is_empty() {
+        out += "\nRefused connections (newest first):\n";
+        let body: Vec<Vec<String>> = refused
+            .iter()
+            .map(|r| {
+                let mut why = r["reason"].as_str().unwrap_or("").to_string();
+                for p in rows {
+                    if let (Some(id), Some(n)) = (p["instance"].as_str(), p["name"].as_str()) {
+                        if !n.is_empty() {
+                            why = why.replace(&format!("instance {id}"), n);
+                        }
+                    }
+                }
+                vec![
+                    when(time_of(&r["at"]), now),
+                    r["addr"].as_str().unwrap_or("").to_string(),
+                    why,
+                ]
+            })
+            .collect();
+        out += &table(&["WHEN", "FROM", "WHY"], &body);
+    }
+    out
 }
 
 /// `status`: who this laptop is, its tables, its peers and its agent, in sentences.

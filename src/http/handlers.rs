@@ -1,7 +1,7 @@
 //! The routes: decode, call [`crate::app`] on a blocking thread, encode. See docs/API.md.
 
 use super::{same_token, ApiError, ApiState, ErrorBody, BODY_LIMIT};
-use crate::app::admin::{conflict_json, parse_keep, peer_json};
+use crate::app::admin::{conflict_json, parse_keep};
 use crate::app::changes::{Change, ChangesPage};
 use crate::app::records::{
     etag, history_json, parse_json, BatchOp, BatchOutcome, ListPage, PatchMode, Precondition,
@@ -339,8 +339,7 @@ async fn status(State(st): St) -> Result<Json<Value>, ApiError> {
 /// The sync_instance table: one row per peer instance (as `fieldsync peers`).
 #[utoipa::path(get, path = "/v1/peers", responses((status = 200, description = "Peer rows", body = Vec<Object>)))]
 async fn peers(State(st): St) -> Result<Json<Vec<Value>>, ApiError> {
-    let rows = blocking(&st, |a| a.peers()).await?;
-    Ok(Json(rows.iter().map(peer_json).collect()))
+    Ok(Json(blocking(&st, |a| a.peer_list()).await?))
 }
 
 /// A peer, by instance id, display name or `HOST:PORT`.

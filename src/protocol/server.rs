@@ -337,6 +337,50 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Logs and counts a refused handshake, and makes a repeatedly failing address wait.
+/// A connection refused at the TLS handshake, as `peers` and `status` show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Refusal {
+    /// When.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The caller's address (`IP:PORT`).
+    pub addr: String,
+    /// Why, in words (a revoked laptop, another deployment's, no certificate, not TLS).
+    pub reason: String,
+}
+
+/// Refused connections kept for display.
+const KEEP_REFUSALS: usize = 20;
+
+fn refusal_log() -> std::sync::MutexGuard<'static, std::collections::VecDeque<Refusal>> {
+    static LOG: std::sync::OnceLock<Mutex<std::collections::VecDeque<Refusal>>> =
+        std::sync::OnceLock::new();
+    lock(LOG.get_or_init(Mutex::default))
+}
+
+/// The last 20 connections this process refused at the TLS handshake, newest first (in
+/// memory: an agent restart empties it).
+pub fn recent_refusals() -> Vec<Refusal> {
+    refusal_log().iter().cloned().collect()
+}
+
+/// A handshake error in words a coordinator understands.
+fn refusal_words(error: &str) -> String {
+    let said = |s: &str| error.contains(s);
+    if said("revoked") {
+        // The verifier's own words name the instance: "instance … has been revoked …".
+        let own = error.rsplit(": ").next().unwrap_or(error);
+        format!("a revoked laptop ({own})")
+    } else if said("UnknownIssuer") || said("BadSignature") || said("unknown issuer") {
+        "a laptop of another deployment (its certificate is not from this deployment)".into()
+    } else if said("no certificate") || said("NoCertificates") {
+        "no certificate (not a member of any deployment)".into()
+    } else if said("InvalidContentType") || said("corrupt message") {
+        "not TLS (a plaintext client or another program)".into()
+    } else {
+        error.to_string()
+    }
+}
+
 fn refused(
     traffic: &Traffic,
     failures: &Mutex<HashMap<IpAddr, (u32, Instant)>>,
@@ -344,6 +388,15 @@ fn refused(
     reason: &str,
 ) {
     traffic.refused.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut log = refusal_log();
+        log.push_front(Refusal {
+            at: chrono::Utc::now(),
+            addr: peer.to_string(),
+            reason: refusal_words(reason),
+        });
+        log.truncate(KEEP_REFUSALS);
+    }
     let mut f = lock(failures);
     let e = f.entry(peer.ip()).or_insert((0, Instant::now()));
     e.0 += 1;

@@ -174,6 +174,18 @@ pub async fn sync_with(
     }
     tracker.finish(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
     match &result {
+        Ok(r) => crate::presence::contact(r.peer.instance),
+        Err(SyncError::Transport { .. }) => {
+            if let Ok(Some(p)) = store.peers().map(|ps| {
+                ps.into_iter()
+                    .find(|p| p.url == addr || p.addresses.iter().any(|a| a == addr))
+            }) {
+                crate::presence::unreachable(p.instance);
+            }
+        }
+        Err(_) => {}
+    }
+    match &result {
         Ok(r) => info!(parent: &span, peer = %r.peer.instance, name = %r.peer.name,
                        received = r.received.records, applied = r.received.applied,
                        sent = r.sent.records, conflicts = r.received.conflicts + r.sent.conflicts,

@@ -161,6 +161,7 @@ impl SyncService for Responder {
         )
         .map_err(|e| e.to_protocol())?;
         self.inbound.begin(h.peer.instance);
+        crate::presence::contact(h.peer.instance);
         self.show_hello(&h, received_upto, &caller);
         // The caller holds our own events up to its claim: if we hold fewer, we were rolled
         // back, and the new incarnation in this reply makes the caller resend them.
@@ -281,6 +282,7 @@ impl SyncService for Responder {
     /// `fieldsync_notify`.
     fn notify(&self, n: Notify, caller: Caller) -> Result<(), ProtocolError> {
         check_caller(&n.from, &caller, &self.transport)?;
+        crate::presence::contact(n.from);
         if let Some(tx) = &self.on_notify {
             // A full queue means a sync is already pending; dropping the extra nudge is fine.
             let _ = tx.try_send(n.from);
