@@ -1,4 +1,4 @@
-//! Output for people: what commands print on a terminal (or with the hidden `--human`), instead
+//! Output for people: what commands print on a terminal (or with `--human`), instead
 //! of JSON. Aligned tables and sentences, names instead of ids, local times with "3 min ago".
 //! `--json`, and any stdout that is not a terminal, keep the JSON output scripts rely on.
 
@@ -209,22 +209,44 @@ pub fn status(v: &Value, now: DateTime<Utc>) -> String {
     out
 }
 
-/// One in-flight session as `syncing with laptopA: 45% — received 9000 of about 20000 records
-/// (3.1 MB), sent 0`.
+/// One in-flight session as `syncing with laptopA (started here): 45% — received 9000 of about
+/// 20000 records (3.1 MB), sent 0 of about 0 records (1.2 KB), about 12 s left`; a session the
+/// peer started says `(started by laptopA)`.
 pub fn session_progress(s: &Value) -> String {
     let name = s["peer_name"]
         .as_str()
         .filter(|n| !n.is_empty())
         .or(s["addr"].as_str())
         .unwrap_or("?");
+    let by = if s["role"] == "responder" {
+        format!("started by {name}")
+    } else {
+        "started here".into()
+    };
     let pct = (s["fraction"].as_f64().unwrap_or(0.0) * 100.0).floor();
-    let r = &s["received"];
+    let dir = |d: &Value| {
+        format!(
+            "{} of about {} records ({})",
+            d["records"],
+            d["records_expected"],
+            bytes(d["bytes"].as_u64().unwrap_or(0))
+        )
+    };
+    let left = [&s["received"], &s["sent"]]
+        .iter()
+        .filter(|d| d["done"] != true)
+        .filter_map(|d| d["eta_secs"].as_f64())
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let left = left.map_or_else(String::new, |s| {
+        format!(
+            ", about {} left",
+            crate::app::console::human_secs(s.ceil() as i64)
+        )
+    });
     format!(
-        "syncing with {name}: {pct}% — received {} of about {} records ({}), sent {}",
-        r["records"],
-        r["records_expected"],
-        bytes(r["bytes"].as_u64().unwrap_or(0)),
-        s["sent"]["records"]
+        "syncing with {name} ({by}): {pct}% — received {}, sent {}{left}",
+        dir(&s["received"]),
+        dir(&s["sent"]),
     )
 }
 
@@ -265,4 +287,177 @@ pub fn write(verb: &str, o: &WriteOutcome) -> String {
             o.table, o.id
         )
     }
+}
+
+/// A field value for people: strings without quotes, everything else as compact JSON.
+pub fn value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// At most `max` characters, the rest cut to "…" (a table cell must stay on its line).
+fn cut(s: &str, max: usize) -> String {
+    let one_line = s.replace(['\n', '\r', '\t'], " ");
+    if one_line.chars().count() <= max {
+        one_line
+    } else {
+        one_line.chars().take(max - 1).collect::<String>() + "…"
+    }
+}
+
+/// Widest a cell of `list` may be.
+const CELL: usize = 30;
+/// Most field columns `list` shows (the others are counted in the last column).
+const COLUMNS: usize = 6;
+
+/// `list`: records as a table, one row per record: the id, then the fields (sorted by name, at
+/// most six columns; a record's other fields are counted), and `deleted` when shown.
+/// `more` records were left out.
+pub fn list(table_name: &str, records: &[Value], more: u64) -> String {
+    if records.is_empty() {
+        return format!("No records in table {table_name}.\n");
+    }
+    let mut names: Vec<String> = records
+        .iter()
+        .filter_map(|r| r["fields"].as_object())
+        .flat_map(|f| f.keys().cloned())
+        .collect();
+    names.sort();
+    names.dedup();
+    let extra = names.len() > COLUMNS;
+    names.truncate(COLUMNS);
+    let any_deleted = records.iter().any(|r| r["deleted"] == true);
+    let mut header: Vec<String> = vec!["ID".into()];
+    header.extend(names.iter().map(|n| n.to_uppercase()));
+    if extra {
+        header.push("OTHER FIELDS".into());
+    }
+    if any_deleted {
+        header.push("STATE".into());
+    }
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            let f = r["fields"].as_object();
+            let mut row = vec![r["id"].as_str().unwrap_or("").to_string()];
+            for n in &names {
+                row.push(
+                    f.and_then(|f| f.get(n))
+                        .map_or_else(String::new, |v| cut(&value(v), CELL)),
+                );
+            }
+            if extra {
+                let others = f.map_or(0, |f| f.keys().filter(|k| !names.contains(k)).count());
+                row.push(if others == 0 {
+                    String::new()
+                } else {
+                    format!("{others} more")
+                });
+            }
+            if any_deleted {
+                row.push(if r["deleted"] == true { "deleted" } else { "" }.into());
+            }
+            row
+        })
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut out = table(&header, &rows);
+    let n = records.len() as u64;
+    out += &match more {
+        0 if n == 1 => "1 record.\n".to_string(),
+        0 => format!("{n} records.\n"),
+        m => format!(
+            "{n} records shown, {m} more: use `fieldsync list {table_name} --json` or `export` for all.\n"
+        ),
+    };
+    out
+}
+
+/// `get`: the record's fields, one per line, names aligned.
+pub fn record(v: &Value) -> String {
+    let mut out = format!(
+        "{} {}{}\n",
+        v["table"].as_str().unwrap_or(""),
+        v["id"].as_str().unwrap_or(""),
+        if v["deleted"] == true {
+            " (deleted)"
+        } else {
+            ""
+        }
+    );
+    let fields = v["fields"].as_object();
+    match fields.filter(|f| !f.is_empty()) {
+        None => out += "  (no fields)\n",
+        Some(f) => {
+            let w = f.keys().map(|k| k.chars().count()).max().unwrap_or(0);
+            for (k, val) in f {
+                let pad = " ".repeat(w - k.chars().count());
+                out += &format!("  {k}{pad}  {}\n", value(val));
+            }
+        }
+    }
+    if !v["meta"].is_null() {
+        // Stamps and vectors are for debugging: shown as JSON, as they are stored.
+        out += &format!(
+            "Details (JSON):\n{}\n",
+            serde_json::to_string_pretty(&v["meta"]).unwrap_or_default()
+        );
+    }
+    out
+}
+
+/// `history`: each revision, oldest first, as a readable diff: when (local time), what, by
+/// which laptop (by name: `names` maps instance ids, this laptop marked), then per field
+/// `name: old → new`.
+pub fn history(
+    table_name: &str,
+    id: &str,
+    entries: &[crate::store::HistoryEntry],
+    names: &std::collections::HashMap<uuid::Uuid, String>,
+    now: DateTime<Utc>,
+) -> String {
+    use crate::merge::{Cause, RevisionKind};
+    let n = entries.len();
+    let mut out = format!(
+        "{table_name} {id}: {n} revision{}, oldest first\n",
+        if n == 1 { "" } else { "s" }
+    );
+    for e in entries {
+        let r = &e.revision;
+        let by = names
+            .get(&r.at.node)
+            .cloned()
+            .unwrap_or_else(|| format!("laptop {}", r.at.node));
+        let what = match r.kind {
+            RevisionKind::Create => "created",
+            RevisionKind::Update => "changed",
+            RevisionKind::Delete => "deleted",
+            RevisionKind::Restore => "restored",
+        };
+        let why = match r.cause {
+            Cause::Edit => "",
+            Cause::Resolution => " (a conflict resolution)",
+        };
+        out += &format!("\n{} — {what} by {by}{why}\n", when(Some(r.at.time()), now));
+        let w = r
+            .changes
+            .iter()
+            .map(|c| c.field.chars().count())
+            .max()
+            .unwrap_or(0);
+        for c in &r.changes {
+            let pad = " ".repeat(w - c.field.chars().count());
+            let line = match (&c.old, &c.new) {
+                (None, Some(new)) if r.kind == RevisionKind::Create => value(new),
+                (None, Some(new)) => format!("set to {}", value(new)),
+                (Some(old), None) => format!("removed (was {})", value(old)),
+                (Some(old), Some(new)) => format!("{} → {}", value(old), value(new)),
+                (None, None) => "unchanged".into(),
+            };
+            out += &format!("  {}{pad}  {line}\n", c.field);
+        }
+    }
+    out
 }
