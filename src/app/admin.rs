@@ -111,10 +111,13 @@ impl App {
             .iter()
             .map(|r| {
                 let mut v = peer_json(r);
-                v["revoked"] = revoked.get(&r.instance).map_or(
-                    Value::Null,
-                    |at| json!({"at": at, "reason": self.revocation_reason(&r.instance)}),
-                );
+                let reason = revoked
+                    .contains_key(&r.instance)
+                    .then(|| self.revocation_reason(&r.instance));
+                v["revoked"] = revoked
+                    .get(&r.instance)
+                    .map_or(Value::Null, |at| json!({"at": at, "reason": reason}));
+                v["problem"] = super::console::problem(r, reason.is_some(), reason.as_deref());
                 v
             })
             .collect())

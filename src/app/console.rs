@@ -140,12 +140,20 @@ impl App {
     }
 }
 
-/// A peer's trouble in one sentence, or null.
-fn problem(p: &PeerRow, revoked: bool, reason: Option<&str>) -> Value {
+/// A peer's trouble in one sentence, or null: revoked, its identity used by two laptops, or
+/// its last sync failed (in that order: the first explains the others).
+pub(crate) fn problem(p: &PeerRow, revoked: bool, reason: Option<&str>) -> Value {
     if revoked {
         return json!(format!(
             "revoked by the coordinator ({}): it can no longer sync",
             reason.unwrap_or("no reason given")
+        ));
+    }
+    if let Some(d) = &p.duplicate {
+        return json!(format!(
+            "two laptops use this identity ({}), so its syncs are refused: {}",
+            d.reason,
+            crate::sync::DUPLICATE_FIX
         ));
     }
     match &p.last_error {

@@ -95,10 +95,7 @@ pub fn peers(rows: &[Value], refused: &Value, now: DateTime<Utc>) -> String {
                     } else {
                         "offline"
                     };
-                    let problem = p["last_error"]
-                        .as_str()
-                        .map_or_else(String::new, |e| format!("failing: {e}"));
-                    (state, problem)
+                    (state, p["problem"].as_str().unwrap_or("").to_string())
                 };
                 vec![
                     row_name(p),
