@@ -458,3 +458,64 @@ pub fn history(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// `status` with two sessions in flight, one we started and one a peer started (a live
+    /// agent cannot be caught at a fixed percentage, so the status is given here).
+    #[test]
+    fn status_shows_sessions_of_both_roles() {
+        let now = Utc::now();
+        let dir = |records: u64, expected: u64, bytes: u64, eta: Option<f64>| {
+            json!({"records": records, "records_expected": expected, "bytes": bytes,
+                   "done": false, "eta_secs": eta})
+        };
+        let v = json!({
+            "name": "laptopB", "owner": "Team South", "data_dir": "/data/b",
+            "tables": {"person": {"live": 9000, "deleted": 2}},
+            "unresolved_conflicts": 1,
+            "peers": {"known": 2, "online": 2, "last_sync": null, "failing": []},
+            "agent": {"running": true, "pid": 42, "listen": "127.0.0.1:7437",
+                      "transport": "mutual TLS", "api": "http://127.0.0.1:7438",
+                      "sessions": [
+                {"role": "initiator", "peer_name": "laptopA", "addr": "127.0.0.1:7441",
+                 "fraction": 0.45, "received": dir(9000, 20000, 3_250_000, Some(11.2)),
+                 "sent": dir(0, 0, 1200, None)},
+                {"role": "responder", "peer_name": "laptopC", "addr": "127.0.0.1:50322",
+                 "fraction": 0.1, "received": dir(0, 0, 800, None),
+                 "sent": dir(500, 5000, 150_000, Some(95.0))}
+            ]}
+        });
+        insta::assert_snapshot!(status(&v, now));
+    }
+
+    #[test]
+    fn peers_marks_revoked_laptops_and_lists_refusals_by_name() {
+        let now = Utc::now();
+        let at = (now - chrono::Duration::minutes(3)).to_rfc3339();
+        let c = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+        let rows = vec![
+            json!({"instance": "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "name": "laptopA",
+                   "owner": "Team North", "online": true, "last_update": null,
+                   "sync_count": 3, "revoked": null, "problem": null}),
+            json!({"instance": c, "name": "laptopC", "owner": "", "online": false,
+                   "last_update": null, "sync_count": 1,
+                   "revoked": {"at": "2026-12-03T09:15:00Z", "reason": "stolen"},
+                   "problem": "revoked by the coordinator (stolen): it can no longer sync"}),
+            json!({"instance": "f0e1d2c3-b4a5-4968-8776-655443322110", "name": "",
+                   "owner": "", "online": false, "last_update": null, "sync_count": 0,
+                   "revoked": null, "problem": "the last sync failed: connection refused"}),
+        ];
+        let refused = json!([{"at": at, "addr": "192.0.2.9:50001",
+            "reason": format!("a revoked laptop (instance {c} has been revoked by the deployment)")}]);
+        insta::with_settings!({filters => vec![
+            // As long as the time it masks, so columns stay aligned.
+            (r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", "YYYY-MM-DD hh:mm"),
+        ]}, {
+            insta::assert_snapshot!(peers(&rows, &refused, now));
+        });
+    }
+}
