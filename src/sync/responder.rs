@@ -228,7 +228,7 @@ impl SyncService for Responder {
                 s.sending = true;
                 s.tracker.direction(Way::Push, r.since, head);
             }
-            let bytes = page.data.to_string().len() as u64;
+            let bytes = encoded_len(&page.data);
             s.tracker.page(
                 Way::Push,
                 page.count as u64,
@@ -257,7 +257,7 @@ impl SyncService for Responder {
         self.show(&r.from, |s| {
             // A push comes after the peer's last pull: it has everything it pulled.
             s.tracker.peer_has(s.pulled_to);
-            let bytes = r.page.data.to_string().len() as u64;
+            let bytes = encoded_len(&r.page.data);
             s.tracker.page(
                 Way::Pull,
                 got.records,
@@ -349,6 +349,12 @@ impl Responder {
             }
         }
     }
+}
+
+/// A page's encoded size: its base64 text as is (no copy), else its JSON.
+fn encoded_len(data: &serde_json::Value) -> u64 {
+    data.as_str()
+        .map_or_else(|| data.to_string().len(), str::len) as u64
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
