@@ -207,8 +207,8 @@ pub fn status(v: &Value, now: DateTime<Utc>) -> String {
 }
 
 /// One in-flight session as `syncing with laptopA (started here): 45% — received 9000 of about
-/// 20000 records (3.1 MB), sent 0 of about 0 records (1.2 KB), about 12 s left`; a session the
-/// peer started says `(started by laptopA)`.
+/// 20000 records (3.1 MB), sent 0 of about 0 records (1.2 KB), 900 records/s, about 12 s left`;
+/// a session the peer started says `(started by laptopA)`.
 pub fn session_progress(s: &Value) -> String {
     let name = s["peer_name"]
         .as_str()
@@ -240,8 +240,15 @@ pub fn session_progress(s: &Value) -> String {
             crate::app::console::human_secs(s.ceil() as i64)
         )
     });
+    let rate =
+        s["received"]["rate"].as_f64().unwrap_or(0.0) + s["sent"]["rate"].as_f64().unwrap_or(0.0);
+    let rate = if rate >= 1.0 {
+        format!(", {} records/s", rate.round())
+    } else {
+        String::new()
+    };
     format!(
-        "syncing with {name} ({by}): {pct}% — received {}, sent {}{left}",
+        "syncing with {name} ({by}): {pct}% — received {}, sent {}{rate}{left}",
         dir(&s["received"]),
         dir(&s["sent"]),
     )
@@ -471,7 +478,7 @@ mod tests {
         let now = Utc::now();
         let dir = |records: u64, expected: u64, bytes: u64, eta: Option<f64>| {
             json!({"records": records, "records_expected": expected, "bytes": bytes,
-                   "done": false, "eta_secs": eta})
+                   "done": false, "eta_secs": eta, "rate": records as f64 / 10.0})
         };
         let v = json!({
             "name": "laptopB", "owner": "Team South", "data_dir": "/data/b",
