@@ -39,13 +39,16 @@ impl Live {
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = lock(&self.snapshot).clone();
         if let (Some(t), Some(m)) = (self.traffic.get(), v.as_object_mut()) {
+            // Both roles: the server's sockets (sessions peers run with us) and our clients'
+            // (sessions we run), both counted as bytes move.
+            let (cr, cw) = crate::protocol::counters::client_total().get();
             m.insert(
                 "bytes_received".into(),
-                json!(t.read.load(Ordering::Relaxed)),
+                json!(t.read.load(Ordering::Relaxed) + cr),
             );
             m.insert(
                 "bytes_sent".into(),
-                json!(t.written.load(Ordering::Relaxed)),
+                json!(t.written.load(Ordering::Relaxed) + cw),
             );
             m.insert(
                 "refused_connections".into(),
@@ -157,10 +160,8 @@ impl Agent {
                         last_err = None;
                         lock(&me.backoff).remove(&key);
                         me.remember_address(report.peer.instance, addr);
-                        // A peer that just answered a session is online, static or discovered
-                        // (the row's flag is reset when the agent starts, so never stale).
+                        // Online now (`sync_with` told `presence`); the row keeps when.
                         me.update_row(report.peer.instance, |row| {
-                            row.online = true;
                             row.last_seen = Some(Utc::now());
                         });
                         eprintln!("{}", report_line(&report));
@@ -191,11 +192,10 @@ impl Agent {
                     "sync with {who} failed: {e} (next try in {} s)",
                     wait.as_secs()
                 );
-                // A static peer that cannot be reached is offline until it answers again.
+                // A peer that cannot be reached is offline until it answers again (unless
+                // discovery still sees it).
                 if let (Some(p), SyncError::Transport { .. }) = (peer, &e) {
-                    if !lock(&me.online).contains_key(&p) {
-                        me.update_known_row(p, |row| row.online = false);
-                    }
+                    crate::presence::unreachable(p);
                 }
                 if let (Some(p), Some(d)) = (peer, lock(&me.discovery).as_ref()) {
                     d.verify(&p);
@@ -251,8 +251,12 @@ impl Agent {
                 info!(peer = %instance, %name, ?addrs, "peer discovered");
                 lock(&self.online).insert(instance, addrs.clone());
                 lock(&self.backoff).remove(&instance.to_string());
+                // Only an instance a session has proved is shown online (an advert proves
+                // nothing), and only such an instance has a row to update.
+                if matches!(self.store.peer(&instance), Ok(Some(_))) {
+                    crate::presence::discovered(instance, true);
+                }
                 self.update_known_row(instance, |row| {
-                    row.online = true;
                     row.last_seen = Some(Utc::now());
                     if row.name.is_empty() {
                         row.name = name;
@@ -288,7 +292,7 @@ impl Agent {
                 if !matches!(self.store.peer(&instance), Ok(Some(_))) {
                     lock(&self.backoff).remove(&instance.to_string());
                 }
-                self.update_known_row(instance, |row| row.online = false);
+                crate::presence::discovered(instance, false);
             }
         }
     }
@@ -621,7 +625,8 @@ fn report_line(r: &sync::SessionReport) -> String {
     )
 }
 
-/// Peers are not known to be online while no agent watches the network.
+/// Rows written by earlier versions kept an `online` flag on disk; it is cleared here and no
+/// longer read: online state lives in memory ([`crate::presence`]).
 fn mark_offline(store: &Store) {
     if let Ok(rows) = store.peers() {
         for row in rows.into_iter().filter(|r| r.online) {
@@ -633,13 +638,11 @@ fn mark_offline(store: &Store) {
 // Socket counters are not copied here: `Live::to_json` reads them at query time.
 fn publish(a: &Agent, live: &LiveStatus, listen: &str) {
     let health = lock(&a.discovery).as_ref().map(|d| d.health());
-    let online: Vec<String> = lock(&a.online).keys().map(|k| k.to_string()).collect();
     *lock(&live.snapshot) = json!({
         "running": true,
         "listen": listen,
         "pid": std::process::id(),
         "discovery": health,
-        "online_peers": online,
         "sessions_in_flight": lock(&a.in_flight).len(),
         "transport": a.opts.transport.mesh_id().map_or("plaintext (insecure)", |_| "mutual TLS"),
     });

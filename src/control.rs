@@ -286,7 +286,7 @@ fn blocking(app: &App, op: Op) -> Result<serde_json::Value, AppError> {
         Op::Resolve { id, keep } => json(app.resolve(id, app.parse_keep_for(id, &keep)?)?),
         Op::Tables => json(app.tables()?),
         Op::Status => app.status(),
-        Op::Peers => json(app.peers()?),
+        Op::Peers => json(app.peer_list()?),
         Op::Sync { .. } | Op::Verify { .. } => Err(AppError::Peer(
             "sync and verify are not blocking operations".into(),
         )),

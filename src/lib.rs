@@ -20,6 +20,7 @@
 //! - [`protocol`]: the JSON-RPC wire contract, its server (accept loop) and client.
 //! - [`sync`]: sync sessions: the initiator loop over a `Peer`, the responder, the one receive
 //!   path for pages, revocation admission, `verify`.
+//! - [`presence`]: which peers are online (in memory: discovery, sessions, recent contact).
 //! - [`progress`]: progress of sync sessions in flight (records, bytes, rate, time left).
 //! - [`discovery`]: mDNS advertise/browse → peer events.
 //! - [`app`]: the application layer: one typed function per operation, for every door.
@@ -65,6 +66,7 @@ pub mod import;
 pub mod merge;
 pub mod mesh;
 pub mod model;
+pub mod presence;
 pub mod progress;
 pub mod protocol;
 pub mod repair;

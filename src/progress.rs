@@ -1,10 +1,18 @@
-//! Progress of sync sessions this process runs as initiator, for people watching: the console's
-//! Live sessions page, `status`, and `sync`'s progress bar.
+//! Progress of sync sessions this process takes part in, for people watching: the console's
+//! Live sessions page, `status`, and `sync`'s progress bar. Both roles show: sessions this
+//! process starts (`role: initiator`, reported by [`crate::sync::sync_with`]) and sessions
+//! peers start with it (`role: responder`, reported by [`crate::sync::Responder`]).
 //!
-//! The session code ([`crate::sync::sync_with`]) reports through a small hook: [`start`] when a
+//! The session code reports through a small hook: [`start`] (or [`start_inbound`]) when a
 //! session begins, then [`Tracker::direction`] and [`Tracker::page`] per page, and
 //! [`Tracker::finish`]. Everything here is in memory only (one board per process, so per
 //! agent): a restarted agent starts with an empty board, like its online state.
+//!
+//! Bytes: with [`Tracker::socket`] a session reads the byte counters of its connection
+//! ([`crate::protocol::counters`]) whenever it is looked at, so bytes move while a page is
+//! still on the wire; without (in-process tests), the encoded page sizes are added per page.
+//! A responder cannot tell an initiator that vanished from a slow one: a session with no word
+//! for [`STALE_AFTER`] is shown as failed.
 //!
 //! "Expected" is estimated from feed positions: a pull from position `since` up to the peer's
 //! feed head `head` covers `head - since` positions, and the feed holds one entry per record at
@@ -12,22 +20,28 @@
 //! `fraction` is therefore position-based and reaches exactly 1.0 when the last page is in.
 //! Expected bytes extrapolate the bytes per position seen so far.
 
+use crate::protocol::counters::ByteCounters;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 /// Finished sessions kept for display.
 const KEEP_FINISHED: usize = 20;
 
+/// A session in flight with no page, hello or push for this long is shown as failed (longer
+/// than a request may take, [`crate::protocol::server::REQUEST_DEADLINE`]).
+pub const STALE_AFTER: Duration = Duration::from_secs(150);
+
 /// One direction of a session in flight.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DirectionProgress {
     /// Records moved so far.
     pub records: u64,
-    /// Encoded page bytes moved so far.
+    /// Bytes moved so far: counted at the connection while a page is in flight when the
+    /// session has a socket, else encoded page bytes.
     pub bytes: u64,
     /// Feed position where this direction started.
     pub from: u64,
@@ -63,6 +77,8 @@ pub enum Way {
 pub struct SessionProgress {
     /// Session number in this process.
     pub id: u64,
+    /// `initiator` (this process started it) or `responder` (the peer did).
+    pub role: &'static str,
     /// The peer's address.
     pub addr: String,
     /// The peer's instance, once it said hello.
@@ -89,6 +105,35 @@ pub struct SessionProgress {
     clock: Option<Instant>,
     #[serde(skip)]
     dir_clock: [Option<Instant>; 2],
+    /// Last word from the session (for [`STALE_AFTER`]).
+    #[serde(skip)]
+    touched: Option<Instant>,
+    /// The connection's counters and their `(read, written)` when the session began.
+    #[serde(skip)]
+    socket: Option<(Arc<ByteCounters>, u64, u64)>,
+}
+
+impl SessionProgress {
+    /// Bytes from the connection's counters, and the expected bytes extrapolated from them.
+    fn read_socket(&mut self) {
+        let Some((c, r0, w0)) = &self.socket else {
+            return;
+        };
+        let (r, w) = c.get();
+        for (d, n) in [
+            (&mut self.received, r.saturating_sub(*r0)),
+            (&mut self.sent, w.saturating_sub(*w0)),
+        ] {
+            d.bytes = n;
+            d.bytes_expected = if d.done || d.fraction >= 1.0 {
+                n
+            } else if d.fraction > 0.0 {
+                (n as f64 / d.fraction) as u64
+            } else {
+                0
+            };
+        }
+    }
 }
 
 #[derive(Default)]
@@ -130,13 +175,28 @@ pub fn subscribe() -> watch::Receiver<u64> {
 /// Sessions in flight, oldest first, then up to 20 finished ones, newest first.
 pub fn snapshot() -> (Vec<SessionProgress>, Vec<SessionProgress>) {
     let b = board();
-    let g = b.inner.lock().unwrap_or_else(|e| e.into_inner());
+    let mut g = b.inner.lock().unwrap_or_else(|e| e.into_inner());
+    // Not through `with`: looking must not wake the watchers (an SSE stream looks on wake).
+    let stale: Vec<u64> = g
+        .running
+        .values()
+        .filter(|s| s.touched.is_some_and(|t| t.elapsed() > STALE_AFTER))
+        .map(|s| s.id)
+        .collect();
+    for id in stale {
+        let msg = format!(
+            "no word from the peer for {} s: it stopped or lost the connection",
+            STALE_AFTER.as_secs()
+        );
+        end_in(&mut g, id, Err(msg));
+    }
     let mut running: Vec<SessionProgress> = g
         .running
         .values()
         .cloned()
         .map(|mut s| {
             s.elapsed_secs = s.clock.map_or(0.0, |c| c.elapsed().as_secs_f64());
+            s.read_socket();
             s
         })
         .collect();
@@ -155,8 +215,38 @@ pub fn sent_upto(peer: &Uuid) -> Option<u64> {
         .copied()
 }
 
-/// Starts tracking a session with the peer at `addr`.
+/// True while some session is in flight (its bytes may be moving).
+pub fn any_running() -> bool {
+    !board()
+        .inner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .running
+        .is_empty()
+}
+
+/// True while a session with `peer` (either role) is in flight.
+pub fn in_session_with(peer: &Uuid) -> bool {
+    board()
+        .inner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .running
+        .values()
+        .any(|s| s.peer.as_ref() == Some(peer))
+}
+
+/// Starts tracking a session this process starts with the peer at `addr`.
 pub fn start(addr: &str) -> Tracker {
+    begin(addr, "initiator")
+}
+
+/// Starts tracking a session a peer (calling from `addr`) started with us.
+pub fn start_inbound(addr: &str) -> Tracker {
+    begin(addr, "responder")
+}
+
+fn begin(addr: &str, role: &'static str) -> Tracker {
     let id = with(|g| {
         g.next += 1;
         let id = g.next;
@@ -164,6 +254,7 @@ pub fn start(addr: &str) -> Tracker {
             id,
             SessionProgress {
                 id,
+                role,
                 addr: addr.to_string(),
                 peer: None,
                 peer_name: String::new(),
@@ -177,6 +268,8 @@ pub fn start(addr: &str) -> Tracker {
                 fraction: 0.0,
                 clock: Some(Instant::now()),
                 dir_clock: [None, None],
+                touched: Some(Instant::now()),
+                socket: None,
             },
         );
         id
@@ -197,6 +290,7 @@ impl Tracker {
             if let Some(s) = g.running.get_mut(&self.id) {
                 f(s);
                 s.fraction = overall(s);
+                s.touched = Some(Instant::now());
             }
         });
     }
@@ -213,6 +307,43 @@ impl Tracker {
         });
     }
 
+    /// From now on, the session's bytes are what `counters` (its connection's) count.
+    pub fn socket(&self, counters: Arc<ByteCounters>) {
+        let (r, w) = counters.get();
+        self.update(|s| s.socket = Some((counters, r, w)));
+    }
+
+    /// True while the session is on the board (not finished, failed or given up as stale).
+    pub fn running(&self) -> bool {
+        board()
+            .inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .running
+            .contains_key(&self.id)
+    }
+
+    /// The peer (as the responder sees it after hello): who it is, without a claim about our
+    /// feed; see [`Tracker::peer_has`].
+    pub fn peer_named(&self, instance: Uuid, name: &str) {
+        let name = name.to_string();
+        self.update(|s| {
+            s.peer = Some(instance);
+            s.peer_name = name;
+        });
+    }
+
+    /// The peer has our feed up to `upto` (as a responder learns it from the peer's requests).
+    pub fn peer_has(&self, upto: u64) {
+        let id = self.id;
+        with(|g| {
+            if let Some(p) = g.running.get(&id).and_then(|s| s.peer) {
+                let e = g.sent_upto.entry(p).or_insert(0);
+                *e = (*e).max(upto);
+            }
+        });
+    }
+
     /// A direction starts: from feed position `from` to `to`.
     pub fn direction(&self, way: Way, from: u64, to: u64) {
         self.update(|s| {
@@ -221,6 +352,8 @@ impl Tracker {
                 from,
                 at: from,
                 to: to.max(from),
+                // At most one record per position still to go, as in `page`.
+                records_expected: to.saturating_sub(from),
                 ..Default::default()
             };
             s.dir_clock[i] = Some(Instant::now());
@@ -292,28 +425,33 @@ impl Tracker {
     fn end(&mut self, result: Result<(), String>) {
         self.ended = true;
         let id = self.id;
-        with(|g| {
-            if let Some(mut s) = g.running.remove(&id) {
-                s.elapsed_secs = s.clock.map_or(0.0, |c| c.elapsed().as_secs_f64());
-                match result {
-                    Ok(()) => {
-                        s.state = "finished";
-                        s.fraction = 1.0;
-                        for d in [&mut s.received, &mut s.sent] {
-                            d.done = true;
-                            d.fraction = 1.0;
-                            d.eta_secs = Some(0.0);
-                        }
-                    }
-                    Err(e) => {
-                        s.state = "failed";
-                        s.error = Some(e);
-                    }
+        with(|g| end_in(g, id, result));
+    }
+}
+
+fn end_in(g: &mut Inner, id: u64, result: Result<(), String>) {
+    if let Some(mut s) = g.running.remove(&id) {
+        s.elapsed_secs = s.clock.map_or(0.0, |c| c.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                s.state = "finished";
+                s.fraction = 1.0;
+                for d in [&mut s.received, &mut s.sent] {
+                    d.done = true;
+                    d.fraction = 1.0;
+                    d.eta_secs = Some(0.0);
                 }
-                g.finished.push_front(s);
-                g.finished.truncate(KEEP_FINISHED);
             }
-        });
+            Err(e) => {
+                s.state = "failed";
+                s.error = Some(e);
+            }
+        }
+        s.read_socket();
+        // Finished sessions keep their final counts, not the connection's later ones.
+        s.socket = None;
+        g.finished.push_front(s);
+        g.finished.truncate(KEEP_FINISHED);
     }
 }
 

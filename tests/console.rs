@@ -237,6 +237,7 @@ fn console_in_a_real_browser() {
             "records done vs expected:\n{finished}"
         );
         eprintln!("seen while syncing: {partial:?}");
+        assert!(finished.contains("Started by this laptop"), "{finished}");
 
         // Both peers by name on the overview, online, everything sent.
         sync(b, &c_addr);
@@ -320,6 +321,16 @@ fn console_in_a_real_browser() {
             .unwrap();
         wait_text(&client, "the warnings", |t| t.contains("Held & warnings")).await;
         shot(&client, &shots, "6-warnings").await;
+
+        // A session A starts with B shows on B's page too, named by who started it. (Last:
+        // once A knows B's address, A answers B's notifies with sessions of its own.)
+        client.goto(&format!("{base}/console/#live")).await.unwrap();
+        let b_addr = agents[1].addr().to_string();
+        sync(a, &b_addr);
+        wait_text(&client, "the session laptopA started", |t| {
+            t.contains("Started by laptopA")
+        })
+        .await;
 
         // The login link was spent.
         client.goto(&url).await.unwrap();

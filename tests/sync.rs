@@ -937,6 +937,19 @@ fn a_copied_data_directory_is_refused_with_its_original_and_status_peers_doctor_
         .find(|p| p["instance"] == instance_id(&b))
         .unwrap();
     assert!(row["duplicate_identity"]["reason"].is_string(), "{row}");
+    // In words, as the console's overview says it (one function: `problem`).
+    assert!(
+        row["problem"]
+            .as_str()
+            .unwrap()
+            .starts_with("two laptops use this identity"),
+        "{row}"
+    );
+    let people = run(&a, &["peers", "--human"]).ok().stdout;
+    assert!(
+        people.contains("two laptops use this identity") && people.contains("mesh enroll"),
+        "{people}"
+    );
     let doc = run(&a, &["doctor"]);
     assert_ne!(doc.code, 0, "{doc}");
     let check = doc

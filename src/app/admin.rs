@@ -37,9 +37,13 @@ impl App {
             .iter()
             .filter(|c| c.resolved.is_none())
             .count();
-        let peers = store.peers()?;
+        let peers = self.peers()?;
         let last_sync = peers.iter().filter_map(|p| p.last_update).max();
-        let online = peers.iter().filter(|p| p.online).count();
+        let online: Vec<_> = peers
+            .iter()
+            .filter(|p| p.online)
+            .map(|p| p.instance)
+            .collect();
         let failing: Vec<Value> = peers
             .iter()
             .filter(|p| p.last_error.is_some())
@@ -58,6 +62,12 @@ impl App {
         if let (Some(_), Some(m)) = (&self.agent, agent.as_object_mut()) {
             // Sessions in flight, with progress (records, bytes, expected, time left).
             m.insert("sessions".into(), json!(crate::progress::snapshot().0));
+            // The same truth as `peers` ([`crate::presence`], revoked laptops never).
+            m.insert("online_peers".into(), json!(online));
+            m.insert(
+                "refused_recent".into(),
+                json!(crate::protocol::server::recent_refusals()),
+            );
         }
         let quarantined: u64 = peers.iter().map(|p| p.quarantined).sum();
         let info = store.instance();
@@ -70,7 +80,7 @@ impl App {
             "instance": info.id, "name": info.name, "owner": info.owner,
             "contact": info.contact, "data_dir": store.dir(), "feed_seq": store.seq(),
             "tables": tables, "unresolved_conflicts": unresolved, "held": held,
-            "peers": {"known": peers.len(), "online": online, "last_sync": last_sync,
+            "peers": {"known": peers.len(), "online": online.len(), "last_sync": last_sync,
                       "failing": failing, "quarantined": quarantined},
             "incarnation": store.incarnation(),
             "identity_problems": crate::sync::identity_problems(store)?,
@@ -78,9 +88,39 @@ impl App {
         }))
     }
 
-    /// The sync_instance table: one row per peer instance.
+    /// The sync_instance table: one row per peer instance, with `online` from
+    /// [`crate::presence`] — false without an agent (nobody watches the network) and always
+    /// false for a revoked laptop.
     pub fn peers(&self) -> Result<Vec<PeerRow>, AppError> {
-        Ok(self.store.peers()?)
+        let revoked = self.revocations();
+        let mut rows = self.store.peers()?;
+        for r in &mut rows {
+            r.online = self.agent.is_some()
+                && !revoked.contains_key(&r.instance)
+                && crate::presence::is_online(&r.instance);
+        }
+        Ok(rows)
+    }
+
+    /// [`App::peers`] as printed and served ([`peer_json`]), plus `revoked`: `{"at","reason"}`
+    /// when the deployment revoked the laptop, else null.
+    pub fn peer_list(&self) -> Result<Vec<Value>, AppError> {
+        let revoked = self.revocations();
+        Ok(self
+            .peers()?
+            .iter()
+            .map(|r| {
+                let mut v = peer_json(r);
+                let reason = revoked
+                    .contains_key(&r.instance)
+                    .then(|| self.revocation_reason(&r.instance));
+                v["revoked"] = revoked
+                    .get(&r.instance)
+                    .map_or(Value::Null, |at| json!({"at": at, "reason": reason}));
+                v["problem"] = super::console::problem(r, reason.is_some(), reason.as_deref());
+                v
+            })
+            .collect())
     }
 
     /// The conflict log (unresolved first), optionally one table, optionally resolved ones too.

@@ -21,21 +21,18 @@ impl App {
         let store = &self.store;
         let me = store.instance();
         let cred = crate::mesh::load_credential(store.dir()).ok().flatten();
-        let revoked = cred
-            .as_ref()
-            .map(|c| crate::mesh::load_revocations(store, &c.ca_cert))
-            .unwrap_or_default();
+        let revoked = self.revocations();
         let head = store.seq();
         let now = Utc::now();
         let mut peers = Vec::new();
-        for p in store.peers()? {
+        for p in self.peers()? {
             let pending = match crate::progress::sent_upto(&p.instance) {
                 Some(upto) if upto >= head => Some(0),
                 Some(upto) => Some(store.feed_len_after(upto, PENDING_CAP)?),
                 None => None,
             };
             let revoked_at = revoked.get(&p.instance).copied();
-            let reason = revoked_at.map(|_| revocation_reason(self, &p.instance));
+            let reason = revoked_at.map(|_| self.revocation_reason(&p.instance));
             peers.push(json!({
                 "instance": p.instance, "name": display_name(&p), "owner": p.owner,
                 "contact": p.contact, "online": p.online, "address": p.url,
@@ -115,26 +112,48 @@ fn display_name(p: &PeerRow) -> String {
     }
 }
 
-fn revocation_reason(app: &App, id: &uuid::Uuid) -> String {
-    app.store
-        .get(crate::mesh::REVOCATIONS, id)
-        .ok()
-        .flatten()
-        .and_then(|r| {
-            r.state
-                .value("reason")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "no reason given".into())
+impl App {
+    /// Laptops the deployment revoked, and when (empty outside a deployment).
+    pub(crate) fn revocations(
+        &self,
+    ) -> std::collections::HashMap<uuid::Uuid, chrono::DateTime<Utc>> {
+        crate::mesh::load_credential(self.store.dir())
+            .ok()
+            .flatten()
+            .map(|c| crate::mesh::load_revocations(&self.store, &c.ca_cert))
+            .unwrap_or_default()
+    }
+
+    /// The reason the coordinator gave when revoking `id`.
+    pub(crate) fn revocation_reason(&self, id: &uuid::Uuid) -> String {
+        self.store
+            .get(crate::mesh::REVOCATIONS, id)
+            .ok()
+            .flatten()
+            .and_then(|r| {
+                r.state
+                    .value("reason")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "no reason given".into())
+    }
 }
 
-/// A peer's trouble in one sentence, or null.
-fn problem(p: &PeerRow, revoked: bool, reason: Option<&str>) -> Value {
+/// A peer's trouble in one sentence, or null: revoked, its identity used by two laptops, or
+/// its last sync failed (in that order: the first explains the others).
+pub(crate) fn problem(p: &PeerRow, revoked: bool, reason: Option<&str>) -> Value {
     if revoked {
         return json!(format!(
             "revoked by the coordinator ({}): it can no longer sync",
             reason.unwrap_or("no reason given")
+        ));
+    }
+    if let Some(d) = &p.duplicate {
+        return json!(format!(
+            "two laptops use this identity ({}), so its syncs are refused: {}",
+            d.reason,
+            crate::sync::DUPLICATE_FIX
         ));
     }
     match &p.last_error {

@@ -117,10 +117,8 @@ impl App {
                 sync_error(e)
             })?;
         if self.agent.is_some() {
-            // A peer that just answered is online (the agent clears the flag when it starts,
-            // so a one-shot sync without an agent does not set it).
+            // Online now: `sync_with` told `presence` (only an agent's process is asked).
             let _ = self.store.update_peer(&r.peer.instance, |row| {
-                row.online = true;
                 row.last_seen = Some(chrono::Utc::now());
             });
         }

@@ -1,11 +1,9 @@
 //! Administration commands: `status`, `peers`, `generate`, `backup`, `restore`.
 
 use super::{open_input, print, CliError, Door, Io};
-use crate::app::admin::peer_json;
 use crate::app::App;
 use crate::control::Op;
 use crate::mesh;
-use crate::store::PeerRow;
 use clap::Subcommand;
 use serde_json::{json, Value};
 use std::io::{BufReader, Write};
@@ -81,13 +79,16 @@ pub fn held(app: &App, cmd: super::HeldCommand, io: &mut Io<'_>) -> Result<(), C
 
 /// `peers`: one line per peer instance.
 pub fn peers(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
-    let rows: Vec<PeerRow> = door.call(Op::Peers, io)?;
+    let rows: Vec<serde_json::Value> = door.call(Op::Peers, io)?;
     if io.human {
-        let text = super::human::peers(&rows, chrono::Utc::now());
+        // Refused connection attempts are the agent's (in memory), shown under the table.
+        let status: serde_json::Value = door.call(Op::Status, io)?;
+        let refused = &status["agent"]["refused_recent"];
+        let text = super::human::peers(&rows, refused, chrono::Utc::now());
         return write!(io.out, "{text}").map_err(CliError::Output);
     }
     for row in &rows {
-        print(io.out, &peer_json(row))?;
+        print(io.out, row)?;
     }
     Ok(())
 }

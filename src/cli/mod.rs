@@ -1,7 +1,7 @@
 //! The command line: clap definitions, and the dispatch of each command to its group's module.
 //!
 //! Commands print JSON on stdout (one object, or JSON lines for lists) and one-line errors on
-//! stderr; on a terminal (or with the hidden `--human`) some print for people instead
+//! stderr; on a terminal (or with `--human`) some print for people instead
 //! ([`human`]), and `--json` forces JSON. Exit codes: 0 ok, 1 not found, 2 bad usage or
 //! invalid input, 3 anything else (database in use, disk errors). Command bodies parse arguments, call the application layer
 //! ([`crate::app`]) and print; they live by group:
@@ -71,9 +71,9 @@ pub struct Cli {
     /// gets JSON anyway.
     #[arg(long = "json", id = "json_output", global = true)]
     pub json_output: bool,
-    /// Print for people even when stdout is not a terminal (used when a command is forwarded
-    /// to the agent, and by tests).
-    #[arg(long, global = true, hide = true)]
+    /// Print for people (tables, sentences, names, local times) even when stdout is not a
+    /// terminal, e.g. into `less` or a file; `--json` wins.
+    #[arg(long, global = true)]
     pub human: bool,
     /// The command.
     #[command(subcommand)]

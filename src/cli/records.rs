@@ -131,8 +131,14 @@ pub fn get(
     if let Some(m) = r.meta {
         v["meta"] = m;
     }
+    if io.human {
+        return write!(io.out, "{}", super::human::record(&v)).map_err(CliError::Output);
+    }
     print(io.out, &v)
 }
+
+/// Most records `list` prints for people (the rest are counted: `--json` or `export` for all).
+const HUMAN_LIST_MAX: usize = 1_000;
 
 /// `list`: JSON lines in id order (streamed: a table may not fit in memory as one page).
 pub fn list(
@@ -142,15 +148,27 @@ pub fn list(
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
     model::validate_table(table)?;
+    // People get one aligned table, so rows are kept (up to a screenful or so); scripts get a
+    // stream.
+    let mut shown = Vec::new();
+    let mut more = 0u64;
     for r in app.store().scan_table(table) {
         let (id, rec) = r?;
         let alive = rec.state.is_alive();
         if alive || include_deleted {
-            print(
-                io.out,
-                &formats::record_json(table, &id, rec.state.live_fields(), !alive),
-            )?;
+            let v = formats::record_json(table, &id, rec.state.live_fields(), !alive);
+            if !io.human {
+                print(io.out, &v)?;
+            } else if shown.len() < HUMAN_LIST_MAX {
+                shown.push(v);
+            } else {
+                more += 1;
+            }
         }
+    }
+    if io.human {
+        let text = super::human::list(table, &shown, more);
+        return write!(io.out, "{text}").map_err(CliError::Output);
     }
     Ok(())
 }
@@ -176,7 +194,18 @@ pub fn history(
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
     let (table, id) = (table.to_string(), id.to_string());
-    let h: Vec<HistoryEntry> = door.call(Op::History { table, id }, io)?;
+    let h: Vec<HistoryEntry> = door.call(
+        Op::History {
+            table: table.clone(),
+            id: id.clone(),
+        },
+        io,
+    )?;
+    if io.human && !diff {
+        let names = laptop_names(door, io)?;
+        let text = super::human::history(&table, &id, &h, &names, chrono::Utc::now());
+        return write!(io.out, "{text}").map_err(CliError::Output);
+    }
     for e in &h {
         if diff {
             write!(io.out, "{}", history_diff(e)).map_err(CliError::Output)?;
@@ -185,6 +214,32 @@ pub fn history(
         }
     }
     Ok(())
+}
+
+/// Names of this laptop ("laptopA (this laptop)") and of every known peer, by instance.
+fn laptop_names(
+    door: &Door<'_>,
+    io: &mut Io<'_>,
+) -> Result<std::collections::HashMap<uuid::Uuid, String>, CliError> {
+    let mut names = std::collections::HashMap::new();
+    let peers: Vec<serde_json::Value> = door.call(Op::Peers, io)?;
+    for p in &peers {
+        if let (Some(id), Some(n)) = (
+            p["instance"].as_str().and_then(|i| i.parse().ok()),
+            p["name"].as_str().filter(|n| !n.is_empty()),
+        ) {
+            names.insert(id, n.to_string());
+        }
+    }
+    let me: serde_json::Value = door.call(Op::Status, io)?;
+    if let Some(id) = me["instance"].as_str().and_then(|i| i.parse().ok()) {
+        let n = me["name"].as_str().filter(|n| !n.is_empty());
+        names.insert(
+            id,
+            n.map_or("this laptop".into(), |n| format!("{n} (this laptop)")),
+        );
+    }
+    Ok(names)
 }
 
 /// One revision as a readable diff: a header (time, kind, maker, cause, stamp), then per

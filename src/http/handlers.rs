@@ -1,7 +1,7 @@
 //! The routes: decode, call [`crate::app`] on a blocking thread, encode. See docs/API.md.
 
 use super::{same_token, ApiError, ApiState, ErrorBody, BODY_LIMIT};
-use crate::app::admin::{conflict_json, parse_keep, peer_json};
+use crate::app::admin::{conflict_json, parse_keep};
 use crate::app::changes::{Change, ChangesPage};
 use crate::app::records::{
     etag, history_json, parse_json, BatchOp, BatchOutcome, ListPage, PatchMode, Precondition,
@@ -339,8 +339,7 @@ async fn status(State(st): St) -> Result<Json<Value>, ApiError> {
 /// The sync_instance table: one row per peer instance (as `fieldsync peers`).
 #[utoipa::path(get, path = "/v1/peers", responses((status = 200, description = "Peer rows", body = Vec<Object>)))]
 async fn peers(State(st): St) -> Result<Json<Vec<Value>>, ApiError> {
-    let rows = blocking(&st, |a| a.peers()).await?;
-    Ok(Json(rows.iter().map(peer_json).collect()))
+    Ok(Json(blocking(&st, |a| a.peer_list()).await?))
 }
 
 /// A peer, by instance id, display name or `HOST:PORT`.
@@ -749,9 +748,10 @@ async fn warnings(State(st): St) -> Result<Json<Value>, ApiError> {
     Ok(Json(blocking(&st, |a| a.warnings()).await?))
 }
 
-/// Sync sessions this agent started: in flight (records and bytes done vs expected, rate,
+/// Sync sessions of this agent, started by it or by peers (`role`): in flight (records and bytes done vs expected, rate,
 /// seconds left) and the last 20 finished. `feed=sse` streams the same object as an event
-/// named `sessions` whenever it changes (at most 5 a second).
+/// named `sessions` whenever it changes (at most 5 a second), and every second while a
+/// session runs (bytes move between pages).
 #[utoipa::path(get, path = "/v1/sessions",
     params(("feed" = Option<String>, Query, description = "normal (default) or sse")),
     responses((status = 200, body = Object), (status = 401, body = ErrorBody)))]
@@ -765,8 +765,11 @@ async fn sessions(State(st): St, q: Q) -> Result<Response, ApiError> {
             let stream = futures_util::stream::unfold(s, |(st, mut rx, first)| async move {
                 if !first {
                     let mut stopping = st.stopping.clone();
+                    // While a session runs its bytes move between pages: a tick a second.
+                    let running = crate::progress::any_running();
                     tokio::select! {
                         r = rx.changed() => if r.is_err() { return None },
+                        _ = tokio::time::sleep(Duration::from_secs(1)), if running => {}
                         _ = stopping.wait_for(|v| *v) => return None,
                     }
                     // Pages can come faster than a person reads: at most 5 updates a second.

@@ -1,14 +1,16 @@
 //! Typed JSON-RPC client for the sync methods (jsonrpsee over HTTP).
 
+use super::counters::{ByteCounters, Count, CountLayer};
 use super::{
     DigestReply, DigestRequest, Hello, HelloReply, Notify, Page, ProtocolError, PullRequest,
     PushReply, PushRequest, DIGEST, HELLO, MAX_BODY_BYTES, NOTIFY, PULL, PUSH,
 };
 use jsonrpsee::core::client::ClientT;
-use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
+use jsonrpsee::http_client::{HttpBackend, HttpClient, HttpClientBuilder, RpcLogger, RpcService};
 use jsonrpsee::rpc_params;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long one request may take before the session gives up on the peer.
@@ -25,9 +27,13 @@ pub enum CallError {
     Transport(String),
 }
 
+/// jsonrpsee's HTTP client with our byte counting under it.
+type Inner = HttpClient<RpcLogger<RpcService<Count<HttpBackend>>>>;
+
 /// A connection to one peer's sync endpoint.
 pub struct Client {
-    inner: HttpClient,
+    inner: Inner,
+    bytes: Arc<ByteCounters>,
 }
 
 impl Client {
@@ -36,7 +42,9 @@ impl Client {
         let host = addr
             .trim_start_matches("http://")
             .trim_start_matches("https://");
+        let bytes = Arc::new(ByteCounters::default());
         let mut b = HttpClientBuilder::default()
+            .set_http_middleware(tower::ServiceBuilder::new().layer(CountLayer(bytes.clone())))
             .max_request_size(MAX_BODY_BYTES)
             .max_response_size(MAX_BODY_BYTES)
             .request_timeout(REQUEST_TIMEOUT);
@@ -50,7 +58,14 @@ impl Client {
         let inner = b
             .build(&url)
             .map_err(|e| format!("bad peer address {addr:?}: {e}"))?;
-        Ok(Self { inner })
+        Ok(Self { inner, bytes })
+    }
+
+    /// Bytes this client has moved so far (request and response bodies, counted as they
+    /// cross the connection), so a session can show its progress in bytes while a page is
+    /// still arriving.
+    pub fn bytes(&self) -> &Arc<ByteCounters> {
+        &self.bytes
     }
 
     async fn call<P: Serialize, R: DeserializeOwned>(

@@ -6,6 +6,7 @@
 //! types defined here.
 
 pub mod client;
+pub mod counters;
 pub mod decodes;
 pub mod pack;
 pub mod server;

@@ -239,6 +239,8 @@ async fn accept_loop<S: SyncService>(
         };
         let _ = sock.set_nodelay(true);
         let stream = Counted::new(sock, traffic.clone());
+        // Filled in once the handshake names the caller, so its bytes count for it too.
+        let caller_bytes = stream.caller.clone();
         let (builder, methods, stop) = (builder.clone(), methods.clone(), stop.clone());
         let (acceptor, failures, traffic) = (acceptor.clone(), failures.clone(), traffic.clone());
         let (per_peer, slots) = (per_peer.clone(), slots.clone());
@@ -275,6 +277,9 @@ async fn accept_loop<S: SyncService>(
                     drop((shaking, stranger));
                     lock(&failures).remove(&peer.ip());
                     let instance = crate::tls::peer_instance(tls.get_ref().1.peer_certificates());
+                    if let Some(i) = instance {
+                        let _ = caller_bytes.set(super::counters::peer(i));
+                    }
                     let _mine = match instance {
                         Some(i) => match Slot::take(&per_peer, i, MAX_CONNECTIONS_PER_PEER) {
                             Some(slot) => Some(slot),
@@ -361,6 +366,50 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Logs and counts a refused handshake, and makes a repeatedly failing address wait.
+/// A connection refused at the TLS handshake, as `peers` and `status` show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Refusal {
+    /// When.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// The caller's address (`IP:PORT`).
+    pub addr: String,
+    /// Why, in words (a revoked laptop, another deployment's, no certificate, not TLS).
+    pub reason: String,
+}
+
+/// Refused connections kept for display.
+const KEEP_REFUSALS: usize = 20;
+
+fn refusal_log() -> std::sync::MutexGuard<'static, std::collections::VecDeque<Refusal>> {
+    static LOG: std::sync::OnceLock<Mutex<std::collections::VecDeque<Refusal>>> =
+        std::sync::OnceLock::new();
+    lock(LOG.get_or_init(Mutex::default))
+}
+
+/// The last 20 connections this process refused at the TLS handshake, newest first (in
+/// memory: an agent restart empties it).
+pub fn recent_refusals() -> Vec<Refusal> {
+    refusal_log().iter().cloned().collect()
+}
+
+/// A handshake error in words a coordinator understands.
+fn refusal_words(error: &str) -> String {
+    let said = |s: &str| error.contains(s);
+    if said("revoked") {
+        // The verifier's own words name the instance: "instance … has been revoked …".
+        let own = error.rsplit(": ").next().unwrap_or(error);
+        format!("a revoked laptop ({own})")
+    } else if said("UnknownIssuer") || said("BadSignature") || said("unknown issuer") {
+        "a laptop of another deployment (its certificate is not from this deployment)".into()
+    } else if said("no certificate") || said("NoCertificates") {
+        "no certificate (not a member of any deployment)".into()
+    } else if said("InvalidContentType") || said("corrupt message") {
+        "not TLS (a plaintext client or another program)".into()
+    } else {
+        error.to_string()
+    }
+}
+
 fn refused(
     traffic: &Traffic,
     failures: &Mutex<HashMap<IpAddr, (u32, Instant)>>,
@@ -368,6 +417,15 @@ fn refused(
     reason: &str,
 ) {
     traffic.refused.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut log = refusal_log();
+        log.push_front(Refusal {
+            at: chrono::Utc::now(),
+            addr: peer.to_string(),
+            reason: refusal_words(reason),
+        });
+        log.truncate(KEEP_REFUSALS);
+    }
     let mut f = lock(failures);
     let e = f.entry(peer.ip()).or_insert((0, Instant::now()));
     e.0 += 1;
@@ -471,6 +529,8 @@ where
 struct Counted {
     inner: TcpStream,
     traffic: Arc<Traffic>,
+    /// The certified caller's counters ([`super::counters::peer`]), once known.
+    caller: Arc<std::sync::OnceLock<Arc<super::counters::ByteCounters>>>,
     idle: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -479,6 +539,7 @@ impl Counted {
         Self {
             inner,
             traffic,
+            caller: Arc::default(),
             idle: Box::pin(tokio::time::sleep(IDLE_TIMEOUT)),
         }
     }
@@ -511,6 +572,9 @@ impl AsyncRead for Counted {
             Poll::Ready(r) => {
                 let n = (buf.filled().len() - before) as u64;
                 self.traffic.read.fetch_add(n, Ordering::Relaxed);
+                if let Some(c) = self.caller.get() {
+                    c.add_read(n);
+                }
                 self.touch();
                 Poll::Ready(r)
             }
@@ -531,6 +595,9 @@ impl AsyncWrite for Counted {
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => {
                 self.traffic.written.fetch_add(n as u64, Ordering::Relaxed);
+                if let Some(c) = self.caller.get() {
+                    c.add_written(n as u64);
+                }
                 self.touch();
                 Poll::Ready(Ok(n))
             }

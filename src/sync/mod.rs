@@ -154,6 +154,7 @@ pub async fn sync_with(
         }
     };
     let tracker = crate::progress::start(addr);
+    tracker.socket(peer.client().bytes().clone());
     let mut result = session::run_tracked(&store, &peer, addr, opts, Some(&tracker))
         .instrument(span.clone())
         .await;
@@ -165,6 +166,7 @@ pub async fn sync_with(
         // retry on a fresh connection; the session resumes from the stored positions.
         let peer = RpcPeer::connect(addr, &opts.transport)?;
         opts.clients.put(addr, peer.clone());
+        tracker.socket(peer.client().bytes().clone());
         result = session::run_tracked(&store, &peer, addr, opts, Some(&tracker))
             .instrument(span.clone())
             .await;
@@ -173,6 +175,18 @@ pub async fn sync_with(
         }
     }
     tracker.finish(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    match &result {
+        Ok(r) => crate::presence::contact(r.peer.instance),
+        Err(SyncError::Transport { .. }) => {
+            if let Ok(Some(p)) = store.peers().map(|ps| {
+                ps.into_iter()
+                    .find(|p| p.url == addr || p.addresses.iter().any(|a| a == addr))
+            }) {
+                crate::presence::unreachable(p.instance);
+            }
+        }
+        Err(_) => {}
+    }
     match &result {
         Ok(r) => info!(parent: &span, peer = %r.peer.instance, name = %r.peer.name,
                        received = r.received.records, applied = r.received.applied,

@@ -7,6 +7,7 @@ use super::verify::digest_buckets;
 use super::{local_only, synced_tables};
 use crate::clock::wall_millis;
 use crate::model::validate_table;
+use crate::progress::Way;
 use crate::protocol::server::{Caller, SyncService};
 use crate::protocol::{
     self, codes, DigestReply, DigestRequest, Hello, HelloReply, Notify, Page, PeerInfo,
@@ -26,6 +27,17 @@ pub struct Responder {
     on_notify: Option<tokio::sync::mpsc::Sender<Uuid>>,
     inbound: Arc<Inbound>,
     transport: Transport,
+    /// Progress of the sessions peers run with us, by peer (see [`crate::progress`]).
+    live: Mutex<HashMap<Uuid, Shown>>,
+}
+
+/// A session a peer runs with us, as shown on the progress board.
+struct Shown {
+    tracker: crate::progress::Tracker,
+    /// Where the peer's last pull ended: it has our feed up to here once it pushes.
+    pulled_to: u64,
+    /// True once the peer's first pull set the sending direction.
+    sending: bool,
 }
 
 /// Peers that have a session with us in progress (hello seen, last push not yet), so the agent
@@ -95,6 +107,7 @@ impl Responder {
             on_notify,
             inbound: Arc::default(),
             transport,
+            live: Mutex::default(),
         }
     }
 
@@ -148,6 +161,8 @@ impl SyncService for Responder {
         )
         .map_err(|e| e.to_protocol())?;
         self.inbound.begin(h.peer.instance);
+        crate::presence::contact(h.peer.instance);
+        self.show_hello(&h, received_upto, &caller);
         // The caller holds our own events up to its claim: if we hold fewer, we were rolled
         // back, and the new incarnation in this reply makes the caller resend them.
         if let Some(mine) = h.knowledge.get(&me.instance) {
@@ -198,14 +213,33 @@ impl SyncService for Responder {
             .store
             .outgoing(r.since, limit, max_bytes, &r.knowledge, &skip, Some(r.from))
             .map_err(|e| store_refusal(&e))?;
-        Ok(Page {
+        let page = Page {
             since: r.since,
             next: out.next,
             more: out.more,
             count: out.changes.len() as u32,
             data: protocol::encode_changes(&out.changes, &r.encoding)?,
             encoding: r.encoding,
-        })
+        };
+        self.show(&r.from, |s| {
+            // Asking from `since` says the peer has our feed up to there.
+            s.tracker.peer_has(r.since);
+            if !s.sending {
+                s.sending = true;
+                s.tracker.direction(Way::Push, r.since, head);
+            }
+            let bytes = encoded_len(&page.data);
+            s.tracker.page(
+                Way::Push,
+                page.count as u64,
+                bytes,
+                0,
+                page.next,
+                !page.more,
+            );
+            s.pulled_to = page.next;
+        });
+        Ok(page)
     }
 
     /// `fieldsync_push`: applies one page and advances our position for the caller atomically.
@@ -220,8 +254,24 @@ impl SyncService for Responder {
             true,
         )
         .map_err(|e: receive::ReceiveError| e.to_protocol())?;
+        self.show(&r.from, |s| {
+            // A push comes after the peer's last pull: it has everything it pulled.
+            s.tracker.peer_has(s.pulled_to);
+            let bytes = encoded_len(&r.page.data);
+            s.tracker.page(
+                Way::Pull,
+                got.records,
+                bytes,
+                got.committed.stats.conflicts,
+                r.page.next,
+                !r.page.more,
+            );
+        });
         if !r.page.more {
             self.inbound.end(&r.from);
+            if let Some(s) = lock(&self.live).remove(&r.from) {
+                s.tracker.finish(Ok(()));
+            }
         }
         Ok(PushReply {
             received_upto: got.committed.received_upto,
@@ -232,6 +282,7 @@ impl SyncService for Responder {
     /// `fieldsync_notify`.
     fn notify(&self, n: Notify, caller: Caller) -> Result<(), ProtocolError> {
         check_caller(&n.from, &caller, &self.transport)?;
+        crate::presence::contact(n.from);
         if let Some(tx) = &self.on_notify {
             // A full queue means a sync is already pending; dropping the extra nudge is fine.
             let _ = tx.try_send(n.from);
@@ -263,6 +314,51 @@ impl SyncService for Responder {
         })?;
         digest_buckets(&self.store, &r.table, &prefix, false).map_err(|e| store_refusal(&e))
     }
+}
+
+impl Responder {
+    /// A peer said hello: a new session on the board (replacing an unfinished one, which is
+    /// recorded as stopped).
+    fn show_hello(&self, h: &Hello, received_upto: u64, caller: &Caller) {
+        let addr = caller
+            .addr
+            .map_or_else(|| "?".to_string(), |a| a.to_string());
+        let tracker = crate::progress::start_inbound(&addr);
+        if let Some(i) = caller.instance {
+            tracker.socket(crate::protocol::counters::peer(i));
+        }
+        tracker.peer_named(h.peer.instance, &h.peer.name);
+        tracker.direction(Way::Pull, received_upto, h.head);
+        let shown = Shown {
+            tracker,
+            pulled_to: 0,
+            sending: false,
+        };
+        let old = lock(&self.live).insert(h.peer.instance, shown);
+        drop(old);
+    }
+
+    /// Updates the peer's session on the board, if it has one that is still shown.
+    fn show(&self, peer: &Uuid, f: impl FnOnce(&mut Shown)) {
+        let mut live = lock(&self.live);
+        if let Some(s) = live.get_mut(peer) {
+            if s.tracker.running() {
+                f(s);
+            } else {
+                live.remove(peer);
+            }
+        }
+    }
+}
+
+/// A page's encoded size: its base64 text as is (no copy), else its JSON.
+fn encoded_len(data: &serde_json::Value) -> u64 {
+    data.as_str()
+        .map_or_else(|| data.to_string().len(), str::len) as u64
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// An agent listening on 0.0.0.0 tells peers "0.0.0.0:7437"; they reach it at the address the

@@ -153,7 +153,8 @@ function renderSessions(s) {
       (x.state === "running" ? "syncing, " + Math.floor(x.fraction * 100) + "% done" :
         x.state === "finished" ? "finished, 100% done" : "failed")),
     x.error ? h("p", { class: "bad" }, x.error) : null,
-    h("p", { class: "muted" }, "Started " + localTime(x.started) + ", " + secs(x.elapsed_secs) + (x.conflicts ? ", " + x.conflicts + " conflicts" : "")),
+    h("p", { class: "muted" }, "Started by " + (x.role === "responder" ? (x.peer_name || x.addr) : "this laptop") +
+      " at " + localTime(x.started) + ", " + secs(x.elapsed_secs) + (x.conflicts ? ", " + x.conflicts + " conflicts" : "")),
     direction("Received", x.received),
     direction("Sent", x.sent));
   render(

@@ -1,0 +1,242 @@
+//! Syncs you can see: while a 20,000-record sync runs between two real agents, `status` on
+//! both laptops shows the session in flight — on the one that started it and on the one that
+//! answers — with byte counters that have already moved, and the agent's totals too.
+
+mod common;
+
+use common::agent::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+/// How long the whole sync may take (debug build, 2 busy cores).
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn status(dir: &std::path::Path) -> Value {
+    run(dir, &["status", "--json"]).ok().json()
+}
+
+/// The in-flight session of `role` in a status, if any.
+fn session<'a>(s: &'a Value, role: &str) -> Option<&'a Value> {
+    s["agent"]["sessions"]
+        .as_array()?
+        .iter()
+        .find(|x| x["role"] == role && x["state"] == "running")
+}
+
+#[test]
+fn status_shows_both_ends_of_a_session_with_bytes_moving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (a, b) = (data_dir(root, "a"), data_dir(root, "b"));
+    // Small pages, so the session runs long enough to be looked at several times.
+    for d in [&a, &b] {
+        write_config(d, "", "page_records = 1000");
+    }
+    run(&a, &["init", "--name", "laptopA"]).ok();
+    run(&b, &["init", "--name", "laptopB"]).ok();
+    import(&a, "person", &people(20_000));
+    let agent_a = Agent::start_with(&a, &["--no-api"]);
+    let _agent_b = Agent::start_with(&b, &["--no-api"]);
+
+    let mut syncing = spawn(&b, &["sync", agent_a.addr()]);
+    let (mut initiator, mut responder): (Option<Value>, Option<Value>) = (None, None);
+    let mut b_total = 0;
+    let start = Instant::now();
+    while !syncing.finished() && start.elapsed() < LIMIT {
+        let sb = status(&b);
+        if let Some(s) = session(&sb, "initiator") {
+            let moving = s["received"]["bytes"].as_u64() > Some(0);
+            if moving && s["received"]["records"].as_u64() > Some(0) && initiator.is_none() {
+                initiator = Some(s.clone());
+                b_total = sb["agent"]["bytes_received"].as_u64().unwrap_or(0);
+            }
+        }
+        let sa = status(&a);
+        if let Some(s) = session(&sa, "responder") {
+            let moving = s["sent"]["bytes"].as_u64() > Some(0);
+            if moving && s["sent"]["records"].as_u64() > Some(0) && responder.is_none() {
+                responder = Some(s.clone());
+            }
+        }
+        if initiator.is_some() && responder.is_some() {
+            break;
+        }
+    }
+    let done = summary(&syncing.wait(LIMIT).ok());
+    assert_eq!(done.received.records, 20_000, "{done:?}");
+
+    // B started it: it sees A by name, bytes received before the end, records on their way.
+    let s = initiator.expect("B's status showed its session in flight with bytes received");
+    assert_eq!(s["peer_name"], "laptopA", "{s}");
+    let got = s["received"]["records"].as_u64().unwrap();
+    assert!(got < 20_000, "seen before the end: {s}");
+    let expected = s["received"]["records_expected"].as_u64().unwrap();
+    assert!(
+        (20_000..20_010).contains(&expected),
+        "expected records come from the feed positions: {s}"
+    );
+    assert!(
+        b_total > 0,
+        "the agent's bytes_received moved during the sync"
+    );
+
+    // A answered: the session a peer started shows too, with what A is sending.
+    let r = responder.expect("A's status showed the session laptopB started");
+    assert_eq!(r["peer_name"], "laptopB", "{r}");
+    assert!(r["sent"]["records"].as_u64().unwrap() < 20_000, "{r}");
+
+    // Once over, nothing is in flight on either side.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            session(&status(&a), "responder").is_none()
+                && session(&status(&b), "initiator").is_none()
+        }),
+        "sessions leave the in-flight list when they end"
+    );
+}
+
+/// Polls `cond` every 100 ms until it holds or `limit` passes.
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// `peers --json` rows on `dir`.
+fn peer_rows(dir: &std::path::Path) -> Vec<Value> {
+    run(dir, &["peers", "--json"]).ok().lines()
+}
+
+/// Instance ids `peers` shows online, sorted, and the same from `status`.
+fn online_both_ways(dir: &std::path::Path) -> (Vec<String>, Vec<String>) {
+    let mut from_peers: Vec<String> = peer_rows(dir)
+        .iter()
+        .filter(|r| r["online"] == true)
+        .map(|r| r["instance"].as_str().unwrap().to_string())
+        .collect();
+    let s = status(dir);
+    let mut from_status: Vec<String> = s["agent"]["online_peers"]
+        .as_array()
+        .expect("status lists online peers while the agent runs")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    from_peers.sort();
+    from_status.sort();
+    assert_eq!(
+        s["peers"]["online"].as_u64().unwrap() as usize,
+        from_status.len(),
+        "{s}"
+    );
+    (from_peers, from_status)
+}
+
+/// Asserts `peers` and `status` on `dir` agree that exactly `ids` are online.
+#[track_caller]
+fn online_is(dir: &std::path::Path, ids: &[&str]) {
+    let (p, s) = online_both_ways(dir);
+    let mut want: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(p, want, "peers");
+    assert_eq!(s, want, "status");
+}
+
+#[test]
+fn online_state_is_one_truth_in_memory_and_never_for_a_revoked_laptop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let dirs: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|d| {
+            let dir = data_dir(root, d);
+            run(
+                &dir,
+                &["init", "--name", &format!("laptop{}", d.to_uppercase())],
+            )
+            .ok();
+            dir
+        })
+        .collect();
+    let (a, b, c) = (&dirs[0], &dirs[1], &dirs[2]);
+    let mut agent_a = Agent::start_with(a, &["--no-api"]);
+    let mut agent_b = Agent::start_with(b, &["--no-api"]);
+    let mut agent_c = Agent::start_with(c, &["--no-api"]);
+    let (id_a, id_b, id_c) = (
+        agent_a.instance().to_string(),
+        agent_b.instance().to_string(),
+        agent_c.instance().to_string(),
+    );
+
+    // A session makes both ends online, whoever started it.
+    sync(b, agent_a.addr());
+    sync(c, agent_a.addr());
+    online_is(b, &[&id_a]);
+    online_is(a, &[&id_b, &id_c]);
+
+    // C is revoked: never online again on A, marked with the date and reason, and its next
+    // attempt is refused and listed (time, address, why).
+    let ca = root.join("test-ca.fsca");
+    let ca = ca.to_str().unwrap();
+    run(
+        a,
+        &[
+            "mesh", "revoke", "laptopC", "--reason", "stolen", "--ca", ca,
+        ],
+    )
+    .ok();
+    online_is(a, &[&id_b]);
+    let row = peer_rows(a)
+        .into_iter()
+        .find(|r| r["instance"] == id_c.as_str())
+        .unwrap();
+    assert_eq!(row["revoked"]["reason"], "stolen", "{row}");
+    assert!(row["revoked"]["at"].is_string(), "{row}");
+    // (A restarted agent: its kept connection, made before the revocation, is gone.)
+    agent_c.stop();
+    let agent_c = Agent::start_with(c, &["--no-api"]);
+    let refused = run(c, &["sync", agent_a.addr()]);
+    assert_ne!(refused.code, 0, "a revoked laptop cannot sync");
+    let s = status(a);
+    let seen = &s["agent"]["refused_recent"][0];
+    assert!(
+        seen["reason"].as_str().unwrap().contains("revoked"),
+        "{seen}"
+    );
+    assert!(seen["addr"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let people = run(a, &["peers", "--human"]).ok().stdout;
+    let c_line = people.lines().find(|l| l.starts_with("laptopC")).unwrap();
+    assert!(
+        c_line.contains("revoked") && c_line.contains("stolen"),
+        "{people}"
+    );
+    assert!(
+        people.contains("Refused connections")
+            && people.contains("a revoked laptop (laptopC has been revoked"),
+        "{people}"
+    );
+
+    // Not persisted: a restarted agent knows nobody is online until it hears from them.
+    agent_a.stop();
+    let mut agent_a = Agent::start_with(a, &["--no-api"]);
+    online_is(a, &[]);
+    agent_a.stop();
+
+    // A static peer is online once it answers, and offline once it stops answering.
+    let b_addr = agent_b.addr().to_string();
+    let agent_a = Agent::start_with(a, &["--no-api", "--peer", &b_addr]);
+    assert!(
+        wait_until(Duration::from_secs(30), || online_both_ways(a)
+            == (vec![id_b.clone()], vec![id_b.clone()])),
+        "the static peer answered the first round"
+    );
+    agent_b.stop();
+    let failed = run(a, &["sync", &b_addr]);
+    assert_ne!(failed.code, 0);
+    online_is(a, &[]);
+    drop((agent_a, agent_c));
+}
