@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod bar;
+pub mod conflicts_human;
 pub mod console;
 pub mod human;
 pub mod mesh;
