@@ -215,6 +215,12 @@ pub fn history_diff(e: &HistoryEntry) -> String {
         r.at.node,
         r.at
     );
+    if r.reconstructed {
+        out.push_str(&format!(
+            "  (approximate: {})\n",
+            crate::app::records::RECONSTRUCTED_NOTE
+        ));
+    }
     for c in &r.changes {
         if let Some(old) = &c.old {
             out.push_str(&format!("- {}: {old}\n", c.field));

@@ -756,7 +756,18 @@ impl Batch<'_> {
     ) -> Result<(), StoreError> {
         for revision in revisions {
             let hk = keys::history(suffix, &revision.at);
-            if self.txn.get(&hk)?.is_none() {
+            let fresh = match self.txn.get(&hk)? {
+                None => true,
+                // The same revision by two paths is stored once, but an exact copy (from a
+                // laptop that had it from its maker) replaces one an older version rebuilt.
+                Some(v) => {
+                    !revision.reconstructed
+                        && super::decode_compact::<HistoryEntry>(&v)?
+                            .revision
+                            .reconstructed
+                }
+            };
+            if fresh {
                 let e = HistoryEntry {
                     revision,
                     source,
@@ -844,6 +855,7 @@ fn only_revision(state: &RecordState, at: crate::clock::Hlc) -> Revision {
         kind: RevisionKind::Create,
         changes,
         cause: Cause::Edit,
+        reconstructed: false,
     }
 }
 
