@@ -369,10 +369,9 @@ impl App {
                 }
                 let why = match &c.resolved {
                     Some(r) => r.how.clone(),
-                    None => format!(
-                        "two records share the unique value {field} = {value}; both are kept \
-                         until one is renamed"
-                    ),
+                    None => {
+                        format!("both have {field} = {value} until one of them is renamed")
+                    }
                 };
                 (sides, "both".to_string(), why)
             }
