@@ -222,7 +222,7 @@ async function conflicts(notice) {
       let button = null;
       if (s.keep) {
         const label = s.side === "deleted" ? "Keep deleted" : s.side === "alive" ? "Keep alive"
-          : "Keep " + laptopName(s.laptop) + "'s value";
+          : "Keep " + laptopName(s.laptop) + "'s value of " + localTime(s.at);
         button = h("button", { type: "button", class: "keep-" + s.side, onclick: () => resolve(c.id, s.keep),
           "aria-label": label + " (" + laptopName(s.laptop) + ", " + localTime(s.at) + ") for conflict " + c.id }, label);
       }
