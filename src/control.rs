@@ -174,19 +174,19 @@ pub enum Op {
         /// Record id.
         id: String,
     },
-    /// The conflict log → `Vec<ConflictEntry>`.
+    /// The conflict log, told from this laptop → `Vec<ConflictView>`.
     Conflicts {
         /// Only this table.
         table: Option<String>,
         /// Resolved ones too.
         all: bool,
     },
-    /// Resolve a conflict → `ConflictEntry`.
+    /// Resolve a conflict → `ConflictView`.
     Resolve {
         /// Conflict id.
         id: u64,
-        /// `local`, `remote` or a JSON value (text).
-        keep: String,
+        /// What to keep, relative to this laptop.
+        how: crate::app::conflicts::ResolveRequest,
     },
     /// Tables with counts → `Vec<TableInfo>`.
     Tables,
@@ -282,8 +282,8 @@ fn blocking(app: &App, op: Op) -> Result<serde_json::Value, AppError> {
             json(GetReply { record, meta })
         }
         Op::History { table, id } => json(app.history(&table, &id)?),
-        Op::Conflicts { table, all } => json(app.conflicts(table.as_deref(), all)?),
-        Op::Resolve { id, keep } => json(app.resolve(id, app.parse_keep_for(id, &keep)?)?),
+        Op::Conflicts { table, all } => json(app.conflict_views(table.as_deref(), all)?),
+        Op::Resolve { id, how } => json(app.resolve_with(id, &how)?),
         Op::Tables => json(app.tables()?),
         Op::Status => app.status(),
         Op::Peers => json(app.peer_list()?),

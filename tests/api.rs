@@ -693,7 +693,7 @@ fn peer_changes_reach_the_feed_longpoll_and_sse_with_their_origin() {
     let resolved = api.send(
         "POST",
         &format!("/v1/conflicts/{cid}/resolve"),
-        &json!({"keep": {"value": "agreed"}}),
+        &json!({"keep_value": "agreed"}),
     );
     assert_eq!(resolved.status, 200, "{}", resolved.json());
     assert!(resolved.json()["resolved"].is_object());

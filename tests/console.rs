@@ -275,7 +275,8 @@ fn console_in_a_real_browser() {
             t.contains("found_alive") && t.contains("in_shelter")
         })
         .await;
-        assert!(t.contains("This value is in the record now"), "{t}");
+        assert!(t.contains("This is in the record now"), "{t}");
+        assert!(t.contains("newer edit wins"), "which side and why: {t}");
         assert!(t.contains("laptopA"), "sides named by laptop: {t}");
         shot(&client, &shots, "3-conflicts").await;
         // Keep this laptop's (B's) value by clicking.
@@ -292,6 +293,50 @@ fn console_in_a_real_browser() {
         sync(b, &a_addr);
         let on_a = get(a, "person", &id).expect("record on A");
         assert_eq!(on_a["fields"]["status"], "in_shelter", "{on_a}");
+
+        // A delete/edit conflict: B deletes a record A edits; A's edit keeps it alive until
+        // the coordinator clicks "Keep deleted" on B, which deletes it on A after a sync.
+        let z = Uuid::new_v4();
+        put(
+            b,
+            "person",
+            &z,
+            &json!({"name": "Zola Diallo", "status": "missing"}),
+        );
+        sync(b, &a_addr);
+        delete(b, "person", &z);
+        patch(a, "person", &z, &json!({"status": "seen_at_camp"}));
+        let s = sync(b, &a_addr);
+        assert_eq!(s.received.conflicts, 1, "{s:?}");
+        assert!(alive(b, "person", &z), "the unseen edit keeps it alive");
+        client
+            .goto(&format!("{base}/console/#overview"))
+            .await
+            .unwrap();
+        client
+            .goto(&format!("{base}/console/#conflicts"))
+            .await
+            .unwrap();
+        let t = wait_text(&client, "the delete/edit conflict", |t| {
+            t.contains("seen_at_camp") && t.contains("Keep deleted") && t.contains("Keep alive")
+        })
+        .await;
+        assert!(t.contains("Deleted on laptopB (this laptop)"), "{t}");
+        assert!(t.contains("Edited on laptopA"), "{t}");
+        shot(&client, &shots, "3b-delete-edit").await;
+        let button = client
+            .find(Locator::Css(".conflict-delete_edit button.keep-deleted"))
+            .await
+            .expect("keep deleted button");
+        assert_eq!(button.text().await.unwrap(), "Keep deleted");
+        button.click().await.unwrap();
+        wait_text(&client, "the delete kept", |t| {
+            t.contains("resolved: the change syncs")
+        })
+        .await;
+        assert!(!alive(b, "person", &z), "deleted on B");
+        sync(b, &a_addr);
+        assert!(!alive(a, "person", &z), "deleted on A after the sync");
 
         // Records: paged and searchable; a record page with its history.
         client

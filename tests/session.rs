@@ -480,6 +480,7 @@ fn golden_change() -> RemoteChange {
                 kind: RevisionKind::Create,
                 changes: vec![],
                 cause: Cause::Edit,
+                reconstructed: false,
             },
             Revision {
                 at: stamp(7 << 16, n1),
@@ -490,6 +491,7 @@ fn golden_change() -> RemoteChange {
                     new: Some(json!("Ana")),
                 }],
                 cause: Cause::Resolution,
+                reconstructed: false,
             },
         ],
     }

@@ -10,6 +10,8 @@
 //! - [`records`]: put, create, patch (top level or RFC 7396), delete, get (also "as of" a
 //!   revision), list with paging and filters, history, batches, tables.
 //! - [`admin`]: status, peers, the conflict log and resolving it.
+//! - [`conflicts`]: conflicts told from the reader's side (sides by laptop, which is in the
+//!   record and why) and [`conflicts::ResolveRequest`], how every door says what to keep.
 //! - [`peers`]: sync and verify with a peer named by id, name or address.
 //! - [`changes`]: the changes feed (every change after a feed position).
 //! - [`console`]: the console's overview (peers in words, what each has not received yet),
@@ -18,6 +20,7 @@
 
 pub mod admin;
 pub mod changes;
+pub mod conflicts;
 pub mod console;
 mod error;
 pub mod held;

@@ -553,9 +553,19 @@ pub fn history_json(e: &HistoryEntry) -> Value {
         Source::Peer(p) => format!("peer {p}"),
         Source::Merge(p) => format!("merge with peer {p}"),
     };
-    json!({
+    let mut v = json!({
         "at": r.at.to_string(), "time": r.at.time().to_rfc3339(), "instance": r.at.node,
         "kind": r.kind, "cause": r.cause, "source": source, "applied_at": e.applied_at.to_rfc3339(),
         "changes": r.changes,
-    })
+    });
+    if r.reconstructed {
+        v["reconstructed"] = json!(true);
+        v["note"] = json!(RECONSTRUCTED_NOTE);
+    }
+    v
 }
+
+/// What `history` says of a revision an older version rebuilt (see `Revision::reconstructed`).
+pub const RECONSTRUCTED_NOTE: &str = "reconstructed by a fieldsync older than protocol 2 from a \
+     merged state, not copied from the laptop that made it: its old values may be wrong and \
+     edits in between may be missing";

@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod bar;
 pub mod bundle;
+pub mod conflicts_human;
 pub mod console;
 pub mod human;
 pub mod mesh;

@@ -2,13 +2,14 @@
 //! apply, digest.
 
 use super::{at_line, open_input, print, read_json_arg, CliError, Door, ExportFormat, Io};
-use crate::app::admin::{conflict_json, parse_keep};
+use crate::app::admin::parse_keep;
+use crate::app::conflicts::{ConflictView, ResolveRequest};
 use crate::app::records::{history_json, TableInfo, WriteOutcome};
 use crate::app::App;
 use crate::control::{GetReply, Op};
 use crate::formats;
 use crate::model;
-use crate::store::{ConflictEntry, HistoryEntry};
+use crate::store::HistoryEntry;
 use crate::store::{LocalOp, OpResult};
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -39,10 +40,15 @@ pub enum ConflictAction {
     /// Sides are named from this laptop's point of view. For a field conflict: --keep mine |
     /// theirs, --keep-from NAME_OR_ID (the laptop that wrote the side to keep) or --keep-value
     /// JSON. For a delete-vs-edit conflict: --keep deleted | alive. For a name clash:
-    /// --keep-value JSON renames the conflict's record. --keep local | remote still work for a
-    /// conflict this laptop detected itself, and are refused (naming these flags) otherwise.
+    /// --keep-value JSON renames this laptop's record of the two (the one whose unique value
+    /// this laptop wrote; --record ID picks the other or settles a clash between two other
+    /// laptops' records); the clash then clears on every laptop as they sync. --keep local |
+    /// remote still work for a conflict this laptop detected itself, and are refused (naming
+    /// these flags) otherwise.
     ///
     /// Example: fieldsync conflicts resolve 3 --keep mine
+    ///
+    /// Example: fieldsync conflicts resolve 4 --keep-value '"K2"'
     Resolve {
         /// The conflict id (from `fieldsync conflicts`).
         id: u64,
@@ -53,9 +59,13 @@ pub enum ConflictAction {
         /// Keep the side written by this laptop (name or instance id).
         #[arg(long, value_name = "NAME_OR_ID", conflicts_with = "keep_value")]
         keep_from: Option<String>,
-        /// Write this JSON value instead (quote strings: '"text"').
+        /// Write this JSON value instead (quote strings: '"text"'); for a name clash, the new
+        /// unique value of the renamed record.
         #[arg(long, value_name = "JSON")]
         keep_value: Option<String>,
+        /// Name clash: the record --keep-value renames (default: this laptop's).
+        #[arg(long, value_name = "ID", requires = "keep_value")]
+        record: Option<String>,
     },
 }
 
@@ -260,6 +270,12 @@ pub fn history_diff(e: &HistoryEntry) -> String {
         r.at.node,
         r.at
     );
+    if r.reconstructed {
+        out.push_str(&format!(
+            "  (approximate: {})\n",
+            crate::app::records::RECONSTRUCTED_NOTE
+        ));
+    }
     for c in &r.changes {
         if let Some(old) = &c.old {
             out.push_str(&format!("- {}: {old}\n", c.field));
@@ -271,7 +287,8 @@ pub fn history_diff(e: &HistoryEntry) -> String {
     out
 }
 
-/// `conflicts` (list) and `conflicts resolve`.
+/// `conflicts` (list) and `conflicts resolve`: JSON lines of [`ConflictView`], or for people
+/// one block per conflict ([`super::conflicts_human`]).
 pub fn conflicts(door: &Door<'_>, args: ConflictsArgs, io: &mut Io<'_>) -> Result<(), CliError> {
     match args.action {
         Some(ConflictAction::Resolve {
@@ -279,34 +296,57 @@ pub fn conflicts(door: &Door<'_>, args: ConflictsArgs, io: &mut Io<'_>) -> Resul
             keep,
             keep_from,
             keep_value,
+            record,
         }) => {
-            let keep = match (keep, keep_from, keep_value) {
-                (Some(k), _, _) => k,
-                (None, Some(from), _) => format!("from:{from}"),
-                (None, None, Some(v)) => {
-                    parse_keep(&v)?;
-                    v
-                }
+            let mut how = ResolveRequest::default();
+            match (keep, keep_from, keep_value) {
+                (Some(k), _, _) if WORDS.contains(&k.as_str()) => how.keep = Some(k),
+                // Earlier versions took a JSON value in --keep.
+                (Some(k), _, _) => how.keep_value = Some(json_keep(&k)?),
+                (None, Some(from), _) => how.keep_from = Some(from),
+                (None, None, Some(v)) => how.keep_value = Some(json_keep(&v)?),
                 (None, None, None) => {
                     return Err(CliError::Invalid(
                         "say what to keep: --keep, --keep-from or --keep-value".into(),
                     ))
                 }
-            };
-            let entry: ConflictEntry = door.call(Op::Resolve { id, keep }, io)?;
-            print(io.out, &conflict_json(&entry))
+            }
+            if let Some(r) = record {
+                how.record = Some(model::parse_id(&r)?);
+            }
+            let view: ConflictView = door.call(Op::Resolve { id, how }, io)?;
+            if io.human {
+                let text = super::conflicts_human::resolved(&view, chrono::Utc::now());
+                return write!(io.out, "{text}").map_err(CliError::Output);
+            }
+            print(io.out, &json!(view))
         }
         None => {
             let op = Op::Conflicts {
                 table: args.table,
                 all: args.all,
             };
-            let list: Vec<ConflictEntry> = door.call(op, io)?;
+            let list: Vec<ConflictView> = door.call(op, io)?;
+            if io.human {
+                let text = super::conflicts_human::list(&list, args.all, chrono::Utc::now());
+                return write!(io.out, "{text}").map_err(CliError::Output);
+            }
             for c in &list {
-                print(io.out, &conflict_json(c))?;
+                print(io.out, &json!(c))?;
             }
             Ok(())
         }
+    }
+}
+
+/// The words `--keep` takes; anything else is read as a JSON value.
+const WORDS: &[&str] = &["mine", "theirs", "deleted", "alive", "local", "remote"];
+
+/// A JSON value given to `--keep-value` (or, as before, `--keep`).
+fn json_keep(v: &str) -> Result<serde_json::Value, CliError> {
+    match parse_keep(v)? {
+        crate::store::Keep::Value(v) => Ok(v),
+        _ => Ok(serde_json::Value::String(v.to_string())),
     }
 }
 

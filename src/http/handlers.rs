@@ -1,8 +1,8 @@
 //! The routes: decode, call [`crate::app`] on a blocking thread, encode. See docs/API.md.
 
 use super::{same_token, ApiError, ApiState, ErrorBody, BODY_LIMIT};
-use crate::app::admin::{conflict_json, parse_keep};
 use crate::app::changes::{Change, ChangesPage};
+use crate::app::conflicts::ResolveRequest;
 use crate::app::records::{
     etag, history_json, parse_json, BatchOp, BatchOutcome, ListPage, PatchMode, Precondition,
     RecordView, TableInfo, WriteOutcome,
@@ -553,23 +553,19 @@ async fn conflicts(State(st): St, q: Q) -> Result<Json<Vec<Value>>, ApiError> {
     let p = Params::new(q, &["table", "all"], false)?;
     let all = p.flag("all")?;
     let table = p.get("table").map(str::to_string);
-    let list = blocking(&st, move |a| a.conflicts(table.as_deref(), all)).await?;
-    Ok(Json(list.iter().map(conflict_json).collect()))
+    let list = blocking(&st, move |a| a.conflict_views(table.as_deref(), all)).await?;
+    Ok(Json(list.into_iter().map(|c| json!(c)).collect()))
 }
 
-/// How to resolve a conflict.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-struct ResolveRequest {
-    /// `"local"`, `"remote"`, or `{"value": V}` to write V instead.
-    #[schema(value_type = Object)]
-    keep: Value,
-}
-
-/// Settles a conflict by writing the kept value as a new revision (which syncs).
+/// Settles a conflict, relative to this laptop, by writing the kept value as a new revision
+/// (which syncs). Body: exactly one of `{"keep": "mine" | "theirs" | "deleted" | "alive"}`,
+/// `{"keep_from": "NAME_OR_ID"}`, `{"keep_value": V}` (with `"record": ID` to pick which
+/// record of a name clash is renamed) — the options of `fieldsync conflicts resolve`.
 #[utoipa::path(post, path = "/v1/conflicts/{id}/resolve", request_body = ResolveRequest,
     params(("id" = u64, Path, description = "Conflict id")),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, description = "The conflict as this laptop now tells it", body = Object),
+        (status = 400, description = "`INVALID_KEEP`, `INVALID_KEEP_FROM`, `INVALID_RECORD`, `UNKNOWN_FIELD`, `INVALID_BODY`, `BAD_RESOLUTION`: `field` names the body field at fault", body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 async fn resolve(
     State(st): St,
     Path(id): Path<String>,
@@ -582,22 +578,9 @@ async fn resolve(
             format!("conflict id {id:?} is not a number"),
         )
     })?;
-    let req: ResolveRequest = body_typed(body)?;
-    let keep = match req.keep {
-        Value::String(s) if s == "local" || s == "remote" => parse_keep(&s)?,
-        Value::Object(mut m) if m.len() == 1 && m.contains_key("value") => {
-            crate::store::Keep::Value(m.remove("value").unwrap_or(Value::Null))
-        }
-        _ => {
-            return Err(ApiError::bad(
-                "INVALID_KEEP",
-                "keep",
-                "keep must be \"local\", \"remote\" or {\"value\": V}",
-            ))
-        }
-    };
-    let c = blocking(&st, move |a| a.resolve(id, keep)).await?;
-    Ok(Json(conflict_json(&c)))
+    let req = ResolveRequest::from_json(body_typed::<Value>(body)?)?;
+    let c = blocking(&st, move |a| a.resolve_with(id, &req)).await?;
+    Ok(Json(json!(c)))
 }
 
 /// Every change after `since`, in feed order. `feed=longpoll` waits (up to `timeout_ms`) for

@@ -179,6 +179,8 @@ pub enum Keep {
     Deleted,
     /// Delete-vs-edit: the record alive, with the edit.
     Alive,
+    /// Name clash: give this record (one of the two) this value of the unique field.
+    Rename(uuid::Uuid, Value),
 }
 
 /// A resolution turned into what to write.
@@ -269,6 +271,13 @@ pub fn resolve(c: &Conflict, keep: &Keep) -> Result<Resolution, KeepMismatch> {
             done(Some(Edit::Delete), "kept the delete: record deleted")
         }
         (Conflict::DeleteEdit { .. }, Keep::Alive) => done(None, "kept the edit: record stays"),
+        (_, Keep::Rename(..)) => {
+            return Err(KeepMismatch(
+                "renaming a record is for name clashes; this conflict is about one record's \
+                 values"
+                    .into(),
+            ))
+        }
         (Conflict::DeleteEdit { .. }, Keep::Value(_) | Keep::From(_)) => {
             return Err(KeepMismatch(
                 "a delete-vs-edit conflict takes --keep deleted or --keep alive".into(),
@@ -277,11 +286,12 @@ pub fn resolve(c: &Conflict, keep: &Keep) -> Result<Resolution, KeepMismatch> {
     })
 }
 
-/// How resolving a name clash becomes an edit: a new value renames this record; keeping either
-/// side keeps both records as they are.
+/// How resolving a name clash becomes an edit: a new value renames a record (the store applies
+/// the patch to the record `Keep::Rename` names, or to the entry's record for `Keep::Value`);
+/// keeping either side keeps both records as they are.
 pub fn resolve_name_clash(field: &str, keep: &Keep) -> Resolution {
     match keep {
-        Keep::Value(v) => {
+        Keep::Value(v) | Keep::Rename(_, v) => {
             let mut patch = serde_json::Map::new();
             patch.insert(field.to_string(), v.clone());
             Resolution {

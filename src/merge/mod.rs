@@ -110,9 +110,20 @@ pub struct Revision {
     /// Fields whose value changed, with their values before and after on the maker.
     #[serde(rename = "changes")]
     pub changes: Vec<FieldChange>,
-    /// Why it was made. Last, with a default, so histories stored before it was added decode.
+    /// Why it was made. With a default, so histories stored before it was added decode.
     #[serde(rename = "cause", default)]
     pub cause: Cause,
+    /// True for a revision that a fieldsync older than protocol 2 rebuilt from a merged state
+    /// instead of receiving it from its maker: its grouping and old values may be invented or
+    /// incomplete. Set by the store-format migration 1 → 2 (`store/legacy.rs`) and kept as the
+    /// revision travels, so no laptop presents it as exact. Last, with a default, and left out
+    /// when false, so exact revisions encode exactly as before (wire and disk).
+    #[serde(rename = "reconstructed", default, skip_serializing_if = "is_false")]
+    pub reconstructed: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A conflict detected while merging; the store logs it with ids and times. Part of the wire
@@ -245,6 +256,7 @@ pub fn local_edit(
             kind,
             changes,
             cause: Cause::Edit,
+            reconstructed: false,
         },
         touched,
     }))

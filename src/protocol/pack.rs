@@ -475,6 +475,7 @@ mod tests {
                         new: Some(Value::String(format!("n{n}"))),
                     }],
                     cause: crate::merge::Cause::Edit,
+                    reconstructed: false,
                 }]
             } else {
                 vec![]

@@ -8,6 +8,7 @@
 mod held;
 mod incarnation;
 mod keys;
+mod legacy;
 pub mod recovery;
 mod replication;
 mod snapshot;
@@ -987,6 +988,9 @@ pub(super) fn creation_entry(
             kind: merge::RevisionKind::Create,
             changes,
             cause: merge::Cause::Edit,
+            // Rebuilt by undoing the later revisions: if one of those was reconstructed by an
+            // older version, so are these values.
+            reconstructed: later.iter().any(|e| e.revision.reconstructed),
         },
         source: c.source,
         applied_at: c.applied_at,

@@ -24,7 +24,12 @@ use super::{decode, encode, keys, StoreError};
 use std::path::{Path, PathBuf};
 
 /// The store format this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// | format | what changed                                                                  |
+/// |--------|-------------------------------------------------------------------------------|
+/// | 1      | the first (also every store without the `format` key)                         |
+/// | 2      | history entries rebuilt before protocol 2 are marked `reconstructed` (`legacy.rs`) |
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Where files taken out of `db/` go, inside the data directory.
 pub const MOVED_ASIDE_DIR: &str = "moved-aside";
@@ -37,8 +42,7 @@ pub const DAMAGED_DIR: &str = "damaged";
 pub(crate) type Migration = fn(&sled::Tree, &mut sled::Batch) -> Result<(), StoreError>;
 
 /// The migrations, each with the format it starts from (`(1, f)` migrates format 1 to 2).
-/// Empty: there is only one format so far.
-pub(crate) const MIGRATIONS: &[(u32, Migration)] = &[];
+pub(crate) const MIGRATIONS: &[(u32, Migration)] = &[(1, super::legacy::migrate_1_to_2)];
 
 /// A UTC time stamp usable in a file name, sortable as text.
 fn stamp() -> String {
@@ -165,7 +169,12 @@ pub(crate) fn check_format(
     tree: &sled::Tree,
     dir: &Path,
 ) -> Result<FormatCheck, StoreError> {
-    let found = stored_format(tree)?;
+    // A new, empty database is in the current format: nothing to migrate.
+    let found = if tree.is_empty() {
+        FORMAT_VERSION
+    } else {
+        stored_format(tree)?
+    };
     if found > FORMAT_VERSION {
         return Err(StoreError::NewerFormat {
             dir: dir.to_path_buf(),
@@ -363,8 +372,9 @@ mod tests {
             crate::formats::digest(&s, &["person".to_string()]).unwrap(),
             digest
         );
+        // Format 1, migrated on open to the current one.
         let v: u32 = decode(&s.tree.get(keys::meta("format")).unwrap().unwrap()).unwrap();
-        assert_eq!(v, 1);
+        assert_eq!(v, FORMAT_VERSION);
     }
 
     #[test]

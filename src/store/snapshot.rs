@@ -234,10 +234,18 @@ impl Store {
                     b"seq" => (k, encode(&seq)),
                     b"clock" => (k, encode(&clock)),
                     b"knowledge" | b"lineage" => continue,
+                    // What follows is migrated to the current format (history below).
+                    b"format" => (k, encode(&super::recovery::FORMAT_VERSION)),
                     // The newest own event of the backup's instance is ours only if we become it.
                     b"own_last" if !continues_backup => (k, encode(&0u64)),
                     _ => (k, v),
                 },
+                // A backup of an older store: mark the history it rebuilt (format 1 → 2).
+                Some(&keys::HISTORY) if super::legacy::rebuilt_by_an_older_version(&v)? => {
+                    let mut e: super::HistoryEntry = super::decode_compact(&v)?;
+                    e.revision.reconstructed = true;
+                    (k, super::encode_compact(&e))
+                }
                 Some(&keys::FEED) if shift > 0 => {
                     let at = k
                         .get(1..9)
@@ -282,6 +290,10 @@ impl Store {
             batch.insert(k, v);
         }
         batch.insert(keys::meta("lineage"), encode(&lineage));
+        batch.insert(
+            keys::meta("format"),
+            encode(&super::recovery::FORMAT_VERSION),
+        );
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
         let meta_u64 = |name: &str| -> Result<u64, StoreError> {

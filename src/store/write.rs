@@ -265,9 +265,21 @@ impl Store {
             )));
         }
         let (guard, mut b) = self.begin();
+        // A name clash is about two records: a rename names the one it patches.
+        let target = match (&entry.detail, &keep) {
+            (ConflictDetail::NameClash { other, .. }, Keep::Rename(r, _)) => {
+                if *r != entry.record && r != other {
+                    return Err(StoreError::BadResolution(format!(
+                        "record {r} is not one of the two records of name clash {id}"
+                    )));
+                }
+                *r
+            }
+            _ => entry.record,
+        };
         let op = |edit| LocalOp {
             table: entry.table.clone(),
-            id: entry.record,
+            id: target,
             edit,
         };
         let resolution = match &entry.detail {
@@ -276,7 +288,8 @@ impl Store {
             ConflictDetail::NameClash { field, .. } => conflicts::resolve_name_clash(field, &keep),
         };
         if let Some(edit) = resolution.edit {
-            b.local(&op(edit))?;
+            // The revision says it settled a conflict (`history` shows the cause everywhere).
+            b.local_with_cause(&op(edit), Cause::Resolution)?;
         }
         let how = resolution.how;
         entry.resolved = Some(Resolution { at: b.now, how });
@@ -444,6 +457,15 @@ impl Batch<'_> {
     }
 
     pub(super) fn local(&mut self, op: &LocalOp) -> Result<OpResult, StoreError> {
+        self.local_with_cause(op, Cause::Edit)
+    }
+
+    /// A local edit whose revision records `cause` (an edit, or a conflict resolution).
+    pub(super) fn local_with_cause(
+        &mut self,
+        op: &LocalOp,
+        cause: Cause,
+    ) -> Result<OpResult, StoreError> {
         validate_table(&op.table)?;
         if let Edit::Put(f) | Edit::Patch(f) = &op.edit {
             check_fields(f)?;
@@ -474,7 +496,10 @@ impl Batch<'_> {
             id: op.id,
             prev,
             state: out.state,
-            revisions: vec![out.revision],
+            revisions: vec![crate::merge::Revision {
+                cause,
+                ..out.revision
+            }],
             source: Source::Local,
             conflicts: vec![],
             reported: vec![],
@@ -731,7 +756,18 @@ impl Batch<'_> {
     ) -> Result<(), StoreError> {
         for revision in revisions {
             let hk = keys::history(suffix, &revision.at);
-            if self.txn.get(&hk)?.is_none() {
+            let fresh = match self.txn.get(&hk)? {
+                None => true,
+                // The same revision by two paths is stored once, but an exact copy (from a
+                // laptop that had it from its maker) replaces one an older version rebuilt.
+                Some(v) => {
+                    !revision.reconstructed
+                        && super::decode_compact::<HistoryEntry>(&v)?
+                            .revision
+                            .reconstructed
+                }
+            };
+            if fresh {
                 let e = HistoryEntry {
                     revision,
                     source,
@@ -819,6 +855,7 @@ fn only_revision(state: &RecordState, at: crate::clock::Hlc) -> Revision {
         kind: RevisionKind::Create,
         changes,
         cause: Cause::Edit,
+        reconstructed: false,
     }
 }
 

@@ -173,13 +173,36 @@ async function live() {
 }
 
 // ---- Conflicts --------------------------------------------------------------------------
+// Every entry comes told from this laptop's side (GET /v1/conflicts: `sides` by laptop, value
+// and time, `in_record`, `why`); each button posts the resolve body its side names (`keep`).
 
-async function resolve(id, keep) {
+async function resolve(id, body) {
   try {
-    await api("/v1/conflicts/" + id + "/resolve", { method: "POST", body: { keep } });
+    await api("/v1/conflicts/" + id + "/resolve", { method: "POST", body });
     showError("");
-    await conflicts("Conflict " + id + " resolved: the kept value syncs to the other laptops.");
+    await conflicts("Conflict " + id + " resolved: the change syncs to the other laptops.");
   } catch (e) { showError(e.message); }
+}
+
+// "laptopA (this laptop)" or "laptopA".
+function laptopName(l) {
+  const n = l.name || l.id;
+  return l.this_laptop ? n + " (this laptop)" : n;
+}
+
+// A form that posts {keep_value: V} (JSON, or plain text taken as a string).
+function valueForm(c, label, button, initial, record) {
+  const input = h("input", { id: "value-" + c.id, type: "text", value: initial });
+  return h("form", { class: "inline", onsubmit: (e) => {
+    e.preventDefault();
+    let v;
+    try { v = JSON.parse(input.value); } catch (_) { v = input.value; }
+    const body = { keep_value: v };
+    if (record) body.record = record;
+    resolve(c.id, body);
+  } },
+  h("label", { for: "value-" + c.id }, label), input,
+  h("button", { type: "submit", class: "secondary" }, button));
 }
 
 async function conflicts(notice) {
@@ -187,46 +210,45 @@ async function conflicts(notice) {
   const list = await api("/v1/conflicts");
   const cards = [];
   for (const c of list) {
-    let current = null;
-    try {
-      current = (await api("/v1/tables/" + c.table + "/records/" + c.record + "?include_deleted=true")).fields;
-    } catch (_) { current = null; }
-    const head = h("h2", {}, "Conflict " + c.id + ": " + c.table + " record " + c.record + (c.field ? ", field “" + c.field + "”" : ""));
-    const why = h("p", {}, "Detected " + localTime(c.detected_at) + ". " + (c.reason || ""));
+    const title = c.type === "field" ? "field “" + c.field + "” edited on two laptops"
+      : c.type === "delete_edit" ? "deleted on one laptop, edited on another"
+      : "two records share " + c.field + " = " + show(c.value);
+    const head = h("h2", {}, "Conflict " + c.id + ": " + c.table + " record " + c.record + ", " + title);
+    const holder = c.sides.find((s) => s.side === c.in_record);
+    const why = h("p", { class: "why" }, "Detected " + localTime(c.detected_at) + " by " + laptopName(c.detected_by_laptop) + ". ",
+      c.in_record === "both" ? "Both records are kept: " + c.why + "."
+        : "In the record now: " + (holder ? holder.side + " (" + laptopName(holder.laptop) + ")" : c.in_record) + " — " + c.why + ".");
+    const sides = c.sides.map((s) => {
+      const what = s.side === "deleted" ? "the record deleted" : s.side === "alive" ? "the record alive with the edit" : "this value";
+      let button = null;
+      if (s.keep) {
+        const label = s.side === "deleted" ? "Keep deleted" : s.side === "alive" ? "Keep alive"
+          : "Keep " + laptopName(s.laptop) + "'s value of " + localTime(s.at);
+        button = h("button", { type: "button", class: "keep-" + s.side, onclick: () => resolve(c.id, s.keep),
+          "aria-label": label + " (" + laptopName(s.laptop) + ", " + localTime(s.at) + ") for conflict " + c.id }, label);
+      }
+      return h("div", { class: "side side-" + s.side + (s.in_record && c.type !== "name_clash" ? " now" : "") },
+        h("h3", {}, s.side === "deleted" ? "Deleted on " + laptopName(s.laptop)
+          : s.side === "alive" ? "Edited on " + laptopName(s.laptop)
+          : (c.type === "name_clash" ? "Record " + s.record + ", written by " : "Written by ") + laptopName(s.laptop)),
+        h("p", { class: "muted" }, (s.side === "deleted" ? "deleted " : "written ") + localTime(s.at)),
+        h("p", { class: "value" }, s.side === "deleted" ? "(deleted)" : show(s.value)),
+        s.in_record && c.type !== "name_clash" ? h("p", { class: "ok" }, "This is in the record now (" + what + ")") : null,
+        button);
+    });
+    let extra = null;
     if (c.type === "field") {
-      const now = current ? current[c.field] : undefined;
-      const side = (label, s, keep) => {
-        const isNow = JSON.stringify(now) === JSON.stringify(s.value);
-        return h("div", { class: "side" + (isNow ? " now" : "") },
-          h("h3", {}, nameOf(s.instance)),
-          h("p", { class: "muted" }, "written " + stampTime(s.at)),
-          h("p", { class: "value" }, show(s.value)),
-          isNow ? h("p", { class: "ok" }, "This value is in the record now" + (c.chosen === label ? " (the later write wins)" : "")) : null,
-          h("button", { type: "button", onclick: () => resolve(c.id, keep), "aria-label": "Keep " + nameOf(s.instance) + "'s value for conflict " + c.id },
-            s.instance === me.instance ? "Keep " + (me.name || "this laptop") + "'s value (this laptop)" : "Keep " + nameOf(s.instance) + "'s value"));
-      };
-      const input = h("input", { id: "value-" + c.id, type: "text", value: JSON.stringify(now === undefined ? null : now) });
-      cards.push(h("div", { class: "card conflict", "data-conflict": String(c.id) }, head, why,
-        h("div", { class: "sides" }, side("local", c.local, "local"), side("remote", c.remote, "remote")),
-        h("form", { class: "inline", onsubmit: (e) => {
-          e.preventDefault();
-          let v;
-          try { v = JSON.parse(input.value); } catch (_) { v = input.value; }
-          resolve(c.id, { value: v });
-        } },
-        h("label", { for: "value-" + c.id }, "Or keep another value (JSON, or plain text):"), input,
-        h("button", { type: "submit", class: "secondary" }, "Keep this value"))));
-    } else {
-      cards.push(h("div", { class: "card conflict", "data-conflict": String(c.id) }, head, why,
-        c.type === "delete_edit" ? h("p", {}, "Deleted on " + nameOf(c.deleted_by) + " at " + stampTime(c.deleted_at) +
-          "; an edit the deleter had not seen keeps the record alive.") : null,
-        c.type === "name_clash" ? h("p", {}, "Another record (" + c.other_record + ") has the same " + c.field + ": " + show(c.value)) : null,
-        h("p", {}, "The record now: ", h("span", { class: "value" }, current ? show(current) : "deleted")),
-        h("div", { class: "inline" },
-          h("button", { type: "button", onclick: () => resolve(c.id, "local") }, "Keep this laptop's side"),
-          " ",
-          h("button", { type: "button", class: "secondary", onclick: () => resolve(c.id, "remote") }, "Keep the other side"))));
+      const now = c.sides.find((s) => s.in_record);
+      extra = valueForm(c, "Or keep another value (JSON, or plain text):", "Keep this value",
+        JSON.stringify(now ? now.value : null), null);
+    } else if (c.type === "name_clash") {
+      const mine = c.sides.find((s) => s.laptop.this_laptop);
+      extra = mine
+        ? valueForm(c, "Rename this laptop's record (" + mine.record + ") to:", "Rename", JSON.stringify(c.value), mine.record)
+        : h("p", { class: "muted" }, "Neither record was written on this laptop: rename one with `fieldsync conflicts resolve " + c.id + " --keep-value V --record ID`.");
     }
+    cards.push(h("div", { class: "card conflict conflict-" + c.type, "data-conflict": String(c.id) }, head, why,
+      h("div", { class: "sides" }, sides), extra));
   }
   render(
     h("h1", {}, "Conflicts"),
