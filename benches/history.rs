@@ -11,106 +11,14 @@
 //! (content digests equal, and a three-patch record's history on B lists all three revisions
 //! with their exact values) before a number is reported.
 
-use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fieldsync");
+use common::{digest, fs_ok, json as json_line, mesh, sync, Agent, BIN};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
 const START: &str = "<!-- benches/history.rs: start -->";
 const END: &str = "<!-- benches/history.rs: end -->";
-
-fn fs(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run fieldsync");
-    assert!(
-        out.status.success(),
-        "fieldsync {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json_line(s: &str) -> Value {
-    serde_json::from_str(s.lines().next().unwrap_or("null")).expect("json output")
-}
-
-/// An agent of the data dir, killed by PID when dropped.
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    addr: String,
-}
-
-impl Agent {
-    fn start(dir: &Path) -> Agent {
-        let mut child = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["run", "--listen", "127.0.0.1:0", "--no-discovery"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start agent");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
-            .expect("listening line");
-        let addr = json_line(&line)["listen"]
-            .as_str()
-            .expect("listen")
-            .to_string();
-        Agent {
-            child,
-            dir: dir.to_path_buf(),
-            addr,
-        }
-    }
-
-    /// Bytes through this agent's server sockets so far (both directions).
-    fn wire_bytes(&self) -> u64 {
-        let a = &json_line(&fs(&self.dir, &["status"]))["agent"];
-        a["bytes_received"].as_u64().unwrap_or(0) + a["bytes_sent"].as_u64().unwrap_or(0)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `sync` from `from`'s agent to `to`: (session ms as reported, bytes at `to`'s sockets).
-fn sync(from: &Agent, to: &Agent) -> (f64, u64) {
-    let before = to.wire_bytes();
-    let out = fs(&from.dir, &["sync", &to.addr]);
-    let ms: f64 = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .map(|l| l["ms"].as_f64().unwrap_or(0.0))
-        .sum();
-    (ms, to.wire_bytes() - before)
-}
-
-fn digest(dir: &Path) -> String {
-    let d = json_line(&fs(dir, &["digest", "person"]));
-    format!("{} {}", d["count"], d["sha256"])
-}
 
 /// Patches of `ids` (one op a line for `apply`): `rounds` patches each, round r writing
 /// `notes` = "round r of ID" and, in the last round, `status` too.
@@ -142,16 +50,7 @@ fn main() {
         .unwrap_or(100_000);
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path();
-    let (a_dir, b_dir) = (root.join("a"), root.join("b"));
-    fs(&a_dir, &["init", "--name", "bench-a"]);
-    fs(&a_dir, &["mesh", "create", "--name", "bench"]);
-    let cred = root.join("b.fsmesh");
-    let cred = cred.to_str().unwrap();
-    fs(
-        &a_dir,
-        &["mesh", "enroll", "--out", cred, "--name", "bench-b"],
-    );
-    fs(&b_dir, &["init", "--mesh", cred]);
+    let (a_dir, b_dir) = mesh(root);
 
     let recs = root.join("records.jsonl");
     let out = Command::new(BIN)
@@ -171,11 +70,11 @@ fn main() {
         .lines()
         .map(|l| json_line(l)["id"].as_str().unwrap().to_string())
         .collect();
-    fs(&a_dir, &["import", "person", recs.to_str().unwrap()]);
+    fs_ok(&a_dir, &["import", "person", recs.to_str().unwrap()]);
 
     let a = Agent::start(&a_dir);
     let b = Agent::start(&b_dir);
-    let (initial_ms, initial_bytes) = sync(&a, &b);
+    let (initial_ms, initial_bytes, _) = sync(&a, &b);
     assert_eq!(
         digest(&a_dir),
         digest(&b_dir),
@@ -188,24 +87,24 @@ fn main() {
     let apply = |name: &str, text: String| {
         let f = root.join(name);
         std::fs::write(&f, text).unwrap();
-        fs(&a_dir, &["apply", f.to_str().unwrap()]);
+        fs_ok(&a_dir, &["apply", f.to_str().unwrap()]);
     };
     apply("one.jsonl", patches(one, 1));
-    let (one_ms, one_bytes) = sync(&a, &b);
+    let (one_ms, one_bytes, _) = sync(&a, &b);
     assert_eq!(
         digest(&a_dir),
         digest(&b_dir),
         "content differs after one patch"
     );
     apply("three.jsonl", patches(three, 3));
-    let (three_ms, three_bytes) = sync(&a, &b);
+    let (three_ms, three_bytes, _) = sync(&a, &b);
     assert_eq!(
         digest(&a_dir),
         digest(&b_dir),
         "content differs after three patches"
     );
     // Every revision arrived, with its exact values.
-    let h: Vec<Value> = fs(&b_dir, &["history", "person", &three[0]])
+    let h: Vec<Value> = fs_ok(&b_dir, &["history", "person", &three[0]])
         .lines()
         .map(json_line)
         .collect();
@@ -248,7 +147,7 @@ fn main() {
          checked (content digests, and all three revisions of a patched record on B) first.\n\n\
          | measurement | result | target |\n|---|---|---|\n{rows}{END}\n",
         chrono::Utc::now().format("%Y-%m-%d"),
-        fs(&a_dir, &["--version"]).trim(),
+        fs_ok(&a_dir, &["--version"]).trim(),
         if cfg!(debug_assertions) {
             "debug (NOT representative: use `cargo bench`)"
         } else {
