@@ -6,17 +6,21 @@ use crate::model::FieldState;
 use crate::store::{side_name, ConflictDetail, ConflictEntry, Keep, PeerRow};
 use serde_json::{json, Value};
 
-/// How `keep` of a conflict resolution is given: `local`, `remote`, or a JSON value.
+/// How `keep` of a conflict resolution is given: `local`, `remote` (the detecting laptop's
+/// words, kept for scripts), or a JSON value; the error names the reader's words.
 pub fn parse_keep(keep: &str) -> Result<Keep, AppError> {
     Ok(match keep {
         "local" => Keep::Local,
         "remote" => Keep::Remote,
-        other => Keep::Value(serde_json::from_str(other).map_err(|e| {
+        // The parser's own words ("expected value at line 1 column 1") tell a person nothing:
+        // say what is accepted instead.
+        other => Keep::Value(serde_json::from_str(other).map_err(|_| {
             AppError::invalid(
                 "INVALID_KEEP",
                 "keep",
                 format!(
-                    "--keep must be local, remote or a JSON value ({e}); quote strings: '\"text\"'"
+                    "`{other}` is not a side: --keep takes mine, theirs, deleted or alive; to keep \
+                     a value use --keep-value JSON (quote strings: '\"text\"')"
                 ),
             )
         })?),
