@@ -29,6 +29,7 @@
 //! Readers of this process may see a roll-forward in progress (some rows applied, others not)
 //! for as long as it runs; a crash never leaves it that way, because the next open finishes it.
 
+use super::write::FreshTable;
 use super::{decode, encode, keys, Store, StoreError};
 use crate::model::Fields;
 use serde::{Deserialize, Serialize};
@@ -137,7 +138,7 @@ impl Store {
     /// memory). A failing row fails the batch with [`StoreError::Op`] and writes nothing.
     pub fn import_rows(&self, table: &str, rows: &[ImportRow]) -> Result<ImportCounts, StoreError> {
         let mut counts = ImportCounts::default();
-        for o in self.write_import(table, rows, true, |_| Ok(()))? {
+        for o in self.write_import(table, rows, true, None, |_| Ok(()))? {
             counts.add(o);
         }
         Ok(counts)
@@ -303,6 +304,7 @@ fn roll_forward(
 ) -> Result<ImportCounts, StoreError> {
     let prefix = staged_prefix(import);
     let mut counts = ImportCounts::default();
+    let mut fresh = FreshTable::Unknown;
     loop {
         let mut staged_keys = Vec::new();
         let mut rows = Vec::new();
@@ -318,7 +320,14 @@ fn roll_forward(
         if staged_keys.is_empty() {
             break;
         }
-        apply_chunk(store, &marker.table, rows, staged_keys, &mut counts)?;
+        apply_chunk(
+            store,
+            &marker.table,
+            rows,
+            staged_keys,
+            &mut counts,
+            &mut fresh,
+        )?;
     }
     store.tree.remove(marker_key(import))?;
     store.db.flush()?;
@@ -353,6 +362,7 @@ fn apply_chunk(
     mut rows: Vec<ImportRow>,
     staged_keys: Vec<Vec<u8>>,
     counts: &mut ImportCounts,
+    fresh: &mut FreshTable,
 ) -> Result<(), StoreError> {
     loop {
         let remove = |txn: &mut super::Txn<'_>| {
@@ -361,7 +371,7 @@ fn apply_chunk(
             }
             Ok(())
         };
-        match store.write_import(table, &rows, false, remove) {
+        match store.write_import(table, &rows, false, Some(&mut *fresh), remove) {
             Ok(outcomes) => {
                 for o in outcomes {
                     counts.add(o);
