@@ -29,7 +29,6 @@
 //! Readers of this process may see a roll-forward in progress (some rows applied, others not)
 //! for as long as it runs; a crash never leaves it that way, because the next open finishes it.
 
-use super::write::FreshTable;
 use super::{decode, encode, keys, Store, StoreError};
 use crate::model::Fields;
 use serde::{Deserialize, Serialize};
@@ -138,7 +137,7 @@ impl Store {
     /// memory). A failing row fails the batch with [`StoreError::Op`] and writes nothing.
     pub fn import_rows(&self, table: &str, rows: &[ImportRow]) -> Result<ImportCounts, StoreError> {
         let mut counts = ImportCounts::default();
-        for o in self.write_import(table, rows, true, None, |_| Ok(()))? {
+        for o in self.write_import(table, rows, true, |_| Ok(()))? {
             counts.add(o);
         }
         Ok(counts)
@@ -304,7 +303,6 @@ fn roll_forward(
 ) -> Result<ImportCounts, StoreError> {
     let prefix = staged_prefix(import);
     let mut counts = ImportCounts::default();
-    let mut fresh = FreshTable::Unknown;
     loop {
         let mut staged_keys = Vec::new();
         let mut rows = Vec::new();
@@ -320,14 +318,7 @@ fn roll_forward(
         if staged_keys.is_empty() {
             break;
         }
-        apply_chunk(
-            store,
-            &marker.table,
-            rows,
-            staged_keys,
-            &mut counts,
-            &mut fresh,
-        )?;
+        apply_chunk(store, &marker.table, rows, staged_keys, &mut counts)?;
     }
     store.tree.remove(marker_key(import))?;
     store.db.flush()?;
@@ -362,7 +353,6 @@ fn apply_chunk(
     mut rows: Vec<ImportRow>,
     staged_keys: Vec<Vec<u8>>,
     counts: &mut ImportCounts,
-    fresh: &mut FreshTable,
 ) -> Result<(), StoreError> {
     loop {
         let remove = |txn: &mut super::Txn<'_>| {
@@ -371,7 +361,7 @@ fn apply_chunk(
             }
             Ok(())
         };
-        match store.write_import(table, &rows, false, Some(&mut *fresh), remove) {
+        match store.write_import(table, &rows, false, remove) {
             Ok(outcomes) => {
                 for o in outcomes {
                     counts.add(o);

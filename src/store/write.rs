@@ -302,92 +302,34 @@ impl Store {
         table: &str,
         rows: &[ImportRow],
         durable: bool,
-        fresh: Option<&mut FreshTable>,
         extra: F,
     ) -> Result<Vec<RowOutcome>, StoreError>
     where
         F: FnOnce(&mut Txn<'_>) -> Result<(), StoreError>,
     {
         let (guard, mut b) = self.begin();
-        let new_only = match &fresh {
-            Some(f) => f.holds(self, table, b.w.seq)?,
-            None => false,
-        };
         let mut out = Vec::with_capacity(rows.len());
         for (index, row) in rows.iter().enumerate() {
-            let r = b
-                .import_row(table, row, new_only)
-                .map_err(|e| StoreError::Op {
-                    index,
-                    source: Box::new(e),
-                })?;
+            let r = b.import_row(table, row).map_err(|e| StoreError::Op {
+                index,
+                source: Box::new(e),
+            })?;
             out.push(r);
         }
         extra(&mut b.txn)?;
         let changed = out
             .iter()
             .any(|r| matches!(r, RowOutcome::Inserted | RowOutcome::Updated));
-        let end = b.w.seq;
         if changed || !b.txn.is_empty() {
             self.finish_with(guard, b, durable && changed)?;
-        }
-        match fresh {
-            Some(f) if new_only => *f = FreshTable::Empty { seq: end },
-            Some(f) => *f = FreshTable::No,
-            None => {}
         }
         Ok(out)
     }
 }
 
-/// Whether a staged import's table holds nothing but the import's own rows, carried from one
-/// roll-forward batch to the next. While it does, every row is a new record (the import's ids
-/// are distinct), so a batch skips the record lookup per row — on a table not yet in sled's
-/// cache, a page read each, the largest cost of a big import into a new table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FreshTable {
-    /// Not looked at yet.
-    Unknown,
-    /// Held no record when the roll-forward began, and the feed head was `seq` after the
-    /// import's latest batch: if it still is, nobody else wrote a record since.
-    Empty {
-        /// The feed head after the import's latest batch.
-        seq: u64,
-    },
-    /// Another record may exist: look every row up.
-    No,
-}
-
-impl FreshTable {
-    /// Decided under the writer lock (`head` = the writer's feed head): records only ever
-    /// appear through a write that moves the feed head, and are never removed.
-    fn holds(&self, store: &Store, table: &str, head: u64) -> Result<bool, StoreError> {
-        Ok(match self {
-            FreshTable::Unknown => store
-                .tree
-                .scan_prefix(keys::table_records(table))
-                .next()
-                .transpose()?
-                .is_none(),
-            FreshTable::Empty { seq } => *seq == head,
-            FreshTable::No => false,
-        })
-    }
-}
-
 impl Batch<'_> {
-    /// One import row; `new_only`: the caller knows no record with this id exists.
-    fn import_row(
-        &mut self,
-        table: &str,
-        row: &ImportRow,
-        new_only: bool,
-    ) -> Result<RowOutcome, StoreError> {
-        let prev = if new_only {
-            None
-        } else {
-            self.load(&keys::record_suffix(table, &row.id))?
-        };
+    fn import_row(&mut self, table: &str, row: &ImportRow) -> Result<RowOutcome, StoreError> {
+        let prev = self.load(&keys::record_suffix(table, &row.id))?;
         let edit = match prev.as_ref().map(|p| p.state.is_alive()) {
             None => Edit::Put(row.fields.clone()),
             Some(false) => return Ok(RowOutcome::DeletedKept),
