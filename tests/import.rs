@@ -298,6 +298,21 @@ fn bad_input_names_the_line_and_column_and_imports_nothing() {
             vec!["line 2", "malformed JSON"],
         ),
     ];
+    // An .ods is read whole: one too large for that is refused before it is read (a sparse
+    // file: nothing of it is parsed).
+    let huge = a.file("huge.ods", "");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&huge)
+        .unwrap()
+        .set_len(17 << 20)
+        .unwrap();
+    let mut cases = cases;
+    cases.push((
+        huge,
+        vec!["--key", "case"],
+        vec!["17 MB", "up to 16 MB", ".xlsx"],
+    ));
     for (file, opts, words) in &cases {
         let mut args = vec!["import", "person", path_str(file)];
         args.extend(opts);

@@ -231,8 +231,9 @@ pub enum Command {
     ///
     /// Formats by extension, in any case: .csv/.tsv (delimiter , ; or tab detected from the
     /// header; UTF-8 with or without BOM; CRLF; quoted newlines), .xlsx/.xlsm/.xls/.ods (first
-    /// sheet or --sheet), anything else (and `-`, stdin) JSONL: {"table","id","fields"} lines
-    /// or plain field objects.
+    /// sheet or --sheet; .xlsx/.xlsm are read row by row, .ods/.xls are read whole and
+    /// refused above 16 MB: save those as .xlsx or .csv), anything else (and `-`, stdin)
+    /// JSONL: {"table","id","fields"} lines or plain field objects.
     ///
     /// Types: a CSV cell that is a JSON number (whose value survives exactly), true/false, or a
     /// JSON array/object keeps that type; a JSON-quoted cell ("34") is that text; everything

@@ -7,8 +7,12 @@
 //! spreadsheet error (`#DIV/0!`) is refused naming its row and column. `--text` columns turn
 //! numbers into their text (`1234`).
 //!
-//! Unlike CSV and JSONL this reads the whole sheet into memory (calamine has no streaming
-//! reader for all formats); a sheet is at most about a million rows.
+//! `.xlsx`/`.xlsm` sheets are streamed: a reader thread walks the sheet's cells with calamine's
+//! cell reader and hands rows over a bounded channel, so memory holds the workbook's shared
+//! strings and a few hundred rows, not the sheet. calamine has no such reader for `.ods`,
+//! `.xls` and `.xlsb`: those are read whole into memory, and a file larger than
+//! [`WHOLE_SHEET_MAX_BYTES`] is refused (save it as `.xlsx` or `.csv`) rather than running the
+//! laptop out of memory.
 
 use super::cells::as_text;
 use super::{Header, ImportError, Opened, Row};
@@ -32,6 +36,36 @@ pub(crate) fn column_letters(mut n: u32) -> String {
     String::from_utf8(s).unwrap_or_default()
 }
 
+/// Largest `.ods`, `.xls` or `.xlsb` file imported: these are read whole, and their cells take
+/// many times the (compressed) file's size in memory. `.xlsx` is streamed and has no limit.
+pub(crate) const WHOLE_SHEET_MAX_BYTES: u64 = 16 << 20;
+
+/// Rows read ahead of the import by the `.xlsx` reader thread.
+const READ_AHEAD_ROWS: usize = 256;
+
+/// The sheet to read: `--sheet`, or the first.
+fn pick_sheet(
+    names: &[String],
+    sheet: Option<&str>,
+    bad: impl Fn(String) -> ImportError,
+) -> Result<String, ImportError> {
+    match sheet {
+        Some(s) if names.iter().any(|n| n == s) => Ok(s.to_string()),
+        Some(s) => Err(bad(format!(
+            "has no sheet {s:?}; its sheets are {}",
+            names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        None => names
+            .first()
+            .cloned()
+            .ok_or_else(|| bad("has no sheets".into())),
+    }
+}
+
 /// Opens a spreadsheet and reads one sheet.
 pub(crate) fn open(
     path: &Path,
@@ -42,26 +76,32 @@ pub(crate) fn open(
         path: path.to_path_buf(),
         message,
     };
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    if ext == "xlsx" || ext == "xlsm" {
+        return open_streamed(path, sheet, text);
+    }
+    let size = std::fs::metadata(path)
+        .map_err(|source| ImportError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if size > WHOLE_SHEET_MAX_BYTES {
+        return Err(bad(format!(
+            "is {} MB; .{ext} spreadsheets are read whole into memory, so fieldsync imports \
+             them up to {} MB: save the sheet as .xlsx (read row by row, any size) or .csv \
+             and import that",
+            size.div_ceil(1 << 20),
+            WHOLE_SHEET_MAX_BYTES >> 20
+        )));
+    }
     let mut wb = calamine::open_workbook_auto(path)
         .map_err(|e| bad(format!("cannot read the spreadsheet: {e}")))?;
-    let names = wb.sheet_names();
-    let name = match sheet {
-        Some(s) if names.iter().any(|n| n == s) => s.to_string(),
-        Some(s) => {
-            return Err(bad(format!(
-                "has no sheet {s:?}; its sheets are {}",
-                names
-                    .iter()
-                    .map(|n| format!("{n:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )))
-        }
-        None => names
-            .first()
-            .cloned()
-            .ok_or_else(|| bad("has no sheets".into()))?,
-    };
+    let name = pick_sheet(&wb.sheet_names(), sheet, bad)?;
     let range = wb
         .worksheet_range(&name)
         .map_err(|e| bad(format!("cannot read sheet {name:?}: {e}")))?;
@@ -105,6 +145,167 @@ pub(crate) fn open(
         header: Some(header),
         rows: Box::new(rows),
     })
+}
+
+/// One sheet row as read: its 0-based sheet row and its non-empty cells by 0-based column.
+type CellRow = (u32, Vec<(u32, Data)>);
+
+/// Opens an `.xlsx`/`.xlsm` sheet read row by row on a thread (see the module doc). The header
+/// is the first row holding a cell; its columns are the fields.
+fn open_streamed(
+    path: &Path,
+    sheet: Option<&str>,
+    text: &HashSet<String>,
+) -> Result<Opened, ImportError> {
+    let p = path.to_path_buf();
+    let bad = move |message: String| ImportError::Sheet {
+        path: p.clone(),
+        message,
+    };
+    let mut wb: calamine::Xlsx<_> = calamine::open_workbook(path)
+        .map_err(|e| bad(format!("cannot read the spreadsheet: {e}")))?;
+    let name = pick_sheet(&wb.sheet_names(), sheet, &bad)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<CellRow, String>>(READ_AHEAD_ROWS);
+    std::thread::spawn(move || {
+        let mut cells = match wb.worksheet_cells_reader(&name) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(format!("cannot read sheet {name:?}: {e}")));
+                return;
+            }
+        };
+        let mut cur: Option<CellRow> = None;
+        loop {
+            match cells.next_cell() {
+                Ok(Some(cell)) => {
+                    let (r, c) = cell.get_position();
+                    let v = Data::from(cell.get_value().clone());
+                    if matches!(v, Data::Empty) {
+                        continue;
+                    }
+                    match &mut cur {
+                        Some((row, cs)) if *row == r => cs.push((c, v)),
+                        _ => {
+                            // The receiver is gone when the import stopped early: stop too.
+                            if let Some(done) = cur.take() {
+                                if tx.send(Ok(done)).is_err() {
+                                    return;
+                                }
+                            }
+                            cur = Some((r, vec![(c, v)]));
+                        }
+                    }
+                }
+                Ok(None) => {
+                    if let Some(done) = cur.take() {
+                        let _ = tx.send(Ok(done));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(format!("cannot read sheet {name:?}: {e}")));
+                    return;
+                }
+            }
+        }
+    });
+    let first = match rx.recv() {
+        Err(_) => None,
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(m)) => return Err(bad(m)),
+    };
+    let (mut names, mut labels) = (Vec::new(), Vec::new());
+    let mut col0 = 0;
+    if let Some((r, cells)) = &first {
+        let lo = cells.iter().map(|c| c.0).min().unwrap_or(0);
+        let hi = cells.iter().map(|c| c.0).max().unwrap_or(0);
+        for col in lo..=hi {
+            let letters = column_letters(col);
+            let n = match cells.iter().find(|c| c.0 == col).map(|c| &c.1) {
+                None | Some(Data::Empty) => String::new(),
+                Some(Data::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            };
+            if !n.is_empty() {
+                if let Some(k) = names.iter().position(|x| *x == n) {
+                    return Err(ImportError::Line {
+                        unit: "row",
+                        line: u64::from(*r) + 1,
+                        message: format!(
+                            "columns {} and {letters} are both named {n:?}: rename one",
+                            column_letters(lo + k as u32)
+                        ),
+                    });
+                }
+            }
+            labels.push(format!("column {letters} ({n})"));
+            names.push(n);
+        }
+        col0 = lo;
+    }
+    let header = Header { names, labels };
+    let rows = StreamedRows {
+        text: header.names.iter().map(|n| text.contains(n)).collect(),
+        header: header.clone(),
+        rx: first.is_some().then_some(rx),
+        col0,
+        path: path.to_path_buf(),
+    };
+    Ok(Opened {
+        unit: "row",
+        header: Some(header),
+        rows: Box::new(rows),
+    })
+}
+
+/// The data rows of a streamed sheet, as the reader thread sends them.
+struct StreamedRows {
+    rx: Option<std::sync::mpsc::Receiver<Result<CellRow, String>>>,
+    header: Header,
+    text: Vec<bool>,
+    /// The header's first column: field `j` is sheet column `col0 + j`.
+    col0: u32,
+    path: std::path::PathBuf,
+}
+
+impl Iterator for StreamedRows {
+    type Item = Result<Row, ImportError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (r, cells) = match self.rx.as_ref()?.recv() {
+            Err(_) => return None,
+            Ok(Err(message)) => {
+                self.rx = None;
+                return Some(Err(ImportError::Sheet {
+                    path: self.path.clone(),
+                    message,
+                }));
+            }
+            Ok(Ok(row)) => row,
+        };
+        let line = u64::from(r) + 1;
+        let mut row_cells = vec![Data::Empty; self.header.names.len()];
+        for (c, v) in cells {
+            match c
+                .checked_sub(self.col0)
+                .map(|j| j as usize)
+                .filter(|j| *j < row_cells.len())
+            {
+                Some(j) => row_cells[j] = v,
+                None => {
+                    return Some(Err(ImportError::Cell {
+                        unit: "row",
+                        line,
+                        column: format!("column {} ()", column_letters(c)),
+                        message: "a value under an empty header cell: name the column or \
+                                  clear the value"
+                            .into(),
+                    }))
+                }
+            }
+        }
+        Some(row(&self.header, &self.text, line, &row_cells))
+    }
 }
 
 /// The data rows of a sheet, converted one at a time (the sheet itself is already in memory).

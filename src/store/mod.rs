@@ -5,6 +5,7 @@
 //! The merge decisions themselves are made by [`crate::merge`]; this module only loads,
 //! persists and indexes.
 
+mod group;
 mod held;
 mod incarnation;
 mod keys;
@@ -408,6 +409,9 @@ pub(crate) struct Head {
     /// Our own entry in the knowledge we report: our newest own event, or less after a restore
     /// or rollback (see `incarnation.rs`).
     pub(crate) own_claim: u64,
+    /// Batches applied when it was taken (see `group.rs`): a head is never replaced by an
+    /// older one.
+    pub(crate) gen: u64,
 }
 
 /// Handle to an open database. Cheap to share behind an `Arc`.
@@ -420,6 +424,7 @@ pub struct Store {
     writer: Mutex<WriterState>,
     head: RwLock<Arc<Head>>,
     changed: tokio::sync::watch::Sender<u64>,
+    group: group::GroupCommit,
 }
 
 /// Database cache size: small, because field laptops are old and the agent runs for days.
@@ -590,6 +595,7 @@ impl Store {
             changed: tokio::sync::watch::Sender::new(writer.seq),
             head: RwLock::default(),
             writer: Mutex::new(writer),
+            group: Default::default(),
         };
         store.publish(&store.lock())?;
         // An import a crash interrupted is finished (committed) or discarded (not committed).
@@ -637,21 +643,34 @@ impl Store {
     }
 
     /// Publishes the writer's state for readers; called with the writer lock held, after a
-    /// batch is committed and flushed (so readers only see what is durable).
+    /// batch is committed and flushed (so readers only see what is durable). Durable writes
+    /// publish through their group flush instead (`group.rs`).
     pub(crate) fn publish(&self, w: &WriterState) -> Result<(), StoreError> {
+        let mut head = self.head_of(w)?;
+        // A generation of its own, so a group flush's head taken before this change (a
+        // restore, a new incarnation) can never replace it.
+        head.gen = self.group.applied_one();
+        let mut cur = self.head.write().unwrap_or_else(|e| e.into_inner());
+        if cur.gen <= head.gen {
+            *cur = Arc::new(head);
+        }
+        Ok(())
+    }
+
+    /// The head readers should see for this writer state; called with the writer lock held.
+    pub(crate) fn head_of(&self, w: &WriterState) -> Result<Head, StoreError> {
         let knowledge = match self.tree.get(keys::meta("knowledge"))? {
             Some(v) => decode(&v)?,
             None => replication::Knowledge::new(),
         };
-        let head = Head {
+        Ok(Head {
             seq: w.seq,
             holdings: w.holdings.clone(),
             knowledge,
             conflict_head: w.conflict_head,
             own_claim: w.lineage.own_claim(w.own_last),
-        };
-        *self.head.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(head);
-        Ok(())
+            gen: self.group.applied(),
+        })
     }
 
     /// Holds the writer's lock until the guard is dropped, exactly as a write does while it

@@ -2,6 +2,8 @@
 //!
 //! Every public function here takes the writer lock, builds one [`Txn`], and commits and fsyncs
 //! it before returning, so a write is durable when acknowledged and a failed batch writes nothing.
+//! The fsync happens after the lock is released and is shared by concurrent writers (group
+//! commit, `group.rs`).
 
 use super::keys;
 use super::staging::{ImportRow, RowOutcome, UpdateMode};
@@ -113,14 +115,22 @@ impl Store {
         let t = std::time::Instant::now();
         let writes = b.txn.len();
         b.txn.commit()?;
+        let ticket = self.group.applied_one();
         let committed = t.elapsed();
-        if durable {
-            self.db.flush()?;
-        }
         if writes > 10_000 {
             // A big import or page leaves the allocator holding freed memory; give it back so
             // a long-running agent on an old laptop does not sit at its peak.
             trim_heap();
+        }
+        *guard = b.w;
+        if durable {
+            // Group commit (`group.rs`): the lock is free for the next writer while this one
+            // waits for a flush that covers its batch; it returns only once that is durable.
+            drop(guard);
+            self.wait_durable(ticket)?;
+        } else {
+            let head = self.head_of(&guard)?;
+            self.install_head(head);
         }
         tracing::debug!(
             writes,
@@ -129,11 +139,6 @@ impl Store {
             flush_ms = (t.elapsed() - committed).as_millis() as u64,
             "batch written"
         );
-        let seq = b.w.seq;
-        *guard = b.w;
-        self.publish(&guard)?;
-        self.changed
-            .send_if_modified(|s| std::mem::replace(s, seq) != seq);
         Ok(())
     }
 
@@ -203,7 +208,7 @@ impl Store {
             id,
             edit,
         };
-        let r = b.local(&op)?;
+        let r = b.local_loaded(&op, prev)?;
         if matches!(r, OpResult::Written(_)) {
             self.finish(guard, b)?;
         }
@@ -351,8 +356,9 @@ impl Batch<'_> {
             id: row.id,
             edit,
         };
-        Ok(match self.local(&op)? {
-            OpResult::Written(_) if prev.is_none() => RowOutcome::Inserted,
+        let existed = prev.is_some();
+        Ok(match self.local_loaded(&op, prev)? {
+            OpResult::Written(_) if !existed => RowOutcome::Inserted,
             OpResult::Written(_) => RowOutcome::Updated,
             OpResult::Unchanged => RowOutcome::Unchanged,
         })
@@ -467,11 +473,21 @@ impl Batch<'_> {
         cause: Cause,
     ) -> Result<OpResult, StoreError> {
         validate_table(&op.table)?;
+        let prev = self.load(&keys::record_suffix(&op.table, &op.id))?;
+        self.local_loaded(op, prev)
+    }
+
+    /// [`Batch::local`] with the record already loaded in this batch (`prev`), so an import
+    /// row reads it once.
+    fn local_loaded(
+        &mut self,
+        op: &LocalOp,
+        prev: Option<StoredRecord>,
+    ) -> Result<OpResult, StoreError> {
+        validate_table(&op.table)?;
         if let Edit::Put(f) | Edit::Patch(f) = &op.edit {
             check_fields(f)?;
         }
-        let suffix = keys::record_suffix(&op.table, &op.id);
-        let prev = self.load(&suffix)?;
         let at = self.w.clock.tick(self.wall);
         let out = match merge::local_edit(prev.as_ref().map(|p| &p.state), &op.edit, at) {
             Ok(Some(out)) => out,
@@ -662,8 +678,13 @@ impl Batch<'_> {
             self.txn
                 .put(keys::conflict_by_record(&suffix, id), Vec::new());
         }
-        // After logging, so that conflicts just received are judged by the same rule.
-        self.supersede(&suffix, &p.state)?;
+        // After logging, so that conflicts just received are judged by the same rule. A record
+        // new here with nothing logged has no conflict entries to judge (records are never
+        // removed, and entries are indexed only under existing records): skip the scan, which
+        // is a sled range read per new record of an import or an initial sync.
+        if p.prev.is_some() || logged > 0 {
+            self.supersede(&suffix, &p.state)?;
+        }
 
         let conflict_seq = if logged > 0 {
             self.w.conflict_head = seq;
