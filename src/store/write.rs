@@ -208,7 +208,7 @@ impl Store {
             id,
             edit,
         };
-        let r = b.local_loaded(&op, prev)?;
+        let r = b.local_loaded(&op, prev, Cause::Edit)?;
         if matches!(r, OpResult::Written(_)) {
             self.finish(guard, b)?;
         }
@@ -357,7 +357,7 @@ impl Batch<'_> {
             edit,
         };
         let existed = prev.is_some();
-        Ok(match self.local_loaded(&op, prev)? {
+        Ok(match self.local_loaded(&op, prev, Cause::Edit)? {
             OpResult::Written(_) if !existed => RowOutcome::Inserted,
             OpResult::Written(_) => RowOutcome::Updated,
             OpResult::Unchanged => RowOutcome::Unchanged,
@@ -474,7 +474,7 @@ impl Batch<'_> {
     ) -> Result<OpResult, StoreError> {
         validate_table(&op.table)?;
         let prev = self.load(&keys::record_suffix(&op.table, &op.id))?;
-        self.local_loaded(op, prev)
+        self.local_loaded(op, prev, cause)
     }
 
     /// [`Batch::local`] with the record already loaded in this batch (`prev`), so an import
@@ -483,6 +483,7 @@ impl Batch<'_> {
         &mut self,
         op: &LocalOp,
         prev: Option<StoredRecord>,
+        cause: Cause,
     ) -> Result<OpResult, StoreError> {
         validate_table(&op.table)?;
         if let Edit::Put(f) | Edit::Patch(f) = &op.edit {
