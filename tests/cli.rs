@@ -760,7 +760,7 @@ fn unique_fields_refuse_a_second_local_record_with_the_same_value() {
 fn a_bad_config_file_is_reported() {
     let a = Instance::new();
     a.config("uniqe = [\"package.name\"]\n");
-    let out = a.run(&["status"]);
+    let out = a.run(&["init"]);
     assert_eq!(out.code, 2, "{out:?}");
     // toml's message spans several lines (a source excerpt); the first names the file.
     assert!(out
@@ -797,30 +797,48 @@ fn data_dir_comes_from_flag_then_env_then_home() {
     let home = tempfile::tempdir().unwrap();
     let env_dir = home.path().join("from-env");
     let flag_dir = home.path().join("from-flag");
-    let data_dir = |mut c: Command| -> PathBuf {
-        c.arg("status");
-        let s = run(c, None).ok().json();
+    // `init` creates the database where the rules say; `status` then names that directory.
+    let data_dir = |c: &dyn Fn() -> Command| -> PathBuf {
+        let mut init = c();
+        init.arg("init");
+        run(init, None).ok();
+        let mut st = c();
+        st.arg("status");
+        let s = run(st, None).ok().json();
         PathBuf::from(s["data_dir"].as_str().unwrap())
     };
 
-    let mut c = command(home.path());
-    c.env("FIELDSYNC_DIR", &env_dir);
-    assert_eq!(data_dir(c), env_dir);
+    let env = || {
+        let mut c = command(home.path());
+        c.env("FIELDSYNC_DIR", &env_dir);
+        c
+    };
+    assert_eq!(data_dir(&env), env_dir);
     assert!(env_dir.join("db").exists());
 
-    let mut c = command(home.path());
-    c.env("FIELDSYNC_DIR", &env_dir)
-        .arg("--data-dir")
-        .arg(&flag_dir);
-    assert_eq!(data_dir(c), flag_dir, "--data-dir wins over $FIELDSYNC_DIR");
+    let both = || {
+        let mut c = command(home.path());
+        c.env("FIELDSYNC_DIR", &env_dir)
+            .arg("--data-dir")
+            .arg(&flag_dir);
+        c
+    };
+    assert_eq!(
+        data_dir(&both),
+        flag_dir,
+        "--data-dir wins over $FIELDSYNC_DIR"
+    );
     // The flag is global: it may come after the command too.
     let mut c = command(home.path());
     c.env("FIELDSYNC_DIR", &env_dir);
     c.args(["put", "person", "{}", "--data-dir"]).arg(&flag_dir);
     run(c, None).ok();
-    let mut c = command(home.path());
-    c.arg("--data-dir").arg(&flag_dir);
-    assert_eq!(data_dir(c), flag_dir);
+    let flag = || {
+        let mut c = command(home.path());
+        c.arg("--data-dir").arg(&flag_dir);
+        c
+    };
+    assert_eq!(data_dir(&flag), flag_dir);
     let mut c = command(home.path());
     c.env("FIELDSYNC_DIR", &env_dir).arg("digest");
     assert_eq!(
@@ -829,11 +847,69 @@ fn data_dir_comes_from_flag_then_env_then_home() {
         "the env dir was not written"
     );
 
-    let c = command(home.path());
-    assert_eq!(data_dir(c), home.path().join(".local/share/fieldsync"));
+    let plain = || command(home.path());
+    assert_eq!(data_dir(&plain), home.path().join(".local/share/fieldsync"));
+    let xdg = || {
+        let mut c = command(home.path());
+        c.env("XDG_DATA_HOME", home.path().join("xdg"));
+        c
+    };
+    assert_eq!(data_dir(&xdg), home.path().join("xdg/fieldsync"));
+}
+
+/// A mistyped --data-dir (or a stick whose data folder is missing) must not become a new,
+/// empty laptop: every command except `init`, `run` and `restore` refuses a directory without a
+/// database, says how to create one, and creates nothing.
+#[test]
+fn a_directory_without_a_database_is_refused_and_nothing_is_created() {
+    let home = tempfile::tempdir().unwrap();
+    let typo = home.path().join("lapAA");
+    let commands: &[&[&str]] = &[
+        &["status"],
+        &["peers"],
+        &["put", "person", r#"{"name":"Amina"}"#],
+        &["list", "person"],
+        &["tables"],
+        &["digest"],
+        &["export", "person"],
+        &["backup", "out.fsbackup"],
+        &["mesh", "show"],
+        &["mesh", "create", "--name", "x"],
+        &["held", "list"],
+        &["sync", "127.0.0.1:9"],
+    ];
+    for args in commands {
+        let mut c = command(home.path());
+        c.arg("--data-dir").arg(&typo).args(*args);
+        let o = run(c, None);
+        o.fails(
+            1,
+            &[&format!(
+                "no fieldsync database at {} (run `fieldsync init` to create one)",
+                typo.display()
+            )],
+        );
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+    // An existing but empty directory (a config written first) is refused the same way, and
+    // stays as it was.
+    std::fs::create_dir_all(&typo).unwrap();
+    std::fs::write(typo.join("fieldsync.toml"), "").unwrap();
     let mut c = command(home.path());
-    c.env("XDG_DATA_HOME", home.path().join("xdg"));
-    assert_eq!(data_dir(c), home.path().join("xdg/fieldsync"));
+    c.arg("--data-dir").arg(&typo).arg("status");
+    run(c, None).fails(1, &["no fieldsync database at", "fieldsync init"]);
+    let left: Vec<_> = std::fs::read_dir(&typo)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("fieldsync.toml")]);
+    // `init` creates it; then the same command works.
+    let mut c = command(home.path());
+    c.arg("--data-dir").arg(&typo).arg("init");
+    run(c, None).ok();
+    let mut c = command(home.path());
+    c.arg("--data-dir").arg(&typo).arg("status");
+    run(c, None).ok();
 }
 
 /// `../shared/gen.py` is on development machines and CI, not in a fresh clone.

@@ -198,6 +198,7 @@ impl Laptop {
     fn cmd(&self, args: &[&str]) -> std::process::Command {
         let mut c = command(&self.root);
         c.arg("--data-dir").arg(self.dir()).args(args);
+        common::init_if_needed(&c.get_args().collect::<Vec<_>>());
         c
     }
     #[track_caller]

@@ -503,6 +503,7 @@ fn debian_package_builds_installs_and_purges() {
         assert_ne!(before.code, 0, "the service must not start before joining");
         if !had_dir {
             // Joining (as the service user, as the unit's comment says) lifts it.
+            sh("runuser -u fieldsync -- /usr/bin/fieldsync --data-dir /var/lib/fieldsync init --name pkgtest").ok();
             sh("runuser -u fieldsync -- /usr/bin/fieldsync --data-dir /var/lib/fieldsync mesh create --name pkgtest").ok();
             sh(&format!("systemd-analyze condition '{condition}'")).ok();
             let doctor = sh(

@@ -330,8 +330,13 @@ fn revocations_travel_with_the_data_and_only_the_ca_can_revoke() {
         "the coordinator reached B directly"
     );
 
+    // X has not received its revocation; B's `certificate_revoked` alert tells it anyway.
     let err = x.fails(&["sync", &agent_b.addr]);
-    assert!(err.contains("cannot reach"), "{err}");
+    assert!(
+        err.contains("this laptop was revoked by the deployment")
+            && err.contains("ask the coordinator for a new credential"),
+        "{err}"
+    );
     assert!(
         agent_b
             .log()
@@ -1125,4 +1130,107 @@ fn a_delete_claiming_the_far_future_is_refused() {
     coord.ok(&["sync", &agent.addr]);
     assert!(host.ok(&["get", "person", &victim]).contains("kept"));
     assert_eq!(host.digest(&["person"]), coord.digest(&["person"]));
+}
+
+/// A revoked laptop is told, in its own words, instead of reading "cannot reach": exit 3 with
+/// the date and reason once the signed revocation has reached it, the peer's refusal alone
+/// when not; `doctor` fails its revocation check either way.
+#[test]
+fn a_revoked_laptop_is_told_when_and_why_and_doctor_fails() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let b = coord.enroll("b");
+    let x = coord.enroll("x");
+    let x_id = x.id();
+    let agent_b = b.start(&[]);
+    x.put("person", json!({"name": "before"}));
+    x.ok(&["sync", &agent_b.addr]);
+    let healthy = x.run(&["doctor"]);
+    let checks: Vec<Value> = text(&healthy.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rev = checks
+        .iter()
+        .find(|c| c["check"] == "revocation")
+        .expect("a revocation check");
+    assert_eq!(rev["ok"], true, "{rev}");
+
+    coord.ok(&["mesh", "revoke", "x", "--reason", "laptop stolen"]);
+    coord.ok(&["sync", &agent_b.addr]);
+    wait_for("B to hold the revocation", CMD_LIMIT, || {
+        b.revoked().contains(&x_id).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+
+    // 1. Only the peer's refusal: no date, no reason, but never "cannot reach".
+    let o = x.run(&["sync", &agent_b.addr]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    // (These commands log at info level; the person's message is the last line.)
+    let last = |o: &std::process::Output| {
+        text(&o.stderr)
+            .trim()
+            .lines()
+            .last()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(
+        last(&o),
+        "fieldsync: this laptop was revoked by the deployment (a peer refused its certificate \
+         as revoked): ask the coordinator for a new credential"
+    );
+    let doctor = x.run(&["doctor"]);
+    assert_eq!(doctor.status.code(), Some(1));
+    let line = text(&doctor.stdout)
+        .lines()
+        .find(|l| l.contains("\"revocation\""))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .expect("revocation check");
+    assert_eq!(line["ok"], false, "{line}");
+    assert!(
+        line["detail"].as_str().unwrap().contains(&agent_b.addr),
+        "names the peer that refused: {line}"
+    );
+    assert!(
+        line["fix"].as_str().unwrap().contains("mesh enroll"),
+        "{line}"
+    );
+
+    // 2. The signed revocation reaches X (here written into its database as a session would
+    //    apply it): the message gives the date and the reason, before any connection.
+    let ca: CaFile =
+        serde_json::from_str(&std::fs::read_to_string(coord.dir().join("mesh-ca.fsca")).unwrap())
+            .unwrap();
+    let signed = coord.json(&["get", "fs_revocations", &x_id])["fields"].clone();
+    let at = chrono::DateTime::parse_from_rfc3339(signed["revoked_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    {
+        let store = fieldsync::store::Store::open(&x.dir(), Default::default()).unwrap();
+        let fields = signed.as_object().unwrap().clone();
+        assert!(fieldsync::mesh::verify_revocation(&ca.ca_cert, &fields).is_ok());
+        store
+            .write_system(&[fieldsync::store::LocalOp {
+                table: "fs_revocations".into(),
+                id: x_id.parse().unwrap(),
+                edit: fieldsync::merge::Edit::Put(fields),
+            }])
+            .unwrap();
+    }
+    let want = format!(
+        "fieldsync: this laptop was revoked by the deployment on {} (laptop stolen): ask the \
+         coordinator for a new credential",
+        at.format("%Y-%m-%d %H:%M UTC")
+    );
+    let o = x.run(&["sync", &agent_b.addr]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(last(&o), want);
+    let doctor = x.run(&["doctor"]);
+    assert_eq!(doctor.status.code(), Some(1));
+    assert!(
+        text(&doctor.stdout).contains("laptop stolen"),
+        "{}",
+        text(&doctor.stdout)
+    );
 }

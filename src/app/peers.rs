@@ -12,6 +12,20 @@ fn sync_error(e: SyncError) -> AppError {
     }
 }
 
+/// The revoked laptop's own message (exit 3): when, why, and the one way back.
+pub fn revoked_message(revocation: Option<&(chrono::DateTime<chrono::Utc>, String)>) -> String {
+    match revocation {
+        Some((at, reason)) => format!(
+            "this laptop was revoked by the deployment on {} ({reason}): ask the coordinator \
+             for a new credential",
+            at.format("%Y-%m-%d %H:%M UTC")
+        ),
+        None => "this laptop was revoked by the deployment (a peer refused its certificate as \
+                 revoked): ask the coordinator for a new credential"
+            .into(),
+    }
+}
+
 impl App {
     /// The instance a peer reference names: an instance id, or the display name of exactly one
     /// known peer (from the sync_instance table).
@@ -106,6 +120,11 @@ impl App {
     ) -> Result<SessionReport, AppError> {
         let addr = self.resolve_peer_addr(peer)?;
         let transport = self.transport(transport)?;
+        // A revoked laptop is told, not left to read refusals as network trouble: from the
+        // signed revocation it holds, or from a peer's `certificate_revoked` alert.
+        if let Some(r) = crate::mesh::own_revocation(&self.store) {
+            return Err(AppError::Peer(revoked_message(Some(&r))));
+        }
         let mut opts = crate::sync::SessionOptions::from_store(&self.store, transport);
         if let Some(a) = &self.agent {
             opts.clients = a.clients.clone();
@@ -114,8 +133,20 @@ impl App {
             .await
             .map_err(|e| {
                 crate::sync::note_failure(&self.store, None, &e);
+                if e.to_string()
+                    .contains(crate::protocol::client::REVOKED_BY_PEER)
+                {
+                    crate::mesh::note_refused_as_revoked(self.store.dir(), &addr);
+                    let own = crate::mesh::own_revocation(&self.store);
+                    return AppError::Peer(revoked_message(own.as_ref()));
+                }
                 sync_error(e)
             })?;
+        // A peer that had not heard of the revocation let this session through, and it may
+        // have brought the revocation along: the data exchanged stays, the laptop is told.
+        if let Some(rev) = crate::mesh::own_revocation(&self.store) {
+            return Err(AppError::Peer(revoked_message(Some(&rev))));
+        }
         if self.agent.is_some() {
             // A peer that just answered is online (the agent clears the flag when it starts,
             // so a one-shot sync without an agent does not set it).

@@ -110,7 +110,8 @@ pub enum Command {
     /// Create this laptop's instance (or update its details) and print it
     /// (`{"instance","name","owner","contact"}`).
     ///
-    /// Optional: the first command that needs an instance creates one with defaults.
+    /// Every other command except `run` and `restore` refuses a data directory with no
+    /// database (so a mistyped --data-dir never creates a new laptop).
     ///
     /// Example: fieldsync init --name laptop7 --owner "Red Cross Team B" --contact "+1 555 0100"
     Init {
@@ -596,6 +597,15 @@ pub fn run(
     if let Command::Console = cli.command {
         return console::console(&dir, !human, out);
     }
+    // A typo in --data-dir must not create a new, empty laptop: only `init` and `run` create
+    // a database, and `restore` fills an empty directory.
+    if !matches!(
+        cli.command,
+        Command::Init { .. } | Command::Run { .. } | Command::Restore { .. }
+    ) && !has_database(&dir)
+    {
+        return Err(no_database(&dir));
+    }
     let config = Config::load(&dir)?;
     let store = match Store::open(&dir, config) {
         Ok(s) => Arc::new(s),
@@ -655,6 +665,19 @@ pub fn run(
         }
         other => other,
     })
+}
+
+/// True when `dir` holds a fieldsync database (its `db/` directory), whether or not it opens.
+pub fn has_database(dir: &Path) -> bool {
+    dir.join("db").is_dir()
+}
+
+/// The refusal of a command on a directory with no database (exit 1).
+pub fn no_database(dir: &Path) -> CliError {
+    CliError::NotFound(format!(
+        "no fieldsync database at {} (run `fieldsync init` to create one)",
+        dir.display()
+    ))
 }
 
 /// Mutual TLS from this laptop's credential; plaintext only when asked for explicitly.
@@ -1022,7 +1045,8 @@ fn read_json_arg(arg: &str, stdin: &mut Option<String>) -> Result<Value, CliErro
     } else {
         arg.to_string()
     };
-    serde_json::from_str(&text).map_err(|e| CliError::Invalid(format!("malformed JSON: {e}")))
+    // The same rule as the HTTP API: a number is stored exactly or refused.
+    crate::app::records::parse_json(text.as_bytes()).map_err(CliError::App)
 }
 
 fn open_input(
