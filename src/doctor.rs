@@ -153,6 +153,13 @@ pub fn run(
                 StoreError::NewerFormat { .. } => {
                     "use the newer fieldsync that wrote this data directory".to_string()
                 }
+                // Not damage: a restore would not help, the owner or mode is the fix.
+                StoreError::Io { ref source, .. }
+                | StoreError::Sled(sled::Error::Io(ref source))
+                    if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    crate::cli::problems::io_message(source.kind(), &dir).unwrap_or_default()
+                }
                 _ => "if it is damaged, move the data directory aside and `fieldsync restore` \
                       the latest backup into a new one"
                     .to_string(),

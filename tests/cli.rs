@@ -1080,3 +1080,130 @@ fn list_and_export_into_a_closed_pipe_are_not_errors() {
         assert_eq!((code, err.as_str()), (0, ""), "{args:?}");
     }
 }
+
+/// A full disk is one line naming the data directory, and nothing is written. Needs root to
+/// mount a 3 MiB tmpfs; skipped (with a note) where that is not possible.
+#[test]
+fn a_full_disk_is_reported_in_one_line_and_nothing_is_written() {
+    let root = tempfile::tempdir().unwrap();
+    let mnt = root.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&mnt)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let dir = mnt.join("data");
+    let fs = |args: &[&str]| {
+        let mut c = command(root.path());
+        c.arg("--data-dir").arg(&dir).args(args);
+        run(c, None)
+    };
+    fs(&["init"]).ok();
+    // Fill the file system to the last block.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 << 10];
+        for _ in 0..64 {
+            if f.write_all(&block).is_err() {
+                break;
+            }
+        }
+    }
+    let o = fs(&["put", "person", r#"{"name":"Amina"}"#]);
+    o.fails(
+        3,
+        &[&format!(
+            "fieldsync: disk full while writing {}; nothing was written; free space and retry",
+            dir.display()
+        )],
+    );
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(
+        fs(&["digest"]).ok().json()["count"],
+        0,
+        "nothing was written"
+    );
+    fs(&["put", "person", r#"{"name":"Amina"}"#]).ok();
+}
+
+/// The errors of `sync` and `run` that a person meets first, one line each, naming the thing
+/// and the next step: a closed port (printed once, not also as a log warning), a missing port,
+/// an unknown peer name, a port in use, a mistyped command.
+#[test]
+fn sync_and_run_errors_name_the_address_and_the_next_step_once() {
+    let a = Instance::new();
+    a.ok(&["init", "--name", "alpha"]);
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let o = a.run(&["sync", &closed.to_string(), "--insecure-plaintext"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    let lines: Vec<&str> = o
+        .stderr
+        .lines()
+        .filter(|l| l.contains("cannot reach"))
+        .collect();
+    assert_eq!(
+        lines,
+        [format!(
+            "fieldsync: cannot reach {closed}: connection refused (is fieldsync running there?)"
+        )],
+        "{o:?}"
+    );
+    let o = a.run(&["sync", "127.0.0.1", "--insecure-plaintext"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(
+        o.stderr
+            .contains("127.0.0.1 has no port: use HOST:PORT, e.g. 127.0.0.1:7437"),
+        "{o:?}"
+    );
+    let o = a.run(&["sync", "lapB", "--insecure-plaintext"]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.contains("no known peer is named \"lapB\"")
+            && o.stderr.contains("fieldsync peers"),
+        "{o:?}"
+    );
+
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = held.local_addr().unwrap().to_string();
+    let o = a.run(&[
+        "run",
+        "--listen",
+        &busy,
+        "--no-discovery",
+        "--no-api",
+        "--insecure-plaintext",
+    ]);
+    assert_eq!(o.code, 3, "{o:?}");
+    let last = o.stderr.trim().lines().last().unwrap_or("");
+    assert!(
+        last.contains(&format!("cannot listen on {busy}")) && last.contains("in use"),
+        "{o:?}"
+    );
+    drop(held);
+
+    let o = a.run(&["statsu"]);
+    o.fails(
+        2,
+        &["unrecognized subcommand 'statsu'", "similar", "'status'"],
+    );
+}

@@ -739,7 +739,8 @@ fn doctor_passes_on_a_healthy_laptop_and_names_what_is_wrong() {
             "database",
             "identity",
             "multicast",
-            "port"
+            "port",
+            "revocation"
         ]
         .into()
     );

@@ -1234,3 +1234,38 @@ fn a_revoked_laptop_is_told_when_and_why_and_doctor_fails() {
         text(&doctor.stdout)
     );
 }
+
+/// A connection that drops in the middle of the TLS handshake (flaky Wi-Fi, a closed lid) is a
+/// network event: logged as one, not counted as a refusal, and it never throttles the address;
+/// the member syncs right after from the same address.
+#[test]
+fn a_handshake_cut_off_is_a_network_event_not_a_refusal() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let host = coord.enroll("host");
+    let member = coord.enroll("member");
+    let agent = host.start(&[]);
+    // More than the failures that start the back-off.
+    for _ in 0..8 {
+        let mut s = TcpStream::connect(agent.sock()).unwrap();
+        // The first bytes of a ClientHello, then gone.
+        let _ = s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x80, 0x01]);
+        drop(s);
+    }
+    wait_for("the agent to log the dropped handshakes", CMD_LIMIT, || {
+        (agent
+            .log()
+            .lines()
+            .filter(|l| l.contains("network: connection dropped during the TLS handshake"))
+            .count()
+            >= 8)
+            .then_some(())
+    });
+    assert_eq!(agent.live()["refused_connections"], 0, "{}", agent.log());
+    assert!(
+        !agent.log().contains("connection refused"),
+        "{}",
+        agent.log()
+    );
+    member.ok(&["sync", &agent.addr]);
+}

@@ -12,6 +12,40 @@ fn sync_error(e: SyncError) -> AppError {
     }
 }
 
+/// An address that is not a known peer's name must be HOST:PORT: say which part is missing
+/// instead of letting the HTTP client try port 80 or a DNS lookup of a mistyped name.
+fn check_address(peer: &str) -> Result<(), AppError> {
+    let host = peer
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let has_port = host.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty() && p.parse::<u16>().is_ok() && (!h.contains(':') || h.ends_with(']'))
+    });
+    if has_port {
+        return Ok(());
+    }
+    let looks_like_host =
+        host.parse::<std::net::IpAddr>().is_ok() || host.contains('.') || host == "localhost";
+    if looks_like_host {
+        Err(AppError::invalid(
+            "PEER_ADDRESS",
+            "peer",
+            format!(
+                "{peer} has no port: use HOST:PORT, e.g. {peer}:7437 (the port its \
+                 `fieldsync run` listens on)"
+            ),
+        ))
+    } else {
+        Err(AppError::NotFound {
+            code: "PEER_NOT_FOUND",
+            message: format!(
+                "no known peer is named {peer:?}, and it is not an address: use a name from \
+                 `fieldsync peers` or HOST:PORT"
+            ),
+        })
+    }
+}
+
 /// The revoked laptop's own message (exit 3): when, why, and the one way back.
 pub fn revoked_message(revocation: Option<&(chrono::DateTime<chrono::Utc>, String)>) -> String {
     match revocation {
@@ -92,7 +126,7 @@ impl App {
                 code: "PEER_NOT_FOUND",
                 message: format!("instance {peer} is not a known peer: pass its HOST:PORT instead"),
             }),
-            None => Ok(peer.to_string()),
+            None => check_address(peer).map(|()| peer.to_string()),
         }
     }
 

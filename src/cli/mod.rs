@@ -16,6 +16,7 @@ pub mod bar;
 pub mod console;
 pub mod human;
 pub mod mesh;
+pub mod problems;
 pub mod records;
 pub mod sync;
 
@@ -629,7 +630,7 @@ pub fn run(
             }
             return forward(&dir, &cli.command, args, out, cwd, rt);
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(problems::for_person(e.into(), &dir)),
     };
     if let Command::Run {
         listen,
@@ -663,7 +664,7 @@ pub fn run(
         CliError::Store(StoreError::Sled(sled::Error::Corruption { .. })) => {
             CliError::Store(StoreError::Damaged(dir.clone()))
         }
-        other => other,
+        other => problems::for_person(other, &dir),
     })
 }
 
@@ -810,7 +811,8 @@ pub fn executor(rt: tokio::runtime::Handle, app: App) -> crate::control::Executo
             agent: agent.clone(),
             human: cli.human && !cli.json_output,
         };
-        let result = execute(store, cli.command, &mut io);
+        let result =
+            execute(store, cli.command, &mut io).map_err(|e| problems::for_person(e, store.dir()));
         let (code, stderr) = match result {
             Ok(()) => (0, String::new()),
             Err(e) => (e.exit_code(), e.to_string()),
