@@ -533,6 +533,7 @@ pub fn resolve_data_dir(flag: Option<PathBuf>) -> Result<PathBuf, CliError> {
     {
         let portable = dir.join("fieldsync-data");
         if portable.is_dir() {
+            private_portable_dir(&portable);
             return Ok(portable);
         }
     }
@@ -550,6 +551,20 @@ pub fn resolve_data_dir(flag: Option<PathBuf>) -> Result<PathBuf, CliError> {
             )
         })?;
     Ok(base.join("fieldsync"))
+}
+
+/// Makes the portable data folder private (0700) when it belongs to us and others may read
+/// it: the stick's layout is copied with `cp -r` from git, which leaves it 0755, and the records
+/// are personal data. Best effort: on FAT/exFAT the mount decides, and `doctor` says so.
+fn private_portable_dir(dir: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let mine = std::fs::metadata("/proc/self").is_ok_and(|me| me.uid() == meta.uid());
+    if mine && meta.mode() & 0o077 != 0 {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
 }
 
 /// What a command reads and writes besides the store.
