@@ -41,6 +41,7 @@ pub mod agent;
 pub mod app;
 pub mod autosnapshot;
 pub mod backup;
+pub mod backup_keys;
 pub mod build_info;
 pub mod canonical;
 pub mod change;

@@ -1269,3 +1269,98 @@ fn a_handshake_cut_off_is_a_network_event_not_a_refusal() {
     );
     member.ok(&["sync", &agent.addr]);
 }
+
+/// A backup of the coordinator holds what it takes to go on coordinating: restored (with its
+/// passphrase) onto an empty data directory as the same instance, it enrolls a new laptop that
+/// then syncs with a laptop enrolled before, and it revokes a laptop. Without a passphrase the
+/// keys are refused unless --no-keys; a wrong passphrase restores nothing.
+#[test]
+fn a_coordinator_restored_from_its_backup_enrolls_and_revokes() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let a = coord.enroll("a");
+    let x = coord.enroll("x");
+    let x_id = x.id();
+    let agent_a = a.start(&[]);
+    coord.put("person", json!({"name": "at the coordinator"}));
+
+    let backup = coord.file("coord.fsbackup");
+    let b = backup.to_str().unwrap();
+    let err = coord.fails(&["backup", b]);
+    assert!(
+        err.contains("--passphrase-file") && err.contains("--no-keys"),
+        "{err}"
+    );
+    let pass = coord.file("pass.txt");
+    std::fs::write(&pass, "correct horse battery staple\n").unwrap();
+    let out = coord.json(&["backup", b, "--passphrase-file", pass.to_str().unwrap()]);
+    assert_eq!(out["encrypted"], true);
+    let raw = std::fs::read(&backup).unwrap();
+    assert!(raw.starts_with(b"age-encryption.org/v1"), "age format");
+    assert!(
+        !raw.windows(11).any(|w| w == b"PRIVATE KEY"),
+        "no key material in clear"
+    );
+
+    // The coordinator's laptop is lost; a new one restores the backup.
+    let new = Node::new("coord-new");
+    let nb = new.dir();
+    std::fs::remove_dir_all(&nb).ok();
+    let restore = |extra: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_fieldsync"));
+        c.arg("--data-dir")
+            .arg(&nb)
+            .args(["restore", b, "--take-over-identity"])
+            .args(extra)
+            .env_remove("FIELDSYNC_DIR");
+        output_within(c, CMD_LIMIT)
+    };
+    let o = restore(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("--passphrase-file"),
+        "{}",
+        text(&o.stderr)
+    );
+    let wrong = new.file("wrong.txt");
+    std::fs::write(&wrong, "wrong\n").unwrap();
+    let o = restore(&["--passphrase-file", wrong.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o.stderr).contains("the passphrase does not open"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = restore(&["--passphrase-file", pass.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let r: Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+    let restored: Vec<&str> = r["keys_restored"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        restored.contains(&"mesh-ca.fsca") && restored.contains(&"credential.fsmesh"),
+        "{r}"
+    );
+    assert_eq!(new.id(), coord.id());
+
+    // Enroll a new laptop from the restored coordinator; it syncs with A (enrolled before).
+    let c = new.enroll("c");
+    c.put("person", json!({"name": "from the new laptop"}));
+    c.ok(&["sync", &agent_a.addr]);
+    // Revoke X from the restored coordinator, and the revocation reaches A.
+    new.ok(&["mesh", "revoke", &x_id, "--reason", "lost"]);
+    new.ok(&["sync", &agent_a.addr]);
+    wait_for("A to hold the revocation", CMD_LIMIT, || {
+        a.revoked().contains(&x_id).then_some(())
+    });
+    // --no-keys: data only, no encryption, no keys restored.
+    let plain = coord.file("plain.fsbackup");
+    let o = coord.json(&["backup", plain.to_str().unwrap(), "--no-keys"]);
+    assert_eq!(o["encrypted"], false);
+    assert!(!std::fs::read(&plain)
+        .unwrap()
+        .starts_with(b"age-encryption.org/v1"));
+}

@@ -389,9 +389,21 @@ pub enum Command {
     /// checks them, and `fieldsync digest` on the restored laptop prints the same.
     ///
     /// Example: fieldsync backup /media/usb/laptop7-2026-05-01.fsbackup
+    ///
+    /// A laptop holding private keys (its credential; on the coordinator, the deployment CA)
+    /// needs --passphrase-file: the backup then also holds those keys and fieldsync.toml,
+    /// encrypted (age format), so `restore` can rebuild the laptop, enrollments and
+    /// revocations included. --no-keys writes it without them, unencrypted.
     Backup {
         /// The backup file to write (replaced atomically if it exists).
         file: PathBuf,
+        /// Encrypt the backup with the passphrase on this file's first line, and include the
+        /// credential, the deployment CA and fieldsync.toml.
+        #[arg(long, value_name = "FILE", conflicts_with = "no_keys")]
+        passphrase_file: Option<PathBuf>,
+        /// Leave the private keys out (the backup is not encrypted).
+        #[arg(long)]
+        no_keys: bool,
     },
     /// Replace this laptop's database with a backup (stop the agent first).
     ///
@@ -409,6 +421,11 @@ pub enum Command {
         /// Become the instance the backup was taken from (its id, name, clock).
         #[arg(long)]
         take_over_identity: bool,
+        /// The passphrase of an encrypted backup (first line of this file). Its keys are
+        /// restored where this directory has none: the deployment CA and fieldsync.toml, and
+        /// the credential when this laptop is (or takes over) the instance it belongs to.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
     },
     /// Print (and on a desktop, open) a one-time login link to the console: the web page the
     /// running agent serves on its HTTP API port (peers, live syncs, conflicts, records).
@@ -923,12 +940,24 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         )),
         Command::Console => console::console(store.dir(), !io.human, io.out),
         Command::Generate(what) => admin::generate(what, io.out, &mut io.stdin, &io.cwd),
-        Command::Backup { file } => admin::backup(&app, &file, io),
+        Command::Backup {
+            file,
+            passphrase_file,
+            no_keys,
+        } => admin::backup(&app, &file, passphrase_file.as_deref(), no_keys, io),
         Command::Restore {
             file,
             force,
             take_over_identity,
-        } => admin::restore(&app, &file, force, take_over_identity, io),
+            passphrase_file,
+        } => admin::restore(
+            &app,
+            &file,
+            force,
+            take_over_identity,
+            passphrase_file.as_deref(),
+            io,
+        ),
         Command::Doctor => {
             crate::doctor::run_with_store(store, io.agent.as_ref().map(|a| &a.live), io.out)
         }
