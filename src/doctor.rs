@@ -97,6 +97,7 @@ pub fn run(
             checks.push(pass("database", database_detail(&store)));
             checks.push(credential_check(&dir, Some(store.id())));
             checks.push(identity_check(&store));
+            checks.push(revocation_check(&store));
             drop(store);
             checks.extend(environment_checks(&config, None));
         }
@@ -152,6 +153,13 @@ pub fn run(
                 StoreError::NewerFormat { .. } => {
                     "use the newer fieldsync that wrote this data directory".to_string()
                 }
+                // Not damage: a restore would not help, the owner or mode is the fix.
+                StoreError::Io { ref source, .. }
+                | StoreError::Sled(sled::Error::Io(ref source))
+                    if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    crate::cli::problems::io_message(source.kind(), &dir).unwrap_or_default()
+                }
                 _ => "if it is damaged, move the data directory aside and `fieldsync restore` \
                       the latest backup into a new one"
                     .to_string(),
@@ -189,11 +197,42 @@ pub fn run_with_store(
     checks.push(pass("database", db));
     checks.push(credential_check(dir, Some(store.id())));
     checks.push(identity_check(store));
+    checks.push(revocation_check(store));
     let agent_listen = live
         .as_ref()
         .and_then(|l| l["listen"].as_str().map(str::to_string));
     checks.extend(environment_checks(store.config(), agent_listen));
     report(&checks, out)
+}
+
+/// Fails when the deployment revoked this laptop: its own signed revocation reached it, or a
+/// peer refused its certificate as revoked (`revoked-notice.json`).
+fn revocation_check(store: &Store) -> Check {
+    const FIX: &str = "ask the coordinator for a new credential (`fieldsync mesh enroll --name \
+                       NAME --out NEW.fsmesh`) and join with it from a new data directory: \
+                       `fieldsync --data-dir NEWDIR init --mesh NEW.fsmesh`";
+    if let Some(r) = crate::mesh::own_revocation(store) {
+        return fail(
+            "revocation",
+            crate::app::peers::revoked_message(Some(&r)),
+            FIX,
+        );
+    }
+    if let Some((at, peer)) = crate::mesh::refused_as_revoked(store.dir()) {
+        return fail(
+            "revocation",
+            format!(
+                "{} (refused by {peer} on {})",
+                crate::app::peers::revoked_message(None),
+                at.format("%Y-%m-%d %H:%M UTC")
+            ),
+            FIX,
+        );
+    }
+    pass(
+        "revocation",
+        "this laptop is not revoked as far as it knows",
+    )
 }
 
 /// Fails when an instance id was seen used by two data directories (a peer we refuse, or

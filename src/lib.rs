@@ -45,6 +45,7 @@ pub mod agent;
 pub mod app;
 pub mod autosnapshot;
 pub mod backup;
+pub mod backup_keys;
 pub mod build_info;
 pub mod bundle;
 pub mod canonical;

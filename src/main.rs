@@ -17,9 +17,11 @@ fn main() {
             }
             // One line, like every other error; --help has the details.
             let text = e.to_string();
+            // clap's "tip: a similar subcommand exists: 'status'" follows in a later paragraph.
             let first: Vec<&str> = text
                 .lines()
                 .take_while(|l| !l.trim().is_empty())
+                .chain(text.lines().filter(|l| l.trim_start().starts_with("tip:")))
                 .map(str::trim)
                 .collect();
             eprintln!(

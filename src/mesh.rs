@@ -335,6 +335,69 @@ pub fn load_revocations(
     out
 }
 
+/// This laptop's own revocation, when the signed revocation has reached it: when, and the
+/// reason given ("no reason given" if empty).
+pub fn own_revocation(
+    store: &crate::store::Store,
+) -> Option<(chrono::DateTime<chrono::Utc>, String)> {
+    let cred = load_credential(store.dir()).ok().flatten()?;
+    let me = store.id();
+    let at = *load_revocations(store, &cred.ca_cert).get(&me)?;
+    let reason = store
+        .get(REVOCATIONS, &me)
+        .ok()
+        .flatten()
+        .and_then(|r| {
+            r.state
+                .value("reason")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "no reason given".into());
+    Some((at, reason))
+}
+
+/// File in the data directory noting that a peer refused this laptop's certificate as revoked
+/// (the TLS `certificate_revoked` alert) before the signed revocation reached it: JSON
+/// `{"at": RFC 3339, "peer": ADDR, "cert_sha256": HEX}`. It speaks only for the certificate it
+/// names, so joining with a new credential makes it moot.
+pub const REVOKED_NOTICE_FILE: &str = "revoked-notice.json";
+
+fn cert_sha256(pem: &str) -> Option<String> {
+    pem_der(pem).ok().map(|d| hex::encode(Sha256::digest(&d)))
+}
+
+/// Notes (best effort) that the peer at `addr` refused this laptop's certificate as revoked.
+pub fn note_refused_as_revoked(dir: &Path, addr: &str) {
+    let Some(sha) = load_credential(dir)
+        .ok()
+        .flatten()
+        .and_then(|c| cert_sha256(&c.cert))
+    else {
+        return;
+    };
+    let v = json!({"at": chrono::Utc::now().to_rfc3339(), "peer": addr, "cert_sha256": sha});
+    if let Err(e) = write_private(&dir.join(REVOKED_NOTICE_FILE), &v.to_string()) {
+        tracing::warn!(error = %e, "cannot note that a peer refused this laptop as revoked");
+    }
+}
+
+/// When and by which address this laptop's current certificate was refused as revoked.
+pub fn refused_as_revoked(dir: &Path) -> Option<(chrono::DateTime<chrono::Utc>, String)> {
+    let text = std::fs::read_to_string(dir.join(REVOKED_NOTICE_FILE)).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let cred = load_credential(dir).ok().flatten()?;
+    if v["cert_sha256"].as_str()? != cert_sha256(&cred.cert)? {
+        return None;
+    }
+    let at = chrono::DateTime::parse_from_rfc3339(v["at"].as_str()?).ok()?;
+    Some((
+        at.with_timezone(&chrono::Utc),
+        v["peer"].as_str()?.to_string(),
+    ))
+}
+
 fn write_private(path: &Path, text: &str) -> Result<(), MeshError> {
     // Atomic and owner-only: a credential or CA key is never half written or world-readable.
     crate::fsutil::write_private_atomic(path, text.as_bytes()).map_err(|e| MeshError::File {

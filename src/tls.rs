@@ -197,9 +197,12 @@ fn check_identity(end_entity: &CertificateDer<'_>, revoked: &Revoked) -> Result<
     let id = mesh::instance_of_der(end_entity)
         .ok_or_else(|| TlsError::General("certificate names no fieldsync instance".into()))?;
     if revoked.get(&id).is_some() {
-        return Err(TlsError::General(format!(
-            "instance {id} has been revoked by the deployment"
-        )));
+        tracing::info!(instance = %id, "certificate of a revoked instance refused");
+        // `Revoked` (not a general error) makes rustls send the `certificate_revoked` alert:
+        // the only thing a revoked laptop can still learn from a peer that refuses it.
+        return Err(TlsError::InvalidCertificate(
+            rustls::CertificateError::Revoked,
+        ));
     }
     Ok(id)
 }

@@ -371,6 +371,43 @@ fn every_error_is_json_with_a_code_and_writes_nothing() {
     assert_eq!(e["field"], "id");
     api.req("PUT", &rec_path("person", id), &[], b"{not json")
         .error(400, "MALFORMED_JSON");
+    // A number that would not be stored exactly is refused, naming the field; the message
+    // suggests a string. Put, patch, create and batch alike.
+    let e = api
+        .req(
+            "PUT",
+            &rec_path("person", id),
+            &[],
+            b"{\"case\":\"C1\",\"phone\":123456789012345678901234567890}",
+        )
+        .error(400, "INEXACT_NUMBER");
+    assert_eq!(e["field"], "fields.phone");
+    let m = e["message"].as_str().unwrap();
+    assert!(
+        m.contains("123456789012345678901234567890") && m.contains("string"),
+        "{m}"
+    );
+    api.req(
+        "PATCH",
+        &rec_path("person", id),
+        &[],
+        b"{\"w\":0.10000000000000000001}",
+    )
+    .error(400, "INEXACT_NUMBER");
+    api.req(
+        "POST",
+        "/v1/tables/person/records",
+        &[],
+        b"{\"n\":9007199254740993.0}",
+    )
+    .error(400, "INEXACT_NUMBER");
+    api.req(
+        "POST",
+        "/v1/batch",
+        &[],
+        br#"{"ops":[{"op":"put","table":"person","fields":{"n":18446744073709551616}}]}"#,
+    )
+    .error(400, "INEXACT_NUMBER");
     api.send("PUT", &rec_path("person", id), &json!([1]))
         .error(400, "INVALID_FIELDS");
     api.send("PUT", &rec_path("fs_revocations", id), &json!({}))

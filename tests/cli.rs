@@ -760,7 +760,7 @@ fn unique_fields_refuse_a_second_local_record_with_the_same_value() {
 fn a_bad_config_file_is_reported() {
     let a = Instance::new();
     a.config("uniqe = [\"package.name\"]\n");
-    let out = a.run(&["status"]);
+    let out = a.run(&["init"]);
     assert_eq!(out.code, 2, "{out:?}");
     // toml's message spans several lines (a source excerpt); the first names the file.
     assert!(out
@@ -797,30 +797,48 @@ fn data_dir_comes_from_flag_then_env_then_home() {
     let home = tempfile::tempdir().unwrap();
     let env_dir = home.path().join("from-env");
     let flag_dir = home.path().join("from-flag");
-    let data_dir = |mut c: Command| -> PathBuf {
-        c.arg("status");
-        let s = run(c, None).ok().json();
+    // `init` creates the database where the rules say; `status` then names that directory.
+    let data_dir = |c: &dyn Fn() -> Command| -> PathBuf {
+        let mut init = c();
+        init.arg("init");
+        run(init, None).ok();
+        let mut st = c();
+        st.arg("status");
+        let s = run(st, None).ok().json();
         PathBuf::from(s["data_dir"].as_str().unwrap())
     };
 
-    let mut c = command(home.path());
-    c.env("FIELDSYNC_DIR", &env_dir);
-    assert_eq!(data_dir(c), env_dir);
+    let env = || {
+        let mut c = command(home.path());
+        c.env("FIELDSYNC_DIR", &env_dir);
+        c
+    };
+    assert_eq!(data_dir(&env), env_dir);
     assert!(env_dir.join("db").exists());
 
-    let mut c = command(home.path());
-    c.env("FIELDSYNC_DIR", &env_dir)
-        .arg("--data-dir")
-        .arg(&flag_dir);
-    assert_eq!(data_dir(c), flag_dir, "--data-dir wins over $FIELDSYNC_DIR");
+    let both = || {
+        let mut c = command(home.path());
+        c.env("FIELDSYNC_DIR", &env_dir)
+            .arg("--data-dir")
+            .arg(&flag_dir);
+        c
+    };
+    assert_eq!(
+        data_dir(&both),
+        flag_dir,
+        "--data-dir wins over $FIELDSYNC_DIR"
+    );
     // The flag is global: it may come after the command too.
     let mut c = command(home.path());
     c.env("FIELDSYNC_DIR", &env_dir);
     c.args(["put", "person", "{}", "--data-dir"]).arg(&flag_dir);
     run(c, None).ok();
-    let mut c = command(home.path());
-    c.arg("--data-dir").arg(&flag_dir);
-    assert_eq!(data_dir(c), flag_dir);
+    let flag = || {
+        let mut c = command(home.path());
+        c.arg("--data-dir").arg(&flag_dir);
+        c
+    };
+    assert_eq!(data_dir(&flag), flag_dir);
     let mut c = command(home.path());
     c.env("FIELDSYNC_DIR", &env_dir).arg("digest");
     assert_eq!(
@@ -829,11 +847,69 @@ fn data_dir_comes_from_flag_then_env_then_home() {
         "the env dir was not written"
     );
 
-    let c = command(home.path());
-    assert_eq!(data_dir(c), home.path().join(".local/share/fieldsync"));
+    let plain = || command(home.path());
+    assert_eq!(data_dir(&plain), home.path().join(".local/share/fieldsync"));
+    let xdg = || {
+        let mut c = command(home.path());
+        c.env("XDG_DATA_HOME", home.path().join("xdg"));
+        c
+    };
+    assert_eq!(data_dir(&xdg), home.path().join("xdg/fieldsync"));
+}
+
+/// A mistyped --data-dir (or a stick whose data folder is missing) must not become a new,
+/// empty laptop: every command except `init`, `run` and `restore` refuses a directory without a
+/// database, says how to create one, and creates nothing.
+#[test]
+fn a_directory_without_a_database_is_refused_and_nothing_is_created() {
+    let home = tempfile::tempdir().unwrap();
+    let typo = home.path().join("lapAA");
+    let commands: &[&[&str]] = &[
+        &["status"],
+        &["peers"],
+        &["put", "person", r#"{"name":"Amina"}"#],
+        &["list", "person"],
+        &["tables"],
+        &["digest"],
+        &["export", "person"],
+        &["backup", "out.fsbackup"],
+        &["mesh", "show"],
+        &["mesh", "create", "--name", "x"],
+        &["held", "list"],
+        &["sync", "127.0.0.1:9"],
+    ];
+    for args in commands {
+        let mut c = command(home.path());
+        c.arg("--data-dir").arg(&typo).args(*args);
+        let o = run(c, None);
+        o.fails(
+            1,
+            &[&format!(
+                "no fieldsync database at {} (run `fieldsync init` to create one)",
+                typo.display()
+            )],
+        );
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+    // An existing but empty directory (a config written first) is refused the same way, and
+    // stays as it was.
+    std::fs::create_dir_all(&typo).unwrap();
+    std::fs::write(typo.join("fieldsync.toml"), "").unwrap();
     let mut c = command(home.path());
-    c.env("XDG_DATA_HOME", home.path().join("xdg"));
-    assert_eq!(data_dir(c), home.path().join("xdg/fieldsync"));
+    c.arg("--data-dir").arg(&typo).arg("status");
+    run(c, None).fails(1, &["no fieldsync database at", "fieldsync init"]);
+    let left: Vec<_> = std::fs::read_dir(&typo)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("fieldsync.toml")]);
+    // `init` creates it; then the same command works.
+    let mut c = command(home.path());
+    c.arg("--data-dir").arg(&typo).arg("init");
+    run(c, None).ok();
+    let mut c = command(home.path());
+    c.arg("--data-dir").arg(&typo).arg("status");
+    run(c, None).ok();
 }
 
 /// `../shared/gen.py` is on development machines and CI, not in a fresh clone.
@@ -1003,4 +1079,131 @@ fn list_and_export_into_a_closed_pipe_are_not_errors() {
         let (code, err) = with_reader_that_stops_early(&a, &args);
         assert_eq!((code, err.as_str()), (0, ""), "{args:?}");
     }
+}
+
+/// A full disk is one line naming the data directory, and nothing is written. Needs root to
+/// mount a 3 MiB tmpfs; skipped (with a note) where that is not possible.
+#[test]
+fn a_full_disk_is_reported_in_one_line_and_nothing_is_written() {
+    let root = tempfile::tempdir().unwrap();
+    let mnt = root.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&mnt)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let dir = mnt.join("data");
+    let fs = |args: &[&str]| {
+        let mut c = command(root.path());
+        c.arg("--data-dir").arg(&dir).args(args);
+        run(c, None)
+    };
+    fs(&["init"]).ok();
+    // Fill the file system to the last block.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 << 10];
+        for _ in 0..64 {
+            if f.write_all(&block).is_err() {
+                break;
+            }
+        }
+    }
+    let o = fs(&["put", "person", r#"{"name":"Amina"}"#]);
+    o.fails(
+        3,
+        &[&format!(
+            "fieldsync: disk full while writing {}; nothing was written; free space and retry",
+            dir.display()
+        )],
+    );
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(
+        fs(&["digest"]).ok().json()["count"],
+        0,
+        "nothing was written"
+    );
+    fs(&["put", "person", r#"{"name":"Amina"}"#]).ok();
+}
+
+/// The errors of `sync` and `run` that a person meets first, one line each, naming the thing
+/// and the next step: a closed port (printed once, not also as a log warning), a missing port,
+/// an unknown peer name, a port in use, a mistyped command.
+#[test]
+fn sync_and_run_errors_name_the_address_and_the_next_step_once() {
+    let a = Instance::new();
+    a.ok(&["init", "--name", "alpha"]);
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let o = a.run(&["sync", &closed.to_string(), "--insecure-plaintext"]);
+    assert_eq!(o.code, 3, "{o:?}");
+    let lines: Vec<&str> = o
+        .stderr
+        .lines()
+        .filter(|l| l.contains("cannot reach"))
+        .collect();
+    assert_eq!(
+        lines,
+        [format!(
+            "fieldsync: cannot reach {closed}: connection refused (is fieldsync running there?)"
+        )],
+        "{o:?}"
+    );
+    let o = a.run(&["sync", "127.0.0.1", "--insecure-plaintext"]);
+    assert_eq!(o.code, 2, "{o:?}");
+    assert!(
+        o.stderr
+            .contains("127.0.0.1 has no port: use HOST:PORT, e.g. 127.0.0.1:7437"),
+        "{o:?}"
+    );
+    let o = a.run(&["sync", "lapB", "--insecure-plaintext"]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert!(
+        o.stderr.contains("no known peer is named \"lapB\"")
+            && o.stderr.contains("fieldsync peers"),
+        "{o:?}"
+    );
+
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = held.local_addr().unwrap().to_string();
+    let o = a.run(&[
+        "run",
+        "--listen",
+        &busy,
+        "--no-discovery",
+        "--no-api",
+        "--insecure-plaintext",
+    ]);
+    assert_eq!(o.code, 3, "{o:?}");
+    let last = o.stderr.trim().lines().last().unwrap_or("");
+    assert!(
+        last.contains(&format!("cannot listen on {busy}")) && last.contains("in use"),
+        "{o:?}"
+    );
+    drop(held);
+
+    let o = a.run(&["statsu"]);
+    o.fails(
+        2,
+        &["unrecognized subcommand 'statsu'", "similar", "'status'"],
+    );
 }

@@ -247,6 +247,90 @@ fn entries(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// Every place that tells how to join the system service removes the copy of the credential
+/// it had the admin put into /var/lib/fieldsync, once `init --mesh` succeeded.
+#[test]
+fn the_join_steps_remove_the_copied_credential() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for f in [
+        "README.md",
+        "packaging/deb/postinst",
+        "packaging/systemd/fieldsync.service",
+    ] {
+        let text = std::fs::read_to_string(root.join(f)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.contains("init --mesh /var/lib/fieldsync/join.fsmesh"))
+            .unwrap_or_else(|| panic!("{f} has no join step"));
+        assert!(
+            lines[at..(at + 2).min(lines.len())]
+                .iter()
+                .any(|l| l.contains("rm /var/lib/fieldsync/join.fsmesh")),
+            "{f}: the join step leaves join.fsmesh behind:\n{}",
+            lines[at]
+        );
+    }
+}
+
+/// The stick laid out as README says (`cp -r` of packaging/usb, which leaves `fieldsync-data/`
+/// 0755): fieldsync makes the folder private on first use, and `doctor` passes every check
+/// about the stick itself (joining and the network are another matter).
+#[test]
+fn doctor_passes_on_a_freshly_laid_out_stick() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().expect("temp dir");
+    let stick = root.path().join("stick");
+    let home = root.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/usb");
+    let cp = Command::new("cp")
+        .arg("-r")
+        .arg(&layout)
+        .arg(&stick)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    std::fs::set_permissions(
+        stick.join("fieldsync-data"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let exe = stick.join("fieldsync");
+    if std::fs::hard_link(bin(), &exe).is_err() {
+        std::fs::copy(bin(), &exe).unwrap();
+    }
+    let cmd = |args: &[&str]| {
+        let mut c = Command::new(&exe);
+        c.env_clear()
+            .env("HOME", &home)
+            .current_dir(&home)
+            .args(args);
+        c
+    };
+    run(cmd(&["init", "--name", "stick7"]), None).ok();
+    let mode = std::fs::metadata(stick.join("fieldsync-data"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o700,
+        "the data folder is private after first use"
+    );
+    let doctor = run(cmd(&["doctor"]), None);
+    let checks = parse_lines(&doctor.stdout);
+    for c in &checks {
+        if !["credential", "multicast", "port"].contains(&c["check"].as_str().unwrap_or("")) {
+            assert_eq!(c["ok"], true, "doctor on the stick: {c}");
+        }
+    }
+    assert!(
+        checks.iter().any(|c| c["check"] == "data_dir_permissions"),
+        "{checks:?}"
+    );
+}
+
 #[test]
 fn portable_mode_keeps_everything_on_the_stick() {
     let root = tempfile::tempdir().expect("temp dir");
@@ -429,6 +513,31 @@ fn debian_package_builds_installs_and_purges() {
         "{}",
         info.stdout
     );
+    // Every command the maintainer scripts run comes from a declared dependency (or from an
+    // Essential package: sh, coreutils, libc-bin's getent).
+    let depends = info
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Depends:"))
+        .unwrap_or_default()
+        .to_string();
+    let scripts: String = ["postinst", "prerm", "postrm"]
+        .iter()
+        .map(|f| std::fs::read_to_string(root.join("packaging/deb").join(f)).unwrap())
+        .collect();
+    for (command, package) in [
+        ("useradd", "passwd"),
+        ("adduser", "adduser"),
+        ("deb-systemd-helper", "init-system-helpers"),
+        ("deb-systemd-invoke", "init-system-helpers"),
+    ] {
+        if scripts.contains(command) {
+            assert!(
+                depends.split(',').any(|d| d.trim().starts_with(package)),
+                "the scripts run {command} but Depends ({depends}) lacks {package}"
+            );
+        }
+    }
     let contents = run(
         {
             let mut c = Command::new("dpkg-deb");
@@ -503,6 +612,7 @@ fn debian_package_builds_installs_and_purges() {
         assert_ne!(before.code, 0, "the service must not start before joining");
         if !had_dir {
             // Joining (as the service user, as the unit's comment says) lifts it.
+            sh("runuser -u fieldsync -- /usr/bin/fieldsync --data-dir /var/lib/fieldsync init --name pkgtest").ok();
             sh("runuser -u fieldsync -- /usr/bin/fieldsync --data-dir /var/lib/fieldsync mesh create --name pkgtest").ok();
             sh(&format!("systemd-analyze condition '{condition}'")).ok();
             let doctor = sh(
@@ -738,7 +848,8 @@ fn doctor_passes_on_a_healthy_laptop_and_names_what_is_wrong() {
             "database",
             "identity",
             "multicast",
-            "port"
+            "port",
+            "revocation"
         ]
         .into()
     );

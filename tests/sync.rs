@@ -855,7 +855,7 @@ fn an_instance_restored_from_a_backup_converges_even_if_it_wrote_before_syncing(
 
 /// `backup FILE` on a stopped laptop.
 fn backup(dir: &Path, file: &Path) {
-    run(dir, &["backup", file.to_str().unwrap()]).ok();
+    run(dir, &["backup", file.to_str().unwrap(), "--no-keys"]).ok();
 }
 
 /// `restore --force FILE` on a stopped laptop: its own backup, in place.
@@ -983,4 +983,86 @@ fn a_copied_data_directory_is_refused_with_its_original_and_status_peers_doctor_
     let out = run(&c, &["init", "--mesh", cred.to_str().unwrap()]);
     assert_eq!(out.code, 2, "{out}");
     assert!(out.stderr.contains("already uses"), "{out}");
+}
+
+/// A number is stored exactly or refused: the limits of 64-bit integers, an integer past 2^53,
+/// the largest and smallest doubles, -0.0, 0.1 and 1.0 come back as written from `get` on the
+/// laptop that wrote them, after a sync on the other one, and in its export; numbers a double
+/// would change are refused (exit 2) naming the field and suggesting a string.
+#[test]
+fn numbers_round_trip_exactly_through_put_sync_and_export_or_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
+    let values = [
+        ("i64_min", "-9223372036854775808"),
+        ("i64_max", "9223372036854775807"),
+        ("u64_max", "18446744073709551615"),
+        ("two53_plus_1", "9007199254740993"),
+        ("big", "1e308"),
+        ("tiny", "5e-324"),
+        ("neg_zero", "-0.0"),
+        ("tenth", "0.1"),
+        ("one", "1.0"),
+    ];
+    let body = format!(
+        "{{{}}}",
+        values
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let id = Uuid::new_v4().to_string();
+    run(&a, &["--json", "put", "number", "--id", &id, &body]).ok();
+    let patched = "{\"patched\":-9223372036854775808}";
+    run(&a, &["--json", "patch", "number", &id, patched]).ok();
+    // Compared as printed: the same value, and an integer stays an integer, a float a float
+    // (1.0 is not 1), -0.0 keeps its sign.
+    let has_all = |text: &str, whence: &str| {
+        let line = text.lines().next().expect("one record");
+        let v: Value = serde_json::from_str(line).unwrap();
+        for (k, want) in values
+            .iter()
+            .chain([("patched", "-9223372036854775808")].iter())
+        {
+            let want: Value = serde_json::from_str(want).unwrap();
+            assert_eq!(
+                v["fields"][k].to_string(),
+                want.to_string(),
+                "{whence}: {k}: {line}"
+            );
+        }
+    };
+    has_all(
+        &run(&a, &["--json", "get", "number", &id]).ok().stdout,
+        "get on A",
+    );
+    let agent_b = Agent::start(&b);
+    sync(&a, agent_b.addr());
+    has_all(
+        &run(&b, &["--json", "get", "number", &id]).ok().stdout,
+        "get on B",
+    );
+    has_all(&export(&b, "number"), "export on B");
+    drop(agent_b);
+    has_all(&export(&a, "number"), "export on A");
+
+    for (field, bad) in [
+        ("phone", "123456789012345678901234567890"),
+        ("weight", "0.10000000000000000001"),
+        ("n", "18446744073709551616"),
+        ("x", "9007199254740993.0"),
+    ] {
+        let o = run(&a, &["put", "number", &format!("{{\"{field}\":{bad}}}")]);
+        assert_eq!(o.code, 2, "{field}={bad}: {o:?}");
+        let msg = o.stderr.trim();
+        assert!(
+            !msg.contains('\n')
+                && msg.contains(&format!("field \"{field}\""))
+                && msg.contains(bad)
+                && msg.contains("string"),
+            "{msg}"
+        );
+    }
+    assert_eq!(live_count(&a, "number"), 1, "nothing written by a refusal");
 }

@@ -12,6 +12,54 @@ fn sync_error(e: SyncError) -> AppError {
     }
 }
 
+/// An address that is not a known peer's name must be HOST:PORT: say which part is missing
+/// instead of letting the HTTP client try port 80 or a DNS lookup of a mistyped name.
+fn check_address(peer: &str) -> Result<(), AppError> {
+    let host = peer
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let has_port = host.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty() && p.parse::<u16>().is_ok() && (!h.contains(':') || h.ends_with(']'))
+    });
+    if has_port {
+        return Ok(());
+    }
+    let looks_like_host =
+        host.parse::<std::net::IpAddr>().is_ok() || host.contains('.') || host == "localhost";
+    if looks_like_host {
+        Err(AppError::invalid(
+            "PEER_ADDRESS",
+            "peer",
+            format!(
+                "{peer} has no port: use HOST:PORT, e.g. {peer}:7437 (the port its \
+                 `fieldsync run` listens on)"
+            ),
+        ))
+    } else {
+        Err(AppError::NotFound {
+            code: "PEER_NOT_FOUND",
+            message: format!(
+                "no known peer is named {peer:?}, and it is not an address: use a name from \
+                 `fieldsync peers` or HOST:PORT"
+            ),
+        })
+    }
+}
+
+/// The revoked laptop's own message (exit 3): when, why, and the one way back.
+pub fn revoked_message(revocation: Option<&(chrono::DateTime<chrono::Utc>, String)>) -> String {
+    match revocation {
+        Some((at, reason)) => format!(
+            "this laptop was revoked by the deployment on {} ({reason}): ask the coordinator \
+             for a new credential",
+            at.format("%Y-%m-%d %H:%M UTC")
+        ),
+        None => "this laptop was revoked by the deployment (a peer refused its certificate as \
+                 revoked): ask the coordinator for a new credential"
+            .into(),
+    }
+}
+
 impl App {
     /// The instance a peer reference names: an instance id, or the display name of exactly one
     /// known peer (from the sync_instance table).
@@ -78,7 +126,7 @@ impl App {
                 code: "PEER_NOT_FOUND",
                 message: format!("instance {peer} is not a known peer: pass its HOST:PORT instead"),
             }),
-            None => Ok(peer.to_string()),
+            None => check_address(peer).map(|()| peer.to_string()),
         }
     }
 
@@ -106,6 +154,11 @@ impl App {
     ) -> Result<SessionReport, AppError> {
         let addr = self.resolve_peer_addr(peer)?;
         let transport = self.transport(transport)?;
+        // A revoked laptop is told, not left to read refusals as network trouble: from the
+        // signed revocation it holds, or from a peer's `certificate_revoked` alert.
+        if let Some(r) = crate::mesh::own_revocation(&self.store) {
+            return Err(AppError::Peer(revoked_message(Some(&r))));
+        }
         let mut opts = crate::sync::SessionOptions::from_store(&self.store, transport);
         if let Some(a) = &self.agent {
             opts.clients = a.clients.clone();
@@ -114,8 +167,20 @@ impl App {
             .await
             .map_err(|e| {
                 crate::sync::note_failure(&self.store, None, &e);
+                if e.to_string()
+                    .contains(crate::protocol::client::REVOKED_BY_PEER)
+                {
+                    crate::mesh::note_refused_as_revoked(self.store.dir(), &addr);
+                    let own = crate::mesh::own_revocation(&self.store);
+                    return AppError::Peer(revoked_message(own.as_ref()));
+                }
                 sync_error(e)
             })?;
+        // A peer that had not heard of the revocation let this session through, and it may
+        // have brought the revocation along: the data exchanged stays, the laptop is told.
+        if let Some(rev) = crate::mesh::own_revocation(&self.store) {
+            return Err(AppError::Peer(revoked_message(Some(&rev))));
+        }
         if self.agent.is_some() {
             // Online now: `sync_with` told `presence` (only an agent's process is asked).
             let _ = self.store.update_peer(&r.peer.instance, |row| {

@@ -225,9 +225,35 @@ fn malformed(e: serde_json::Error) -> AppError {
     AppError::invalid("MALFORMED_JSON", "fields", format!("malformed JSON: {e}"))
 }
 
-/// Parses JSON text given by a caller (a CLI argument, a request body).
+/// Parses JSON text given by a caller (a CLI argument, a request body). A number that would
+/// not be stored exactly (a 30-digit integer, 20 significant digits: anything an `i64`, `u64`
+/// or `f64` does not hold as written) is refused with `INEXACT_NUMBER`, naming its field, as
+/// `import` does: a value is stored exactly or not at all.
 pub fn parse_json(text: &[u8]) -> Result<Value, AppError> {
-    serde_json::from_slice(text).map_err(malformed)
+    let v: Value = serde_json::from_slice(text).map_err(malformed)?;
+    if let Some(bad) = std::str::from_utf8(text)
+        .ok()
+        .and_then(crate::import::first_inexact_number)
+    {
+        return Err(inexact(bad));
+    }
+    Ok(v)
+}
+
+fn inexact(bad: crate::import::Inexact) -> AppError {
+    let (field, named) = match &bad.key {
+        Some(k) => (format!("fields.{k}"), format!("field {k:?}: ")),
+        None => ("fields".to_string(), String::new()),
+    };
+    AppError::invalid(
+        "INEXACT_NUMBER",
+        field,
+        format!(
+            "{named}the number {} cannot be stored exactly; write it as a string (in quotes) \
+             to keep every digit",
+            bad.number
+        ),
+    )
 }
 
 impl App {

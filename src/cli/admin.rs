@@ -1,6 +1,6 @@
 //! Administration commands: `status`, `peers`, `generate`, `backup`, `restore`.
 
-use super::{open_input, print, CliError, Door, Io};
+use super::{invalid, open_input, print, CliError, Door, Io};
 use crate::app::App;
 use crate::control::Op;
 use crate::mesh;
@@ -137,15 +137,56 @@ pub fn repair(
 }
 
 /// `backup FILE`.
-pub fn backup(app: &App, file: &Path, io: &mut Io<'_>) -> Result<(), CliError> {
-    let (store, file, out) = (app.store(), &io.cwd.join(file), &mut *io.out);
-    let h = crate::backup::write_backup(store, file).map_err(backup_error)?;
+pub fn backup(
+    app: &App,
+    file: &Path,
+    passphrase_file: Option<&Path>,
+    no_keys: bool,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
+    use crate::backup_keys as keys;
+    let (store, file) = (app.store(), &io.cwd.join(file));
+    let dir = store.dir();
+    let (h, sealed_keys) = match passphrase_file {
+        None if !no_keys && keys::holds_private_keys(dir) => {
+            return Err(CliError::Invalid(format!(
+                "{} holds this laptop's private keys ({}): pass --passphrase-file FILE to                  include them encrypted, or --no-keys to back up the data without them",
+                dir.display(),
+                keys::KEY_FILES[..2]
+                    .iter()
+                    .filter(|f| dir.join(f).exists())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+        None => (
+            crate::backup::write_backup(store, file).map_err(backup_error)?,
+            Vec::new(),
+        ),
+        Some(pf) => {
+            let pass = keys::read_passphrase(&io.cwd.join(pf)).map_err(invalid)?;
+            let files = keys::key_files(dir).map_err(|e| CliError::Io(e.to_string()))?;
+            // The plain backup exists only inside the (private) data directory, briefly.
+            let tmp = dir.join(".backup-plain.tmp");
+            let h = crate::backup::write_backup(store, &tmp).map_err(backup_error);
+            let sealed = h.as_ref().ok().map(|_| keys::seal(&tmp, &files, pass, file));
+            let _ = std::fs::remove_file(&tmp);
+            let h = h?;
+            sealed
+                .expect("sealed after a written backup")
+                .map_err(|e| CliError::Io(e.to_string()))?;
+            (h, files.into_keys().collect())
+        }
+    };
     let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     let v = json!({
         "backup": file, "bytes": bytes, "instance": h.instance, "name": h.instance_name,
         "created_at": h.created_at.to_rfc3339(), "feed_seq": h.feed_seq,
         "count": h.live_records, "sha256": h.sha256, "entries": h.counts,
+        "encrypted": passphrase_file.is_some(), "keys": sealed_keys,
     });
+    let out = &mut *io.out;
     writeln!(out, "{v}").map_err(CliError::Output)
 }
 
@@ -155,8 +196,10 @@ pub fn restore(
     file: &Path,
     force: bool,
     take_over: bool,
+    passphrase_file: Option<&Path>,
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
+    use crate::backup_keys as keys;
     if app.agent().is_some() {
         return Err(CliError::Io(
             "restore replaces the database under the running agent: stop it \
@@ -164,9 +207,60 @@ pub fn restore(
                 .into(),
         ));
     }
-    let (store, file, out) = (app.store(), &io.cwd.join(file), &mut *io.out);
-    let r = crate::backup::restore(store, file, take_over, force).map_err(backup_error)?;
+    let (store, file) = (app.store(), &io.cwd.join(file));
+    let sealed = keys::is_sealed(file).map_err(invalid)?;
+    let (r, key_files) = if sealed {
+        let pf = passphrase_file.ok_or_else(|| {
+            CliError::Invalid(format!(
+                "{} is encrypted (it holds keys): pass --passphrase-file FILE with its \
+                 passphrase",
+                file.display()
+            ))
+        })?;
+        let pass = keys::read_passphrase(&io.cwd.join(pf)).map_err(invalid)?;
+        let tmp = store.dir().join(".restore-plain.tmp");
+        let files = keys::open(file, pass, &tmp).map_err(|e| match e {
+            keys::KeysError::Io { .. } => CliError::Io(e.to_string()),
+            other => invalid(other),
+        })?;
+        let r = crate::backup::restore(store, &tmp, take_over, force).map_err(backup_error);
+        let _ = std::fs::remove_file(&tmp);
+        (r?, files)
+    } else {
+        let r = crate::backup::restore(store, file, take_over, force).map_err(backup_error)?;
+        (r, Default::default())
+    };
+    let out = &mut *io.out;
     let mut warnings = Vec::new();
+    let mut keys_restored = Vec::new();
+    for (name, text) in &key_files {
+        let path = store.dir().join(name);
+        if path.exists() {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                warnings.push(format!(
+                    "kept this laptop's own {name}; the backup's differs (left out)"
+                ));
+            }
+            continue;
+        }
+        // A credential belongs to one instance: restored only onto that instance.
+        if name == mesh::CREDENTIAL_FILE {
+            let owner = serde_json::from_str::<Value>(text)
+                .ok()
+                .and_then(|v| v["instance"].as_str().map(str::to_string));
+            if owner.as_deref() != Some(r.report.instance.to_string().as_str()) {
+                warnings.push(
+                    "the backup's credential is for the instance it was taken from: left out \
+                     (use --take-over-identity to become that laptop)"
+                        .to_string(),
+                );
+                continue;
+            }
+        }
+        crate::fsutil::write_private_atomic(&path, text.as_bytes())
+            .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
+        keys_restored.push(name.clone());
+    }
     if r.report.discarded_own_changes {
         warnings.push(
             "this laptop's own changes that were not in the backup are gone here; peers that \
@@ -190,7 +284,7 @@ pub fn restore(
         "backup_created_at": r.header.created_at.to_rfc3339(),
         "count": r.live_records, "sha256": r.sha256, "entries": r.report.counts,
         "peers_reset": r.report.peers_reset, "incarnation": r.report.incarnation,
-        "warnings": warnings,
+        "keys_restored": keys_restored, "warnings": warnings,
     });
     writeln!(out, "{v}").map_err(CliError::Output)
 }

@@ -19,6 +19,7 @@ pub mod conflicts_human;
 pub mod console;
 pub mod human;
 pub mod mesh;
+pub mod problems;
 pub mod records;
 pub mod sync;
 
@@ -114,7 +115,8 @@ pub enum Command {
     /// Create this laptop's instance (or update its details) and print it
     /// (`{"instance","name","owner","contact"}`).
     ///
-    /// Optional: the first command that needs an instance creates one with defaults.
+    /// Every other command except `run` and `restore` refuses a data directory with no
+    /// database (so a mistyped --data-dir never creates a new laptop).
     ///
     /// Example: fieldsync init --name laptop7 --owner "Red Cross Team B" --contact "+1 555 0100"
     Init {
@@ -402,9 +404,21 @@ pub enum Command {
     /// checks them, and `fieldsync digest` on the restored laptop prints the same.
     ///
     /// Example: fieldsync backup /media/usb/laptop7-2026-05-01.fsbackup
+    ///
+    /// A laptop holding private keys (its credential; on the coordinator, the deployment CA)
+    /// needs --passphrase-file: the backup then also holds those keys and fieldsync.toml,
+    /// encrypted (age format), so `restore` can rebuild the laptop, enrollments and
+    /// revocations included. --no-keys writes it without them, unencrypted.
     Backup {
         /// The backup file to write (replaced atomically if it exists).
         file: PathBuf,
+        /// Encrypt the backup with the passphrase on this file's first line, and include the
+        /// credential, the deployment CA and fieldsync.toml.
+        #[arg(long, value_name = "FILE", conflicts_with = "no_keys")]
+        passphrase_file: Option<PathBuf>,
+        /// Leave the private keys out (the backup is not encrypted).
+        #[arg(long)]
+        no_keys: bool,
     },
     /// Replace this laptop's database with a backup (stop the agent first).
     ///
@@ -422,6 +436,11 @@ pub enum Command {
         /// Become the instance the backup was taken from (its id, name, clock).
         #[arg(long)]
         take_over_identity: bool,
+        /// The passphrase of an encrypted backup (first line of this file). Its keys are
+        /// restored where this directory has none: the deployment CA and fieldsync.toml, and
+        /// the credential when this laptop is (or takes over) the instance it belongs to.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
     },
     /// Print (and on a desktop, open) a one-time login link to the console: the web page the
     /// running agent serves on its HTTP API port (peers, live syncs, conflicts, records).
@@ -546,6 +565,7 @@ pub fn resolve_data_dir(flag: Option<PathBuf>) -> Result<PathBuf, CliError> {
     {
         let portable = dir.join("fieldsync-data");
         if portable.is_dir() {
+            private_portable_dir(&portable);
             return Ok(portable);
         }
     }
@@ -563,6 +583,20 @@ pub fn resolve_data_dir(flag: Option<PathBuf>) -> Result<PathBuf, CliError> {
             )
         })?;
     Ok(base.join("fieldsync"))
+}
+
+/// Makes the portable data folder private (0700) when it belongs to us and others may read
+/// it: the stick's layout is copied with `cp -r` from git, which leaves it 0755, and the records
+/// are personal data. Best effort: on FAT/exFAT the mount decides, and `doctor` says so.
+fn private_portable_dir(dir: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return;
+    };
+    let mine = std::fs::metadata("/proc/self").is_ok_and(|me| me.uid() == meta.uid());
+    if mine && meta.mode() & 0o077 != 0 {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
 }
 
 /// What a command reads and writes besides the store.
@@ -611,6 +645,15 @@ pub fn run(
     if let Command::Console = cli.command {
         return console::console(&dir, !human, out);
     }
+    // A typo in --data-dir must not create a new, empty laptop: only `init` and `run` create
+    // a database, and `restore` fills an empty directory.
+    if !matches!(
+        cli.command,
+        Command::Init { .. } | Command::Run { .. } | Command::Restore { .. }
+    ) && !has_database(&dir)
+    {
+        return Err(no_database(&dir));
+    }
     let config = Config::load(&dir)?;
     let store = match Store::open(&dir, config) {
         Ok(s) => Arc::new(s),
@@ -634,7 +677,7 @@ pub fn run(
             }
             return forward(&dir, &cli.command, args, out, cwd, rt);
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(problems::for_person(e.into(), &dir)),
     };
     if let Command::Run {
         listen,
@@ -668,8 +711,21 @@ pub fn run(
         CliError::Store(StoreError::Sled(sled::Error::Corruption { .. })) => {
             CliError::Store(StoreError::Damaged(dir.clone()))
         }
-        other => other,
+        other => problems::for_person(other, &dir),
     })
+}
+
+/// True when `dir` holds a fieldsync database (its `db/` directory), whether or not it opens.
+pub fn has_database(dir: &Path) -> bool {
+    dir.join("db").is_dir()
+}
+
+/// The refusal of a command on a directory with no database (exit 1).
+pub fn no_database(dir: &Path) -> CliError {
+    CliError::NotFound(format!(
+        "no fieldsync database at {} (run `fieldsync init` to create one)",
+        dir.display()
+    ))
 }
 
 /// Mutual TLS from this laptop's credential; plaintext only when asked for explicitly.
@@ -802,7 +858,8 @@ pub fn executor(rt: tokio::runtime::Handle, app: App) -> crate::control::Executo
             agent: agent.clone(),
             human: cli.human && !cli.json_output,
         };
-        let result = execute(store, cli.command, &mut io);
+        let result =
+            execute(store, cli.command, &mut io).map_err(|e| problems::for_person(e, store.dir()));
         let (code, stderr) = match result {
             Ok(()) => (0, String::new()),
             Err(e) => (e.exit_code(), e.to_string()),
@@ -899,12 +956,24 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         )),
         Command::Console => console::console(store.dir(), !io.human, io.out),
         Command::Generate(what) => admin::generate(what, io.out, &mut io.stdin, &io.cwd),
-        Command::Backup { file } => admin::backup(&app, &file, io),
+        Command::Backup {
+            file,
+            passphrase_file,
+            no_keys,
+        } => admin::backup(&app, &file, passphrase_file.as_deref(), no_keys, io),
         Command::Restore {
             file,
             force,
             take_over_identity,
-        } => admin::restore(&app, &file, force, take_over_identity, io),
+            passphrase_file,
+        } => admin::restore(
+            &app,
+            &file,
+            force,
+            take_over_identity,
+            passphrase_file.as_deref(),
+            io,
+        ),
         Command::Doctor => {
             crate::doctor::run_with_store(store, io.agent.as_ref().map(|a| &a.live), io.out)
         }
@@ -1038,7 +1107,8 @@ fn read_json_arg(arg: &str, stdin: &mut Option<String>) -> Result<Value, CliErro
     } else {
         arg.to_string()
     };
-    serde_json::from_str(&text).map_err(|e| CliError::Invalid(format!("malformed JSON: {e}")))
+    // The same rule as the HTTP API: a number is stored exactly or refused.
+    crate::app::records::parse_json(text.as_bytes()).map_err(CliError::App)
 }
 
 fn open_input(

@@ -217,8 +217,11 @@ fn body_json(body: Body) -> Result<Value, ApiError> {
 
 fn body_typed<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
     let bytes = body_bytes(body)?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad("MALFORMED_JSON", "body", format!("request body: {e}")))
+    let v = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad("MALFORMED_JSON", "body", format!("request body: {e}")))?;
+    // A batch's fields, like a put's, are stored exactly or refused (`INEXACT_NUMBER`).
+    parse_json(&bytes)?;
+    Ok(v)
 }
 
 /// Query parameters as pairs; `known` are the only names allowed (plus `field.NAME` when

@@ -20,6 +20,8 @@
 //! expects). Rows that change nothing write nothing; a deleted record stays deleted.
 
 mod cells;
+// The exact-number rule is the same for put, patch and the HTTP API.
+pub(crate) use cells::{first_inexact_number, Inexact};
 mod csv;
 mod jsonl;
 mod sheet;

@@ -29,6 +29,51 @@ pub enum CallError {
 
 /// jsonrpsee's HTTP client with our byte counting under it.
 type Inner = HttpClient<RpcLogger<RpcService<Count<HttpBackend>>>>;
+/// What [`describe`] says when a peer refused this laptop's certificate as revoked (the TLS
+/// `certificate_revoked` alert); the sync layer turns it into the revoked laptop's message.
+pub const REVOKED_BY_PEER: &str = "the peer refused this laptop's certificate as revoked";
+
+/// The cause of a failed call in words: the innermost error of the chain that a person can act
+/// on (connection refused, a TLS alert), instead of the HTTP client's "client error (Connect)".
+pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut last = e.to_string();
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<rustls::Error>() {
+            return tls_words(t);
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return tls_words(t);
+            }
+            use std::io::ErrorKind::*;
+            match io.kind() {
+                ConnectionRefused => {
+                    return "connection refused (is fieldsync running there?)".into()
+                }
+                TimedOut => return "the connection timed out".into(),
+                ConnectionReset | ConnectionAborted | UnexpectedEof => {
+                    return "the connection was closed by the peer".into()
+                }
+                _ => {}
+            }
+        }
+        last = err.to_string();
+        cur = err.source();
+    }
+    last
+}
+
+fn tls_words(t: &rustls::Error) -> String {
+    use rustls::AlertDescription as A;
+    match t {
+        rustls::Error::AlertReceived(A::CertificateRevoked) => REVOKED_BY_PEER.into(),
+        rustls::Error::AlertReceived(A::UnknownCA | A::BadCertificate) => {
+            "the peer does not accept this laptop's certificate (another deployment?)".into()
+        }
+        other => format!("TLS: {other}"),
+    }
+}
 
 /// A connection to one peer's sync endpoint.
 pub struct Client {
@@ -81,7 +126,7 @@ impl Client {
                 Error::Call(obj) => {
                     CallError::Protocol(ProtocolError::new(obj.code(), obj.message().to_string()))
                 }
-                other => CallError::Transport(other.to_string()),
+                other => CallError::Transport(describe(&other)),
             })
     }
 

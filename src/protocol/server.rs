@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 /// Most simultaneous authenticated peer connections (past their TLS handshake; every
@@ -265,12 +265,19 @@ async fn accept_loop<S: SyncService>(
                         .await
                     {
                         Ok(Ok(tls)) => tls,
+                        // Only a certificate the deployment does not accept is a refusal
+                        // (counted, backed off); a connection that drops or stalls mid-handshake
+                        // (flaky Wi-Fi, a closed lid) is a network event.
                         Ok(Err(e)) => {
-                            refused(&traffic, &failures, peer, &e.to_string());
+                            match handshake_refusal(&e) {
+                                Some(reason) => refused(&traffic, &failures, peer, &reason),
+                                None => info!(%peer, error = %e,
+                                    "network: connection dropped during the TLS handshake"),
+                            }
                             return;
                         }
                         Err(_) => {
-                            refused(&traffic, &failures, peer, "TLS handshake timed out");
+                            info!(%peer, "network: TLS handshake timed out");
                             return;
                         }
                     };
@@ -363,6 +370,19 @@ impl<K: std::hash::Hash + Eq + Copy> Drop for Slot<K> {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why a failed handshake is a refusal of the peer (a TLS error: its certificate, or a
+/// protocol violation), or `None` when the connection merely ended (EOF, reset): a network
+/// event, not counted toward the per-address back-off.
+fn handshake_refusal(e: &std::io::Error) -> Option<String> {
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(match tls {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked) => {
+            "its certificate was revoked by the deployment".to_string()
+        }
+        other => other.to_string(),
+    })
 }
 
 /// Logs and counts a refused handshake, and makes a repeatedly failing address wait.

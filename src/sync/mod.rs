@@ -205,7 +205,13 @@ pub async fn sync_with(
             let (id, name) = known.map_or((String::new(), String::new()), |p| {
                 (p.instance.to_string(), p.name)
             });
-            warn!(parent: &span, error = %e, peer = %id, name = %name, "session failed")
+            if opts.url.is_some() {
+                warn!(parent: &span, error = %e, peer = %id, name = %name, "session failed")
+            } else {
+                // A session someone asked for (`sync`): the error goes back to them as the
+                // command's one line; a warning here would print it twice.
+                info!(parent: &span, error = %e, peer = %id, name = %name, "session failed")
+            }
         }
     }
     result

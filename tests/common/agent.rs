@@ -186,6 +186,7 @@ impl Drop for Running {
 
 /// Starts `fieldsync ARGS` in the background.
 pub fn spawn_fieldsync(args: &[&str]) -> Running {
+    super::init_if_needed(&args.iter().map(std::ffi::OsStr::new).collect::<Vec<_>>());
     let what = format!("fieldsync {}", args.join(" "));
     let mut child = Command::new(bin())
         .args(args)

@@ -33,6 +33,46 @@ pub fn command(home: &Path) -> Command {
     c
 }
 
+/// The commands that run on a data directory holding no database; every other one refuses it
+/// ("no fieldsync database at PATH").
+pub const WITHOUT_DATABASE: &[&str] = &[
+    "init", "run", "restore", "doctor", "generate", "repair", "console",
+];
+
+/// A fresh test data directory starts the way a user starts one: `fieldsync init` runs first
+/// when `args` (a whole command line, `--data-dir DIR` included) is a command that needs a
+/// database and DIR has none yet. Commands on other directories are left alone.
+pub fn init_if_needed(args: &[&std::ffi::OsStr]) {
+    let Some(pos) = args.iter().position(|a| *a == "--data-dir") else {
+        return;
+    };
+    let Some(dir) = args.get(pos + 1).map(Path::new) else {
+        return;
+    };
+    if dir.join("db").is_dir() {
+        return;
+    }
+    let word = args
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != pos + 1)
+        .map(|(_, a)| a.to_string_lossy())
+        .find(|a| !a.starts_with('-'));
+    match word.as_deref() {
+        None => {}
+        Some(w) if WITHOUT_DATABASE.contains(&w) => {}
+        Some(_) => {
+            let mut c = Command::new(bin());
+            c.env_remove("FIELDSYNC_DIR")
+                .arg("--data-dir")
+                .arg(dir)
+                .args(["--json", "init"]);
+            let o = run(c, None);
+            assert_eq!(o.code, 0, "init of a test data directory: {o:?}");
+        }
+    }
+}
+
 /// What a finished command did.
 #[derive(Debug)]
 pub struct Output {
@@ -229,6 +269,7 @@ impl Instance {
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = command(self.tmp.path());
         c.arg("--data-dir").arg(self.dir()).args(args);
+        init_if_needed(&c.get_args().collect::<Vec<_>>());
         c
     }
 

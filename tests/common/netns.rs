@@ -366,6 +366,7 @@ impl Lab {
         };
         let (c, ca_s) = (coord.to_str().unwrap(), ca.to_str().unwrap());
         if !ca.exists() {
+            direct(&["--data-dir", c, "init"]);
             direct(&[
                 "--data-dir",
                 c,
@@ -378,7 +379,7 @@ impl Lab {
             ]);
         }
         let d = dir.to_str().unwrap();
-        let status = direct(&["--data-dir", d, "status"]).json();
+        let status = direct(&["--data-dir", d, "init"]).json();
         let id = status["instance"].as_str().expect("instance").to_string();
         let cred = self.scratch(&format!("h{i}.fsmesh"));
         let cred_s = cred.to_str().unwrap();
@@ -406,6 +407,21 @@ impl Lab {
     /// when one runs), bounded by a minute.
     pub fn cli(&self, i: usize, args: &[&str]) -> Out {
         let dir = self.dir(i);
+        // Commands other than init/run/restore refuse a directory with no database: a fresh
+        // host starts with `init`, as a user's laptop does.
+        let needs_db = !matches!(
+            args.first(),
+            Some(&("init" | "run" | "restore" | "doctor" | "generate" | "repair"))
+        );
+        if needs_db && !dir.join("db").is_dir() {
+            let mut init = Command::new(bin());
+            init.arg("--data-dir")
+                .arg(&dir)
+                .args(["--json", "init"])
+                .env_remove("FIELDSYNC_DIR");
+            let out = run_bounded(&mut init, CLI_TIMEOUT);
+            assert_eq!(out.code, 0, "host {i}: init: {}", out.stderr);
+        }
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.ns(i), bin(), "--data-dir"])
             .arg(&dir)

@@ -37,6 +37,23 @@ impl Drop for Proc {
 
 /// A fieldsync command with a clean environment: no inherited data dir or plaintext switch.
 pub fn command(dir: &Path) -> Command {
+    // Every command but init/run/restore refuses a directory with no database: a fresh test
+    // directory starts with `init`, as a user's does.
+    if !dir.join("db").is_dir() {
+        let o = Command::new(bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--json", "init"])
+            .env_remove("FIELDSYNC_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run fieldsync init");
+        assert!(
+            o.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     let mut c = Command::new(bin());
     c.arg("--data-dir")
         .arg(dir)
