@@ -23,8 +23,9 @@
 use super::{decode, encode, keys, StoreError};
 use std::path::{Path, PathBuf};
 
-/// The store format this build writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The store format this build writes, and the newest it reads (2: range fingerprints, the
+/// `Z` entries of `fingerprint.rs`).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Where files taken out of `db/` go, inside the data directory.
 pub const MOVED_ASIDE_DIR: &str = "moved-aside";
@@ -37,8 +38,8 @@ pub const DAMAGED_DIR: &str = "damaged";
 pub(crate) type Migration = fn(&sled::Tree, &mut sled::Batch) -> Result<(), StoreError>;
 
 /// The migrations, each with the format it starts from (`(1, f)` migrates format 1 to 2).
-/// Empty: there is only one format so far.
-pub(crate) const MIGRATIONS: &[(u32, Migration)] = &[];
+pub(crate) const MIGRATIONS: &[(u32, Migration)] =
+    &[(1, super::fingerprint::migrate_add_fingerprints)];
 
 /// A UTC time stamp usable in a file name, sortable as text.
 fn stamp() -> String {
@@ -165,7 +166,14 @@ pub(crate) fn check_format(
     tree: &sled::Tree,
     dir: &Path,
 ) -> Result<FormatCheck, StoreError> {
-    let found = stored_format(tree)?;
+    // A new database (no instance yet) has nothing to migrate: it starts in the current format.
+    let fresh =
+        tree.get(keys::meta("format"))?.is_none() && tree.get(keys::meta("instance"))?.is_none();
+    let found = if fresh {
+        FORMAT_VERSION
+    } else {
+        stored_format(tree)?
+    };
     if found > FORMAT_VERSION {
         return Err(StoreError::NewerFormat {
             dir: dir.to_path_buf(),
@@ -351,20 +359,32 @@ mod tests {
     }
 
     #[test]
-    fn a_store_without_the_version_key_is_the_first_format_and_gets_the_key() {
+    fn a_first_format_store_is_migrated_and_gets_its_fingerprints() {
         let dir = tempfile::tempdir().unwrap();
         let digest = {
             let s = store_with_a_record(dir.path());
             crate::formats::digest(&s, &["person".to_string()]).unwrap()
         };
+        // What a format-1 store looks like: no version key, no fingerprint entries.
         set_raw_format(dir.path(), None);
+        {
+            let db = sled::open(dir.path().join("db")).unwrap();
+            let t = db.open_tree("fieldsync").unwrap();
+            for k in t.scan_prefix([b'Z']).keys() {
+                t.remove(k.unwrap()).unwrap();
+            }
+            db.flush().unwrap();
+        }
         let s = Store::open(dir.path(), Config::default()).unwrap();
         assert_eq!(
             crate::formats::digest(&s, &["person".to_string()]).unwrap(),
             digest
         );
         let v: u32 = decode(&s.tree.get(keys::meta("format")).unwrap().unwrap()).unwrap();
-        assert_eq!(v, 1);
+        assert_eq!(v, FORMAT_VERSION);
+        assert_eq!(s.range_sum("person", &[]).unwrap().count, 1);
+        assert!(s.check_fingerprints().unwrap().is_empty());
+        assert!(!dir.path().join("db.format-1.old").exists());
     }
 
     #[test]

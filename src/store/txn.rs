@@ -3,14 +3,22 @@
 //!
 //! Only one `Txn` is open at a time (the store's writer lock), so there is no write-write race
 //! to detect; readers outside see either the state before or after the whole batch.
+//!
+//! Record writes also report their fingerprint change ([`Txn::record_changed`]); the deltas are
+//! summed per fingerprint entry and added to the stored entries in the same batch at commit
+//! (`fingerprint.rs`).
 
+use super::fingerprint::{self, RangeSum};
 use super::StoreError;
 use std::collections::BTreeMap;
+use uuid::Uuid;
 
 /// Pending writes on top of the committed tree.
 pub struct Txn<'a> {
     tree: &'a sled::Tree,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Fingerprint entry key → what this batch adds to it.
+    fingerprints: BTreeMap<Vec<u8>, RangeSum>,
 }
 
 impl<'a> Txn<'a> {
@@ -18,6 +26,28 @@ impl<'a> Txn<'a> {
         Self {
             tree,
             writes: BTreeMap::new(),
+            fingerprints: BTreeMap::new(),
+        }
+    }
+
+    /// Records that the record `table`/`id` goes from element `old` to `new` (`None`: absent)
+    /// in this batch; the caller writes the record itself.
+    pub(crate) fn record_changed(
+        &mut self,
+        table: &str,
+        id: &Uuid,
+        old: Option<RangeSum>,
+        new: Option<RangeSum>,
+    ) {
+        if old == new {
+            return;
+        }
+        let mut delta = new.unwrap_or_default();
+        if let Some(o) = old {
+            delta.sub(&o);
+        }
+        for key in fingerprint::keys_of(table, id) {
+            self.fingerprints.entry(key).or_default().add(&delta);
         }
     }
 
@@ -70,6 +100,16 @@ impl<'a> Txn<'a> {
     /// Applies every write atomically.
     pub(crate) fn commit(self) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        // Only the writer changes fingerprint entries, so the committed value is current.
+        for (k, delta) in &self.fingerprints {
+            if delta.is_zero() {
+                continue;
+            }
+            match fingerprint::apply_delta(self.tree, k, delta)? {
+                Some(v) => batch.insert(k.as_slice(), v),
+                None => batch.remove(k.as_slice()),
+            }
+        }
         for (k, v) in self.writes {
             match v {
                 Some(v) => batch.insert(k, v),
