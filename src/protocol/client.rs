@@ -1,8 +1,9 @@
 //! Typed JSON-RPC client for the sync methods (jsonrpsee over HTTP).
 
 use super::{
-    DigestReply, DigestRequest, Hello, HelloReply, Notify, Page, ProtocolError, PullRequest,
-    PushReply, PushRequest, DIGEST, HELLO, MAX_BODY_BYTES, NOTIFY, PULL, PUSH,
+    DigestReply, DigestRequest, FetchRequest, Hello, HelloReply, Notify, Page, ProtocolError,
+    PullRequest, PushReply, PushRequest, ReconcileReply, ReconcileRequest, DIGEST, FETCH, HELLO,
+    MAX_BODY_BYTES, NOTIFY, PULL, PUSH, RECONCILE,
 };
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::{HttpClient, HttpClientBuilder};
@@ -94,5 +95,15 @@ impl Client {
     /// `fieldsync_digest`.
     pub async fn digest(&self, r: &DigestRequest) -> Result<DigestReply, CallError> {
         self.call(DIGEST, r).await
+    }
+
+    /// `fieldsync_reconcile`.
+    pub async fn reconcile(&self, r: &ReconcileRequest) -> Result<ReconcileReply, CallError> {
+        self.call(RECONCILE, r).await
+    }
+
+    /// `fieldsync_fetch`.
+    pub async fn fetch(&self, r: &FetchRequest) -> Result<Page, CallError> {
+        self.call(FETCH, r).await
     }
 }
