@@ -2,7 +2,9 @@
 //! by the real JSON-RPC server on a loopback port (plaintext, port 0), reached with the real
 //! client: `verify` finds exactly the records that differ, an in-sync pair costs a few hundred
 //! bytes, a protocol-2 peer is refused by name, and one anti-entropy round repairs what a wrong
-//! knowledge claim hid from normal sessions.
+//! knowledge claim hid from normal sessions; and the agent runs such rounds by itself.
+
+mod common;
 
 use fieldsync::config::Config;
 use fieldsync::formats;
@@ -263,4 +265,50 @@ async fn one_anti_entropy_round_repairs_what_a_wrong_knowledge_claim_hid() {
         .unwrap();
     assert_eq!((again.differing, again.fetched, again.pushed), (0, 0, 0));
     served.stop().await;
+}
+
+/// End to end with real agents over mutual TLS: a knowledge claim poisoned on B's disk hides a
+/// record of A's from sessions; B's agent, with `anti_entropy_secs = 1`, repairs it by itself.
+#[test]
+fn the_agent_repairs_by_periodic_anti_entropy_what_sessions_do_not_move() {
+    use common::agent::{self as ag, Agent};
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (ag::data_dir(tmp.path(), "a"), ag::data_dir(tmp.path(), "b"));
+    ag::write_config(&a, "", "anti_entropy_secs = 0");
+    ag::write_config(&b, "", "anti_entropy_secs = 0");
+    ag::import(&a, PERSON, &ag::people(30));
+    let mut agent_a = Agent::start(&a);
+    ag::sync(&b, agent_a.addr());
+    agent_a.stop();
+
+    // A writes a record; B's knowledge then claims it has every event of A's up to it.
+    let hidden = Uuid::new_v4();
+    ag::put(&a, PERSON, &hidden, &json!({"name": "hidden"}));
+    let (a_id, claim) = {
+        let s = Store::open(&a, Config::default()).unwrap();
+        (s.id(), s.position().unwrap().knowledge[&s.id()])
+    };
+    Store::open(&b, Config::default())
+        .unwrap()
+        .raise_knowledge(a_id, claim)
+        .unwrap();
+
+    let agent_a = Agent::start(&a);
+    let s = ag::sync(&b, agent_a.addr());
+    assert_eq!(s.received.records, 0, "a session does not move it");
+    assert!(ag::get(&b, PERSON, &hidden).is_none());
+
+    ag::write_config(&b, "", "anti_entropy_secs = 1");
+    let agent_b = Agent::start_with(&b, &["--peer", agent_a.addr()]);
+    ag::wait_until(
+        "B's agent repairs the hidden record by anti-entropy",
+        std::time::Duration::from_secs(60),
+        || ag::get(&b, PERSON, &hidden).is_some(),
+    );
+    assert!(
+        agent_b.log_text().contains("anti-entropy with"),
+        "{}",
+        agent_b.log_text()
+    );
+    assert_eq!(ag::export(&a, PERSON), ag::export(&b, PERSON));
 }
