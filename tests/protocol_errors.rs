@@ -372,7 +372,11 @@ fn a_push_that_leaves_a_gap_in_positions_is_refused() {
 fn a_hello_with_no_protocol_version_in_common_is_refused() {
     let mut fx = Fixture::new();
     let v = fieldsync::protocol::PROTOCOL_VERSION;
-    let r = rpc(fx.addr(), "fieldsync_hello", hello(Uuid::new_v4(), v + 1, v + 3));
+    let r = rpc(
+        fx.addr(),
+        "fieldsync_hello",
+        hello(Uuid::new_v4(), v + 1, v + 3),
+    );
     assert_refused(&r, INCOMPATIBLE_VERSION, "incompatible protocol version");
     assert_refused(&r, INCOMPATIBLE_VERSION, &format!("{}..={}", v + 1, v + 3));
     fx.assert_unharmed();

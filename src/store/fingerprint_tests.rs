@@ -11,6 +11,9 @@ use uuid::Uuid;
 
 const TABLES: [&str; 2] = ["person", "site"];
 
+/// A store's key/value pairs, as a backup holds them.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 #[derive(Clone, Debug)]
 enum Op {
     Put(usize, usize, usize, u8),
@@ -78,7 +81,7 @@ fn run(ops: Vec<Op>) {
         .map(|d| Store::open(d.path(), Config::parse(cfg, "test").unwrap()).unwrap())
         .collect();
     let ids = ids();
-    let mut saved: [Option<Vec<(Vec<u8>, Vec<u8>)>>; 2] = [None, None];
+    let mut saved: [Option<Entries>; 2] = [None, None];
     for op in ops {
         let write = |s: usize, t: usize, i: usize, edit: Edit| {
             // Refusals (e.g. a patch of a missing record) write nothing; the check still holds.

@@ -289,6 +289,7 @@ impl Store {
         }
         let sums = super::fingerprint::build_from_records(restored_records.into_iter().map(Ok))?;
         for (k, v) in sums {
+            counts.add(&k);
             batch.insert(k, v);
         }
         batch.insert(keys::meta("lineage"), encode(&lineage));
