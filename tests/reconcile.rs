@@ -312,3 +312,49 @@ fn the_agent_repairs_by_periodic_anti_entropy_what_sessions_do_not_move() {
     );
     assert_eq!(ag::export(&a, PERSON), ag::export(&b, PERSON));
 }
+
+/// A member whose reconcile answers never converge (every sub-range "differs").
+struct LiarPeer(RpcPeer);
+
+impl Peer for LiarPeer {
+    async fn hello(&self, h: &Hello) -> Result<HelloReply, CallError> {
+        self.0.hello(h).await
+    }
+    async fn pull(&self, r: &PullRequest) -> Result<Page, CallError> {
+        self.0.pull(r).await
+    }
+    async fn push(&self, r: &PushRequest) -> Result<PushReply, CallError> {
+        self.0.push(r).await
+    }
+    async fn digest(&self, r: &DigestRequest) -> Result<DigestReply, CallError> {
+        self.0.digest(r).await
+    }
+    async fn reconcile(&self, r: &ReconcileRequest) -> Result<ReconcileReply, CallError> {
+        use base64::Engine;
+        let children = base64::engine::general_purpose::STANDARD.encode([0xffu8; 128]);
+        Ok(ReconcileReply {
+            ranges: r
+                .ranges
+                .iter()
+                .map(|_| fieldsync::protocol::RangeAnswer {
+                    count: 5,
+                    children: Some(children.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_stops_a_peer_whose_answers_never_converge() {
+    let (a, b) = (node(), node());
+    import(&a.store, 3);
+    import(&b.store, 3);
+    let served = serve(&a).await;
+    let addr = served.addr.to_string();
+    let liar = LiarPeer(RpcPeer::connect(&addr, &Transport::Plaintext).unwrap());
+    let e = sync::verify(&b.store, &liar, &addr).await.unwrap_err();
+    assert!(e.to_string().contains("keep differing"), "{e}");
+    served.stop().await;
+}

@@ -316,9 +316,24 @@ impl super::Store {
         nibbles: &[u8],
     ) -> Result<Vec<(Uuid, [u8; 32])>, StoreError> {
         let mut out = Vec::new();
-        for r in self.scan_ids(table, &byte_prefix(nibbles)) {
-            let (id, rec) = r?;
-            if id_has_prefix(&id, nibbles) {
+        let whole = byte_prefix(nibbles);
+        // An odd digit count fixes half of the next byte: scan the 16 byte values it allows,
+        // never the whole of the shorter prefix (ids need not be spread evenly).
+        let prefixes: Vec<Vec<u8>> = if nibbles.len() % 2 == 1 {
+            let high = nibbles[nibbles.len() - 1] << 4;
+            (0..16u8)
+                .map(|low| {
+                    let mut p = whole.clone();
+                    p.push(high | low);
+                    p
+                })
+                .collect()
+        } else {
+            vec![whole]
+        };
+        for p in prefixes {
+            for r in self.scan_ids(table, &p) {
+                let (id, rec) = r?;
                 out.push((id, content_hash(&rec.state)));
             }
         }

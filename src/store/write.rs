@@ -655,15 +655,6 @@ impl Batch<'_> {
             conflict_seq,
             created,
         };
-        // The fingerprint moves with the record in this batch (fingerprint.rs).
-        self.txn.record_changed(
-            p.table,
-            &p.id,
-            p.prev
-                .as_ref()
-                .map(|r| super::fingerprint::element_of(&p.id, r)),
-            Some(super::fingerprint::element_of(&p.id, &rec)),
-        );
         self.txn.put(keys::record(&suffix), encode_record(&rec));
         if self.store.config.unique_fields(p.table).next().is_some() {
             self.recheck_clashes(&suffix)?;

@@ -163,8 +163,11 @@ pub async fn differences<P: Peer>(
         });
     }
     let mut stats = ReconcileStats::default();
-    // Bounded: a range is asked about once, ids have 32 hex digits, so at most every prefix of
-    // every id on either side is ever queued.
+    // Bounded: a range is asked about only when the peer's fingerprint of it is not empty, so
+    // an honest peer holds a record in each, and ids have 32 digits: at most 32 ranges per
+    // record it holds. A peer whose answers go beyond that is refused.
+    let mut budget: u64 = 64 * tables.len() as u64;
+    let mut counted = false;
     while !queue.is_empty() {
         let n = queue.len().min(MAX_RECONCILE_RANGES);
         let batch: Vec<Pending> = queue.drain(..n).collect();
@@ -203,6 +206,18 @@ pub async fn differences<P: Peer>(
         }
         for (i, c) in remote_counts {
             out[i].remote_count = c;
+        }
+        if !counted {
+            counted = true;
+            for d in &out {
+                budget += 32 * d.remote_count.max(d.local_count).min(1 << 32);
+            }
+        }
+        if stats.ranges > budget {
+            return Err(bad_answer(
+                label,
+                "its fingerprints keep differing beyond what its record counts allow",
+            ));
         }
     }
     for (d, ids) in out.iter_mut().zip(differing) {
