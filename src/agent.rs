@@ -109,6 +109,15 @@ enum Reason {
     Discovered,
     Notified,
     Periodic,
+    /// A session followed by an anti-entropy round (`[sync] anti_entropy_secs`).
+    AntiEntropy,
+}
+
+/// `every` ± 20%, so laptops started together do not all reconcile at the same moment.
+fn jittered(every: Duration) -> Duration {
+    let span = every.as_millis() as u64 * 2 / 5;
+    let r = (Uuid::new_v4().as_u128() as u64) % span.max(1);
+    every - every / 5 + Duration::from_millis(r)
 }
 
 /// Longest back-off between attempts with a failing peer.
@@ -165,6 +174,9 @@ impl Agent {
                             row.last_seen = Some(Utc::now());
                         });
                         eprintln!("{}", report_line(&report));
+                        if why == Reason::AntiEntropy {
+                            me.anti_entropy(&report.peer, addr).await;
+                        }
                         break;
                     }
                     Err(e @ SyncError::Transport { .. }) => last_err = Some(e),
@@ -203,6 +215,24 @@ impl Agent {
             }
             lock(&me.in_flight).remove(&key);
         });
+    }
+
+    /// One anti-entropy round after a session with `peer` at `addr`; logs what it repaired.
+    async fn anti_entropy(&self, peer: &crate::protocol::PeerInfo, addr: &str) {
+        match sync::anti_entropy_with(self.store.clone(), addr, &self.opts).await {
+            Ok(r) if r.differing > 0 => {
+                warn!(peer = %peer.instance, name = %peer.name, differing = r.differing,
+                      applied_here = r.applied, applied_there = r.applied_there,
+                      "anti-entropy repaired records that sessions had not moved");
+                eprintln!(
+                    "anti-entropy with {}: {} records differed although sessions had finished; \
+                     {} changed here, {} there",
+                    peer.name, r.differing, r.applied, r.applied_there
+                );
+            }
+            Ok(r) => info!(peer = %peer.instance, rounds = r.stats.rounds, "anti-entropy: in sync"),
+            Err(e) => warn!(peer = %peer.instance, error = %e, "anti-entropy failed"),
+        }
     }
 
     fn remember_address(&self, peer: Uuid, addr: &str) {
@@ -431,6 +461,32 @@ pub async fn run(
                     _ = tick.tick() => {
                         for (peer, addrs) in a.all_targets(&statics) {
                             a.spawn_session(peer, addrs, Reason::Periodic);
+                        }
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+        }));
+    }
+    // Anti-entropy: every online peer, a session and then set reconciliation, so a change that
+    // knowledge wrongly says a peer has reaches it within one round.
+    let anti_entropy = store.config().sync.anti_entropy_secs;
+    if anti_entropy > 0 {
+        let a = agent.clone();
+        let statics = options.peers.clone();
+        let mut stop = stop_rx.clone();
+        let every = Duration::from_secs(anti_entropy);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(jittered(every)) => {
+                        for (peer, addrs) in a.all_targets(&statics) {
+                            let online = peer
+                                .and_then(|p| a.store.peer(&p).ok().flatten())
+                                .is_some_and(|row| row.online);
+                            if online {
+                                a.spawn_session(peer, addrs, Reason::AntiEntropy);
+                            }
                         }
                     }
                     _ = stop.changed() => break,
@@ -700,4 +756,21 @@ fn hangup_ignored() -> bool {
             u64::from_str_radix(mask.trim(), 16).ok()
         })
         .is_some_and(|m| m & SIGHUP_BIT != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anti_entropy_waits_are_jittered_within_a_fifth_either_way() {
+        let every = Duration::from_secs(600);
+        let waits: Vec<Duration> = (0..200).map(|_| jittered(every)).collect();
+        assert!(waits
+            .iter()
+            .all(|w| *w >= Duration::from_secs(480) && *w < Duration::from_secs(720)));
+        let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 100, "spread, not one fixed wait");
+        assert!(jittered(Duration::from_secs(1)) >= Duration::from_millis(800));
+    }
 }

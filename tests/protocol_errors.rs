@@ -371,9 +371,14 @@ fn a_push_that_leaves_a_gap_in_positions_is_refused() {
 #[test]
 fn a_hello_with_no_protocol_version_in_common_is_refused() {
     let mut fx = Fixture::new();
-    let r = rpc(fx.addr(), "fieldsync_hello", hello(Uuid::new_v4(), 3, 5));
+    let v = fieldsync::protocol::PROTOCOL_VERSION;
+    let r = rpc(
+        fx.addr(),
+        "fieldsync_hello",
+        hello(Uuid::new_v4(), v + 1, v + 3),
+    );
     assert_refused(&r, INCOMPATIBLE_VERSION, "incompatible protocol version");
-    assert_refused(&r, INCOMPATIBLE_VERSION, "3..=5");
+    assert_refused(&r, INCOMPATIBLE_VERSION, &format!("{}..={}", v + 1, v + 3));
     fx.assert_unharmed();
 }
 
@@ -414,14 +419,15 @@ fn assert_initiator_unchanged(a: &std::path::Path, d: &Value, seq: &Value) {
 fn sync_refuses_a_peer_that_answers_with_another_protocol_version() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, d, seq) = initiator(tmp.path());
-    // A future agent that accepts our hello but says it will speak version 3 only.
-    let peer = FakePeer::start(|body| {
+    // A future agent that accepts our hello but says it will speak a newer version only.
+    let future = fieldsync::protocol::PROTOCOL_VERSION + 1;
+    let peer = FakePeer::start(move |body| {
         let req: Value = serde_json::from_str(body).unwrap_or_default();
         let mut knowledge = Map::new();
         let id = Uuid::new_v4();
         knowledge.insert(id.to_string(), json!(now_ts()));
         http_json(&json!({"jsonrpc": "2.0", "id": req["id"], "result": {
-            "protocol": 3, "peer": {"instance": id, "name": "future"}, "clock_ms": now_ts() >> 16,
+            "protocol": future, "peer": {"instance": id, "name": "future"}, "clock_ms": now_ts() >> 16,
             "head": 100, "knowledge": knowledge, "received_upto": 0, "encoding": "json",
         }}))
     });

@@ -2,8 +2,9 @@
 
 use super::counters::{ByteCounters, Count, CountLayer};
 use super::{
-    DigestReply, DigestRequest, Hello, HelloReply, Notify, Page, ProtocolError, PullRequest,
-    PushReply, PushRequest, DIGEST, HELLO, MAX_BODY_BYTES, NOTIFY, PULL, PUSH,
+    DigestReply, DigestRequest, FetchRequest, Hello, HelloReply, Notify, Page, ProtocolError,
+    PullRequest, PushReply, PushRequest, ReconcileReply, ReconcileRequest, DIGEST, FETCH, HELLO,
+    MAX_BODY_BYTES, NOTIFY, PULL, PUSH, RECONCILE,
 };
 use jsonrpsee::core::client::ClientT;
 use jsonrpsee::http_client::{HttpBackend, HttpClient, HttpClientBuilder, RpcLogger, RpcService};
@@ -154,5 +155,15 @@ impl Client {
     /// `fieldsync_digest`.
     pub async fn digest(&self, r: &DigestRequest) -> Result<DigestReply, CallError> {
         self.call(DIGEST, r).await
+    }
+
+    /// `fieldsync_reconcile`.
+    pub async fn reconcile(&self, r: &ReconcileRequest) -> Result<ReconcileReply, CallError> {
+        self.call(RECONCILE, r).await
+    }
+
+    /// `fieldsync_fetch`.
+    pub async fn fetch(&self, r: &FetchRequest) -> Result<Page, CallError> {
+        self.call(FETCH, r).await
     }
 }

@@ -19,8 +19,12 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The protocol version this build speaks (2: `hello` carries the incarnation; pages
-/// carry the revisions the receiver lacks).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// carry the revisions the receiver lacks; 3: `fieldsync_reconcile` and `fieldsync_fetch`,
+/// range-based set reconciliation for `verify` and anti-entropy).
+pub const PROTOCOL_VERSION: u32 = 3;
+/// The oldest version that answers `fieldsync_reconcile` and `fieldsync_fetch`: `verify` and
+/// anti-entropy refuse a peer below it (sessions still run from [`MIN_PROTOCOL_VERSION`]).
+pub const RECONCILE_PROTOCOL_VERSION: u32 = 3;
 /// The oldest protocol version this build still speaks. Version 1 peers cannot tell a
 /// restored laptop from the one it replaced, so they are refused.
 pub const MIN_PROTOCOL_VERSION: u32 = 2;
@@ -33,8 +37,19 @@ pub const PULL: &str = "fieldsync_pull";
 pub const PUSH: &str = "fieldsync_push";
 /// Method: "I have new changes" (pull from me soon).
 pub const NOTIFY: &str = "fieldsync_notify";
-/// Method: per-table digest buckets for `verify`.
+/// Method: per-table digest buckets (`verify` of protocol 2; kept for those peers).
 pub const DIGEST: &str = "fieldsync_digest";
+/// Method: range fingerprints for set reconciliation (protocol 3).
+pub const RECONCILE: &str = "fieldsync_reconcile";
+/// Method: whole records by id, for anti-entropy (protocol 3).
+pub const FETCH: &str = "fieldsync_fetch";
+/// Most ranges in one `fieldsync_reconcile` request.
+pub const MAX_RECONCILE_RANGES: usize = 4096;
+/// A range with at most this many records (on the responder) is answered with its items
+/// rather than its 16 children's fingerprints.
+pub const RECONCILE_ITEMS_MAX: u64 = 8;
+/// Most ids in one `fieldsync_fetch` request.
+pub const MAX_FETCH_IDS: usize = 1000;
 
 /// Page encoding: changes as a JSON array (readable, for debugging).
 pub const ENC_JSON: &str = "json";
@@ -275,6 +290,68 @@ pub struct DigestReply {
     pub buckets: Vec<Bucket>,
     /// For small buckets: every record id with its content hash.
     pub records: Option<Vec<(Uuid, String)>>,
+}
+
+/// `fieldsync_reconcile` params: id-prefix ranges of tables to compare.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReconcileRequest {
+    /// The caller's instance id.
+    pub from: Uuid,
+    /// At most [`MAX_RECONCILE_RANGES`] ranges; answered in the same order.
+    pub ranges: Vec<RangeQuery>,
+}
+
+/// One range: the records of `table` whose id (lowercase hex without dashes) starts with
+/// `prefix`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeQuery {
+    /// Table.
+    pub table: String,
+    /// 0 to 32 lowercase hex digits of the id.
+    pub prefix: String,
+    /// The caller's fingerprint of the range (hex, 16 bytes): when it equals the responder's,
+    /// the answer is just `same`. Sent for whole tables; deeper ranges are known to differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp: Option<String>,
+}
+
+/// `fieldsync_reconcile` result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileReply {
+    /// One answer per requested range, in order.
+    pub ranges: Vec<RangeAnswer>,
+}
+
+/// The responder's side of one range.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeAnswer {
+    /// Records in the range on the responder (deleted ones included).
+    pub count: u64,
+    /// The caller's `fp` equals the responder's: nothing below differs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub same: bool,
+    /// The 16 sub-ranges one hex digit deeper: base64 of 16 × 8-byte fingerprints (digit 0
+    /// first; all zeros = empty). Given when the range holds more than
+    /// [`RECONCILE_ITEMS_MAX`] records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children: Option<String>,
+    /// The range's records: base64 of (16-byte id, first 8 bytes of the content hash) per
+    /// record, in id order. Given for small ranges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<String>,
+}
+
+/// `fieldsync_fetch` params: whole records by id, whatever the caller's knowledge.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// The caller's instance id.
+    pub from: Uuid,
+    /// Table.
+    pub table: String,
+    /// At most [`MAX_FETCH_IDS`] ids; ids the responder lacks are left out of the page.
+    pub ids: Vec<Uuid>,
+    /// Page encoding wanted.
+    pub encoding: String,
 }
 
 /// Chooses the protocol version for a caller's range, or explains why there is none.

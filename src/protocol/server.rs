@@ -9,8 +9,9 @@
 //! logging every refusal.
 
 use super::{
-    DigestReply, DigestRequest, Hello, HelloReply, Notify, Page, ProtocolError, PullRequest,
-    PushReply, PushRequest, DIGEST, HELLO, MAX_BODY_BYTES, NOTIFY, PULL, PUSH,
+    DigestReply, DigestRequest, FetchRequest, Hello, HelloReply, Notify, Page, ProtocolError,
+    PullRequest, PushReply, PushRequest, ReconcileReply, ReconcileRequest, DIGEST, FETCH, HELLO,
+    MAX_BODY_BYTES, NOTIFY, PULL, PUSH, RECONCILE,
 };
 use jsonrpsee::server::middleware::rpc::{
     Batch, MethodResponse, Notification, Request, RpcServiceBuilder, RpcServiceT,
@@ -126,6 +127,14 @@ pub trait SyncService: Send + Sync + 'static {
     fn notify(&self, n: Notify, caller: Caller) -> Result<(), ProtocolError>;
     /// `fieldsync_digest`: digest buckets of one table for `verify`.
     fn digest(&self, r: DigestRequest, caller: Caller) -> Result<DigestReply, ProtocolError>;
+    /// `fieldsync_reconcile`: range fingerprints for set reconciliation.
+    fn reconcile(
+        &self,
+        r: ReconcileRequest,
+        caller: Caller,
+    ) -> Result<ReconcileReply, ProtocolError>;
+    /// `fieldsync_fetch`: whole records by id, as a page.
+    fn fetch(&self, r: FetchRequest, caller: Caller) -> Result<Page, ProtocolError>;
 }
 
 fn register<S, P, R, F>(module: &mut RpcModule<S>, name: &'static str, f: F)
@@ -163,6 +172,8 @@ pub fn methods<S: SyncService>(service: S) -> RpcModule<S> {
         r.notify(p, caller).map(|()| true)
     });
     register(&mut m, DIGEST, |r, p, caller| r.digest(p, caller));
+    register(&mut m, RECONCILE, |r, p, caller| r.reconcile(p, caller));
+    register(&mut m, FETCH, |r, p, caller| r.fetch(p, caller));
     m
 }
 

@@ -29,7 +29,8 @@ use std::path::{Path, PathBuf};
 /// |--------|-------------------------------------------------------------------------------|
 /// | 1      | the first (also every store without the `format` key)                         |
 /// | 2      | history entries rebuilt before protocol 2 are marked `reconstructed` (`legacy.rs`) |
-pub const FORMAT_VERSION: u32 = 2;
+/// | 3      | range fingerprints: the `Z` entries of `fingerprint.rs` (`migrate_add_fingerprints`) |
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Where files taken out of `db/` go, inside the data directory.
 pub const MOVED_ASIDE_DIR: &str = "moved-aside";
@@ -42,7 +43,10 @@ pub const DAMAGED_DIR: &str = "damaged";
 pub(crate) type Migration = fn(&sled::Tree, &mut sled::Batch) -> Result<(), StoreError>;
 
 /// The migrations, each with the format it starts from (`(1, f)` migrates format 1 to 2).
-pub(crate) const MIGRATIONS: &[(u32, Migration)] = &[(1, super::legacy::migrate_1_to_2)];
+pub(crate) const MIGRATIONS: &[(u32, Migration)] = &[
+    (1, super::legacy::migrate_1_to_2),
+    (2, super::fingerprint::migrate_add_fingerprints),
+];
 
 /// A UTC time stamp usable in a file name, sortable as text.
 fn stamp() -> String {
@@ -169,8 +173,10 @@ pub(crate) fn check_format(
     tree: &sled::Tree,
     dir: &Path,
 ) -> Result<FormatCheck, StoreError> {
-    // A new, empty database is in the current format: nothing to migrate.
-    let found = if tree.is_empty() {
+    // A new database (no instance yet) has nothing to migrate: it starts in the current format.
+    let fresh =
+        tree.get(keys::meta("format"))?.is_none() && tree.get(keys::meta("instance"))?.is_none();
+    let found = if fresh {
         FORMAT_VERSION
     } else {
         stored_format(tree)?
@@ -360,13 +366,22 @@ mod tests {
     }
 
     #[test]
-    fn a_store_without_the_version_key_is_the_first_format_and_gets_the_key() {
+    fn a_first_format_store_is_migrated_and_gets_its_fingerprints() {
         let dir = tempfile::tempdir().unwrap();
         let digest = {
             let s = store_with_a_record(dir.path());
             crate::formats::digest(&s, &["person".to_string()]).unwrap()
         };
+        // What a format-1 store looks like: no version key, no fingerprint entries.
         set_raw_format(dir.path(), None);
+        {
+            let db = sled::open(dir.path().join("db")).unwrap();
+            let t = db.open_tree("fieldsync").unwrap();
+            for k in t.scan_prefix([b'Z']).keys() {
+                t.remove(k.unwrap()).unwrap();
+            }
+            db.flush().unwrap();
+        }
         let s = Store::open(dir.path(), Config::default()).unwrap();
         assert_eq!(
             crate::formats::digest(&s, &["person".to_string()]).unwrap(),
@@ -375,6 +390,9 @@ mod tests {
         // Format 1, migrated on open to the current one.
         let v: u32 = decode(&s.tree.get(keys::meta("format")).unwrap().unwrap()).unwrap();
         assert_eq!(v, FORMAT_VERSION);
+        assert_eq!(s.range_sum("person", &[]).unwrap().count, 1);
+        assert!(s.check_fingerprints().unwrap().is_empty());
+        assert!(!dir.path().join("db.format-1.old").exists());
     }
 
     #[test]

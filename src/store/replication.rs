@@ -359,6 +359,23 @@ impl Store {
         })
     }
 
+    /// Raises our knowledge of `origin`'s events to `ts` (never lowers it), durably, as a wrong
+    /// claim would: a bug, or a hostile member's claim within the bounds `receive` allows.
+    /// Sessions then skip those events; only anti-entropy (`sync::reconcile`) repairs what
+    /// this hid. A fault-injection tool for tests; nothing in fieldsync calls it.
+    #[doc(hidden)]
+    pub fn raise_knowledge(&self, origin: uuid::Uuid, ts: u64) -> Result<(), StoreError> {
+        let (guard, mut b) = self.begin();
+        let mut k: Knowledge = match b.txn.get(&keys::meta("knowledge"))? {
+            Some(v) => decode(&v)?,
+            None => Knowledge::new(),
+        };
+        let e = k.entry(origin).or_insert(0);
+        *e = (*e).max(ts);
+        b.txn.put(keys::meta("knowledge"), encode(&k));
+        self.finish_with(guard, b, true)
+    }
+
     /// Adds what a peer knew to our knowledge, inside a page's batch (call only after receiving
     /// every change the peer had when it reported that knowledge).
     fn stage_knowledge(&self, txn: &mut Txn<'_>, peer: &Knowledge) -> Result<(), StoreError> {

@@ -227,8 +227,11 @@ impl Store {
         }
         let mut counts = SnapshotCounts::default();
         let mut peers_reset = 0;
+        // Fingerprints are rebuilt from the restored records (a backup may predate them).
+        let mut restored_records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for (k, v) in entries {
             let (k, v) = match k.first() {
+                Some(&super::fingerprint::FINGERPRINT) => continue,
                 Some(&keys::META) => match &k[1..] {
                     b"instance" => (k, encode(&info)),
                     b"seq" => (k, encode(&seq)),
@@ -286,6 +289,14 @@ impl Store {
                 }
                 _ => (k, v),
             };
+            counts.add(&k);
+            if k.first() == Some(&keys::RECORD) {
+                restored_records.push((k.clone(), v.clone()));
+            }
+            batch.insert(k, v);
+        }
+        let sums = super::fingerprint::build_from_records(restored_records.into_iter().map(Ok))?;
+        for (k, v) in sums {
             counts.add(&k);
             batch.insert(k, v);
         }

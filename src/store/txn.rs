@@ -3,14 +3,24 @@
 //!
 //! Only one `Txn` is open at a time (the store's writer lock), so there is no write-write race
 //! to detect; readers outside see either the state before or after the whole batch.
+//!
+//! Every put or remove of a record key also moves the record's element in the fingerprints
+//! (`fingerprint.rs`): the deltas are summed per fingerprint entry and added to the stored
+//! entries in the same batch at commit.
 
+use super::fingerprint::{self, RangeSum};
 use super::StoreError;
 use std::collections::BTreeMap;
+use uuid::Uuid;
 
 /// Pending writes on top of the committed tree.
 pub struct Txn<'a> {
     tree: &'a sled::Tree,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Fingerprint entry key → what this batch adds to it.
+    fingerprints: BTreeMap<Vec<u8>, RangeSum>,
+    /// Why the fingerprints could not be tracked; the commit fails with it.
+    failed: Option<StoreError>,
 }
 
 impl<'a> Txn<'a> {
@@ -18,6 +28,29 @@ impl<'a> Txn<'a> {
         Self {
             tree,
             writes: BTreeMap::new(),
+            fingerprints: BTreeMap::new(),
+            failed: None,
+        }
+    }
+
+    /// Records that the record `table`/`id` goes from element `old` to `new` (`None`: absent)
+    /// in this batch.
+    fn record_changed(
+        &mut self,
+        table: &str,
+        id: &Uuid,
+        old: Option<RangeSum>,
+        new: Option<RangeSum>,
+    ) {
+        if old == new {
+            return;
+        }
+        let mut delta = new.unwrap_or_default();
+        if let Some(o) = old {
+            delta.sub(&o);
+        }
+        for key in fingerprint::keys_of(table, id) {
+            self.fingerprints.entry(key).or_default().add(&delta);
         }
     }
 
@@ -29,14 +62,44 @@ impl<'a> Txn<'a> {
         }
     }
 
-    /// Sets a key.
+    /// Sets a key. A record's fingerprint change is recorded with it (see [`Self::track`]).
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.track(&key, Some(&value));
         self.writes.insert(key, Some(value));
     }
 
-    /// Removes a key.
+    /// Removes a key (and a record's element from the fingerprints).
     pub fn remove(&mut self, key: Vec<u8>) {
+        self.track(&key, None);
         self.writes.insert(key, None);
+    }
+
+    /// For a record key: the record's element moves from what this batch holds now to `new`,
+    /// in the fingerprint entries committed with the batch. Done here, where every write of a
+    /// record passes, so no write path can forget it.
+    /// A failure (an undecodable record) is kept and fails the commit: nothing is written.
+    fn track(&mut self, key: &[u8], new: Option<&[u8]>) {
+        if key.first() != Some(&super::keys::RECORD) || self.failed.is_some() {
+            return;
+        }
+        if let Err(e) = self.track_record(key, new) {
+            self.failed = Some(e);
+        }
+    }
+
+    fn track_record(&mut self, key: &[u8], new: Option<&[u8]>) -> Result<(), StoreError> {
+        let (table, id) = super::keys::parse_record_suffix(&key[1..])
+            .ok_or_else(|| StoreError::Decode("bad record key".into()))?;
+        let element = |v: &[u8]| -> Result<RangeSum, StoreError> {
+            Ok(fingerprint::element_of(
+                &id,
+                &super::write::decode_record(v)?,
+            ))
+        };
+        let old = self.get(key)?.map(|v| element(&v)).transpose()?;
+        let new = new.map(element).transpose()?;
+        self.record_changed(&table, &id, old, new);
+        Ok(())
     }
 
     /// Keys under `prefix` as this batch would leave them, in order.
@@ -69,7 +132,20 @@ impl<'a> Txn<'a> {
 
     /// Applies every write atomically.
     pub(crate) fn commit(self) -> Result<(), StoreError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
         let mut batch = sled::Batch::default();
+        // Only the writer changes fingerprint entries, so the committed value is current.
+        for (k, delta) in &self.fingerprints {
+            if delta.is_zero() {
+                continue;
+            }
+            match fingerprint::apply_delta(self.tree, k, delta)? {
+                Some(v) => batch.insert(k.as_slice(), v),
+                None => batch.remove(k.as_slice()),
+            }
+        }
         for (k, v) in self.writes {
             match v {
                 Some(v) => batch.insert(k, v),

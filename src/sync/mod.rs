@@ -8,8 +8,9 @@
 //! - [`receive`]: the one path for an incoming page (decode, admit, commit with its position)
 //!   and the one hello bookkeeping, used by both sides.
 //! - [`admit`]: revocation admission.
-//! - [`verify`]: digest buckets and `verify`.
+//! - [`reconcile`]: range-based set reconciliation (`fieldsync_reconcile`) and anti-entropy.
 //! - [`bundle`]: sync by USB stick: writing a bundle's pages, reading one through `receive`.
+//! - [`verify`]: `verify` over reconciliation, and the protocol-2 digest buckets.
 //!
 //! Both sides persist a page and the position it advances to in one store batch, so an
 //! interrupted session resumes exactly where it stopped. See docs/PROTOCOL.md.
@@ -18,6 +19,7 @@ pub mod admit;
 pub mod bundle;
 pub mod peer;
 pub mod receive;
+pub mod reconcile;
 pub mod responder;
 pub mod session;
 pub mod verify;
@@ -25,6 +27,7 @@ pub mod verify;
 pub use admit::admit;
 pub use peer::{ClientCache, Peer, RpcPeer};
 pub use receive::{identity_problems, IdentityProblem, DUPLICATE_FIX};
+pub use reconcile::{anti_entropy, anti_entropy_with, AntiEntropyReport, TableDiff};
 pub use responder::{Inbound, Responder};
 pub use verify::{digest_buckets, verify, verify_with, TableCheck};
 

@@ -6,8 +6,8 @@
 use super::SyncError;
 use crate::protocol::client::{CallError, Client};
 use crate::protocol::{
-    codes, DigestReply, DigestRequest, Hello, HelloReply, Page, ProtocolError, PullRequest,
-    PushReply, PushRequest,
+    codes, DigestReply, DigestRequest, FetchRequest, Hello, HelloReply, Page, ProtocolError,
+    PullRequest, PushReply, PushRequest, ReconcileReply, ReconcileRequest,
 };
 use crate::tls::{SeenPeer, Transport};
 use std::collections::HashMap;
@@ -29,6 +29,27 @@ pub trait Peer: Sync {
         &self,
         r: &DigestRequest,
     ) -> impl Future<Output = Result<DigestReply, CallError>> + Send;
+    /// `fieldsync_reconcile` (protocol 3). The default refuses, for peers that predate it.
+    fn reconcile(
+        &self,
+        r: &ReconcileRequest,
+    ) -> impl Future<Output = Result<ReconcileReply, CallError>> + Send {
+        let _ = r;
+        async {
+            Err(CallError::Transport(
+                "fieldsync_reconcile is not supported".into(),
+            ))
+        }
+    }
+    /// `fieldsync_fetch` (protocol 3). The default refuses, for peers that predate it.
+    fn fetch(&self, r: &FetchRequest) -> impl Future<Output = Result<Page, CallError>> + Send {
+        let _ = r;
+        async {
+            Err(CallError::Transport(
+                "fieldsync_fetch is not supported".into(),
+            ))
+        }
+    }
     /// Fails unless the transport authenticated the peer as `claimed` (the instance its hello
     /// names). Without authentication (plaintext, in memory) there is nothing to check.
     fn check_identity(&self, claimed: &Uuid) -> Result<(), ProtocolError> {
@@ -93,6 +114,14 @@ impl Peer for RpcPeer {
 
     async fn digest(&self, r: &DigestRequest) -> Result<DigestReply, CallError> {
         self.client.digest(r).await
+    }
+
+    async fn reconcile(&self, r: &ReconcileRequest) -> Result<ReconcileReply, CallError> {
+        self.client.reconcile(r).await
+    }
+
+    async fn fetch(&self, r: &FetchRequest) -> Result<Page, CallError> {
+        self.client.fetch(r).await
     }
 
     fn check_identity(&self, claimed: &Uuid) -> Result<(), ProtocolError> {

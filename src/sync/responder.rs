@@ -3,6 +3,7 @@
 //! ([`super::receive`]), exactly like the pages we pull as initiator.
 
 use super::receive::{self, note_hello, receive_page, store_refusal, HelloSeen};
+use super::reconcile;
 use super::verify::digest_buckets;
 use super::{local_only, synced_tables};
 use crate::clock::wall_millis;
@@ -10,8 +11,9 @@ use crate::model::validate_table;
 use crate::progress::Way;
 use crate::protocol::server::{Caller, SyncService};
 use crate::protocol::{
-    self, codes, DigestReply, DigestRequest, Hello, HelloReply, Notify, Page, PeerInfo,
-    ProtocolError, PullRequest, PushReply, PushRequest, ENC_JSON, ENC_ZSTD,
+    self, codes, DigestReply, DigestRequest, FetchRequest, Hello, HelloReply, Notify, Page,
+    PeerInfo, ProtocolError, PullRequest, PushReply, PushRequest, ReconcileReply, ReconcileRequest,
+    ENC_JSON, ENC_ZSTD,
 };
 use crate::store::Store;
 use crate::tls::Transport;
@@ -313,6 +315,85 @@ impl SyncService for Responder {
             )
         })?;
         digest_buckets(&self.store, &r.table, &prefix, false).map_err(|e| store_refusal(&e))
+    }
+
+    /// `fieldsync_reconcile`: answers each range from the store's range sums.
+    fn reconcile(
+        &self,
+        r: ReconcileRequest,
+        caller: Caller,
+    ) -> Result<ReconcileReply, ProtocolError> {
+        check_caller(&r.from, &caller, &self.transport)?;
+        if r.ranges.len() > protocol::MAX_RECONCILE_RANGES {
+            return Err(ProtocolError::new(
+                codes::INVALID_PARAMS,
+                format!(
+                    "{} ranges in one reconcile request, at most {} allowed: split it",
+                    r.ranges.len(),
+                    protocol::MAX_RECONCILE_RANGES
+                ),
+            ));
+        }
+        let mut checked = BTreeSet::new();
+        let mut out = Vec::with_capacity(r.ranges.len());
+        for q in &r.ranges {
+            if checked.insert(q.table.as_str()) {
+                self.check_synced_table(&q.table, "verify")?;
+            }
+            out.push(reconcile::answer(&self.store, q)?);
+        }
+        Ok(ReconcileReply { ranges: out })
+    }
+
+    /// `fieldsync_fetch`: whole records (state and every revision), whatever the caller's
+    /// knowledge; ids we lack are left out.
+    fn fetch(&self, r: FetchRequest, caller: Caller) -> Result<Page, ProtocolError> {
+        check_caller(&r.from, &caller, &self.transport)?;
+        self.check_synced_table(&r.table, "anti-entropy")?;
+        if r.ids.len() > protocol::MAX_FETCH_IDS {
+            return Err(ProtocolError::new(
+                codes::INVALID_PARAMS,
+                format!(
+                    "{} ids in one fetch, at most {} allowed: split it",
+                    r.ids.len(),
+                    protocol::MAX_FETCH_IDS
+                ),
+            ));
+        }
+        let mut changes = Vec::new();
+        for id in &r.ids {
+            let c = self
+                .store
+                .outgoing_change(&r.table, id, &Default::default())
+                .map_err(|e| store_refusal(&e))?;
+            changes.extend(c);
+        }
+        Ok(Page {
+            since: 0,
+            next: 0,
+            more: true,
+            count: changes.len() as u32,
+            data: protocol::encode_changes(&changes, &r.encoding)?,
+            encoding: r.encoding,
+        })
+    }
+}
+
+impl Responder {
+    /// A valid table name that is not local-only here (refused like `digest` refuses it).
+    fn check_synced_table(&self, table: &str, what: &str) -> Result<(), ProtocolError> {
+        validate_table(table)
+            .map_err(|e| ProtocolError::new(codes::INVALID_TABLE, e.to_string()))?;
+        if self.store.config().local_only.contains(table) {
+            return Err(ProtocolError::new(
+                codes::INVALID_TABLE,
+                format!(
+                    "table {table} is local-only on this instance and never synced: \
+                     leave it out of {what}"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -1,19 +1,20 @@
-//! `verify`: compares every table with a peer by bisecting digest buckets, transferring no
-//! records, and answers the peer's digest requests.
+//! `verify`: compares every table with a peer by range-based set reconciliation
+//! ([`super::reconcile`]), transferring no records; and the digest buckets that answer
+//! `fieldsync_digest` for peers of protocol 2 (whose `verify` bisects them).
 //!
 //! A record's content hash is SHA-256 of the canonical JSON of
 //! `{"deleted": bool, "fields": {live fields}}`; a bucket's hash is SHA-256 over its records'
 //! `id bytes ++ content hash`, in id order (docs/PROTOCOL.md, `fieldsync_digest`).
 
 use super::peer::{Peer, RpcPeer};
+use super::reconcile::{differences, require_reconcile, shared_tables};
 use super::{blocking, our_hello, SyncError};
 use crate::canonical::canonical_json;
-use crate::protocol::{Bucket, DigestReply, DigestRequest, ENC_ZSTD};
+use crate::protocol::{Bucket, DigestReply, ENC_ZSTD};
 use crate::store::{Store, StoreError};
 use crate::tls::Transport;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -91,8 +92,7 @@ pub fn digest_buckets(
     })
 }
 
-/// Compares every table with the peer at `addr` by bisecting digest buckets; transfers no
-/// records.
+/// Compares every table with the peer at `addr` by set reconciliation; transfers no records.
 pub async fn verify_with(
     store: Arc<Store>,
     addr: &str,
@@ -102,7 +102,9 @@ pub async fn verify_with(
     verify(&store, &peer, addr).await
 }
 
-/// [`verify_with`] over any [`Peer`] (`label` names it in errors).
+/// [`verify_with`] over any [`Peer`] (`label` names it in errors): range-based set
+/// reconciliation (`fieldsync_reconcile`, protocol 3); a peer of protocol 2 is refused with
+/// both versions named.
 pub async fn verify<P: Peer>(
     store: &Arc<Store>,
     peer: &P,
@@ -113,64 +115,19 @@ pub async fn verify<P: Peer>(
     let reply = peer.hello(&hello).await.map_err(|e| e.into_sync(label))?;
     peer.check_identity(&reply.peer.instance)
         .map_err(SyncError::Peer)?;
-    let mut tables: BTreeSet<String> = reply.tables.iter().cloned().collect();
-    tables.extend(hello.tables.iter().cloned());
-    let mut out = Vec::new();
-    for table in tables {
-        let mut differing = Vec::new();
-        let mut stack: Vec<Vec<u8>> = vec![vec![]];
-        let (mut local_count, mut remote_count) = (None, None);
-        // Bounded: each level adds one id byte, and ids have 16.
-        while let Some(prefix) = stack.pop() {
-            let remote = peer
-                .digest(&DigestRequest {
-                    table: table.clone(),
-                    prefix: hex::encode(&prefix),
-                })
-                .await
-                .map_err(|e| e.into_sync(label))?;
-            let force = remote.records.is_some();
-            let (t, p) = (table.clone(), prefix.clone());
-            let local = blocking(store, move |s| digest_buckets(s, &t, &p, force)).await?;
-            remote_count.get_or_insert(remote.total.count);
-            local_count.get_or_insert(local.total.count);
-            if remote.total == local.total {
-                continue;
-            }
-            match (remote.records, local.records) {
-                (Some(r), Some(l)) => {
-                    let r: BTreeMap<Uuid, String> = r.into_iter().collect();
-                    let l: BTreeMap<Uuid, String> = l.into_iter().collect();
-                    let ids: BTreeSet<&Uuid> = r.keys().chain(l.keys()).collect();
-                    differing.extend(ids.into_iter().filter(|id| r.get(id) != l.get(id)));
-                }
-                _ => {
-                    let mut sub: BTreeMap<String, (Option<Bucket>, Option<Bucket>)> =
-                        Default::default();
-                    for b in remote.buckets {
-                        let key = b.prefix.clone();
-                        sub.entry(key).or_default().0 = Some(b);
-                    }
-                    for b in local.buckets {
-                        let key = b.prefix.clone();
-                        sub.entry(key).or_default().1 = Some(b);
-                    }
-                    for (p, (r, l)) in sub {
-                        if r != l {
-                            stack.push(hex::decode(p).unwrap_or_default());
-                        }
-                    }
-                }
-            }
-        }
-        differing.sort();
-        out.push(TableCheck {
-            in_sync: differing.is_empty(),
-            table,
-            local_count: local_count.unwrap_or(0),
-            remote_count: remote_count.unwrap_or(0),
-            differing,
-        });
-    }
-    Ok(out)
+    require_reconcile(reply.protocol, label)?;
+    let tables = shared_tables(&hello.tables, &reply.tables, &reply.local_only, store);
+    let (diffs, stats) = differences(store, peer, &tables, label).await?;
+    tracing::debug!(peer = %reply.peer.instance, rounds = stats.rounds, ranges = stats.ranges,
+                    "verify reconciled");
+    Ok(diffs
+        .into_iter()
+        .map(|d| TableCheck {
+            in_sync: d.differing.is_empty(),
+            table: d.table,
+            local_count: d.local_count,
+            remote_count: d.remote_count,
+            differing: d.differing,
+        })
+        .collect())
 }
