@@ -637,8 +637,13 @@ impl Batch<'_> {
             self.txn
                 .put(keys::conflict_by_record(&suffix, id), Vec::new());
         }
-        // After logging, so that conflicts just received are judged by the same rule.
-        self.supersede(&suffix, &p.state)?;
+        // After logging, so that conflicts just received are judged by the same rule. A record
+        // that never had a merge conflict logged (`conflict_seq` 0, the same mark `outgoing`
+        // trusts) and logs none now has nothing to re-judge: skipping the index scan saves a
+        // sled range read per record of an initial sync.
+        if logged > 0 || p.prev.as_ref().is_some_and(|r| r.conflict_seq > 0) {
+            self.supersede(&suffix, &p.state)?;
+        }
 
         let conflict_seq = if logged > 0 {
             self.w.conflict_head = seq;
