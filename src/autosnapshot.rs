@@ -109,38 +109,32 @@ pub fn take(store: &Store, keep: usize) -> Result<AutoSnapshot, BackupError> {
     })
 }
 
-/// Longest quiet spell a snapshot due by change count waits for (see [`run`]).
-pub const QUIET_MAX: Duration = Duration::from_secs(2);
+/// How long the store must have been quiet (no commit) before a snapshot due by change count
+/// is taken, once the database is past [`QUIET_FROM`] feed positions.
+pub const QUIET: Duration = Duration::from_secs(2);
 
-/// How long a snapshot due by change count waits for the store to be quiet: four times as long
-/// as the last snapshot took, at most [`QUIET_MAX`]. A snapshot reads every record, so during
-/// a long sync or import (a page committed every few hundred milliseconds) taking one every
-/// `every_changes` changes would re-read the growing database again and again: measured on an
-/// initial sync of 100,000 records, the receiver spent 85 % of its CPU in snapshots. Small
-/// databases snapshot in milliseconds and so still get one every `every_changes` changes.
-fn quiet_for(last_took: Duration) -> Duration {
-    (last_took * 4).min(QUIET_MAX)
-}
+/// Feed head from which a snapshot due by change count waits for [`QUIET`]. A snapshot reads
+/// every record, so during a long sync or import (a page committed every few hundred
+/// milliseconds) taking one every `every_changes` changes re-reads the growing database again
+/// and again: measured on an initial sync of 100,000 records, the receiver spent 85 % of its
+/// CPU in snapshots (bench/flamegraphs/NOTE.md). Below this a snapshot takes milliseconds and
+/// is taken at once, as before.
+pub const QUIET_FROM: u64 = 10_000;
 
-/// The agent's snapshot task: a snapshot after `every_changes` changes once the store has been
-/// quiet for [`quiet_for`] the last snapshot's duration, or `every_secs` after the last one
-/// when anything changed (even while changes keep coming), until `stop` turns true. Failures
-/// are logged and retried at the next trigger; they never stop the agent.
+/// The agent's snapshot task: a snapshot after `every_changes` changes (in a database past
+/// [`QUIET_FROM`] feed positions, once no commit came for [`QUIET`]), or `every_secs` after the
+/// last one when anything changed (even while changes keep coming), until `stop` turns true.
+/// Failures are logged and retried at the next trigger; they never stop the agent.
 pub async fn run(store: Arc<Store>, cfg: SnapshotConfig, mut stop: watch::Receiver<bool>) {
     if !cfg.enabled {
         return;
     }
     let mut last = list(store.dir()).last().map(|s| s.feed_seq);
-    let mut last_took = Duration::ZERO;
     if last.is_none() && store.seq() > 0 {
         // A laptop with data and no snapshot yet (first agent start since upgrading).
         let (s, keep) = (store.clone(), cfg.keep);
-        let started = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || take(&s, keep)).await {
-            Ok(Ok(snap)) => {
-                last_took = started.elapsed();
-                last = Some(snap.feed_seq);
-            }
+            Ok(Ok(snap)) => last = Some(snap.feed_seq),
             Ok(Err(e)) => warn!(error = %e, "automatic snapshot failed"),
             Err(e) => warn!(error = %e, "automatic snapshot task failed"),
         }
@@ -164,23 +158,20 @@ pub async fn run(store: Arc<Store>, cfg: SnapshotConfig, mut stop: watch::Receiv
         if !due {
             continue;
         }
-        if !timed {
+        if !timed && seq > QUIET_FROM {
             // Wait for a quiet spell: every commit restarts it; the periodic tick still wins.
-            let quiet = quiet_for(last_took);
-            while !quiet.is_zero() {
+            loop {
                 tokio::select! {
                     r = changes.changed() => { if r.is_err() { return } }
-                    _ = tokio::time::sleep(quiet) => break,
+                    _ = tokio::time::sleep(QUIET) => break,
                     _ = tick.tick() => break,
                     _ = stop.changed() => return,
                 }
             }
         }
         let (s, keep) = (store.clone(), cfg.keep);
-        let started = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || take(&s, keep)).await {
             Ok(Ok(snap)) => {
-                last_took = started.elapsed();
                 last = Some(snap.feed_seq);
                 tick.reset();
             }

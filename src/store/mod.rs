@@ -24,6 +24,7 @@ pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
 pub use staging::{ImportCounts, ImportRow, RowOutcome, StagedImport, UpdateMode};
 pub use txn::Txn;
 pub(crate) use write::decode_record;
+pub(crate) use write::trim_heap;
 pub use write::{LocalOp, OpResult};
 
 use crate::clock::{Clock, Hlc};

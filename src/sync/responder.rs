@@ -222,6 +222,8 @@ impl SyncService for Responder {
         .map_err(|e: receive::ReceiveError| e.to_protocol())?;
         if !r.page.more {
             self.inbound.end(&r.from);
+            // The session's pages are freed: hand the memory back so an idle agent is small.
+            crate::store::trim_heap();
         }
         Ok(PushReply {
             received_upto: got.committed.received_upto,

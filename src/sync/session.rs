@@ -217,6 +217,8 @@ pub async fn run_tracked<P: Peer>(
         }
     }
     report.sent.ms = started.elapsed().as_millis() as u64;
+    // The session's pages are freed: hand the memory back so an idle agent is small.
+    crate::store::trim_heap();
 
     let pid = info.instance;
     blocking(store, move |s| {
