@@ -27,6 +27,7 @@ pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
 pub use staging::{ImportCounts, ImportRow, RowOutcome, StagedImport, UpdateMode};
 pub use txn::Txn;
 pub(crate) use write::decode_record;
+pub(crate) use write::trim_heap;
 pub use write::{LocalOp, OpResult};
 
 use crate::clock::{Clock, Hlc};
@@ -428,8 +429,14 @@ pub struct Store {
     group: group::GroupCommit,
 }
 
-/// Database cache size: small, because field laptops are old and the agent runs for days.
-const CACHE_BYTES: u64 = 16 << 20;
+/// sled's page cache, in bytes (`sled::Config::cache_capacity`): 16 MiB, set deliberately
+/// rather than left at sled's 1 GiB default. Field laptops are old and the agent runs for days
+/// beside other programs, so its memory must stay small (the targets are ≤ 80 MB peak during a
+/// 100,000-record sync and ≤ 40 MB idle); a sync or an import writes in pages of bounded size
+/// and reads mostly what it just wrote, so a larger cache buys little speed (measured by the
+/// sled-floor probe in `benches/sync.rs`, which uses this same value). Public so that the
+/// benchmark's probe opens sled exactly like the store does.
+pub const CACHE_BYTES: u64 = 16 << 20;
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(v).expect("in-memory values always encode")

@@ -274,6 +274,8 @@ impl SyncService for Responder {
             if let Some(s) = lock(&self.live).remove(&r.from) {
                 s.tracker.finish(Ok(()));
             }
+            // The session's pages are freed: hand the memory back so an idle agent is small.
+            crate::store::trim_heap();
         }
         Ok(PushReply {
             received_upto: got.committed.received_upto,

@@ -154,26 +154,34 @@ pub async fn run_tracked<P: Peer>(
     }
     report.received.ms = started.elapsed().as_millis() as u64;
 
-    // Push: our changes since what the peer has, skipping what it already knows.
+    // Push: our changes since what the peer has, skipping what it already knows. Pipelined:
+    // while the peer decodes, merges and fsyncs one page, the next one is read and encoded
+    // here (reading our own feed commits nothing, so a failed push only wastes that read; the
+    // peer still takes pages strictly in order, one at a time, each with its position).
     let started = Instant::now();
     let skip: BTreeSet<String> = reply.local_only.iter().cloned().collect();
-    let mut since = reply.received_upto;
+    let since = reply.received_upto;
     if let Some(t) = tracker {
         t.direction(Way::Push, since, pos.head);
     }
-    for _ in 0..u32::MAX {
+    let read_page = |since: u64| {
         let (k, sk, limit, bytes) = (
             reply.knowledge.clone(),
             skip.clone(),
             opts.page_records.min(protocol::MAX_PAGE_RECORDS),
             opts.page_bytes,
         );
-        let pid = info.instance;
-        let out = blocking(store, move |s| {
-            s.outgoing(since, limit, bytes, &k, &sk, Some(pid))
+        let (pid, encoding) = (info.instance, reply.encoding.clone());
+        blocking(store, move |s| {
+            let out = s.outgoing(since, limit, bytes, &k, &sk, Some(pid))?;
+            let page = page_of(since, out.next, out.more, &out.changes, &encoding);
+            Ok((out, page))
         })
-        .await?;
-        let page = page_of(since, out.next, out.more, &out.changes, &reply.encoding)?;
+    };
+    let mut current = read_page(since).await?;
+    for _ in 0..u32::MAX {
+        let (out, page) = current;
+        let page = page?;
         let page_bytes = page.data.to_string().len() as u64;
         report.sent.pages += 1;
         report.sent.records += out.changes.len() as u64;
@@ -183,7 +191,13 @@ pub async fn run_tracked<P: Peer>(
             knowledge: (!out.more).then(|| pos.knowledge.clone()),
             page,
         };
-        let r = peer.push(&req).await.map_err(|e| e.into_sync(label))?;
+        let (r, next) = if out.more {
+            let (r, next) = tokio::join!(peer.push(&req), read_page(out.next));
+            (r, Some(next))
+        } else {
+            (peer.push(&req).await, None)
+        };
+        let r = r.map_err(|e| e.into_sync(label))?;
         report.sent.applied += r.stats.applied;
         report.sent.conflicts += r.stats.conflicts;
         if let Some(t) = tracker {
@@ -197,12 +211,14 @@ pub async fn run_tracked<P: Peer>(
                 !out.more,
             );
         }
-        since = out.next;
-        if !out.more {
-            break;
+        match next {
+            Some(next) => current = next?,
+            None => break,
         }
     }
     report.sent.ms = started.elapsed().as_millis() as u64;
+    // The session's pages are freed: hand the memory back so an idle agent is small.
+    crate::store::trim_heap();
 
     let pid = info.instance;
     blocking(store, move |s| {
