@@ -481,9 +481,8 @@ pub async fn run(
                 tokio::select! {
                     _ = tokio::time::sleep(jittered(every)) => {
                         for (peer, addrs) in a.all_targets(&statics) {
-                            let online = peer
-                                .and_then(|p| a.store.peer(&p).ok().flatten())
-                                .is_some_and(|row| row.online);
+                            // Presence lives in memory (`presence`), not in the peer row.
+                            let online = peer.is_some_and(|p| crate::presence::is_online(&p));
                             if online {
                                 a.spawn_session(peer, addrs, Reason::AntiEntropy);
                             }

@@ -193,11 +193,26 @@ pub fn peer_instance(certs: Option<&[CertificateDer<'_>]>) -> Option<Uuid> {
         .and_then(|c| mesh::instance_of_der(c))
 }
 
+thread_local! {
+    /// The revoked instance whose certificate this thread's verifier refused last: the TLS
+    /// error (`CertificateError::Revoked`) cannot carry it, and the accept loop wants to name
+    /// the laptop it refused. The verifier runs inside the poll of the handshake that fails, so
+    /// the accept loop reads it on the same thread right after (see [`take_refused_revoked`]).
+    static REFUSED_REVOKED: std::cell::Cell<Option<Uuid>> = const { std::cell::Cell::new(None) };
+}
+
+/// The instance of the revoked certificate this thread refused last, cleared on reading. Call it
+/// right after a handshake on this thread failed with `CertificateError::Revoked`.
+pub fn take_refused_revoked() -> Option<Uuid> {
+    REFUSED_REVOKED.with(|c| c.take())
+}
+
 fn check_identity(end_entity: &CertificateDer<'_>, revoked: &Revoked) -> Result<Uuid, TlsError> {
     let id = mesh::instance_of_der(end_entity)
         .ok_or_else(|| TlsError::General("certificate names no fieldsync instance".into()))?;
     if revoked.get(&id).is_some() {
         tracing::info!(instance = %id, "certificate of a revoked instance refused");
+        REFUSED_REVOKED.with(|c| c.set(Some(id)));
         // `Revoked` (not a general error) makes rustls send the `certificate_revoked` alert:
         // the only thing a revoked laptop can still learn from a peer that refuses it.
         return Err(TlsError::InvalidCertificate(
