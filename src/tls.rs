@@ -207,6 +207,19 @@ fn check_identity(end_entity: &CertificateDer<'_>, revoked: &Revoked) -> Result<
     Ok(id)
 }
 
+thread_local! {
+    /// The revoked instance whose client certificate this thread's last server handshake
+    /// refused. The `certificate_revoked` error carries no instance, and rustls verifies in
+    /// the same poll that fails the handshake, so the server reads it right after the failure
+    /// on the same thread ([`take_refused_revoked`]) to name the laptop in its refusal log.
+    static REFUSED_REVOKED: std::cell::Cell<Option<Uuid>> = const { std::cell::Cell::new(None) };
+}
+
+/// The revoked instance the last refused server handshake on this thread named, taken.
+pub fn take_refused_revoked() -> Option<Uuid> {
+    REFUSED_REVOKED.with(std::cell::Cell::take)
+}
+
 #[derive(Debug)]
 struct ClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
@@ -226,7 +239,10 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<ClientCertVerified, TlsError> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        check_identity(end_entity, &self.revoked)?;
+        check_identity(end_entity, &self.revoked).inspect_err(|_| {
+            let id = mesh::instance_of_der(end_entity).filter(|i| self.revoked.get(i).is_some());
+            REFUSED_REVOKED.with(|c| c.set(id));
+        })?;
         Ok(ClientCertVerified::assertion())
     }
 

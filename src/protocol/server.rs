@@ -403,7 +403,11 @@ fn handshake_refusal(e: &std::io::Error) -> Option<String> {
     let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
     Some(match tls {
         rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked) => {
-            "its certificate was revoked by the deployment".to_string()
+            // Named by the verifier on this thread, in this same poll (see `tls.rs`).
+            match crate::tls::take_refused_revoked() {
+                Some(id) => format!("instance {id} has been revoked by the deployment"),
+                None => "its certificate was revoked by the deployment".to_string(),
+            }
         }
         other => other.to_string(),
     })
