@@ -137,8 +137,9 @@ pub fn run(
                              holding it (agent.json names pid {pid}) and run doctor again"
                         ),
                     ));
+                    let listen = agent.as_ref().map(|a| a.listen.clone());
                     checks.push(credential_check(&dir, agent.map(|a| a.instance)));
-                    checks.extend(environment_checks(&config, None));
+                    checks.extend(environment_checks(&config, listen));
                 }
             }
         }
@@ -508,9 +509,16 @@ fn multicast_check(config: &Config) -> Check {
 
 fn port_check(listen: &str, agent_listen: Option<String>) -> Check {
     if let Some(addr) = agent_listen {
+        // The agent's own address (agent.json / its live status), which differs from the
+        // configured one when it was started with --listen or found that port taken.
+        let configured = if addr == listen {
+            String::new()
+        } else {
+            format!(" (fieldsync.toml says {listen}; the agent was started on another address)")
+        };
         return pass(
             "port",
-            format!("{listen}: held by this data directory's running agent (listening on {addr})"),
+            format!("{addr}: the port of this data directory's running agent{configured}"),
         );
     }
     match std::net::TcpListener::bind(listen) {
@@ -593,5 +601,15 @@ mod tests {
         drop(held);
         assert!(port_check(&addr, None).ok);
         assert!(port_check(&addr, Some(addr.clone())).ok);
+        // The running agent's port is the one named, not the configured default.
+        let c = port_check("0.0.0.0:7437", Some("127.0.0.1:45123".into()));
+        assert!(c.ok, "{c:?}");
+        assert!(
+            c.detail.starts_with(
+                "127.0.0.1:45123: the port of this data directory's running \
+                                  agent (fieldsync.toml says 0.0.0.0:7437"
+            ),
+            "{c:?}"
+        );
     }
 }

@@ -77,8 +77,15 @@ pub fn read_ops(input: impl BufRead) -> Result<Vec<(usize, LocalOp)>, FormatErro
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(&line)
-            .map_err(|e| line_err(line_no, format!("malformed JSON: {e}")))?;
+        let v: Value = serde_json::from_str(&line).map_err(|e| {
+            line_err(
+                line_no,
+                format!(
+                    "malformed JSON: {}; each line must be one JSON object",
+                    model::json_problem(&e)
+                ),
+            )
+        })?;
         let err = |m: String| line_err(line_no, m);
         let get_str = |k: &str| -> Result<String, FormatError> {
             v.get(k)

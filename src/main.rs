@@ -67,7 +67,7 @@ fn main() {
         },
         Err(e) if e.is_closed_output() => 0,
         Err(e) => {
-            eprintln!("fieldsync: {e}");
+            eprintln!("fieldsync: {}", cli::words::plain(&e.to_string()));
             e.exit_code()
         }
     };

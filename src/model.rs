@@ -197,6 +197,25 @@ pub struct Incarnation {
     pub parent: Option<Uuid>,
 }
 
+/// What is wrong with JSON text, in a person's words rather than the parser's ("EOF while
+/// parsing a value"): too short, or an unexpected character, and where (`column C` on a
+/// one-line text, else `line L, column C`).
+pub fn json_problem(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let at = if e.line() <= 1 {
+        format!("column {}", e.column())
+    } else {
+        format!("line {}, column {}", e.line(), e.column())
+    };
+    match e.classify() {
+        Category::Eof => format!("it ends too early (at {at}): a closing }}, ] or \" is missing"),
+        Category::Syntax => {
+            format!("unexpected text at {at} (names and text values need double quotes)")
+        }
+        Category::Data | Category::Io => format!("not a JSON value (at {at})"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -193,26 +193,11 @@ pub fn peer_instance(certs: Option<&[CertificateDer<'_>]>) -> Option<Uuid> {
         .and_then(|c| mesh::instance_of_der(c))
 }
 
-thread_local! {
-    /// The revoked instance whose certificate this thread's verifier refused last: the TLS
-    /// error (`CertificateError::Revoked`) cannot carry it, and the accept loop wants to name
-    /// the laptop it refused. The verifier runs inside the poll of the handshake that fails, so
-    /// the accept loop reads it on the same thread right after (see [`take_refused_revoked`]).
-    static REFUSED_REVOKED: std::cell::Cell<Option<Uuid>> = const { std::cell::Cell::new(None) };
-}
-
-/// The instance of the revoked certificate this thread refused last, cleared on reading. Call it
-/// right after a handshake on this thread failed with `CertificateError::Revoked`.
-pub fn take_refused_revoked() -> Option<Uuid> {
-    REFUSED_REVOKED.with(|c| c.take())
-}
-
 fn check_identity(end_entity: &CertificateDer<'_>, revoked: &Revoked) -> Result<Uuid, TlsError> {
     let id = mesh::instance_of_der(end_entity)
         .ok_or_else(|| TlsError::General("certificate names no fieldsync instance".into()))?;
     if revoked.get(&id).is_some() {
         tracing::info!(instance = %id, "certificate of a revoked instance refused");
-        REFUSED_REVOKED.with(|c| c.set(Some(id)));
         // `Revoked` (not a general error) makes rustls send the `certificate_revoked` alert:
         // the only thing a revoked laptop can still learn from a peer that refuses it.
         return Err(TlsError::InvalidCertificate(
@@ -220,6 +205,19 @@ fn check_identity(end_entity: &CertificateDer<'_>, revoked: &Revoked) -> Result<
         ));
     }
     Ok(id)
+}
+
+thread_local! {
+    /// The revoked instance whose client certificate this thread's last server handshake
+    /// refused. The `certificate_revoked` error carries no instance, and rustls verifies in
+    /// the same poll that fails the handshake, so the server reads it right after the failure
+    /// on the same thread ([`take_refused_revoked`]) to name the laptop in its refusal log.
+    static REFUSED_REVOKED: std::cell::Cell<Option<Uuid>> = const { std::cell::Cell::new(None) };
+}
+
+/// The revoked instance the last refused server handshake on this thread named, taken.
+pub fn take_refused_revoked() -> Option<Uuid> {
+    REFUSED_REVOKED.with(std::cell::Cell::take)
 }
 
 #[derive(Debug)]
@@ -241,7 +239,10 @@ impl ClientCertVerifier for ClientVerifier {
     ) -> Result<ClientCertVerified, TlsError> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        check_identity(end_entity, &self.revoked)?;
+        check_identity(end_entity, &self.revoked).inspect_err(|_| {
+            let id = mesh::instance_of_der(end_entity).filter(|i| self.revoked.get(i).is_some());
+            REFUSED_REVOKED.with(|c| c.set(id));
+        })?;
         Ok(ClientCertVerified::assertion())
     }
 

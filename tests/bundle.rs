@@ -309,7 +309,16 @@ fn bundle_show_describes_a_bundle_without_applying_it() {
         human.stdout.contains(&format!("from {name_a} (")),
         "{human}"
     );
-    assert!(human.stdout.contains("4 records"), "{human}");
+    assert!(human.stdout.contains("4 records in 1 page ("), "{human}");
+    // A person's time (local, to the minute), not the exact RFC 3339 nanoseconds.
+    let exact = v["written_at"].as_str().unwrap();
+    assert!(!human.stdout.contains(exact), "{human}");
+    let minute = chrono::DateTime::parse_from_rfc3339(exact)
+        .unwrap()
+        .with_timezone(&chrono::Local)
+        .format("written %Y-%m-%d %H:%M,")
+        .to_string();
+    assert!(human.stdout.contains(&minute), "{human}");
 }
 
 /// Kills a `bundle read` after `pages` pages were committed (SIGKILL); returns when dead.

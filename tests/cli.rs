@@ -611,8 +611,24 @@ fn invalid_input_is_refused_with_exit_2_and_writes_nothing() {
         ),
         (vec!["put", "person", "null"], &["JSON object", "null"]),
         (vec!["patch", "person", ID, "3"], &["JSON object", "number"]),
-        (vec!["put", "person", "{\"name\":"], &["malformed JSON"]),
-        (vec!["put", "person", "{bad}"], &["malformed JSON"]),
+        (
+            vec!["put", "person", "{\"name\":"],
+            &[
+                "malformed JSON",
+                "ends too early",
+                "column 8",
+                "one JSON object",
+            ],
+        ),
+        (
+            vec!["put", "person", "{bad}"],
+            &[
+                "malformed JSON",
+                "column 2",
+                "double quotes",
+                "one JSON object",
+            ],
+        ),
         (vec!["put", "person", r#"{"":1}"#], &["field name"]),
         (
             vec!["put", "person", "--id", "nope", "{}"],
@@ -648,7 +664,7 @@ fn invalid_input_is_refused_with_exit_2_and_writes_nothing() {
         ),
         (
             vec!["import", "person", "/nonexistent/in.jsonl"],
-            &["/nonexistent/in.jsonl"],
+            &["/nonexistent/in.jsonl", "no such file or folder"],
         ),
         (
             vec!["conflicts", "resolve", "1", "--keep", "maybe"],
@@ -658,6 +674,12 @@ fn invalid_input_is_refused_with_exit_2_and_writes_nothing() {
     for (args, words) in &cases {
         let out = a.run(args);
         assert_eq!(out.code, 2, "{args:?}: {out:?}");
+        // One line in a person's words: no errno, no parser's own text.
+        let err = &out.stderr;
+        assert!(
+            !err.contains("(os error") && !err.contains("EOF while parsing"),
+            "{args:?}: {err}"
+        );
         out.fails(2, words);
     }
     // Over-large input (from stdin: a command line cannot carry 1 MiB) is refused.

@@ -97,6 +97,10 @@ fn each_side_is_told_by_its_laptop_with_value_time_and_why_on_both_laptops() {
         let holder = if me == "laptopA" { "mine" } else { "theirs" };
         assert_eq!(c["in_record"], holder, "{me}: {c}");
         assert_eq!(side(c, holder)["in_record"], true);
+        // The reader's terms throughout: what the merge kept, who detected it (never null).
+        assert_eq!(c["merge_kept"], holder, "{me}: {c}");
+        assert!(c["detected_by"].is_string(), "{me}: {c}");
+        assert_eq!(c["detected_by"], c["detected_by_laptop"]["id"], "{me}: {c}");
         assert!(
             c["why"].as_str().unwrap().contains("newer edit wins"),
             "{me}: {c}"
@@ -134,6 +138,7 @@ fn each_side_is_told_by_its_laptop_with_value_time_and_why_on_both_laptops() {
     assert_eq!(l["laptop"]["name"], "laptopA");
     assert_eq!(l["value"]["status"], "found");
     assert_eq!(c["in_record"], "alive");
+    assert_eq!(c["merge_kept"], "alive", "{c}");
     assert!(c["why"].as_str().unwrap().contains("had not seen"), "{c}");
     let text = human(&b, &["conflicts"]);
     assert!(text.contains("--keep deleted | --keep alive"), "{text}");
@@ -384,11 +389,20 @@ fn the_http_resolve_endpoint_takes_every_option_of_the_cli_and_names_the_bad_fie
         (&xs[3], json!({"keep_from": agent_b.instance()}), "fromB"),
         (&xs[4], json!({"keep_value": "agreed"}), "agreed"),
     ];
-    for (id, body, _) in &want {
+    for (n, (id, body, _)) in want.iter().enumerate() {
         let (status, c) = resolve(id, body.clone());
         assert_eq!(status, 200, "{body}: {c}");
         assert!(c["resolved"].is_object(), "{c}");
         assert_eq!(c["why"], "resolved by laptopB", "{c}");
+        // Laptops by name (or "this laptop"), never by instance id.
+        let how = match n {
+            2 => Some("kept the value written by laptopA"),
+            3 => Some("kept the value written by this laptop"),
+            _ => None,
+        };
+        if let Some(how) = how {
+            assert_eq!(c["resolved"]["how"], how, "{c}");
+        }
     }
     let (status, c) = resolve(&ys[0], json!({"keep": "deleted"}));
     assert_eq!((status, &c["in_record"]), (200, &json!("deleted")), "{c}");

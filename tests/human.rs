@@ -29,7 +29,7 @@ fn filters() -> Vec<(&'static str, &'static str)> {
         (r"\d+\.\d s\b", "<secs> s"),
         (r"pid \d+", "pid <pid>"),
         (r"127\.0\.0\.1:\d+", "127.0.0.1:<port>"),
-        (r"revision \d+", "revision <n>"),
+        (r"change \d+,", "change <n>,"),
     ]
 }
 
@@ -130,6 +130,98 @@ fn records_read_as_tables_and_history_as_diffs() {
     t += &human(&a, root, &["history", "person", ID3]);
     t += &human(&a, root, &["list", "nothing_here"]);
     snapshot!("records", t);
+
+    // `tables` as a table: one row per table, live and deleted counts.
+    let tables = run(&a, &["tables", "--human"]).ok().stdout;
+    let rows: Vec<Vec<&str>> = tables
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["TABLE", "RECORDS", "DELETED"],
+            vec!["person", "2", "1"]
+        ],
+        "{tables}"
+    );
+}
+
+/// `put` says what its number is; `mesh enroll` says the next step; `--help` and the README
+/// name the same commands that print for people.
+#[test]
+fn put_enroll_and_help_speak_plainly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let a = data_dir(root, "a");
+    run(&a, &["init", "--name", "laptopA"]).ok();
+    let put = run(&a, &["put", "person", r#"{"name":"Amina"}"#, "--human"])
+        .ok()
+        .stdout;
+    assert!(
+        put.contains("(this laptop's change ")
+            && put.contains(", of all tables).")
+            && !put.contains("revision"),
+        "{put}"
+    );
+
+    let ca = root.join("team.fsca");
+    run(
+        &a,
+        &[
+            "mesh",
+            "create",
+            "--name",
+            "Relief",
+            "--out",
+            ca.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let cred = root.join("laptop7.fsmesh");
+    let cred_s = cred.to_str().unwrap();
+    let out = run(
+        &a,
+        &[
+            "mesh",
+            "enroll",
+            "--name",
+            "laptop7",
+            "--out",
+            cred_s,
+            "--ca",
+            ca.to_str().unwrap(),
+            "--human",
+        ],
+    )
+    .ok()
+    .stdout;
+    assert!(out.starts_with("Enrolled laptop7 (instance "), "{out}");
+    assert!(
+        out.contains(&format!("run `fieldsync init --mesh {cred_s}` there")),
+        "{out}"
+    );
+
+    // The commands named as printing for people, in `--help` and in the README.
+    let named = |text: &str| -> Vec<String> {
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let start = flat.find("On a terminal, ").expect("the sentence") + "On a terminal, ".len();
+        let end = start + flat[start..].find(" print for people").expect("its end");
+        let mut v: Vec<String> = flat[start..end]
+            .replace(" and ", ", ")
+            .split(", ")
+            .map(|c| c.trim_matches('`').to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let help = fieldsync(&["--help"]).ok().stdout;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert_eq!(named(&help), named(&readme));
+    for c in ["tables", "verify", "mesh enroll", "conflicts", "bundle"] {
+        assert!(named(&help).iter().any(|n| n == c), "{c}: {help}");
+    }
 }
 
 #[test]
@@ -143,7 +235,7 @@ fn sync_peers_status_and_history_name_laptops() {
     run(&a, &["patch", "person", ID, r#"{"status":"found"}"#]).ok();
     // No HTTP API: the status line stays the same whichever ports are free.
     let agent_a = Agent::start_with(&a, &["--no-api"]);
-    let _agent_b = Agent::start_with(&b, &["--no-api"]);
+    let agent_b = Agent::start_with(&b, &["--no-api"]);
 
     // Forwarded to B's agent, which prints as the terminal asked.
     let mut t = human(&b, root, &["sync", agent_a.addr()]);
@@ -158,6 +250,33 @@ fn sync_peers_status_and_history_name_laptops() {
     // B patches A's record: the history names both laptops, B as this laptop.
     run(&b, &["patch", "person", ID, r#"{"status":"in_shelter"}"#]).ok();
     t += &human(&b, root, &["history", "person", ID]);
+    // `verify` for people: per table, then the verdict and the next step.
+    let v = run(&b, &["verify", agent_a.addr(), "--human"])
+        .code(1)
+        .stdout;
+    assert!(
+        v.contains("person: differs: 1 here, 1 on ")
+            && v.contains(&format!("1 record differs: {ID}."))
+            && v.contains("`fieldsync sync "),
+        "{v}"
+    );
+    run(&b, &["sync", agent_a.addr()]).ok();
+    let v = run(&b, &["verify", agent_a.addr(), "--human"]).ok().stdout;
+    assert!(
+        v.contains("person: in sync (1 record).\nIn sync with "),
+        "{v}"
+    );
+    // `doctor` names the port the running agent listens on (not the configured default).
+    let doctor = run(&b, &["doctor"]).stdout;
+    let port = doctor
+        .lines()
+        .find(|l| l.contains("\"check\":\"port\""))
+        .unwrap_or_else(|| panic!("{doctor}"));
+    let agent_port = agent_b.addr().rsplit(':').next().unwrap();
+    assert!(
+        port.contains(&format!(":{agent_port}: the port of")),
+        "{port}"
+    );
     // Masked times vary in length, and so does the padding after them: collapsed.
     let t = Regex::new(" {2,}").unwrap().replace_all(&t, "  ");
     snapshot!("sync_peers_status", t.as_ref());

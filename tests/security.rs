@@ -1635,3 +1635,123 @@ fn a_coordinator_restored_from_its_backup_enrolls_and_revokes() {
         .unwrap()
         .starts_with(b"age-encryption.org/v1"));
 }
+
+/// Issue #18: a revocation reaches an agent while the revoked laptop holds a keep-alive
+/// connection to it, opened before; the laptop's next request on that same connection is
+/// refused as revoked (`1012`), and the agent closes the connection.
+#[test]
+fn a_revocation_closes_a_connection_opened_before_it_arrived() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let b = coord.enroll("b");
+    let x = coord.enroll("x");
+    let x_id = x.id();
+    let agent_b = b.start(&[]);
+    b.put("person", json!({"name": "on b"}));
+    let cfg = tls_client(&x.credential(), false);
+    let pull = json!({"from": x_id, "since": 0, "limit": 100, "max_bytes": 1_000_000,
+                      "knowledge": {}, "encoding": ENC_JSON});
+
+    // X syncs over one connection it keeps open.
+    let mut conn = KeepAlive::open(&cfg, agent_b.sock()).unwrap();
+    let (head, r) = conn.call("fieldsync_hello", &hello(&x_id)).unwrap();
+    assert!(r["result"].is_object(), "{r}");
+    assert!(!head.contains("connection: close"), "{head}");
+    let (_, r) = conn.call("fieldsync_pull", &pull).unwrap();
+    assert_eq!(r["result"]["count"], json!(1), "{r}");
+
+    // The revocation reaches B; its handshakes refuse X from then on (a fresh client each
+    // time: no TLS session to resume).
+    coord.ok(&["mesh", "revoke", "x", "--reason", "laptop stolen"]);
+    coord.ok(&["sync", &agent_b.addr]);
+    let digest = json!({"table": "person", "prefix": ""});
+    wait_for("B to refuse X's new connections", CMD_LIMIT, || {
+        let fresh = tls_client(&x.credential(), false);
+        rpc_tls(
+            &fresh,
+            "127.0.0.7",
+            agent_b.sock(),
+            "fieldsync_digest",
+            &digest,
+        )
+        .is_err()
+        .then_some(())
+    });
+    // A new connection resuming X's earlier TLS session (no certificate check in that
+    // handshake) is refused too, by the same check on every request.
+    match rpc_tls(
+        &cfg,
+        "127.0.0.8",
+        agent_b.sock(),
+        "fieldsync_digest",
+        &digest,
+    ) {
+        Ok(r) => assert_eq!(error_code(&r), Some(1012), "{r}"),
+        Err(e) => assert!(!e.starts_with("connect"), "{e}"),
+    }
+
+    // The connection X opened before: its next request is refused as revoked, and closed.
+    let (head, r) = conn.call("fieldsync_pull", &pull).unwrap();
+    assert_eq!(error_code(&r), Some(1012), "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("the peer refused this laptop's certificate as revoked")
+            && msg.contains("Ask the coordinator for a new credential"),
+        "{msg}"
+    );
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(
+        conn.closed_within(Duration::from_secs(10)),
+        "the agent kept the revoked laptop's connection open"
+    );
+    assert!(
+        agent_b
+            .log()
+            .contains("connection of a revoked laptop closed"),
+        "{}",
+        agent_b.log()
+    );
+    // Nothing else was let through: B still serves its members.
+    coord.ok(&["sync", &agent_b.addr]);
+}
+
+/// Issue #18, the other direction: an agent that keeps its connection to a peer between
+/// sessions runs no further session with that peer once the peer's revocation reaches it, even
+/// on the connection opened before.
+#[test]
+fn an_agent_stops_syncing_with_a_peer_revoked_after_its_connection_opened() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let b = coord.enroll("b");
+    let x = coord.enroll("x");
+    let agent_b = b.start(&[]);
+    let agent_x = x.start(&[]);
+    x.put("person", json!({"name": "on x"}));
+    b.ok(&["sync", &agent_x.addr]);
+
+    coord.ok(&["mesh", "revoke", "x", "--reason", "laptop stolen"]);
+    coord.ok(&["sync", &agent_b.addr]);
+    let digest = json!({"table": "person", "prefix": ""});
+    wait_for("B to refuse X's new connections", CMD_LIMIT, || {
+        let fresh = tls_client(&x.credential(), false);
+        rpc_tls(
+            &fresh,
+            "127.0.0.7",
+            agent_b.sock(),
+            "fieldsync_digest",
+            &digest,
+        )
+        .is_err()
+        .then_some(())
+    });
+    let written = x.put("person", json!({"name": "written after the revocation"}));
+    let o = b.run(&["sync", &agent_x.addr]);
+    assert_ne!(o.status.code(), Some(0), "B synced with a revoked peer");
+    let err = text(&o.stderr);
+    assert!(err.contains("was revoked by the deployment"), "{err}");
+    assert_eq!(
+        b.run(&["get", "person", &written]).status.code(),
+        Some(1),
+        "B took a record from the revoked peer"
+    );
+}

@@ -15,7 +15,7 @@ use crate::model::covers;
 use crate::store::{ConflictDetail, ConflictEntry, Keep, StoredRecord};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 /// How to settle a conflict, relative to the laptop that settles it. Exactly one of `keep`,
@@ -268,7 +268,7 @@ impl App {
 
     /// One entry told from this laptop: sides by laptop, which is in the record, why.
     pub fn conflict_view(&self, c: &ConflictEntry) -> Result<ConflictView, AppError> {
-        let entry = match super::admin::conflict_json(c) {
+        let mut entry = match super::admin::conflict_json(c) {
             Value::Object(m) => m,
             _ => Map::new(),
         };
@@ -368,7 +368,7 @@ impl App {
                     });
                 }
                 let why = match &c.resolved {
-                    Some(r) => r.how.clone(),
+                    Some(r) => self.in_names(&r.how)?,
                     None => {
                         format!("both have {field} = {value} until one of them is renamed")
                     }
@@ -378,6 +378,42 @@ impl App {
         };
         // This laptop's side first.
         sides.sort_by_key(|s| !s.laptop.this_laptop);
+        // The reader's terms beside the detector's (`local`/`remote`/`chosen`, kept for
+        // scripts): who detected it, never null, and what the merge rule kept, as `sides` says.
+        let merge_kept = match &c.detail {
+            ConflictDetail::Merge {
+                conflict:
+                    Conflict::Field {
+                        local,
+                        remote,
+                        chosen,
+                        ..
+                    },
+            } => {
+                let w = if *chosen == Side::Local {
+                    local
+                } else {
+                    remote
+                };
+                if w.stamp.node == me {
+                    "mine"
+                } else {
+                    "theirs"
+                }
+            }
+            ConflictDetail::Merge {
+                conflict: Conflict::DeleteEdit { .. },
+            } => "alive",
+            ConflictDetail::NameClash { .. } => "both",
+        };
+        entry.insert("detected_by".into(), json!(detected_by_laptop.id));
+        entry.insert("merge_kept".into(), json!(merge_kept));
+        if let Some(r) = &c.resolved {
+            let how = self.in_names(&r.how)?;
+            if let Some(Value::Object(m)) = entry.get_mut("resolved") {
+                m.insert("how".into(), json!(how));
+            }
+        }
         Ok(ConflictView {
             entry,
             detected_by_laptop,
@@ -385,6 +421,29 @@ impl App {
             in_record,
             why,
         })
+    }
+
+    /// A stored how-string ("kept the value written by <instance id>") with each instance id
+    /// told as the reader knows it: `this laptop`, or the laptop's name from the peers table
+    /// (the id where no name is known).
+    fn in_names(&self, how: &str) -> Result<String, AppError> {
+        let mut out = Vec::new();
+        for word in how.split(' ') {
+            let core = word.trim_end_matches([':', ',', ';', '.', ')']);
+            match Uuid::parse_str(core) {
+                Ok(id) if core.len() == 36 => {
+                    let l = self.laptop(id)?;
+                    let name = if l.this_laptop {
+                        "this laptop".to_string()
+                    } else {
+                        l.label()
+                    };
+                    out.push(format!("{name}{}", &word[core.len()..]));
+                }
+                _ => out.push(word.to_string()),
+            }
+        }
+        Ok(out.join(" "))
     }
 
     /// Whether the write `at` on the conflict's record was a conflict resolution.

@@ -222,7 +222,16 @@ fn parse_id(id: &str) -> Result<Uuid, AppError> {
 }
 
 fn malformed(e: serde_json::Error) -> AppError {
-    AppError::invalid("MALFORMED_JSON", "fields", format!("malformed JSON: {e}"))
+    AppError::invalid("MALFORMED_JSON", "fields", malformed_words(&e))
+}
+
+/// A JSON parse error in a person's words ([`model::json_problem`]) and the next step.
+/// Starts with "malformed JSON", which scripts match.
+pub fn malformed_words(e: &serde_json::Error) -> String {
+    format!(
+        "malformed JSON: {}; give the fields as one JSON object, e.g. '{{\"name\": \"Amina\"}}'",
+        model::json_problem(e)
+    )
 }
 
 /// Parses JSON text given by a caller (a CLI argument, a request body). A number that would

@@ -129,10 +129,10 @@ fn write(
         };
         return writeln!(
             io.out,
-            "Wrote {}: {} records in {} pages, {}, for {whom}.",
+            "Wrote {}: {} in {}, {}, for {whom}.",
             path.display(),
-            h.records,
-            h.pages,
+            super::human::count(h.records, "record", "records"),
+            super::human::count(h.pages, "page", "pages"),
             super::human::bytes(bytes.len() as u64)
         )
         .map_err(CliError::Output);
@@ -186,8 +186,9 @@ fn human_read(file: &str, r: &ReadReport) -> String {
     );
     if r.pages_skipped > 0 {
         s += &format!(
-            "{} of {} pages were already here (read before).\n",
-            r.pages_skipped, r.pages
+            "{} of {} already here (read before).\n",
+            r.pages_skipped,
+            super::human::count(r.pages, "page was", "pages were")
         );
     }
     if r.held > 0 {
@@ -262,15 +263,20 @@ fn human_show(v: &Value) -> String {
         None => "any laptop (everything)".to_string(),
         Some(id) => format!("{} ({id})", v["for_name"].as_str().unwrap_or("never met")),
     };
+    // Written at: a local minute, as everywhere else for people (the JSON keeps the exact time).
+    let written = chrono::DateTime::parse_from_rfc3339(&s("written_at")).map_or_else(
+        |_| s("written_at"),
+        |t| t.with_timezone(&Local).format("%Y-%m-%d %H:%M").to_string(),
+    );
+    let n = |k: &str| v[k].as_u64().unwrap_or(0);
     let mut out = format!(
-        "Bundle {} from {} ({}), written {}, for {whom}: {} records in {} pages ({}), deployment \
+        "Bundle {} from {} ({}), written {written}, for {whom}: {} in {} ({}), deployment \
          {} ({}).\n",
         s("file"),
         s("writer_name"),
         s("writer"),
-        s("written_at"),
-        v["records"],
-        v["pages"],
+        super::human::count(n("records"), "record", "records"),
+        super::human::count(n("pages"), "page", "pages"),
         super::human::bytes(v["bytes"].as_u64().unwrap_or(0)),
         s("deployment_name"),
         s("deployment"),

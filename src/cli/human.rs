@@ -30,6 +30,12 @@ pub fn ago(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
+/// `1 page`, `3 pages`: a count with the word for one or for many.
+pub fn count(n: impl Into<u64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Rows of cells as columns padded to the widest cell, two spaces apart.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
@@ -281,10 +287,14 @@ pub fn sync(v: &Value) -> String {
     ) + "\n"
 }
 
-/// `put`/`patch`/`delete`.
+/// `put`/`patch`/`delete`. `seq` is a position in this laptop's feed of changes (all tables),
+/// not a count of the record's revisions, so it is said as such.
 pub fn write(verb: &str, o: &WriteOutcome) -> String {
     if o.written {
-        format!("{verb} {} {} (revision {}).\n", o.table, o.id, o.seq)
+        format!(
+            "{verb} {} {} (this laptop's change {}, of all tables).\n",
+            o.table, o.id, o.seq
+        )
     } else {
         format!(
             "No change: {} {} already has these values.\n",
@@ -464,6 +474,72 @@ pub fn history(
         }
     }
     out
+}
+
+/// `tables`: one row per table with its live and deleted record counts.
+pub fn tables(rows: &[(String, u64, u64)]) -> String {
+    if rows.is_empty() {
+        return "No tables yet: `fieldsync put TABLE JSON` or `fieldsync import` creates one.\n"
+            .into();
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(t, live, deleted)| vec![t.clone(), live.to_string(), deleted.to_string()])
+        .collect();
+    table(&["TABLE", "RECORDS", "DELETED"], &cells)
+}
+
+/// `verify`: per table, in sync or which records differ (`checks` as the JSON lines print
+/// them: `{"table","in_sync","local_count","remote_count","differing"}`).
+pub fn verify(peer: &str, checks: &[Value]) -> String {
+    const SHOWN: usize = 10;
+    let mut out = String::new();
+    for c in checks {
+        let t = c["table"].as_str().unwrap_or("?");
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        if c["in_sync"] == true {
+            out += &format!(
+                "{t}: in sync ({}).\n",
+                count(n("local_count"), "record", "records")
+            );
+            continue;
+        }
+        let ids: Vec<&str> = c["differing"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        out += &format!(
+            "{t}: differs: {} here, {} on {peer}; {}",
+            n("local_count"),
+            n("remote_count"),
+            count(ids.len() as u64, "record differs", "records differ")
+        );
+        if !ids.is_empty() {
+            let more = ids.len().saturating_sub(SHOWN);
+            out += &format!(": {}", ids[..ids.len().min(SHOWN)].join(", "));
+            if more > 0 {
+                out += &format!(" and {more} more (`--json` lists all)");
+            }
+        }
+        out += ".\n";
+    }
+    if checks.is_empty() {
+        out += "No tables to compare.\n";
+    } else if checks.iter().all(|c| c["in_sync"] == true) {
+        out += &format!("In sync with {peer}.\n");
+    } else {
+        out +=
+            &format!("Not in sync with {peer}: `fieldsync sync {peer}` brings both up to date.\n");
+    }
+    out
+}
+
+/// `mesh enroll`: who was enrolled, where the credential is, and the step on that laptop.
+pub fn enrolled(name: &str, id: &str, file: &str) -> String {
+    format!(
+        "Enrolled {name} (instance {id}): its credential is {file}. Carry it to that laptop \
+         and run `fieldsync init --mesh {file}` there; keep it private (it lets a laptop join).\n"
+    )
 }
 
 #[cfg(test)]

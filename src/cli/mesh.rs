@@ -182,6 +182,11 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
             // Remembered here so `mesh revoke NAME` works before the coordinator ever synced
             // with that laptop (a laptop lost on its way to the field).
             note_enrolled(store.dir(), id, &name)?;
+            if io.human {
+                let text =
+                    super::human::enrolled(&name, &id.to_string(), &path.display().to_string());
+                return write!(io.out, "{text}").map_err(CliError::Output);
+            }
             json!({"instance": id, "name": name, "credential": path, "deployment": ca.deployment})
         }
         MeshCommand::Revoke {

@@ -22,6 +22,7 @@ pub mod mesh;
 pub mod problems;
 pub mod records;
 pub mod sync;
+pub mod words;
 
 pub use crate::app::admin::{conflict_json, peer_json};
 pub use admin::GenerateCommand;
@@ -50,8 +51,9 @@ on every laptop) and syncs it with other laptops on the same network.
 Data directory, in order: --data-dir; $FIELDSYNC_DIR; a folder `fieldsync-data/` beside the
 executable if one exists (portable mode, for a USB stick); ~/.local/share/fieldsync.
 
-On a terminal, status, peers, sync, init, put, patch and delete print for people (tables and
-sentences, names, local times). With --json, or when stdout is not a terminal (a pipe, a
+On a terminal, status, peers, list, get, history, conflicts, tables, sync, verify, init, put,
+patch, delete, bundle and mesh enroll print for people (tables and sentences, names, local
+times); --human does the same into a pipe or file. With --json, or when stdout is not a terminal (a pipe, a
 script), output is JSON on stdout (one object, or one object per line for lists).
 Exit codes: 0 ok, 1 not found, 2 bad usage or invalid input, 3 other failure
 (for example the database is in use by another fieldsync process).";

@@ -186,6 +186,13 @@ pub fn list(
 /// `tables`: one line per table with counts.
 pub fn tables(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
     let tables: Vec<TableInfo> = door.call(Op::Tables, io)?;
+    if io.human {
+        let rows: Vec<(String, u64, u64)> = tables
+            .iter()
+            .map(|t| (t.table.clone(), t.live, t.deleted))
+            .collect();
+        return write!(io.out, "{}", super::human::tables(&rows)).map_err(CliError::Output);
+    }
     for t in tables {
         print(
             io.out,

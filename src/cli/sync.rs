@@ -137,8 +137,12 @@ pub fn verify(door: &Door<'_>, peer: &str, io: &mut Io<'_>) -> Result<(), CliErr
         },
         io,
     )?;
-    for c in &checks {
-        print(io.out, c)?;
+    if io.human {
+        write!(io.out, "{}", super::human::verify(peer, &checks)).map_err(CliError::Output)?;
+    } else {
+        for c in &checks {
+            print(io.out, c)?;
+        }
     }
     if checks.iter().all(|c| c["in_sync"] == true) {
         Ok(())

@@ -63,8 +63,12 @@ impl JsonlRows {
     }
 
     fn parse(&self, text: &str) -> Result<Row, ImportError> {
-        let v: Value =
-            serde_json::from_str(text).map_err(|e| self.err(format!("malformed JSON: {e}")))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| {
+            self.err(format!(
+                "malformed JSON: {}; each line must be one JSON object",
+                model::json_problem(&e)
+            ))
+        })?;
         if has_float(&v) {
             if let Some(bad) = first_inexact_number(text) {
                 let field = bad

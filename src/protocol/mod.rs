@@ -89,6 +89,9 @@ pub mod codes {
     pub const IDENTITY_MISMATCH: i32 = 1010;
     /// The caller's (or responder's) instance id is used by two data directories at once.
     pub const DUPLICATE_INSTANCE: i32 = 1011;
+    /// The caller's certificate was revoked after its connection opened (a keep-alive
+    /// connection from before the revocation arrived): refused, and the connection is closed.
+    pub const REVOKED: i32 = 1012;
 }
 
 /// A protocol-level error: a code from [`codes`] and a message naming the problem.

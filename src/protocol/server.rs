@@ -103,6 +103,12 @@ pub struct RemoteAddr(pub SocketAddr);
 #[derive(Clone, Copy, Debug)]
 pub struct PeerInstance(pub Uuid);
 
+/// Set by a method refused with [`super::codes::REVOKED`]: the connection's answer then carries
+/// `Connection: close`, so hyper closes the connection once it is sent and a revoked laptop
+/// cannot keep using a keep-alive connection opened before its revocation arrived.
+#[derive(Clone, Debug, Default)]
+struct CloseAfter(Arc<std::sync::atomic::AtomicBool>);
+
 /// Who is calling: the TCP address and, with TLS, the certified instance.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Caller {
@@ -156,6 +162,11 @@ where
             f(&ctx, p, remote).map_err(|e| {
                 warn!(method = name, code = e.code, error = %e.message, peer = ?remote.addr,
                       "request refused");
+                if e.code == super::codes::REVOKED {
+                    if let Some(c) = ext.get::<CloseAfter>() {
+                        c.0.store(true, Ordering::Relaxed);
+                    }
+                }
                 ErrorObjectOwned::from(e)
             })
         })
@@ -268,6 +279,7 @@ async fn accept_loop<S: SyncService>(
                         inner,
                         remote: peer,
                         instance: None,
+                        close: CloseAfter::default(),
                     };
                     serve_with_graceful_shutdown(stream, svc, stopped).await
                 }
@@ -317,6 +329,7 @@ async fn accept_loop<S: SyncService>(
                         inner,
                         remote: peer,
                         instance,
+                        close: CloseAfter::default(),
                     };
                     serve_with_graceful_shutdown(tls, svc, stopped).await
                 }
@@ -390,7 +403,7 @@ fn handshake_refusal(e: &std::io::Error) -> Option<String> {
     let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
     Some(match tls {
         rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked) => {
-            // The verifier ran in this same poll, on this thread: it left the instance.
+            // Named by the verifier on this thread, in this same poll (see `tls.rs`).
             match crate::tls::take_refused_revoked() {
                 Some(id) => format!("instance {id} has been revoked by the deployment"),
                 None => "its certificate was revoked by the deployment".to_string(),
@@ -517,17 +530,20 @@ where
     }
 }
 
-/// Puts the connection's peer address and certified instance into every request's extensions.
+/// Puts the connection's peer address and certified instance into every request's extensions,
+/// and closes the connection after an answer that asked for it ([`CloseAfter`]).
 #[derive(Clone)]
 struct WithRemote<S> {
     inner: S,
     remote: SocketAddr,
     instance: Option<Uuid>,
+    /// Shared by every request of this connection.
+    close: CloseAfter,
 }
 
-impl<S, B> tower::Service<jsonrpsee::server::HttpRequest<B>> for WithRemote<S>
+impl<S, B, R> tower::Service<jsonrpsee::server::HttpRequest<B>> for WithRemote<S>
 where
-    S: tower::Service<jsonrpsee::server::HttpRequest<B>>,
+    S: tower::Service<jsonrpsee::server::HttpRequest<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
     S::Error: From<&'static str>,
 {
@@ -544,12 +560,23 @@ where
         if let Some(i) = self.instance {
             req.extensions_mut().insert(PeerInstance(i));
         }
+        req.extensions_mut().insert(self.close.clone());
         // The body is read inside the inner future, so this deadline covers it too.
         let fut = self.inner.call(req);
-        let remote = self.remote;
+        let (remote, close) = (self.remote, self.close.clone());
         Box::pin(async move {
             match tokio::time::timeout(REQUEST_DEADLINE, fut).await {
-                Ok(r) => r,
+                Ok(Ok(mut r)) => {
+                    if close.0.load(Ordering::Relaxed) {
+                        info!(peer = %remote, "connection of a revoked laptop closed");
+                        r.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok(r)
+                }
+                Ok(Err(e)) => Err(e),
                 Err(_) => {
                     warn!(peer = %remote, "request not complete within its deadline: closed");
                     Err(S::Error::from("request deadline exceeded"))

@@ -51,7 +51,8 @@ pub trait Peer: Sync {
         }
     }
     /// Fails unless the transport authenticated the peer as `claimed` (the instance its hello
-    /// names). Without authentication (plaintext, in memory) there is nothing to check.
+    /// names) and `claimed` is not revoked by now (`1012`, also on a connection older than the
+    /// revocation). Without authentication (plaintext, in memory) there is nothing to check.
     fn check_identity(&self, claimed: &Uuid) -> Result<(), ProtocolError> {
         let _ = claimed;
         Ok(())
@@ -64,6 +65,9 @@ pub trait Peer: Sync {
 pub struct RpcPeer {
     client: Arc<Client>,
     seen: Option<SeenPeer>,
+    /// The revocations held now (with TLS): a kept connection opened before the peer's
+    /// revocation arrived must not carry another session.
+    revoked: Option<Arc<crate::tls::Revoked>>,
 }
 
 impl std::fmt::Debug for RpcPeer {
@@ -79,17 +83,19 @@ impl RpcPeer {
             addr: addr.to_string(),
             message,
         };
-        let (client, seen) = match transport {
-            Transport::Plaintext => (Client::connect(addr, None).map_err(terr)?, None),
+        let (client, seen, revoked) = match transport {
+            Transport::Plaintext => (Client::connect(addr, None).map_err(terr)?, None, None),
             Transport::Tls { identity, revoked } => {
                 let (cfg, seen) = crate::tls::client_config(identity, revoked.clone())
                     .map_err(|e| terr(e.to_string()))?;
-                (Client::connect(addr, Some(cfg)).map_err(terr)?, Some(seen))
+                let client = Client::connect(addr, Some(cfg)).map_err(terr)?;
+                (client, Some(seen), Some(revoked.clone()))
             }
         };
         Ok(Self {
             client: Arc::new(client),
             seen,
+            revoked,
         })
     }
 
@@ -134,6 +140,17 @@ impl Peer for RpcPeer {
             return Err(ProtocolError::new(
                 codes::IDENTITY_MISMATCH,
                 format!("peer claims instance {claimed} but its certificate is for {named}"),
+            ));
+        }
+        // The handshake refused revoked servers, but this connection may be older than the
+        // revocation (kept between sessions, or a resumed TLS session).
+        if let Some(at) = self.revoked.as_ref().and_then(|r| r.get(claimed)) {
+            return Err(ProtocolError::new(
+                codes::REVOKED,
+                format!(
+                    "peer {claimed} was revoked by the deployment on {}: not syncing with it",
+                    at.format("%Y-%m-%d %H:%M UTC")
+                ),
             ));
         }
         Ok(())

@@ -75,12 +75,14 @@ impl Inbound {
     }
 }
 
-/// Checks that a request speaks for the instance its certificate names (with TLS).
+/// Checks that a request speaks for the instance its certificate names (with TLS), and that
+/// this instance is not revoked by now ([`check_not_revoked`]).
 fn check_caller(
     claimed: &Uuid,
     caller: &Caller,
     transport: &Transport,
 ) -> Result<(), ProtocolError> {
+    check_not_revoked(caller, transport)?;
     match (transport, caller.instance) {
         (Transport::Plaintext, _) => Ok(()),
         (Transport::Tls { .. }, Some(cert)) if cert == *claimed => Ok(()),
@@ -91,6 +93,32 @@ fn check_caller(
         (Transport::Tls { .. }, None) => Err(ProtocolError::new(
             codes::IDENTITY_MISMATCH,
             "no client certificate on this connection",
+        )),
+    }
+}
+
+/// Refuses a request whose certificate names an instance revoked since its connection opened.
+///
+/// The handshake refuses revoked certificates, but a keep-alive connection opened before the
+/// revocation arrived would otherwise keep working: so every request is checked against the
+/// revocations held now (`Transport::Tls.revoked`, refreshed by the agent on every store change).
+/// Code [`codes::REVOKED`] also makes the server close the connection after this answer, and
+/// its words are the ones the revoked laptop's client reads as "revoked"
+/// ([`crate::protocol::client::REVOKED_BY_PEER`]).
+fn check_not_revoked(caller: &Caller, transport: &Transport) -> Result<(), ProtocolError> {
+    let (Transport::Tls { revoked, .. }, Some(cert)) = (transport, caller.instance) else {
+        return Ok(());
+    };
+    match revoked.get(&cert) {
+        None => Ok(()),
+        Some(at) => Err(ProtocolError::new(
+            codes::REVOKED,
+            format!(
+                "{}: instance {cert} was revoked by the deployment on {} after this connection \
+                 opened; the connection is closed. Ask the coordinator for a new credential",
+                crate::protocol::client::REVOKED_BY_PEER,
+                at.format("%Y-%m-%d %H:%M UTC")
+            ),
         )),
     }
 }
@@ -295,7 +323,9 @@ impl SyncService for Responder {
     }
 
     /// `fieldsync_digest`.
-    fn digest(&self, r: DigestRequest, _caller: Caller) -> Result<DigestReply, ProtocolError> {
+    fn digest(&self, r: DigestRequest, caller: Caller) -> Result<DigestReply, ProtocolError> {
+        // `digest` names no instance of its own: only the certificate's revocation is checked.
+        check_not_revoked(&caller, &self.transport)?;
         validate_table(&r.table)
             .map_err(|e| ProtocolError::new(codes::INVALID_TABLE, e.to_string()))?;
         // A local-only table never leaves this laptop, not even as ids and content hashes

@@ -538,6 +538,12 @@ impl<T: Read + Write> ReadWrite for T {}
 
 /// A complete HTTP response's JSON body, `None` while more bytes are needed.
 fn parse_response(buf: &[u8]) -> Result<Option<Value>, String> {
+    Ok(parse_response_head(buf)?.map(|(_, v)| v))
+}
+
+/// A complete HTTP response's head (lowercase) and JSON body, `None` while more bytes are
+/// needed.
+fn parse_response_head(buf: &[u8]) -> Result<Option<(String, Value)>, String> {
     let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
         return Ok(None);
     };
@@ -559,9 +565,71 @@ fn parse_response(buf: &[u8]) -> Result<Option<Value>, String> {
         }
         body[..len].to_vec()
     };
-    serde_json::from_slice(&body)
-        .map(Some)
-        .map_err(|e| format!("bad JSON ({e}) in response {head}: {}", text(&body)))
+    match serde_json::from_slice(&body) {
+        Ok(v) => Ok(Some((head, v))),
+        Err(e) => Err(format!(
+            "bad JSON ({e}) in response {head}: {}",
+            text(&body)
+        )),
+    }
+}
+
+/// One TLS connection kept open across JSON-RPC calls (HTTP/1.1 keep-alive), as an agent keeps
+/// its connection to a peer between sessions.
+pub struct KeepAlive(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
+
+impl KeepAlive {
+    /// Connects from 127.0.0.1 and completes the handshake.
+    pub fn open(cfg: &Arc<rustls::ClientConfig>, dst: SocketAddr) -> Result<KeepAlive, String> {
+        let tcp = TcpStream::connect(dst).map_err(|e| format!("connect: {e}"))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        tcp.set_write_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let name = ServerName::try_from("fieldsync.mesh").unwrap();
+        let conn = rustls::ClientConnection::new(cfg.clone(), name).map_err(|e| e.to_string())?;
+        Ok(KeepAlive(rustls::StreamOwned::new(conn, tcp)))
+    }
+
+    /// One call on this connection: the response's head (lowercase) and JSON-RPC object.
+    pub fn call(&mut self, method: &str, params: &Value) -> Result<(String, Value), String> {
+        let body =
+            json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": [params]}).to_string();
+        let req = format!(
+            "POST / HTTP/1.1\r\nHost: fieldsync.mesh\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.0
+            .write_all(req.as_bytes())
+            .and_then(|()| self.0.flush())
+            .map_err(|e| format!("write: {e}"))?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(r) = parse_response_head(&buf)? {
+                return Ok(r);
+            }
+            match self.0.read(&mut chunk) {
+                Ok(0) => return Err(format!("connection closed after {} bytes", buf.len())),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("read: {e}")),
+            }
+        }
+    }
+
+    /// True once the server has closed the connection (end of stream or reset), within `limit`.
+    pub fn closed_within(&mut self, limit: Duration) -> bool {
+        self.0.sock.set_read_timeout(Some(limit)).unwrap();
+        let mut chunk = [0u8; 1024];
+        match self.0.read(&mut chunk) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
 }
 
 fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
