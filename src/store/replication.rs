@@ -135,13 +135,19 @@ impl Store {
                 had: row.received_upto,
             });
         }
-        // A sender vouching for fewer of its own events than we hold of it was reset or
-        // restored: whatever it deletes waits for a person. Checked on a page from position 0
-        // only (where `note_hello` restarts a peer whose feed went back, and where no page of
-        // this session is in yet): later pages may carry events newer than the hello's
-        // knowledge, which would look the same. Further deletes of the same tables from it join
-        // the pending hold.
+        // A sender vouching for fewer of its own events than we hold of it, without having
+        // announced a restore, was reset: whatever it deletes itself waits for a person.
+        // Checked on a page from position 0 only (where `note_hello` restarts a peer whose feed
+        // went back, and where no page of this session is in yet): later pages may carry events
+        // newer than the hello's knowledge, which would look the same. Further deletes of the
+        // same tables from it join the pending hold. A sender living a successor incarnation
+        // (a restore, or a rollback it detected, shown in its hello) claims fewer own events
+        // on purpose, until peers sent back what it lacks (`incarnation.rs`): that is no sign
+        // of a reset, and holding the deletes it makes meanwhile would keep laptops apart
+        // until a person decides (issue #19's randomized runs).
+        let announced = row.incarnation.is_some_and(|i| i.parent.is_some());
         let reset = c.since == 0
+            && !announced
             && c.knowledge.is_some_and(|k| {
                 let held = self.head().holdings.get(&c.peer).copied().unwrap_or(0);
                 k.get(&c.peer).copied().unwrap_or(0) < held
