@@ -200,6 +200,22 @@ impl Store {
         } else {
             0
         };
+        // A backup taken while this instance still lacked own events (after an earlier
+        // restore or rollback, before a peer sent them back) holds a newest own event past
+        // them: it holds for sure only what its own lineage claimed, and the gap it recorded
+        // may hold stamps already issued (an own delete a peer holds). Found by the randomized
+        // restore run (seed 15838).
+        let backup_lineage: Option<Lineage> = match meta_of("lineage") {
+            Some(v) if continues_backup => Some(decode(v)?),
+            _ => None,
+        };
+        let backup_held = backup_lineage
+            .as_ref()
+            .map_or(backup_own_last, |l| l.own_claim(backup_own_last));
+        let backup_gap_end = backup_lineage
+            .as_ref()
+            .and_then(|l| l.missing)
+            .map_or(0, |m| m.1);
         // The newest own stamp that may have been issued: on this database, its own mark; for a
         // take-over, anything the old laptop made before now.
         let issued = if take_over {
@@ -209,14 +225,14 @@ impl Store {
         } else {
             0
         };
-        let base = match (take_over, meta_of("lineage")) {
-            (true, Some(v)) => decode::<Lineage>(v)?,
+        let base = match (take_over, &backup_lineage) {
+            (true, Some(l)) => l.clone(),
             _ => w.lineage.clone(),
         };
         let lineage = base.successor(
             crate::clock::wall_millis(),
-            backup_own_last,
-            issued.max(backup_own_last),
+            backup_held,
+            issued.max(backup_own_last).max(backup_gap_end),
             super::dir_key(&self.dir.join("db")),
         );
         let seq = backup_seq + shift;
@@ -335,7 +351,7 @@ impl Store {
                 (clock + 1).max(crate::clock::ts_from_millis(crate::clock::wall_millis())),
             ),
         };
-        tracing::warn!(incarnation = %lineage.current.id, missing_from = backup_own_last,
+        tracing::warn!(incarnation = %lineage.current.id, missing_from = backup_held,
             "restored from a backup: new incarnation, peers will send back what the backup lacks");
         *cur = info.clone();
         drop(cur);
