@@ -153,6 +153,7 @@ impl Store {
                 k.get(&c.peer).copied().unwrap_or(0) < held
             });
         let (apply, held) = b.brake(&self.config.brake, c.peer, &row.name, reset, c.changes)?;
+        let mut gap_closed = false;
         let stats = b.merge_changes(Some(c.peer), &apply)?;
         row.received_upto = row.received_upto.max(c.next);
         if !c.more {
@@ -160,6 +161,7 @@ impl Store {
                 // Everything the sender had is in: it had every own event of ours up to its
                 // claim, so those are no longer missing here.
                 if let Some(held) = k.get(&self.id()).and_then(|m| b.w.lineage.refetched(*m)) {
+                    gap_closed = true;
                     b.w.own_last = b.w.own_last.max(held);
                     // Those own events are held now: a peer knowing them proves no rollback.
                     b.w.opened.0 = b.w.opened.0.max(held);
@@ -175,6 +177,11 @@ impl Store {
         let received_upto = row.received_upto;
         b.txn.put(keys::peer(&c.peer), encode(&row));
         self.finish_with(guard, b, stats.applied > 0 || held > 0)?;
+        if gap_closed {
+            // Every own event a restore may have lacked is back: what only its backup held is
+            // written again so peers take it (see `Store::restore`).
+            self.rewrite_forked()?;
+        }
         Ok(Committed {
             stats,
             held,

@@ -237,6 +237,20 @@ impl Store {
         );
         let seq = backup_seq + shift;
 
+        // Own events of the backup that this database, which went on after it was taken, does
+        // not hold although it had issued later ones: the backup may come from a line of this
+        // instance's history that was rolled back (a disk image copied back, nobody told)
+        // before they reached any peer. Peers' knowledge of our events already covers their
+        // stamps, so no peer would ever take them (found by the randomized restore run, seed
+        // 23757). They may as well have reached peers before the rollback, followed there by
+        // newer own writes: so they are kept as *candidates* (`M forked`) and written again
+        // with fresh stamps only once peers sent back every own event this restore may lack
+        // (`Store::rewrite_forked`), and only those no newer own write replaced meanwhile.
+        // Own events this database knows to be missing (its lineage's gap) are with peers
+        // and come back as usual.
+        let gap = w.lineage.missing;
+        let may_fork = continues_backup && !take_over && w.own_last > 0;
+        let mut forked: Vec<(String, Uuid, u64)> = Vec::new();
         let mut batch = sled::Batch::default();
         for k in self.tree.iter().keys() {
             batch.remove(k?);
@@ -275,6 +289,20 @@ impl Store {
                 }
                 Some(&keys::RECORD) if shift > 0 => {
                     let mut r = decode_record(&v)?;
+                    if may_fork {
+                        let own = r.state.vv.get(&info.id).copied().unwrap_or(0);
+                        let here = match self.tree.get(&k)? {
+                            Some(p) => decode_record(&p)?.state.vv.get(&info.id).copied(),
+                            None => None,
+                        }
+                        .unwrap_or(0);
+                        let in_gap = gap.is_some_and(|(lo, hi)| own > lo && own <= hi);
+                        if own > here && own <= w.own_last && !in_gap {
+                            if let Some((table, id)) = keys::parse_record_suffix(&k[1..]) {
+                                forked.push((table, id, own));
+                            }
+                        }
+                    }
                     r.seq += shift;
                     if r.conflict_seq > 0 {
                         r.conflict_seq += shift;
@@ -317,6 +345,9 @@ impl Store {
             batch.insert(k, v);
         }
         batch.insert(keys::meta("lineage"), encode(&lineage));
+        if !forked.is_empty() {
+            batch.insert(keys::meta("forked"), encode(&forked));
+        }
         batch.insert(
             keys::meta("format"),
             encode(&super::recovery::FORMAT_VERSION),
@@ -358,6 +389,9 @@ impl Store {
         self.publish(&w)?;
         drop(w);
         self.changed.send_replace(seq);
+        if lineage.missing.is_none() {
+            self.rewrite_forked()?;
+        }
         Ok(RestoreReport {
             backup_instance: backup_info.id,
             instance: info.id,
@@ -368,6 +402,75 @@ impl Store {
             counts,
             discarded_own_changes,
         })
+    }
+}
+
+impl Store {
+    /// Writes again, with fresh stamps, the own writes a restore found only in its backup
+    /// (`M forked`: table, id, the newest own stamp the backup held of the record) once no own
+    /// event is missing any more: peers have sent back everything of ours they held, so a
+    /// record whose newest own event is still the backup's holds a write peers may never take
+    /// (their knowledge covers its stamp). A live record's own fields from then are reasserted
+    /// (same values), an own delete is made again; a record a newer own write reached is left
+    /// alone (that write is newer and already with peers). Returns how many records were
+    /// written; the candidates are removed.
+    pub(crate) fn rewrite_forked(&self) -> Result<u64, StoreError> {
+        use crate::merge::Edit;
+        let Some(v) = self.tree.get(keys::meta("forked"))? else {
+            return Ok(0);
+        };
+        let forked: Vec<(String, Uuid, u64)> = decode(&v)?;
+        let me = self.id();
+        let mut n = 0;
+        for (table, id, own) in &forked {
+            if table.starts_with(crate::model::SYSTEM_PREFIX) {
+                continue;
+            }
+            let Some(rec) = self.get(table, id)? else {
+                continue;
+            };
+            let st = &rec.state;
+            if st.vv.get(&me) != Some(own) {
+                continue;
+            }
+            let op = |edit| super::LocalOp {
+                table: table.clone(),
+                id: *id,
+                edit,
+            };
+            let ops: Vec<super::LocalOp> = if st.is_alive() {
+                st.fields
+                    .iter()
+                    .filter(|(_, f)| f.stamp.node == me)
+                    .map(|(k, f)| op(Edit::Reassert(k.clone(), f.value.clone())))
+                    .collect()
+            } else if st.deleted.is_some_and(|d| d.node == me) {
+                // A delete is made again from the record's last values: put back, then delete,
+                // in one batch (no peer ever sees it alive).
+                let fields = st
+                    .fields
+                    .iter()
+                    .filter_map(|(k, f)| f.value.clone().map(|v| (k.clone(), v)))
+                    .collect();
+                vec![op(Edit::Put(fields)), op(Edit::Delete)]
+            } else {
+                Vec::new()
+            };
+            if !ops.is_empty() {
+                self.write_local(&ops)?;
+                n += 1;
+            }
+        }
+        self.tree.remove(keys::meta("forked"))?;
+        self.db.flush()?;
+        if n > 0 {
+            tracing::warn!(
+                records = n,
+                "own writes only the restored backup held (made on a rolled-back line of this \
+                 laptop's history, never received by peers) were written again with new stamps"
+            );
+        }
+        Ok(n)
     }
 }
 
