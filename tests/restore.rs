@@ -438,17 +438,22 @@ fn a_rollback_is_noticed_from_a_peers_knowledge_and_everything_comes_back() {
 /// never synced is lost when the image is copied back (nobody can tell); the laptop then
 /// writes and syncs newer stamps, so peers' knowledge of it covers the lost write's stamp.
 /// A backup taken before the rollback brings the write back — and no peer would ever take it.
-/// It is written again with a fresh stamp once peers sent back everything the restore lacked;
-/// a record a newer own write reached meanwhile is left alone.
+/// It is written again with a fresh stamp once peers sent back everything the restore lacked
+/// (a delete too: a live copy on peers must not win over it); a record a newer own write
+/// reached meanwhile is left alone.
 #[test]
 fn a_write_only_a_backup_from_a_rolled_back_line_holds_reaches_every_peer() {
     let (a, mut b, c) = (Node::new(), Node::new(), Node::new());
     let r = Uuid::new_v4();
     put(b.s(), r, json!({"r": 1}));
     sync(&b, &a).unwrap();
+    let d = Uuid::new_v4();
+    put(b.s(), d, json!({"name": "D"}));
+    sync(&b, &a).unwrap();
     let image = save_aside(&mut b);
     let lost = Uuid::new_v4();
     put(b.s(), lost, json!({"name": "L"}));
+    delete(b.s(), d); // a delete on the same lost line: it must not stay undone on peers
     let backup = snapshot(b.s());
     roll_back(&mut b, image.path());
     put(b.s(), r, json!({"r": 2}));
@@ -470,6 +475,7 @@ fn a_write_only_a_backup_from_a_rolled_back_line_holds_reaches_every_peer() {
             Some(json!({"r": 2})),
             "the newest write of r stays"
         );
+        assert_eq!(state(n.s())[&d], None, "D deleted everywhere");
     }
     assert_eq!(state(a.s()), state(b.s()));
     assert_eq!(state(c.s()), state(b.s()));
