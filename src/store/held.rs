@@ -360,6 +360,49 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_that_looks_reset_has_its_own_deletes_held_not_those_it_relays() {
+        let ((a, _da), (b, _db), (c, _dc)) = (open(""), open(""), open(""));
+        let op = |id: Uuid, edit| LocalOp {
+            table: "person".into(),
+            id,
+            edit,
+        };
+        let f = || json!({"n": 1}).as_object().unwrap().clone();
+        let (x, y) = (Uuid::new_v4(), Uuid::new_v4());
+        a.write_one(op(x, Edit::Put(f()))).unwrap();
+        c.write_one(op(y, Edit::Put(f()))).unwrap();
+        for s in [&b, &c] {
+            s.apply_remote(Some(a.id()), &states(&a, &[x])).unwrap();
+        }
+        b.apply_remote(Some(c.id()), &states(&c, &[y])).unwrap();
+        a.write_one(op(x, Edit::Delete)).unwrap();
+        c.apply_remote(Some(a.id()), &states(&a, &[x])).unwrap();
+        c.write_one(op(y, Edit::Delete)).unwrap();
+        b.update_peer(&c.id(), |_| ()).unwrap();
+        // C vouches for none of its own events although B holds some: it looks reset. A's
+        // delete it passes on is A's decision; its own delete waits for a person.
+        let mut behind = c.position().unwrap().knowledge;
+        behind.insert(c.id(), 1);
+        let changes = states(&c, &[x, y]);
+        let got = b
+            .commit_page(PageCommit {
+                peer: c.id(),
+                changes: &changes,
+                since: 0,
+                next: 2,
+                more: false,
+                knowledge: Some(&behind),
+                ends_session: true,
+            })
+            .unwrap();
+        assert_eq!(got.held, 1);
+        assert!(!b.get("person", &x).unwrap().unwrap().state.is_alive());
+        assert!(b.get("person", &y).unwrap().unwrap().state.is_alive());
+        let holds = b.holds().unwrap();
+        assert!(holds[0].reset && holds[0].changes[0].id == y);
+    }
+
+    #[test]
     fn held_deletes_stay_out_of_knowledge_are_not_held_twice_and_approve_applies_them() {
         let cfg = "[brake.tables.person]\npercent = 20\nmin_records = 2\n";
         let ((a, _da), (b, _db)) = (open(cfg), open(cfg));
