@@ -158,7 +158,11 @@ impl Store {
     ///   what they believed this instance holds (echo marks, its feed position) and send back
     ///   everything the backup lacks, own writes and deletes included, because this instance
     ///   claims of its own events only those the backup holds until a peer brought the rest;
-    /// - the clock resumes after both the backup's and this database's (never a stamp twice).
+    /// - the clock resumes after both the backup's and this database's (never a stamp twice);
+    /// - a backup taken while own events were still missing claims only what its own lineage
+    ///   held, and own writes only the backup holds from a rolled-back line of this laptop's
+    ///   history are written again once peers sent back the rest (`M forked`, see
+    ///   `incarnation.rs`).
     pub fn restore(
         &self,
         entries: Vec<(Vec<u8>, Vec<u8>)>,
