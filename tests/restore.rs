@@ -7,8 +7,9 @@
 //! delete comes back to life; two data directories sharing one instance id are refused with an
 //! error that names the problem, and nothing acknowledged is lost. A randomized run mixes
 //! backups, restores and unannounced rollbacks among several laptops (`FIELDSYNC_LONG_TESTS=1`
-//! for more and longer: still failing in some runs, see ARCHITECTURE.md; `FIELDSYNC_SEED=S`
-//! replays one run).
+//! for more and longer: with restores only (`FIELDSYNC_NO_ROLLBACKS=1`) every run converges,
+//! with unannounced rollbacks some still fail, see ARCHITECTURE.md; `FIELDSYNC_SEED=S` replays
+//! one run). Each cause found by it has its own small test here, named after what it checks.
 
 use fieldsync::config::Config;
 use fieldsync::merge::Edit;
@@ -279,6 +280,76 @@ fn a_take_over_into_a_fresh_directory_gets_back_what_the_old_laptop_synced() {
     assert_eq!(state(a.s()), state(c.s()));
 }
 
+/// Found by the randomized run (seeds 15838, 47514 and 11 more of 40): a restored laptop
+/// claims fewer of its own events than its peers hold (until they sent it back what it lacks),
+/// and the mass-delete brake took that for a reset, holding every delete it passed on, its own
+/// (made after the restore) and those of other laptops it relayed, for a person to decide —
+/// so laptops stayed apart. A restore is announced (a new incarnation in `hello`); a relayed
+/// delete is its maker's decision.
+#[test]
+fn deletes_from_a_restored_laptop_are_not_held_as_a_reset() {
+    let (a, b, c, d) = (Node::new(), Node::new(), Node::new(), Node::new());
+    let w = Uuid::new_v4();
+    put(c.s(), w, json!({"w": 1}));
+    sync(&c, &a).unwrap();
+    put(b.s(), Uuid::new_v4(), json!({"p": 1}));
+    let backup = snapshot(b.s());
+    let q = Uuid::new_v4();
+    put(b.s(), q, json!({"q": 1}));
+    sync(&b, &a).unwrap();
+
+    b.s().restore(backup, false).unwrap();
+    let z = Uuid::new_v4();
+    put(b.s(), z, json!({"z": 1}));
+    sync(&b, &d).unwrap();
+    sync(&d, &a).unwrap();
+    assert!(state(a.s())[&z].is_some() && state(a.s())[&w].is_some());
+    delete(c.s(), w); // C's decision, passed on to A by B
+    sync(&b, &c).unwrap();
+    delete(b.s(), z); // B's own, made after its restore
+                      // B's first session with A since the restore: A takes B's feed from position 0 again,
+                      // and B, which still claims only what its backup held of itself, pushes both deletes.
+    sync(&b, &a).unwrap();
+    let holds = a.s().holds().unwrap();
+    assert!(
+        holds.is_empty(),
+        "{:?}",
+        holds.iter().map(|h| h.describe()).collect::<Vec<_>>()
+    );
+    assert_eq!(state(a.s())[&w], None);
+    assert_eq!(state(a.s())[&z], None);
+    assert_eq!(state(a.s())[&q], Some(json!({"q": 1})));
+    assert_eq!(state(a.s()), state(b.s()));
+}
+
+/// Found by the randomized run (seed 15838, restores only): a backup taken while the laptop
+/// still lacked own events after an earlier restore holds a newest own event past them, and a
+/// restore of it claimed every own event up to that newest one — the own delete in the gap
+/// stayed undone on the laptop, and peers never sent it (the claim said it was there).
+#[test]
+fn a_backup_taken_before_the_laptop_got_back_its_own_delete_still_gets_it_back() {
+    let (a, b) = (Node::new(), Node::new());
+    let x = Uuid::new_v4();
+    put(b.s(), x, json!({"name": "X"}));
+    sync(&b, &a).unwrap();
+    let first = snapshot(b.s());
+    delete(b.s(), x);
+    sync(&b, &a).unwrap();
+
+    b.s().restore(first, false).unwrap();
+    put(b.s(), Uuid::new_v4(), json!({"after": 1}));
+    // Taken before any peer sent back the delete: X alive in it.
+    let second = snapshot(b.s());
+    sync(&b, &a).unwrap();
+    assert_eq!(state(b.s())[&x], None);
+
+    b.s().restore(second, false).unwrap();
+    assert!(state(b.s())[&x].is_some(), "alive in the second backup");
+    sync(&b, &a).unwrap();
+    assert_eq!(state(b.s())[&x], None, "the own delete is back on B");
+    assert_eq!(state(a.s()), state(b.s()));
+}
+
 /// Saves the database files aside (store closed), to copy back later into the same directory:
 /// a rollback nobody announces (a VM snapshot, a lost log tail), same directory, same inodes.
 fn save_aside(n: &mut Node) -> tempfile::TempDir {
@@ -361,6 +432,53 @@ fn a_rollback_is_noticed_from_a_peers_knowledge_and_everything_comes_back() {
             b.s().lineage()
         );
     }
+}
+
+/// Found by the randomized run (seed 23757): a write made after a disk image was taken and
+/// never synced is lost when the image is copied back (nobody can tell); the laptop then
+/// writes and syncs newer stamps, so peers' knowledge of it covers the lost write's stamp.
+/// A backup taken before the rollback brings the write back — and no peer would ever take it.
+/// It is written again with a fresh stamp once peers sent back everything the restore lacked
+/// (a delete too: a live copy on peers must not win over it); a record a newer own write
+/// reached meanwhile is left alone.
+#[test]
+fn a_write_only_a_backup_from_a_rolled_back_line_holds_reaches_every_peer() {
+    let (a, mut b, c) = (Node::new(), Node::new(), Node::new());
+    let r = Uuid::new_v4();
+    put(b.s(), r, json!({"r": 1}));
+    sync(&b, &a).unwrap();
+    let d = Uuid::new_v4();
+    put(b.s(), d, json!({"name": "D"}));
+    sync(&b, &a).unwrap();
+    let image = save_aside(&mut b);
+    let lost = Uuid::new_v4();
+    put(b.s(), lost, json!({"name": "L"}));
+    delete(b.s(), d); // a delete on the same lost line: it must not stay undone on peers
+    let backup = snapshot(b.s());
+    roll_back(&mut b, image.path());
+    put(b.s(), r, json!({"r": 2}));
+    sync(&b, &a).unwrap(); // A now knows B's events past L's stamp without holding L
+
+    b.s().restore(backup, false).unwrap();
+    assert!(state(b.s()).contains_key(&lost));
+    assert_eq!(state(b.s())[&r], Some(json!({"r": 1})), "the backup's r");
+    sync(&b, &a).unwrap();
+    sync(&a, &c).unwrap(); // C learns L from A, not from B
+    for n in [&a, &b, &c] {
+        assert_eq!(
+            state(n.s())[&lost],
+            Some(json!({"name": "L"})),
+            "L reached every peer"
+        );
+        assert_eq!(
+            state(n.s())[&r],
+            Some(json!({"r": 2})),
+            "the newest write of r stays"
+        );
+        assert_eq!(state(n.s())[&d], None, "D deleted everywhere");
+    }
+    assert_eq!(state(a.s()), state(b.s()));
+    assert_eq!(state(c.s()), state(b.s()));
 }
 
 #[test]
@@ -510,9 +628,16 @@ fn random_backups_and_restores_never_lose_a_synced_write_nor_resurrect_a_delete(
     {
         return random_run(seed, steps, n);
     }
-    for seed in 1..=runs {
-        random_run(seed * 7919, steps, n);
-    }
+    // Every run, even after a failure, so one command reports how many diverge and which.
+    let failed: Vec<u64> = (1..=runs)
+        .map(|k| k * 7919)
+        .filter(|&seed| std::panic::catch_unwind(|| random_run(seed, steps, n)).is_err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {runs} runs diverged, seeds {failed:?} (replay one with FIELDSYNC_SEED=S)",
+        failed.len()
+    );
 }
 
 fn alive_on(node: &Node, id: &Uuid) -> bool {
@@ -692,6 +817,11 @@ fn random_run(seed: u64, steps: usize, n: usize) {
             }
             let rec = records.iter().find(|r| r.id == id).unwrap();
             eprintln!("creator {}", rec.creator);
+            for (j, x) in nodes.iter().enumerate() {
+                for h in x.s().holds().unwrap() {
+                    eprintln!("replica {j} holds deletes: {}", h.describe());
+                }
+            }
         }
         assert!(
             differing.is_empty(),

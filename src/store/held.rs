@@ -116,12 +116,21 @@ pub(super) fn cap_knowledge(txn: &Txn<'_>, k: &mut VersionVector) -> Result<(), 
     Ok(())
 }
 
+/// Whether a change from a sender that looks reset (its knowledge of its own events behind
+/// what we hold of them, with no restore announced) is held whatever the count: only the
+/// sender's *own* deletes can come from its state that went backwards. A delete made by
+/// another laptop and relayed through it is that laptop's decision, judged by the count alone.
+fn reset_suspect(reset: bool, peer: Uuid, state: &crate::model::RecordState) -> bool {
+    reset && state.deleted.is_some_and(|d| d.node == peer)
+}
+
 impl Batch<'_> {
     /// Runs the brake over a page from `peer`: returns the changes to merge now and writes the
     /// ones it holds into this batch (a new hold per tripped table, or added to a pending hold
     /// of the same record, or of the same peer and table). `reset`: the peer looks reset or
-    /// restored, so any delete of a live record is held. Returns the page itself, unsplit and
-    /// uncopied, when it deletes nothing live.
+    /// restored without saying so (see `reset_suspect`), so its own deletes of live records are
+    /// held whatever their count. Returns the page
+    /// itself, unsplit and uncopied, when it deletes nothing live.
     pub(super) fn brake<'c>(
         &mut self,
         cfg: &BrakeConfig,
@@ -131,7 +140,8 @@ impl Batch<'_> {
         changes: &'c [RemoteChange],
     ) -> Result<(Cow<'c, [RemoteChange]>, u64), StoreError> {
         // Which changes would turn a live record into a tombstone, per table.
-        let mut kills: BTreeMap<&str, Vec<(usize, VersionVector)>> = BTreeMap::new();
+        // (index, cap, held because the peer looks reset)
+        let mut kills: BTreeMap<&str, Vec<(usize, VersionVector, bool)>> = BTreeMap::new();
         for (i, ch) in changes.iter().enumerate() {
             if ch.state.deleted.is_none() {
                 continue;
@@ -155,7 +165,11 @@ impl Batch<'_> {
                 let e = cap.entry(s.node).or_insert(u64::MAX);
                 *e = (*e).min(s.ts.saturating_sub(1));
             }
-            kills.entry(ch.table.as_str()).or_default().push((i, cap));
+            let suspect = cfg.enabled && reset_suspect(reset, peer, &ch.state);
+            kills
+                .entry(ch.table.as_str())
+                .or_default()
+                .push((i, cap, suspect));
         }
         if kills.is_empty() {
             return Ok((Cow::Borrowed(changes), 0));
@@ -171,17 +185,16 @@ impl Batch<'_> {
             let pending = holds
                 .iter()
                 .position(|h| h.peer == peer && h.table == table);
-            let trips = pending.is_some()
-                || (reset && cfg.enabled)
-                || cfg.trips(table, ks.len() as u64, live);
+            let trips = pending.is_some() || cfg.trips(table, ks.len() as u64, live);
+            let any_suspect = ks.iter().any(|k| k.2);
             let mut fresh: Option<usize> = None;
-            for (i, cap) in ks {
+            for (i, cap, suspect) in ks {
                 let ch = &changes[i];
                 // A record already held (from any peer) stays held: its states join there.
                 let same = holds
                     .iter()
                     .position(|h| h.table == ch.table && h.changes.iter().any(|c| c.id == ch.id));
-                let target = match (same, trips) {
+                let target = match (same, trips || suspect) {
                     (Some(h), _) => h,
                     (None, false) => continue,
                     (None, true) => match pending.or(fresh) {
@@ -197,7 +210,7 @@ impl Batch<'_> {
                                 at: self.now,
                                 changes: Vec::new(),
                                 cap: VersionVector::new(),
-                                reset,
+                                reset: any_suspect,
                             });
                             fresh = Some(holds.len() - 1);
                             holds.len() - 1
@@ -344,6 +357,49 @@ mod tests {
                 history: vec![],
             })
             .collect()
+    }
+
+    #[test]
+    fn a_peer_that_looks_reset_has_its_own_deletes_held_not_those_it_relays() {
+        let ((a, _da), (b, _db), (c, _dc)) = (open(""), open(""), open(""));
+        let op = |id: Uuid, edit| LocalOp {
+            table: "person".into(),
+            id,
+            edit,
+        };
+        let f = || json!({"n": 1}).as_object().unwrap().clone();
+        let (x, y) = (Uuid::new_v4(), Uuid::new_v4());
+        a.write_one(op(x, Edit::Put(f()))).unwrap();
+        c.write_one(op(y, Edit::Put(f()))).unwrap();
+        for s in [&b, &c] {
+            s.apply_remote(Some(a.id()), &states(&a, &[x])).unwrap();
+        }
+        b.apply_remote(Some(c.id()), &states(&c, &[y])).unwrap();
+        a.write_one(op(x, Edit::Delete)).unwrap();
+        c.apply_remote(Some(a.id()), &states(&a, &[x])).unwrap();
+        c.write_one(op(y, Edit::Delete)).unwrap();
+        b.update_peer(&c.id(), |_| ()).unwrap();
+        // C vouches for none of its own events although B holds some: it looks reset. A's
+        // delete it passes on is A's decision; its own delete waits for a person.
+        let mut behind = c.position().unwrap().knowledge;
+        behind.insert(c.id(), 1);
+        let changes = states(&c, &[x, y]);
+        let got = b
+            .commit_page(PageCommit {
+                peer: c.id(),
+                changes: &changes,
+                since: 0,
+                next: 2,
+                more: false,
+                knowledge: Some(&behind),
+                ends_session: true,
+            })
+            .unwrap();
+        assert_eq!(got.held, 1);
+        assert!(!b.get("person", &x).unwrap().unwrap().state.is_alive());
+        assert!(b.get("person", &y).unwrap().unwrap().state.is_alive());
+        let holds = b.holds().unwrap();
+        assert!(holds[0].reset && holds[0].changes[0].id == y);
     }
 
     #[test]

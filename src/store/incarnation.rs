@@ -17,9 +17,17 @@
 //! | key (see `keys.rs`)  | value (rmp-serde, named) | written                                  |
 //! |----------------------|--------------------------|------------------------------------------|
 //! | `M` `lineage`        | [`Lineage`]              | with every batch (it is writer state)    |
+//! | `M` `forked`         | `[(table, id, own ts)]`  | by a restore; removed once rewritten     |
 //!
 //! `Lineage = { current: Incarnation {id, since, parent}, dir_key: [dev, inode, born] | nil,
 //!              missing: (lo, hi) | nil }`.
+//!
+//! `forked` lists records whose newest own event only the restored backup held although this
+//! directory had issued later own stamps (a write made on a line of its history that was
+//! rolled back before any peer got it): once `missing` closes, those still at that event are
+//! written again with fresh stamps (`Store::rewrite_forked`), since peers' knowledge already
+//! covers the old stamp. A backup's own `lineage` is honoured by a restore: it claims only
+//! what that lineage held.
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;

@@ -135,18 +135,25 @@ impl Store {
                 had: row.received_upto,
             });
         }
-        // A sender vouching for fewer of its own events than we hold of it was reset or
-        // restored: whatever it deletes waits for a person. Checked on a page from position 0
-        // only (where `note_hello` restarts a peer whose feed went back, and where no page of
-        // this session is in yet): later pages may carry events newer than the hello's
-        // knowledge, which would look the same. Further deletes of the same tables from it join
-        // the pending hold.
+        // A sender vouching for fewer of its own events than we hold of it, without having
+        // announced a restore, was reset: whatever it deletes itself waits for a person.
+        // Checked on a page from position 0 only (where `note_hello` restarts a peer whose feed
+        // went back, and where no page of this session is in yet): later pages may carry events
+        // newer than the hello's knowledge, which would look the same. Further deletes of the
+        // same tables from it join the pending hold. A sender living a successor incarnation
+        // (a restore, or a rollback it detected, shown in its hello) claims fewer own events
+        // on purpose, until peers sent back what it lacks (`incarnation.rs`): that is no sign
+        // of a reset, and holding the deletes it makes meanwhile would keep laptops apart
+        // until a person decides (issue #19's randomized runs).
+        let announced = row.incarnation.is_some_and(|i| i.parent.is_some());
         let reset = c.since == 0
+            && !announced
             && c.knowledge.is_some_and(|k| {
                 let held = self.head().holdings.get(&c.peer).copied().unwrap_or(0);
                 k.get(&c.peer).copied().unwrap_or(0) < held
             });
         let (apply, held) = b.brake(&self.config.brake, c.peer, &row.name, reset, c.changes)?;
+        let mut gap_closed = false;
         let stats = b.merge_changes(Some(c.peer), &apply)?;
         row.received_upto = row.received_upto.max(c.next);
         if !c.more {
@@ -154,6 +161,7 @@ impl Store {
                 // Everything the sender had is in: it had every own event of ours up to its
                 // claim, so those are no longer missing here.
                 if let Some(held) = k.get(&self.id()).and_then(|m| b.w.lineage.refetched(*m)) {
+                    gap_closed = true;
                     b.w.own_last = b.w.own_last.max(held);
                     // Those own events are held now: a peer knowing them proves no rollback.
                     b.w.opened.0 = b.w.opened.0.max(held);
@@ -169,6 +177,11 @@ impl Store {
         let received_upto = row.received_upto;
         b.txn.put(keys::peer(&c.peer), encode(&row));
         self.finish_with(guard, b, stats.applied > 0 || held > 0)?;
+        if gap_closed {
+            // Every own event a restore may have lacked is back: what only its backup held is
+            // written again so peers take it (see `Store::restore`).
+            self.rewrite_forked()?;
+        }
         Ok(Committed {
             stats,
             held,

@@ -158,7 +158,11 @@ impl Store {
     ///   what they believed this instance holds (echo marks, its feed position) and send back
     ///   everything the backup lacks, own writes and deletes included, because this instance
     ///   claims of its own events only those the backup holds until a peer brought the rest;
-    /// - the clock resumes after both the backup's and this database's (never a stamp twice).
+    /// - the clock resumes after both the backup's and this database's (never a stamp twice);
+    /// - a backup taken while own events were still missing claims only what its own lineage
+    ///   held, and own writes only the backup holds from a rolled-back line of this laptop's
+    ///   history are written again once peers sent back the rest (`M forked`, see
+    ///   `incarnation.rs`).
     pub fn restore(
         &self,
         entries: Vec<(Vec<u8>, Vec<u8>)>,
@@ -200,6 +204,22 @@ impl Store {
         } else {
             0
         };
+        // A backup taken while this instance still lacked own events (after an earlier
+        // restore or rollback, before a peer sent them back) holds a newest own event past
+        // them: it holds for sure only what its own lineage claimed, and the gap it recorded
+        // may hold stamps already issued (an own delete a peer holds). Found by the randomized
+        // restore run (seed 15838).
+        let backup_lineage: Option<Lineage> = match meta_of("lineage") {
+            Some(v) if continues_backup => Some(decode(v)?),
+            _ => None,
+        };
+        let backup_held = backup_lineage
+            .as_ref()
+            .map_or(backup_own_last, |l| l.own_claim(backup_own_last));
+        let backup_gap_end = backup_lineage
+            .as_ref()
+            .and_then(|l| l.missing)
+            .map_or(0, |m| m.1);
         // The newest own stamp that may have been issued: on this database, its own mark; for a
         // take-over, anything the old laptop made before now.
         let issued = if take_over {
@@ -209,18 +229,32 @@ impl Store {
         } else {
             0
         };
-        let base = match (take_over, meta_of("lineage")) {
-            (true, Some(v)) => decode::<Lineage>(v)?,
+        let base = match (take_over, &backup_lineage) {
+            (true, Some(l)) => l.clone(),
             _ => w.lineage.clone(),
         };
         let lineage = base.successor(
             crate::clock::wall_millis(),
-            backup_own_last,
-            issued.max(backup_own_last),
+            backup_held,
+            issued.max(backup_own_last).max(backup_gap_end),
             super::dir_key(&self.dir.join("db")),
         );
         let seq = backup_seq + shift;
 
+        // Own events of the backup that this database, which went on after it was taken, does
+        // not hold although it had issued later ones: the backup may come from a line of this
+        // instance's history that was rolled back (a disk image copied back, nobody told)
+        // before they reached any peer. Peers' knowledge of our events already covers their
+        // stamps, so no peer would ever take them (found by the randomized restore run, seed
+        // 23757). They may as well have reached peers before the rollback, followed there by
+        // newer own writes: so they are kept as *candidates* (`M forked`) and written again
+        // with fresh stamps only once peers sent back every own event this restore may lack
+        // (`Store::rewrite_forked`), and only those no newer own write replaced meanwhile.
+        // Own events this database knows to be missing (its lineage's gap) are with peers
+        // and come back as usual.
+        let gap = w.lineage.missing;
+        let may_fork = continues_backup && !take_over && w.own_last > 0;
+        let mut forked: Vec<(String, Uuid, u64)> = Vec::new();
         let mut batch = sled::Batch::default();
         for k in self.tree.iter().keys() {
             batch.remove(k?);
@@ -259,6 +293,20 @@ impl Store {
                 }
                 Some(&keys::RECORD) if shift > 0 => {
                     let mut r = decode_record(&v)?;
+                    if may_fork {
+                        let own = r.state.vv.get(&info.id).copied().unwrap_or(0);
+                        let here = match self.tree.get(&k)? {
+                            Some(p) => decode_record(&p)?.state.vv.get(&info.id).copied(),
+                            None => None,
+                        }
+                        .unwrap_or(0);
+                        let in_gap = gap.is_some_and(|(lo, hi)| own > lo && own <= hi);
+                        if own > here && own <= w.own_last && !in_gap {
+                            if let Some((table, id)) = keys::parse_record_suffix(&k[1..]) {
+                                forked.push((table, id, own));
+                            }
+                        }
+                    }
                     r.seq += shift;
                     if r.conflict_seq > 0 {
                         r.conflict_seq += shift;
@@ -301,6 +349,9 @@ impl Store {
             batch.insert(k, v);
         }
         batch.insert(keys::meta("lineage"), encode(&lineage));
+        if !forked.is_empty() {
+            batch.insert(keys::meta("forked"), encode(&forked));
+        }
         batch.insert(
             keys::meta("format"),
             encode(&super::recovery::FORMAT_VERSION),
@@ -335,13 +386,16 @@ impl Store {
                 (clock + 1).max(crate::clock::ts_from_millis(crate::clock::wall_millis())),
             ),
         };
-        tracing::warn!(incarnation = %lineage.current.id, missing_from = backup_own_last,
+        tracing::warn!(incarnation = %lineage.current.id, missing_from = backup_held,
             "restored from a backup: new incarnation, peers will send back what the backup lacks");
         *cur = info.clone();
         drop(cur);
         self.publish(&w)?;
         drop(w);
         self.changed.send_replace(seq);
+        if lineage.missing.is_none() {
+            self.rewrite_forked()?;
+        }
         Ok(RestoreReport {
             backup_instance: backup_info.id,
             instance: info.id,
@@ -352,6 +406,75 @@ impl Store {
             counts,
             discarded_own_changes,
         })
+    }
+}
+
+impl Store {
+    /// Writes again, with fresh stamps, the own writes a restore found only in its backup
+    /// (`M forked`: table, id, the newest own stamp the backup held of the record) once no own
+    /// event is missing any more: peers have sent back everything of ours they held, so a
+    /// record whose newest own event is still the backup's holds a write peers may never take
+    /// (their knowledge covers its stamp). A live record's own fields from then are reasserted
+    /// (same values), an own delete is made again; a record a newer own write reached is left
+    /// alone (that write is newer and already with peers). Returns how many records were
+    /// written; the candidates are removed.
+    pub(crate) fn rewrite_forked(&self) -> Result<u64, StoreError> {
+        use crate::merge::Edit;
+        let Some(v) = self.tree.get(keys::meta("forked"))? else {
+            return Ok(0);
+        };
+        let forked: Vec<(String, Uuid, u64)> = decode(&v)?;
+        let me = self.id();
+        let mut n = 0;
+        for (table, id, own) in &forked {
+            if table.starts_with(crate::model::SYSTEM_PREFIX) {
+                continue;
+            }
+            let Some(rec) = self.get(table, id)? else {
+                continue;
+            };
+            let st = &rec.state;
+            if st.vv.get(&me) != Some(own) {
+                continue;
+            }
+            let op = |edit| super::LocalOp {
+                table: table.clone(),
+                id: *id,
+                edit,
+            };
+            let ops: Vec<super::LocalOp> = if st.is_alive() {
+                st.fields
+                    .iter()
+                    .filter(|(_, f)| f.stamp.node == me)
+                    .map(|(k, f)| op(Edit::Reassert(k.clone(), f.value.clone())))
+                    .collect()
+            } else if st.deleted.is_some_and(|d| d.node == me) {
+                // A delete is made again from the record's last values: put back, then delete,
+                // in one batch (no peer ever sees it alive).
+                let fields = st
+                    .fields
+                    .iter()
+                    .filter_map(|(k, f)| f.value.clone().map(|v| (k.clone(), v)))
+                    .collect();
+                vec![op(Edit::Put(fields)), op(Edit::Delete)]
+            } else {
+                Vec::new()
+            };
+            if !ops.is_empty() {
+                self.write_local(&ops)?;
+                n += 1;
+            }
+        }
+        self.tree.remove(keys::meta("forked"))?;
+        self.db.flush()?;
+        if n > 0 {
+            tracing::warn!(
+                records = n,
+                "own writes only the restored backup held (made on a rolled-back line of this \
+                 laptop's history, never received by peers) were written again with new stamps"
+            );
+        }
+        Ok(n)
     }
 }
 
