@@ -120,6 +120,18 @@ impl<'a> Txn<'a> {
         Ok(keys.into_iter().collect())
     }
 
+    /// Takes the fingerprint changes recorded so far out of the batch: it commits without
+    /// them, and the caller owes them to the stored entries (an import's roll-forward adds
+    /// them all in its last batch, see `staging.rs`).
+    pub(crate) fn take_fingerprints(&mut self) -> BTreeMap<Vec<u8>, RangeSum> {
+        std::mem::take(&mut self.fingerprints)
+    }
+
+    /// Adds fingerprint changes (from [`Self::take_fingerprints`]) to this batch's.
+    pub(crate) fn add_fingerprints(&mut self, deltas: BTreeMap<Vec<u8>, RangeSum>) {
+        add_deltas(&mut self.fingerprints, deltas);
+    }
+
     /// Number of pending writes.
     pub fn len(&self) -> usize {
         self.writes.len()
@@ -154,5 +166,15 @@ impl<'a> Txn<'a> {
         }
         self.tree.apply_batch(batch)?;
         Ok(())
+    }
+}
+
+/// Adds `deltas` into `into`, entry by entry.
+pub(crate) fn add_deltas(
+    into: &mut BTreeMap<Vec<u8>, RangeSum>,
+    deltas: BTreeMap<Vec<u8>, RangeSum>,
+) {
+    for (k, d) in deltas {
+        into.entry(k).or_default().add(&d);
     }
 }
