@@ -137,9 +137,9 @@ impl<'a> Txn<'a> {
         self.writes.len()
     }
 
-    /// True when nothing is pending.
+    /// True when nothing is pending (no write and no fingerprint change).
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty()
+        self.writes.is_empty() && self.fingerprints.is_empty()
     }
 
     /// Applies every write atomically.
