@@ -702,7 +702,8 @@ impl Batch<'_> {
             conflict_seq,
             created,
         };
-        self.txn.put(keys::record(&suffix), encode_record(&rec));
+        self.txn
+            .put_record(keys::record(&suffix), encode_record(&rec), &rec);
         if self.store.config.unique_fields(p.table).next().is_some() {
             self.recheck_clashes(&suffix)?;
         }
