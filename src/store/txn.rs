@@ -72,7 +72,15 @@ impl<'a> Txn<'a> {
     /// computed from `rec` instead of decoding `value` again (a decode per written record,
     /// mostly allocation, was a measurable part of an import). A state holding an explicit
     /// `null` field value would not survive the encoding as such, so it takes the decoding path.
-    pub(crate) fn put_record(&mut self, key: Vec<u8>, value: Vec<u8>, rec: &super::StoredRecord) {
+    /// `prev` is what this batch holds for the key now, as the caller loaded it from this
+    /// batch (so it is not looked up and decoded a second time).
+    pub(crate) fn put_record(
+        &mut self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        rec: &super::StoredRecord,
+        prev: Option<&super::StoredRecord>,
+    ) {
         let exact = rec
             .state
             .fields
@@ -82,23 +90,22 @@ impl<'a> Txn<'a> {
             return self.put(key, value);
         }
         if self.failed.is_none() {
-            if let Err(e) = self.track_known(&key, rec) {
+            if let Err(e) = self.track_known(&key, rec, prev) {
                 self.failed = Some(e);
             }
         }
         self.writes.insert(key, Some(value));
     }
 
-    fn track_known(&mut self, key: &[u8], rec: &super::StoredRecord) -> Result<(), StoreError> {
+    fn track_known(
+        &mut self,
+        key: &[u8],
+        rec: &super::StoredRecord,
+        prev: Option<&super::StoredRecord>,
+    ) -> Result<(), StoreError> {
         let (table, id) = super::keys::parse_record_suffix(&key[1..])
             .ok_or_else(|| StoreError::Decode("bad record key".into()))?;
-        let old = match self.get(key)? {
-            Some(v) => Some(fingerprint::element_of(
-                &id,
-                &super::write::decode_record(&v)?,
-            )),
-            None => None,
-        };
+        let old = prev.map(|p| fingerprint::element_of(&id, p));
         let new = fingerprint::element_of(&id, rec);
         self.record_changed(&table, &id, old, Some(new));
         Ok(())
