@@ -21,7 +21,9 @@
 //! An entry whose count falls to zero is removed. Every table has them, local-only ones too
 //! (so a change of `local_only` in the config needs no rebuild; they are never sent). Every
 //! put or remove of a record key in a [`super::Txn`] adds the record's change to the sums
-//! committed in the same batch, so no write path can leave them stale; a restore rebuilds them from the restored records in its batch;
+//! committed in the same batch, so no write path can leave them stale (one exception: an import's
+//! roll-forward takes them out of its chunks and adds them all in its last batch, or recomputes
+//! the table's after a crash — `staging.rs`, `Sums`); a restore rebuilds them from the restored records in its batch;
 //! a store of format 1 gets them from the format-2 migration (`recovery.rs`).
 
 use super::{keys, StoreError, StoredRecord};

@@ -26,6 +26,8 @@ pub(crate) struct GroupCommit {
     applied: AtomicU64,
     state: Mutex<Flushes>,
     done: Condvar,
+    /// Serializes telling subscribers the head (`install_head`).
+    announce: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -117,7 +119,6 @@ impl Store {
     /// Installs `head` for readers unless a newer one is already there, and tells subscribers
     /// the feed head moved.
     pub(crate) fn install_head(&self, head: Head) {
-        let seq = head.seq;
         {
             let mut cur = self.head.write().unwrap_or_else(|e| e.into_inner());
             if cur.gen > head.gen {
@@ -125,6 +126,17 @@ impl Store {
             }
             *cur = std::sync::Arc::new(head);
         }
+        // Subscribers are told the head that is installed *now*, read and sent as one step:
+        // a leader's install (made without the writer lock) and one made under it can run at
+        // once, and sending each its own head could tell them in the wrong order and leave
+        // subscribers on the older one. Not under the head's lock: a subscriber may read the
+        // head while it holds the channel's value.
+        let _one = self
+            .group
+            .announce
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let seq = self.head().seq;
         self.changed
             .send_if_modified(|s| std::mem::replace(s, seq) != seq);
     }

@@ -12,6 +12,7 @@ mod incarnation;
 mod keys;
 mod legacy;
 pub mod recovery;
+mod release;
 mod replication;
 mod snapshot;
 pub(crate) mod staging;
@@ -427,6 +428,8 @@ pub struct Store {
     head: RwLock<Arc<Head>>,
     changed: tokio::sync::watch::Sender<u64>,
     group: group::GroupCommit,
+    /// Last field, so it is dropped after `db` and `tree`: waits for sled's lock to go.
+    _release: release::SledRelease,
 }
 
 /// sled's page cache, in bytes (`sled::Config::cache_capacity`): 16 MiB, set deliberately
@@ -509,6 +512,8 @@ impl Store {
         let (mut db, mut tree) = open_db()?;
         if let recovery::FormatCheck::Older(from) = recovery::check_format(&db, &tree, dir)? {
             drop((db, tree));
+            // sled's pool may hold the lock a moment longer (`release.rs`).
+            release::wait_released(&db_dir);
             (db, tree) = recovery::migrate(
                 dir,
                 from,
@@ -604,6 +609,7 @@ impl Store {
             head: RwLock::default(),
             writer: Mutex::new(writer),
             group: Default::default(),
+            _release: release::SledRelease(db_dir.clone()),
         };
         store.publish(&store.lock())?;
         // An import a crash interrupted is finished (committed) or discarded (not committed).

@@ -68,6 +68,49 @@ impl<'a> Txn<'a> {
         self.writes.insert(key, Some(value));
     }
 
+    /// Sets a record key to `value`, which is `rec` encoded: its fingerprint element is
+    /// computed from `rec` instead of decoding `value` again (a decode per written record,
+    /// mostly allocation, was a measurable part of an import). A state holding an explicit
+    /// `null` field value would not survive the encoding as such, so it takes the decoding path.
+    /// `prev` is what this batch holds for the key now, as the caller loaded it from this
+    /// batch (so it is not looked up and decoded a second time).
+    pub(crate) fn put_record(
+        &mut self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        rec: &super::StoredRecord,
+        prev: Option<&super::StoredRecord>,
+    ) {
+        let exact = rec
+            .state
+            .fields
+            .values()
+            .all(|f| f.value != Some(serde_json::Value::Null));
+        if !exact || key.first() != Some(&super::keys::RECORD) {
+            return self.put(key, value);
+        }
+        if self.failed.is_none() {
+            if let Err(e) = self.track_known(&key, rec, prev) {
+                self.failed = Some(e);
+            }
+        }
+        self.writes.insert(key, Some(value));
+    }
+
+    fn track_known(
+        &mut self,
+        key: &[u8],
+        rec: &super::StoredRecord,
+        prev: Option<&super::StoredRecord>,
+    ) -> Result<(), StoreError> {
+        let (table, id) = super::keys::parse_record_suffix(&key[1..])
+            .ok_or_else(|| StoreError::Decode("bad record key".into()))?;
+        let old = prev.map(|p| fingerprint::element_of(&id, p));
+        let new = fingerprint::element_of(&id, rec);
+        self.record_changed(&table, &id, old, Some(new));
+        Ok(())
+    }
+
     /// Removes a key (and a record's element from the fingerprints).
     pub fn remove(&mut self, key: Vec<u8>) {
         self.track(&key, None);
@@ -120,14 +163,26 @@ impl<'a> Txn<'a> {
         Ok(keys.into_iter().collect())
     }
 
+    /// Takes the fingerprint changes recorded so far out of the batch: it commits without
+    /// them, and the caller owes them to the stored entries (an import's roll-forward adds
+    /// them all in its last batch, see `staging.rs`).
+    pub(crate) fn take_fingerprints(&mut self) -> BTreeMap<Vec<u8>, RangeSum> {
+        std::mem::take(&mut self.fingerprints)
+    }
+
+    /// Adds fingerprint changes (from [`Self::take_fingerprints`]) to this batch's.
+    pub(crate) fn add_fingerprints(&mut self, deltas: BTreeMap<Vec<u8>, RangeSum>) {
+        add_deltas(&mut self.fingerprints, deltas);
+    }
+
     /// Number of pending writes.
     pub fn len(&self) -> usize {
         self.writes.len()
     }
 
-    /// True when nothing is pending.
+    /// True when nothing is pending (no write and no fingerprint change).
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty()
+        self.writes.is_empty() && self.fingerprints.is_empty()
     }
 
     /// Applies every write atomically.
@@ -154,5 +209,15 @@ impl<'a> Txn<'a> {
         }
         self.tree.apply_batch(batch)?;
         Ok(())
+    }
+}
+
+/// Adds `deltas` into `into`, entry by entry.
+pub(crate) fn add_deltas(
+    into: &mut BTreeMap<Vec<u8>, RangeSum>,
+    deltas: BTreeMap<Vec<u8>, RangeSum>,
+) {
+    for (k, d) in deltas {
+        into.entry(k).or_default().add(&d);
     }
 }

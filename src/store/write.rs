@@ -702,7 +702,13 @@ impl Batch<'_> {
             conflict_seq,
             created,
         };
-        self.txn.put(keys::record(&suffix), encode_record(&rec));
+        // `p.prev` was loaded from this batch by every caller, just before.
+        self.txn.put_record(
+            keys::record(&suffix),
+            encode_record(&rec),
+            &rec,
+            p.prev.as_ref(),
+        );
         if self.store.config.unique_fields(p.table).next().is_some() {
             self.recheck_clashes(&suffix)?;
         }
