@@ -33,6 +33,8 @@ fn hello(instance: &str) -> Value {
         clock_ms: wall_millis(),
         head: 1,
         knowledge: Default::default(),
+        knowledge_hash: None,
+        peer_knowledge_hash: None,
         encodings: vec![ENC_JSON.into()],
         local_only: vec![],
         tables: vec!["person".into()],

@@ -20,14 +20,16 @@ use uuid::Uuid;
 
 /// The protocol version this build speaks (2: `hello` carries the incarnation; pages
 /// carry the revisions the receiver lacks; 3: `fieldsync_reconcile` and `fieldsync_fetch`,
-/// range-based set reconciliation for `verify` and anti-entropy).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// range-based set reconciliation for `verify` and anti-entropy; 4: `hello` and its reply
+/// leave out a knowledge vector the other side already holds, named by its hash).
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest version that answers `fieldsync_reconcile` and `fieldsync_fetch`: `verify` and
 /// anti-entropy refuse a peer below it (sessions still run from [`MIN_PROTOCOL_VERSION`]).
 pub const RECONCILE_PROTOCOL_VERSION: u32 = 3;
 /// The oldest protocol version this build still speaks. Version 1 peers cannot tell a
-/// restored laptop from the one it replaced, so they are refused.
-pub const MIN_PROTOCOL_VERSION: u32 = 2;
+/// restored laptop from the one it replaced; versions 2 and 3 read a hello without knowledge
+/// as "knows nothing" (they would be sent everything again), so all of them are refused.
+pub const MIN_PROTOCOL_VERSION: u32 = 4;
 
 /// Method: exchange identities, versions, positions and knowledge.
 pub const HELLO: &str = "fieldsync_hello";
@@ -89,6 +91,9 @@ pub mod codes {
     pub const IDENTITY_MISMATCH: i32 = 1010;
     /// The caller's (or responder's) instance id is used by two data directories at once.
     pub const DUPLICATE_INSTANCE: i32 = 1011;
+    /// A hello left out its knowledge (`knowledge_hash`) but the responder does not hold a
+    /// knowledge vector of the caller with that hash: say hello again with the knowledge.
+    pub const KNOWLEDGE_NEEDED: i32 = 1012;
 }
 
 /// A protocol-level error: a code from [`codes`] and a message naming the problem.
@@ -149,8 +154,19 @@ pub struct Hello {
     pub clock_ms: u64,
     /// Caller's feed head.
     pub head: u64,
-    /// Caller's knowledge vector (instance → ts).
+    /// Caller's knowledge vector (instance → ts); empty when `knowledge_hash` is given.
     pub knowledge: VersionVector,
+    /// Given when `knowledge` is left out (version 4): the [`knowledge_hash`] of the caller's
+    /// knowledge, which equals what it told the responder before (in a hello or a hello
+    /// reply). The responder uses the knowledge it holds for the caller if its hash matches,
+    /// and refuses with [`codes::KNOWLEDGE_NEEDED`] otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knowledge_hash: Option<String>,
+    /// The [`knowledge_hash`] of the responder's knowledge as the caller holds it (from the
+    /// responder's last hello or reply): when it equals the responder's current knowledge, the
+    /// reply leaves its knowledge out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_knowledge_hash: Option<String>,
     /// Page encodings the caller accepts, preferred first.
     #[serde(default)]
     pub encodings: Vec<String>,
@@ -177,8 +193,12 @@ pub struct HelloReply {
     pub clock_ms: u64,
     /// Responder's feed head.
     pub head: u64,
-    /// Responder's knowledge vector.
+    /// Responder's knowledge vector; empty when `knowledge_hash` is given.
     pub knowledge: VersionVector,
+    /// Given when `knowledge` is left out because the hello's `peer_knowledge_hash` equals
+    /// the hash of the responder's knowledge: the caller uses the knowledge it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knowledge_hash: Option<String>,
     /// The position of the caller's feed the responder has received up to (push from there).
     pub received_upto: u64,
     /// The page encoding to use.
@@ -352,6 +372,22 @@ pub struct FetchRequest {
     pub ids: Vec<Uuid>,
     /// Page encoding wanted.
     pub encoding: String,
+}
+
+/// The hash that names a knowledge vector in a hello (version 4): the first 8 bytes of
+/// SHA-256 over its entries in instance order (16 id bytes, then the stamp as 8 bytes
+/// big-endian), as 16 lowercase hex digits.
+pub fn knowledge_hash(k: &VersionVector) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (id, ts) in k {
+        h.update(id.as_bytes());
+        h.update(ts.to_be_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Chooses the protocol version for a caller's range, or explains why there is none.
