@@ -35,6 +35,7 @@ fn hello(instance: &str) -> Value {
         knowledge: Default::default(),
         knowledge_hash: None,
         peer_knowledge_hash: None,
+        received_upto: None,
         encodings: vec![ENC_JSON.into()],
         local_only: vec![],
         tables: vec!["person".into()],

@@ -130,14 +130,15 @@ pub struct PeerInfo {
     /// Display name.
     #[serde(default)]
     pub name: String,
-    /// Owner.
-    #[serde(default)]
+    /// Owner (left out of the JSON when empty, like `contact` and `url`: every hello carries
+    /// this, and a no-op sync is mostly hellos).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub owner: String,
     /// Contact.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub contact: String,
     /// Where its agent listens, if it runs one (`host:port`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }
 
@@ -167,11 +168,17 @@ pub struct Hello {
     /// reply leaves its knowledge out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_knowledge_hash: Option<String>,
+    /// The position of the responder's feed the caller has received up to (version 4): if the
+    /// responder has nothing past it, has received the caller's feed up to the caller's head,
+    /// and each side holds all the other knows, the session has nothing to move and the
+    /// responder ends it in its reply (`HelloReply::done`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_upto: Option<u64>,
     /// Page encodings the caller accepts, preferred first.
     #[serde(default)]
     pub encodings: Vec<String>,
     /// Tables the caller never sends or accepts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local_only: Vec<String>,
     /// Tables the caller has records in and syncs.
     #[serde(default)]
@@ -199,12 +206,17 @@ pub struct HelloReply {
     /// the hash of the responder's knowledge: the caller uses the knowledge it holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub knowledge_hash: Option<String>,
+    /// The session had nothing to move either way and ended with this reply (version 4; see
+    /// `Hello::received_upto`): the caller neither pulls nor pushes, unless its own view
+    /// says otherwise (then it runs the session as usual).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
     /// The position of the caller's feed the responder has received up to (push from there).
     pub received_upto: u64,
     /// The page encoding to use.
     pub encoding: String,
     /// Tables the responder never sends or accepts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local_only: Vec<String>,
     /// Tables the responder has records in and syncs.
     #[serde(default)]

@@ -269,6 +269,7 @@ pub(crate) fn our_hello(
         knowledge: pos.knowledge.clone(),
         knowledge_hash: None,
         peer_knowledge_hash: None,
+        received_upto: None,
         encodings,
         local_only: local_only(store),
         tables: synced_tables(store)?,

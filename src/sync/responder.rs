@@ -215,6 +215,24 @@ impl SyncService for Responder {
         } else {
             ENC_JSON
         };
+        // Nothing to move either way (protocol 4): the session ends with this reply, as a last
+        // push would end it (`sync_count`, `last_update`, the board).
+        let done = h.received_upto.is_some_and(|u| u >= pos.head)
+            && h.head <= received_upto
+            && super::told::covers(&pos.knowledge, &h.knowledge)
+            && super::told::covers(&h.knowledge, &pos.knowledge);
+        if done {
+            self.store
+                .update_peer(&h.peer.instance, |row| {
+                    row.last_update = Some(chrono::Utc::now());
+                    row.sync_count += 1;
+                })
+                .map_err(|e| store_refusal(&e))?;
+            self.inbound.end(&h.peer.instance);
+            if let Some(s) = lock(&self.live).remove(&h.peer.instance) {
+                s.tracker.finish(Ok(()));
+            }
+        }
         // The caller holds our knowledge already: name it instead of sending it.
         let ours = protocol::knowledge_hash(&pos.knowledge);
         let same = h.peer_knowledge_hash.as_ref() == Some(&ours);
@@ -232,6 +250,7 @@ impl SyncService for Responder {
                 pos.knowledge
             },
             knowledge_hash: same.then_some(ours),
+            done,
             received_upto,
             encoding: encoding.to_string(),
             local_only: local_only(&self.store),

@@ -168,6 +168,11 @@ pub async fn run_tracked<P: Peer>(
     // here (reading our own feed commits nothing, so a failed push only wastes that read; the
     // peer still takes pages strictly in order, one at a time, each with its position).
     let started = Instant::now();
+    // The peer ended the session in its reply and we agree nothing is left to push: no push.
+    let done = reply.done
+        && nothing_new
+        && pos.head <= reply.received_upto
+        && super::told::covers(&reply.knowledge, &pos.knowledge);
     let skip: BTreeSet<String> = reply.local_only.iter().cloned().collect();
     let since = reply.received_upto;
     if let Some(t) = tracker {
@@ -189,6 +194,9 @@ pub async fn run_tracked<P: Peer>(
     };
     let mut current = read_page(since).await?;
     for _ in 0..u32::MAX {
+        if done {
+            break;
+        }
         let (out, page) = current;
         let page = page?;
         let page_bytes = page.data.to_string().len() as u64;
