@@ -598,5 +598,28 @@ mod tests {
         let old = negotiate(1, 1).unwrap_err();
         assert_eq!(old.code, codes::INCOMPATIBLE_VERSION);
         assert!(old.message.contains("peer speaks 1..=1"), "{}", old.message);
+        // Versions 2 and 3 would read a hello without knowledge as "knows nothing".
+        let v3 = negotiate(2, 3).unwrap_err();
+        assert_eq!(v3.code, codes::INCOMPATIBLE_VERSION);
+        assert!(
+            v3.message
+                .contains("peer speaks 2..=3, this instance speaks 4..=4"),
+            "{}",
+            v3.message
+        );
+    }
+
+    #[test]
+    fn knowledge_hash_is_pinned() {
+        // Part of the wire (protocol 4): both sides must compute the same 16 hex digits.
+        let mut k = VersionVector::new();
+        assert_eq!(knowledge_hash(&k), "e3b0c44298fc1c14", "SHA-256 of nothing");
+        k.insert(Uuid::from_u128(1), 42);
+        k.insert(Uuid::from_u128(2), 7);
+        // Computed independently (Python's hashlib over the documented byte layout).
+        let want = "97ed11f454a62a19";
+        assert_eq!(knowledge_hash(&k), want);
+        k.insert(Uuid::from_u128(2), 8);
+        assert_ne!(knowledge_hash(&k), want, "any stamp changes the hash");
     }
 }
