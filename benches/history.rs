@@ -182,7 +182,7 @@ fn main() {
     let new = match (old.find(START), old.find(END)) {
         (Some(s), Some(e)) if e > s => {
             let rest = old[e + END.len()..].trim_start_matches('\n');
-            format!("{}{section}{rest}", &old[..s])
+            format!("{}{section}\n{rest}", &old[..s])
         }
         _ => format!("{}\n{section}", old.trim_end()),
     };
