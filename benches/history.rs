@@ -75,6 +75,25 @@ fn main() {
     let a = Agent::start(&a_dir);
     let b = Agent::start(&b_dir);
     let (initial_ms, initial_bytes, _) = sync(&a, &b);
+    // Where the initial sync's bytes went (B serves it): calls and JSON bytes per method.
+    let by_method = b.status()["agent"]["bytes_by_method"].clone();
+    let methods: Vec<String> = by_method
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k} {} calls, {:.2} MB in, {:.2} MB out",
+                        v["calls"],
+                        v["request"].as_f64().unwrap_or(0.0) / 1e6,
+                        v["response"].as_f64().unwrap_or(0.0) / 1e6
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
     assert_eq!(
         digest(&a_dir),
         digest(&b_dir),
@@ -145,7 +164,9 @@ fn main() {
          one run. Times are the initiating agent's session times; bytes are counted at the \
          responder's sockets (both directions, TLS and HTTP framing included). Each sync was \
          checked (content digests, and all three revisions of a patched record on B) first.\n\n\
-         | measurement | result | target |\n|---|---|---|\n{rows}{END}\n",
+         | measurement | result | target |\n|---|---|---|\n{rows}\n\
+         Initial sync by method at B (JSON-RPC bodies; `status` → `agent.bytes_by_method`): {}. \
+         Load average when the run ended (1, 5, 15 min): {}.\n{END}\n",
         chrono::Utc::now().format("%Y-%m-%d"),
         fs_ok(&a_dir, &["--version"]).trim(),
         if cfg!(debug_assertions) {
@@ -153,13 +174,15 @@ fn main() {
         } else {
             "release"
         },
+        methods.join("; "),
+        load.join(" "),
     );
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/RESULTS.md");
     let old = std::fs::read_to_string(&path).unwrap_or_default();
     let new = match (old.find(START), old.find(END)) {
         (Some(s), Some(e)) if e > s => {
             let rest = old[e + END.len()..].trim_start_matches('\n');
-            format!("{}{section}{rest}", &old[..s])
+            format!("{}{section}\n{rest}", &old[..s])
         }
         _ => format!("{}\n{section}", old.trim_end()),
     };

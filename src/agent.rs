@@ -55,6 +55,14 @@ impl Live {
                 json!(t.refused.load(Ordering::Relaxed)),
             );
             m.insert(
+                "resumed_connections".into(),
+                json!(t.resumed.load(Ordering::Relaxed)),
+            );
+            m.insert(
+                "bytes_by_method".into(),
+                json!(crate::protocol::counters::by_method()),
+            );
+            m.insert(
                 "throttled_connections".into(),
                 json!(t.throttled.load(Ordering::Relaxed)),
             );

@@ -4,20 +4,35 @@
 //! laptop cannot claim another's id. Peers are reached by IP address, so certificates carry one
 //! fixed DNS name ([`SERVER_NAME`]) and the client verifies the chain against that name.
 //! Revoked instances are refused by both verifiers.
+//!
+//! Session resumption (TLS 1.3 tickets, stateful on the server): a process keeps one client
+//! config per peer address ([`client_config_for`]), so a new connection to a peer it reached
+//! before resumes that session and neither side sends its certificate again. A resumed
+//! handshake runs no certificate verifier, so revocation is enforced on the stored sessions
+//! instead: the server forgets every stored session whenever the revoked set grows
+//! ([`Revoked::generation`]), and the client never offers a ticket of a revoked peer. Either
+//! way the connection falls back to a full handshake, where the verifiers refuse the revoked
+//! certificate with the `certificate_revoked` alert. rustls keeps client sessions in memory
+//! only (they are not serializable), so a one-shot CLI process always makes a full handshake.
 
 use crate::mesh::{self, Credential, MeshError, SERVER_NAME};
 use chrono::{DateTime, Utc};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
+use rustls::NamedGroup;
 use rustls::{
     ClientConfig, DigitallySignedStruct, DistinguishedName, Error as TlsError, RootCertStore,
     ServerConfig, SignatureScheme,
 };
 use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use uuid::Uuid;
 
@@ -76,12 +91,22 @@ impl Identity {
 
 /// Revoked instances and when they were revoked (refreshed from the replicated table).
 #[derive(Debug, Default)]
-pub struct Revoked(RwLock<HashMap<Uuid, DateTime<Utc>>>);
+pub struct Revoked(RwLock<HashMap<Uuid, DateTime<Utc>>>, AtomicU64);
 
 impl Revoked {
     /// Replaces the set.
     pub fn set(&self, all: HashMap<Uuid, DateTime<Utc>>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = all;
+        let mut cur = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if *cur != all {
+            // Stored TLS sessions were made before this change: see `ServerSessions`.
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+        *cur = all;
+    }
+
+    /// Counts changes of the set (starts at 0).
+    pub fn generation(&self) -> u64 {
+        self.1.load(Ordering::SeqCst)
     }
 
     /// When `id` was revoked, if it was.
@@ -149,13 +174,173 @@ pub fn server_config(id: &Identity, revoked: Arc<Revoked>) -> Result<ServerConfi
     let inner = WebPkiClientVerifier::builder_with_provider(id.roots.clone(), provider())
         .build()
         .map_err(bad)?;
-    let verifier = Arc::new(ClientVerifier { inner, revoked });
-    ServerConfig::builder_with_provider(provider())
+    let verifier = Arc::new(ClientVerifier {
+        inner,
+        revoked: revoked.clone(),
+    });
+    let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(bad)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(id.chain.clone(), id.key.clone_key())
-        .map_err(bad)
+        .map_err(bad)?;
+    // Stateful tickets only (rustls' default ticketer makes none): a stateless ticket could not
+    // be withdrawn when its client is revoked.
+    cfg.session_storage = Arc::new(ServerSessions {
+        revoked,
+        current: Mutex::new((0, ServerSessionMemoryCache::new(SERVER_SESSIONS))),
+    });
+    // One ticket per handshake (rustls sends two): a client resumes with one ticket per new
+    // connection and gets a fresh one on it, so one is enough and saves bytes.
+    cfg.send_tls13_tickets = 1;
+    Ok(cfg)
+}
+
+/// Sessions a server keeps for resumption (rustls' default size).
+const SERVER_SESSIONS: usize = 256;
+/// Tickets a client keeps per peer address.
+const CLIENT_TICKETS: usize = 8;
+/// Peer addresses a process keeps client configs (and so sessions) for.
+const CLIENT_ADDRESSES: usize = 1024;
+
+/// The server's resumable sessions, all forgotten whenever the revoked set changes, so a
+/// session of a certificate revoked since can never be resumed (the client falls back to a
+/// full handshake, which refuses it).
+#[derive(Debug)]
+struct ServerSessions {
+    revoked: Arc<Revoked>,
+    /// The revoked set's generation the cache was made for, and the cache.
+    current: Mutex<(u64, Arc<ServerSessionMemoryCache>)>,
+}
+
+impl ServerSessions {
+    fn cache(&self) -> Arc<ServerSessionMemoryCache> {
+        let now = self.revoked.generation();
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.0 != now {
+            *cur = (now, ServerSessionMemoryCache::new(SERVER_SESSIONS));
+        }
+        cur.1.clone()
+    }
+}
+
+impl StoresServerSessions for ServerSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.cache().put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.cache().get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.cache().take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}
+
+/// A client's resumable sessions with the peer at one address, each tagged with the instance
+/// its server certificate named (verified in the full handshake that made it).
+#[derive(Debug)]
+struct PeerSessions {
+    revoked: Arc<Revoked>,
+    /// The config's verifier slot: a resumed handshake verifies nothing, so taking a ticket
+    /// puts the instance it was made with here.
+    seen: SeenPeer,
+    tickets: Mutex<VecDeque<(Uuid, Tls13ClientSessionValue)>>,
+    kx: Mutex<Option<NamedGroup>>,
+}
+
+impl ClientSessionStore for PeerSessions {
+    fn set_kx_hint(&self, _: ServerName<'static>, group: NamedGroup) {
+        *self.kx.lock().unwrap_or_else(|e| e.into_inner()) = Some(group);
+    }
+
+    fn kx_hint(&self, _: &ServerName<'_>) -> Option<NamedGroup> {
+        *self.kx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // TLS 1.2 is never negotiated (both configs are TLS 1.3 only).
+    fn set_tls12_session(&self, _: ServerName<'static>, _: Tls12ClientSessionValue) {}
+
+    fn tls12_session(&self, _: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        None
+    }
+
+    fn remove_tls12_session(&self, _: &ServerName<'static>) {}
+
+    fn insert_tls13_ticket(&self, _: ServerName<'static>, value: Tls13ClientSessionValue) {
+        // Tickets arrive after the handshake, whose verifier (or resumed ticket) set `seen`.
+        let Some(id) = *self.seen.lock().unwrap_or_else(|e| e.into_inner()) else {
+            return;
+        };
+        let mut t = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        if t.len() >= CLIENT_TICKETS {
+            t.pop_front();
+        }
+        t.push_back((id, value));
+    }
+
+    fn take_tls13_ticket(&self, _: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        let mut t = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((id, value)) = t.pop_back() {
+            if self.revoked.get(&id).is_some() {
+                // Never resume with a revoked peer: the full handshake refuses it.
+                t.retain(|(other, _)| *other != id);
+                continue;
+            }
+            *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+            return Some(value);
+        }
+        None
+    }
+}
+
+type ConfigKey = (Uuid, usize, String);
+
+fn client_configs() -> std::sync::MutexGuard<'static, HashMap<ConfigKey, (ClientConfig, SeenPeer)>>
+{
+    static CONFIGS: std::sync::OnceLock<Mutex<HashMap<ConfigKey, (ClientConfig, SeenPeer)>>> =
+        std::sync::OnceLock::new();
+    CONFIGS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`client_config`] for connections to `addr`, shared by every connection this process opens
+/// there with this identity and revoked set, so a new connection resumes the last session
+/// (no certificates on the wire). The seen slot is shared too: it names the instance of the
+/// last handshake with that address.
+pub fn client_config_for(
+    addr: &str,
+    id: &Identity,
+    revoked: Arc<Revoked>,
+) -> Result<(ClientConfig, SeenPeer), MeshError> {
+    let key = (
+        id.instance,
+        Arc::as_ptr(&revoked) as usize,
+        addr.to_string(),
+    );
+    let mut m = client_configs();
+    if let Some((cfg, seen)) = m.get(&key) {
+        return Ok((cfg.clone(), seen.clone()));
+    }
+    let (mut cfg, seen) = client_config(id, revoked.clone())?;
+    cfg.resumption = rustls::client::Resumption::store(Arc::new(PeerSessions {
+        revoked,
+        seen: seen.clone(),
+        tickets: Mutex::default(),
+        kx: Mutex::default(),
+    }));
+    if m.len() >= CLIENT_ADDRESSES {
+        m.clear();
+    }
+    m.insert(key, (cfg.clone(), seen.clone()));
+    Ok((cfg, seen))
 }
 
 /// Where a client's verifier records the instance the server's certificate is for.

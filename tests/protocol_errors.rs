@@ -60,7 +60,8 @@ impl Fixture {
 
     /// Says hello as a made-up instance, as a real peer must before pushing.
     fn hello_as(&self, instance: Uuid) {
-        let r = rpc(self.addr(), "fieldsync_hello", hello(instance, 2, 2));
+        let v = fieldsync::protocol::PROTOCOL_VERSION;
+        let r = rpc(self.addr(), "fieldsync_hello", hello(instance, v, v));
         assert!(r.get("result").is_some(), "hello refused: {r}");
     }
 
@@ -323,7 +324,8 @@ fn a_pull_from_a_position_beyond_the_feed_head_is_refused() {
 fn a_hello_with_the_agents_own_instance_id_is_refused() {
     let mut fx = Fixture::new();
     let own: Uuid = fx.agent.instance().parse().unwrap();
-    let r = rpc(fx.addr(), "fieldsync_hello", hello(own, 2, 2));
+    let v = fieldsync::protocol::PROTOCOL_VERSION;
+    let r = rpc(fx.addr(), "fieldsync_hello", hello(own, v, v));
     assert_refused(&r, SAME_INSTANCE, "our own instance id");
     fx.assert_unharmed();
     assert!(
@@ -392,6 +394,20 @@ fn a_version_1_peer_is_refused_by_version_not_as_malformed() {
     let r = rpc(fx.addr(), "fieldsync_hello", h);
     assert_refused(&r, INCOMPATIBLE_VERSION, "incompatible protocol version");
     assert_refused(&r, INCOMPATIBLE_VERSION, "1..=1");
+    fx.assert_unharmed();
+}
+
+#[test]
+fn a_protocol_3_peer_is_refused_by_version() {
+    // Protocol 3 reads a hello without knowledge as "knows nothing" (protocol 4 leaves known
+    // knowledge out), so it is refused, naming both ranges, with a hello it would send.
+    let mut fx = Fixture::new();
+    let r = rpc(fx.addr(), "fieldsync_hello", hello(Uuid::new_v4(), 2, 3));
+    assert_refused(
+        &r,
+        INCOMPATIBLE_VERSION,
+        "peer speaks 2..=3, this instance speaks 4..=4",
+    );
     fx.assert_unharmed();
 }
 

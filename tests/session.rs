@@ -77,6 +77,9 @@ fn wire<T: Serialize + DeserializeOwned>(v: &T) -> T {
     serde_json::from_value(serde_json::to_value(v).unwrap()).unwrap()
 }
 
+/// A hello as sent, with the reply's `knowledge_hash` or the refusal's code.
+type SeenHello = (Hello, Result<Option<String>, i32>);
+
 /// The other store, answering in memory. `cut_pull`/`cut_push`: the n-th such request (1-based)
 /// fails as if the connection dropped before it reached the responder.
 struct MemPeer {
@@ -85,6 +88,10 @@ struct MemPeer {
     cut_push: Option<usize>,
     pulls: AtomicUsize,
     pushes: AtomicUsize,
+    /// Every hello as sent, with the reply's `knowledge_hash` (or the refusal's code).
+    hellos: std::sync::Mutex<Vec<SeenHello>>,
+    /// Every push's `knowledge` given or not.
+    push_knowledge: std::sync::Mutex<Vec<bool>>,
 }
 
 impl MemPeer {
@@ -95,6 +102,8 @@ impl MemPeer {
             cut_push: None,
             pulls: AtomicUsize::new(0),
             pushes: AtomicUsize::new(0),
+            hellos: Default::default(),
+            push_knowledge: Default::default(),
         }
     }
 
@@ -115,7 +124,14 @@ fn answer<T: Serialize + DeserializeOwned>(
 
 impl Peer for MemPeer {
     async fn hello(&self, h: &Hello) -> Result<HelloReply, CallError> {
-        answer(self.responder.hello(wire(h), Caller::default()))
+        let r = answer(self.responder.hello(wire(h), Caller::default()));
+        let seen = match &r {
+            Ok(reply) => Ok(reply.knowledge_hash.clone()),
+            Err(CallError::Protocol(e)) => Err(e.code),
+            Err(_) => Err(0),
+        };
+        self.hellos.lock().unwrap().push((h.clone(), seen));
+        r
     }
 
     async fn pull(&self, r: &PullRequest) -> Result<Page, CallError> {
@@ -125,6 +141,10 @@ impl Peer for MemPeer {
 
     async fn push(&self, r: &PushRequest) -> Result<PushReply, CallError> {
         Self::cut(&self.pushes, self.cut_push)?;
+        self.push_knowledge
+            .lock()
+            .unwrap()
+            .push(r.knowledge.is_some());
         answer(self.responder.push(wire(r), Caller::default()))
     }
 
@@ -193,6 +213,79 @@ fn a_session_moves_both_ways_in_pages_raises_knowledge_and_echoes_nothing() {
     put(&b.store, Uuid::new_v4(), json!({"name": "late"}));
     let r = run(&a, &MemPeer::new(&b)).unwrap();
     assert_eq!((r.received.records, r.sent.records), (1, 0));
+    assert_eq!(export(&a.store), export(&b.store));
+}
+
+#[test]
+fn a_no_op_session_is_one_hello_that_leaves_out_knowledge_the_peer_holds() {
+    let (a, b) = (node(), node());
+    write_many(&a.store, 3, "a");
+    write_many(&b.store, 2, "b");
+    let first = MemPeer::new(&b);
+    run(&a, &first).unwrap();
+    // The first hello between them carries both knowledge vectors in full.
+    let h = first.hellos.lock().unwrap();
+    assert_eq!(h.len(), 1);
+    assert!(!h[0].0.knowledge.is_empty() && h[0].0.knowledge_hash.is_none());
+    assert_eq!(h[0].1, Ok(None), "the reply carries B's knowledge");
+    drop(h);
+    // That session raised both knowledge vectors (each learned the other's writes): the next
+    // hello and reply carry them again.
+    let settle = MemPeer::new(&b);
+    run(&a, &settle).unwrap();
+    assert!(settle.hellos.lock().unwrap()[0].0.knowledge_hash.is_none());
+    assert_eq!(a.store.peer(&b.store.id()).unwrap().unwrap().sync_count, 2);
+
+    // Nothing changed: the hello and its reply name their knowledge by hash, and B ends the
+    // session in its reply: nothing is pulled or pushed.
+    let (seq_a, seq_b) = (a.store.seq(), b.store.seq());
+    let noop = MemPeer::new(&b);
+    let r = run(&a, &noop).unwrap();
+    assert_eq!((r.received.records, r.sent.records), (0, 0));
+    assert_eq!((a.store.seq(), b.store.seq()), (seq_a, seq_b));
+    let h = noop.hellos.lock().unwrap();
+    assert_eq!(h.len(), 1);
+    assert!(h[0].0.knowledge.is_empty(), "{:?}", h[0].0);
+    assert_eq!(
+        h[0].0.knowledge_hash.as_deref(),
+        Some(fieldsync::protocol::knowledge_hash(&a.store.position().unwrap().knowledge).as_str())
+    );
+    assert_eq!(
+        h[0].1,
+        Ok(Some(fieldsync::protocol::knowledge_hash(
+            &b.store.position().unwrap().knowledge
+        )))
+    );
+    assert_eq!(noop.pulls.load(Ordering::SeqCst), 0, "nothing to pull");
+    assert_eq!(noop.pushes.load(Ordering::SeqCst), 0, "nothing to push");
+    drop(h);
+    assert_eq!(b.store.peer(&a.store.id()).unwrap().unwrap().sync_count, 3);
+
+    // A new write on A: its knowledge changed, so the hello carries it again, and it travels.
+    put(&a.store, Uuid::new_v4(), json!({"name": "late"}));
+    let changed = MemPeer::new(&b);
+    let r = run(&a, &changed).unwrap();
+    assert_eq!((r.received.records, r.sent.records), (0, 1));
+    let h = changed.hellos.lock().unwrap();
+    assert!(!h[0].0.knowledge.is_empty() && h[0].0.knowledge_hash.is_none());
+    drop(h);
+    // Its last push carried A's knowledge (B lacked A's new event).
+    assert_eq!(*changed.push_knowledge.lock().unwrap(), vec![true]);
+
+    // B no longer holds what A told it (restored, say): B refuses the hash, and the session
+    // says hello again in full and completes.
+    b.store
+        .update_peer(&a.store.id(), |row| row.knowledge.clear())
+        .unwrap();
+    let lost = MemPeer::new(&b);
+    let r = run(&a, &lost).unwrap();
+    assert_eq!((r.received.records, r.sent.records), (0, 0));
+    let h = lost.hellos.lock().unwrap();
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!(h[0].1, Err(codes::KNOWLEDGE_NEEDED));
+    assert!(h[0].0.knowledge.is_empty());
+    assert!(!h[1].0.knowledge.is_empty() && h[1].0.knowledge_hash.is_none());
+    assert!(h[1].1.is_ok());
     assert_eq!(export(&a.store), export(&b.store));
 }
 
@@ -291,10 +384,11 @@ fn a_push_that_would_leave_a_gap_or_comes_before_hello_is_refused_and_writes_not
     assert_eq!(count(&b.store), 0);
 
     // After a hello B has received nothing from A, so a page starting at 3 would skip 1..=3.
+    // (B holds nothing, so the session does not pull: its first push is cut.)
     let r = run(
         &a,
         &MemPeer {
-            cut_pull: Some(1),
+            cut_push: Some(1),
             ..MemPeer::new(&b)
         },
     );

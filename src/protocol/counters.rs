@@ -156,3 +156,54 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
         self.inner.size_hint()
     }
 }
+
+/// Calls and JSON-RPC bytes of one method served by this process (see [`by_method`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MethodBytes {
+    /// Calls answered.
+    pub calls: u64,
+    /// Bytes of the calls' params (the JSON text; HTTP, JSON-RPC envelope and TLS not included).
+    pub request: u64,
+    /// Bytes of the answers (the whole JSON-RPC response object).
+    pub response: u64,
+}
+
+fn methods() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<String, MethodBytes>> {
+    static METHODS: OnceLock<Mutex<std::collections::BTreeMap<String, MethodBytes>>> =
+        OnceLock::new();
+    METHODS
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counts one answered call of `method` (the server's RPC middleware calls this). Names other
+/// than the protocol's methods are counted together as `other`, so a caller cannot grow the map.
+pub fn count_method(method: &str, request: u64, response: u64) {
+    let known = [
+        super::HELLO,
+        super::PULL,
+        super::PUSH,
+        super::NOTIFY,
+        super::DIGEST,
+        super::RECONCILE,
+        super::FETCH,
+    ];
+    let key = if known.contains(&method) {
+        method
+    } else {
+        "other"
+    };
+    let mut m = methods();
+    let e = m.entry(key.to_string()).or_default();
+    e.calls += 1;
+    e.request += request;
+    e.response += response;
+}
+
+/// Per sync method served by this process since it started: calls and JSON bytes both ways.
+/// Where a session's bytes go (`status` shows it as `agent.bytes_by_method`; the benchmarks
+/// print it beside their byte rows).
+pub fn by_method() -> std::collections::BTreeMap<String, MethodBytes> {
+    methods().clone()
+}

@@ -20,14 +20,16 @@ use uuid::Uuid;
 
 /// The protocol version this build speaks (2: `hello` carries the incarnation; pages
 /// carry the revisions the receiver lacks; 3: `fieldsync_reconcile` and `fieldsync_fetch`,
-/// range-based set reconciliation for `verify` and anti-entropy).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// range-based set reconciliation for `verify` and anti-entropy; 4: `hello` and its reply
+/// leave out a knowledge vector the other side already holds, named by its hash).
+pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest version that answers `fieldsync_reconcile` and `fieldsync_fetch`: `verify` and
 /// anti-entropy refuse a peer below it (sessions still run from [`MIN_PROTOCOL_VERSION`]).
 pub const RECONCILE_PROTOCOL_VERSION: u32 = 3;
 /// The oldest protocol version this build still speaks. Version 1 peers cannot tell a
-/// restored laptop from the one it replaced, so they are refused.
-pub const MIN_PROTOCOL_VERSION: u32 = 2;
+/// restored laptop from the one it replaced; versions 2 and 3 read a hello without knowledge
+/// as "knows nothing" (they would be sent everything again), so all of them are refused.
+pub const MIN_PROTOCOL_VERSION: u32 = 4;
 
 /// Method: exchange identities, versions, positions and knowledge.
 pub const HELLO: &str = "fieldsync_hello";
@@ -92,6 +94,9 @@ pub mod codes {
     /// The caller's certificate was revoked after its connection opened (a keep-alive
     /// connection from before the revocation arrived): refused, and the connection is closed.
     pub const REVOKED: i32 = 1012;
+    /// A hello left out its knowledge (`knowledge_hash`) but the responder does not hold a
+    /// knowledge vector of the caller with that hash: say hello again with the knowledge.
+    pub const KNOWLEDGE_NEEDED: i32 = 1013;
 }
 
 /// A protocol-level error: a code from [`codes`] and a message naming the problem.
@@ -128,14 +133,15 @@ pub struct PeerInfo {
     /// Display name.
     #[serde(default)]
     pub name: String,
-    /// Owner.
-    #[serde(default)]
+    /// Owner (left out of the JSON when empty, like `contact` and `url`: every hello carries
+    /// this, and a no-op sync is mostly hellos).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub owner: String,
     /// Contact.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub contact: String,
     /// Where its agent listens, if it runs one (`host:port`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }
 
@@ -152,13 +158,30 @@ pub struct Hello {
     pub clock_ms: u64,
     /// Caller's feed head.
     pub head: u64,
-    /// Caller's knowledge vector (instance → ts).
+    /// Caller's knowledge vector (instance → ts); empty when `knowledge_hash` is given.
     pub knowledge: VersionVector,
+    /// Given when `knowledge` is left out (version 4): the [`knowledge_hash`] of the caller's
+    /// knowledge, which equals what it told the responder before (in a hello or a hello
+    /// reply). The responder uses the knowledge it holds for the caller if its hash matches,
+    /// and refuses with [`codes::KNOWLEDGE_NEEDED`] otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knowledge_hash: Option<String>,
+    /// The [`knowledge_hash`] of the responder's knowledge as the caller holds it (from the
+    /// responder's last hello or reply): when it equals the responder's current knowledge, the
+    /// reply leaves its knowledge out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_knowledge_hash: Option<String>,
+    /// The position of the responder's feed the caller has received up to (version 4): if the
+    /// responder has nothing past it, has received the caller's feed up to the caller's head,
+    /// and each side holds all the other knows, the session has nothing to move and the
+    /// responder ends it in its reply (`HelloReply::done`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_upto: Option<u64>,
     /// Page encodings the caller accepts, preferred first.
     #[serde(default)]
     pub encodings: Vec<String>,
     /// Tables the caller never sends or accepts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local_only: Vec<String>,
     /// Tables the caller has records in and syncs.
     #[serde(default)]
@@ -180,14 +203,23 @@ pub struct HelloReply {
     pub clock_ms: u64,
     /// Responder's feed head.
     pub head: u64,
-    /// Responder's knowledge vector.
+    /// Responder's knowledge vector; empty when `knowledge_hash` is given.
     pub knowledge: VersionVector,
+    /// Given when `knowledge` is left out because the hello's `peer_knowledge_hash` equals
+    /// the hash of the responder's knowledge: the caller uses the knowledge it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knowledge_hash: Option<String>,
+    /// The session had nothing to move either way and ended with this reply (version 4; see
+    /// `Hello::received_upto`): the caller neither pulls nor pushes, unless its own view
+    /// says otherwise (then it runs the session as usual).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub done: bool,
     /// The position of the caller's feed the responder has received up to (push from there).
     pub received_upto: u64,
     /// The page encoding to use.
     pub encoding: String,
     /// Tables the responder never sends or accepts.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub local_only: Vec<String>,
     /// Tables the responder has records in and syncs.
     #[serde(default)]
@@ -355,6 +387,22 @@ pub struct FetchRequest {
     pub ids: Vec<Uuid>,
     /// Page encoding wanted.
     pub encoding: String,
+}
+
+/// The hash that names a knowledge vector in a hello (version 4): the first 8 bytes of
+/// SHA-256 over its entries in instance order (16 id bytes, then the stamp as 8 bytes
+/// big-endian), as 16 lowercase hex digits.
+pub fn knowledge_hash(k: &VersionVector) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (id, ts) in k {
+        h.update(id.as_bytes());
+        h.update(ts.to_be_bytes());
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Chooses the protocol version for a caller's range, or explains why there is none.
@@ -553,5 +601,28 @@ mod tests {
         let old = negotiate(1, 1).unwrap_err();
         assert_eq!(old.code, codes::INCOMPATIBLE_VERSION);
         assert!(old.message.contains("peer speaks 1..=1"), "{}", old.message);
+        // Versions 2 and 3 would read a hello without knowledge as "knows nothing".
+        let v3 = negotiate(2, 3).unwrap_err();
+        assert_eq!(v3.code, codes::INCOMPATIBLE_VERSION);
+        assert!(
+            v3.message
+                .contains("peer speaks 2..=3, this instance speaks 4..=4"),
+            "{}",
+            v3.message
+        );
+    }
+
+    #[test]
+    fn knowledge_hash_is_pinned() {
+        // Part of the wire (protocol 4): both sides must compute the same 16 hex digits.
+        let mut k = VersionVector::new();
+        assert_eq!(knowledge_hash(&k), "e3b0c44298fc1c14", "SHA-256 of nothing");
+        k.insert(Uuid::from_u128(1), 42);
+        k.insert(Uuid::from_u128(2), 7);
+        // Computed independently (Python's hashlib over the documented byte layout).
+        let want = "97ed11f454a62a19";
+        assert_eq!(knowledge_hash(&k), want);
+        k.insert(Uuid::from_u128(2), 8);
+        assert_ne!(knowledge_hash(&k), want, "any stamp changes the hash");
     }
 }

@@ -56,6 +56,8 @@ pub struct Traffic {
     pub written: AtomicU64,
     /// Connections refused at the TLS handshake (no/bad/foreign/revoked certificate, plaintext).
     pub refused: AtomicU64,
+    /// TLS connections that resumed an earlier session (no certificates exchanged).
+    pub resumed: AtomicU64,
     /// Connections dropped while their address was backing off after failed handshakes.
     pub throttled: AtomicU64,
 }
@@ -306,6 +308,10 @@ async fn accept_loop<S: SyncService>(
                     };
                     drop((shaking, stranger));
                     lock(&failures).remove(&peer.ip());
+                    if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        traffic.resumed.fetch_add(1, Ordering::Relaxed);
+                        debug!(%peer, "TLS session resumed");
+                    }
                     let instance = crate::tls::peer_instance(tls.get_ref().1.peer_certificates());
                     if let Some(i) = instance {
                         let _ = caller_bytes.set(super::counters::peer(i));
@@ -511,7 +517,15 @@ where
     type BatchResponse = MethodResponse;
 
     fn call<'a>(&self, request: Request<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
-        self.0.call(request)
+        // Bytes per method (`counters::by_method`): where a session's traffic goes.
+        let method = request.method_name().to_string();
+        let params = request.params.as_ref().map_or(0, |p| p.get().len()) as u64;
+        let fut = self.0.call(request);
+        async move {
+            let r = fut.await;
+            super::counters::count_method(&method, params, r.as_json().get().len() as u64);
+            r
+        }
     }
 
     fn batch<'a>(&self, requests: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {

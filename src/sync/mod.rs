@@ -22,6 +22,7 @@ pub mod receive;
 pub mod reconcile;
 pub mod responder;
 pub mod session;
+pub mod told;
 pub mod verify;
 
 pub use admit::admit;
@@ -145,6 +146,8 @@ pub async fn sync_with(
     opts: &SessionOptions,
 ) -> Result<SessionReport, SyncError> {
     let span = info_span!("sync", peer_addr = %addr, peer = tracing::field::Empty);
+    // One session per address at a time (see `ClientCache::session`).
+    let _one = opts.clients.session(addr).await;
     info!(parent: &span, "session started");
     let cached = opts.clients.get(addr);
     let reused = cached.is_some();
@@ -264,6 +267,9 @@ pub(crate) fn our_hello(
         clock_ms: wall_millis(),
         head: pos.head,
         knowledge: pos.knowledge.clone(),
+        knowledge_hash: None,
+        peer_knowledge_hash: None,
+        received_upto: None,
         encodings,
         local_only: local_only(store),
         tables: synced_tables(store)?,

@@ -86,7 +86,7 @@ impl RpcPeer {
         let (client, seen, revoked) = match transport {
             Transport::Plaintext => (Client::connect(addr, None).map_err(terr)?, None, None),
             Transport::Tls { identity, revoked } => {
-                let (cfg, seen) = crate::tls::client_config(identity, revoked.clone())
+                let (cfg, seen) = crate::tls::client_config_for(addr, identity, revoked.clone())
                     .map_err(|e| terr(e.to_string()))?;
                 let client = Client::connect(addr, Some(cfg)).map_err(terr)?;
                 (client, Some(seen), Some(revoked.clone()))
@@ -158,13 +158,31 @@ impl Peer for RpcPeer {
 }
 
 /// Connections kept per peer address: a no-op sync on an established connection is a few
-/// small requests, not a new TLS handshake with two certificate chains.
+/// small requests, not a new TLS handshake with two certificate chains. Also one session at a
+/// time per address: a session someone asked for (`sync`) and the agent's own (periodic,
+/// notified) wait for each other instead of pushing the same pages twice.
 #[derive(Debug, Default)]
-pub struct ClientCache(Mutex<HashMap<String, RpcPeer>>);
+pub struct ClientCache(
+    Mutex<HashMap<String, RpcPeer>>,
+    Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+);
 
 impl ClientCache {
     fn map(&self) -> MutexGuard<'_, HashMap<String, RpcPeer>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until no other session with `addr` runs through this cache; the session holds
+    /// the guard while it runs.
+    pub(crate) async fn session(&self, addr: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut m = self.1.lock().unwrap_or_else(|e| e.into_inner());
+            // Locks nobody holds or waits for are dropped, so the map stays as small as the
+            // set of addresses in use.
+            m.retain(|_, l| Arc::strong_count(l) > 1);
+            m.entry(addr.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     /// The kept connection to `addr`, if any.

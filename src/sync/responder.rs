@@ -58,6 +58,20 @@ impl Inbound {
             .insert(peer, Instant::now());
     }
 
+    /// A request of the session arrived: it is still in progress (a long session under load
+    /// must not look finished after [`INBOUND_GRACE`], or the agent would start a second one
+    /// with the same peer that sends the same pages again).
+    fn touch(&self, peer: &Uuid) {
+        if let Some(t) = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(peer)
+        {
+            *t = Instant::now();
+        }
+    }
+
     fn end(&self, peer: &Uuid) {
         self.0
             .lock()
@@ -180,6 +194,29 @@ impl SyncService for Responder {
                 ),
             ));
         }
+        // Protocol 4: a caller that left out its knowledge named it by hash; it must be the
+        // knowledge we hold for it.
+        if let Some(hash) = h.knowledge_hash.clone() {
+            let held = self
+                .store
+                .peer(&h.peer.instance)
+                .map_err(|e| store_refusal(&e))?
+                .map(|row| row.knowledge)
+                .filter(|k| protocol::knowledge_hash(k) == hash);
+            match held {
+                Some(k) => h.knowledge = k,
+                None => {
+                    return Err(ProtocolError::new(
+                        codes::KNOWLEDGE_NEEDED,
+                        format!(
+                            "this instance does not hold knowledge with hash {hash} for {}: \
+                             say hello again with the knowledge",
+                            h.peer.instance
+                        ),
+                    ))
+                }
+            }
+        }
         let received_upto = note_hello(
             &self.store,
             &h.peer,
@@ -206,12 +243,42 @@ impl SyncService for Responder {
         } else {
             ENC_JSON
         };
+        // Nothing to move either way (protocol 4): the session ends with this reply, as a last
+        // push would end it (`sync_count`, `last_update`, the board).
+        let done = h.received_upto.is_some_and(|u| u >= pos.head)
+            && h.head <= received_upto
+            && super::told::covers(&pos.knowledge, &h.knowledge)
+            && super::told::covers(&h.knowledge, &pos.knowledge);
+        if done {
+            self.store
+                .update_peer(&h.peer.instance, |row| {
+                    row.last_update = Some(chrono::Utc::now());
+                    row.sync_count += 1;
+                })
+                .map_err(|e| store_refusal(&e))?;
+            self.inbound.end(&h.peer.instance);
+            if let Some(s) = lock(&self.live).remove(&h.peer.instance) {
+                s.tracker.finish(Ok(()));
+            }
+        }
+        // The caller holds our knowledge already: name it instead of sending it.
+        let ours = protocol::knowledge_hash(&pos.knowledge);
+        let same = h.peer_knowledge_hash.as_ref() == Some(&ours);
+        // The caller stores this reply's knowledge as ours: our next hello to it may leave it
+        // out (see `told`).
+        super::told::note(me.instance, h.peer.instance, &pos.knowledge);
         Ok(HelloReply {
             protocol,
             peer: me,
             clock_ms: wall_millis(),
             head: pos.head,
-            knowledge: pos.knowledge,
+            knowledge: if same {
+                Default::default()
+            } else {
+                pos.knowledge
+            },
+            knowledge_hash: same.then_some(ours),
+            done,
             received_upto,
             encoding: encoding.to_string(),
             local_only: local_only(&self.store),
@@ -224,6 +291,7 @@ impl SyncService for Responder {
     /// is answered while another peer's page is being committed.
     fn pull(&self, r: PullRequest, caller: Caller) -> Result<Page, ProtocolError> {
         check_caller(&r.from, &caller, &self.transport)?;
+        self.inbound.touch(&r.from);
         let head = self.store.seq();
         if r.since > head {
             return Err(ProtocolError::new(
@@ -275,6 +343,7 @@ impl SyncService for Responder {
     /// `fieldsync_push`: applies one page and advances our position for the caller atomically.
     fn push(&self, r: PushRequest, caller: Caller) -> Result<PushReply, ProtocolError> {
         check_caller(&r.from, &caller, &self.transport)?;
+        self.inbound.touch(&r.from);
         let got = receive_page(
             &self.store,
             &self.transport,

@@ -52,7 +52,8 @@ pub async fn run_tracked<P: Peer>(
             opts.url.clone(),
             vec![opts.encoding.clone(), ENC_JSON.to_string()],
         )?;
-        let reply = peer.hello(&hello).await.map_err(|e| e.into_sync(label))?;
+        // Protocol 4: knowledge the other side already holds is named by its hash.
+        let (hello, reply) = super::told::say_hello(store, peer, label, hello).await?;
         let info = reply.peer.clone();
         tracing::Span::current().record("peer", tracing::field::display(info.instance));
         peer.check_identity(&info.instance)
@@ -89,6 +90,8 @@ pub async fn run_tracked<P: Peer>(
         let pid = info.instance;
         let restarted = blocking(store, move |s| s.note_self_claim(&pid, peer_has)).await?;
         if restarted.is_none() || attempt >= 2 {
+            // The peer now holds our knowledge as of this hello (`note_hello` stored it).
+            super::told::note(me.id, pid, &hello.knowledge);
             break (pos, hello, reply, info, since);
         }
     };
@@ -102,8 +105,14 @@ pub async fn run_tracked<P: Peer>(
     }
 
     // Pull: pages of the peer's changes, each committed with its position in one batch.
+    // Nothing to pull when we hold its whole feed and all it knows (a no-op session: the pull
+    // would return an empty page and teach us nothing).
     let started = Instant::now();
+    let nothing_new = reply.head <= since && super::told::covers(&pos.knowledge, &reply.knowledge);
     for _ in 0..u32::MAX {
+        if nothing_new {
+            break;
+        }
         let req = PullRequest {
             from: me.id,
             since,
@@ -159,6 +168,11 @@ pub async fn run_tracked<P: Peer>(
     // here (reading our own feed commits nothing, so a failed push only wastes that read; the
     // peer still takes pages strictly in order, one at a time, each with its position).
     let started = Instant::now();
+    // The peer ended the session in its reply and we agree nothing is left to push: no push.
+    let done = reply.done
+        && nothing_new
+        && pos.head <= reply.received_upto
+        && super::told::covers(&reply.knowledge, &pos.knowledge);
     let skip: BTreeSet<String> = reply.local_only.iter().cloned().collect();
     let since = reply.received_upto;
     if let Some(t) = tracker {
@@ -180,15 +194,21 @@ pub async fn run_tracked<P: Peer>(
     };
     let mut current = read_page(since).await?;
     for _ in 0..u32::MAX {
+        if done {
+            break;
+        }
         let (out, page) = current;
         let page = page?;
         let page_bytes = page.data.to_string().len() as u64;
         report.sent.pages += 1;
         report.sent.records += out.changes.len() as u64;
         report.sent.bytes += page_bytes;
+        // The last page carries our knowledge for the peer to adopt, unless it holds all of
+        // it already (then adopting it would change nothing).
+        let teach = !super::told::covers(&reply.knowledge, &pos.knowledge);
         let req = PushRequest {
             from: me.id,
-            knowledge: (!out.more).then(|| pos.knowledge.clone()),
+            knowledge: (!out.more && teach).then(|| pos.knowledge.clone()),
             page,
         };
         let (r, next) = if out.more {
