@@ -6,15 +6,16 @@
 //! (the raw pairs of the database tree; their layout is documented in `store/keys.rs`).
 //!
 //! The snapshot is read under the store's writer lock (see [`Store::read_consistent`]) and
-//! compressed in memory, so writes wait only for reading and compressing, not for a slow USB
-//! stick; the file is then written beside its final name, fsynced, and renamed into place.
+//! compressed straight into a file beside its final name (memory stays flat), so writes wait
+//! only for reading, compressing and handing the bytes to the OS, not for a slow USB stick: the
+//! file is fsynced and renamed into place after the lock is released.
 
 use crate::formats;
 use crate::store::{RestoreReport, SnapshotCounts, Store, StoreError};
 use chrono::{DateTime, Utc};
 use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
@@ -105,12 +106,17 @@ impl<'de> Deserialize<'de> for ByteBuf {
 
 /// Writes a consistent snapshot of the whole database to `path` (atomically: a reader never
 /// sees a partial file under that name) and returns its header.
+///
+/// The compressed stream goes straight into a temporary file beside `path` while the writer
+/// lock is held (writes into the OS page cache, not to the disk), so memory stays flat whatever
+/// the database's size; the fsync and the rename into place happen after the lock is released.
 pub fn write_backup(store: &Store, path: &Path) -> Result<Header, BackupError> {
     let io = |source| BackupError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let (header, packed) = store.read_consistent(|view| -> Result<_, BackupError> {
+    let tmp = TempFile::create(path).map_err(io)?;
+    let header = store.read_consistent(|view| -> Result<_, BackupError> {
         let s = view.store();
         let tables: Vec<String> = s.tables()?.into_iter().map(|(t, _)| t).collect();
         let (live_records, sha256) = formats::digest(s, &tables)?;
@@ -127,7 +133,8 @@ pub fn write_backup(store: &Store, path: &Path) -> Result<Header, BackupError> {
             live_records,
             sha256,
         };
-        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(io)?;
+        let out = std::io::BufWriter::with_capacity(1 << 16, tmp.file().map_err(io)?);
+        let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL).map_err(io)?;
         enc.include_checksum(true).map_err(io)?;
         let mut written = 0u64;
         rmp_serde::encode::write_named(&mut enc, &header).map_err(|e| invalid(path, e))?;
@@ -143,9 +150,12 @@ pub fn write_backup(store: &Store, path: &Path) -> Result<Header, BackupError> {
                 "the database changed while it was being read",
             ));
         }
-        Ok((header, enc.finish().map_err(io)?))
+        enc.finish()
+            .and_then(|out| out.into_inner().map_err(|e| e.into_error()))
+            .map_err(io)?;
+        Ok(header)
     })?;
-    write_atomically(path, &packed).map_err(io)?;
+    tmp.commit().map_err(io)?;
     Ok(header)
 }
 
@@ -156,39 +166,70 @@ fn invalid(path: &Path, message: impl std::fmt::Display) -> BackupError {
     }
 }
 
-/// Writes `data` to a temporary file beside `path`, fsyncs it, renames it over `path` and
-/// fsyncs the directory, so a crash leaves the old file or the new one.
-fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
+/// A file being written beside its final name: [`TempFile::commit`] fsyncs it, renames it over
+/// the final name and fsyncs the directory, so a crash leaves the old file or the new one;
+/// dropped without a commit (an error on the way), it is removed.
+struct TempFile {
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl TempFile {
+    fn create(path: &Path) -> std::io::Result<TempFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let name = path.file_name().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")
+        })?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
         // Backups hold every record: readable by their owner only, like the database.
-        let mut f = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        Ok(TempFile {
+            tmp,
+            path: path.to_path_buf(),
+            dir,
+            file: Some(file),
+        })
     }
-    result
+
+    /// A second handle on the open file, for a writer.
+    fn file(&self) -> std::io::Result<std::fs::File> {
+        self.file.as_ref().expect("open until commit").try_clone()
+    }
+
+    fn commit(mut self) -> std::io::Result<()> {
+        let f = self.file.take().expect("open until commit");
+        let result = f
+            .sync_all()
+            .and_then(|()| std::fs::rename(&self.tmp, &self.path))
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all());
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        result
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// The raw key/value pairs of a database, in key order.
