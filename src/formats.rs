@@ -219,11 +219,10 @@ pub fn digest(store: &Store, tables: &[String]) -> Result<(u64, String), StoreEr
                     next = Some((i, Uuid::nil()));
                     break;
                 }
-                Some(Ok((id, _))) => {
-                    if next.map_or(true, |(_, best)| *id < best) {
-                        next = Some((i, *id));
-                    }
+                Some(Ok((id, _))) if next.is_none_or(|(_, best)| *id < best) => {
+                    next = Some((i, *id));
                 }
+                Some(Ok(_)) => {}
             }
         }
         let Some((i, _)) = next else { break };
