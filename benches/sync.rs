@@ -279,13 +279,6 @@ struct Shape {
     other_value: u64,
 }
 
-impl Shape {
-    /// Whole keys per record (what the floor writes): 2 for a layout of record + feed entry.
-    fn keys_per_record(&self) -> u64 {
-        ((self.keys as f64 / self.records.max(1) as f64).round() as u64).max(1)
-    }
-}
-
 /// Reads the shape of a closed fieldsync database (the tree `fieldsync`, see src/store/keys.rs).
 fn shape(db_dir: &Path) -> Shape {
     let db = sled::Config::new()
@@ -313,8 +306,8 @@ fn shape(db_dir: &Path) -> Shape {
 
 /// The sled floor: sled 0.34 alone writing `n` records of `shape` (a record key like
 /// fieldsync's, `R` table 0x00 random 16-byte id, with a value of the mean stored size, plus
-/// `keys_per_record - 1` more keys like feed entries, sequential `F` u64, with values of the
-/// mean size of the rest), `page` records per `apply_batch`, `flush()` after each, the store's
+/// as many more keys as the receiver holds beyond its records, spread evenly, like feed
+/// entries, sequential `F` u64, with values of the mean size of the rest), `page` records per `apply_batch`, `flush()` after each, the store's
 /// cache capacity and flush interval. Returns (milliseconds, bytes on disk after).
 fn sled_floor(dir: &Path, n: usize, shape: &Shape, page: usize) -> (f64, u64) {
     let db = sled::Config::new()
@@ -324,7 +317,13 @@ fn sled_floor(dir: &Path, n: usize, shape: &Shape, page: usize) -> (f64, u64) {
         .open()
         .expect("open floor database");
     let tree = db.open_tree("fieldsync").expect("tree");
-    let extra = shape.keys_per_record() - 1;
+    // Extra keys (feed entries, range fingerprints, ...) as many as the receiver holds, spread
+    // evenly over the records (a whole number per record would round 2.5 to 3).
+    let extra_total =
+        shape.keys.saturating_sub(shape.records) as u128 * n as u128 / shape.records.max(1) as u128;
+    let extra_of = |i: usize| {
+        ((i as u128 + 1) * extra_total / n as u128 - i as u128 * extra_total / n as u128) as usize
+    };
     // Value bytes that do not compress to nothing (sled stores them as they are anyway).
     let filler = |len: u64, salt: u64| -> Vec<u8> {
         let mut v = Vec::with_capacity(len as usize);
@@ -347,7 +346,7 @@ fn sled_floor(dir: &Path, n: usize, shape: &Shape, page: usize) -> (f64, u64) {
             let mut k = b"Rperson\0".to_vec();
             k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
             batch.insert(k, values[i % values.len()].clone());
-            for _ in 0..extra {
+            for _ in 0..extra_of(i) {
                 seq += 1;
                 let mut f = vec![b'F'];
                 f.extend_from_slice(&seq.to_be_bytes());
@@ -441,9 +440,9 @@ fn table(n: usize, runs: &[Run]) -> String {
     let rows: Vec<(String, String, String, String)> = vec![
         (
             format!(
-                "sled floor: {n} records × {} keys ({} B record values, {} B others), \
+                "sled floor: {n} records × {:.2} keys ({} B record values, {} B others), \
                  {} per apply_batch, flush after each, {} MiB cache",
-                shape.keys_per_record(),
+                shape.keys as f64 / shape.records.max(1) as f64,
                 shape.record_value,
                 shape.other_value,
                 page_records(),
