@@ -1,9 +1,12 @@
 //! `fieldsync backup` and `fieldsync restore`: the whole database in one file.
 //!
-//! File format, version 1: one zstd frame (with its content checksum, so a damaged or cut-off
+//! File format, version 2 (1 is the same with plain record values): one zstd frame (with its content checksum, so a damaged or cut-off
 //! file is refused) holding a sequence of MessagePack values: a [`Header`], then exactly
 //! `header.counts.keys` entries, each a two-element array `[key, value]` of binary strings
 //! (the raw pairs of the database tree; their layout is documented in `store/keys.rs`).
+//! Version 2 marks that record values may be zstd-compressed (store format 4), which a
+//! fieldsync that reads only version 1 cannot decode: it refuses the file up front, naming both
+//! versions, instead of failing on the first compressed record.
 //!
 //! The snapshot is read under the store's writer lock (see [`Store::read_consistent`]) and
 //! compressed straight into a file beside its final name (memory stays flat), so writes wait
@@ -22,7 +25,7 @@ use uuid::Uuid;
 /// The `format` marker of a backup header.
 pub const FORMAT: &str = "fieldsync-backup";
 /// The newest format version this build reads and the one it writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// zstd level: fast enough that writes are held up briefly, and records compress well.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -324,4 +327,64 @@ pub fn restore(
         live_records,
         sha256,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::merge::Edit;
+    use crate::store::LocalOp;
+
+    /// Rewrites a backup file with another header version (same entries).
+    fn with_version(from: &Path, to: &Path, version: u32) {
+        let (mut header, entries) = read_backup(from).unwrap();
+        header.format_version = version;
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_checksum(true).unwrap();
+        rmp_serde::encode::write_named(&mut enc, &header).unwrap();
+        for (k, v) in &entries {
+            rmp_serde::encode::write(&mut enc, &(Bin(k), Bin(v))).unwrap();
+        }
+        std::fs::write(to, enc.finish().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn backups_are_version_2_and_version_1_still_restores_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("a"), Config::default()).unwrap();
+        let fields: crate::model::Fields = serde_json::from_value(
+            serde_json::json!({"name": "Ana Lopez", "status": "missing", "age": 31}),
+        )
+        .unwrap();
+        s.write_one(LocalOp {
+            table: "person".into(),
+            id: Uuid::new_v4(),
+            edit: Edit::Put(fields),
+        })
+        .unwrap();
+        let v2 = dir.path().join("v2.fsbackup");
+        let header = write_backup(&s, &v2).unwrap();
+        assert_eq!(header.format_version, 2);
+        assert_eq!(header.live_records, 1);
+        // No temporary file is left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 2, "only the store and the backup");
+
+        // A version-1 file (what fieldsync wrote before store format 4) restores.
+        let v1 = dir.path().join("v1.fsbackup");
+        with_version(&v2, &v1, 1);
+        let b = Store::open(&dir.path().join("b"), Config::default()).unwrap();
+        let r = restore(&b, &v1, false, false).unwrap();
+        assert_eq!((r.live_records, &r.sha256), (1, &header.sha256));
+
+        // A newer version is refused before anything is read, naming both versions.
+        let v3 = dir.path().join("v3.fsbackup");
+        with_version(&v2, &v3, 3);
+        let e = read_backup(&v3).unwrap_err().to_string();
+        assert!(
+            e.contains("backup format 3") && e.contains("up to 2"),
+            "{e}"
+        );
+    }
 }
