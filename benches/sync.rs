@@ -13,7 +13,9 @@
 //! one `apply_batch` per sync page and a flush after each, the store's own cache setting. Every
 //! sync row is also reported as a ratio to that floor, measured in the same run on the same
 //! machine at the same moment (absolute times on the shared 2-core machines move by ±30 %).
-//! Bytes on disk per record are read from both data directories after the initial sync.
+//! Bytes on disk per record are read from both data directories after the initial sync. The
+//! floor runs in a child process (this binary again), so its peak RSS is sled's own and is
+//! reported beside the agents'.
 
 mod common;
 
@@ -129,6 +131,7 @@ fn gen_data(dir: &Path, n: usize) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
 struct Run {
     floor_ms: f64,
     floor_disk: u64,
+    floor_rss: u64,
     shape: Shape,
     disk_a: u64,
     disk_b: u64,
@@ -198,11 +201,64 @@ fn one_run(root: &Path, n: usize, data: &(PathBuf, PathBuf, PathBuf, PathBuf)) -
     // then the floor for that shape, timed now (same machine, same load).
     r.shape = shape(&b_dir.join("db"));
     let floor_dir = root.join("floor");
-    let (ms, disk) = sled_floor(&floor_dir, n, &r.shape, page_records());
+    let (ms, disk, rss) = floor_in_child(&floor_dir, n, &r.shape);
     r.floor_ms = ms;
     r.floor_disk = disk;
+    r.floor_rss = rss;
     let _ = std::fs::remove_dir_all(&floor_dir);
     r
+}
+
+/// Runs [`sled_floor`] in a child process (this same bench binary), so that its peak RSS is
+/// sled's alone, comparable with the agents'. Returns (milliseconds, bytes on disk, peak kB).
+fn floor_in_child(dir: &Path, n: usize, shape: &Shape) -> (f64, u64, u64) {
+    let out = Command::new(std::env::current_exe().expect("bench binary"))
+        .arg("--bench")
+        .env(
+            FLOOR_CHILD,
+            format!(
+                "{} {n} {} {} {} {}",
+                dir.display(),
+                shape.records,
+                shape.keys,
+                shape.record_value,
+                shape.other_value
+            ),
+        )
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run the floor");
+    assert!(out.status.success(), "the sled floor failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(v.len(), 3, "floor output: {text}");
+    (v[0], v[1] as u64, v[2] as u64)
+}
+
+/// Environment variable that makes this binary the floor's child: "DIR N RECORDS KEYS RV OV".
+const FLOOR_CHILD: &str = "FIELDSYNC_BENCH_FLOOR_CHILD";
+
+/// The child side of [`floor_in_child`]: prints "ms disk peak_kB".
+fn floor_child(spec: &str) {
+    let w: Vec<&str> = spec.rsplitn(6, ' ').collect();
+    let num = |i: usize| -> u64 { w[i].parse().expect("floor spec") };
+    let shape = Shape {
+        records: num(3),
+        keys: num(2),
+        record_value: num(1),
+        other_value: num(0),
+    };
+    let (ms, disk) = sled_floor(Path::new(w[5]), num(4) as usize, &shape, page_records());
+    let peak = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    println!("{ms} {disk} {peak}");
 }
 
 /// Records per sync page: the agents' default, which the floor's batches match.
@@ -221,13 +277,6 @@ struct Shape {
     record_value: u64,
     /// Mean length of the other values (feed entries, history, ...), bytes.
     other_value: u64,
-}
-
-impl Shape {
-    /// Whole keys per record (what the floor writes): 2 for a layout of record + feed entry.
-    fn keys_per_record(&self) -> u64 {
-        ((self.keys as f64 / self.records.max(1) as f64).round() as u64).max(1)
-    }
 }
 
 /// Reads the shape of a closed fieldsync database (the tree `fieldsync`, see src/store/keys.rs).
@@ -257,8 +306,8 @@ fn shape(db_dir: &Path) -> Shape {
 
 /// The sled floor: sled 0.34 alone writing `n` records of `shape` (a record key like
 /// fieldsync's, `R` table 0x00 random 16-byte id, with a value of the mean stored size, plus
-/// `keys_per_record - 1` more keys like feed entries, sequential `F` u64, with values of the
-/// mean size of the rest), `page` records per `apply_batch`, `flush()` after each, the store's
+/// as many more keys as the receiver holds beyond its records, spread evenly, like feed
+/// entries, sequential `F` u64, with values of the mean size of the rest), `page` records per `apply_batch`, `flush()` after each, the store's
 /// cache capacity and flush interval. Returns (milliseconds, bytes on disk after).
 fn sled_floor(dir: &Path, n: usize, shape: &Shape, page: usize) -> (f64, u64) {
     let db = sled::Config::new()
@@ -268,7 +317,13 @@ fn sled_floor(dir: &Path, n: usize, shape: &Shape, page: usize) -> (f64, u64) {
         .open()
         .expect("open floor database");
     let tree = db.open_tree("fieldsync").expect("tree");
-    let extra = shape.keys_per_record() - 1;
+    // Extra keys (feed entries, range fingerprints, ...) as many as the receiver holds, spread
+    // evenly over the records (a whole number per record would round 2.5 to 3).
+    let extra_total =
+        shape.keys.saturating_sub(shape.records) as u128 * n as u128 / shape.records.max(1) as u128;
+    let extra_of = |i: usize| {
+        ((i as u128 + 1) * extra_total / n as u128 - i as u128 * extra_total / n as u128) as usize
+    };
     // Value bytes that do not compress to nothing (sled stores them as they are anyway).
     let filler = |len: u64, salt: u64| -> Vec<u8> {
         let mut v = Vec::with_capacity(len as usize);
@@ -291,7 +346,7 @@ fn sled_floor(dir: &Path, n: usize, shape: &Shape, page: usize) -> (f64, u64) {
             let mut k = b"Rperson\0".to_vec();
             k.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
             batch.insert(k, values[i % values.len()].clone());
-            for _ in 0..extra {
+            for _ in 0..extra_of(i) {
                 seq += 1;
                 let mut f = vec![b'F'];
                 f.extend_from_slice(&seq.to_be_bytes());
@@ -326,6 +381,10 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    if let Ok(spec) = std::env::var(FLOOR_CHILD) {
+        floor_child(&spec);
+        return;
+    }
     let ns: Vec<usize> = std::env::var("FIELDSYNC_BENCH_N")
         .unwrap_or_else(|_| "10000,100000".into())
         .split(',')
@@ -346,11 +405,11 @@ fn main() {
             eprintln!(
                 "N={n} run {i}: floor {:.0} ms ({} records, {} keys, {}/{} B values), import {:.0} rec/s, initial {:.0} ms {} B, \
                  reverse {:.1} ms {} B, incr {:.1} ms {} B, noop {:.1} ms {} B, conflicts {} in \
-                 {:.1} ms, RSS A/B {}/{} kB, idle {} kB, disk A/B/floor {}/{}/{} B",
+                 {:.1} ms, RSS A/B/floor {}/{}/{} kB, idle {} kB, disk A/B/floor {}/{}/{} B",
                 r.floor_ms, r.shape.records, r.shape.keys, r.shape.record_value,
                 r.shape.other_value, r.import_rps, r.initial_ms, r.initial_bytes, r.reverse_ms,
                 r.reverse_bytes, r.incr_ms, r.incr_bytes, r.noop_ms, r.noop_bytes, r.conflicts,
-                r.conflict_ms, r.initial_rss_a, r.initial_rss_b, r.idle_rss_b, r.disk_a, r.disk_b,
+                r.conflict_ms, r.initial_rss_a, r.initial_rss_b, r.floor_rss, r.idle_rss_b, r.disk_a, r.disk_b,
                 r.floor_disk
             );
             all.push(r);
@@ -381,9 +440,9 @@ fn table(n: usize, runs: &[Run]) -> String {
     let rows: Vec<(String, String, String, String)> = vec![
         (
             format!(
-                "sled floor: {n} records × {} keys ({} B record values, {} B others), \
+                "sled floor: {n} records × {:.2} keys ({} B record values, {} B others), \
                  {} per apply_batch, flush after each, {} MiB cache",
-                shape.keys_per_record(),
+                shape.keys as f64 / shape.records.max(1) as f64,
                 shape.record_value,
                 shape.other_value,
                 page_records(),
@@ -422,9 +481,10 @@ fn table(n: usize, runs: &[Run]) -> String {
         (
             "peak RSS during initial sync (A / B)".into(),
             format!(
-                "{:.0} / {:.0} MB",
+                "{:.0} / {:.0} MB (sled floor alone: {:.0} MB)",
                 m(&|r| r.initial_rss_a as f64) / 1024.0,
-                m(&|r| r.initial_rss_b as f64) / 1024.0
+                m(&|r| r.initial_rss_b as f64) / 1024.0,
+                m(&|r| r.floor_rss as f64) / 1024.0
             ),
             "—".into(),
             target(

@@ -83,6 +83,9 @@ pub fn take(store: &Store, keep: usize) -> Result<AutoSnapshot, BackupError> {
     let name = format!("auto-{stamp}-{seq}.fsbackup");
     let path = dir.join(&name);
     let header = backup::write_backup(store, &path)?;
+    // Reading every record went through the allocator (sled's node copies, decoded records):
+    // hand what was freed back, so an agent idle after a snapshot is small again.
+    crate::store::trim_heap();
     // The name carries the feed head read before the snapshot; the header has the exact one.
     let exact = format!("auto-{stamp}-{}.fsbackup", header.feed_seq);
     let path = if exact != name {

@@ -1,27 +1,31 @@
 //! `fieldsync backup` and `fieldsync restore`: the whole database in one file.
 //!
-//! File format, version 1: one zstd frame (with its content checksum, so a damaged or cut-off
+//! File format, version 2 (1 is the same with plain record values): one zstd frame (with its content checksum, so a damaged or cut-off
 //! file is refused) holding a sequence of MessagePack values: a [`Header`], then exactly
 //! `header.counts.keys` entries, each a two-element array `[key, value]` of binary strings
 //! (the raw pairs of the database tree; their layout is documented in `store/keys.rs`).
+//! Version 2 marks that record values may be zstd-compressed (store format 4), which a
+//! fieldsync that reads only version 1 cannot decode: it refuses the file up front, naming both
+//! versions, instead of failing on the first compressed record.
 //!
 //! The snapshot is read under the store's writer lock (see [`Store::read_consistent`]) and
-//! compressed in memory, so writes wait only for reading and compressing, not for a slow USB
-//! stick; the file is then written beside its final name, fsynced, and renamed into place.
+//! compressed straight into a file beside its final name (memory stays flat), so writes wait
+//! only for reading, compressing and handing the bytes to the OS, not for a slow USB stick: the
+//! file is fsynced and renamed into place after the lock is released.
 
 use crate::formats;
 use crate::store::{RestoreReport, SnapshotCounts, Store, StoreError};
 use chrono::{DateTime, Utc};
 use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use uuid::Uuid;
 
 /// The `format` marker of a backup header.
 pub const FORMAT: &str = "fieldsync-backup";
 /// The newest format version this build reads and the one it writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// zstd level: fast enough that writes are held up briefly, and records compress well.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -105,12 +109,17 @@ impl<'de> Deserialize<'de> for ByteBuf {
 
 /// Writes a consistent snapshot of the whole database to `path` (atomically: a reader never
 /// sees a partial file under that name) and returns its header.
+///
+/// The compressed stream goes straight into a temporary file beside `path` while the writer
+/// lock is held (writes into the OS page cache, not to the disk), so memory stays flat whatever
+/// the database's size; the fsync and the rename into place happen after the lock is released.
 pub fn write_backup(store: &Store, path: &Path) -> Result<Header, BackupError> {
     let io = |source| BackupError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let (header, packed) = store.read_consistent(|view| -> Result<_, BackupError> {
+    let tmp = TempFile::create(path).map_err(io)?;
+    let header = store.read_consistent(|view| -> Result<_, BackupError> {
         let s = view.store();
         let tables: Vec<String> = s.tables()?.into_iter().map(|(t, _)| t).collect();
         let (live_records, sha256) = formats::digest(s, &tables)?;
@@ -127,7 +136,8 @@ pub fn write_backup(store: &Store, path: &Path) -> Result<Header, BackupError> {
             live_records,
             sha256,
         };
-        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).map_err(io)?;
+        let out = std::io::BufWriter::with_capacity(1 << 16, tmp.file().map_err(io)?);
+        let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL).map_err(io)?;
         enc.include_checksum(true).map_err(io)?;
         let mut written = 0u64;
         rmp_serde::encode::write_named(&mut enc, &header).map_err(|e| invalid(path, e))?;
@@ -143,9 +153,12 @@ pub fn write_backup(store: &Store, path: &Path) -> Result<Header, BackupError> {
                 "the database changed while it was being read",
             ));
         }
-        Ok((header, enc.finish().map_err(io)?))
+        enc.finish()
+            .and_then(|out| out.into_inner().map_err(|e| e.into_error()))
+            .map_err(io)?;
+        Ok(header)
     })?;
-    write_atomically(path, &packed).map_err(io)?;
+    tmp.commit().map_err(io)?;
     Ok(header)
 }
 
@@ -156,39 +169,70 @@ fn invalid(path: &Path, message: impl std::fmt::Display) -> BackupError {
     }
 }
 
-/// Writes `data` to a temporary file beside `path`, fsyncs it, renames it over `path` and
-/// fsyncs the directory, so a crash leaves the old file or the new one.
-fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
+/// A file being written beside its final name: [`TempFile::commit`] fsyncs it, renames it over
+/// the final name and fsyncs the directory, so a crash leaves the old file or the new one;
+/// dropped without a commit (an error on the way), it is removed.
+struct TempFile {
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl TempFile {
+    fn create(path: &Path) -> std::io::Result<TempFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let name = path.file_name().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")
+        })?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
         // Backups hold every record: readable by their owner only, like the database.
-        let mut f = std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        Ok(TempFile {
+            tmp,
+            path: path.to_path_buf(),
+            dir,
+            file: Some(file),
+        })
     }
-    result
+
+    /// A second handle on the open file, for a writer.
+    fn file(&self) -> std::io::Result<std::fs::File> {
+        self.file.as_ref().expect("open until commit").try_clone()
+    }
+
+    fn commit(mut self) -> std::io::Result<()> {
+        let f = self.file.take().expect("open until commit");
+        let result = f
+            .sync_all()
+            .and_then(|()| std::fs::rename(&self.tmp, &self.path))
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all());
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        result
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// The raw key/value pairs of a database, in key order.
@@ -283,4 +327,64 @@ pub fn restore(
         live_records,
         sha256,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::merge::Edit;
+    use crate::store::LocalOp;
+
+    /// Rewrites a backup file with another header version (same entries).
+    fn with_version(from: &Path, to: &Path, version: u32) {
+        let (mut header, entries) = read_backup(from).unwrap();
+        header.format_version = version;
+        let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        enc.include_checksum(true).unwrap();
+        rmp_serde::encode::write_named(&mut enc, &header).unwrap();
+        for (k, v) in &entries {
+            rmp_serde::encode::write(&mut enc, &(Bin(k), Bin(v))).unwrap();
+        }
+        std::fs::write(to, enc.finish().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn backups_are_version_2_and_version_1_still_restores_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("a"), Config::default()).unwrap();
+        let fields: crate::model::Fields = serde_json::from_value(
+            serde_json::json!({"name": "Ana Lopez", "status": "missing", "age": 31}),
+        )
+        .unwrap();
+        s.write_one(LocalOp {
+            table: "person".into(),
+            id: Uuid::new_v4(),
+            edit: Edit::Put(fields),
+        })
+        .unwrap();
+        let v2 = dir.path().join("v2.fsbackup");
+        let header = write_backup(&s, &v2).unwrap();
+        assert_eq!(header.format_version, 2);
+        assert_eq!(header.live_records, 1);
+        // No temporary file is left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 2, "only the store and the backup");
+
+        // A version-1 file (what fieldsync wrote before store format 4) restores.
+        let v1 = dir.path().join("v1.fsbackup");
+        with_version(&v2, &v1, 1);
+        let b = Store::open(&dir.path().join("b"), Config::default()).unwrap();
+        let r = restore(&b, &v1, false, false).unwrap();
+        assert_eq!((r.live_records, &r.sha256), (1, &header.sha256));
+
+        // A newer version is refused before anything is read, naming both versions.
+        let v3 = dir.path().join("v3.fsbackup");
+        with_version(&v2, &v3, 3);
+        let e = read_backup(&v3).unwrap_err().to_string();
+        assert!(
+            e.contains("backup format 3") && e.contains("up to 2"),
+            "{e}"
+        );
+    }
 }

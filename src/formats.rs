@@ -201,30 +201,49 @@ pub fn export_csv(
 /// Count and SHA-256 of the live records of the given tables, computed as `gen.py --digest`:
 /// lines `id:canonical({"table","fields"})\n` sorted by id.
 pub fn digest(store: &Store, tables: &[String]) -> Result<(u64, String), StoreError> {
-    let mut lines: Vec<(Uuid, String)> = Vec::new();
-    for t in tables {
-        for r in store.scan_table(t) {
-            let (id, rec) = r?;
-            if rec.state.is_alive() {
-                let mut m = serde_json::Map::new();
-                m.insert("table".into(), Value::String(t.clone()));
-                m.insert("fields".into(), Value::Object(rec.state.live_fields()));
-                lines.push((id, canonical_json(&Value::Object(m))));
+    // Streamed: each table is read in id order (record keys sort like the ids' text) and the
+    // tables are merged by id, so memory stays flat however many records there are (collecting
+    // the lines first held ~0.5 KB per record: ~50 MB at 100,000 records, in every automatic
+    // snapshot). Equal ids keep the order of `tables`, as the stable sort this replaces did.
+    let mut scans: Vec<_> = tables
+        .iter()
+        .map(|t| {
+            store
+                .scan_table(t)
+                .filter(|r| r.as_ref().map_or(true, |(_, rec)| rec.state.is_alive()))
+                .peekable()
+        })
+        .collect();
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    loop {
+        let mut next: Option<(usize, Uuid)> = None;
+        for (i, scan) in scans.iter_mut().enumerate() {
+            match scan.peek() {
+                None => {}
+                // An error is taken (and returned) at once.
+                Some(Err(_)) => {
+                    next = Some((i, Uuid::nil()));
+                    break;
+                }
+                Some(Ok((id, _))) if next.is_none_or(|(_, best)| *id < best) => {
+                    next = Some((i, *id));
+                }
+                Some(Ok(_)) => {}
             }
         }
-    }
-    // Ids sort by their text in byte order; as one table is already sorted, only merge tables.
-    if tables.len() > 1 {
-        lines.sort_by_key(|(id, _)| id.to_string());
-    }
-    let mut h = Sha256::new();
-    for (id, line) in &lines {
+        let Some((i, _)) = next else { break };
+        let (id, rec) = scans[i].next().expect("peeked")?;
+        let mut m = serde_json::Map::new();
+        m.insert("table".into(), Value::String(tables[i].clone()));
+        m.insert("fields".into(), Value::Object(rec.state.live_fields()));
         h.update(id.to_string().as_bytes());
         h.update(b":");
-        h.update(line.as_bytes());
+        h.update(canonical_json(&Value::Object(m)).as_bytes());
         h.update(b"\n");
+        n += 1;
     }
-    Ok((lines.len() as u64, hex::encode(h.finalize())))
+    Ok((n, hex::encode(h.finalize())))
 }
 
 /// Converts a validation error on a given line into a [`FormatError`].

@@ -4,7 +4,7 @@
 //! | prefix | key after the prefix                          | value (rmp-serde)            |
 //! |--------|-----------------------------------------------|------------------------------|
 //! | `M`    | meta name (`instance`, `seq`, `clock`, ...)   | per name                     |
-//! | `R`    | table, 0x00, id (16 bytes)                    | `StoredRecord`               |
+//! | `R`    | table, 0x00, id (16 bytes)                    | `StoredRecord`, zstd frame (format ≥ 4; plain before) |
 //! | `F`    | seq (u64 BE)                                  | echo flag, [peer id], record key |
 //! | `H`    | table, 0x00, id, stamp (24 bytes)             | `HistoryEntry`               |
 //! | `C`    | conflict id (u64 BE)                          | `ConflictEntry`              |

@@ -30,7 +30,8 @@ use std::path::{Path, PathBuf};
 /// | 1      | the first (also every store without the `format` key)                         |
 /// | 2      | history entries rebuilt before protocol 2 are marked `reconstructed` (`legacy.rs`) |
 /// | 3      | range fingerprints: the `Z` entries of `fingerprint.rs` (`migrate_add_fingerprints`) |
-pub const FORMAT_VERSION: u32 = 3;
+/// | 4      | record values (`R`) are written zstd-compressed (`write::encode_record`); plain ones stay readable |
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Where files taken out of `db/` go, inside the data directory.
 pub const MOVED_ASIDE_DIR: &str = "moved-aside";
@@ -46,7 +47,16 @@ pub(crate) type Migration = fn(&sled::Tree, &mut sled::Batch) -> Result<(), Stor
 pub(crate) const MIGRATIONS: &[(u32, Migration)] = &[
     (1, super::legacy::migrate_1_to_2),
     (2, super::fingerprint::migrate_add_fingerprints),
+    (3, records_compressed_from_now_on),
 ];
+
+/// Format 3 to 4: nothing to rewrite. Records written from now on are compressed and the plain
+/// ones read as before (rewriting a million records would be one huge batch for a few hundred
+/// MB of disk); the version bump keeps an older fieldsync, which cannot read the compressed
+/// ones, from opening the store.
+fn records_compressed_from_now_on(_: &sled::Tree, _: &mut sled::Batch) -> Result<(), StoreError> {
+    Ok(())
+}
 
 /// A UTC time stamp usable in a file name, sortable as text.
 fn stamp() -> String {
