@@ -30,7 +30,8 @@ use std::path::{Path, PathBuf};
 /// | 1      | the first (also every store without the `format` key)                         |
 /// | 2      | history entries rebuilt before protocol 2 are marked `reconstructed` (`legacy.rs`) |
 /// | 3      | range fingerprints: the `Z` entries of `fingerprint.rs` (`migrate_add_fingerprints`) |
-pub const FORMAT_VERSION: u32 = 3;
+/// | 4      | signed commits: the `K`/`W` entries of `commits.rs`; a legacy commit over the own writes (`migrate_legacy_commit`) |
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Where files taken out of `db/` go, inside the data directory.
 pub const MOVED_ASIDE_DIR: &str = "moved-aside";
@@ -46,6 +47,7 @@ pub(crate) type Migration = fn(&sled::Tree, &mut sled::Batch) -> Result<(), Stor
 pub(crate) const MIGRATIONS: &[(u32, Migration)] = &[
     (1, super::legacy::migrate_1_to_2),
     (2, super::fingerprint::migrate_add_fingerprints),
+    (3, super::commits::migrate_legacy_commit),
 ];
 
 /// A UTC time stamp usable in a file name, sortable as text.

@@ -266,6 +266,7 @@ fn apply_page(
         count: p.count,
         encoding: ENC_ZSTD.into(),
         data: serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(&p.body)),
+        proofs: None,
     };
     let knowledge = valid.then_some(&h.knowledge);
     let got = receive_page(store, transport, h.writer.instance, &page, knowledge, valid).map_err(

@@ -25,6 +25,7 @@ pub mod session;
 pub mod verify;
 
 pub use admit::admit;
+pub mod signed;
 pub use peer::{ClientCache, Peer, RpcPeer};
 pub use receive::{identity_problems, IdentityProblem, DUPLICATE_FIX};
 pub use reconcile::{anti_entropy, anti_entropy_with, AntiEntropyReport, TableDiff};

@@ -1,0 +1,224 @@
+//! The store side of signed commits (`crate::signed`): every batch of local edits records a
+//! commit of this instance, and the commits of other instances learned from verified pages are
+//! kept, so that any laptop can prove to the next one what it relays.
+//!
+//! | prefix | key after the prefix              | value (rmp-serde, named)                      |
+//! |--------|-----------------------------------|-----------------------------------------------|
+//! | `K`    | origin (16), hi (u64 BE)          | [`StoredCommit`]: `lo`, `n`, `root`, `sig` (empty until signed), `leaves` (`n` × 32 bytes, all-zero = not known here), `nodes` (subtree hashes learned from proofs: `[a, b, hash]`) |
+//! | `W`    | origin (16)                       | the origin's member certificate (DER), as verified in a page |
+//!
+//! A commit of this instance is written in the batch of its edits, unsigned (the store holds no
+//! key); the sync layer signs it the first time it is sent (`sync::signed`). A store migrated
+//! from format 3 gets one *legacy* commit (`lo` 0) over its own writes as they stand then, so
+//! its older writes can be proved too once it has signed it (see `migrate_legacy_commit`).
+
+use super::{decode, encode, keys, Store, StoreError};
+use crate::signed::{self, Hash, LeafKey};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+pub(crate) const COMMIT: u8 = b'K';
+pub(crate) const CERT: u8 = b'W';
+
+/// One commit as this store knows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoredCommit {
+    /// The instance that made it.
+    #[serde(rename = "origin")]
+    pub origin: Uuid,
+    /// Lowest stamp ts of its writes (0 for a legacy commit).
+    #[serde(rename = "lo")]
+    pub lo: u64,
+    /// Highest stamp ts of its writes.
+    #[serde(rename = "hi")]
+    pub hi: u64,
+    /// Number of leaves.
+    #[serde(rename = "n")]
+    pub n: u32,
+    /// Merkle root over the leaves.
+    #[serde(rename = "root", with = "crate::signed::serde_bytes")]
+    pub root: Vec<u8>,
+    /// The origin's signature of [`signed::signed_message`] (ECDSA P-256, fixed 64 bytes);
+    /// empty while an own commit is not signed yet.
+    #[serde(rename = "sig", with = "crate::signed::serde_bytes")]
+    pub sig: Vec<u8>,
+    /// `n` leaf hashes of 32 bytes; all zero where not known here.
+    #[serde(rename = "leaves", with = "crate::signed::serde_bytes")]
+    pub leaves: Vec<u8>,
+    /// Subtree hashes learned from proofs: (first leaf, end leaf, hash).
+    #[serde(rename = "nodes")]
+    pub nodes: Vec<(u32, u32, Hash)>,
+}
+
+impl StoredCommit {
+    /// Builds a commit of `origin` over `leaves` (any order: they are sorted here).
+    pub fn build(origin: Uuid, lo: u64, mut leaves: Vec<(LeafKey, Hash)>) -> Option<Self> {
+        leaves.sort_by(|a, b| a.0.cmp(&b.0));
+        let hashes: Vec<Hash> = leaves.iter().map(|l| l.1).collect();
+        let root = signed::root(&hashes)?;
+        let hi = leaves.iter().map(|l| l.0 .0).max()?;
+        Some(Self {
+            origin,
+            lo: lo.min(leaves.iter().map(|l| l.0 .0).min()?),
+            hi,
+            n: hashes.len() as u32,
+            root: root.to_vec(),
+            sig: Vec::new(),
+            leaves: hashes.concat(),
+            nodes: Vec::new(),
+        })
+    }
+
+    /// The root as a hash.
+    pub fn root_hash(&self) -> Hash {
+        let mut h = [0u8; 32];
+        if self.root.len() == 32 {
+            h.copy_from_slice(&self.root);
+        }
+        h
+    }
+
+    /// Leaf `i`'s hash, if known here.
+    pub fn leaf(&self, i: u32) -> Option<Hash> {
+        let s = self.leaves.get(i as usize * 32..i as usize * 32 + 32)?;
+        let mut h = [0u8; 32];
+        h.copy_from_slice(s);
+        (h != [0u8; 32]).then_some(h)
+    }
+
+    /// Index of every known leaf by its hash.
+    pub fn index(&self) -> HashMap<Hash, u32> {
+        (0..self.n)
+            .filter_map(|i| self.leaf(i).map(|h| (h, i)))
+            .collect()
+    }
+
+    /// The hash of the subtree over leaves `a..b`, from the known leaves and nodes.
+    pub fn subtree(&self, a: u32, b: u32, nodes: &HashMap<(u32, u32), Hash>) -> Option<Hash> {
+        signed::subtree_hash(a, b, &|i| self.leaf(i), nodes)
+    }
+
+    /// Adds what a verified proof taught (leaf hashes at indices, subtree hashes).
+    pub fn learn(&mut self, leaves: &[(u32, Hash)], nodes: &[(u32, u32, Hash)]) {
+        if self.leaves.len() != self.n as usize * 32 {
+            self.leaves = vec![0u8; self.n as usize * 32];
+        }
+        for (i, h) in leaves {
+            if *i < self.n {
+                self.leaves[*i as usize * 32..*i as usize * 32 + 32].copy_from_slice(h);
+            }
+        }
+        let have: std::collections::HashSet<(u32, u32)> =
+            self.nodes.iter().map(|(a, b, _)| (*a, *b)).collect();
+        for (a, b, h) in nodes {
+            // A subtree whose leaves are all known adds nothing.
+            if !have.contains(&(*a, *b)) && (*a..*b).any(|i| self.leaf(i).is_none()) {
+                self.nodes.push((*a, *b, *h));
+            }
+        }
+    }
+}
+
+pub(crate) fn commit_key(origin: &Uuid, hi: u64) -> Vec<u8> {
+    keys::with_prefix(COMMIT, &[origin.as_bytes(), &hi.to_be_bytes()])
+}
+
+fn cert_key(origin: &Uuid) -> Vec<u8> {
+    keys::with_prefix(CERT, &[origin.as_bytes()])
+}
+
+impl Store {
+    /// The commit of `origin` whose stamp range holds `ts`, if this store knows one.
+    pub fn commit_covering(
+        &self,
+        origin: &Uuid,
+        ts: u64,
+    ) -> Result<Option<StoredCommit>, StoreError> {
+        let end = keys::with_prefix(COMMIT, &[origin.as_bytes(), &u64::MAX.to_be_bytes()]);
+        let mut it = self.tree.range(commit_key(origin, ts)..=end);
+        match it.next() {
+            Some(kv) => {
+                let (_, v) = kv?;
+                let c: StoredCommit = decode(&v)?;
+                Ok((c.lo <= ts).then_some(c))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a commit (replacing the stored one of the same origin and `hi`).
+    pub fn put_commit(&self, c: &StoredCommit) -> Result<(), StoreError> {
+        self.tree.insert(commit_key(&c.origin, c.hi), encode(c))?;
+        Ok(())
+    }
+
+    /// Merges what verified pages taught about commits (and their origins' certificates) in one
+    /// batch: headers new here are stored, known leaves and subtrees added.
+    pub fn learn_commits(
+        &self,
+        learned: &[(StoredCommit, Vec<(u32, Hash)>, Vec<(u32, u32, Hash)>)],
+        certs: &[(Uuid, Vec<u8>)],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (header, leaves, nodes) in learned {
+            let key = commit_key(&header.origin, header.hi);
+            let mut c = match self.tree.get(&key)? {
+                Some(v) => decode::<StoredCommit>(&v)?,
+                None => header.clone(),
+            };
+            if c.root != header.root || c.n != header.n {
+                // Another commit under the same stamp: only its origin could sign both; keep
+                // the first.
+                continue;
+            }
+            if c.sig.is_empty() {
+                c.sig = header.sig.clone();
+            }
+            c.learn(leaves, nodes);
+            batch.insert(key, encode(&c));
+        }
+        for (origin, der) in certs {
+            if self.tree.get(cert_key(origin))?.as_deref() != Some(der.as_slice()) {
+                batch.insert(cert_key(origin), der.clone());
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The member certificate (DER) of `origin` learned from pages, if any.
+    pub fn member_cert(&self, origin: &Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(cert_key(origin))?.map(|v| v.to_vec()))
+    }
+}
+
+/// The format-3 → 4 migration: one commit of this instance over its own writes as they stand
+/// (stamp range `0..=clock`), unsigned until the sync layer first sends it. Other instances'
+/// older writes are proved once their own stores have migrated and signed theirs.
+pub(crate) fn migrate_legacy_commit(
+    tree: &sled::Tree,
+    batch: &mut sled::Batch,
+) -> Result<(), StoreError> {
+    let Some(info) = tree.get(keys::meta("instance"))? else {
+        return Ok(());
+    };
+    let me = decode::<super::InstanceInfo>(&info)?.id;
+    let mut leaves = Vec::new();
+    for kv in super::fingerprint::raw_records(tree) {
+        let (k, v) = kv?;
+        let Some((table, id)) = keys::parse_record_suffix(&k[1..]) else {
+            continue;
+        };
+        let rec = super::write::decode_record(&v)?;
+        for (stamp, key, h) in signed::all_leaves(&table, &id, &rec.state) {
+            if stamp.node == me {
+                leaves.push((key, h));
+            }
+        }
+    }
+    if let Some(c) = StoredCommit::build(me, 0, leaves) {
+        batch.insert(commit_key(&me, c.hi), encode(&c));
+    }
+    Ok(())
+}

@@ -1,0 +1,420 @@
+//! Signed commits on the wire (issue #18 item 4; the scheme is in `crate::signed`): the proofs
+//! a sender attaches to a page ([`proofs_for`]) and their check on receipt ([`check`]).
+//!
+//! A page's `proofs` (docs/PROTOCOL.md) is base64 of zstd of the MessagePack array [`Proofs`]:
+//! the member certificate (DER) of every origin it draws on, and per commit the signed header,
+//! the indices of the page's leaves in it (delta-coded) and the range proof's subtree hashes.
+//! On receipt every field value, removal and delete of every record must be a leaf of a commit
+//! of its stamp's instance whose signature verifies with that instance's CA-certified key and
+//! whose root the proof rebuilds; a record with one that is not is *quarantined* (dropped,
+//! logged, counted in the sender's peer row) and the rest of the page is taken. What a verified
+//! page taught (headers, leaf and subtree hashes, certificates) is stored so that this laptop
+//! can prove the same writes to the next one.
+//!
+//! Only within a deployment: over `--insecure-plaintext` there is no key and nothing is checked.
+
+use crate::change::RemoteChange;
+use crate::protocol::{codes, ProtocolError};
+use crate::signed::{self, Hash, LeafKey};
+use crate::store::commits::StoredCommit;
+use crate::store::{Store, StoreError};
+use crate::tls::Transport;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use tracing::warn;
+use uuid::Uuid;
+
+/// The proofs section of a page (MessagePack array encoding, field order matters).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Proofs {
+    /// Member certificates (DER) of the commits' origins.
+    pub certs: Vec<ByteBuf>,
+    /// One entry per commit the page draws on.
+    pub commits: Vec<CommitProof>,
+}
+
+/// Bytes as one MessagePack binary.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ByteBuf(#[serde(with = "crate::signed::serde_bytes")] pub Vec<u8>);
+
+/// One commit's header, signature and range proof for the leaves of a page.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommitProof {
+    /// The instance that made (and signed) the commit.
+    pub origin: Uuid,
+    /// Its stamp range, `lo..=hi`.
+    pub lo: u64,
+    /// See `lo`.
+    pub hi: u64,
+    /// Its number of leaves.
+    pub n: u32,
+    /// Its Merkle root (32 bytes).
+    pub root: ByteBuf,
+    /// The origin's signature (64 bytes, ECDSA P-256 SHA-256 r ‖ s) of the header.
+    pub sig: ByteBuf,
+    /// Indices of the page's leaves in this commit, ascending: the first, then differences.
+    pub idx: Vec<u32>,
+    /// The range proof: subtree hashes, 32 bytes each, in `signed::prove`'s order.
+    pub hashes: ByteBuf,
+}
+
+/// Most commits and certificates one page may draw on (a page holds at most 20,000 records;
+/// beyond this a page is refused as malformed).
+pub const MAX_PROOF_COMMITS: usize = 100_000;
+
+fn invalid(m: String) -> ProtocolError {
+    ProtocolError::new(codes::INVALID_PAGE, m)
+}
+
+/// The proofs for `changes` as a page's `proofs` string, or `None` outside a deployment.
+/// Our own commits not yet signed are signed (and stored) here. A write this laptop cannot
+/// prove (a relayed write from before its origin signed commits) is left out: the receiver
+/// quarantines that record and logs it.
+pub fn proofs_for(
+    store: &Store,
+    transport: &Transport,
+    changes: &[RemoteChange],
+) -> Result<Option<String>, StoreError> {
+    let Transport::Tls { identity, .. } = transport else {
+        return Ok(None);
+    };
+    let me = store.id();
+    let mut commits: Vec<StoredCommit> = Vec::new();
+    let mut by_origin: HashMap<Uuid, Vec<usize>> = HashMap::new();
+    let mut present: Vec<Vec<Hash>> = Vec::new();
+    let mut unproved = 0usize;
+    for ch in changes {
+        for (stamp, _, h) in signed::all_leaves(&ch.table, &ch.id, &ch.state) {
+            let found = by_origin.get(&stamp.node).and_then(|v| {
+                v.iter()
+                    .copied()
+                    .find(|i| commits[*i].lo <= stamp.ts && stamp.ts <= commits[*i].hi)
+            });
+            let i = match found {
+                Some(i) => i,
+                None => match store.commit_covering(&stamp.node, stamp.ts)? {
+                    Some(c) => {
+                        commits.push(c);
+                        present.push(Vec::new());
+                        by_origin
+                            .entry(stamp.node)
+                            .or_default()
+                            .push(commits.len() - 1);
+                        commits.len() - 1
+                    }
+                    None => {
+                        unproved += 1;
+                        continue;
+                    }
+                },
+            };
+            present[i].push(h);
+        }
+    }
+    let mut out = Proofs::default();
+    let mut origins = Vec::new();
+    for (mut c, hashes) in commits.into_iter().zip(present) {
+        if c.sig.is_empty() {
+            if c.origin != me {
+                unproved += hashes.len();
+                continue;
+            }
+            let msg = signed::signed_message(&c.origin, c.lo, c.hi, c.n, &c.root_hash());
+            c.sig = identity
+                .sign(&msg)
+                .map_err(|e| StoreError::Decode(format!("signing a commit: {e}")))?;
+            store.put_commit(&c)?;
+        }
+        let index = c.index();
+        let mut idx: Vec<u32> = Vec::with_capacity(hashes.len());
+        for h in &hashes {
+            match index.get(h) {
+                Some(i) => idx.push(*i),
+                None => unproved += 1,
+            }
+        }
+        if idx.is_empty() {
+            continue;
+        }
+        idx.sort_unstable();
+        idx.dedup();
+        let nodes: HashMap<(u32, u32), Hash> =
+            c.nodes.iter().map(|(a, b, h)| ((*a, *b), *h)).collect();
+        let Some(proof) = signed::prove(c.n, &idx, &mut |a, b| c.subtree(a, b, &nodes)) else {
+            unproved += idx.len();
+            continue;
+        };
+        let mut deltas = Vec::with_capacity(idx.len());
+        let mut prev = 0u32;
+        for (k, i) in idx.iter().enumerate() {
+            deltas.push(if k == 0 { *i } else { i - prev });
+            prev = *i;
+        }
+        if !origins.contains(&c.origin) {
+            origins.push(c.origin);
+        }
+        out.commits.push(CommitProof {
+            origin: c.origin,
+            lo: c.lo,
+            hi: c.hi,
+            n: c.n,
+            root: ByteBuf(c.root.clone()),
+            sig: ByteBuf(c.sig.clone()),
+            idx: deltas,
+            hashes: ByteBuf(proof.iter().flat_map(|p| p.2).collect()),
+        });
+    }
+    for o in origins {
+        let der = if o == me {
+            Some(identity.cert_der())
+        } else {
+            store.member_cert(&o)?
+        };
+        if let Some(der) = der {
+            out.certs.push(ByteBuf(der));
+        }
+    }
+    if unproved > 0 {
+        warn!(
+            unproved,
+            "some writes in a page cannot be proved (their origin never signed them here): \
+             the receiver will quarantine those records"
+        );
+    }
+    Ok(Some(encode(&out)))
+}
+
+/// Encodes a proofs section as a page's `proofs` string.
+pub fn encode(p: &Proofs) -> String {
+    let raw = rmp_serde::to_vec(p).expect("in-memory values always encode");
+    let z = zstd::bulk::compress(&raw, 3).expect("compressing in memory");
+    base64::engine::general_purpose::STANDARD.encode(z)
+}
+
+/// Proofs for the writes in `changes` stamped by `identity`'s own instance, as one fresh commit
+/// signed with its key (nothing stored). What any member can do for its own writes, and all it
+/// can do: writes stamped by another instance get no proof this way. Used by tools and tests
+/// that craft pages.
+pub fn sign_own(
+    identity: &crate::tls::Identity,
+    changes: &[RemoteChange],
+) -> Result<String, crate::mesh::MeshError> {
+    let me = identity.instance;
+    let leaves: Vec<(LeafKey, Hash)> = changes
+        .iter()
+        .flat_map(|ch| signed::all_leaves(&ch.table, &ch.id, &ch.state))
+        .filter(|(stamp, _, _)| stamp.node == me)
+        .map(|(_, k, h)| (k, h))
+        .collect();
+    let mut out = Proofs::default();
+    if let Some(c) = StoredCommit::build(me, u64::MAX, leaves) {
+        let sig = identity.sign(&signed::signed_message(
+            &me,
+            c.lo,
+            c.hi,
+            c.n,
+            &c.root_hash(),
+        ))?;
+        let mut idx = vec![1u32; c.n as usize];
+        idx[0] = 0;
+        out.commits.push(CommitProof {
+            origin: me,
+            lo: c.lo,
+            hi: c.hi,
+            n: c.n,
+            root: ByteBuf(c.root.clone()),
+            sig: ByteBuf(sig),
+            idx,
+            hashes: ByteBuf(Vec::new()),
+        });
+        out.certs.push(ByteBuf(identity.cert_der()));
+    }
+    Ok(encode(&out))
+}
+
+/// Decodes a page's `proofs` string.
+pub fn decode(proofs: &str) -> Result<Proofs, ProtocolError> {
+    let z = base64::engine::general_purpose::STANDARD
+        .decode(proofs)
+        .map_err(|e| invalid(format!("page proofs are not base64: {e}")))?;
+    let raw = zstd::bulk::decompress(&z, crate::protocol::MAX_PAGE_BYTES)
+        .map_err(|e| invalid(format!("page proofs are not valid zstd: {e}")))?;
+    let p: Proofs =
+        rmp_serde::from_slice(&raw).map_err(|e| invalid(format!("malformed page proofs: {e}")))?;
+    if p.commits.len() > MAX_PROOF_COMMITS || p.certs.len() > MAX_PROOF_COMMITS {
+        return Err(invalid("page proofs list too many commits".into()));
+    }
+    Ok(p)
+}
+
+/// What [`check`] learned from a page, to store before the page's records.
+pub type Learned = (
+    Vec<(StoredCommit, Vec<(u32, Hash)>, Vec<(u32, u32, Hash)>)>,
+    Vec<(Uuid, Vec<u8>)>,
+);
+
+/// Checks every record of `changes` against the page's proofs (see the module doc), drops and
+/// logs the records that fail, and returns how many were dropped and what the page taught.
+/// A proofs section that does not decode refuses the whole page.
+pub fn check(
+    transport: &Transport,
+    me: Uuid,
+    proofs: Option<&str>,
+    changes: &mut Vec<RemoteChange>,
+) -> Result<(usize, Learned), ProtocolError> {
+    let Transport::Tls { identity, .. } = transport else {
+        return Ok((0, Default::default()));
+    };
+    let p = match proofs {
+        Some(s) => decode(s)?,
+        None => Proofs::default(),
+    };
+    let mut keys: HashMap<Uuid, (Vec<u8>, Vec<u8>)> = HashMap::new();
+    for der in &p.certs {
+        match identity.member_key(&der.0) {
+            Ok((id, key)) => {
+                keys.insert(id, (key, der.0.clone()));
+            }
+            Err(e) => warn!(error = %e, "a page carries a certificate that is not a member's"),
+        }
+    }
+    // Which commits carry a valid signature.
+    let signed_ok: Vec<bool> = p
+        .commits
+        .iter()
+        .map(|c| {
+            let Some((key, _)) = keys.get(&c.origin) else {
+                return false;
+            };
+            let Ok(root): Result<Hash, _> = c.root.0.as_slice().try_into() else {
+                return false;
+            };
+            c.n > 0
+                && c.lo <= c.hi
+                && crate::tls::verify_signature(
+                    key,
+                    &signed::signed_message(&c.origin, c.lo, c.hi, c.n, &root),
+                    &c.sig.0,
+                )
+        })
+        .collect();
+    let mut by_origin: HashMap<Uuid, Vec<usize>> = HashMap::new();
+    for (i, c) in p.commits.iter().enumerate() {
+        by_origin.entry(c.origin).or_default().push(i);
+    }
+    let mut bad: HashMap<usize, String> = HashMap::new();
+    let mut per_commit: Vec<Vec<(LeafKey, Hash, usize)>> = vec![Vec::new(); p.commits.len()];
+    for (r, ch) in changes.iter().enumerate() {
+        for (stamp, key, h) in signed::all_leaves(&ch.table, &ch.id, &ch.state) {
+            let found = by_origin.get(&stamp.node).and_then(|v| {
+                v.iter().copied().find(|i| {
+                    let c = &p.commits[*i];
+                    c.lo <= stamp.ts && stamp.ts <= c.hi
+                })
+            });
+            match found {
+                Some(i) if signed_ok[i] => per_commit[i].push((key, h, r)),
+                Some(_) => {
+                    bad.entry(r).or_insert_with(|| {
+                        format!(
+                            "the commit of {} holding its write of {:?} is not signed by a \
+                             member of this deployment",
+                            stamp.node, key.4
+                        )
+                    });
+                }
+                None => {
+                    bad.entry(r).or_insert_with(|| {
+                        format!(
+                            "no signed commit of {} holds its write of {:?}",
+                            stamp.node, key.4
+                        )
+                    });
+                }
+            }
+        }
+    }
+    let mut learned = Vec::new();
+    let mut origins = Vec::new();
+    for (i, mut leaves) in per_commit.into_iter().enumerate() {
+        if leaves.is_empty() {
+            continue;
+        }
+        let c = &p.commits[i];
+        leaves.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut idx = Vec::with_capacity(c.idx.len());
+        let mut at = 0u32;
+        let mut ok = c.idx.len() == leaves.len() && c.hashes.0.len() % 32 == 0;
+        for (k, d) in c.idx.iter().enumerate() {
+            at = if k == 0 { *d } else { at.saturating_add(*d) };
+            idx.push(at);
+        }
+        let present: Vec<(u32, Hash)> = idx
+            .iter()
+            .copied()
+            .zip(leaves.iter().map(|l| l.1))
+            .collect();
+        let proof: Vec<Hash> = c
+            .hashes
+            .0
+            .chunks_exact(32)
+            .map(|h| h.try_into().expect("32-byte chunks"))
+            .collect();
+        let mut used = Vec::new();
+        if ok {
+            match signed::root_of(c.n, &present, &proof) {
+                Some((root, u)) if root.as_slice() == c.root.0.as_slice() => used = u,
+                _ => ok = false,
+            }
+        }
+        if !ok {
+            for (_, _, r) in &leaves {
+                bad.entry(*r).or_insert_with(|| {
+                    format!(
+                        "its writes do not match the commit {} signed (altered or made up)",
+                        c.origin
+                    )
+                });
+            }
+            continue;
+        }
+        if c.origin != me && !origins.contains(&c.origin) {
+            origins.push(c.origin);
+        }
+        learned.push((
+            StoredCommit {
+                origin: c.origin,
+                lo: c.lo,
+                hi: c.hi,
+                n: c.n,
+                root: c.root.0.clone(),
+                sig: c.sig.0.clone(),
+                leaves: Vec::new(),
+                nodes: Vec::new(),
+            },
+            present,
+            used,
+        ));
+    }
+    if !bad.is_empty() {
+        let mut r = 0usize;
+        changes.retain(|ch| {
+            let keep = match bad.get(&r) {
+                Some(reason) => {
+                    warn!(table = %ch.table, id = %ch.id, %reason,
+                          "quarantined a record from a peer: dropped, the rest of the page is taken");
+                    false
+                }
+                None => true,
+            };
+            r += 1;
+            keep
+        });
+    }
+    let certs = origins
+        .into_iter()
+        .filter_map(|o| keys.get(&o).map(|(_, der)| (o, der.clone())))
+        .collect();
+    Ok((bad.len(), (learned, certs)))
+}
