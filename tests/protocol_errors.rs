@@ -60,7 +60,7 @@ impl Fixture {
 
     /// Says hello as a made-up instance, as a real peer must before pushing.
     fn hello_as(&self, instance: Uuid) {
-        let r = rpc(self.addr(), "fieldsync_hello", hello(instance, 2, 2));
+        let r = rpc(self.addr(), "fieldsync_hello", hello(instance, 4, 4));
         assert!(r.get("result").is_some(), "hello refused: {r}");
     }
 
@@ -323,7 +323,7 @@ fn a_pull_from_a_position_beyond_the_feed_head_is_refused() {
 fn a_hello_with_the_agents_own_instance_id_is_refused() {
     let mut fx = Fixture::new();
     let own: Uuid = fx.agent.instance().parse().unwrap();
-    let r = rpc(fx.addr(), "fieldsync_hello", hello(own, 2, 2));
+    let r = rpc(fx.addr(), "fieldsync_hello", hello(own, 4, 4));
     assert_refused(&r, SAME_INSTANCE, "our own instance id");
     fx.assert_unharmed();
     assert!(

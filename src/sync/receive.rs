@@ -93,10 +93,11 @@ pub fn receive_page(
 ) -> Result<Received, ReceiveError> {
     let mut changes = protocol::decode_changes(page).map_err(ReceiveError::Refused)?;
     check_future_stamps(&changes, wall_millis()).map_err(ReceiveError::Refused)?;
-    let admitted = admit(store, transport, &mut changes);
+    // Signatures first, on the page as it was sent (its proofs cover exactly those records).
     let (forged, learned) =
         super::signed::check(transport, store.id(), page.proofs.as_deref(), &mut changes)
             .map_err(ReceiveError::Refused)?;
+    let admitted = admit(store, transport, &mut changes);
     let quarantined = admitted.quarantined + forged;
     if !learned.0.is_empty() || !learned.1.is_empty() {
         // Before the records: a laptop never holds a write it could not prove onwards.

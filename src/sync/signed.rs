@@ -79,6 +79,16 @@ pub fn proofs_for(
     let Transport::Tls { identity, .. } = transport else {
         return Ok(None);
     };
+    proofs_with(store, identity, changes).map(Some)
+}
+
+/// [`proofs_for`] with this laptop's identity (a USB bundle's pages, written without a
+/// connection).
+pub fn proofs_with(
+    store: &Store,
+    identity: &crate::tls::Identity,
+    changes: &[RemoteChange],
+) -> Result<String, StoreError> {
     let me = store.id();
     let mut commits: Vec<StoredCommit> = Vec::new();
     let mut by_origin: HashMap<Uuid, Vec<usize>> = HashMap::new();
@@ -182,7 +192,7 @@ pub fn proofs_for(
              the receiver will quarantine those records"
         );
     }
-    Ok(Some(encode(&out)))
+    Ok(encode(&out))
 }
 
 /// Encodes a proofs section as a page's `proofs` string.
