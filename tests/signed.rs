@@ -281,3 +281,81 @@ fn changing_one_value_of_a_relayed_write_is_caught() {
     );
     assert_eq!(quarantined(&c), 1);
 }
+
+/// Bytes the proofs add to an initial sync of `FIELDSYNC_SIGNED_RECORDS` (default 2,000)
+/// generated records, written like an import (commits of 1,000 records) and sent in the
+/// session's default pages; the receiver verifies every page. Prints the numbers
+/// (bench/RESULTS.md) and holds the budget: at most 10 bytes per record (the 100,000-record
+/// initial sync is about 7 MB and must stay within 8 MB).
+#[test]
+fn proofs_add_a_few_bytes_per_record_to_an_initial_sync() {
+    use fieldsync::config::Config;
+    use fieldsync::store::{LocalOp, Store};
+    use fieldsync::tls::{Identity, Revoked, Transport};
+    use std::sync::Arc;
+    let count: u64 = std::env::var("FIELDSYNC_SIGNED_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let ca = fieldsync::mesh::CaFile::create("Bytes").unwrap();
+    let (tmp_a, tmp_c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Store::open(tmp_a.path(), Config::default()).unwrap();
+    let tls = |id: Uuid| Transport::Tls {
+        identity: Arc::new(Identity::from_credential(&ca.enroll(id, "x").unwrap()).unwrap()),
+        revoked: Arc::new(Revoked::default()),
+    };
+    let (ta, tc) = (tls(a.id()), tls(Uuid::new_v4()));
+    let c_id = match &tc {
+        Transport::Tls { identity, .. } => identity.instance,
+        Transport::Plaintext => unreachable!(),
+    };
+    let ops: Vec<LocalOp> = fieldsync::gen::record_lines(count, 42)
+        .map(|l| {
+            let v: Value = serde_json::from_str(&l).unwrap();
+            LocalOp {
+                table: v["table"].as_str().unwrap().into(),
+                id: v["id"].as_str().unwrap().parse().unwrap(),
+                edit: fieldsync::merge::Edit::Put(v["fields"].as_object().unwrap().clone()),
+            }
+        })
+        .collect();
+    for chunk in ops.chunks(1_000) {
+        a.write_local(chunk).unwrap();
+    }
+    let cfg = Config::default().sync;
+    let (mut data, mut proofs, mut pages, mut records) = (0usize, 0usize, 0usize, 0usize);
+    let mut since = 0;
+    for _ in 0..count + 1 {
+        let out = a
+            .outgoing(
+                since,
+                cfg.page_records,
+                cfg.page_bytes,
+                &Default::default(),
+                &Default::default(),
+                None,
+            )
+            .unwrap();
+        let body = protocol::encode_changes(&out.changes, protocol::ENC_ZSTD).unwrap();
+        let p = signed::proofs_for(&a, &ta, &out.changes).unwrap().unwrap();
+        data += body.to_string().len();
+        proofs += p.len() + r#","proofs":"""#.len();
+        pages += 1;
+        records += out.changes.len();
+        let mut changes = out.changes.clone();
+        let (bad, _) = signed::check(&tc, c_id, Some(&p), &mut changes).unwrap();
+        assert_eq!((bad, changes.len()), (0, out.changes.len()));
+        since = out.next;
+        if !out.more {
+            break;
+        }
+    }
+    assert_eq!(records as u64, count);
+    let per = proofs as f64 / records as f64;
+    println!(
+        "signed: {records} records in {pages} pages: data {data} B, proofs {proofs} B \
+         ({per:.2} B/record, {:.2}% of data)",
+        100.0 * proofs as f64 / data as f64
+    );
+    assert!(per <= 10.0, "{per} bytes of proofs per record");
+}

@@ -222,3 +222,141 @@ pub(crate) fn migrate_legacy_commit(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::LocalOp;
+    use serde_json::json;
+
+    fn put(s: &Store, rows: &[(Uuid, serde_json::Value)]) {
+        let ops: Vec<LocalOp> = rows
+            .iter()
+            .map(|(id, f)| LocalOp {
+                table: "person".into(),
+                id: *id,
+                edit: crate::merge::Edit::Put(f.as_object().unwrap().clone()),
+            })
+            .collect();
+        s.write_local(&ops).unwrap();
+    }
+
+    fn reopen(dir: &std::path::Path) -> Store {
+        (0..100)
+            .find_map(|_| match Store::open(dir, Config::default()) {
+                Err(StoreError::Locked(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    None
+                }
+                other => Some(other.unwrap()),
+            })
+            .expect("the dropped store released its lock within 2 s")
+    }
+
+    /// Every leaf of `s`'s records written by `origin` is in a commit of `origin` whose root
+    /// matches its leaves; returns how many leaves were checked.
+    fn every_own_leaf_is_committed(s: &Store, origin: Uuid) -> usize {
+        let mut n = 0;
+        for kv in super::super::fingerprint::raw_records(&s.tree) {
+            let (k, v) = kv.unwrap();
+            let (table, id) = keys::parse_record_suffix(&k[1..]).unwrap();
+            let rec = super::super::write::decode_record(&v).unwrap();
+            for (stamp, _, h) in signed::all_leaves(&table, &id, &rec.state) {
+                if stamp.node != origin {
+                    continue;
+                }
+                let c = s
+                    .commit_covering(&origin, stamp.ts)
+                    .unwrap()
+                    .expect("a commit");
+                assert!(c.index().contains_key(&h), "leaf of {id} missing");
+                let leaves: Vec<Hash> = (0..c.n).map(|i| c.leaf(i).unwrap()).collect();
+                assert_eq!(signed::root(&leaves).unwrap(), c.root_hash());
+                n += 1;
+            }
+        }
+        n
+    }
+
+    #[test]
+    fn each_write_batch_is_one_commit_over_exactly_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), Config::default()).unwrap();
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        put(
+            &s,
+            &[
+                (a, json!({"name": "x", "age": 1})),
+                (b, json!({"name": "y"})),
+            ],
+        );
+        put(&s, &[(a, json!({"name": "x2"}))]);
+        // Second batch: "name" set, "age" removed; the first batch's commit keeps 3 leaves.
+        let me = s.id();
+        assert_eq!(every_own_leaf_is_committed(&s, me), 3);
+        let rec = s.get("person", &a).unwrap().unwrap();
+        let c = s
+            .commit_covering(&me, rec.state.fields["name"].stamp.ts)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.n, 2, "the second batch wrote name and removed age");
+        assert!(c.sig.is_empty(), "signed when first sent, not here");
+    }
+
+    #[test]
+    fn a_format_3_store_gets_one_legacy_commit_over_its_own_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = {
+            let s = Store::open(dir.path(), Config::default()).unwrap();
+            put(&s, &[(Uuid::new_v4(), json!({"name": "old"}))]);
+            put(&s, &[(Uuid::new_v4(), json!({"name": "older", "age": 3}))]);
+            // A peer's write held here: its own store proves it, not ours.
+            let peer = Uuid::new_v4();
+            let mut state = crate::model::RecordState::default();
+            let at = crate::clock::Hlc {
+                ts: 5 << 16,
+                node: peer,
+            };
+            state.fields.insert(
+                "name".into(),
+                crate::model::FieldState {
+                    value: Some(json!("theirs")),
+                    stamp: at,
+                },
+            );
+            state.vv.insert(peer, at.ts);
+            s.apply_remote(
+                Some(peer),
+                &[crate::change::RemoteChange {
+                    table: "person".into(),
+                    id: Uuid::new_v4(),
+                    state,
+                    ..Default::default()
+                }],
+            )
+            .unwrap();
+            // As format 3 left it: no commits.
+            for k in s.tree.scan_prefix([COMMIT]).keys() {
+                s.tree.remove(k.unwrap()).unwrap();
+            }
+            s.tree.insert(keys::meta("format"), encode(&3u32)).unwrap();
+            s.tree.flush().unwrap();
+            s.id()
+        };
+        let s = reopen(dir.path());
+        assert_eq!(
+            super::super::recovery::stored_format(&s.tree).unwrap(),
+            super::super::recovery::FORMAT_VERSION
+        );
+        assert_eq!(every_own_leaf_is_committed(&s, me), 3);
+        let commits: Vec<StoredCommit> = s
+            .tree
+            .scan_prefix([COMMIT])
+            .values()
+            .map(|v| decode(&v.unwrap()).unwrap())
+            .collect();
+        assert_eq!(commits.len(), 1, "one legacy commit");
+        assert_eq!((commits[0].lo, commits[0].origin, commits[0].n), (0, me, 3));
+    }
+}

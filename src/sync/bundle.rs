@@ -72,8 +72,8 @@ pub fn write(
             .map_err(|e| BundleError::Io(format!("encoding a page: {e}")))?;
         let body = zstd::bulk::compress(&raw, bundle::ZSTD_LEVEL)
             .map_err(|e| BundleError::Io(format!("compressing a page: {e}")))?;
-        let proofs = super::signed::proofs_with(store, &identity, &out.changes)
-            .map_err(store_err)?;
+        let proofs =
+            super::signed::proofs_with(store, &identity, &out.changes).map_err(store_err)?;
         pages.push(PageData {
             since,
             next: out.next,
