@@ -305,10 +305,6 @@ fn proofs_add_a_few_bytes_per_record_to_an_initial_sync() {
         revoked: Arc::new(Revoked::default()),
     };
     let (ta, tc) = (tls(a.id()), tls(Uuid::new_v4()));
-    let c_id = match &tc {
-        Transport::Tls { identity, .. } => identity.instance,
-        Transport::Plaintext => unreachable!(),
-    };
     let ops: Vec<LocalOp> = fieldsync::gen::record_lines(count, 42)
         .map(|l| {
             let v: Value = serde_json::from_str(&l).unwrap();
@@ -322,11 +318,58 @@ fn proofs_add_a_few_bytes_per_record_to_an_initial_sync() {
     for chunk in ops.chunks(1_000) {
         a.write_local(chunk).unwrap();
     }
-    let cfg = Config::default().sync;
+    // A → B (an initial sync), then B, having edited one field of every tenth record, relays
+    // everything to C in pages formed from its own feed.
+    let tmp_b = tempfile::tempdir().unwrap();
+    let b = Store::open(tmp_b.path(), Config::default()).unwrap();
+    let tb = tls(b.id());
+    let (data, proofs, pages, records) = initial_sync(&a, &ta, Some((&b, &tb)), count);
+    let per = proofs as f64 / records as f64;
+    println!(
+        "signed: {records} records in {pages} pages: data {data} B, proofs {proofs} B \
+         ({per:.2} B/record, {:.2}% of data)",
+        100.0 * proofs as f64 / data as f64
+    );
+    assert!(per <= 10.0, "{per} bytes of proofs per record");
+    let edits: Vec<LocalOp> = ops
+        .iter()
+        .step_by(10)
+        .map(|op| LocalOp {
+            table: op.table.clone(),
+            id: op.id,
+            edit: fieldsync::merge::Edit::Patch(
+                json!({"status": "edited on b"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+        })
+        .collect();
+    b.write_local(&edits).unwrap();
+    let c = Store::open(tmp_c.path(), Config::default()).unwrap();
+    let (data, proofs, pages, records) = initial_sync(&b, &tb, Some((&c, &tc)), count);
+    let per = proofs as f64 / records as f64;
+    println!(
+        "signed, relayed with every tenth record edited on the relay: {records} records in \
+         {pages} pages: data {data} B, proofs {proofs} B ({per:.2} B/record)"
+    );
+    assert!(per <= 10.0, "{per} bytes of proofs per record");
+}
+
+/// Sends every record of `from` in the session's default pages, checks each page as the
+/// receiver `to` would (which also learns the commits) and, if given, applies it there.
+/// Returns (data bytes, proofs bytes, pages, records).
+fn initial_sync(
+    from: &fieldsync::store::Store,
+    t_from: &fieldsync::tls::Transport,
+    to: Option<(&fieldsync::store::Store, &fieldsync::tls::Transport)>,
+    count: u64,
+) -> (usize, usize, usize, usize) {
+    let cfg = fieldsync::config::Config::default().sync;
     let (mut data, mut proofs, mut pages, mut records) = (0usize, 0usize, 0usize, 0usize);
     let mut since = 0;
     for _ in 0..count + 1 {
-        let out = a
+        let out = from
             .outgoing(
                 since,
                 cfg.page_records,
@@ -337,25 +380,25 @@ fn proofs_add_a_few_bytes_per_record_to_an_initial_sync() {
             )
             .unwrap();
         let body = protocol::encode_changes(&out.changes, protocol::ENC_ZSTD).unwrap();
-        let p = signed::proofs_for(&a, &ta, &out.changes).unwrap().unwrap();
+        let p = signed::proofs_for(from, t_from, &out.changes)
+            .unwrap()
+            .unwrap();
         data += body.to_string().len();
         proofs += p.len() + r#","proofs":"""#.len();
         pages += 1;
         records += out.changes.len();
-        let mut changes = out.changes.clone();
-        let (bad, _) = signed::check(&tc, c_id, Some(&p), &mut changes).unwrap();
-        assert_eq!((bad, changes.len()), (0, out.changes.len()));
+        if let Some((to, t_to)) = to {
+            let mut changes = out.changes.clone();
+            let (bad, learned) = signed::check(t_to, to.id(), Some(&p), &mut changes).unwrap();
+            assert_eq!((bad, changes.len()), (0, out.changes.len()));
+            to.learn_commits(&learned.0, &learned.1).unwrap();
+            to.apply_remote(Some(from.id()), &changes).unwrap();
+        }
         since = out.next;
         if !out.more {
             break;
         }
     }
     assert_eq!(records as u64, count);
-    let per = proofs as f64 / records as f64;
-    println!(
-        "signed: {records} records in {pages} pages: data {data} B, proofs {proofs} B \
-         ({per:.2} B/record, {:.2}% of data)",
-        100.0 * proofs as f64 / data as f64
-    );
-    assert!(per <= 10.0, "{per} bytes of proofs per record");
+    (data, proofs, pages, records)
 }
