@@ -74,6 +74,27 @@ pub fn all_leaves(table: &str, id: &Uuid, state: &RecordState) -> Vec<(Hlc, Leaf
     out
 }
 
+/// The leaves a revision claims its maker wrote: one per field change (set or removed) and, for
+/// a delete, the delete; each with the revision's stamp. A genuine revision's leaves are leaves
+/// of its maker's commit (a local edit records exactly the fields it wrote).
+pub fn revision_leaves(table: &str, id: &Uuid, rev: &crate::merge::Revision) -> Vec<Hash> {
+    let mut out: Vec<Hash> = rev
+        .changes
+        .iter()
+        .map(|c| {
+            let (kind, value) = match &c.new {
+                Some(v) => (b's', Some(canonical_json(v))),
+                None => (b'r', None),
+            };
+            leaf_hash(&rev.at, table, id, kind, &c.field, value.as_deref())
+        })
+        .collect();
+    if rev.kind == crate::merge::RevisionKind::Delete {
+        out.push(leaf_hash(&rev.at, table, id, b'd', "", None));
+    }
+    out
+}
+
 /// The hash of one leaf (layout in the module table).
 pub fn leaf_hash(
     stamp: &Hlc,

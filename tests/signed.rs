@@ -142,6 +142,75 @@ fn a_relay_that_reforms_pages_passes_verification() {
     assert_eq!(c.digest(&["person"]).0, 8);
     assert_eq!(name_of(&c, &single), json!("renamed on b"));
     assert!(!agent_c.log().contains("quarantined"), "{}", agent_c.log());
+    // Both revisions of the renamed record reached C proved, the superseded creation included.
+    let h = c.ok(&["history", "person", &single, "--json"]);
+    assert!(h.contains("a single") && h.contains("renamed on b"), "{h}");
+    assert!(!h.contains("reconstructed"), "{h}");
+    assert!(!agent_c.log().contains("not proved"), "{}", agent_c.log());
+}
+
+/// A member attaches a made-up revision "by the coordinator" to the history of its own,
+/// genuine record: the record is taken, but that revision is marked not verified (history
+/// shows it as approximate), while the member's own revision stays exact.
+#[test]
+fn a_made_up_revision_in_a_history_is_marked_not_verified() {
+    use fieldsync::merge::{Cause, FieldChange, Revision, RevisionKind};
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let m = coord.enroll("m");
+    let b = coord.enroll("b");
+    let agent_b = b.start(&[]);
+    let (m_id, coord_id) = (m.id(), coord.id());
+    let coord_uuid: Uuid = coord_id.parse().unwrap();
+    let mut rec = change(Uuid::new_v4(), &m_id, json!({"name": "x"}), 5);
+    let mine = rec.state.fields["name"].stamp;
+    let theirs = Hlc {
+        ts: mine.ts - 3,
+        node: coord_uuid,
+    };
+    rec.state.vv.insert(coord_uuid, theirs.ts);
+    rec.history = vec![
+        Revision {
+            at: theirs,
+            kind: RevisionKind::Create,
+            changes: vec![FieldChange {
+                field: "name".into(),
+                old: None,
+                new: Some(json!("typed by the coordinator?")),
+            }],
+            cause: Cause::Edit,
+            reconstructed: false,
+        },
+        Revision {
+            at: mine,
+            kind: RevisionKind::Update,
+            changes: vec![FieldChange {
+                field: "name".into(),
+                old: Some(json!("typed by the coordinator?")),
+                new: Some(json!("x")),
+            }],
+            cause: Cause::Edit,
+            reconstructed: false,
+        },
+    ];
+    let page = [rec.clone()];
+    let call = session(&m, &agent_b);
+    let res = call(
+        "fieldsync_push",
+        &push_req(&m_id, &page, sign_as(&m_id, &page)),
+    );
+    assert_eq!(res["result"]["stats"]["applied"], 1, "{res}");
+    let h = b.ok(&["history", "person", &rec.id.to_string(), "--json"]);
+    let revs: Vec<Value> = h
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON revision a line"))
+        .collect();
+    assert_eq!(revs.len(), 2, "{h}");
+    for r in &revs {
+        let by_coord = r["instance"] == json!(coord_id);
+        assert_eq!(r["reconstructed"] == json!(true), by_coord, "{h}");
+    }
+    assert!(agent_b.log().contains("not proved"), "{}", agent_b.log());
 }
 
 /// (b) A member pushes a page claiming a revision by the coordinator it never made (once with
@@ -194,6 +263,7 @@ fn a_member_cannot_invent_another_laptops_write() {
         sig: ByteBuf(sig),
         idx: vec![0],
         hashes: ByteBuf(vec![]),
+        ..Default::default()
     });
     let call = session(&m, &agent_b);
     let res = call(

@@ -648,7 +648,9 @@ impl Batch<'_> {
                             source: p.source,
                             applied_at: self.now,
                         });
-                        if creates == 1 {
+                        // A creation marked not exact is stored whole: the marker would lose
+                        // the mark.
+                        if creates == 1 && !revision.reconstructed {
                             continue;
                         }
                     }

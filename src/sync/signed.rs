@@ -57,6 +57,13 @@ pub struct CommitProof {
     pub idx: Vec<u32>,
     /// The range proof: subtree hashes, 32 bytes each, in `signed::prove`'s order.
     pub hashes: ByteBuf,
+    /// Leaves of `history` revisions that the page's states do not hold (superseded writes):
+    /// their indices, ascending, delta-coded like `idx` ...
+    #[serde(default)]
+    pub extra_idx: Vec<u32>,
+    /// ... and their hashes, 32 bytes each, in the same order.
+    #[serde(default)]
+    pub extra: ByteBuf,
 }
 
 /// Most commits and certificates one page may draw on (a page holds at most 20,000 records;
@@ -93,9 +100,20 @@ pub fn proofs_with(
     let mut commits: Vec<StoredCommit> = Vec::new();
     let mut by_origin: HashMap<Uuid, Vec<usize>> = HashMap::new();
     let mut present: Vec<Vec<Hash>> = Vec::new();
+    // Leaves of history revisions the states do not hold: (origin, ts, hash).
+    let mut extra: Vec<(Uuid, u64, Hash)> = Vec::new();
     let mut unproved = 0usize;
     for ch in changes {
-        for (stamp, _, h) in signed::all_leaves(&ch.table, &ch.id, &ch.state) {
+        let leaves = signed::all_leaves(&ch.table, &ch.id, &ch.state);
+        let held: std::collections::HashSet<Hash> = leaves.iter().map(|l| l.2).collect();
+        for rev in &ch.history {
+            for h in signed::revision_leaves(&ch.table, &ch.id, rev) {
+                if !held.contains(&h) {
+                    extra.push((rev.at.node, rev.at.ts, h));
+                }
+            }
+        }
+        for (stamp, _, h) in leaves {
             let found = by_origin.get(&stamp.node).and_then(|v| {
                 v.iter()
                     .copied()
@@ -122,9 +140,33 @@ pub fn proofs_with(
             present[i].push(h);
         }
     }
+    // History leaves join the commits of their origin (loading any not met yet); a revision
+    // this laptop cannot prove travels without, and the receiver marks it unverified.
+    let mut extras: Vec<Vec<Hash>> = vec![Vec::new(); commits.len()];
+    for (node, ts, h) in extra {
+        let found = by_origin.get(&node).and_then(|v| {
+            v.iter()
+                .copied()
+                .find(|i| commits[*i].lo <= ts && ts <= commits[*i].hi)
+        });
+        let i = match found {
+            Some(i) => i,
+            None => match store.commit_covering(&node, ts)? {
+                Some(c) => {
+                    commits.push(c);
+                    present.push(Vec::new());
+                    extras.push(Vec::new());
+                    by_origin.entry(node).or_default().push(commits.len() - 1);
+                    commits.len() - 1
+                }
+                None => continue,
+            },
+        };
+        extras[i].push(h);
+    }
     let mut out = Proofs::default();
     let mut origins = Vec::new();
-    for (mut c, hashes) in commits.into_iter().zip(present) {
+    for ((mut c, hashes), extra) in commits.into_iter().zip(present).zip(extras) {
         if c.sig.is_empty() {
             if c.origin != me {
                 unproved += hashes.len();
@@ -144,23 +186,31 @@ pub fn proofs_with(
                 None => unproved += 1,
             }
         }
-        if idx.is_empty() {
-            continue;
-        }
         idx.sort_unstable();
         idx.dedup();
+        let mut extra: Vec<(u32, Hash)> = extra
+            .iter()
+            .filter_map(|h| index.get(h).map(|i| (*i, *h)))
+            .filter(|(i, _)| idx.binary_search(i).is_err())
+            .collect();
+        extra.sort_unstable_by_key(|e| e.0);
+        extra.dedup_by_key(|e| e.0);
+        if idx.is_empty() && extra.is_empty() {
+            continue;
+        }
+        let mut all: Vec<u32> = idx
+            .iter()
+            .copied()
+            .chain(extra.iter().map(|e| e.0))
+            .collect();
+        all.sort_unstable();
         let nodes: HashMap<(u32, u32), Hash> =
             c.nodes.iter().map(|(a, b, h)| ((*a, *b), *h)).collect();
-        let Some(proof) = signed::prove(c.n, &idx, &mut |a, b| c.subtree(a, b, &nodes)) else {
+        let Some(proof) = signed::prove(c.n, &all, &mut |a, b| c.subtree(a, b, &nodes)) else {
             unproved += idx.len();
             continue;
         };
-        let mut deltas = Vec::with_capacity(idx.len());
-        let mut prev = 0u32;
-        for (k, i) in idx.iter().enumerate() {
-            deltas.push(if k == 0 { *i } else { i - prev });
-            prev = *i;
-        }
+        let extra_idx: Vec<u32> = extra.iter().map(|e| e.0).collect();
         if !origins.contains(&c.origin) {
             origins.push(c.origin);
         }
@@ -171,8 +221,10 @@ pub fn proofs_with(
             n: c.n,
             root: ByteBuf(c.root.clone()),
             sig: ByteBuf(c.sig.clone()),
-            idx: deltas,
+            idx: delta_code(&idx),
             hashes: ByteBuf(proof.iter().flat_map(|p| p.2).collect()),
+            extra_idx: delta_code(&extra_idx),
+            extra: ByteBuf(extra.iter().flat_map(|e| e.1).collect()),
         });
     }
     for o in origins {
@@ -193,6 +245,31 @@ pub fn proofs_with(
         );
     }
     Ok(encode(&out))
+}
+
+/// Ascending indices as the first, then differences.
+fn delta_code(idx: &[u32]) -> Vec<u32> {
+    let mut prev = 0u32;
+    idx.iter()
+        .enumerate()
+        .map(|(k, i)| {
+            let d = if k == 0 { *i } else { i - prev };
+            prev = *i;
+            d
+        })
+        .collect()
+}
+
+/// The inverse of [`delta_code`] (saturating: a bad list fails the root check).
+fn delta_decode(d: &[u32]) -> Vec<u32> {
+    let mut at = 0u32;
+    d.iter()
+        .enumerate()
+        .map(|(k, x)| {
+            at = if k == 0 { *x } else { at.saturating_add(*x) };
+            at
+        })
+        .collect()
 }
 
 /// Encodes a proofs section as a page's `proofs` string.
@@ -237,6 +314,7 @@ pub fn sign_own(
             sig: ByteBuf(sig),
             idx,
             hashes: ByteBuf(Vec::new()),
+            ..Default::default()
         });
         out.certs.push(ByteBuf(identity.cert_der()));
     }
@@ -347,24 +425,32 @@ pub fn check(
     }
     let mut learned = Vec::new();
     let mut origins = Vec::new();
+    // Every leaf proved by this page: what history revisions are checked against.
+    let mut proved: std::collections::HashSet<Hash> = std::collections::HashSet::new();
     for (i, mut leaves) in per_commit.into_iter().enumerate() {
-        if leaves.is_empty() {
+        let c = &p.commits[i];
+        if leaves.is_empty() && (c.extra_idx.is_empty() || !signed_ok[i]) {
             continue;
         }
-        let c = &p.commits[i];
         leaves.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut idx = Vec::with_capacity(c.idx.len());
-        let mut at = 0u32;
-        let mut ok = c.idx.len() == leaves.len() && c.hashes.0.len() % 32 == 0;
-        for (k, d) in c.idx.iter().enumerate() {
-            at = if k == 0 { *d } else { at.saturating_add(*d) };
-            idx.push(at);
-        }
-        let present: Vec<(u32, Hash)> = idx
+        let idx = delta_decode(&c.idx);
+        let mut ok = c.idx.len() == leaves.len()
+            && c.hashes.0.len() % 32 == 0
+            && c.extra.0.len() == 32 * c.extra_idx.len();
+        let mut present: Vec<(u32, Hash)> = idx
             .iter()
             .copied()
             .zip(leaves.iter().map(|l| l.1))
             .collect();
+        present.extend(
+            delta_decode(&c.extra_idx).into_iter().zip(
+                c.extra
+                    .0
+                    .chunks_exact(32)
+                    .map(|h| h.try_into().expect("32 bytes")),
+            ),
+        );
+        present.sort_by_key(|p| p.0);
         let proof: Vec<Hash> = c
             .hashes
             .0
@@ -392,6 +478,7 @@ pub fn check(
         if c.origin != me && !origins.contains(&c.origin) {
             origins.push(c.origin);
         }
+        proved.extend(present.iter().map(|p| p.1));
         learned.push((
             StoredCommit {
                 origin: c.origin,
@@ -421,6 +508,26 @@ pub fn check(
             r += 1;
             keep
         });
+    }
+    // History: a revision whose writes this page does not prove (made up, or from before its
+    // maker signed commits) is kept but marked unverified (`reconstructed`, shown as approximate
+    // by `history`), so no laptop's history presents it as that maker's exact record.
+    let mut unverified = 0usize;
+    for ch in changes.iter_mut() {
+        for rev in ch.history.iter_mut() {
+            let leaves = signed::revision_leaves(&ch.table, &ch.id, rev);
+            if !rev.reconstructed && !leaves.iter().all(|h| proved.contains(h)) {
+                rev.reconstructed = true;
+                unverified += 1;
+            }
+        }
+    }
+    if unverified > 0 {
+        warn!(
+            unverified,
+            "history revisions in a page are not proved by their makers' signed commits: \
+             kept, marked approximate"
+        );
     }
     let certs = origins
         .into_iter()
