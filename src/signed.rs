@@ -121,6 +121,11 @@ pub fn leaf_hash(
     h.finalize().into()
 }
 
+/// SHA-256 of a certificate's DER: how a commit names the certificate that signed it.
+pub fn cert_hash(der: &[u8]) -> Hash {
+    Sha256::digest(der).into()
+}
+
 /// The hash of an inner node.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     let mut h = Sha256::new();

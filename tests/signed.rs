@@ -459,7 +459,7 @@ fn initial_sync(
         records += out.changes.len();
         if let Some((to, t_to)) = to {
             let mut changes = out.changes.clone();
-            let (bad, learned) = signed::check(t_to, to.id(), Some(&p), &mut changes).unwrap();
+            let (bad, learned) = signed::check(t_to, Some(&p), &mut changes).unwrap();
             assert_eq!((bad, changes.len()), (0, out.changes.len()));
             to.learn_commits(&learned.0, &learned.1).unwrap();
             to.apply_remote(Some(from.id()), &changes).unwrap();

@@ -4,8 +4,8 @@
 //!
 //! | prefix | key after the prefix              | value (rmp-serde, named)                      |
 //! |--------|-----------------------------------|-----------------------------------------------|
-//! | `K`    | origin (16), hi (u64 BE)          | [`StoredCommit`]: `lo`, `n`, `root`, `sig` (empty until signed), `leaves` (`n` × 32 bytes, all-zero = not known here), `nodes` (subtree hashes learned from proofs: `[a, b, hash]`) |
-//! | `W`    | origin (16)                       | the origin's member certificate (DER), as verified in a page |
+//! | `K`    | origin (16), hi (u64 BE)          | [`StoredCommit`]: `lo`, `n`, `root`, `sig` (empty until signed), `cert` (SHA-256 of the signing certificate's DER), `leaves` (`n` × 32 bytes, all-zero = not known here), `nodes` (subtree hashes learned from proofs: `[a, b, hash]`) |
+//! | `W`    | SHA-256 of the certificate (32)   | a member certificate (DER) that signed a commit held here (an instance enrolled again has several) |
 //!
 //! A commit of this instance is written in the batch of its edits, unsigned (the store holds no
 //! key); the sync layer signs it the first time it is sent (`sync::signed`). A store migrated
@@ -43,6 +43,10 @@ pub struct StoredCommit {
     /// empty while an own commit is not signed yet.
     #[serde(rename = "sig", with = "crate::signed::serde_bytes")]
     pub sig: Vec<u8>,
+    /// SHA-256 of the DER of the certificate whose key made `sig` (an instance enrolled again
+    /// signs later commits with another key); empty while unsigned.
+    #[serde(rename = "cert", default, with = "crate::signed::serde_bytes")]
+    pub cert: Vec<u8>,
     /// `n` leaf hashes of 32 bytes; all zero where not known here.
     #[serde(rename = "leaves", with = "crate::signed::serde_bytes")]
     pub leaves: Vec<u8>,
@@ -65,6 +69,7 @@ impl StoredCommit {
             n: hashes.len() as u32,
             root: root.to_vec(),
             sig: Vec::new(),
+            cert: Vec::new(),
             leaves: hashes.concat(),
             nodes: Vec::new(),
         })
@@ -124,8 +129,8 @@ pub(crate) fn commit_key(origin: &Uuid, hi: u64) -> Vec<u8> {
     keys::with_prefix(COMMIT, &[origin.as_bytes(), &hi.to_be_bytes()])
 }
 
-fn cert_key(origin: &Uuid) -> Vec<u8> {
-    keys::with_prefix(CERT, &[origin.as_bytes()])
+fn cert_key(hash: &[u8]) -> Vec<u8> {
+    keys::with_prefix(CERT, &[hash])
 }
 
 impl Store {
@@ -158,7 +163,7 @@ impl Store {
     pub fn learn_commits(
         &self,
         learned: &[(StoredCommit, Vec<(u32, Hash)>, Vec<(u32, u32, Hash)>)],
-        certs: &[(Uuid, Vec<u8>)],
+        certs: &[Vec<u8>],
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for (header, leaves, nodes) in learned {
@@ -174,22 +179,33 @@ impl Store {
             }
             if c.sig.is_empty() {
                 c.sig = header.sig.clone();
+                c.cert = header.cert.clone();
             }
             c.learn(leaves, nodes);
             batch.insert(key, encode(&c));
         }
-        for (origin, der) in certs {
-            if self.tree.get(cert_key(origin))?.as_deref() != Some(der.as_slice()) {
-                batch.insert(cert_key(origin), der.clone());
+        for der in certs {
+            let key = cert_key(&signed::cert_hash(der));
+            if !self.tree.contains_key(&key)? {
+                batch.insert(key, der.clone());
             }
         }
         self.tree.apply_batch(batch)?;
         Ok(())
     }
 
-    /// The member certificate (DER) of `origin` learned from pages, if any.
-    pub fn member_cert(&self, origin: &Uuid) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(cert_key(origin))?.map(|v| v.to_vec()))
+    /// The member certificate (DER) whose SHA-256 is `hash`, if held here.
+    pub fn member_cert(&self, hash: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(cert_key(hash))?.map(|v| v.to_vec()))
+    }
+
+    /// Keeps a member certificate (this laptop's own, once it signed a commit with it).
+    pub fn put_member_cert(&self, der: &[u8]) -> Result<(), StoreError> {
+        let key = cert_key(&signed::cert_hash(der));
+        if !self.tree.contains_key(&key)? {
+            self.tree.insert(key, der)?;
+        }
+        Ok(())
     }
 }
 

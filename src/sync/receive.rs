@@ -94,9 +94,8 @@ pub fn receive_page(
     let mut changes = protocol::decode_changes(page).map_err(ReceiveError::Refused)?;
     check_future_stamps(&changes, wall_millis()).map_err(ReceiveError::Refused)?;
     // Signatures first, on the page as it was sent (its proofs cover exactly those records).
-    let (forged, learned) =
-        super::signed::check(transport, store.id(), page.proofs.as_deref(), &mut changes)
-            .map_err(ReceiveError::Refused)?;
+    let (forged, learned) = super::signed::check(transport, page.proofs.as_deref(), &mut changes)
+        .map_err(ReceiveError::Refused)?;
     let admitted = admit(store, transport, &mut changes);
     let quarantined = admitted.quarantined + forged;
     if !learned.0.is_empty() || !learned.1.is_empty() {

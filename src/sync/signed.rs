@@ -176,6 +176,9 @@ pub fn proofs_with(
             c.sig = identity
                 .sign(&msg)
                 .map_err(|e| StoreError::Decode(format!("signing a commit: {e}")))?;
+            let der = identity.cert_der();
+            c.cert = signed::cert_hash(&der).to_vec();
+            store.put_member_cert(&der)?;
             store.put_commit(&c)?;
         }
         let index = c.index();
@@ -211,8 +214,8 @@ pub fn proofs_with(
             continue;
         };
         let extra_idx: Vec<u32> = extra.iter().map(|e| e.0).collect();
-        if !origins.contains(&c.origin) {
-            origins.push(c.origin);
+        if !origins.contains(&c.cert) {
+            origins.push(c.cert.clone());
         }
         out.commits.push(CommitProof {
             origin: c.origin,
@@ -227,13 +230,9 @@ pub fn proofs_with(
             extra: ByteBuf(extra.iter().flat_map(|e| e.1).collect()),
         });
     }
-    for o in origins {
-        let der = if o == me {
-            Some(identity.cert_der())
-        } else {
-            store.member_cert(&o)?
-        };
-        if let Some(der) = der {
+    // The certificate that signed each commit (an instance enrolled again has several).
+    for hash in origins {
+        if let Some(der) = store.member_cert(&hash)? {
             out.certs.push(ByteBuf(der));
         }
     }
@@ -339,7 +338,7 @@ pub fn decode(proofs: &str) -> Result<Proofs, ProtocolError> {
 /// What [`check`] learned from a page, to store before the page's records.
 pub type Learned = (
     Vec<(StoredCommit, Vec<(u32, Hash)>, Vec<(u32, u32, Hash)>)>,
-    Vec<(Uuid, Vec<u8>)>,
+    Vec<Vec<u8>>,
 );
 
 /// Checks every record of `changes` against the page's proofs (see the module doc), drops and
@@ -347,7 +346,6 @@ pub type Learned = (
 /// A proofs section that does not decode refuses the whole page.
 pub fn check(
     transport: &Transport,
-    me: Uuid,
     proofs: Option<&str>,
     changes: &mut Vec<RemoteChange>,
 ) -> Result<(usize, Learned), ProtocolError> {
@@ -358,35 +356,32 @@ pub fn check(
         Some(s) => decode(s)?,
         None => Proofs::default(),
     };
-    let mut keys: HashMap<Uuid, (Vec<u8>, Vec<u8>)> = HashMap::new();
-    for der in &p.certs {
+    // Per instance, the keys of its certificates in the page (one laptop enrolled again has
+    // several): (public key, index into `p.certs`).
+    let mut keys: HashMap<Uuid, Vec<(Vec<u8>, usize)>> = HashMap::new();
+    for (i, der) in p.certs.iter().enumerate() {
         match identity.member_key(&der.0) {
-            Ok((id, key)) => {
-                keys.insert(id, (key, der.0.clone()));
-            }
+            Ok((id, key)) => keys.entry(id).or_default().push((key, i)),
             Err(e) => warn!(error = %e, "a page carries a certificate that is not a member's"),
         }
     }
-    // Which commits carry a valid signature.
-    let signed_ok: Vec<bool> = p
+    // Which commits carry a valid signature, and by which certificate.
+    let signed_by: Vec<Option<usize>> = p
         .commits
         .iter()
         .map(|c| {
-            let Some((key, _)) = keys.get(&c.origin) else {
-                return false;
-            };
-            let Ok(root): Result<Hash, _> = c.root.0.as_slice().try_into() else {
-                return false;
-            };
-            c.n > 0
-                && c.lo <= c.hi
-                && crate::tls::verify_signature(
-                    key,
-                    &signed::signed_message(&c.origin, c.lo, c.hi, c.n, &root),
-                    &c.sig.0,
-                )
+            let root: Hash = c.root.0.as_slice().try_into().ok()?;
+            if c.n == 0 || c.lo > c.hi {
+                return None;
+            }
+            let msg = signed::signed_message(&c.origin, c.lo, c.hi, c.n, &root);
+            keys.get(&c.origin)?
+                .iter()
+                .find(|(key, _)| crate::tls::verify_signature(key, &msg, &c.sig.0))
+                .map(|(_, i)| *i)
         })
         .collect();
+    let signed_ok: Vec<bool> = signed_by.iter().map(Option::is_some).collect();
     let mut by_origin: HashMap<Uuid, Vec<usize>> = HashMap::new();
     for (i, c) in p.commits.iter().enumerate() {
         by_origin.entry(c.origin).or_default().push(i);
@@ -475,8 +470,9 @@ pub fn check(
             }
             continue;
         }
-        if c.origin != me && !origins.contains(&c.origin) {
-            origins.push(c.origin);
+        let cert = signed_by[i].expect("only signed commits get here");
+        if !origins.contains(&cert) {
+            origins.push(cert);
         }
         proved.extend(present.iter().map(|p| p.1));
         learned.push((
@@ -487,6 +483,7 @@ pub fn check(
                 n: c.n,
                 root: c.root.0.clone(),
                 sig: c.sig.0.clone(),
+                cert: signed::cert_hash(&p.certs[signed_by[i].expect("signed")].0).to_vec(),
                 leaves: Vec::new(),
                 nodes: Vec::new(),
             },
@@ -529,9 +526,6 @@ pub fn check(
              kept, marked approximate"
         );
     }
-    let certs = origins
-        .into_iter()
-        .filter_map(|o| keys.get(&o).map(|(_, der)| (o, der.clone())))
-        .collect();
+    let certs = origins.into_iter().map(|i| p.certs[i].0.clone()).collect();
     Ok((bad.len(), (learned, certs)))
 }
