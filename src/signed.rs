@@ -33,6 +33,9 @@ use uuid::Uuid;
 /// A SHA-256 hash.
 pub type Hash = [u8; 32];
 
+/// A subtree of a commit's tree: (first leaf, end leaf, hash).
+pub type Subtree = (u32, u32, Hash);
+
 /// Where a leaf sorts in its commit: stamp ts, table, id, kind, field. Each local edit has its
 /// own ts, so this is a total order that the receiver can rebuild from the data it holds.
 pub type LeafKey = (u64, String, Uuid, u8, String);
@@ -176,13 +179,13 @@ pub fn prove(
     n: u32,
     present: &[u32],
     hash_of: &mut dyn FnMut(u32, u32) -> Option<Hash>,
-) -> Option<Vec<(u32, u32, Hash)>> {
+) -> Option<Vec<Subtree>> {
     fn go(
         a: u32,
         b: u32,
         present: &[u32],
         hash_of: &mut dyn FnMut(u32, u32) -> Option<Hash>,
-        out: &mut Vec<(u32, u32, Hash)>,
+        out: &mut Vec<Subtree>,
     ) -> Option<()> {
         if present.is_empty() {
             out.push((a, b, hash_of(a, b)?));
@@ -207,17 +210,13 @@ pub fn prove(
 /// Recomputes the root of a tree of `n` leaves from the leaves present (index, hash; strictly
 /// increasing indices below `n`) and a proof's hashes in [`prove`]'s order. Returns the root
 /// and the subtrees the proof supplied (`a`, `b`, hash), or `None` if the proof does not fit.
-pub fn root_of(
-    n: u32,
-    present: &[(u32, Hash)],
-    proof: &[Hash],
-) -> Option<(Hash, Vec<(u32, u32, Hash)>)> {
+pub fn root_of(n: u32, present: &[(u32, Hash)], proof: &[Hash]) -> Option<(Hash, Vec<Subtree>)> {
     fn go(
         a: u32,
         b: u32,
         present: &[(u32, Hash)],
         proof: &mut std::slice::Iter<'_, Hash>,
-        used: &mut Vec<(u32, u32, Hash)>,
+        used: &mut Vec<Subtree>,
     ) -> Option<Hash> {
         if present.is_empty() {
             let h = *proof.next()?;
@@ -273,10 +272,12 @@ pub fn subtree_hash(
 pub mod serde_bytes {
     use serde::{Deserializer, Serializer};
 
+    /// Writes the bytes as one binary.
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(v)
     }
 
+    /// Reads a binary (or, leniently, an array of integers).
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {

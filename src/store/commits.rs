@@ -19,6 +19,10 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 pub(crate) const COMMIT: u8 = b'K';
+
+/// What a verified page taught about one commit: its header (with signature and certificate
+/// hash), leaves at their indices, and subtree hashes from the range proof.
+pub type LearnedCommit = (StoredCommit, Vec<(u32, Hash)>, Vec<signed::Subtree>);
 pub(crate) const CERT: u8 = b'W';
 
 /// One commit as this store knows it.
@@ -162,7 +166,7 @@ impl Store {
     /// batch: headers new here are stored, known leaves and subtrees added.
     pub fn learn_commits(
         &self,
-        learned: &[(StoredCommit, Vec<(u32, Hash)>, Vec<(u32, u32, Hash)>)],
+        learned: &[LearnedCommit],
         certs: &[Vec<u8>],
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();

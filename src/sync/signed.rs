@@ -336,10 +336,7 @@ pub fn decode(proofs: &str) -> Result<Proofs, ProtocolError> {
 }
 
 /// What [`check`] learned from a page, to store before the page's records.
-pub type Learned = (
-    Vec<(StoredCommit, Vec<(u32, Hash)>, Vec<(u32, u32, Hash)>)>,
-    Vec<Vec<u8>>,
-);
+pub type Learned = (Vec<crate::store::commits::LearnedCommit>, Vec<Vec<u8>>);
 
 /// Checks every record of `changes` against the page's proofs (see the module doc), drops and
 /// logs the records that fail, and returns how many were dropped and what the page taught.
