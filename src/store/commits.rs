@@ -181,12 +181,16 @@ impl Store {
                 // the first.
                 continue;
             }
+            let before = c.clone();
             if c.sig.is_empty() {
                 c.sig = header.sig.clone();
                 c.cert = header.cert.clone();
             }
             c.learn(leaves, nodes);
-            batch.insert(key, encode(&c));
+            // Own writes coming back, or a page already learned: nothing to rewrite.
+            if c != before || self.tree.get(&key)?.is_none() {
+                batch.insert(key, encode(&c));
+            }
         }
         for der in certs {
             let key = cert_key(&signed::cert_hash(der));
