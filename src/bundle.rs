@@ -13,7 +13,7 @@
 //! | offset         | size | field                                                          |
 //! |----------------|------|----------------------------------------------------------------|
 //! | 0              | 8    | magic `FSBUNDLE`                                               |
-//! | 8              | 2    | format version (`1`)                                           |
+//! | 8              | 2    | format version (`2`; `1` had no proofs and is refused)         |
 //! | 10             | 4    | `H`: header length                                             |
 //! | 14             | H    | header: JSON object, [`Header`] (plaintext)                    |
 //! | 14+H           | ...  | `pages` times: `u32` length `L`, then `L` bytes of ciphertext   |
@@ -22,8 +22,10 @@
 //! | 16+H+B         | S    | ECDSA P-256 SHA-256 (ASN.1 DER) signature by the writer's      |
 //! |                |      | credential over bytes `0 .. 14+H+B`                            |
 //!
-//! A page's plaintext: `since` u64, `next` u64, `more` u8 (0/1), `count` u32, then the page body
-//! exactly as `msgpack+zstd` carries it on the wire, unencoded (zstd of `protocol::pack`).
+//! A page's plaintext: `since` u64, `next` u64, `more` u8 (0/1), `count` u32, `P` u32, then `P`
+//! bytes of the page's proofs (the wire's `proofs` string base64-decoded: zstd of MessagePack,
+//! see `sync::signed`; `P` = 0 for none), then the page body exactly as `msgpack+zstd` carries
+//! it on the wire, unencoded (zstd of `protocol::pack`).
 //!
 //! Encryption: the credential's deployment bundle key `K` ([`Credential::bundle_key`], HKDF of
 //! the CA key, same on every member) and the header's random 32-byte `salt` give the bundle's
@@ -45,7 +47,7 @@ use uuid::Uuid;
 /// First 8 bytes of every bundle.
 pub const MAGIC: &[u8; 8] = b"FSBUNDLE";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// The header's `kind`.
 pub const KIND: &str = "fieldsync-bundle";
 /// The only page cipher.
@@ -156,29 +158,36 @@ pub struct PageData {
     pub count: u32,
     /// The page body: zstd of `protocol::pack`.
     pub body: Vec<u8>,
+    /// The page's proofs (`Page::proofs` base64-decoded); empty for none.
+    pub proofs: Vec<u8>,
 }
 
 impl PageData {
     fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(21 + self.body.len() + 16);
+        let mut out = Vec::with_capacity(25 + self.proofs.len() + self.body.len() + 16);
         out.extend_from_slice(&self.since.to_be_bytes());
         out.extend_from_slice(&self.next.to_be_bytes());
         out.push(u8::from(self.more));
         out.extend_from_slice(&self.count.to_be_bytes());
+        out.extend_from_slice(&(self.proofs.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.proofs);
         out.extend_from_slice(&self.body);
         out
     }
 
     fn from_bytes(b: &[u8]) -> Option<PageData> {
-        if b.len() < 21 {
+        if b.len() < 25 {
             return None;
         }
+        let p = u32::from_be_bytes(b[21..25].try_into().ok()?) as usize;
+        let end = 25usize.checked_add(p).filter(|e| *e <= b.len())?;
         Some(PageData {
             since: u64::from_be_bytes(b[0..8].try_into().ok()?),
             next: u64::from_be_bytes(b[8..16].try_into().ok()?),
             more: b[16] != 0,
             count: u32::from_be_bytes(b[17..21].try_into().ok()?),
-            body: b[21..].to_vec(),
+            proofs: b[25..end].to_vec(),
+            body: b[end..].to_vec(),
         })
     }
 }
@@ -243,7 +252,7 @@ pub fn seal(
     // Each page: 4-byte length, plaintext, 16-byte tag.
     header.body_bytes = pages
         .iter()
-        .map(|p| 4 + 21 + p.body.len() as u64 + 16)
+        .map(|p| 4 + 25 + p.proofs.len() as u64 + p.body.len() as u64 + 16)
         .sum();
     let head_json = serde_json::to_vec(&header).expect("plain struct");
     let mut out = Vec::with_capacity(PREFIX + head_json.len() + header.body_bytes as usize + 80);

@@ -51,6 +51,7 @@ fn page_of(encoding: &str, data: Value, count: u32) -> Page {
         count,
         encoding: encoding.to_string(),
         data,
+        proofs: None,
     }
 }
 

@@ -71,6 +71,7 @@ pub mod presence;
 pub mod progress;
 pub mod protocol;
 pub mod repair;
+pub mod signed;
 pub mod store;
 pub mod sync;
 pub mod tls;

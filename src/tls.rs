@@ -165,6 +165,56 @@ impl Identity {
     }
 }
 
+/// Signatures of commits (`crate::signed`): the member credential's key (ECDSA P-256, which the
+/// CA certified at enrolment) signs, fixed-size 64-byte signatures (r ‖ s).
+impl Identity {
+    /// This laptop's member certificate (DER), sent with its signed commits.
+    pub fn cert_der(&self) -> Vec<u8> {
+        self.chain.first().map(|c| c.to_vec()).unwrap_or_default()
+    }
+
+    /// Signs `msg` with the credential key (ECDSA P-256 SHA-256, 64 bytes).
+    pub fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, MeshError> {
+        use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let PrivateKeyDer::Pkcs8(p8) = &self.key else {
+            return Err(MeshError::Cert(
+                "the credential key is not a PKCS#8 key".into(),
+            ));
+        };
+        let rng = ring::rand::SystemRandom::new();
+        let kp = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            p8.secret_pkcs8_der(),
+            &rng,
+        )
+        .map_err(bad)?;
+        Ok(kp.sign(&rng, msg).map_err(bad)?.as_ref().to_vec())
+    }
+
+    /// Checks that `der` is a member certificate of this deployment (as [`Self::verify_member`])
+    /// and returns its instance and public key (uncompressed P-256 point).
+    pub fn member_key(&self, der: &[u8]) -> Result<(Uuid, Vec<u8>), MeshError> {
+        let cert = CertificateDer::from(der.to_vec());
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(bad)?;
+        verifier
+            .verify_client_cert(&cert, &[], UnixTime::now())
+            .map_err(bad)?;
+        let id = mesh::instance_of_der(&cert)
+            .ok_or_else(|| MeshError::Cert("certificate names no fieldsync instance".into()))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(der).map_err(bad)?;
+        Ok((id, parsed.public_key().subject_public_key.data.to_vec()))
+    }
+}
+
+/// True if `sig` is `key`'s ECDSA P-256 SHA-256 fixed-size signature of `msg`.
+pub fn verify_signature(key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, key)
+        .verify(msg, sig)
+        .is_ok()
+}
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

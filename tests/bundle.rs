@@ -266,7 +266,7 @@ fn bundle_show_describes_a_bundle_without_applying_it() {
     assert_eq!(v["for"], ic.as_str(), "{v}");
     assert_eq!(v["records"], 4, "{v}");
     assert_eq!(v["readable_here"], true, "{v}");
-    assert_eq!(v["format"], 1, "{v}");
+    assert_eq!(v["format"], 2, "{v}");
     assert!(v["knowledge"][&ia].as_u64().unwrap() > 0, "{v}");
     assert_eq!(live_count(&c, "person"), 0, "show applies nothing");
     // The record contents are not in the file in the clear.

@@ -162,6 +162,7 @@ fn seed_pages() -> Vec<(String, Vec<u8>)> {
                 count: n as u32,
                 encoding: enc.into(),
                 data: encode_changes(chs, enc).unwrap(),
+                proofs: None,
             };
             out.push((
                 format!("seed-page-{enc}-{n}"),
@@ -208,6 +209,7 @@ fn regression_pages() -> Vec<(String, Vec<u8>)> {
             count: 1,
             encoding: ENC_JSON.into(),
             data: encode_changes(changes, ENC_JSON).unwrap(),
+            proofs: None,
         };
         serde_json::to_vec(&page).unwrap()
     };

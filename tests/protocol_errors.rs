@@ -466,7 +466,7 @@ fn sync_relays_a_peer_refusing_our_protocol_version() {
         let req: Value = serde_json::from_str(body).unwrap_or_default();
         http_json(&json!({"jsonrpc": "2.0", "id": req["id"], "error": {
             "code": 1001,
-            "message": "incompatible protocol version: peer speaks 1..=1, this instance speaks 2..=3",
+            "message": "incompatible protocol version: peer speaks 1..=1, this instance speaks 4..=4",
         }}))
     });
     let out = run(&a, &["sync", "--insecure-plaintext", peer.addr()]);

@@ -93,6 +93,8 @@ fn push(from: &str, changes: &[RemoteChange], encoding: &str) -> Value {
             count: changes.len() as u32,
             encoding: encoding.into(),
             data: protocol::encode_changes(changes, encoding).unwrap(),
+            // Signed as the sender could: its own writes only.
+            proofs: sign_as(from, changes),
         },
         knowledge: None,
     })

@@ -360,6 +360,7 @@ fn page_of(from: &Store, since: u64, next: u64) -> Page {
         count: changes.len() as u32,
         data: fieldsync::protocol::encode_changes(&changes, ENC_JSON).unwrap(),
         encoding: ENC_JSON.into(),
+        proofs: None,
     }
 }
 

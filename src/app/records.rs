@@ -601,6 +601,7 @@ pub fn history_json(e: &HistoryEntry) -> Value {
 }
 
 /// What `history` says of a revision an older version rebuilt (see `Revision::reconstructed`).
-pub const RECONSTRUCTED_NOTE: &str = "reconstructed by a fieldsync older than protocol 2 from a \
-     merged state, not copied from the laptop that made it: its old values may be wrong and \
-     edits in between may be missing";
+pub const RECONSTRUCTED_NOTE: &str = "not verified: reconstructed by a fieldsync older than \
+     protocol 2 from a merged state, or received without a commit signed by the laptop it names \
+     (made before that laptop signed its writes, or made up by the sender): its values may be \
+     wrong and edits in between may be missing";

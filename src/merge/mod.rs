@@ -115,8 +115,9 @@ pub struct Revision {
     pub cause: Cause,
     /// True for a revision that a fieldsync older than protocol 2 rebuilt from a merged state
     /// instead of receiving it from its maker: its grouping and old values may be invented or
-    /// incomplete. Set by the store-format migration 1 → 2 (`store/legacy.rs`) and kept as the
-    /// revision travels, so no laptop presents it as exact. Last, with a default, and left out
+    /// incomplete. Set by the store-format migration 1 → 2 (`store/legacy.rs`), and on receipt
+    /// for a revision whose writes the page's signed commits do not prove (`sync/signed.rs`),
+    /// and kept as the revision travels, so no laptop presents it as exact. Last, with a default, and left out
     /// when false, so exact revisions encode exactly as before (wire and disk).
     #[serde(rename = "reconstructed", default, skip_serializing_if = "is_false")]
     pub reconstructed: bool,

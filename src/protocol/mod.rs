@@ -21,14 +21,16 @@ use uuid::Uuid;
 /// The protocol version this build speaks (2: `hello` carries the incarnation; pages
 /// carry the revisions the receiver lacks; 3: `fieldsync_reconcile` and `fieldsync_fetch`,
 /// range-based set reconciliation for `verify` and anti-entropy; 4: `hello` and its reply
-/// leave out a knowledge vector the other side already holds, named by its hash).
+/// leave out a knowledge vector the other side already holds, named by its hash, and pages
+/// carry `proofs`, signed commits that attribute every write to the instance that made it).
 pub const PROTOCOL_VERSION: u32 = 4;
 /// The oldest version that answers `fieldsync_reconcile` and `fieldsync_fetch`: `verify` and
 /// anti-entropy refuse a peer below it (sessions still run from [`MIN_PROTOCOL_VERSION`]).
 pub const RECONCILE_PROTOCOL_VERSION: u32 = 3;
 /// The oldest protocol version this build still speaks. Version 1 peers cannot tell a
 /// restored laptop from the one it replaced; versions 2 and 3 read a hello without knowledge
-/// as "knows nothing" (they would be sent everything again), so all of them are refused.
+/// as "knows nothing" and send no proofs (every write they relay would be quarantined), so
+/// all of them are refused.
 pub const MIN_PROTOCOL_VERSION: u32 = 4;
 
 /// Method: exchange identities, versions, positions and knowledge.
@@ -264,6 +266,11 @@ pub struct Page {
     pub encoding: String,
     /// The changes: a JSON array for `json`, a base64 string for `msgpack+zstd`.
     pub data: serde_json::Value,
+    /// From protocol 4, within a deployment: the signed commits and range proofs that attribute
+    /// every write in `data` to the instance that made it (base64 of zstd of MessagePack; see
+    /// `sync::signed` and docs/PROTOCOL.md). Absent over plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proofs: Option<String>,
 }
 
 /// `fieldsync_push` params.
@@ -562,6 +569,7 @@ mod tests {
                 count: 1,
                 encoding: enc.into(),
                 data: encode_changes(&ch, enc).unwrap(),
+                proofs: None,
             };
             assert_eq!(decode_changes(&page).unwrap(), ch, "{enc}");
         }
@@ -576,6 +584,7 @@ mod tests {
             count: 2,
             encoding: ENC_JSON.into(),
             data: encode_changes(&sample(), ENC_JSON).unwrap(),
+            proofs: None,
         };
         assert!(decode_changes(&page)
             .unwrap_err()

@@ -220,7 +220,10 @@ mod tests {
             "{j}"
         );
         let d = crate::cli::records::history_diff(merged);
-        assert!(d.contains("approximate: reconstructed"), "{d}");
+        assert!(
+            d.contains("approximate: not verified: reconstructed"),
+            "{d}"
+        );
 
         // The creation is rebuilt from that entry, so it is marked too.
         assert_eq!(h[0].revision.kind, RevisionKind::Create);

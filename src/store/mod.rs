@@ -5,6 +5,7 @@
 //! The merge decisions themselves are made by [`crate::merge`]; this module only loads,
 //! persists and indexes.
 
+pub mod commits;
 pub mod fingerprint;
 mod group;
 mod held;

@@ -31,7 +31,8 @@ use std::path::{Path, PathBuf};
 /// | 2      | history entries rebuilt before protocol 2 are marked `reconstructed` (`legacy.rs`) |
 /// | 3      | range fingerprints: the `Z` entries of `fingerprint.rs` (`migrate_add_fingerprints`) |
 /// | 4      | record values (`R`) are written zstd-compressed (`write::encode_record`); plain ones stay readable |
-pub const FORMAT_VERSION: u32 = 4;
+/// | 5      | signed commits: the `K`/`W` entries of `commits.rs`; a legacy commit over the own writes (`migrate_legacy_commit`) |
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Where files taken out of `db/` go, inside the data directory.
 pub const MOVED_ASIDE_DIR: &str = "moved-aside";
@@ -48,6 +49,7 @@ pub(crate) const MIGRATIONS: &[(u32, Migration)] = &[
     (1, super::legacy::migrate_1_to_2),
     (2, super::fingerprint::migrate_add_fingerprints),
     (3, records_compressed_from_now_on),
+    (4, super::commits::migrate_legacy_commit),
 ];
 
 /// Format 3 to 4: nothing to rewrite. Records written from now on are compressed and the plain

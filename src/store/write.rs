@@ -48,6 +48,9 @@ pub(super) struct Batch<'a> {
     pub(super) now: DateTime<Utc>,
     wall: u64,
     started: std::time::Instant,
+    /// The leaves of this batch's local edits: written as one commit of this instance with
+    /// the batch (`commits.rs`).
+    leaves: Vec<(crate::signed::LeafKey, crate::signed::Hash)>,
 }
 
 /// What to persist for one record.
@@ -86,6 +89,7 @@ impl Store {
             now: Utc::now(),
             wall: wall_millis(),
             started: std::time::Instant::now(),
+            leaves: Vec::new(),
         };
         (guard, batch)
     }
@@ -112,6 +116,12 @@ impl Store {
         b.txn.put(keys::meta("own_last"), encode(&b.w.own_last));
         b.txn.put(keys::meta("holdings"), encode(&b.w.holdings));
         b.txn.put(keys::meta("lineage"), encode(&b.w.lineage));
+        if let Some(c) =
+            super::commits::StoredCommit::build(self.id(), u64::MAX, std::mem::take(&mut b.leaves))
+        {
+            b.txn
+                .put(super::commits::commit_key(&c.origin, c.hi), encode(&c));
+        }
         let t = std::time::Instant::now();
         let writes = b.txn.len();
         b.txn.commit()?;
@@ -508,6 +518,9 @@ impl Batch<'_> {
         };
         check_fields(&out.state.live_fields())?;
         self.w.own_last = self.w.own_last.max(at.ts);
+        self.leaves.extend(crate::signed::leaves_of_edit(
+            &op.table, &op.id, &out.state, &at,
+        ));
         self.persist(Persist {
             table: &op.table,
             id: op.id,
@@ -635,7 +648,9 @@ impl Batch<'_> {
                             source: p.source,
                             applied_at: self.now,
                         });
-                        if creates == 1 {
+                        // A creation marked not exact is stored whole: the marker would lose
+                        // the mark.
+                        if creates == 1 && !revision.reconstructed {
                             continue;
                         }
                     }

@@ -48,6 +48,8 @@ pub fn write(
     target: &BundleTarget,
 ) -> Result<Vec<u8>, BundleError> {
     let me = store.instance();
+    let identity = crate::tls::Identity::from_credential(cred)
+        .map_err(|e| BundleError::Credential(format!("this laptop's credential: {e}")))?;
     let pos = store.position().map_err(store_err)?;
     let (known, target_name) = match target.instance {
         Some(id) => match store.peer(&id).map_err(store_err)? {
@@ -70,12 +72,17 @@ pub fn write(
             .map_err(|e| BundleError::Io(format!("encoding a page: {e}")))?;
         let body = zstd::bulk::compress(&raw, bundle::ZSTD_LEVEL)
             .map_err(|e| BundleError::Io(format!("compressing a page: {e}")))?;
+        let proofs =
+            super::signed::proofs_with(store, &identity, &out.changes).map_err(store_err)?;
         pages.push(PageData {
             since,
             next: out.next,
             more: out.more,
             count: out.changes.len() as u32,
             body,
+            proofs: base64::engine::general_purpose::STANDARD
+                .decode(proofs)
+                .map_err(|e| BundleError::Io(format!("encoding a page's proofs: {e}")))?,
         });
         if !out.more || out.next <= since {
             since = out.next;
@@ -266,6 +273,8 @@ fn apply_page(
         count: p.count,
         encoding: ENC_ZSTD.into(),
         data: serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(&p.body)),
+        proofs: (!p.proofs.is_empty())
+            .then(|| base64::engine::general_purpose::STANDARD.encode(&p.proofs)),
     };
     let knowledge = valid.then_some(&h.knowledge);
     let got = receive_page(store, transport, h.writer.instance, &page, knowledge, valid).map_err(

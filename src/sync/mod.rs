@@ -26,6 +26,7 @@ pub mod told;
 pub mod verify;
 
 pub use admit::admit;
+pub mod signed;
 pub use peer::{ClientCache, Peer, RpcPeer};
 pub use receive::{identity_problems, IdentityProblem, DUPLICATE_FIX};
 pub use reconcile::{anti_entropy, anti_entropy_with, AntiEntropyReport, TableDiff};

@@ -93,7 +93,17 @@ pub fn receive_page(
 ) -> Result<Received, ReceiveError> {
     let mut changes = protocol::decode_changes(page).map_err(ReceiveError::Refused)?;
     check_future_stamps(&changes, wall_millis()).map_err(ReceiveError::Refused)?;
+    // Signatures first, on the page as it was sent (its proofs cover exactly those records).
+    let (forged, learned) = super::signed::check(transport, page.proofs.as_deref(), &mut changes)
+        .map_err(ReceiveError::Refused)?;
     let admitted = admit(store, transport, &mut changes);
+    let quarantined = admitted.quarantined + forged;
+    if !learned.0.is_empty() || !learned.1.is_empty() {
+        // Before the records: a laptop never holds a write it could not prove onwards.
+        store
+            .learn_commits(&learned.0, &learned.1)
+            .map_err(CommitError::Store)?;
+    }
     let bounded = match knowledge {
         Some(k) if !page.more => Some(bound_knowledge(store, from, k, &changes)?),
         _ => None,
@@ -107,18 +117,18 @@ pub fn receive_page(
         knowledge: bounded.as_ref(),
         ends_session,
     })?;
-    if admitted.quarantined > 0 {
+    if quarantined > 0 {
         // Bookkeeping after the page: losing it in a crash loses a count, not data.
         store
             .update_peer(&from, |row| {
-                row.quarantined += admitted.quarantined as u64;
+                row.quarantined += quarantined as u64;
             })
             .map_err(CommitError::Store)?;
     }
     Ok(Received {
         committed,
         records: changes.len() as u64,
-        quarantined: admitted.quarantined as u64,
+        quarantined: quarantined as u64,
     })
 }
 

@@ -394,26 +394,28 @@ pub async fn anti_entropy<P: Peer>(
             report.applied += got.committed.stats.applied;
 
             let (table, ids) = (d.table.clone(), chunk.to_vec());
-            let ours = blocking(store, move |s| {
+            let t = transport.clone();
+            let (ours, proofs) = blocking(store, move |s| {
                 let mut out = Vec::new();
                 for id in &ids {
                     if let Some(c) = s.outgoing_change(&table, id, &Default::default())? {
                         out.push(c);
                     }
                 }
-                Ok(out)
+                let proofs = super::signed::proofs_for(s, &t, &out)?;
+                Ok((out, proofs))
             })
             .await?;
             if ours.is_empty() {
                 continue;
             }
-            let sent = push(peer, me, &ours, &reply.encoding, true, label).await?;
+            let sent = push(peer, me, &ours, proofs, &reply.encoding, true, label).await?;
             report.pushed += ours.len() as u64;
             report.applied_there += sent;
         }
     }
     // The hello began an inbound exchange on the peer; an empty last push ends it.
-    push(peer, me, &[], &reply.encoding, false, label).await?;
+    push(peer, me, &[], None, &reply.encoding, false, label).await?;
     Ok(report)
 }
 
@@ -423,11 +425,13 @@ async fn push<P: Peer>(
     peer: &P,
     me: Uuid,
     changes: &[crate::change::RemoteChange],
+    proofs: Option<String>,
     encoding: &str,
     more: bool,
     label: &str,
 ) -> Result<u64, SyncError> {
     let page = Page {
+        proofs,
         since: 0,
         next: 0,
         more,

@@ -318,6 +318,8 @@ impl SyncService for Responder {
             count: out.changes.len() as u32,
             data: protocol::encode_changes(&out.changes, &r.encoding)?,
             encoding: r.encoding,
+            proofs: super::signed::proofs_for(&self.store, &self.transport, &out.changes)
+                .map_err(|e| store_refusal(&e))?,
         };
         self.show(&r.from, |s| {
             // Asking from `since` says the peer has our feed up to there.
@@ -476,6 +478,8 @@ impl SyncService for Responder {
             count: changes.len() as u32,
             data: protocol::encode_changes(&changes, &r.encoding)?,
             encoding: r.encoding,
+            proofs: super::signed::proofs_for(&self.store, &self.transport, &changes)
+                .map_err(|e| store_refusal(&e))?,
         })
     }
 }

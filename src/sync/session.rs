@@ -186,9 +186,12 @@ pub async fn run_tracked<P: Peer>(
             opts.page_bytes,
         );
         let (pid, encoding) = (info.instance, reply.encoding.clone());
+        let transport = opts.transport.clone();
         blocking(store, move |s| {
             let out = s.outgoing(since, limit, bytes, &k, &sk, Some(pid))?;
-            let page = page_of(since, out.next, out.more, &out.changes, &encoding);
+            let proofs = super::signed::proofs_for(s, &transport, &out.changes)?;
+            let page = page_of(since, out.next, out.more, &out.changes, &encoding)
+                .map(|p| Page { proofs, ..p });
             Ok((out, page))
         })
     };
@@ -266,5 +269,6 @@ fn page_of(
         count: changes.len() as u32,
         data: protocol::encode_changes(changes, encoding).map_err(SyncError::Peer)?,
         encoding: encoding.to_string(),
+        proofs: None,
     })
 }

@@ -18,6 +18,26 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Credential files of the laptops enrolled in this test process, by instance id, so that a
+/// crafted page can be signed the way its sender could sign it ([`sign_as`]).
+static ENROLLED: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+
+/// Proofs (`Page::proofs`) for `changes` as member `instance` can make them: a commit over the
+/// writes stamped by that instance, signed with its credential key. Writes stamped by anyone
+/// else get no proof (a member cannot sign for them). `None` for an instance not enrolled here.
+pub fn sign_as(instance: &str, changes: &[fieldsync::store::RemoteChange]) -> Option<String> {
+    let path = ENROLLED
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(id, _)| id == instance)
+        .map(|(_, p)| p.clone())?;
+    let cred: fieldsync::mesh::Credential =
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let identity = fieldsync::tls::Identity::from_credential(&cred).ok()?;
+    fieldsync::sync::signed::sign_own(&identity, changes).ok()
+}
+
 /// How long one CLI command may take before the test gives up on it.
 pub const CMD_LIMIT: Duration = Duration::from_secs(60);
 
@@ -242,6 +262,7 @@ impl Node {
             &id,
         ]);
         node.ok(&["init", "--mesh", cred.to_str().unwrap()]);
+        ENROLLED.lock().unwrap().push((id, cred));
         node
     }
 
