@@ -1049,3 +1049,29 @@ fn eight_concurrent_writers_are_acknowledged_readable_and_survive_kill_9() {
     }
     assert!(stored.len() <= WRITERS * PER_WRITER);
 }
+
+/// An application keeps its token: after a clean stop (api.json goes) and a restart, the token it
+/// read before is still the one the agent accepts; it is also in api.token (0600) meanwhile.
+#[test]
+fn the_token_an_app_read_survives_a_clean_stop_and_restart() {
+    let (_tmp, dir) = new_root();
+    let (mut a, before) = agent(&dir);
+    assert_eq!(before.get("/v1/status").status, 200);
+    a.stop();
+    assert!(!dir.join("api.json").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let kept = std::fs::read_to_string(dir.join("api.token")).expect("api.token kept");
+    assert_eq!(kept.trim(), before.token);
+    let mode = std::fs::metadata(dir.join("api.token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (_a, after) = agent(&dir);
+    assert_eq!(after.token, before.token, "the same token after a restart");
+    let old = Api {
+        addr: after.addr.clone(),
+        token: before.token.clone(),
+    };
+    assert_eq!(old.get("/v1/status").status, 200);
+}

@@ -11,8 +11,7 @@ mod helpers;
 
 use fieldsync::clock::{ts_from_millis, wall_millis, Hlc};
 use fieldsync::mesh::CaFile;
-use fieldsync::model::{FieldState, RecordState};
-use fieldsync::protocol::{self, Hello, Page, PeerInfo, PushRequest, ENC_JSON, ENC_ZSTD};
+use fieldsync::protocol::{self, Page, PushRequest, ENC_JSON, ENC_ZSTD};
 use fieldsync::store::RemoteChange;
 use helpers::*;
 use serde_json::{json, Value};
@@ -22,64 +21,17 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 fn hello(instance: &str) -> Value {
-    serde_json::to_value(Hello {
-        protocol_min: protocol::MIN_PROTOCOL_VERSION,
-        protocol_max: protocol::PROTOCOL_VERSION,
-        peer: PeerInfo {
-            instance: instance.parse().unwrap(),
-            name: "crafted".into(),
-            ..Default::default()
-        },
-        clock_ms: wall_millis(),
-        head: 1,
-        knowledge: Default::default(),
-        knowledge_hash: None,
-        peer_knowledge_hash: None,
-        received_upto: None,
-        encodings: vec![ENC_JSON.into()],
-        local_only: vec![],
-        tables: vec!["person".into()],
-        // One crafted incarnation per instance, so repeated crafted hellos are one data
-        // directory (a real sync by the same instance is then a second one: tests use another
-        // member for that).
-        incarnation: Some(fieldsync::model::Incarnation {
-            id: {
-                let mut b = *instance.parse::<Uuid>().unwrap().as_bytes();
-                b[0] ^= 0xff;
-                Uuid::from_bytes(b)
-            },
-            since: 1,
-            parent: None,
-        }),
-    })
-    .unwrap()
+    // One crafted incarnation per instance, so repeated crafted hellos are one data
+    // directory (a real sync by the same instance is then a second one: tests use another
+    // member for that).
+    let mut b = *instance.parse::<Uuid>().unwrap().as_bytes();
+    b[0] ^= 0xff;
+    crafted_hello(instance, Uuid::from_bytes(b))
 }
 
 /// A record as `writer` would send it, with a field stamped now.
 fn change(table: &str, id: Uuid, writer: &str, fields: Value) -> RemoteChange {
-    let node: Uuid = writer.parse().unwrap();
-    let at = Hlc {
-        ts: ts_from_millis(wall_millis()),
-        node,
-    };
-    let mut state = RecordState::default();
-    for (k, v) in fields.as_object().unwrap() {
-        state.fields.insert(
-            k.clone(),
-            FieldState {
-                value: Some(v.clone()),
-                stamp: at,
-            },
-        );
-    }
-    state.vv.insert(node, at.ts);
-    RemoteChange {
-        table: table.into(),
-        id,
-        state,
-        conflicts: vec![],
-        history: vec![],
-    }
+    crafted_change(table, id, writer, fields, 0)
 }
 
 /// A push of one page (`since` 0) in `encoding`, claiming to come from `from`.

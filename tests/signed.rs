@@ -6,9 +6,8 @@
 #[path = "common/security.rs"]
 mod helpers;
 
-use fieldsync::clock::{ts_from_millis, wall_millis, Hlc};
-use fieldsync::model::{FieldState, RecordState};
-use fieldsync::protocol::{self, Hello, Page, PeerInfo, PushRequest, ENC_JSON};
+use fieldsync::clock::Hlc;
+use fieldsync::protocol::{self, Page, PushRequest, ENC_JSON};
 use fieldsync::store::RemoteChange;
 use fieldsync::sync::signed::{self, ByteBuf, CommitProof};
 use helpers::*;
@@ -16,30 +15,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 fn hello(instance: &str) -> Value {
-    serde_json::to_value(Hello {
-        protocol_min: protocol::MIN_PROTOCOL_VERSION,
-        protocol_max: protocol::PROTOCOL_VERSION,
-        peer: PeerInfo {
-            instance: instance.parse().unwrap(),
-            name: "crafted".into(),
-            ..Default::default()
-        },
-        clock_ms: wall_millis(),
-        head: 1,
-        knowledge: Default::default(),
-        knowledge_hash: None,
-        peer_knowledge_hash: None,
-        received_upto: None,
-        encodings: vec![ENC_JSON.into()],
-        local_only: vec![],
-        tables: vec!["person".into()],
-        incarnation: Some(fieldsync::model::Incarnation {
-            id: Uuid::new_v4(),
-            since: 1,
-            parent: None,
-        }),
-    })
-    .unwrap()
+    crafted_hello(instance, Uuid::new_v4())
 }
 
 /// A raw JSON-RPC session of `member` with `agent` (hello done).
@@ -62,29 +38,7 @@ fn session<'a>(member: &'a Node, agent: &'a Agent) -> impl Fn(&str, &Value) -> V
 
 /// A record stamped as `writer`'s write, now.
 fn change(id: Uuid, writer: &str, fields: Value, bump: u64) -> RemoteChange {
-    let node: Uuid = writer.parse().unwrap();
-    let at = Hlc {
-        ts: ts_from_millis(wall_millis()) + bump,
-        node,
-    };
-    let mut state = RecordState::default();
-    for (k, v) in fields.as_object().unwrap() {
-        state.fields.insert(
-            k.clone(),
-            FieldState {
-                value: Some(v.clone()),
-                stamp: at,
-            },
-        );
-    }
-    state.vv.insert(node, at.ts);
-    RemoteChange {
-        table: "person".into(),
-        id,
-        state,
-        conflicts: vec![],
-        history: vec![],
-    }
+    crafted_change("person", id, writer, fields, bump)
 }
 
 fn push_req(from: &str, changes: &[RemoteChange], proofs: Option<String>) -> Value {

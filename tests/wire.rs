@@ -129,9 +129,10 @@ async fn a_new_connection_resumes_the_tls_session_without_certificates_and_never
     sync::sync_with(a.store.clone(), &addr, &fresh(&a))
         .await
         .unwrap();
-    assert_eq!(
-        resumed(),
-        1,
+    // At least one: a session with pipelined pushes may open a second connection (resumed too).
+    let settled = resumed();
+    assert!(
+        settled >= 1,
         "the second connection resumes the first's session"
     );
 
@@ -146,9 +147,10 @@ async fn a_new_connection_resumes_the_tls_session_without_certificates_and_never
         revoked: Arc::new(Revoked::default()),
     };
     let full = no_op(&a.store, &served, other).await;
-    assert_eq!(resumed(), 1);
+    assert_eq!(resumed(), settled);
+    // A no-op is one request: exactly one more resumed connection.
     let short = no_op(&a.store, &served, a.transport.clone()).await;
-    assert_eq!(resumed(), 2);
+    assert_eq!(resumed(), settled + 1);
     assert!(
         short + 1_000 <= full,
         "a resumed no-op took {short} bytes, one with a full handshake {full}"
@@ -165,7 +167,11 @@ async fn a_new_connection_resumes_the_tls_session_without_certificates_and_never
         matches!(&e, SyncError::Transport { message, .. } if message == REVOKED_BY_PEER),
         "{e}"
     );
-    assert_eq!(resumed(), 2, "a revoked laptop's session is never resumed");
+    assert_eq!(
+        resumed(),
+        settled + 1,
+        "a revoked laptop's session is never resumed"
+    );
     assert_eq!(served.traffic.refused.load(Ordering::Relaxed), refused + 1);
 
     // Lifted again (only a test does that): a full handshake, then resumption works again.
@@ -176,14 +182,19 @@ async fn a_new_connection_resumes_the_tls_session_without_certificates_and_never
     sync::sync_with(a.store.clone(), &addr, &fresh(&a))
         .await
         .unwrap();
-    assert_eq!(resumed(), 3);
+    let lifted = resumed();
+    assert!(lifted > settled + 1, "resumption works again");
 
     // Revoked on A: A must not resume its session with B either; the full handshake makes
     // A's own verifier refuse B's certificate.
     revoke(&a.revoked, b.store.id());
     let e = sync::sync_with(a.store.clone(), &addr, &fresh(&a)).await;
     assert!(e.is_err(), "a session with a revoked peer must fail");
-    assert_eq!(resumed(), 3, "no session with a revoked peer is resumed");
+    assert_eq!(
+        resumed(),
+        lifted,
+        "no session with a revoked peer is resumed"
+    );
     served.stop().await;
 }
 

@@ -8,7 +8,8 @@
 //! `/v1/openapi.json`; docs/API.md describes the endpoints with examples.
 //!
 //! Layout of [`API_FILE`] (`api.json`, JSON, written atomically when the API listens, removed
-//! on a clean stop; the token is kept across restarts so applications need not re-read it):
+//! on a clean stop; the token is kept across restarts — also in [`TOKEN_FILE`], which a clean
+//! stop leaves in place — so applications need not re-read it):
 //!
 //! | key     | value                                   |
 //! |---------|-----------------------------------------|
@@ -32,6 +33,10 @@ pub use handlers::ApiDoc;
 
 /// File in the data directory with the API's URL and bearer token.
 pub const API_FILE: &str = "api.json";
+
+/// The bearer token alone (64 hex characters, mode 0600), kept across clean stops and restarts
+/// so an application's token stays valid (`api.json` goes away while the agent is stopped).
+pub const TOKEN_FILE: &str = "api.token";
 /// Default address of the API (loopback only; another interface only when configured).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7438";
 /// Largest request body, in bytes (a batch of many records); larger ones get 413.
@@ -128,11 +133,20 @@ pub async fn start(app: App, listen: &str) -> Result<ApiHandle, HttpError> {
     let url = format!("http://{local}");
     app.set_api_url(url.clone());
     let dir = app.store().dir().to_path_buf();
-    let token = read_api_file(&dir)
+    let valid = |t: &String| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit());
+    let token = std::fs::read_to_string(dir.join(TOKEN_FILE))
         .ok()
-        .map(|f| f.token)
-        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(|t| t.trim().to_string())
+        .filter(valid)
+        .or_else(|| read_api_file(&dir).ok().map(|f| f.token).filter(valid))
         .unwrap_or_else(new_token);
+    let token_path = dir.join(TOKEN_FILE);
+    crate::fsutil::write_private_atomic(&token_path, token.as_bytes()).map_err(|source| {
+        HttpError::Io {
+            path: token_path,
+            source,
+        }
+    })?;
     write_api_file(
         &dir,
         &ApiFile {

@@ -7,6 +7,10 @@
 
 #![allow(dead_code)]
 
+use fieldsync::clock::{ts_from_millis, wall_millis, Hlc};
+use fieldsync::model::{FieldState, RecordState};
+use fieldsync::protocol::{self, Hello, PeerInfo, ENC_JSON};
+use fieldsync::store::RemoteChange;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
@@ -17,6 +21,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 /// Credential files of the laptops enrolled in this test process, by instance id, so that a
 /// crafted page can be signed the way its sender could sign it ([`sign_as`]).
@@ -693,4 +698,66 @@ pub fn trickling_member(
     tls.write_all(head.as_bytes()).ok()?;
     tls.flush().ok()?;
     Some(tls)
+}
+
+/// A hello as `instance` would send it, speaking the current protocol as incarnation
+/// `incarnation`.
+pub fn crafted_hello(instance: &str, incarnation: Uuid) -> Value {
+    serde_json::to_value(Hello {
+        protocol_min: protocol::MIN_PROTOCOL_VERSION,
+        protocol_max: protocol::PROTOCOL_VERSION,
+        peer: PeerInfo {
+            instance: instance.parse().unwrap(),
+            name: "crafted".into(),
+            ..Default::default()
+        },
+        clock_ms: wall_millis(),
+        head: 1,
+        knowledge: Default::default(),
+        knowledge_hash: None,
+        peer_knowledge_hash: None,
+        received_upto: None,
+        encodings: vec![ENC_JSON.into()],
+        local_only: vec![],
+        tables: vec!["person".into()],
+        incarnation: Some(fieldsync::model::Incarnation {
+            id: incarnation,
+            since: 1,
+            parent: None,
+        }),
+    })
+    .unwrap()
+}
+
+/// A record of `table` stamped as `writer`'s write, now plus `bump` clock units.
+pub fn crafted_change(
+    table: &str,
+    id: Uuid,
+    writer: &str,
+    fields: Value,
+    bump: u64,
+) -> RemoteChange {
+    let node: Uuid = writer.parse().unwrap();
+    let at = Hlc {
+        ts: ts_from_millis(wall_millis()) + bump,
+        node,
+    };
+    let mut state = RecordState::default();
+    for (k, v) in fields.as_object().unwrap() {
+        state.fields.insert(
+            k.clone(),
+            FieldState {
+                value: Some(v.clone()),
+                stamp: at,
+            },
+        );
+    }
+    state.vv.insert(node, at.ts);
+    RemoteChange {
+        table: table.into(),
+        id,
+        state,
+        conflicts: vec![],
+        history: vec![],
+    }
 }
