@@ -514,8 +514,14 @@ fn a_name_clash_clears_on_both_laptops_once_one_record_is_renamed() {
 fn conflicts_are_resolved_from_the_readers_side_and_clear_everywhere() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
-    let (x, y) = (Uuid::new_v4(), Uuid::new_v4());
+    let (x, y, z) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     put(&a, "person", &x, &json!({"s": "start"}));
+    put(
+        &a,
+        "person",
+        &z,
+        &json!({"name": "Zoe", "status": "missing"}),
+    );
     put(
         &a,
         "person",
@@ -529,6 +535,8 @@ fn conflicts_are_resolved_from_the_readers_side_and_clear_everywhere() {
     patch(&b, "person", &x, &json!({"s": "fromB"}));
     patch(&a, "person", &y, &json!({"status": "found"}));
     delete(&b, "person", &y);
+    patch(&b, "person", &z, &json!({"status": "found"}));
+    delete(&a, "person", &z);
     sync(&a, agent_b.addr());
     assert!(alive(&a, "person", &y) && alive(&b, "person", &y));
     let open_on = |dir: &Path, id: &Uuid| -> Vec<Value> {
@@ -547,6 +555,15 @@ fn conflicts_are_resolved_from_the_readers_side_and_clear_everywhere() {
     assert_eq!(dy.len(), 1, "{dy:?}");
     let did = dy[0]["id"].to_string();
     run(&b, &["conflicts", "resolve", &did, "--keep", "deleted"]).ok();
+    // Z: deleted on A, edited on B; B keeps it alive (a decision that changes no value).
+    let dz = open_on(&b, &z);
+    assert_eq!(dz.len(), 1, "{dz:?}");
+    let zid = dz[0]["id"].to_string();
+    run(&b, &["conflicts", "resolve", &zid, "--keep", "alive"]).ok();
+    assert!(
+        open_on(&a, &z).len() == 1,
+        "A's copy is open until it hears of the decision"
+    );
     sync(&a, agent_b.addr());
     for (name, dir) in [("A", &a), ("B", &b)] {
         assert_eq!(fields_of(dir, &x)["s"], "fromB", "{name}");
@@ -556,6 +573,19 @@ fn conflicts_are_resolved_from_the_readers_side_and_clear_everywhere() {
             open_on(dir, &x)
         );
         assert!(!alive(dir, "person", &y), "{name}: Y is still alive");
+        // Both delete-vs-edit decisions settled the entry on every laptop.
+        assert!(
+            open_on(dir, &y).is_empty(),
+            "{name}: {:?}",
+            open_on(dir, &y)
+        );
+        assert!(
+            open_on(dir, &z).is_empty(),
+            "{name}: {:?}",
+            open_on(dir, &z)
+        );
+        assert!(alive(dir, "person", &z), "{name}: Z was kept alive");
+        assert_eq!(fields_of(dir, &z)["status"], "found", "{name}");
     }
 }
 

@@ -302,7 +302,28 @@ impl Store {
                 .map_err(|e| StoreError::BadResolution(e.to_string()))?,
             ConflictDetail::NameClash { field, .. } => conflicts::resolve_name_clash(field, &keep),
         };
-        if let Some(edit) = resolution.edit {
+        // Keeping a delete-vs-edit record alive changes no value, but the decision must travel
+        // (peers settle their copy of the entry on a resolution revision): re-assert one live
+        // field with a fresh stamp.
+        let edit = match (resolution.edit, &entry.detail) {
+            (
+                None,
+                ConflictDetail::Merge {
+                    conflict: Conflict::DeleteEdit { .. },
+                },
+            ) => b
+                .load(&keys::record_suffix(&entry.table, &target))?
+                .filter(|r| r.state.is_alive())
+                .and_then(|r| {
+                    r.state
+                        .fields
+                        .iter()
+                        .find(|(_, f)| f.value.is_some())
+                        .map(|(k, f)| Edit::Reassert(k.clone(), f.value.clone()))
+                }),
+            (edit, _) => edit,
+        };
+        if let Some(edit) = edit {
             // The revision says it settled a conflict (`history` shows the cause everywhere).
             b.local_with_cause(&op(edit), Cause::Resolution)?;
         }
@@ -636,6 +657,15 @@ impl Batch<'_> {
             .iter()
             .filter(|r| r.kind == RevisionKind::Create)
             .count();
+        // The newest conflict resolution among the revisions stored now (local or received):
+        // a person who saw this record's conflicts decided, which settles delete-vs-edit
+        // entries older than it (`supersede`).
+        let resolution_at = p
+            .revisions
+            .iter()
+            .filter(|r| r.cause == Cause::Resolution)
+            .map(|r| r.at)
+            .max();
         let mut later = Vec::with_capacity(p.revisions.len());
         for revision in p.revisions {
             if revision.kind == RevisionKind::Create {
@@ -699,7 +729,7 @@ impl Batch<'_> {
         // removed, and entries are indexed only under existing records): skip the scan, which
         // is a sled range read per new record of an import or an initial sync.
         if p.prev.is_some() || logged > 0 {
-            self.supersede(&suffix, &p.state)?;
+            self.supersede(&suffix, &p.state, resolution_at)?;
         }
 
         let conflict_seq = if logged > 0 {
@@ -838,7 +868,12 @@ impl Batch<'_> {
     /// Re-judges every field conflict of this record that is open or was settled by a later
     /// write ([`conflicts::superseded_by`]) against the record's new state and log. Conflicts a
     /// person resolved stay resolved.
-    fn supersede(&mut self, suffix: &[u8], state: &RecordState) -> Result<(), StoreError> {
+    fn supersede(
+        &mut self,
+        suffix: &[u8],
+        state: &RecordState,
+        resolution_at: Option<crate::clock::Hlc>,
+    ) -> Result<(), StoreError> {
         let entries = self.record_conflicts(suffix)?;
         let known: Vec<Conflict> = entries
             .iter()
@@ -848,6 +883,24 @@ impl Batch<'_> {
             })
             .collect();
         for (id, mut entry) in entries {
+            // A delete-vs-edit entry is settled by a resolution revision made after its delete
+            // (wherever it was made: it travels with the record's history), so `--keep
+            // deleted | alive` on one laptop settles the entry on every laptop.
+            if let ConflictDetail::Merge {
+                conflict: Conflict::DeleteEdit { deleted, .. },
+            } = &entry.detail
+            {
+                if let Some(at) = resolution_at.filter(|at| at > deleted) {
+                    if entry.resolved.is_none() {
+                        entry.resolved = Some(Resolution {
+                            at: self.now,
+                            how: format!("{SETTLED_BY_RESOLUTION} ({at})"),
+                        });
+                        self.txn.put(keys::conflict(id), encode(&entry));
+                    }
+                }
+                continue;
+            }
             let ConflictDetail::Merge {
                 conflict: conflict @ Conflict::Field { .. },
             } = &entry.detail
@@ -904,6 +957,8 @@ fn only_revision(state: &RecordState, at: crate::clock::Hlc) -> Revision {
 
 /// How a conflict settled by a later write is marked (the prefix of its `how`).
 const SUPERSEDED: &str = "superseded by a later write";
+/// How a delete-vs-edit entry settled by a resolution revision (made here or received) reads.
+const SETTLED_BY_RESOLUTION: &str = "settled by a later conflict resolution";
 
 pub(crate) fn trim_heap() {
     // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
