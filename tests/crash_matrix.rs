@@ -697,22 +697,35 @@ impl Matrix {
         // Shutdown: SIGTERM, then SIGKILL during the shutdown flush.
         self.a.start_agent();
         let (bg, _) = self.a.agent.take().unwrap();
-        let delay = self.delay("agent_stop");
+        // Every fifth point lets the shutdown finish and measures it (a kill that comes after
+        // the exit says nothing about how long the shutdown takes), so the kill points of the
+        // others spread over the real shutdown, however fast it becomes.
+        // Random kills fall within the first two thirds of a typical shutdown (delays span
+        // 1.3×), so most land while it still runs even when it takes a few milliseconds.
+        let delay = match self.delay_or_calibrate("agent_stop") {
+            COMMAND_TIMEOUT => COMMAND_TIMEOUT,
+            d => d / 2,
+        };
         let stop_started = Instant::now();
         sigterm(bg.id());
-        std::thread::sleep(delay);
-        let was_running = bg.kill9();
+        let code = if delay == COMMAND_TIMEOUT {
+            // Polled finely: a shutdown can take under a millisecond. Bounded by the timeout.
+            let mut bg = bg;
+            while bg.running() && stop_started.elapsed() < COMMAND_TIMEOUT {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            (!bg.kill9()).then_some(0)
+        } else {
+            std::thread::sleep(delay);
+            (!bg.kill9()).then_some(0)
+        };
         let ran = Ran {
-            code: if was_running { None } else { Some(0) },
+            code,
             stdout: String::new(),
             stderr: String::new(),
             took: stop_started.elapsed(),
         };
-        if !was_running {
-            let t = self.tally.entry("agent_stop").or_default();
-            let took = ran.took;
-            t.typical = Some(t.typical.map_or(took, |o| (o * 3 + took) / 4));
-        }
+        self.note_duration("agent_stop", &ran);
         let before = self.model.clone();
         self.check("agent_stop", delay, &ran, &[("unchanged", &before)]);
     }

@@ -1519,6 +1519,7 @@ fn a_coordinator_restored_from_its_backup_enrolls_and_revokes() {
         err.contains("--passphrase-file") && err.contains("--no-keys"),
         "{err}"
     );
+    assert!(!err.contains("  "), "one plain line: {err}");
     let pass = coord.file("pass.txt");
     std::fs::write(&pass, "correct horse battery staple\n").unwrap();
     let out = coord.json(&["backup", b, "--passphrase-file", pass.to_str().unwrap()]);

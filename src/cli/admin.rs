@@ -150,7 +150,7 @@ pub fn backup(
     let (h, sealed_keys) = match passphrase_file {
         None if !no_keys && keys::holds_private_keys(dir) => {
             return Err(CliError::Invalid(format!(
-                "{} holds this laptop's private keys ({}): pass --passphrase-file FILE to                  include them encrypted, or --no-keys to back up the data without them",
+                "{} holds this laptop's private keys ({}): pass --passphrase-file FILE to include them encrypted, or --no-keys to back up the data without them",
                 dir.display(),
                 keys::KEY_FILES[..2]
                     .iter()
