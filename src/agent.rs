@@ -683,9 +683,16 @@ fn report_line(r: &sync::SessionReport) -> String {
         &name,
         r.received.records,
         r.sent.records,
-        r.received.conflicts + r.sent.conflicts,
+        session_conflicts(r.received.conflicts, r.sent.conflicts),
         r.received.ms + r.sent.ms,
     )
+}
+
+/// How many conflicts a session met, for a person: both laptops detect the same concurrent
+/// writes (each logs the conflict once, and the entries meet as one), so the two counts are
+/// two views of mostly the same conflicts, not a sum. `conflicts` on either laptop lists them.
+pub fn session_conflicts(logged_here: u64, logged_there: u64) -> u64 {
+    logged_here.max(logged_there)
 }
 
 /// Rows written by earlier versions kept an `online` flag on disk; it is cleared here and no

@@ -281,3 +281,31 @@ fn sync_peers_status_and_history_name_laptops() {
     let t = Regex::new(" {2,}").unwrap().replace_all(&t, "  ");
     snapshot!("sync_peers_status", t.as_ref());
 }
+
+/// One conflict met in a session is said as one, although both laptops detect it: the line
+/// `sync` prints agrees with what `conflicts` lists.
+#[test]
+fn a_sync_line_counts_a_conflict_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
+    run(
+        &a,
+        &["put", "person", "--id", ID, r#"{"status":"missing"}"#],
+    )
+    .ok();
+    let agent_a = Agent::start_with(&a, &["--no-api"]);
+    run(&b, &["sync", agent_a.addr()]).ok();
+    drop(agent_a);
+    // The same field changed on both laptops before they meet again.
+    run(&a, &["patch", "person", ID, r#"{"status":"found"}"#]).ok();
+    run(&b, &["patch", "person", ID, r#"{"status":"in_shelter"}"#]).ok();
+    let agent_a = Agent::start_with(&a, &["--no-api"]);
+    let line = run(&b, &["sync", agent_a.addr(), "--human"]).ok().stdout;
+    assert!(line.contains(", 1 conflict, "), "{line}");
+    let listed = run(&b, &["conflicts"]).ok().stdout;
+    assert_eq!(
+        listed.lines().filter(|l| l.contains(ID)).count(),
+        1,
+        "{listed}"
+    );
+}

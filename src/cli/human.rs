@@ -282,7 +282,7 @@ pub fn sync(v: &Value) -> String {
         name,
         n("received", "records"),
         n("sent", "records"),
-        n("received", "conflicts") + n("sent", "conflicts"),
+        crate::agent::session_conflicts(n("received", "conflicts"), n("sent", "conflicts")),
         n("received", "ms") + n("sent", "ms"),
     ) + "\n"
 }

@@ -197,7 +197,7 @@ pub async fn sync_with(
     match &result {
         Ok(r) => info!(parent: &span, peer = %r.peer.instance, name = %r.peer.name,
                        received = r.received.records, applied = r.received.applied,
-                       sent = r.sent.records, conflicts = r.received.conflicts + r.sent.conflicts,
+                       sent = r.sent.records, conflicts_here = r.received.conflicts, conflicts_there = r.sent.conflicts,
                        ms = r.received.ms + r.sent.ms, "session finished"),
         Err(e) => {
             let known = store
