@@ -31,7 +31,7 @@ struct Packed {
     nodes: Vec<Uuid>,
     tables: Vec<String>,
     table: Vec<u16>,
-    #[serde(with = "serde_bytes_vec")]
+    #[serde(with = "crate::signed::serde_bytes")]
     ids: Vec<u8>,
     /// Version vectors, with each ts as a delta from the previous record's first entry.
     vv: Vec<Vec<(u16, i64)>>,
@@ -41,42 +41,6 @@ struct Packed {
     columns: Vec<Column>,
     /// Sparse: (row, revisions) for the records that carry history (most carry none).
     history: Vec<(u32, Vec<Revision>)>,
-}
-
-/// Serializes `Vec<u8>` as one msgpack binary, not an array of integers.
-mod serde_bytes_vec {
-    use serde::{Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(v)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<Vec<u8>, A::Error> {
-                let mut out = Vec::new();
-                while let Some(b) = a.next_element::<u8>()? {
-                    out.push(b);
-                }
-                Ok(out)
-            }
-        }
-        d.deserialize_bytes(V)
-    }
 }
 
 struct Interner<T: std::hash::Hash + Eq + Clone> {
