@@ -15,7 +15,7 @@ use fieldsync::protocol::{
     DigestReply, DigestRequest, FetchRequest, Hello, HelloReply, Page, PullRequest, PushReply,
     PushRequest, ReconcileReply, ReconcileRequest,
 };
-use fieldsync::store::{ImportRow, LocalOp, Store, UpdateMode};
+use fieldsync::store::{LocalOp, Store};
 use fieldsync::sync::{self, Peer, Responder, RpcPeer, SessionOptions};
 use fieldsync::tls::Transport;
 use serde_json::json;
@@ -51,19 +51,7 @@ fn opts(s: &Store) -> SessionOptions {
 
 /// `n` new records in one batch.
 fn import(s: &Store, n: usize) -> Vec<Uuid> {
-    let rows: Vec<ImportRow> = (0..n)
-        .map(|i| ImportRow {
-            id: Uuid::new_v4(),
-            line: i as u64 + 1,
-            fields: json!({"name": format!("p{i}"), "n": i})
-                .as_object()
-                .unwrap()
-                .clone(),
-            update: UpdateMode::Replace,
-        })
-        .collect();
-    s.import_rows(PERSON, &rows).unwrap();
-    rows.into_iter().map(|r| r.id).collect()
+    common::agent::import_into(s, PERSON, n)
 }
 
 fn write(s: &Store, id: Uuid, edit: Edit) {

@@ -13,10 +13,9 @@ use common::agent::{data_dir, ensure_member, import, people, status, Agent};
 use fieldsync::config::Config;
 use fieldsync::protocol::client::REVOKED_BY_PEER;
 use fieldsync::protocol::server::{self, Running};
-use fieldsync::store::{ImportRow, Store, UpdateMode};
+use fieldsync::store::Store;
 use fieldsync::sync::{self, Responder, SessionOptions, SyncError};
 use fieldsync::tls::{Identity, Revoked, Transport};
-use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -72,18 +71,7 @@ async fn serve(l: &Laptop) -> Running {
 }
 
 fn records(s: &Store, n: usize) {
-    let rows: Vec<ImportRow> = (0..n)
-        .map(|i| ImportRow {
-            id: Uuid::new_v4(),
-            line: i as u64 + 1,
-            fields: json!({"name": format!("p{i}"), "n": i})
-                .as_object()
-                .unwrap()
-                .clone(),
-            update: UpdateMode::Replace,
-        })
-        .collect();
-    s.import_rows("person", &rows).unwrap();
+    common::agent::import_into(s, "person", n);
 }
 
 /// Options with a new connection cache: every session opens a new connection.

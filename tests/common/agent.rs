@@ -930,3 +930,22 @@ pub fn http_json(body: &Value) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// `n` new records (`{"name": "p<i>", "n": i}`) written into `table` of an open store in one
+/// batch, as an import does; returns their ids.
+pub fn import_into(store: &fieldsync::store::Store, table: &str, n: usize) -> Vec<Uuid> {
+    use fieldsync::store::{ImportRow, UpdateMode};
+    let rows: Vec<ImportRow> = (0..n)
+        .map(|i| ImportRow {
+            id: Uuid::new_v4(),
+            line: i as u64 + 1,
+            fields: json!({"name": format!("p{i}"), "n": i})
+                .as_object()
+                .unwrap()
+                .clone(),
+            update: UpdateMode::Replace,
+        })
+        .collect();
+    store.import_rows(table, &rows).unwrap();
+    rows.into_iter().map(|r| r.id).collect()
+}
