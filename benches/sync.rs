@@ -284,7 +284,6 @@ fn shape(db_dir: &Path) -> Shape {
     let db = sled::Config::new()
         .path(db_dir)
         .cache_capacity(fieldsync::store::CACHE_BYTES)
-        .segment_size(fieldsync::store::layout::SEGMENT_BYTES)
         .open()
         .expect("open the receiver's database");
     let tree = db.open_tree("fieldsync").expect("tree");
@@ -314,7 +313,6 @@ fn sled_floor(dir: &Path, n: usize, shape: &Shape, page: usize) -> (f64, u64) {
     let db = sled::Config::new()
         .path(dir)
         .cache_capacity(fieldsync::store::CACHE_BYTES)
-        .segment_size(fieldsync::store::layout::SEGMENT_BYTES)
         .flush_every_ms(Some(1000))
         .open()
         .expect("open floor database");

@@ -11,7 +11,6 @@ mod group;
 mod held;
 mod incarnation;
 mod keys;
-pub mod layout;
 mod legacy;
 pub mod recovery;
 mod release;
@@ -490,35 +489,29 @@ impl Store {
             })?;
         let db_dir = dir.join("db");
         recovery::move_aside_incomplete_snapshots(&db_dir, dir)?;
-        // An interrupted move to another segment size is finished first (`layout.rs`), under
-        // a lock on the data directory that is held until sled has its own lock on `db/`.
-        let dir_lock = layout::DirLock::take(dir)?;
-        layout::recover(dir, &dir_lock)?;
-        let open_db_with = |segment: usize| -> Result<(sled::Db, sled::Tree), StoreError> {
-            let db = layout::open_sled(&db_dir, segment).map_err(|e| match e {
-                sled::Error::Io(ref io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Locked(dir.to_path_buf())
-                }
-                sled::Error::Corruption { .. } => StoreError::Damaged(dir.to_path_buf()),
-                other => StoreError::Sled(other),
-            })?;
+        let open_db = || -> Result<(sled::Db, sled::Tree), StoreError> {
+            let db = sled::Config::new()
+                .path(&db_dir)
+                .cache_capacity(CACHE_BYTES)
+                // Data writes fsync explicitly before they are acknowledged; this only bounds
+                // how long peer bookkeeping (positions without data, last-seen times) stays in
+                // memory.
+                .flush_every_ms(Some(1000))
+                .open()
+                .map_err(|e| match e {
+                    sled::Error::Io(ref io)
+                        if io.to_string().contains("could not acquire lock") =>
+                    {
+                        StoreError::Locked(dir.to_path_buf())
+                    }
+                    sled::Error::Corruption { .. } => StoreError::Damaged(dir.to_path_buf()),
+                    other => StoreError::Sled(other),
+                })?;
             let tree = db.open_tree("fieldsync").map_err(|e| damaged(e, dir))?;
             Ok((db, tree))
         };
-        let open_db = || open_db_with(layout::SEGMENT_BYTES);
-        // A database from before store format 6 has sled's default segments: opened as it is,
-        // refused if a newer fieldsync wrote it, else moved into the current segment size.
-        let segment = layout::stored_segment_size(&db_dir)?.unwrap_or(layout::SEGMENT_BYTES);
-        let (mut db, mut tree) = open_db_with(segment)?;
-        let mut check = recovery::check_format(&db, &tree, dir)?;
-        if segment != layout::SEGMENT_BYTES {
-            drop((db, tree));
-            release::wait_released(&db_dir);
-            layout::relayout(dir, segment, layout::SEGMENT_BYTES, &dir_lock)?;
-            (db, tree) = open_db()?;
-            check = recovery::check_format(&db, &tree, dir)?;
-        }
-        if let recovery::FormatCheck::Older(from) = check {
+        let (mut db, mut tree) = open_db()?;
+        if let recovery::FormatCheck::Older(from) = recovery::check_format(&db, &tree, dir)? {
             drop((db, tree));
             // sled's pool may hold the lock a moment longer (`release.rs`).
             release::wait_released(&db_dir);
@@ -530,7 +523,6 @@ impl Store {
                 open_db,
             )?;
         }
-        drop(dir_lock);
         let instance = match tree.get(keys::meta("instance"))? {
             Some(v) => decode(&v)?,
             None => {

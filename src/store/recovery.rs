@@ -32,8 +32,7 @@ use std::path::{Path, PathBuf};
 /// | 3      | range fingerprints: the `Z` entries of `fingerprint.rs` (`migrate_add_fingerprints`) |
 /// | 4      | record values (`R`) are written zstd-compressed (`write::encode_record`); plain ones stay readable |
 /// | 5      | signed commits: the `K`/`W` entries of `commits.rs`; a legacy commit over the own writes (`migrate_legacy_commit`) |
-/// | 6      | sled segments of 128 KiB (`layout.rs`): an older database is copied into a new sled directory before the steps run (`layout::relayout`); no entry changes |
-pub const FORMAT_VERSION: u32 = 6;
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Where files taken out of `db/` go, inside the data directory.
 pub const MOVED_ASIDE_DIR: &str = "moved-aside";
@@ -51,16 +50,7 @@ pub(crate) const MIGRATIONS: &[(u32, Migration)] = &[
     (2, super::fingerprint::migrate_add_fingerprints),
     (3, records_compressed_from_now_on),
     (4, super::commits::migrate_legacy_commit),
-    (5, segments_moved_on_open),
 ];
-
-/// Format 5 to 6: nothing to rewrite in the tree. `Store::open` has already moved the database
-/// into [`super::layout::SEGMENT_BYTES`] segments (sled refuses to open it with the old size,
-/// so the move cannot be one of these in-tree steps); the version bump keeps an older
-/// fieldsync from trying to open it with sled's default segment size.
-fn segments_moved_on_open(_: &sled::Tree, _: &mut sled::Batch) -> Result<(), StoreError> {
-    Ok(())
-}
 
 /// Format 3 to 4: nothing to rewrite. Records written from now on are compressed and the plain
 /// ones read as before (rewriting a million records would be one huge batch for a few hundred
@@ -265,7 +255,7 @@ pub(crate) fn migrate(
 }
 
 /// Copies a directory of plain files (sled's), fsyncing each file and the target directory.
-pub(crate) fn copy_dir(from: &Path, to: &Path) -> Result<(), StoreError> {
+fn copy_dir(from: &Path, to: &Path) -> Result<(), StoreError> {
     std::fs::create_dir_all(to).map_err(io_err(to))?;
     for entry in std::fs::read_dir(from).map_err(io_err(from))? {
         let entry = entry.map_err(io_err(from))?;
@@ -340,9 +330,7 @@ mod tests {
 
     /// Every key/value pair of the tree, read with sled directly.
     fn raw(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let db =
-            super::super::layout::open_sled(&dir.join("db"), super::super::layout::SEGMENT_BYTES)
-                .unwrap();
+        let db = sled::open(dir.join("db")).unwrap();
         let t = db.open_tree("fieldsync").unwrap();
         t.iter()
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
@@ -350,9 +338,7 @@ mod tests {
     }
 
     fn set_raw_format(dir: &Path, v: Option<u32>) {
-        let db =
-            super::super::layout::open_sled(&dir.join("db"), super::super::layout::SEGMENT_BYTES)
-                .unwrap();
+        let db = sled::open(dir.join("db")).unwrap();
         let t = db.open_tree("fieldsync").unwrap();
         match v {
             Some(v) => t.insert(keys::meta("format"), encode(&v)).unwrap(),
@@ -401,11 +387,7 @@ mod tests {
         // What a format-1 store looks like: no version key, no fingerprint entries.
         set_raw_format(dir.path(), None);
         {
-            let db = super::super::layout::open_sled(
-                &dir.path().join("db"),
-                super::super::layout::SEGMENT_BYTES,
-            )
-            .unwrap();
+            let db = sled::open(dir.path().join("db")).unwrap();
             let t = db.open_tree("fieldsync").unwrap();
             for k in t.scan_prefix([b'Z']).keys() {
                 t.remove(k.unwrap()).unwrap();
@@ -460,10 +442,7 @@ mod tests {
 
     fn opener(dir: &Path) -> impl Fn() -> Result<(sled::Db, sled::Tree), StoreError> + '_ {
         move || {
-            let db = super::super::layout::open_sled(
-                &dir.join("db"),
-                super::super::layout::SEGMENT_BYTES,
-            )?;
+            let db = sled::open(dir.join("db"))?;
             let t = db.open_tree("fieldsync")?;
             Ok((db, t))
         }
