@@ -438,8 +438,11 @@ pub struct Store {
 /// beside other programs, so its memory must stay small (the targets are ≤ 80 MB peak during a
 /// 100,000-record sync and ≤ 40 MB idle); a sync or an import writes in pages of bounded size
 /// and reads mostly what it just wrote, so a larger cache buys little speed (measured by the
-/// sled-floor probe in `benches/sync.rs`, which uses this same value). Public so that the
-/// benchmark's probe opens sled exactly like the store does.
+/// sled-floor probe in `benches/sync.rs`, which uses this same value). It does not bound sled's
+/// memory: 2 to 64 MiB made the same peak and idle RSS within noise in session 4's measurements
+/// (bench/RESULTS.md), because what sled keeps grows with the pages it has touched, not with
+/// this setting; smaller values only cost reads. Public so that the benchmark's probe opens
+/// sled exactly like the store does.
 pub const CACHE_BYTES: u64 = 16 << 20;
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
