@@ -146,10 +146,14 @@ fn check(
             ))),
         },
         Precondition::Match(tags) => {
+            // The ETag is the quoted feed position ("5"); the bare form (5) is what people
+            // type and is taken as the same revision.
             let ok = cur.is_some_and(|r| {
-                let mine = etag(r.seq);
-                tags.iter()
-                    .any(|t| t == "*" || t.trim_start_matches("W/") == mine)
+                let mine = r.seq.to_string();
+                tags.iter().any(|t| {
+                    let bare = t.trim_start_matches("W/");
+                    t == "*" || bare == etag(r.seq) || bare == mine
+                })
             });
             if ok {
                 return Ok(());
@@ -571,6 +575,9 @@ impl App {
             .store
             .tables()?
             .into_iter()
+            // fieldsync's own tables (`fs_revocations`) are not data people or applications
+            // wrote: left out (still readable by name with `list`/`get`).
+            .filter(|(table, _)| !table.starts_with(crate::model::SYSTEM_PREFIX))
             .map(|(table, c)| TableInfo {
                 table,
                 live: c.live,

@@ -171,11 +171,21 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
             instance,
             ca,
         } => {
-            let ca = mesh::load_ca(&ca_path(ca)).map_err(invalid)?;
+            let ca_file = ca_path(ca);
+            let ca = mesh::load_ca(&ca_file).map_err(|e| not_coordinator(&ca_file, e))?;
             let id = match instance {
                 Some(s) => model::parse_id(&s)?,
                 None => Uuid::new_v4(),
             };
+            // Two laptops under one name cannot be told apart in `peers`, `sync NAME` or
+            // `mesh revoke NAME`: a name stays with its laptop until that one is revoked.
+            if let Some(other) = laptop_named(app, &ca.ca_cert, &name)?.filter(|o| *o != id) {
+                return Err(invalid(format!(
+                    "a laptop named {name:?} is already enrolled (instance {other}): choose \
+                     another --name, or if that laptop is lost or replaced, revoke it first \
+                     (`fieldsync mesh revoke {other} --reason replaced`) and enroll again"
+                )));
+            }
             let cred = ca.enroll(id, &name).map_err(invalid)?;
             let path = cwd.join(file);
             mesh::save(&path, &cred).map_err(invalid)?;
@@ -195,7 +205,8 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
             ca,
             force,
         } => {
-            let ca = mesh::load_ca(&ca_path(ca)).map_err(invalid)?;
+            let ca_file = ca_path(ca);
+            let ca = mesh::load_ca(&ca_file).map_err(|e| not_coordinator(&ca_file, e))?;
             // An instance id, the name of exactly one known peer, or of one laptop enrolled here.
             let id = match app.resolve_instance(&instance) {
                 Ok(id) => id,
@@ -243,6 +254,43 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
         }
     };
     writeln!(io.out, "{v}").map_err(CliError::Output)
+}
+
+/// A CA file that cannot be read. Missing, it means this is not the coordinator's laptop (the
+/// one that ran `mesh create`): enrolling and revoking happen there.
+fn not_coordinator(ca_file: &Path, e: mesh::MeshError) -> CliError {
+    if ca_file.exists() {
+        return invalid(e);
+    }
+    invalid(format!(
+        "this laptop is not the coordinator: there is no deployment CA at {}. Enroll and \
+         revoke laptops on the coordinator's laptop (the one that ran `fieldsync mesh \
+         create`); a revocation made there reaches this laptop with the next sync. If you hold \
+         the CA file, pass it with --ca FILE",
+        ca_file.display()
+    ))
+}
+
+/// The laptop (not revoked) that goes by `name`: this coordinator itself, a laptop enrolled
+/// here, or a known peer. `None` for an empty name.
+fn laptop_named(app: &App, ca_cert: &str, name: &str) -> Result<Option<Uuid>, CliError> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let store = app.store();
+    let revoked = mesh::load_revocations(store, ca_cert);
+    let me = store.instance();
+    let enrolled = read_enrolled(store.dir())?;
+    let peers = store.peers()?;
+    let candidates = std::iter::once((me.id, me.name.clone()))
+        .chain(enrolled)
+        .chain(peers.into_iter().map(|p| (p.instance, p.name)));
+    for (id, n) in candidates {
+        if n == name && !revoked.contains_key(&id) {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
 }
 
 /// Laptops this coordinator enrolled, by instance id: `enrolled.json` in its data directory
