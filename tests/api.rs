@@ -1109,6 +1109,18 @@ fn errors_speak_the_apis_words_and_fieldsyncs_own_tables_stay_out_of_sight() {
     let m = e["message"].as_str().unwrap();
     assert!(m.contains(&format!("changed since revision {bare}")), "{m}");
 
+    // A time whose `+` the URL made a space is said to be one, not a missing revision.
+    let e = api
+        .get(&format!(
+            "{}?at=2026-11-24T14:00:00%2000:00",
+            rec_path("person", id)
+        ))
+        .error(400, "UNKNOWN_REVISION");
+    let m = e["message"].as_str().unwrap();
+    assert!(
+        m.contains("is not an RFC 3339 time") && m.contains("%2B"),
+        "{m}"
+    );
     let e = api
         .send("POST", "/v1/conflicts/7/resolve", &json!({"keep": "maybe"}))
         .error(400, "INVALID_KEEP");

@@ -256,6 +256,7 @@ fn sync_peers_status_and_history_name_laptops() {
         .stdout;
     assert!(
         v.contains("person: differs: 1 here, 1 on ")
+            && v.contains(" (deleted records included); ")
             && v.contains(&format!("1 record differs: {ID}."))
             && v.contains("`fieldsync sync "),
         "{v}"
@@ -263,7 +264,7 @@ fn sync_peers_status_and_history_name_laptops() {
     run(&b, &["sync", agent_a.addr()]).ok();
     let v = run(&b, &["verify", agent_a.addr(), "--human"]).ok().stdout;
     assert!(
-        v.contains("person: in sync (1 record).\nIn sync with "),
+        v.contains("person: in sync (1 record, deleted ones included).\nIn sync with "),
         "{v}"
     );
     // `doctor` names the port the running agent listens on (not the configured default).
@@ -336,6 +337,13 @@ fn restore_enroll_revoke_held_and_list_tell_a_newcomer_what_happened() {
     assert_eq!(row["fields"], serde_json::json!({"h": "eight"}));
     // Nothing held: said, not silence.
     t += &human(&a, root, &["held", "list"]);
+    // `history --diff` names the laptop, as `history` does.
+    let diff = run(&a, &["history", "person", ID, "--diff"]).ok().stdout;
+    assert!(
+        diff.starts_with("@ ")
+            && diff.contains(" create by laptopA (this laptop) (edit), revision "),
+        "{diff}"
+    );
 
     // Enrolling a name twice is refused with the laptop's id and the fix.
     let cred = root.join("b.fsmesh");

@@ -421,15 +421,22 @@ impl App {
             ));
         }
         let upto = found.ok_or_else(|| {
-            AppError::invalid(
-                "UNKNOWN_REVISION",
-                "at",
+            // A time whose `+` a URL turned into a space reads as neither: said as such, not
+            // as a revision the record lacks.
+            let message = if !at.contains('@') && at.contains('T') {
+                format!(
+                    "at={at:?} is not an RFC 3339 time (e.g. 2026-11-24T14:00:00Z; in a URL \
+                     write + as %2B) nor a revision stamp (an \"at\" value of the record's \
+                     history)"
+                )
+            } else {
                 format!(
                     "record {table}/{} has no revision {at:?}: use an \"at\" value from its \
-                         history or an RFC 3339 time",
+                     history (a stamp, not the ETag's number) or an RFC 3339 time",
                     v.id
-                ),
-            )
+                )
+            };
+            AppError::invalid("UNKNOWN_REVISION", "at", message)
         })?;
         let mut fields = Fields::new();
         let mut deleted = false;

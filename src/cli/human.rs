@@ -576,8 +576,10 @@ pub fn verify(peer: &str, checks: &[Value]) -> String {
         let t = c["table"].as_str().unwrap_or("?");
         let n = |k: &str| c[k].as_u64().unwrap_or(0);
         if c["in_sync"] == true {
+            // The counts are of every record id, deleted records included (a delete syncs
+            // like any change): said, so they are not read as `list`'s live count.
             out += &format!(
-                "{t}: in sync ({}).\n",
+                "{t}: in sync ({}, deleted ones included).\n",
                 count(n("local_count"), "record", "records")
             );
             continue;
@@ -587,7 +589,7 @@ pub fn verify(peer: &str, checks: &[Value]) -> String {
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         out += &format!(
-            "{t}: differs: {} here, {} on {peer}; {}",
+            "{t}: differs: {} here, {} on {peer} (deleted records included); {}",
             n("local_count"),
             n("remote_count"),
             count(ids.len() as u64, "record differs", "records differ")

@@ -52,7 +52,7 @@ Data directory, in order: --data-dir; $FIELDSYNC_DIR; a folder `fieldsync-data/`
 executable if one exists (portable mode, for a USB stick); ~/.local/share/fieldsync.
 
 On a terminal, status, peers, list, get, history, conflicts, tables, sync, verify, init, put,
-patch, delete, bundle and mesh enroll print for people (tables and sentences, names, local
+patch, delete, bundle, held list, restore and mesh enroll print for people (tables and sentences, names, local
 times); --human does the same into a pipe or file. With --json, or when stdout is not a terminal (a pipe, a
 script), output is JSON on stdout (one object, or one object per line for lists).
 Exit codes: 0 ok, 1 not found, 2 bad usage or invalid input, 3 other failure

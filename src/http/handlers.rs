@@ -436,7 +436,7 @@ async fn list(State(st): St, Path(table): Path<String>, q: Q) -> Result<Json<Lis
 /// One record, with its revision as ETag; `at` shows it as of a revision from its history.
 #[utoipa::path(get, path = "/v1/tables/{table}/records/{id}",
     params(("table" = String, Path,), ("id" = String, Path, description = "Record id (UUID)"),
-        ("include_deleted" = Option<bool>, Query,), ("at" = Option<String>, Query, description = "A revision stamp (`at` of a history entry)")),
+        ("include_deleted" = Option<bool>, Query,), ("at" = Option<String>, Query, description = "A revision stamp (`at` of a history entry), or an RFC 3339 time: the record as of the latest revision at or before it (encode `+` as `%2B`, `#` as `%23`)")),
     responses((status = 200, description = "The record; ETag header", body = RecordView),
         (status = 404, description = "NOT_FOUND or RECORD_DELETED", body = ErrorBody)))]
 async fn get_record(
