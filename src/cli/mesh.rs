@@ -171,8 +171,8 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
             instance,
             ca,
         } => {
-            let ca_file = ca_path(ca);
-            let ca = mesh::load_ca(&ca_file).map_err(|e| not_coordinator(&ca_file, e))?;
+            let (given, ca_file) = (ca.is_some(), ca_path(ca));
+            let ca = mesh::load_ca(&ca_file).map_err(|e| not_coordinator(&ca_file, given, e))?;
             let id = match instance {
                 Some(s) => model::parse_id(&s)?,
                 None => Uuid::new_v4(),
@@ -205,12 +205,12 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
             ca,
             force,
         } => {
-            let ca_file = ca_path(ca);
-            let ca = mesh::load_ca(&ca_file).map_err(|e| not_coordinator(&ca_file, e))?;
+            let (given, ca_file) = (ca.is_some(), ca_path(ca));
+            let ca = mesh::load_ca(&ca_file).map_err(|e| not_coordinator(&ca_file, given, e))?;
             // An instance id, the name of exactly one known peer, or of one laptop enrolled here.
             let id = match app.resolve_instance(&instance) {
                 Ok(id) => id,
-                Err(e) => match enrolled_named(store.dir(), &instance)? {
+                Err(e) => match enrolled_named(store, &ca.ca_cert, &instance)? {
                     Some(id) => id,
                     None => return Err(e.into()),
                 },
@@ -256,10 +256,12 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
     writeln!(io.out, "{v}").map_err(CliError::Output)
 }
 
-/// A CA file that cannot be read. Missing, it means this is not the coordinator's laptop (the
-/// one that ran `mesh create`): enrolling and revoking happen there.
-fn not_coordinator(ca_file: &Path, e: mesh::MeshError) -> CliError {
-    if ca_file.exists() {
+/// A CA file that cannot be read (`given`: named with --ca). The default one missing means this
+/// is not the coordinator's laptop (the one that ran `mesh create`): enrolling and revoking
+/// happen there.
+fn not_coordinator(ca_file: &Path, given: bool, e: mesh::MeshError) -> CliError {
+    // A CA file named with --ca that is missing is just that (the error says so).
+    if given || ca_file.exists() {
         return invalid(e);
     }
     invalid(format!(
@@ -321,12 +323,18 @@ fn note_enrolled(dir: &Path, id: Uuid, name: &str) -> Result<(), CliError> {
         .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))
 }
 
-/// The one laptop enrolled here under `name`; an error if several were.
-fn enrolled_named(dir: &Path, name: &str) -> Result<Option<Uuid>, CliError> {
-    let all = read_enrolled(dir)?;
+/// The one laptop enrolled here under `name` and not revoked (a revoked laptop's name may be
+/// given to its replacement); an error if several were.
+fn enrolled_named(
+    store: &crate::store::Store,
+    ca_cert: &str,
+    name: &str,
+) -> Result<Option<Uuid>, CliError> {
+    let all = read_enrolled(store.dir())?;
+    let revoked = mesh::load_revocations(store, ca_cert);
     let ids: Vec<Uuid> = all
         .iter()
-        .filter(|(_, n)| n.as_str() == name)
+        .filter(|(id, n)| n.as_str() == name && !revoked.contains_key(id))
         .map(|(id, _)| *id)
         .collect();
     match ids.as_slice() {
