@@ -1182,6 +1182,20 @@ fn errors_speak_the_apis_words_and_fieldsyncs_own_tables_stay_out_of_sight() {
     // Past the last change, the next page is empty at once (no change is skipped for good).
     let next = api.get(&format!("/v1/changes?since={head}")).json();
     assert_eq!(next["changes"], json!([]));
+    // Asked for, they are there.
+    let all = api.get("/v1/tables?system=true").json();
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["table"] == "fs_revocations"),
+        "{all}"
+    );
+    let page = api.get("/v1/changes?since=0&system=true").json();
+    assert_eq!(
+        page["changes"].as_array().unwrap().last().unwrap()["table"],
+        "fs_revocations"
+    );
     let asked = run(&dir, &["list", "fs_revocations"]).ok().lines();
     assert_eq!(asked.len(), 1, "readable by name");
     assert_eq!(asked[0]["id"], gone);

@@ -50,18 +50,29 @@ pub struct ChangesPage {
 impl App {
     /// Changes after position `since`, at most `limit` (≤ [`MAX_CHANGES`]).
     pub fn changes(&self, since: u64, limit: usize) -> Result<ChangesPage, AppError> {
+        self.changes_with(since, limit, false)
+    }
+
+    /// [`App::changes`], with changes of fieldsync's own tables too when `system`.
+    pub fn changes_with(
+        &self,
+        since: u64,
+        limit: usize,
+        system: bool,
+    ) -> Result<ChangesPage, AppError> {
         let limit = limit.clamp(1, MAX_CHANGES);
         let mut changes = Vec::new();
         // The page ends after the last row read, shown or not; rows of fieldsync's own tables
-        // (`fs_revocations`) are not an application's data and are left out (still readable by
-        // name), and reading goes on past them so a page is empty only at the feed's end.
+        // (`fs_revocations`) are not an application's data and are left out unless asked (still
+        // readable by name), and reading goes on past them so a page is empty only at the
+        // feed's end.
         let mut read_upto = since;
         loop {
             let rows = self.store.changes_since(read_upto, limit)?;
             let full = rows.len() == limit;
             for (seq, table, id, rec) in rows {
                 read_upto = seq;
-                if table.starts_with(crate::model::SYSTEM_PREFIX) {
+                if !system && table.starts_with(crate::model::SYSTEM_PREFIX) {
                     continue;
                 }
                 changes.push(self.change(seq, table, id, &rec)?);

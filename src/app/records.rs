@@ -578,13 +578,18 @@ impl App {
 
     /// Table names with live and deleted counts.
     pub fn tables(&self) -> Result<Vec<TableInfo>, AppError> {
+        self.tables_with(false)
+    }
+
+    /// [`App::tables`], with fieldsync's own tables (`fs_revocations`) too when `system`.
+    pub fn tables_with(&self, system: bool) -> Result<Vec<TableInfo>, AppError> {
         Ok(self
             .store
             .tables()?
             .into_iter()
             // fieldsync's own tables (`fs_revocations`) are not data people or applications
-            // wrote: left out (still readable by name with `list`/`get`).
-            .filter(|(table, _)| !table.starts_with(crate::model::SYSTEM_PREFIX))
+            // wrote: left out unless asked (and readable by name with `list`/`get`).
+            .filter(|(table, _)| system || !table.starts_with(crate::model::SYSTEM_PREFIX))
             .map(|(table, c)| TableInfo {
                 table,
                 live: c.live,
