@@ -76,9 +76,13 @@ pub fn held(app: &App, cmd: super::HeldCommand, io: &mut Io<'_>) -> Result<(), C
             }
             return Ok(());
         }
-        HeldCommand::Approve { id } => serde_json::to_value(app.approve_hold(id)?),
-        HeldCommand::Reject { id } => serde_json::to_value(app.reject_hold(id)?),
+        HeldCommand::Approve { id } => app.approve_hold(id)?,
+        HeldCommand::Reject { id } => app.reject_hold(id)?,
     };
+    if io.human {
+        return write!(io.out, "{}", super::human::hold_decided(&v)).map_err(CliError::Output);
+    }
+    let v = serde_json::to_value(v);
     print(io.out, &v.map_err(super::invalid)?)
 }
 

@@ -326,6 +326,30 @@ pub fn sync(v: &Value) -> String {
         + "\n"
 }
 
+/// `held approve|reject ID`: what deciding the hold did, in a sentence.
+pub fn hold_decided(d: &crate::app::held::HoldDecision) -> String {
+    let conflicts = match d.conflicts {
+        0 => String::new(),
+        n => format!(
+            " ({} logged: see `fieldsync conflicts`)",
+            count(n, "conflict", "conflicts")
+        ),
+    };
+    if d.decision == "rejected" {
+        format!(
+            "Rejected hold {}: {} kept alive with a new revision that syncs to every laptop{conflicts}.\n",
+            d.id,
+            count(d.restored, "record", "records")
+        )
+    } else {
+        format!(
+            "Approved hold {}: {} applied{conflicts}.\n",
+            d.id,
+            count(d.applied, "held change", "held changes")
+        )
+    }
+}
+
 /// `held list`: the deletes the mass-delete brake holds, one row each, and how to decide;
 /// "No held deletes." when there are none.
 pub fn held(holds: &[crate::app::held::HoldView], now: DateTime<Utc>) -> String {
@@ -707,6 +731,27 @@ mod tests {
         let none = json!({"peer": b, "peer_name": "laptopB", "received": dir, "sent": dir,
                           "held": []});
         assert!(sync(&none).ends_with("0.8 s\n"));
+    }
+
+    #[test]
+    fn deciding_a_hold_is_a_sentence() {
+        use crate::app::held::HoldDecision;
+        let d = |decision: &str, conflicts| HoldDecision {
+            id: 3,
+            decision: decision.into(),
+            applied: 80,
+            restored: 80,
+            conflicts,
+        };
+        assert_eq!(
+            hold_decided(&d("approved", 0)),
+            "Approved hold 3: 80 held changes applied.\n"
+        );
+        assert_eq!(
+            hold_decided(&d("rejected", 1)),
+            "Rejected hold 3: 80 records kept alive with a new revision that syncs to every \
+             laptop (1 conflict logged: see `fieldsync conflicts`).\n"
+        );
     }
 
     #[test]
