@@ -181,7 +181,16 @@ impl Agent {
                         me.update_row(report.peer.instance, |row| {
                             row.last_seen = Some(Utc::now());
                         });
-                        eprintln!("{}", report_line(&report));
+                        // Deletes the brake holds from that peer are said on the same line.
+                        let held = crate::store::Store::holds(&me.store)
+                            .map(|h| h.iter().map(crate::app::held::HoldView::from).collect())
+                            .unwrap_or_default();
+                        let held: Vec<crate::app::held::HoldView> = held;
+                        eprintln!(
+                            "{}{}",
+                            report_line(&report),
+                            crate::app::held::held_note(&held, report.peer.instance)
+                        );
                         if why == Reason::AntiEntropy {
                             me.anti_entropy(&report.peer, addr).await;
                         }

@@ -234,9 +234,15 @@ pub async fn dispatch(
     match op {
         Op::Sync { peer } => {
             let r = app.sync(&peer, transport).await?;
+            // Deletes from that peer the mass-delete brake holds (pending now).
+            let held: Vec<_> = app
+                .holds()?
+                .into_iter()
+                .filter(|h| h.peer == r.peer.instance)
+                .collect();
             Ok(serde_json::json!({
                 "peer": r.peer.instance, "peer_name": r.peer.name,
-                "received": r.received, "sent": r.sent,
+                "received": r.received, "sent": r.sent, "held": held,
             }))
         }
         Op::Verify { peer } => json(app.verify(&peer, transport).await?),

@@ -247,14 +247,17 @@ fn identity_check(store: &Store) -> Check {
                 store.incarnation().id
             ),
         ),
-        Ok(p) => fail(
-            "identity",
-            p.iter()
-                .map(|x| x.problem.as_str())
+        Ok(p) => {
+            // In words with the laptop's name; the fix for the first (one pair at a time).
+            use crate::app::identity::{copied_identity_fix, copied_identity_problem};
+            let me = store.id();
+            let detail = p
+                .iter()
+                .map(|x| copied_identity_problem(&x.name, x.instance, x.instance == me))
                 .collect::<Vec<_>>()
-                .join("; "),
-            crate::sync::DUPLICATE_FIX,
-        ),
+                .join("; ");
+            fail("identity", detail, copied_identity_fix(&p[0].name))
+        }
         Err(e) => fail(
             "identity",
             format!("cannot read the peer list: {e}"),

@@ -202,19 +202,75 @@ pub struct Incarnation {
 /// one-line text, else `line L, column C`).
 pub fn json_problem(e: &serde_json::Error) -> String {
     use serde_json::error::Category;
-    let at = if e.line() <= 1 {
-        format!("column {}", e.column())
-    } else {
-        format!("line {}, column {}", e.line(), e.column())
+    // serde_json reports a mistake found at a line break as column 0 of the next line: it is
+    // the end of the line before, which is where a person looks.
+    let at = match (e.line(), e.column()) {
+        (l, 0) if l > 1 => format!("the end of line {}", l - 1),
+        (l, c) if l <= 1 => format!("column {c}"),
+        (l, c) => format!("line {l}, column {c}"),
     };
     match e.classify() {
         Category::Eof => format!("it ends too early (at {at}): a closing }}, ] or \" is missing"),
         Category::Syntax => {
-            format!("unexpected text at {at} (names and text values need double quotes)")
+            // The parser's own words ("expected `:`") name what it expected: said plainly.
+            let parser = e.to_string();
+            let expected = EXPECTED
+                .iter()
+                .find(|(head, _)| parser.starts_with(head))
+                .map_or(
+                    "unexpected text (names and text values need double quotes)",
+                    |(_, w)| w,
+                );
+            format!("at {at}: {expected}")
         }
         Category::Data | Category::Io => format!("not a JSON value (at {at})"),
     }
 }
+
+/// The start of serde_json's syntax messages, and what they mean for a person writing JSON.
+const EXPECTED: &[(&str, &str)] = &[
+    ("expected `:`", "a ':' is missing after a field name"),
+    (
+        "expected `,` or `}`",
+        "a ',' between fields or the closing '}' is missing",
+    ),
+    (
+        "expected `,` or `]`",
+        "a ',' between values or the closing ']' is missing",
+    ),
+    (
+        "key must be a string",
+        "field names need double quotes (\"name\": ...)",
+    ),
+    (
+        "expected value",
+        "a value is missing or is not JSON (text needs double quotes; true, false and null \
+         are lowercase)",
+    ),
+    (
+        "expected ident",
+        "only true, false and null go without quotes (text needs double quotes)",
+    ),
+    (
+        "trailing comma",
+        "remove the comma before the closing } or ]",
+    ),
+    ("trailing characters", "there is more after the JSON object"),
+    (
+        "invalid number",
+        "a number is not written as JSON writes numbers",
+    ),
+    ("number out of range", "a number is too large"),
+    (
+        "control character",
+        "a line break or tab inside quotes (write it as \\n or \\t)",
+    ),
+    (
+        "invalid escape",
+        "a \\ inside quotes that JSON does not know (write \\\\ for one)",
+    ),
+    ("invalid unicode", "an invalid \\u escape inside quotes"),
+];
 
 #[cfg(test)]
 mod tests {
@@ -237,6 +293,29 @@ mod tests {
         ] {
             assert!(validate_table(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn json_mistakes_say_where_and_what_was_expected() {
+        let p = |t: &str| json_problem(&serde_json::from_str::<Value>(t).unwrap_err());
+        assert_eq!(
+            p(r#"{"a" 1}"#),
+            "at column 6: a ':' is missing after a field name"
+        );
+        assert_eq!(
+            p("{\n \"a\": 1,\n \"b\": tru\n}"),
+            "at the end of line 3: only true, false and null go without quotes (text needs \
+             double quotes)"
+        );
+        assert_eq!(
+            p(r#"{"a": 1,}"#),
+            "at column 9: remove the comma before the closing } or ]"
+        );
+        assert_eq!(
+            p(r#"{bad}"#),
+            "at column 2: field names need double quotes (\"name\": ...)"
+        );
+        assert!(p(r#"{"a":"#).starts_with("it ends too early (at column 5)"));
     }
 
     #[test]

@@ -1075,3 +1075,128 @@ fn the_token_an_app_read_survives_a_clean_stop_and_restart() {
     };
     assert_eq!(old.get("/v1/status").status, 200);
 }
+
+/// An application is told in the API's words: request fields, not CLI flags; the bare revision
+/// number in If-Match is the revision it names (not a contradiction); fieldsync's own tables
+/// (`fs_revocations`) are not in `tables` or the feed, but still readable by name.
+#[test]
+fn errors_speak_the_apis_words_and_fieldsyncs_own_tables_stay_out_of_sight() {
+    let (tmp, dir) = new_root();
+    let (_a, api) = agent(&dir);
+    let id = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    let etag = api
+        .send("PUT", &rec_path("person", id), &json!({"n": 1}))
+        .header("etag")
+        .unwrap()
+        .to_string();
+    let bare = etag.trim_matches('"').to_string();
+    assert_ne!(bare, etag, "the ETag is quoted");
+    let r = api.req(
+        "PUT",
+        &rec_path("person", id),
+        &[("If-Match", &bare)],
+        b"{\"n\":2}",
+    );
+    assert_eq!(r.status, 200, "the bare revision is the current one: {r:?}");
+    let e = api
+        .req(
+            "PUT",
+            &rec_path("person", id),
+            &[("If-Match", &bare)],
+            b"{\"n\":3}",
+        )
+        .error(412, "REVISION_MISMATCH");
+    let m = e["message"].as_str().unwrap();
+    assert!(m.contains(&format!("changed since revision {bare}")), "{m}");
+
+    // A time whose `+` the URL made a space is said to be one, not a missing revision.
+    let e = api
+        .get(&format!(
+            "{}?at=2026-11-24T14:00:00%2000:00",
+            rec_path("person", id)
+        ))
+        .error(400, "UNKNOWN_REVISION");
+    let m = e["message"].as_str().unwrap();
+    assert!(
+        m.contains("is not an RFC 3339 time") && m.contains("%2B"),
+        "{m}"
+    );
+    let e = api
+        .send("POST", "/v1/conflicts/7/resolve", &json!({"keep": "maybe"}))
+        .error(400, "INVALID_KEEP");
+    let m = e["message"].as_str().unwrap();
+    assert!(!m.contains("--"), "no CLI flags in the API: {m}");
+    // The brake's refusal, written once for every door, says the request field here.
+    let ids: Vec<String> = (0..100)
+        .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+        .collect();
+    let puts: Vec<Value> = ids
+        .iter()
+        .map(|i| json!({"op": "put", "table": "case", "id": i, "fields": {"n": 1}}))
+        .collect();
+    assert_eq!(
+        api.send("POST", "/v1/batch", &json!({"ops": puts})).status,
+        200
+    );
+    let deletes: Vec<Value> = ids[..60]
+        .iter()
+        .map(|i| json!({"op": "delete", "table": "case", "id": i}))
+        .collect();
+    let e = api
+        .send("POST", "/v1/batch", &json!({"ops": deletes}))
+        .error(409, "MASS_DELETE");
+    let m = e["message"].as_str().unwrap();
+    assert!(
+        !m.contains("--") && m.contains("send it again with \"confirm_mass_delete\": true"),
+        "{m}"
+    );
+
+    // A revocation (made through the CLI, which hands it to the agent) is fieldsync's own.
+    let ca = tmp.path().join("test-ca.fsca");
+    let gone = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+    run(
+        &dir,
+        &["mesh", "revoke", gone, "--ca", ca.to_str().unwrap()],
+    )
+    .ok();
+    let tables = api.get("/v1/tables").json();
+    assert_eq!(
+        tables,
+        json!([{"table": "case", "live": 100, "deleted": 0},
+               {"table": "person", "live": 1, "deleted": 0}]),
+        "{tables}"
+    );
+    let page = api.get("/v1/changes?since=0").json();
+    let shown: std::collections::BTreeSet<&str> = page["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["table"].as_str().unwrap())
+        .collect();
+    assert_eq!(shown, ["case", "person"].into(), "{page}");
+    let head = api.get("/v1/status").json()["feed_seq"].as_u64().unwrap();
+    assert_eq!(
+        page["last_seq"], head,
+        "the page ends past the hidden change"
+    );
+    // Past the last change, the next page is empty at once (no change is skipped for good).
+    let next = api.get(&format!("/v1/changes?since={head}")).json();
+    assert_eq!(next["changes"], json!([]));
+    // Asked for, they are there.
+    let all = api.get("/v1/tables?system=true").json();
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["table"] == "fs_revocations"),
+        "{all}"
+    );
+    let page = api.get("/v1/changes?since=0&system=true").json();
+    assert_eq!(
+        page["changes"].as_array().unwrap().last().unwrap()["table"],
+        "fs_revocations"
+    );
+    let asked = run(&dir, &["list", "fs_revocations"]).ok().lines();
+    assert_eq!(asked.len(), 1, "readable by name");
+    assert_eq!(asked[0]["id"], gone);
+}

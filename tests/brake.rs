@@ -78,6 +78,17 @@ fn eighty_of_a_hundred_deleted_on_b(root: &Path) -> (std::path::PathBuf, Agent, 
     assert_eq!(h[0]["message"], msg.as_str());
     let st = status(&a);
     assert_eq!(st["held"][0]["message"], msg.as_str(), "{st}");
+    // People see it in `status` and `held list`, with what to do.
+    let people = run(&a, &["status", "--human"]).ok().stdout;
+    assert!(
+        people.contains("1 delete batch held by the mass-delete brake") && people.contains(&msg),
+        "{people}"
+    );
+    let list = run(&a, &["held", "list", "--human"]).ok().stdout;
+    assert!(
+        list.contains(&msg) && list.contains("fieldsync held approve ID"),
+        "{list}"
+    );
     assert!(
         agent_b.log_text().is_empty() || !agent_b.log_text().contains("panick"),
         "B's agent is fine"
@@ -93,6 +104,16 @@ fn eighty_of_a_hundred_deleted_on_b(root: &Path) -> (std::path::PathBuf, Agent, 
     let h2 = held(&a);
     assert_eq!(h2.len(), 1, "{h2:?}");
     assert_eq!(h2[0]["deletes"], 80);
+    // The sync line says what stays held from that peer.
+    let mut args = peer_args("sync", &a, agent_b.addr());
+    args.push("--human");
+    let line = run(&a, &args).ok().stdout;
+    assert!(
+        line.contains(&format!(
+            "; held by the mass-delete brake: {msg} (see `fieldsync held list`)"
+        )),
+        "{line}"
+    );
     assert_eq!(live_count(&a, "person"), 101);
     (a, agent_b, doomed)
 }
@@ -108,6 +129,10 @@ fn approving_a_held_mass_delete_applies_exactly_the_held_deletes() {
         (Some("approved"), Some(80))
     );
     assert!(held(&a).is_empty());
+    assert_eq!(
+        run(&a, &["held", "list", "--human"]).ok().stdout,
+        "No held deletes.\n"
+    );
     assert!(status(&a)["held"].as_array().unwrap().is_empty());
     assert_eq!(live_count(&a, "person"), 21);
     assert!(doomed.iter().all(|id| !alive(&a, "person", id)));

@@ -256,6 +256,7 @@ fn sync_peers_status_and_history_name_laptops() {
         .stdout;
     assert!(
         v.contains("person: differs: 1 here, 1 on ")
+            && v.contains(" (deleted records included); ")
             && v.contains(&format!("1 record differs: {ID}."))
             && v.contains("`fieldsync sync "),
         "{v}"
@@ -263,7 +264,7 @@ fn sync_peers_status_and_history_name_laptops() {
     run(&b, &["sync", agent_a.addr()]).ok();
     let v = run(&b, &["verify", agent_a.addr(), "--human"]).ok().stdout;
     assert!(
-        v.contains("person: in sync (1 record).\nIn sync with "),
+        v.contains("person: in sync (1 record, deleted ones included).\nIn sync with "),
         "{v}"
     );
     // `doctor` names the port the running agent listens on (not the configured default).
@@ -308,4 +309,165 @@ fn a_sync_line_counts_a_conflict_once() {
         1,
         "{listed}"
     );
+}
+
+/// What a newcomer following the README tripped over, told in one line each: a restore that
+/// keeps this laptop's identity says so and names the other choice; a failed restore leaves
+/// nothing behind; a name enrolled twice and a revoke away from the coordinator are refused
+/// with the fix; `held list` says when nothing is held; `list` says which columns it left out
+/// and `--fields` chooses them.
+#[test]
+fn restore_enroll_revoke_held_and_list_tell_a_newcomer_what_happened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let a = data_dir(root, "a");
+    run(&a, &["init", "--name", "laptopA"]).ok();
+    run(&a, &["mesh", "create", "--name", "Relief"]).ok();
+    let wide = r#"{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":"eight"}"#;
+    run(&a, &["put", "person", "--id", ID, wide]).ok();
+    run(&a, &["put", "person", "--id", ID2, r#"{"a":10,"h":"x"}"#]).ok();
+
+    // `list`: six columns, a footer naming the rest; `--fields` picks columns (and JSON fields).
+    let mut t = human(&a, root, &["list", "person"]);
+    t += &human(&a, root, &["list", "person", "--fields", "h,a"]);
+    let only = run(&a, &["list", "person", "--fields", "h", "--json"])
+        .ok()
+        .lines();
+    let row = only.iter().find(|r| r["id"] == ID).unwrap();
+    assert_eq!(row["fields"], serde_json::json!({"h": "eight"}));
+    // Nothing held: said, not silence.
+    t += &human(&a, root, &["held", "list"]);
+    // `history --diff` names the laptop, as `history` does.
+    let diff = run(&a, &["history", "person", ID, "--diff"]).ok().stdout;
+    assert!(
+        diff.starts_with("@ ")
+            && diff.contains(" create by laptopA (this laptop) (edit), revision "),
+        "{diff}"
+    );
+
+    // Enrolling a name twice is refused with the laptop's id and the fix.
+    let cred = root.join("b.fsmesh");
+    let cred_s = cred.to_str().unwrap();
+    let first = run(
+        &a,
+        &[
+            "mesh", "enroll", "--name", "laptopB", "--out", cred_s, "--json",
+        ],
+    )
+    .ok()
+    .json();
+    let b_id = first["instance"].as_str().unwrap();
+    let spare = root.join("spare.fsmesh");
+    let spare = spare.to_str().unwrap();
+    let again = run(&a, &["mesh", "enroll", "--name", "laptopB", "--out", spare]).code(2);
+    assert!(
+        again.stderr.contains(&format!(
+            "a laptop named \"laptopB\" is already enrolled (instance {b_id})"
+        )) && again
+            .stderr
+            .contains(&format!("fieldsync mesh revoke {b_id}"))
+            && again.stderr.contains("another --name"),
+        "{again}"
+    );
+    // The coordinator's own name is taken too; enrolling the same instance again is not a clash.
+    run(&a, &["mesh", "enroll", "--name", "laptopA", "--out", spare]).code(2);
+    run(
+        &a,
+        &[
+            "mesh",
+            "enroll",
+            "--name",
+            "laptopB",
+            "--instance",
+            b_id,
+            "--out",
+            spare,
+        ],
+    )
+    .ok();
+
+    // Revoking from a laptop that is not the coordinator says where to run it.
+    let b = data_dir(root, "b");
+    run(&b, &["init", "--mesh", cred_s]).ok();
+    let revoke = run(&b, &["mesh", "revoke", "laptopA"]).code(2);
+    assert!(
+        revoke.stderr.contains("this laptop is not the coordinator")
+            && revoke.stderr.contains("`fieldsync mesh create`")
+            && !revoke.stderr.contains("no such file"),
+        "{revoke}"
+    );
+
+    // A backup with keys; a wrong passphrase creates nothing, in a new or an empty directory.
+    let (good, bad) = (root.join("pass"), root.join("wrong"));
+    std::fs::write(&good, "correct horse\n").unwrap();
+    std::fs::write(&bad, "wrong horse\n").unwrap();
+    let backup = root.join("a.fsbackup");
+    let backup_s = backup.to_str().unwrap();
+    run(
+        &a,
+        &[
+            "backup",
+            backup_s,
+            "--passphrase-file",
+            good.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let fresh = root.join("fresh");
+    let empty = root.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    for target in [&fresh, &empty] {
+        let out = run(
+            target,
+            &[
+                "restore",
+                backup_s,
+                "--passphrase-file",
+                bad.to_str().unwrap(),
+            ],
+        )
+        .code(2);
+        assert!(out.stderr.contains("passphrase"), "{out}");
+    }
+    assert!(
+        !fresh.exists(),
+        "a failed restore created {}",
+        fresh.display()
+    );
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "nothing left in it"
+    );
+
+    // Restoring without --take-over-identity says what happened and the other choice: for
+    // people on stdout, beside JSON on stderr.
+    t += &human(
+        &fresh,
+        root,
+        &[
+            "restore",
+            backup_s,
+            "--passphrase-file",
+            good.to_str().unwrap(),
+        ],
+    );
+    let out = run(
+        &empty,
+        &[
+            "restore",
+            backup_s,
+            "--passphrase-file",
+            good.to_str().unwrap(),
+            "--json",
+        ],
+    )
+    .ok();
+    let notice = out.json()["notice"].as_str().unwrap().to_string();
+    assert!(out.stderr.contains(&notice), "{out}");
+    assert!(notice.contains("--take-over-identity"), "{notice}");
+    let t = t
+        .replace(backup_s, "<backup>")
+        .replace(root.to_str().unwrap(), "<root>");
+    snapshot!("newcomer", t);
 }

@@ -871,7 +871,9 @@ fn revoking_the_coordinator_itself_needs_force() {
 
 /// Issue #19 (found by a newcomer following the README): a laptop lost on its way to the field
 /// is revoked by the name it was enrolled under, although the coordinator never synced with it.
-/// A name enrolled twice is refused, naming both ids; an unknown name still fails.
+/// A name already enrolled is refused with that laptop's id and the fix; once that laptop is
+/// revoked the name is free for its replacement, and names the replacement. An unknown name
+/// still fails.
 #[test]
 fn a_laptop_is_revoked_by_its_enrolled_name_before_it_ever_synced() {
     let coord = Node::new("coord");
@@ -881,12 +883,33 @@ fn a_laptop_is_revoked_by_its_enrolled_name_before_it_ever_synced() {
     assert_eq!(r["revoked"], lost.id().as_str());
     assert_eq!(coord.revoked(), vec![lost.id()]);
 
-    let (x, y) = (coord.enroll("twin"), coord.enroll("twin"));
-    let err = coord.fails(&["mesh", "revoke", "twin", "--reason", "which?"]);
-    assert!(err.contains(&x.id()) && err.contains(&y.id()), "{err}");
+    let x = coord.enroll("twin");
+    let spare = coord.file("spare.fsmesh");
+    let err = coord.fails(&[
+        "mesh",
+        "enroll",
+        "--name",
+        "twin",
+        "--out",
+        spare.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains(&format!("already enrolled (instance {})", x.id()))
+            && err.contains(&format!("fieldsync mesh revoke {}", x.id())),
+        "{err}"
+    );
+    let r = coord.json(&["mesh", "revoke", "twin", "--reason", "replaced"]);
+    assert_eq!(r["revoked"], x.id().as_str());
+    let y = coord.enroll("twin");
+    let r = coord.json(&["mesh", "revoke", "twin", "--reason", "lost too"]);
+    assert_eq!(r["revoked"], y.id().as_str());
     let err = coord.fails(&["mesh", "revoke", "nobody", "--reason", "typo"]);
     assert!(err.contains("nobody"), "{err}");
-    assert_eq!(coord.revoked(), vec![lost.id()]);
+    let mut revoked = coord.revoked();
+    revoked.sort();
+    let mut want = vec![lost.id(), x.id(), y.id()];
+    want.sort();
+    assert_eq!(revoked, want);
 }
 
 /// Issue #18 item 3: a member's knowledge claim (the year-4000 maximum for every instance,

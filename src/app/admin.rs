@@ -34,6 +34,7 @@ impl App {
         let tables: serde_json::Map<String, Value> = store
             .tables()?
             .into_iter()
+            .filter(|(t, _)| !t.starts_with(crate::model::SYSTEM_PREFIX))
             .map(|(t, c)| (t, json!({"live": c.live, "deleted": c.deleted})))
             .collect();
         let unresolved = store

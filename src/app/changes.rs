@@ -42,42 +42,80 @@ pub struct Change {
 pub struct ChangesPage {
     /// Changes in feed order.
     pub changes: Vec<Change>,
-    /// The position to ask from next (`since`): the last change's `seq`, or `since` itself.
+    /// The position to ask from next (`since`): the last position read (past the last change,
+    /// when fieldsync's own tables' changes were left out after it), or `since` itself.
     pub last_seq: u64,
 }
 
 impl App {
     /// Changes after position `since`, at most `limit` (≤ [`MAX_CHANGES`]).
     pub fn changes(&self, since: u64, limit: usize) -> Result<ChangesPage, AppError> {
-        let rows = self
-            .store
-            .changes_since(since, limit.clamp(1, MAX_CHANGES))?;
-        let mut changes = Vec::with_capacity(rows.len());
-        for (seq, table, id, rec) in rows {
-            // Which door the latest change came in by: the revision applied last here.
-            let latest = self
-                .store
-                .history(&table, &id)?
-                .into_iter()
-                .max_by_key(|e| e.applied_at);
-            let (source, via) = match latest.map(|e| e.source) {
-                Some(Source::Peer(p)) => ("peer", Some(p)),
-                Some(Source::Merge(p)) => ("merge", Some(p)),
-                _ => ("local", None),
-            };
-            let stamp = revision_stamp(&rec);
-            changes.push(Change {
-                seq,
-                deleted: !rec.state.is_alive(),
-                rev: stamp.map(|s| s.to_string()),
-                origin: stamp.map(|s| s.node),
-                table,
-                id,
-                source: source.into(),
-                via,
-            });
+        self.changes_with(since, limit, false)
+    }
+
+    /// [`App::changes`], with changes of fieldsync's own tables too when `system`.
+    pub fn changes_with(
+        &self,
+        since: u64,
+        limit: usize,
+        system: bool,
+    ) -> Result<ChangesPage, AppError> {
+        let limit = limit.clamp(1, MAX_CHANGES);
+        let mut changes = Vec::new();
+        // The page ends after the last row read, shown or not; rows of fieldsync's own tables
+        // (`fs_revocations`) are not an application's data and are left out unless asked (still
+        // readable by name), and reading goes on past them so a page is empty only at the
+        // feed's end.
+        let mut read_upto = since;
+        loop {
+            let rows = self.store.changes_since(read_upto, limit)?;
+            let full = rows.len() == limit;
+            for (seq, table, id, rec) in rows {
+                read_upto = seq;
+                if !system && table.starts_with(crate::model::SYSTEM_PREFIX) {
+                    continue;
+                }
+                changes.push(self.change(seq, table, id, &rec)?);
+            }
+            if !changes.is_empty() || !full {
+                break;
+            }
         }
-        let last_seq = changes.last().map_or(since, |c| c.seq);
-        Ok(ChangesPage { changes, last_seq })
+        Ok(ChangesPage {
+            changes,
+            last_seq: read_upto,
+        })
+    }
+
+    /// One feed row as a [`Change`].
+    fn change(
+        &self,
+        seq: u64,
+        table: String,
+        id: Uuid,
+        rec: &crate::store::StoredRecord,
+    ) -> Result<Change, AppError> {
+        // Which door the latest change came in by: the revision applied last here.
+        let latest = self
+            .store
+            .history(&table, &id)?
+            .into_iter()
+            .max_by_key(|e| e.applied_at);
+        let (source, via) = match latest.map(|e| e.source) {
+            Some(Source::Peer(p)) => ("peer", Some(p)),
+            Some(Source::Merge(p)) => ("merge", Some(p)),
+            _ => ("local", None),
+        };
+        let stamp = revision_stamp(rec);
+        Ok(Change {
+            seq,
+            deleted: !rec.state.is_alive(),
+            rev: stamp.map(|s| s.to_string()),
+            origin: stamp.map(|s| s.node),
+            table,
+            id,
+            source: source.into(),
+            via,
+        })
     }
 }

@@ -149,12 +149,24 @@ pub(crate) fn problem(p: &PeerRow, revoked: bool, reason: Option<&str>) -> Value
             reason.unwrap_or("no reason given")
         ));
     }
-    if let Some(d) = &p.duplicate {
+    if p.duplicate.is_some() {
+        // The incarnations seen are in `duplicate_identity`; people get the fix by name.
         return json!(format!(
-            "two laptops use this identity ({}), so its syncs are refused: {}",
-            d.reason,
-            crate::sync::DUPLICATE_FIX
+            "two laptops use this identity, so its syncs are refused. Fix: {}",
+            super::identity::copied_identity_fix(&p.name)
         ));
+    }
+    let refused_me = p.last_error.as_deref().is_some_and(|e| {
+        e.contains(&format!(
+            "(code {})",
+            crate::protocol::codes::DUPLICATE_INSTANCE
+        ))
+    });
+    if refused_me {
+        return json!(
+            "refuses this laptop: another data directory uses this laptop's identity too \
+             (`fieldsync status` says how to fix it)"
+        );
     }
     match &p.last_error {
         Some(e) => json!(format!("the last sync failed: {e}")),

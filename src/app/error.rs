@@ -107,6 +107,12 @@ impl AppError {
         }
     }
 
+    /// The message in the HTTP API's words: messages are written for the CLI, so its flags
+    /// are said as the request body's fields (`--keep-value JSON` → `"keep_value": JSON`).
+    pub fn api_message(&self) -> String {
+        api_words(&self.to_string())
+    }
+
     /// Prefixes the field at fault (`ops[2].` + `table`), for errors inside a batch.
     fn in_field(mut self, prefix: &str) -> Self {
         if let AppError::Invalid { field, .. } | AppError::Conflict { field, .. } = &mut self {
@@ -117,6 +123,34 @@ impl AppError {
         }
         self
     }
+}
+
+/// CLI words and the request-body words that replace them in the HTTP API's messages, longest
+/// first (a whole phrase where the CLI message already names both).
+const API_WORDS: &[(&str, &str)] = &[
+    (
+        "run it again with --yes (API: \"confirm_mass_delete\": true)",
+        "send it again with \"confirm_mass_delete\": true",
+    ),
+    (
+        " with --record ID (HTTP: \"record\")",
+        " with \"record\": ID",
+    ),
+    ("--keep-value JSON", "\"keep_value\": JSON"),
+    ("--keep-from NAME_OR_ID", "\"keep_from\": NAME_OR_ID"),
+    ("--keep-value", "\"keep_value\""),
+    ("--keep-from", "\"keep_from\""),
+    ("--record", "\"record\""),
+    ("--keep", "\"keep\""),
+];
+
+/// `text` with the CLI's flags replaced by the HTTP API's field names ([`API_WORDS`]).
+pub(crate) fn api_words(text: &str) -> String {
+    let mut out = text.to_string();
+    for (cli, api) in API_WORDS {
+        out = out.replace(cli, api);
+    }
+    out
 }
 
 impl From<ValidationError> for AppError {
@@ -188,5 +222,37 @@ impl From<StoreError> for AppError {
             }
             other => AppError::Store(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_messages_name_request_fields_not_cli_flags() {
+        let e = AppError::invalid(
+            "INVALID_KEEP",
+            "keep",
+            "`x` is not a side: --keep takes mine, theirs, deleted or alive; to keep a value use \
+             --keep-value JSON (quote strings: '\"text\"')",
+        );
+        assert_eq!(
+            e.api_message(),
+            "`x` is not a side: \"keep\" takes mine, theirs, deleted or alive; to keep a value \
+             use \"keep_value\": JSON (quote strings: '\"text\"')"
+        );
+        let brake = AppError::Conflict {
+            code: "MASS_DELETE",
+            message: "nothing was written; run it again with --yes (API: \"confirm_mass_delete\": \
+                      true) if that is what you want"
+                .into(),
+            field: None,
+        };
+        assert_eq!(
+            brake.api_message(),
+            "nothing was written; send it again with \"confirm_mass_delete\": true if that is \
+             what you want"
+        );
     }
 }

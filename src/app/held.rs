@@ -70,6 +70,24 @@ fn decision(id: u64, what: &str, d: Decided) -> HoldDecision {
     }
 }
 
+/// What the people's sync line adds for deletes from `peer` that the brake holds (pending
+/// now, from this session or an earlier one): `; held by the mass-delete brake: laptopB wants
+/// to delete 80 of 100 person records (see `fieldsync held list`)`, or nothing.
+pub fn held_note(holds: &[HoldView], peer: Uuid) -> String {
+    let lines: Vec<&str> = holds
+        .iter()
+        .filter(|h| h.peer == peer)
+        .map(|h| h.message.as_str())
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; held by the mass-delete brake: {} (see `fieldsync held list`)",
+        lines.join(", ")
+    )
+}
+
 impl App {
     /// Refuses a local batch that would delete more of a table's live records than `[brake]`
     /// allows, unless `confirmed` (`--yes`, a terminal confirmation, or the API's

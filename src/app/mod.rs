@@ -17,6 +17,7 @@
 //! - [`console`]: the console's overview (peers in words, what each has not received yet),
 //!   live sessions and warnings.
 //! - [`held`]: deletes held by the mass-delete brake: list, approve, reject.
+//! - [`identity`]: a shared (copied) identity told in one line, with the exact fix.
 
 pub mod admin;
 pub mod changes;
@@ -24,6 +25,7 @@ pub mod conflicts;
 pub mod console;
 mod error;
 pub mod held;
+pub mod identity;
 pub mod peers;
 pub mod records;
 

@@ -146,10 +146,14 @@ fn check(
             ))),
         },
         Precondition::Match(tags) => {
+            // The ETag is the quoted feed position ("5"); the bare form (5) is what people
+            // type and is taken as the same revision.
             let ok = cur.is_some_and(|r| {
-                let mine = etag(r.seq);
-                tags.iter()
-                    .any(|t| t == "*" || t.trim_start_matches("W/") == mine)
+                let mine = r.seq.to_string();
+                tags.iter().any(|t| {
+                    let bare = t.trim_start_matches("W/");
+                    t == "*" || bare == etag(r.seq) || bare == mine
+                })
             });
             if ok {
                 return Ok(());
@@ -417,15 +421,22 @@ impl App {
             ));
         }
         let upto = found.ok_or_else(|| {
-            AppError::invalid(
-                "UNKNOWN_REVISION",
-                "at",
+            // A time whose `+` a URL turned into a space reads as neither: said as such, not
+            // as a revision the record lacks.
+            let message = if !at.contains('@') && at.contains('T') {
+                format!(
+                    "at={at:?} is not an RFC 3339 time (e.g. 2026-11-24T14:00:00Z; in a URL \
+                     write + as %2B) nor a revision stamp (an \"at\" value of the record's \
+                     history)"
+                )
+            } else {
                 format!(
                     "record {table}/{} has no revision {at:?}: use an \"at\" value from its \
-                         history or an RFC 3339 time",
+                     history (a stamp, not the ETag's number) or an RFC 3339 time",
                     v.id
-                ),
-            )
+                )
+            };
+            AppError::invalid("UNKNOWN_REVISION", "at", message)
         })?;
         let mut fields = Fields::new();
         let mut deleted = false;
@@ -567,10 +578,18 @@ impl App {
 
     /// Table names with live and deleted counts.
     pub fn tables(&self) -> Result<Vec<TableInfo>, AppError> {
+        self.tables_with(false)
+    }
+
+    /// [`App::tables`], with fieldsync's own tables (`fs_revocations`) too when `system`.
+    pub fn tables_with(&self, system: bool) -> Result<Vec<TableInfo>, AppError> {
         Ok(self
             .store
             .tables()?
             .into_iter()
+            // fieldsync's own tables (`fs_revocations`) are not data people or applications
+            // wrote: left out unless asked (and readable by name with `list`/`get`).
+            .filter(|(table, _)| system || !table.starts_with(crate::model::SYSTEM_PREFIX))
             .map(|(table, c)| TableInfo {
                 table,
                 live: c.live,

@@ -66,14 +66,23 @@ pub fn held(app: &App, cmd: super::HeldCommand, io: &mut Io<'_>) -> Result<(), C
     use super::HeldCommand;
     let v = match cmd {
         HeldCommand::List => {
-            for h in app.holds()? {
+            let holds = app.holds()?;
+            if io.human {
+                let text = super::human::held(&holds, chrono::Utc::now());
+                return write!(io.out, "{text}").map_err(CliError::Output);
+            }
+            for h in holds {
                 print(io.out, &serde_json::to_value(h).map_err(super::invalid)?)?;
             }
             return Ok(());
         }
-        HeldCommand::Approve { id } => serde_json::to_value(app.approve_hold(id)?),
-        HeldCommand::Reject { id } => serde_json::to_value(app.reject_hold(id)?),
+        HeldCommand::Approve { id } => app.approve_hold(id)?,
+        HeldCommand::Reject { id } => app.reject_hold(id)?,
     };
+    if io.human {
+        return write!(io.out, "{}", super::human::hold_decided(&v)).map_err(CliError::Output);
+    }
+    let v = serde_json::to_value(v);
     print(io.out, &v.map_err(super::invalid)?)
 }
 
@@ -277,8 +286,43 @@ pub fn restore(
         )),
         _ => {}
     }
+    // Restoring another laptop's backup without --take-over-identity keeps this laptop's own
+    // identity: said in one line, with the other choice, because a person restoring "the lost
+    // laptop" onto a new one usually means the other choice.
+    let own_identity = (!r.report.took_over_identity
+        && r.report.backup_instance != r.report.instance)
+        .then(|| {
+            restored_as_own_laptop(
+                &r.header.instance_name,
+                r.report.instance,
+                file,
+                passphrase_file,
+            )
+        });
+    if io.human {
+        let from = if r.header.instance_name.is_empty() {
+            r.report.backup_instance.to_string()
+        } else {
+            r.header.instance_name.clone()
+        };
+        let mut text = format!(
+            "Restored {} from {from}'s backup of {}.\n",
+            super::human::count(r.live_records, "record", "records"),
+            super::human::when(Some(r.header.created_at), chrono::Utc::now())
+        );
+        // The lines are the JSON's words; for people, each is a sentence.
+        for line in own_identity.iter().chain(&warnings) {
+            let mut c = line.chars();
+            let first = c.next().map(|f| f.to_uppercase().collect::<String>());
+            text += &format!("{}{}.\n", first.unwrap_or_default(), c.as_str());
+        }
+        return write!(io.out, "{text}").map_err(CliError::Output);
+    }
+    if let Some(line) = &own_identity {
+        eprintln!("fieldsync: {line}");
+    }
     let v = json!({
-        "restored": file, "instance": r.report.instance,
+        "restored": file, "instance": r.report.instance, "notice": own_identity,
         "backup_instance": r.report.backup_instance,
         "took_over_identity": r.report.took_over_identity,
         "backup_created_at": r.header.created_at.to_rfc3339(),
@@ -287,6 +331,70 @@ pub fn restore(
         "keys_restored": keys_restored, "warnings": warnings,
     });
     writeln!(out, "{v}").map_err(CliError::Output)
+}
+
+/// What a data directory held before a command created a database in it, so a failed
+/// `restore` can leave it as it found it.
+pub struct DirBefore {
+    existed: bool,
+    entries: std::collections::BTreeSet<std::ffi::OsString>,
+}
+
+impl DirBefore {
+    /// Notes what `dir` holds now.
+    pub fn note(dir: &Path) -> Self {
+        let entries = std::fs::read_dir(dir)
+            .map(|it| it.filter_map(|e| e.ok().map(|e| e.file_name())).collect())
+            .unwrap_or_default();
+        DirBefore {
+            existed: dir.exists(),
+            entries,
+        }
+    }
+
+    /// Removes what was created in `dir` since [`DirBefore::note`] (and `dir` itself if it
+    /// did not exist). Best effort: the command's own error is what the person reads.
+    pub fn restore(self, dir: &Path) {
+        if !self.existed {
+            let _ = std::fs::remove_dir_all(dir);
+            return;
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if self.entries.contains(&e.file_name()) {
+                continue;
+            }
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+/// The one line `restore` says when this laptop kept its own identity while restoring the
+/// backup of the laptop `backup_name`: what happened, and the take-over command.
+fn restored_as_own_laptop(
+    backup_name: &str,
+    instance: uuid::Uuid,
+    file: &Path,
+    passphrase_file: Option<&Path>,
+) -> String {
+    let name = if backup_name.is_empty() {
+        "the backup's laptop"
+    } else {
+        backup_name
+    };
+    let pass = passphrase_file.map_or_else(String::new, |p| {
+        format!(" --passphrase-file {}", p.display())
+    });
+    format!(
+        "this laptop stays a laptop of its own (instance {instance}) holding the data of \
+         {name}, which keeps its identity; to become {name} instead (it is lost or broken and \
+         will never run again), run `fieldsync restore {} --take-over-identity --force{pass}`",
+        file.display()
+    )
 }
 
 /// `generate records|ops` (no database needed).

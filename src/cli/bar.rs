@@ -30,18 +30,38 @@ impl Bar {
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
             let pb = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-            pb.set_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:30}] {pos}/{len} records, {prefix}, ETA {eta}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            pb.set_message("connecting");
+            let bar = ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} records, {prefix}, ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            // Until the peer says how much there is, a sentence: no "0/0 records, , ETA 0s".
+            let waiting = ProgressStyle::with_template("{spinner} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            pb.set_style(waiting.clone());
+            pb.set_message("connecting to the peer…");
+            pb.enable_steady_tick(Duration::from_millis(150));
             // Bounded by the session: the caller stops it when the session returns.
             while !s.load(Ordering::Relaxed) {
                 if let Some(v) = source() {
-                    draw(&pb, &v);
+                    match view(&v) {
+                        View::Waiting(msg) => {
+                            pb.set_style(waiting.clone());
+                            pb.set_message(msg);
+                        }
+                        View::Bar {
+                            msg,
+                            done,
+                            len,
+                            bytes,
+                        } => {
+                            pb.set_style(bar.clone());
+                            pb.set_length(len);
+                            pb.set_position(done);
+                            pb.set_message(msg);
+                            pb.set_prefix(bytes);
+                        }
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(150));
             }
@@ -72,23 +92,51 @@ impl Drop for Bar {
     }
 }
 
-fn draw(pb: &ProgressBar, s: &Value) {
+/// What the bar shows for a session's progress.
+#[derive(Debug, PartialEq)]
+enum View {
+    /// Nothing to count yet (the peers are still comparing what each holds): a sentence.
+    Waiting(String),
+    /// Records done of about `len`, and bytes done of about how many.
+    Bar {
+        msg: String,
+        done: u64,
+        len: u64,
+        bytes: String,
+    },
+}
+
+fn view(s: &Value) -> View {
     let n = |d: &str, k: &str| s[d][k].as_u64().unwrap_or(0);
     let expected = n("received", "records_expected") + n("sent", "records_expected");
     let done = n("received", "records") + n("sent", "records");
-    pb.set_length(expected.max(done));
-    pb.set_position(done);
     let name = s["peer_name"]
         .as_str()
         .filter(|x| !x.is_empty())
         .or(s["addr"].as_str())
         .unwrap_or("peer");
-    pb.set_message(format!("syncing with {name}"));
-    pb.set_prefix(format!(
-        "{} of about {}",
-        super::human::bytes(n("received", "bytes") + n("sent", "bytes")),
-        super::human::bytes(n("received", "bytes_expected") + n("sent", "bytes_expected"))
-    ));
+    if expected == 0 && done == 0 {
+        return View::Waiting(format!(
+            "syncing with {name}: finding out what each side lacks…"
+        ));
+    }
+    let bytes = n("received", "bytes") + n("sent", "bytes");
+    let about = n("received", "bytes_expected") + n("sent", "bytes_expected");
+    let bytes = if about > bytes {
+        format!(
+            "{} of about {}",
+            super::human::bytes(bytes),
+            super::human::bytes(about)
+        )
+    } else {
+        super::human::bytes(bytes)
+    };
+    View::Bar {
+        msg: format!("syncing with {name}"),
+        done,
+        len: expected.max(done),
+        bytes,
+    }
 }
 
 /// The newest session of this process that is running.
@@ -107,4 +155,32 @@ pub fn agent(dir: &std::path::Path) -> Source {
         let v = super::console::get_json(&api.url, &api.token, "/v1/sessions").ok()?;
         v["running"].as_array()?.last().cloned()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn nothing_counted_yet_is_a_sentence_not_an_empty_bar() {
+        let zero = json!({"records": 0, "records_expected": 0, "bytes": 0, "bytes_expected": 0});
+        let s = json!({"peer_name": "laptopB", "received": zero, "sent": zero});
+        assert_eq!(
+            view(&s),
+            View::Waiting("syncing with laptopB: finding out what each side lacks…".into())
+        );
+        let rx = json!({"records": 300, "records_expected": 1000, "bytes": 2048,
+                        "bytes_expected": 8192});
+        let s = json!({"peer_name": "", "addr": "127.0.0.1:7437", "received": rx, "sent": zero});
+        assert_eq!(
+            view(&s),
+            View::Bar {
+                msg: "syncing with 127.0.0.1:7437".into(),
+                done: 300,
+                len: 1000,
+                bytes: "2.0 KB of about 8.0 KB".into()
+            }
+        );
+    }
 }

@@ -173,6 +173,20 @@ pub fn status(v: &Value, now: DateTime<Utc>) -> String {
         1 => "1 unresolved conflict: see `fieldsync conflicts`.\n".to_string(),
         n => format!("{n} unresolved conflicts: see `fieldsync conflicts`.\n"),
     };
+    let held = v["held"].as_array().map_or(&[][..], Vec::as_slice);
+    if !held.is_empty() {
+        out += &format!(
+            "{} by the mass-delete brake (`fieldsync held list` to approve or reject):\n",
+            count(
+                held.len() as u64,
+                "delete batch held",
+                "delete batches held"
+            )
+        );
+        for h in held {
+            out += &format!("  {}\n", h["message"].as_str().unwrap_or(""));
+        }
+    }
     let p = &v["peers"];
     let last = p["last_sync"]
         .as_str()
@@ -184,7 +198,25 @@ pub fn status(v: &Value, now: DateTime<Utc>) -> String {
         p["online"],
         when(last, now)
     );
+    let me = v["instance"].as_str().unwrap_or("");
+    let shared = v["identity_problems"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    for x in shared {
+        let id = x["instance"].as_str().unwrap_or("");
+        let line = crate::app::identity::copied_identity_line(
+            x["name"].as_str().unwrap_or(""),
+            uuid::Uuid::parse_str(id).unwrap_or_else(|_| uuid::Uuid::nil()),
+            id == me,
+        );
+        out += &format!("  {line}\n");
+    }
+    let duplicate = format!("(code {})", crate::protocol::codes::DUPLICATE_INSTANCE);
     for f in p["failing"].as_array().into_iter().flatten() {
+        // A refusal for a shared identity is said once, above, with its fix.
+        if !shared.is_empty() && f["error"].as_str().is_some_and(|e| e.contains(&duplicate)) {
+            continue;
+        }
         out += &format!(
             "  {} is failing: {}\n",
             f["name"].as_str().unwrap_or(""),
@@ -278,13 +310,59 @@ pub fn sync(v: &Value) -> String {
         .or(v["peer"].as_str())
         .unwrap_or("?");
     let n = |d: &str, k: &str| v[d][k].as_u64().unwrap_or(0);
+    let held: Vec<crate::app::held::HoldView> =
+        serde_json::from_value(v["held"].clone()).unwrap_or_default();
+    let peer = v["peer"]
+        .as_str()
+        .and_then(|p| uuid::Uuid::parse_str(p).ok())
+        .unwrap_or_else(uuid::Uuid::nil);
     crate::agent::session_line(
         name,
         n("received", "records"),
         n("sent", "records"),
         crate::agent::session_conflicts(n("received", "conflicts"), n("sent", "conflicts")),
         n("received", "ms") + n("sent", "ms"),
-    ) + "\n"
+    ) + &crate::app::held::held_note(&held, peer)
+        + "\n"
+}
+
+/// `held approve|reject ID`: what deciding the hold did, in a sentence.
+pub fn hold_decided(d: &crate::app::held::HoldDecision) -> String {
+    let conflicts = match d.conflicts {
+        0 => String::new(),
+        n => format!(
+            " ({} logged: see `fieldsync conflicts`)",
+            count(n, "conflict", "conflicts")
+        ),
+    };
+    if d.decision == "rejected" {
+        format!(
+            "Rejected hold {}: {} kept alive with a new revision that syncs to every laptop{conflicts}.\n",
+            d.id,
+            count(d.restored, "record", "records")
+        )
+    } else {
+        format!(
+            "Approved hold {}: {} applied{conflicts}.\n",
+            d.id,
+            count(d.applied, "held change", "held changes")
+        )
+    }
+}
+
+/// `held list`: the deletes the mass-delete brake holds, one row each, and how to decide;
+/// "No held deletes." when there are none.
+pub fn held(holds: &[crate::app::held::HoldView], now: DateTime<Utc>) -> String {
+    if holds.is_empty() {
+        return "No held deletes.\n".into();
+    }
+    let rows: Vec<Vec<String>> = holds
+        .iter()
+        .map(|h| vec![h.id.to_string(), when(Some(h.at), now), h.message.clone()])
+        .collect();
+    table(&["ID", "HELD SINCE", "WHAT"], &rows)
+        + "Apply the deletes with `fieldsync held approve ID`, or keep the records everywhere \
+           with `fieldsync held reject ID`.\n"
 }
 
 /// `put`/`patch`/`delete`. `seq` is a position in this laptop's feed of changes (all tables),
@@ -326,10 +404,11 @@ const CELL: usize = 30;
 /// Most field columns `list` shows (the others are counted in the last column).
 const COLUMNS: usize = 6;
 
-/// `list`: records as a table, one row per record: the id, then the fields (sorted by name, at
-/// most six columns; a record's other fields are counted), and `deleted` when shown.
-/// `more` records were left out.
-pub fn list(table_name: &str, records: &[Value], more: u64) -> String {
+/// `list`: records as a table, one row per record: the id, then the fields (`only`, in its
+/// order, when given; else sorted by name, at most six columns, a record's other fields
+/// counted and the footer saying which were left out and how to see them), and `deleted` when
+/// shown. `more` records were left out.
+pub fn list(table_name: &str, records: &[Value], more: u64, only: &[String]) -> String {
     if records.is_empty() {
         return format!("No records in table {table_name}.\n");
     }
@@ -340,8 +419,17 @@ pub fn list(table_name: &str, records: &[Value], more: u64) -> String {
         .collect();
     names.sort();
     names.dedup();
-    let extra = names.len() > COLUMNS;
-    names.truncate(COLUMNS);
+    let left_out: Vec<String> = if only.is_empty() {
+        names.iter().skip(COLUMNS).cloned().collect()
+    } else {
+        Vec::new()
+    };
+    let extra = !left_out.is_empty();
+    if only.is_empty() {
+        names.truncate(COLUMNS);
+    } else {
+        names = only.to_vec();
+    }
     let any_deleted = records.iter().any(|r| r["deleted"] == true);
     let mut header: Vec<String> = vec!["ID".into()];
     header.extend(names.iter().map(|n| n.to_uppercase()));
@@ -386,6 +474,20 @@ pub fn list(table_name: &str, records: &[Value], more: u64) -> String {
             "{n} records shown, {m} more: use `fieldsync list {table_name} --json` or `export` for all.\n"
         ),
     };
+    if extra {
+        const NAMED: usize = 8;
+        let mut which = left_out[..left_out.len().min(NAMED)].join(", ");
+        if left_out.len() > NAMED {
+            which += &format!(" and {} more", left_out.len() - NAMED);
+        }
+        let example: Vec<&str> = left_out.iter().take(3).map(String::as_str).collect();
+        out += &format!(
+            "{} not shown ({which}): choose the columns with `fieldsync list {table_name} \
+             --fields {}`, or see a whole record with `fieldsync get {table_name} ID`.\n",
+            count(left_out.len() as u64, "field", "fields"),
+            example.join(",")
+        );
+    }
     out
 }
 
@@ -498,8 +600,10 @@ pub fn verify(peer: &str, checks: &[Value]) -> String {
         let t = c["table"].as_str().unwrap_or("?");
         let n = |k: &str| c[k].as_u64().unwrap_or(0);
         if c["in_sync"] == true {
+            // The counts are of every record id, deleted records included (a delete syncs
+            // like any change): said, so they are not read as `list`'s live count.
             out += &format!(
-                "{t}: in sync ({}).\n",
+                "{t}: in sync ({}, deleted ones included).\n",
                 count(n("local_count"), "record", "records")
             );
             continue;
@@ -509,7 +613,7 @@ pub fn verify(peer: &str, checks: &[Value]) -> String {
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         out += &format!(
-            "{t}: differs: {} here, {} on {peer}; {}",
+            "{t}: differs: {} here, {} on {peer} (deleted records included); {}",
             n("local_count"),
             n("remote_count"),
             count(ids.len() as u64, "record differs", "records differ")
@@ -573,6 +677,81 @@ mod tests {
             ]}
         });
         insta::assert_snapshot!(status(&v, now));
+    }
+
+    /// Held deletes and a shared identity are in the people's `status`, one line each with
+    /// what to do; the refusal they cause is not repeated as a failing peer.
+    #[test]
+    fn status_names_held_deletes_and_a_shared_identity_with_the_fix() {
+        let now = Utc::now();
+        let me = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+        let b = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+        let v = json!({
+            "instance": me, "name": "laptopA", "owner": "", "data_dir": "/data/a",
+            "tables": {"person": {"live": 100, "deleted": 0}}, "unresolved_conflicts": 0,
+            "held": [{"id": 1, "message": "laptopB wants to delete 80 of 100 person records"}],
+            "identity_problems": [{"instance": b, "name": "laptopB", "problem": "…", "fix": "…"}],
+            "peers": {"known": 1, "online": 0, "last_sync": null, "failing": [
+                {"name": "laptopB", "error": "peer refused: instance … (code 1011)"}]},
+            "agent": {"running": false}
+        });
+        let text = status(&v, now);
+        assert!(
+            text.contains(
+                "1 delete batch held by the mass-delete brake (`fieldsync held list` to approve \
+                 or reject):\n  laptopB wants to delete 80 of 100 person records\n"
+            ),
+            "{text}"
+        );
+        let line = format!(
+            "  laptopB (instance {b}) is used by two data directories at once (a copied data \
+             folder or credential): both are refused. Fix: on the coordinator run `fieldsync \
+             mesh enroll --name laptopB-2 --out laptopB-2.fsmesh`;"
+        );
+        assert!(text.contains(&line), "{text}");
+        assert!(!text.contains("is failing"), "{text}");
+    }
+
+    /// The sync line says what the brake holds from that peer; nothing when nothing is held.
+    #[test]
+    fn the_sync_line_names_held_deletes() {
+        let b = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+        let dir = json!({"records": 81, "conflicts": 0, "ms": 400});
+        let hold = json!({"id": 1, "peer": b, "peer_name": "laptopB", "table": "person",
+            "deletes": 80, "live": 100, "at": "2026-12-03T09:15:00Z",
+            "message": "laptopB wants to delete 80 of 100 person records"});
+        let v = json!({"peer": b, "peer_name": "laptopB", "received": dir, "sent": dir,
+                       "held": [hold]});
+        assert_eq!(
+            sync(&v),
+            "synced with laptopB: received 81, sent 81, 0 conflicts, 0.8 s; held by the \
+             mass-delete brake: laptopB wants to delete 80 of 100 person records (see \
+             `fieldsync held list`)\n"
+        );
+        let none = json!({"peer": b, "peer_name": "laptopB", "received": dir, "sent": dir,
+                          "held": []});
+        assert!(sync(&none).ends_with("0.8 s\n"));
+    }
+
+    #[test]
+    fn deciding_a_hold_is_a_sentence() {
+        use crate::app::held::HoldDecision;
+        let d = |decision: &str, conflicts| HoldDecision {
+            id: 3,
+            decision: decision.into(),
+            applied: 80,
+            restored: 80,
+            conflicts,
+        };
+        assert_eq!(
+            hold_decided(&d("approved", 0)),
+            "Approved hold 3: 80 held changes applied.\n"
+        );
+        assert_eq!(
+            hold_decided(&d("rejected", 1)),
+            "Rejected hold 3: 80 records kept alive with a new revision that syncs to every \
+             laptop (1 conflict logged: see `fieldsync conflicts`).\n"
+        );
     }
 
     #[test]

@@ -171,11 +171,21 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
             instance,
             ca,
         } => {
-            let ca = mesh::load_ca(&ca_path(ca)).map_err(invalid)?;
+            let (given, ca_file) = (ca.is_some(), ca_path(ca));
+            let ca = mesh::load_ca(&ca_file).map_err(|e| not_coordinator(&ca_file, given, e))?;
             let id = match instance {
                 Some(s) => model::parse_id(&s)?,
                 None => Uuid::new_v4(),
             };
+            // Two laptops under one name cannot be told apart in `peers`, `sync NAME` or
+            // `mesh revoke NAME`: a name stays with its laptop until that one is revoked.
+            if let Some(other) = laptop_named(app, &ca.ca_cert, &name)?.filter(|o| *o != id) {
+                return Err(invalid(format!(
+                    "a laptop named {name:?} is already enrolled (instance {other}): choose \
+                     another --name, or if that laptop is lost or replaced, revoke it first \
+                     (`fieldsync mesh revoke {other} --reason replaced`) and enroll again"
+                )));
+            }
             let cred = ca.enroll(id, &name).map_err(invalid)?;
             let path = cwd.join(file);
             mesh::save(&path, &cred).map_err(invalid)?;
@@ -195,11 +205,12 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
             ca,
             force,
         } => {
-            let ca = mesh::load_ca(&ca_path(ca)).map_err(invalid)?;
+            let (given, ca_file) = (ca.is_some(), ca_path(ca));
+            let ca = mesh::load_ca(&ca_file).map_err(|e| not_coordinator(&ca_file, given, e))?;
             // An instance id, the name of exactly one known peer, or of one laptop enrolled here.
             let id = match app.resolve_instance(&instance) {
                 Ok(id) => id,
-                Err(e) => match enrolled_named(store.dir(), &instance)? {
+                Err(e) => match enrolled_named(store, &ca.ca_cert, &instance)? {
                     Some(id) => id,
                     None => return Err(e.into()),
                 },
@@ -245,6 +256,45 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
     writeln!(io.out, "{v}").map_err(CliError::Output)
 }
 
+/// A CA file that cannot be read (`given`: named with --ca). The default one missing means this
+/// is not the coordinator's laptop (the one that ran `mesh create`): enrolling and revoking
+/// happen there.
+fn not_coordinator(ca_file: &Path, given: bool, e: mesh::MeshError) -> CliError {
+    // A CA file named with --ca that is missing is just that (the error says so).
+    if given || ca_file.exists() {
+        return invalid(e);
+    }
+    invalid(format!(
+        "this laptop is not the coordinator: there is no deployment CA at {}. Enroll and \
+         revoke laptops on the coordinator's laptop (the one that ran `fieldsync mesh \
+         create`); a revocation made there reaches this laptop with the next sync. If you hold \
+         the CA file, pass it with --ca FILE",
+        ca_file.display()
+    ))
+}
+
+/// The laptop (not revoked) that goes by `name`: this coordinator itself, a laptop enrolled
+/// here, or a known peer. `None` for an empty name.
+fn laptop_named(app: &App, ca_cert: &str, name: &str) -> Result<Option<Uuid>, CliError> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    let store = app.store();
+    let revoked = mesh::load_revocations(store, ca_cert);
+    let me = store.instance();
+    let enrolled = read_enrolled(store.dir())?;
+    let peers = store.peers()?;
+    let candidates = std::iter::once((me.id, me.name.clone()))
+        .chain(enrolled)
+        .chain(peers.into_iter().map(|p| (p.instance, p.name)));
+    for (id, n) in candidates {
+        if n == name && !revoked.contains_key(&id) {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
 /// Laptops this coordinator enrolled, by instance id: `enrolled.json` in its data directory
 /// (`{"<uuid>": "name", ...}`, mode 0600). Lets `mesh revoke` take a name the coordinator knows
 /// only from enrolling it.
@@ -273,12 +323,18 @@ fn note_enrolled(dir: &Path, id: Uuid, name: &str) -> Result<(), CliError> {
         .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))
 }
 
-/// The one laptop enrolled here under `name`; an error if several were.
-fn enrolled_named(dir: &Path, name: &str) -> Result<Option<Uuid>, CliError> {
-    let all = read_enrolled(dir)?;
+/// The one laptop enrolled here under `name` and not revoked (a revoked laptop's name may be
+/// given to its replacement); an error if several were.
+fn enrolled_named(
+    store: &crate::store::Store,
+    ca_cert: &str,
+    name: &str,
+) -> Result<Option<Uuid>, CliError> {
+    let all = read_enrolled(store.dir())?;
+    let revoked = mesh::load_revocations(store, ca_cert);
     let ids: Vec<Uuid> = all
         .iter()
-        .filter(|(_, n)| n.as_str() == name)
+        .filter(|(id, n)| n.as_str() == name && !revoked.contains_key(id))
         .map(|(id, _)| *id)
         .collect();
     match ids.as_slice() {

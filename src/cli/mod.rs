@@ -52,7 +52,7 @@ Data directory, in order: --data-dir; $FIELDSYNC_DIR; a folder `fieldsync-data/`
 executable if one exists (portable mode, for a USB stick); ~/.local/share/fieldsync.
 
 On a terminal, status, peers, list, get, history, conflicts, tables, sync, verify, init, put,
-patch, delete, bundle and mesh enroll print for people (tables and sentences, names, local
+patch, delete, bundle, held list, restore and mesh enroll print for people (tables and sentences, names, local
 times); --human does the same into a pipe or file. With --json, or when stdout is not a terminal (a pipe, a
 script), output is JSON on stdout (one object, or one object per line for lists).
 Exit codes: 0 ok, 1 not found, 2 bad usage or invalid input, 3 other failure
@@ -199,6 +199,10 @@ pub enum Command {
         /// Include deleted records (marked "deleted": true).
         #[arg(long)]
         include_deleted: bool,
+        /// Only these fields (comma-separated), in this order: the columns a terminal shows
+        /// (it shows at most six otherwise), and the fields of each JSON line.
+        #[arg(long, value_delimiter = ',', value_name = "FIELD")]
+        fields: Vec<String>,
     },
     /// Print table names with live and deleted counts.
     Tables,
@@ -657,6 +661,11 @@ pub fn run(
         return Err(no_database(&dir));
     }
     let config = Config::load(&dir)?;
+    // A restore into a directory with no database creates one to restore into; when the
+    // restore fails (a wrong passphrase, a damaged backup) what the open created is removed
+    // again, so a failed restore leaves the directory as it found it.
+    let fresh_restore = (matches!(cli.command, Command::Restore { .. }) && !has_database(&dir))
+        .then(|| admin::DirBefore::note(&dir));
     let store = match Store::open(&dir, config) {
         Ok(s) => Arc::new(s),
         Err(StoreError::Locked(_)) if is_typed(&cli.command) => {
@@ -709,12 +718,17 @@ pub fn run(
         human,
     };
     // sled reads pages lazily, so damage can also surface after the open: same one line.
-    execute(&store, cli.command, &mut io).map_err(|e| match e {
+    let result = execute(&store, cli.command, &mut io).map_err(|e| match e {
         CliError::Store(StoreError::Sled(sled::Error::Corruption { .. })) => {
             CliError::Store(StoreError::Damaged(dir.clone()))
         }
         other => problems::for_person(other, &dir),
-    })
+    });
+    if let (Err(_), Some(before)) = (&result, fresh_restore) {
+        drop(store);
+        before.restore(&dir);
+    }
+    result
 }
 
 /// True when `dir` holds a fieldsync database (its `db/` directory), whether or not it opens.
@@ -906,7 +920,8 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         Command::List {
             table,
             include_deleted,
-        } => records::list(&app, &table, include_deleted, io),
+            fields,
+        } => records::list(&app, &table, include_deleted, &fields, io),
         Command::Import {
             table,
             file,

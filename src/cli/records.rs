@@ -155,9 +155,17 @@ pub fn list(
     app: &App,
     table: &str,
     include_deleted: bool,
+    only: &[String],
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
     model::validate_table(table)?;
+    if let Some(bad) = only.iter().find(|f| f.trim().is_empty()) {
+        return Err(CliError::Invalid(format!(
+            "--fields {:?} has an empty field name: list names separated by commas, e.g. \
+             --fields name,age{bad}",
+            only.join(",")
+        )));
+    }
     // People get one aligned table, so rows are kept (up to a screenful or so); scripts get a
     // stream.
     let mut shown = Vec::new();
@@ -166,7 +174,11 @@ pub fn list(
         let (id, rec) = r?;
         let alive = rec.state.is_alive();
         if alive || include_deleted {
-            let v = formats::record_json(table, &id, rec.state.live_fields(), !alive);
+            let mut fields = rec.state.live_fields();
+            if !only.is_empty() {
+                fields.retain(|k, _| only.contains(k));
+            }
+            let v = formats::record_json(table, &id, fields, !alive);
             if !io.human {
                 print(io.out, &v)?;
             } else if shown.len() < HUMAN_LIST_MAX {
@@ -177,7 +189,7 @@ pub fn list(
         }
     }
     if io.human {
-        let text = super::human::list(table, &shown, more);
+        let text = super::human::list(table, &shown, more, only);
         return write!(io.out, "{text}").map_err(CliError::Output);
     }
     Ok(())
@@ -218,14 +230,18 @@ pub fn history(
         },
         io,
     )?;
+    let names = if io.human || diff {
+        laptop_names(door, io)?
+    } else {
+        Default::default()
+    };
     if io.human && !diff {
-        let names = laptop_names(door, io)?;
         let text = super::human::history(&table, &id, &h, &names, chrono::Utc::now());
         return write!(io.out, "{text}").map_err(CliError::Output);
     }
     for e in &h {
         if diff {
-            write!(io.out, "{}", history_diff(e)).map_err(CliError::Output)?;
+            write!(io.out, "{}", history_diff_named(e, &names)).map_err(CliError::Output)?;
         } else {
             print(io.out, &history_json(e))?;
         }
@@ -262,7 +278,20 @@ fn laptop_names(
 /// One revision as a readable diff: a header (time, kind, maker, cause, stamp), then per
 /// changed field `- field: old` and `+ field: new` (JSON values; an absent side is left out).
 pub fn history_diff(e: &HistoryEntry) -> String {
+    history_diff_named(e, &Default::default())
+}
+
+/// [`history_diff`] with the maker told by name (`names` maps instance ids to laptop names, as
+/// [`laptop_names`] makes them; an unknown maker stays its instance id).
+pub fn history_diff_named(
+    e: &HistoryEntry,
+    names: &std::collections::HashMap<uuid::Uuid, String>,
+) -> String {
     let r = &e.revision;
+    let by = names
+        .get(&r.at.node)
+        .cloned()
+        .unwrap_or_else(|| r.at.node.to_string());
     let cause = match r.cause {
         crate::merge::Cause::Edit => "edit",
         crate::merge::Cause::Resolution => "conflict resolution",
@@ -272,9 +301,8 @@ pub fn history_diff(e: &HistoryEntry) -> String {
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
     let mut out = format!(
-        "@ {} {kind} by {} ({cause}), revision {}\n",
+        "@ {} {kind} by {by} ({cause}), revision {}\n",
         r.at.time().to_rfc3339(),
-        r.at.node,
         r.at
     );
     if r.reconstructed {
@@ -458,7 +486,8 @@ fn confirmed_on_terminal(what: &str) -> bool {
 /// `digest`: count and SHA-256 of the live records.
 pub fn digest(app: &App, tables: Vec<String>, io: &mut Io<'_>) -> Result<(), CliError> {
     let tables = if tables.is_empty() {
-        app.tables()?.into_iter().map(|t| t.table).collect()
+        // Every table, fieldsync's own included (`App::tables` leaves those out).
+        app.store().tables()?.into_iter().map(|(t, _)| t).collect()
     } else {
         for t in &tables {
             model::validate_table(t)?;

@@ -380,10 +380,13 @@ async fn verify(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
     })))
 }
 
-/// Table names with live and deleted counts.
-#[utoipa::path(get, path = "/v1/tables", responses((status = 200, body = Vec<TableInfo>)))]
-async fn tables(State(st): St) -> Result<Json<Vec<TableInfo>>, ApiError> {
-    Ok(Json(blocking(&st, |a| a.tables()).await?))
+/// Table names with live and deleted counts (fieldsync's own tables only with `system=true`).
+#[utoipa::path(get, path = "/v1/tables",
+    params(("system" = Option<bool>, Query, description = "Also fieldsync's own tables (fs_revocations)")),
+    responses((status = 200, body = Vec<TableInfo>)))]
+async fn tables(State(st): St, q: Q) -> Result<Json<Vec<TableInfo>>, ApiError> {
+    let system = Params::new(q, &["system"], false)?.flag("system")?;
+    Ok(Json(blocking(&st, move |a| a.tables_with(system)).await?))
 }
 
 /// Creates a record with a server-made id. Body: the fields as a JSON object.
@@ -436,7 +439,7 @@ async fn list(State(st): St, Path(table): Path<String>, q: Q) -> Result<Json<Lis
 /// One record, with its revision as ETag; `at` shows it as of a revision from its history.
 #[utoipa::path(get, path = "/v1/tables/{table}/records/{id}",
     params(("table" = String, Path,), ("id" = String, Path, description = "Record id (UUID)"),
-        ("include_deleted" = Option<bool>, Query,), ("at" = Option<String>, Query, description = "A revision stamp (`at` of a history entry)")),
+        ("include_deleted" = Option<bool>, Query,), ("at" = Option<String>, Query, description = "A revision stamp (`at` of a history entry), or an RFC 3339 time: the record as of the latest revision at or before it (encode `+` as `%2B`, `#` as `%23`)")),
     responses((status = 200, description = "The record; ETag header", body = RecordView),
         (status = 404, description = "NOT_FOUND or RECORD_DELETED", body = ErrorBody)))]
 async fn get_record(
@@ -593,16 +596,22 @@ async fn resolve(
     params(("since" = Option<u64>, Query, description = "Feed position; 0 for everything"),
         ("limit" = Option<u64>, Query, description = "Most changes per page, default 1000"),
         ("feed" = Option<String>, Query, description = "normal (default), longpoll or sse"),
-        ("timeout_ms" = Option<u64>, Query, description = "longpoll: longest wait, default 30000, at most 300000")),
+        ("timeout_ms" = Option<u64>, Query, description = "longpoll: longest wait, default 30000, at most 300000"),
+        ("system" = Option<bool>, Query, description = "Also changes of fieldsync's own tables (fs_revocations)")),
     responses((status = 200, body = ChangesPage), (status = 400, body = ErrorBody)))]
 async fn changes(State(st): St, headers: HeaderMap, q: Q) -> Result<Response, ApiError> {
-    let p = Params::new(q, &["since", "limit", "feed", "timeout_ms"], false)?;
+    let p = Params::new(
+        q,
+        &["since", "limit", "feed", "timeout_ms", "system"],
+        false,
+    )?;
+    let system = p.flag("system")?;
     let mut since = p.number("since", 0)?;
     let limit = p.number("limit", 1000)? as usize;
     let timeout = Duration::from_millis(p.number("timeout_ms", 30_000)?.min(300_000));
     match p.get("feed").unwrap_or("normal") {
         "normal" => {
-            let page = blocking(&st, move |a| a.changes(since, limit)).await?;
+            let page = blocking(&st, move |a| a.changes_with(since, limit, system)).await?;
             Ok(Json(page).into_response())
         }
         "longpoll" => {
@@ -611,7 +620,7 @@ async fn changes(State(st): St, headers: HeaderMap, q: Q) -> Result<Response, Ap
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
                 rx.borrow_and_update();
-                let page = blocking(&st, move |a| a.changes(since, limit)).await?;
+                let page = blocking(&st, move |a| a.changes_with(since, limit, system)).await?;
                 if !page.changes.is_empty() || tokio::time::Instant::now() >= deadline {
                     return Ok(Json(page).into_response());
                 }
@@ -630,7 +639,7 @@ async fn changes(State(st): St, headers: HeaderMap, q: Q) -> Result<Response, Ap
             {
                 since = since.max(last);
             }
-            Ok(sse(st, since, limit).into_response())
+            Ok(sse(st, since, limit, system).into_response())
         }
         other => Err(ApiError::bad(
             "BAD_QUERY",
@@ -645,6 +654,7 @@ struct Stream {
     rx: tokio::sync::watch::Receiver<u64>,
     since: u64,
     limit: usize,
+    system: bool,
     buf: VecDeque<Change>,
     done: bool,
 }
@@ -653,6 +663,7 @@ fn sse(
     st: Arc<ApiState>,
     since: u64,
     limit: usize,
+    system: bool,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
     let rx = st.app.store().subscribe();
     let s = Stream {
@@ -660,6 +671,7 @@ fn sse(
         rx,
         since,
         limit,
+        system,
         buf: VecDeque::new(),
         done: false,
     };
@@ -677,8 +689,8 @@ fn sse(
                 return Some((Ok(ev), s));
             }
             s.rx.borrow_and_update();
-            let (since, limit) = (s.since, s.limit);
-            match blocking(&s.st, move |a| a.changes(since, limit)).await {
+            let (since, limit, system) = (s.since, s.limit, s.system);
+            match blocking(&s.st, move |a| a.changes_with(since, limit, system)).await {
                 Ok(page) if !page.changes.is_empty() => {
                     s.since = page.last_seq;
                     s.buf.extend(page.changes);

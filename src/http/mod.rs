@@ -258,7 +258,7 @@ impl From<AppError> for ApiError {
             status: StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code: e.code(),
             field: e.field().map(str::to_string),
-            message: e.to_string(),
+            message: e.api_message(),
         }
     }
 }
