@@ -11,7 +11,10 @@ use super::receive::{note_hello, receive_page, HelloSeen, ReceiveError};
 use super::{blocking, our_hello, SessionOptions, SessionReport, SyncError};
 use crate::change::RemoteChange;
 use crate::progress::{Tracker, Way};
-use crate::protocol::{self, codes, Page, ProtocolError, PullRequest, PushRequest, ENC_JSON};
+use crate::protocol::{
+    self, codes, Page, ProtocolError, PullRequest, PushRequest, ENC_JSON,
+    RECONCILE_PROTOCOL_VERSION,
+};
 use crate::store::{CommitError, Store};
 use chrono::Utc;
 use std::collections::BTreeSet;
@@ -39,9 +42,11 @@ pub async fn run_tracked<P: Peer>(
     tracker: Option<&Tracker>,
 ) -> Result<SessionReport, SyncError> {
     let me = store.instance();
-    // At most two hellos: if the peer holds more of our own events than we do, we were rolled
-    // back; a new incarnation starts and is announced in a second hello, so the peer stops
-    // trusting what it believed we hold and sends it all.
+    // At most three hellos: if the peer holds more of our own events than we do, we were
+    // rolled back; a new incarnation starts and is announced in another hello, so the peer
+    // stops trusting what it believed we hold and sends it all. Told by the peer's knowledge
+    // (`note_self_claim`) or, on the first session with this peer since the database was
+    // opened or an incarnation changed, by comparing records (`store/rollback.rs`).
     let mut attempt = 0;
     let (pos, hello, reply, info, mut since) = loop {
         attempt += 1;
@@ -89,11 +94,17 @@ pub async fn run_tracked<P: Peer>(
         let peer_has = reply.knowledge.get(&me.id).copied().unwrap_or(0);
         let pid = info.instance;
         let restarted = blocking(store, move |s| s.note_self_claim(&pid, peer_has)).await?;
-        if restarted.is_none() || attempt >= 2 {
-            // The peer now holds our knowledge as of this hello (`note_hello` stored it).
-            super::told::note(me.id, pid, &hello.knowledge);
-            break (pos, hello, reply, info, since);
+        if restarted.is_some() && attempt < 3 {
+            continue;
         }
+        if store.rollback_check_due(&pid) && reply.protocol >= RECONCILE_PROTOCOL_VERSION {
+            if check_records(store, peer, label, opts, &hello, &reply).await && attempt < 3 {
+                continue;
+            }
+        }
+        // The peer now holds our knowledge as of this hello (`note_hello` stored it).
+        super::told::note(me.id, pid, &hello.knowledge);
+        break (pos, hello, reply, info, since);
     };
     let mut report = SessionReport {
         peer: info.clone(),
@@ -253,6 +264,50 @@ pub async fn run_tracked<P: Peer>(
     })
     .await?;
     Ok(report)
+}
+
+/// Compares records with the peer (range reconciliation) and moves those that differ both
+/// ways, whole: a rollback that knowledge can no longer tell shows as a record the peer holds
+/// with an own event of ours we lack, and the receive path then starts a new incarnation
+/// (`store/rollback.rs`). Returns true if our incarnation changed meanwhile (say hello again).
+/// A failure is logged and tried again on the next session; it does not fail this one.
+async fn check_records<P: Peer>(
+    store: &Arc<Store>,
+    peer: &P,
+    label: &str,
+    opts: &SessionOptions,
+    hello: &protocol::Hello,
+    reply: &protocol::HelloReply,
+) -> bool {
+    let pid = reply.peer.instance;
+    let before = store.incarnation().id;
+    let tables =
+        super::reconcile::shared_tables(&hello.tables, &reply.tables, &reply.local_only, store);
+    let r = super::reconcile::exchange(
+        store,
+        peer,
+        label,
+        &opts.transport,
+        pid,
+        &tables,
+        &reply.encoding,
+    )
+    .await;
+    match r {
+        Ok(r) => {
+            store.rollback_checked(pid);
+            if r.differing > 0 {
+                tracing::info!(peer = %pid, differing = r.differing, fetched = r.applied,
+                    pushed = r.applied_there,
+                    "records compared with the peer (first session since start or since an \
+                     incarnation changed): moved those that differed");
+            }
+        }
+        Err(e) => tracing::warn!(peer = %pid, error = %e,
+            "could not compare records with the peer (rollback check): trying again on the \
+             next session"),
+    }
+    store.incarnation().id != before
 }
 
 fn page_of(
