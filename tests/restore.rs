@@ -7,9 +7,9 @@
 //! delete comes back to life; two data directories sharing one instance id are refused with an
 //! error that names the problem, and nothing acknowledged is lost. A randomized run mixes
 //! backups, restores and unannounced rollbacks among several laptops (`FIELDSYNC_LONG_TESTS=1`
-//! for more and longer: with restores only (`FIELDSYNC_NO_ROLLBACKS=1`) every run converges,
-//! with unannounced rollbacks some still fail, see ARCHITECTURE.md; `FIELDSYNC_SEED=S` replays
-//! one run). Each cause found by it has its own small test here, named after what it checks.
+//! for more and longer, `FIELDSYNC_RUNS=N` for N seeds, `FIELDSYNC_NO_ROLLBACKS=1` for announced
+//! restores only, `FIELDSYNC_SEED=S` replays one run; see ARCHITECTURE.md for what it shows).
+//! Each cause found by it has its own small test here, named after what it checks.
 
 use fieldsync::config::Config;
 use fieldsync::merge::Edit;
@@ -516,9 +516,10 @@ fn a_rollback_knowledge_cannot_tell_is_found_by_records_and_everything_comes_bac
         assert_eq!(now.parent, Some(before.id));
         let log = logged();
         assert!(
-            log.lines().any(|l| l.contains("this laptop was rolled back")
-                && [lost, x].iter().any(|r| l.contains(&format!("{T}/{r}")))
-                && l.contains("started a new incarnation")),
+            log.lines()
+                .any(|l| l.contains("this laptop was rolled back")
+                    && [lost, x].iter().any(|r| l.contains(&format!("{T}/{r}")))
+                    && l.contains("started a new incarnation")),
             "a log line says why: {log}"
         );
         // A meets B, then everyone meets everyone once.
@@ -528,7 +529,11 @@ fn a_rollback_knowledge_cannot_tell_is_found_by_records_and_everything_comes_bac
         }
         for n in [&a, &b, &c] {
             let st = state(n.s());
-            assert_eq!(st[&lost], Some(json!({"name": "L"})), "the lost write is back");
+            assert_eq!(
+                st[&lost],
+                Some(json!({"name": "L"})),
+                "the lost write is back"
+            );
             assert_eq!(st[&x], None, "the lost delete is back: X stays deleted");
             assert_eq!(st[&w], Some(json!({"name": "W"})));
         }
@@ -728,6 +733,11 @@ struct Rec {
 fn random_backups_and_restores_never_lose_a_synced_write_nor_resurrect_a_delete() {
     let long = std::env::var("FIELDSYNC_LONG_TESTS").is_ok_and(|v| v == "1");
     let (runs, steps, n) = if long { (40, 300, 5) } else { (6, 80, 4) };
+    // FIELDSYNC_RUNS=N runs N seeds instead (more evidence in long mode).
+    let runs = std::env::var("FIELDSYNC_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(runs);
     // FIELDSYNC_SEED=S replays one run (the seed a failure names).
     if let Some(seed) = std::env::var("FIELDSYNC_SEED")
         .ok()

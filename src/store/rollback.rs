@@ -151,7 +151,11 @@ mod tests {
     use crate::clock::Hlc;
     use crate::model::FieldState;
 
-    fn state(fields: &[(&str, u64, Uuid)], vv: &[(Uuid, u64)], deleted: Option<Hlc>) -> RecordState {
+    fn state(
+        fields: &[(&str, u64, Uuid)],
+        vv: &[(Uuid, u64)],
+        deleted: Option<Hlc>,
+    ) -> RecordState {
         RecordState {
             fields: fields
                 .iter()
@@ -160,7 +164,10 @@ mod tests {
                         f.to_string(),
                         FieldState {
                             value: Some(serde_json::json!(1)),
-                            stamp: Hlc { ts: *ts, node: *node },
+                            stamp: Hlc {
+                                ts: *ts,
+                                node: *node,
+                            },
                         },
                     )
                 })
@@ -184,7 +191,11 @@ mod tests {
         let l = LostOwn::of(&me, Some(&ours), &theirs, "t", id).unwrap();
         assert_eq!((l.first, l.last), (20, 20));
         // Our delete at 30, lost: told by the delete stamp.
-        let gone = state(&[("a", 10, me)], &[(me, 30)], Some(Hlc { ts: 30, node: me }));
+        let gone = state(
+            &[("a", 10, me)],
+            &[(me, 30)],
+            Some(Hlc { ts: 30, node: me }),
+        );
         let l = LostOwn::of(&me, Some(&ours), &gone, "t", id).unwrap();
         assert_eq!((l.first, l.last), (30, 30));
         // Someone else's newer write, or an older copy of ours: nothing of ours is lost.

@@ -421,8 +421,7 @@ impl Batch<'_> {
             if peer.is_some() {
                 // A peer holding an own event we lack: this directory lost it (`rollback.rs`).
                 let held = prev.as_ref().map(|p| &p.state);
-                if let Some(l) = super::rollback::LostOwn::of(&me, held, &state, &ch.table, ch.id)
-                {
+                if let Some(l) = super::rollback::LostOwn::of(&me, held, &state, &ch.table, ch.id) {
                     super::rollback::LostOwn::join(&mut self.lost_own, l);
                 }
             }

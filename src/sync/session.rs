@@ -34,6 +34,11 @@ pub async fn run<P: Peer>(
 
 /// [`run`], reporting progress page by page to `tracker` (the console's live sessions, the
 /// CLI's progress bar).
+///
+/// On the first session with a peer since the database was opened or an incarnation changed,
+/// records are compared once everything was pulled and pushed (`check_records`); if that shows
+/// this laptop was rolled back, the session runs once more under the new incarnation, so the
+/// peer sends back everything it lacks, and the report counts both.
 pub async fn run_tracked<P: Peer>(
     store: &Arc<Store>,
     peer: &P,
@@ -41,12 +46,36 @@ pub async fn run_tracked<P: Peer>(
     opts: &SessionOptions,
     tracker: Option<&Tracker>,
 ) -> Result<SessionReport, SyncError> {
+    let (mut report, again) = run_once(store, peer, label, opts, tracker).await?;
+    if again {
+        let (more, _) = run_once(store, peer, label, opts, tracker).await?;
+        for (d, m) in [
+            (&mut report.received, more.received),
+            (&mut report.sent, more.sent),
+        ] {
+            d.pages += m.pages;
+            d.records += m.records;
+            d.applied += m.applied;
+            d.conflicts += m.conflicts;
+            d.bytes += m.bytes;
+            d.ms += m.ms;
+        }
+    }
+    Ok(report)
+}
+
+/// One session; true with it if comparing records afterwards started a new incarnation.
+async fn run_once<P: Peer>(
+    store: &Arc<Store>,
+    peer: &P,
+    label: &str,
+    opts: &SessionOptions,
+    tracker: Option<&Tracker>,
+) -> Result<(SessionReport, bool), SyncError> {
     let me = store.instance();
-    // At most three hellos: if the peer holds more of our own events than we do, we were
-    // rolled back; a new incarnation starts and is announced in another hello, so the peer
-    // stops trusting what it believed we hold and sends it all. Told by the peer's knowledge
-    // (`note_self_claim`) or, on the first session with this peer since the database was
-    // opened or an incarnation changed, by comparing records (`store/rollback.rs`).
+    // At most two hellos: if the peer holds more of our own events than we do, we were rolled
+    // back; a new incarnation starts and is announced in a second hello, so the peer stops
+    // trusting what it believed we hold and sends it all.
     let mut attempt = 0;
     let (pos, hello, reply, info, mut since) = loop {
         attempt += 1;
@@ -94,17 +123,11 @@ pub async fn run_tracked<P: Peer>(
         let peer_has = reply.knowledge.get(&me.id).copied().unwrap_or(0);
         let pid = info.instance;
         let restarted = blocking(store, move |s| s.note_self_claim(&pid, peer_has)).await?;
-        if restarted.is_some() && attempt < 3 {
-            continue;
+        if restarted.is_none() || attempt >= 2 {
+            // The peer now holds our knowledge as of this hello (`note_hello` stored it).
+            super::told::note(me.id, pid, &hello.knowledge);
+            break (pos, hello, reply, info, since);
         }
-        if store.rollback_check_due(&pid) && reply.protocol >= RECONCILE_PROTOCOL_VERSION {
-            if check_records(store, peer, label, opts, &hello, &reply).await && attempt < 3 {
-                continue;
-            }
-        }
-        // The peer now holds our knowledge as of this hello (`note_hello` stored it).
-        super::told::note(me.id, pid, &hello.knowledge);
-        break (pos, hello, reply, info, since);
     };
     let mut report = SessionReport {
         peer: info.clone(),
@@ -263,13 +286,17 @@ pub async fn run_tracked<P: Peer>(
         })
     })
     .await?;
-    Ok(report)
+    // After the pages, so only records that knowledge kept apart are left to move.
+    let again = store.rollback_check_due(&pid)
+        && reply.protocol >= RECONCILE_PROTOCOL_VERSION
+        && check_records(store, peer, label, opts, &hello, &reply).await;
+    Ok((report, again))
 }
 
 /// Compares records with the peer (range reconciliation) and moves those that differ both
 /// ways, whole: a rollback that knowledge can no longer tell shows as a record the peer holds
 /// with an own event of ours we lack, and the receive path then starts a new incarnation
-/// (`store/rollback.rs`). Returns true if our incarnation changed meanwhile (say hello again).
+/// (`store/rollback.rs`). Returns true if our incarnation changed meanwhile (run again).
 /// A failure is logged and tried again on the next session; it does not fail this one.
 async fn check_records<P: Peer>(
     store: &Arc<Store>,
@@ -297,10 +324,11 @@ async fn check_records<P: Peer>(
         Ok(r) => {
             store.rollback_checked(pid);
             if r.differing > 0 {
-                tracing::info!(peer = %pid, differing = r.differing, fetched = r.applied,
-                    pushed = r.applied_there,
-                    "records compared with the peer (first session since start or since an \
-                     incarnation changed): moved those that differed");
+                // Knowledge had kept them apart: a rollback, a bug or a member's wrong claim.
+                tracing::warn!(peer = %pid, differing = r.differing, applied_here = r.applied,
+                    applied_there = r.applied_there,
+                    "records compared after the session (first since start or an incarnation \
+                     change): some differed although the session had finished; moved both ways");
             }
         }
         Err(e) => tracing::warn!(peer = %pid, error = %e,
