@@ -546,6 +546,49 @@ fn a_rollback_knowledge_cannot_tell_is_found_by_records_and_everything_comes_bac
     }
 }
 
+/// The peers that adopted the rolled-back laptop's covering claim are repaired too, from
+/// whichever peer holds each lost event: seeing B's new incarnation makes A compare records
+/// with each peer once more, so A gets L2 from D although B had not met D yet when A met it.
+#[test]
+fn peers_that_trusted_a_rolled_back_claim_get_each_lost_write_from_whoever_holds_it() {
+    let (a, mut b, c, d) = (Node::new(), Node::new(), Node::new(), Node::new());
+    put(b.s(), Uuid::new_v4(), json!({"v": 0}));
+    for (p, q) in [(&b, &a), (&b, &c), (&b, &d), (&a, &c), (&a, &d), (&c, &d)] {
+        sync(p, q).unwrap();
+    }
+    let image = save_aside(&mut b);
+    let (l1, l2) = (Uuid::new_v4(), Uuid::new_v4());
+    put(b.s(), l1, json!({"name": "L1"}));
+    sync(&b, &c).unwrap(); // C holds L1
+    put(b.s(), l2, json!({"name": "L2"}));
+    sync(&b, &d).unwrap(); // D holds L1 and L2
+    roll_back(&mut b, image.path());
+    put(b.s(), Uuid::new_v4(), json!({"name": "W"}));
+    sync(&b, &a).unwrap(); // A adopts B's covering claim...
+    sync(&a, &c).unwrap(); // ...and passes it on
+    sync(&a, &d).unwrap();
+    b.close();
+    b.open();
+    let before = b.s().incarnation();
+
+    sync(&b, &c).unwrap(); // B finds L1 at C: rolled back
+    assert_ne!(b.s().incarnation().id, before.id);
+    sync(&a, &b).unwrap(); // A sees B's new incarnation, gets L1 from B
+    assert!(state(a.s()).contains_key(&l1));
+    assert!(!state(a.s()).contains_key(&l2), "nobody A met holds L2 yet");
+    sync(&a, &d).unwrap(); // A compares with D once more: L2
+    sync(&b, &d).unwrap();
+    sync(&c, &d).unwrap();
+    for n in [&a, &b, &c, &d] {
+        let st = state(n.s());
+        assert_eq!(st[&l1], Some(json!({"name": "L1"})));
+        assert_eq!(st[&l2], Some(json!({"name": "L2"})));
+    }
+    for n in [&a, &c, &d] {
+        assert_eq!(state(n.s()), state(b.s()));
+    }
+}
+
 /// Found by the randomized run (seed 23757): a write made after a disk image was taken and
 /// never synced is lost when the image is copied back (nobody can tell); the laptop then
 /// writes and syncs newer stamps, so peers' knowledge of it covers the lost write's stamp.
