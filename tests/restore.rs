@@ -815,7 +815,9 @@ fn random_run(seed: u64, steps: usize, n: usize) {
     let mut nodes: Vec<Node> = (0..n).map(|_| Node::new()).collect();
     // Per replica: its database files copied aside (a disk image) and the writes it held then,
     // for rollbacks nobody announces; and whether it was ever rolled back.
-    let mut images: Vec<Option<(tempfile::TempDir, Vec<usize>)>> = (0..n).map(|_| None).collect();
+    // The incarnation it lived then is kept too (see the rollback step).
+    type Image = (tempfile::TempDir, Vec<usize>, Uuid);
+    let mut images: Vec<Option<Image>> = (0..n).map(|_| None).collect();
     let mut rolled = vec![false; n];
     // Per replica: its latest backup and the writes it held then.
     let mut backups: Vec<Option<(Snapshot, Vec<usize>)>> = vec![None; n];
@@ -888,11 +890,20 @@ fn random_run(seed: u64, steps: usize, n: usize) {
                 if rng.below(2) == 0 || no_rollbacks {
                     backups[r] = Some((snapshot(nodes[r].s()), held));
                 } else {
-                    images[r] = Some((save_aside(&mut nodes[r]), held));
+                    let inc = nodes[r].s().incarnation().id;
+                    images[r] = Some((save_aside(&mut nodes[r]), held, inc));
                 }
             }
             _ if rng.below(2) == 0 => {
-                if let Some((aside, held)) = images[r].take() {
+                // An image is used once, and only while the replica still lives the
+                // incarnation it was taken in: rolling back twice to one image, or to an image
+                // older than a restore or a detected rollback, brings back an incarnation peers
+                // saw retired, which they cannot tell from a second laptop and refuse, loudly
+                // (see ARCHITECTURE.md).
+                let image = images[r]
+                    .take()
+                    .filter(|(_, _, inc)| *inc == nodes[r].s().incarnation().id);
+                if let Some((aside, held, _)) = image {
                     roll_back(&mut nodes[r], aside.path());
                     restores[r] += 1;
                     rolled[r] = true;
@@ -902,9 +913,6 @@ fn random_run(seed: u64, steps: usize, n: usize) {
                     for i in held.iter().copied() {
                         writes[i].holders |= 1 << r;
                     }
-                    // An image is used once: rolling back twice to one image, or to an image
-                    // older than a restore, brings back an incarnation peers saw retired, which
-                    // they cannot tell from a second laptop (see ARCHITECTURE.md).
                 }
             }
             _ => {
