@@ -15,6 +15,7 @@ mod legacy;
 pub mod recovery;
 mod release;
 mod replication;
+mod rollback;
 mod snapshot;
 pub(crate) mod staging;
 mod txn;
@@ -429,6 +430,9 @@ pub struct Store {
     head: RwLock<Arc<Head>>,
     changed: tokio::sync::watch::Sender<u64>,
     group: group::GroupCommit,
+    /// Peers whose records were compared with ours since this database was opened or since
+    /// an incarnation changed (see `rollback.rs`).
+    checked: rollback::Checked,
     /// Last field, so it is dropped after `db` and `tree`: waits for sled's lock to go.
     _release: release::SledRelease,
 }
@@ -613,6 +617,7 @@ impl Store {
             head: RwLock::default(),
             writer: Mutex::new(writer),
             group: Default::default(),
+            checked: Default::default(),
             _release: release::SledRelease(db_dir.clone()),
         };
         store.publish(&store.lock())?;

@@ -119,6 +119,9 @@ impl Store {
     pub fn commit_page(&self, c: PageCommit<'_>) -> Result<Committed, CommitError> {
         self.check_remote(c.changes)?;
         let (guard, mut b) = self.begin();
+        // Own events a restore or a detected rollback expects back (before this page closes
+        // the gap): receiving those is no sign of a new rollback.
+        let expected = b.w.lineage.missing;
         let mut row: PeerRow = match b.txn.get(&keys::peer(&c.peer))? {
             Some(v) => decode(&v)?,
             None => return Err(CommitError::UnknownPeer(c.peer)),
@@ -176,7 +179,16 @@ impl Store {
         }
         let received_upto = row.received_upto;
         b.txn.put(keys::peer(&c.peer), encode(&row));
+        let lost = b
+            .lost_own
+            .take()
+            .filter(|l| !expected.is_some_and(|(lo, hi)| l.first > lo && l.last <= hi));
         self.finish_with(guard, b, stats.applied > 0 || held > 0)?;
+        if let Some(lost) = &lost {
+            // The page brought back own events this directory had lost: unless a restore
+            // already expected them, it was rolled back (`rollback.rs`).
+            self.note_lost_own(&c.peer, &row.name, lost)?;
+        }
         if gap_closed {
             // Every own event a restore may have lacked is back: what only its backup held is
             // written again so peers take it (see `Store::restore`).
@@ -236,6 +248,8 @@ impl Store {
             missing_from = next.missing.map_or(0, |m| m.0), reason,
             "started a new incarnation: peers will send back what this laptop lacks");
         w.lineage = next;
+        // Peers may hold what this incarnation lacks: compare records with each once more.
+        self.forget_rollback_checks();
         // Readers report our own claim from the published head: publish the new one.
         self.publish(w)?;
         Ok(w.lineage.current)

@@ -51,6 +51,8 @@ pub(super) struct Batch<'a> {
     /// The leaves of this batch's local edits: written as one commit of this instance with
     /// the batch (`commits.rs`).
     leaves: Vec<(crate::signed::LeafKey, crate::signed::Hash)>,
+    /// Own events merged pages carried that this directory did not hold (`rollback.rs`).
+    pub(super) lost_own: Option<super::rollback::LostOwn>,
 }
 
 /// What to persist for one record.
@@ -90,6 +92,7 @@ impl Store {
             wall: wall_millis(),
             started: std::time::Instant::now(),
             leaves: Vec::new(),
+            lost_own: None,
         };
         (guard, batch)
     }
@@ -402,6 +405,7 @@ impl Batch<'_> {
         changes: &[RemoteChange],
     ) -> Result<ApplyStats, StoreError> {
         let mut stats = ApplyStats::default();
+        let me = self.store.id();
         for ch in changes {
             stats.received += 1;
             let mut state = ch.state.clone();
@@ -414,6 +418,13 @@ impl Batch<'_> {
             self.w.clock.observe(state.max_ts());
             let suffix = keys::record_suffix(&ch.table, &ch.id);
             let prev = self.load(&suffix)?;
+            if peer.is_some() {
+                // A peer holding an own event we lack: this directory lost it (`rollback.rs`).
+                let held = prev.as_ref().map(|p| &p.state);
+                if let Some(l) = super::rollback::LostOwn::of(&me, held, &state, &ch.table, ch.id) {
+                    super::rollback::LostOwn::join(&mut self.lost_own, l);
+                }
+            }
             let mut out = merge::merge_remote(prev.as_ref().map(|p| &p.state), &state);
             // Only a state that brings something new is evidence: an old copy changes nothing,
             // not even the conflict log (rule 6).

@@ -350,6 +350,8 @@ pub fn note_hello(
             "hello has no `incarnation` (required from protocol version 2)",
         )));
     };
+    // Set when the peer was restored or rolled back: peers may now hold what others lack.
+    let mut moved = false;
     let out = store
         .update_peer_with(&peer.instance, |row, seq| {
             if let Some(d) = &row.duplicate {
@@ -373,6 +375,7 @@ pub fn note_hello(
                         .iter()
                         .any(|(n, t)| knowledge.get(n).copied().unwrap_or(0) < *t);
                     if regressed {
+                        moved = true;
                         row.echo_from = seq;
                         row.received_upto = 0;
                         durable = true;
@@ -384,6 +387,7 @@ pub fn note_hello(
                 Verdict::Newer => {
                     let old = row.incarnation.replace(*inc).map(|o| o.id);
                     row.retired.extend(old);
+                    moved = true;
                     row.echo_from = seq;
                     row.received_upto = 0;
                     durable = true;
@@ -413,10 +417,17 @@ pub fn note_hello(
                        from 0 and sending it everything it lacks");
                 row.received_upto = 0;
                 row.echo_from = seq;
+                moved = true;
             }
             (Ok(row.received_upto), durable)
         })
         .map_err(|e| ReceiveError::Commit(CommitError::Store(e)))?;
+    if moved {
+        // Its rollback may have lost own events that some peers hold and others, trusting
+        // its earlier knowledge claims, lack: compare records with every peer once more
+        // (`store/rollback.rs`).
+        store.forget_rollback_checks();
+    }
     out.map_err(|reason| ReceiveError::Refused(duplicate_refusal(&peer.instance, &reason)))
 }
 

@@ -364,8 +364,35 @@ pub async fn anti_entropy<P: Peer>(
         .map_err(SyncError::Peer)?;
     require_reconcile(reply.protocol, label)?;
     let tables = shared_tables(&hello.tables, &reply.tables, &reply.local_only, store);
-    let (diffs, stats) = differences(store, peer, &tables, label).await?;
-    let pid = reply.peer.instance;
+    let report = exchange(
+        store,
+        peer,
+        label,
+        transport,
+        reply.peer.instance,
+        &tables,
+        &reply.encoding,
+    )
+    .await?;
+    // The hello began an inbound exchange on the peer; an empty last push ends it.
+    push(peer, store.id(), &[], None, &reply.encoding, false, label).await?;
+    Ok(report)
+}
+
+/// Reconciles `tables` with the peer `pid` and moves each differing record both ways, whole,
+/// through the normal receive path on both sides (the body of [`anti_entropy`]; also run by
+/// the first session with each peer after an open or an incarnation change, see
+/// `store/rollback.rs`). Every push is marked `more`, so it ends no session on the peer.
+pub(crate) async fn exchange<P: Peer>(
+    store: &Arc<Store>,
+    peer: &P,
+    label: &str,
+    transport: &Transport,
+    pid: Uuid,
+    tables: &[String],
+    encoding: &str,
+) -> Result<AntiEntropyReport, SyncError> {
+    let (diffs, stats) = differences(store, peer, tables, label).await?;
     let me = store.id();
     let mut report = AntiEntropyReport {
         peer: pid,
@@ -380,7 +407,7 @@ pub async fn anti_entropy<P: Peer>(
                     from: me,
                     table: d.table.clone(),
                     ids: chunk.to_vec(),
-                    encoding: reply.encoding.clone(),
+                    encoding: encoding.to_string(),
                 })
                 .await
                 .map_err(|e| e.into_sync(label))?;
@@ -409,13 +436,11 @@ pub async fn anti_entropy<P: Peer>(
             if ours.is_empty() {
                 continue;
             }
-            let sent = push(peer, me, &ours, proofs, &reply.encoding, true, label).await?;
+            let sent = push(peer, me, &ours, proofs, encoding, true, label).await?;
             report.pushed += ours.len() as u64;
             report.applied_there += sent;
         }
     }
-    // The hello began an inbound exchange on the peer; an empty last push ends it.
-    push(peer, me, &[], None, &reply.encoding, false, label).await?;
     Ok(report)
 }
 

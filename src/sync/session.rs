@@ -11,7 +11,10 @@ use super::receive::{note_hello, receive_page, HelloSeen, ReceiveError};
 use super::{blocking, our_hello, SessionOptions, SessionReport, SyncError};
 use crate::change::RemoteChange;
 use crate::progress::{Tracker, Way};
-use crate::protocol::{self, codes, Page, ProtocolError, PullRequest, PushRequest, ENC_JSON};
+use crate::protocol::{
+    self, codes, Page, ProtocolError, PullRequest, PushRequest, ENC_JSON,
+    RECONCILE_PROTOCOL_VERSION,
+};
 use crate::store::{CommitError, Store};
 use chrono::Utc;
 use std::collections::BTreeSet;
@@ -31,6 +34,11 @@ pub async fn run<P: Peer>(
 
 /// [`run`], reporting progress page by page to `tracker` (the console's live sessions, the
 /// CLI's progress bar).
+///
+/// On the first session with a peer since the database was opened or an incarnation changed,
+/// records are compared once everything was pulled and pushed (`check_records`); if that shows
+/// this laptop was rolled back, the session runs once more under the new incarnation, so the
+/// peer sends back everything it lacks, and the report counts both.
 pub async fn run_tracked<P: Peer>(
     store: &Arc<Store>,
     peer: &P,
@@ -38,6 +46,32 @@ pub async fn run_tracked<P: Peer>(
     opts: &SessionOptions,
     tracker: Option<&Tracker>,
 ) -> Result<SessionReport, SyncError> {
+    let (mut report, again) = run_once(store, peer, label, opts, tracker).await?;
+    if again {
+        let (more, _) = run_once(store, peer, label, opts, tracker).await?;
+        for (d, m) in [
+            (&mut report.received, more.received),
+            (&mut report.sent, more.sent),
+        ] {
+            d.pages += m.pages;
+            d.records += m.records;
+            d.applied += m.applied;
+            d.conflicts += m.conflicts;
+            d.bytes += m.bytes;
+            d.ms += m.ms;
+        }
+    }
+    Ok(report)
+}
+
+/// One session; true with it if comparing records afterwards started a new incarnation.
+async fn run_once<P: Peer>(
+    store: &Arc<Store>,
+    peer: &P,
+    label: &str,
+    opts: &SessionOptions,
+    tracker: Option<&Tracker>,
+) -> Result<(SessionReport, bool), SyncError> {
     let me = store.instance();
     // At most two hellos: if the peer holds more of our own events than we do, we were rolled
     // back; a new incarnation starts and is announced in a second hello, so the peer stops
@@ -252,7 +286,56 @@ pub async fn run_tracked<P: Peer>(
         })
     })
     .await?;
-    Ok(report)
+    // After the pages, so only records that knowledge kept apart are left to move.
+    let again = store.rollback_check_due(&pid)
+        && reply.protocol >= RECONCILE_PROTOCOL_VERSION
+        && check_records(store, peer, label, opts, &hello, &reply).await;
+    Ok((report, again))
+}
+
+/// Compares records with the peer (range reconciliation) and moves those that differ both
+/// ways, whole: a rollback that knowledge can no longer tell shows as a record the peer holds
+/// with an own event of ours we lack, and the receive path then starts a new incarnation
+/// (`store/rollback.rs`). Returns true if our incarnation changed meanwhile (run again).
+/// A failure is logged and tried again on the next session; it does not fail this one.
+async fn check_records<P: Peer>(
+    store: &Arc<Store>,
+    peer: &P,
+    label: &str,
+    opts: &SessionOptions,
+    hello: &protocol::Hello,
+    reply: &protocol::HelloReply,
+) -> bool {
+    let pid = reply.peer.instance;
+    let before = store.incarnation().id;
+    let tables =
+        super::reconcile::shared_tables(&hello.tables, &reply.tables, &reply.local_only, store);
+    let r = super::reconcile::exchange(
+        store,
+        peer,
+        label,
+        &opts.transport,
+        pid,
+        &tables,
+        &reply.encoding,
+    )
+    .await;
+    match r {
+        Ok(r) => {
+            store.rollback_checked(pid);
+            if r.differing > 0 {
+                // Knowledge had kept them apart: a rollback, a bug or a member's wrong claim.
+                tracing::warn!(peer = %pid, differing = r.differing, applied_here = r.applied,
+                    applied_there = r.applied_there,
+                    "records compared after the session (first since start or an incarnation \
+                     change): some differed although the session had finished; moved both ways");
+            }
+        }
+        Err(e) => tracing::warn!(peer = %pid, error = %e,
+            "could not compare records with the peer (rollback check): trying again on the \
+             next session"),
+    }
+    store.incarnation().id != before
 }
 
 fn page_of(
