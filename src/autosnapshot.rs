@@ -161,18 +161,17 @@ pub async fn run(store: Arc<Store>, cfg: SnapshotConfig, mut stop: watch::Receiv
         return;
     }
     let mut last = list(store.dir()).last().map(|s| s.feed_seq);
-    if last.is_none() && store.seq() > 0 {
-        // A laptop with data and no snapshot yet (first agent start since upgrading).
-        let (s, keep) = (store.clone(), cfg.keep);
-        match tokio::task::spawn_blocking(move || take(&s, keep)).await {
-            Ok(Ok(snap)) => last = Some(snap.feed_seq),
-            Ok(Err(e)) => warn!(error = %e, "automatic snapshot failed"),
-            Err(e) => warn!(error = %e, "automatic snapshot task failed"),
-        }
-    }
     let mut changes = store.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.every_secs.max(1)));
     tick.tick().await;
+    if last.is_none() && store.seq() > 0 {
+        // A laptop with data and no snapshot yet (first agent start since upgrading, or right
+        // after an import): taken at once, giving way to the first sessions like any other.
+        match giving_way(&store, &cfg, &mut changes, &mut tick, &mut stop).await {
+            Some(taken) => last = taken.or(last),
+            None => return,
+        }
+    }
     loop {
         let timed = tokio::select! {
             r = changes.changed() => { if r.is_err() { return } false }
@@ -200,36 +199,58 @@ pub async fn run(store: Arc<Store>, cfg: SnapshotConfig, mut stop: watch::Receiv
                 }
             }
         }
-        // The snapshot holds the writer lock while it reads every record (seconds at 100,000
-        // records): it gives way to anyone who waits for that lock (a sync that starts, a
-        // local write) and is taken again after the next quiet spell, at most
-        // [`MAX_GIVE_WAY`] times in a row.
-        for attempt in 1..=MAX_GIVE_WAY {
-            let (s, keep) = (store.clone(), cfg.keep);
-            let give_way = attempt < MAX_GIVE_WAY;
-            match tokio::task::spawn_blocking(move || take_with(&s, keep, give_way)).await {
-                Ok(Ok(Some(snap))) => {
-                    last = Some(snap.feed_seq);
-                    tick.reset();
-                }
-                Ok(Ok(None)) => {
-                    info!(
-                        attempt,
-                        "automatic snapshot gave way to a write; taken again once quiet"
-                    );
-                    loop {
-                        tokio::select! {
-                            r = changes.changed() => { if r.is_err() { return } }
-                            _ = tokio::time::sleep(QUIET) => break,
-                            _ = stop.changed() => return,
-                        }
-                    }
-                    continue;
-                }
-                Ok(Err(e)) => warn!(error = %e, "automatic snapshot failed"),
-                Err(e) => warn!(error = %e, "automatic snapshot task failed"),
-            }
-            break;
+        match giving_way(&store, &cfg, &mut changes, &mut tick, &mut stop).await {
+            Some(taken) => last = taken.or(last),
+            None => return,
         }
     }
+}
+
+/// Takes a snapshot, giving way to writers: the snapshot holds the writer lock while it reads
+/// every record (seconds at 100,000 records), so it gives way to anyone who waits for that lock
+/// (a sync that starts, a local write) and is taken again after the next quiet spell (or the
+/// periodic tick), the [`MAX_GIVE_WAY`]th attempt in a row without giving way. Returns the feed
+/// position of the snapshot taken (`Some(None)` if it failed, logged), or `None` when `stop`
+/// turned true or the store closed.
+async fn giving_way(
+    store: &Arc<Store>,
+    cfg: &SnapshotConfig,
+    changes: &mut watch::Receiver<u64>,
+    tick: &mut tokio::time::Interval,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Option<u64>> {
+    for attempt in 1..=MAX_GIVE_WAY {
+        let (s, keep) = (store.clone(), cfg.keep);
+        let give_way = attempt < MAX_GIVE_WAY;
+        match tokio::task::spawn_blocking(move || take_with(&s, keep, give_way)).await {
+            Ok(Ok(Some(snap))) => {
+                tick.reset();
+                return Some(Some(snap.feed_seq));
+            }
+            Ok(Ok(None)) => {
+                info!(
+                    attempt,
+                    "automatic snapshot gave way to a write; taken again once quiet"
+                );
+                // Every commit restarts the quiet spell; the periodic tick still wins.
+                loop {
+                    tokio::select! {
+                        r = changes.changed() => { if r.is_err() { return None } }
+                        _ = tokio::time::sleep(QUIET) => break,
+                        _ = tick.tick() => break,
+                        _ = stop.changed() => return None,
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "automatic snapshot failed");
+                return Some(None);
+            }
+            Err(e) => {
+                warn!(error = %e, "automatic snapshot task failed");
+                return Some(None);
+            }
+        }
+    }
+    Some(None)
 }
