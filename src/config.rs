@@ -366,6 +366,13 @@ mod tests {
     }
 
     #[test]
+    fn agents_notify_peers_of_local_changes_unless_turned_off() {
+        assert!(Config::parse("", "t").unwrap().sync.notify);
+        let c = Config::parse("[sync]\nnotify = false\n", "t").unwrap();
+        assert!(!c.sync.notify);
+    }
+
+    #[test]
     fn automatic_snapshots_are_on_by_default_and_configurable() {
         let d = Config::parse("", "t").unwrap().snapshots;
         assert!(d.enabled);
