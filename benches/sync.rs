@@ -155,6 +155,13 @@ struct Run {
 fn one_run(root: &Path, n: usize, data: &(PathBuf, PathBuf, PathBuf, PathBuf)) -> Run {
     let (recs, ops, conf_a, conf_b) = data;
     let (a_dir, b_dir) = mesh(root);
+    // The agents run as a user's would, except that they do not announce local changes to each
+    // other (`[sync] notify`): with it, B pulls A's edits on its own 200 ms after `apply`,
+    // racing the `fieldsync sync` this benchmark times, which then often finds nothing to move.
+    for dir in [&a_dir, &b_dir] {
+        std::fs::write(dir.join("fieldsync.toml"), "[sync]\nnotify = false\n")
+            .expect("write fieldsync.toml");
+    }
     let mut r = Run::default();
     let t = Instant::now();
     fs_ok(&a_dir, &["import", "person", recs.to_str().unwrap()]);
@@ -396,6 +403,8 @@ fn main() {
         .unwrap_or(3);
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut report = String::new();
+    // Per N: fieldsync's medians of the rows PouchDB also measures, for the side-by-side table.
+    let mut medians: Vec<(usize, Medians)> = Vec::new();
     for &n in &ns {
         let data = gen_data(tmp.path(), n);
         let mut all = Vec::new();
@@ -416,10 +425,21 @@ fn main() {
             let _ = std::fs::remove_dir_all(&root);
         }
         report.push_str(&table(n, &all));
+        let m = |f: &dyn Fn(&Run) -> f64| median(all.iter().map(f).collect());
+        medians.push((
+            n,
+            Medians {
+                initial: (m(&|r| r.initial_ms), m(&|r| r.initial_bytes as f64)),
+                incremental: (m(&|r| r.incr_ms), m(&|r| r.incr_bytes as f64)),
+                noop: (m(&|r| r.noop_ms), m(&|r| r.noop_bytes as f64)),
+                reverse: (m(&|r| r.reverse_ms), m(&|r| r.reverse_bytes as f64)),
+            },
+        ));
     }
     if std::env::var("FIELDSYNC_BENCH_MILLION").is_ok() {
         report.push_str(&million(tmp.path()));
     }
+    report.push_str(&pouchdb_side_by_side(tmp.path(), &ns, &medians));
     write_results(&report);
     println!("{report}");
 }
@@ -573,6 +593,141 @@ fn table(n: usize, runs: &[Run]) -> String {
         s.push_str(&format!("| {a} | {b} | {c} | {d} |\n"));
     }
     s
+}
+
+/// fieldsync's medians of one N: (milliseconds, bytes on the wire) per row.
+struct Medians {
+    initial: (f64, f64),
+    incremental: (f64, f64),
+    noop: (f64, f64),
+    reverse: (f64, f64),
+}
+
+/// PouchDB 9 (LevelDB, HTTP) replicating the same gen.py data on the same machine, run right
+/// after fieldsync's rows (the reference peer in `../shared/peers/pouchdb`, see its NOTE.md:
+/// copied to a temporary directory, `npm ci`, `./bench.sh --sizes N --reps 1`), as ratios.
+/// Skipped, with the reason printed and written, when node, npm or the peer is not there (a
+/// fresh clone without `../shared`) or its run fails: fieldsync's own rows stand alone.
+fn pouchdb_side_by_side(tmp: &Path, ns: &[usize], ours: &[(usize, Medians)]) -> String {
+    let skipped = |why: String| {
+        eprintln!("PouchDB side by side skipped: {why}");
+        format!("\n### PouchDB side by side\n\nNot run: {why}.\n")
+    };
+    let peer = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers/pouchdb");
+    let gen = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/gen.py");
+    if !peer.join("bench.sh").exists() || !gen.exists() {
+        return skipped(format!(
+            "{} (or gen.py beside it) is not there",
+            peer.display()
+        ));
+    }
+    for tool in ["node", "npm"] {
+        let ok = Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            return skipped(format!("`{tool}` is not installed"));
+        }
+    }
+    let dir = tmp.join("pouchdb-peer");
+    let copied = Command::new("cp")
+        .args(["-r"])
+        .arg(&peer)
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success())
+        && std::fs::copy(&gen, dir.join("gen.py")).is_ok();
+    if !copied {
+        return skipped(format!(
+            "could not copy {} to {}",
+            peer.display(),
+            dir.display()
+        ));
+    }
+    let npm = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status();
+    if !npm.is_ok_and(|s| s.success()) {
+        return skipped("`npm ci` failed in the copy of the PouchDB peer".into());
+    }
+    let sizes = ns
+        .iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let run = Command::new("./bench.sh")
+        .args(["--sizes", &sizes, "--reps", "1", "--tag", "fieldsync-bench"])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status();
+    if !run.is_ok_and(|s| s.success()) {
+        return skipped("the PouchDB peer's bench.sh failed (its output is above)".into());
+    }
+    let json_file = std::fs::read_dir(dir.join("results"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-fieldsync-bench.json"));
+    let Some(summary) = json_file
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    else {
+        return skipped("the PouchDB peer wrote no results file".into());
+    };
+    let row = |n: usize, name: &str| -> Option<(f64, f64)> {
+        summary["summary"].as_array()?.iter().find_map(|s| {
+            (s["N"].as_u64() == Some(n as u64) && s["measurement"] == name)
+                .then(|| Some((s["wall_s"].as_f64()? * 1000.0, s["bytes"].as_f64()?)))
+                .flatten()
+        })
+    };
+    let versions = summary["versions"]["pouchdb-node"].as_str().unwrap_or("?");
+    let mut out = format!(
+        "\n### PouchDB side by side\n\nPouchDB {versions} (LevelDB, HTTP, gzip) replicating the same \
+         gen.py data between two nodes on 127.0.0.1, run right after the rows above \
+         (`../shared/peers/pouchdb/bench.sh --sizes {sizes} --reps 1`, one run; load average at \
+         its start: {}). fieldsync's figures are the medians above; bytes are counted at the \
+         serving side's sockets by both.\n\n| N | row | fieldsync | PouchDB | fieldsync time / PouchDB | \
+         fieldsync bytes / PouchDB | target |\n|---|---|---|---|---|---|---|\n",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
+    for (n, m) in ours {
+        let rows = [
+            ("initial sync", "a_initial", m.initial),
+            ("incremental 1 %", "b_incremental", m.incremental),
+            ("no-op", "c_noop", m.noop),
+            ("first reverse sync", "d0_reverse_first", m.reverse),
+        ];
+        for (what, name, (ms, bytes)) in rows {
+            let Some((p_ms, p_bytes)) = row(*n, name) else {
+                continue;
+            };
+            let (t, b) = (ms / p_ms.max(0.001), bytes / p_bytes.max(1.0));
+            let target = if name == "a_initial" && *n == 100_000 {
+                let fast = p_ms / ms.max(0.001);
+                format!(
+                    "≥ 10× faster: {} ({fast:.1}× faster); ≤ 0.3× the bytes: {}",
+                    if fast >= 10.0 { "met" } else { "NOT met" },
+                    if b <= 0.3 { "met" } else { "NOT met" }
+                )
+            } else {
+                "—".into()
+            };
+            out.push_str(&format!(
+                "| {n} | {what} | {ms:.0} ms, {:.1} KB | {p_ms:.0} ms, {:.1} KB | {t:.2}× | {b:.2}× | {target} |\n",
+                bytes / 1e3,
+                p_bytes / 1e3
+            ));
+        }
+    }
+    out
 }
 
 fn target(n: usize, met: bool, what: &str) -> String {

@@ -529,8 +529,9 @@ pub async fn run(
             }
         }));
     }
-    // Our changes: tell every reachable peer, so it pulls promptly.
-    {
+    // Our changes: tell every reachable peer, so it pulls promptly (unless `[sync] notify`
+    // is off).
+    if store.config().sync.notify {
         let a = agent.clone();
         let statics = options.peers.clone();
         let mut stop = stop_rx.clone();

@@ -64,6 +64,23 @@ pub fn list(data_dir: &Path) -> Vec<AutoSnapshot> {
 
 /// Takes one snapshot now and removes the oldest beyond `keep`. Returns the new file.
 pub fn take(store: &Store, keep: usize) -> Result<AutoSnapshot, BackupError> {
+    match take_with(store, keep, false)? {
+        Some(s) => Ok(s),
+        None => unreachable!("a snapshot that does not give way completes"),
+    }
+}
+
+/// [`take`], giving way to writers (`backup::write_backup_giving_way`): `None` when a write,
+/// a sync page or a peer's hello came while it read; nothing was written then.
+pub fn try_take(store: &Store, keep: usize) -> Result<Option<AutoSnapshot>, BackupError> {
+    take_with(store, keep, true)
+}
+
+fn take_with(
+    store: &Store,
+    keep: usize,
+    give_way: bool,
+) -> Result<Option<AutoSnapshot>, BackupError> {
     let dir = store.dir().join(SNAPSHOT_DIR);
     std::fs::create_dir_all(&dir).map_err(|source| BackupError::Io {
         path: dir.clone(),
@@ -82,7 +99,14 @@ pub fn take(store: &Store, keep: usize) -> Result<AutoSnapshot, BackupError> {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
     let name = format!("auto-{stamp}-{seq}.fsbackup");
     let path = dir.join(&name);
-    let header = backup::write_backup(store, &path)?;
+    let header = if give_way {
+        match backup::write_backup_giving_way(store, &path)? {
+            Some(h) => h,
+            None => return Ok(None),
+        }
+    } else {
+        backup::write_backup(store, &path)?
+    };
     // Reading every record went through the allocator (sled's node copies, decoded records):
     // hand what was freed back, so an agent idle after a snapshot is small again.
     crate::store::trim_heap();
@@ -105,12 +129,16 @@ pub fn take(store: &Store, keep: usize) -> Result<AutoSnapshot, BackupError> {
         }
     }
     info!(file = %path.display(), feed_seq = header.feed_seq, "automatic snapshot written");
-    Ok(AutoSnapshot {
+    Ok(Some(AutoSnapshot {
         name: exact,
         feed_seq: header.feed_seq,
         path,
-    })
+    }))
 }
+
+/// How many times in a row an automatic snapshot gives way to writers before it is taken
+/// whatever waits (a store written without pause for that long still gets its snapshots).
+pub const MAX_GIVE_WAY: u32 = 5;
 
 /// How long the store must have been quiet (no commit) before a snapshot due by change count
 /// is taken, once the database is past [`QUIET_FROM`] feed positions.
@@ -133,18 +161,17 @@ pub async fn run(store: Arc<Store>, cfg: SnapshotConfig, mut stop: watch::Receiv
         return;
     }
     let mut last = list(store.dir()).last().map(|s| s.feed_seq);
-    if last.is_none() && store.seq() > 0 {
-        // A laptop with data and no snapshot yet (first agent start since upgrading).
-        let (s, keep) = (store.clone(), cfg.keep);
-        match tokio::task::spawn_blocking(move || take(&s, keep)).await {
-            Ok(Ok(snap)) => last = Some(snap.feed_seq),
-            Ok(Err(e)) => warn!(error = %e, "automatic snapshot failed"),
-            Err(e) => warn!(error = %e, "automatic snapshot task failed"),
-        }
-    }
     let mut changes = store.subscribe();
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.every_secs.max(1)));
     tick.tick().await;
+    if last.is_none() && store.seq() > 0 {
+        // A laptop with data and no snapshot yet (first agent start since upgrading, or right
+        // after an import): taken at once, giving way to the first sessions like any other.
+        match giving_way(&store, &cfg, &mut changes, &mut tick, &mut stop).await {
+            Some(taken) => last = taken.or(last),
+            None => return,
+        }
+    }
     loop {
         let timed = tokio::select! {
             r = changes.changed() => { if r.is_err() { return } false }
@@ -172,14 +199,58 @@ pub async fn run(store: Arc<Store>, cfg: SnapshotConfig, mut stop: watch::Receiv
                 }
             }
         }
-        let (s, keep) = (store.clone(), cfg.keep);
-        match tokio::task::spawn_blocking(move || take(&s, keep)).await {
-            Ok(Ok(snap)) => {
-                last = Some(snap.feed_seq);
-                tick.reset();
-            }
-            Ok(Err(e)) => warn!(error = %e, "automatic snapshot failed"),
-            Err(e) => warn!(error = %e, "automatic snapshot task failed"),
+        match giving_way(&store, &cfg, &mut changes, &mut tick, &mut stop).await {
+            Some(taken) => last = taken.or(last),
+            None => return,
         }
     }
+}
+
+/// Takes a snapshot, giving way to writers: the snapshot holds the writer lock while it reads
+/// every record (seconds at 100,000 records), so it gives way to anyone who waits for that lock
+/// (a sync that starts, a local write) and is taken again after the next quiet spell (or the
+/// periodic tick), the [`MAX_GIVE_WAY`]th attempt in a row without giving way. Returns the feed
+/// position of the snapshot taken (`Some(None)` if it failed, logged), or `None` when `stop`
+/// turned true or the store closed.
+async fn giving_way(
+    store: &Arc<Store>,
+    cfg: &SnapshotConfig,
+    changes: &mut watch::Receiver<u64>,
+    tick: &mut tokio::time::Interval,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Option<u64>> {
+    for attempt in 1..=MAX_GIVE_WAY {
+        let (s, keep) = (store.clone(), cfg.keep);
+        let give_way = attempt < MAX_GIVE_WAY;
+        match tokio::task::spawn_blocking(move || take_with(&s, keep, give_way)).await {
+            Ok(Ok(Some(snap))) => {
+                tick.reset();
+                return Some(Some(snap.feed_seq));
+            }
+            Ok(Ok(None)) => {
+                info!(
+                    attempt,
+                    "automatic snapshot gave way to a write; taken again once quiet"
+                );
+                // Every commit restarts the quiet spell; the periodic tick still wins.
+                loop {
+                    tokio::select! {
+                        r = changes.changed() => { if r.is_err() { return None } }
+                        _ = tokio::time::sleep(QUIET) => break,
+                        _ = tick.tick() => break,
+                        _ = stop.changed() => return None,
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "automatic snapshot failed");
+                return Some(None);
+            }
+            Err(e) => {
+                warn!(error = %e, "automatic snapshot task failed");
+                return Some(None);
+            }
+        }
+    }
+    Some(None)
 }

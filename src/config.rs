@@ -209,6 +209,10 @@ pub struct SyncConfig {
     /// reconciliation that repairs whatever knowledge hid), jittered by ±20% so laptops do not
     /// all reconcile at once. 0 turns it off.
     pub anti_entropy_secs: u64,
+    /// Tell every reachable peer right after local changes (debounced 200 ms), so it pulls at
+    /// once. `false` leaves local changes to the periodic sync and to `fieldsync sync`; the
+    /// sync benchmark sets it so that the sync it times is the one that moves the changes.
+    pub notify: bool,
 }
 
 impl Default for SyncConfig {
@@ -220,6 +224,7 @@ impl Default for SyncConfig {
             page_bytes: 4 << 20,
             interval_secs: 60,
             anti_entropy_secs: DEFAULT_ANTI_ENTROPY_SECS,
+            notify: true,
         }
     }
 }
@@ -358,6 +363,13 @@ mod tests {
         assert!(c.unique["package"].contains("name"));
         assert!(c.local_only.contains("settings"));
         assert_eq!(c.sync.page_records, SyncConfig::default().page_records);
+    }
+
+    #[test]
+    fn agents_notify_peers_of_local_changes_unless_turned_off() {
+        assert!(Config::parse("", "t").unwrap().sync.notify);
+        let c = Config::parse("[sync]\nnotify = false\n", "t").unwrap();
+        assert!(!c.sync.notify);
     }
 
     #[test]

@@ -290,6 +290,31 @@ fn a_no_op_session_is_one_hello_that_leaves_out_knowledge_the_peer_holds() {
 }
 
 #[test]
+fn the_sync_right_after_one_that_pushed_records_is_one_hello() {
+    let (a, b) = (node(), node());
+    write_many(&a.store, 20, "a");
+    let r = run(&a, &MemPeer::new(&b)).unwrap();
+    assert_eq!(r.sent.records, 20);
+    // B's feed moved past A's position for it (the 20 records are in B's feed now), but all
+    // of it came from A: B ends the next session in its hello reply, nothing is pulled or
+    // pushed, and both sides count the session.
+    assert!(b.store.seq() >= 20);
+    let next = MemPeer::new(&b);
+    let r = run(&a, &next).unwrap();
+    assert_eq!((r.received.records, r.sent.records), (0, 0));
+    assert_eq!(next.hellos.lock().unwrap().len(), 1);
+    assert_eq!(next.pulls.load(Ordering::SeqCst), 0, "nothing to pull");
+    assert_eq!(next.pushes.load(Ordering::SeqCst), 0, "nothing to push");
+    assert_eq!(b.store.peer(&a.store.id()).unwrap().unwrap().sync_count, 2);
+    assert_eq!(a.store.peer(&b.store.id()).unwrap().unwrap().sync_count, 2);
+    // A write on B is still pulled by the next session (the reply is not `done` then).
+    put(&b.store, Uuid::new_v4(), json!({"name": "late"}));
+    let r = run(&a, &MemPeer::new(&b)).unwrap();
+    assert_eq!((r.received.records, r.sent.records), (1, 0));
+    assert_eq!(export(&a.store), export(&b.store));
+}
+
+#[test]
 fn an_interrupted_pull_resumes_after_the_last_committed_page() {
     let (a, b) = (node(), node());
     write_many(&b.store, 25, "b");

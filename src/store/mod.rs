@@ -30,7 +30,7 @@ pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
 pub use staging::{ImportCounts, ImportRow, RowOutcome, StagedImport, UpdateMode};
 pub use txn::Txn;
 pub(crate) use write::decode_record;
-pub(crate) use write::trim_heap;
+pub(crate) use write::{trim_heap, trim_heap_soon};
 pub use write::{LocalOp, OpResult};
 
 use crate::clock::{Clock, Hlc};
@@ -427,6 +427,8 @@ pub struct Store {
     instance: RwLock<InstanceInfo>,
     config: Arc<Config>,
     writer: Mutex<WriterState>,
+    /// Threads waiting for the writer lock now (see [`Store::writer_waiting`]).
+    waiting: std::sync::atomic::AtomicUsize,
     head: RwLock<Arc<Head>>,
     changed: tokio::sync::watch::Sender<u64>,
     group: group::GroupCommit,
@@ -616,6 +618,7 @@ impl Store {
             changed: tokio::sync::watch::Sender::new(writer.seq),
             head: RwLock::default(),
             writer: Mutex::new(writer),
+            waiting: Default::default(),
             group: Default::default(),
             checked: Default::default(),
             _release: release::SledRelease(db_dir.clone()),
@@ -704,9 +707,42 @@ impl Store {
     }
 
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        use std::sync::atomic::Ordering;
         // A panic while holding the lock cannot leave a half-written batch (nothing is applied
         // before commit), so the state behind a poisoned lock is still consistent.
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+        match self.writer.try_lock() {
+            Ok(g) => return g,
+            Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        // Counted while waiting, so a long holder that can step aside (an automatic snapshot)
+        // sees that someone waits.
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let g = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        g
+    }
+
+    /// True while another thread waits for the writer lock (a write, a peer's hello, a group
+    /// flush): what an automatic snapshot, which holds the lock for as long as it reads the
+    /// whole database, checks to give way (`autosnapshot.rs`).
+    pub(crate) fn writer_waiting(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
+    /// Counts one more thread as waiting for the writer lock until the returned guard drops,
+    /// as a blocked write would. For tests of readers that give way to writers.
+    #[doc(hidden)]
+    pub fn pretend_writer_waiting(&self) -> impl Drop + '_ {
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Waiting(&self.waiting)
     }
 
     /// Updates name, owner and contact of this instance (only the given ones).

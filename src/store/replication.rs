@@ -419,6 +419,15 @@ impl Store {
         Ok(())
     }
 
+    /// True when [`Store::outgoing`] from `since` would send nothing to a receiver that knows
+    /// `known` (read from the published head, without walking the feed): it holds every event
+    /// we hold, and no conflict was logged here after `since`. A responder ends a session in
+    /// its hello reply on this even when its feed moved past the caller's position, e.g. by the
+    /// echoes of what the caller just pushed (protocol 4, `HelloReply::done`).
+    pub fn nothing_to_send(&self, since: u64, known: &Knowledge) -> bool {
+        nothing_for(&self.head(), since, known)
+    }
+
     /// Reads the next page of changes after `since` for a receiver that knows `known` and does
     /// not accept `skip_tables`. Stops at `limit` records or about `max_bytes` of stored data.
     /// States that came unchanged from `receiver` are skipped without being read, unless they
@@ -434,15 +443,10 @@ impl Store {
         receiver: Option<uuid::Uuid>,
     ) -> Result<OutgoingPage, StoreError> {
         {
-            // Nothing to send if the receiver already has every event we hold and no conflict
-            // was logged after its position: answer at once instead of walking the feed (after
-            // A sends B 100,000 records, B → A is this).
+            // Nothing to send: answer at once instead of walking the feed (after A sends B
+            // 100,000 records, B → A is this).
             let h = self.head();
-            let covered = h
-                .holdings
-                .iter()
-                .all(|(n, ts)| known.get(n).is_some_and(|k| k >= ts));
-            if covered && since <= h.seq && h.conflict_head <= since {
+            if nothing_for(&h, since, known) {
                 return Ok(OutgoingPage {
                     next: h.seq,
                     ..Default::default()
@@ -541,4 +545,13 @@ impl Store {
         page.more = feed.next().is_some();
         Ok(page)
     }
+}
+
+/// See [`Store::nothing_to_send`]; one published head for the whole judgement.
+fn nothing_for(h: &super::Head, since: u64, known: &Knowledge) -> bool {
+    since <= h.seq
+        && h.conflict_head <= since
+        && h.holdings
+            .iter()
+            .all(|(n, ts)| known.get(n).is_some_and(|k| k >= ts))
 }

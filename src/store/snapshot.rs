@@ -66,6 +66,12 @@ impl ConsistentView<'_> {
         self.writer.seq
     }
 
+    /// True while another thread waits for the writer lock this view holds (a write, a peer's
+    /// hello): a reader that may stop early (an automatic snapshot) gives way.
+    pub fn writer_waiting(&self) -> bool {
+        self.store.writer_waiting()
+    }
+
     /// Every key/value pair, in key order.
     pub fn entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
         self.store.tree.iter().map(|kv| {

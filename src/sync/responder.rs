@@ -244,8 +244,12 @@ impl SyncService for Responder {
             ENC_JSON
         };
         // Nothing to move either way (protocol 4): the session ends with this reply, as a last
-        // push would end it (`sync_count`, `last_update`, the board).
-        let done = h.received_upto.is_some_and(|u| u >= pos.head)
+        // push would end it (`sync_count`, `last_update`, the board). Our feed may have moved
+        // past the caller's position with nothing in it for the caller: the echoes of pages it
+        // just pushed (the sync right after one that moved records).
+        let done = h
+            .received_upto
+            .is_some_and(|u| u >= pos.head || self.store.nothing_to_send(u, &h.knowledge))
             && h.head <= received_upto
             && super::told::covers(&pos.knowledge, &h.knowledge)
             && super::told::covers(&h.knowledge, &pos.knowledge);
@@ -373,8 +377,9 @@ impl SyncService for Responder {
             if let Some(s) = lock(&self.live).remove(&r.from) {
                 s.tracker.finish(Ok(()));
             }
-            // The session's pages are freed: hand the memory back so an idle agent is small.
-            crate::store::trim_heap();
+            // The session's pages are freed: hand the memory back so an idle agent is small
+            // (after this reply, not before it).
+            crate::store::trim_heap_soon();
         }
         Ok(PushReply {
             received_upto: got.committed.received_upto,

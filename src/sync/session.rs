@@ -139,10 +139,12 @@ async fn run_once<P: Peer>(
     }
 
     // Pull: pages of the peer's changes, each committed with its position in one batch.
-    // Nothing to pull when we hold its whole feed and all it knows (a no-op session: the pull
-    // would return an empty page and teach us nothing).
+    // Nothing to pull when we hold its whole feed, or it ended the session (it has nothing we
+    // lack past our position), and all it knows (a no-op session: the pull would return an
+    // empty page and teach us nothing).
     let started = Instant::now();
-    let nothing_new = reply.head <= since && super::told::covers(&pos.knowledge, &reply.knowledge);
+    let nothing_new = (reply.head <= since || reply.done)
+        && super::told::covers(&pos.knowledge, &reply.knowledge);
     for _ in 0..u32::MAX {
         if nothing_new {
             break;
@@ -229,12 +231,16 @@ async fn run_once<P: Peer>(
             Ok((out, page))
         })
     };
-    let mut current = read_page(since).await?;
+    // Nothing is read when there is nothing to push (a no-op session is its hello alone).
+    let mut current = if done {
+        None
+    } else {
+        Some(read_page(since).await?)
+    };
     for _ in 0..u32::MAX {
-        if done {
+        let Some((out, page)) = current.take() else {
             break;
-        }
-        let (out, page) = current;
+        };
         let page = page?;
         let page_bytes = page.data.to_string().len() as u64;
         report.sent.pages += 1;
@@ -268,14 +274,14 @@ async fn run_once<P: Peer>(
                 !out.more,
             );
         }
-        match next {
-            Some(next) => current = next?,
-            None => break,
+        if let Some(next) = next {
+            current = Some(next?);
         }
     }
     report.sent.ms = started.elapsed().as_millis() as u64;
-    // The session's pages are freed: hand the memory back so an idle agent is small.
-    crate::store::trim_heap();
+    // The session's pages are freed: hand the memory back so an idle agent is small (on a
+    // thread of its own: not on this async worker, and not before the session reports).
+    crate::store::trim_heap_soon();
 
     let pid = info.instance;
     blocking(store, move |s| {
