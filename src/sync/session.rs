@@ -73,6 +73,9 @@ async fn run_once<P: Peer>(
     tracker: Option<&Tracker>,
 ) -> Result<(SessionReport, bool), SyncError> {
     let me = store.instance();
+    // The pull's time includes the hello(s), so a session that is one hello reports what it
+    // cost instead of 0 ms.
+    let started = Instant::now();
     // At most two hellos: if the peer holds more of our own events than we do, we were rolled
     // back; a new incarnation starts and is announced in a second hello, so the peer stops
     // trusting what it believed we hold and sends it all.
@@ -142,7 +145,6 @@ async fn run_once<P: Peer>(
     // Nothing to pull when we hold its whole feed, or it ended the session (it has nothing we
     // lack past our position), and all it knows (a no-op session: the pull would return an
     // empty page and teach us nothing).
-    let started = Instant::now();
     let nothing_new = (reply.head <= since || reply.done)
         && super::told::covers(&pos.knowledge, &reply.knowledge);
     for _ in 0..u32::MAX {
