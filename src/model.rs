@@ -98,13 +98,29 @@ pub fn check_fields(map: &Fields) -> Result<(), ValidationError> {
     if let Some(k) = map.keys().find(|k| k.is_empty()) {
         return Err(ValidationError::FieldName(k.clone()));
     }
-    let size = serde_json::to_vec(map)
-        .map(|v| v.len())
+    // Counted as written, not collected: this runs for every record written.
+    let mut counter = ByteCount(0);
+    let size = serde_json::to_writer(&mut counter, map)
+        .map(|()| counter.0)
         .unwrap_or(usize::MAX);
     if size > MAX_RECORD_BYTES {
         return Err(ValidationError::TooLarge(size));
     }
     Ok(())
+}
+
+/// A writer that only counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// One field's replicated state: its value (`None` once removed) and the stamp of that write.

@@ -27,7 +27,6 @@
 //! a store of format 1 gets them from the format-2 migration (`recovery.rs`).
 
 use super::{keys, StoreError, StoredRecord};
-use crate::canonical::canonical_json;
 use crate::model::RecordState;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -143,12 +142,29 @@ impl RangeSum {
 
 /// SHA-256 of the canonical JSON of `{"deleted": bool, "fields": {live fields}}`: what two
 /// replicas must agree on for a record to count as the same.
+///
+/// Written straight from the state (the keys of both objects are already in byte order: the
+/// literal ones, and `fields`, a `BTreeMap`), not through a copy of its live fields as a JSON
+/// value: this runs for every record written.
 pub fn content_hash(state: &RecordState) -> [u8; 32] {
-    let content = serde_json::json!({
-        "deleted": !state.is_alive(),
-        "fields": serde_json::Value::Object(state.live_fields()),
+    let mut text = Vec::with_capacity(256);
+    text.extend_from_slice(if state.is_alive() {
+        br#"{"deleted":false,"fields":{"#
+    } else {
+        br#"{"deleted":true,"fields":{"#
     });
-    Sha256::digest(canonical_json(&content).as_bytes()).into()
+    let mut first = true;
+    for (name, f) in &state.fields {
+        let Some(v) = &f.value else { continue };
+        if !first {
+            text.push(b',');
+        }
+        first = false;
+        crate::canonical::write_key(name, &mut text);
+        crate::canonical::write_canonical(v, &mut text);
+    }
+    text.extend_from_slice(b"}}");
+    Sha256::digest(&text).into()
 }
 
 /// The key of a stored level: `level` 0, 1 or 2 with that many leading id bytes.
@@ -425,6 +441,47 @@ mod tests {
         assert_eq!(x.fingerprint::<8>(), [0; 8]);
         assert_ne!(b.fingerprint::<8>(), [0; 8]);
         assert_eq!(RangeSum::from_bytes(&b.to_bytes()).unwrap(), b);
+    }
+
+    #[test]
+    fn content_hash_is_the_hash_of_the_canonical_json_of_deleted_and_live_fields() {
+        use crate::model::FieldState;
+        let at = crate::clock::Hlc {
+            ts: 7,
+            node: Uuid::new_v4(),
+        };
+        let mut state = RecordState::default();
+        for (k, v) in [
+            ("b\"é", Some(serde_json::json!({"z": 1, "a": [true, null]}))),
+            ("a", Some(serde_json::json!("x\n"))),
+            ("gone", None),
+            ("n", Some(serde_json::json!(1.25))),
+        ] {
+            state.fields.insert(
+                k.into(),
+                FieldState {
+                    value: v,
+                    stamp: at,
+                },
+            );
+        }
+        state.vv.insert(at.node, at.ts);
+        let want = |s: &RecordState| -> [u8; 32] {
+            let content = serde_json::json!({
+                "deleted": !s.is_alive(),
+                "fields": serde_json::Value::Object(s.live_fields()),
+            });
+            Sha256::digest(crate::canonical::canonical_json(&content).as_bytes()).into()
+        };
+        assert_eq!(content_hash(&state), want(&state));
+        state.deleted = Some(at);
+        state.del_seen = state.vv.clone();
+        assert!(!state.is_alive());
+        assert_eq!(content_hash(&state), want(&state));
+        assert_eq!(
+            content_hash(&RecordState::default()),
+            want(&RecordState::default())
+        );
     }
 
     #[test]

@@ -573,6 +573,61 @@ mod tests {
     }
 
     #[test]
+    fn a_record_written_during_the_roll_forward_is_updated_by_its_row_not_inserted_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), Config::default()).unwrap();
+        let rows = rows(20);
+        let mut imp = s.stage_import("person", 10).unwrap();
+        imp.stage(rows.clone()).unwrap();
+        imp.done = true;
+        let blocks: Vec<_> = s
+            .tree
+            .scan_prefix(staged_prefix(&imp.id))
+            .map(|kv| kv.unwrap())
+            .collect();
+        assert_eq!(blocks.len(), 2, "two chunks of 10 rows");
+        let (mut counts, mut deltas) = (ImportCounts::default(), BTreeMap::new());
+        for (i, (k, v)) in blocks.iter().enumerate() {
+            if i == 1 {
+                // Between two chunks, someone saves the record of a row not yet applied (the
+                // API, or a peer): the row must update it, not insert it a second time.
+                s.write_one(crate::store::LocalOp {
+                    table: "person".into(),
+                    id: rows[15].id,
+                    edit: crate::merge::Edit::Put(
+                        serde_json::json!({"note": "typed in"})
+                            .as_object()
+                            .unwrap()
+                            .clone(),
+                    ),
+                })
+                .unwrap();
+            }
+            let mut chunk = Vec::new();
+            decode_block(v, &mut chunk).unwrap();
+            apply_chunk(
+                &s,
+                "person",
+                chunk,
+                vec![k.to_vec()],
+                &mut counts,
+                &mut deltas,
+            )
+            .unwrap();
+        }
+        assert_eq!((counts.inserted, counts.updated), (19, 1));
+        let rec = s.get("person", &rows[15].id).unwrap().unwrap();
+        assert_eq!(rec.state.value("n"), Some(&serde_json::json!(15)));
+        assert_eq!(rec.state.value("note"), None, "the row replaced the fields");
+        assert_eq!(s.tables().unwrap()[0].1.live, 20);
+        assert_eq!(
+            s.tree.scan_prefix([keys::FEED]).count(),
+            20,
+            "one feed entry each"
+        );
+    }
+
+    #[test]
     fn a_staged_import_leaves_fingerprints_equal_to_a_recomputation() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), Config::default()).unwrap();
