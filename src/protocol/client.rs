@@ -65,6 +65,48 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     last
 }
 
+/// Why a TLS peer closed a connection before answering, when it told us in an alert.
+///
+/// hyper drops the error that ended a connection before its first request was sent ("connection
+/// was not ready"), and in TLS 1.3 a server that refuses the client's certificate (revoked,
+/// another deployment) says so in an alert after the client has already finished its side of
+/// the handshake, so that race hides the reason. This opens one fresh connection with `cfg`,
+/// completes the handshake and waits up to 3 s for the server's first bytes: an alert comes back
+/// in words ([`REVOKED_BY_PEER`] for `certificate_revoked`); `None` when the peer cannot be
+/// reached, keeps the connection open quietly (it accepts us) or closes it without an alert.
+pub async fn tls_refusal(addr: &str, cfg: rustls::ClientConfig) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let host = addr
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let name_part = host
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(name_part.to_string()).ok()?;
+    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(host))
+        .await
+        .ok()?
+        .ok()?;
+    let words = |e: &std::io::Error| {
+        e.get_ref()
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+            .map(tls_words)
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let mut tls = match connector.connect(name, tcp).await {
+        Ok(t) => t,
+        Err(e) => return words(&e),
+    };
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(Duration::from_secs(3), tls.read(&mut byte)).await {
+        Ok(Err(e)) => words(&e),
+        _ => None,
+    }
+}
+
 fn tls_words(t: &rustls::Error) -> String {
     use rustls::AlertDescription as A;
     match t {

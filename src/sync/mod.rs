@@ -181,6 +181,20 @@ pub async fn sync_with(
             opts.clients.forget(addr);
         }
     }
+    // A connection closed before it answered may hide a TLS alert (a peer refusing this
+    // laptop's certificate as revoked or foreign): ask once more, at the TLS level only.
+    if let (Err(SyncError::Transport { message, .. }), Transport::Tls { identity, revoked }) =
+        (&mut result, &opts.transport)
+    {
+        let hidden = !message.contains("connection refused") && !message.contains("timed out");
+        if hidden {
+            if let Ok((cfg, _)) = crate::tls::client_config_for(addr, identity, revoked.clone()) {
+                if let Some(words) = crate::protocol::client::tls_refusal(addr, cfg).await {
+                    *message = words;
+                }
+            }
+        }
+    }
     tracker.finish(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
     match &result {
         Ok(r) => crate::presence::contact(r.peer.instance),
