@@ -186,11 +186,15 @@ impl Agent {
                             .map(|h| h.iter().map(crate::app::held::HoldView::from).collect())
                             .unwrap_or_default();
                         let held: Vec<crate::app::held::HoldView> = held;
-                        eprintln!(
-                            "{}{}",
-                            report_line(&report),
-                            crate::app::held::held_note(&held, report.peer.instance)
-                        );
+                        let note = crate::app::held::held_note(&held, report.peer.instance);
+                        // A person reading `run`'s output wants what changed, not a line per
+                        // periodic or notified session that moved nothing: those are said once
+                        // per peer (so the first contact shows), then only in the debug log.
+                        if worth_a_line(&report, &note) {
+                            eprintln!("{}{}", report_line(&report), note);
+                        } else {
+                            tracing::debug!(peer = %report.peer.instance, "session moved nothing");
+                        }
                         if why == Reason::AntiEntropy {
                             me.anti_entropy(&report.peer, addr).await;
                         }
@@ -210,7 +214,9 @@ impl Agent {
                 let wait = Duration::from_secs(1 << entry.0.min(9)).min(MAX_BACKOFF);
                 entry.1 = Instant::now() + wait;
                 drop(b);
-                warn!(peer = ?peer, error = %e, retry_in_s = wait.as_secs(), "sync failed");
+                // The sync layer already logged the failure with the peer's id and name; this is
+                // the retry schedule, and the person reads the line below.
+                tracing::info!(error = %e, retry_in_s = wait.as_secs(), "sync will be retried");
                 sync::note_failure(&me.store, peer, &e);
                 let who = peer
                     .and_then(|p| me.store.peer(&p).ok().flatten())
@@ -681,6 +687,17 @@ pub fn session_line(name: &str, received: u64, sent: u64, conflicts: u64, ms: u6
         if conflicts == 1 { "" } else { "s" },
         ms as f64 / 1000.0
     )
+}
+
+/// Whether `run` prints a finished session's line: it moved records or conflicts, something
+/// is held from that peer (`held`, the note), or it is the first session with that peer since
+/// this agent started.
+fn worth_a_line(r: &sync::SessionReport, held: &str) -> bool {
+    static SAID: std::sync::OnceLock<Mutex<std::collections::HashSet<Uuid>>> =
+        std::sync::OnceLock::new();
+    let first = lock(SAID.get_or_init(Default::default)).insert(r.peer.instance);
+    let moved = r.received.records + r.sent.records + r.received.conflicts + r.sent.conflicts;
+    first || moved > 0 || !held.is_empty()
 }
 
 fn report_line(r: &sync::SessionReport) -> String {

@@ -471,3 +471,73 @@ fn restore_enroll_revoke_held_and_list_tell_a_newcomer_what_happened() {
         .replace(root.to_str().unwrap(), "<root>");
     snapshot!("newcomer", t);
 }
+
+/// `run`'s output (often a log file) says a session with a peer once, then only sessions that
+/// moved something: periodic sessions that move nothing do not fill it, and a failure's log
+/// line carries no empty `peer= name=` fields (found by a newcomer trial).
+#[test]
+fn the_agents_output_says_only_sessions_that_moved_something() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (a, b) = (data_dir(root, "a"), data_dir(root, "b"));
+    run(&a, &["init", "--name", "laptopA"]).ok();
+    run(&b, &["init", "--name", "laptopB"]).ok();
+    // B's agent syncs with every known peer each second.
+    std::fs::write(b.join("fieldsync.toml"), "[sync]\ninterval_secs = 1\n").unwrap();
+    let agent_a = Agent::start_with(&a, &["--no-api"]);
+    let agent_b = Agent::start_with(&b, &["--no-api"]);
+    run(&b, &["sync", agent_a.addr()]).ok();
+    let syncs = || -> u64 {
+        let out = run(&b, &["peers", "--json"]).ok().stdout;
+        out.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["sync_count"].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    // Several periodic sessions that move nothing (bounded: 60 s).
+    wait_until(
+        "B's agent to run four more sessions with A",
+        std::time::Duration::from_secs(60),
+        || (syncs() >= 5).then_some(()),
+    );
+    let idle = |log: &str| {
+        log.lines()
+            .filter(|l| l.starts_with("synced with laptopA: received 0, sent 0, 0 conflicts"))
+            .count()
+    };
+    let log = agent_b.log_text();
+    assert!(idle(&log) <= 1, "a line per idle session:\n{log}");
+    assert!(
+        !log.contains("peer=None") && !log.contains("peer= "),
+        "{log}"
+    );
+    // Something moves: that session is said.
+    run(&a, &["put", "person", r#"{"name":"Amina"}"#]).ok();
+    wait_until(
+        "B's agent to say it received the record",
+        std::time::Duration::from_secs(60),
+        || {
+            agent_b
+                .log_text()
+                .lines()
+                .any(|l| l.starts_with("synced with laptopA: received 1,"))
+                .then_some(())
+        },
+    );
+}
+
+/// Polls `f` every 200 ms until it gives a value; panics naming `what` after `limit`.
+fn wait_until<T>(what: &str, limit: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

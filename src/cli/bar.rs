@@ -29,6 +29,15 @@ impl Bar {
         }
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
+            // Nothing is drawn for the first 400 ms: a mistyped peer or a refused connection
+            // fails sooner, and its one-line error then stands alone, with no spinner drawn
+            // and erased in front of it.
+            for _ in 0..8 {
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             let pb = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             let bar = ProgressStyle::with_template(
                 "{msg} [{bar:30}] {pos}/{len} records, {prefix}, ETA {eta}",

@@ -223,15 +223,18 @@ pub async fn sync_with(
             if let Some(p) = &known {
                 note_failure(&store, Some(p.instance), e);
             }
-            let (id, name) = known.map_or((String::new(), String::new()), |p| {
-                (p.instance.to_string(), p.name)
-            });
-            if opts.url.is_some() {
-                warn!(parent: &span, error = %e, peer = %id, name = %name, "session failed")
-            } else {
+            // Fields only when known: an empty `peer= name=` reads like a bug in the log.
+            match (known, opts.url.is_some()) {
+                (Some(p), true) => {
+                    warn!(parent: &span, error = %e, peer = %p.instance, name = %p.name, "session failed")
+                }
+                (None, true) => warn!(parent: &span, error = %e, "session failed"),
                 // A session someone asked for (`sync`): the error goes back to them as the
                 // command's one line; a warning here would print it twice.
-                info!(parent: &span, error = %e, peer = %id, name = %name, "session failed")
+                (Some(p), false) => {
+                    info!(parent: &span, error = %e, peer = %p.instance, name = %p.name, "session failed")
+                }
+                (None, false) => info!(parent: &span, error = %e, "session failed"),
             }
         }
     }
