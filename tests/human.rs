@@ -29,7 +29,7 @@ fn filters() -> Vec<(&'static str, &'static str)> {
         (r"\d+\.\d s\b", "<secs> s"),
         (r"pid \d+", "pid <pid>"),
         (r"127\.0\.0\.1:\d+", "127.0.0.1:<port>"),
-        (r"change \d+,", "change <n>,"),
+        (r"change \d+ in", "change <n> in"),
     ]
 }
 
@@ -159,8 +159,8 @@ fn put_enroll_and_help_speak_plainly() {
         .ok()
         .stdout;
     assert!(
-        put.contains("(this laptop's change ")
-            && put.contains(", of all tables).")
+        put.contains("(change ")
+            && put.contains(" in this laptop's log, which counts changes from every laptop")
             && !put.contains("revision"),
         "{put}"
     );
@@ -422,12 +422,22 @@ fn restore_enroll_revoke_held_and_list_tell_a_newcomer_what_happened() {
             &[
                 "restore",
                 backup_s,
+                "--take-over-identity",
                 "--passphrase-file",
                 bad.to_str().unwrap(),
             ],
         )
         .code(2);
         assert!(out.stderr.contains("passphrase"), "{out}");
+        // Without init or --take-over-identity this laptop has no identity of its own: refused
+        // with both ways on (not a laptop named after the machine that cannot sync).
+        let out = run(target, &["restore", backup_s]).code(1);
+        assert!(
+            out.stderr.contains("init --mesh")
+                && out.stderr.contains("--take-over-identity")
+                && out.stderr.contains("no fieldsync database"),
+            "{out}"
+        );
     }
     assert!(
         !fresh.exists(),
@@ -442,6 +452,8 @@ fn restore_enroll_revoke_held_and_list_tell_a_newcomer_what_happened() {
 
     // Restoring without --take-over-identity says what happened and the other choice: for
     // people on stdout, beside JSON on stderr.
+    run(&fresh, &["init", "--name", "laptopC"]).ok();
+    run(&empty, &["init", "--name", "laptopD"]).ok();
     t += &human(
         &fresh,
         root,
@@ -465,9 +477,128 @@ fn restore_enroll_revoke_held_and_list_tell_a_newcomer_what_happened() {
     .ok();
     let notice = out.json()["notice"].as_str().unwrap().to_string();
     assert!(out.stderr.contains(&notice), "{out}");
+    // The notice is all a person reads on stderr: no developer log line before it.
+    assert!(
+        !out.stderr.contains("WARN") && !out.stderr.contains("fieldsync::store"),
+        "{out}"
+    );
     assert!(notice.contains("--take-over-identity"), "{notice}");
     let t = t
         .replace(backup_s, "<backup>")
         .replace(root.to_str().unwrap(), "<root>");
     snapshot!("newcomer", t);
+}
+
+/// The coordinator's commands on a terminal: `mesh create`, `mesh show`, `import`, `backup`
+/// and `doctor` print sentences and one line per check, not JSON; `--json` (and any stdout
+/// that is not a terminal) keeps the JSON scripts read.
+#[test]
+fn coordinator_commands_print_sentences() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let a = data_dir(root, "a");
+    run(&a, &["init", "--name", "hq"]).ok();
+    let mut t = human(
+        &a,
+        root,
+        &["mesh", "create", "--name", "Flood response 2026"],
+    );
+    t += &human(&a, root, &["mesh", "show"]);
+    let csv = root.join("people.csv");
+    std::fs::write(&csv, "case_number,name\nA-1,Amina\nA-2,Chidi\nA-3,Mu\n").unwrap();
+    let csv_s = csv.to_str().unwrap();
+    t += &human(
+        &a,
+        root,
+        &["import", "person", csv_s, "--key", "case_number"],
+    );
+    // The same file again changes nothing: said as such.
+    t += &human(
+        &a,
+        root,
+        &["import", "person", csv_s, "--key", "case_number"],
+    );
+    let ids: Vec<String> = run(&a, &["list", "person"])
+        .ok()
+        .lines()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    run(&a, &["delete", "person", &ids[0]]).ok();
+    let pass = root.join("pass");
+    std::fs::write(&pass, "correct horse\n").unwrap();
+    let backup = root.join("hq.fsbackup");
+    t += &human(
+        &a,
+        root,
+        &[
+            "backup",
+            backup.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ],
+    );
+    let mesh_id = run(&a, &["mesh", "show"]).ok().json()["mesh_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let t = t
+        .replace(&mesh_id, "<mesh id>")
+        .replace(root.to_str().unwrap(), "<root>");
+    let t = Regex::new(r"valid until [^\n]+")
+        .unwrap()
+        .replace_all(&t, "valid until <date>");
+    let t = Regex::new(r"\d+\.\d KB|\d+ B\b")
+        .unwrap()
+        .replace_all(&t, "<size>");
+    let t = Regex::new(r"Digest [0-9a-f]{64}")
+        .unwrap()
+        .replace_all(&t, "Digest <sha256>");
+    snapshot!("coordinator", t.to_string());
+
+    // JSON for scripts, exactly as before: with --json and into a pipe.
+    for extra in [&["--json"][..], &[][..]] {
+        let mut args = vec!["backup", "--no-keys"];
+        let file = root.join(format!("plain{}.fsbackup", extra.len()));
+        args.push(file.to_str().unwrap());
+        args.extend(extra);
+        let v = run(&a, &args).ok().json();
+        assert_eq!(
+            (v["count"].as_u64(), v["entries"]["records"].as_u64()),
+            (Some(2), Some(3)),
+            "{v}"
+        );
+        let v = run(&a, &[&["mesh", "show"][..], extra].concat())
+            .ok()
+            .json();
+        assert_eq!(v["mesh_id"], mesh_id.as_str());
+    }
+
+    // doctor: one line per check, ok or FAILED, the fix under a failed one; exit 1 still.
+    let b = data_dir(root, "b");
+    run(&b, &["init", "--name", "laptopB"]).ok();
+    let out = run(&b, &["doctor", "--human"]).code(1);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let cred = lines
+        .iter()
+        .position(|l| l.starts_with("FAILED  credential: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(lines[cred + 1].starts_with("        fix: "), "{out}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("ok      config: ")),
+        "{out}"
+    );
+    assert!(
+        lines.iter().all(|l| l.starts_with("ok      ")
+            || l.starts_with("FAILED  ")
+            || l.starts_with("        fix: ")
+            || l.ends_with("run `fieldsync doctor` again.")),
+        "{out}"
+    );
+    assert!(!out.stdout.contains('{'), "no JSON for people: {out}");
+    let json = run(&b, &["doctor"]).code(1);
+    for l in json.stdout.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["check"].is_string() && v["ok"].is_boolean(), "{l}");
+    }
 }
