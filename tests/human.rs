@@ -10,6 +10,7 @@ mod common;
 
 use common::agent::*;
 use regex::Regex;
+use serde_json::{json, Value};
 use std::path::Path;
 
 const ID: &str = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
@@ -334,7 +335,7 @@ fn restore_enroll_revoke_held_and_list_tell_a_newcomer_what_happened() {
         .ok()
         .lines();
     let row = only.iter().find(|r| r["id"] == ID).unwrap();
-    assert_eq!(row["fields"], serde_json::json!({"h": "eight"}));
+    assert_eq!(row["fields"], json!({"h": "eight"}));
     // Nothing held: said, not silence.
     t += &human(&a, root, &["held", "list"]);
     // `history --diff` names the laptop, as `history` does.
@@ -601,4 +602,52 @@ fn coordinator_commands_print_sentences() {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         assert!(v["check"].is_string() && v["ok"].is_boolean(), "{l}");
     }
+}
+
+/// A laptop that restores another laptop's backup (keeping its own identity) does not show
+/// that laptop's sync history as its own: `never` and 0 syncs until it syncs itself.
+#[test]
+fn a_restore_keeping_this_identity_starts_with_no_sync_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (hq, a, c) = (
+        data_dir(root, "hq"),
+        data_dir(root, "a"),
+        data_dir(root, "c"),
+    );
+    run(&hq, &["init", "--name", "hq"]).ok();
+    run(&a, &["init", "--name", "laptopA"]).ok();
+    run(&c, &["init", "--name", "laptopC"]).ok();
+    run(&a, &["put", "person", r#"{"name":"Amina"}"#]).ok();
+    let agent = Agent::start_plaintext(&hq);
+    for _ in 0..2 {
+        run(&a, &["sync", agent.addr(), "--insecure-plaintext"]).ok();
+    }
+    let a_peers = run(&a, &["peers"]).ok().lines();
+    assert_eq!(a_peers[0]["sync_count"], 2, "{a_peers:?}");
+    let file = root.join("a.fsbackup");
+    run(&a, &["backup", file.to_str().unwrap(), "--no-keys"]).ok();
+
+    run(&c, &["restore", file.to_str().unwrap()]).ok();
+    let peers = run(&c, &["peers"]).ok().lines();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0]["name"], "hq", "the peer stays known by name");
+    assert_eq!(
+        (&peers[0]["sync_count"], &peers[0]["last_update"]),
+        (&json!(0), &Value::Null),
+        "{peers:?}"
+    );
+    let status = run(&c, &["status"]).ok().json();
+    assert_eq!(status["peers"]["last_sync"], Value::Null, "{status}");
+    let shown = run(&c, &["peers", "--human"]).ok().stdout;
+    assert!(shown.contains("never"), "{shown}");
+
+    // Its own first sync counts as one, and brings nothing new but loses nothing.
+    run(&c, &["sync", agent.addr(), "--insecure-plaintext"]).ok();
+    let peers = run(&c, &["peers"]).ok().lines();
+    assert_eq!(peers[0]["sync_count"], 1, "{peers:?}");
+    assert_eq!(
+        run(&c, &["digest"]).ok().json(),
+        run(&a, &["digest"]).ok().json()
+    );
 }
