@@ -650,4 +650,15 @@ fn a_restore_keeping_this_identity_starts_with_no_sync_history() {
         run(&c, &["digest"]).ok().json(),
         run(&a, &["digest"]).ok().json()
     );
+
+    // `doctor` run by the agent that holds the database prints for people too (no credential
+    // here: it fails, exit 1, with the fix).
+    let out = run(&hq, &["doctor", "--human"]).code(1);
+    assert!(
+        out.stdout
+            .contains("ok      database: held by the running agent")
+            && out.stdout.contains("FAILED  credential: ")
+            && !out.stdout.contains('{'),
+        "{out}"
+    );
 }
