@@ -1,7 +1,7 @@
 //! `fieldsync doctor`: is this laptop ready to sync, and if not, what to do about it.
 //!
 //! Prints one JSON line per check, `{"check","ok","detail","fix"}` (`fix` is null when the
-//! check passed), and fails with exit code 1 if any check failed. When a running agent holds
+//! check passed; for people one line per check, see `cli::human_admin::doctor`), and fails with exit code 1 if any check failed. When a running agent holds
 //! the database, the checks run inside the agent (through the control endpoint), which can
 //! answer for the database and the port it holds.
 
@@ -54,6 +54,7 @@ pub fn run(
     data_dir: Option<PathBuf>,
     out: &mut dyn Write,
     rt: &tokio::runtime::Handle,
+    human: bool,
 ) -> Result<(), CliError> {
     let dir = match crate::cli::resolve_data_dir(data_dir) {
         Ok(d) => d,
@@ -63,8 +64,8 @@ pub fn run(
                 e.to_string(),
                 "pass --data-dir DIR or set FIELDSYNC_DIR",
             )];
-            checks.extend(environment_checks(&Config::default(), None));
-            return report(&checks, out);
+            checks.extend(environment_checks(&Config::default(), None, false));
+            return report(&checks, out, human);
         }
     };
     let mut checks = dir_checks(&dir);
@@ -75,8 +76,8 @@ pub fn run(
             "run `fieldsync init` (it creates the data directory and this laptop's identity)",
         ));
         checks.push(credential_check(&dir, None));
-        checks.extend(environment_checks(&Config::default(), None));
-        return report(&checks, out);
+        checks.extend(environment_checks(&Config::default(), None, false));
+        return report(&checks, out, human);
     }
     let config = match Config::load(&dir) {
         Ok(c) => {
@@ -99,12 +100,17 @@ pub fn run(
             checks.push(identity_check(&store));
             checks.push(revocation_check(&store));
             drop(store);
-            checks.extend(environment_checks(&config, None));
+            checks.extend(environment_checks(&config, None, has_config_file(&dir)));
         }
         Err(StoreError::Locked(_)) => {
             let req = control::RunRequest {
                 token: String::new(),
-                args: vec!["doctor".into()],
+                // The agent's stdout is not the terminal: it is told how to print.
+                args: if human {
+                    vec!["doctor".into(), "--human".into()]
+                } else {
+                    vec!["doctor".into()]
+                },
                 stdin: None,
                 cwd: std::env::current_dir().unwrap_or_default(),
             };
@@ -139,7 +145,7 @@ pub fn run(
                     ));
                     let listen = agent.as_ref().map(|a| a.listen.clone());
                     checks.push(credential_check(&dir, agent.map(|a| a.instance)));
-                    checks.extend(environment_checks(&config, listen));
+                    checks.extend(environment_checks(&config, listen, has_config_file(&dir)));
                 }
             }
         }
@@ -171,10 +177,10 @@ pub fn run(
                 fix,
             ));
             checks.push(credential_check(&dir, None));
-            checks.extend(environment_checks(&config, None));
+            checks.extend(environment_checks(&config, None, has_config_file(&dir)));
         }
     }
-    report(&checks, out)
+    report(&checks, out, human)
 }
 
 /// `fieldsync doctor` with the store already open (inside the agent, `live` is its status).
@@ -182,6 +188,7 @@ pub fn run_with_store(
     store: &Store,
     live: Option<&LiveStatus>,
     out: &mut dyn Write,
+    human: bool,
 ) -> Result<(), CliError> {
     let dir = store.dir();
     let mut checks = dir_checks(dir);
@@ -202,8 +209,12 @@ pub fn run_with_store(
     let agent_listen = live
         .as_ref()
         .and_then(|l| l["listen"].as_str().map(str::to_string));
-    checks.extend(environment_checks(store.config(), agent_listen));
-    report(&checks, out)
+    checks.extend(environment_checks(
+        store.config(),
+        agent_listen,
+        has_config_file(dir),
+    ));
+    report(&checks, out, human)
 }
 
 /// Fails when the deployment revoked this laptop: its own signed revocation reached it, or a
@@ -266,10 +277,17 @@ fn identity_check(store: &Store) -> Check {
     }
 }
 
-fn report(checks: &[Check], out: &mut dyn Write) -> Result<(), CliError> {
-    for c in checks {
-        let line = serde_json::to_string(c).expect("plain struct");
-        writeln!(out, "{line}").map_err(CliError::Output)?;
+/// Prints the checks (JSON lines, or for people one line each with the fix) and fails with
+/// the failed checks' names.
+fn report(checks: &[Check], out: &mut dyn Write, human: bool) -> Result<(), CliError> {
+    if human {
+        let text = crate::cli::human_admin::doctor(checks);
+        write!(out, "{text}").map_err(CliError::Output)?;
+    } else {
+        for c in checks {
+            let line = serde_json::to_string(c).expect("plain struct");
+            writeln!(out, "{line}").map_err(CliError::Output)?;
+        }
     }
     let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.check).collect();
     if failed.is_empty() {
@@ -279,9 +297,14 @@ fn report(checks: &[Check], out: &mut dyn Write) -> Result<(), CliError> {
     }
 }
 
+/// True when `dir` holds a fieldsync.toml (otherwise every setting is its default).
+fn has_config_file(dir: &Path) -> bool {
+    dir.join(crate::config::CONFIG_FILE).exists()
+}
+
 fn config_detail(dir: &Path) -> String {
     let path = dir.join(crate::config::CONFIG_FILE);
-    if path.exists() {
+    if has_config_file(dir) {
         format!("{} is valid", path.display())
     } else {
         "no fieldsync.toml: defaults apply".into()
@@ -475,10 +498,16 @@ fn validity(pem: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), String> {
 }
 
 /// Checks that do not need the database: multicast, the sync port, the clock.
-fn environment_checks(config: &Config, agent_listen: Option<String>) -> Vec<Check> {
+/// `from_file`: the config was read from fieldsync.toml (not defaults), so the checks name
+/// the file as the source of its addresses only then and agree with the config check.
+fn environment_checks(
+    config: &Config,
+    agent_listen: Option<String>,
+    from_file: bool,
+) -> Vec<Check> {
     vec![
         multicast_check(config),
-        port_check(&config.sync.listen, agent_listen),
+        port_check(&config.sync.listen, agent_listen, from_file),
         clock_check(Utc::now()),
     ]
 }
@@ -510,14 +539,19 @@ fn multicast_check(config: &Config) -> Check {
     }
 }
 
-fn port_check(listen: &str, agent_listen: Option<String>) -> Check {
+fn port_check(listen: &str, agent_listen: Option<String>, from_file: bool) -> Check {
     if let Some(addr) = agent_listen {
         // The agent's own address (agent.json / its live status), which differs from the
         // configured one when it was started with --listen or found that port taken.
-        let configured = if addr == listen {
-            String::new()
-        } else {
-            format!(" (fieldsync.toml says {listen}; the agent was started on another address)")
+        let configured = match (addr == listen, from_file) {
+            (true, _) => String::new(),
+            (false, true) => {
+                format!(" (fieldsync.toml says {listen}; the agent was started on another address)")
+            }
+            (false, false) => format!(
+                " (no fieldsync.toml, so the default is {listen}; the agent was started on \
+                 another address)"
+            ),
         };
         return pass(
             "port",
@@ -599,19 +633,29 @@ mod tests {
     fn a_port_in_use_fails_and_a_free_one_passes() {
         let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = held.local_addr().unwrap().to_string();
-        let c = port_check(&addr, None);
+        let c = port_check(&addr, None, false);
         assert!(!c.ok && c.fix.is_some(), "{c:?}");
         drop(held);
-        assert!(port_check(&addr, None).ok);
-        assert!(port_check(&addr, Some(addr.clone())).ok);
-        // The running agent's port is the one named, not the configured default.
-        let c = port_check("0.0.0.0:7437", Some("127.0.0.1:45123".into()));
+        assert!(port_check(&addr, None, false).ok);
+        assert!(port_check(&addr, Some(addr.clone()), false).ok);
+        // The running agent's port is the one named, not the configured one.
+        let c = port_check("0.0.0.0:7437", Some("127.0.0.1:45123".into()), true);
         assert!(c.ok, "{c:?}");
         assert!(
             c.detail.starts_with(
                 "127.0.0.1:45123: the port of this data directory's running \
                                   agent (fieldsync.toml says 0.0.0.0:7437"
             ),
+            "{c:?}"
+        );
+        // Without a fieldsync.toml (the config check says "defaults apply") the port check
+        // does not claim the file says anything.
+        let c = port_check("0.0.0.0:7437", Some("127.0.0.1:45123".into()), false);
+        assert!(c.ok, "{c:?}");
+        assert!(
+            !c.detail.contains("fieldsync.toml says")
+                && c.detail
+                    .contains("no fieldsync.toml, so the default is 0.0.0.0:7437"),
             "{c:?}"
         );
     }

@@ -196,6 +196,10 @@ pub fn backup(
         "encrypted": passphrase_file.is_some(), "keys": sealed_keys,
     });
     let out = &mut *io.out;
+    if io.human {
+        let text = super::human_admin::backed_up(&v);
+        return write!(out, "{text}").map_err(CliError::Output);
+    }
     writeln!(out, "{v}").map_err(CliError::Output)
 }
 

@@ -365,12 +365,14 @@ pub fn held(holds: &[crate::app::held::HoldView], now: DateTime<Utc>) -> String 
            with `fieldsync held reject ID`.\n"
 }
 
-/// `put`/`patch`/`delete`. `seq` is a position in this laptop's feed of changes (all tables),
-/// not a count of the record's revisions, so it is said as such.
+/// `put`/`patch`/`delete`. `seq` is a position in this laptop's feed of changes (all tables,
+/// its own and those received from peers), not a count of the record's revisions nor of this
+/// laptop's own edits, so it is said as such.
 pub fn write(verb: &str, o: &WriteOutcome) -> String {
     if o.written {
         format!(
-            "{verb} {} {} (this laptop's change {}, of all tables).\n",
+            "{verb} {} {} (change {} in this laptop's log, which counts changes from every \
+             laptop and table).\n",
             o.table, o.id, o.seq
         )
     } else {

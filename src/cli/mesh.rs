@@ -161,9 +161,14 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
                 .enroll(store.id(), &store.instance().name)
                 .map_err(invalid)?;
             mesh::save(&store.dir().join(mesh::CREDENTIAL_FILE), &cred).map_err(invalid)?;
-            json!({"deployment": name, "mesh_id": ca.mesh_id().map_err(invalid)?,
+            let v = json!({"deployment": name, "mesh_id": ca.mesh_id().map_err(invalid)?,
                    "ca_file": path, "join_file": join_file.map(|j| cwd.join(j)),
-                   "instance": store.id()})
+                   "instance": store.id()});
+            if io.human {
+                let text = super::human_admin::mesh_created(&v, &store.instance().name);
+                return write!(io.out, "{text}").map_err(CliError::Output);
+            }
+            v
         }
         MeshCommand::Enroll {
             out: file,
@@ -239,7 +244,7 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
                     .collect(),
                 None => vec![],
             };
-            match cred {
+            let v = match cred {
                 None => json!({"joined": false, "instance": store.id(),
                                "hint": "join with `fieldsync init --mesh FILE`"}),
                 Some(c) => json!({
@@ -250,7 +255,12 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
                     // False for a credential enrolled before USB bundles: enroll it again.
                     "bundles": c.bundle_key.is_some(),
                 }),
+            };
+            if io.human {
+                let text = super::human_admin::mesh_show(&v);
+                return write!(io.out, "{text}").map_err(CliError::Output);
             }
+            v
         }
     };
     writeln!(io.out, "{v}").map_err(CliError::Output)

@@ -18,6 +18,7 @@ pub mod bundle;
 pub mod conflicts_human;
 pub mod console;
 pub mod human;
+pub mod human_admin;
 pub mod mesh;
 pub mod problems;
 pub mod records;
@@ -52,7 +53,8 @@ Data directory, in order: --data-dir; $FIELDSYNC_DIR; a folder `fieldsync-data/`
 executable if one exists (portable mode, for a USB stick); ~/.local/share/fieldsync.
 
 On a terminal, status, peers, list, get, history, conflicts, tables, sync, verify, init, put,
-patch, delete, bundle, held list, restore and mesh enroll print for people (tables and sentences, names, local
+patch, delete, bundle, held list, restore, import, backup, doctor, mesh create, mesh show and
+mesh enroll print for people (tables and sentences, names, local
 times); --human does the same into a pipe or file. With --json, or when stdout is not a terminal (a pipe, a
 script), output is JSON on stdout (one object, or one object per line for lists).
 Exit codes: 0 ok, 1 not found, 2 bad usage or invalid input, 3 other failure
@@ -456,8 +458,9 @@ pub enum Command {
     /// Check that this laptop can sync: data directory, database, credential, network, port,
     /// clock.
     ///
-    /// Prints one JSON line per check: {"check","ok","detail","fix"}. Exit code 0 when every
-    /// check passes, 1 otherwise.
+    /// On a terminal, one line per check (ok or FAILED) with the fix under a failed one; with
+    /// --json or into a pipe, one JSON line per check: {"check","ok","detail","fix"}. Exit
+    /// code 0 when every check passes, 1 otherwise.
     Doctor,
     /// Replace a damaged database (one that says "run `fieldsync repair`") with the newest
     /// automatic snapshot; stop the agent first.
@@ -638,7 +641,8 @@ pub fn run(
     };
     // Doctor must report on a data directory that is missing, broken or held by an agent.
     if matches!(cli.command, Command::Doctor) {
-        return crate::doctor::run(cli.data_dir, out, rt);
+        let human = !cli.json_output && (cli.human || std::io::stdout().is_terminal());
+        return crate::doctor::run(cli.data_dir, out, rt, human);
     }
     // Repair works on a database that does not open.
     if matches!(cli.command, Command::Repair) {
@@ -659,6 +663,18 @@ pub fn run(
     ) && !has_database(&dir)
     {
         return Err(no_database(&dir));
+    }
+    // A restore into a directory with no database would make a laptop with neither a name
+    // nor a credential of its own: it either becomes the backup's laptop or is made first.
+    if let Command::Restore {
+        take_over_identity: false,
+        file,
+        ..
+    } = &cli.command
+    {
+        if !has_database(&dir) {
+            return Err(restore_without_identity(&dir, file));
+        }
     }
     let config = Config::load(&dir)?;
     // A restore into a directory with no database creates one to restore into; when the
@@ -741,6 +757,20 @@ pub fn no_database(dir: &Path) -> CliError {
     CliError::NotFound(format!(
         "no fieldsync database at {} (run `fieldsync init` to create one)",
         dir.display()
+    ))
+}
+
+/// The refusal of `restore` (without --take-over-identity) into a directory with no database
+/// (exit 1): the two ways on, with the commands.
+fn restore_without_identity(dir: &Path, file: &Path) -> CliError {
+    let d = dir.display();
+    CliError::NotFound(format!(
+        "no fieldsync database at {d}, so this laptop has no identity to keep: to make it a \
+         laptop of its own holding the backup's data, run `fieldsync --data-dir {d} init --mesh \
+         FILE` (or `init --name NAME`) first and restore again; to become the backup's laptop \
+         (it is lost or broken and will never run again), run `fieldsync --data-dir {d} restore \
+         {} --take-over-identity`",
+        file.display()
     ))
 }
 
@@ -991,9 +1021,12 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
             passphrase_file.as_deref(),
             io,
         ),
-        Command::Doctor => {
-            crate::doctor::run_with_store(store, io.agent.as_ref().map(|a| &a.live), io.out)
-        }
+        Command::Doctor => crate::doctor::run_with_store(
+            store,
+            io.agent.as_ref().map(|a| &a.live),
+            io.out,
+            io.human,
+        ),
         Command::Repair => Err(CliError::Invalid(format!(
             "the database in {} opens (the agent is running on it): nothing to repair",
             store.dir().display()

@@ -406,7 +406,12 @@ pub fn import(
         crate::import::import_file(app.store(), table, &io.cwd.join(file), opts)
     }
     .map_err(import_error)?;
-    print(io.out, &json!(summary))
+    let v = json!(summary);
+    if io.human {
+        let text = super::human_admin::imported(&v);
+        return write!(io.out, "{text}").map_err(CliError::Output);
+    }
+    print(io.out, &v)
 }
 
 /// `--delimiter`: one character, or `tab`.

@@ -157,6 +157,11 @@ impl Store {
     /// - the knowledge vector is cleared and every peer's `received_upto` is reset to 0, so
     ///   nothing is skipped as "already known" on the strength of the old instance's sessions;
     ///   a row for this instance itself is dropped;
+    /// - restoring another laptop's backup while keeping this identity keeps this database's
+    ///   own peer rows (its sync history) and takes only names and addresses from the
+    ///   backup's rows: their last sync, sync count, clock offset, knowledge and echo marks
+    ///   were the backup laptop's, so peers new to this laptop show "never" and 0 syncs, and
+    ///   every restored feed entry is sent to each peer again (echo marks notwithstanding);
     /// - feed positions move up past every position this instance may have handed out to peers
     ///   (its own old feed head; for a take-over, [`TAKE_OVER_FEED_GAP`] above the backup's),
     ///   so a peer resuming "after position N" gets every restored record again;
@@ -261,12 +266,20 @@ impl Store {
         let gap = w.lineage.missing;
         let may_fork = continues_backup && !take_over && w.own_last > 0;
         let mut forked: Vec<(String, Uuid, u64)> = Vec::new();
+        // A restore that keeps this laptop's identity keeps its own rows of the peers it knew
+        // (its sync history); the backup's rows describe another laptop's syncs.
+        let own_peer_rows: std::collections::HashMap<Uuid, PeerRow> = if continues_backup {
+            Default::default()
+        } else {
+            self.peers()?.into_iter().map(|r| (r.instance, r)).collect()
+        };
         let mut batch = sled::Batch::default();
         for k in self.tree.iter().keys() {
             batch.remove(k?);
         }
         let mut counts = SnapshotCounts::default();
         let mut peers_reset = 0;
+        let mut backup_peers = std::collections::HashSet::new();
         // Fingerprints are rebuilt from the restored records (a backup may predate them).
         let mut restored_records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for (k, v) in entries {
@@ -335,6 +348,14 @@ impl Store {
                     if row.instance == info.id {
                         continue;
                     }
+                    backup_peers.insert(row.instance);
+                    if !continues_backup {
+                        row = match own_peer_rows.get(&row.instance) {
+                            Some(own) => own.clone(),
+                            None => as_never_synced(row, seq),
+                        };
+                        row.echo_from = row.echo_from.max(seq);
+                    }
                     row.received_upto = 0;
                     row.online = false;
                     row.last_error = None;
@@ -348,6 +369,21 @@ impl Store {
                 restored_records.push((k.clone(), v.clone()));
             }
             batch.insert(k, v);
+        }
+        // Peers this laptop knew and the backup did not: kept, their positions reset too.
+        for (id, row) in own_peer_rows {
+            if backup_peers.contains(&id) || id == info.id {
+                continue;
+            }
+            let mut row = row;
+            row.echo_from = row.echo_from.max(seq);
+            row.received_upto = 0;
+            row.online = false;
+            row.last_error = None;
+            peers_reset += 1;
+            let k = keys::peer(&id);
+            counts.add(&k);
+            batch.insert(k, encode(&row));
         }
         let sums = super::fingerprint::build_from_records(restored_records.into_iter().map(Ok))?;
         for (k, v) in sums {
@@ -392,7 +428,8 @@ impl Store {
                 (clock + 1).max(crate::clock::ts_from_millis(crate::clock::wall_millis())),
             ),
         };
-        tracing::warn!(incarnation = %lineage.current.id, missing_from = backup_held,
+        // Info, not a warning: `restore` tells the person in words what this means.
+        tracing::info!(incarnation = %lineage.current.id, missing_from = backup_held,
             "restored from a backup: new incarnation, peers will send back what the backup lacks");
         *cur = info.clone();
         drop(cur);
@@ -412,6 +449,29 @@ impl Store {
             counts,
             discarded_own_changes,
         })
+    }
+}
+
+/// The backup's row of a peer as seen by a laptop that has never synced with it: what names
+/// and reaches the peer (name, owner, contact, addresses, incarnations seen, a duplicate
+/// identity) stays; the backup's laptop's sync history with it (last sync, sync count,
+/// attempts, clock offset, quarantine count) goes, and so does what it knew of the peer's
+/// knowledge and echoes, so the next sync asks for and sends everything (idempotent).
+/// `feed_head` is the restored feed's head: every entry up to it is sent again.
+fn as_never_synced(row: PeerRow, feed_head: u64) -> PeerRow {
+    PeerRow {
+        last_update: None,
+        sync_count: 0,
+        received_upto: 0,
+        clock_offset_ms: 0,
+        last_error: None,
+        last_attempt: None,
+        online: false,
+        last_seen: None,
+        echo_from: feed_head,
+        knowledge: Default::default(),
+        quarantined: 0,
+        ..row
     }
 }
 
@@ -583,6 +643,68 @@ mod tests {
             1
         );
         assert!(b.changes_since(a.seq() + 5, 10).unwrap()[0].3.state.vv[&b_id] > 0);
+    }
+
+    #[test]
+    fn keeping_this_identity_keeps_its_own_sync_history_not_the_backups() {
+        let (_a_dir, a) = open();
+        let (_b_dir, b) = open();
+        put_new(&a, 2);
+        let (hq, stranger, only_b) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let synced = |s: &Store, id: &Uuid, name: &str, count: u64| {
+            s.update_peer(id, |row| {
+                row.name = name.into();
+                row.addresses = vec!["127.0.0.1:7437".into()];
+                row.sync_count = count;
+                row.last_update = Some(chrono::Utc::now());
+                row.last_attempt = row.last_update;
+                row.received_upto = 40;
+                row.clock_offset_ms = 1500;
+            })
+            .unwrap();
+        };
+        synced(&a, &hq, "hq", 23);
+        synced(&a, &stranger, "laptopB", 21);
+        synced(&b, &hq, "hq", 1);
+        synced(&b, &only_b, "laptopD", 2);
+        let snap = snapshot(&a);
+        put_new(&b, 3);
+
+        let r = b.restore(snap, false).unwrap();
+        assert_eq!(r.peers_reset, 3);
+        let rows: std::collections::HashMap<Uuid, PeerRow> = b
+            .peers()
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.instance, r))
+            .collect();
+        let row = |id: &Uuid| {
+            let r = &rows[id];
+            (
+                r.name.as_str(),
+                r.sync_count,
+                r.last_update.is_some(),
+                r.received_upto,
+            )
+        };
+        // A peer only the backup's laptop synced with: known by name and address, never synced.
+        assert_eq!(row(&stranger), ("laptopB", 0, false, 0));
+        let s = &rows[&stranger];
+        assert_eq!(s.addresses, ["127.0.0.1:7437"]);
+        assert_eq!((s.last_attempt, s.clock_offset_ms), (None, 0));
+        assert_eq!(
+            s.echo_from,
+            b.seq(),
+            "every restored entry is sent to it again"
+        );
+        // Peers this laptop synced with itself keep its history; every position is reset.
+        assert_eq!(row(&hq), ("hq", 1, true, 0));
+        assert_eq!(row(&only_b), ("laptopD", 2, true, 0));
+
+        // Restoring a laptop's own backup keeps its history: it is its own.
+        let own = snapshot(&a);
+        a.restore(own, false).unwrap();
+        assert_eq!(a.peer(&hq).unwrap().unwrap().sync_count, 23);
     }
 
     #[test]

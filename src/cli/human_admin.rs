@@ -1,0 +1,186 @@
+//! Output for people of the coordinator's commands: `mesh create`, `mesh show`, `import`,
+//! `backup` and `doctor`. Each takes the same JSON value the command prints for scripts
+//! (`--json`, or stdout not a terminal), so the two never say different things.
+
+use super::human::{bytes, count};
+use serde_json::Value;
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// `mesh create`: the deployment made, where its CA is, and the next step.
+pub fn mesh_created(v: &Value, laptop: &str) -> String {
+    let mut t = format!(
+        "Created the deployment \"{}\" (mesh id {}).\n",
+        s(&v["deployment"]),
+        s(&v["mesh_id"])
+    );
+    t += &format!(
+        "Its CA, which enrolls and revokes laptops, is in {}: keep it private and back it up \
+         (`fieldsync backup FILE --passphrase-file PASS` includes it).\n",
+        s(&v["ca_file"])
+    );
+    if let Some(j) = v["join_file"].as_str() {
+        t += &format!("Join file (the CA certificate, no private key): {j}\n");
+    }
+    t += &format!(
+        "This laptop ({laptop}) is the deployment's first member. Next, for each laptop: \
+         `fieldsync mesh enroll --name NAME --out NAME.fsmesh`, then on that laptop \
+         `fieldsync init --mesh NAME.fsmesh`.\n"
+    );
+    t
+}
+
+/// `mesh show`: the deployment this laptop belongs to, its certificate, revoked laptops.
+pub fn mesh_show(v: &Value) -> String {
+    if v["joined"] != Value::Bool(true) {
+        return format!(
+            "This laptop (instance {}) has not joined a deployment: join with `fieldsync init \
+             --mesh FILE` (a file from the coordinator's `fieldsync mesh enroll`).\n",
+            s(&v["instance"])
+        );
+    }
+    let cert = &v["certificate"];
+    let mut t = format!(
+        "Deployment: {} (mesh id {})\n",
+        s(&v["deployment"]),
+        s(&v["mesh_id"])
+    );
+    t += &format!("This laptop: instance {}\n", s(&v["instance"]));
+    if let Some(until) = cert["not_after"].as_str() {
+        t += &format!("Certificate: valid until {until}\n");
+    }
+    t += if v["holds_ca"] == Value::Bool(true) {
+        "Coordinator: yes, this laptop holds the deployment CA (it enrolls and revokes)\n"
+    } else {
+        "Coordinator: no (enrolling and revoking happen on the coordinator's laptop)\n"
+    };
+    let revoked = v["revoked"].as_array().cloned().unwrap_or_default();
+    if revoked.is_empty() {
+        t += "Revoked laptops: none\n";
+    } else {
+        t += "Revoked laptops:\n";
+        for r in &revoked {
+            t += &format!(
+                "  {} (revoked {})\n",
+                s(&r["instance"]),
+                r["revoked_at"]
+                    .as_str()
+                    .map_or_else(|| r["revoked_at"].to_string(), str::to_string)
+            );
+        }
+    }
+    if v["bundles"] == Value::Bool(false) {
+        t += "This credential predates USB bundles: ask the coordinator to enroll this laptop \
+              again to use `fieldsync bundle`.\n";
+    }
+    t
+}
+
+/// `import`: how many rows, and what each did to the table.
+pub fn imported(v: &Value) -> String {
+    let rows = u(&v["records"]);
+    let mut parts = vec![
+        format!("{} new", u(&v["inserted"])),
+        format!("{} changed", u(&v["updated"])),
+        format!("{} already as in the file", u(&v["unchanged"])),
+    ];
+    let kept = u(&v["deleted_kept"]);
+    if kept > 0 {
+        parts.push(format!(
+            "{kept} left deleted (deleted on this laptop; an import never brings a record back)"
+        ));
+    }
+    format!(
+        "Imported {} into {}: {}.\n",
+        count(rows, "row", "rows"),
+        s(&v["table"]),
+        parts.join(", ")
+    )
+}
+
+/// `backup`: the record count once, the digest to check a restore against, and what else the
+/// file holds in words (the JSON's `entries` counts deleted records and the other kinds).
+pub fn backed_up(v: &Value) -> String {
+    let live = u(&v["count"]);
+    let e = &v["entries"];
+    let deleted = u(&e["records"]).saturating_sub(live);
+    let mut t = format!(
+        "Backed up {} of {} to {} ({}{}).\n",
+        count(live, "record", "records"),
+        if s(&v["name"]).is_empty() {
+            s(&v["instance"])
+        } else {
+            s(&v["name"])
+        },
+        s(&v["backup"]),
+        bytes(u(&v["bytes"])),
+        if v["encrypted"] == Value::Bool(true) {
+            ", encrypted"
+        } else {
+            ""
+        }
+    );
+    let mut also = vec![
+        count(u(&e["history"]), "history revision", "history revisions"),
+        count(u(&e["conflicts"]), "conflict", "conflicts"),
+        count(u(&e["peers"]), "peer", "peers"),
+    ];
+    if deleted > 0 {
+        also.insert(
+            0,
+            count(
+                deleted,
+                "deleted record (kept so the delete syncs)",
+                "deleted records (kept so the deletes sync)",
+            ),
+        );
+    }
+    t += &format!("It also holds {}.\n", also.join(", "));
+    let keys: Vec<&str> = v["keys"]
+        .as_array()
+        .map(|k| k.iter().map(s).collect())
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        t += &format!(
+            "Keys and settings included, encrypted: {}.\n",
+            keys.join(", ")
+        );
+    }
+    t += &format!(
+        "Digest {}: `fieldsync digest` on a laptop restored from it prints the same.\n",
+        s(&v["sha256"])
+    );
+    t
+}
+
+/// `doctor`: one line per check, `ok` or `FAILED`, with the fix under a failed one.
+pub fn doctor(checks: &[crate::doctor::Check]) -> String {
+    let mut t = String::new();
+    for c in checks {
+        t += &format!(
+            "{:<6}  {}: {}\n",
+            if c.ok { "ok" } else { "FAILED" },
+            c.check,
+            c.detail
+        );
+        if let Some(fix) = &c.fix {
+            t += &format!("        fix: {fix}\n");
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    t += &if failed == 0 {
+        "All checks passed: this laptop is ready to sync.\n".to_string()
+    } else {
+        format!(
+            "{} failed: do the fix shown, then run `fieldsync doctor` again.\n",
+            count(failed as u64, "check", "checks")
+        )
+    };
+    t
+}
