@@ -186,7 +186,9 @@ pub async fn sync_with(
     if let (Err(SyncError::Transport { message, .. }), Transport::Tls { identity, revoked }) =
         (&mut result, &opts.transport)
     {
-        let hidden = !message.contains("connection refused") && !message.contains("timed out");
+        // Only a connection that ended without a reason: a refusal already told (an alert
+        // read in time) or an unreachable address needs no second connection.
+        let hidden = message.contains("not ready") || message.contains("closed");
         if hidden {
             if let Ok((cfg, _)) = crate::tls::client_config_for(addr, identity, revoked.clone()) {
                 if let Some(words) = crate::protocol::client::tls_refusal(addr, cfg).await {
