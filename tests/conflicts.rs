@@ -178,6 +178,63 @@ fn each_side_is_told_by_its_laptop_with_value_time_and_why_on_both_laptops() {
 }
 
 #[test]
+fn a_third_laptop_names_the_side_in_the_record_by_its_laptop() {
+    // Newcomer item 1: A and B both edit a field, A resolves keeping its own value; on C both
+    // sides are "theirs", so the side in the record must be told by laptop (and instance id).
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, agent_b) = two_laptops(tmp.path(), "");
+    let c = tmp.path().join("c");
+    write_config(&c, "", "");
+    run(&c, &["init", "--name", "laptopC", "--owner", "Team North"]).ok();
+    let agent_c = Agent::start(&c);
+    let ia = instance_id(&a);
+    let x = Uuid::new_v4();
+    put(&a, "person", &x, &json!({"status": "missing"}));
+    sync(&a, agent_b.addr());
+    sync(&a, agent_c.addr());
+    patch(&a, "person", &x, &json!({"status": "in_shelter"}));
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    // B's edit is newer: the merge keeps B's. C sees both edits and logs the conflict itself.
+    patch(&b, "person", &x, &json!({"status": "found"}));
+    sync(&a, agent_c.addr());
+    sync(&b, agent_c.addr());
+    sync(&a, agent_b.addr());
+    // A resolves keeping its own value; the resolution reaches C.
+    let cid = open_of(&a, &x)[0]["id"].to_string();
+    run(&a, &["conflicts", "resolve", &cid, "--keep", "mine"]).ok();
+    sync(&a, agent_c.addr());
+    assert_eq!(
+        get(&c, "person", &x).unwrap()["fields"]["status"],
+        "in_shelter"
+    );
+
+    let cs = all_of(&c, &x);
+    assert_eq!(cs.len(), 1, "{cs:?}");
+    let v = &cs[0];
+    assert_eq!(v["in_record_by"], ia, "{v}");
+    let holder = v["sides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["in_record"] == true)
+        .expect("a side in the record");
+    assert_eq!(holder["laptop"]["name"], "laptopA", "{v}");
+    assert_eq!(holder["value"], "in_shelter", "{v}");
+    let text = human(&c, &["conflicts", "--all"]);
+    let line = text
+        .lines()
+        .find(|l| l.contains("In the record:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("laptopA"), "{text}");
+    assert!(!line.contains("laptopB"), "{text}");
+    let arrow = text
+        .lines()
+        .find(|l| l.contains("← in the record"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(arrow.contains("laptopA"), "{text}");
+}
+
+#[test]
 fn a_name_clash_is_cleared_by_renaming_this_laptops_record_in_conflicts_resolve() {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b, agent_b) = two_laptops(tmp.path(), "unique = [\"person.case_number\"]");

@@ -207,7 +207,13 @@ pub struct ConflictView {
     /// The sides, this laptop's first.
     pub sides: Vec<SideView>,
     /// Which side the record holds now: a side's `side`, `both` (name clash), or `neither`.
+    /// On a third laptop both sides of a field conflict are `theirs`; `in_record_by` tells
+    /// them apart.
     pub in_record: String,
+    /// The instance id of the laptop that wrote the side the record holds (null: `both` or
+    /// `neither`).
+    #[serde(default)]
+    pub in_record_by: Option<Uuid>,
     /// Why, in words: the merge rule, or who resolved it.
     pub why: String,
 }
@@ -414,11 +420,16 @@ impl App {
                 m.insert("how".into(), json!(how));
             }
         }
+        let in_record_by = match in_record.as_str() {
+            "both" | "neither" => None,
+            _ => sides.iter().find(|s| s.in_record).map(|s| s.laptop.id),
+        };
         Ok(ConflictView {
             entry,
             detected_by_laptop,
             sides,
             in_record,
+            in_record_by,
             why,
         })
     }

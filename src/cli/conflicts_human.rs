@@ -146,7 +146,9 @@ fn block(c: &ConflictView, now: DateTime<Utc>) -> String {
     let holder = c
         .sides
         .iter()
-        .find(|s| s.side == c.in_record)
+        // By the side flagged in the record, not by its label: on a third laptop both sides
+        // of a field conflict are `theirs`.
+        .find(|s| s.in_record && Some(s.laptop.id) == c.in_record_by)
         .map(|s| format!(" ({})", s.laptop.label()))
         .unwrap_or_default();
     let state_line = match c.in_record.as_str() {
