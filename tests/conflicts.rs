@@ -174,6 +174,7 @@ fn each_side_is_told_by_its_laptop_with_value_time_and_why_on_both_laptops() {
     if let Some(c) = dy.first() {
         assert_eq!(c["in_record"], "deleted", "{c}");
         assert_eq!(c["why"], "resolved by laptopB", "{c}");
+        assert_eq!(c["resolved"]["how"], "laptopB kept the delete", "{c}");
     }
 }
 
@@ -232,6 +233,15 @@ fn a_third_laptop_names_the_side_in_the_record_by_its_laptop() {
         .find(|l| l.contains("← in the record"))
         .unwrap_or_else(|| panic!("{text}"));
     assert!(arrow.contains("laptopA"), "{text}");
+    // Newcomer item 2: C is told who resolved it and how, not a stamp.
+    assert_eq!(v["resolved"]["how"], "laptopA kept its own value", "{v}");
+    assert!(text.contains("laptopA kept its own value"), "{text}");
+    sync(&a, agent_b.addr());
+    let on_b = all_of(&b, &x);
+    assert_eq!(
+        on_b[0]["resolved"]["how"], "laptopA kept its own value",
+        "{on_b:?}"
+    );
 }
 
 #[test]

@@ -415,7 +415,10 @@ impl App {
         entry.insert("detected_by".into(), json!(detected_by_laptop.id));
         entry.insert("merge_kept".into(), json!(merge_kept));
         if let Some(r) = &c.resolved {
-            let how = self.in_names(&r.how)?;
+            let how = match Self::resolved_elsewhere(&r.how, &why, &sides) {
+                Some(told) => told,
+                None => self.in_names(&r.how)?,
+            };
             if let Some(Value::Object(m)) = entry.get_mut("resolved") {
                 m.insert("how".into(), json!(how));
             }
@@ -455,6 +458,33 @@ impl App {
             }
         }
         Ok(out.join(" "))
+    }
+
+    /// A conflict another laptop resolved reaches this one as "superseded by a later write
+    /// (STAMP)" or "settled by a later conflict resolution (STAMP)" (store/write.rs): told
+    /// instead as who kept what, e.g. `laptopA kept its own value`, when `why` says a
+    /// resolution wrote what the record holds. None: keep the stored words.
+    fn resolved_elsewhere(how: &str, why: &str, sides: &[SideView]) -> Option<String> {
+        if !how.starts_with("superseded by a later write")
+            && !how.starts_with("settled by a later conflict resolution")
+        {
+            return None;
+        }
+        let by = why.strip_prefix("resolved by ")?;
+        let holder = sides.iter().find(|s| s.in_record);
+        Some(match holder.map(|s| s.side.as_str()) {
+            Some("deleted") => format!("{by} kept the delete"),
+            Some("alive") => format!("{by} kept the record"),
+            Some(_) => {
+                let h = holder?;
+                if h.laptop.label() == by {
+                    format!("{by} kept its own value")
+                } else {
+                    format!("{by} kept {}'s value", h.laptop.label())
+                }
+            }
+            None => format!("resolved by {by}"),
+        })
     }
 
     /// Whether the write `at` on the conflict's record was a conflict resolution.
