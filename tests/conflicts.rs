@@ -142,6 +142,15 @@ fn each_side_is_told_by_its_laptop_with_value_time_and_why_on_both_laptops() {
     assert!(c["why"].as_str().unwrap().contains("had not seen"), "{c}");
     let text = human(&b, &["conflicts"]);
     assert!(text.contains("--keep deleted | --keep alive"), "{text}");
+    // Newcomer item 11: the record by its name with the id shortened; the alive side as fields.
+    let short = &y.to_string()[..8];
+    assert!(
+        text.contains(&format!("person record \"Yan\" ({short})")),
+        "{text}"
+    );
+    assert!(!text.contains(&y.to_string()), "{text}");
+    assert!(text.contains("name: Yan, status: found"), "{text}");
+    assert!(!text.contains("{\"name\""), "{text}");
 
     // Resolved on B: the field to B's value, Y deleted. After a sync both laptops say so and
     // who decided.

@@ -216,6 +216,9 @@ pub struct ConflictView {
     pub in_record_by: Option<Uuid>,
     /// Why, in words: the merge rule, or who resolved it.
     pub why: String,
+    /// The record's `name` (else `title`) field when it has one, for naming it to people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_name: Option<String>,
 }
 
 impl ConflictView {
@@ -427,6 +430,17 @@ impl App {
             "both" | "neither" => None,
             _ => sides.iter().find(|s| s.in_record).map(|s| s.laptop.id),
         };
+        let record_name = rec.as_ref().and_then(|r| {
+            ["name", "title"].iter().find_map(|k| {
+                r.state
+                    .fields
+                    .get(*k)
+                    .and_then(|w| w.value.as_ref())
+                    .and_then(Value::as_str)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string)
+            })
+        });
         Ok(ConflictView {
             entry,
             detected_by_laptop,
@@ -434,6 +448,7 @@ impl App {
             in_record,
             in_record_by,
             why,
+            record_name,
         })
     }
 
