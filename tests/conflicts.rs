@@ -509,3 +509,19 @@ fn the_http_resolve_endpoint_takes_every_option_of_the_cli_and_names_the_bad_fie
         );
     }
 }
+
+#[test]
+fn history_tells_a_record_created_on_two_laptops_as_the_same_record() {
+    // Newcomer item 12: one keyed record created on A and B before they synced.
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, agent_b) = two_laptops(tmp.path(), "");
+    let x = Uuid::new_v4();
+    put(&a, "person", &x, &json!({"name": "Chidi Eze"}));
+    put(&b, "person", &x, &json!({"name": "Chidi Eze", "age": 41}));
+    sync(&a, agent_b.addr());
+    let text = human(&a, &["history", "person", &x.to_string()]);
+    let created: Vec<&str> = text.lines().filter(|l| l.contains("created by")).collect();
+    assert_eq!(created.len(), 2, "{text}");
+    assert!(!created[0].contains("too"), "{text}");
+    assert!(created[1].contains("too (same key)"), "{text}");
+}
