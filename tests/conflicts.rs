@@ -142,6 +142,15 @@ fn each_side_is_told_by_its_laptop_with_value_time_and_why_on_both_laptops() {
     assert!(c["why"].as_str().unwrap().contains("had not seen"), "{c}");
     let text = human(&b, &["conflicts"]);
     assert!(text.contains("--keep deleted | --keep alive"), "{text}");
+    // Newcomer item 11: the record by its name with the id shortened; the alive side as fields.
+    let short = &y.to_string()[..8];
+    assert!(
+        text.contains(&format!("person record \"Yan\" ({short})")),
+        "{text}"
+    );
+    assert!(!text.contains(&y.to_string()), "{text}");
+    assert!(text.contains("name: Yan, status: found"), "{text}");
+    assert!(!text.contains("{\"name\""), "{text}");
 
     // Resolved on B: the field to B's value, Y deleted. After a sync both laptops say so and
     // who decided.
@@ -174,7 +183,74 @@ fn each_side_is_told_by_its_laptop_with_value_time_and_why_on_both_laptops() {
     if let Some(c) = dy.first() {
         assert_eq!(c["in_record"], "deleted", "{c}");
         assert_eq!(c["why"], "resolved by laptopB", "{c}");
+        assert_eq!(c["resolved"]["how"], "laptopB kept the delete", "{c}");
     }
+}
+
+#[test]
+fn a_third_laptop_names_the_side_in_the_record_by_its_laptop() {
+    // Newcomer item 1: A and B both edit a field, A resolves keeping its own value; on C both
+    // sides are "theirs", so the side in the record must be told by laptop (and instance id).
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, agent_b) = two_laptops(tmp.path(), "");
+    let c = tmp.path().join("c");
+    write_config(&c, "", "");
+    run(&c, &["init", "--name", "laptopC", "--owner", "Team North"]).ok();
+    let agent_c = Agent::start(&c);
+    let ia = instance_id(&a);
+    let x = Uuid::new_v4();
+    put(&a, "person", &x, &json!({"status": "missing"}));
+    sync(&a, agent_b.addr());
+    sync(&a, agent_c.addr());
+    patch(&a, "person", &x, &json!({"status": "in_shelter"}));
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    // B's edit is newer: the merge keeps B's. C sees both edits and logs the conflict itself.
+    patch(&b, "person", &x, &json!({"status": "found"}));
+    sync(&a, agent_c.addr());
+    sync(&b, agent_c.addr());
+    sync(&a, agent_b.addr());
+    // A resolves keeping its own value; the resolution reaches C.
+    let cid = open_of(&a, &x)[0]["id"].to_string();
+    run(&a, &["conflicts", "resolve", &cid, "--keep", "mine"]).ok();
+    sync(&a, agent_c.addr());
+    assert_eq!(
+        get(&c, "person", &x).unwrap()["fields"]["status"],
+        "in_shelter"
+    );
+
+    let cs = all_of(&c, &x);
+    assert_eq!(cs.len(), 1, "{cs:?}");
+    let v = &cs[0];
+    assert_eq!(v["in_record_by"], ia, "{v}");
+    let holder = v["sides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["in_record"] == true)
+        .expect("a side in the record");
+    assert_eq!(holder["laptop"]["name"], "laptopA", "{v}");
+    assert_eq!(holder["value"], "in_shelter", "{v}");
+    let text = human(&c, &["conflicts", "--all"]);
+    let line = text
+        .lines()
+        .find(|l| l.contains("In the record:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("laptopA"), "{text}");
+    assert!(!line.contains("laptopB"), "{text}");
+    let arrow = text
+        .lines()
+        .find(|l| l.contains("← in the record"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(arrow.contains("laptopA"), "{text}");
+    // Newcomer item 2: C is told who resolved it and how, not a stamp.
+    assert_eq!(v["resolved"]["how"], "laptopA kept its own value", "{v}");
+    assert!(text.contains("laptopA kept its own value"), "{text}");
+    sync(&a, agent_b.addr());
+    let on_b = all_of(&b, &x);
+    assert_eq!(
+        on_b[0]["resolved"]["how"], "laptopA kept its own value",
+        "{on_b:?}"
+    );
 }
 
 #[test]
@@ -432,4 +508,20 @@ fn the_http_resolve_endpoint_takes_every_option_of_the_cli_and_names_the_bad_fie
             "editedOnA"
         );
     }
+}
+
+#[test]
+fn history_tells_a_record_created_on_two_laptops_as_the_same_record() {
+    // Newcomer item 12: one keyed record created on A and B before they synced.
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, agent_b) = two_laptops(tmp.path(), "");
+    let x = Uuid::new_v4();
+    put(&a, "person", &x, &json!({"name": "Chidi Eze"}));
+    put(&b, "person", &x, &json!({"name": "Chidi Eze", "age": 41}));
+    sync(&a, agent_b.addr());
+    let text = human(&a, &["history", "person", &x.to_string()]);
+    let created: Vec<&str> = text.lines().filter(|l| l.contains("created by")).collect();
+    assert_eq!(created.len(), 2, "{text}");
+    assert!(!created[0].contains("too"), "{text}");
+    assert!(created[1].contains("too (same key)"), "{text}");
 }

@@ -207,9 +207,18 @@ pub struct ConflictView {
     /// The sides, this laptop's first.
     pub sides: Vec<SideView>,
     /// Which side the record holds now: a side's `side`, `both` (name clash), or `neither`.
+    /// On a third laptop both sides of a field conflict are `theirs`; `in_record_by` tells
+    /// them apart.
     pub in_record: String,
+    /// The instance id of the laptop that wrote the side the record holds (null: `both` or
+    /// `neither`).
+    #[serde(default)]
+    pub in_record_by: Option<Uuid>,
     /// Why, in words: the merge rule, or who resolved it.
     pub why: String,
+    /// The record's `name` (else `title`) field when it has one, for naming it to people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_name: Option<String>,
 }
 
 impl ConflictView {
@@ -409,17 +418,37 @@ impl App {
         entry.insert("detected_by".into(), json!(detected_by_laptop.id));
         entry.insert("merge_kept".into(), json!(merge_kept));
         if let Some(r) = &c.resolved {
-            let how = self.in_names(&r.how)?;
+            let how = match Self::resolved_elsewhere(&r.how, &why, &sides) {
+                Some(told) => told,
+                None => self.in_names(&r.how)?,
+            };
             if let Some(Value::Object(m)) = entry.get_mut("resolved") {
                 m.insert("how".into(), json!(how));
             }
         }
+        let in_record_by = match in_record.as_str() {
+            "both" | "neither" => None,
+            _ => sides.iter().find(|s| s.in_record).map(|s| s.laptop.id),
+        };
+        let record_name = rec.as_ref().and_then(|r| {
+            ["name", "title"].iter().find_map(|k| {
+                r.state
+                    .fields
+                    .get(*k)
+                    .and_then(|w| w.value.as_ref())
+                    .and_then(Value::as_str)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string)
+            })
+        });
         Ok(ConflictView {
             entry,
             detected_by_laptop,
             sides,
             in_record,
+            in_record_by,
             why,
+            record_name,
         })
     }
 
@@ -444,6 +473,33 @@ impl App {
             }
         }
         Ok(out.join(" "))
+    }
+
+    /// A conflict another laptop resolved reaches this one as "superseded by a later write
+    /// (STAMP)" or "settled by a later conflict resolution (STAMP)" (store/write.rs): told
+    /// instead as who kept what, e.g. `laptopA kept its own value`, when `why` says a
+    /// resolution wrote what the record holds. None: keep the stored words.
+    fn resolved_elsewhere(how: &str, why: &str, sides: &[SideView]) -> Option<String> {
+        if !how.starts_with("superseded by a later write")
+            && !how.starts_with("settled by a later conflict resolution")
+        {
+            return None;
+        }
+        let by = why.strip_prefix("resolved by ")?;
+        let holder = sides.iter().find(|s| s.in_record);
+        Some(match holder.map(|s| s.side.as_str()) {
+            Some("deleted") => format!("{by} kept the delete"),
+            Some("alive") => format!("{by} kept the record"),
+            Some(_) => {
+                let h = holder?;
+                if h.laptop.label() == by {
+                    format!("{by} kept its own value")
+                } else {
+                    format!("{by} kept {}'s value", h.laptop.label())
+                }
+            }
+            None => format!("resolved by {by}"),
+        })
     }
 
     /// Whether the write `at` on the conflict's record was a conflict resolution.

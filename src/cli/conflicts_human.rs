@@ -77,7 +77,25 @@ fn value(s: &SideView) -> String {
     match (&s.value, s.side.as_str()) {
         (_, "deleted") => "(deleted)".into(),
         (None, _) => "(no value)".into(),
+        // The record's fields as `key: value`, strings unquoted (`--json` has the JSON).
+        (Some(Value::Object(m)), "alive") => cut(m
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}: {s}"),
+                other => format!("{k}: {other}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")),
         (Some(v), _) => cut(v.to_string()),
+    }
+}
+
+/// The record for people: `"Chidi Eze" (6aa4a492)` when it has a name or title, else its id.
+fn record(c: &ConflictView) -> String {
+    let id = text(c, "record");
+    match &c.record_name {
+        Some(n) => format!("\"{n}\" ({})", id.get(..8).unwrap_or(&id)),
+        None => id,
     }
 }
 
@@ -108,7 +126,7 @@ fn block(c: &ConflictView, now: DateTime<Utc>) -> String {
         "Conflict {} ({state}): {} record {}: {title}\n  detected {} by {}\n",
         c.id(),
         text(c, "table"),
-        text(c, "record"),
+        record(c),
         when(detected, now),
         c.detected_by_laptop.label()
     );
@@ -146,7 +164,9 @@ fn block(c: &ConflictView, now: DateTime<Utc>) -> String {
     let holder = c
         .sides
         .iter()
-        .find(|s| s.side == c.in_record)
+        // By the side flagged in the record, not by its label: on a third laptop both sides
+        // of a field conflict are `theirs`.
+        .find(|s| s.in_record && Some(s.laptop.id) == c.in_record_by)
         .map(|s| format!(" ({})", s.laptop.label()))
         .unwrap_or_default();
     let state_line = match c.in_record.as_str() {

@@ -542,6 +542,7 @@ pub fn history(
         "{table_name} {id}: {n} revision{}, oldest first\n",
         if n == 1 { "" } else { "s" }
     );
+    let mut created = false;
     for e in entries {
         let r = &e.revision;
         let by = names
@@ -558,7 +559,18 @@ pub fn history(
             Cause::Edit => "",
             Cause::Resolution => " (a conflict resolution)",
         };
-        out += &format!("\n{} — {what} by {by}{why}\n", when(Some(r.at.time()), now));
+        // One keyed record created on two laptops before they synced has two "created"
+        // revisions: the later one is the same record, not a duplicate.
+        let too = if r.kind == RevisionKind::Create && created {
+            " too (same key)"
+        } else {
+            ""
+        };
+        created |= r.kind == RevisionKind::Create;
+        out += &format!(
+            "\n{} — {what} by {by}{too}{why}\n",
+            when(Some(r.at.time()), now)
+        );
         let w = r
             .changes
             .iter()

@@ -214,7 +214,8 @@ async function conflicts(notice) {
       : c.type === "delete_edit" ? "deleted on one laptop, edited on another"
       : "two records share " + c.field + " = " + show(c.value);
     const head = h("h2", {}, "Conflict " + c.id + ": " + c.table + " record " + c.record + ", " + title);
-    const holder = c.sides.find((s) => s.side === c.in_record);
+    // By the side flagged in the record: on a third laptop both sides are "theirs".
+    const holder = c.sides.find((s) => s.in_record && s.laptop.id === c.in_record_by);
     const why = h("p", { class: "why" }, "Detected " + localTime(c.detected_at) + " by " + laptopName(c.detected_by_laptop) + ". ",
       c.in_record === "both" ? "Both records are kept: " + c.why + "."
         : "In the record now: " + (holder ? holder.side + " (" + laptopName(holder.laptop) + ")" : c.in_record) + " — " + c.why + ".");
