@@ -480,8 +480,8 @@ impl App {
     /// instead as who kept what, e.g. `laptopA kept its own value`, when `why` says a
     /// resolution wrote what the record holds. None: keep the stored words.
     fn resolved_elsewhere(how: &str, why: &str, sides: &[SideView]) -> Option<String> {
-        if !how.starts_with("superseded by a later write")
-            && !how.starts_with("settled by a later conflict resolution")
+        if !how.starts_with(crate::store::SUPERSEDED)
+            && !how.starts_with(crate::store::SETTLED_BY_RESOLUTION)
         {
             return None;
         }

@@ -20,6 +20,7 @@ mod snapshot;
 pub(crate) mod staging;
 mod txn;
 mod write;
+pub(crate) use write::{SETTLED_BY_RESOLUTION, SUPERSEDED};
 
 pub use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
 pub use crate::merge::Keep;

@@ -973,9 +973,9 @@ fn only_revision(state: &RecordState, at: crate::clock::Hlc) -> Revision {
 }
 
 /// How a conflict settled by a later write is marked (the prefix of its `how`).
-const SUPERSEDED: &str = "superseded by a later write";
+pub(crate) const SUPERSEDED: &str = "superseded by a later write";
 /// How a delete-vs-edit entry settled by a resolution revision (made here or received) reads.
-const SETTLED_BY_RESOLUTION: &str = "settled by a later conflict resolution";
+pub(crate) const SETTLED_BY_RESOLUTION: &str = "settled by a later conflict resolution";
 
 pub(crate) fn trim_heap() {
     // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
