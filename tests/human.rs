@@ -388,8 +388,13 @@ fn restore_enroll_revoke_held_and_list_tell_a_newcomer_what_happened() {
     .ok();
 
     // Revoking from a laptop that is not the coordinator says where to run it.
+    // Joining says which deployment it joined.
     let b = data_dir(root, "b");
-    run(&b, &["init", "--mesh", cred_s]).ok();
+    let joined = run(&b, &["init", "--mesh", cred_s, "--human"]).ok().stdout;
+    assert!(
+        joined.contains("It joined the deployment \"Relief\""),
+        "{joined}"
+    );
     let revoke = run(&b, &["mesh", "revoke", "laptopA"]).code(2);
     assert!(
         revoke.stderr.contains("this laptop is not the coordinator")

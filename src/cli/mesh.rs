@@ -83,6 +83,9 @@ pub fn init(
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
     let store = app.store();
+    // The deployment joined by this command, said to a person (a newcomer could not tell
+    // whether `init --mesh` had joined anything).
+    let mut joined: Option<String> = None;
     if let Some(file) = file {
         let path = io.cwd.join(file);
         let cred = match mesh::load_mesh_file(&path).map_err(invalid)? {
@@ -106,6 +109,7 @@ pub fn init(
         }
         store.adopt_instance(cred.instance)?;
         mesh::save(&store.dir().join(mesh::CREDENTIAL_FILE), &cred).map_err(invalid)?;
+        joined = Some(cred.deployment.clone());
         let name = name.or_else(|| (!cred.name.is_empty()).then(|| cred.name.clone()));
         store.set_instance_info(name, owner, contact)?;
         if app.agent().is_some() {
@@ -121,9 +125,12 @@ pub fn init(
         } else {
             format!(", owner {}", me.owner)
         };
+        let joined = joined.map_or(String::new(), |d| {
+            format!(" It joined the deployment \"{d}\": start it with `fieldsync run` to sync.")
+        });
         return writeln!(
             io.out,
-            "This laptop is {}{owner} (instance {}).",
+            "This laptop is {}{owner} (instance {}).{joined}",
             me.name, me.id
         )
         .map_err(CliError::Output);
