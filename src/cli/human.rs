@@ -406,9 +406,35 @@ const CELL: usize = 30;
 /// Most field columns `list` shows (the others are counted in the last column).
 const COLUMNS: usize = 6;
 
+/// Which [`COLUMNS`] of `names` a table without `--fields` shows: `name` and `title` first, then
+/// the fields most records have, and among those the shortest on average, so that a long
+/// free-text field (notes) is the one left to `get`, not a short one like `status` (a
+/// newcomer missed `status` when columns were cut alphabetically).
+fn columns_kept(records: &[Value], names: &[String]) -> std::collections::BTreeSet<String> {
+    let mut ranked: Vec<(bool, std::cmp::Reverse<usize>, usize, &String)> = names
+        .iter()
+        .map(|n| {
+            let lens: Vec<usize> = records
+                .iter()
+                .filter_map(|r| r["fields"].get(n.as_str()))
+                .map(|v| value(v).chars().count())
+                .collect();
+            let avg = lens.iter().sum::<usize>() / lens.len().max(1);
+            let named = n == "name" || n == "title";
+            (!named, std::cmp::Reverse(lens.len()), avg, n)
+        })
+        .collect();
+    ranked.sort();
+    ranked
+        .into_iter()
+        .take(COLUMNS)
+        .map(|(_, _, _, n)| n.clone())
+        .collect()
+}
+
 /// `list`: records as a table, one row per record: the id, then the fields (`only`, in its
-/// order, when given; else sorted by name, at most six columns, a record's other fields
-/// counted and the footer saying which were left out and how to see them), and `deleted` when
+/// order, when given; else at most six chosen by [`columns_kept`], sorted by name, a record's
+/// other fields counted and the footer saying which were left out and how to see them), and `deleted` when
 /// shown. `more` records were left out.
 pub fn list(table_name: &str, records: &[Value], more: u64, only: &[String]) -> String {
     if records.is_empty() {
@@ -421,17 +447,19 @@ pub fn list(table_name: &str, records: &[Value], more: u64, only: &[String]) -> 
         .collect();
     names.sort();
     names.dedup();
-    let left_out: Vec<String> = if only.is_empty() {
-        names.iter().skip(COLUMNS).cloned().collect()
-    } else {
-        Vec::new()
-    };
-    let extra = !left_out.is_empty();
-    if only.is_empty() {
-        names.truncate(COLUMNS);
-    } else {
+    let mut left_out: Vec<String> = Vec::new();
+    if !only.is_empty() {
         names = only.to_vec();
+    } else if names.len() > COLUMNS {
+        let keep = columns_kept(records, &names);
+        left_out = names
+            .iter()
+            .filter(|n| !keep.contains(*n))
+            .cloned()
+            .collect();
+        names.retain(|n| keep.contains(n));
     }
+    let extra = !left_out.is_empty();
     let any_deleted = records.iter().any(|r| r["deleted"] == true);
     let mut header: Vec<String> = vec!["ID".into()];
     header.extend(names.iter().map(|n| n.to_uppercase()));
@@ -664,6 +692,26 @@ pub fn enrolled(name: &str, id: &str, file: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Seven fields, six columns: the long free-text field is the one left out, not `status`
+    /// (which the alphabetical cut dropped in a newcomer trial).
+    #[test]
+    fn a_list_leaves_out_the_longest_field_not_status() {
+        let rec = |i: u32| {
+            json!({"id": format!("id{i}"), "fields": {
+                "age": 30 + i, "case_number": format!("A-{i}"), "name": format!("Person {i}"),
+                "notes": "seen near the river on the morning of the flood, with two children",
+                "phone": "+2348000001", "shelter": "North school", "status": "missing"}})
+        };
+        let out = list("person", &[rec(1), rec(2)], 0, &[]);
+        let header = out.lines().next().unwrap();
+        assert!(
+            header.contains("STATUS") && header.contains("NAME"),
+            "{out}"
+        );
+        assert!(!header.contains("NOTES"), "{out}");
+        assert!(out.contains("1 field not shown (notes)"), "{out}");
+    }
 
     /// `status` with two sessions in flight, one we started and one a peer started (a live
     /// agent cannot be caught at a fixed percentage, so the status is given here).
