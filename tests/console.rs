@@ -206,6 +206,24 @@ fn console_in_a_real_browser() {
             t.contains("Overview") && t.contains("laptopB") && t.contains("Team North")
         })
         .await;
+        // A write with the cookie but without the console's header is refused, and the answer
+        // names the header (it used to say the bearer token was missing).
+        let r = client
+            .execute(
+                "return fetch('/v1/conflicts/1/resolve', {method: 'POST', \
+                 headers: {'Content-Type': 'application/json'}, body: '{}'}) \
+                 .then(async r => [r.status, await r.text()])",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r[0], json!(403), "{r}");
+        assert!(
+            r[1].as_str()
+                .unwrap_or("")
+                .contains("X-Fieldsync-Console: 1"),
+            "{r}"
+        );
 
         // Watch the 20,000-record sync from A on the Live sessions page.
         client.goto(&format!("{base}/console/#live")).await.unwrap();

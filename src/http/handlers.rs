@@ -111,12 +111,21 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
         });
     // The console's session cookie stands for the token; a write with it must also carry a
     // header that a cross-site form cannot set.
-    let console = given.is_none()
-        && st.logins.session_of(req.headers())
+    let session = given.is_none() && st.logins.session_of(req.headers());
+    let console = session
         && (req.method() == axum::http::Method::GET
             || req.headers().contains_key(super::console::WRITE_HEADER));
     match given {
         _ if console => next.run(req).await,
+        // A console session writing without the header: say which header, not "no token".
+        None if session => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "CONSOLE_HEADER_MISSING",
+            None,
+            "a write with the console's session cookie must also send `X-Fieldsync-Console: 1` \
+             (or use `Authorization: Bearer TOKEN` from api.json)",
+        )
+        .into_response(),
         Some(t) if same_token(t.trim().as_bytes(), st.token.as_bytes()) => {
             // Refused before the body is read: a client that sent `Expect: 100-continue`
             // (curl does for large bodies) gets the answer without uploading anything.
