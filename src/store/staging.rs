@@ -545,19 +545,9 @@ mod tests {
                 .next()
                 .unwrap()
                 .unwrap();
-            let mut chunk = Vec::new();
-            decode_block(&v, &mut chunk).unwrap();
             let mut lost = BTreeMap::new();
             let mut counts = ImportCounts::default();
-            apply_chunk(
-                &s,
-                "person",
-                chunk,
-                vec![k.to_vec()],
-                &mut counts,
-                &mut lost,
-            )
-            .unwrap();
+            apply_staged_block(&s, &k, &v, &mut counts, &mut lost);
             assert!(
                 counts.inserted > 0 && counts.inserted < 25,
                 "a part is applied"
@@ -570,6 +560,19 @@ mod tests {
         assert_eq!(s.range_sum("person", &[]).unwrap().count, 30);
         assert_eq!(s.check_fingerprints().unwrap(), Vec::<String>::new());
         assert!(s.tree.scan_prefix(keys::meta("import/")).next().is_none());
+    }
+
+    /// What the roll-forward does with one staged block `(k, v)` of the person table.
+    fn apply_staged_block(
+        s: &Store,
+        k: &[u8],
+        v: &[u8],
+        counts: &mut ImportCounts,
+        deltas: &mut BTreeMap<Vec<u8>, RangeSum>,
+    ) {
+        let mut chunk = Vec::new();
+        decode_block(v, &mut chunk).unwrap();
+        apply_chunk(s, "person", chunk, vec![k.to_vec()], counts, deltas).unwrap();
     }
 
     #[test]
@@ -603,17 +606,7 @@ mod tests {
                 })
                 .unwrap();
             }
-            let mut chunk = Vec::new();
-            decode_block(v, &mut chunk).unwrap();
-            apply_chunk(
-                &s,
-                "person",
-                chunk,
-                vec![k.to_vec()],
-                &mut counts,
-                &mut deltas,
-            )
-            .unwrap();
+            apply_staged_block(&s, k, v, &mut counts, &mut deltas);
         }
         assert_eq!((counts.inserted, counts.updated), (19, 1));
         let rec = s.get("person", &rows[15].id).unwrap().unwrap();
