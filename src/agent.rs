@@ -141,6 +141,8 @@ struct Agent {
     in_flight: Mutex<std::collections::HashSet<String>>,
     /// Key → (consecutive failures, not before).
     backoff: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Peers whose session line `run` has printed since it started (see [`worth_a_line`]).
+    said: Mutex<std::collections::HashSet<Uuid>>,
     /// Peers currently seen by discovery: id → addresses.
     online: Mutex<HashMap<Uuid, Vec<String>>>,
     discovery: Mutex<Option<Discovery>>,
@@ -190,7 +192,7 @@ impl Agent {
                         // A person reading `run`'s output wants what changed, not a line per
                         // periodic or notified session that moved nothing: those are said once
                         // per peer (so the first contact shows), then only in the debug log.
-                        if worth_a_line(&report, &note) {
+                        if worth_a_line(&me.said, &report, &note) {
                             eprintln!("{}{}", report_line(&report), note);
                         } else {
                             tracing::debug!(peer = %report.peer.instance, "session moved nothing");
@@ -432,6 +434,7 @@ pub async fn run(
         inbound,
         in_flight: Mutex::default(),
         backoff: Mutex::default(),
+        said: Mutex::default(),
         online: Mutex::default(),
         discovery: Mutex::default(),
     });
@@ -691,11 +694,13 @@ pub fn session_line(name: &str, received: u64, sent: u64, conflicts: u64, ms: u6
 
 /// Whether `run` prints a finished session's line: it moved records or conflicts, something
 /// is held from that peer (`held`, the note), or it is the first session with that peer since
-/// this agent started.
-fn worth_a_line(r: &sync::SessionReport, held: &str) -> bool {
-    static SAID: std::sync::OnceLock<Mutex<std::collections::HashSet<Uuid>>> =
-        std::sync::OnceLock::new();
-    let first = lock(SAID.get_or_init(Default::default)).insert(r.peer.instance);
+/// this agent started (`said` holds those already printed).
+fn worth_a_line(
+    said: &Mutex<std::collections::HashSet<Uuid>>,
+    r: &sync::SessionReport,
+    held: &str,
+) -> bool {
+    let first = lock(said).insert(r.peer.instance);
     let moved = r.received.records + r.sent.records + r.received.conflicts + r.sent.conflicts;
     first || moved > 0 || !held.is_empty()
 }
