@@ -26,6 +26,10 @@ pub enum CallError {
     /// No usable answer: connection refused, timeout, malformed response.
     #[error("{0}")]
     Transport(String),
+    /// The connection ended before an answer without saying why (see [`ended_unexplained`]):
+    /// a TLS alert may hide behind it ([`tls_refusal`] asks).
+    #[error("{0}")]
+    Ended(String),
 }
 
 /// jsonrpsee's HTTP client with our byte counting under it.
@@ -63,6 +67,42 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         cur = err.source();
     }
     last
+}
+
+/// True when a failed exchange ended with the connection going away before an answer and no
+/// reason given: hyper gave up on the request (canceled, e.g. "connection was not ready"; its
+/// channel closed; the message was cut off) or the socket was reset, aborted or hit end of
+/// file. Decided by the error types in the chain (`hyper::Error`'s kinds, `io::ErrorKind`),
+/// never by their words, so a dependency rewording its messages cannot change it. False when
+/// the chain holds the reason (a TLS error or alert), or the peer was never reached (refused,
+/// timed out).
+pub fn ended_unexplained(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::*;
+    let mut ended = false;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            return false;
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            ended |= h.is_canceled() || h.is_closed() || h.is_incomplete_message();
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some())
+            {
+                return false;
+            }
+            match io.kind() {
+                ConnectionReset | ConnectionAborted | UnexpectedEof | BrokenPipe => ended = true,
+                ConnectionRefused | TimedOut => return false,
+                _ => {}
+            }
+        }
+        cur = err.source();
+    }
+    ended
 }
 
 /// Why a TLS peer closed a connection before answering, when it told us in an alert.
@@ -169,6 +209,7 @@ impl Client {
                 Error::Call(obj) => {
                     CallError::Protocol(ProtocolError::new(obj.code(), obj.message().to_string()))
                 }
+                other if ended_unexplained(&other) => CallError::Ended(describe(&other)),
                 other => CallError::Transport(describe(&other)),
             })
     }
@@ -207,5 +248,52 @@ impl Client {
     /// `fieldsync_fetch`.
     pub async fn fetch(&self, r: &FetchRequest) -> Result<Page, CallError> {
         self.call(FETCH, r).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that accepts the connection and closes it without answering ends the call with
+    /// [`CallError::Ended`] (decided by the error's type); a port nobody listens on is a plain
+    /// transport error (no TLS refusal can hide behind it).
+    #[tokio::test]
+    async fn a_connection_closed_without_an_answer_is_told_by_its_type() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let closer = tokio::spawn(async move {
+            // Bounded: the test makes at most two connections.
+            for _ in 0..2 {
+                match listener.accept().await {
+                    Ok((s, _)) => drop(s),
+                    Err(_) => return,
+                }
+            }
+        });
+        let client = Client::connect(&addr, None).unwrap();
+        let e = client
+            .notify(&Notify {
+                from: uuid::Uuid::nil(),
+                head: 0,
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CallError::Ended(_)), "{e:?}");
+        closer.abort();
+
+        let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = free.local_addr().unwrap().to_string();
+        drop(free);
+        let client = Client::connect(&gone, None).unwrap();
+        let e = client
+            .notify(&Notify {
+                from: uuid::Uuid::nil(),
+                head: 0,
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CallError::Transport(_)), "{e:?}");
+        assert!(e.to_string().contains("connection refused"), "{e}");
     }
 }

@@ -57,6 +57,9 @@ pub enum SyncError {
         addr: String,
         /// What failed.
         message: String,
+        /// The connection ended before an answer without a reason
+        /// ([`crate::protocol::client::CallError::Ended`]): a TLS refusal may hide behind it.
+        ended: bool,
     },
     /// The peer sent something we refuse.
     #[error("{0}")]
@@ -183,13 +186,15 @@ pub async fn sync_with(
     }
     // A connection closed before it answered may hide a TLS alert (a peer refusing this
     // laptop's certificate as revoked or foreign): ask once more, at the TLS level only.
-    if let (Err(SyncError::Transport { message, .. }), Transport::Tls { identity, revoked }) =
-        (&mut result, &opts.transport)
+    if let (
+        Err(SyncError::Transport { message, ended, .. }),
+        Transport::Tls { identity, revoked },
+    ) = (&mut result, &opts.transport)
     {
-        // Only a connection that ended without a reason: a refusal already told (an alert
-        // read in time) or an unreachable address needs no second connection.
-        let hidden = message.contains("not ready") || message.contains("closed");
-        if hidden {
+        // Only a connection that ended without a reason (decided by the error's type, see
+        // `ended_unexplained`): a refusal already told (an alert read in time) or an
+        // unreachable address needs no second connection.
+        if *ended {
             if let Ok((cfg, _)) = crate::tls::client_config_for(addr, identity, revoked.clone()) {
                 if let Some(words) = crate::protocol::client::tls_refusal(addr, cfg).await {
                     *message = words;
@@ -317,6 +322,12 @@ impl CallError {
             CallError::Transport(message) => SyncError::Transport {
                 addr: addr.to_string(),
                 message,
+                ended: false,
+            },
+            CallError::Ended(message) => SyncError::Transport {
+                addr: addr.to_string(),
+                message,
+                ended: true,
             },
         }
     }

@@ -82,6 +82,7 @@ impl RpcPeer {
         let terr = |message: String| SyncError::Transport {
             addr: addr.to_string(),
             message,
+            ended: false,
         };
         let (client, seen, revoked) = match transport {
             Transport::Plaintext => (Client::connect(addr, None).map_err(terr)?, None, None),
