@@ -123,10 +123,11 @@ fn main() {
         "content differs after three patches"
     );
     // Every revision arrived, with its exact values.
-    let h: Vec<Value> = fs_ok(&b_dir, &["history", "person", &three[0]])
-        .lines()
-        .map(json_line)
-        .collect();
+    // `history` prints one JSON array.
+    let h: Vec<Value> = match json_line(&fs_ok(&b_dir, &["history", "person", &three[0]])) {
+        Value::Array(items) => items,
+        other => panic!("history is not a JSON array: {other}"),
+    };
     let notes: Vec<String> = h
         .iter()
         .flat_map(|e| e["changes"].as_array().unwrap().iter())

@@ -69,7 +69,9 @@ pub fn run(
         }
     };
     let mut checks = dir_checks(&dir);
-    if !dir.is_dir() {
+    // A directory without a database (a mistyped --data-dir, a laptop not set up yet) is
+    // reported, never given a new database: only `init`, `run` and `restore` make one.
+    if !crate::cli::has_database(&dir) {
         checks.push(fail(
             "database",
             format!("no database in {} yet", dir.display()),
@@ -292,6 +294,11 @@ fn report(checks: &[Check], out: &mut dyn Write, human: bool) -> Result<(), CliE
     let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.check).collect();
     if failed.is_empty() {
         Ok(())
+    } else if human {
+        // The summary above said it; stderr repeating it printed it twice on a terminal.
+        Err(CliError::Said(Box::new(CliError::Unhealthy(
+            failed.join(", "),
+        ))))
     } else {
         Err(CliError::Unhealthy(failed.join(", ")))
     }

@@ -66,6 +66,8 @@ fn main() {
             }
         },
         Err(e) if e.is_closed_output() => 0,
+        // Told on stdout already (a failing `doctor` on a terminal): once is enough.
+        Err(e) if e.is_said() => e.exit_code(),
         Err(e) => {
             eprintln!("fieldsync: {}", cli::words::plain(&e.to_string()));
             e.exit_code()

@@ -807,6 +807,22 @@ fn the_cli_runs_typed_operations_in_the_agent_with_the_same_output_and_exit_code
     let _a = Agent::start_with(&other, &["--api-listen", "127.0.0.1:0"]);
     let through_agent = script(&other);
     assert_eq!(plain, through_agent);
+    // The lists are one JSON document each (not JSON lines), exactly what the API answers.
+    let api = Api::of(&other);
+    for (args, path) in [
+        (vec!["tables"], "/v1/tables".to_string()),
+        (vec!["conflicts", "--all"], "/v1/conflicts?all=true".into()),
+        (vec!["peers"], "/v1/peers".into()),
+        (
+            vec!["history", "person", id],
+            format!("{}/history", rec_path("person", id)),
+        ),
+    ] {
+        let cli = run(&other, &args).ok().json();
+        assert!(cli.is_array(), "{args:?}: {cli}");
+        assert_eq!(cli, api.get(&path).json(), "{args:?}");
+    }
+    assert_eq!(run(&other, &["held", "list"]).ok().json(), json!([]));
     // Errors keep their exit codes and messages.
     let e = run(
         &other,

@@ -332,11 +332,12 @@ fn history_lists_revisions_oldest_first_with_old_and_new_values() {
 fn conflicts_start_empty_and_resolving_an_unknown_one_is_not_found() {
     let a = Instance::new();
     a.put("person", r#"{"name":"A"}"#);
-    assert!(a.ok(&["conflicts"]).stdout.is_empty());
-    assert!(a
-        .ok(&["conflicts", "--all", "--table", "person"])
-        .stdout
-        .is_empty());
+    // An empty list is one empty JSON array, as `GET /v1/conflicts` answers.
+    assert_eq!(a.ok(&["conflicts"]).stdout, "[]\n");
+    assert_eq!(
+        a.ok(&["conflicts", "--all", "--table", "person"]).json(),
+        json!([])
+    );
     let before = a.snapshot();
     a.run(&["conflicts", "resolve", "7", "--keep", "local"])
         .fails(1, &["conflict 7 not found"]);
@@ -490,7 +491,8 @@ fn status_peers_and_digest_on_a_fresh_and_a_used_instance() {
         json!({"count": 0, "tables": [],
                "sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"})
     );
-    assert!(a.ok(&["peers"]).stdout.is_empty());
+    assert_eq!(a.ok(&["peers"]).json(), json!([]));
+    assert_eq!(a.ok(&["held", "list"]).json(), json!([]));
 
     let p = a.put("person", r#"{"name":"Zoë"}"#);
     let q = a.put("person", r#"{"name":"Kofi","age":4}"#);
@@ -920,6 +922,22 @@ fn a_directory_without_a_database_is_refused_and_nothing_is_created() {
     let mut c = command(home.path());
     c.arg("--data-dir").arg(&typo).arg("status");
     run(c, None).fails(1, &["no fieldsync database at", "fieldsync init"]);
+    // `doctor` there fails its database check with the fix, and creates no database either
+    // (it used to open, and so create, one).
+    let mut c = command(home.path());
+    c.arg("--data-dir").arg(&typo).arg("doctor");
+    let o = run(c, None);
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let db = o
+        .lines()
+        .into_iter()
+        .find(|c| c["check"] == "database")
+        .expect("a database check");
+    assert_eq!(db["ok"], false, "{db}");
+    assert!(
+        db["fix"].as_str().unwrap().contains("fieldsync init"),
+        "{db}"
+    );
     let left: Vec<_> = std::fs::read_dir(&typo)
         .unwrap()
         .map(|e| e.unwrap().file_name())

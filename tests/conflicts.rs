@@ -523,5 +523,43 @@ fn history_tells_a_record_created_on_two_laptops_as_the_same_record() {
     let created: Vec<&str> = text.lines().filter(|l| l.contains("created by")).collect();
     assert_eq!(created.len(), 2, "{text}");
     assert!(!created[0].contains("too"), "{text}");
-    assert!(created[1].contains("too (same key)"), "{text}");
+    // The id was given (`put --id`), not derived from an import key: no "same key".
+    assert!(
+        created[1].ends_with("created by laptopB too (same record id)"),
+        "{text}"
+    );
+
+    // The same row imported with --key on both: its id is the key's, and history says so.
+    let csv = tmp.path().join("people.csv");
+    std::fs::write(&csv, "case_number,name\nA-1,Ngozi Obi\n").unwrap();
+    for d in [&a, &b] {
+        run(
+            d,
+            &[
+                "import",
+                "person",
+                csv.to_str().unwrap(),
+                "--key",
+                "case_number",
+            ],
+        )
+        .ok();
+    }
+    sync(&a, agent_b.addr());
+    let id = run(&a, &["list", "person"])
+        .ok()
+        .lines()
+        .into_iter()
+        .find(|r| r["fields"]["case_number"] == "A-1")
+        .expect("the imported record")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let text = human(&a, &["history", "person", &id]);
+    let created: Vec<&str> = text.lines().filter(|l| l.contains("created by")).collect();
+    assert_eq!(created.len(), 2, "{text}");
+    assert!(
+        created[1].ends_with("created by laptopB too (same import key: case_number \"A-1\")"),
+        "{text}"
+    );
 }

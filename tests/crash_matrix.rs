@@ -794,10 +794,10 @@ impl Matrix {
         // After a restore A is a new incarnation that claims less of its own history, so B's
         // mass-delete brake holds every delete A sends until a person decides; a coordinator
         // would approve them (tests/brake.rs covers the brake itself).
-        let held = self.b.ok(&["held", "list"]);
-        for line in held.lines().filter(|l| !l.trim().is_empty()) {
-            let h: serde_json::Value =
-                serde_json::from_str(line).expect("held list prints JSON lines");
+        let held: Vec<serde_json::Value> =
+            serde_json::from_str(self.b.ok(&["held", "list"]).trim())
+                .expect("held list prints one JSON array");
+        for h in held {
             let id = h["id"].to_string();
             self.b.ok(&["held", "approve", &id]);
         }

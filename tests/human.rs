@@ -251,10 +251,23 @@ fn sync_peers_status_and_history_name_laptops() {
     // B patches A's record: the history names both laptops, B as this laptop.
     run(&b, &["patch", "person", ID, r#"{"status":"in_shelter"}"#]).ok();
     t += &human(&b, root, &["history", "person", ID]);
+    // `get --meta`: who wrote each field and when, by laptop name and local time; no stamps
+    // or clock numbers (those stay in `--json`).
+    let meta = human(&b, root, &["get", "person", ID, "--meta"]);
+    assert!(
+        meta.contains("by laptopA, ") && meta.contains("by laptopB (this laptop), "),
+        "{meta}"
+    );
+    assert!(
+        !Regex::new(r"\d{12,}|#\d{4}@").unwrap().is_match(&meta),
+        "{meta}"
+    );
+    t += &meta;
     // `verify` for people: per table, then the verdict and the next step.
-    let v = run(&b, &["verify", agent_a.addr(), "--human"])
-        .code(1)
-        .stdout;
+    let differs = run(&b, &["verify", agent_a.addr(), "--human"]).code(1);
+    // Said once, on stdout: stderr does not repeat "not in sync".
+    assert!(differs.stderr.trim().is_empty(), "{differs}");
+    let v = differs.stdout;
     assert!(
         v.contains("person: differs: 1 here, 1 on ")
             && v.contains(" (deleted records included); ")
@@ -511,9 +524,10 @@ fn the_agents_output_says_only_sessions_that_moved_something() {
     let agent_b = Agent::start_with(&b, &["--no-api"]);
     run(&b, &["sync", agent_a.addr()]).ok();
     let syncs = || -> u64 {
-        let out = run(&b, &["peers", "--json"]).ok().stdout;
-        out.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        run(&b, &["peers", "--json"])
+            .ok()
+            .lines()
+            .iter()
             .filter_map(|v| v["sync_count"].as_u64())
             .max()
             .unwrap_or(0)
@@ -654,6 +668,8 @@ fn coordinator_commands_print_sentences() {
     let b = data_dir(root, "b");
     run(&b, &["init", "--name", "laptopB"]).ok();
     let out = run(&b, &["doctor", "--human"]).code(1);
+    // The summary is said once, on stdout (stderr repeated it on a terminal).
+    assert!(out.stderr.trim().is_empty(), "{out}");
     let lines: Vec<&str> = out.stdout.lines().collect();
     let cred = lines
         .iter()

@@ -71,10 +71,11 @@ pub fn held(app: &App, cmd: super::HeldCommand, io: &mut Io<'_>) -> Result<(), C
                 let text = super::human::held(&holds, chrono::Utc::now());
                 return write!(io.out, "{text}").map_err(CliError::Output);
             }
-            for h in holds {
-                print(io.out, &serde_json::to_value(h).map_err(super::invalid)?)?;
-            }
-            return Ok(());
+            // One JSON array (the HTTP API has them in `/v1/warnings`' `held`).
+            return print(
+                io.out,
+                &serde_json::to_value(holds).map_err(super::invalid)?,
+            );
         }
         HeldCommand::Approve { id } => app.approve_hold(id)?,
         HeldCommand::Reject { id } => app.reject_hold(id)?,
@@ -86,7 +87,7 @@ pub fn held(app: &App, cmd: super::HeldCommand, io: &mut Io<'_>) -> Result<(), C
     print(io.out, &v.map_err(super::invalid)?)
 }
 
-/// `peers`: one line per peer instance.
+/// `peers`: every peer instance (a JSON array), or a table for people.
 pub fn peers(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
     let rows: Vec<serde_json::Value> = door.call(Op::Peers, io)?;
     if io.human {
@@ -96,10 +97,8 @@ pub fn peers(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
         let text = super::human::peers(&rows, refused, chrono::Utc::now());
         return write!(io.out, "{text}").map_err(CliError::Output);
     }
-    for row in &rows {
-        print(io.out, row)?;
-    }
-    Ok(())
+    // One JSON array, as `GET /v1/peers` answers.
+    print(io.out, &serde_json::Value::Array(rows))
 }
 
 fn backup_error(e: crate::backup::BackupError) -> CliError {

@@ -521,8 +521,13 @@ pub fn list(table_name: &str, records: &[Value], more: u64, only: &[String]) -> 
     out
 }
 
-/// `get`: the record's fields, one per line, names aligned.
-pub fn record(v: &Value) -> String {
+/// `get`: the record's fields, one per line, names aligned; with `--meta` ([`meta`]) who
+/// wrote each field and when, by laptop name (`names` maps instance ids, as for `history`).
+pub fn record(
+    v: &Value,
+    names: &std::collections::HashMap<uuid::Uuid, String>,
+    now: DateTime<Utc>,
+) -> String {
     let mut out = format!(
         "{} {}{}\n",
         v["table"].as_str().unwrap_or(""),
@@ -545,23 +550,117 @@ pub fn record(v: &Value) -> String {
         }
     }
     if !v["meta"].is_null() {
-        // Stamps and vectors are for debugging: shown as JSON, as they are stored.
-        out += &format!(
-            "Details (JSON):\n{}\n",
-            serde_json::to_string_pretty(&v["meta"]).unwrap_or_default()
-        );
+        out += &meta(&v["meta"], names, now);
     }
     out
+}
+
+/// A laptop by name (`names`, as [`history`] gets them), else by its instance id.
+fn laptop(names: &std::collections::HashMap<uuid::Uuid, String>, id: &str) -> String {
+    uuid::Uuid::parse_str(id)
+        .ok()
+        .and_then(|u| names.get(&u).cloned())
+        .unwrap_or_else(|| format!("laptop {id}"))
+}
+
+/// The time of a stamp as `get --meta --json` prints it (`2026-12-04T14:01:45.916Z#0001@ID`).
+fn stamp_time(stamp: &str) -> Option<DateTime<Utc>> {
+    let t = stamp.split('#').next()?;
+    DateTime::parse_from_rfc3339(t)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// `get --meta` for people (the JSON of `get --meta --json` is `m`): per field the laptop
+/// that wrote its value and when; the changes the record includes per laptop (its version
+/// vector, as local times); its place in this laptop's log; its conflicts. Stamps and vector
+/// numbers stay in `--json`.
+pub fn meta(
+    m: &Value,
+    names: &std::collections::HashMap<uuid::Uuid, String>,
+    now: DateTime<Utc>,
+) -> String {
+    let mut out = String::new();
+    if let Some(f) = m["fields"].as_object().filter(|f| !f.is_empty()) {
+        out += "Written:\n";
+        let rows: Vec<Vec<String>> = f
+            .iter()
+            .map(|(k, s)| {
+                let by = laptop(names, s["instance"].as_str().unwrap_or("?"));
+                let at = when(s["at"].as_str().and_then(stamp_time), now);
+                let what = if s["removed"] == true {
+                    "removed by"
+                } else {
+                    "by"
+                };
+                vec![format!("  {k}"), format!("{what} {by}, {at}")]
+            })
+            .collect();
+        out += &table(&["", ""], &rows)[1..];
+    }
+    if let Some(d) = m["deleted"].as_str() {
+        let by = d.rsplit('@').next().unwrap_or("?");
+        out += &format!(
+            "Deleted by {}, {}.\n",
+            laptop(names, by),
+            when(stamp_time(d), now)
+        );
+    }
+    if let Some(vv) = m["vv"].as_object().filter(|v| !v.is_empty()) {
+        out += "Includes the changes made:\n";
+        let mut rows: Vec<Vec<String>> = vv
+            .iter()
+            .map(|(id, ts)| {
+                let t = ts.as_u64().map(|ts| {
+                    crate::clock::Hlc {
+                        ts,
+                        node: uuid::Uuid::nil(),
+                    }
+                    .time()
+                });
+                vec![
+                    format!("  on {}", laptop(names, id)),
+                    format!("up to {}", when(t, now)),
+                ]
+            })
+            .collect();
+        // By laptop name, not by instance id (which reads as random).
+        rows.sort();
+        out += &table(&["", ""], &rows)[1..];
+    }
+    if let Some(seq) = m["seq"].as_u64() {
+        out += &format!(
+            "Last changed here as change {seq} in this laptop's log (which counts changes from \
+             every laptop and table).\n"
+        );
+    }
+    let conflicts: Vec<String> = m["conflicts"]
+        .as_array()
+        .map(|a| a.iter().map(|c| c.to_string()).collect())
+        .unwrap_or_default();
+    if !conflicts.is_empty() {
+        out += &format!(
+            "{} logged for this record (id {}): see `fieldsync conflicts`.\n",
+            count(conflicts.len() as u64, "conflict", "conflicts"),
+            conflicts.join(", ")
+        );
+    }
+    out + "The exact stamps: `--json`.\n"
 }
 
 /// `history`: each revision, oldest first, as a readable diff: when (local time), what, by
 /// which laptop (by name: `names` maps instance ids, this laptop marked), then per field
 /// `name: old → new`.
+///
+/// A record created on two laptops before they met has two "created" revisions: the later
+/// says why they are one record: `key`, the import key its id was derived from
+/// ([`crate::import::key_behind`]), else the same record id.
 pub fn history(
     table_name: &str,
     id: &str,
     entries: &[crate::store::HistoryEntry],
     names: &std::collections::HashMap<uuid::Uuid, String>,
+    key: Option<&[(String, String)]>,
     now: DateTime<Utc>,
 ) -> String {
     use crate::merge::{Cause, RevisionKind};
@@ -587,12 +686,20 @@ pub fn history(
             Cause::Edit => "",
             Cause::Resolution => " (a conflict resolution)",
         };
-        // One keyed record created on two laptops before they synced has two "created"
-        // revisions: the later one is the same record, not a duplicate.
-        let too = if r.kind == RevisionKind::Create && created {
-            " too (same key)"
-        } else {
-            ""
+        // One record created on two laptops before they synced has two "created" revisions:
+        // the later one is the same record, not a duplicate. "Same key" only when the id is
+        // provably an import key's; any two laptops may write one id (`put --id`, a file's
+        // id column).
+        let too = match (r.kind == RevisionKind::Create && created, key) {
+            (false, _) => String::new(),
+            (true, Some(k)) => {
+                let k: Vec<String> = k
+                    .iter()
+                    .map(|(f, v)| format!("{f} {}", Value::String(v.clone())))
+                    .collect();
+                format!(" too (same import key: {})", k.join(", "))
+            }
+            (true, None) => " too (same record id)".into(),
         };
         created |= r.kind == RevisionKind::Create;
         out += &format!(

@@ -1,6 +1,8 @@
 //! The command line: clap definitions, and the dispatch of each command to its group's module.
 //!
-//! Commands print JSON on stdout (one object, or JSON lines for lists) and one-line errors on
+//! Commands print JSON on stdout (one object; one array for the lists `conflicts`, `peers`,
+//! `tables`, `history`, `held list`, as the HTTP API answers them; JSON lines for the streams
+//! `list`, `export`, `sync`, `verify`, `doctor`) and one-line errors on
 //! stderr; on a terminal (or with `--human`) some print for people instead
 //! ([`human`]), and `--json` forces JSON. Exit codes: 0 ok, 1 not found, 2 bad usage or
 //! invalid input, 3 anything else (database in use, disk errors). Command bodies parse arguments, call the application layer
@@ -56,7 +58,9 @@ On a terminal, status, peers, list, get, history, conflicts, tables, sync, verif
 patch, delete, bundle, held list, restore, import, backup, doctor, mesh create, mesh show and
 mesh enroll print for people (tables and sentences, names, local
 times); --human does the same into a pipe or file. With --json, or when stdout is not a terminal (a pipe, a
-script), output is JSON on stdout (one object, or one object per line for lists).
+script), output is JSON on stdout: one object; one array for the lists conflicts, peers,
+tables, history and held list (as the HTTP API answers them); one object per line for the
+streams list, export, sync, verify and doctor.
 Exit codes: 0 ok, 1 not found, 2 bad usage or invalid input, 3 other failure
 (for example the database is in use by another fieldsync process).";
 
@@ -98,7 +102,8 @@ pub enum ExportFormat {
 /// `fieldsync held ...`.
 #[derive(Debug, Subcommand)]
 pub enum HeldCommand {
-    /// One line per pending hold: id, peer, table, how many deletes of how many live records.
+    /// Every pending hold: id, peer, table, how many deletes of how many live records (a JSON
+    /// array; a table on a terminal).
     List,
     /// Apply exactly the held deletes.
     Approve {
@@ -192,7 +197,7 @@ pub enum Command {
         #[arg(long, value_name = "STAMP_OR_TIME")]
         at: Option<String>,
     },
-    /// Print a table's records as JSON lines, ordered by id.
+    /// Print a table's records as JSON lines (a stream: one record a line), ordered by id.
     ///
     /// Example: fieldsync list person | head
     List {
@@ -217,7 +222,7 @@ pub enum Command {
         /// Record id.
         id: String,
         /// Print each revision as a readable diff (`-` old, `+` new value per field) instead
-        /// of JSON lines.
+        /// of JSON.
         #[arg(long)]
         diff: bool,
     },
@@ -508,6 +513,10 @@ pub enum CliError {
     /// An application-layer operation failed (exit code by kind).
     #[error(transparent)]
     App(#[from] AppError),
+    /// A failure the command already told a person on stdout (`doctor`'s and `verify`'s
+    /// summary on a terminal): only its exit code remains, nothing is printed on stderr.
+    #[error(transparent)]
+    Said(Box<CliError>),
     /// A command run by the agent failed; its message and exit code.
     #[error("{message}")]
     Forwarded {
@@ -525,6 +534,7 @@ impl CliError {
             CliError::Invalid(_) | CliError::Config(_) => 2,
             CliError::NotFound(_) | CliError::Differs(_) | CliError::Unhealthy(_) => 1,
             CliError::Forwarded { code, .. } => *code,
+            CliError::Said(e) => e.exit_code(),
             CliError::App(e) => e.exit_code(),
             CliError::Sync(_) => 3,
             CliError::Store(e) | CliError::Format(FormatError::Store(e)) => {
@@ -543,6 +553,17 @@ impl CliError {
 }
 
 impl CliError {
+    /// True when stderr gets no line for this error: it was told on stdout already
+    /// ([`CliError::Said`], also when the agent ran the command), or the reader of the output
+    /// went away ([`CliError::is_closed_output`]).
+    pub fn is_said(&self) -> bool {
+        match self {
+            CliError::Said(_) => true,
+            CliError::Forwarded { message, .. } => message.trim().is_empty(),
+            e => e.is_closed_output(),
+        }
+    }
+
     /// True when the reader of our output went away (`fieldsync list | head`): not an error.
     pub fn is_closed_output(&self) -> bool {
         match self {
@@ -908,6 +929,8 @@ pub fn executor(rt: tokio::runtime::Handle, app: App) -> crate::control::Executo
             execute(store, cli.command, &mut io).map_err(|e| problems::for_person(e, store.dir()));
         let (code, stderr) = match result {
             Ok(()) => (0, String::new()),
+            // Told on stdout already: the caller prints nothing more.
+            Err(e) if e.is_said() => (e.exit_code(), String::new()),
             Err(e) => (e.exit_code(), e.to_string()),
         };
         crate::control::RunReply {
@@ -1094,6 +1117,14 @@ pub enum Door<'a> {
 }
 
 impl Door<'_> {
+    /// The data directory the operations work on.
+    pub fn dir(&self) -> &Path {
+        match self {
+            Door::Local { app, .. } => app.store().dir(),
+            Door::Agent(dir) => dir,
+        }
+    }
+
     /// Runs one operation and decodes its typed output.
     pub fn call<T: serde::de::DeserializeOwned>(
         &self,

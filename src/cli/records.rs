@@ -142,7 +142,13 @@ pub fn get(
         v["meta"] = m;
     }
     if io.human {
-        return write!(io.out, "{}", super::human::record(&v)).map_err(CliError::Output);
+        let names = if meta {
+            laptop_names(door, io)?
+        } else {
+            Default::default()
+        };
+        let text = super::human::record(&v, &names, chrono::Utc::now());
+        return write!(io.out, "{text}").map_err(CliError::Output);
     }
     print(io.out, &v)
 }
@@ -195,7 +201,7 @@ pub fn list(
     Ok(())
 }
 
-/// `tables`: one line per table with counts.
+/// `tables`: every table with its counts (a JSON array of `{"table","live","deleted"}`).
 pub fn tables(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
     let tables: Vec<TableInfo> = door.call(Op::Tables, io)?;
     if io.human {
@@ -205,16 +211,11 @@ pub fn tables(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
             .collect();
         return write!(io.out, "{}", super::human::tables(&rows)).map_err(CliError::Output);
     }
-    for t in tables {
-        print(
-            io.out,
-            &json!({"table": t.table, "live": t.live, "deleted": t.deleted}),
-        )?;
-    }
-    Ok(())
+    // One JSON array, as `GET /v1/tables` answers.
+    print(io.out, &json!(tables))
 }
 
-/// `history`: one line per revision, oldest first.
+/// `history`: every revision, oldest first: a JSON array, `--diff` text, or for people.
 pub fn history(
     door: &Door<'_>,
     table: &str,
@@ -236,17 +237,53 @@ pub fn history(
         Default::default()
     };
     if io.human && !diff {
-        let text = super::human::history(&table, &id, &h, &names, chrono::Utc::now());
+        let key = import_key(door, &table, &id, &h);
+        let text =
+            super::human::history(&table, &id, &h, &names, key.as_deref(), chrono::Utc::now());
         return write!(io.out, "{text}").map_err(CliError::Output);
     }
+    if !diff {
+        // One JSON array, as `GET /v1/tables/T/records/ID/history` answers.
+        let all: Vec<serde_json::Value> = h.iter().map(history_json).collect();
+        return print(io.out, &serde_json::Value::Array(all));
+    }
     for e in &h {
-        if diff {
-            write!(io.out, "{}", history_diff_named(e, &names)).map_err(CliError::Output)?;
-        } else {
-            print(io.out, &history_json(e))?;
-        }
+        write!(io.out, "{}", history_diff_named(e, &names)).map_err(CliError::Output)?;
     }
     Ok(())
+}
+
+/// The import key (`--key` fields and values) a record's id was derived from, when it was
+/// created on more than one laptop and its id provably is that key's (in this laptop's
+/// deployment namespace, or the stand-alone one); `None` otherwise.
+fn import_key(
+    door: &Door<'_>,
+    table: &str,
+    id: &str,
+    h: &[HistoryEntry],
+) -> Option<Vec<(String, String)>> {
+    use crate::merge::RevisionKind;
+    let creates: Vec<_> = h
+        .iter()
+        .filter(|e| e.revision.kind == RevisionKind::Create)
+        .collect();
+    if creates.len() < 2 {
+        return None;
+    }
+    let id = uuid::Uuid::parse_str(id).ok()?;
+    let fields: Vec<(&str, &serde_json::Value)> = creates[0]
+        .revision
+        .changes
+        .iter()
+        .filter_map(|c| Some((c.field.as_str(), c.new.as_ref()?)))
+        .collect();
+    let mut spaces = vec![crate::import::STANDALONE_NAMESPACE];
+    if let Ok(ns) = crate::import::namespace_in(door.dir()) {
+        spaces.insert(0, ns);
+    }
+    spaces
+        .iter()
+        .find_map(|ns| crate::import::key_behind(ns, table, id, &fields))
 }
 
 /// Names of this laptop ("laptopA (this laptop)") and of every known peer, by instance.
@@ -322,7 +359,7 @@ pub fn history_diff_named(
     out
 }
 
-/// `conflicts` (list) and `conflicts resolve`: JSON lines of [`ConflictView`], or for people
+/// `conflicts` (list) and `conflicts resolve`: a JSON array of [`ConflictView`], or for people
 /// one block per conflict ([`super::conflicts_human`]).
 pub fn conflicts(door: &Door<'_>, args: ConflictsArgs, io: &mut Io<'_>) -> Result<(), CliError> {
     match args.action {
@@ -366,10 +403,8 @@ pub fn conflicts(door: &Door<'_>, args: ConflictsArgs, io: &mut Io<'_>) -> Resul
                 let text = super::conflicts_human::list(&list, args.all, chrono::Utc::now());
                 return write!(io.out, "{text}").map_err(CliError::Output);
             }
-            for c in &list {
-                print(io.out, &json!(c))?;
-            }
-            Ok(())
+            // One JSON array, as `GET /v1/conflicts` answers.
+            print(io.out, &json!(list))
         }
     }
 }

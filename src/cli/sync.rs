@@ -146,6 +146,11 @@ pub fn verify(door: &Door<'_>, peer: &str, io: &mut Io<'_>) -> Result<(), CliErr
     }
     if checks.iter().all(|c| c["in_sync"] == true) {
         Ok(())
+    } else if io.human {
+        // "Not in sync with …" is the summary's last line already.
+        Err(CliError::Said(Box::new(CliError::Differs(
+            peer.to_string(),
+        ))))
     } else {
         Err(CliError::Differs(peer.to_string()))
     }

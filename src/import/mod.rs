@@ -228,7 +228,12 @@ pub(crate) struct Opened {
 
 /// The id namespace of this laptop: from its deployment, or [`STANDALONE_NAMESPACE`].
 pub fn namespace(store: &Store) -> Result<Uuid, ImportError> {
-    let cred = crate::mesh::load_credential(store.dir())
+    namespace_in(store.dir())
+}
+
+/// [`namespace`] of the laptop whose data directory is `dir` (read from its credential).
+pub fn namespace_in(dir: &Path) -> Result<Uuid, ImportError> {
+    let cred = crate::mesh::load_credential(dir)
         .map_err(|e| ImportError::Usage(format!("reading this laptop's credential: {e}")))?;
     Ok(match cred {
         Some(c) => {
@@ -248,6 +253,68 @@ pub fn key_id(namespace: &Uuid, table: &str, values: &[String]) -> Uuid {
     name.push(0);
     name.extend(serde_json::to_vec(values).unwrap_or_default());
     Uuid::new_v5(namespace, &name)
+}
+
+/// Most fields [`key_behind`] tries as a key of three (a record with more is tried with keys
+/// of one and two fields only: 24 × 23 × 22 ids at most).
+const KEY_SEARCH_FIELDS: usize = 24;
+
+/// The `--key` fields and their values (as text) that `id` was derived from ([`key_id`] in
+/// `namespace`), found among `fields` (a record's values when it was created) as keys of up
+/// to three fields in any order; `None` when no such key gives `id`: then the id was not made
+/// by `import --key` here (it came from `put`, an `id` column, `--new-ids`, a longer key, or
+/// another namespace). Derived ids are UUID v5, so any other id is answered at once.
+pub fn key_behind(
+    namespace: &Uuid,
+    table: &str,
+    id: Uuid,
+    fields: &[(&str, &Value)],
+) -> Option<Vec<(String, String)>> {
+    if id.get_version_num() != 5 {
+        return None;
+    }
+    // As `key_values` reads a key cell: text as it is, numbers and booleans as JSON.
+    let texts: Vec<(&str, String)> = fields
+        .iter()
+        .filter_map(|(k, v)| match v {
+            Value::String(s) if !s.is_empty() => Some((*k, s.clone())),
+            Value::Number(_) | Value::Bool(_) => Some((*k, v.to_string())),
+            _ => None,
+        })
+        .collect();
+    let n = texts.len();
+    let found = |idx: &[usize]| {
+        let values: Vec<String> = idx.iter().map(|&i| texts[i].1.clone()).collect();
+        (key_id(namespace, table, &values) == id).then(|| {
+            idx.iter()
+                .map(|&i| (texts[i].0.to_string(), texts[i].1.clone()))
+                .collect()
+        })
+    };
+    for a in 0..n {
+        if let Some(k) = found(&[a]) {
+            return Some(k);
+        }
+    }
+    for a in 0..n {
+        for b in (0..n).filter(|&b| b != a) {
+            if let Some(k) = found(&[a, b]) {
+                return Some(k);
+            }
+        }
+    }
+    if n <= KEY_SEARCH_FIELDS {
+        for a in 0..n {
+            for b in (0..n).filter(|&b| b != a) {
+                for c in (0..n).filter(|&c| c != a && c != b) {
+                    if let Some(k) = found(&[a, b, c]) {
+                        return Some(k);
+                    }
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Imports `path` (format by extension, see [`Format::of`]) into `table`, all or nothing.
@@ -650,6 +717,46 @@ mod tests {
         assert_eq!(Format::of(Path::new("a.ods")), Format::Sheet);
         assert_eq!(Format::of(Path::new("a.jsonl")), Format::Jsonl);
         assert_eq!(Format::of(Path::new("-")), Format::Jsonl);
+    }
+
+    #[test]
+    fn the_key_behind_a_derived_id_is_found_and_no_other() {
+        let ns = STANDALONE_NAMESPACE;
+        let (case, name, district, age) = (
+            Value::from("A-1"),
+            Value::from("Amina"),
+            Value::from("North"),
+            Value::from(34),
+        );
+        let fields = [
+            ("age", &age),
+            ("case", &case),
+            ("district", &district),
+            ("name", &name),
+        ];
+        let one = key_id(&ns, "person", &["A-1".into()]);
+        assert_eq!(
+            key_behind(&ns, "person", one, &fields),
+            Some(vec![("case".into(), "A-1".into())])
+        );
+        // Order matters as given to --key; a number is its JSON text.
+        let three = key_id(
+            &ns,
+            "person",
+            &["North".into(), "Amina".into(), "34".into()],
+        );
+        assert_eq!(
+            key_behind(&ns, "person", three, &fields),
+            Some(vec![
+                ("district".into(), "North".into()),
+                ("name".into(), "Amina".into()),
+                ("age".into(), "34".into())
+            ])
+        );
+        // Another table, another namespace, a random id: no key.
+        assert_eq!(key_behind(&ns, "shelter", one, &fields), None);
+        assert_eq!(key_behind(&NAMESPACE_ROOT, "person", one, &fields), None);
+        assert_eq!(key_behind(&ns, "person", Uuid::new_v4(), &fields), None);
     }
 
     #[test]

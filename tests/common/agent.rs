@@ -66,9 +66,13 @@ impl Output {
             .unwrap_or_else(|e| panic!("{}: stdout is not JSON ({e}):\n{self}", self.what))
     }
 
-    /// Stdout as JSON lines.
+    /// The items of a list on stdout: one JSON array, or JSON lines (see
+    /// `common::parse_lines`).
     #[track_caller]
     pub fn lines(&self) -> Vec<Value> {
+        if let Ok(Value::Array(items)) = serde_json::from_str(self.stdout.trim()) {
+            return items;
+        }
         self.stdout
             .lines()
             .filter(|l| !l.trim().is_empty())

@@ -137,9 +137,14 @@ impl Output {
     }
 }
 
-/// Parses JSON lines, failing the test on a line that is not JSON.
+/// The items of a list a command printed: one JSON array (`conflicts`, `peers`, `tables`,
+/// `history`, `held list`) or JSON lines (`list`, `export`, `sync`, `verify`, `doctor`),
+/// failing the test on a line that is not JSON.
 #[track_caller]
 pub fn parse_lines(text: &str) -> Vec<Value> {
+    if let Ok(Value::Array(items)) = serde_json::from_str(text.trim()) {
+        return items;
+    }
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line ({e}): {l:?}")))

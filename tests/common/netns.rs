@@ -68,8 +68,11 @@ impl Out {
         })
     }
 
-    /// Stdout parsed as JSON lines.
+    /// The items of a list on stdout: one JSON array, or JSON lines.
     pub fn json_lines(&self) -> Vec<Value> {
+        if let Ok(Value::Array(items)) = serde_json::from_str(self.stdout.trim()) {
+            return items;
+        }
         self.stdout
             .lines()
             .filter(|l| !l.trim().is_empty())
