@@ -1362,9 +1362,10 @@ fn floods_from_a_member_neither_stall_a_sync_nor_exhaust_the_agent() {
         "{res}"
     );
     let peers = host.ok(&["peers"]);
-    let row = peers
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    // `peers` prints one JSON array.
+    let rows: Vec<Value> = serde_json::from_str(peers.trim()).unwrap_or_default();
+    let row = rows
+        .into_iter()
         .find(|p| p["instance"] == a_id.as_str())
         .unwrap_or_else(|| panic!("{peers}"));
     assert!(row["name"].as_str().unwrap().len() <= 256, "{row}");

@@ -158,10 +158,7 @@ fn a_made_up_revision_in_a_history_is_marked_not_verified() {
     );
     assert_eq!(res["result"]["stats"]["applied"], 1, "{res}");
     let h = b.ok(&["history", "person", &rec.id.to_string(), "--json"]);
-    let revs: Vec<Value> = h
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON revision a line"))
-        .collect();
+    let revs: Vec<Value> = serde_json::from_str(h.trim()).expect("one JSON array of revisions");
     assert_eq!(revs.len(), 2, "{h}");
     for r in &revs {
         let by_coord = r["instance"] == json!(coord_id);
