@@ -90,6 +90,25 @@ pub struct AgentOptions {
     pub clients: Arc<crate::sync::ClientCache>,
     /// False until the laptop joins a deployment: only the local CLI is served.
     pub sync_enabled: bool,
+    /// Print the start as a sentence for a person ([`listening_line`]) instead of the JSON
+    /// `{"event":"listening",…}` line scripts and tests read (on a terminal, or `--human`).
+    pub human: bool,
+}
+
+/// What `run` prints once it serves, to a person: which laptop, where it syncs (`None`: sync
+/// is off until it joins), and what to do next; the JSON line says the same to scripts.
+pub fn listening_line(name: &str, listen: Option<&str>) -> String {
+    match listen {
+        Some(addr) => format!(
+            "{name} is running: it syncs on {addr} with the laptops it finds. `fieldsync \
+             status` and `fieldsync peers` show them, `fieldsync console` opens the console; \
+             Ctrl-C stops it."
+        ),
+        None => format!(
+            "{name} is running with sync off (see above): the commands and the console work \
+             on this laptop; Ctrl-C stops it."
+        ),
+    }
 }
 
 /// Why the agent could not run.
@@ -379,7 +398,8 @@ fn dedup(v: Vec<String>) -> Vec<String> {
     v.into_iter().filter(|a| seen.insert(a.clone())).collect()
 }
 
-/// Runs the agent until SIGINT/SIGTERM. Prints one JSON line with the bound address.
+/// Runs the agent until SIGINT/SIGTERM. Prints one JSON line with the bound address (for a
+/// person, [`listening_line`]).
 pub async fn run(
     store: Arc<Store>,
     options: AgentOptions,
@@ -469,10 +489,15 @@ pub async fn run(
         }));
     }
     info!(instance = %store.id(), %listen, discovery = options.discovery.is_some(), "agent listening");
-    println!(
-        "{}",
-        json!({"event": "listening", "listen": listen, "instance": store.id()})
-    );
+    if options.human {
+        let name = store.instance().name;
+        println!("{}", listening_line(&name, Some(&listen)));
+    } else {
+        println!(
+            "{}",
+            json!({"event": "listening", "listen": listen, "instance": store.id()})
+        );
+    }
 
     // Fallback: every known peer, periodically.
     {
@@ -667,10 +692,14 @@ async fn run_without_sync(
     });
     mark_offline(&store);
     info!(instance = %store.id(), "agent running with sync off (not in a deployment)");
-    println!(
-        "{}",
-        json!({"event": "listening", "listen": null, "sync": "off", "instance": store.id()})
-    );
+    if options.human {
+        println!("{}", listening_line(&store.instance().name, None));
+    } else {
+        println!(
+            "{}",
+            json!({"event": "listening", "listen": null, "sync": "off", "instance": store.id()})
+        );
+    }
     signals.wait().await;
     let _ = stop_tx.send(true);
     let _ = snapshots.await;

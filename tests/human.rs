@@ -166,6 +166,19 @@ fn put_enroll_and_help_speak_plainly() {
         "{put}"
     );
 
+    // `apply` says what the op file did, in a sentence.
+    let ops = root.join("ops.jsonl");
+    let op = format!(r#"{{"op":"put","table":"person","id":"{ID}","fields":{{"name":"Bo"}}}}"#);
+    std::fs::write(&ops, format!("{op}\n{op}\n")).unwrap();
+    let applied = run(&a, &["apply", ops.to_str().unwrap(), "--human"])
+        .ok()
+        .stdout;
+    assert_eq!(
+        applied,
+        "Applied 2 operations all at once: 1 written, 1 changed nothing (the record already \
+         had those values).\n"
+    );
+
     let ca = root.join("team.fsca");
     run(
         &a,
@@ -220,7 +233,14 @@ fn put_enroll_and_help_speak_plainly() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     assert_eq!(named(&help), named(&readme));
-    for c in ["tables", "verify", "mesh enroll", "conflicts", "bundle"] {
+    for c in [
+        "tables",
+        "verify",
+        "mesh enroll",
+        "conflicts",
+        "bundle",
+        "apply",
+    ] {
         assert!(named(&help).iter().any(|n| n == c), "{c}: {help}");
     }
 }
@@ -752,4 +772,62 @@ fn a_restore_keeping_this_identity_starts_with_no_sync_history() {
             && !out.stdout.contains('{'),
         "{out}"
     );
+}
+
+/// `run` on a terminal says in a sentence that the laptop runs, where it syncs and what to do
+/// next (a newcomer got the JSON line scripts read); with sync off it says that instead.
+#[test]
+fn run_says_in_a_sentence_that_it_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    // The first line `run --human` prints, read as it comes (bounded), then a clean stop.
+    let started = |dir: &Path| -> String {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin())
+            .args(["--data-dir", dir.to_str().unwrap(), "run", "--human"])
+            .args(["--listen", "127.0.0.1:0", "--no-discovery", "--no-api"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start fieldsync run");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(std::time::Duration::from_secs(60));
+        // SIGTERM, as Ctrl-C would; killed if it does not stop (bounded).
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        line.expect("the agent's first line within 60 s")
+    };
+    let off = data_dir(root, "off");
+    run(&off, &["init", "--name", "laptopA"]).ok();
+    assert_eq!(
+        started(&off),
+        "laptopA is running with sync off (see above): the commands and the console work on \
+         this laptop; Ctrl-C stops it.\n"
+    );
+    let on = data_dir(root, "on");
+    run(&on, &["init", "--name", "laptopB"]).ok();
+    ensure_member(&on);
+    let out = started(&on);
+    let port = out
+        .strip_prefix("laptopB is running: it syncs on 127.0.0.1:")
+        .and_then(|rest| {
+            rest.strip_suffix(
+                " with the laptops it finds. `fieldsync status` and `fieldsync peers` show \
+                 them, `fieldsync console` opens the console; Ctrl-C stops it.\n",
+            )
+        });
+    assert!(port.is_some_and(|p| p.parse::<u16>().is_ok()), "{out:?}");
 }

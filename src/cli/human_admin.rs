@@ -104,6 +104,22 @@ pub fn imported(v: &Value) -> String {
     )
 }
 
+/// `apply`: how many operations, and how many wrote something (`v` is `apply --json`'s
+/// `{"ops","written","unchanged"}`).
+pub fn applied(v: &Value) -> String {
+    let ops = u(&v["ops"]);
+    let unchanged = u(&v["unchanged"]);
+    let mut text = format!(
+        "Applied {} all at once: {} written",
+        count(ops, "operation", "operations"),
+        u(&v["written"])
+    );
+    if unchanged > 0 {
+        text += &format!(", {unchanged} changed nothing (the record already had those values)");
+    }
+    text + ".\n"
+}
+
 /// `backup`: the record count once, the digest to check a restore against, and what else the
 /// file holds in words (the JSON's `entries` counts deleted records and the other kinds).
 pub fn backed_up(v: &Value) -> String {

@@ -509,10 +509,12 @@ pub fn apply(app: &App, file: &Path, yes: bool, io: &mut Io<'_>) -> Result<(), C
         .iter()
         .filter(|r| matches!(r, OpResult::Written(_)))
         .count();
-    print(
-        io.out,
-        &json!({"ops": results.len(), "written": written, "unchanged": results.len() - written}),
-    )
+    let v = json!({"ops": results.len(), "written": written, "unchanged": results.len() - written});
+    if io.human {
+        let text = super::human_admin::applied(&v);
+        return write!(io.out, "{text}").map_err(CliError::Output);
+    }
+    print(io.out, &v)
 }
 
 /// Asks on the terminal; true only for an explicit "yes".

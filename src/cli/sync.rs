@@ -22,6 +22,8 @@ pub struct RunArgs {
     pub api_listen: Option<String>,
     /// No HTTP API.
     pub no_api: bool,
+    /// Say the agent started in a sentence instead of the JSON "listening" line.
+    pub human: bool,
 }
 
 /// `run`: the agent, until SIGINT/SIGTERM/SIGHUP.
@@ -66,6 +68,7 @@ pub fn run_agent(
         transport,
         clients: ctx.clients.clone(),
         sync_enabled: !not_joined,
+        human: args.human,
     };
     let app = App::new(store.clone(), Some(ctx));
     let exec = executor(rt.clone(), app.clone());
