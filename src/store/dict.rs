@@ -1,7 +1,7 @@
 //! Record dictionaries: one zstd dictionary per table, trained once from the table's first
 //! records, so that each record value (compressed on its own, see `write::encode_record`)
 //! shares the field names, stamps and common values with its neighbours instead of spelling
-//! them out: a gen.py record takes ~340 bytes compressed alone and ~120 with its table's
+//! them out: a gen.py record takes ~340 bytes compressed alone and ~135 with its table's
 //! dictionary (bench/RESULTS.md, session 5), and sled keeps ~3 bytes on disk per value byte.
 //!
 //! | prefix | key after the prefix            | value                                            |
@@ -37,10 +37,11 @@ pub(crate) const DICT: u8 = b'A';
 /// A table gets its dictionary once it holds this many records: enough to train from, and a
 /// table this small costs little disk without one.
 pub const DICT_MIN_RECORDS: u64 = 1_000;
-/// At most this many records are sampled to train a dictionary (~1.3 MB of gen.py records:
-/// training takes a few tens of milliseconds, once per table).
+/// At most this many records are sampled to train a dictionary (~1.3 MB of gen.py records;
+/// training from 1,008 of them took 118 ms on the loaded 2-core bench machine, once per table,
+/// under the writer lock).
 pub const DICT_SAMPLES: usize = 2_000;
-/// Size of a trained dictionary, bytes. 16 KiB: measured on gen.py records, a value takes ~120
+/// Size of a trained dictionary, bytes. 16 KiB: measured on gen.py records, a value takes ~135
 /// bytes with it (session 3's estimate: 118), and the dictionary is stored once per table.
 pub const DICT_BYTES: usize = 16 << 10;
 /// zstd level for records compressed with a dictionary.

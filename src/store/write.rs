@@ -1001,7 +1001,7 @@ pub(crate) fn trim_heap_soon() {
 /// Records use the compact (array) encoding, compressed on its own by zstd: they are the bulk
 /// of the database (and of the disk: sled keeps ~3 bytes on disk per value byte, see
 /// bench/RESULTS.md). A gen.py record takes 640 bytes of MessagePack (its field names and the
-/// same 26-byte stamp once per field), ~345 compressed alone and ~120 with its table's
+/// same 26-byte stamp once per field), ~345 compressed alone and ~135 with its table's
 /// dictionary (`dict.rs`, store format 6). Store format 4 and later write frames;
 /// [`decode_record`] still reads the plain MessagePack of older formats (no rewrite needed).
 pub(crate) fn encode_record(
