@@ -1,5 +1,6 @@
 //! Record dictionaries: one zstd dictionary per table, trained once from the table's first
-//! records, so that each record value (compressed on its own, see `write::encode_record`)
+//! records, so that each record value and history entry (compressed on its own, see
+//! `write::encode_record` and `write::encode_history`)
 //! shares the field names, stamps and common values with its neighbours instead of spelling
 //! them out: a gen.py record takes ~340 bytes compressed alone and ~135 with its table's
 //! dictionary (bench/RESULTS.md, session 5), and sled keeps ~3 bytes on disk per value byte.
@@ -331,6 +332,26 @@ mod tests {
         for i in ids.iter().chain(&later) {
             assert!(s.get("person", i).unwrap().unwrap().state.is_alive());
         }
+        // An edit writes history (the creation and the edit), compressed with the dictionary.
+        let f = serde_json::json!({"name": "Ana Lopez", "status": "found", "age": 31});
+        s.write_one(LocalOp {
+            table: "person".into(),
+            id: ids[0],
+            edit: Edit::Put(serde_json::from_value(f).unwrap()),
+        })
+        .unwrap();
+        let hk = keys::history_of(&keys::record_suffix("person", &ids[0]));
+        let raw_history: Vec<Vec<u8>> = s
+            .tree
+            .scan_prefix(hk)
+            .values()
+            .map(|v| v.unwrap().to_vec())
+            .collect();
+        assert!(!raw_history.is_empty());
+        assert!(raw_history.iter().all(|v| frame_dict(v) == Some(id)));
+        let h = s.history("person", &ids[0]).unwrap();
+        assert!(h.len() >= 2, "{} entries", h.len());
+        assert_eq!(frame_dict(&raw(&s, &ids[0])), Some(id));
         drop(s);
         // Reopened, the dictionary is loaded and used, nothing is trained again.
         let s = Store::open(dir.path(), Config::default()).unwrap();

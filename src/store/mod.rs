@@ -877,7 +877,7 @@ impl Store {
         let mut stored: Vec<HistoryEntry> = self
             .tree
             .scan_prefix(prefix)
-            .map(|kv| decode_compact(&kv?.1))
+            .map(|kv| write::decode_history(&kv?.1))
             .collect::<Result<_, _>>()?;
         let Some(rec) = self.get(table, id)? else {
             return Ok(stored);

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 /// | 3      | range fingerprints: the `Z` entries of `fingerprint.rs` (`migrate_add_fingerprints`) |
 /// | 4      | record values (`R`) are written zstd-compressed (`write::encode_record`); plain ones stay readable |
 /// | 5      | signed commits: the `K`/`W` entries of `commits.rs`; a legacy commit over the own writes (`migrate_legacy_commit`) |
-/// | 6      | record values may be compressed with their table's dictionary (`A` entries, `dict.rs`); older values stay readable |
+/// | 6      | record and history values may be compressed with their table's dictionary (`A` entries, `dict.rs`); older values stay readable |
 pub const FORMAT_VERSION: u32 = 6;
 
 /// Where files taken out of `db/` go, inside the data directory.

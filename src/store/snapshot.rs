@@ -305,7 +305,7 @@ impl Store {
                 },
                 // A backup of an older store: mark the history it rebuilt (format 1 → 2).
                 Some(&keys::HISTORY) if super::legacy::rebuilt_by_an_older_version(&v)? => {
-                    let mut e: super::HistoryEntry = super::decode_compact(&v)?;
+                    let mut e = super::write::decode_history(&v)?;
                     e.revision.reconstructed = true;
                     (k, super::encode_compact(&e))
                 }

@@ -829,12 +829,22 @@ impl Batch<'_> {
         let mut stored = Vec::new();
         for k in self.txn.keys_with_prefix(&keys::history_of(suffix))? {
             if let Some(v) = self.txn.get(&k)? {
-                stored.push(super::decode_compact::<HistoryEntry>(&v)?);
+                stored.push(decode_history(&v)?);
             }
         }
         let e = super::creation_entry(prev, c, &stored);
-        self.txn.put(hk, super::encode_compact(&e));
+        let v = self.history_value(suffix, &e)?;
+        self.txn.put(hk, v);
         Ok(())
+    }
+
+    /// A history entry of the record `suffix` as stored (with its table's dictionary).
+    fn history_value(&self, suffix: &[u8], e: &HistoryEntry) -> Result<Vec<u8>, StoreError> {
+        let dict = match keys::parse_record_suffix(suffix) {
+            Some((table, _)) => self.store.record_dict(&table)?,
+            None => None,
+        };
+        Ok(encode_history(e, dict.as_deref()))
     }
 
     /// Stores revisions under their stamps, skipping any already stored (the same revision
@@ -851,12 +861,7 @@ impl Batch<'_> {
                 None => true,
                 // The same revision by two paths is stored once, but an exact copy (from a
                 // laptop that had it from its maker) replaces one an older version rebuilt.
-                Some(v) => {
-                    !revision.reconstructed
-                        && super::decode_compact::<HistoryEntry>(&v)?
-                            .revision
-                            .reconstructed
-                }
+                Some(v) => !revision.reconstructed && decode_history(&v)?.revision.reconstructed,
             };
             if fresh {
                 let e = HistoryEntry {
@@ -864,7 +869,8 @@ impl Batch<'_> {
                     source,
                     applied_at: self.now,
                 };
-                self.txn.put(hk, super::encode_compact(&e));
+                let v = self.history_value(suffix, &e)?;
+                self.txn.put(hk, v);
             }
         }
         Ok(())
@@ -1023,6 +1029,34 @@ pub(crate) fn encode_record(
     };
     // Compressing a buffer in memory fails only on allocation failure; keep the plain form.
     packed.unwrap_or(plain)
+}
+
+/// A history entry as stored: compact MessagePack, compressed with its table's dictionary once
+/// the table has one (store format 6; plain before, and while it has none). [`decode_history`]
+/// reads both.
+pub(crate) fn encode_history(
+    e: &HistoryEntry,
+    dict: Option<&zstd::zstd_safe::CDict<'_>>,
+) -> Vec<u8> {
+    let plain = super::encode_compact(e);
+    let Some(d) = dict else {
+        return plain;
+    };
+    RECORD_CCTX
+        .with(|c| {
+            let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(plain.len()));
+            c.borrow_mut()
+                .compress_using_cdict(&mut out, &plain, d)
+                .map(|_| out)
+        })
+        // Compressing in memory fails only on allocation failure; keep the plain form.
+        .unwrap_or(plain)
+}
+
+/// Decodes a history entry stored by [`encode_history`] (plain MessagePack, which never starts
+/// with the zstd magic number, or a frame).
+pub(crate) fn decode_history(b: &[u8]) -> Result<HistoryEntry, StoreError> {
+    super::decode_compact(&record_plain_bytes(b)?)
 }
 
 /// The MessagePack (compact) form of a record, before compression: what store formats up to 3
