@@ -3,10 +3,11 @@
 //!
 //! | prefix | key after the prefix                          | value (rmp-serde)            |
 //! |--------|-----------------------------------------------|------------------------------|
+//! | `A`    | table, 0x00, dict id (u32 BE)                 | the table's zstd dictionary for record values (dict.rs, format ≥ 6) |
 //! | `M`    | meta name (`instance`, `seq`, `clock`, ...)   | per name                     |
-//! | `R`    | table, 0x00, id (16 bytes)                    | `StoredRecord`, zstd frame (format ≥ 4; plain before) |
+//! | `R`    | table, 0x00, id (16 bytes)                    | `StoredRecord`, zstd frame (format ≥ 4; plain before), with the table's `A` dictionary once it has one (format ≥ 6) |
 //! | `F`    | seq (u64 BE)                                  | echo flag, [peer id], record key |
-//! | `H`    | table, 0x00, id, stamp (24 bytes)             | `HistoryEntry`               |
+//! | `H`    | table, 0x00, id, stamp (24 bytes)             | `HistoryEntry` (compact), zstd frame with the table's `A` dictionary once it has one (format ≥ 6) |
 //! | `C`    | conflict id (u64 BE)                          | `ConflictEntry`              |
 //! | `X`    | table, 0x00, id, conflict id (u64 BE)         | empty: conflicts by record   |
 //! | `D`    | table, 0x00, id, conflict fingerprint (32)    | conflict id (u64 BE): dedupe |

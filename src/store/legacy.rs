@@ -48,7 +48,8 @@ struct ProbeRevision {
 
 /// True for an entry an older fieldsync rebuilt from a merge (received, without `cause`).
 pub(crate) fn rebuilt_by_an_older_version(bytes: &[u8]) -> Result<bool, StoreError> {
-    let p: Probe = decode_compact(bytes)?;
+    // Entries written since store format 6 may be compressed (`write::encode_history`).
+    let p: Probe = decode_compact(&super::write::record_plain_bytes(bytes)?)?;
     Ok(p.revision.cause.is_none() && p.source != Source::Local)
 }
 

@@ -6,6 +6,7 @@
 //! persists and indexes.
 
 pub mod commits;
+pub mod dict;
 pub mod fingerprint;
 mod group;
 mod held;
@@ -436,6 +437,8 @@ pub struct Store {
     /// Peers whose records were compared with ours since this database was opened or since
     /// an incarnation changed (see `rollback.rs`).
     checked: rollback::Checked,
+    /// The record compression dictionaries, by table (`dict.rs`).
+    dicts: dict::Dicts,
     /// Last field, so it is dropped after `db` and `tree`: waits for sled's lock to go.
     _release: release::SledRelease,
 }
@@ -610,6 +613,7 @@ impl Store {
             ),
             lineage,
         };
+        let dicts = dict::Dicts::load(&tree)?;
         let store = Store {
             db,
             tree,
@@ -622,6 +626,7 @@ impl Store {
             waiting: Default::default(),
             group: Default::default(),
             checked: Default::default(),
+            dicts,
             _release: release::SledRelease(db_dir.clone()),
         };
         store.publish(&store.lock())?;
@@ -872,7 +877,7 @@ impl Store {
         let mut stored: Vec<HistoryEntry> = self
             .tree
             .scan_prefix(prefix)
-            .map(|kv| decode_compact(&kv?.1))
+            .map(|kv| write::decode_history(&kv?.1))
             .collect::<Result<_, _>>()?;
         let Some(rec) = self.get(table, id)? else {
             return Ok(stored);

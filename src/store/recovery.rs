@@ -32,7 +32,8 @@ use std::path::{Path, PathBuf};
 /// | 3      | range fingerprints: the `Z` entries of `fingerprint.rs` (`migrate_add_fingerprints`) |
 /// | 4      | record values (`R`) are written zstd-compressed (`write::encode_record`); plain ones stay readable |
 /// | 5      | signed commits: the `K`/`W` entries of `commits.rs`; a legacy commit over the own writes (`migrate_legacy_commit`) |
-pub const FORMAT_VERSION: u32 = 5;
+/// | 6      | record and history values may be compressed with their table's dictionary (`A` entries, `dict.rs`); older values stay readable |
+pub const FORMAT_VERSION: u32 = 6;
 
 /// Where files taken out of `db/` go, inside the data directory.
 pub const MOVED_ASIDE_DIR: &str = "moved-aside";
@@ -50,6 +51,7 @@ pub(crate) const MIGRATIONS: &[(u32, Migration)] = &[
     (2, super::fingerprint::migrate_add_fingerprints),
     (3, records_compressed_from_now_on),
     (4, super::commits::migrate_legacy_commit),
+    (5, dictionaries_from_now_on),
 ];
 
 /// Format 3 to 4: nothing to rewrite. Records written from now on are compressed and the plain
@@ -57,6 +59,14 @@ pub(crate) const MIGRATIONS: &[(u32, Migration)] = &[
 /// MB of disk); the version bump keeps an older fieldsync, which cannot read the compressed
 /// ones, from opening the store.
 fn records_compressed_from_now_on(_: &sled::Tree, _: &mut sled::Batch) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Format 5 to 6: nothing to rewrite, like 3 to 4. A table gets its dictionary the next time
+/// one of its records is written (`dict.rs`); the values already stored stay as they are. The
+/// bump keeps an older fieldsync, which cannot read values compressed with a dictionary, from
+/// opening the store.
+fn dictionaries_from_now_on(_: &sled::Tree, _: &mut sled::Batch) -> Result<(), StoreError> {
     Ok(())
 }
 

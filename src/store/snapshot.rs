@@ -282,8 +282,15 @@ impl Store {
         let mut backup_peers = std::collections::HashSet::new();
         // Fingerprints are rebuilt from the restored records (a backup may predate them).
         let mut restored_records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        // The backup's record dictionaries, met before its records (`dict.rs`).
+        let mut restored_dicts = std::collections::HashMap::new();
         for (k, v) in entries {
             let (k, v) = match k.first() {
+                Some(&super::dict::DICT) => {
+                    let (table, dict) = super::dict::register_restored(&k, &v)?;
+                    restored_dicts.insert(table, dict);
+                    (k, v)
+                }
                 Some(&super::fingerprint::FINGERPRINT) => continue,
                 Some(&keys::META) => match &k[1..] {
                     b"instance" => (k, encode(&info)),
@@ -298,7 +305,7 @@ impl Store {
                 },
                 // A backup of an older store: mark the history it rebuilt (format 1 → 2).
                 Some(&keys::HISTORY) if super::legacy::rebuilt_by_an_older_version(&v)? => {
-                    let mut e: super::HistoryEntry = super::decode_compact(&v)?;
+                    let mut e = super::write::decode_history(&v)?;
                     e.revision.reconstructed = true;
                     (k, super::encode_compact(&e))
                 }
@@ -330,7 +337,9 @@ impl Store {
                     if r.conflict_seq > 0 {
                         r.conflict_seq += shift;
                     }
-                    (k, encode_record(&r))
+                    let table = keys::parse_record_suffix(&k[1..]).map(|(t, _)| t);
+                    let dict = table.and_then(|t| restored_dicts.get(&t));
+                    (k, encode_record(&r, dict.map(|d| &**d)))
                 }
                 Some(&keys::CONFLICT) => {
                     let mut c: ConflictEntry = decode(&v)?;
@@ -400,6 +409,7 @@ impl Store {
         );
         self.tree.apply_batch(batch)?;
         self.db.flush()?;
+        self.reload_dicts()?;
         let meta_u64 = |name: &str| -> Result<u64, StoreError> {
             Ok(match self.tree.get(keys::meta(name))? {
                 Some(v) => decode(&v)?,

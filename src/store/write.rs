@@ -765,9 +765,10 @@ impl Batch<'_> {
             created,
         };
         // `p.prev` was loaded from this batch by every caller, just before.
+        let dict = self.store.record_dict(p.table)?;
         self.txn.put_record(
             keys::record(&suffix),
-            encode_record(&rec),
+            encode_record(&rec, dict.as_deref()),
             &rec,
             p.prev.as_ref(),
         );
@@ -828,12 +829,22 @@ impl Batch<'_> {
         let mut stored = Vec::new();
         for k in self.txn.keys_with_prefix(&keys::history_of(suffix))? {
             if let Some(v) = self.txn.get(&k)? {
-                stored.push(super::decode_compact::<HistoryEntry>(&v)?);
+                stored.push(decode_history(&v)?);
             }
         }
         let e = super::creation_entry(prev, c, &stored);
-        self.txn.put(hk, super::encode_compact(&e));
+        let v = self.history_value(suffix, &e)?;
+        self.txn.put(hk, v);
         Ok(())
+    }
+
+    /// A history entry of the record `suffix` as stored (with its table's dictionary).
+    fn history_value(&self, suffix: &[u8], e: &HistoryEntry) -> Result<Vec<u8>, StoreError> {
+        let dict = match keys::parse_record_suffix(suffix) {
+            Some((table, _)) => self.store.record_dict(&table)?,
+            None => None,
+        };
+        Ok(encode_history(e, dict.as_deref()))
     }
 
     /// Stores revisions under their stamps, skipping any already stored (the same revision
@@ -850,12 +861,7 @@ impl Batch<'_> {
                 None => true,
                 // The same revision by two paths is stored once, but an exact copy (from a
                 // laptop that had it from its maker) replaces one an older version rebuilt.
-                Some(v) => {
-                    !revision.reconstructed
-                        && super::decode_compact::<HistoryEntry>(&v)?
-                            .revision
-                            .reconstructed
-                }
+                Some(v) => !revision.reconstructed && decode_history(&v)?.revision.reconstructed,
             };
             if fresh {
                 let e = HistoryEntry {
@@ -863,7 +869,8 @@ impl Batch<'_> {
                     source,
                     applied_at: self.now,
                 };
-                self.txn.put(hk, super::encode_compact(&e));
+                let v = self.history_value(suffix, &e)?;
+                self.txn.put(hk, v);
             }
         }
         Ok(())
@@ -998,19 +1005,58 @@ pub(crate) fn trim_heap_soon() {
 }
 
 /// Records use the compact (array) encoding, compressed on its own by zstd: they are the bulk
-/// of the database (and of the disk: sled keeps ~3.5 bytes on disk per value byte, see
+/// of the database (and of the disk: sled keeps ~3 bytes on disk per value byte, see
 /// bench/RESULTS.md). A gen.py record takes 640 bytes of MessagePack (its field names and the
-/// same 26-byte stamp once per field) and ~345 compressed. Store format 4 and later write this;
+/// same 26-byte stamp once per field), ~345 compressed alone and ~135 with its table's
+/// dictionary (`dict.rs`, store format 6). Store format 4 and later write frames;
 /// [`decode_record`] still reads the plain MessagePack of older formats (no rewrite needed).
-pub(crate) fn encode_record(r: &StoredRecord) -> Vec<u8> {
+pub(crate) fn encode_record(
+    r: &StoredRecord,
+    dict: Option<&zstd::zstd_safe::CDict<'_>>,
+) -> Vec<u8> {
     let plain = encode_record_plain(r);
-    RECORD_ZSTD
+    let packed = match dict {
+        Some(d) => RECORD_CCTX.with(|c| {
+            let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(plain.len()));
+            c.borrow_mut()
+                .compress_using_cdict(&mut out, &plain, d)
+                .map(|_| out)
+                .map_err(|_| ())
+        }),
+        None => RECORD_ZSTD
+            .with(|c| c.borrow_mut().compress(&plain))
+            .map_err(|_| ()),
+    };
+    // Compressing a buffer in memory fails only on allocation failure; keep the plain form.
+    packed.unwrap_or(plain)
+}
+
+/// A history entry as stored: compact MessagePack, compressed with its table's dictionary once
+/// the table has one (store format 6; plain before, and while it has none). [`decode_history`]
+/// reads both.
+pub(crate) fn encode_history(
+    e: &HistoryEntry,
+    dict: Option<&zstd::zstd_safe::CDict<'_>>,
+) -> Vec<u8> {
+    let plain = super::encode_compact(e);
+    let Some(d) = dict else {
+        return plain;
+    };
+    RECORD_CCTX
         .with(|c| {
-            let mut c = c.borrow_mut();
-            c.compress(&plain)
+            let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(plain.len()));
+            c.borrow_mut()
+                .compress_using_cdict(&mut out, &plain, d)
+                .map(|_| out)
         })
-        // Compressing a buffer in memory fails only on allocation failure; keep the plain form.
+        // Compressing in memory fails only on allocation failure; keep the plain form.
         .unwrap_or(plain)
+}
+
+/// Decodes a history entry stored by [`encode_history`] (plain MessagePack, which never starts
+/// with the zstd magic number, or a frame).
+pub(crate) fn decode_history(b: &[u8]) -> Result<HistoryEntry, StoreError> {
+    super::decode_compact(&record_plain_bytes(b)?)
 }
 
 /// The MessagePack (compact) form of a record, before compression: what store formats up to 3
@@ -1019,21 +1065,49 @@ pub(crate) fn encode_record_plain(r: &StoredRecord) -> Vec<u8> {
     super::encode_compact(r)
 }
 
-/// Decodes a record stored by [`encode_record`] (a zstd frame) or by a store format before 4
-/// (plain MessagePack, which starts with an array marker, never with the zstd magic number).
+/// Decodes a record stored by [`encode_record`] (a zstd frame, with or without its table's
+/// dictionary) or by a store format before 4 (plain MessagePack, which starts with an array
+/// marker, never with the zstd magic number).
 pub(crate) fn decode_record(b: &[u8]) -> Result<StoredRecord, StoreError> {
     if !b.starts_with(&ZSTD_MAGIC) {
         return super::decode_compact(b);
+    }
+    super::decode_compact(&record_plain_bytes(b)?)
+}
+
+/// The MessagePack of a stored record value (decompressed if it is a frame).
+pub(crate) fn record_plain_bytes(b: &[u8]) -> Result<Vec<u8>, StoreError> {
+    if !b.starts_with(&ZSTD_MAGIC) {
+        return Ok(b.to_vec());
     }
     let len = zstd::zstd_safe::get_frame_content_size(b)
         .ok()
         .flatten()
         .filter(|&n| n <= MAX_RECORD_BYTES)
         .ok_or_else(|| StoreError::Decode("a stored record's size is unreadable".into()))?;
-    let plain = RECORD_UNZSTD
-        .with(|d| d.borrow_mut().decompress(b, len as usize))
-        .map_err(|e| StoreError::Decode(format!("a stored record does not decompress: {e}")))?;
-    super::decode_compact(&plain)
+    let undecodable = |e: &dyn std::fmt::Display| {
+        StoreError::Decode(format!("a stored record does not decompress: {e}"))
+    };
+    match zstd::zstd_safe::get_dict_id_from_frame(b) {
+        None => RECORD_UNZSTD
+            .with(|d| d.borrow_mut().decompress(b, len as usize))
+            .map_err(|e| undecodable(&e)),
+        Some(id) => {
+            let dict = super::dict::decoder(id.get()).ok_or_else(|| {
+                StoreError::Decode(format!(
+                    "a stored record needs compression dictionary {id}, which this database does \
+                     not hold"
+                ))
+            })?;
+            RECORD_DCTX.with(|d| {
+                let mut out = Vec::with_capacity(len as usize);
+                d.borrow_mut()
+                    .decompress_using_ddict(&mut out, b, &dict)
+                    .map(|_| out)
+                    .map_err(|code| undecodable(&zstd::zstd_safe::get_error_name(code)))
+            })
+        }
+    }
 }
 
 /// The zstd frame magic number (little-endian 0xFD2FB528), the first bytes of a compressed record.
@@ -1052,4 +1126,9 @@ thread_local! {
         );
     static RECORD_UNZSTD: std::cell::RefCell<zstd::bulk::Decompressor<'static>> =
         std::cell::RefCell::new(zstd::bulk::Decompressor::new().expect("a zstd context"));
+    // The same for records compressed with their table's dictionary (`dict.rs`).
+    static RECORD_CCTX: std::cell::RefCell<zstd::zstd_safe::CCtx<'static>> =
+        std::cell::RefCell::new(zstd::zstd_safe::CCtx::create());
+    static RECORD_DCTX: std::cell::RefCell<zstd::zstd_safe::DCtx<'static>> =
+        std::cell::RefCell::new(zstd::zstd_safe::DCtx::create());
 }
