@@ -114,6 +114,13 @@ pub struct CheckedPage {
     learned: super::signed::Learned,
 }
 
+impl CheckedPage {
+    /// The records of the page, as (table, id).
+    pub fn records(&self) -> impl Iterator<Item = (&str, &Uuid)> {
+        self.changes.iter().map(|c| (c.table.as_str(), &c.id))
+    }
+}
+
 /// The store-free first half of [`receive_page`]: decode, future stamps, signatures.
 pub fn check_page(transport: &Transport, page: &Page) -> Result<CheckedPage, ReceiveError> {
     let mut changes = protocol::decode_changes(page).map_err(ReceiveError::Refused)?;

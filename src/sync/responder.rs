@@ -433,6 +433,8 @@ impl SyncService for Responder {
         let _slot = self.pushes.begin(r.from, r.page.since);
         // Decoding and signatures need nothing from the store: done before this page's turn.
         let checked = receive::check_page(&self.transport, &r.page).map_err(|e| e.to_protocol())?;
+        // So is reading ahead the versions its merge will read (while the page before merges).
+        self.store.warm_records(checked.records());
         self.wait_turn(&r.from, r.page.since);
         let got = receive::commit_checked(
             &self.store,

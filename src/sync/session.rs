@@ -153,10 +153,10 @@ async fn run_once<P: Peer>(
     // reads and encodes it) while page k is committed here. Reading the peer's feed commits
     // nothing there, so a failed commit only wastes that page; pages still commit strictly in
     // order, each with its position.
-    let pull_req = |since: u64| PullRequest {
+    let pull_req = |since: u64, nth: u32| PullRequest {
         from: me.id,
         since,
-        limit: opts.page_records as u32,
+        limit: first_pages(opts.page_records, nth) as u32,
         max_bytes: opts.page_bytes as u32,
         knowledge: pos.knowledge.clone(),
         encoding: reply.encoding.clone(),
@@ -165,7 +165,7 @@ async fn run_once<P: Peer>(
     let mut fetched = if nothing_new {
         None
     } else {
-        Some(peer.pull(&pull_req(since)).await)
+        Some(peer.pull(&pull_req(since, 0)).await)
     };
     for _ in 0..u32::MAX {
         let Some(page) = fetched.take() else {
@@ -194,7 +194,7 @@ async fn run_once<P: Peer>(
             Ok(receive_page(s, &transport, pid, &page, Some(&k), false))
         });
         let got = if more {
-            let req = pull_req(next);
+            let req = pull_req(next, report.received.pages as u32);
             let (got, page) = tokio::join!(commit, peer.pull(&req));
             fetched = Some(page);
             got
@@ -231,11 +231,11 @@ async fn run_once<P: Peer>(
     if let Some(t) = tracker {
         t.direction(Way::Push, since, pos.head);
     }
-    let read_page = |since: u64| {
+    let read_page = |since: u64, nth: u32| {
         let (k, sk, limit, bytes) = (
             reply.knowledge.clone(),
             skip.clone(),
-            opts.page_records.min(protocol::MAX_PAGE_RECORDS),
+            first_pages(opts.page_records.min(protocol::MAX_PAGE_RECORDS), nth),
             opts.page_bytes,
         );
         let (pid, encoding) = (info.instance, reply.encoding.clone());
@@ -252,7 +252,7 @@ async fn run_once<P: Peer>(
     let mut current = if done {
         None
     } else {
-        Some(read_page(since).await?)
+        Some(read_page(since, 0).await?)
     };
     // Pipelined two deep: page k+1 is sent as soon as it is read, while the peer still
     // commits page k, and page k+2 is read meanwhile. The peer decodes and checks k+1 at once
@@ -315,9 +315,10 @@ async fn run_once<P: Peer>(
                 None => None,
             }
         };
+        let nth = report.sent.pages as u32;
         let reading = async {
             if out.more {
-                Some(read_page(out.next).await)
+                Some(read_page(out.next, nth).await)
             } else {
                 None
             }
@@ -488,3 +489,14 @@ fn encoded_len(data: &serde_json::Value) -> u64 {
     data.as_str()
         .map_or_else(|| data.to_string().len(), str::len) as u64
 }
+
+/// Records in the first page of a direction ([`FIRST_PAGE_RECORDS`]), doubling with each page up
+/// to `limit`: the peer starts on a small page while the next is read and sent (pipelining
+/// fills at once), so a one-page sync of a thousand records becomes a few pages that overlap.
+/// The `nth` page (0-based) of a direction.
+fn first_pages(limit: usize, nth: u32) -> usize {
+    limit.min(FIRST_PAGE_RECORDS.saturating_mul(1 << nth.min(16)))
+}
+
+/// Records in the first page each direction of a session sends (see [`first_pages`]).
+const FIRST_PAGE_RECORDS: usize = 250;
