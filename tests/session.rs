@@ -86,6 +86,9 @@ struct MemPeer {
     responder: Responder,
     cut_pull: Option<usize>,
     cut_push: Option<usize>,
+    /// The n-th push (1-based) is refused as a gap, writing nothing, as a responder that does
+    /// not wait for a pipelined page's turn refuses a page that came before the one ahead.
+    gap_push: Option<usize>,
     pulls: AtomicUsize,
     pushes: AtomicUsize,
     /// Every hello as sent, with the reply's `knowledge_hash` (or the refusal's code).
@@ -100,6 +103,7 @@ impl MemPeer {
             responder: Responder::new(to.store.clone(), None, None, Transport::Plaintext),
             cut_pull: None,
             cut_push: None,
+            gap_push: None,
             pulls: AtomicUsize::new(0),
             pushes: AtomicUsize::new(0),
             hellos: Default::default(),
@@ -140,6 +144,15 @@ impl Peer for MemPeer {
     }
 
     async fn push(&self, r: &PushRequest) -> Result<PushReply, CallError> {
+        if self.gap_push == Some(self.pushes.load(Ordering::SeqCst) + 1) {
+            self.pushes.fetch_add(1, Ordering::SeqCst);
+            return Err(CallError::Protocol(
+                fieldsync::protocol::ProtocolError::new(
+                    codes::POSITION_GAP,
+                    "page came before the one ahead of it",
+                ),
+            ));
+        }
         Self::cut(&self.pushes, self.cut_push)?;
         self.push_knowledge
             .lock()
@@ -511,6 +524,30 @@ fn a_pipelined_push_waits_for_the_page_before_it_and_both_are_taken_in_order() {
     assert_eq!(
         b.store.peer(&a.store.id()).unwrap().unwrap().received_upto,
         10
+    );
+}
+
+#[test]
+fn a_pipelined_page_refused_as_a_gap_is_sent_again_and_the_session_completes() {
+    let (a, b) = (node(), node());
+    write_many(&a.store, 30, "a");
+    // The second page goes out before the first is answered; an older responder refuses it.
+    let peer = MemPeer {
+        gap_push: Some(2),
+        ..MemPeer::new(&b)
+    };
+    let r = run(&a, &peer).unwrap();
+    assert_eq!((r.sent.records, r.sent.applied), (30, 30));
+    assert_eq!(r.sent.pages, 5, "30 records in pages of {PAGE}");
+    assert_eq!(
+        peer.pushes.load(Ordering::SeqCst),
+        6,
+        "five pages, the refused one twice"
+    );
+    assert_eq!(export(&a.store), export(&b.store));
+    assert_eq!(
+        b.store.peer(&a.store.id()).unwrap().unwrap().received_upto,
+        30
     );
 }
 

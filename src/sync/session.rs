@@ -278,7 +278,7 @@ async fn run_once<P: Peer>(
         if serial || failed {
             if let Some(mut f) = flying.take() {
                 let r = f.answer().await;
-                settle(peer, label, tracker, &mut report, f, r).await?;
+                serial |= settle(peer, label, tracker, &mut report, f, r).await?;
             }
         }
         let page_bytes = encoded_len(&page.data);
