@@ -86,6 +86,9 @@ struct MemPeer {
     responder: Responder,
     cut_pull: Option<usize>,
     cut_push: Option<usize>,
+    /// The n-th push (1-based) is refused as a gap, writing nothing, as a responder that does
+    /// not wait for a pipelined page's turn refuses a page that came before the one ahead.
+    gap_push: Option<usize>,
     pulls: AtomicUsize,
     pushes: AtomicUsize,
     /// Every hello as sent, with the reply's `knowledge_hash` (or the refusal's code).
@@ -100,6 +103,7 @@ impl MemPeer {
             responder: Responder::new(to.store.clone(), None, None, Transport::Plaintext),
             cut_pull: None,
             cut_push: None,
+            gap_push: None,
             pulls: AtomicUsize::new(0),
             pushes: AtomicUsize::new(0),
             hellos: Default::default(),
@@ -140,6 +144,15 @@ impl Peer for MemPeer {
     }
 
     async fn push(&self, r: &PushRequest) -> Result<PushReply, CallError> {
+        if self.gap_push == Some(self.pushes.load(Ordering::SeqCst) + 1) {
+            self.pushes.fetch_add(1, Ordering::SeqCst);
+            return Err(CallError::Protocol(
+                fieldsync::protocol::ProtocolError::new(
+                    codes::POSITION_GAP,
+                    "page came before the one ahead of it",
+                ),
+            ));
+        }
         Self::cut(&self.pushes, self.cut_push)?;
         self.push_knowledge
             .lock()
@@ -435,6 +448,107 @@ fn a_push_that_would_leave_a_gap_or_comes_before_hello_is_refused_and_writes_not
     let r = rt.block_on(peer.push(&push(0, 5))).unwrap();
     assert_eq!((r.received_upto, r.stats.applied), (5, 5));
     assert_eq!(export(&a.store), export(&b.store));
+}
+
+/// `from`'s records `lo..hi` (in feed order) as the page from position `lo` to `hi`.
+fn slice_page(from: &Store, lo: usize, hi: usize, more: bool) -> Page {
+    let changes: Vec<RemoteChange> = from.changes_since(0, usize::MAX).unwrap()[lo..hi]
+        .iter()
+        .map(|(_, table, id, rec)| RemoteChange {
+            table: table.clone(),
+            id: *id,
+            state: rec.state.clone(),
+            conflicts: vec![],
+            history: vec![],
+        })
+        .collect();
+    Page {
+        since: lo as u64,
+        next: hi as u64,
+        more,
+        count: changes.len() as u32,
+        data: fieldsync::protocol::encode_changes(&changes, ENC_JSON).unwrap(),
+        encoding: ENC_JSON.into(),
+        proofs: None,
+    }
+}
+
+#[test]
+fn a_pipelined_push_waits_for_the_page_before_it_and_both_are_taken_in_order() {
+    let (a, b) = (node(), node());
+    write_many(&a.store, 10, "a");
+    // A hello from A (its session's first push is cut): B now knows A, has received nothing.
+    let cut = MemPeer {
+        cut_push: Some(1),
+        ..MemPeer::new(&b)
+    };
+    assert!(run(&a, &cut).is_err());
+    let peer = MemPeer::new(&b);
+    let push = |lo, hi, more| PushRequest {
+        from: a.store.id(),
+        page: slice_page(&a.store, lo, hi, more),
+        knowledge: None,
+    };
+    let (first, second) = (push(0, 5, true), push(5, 10, false));
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let wait = std::time::Duration::from_millis(200);
+    let (r1, r2) = std::thread::scope(|s| {
+        // A local write on B holds its writer lock while both pages arrive, so page 1 cannot
+        // commit before page 2 is in: page 2 must wait for its turn, not be refused as a gap.
+        let held = b.store.clone();
+        let writer = s.spawn(move || {
+            held.write_one_with(PERSON, Uuid::new_v4(), |_| {
+                locked_tx.send(()).unwrap();
+                let _ = release_rx.recv_timeout(std::time::Duration::from_secs(30));
+                let serde_json::Value::Object(f) = json!({"name": "local"}) else {
+                    unreachable!()
+                };
+                Ok::<_, fieldsync::store::StoreError>(Edit::Put(f))
+            })
+        });
+        locked_rx.recv().unwrap();
+        let one = s.spawn(|| peer.responder.push(wire(&first), Caller::default()));
+        // Page 1 is decoded and waits for the writer lock; then page 2 arrives.
+        std::thread::sleep(wait);
+        let two = s.spawn(|| peer.responder.push(wire(&second), Caller::default()));
+        std::thread::sleep(wait);
+        release_tx.send(()).unwrap();
+        writer.join().unwrap().unwrap();
+        (one.join().unwrap(), two.join().unwrap())
+    });
+    let (r1, r2) = (r1.unwrap(), r2.unwrap());
+    assert_eq!((r1.received_upto, r1.stats.applied), (5, 5));
+    assert_eq!((r2.received_upto, r2.stats.applied), (10, 5));
+    assert_eq!(count(&b.store), 11, "A's ten records and B's own write");
+    assert_eq!(
+        b.store.peer(&a.store.id()).unwrap().unwrap().received_upto,
+        10
+    );
+}
+
+#[test]
+fn a_pipelined_page_refused_as_a_gap_is_sent_again_and_the_session_completes() {
+    let (a, b) = (node(), node());
+    write_many(&a.store, 30, "a");
+    // The second page goes out before the first is answered; an older responder refuses it.
+    let peer = MemPeer {
+        gap_push: Some(2),
+        ..MemPeer::new(&b)
+    };
+    let r = run(&a, &peer).unwrap();
+    assert_eq!((r.sent.records, r.sent.applied), (30, 30));
+    assert_eq!(r.sent.pages, 5, "30 records in pages of {PAGE}");
+    assert_eq!(
+        peer.pushes.load(Ordering::SeqCst),
+        6,
+        "five pages, the refused one twice"
+    );
+    assert_eq!(export(&a.store), export(&b.store));
+    assert_eq!(
+        b.store.peer(&a.store.id()).unwrap().unwrap().received_upto,
+        30
+    );
 }
 
 /// A store's unresolved merge conflicts, by the writes involved (whoever detected them).

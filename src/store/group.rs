@@ -28,6 +28,9 @@ pub(crate) struct GroupCommit {
     done: Condvar,
     /// Serializes telling subscribers the head (`install_head`).
     announce: Mutex<()>,
+    /// Woken on every applied batch ([`Store::wait_applied`]), before its flush.
+    applied_lock: Mutex<()>,
+    applied_cv: Condvar,
 }
 
 #[derive(Default)]
@@ -44,7 +47,11 @@ impl GroupCommit {
     /// Counts one applied batch; called with the writer lock held. Its ticket for
     /// [`Store::wait_durable`].
     pub(crate) fn applied_one(&self) -> u64 {
-        self.applied.fetch_add(1, Ordering::SeqCst) + 1
+        let n = self.applied.fetch_add(1, Ordering::SeqCst) + 1;
+        // Under the lock, so a waiter that saw the old count is asleep when told (no lost wake).
+        let _g = self.applied_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.applied_cv.notify_all();
+        n
     }
 
     /// Batches applied so far.
@@ -108,6 +115,38 @@ impl Store {
         );
         self.install_head(head);
         Ok(upto)
+    }
+
+    /// Batches applied to the tree so far (durable or not): a generation for
+    /// [`Store::wait_applied`].
+    pub(crate) fn applied_batches(&self) -> u64 {
+        self.group.applied()
+    }
+
+    /// Waits until a batch beyond generation `seen` (from [`Store::applied_batches`]) is
+    /// applied, or `timeout` passes; true if one was. Applied means visible to readers of the
+    /// tree, not yet durable: a pushed page waiting for its turn behind the page before it
+    /// (`sync::responder`) starts merging while that one's flush runs (group commit).
+    pub(crate) fn wait_applied(&self, seen: u64, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut g = self
+            .group
+            .applied_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while self.group.applied() <= seen {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = self
+                .group
+                .applied_cv
+                .wait_timeout(g, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
     }
 
     /// Flushes led so far (each made one or more writers' batches durable).

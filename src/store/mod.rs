@@ -20,6 +20,7 @@ mod rollback;
 mod snapshot;
 pub(crate) mod staging;
 mod txn;
+mod warm;
 mod write;
 pub(crate) use write::{SETTLED_BY_RESOLUTION, SUPERSEDED};
 

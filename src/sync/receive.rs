@@ -91,11 +91,67 @@ pub fn receive_page(
     knowledge: Option<&Knowledge>,
     ends_session: bool,
 ) -> Result<Received, ReceiveError> {
+    let checked = check_page(transport, page)?;
+    commit_checked(
+        store,
+        transport,
+        from,
+        page,
+        checked,
+        knowledge,
+        ends_session,
+    )
+}
+
+/// A page decoded, its stamps bounded and its signatures checked: the part of receiving that
+/// reads nothing from the store, so it may run before the page's turn (while the page before
+/// it is still being committed, see `responder`).
+pub struct CheckedPage {
+    changes: Vec<crate::change::RemoteChange>,
+    /// Records dropped for a missing or bad signature.
+    forged: usize,
+    /// Signed commits (and certificates) the page proved, learned before its records.
+    learned: super::signed::Learned,
+}
+
+impl CheckedPage {
+    /// The records of the page, as (table, id).
+    pub fn records(&self) -> impl Iterator<Item = (&str, &Uuid)> {
+        self.changes.iter().map(|c| (c.table.as_str(), &c.id))
+    }
+}
+
+/// The store-free first half of [`receive_page`]: decode, future stamps, signatures.
+pub fn check_page(transport: &Transport, page: &Page) -> Result<CheckedPage, ReceiveError> {
     let mut changes = protocol::decode_changes(page).map_err(ReceiveError::Refused)?;
     check_future_stamps(&changes, wall_millis()).map_err(ReceiveError::Refused)?;
     // Signatures first, on the page as it was sent (its proofs cover exactly those records).
     let (forged, learned) = super::signed::check(transport, page.proofs.as_deref(), &mut changes)
         .map_err(ReceiveError::Refused)?;
+    Ok(CheckedPage {
+        changes,
+        forged,
+        learned,
+    })
+}
+
+/// The second half of [`receive_page`], in the page's turn: admission (which reads the
+/// revocations held now, so it waits for the pages before), the commits learned, then the
+/// records and the position in one batch.
+pub fn commit_checked(
+    store: &Store,
+    transport: &Transport,
+    from: Uuid,
+    page: &Page,
+    checked: CheckedPage,
+    knowledge: Option<&Knowledge>,
+    ends_session: bool,
+) -> Result<Received, ReceiveError> {
+    let CheckedPage {
+        mut changes,
+        forged,
+        learned,
+    } = checked;
     let admitted = admit(store, transport, &mut changes);
     let quarantined = admitted.quarantined + forged;
     if !learned.0.is_empty() || !learned.1.is_empty() {

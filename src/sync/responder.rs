@@ -2,7 +2,7 @@
 //! [`SyncService`] over one store. Pages pushed to us go through the one receive path
 //! ([`super::receive`]), exactly like the pages we pull as initiator.
 
-use super::receive::{self, note_hello, receive_page, store_refusal, HelloSeen};
+use super::receive::{self, note_hello, store_refusal, HelloSeen};
 use super::reconcile;
 use super::verify::digest_buckets;
 use super::{local_only, synced_tables};
@@ -31,7 +31,59 @@ pub struct Responder {
     transport: Transport,
     /// Progress of the sessions peers run with us, by peer (see [`crate::progress`]).
     live: Mutex<HashMap<Uuid, Shown>>,
+    /// Pushes in progress, by peer: the `since` of each (see [`Pushes`]).
+    pushes: Pushes,
 }
+
+/// Pushes in progress, by peer, each by the position its page starts after. A caller may send
+/// page k+1 before page k is answered (pipelined pushes): k+1 is decoded and its signatures
+/// checked at once, then waits for its turn ([`Responder::wait_turn`]) until k's batch is
+/// applied, and merges while k's flush runs (the group commit makes both durable, in order).
+#[derive(Default)]
+struct Pushes(Mutex<HashMap<Uuid, Vec<u64>>>);
+
+/// One push in [`Pushes`]; leaves it when dropped.
+struct PushSlot<'a> {
+    pushes: &'a Pushes,
+    peer: Uuid,
+    since: u64,
+}
+
+impl Pushes {
+    fn begin(&self, peer: Uuid, since: u64) -> PushSlot<'_> {
+        lock(&self.0).entry(peer).or_default().push(since);
+        PushSlot {
+            pushes: self,
+            peer,
+            since,
+        }
+    }
+
+    /// True while a push of `peer` whose page starts before `since` is in progress.
+    fn earlier_in_flight(&self, peer: &Uuid, since: u64) -> bool {
+        lock(&self.0)
+            .get(peer)
+            .is_some_and(|v| v.iter().any(|s| *s < since))
+    }
+}
+
+impl Drop for PushSlot<'_> {
+    fn drop(&mut self) {
+        let mut m = lock(&self.pushes.0);
+        if let Some(v) = m.get_mut(&self.peer) {
+            if let Some(i) = v.iter().position(|s| *s == self.since) {
+                v.swap_remove(i);
+            }
+            if v.is_empty() {
+                m.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Longest a pushed page waits for the page before it (pipelined pushes); then it is judged as
+/// it stands (a gap is refused and resent by the caller).
+const PUSH_TURN_WAIT: Duration = Duration::from_secs(60);
 
 /// A session a peer runs with us, as shown on the progress board.
 struct Shown {
@@ -152,6 +204,34 @@ impl Responder {
             inbound: Arc::default(),
             transport,
             live: Mutex::default(),
+            pushes: Pushes::default(),
+        }
+    }
+
+    /// Waits until the page a push of `peer` starting after `since` follows is in: our
+    /// position for the peer has reached `since`, or no earlier push of it is in progress
+    /// (it failed: this page is then refused as a gap), or [`PUSH_TURN_WAIT`] passed. Woken by
+    /// every batch applied to the store, so it goes on while the earlier page is flushed.
+    fn wait_turn(&self, peer: &Uuid, since: u64) {
+        let deadline = Instant::now() + PUSH_TURN_WAIT;
+        loop {
+            let seen = self.store.applied_batches();
+            let had = self
+                .store
+                .peer(peer)
+                .ok()
+                .flatten()
+                .map_or(0, |row| row.received_upto);
+            if since <= had || !self.pushes.earlier_in_flight(peer, since) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            // An earlier push that fails applies nothing: look again now and then anyway.
+            self.store
+                .wait_applied(seen, left.min(Duration::from_millis(50)));
         }
     }
 
@@ -350,11 +430,18 @@ impl SyncService for Responder {
     fn push(&self, r: PushRequest, caller: Caller) -> Result<PushReply, ProtocolError> {
         check_caller(&r.from, &caller, &self.transport)?;
         self.inbound.touch(&r.from);
-        let got = receive_page(
+        let _slot = self.pushes.begin(r.from, r.page.since);
+        // Decoding and signatures need nothing from the store: done before this page's turn.
+        let checked = receive::check_page(&self.transport, &r.page).map_err(|e| e.to_protocol())?;
+        // So is reading ahead the versions its merge will read (while the page before merges).
+        self.store.warm_records(checked.records());
+        self.wait_turn(&r.from, r.page.since);
+        let got = receive::commit_checked(
             &self.store,
             &self.transport,
             r.from,
             &r.page,
+            checked,
             r.knowledge.as_ref(),
             true,
         )

@@ -11,13 +11,15 @@ use super::receive::{note_hello, receive_page, HelloSeen, ReceiveError};
 use super::{blocking, our_hello, SessionOptions, SessionReport, SyncError};
 use crate::change::RemoteChange;
 use crate::progress::{Tracker, Way};
+use crate::protocol::client::CallError;
 use crate::protocol::{
-    self, codes, Page, ProtocolError, PullRequest, PushRequest, ENC_JSON,
+    self, codes, Page, ProtocolError, PullRequest, PushReply, PushRequest, ENC_JSON,
     RECONCILE_PROTOCOL_VERSION,
 };
 use crate::store::{CommitError, Store};
 use chrono::Utc;
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -147,20 +149,29 @@ async fn run_once<P: Peer>(
     // empty page and teach us nothing).
     let nothing_new = (reply.head <= since || reply.done)
         && super::told::covers(&pos.knowledge, &reply.knowledge);
+    // Pipelined: page k+1 is asked for as soon as page k is in, and travels (and the peer
+    // reads and encodes it) while page k is committed here. Reading the peer's feed commits
+    // nothing there, so a failed commit only wastes that page; pages still commit strictly in
+    // order, each with its position.
+    let pull_req = |since: u64, nth: u32| PullRequest {
+        from: me.id,
+        since,
+        limit: first_pages(opts.page_records, nth) as u32,
+        max_bytes: opts.page_bytes as u32,
+        knowledge: pos.knowledge.clone(),
+        encoding: reply.encoding.clone(),
+        local_only: hello.local_only.clone(),
+    };
+    let mut fetched = if nothing_new {
+        None
+    } else {
+        Some(peer.pull(&pull_req(since, 0)).await)
+    };
     for _ in 0..u32::MAX {
-        if nothing_new {
+        let Some(page) = fetched.take() else {
             break;
-        }
-        let req = PullRequest {
-            from: me.id,
-            since,
-            limit: opts.page_records as u32,
-            max_bytes: opts.page_bytes as u32,
-            knowledge: pos.knowledge.clone(),
-            encoding: reply.encoding.clone(),
-            local_only: hello.local_only.clone(),
         };
-        let page = peer.pull(&req).await.map_err(|e| e.into_sync(label))?;
+        let page = page.map_err(|e| e.into_sync(label))?;
         if page.since != since || (page.more && page.next <= since) {
             return Err(SyncError::Peer(ProtocolError::new(
                 codes::INVALID_PAGE,
@@ -170,7 +181,7 @@ async fn run_once<P: Peer>(
                 ),
             )));
         }
-        let page_bytes = page.data.to_string().len() as u64;
+        let page_bytes = encoded_len(&page.data);
         report.received.pages += 1;
         report.received.bytes += page_bytes;
         let (next, more) = (page.next, page.more);
@@ -179,11 +190,18 @@ async fn run_once<P: Peer>(
             info.instance,
             opts.transport.clone(),
         );
-        let got = blocking(store, move |s| {
+        let commit = blocking(store, move |s| {
             Ok(receive_page(s, &transport, pid, &page, Some(&k), false))
-        })
-        .await?
-        .map_err(|e| match e {
+        });
+        let got = if more {
+            let req = pull_req(next, report.received.pages as u32);
+            let (got, page) = tokio::join!(commit, peer.pull(&req));
+            fetched = Some(page);
+            got
+        } else {
+            commit.await
+        };
+        let got = got?.map_err(|e| match e {
             ReceiveError::Commit(CommitError::Store(e)) => SyncError::Store(e),
             other => SyncError::Peer(other.to_protocol()),
         })?;
@@ -195,9 +213,6 @@ async fn run_once<P: Peer>(
             t.page(Way::Pull, got.records, page_bytes, conflicts, next, !more);
         }
         since = next;
-        if !more {
-            break;
-        }
     }
     report.received.ms = started.elapsed().as_millis() as u64;
 
@@ -216,11 +231,11 @@ async fn run_once<P: Peer>(
     if let Some(t) = tracker {
         t.direction(Way::Push, since, pos.head);
     }
-    let read_page = |since: u64| {
+    let read_page = |since: u64, nth: u32| {
         let (k, sk, limit, bytes) = (
             reply.knowledge.clone(),
             skip.clone(),
-            opts.page_records.min(protocol::MAX_PAGE_RECORDS),
+            first_pages(opts.page_records.min(protocol::MAX_PAGE_RECORDS), nth),
             opts.page_bytes,
         );
         let (pid, encoding) = (info.instance, reply.encoding.clone());
@@ -237,45 +252,92 @@ async fn run_once<P: Peer>(
     let mut current = if done {
         None
     } else {
-        Some(read_page(since).await?)
+        Some(read_page(since, 0).await?)
     };
+    // Pipelined two deep: page k+1 is sent as soon as it is read, while the peer still
+    // commits page k, and page k+2 is read meanwhile. The peer decodes and checks k+1 at once
+    // and merges it in its turn, right after k's batch is applied (`Responder::wait_turn`);
+    // answers are taken in order. A peer that does not wait for the turn refuses k+1 as a gap,
+    // writing nothing: it is sent again once k is in, and the rest of the session goes one
+    // page at a time.
+    let mut flying: Option<Flying<'_>> = None;
+    let mut serial = false;
     for _ in 0..u32::MAX {
         let Some((out, page)) = current.take() else {
+            if let Some(mut f) = flying.take() {
+                let r = f.answer().await;
+                settle(peer, label, tracker, &mut report, f, r).await?;
+            }
             break;
         };
         let page = page?;
-        let page_bytes = page.data.to_string().len() as u64;
+        // One page at a time after a gap; and no page after one already refused.
+        let failed = flying
+            .as_ref()
+            .is_some_and(|f| matches!(f.answer, Some(Err(_))));
+        if serial || failed {
+            if let Some(mut f) = flying.take() {
+                let r = f.answer().await;
+                serial |= settle(peer, label, tracker, &mut report, f, r).await?;
+            }
+        }
+        let page_bytes = encoded_len(&page.data);
         report.sent.pages += 1;
         report.sent.records += out.changes.len() as u64;
         report.sent.bytes += page_bytes;
         // The last page carries our knowledge for the peer to adopt, unless it holds all of
         // it already (then adopting it would change nothing).
         let teach = !super::told::covers(&reply.knowledge, &pos.knowledge);
-        let req = PushRequest {
+        let req = Arc::new(PushRequest {
             from: me.id,
             knowledge: (!out.more && teach).then(|| pos.knowledge.clone()),
             page,
+        });
+        let call_req = req.clone();
+        let mut sent = Flying {
+            req,
+            after_another: flying.is_some(),
+            records: out.changes.len() as u64,
+            page_bytes,
+            next: out.next,
+            last: !out.more,
+            answer: None,
+            call: Box::pin(async move { peer.push(&call_req).await }),
         };
-        let (r, next) = if out.more {
-            let (r, next) = tokio::join!(peer.push(&req), read_page(out.next));
-            (r, Some(next))
-        } else {
-            (peer.push(&req).await, None)
+        // While this page travels: the answer to the one before, and the next page read.
+        let before = flying.take();
+        let earlier = async move {
+            match before {
+                Some(mut f) => {
+                    let r = f.answer().await;
+                    Some((f, r))
+                }
+                None => None,
+            }
         };
-        let r = r.map_err(|e| e.into_sync(label))?;
-        report.sent.applied += r.stats.applied;
-        report.sent.conflicts += r.stats.conflicts;
-        if let Some(t) = tracker {
-            let n = out.changes.len() as u64;
-            t.page(
-                Way::Push,
-                n,
-                page_bytes,
-                r.stats.conflicts,
-                out.next,
-                !out.more,
-            );
+        let nth = report.sent.pages as u32;
+        let reading = async {
+            if out.more {
+                Some(read_page(out.next, nth).await)
+            } else {
+                None
+            }
+        };
+        let both = async { tokio::join!(earlier, reading) };
+        tokio::pin!(both);
+        // This page's call is polled first, so pages leave in order (the peer takes each in
+        // its turn, and a page it sees before the one ahead of it is refused as a gap).
+        let (earlier, next) = loop {
+            tokio::select! {
+                biased;
+                r = &mut sent.call, if sent.answer.is_none() => sent.answer = Some(r),
+                done = &mut both => break done,
+            }
+        };
+        if let Some((f, r)) = earlier {
+            serial |= settle(peer, label, tracker, &mut report, f, r).await?;
         }
+        flying = Some(sent);
         if let Some(next) = next {
             current = Some(next?);
         }
@@ -363,3 +425,78 @@ fn page_of(
         proofs: None,
     })
 }
+
+/// A pushed page whose answer is not taken yet (pipelined pushes in [`run_once`]).
+struct Flying<'a> {
+    req: Arc<PushRequest>,
+    /// Sent while the page before it was not answered yet.
+    after_another: bool,
+    records: u64,
+    page_bytes: u64,
+    next: u64,
+    last: bool,
+    /// The answer, when it came while waiting for something else.
+    answer: Option<Result<PushReply, CallError>>,
+    call: std::pin::Pin<Box<dyn Future<Output = Result<PushReply, CallError>> + Send + 'a>>,
+}
+
+impl Flying<'_> {
+    async fn answer(&mut self) -> Result<PushReply, CallError> {
+        match self.answer.take() {
+            Some(r) => r,
+            None => (&mut self.call).await,
+        }
+    }
+}
+
+/// Takes the answer to a pushed page, in order, into the report. A page sent while the one
+/// before was unanswered and refused as a gap (a peer that does not wait for its turn) is sent
+/// again now that the one before is in; true then, so the rest of the session goes one page
+/// at a time.
+async fn settle<P: Peer>(
+    peer: &P,
+    label: &str,
+    tracker: Option<&Tracker>,
+    report: &mut SessionReport,
+    f: Flying<'_>,
+    r: Result<PushReply, CallError>,
+) -> Result<bool, SyncError> {
+    let (r, again) = match r {
+        Err(CallError::Protocol(e)) if f.after_another && e.code == codes::POSITION_GAP => {
+            tracing::debug!(next = f.next, "pipelined push refused as a gap: sent again");
+            (peer.push(&f.req).await, true)
+        }
+        r => (r, false),
+    };
+    let r = r.map_err(|e| e.into_sync(label))?;
+    report.sent.applied += r.stats.applied;
+    report.sent.conflicts += r.stats.conflicts;
+    if let Some(t) = tracker {
+        t.page(
+            Way::Push,
+            f.records,
+            f.page_bytes,
+            r.stats.conflicts,
+            f.next,
+            f.last,
+        );
+    }
+    Ok(again)
+}
+
+/// A page's encoded size: its base64 text as is (no copy), else its JSON.
+fn encoded_len(data: &serde_json::Value) -> u64 {
+    data.as_str()
+        .map_or_else(|| data.to_string().len(), str::len) as u64
+}
+
+/// Records in the first page of a direction ([`FIRST_PAGE_RECORDS`]), doubling with each page up
+/// to `limit`: the peer starts on a small page while the next is read and sent (pipelining
+/// fills at once), so a one-page sync of a thousand records becomes a few pages that overlap.
+/// The `nth` page (0-based) of a direction.
+fn first_pages(limit: usize, nth: u32) -> usize {
+    limit.min(FIRST_PAGE_RECORDS.saturating_mul(1 << nth.min(16)))
+}
+
+/// Records in the first page each direction of a session sends (see [`first_pages`]).
+const FIRST_PAGE_RECORDS: usize = 250;
