@@ -112,7 +112,10 @@ async fn a_new_connection_resumes_the_tls_session_without_certificates_and_never
         .await
         .unwrap();
     assert_eq!(r.sent.records, 50);
-    assert_eq!(resumed(), 0);
+    // Exactly one full handshake: a second connection of the same session (pipelined pages)
+    // already resumes the first's.
+    assert_eq!(served.traffic.full_handshakes.load(Ordering::Relaxed), 1);
+    let first = resumed();
     // Settles both knowledge vectors (B's grew by A's records).
     sync::sync_with(a.store.clone(), &addr, &fresh(&a))
         .await
@@ -120,7 +123,7 @@ async fn a_new_connection_resumes_the_tls_session_without_certificates_and_never
     // At least one: a session with pipelined pushes may open a second connection (resumed too).
     let settled = resumed();
     assert!(
-        settled >= 1,
+        settled > first,
         "the second connection resumes the first's session"
     );
 

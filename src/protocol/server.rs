@@ -58,6 +58,8 @@ pub struct Traffic {
     pub refused: AtomicU64,
     /// TLS connections that resumed an earlier session (no certificates exchanged).
     pub resumed: AtomicU64,
+    /// TLS connections that completed a full handshake (both certificates exchanged).
+    pub full_handshakes: AtomicU64,
     /// Connections dropped while their address was backing off after failed handshakes.
     pub throttled: AtomicU64,
 }
@@ -311,6 +313,8 @@ async fn accept_loop<S: SyncService>(
                     if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
                         traffic.resumed.fetch_add(1, Ordering::Relaxed);
                         debug!(%peer, "TLS session resumed");
+                    } else {
+                        traffic.full_handshakes.fetch_add(1, Ordering::Relaxed);
                     }
                     let instance = crate::tls::peer_instance(tls.get_ref().1.peer_certificates());
                     if let Some(i) = instance {
