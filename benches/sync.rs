@@ -201,6 +201,14 @@ fn one_run(root: &Path, n: usize, data: &(PathBuf, PathBuf, PathBuf, PathBuf)) -
         .as_u64()
         .unwrap_or(0);
     r.conflicts = after - before;
+    // Idle: once the agent has reopened its database after the large session (`reopen.rs`:
+    // after a quiet spell of a few seconds; bounded here), then 2 s more.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(90)
+        && json(&fs_ok(&b_dir, &["status"]))["agent"]["store"]["reopen_due"] != false
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
     std::thread::sleep(Duration::from_secs(2));
     r.idle_rss_b = b.rss_kb("VmRSS:");
     drop((a, b));

@@ -21,6 +21,7 @@
 
 use super::StoreError;
 use std::ops::{Deref, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,9 @@ use std::time::{Duration, Instant};
 pub(crate) struct Handles {
     pub(crate) db: sled::Db,
     pub(crate) tree: sled::Tree,
+    /// Entries read through iterators since this open: reading pages sled in as writing does
+    /// (an automatic snapshot, a peer's initial pull), so it counts toward a reopen.
+    read: AtomicU64,
 }
 
 /// A counted reference to the open handles: while one exists, a reopen waits for it. Derefs
@@ -78,13 +82,17 @@ pub(crate) struct Iter {
 impl Iterator for Iter {
     type Item = sled::Result<(sled::IVec, sled::IVec)>;
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner.next()
+        let kv = self.inner.next()?;
+        self._open.read.fetch_add(1, Ordering::Relaxed);
+        Some(kv)
     }
 }
 
 impl DoubleEndedIterator for Iter {
     fn next_back(&mut self) -> Option<Self::Item> {
-        self.inner.next_back()
+        let kv = self.inner.next_back()?;
+        self._open.read.fetch_add(1, Ordering::Relaxed);
+        Some(kv)
     }
 }
 
@@ -133,7 +141,11 @@ const OPEN_ATTEMPTS: u32 = 6;
 impl Sled {
     pub(crate) fn new(db: sled::Db, tree: sled::Tree) -> Self {
         Sled {
-            slot: Mutex::new(Slot::Open(Arc::new(Handles { db, tree }))),
+            slot: Mutex::new(Slot::Open(Arc::new(Handles {
+                db,
+                tree,
+                read: AtomicU64::new(0),
+            }))),
             swapped: Condvar::new(),
         }
     }
@@ -153,6 +165,15 @@ impl Sled {
                     s = self.swapped.wait(s).unwrap_or_else(|e| e.into_inner());
                 }
             }
+        }
+    }
+
+    /// Entries read through iterators since sled was last opened (0 while a reopen is under
+    /// way: never waits, so a status tick on an async thread does not block).
+    pub(crate) fn reads(&self) -> u64 {
+        match &*self.slot() {
+            Slot::Open(h) => h.read.load(Ordering::Relaxed),
+            Slot::Reopening => 0,
         }
     }
 
@@ -199,7 +220,11 @@ impl Sled {
             }
             match open() {
                 Ok((db, tree)) => {
-                    self.publish(Arc::new(Handles { db, tree }));
+                    self.publish(Arc::new(Handles {
+                        db,
+                        tree,
+                        read: AtomicU64::new(0),
+                    }));
                     return Ok(Reopen::Done(start.elapsed()));
                 }
                 Err(e) => last = Some(e),

@@ -633,8 +633,22 @@ impl Store {
     /// closing failed (nothing was closed). If the database cannot be opened again the
     /// process exits with a message (every write was saved).
     pub fn reopen(&self) -> Result<Reopen, StoreError> {
+        self.reopen_with(self.lock())
+    }
+
+    /// [`Store::reopen`] only if nobody holds the writer lock now ([`Reopen::Busy`] otherwise,
+    /// at once): what the agent calls, so that a reopen never makes an automatic snapshot,
+    /// which gives way to anyone waiting for that lock, start over.
+    pub fn reopen_if_free(&self) -> Result<Reopen, StoreError> {
+        match self.writer.try_lock() {
+            Ok(w) => self.reopen_with(w),
+            Err(std::sync::TryLockError::Poisoned(e)) => self.reopen_with(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Ok(Reopen::Busy),
+        }
+    }
+
+    fn reopen_with(&self, w: std::sync::MutexGuard<'_, WriterState>) -> Result<Reopen, StoreError> {
         use std::sync::atomic::Ordering;
-        let w = self.lock();
         let db_dir = self.dir.join("db");
         let done = self
             .sled
@@ -650,6 +664,13 @@ impl Store {
             );
         }
         Ok(done)
+    }
+
+    /// Entries sled wrote or read through iterators since it was last opened (by
+    /// [`Store::open`] or [`Store::reopen`]): what sled's memory grows with, and so what
+    /// decides whether a reopen is worth it.
+    pub fn touched_since_open(&self) -> u64 {
+        self.written_since_open() + self.sled.reads()
     }
 
     /// Feed entries written since sled was last opened (by [`Store::open`] or
