@@ -201,6 +201,14 @@ fn one_run(root: &Path, n: usize, data: &(PathBuf, PathBuf, PathBuf, PathBuf)) -
         .as_u64()
         .unwrap_or(0);
     r.conflicts = after - before;
+    // Idle: once the agent has reopened its database after the large session (`reopen.rs`:
+    // after a quiet spell of a few seconds; bounded here), then 2 s more.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(90)
+        && json(&fs_ok(&b_dir, &["status"]))["agent"]["store"]["reopen_due"] != false
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
     std::thread::sleep(Duration::from_secs(2));
     r.idle_rss_b = b.rss_kb("VmRSS:");
     drop((a, b));
@@ -799,7 +807,8 @@ fn write_results(report: &str) {
          Two agents of the release build on 127.0.0.1, sled on disk, mutual TLS 1.3, pages msgpack+zstd.\n\
          Data: {data} person records (~330 bytes each). Times are sync-session times reported by\n\
          the initiating agent; bytes are counted at the responder's sockets (both directions, TLS and\n\
-         HTTP framing included); RSS is VmHWM (peak) and VmRSS (idle) from /proc. Every run checked\n\
+         HTTP framing included); RSS is VmHWM (peak) and VmRSS (idle: 2 s after the receiver\n\
+         reopened its database once quiet, `src/reopen.rs`) from /proc. Every run checked\n\
          record counts, content digests and `verify` on both sides before reporting. The sled\n\
          floor is sled alone writing the same shape in the same run (see benches/sync.rs); ratios\n\
          are medians of each run's own ratio.\n{report}{END}",

@@ -639,6 +639,11 @@ pub async fn run(
         }));
     }
 
+    // Closing and reopening sled once a large session has ended gives back its memory.
+    tasks.push(tokio::spawn(crate::reopen::run(
+        store.clone(),
+        stop_rx.clone(),
+    )));
     // The rolling automatic snapshots (`repair` restores the newest); spawned last, so the
     // tasks `status` expects right after start come first.
     tasks.push(tokio::spawn(crate::autosnapshot::run(
@@ -681,6 +686,7 @@ async fn run_without_sync(
     let signals = StopSignals::register();
     let control = control::start(store.clone(), "", exec).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let reopener = tokio::spawn(crate::reopen::run(store.clone(), stop_rx.clone()));
     let snapshots = tokio::spawn(crate::autosnapshot::run(
         store.clone(),
         store.config().snapshots.clone(),
@@ -703,6 +709,7 @@ async fn run_without_sync(
     signals.wait().await;
     let _ = stop_tx.send(true);
     let _ = snapshots.await;
+    let _ = reopener.await;
     let _ = control.stop();
     if let Err(e) = store.flush() {
         warn!(error = %e, "flush on shutdown failed");
@@ -775,6 +782,11 @@ fn publish(a: &Agent, live: &LiveStatus, listen: &str) {
         "pid": std::process::id(),
         "discovery": health,
         "sessions_in_flight": lock(&a.in_flight).len(),
+        // Closing and reopening sled to give back memory (`reopen.rs`).
+        "store": {
+            "reopens": a.store.reopens(),
+            "reopen_due": crate::reopen::due(&a.store),
+        },
         "transport": a.opts.transport.mesh_id().map_or("plaintext (insecure)", |_| "mutual TLS"),
     });
 }

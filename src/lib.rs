@@ -70,6 +70,7 @@ pub mod model;
 pub mod presence;
 pub mod progress;
 pub mod protocol;
+pub mod reopen;
 pub mod repair;
 pub mod signed;
 pub mod store;

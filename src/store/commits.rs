@@ -145,7 +145,7 @@ impl Store {
         ts: u64,
     ) -> Result<Option<StoredCommit>, StoreError> {
         let end = keys::with_prefix(COMMIT, &[origin.as_bytes(), &u64::MAX.to_be_bytes()]);
-        let mut it = self.tree.range(commit_key(origin, ts)..=end);
+        let mut it = self.tree().range(commit_key(origin, ts)..=end);
         match it.next() {
             Some(kv) => {
                 let (_, v) = kv?;
@@ -158,7 +158,7 @@ impl Store {
 
     /// Stores a commit (replacing the stored one of the same origin and `hi`).
     pub fn put_commit(&self, c: &StoredCommit) -> Result<(), StoreError> {
-        self.tree.insert(commit_key(&c.origin, c.hi), encode(c))?;
+        self.tree().insert(commit_key(&c.origin, c.hi), encode(c))?;
         Ok(())
     }
 
@@ -172,7 +172,7 @@ impl Store {
         let mut batch = sled::Batch::default();
         for (header, leaves, nodes) in learned {
             let key = commit_key(&header.origin, header.hi);
-            let mut c = match self.tree.get(&key)? {
+            let mut c = match self.tree().get(&key)? {
                 Some(v) => decode::<StoredCommit>(&v)?,
                 None => header.clone(),
             };
@@ -188,30 +188,30 @@ impl Store {
             }
             c.learn(leaves, nodes);
             // Own writes coming back, or a page already learned: nothing to rewrite.
-            if c != before || self.tree.get(&key)?.is_none() {
+            if c != before || self.tree().get(&key)?.is_none() {
                 batch.insert(key, encode(&c));
             }
         }
         for der in certs {
             let key = cert_key(&signed::cert_hash(der));
-            if !self.tree.contains_key(&key)? {
+            if !self.tree().contains_key(&key)? {
                 batch.insert(key, der.clone());
             }
         }
-        self.tree.apply_batch(batch)?;
+        self.tree().apply_batch(batch)?;
         Ok(())
     }
 
     /// The member certificate (DER) whose SHA-256 is `hash`, if held here.
     pub fn member_cert(&self, hash: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(cert_key(hash))?.map(|v| v.to_vec()))
+        Ok(self.tree().get(cert_key(hash))?.map(|v| v.to_vec()))
     }
 
     /// Keeps a member certificate (this laptop's own, once it signed a commit with it).
     pub fn put_member_cert(&self, der: &[u8]) -> Result<(), StoreError> {
         let key = cert_key(&signed::cert_hash(der));
-        if !self.tree.contains_key(&key)? {
-            self.tree.insert(key, der)?;
+        if !self.tree().contains_key(&key)? {
+            self.tree().insert(key, der)?;
         }
         Ok(())
     }
@@ -282,7 +282,7 @@ mod tests {
     /// matches its leaves; returns how many leaves were checked.
     fn every_own_leaf_is_committed(s: &Store, origin: Uuid) -> usize {
         let mut n = 0;
-        for kv in super::super::fingerprint::raw_records(&s.tree) {
+        for kv in super::super::fingerprint::raw_records(&s.tree()) {
             let (k, v) = kv.unwrap();
             let (table, id) = keys::parse_record_suffix(&k[1..]).unwrap();
             let rec = super::super::write::decode_record(&v).unwrap();
@@ -361,21 +361,23 @@ mod tests {
             )
             .unwrap();
             // As format 3 left it: no commits.
-            for k in s.tree.scan_prefix([COMMIT]).keys() {
-                s.tree.remove(k.unwrap()).unwrap();
+            for k in s.tree().scan_prefix([COMMIT]).keys() {
+                s.tree().remove(k.unwrap()).unwrap();
             }
-            s.tree.insert(keys::meta("format"), encode(&3u32)).unwrap();
-            s.tree.flush().unwrap();
+            s.tree()
+                .insert(keys::meta("format"), encode(&3u32))
+                .unwrap();
+            s.tree().flush().unwrap();
             s.id()
         };
         let s = reopen(dir.path());
         assert_eq!(
-            super::super::recovery::stored_format(&s.tree).unwrap(),
+            super::super::recovery::stored_format(&s.tree()).unwrap(),
             super::super::recovery::FORMAT_VERSION
         );
         assert_eq!(every_own_leaf_is_committed(&s, me), 3);
         let commits: Vec<StoredCommit> = s
-            .tree
+            .tree()
             .scan_prefix([COMMIT])
             .values()
             .map(|v| decode(&v.unwrap()).unwrap())

@@ -177,7 +177,7 @@ impl Store {
         if let Some(d) = self.dicts.get(table) {
             return Ok(d);
         }
-        let count = match self.tree.get(keys::table_counts(table))? {
+        let count = match self.tree().get(keys::table_counts(table))? {
             Some(v) => {
                 let c: super::TableCounts = super::decode(&v)?;
                 c.live + c.deleted
@@ -190,7 +190,7 @@ impl Store {
         let started = std::time::Instant::now();
         let mut samples = Vec::with_capacity(DICT_SAMPLES);
         for kv in self
-            .tree
+            .tree()
             .scan_prefix(keys::table_records(table))
             .take(DICT_SAMPLES)
         {
@@ -207,7 +207,7 @@ impl Store {
             return Ok(None);
         };
         let id = register(&dict).expect("a trained dictionary has a header");
-        self.tree.insert(dict_key(table, id), dict.as_slice())?;
+        self.tree().insert(dict_key(table, id), dict.as_slice())?;
         let c = Arc::new(CDict::create(&dict, DICT_LEVEL));
         tables.insert(table.to_string(), TableDict::Ready(c.clone()));
         tracing::debug!(
@@ -223,7 +223,7 @@ impl Store {
 
     /// Reloads the dictionaries after the tree was replaced (restore).
     pub(super) fn reload_dicts(&self) -> Result<(), StoreError> {
-        self.dicts.reload(&self.tree)
+        self.dicts.reload(&self.tree())
     }
 }
 
@@ -282,7 +282,7 @@ mod tests {
     /// The raw stored value of a person record.
     fn raw(s: &Store, id: &Uuid) -> Vec<u8> {
         let k = keys::record(&keys::record_suffix("person", id));
-        s.tree.get(k).unwrap().unwrap().to_vec()
+        s.tree().get(k).unwrap().unwrap().to_vec()
     }
 
     fn frame_dict(v: &[u8]) -> Option<u32> {
@@ -290,7 +290,7 @@ mod tests {
     }
 
     fn dict_keys(s: &Store) -> Vec<Vec<u8>> {
-        s.tree
+        s.tree()
             .scan_prefix([DICT])
             .keys()
             .map(|k| k.unwrap().to_vec())
@@ -342,7 +342,7 @@ mod tests {
         .unwrap();
         let hk = keys::history_of(&keys::record_suffix("person", &ids[0]));
         let raw_history: Vec<Vec<u8>> = s
-            .tree
+            .tree()
             .scan_prefix(hk)
             .values()
             .map(|v| v.unwrap().to_vec())
@@ -416,7 +416,7 @@ mod tests {
         let two = ["person".to_string(), "place".to_string()];
         let ids = {
             let s = Store::open(dir.path(), Config::default()).unwrap();
-            assert_eq!(super::super::recovery::stored_format(&s.tree).unwrap(), 6);
+            assert_eq!(super::super::recovery::stored_format(&s.tree()).unwrap(), 6);
             // What the fixture's NOTE.md says fieldsync 960be4c printed for it.
             assert_eq!(s.id().to_string(), "730dc2b3-c544-4216-9c31-5ebcfbb4c035");
             assert_eq!(s.seq(), 43);

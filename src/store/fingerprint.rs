@@ -359,7 +359,7 @@ impl super::Store {
     }
 
     fn stored_sum(&self, key: &[u8]) -> Result<RangeSum, StoreError> {
-        match self.tree.get(key)? {
+        match self.tree().get(key)? {
             Some(v) => RangeSum::from_bytes(&v),
             None => Ok(RangeSum::default()),
         }
@@ -376,7 +376,7 @@ impl super::Store {
         let at = table.len() + 2;
         prefix[at] = level as u8;
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(&prefix) {
+        for kv in self.tree().scan_prefix(&prefix) {
             let (k, v) = kv?;
             let id_bytes = &k[at + 1..];
             if id_bytes.len() != level {
@@ -393,9 +393,9 @@ impl super::Store {
     /// Recomputes every fingerprint entry from the records and compares with the stored ones;
     /// returns the keys that differ (hex), empty when consistent. Reads the whole store.
     pub fn check_fingerprints(&self) -> Result<Vec<String>, StoreError> {
-        let want = build_from_records(raw_records(&self.tree))?;
+        let want = build_from_records(raw_records(&self.tree()))?;
         let mut have = BTreeMap::new();
-        for kv in self.tree.scan_prefix([FINGERPRINT]) {
+        for kv in self.tree().scan_prefix([FINGERPRINT]) {
             let (k, v) = kv?;
             have.insert(k.to_vec(), v.to_vec());
         }

@@ -107,7 +107,7 @@ impl Store {
             (self.group.applied(), self.head_of(&w)?)
         };
         let t = std::time::Instant::now();
-        self.db.flush()?;
+        self.tree().flush()?;
         tracing::trace!(
             upto,
             flush_us = t.elapsed().as_micros() as u64,

@@ -269,7 +269,7 @@ impl Store {
     /// Every pending hold, oldest first.
     pub fn holds(&self) -> Result<Vec<Hold>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix([keys::HELD]) {
+        for kv in self.tree().scan_prefix([keys::HELD]) {
             out.push(decode(&kv?.1)?);
         }
         Ok(out)

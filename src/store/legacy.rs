@@ -164,7 +164,7 @@ mod tests {
                 source: Source::Merge(peer),
                 applied_at: chrono::Utc::now(),
             };
-            s.tree
+            s.tree()
                 .insert(keys::history(&suffix, &merged_at), encode_compact(&old))
                 .unwrap();
             // An own edit written before protocol 2: exact, and must stay so.
@@ -186,22 +186,22 @@ mod tests {
                 applied_at: chrono::Utc::now(),
             };
             let own_suffix = keys::record_suffix("person", &own);
-            s.tree
+            s.tree()
                 .insert(
                     keys::history(&own_suffix, &own_at),
                     encode_compact(&own_old),
                 )
                 .unwrap();
             // The database as an older version left it: format 1.
-            s.tree
+            s.tree()
                 .insert(keys::meta("format"), crate::store::encode(&1u32))
                 .unwrap();
-            s.tree.flush().unwrap();
+            s.tree().flush().unwrap();
             (me, merged_at)
         };
         let s = reopen(dir.path());
         assert_eq!(
-            recovery::stored_format(&s.tree).unwrap(),
+            recovery::stored_format(&s.tree()).unwrap(),
             recovery::FORMAT_VERSION
         );
         let h = s.history("person", &rec).unwrap();
@@ -255,7 +255,7 @@ mod tests {
         put(&s, id, json!({"a": 1}));
         put(&s, id, json!({"a": 2}));
         let mut batch = sled::Batch::default();
-        assert_eq!(mark_reconstructed(&s.tree, &mut batch).unwrap(), 0);
+        assert_eq!(mark_reconstructed(&s.tree(), &mut batch).unwrap(), 0);
         // A received entry with a cause (protocol 2) is exact too.
         let e = HistoryEntry {
             revision: Revision {

@@ -361,8 +361,8 @@ mod tests {
     fn a_new_store_records_its_format() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path(), Config::default()).unwrap();
-        assert_eq!(stored_format(&s.tree).unwrap(), FORMAT_VERSION);
-        assert!(s.tree.get(keys::meta("format")).unwrap().is_some());
+        assert_eq!(stored_format(&s.tree()).unwrap(), FORMAT_VERSION);
+        assert!(s.tree().get(keys::meta("format")).unwrap().is_some());
     }
 
     #[test]
@@ -410,7 +410,7 @@ mod tests {
             digest
         );
         // Format 1, migrated on open to the current one.
-        let v: u32 = decode(&s.tree.get(keys::meta("format")).unwrap().unwrap()).unwrap();
+        let v: u32 = decode(&s.tree().get(keys::meta("format")).unwrap().unwrap()).unwrap();
         assert_eq!(v, FORMAT_VERSION);
         assert_eq!(s.range_sum("person", &[]).unwrap().count, 1);
         assert!(s.check_fingerprints().unwrap().is_empty());

@@ -242,8 +242,8 @@ impl Store {
         let mut batch = sled::Batch::default();
         batch.insert(keys::meta("lineage"), encode(&next));
         batch.insert(keys::meta("clock"), encode(&w.clock.last()));
-        self.tree.apply_batch(batch)?;
-        self.db.flush()?;
+        self.tree().apply_batch(batch)?;
+        self.tree().flush()?;
         tracing::warn!(incarnation = %next.current.id, previous = %w.lineage.current.id,
             missing_from = next.missing.map_or(0, |m| m.0), reason,
             "started a new incarnation: peers will send back what this laptop lacks");
@@ -281,8 +281,8 @@ impl Store {
                 let mut batch = sled::Batch::default();
                 batch.insert(keys::meta("lineage"), encode(&w.lineage));
                 batch.insert(keys::meta("clock"), encode(&w.clock.last()));
-                self.tree.apply_batch(batch)?;
-                self.db.flush()?;
+                self.tree().apply_batch(batch)?;
+                self.tree().flush()?;
                 self.publish(&w)?;
             }
             return Ok(None);
@@ -355,7 +355,7 @@ impl Store {
     /// Unresolved merge conflicts of one record, as peers receive them.
     fn conflicts_to_report(&self, suffix: &[u8]) -> Result<Vec<ReportedConflict>, StoreError> {
         let mut out = Vec::new();
-        for kv in self.tree.scan_prefix(keys::conflicts_of(suffix)) {
+        for kv in self.tree().scan_prefix(keys::conflicts_of(suffix)) {
             let k = kv?.0;
             let id = u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8-byte id"));
             let e = self.conflict(id)?;
@@ -465,7 +465,7 @@ impl Store {
         };
         let mut bytes = 0usize;
         let mut feed = self
-            .tree
+            .tree()
             .range(keys::feed(since.saturating_add(1))..keys::feed(u64::MAX));
         for kv in feed.by_ref() {
             let (k, v) = kv?;
@@ -482,7 +482,7 @@ impl Store {
             if self.config.local_only.contains(&table) || skip_tables.contains(&table) {
                 continue;
             }
-            let raw = self.tree.get(keys::record(suffix))?.ok_or_else(|| {
+            let raw = self.tree().get(keys::record(suffix))?.ok_or_else(|| {
                 StoreError::Decode(format!("feed points at missing {table}/{id}"))
             })?;
             let rec = decode_record(&raw)?;

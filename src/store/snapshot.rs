@@ -74,7 +74,7 @@ impl ConsistentView<'_> {
 
     /// Every key/value pair, in key order.
     pub fn entries(&self) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
-        self.store.tree.iter().map(|kv| {
+        self.store.tree().iter().map(|kv| {
             kv.map(|(k, v)| (k.to_vec(), v.to_vec()))
                 .map_err(Into::into)
         })
@@ -83,7 +83,7 @@ impl ConsistentView<'_> {
     /// Counts every entry by kind (one pass over the tree).
     pub fn counts(&self) -> Result<SnapshotCounts, StoreError> {
         let mut c = SnapshotCounts::default();
-        for kv in self.store.tree.iter().keys() {
+        for kv in self.store.tree().iter().keys() {
             c.add(&kv?);
         }
         Ok(c)
@@ -138,7 +138,7 @@ impl Store {
     /// True when the database holds nothing but this instance's identity (no record, peer,
     /// conflict or history yet), so a restore loses nothing.
     pub fn is_empty(&self) -> Result<bool, StoreError> {
-        for k in self.tree.iter().keys() {
+        for k in self.tree().iter().keys() {
             if k?.first() != Some(&keys::META) {
                 return Ok(false);
             }
@@ -274,7 +274,7 @@ impl Store {
             self.peers()?.into_iter().map(|r| (r.instance, r)).collect()
         };
         let mut batch = sled::Batch::default();
-        for k in self.tree.iter().keys() {
+        for k in self.tree().iter().keys() {
             batch.remove(k?);
         }
         let mut counts = SnapshotCounts::default();
@@ -321,7 +321,7 @@ impl Store {
                     let mut r = decode_record(&v)?;
                     if may_fork {
                         let own = r.state.vv.get(&info.id).copied().unwrap_or(0);
-                        let here = match self.tree.get(&k)? {
+                        let here = match self.tree().get(&k)? {
                             Some(p) => decode_record(&p)?.state.vv.get(&info.id).copied(),
                             None => None,
                         }
@@ -407,11 +407,11 @@ impl Store {
             keys::meta("format"),
             encode(&super::recovery::FORMAT_VERSION),
         );
-        self.tree.apply_batch(batch)?;
-        self.db.flush()?;
+        self.tree().apply_batch(batch)?;
+        self.tree().flush()?;
         self.reload_dicts()?;
         let meta_u64 = |name: &str| -> Result<u64, StoreError> {
-            Ok(match self.tree.get(keys::meta(name))? {
+            Ok(match self.tree().get(keys::meta(name))? {
                 Some(v) => decode(&v)?,
                 None => 0,
             })
@@ -421,7 +421,7 @@ impl Store {
         } else {
             0
         };
-        let holdings = match self.tree.get(keys::meta("holdings"))? {
+        let holdings = match self.tree().get(keys::meta("holdings"))? {
             Some(v) => decode(&v)?,
             None => Default::default(),
         };
@@ -496,7 +496,7 @@ impl Store {
     /// written; the candidates are removed.
     pub(crate) fn rewrite_forked(&self) -> Result<u64, StoreError> {
         use crate::merge::Edit;
-        let Some(v) = self.tree.get(keys::meta("forked"))? else {
+        let Some(v) = self.tree().get(keys::meta("forked"))? else {
             return Ok(0);
         };
         let forked: Vec<(String, Uuid, u64)> = decode(&v)?;
@@ -541,8 +541,8 @@ impl Store {
                 n += 1;
             }
         }
-        self.tree.remove(keys::meta("forked"))?;
-        self.db.flush()?;
+        self.tree().remove(keys::meta("forked"))?;
+        self.tree().flush()?;
         if n > 0 {
             tracing::warn!(
                 records = n,
@@ -609,7 +609,9 @@ mod tests {
             .unwrap();
         }
         let k: Knowledge = [(stranger, 123)].into_iter().collect();
-        a.tree.insert(keys::meta("knowledge"), encode(&k)).unwrap();
+        a.tree()
+            .insert(keys::meta("knowledge"), encode(&k))
+            .unwrap();
         let snap = snapshot(&a);
         put_new(&b, 5);
         let (b_id, b_clock) = (b.id(), clock(&b));

@@ -178,7 +178,7 @@ impl Store {
         except: &Uuid,
     ) -> Result<Option<Uuid>, StoreError> {
         let prefix = keys::unique_value(table, field, &value.to_string());
-        for kv in self.tree.scan_prefix(&prefix) {
+        for kv in self.tree().scan_prefix(&prefix) {
             let k = kv?.0;
             let id = Uuid::from_slice(&k[prefix.len()..])
                 .map_err(|e| StoreError::Decode(e.to_string()))?;
@@ -228,7 +228,7 @@ impl StagedImport<'_> {
             }
         }
         if closed > 0 {
-            self.store.tree.apply_batch(batch)?;
+            self.store.tree().apply_batch(batch)?;
         }
         Ok(())
     }
@@ -249,17 +249,17 @@ impl StagedImport<'_> {
         if self.block_rows > 0 {
             let mut batch = sled::Batch::default();
             self.close_block(&mut batch);
-            self.store.tree.apply_batch(batch)?;
+            self.store.tree().apply_batch(batch)?;
         }
-        self.store.db.flush()?;
+        self.store.tree().flush()?;
         let marker = ImportMarker {
             table: self.table.clone(),
             rows: self.rows,
         };
         self.store
-            .tree
+            .tree()
             .insert(marker_key(&self.id), encode(&marker))?;
-        self.store.db.flush()?;
+        self.store.tree().flush()?;
         self.done = true;
         tracing::debug!(import = %self.id, rows = self.rows, "import committed, rolling forward");
         roll_forward(
@@ -289,14 +289,14 @@ fn discard(store: &Store, import: &Uuid) -> Result<(), StoreError> {
     loop {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for kv in store.tree.scan_prefix(&prefix).take(APPLY_CHUNK) {
+        for kv in store.tree().scan_prefix(&prefix).take(APPLY_CHUNK) {
             batch.remove(kv?.0);
             n += 1;
         }
         if n == 0 {
             return Ok(());
         }
-        store.tree.apply_batch(batch)?;
+        store.tree().apply_batch(batch)?;
     }
 }
 
@@ -320,7 +320,7 @@ fn roll_forward(
         let mut staged_keys = Vec::new();
         let mut rows = Vec::new();
         // Whole blocks, until the chunk is full: a block is applied and removed at once.
-        for kv in store.tree.scan_prefix(&prefix) {
+        for kv in store.tree().scan_prefix(&prefix) {
             let (k, v) = kv?;
             decode_block(&v, &mut rows)?;
             staged_keys.push(k.to_vec());
@@ -365,7 +365,7 @@ fn roll_forward(
         txn.remove(marker_key(import));
         Ok(())
     })?;
-    store.db.flush()?;
+    store.tree().flush()?;
     // Give the allocator's freed chunks back, so an agent does not sit at the import's peak.
     super::write::trim_heap();
     Ok(counts)
@@ -394,7 +394,7 @@ fn rebuild_fingerprints(
     txn: &mut super::Txn<'_>,
 ) -> Result<(), StoreError> {
     let records = store
-        .tree
+        .tree()
         .scan_prefix(keys::table_records(table))
         .map(|kv| {
             let (k, v) = kv?;
@@ -403,7 +403,7 @@ fn rebuild_fingerprints(
     let fresh = fingerprint::build_from_records(records)?;
     let mut prefix = fingerprint::level_key(table, &[]);
     prefix.pop(); // the level byte: every level of this table
-    for kv in store.tree.scan_prefix(&prefix) {
+    for kv in store.tree().scan_prefix(&prefix) {
         let k = kv?.0;
         if !fresh.contains_key(k.as_ref()) {
             txn.remove(k.to_vec());
@@ -478,7 +478,7 @@ fn apply_chunk(
 pub(crate) fn recover(store: &Store) -> Result<(), StoreError> {
     let marker_prefix = keys::meta("import/");
     let mut committed = Vec::new();
-    for kv in store.tree.scan_prefix(&marker_prefix) {
+    for kv in store.tree().scan_prefix(&marker_prefix) {
         let (k, v) = kv?;
         let id = std::str::from_utf8(&k[marker_prefix.len()..])
             .ok()
@@ -492,13 +492,13 @@ pub(crate) fn recover(store: &Store) -> Result<(), StoreError> {
         roll_forward(store, id, marker, APPLY_CHUNK, Sums::Rebuild)?;
     }
     // Whatever is still staged never committed.
-    while let Some(kv) = store.tree.scan_prefix([STAGED]).next() {
+    while let Some(kv) = store.tree().scan_prefix([STAGED]).next() {
         let k = kv?.0;
         let id = Uuid::from_slice(k.get(1..17).unwrap_or_default())
             .map_err(|e| StoreError::Decode(format!("staged import key: {e}")))?;
         tracing::info!(import = %id, "discarding an import interrupted before it committed");
         discard(store, &id)?;
-        store.db.flush()?;
+        store.tree().flush()?;
     }
     Ok(())
 }
@@ -532,15 +532,17 @@ mod tests {
             // is applied without its fingerprint changes (they lived in the lost process).
             let mut batch = sled::Batch::default();
             imp.close_block(&mut batch);
-            s.tree.apply_batch(batch).unwrap();
+            s.tree().apply_batch(batch).unwrap();
             let marker = ImportMarker {
                 table: "person".into(),
                 rows: imp.rows,
             };
-            s.tree.insert(marker_key(&imp.id), encode(&marker)).unwrap();
+            s.tree()
+                .insert(marker_key(&imp.id), encode(&marker))
+                .unwrap();
             imp.done = true;
             let (k, v) = s
-                .tree
+                .tree()
                 .scan_prefix(staged_prefix(&imp.id))
                 .next()
                 .unwrap()
@@ -553,13 +555,13 @@ mod tests {
                 "a part is applied"
             );
             assert!(!s.check_fingerprints().unwrap().is_empty(), "sums behind");
-            s.db.flush().unwrap();
+            s.tree().flush().unwrap();
         }
         let s = Store::open(dir.path(), Config::default()).unwrap();
         assert_eq!(s.scan_ids("person", &[]).count(), 30, "all of the import");
         assert_eq!(s.range_sum("person", &[]).unwrap().count, 30);
         assert_eq!(s.check_fingerprints().unwrap(), Vec::<String>::new());
-        assert!(s.tree.scan_prefix(keys::meta("import/")).next().is_none());
+        assert!(s.tree().scan_prefix(keys::meta("import/")).next().is_none());
     }
 
     /// What the roll-forward does with one staged block `(k, v)` of the person table.
@@ -584,7 +586,7 @@ mod tests {
         imp.stage(rows.clone()).unwrap();
         imp.done = true;
         let blocks: Vec<_> = s
-            .tree
+            .tree()
             .scan_prefix(staged_prefix(&imp.id))
             .map(|kv| kv.unwrap())
             .collect();
@@ -614,7 +616,7 @@ mod tests {
         assert_eq!(rec.state.value("note"), None, "the row replaced the fields");
         assert_eq!(s.tables().unwrap()[0].1.live, 20);
         assert_eq!(
-            s.tree.scan_prefix([keys::FEED]).count(),
+            s.tree().scan_prefix([keys::FEED]).count(),
             20,
             "one feed entry each"
         );

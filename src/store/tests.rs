@@ -707,7 +707,7 @@ fn records_are_stored_compressed_and_plain_ones_from_older_formats_still_read() 
     });
     put(&s, "person", id, person.clone());
     let key = keys::record(&keys::record_suffix("person", &id));
-    let stored = s.tree.get(&key).unwrap().expect("stored");
+    let stored = s.tree().get(&key).unwrap().expect("stored");
     let rec = s.get("person", &id).unwrap().expect("reads back");
     let plain = write::encode_record_plain(&rec);
     // What a user sees: the same record, in well under the plain size on disk.
@@ -719,12 +719,12 @@ fn records_are_stored_compressed_and_plain_ones_from_older_formats_still_read() 
         plain.len()
     );
     // A record a format-3 store wrote (plain MessagePack) reads the same after an upgrade.
-    s.tree.insert(&key, plain).unwrap();
+    s.tree().insert(&key, plain).unwrap();
     assert_eq!(live(&s, "person", id), Some(person));
     assert_eq!(s.get("person", &id).unwrap(), Some(rec));
     // A damaged compressed value is an error, not a panic or a wrong record.
     let mut bad = stored.to_vec();
     bad.truncate(bad.len() / 2);
-    s.tree.insert(&key, bad).unwrap();
+    s.tree().insert(&key, bad).unwrap();
     assert!(s.get("person", &id).is_err());
 }

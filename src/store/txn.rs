@@ -15,7 +15,9 @@ use uuid::Uuid;
 
 /// Pending writes on top of the committed tree.
 pub struct Txn<'a> {
-    tree: &'a sled::Tree,
+    /// Held for the batch's life (a reopen waits for it; see `handles.rs`).
+    tree: super::handles::TreeRef,
+    _store: std::marker::PhantomData<&'a ()>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Fingerprint entry key → what this batch adds to it.
     fingerprints: BTreeMap<Vec<u8>, RangeSum>,
@@ -24,9 +26,10 @@ pub struct Txn<'a> {
 }
 
 impl<'a> Txn<'a> {
-    pub(crate) fn new(tree: &'a sled::Tree) -> Self {
+    pub(crate) fn new(tree: super::handles::TreeRef) -> Self {
         Self {
             tree,
+            _store: std::marker::PhantomData,
             writes: BTreeMap::new(),
             fingerprints: BTreeMap::new(),
             failed: None,
@@ -196,7 +199,7 @@ impl<'a> Txn<'a> {
             if delta.is_zero() {
                 continue;
             }
-            match fingerprint::apply_delta(self.tree, k, delta)? {
+            match fingerprint::apply_delta(&self.tree, k, delta)? {
                 Some(v) => batch.insert(k.as_slice(), v),
                 None => batch.remove(k.as_slice()),
             }

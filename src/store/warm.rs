@@ -16,8 +16,9 @@ impl Store {
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
+        let tree = self.tree();
         for k in wanted {
-            let _ = self.tree.get(k);
+            let _ = tree.get(k);
         }
     }
 }

@@ -86,7 +86,7 @@ impl Store {
         };
         let batch = Batch {
             store: self,
-            txn: Txn::new(&self.tree),
+            txn: Txn::new(self.tree()),
             w,
             now: Utc::now(),
             wall: wall_millis(),
