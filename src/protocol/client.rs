@@ -255,6 +255,18 @@ impl Client {
 mod tests {
     use super::*;
 
+    /// One notify call to `addr`, which must fail.
+    async fn notify_fails(addr: &str) -> CallError {
+        let client = Client::connect(addr, None).unwrap();
+        client
+            .notify(&Notify {
+                from: uuid::Uuid::nil(),
+                head: 0,
+            })
+            .await
+            .unwrap_err()
+    }
+
     /// A peer that accepts the connection and closes it without answering ends the call with
     /// [`CallError::Ended`] (decided by the error's type); a port nobody listens on is a plain
     /// transport error (no TLS refusal can hide behind it).
@@ -271,28 +283,14 @@ mod tests {
                 }
             }
         });
-        let client = Client::connect(&addr, None).unwrap();
-        let e = client
-            .notify(&Notify {
-                from: uuid::Uuid::nil(),
-                head: 0,
-            })
-            .await
-            .unwrap_err();
+        let e = notify_fails(&addr).await;
         assert!(matches!(e, CallError::Ended(_)), "{e:?}");
         closer.abort();
 
         let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gone = free.local_addr().unwrap().to_string();
         drop(free);
-        let client = Client::connect(&gone, None).unwrap();
-        let e = client
-            .notify(&Notify {
-                from: uuid::Uuid::nil(),
-                head: 0,
-            })
-            .await
-            .unwrap_err();
+        let e = notify_fails(&gone).await;
         assert!(matches!(e, CallError::Transport(_)), "{e:?}");
         assert!(e.to_string().contains("connection refused"), "{e}");
     }
