@@ -270,6 +270,13 @@ impl Agent {
             .args(["--data-dir", dir.to_str().expect("utf-8 temp path")])
             .args(["run", "--listen", "127.0.0.1:0", "--no-discovery"])
             .args(extra)
+            // Agents of parallel tests must not race for the HTTP API's default port (the
+            // loser logs "the HTTP API is off"); tests that use the API name their own.
+            .args(if extra.contains(&"--api-listen") {
+                &[][..]
+            } else {
+                &["--api-listen", "127.0.0.1:0"][..]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
