@@ -379,14 +379,24 @@ fn an_interrupted_push_resumes_after_the_last_committed_page() {
 
 /// A page for `to` holding all of `from`'s records, claimed to start at `since`.
 fn page_of(from: &Store, since: u64, next: u64) -> Page {
-    let changes: Vec<RemoteChange> = from
-        .changes_since(0, usize::MAX)
-        .unwrap()
-        .into_iter()
+    let all = from.changes_since(0, usize::MAX).unwrap().len();
+    records_page(from, 0..all, since, next, false)
+}
+
+/// `from`'s records in `range` (feed order) as a page claimed to run from `since` to `next`.
+fn records_page(
+    from: &Store,
+    range: std::ops::Range<usize>,
+    since: u64,
+    next: u64,
+    more: bool,
+) -> Page {
+    let changes: Vec<RemoteChange> = from.changes_since(0, usize::MAX).unwrap()[range]
+        .iter()
         .map(|(_, table, id, rec)| RemoteChange {
-            table,
-            id,
-            state: rec.state,
+            table: table.clone(),
+            id: *id,
+            state: rec.state.clone(),
             conflicts: vec![],
             history: vec![],
         })
@@ -394,7 +404,7 @@ fn page_of(from: &Store, since: u64, next: u64) -> Page {
     Page {
         since,
         next,
-        more: false,
+        more,
         count: changes.len() as u32,
         data: fieldsync::protocol::encode_changes(&changes, ENC_JSON).unwrap(),
         encoding: ENC_JSON.into(),
@@ -452,25 +462,7 @@ fn a_push_that_would_leave_a_gap_or_comes_before_hello_is_refused_and_writes_not
 
 /// `from`'s records `lo..hi` (in feed order) as the page from position `lo` to `hi`.
 fn slice_page(from: &Store, lo: usize, hi: usize, more: bool) -> Page {
-    let changes: Vec<RemoteChange> = from.changes_since(0, usize::MAX).unwrap()[lo..hi]
-        .iter()
-        .map(|(_, table, id, rec)| RemoteChange {
-            table: table.clone(),
-            id: *id,
-            state: rec.state.clone(),
-            conflicts: vec![],
-            history: vec![],
-        })
-        .collect();
-    Page {
-        since: lo as u64,
-        next: hi as u64,
-        more,
-        count: changes.len() as u32,
-        data: fieldsync::protocol::encode_changes(&changes, ENC_JSON).unwrap(),
-        encoding: ENC_JSON.into(),
-        proofs: None,
-    }
+    records_page(from, lo..hi, lo as u64, hi as u64, more)
 }
 
 #[test]
