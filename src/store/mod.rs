@@ -635,7 +635,7 @@ impl Store {
     /// readers and iterators in flight (at most 2 s, else [`Reopen::Busy`] and nothing
     /// changes), flushes, closes, reopens; readers arriving meanwhile wait. Every write stays
     /// as it was. The agent calls it once a large session or import has ended and the store
-    /// has been quiet for a while (`agent.rs`, `reopen_when_quiet`). Errors: the flush before
+    /// has been quiet for a while (`src/reopen.rs`, started by `agent.rs`). Errors: the flush before
     /// closing failed (nothing was closed). If the database cannot be opened again the
     /// process exits with a message (every write was saved).
     pub fn reopen(&self) -> Result<Reopen, StoreError> {
