@@ -32,9 +32,17 @@ pub type LiveStatus = Arc<Live>;
 pub struct Live {
     snapshot: Mutex<serde_json::Value>,
     traffic: std::sync::OnceLock<Arc<Traffic>>,
+    /// The sync address the agent serves (`HOST:PORT`), once bound.
+    listen: std::sync::OnceLock<String>,
 }
 
 impl Live {
+    /// The sync address the agent serves, once bound: what a session started inside the
+    /// agent tells its peer in the hello, so the peer can answer our notifies and sync back.
+    pub fn sync_url(&self) -> Option<String> {
+        self.listen.get().cloned()
+    }
+
     /// The current status as JSON.
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = lock(&self.snapshot).clone();
@@ -442,6 +450,7 @@ pub async fn run(
         .map_err(listen_err)?;
     let traffic = running.traffic.clone();
     let _ = options.live.traffic.set(traffic.clone());
+    let _ = options.live.listen.set(listen.clone());
     let control = control::start(store.clone(), &listen, exec).await?;
     let mut session_opts = SessionOptions::from_store(&store, transport.clone());
     session_opts.clients = options.clients.clone();

@@ -240,3 +240,31 @@ fn online_state_is_one_truth_in_memory_and_never_for_a_revoked_laptop() {
     online_is(a, &[]);
     drop((agent_a, agent_c));
 }
+
+/// A sync started by hand inside a running agent tells the peer where that agent listens, as
+/// the agent's own sessions do: the peer can then sync back by name, and answer the notifies
+/// the agent sends after local changes (before, it logged "notify from a peer without a known
+/// address" and waited for its next periodic round).
+#[test]
+fn a_peer_synced_with_by_hand_can_sync_back_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (a, b) = (data_dir(root, "a"), data_dir(root, "b"));
+    run(&a, &["init", "--name", "laptopA"]).ok();
+    run(&b, &["init", "--name", "laptopB"]).ok();
+    let agent_a = Agent::start(&a);
+    let agent_b = Agent::start(&b);
+
+    // B's agent runs the session (the CLI is forwarded to it).
+    sync(&b, agent_a.addr());
+    run(&b, &["put", "person", r#"{"name":"Ann"}"#]).ok();
+    let back = run(&a, &["sync", "laptopB"]).ok();
+    assert!(back.stdout.contains("\"received\""), "{back}");
+    let rows = run(&a, &["list", "person", "--json"]).ok().lines();
+    assert_eq!(
+        rows.len(),
+        1,
+        "A received B's record by syncing back by name"
+    );
+    drop((agent_a, agent_b));
+}

@@ -162,6 +162,9 @@ impl App {
         let mut opts = crate::sync::SessionOptions::from_store(&self.store, transport);
         if let Some(a) = &self.agent {
             opts.clients = a.clients.clone();
+            // Like the agent's own sessions: the peer learns where to reach us (without it, a
+            // peer we synced with by hand could not answer our notifies until it found us).
+            opts.url = a.live.sync_url();
         }
         let r = crate::sync::sync_with(self.store.clone(), &addr, &opts)
             .await
