@@ -220,11 +220,14 @@ fn online_state_is_one_truth_in_memory_and_never_for_a_revoked_laptop() {
         "{people}"
     );
 
-    // Not persisted: a restarted agent knows nobody is online until it hears from them.
+    // Not persisted: a restarted agent knows nobody is online until it hears from them (B is
+    // stopped too: A knows B's address from B's hello and would hear from it at once).
     agent_a.stop();
+    agent_b.stop();
     let mut agent_a = Agent::start_with(a, &["--no-api"]);
     online_is(a, &[]);
     agent_a.stop();
+    let mut agent_b = Agent::start_with(b, &["--no-api"]);
 
     // A static peer is online once it answers, and offline once it stops answering.
     let b_addr = agent_b.addr().to_string();
