@@ -78,8 +78,23 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
         .as_str()
         .unwrap()
         .to_string();
-    a.ok(&["patch", "person", &c3, r#"{"notes":"seen at the river"}"#]);
-    a.ok(&["delete", "person", &c4]);
+    // The coordinator names records by their case number, as the registry does.
+    a.ok(&[
+        "patch",
+        "person",
+        "C-0003",
+        r#"{"notes":"seen at the river"}"#,
+    ]);
+    a.ok(&["delete", "person", "C-0004"]);
+    assert_eq!(
+        a.ok(&["get", "person", "C-0003"]).json()["id"],
+        c3.as_str(),
+        "a key value names the record imported under it"
+    );
+    a.run(&["get", "person", "C-9999"]).fails(
+        1,
+        &["person has no record with the id or import key \"C-9999\""],
+    );
 
     // The registry's next export: C-0003 found, C-0004 too, C-0050 new.
     let changed = registry_csv(51, |i| if i == 3 || i == 4 { "found" } else { "missing" });
@@ -99,7 +114,8 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
                "notes": "seen at the river"}),
         "the file's columns are set, a field added in the field is kept"
     );
-    let history = a.ok(&["history", "person", &c3]).lines();
+    let history = a.ok(&["history", "person", "C-0003"]).lines();
+    assert_eq!(history, a.ok(&["history", "person", &c3]).lines());
     let kinds: Vec<&Value> = history.iter().map(|h| &h["kind"]).collect();
     assert_eq!(
         kinds,
@@ -567,4 +583,24 @@ fn the_same_keyed_row_imported_on_two_laptops_is_one_record_after_sync() {
         agent::run(&a, &["conflicts"]).ok().lines().is_empty(),
         "identical rows are no conflict"
     );
+}
+
+#[test]
+fn a_record_is_reached_by_the_values_of_a_two_field_key_in_the_key_order() {
+    let a = Instance::new();
+    let csv = a.file(
+        "camps.csv",
+        "case,district,name\nA-1,North,Ann\nA-1,South,Bo\n",
+    );
+    a.ok(&["import", "person", path_str(&csv), "--key", "case,district"]);
+    assert_eq!(
+        a.ok(&["get", "person", "A-1,South"]).json()["fields"]["name"],
+        "Bo"
+    );
+    assert_eq!(
+        a.ok(&["get", "person", "A-1, North"]).json()["fields"]["name"],
+        "Ann"
+    );
+    a.run(&["get", "person", "North,A-1"])
+        .fails(1, &["no record with the id or import key"]);
 }

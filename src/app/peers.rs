@@ -1,6 +1,7 @@
 //! Sync and verify with a peer named by instance id, display name or address.
 
 use super::{App, AppError};
+use crate::store::PeerRow;
 use crate::sync::{SessionReport, SyncError, TableCheck};
 use crate::tls::Transport;
 use uuid::Uuid;
@@ -46,6 +47,85 @@ fn check_address(peer: &str) -> Result<(), AppError> {
     }
 }
 
+/// Whether `peer` could be an address rather than a laptop's name: it has a port, or looks
+/// like a host (an IP, a dotted name, `localhost`).
+fn looks_like_address(peer: &str) -> bool {
+    let host = peer
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    host.contains(':')
+        || host.contains('.')
+        || host == "localhost"
+        || host.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// The known peers a name means: those named exactly so; if none, those whose name differs
+/// only in letter case (people type `laptopc` for `laptopC`, and names are chosen by people,
+/// not by the program, so case carries no meaning worth an error).
+pub fn named_peers<'a>(rows: &'a [PeerRow], name: &str) -> Vec<&'a PeerRow> {
+    let name = name.trim();
+    let exact: Vec<_> = rows.iter().filter(|r| r.name == name).collect();
+    if !exact.is_empty() {
+        return exact;
+    }
+    rows.iter()
+        .filter(|r| !r.name.is_empty() && r.name.to_lowercase() == name.to_lowercase())
+        .collect()
+}
+
+/// What to say after "no known peer is named X": the closest known names (a typo), else the
+/// known names, so that nobody has to look an instance id up. Empty names are skipped.
+fn name_hint(rows: &[PeerRow], name: &str) -> String {
+    let mut names: Vec<&str> = rows
+        .iter()
+        .map(|r| r.name.as_str())
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return ": no peer has synced with this laptop yet; use its instance id or HOST:PORT"
+            .into();
+    }
+    let lower = name.to_lowercase();
+    // Jaro-Winkler ≥ 0.85 catches one or two slips in a short laptop name (strsim's measure,
+    // as clap uses for mistyped subcommands), without pairing unrelated names.
+    let mut close: Vec<(f64, &str)> = names
+        .iter()
+        .map(|n| (strsim::jaro_winkler(&lower, &n.to_lowercase()), *n))
+        .filter(|(score, _)| *score >= 0.85)
+        .collect();
+    close.sort_by(|a, b| b.0.total_cmp(&a.0));
+    if let Some((_, best)) = close.first() {
+        return format!(": did you mean {best:?}?");
+    }
+    const SHOWN: usize = 8;
+    let mut list = names
+        .iter()
+        .take(SHOWN)
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        list += &format!(" and {} more (`fieldsync peers`)", names.len() - SHOWN);
+    }
+    format!(": known peers are {list}")
+}
+
+/// Two or more peers share a name: the ids tell them apart.
+fn ambiguous(peer: &str, named: &[&PeerRow]) -> AppError {
+    let ids: Vec<String> = named.iter().map(|r| r.instance.to_string()).collect();
+    AppError::invalid(
+        "AMBIGUOUS_PEER",
+        "peer",
+        format!(
+            "{} known peers are named {peer:?}: use one of their instance ids ({})",
+            named.len(),
+            ids.join(", ")
+        ),
+    )
+}
+
 /// The revoked laptop's own message (exit 3): when, why, and the one way back.
 pub fn revoked_message(revocation: Option<&(chrono::DateTime<chrono::Utc>, String)>) -> String {
     match revocation {
@@ -62,29 +142,22 @@ pub fn revoked_message(revocation: Option<&(chrono::DateTime<chrono::Utc>, Strin
 
 impl App {
     /// The instance a peer reference names: an instance id, or the display name of exactly one
-    /// known peer (from the sync_instance table).
+    /// known peer (from the sync_instance table; see [`named_peers`] for how names match).
+    ///
+    /// Errors: `PEER_NOT_FOUND` (names the closest known names and lists the others),
+    /// `AMBIGUOUS_PEER` (two peers share the name: the instance ids are given).
     pub fn resolve_instance(&self, peer: &str) -> Result<Uuid, AppError> {
         if let Ok(id) = Uuid::parse_str(peer.trim()) {
             return Ok(id);
         }
         let rows = self.store.peers()?;
-        let named: Vec<_> = rows.iter().filter(|r| r.name == peer).collect();
-        match named.as_slice() {
+        match named_peers(&rows, peer).as_slice() {
             [one] => Ok(one.instance),
             [] => Err(AppError::NotFound {
                 code: "PEER_NOT_FOUND",
-                message: format!(
-                    "no known peer is named {peer:?}: use its instance id (`fieldsync peers`)"
-                ),
+                message: format!("no known peer is named {peer:?}{}", name_hint(&rows, peer)),
             }),
-            _ => Err(AppError::invalid(
-                "AMBIGUOUS_PEER",
-                "peer",
-                format!(
-                    "{} known peers are named {peer:?}: use the instance id (`fieldsync peers`)",
-                    named.len()
-                ),
-            )),
+            many => Err(ambiguous(peer, many)),
         }
     }
 
@@ -96,16 +169,18 @@ impl App {
         let row = match by_id {
             Some(id) => rows.iter().find(|r| r.instance == id),
             None => {
-                let named: Vec<_> = rows.iter().filter(|r| r.name == peer).collect();
+                let named = named_peers(&rows, peer);
                 if named.len() > 1 {
-                    return Err(AppError::invalid(
-                        "AMBIGUOUS_PEER",
-                        "peer",
-                        format!(
-                            "{} known peers are named {peer:?}: use the instance id or an address",
-                            named.len()
+                    return Err(ambiguous(peer, &named));
+                }
+                if named.is_empty() && !looks_like_address(peer) {
+                    return Err(AppError::NotFound {
+                        code: "PEER_NOT_FOUND",
+                        message: format!(
+                            "no known peer is named {peer:?}, and it is not an address (HOST:PORT){}",
+                            name_hint(&rows, peer)
                         ),
-                    ));
+                    });
                 }
                 named.first().copied()
             }
@@ -204,5 +279,47 @@ impl App {
         crate::sync::verify_with(self.store.clone(), &addr, &transport)
             .await
             .map_err(sync_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str) -> PeerRow {
+        PeerRow {
+            instance: Uuid::new_v4(),
+            name: name.into(),
+            ..PeerRow::default()
+        }
+    }
+
+    #[test]
+    fn a_name_in_another_letter_case_means_that_peer_unless_one_matches_exactly() {
+        let rows = [row("laptopC"), row("laptopB")];
+        assert_eq!(named_peers(&rows, "laptopc")[0].instance, rows[0].instance);
+        assert_eq!(
+            named_peers(&rows, " LAPTOPB ")[0].instance,
+            rows[1].instance
+        );
+        let both = [row("Ann"), row("ann")];
+        let exact = named_peers(&both, "ann");
+        assert_eq!(exact.len(), 1);
+        assert_eq!(exact[0].instance, both[1].instance);
+        assert_eq!(named_peers(&both, "ANN").len(), 2, "ambiguous, not a guess");
+    }
+
+    #[test]
+    fn a_mistyped_name_is_answered_with_the_closest_known_name() {
+        let rows = [row("laptopA"), row("laptopC"), row("registry-desk")];
+        assert_eq!(name_hint(&rows, "laptpC"), ": did you mean \"laptopC\"?");
+        assert_eq!(
+            name_hint(&rows, "zebra"),
+            ": known peers are \"laptopA\", \"laptopC\", \"registry-desk\""
+        );
+        assert!(name_hint(&[], "x").contains("no peer has synced"));
+        let many: Vec<PeerRow> = (0..10).map(|i| row(&format!("unit{i:02}"))).collect();
+        let hint = name_hint(&many, "zebra");
+        assert!(hint.ends_with("and 2 more (`fieldsync peers`)"), "{hint}");
     }
 }

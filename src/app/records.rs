@@ -325,7 +325,7 @@ impl App {
         pre: &Precondition,
     ) -> Result<WriteOutcome, AppError> {
         parse_table(table)?;
-        let id = parse_id(id)?;
+        let id = self.record_id(table, id)?;
         let patch = model::validate_fields(patch)?;
         self.write(table, id, pre, |cur| {
             if mode == PatchMode::TopLevel {
@@ -363,8 +363,46 @@ impl App {
         pre: &Precondition,
     ) -> Result<WriteOutcome, AppError> {
         parse_table(table)?;
-        let id = parse_id(id)?;
+        let id = self.record_id(table, id)?;
         self.write(table, id, pre, |_| Ok(Edit::Delete))
+    }
+
+    /// The record an existing-record command names: its id (a UUID), or the value of the
+    /// `import --key` field(s) it was imported under — `A-1`, or `A-1,2024` for a key of two
+    /// fields, in the key's order — from which the id is derived as `import` derives it
+    /// ([`crate::import::key_id`] in this laptop's deployment namespace). A key names only a
+    /// record that exists here (deleted ones included).
+    ///
+    /// Errors: `NOT_FOUND` naming both readings and the next step; `INVALID_ID` for an empty id.
+    pub fn record_id(&self, table: &str, text: &str) -> Result<Uuid, AppError> {
+        let text = text.trim();
+        if text.is_empty() || Uuid::parse_str(text).is_ok() {
+            return parse_id(text);
+        }
+        let ns = crate::import::namespace(&self.store).map_err(|e| AppError::NotFound {
+            code: "NOT_FOUND",
+            message: format!(
+                "record id {text:?} is not a UUID, and import keys cannot be read: {e}"
+            ),
+        })?;
+        let mut readings = vec![vec![text.to_string()]];
+        if text.contains(',') {
+            readings.push(text.split(',').map(|v| v.trim().to_string()).collect());
+        }
+        for values in readings {
+            let id = crate::import::key_id(&ns, table, &values);
+            if self.store.get(table, &id)?.is_some() {
+                return Ok(id);
+            }
+        }
+        Err(AppError::NotFound {
+            code: "NOT_FOUND",
+            message: format!(
+                "{table} has no record with the id or import key {text:?}: an id is a UUID \
+                 (`fieldsync list {table}` shows them); an import key is the value of the \
+                 `import --key` field, e.g. A-1, or A-1,2024 for a key of two fields"
+            ),
+        })
     }
 
     /// Reads one record. A deleted one is `RECORD_DELETED` unless `include_deleted`.
@@ -375,7 +413,7 @@ impl App {
         include_deleted: bool,
     ) -> Result<(RecordView, StoredRecord), AppError> {
         parse_table(table)?;
-        let id = parse_id(id)?;
+        let id = self.record_id(table, id)?;
         let rec = self
             .store
             .get(table, &id)?
@@ -494,7 +532,7 @@ impl App {
     /// Every revision of a record, oldest first.
     pub fn history(&self, table: &str, id: &str) -> Result<Vec<HistoryEntry>, AppError> {
         parse_table(table)?;
-        let id = parse_id(id)?;
+        let id = self.record_id(table, id)?;
         let h = self.store.history(table, &id)?;
         if h.is_empty() {
             return Err(StoreError::NotFound {

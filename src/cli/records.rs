@@ -96,7 +96,8 @@ pub fn patch(
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
     model::validate_table(table)?;
-    let id = model::parse_id(id)?.to_string();
+    // An id or an import key: the application layer resolves it (`App::record_id`).
+    let id = id.trim().to_string();
     let fields = read_json_arg(json, &mut io.stdin)?;
     let table = table.to_string();
     let o: WriteOutcome = door.call(Op::Patch { table, id, fields }, io)?;
