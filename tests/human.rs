@@ -254,7 +254,12 @@ fn sync_peers_status_and_history_name_laptops() {
     run(&b, &["init", "--name", "laptopB", "--owner", "Team South"]).ok();
     run(&a, &["put", "person", "--id", ID, r#"{"name":"Amina"}"#]).ok();
     run(&a, &["patch", "person", ID, r#"{"status":"found"}"#]).ok();
-    // No HTTP API: the status line stays the same whichever ports are free.
+    // No HTTP API: the status line stays the same whichever ports are free. No notifies
+    // either: B's agent tells A its address in the first session, and A would then pull B's
+    // edit below on its own, before `verify` can show the difference.
+    for dir in [&a, &b] {
+        std::fs::write(dir.join("fieldsync.toml"), "[sync]\nnotify = false\n").unwrap();
+    }
     let agent_a = Agent::start_with(&a, &["--no-api"]);
     let agent_b = Agent::start_with(&b, &["--no-api"]);
 
