@@ -413,8 +413,10 @@ fn effective_uid() -> Option<u32> {
     line.split_whitespace().nth(2)?.parse().ok()
 }
 
-/// Present, for this instance, and valid today (node certificate and deployment CA).
-fn credential_check(dir: &Path, instance: Option<Uuid>) -> Check {
+/// Present, for this instance, and valid today (node certificate and deployment CA). Also
+/// `status`'s `credential` (a laptop restored from a backup without keys has none, and its
+/// coordinator should not need `doctor` to find out).
+pub(crate) fn credential_check(dir: &Path, instance: Option<Uuid>) -> Check {
     let cred = match mesh::load_credential(dir) {
         Ok(Some(c)) => c,
         Ok(None) => {

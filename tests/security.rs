@@ -1616,6 +1616,23 @@ fn a_coordinator_restored_from_its_backup_enrolls_and_revokes() {
     assert!(!std::fs::read(&plain)
         .unwrap()
         .starts_with(b"age-encryption.org/v1"));
+    // A spare laptop that takes the coordinator's identity over from it holds no credential,
+    // and `status` says so with the way back (not only `doctor`).
+    let spare = Node::new("spare");
+    spare.ok(&[
+        "restore",
+        plain.to_str().unwrap(),
+        "--take-over-identity",
+        "--force",
+    ]);
+    let st = spare.json(&["status"]);
+    assert_eq!(st["credential"]["ok"], false, "{st}");
+    let said = spare.ok(&["status", "--human"]);
+    assert!(
+        said.contains("this laptop holds no credential")
+            && said.contains("fieldsync init --mesh FILE"),
+        "{said}"
+    );
 }
 
 /// Issue #18: a revocation reaches an agent while the revoked laptop holds a keep-alive

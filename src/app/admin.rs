@@ -89,6 +89,7 @@ impl App {
                       "failing": failing, "quarantined": quarantined},
             "incarnation": store.incarnation(),
             "identity_problems": crate::sync::identity_problems(store)?,
+            "credential": crate::doctor::credential_check(store.dir(), Some(info.id)),
             "agent": agent,
         }))
     }

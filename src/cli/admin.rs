@@ -213,11 +213,12 @@ pub fn restore(
 ) -> Result<(), CliError> {
     use crate::backup_keys as keys;
     if app.agent().is_some() {
-        return Err(CliError::Io(
-            "restore replaces the database under the running agent: stop it \
-             (`fieldsync run`) first"
-                .into(),
-        ));
+        // This runs inside the agent (the CLI forwarded the command), so its pid is ours.
+        let pid = std::process::id();
+        return Err(CliError::Io(format!(
+            "restore replaces the database, and the agent (pid {pid}) is running on it: stop \
+             the agent first (Ctrl-C where it was started, or `kill {pid}`), then restore again"
+        )));
     }
     let (store, file) = (app.store(), &io.cwd.join(file));
     let sealed = keys::is_sealed(file).map_err(invalid)?;

@@ -144,6 +144,30 @@ pub fn peers(rows: &[Value], refused: &Value, now: DateTime<Utc>) -> String {
     out
 }
 
+/// `status`'s word on the credential: nothing when it is fine; "none" and how to join when
+/// there is none (more pointedly when the laptop has synced before: a restore from a backup
+/// without keys leaves it so); otherwise the problem and its fix, as `doctor` says them.
+fn credential_line(c: &Value, known_peers: u64) -> String {
+    if c["ok"] != false {
+        return String::new();
+    }
+    let detail = c["detail"].as_str().unwrap_or("");
+    let fix = c["fix"].as_str().unwrap_or("");
+    if detail.starts_with("no ") && detail.contains("has not joined a deployment") {
+        if known_peers == 0 {
+            return "Deployment: none: this laptop holds no credential, so no deployment's laptop \
+                    will sync with it (`fieldsync init --mesh FILE` joins one, with a credential \
+                    from the coordinator).\n"
+                .into();
+        }
+        return format!(
+            "Credential: none, although this laptop has synced before (restored from a backup \
+             without keys?), so its peers will refuse it: {fix}.\n"
+        );
+    }
+    format!("Credential problem: {detail}. Fix: {fix}.\n")
+}
+
 /// `status`: who this laptop is, its tables, its peers and its agent, in sentences.
 pub fn status(v: &Value, now: DateTime<Utc>) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
@@ -152,6 +176,7 @@ pub fn status(v: &Value, now: DateTime<Utc>) -> String {
         out += &format!(", owner {}", s("owner"));
     }
     out += &format!("\nData: {}\n", s("data_dir"));
+    out += &credential_line(&v["credential"], v["peers"]["known"].as_u64().unwrap_or(0));
     if let Some(t) = v["tables"].as_object().filter(|t| !t.is_empty()) {
         let rows: Vec<Vec<String>> = t
             .iter()
@@ -822,6 +847,28 @@ mod tests {
 
     /// `status` with two sessions in flight, one we started and one a peer started (a live
     /// agent cannot be caught at a fixed percentage, so the status is given here).
+    #[test]
+    fn status_says_when_the_credential_is_missing_or_wrong_and_nothing_when_it_is_fine() {
+        let missing = json!({"ok": false, "check": "credential",
+            "detail": "no mesh.fscred in /d: this laptop has not joined a deployment, and sync is refused without one",
+            "fix": "ask the coordinator for a credential file (`fieldsync mesh enroll`) and run `fieldsync init --mesh FILE`"});
+        assert!(credential_line(&missing, 0)
+            .starts_with("Deployment: none: this laptop holds no credential"));
+        let line = credential_line(&missing, 2);
+        assert!(
+            line.starts_with("Credential: none, although this laptop has synced before")
+                && line.contains("ask the coordinator for a credential file"),
+            "{line}"
+        );
+        let expired = json!({"ok": false, "detail": "the certificate expired on 2026-01-01",
+            "fix": "ask the coordinator for a new credential"});
+        assert_eq!(
+            credential_line(&expired, 2),
+            "Credential problem: the certificate expired on 2026-01-01. Fix: ask the coordinator for a new credential.\n"
+        );
+        assert_eq!(credential_line(&json!({"ok": true}), 2), "");
+    }
+
     #[test]
     fn status_shows_sessions_of_both_roles() {
         let now = Utc::now();
