@@ -130,6 +130,12 @@ fn records_read_as_tables_and_history_as_diffs() {
     t += &human(&a, root, &["history", "person", ID]);
     t += &human(&a, root, &["history", "person", ID3]);
     t += &human(&a, root, &["list", "nothing_here"]);
+    // `digest` for comparing two laptops by eye: the fingerprint is the JSON's `sha256`.
+    let digest = human(&a, root, &["digest", "person"]);
+    let sha = run(&a, &["digest", "person"]).ok().stdout;
+    let sha: Value = serde_json::from_str(sha.trim()).unwrap();
+    assert!(digest.contains(sha["sha256"].as_str().unwrap()), "{digest}");
+    t += &digest;
     snapshot!("records", t);
 
     // `tables` as a table: one row per table, live and deleted counts.

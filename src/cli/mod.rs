@@ -55,7 +55,7 @@ Data directory, in order: --data-dir; $FIELDSYNC_DIR; a folder `fieldsync-data/`
 executable if one exists (portable mode, for a USB stick); ~/.local/share/fieldsync.
 
 On a terminal, status, peers, list, get, history, conflicts, tables, sync, verify, init, put,
-patch, delete, apply, bundle, held list, restore, import, backup, doctor, mesh create, mesh show and
+patch, delete, apply, bundle, held list, restore, import, backup, digest, doctor, mesh create, mesh show and
 mesh enroll print for people (tables and sentences, names, local
 times); --human does the same into a pipe or file. With --json, or when stdout is not a terminal (a pipe, a
 script), output is JSON on stdout: one object; one array for the lists conflicts, peers,
