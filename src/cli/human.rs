@@ -458,7 +458,8 @@ fn columns_kept(records: &[Value], names: &[String]) -> std::collections::BTreeS
 }
 
 /// `list`: records as a table, one row per record: the id, then the fields (`only`, in its
-/// order, when given; else at most six chosen by [`columns_kept`], sorted by name, a record's
+/// order, when given; else at most six chosen by [`columns_kept`], `name` and `title` first and
+/// the others sorted by name, a record's
 /// other fields counted and the footer saying which were left out and how to see them), and `deleted` when
 /// shown. `more` records were left out.
 pub fn list(table_name: &str, records: &[Value], more: u64, only: &[String]) -> String {
@@ -483,6 +484,11 @@ pub fn list(table_name: &str, records: &[Value], more: u64, only: &[String]) -> 
             .cloned()
             .collect();
         names.retain(|n| keep.contains(n));
+    }
+    if only.is_empty() {
+        // A person is found by name or title: those columns come right after the id (a stable
+        // sort keeps the others in name order).
+        names.sort_by_key(|n| n != "name" && n != "title");
     }
     let extra = !left_out.is_empty();
     let any_deleted = records.iter().any(|r| r["deleted"] == true);
