@@ -313,8 +313,9 @@ fn laptop_names(
     Ok(names)
 }
 
-/// One revision as a readable diff: a header (time, kind, maker, cause, stamp), then per
-/// changed field `- field: old` and `+ field: new` (JSON values; an absent side is left out).
+/// One revision as a readable diff: `@ TIME KIND by MAKER` (`, resolving a conflict` for a
+/// resolution), `  revision STAMP`, then per changed field `- field: old` and `+ field: new`
+/// (JSON values; an absent side is left out), then a blank line.
 pub fn history_diff(e: &HistoryEntry) -> String {
     history_diff_named(e, &Default::default())
 }
@@ -330,16 +331,17 @@ pub fn history_diff_named(
         .get(&r.at.node)
         .cloned()
         .unwrap_or_else(|| r.at.node.to_string());
+    // An edit is what a revision usually is: only a resolution is said.
     let cause = match r.cause {
-        crate::merge::Cause::Edit => "edit",
-        crate::merge::Cause::Resolution => "conflict resolution",
+        crate::merge::Cause::Edit => "",
+        crate::merge::Cause::Resolution => ", resolving a conflict",
     };
     let kind = serde_json::to_value(r.kind)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
     let mut out = format!(
-        "@ {} {kind} by {by} ({cause}), revision {}\n",
+        "@ {} {kind} by {by}{cause}\n  revision {}\n",
         r.at.time().to_rfc3339(),
         r.at
     );
@@ -357,6 +359,8 @@ pub fn history_diff_named(
             out.push_str(&format!("+ {}: {new}\n", c.field));
         }
     }
+    // A blank line between revisions, as between commits in `git log -p`.
+    out.push('\n');
     out
 }
 
