@@ -271,7 +271,6 @@ fn import_key(
     if creates.len() < 2 {
         return None;
     }
-    let id = uuid::Uuid::parse_str(id).ok()?;
     let fields: Vec<(&str, &serde_json::Value)> = creates[0]
         .revision
         .changes
@@ -282,9 +281,14 @@ fn import_key(
     if let Ok(ns) = crate::import::namespace_in(door.dir()) {
         spaces.insert(0, ns);
     }
-    spaces
-        .iter()
-        .find_map(|ns| crate::import::key_behind(ns, table, id, &fields))
+    spaces.iter().find_map(|ns| {
+        // The record may have been named by its key (`history person A-1`): its id is then
+        // the one that key gives, as `App::record_id` found it.
+        let id = uuid::Uuid::parse_str(id.trim()).unwrap_or_else(|_| {
+            crate::import::key_id(ns, table, &[id.trim().to_string()])
+        });
+        crate::import::key_behind(ns, table, id, &fields)
+    })
 }
 
 /// Names of this laptop ("laptopA (this laptop)") and of every known peer, by instance.
