@@ -48,21 +48,23 @@ use std::sync::Arc;
 const ABOUT: &str = "Peer-to-peer record sync for laptops in the field.";
 
 const LONG_ABOUT: &str = "\
-fieldsync keeps a local database of records (tables of JSON objects with UUIDs that are the same
+fieldsync keeps a local database of records (tables of JSON objects with UUIDs that are the same \
 on every laptop) and syncs it with other laptops on the same network.
 
-Data directory, in order: --data-dir; $FIELDSYNC_DIR; a folder `fieldsync-data/` beside the
+Data directory, in order: --data-dir; $FIELDSYNC_DIR; a folder `fieldsync-data/` beside the \
 executable if one exists (portable mode, for a USB stick); ~/.local/share/fieldsync.
 
-On a terminal, status, peers, list, get, history, conflicts, tables, sync, verify, init, put,
-patch, delete, apply, bundle, held list, restore, import, backup, digest, doctor, mesh create, mesh show and
-mesh enroll print for people (tables and sentences, names, local
-times); --human does the same into a pipe or file. With --json, or when stdout is not a terminal (a pipe, a
-script), output is JSON on stdout: one object; one array for the lists conflicts, peers,
-tables, history and held list (as the HTTP API answers them); one object per line for the
-streams list, export, sync, verify and doctor.
-Exit codes: 0 ok, 1 not found, 2 bad usage or invalid input, 3 other failure
-(for example the database is in use by another fieldsync process).";
+On a terminal, status, peers, list, get, history, conflicts, tables, sync, verify, init, put, \
+patch, delete, apply, bundle, held list, restore, import, backup, digest, doctor, mesh create, \
+mesh show and mesh enroll print for people (tables and sentences, names, local times); --human \
+does the same into a pipe or file.
+
+With --json, or when stdout is not a terminal (a pipe, a script), output is JSON on stdout: one \
+object; one array for the lists conflicts, peers, tables, history and held list (as the HTTP \
+API answers them); one object per line for the streams list, export, sync, verify and doctor.
+
+Exit codes: 0 ok, 1 not found, 2 bad usage or invalid input, 3 other failure (for example the \
+database is in use by another fieldsync process).";
 
 /// The fieldsync command line.
 #[derive(Debug, Parser)]
@@ -121,8 +123,9 @@ pub enum HeldCommand {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Create this laptop's instance (or update its details) and print it
-    /// (`{"instance","name","owner","contact"}`).
+    /// Create this laptop's instance, or update its name, owner and contact.
+    ///
+    /// In a pipe or with --json it prints {"instance","name","owner","contact"}.
     ///
     /// Every other command except `run` and `restore` refuses a data directory with no
     /// database (so a mistyped --data-dir never creates a new laptop).
@@ -142,7 +145,9 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         mesh: Option<PathBuf>,
     },
-    /// Create or replace a record and print what was written (`{"table","id","written","seq"}`).
+    /// Create or replace a record.
+    ///
+    /// In a pipe or with --json it prints {"table","id","written","seq"}.
     ///
     /// Fields not in JSON_OBJECT are removed; a put with identical fields writes nothing.
     ///
@@ -164,7 +169,7 @@ pub enum Command {
     Patch {
         /// Table name.
         table: String,
-        /// Record id.
+        /// Record id, or the value of the `import --key` field(s).
         id: String,
         /// The fields to change as a JSON object, or `-` for stdin.
         json: String,
@@ -175,16 +180,20 @@ pub enum Command {
     Delete {
         /// Table name.
         table: String,
-        /// Record id.
+        /// Record id, or the value of the `import --key` field(s).
         id: String,
     },
-    /// Print one record as {"table","id","fields"}.
+    /// Show one record, by its id or its import key.
+    ///
+    /// In a pipe or with --json it prints {"table","id","fields"}.
     ///
     /// Example: fieldsync get person 6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b --meta
+    ///
+    /// Example: fieldsync get person A-1   (a record imported with --key case_number)
     Get {
         /// Table name.
         table: String,
-        /// Record id.
+        /// Record id, or the value of the `import --key` field(s) (A-1; A-1,2024 for two).
         id: String,
         /// Add "meta": per-field stamps (time, instance), version vector, feed position, conflicts.
         #[arg(long)]
@@ -197,7 +206,9 @@ pub enum Command {
         #[arg(long, value_name = "STAMP_OR_TIME")]
         at: Option<String>,
     },
-    /// Print a table's records as JSON lines (a stream: one record a line), ordered by id.
+    /// Show a table's records, ordered by id.
+    ///
+    /// In a pipe or with --json it prints JSON lines (a stream: one record a line).
     ///
     /// Example: fieldsync list person | head
     List {
@@ -211,22 +222,22 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', value_name = "FIELD")]
         fields: Vec<String>,
     },
-    /// Print table names with live and deleted counts.
+    /// Show the tables with their live and deleted record counts.
     Tables,
-    /// Print every revision of a record, oldest first: when, which instance, what changed.
+    /// Show every revision of a record, oldest first: when, by which laptop, what changed.
     ///
     /// Example: fieldsync history person 6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b
     History {
         /// Table name.
         table: String,
-        /// Record id.
+        /// Record id, or the value of the `import --key` field(s).
         id: String,
         /// Print each revision as a readable diff (`-` old, `+` new value per field) instead
         /// of JSON.
         #[arg(long)]
         diff: bool,
     },
-    /// Print the conflict log (unresolved first), or resolve an entry.
+    /// Show the conflict log (unresolved first), or resolve an entry.
     ///
     /// Example: fieldsync conflicts --table person
     ///
@@ -315,7 +326,7 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Print the count and SHA-256 of the live records (same canonical form as gen.py --digest).
+    /// Count and fingerprint the live records, to compare two laptops (as gen.py --digest).
     ///
     /// Example: fieldsync digest person
     Digest {
@@ -349,7 +360,7 @@ pub enum Command {
         #[arg(long)]
         no_api: bool,
     },
-    /// Run one sync session with a peer, both directions, and print a summary line per direction.
+    /// Run one sync session with a peer, both directions, and say what moved.
     ///
     /// Works whether or not the local agent is running.
     ///
@@ -377,7 +388,7 @@ pub enum Command {
     /// Deployment membership: who may sync with whom (mutual TLS with a deployment CA).
     #[command(subcommand)]
     Mesh(MeshCommand),
-    /// Print this instance's id, name, record counts, held deletes and a peers summary.
+    /// Show this laptop: its name, records, conflicts, held deletes, peers and agent.
     Status,
     /// Deletes held by the mass-delete brake: list them, approve or reject one.
     ///
@@ -401,7 +412,7 @@ pub enum Command {
     /// Example: fieldsync bundle show /media/usb/for-camp-b.fsbundle
     #[command(subcommand)]
     Bundle(BundleCommand),
-    /// Print the sync_instance table: one row per peer instance.
+    /// Show the laptops this one has synced with (the sync_instance table).
     Peers,
     /// Write deterministic test or benchmark data as JSON lines to stdout (no database needed).
     ///

@@ -284,9 +284,8 @@ fn import_key(
     spaces.iter().find_map(|ns| {
         // The record may have been named by its key (`history person A-1`): its id is then
         // the one that key gives, as `App::record_id` found it.
-        let id = uuid::Uuid::parse_str(id.trim()).unwrap_or_else(|_| {
-            crate::import::key_id(ns, table, &[id.trim().to_string()])
-        });
+        let id = uuid::Uuid::parse_str(id.trim())
+            .unwrap_or_else(|_| crate::import::key_id(ns, table, &[id.trim().to_string()]));
         crate::import::key_behind(ns, table, id, &fields)
     })
 }
