@@ -390,16 +390,12 @@ pub fn held(holds: &[crate::app::held::HoldView], now: DateTime<Utc>) -> String 
            with `fieldsync held reject ID`.\n"
 }
 
-/// `put`/`patch`/`delete`. `seq` is a position in this laptop's feed of changes (all tables,
-/// its own and those received from peers), not a count of the record's revisions nor of this
-/// laptop's own edits, so it is said as such.
+/// `put`/`patch`/`delete`: what was done to which record. The feed position (`seq`) stays in
+/// the JSON: said on every write it read as noise (a newcomer trial), and as a bare number it
+/// was misread as a count of the record's revisions.
 pub fn write(verb: &str, o: &WriteOutcome) -> String {
     if o.written {
-        format!(
-            "{verb} {} {} (change {} in this laptop's log, which counts changes from every \
-             laptop and table).\n",
-            o.table, o.id, o.seq
-        )
+        format!("{verb} {} {}.\n", o.table, o.id)
     } else {
         format!(
             "No change: {} {} already has these values.\n",
