@@ -355,6 +355,12 @@ fn a_sync_line_counts_a_conflict_once() {
         1,
         "{listed}"
     );
+    // Said as what happened, whether the values came from edits or from imports of one list.
+    let said = run(&b, &["conflicts", "--human"]).ok().stdout;
+    assert!(
+        said.contains("field \"status\" set to different values on two laptops"),
+        "{said}"
+    );
 }
 
 /// What a newcomer following the README tripped over, told in one line each: a restore that

@@ -103,7 +103,10 @@ fn record(c: &ConflictView) -> String {
 fn block(c: &ConflictView, now: DateTime<Utc>) -> String {
     let kind = c.kind();
     let title = match kind {
-        "field" => format!("field \"{}\" edited on two laptops", text(c, "field")),
+        "field" => format!(
+            "field \"{}\" set to different values on two laptops",
+            text(c, "field")
+        ),
         "delete_edit" => "deleted on one laptop, edited on another".into(),
         "name_clash" => format!(
             "two records share the unique value {} = {}",

@@ -210,7 +210,7 @@ async function conflicts(notice) {
   const list = await api("/v1/conflicts");
   const cards = [];
   for (const c of list) {
-    const title = c.type === "field" ? "field “" + c.field + "” edited on two laptops"
+    const title = c.type === "field" ? "field “" + c.field + "” set to different values on two laptops"
       : c.type === "delete_edit" ? "deleted on one laptop, edited on another"
       : "two records share " + c.field + " = " + show(c.value);
     const head = h("h2", {}, "Conflict " + c.id + ": " + c.table + " record " + c.record + ", " + title);
