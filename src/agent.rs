@@ -101,20 +101,41 @@ pub struct AgentOptions {
     /// Print the start as a sentence for a person ([`listening_line`]) instead of the JSON
     /// `{"event":"listening",…}` line scripts and tests read (on a terminal, or `--human`).
     pub human: bool,
+    /// The HTTP API's URL when it is served (said in the start sentence).
+    pub api: Option<String>,
 }
 
-/// What `run` prints once it serves, to a person: which laptop, where it syncs (`None`: sync
-/// is off until it joins), and what to do next; the JSON line says the same to scripts.
-pub fn listening_line(name: &str, listen: Option<&str>) -> String {
-    match listen {
-        Some(addr) => format!(
-            "{name} is running: it syncs on {addr} with the laptops it finds. `fieldsync \
-             status` and `fieldsync peers` show them, `fieldsync console` opens the console; \
-             Ctrl-C stops it."
+/// What `run` prints once it serves, to a person: which laptop, where it syncs (`listen`;
+/// `None`: sync is off until it joins) and with whom (`discovery`: the laptops it finds on the
+/// network, else only those it knows or is given), where the console and HTTP API are (`api`,
+/// a URL, when served), and what to do next; the JSON line says the same to scripts.
+pub fn listening_line(
+    name: &str,
+    listen: Option<&str>,
+    discovery: bool,
+    api: Option<&str>,
+) -> String {
+    let console = match api {
+        Some(url) => format!(
+            " The console and the HTTP API are on {url} (`fieldsync console` opens the console)."
         ),
+        None => String::new(),
+    };
+    match listen {
+        Some(addr) => {
+            let with = if discovery {
+                "with the laptops it finds on this network"
+            } else {
+                "with the peers it knows or is given (discovery is off)"
+            };
+            format!(
+                "{name} is running: it syncs on {addr} {with}. `fieldsync status` and \
+                 `fieldsync peers` show them.{console} Ctrl-C stops it."
+            )
+        }
         None => format!(
-            "{name} is running with sync off (see above): the commands and the console work \
-             on this laptop; Ctrl-C stops it."
+            "{name} is running with sync off (see above): the commands work on this \
+             laptop.{console} Ctrl-C stops it."
         ),
     }
 }
@@ -500,7 +521,9 @@ pub async fn run(
     info!(instance = %store.id(), %listen, discovery = options.discovery.is_some(), "agent listening");
     if options.human {
         let name = store.instance().name;
-        println!("{}", listening_line(&name, Some(&listen)));
+        let api = options.api.as_deref();
+        let discovery = options.discovery.is_some();
+        println!("{}", listening_line(&name, Some(&listen), discovery, api));
     } else {
         println!(
             "{}",
@@ -708,7 +731,11 @@ async fn run_without_sync(
     mark_offline(&store);
     info!(instance = %store.id(), "agent running with sync off (not in a deployment)");
     if options.human {
-        println!("{}", listening_line(&store.instance().name, None));
+        let api = options.api.as_deref();
+        println!(
+            "{}",
+            listening_line(&store.instance().name, None, false, api)
+        );
     } else {
         println!(
             "{}",
@@ -857,6 +884,27 @@ fn hangup_ignored() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_start_sentence_promises_discovery_only_when_it_runs() {
+        let on = listening_line("A", Some("0.0.0.0:7437"), true, None);
+        assert_eq!(
+            on,
+            "A is running: it syncs on 0.0.0.0:7437 with the laptops it finds on this network. \
+             `fieldsync status` and `fieldsync peers` show them. Ctrl-C stops it."
+        );
+        let off = listening_line(
+            "A",
+            Some("0.0.0.0:7437"),
+            false,
+            Some("http://127.0.0.1:7438"),
+        );
+        assert!(
+            off.contains("(discovery is off)")
+                && off.contains("on http://127.0.0.1:7438 (`fieldsync console`"),
+            "{off}"
+        );
+    }
 
     #[test]
     fn anti_entropy_waits_are_jittered_within_a_fifth_either_way() {

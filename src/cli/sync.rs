@@ -69,11 +69,14 @@ pub fn run_agent(
         clients: ctx.clients.clone(),
         sync_enabled: !not_joined,
         human: args.human,
+        api: None,
     };
+    let api_url = ctx.api_url.clone();
     let app = App::new(store.clone(), Some(ctx));
     let exec = executor(rt.clone(), app.clone());
     let api_cfg = store.config().api.clone();
     rt.block_on(async move {
+        let mut opts = opts;
         let explicit = args.api_listen.or(api_cfg.listen);
         let api = if args.no_api || !api_cfg.enabled {
             None
@@ -92,6 +95,7 @@ pub fn run_agent(
                 Err(e) => return Err(CliError::Invalid(e.to_string())),
             }
         };
+        opts.api = api_url.get().cloned();
         let r = crate::agent::run(store, opts, exec)
             .await
             .map_err(|e| CliError::Io(e.to_string()));
