@@ -629,6 +629,12 @@ fn changes_feed_resumes_exactly_after_restarts_and_kill_9() {
 fn peer_changes_reach_the_feed_longpoll_and_sse_with_their_origin() {
     let tmp = tempfile::tempdir().unwrap();
     let (a_dir, b_dir) = (data_dir(tmp.path(), "a"), data_dir(tmp.path(), "b"));
+    // No notifies: once the agents know each other's addresses, A's agent would hand its edit
+    // below to B before B makes its own, and the conflict this test makes would not happen.
+    for dir in [&a_dir, &b_dir] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("fieldsync.toml"), "[sync]\nnotify = false\n").unwrap();
+    }
     let (mut a, api) = agent(&a_dir);
     ensure_member(&b_dir);
     run(&b_dir, &["init", "--name", "bravo"]).ok();

@@ -905,6 +905,32 @@ fn a_laptop_is_revoked_by_its_enrolled_name_before_it_ever_synced() {
     assert_eq!(r["revoked"], y.id().as_str());
     let err = coord.fails(&["mesh", "revoke", "nobody", "--reason", "typo"]);
     assert!(err.contains("nobody"), "{err}");
+    // A retry (any letter case) changes nothing and says so; it never points at another laptop.
+    let again = coord.json(&["mesh", "revoke", "LAPTOPB", "--reason", "lost"]);
+    assert_eq!(
+        (&again["revoked"], &again["already"]),
+        (&json!(lost.id()), &json!(true))
+    );
+    let said = coord.ok(&["mesh", "revoke", "laptopB", "--human"]);
+    assert!(
+        said.starts_with(&format!(
+            "Already revoked, nothing changed: laptopB (instance {}), revoked ",
+            lost.id()
+        )) && said.contains(": lost in transit."),
+        "{said}"
+    );
+    // A mistyped name is answered with the closest laptop not revoked, and nothing happens.
+    let c = coord.enroll("laptopC");
+    let err = coord.fails(&["mesh", "revoke", "laptpC", "--reason", "typo"]);
+    assert!(err.contains("did you mean \"laptopC\"?"), "{err}");
+    // `mesh show` names the revoked laptops, with when and why.
+    let shown = coord.ok(&["mesh", "show", "--human"]);
+    assert!(
+        shown.contains(&format!("laptopB (instance {}), revoked ", lost.id()))
+            && shown.contains(": lost in transit"),
+        "{shown}"
+    );
+    assert!(!coord.revoked().contains(&c.id()));
     let mut revoked = coord.revoked();
     revoked.sort();
     let mut want = vec![lost.id(), x.id(), y.id()];

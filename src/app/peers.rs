@@ -76,20 +76,25 @@ pub fn named_peers<'a>(rows: &'a [PeerRow], name: &str) -> Vec<&'a PeerRow> {
 /// What to say after "no known peer is named X": the closest known names (a typo), else the
 /// known names, so that nobody has to look an instance id up. Empty names are skipped.
 fn name_hint(rows: &[PeerRow], name: &str) -> String {
-    let mut names: Vec<&str> = rows
-        .iter()
-        .map(|r| r.name.as_str())
-        .filter(|n| !n.is_empty())
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    if names.is_empty() {
+    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    if names.iter().all(|n| n.is_empty()) {
         return ": no peer has synced with this laptop yet; use its instance id or HOST:PORT"
             .into();
     }
+    name_hint_among(&names, name)
+}
+
+/// [`name_hint`] over any list of laptop names (peers, laptops enrolled by this coordinator):
+/// `: did you mean "laptopC"?` when one name is close (Jaro-Winkler ≥ 0.85 ignoring case, as
+/// clap suggests subcommands with strsim), else `: known laptops are "a", "b"` (at most 8).
+pub(crate) fn name_hint_among(names: &[&str], name: &str) -> String {
+    let mut names: Vec<&str> = names.iter().copied().filter(|n| !n.is_empty()).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return ": no laptop is known here by name; use its instance id".into();
+    }
     let lower = name.to_lowercase();
-    // Jaro-Winkler ≥ 0.85 catches one or two slips in a short laptop name (strsim's measure,
-    // as clap uses for mistyped subcommands), without pairing unrelated names.
     let mut close: Vec<(f64, &str)> = names
         .iter()
         .map(|n| (strsim::jaro_winkler(&lower, &n.to_lowercase()), *n))

@@ -37,6 +37,45 @@ pub fn mesh_created(v: &Value, laptop: &str) -> String {
 }
 
 /// `mesh show`: the deployment this laptop belongs to, its certificate, revoked laptops.
+/// One revoked laptop for people: `laptopC (instance …), revoked 2026-12-04 17:09: lost`, the
+/// time local; `id_key`/`at_key` name the fields (`mesh show` and `mesh revoke` differ).
+fn revoked_line(r: &Value, id_key: &str, at_key: &str) -> String {
+    let id = s(&r[id_key]);
+    let who = match r["name"].as_str().filter(|n| !n.is_empty()) {
+        Some(n) => format!("{n} (instance {id})"),
+        None => format!("instance {id}"),
+    };
+    let at = r[at_key]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or_else(
+            || s(&r[at_key]).to_string(),
+            |t| {
+                t.with_timezone(&chrono::Local)
+                    .format("%Y-%m-%d %H:%M")
+                    .to_string()
+            },
+        );
+    let why = r["reason"]
+        .as_str()
+        .filter(|w| !w.is_empty())
+        .unwrap_or("no reason given");
+    format!("{who}, revoked {at}: {why}")
+}
+
+/// `mesh revoke`: who was shut out and what happens next; `already`: it was revoked before
+/// (the retry changed nothing).
+pub fn revoked(v: &Value, already: bool) -> String {
+    let line = revoked_line(v, "revoked", "at");
+    if already {
+        return format!("Already revoked, nothing changed: {line}.\n");
+    }
+    format!(
+        "Revoked {line}. Every laptop refuses it once the revocation reaches it: it travels \
+         with this laptop's next syncs (`fieldsync sync NAME`, or the agent's own).\n"
+    )
+}
+
 pub fn mesh_show(v: &Value) -> String {
     if v["joined"] != Value::Bool(true) {
         return format!(
@@ -66,13 +105,7 @@ pub fn mesh_show(v: &Value) -> String {
     } else {
         t += "Revoked laptops:\n";
         for r in &revoked {
-            t += &format!(
-                "  {} (revoked {})\n",
-                s(&r["instance"]),
-                r["revoked_at"]
-                    .as_str()
-                    .map_or_else(|| r["revoked_at"].to_string(), str::to_string)
-            );
+            t += &format!("  {}\n", revoked_line(r, "instance", "revoked_at"));
         }
     }
     if v["bundles"] == Value::Bool(false) {

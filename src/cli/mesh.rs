@@ -219,14 +219,29 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
         } => {
             let (given, ca_file) = (ca.is_some(), ca_path(ca));
             let ca = mesh::load_ca(&ca_file).map_err(|e| not_coordinator(&ca_file, given, e))?;
-            // An instance id, the name of exactly one known peer, or of one laptop enrolled here.
-            let id = match app.resolve_instance(&instance) {
+            // An instance id, or the name of one laptop known here: a peer, a laptop enrolled
+            // here, or this coordinator (`member_named`).
+            let revoked = mesh::load_revocations(store, &ca.ca_cert);
+            let id = match Uuid::parse_str(instance.trim()) {
                 Ok(id) => id,
-                Err(e) => match enrolled_named(store, &ca.ca_cert, &instance)? {
-                    Some(id) => id,
-                    None => return Err(e.into()),
-                },
+                Err(_) => member_named(app, &revoked, &instance)?,
             };
+            if let Some(at) = revoked.get(&id) {
+                // Revoking twice is a retry, not a mistake: said, and nothing changes.
+                let name = names_of(app)?.remove(&id).unwrap_or_default();
+                let reason = store
+                    .get(mesh::REVOCATIONS, &id)?
+                    .and_then(|r| r.state.live_fields().get("reason").cloned())
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let v = json!({"revoked": id, "name": name, "at": at, "reason": reason,
+                                "already": true});
+                if io.human {
+                    let text = super::human_admin::revoked(&v, true);
+                    return write!(io.out, "{text}").map_err(CliError::Output);
+                }
+                return writeln!(io.out, "{v}").map_err(CliError::Output);
+            }
             if id == store.id() && !force {
                 return Err(invalid(format!(
                     "{id} is this instance: revoking it shuts the coordinator itself out of \
@@ -240,15 +255,37 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
                 id,
                 edit: Edit::Put(fields.clone()),
             }])?;
-            json!({"revoked": id, "at": fields.get("revoked_at"), "reason": reason})
+            let name = names_of(app)?.remove(&id).unwrap_or_default();
+            let v = json!({"revoked": id, "name": name, "at": fields.get("revoked_at"),
+                           "reason": reason});
+            if io.human {
+                let text = super::human_admin::revoked(&v, false);
+                return write!(io.out, "{text}").map_err(CliError::Output);
+            }
+            v
         }
         MeshCommand::Show => {
             let cred = mesh::load_credential(store.dir()).map_err(invalid)?;
             let revoked: Vec<Value> = match &cred {
-                Some(c) => mesh::load_revocations(store, &c.ca_cert)
-                    .into_iter()
-                    .map(|(id, at)| json!({"instance": id, "revoked_at": at}))
-                    .collect(),
+                Some(c) => {
+                    let names = names_of(app)?;
+                    let mut all: Vec<_> = mesh::load_revocations(store, &c.ca_cert)
+                        .into_iter()
+                        .collect();
+                    all.sort_by_key(|(_, at)| *at);
+                    all.into_iter()
+                        .map(|(id, at)| {
+                            let reason = store
+                                .get(mesh::REVOCATIONS, &id)
+                                .ok()
+                                .flatten()
+                                .and_then(|r| r.state.live_fields().get("reason").cloned())
+                                .unwrap_or(Value::Null);
+                            json!({"instance": id, "name": names.get(&id), "revoked_at": at,
+                                   "reason": reason})
+                        })
+                        .collect()
+                }
                 None => vec![],
             };
             let v = match cred {
@@ -340,27 +377,69 @@ fn note_enrolled(dir: &Path, id: Uuid, name: &str) -> Result<(), CliError> {
         .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))
 }
 
-/// The one laptop enrolled here under `name` and not revoked (a revoked laptop's name may be
-/// given to its replacement); an error if several were.
-fn enrolled_named(
-    store: &crate::store::Store,
-    ca_cert: &str,
+/// Every laptop this one knows by name, by instance: itself, the laptops enrolled here, and its
+/// peers (a peer's own name wins over the one it was enrolled under).
+fn names_of(app: &App) -> Result<std::collections::HashMap<Uuid, String>, CliError> {
+    let store = app.store();
+    let mut names: std::collections::HashMap<Uuid, String> =
+        read_enrolled(store.dir())?.into_iter().collect();
+    for p in store.peers()? {
+        if !p.name.is_empty() {
+            names.insert(p.instance, p.name);
+        }
+    }
+    let me = store.instance();
+    names.insert(me.id, me.name);
+    Ok(names)
+}
+
+/// The laptop `mesh revoke NAME` means: the one known here under that name (exactly, else in
+/// any letter case) that is not revoked yet, else the revoked one (revoking twice is a retry).
+/// A name known nowhere is answered with the closest known name among the laptops not revoked
+/// (never a revoked one, and never a guess: the coordinator types the name again).
+fn member_named(
+    app: &App,
+    revoked: &std::collections::HashMap<Uuid, chrono::DateTime<chrono::Utc>>,
     name: &str,
-) -> Result<Option<Uuid>, CliError> {
-    let all = read_enrolled(store.dir())?;
-    let revoked = mesh::load_revocations(store, ca_cert);
-    let ids: Vec<Uuid> = all
+) -> Result<Uuid, CliError> {
+    let names = names_of(app)?;
+    let name = name.trim();
+    let mut ids: Vec<Uuid> = names
         .iter()
-        .filter(|(id, n)| n.as_str() == name && !revoked.contains_key(id))
+        .filter(|(_, n)| n.as_str() == name)
         .map(|(id, _)| *id)
         .collect();
-    match ids.as_slice() {
-        [] => Ok(None),
-        [one] => Ok(Some(*one)),
-        _ => Err(invalid(format!(
-            "{} laptops were enrolled as {name:?}: revoke by instance id ({})",
-            ids.len(),
-            ids.iter()
+    if ids.is_empty() {
+        let lower = name.to_lowercase();
+        ids = names
+            .iter()
+            .filter(|(_, n)| n.to_lowercase() == lower)
+            .map(|(id, _)| *id)
+            .collect();
+    }
+    let live: Vec<Uuid> = ids
+        .iter()
+        .copied()
+        .filter(|id| !revoked.contains_key(id))
+        .collect();
+    match (live.as_slice(), ids.first()) {
+        ([one], _) => Ok(*one),
+        ([], Some(gone)) => Ok(*gone),
+        ([], None) => {
+            let known: Vec<&str> = names
+                .iter()
+                .filter(|(id, _)| !revoked.contains_key(id))
+                .map(|(_, n)| n.as_str())
+                .collect();
+            Err(CliError::NotFound(format!(
+                "no laptop is known here as {name:?}{}",
+                crate::app::peers::name_hint_among(&known, name)
+            )))
+        }
+        (many, _) => Err(invalid(format!(
+            "{} laptops are known as {name:?}: revoke by instance id ({})",
+            many.len(),
+            many.iter()
                 .map(Uuid::to_string)
                 .collect::<Vec<_>>()
                 .join(", ")
