@@ -1645,18 +1645,27 @@ fn a_coordinator_restored_from_its_backup_enrolls_and_revokes() {
     // A spare laptop that takes the coordinator's identity over from it holds no credential,
     // and `status` says so with the way back (not only `doctor`).
     let spare = Node::new("spare");
-    spare.ok(&[
+    let restored = spare.json(&[
         "restore",
         plain.to_str().unwrap(),
         "--take-over-identity",
         "--force",
     ]);
+    // Said at once, with the commands that give this identity a credential again.
+    let warnings = restored["warnings"].to_string();
+    let enroll_again = format!(
+        "`fieldsync mesh enroll --name coord --instance {}",
+        coord.id()
+    );
+    assert!(
+        warnings.contains("now holds no credential") && warnings.contains(&enroll_again),
+        "{restored}"
+    );
     let st = spare.json(&["status"]);
     assert_eq!(st["credential"]["ok"], false, "{st}");
     let said = spare.ok(&["status", "--human"]);
     assert!(
-        said.contains("this laptop holds no credential")
-            && said.contains("fieldsync init --mesh FILE"),
+        said.contains("holds no credential") && said.contains("fieldsync init --mesh"),
         "{said}"
     );
 }

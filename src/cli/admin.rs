@@ -282,6 +282,18 @@ pub fn restore(
         );
     }
     match mesh::load_credential(store.dir()) {
+        // Taken over from a backup without keys (or whose credential was left out): said now,
+        // with the way back, rather than at the first refused sync.
+        Ok(None) if r.report.took_over_identity => {
+            let name = &r.header.instance_name;
+            let file = format!("{}.fsmesh", if name.is_empty() { "laptop" } else { name });
+            warnings.push(format!(
+                "this laptop now holds no credential, so its peers will refuse it: on the \
+                 coordinator's laptop run `fieldsync mesh enroll --name {name} --instance {} \
+                 --out {file}`, then `fieldsync init --mesh {file}` here",
+                r.report.instance
+            ));
+        }
         Ok(Some(c)) if c.instance != r.report.instance => warnings.push(format!(
             "the credential here is for instance {}, not {}: on the coordinator's laptop run \
              `fieldsync mesh enroll --instance {} --out FILE`, then `fieldsync init --mesh FILE` \

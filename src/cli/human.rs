@@ -147,7 +147,7 @@ pub fn peers(rows: &[Value], refused: &Value, now: DateTime<Utc>) -> String {
 /// `status`'s word on the credential: nothing when it is fine; "none" and how to join when
 /// there is none (more pointedly when the laptop has synced before: a restore from a backup
 /// without keys leaves it so); otherwise the problem and its fix, as `doctor` says them.
-fn credential_line(c: &Value, known_peers: u64) -> String {
+fn credential_line(c: &Value, known_peers: u64, name: &str, instance: &str) -> String {
     if c["ok"] != false {
         return String::new();
     }
@@ -160,9 +160,15 @@ fn credential_line(c: &Value, known_peers: u64) -> String {
                     from the coordinator).\n"
                 .into();
         }
+        // A laptop that took a lost one's identity over from a backup without keys: the
+        // coordinator enrolls that same identity again (not a new one, and without revoking
+        // it, which would shut this laptop out too).
+        let file = format!("{}.fsmesh", if name.is_empty() { "laptop" } else { name });
         return format!(
             "Credential: none, although this laptop has synced before (restored from a backup \
-             without keys?), so its peers will refuse it: {fix}.\n"
+             without keys?), so its peers will refuse it. On the coordinator's laptop run \
+             `fieldsync mesh enroll --name {name} --instance {instance} --out {file}`, then \
+             here `fieldsync init --mesh {file}`.\n"
         );
     }
     format!("Credential problem: {detail}. Fix: {fix}.\n")
@@ -176,7 +182,12 @@ pub fn status(v: &Value, now: DateTime<Utc>) -> String {
         out += &format!(", owner {}", s("owner"));
     }
     out += &format!("\nData: {}\n", s("data_dir"));
-    out += &credential_line(&v["credential"], v["peers"]["known"].as_u64().unwrap_or(0));
+    out += &credential_line(
+        &v["credential"],
+        v["peers"]["known"].as_u64().unwrap_or(0),
+        &s("name"),
+        &s("instance"),
+    );
     if let Some(t) = v["tables"].as_object().filter(|t| !t.is_empty()) {
         let rows: Vec<Vec<String>> = t
             .iter()
@@ -854,21 +865,24 @@ mod tests {
         let missing = json!({"ok": false, "check": "credential",
             "detail": "no mesh.fscred in /d: this laptop has not joined a deployment, and sync is refused without one",
             "fix": "ask the coordinator for a credential file (`fieldsync mesh enroll`) and run `fieldsync init --mesh FILE`"});
-        assert!(credential_line(&missing, 0)
+        assert!(credential_line(&missing, 0, "a", "b")
             .starts_with("Deployment: none: this laptop holds no credential"));
-        let line = credential_line(&missing, 2);
+        let line = credential_line(&missing, 2, "laptopA", "831411aa");
         assert!(
             line.starts_with("Credential: none, although this laptop has synced before")
-                && line.contains("ask the coordinator for a credential file"),
+                && line.contains(
+                    "`fieldsync mesh enroll --name laptopA --instance 831411aa --out \
+                     laptopA.fsmesh`, then here `fieldsync init --mesh laptopA.fsmesh`"
+                ),
             "{line}"
         );
         let expired = json!({"ok": false, "detail": "the certificate expired on 2026-01-01",
             "fix": "ask the coordinator for a new credential"});
         assert_eq!(
-            credential_line(&expired, 2),
+            credential_line(&expired, 2, "a", "b"),
             "Credential problem: the certificate expired on 2026-01-01. Fix: ask the coordinator for a new credential.\n"
         );
-        assert_eq!(credential_line(&json!({"ok": true}), 2), "");
+        assert_eq!(credential_line(&json!({"ok": true}), 2, "a", "b"), "");
     }
 
     #[test]

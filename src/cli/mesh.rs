@@ -194,8 +194,11 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
             if let Some(other) = laptop_named(app, &ca.ca_cert, &name)?.filter(|o| *o != id) {
                 return Err(invalid(format!(
                     "a laptop named {name:?} is already enrolled (instance {other}): choose \
-                     another --name, or if that laptop is lost or replaced, revoke it first \
-                     (`fieldsync mesh revoke {other} --reason replaced`) and enroll again"
+                     another --name; if a spare took that laptop's identity over (`restore \
+                     --take-over-identity`), enroll that identity again (`fieldsync mesh enroll \
+                     --name {name} --instance {other} --out FILE`); if that laptop is lost and \
+                     nothing took it over, revoke it first (`fieldsync mesh revoke {other} \
+                     --reason replaced`) and enroll again"
                 )));
             }
             let cred = ca.enroll(id, &name).map_err(invalid)?;
