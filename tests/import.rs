@@ -85,7 +85,8 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
         "C-0003",
         r#"{"notes":"seen at the river"}"#,
     ]);
-    a.ok(&["delete", "person", "C-0004"]);
+    let said = a.ok(&["delete", "person", "C-0004", "--human"]).stdout;
+    assert_eq!(said, format!("Deleted person C-0004 (id {c4}).\n"));
     assert_eq!(
         a.ok(&["get", "person", "C-0003"]).json()["id"],
         c3.as_str(),

@@ -100,15 +100,36 @@ pub fn patch(
     let id = id.trim().to_string();
     let fields = read_json_arg(json, &mut io.stdin)?;
     let table = table.to_string();
+    let named = id.clone();
     let o: WriteOutcome = door.call(Op::Patch { table, id, fields }, io)?;
-    written(io, "Changed", &o)
+    written_as(io, "Changed", &o, &named)
 }
 
 /// `delete`: prints what it did.
 pub fn delete(door: &Door<'_>, table: &str, id: &str, io: &mut Io<'_>) -> Result<(), CliError> {
     let (table, id) = (table.to_string(), id.to_string());
+    let named = id.clone();
     let o: WriteOutcome = door.call(Op::Delete { table, id }, io)?;
-    written(io, "Deleted", &o)
+    written_as(io, "Deleted", &o, &named)
+}
+
+/// [`written`] for a record the person named by its import key: said by that key too.
+fn written_as(
+    io: &mut Io<'_>,
+    verb: &str,
+    o: &WriteOutcome,
+    named: &str,
+) -> Result<(), CliError> {
+    let named = named.trim();
+    if io.human && uuid::Uuid::parse_str(named).is_err() {
+        let text = super::human::write(verb, o).replacen(
+            &format!(" {} {}", o.table, o.id),
+            &format!(" {} {named} (id {})", o.table, o.id),
+            1,
+        );
+        return write!(io.out, "{text}").map_err(CliError::Output);
+    }
+    written(io, verb, o)
 }
 
 /// What a write did: `{"table","id","written","seq"}`, or a sentence for people.
