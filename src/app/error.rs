@@ -142,6 +142,8 @@ const API_WORDS: &[(&str, &str)] = &[
     ("--keep-from", "\"keep_from\""),
     ("--record", "\"record\""),
     ("--keep", "\"keep\""),
+    // A query parameter, not a body field: said as the API reads it.
+    ("use --include-deleted", "add ?include_deleted=true"),
 ];
 
 /// `text` with the CLI's flags replaced by the HTTP API's field names ([`API_WORDS`]).
@@ -249,6 +251,14 @@ mod tests {
                 .into(),
             field: None,
         };
+        let gone = AppError::NotFound {
+            code: "RECORD_DELETED",
+            message: "record person/x is deleted (use --include-deleted to see it)".into(),
+        };
+        assert_eq!(
+            gone.api_message(),
+            "record person/x is deleted (add ?include_deleted=true to see it)"
+        );
         assert_eq!(
             brake.api_message(),
             "nothing was written; send it again with \"confirm_mass_delete\": true if that is \
