@@ -393,7 +393,7 @@ fn restore_enroll_revoke_held_and_list_tell_a_newcomer_what_happened() {
     let diff = run(&a, &["history", "person", ID, "--diff"]).ok().stdout;
     assert!(
         diff.starts_with("@ ")
-            && diff.contains(" create by laptopA (this laptop)\n  revision ")
+            && diff.contains(" created by laptopA (this laptop)\n  revision ")
             && !diff.contains(") ("),
         "{diff}"
     );

@@ -114,12 +114,7 @@ pub fn delete(door: &Door<'_>, table: &str, id: &str, io: &mut Io<'_>) -> Result
 }
 
 /// [`written`] for a record the person named by its import key: said by that key too.
-fn written_as(
-    io: &mut Io<'_>,
-    verb: &str,
-    o: &WriteOutcome,
-    named: &str,
-) -> Result<(), CliError> {
+fn written_as(io: &mut Io<'_>, verb: &str, o: &WriteOutcome, named: &str) -> Result<(), CliError> {
     let named = named.trim();
     if io.human && uuid::Uuid::parse_str(named).is_err() {
         let text = super::human::write(verb, o).replacen(
@@ -337,8 +332,8 @@ fn laptop_names(
     Ok(names)
 }
 
-/// One revision as a readable diff: `@ TIME KIND by MAKER` (`, resolving a conflict` for a
-/// resolution), `  revision STAMP`, then per changed field `- field: old` and `+ field: new`
+/// One revision as a readable diff: `@ LOCAL-TIME created|changed|deleted|restored by MAKER`
+/// (`, resolving a conflict` for a resolution), `  revision STAMP`, then per changed field `- field: old` and `+ field: new`
 /// (JSON values; an absent side is left out), then a blank line.
 pub fn history_diff(e: &HistoryEntry) -> String {
     history_diff_named(e, &Default::default())
@@ -360,13 +355,18 @@ pub fn history_diff_named(
         crate::merge::Cause::Edit => "",
         crate::merge::Cause::Resolution => ", resolving a conflict",
     };
-    let kind = serde_json::to_value(r.kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+    // The words and the local time `history` uses; the stamp stays exact on its own line.
+    let kind = match r.kind {
+        crate::merge::RevisionKind::Create => "created",
+        crate::merge::RevisionKind::Update => "changed",
+        crate::merge::RevisionKind::Delete => "deleted",
+        crate::merge::RevisionKind::Restore => "restored",
+    };
     let mut out = format!(
         "@ {} {kind} by {by}{cause}\n  revision {}\n",
-        r.at.time().to_rfc3339(),
+        r.at.time()
+            .with_timezone(&chrono::Local)
+            .format("%Y-%m-%d %H:%M:%S %:z"),
         r.at
     );
     if r.reconstructed {
