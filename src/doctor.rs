@@ -322,8 +322,12 @@ fn database_detail(store: &Store) -> String {
     let info = store.instance();
     let (mut live, mut tables) = (0, 0);
     if let Ok(t) = store.tables() {
-        tables = t.len();
-        live = t.iter().map(|(_, c)| c.live).sum::<u64>();
+        // As `status` and `tables` count: fieldsync's own tables (revocations) left out.
+        let users = t
+            .iter()
+            .filter(|(name, _)| !name.starts_with(crate::model::SYSTEM_PREFIX));
+        tables = users.clone().count();
+        live = users.map(|(_, c)| c.live).sum::<u64>();
     }
     format!(
         "opens: instance {} ({}), {live} live records in {tables} tables",

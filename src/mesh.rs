@@ -229,6 +229,30 @@ impl CaFile {
     }
 }
 
+/// Laptops this coordinator enrolled, by instance id: `enrolled.json` in its data directory
+/// (`{"<uuid>": "name", ...}`, mode 0600, written by `mesh enroll`). Lets `mesh revoke` take a
+/// name the coordinator knows only from enrolling it, and `sync NAME` say why it has no address.
+pub const ENROLLED_FILE: &str = "enrolled.json";
+
+/// Reads [`ENROLLED_FILE`] (empty when there is none). Errors: `Invalid` for a file that is not
+/// such a map (with the fix), `File` when it cannot be read.
+pub fn read_enrolled(dir: &Path) -> Result<std::collections::BTreeMap<Uuid, String>, MeshError> {
+    let path = dir.join(ENROLLED_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            MeshError::Invalid(format!(
+                "{} is not a list of enrolled laptops ({e}): move it aside and enroll again",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(MeshError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        }),
+    }
+}
+
 /// The deployment id: the first 16 hex digits of the SHA-256 of the CA certificate (DER).
 pub fn mesh_id(ca_cert_pem: &str) -> Result<String, MeshError> {
     let der = pem_der(ca_cert_pem)?;

@@ -921,6 +921,12 @@ fn a_laptop_is_revoked_by_its_enrolled_name_before_it_ever_synced() {
     );
     // A mistyped name is answered with the closest laptop not revoked, and nothing happens.
     let c = coord.enroll("laptopC");
+    // Enrolled here but never met: known by name, not by address; said so.
+    let err = coord.fails(&["sync", "laptopc"]);
+    assert!(
+        err.contains("laptopC was enrolled here but has never synced with this laptop"),
+        "{err}"
+    );
     let err = coord.fails(&["mesh", "revoke", "laptpC", "--reason", "typo"]);
     assert!(err.contains("did you mean \"laptopC\"?"), "{err}");
     // `mesh show` names the revoked laptops, with when and why.

@@ -179,6 +179,23 @@ impl App {
                     return Err(ambiguous(peer, &named));
                 }
                 if named.is_empty() && !looks_like_address(peer) {
+                    // A laptop this coordinator enrolled but never met: known by name, but
+                    // not where it is.
+                    let enrolled = crate::mesh::read_enrolled(self.store.dir()).unwrap_or_default();
+                    if let Some(n) = enrolled
+                        .values()
+                        .find(|n| n.to_lowercase() == peer.trim().to_lowercase())
+                    {
+                        return Err(AppError::NotFound {
+                            code: "PEER_NOT_FOUND",
+                            message: format!(
+                                "{n} was enrolled here but has never synced with this laptop, so \
+                                 its address is unknown: give its HOST:PORT (e.g. `fieldsync \
+                                 sync 192.0.2.7:7437`), or let the agents find each other on the \
+                                 network"
+                            ),
+                        });
+                    }
                     return Err(AppError::NotFound {
                         code: "PEER_NOT_FOUND",
                         message: format!(

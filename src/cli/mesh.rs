@@ -352,29 +352,17 @@ fn laptop_named(app: &App, ca_cert: &str, name: &str) -> Result<Option<Uuid>, Cl
     Ok(None)
 }
 
-/// Laptops this coordinator enrolled, by instance id: `enrolled.json` in its data directory
-/// (`{"<uuid>": "name", ...}`, mode 0600). Lets `mesh revoke` take a name the coordinator knows
-/// only from enrolling it.
-const ENROLLED_FILE: &str = "enrolled.json";
-
 fn read_enrolled(dir: &Path) -> Result<std::collections::BTreeMap<Uuid, String>, CliError> {
-    let path = dir.join(ENROLLED_FILE);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            invalid(format!(
-                "{} is not a list of enrolled laptops ({e}): move it aside and enroll again",
-                path.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
-        Err(e) => Err(CliError::Io(format!("{}: {e}", path.display()))),
-    }
+    mesh::read_enrolled(dir).map_err(|e| match e {
+        mesh::MeshError::Invalid(m) => invalid(m),
+        other => CliError::Io(other.to_string()),
+    })
 }
 
 fn note_enrolled(dir: &Path, id: Uuid, name: &str) -> Result<(), CliError> {
     let mut all = read_enrolled(dir)?;
     all.insert(id, name.to_string());
-    let path = dir.join(ENROLLED_FILE);
+    let path = dir.join(mesh::ENROLLED_FILE);
     let bytes = serde_json::to_vec_pretty(&all).expect("a map of strings");
     crate::fsutil::write_private_atomic(&path, &bytes)
         .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))
