@@ -90,7 +90,10 @@ pub fn mesh_show(v: &Value) -> String {
         s(&v["deployment"]),
         s(&v["mesh_id"])
     );
-    t += &format!("This laptop: instance {}\n", s(&v["instance"]));
+    t += &match v["name"].as_str().filter(|n| !n.is_empty()) {
+        Some(n) => format!("This laptop: {n} (instance {})\n", s(&v["instance"])),
+        None => format!("This laptop: instance {}\n", s(&v["instance"])),
+    };
     if let Some(until) = cert["not_after"].as_str() {
         t += &format!("Certificate: valid until {until}\n");
     }

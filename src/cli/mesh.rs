@@ -297,7 +297,8 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
                 Some(c) => json!({
                     "joined": true, "deployment": c.deployment,
                     "mesh_id": mesh::mesh_id(&c.ca_cert).map_err(invalid)?,
-                    "instance": c.instance, "certificate": mesh::describe_cert(&c.cert),
+                    "instance": c.instance, "name": store.instance().name,
+                    "certificate": mesh::describe_cert(&c.cert),
                     "holds_ca": default_ca.exists(), "revoked": revoked,
                     // False for a credential enrolled before USB bundles: enroll it again.
                     "bundles": c.bundle_key.is_some(),
