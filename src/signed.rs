@@ -98,6 +98,39 @@ pub fn revision_leaves(table: &str, id: &Uuid, rev: &crate::merge::Revision) -> 
     out
 }
 
+/// The leaves of `rev` that `state` does not hold as they are: [`revision_leaves`] less the
+/// writes `state` still holds with the revision's stamp and value (the record's latest edit,
+/// and any field not written again since), which are leaves of the state already. What a page
+/// must prove for a revision beyond its record's state, without hashing every write twice.
+pub fn revision_leaves_beyond(
+    table: &str,
+    id: &Uuid,
+    rev: &crate::merge::Revision,
+    state: &RecordState,
+) -> Vec<Hash> {
+    let mut out: Vec<Hash> = rev
+        .changes
+        .iter()
+        .filter(|c| {
+            state
+                .fields
+                .get(&c.field)
+                .is_none_or(|f| f.stamp != rev.at || f.value != c.new)
+        })
+        .map(|c| {
+            let (kind, value) = match &c.new {
+                Some(v) => (b's', Some(canonical_json(v))),
+                None => (b'r', None),
+            };
+            leaf_hash(&rev.at, table, id, kind, &c.field, value.as_deref())
+        })
+        .collect();
+    if rev.kind == crate::merge::RevisionKind::Delete && state.deleted != Some(rev.at) {
+        out.push(leaf_hash(&rev.at, table, id, b'd', "", None));
+    }
+    out
+}
+
 /// The hash of one leaf (layout in the module table).
 pub fn leaf_hash(
     stamp: &Hlc,
@@ -315,6 +348,84 @@ mod tests {
         (0..n)
             .map(|i| Sha256::digest(i.to_be_bytes()).into())
             .collect()
+    }
+
+    #[test]
+    fn a_revision_beyond_its_state_is_exactly_the_writes_the_state_does_not_hold() {
+        use crate::merge::{FieldChange, Revision, RevisionKind};
+        use crate::model::FieldState;
+        use serde_json::json;
+        let (id, node) = (Uuid::new_v4(), Uuid::new_v4());
+        let at = |ts| Hlc { ts, node };
+        let mut state = RecordState::default();
+        // "name" last written by the revision at 2; "age" written again at 3; "note" removed at 2.
+        for (f, v, ts) in [
+            ("name", Some(json!("b")), 2),
+            ("age", Some(json!(4)), 3),
+            ("note", None, 2),
+        ] {
+            let stamp = at(ts);
+            state
+                .fields
+                .insert(f.into(), FieldState { value: v, stamp });
+        }
+        let change = |f: &str, new: Option<serde_json::Value>| FieldChange {
+            field: f.into(),
+            old: None,
+            new,
+        };
+        let rev = |ts, kind, changes| Revision {
+            at: at(ts),
+            kind,
+            changes,
+            cause: Default::default(),
+            reconstructed: false,
+        };
+        let held: Vec<Hash> = all_leaves("t", &id, &state)
+            .into_iter()
+            .map(|l| l.2)
+            .collect();
+        let cases = [
+            // The latest edit: every write is a state leaf.
+            rev(
+                2,
+                RevisionKind::Update,
+                vec![change("name", Some(json!("b"))), change("note", None)],
+            ),
+            // Superseded: "age" at 2 was written again at 3; "name" at 1 is older.
+            rev(2, RevisionKind::Update, vec![change("age", Some(json!(3)))]),
+            rev(
+                1,
+                RevisionKind::Create,
+                vec![change("name", Some(json!("a")))],
+            ),
+            // Same stamp, another value (not a genuine revision): hashed, never assumed.
+            rev(
+                2,
+                RevisionKind::Update,
+                vec![change("name", Some(json!("x")))],
+            ),
+            // A delete the state does not hold.
+            rev(5, RevisionKind::Delete, vec![]),
+        ];
+        let beyond: Vec<usize> = cases
+            .iter()
+            .map(|r| revision_leaves_beyond("t", &id, r, &state).len())
+            .collect();
+        assert_eq!(beyond, [0, 1, 1, 1, 1]);
+        for r in &cases {
+            let all = revision_leaves("t", &id, r);
+            let extra = revision_leaves_beyond("t", &id, r, &state);
+            for h in &all {
+                assert!(
+                    held.contains(h) || extra.contains(h),
+                    "a leaf left unaccounted"
+                );
+            }
+            for h in &extra {
+                assert!(all.contains(h) && !held.contains(h));
+            }
+        }
     }
 
     #[test]

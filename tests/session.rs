@@ -327,6 +327,49 @@ fn the_sync_right_after_one_that_pushed_records_is_one_hello() {
     assert_eq!(export(&a.store), export(&b.store));
 }
 
+/// A caller's `nothing_past` (its feed holds nothing the named knowledge lacks past that
+/// position) ends the session in the hello reply only when the knowledge it names is the
+/// responder's current one and the position is within what the responder received; then the
+/// responder counts the caller's feed as received to its head. Otherwise nothing changes.
+#[test]
+fn nothing_past_counts_only_for_the_responders_current_knowledge() {
+    use fieldsync::protocol::knowledge_hash;
+    let (a, b) = (node(), node());
+    write_many(&a.store, 20, "a");
+    run(&a, &MemPeer::new(&b)).unwrap();
+    // B's hello back to A, as its session sends it (the push after it never arrives).
+    let to_a = MemPeer {
+        cut_push: Some(1),
+        ..MemPeer::new(&a)
+    };
+    assert!(run(&b, &to_a).is_err());
+    let mut h = to_a.hellos.lock().unwrap()[0].0.clone();
+    let a_row = |s: &Store| s.peer(&b.store.id()).unwrap().unwrap().received_upto;
+    assert_eq!(a_row(&a.store), 0, "A has received nothing of B's feed");
+    let theirs = a.store.position().unwrap().knowledge;
+    h.received_upto = Some(b.store.peer(&a.store.id()).unwrap().unwrap().received_upto);
+    h.nothing_past = Some(0);
+    let responder = Responder::new(a.store.clone(), None, None, Transport::Plaintext);
+    let hello = |h: &Hello| responder.hello(wire(h), Caller::default()).unwrap();
+
+    // Another knowledge named (A's as it was before some write, say): not done, nothing moved.
+    h.peer_knowledge_hash = Some(knowledge_hash(&Default::default()));
+    assert!(!hello(&h).done);
+    assert_eq!(a_row(&a.store), 0);
+    // A claim from past what A received: not done either.
+    h.peer_knowledge_hash = Some(knowledge_hash(&theirs));
+    h.nothing_past = Some(b.store.seq());
+    assert!(!hello(&h).done);
+    assert_eq!(a_row(&a.store), 0);
+    // A's current knowledge, from a position A has: done, and B's feed counts as received.
+    h.nothing_past = Some(0);
+    let r = hello(&h);
+    assert!(r.done);
+    assert_eq!(r.received_upto, b.store.seq());
+    assert_eq!(a_row(&a.store), b.store.seq());
+    assert_eq!(export(&a.store), export(&b.store));
+}
+
 #[test]
 fn an_interrupted_pull_resumes_after_the_last_committed_page() {
     let (a, b) = (node(), node());

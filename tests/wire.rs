@@ -189,6 +189,69 @@ async fn a_new_connection_resumes_the_tls_session_without_certificates_and_never
     served.stop().await;
 }
 
+/// The first sync back after one that moved records (B → A right after A pushed B its
+/// records) is one hello: B's feed moved by the echoes of A's records alone, B says so
+/// (`Hello::nothing_past`), A counts B's feed as received and ends the session in its reply,
+/// and no page travels. What either writes afterwards still reaches the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_sync_back_after_records_moved_is_one_hello() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, b) = two_members(root.path());
+    records(&a.store, 300);
+    let (served_a, served_b) = (serve(&a).await, serve(&b).await);
+    let (addr_a, addr_b) = (served_a.addr.to_string(), served_b.addr.to_string());
+    // A tells B where it listens, as an agent does, so B knows it by that address.
+    let mut o = fresh(&a);
+    o.url = Some(addr_a.clone());
+    let r = sync::sync_with(a.store.clone(), &addr_b, &o).await.unwrap();
+    assert_eq!(r.sent.records, 300);
+    assert!(
+        b.store.seq() >= 300,
+        "B's feed holds the echoes of A's records"
+    );
+
+    let before = bytes(&served_a);
+    let r = sync::sync_with(b.store.clone(), &addr_a, &fresh(&b))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.received.pages, r.sent.pages),
+        (0, 0),
+        "one hello: no page either way"
+    );
+    println!(
+        "first sync back: {} B at A's sockets (full TLS handshake included)",
+        bytes(&served_a) - before
+    );
+    let row = a.store.peer(&b.store.id()).unwrap().unwrap();
+    assert_eq!(
+        row.received_upto,
+        b.store.seq(),
+        "A counts B's feed as received to its head, as the empty push did"
+    );
+
+    // A record written on B afterwards is pushed from there.
+    let new = common::agent::import_into(&b.store, "person", 1)[0];
+    let r = sync::sync_with(b.store.clone(), &addr_a, &fresh(&b))
+        .await
+        .unwrap();
+    assert_eq!(r.sent.records, 1);
+    assert!(a.store.get("person", &new).unwrap().is_some());
+
+    // A wrote since: the session moves A's record to B and still ends with B's feed counted
+    // as received to its head.
+    let theirs = common::agent::import_into(&a.store, "person", 1)[0];
+    let r = sync::sync_with(b.store.clone(), &addr_a, &fresh(&b))
+        .await
+        .unwrap();
+    assert_eq!(r.received.records, 1);
+    assert!(b.store.get("person", &theirs).unwrap().is_some());
+    let row = a.store.peer(&b.store.id()).unwrap().unwrap();
+    assert_eq!(row.received_upto, b.store.seq());
+    served_a.stop().await;
+    served_b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_asked_for_at_once_push_each_record_once() {
     let root = tempfile::tempdir().unwrap();

@@ -179,6 +179,15 @@ pub struct Hello {
     /// responder ends it in its reply (`HelloReply::done`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_upto: Option<u64>,
+    /// Sent with `peer_knowledge_hash` (an optional field of version 4): the caller's feed
+    /// holds nothing, after this position, that the responder's knowledge as named by
+    /// `peer_knowledge_hash` lacks (what a push from there would send is an empty page). If that
+    /// hash is the responder's current knowledge and this is at most what the responder has
+    /// received from the caller, the responder counts the caller's feed as received up to its
+    /// `head`, as the empty push would, and the session may end in the reply. A responder that
+    /// does not know the field ignores it and the caller pushes the empty page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nothing_past: Option<u64>,
     /// Page encodings the caller accepts, preferred first.
     #[serde(default)]
     pub encodings: Vec<String>,

@@ -5,10 +5,17 @@
 //! | prefix | key after the prefix              | value (rmp-serde, named)                      |
 //! |--------|-----------------------------------|-----------------------------------------------|
 //! | `K`    | origin (16), hi (u64 BE)          | [`StoredCommit`]: `lo`, `n`, `root`, `sig` (empty until signed), `cert` (SHA-256 of the signing certificate's DER), `leaves` (`n` × 32 bytes, all-zero = not known here), `nodes` (subtree hashes learned from proofs: `[a, b, hash]`) |
+//! | `S`    | origin (16), hi (u64 BE)          | [`CommitSignature`]: `sig`, `cert` of the `K` entry under the same key suffix, when that entry was written unsigned |
 //! | `W`    | SHA-256 of the certificate (32)   | a member certificate (DER) that signed a commit held here (an instance enrolled again has several) |
 //!
 //! A commit of this instance is written in the batch of its edits, unsigned (the store holds no
-//! key); the sync layer signs it the first time it is sent (`sync::signed`). A store migrated
+//! key); the sync layer signs it the first time it is sent (`sync::signed`) and stores the
+//! signature under `S` (about 110 bytes), so the `K` value, up to hundreds of kilobytes of leaf
+//! hashes, is written once. Readers take `sig` and `cert` from the `K` value when they are
+//! there (commits learned from peers, and own commits signed before `S` existed, which
+//! rewrote the whole `K` value) and from `S` otherwise; a commit is unsigned when neither has
+//! them. An older binary that finds an own `K` entry unsigned signs it again (a valid
+//! signature too) and rewrites `K` as it always did. A store migrated
 //! from format 3 gets one *legacy* commit (`lo` 0) over its own writes as they stand then, so
 //! its older writes can be proved too once it has signed it (see `migrate_legacy_commit`).
 
@@ -24,6 +31,18 @@ pub(crate) const COMMIT: u8 = b'K';
 /// hash), leaves at their indices, and subtree hashes from the range proof.
 pub type LearnedCommit = (StoredCommit, Vec<(u32, Hash)>, Vec<signed::Subtree>);
 pub(crate) const CERT: u8 = b'W';
+pub(crate) const SIGNATURE: u8 = b'S';
+
+/// The signature of an own commit written unsigned (`S` entries; see the module doc).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommitSignature {
+    /// See [`StoredCommit::sig`].
+    #[serde(rename = "sig", with = "crate::signed::serde_bytes")]
+    pub sig: Vec<u8>,
+    /// See [`StoredCommit::cert`].
+    #[serde(rename = "cert", with = "crate::signed::serde_bytes")]
+    pub cert: Vec<u8>,
+}
 
 /// One commit as this store knows it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -133,6 +152,10 @@ pub(crate) fn commit_key(origin: &Uuid, hi: u64) -> Vec<u8> {
     keys::with_prefix(COMMIT, &[origin.as_bytes(), &hi.to_be_bytes()])
 }
 
+fn signature_key(origin: &Uuid, hi: u64) -> Vec<u8> {
+    keys::with_prefix(SIGNATURE, &[origin.as_bytes(), &hi.to_be_bytes()])
+}
+
 fn cert_key(hash: &[u8]) -> Vec<u8> {
     keys::with_prefix(CERT, &[hash])
 }
@@ -149,16 +172,46 @@ impl Store {
         match it.next() {
             Some(kv) => {
                 let (_, v) = kv?;
-                let c: StoredCommit = decode(&v)?;
+                let c = self.with_signature(decode(&v)?)?;
                 Ok((c.lo <= ts).then_some(c))
             }
             None => Ok(None),
         }
     }
 
+    /// `c` as stored under `K`, with its signature from `S` if the `K` value has none.
+    fn with_signature(&self, mut c: StoredCommit) -> Result<StoredCommit, StoreError> {
+        if c.sig.is_empty() {
+            if let Some(v) = self.tree().get(signature_key(&c.origin, c.hi))? {
+                let s: CommitSignature = decode(&v)?;
+                c.sig = s.sig;
+                c.cert = s.cert;
+            }
+        }
+        Ok(c)
+    }
+
     /// Stores a commit (replacing the stored one of the same origin and `hi`).
     pub fn put_commit(&self, c: &StoredCommit) -> Result<(), StoreError> {
         self.tree().insert(commit_key(&c.origin, c.hi), encode(c))?;
+        Ok(())
+    }
+
+    /// Stores the signature of the held commit `c` (`c.sig`, `c.cert`) and the certificate
+    /// `der` that made it, in one batch, without rewriting the commit's leaves (the `S` entry,
+    /// see the module doc).
+    pub fn put_commit_signature(&self, c: &StoredCommit, der: &[u8]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let key = cert_key(&signed::cert_hash(der));
+        if !self.tree().contains_key(&key)? {
+            batch.insert(key, der);
+        }
+        let s = CommitSignature {
+            sig: c.sig.clone(),
+            cert: c.cert.clone(),
+        };
+        batch.insert(signature_key(&c.origin, c.hi), encode(&s));
+        self.tree().apply_batch(batch)?;
         Ok(())
     }
 
@@ -169,11 +222,14 @@ impl Store {
         learned: &[LearnedCommit],
         certs: &[Vec<u8>],
     ) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let mut rewritten = 0usize;
         let mut batch = sled::Batch::default();
         for (header, leaves, nodes) in learned {
             let key = commit_key(&header.origin, header.hi);
-            let mut c = match self.tree().get(&key)? {
-                Some(v) => decode::<StoredCommit>(&v)?,
+            let held = self.tree().get(&key)?;
+            let mut c = match &held {
+                Some(v) => self.with_signature(decode::<StoredCommit>(v)?)?,
                 None => header.clone(),
             };
             if c.root != header.root || c.n != header.n {
@@ -188,7 +244,8 @@ impl Store {
             }
             c.learn(leaves, nodes);
             // Own writes coming back, or a page already learned: nothing to rewrite.
-            if c != before || self.tree().get(&key)?.is_none() {
+            if c != before || held.is_none() {
+                rewritten += 1;
                 batch.insert(key, encode(&c));
             }
         }
@@ -199,6 +256,12 @@ impl Store {
             }
         }
         self.tree().apply_batch(batch)?;
+        tracing::debug!(
+            commits = learned.len(),
+            rewritten,
+            ms = started.elapsed().as_millis() as u64,
+            "commits learned"
+        );
         Ok(())
     }
 
@@ -384,5 +447,121 @@ mod tests {
             .collect();
         assert_eq!(commits.len(), 1, "one legacy commit");
         assert_eq!((commits[0].lo, commits[0].origin, commits[0].n), (0, me, 3));
+    }
+
+    /// A member identity for `s`'s instance in a fresh test deployment.
+    fn identity_for(s: &Store) -> crate::tls::Identity {
+        let ca = crate::mesh::CaFile::create("Commits").unwrap();
+        crate::tls::Identity::from_credential(&ca.enroll(s.id(), "a").unwrap()).unwrap()
+    }
+
+    fn raw(s: &Store, key: &[u8]) -> Option<Vec<u8>> {
+        s.tree().get(key).unwrap().map(|v| v.to_vec())
+    }
+
+    #[test]
+    fn signing_an_own_commit_stores_the_signature_beside_it_without_rewriting_its_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), Config::default()).unwrap();
+        let rows: Vec<(Uuid, serde_json::Value)> = (0..50)
+            .map(|i| (Uuid::new_v4(), json!({"name": format!("p{i}"), "age": i})))
+            .collect();
+        put(&s, &rows);
+        let me = s.id();
+        let (key, unsigned) = {
+            let (k, v) = s.tree().scan_prefix([COMMIT]).next().unwrap().unwrap();
+            (k.to_vec(), v.to_vec())
+        };
+        let hi = decode::<StoredCommit>(&unsigned).unwrap().hi;
+        assert!(raw(&s, &signature_key(&me, hi)).is_none());
+        let id = identity_for(&s);
+        let out = s
+            .outgoing(
+                0,
+                1000,
+                1 << 24,
+                &Default::default(),
+                &Default::default(),
+                None,
+            )
+            .unwrap();
+        crate::sync::signed::proofs_with(&s, &id, &out.changes).unwrap();
+        // The leaves are as the edits wrote them; the signature is its own small entry.
+        assert_eq!(
+            raw(&s, &key).unwrap(),
+            unsigned,
+            "the K value was rewritten"
+        );
+        let sig = raw(&s, &signature_key(&me, hi)).expect("an S entry");
+        assert!(sig.len() < 200, "{} bytes for a signature", sig.len());
+        let c = s.commit_covering(&me, hi).unwrap().unwrap();
+        let msg = signed::signed_message(&me, c.lo, c.hi, c.n, &c.root_hash());
+        let (_, key_der) = id.member_key(&id.cert_der()).unwrap();
+        assert!(crate::tls::verify_signature(&key_der, &msg, &c.sig));
+        assert_eq!(c.cert, signed::cert_hash(&id.cert_der()).to_vec());
+        assert!(s.member_cert(&c.cert).unwrap().is_some());
+        // Sent again: signed once (the same signature, nothing rewritten).
+        crate::sync::signed::proofs_with(&s, &id, &out.changes).unwrap();
+        assert_eq!(raw(&s, &signature_key(&me, hi)).unwrap(), sig);
+        // The commit coming back from a peer that learned it rewrites nothing either.
+        let back = (
+            StoredCommit {
+                leaves: Vec::new(),
+                nodes: Vec::new(),
+                ..c.clone()
+            },
+            (0..c.n)
+                .map(|i| (i, c.leaf(i).unwrap()))
+                .collect::<Vec<_>>(),
+            Vec::new(),
+        );
+        s.learn_commits(&[back], &[]).unwrap();
+        assert_eq!(raw(&s, &key).unwrap(), unsigned);
+    }
+
+    #[test]
+    fn a_commit_signed_in_place_by_an_older_build_still_reads_as_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), Config::default()).unwrap();
+        put(&s, &[(Uuid::new_v4(), json!({"name": "old"}))]);
+        let me = s.id();
+        let v = s
+            .tree()
+            .scan_prefix([COMMIT])
+            .values()
+            .next()
+            .unwrap()
+            .unwrap();
+        let mut c: StoredCommit = decode(&v).unwrap();
+        let id = identity_for(&s);
+        // What builds before the `S` entry did: the whole commit rewritten with its signature.
+        c.sig = id
+            .sign(&signed::signed_message(
+                &me,
+                c.lo,
+                c.hi,
+                c.n,
+                &c.root_hash(),
+            ))
+            .unwrap();
+        c.cert = signed::cert_hash(&id.cert_der()).to_vec();
+        s.put_commit(&c).unwrap();
+        s.put_member_cert(&id.cert_der()).unwrap();
+        assert_eq!(s.commit_covering(&me, c.hi).unwrap().unwrap(), c);
+        let out = s
+            .outgoing(
+                0,
+                1000,
+                1 << 24,
+                &Default::default(),
+                &Default::default(),
+                None,
+            )
+            .unwrap();
+        let proofs = crate::sync::signed::proofs_with(&s, &id, &out.changes).unwrap();
+        // Not signed again: no `S` entry, and the page carries the stored signature.
+        assert!(raw(&s, &signature_key(&me, c.hi)).is_none());
+        let p = crate::sync::signed::decode(&proofs).unwrap();
+        assert_eq!(p.commits[0].sig.0, c.sig);
     }
 }

@@ -18,6 +18,7 @@
 //! | `I`    | import id (16), record id (16)                | staged import row (staging.rs) |
 //! | `Z`    | table, 0x00, level (1), 0-2 id bytes          | range fingerprint (fingerprint.rs; raw 40 bytes) |
 //! | `K`    | origin (16), hi ts (u64 BE)                   | signed commit (commits.rs)   |
+//! | `S`    | origin (16), hi ts (u64 BE)                   | signature of an own `K` commit written unsigned (commits.rs) |
 //! | `W`    | origin (16)                                   | member certificate, DER (commits.rs) |
 //!
 //! Table names never contain 0x00 and JSON text never contains a raw 0x00, so the separators

@@ -339,6 +339,25 @@ impl Store {
         if only_created {
             return Ok(Vec::new());
         }
+        // The receiver knows the creation (an edit of a record it has, the incremental sync):
+        // only the stored revisions it lacks are decoded, picked by the stamp at the end of
+        // their keys, and the creation is not rebuilt.
+        if rec.created.as_ref().is_some_and(|c| covers(known, &c.at)) {
+            let mut out = Vec::new();
+            for kv in self.tree().scan_prefix(keys::history_of(suffix)) {
+                let (k, v) = kv?;
+                if let Some(at) = stamp_of_history_key(&k) {
+                    if covers(known, &at) {
+                        continue;
+                    }
+                }
+                let r = super::write::decode_history(&v)?.revision;
+                if !covers(known, &r.at) {
+                    out.push(r);
+                }
+            }
+            return Ok(out);
+        }
         let (table, id) = keys::parse_record_suffix(suffix)
             .ok_or_else(|| StoreError::Decode("bad record key".into()))?;
         // The creation goes whole (rebuilt here): a receiver that created the same id
@@ -426,6 +445,14 @@ impl Store {
     /// echoes of what the caller just pushed (protocol 4, `HelloReply::done`).
     pub fn nothing_to_send(&self, since: u64, known: &Knowledge) -> bool {
         nothing_for(&self.head(), since, known)
+    }
+
+    /// The lowest feed position after which this store has nothing for a receiver that knows
+    /// `known` (every position from it to the head passes [`Store::nothing_to_send`]), or `None`
+    /// if `known` lacks events held here. A hello's `nothing_past` (docs/PROTOCOL.md).
+    pub fn nothing_past(&self, known: &Knowledge) -> Option<u64> {
+        let h = self.head();
+        nothing_for(&h, h.conflict_head.min(h.seq), known).then_some(h.conflict_head.min(h.seq))
     }
 
     /// Reads the next page of changes after `since` for a receiver that knows `known` and does
@@ -545,6 +572,15 @@ impl Store {
         page.more = feed.next().is_some();
         Ok(page)
     }
+}
+
+/// The stamp at the end of a history key (`keys::history`: ts u64 BE, node 16 bytes).
+fn stamp_of_history_key(k: &[u8]) -> Option<crate::clock::Hlc> {
+    let at = k.len().checked_sub(24)?;
+    Some(crate::clock::Hlc {
+        ts: u64::from_be_bytes(k[at..at + 8].try_into().ok()?),
+        node: Uuid::from_slice(&k[at + 8..]).ok()?,
+    })
 }
 
 /// See [`Store::nothing_to_send`]; one published head for the whole judgement.

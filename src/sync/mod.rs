@@ -295,6 +295,7 @@ pub(crate) fn our_hello(
         knowledge_hash: None,
         peer_knowledge_hash: None,
         received_upto: None,
+        nothing_past: None,
         encodings,
         local_only: local_only(store),
         tables: synced_tables(store)?,

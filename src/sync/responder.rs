@@ -323,6 +323,13 @@ impl SyncService for Responder {
         } else {
             ENC_JSON
         };
+        // The caller holds our knowledge already: name it instead of sending it.
+        let ours = protocol::knowledge_hash(&pos.knowledge);
+        let same = h.peer_knowledge_hash.as_ref() == Some(&ours);
+        // The caller says its feed past what we received holds nothing for us, judged by the
+        // knowledge we hold now (`Hello::nothing_past`): what it would push is an empty page
+        // (the first sync back after we pushed it records: its feed moved by their echoes).
+        let nothing_for_us = same && h.nothing_past.is_some_and(|p| p <= received_upto);
         // Nothing to move either way (protocol 4): the session ends with this reply, as a last
         // push would end it (`sync_count`, `last_update`, the board). Our feed may have moved
         // past the caller's position with nothing in it for the caller: the echoes of pages it
@@ -330,14 +337,21 @@ impl SyncService for Responder {
         let done = h
             .received_upto
             .is_some_and(|u| u >= pos.head || self.store.nothing_to_send(u, &h.knowledge))
-            && h.head <= received_upto
+            && (h.head <= received_upto || nothing_for_us)
             && super::told::covers(&pos.knowledge, &h.knowledge)
             && super::told::covers(&h.knowledge, &pos.knowledge);
+        let received_upto = if done {
+            received_upto.max(h.head)
+        } else {
+            received_upto
+        };
         if done {
             self.store
                 .update_peer(&h.peer.instance, |row| {
                     row.last_update = Some(chrono::Utc::now());
                     row.sync_count += 1;
+                    // As the empty push would have: the caller's feed is received to its head.
+                    row.received_upto = row.received_upto.max(received_upto);
                 })
                 .map_err(|e| store_refusal(&e))?;
             self.inbound.end(&h.peer.instance);
@@ -345,9 +359,6 @@ impl SyncService for Responder {
                 s.tracker.finish(Ok(()));
             }
         }
-        // The caller holds our knowledge already: name it instead of sending it.
-        let ours = protocol::knowledge_hash(&pos.knowledge);
-        let same = h.peer_knowledge_hash.as_ref() == Some(&ours);
         // The caller stores this reply's knowledge as ours: our next hello to it may leave it
         // out (see `told`).
         super::told::note(me.instance, h.peer.instance, &pos.knowledge);

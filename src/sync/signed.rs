@@ -22,7 +22,7 @@ use crate::tls::Transport;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use tracing::warn;
+use tracing::{debug, warn};
 use uuid::Uuid;
 
 /// The proofs section of a page (MessagePack array encoding, field order matters).
@@ -96,6 +96,7 @@ pub fn proofs_with(
     identity: &crate::tls::Identity,
     changes: &[RemoteChange],
 ) -> Result<String, StoreError> {
+    let started = std::time::Instant::now();
     let me = store.id();
     let mut commits: Vec<StoredCommit> = Vec::new();
     let mut by_origin: HashMap<Uuid, Vec<usize>> = HashMap::new();
@@ -105,9 +106,12 @@ pub fn proofs_with(
     let mut unproved = 0usize;
     for ch in changes {
         let leaves = signed::all_leaves(&ch.table, &ch.id, &ch.state);
-        let held: std::collections::HashSet<Hash> = leaves.iter().map(|l| l.2).collect();
+        // Revisions' writes the state holds as they are are its leaves already (the latest
+        // edit's, typically): only the others are hashed and looked up.
+        let mut held: Option<std::collections::HashSet<Hash>> = None;
         for rev in &ch.history {
-            for h in signed::revision_leaves(&ch.table, &ch.id, rev) {
+            for h in signed::revision_leaves_beyond(&ch.table, &ch.id, rev, &ch.state) {
+                let held = held.get_or_insert_with(|| leaves.iter().map(|l| l.2).collect());
                 if !held.contains(&h) {
                     extra.push((rev.at.node, rev.at.ts, h));
                 }
@@ -164,10 +168,13 @@ pub fn proofs_with(
         };
         extras[i].push(h);
     }
+    let read_ms = started.elapsed().as_millis() as u64;
+    let (held, mut signed_now) = (commits.len(), 0usize);
     let mut out = Proofs::default();
     let mut origins = Vec::new();
     for ((mut c, hashes), extra) in commits.into_iter().zip(present).zip(extras) {
         if c.sig.is_empty() {
+            signed_now += 1;
             if c.origin != me {
                 unproved += hashes.len();
                 continue;
@@ -178,8 +185,9 @@ pub fn proofs_with(
                 .map_err(|e| StoreError::Decode(format!("signing a commit: {e}")))?;
             let der = identity.cert_der();
             c.cert = signed::cert_hash(&der).to_vec();
-            store.put_member_cert(&der)?;
-            store.put_commit(&c)?;
+            // The signature alone: the commit's leaves (up to hundreds of kilobytes) stay as
+            // written with the edits.
+            store.put_commit_signature(&c, &der)?;
         }
         let index = c.index();
         let mut idx: Vec<u32> = Vec::with_capacity(hashes.len());
@@ -243,7 +251,17 @@ pub fn proofs_with(
              the receiver will quarantine those records"
         );
     }
-    Ok(encode(&out))
+    let encoded = encode(&out);
+    debug!(
+        records = changes.len(),
+        commits = held,
+        signed_now,
+        read_ms,
+        ms = started.elapsed().as_millis() as u64,
+        bytes = encoded.len(),
+        "page proofs built"
+    );
+    Ok(encoded)
 }
 
 /// Ascending indices as the first, then differences.
@@ -349,6 +367,7 @@ pub fn check(
     let Transport::Tls { identity, .. } = transport else {
         return Ok((0, Default::default()));
     };
+    let started = std::time::Instant::now();
     let p = match proofs {
         Some(s) => decode(s)?,
         None => Proofs::default(),
@@ -507,9 +526,12 @@ pub fn check(
     // maker signed commits) is kept but marked unverified (`reconstructed`, shown as approximate
     // by `history`), so no laptop's history presents it as that maker's exact record.
     let mut unverified = 0usize;
+    // A kept record's state leaves are all proved (a record with one that is not was dropped
+    // above), so a revision's writes the state holds as they are need no lookup.
     for ch in changes.iter_mut() {
+        let state = &ch.state;
         for rev in ch.history.iter_mut() {
-            let leaves = signed::revision_leaves(&ch.table, &ch.id, rev);
+            let leaves = signed::revision_leaves_beyond(&ch.table, &ch.id, rev, state);
             if !rev.reconstructed && !leaves.iter().all(|h| proved.contains(h)) {
                 rev.reconstructed = true;
                 unverified += 1;
@@ -524,5 +546,11 @@ pub fn check(
         );
     }
     let certs = origins.into_iter().map(|i| p.certs[i].0.clone()).collect();
+    debug!(
+        records = changes.len(),
+        commits = p.commits.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "page proofs checked"
+    );
     Ok((bad.len(), (learned, certs)))
 }

@@ -68,14 +68,18 @@ pub(crate) async fn say_hello<P: super::Peer>(
         Ok(s.peers()?
             .into_iter()
             .find(|p| p.url == a || p.addresses.contains(&a))
-            .map(|p| (p.instance, p.knowledge, p.received_upto)))
+            .map(|p| {
+                let past = s.nothing_past(&p.knowledge);
+                (p.instance, p.knowledge, p.received_upto, past)
+            }))
     })
     .await?;
     for full in [false, true] {
         let mut sent = hello.clone();
-        if let (Some((pid, theirs, upto)), false) = (&known, full) {
+        if let (Some((pid, theirs, upto, past)), false) = (&known, full) {
             sent.peer_knowledge_hash = Some(knowledge_hash(theirs));
             sent.received_upto = Some(*upto);
+            sent.nothing_past = *past;
             if let Some(h) = unchanged(me, *pid, &hello.knowledge) {
                 sent.knowledge_hash = Some(h);
                 sent.knowledge.clear();
@@ -84,7 +88,7 @@ pub(crate) async fn say_hello<P: super::Peer>(
         let mut reply = match peer.hello(&sent).await {
             Ok(r) => r,
             Err(CallError::Protocol(e)) if e.code == codes::KNOWLEDGE_NEEDED && !full => {
-                if let Some((pid, _, _)) = &known {
+                if let Some((pid, _, _, _)) = &known {
                     forget(me, *pid);
                 }
                 tracing::debug!(peer_addr = %addr, "peer lacks our knowledge: hello again in full");
@@ -94,7 +98,7 @@ pub(crate) async fn say_hello<P: super::Peer>(
         };
         if let Some(h) = &reply.knowledge_hash {
             match &known {
-                Some((_, theirs, _)) if knowledge_hash(theirs) == *h => {
+                Some((_, theirs, _, _)) if knowledge_hash(theirs) == *h => {
                     reply.knowledge = theirs.clone();
                 }
                 _ => {
@@ -110,6 +114,7 @@ pub(crate) async fn say_hello<P: super::Peer>(
         }
         hello.peer_knowledge_hash = sent.peer_knowledge_hash;
         hello.received_upto = sent.received_upto;
+        hello.nothing_past = sent.nothing_past;
         return Ok((hello, reply));
     }
     unreachable!("the full hello either succeeds or returns its error")

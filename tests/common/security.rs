@@ -717,6 +717,7 @@ pub fn crafted_hello(instance: &str, incarnation: Uuid) -> Value {
         knowledge_hash: None,
         peer_knowledge_hash: None,
         received_upto: None,
+        nothing_past: None,
         encodings: vec![ENC_JSON.into()],
         local_only: vec![],
         tables: vec!["person".into()],
