@@ -11,6 +11,11 @@
 //! reading the file. Each file is written atomically by [`crate::backup::write_backup`]
 //! (temporary name, fsync, rename, fsync of the directory), so a crash leaves the previous set
 //! intact; the oldest beyond `keep` are removed only after a new one is in place.
+//!
+//! When: see [`run`]. A snapshot is never taken while a sync session is in flight (either
+//! role), and when sled is due for a reopen (`reopen::due`) it is reopened first, so that
+//! reading every record does not add to what a large session left in memory (measured in
+//! bench/RESULTS.md, session 6).
 
 use crate::backup::{self, BackupError};
 use crate::config::SnapshotConfig;
@@ -220,9 +225,16 @@ async fn giving_way(
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Option<u64>> {
     for attempt in 1..=MAX_GIVE_WAY {
+        if !after_sessions(tick, stop).await {
+            return None;
+        }
         let (s, keep) = (store.clone(), cfg.keep);
         let give_way = attempt < MAX_GIVE_WAY;
-        match tokio::task::spawn_blocking(move || take_with(&s, keep, give_way)).await {
+        let taken = move || {
+            reopen_first(&s);
+            take_with(&s, keep, give_way)
+        };
+        match tokio::task::spawn_blocking(taken).await {
             Ok(Ok(Some(snap))) => {
                 tick.reset();
                 return Some(Some(snap.feed_seq));
@@ -253,4 +265,125 @@ async fn giving_way(
         }
     }
     Some(None)
+}
+
+/// How often [`after_sessions`] looks whether the sessions in flight have ended.
+const SESSION_POLL: Duration = Duration::from_millis(250);
+
+/// Waits while a sync session is in flight, either role (`progress::any_running`); the
+/// periodic tick still wins. `false` when `stop` turned true.
+///
+/// Why: a snapshot reads every record, and a sending side takes no writer lock that it could
+/// give way to, so on a laptop that starts its agent with data and no snapshot yet and syncs at
+/// once, the two used to run side by side: the sender's highest point of a 100,000-record sync
+/// was its snapshot on top of the session's own memory (bench/RESULTS.md, session 6).
+async fn after_sessions(
+    tick: &mut tokio::time::Interval,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    while crate::progress::any_running() {
+        tokio::select! {
+            _ = tokio::time::sleep(SESSION_POLL) => {}
+            _ = tick.tick() => return true,
+            _ = stop.changed() => return false,
+        }
+    }
+    true
+}
+
+/// Before a snapshot, closes and reopens sled if a reopen is due anyway (`reopen::due`: a
+/// large session or import since sled was opened), so the snapshot reads every record through
+/// a fresh sled instead of on top of what sled kept of that work: the highest point of a
+/// receiver after a 100,000-record sync was this snapshot (bench/RESULTS.md, sessions 5 and 6).
+/// It runs when the agent's own reopen would soon (the store is quiet and no session is in
+/// flight); the snapshot's own reads make the next reopen due, so the agent idles small after
+/// it as before. A busy writer lock or a failure only skips it: the snapshot is taken anyway.
+fn reopen_first(store: &Store) {
+    if !crate::reopen::due(store) {
+        return;
+    }
+    if let Err(e) = store.reopen_if_free() {
+        warn!(error = %e, "could not reopen the database before an automatic snapshot");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::merge::Edit;
+    use crate::store::LocalOp;
+    use serde_json::{json, Value};
+    use uuid::Uuid;
+
+    fn people(store: &Store, n: u64) {
+        let op = |i: u64| LocalOp {
+            table: "person".into(),
+            id: Uuid::new_v4(),
+            edit: match json!({ "name": format!("person {i}"), "n": i }) {
+                Value::Object(m) => Edit::Put(m),
+                _ => unreachable!(),
+            },
+        };
+        for chunk in (0..n).collect::<Vec<_>>().chunks(2_000) {
+            let ops: Vec<LocalOp> = chunk.iter().map(|&i| op(i)).collect();
+            store.write_local(&ops).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_snapshot_after_a_large_change_reopens_sled_first_and_holds_every_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Config::parse("", "test").unwrap()).unwrap();
+        let n = crate::reopen::REOPEN_AFTER;
+        people(&store, n);
+        assert!(crate::reopen::due(&store));
+        reopen_first(&store);
+        assert_eq!(
+            store.reopens(),
+            1,
+            "a reopen was due: done before the snapshot"
+        );
+        assert!(!crate::reopen::due(&store));
+        let snap = take(&store, 3).unwrap();
+        let (header, _) = backup::read_backup(&snap.path).unwrap();
+        assert_eq!(header.live_records, n);
+        assert_eq!(header.feed_seq, store.seq());
+        // The snapshot read every record through the fresh sled: the next reopen is due, so the
+        // agent idles small after it; and nothing is due twice in a row without work between.
+        assert!(crate::reopen::due(&store));
+        reopen_first(&store);
+        assert_eq!(store.reopens(), 2);
+        reopen_first(&store);
+        assert_eq!(store.reopens(), 2);
+    }
+
+    #[test]
+    fn a_small_change_takes_its_snapshot_without_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Config::parse("", "test").unwrap()).unwrap();
+        people(&store, 10);
+        reopen_first(&store);
+        assert_eq!(store.reopens(), 0);
+        let snap = take(&store, 3).unwrap();
+        assert_eq!(backup::read_backup(&snap.path).unwrap().0.live_records, 10);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_waits_while_a_session_is_in_flight() {
+        let mut tick = tokio::time::interval(Duration::from_secs(3_600));
+        tick.tick().await;
+        let (stop_tx, mut stop) = watch::channel(false);
+        let session = crate::progress::start("127.0.0.1:9");
+        let waiting = tokio::spawn(async move { after_sessions(&mut tick, &mut stop).await });
+        tokio::time::sleep(SESSION_POLL * 4).await;
+        assert!(!waiting.is_finished(), "went ahead during a session");
+        drop(session);
+        // Other tests of this binary may run sessions of their own meanwhile: bounded wait.
+        let went = tokio::time::timeout(Duration::from_secs(120), waiting).await;
+        assert!(went
+            .expect("still waiting 120 s after the session ended")
+            .unwrap());
+        drop(stop_tx);
+    }
 }
