@@ -112,6 +112,8 @@ pub struct CheckedPage {
     forged: usize,
     /// Signed commits (and certificates) the page proved, learned before its records.
     learned: super::signed::Learned,
+    /// The records' fingerprint elements, computed here rather than under the writer lock.
+    prepared: crate::store::PreparedPage,
 }
 
 impl CheckedPage {
@@ -128,10 +130,12 @@ pub fn check_page(transport: &Transport, page: &Page) -> Result<CheckedPage, Rec
     // Signatures first, on the page as it was sent (its proofs cover exactly those records).
     let (forged, learned) = super::signed::check(transport, page.proofs.as_deref(), &mut changes)
         .map_err(ReceiveError::Refused)?;
+    let prepared = crate::store::prepare_page(&changes);
     Ok(CheckedPage {
         changes,
         forged,
         learned,
+        prepared,
     })
 }
 
@@ -151,6 +155,7 @@ pub fn commit_checked(
         mut changes,
         forged,
         learned,
+        prepared,
     } = checked;
     let admitted = admit(store, transport, &mut changes);
     let quarantined = admitted.quarantined + forged;
@@ -164,15 +169,18 @@ pub fn commit_checked(
         Some(k) if !page.more => Some(bound_knowledge(store, from, k, &changes)?),
         _ => None,
     };
-    let committed = store.commit_page(PageCommit {
-        peer: from,
-        changes: &changes,
-        since: page.since,
-        next: page.next,
-        more: page.more,
-        knowledge: bounded.as_ref(),
-        ends_session,
-    })?;
+    let committed = store.commit_prepared(
+        PageCommit {
+            peer: from,
+            changes: &changes,
+            since: page.since,
+            next: page.next,
+            more: page.more,
+            knowledge: bounded.as_ref(),
+            ends_session,
+        },
+        Some(&prepared),
+    )?;
     if quarantined > 0 {
         // Bookkeeping after the page: losing it in a crash loses a count, not data.
         store
