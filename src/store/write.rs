@@ -413,7 +413,7 @@ impl Batch<'_> {
     }
 
     /// [`Batch::merge_changes`] with what was computed for the page before its turn
-    /// (`warm.rs`): a record new here takes its prepared fingerprint element.
+    /// (`warm.rs`): a record new here takes its prepared fingerprint element and encoding.
     pub(super) fn merge_prepared(
         &mut self,
         peer: Option<Uuid>,
