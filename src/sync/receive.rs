@@ -123,7 +123,8 @@ impl CheckedPage {
     }
 }
 
-/// The store-free first half of [`receive_page`]: decode, future stamps, signatures.
+/// The store-free first half of [`receive_page`]: decode, future stamps, signatures, and what
+/// the merge needs of each record stored as it came (`store::prepare_page`).
 pub fn check_page(transport: &Transport, page: &Page) -> Result<CheckedPage, ReceiveError> {
     let mut changes = protocol::decode_changes(page).map_err(ReceiveError::Refused)?;
     check_future_stamps(&changes, wall_millis()).map_err(ReceiveError::Refused)?;
