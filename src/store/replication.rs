@@ -117,16 +117,6 @@ impl Store {
     /// only moved a position: losing that in a crash costs a re-send, never data, so a no-op
     /// sync stays a few milliseconds).
     pub fn commit_page(&self, c: PageCommit<'_>) -> Result<Committed, CommitError> {
-        self.commit_prepared(c, None)
-    }
-
-    /// [`Store::commit_page`] with what [`super::prepare_page`] computed for the page before
-    /// its turn (it must have been made from the same page; changes left out since are fine).
-    pub fn commit_prepared(
-        &self,
-        c: PageCommit<'_>,
-        prepared: Option<&super::PreparedPage>,
-    ) -> Result<Committed, CommitError> {
         self.check_remote(c.changes)?;
         let (guard, mut b) = self.begin();
         // Own events a restore or a detected rollback expects back (before this page closes
@@ -167,7 +157,7 @@ impl Store {
             });
         let (apply, held) = b.brake(&self.config.brake, c.peer, &row.name, reset, c.changes)?;
         let mut gap_closed = false;
-        let stats = b.merge_prepared(Some(c.peer), &apply, prepared)?;
+        let stats = b.merge_changes(Some(c.peer), &apply)?;
         row.received_upto = row.received_upto.max(c.next);
         if !c.more {
             if let Some(k) = c.knowledge {

@@ -76,15 +76,13 @@ impl<'a> Txn<'a> {
     /// mostly allocation, was a measurable part of an import). A state holding an explicit
     /// `null` field value would not survive the encoding as such, so it takes the decoding path.
     /// `prev` is what this batch holds for the key now, as the caller loaded it from this
-    /// batch (so it is not looked up and decoded a second time). `element` is `rec`'s
-    /// fingerprint element when the caller has it already (computed before the batch).
+    /// batch (so it is not looked up and decoded a second time).
     pub(crate) fn put_record(
         &mut self,
         key: Vec<u8>,
         value: Vec<u8>,
         rec: &super::StoredRecord,
         prev: Option<&super::StoredRecord>,
-        element: Option<RangeSum>,
     ) {
         let exact = rec
             .state
@@ -95,7 +93,7 @@ impl<'a> Txn<'a> {
             return self.put(key, value);
         }
         if self.failed.is_none() {
-            if let Err(e) = self.track_known(&key, rec, prev, element) {
+            if let Err(e) = self.track_known(&key, rec, prev) {
                 self.failed = Some(e);
             }
         }
@@ -107,13 +105,11 @@ impl<'a> Txn<'a> {
         key: &[u8],
         rec: &super::StoredRecord,
         prev: Option<&super::StoredRecord>,
-        element: Option<RangeSum>,
     ) -> Result<(), StoreError> {
         let (table, id) = super::keys::parse_record_suffix(&key[1..])
             .ok_or_else(|| StoreError::Decode("bad record key".into()))?;
         let old = prev.map(|p| fingerprint::element_of(&id, p));
-        debug_assert!(element.is_none_or(|e| e == fingerprint::element_of(&id, rec)));
-        let new = element.unwrap_or_else(|| fingerprint::element_of(&id, rec));
+        let new = fingerprint::element_of(&id, rec);
         self.record_changed(&table, &id, old, Some(new));
         Ok(())
     }

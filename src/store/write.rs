@@ -71,9 +71,6 @@ struct Persist<'a> {
     peer: Option<Uuid>,
     /// Set when the new state is exactly what this peer sent (insert or fast-forward).
     echo_of: Option<Uuid>,
-    /// What was computed for `state` before the batch (`warm.rs`), when it is exactly the
-    /// state prepared (a record new here).
-    prepared: Option<&'a super::warm::PreparedRecord>,
 }
 
 impl Store {
@@ -409,22 +406,9 @@ impl Batch<'_> {
         peer: Option<Uuid>,
         changes: &[RemoteChange],
     ) -> Result<ApplyStats, StoreError> {
-        self.merge_prepared(peer, changes, None)
-    }
-
-    /// [`Batch::merge_changes`] with what was computed for the page before its turn
-    /// (`warm.rs`): a record new here takes its prepared fingerprint element and encoding.
-    pub(super) fn merge_prepared(
-        &mut self,
-        peer: Option<Uuid>,
-        changes: &[RemoteChange],
-        prepared: Option<&super::PreparedPage>,
-    ) -> Result<ApplyStats, StoreError> {
         let mut stats = ApplyStats::default();
         let me = self.store.id();
-        let mut cursor = super::warm::PreparedCursor::new(prepared);
         for ch in changes {
-            let prepared = cursor.prepared_for(ch);
             stats.received += 1;
             let mut state = ch.state.clone();
             // A JSON null and an absent field are the same thing; keep one representation.
@@ -521,8 +505,6 @@ impl Batch<'_> {
             let from = peer.unwrap_or_default();
             let plain = matches!(out.kind, MergeKind::Insert | MergeKind::FastForward);
             let echo_of = peer.filter(|_| plain && out.conflicts.is_empty());
-            // Only a record new here is stored exactly as it came (and was prepared).
-            let prepared = prepared.filter(|_| prev.is_none());
             let logged = self.persist(Persist {
                 table: &ch.table,
                 id: ch.id,
@@ -538,7 +520,6 @@ impl Batch<'_> {
                 reported,
                 peer,
                 echo_of,
-                prepared,
             })?;
             stats.conflicts += logged;
         }
@@ -621,7 +602,6 @@ impl Batch<'_> {
             reported: vec![],
             peer: None,
             echo_of: None,
-            prepared: None,
         })?;
         Ok(OpResult::Written(self.w.seq))
     }
@@ -815,13 +795,11 @@ impl Batch<'_> {
         };
         // `p.prev` was loaded from this batch by every caller, just before.
         let dict = self.store.record_dict(p.table)?;
-        let state_bytes = p.prepared.map(|r| r.state_plain());
         self.txn.put_record(
             keys::record(&suffix),
-            encode_record_with(&rec, state_bytes, dict.as_deref()),
+            encode_record(&rec, dict.as_deref()),
             &rec,
             p.prev.as_ref(),
-            p.prepared.map(|r| r.element()),
         );
         if self.store.config.unique_fields(p.table).next().is_some() {
             self.recheck_clashes(&suffix)?;
@@ -1065,25 +1043,7 @@ pub(crate) fn encode_record(
     r: &StoredRecord,
     dict: Option<&zstd::zstd_safe::CDict<'_>>,
 ) -> Vec<u8> {
-    encode_record_with(r, None, dict)
-}
-
-/// [`encode_record`] with the MessagePack of `r.state` already made (`state`, by
-/// `warm::prepare_page` before the page's turn): the record's encoding is that of its four
-/// fields in a row (the compact form is an array), so only the small rest is encoded here.
-pub(crate) fn encode_record_with(
-    r: &StoredRecord,
-    state: Option<&[u8]>,
-    dict: Option<&zstd::zstd_safe::CDict<'_>>,
-) -> Vec<u8> {
-    let plain = match state {
-        Some(state) => {
-            let plain = record_plain_from_parts(r, state);
-            debug_assert_eq!(plain, encode_record_plain(r), "record encoded in parts");
-            plain
-        }
-        None => encode_record_plain(r),
-    };
+    let plain = encode_record_plain(r);
     let packed = match dict {
         Some(d) => RECORD_CCTX.with(|c| {
             let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(plain.len()));
@@ -1132,27 +1092,6 @@ pub(crate) fn decode_history(b: &[u8]) -> Result<HistoryEntry, StoreError> {
 /// stored, and what the golden-bytes test pins.
 pub(crate) fn encode_record_plain(r: &StoredRecord) -> Vec<u8> {
     super::encode_compact(r)
-}
-
-/// [`encode_record_plain`] from the MessagePack of `r.state` (made by
-/// [`encode_state_plain`]): a `StoredRecord` is a 4-element array (state, seq, conflict_seq,
-/// created) in the compact form, and each element encodes alone exactly as inside it.
-pub(super) fn record_plain_from_parts(r: &StoredRecord, state: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(state.len() + 96);
-    // A fixarray of 4 elements (the compact form of a 4-field struct).
-    out.push(0x94);
-    out.extend_from_slice(state);
-    let rest = (r.seq, r.conflict_seq, &r.created);
-    let tuple = super::encode_compact(&rest);
-    // The tuple's own fixarray marker (3 elements) is left out: its elements follow the state.
-    debug_assert_eq!(tuple.first(), Some(&0x93));
-    out.extend_from_slice(&tuple[1..]);
-    out
-}
-
-/// The MessagePack of a record's state as [`encode_record_plain`] writes it inside the record.
-pub(crate) fn encode_state_plain(state: &RecordState) -> Vec<u8> {
-    super::encode_compact(state)
 }
 
 /// Decodes a record stored by [`encode_record`] (a zstd frame, with or without its table's

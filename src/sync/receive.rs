@@ -112,8 +112,6 @@ pub struct CheckedPage {
     forged: usize,
     /// Signed commits (and certificates) the page proved, learned before its records.
     learned: super::signed::Learned,
-    /// The records' fingerprint elements, computed here rather than under the writer lock.
-    prepared: crate::store::PreparedPage,
 }
 
 impl CheckedPage {
@@ -123,20 +121,17 @@ impl CheckedPage {
     }
 }
 
-/// The store-free first half of [`receive_page`]: decode, future stamps, signatures, and what
-/// the merge needs of each record stored as it came (`store::prepare_page`).
+/// The store-free first half of [`receive_page`]: decode, future stamps, signatures.
 pub fn check_page(transport: &Transport, page: &Page) -> Result<CheckedPage, ReceiveError> {
     let mut changes = protocol::decode_changes(page).map_err(ReceiveError::Refused)?;
     check_future_stamps(&changes, wall_millis()).map_err(ReceiveError::Refused)?;
     // Signatures first, on the page as it was sent (its proofs cover exactly those records).
     let (forged, learned) = super::signed::check(transport, page.proofs.as_deref(), &mut changes)
         .map_err(ReceiveError::Refused)?;
-    let prepared = crate::store::prepare_page(&changes);
     Ok(CheckedPage {
         changes,
         forged,
         learned,
-        prepared,
     })
 }
 
@@ -156,7 +151,6 @@ pub fn commit_checked(
         mut changes,
         forged,
         learned,
-        prepared,
     } = checked;
     let admitted = admit(store, transport, &mut changes);
     let quarantined = admitted.quarantined + forged;
@@ -170,18 +164,15 @@ pub fn commit_checked(
         Some(k) if !page.more => Some(bound_knowledge(store, from, k, &changes)?),
         _ => None,
     };
-    let committed = store.commit_prepared(
-        PageCommit {
-            peer: from,
-            changes: &changes,
-            since: page.since,
-            next: page.next,
-            more: page.more,
-            knowledge: bounded.as_ref(),
-            ends_session,
-        },
-        Some(&prepared),
-    )?;
+    let committed = store.commit_page(PageCommit {
+        peer: from,
+        changes: &changes,
+        since: page.since,
+        next: page.next,
+        more: page.more,
+        knowledge: bounded.as_ref(),
+        ends_session,
+    })?;
     if quarantined > 0 {
         // Bookkeeping after the page: losing it in a crash loses a count, not data.
         store
