@@ -109,6 +109,29 @@ pub fn check_fields(map: &Fields) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// [`check_fields`] on the live fields of `state` (as [`RecordState::live_fields`] has them),
+/// without copying them: this runs for every record of every incoming page.
+pub fn check_live_fields(state: &RecordState) -> Result<(), ValidationError> {
+    /// The live fields of a state, serialized as the map `live_fields` would make.
+    struct Live<'a>(&'a RecordState);
+    impl Serialize for Live<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_map(self.0.live())
+        }
+    }
+    if let Some((k, _)) = state.live().find(|(k, _)| k.is_empty()) {
+        return Err(ValidationError::FieldName(k.clone()));
+    }
+    let mut counter = ByteCount(0);
+    let size = serde_json::to_writer(&mut counter, &Live(state))
+        .map(|()| counter.0)
+        .unwrap_or(usize::MAX);
+    if size > MAX_RECORD_BYTES {
+        return Err(ValidationError::TooLarge(size));
+    }
+    Ok(())
+}
+
 /// A writer that only counts the bytes written to it.
 struct ByteCount(usize);
 
@@ -165,6 +188,13 @@ impl RecordState {
         self.vv
             .iter()
             .any(|(node, ts)| *ts > self.del_seen.get(node).copied().unwrap_or(0))
+    }
+
+    /// The fields that are set, borrowed, in name order (what [`Self::live_fields`] copies).
+    pub fn live(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.fields
+            .iter()
+            .filter_map(|(k, f)| f.value.as_ref().map(|v| (k, v)))
     }
 
     /// The current values of the fields that are set.

@@ -15,7 +15,9 @@ use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
 use crate::clock::{wall_millis, Clock};
 use crate::merge::conflicts::{self, fingerprint, ClashOutcome, Keep};
 use crate::merge::{self, Cause, Conflict, Edit, EditError, MergeKind, Revision, RevisionKind};
-use crate::model::{check_fields, covers, validate_table, RecordState, ValidationError};
+use crate::model::{
+    check_fields, check_live_fields, covers, validate_table, RecordState, ValidationError,
+};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
@@ -250,7 +252,7 @@ impl Store {
             if self.config.local_only.contains(&ch.table) {
                 return Err(StoreError::LocalOnly(ch.table.clone()));
             }
-            check_fields(&ch.state.live_fields())?;
+            check_live_fields(&ch.state)?;
             // A revision must be one of the events the state reflects: anything else would
             // put a revision in the history that never happened to this record.
             if let Some(r) = ch.history.iter().find(|r| !covers(&ch.state.vv, &r.at)) {
@@ -425,7 +427,21 @@ impl Batch<'_> {
                     super::rollback::LostOwn::join(&mut self.lost_own, l);
                 }
             }
-            let mut out = merge::merge_remote(prev.as_ref().map(|p| &p.state), &state);
+            // A record new here is taken as it came: what `merge_remote` makes of it against
+            // nothing (the same state, no conflict), without copying every field once more.
+            // `incoming` keeps the state as it came where the merge changed it.
+            let (mut out, incoming) = match &prev {
+                None => (
+                    merge::MergeOutcome {
+                        state,
+                        kind: MergeKind::Insert,
+                        touched: Vec::new(),
+                        conflicts: Vec::new(),
+                    },
+                    None,
+                ),
+                Some(p) => (merge::merge_remote(Some(&p.state), &state), Some(state)),
+            };
             // Only a state that brings something new is evidence: an old copy changes nothing,
             // not even the conflict log (rule 6).
             let news = out.kind != MergeKind::NoOp;
@@ -438,7 +454,8 @@ impl Batch<'_> {
                         ConflictDetail::NameClash { .. } => None,
                     })
                     .collect();
-                for c in conflicts::unseen_sides(&log, &state, &out.state) {
+                let came = incoming.as_ref().unwrap_or(&out.state);
+                for c in conflicts::unseen_sides(&log, came, &out.state) {
                     let dk = keys::conflict_dedupe(&suffix, &fingerprint(&c));
                     if self.txn.get(&dk)?.is_none() {
                         out.conflicts.push(c);
@@ -456,10 +473,22 @@ impl Batch<'_> {
             // record whose one event is its creation comes without history: date the creation
             // by that event.
             let mut revisions = ch.history.clone();
-            if revisions.is_empty() && state.vv.len() == 1 {
-                let at = merge::latest_event(&state);
-                if !prev.as_ref().is_some_and(|p| covers(&p.state.vv, &at)) {
-                    revisions.push(only_revision(&state, at));
+            let came = incoming.as_ref().unwrap_or(&out.state);
+            if revisions.is_empty() && came.vv.len() == 1 {
+                let at = merge::latest_event(came);
+                if prev.is_none() {
+                    // `persist` keeps the one creation of a record new here as a marker (its
+                    // values are rebuilt from the state on reading) and drops the revision:
+                    // only its stamp and kind count, so its values are not copied.
+                    revisions.push(Revision {
+                        at,
+                        kind: RevisionKind::Create,
+                        changes: Vec::new(),
+                        cause: Cause::Edit,
+                        reconstructed: false,
+                    });
+                } else if !prev.as_ref().is_some_and(|p| covers(&p.state.vv, &at)) {
+                    revisions.push(only_revision(came, at));
                 }
             }
             // An unchanged record is still written when it brings news of a conflict, so that
