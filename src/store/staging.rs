@@ -20,7 +20,9 @@
 //! at a time, are applied through the local write path and their keys removed *in the same
 //! batch*, so a crash mid-way leaves exactly the rows not yet applied; finally one batch
 //! brings the table's fingerprint entries up to date (the chunks commit without theirs, see
-//! `Sums`) and removes the marker. On open, [`recover`] discards staging without a marker (the import never
+//! `Sums`) and removes the marker. Chunks are built one ahead on a second thread while the
+//! previous one is applied (`staging/pipeline.rs`); they still apply in order, one batch each.
+//! On open, [`recover`] discards staging without a marker (the import never
 //! committed: none of it) and rolls a marked one forward to completion (all of it).
 //!
 //! Blocks are numbered in file order, so the roll-forward writes records (and their feed
