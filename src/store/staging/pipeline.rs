@@ -254,7 +254,7 @@ fn build_ahead<'a>(
             below.entry(k).or_insert(v);
         }
         let mut result = ChunkResult::default();
-        let mut batch = build(
+        let batch = build(
             store,
             table,
             &state,
@@ -263,7 +263,6 @@ fn build_ahead<'a>(
             &staged_keys,
             &mut result,
         )?;
-        batch.seal_commit();
         // The next chunk's sled reads now, while nothing of ours is being applied (sled's
         // readers wait for a batch being applied).
         next = read_rows(store, prefix, table, &mut after, chunk)?;
