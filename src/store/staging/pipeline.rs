@@ -53,6 +53,8 @@ struct Rows {
     staged_keys: Vec<Vec<u8>>,
     /// Their records as stored (and the table's counts) when read.
     read: Writes,
+    /// The store's applied-batch count when `read` was read (under the writer lock).
+    read_gen: u64,
 }
 
 /// A chunk built ahead of its turn.
@@ -94,11 +96,13 @@ pub(super) fn run(
         let (tx, rx) = mpsc::sync_channel::<Result<Built<'_>, StoreError>>(0);
         // After each chunk: whether it had to be built again under the lock.
         let (ack_tx, ack_rx) = mpsc::channel::<bool>();
+        // The rows of the chunks to build, read by the applier (at most two waiting).
+        let (rows_tx, rows_rx) = mpsc::channel::<Rows>();
         let builder = std::thread::Builder::new()
             .name("import-build".into())
             .spawn_scoped(scope, || {
-                let (tx, ack_rx) = (tx, ack_rx);
-                if let Err(e) = build_ahead(store, &prefix, table, chunk, &tx, &ack_rx) {
+                let (tx, ack_rx, rows_rx) = (tx, ack_rx, rows_rx);
+                if let Err(e) = build_ahead(store, table, &rows_rx, &tx, &ack_rx) {
                     // The applier may be gone already (it failed first): nothing to tell.
                     let _ = tx.send(Err(e));
                 }
@@ -109,7 +113,14 @@ pub(super) fn run(
                 source,
             })?;
         let before = thread_cpu();
-        let applied = apply_all(store, table, rx, ack_tx, counts, deltas);
+        let reader = Reader {
+            prefix: &prefix,
+            chunk,
+            after: None,
+            done: false,
+            to_builder: rows_tx,
+        };
+        let applied = apply_all(store, table, reader, rx, ack_tx, counts, deltas);
         let applier_cpu = thread_cpu().saturating_sub(before);
         // The channels are dropped: a builder still waiting on either stops.
         let Ok(builder_cpu) = builder.join() else {
@@ -133,6 +144,7 @@ pub(super) fn run(
 fn apply_all<'a>(
     store: &'a Store,
     table: &str,
+    mut reader: Reader<'_>,
     rx: mpsc::Receiver<Result<Built<'a>, StoreError>>,
     ack: mpsc::Sender<bool>,
     counts: &mut ImportCounts,
@@ -141,6 +153,10 @@ fn apply_all<'a>(
     // The last chunk applied as built, and the applied-batch count right after it.
     let mut last: Option<(u64, u64)> = None;
     let (mut ahead, mut again) = (0u64, 0u64);
+    // The builder starts with two chunks' rows: one to build, the next to read nothing from
+    // sled while it builds.
+    reader.next(store, table)?;
+    reader.next(store, table)?;
     for built in rx {
         let Built {
             n,
@@ -193,6 +209,9 @@ fn apply_all<'a>(
             counts.skipped += 1;
         }
         add_deltas(deltas, chunk.deltas);
+        // The rows two chunks on, read here while the builder builds the next one: sled's
+        // reads wait while a batch is applied, and this thread applies them.
+        reader.next(store, table)?;
         // The builder may have stopped (it failed and said so, or it is done).
         let _ = ack.send(!current);
     }
@@ -204,21 +223,58 @@ fn apply_all<'a>(
     Ok(())
 }
 
-/// The builder: reads and builds chunk after chunk, each on the state the previous one leaves.
+/// The applier's side of reading ahead: the staged blocks not yet handed to the builder.
+struct Reader<'p> {
+    prefix: &'p [u8],
+    chunk: usize,
+    /// The last staged key read.
+    after: Option<Vec<u8>>,
+    /// Every block was read (an empty `Rows` told the builder so).
+    done: bool,
+    to_builder: mpsc::Sender<Rows>,
+}
+
+impl Reader<'_> {
+    /// Reads the next chunk's rows and their records under the writer lock (so they are
+    /// exactly the store at a known applied-batch count) and hands them to the builder.
+    fn next(&mut self, store: &Store, table: &str) -> Result<(), StoreError> {
+        if self.done {
+            return Ok(());
+        }
+        let rows = {
+            let _w = store.lock();
+            let mut rows = read_rows(store, self.prefix, table, &mut self.after, self.chunk)?;
+            rows.read_gen = store.applied_batches();
+            rows
+        };
+        self.done = rows.staged_keys.is_empty();
+        // The builder may have stopped (it failed and said so).
+        let _ = self.to_builder.send(rows);
+        Ok(())
+    }
+}
+
+/// The builder: builds chunk after chunk from the rows the applier reads, each on the state the
+/// previous one leaves.
 fn build_ahead<'a>(
     store: &'a Store,
-    prefix: &[u8],
     table: &str,
-    chunk: usize,
+    rows_rx: &mpsc::Receiver<Rows>,
     tx: &mpsc::SyncSender<Result<Built<'a>, StoreError>>,
     acks: &mpsc::Receiver<bool>,
 ) -> Result<(), StoreError> {
     let (mut sent, mut acked) = (0u64, 0u64);
-    let mut after: Option<Vec<u8>> = None;
-    let mut next = Rows::default();
     let mut prev: Writes = BTreeMap::new();
     let mut base: Option<(WriterState, Base)> = None;
+    // The applied-batch count of the snapshot the current chain of chunks started from.
+    let mut root = 0u64;
     loop {
+        let Ok(mut next) = rows_rx.recv() else {
+            return Ok(()); // the applier stopped
+        };
+        if next.staged_keys.is_empty() {
+            return Ok(());
+        }
         let mut stale = base.is_none();
         while let Ok(rebuilt) = acks.try_recv() {
             acked += 1;
@@ -228,34 +284,30 @@ fn build_ahead<'a>(
             Some(b) if !stale => b,
             _ => {
                 // Start again from the store as it is: wait until every chunk handed over is
-                // applied, then read the writer state under the lock, and the rows after it.
+                // applied, then read the writer state under the lock.
                 while acked < sent {
                     if acks.recv().is_err() {
                         return Ok(()); // the applier stopped
                     }
                     acked += 1;
                 }
-                let snapshot = {
-                    let g = store.lock();
-                    ((*g).clone(), Base::Snapshot(store.applied_batches()))
-                };
+                let g = store.lock();
+                root = store.applied_batches();
                 prev.clear();
-                if sent == 0 {
-                    next = read_rows(store, prefix, table, &mut after, chunk)?;
-                } else {
-                    next.read = read_records(store, table, &next.rows)?;
-                }
-                snapshot
+                ((*g).clone(), Base::Snapshot(root))
             }
         };
-        if next.staged_keys.is_empty() {
-            return Ok(());
+        // Rows read before the chain's snapshot may predate another writer's commit: read
+        // their records again (after a rebuild only; the applier reads the others after it).
+        if next.read_gen < root {
+            next.read = read_records(store, table, &next.rows)?;
         }
         let Rows {
             mut rows,
             staged_keys,
             read,
-        } = std::mem::take(&mut next);
+            ..
+        } = next;
         // Below this chunk's writes: the previous chunk's (it may not be applied yet), then
         // what was read for this one.
         let mut below = std::mem::take(&mut prev);
@@ -272,9 +324,6 @@ fn build_ahead<'a>(
             &staged_keys,
             &mut result,
         )?;
-        // The next chunk's sled reads now, while nothing of ours is being applied (sled's
-        // readers wait for a batch being applied).
-        next = read_rows(store, prefix, table, &mut after, chunk)?;
         prev = batch.txn.writes();
         let leaves = batch.w.clone();
         let built = Built {
