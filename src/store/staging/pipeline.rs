@@ -21,9 +21,12 @@
 //! once at the end, then removes the marker last).
 //!
 //! sled 0.34 makes readers wait while a batch is applied (a process-wide reader-writer lock
-//! once anything wrote a batch), so the builder does all its sled reads for chunk k+1 (its
-//! staged blocks and its rows' records) *before* handing chunk k over, and its CPU-heavy part
-//! without touching sled.
+//! once anything wrote a batch), so the builder does not read sled: the applier reads the
+//! staged blocks and the rows' records of the chunk after next under the writer lock, right
+//! after applying a chunk (so they are the store at a known applied-batch count), and hands
+//! them over. That also balances the two stages (measured before: builder 3.9 s, applier
+//! 2.7 s of CPU for 100,000 rows). Rows read before the snapshot a chain of chunks restarted
+//! from (after a rebuild) are read again by the builder.
 
 use super::{decode_block, staged_prefix, ImportCounts, ImportRow, RowOutcome};
 use crate::store::fingerprint::RangeSum;
