@@ -169,7 +169,8 @@ pub(crate) fn register_restored(
 impl Store {
     /// The dictionary to compress a record of `table` with, training it first when the table
     /// has grown to [`DICT_MIN_RECORDS`] without one (called from the write path: under the
-    /// writer lock, or by an import's roll-forward building its next chunk). `None`: compress the record alone.
+    /// writer lock, or by an import's roll-forward building its next chunk). `None`: compress
+    /// the record alone.
     pub(super) fn record_dict(
         &self,
         table: &str,
