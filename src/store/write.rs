@@ -125,7 +125,12 @@ impl Store {
         b.txn.put(keys::meta("own_last"), encode(&b.w.own_last));
         b.txn.put(keys::meta("holdings"), encode(&b.w.holdings));
         b.txn.put(keys::meta("lineage"), encode(&b.w.lineage));
-        b.seal_commit();
+        if let Some(c) =
+            super::commits::StoredCommit::build(self.id(), u64::MAX, std::mem::take(&mut b.leaves))
+        {
+            b.txn
+                .put(super::commits::commit_key(&c.origin, c.hi), encode(&c));
+        }
         let t = std::time::Instant::now();
         let writes = b.txn.len();
         b.txn.commit()?;
@@ -369,17 +374,6 @@ impl Store {
 }
 
 impl Batch<'_> {
-    /// Writes this batch's local edits (their leaves so far) as one commit of this instance
-    /// (`commits.rs`). Done by the commit; an import's roll-forward does it while building a
-    /// chunk ahead, outside the writer lock (hashing the leaves is a large part of its CPU).
-    pub(super) fn seal_commit(&mut self) {
-        let leaves = std::mem::take(&mut self.leaves);
-        if let Some(c) = super::commits::StoredCommit::build(self.store.id(), u64::MAX, leaves) {
-            self.txn
-                .put(super::commits::commit_key(&c.origin, c.hi), encode(&c));
-        }
-    }
-
     /// Applies import rows to this batch (see [`Store::write_import`]); fails with
     /// [`StoreError::Op`] naming the first bad row.
     pub(super) fn import_rows(

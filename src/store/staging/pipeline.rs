@@ -318,7 +318,7 @@ fn build_ahead<'a>(
             below.entry(k).or_insert(v);
         }
         let mut result = ChunkResult::default();
-        let mut batch = build(
+        let batch = build(
             store,
             table,
             &state,
@@ -327,9 +327,6 @@ fn build_ahead<'a>(
             &staged_keys,
             &mut result,
         )?;
-        // The batch's own commit (leaf hashes, Merkle root) here too: the applier is the
-        // longer stage once it does the reads.
-        batch.seal_commit();
         prev = batch.txn.writes();
         let leaves = batch.w.clone();
         let built = Built {
