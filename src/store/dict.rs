@@ -168,8 +168,9 @@ pub(crate) fn register_restored(
 
 impl Store {
     /// The dictionary to compress a record of `table` with, training it first when the table
-    /// has grown to [`DICT_MIN_RECORDS`] without one (called under the writer lock, from the
-    /// write path). `None`: compress the record alone.
+    /// has grown to [`DICT_MIN_RECORDS`] without one (called from the write path: under the
+    /// writer lock, or by an import's roll-forward building its next chunk). `None`: compress
+    /// the record alone.
     pub(super) fn record_dict(
         &self,
         table: &str,
@@ -198,6 +199,13 @@ impl Store {
             samples.push(super::write::record_plain_bytes(&v)?);
         }
         let mut tables = self.dicts.tables.write().unwrap_or_else(|e| e.into_inner());
+        // An import's roll-forward builds chunks outside the writer lock (`staging.rs`), so
+        // another writer may have trained one meanwhile: keep the first, one dictionary a table.
+        match tables.get(table) {
+            Some(TableDict::Ready(c)) => return Ok(Some(c.clone())),
+            Some(TableDict::Failed) => return Ok(None),
+            None => {}
+        }
         let Some(dict) = train(&samples) else {
             tracing::info!(
                 table,

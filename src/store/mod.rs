@@ -386,6 +386,7 @@ pub struct TableCounts {
     pub deleted: u64,
 }
 
+#[derive(Clone)]
 pub(crate) struct WriterState {
     pub(crate) seq: u64,
     pub(crate) clock: Clock,

@@ -13,12 +13,19 @@ use super::StoreError;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+/// Pending writes by key (`None`: removed).
+pub(crate) type Writes = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
 /// Pending writes on top of the committed tree.
 pub struct Txn<'a> {
     /// Held for the batch's life (a reopen waits for it; see `handles.rs`).
     tree: super::handles::TreeRef,
     _store: std::marker::PhantomData<&'a ()>,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Values read before this batch was built, between its writes and the tree (an import's
+    /// roll-forward chunk built ahead, outside the writer lock: the previous chunk's writes,
+    /// not yet applied, and the chunk's records read in advance; see `staging.rs`).
+    below: Option<std::sync::Arc<Writes>>,
     /// Fingerprint entry key → what this batch adds to it.
     fingerprints: BTreeMap<Vec<u8>, RangeSum>,
     /// Why the fingerprints could not be tracked; the commit fails with it.
@@ -31,9 +38,23 @@ impl<'a> Txn<'a> {
             tree,
             _store: std::marker::PhantomData,
             writes: BTreeMap::new(),
+            below: None,
             fingerprints: BTreeMap::new(),
             failed: None,
         }
+    }
+
+    /// A batch that reads `below` before the tree (see the field's doc).
+    pub(crate) fn over(tree: super::handles::TreeRef, below: std::sync::Arc<Writes>) -> Self {
+        Self {
+            below: Some(below),
+            ..Self::new(tree)
+        }
+    }
+
+    /// A copy of the pending writes (what the next chunk of an import reads below its own).
+    pub(crate) fn writes(&self) -> Writes {
+        self.writes.clone()
     }
 
     /// Records that the record `table`/`id` goes from element `old` to `new` (`None`: absent)
@@ -59,10 +80,13 @@ impl<'a> Txn<'a> {
 
     /// The value as this batch would leave it.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.writes.get(key) {
-            Some(v) => Ok(v.clone()),
-            None => Ok(self.tree.get(key)?.map(|v| v.to_vec())),
+        if let Some(v) = self.writes.get(key) {
+            return Ok(v.clone());
         }
+        if let Some(v) = self.below.as_ref().and_then(|b| b.get(key)) {
+            return Ok(v.clone());
+        }
+        Ok(self.tree.get(key)?.map(|v| v.to_vec()))
     }
 
     /// Sets a key. A record's fingerprint change is recorded with it (see [`Self::track`]).
@@ -154,14 +178,16 @@ impl<'a> Txn<'a> {
         for kv in self.tree.scan_prefix(prefix) {
             keys.insert(kv?.0.to_vec());
         }
-        for (k, v) in self.writes.range(prefix.to_vec()..) {
-            if !k.starts_with(prefix) {
-                break;
+        for layer in self.below.as_deref().into_iter().chain([&self.writes]) {
+            for (k, v) in layer.range(prefix.to_vec()..) {
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                match v {
+                    Some(_) => keys.insert(k.clone()),
+                    None => keys.remove(k),
+                };
             }
-            match v {
-                Some(_) => keys.insert(k.clone()),
-                None => keys.remove(k),
-            };
         }
         Ok(keys.into_iter().collect())
     }

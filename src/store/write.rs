@@ -76,27 +76,33 @@ struct Persist<'a> {
 impl Store {
     pub(super) fn begin(&self) -> (std::sync::MutexGuard<'_, WriterState>, Batch<'_>) {
         let guard = self.lock();
+        let batch = self.batch_on(&guard, Txn::new(self.tree()));
+        (guard, batch)
+    }
+
+    /// A batch starting from the writer state `from` (the lock's, or one an import's
+    /// roll-forward builds ahead on, see `staging.rs`), writing into `txn`.
+    pub(super) fn batch_on<'a>(&'a self, from: &WriterState, txn: Txn<'a>) -> Batch<'a> {
         let w = WriterState {
-            seq: guard.seq,
-            clock: Clock::new(self.id(), guard.clock.last()),
-            next_conflict: guard.next_conflict,
-            own_last: guard.own_last,
-            holdings: guard.holdings.clone(),
-            conflict_head: guard.conflict_head,
-            lineage: guard.lineage.clone(),
-            opened: guard.opened,
+            seq: from.seq,
+            clock: Clock::new(self.id(), from.clock.last()),
+            next_conflict: from.next_conflict,
+            own_last: from.own_last,
+            holdings: from.holdings.clone(),
+            conflict_head: from.conflict_head,
+            lineage: from.lineage.clone(),
+            opened: from.opened,
         };
-        let batch = Batch {
+        Batch {
             store: self,
-            txn: Txn::new(self.tree()),
+            txn,
             w,
             now: Utc::now(),
             wall: wall_millis(),
             started: std::time::Instant::now(),
             leaves: Vec::new(),
             lost_own: None,
-        };
-        (guard, batch)
+        }
     }
 
     fn finish(
@@ -357,14 +363,7 @@ impl Store {
         F: FnOnce(&mut Txn<'_>) -> Result<(), StoreError>,
     {
         let (guard, mut b) = self.begin();
-        let mut out = Vec::with_capacity(rows.len());
-        for (index, row) in rows.iter().enumerate() {
-            let r = b.import_row(table, row).map_err(|e| StoreError::Op {
-                index,
-                source: Box::new(e),
-            })?;
-            out.push(r);
-        }
+        let out = b.import_rows(table, rows)?;
         extra(&mut b.txn)?;
         let changed = out
             .iter()
@@ -377,6 +376,24 @@ impl Store {
 }
 
 impl Batch<'_> {
+    /// Applies import rows to this batch (see [`Store::write_import`]); fails with
+    /// [`StoreError::Op`] naming the first bad row.
+    pub(super) fn import_rows(
+        &mut self,
+        table: &str,
+        rows: &[ImportRow],
+    ) -> Result<Vec<RowOutcome>, StoreError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for (index, row) in rows.iter().enumerate() {
+            let r = self.import_row(table, row).map_err(|e| StoreError::Op {
+                index,
+                source: Box::new(e),
+            })?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
     fn import_row(&mut self, table: &str, row: &ImportRow) -> Result<RowOutcome, StoreError> {
         let prev = self.load(&keys::record_suffix(table, &row.id))?;
         let edit = match prev.as_ref().map(|p| p.state.is_alive()) {
