@@ -116,6 +116,33 @@ pub async fn verify<P: Peer>(
     peer.check_identity(&reply.peer.instance)
         .map_err(SyncError::Peer)?;
     require_reconcile(reply.protocol, label)?;
+    // The peer's hello reply is kept as a session's is (`note_hello`: its knowledge, its
+    // incarnation judged). The responder notes that we now hold its knowledge (`told`) and
+    // names it by hash in its next hello to us; a verify that dropped it made the first sync
+    // back after a verify cost a refused hello and a full one (bench: 5.3 KB instead of 3.7).
+    {
+        let (info, addr) = (reply.peer.clone(), label.to_string());
+        let (clock_ms, head, inc) = (reply.clock_ms, reply.head, reply.incarnation);
+        let k = reply.knowledge.clone();
+        blocking(store, move |s| {
+            Ok(super::receive::note_hello(
+                s,
+                &info,
+                clock_ms,
+                head,
+                &k,
+                inc.as_ref(),
+                super::receive::HelloSeen::Outbound { addr: &addr },
+            ))
+        })
+        .await?
+        .map_err(|e| match e {
+            super::receive::ReceiveError::Commit(crate::store::CommitError::Store(e)) => {
+                SyncError::Store(e)
+            }
+            other => SyncError::Peer(other.to_protocol()),
+        })?;
+    }
     let tables = shared_tables(&hello.tables, &reply.tables, &reply.local_only, store);
     let (diffs, stats) = differences(store, peer, &tables, label).await?;
     tracing::debug!(peer = %reply.peer.instance, rounds = stats.rounds, ranges = stats.ranges,
