@@ -429,6 +429,10 @@ pub(crate) struct Head {
 pub struct Store {
     /// sled's database and tree, closed and reopened by [`Store::reopen`] (`handles.rs`).
     sled: handles::Sled,
+    /// An exclusive lock on [`DIR_LOCK`], held as long as this store is open — also while
+    /// [`Store::reopen`] has sled closed and its own lock released, when another process
+    /// (a CLI command deciding whether an agent runs) could otherwise open the database.
+    _dir_lock: std::fs::File,
     dir: PathBuf,
     instance: RwLock<InstanceInfo>,
     config: Arc<Config>,
@@ -508,6 +512,7 @@ impl Store {
                 path: dir.to_path_buf(),
                 source,
             })?;
+        let dir_lock = lock_dir(dir)?;
         let db_dir = dir.join("db");
         recovery::move_aside_incomplete_snapshots(&db_dir, dir)?;
         let open_db = || open_sled(&db_dir, dir);
@@ -604,6 +609,7 @@ impl Store {
         let dicts = dict::Dicts::load(&tree)?;
         let store = Store {
             sled: handles::Sled::new(db, tree),
+            _dir_lock: dir_lock,
             dir: dir.to_path_buf(),
             instance: RwLock::new(instance),
             config: Arc::new(config),
@@ -1153,6 +1159,37 @@ fn damaged(e: sled::Error, dir: &Path) -> StoreError {
         sled::Error::Corruption { .. } => StoreError::Damaged(dir.to_path_buf()),
         other => StoreError::Sled(other),
     }
+}
+
+/// The file in a data directory whose exclusive `flock` marks the database as open by a
+/// process ([`Store::open`]); sled's own lock in `db/` is let go while the store reopens sled.
+pub const DIR_LOCK: &str = "store.lock";
+
+/// Takes the exclusive lock on `dir`'s [`DIR_LOCK`] without waiting: `Locked` when another
+/// open store (this process or another) holds it, as sled's own lock answers.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StoreError> {
+    use std::os::unix::io::AsRawFd;
+    let path = dir.join(DIR_LOCK);
+    let io = |source| StoreError::Io {
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    // SAFETY: flock(2) on a descriptor this function owns; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => Err(StoreError::Locked(dir.to_path_buf())),
+            _ => Err(io(e)),
+        };
+    }
+    Ok(file)
 }
 
 /// Opens sled in `db_dir` (the data directory `dir`'s `db/`) the way the store always does,

@@ -173,3 +173,35 @@ fn a_reopen_gives_way_to_an_iterator_that_stays_and_then_succeeds() {
     assert_eq!(store.written_since_open(), 1);
     assert_eq!(live(&store), 52);
 }
+
+/// While the store reopens sled (its lock in `db/` let go for a moment), another open of the
+/// same data directory — a CLI command deciding whether an agent runs — is still refused as
+/// `Locked`: it must never open the database under the agent (it found it open in CI).
+#[test]
+fn another_open_during_reopens_is_refused_as_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(open(dir.path()));
+    store.write_local(&[op(1)]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let opener = {
+        let (dir, stop) = (dir.path().to_path_buf(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut tries, start) = (0u64, Instant::now());
+            while !stop.load(Ordering::SeqCst) && start.elapsed() < LIMIT {
+                match Store::open(&dir, Config::parse("", "test").unwrap()) {
+                    Err(StoreError::Locked(_)) => tries += 1,
+                    Ok(_) => return Err("opened the database under the open store".to_string()),
+                    Err(e) => return Err(format!("unexpected error: {e}")),
+                }
+            }
+            Ok(tries)
+        })
+    };
+    for _ in 0..20 {
+        store.reopen().unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let tries = opener.join().unwrap().unwrap();
+    assert!(tries > 0, "the other open never ran");
+    assert_eq!(live(&store), 1);
+}
