@@ -84,18 +84,22 @@ pub fn revision_leaves(table: &str, id: &Uuid, rev: &crate::merge::Revision) -> 
     let mut out: Vec<Hash> = rev
         .changes
         .iter()
-        .map(|c| {
-            let (kind, value) = match &c.new {
-                Some(v) => (b's', Some(canonical_json(v))),
-                None => (b'r', None),
-            };
-            leaf_hash(&rev.at, table, id, kind, &c.field, value.as_deref())
-        })
+        .map(|c| change_leaf(table, id, &rev.at, c))
         .collect();
     if rev.kind == crate::merge::RevisionKind::Delete {
         out.push(leaf_hash(&rev.at, table, id, b'd', "", None));
     }
     out
+}
+
+/// The leaf of one field write of a revision stamped `at`: set (`s`, with its value's
+/// canonical JSON) or removed (`r`).
+fn change_leaf(table: &str, id: &Uuid, at: &Hlc, c: &crate::merge::FieldChange) -> Hash {
+    let (kind, value) = match &c.new {
+        Some(v) => (b's', Some(canonical_json(v))),
+        None => (b'r', None),
+    };
+    leaf_hash(at, table, id, kind, &c.field, value.as_deref())
 }
 
 /// The leaves of `rev` that `state` does not hold as they are: [`revision_leaves`] less the
@@ -117,13 +121,7 @@ pub fn revision_leaves_beyond(
                 .get(&c.field)
                 .is_none_or(|f| f.stamp != rev.at || f.value != c.new)
         })
-        .map(|c| {
-            let (kind, value) = match &c.new {
-                Some(v) => (b's', Some(canonical_json(v))),
-                None => (b'r', None),
-            };
-            leaf_hash(&rev.at, table, id, kind, &c.field, value.as_deref())
-        })
+        .map(|c| change_leaf(table, id, &rev.at, c))
         .collect();
     if rev.kind == crate::merge::RevisionKind::Delete && state.deleted != Some(rev.at) {
         out.push(leaf_hash(&rev.at, table, id, b'd', "", None));

@@ -313,6 +313,19 @@ pub(crate) fn migrate_legacy_commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first page of everything this store would send a new peer.
+    fn all_outgoing(s: &Store) -> crate::store::OutgoingPage {
+        s.outgoing(
+            0,
+            1000,
+            1 << 24,
+            &Default::default(),
+            &Default::default(),
+            None,
+        )
+        .unwrap()
+    }
     use crate::config::Config;
     use crate::store::LocalOp;
     use serde_json::json;
@@ -475,16 +488,7 @@ mod tests {
         let hi = decode::<StoredCommit>(&unsigned).unwrap().hi;
         assert!(raw(&s, &signature_key(&me, hi)).is_none());
         let id = identity_for(&s);
-        let out = s
-            .outgoing(
-                0,
-                1000,
-                1 << 24,
-                &Default::default(),
-                &Default::default(),
-                None,
-            )
-            .unwrap();
+        let out = all_outgoing(&s);
         crate::sync::signed::proofs_with(&s, &id, &out.changes).unwrap();
         // The leaves are as the edits wrote them; the signature is its own small entry.
         assert_eq!(
@@ -548,16 +552,7 @@ mod tests {
         s.put_commit(&c).unwrap();
         s.put_member_cert(&id.cert_der()).unwrap();
         assert_eq!(s.commit_covering(&me, c.hi).unwrap().unwrap(), c);
-        let out = s
-            .outgoing(
-                0,
-                1000,
-                1 << 24,
-                &Default::default(),
-                &Default::default(),
-                None,
-            )
-            .unwrap();
+        let out = all_outgoing(&s);
         let proofs = crate::sync::signed::proofs_with(&s, &id, &out.changes).unwrap();
         // Not signed again: no `S` entry, and the page carries the stored signature.
         assert!(raw(&s, &signature_key(&me, c.hi)).is_none());
