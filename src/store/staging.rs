@@ -451,17 +451,24 @@ fn apply_chunk(
             }
             Err(StoreError::Op { index, source }) if source.is_invalid_input() => {
                 let row = rows.remove(index);
-                tracing::warn!(
-                    table,
-                    id = %row.id,
-                    line = row.line,
-                    "import row skipped while rolling forward: {source}"
-                );
-                counts.skipped += 1;
+                skipped(counts, table, &row, &source);
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// A row the write path refused while rolling forward (only a race with a peer's data can
+/// cause it, the rows were checked before the commit): logged and counted, so it never blocks
+/// the import.
+fn skipped(counts: &mut ImportCounts, table: &str, row: &ImportRow, why: &dyn std::fmt::Display) {
+    tracing::warn!(
+        table,
+        id = %row.id,
+        line = row.line,
+        "import row skipped while rolling forward: {why}"
+    );
+    counts.skipped += 1;
 }
 
 /// Finishes or discards imports a crash interrupted: called when the store opens.

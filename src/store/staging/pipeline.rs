@@ -203,13 +203,7 @@ fn apply_all<'a>(
             counts.add(o);
         }
         for (row, why) in chunk.skipped {
-            tracing::warn!(
-                table,
-                id = %row.id,
-                line = row.line,
-                "import row skipped while rolling forward: {why}"
-            );
-            counts.skipped += 1;
+            super::skipped(counts, table, &row, &why);
         }
         add_deltas(deltas, chunk.deltas);
         // The rows two chunks on, read here while the builder builds the next one: sled's
