@@ -191,6 +191,8 @@ struct Agent {
     backoff: Mutex<HashMap<String, (u32, Instant)>>,
     /// Peers whose session line `run` has printed since it started (see [`worth_a_line`]).
     said: Mutex<std::collections::HashSet<Uuid>>,
+    /// Session key → the failure `run` last printed for it (see [`failure_worth_a_line`]).
+    failing: Mutex<HashMap<String, String>>,
     /// Peers currently seen by discovery: id → addresses.
     online: Mutex<HashMap<Uuid, Vec<String>>>,
     discovery: Mutex<Option<Discovery>>,
@@ -240,8 +242,11 @@ impl Agent {
                         // A person reading `run`'s output wants what changed, not a line per
                         // periodic or notified session that moved nothing: those are said once
                         // per peer (so the first contact shows), then only in the debug log.
-                        if worth_a_line(&me.said, &report, &note) {
-                            eprintln!("{}{}", report_line(&report), note);
+                        // After failures were said, the first session that works says so.
+                        let back = lock(&me.failing).remove(&key).is_some();
+                        if worth_a_line(&me.said, &report, &note) || back {
+                            let again = if back { " (reachable again)" } else { "" };
+                            eprintln!("{}{again}{}", report_line(&report), note);
                         } else {
                             tracing::debug!(peer = %report.peer.instance, "session moved nothing");
                         }
@@ -273,10 +278,14 @@ impl Agent {
                     .map(|r| r.name)
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| addrs.join(", "));
-                eprintln!(
-                    "sync with {who} failed: {e} (next try in {} s)",
-                    wait.as_secs()
-                );
+                let text = e.to_string();
+                if failure_worth_a_line(&me.failing, &key, &text) {
+                    eprintln!(
+                        "sync with {who} failed: {text} (next try in {} s; retries that fail \
+                         the same way are not repeated here)",
+                        wait.as_secs()
+                    );
+                }
                 // A peer that cannot be reached is offline until it answers again (unless
                 // discovery still sees it).
                 if let (Some(p), SyncError::Transport { .. }) = (peer, &e) {
@@ -476,6 +485,7 @@ pub async fn run(
     let mut session_opts = SessionOptions::from_store(&store, transport.clone());
     session_opts.clients = options.clients.clone();
     session_opts.url = Some(listen.clone());
+    session_opts.caller_reports_failure = true;
     // Peers seen by an earlier run are not known to be here now.
     mark_offline(&store);
     let agent = Arc::new(Agent {
@@ -485,6 +495,7 @@ pub async fn run(
         in_flight: Mutex::default(),
         backoff: Mutex::default(),
         said: Mutex::default(),
+        failing: Mutex::default(),
         online: Mutex::default(),
         discovery: Mutex::default(),
     });
@@ -777,6 +788,17 @@ fn worth_a_line(
     first || moved > 0 || !held.is_empty()
 }
 
+/// Whether `run` prints a failed session: the first failure of an outage, and again only when
+/// the error changes. A laptop that left the network would otherwise add a line at every retry
+/// (up to one a minute, for hours); the retries still go to the log at info level, and the
+/// first session that works again is said with "(reachable again)".
+fn failure_worth_a_line(failing: &Mutex<HashMap<String, String>>, key: &str, text: &str) -> bool {
+    lock(failing)
+        .insert(key.to_string(), text.to_string())
+        .as_deref()
+        != Some(text)
+}
+
 fn report_line(r: &sync::SessionReport) -> String {
     let name = if r.peer.name.is_empty() {
         r.peer.instance.to_string()
@@ -884,6 +906,23 @@ fn hangup_ignored() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_is_said_once_per_outage_and_again_when_it_changes() {
+        let failing = Mutex::default();
+        let refused = "cannot reach 127.0.0.1:9: connection refused";
+        assert!(failure_worth_a_line(&failing, "b", refused));
+        assert!(!failure_worth_a_line(&failing, "b", refused));
+        assert!(failure_worth_a_line(&failing, "c", refused), "per peer");
+        assert!(failure_worth_a_line(
+            &failing,
+            "b",
+            "the peer refused our certificate"
+        ));
+        // A session that works forgets the outage (spawn_session removes the key).
+        lock(&failing).remove("b");
+        assert!(failure_worth_a_line(&failing, "b", refused));
+    }
 
     #[test]
     fn the_start_sentence_promises_discovery_only_when_it_runs() {

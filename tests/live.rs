@@ -271,3 +271,51 @@ fn a_peer_synced_with_by_hand_can_sync_back_by_name() {
     );
     drop((agent_a, agent_b));
 }
+
+/// A peer that stops answering is said once in `run`'s output, not at every retry: a laptop that
+/// left the network would otherwise add a "failed" line (and a warning repeating it) at each
+/// retry for as long as the agent runs. The retries still happen (the info log shows them).
+#[test]
+fn a_peer_that_stops_answering_is_said_once_not_at_every_retry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (a, b) = (data_dir(root, "a"), data_dir(root, "b"));
+    // A short round, so the retries come quickly (write_config pushes rounds out to an hour).
+    std::fs::write(a.join("fieldsync.toml"), "[sync]\ninterval_secs = 1\n").unwrap();
+    run(&a, &["init", "--name", "laptopA"]).ok();
+    run(&b, &["init", "--name", "laptopB"]).ok();
+    let mut agent_b = Agent::start_with(&b, &["--no-api"]);
+    let b_addr = agent_b.addr().to_string();
+    let agent_a = Agent::start_with_env(
+        &a,
+        &["--no-api", "--peer", &b_addr],
+        &[("RUST_LOG", "fieldsync=info")],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || agent_a
+            .log_text()
+            .contains("synced with laptopB")),
+        "A met B: {}",
+        agent_a.log_text()
+    );
+    agent_b.stop();
+    // Retries come after 2, 4, 8 s of back-off: wait (bounded) for the third failure.
+    let retries = |log: &str| log.matches("sync will be retried").count();
+    assert!(
+        wait_until(Duration::from_secs(40), || retries(&agent_a.log_text())
+            >= 3),
+        "A kept retrying: {}",
+        agent_a.log_text()
+    );
+    let log = agent_a.log_text();
+    assert_eq!(
+        log.matches("sync with laptopB failed").count(),
+        1,
+        "one line for the outage: {log}"
+    );
+    assert!(
+        !log.contains("WARN fieldsync::sync: session failed"),
+        "the agent's own session failures are not also warnings: {log}"
+    );
+    drop(agent_a);
+}

@@ -108,6 +108,10 @@ pub struct SessionOptions {
     pub encoding: String,
     /// Our agent's address, told to the peer (`None` for a one-shot CLI sync).
     pub url: Option<String>,
+    /// The caller says a failed session to the person itself (the agent's own sessions print
+    /// "sync with NAME failed …"), so the sync layer logs it at info instead of as a warning:
+    /// one failure, one line in the agent's output.
+    pub caller_reports_failure: bool,
     /// Mutual TLS, or plaintext for debugging (also decides what pages are admitted).
     pub transport: Transport,
     /// Clients by peer address, so an agent's sessions reuse an established connection.
@@ -123,6 +127,7 @@ impl SessionOptions {
             page_bytes: c.page_bytes,
             encoding: ENC_ZSTD.to_string(),
             url: None,
+            caller_reports_failure: false,
             transport,
             clients: Arc::default(),
         }
@@ -231,7 +236,7 @@ pub async fn sync_with(
                 note_failure(&store, Some(p.instance), e);
             }
             // Fields only when known: an empty `peer= name=` reads like a bug in the log.
-            match (known, opts.url.is_some()) {
+            match (known, opts.url.is_some() && !opts.caller_reports_failure) {
                 (Some(p), true) => {
                     warn!(parent: &span, error = %e, peer = %p.instance, name = %p.name, "session failed")
                 }

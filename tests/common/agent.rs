@@ -259,6 +259,12 @@ impl Agent {
     /// Starts an agent with extra `run` arguments.
     #[track_caller]
     pub fn start_with(dir: &Path, extra: &[&str]) -> Agent {
+        Self::start_with_env(dir, extra, &[])
+    }
+
+    /// Starts an agent with extra `run` arguments and environment variables (e.g. `RUST_LOG`).
+    #[track_caller]
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         std::fs::create_dir_all(dir).expect("create data dir");
         if !extra.contains(&"--insecure-plaintext") {
             ensure_member(dir);
@@ -270,6 +276,7 @@ impl Agent {
             .args(["--data-dir", dir.to_str().expect("utf-8 temp path")])
             .args(["run", "--listen", "127.0.0.1:0", "--no-discovery"])
             .args(extra)
+            .envs(env.iter().copied())
             // Agents of parallel tests must not race for the HTTP API's default port (the
             // loser logs "the HTTP API is off"); tests that use the API name their own.
             .args(if extra.contains(&"--api-listen") {
