@@ -301,16 +301,19 @@ fn sync_peers_status_and_history_name_laptops() {
     assert!(differs.stderr.trim().is_empty(), "{differs}");
     let v = differs.stdout;
     assert!(
-        v.contains("person: differs: 1 here, 1 on ")
-            && v.contains(" (deleted records included); ")
+        v.contains("person: differs: 1 here, 1 on laptopA (deleted records included); ")
             && v.contains(&format!("1 record differs: {ID}."))
-            && v.contains("`fieldsync sync "),
+            && v.contains(&format!("Not in sync with laptopA ({}): ", agent_a.addr()))
+            && v.contains("`fieldsync sync laptopA` brings both up to date."),
         "{v}"
     );
     run(&b, &["sync", agent_a.addr()]).ok();
     let v = run(&b, &["verify", agent_a.addr(), "--human"]).ok().stdout;
     assert!(
-        v.contains("person: in sync (1 record, deleted ones included).\nIn sync with "),
+        v.contains(&format!(
+            "person: in sync (1 record, deleted ones included).\nIn sync with laptopA ({}).",
+            agent_a.addr()
+        )),
         "{v}"
     );
     // `doctor` names the port the running agent listens on (not the configured default).

@@ -780,7 +780,13 @@ pub fn tables(rows: &[(String, u64, u64)]) -> String {
 
 /// `verify`: per table, in sync or which records differ (`checks` as the JSON lines print
 /// them: `{"table","in_sync","local_count","remote_count","differing"}`).
-pub fn verify(peer: &str, checks: &[Value]) -> String {
+pub fn verify(peer: &str, name: Option<&str>, checks: &[Value]) -> String {
+    // "laptopB (127.0.0.1:7437)" when an address is a known laptop's; the command names it.
+    let (said, cmd) = match name {
+        Some(n) if n.contains(char::is_whitespace) => (format!("{n} ({peer})"), format!("\"{n}\"")),
+        Some(n) => (format!("{n} ({peer})"), n.to_string()),
+        None => (peer.to_string(), peer.to_string()),
+    };
     const SHOWN: usize = 10;
     let mut out = String::new();
     for c in checks {
@@ -800,9 +806,10 @@ pub fn verify(peer: &str, checks: &[Value]) -> String {
             .map(|a| a.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
         out += &format!(
-            "{t}: differs: {} here, {} on {peer} (deleted records included); {}",
+            "{t}: differs: {} here, {} on {} (deleted records included); {}",
             n("local_count"),
             n("remote_count"),
+            name.unwrap_or(peer),
             count(ids.len() as u64, "record differs", "records differ")
         );
         if !ids.is_empty() {
@@ -817,10 +824,10 @@ pub fn verify(peer: &str, checks: &[Value]) -> String {
     if checks.is_empty() {
         out += "No tables to compare.\n";
     } else if checks.iter().all(|c| c["in_sync"] == true) {
-        out += &format!("In sync with {peer}.\n");
+        out += &format!("In sync with {said}.\n");
     } else {
         out +=
-            &format!("Not in sync with {peer}: `fieldsync sync {peer}` brings both up to date.\n");
+            &format!("Not in sync with {said}: `fieldsync sync {cmd}` brings both up to date.\n");
     }
     out
 }

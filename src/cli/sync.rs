@@ -136,6 +136,25 @@ pub fn sync(door: &Door<'_>, peer: &str, io: &mut Io<'_>) -> Result<(), CliError
     Ok(())
 }
 
+/// The name of the laptop at `HOST:PORT`, once that address is a known laptop's (verify's hello
+/// has just told this laptop who answers there); `None` for a name or an id.
+fn address_name(door: &Door<'_>, peer: &str, io: &mut Io<'_>) -> Option<String> {
+    if !peer.contains(':') {
+        return None;
+    }
+    let rows: Vec<Value> = door.call(Op::Peers, io).unwrap_or_default();
+    rows.iter()
+        .find(|r| {
+            r["url"] == peer
+                || r["addresses"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == peer))
+        })
+        .and_then(|r| r["name"].as_str())
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+}
+
 /// `verify PEER`: a line per table; exit code 1 when something differs.
 pub fn verify(door: &Door<'_>, peer: &str, io: &mut Io<'_>) -> Result<(), CliError> {
     let checks: Vec<Value> = door.call(
@@ -145,7 +164,9 @@ pub fn verify(door: &Door<'_>, peer: &str, io: &mut Io<'_>) -> Result<(), CliErr
         io,
     )?;
     if io.human {
-        write!(io.out, "{}", super::human::verify(peer, &checks)).map_err(CliError::Output)?;
+        let name = address_name(door, peer, io);
+        let text = super::human::verify(peer, name.as_deref(), &checks);
+        write!(io.out, "{text}").map_err(CliError::Output)?;
     } else {
         for c in &checks {
             print(io.out, c)?;
