@@ -179,7 +179,13 @@ pub fn backed_up(v: &Value) -> String {
         }
     );
     let mut also = vec![
-        count(u(&e["history"]), "history revision", "history revisions"),
+        // `entries.history` counts earlier revisions only; `history` shows each record's
+        // current one too, so the sum is what a person counting `history` lines expects.
+        count(
+            u(&e["records"]) + u(&e["history"]),
+            "revision in the records' histories (the current ones included)",
+            "revisions in the records' histories (the current ones included)",
+        ),
         count(u(&e["conflicts"]), "conflict", "conflicts"),
         count(u(&e["peers"]), "peer", "peers"),
     ];
