@@ -182,8 +182,16 @@ pub fn status(v: &Value, now: DateTime<Utc>) -> String {
         out += &format!(", owner {}", s("owner"));
     }
     out += &format!("\nData: {}\n", s("data_dir"));
+    // An agent running `--insecure-plaintext` syncs without credentials by design: no word.
+    let plaintext = v["agent"]["transport"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("plaintext"));
     out += &credential_line(
-        &v["credential"],
+        if plaintext {
+            &Value::Null
+        } else {
+            &v["credential"]
+        },
         v["peers"]["known"].as_u64().unwrap_or(0),
         &s("name"),
         &s("instance"),
@@ -890,6 +898,18 @@ mod tests {
             "Credential problem: the certificate expired on 2026-01-01. Fix: ask the coordinator for a new credential.\n"
         );
         assert_eq!(credential_line(&json!({"ok": true}), 2, "a", "b"), "");
+        // An agent running --insecure-plaintext needs none: status says nothing about it.
+        let status_of = |transport: &str| {
+            status(
+                &json!({"name": "laptopA", "instance": "831411aa", "data_dir": "/d",
+                        "credential": missing, "peers": {"known": 1, "online": 1},
+                        "agent": {"running": true, "pid": 42, "listen": "127.0.0.1:7437",
+                                  "transport": transport, "sessions": []}}),
+                Utc::now(),
+            )
+        };
+        assert!(!status_of("plaintext (insecure)").contains("Credential"));
+        assert!(status_of("mutual TLS").contains("Credential: none, although"));
     }
 
     #[test]
