@@ -94,7 +94,8 @@ pub fn peers(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
         // Refused connection attempts are the agent's (in memory), shown under the table.
         let status: serde_json::Value = door.call(Op::Status, io)?;
         let refused = &status["agent"]["refused_recent"];
-        let text = super::human::peers(&rows, refused, chrono::Utc::now());
+        let agent = status["agent"]["running"] == true;
+        let text = super::human::peers(&rows, refused, agent, chrono::Utc::now());
         return write!(io.out, "{text}").map_err(CliError::Output);
     }
     // One JSON array, as `GET /v1/peers` answers.

@@ -80,7 +80,7 @@ fn row_name(p: &Value) -> String {
 /// `peers`: one aligned row per laptop (rows as `peers --json` prints them), then the
 /// connections the agent refused lately (`status`'s `agent.refused_recent`), ids replaced by
 /// the names of known laptops.
-pub fn peers(rows: &[Value], refused: &Value, now: DateTime<Utc>) -> String {
+pub fn peers(rows: &[Value], refused: &Value, agent: bool, now: DateTime<Utc>) -> String {
     let mut out = String::new();
     if rows.is_empty() {
         out += "No peers yet: none has synced with this laptop.\n";
@@ -96,7 +96,11 @@ pub fn peers(rows: &[Value], refused: &Value, now: DateTime<Utc>) -> String {
                     let why = revoked["reason"].as_str().unwrap_or("no reason given");
                     ("revoked", format!("revoked {at}: {why}"))
                 } else {
-                    let state = if p["online"] == true {
+                    // Only a running agent watches the network: without one, "offline" would
+                    // be a guess (and wrong for a laptop sitting beside this one).
+                    let state = if !agent {
+                        "unknown"
+                    } else if p["online"] == true {
                         "online"
                     } else {
                         "offline"
@@ -117,6 +121,10 @@ pub fn peers(rows: &[Value], refused: &Value, now: DateTime<Utc>) -> String {
             &["LAPTOP", "OWNER", "STATE", "LAST SYNC", "SYNCS", "PROBLEM"],
             &body,
         );
+        if !agent {
+            out += "Which laptops are on the network is known only while the agent runs \
+                    (`fieldsync run`).\n";
+        }
     }
     let refused = refused.as_array().map_or(&[][..], Vec::as_slice);
     if !refused.is_empty() {
@@ -236,10 +244,14 @@ pub fn status(v: &Value, now: DateTime<Utc>) -> String {
         .as_str()
         .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc));
+    let online = if v["agent"]["running"] == true {
+        format!("{} online", p["online"])
+    } else {
+        "online unknown while the agent is not running".to_string()
+    };
     out += &format!(
-        "Peers: {} known, {} online; last sync {}.\n",
+        "Peers: {} known, {online}; last sync {}.\n",
         p["known"],
-        p["online"],
         when(last, now)
     );
     let me = v["instance"].as_str().unwrap_or("");
@@ -1036,7 +1048,10 @@ mod tests {
             // As long as the time it masks, so columns stay aligned.
             (r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}", "YYYY-MM-DD hh:mm"),
         ]}, {
-            insta::assert_snapshot!(peers(&rows, &refused, now));
+            insta::assert_snapshot!(peers(&rows, &refused, true, now));
+            let without = peers(&rows, &refused, false, now);
+            assert!(without.contains("Team North  unknown  never"), "{without}");
+            assert!(without.contains("known only while the agent runs"), "{without}");
         });
     }
 }
