@@ -495,8 +495,18 @@ fn restore_enroll_revoke_held_and_list_tell_a_newcomer_what_happened() {
         let out = run(target, &["restore", backup_s]).code(1);
         assert!(
             out.stderr.contains("init --mesh")
-                && out.stderr.contains("--take-over-identity")
+                && out
+                    .stderr
+                    .contains("--take-over-identity --passphrase-file FILE`")
                 && out.stderr.contains("no fieldsync database"),
+            "{out}"
+        );
+        // The command offered works as given: with the passphrase file the person named.
+        let pass = good.to_str().unwrap();
+        let out = run(target, &["restore", backup_s, "--passphrase-file", pass]).code(1);
+        assert!(
+            out.stderr
+                .contains(&format!("--take-over-identity --passphrase-file {pass}`")),
             "{out}"
         );
     }

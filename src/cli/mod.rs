@@ -701,11 +701,18 @@ pub fn run(
     if let Command::Restore {
         take_over_identity: false,
         file,
+        passphrase_file,
         ..
     } = &cli.command
     {
         if !has_database(&dir) {
-            return Err(restore_without_identity(&dir, file));
+            let sealed = crate::backup_keys::is_sealed(&cwd.join(file)).unwrap_or(false);
+            return Err(restore_without_identity(
+                &dir,
+                file,
+                sealed,
+                passphrase_file.as_deref(),
+            ));
         }
     }
     let config = Config::load(&dir)?;
@@ -795,14 +802,25 @@ pub fn no_database(dir: &Path) -> CliError {
 
 /// The refusal of `restore` (without --take-over-identity) into a directory with no database
 /// (exit 1): the two ways on, with the commands.
-fn restore_without_identity(dir: &Path, file: &Path) -> CliError {
+fn restore_without_identity(
+    dir: &Path,
+    file: &Path,
+    sealed: bool,
+    passphrase_file: Option<&Path>,
+) -> CliError {
     let d = dir.display();
+    // The command offered must work as given: an encrypted backup needs its passphrase.
+    let pass = match passphrase_file {
+        Some(p) => format!(" --passphrase-file {}", p.display()),
+        None if sealed => " --passphrase-file FILE".to_string(),
+        None => String::new(),
+    };
     CliError::NotFound(format!(
         "no fieldsync database at {d}, so this laptop has no identity to keep: to make it a \
          laptop of its own holding the backup's data, run `fieldsync --data-dir {d} init --mesh \
          FILE` (or `init --name NAME`) first and restore again; to become the backup's laptop \
          (it is lost or broken and will never run again), run `fieldsync --data-dir {d} restore \
-         {} --take-over-identity`",
+         {} --take-over-identity{pass}`",
         file.display()
     ))
 }

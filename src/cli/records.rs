@@ -212,10 +212,52 @@ pub fn list(
         }
     }
     if io.human {
-        let text = super::human::list(table, &shown, more, only);
+        let mut text = super::human::list(table, &shown, more, only);
+        if shown.is_empty() && more == 0 {
+            // A mistyped table reads like an empty one: say which tables there are.
+            let names: Vec<String> = app.store().tables()?.into_iter().map(|(t, _)| t).collect();
+            if !names.iter().any(|n| n == table) {
+                text = no_such_table(table, &names);
+            }
+        }
         return write!(io.out, "{text}").map_err(CliError::Output);
     }
     Ok(())
+}
+
+/// `list` of a table this laptop has never held a record of: the closest table name (a
+/// typo: Jaro-Winkler ≥ 0.85, as for laptop names) or the tables there are. Not an error: a
+/// table exists from its first record, and one may simply not have arrived yet.
+fn no_such_table(table: &str, names: &[String]) -> String {
+    let user: Vec<&String> = names
+        .iter()
+        .filter(|n| !n.starts_with(crate::model::SYSTEM_PREFIX))
+        .collect();
+    let close = user
+        .iter()
+        .map(|n| {
+            (
+                strsim::jaro_winkler(&table.to_lowercase(), &n.to_lowercase()),
+                n,
+            )
+        })
+        .filter(|(score, _)| *score >= 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let hint = match (close, user.is_empty()) {
+        (Some((_, n)), _) => format!("did you mean {n}?"),
+        (None, true) => "it holds no records yet".to_string(),
+        (None, false) => format!(
+            "its tables are {}",
+            user.iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    format!(
+        "No table {table} on this laptop: {hint} (`fieldsync tables` lists them; a table \
+         appears with its first record, here or from a sync)\n"
+    )
 }
 
 /// `tables`: every table with its counts (a JSON array of `{"table","live","deleted"}`).
@@ -586,4 +628,26 @@ pub fn digest(app: &App, tables: Vec<String>, io: &mut Io<'_>) -> Result<(), Cli
         io.out,
         &json!({"count": count, "sha256": sha, "tables": tables}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mistyped_table_is_named_not_listed_as_empty() {
+        let names = [
+            "fs_revocations".to_string(),
+            "person".into(),
+            "shelter".into(),
+        ];
+        let t = no_such_table("persons", &names);
+        assert!(
+            t.starts_with("No table persons on this laptop: did you mean person? "),
+            "{t}"
+        );
+        let t = no_such_table("cases", &names);
+        assert!(t.contains(": its tables are person, shelter ("), "{t}");
+        assert!(no_such_table("x", &[]).contains(": it holds no records yet ("));
+    }
 }

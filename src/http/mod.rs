@@ -265,11 +265,16 @@ impl From<AppError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        // A lookup of something absent is routine for an application; everything else is
-        // logged where the agent's operator sees it.
+        // A lookup of something absent, and a write that lost an If-Match race (the
+        // application re-reads and retries: optimistic concurrency working as designed), are
+        // routine for an application; everything else is logged where the agent's operator
+        // sees it.
         if self.status.is_server_error() {
             tracing::warn!(code = self.code, message = %self.message, "API request failed");
-        } else if self.status == StatusCode::NOT_FOUND {
+        } else if matches!(
+            self.status,
+            StatusCode::NOT_FOUND | StatusCode::PRECONDITION_FAILED | StatusCode::CONFLICT
+        ) {
             tracing::info!(code = self.code, message = %self.message, "API request refused");
         } else {
             tracing::warn!(code = self.code, message = %self.message, "API request refused");
