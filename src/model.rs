@@ -29,7 +29,10 @@ pub enum ValidationError {
     #[error("table name {0:?} is invalid: use 1-64 characters a-z, 0-9, _ starting with a letter")]
     Table(String),
     /// Record id that is not a UUID.
-    #[error("record id {0:?} is not a UUID")]
+    #[error(
+        "record id {0:?} is not a UUID: give a UUID, or no id for a new record; to change a \
+         record by its import key use `fieldsync patch TABLE KEY`"
+    )]
     Id(String),
     /// Fields that are not a JSON object.
     #[error("fields must be a JSON object, got {0}")]

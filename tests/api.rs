@@ -369,6 +369,13 @@ fn every_error_is_json_with_a_code_and_writes_nothing() {
         .send("PUT", &rec_path("person", "not-a-uuid"), &json!({}))
         .error(400, "INVALID_ID");
     assert_eq!(e["field"], "id");
+    // A PUT by an import key says how to change a record by key, in the API's words.
+    assert!(
+        e["message"].as_str().unwrap().ends_with(
+            "to change a record by its import key use PATCH /v1/tables/TABLE/records/KEY"
+        ),
+        "{e}"
+    );
     api.req("PUT", &rec_path("person", id), &[], b"{not json")
         .error(400, "MALFORMED_JSON");
     // A number that would not be stored exactly is refused, naming the field; the message

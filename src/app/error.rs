@@ -142,6 +142,10 @@ const API_WORDS: &[(&str, &str)] = &[
     ("--keep-from", "\"keep_from\""),
     ("--record", "\"record\""),
     ("--keep", "\"keep\""),
+    (
+        "use `fieldsync patch TABLE KEY`",
+        "use PATCH /v1/tables/TABLE/records/KEY",
+    ),
     // A query parameter, not a body field: said as the API reads it.
     ("use --include-deleted", "add ?include_deleted=true"),
 ];

@@ -129,7 +129,7 @@ pub fn imported(v: &Value) -> String {
     let kept = u(&v["deleted_kept"]);
     if kept > 0 {
         parts.push(format!(
-            "{kept} left deleted (deleted on this laptop; an import never brings a record back)"
+            "{kept} left deleted (deleted earlier, here or on another laptop; an import never brings a record back)"
         ));
     }
     format!(
