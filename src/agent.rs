@@ -176,6 +176,11 @@ fn jittered(every: Duration) -> Duration {
     every - every / 5 + Duration::from_millis(r)
 }
 
+/// How long a notified session waits for a session with the same peer to end before trying
+/// again, and how many times it tries ([`Agent::notified_while_busy`]).
+const NOTIFY_RETRY: Duration = Duration::from_millis(500);
+const NOTIFY_RETRIES: u32 = 120;
+
 /// Longest back-off between attempts with a failing peer.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Local changes are announced this long after the first one, so a burst becomes one notify.
@@ -193,6 +198,11 @@ struct Agent {
     said: Mutex<std::collections::HashSet<Uuid>>,
     /// Session key → the failure `run` last printed for it (see [`failure_worth_a_line`]).
     failing: Mutex<HashMap<String, String>>,
+    /// Session key → notifies retried while a session with that peer ran
+    /// ([`Agent::notified_while_busy`]); cleared when a notified session starts.
+    notified_pending: Mutex<HashMap<String, u32>>,
+    /// Session keys with a notified session's retry timer running.
+    notified_timer: Mutex<std::collections::HashSet<String>>,
     /// Peers currently seen by discovery: id → addresses.
     online: Mutex<HashMap<Uuid, Vec<String>>>,
     discovery: Mutex<Option<Discovery>>,
@@ -208,9 +218,14 @@ impl Agent {
         let Some(first) = addrs.first() else { return };
         let key = peer.map_or_else(|| first.clone(), |p| p.to_string());
         if peer.is_some_and(|p| self.inbound.active(&p)) {
+            if why == Reason::Notified {
+                self.notified_while_busy(peer, addrs, key);
+            }
             return;
         }
-        if why != Reason::Discovered {
+        // A peer that just told us it has changes is reachable: its notify is not held back by
+        // failures before (nor is one that discovery just saw).
+        if why != Reason::Discovered && why != Reason::Notified {
             if let Some((_, until)) = lock(&self.backoff).get(&key) {
                 if Instant::now() < *until {
                     return;
@@ -218,8 +233,13 @@ impl Agent {
             }
         }
         if !lock(&self.in_flight).insert(key.clone()) {
+            if why == Reason::Notified {
+                self.notified_while_busy(peer, addrs, key);
+            }
             return;
         }
+        // A session starting now reads the peer's feed as it is now: any notify before is served.
+        lock(&self.notified_pending).remove(&key);
         let me = self.clone();
         tokio::spawn(async move {
             let mut last_err = None;
@@ -296,6 +316,34 @@ impl Agent {
                 }
             }
             lock(&me.in_flight).remove(&key);
+        });
+    }
+
+    /// A notify that arrived while a session with that peer ran (ours or its own): that
+    /// session may have read the peer's feed before the change the notify announces (seen in a
+    /// trial: a revocation waited ~50 s for the next periodic round). So the notified session
+    /// is tried again every [`NOTIFY_RETRY`] until it can run, at most [`NOTIFY_RETRIES`]
+    /// times (the periodic round covers the rest); one pending retry per peer.
+    fn notified_while_busy(self: &Arc<Self>, peer: Option<Uuid>, addrs: Vec<String>, key: String) {
+        if !lock(&self.notified_timer).insert(key.clone()) {
+            return; // a retry is already pending
+        }
+        let given_up = {
+            let mut pending = lock(&self.notified_pending);
+            let n = pending.entry(key.clone()).or_insert(0);
+            *n += 1;
+            *n > NOTIFY_RETRIES
+        };
+        if given_up {
+            lock(&self.notified_pending).remove(&key);
+            lock(&self.notified_timer).remove(&key);
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(NOTIFY_RETRY).await;
+            lock(&me.notified_timer).remove(&key);
+            me.spawn_session(peer, addrs, Reason::Notified);
         });
     }
 
@@ -496,6 +544,8 @@ pub async fn run(
         backoff: Mutex::default(),
         said: Mutex::default(),
         failing: Mutex::default(),
+        notified_pending: Mutex::default(),
+        notified_timer: Mutex::default(),
         online: Mutex::default(),
         discovery: Mutex::default(),
     });

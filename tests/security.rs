@@ -1795,3 +1795,57 @@ fn an_agent_stops_syncing_with_a_peer_revoked_after_its_connection_opened() {
         "B took a record from the revoked peer"
     );
 }
+
+/// A revocation is a local change on the coordinator like any other: its agent tells the
+/// members it knows (notify) and they pull it within seconds, not at their next periodic round
+/// (in a trial a member got one only ~50 s later, at its next round, while the revoked laptop
+/// kept syncing with it). Here the notify arrives while the member's own session with the
+/// coordinator is pulling: the revocation arrives in that session or in the notified one the
+/// member runs once it ends (`Agent::notified_while_busy`; before, a notify during a session
+/// with the same peer was dropped).
+#[test]
+fn a_revocation_reaches_a_member_in_seconds_even_during_a_session() {
+    let coord = Node::new("coord");
+    coord.create_mesh("Relief");
+    let a = coord.enroll("a");
+    let x = coord.enroll("x");
+    // No periodic round during the test (only the notify can carry the revocation in time);
+    // small pages, so A's pull lasts long enough to revoke during it.
+    for n in [&coord, &a] {
+        std::fs::write(
+            n.dir().join("fieldsync.toml"),
+            "[sync]\ninterval_secs = 3600\npage_records = 250\n",
+        )
+        .unwrap();
+    }
+    let rows: String = (0..20_000)
+        .map(|i| format!("{{\"name\":\"person {i}\"}}\n"))
+        .collect();
+    let file = coord.file("people.jsonl");
+    std::fs::write(&file, rows).unwrap();
+    coord.ok(&["import", "person", file.to_str().unwrap(), "--new-ids"]);
+    let agent_c = coord.start(&[]);
+    // A's agent starts its session with the coordinator at once and pulls 20,000 records.
+    let _agent_a = a.start(&["--peer", &agent_c.addr]);
+    wait_for(
+        "A pulling from the coordinator",
+        Duration::from_secs(120),
+        || {
+            let s = a.status();
+            s["agent"]["sessions"]
+                .as_array()?
+                .iter()
+                .any(|x| {
+                    x["role"] == "initiator"
+                        && x["state"] == "running"
+                        && x["received"]["records"].as_u64() > Some(0)
+                })
+                .then_some(())
+        },
+    );
+    coord.ok(&["mesh", "revoke", "x", "--reason", "lost"]);
+    let x_id = x.id();
+    wait_for("A to hold X's revocation", Duration::from_secs(120), || {
+        a.revoked().contains(&x_id).then_some(())
+    });
+}
