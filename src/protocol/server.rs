@@ -453,7 +453,15 @@ pub fn recent_refusals() -> Vec<Refusal> {
 /// A handshake error in words a coordinator understands.
 fn refusal_words(error: &str) -> String {
     let said = |s: &str| error.contains(s);
-    if said("revoked") {
+    // An alert *received* is the other side refusing *our* certificate, not a stranger refused.
+    if said("received fatal alert: CertificateRevoked") {
+        "it refused this laptop's certificate as revoked: this laptop was revoked by the \
+         deployment; ask the coordinator for a new credential"
+            .into()
+    } else if said("received fatal alert") {
+        let alert = error.rsplit(": ").next().unwrap_or(error);
+        format!("it refused this laptop's certificate ({alert})")
+    } else if said("revoked") {
         // The verifier's own words name the instance: "instance … has been revoked …".
         let own = error.rsplit(": ").next().unwrap_or(error);
         format!("a revoked laptop ({own})")
@@ -491,7 +499,11 @@ fn refused(
         let secs = 1u64 << (e.0 - FAILURES_BEFORE_BACKOFF).min(5);
         e.1 = Instant::now() + Duration::from_secs(secs);
     }
-    warn!(%peer, %reason, failures = e.0, "connection refused: not a member of this deployment");
+    if reason.contains("received fatal alert") {
+        warn!(%peer, reason = %refusal_words(reason), "a connecting laptop refused this laptop's certificate");
+    } else {
+        warn!(%peer, %reason, failures = e.0, "connection refused: not a member of this deployment");
+    }
 }
 
 fn backing_off(failures: &Mutex<HashMap<IpAddr, (u32, Instant)>>, ip: IpAddr) -> bool {
@@ -695,5 +707,33 @@ impl AsyncWrite for Counted {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An alert received during the handshake is the connecting laptop refusing ours (seen on
+    /// a revoked laptop, whose log said a stranger was refused).
+    #[test]
+    fn a_received_alert_says_our_certificate_was_refused() {
+        let ours = refusal_words("received fatal alert: CertificateRevoked");
+        assert!(
+            ours.starts_with("it refused this laptop's certificate as revoked")
+                && ours.contains("ask the coordinator for a new credential"),
+            "{ours}"
+        );
+        assert_eq!(
+            refusal_words("received fatal alert: UnknownCA"),
+            "it refused this laptop's certificate (UnknownCA)"
+        );
+        let theirs = refusal_words(
+            "invalid peer certificate: instance 35a2 has been revoked by the deployment",
+        );
+        assert!(
+            theirs.starts_with("a revoked laptop (instance 35a2"),
+            "{theirs}"
+        );
     }
 }
