@@ -168,9 +168,24 @@ pub(crate) fn problem(p: &PeerRow, revoked: bool, reason: Option<&str>) -> Value
              (`fieldsync status` says how to fix it)"
         );
     }
-    match &p.last_error {
-        Some(e) => json!(format!("the last sync failed: {e}")),
-        None => Value::Null,
+    // Records dropped from this peer are otherwise seen only in the JSON and the agent log,
+    // while `verify` keeps finding them different.
+    let dropped = (p.quarantined > 0).then(|| {
+        format!(
+            "{} it sent failed the checks and {} dropped (quarantined; the agent log says why)",
+            if p.quarantined == 1 {
+                "1 record".to_string()
+            } else {
+                format!("{} records", p.quarantined)
+            },
+            if p.quarantined == 1 { "was" } else { "were" }
+        )
+    });
+    match (&p.last_error, dropped) {
+        (Some(e), Some(d)) => json!(format!("the last sync failed: {e}; {d}")),
+        (Some(e), None) => json!(format!("the last sync failed: {e}")),
+        (None, Some(d)) => json!(d),
+        (None, None) => Value::Null,
     }
 }
 
@@ -181,5 +196,32 @@ pub fn human_secs(s: i64) -> String {
         s if s < 3600 => format!("{} min {} s", s / 60, s % 60),
         s if s < 86_400 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
         s => format!("{} days", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records dropped from a peer are a problem people see beside it (a trial found them
+    /// only in the JSON and the log, while `verify` kept finding them different).
+    #[test]
+    fn dropped_records_are_a_peers_problem() {
+        let mut p = PeerRow {
+            quarantined: 3,
+            ..PeerRow::default()
+        };
+        assert_eq!(
+            problem(&p, false, None),
+            json!("3 records it sent failed the checks and were dropped (quarantined; the agent log says why)")
+        );
+        p.last_error = Some("connection refused".into());
+        assert!(problem(&p, false, None)
+            .as_str()
+            .unwrap()
+            .starts_with("the last sync failed: connection refused; 3 records"));
+        p.quarantined = 0;
+        p.last_error = None;
+        assert_eq!(problem(&p, false, None), Value::Null);
     }
 }

@@ -254,6 +254,14 @@ pub fn status(v: &Value, now: DateTime<Utc>) -> String {
         p["known"],
         when(last, now)
     );
+    let dropped = p["quarantined"].as_u64().unwrap_or(0);
+    if dropped > 0 {
+        out += &format!(
+            "Dropped from peers: {} that failed the checks (quarantined); `fieldsync peers` \
+             shows from which laptop, the agent log why.\n",
+            count(dropped, "record", "records")
+        );
+    }
     let me = v["instance"].as_str().unwrap_or("");
     let shared = v["identity_problems"]
         .as_array()
@@ -921,6 +929,16 @@ mod tests {
             )
         };
         assert!(!status_of("plaintext (insecure)").contains("Credential"));
+        let dropped = status(
+            &json!({"name": "laptopA", "instance": "831411aa", "data_dir": "/d",
+                    "credential": {"ok": true}, "peers": {"known": 1, "online": 1, "quarantined": 3},
+                    "agent": {"running": false}}),
+            Utc::now(),
+        );
+        assert!(
+            dropped.contains("Dropped from peers: 3 records that failed the checks (quarantined)"),
+            "{dropped}"
+        );
         assert!(status_of("mutual TLS").contains("Credential: none, although"));
     }
 
