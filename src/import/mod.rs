@@ -13,6 +13,11 @@
 //!   imported on two laptops of one deployment is one record once they sync;
 //! - `--new-ids`: a new random id for every row (importing twice makes every record twice).
 //!
+//! With `--key`, a record this laptop already holds under another id whose key fields have the
+//! row's values (written by `put`, the API, the console or an import without `--key`) is the
+//! row's record: the row updates it (or leaves it deleted) rather than adding a second record
+//! with that key ([`keyed_elsewhere`]; two such records for one key refuse the import).
+//!
 //! Without any of them the import is refused. A row for an existing record: with `--key`, its
 //! non-empty cells are set and the record's other fields kept (a patch, so fields added in the
 //! field survive a re-import of the registry; a JSONL `null` removes a field); with ids from
@@ -478,6 +483,8 @@ fn run(
     // (24 bytes a row: 24 MB for a million rows).
     let mut all_ids: Vec<([u8; 16], u64)> = Vec::new();
     let mut staged: Option<StagedImport<'_>> = None;
+    // Built at the first keyed row (a table scan, only when the table holds records).
+    let mut elsewhere: Option<HashMap<Vec<String>, Vec<Uuid>>> = None;
     let mut records = 0u64;
     let chunk_rows = opts.chunk_rows.unwrap_or(CHUNK_ROWS).max(1);
     for row in opened.rows {
@@ -521,7 +528,34 @@ fn run(
                     .map(|(k, v)| format!("{k} = {v:?}"))
                     .collect::<Vec<_>>()
                     .join(", ");
-                (key_id(ns, table, &values), what)
+                let derived = key_id(ns, table, &values);
+                let index = match &mut elsewhere {
+                    Some(m) => m,
+                    None => elsewhere.insert(keyed_elsewhere(store, table, ns, &opts.key)?),
+                };
+                let id = match index.get(&values).map(Vec::as_slice) {
+                    None | Some([]) => derived,
+                    // A record with the derived id is the row's record already.
+                    Some(_) if store.get(table, &derived)?.is_some() => derived,
+                    Some([one]) => *one,
+                    Some(many) => {
+                        return Err(ImportError::Line {
+                            unit,
+                            line,
+                            message: format!(
+                                "{what}: {} records of {table} already have this key ({}), so \
+                                 the row cannot tell which to update: delete all but one \
+                                 (`fieldsync delete {table} ID`), then import again",
+                                many.len(),
+                                many.iter()
+                                    .map(Uuid::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        })
+                    }
+                };
+                (id, what)
             }
             Ids::New => {
                 if row.id.is_some() {
@@ -616,6 +650,44 @@ fn check_duplicates(
                 _ => format!("record {}", Uuid::from_bytes(w[0].0)),
             },
         }),
+    }
+}
+
+/// Records of `table` (deleted ones included: a row for a deleted record leaves it deleted)
+/// whose `key` fields all hold text or numbers but whose id is not the one derived from them:
+/// key values → ids. Empty without a scan when the table holds no records.
+fn keyed_elsewhere(
+    store: &Store,
+    table: &str,
+    ns: &Uuid,
+    key: &[String],
+) -> Result<HashMap<Vec<String>, Vec<Uuid>>, ImportError> {
+    let mut found: HashMap<Vec<String>, Vec<Uuid>> = HashMap::new();
+    if !store.tables()?.iter().any(|(t, _)| t == table) {
+        return Ok(found);
+    }
+    for r in store.scan_table(table) {
+        let (id, rec) = r?;
+        let values: Option<Vec<String>> = key
+            .iter()
+            .map(|k| rec.state.value(k).and_then(key_text))
+            .collect();
+        if let Some(values) = values {
+            if key_id(ns, table, &values) != id {
+                found.entry(values).or_default().push(id);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// A key value as text, as [`key_values`] reads it from a row (text as is, numbers and booleans
+/// as JSON); `None` for what cannot be a key.
+fn key_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+        _ => None,
     }
 }
 
