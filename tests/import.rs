@@ -100,13 +100,49 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
     // The registry's next export: C-0003 found, C-0004 too, C-0050 new.
     let changed = registry_csv(51, |i| if i == 3 || i == 4 { "found" } else { "missing" });
     let file2 = a.file("registry2.csv", changed);
+    // What a re-import overwrites is said: first as a dry run, which writes nothing.
+    let before = a.snapshot();
+    let dry = a
+        .ok(&[
+            "import",
+            "person",
+            path_str(&file2),
+            "--key",
+            "case_number",
+            "--dry-run",
+        ])
+        .json();
+    let changes = json!([{"record": c3, "key": "C-0003", "field": "status",
+                          "old": "missing", "new": "found"}]);
+    assert_eq!(
+        dry,
+        json!({"table": "person", "records": 51, "inserted": 1, "updated": 1,
+               "unchanged": 48, "deleted_kept": 1, "changes": changes, "dry_run": true})
+    );
+    assert_eq!(a.snapshot(), before, "a dry run writes nothing");
+    let said = a
+        .ok(&[
+            "import",
+            "person",
+            path_str(&file2),
+            "--key",
+            "case_number",
+            "--dry-run",
+            "--human",
+        ])
+        .stdout;
+    assert!(
+        said.starts_with("Dry run, nothing written: importing 51 rows into person would make 1 new, 1 changed, 48 already as in the file")
+            && said.contains("  C-0003: status \"missing\" → \"found\"\n"),
+        "{said}"
+    );
     let third = a
         .ok(&["import", "person", path_str(&file2), "--key", "case_number"])
         .json();
     assert_eq!(
         third,
         json!({"table": "person", "records": 51, "inserted": 1, "updated": 1,
-               "unchanged": 48, "deleted_kept": 1})
+               "unchanged": 48, "deleted_kept": 1, "changes": changes})
     );
     let rec = a.ok(&["get", "person", &c3]).json();
     assert_eq!(
@@ -630,7 +666,11 @@ fn a_keyed_import_updates_records_written_in_the_field_with_that_key() {
     assert_eq!(
         summary,
         json!({"table": "person", "records": 3, "inserted": 1, "updated": 1,
-               "unchanged": 0, "deleted_kept": 1})
+               "unchanged": 0, "deleted_kept": 1, "changes": [
+                   {"record": field, "key": "FR-050", "field": "name", "old": "Ama",
+                    "new": "Ama Mensah"},
+                   {"record": field, "key": "FR-050", "field": "status", "old": null,
+                    "new": "missing"}]})
     );
     let all = a
         .ok(&["list", "person", "--include-deleted", "--json"])

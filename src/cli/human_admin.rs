@@ -132,12 +132,37 @@ pub fn imported(v: &Value) -> String {
             "{kept} left deleted (deleted earlier, here or on another laptop; an import never brings a record back)"
         ));
     }
-    format!(
-        "Imported {} into {}: {}.\n",
-        count(rows, "row", "rows"),
-        s(&v["table"]),
-        parts.join(", ")
-    )
+    let mut t = if v["dry_run"] == true {
+        format!(
+            "Dry run, nothing written: importing {} into {} would make {}.\n",
+            count(rows, "row", "rows"),
+            s(&v["table"]),
+            parts.join(", ")
+        )
+    } else {
+        format!(
+            "Imported {} into {}: {}.\n",
+            count(rows, "row", "rows"),
+            s(&v["table"]),
+            parts.join(", ")
+        )
+    };
+    // What a re-import overwrote, so a person notices a settled value put back to the list's.
+    if let Some(changes) = v["changes"].as_array().filter(|c| !c.is_empty()) {
+        let shown = changes.len();
+        t += &if u(&v["updated"]) > 1 || shown >= crate::import::CHANGES_SHOWN {
+            format!("Changed fields (the first {shown}; `history` shows every record's):\n")
+        } else {
+            "Changed fields:\n".to_string()
+        };
+        for c in changes {
+            let who = c["key"]
+                .as_str()
+                .map_or_else(|| s(&c["record"]).to_string(), str::to_string);
+            t += &format!("  {who}: {} {} → {}\n", s(&c["field"]), c["old"], c["new"]);
+        }
+    }
+    t
 }
 
 /// `apply`: how many operations, and how many wrote something (`v` is `apply --json`'s

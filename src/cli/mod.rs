@@ -252,8 +252,11 @@ pub enum Command {
     ///
     /// An existing record: with --key the row's non-empty cells are set and its other fields
     /// kept (JSONL null removes a field); with file ids the row replaces the fields. Unchanged
-    /// rows write nothing; deleted records stay deleted. Prints
-    /// {"table","records","inserted","updated","unchanged","deleted_kept"}.
+    /// rows write nothing; deleted records stay deleted. A record already here with the row's
+    /// key values under another id (written with put) is updated, not doubled. Prints
+    /// {"table","records","inserted","updated","unchanged","deleted_kept"} and, when fields of
+    /// existing records changed, "changes": the first 20 as {"record","key","field","old","new"}.
+    /// --dry-run checks the file and prints the same, with "dry_run": true, writing nothing.
     ///
     /// Formats by extension, in any case: .csv/.tsv (delimiter , ; or tab detected from the
     /// header; UTF-8 with or without BOM; CRLF; quoted newlines), .xlsx/.xlsm/.xls/.ods (first
@@ -296,6 +299,10 @@ pub enum Command {
         /// Fields always imported as text (comma-separated), e.g. --text phone,postcode.
         #[arg(long, value_delimiter = ',', value_name = "FIELD")]
         text: Vec<String>,
+        /// Read and check the file and say what importing it would add and change (the
+        /// first changed fields with their old and new values), writing nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Write a table to stdout as JSONL (default) or CSV, ordered by id.
     ///
@@ -1013,6 +1020,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
             delimiter,
             sheet,
             text,
+            dry_run,
         } => {
             let delimiter = delimiter
                 .as_deref()
@@ -1024,6 +1032,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
                 delimiter,
                 sheet,
                 text,
+                dry_run,
                 // Undocumented in --help: lets tests stage an import with a small file.
                 chunk_rows: std::env::var("FIELDSYNC_IMPORT_CHUNK_ROWS")
                     .ok()

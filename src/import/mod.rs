@@ -97,6 +97,26 @@ pub struct ImportOptions {
     /// Rows per chunk (staging and roll-forward); `None`: [`CHUNK_ROWS`]. Smaller chunks let
     /// tests exercise a staged import with a small file.
     pub chunk_rows: Option<usize>,
+    /// Check the file and count what it would do, writing nothing (`--dry-run`).
+    pub dry_run: bool,
+}
+
+/// Field changes listed in a summary, at most (the counts cover every row).
+pub const CHANGES_SHOWN: usize = 20;
+
+/// One field an import changes (or, with `--dry-run`, would change) in a record that exists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FieldChange {
+    /// The record's id.
+    pub record: Uuid,
+    /// The row's key values (`--key`, joined with `,`), or `null` for rows identified by id.
+    pub key: Option<String>,
+    /// The field.
+    pub field: String,
+    /// Its value before (`null`: not set).
+    pub old: Value,
+    /// Its value after (`null`: removed).
+    pub new: Value,
 }
 
 /// What an import did: `records` rows read (empty rows skipped), and what became of them.
@@ -112,8 +132,17 @@ pub struct ImportSummary {
     pub updated: u64,
     /// Rows whose record already held these values (nothing written).
     pub unchanged: u64,
-    /// Rows for records deleted on this laptop: left deleted (an import never resurrects).
+    /// Rows for records deleted (here or on another laptop): left deleted (an import never
+    /// resurrects).
     pub deleted_kept: u64,
+    /// The first [`CHANGES_SHOWN`] field changes to records that existed, in file order, so a
+    /// person sees what a re-import overwrote (absent when none; every change is also in the
+    /// record's history).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<FieldChange>,
+    /// `true` for `--dry-run`: nothing was written, the counts say what importing would do.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// Why an import was refused or failed. Nothing of the import is written in any case.
@@ -485,6 +514,10 @@ fn run(
     let mut staged: Option<StagedImport<'_>> = None;
     // Built at the first keyed row (a table scan, only when the table holds records).
     let mut elsewhere: Option<HashMap<Vec<String>, Vec<Uuid>>> = None;
+    // Rows are compared with the records they update only when there can be any (or for a dry
+    // run, which counts by this comparison instead of writing).
+    let table_has_records = store.tables()?.iter().any(|(t, _)| t == table);
+    let mut preview = Preview::default();
     let mut records = 0u64;
     let chunk_rows = opts.chunk_rows.unwrap_or(CHUNK_ROWS).max(1);
     for row in opened.rows {
@@ -580,6 +613,16 @@ fn run(
         for field in &unique {
             check_unique(store, table, field, &row, id, &mut unique_seen, unit)?;
         }
+        if table_has_records || opts.dry_run {
+            let key = matches!(ids, Ids::Key(_)).then(|| {
+                opts.key
+                    .iter()
+                    .filter_map(|k| row.fields.get(k).and_then(key_text))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            preview.row(store, table, id, key, &row.fields, update)?;
+        }
         in_chunk.insert(id, line);
         all_ids.push((id.into_bytes(), line));
         chunk.push(ImportRow {
@@ -589,6 +632,10 @@ fn run(
             update,
         });
         records += 1;
+        if opts.dry_run {
+            chunk.clear();
+            continue;
+        }
         if chunk.len() >= chunk_rows {
             let s = match &mut staged {
                 Some(s) => s,
@@ -597,6 +644,20 @@ fn run(
             s.stage(std::mem::take(&mut chunk))?;
             in_chunk.clear();
         }
+    }
+    if opts.dry_run {
+        drop(in_chunk);
+        check_duplicates(all_ids, &ids, opts, unit)?;
+        return Ok(ImportSummary {
+            table: table.to_string(),
+            records,
+            inserted: preview.inserted,
+            updated: preview.updated,
+            unchanged: preview.unchanged,
+            deleted_kept: preview.deleted_kept,
+            changes: preview.changes,
+            dry_run: true,
+        });
     }
     let counts: ImportCounts = match staged {
         None => store.import_rows(table, &chunk).map_err(|e| match e {
@@ -627,7 +688,81 @@ fn run(
         updated: counts.updated,
         unchanged: counts.unchanged,
         deleted_kept: counts.deleted_kept,
+        changes: preview.changes,
+        dry_run: false,
     })
+}
+
+/// What rows do to the records they name, as the store will apply them
+/// ([`UpdateMode::Merge`]: the row's fields are set, a `null` removes one; `Replace`: the row
+/// becomes the record's fields): the counts of a dry run, and the first field changes.
+#[derive(Default)]
+struct Preview {
+    inserted: u64,
+    updated: u64,
+    unchanged: u64,
+    deleted_kept: u64,
+    changes: Vec<FieldChange>,
+}
+
+impl Preview {
+    fn row(
+        &mut self,
+        store: &Store,
+        table: &str,
+        id: Uuid,
+        key: Option<String>,
+        fields: &Fields,
+        update: UpdateMode,
+    ) -> Result<(), ImportError> {
+        let Some(rec) = store.get(table, &id)? else {
+            self.inserted += 1;
+            return Ok(());
+        };
+        if !rec.state.is_alive() {
+            self.deleted_kept += 1;
+            return Ok(());
+        }
+        let mut changed = Vec::new();
+        for (field, new) in fields {
+            let old = rec.state.value(field);
+            let differs = match new {
+                Value::Null => old.is_some(),
+                v => old != Some(v),
+            };
+            if differs {
+                changed.push((
+                    field.clone(),
+                    old.cloned().unwrap_or(Value::Null),
+                    new.clone(),
+                ));
+            }
+        }
+        if update == UpdateMode::Replace {
+            for (field, old) in rec.state.live_fields() {
+                if !fields.contains_key(&field) {
+                    changed.push((field, old, Value::Null));
+                }
+            }
+        }
+        if changed.is_empty() {
+            self.unchanged += 1;
+            return Ok(());
+        }
+        self.updated += 1;
+        for (field, old, new) in changed {
+            if self.changes.len() < CHANGES_SHOWN {
+                self.changes.push(FieldChange {
+                    record: id,
+                    key: key.clone(),
+                    field,
+                    old,
+                    new,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Refuses two rows for one record anywhere in a staged import (rows within one chunk are
