@@ -747,6 +747,20 @@ pub async fn run(
 
     signals.wait().await;
     info!("shutting down");
+    // Peers online now are told this laptop leaves, so they do not show it online until their
+    // next failed attempt (up to a round later); best effort, one second in all.
+    let mut leaving = tokio::task::JoinSet::new();
+    for (_, addrs) in agent
+        .all_targets(&options.peers)
+        .into_iter()
+        .filter(|(p, _)| p.is_some_and(|p| crate::presence::is_online(&p)))
+    {
+        if let Some(addr) = addrs.into_iter().next() {
+            let (store, transport) = (store.clone(), agent.opts.transport.clone());
+            leaving.spawn(async move { sync::notify_leaving(&store, &addr, &transport).await });
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), leaving.join_all()).await;
     let _ = stop_tx.send(true);
     let discovery = lock(&agent.discovery).take();
     let goodbye = tokio::task::spawn_blocking(move || {

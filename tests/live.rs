@@ -319,3 +319,40 @@ fn a_peer_that_stops_answering_is_said_once_not_at_every_retry() {
     );
     drop(agent_a);
 }
+
+/// A laptop whose agent is stopped (Ctrl-C, shutdown) tells the peers it is online with that
+/// it leaves: they show it offline at once, not until their next attempt fails (a trial saw a
+/// stopped laptop "online" for ~50 s). No attempt runs here: rounds are an hour apart.
+#[test]
+fn a_stopped_agent_is_offline_on_its_peers_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (a, b) = (data_dir(root, "a"), data_dir(root, "b"));
+    run(&a, &["init", "--name", "laptopA"]).ok();
+    run(&b, &["init", "--name", "laptopB"]).ok();
+    let id_b = run(&b, &["status", "--json"]).ok().json()["instance"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut agent_b = Agent::start_with(&b, &["--no-api"]);
+    let b_addr = agent_b.addr().to_string();
+    let agent_a = Agent::start_with(&a, &["--no-api", "--peer", &b_addr]);
+    assert!(
+        wait_until(Duration::from_secs(30), || online_both_ways(&a)
+            == (vec![id_b.clone()], vec![id_b.clone()])),
+        "B online on A"
+    );
+    agent_b.stop();
+    assert!(
+        wait_until(Duration::from_secs(5), || online_both_ways(&a)
+            == (vec![], vec![])),
+        "B offline on A right after it stopped: {:?}",
+        online_both_ways(&a)
+    );
+    assert!(
+        !agent_a.log_text().contains("sync with laptopB failed"),
+        "offline without a failed attempt: {}",
+        agent_a.log_text()
+    );
+    drop(agent_a);
+}

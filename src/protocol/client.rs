@@ -262,6 +262,7 @@ mod tests {
             .notify(&Notify {
                 from: uuid::Uuid::nil(),
                 head: 0,
+                leaving: false,
             })
             .await
             .unwrap_err()

@@ -310,6 +310,10 @@ pub struct Notify {
     pub from: Uuid,
     /// The caller's feed head.
     pub head: u64,
+    /// The caller's agent is stopping: the responder shows it offline at once instead of at
+    /// its next failed attempt (optional; older peers send and ignore nothing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 /// `fieldsync_digest` params: buckets of one table under an id prefix.

@@ -310,11 +310,31 @@ pub(crate) fn our_hello(
 
 /// Tells a peer we have new changes.
 pub async fn notify(store: &Store, addr: &str, transport: &Transport) -> Result<(), SyncError> {
+    notify_with(store, addr, transport, false).await
+}
+
+/// Tells a peer this laptop's agent is stopping (a notify with `leaving`), so the peer shows
+/// it offline at once.
+pub async fn notify_leaving(
+    store: &Store,
+    addr: &str,
+    transport: &Transport,
+) -> Result<(), SyncError> {
+    notify_with(store, addr, transport, true).await
+}
+
+async fn notify_with(
+    store: &Store,
+    addr: &str,
+    transport: &Transport,
+    leaving: bool,
+) -> Result<(), SyncError> {
     let peer = RpcPeer::connect(addr, transport)?;
     peer.client()
         .notify(&Notify {
             from: store.id(),
             head: store.seq(),
+            leaving,
         })
         .await
         .map_err(|e| e.into_sync(addr))

@@ -488,6 +488,11 @@ impl SyncService for Responder {
     /// `fieldsync_notify`.
     fn notify(&self, n: Notify, caller: Caller) -> Result<(), ProtocolError> {
         check_caller(&n.from, &caller, &self.transport)?;
+        if n.leaving {
+            // Its agent is stopping: offline now, not at our next failed attempt.
+            crate::presence::unreachable(n.from);
+            return Ok(());
+        }
         crate::presence::contact(n.from);
         if let Some(tx) = &self.on_notify {
             // A full queue means a sync is already pending; dropping the extra nudge is fine.
