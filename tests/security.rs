@@ -1848,4 +1848,12 @@ fn a_revocation_reaches_a_member_in_seconds_even_during_a_session() {
     wait_for("A to hold X's revocation", Duration::from_secs(120), || {
         a.revoked().contains(&x_id).then_some(())
     });
+    // The fingerprint covers the revocation (every laptop holds it), said apart from records.
+    let digest = a.ok(&["digest", "--human"]);
+    assert!(
+        digest.starts_with(
+            "20000 live records in person (and 1 laptop revocation, fieldsync's own); "
+        ),
+        "{digest}"
+    );
 }

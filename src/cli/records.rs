@@ -611,15 +611,39 @@ pub fn digest(app: &App, tables: Vec<String>, io: &mut Io<'_>) -> Result<(), Cli
     if io.human {
         // For comparing two laptops by eye: the same count and fingerprint on both means the
         // same live records, field for field.
-        let what = if tables.is_empty() {
+        // fieldsync's own tables (revocations) are in the fingerprint, since every laptop
+        // holds them too, but said apart: a revocation is not a record a person wrote.
+        let (own, data): (Vec<&String>, Vec<&String>) = tables
+            .iter()
+            .partition(|t| t.starts_with(model::SYSTEM_PREFIX));
+        let own_live: u64 = app
+            .store()
+            .tables()?
+            .into_iter()
+            .filter(|(t, _)| own.contains(&t))
+            .map(|(_, c)| c.live)
+            .sum();
+        let what = if data.is_empty() {
             "no tables".to_string()
         } else {
-            tables.join(", ")
+            data.iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let plus = if own_live > 0 {
+            format!(
+                " (and {}, fieldsync's own)",
+                super::human::count(own_live, "laptop revocation", "laptop revocations")
+            )
+        } else {
+            String::new()
         };
         writeln!(
             io.out,
-            "{count} live records in {what}; content fingerprint (SHA-256):\n{sha}\n\
-             Another laptop showing the same fingerprint holds exactly the same live records."
+            "{} live records in {what}{plus}; content fingerprint (SHA-256):\n{sha}\n\
+             Another laptop showing the same fingerprint holds exactly the same live records.",
+            count.saturating_sub(own_live)
         )
         .map_err(CliError::Output)?;
         return Ok(());
