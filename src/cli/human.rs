@@ -535,7 +535,7 @@ pub fn list(table_name: &str, records: &[Value], more: u64, only: &[String]) -> 
     if any_deleted {
         header.push("STATE".into());
     }
-    let rows: Vec<Vec<String>> = records
+    let mut rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
             let f = r["fields"].as_object();
@@ -560,6 +560,11 @@ pub fn list(table_name: &str, records: &[Value], more: u64, only: &[String]) -> 
             row
         })
         .collect();
+    // The whole table is read in its first column's order (the name or title when it has
+    // one), as a person looks a record up, not in id order; rows without one come last.
+    if more == 0 && !names.is_empty() {
+        rows.sort_by_cached_key(|r| (r[1].is_empty(), r[1].to_lowercase(), r[0].clone()));
+    }
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut out = table(&header, &rows);
     let n = records.len() as u64;
