@@ -35,6 +35,12 @@ const KEEP_FINISHED: usize = 20;
 /// than a request may take, [`crate::protocol::server::REQUEST_DEADLINE`]).
 pub const STALE_AFTER: Duration = Duration::from_secs(150);
 
+/// A session a peer started that has had its hello and nothing since for this long is ended:
+/// the peer's next request follows its hello at once, so it was a `verify` (hello, then
+/// digests), a refusal on the peer's side (this laptop's certificate, a revocation), or the peer
+/// stopped; shown "syncing, 0 %" until [`STALE_AFTER`] before (seen in a trial for minutes).
+pub const HELLO_ONLY_AFTER: Duration = Duration::from_secs(20);
+
 /// One direction of a session in flight.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DirectionProgress {
@@ -108,6 +114,10 @@ pub struct SessionProgress {
     /// Last word from the session (for [`STALE_AFTER`]).
     #[serde(skip)]
     touched: Option<Instant>,
+    /// A page went through (a responder session without one is ended after
+    /// [`HELLO_ONLY_AFTER`]).
+    #[serde(skip)]
+    paged: bool,
     /// The connection's counters and their `(read, written)` when the session began.
     #[serde(skip)]
     socket: Option<(Arc<ByteCounters>, u64, u64)>,
@@ -190,6 +200,19 @@ pub fn snapshot() -> (Vec<SessionProgress>, Vec<SessionProgress>) {
         );
         end_in(&mut g, id, Err(msg));
     }
+    let hello_only: Vec<u64> = g
+        .running
+        .values()
+        .filter(|s| s.role == "responder" && !s.paged)
+        .filter(|s| s.touched.is_some_and(|t| t.elapsed() > HELLO_ONLY_AFTER))
+        .map(|s| s.id)
+        .collect();
+    for id in hello_only {
+        let msg = "the peer sent nothing after its hello (a verify, a refusal on its side, or \
+                   it stopped)"
+            .to_string();
+        end_in(&mut g, id, Err(msg));
+    }
     let mut running: Vec<SessionProgress> = g
         .running
         .values()
@@ -269,6 +292,7 @@ fn begin(addr: &str, role: &'static str) -> Tracker {
                 clock: Some(Instant::now()),
                 dir_clock: [None, None],
                 touched: Some(Instant::now()),
+                paged: false,
                 socket: None,
             },
         );
@@ -374,6 +398,7 @@ impl Tracker {
             });
         }
         self.update(|s| {
+            s.paged = true;
             s.conflicts += conflicts;
             let started = s.dir_clock[if way == Way::Pull { 0 } else { 1 }];
             let (d, _) = dir(s, way);
@@ -520,6 +545,31 @@ mod tests {
             (s.state, s.fraction, s.received.records),
             ("finished", 1.0, 50)
         );
+    }
+
+    #[test]
+    fn a_responder_session_with_only_its_hello_ends_after_a_while() {
+        let hello_only = start_inbound("127.0.0.1:3");
+        let paging = start_inbound("127.0.0.1:4");
+        paging.page(Way::Pull, 0, 10, 0, 0, false);
+        let long_ago = Instant::now().checked_sub(HELLO_ONLY_AFTER + Duration::from_secs(1));
+        with(|g| {
+            for id in [hello_only.id, paging.id] {
+                g.running.get_mut(&id).unwrap().touched = long_ago;
+            }
+        });
+        let (run, done) = snapshot();
+        assert!(
+            run.iter().any(|s| s.id == paging.id),
+            "a paging session runs on"
+        );
+        let s = done.iter().find(|s| s.id == hello_only.id).unwrap();
+        assert_eq!(s.state, "failed");
+        assert!(s
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("nothing after its hello"));
     }
 
     #[test]
