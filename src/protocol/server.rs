@@ -500,7 +500,10 @@ fn refused(
         e.1 = Instant::now() + Duration::from_secs(secs);
     }
     if reason.contains("received fatal alert") {
-        warn!(%peer, reason = %refusal_words(reason), "a connecting laptop refused this laptop's certificate");
+        // The other side refused *our* certificate (a laptop of another deployment, or one
+        // that holds this laptop's revocation): not a stranger turned away here.
+        warn!(%peer, %reason, meaning = %refusal_words(reason), failures = e.0,
+              "connection refused: the connecting laptop refused this laptop's certificate");
     } else {
         warn!(%peer, %reason, failures = e.0, "connection refused: not a member of this deployment");
     }
