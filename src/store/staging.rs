@@ -642,68 +642,6 @@ mod tests {
     }
 
     #[test]
-    fn an_import_into_an_empty_table_reads_records_again_once_another_writer_committed() {
-        // Into a table without records the roll-forward reads no records (each would read as
-        // absent) until another writer commits. Here one does, right after the first chunk:
-        // it writes records that the import's last rows are for, which must then be updated
-        // (replaced) by their rows, not inserted a second time.
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path(), Config::default()).unwrap();
-        let rows = rows(4_000);
-        let mut imp = s.stage_import("person", 20).unwrap();
-        imp.stage(rows.clone()).unwrap();
-        let before = s.applied_batches();
-        let late = &rows[rows.len() - 10..];
-        let (counts, seqs) = std::thread::scope(|scope| {
-            let writer = scope.spawn(|| {
-                // Bounded wait: the import applies its first chunk within seconds.
-                assert!(
-                    s.wait_applied(before, std::time::Duration::from_secs(60)),
-                    "the import applied nothing"
-                );
-                let ops: Vec<_> = late
-                    .iter()
-                    .map(|r| crate::store::LocalOp {
-                        table: "person".into(),
-                        id: r.id,
-                        edit: crate::merge::Edit::Put(
-                            serde_json::json!({"typed": true})
-                                .as_object()
-                                .unwrap()
-                                .clone(),
-                        ),
-                    })
-                    .collect();
-                s.write_local(&ops).unwrap();
-                late.iter()
-                    .map(|r| s.get("person", &r.id).unwrap().unwrap().seq)
-                    .collect::<Vec<_>>()
-            });
-            let counts = imp.commit().unwrap();
-            (counts, writer.join().unwrap())
-        });
-        let first_row_seq = s.get("person", &rows[0].id).unwrap().unwrap().seq;
-        let last_row_seq = s.get("person", &late[0].id).unwrap().unwrap().seq;
-        assert!(
-            seqs.iter().all(|&q| q > first_row_seq && q < last_row_seq),
-            "the other writer's records were not written between the import's chunks"
-        );
-        assert_eq!((counts.inserted, counts.updated), (3_990, 10));
-        for r in late {
-            let rec = s.get("person", &r.id).unwrap().unwrap();
-            assert_eq!(
-                rec.state.value("typed"),
-                None,
-                "the row replaced the fields"
-            );
-            assert_eq!(rec.state.value("n"), r.fields.get("n"));
-        }
-        assert_eq!(s.tables().unwrap()[0].1.live, 4_000);
-        assert_eq!(s.tree().scan_prefix([keys::FEED]).count(), 4_000);
-        assert_eq!(s.check_fingerprints().unwrap(), Vec::<String>::new());
-    }
-
-    #[test]
     fn writes_committed_between_pipelined_chunks_are_neither_lost_nor_duplicated() {
         // The roll-forward builds chunk k+1 while chunk k is applied; another thread writes the
         // same table throughout (new records, and edits of records the import also writes), so

@@ -27,13 +27,6 @@
 //! them over. That also balances the two stages (measured before: builder 3.9 s, applier
 //! 2.7 s of CPU for 100,000 rows). Rows read before the snapshot a chain of chunks restarted
 //! from (after a rebuild) are read again by the builder.
-//!
-//! An import into a table without records (the first import of a list) reads no records at
-//! all while no other writer commits (`Reader::clean`): each would read as absent. The
-//! applier then decodes only the first half of each chunk's staged blocks and the builder the
-//! rest, and the builder drops every applied chunk's rows, which keeps the two stages about
-//! equal (measured in bench/RESULTS.md, session 7: applier 2.6–2.9 s, builder 2.6–2.8 s of CPU
-//! for 100,000 rows, against 2.8–3.5 s and 1.7–2.0 s before).
 
 use super::{decode_block, staged_prefix, ImportCounts, ImportRow, RowOutcome};
 use crate::store::fingerprint::RangeSum;
@@ -59,13 +52,6 @@ enum Base {
 #[derive(Default)]
 struct Rows {
     rows: Vec<ImportRow>,
-    /// Staged blocks read but not decoded yet, which follow `rows`: the builder decodes them
-    /// (appending to `rows`, so file order holds). Only blocks whose records need no reading
-    /// are left undecoded (see `Reader::clean`), about half of each chunk's.
-    blocks: Vec<sled::IVec>,
-    /// Read while no row's record could exist (see `Reader::clean`): `read` has only the
-    /// table's counts, and every row's record reads as absent.
-    clean: bool,
     /// The staged blocks holding them (removed in the chunk's batch).
     staged_keys: Vec<Vec<u8>>,
     /// Their records as stored (and the table's counts) when read.
@@ -111,10 +97,8 @@ pub(super) fn run(
         // A rendezvous: the builder hands chunk k over only when the applier takes it, so at
         // most one chunk waits built while one is applied (bounded memory).
         let (tx, rx) = mpsc::sync_channel::<Result<Built<'_>, StoreError>>(0);
-        // After each chunk: whether it had to be built again under the lock, and its rows,
-        // dropped by the builder (which allocated them, and has time to spare: the applier
-        // is the longer stage, and glibc frees a block fastest on the thread that made it).
-        let (ack_tx, ack_rx) = mpsc::channel::<(bool, Vec<ImportRow>)>();
+        // After each chunk: whether it had to be built again under the lock.
+        let (ack_tx, ack_rx) = mpsc::channel::<bool>();
         // The rows of the chunks to build, read by the applier (at most two waiting).
         let (rows_tx, rows_rx) = mpsc::channel::<Rows>();
         let builder = std::thread::Builder::new()
@@ -137,8 +121,6 @@ pub(super) fn run(
             chunk,
             after: None,
             done: false,
-            clean: None,
-            started: false,
             to_builder: rows_tx,
         };
         let applied = apply_all(store, table, reader, rx, ack_tx, counts, deltas);
@@ -167,7 +149,7 @@ fn apply_all<'a>(
     table: &str,
     mut reader: Reader<'_>,
     rx: mpsc::Receiver<Result<Built<'a>, StoreError>>,
-    ack: mpsc::Sender<(bool, Vec<ImportRow>)>,
+    ack: mpsc::Sender<bool>,
     counts: &mut ImportCounts,
     deltas: &mut BTreeMap<Vec<u8>, RangeSum>,
 ) -> Result<(), StoreError> {
@@ -217,7 +199,6 @@ fn apply_all<'a>(
             again += 1;
             chunk
         };
-        reader.applied();
         for o in chunk.outcomes {
             counts.add(o);
         }
@@ -229,7 +210,7 @@ fn apply_all<'a>(
         // reads wait while a batch is applied, and this thread applies them.
         reader.next(store, table)?;
         // The builder may have stopped (it failed and said so, or it is done).
-        let _ = ack.send((!current, rows));
+        let _ = ack.send(!current);
     }
     tracing::debug!(
         built_ahead = ahead,
@@ -247,17 +228,6 @@ struct Reader<'p> {
     after: Option<Vec<u8>>,
     /// Every block was read (an empty `Rows` told the builder so).
     done: bool,
-    /// `Some(g)`: no row of this import has a record in the tree while the store's
-    /// applied-batch count is `g`, so the rows' records need not be read (each would read as
-    /// absent). Set when the roll-forward starts on a table without any record (a first import
-    /// into an empty table) and kept while every batch applied since is a chunk of this
-    /// roll-forward: the import's rows have distinct ids, so no chunk writes another chunk's
-    /// records. Any other writer's batch (a peer's sync, the API, a restore) moves the count
-    /// past `g` and the records are read again from then on. A roll-forward finished on open
-    /// after a crash starts on a table holding its first chunks, so it always reads.
-    clean: Option<u64>,
-    /// Whether `clean` was decided (on the first read).
-    started: bool,
     to_builder: mpsc::Sender<Rows>,
 }
 
@@ -270,43 +240,14 @@ impl Reader<'_> {
         }
         let rows = {
             let _w = store.lock();
-            let gen = store.applied_batches();
-            if !self.started {
-                self.started = true;
-                let any = store
-                    .tree()
-                    .scan_prefix(keys::table_records(table))
-                    .next()
-                    .transpose()?
-                    .is_some();
-                self.clean = (!any).then_some(gen);
-            }
-            if self.clean != Some(gen) {
-                self.clean = None;
-            }
-            let clean = self.clean.is_some();
-            let mut rows = read_rows(
-                store,
-                self.prefix,
-                table,
-                &mut self.after,
-                self.chunk,
-                clean,
-            )?;
-            rows.read_gen = gen;
+            let mut rows = read_rows(store, self.prefix, table, &mut self.after, self.chunk)?;
+            rows.read_gen = store.applied_batches();
             rows
         };
         self.done = rows.staged_keys.is_empty();
         // The builder may have stopped (it failed and said so).
         let _ = self.to_builder.send(rows);
         Ok(())
-    }
-
-    /// Counts a batch this roll-forward applied (see `clean`).
-    fn applied(&mut self) {
-        if let Some(g) = &mut self.clean {
-            *g += 1;
-        }
     }
 }
 
@@ -317,7 +258,7 @@ fn build_ahead<'a>(
     table: &str,
     rows_rx: &mpsc::Receiver<Rows>,
     tx: &mpsc::SyncSender<Result<Built<'a>, StoreError>>,
-    acks: &mpsc::Receiver<(bool, Vec<ImportRow>)>,
+    acks: &mpsc::Receiver<bool>,
 ) -> Result<(), StoreError> {
     let (mut sent, mut acked) = (0u64, 0u64);
     let mut prev: Writes = BTreeMap::new();
@@ -331,21 +272,10 @@ fn build_ahead<'a>(
         if next.staged_keys.is_empty() {
             return Ok(());
         }
-        for block in std::mem::take(&mut next.blocks) {
-            decode_block(&block, &mut next.rows)?;
-        }
-        if next.clean {
-            // Absent, as read at `read_gen` (said here, so the batch does not read sled).
-            for r in &next.rows {
-                next.read
-                    .insert(keys::record(&keys::record_suffix(table, &r.id)), None);
-            }
-        }
         let mut stale = base.is_none();
-        while let Ok((rebuilt, applied_rows)) = acks.try_recv() {
+        while let Ok(rebuilt) = acks.try_recv() {
             acked += 1;
             stale |= rebuilt;
-            drop(applied_rows);
         }
         let (state, on) = match base.take() {
             Some(b) if !stale => b,
@@ -447,19 +377,15 @@ fn build<'a>(
     }
 }
 
-/// Reads the next whole blocks after `after` until they hold `chunk` rows, and their records;
-/// with `clean` (no row's record can exist, see `Reader::clean`) the blocks are left for the
-/// builder to decode and only the table's counts are read.
+/// Reads the next whole blocks after `after` until they hold `chunk` rows, and their records.
 fn read_rows(
     store: &Store,
     prefix: &[u8],
     table: &str,
     after: &mut Option<Vec<u8>>,
     chunk: usize,
-    clean: bool,
 ) -> Result<Rows, StoreError> {
     let mut out = Rows::default();
-    let mut n = 0;
     let from = match after.take() {
         Some(k) => Bound::Excluded(k),
         None => Bound::Included(prefix.to_vec()),
@@ -472,19 +398,9 @@ fn read_rows(
         if !k.starts_with(prefix) {
             break;
         }
+        decode_block(&v, &mut out.rows)?;
         out.staged_keys.push(k.to_vec());
-        // Decoding a block costs about as much as building its rows' batch does on the
-        // builder; with the record reads gone (`clean`) the applier decodes the first half of
-        // the chunk and the builder the rest, which balances the two stages (measured:
-        // bench/RESULTS.md, session 7).
-        if clean && n >= chunk.div_ceil(2) {
-            n += count_rows(&v)?;
-            out.blocks.push(v);
-        } else {
-            decode_block(&v, &mut out.rows)?;
-            n = out.rows.len();
-        }
-        if n >= chunk {
+        if out.rows.len() >= chunk {
             break;
         }
     }
@@ -495,25 +411,8 @@ fn read_rows(
             _ => None,
         },
     };
-    out.clean = clean;
-    out.read = match clean {
-        true => read_records(store, table, &[])?,
-        false => read_records(store, table, &out.rows)?,
-    };
+    out.read = read_records(store, table, &out.rows)?;
     Ok(out)
-}
-
-/// The number of rows in a staged block, without decoding them into values.
-fn count_rows(block: &[u8]) -> Result<usize, StoreError> {
-    let mut rest = block;
-    let mut n = 0;
-    while !rest.is_empty() {
-        let mut de = rmp_serde::Deserializer::new(&mut rest);
-        <serde::de::IgnoredAny as serde::Deserialize>::deserialize(&mut de)
-            .map_err(|e| StoreError::Decode(format!("staged import block: {e}")))?;
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// The stored records of `rows` and the table's counts, as the tree holds them now.
