@@ -5,7 +5,7 @@
 //! | prefix | key after the prefix              | value (rmp-serde, named)                      |
 //! |--------|-----------------------------------|-----------------------------------------------|
 //! | `K`    | origin (16), hi (u64 BE)          | [`StoredCommit`]: `lo`, `n`, `root`, `sig` (empty until signed), `cert` (SHA-256 of the signing certificate's DER), `leaves` (format ≤ 6 only: `n` × 32 bytes, all-zero = not known here; empty when `chunked`), `nodes` (subtree hashes learned from proofs: `[a, b, hash]`), `chunked` (true: the leaves are the `L` entries; absent = false) |
-//! | `L`    | origin (16), hi (u64 BE), chunk (u32 BE) | raw leaf hashes of a `chunked` commit: leaves `chunk × 1024 ..` up to 1,024 of them (the last chunk shorter), 32 bytes each, all-zero = not known here; an absent chunk knows none (format ≥ 7) |
+//! | `L`    | origin (16), hi (u64 BE), chunk (u32 BE) | raw leaf hashes of a `chunked` commit: leaves `chunk × 128 ..` up to 128 of them (the last chunk shorter), 32 bytes each, all-zero = not known here; an absent chunk knows none (format ≥ 7) |
 //! | `S`    | origin (16), hi (u64 BE)          | [`CommitSignature`]: `sig`, `cert` of the `K` entry under the same key suffix, when that entry was written unsigned |
 //! | `W`    | SHA-256 of the certificate (32)   | a member certificate (DER) that signed a commit held here (an instance enrolled again has several) |
 //!
@@ -17,16 +17,18 @@
 //! rewrote the whole `K` value) and from `S` otherwise; a commit is unsigned when neither has
 //! them.
 //!
-//! Leaves in chunks (format 7): a commit written by this build keeps its leaf hashes in `L`
-//! entries of 1,024 leaves (32 KiB) beside its `K` header, so a verified page that teaches a
+//! Leaves in chunks (format 7): a commit learned from peers keeps its leaf hashes in `L`
+//! entries of 128 leaves (4 KiB) beside its `K` header, so a verified page that teaches a
 //! relayed commit some leaves writes only the chunks they fall in (and the small header when
 //! its signature or subtree hashes are new), in the page's own batch (`stage_learned`, called
 //! by `commit_page_learning`): a crash leaves a page's records and what it taught together or
 //! neither. Before, each page re-decoded and rewrote the whole `K` value (hundreds of
 //! kilobytes, written by sled as a blob file of its own), 2–3 times per commit in an initial
-//! sync. A `K` value of an older format holds its leaves inline and reads as before; the first
-//! page that teaches it something moves it to chunks. Proofs built from either are the same
-//! bytes: readers assemble the leaves into one [`StoredCommit`] ([`Store::commit_covering`]). An older binary that finds an own `K` entry unsigned signs it again (a valid
+//! sync. An own commit is written once, whole, with its edits, and stays inline in its `K`
+//! value (chunking it only cost disk: bench/RESULTS.md session 7), as does a `K` value of an
+//! older format; the first page that teaches an inline commit something moves it to chunks.
+//! Proofs built from either layout are the same bytes: readers assemble the leaves into one
+//! [`StoredCommit`] ([`Store::commit_covering`]). An older binary that finds an own `K` entry unsigned signs it again (a valid
 //! signature too) and rewrites `K` as it always did. A store migrated
 //! from format 3 gets one *legacy* commit (`lo` 0) over its own writes as they stand then, so
 //! its older writes can be proved too once it has signed it (see `migrate_legacy_commit`).
@@ -41,8 +43,12 @@ use uuid::Uuid;
 pub(crate) const COMMIT: u8 = b'K';
 /// Leaf chunks of a chunked commit (see the module doc).
 pub(crate) const LEAVES: u8 = b'L';
-/// Leaves per `L` chunk: 32 KiB of hashes, well under sled's 128 KiB blob threshold.
-pub const CHUNK_LEAVES: u32 = 1024;
+/// Leaves per `L` chunk: 4 KiB of hashes. sled 0.34 keeps up to 17 keys in a tree leaf and
+/// writes a leaf node serialized over ~128 KiB as a blob file of its own, rewritten whole at
+/// each consolidation: with 1,024 leaves (32 KiB) a node of adjacent chunks became a blob and
+/// a learned commit took more disk than inline (measured, bench/RESULTS.md session 7); 17 × 4
+/// KiB stays well under.
+pub const CHUNK_LEAVES: u32 = 128;
 
 /// What a verified page taught about one commit: its header (with signature and certificate
 /// hash), leaves at their indices, and subtree hashes from the range proof.
@@ -122,28 +128,6 @@ impl StoredCommit {
             nodes: Vec::new(),
             chunked: false,
         })
-    }
-
-    /// The store entries of this commit (with all its `leaves` in memory) in the chunked
-    /// layout: the `K` header without leaves, and one `L` entry per chunk holding any known leaf.
-    pub(crate) fn chunked_entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let header = StoredCommit {
-            leaves: Vec::new(),
-            chunked: true,
-            ..self.clone()
-        };
-        let mut out = vec![(commit_key(&self.origin, self.hi), encode(&header))];
-        for (i, chunk) in self
-            .leaves
-            .chunks(CHUNK_LEAVES as usize * 32)
-            .enumerate()
-            .take(self.n.div_ceil(CHUNK_LEAVES) as usize)
-        {
-            if chunk.iter().any(|b| *b != 0) {
-                out.push((chunk_key(&self.origin, self.hi, i as u32), chunk.to_vec()));
-            }
-        }
-        out
     }
 
     /// The root as a hash.
@@ -526,9 +510,7 @@ pub(crate) fn migrate_legacy_commit(
         }
     }
     if let Some(c) = StoredCommit::build(me, 0, leaves) {
-        for (k, v) in c.chunked_entries() {
-            batch.insert(k, v);
-        }
+        batch.insert(commit_key(&me, c.hi), encode(&c));
     }
     Ok(())
 }
@@ -929,14 +911,14 @@ mod tests {
     ) {
         let t = trio();
         let (a, b, c) = (&t.stores[0], &t.stores[1], &t.stores[2]);
-        // One commit of 1,000 records (~12,000 leaves, 12 chunks) on A.
+        // One commit of 1,000 records (~12,000 leaves, ~90 chunks) on A.
         a.write_local(&gen_ops(1_000, 42)).unwrap();
         let own = stored_commits(a, a.id());
         assert_eq!(own.len(), 1);
-        assert!(own[0].chunked && own[0].leaves.is_empty());
+        // An own commit is written once, whole, with its edits: inline.
+        assert!(!own[0].chunked && own[0].leaves.len() == own[0].n as usize * 32);
         let chunks = own[0].n.div_ceil(CHUNK_LEAVES) as usize;
-        assert!(chunks >= 8, "{} leaves", own[0].n);
-        assert_eq!(chunk_count(a, &own[0]), chunks);
+        assert!(chunks >= 60, "{} leaves", own[0].n);
         // B takes the first 600 records in pages of 150: the first page teaches (and writes)
         // only the chunks its leaves fall in.
         b.update_peer(&a.id(), |_| {}).unwrap();
@@ -952,7 +934,7 @@ mod tests {
             let written = chunk_count(b, &held[0]);
             if k == 0 {
                 assert!(
-                    written <= 3,
+                    written * 4 <= chunks,
                     "{written} of {chunks} chunks after 150 records"
                 );
             }

@@ -130,11 +130,8 @@ impl Store {
         if let Some(c) =
             super::commits::StoredCommit::build(self.id(), u64::MAX, std::mem::take(&mut b.leaves))
         {
-            // Chunked (format 7): no `K` value over sled's blob threshold, and what a peer
-            // relaying it learns page by page is written the same way.
-            for (k, v) in c.chunked_entries() {
-                b.txn.put(k, v);
-            }
+            b.txn
+                .put(super::commits::commit_key(&c.origin, c.hi), encode(&c));
         }
         let t = std::time::Instant::now();
         let writes = b.txn.len();
