@@ -2,7 +2,9 @@
 //! TLS) on 127.0.0.1. Run with `cargo bench --bench sync`; writes bench/RESULTS.md.
 //!
 //! Environment: FIELDSYNC_BENCH_N (comma list, default "10000,100000"), FIELDSYNC_BENCH_RUNS
-//! (default 3), FIELDSYNC_BENCH_MILLION=1 adds one run at N = 1,000,000 (see [`million`]).
+//! (default 3), FIELDSYNC_BENCH_MILLION=1 adds one run at N = 1,000,000 (see [`million`]),
+//! FIELDSYNC_BENCH_PAGE_RECORDS sets both agents' `[sync] page_records` (to compare page sizes
+//! in one binary; default: the agent's own default).
 //! Data comes from `../shared/gen.py` when present (to compare with the reference figures there),
 //! else from `fieldsync generate` (same record format). Every run checks counts and content
 //! digests on both sides before any number is reported.
@@ -159,8 +161,7 @@ fn one_run(root: &Path, n: usize, data: &(PathBuf, PathBuf, PathBuf, PathBuf)) -
     // other (`[sync] notify`): with it, B pulls A's edits on its own 200 ms after `apply`,
     // racing the `fieldsync sync` this benchmark times, which then often finds nothing to move.
     for dir in [&a_dir, &b_dir] {
-        std::fs::write(dir.join("fieldsync.toml"), "[sync]\nnotify = false\n")
-            .expect("write fieldsync.toml");
+        std::fs::write(dir.join("fieldsync.toml"), agent_toml()).expect("write fieldsync.toml");
     }
     let mut r = Run::default();
     let t = Instant::now();
@@ -213,6 +214,17 @@ fn one_run(root: &Path, n: usize, data: &(PathBuf, PathBuf, PathBuf, PathBuf)) -
     r.floor_rss = rss;
     let _ = std::fs::remove_dir_all(&floor_dir);
     r
+}
+
+/// The agents' `fieldsync.toml`: no announcing of local changes (see [`one_run`]), and
+/// FIELDSYNC_BENCH_PAGE_RECORDS's page size when set.
+fn agent_toml() -> String {
+    let mut t = "[sync]\nnotify = false\n".to_string();
+    if let Ok(n) = std::env::var("FIELDSYNC_BENCH_PAGE_RECORDS") {
+        let n: usize = n.parse().expect("FIELDSYNC_BENCH_PAGE_RECORDS is a number");
+        t.push_str(&format!("page_records = {n}\n"));
+    }
+    t
 }
 
 /// An agent's memory once it is idle (see [`idle_rss`]).
@@ -320,9 +332,13 @@ fn floor_child(spec: &str) {
     println!("{ms} {disk} {peak}");
 }
 
-/// Records per sync page: the agents' default, which the floor's batches match.
+/// Records per sync page: the agents' (FIELDSYNC_BENCH_PAGE_RECORDS, else their default),
+/// which the floor's batches match.
 fn page_records() -> usize {
-    fieldsync::config::SyncConfig::default().page_records
+    std::env::var("FIELDSYNC_BENCH_PAGE_RECORDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| fieldsync::config::SyncConfig::default().page_records)
 }
 
 /// What the receiving agent's database holds per record.
@@ -803,8 +819,7 @@ fn million(tmp: &Path, initial_100k_ms: Option<f64>) -> String {
     let root = tmp.join("million");
     let (a_dir, b_dir) = mesh(&root);
     for dir in [&a_dir, &b_dir] {
-        std::fs::write(dir.join("fieldsync.toml"), "[sync]\nnotify = false\n")
-            .expect("write fieldsync.toml");
+        std::fs::write(dir.join("fieldsync.toml"), agent_toml()).expect("write fieldsync.toml");
     }
     let recs = root.join("m.jsonl");
     let o = Command::new(BIN)
