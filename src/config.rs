@@ -199,7 +199,10 @@ pub struct SyncConfig {
     pub listen: String,
     /// Static peers (`host:port`), for networks without multicast.
     pub peers: Vec<String>,
-    /// Most records in one page of changes.
+    /// Most records in one page of changes (default 1,000). The receiver applies a page as one
+    /// sled batch, and sled keeps a copy of every leaf the batch changes until it ends: 2,000
+    /// made the receiver of a 100,000-record sync peak 20–35 MB higher, at the same CPU time
+    /// (bench/RESULTS.md, session 7).
     pub page_records: usize,
     /// Most bytes (encoded, before compression) in one page of changes.
     pub page_bytes: usize,
@@ -220,7 +223,7 @@ impl Default for SyncConfig {
         Self {
             listen: format!("0.0.0.0:{DEFAULT_PORT}"),
             peers: Vec::new(),
-            page_records: 2_000,
+            page_records: 1_000,
             page_bytes: 4 << 20,
             interval_secs: 60,
             anti_entropy_secs: DEFAULT_ANTI_ENTROPY_SECS,

@@ -464,7 +464,9 @@ pub struct Store {
 /// (bench/RESULTS.md), because what sled keeps grows with the pages it has touched, not with
 /// this setting; smaller values only cost reads (session 6: 4 MiB lowered the sender's peak of
 /// a 100,000-record sync by 16 MB, raised the receiver's by 17 MB and made the sync 2.6× as
-/// long). Public so that the benchmark's probe opens sled exactly like the store does.
+/// long; session 7: 8 MiB lowered the receiver's peak of a 300,000-record sync by 6 MB and
+/// cost it 18 % more CPU time). Public so that the benchmark's probe opens sled exactly like
+/// the store does.
 pub const CACHE_BYTES: u64 = 16 << 20;
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
