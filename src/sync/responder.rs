@@ -399,7 +399,9 @@ impl SyncService for Responder {
             ));
         }
         let cfg = &self.store.config().sync;
-        let limit = (r.limit as usize).clamp(1, cfg.page_records.min(protocol::MAX_PAGE_RECORDS));
+        // A small sync goes whole in one page, as the initiator asks (`session::page_limit`).
+        let most = super::session::page_records_for(cfg.page_records, head.saturating_sub(r.since));
+        let limit = (r.limit as usize).clamp(1, most.min(protocol::MAX_PAGE_RECORDS));
         let max_bytes = (r.max_bytes as usize).clamp(1024, cfg.page_bytes);
         let skip: BTreeSet<String> = r.local_only.into_iter().collect();
         let out = self
