@@ -879,10 +879,13 @@ fn run_bounded(mut c: std::process::Command) -> std::process::Output {
 
 /// The mirror's rows of one table: uuid → (deleted, name).
 fn mirrored(db: &Path) -> Value {
+    // The mirror adds a column when a field first appears: one not there yet reads as null
+    // (selecting it would fail while the mirror is between two batches).
     let code = "import sqlite3,json,sys\n\
         d=sqlite3.connect(sys.argv[1])\n\
-        t=[r[0] for r in d.execute(\"select name from sqlite_master where name='person'\")]\n\
-        rows=d.execute('select uuid, deleted, name, age from person').fetchall() if t else []\n\
+        cols=[r[1] for r in d.execute('pragma table_info(person)')]\n\
+        pick=', '.join(c if c in cols else 'null' for c in ['uuid','deleted','name','age'])\n\
+        rows=d.execute('select '+pick+' from person').fetchall() if cols else []\n\
         print(json.dumps({u:[x,n,a] for u,x,n,a in rows}))";
     serde_json::from_str(python(code, &[db.to_str().unwrap()]).trim()).unwrap()
 }
