@@ -8,9 +8,7 @@
 //! fieldsync that reads only version 1 cannot decode: it refuses the file up front, naming both
 //! versions, instead of failing on the first compressed record. Version 3 (store format 6)
 //! marks that record values may be compressed with their table's dictionary, which the file
-//! holds under its `A` key (`store/dict.rs`), before the records in key order. Version 4 (store
-//! format 7) marks that signed commits may keep their leaves in `L` chunks (`store/commits.rs`),
-//! which a fieldsync that reads only version 3 would take for commits without leaves.
+//! holds under its `A` key (`store/dict.rs`), before the records in key order.
 //!
 //! The snapshot is read under the store's writer lock (see [`Store::read_consistent`]) and
 //! compressed straight into a file beside its final name (memory stays flat), so writes wait
@@ -31,7 +29,7 @@ use uuid::Uuid;
 /// The `format` marker of a backup header.
 pub const FORMAT: &str = "fieldsync-backup";
 /// The newest format version this build reads and the one it writes.
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 3;
 /// zstd level: fast enough that writes are held up briefly, and records compress well.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -422,7 +420,7 @@ mod tests {
     }
 
     #[test]
-    fn backups_are_version_4_and_version_1_still_restores_and_a_newer_one_is_refused() {
+    fn backups_are_version_3_and_version_1_still_restores_and_a_newer_one_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("a"), Config::default()).unwrap();
         let fields: crate::model::Fields = serde_json::from_value(
@@ -437,7 +435,7 @@ mod tests {
         .unwrap();
         let v2 = dir.path().join("v2.fsbackup");
         let header = write_backup(&s, &v2).unwrap();
-        assert_eq!(header.format_version, 4);
+        assert_eq!(header.format_version, 3);
         assert_eq!(header.live_records, 1);
         // No temporary file is left beside it.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
@@ -451,11 +449,11 @@ mod tests {
         assert_eq!((r.live_records, &r.sha256), (1, &header.sha256));
 
         // A newer version is refused before anything is read, naming both versions.
-        let v5 = dir.path().join("v5.fsbackup");
-        with_version(&v2, &v5, 5);
-        let e = read_backup(&v5).unwrap_err().to_string();
+        let v4 = dir.path().join("v4.fsbackup");
+        with_version(&v2, &v4, 4);
+        let e = read_backup(&v4).unwrap_err().to_string();
         assert!(
-            e.contains("backup format 5") && e.contains("up to 4"),
+            e.contains("backup format 4") && e.contains("up to 3"),
             "{e}"
         );
     }

@@ -17,8 +17,7 @@
 //! | `B`    | hold id (u64 BE)                              | `Hold`: deletes held by the brake |
 //! | `I`    | import id (16), record id (16)                | staged import row (staging.rs) |
 //! | `Z`    | table, 0x00, level (1), 0-2 id bytes          | range fingerprint (fingerprint.rs; raw 40 bytes) |
-//! | `K`    | origin (16), hi ts (u64 BE)                   | signed commit header (commits.rs; leaves inline before format 7) |
-//! | `L`    | origin (16), hi ts (u64 BE), chunk (u32 BE)   | raw leaf hashes of a chunked `K` commit, 128 per chunk (commits.rs, format ≥ 7) |
+//! | `K`    | origin (16), hi ts (u64 BE)                   | signed commit (commits.rs)   |
 //! | `S`    | origin (16), hi ts (u64 BE)                   | signature of an own `K` commit written unsigned (commits.rs) |
 //! | `W`    | origin (16)                                   | member certificate, DER (commits.rs) |
 //!

@@ -33,8 +33,7 @@ use std::path::{Path, PathBuf};
 /// | 4      | record values (`R`) are written zstd-compressed (`write::encode_record`); plain ones stay readable |
 /// | 5      | signed commits: the `K`/`W` entries of `commits.rs`; a legacy commit over the own writes (`migrate_legacy_commit`) |
 /// | 6      | record and history values may be compressed with their table's dictionary (`A` entries, `dict.rs`); older values stay readable |
-/// | 7      | signed commits keep their leaves in `L` chunks beside a small `K` header (`commits.rs`); inline `K` values stay readable |
-pub const FORMAT_VERSION: u32 = 7;
+pub const FORMAT_VERSION: u32 = 6;
 
 /// Where files taken out of `db/` go, inside the data directory.
 pub const MOVED_ASIDE_DIR: &str = "moved-aside";
@@ -53,19 +52,7 @@ pub(crate) const MIGRATIONS: &[(u32, Migration)] = &[
     (3, records_compressed_from_now_on),
     (4, super::commits::migrate_legacy_commit),
     (5, dictionaries_from_now_on),
-    (6, commit_leaves_in_chunks_from_now_on),
 ];
-
-/// Format 6 to 7: nothing to rewrite. Commits written from now on keep their leaves in `L`
-/// chunks, and an inline one moves to chunks the first time a page teaches it more
-/// (`commits::stage_learned`); the version bump keeps an older fieldsync, which would read a
-/// chunked commit as one without leaves, from opening the store.
-fn commit_leaves_in_chunks_from_now_on(
-    _tree: &sled::Tree,
-    _batch: &mut sled::Batch,
-) -> Result<(), StoreError> {
-    Ok(())
-}
 
 /// Format 3 to 4: nothing to rewrite. Records written from now on are compressed and the plain
 /// ones read as before (rewriting a million records would be one huge batch for a few hundred

@@ -117,18 +117,6 @@ impl Store {
     /// only moved a position: losing that in a crash costs a re-send, never data, so a no-op
     /// sync stays a few milliseconds).
     pub fn commit_page(&self, c: PageCommit<'_>) -> Result<Committed, CommitError> {
-        self.commit_page_learning(c, &[], &[])
-    }
-
-    /// [`Self::commit_page`] with what the page's signed-commit proofs taught (`learned`
-    /// commits, `certs` of their origins) written in the same batch as its records
-    /// (`commits::stage_learned`): a crash keeps both or neither.
-    pub fn commit_page_learning(
-        &self,
-        c: PageCommit<'_>,
-        learned: &[super::commits::LearnedCommit],
-        certs: &[Vec<u8>],
-    ) -> Result<Committed, CommitError> {
         self.check_remote(c.changes)?;
         let (guard, mut b) = self.begin();
         // Own events a restore or a detected rollback expects back (before this page closes
@@ -167,19 +155,6 @@ impl Store {
                 let held = self.head().holdings.get(&c.peer).copied().unwrap_or(0);
                 k.get(&c.peer).copied().unwrap_or(0) < held
             });
-        if !learned.is_empty() || !certs.is_empty() {
-            // Before the records are merged (same batch): a laptop never holds a write it
-            // could not prove onwards.
-            let t = std::time::Instant::now();
-            let (rewritten, bytes) = super::commits::stage_learned(&mut b.txn, learned, certs)?;
-            tracing::debug!(
-                commits = learned.len(),
-                rewritten,
-                leaf_bytes = bytes,
-                ms = t.elapsed().as_millis() as u64,
-                "commits learned"
-            );
-        }
         let (apply, held) = b.brake(&self.config.brake, c.peer, &row.name, reset, c.changes)?;
         let mut gap_closed = false;
         let stats = b.merge_changes(Some(c.peer), &apply)?;

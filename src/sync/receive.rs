@@ -136,7 +136,7 @@ pub fn check_page(transport: &Transport, page: &Page) -> Result<CheckedPage, Rec
 }
 
 /// The second half of [`receive_page`], in the page's turn: admission (which reads the
-/// revocations held now, so it waits for the pages before), then the commits learned, the
+/// revocations held now, so it waits for the pages before), the commits learned, then the
 /// records and the position in one batch.
 pub fn commit_checked(
     store: &Store,
@@ -154,25 +154,25 @@ pub fn commit_checked(
     } = checked;
     let admitted = admit(store, transport, &mut changes);
     let quarantined = admitted.quarantined + forged;
+    if !learned.0.is_empty() || !learned.1.is_empty() {
+        // Before the records: a laptop never holds a write it could not prove onwards.
+        store
+            .learn_commits(&learned.0, &learned.1)
+            .map_err(CommitError::Store)?;
+    }
     let bounded = match knowledge {
         Some(k) if !page.more => Some(bound_knowledge(store, from, k, &changes)?),
         _ => None,
     };
-    // What the proofs taught is written in the records' batch, before their merge: a laptop
-    // never holds a write it could not prove onwards.
-    let committed = store.commit_page_learning(
-        PageCommit {
-            peer: from,
-            changes: &changes,
-            since: page.since,
-            next: page.next,
-            more: page.more,
-            knowledge: bounded.as_ref(),
-            ends_session,
-        },
-        &learned.0,
-        &learned.1,
-    )?;
+    let committed = store.commit_page(PageCommit {
+        peer: from,
+        changes: &changes,
+        since: page.since,
+        next: page.next,
+        more: page.more,
+        knowledge: bounded.as_ref(),
+        ends_session,
+    })?;
     if quarantined > 0 {
         // Bookkeeping after the page: losing it in a crash loses a count, not data.
         store

@@ -502,7 +502,6 @@ pub fn check(
                 cert: signed::cert_hash(&p.certs[signed_by[i].expect("signed")].0).to_vec(),
                 leaves: Vec::new(),
                 nodes: Vec::new(),
-                chunked: false,
             },
             present,
             used,
