@@ -102,16 +102,12 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
     let file2 = a.file("registry2.csv", changed);
     // What a re-import overwrites is said: first as a dry run, which writes nothing.
     let before = a.snapshot();
-    let dry = a
-        .ok(&[
-            "import",
-            "person",
-            path_str(&file2),
-            "--key",
-            "case_number",
-            "--dry-run",
-        ])
-        .json();
+    let import2 = |extra: &[&str]| {
+        let mut args = vec!["import", "person", path_str(&file2), "--key", "case_number"];
+        args.extend_from_slice(extra);
+        a.ok(&args)
+    };
+    let dry = import2(&["--dry-run"]).json();
     let changes = json!([{"record": c3, "key": "C-0003", "field": "status",
                           "old": "missing", "new": "found"}]);
     assert_eq!(
@@ -120,25 +116,13 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
                "unchanged": 48, "deleted_kept": 1, "changes": changes, "dry_run": true})
     );
     assert_eq!(a.snapshot(), before, "a dry run writes nothing");
-    let said = a
-        .ok(&[
-            "import",
-            "person",
-            path_str(&file2),
-            "--key",
-            "case_number",
-            "--dry-run",
-            "--human",
-        ])
-        .stdout;
+    let said = import2(&["--dry-run", "--human"]).stdout;
     assert!(
         said.starts_with("Dry run, nothing written: importing 51 rows into person would make 1 new, 1 changed, 48 already as in the file")
             && said.contains("  C-0003: status \"missing\" → \"found\"\n"),
         "{said}"
     );
-    let third = a
-        .ok(&["import", "person", path_str(&file2), "--key", "case_number"])
-        .json();
+    let third = import2(&[]).json();
     assert_eq!(
         third,
         json!({"table": "person", "records": 51, "inserted": 1, "updated": 1,

@@ -888,14 +888,9 @@ fn a_conflict_logged_after_the_receivers_position_reaches_it_even_when_it_has_ev
     assert_eq!((r.received.records, r.sent.records), (0, 0));
 }
 
-/// The receiver applies each page as one sled batch, and sled keeps a copy of every leaf the
-/// batch changes until the batch ends (bench/RESULTS.md, session 7): the default page is 1,000
-/// records so that a large sync's receiver stays small. 5,000 records with the default options
-/// go as 250, 500, then at most 1,000 a page, and arrive whole.
-#[test]
-fn default_pages_hold_at_most_a_thousand_records() {
-    let (a, b) = (node(), node());
-    let ops: Vec<LocalOp> = (0..5_000)
+/// `n` new person records, as local puts.
+fn new_people(n: usize) -> Vec<LocalOp> {
+    (0..n)
         .map(|i| LocalOp {
             table: PERSON.into(),
             id: Uuid::new_v4(),
@@ -906,24 +901,37 @@ fn default_pages_hold_at_most_a_thousand_records() {
                     .clone(),
             ),
         })
-        .collect();
-    a.store.write_local(&ops).unwrap();
-    let peer = MemPeer::new(&b);
+        .collect()
+}
+
+/// One session from `store` with `peer`, with the store's default options (bounded: 2 min).
+fn default_session(store: &std::sync::Arc<Store>, peer: &MemPeer) -> SessionReport {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let defaults = SessionOptions::from_store(&a.store, Transport::Plaintext);
-    let r = rt
-        .block_on(async {
-            tokio::time::timeout(
-                std::time::Duration::from_secs(120),
-                session::run(&a.store, &peer, "in-memory peer", &defaults),
-            )
-            .await
-        })
-        .expect("a session in memory finishes within two minutes")
-        .unwrap();
+    let defaults = SessionOptions::from_store(store, Transport::Plaintext);
+    rt.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            session::run(store, peer, "in-memory peer", &defaults),
+        )
+        .await
+    })
+    .expect("a session in memory finishes within two minutes")
+    .unwrap()
+}
+
+/// The receiver applies each page as one sled batch, and sled keeps a copy of every leaf the
+/// batch changes until the batch ends (bench/RESULTS.md, session 7): the default page is 1,000
+/// records so that a large sync's receiver stays small. 5,000 records with the default options
+/// go as 250, 500, then at most 1,000 a page, and arrive whole.
+#[test]
+fn default_pages_hold_at_most_a_thousand_records() {
+    let (a, b) = (node(), node());
+    a.store.write_local(&new_people(5_000)).unwrap();
+    let peer = MemPeer::new(&b);
+    let r = default_session(&a.store, &peer);
     assert_eq!((r.sent.records, r.sent.applied), (5_000, 5_000));
     assert_eq!(peer.largest_push.load(Ordering::SeqCst), 1_000);
     assert_eq!(r.sent.pages, 7, "250 + 500 + 4 × 1,000 + 250");
@@ -937,51 +945,14 @@ fn default_pages_hold_at_most_a_thousand_records() {
 #[test]
 fn a_sync_of_up_to_two_pages_worth_goes_as_one_page_either_way() {
     let (a, b, c) = (node(), node(), node());
-    let ops: Vec<LocalOp> = (0..1_500)
-        .map(|i| LocalOp {
-            table: PERSON.into(),
-            id: Uuid::new_v4(),
-            edit: Edit::Put(
-                json!({"name": format!("p{i}")})
-                    .as_object()
-                    .unwrap()
-                    .clone(),
-            ),
-        })
-        .collect();
-    a.store.write_local(&ops).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    a.store.write_local(&new_people(1_500)).unwrap();
     // Pushed: A sends its 1,500 records to C.
     let to_c = MemPeer::new(&c);
-    let opts_a = SessionOptions::from_store(&a.store, Transport::Plaintext);
-    let r = rt
-        .block_on(async {
-            tokio::time::timeout(
-                std::time::Duration::from_secs(120),
-                session::run(&a.store, &to_c, "in-memory peer", &opts_a),
-            )
-            .await
-        })
-        .expect("a session in memory finishes within two minutes")
-        .unwrap();
+    let r = default_session(&a.store, &to_c);
     assert_eq!((r.sent.records, r.sent.pages), (1_500, 1));
     assert_eq!(to_c.largest_push.load(Ordering::SeqCst), 1_500);
     // Pulled: B asks A, whose responder sends them whole too.
-    let from_a = MemPeer::new(&a);
-    let opts_b = SessionOptions::from_store(&b.store, Transport::Plaintext);
-    let r = rt
-        .block_on(async {
-            tokio::time::timeout(
-                std::time::Duration::from_secs(120),
-                session::run(&b.store, &from_a, "in-memory peer", &opts_b),
-            )
-            .await
-        })
-        .expect("a session in memory finishes within two minutes")
-        .unwrap();
+    let r = default_session(&b.store, &MemPeer::new(&a));
     assert_eq!((r.received.records, r.received.pages), (1_500, 1));
     assert_eq!(export(&a.store), export(&b.store));
     assert_eq!(export(&a.store), export(&c.store));
