@@ -356,3 +356,25 @@ fn a_stopped_agent_is_offline_on_its_peers_at_once() {
     );
     drop(agent_a);
 }
+
+/// The laptop a peer pulled from says so too: `run`'s output had a line only on the laptop that
+/// started the session, so a laptop whose records went out printed nothing (seen in a trial).
+#[test]
+fn the_laptop_a_peer_synced_with_says_what_went_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (a, b) = (data_dir(root, "a"), data_dir(root, "b"));
+    run(&a, &["init", "--name", "laptopA"]).ok();
+    run(&b, &["init", "--name", "laptopB"]).ok();
+    let agent_a = Agent::start_with(&a, &["--no-api"]);
+    let _agent_b = Agent::start_with(&b, &["--no-api"]);
+    run(&a, &["put", "person", r#"{"name":"Ann"}"#]).ok();
+    run(&b, &["sync", agent_a.addr()]).ok();
+    assert!(
+        wait_until(Duration::from_secs(10), || agent_a.log_text().contains(
+            "laptopB synced with this laptop: received 0, sent 1, 0 conflicts"
+        )),
+        "A's output: {}",
+        agent_a.log_text()
+    );
+}
