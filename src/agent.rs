@@ -198,11 +198,9 @@ struct Agent {
     said: Mutex<std::collections::HashSet<Uuid>>,
     /// Session key → the failure `run` last printed for it (see [`failure_worth_a_line`]).
     failing: Mutex<HashMap<String, String>>,
-    /// Session key → notifies retried while a session with that peer ran
-    /// ([`Agent::notified_while_busy`]); cleared when a notified session starts.
-    notified_pending: Mutex<HashMap<String, u32>>,
-    /// Session keys with a notified session's retry timer running.
-    notified_timer: Mutex<std::collections::HashSet<String>>,
+    /// Session keys with a notified session waiting for the running one to end
+    /// ([`Agent::notified_while_busy`]).
+    notified_waiting: Mutex<std::collections::HashSet<String>>,
     /// Peers currently seen by discovery: id → addresses.
     online: Mutex<HashMap<Uuid, Vec<String>>>,
     discovery: Mutex<Option<Discovery>>,
@@ -238,8 +236,6 @@ impl Agent {
             }
             return;
         }
-        // A session starting now reads the peer's feed as it is now: any notify before is served.
-        lock(&self.notified_pending).remove(&key);
         let me = self.clone();
         tokio::spawn(async move {
             let mut last_err = None;
@@ -322,28 +318,29 @@ impl Agent {
     /// A notify that arrived while a session with that peer ran (ours or its own): that
     /// session may have read the peer's feed before the change the notify announces (seen in a
     /// trial: a revocation waited ~50 s for the next periodic round). So the notified session
-    /// is tried again every [`NOTIFY_RETRY`] until it can run, at most [`NOTIFY_RETRIES`]
-    /// times (the periodic round covers the rest); one pending retry per peer.
+    /// runs once that one has ended, checked every [`NOTIFY_RETRY`], at most [`NOTIFY_RETRIES`]
+    /// times (the periodic round covers the rest); one waiting notify per peer.
     fn notified_while_busy(self: &Arc<Self>, peer: Option<Uuid>, addrs: Vec<String>, key: String) {
-        if !lock(&self.notified_timer).insert(key.clone()) {
-            return; // a retry is already pending
-        }
-        let given_up = {
-            let mut pending = lock(&self.notified_pending);
-            let n = pending.entry(key.clone()).or_insert(0);
-            *n += 1;
-            *n > NOTIFY_RETRIES
-        };
-        if given_up {
-            lock(&self.notified_pending).remove(&key);
-            lock(&self.notified_timer).remove(&key);
-            return;
+        if !lock(&self.notified_waiting).insert(key.clone()) {
+            return; // one is waiting already
         }
         let me = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(NOTIFY_RETRY).await;
-            lock(&me.notified_timer).remove(&key);
-            me.spawn_session(peer, addrs, Reason::Notified);
+            let busy = |me: &Agent| {
+                peer.is_some_and(|p| me.inbound.active(&p)) || lock(&me.in_flight).contains(&key)
+            };
+            let mut free = false;
+            for _ in 0..NOTIFY_RETRIES {
+                tokio::time::sleep(NOTIFY_RETRY).await;
+                if !busy(&me) {
+                    free = true;
+                    break;
+                }
+            }
+            lock(&me.notified_waiting).remove(&key);
+            if free {
+                me.spawn_session(peer, addrs, Reason::Notified);
+            }
         });
     }
 
@@ -544,8 +541,7 @@ pub async fn run(
         backoff: Mutex::default(),
         said: Mutex::default(),
         failing: Mutex::default(),
-        notified_pending: Mutex::default(),
-        notified_timer: Mutex::default(),
+        notified_waiting: Mutex::default(),
         online: Mutex::default(),
         discovery: Mutex::default(),
     });

@@ -526,7 +526,8 @@ fn run(
             continue;
         }
         let line = row.line;
-        let (id, what) = match &ids {
+        // `key`: the row's key values as `import` shows them (`--key` only).
+        let (id, what, key) = match &ids {
             Ids::File => {
                 let id = row.id.ok_or_else(|| {
                     let why = if opened.header.is_some() {
@@ -542,7 +543,7 @@ fn run(
                         message: why,
                     }
                 })?;
-                (id, format!("record {id}"))
+                (id, format!("record {id}"), None)
             }
             Ids::Key(ns) => {
                 if row.id.is_some() {
@@ -564,6 +565,7 @@ fn run(
                 let derived = key_id(ns, table, &values);
                 let index = match &mut elsewhere {
                     Some(m) => m,
+                    None if !table_has_records => elsewhere.insert(HashMap::new()),
                     None => elsewhere.insert(keyed_elsewhere(store, table, ns, &opts.key)?),
                 };
                 let id = match index.get(&values).map(Vec::as_slice) {
@@ -588,7 +590,7 @@ fn run(
                         })
                     }
                 };
-                (id, what)
+                (id, what, Some(values.join(",")))
             }
             Ids::New => {
                 if row.id.is_some() {
@@ -599,7 +601,7 @@ fn run(
                             .into(),
                     });
                 }
-                (Uuid::new_v4(), String::new())
+                (Uuid::new_v4(), String::new(), None)
             }
         };
         if let Some(&first) = in_chunk.get(&id) {
@@ -614,13 +616,6 @@ fn run(
             check_unique(store, table, field, &row, id, &mut unique_seen, unit)?;
         }
         if table_has_records || opts.dry_run {
-            let key = matches!(ids, Ids::Key(_)).then(|| {
-                opts.key
-                    .iter()
-                    .filter_map(|k| row.fields.get(k).and_then(key_text))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            });
             preview.row(store, table, id, key, &row.fields, update)?;
         }
         in_chunk.insert(id, line);
@@ -790,7 +785,7 @@ fn check_duplicates(
 
 /// Records of `table` (deleted ones included: a row for a deleted record leaves it deleted)
 /// whose `key` fields all hold text or numbers but whose id is not the one derived from them:
-/// key values → ids. Empty without a scan when the table holds no records.
+/// key values → ids (a scan of the table; the caller skips it for an empty table).
 fn keyed_elsewhere(
     store: &Store,
     table: &str,
@@ -798,9 +793,6 @@ fn keyed_elsewhere(
     key: &[String],
 ) -> Result<HashMap<Vec<String>, Vec<Uuid>>, ImportError> {
     let mut found: HashMap<Vec<String>, Vec<Uuid>> = HashMap::new();
-    if !store.tables()?.iter().any(|(t, _)| t == table) {
-        return Ok(found);
-    }
     for r in store.scan_table(table) {
         let (id, rec) = r?;
         let values: Option<Vec<String>> = key

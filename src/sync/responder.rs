@@ -400,7 +400,8 @@ impl SyncService for Responder {
         }
         let cfg = &self.store.config().sync;
         // A small sync goes whole in one page, as the initiator asks (`session::page_limit`).
-        let most = super::session::page_records_for(cfg.page_records, head.saturating_sub(r.since));
+        let most = super::session::whole_small_sync(cfg.page_records, head.saturating_sub(r.since))
+            .unwrap_or(cfg.page_records);
         let limit = (r.limit as usize).clamp(1, most.min(protocol::MAX_PAGE_RECORDS));
         let max_bytes = (r.max_bytes as usize).clamp(1024, cfg.page_bytes);
         let skip: BTreeSet<String> = r.local_only.into_iter().collect();

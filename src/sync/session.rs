@@ -503,27 +503,24 @@ fn first_pages(limit: usize, nth: u32) -> usize {
 }
 
 /// Records in the `nth` page of a direction with at most `remaining` feed entries to go from
-/// its start: all of them in one page when they fit [`SMALL_SYNC_PAGES`] pages of `limit` (one
-/// batch, one commit relearned and one fsync on the receiver instead of three for a thousand
-/// records; there is nothing to overlap a page with), else [`first_pages`].
+/// its start: all of them in one page for a small sync ([`whole_small_sync`]: one batch, one
+/// commit learned and one fsync on the receiver instead of three for a thousand records; there
+/// is nothing to overlap a page with), else [`first_pages`].
 fn page_limit(limit: usize, nth: u32, remaining: u64) -> usize {
-    let whole = limit.saturating_mul(SMALL_SYNC_PAGES);
-    if nth == 0 && remaining <= whole as u64 {
-        whole
-    } else {
-        first_pages(limit, nth)
+    match whole_small_sync(limit, remaining) {
+        Some(whole) if nth == 0 => whole,
+        _ => first_pages(limit, nth),
     }
 }
 
-/// The most records a page may hold when `remaining` feed entries are left: the whole of a
-/// small sync ([`SMALL_SYNC_PAGES`] pages' worth), else `limit`. The responder's cap on a pull.
-pub(crate) fn page_records_for(limit: usize, remaining: u64) -> usize {
-    let whole = limit.saturating_mul(SMALL_SYNC_PAGES);
-    if remaining <= whole as u64 {
-        whole
-    } else {
-        limit
-    }
+/// The size of the one page that holds a whole small sync of `remaining` feed entries (up to
+/// [`SMALL_SYNC_PAGES`] pages of `limit`, never over [`protocol::MAX_PAGE_RECORDS`]), or `None`
+/// when the sync is larger. The sender's first page and the responder's cap on a pull.
+pub(crate) fn whole_small_sync(limit: usize, remaining: u64) -> Option<usize> {
+    let whole = limit
+        .saturating_mul(SMALL_SYNC_PAGES)
+        .min(protocol::MAX_PAGE_RECORDS);
+    (remaining <= whole as u64).then_some(whole)
 }
 
 /// A sync of up to this many pages' worth of records goes as one page. The page size is kept
