@@ -84,6 +84,18 @@ fn name_hint(rows: &[PeerRow], name: &str) -> String {
     name_hint_among(&names, name)
 }
 
+/// The name in `names` closest to a mistyped `name`, if one is close: Jaro-Winkler ≥ 0.85
+/// ignoring case, as clap suggests subcommands with strsim. For laptop names and table names.
+pub(crate) fn closest_name<'a>(names: &[&'a str], name: &str) -> Option<&'a str> {
+    let lower = name.to_lowercase();
+    names
+        .iter()
+        .map(|n| (strsim::jaro_winkler(&lower, &n.to_lowercase()), *n))
+        .filter(|(score, _)| *score >= 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, n)| n)
+}
+
 /// [`name_hint`] over any list of laptop names (peers, laptops enrolled by this coordinator):
 /// `: did you mean "laptopC"?` when one name is close (Jaro-Winkler ≥ 0.85 ignoring case, as
 /// clap suggests subcommands with strsim), else `: known laptops are "a", "b"` (at most 8).
@@ -94,14 +106,7 @@ pub(crate) fn name_hint_among(names: &[&str], name: &str) -> String {
     if names.is_empty() {
         return ": no laptop is known here by name; use its instance id".into();
     }
-    let lower = name.to_lowercase();
-    let mut close: Vec<(f64, &str)> = names
-        .iter()
-        .map(|n| (strsim::jaro_winkler(&lower, &n.to_lowercase()), *n))
-        .filter(|(score, _)| *score >= 0.85)
-        .collect();
-    close.sort_by(|a, b| b.0.total_cmp(&a.0));
-    if let Some((_, best)) = close.first() {
+    if let Some(best) = closest_name(&names, name) {
         return format!(": did you mean {best:?}?");
     }
     const SHOWN: usize = 8;

@@ -132,25 +132,17 @@ pub fn imported(v: &Value) -> String {
             "{kept} left deleted (deleted earlier, here or on another laptop; an import never brings a record back)"
         ));
     }
+    let (rows, table, what) = (count(rows, "row", "rows"), s(&v["table"]), parts.join(", "));
     let mut t = if v["dry_run"] == true {
-        format!(
-            "Dry run, nothing written: importing {} into {} would make {}.\n",
-            count(rows, "row", "rows"),
-            s(&v["table"]),
-            parts.join(", ")
-        )
+        format!("Dry run, nothing written: importing {rows} into {table} would make {what}.\n")
     } else {
-        format!(
-            "Imported {} into {}: {}.\n",
-            count(rows, "row", "rows"),
-            s(&v["table"]),
-            parts.join(", ")
-        )
+        format!("Imported {rows} into {table}: {what}.\n")
     };
     // What a re-import overwrote, so a person notices a settled value put back to the list's.
     if let Some(changes) = v["changes"].as_array().filter(|c| !c.is_empty()) {
         let shown = changes.len();
-        t += &if u(&v["updated"]) > 1 || shown >= crate::import::CHANGES_SHOWN {
+        // The summary holds at most CHANGES_SHOWN: a full list may have been cut there.
+        t += &if shown >= crate::import::CHANGES_SHOWN {
             format!("Changed fields (the first {shown}; `history` shows every record's):\n")
         } else {
             "Changed fields:\n".to_string()

@@ -226,33 +226,18 @@ pub fn list(
 }
 
 /// `list` of a table this laptop has never held a record of: the closest table name (a
-/// typo: Jaro-Winkler ≥ 0.85, as for laptop names) or the tables there are. Not an error: a
+/// typo, as for laptop names: `app::peers::closest_name`) or the tables there are. Not an error: a
 /// table exists from its first record, and one may simply not have arrived yet.
 fn no_such_table(table: &str, names: &[String]) -> String {
-    let user: Vec<&String> = names
+    let user: Vec<&str> = names
         .iter()
+        .map(String::as_str)
         .filter(|n| !n.starts_with(crate::model::SYSTEM_PREFIX))
         .collect();
-    let close = user
-        .iter()
-        .map(|n| {
-            (
-                strsim::jaro_winkler(&table.to_lowercase(), &n.to_lowercase()),
-                n,
-            )
-        })
-        .filter(|(score, _)| *score >= 0.85)
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    let hint = match (close, user.is_empty()) {
-        (Some((_, n)), _) => format!("did you mean {n}?"),
-        (None, true) => "it holds no records yet".to_string(),
-        (None, false) => format!(
-            "its tables are {}",
-            user.iter()
-                .map(|n| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+    let hint = match crate::app::peers::closest_name(&user, table) {
+        Some(n) => format!("did you mean {n}?"),
+        None if user.is_empty() => "it holds no records yet".to_string(),
+        None => format!("its tables are {}", user.join(", ")),
     };
     format!(
         "No table {table} on this laptop: {hint} (`fieldsync tables` lists them; a table \
