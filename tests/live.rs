@@ -107,6 +107,14 @@ fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// Data directories `a` and `b` under `root`, made laptops named laptopA and laptopB.
+fn laptops_a_and_b(root: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (a, b) = (data_dir(root, "a"), data_dir(root, "b"));
+    run(&a, &["init", "--name", "laptopA"]).ok();
+    run(&b, &["init", "--name", "laptopB"]).ok();
+    (a, b)
+}
+
 /// `peers --json` rows on `dir`.
 fn peer_rows(dir: &std::path::Path) -> Vec<Value> {
     run(dir, &["peers", "--json"]).ok().lines()
@@ -252,9 +260,7 @@ fn online_state_is_one_truth_in_memory_and_never_for_a_revoked_laptop() {
 fn a_peer_synced_with_by_hand_can_sync_back_by_name() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let (a, b) = (data_dir(root, "a"), data_dir(root, "b"));
-    run(&a, &["init", "--name", "laptopA"]).ok();
-    run(&b, &["init", "--name", "laptopB"]).ok();
+    let (a, b) = laptops_a_and_b(root);
     let agent_a = Agent::start(&a);
     let agent_b = Agent::start(&b);
 
@@ -327,9 +333,7 @@ fn a_peer_that_stops_answering_is_said_once_not_at_every_retry() {
 fn a_stopped_agent_is_offline_on_its_peers_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let (a, b) = (data_dir(root, "a"), data_dir(root, "b"));
-    run(&a, &["init", "--name", "laptopA"]).ok();
-    run(&b, &["init", "--name", "laptopB"]).ok();
+    let (a, b) = laptops_a_and_b(root);
     let id_b = run(&b, &["status", "--json"]).ok().json()["instance"]
         .as_str()
         .unwrap()
@@ -363,9 +367,7 @@ fn a_stopped_agent_is_offline_on_its_peers_at_once() {
 fn the_laptop_a_peer_synced_with_says_what_went_out() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let (a, b) = (data_dir(root, "a"), data_dir(root, "b"));
-    run(&a, &["init", "--name", "laptopA"]).ok();
-    run(&b, &["init", "--name", "laptopB"]).ok();
+    let (a, b) = laptops_a_and_b(root);
     let agent_a = Agent::start_with(&a, &["--no-api"]);
     let _agent_b = Agent::start_with(&b, &["--no-api"]);
     run(&a, &["put", "person", r#"{"name":"Ann"}"#]).ok();
