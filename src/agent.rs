@@ -214,6 +214,10 @@ impl Agent {
     /// Starts a session with a peer (trying each address until one answers) unless one runs.
     fn spawn_session(self: &Arc<Self>, peer: Option<Uuid>, addrs: Vec<String>, why: Reason) {
         let Some(first) = addrs.first() else { return };
+        if peer.is_some_and(|p| self.is_revoked(&p)) {
+            tracing::debug!(peer = ?peer, "not syncing with a revoked laptop");
+            return;
+        }
         let key = peer.map_or_else(|| first.clone(), |p| p.to_string());
         if peer.is_some_and(|p| self.inbound.active(&p)) {
             if why == Reason::Notified {
@@ -454,7 +458,18 @@ impl Agent {
         }
     }
 
-    /// Every peer we could sync with: static addresses, discovered and remembered peers.
+    /// Whether the deployment revoked `peer`. Such a laptop is not dialled at all (sessions,
+    /// notifies, rounds): the handshake would refuse it anyway, and each attempt printed a
+    /// failure that read like a laptop switched off.
+    fn is_revoked(&self, peer: &Uuid) -> bool {
+        match &self.opts.transport {
+            Transport::Tls { revoked, .. } => revoked.get(peer).is_some(),
+            Transport::Plaintext => false,
+        }
+    }
+
+    /// Every peer we could sync with: static addresses, discovered and remembered peers
+    /// (revoked laptops left out).
     fn all_targets(&self, statics: &[String]) -> Vec<(Option<Uuid>, Vec<String>)> {
         let mut out: Vec<(Option<Uuid>, Vec<String>)> = Vec::new();
         let mut covered: Vec<String> = Vec::new();
@@ -462,8 +477,12 @@ impl Agent {
             for row in rows {
                 let addrs = self.addrs_of(&row.instance);
                 if !addrs.is_empty() {
+                    // A revoked laptop's addresses stay covered: a static `--peer` naming one
+                    // is not dialled as an unknown address either.
                     covered.extend(addrs.iter().cloned());
-                    out.push((Some(row.instance), addrs));
+                    if !self.is_revoked(&row.instance) {
+                        out.push((Some(row.instance), addrs));
+                    }
                 }
             }
         }

@@ -219,6 +219,18 @@ pub fn run_with_store(
     report(&checks, out, human)
 }
 
+/// `status`'s word on this laptop's credential: the revocation when the deployment revoked
+/// this laptop (a credential that is still within its dates is worthless then: every peer
+/// refuses it), else [`credential_check`].
+pub(crate) fn credential_status(store: &Store) -> Check {
+    let revoked = revocation_check(store);
+    if revoked.ok {
+        credential_check(store.dir(), Some(store.id()))
+    } else {
+        revoked
+    }
+}
+
 /// Fails when the deployment revoked this laptop: its own signed revocation reached it, or a
 /// peer refused its certificate as revoked (`revoked-notice.json`).
 fn revocation_check(store: &Store) -> Check {
@@ -226,18 +238,14 @@ fn revocation_check(store: &Store) -> Check {
                        NAME --out NEW.fsmesh`) and join with it from a new data directory: \
                        `fieldsync --data-dir NEWDIR init --mesh NEW.fsmesh`";
     if let Some(r) = crate::mesh::own_revocation(store) {
-        return fail(
-            "revocation",
-            crate::app::peers::revoked_message(Some(&r)),
-            FIX,
-        );
+        return fail("revocation", crate::app::peers::revoked_fact(Some(&r)), FIX);
     }
     if let Some((at, peer)) = crate::mesh::refused_as_revoked(store.dir()) {
         return fail(
             "revocation",
             format!(
-                "{} (refused by {peer} on {})",
-                crate::app::peers::revoked_message(None),
+                "this laptop was revoked by the deployment: the peer at {peer} refused its \
+                 certificate as revoked on {}",
                 at.format("%Y-%m-%d %H:%M UTC")
             ),
             FIX,

@@ -227,6 +227,28 @@ fn online_state_is_one_truth_in_memory_and_never_for_a_revoked_laptop() {
             && people.contains("a revoked laptop (laptopC has been revoked"),
         "{people}"
     );
+    // Syncing with it by name is refused before any connection, saying why (it said "cannot
+    // reach … is fieldsync running there?"), and a typo is not answered with the revoked name.
+    let by_name = run(a, &["sync", "laptopC"]);
+    assert_eq!(by_name.code, 3, "{}", by_name.stderr);
+    assert!(
+        by_name
+            .stderr
+            .contains("laptopC was revoked by the deployment on ")
+            && by_name
+                .stderr
+                .contains("(stolen): no laptop syncs with it any more"),
+        "{}",
+        by_name.stderr
+    );
+    let typo = run(a, &["sync", "laptpC"]);
+    assert!(!typo.stderr.contains("\"laptopC\""), "{}", typo.stderr);
+    // Nor is it "failing" in `status`: it is shut out, as `peers` says.
+    let failing = status(a)["peers"]["failing"].clone();
+    assert!(
+        !failing.to_string().contains(&id_c),
+        "a revoked laptop is not listed as failing: {failing}"
+    );
 
     // Not persisted: a restarted agent knows nobody is online until it hears from them (B is
     // stopped too: A knows B's address from B's hello and would hear from it at once).

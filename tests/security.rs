@@ -1439,6 +1439,10 @@ fn a_revoked_laptop_is_told_when_and_why_and_doctor_fails() {
         .find(|c| c["check"] == "revocation")
         .expect("a revocation check");
     assert_eq!(rev["ok"], true, "{rev}");
+    assert!(
+        !text(&x.run(&["status", "--human"]).stdout).contains("Credential"),
+        "a healthy laptop's status says nothing about its credential"
+    );
 
     coord.ok(&["mesh", "revoke", "x", "--reason", "laptop stolen"]);
     coord.ok(&["sync", &agent_b.addr]);
@@ -1480,6 +1484,21 @@ fn a_revoked_laptop_is_told_when_and_why_and_doctor_fails() {
         line["fix"].as_str().unwrap().contains("mesh enroll"),
         "{line}"
     );
+    // `status` says it too: its credential is within its dates but worth nothing now (it said
+    // nothing, and its JSON "valid until …").
+    let status = x.run(&["status", "--human"]);
+    assert_eq!(status.status.code(), Some(0));
+    assert!(
+        text(&status.stdout).contains(&format!(
+            "Credential problem: this laptop was revoked by the deployment: the peer at {} \
+             refused its certificate as revoked on ",
+            agent_b.addr
+        )) && text(&status.stdout)
+            .contains(". Fix: ask the coordinator for a new credential (`fieldsync mesh enroll"),
+        "{}",
+        text(&status.stdout)
+    );
+    assert_eq!(x.json(&["status"])["credential"]["ok"], false);
 
     // 2. The signed revocation reaches X (here written into its database as a session would
     //    apply it): the message gives the date and the reason, before any connection.
@@ -1516,6 +1535,16 @@ fn a_revoked_laptop_is_told_when_and_why_and_doctor_fails() {
         text(&doctor.stdout).contains("laptop stolen"),
         "{}",
         text(&doctor.stdout)
+    );
+    let status = x.run(&["status", "--human"]);
+    assert!(
+        text(&status.stdout).contains(&format!(
+            "Credential problem: this laptop was revoked by the deployment on {} (laptop stolen). \
+             Fix:",
+            at.format("%Y-%m-%d %H:%M UTC")
+        )),
+        "{}",
+        text(&status.stdout)
     );
 }
 

@@ -43,6 +43,7 @@ impl App {
             .filter(|c| c.resolved.is_none())
             .count();
         let peers = self.peers()?;
+        let revoked = self.revocations();
         let last_sync = peers.iter().filter_map(|p| p.last_update).max();
         let online: Vec<_> = peers
             .iter()
@@ -51,7 +52,8 @@ impl App {
             .collect();
         let failing: Vec<Value> = peers
             .iter()
-            .filter(|p| p.last_error.is_some())
+            // A revoked laptop is not failing: it is shut out (`peers` says so).
+            .filter(|p| p.last_error.is_some() && !revoked.contains_key(&p.instance))
             .map(|p| json!({"instance": p.instance, "name": p.name, "error": p.last_error}))
             .collect();
         let mut agent = match &self.agent {
@@ -89,7 +91,7 @@ impl App {
                       "failing": failing, "quarantined": quarantined},
             "incarnation": store.incarnation(),
             "identity_problems": crate::sync::identity_problems(store)?,
-            "credential": crate::doctor::credential_check(store.dir(), Some(info.id)),
+            "credential": crate::doctor::credential_status(store),
             "agent": agent,
         }))
     }

@@ -26,12 +26,14 @@ impl App {
         let now = Utc::now();
         let mut peers = Vec::new();
         for p in self.peers()? {
+            let revoked_at = revoked.get(&p.instance).copied();
             let pending = match crate::progress::sent_upto(&p.instance) {
+                // A revoked laptop receives nothing more: no count that looks like a backlog.
+                _ if revoked_at.is_some() => None,
                 Some(upto) if upto >= head => Some(0),
                 Some(upto) => Some(store.feed_len_after(upto, PENDING_CAP)?),
                 None => None,
             };
-            let revoked_at = revoked.get(&p.instance).copied();
             let reason = revoked_at.map(|_| self.revocation_reason(&p.instance));
             peers.push(json!({
                 "instance": p.instance, "name": display_name(&p), "owner": p.owner,
@@ -66,6 +68,7 @@ impl App {
     /// diagnosis, failing peers.
     pub fn warnings(&self) -> Result<Value, AppError> {
         let peers = self.store.peers()?;
+        let revoked = self.revocations();
         let clocks: Vec<Value> = peers
             .iter()
             .filter(|p| p.sync_count > 0 && p.clock_offset_ms.abs() > CLOCK_WARN_MS)
@@ -85,6 +88,8 @@ impl App {
             .collect();
         let failing: Vec<Value> = peers
             .iter()
+            // A revoked laptop is shut out, not failing (the overview says it is revoked).
+            .filter(|p| !revoked.contains_key(&p.instance))
             .filter_map(|p| {
                 p.last_error.as_ref().map(|e| {
                     json!({"instance": p.instance, "name": display_name(p), "error": e,

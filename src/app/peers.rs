@@ -138,14 +138,22 @@ fn ambiguous(peer: &str, named: &[&PeerRow]) -> AppError {
 
 /// The revoked laptop's own message (exit 3): when, why, and the one way back.
 pub fn revoked_message(revocation: Option<&(chrono::DateTime<chrono::Utc>, String)>) -> String {
+    format!(
+        "{}: ask the coordinator for a new credential",
+        revoked_fact(revocation)
+    )
+}
+
+/// The fact of [`revoked_message`] without its advice, for places that give the next step
+/// apart (`doctor` and `status`: "… Fix: …").
+pub fn revoked_fact(revocation: Option<&(chrono::DateTime<chrono::Utc>, String)>) -> String {
     match revocation {
         Some((at, reason)) => format!(
-            "this laptop was revoked by the deployment on {} ({reason}): ask the coordinator \
-             for a new credential",
+            "this laptop was revoked by the deployment on {} ({reason})",
             at.format("%Y-%m-%d %H:%M UTC")
         ),
         None => "this laptop was revoked by the deployment (a peer refused its certificate as \
-                 revoked): ask the coordinator for a new credential"
+                 revoked)"
             .into(),
     }
 }
@@ -173,9 +181,34 @@ impl App {
 
     /// The address to reach a peer at: an instance id or a known peer's name is looked up in
     /// the sync_instance table; anything else is taken as `host:port`.
+    ///
+    /// Errors: `PEER_NOT_FOUND` as [`App::resolve_instance`], and [`AppError::Peer`] for a
+    /// laptop the deployment revoked (when and why: nobody syncs with it any more, so its
+    /// address is not worth trying). Revoked laptops are not offered as "did you mean".
     pub fn resolve_peer_addr(&self, peer: &str) -> Result<String, AppError> {
         let by_id = Uuid::parse_str(peer.trim()).ok();
-        let rows = self.store.peers()?;
+        let revoked = self.revocations();
+        let (rows, shut_out): (Vec<PeerRow>, Vec<PeerRow>) = self
+            .store
+            .peers()?
+            .into_iter()
+            .partition(|r| !revoked.contains_key(&r.instance));
+        let names_revoked = |r: &PeerRow| {
+            Some(r.instance) == by_id
+                || (!r.name.is_empty() && r.name.to_lowercase() == peer.trim().to_lowercase())
+        };
+        if let Some(r) = shut_out.iter().find(|r| names_revoked(r)) {
+            let who = if r.name.is_empty() {
+                format!("laptop {}", r.instance)
+            } else {
+                r.name.clone()
+            };
+            return Err(AppError::Peer(format!(
+                "{who} was revoked by the deployment on {} ({}): no laptop syncs with it any more",
+                revoked[&r.instance].format("%Y-%m-%d %H:%M UTC"),
+                self.revocation_reason(&r.instance)
+            )));
+        }
         let row = match by_id {
             Some(id) => rows.iter().find(|r| r.instance == id),
             None => {

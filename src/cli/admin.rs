@@ -312,6 +312,7 @@ pub fn restore(
             restored_as_own_laptop(
                 &r.header.instance_name,
                 r.report.instance,
+                store.dir(),
                 file,
                 passphrase_file,
             )
@@ -391,10 +392,14 @@ impl DirBefore {
 }
 
 /// The one line `restore` says when this laptop kept its own identity while restoring the
-/// backup of the laptop `backup_name`: what happened, and the take-over command.
+/// backup of the laptop `backup_name`: what happened, and the take-over command, with this
+/// data directory spelt out (pasted without it, the command restored into the default one and
+/// made a second copy of the lost laptop). Taking over a revoked identity shuts this laptop
+/// out, so the line says that revoking and taking over are the two different ways.
 fn restored_as_own_laptop(
     backup_name: &str,
     instance: uuid::Uuid,
+    dir: &Path,
     file: &Path,
     passphrase_file: Option<&Path>,
 ) -> String {
@@ -408,8 +413,11 @@ fn restored_as_own_laptop(
     });
     format!(
         "this laptop stays a laptop of its own (instance {instance}) holding the data of \
-         {name}, which keeps its identity; to become {name} instead (it is lost or broken and \
-         will never run again), run `fieldsync restore {} --take-over-identity --force{pass}`",
+         {name}, which keeps its identity (if {name} is lost, revoke it on the coordinator's \
+         laptop); to become {name} instead (it is lost or broken, will never run again, and is \
+         not revoked: a revoked identity is refused everywhere), run `fieldsync --data-dir {} \
+         restore {} --take-over-identity --force{pass}`",
+        dir.display(),
         file.display()
     )
 }

@@ -108,6 +108,7 @@ async function loadMe() {
 async function overview() {
   const o = await loadMe();
   const sent = (p) => {
+    if (p.revoked) return h("span", { class: "muted" }, "no: revoked, it receives nothing more");
     if (p.pending === null) return h("span", { class: "muted" }, "not known until the next sync");
     if (p.pending === 0) return h("span", { class: "ok" }, "yes, everything");
     return h("span", { class: "bad" }, p.pending + " change" + (p.pending === 1 ? "" : "s") + " not yet received");
