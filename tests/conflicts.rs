@@ -149,7 +149,9 @@ fn each_side_is_told_by_its_laptop_with_value_time_and_why_on_both_laptops() {
         "{text}"
     );
     assert!(!text.contains(&y.to_string()), "{text}");
-    assert!(text.contains("name: Yan, status: found"), "{text}");
+    // The field the unseen edit wrote first, marked: it is what the decision is about.
+    assert!(text.contains("status: found (edited), name: Yan"), "{text}");
+    assert_eq!(l["edited"], json!(["status"]), "{c}");
     assert!(!text.contains("{\"name\""), "{text}");
 
     // Resolved on B: the field to B's value, Y deleted. After a sync both laptops say so and

@@ -587,6 +587,34 @@ fn conflicts_are_resolved_from_the_readers_side_and_clear_everywhere() {
         assert!(alive(dir, "person", &z), "{name}: Z was kept alive");
         assert_eq!(fields_of(dir, &z)["status"], "found", "{name}");
     }
+    // A hears of B's decision with the record: it says who decided and what the edit was, not
+    // "the edit wins" and a raw stamp (newcomer trial 8, finding 5), and the decision's
+    // re-asserted field is no "69 → 69" change in the history.
+    let all = conflicts(&a);
+    let cz = conflicts_of(&all, &z)[0].clone();
+    let alive_side = cz["sides"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["side"] == "alive")
+        .unwrap()
+        .clone();
+    assert_eq!(alive_side["laptop"]["id"], agent_b.instance(), "{cz}");
+    let b_name = alive_side["laptop"]["name"].as_str().unwrap().to_string();
+    assert_eq!(cz["why"], format!("resolved by {b_name}"), "{cz}");
+    assert_eq!(
+        cz["resolved"]["how"],
+        format!("{b_name} kept the record"),
+        "{cz}"
+    );
+    assert_eq!(alive_side["edited"], json!(["status"]), "{cz}");
+    let history = run(&a, &["history", "person", &z.to_string(), "--human"])
+        .ok()
+        .stdout;
+    assert!(
+        history.contains("(a conflict resolution)\n  kept the record as it was (no value changed)"),
+        "{history}"
+    );
 }
 
 const BIG: usize = 20_000;

@@ -192,6 +192,10 @@ pub struct SideView {
     /// How to keep this side (absent for name clashes: both records are kept; rename one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep: Option<ResolveRequest>,
+    /// `alive` side of a delete-vs-edit conflict: the fields the edit(s) the deleter had not
+    /// seen wrote, by name (what is at stake when deciding); absent when none or elsewhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub edited: Vec<String>,
 }
 
 /// A conflict log entry told from this laptop's side: the log entry's JSON (as scripts have
@@ -315,6 +319,7 @@ impl App {
                             keep_from: Some(s.stamp.node.to_string()),
                             ..Default::default()
                         }),
+                        edited: Vec::new(),
                     });
                 }
                 let winner = if *chosen == Side::Local {
@@ -374,6 +379,7 @@ impl App {
                         in_record: r.as_ref().is_some_and(|r| r.state.is_alive()),
                         record: Some(rid),
                         keep: None,
+                        edited: Vec::new(),
                     });
                 }
                 let why = match &c.resolved {
@@ -520,17 +526,46 @@ impl App {
         deleted: Hlc,
     ) -> Result<(Vec<SideView>, String, String), AppError> {
         let alive = rec.is_some_and(|r| r.state.is_alive());
-        // The edit side: the latest write the delete(s) had not seen; once everything was
-        // deleted after all, the latest write there is.
+        // Keeping the record alive re-asserts one field with a resolution revision (so that
+        // the decision travels, store/write.rs): that write is the decision, not the edit.
+        let resolutions: std::collections::HashSet<Hlc> = self
+            .store
+            .history(&c.table, &c.record)?
+            .iter()
+            .filter(|h| h.revision.cause == Cause::Resolution)
+            .map(|h| h.revision.at)
+            .collect();
+        // The edit side: the latest write the delete(s) had not seen, a resolution aside; once
+        // everything was deleted after all, the latest write there is.
         let edit = rec.and_then(|r| {
             let fields = r.state.fields.values();
             let unseen = fields
                 .clone()
                 .filter(|f| !covers(&r.state.del_seen, &f.stamp))
                 .map(|f| f.stamp)
+                .filter(|at| !resolutions.contains(at))
                 .max();
             unseen.or_else(|| fields.map(|f| f.stamp).max())
         });
+        // What the unseen edits wrote: shown first, so the person deciding sees what is at stake.
+        let edited: Vec<String> = rec
+            .filter(|_| alive)
+            .map(|r| {
+                r.state
+                    .fields
+                    .iter()
+                    .filter(|(_, f)| {
+                        !covers(&r.state.del_seen, &f.stamp) && !resolutions.contains(&f.stamp)
+                    })
+                    .map(|(k, _)| k.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // A resolution after the delete that kept the record: who decided.
+        let kept_by = rec
+            .filter(|_| alive)
+            .and_then(|r| r.state.fields.values().map(|f| f.stamp).max())
+            .filter(|at| *at > deleted && resolutions.contains(at));
         let edit_at = edit.unwrap_or(deleted);
         let live = rec.map(|r| Value::Object(r.state.live_fields()));
         let sides = vec![
@@ -546,6 +581,7 @@ impl App {
                     keep: Some("deleted".into()),
                     ..Default::default()
                 }),
+                edited: Vec::new(),
             },
             SideView {
                 side: "alive".into(),
@@ -559,15 +595,21 @@ impl App {
                     keep: Some("alive".into()),
                     ..Default::default()
                 }),
+                edited,
             },
         ];
         let (label, why) = if alive {
-            // Keeping the edit writes nothing, so only this laptop's log knows it was decided.
             let how = c.resolved.as_ref().map(|r| r.how.as_str()).unwrap_or("");
             if how.starts_with("kept the edit") {
                 (
                     "alive".to_string(),
                     "resolved on this laptop: the edit is kept".to_string(),
+                )
+            } else if let Some(at) = kept_by {
+                // Decided on another laptop: its resolution revision arrived with the record.
+                (
+                    "alive".to_string(),
+                    format!("resolved by {}", self.laptop(at.node)?.label()),
                 )
             } else {
                 (

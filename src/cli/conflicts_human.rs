@@ -77,15 +77,23 @@ fn value(s: &SideView) -> String {
     match (&s.value, s.side.as_str()) {
         (_, "deleted") => "(deleted)".into(),
         (None, _) => "(no value)".into(),
-        // The record's fields as `key: value`, strings unquoted (`--json` has the JSON).
-        (Some(Value::Object(m)), "alive") => cut(m
-            .iter()
-            .map(|(k, v)| match v {
+        // The record's fields as `key: value`, strings unquoted (`--json` has the JSON), the
+        // fields the unseen edit wrote first and marked: they are what the decision is about.
+        (Some(Value::Object(m)), "alive") => {
+            let pair = |k: &String, v: &Value| match v {
                 Value::String(s) => format!("{k}: {s}"),
                 other => format!("{k}: {other}"),
-            })
-            .collect::<Vec<_>>()
-            .join(", ")),
+            };
+            let edited = m
+                .iter()
+                .filter(|(k, _)| s.edited.contains(k))
+                .map(|(k, v)| format!("{} (edited)", pair(k, v)));
+            let rest = m
+                .iter()
+                .filter(|(k, _)| !s.edited.contains(k))
+                .map(|(k, v)| pair(k, v));
+            cut(edited.chain(rest).collect::<Vec<_>>().join(", "))
+        }
         (Some(v), _) => cut(v.to_string()),
     }
 }

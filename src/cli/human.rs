@@ -777,13 +777,22 @@ pub fn history(
             "\n{} — {what} by {by}{too}{why}\n",
             when(Some(r.at.time()), now)
         );
-        let w = r
+        // Keeping a record alive in a delete-vs-edit conflict re-asserts a field with its own
+        // value (so the decision travels): no change to show as "69 → 69".
+        let shown: Vec<_> = r
             .changes
+            .iter()
+            .filter(|c| !(r.cause == Cause::Resolution && c.old.is_some() && c.old == c.new))
+            .collect();
+        if shown.is_empty() && !r.changes.is_empty() {
+            out += "  kept the record as it was (no value changed)\n";
+        }
+        let w = shown
             .iter()
             .map(|c| c.field.chars().count())
             .max()
             .unwrap_or(0);
-        for c in &r.changes {
+        for c in shown {
             let pad = " ".repeat(w - c.field.chars().count());
             let line = match (&c.old, &c.new) {
                 (None, Some(new)) if r.kind == RevisionKind::Create => value(new),
