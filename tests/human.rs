@@ -773,13 +773,34 @@ fn a_restore_keeping_this_identity_starts_with_no_sync_history() {
 
     run(&c, &["restore", file.to_str().unwrap()]).ok();
     let peers = run(&c, &["peers"]).ok().lines();
-    assert_eq!(peers.len(), 1, "{peers:?}");
-    assert_eq!(peers[0]["name"], "hq", "the peer stays known by name");
+    let named = |peers: &[Value], name: &str| -> Value {
+        peers
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no peer {name}: {peers:?}"))
+    };
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    let hq_row = named(&peers, "hq");
     assert_eq!(
-        (&peers[0]["sync_count"], &peers[0]["last_update"]),
+        (&hq_row["sync_count"], &hq_row["last_update"]),
+        (&json!(0), &Value::Null),
+        "the peer stays known by name: {peers:?}"
+    );
+    // The backup's own laptop is known by name too, never synced with (newcomer trial 8,
+    // finding 8: history, conflicts and `mesh show` named it by its instance id).
+    let a_row = named(&peers, "laptopA");
+    assert_eq!(
+        (&a_row["sync_count"], &a_row["last_update"]),
         (&json!(0), &Value::Null),
         "{peers:?}"
     );
+    let list = run(&c, &["list", "person"]).ok().lines();
+    let amina = list[0]["id"].as_str().unwrap().to_string();
+    let history = run(&c, &["history", "person", &amina, "--human"])
+        .ok()
+        .stdout;
+    assert!(history.contains("created by laptopA"), "{history}");
     let status = run(&c, &["status"]).ok().json();
     assert_eq!(status["peers"]["last_sync"], Value::Null, "{status}");
     let shown = run(&c, &["peers", "--human"]).ok().stdout;
@@ -788,7 +809,7 @@ fn a_restore_keeping_this_identity_starts_with_no_sync_history() {
     // Its own first sync counts as one, and brings nothing new but loses nothing.
     run(&c, &["sync", agent.addr(), "--insecure-plaintext"]).ok();
     let peers = run(&c, &["peers"]).ok().lines();
-    assert_eq!(peers[0]["sync_count"], 1, "{peers:?}");
+    assert_eq!(named(&peers, "hq")["sync_count"], 1, "{peers:?}");
     assert_eq!(
         run(&c, &["digest"]).ok().json(),
         run(&a, &["digest"]).ok().json()

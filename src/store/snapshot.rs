@@ -379,6 +379,7 @@ impl Store {
             }
             batch.insert(k, v);
         }
+        let backup_laptop_known_here = own_peer_rows.contains_key(&backup_info.id);
         // Peers this laptop knew and the backup did not: kept, their positions reset too.
         for (id, row) in own_peer_rows {
             if backup_peers.contains(&id) || id == info.id {
@@ -391,6 +392,25 @@ impl Store {
             row.last_error = None;
             peers_reset += 1;
             let k = keys::peer(&id);
+            counts.add(&k);
+            batch.insert(k, encode(&row));
+        }
+        // The backup's own laptop, when this one stays a laptop of its own: known by name from
+        // now on (history, conflicts and `mesh show` here named it by its instance id only),
+        // as a laptop this one has never synced with.
+        if backup_info.id != info.id
+            && !backup_peers.contains(&backup_info.id)
+            && !backup_laptop_known_here
+        {
+            let row = PeerRow {
+                instance: backup_info.id,
+                name: backup_info.name.clone(),
+                owner: backup_info.owner.clone(),
+                contact: backup_info.contact.clone(),
+                echo_from: seq,
+                ..PeerRow::default()
+            };
+            let k = keys::peer(&backup_info.id);
             counts.add(&k);
             batch.insert(k, encode(&row));
         }
@@ -629,11 +649,17 @@ mod tests {
             assert!(rec.seq > 5, "{rec:?}");
         }
         let peers = b.peers().unwrap();
-        assert_eq!(peers.len(), 1, "no row for b itself");
+        assert_eq!(peers.len(), 2, "no row for b itself: {peers:?}");
+        let s = peers.iter().find(|p| p.instance == stranger).unwrap();
+        assert_eq!((s.received_upto, s.online), (0, false));
+        // The backup's own laptop is known by name from now on (history and conflicts named it
+        // by its instance id only), as a laptop b never synced with.
+        let from = peers.iter().find(|p| p.instance == a.id()).unwrap();
         assert_eq!(
-            (peers[0].instance, peers[0].received_upto, peers[0].online),
-            (stranger, 0, false)
+            (from.name.as_str(), from.sync_count, from.last_update),
+            (a.instance().name.as_str(), 0, None)
         );
+        assert_eq!(from.echo_from, b.seq());
         let pos = b.position().unwrap();
         assert_eq!(pos.knowledge.len(), 1, "knowledge of others is reset");
         // b holds none of its own events now, so it claims none: peers resend whatever of b's
