@@ -306,6 +306,18 @@ fn a_name_clash_is_cleared_by_renaming_this_laptops_record_in_conflicts_resolve(
 
     // On B the clash entry's own record is A's (B received it); renaming still renames B's.
     let cid = clash(&b)[0]["id"].to_string();
+    // A value that is not JSON is told in --keep-value's words (it said "not a side: --keep
+    // takes …"), and changes nothing (newcomer trial 8, finding 13).
+    let bad = run(&b, &["conflicts", "resolve", &cid, "--keep-value", "K2"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(
+        bad.stderr
+            .contains("--keep-value takes a JSON value, and `K2` is not one: quote a string"),
+        "{}",
+        bad.stderr
+    );
+    assert!(!bad.stderr.contains("not a side"), "{}", bad.stderr);
+    assert_eq!(clash(&b).len(), 1, "nothing resolved");
     let r = run(
         &b,
         &["conflicts", "resolve", &cid, "--keep-value", "\"K2\""],
@@ -476,6 +488,8 @@ fn the_http_resolve_endpoint_takes_every_option_of_the_cli_and_names_the_bad_fie
         let how = match n {
             2 => Some("kept the value written by laptopA"),
             3 => Some("kept the value written by this laptop"),
+            // The new value is in the log: no side of the view holds it.
+            4 => Some("set a new value: \"agreed\""),
             _ => None,
         };
         if let Some(how) = how {

@@ -432,7 +432,16 @@ pub fn conflicts(door: &Door<'_>, args: ConflictsArgs, io: &mut Io<'_>) -> Resul
                 // Earlier versions took a JSON value in --keep.
                 (Some(k), _, _) => how.keep_value = Some(json_keep(&k)?),
                 (None, Some(from), _) => how.keep_from = Some(from),
-                (None, None, Some(v)) => how.keep_value = Some(json_keep(&v)?),
+                // Said in --keep-value's own words: the value is not JSON (it said "not a side:
+                // --keep takes …", a flag the person had not used).
+                (None, None, Some(v)) => {
+                    how.keep_value = Some(serde_json::from_str(&v).map_err(|_| {
+                        CliError::Invalid(format!(
+                            "--keep-value takes a JSON value, and `{v}` is not one: quote a \
+                             string ('\"{v}\"'), or give a number, true, false or null"
+                        ))
+                    })?)
+                }
                 (None, None, None) => {
                     return Err(CliError::Invalid(
                         "say what to keep: --keep, --keep-from or --keep-value".into(),

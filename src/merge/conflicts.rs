@@ -221,7 +221,8 @@ pub fn resolve(c: &Conflict, keep: &Keep) -> Result<Resolution, KeepMismatch> {
                 field.clone(),
                 (!v.is_null()).then(|| v.clone()),
             )),
-            "set a new value",
+            // The value in the log: the conflict view shows no side holding it.
+            &format!("set a new value: {v}"),
         ),
         (Conflict::DeleteEdit { deleted_on, .. }, k @ (Keep::Local | Keep::Remote)) => {
             let side = if *k == Keep::Local {
