@@ -823,7 +823,16 @@ pub async fn run(
     }
     control::remove_agent_file(store.dir());
     info!("stopped");
+    if options.human {
+        println!("{}", stopped_line(&store.instance().name));
+    }
     Ok(())
+}
+
+/// What `run` says last for a person, once everything is flushed: Ctrl-C otherwise ended the
+/// agent without a word, and the person could not tell a clean stop from a crash.
+fn stopped_line(name: &str) -> String {
+    format!("{name} stopped: every change it holds is on disk.")
 }
 
 /// The agent of a laptop outside any deployment: no sync port, no discovery, only the control
@@ -869,6 +878,9 @@ async fn run_without_sync(
         warn!(error = %e, "flush on shutdown failed");
     }
     control::remove_agent_file(store.dir());
+    if options.human {
+        println!("{}", stopped_line(&store.instance().name));
+    }
     Ok(())
 }
 

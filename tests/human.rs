@@ -847,10 +847,16 @@ fn run_says_in_a_sentence_that_it_runs() {
             .expect("start fieldsync run");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let (rest_tx, rest_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut reader = std::io::BufReader::new(stdout);
             let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = reader.read_line(&mut line);
             let _ = tx.send(line);
+            // What it says once stopped, up to the end of its output.
+            let mut rest = String::new();
+            let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
+            let _ = rest_tx.send(rest);
         });
         let line = rx.recv_timeout(std::time::Duration::from_secs(60));
         // SIGTERM, as Ctrl-C would; killed if it does not stop (bounded).
@@ -862,6 +868,19 @@ fn run_says_in_a_sentence_that_it_runs() {
         }
         let _ = child.kill();
         let _ = child.wait();
+        let rest = rest_rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_default();
+        // Ctrl-C ended it without a word before: a clean stop is said.
+        let name = if line.as_ref().is_ok_and(|l| l.starts_with("laptopA")) {
+            "laptopA"
+        } else {
+            "laptopB"
+        };
+        assert_eq!(
+            rest,
+            format!("{name} stopped: every change it holds is on disk.\n")
+        );
         line.expect("the agent's first line within 60 s")
     };
     let off = data_dir(root, "off");
