@@ -160,12 +160,37 @@ where
                 addr: ext.get::<RemoteAddr>().map(|r| r.0),
                 instance: ext.get::<PeerInstance>().map(|p| p.0),
             };
+            // In words only when a line is logged: this runs for every request.
+            let addr = remote.addr;
             let p: P = params.one().inspect_err(|e| {
-                warn!(method = name, error = %e.message(), "invalid params");
+                warn!(
+                    method = name,
+                    "refused a request from {}: its parameters do not read ({})",
+                    from_words(addr),
+                    e.message()
+                );
             })?;
             f(&ctx, p, remote).map_err(|e| {
-                warn!(method = name, code = e.code, error = %e.message, peer = ?remote.addr,
-                      "request refused");
+                if e.code == super::codes::KNOWLEDGE_NEEDED {
+                    // A normal round trip: the caller named its knowledge by a hash we do not
+                    // hold for it (what it remembers telling us is only a guess, `sync::told`)
+                    // and says hello again in full at once. Nothing for a person to do.
+                    debug!(
+                        method = name,
+                        code = e.code,
+                        "asked {} to say hello again with its knowledge: {}",
+                        from_words(addr),
+                        e.message
+                    );
+                } else {
+                    warn!(
+                        method = name,
+                        code = e.code,
+                        "refused a request from {}: {}",
+                        from_words(addr),
+                        e.message
+                    );
+                }
                 if e.code == super::codes::REVOKED {
                     if let Some(c) = ext.get::<CloseAfter>() {
                         c.0.store(true, Ordering::Relaxed);
@@ -175,6 +200,14 @@ where
             })
         })
         .expect("method names are unique");
+}
+
+/// Who sent a request, in words for a log line: "the peer at ADDR" (never Rust's `Some(..)`).
+fn from_words(addr: Option<SocketAddr>) -> String {
+    match addr {
+        Some(a) => format!("the peer at {a}"),
+        None => "a peer at an unknown address".to_string(),
+    }
 }
 
 /// The JSON-RPC methods over a service.

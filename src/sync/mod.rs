@@ -95,6 +95,12 @@ pub struct SessionReport {
     pub received: DirectionReport,
     /// Changes we pushed.
     pub sent: DirectionReport,
+    /// The records comparison that the first session with a peer after an open or an
+    /// incarnation change runs after its pages (`session::run`), if it ran and completed:
+    /// `missed` counts the records the pages should have moved and did not. Not serialized
+    /// (a session's JSON says what its pages moved).
+    #[serde(skip)]
+    pub compared: Option<AntiEntropyReport>,
 }
 
 /// Page sizes and encoding for sessions we start.

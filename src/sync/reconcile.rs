@@ -15,13 +15,14 @@
 use super::peer::{Peer, RpcPeer};
 use super::receive::receive_page;
 use super::{blocking, our_hello, SessionOptions, SyncError};
+use crate::model::RecordState;
 use crate::protocol::{
     self, codes, FetchRequest, Page, ProtocolError, PushRequest, RangeAnswer, RangeQuery,
     ReconcileRequest, ENC_JSON, MAX_FETCH_IDS, MAX_RECONCILE_RANGES, RECONCILE_ITEMS_MAX,
     RECONCILE_PROTOCOL_VERSION,
 };
 use crate::store::fingerprint::parse_nibbles;
-use crate::store::{Store, StoreError};
+use crate::store::{Knowledge, Store, StoreError};
 use crate::tls::Transport;
 use base64::Engine;
 use serde::Serialize;
@@ -336,8 +337,59 @@ pub struct AntiEntropyReport {
     pub pushed: u64,
     /// Of those, records that changed there.
     pub applied_there: u64,
+    /// Of the differing records, those the sessions before should have moved: one side
+    /// lacked an event that its own or the other side's knowledge at the hello covered, or a
+    /// record of ours the peer's position for us says it received ([`Window::missed`]). The
+    /// others changed on one side while the exchange ran (a third laptop's page, a local
+    /// write): no fault. `None` when no [`Window`] was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missed: Option<u64>,
     /// The reconciliation's cost.
     pub stats: ReconcileStats,
+}
+
+/// What both sides had settled when an exchange began, to tell a record that a session
+/// should have moved (a fault: a wrong knowledge claim, a rollback, a bug) from one that
+/// changed on either side while the exchange ran. Agents sync with several peers at once, so
+/// after a session with one peer a record often differs only because another peer's page
+/// reached one side meanwhile (trial 8, finding 10).
+#[derive(Clone, Debug, Default)]
+pub struct Window {
+    /// Our knowledge as told in the hello.
+    pub ours: Knowledge,
+    /// The peer's knowledge as told in its hello reply.
+    pub theirs: Knowledge,
+    /// The position of our feed the peer holds: after a session, where its push ended.
+    pub pushed_to: u64,
+}
+
+impl Window {
+    /// True if the difference between our copy of a record (`ours`, with its feed position,
+    /// as it was before the peer's copy was merged) and the peer's (`theirs`) is one the
+    /// exchange should not have found. Judged by each instance's latest event on the record:
+    /// one side lacks it although that side's or the other's knowledge at the hello covered
+    /// it (so it was held there then, and the pages should have carried it, or a claim was
+    /// wrong), or the peer lacks an event of a record whose feed position it had received.
+    pub fn missed(&self, ours: Option<(&RecordState, u64)>, theirs: Option<&RecordState>) -> bool {
+        let none = crate::model::VersionVector::default();
+        let our_vv = ours.map_or(&none, |(s, _)| &s.vv);
+        let their_vv = theirs.map_or(&none, |s| &s.vv);
+        let held_at_hello = |n: &Uuid, ts: u64| {
+            self.ours.get(n).is_some_and(|k| *k >= ts)
+                || self.theirs.get(n).is_some_and(|k| *k >= ts)
+        };
+        let lacks = |a: &crate::model::VersionVector, n: &Uuid, ts: u64| {
+            a.get(n).copied().unwrap_or(0) < ts
+        };
+        let peer_missed = our_vv.iter().any(|(n, ts)| {
+            lacks(their_vv, n, *ts)
+                && (held_at_hello(n, *ts) || ours.is_some_and(|(_, seq)| seq <= self.pushed_to))
+        });
+        peer_missed
+            || their_vv
+                .iter()
+                .any(|(n, ts)| lacks(our_vv, n, *ts) && held_at_hello(n, *ts))
+    }
 }
 
 /// One anti-entropy round with `peer`: reconciles every synced table and moves each differing
@@ -364,6 +416,8 @@ pub async fn anti_entropy<P: Peer>(
         .map_err(SyncError::Peer)?;
     require_reconcile(reply.protocol, label)?;
     let tables = shared_tables(&hello.tables, &reply.tables, &reply.local_only, store);
+    // No window: no pages ran after this hello, so what either side held at it may simply not
+    // have travelled yet (a write since the last session).
     let report = exchange(
         store,
         peer,
@@ -372,6 +426,7 @@ pub async fn anti_entropy<P: Peer>(
         reply.peer.instance,
         &tables,
         &reply.encoding,
+        None,
     )
     .await?;
     // The hello began an inbound exchange on the peer; an empty last push ends it.
@@ -383,6 +438,9 @@ pub async fn anti_entropy<P: Peer>(
 /// through the normal receive path on both sides (the body of [`anti_entropy`]; also run by
 /// the first session with each peer after an open or an incarnation change, see
 /// `store/rollback.rs`). Every push is marked `more`, so it ends no session on the peer.
+/// With a `window`, the report also counts the differing records a session should have moved
+/// ([`AntiEntropyReport::missed`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn exchange<P: Peer>(
     store: &Arc<Store>,
     peer: &P,
@@ -391,12 +449,14 @@ pub(crate) async fn exchange<P: Peer>(
     pid: Uuid,
     tables: &[String],
     encoding: &str,
+    window: Option<&Window>,
 ) -> Result<AntiEntropyReport, SyncError> {
     let (diffs, stats) = differences(store, peer, tables, label).await?;
     let me = store.id();
     let mut report = AntiEntropyReport {
         peer: pid,
         stats,
+        missed: window.map(|_| 0),
         ..Default::default()
     };
     for d in &diffs {
@@ -411,6 +471,22 @@ pub(crate) async fn exchange<P: Peer>(
                 })
                 .await
                 .map_err(|e| e.into_sync(label))?;
+            if let (Some(w), Some(missed)) = (window, report.missed.as_mut()) {
+                // Both copies as they are before the peer's is merged here.
+                let theirs = protocol::decode_changes(&page)?;
+                let (table, ids) = (d.table.clone(), chunk.to_vec());
+                let ours = blocking(store, move |s| {
+                    ids.iter()
+                        .map(|id| Ok((*id, s.get(&table, id)?)))
+                        .collect::<Result<Vec<_>, StoreError>>()
+                })
+                .await?;
+                for (id, here) in &ours {
+                    let there = theirs.iter().find(|c| c.id == *id).map(|c| &c.state);
+                    let here = here.as_ref().map(|r| (&r.state, r.seq));
+                    *missed += u64::from(w.missed(here, there));
+                }
+            }
             let t = transport.clone();
             let got = blocking(store, move |s| {
                 Ok(receive_page(s, &t, pid, &page, None, false))

@@ -8,6 +8,7 @@
 
 use super::peer::Peer;
 use super::receive::{note_hello, receive_page, HelloSeen, ReceiveError};
+use super::reconcile::{AntiEntropyReport, Window};
 use super::{blocking, our_hello, SessionOptions, SessionReport, SyncError};
 use crate::change::RemoteChange;
 use crate::progress::{Tracker, Way};
@@ -51,6 +52,7 @@ pub async fn run_tracked<P: Peer>(
     let (mut report, again) = run_once(store, peer, label, opts, tracker).await?;
     if again {
         let (more, _) = run_once(store, peer, label, opts, tracker).await?;
+        report.compared = report.compared.take().or(more.compared);
         for (d, m) in [
             (&mut report.received, more.received),
             (&mut report.sent, more.sent),
@@ -228,6 +230,9 @@ async fn run_once<P: Peer>(
         && super::told::covers(&reply.knowledge, &pos.knowledge);
     let skip: BTreeSet<String> = reply.local_only.iter().cloned().collect();
     let since = reply.received_upto;
+    // The position of our feed the peer holds once the pushes are in (each page commits its
+    // `next` there): what the records comparison afterwards may count on it having.
+    let mut pushed_to = since;
     if let Some(t) = tracker {
         t.direction(Way::Push, since, pos.head);
     }
@@ -286,6 +291,7 @@ async fn run_once<P: Peer>(
             }
         }
         let page_bytes = encoded_len(&page.data);
+        pushed_to = pushed_to.max(out.next);
         report.sent.pages += 1;
         report.sent.records += out.changes.len() as u64;
         report.sent.bytes += page_bytes;
@@ -361,17 +367,32 @@ async fn run_once<P: Peer>(
     })
     .await?;
     // After the pages, so only records that knowledge kept apart are left to move.
-    let again = store.rollback_check_due(&pid)
-        && reply.protocol >= RECONCILE_PROTOCOL_VERSION
-        && check_records(store, peer, label, opts, &hello, &reply).await;
+    let mut again = false;
+    if store.rollback_check_due(&pid) && reply.protocol >= RECONCILE_PROTOCOL_VERSION {
+        let window = Window {
+            ours: pos.knowledge.clone(),
+            theirs: reply.knowledge.clone(),
+            pushed_to,
+        };
+        let (compared, changed) =
+            check_records(store, peer, label, opts, &hello, &reply, &window).await;
+        report.compared = compared;
+        again = changed;
+    }
     Ok((report, again))
 }
 
 /// Compares records with the peer (range reconciliation) and moves those that differ both
 /// ways, whole: a rollback that knowledge can no longer tell shows as a record the peer holds
 /// with an own event of ours we lack, and the receive path then starts a new incarnation
-/// (`store/rollback.rs`). Returns true if our incarnation changed meanwhile (run again).
-/// A failure is logged and tried again on the next session; it does not fail this one.
+/// (`store/rollback.rs`). Returns what it found (`None` if it failed) and true if our
+/// incarnation changed meanwhile (run again). A failure is logged and tried again on the next
+/// session; it does not fail this one.
+///
+/// Only records the session's pages should have moved (`window`, see [`Window::missed`]) are
+/// a warning: the agent runs sessions with several peers at once, so a record that reached
+/// either side from a third laptop (or a local write) while this session ran differs too, and
+/// is only moved, logged at debug.
 async fn check_records<P: Peer>(
     store: &Arc<Store>,
     peer: &P,
@@ -379,7 +400,8 @@ async fn check_records<P: Peer>(
     opts: &SessionOptions,
     hello: &protocol::Hello,
     reply: &protocol::HelloReply,
-) -> bool {
+    window: &Window,
+) -> (Option<AntiEntropyReport>, bool) {
     let pid = reply.peer.instance;
     let before = store.incarnation().id;
     let tables =
@@ -392,24 +414,35 @@ async fn check_records<P: Peer>(
         pid,
         &tables,
         &reply.encoding,
+        Some(window),
     )
     .await;
-    match r {
+    let compared = match r {
         Ok(r) => {
             store.rollback_checked(pid);
-            if r.differing > 0 {
+            let missed = r.missed.unwrap_or(r.differing);
+            if missed > 0 {
                 // Knowledge had kept them apart: a rollback, a bug or a member's wrong claim.
-                tracing::warn!(peer = %pid, differing = r.differing, applied_here = r.applied,
-                    applied_there = r.applied_there,
+                tracing::warn!(peer = %pid, differing = r.differing, missed,
+                    applied_here = r.applied, applied_there = r.applied_there,
                     "records compared after the session (first since start or an incarnation \
                      change): some differed although the session had finished; moved both ways");
+            } else if r.differing > 0 {
+                tracing::debug!(peer = %pid, differing = r.differing, applied_here = r.applied,
+                    applied_there = r.applied_there,
+                    "records compared after the session: some changed on one side while the \
+                     session ran (another peer's page or a local write); moved both ways");
             }
+            Some(r)
         }
-        Err(e) => tracing::warn!(peer = %pid, error = %e,
-            "could not compare records with the peer (rollback check): trying again on the \
-             next session"),
-    }
-    store.incarnation().id != before
+        Err(e) => {
+            tracing::warn!(peer = %pid, error = %e,
+                "could not compare records with the peer (rollback check): trying again on \
+                 the next session");
+            None
+        }
+    };
+    (compared, store.incarnation().id != before)
 }
 
 fn page_of(
