@@ -156,6 +156,19 @@ pub(crate) fn api_words(text: &str) -> String {
     for (cli, api) in API_WORDS {
         out = out.replace(cli, api);
     }
+    // "(`fieldsync list TABLE` shows them)": the table varies, so it is not in the list.
+    const LIST: (&str, &str) = ("(`fieldsync list ", "` shows them)");
+    if let Some(start) = out.find(LIST.0) {
+        let rest = &out[start + LIST.0.len()..];
+        if let Some(end) = rest.find(LIST.1) {
+            let table = rest[..end].to_string();
+            let tail = rest[end + LIST.1.len()..].to_string();
+            out = format!(
+                "{}(GET /v1/tables/{table}/records lists them){tail}",
+                &out[..start]
+            );
+        }
+    }
     out
 }
 
@@ -262,6 +275,17 @@ mod tests {
         assert_eq!(
             gone.api_message(),
             "record person/x is deleted (add ?include_deleted=true to see it)"
+        );
+        let absent = AppError::NotFound {
+            code: "NOT_FOUND",
+            message: "person has no record with the id or import key \"C-9\": an id is a UUID \
+                      (`fieldsync list person` shows them); an import key is …"
+                .into(),
+        };
+        assert_eq!(
+            absent.api_message(),
+            "person has no record with the id or import key \"C-9\": an id is a UUID (GET \
+             /v1/tables/person/records lists them); an import key is …"
         );
         assert_eq!(
             brake.api_message(),

@@ -349,6 +349,19 @@ pub fn session_progress(s: &Value) -> String {
     } else {
         String::new()
     };
+    // Before any record is under way (a hello, a verify's comparison) there is no share to
+    // give: "0% — received 0 of about 0 records" read like a stalled sync.
+    let quiet = |d: &Value| {
+        d["records"].as_u64().unwrap_or(0) == 0 && d["records_expected"].as_u64().unwrap_or(0) == 0
+    };
+    if quiet(&s["received"]) && quiet(&s["sent"]) {
+        let sent_bytes =
+            s["received"]["bytes"].as_u64().unwrap_or(0) + s["sent"]["bytes"].as_u64().unwrap_or(0);
+        return format!(
+            "connected to {name} ({by}): comparing, no records to move so far ({})",
+            bytes(sent_bytes)
+        );
+    }
     format!(
         "syncing with {name} ({by}): {pct}% — received {}, sent {}{rate}{left}",
         dir(&s["received"]),
@@ -1013,6 +1026,18 @@ mod tests {
         );
         assert!(text.contains(&line), "{text}");
         assert!(!text.contains("is failing"), "{text}");
+    }
+
+    /// A session with no record under way yet (a verify, a hello) gives no percentage.
+    #[test]
+    fn a_session_moving_no_records_yet_says_so_without_a_percentage() {
+        let quiet = json!({"records": 0, "records_expected": 0, "bytes": 254, "done": false});
+        let s = json!({"peer_name": "laptopA", "role": "initiator", "fraction": 0.0,
+                       "received": quiet, "sent": quiet});
+        assert_eq!(
+            session_progress(&s),
+            "connected to laptopA (started here): comparing, no records to move so far (508 B)"
+        );
     }
 
     /// The sync line says what the brake holds from that peer; nothing when nothing is held.

@@ -419,7 +419,7 @@ pub enum Command {
     /// Example: fieldsync bundle show /media/usb/for-camp-b.fsbundle
     #[command(subcommand)]
     Bundle(BundleCommand),
-    /// Show the laptops this one has synced with (the sync_instance table).
+    /// Show the laptops this one has synced with or knows of: online, last sync, trouble.
     Peers,
     /// Write deterministic test or benchmark data as JSON lines to stdout (no database needed).
     ///
