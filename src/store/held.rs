@@ -607,24 +607,25 @@ impl Batch<'_> {
                 } else {
                     h.peer_name.clone()
                 };
+                let (n, were) = match list.len() {
+                    1 => ("1 delete".to_string(), "was"),
+                    n => (format!("{n} deletes"), "were"),
+                };
                 let what = if v.approve {
                     format!(
-                        "were applied: approved by the coordinator ({}) on {}",
+                        "{were} applied: approved by the coordinator ({}) on {}",
                         v.by_name,
                         v.at.format("%Y-%m-%d %H:%M UTC")
                     )
                 } else {
                     format!(
-                        "were settled: rejected by the coordinator ({}) on {}, whose restore \
+                        "{were} settled: rejected by the coordinator ({}) on {}, whose restore \
                          keeps the records alive",
                         v.by_name,
                         v.at.format("%Y-%m-%d %H:%M UTC")
                     )
                 };
-                let n = match list.len() {
-                    1 => "1 delete".to_string(),
-                    n => format!("{n} deletes"),
-                };
+
                 tracing::warn!(hold = h.id, table = %h.table, settled = list.len(),
                 "{n} of {} from {who} held here {what}{}",
                 h.table,
@@ -659,7 +660,11 @@ mod tests {
     }
 
     fn live(s: &Store) -> u64 {
-        s.tables().unwrap().first().map_or(0, |t| t.1.live)
+        let tables = s.tables().unwrap();
+        tables
+            .iter()
+            .find(|t| t.0 == "person")
+            .map_or(0, |t| t.1.live)
     }
 
     fn states(s: &Store, ids: &[Uuid]) -> Vec<RemoteChange> {
@@ -715,6 +720,82 @@ mod tests {
         assert!(b.get("person", &y).unwrap().unwrap().state.is_alive());
         let holds = b.holds().unwrap();
         assert!(holds[0].reset && holds[0].changes[0].id == y);
+    }
+
+    /// A coordinator's approval covering part of a hold settles that part in the page that
+    /// brings it and keeps the rest held; a laptop meeting covered deletes after the approval
+    /// does not hold them.
+    #[test]
+    fn an_approval_settles_what_it_covers_and_later_covered_deletes_are_not_held() {
+        let cfg = "[brake.tables.person]\npercent = 20\nmin_records = 2\n";
+        let ((a, _da), (b, _db), (c, _dc)) = (open(cfg), open(cfg), open(cfg));
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        let op = |id: Uuid, edit| LocalOp {
+            table: "person".into(),
+            id,
+            edit,
+        };
+        for (i, id) in ids.iter().enumerate() {
+            let f = json!({"n": i}).as_object().unwrap().clone();
+            a.write_one(op(*id, Edit::Put(f))).unwrap();
+        }
+        for s in [&b, &c] {
+            s.apply_remote(Some(a.id()), &states(&a, &ids)).unwrap();
+            s.update_peer(&a.id(), |_| ()).unwrap();
+        }
+        for id in &ids[..4] {
+            a.write_one(op(*id, Edit::Delete)).unwrap();
+        }
+        let deletes = states(&a, &ids[..4]);
+        fn page(peer: Uuid, changes: &[RemoteChange], since: u64) -> PageCommit<'_> {
+            PageCommit {
+                peer,
+                changes,
+                since,
+                next: since + 1,
+                more: true,
+                knowledge: None,
+                ends_session: false,
+            }
+        }
+        assert_eq!(b.commit_page(page(a.id(), &deletes, 0)).unwrap().held, 4);
+
+        // The coordinator (here A, writing the system record itself) approved two of them.
+        let hold = b.holds().unwrap().remove(0);
+        let mut part = hold.clone();
+        part.changes.truncate(2);
+        let v = &super::HoldVerdict::for_hold(&part, true, a.id(), "hq")[0];
+        let record = Uuid::new_v4();
+        a.write_system(&[LocalOp {
+            table: crate::model::HOLD_DECISIONS_TABLE.into(),
+            id: record,
+            edit: Edit::Put(v.to_fields()),
+        }])
+        .unwrap();
+        let decision = vec![RemoteChange {
+            table: crate::model::HOLD_DECISIONS_TABLE.into(),
+            id: record,
+            state: a
+                .get(crate::model::HOLD_DECISIONS_TABLE, &record)
+                .unwrap()
+                .unwrap()
+                .state,
+            conflicts: vec![],
+            history: vec![],
+        }];
+        b.commit_page(page(a.id(), &decision, 1)).unwrap();
+        assert_eq!(live(&b), 3, "the two approved deletes were applied");
+        let left = b.holds().unwrap();
+        assert_eq!(left.len(), 1);
+        let kept: Vec<Uuid> = left[0].changes.iter().map(|c| c.id).collect();
+        assert_eq!(kept, vec![hold.changes[2].id, hold.changes[3].id]);
+
+        // C learns of the approval first; then the deletes arrive: the covered two are
+        // applied, the other two held.
+        c.commit_page(page(a.id(), &decision, 0)).unwrap();
+        let got = c.commit_page(page(a.id(), &deletes, 1)).unwrap();
+        assert_eq!(got.held, 2);
+        assert_eq!(live(&c), 3);
     }
 
     #[test]
