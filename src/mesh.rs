@@ -22,6 +22,9 @@ use uuid::Uuid;
 
 /// The replicated system table of revocations (record id = revoked instance id).
 pub const REVOCATIONS: &str = crate::model::REVOCATIONS_TABLE;
+/// The replicated system table of the coordinator's CA-signed decisions on held mass deletes
+/// (record id: a fresh id per decision part; see [`CaFile::sign_hold_decision`]).
+pub const HOLD_DECISIONS: &str = crate::model::HOLD_DECISIONS_TABLE;
 /// Prefix of system tables: users cannot write them directly.
 pub const SYSTEM_PREFIX: &str = crate::model::SYSTEM_PREFIX;
 /// The DNS name every node certificate carries; peers are reached by IP, so the name is fixed.
@@ -48,6 +51,9 @@ pub enum MeshError {
     /// A revocation whose signature does not verify.
     #[error("revocation of {0} is not signed by this deployment's CA")]
     BadSignature(String),
+    /// A decision on held deletes that is not the deployment CA's, or not a decision.
+    #[error("{0}")]
+    BadDecision(String),
     /// A file of the wrong kind was given.
     #[error("{0}")]
     Invalid(String),
@@ -209,13 +215,32 @@ impl CaFile {
         instance: Uuid,
         reason: &str,
     ) -> Result<serde_json::Map<String, Value>, MeshError> {
-        let key = KeyPair::from_pem(&self.ca_key).map_err(cert_err)?;
         let body = json!({
             "instance": instance.to_string(),
             "revoked_at": chrono::Utc::now().to_rfc3339(),
             "reason": reason,
             "mesh": self.mesh_id()?,
         });
+        self.sign(body)
+    }
+
+    /// Signs one part of a decision on held deletes (`body`: what
+    /// `crate::store::HoldVerdict::to_fields` makes) as record `record` of [`HOLD_DECISIONS`]: the
+    /// body names the record id and the deployment, so a signed decision cannot be moved under
+    /// another id or into another deployment. The result is the record's fields.
+    pub fn sign_hold_decision(
+        &self,
+        record: Uuid,
+        mut body: serde_json::Map<String, Value>,
+    ) -> Result<serde_json::Map<String, Value>, MeshError> {
+        body.insert("record".into(), Value::String(record.to_string()));
+        body.insert("mesh".into(), Value::String(self.mesh_id()?));
+        self.sign(Value::Object(body))
+    }
+
+    /// Adds the CA's signature over the canonical JSON of `body` (an object).
+    fn sign(&self, body: Value) -> Result<serde_json::Map<String, Value>, MeshError> {
+        let key = KeyPair::from_pem(&self.ca_key).map_err(cert_err)?;
         use rcgen::SigningKey;
         let sig = key
             .sign(canonical_json(&body).as_bytes())
@@ -313,25 +338,7 @@ pub fn verify_revocation(
         .unwrap_or("?")
         .to_string();
     let bad = || MeshError::BadSignature(who.clone());
-    let sig = fields
-        .get("signature")
-        .and_then(Value::as_str)
-        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-        .ok_or_else(bad)?;
-    let mut body = fields.clone();
-    body.remove("signature");
-    let der = pem_der(ca_cert_pem)?;
-    let (_, ca) = x509_parser::parse_x509_certificate(&der).map_err(cert_err)?;
-    let pk = ca.public_key().subject_public_key.data.to_vec();
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, pk)
-        .verify(
-            canonical_json(&Value::Object(body.clone())).as_bytes(),
-            &sig,
-        )
-        .map_err(|_| bad())?;
-    if body.get("mesh").and_then(Value::as_str) != Some(&mesh_id(ca_cert_pem)?) {
-        return Err(bad());
-    }
+    let body = check_ca_signature(ca_cert_pem, fields)?.ok_or_else(bad)?;
     let id: Uuid = who.parse().map_err(|_| bad())?;
     let at = body
         .get("revoked_at")
@@ -340,6 +347,54 @@ pub fn verify_revocation(
         .map(|t| t.with_timezone(&chrono::Utc))
         .ok_or_else(bad)?;
     Ok((id, at))
+}
+
+/// The signed body of `fields` (without its signature) when the deployment CA of
+/// `ca_cert_pem` signed it for this deployment (`mesh`); `None` when it did not.
+fn check_ca_signature(
+    ca_cert_pem: &str,
+    fields: &serde_json::Map<String, Value>,
+) -> Result<Option<serde_json::Map<String, Value>>, MeshError> {
+    let Some(sig) = fields
+        .get("signature")
+        .and_then(Value::as_str)
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+    else {
+        return Ok(None);
+    };
+    let mut body = fields.clone();
+    body.remove("signature");
+    let der = pem_der(ca_cert_pem)?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&der).map_err(cert_err)?;
+    let pk = ca.public_key().subject_public_key.data.to_vec();
+    let signed =
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, pk)
+            .verify(
+                canonical_json(&Value::Object(body.clone())).as_bytes(),
+                &sig,
+            )
+            .is_ok();
+    if !signed || body.get("mesh").and_then(Value::as_str) != Some(&mesh_id(ca_cert_pem)?) {
+        return Ok(None);
+    }
+    Ok(Some(body))
+}
+
+/// Verifies a decision on held deletes stored as record `record` of [`HOLD_DECISIONS`]: the
+/// deployment CA's signature, the record id the body names, and a body that reads as a
+/// decision. Returns the decision.
+pub fn verify_hold_decision(
+    ca_cert_pem: &str,
+    record: Uuid,
+    fields: &serde_json::Map<String, Value>,
+) -> Result<crate::store::HoldVerdict, MeshError> {
+    let bad = |why: &str| MeshError::BadDecision(format!("hold decision {record}: {why}"));
+    let body = check_ca_signature(ca_cert_pem, fields)?
+        .ok_or_else(|| bad("not signed by this deployment's CA"))?;
+    if body.get("record").and_then(Value::as_str) != Some(&record.to_string()) {
+        return Err(bad("signed for another record id"));
+    }
+    crate::store::HoldVerdict::from_fields(&body).ok_or_else(|| bad("not a decision"))
 }
 
 /// Every verified revocation in the store (deleted records included: a delete cannot un-revoke).

@@ -55,6 +55,16 @@ pub const SYSTEM_PREFIX: &str = "fs_";
 /// travel whole (never as a field delta), so the store needs its name too.
 pub const REVOCATIONS_TABLE: &str = "fs_revocations";
 
+/// The replicated table of the coordinator's CA-signed decisions on held mass deletes (see
+/// `store/held.rs` and `mesh.rs`). Signed like revocations, so its records travel whole too.
+pub const HOLD_DECISIONS_TABLE: &str = "fs_hold_decisions";
+
+/// Whether `table` holds CA-signed records, which travel whole (a signature covers every
+/// field, so a receiver that checks it needs them all, whatever it already knows).
+pub fn is_signed_table(table: &str) -> bool {
+    table == REVOCATIONS_TABLE || table == HOLD_DECISIONS_TABLE
+}
+
 /// Checks a table name against `[a-z][a-z0-9_]{0,63}`.
 pub fn validate_table(name: &str) -> Result<(), ValidationError> {
     let mut chars = name.chars();

@@ -3,7 +3,7 @@
 
 use super::{App, AppError};
 use crate::merge::Edit;
-use crate::store::{Decided, Hold, LocalOp};
+use crate::store::{Decided, Hold, HoldVerdict, LocalOp};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,6 +58,11 @@ pub struct HoldDecision {
     pub restored: u64,
     /// Conflicts logged while merging.
     pub conflicts: u64,
+    /// Decided for the whole deployment: this laptop holds the deployment CA, so the signed
+    /// decision travels and every laptop holding these deletes settles them the same way.
+    /// `false`: decided on this laptop only.
+    #[serde(default)]
+    pub everywhere: bool,
 }
 
 fn decision(id: u64, what: &str, d: Decided) -> HoldDecision {
@@ -67,6 +72,7 @@ fn decision(id: u64, what: &str, d: Decided) -> HoldDecision {
         applied: d.merged.applied,
         restored: d.restored,
         conflicts: d.merged.conflicts,
+        everywhere: d.everywhere,
     }
 }
 
@@ -138,15 +144,55 @@ impl App {
         Ok(self.store.holds()?.iter().map(HoldView::from).collect())
     }
 
-    /// Applies exactly the held deletes of hold `id`. Errors: `HOLD_NOT_FOUND`.
+    /// Applies exactly the held deletes of hold `id`. On the coordinator's laptop (it holds
+    /// this deployment's CA) the approval is also signed and travels, so every laptop holding
+    /// these deletes applies them. Errors: `HOLD_NOT_FOUND`.
     pub fn approve_hold(&self, id: u64) -> Result<HoldDecision, AppError> {
-        Ok(decision(id, "approved", self.store.approve_hold(id)?))
+        Ok(decision(id, "approved", self.decide_hold(id, false)?))
     }
 
     /// Applies the held deletes of hold `id` and restores every record they deleted with a new
-    /// revision, so the records stay alive everywhere. Errors: `HOLD_NOT_FOUND`.
+    /// revision, so the records stay alive everywhere. On the coordinator's laptop the
+    /// rejection is also signed and travels (laptops holding the same deletes settle them once
+    /// the restore reaches them). Errors: `HOLD_NOT_FOUND`.
     pub fn reject_hold(&self, id: u64) -> Result<HoldDecision, AppError> {
-        Ok(decision(id, "rejected", self.store.reject_hold(id)?))
+        Ok(decision(id, "rejected", self.decide_hold(id, true)?))
+    }
+
+    fn decide_hold(&self, id: u64, reject: bool) -> Result<Decided, AppError> {
+        let Some(ca) = self.deployment_ca() else {
+            return Ok(if reject {
+                self.store.reject_hold(id)?
+            } else {
+                self.store.approve_hold(id)?
+            });
+        };
+        let sign = |verdicts: &[HoldVerdict]| {
+            verdicts
+                .iter()
+                .map(|v| {
+                    let record = Uuid::new_v4();
+                    ca.sign_hold_decision(record, v.to_fields())
+                        .map(|f| (record, f))
+                        .map_err(|e| format!("signing the decision failed: {e}"))
+                })
+                .collect()
+        };
+        Ok(self.store.decide_for_all(id, reject, &sign)?)
+    }
+
+    /// The deployment CA when this laptop holds it (the coordinator's laptop: `mesh-ca.fsca`
+    /// in its data directory) and it is the CA of this laptop's own credential; a CA file of
+    /// another deployment would sign decisions nobody here accepts.
+    fn deployment_ca(&self) -> Option<crate::mesh::CaFile> {
+        let dir = self.store.dir();
+        let path = dir.join(crate::mesh::CA_FILE);
+        if !path.exists() {
+            return None;
+        }
+        let ca = crate::mesh::load_ca(&path).ok()?;
+        let cred = crate::mesh::load_credential(dir).ok().flatten()?;
+        (cred.ca_cert.trim() == ca.ca_cert.trim()).then_some(ca)
     }
 }
 

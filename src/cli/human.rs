@@ -412,7 +412,25 @@ pub fn hold_decided(d: &crate::app::held::HoldDecision) -> String {
             count(n, "conflict", "conflicts")
         ),
     };
-    if d.decision == "rejected" {
+    let reach = match (d.everywhere, d.decision == "rejected") {
+        (true, false) => {
+            "The coordinator's approval travels: every laptop holding these deletes applies \
+             them when it syncs.\n"
+        }
+        (true, true) => {
+            "The coordinator's rejection travels: every laptop holding these deletes keeps the \
+             records once the restore reaches it.\n"
+        }
+        (false, false) => {
+            "Approved here only: other laptops that hold these deletes decide on their own; \
+             the coordinator's approval applies everywhere.\n"
+        }
+        (false, true) => {
+            "Rejected here only: the restore syncs to every laptop, but other laptops that \
+             hold these deletes still list them until someone decides there.\n"
+        }
+    };
+    let head = if d.decision == "rejected" {
         format!(
             "Rejected hold {}: {} kept alive with a new revision that syncs to every laptop{conflicts}.\n",
             d.id,
@@ -424,7 +442,8 @@ pub fn hold_decided(d: &crate::app::held::HoldDecision) -> String {
             d.id,
             count(d.applied, "held change", "held changes")
         )
-    }
+    };
+    head + reach
 }
 
 /// `held list`: the deletes the mass-delete brake holds, one row each, and how to decide;
@@ -844,6 +863,8 @@ pub fn verify(peer: &str, name: Option<&str>, checks: &[Value]) -> String {
     };
     const SHOWN: usize = 10;
     let mut out = String::new();
+    // A difference that held deletes do not explain, which a sync may move.
+    let mut unexplained = false;
     for c in checks {
         let t = c["table"].as_str().unwrap_or("?");
         let n = |k: &str| c[k].as_u64().unwrap_or(0);
@@ -875,11 +896,46 @@ pub fn verify(peer: &str, name: Option<&str>, checks: &[Value]) -> String {
             }
         }
         out += ".\n";
+        let held = c["held_here"].as_array().map_or(&[][..], Vec::as_slice);
+        let explained: u64 = held
+            .iter()
+            .map(|h| h["records"].as_u64().unwrap_or(0))
+            .sum();
+        for h in held {
+            out += &format!(
+                "  This laptop holds {} of {t} from {} (hold {}, mass-delete brake): a sync does \
+                 not move them; approve or reject them here (`fieldsync held approve {}`), or \
+                 approve on the coordinator's laptop, which decides for every laptop.\n",
+                count(h["records"].as_u64().unwrap_or(0), "delete", "deletes"),
+                h["from"].as_str().unwrap_or("?"),
+                h["hold"],
+                h["hold"],
+            );
+        }
+        let there = c["held_there"].as_array().map_or(&[][..], Vec::as_slice);
+        let peer_name = name.unwrap_or(peer);
+        for h in there {
+            out += &format!(
+                "  {peer_name} holds {} of {t} from {} (mass-delete brake): a sync does not move \
+                 them; approve them there, or approve on the coordinator's laptop, which decides \
+                 for every laptop.\n",
+                count(h["deletes"].as_u64().unwrap_or(0), "delete", "deletes"),
+                h["from"].as_str().unwrap_or("?"),
+            );
+        }
+        if explained < ids.len() as u64 && there.is_empty() {
+            unexplained = true;
+        }
     }
     if checks.is_empty() {
         out += "No tables to compare.\n";
     } else if checks.iter().all(|c| c["in_sync"] == true) {
         out += &format!("In sync with {said}.\n");
+    } else if !unexplained {
+        out += &format!(
+            "Not in sync with {said}: the difference is deletes held by the mass-delete brake, \
+             which a sync does not move (see above).\n"
+        );
     } else {
         out +=
             &format!("Not in sync with {said}: `fieldsync sync {cmd}` brings both up to date.\n");
@@ -1064,22 +1120,29 @@ mod tests {
     #[test]
     fn deciding_a_hold_is_a_sentence() {
         use crate::app::held::HoldDecision;
-        let d = |decision: &str, conflicts| HoldDecision {
+        let d = |decision: &str, conflicts, everywhere| HoldDecision {
             id: 3,
             decision: decision.into(),
             applied: 80,
             restored: 80,
             conflicts,
+            everywhere,
         };
         assert_eq!(
-            hold_decided(&d("approved", 0)),
-            "Approved hold 3: 80 held changes applied.\n"
+            hold_decided(&d("approved", 0, false)),
+            "Approved hold 3: 80 held changes applied.\nApproved here only: other laptops that \
+             hold these deletes decide on their own; the coordinator's approval applies \
+             everywhere.\n"
         );
         assert_eq!(
-            hold_decided(&d("rejected", 1)),
+            hold_decided(&d("approved", 0, true)),
+            "Approved hold 3: 80 held changes applied.\nThe coordinator's approval travels: \
+             every laptop holding these deletes applies them when it syncs.\n"
+        );
+        assert!(hold_decided(&d("rejected", 1, false)).starts_with(
             "Rejected hold 3: 80 records kept alive with a new revision that syncs to every \
              laptop (1 conflict logged: see `fieldsync conflicts`).\n"
-        );
+        ));
     }
 
     #[test]

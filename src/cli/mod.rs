@@ -107,13 +107,16 @@ pub enum HeldCommand {
     /// Every pending hold: id, peer, table, how many deletes of how many live records (a JSON
     /// array; a table on a terminal).
     List,
-    /// Apply exactly the held deletes.
+    /// Apply exactly the held deletes. On the coordinator's laptop (it holds the deployment
+    /// CA) the approval is signed and travels: every laptop holding these deletes applies them
+    /// when it syncs. Elsewhere it applies on this laptop only.
     Approve {
         /// The hold's id (from `held list`).
         id: u64,
     },
     /// Keep the records alive everywhere: apply the held deletes, then restore each record
-    /// with a new revision after them (it syncs back to the laptop that deleted them).
+    /// with a new revision after them (it syncs back to the laptop that deleted them). On the
+    /// coordinator's laptop the rejection travels too and settles the same hold elsewhere.
     Reject {
         /// The hold's id (from `held list`).
         id: u64,

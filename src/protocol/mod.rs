@@ -238,6 +238,25 @@ pub struct HelloReply {
     /// The responder's data directory's incarnation.
     #[serde(default)]
     pub incarnation: Option<crate::model::Incarnation>,
+    /// Deletes the responder's mass-delete brake holds, per pending hold (at most
+    /// [`MAX_HELD_SUMMARIES`]; optional, protocol 4): lets `verify` say that a difference is
+    /// held deletes a sync does not move, and where to decide them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldSummary>,
+}
+
+/// Most pending holds a hello reply names.
+pub const MAX_HELD_SUMMARIES: usize = 16;
+
+/// One pending hold as a hello reply names it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldSummary {
+    /// The table.
+    pub table: String,
+    /// The laptop the held deletes came from (its name, else its instance id).
+    pub from: String,
+    /// How many deletes are held.
+    pub deletes: u64,
 }
 
 /// `fieldsync_pull` params.

@@ -12,6 +12,29 @@
 //! | `B` hold id (u64 BE)| [`Hold`]          | with the page that tripped the brake; removed by approve/reject |
 //! | `M` `next_hold`     | u64               | with every new hold                            |
 //!
+//! Decided for the deployment: on a laptop holding the deployment CA, `held approve|reject`
+//! also writes the coordinator's decision, CA-signed (`mesh::CaFile::sign_hold_decision`), into
+//! the replicated table `fs_hold_decisions`, in the same batch: a [`HoldVerdict`] naming the table
+//! and each covered delete by record id and delete stamp (at most [`VERDICT_PART`] per record;
+//! a larger hold writes several). Every laptop admits such a record only with the CA's
+//! signature (`sync/admit.rs`, like revocations), and a page that brings one (or touches a held
+//! record) settles the pending holds it covers in the page's own batch ([`Batch::settle`]):
+//! an approved delete is merged; a rejected one is merged once the coordinator's restore is
+//! here (the merge then stays alive, the restore being newer), and stays held until then. A
+//! hold only partly covered keeps the rest. A delete already covered by a known approval is
+//! not held when it arrives.
+//!
+//! | `fs_hold_decisions` field | value                                                      |
+//! |---------------------------|------------------------------------------------------------|
+//! | `decision`                | `approve` or `reject`                                      |
+//! | `table`                   | the table of the held deletes                              |
+//! | `origin`, `origin_name`   | the instance the coordinator's hold came from              |
+//! | `by`, `by_name`           | the coordinator's instance                                 |
+//! | `decided_at`              | RFC 3339                                                   |
+//! | `deletes`                 | `["<record id> <delete ts> <delete node>", ...]`           |
+//! | `record`, `mesh`          | the record's own id, the deployment id (signed with it)    |
+//! | `signature`               | base64 ECDSA P-256 by the CA over the canonical JSON of the rest |
+//!
 //! Knowledge: a held delete was not received. While a hold is pending, our knowledge of each
 //! origin stays below the oldest held event of that origin (its `cap`), so no peer leaves the
 //! held events out of what it sends us ([`cap_knowledge`], applied whenever knowledge is raised).
@@ -20,14 +43,130 @@
 use super::write::{Batch, LocalOp};
 use super::{decode, encode, keys, Store, StoreError, TableCounts, Txn};
 use crate::change::{ApplyStats, RemoteChange};
+use crate::clock::Hlc;
 use crate::config::BrakeConfig;
 use crate::merge::{merge_remote, Edit};
 use crate::model::VersionVector;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
+
+/// Deletes per `fs_hold_decisions` record: about 95 bytes each, so a part stays far below the
+/// 1 MiB record limit.
+pub const VERDICT_PART: usize = 5_000;
+
+/// The coordinator's decision on held deletes, as one `fs_hold_decisions` record says (see the
+/// module doc). The store trusts records of that table: admission let only CA-signed ones in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HoldVerdict {
+    /// Approved (merge the deletes) or rejected (the records stay alive).
+    pub approve: bool,
+    /// The table.
+    pub table: String,
+    /// The instance the coordinator's hold came from, and its name.
+    pub origin: Uuid,
+    /// Its name.
+    pub origin_name: String,
+    /// The coordinator's instance.
+    pub by: Uuid,
+    /// Its name.
+    pub by_name: String,
+    /// When it decided.
+    pub at: DateTime<Utc>,
+    /// The covered deletes: record id and the delete's stamp.
+    pub deletes: BTreeSet<(Uuid, Hlc)>,
+}
+
+impl HoldVerdict {
+    /// The verdicts deciding `hold` (one per [`VERDICT_PART`] deletes).
+    pub fn for_hold(hold: &Hold, approve: bool, by: Uuid, by_name: &str) -> Vec<HoldVerdict> {
+        let all: Vec<(Uuid, Hlc)> = hold
+            .changes
+            .iter()
+            .filter_map(|c| c.state.deleted.map(|d| (c.id, d)))
+            .collect();
+        all.chunks(VERDICT_PART)
+            .map(|part| HoldVerdict {
+                approve,
+                table: hold.table.clone(),
+                origin: hold.peer,
+                origin_name: hold.peer_name.clone(),
+                by,
+                by_name: by_name.to_string(),
+                at: Utc::now(),
+                deletes: part.iter().copied().collect(),
+            })
+            .collect()
+    }
+
+    /// The record's fields before it is signed (`mesh::CaFile::sign_hold_decision` adds
+    /// `record`, `mesh` and `signature`).
+    pub fn to_fields(&self) -> serde_json::Map<String, Value> {
+        let deletes: Vec<Value> = self
+            .deletes
+            .iter()
+            .map(|(id, d)| Value::String(format!("{id} {} {}", d.ts, d.node)))
+            .collect();
+        let v = serde_json::json!({
+            "decision": if self.approve { "approve" } else { "reject" },
+            "table": self.table,
+            "origin": self.origin.to_string(),
+            "origin_name": self.origin_name,
+            "by": self.by.to_string(),
+            "by_name": self.by_name,
+            "decided_at": self.at.to_rfc3339(),
+            "deletes": deletes,
+        });
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    /// Reads a record's fields back; `None` if they are not a decision.
+    pub fn from_fields(f: &serde_json::Map<String, Value>) -> Option<HoldVerdict> {
+        let s = |k: &str| f.get(k).and_then(Value::as_str);
+        let approve = match s("decision")? {
+            "approve" => true,
+            "reject" => false,
+            _ => return None,
+        };
+        let mut deletes = BTreeSet::new();
+        for d in f.get("deletes")?.as_array()? {
+            let mut parts = d.as_str()?.split(' ');
+            let id = parts.next()?.parse().ok()?;
+            let ts = parts.next()?.parse().ok()?;
+            let node = parts.next()?.parse().ok()?;
+            deletes.insert((id, Hlc { ts, node }));
+        }
+        Some(HoldVerdict {
+            approve,
+            table: s("table")?.to_string(),
+            origin: s("origin")?.parse().ok()?,
+            origin_name: s("origin_name").unwrap_or_default().to_string(),
+            by: s("by")?.parse().ok()?,
+            by_name: s("by_name").unwrap_or_default().to_string(),
+            at: DateTime::parse_from_rfc3339(s("decided_at")?)
+                .ok()?
+                .with_timezone(&Utc),
+            deletes,
+        })
+    }
+
+    /// Whether this verdict covers `ch`: the same table, record and delete stamp.
+    fn covers(&self, ch: &RemoteChange) -> bool {
+        ch.table == self.table
+            && ch
+                .state
+                .deleted
+                .is_some_and(|d| self.deletes.contains(&(ch.id, d)))
+    }
+}
+
+/// Signs the verdicts of a decision made on the coordinator's laptop: one record (id, fields)
+/// per verdict, or why it cannot.
+pub type HoldVerdictSigner<'a> =
+    &'a dyn Fn(&[HoldVerdict]) -> Result<Vec<(Uuid, serde_json::Map<String, Value>)>, String>;
 
 /// Deletes from one peer for one table, held by the brake until a person decides.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -92,6 +231,9 @@ pub struct Decided {
     pub merged: ApplyStats,
     /// Records restored with a new revision after the deletes (reject only).
     pub restored: u64,
+    /// The decision was signed with the deployment CA and travels to every laptop.
+    #[serde(default)]
+    pub everywhere: bool,
 }
 
 fn decode_holds(txn: &Txn<'_>) -> Result<Vec<Hold>, StoreError> {
@@ -142,6 +284,8 @@ impl Batch<'_> {
         // Which changes would turn a live record into a tombstone, per table.
         // (index, cap, held because the peer looks reset)
         let mut kills: BTreeMap<&str, Vec<(usize, VersionVector, bool)>> = BTreeMap::new();
+        let mut approved: Option<Vec<HoldVerdict>> = None;
+        let mut pre_approved: Vec<(String, String)> = Vec::new();
         for (i, ch) in changes.iter().enumerate() {
             if ch.state.deleted.is_none() {
                 continue;
@@ -151,6 +295,15 @@ impl Batch<'_> {
             };
             if !prev.state.is_alive() || merge_remote(Some(&prev.state), &ch.state).state.is_alive()
             {
+                continue;
+            }
+            // The coordinator already approved this delete for the deployment: not held.
+            if approved.is_none() {
+                let all = self.store.verdicts(changes)?;
+                approved = Some(all.into_iter().filter(|v| v.approve).collect());
+            }
+            if let Some(v) = approved.iter().flatten().find(|v| v.covers(ch)) {
+                pre_approved.push((ch.table.clone(), v.by_name.clone()));
                 continue;
             }
             // The held events we do not have: knowledge must stay below each of them.
@@ -170,6 +323,11 @@ impl Batch<'_> {
                 .entry(ch.table.as_str())
                 .or_default()
                 .push((i, cap, suspect));
+        }
+        if let Some((table, by)) = pre_approved.first() {
+            tracing::info!(%table, count = pre_approved.len(),
+                "{} deletes of {table} from {peer_name} applied without holding: the coordinator \
+                 ({by}) approved them for every laptop", pre_approved.len());
         }
         if kills.is_empty() {
             return Ok((Cow::Borrowed(changes), 0));
@@ -278,7 +436,7 @@ impl Store {
     /// Approves hold `id`: merges exactly its held changes (as from the peer they came from)
     /// and removes it, in one durable batch.
     pub fn approve_hold(&self, id: u64) -> Result<Decided, StoreError> {
-        self.decide(id, false)
+        self.decide(id, false, None)
     }
 
     /// Rejects hold `id`: merges its held changes, then restores every record they deleted with
@@ -286,10 +444,30 @@ impl Store {
     /// syncs back and every instance converges on the records being alive, history showing the
     /// delete and the restore. One durable batch.
     pub fn reject_hold(&self, id: u64) -> Result<Decided, StoreError> {
-        self.decide(id, true)
+        self.decide(id, true, None)
     }
 
-    fn decide(&self, id: u64, restore: bool) -> Result<Decided, StoreError> {
+    /// Decides hold `id` for the whole deployment (approve, or reject if `restore`): as
+    /// [`Store::approve_hold`] / [`Store::reject_hold`], and in the same batch, after the
+    /// restores, the coordinator's verdicts over exactly the held deletes, signed by `sign`
+    /// under the writer lock (so they cover what is merged, even if a page joined the hold
+    /// meanwhile), written to `fs_hold_decisions`. Errors: `HoldNotFound`; `BadResolution`
+    /// when signing fails (nothing written).
+    pub fn decide_for_all(
+        &self,
+        id: u64,
+        restore: bool,
+        sign: HoldVerdictSigner<'_>,
+    ) -> Result<Decided, StoreError> {
+        self.decide(id, restore, Some(sign))
+    }
+
+    fn decide(
+        &self,
+        id: u64,
+        restore: bool,
+        sign: Option<HoldVerdictSigner<'_>>,
+    ) -> Result<Decided, StoreError> {
         let (guard, mut b) = self.begin();
         let hold: Hold = match b.txn.get(&keys::held(id))? {
             Some(v) => decode(&v)?,
@@ -298,6 +476,7 @@ impl Store {
         let mut out = Decided {
             merged: b.merge_changes(Some(hold.peer), &hold.changes)?,
             restored: 0,
+            everywhere: false,
         };
         if restore {
             for ch in &hold.changes {
@@ -315,6 +494,20 @@ impl Store {
                 out.restored += 1;
             }
         }
+        if let Some(sign) = sign {
+            let name = self.instance().name;
+            let verdicts = HoldVerdict::for_hold(&hold, !restore, self.id(), &name);
+            // Written after the restores, so a peer pulling from us gets the restores no later
+            // than the decision.
+            for (record, fields) in sign(&verdicts).map_err(StoreError::BadResolution)? {
+                b.local(&LocalOp {
+                    table: crate::model::HOLD_DECISIONS_TABLE.into(),
+                    id: record,
+                    edit: Edit::Put(fields),
+                })?;
+            }
+            out.everywhere = true;
+        }
         b.txn.remove(keys::held(id));
         self.finish_with(guard, b, true)?;
         tracing::info!(
@@ -322,10 +515,133 @@ impl Store {
             table = %hold.table,
             merged = out.merged.applied,
             restored = out.restored,
+            everywhere = out.everywhere,
             "hold {}",
             if restore { "rejected" } else { "approved" }
         );
         Ok(out)
+    }
+
+    /// The coordinator's verdicts held here (see the module doc), plus those in `page`.
+    fn verdicts(&self, page: &[RemoteChange]) -> Result<Vec<HoldVerdict>, StoreError> {
+        let table = crate::model::HOLD_DECISIONS_TABLE;
+        let mut out = Vec::new();
+        for r in self.scan_table(table) {
+            let (_, rec) = r?;
+            if rec.state.is_alive() {
+                out.extend(HoldVerdict::from_fields(&rec.state.live_fields()));
+            }
+        }
+        for ch in page.iter().filter(|c| c.table == table) {
+            if ch.state.is_alive() {
+                out.extend(HoldVerdict::from_fields(&ch.state.live_fields()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Batch<'_> {
+    /// Settles the pending holds that the coordinator's verdicts cover, in this batch, when
+    /// `page` (just merged) brings a verdict or touches a held record (a rejected delete waits
+    /// for the coordinator's restore): approved deletes are merged; rejected ones are merged
+    /// once the merge leaves the record alive (the restore is here). What no verdict covers
+    /// stays held. Logs one sentence per hold and verdict. Returns the changes settled.
+    pub(super) fn settle(&mut self, page: &[RemoteChange]) -> Result<u64, StoreError> {
+        let brings = page
+            .iter()
+            .any(|c| c.table == crate::model::HOLD_DECISIONS_TABLE);
+        let mut holds = decode_holds(&self.txn)?;
+        if holds.is_empty() {
+            return Ok(0);
+        }
+        let touches = || {
+            let ids: std::collections::HashSet<(&str, Uuid)> =
+                page.iter().map(|p| (p.table.as_str(), p.id)).collect();
+            holds.iter().any(|h| {
+                h.changes
+                    .iter()
+                    .any(|c| ids.contains(&(h.table.as_str(), c.id)))
+            })
+        };
+        if !brings && !touches() {
+            return Ok(0);
+        }
+        let verdicts = self.store.verdicts(page)?;
+        if verdicts.is_empty() {
+            return Ok(0);
+        }
+        let mut settled = 0;
+        for h in &mut holds {
+            let before = h.changes.len();
+            // Per verdict, the held changes it settles now.
+            let mut by: Vec<(usize, Vec<RemoteChange>)> = Vec::new();
+            let mut keep = Vec::new();
+            for ch in std::mem::take(&mut h.changes) {
+                let Some(v) = verdicts.iter().position(|v| v.covers(&ch)) else {
+                    keep.push(ch);
+                    continue;
+                };
+                if !verdicts[v].approve {
+                    let now = self.load(&keys::record_suffix(&ch.table, &ch.id))?;
+                    let alive = now
+                        .is_some_and(|r| merge_remote(Some(&r.state), &ch.state).state.is_alive());
+                    if !alive {
+                        // The coordinator's restore is not here yet: merging would delete.
+                        keep.push(ch);
+                        continue;
+                    }
+                }
+                match by.iter_mut().find(|(i, _)| *i == v) {
+                    Some((_, list)) => list.push(ch),
+                    None => by.push((v, vec![ch])),
+                }
+            }
+            h.changes = keep;
+            for (v, list) in by {
+                self.merge_changes(Some(h.peer), &list)?;
+                settled += list.len() as u64;
+                let v = &verdicts[v];
+                let who = if h.peer_name.is_empty() {
+                    h.peer.to_string()
+                } else {
+                    h.peer_name.clone()
+                };
+                let (n, were) = match list.len() {
+                    1 => ("1 delete".to_string(), "was"),
+                    n => (format!("{n} deletes"), "were"),
+                };
+                let what = if v.approve {
+                    format!(
+                        "{were} applied: approved by the coordinator ({}) on {}",
+                        v.by_name,
+                        v.at.format("%Y-%m-%d %H:%M UTC")
+                    )
+                } else {
+                    format!(
+                        "{were} settled: rejected by the coordinator ({}) on {}, whose restore \
+                         keeps the records alive",
+                        v.by_name,
+                        v.at.format("%Y-%m-%d %H:%M UTC")
+                    )
+                };
+
+                tracing::warn!(hold = h.id, table = %h.table, settled = list.len(),
+                "{n} of {} from {who} held here {what}{}",
+                h.table,
+                if h.changes.is_empty() { String::new() } else {
+                    format!(" ({} more stay held: `fieldsync held list`)", h.changes.len())
+                });
+            }
+            if h.changes.is_empty() {
+                self.txn.remove(keys::held(h.id));
+            } else if h.changes.len() < before {
+                // The cap stays as it was: lower than the rest needs, which only costs a
+                // re-send of what we have.
+                self.txn.put(keys::held(h.id), encode(&*h));
+            }
+        }
+        Ok(settled)
     }
 }
 
@@ -344,7 +660,11 @@ mod tests {
     }
 
     fn live(s: &Store) -> u64 {
-        s.tables().unwrap().first().map_or(0, |t| t.1.live)
+        let tables = s.tables().unwrap();
+        tables
+            .iter()
+            .find(|t| t.0 == "person")
+            .map_or(0, |t| t.1.live)
     }
 
     fn states(s: &Store, ids: &[Uuid]) -> Vec<RemoteChange> {
@@ -400,6 +720,82 @@ mod tests {
         assert!(b.get("person", &y).unwrap().unwrap().state.is_alive());
         let holds = b.holds().unwrap();
         assert!(holds[0].reset && holds[0].changes[0].id == y);
+    }
+
+    /// A coordinator's approval covering part of a hold settles that part in the page that
+    /// brings it and keeps the rest held; a laptop meeting covered deletes after the approval
+    /// does not hold them.
+    #[test]
+    fn an_approval_settles_what_it_covers_and_later_covered_deletes_are_not_held() {
+        let cfg = "[brake.tables.person]\npercent = 20\nmin_records = 2\n";
+        let ((a, _da), (b, _db), (c, _dc)) = (open(cfg), open(cfg), open(cfg));
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        let op = |id: Uuid, edit| LocalOp {
+            table: "person".into(),
+            id,
+            edit,
+        };
+        for (i, id) in ids.iter().enumerate() {
+            let f = json!({"n": i}).as_object().unwrap().clone();
+            a.write_one(op(*id, Edit::Put(f))).unwrap();
+        }
+        for s in [&b, &c] {
+            s.apply_remote(Some(a.id()), &states(&a, &ids)).unwrap();
+            s.update_peer(&a.id(), |_| ()).unwrap();
+        }
+        for id in &ids[..4] {
+            a.write_one(op(*id, Edit::Delete)).unwrap();
+        }
+        let deletes = states(&a, &ids[..4]);
+        fn page(peer: Uuid, changes: &[RemoteChange], since: u64) -> PageCommit<'_> {
+            PageCommit {
+                peer,
+                changes,
+                since,
+                next: since + 1,
+                more: true,
+                knowledge: None,
+                ends_session: false,
+            }
+        }
+        assert_eq!(b.commit_page(page(a.id(), &deletes, 0)).unwrap().held, 4);
+
+        // The coordinator (here A, writing the system record itself) approved two of them.
+        let hold = b.holds().unwrap().remove(0);
+        let mut part = hold.clone();
+        part.changes.truncate(2);
+        let v = &super::HoldVerdict::for_hold(&part, true, a.id(), "hq")[0];
+        let record = Uuid::new_v4();
+        a.write_system(&[LocalOp {
+            table: crate::model::HOLD_DECISIONS_TABLE.into(),
+            id: record,
+            edit: Edit::Put(v.to_fields()),
+        }])
+        .unwrap();
+        let decision = vec![RemoteChange {
+            table: crate::model::HOLD_DECISIONS_TABLE.into(),
+            id: record,
+            state: a
+                .get(crate::model::HOLD_DECISIONS_TABLE, &record)
+                .unwrap()
+                .unwrap()
+                .state,
+            conflicts: vec![],
+            history: vec![],
+        }];
+        b.commit_page(page(a.id(), &decision, 1)).unwrap();
+        assert_eq!(live(&b), 3, "the two approved deletes were applied");
+        let left = b.holds().unwrap();
+        assert_eq!(left.len(), 1);
+        let kept: Vec<Uuid> = left[0].changes.iter().map(|c| c.id).collect();
+        assert_eq!(kept, vec![hold.changes[2].id, hold.changes[3].id]);
+
+        // C learns of the approval first; then the deletes arrive: the covered two are
+        // applied, the other two held.
+        c.commit_page(page(a.id(), &decision, 0)).unwrap();
+        let got = c.commit_page(page(a.id(), &deletes, 1)).unwrap();
+        assert_eq!(got.held, 2);
+        assert_eq!(live(&c), 3);
     }
 
     #[test]

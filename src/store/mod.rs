@@ -28,7 +28,7 @@ pub(crate) use write::{SETTLED_BY_RESOLUTION, SUPERSEDED};
 pub use crate::change::{ApplyStats, RemoteChange, ReportedConflict};
 pub use crate::merge::Keep;
 pub use handles::Reopen;
-pub use held::{Decided, Hold};
+pub use held::{Decided, Hold, HoldVerdict, HoldVerdictSigner, VERDICT_PART};
 pub use incarnation::{dir_key, judge, DirKey, Incarnation, Lineage, Verdict};
 pub use replication::{CommitError, Committed, Knowledge, OutgoingPage, PageCommit, Position};
 pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};

@@ -158,6 +158,9 @@ impl Store {
         let (apply, held) = b.brake(&self.config.brake, c.peer, &row.name, reset, c.changes)?;
         let mut gap_closed = false;
         let stats = b.merge_changes(Some(c.peer), &apply)?;
+        // Holds the coordinator's verdicts settle (one this page brings, or a restore it
+        // brings for a rejected delete), in this batch, before knowledge is staged.
+        let settled = b.settle(c.changes)?;
         row.received_upto = row.received_upto.max(c.next);
         if !c.more {
             if let Some(k) = c.knowledge {
@@ -183,7 +186,7 @@ impl Store {
             .lost_own
             .take()
             .filter(|l| !expected.is_some_and(|(lo, hi)| l.first > lo && l.last <= hi));
-        self.finish_with(guard, b, stats.applied > 0 || held > 0)?;
+        self.finish_with(guard, b, stats.applied > 0 || held > 0 || settled > 0)?;
         if let Some(lost) = &lost {
             // The page brought back own events this directory had lost: unless a restore
             // already expected them, it was rolled back (`rollback.rs`).
@@ -517,10 +520,11 @@ impl Store {
             // moves on every change, so a record edited before the receiver read its old
             // position was never sent, yet its untouched fields still carry that old position.
             // Only the receiver's knowledge can tell which writes it already has.
-            // A signed record (a revocation) travels whole: its signature covers every field,
-            // so a receiver that checks it needs them all, whatever it already knows.
+            // A signed record (a revocation, a hold decision) travels whole: its signature
+            // covers every field, so a receiver that checks it needs them all, whatever it
+            // already knows.
             let delta = outgoing_delta(&rec.state, known).map(|d| {
-                if table == crate::model::REVOCATIONS_TABLE {
+                if crate::model::is_signed_table(&table) {
                     rec.state.clone()
                 } else {
                     d

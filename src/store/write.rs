@@ -44,7 +44,7 @@ pub enum OpResult {
 
 /// The writer's view during one batch.
 pub(super) struct Batch<'a> {
-    store: &'a Store,
+    pub(super) store: &'a Store,
     pub(super) txn: Txn<'a>,
     pub(super) w: WriterState,
     pub(super) now: DateTime<Utc>,

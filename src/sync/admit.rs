@@ -10,7 +10,11 @@
 //!   with the reason and counted in the sender's peer row (`quarantined`, shown by `peers` and
 //!   `status`). The rest of the page is still taken, so one bad record cannot block a laptop's
 //!   data for good.
-//! - Without a credential (plaintext) no revocation is accepted at all.
+//! - A change to the replicated table of hold decisions (`fs_hold_decisions`, the coordinator's
+//!   approvals and rejections of held mass deletes, `store/held.rs`) is admitted by the same
+//!   rules: whole, live, CA-signed over a body naming its own record id, immutable once
+//!   verified. So one member, tampered or not, cannot approve deletes for everyone.
+//! - Without a credential (plaintext) no revocation or hold decision is accepted at all.
 //! - Changes written by a revoked instance after its revocation are dropped.
 
 use crate::change::RemoteChange;
@@ -30,46 +34,59 @@ pub struct Admitted {
     pub quarantined: usize,
 }
 
-/// Why a revocation record is not taken, or `None` if it is.
-fn revocation_refusal(store: &Store, transport: &Transport, ch: &RemoteChange) -> Option<String> {
+/// Why a signed record (a revocation or a hold decision) is not taken, or `None` if it is.
+fn signed_refusal(store: &Store, transport: &Transport, ch: &RemoteChange) -> Option<String> {
+    let what = if ch.table == mesh::REVOCATIONS {
+        "revocation"
+    } else {
+        "hold decision"
+    };
     let Transport::Tls { identity, .. } = transport else {
-        return Some("revocations are only accepted within a deployment".into());
+        return Some(format!("a {what} is only accepted within a deployment"));
     };
     let s = &ch.state;
     if s.deleted.is_some() || !s.del_seen.is_empty() {
-        return Some("a revocation cannot be deleted".into());
+        return Some(format!("a {what} cannot be deleted"));
     }
     if s.fields.is_empty() || s.fields.values().any(|f| f.value.is_none()) {
-        return Some("a revocation travels whole: fields are missing".into());
+        return Some(format!("a {what} travels whole: fields are missing"));
     }
-    let fields = s.live_fields();
-    match mesh::verify_revocation(&identity.ca_pem, &fields) {
-        Err(e) => return Some(e.to_string()),
-        Ok((who, _)) if who != ch.id => {
-            return Some(format!(
+    // Whether `fields` verify as this record (the CA's signature, naming this record id).
+    let verifies = |fields: &serde_json::Map<String, serde_json::Value>| -> Result<(), String> {
+        if ch.table != mesh::REVOCATIONS {
+            return mesh::verify_hold_decision(&identity.ca_pem, ch.id, fields)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        }
+        match mesh::verify_revocation(&identity.ca_pem, fields) {
+            Err(e) => Err(e.to_string()),
+            Ok((who, _)) if who != ch.id => Err(format!(
                 "the signed revocation of {who} was sent as record {}",
                 ch.id
-            ))
+            )),
+            Ok(_) => Ok(()),
         }
-        Ok(_) => {}
+    };
+    let fields = s.live_fields();
+    if let Err(e) = verifies(&fields) {
+        return Some(e);
     }
     // Immutable once verified: an identical copy is a harmless re-send, anything else is not.
-    match store.get(mesh::REVOCATIONS, &ch.id) {
+    match store.get(&ch.table, &ch.id) {
         Ok(Some(local)) => {
             let held = local.state.live_fields();
-            let verified =
-                mesh::verify_revocation(&identity.ca_pem, &held).is_ok_and(|(who, _)| who == ch.id);
+            let verified = verifies(&held).is_ok();
             if verified && !local.state.is_alive() {
                 // Deleted before this rule existed: the signed body is still the revocation.
-                return Some("a verified revocation is already held (immutable)".into());
+                return Some(format!("a verified {what} is already held (immutable)"));
             }
             if verified && (held != fields || local.state.vv != s.vv) {
-                return Some("a verified revocation is already held (immutable)".into());
+                return Some(format!("a verified {what} is already held (immutable)"));
             }
             None
         }
         Ok(None) => None,
-        Err(e) => Some(format!("could not read the held revocation: {e}")),
+        Err(e) => Some(format!("could not read the held {what}: {e}")),
     }
 }
 
@@ -78,10 +95,10 @@ fn revocation_refusal(store: &Store, transport: &Transport, ch: &RemoteChange) -
 pub fn admit(store: &Store, transport: &Transport, changes: &mut Vec<RemoteChange>) -> Admitted {
     let mut out = Admitted::default();
     changes.retain_mut(|ch| {
-        if ch.table != mesh::REVOCATIONS {
+        if !crate::model::is_signed_table(&ch.table) {
             return true;
         }
-        match revocation_refusal(store, transport, ch) {
+        match signed_refusal(store, transport, ch) {
             Some(reason) => {
                 warn!(table = %ch.table, id = %ch.id, %reason,
                       "quarantined a record from a peer: dropped, the rest of the page is taken");

@@ -144,6 +144,26 @@ pub(crate) fn local_only(store: &Store) -> Vec<String> {
     store.config().local_only.iter().cloned().collect()
 }
 
+/// The pending holds a hello reply names (`HelloReply::held`): none when they cannot be read,
+/// since they only inform `verify`'s advice.
+pub(crate) fn held_summaries(store: &Store) -> Vec<crate::protocol::HeldSummary> {
+    store
+        .holds()
+        .unwrap_or_default()
+        .iter()
+        .take(crate::protocol::MAX_HELD_SUMMARIES)
+        .map(|h| crate::protocol::HeldSummary {
+            table: h.table.clone(),
+            from: if h.peer_name.is_empty() {
+                h.peer.to_string()
+            } else {
+                h.peer_name.clone()
+            },
+            deletes: h.changes.len() as u64,
+        })
+        .collect()
+}
+
 pub(crate) fn synced_tables(store: &Store) -> Result<Vec<String>, StoreError> {
     Ok(store
         .tables()?

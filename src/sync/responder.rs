@@ -5,7 +5,7 @@
 use super::receive::{self, note_hello, store_refusal, HelloSeen};
 use super::reconcile;
 use super::verify::digest_buckets;
-use super::{local_only, synced_tables};
+use super::{held_summaries, local_only, synced_tables};
 use crate::clock::wall_millis;
 use crate::model::validate_table;
 use crate::progress::Way;
@@ -379,6 +379,7 @@ impl SyncService for Responder {
             local_only: local_only(&self.store),
             tables: synced_tables(&self.store).map_err(|e| store_refusal(&e))?,
             incarnation: Some(self.store.incarnation()),
+            held: held_summaries(&self.store),
         })
     }
 

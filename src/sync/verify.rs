@@ -31,6 +31,52 @@ pub struct TableCheck {
     pub remote_count: u64,
     /// Ids whose content differs or that only one side has.
     pub differing: Vec<Uuid>,
+    /// Differing records that deletes held here by the mass-delete brake explain: a sync does
+    /// not move them, a decision does (`fieldsync held approve|reject`). One entry per hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_here: Vec<HeldDiff>,
+    /// Deletes of this table the peer's brake holds, as its hello reply names them (only when
+    /// the table differs): a sync does not move them either.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held_there: Vec<crate::protocol::HeldSummary>,
+}
+
+/// Differing records of a table explained by one pending hold.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HeldDiff {
+    /// The hold's id (`fieldsync held approve ID`).
+    pub hold: u64,
+    /// The laptop the held deletes came from (its name, else its instance id).
+    pub from: String,
+    /// Differing records among the held deletes.
+    pub records: u64,
+}
+
+/// Per hold of `table`, how many of `differing` its held deletes explain.
+fn held_diffs(store: &Store, table: &str, differing: &[Uuid]) -> Vec<HeldDiff> {
+    if differing.is_empty() {
+        return Vec::new();
+    }
+    let Ok(holds) = store.holds() else {
+        return Vec::new();
+    };
+    let diff: std::collections::HashSet<&Uuid> = differing.iter().collect();
+    holds
+        .iter()
+        .filter(|h| h.table == table)
+        .filter_map(|h| {
+            let n = h.changes.iter().filter(|c| diff.contains(&c.id)).count() as u64;
+            (n > 0).then(|| HeldDiff {
+                hold: h.id,
+                from: if h.peer_name.is_empty() {
+                    h.peer.to_string()
+                } else {
+                    h.peer_name.clone()
+                },
+                records: n,
+            })
+        })
+        .collect()
 }
 
 /// Buckets of records with ids under `prefix`, or the records themselves when there are few.
@@ -151,6 +197,22 @@ pub async fn verify<P: Peer>(
         .into_iter()
         .map(|d| TableCheck {
             in_sync: d.differing.is_empty(),
+            held_here: held_diffs(store, &d.table, &d.differing),
+            held_there: if d.differing.is_empty() {
+                Vec::new()
+            } else {
+                reply
+                    .held
+                    .iter()
+                    .filter(|h| h.table == d.table)
+                    .take(crate::protocol::MAX_HELD_SUMMARIES)
+                    .map(|h| crate::protocol::HeldSummary {
+                        // A peer-supplied name: bounded like `PeerInfo`'s strings.
+                        from: h.from.chars().take(256).collect(),
+                        ..h.clone()
+                    })
+                    .collect()
+            },
             table: d.table,
             local_count: d.local_count,
             remote_count: d.remote_count,
