@@ -2,7 +2,9 @@
 //!
 //! A text cell (CSV, or a spreadsheet's text cell read as CSV would be) becomes:
 //! - a number, if it is a JSON number whose value survives exactly (`34`, `-2.5`, `1.50` → 1.5);
-//!   a number that would change (a 30-digit integer, 20 significant digits) stays text as written;
+//!   a number that would change (a 30-digit integer, 20 significant digits) stays text as written,
+//!   and so does one in exponent form or a negative zero (`12E4`, `1e3`, `-0`: in a field
+//!   team's sheet those are codes, and as numbers they would read back as 120000.0, 1000.0, -0.0);
 //! - `true`/`false`, a JSON array or object (unless it holds a number that would change);
 //! - the string inside a JSON-quoted cell (`"34"` → the string 34, so exports round-trip);
 //! - otherwise the text exactly as written (dates, `007`, `+44 20 7946 0000`, `null`).
@@ -17,6 +19,11 @@ pub(crate) fn text_cell(raw: &str, text: bool) -> Value {
         return Value::String(raw.to_string());
     }
     match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Number(n))
+            if raw.contains(['e', 'E']) || (raw.starts_with('-') && n.as_f64() == Some(0.0)) =>
+        {
+            Value::String(raw.to_string())
+        }
         Ok(v @ (Value::Number(_) | Value::Array(_) | Value::Object(_))) => {
             if first_inexact_number(raw).is_none() {
                 v
@@ -139,6 +146,11 @@ mod tests {
         assert_eq!(text_cell("true", false), json!(true));
         assert_eq!(text_cell("[1, 2]", false), json!([1, 2]));
         assert_eq!(text_cell("\"34\"", false), json!("34"));
+        // Codes a field sheet holds (newcomer trial 8, finding 12): not 120000.0, 1000.0, -0.0.
+        for code in ["12E4", "1e3", "-0", "-0.0", "2.5e-3"] {
+            assert_eq!(text_cell(code, false), json!(code), "{code}");
+        }
+        assert_eq!(text_cell("0", false), json!(0));
         let big = "123456789012345678901234567890";
         assert_eq!(text_cell(big, false), json!(big));
         assert_eq!(
