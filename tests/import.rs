@@ -122,6 +122,23 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
             && said.contains("  C-0003: status \"missing\" → \"found\"\n"),
         "{said}"
     );
+    // A field the record did not have is "(empty)" before, not JSON's null (trial 8, 16).
+    let aged = a.file("aged.csv", "case_number,district\nC-0003,Jos South\n");
+    let said = a
+        .ok(&[
+            "import",
+            "person",
+            path_str(&aged),
+            "--key",
+            "case_number",
+            "--dry-run",
+            "--human",
+        ])
+        .stdout;
+    assert!(
+        said.contains("  C-0003: district (empty) → \"Jos South\"\n"),
+        "{said}"
+    );
     let third = import2(&[]).json();
     assert_eq!(
         third,

@@ -151,7 +151,20 @@ pub fn imported(v: &Value) -> String {
             let who = c["key"]
                 .as_str()
                 .map_or_else(|| s(&c["record"]).to_string(), str::to_string);
-            t += &format!("  {who}: {} {} → {}\n", s(&c["field"]), c["old"], c["new"]);
+            // No value is "(empty)", not JSON's null, for a person.
+            let said = |v: &serde_json::Value| {
+                if v.is_null() {
+                    "(empty)".to_string()
+                } else {
+                    v.to_string()
+                }
+            };
+            t += &format!(
+                "  {who}: {} {} → {}\n",
+                s(&c["field"]),
+                said(&c["old"]),
+                said(&c["new"])
+            );
         }
     }
     t
