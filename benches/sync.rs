@@ -552,9 +552,9 @@ fn import_floor_child(spec: &str) {
 
 /// The import's floor: sled 0.34 alone writing what a local import of `n` rows left (`shape`,
 /// scaled to `n` records), with the store's cache capacity and flush interval. Per prefix:
-/// records (`R` table 0x00 random 16-byte id) and every prefix with at least one key per two
-/// records (feed entries, ...; sequential u64 keys, spread evenly over the records) go in
-/// batches of `chunk` records, as the roll-forward applies them; commits (`K`, one per
+/// records (`R` table 0x00 random 16-byte id) and every other prefix but `Z` with at least one
+/// key per two records (feed entries, ...; sequential u64 keys, spread evenly over the
+/// records) go in batches of `chunk` records, as the roll-forward applies them; commits (`K`, one per
 /// roll-forward batch) one per such batch; the rest (range fingerprints, counts, meta) after
 /// them in batches of 2 × `chunk` keys, as the roll-forward's last batches add the
 /// fingerprint sums. Every value has its prefix's mean stored size. One flush at the end, as
@@ -594,9 +594,11 @@ fn import_floor(dir: &Path, n: usize, shape: &ImportShape, chunk: usize) -> f64 
     let (mut per_record, mut per_chunk, mut rest) = (Vec::new(), Vec::new(), Vec::new());
     for k in shape.kinds.iter().filter(|k| k.0 != b'R') {
         let kind = (k.0, scaled(k.1), filler(mean(k), k.0));
+        // `Z`: range fingerprints, added after the chunks whatever their number (51,520 at
+        // 100,000 records, more than one per two records).
         if k.0 == b'K' {
             per_chunk.push(kind);
-        } else if k.1 * 2 >= shape.records {
+        } else if k.0 != b'Z' && k.1 * 2 >= shape.records {
             per_record.push(kind);
         } else {
             rest.push(kind);
