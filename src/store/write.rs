@@ -131,7 +131,7 @@ impl Store {
             super::commits::StoredCommit::build(self.id(), u64::MAX, std::mem::take(&mut b.leaves))
         {
             b.txn
-                .put(super::commits::commit_key(&c.origin, c.hi), encode(&c));
+                .put(super::commits::commit_key(&c.origin, c.hi), c.encoded());
         }
         let t = std::time::Instant::now();
         let writes = b.txn.len();
