@@ -34,7 +34,6 @@ pub use replication::{CommitError, Committed, Knowledge, OutgoingPage, PageCommi
 pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
 pub use staging::{ImportCounts, ImportRow, RowOutcome, StagedImport, UpdateMode};
 pub use txn::Txn;
-pub use warm::Prepared;
 pub(crate) use write::decode_record;
 pub(crate) use write::{trim_heap, trim_heap_soon};
 pub use write::{LocalOp, OpResult};

@@ -117,20 +117,8 @@ impl Store {
     /// only moved a position: losing that in a crash costs a re-send, never data, so a no-op
     /// sync stays a few milliseconds).
     pub fn commit_page(&self, c: PageCommit<'_>) -> Result<Committed, CommitError> {
-        self.commit_page_prepared(c, None)
-    }
-
-    /// [`Self::commit_page`] with what a read-ahead of the page decoded
-    /// ([`Store::read_ahead_page`]): records whose stored bytes are still the ones it read are
-    /// not decoded again.
-    pub fn commit_page_prepared(
-        &self,
-        c: PageCommit<'_>,
-        prepared: Option<std::sync::Arc<super::Prepared>>,
-    ) -> Result<Committed, CommitError> {
         self.check_remote(c.changes)?;
         let (guard, mut b) = self.begin();
-        b.prepared = prepared;
         // Own events a restore or a detected rollback expects back (before this page closes
         // the gap): receiving those is no sign of a new rollback.
         let expected = b.w.lineage.missing;

@@ -55,9 +55,6 @@ pub(super) struct Batch<'a> {
     leaves: Vec<(crate::signed::LeafKey, crate::signed::Hash)>,
     /// Own events merged pages carried that this directory did not hold (`rollback.rs`).
     pub(super) lost_own: Option<super::rollback::LostOwn>,
-    /// Records a read-ahead decoded for this batch's page (`warm.rs`), taken by [`Self::load`]
-    /// when the stored bytes are still the ones it decoded.
-    pub(super) prepared: Option<std::sync::Arc<super::warm::Prepared>>,
 }
 
 /// What to persist for one record.
@@ -105,7 +102,6 @@ impl Store {
             started: std::time::Instant::now(),
             leaves: Vec::new(),
             lost_own: None,
-            prepared: None,
         }
     }
 
@@ -548,14 +544,10 @@ impl Batch<'_> {
     }
 
     pub(super) fn load(&self, suffix: &[u8]) -> Result<Option<StoredRecord>, StoreError> {
-        let Some(v) = self.txn.get(&keys::record(suffix))? else {
-            return Ok(None);
-        };
-        // The read-ahead decoded these very bytes already: the same bytes decode the same.
-        if let Some(rec) = self.prepared.as_ref().and_then(|p| p.take(suffix, &v)) {
-            return Ok(Some(rec));
-        }
-        decode_record(&v).map(Some)
+        self.txn
+            .get(&keys::record(suffix))?
+            .map(|v| decode_record(&v))
+            .transpose()
     }
 
     pub(super) fn local(&mut self, op: &LocalOp) -> Result<OpResult, StoreError> {

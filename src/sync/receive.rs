@@ -123,21 +123,8 @@ impl CheckedPage {
 
 /// The store-free first half of [`receive_page`]: decode, future stamps, signatures.
 pub fn check_page(transport: &Transport, page: &Page) -> Result<CheckedPage, ReceiveError> {
-    check_page_then(transport, page, |_| ())
-}
-
-/// [`check_page`], calling `decoded` with the page's records once they are decoded and their
-/// stamps bounded, before their signatures are checked (the responder starts reading ahead
-/// for the merge there, see `Store::read_ahead_page`). Records that fail their signature
-/// check are among them: they are only read about, never written.
-pub fn check_page_then(
-    transport: &Transport,
-    page: &Page,
-    decoded: impl FnOnce(&[crate::change::RemoteChange]),
-) -> Result<CheckedPage, ReceiveError> {
     let mut changes = protocol::decode_changes(page).map_err(ReceiveError::Refused)?;
     check_future_stamps(&changes, wall_millis()).map_err(ReceiveError::Refused)?;
-    decoded(&changes);
     // Signatures first, on the page as it was sent (its proofs cover exactly those records).
     let (forged, learned) = super::signed::check(transport, page.proofs.as_deref(), &mut changes)
         .map_err(ReceiveError::Refused)?;
@@ -160,30 +147,6 @@ pub fn commit_checked(
     knowledge: Option<&Knowledge>,
     ends_session: bool,
 ) -> Result<Received, ReceiveError> {
-    commit_checked_prepared(
-        store,
-        transport,
-        from,
-        page,
-        checked,
-        knowledge,
-        ends_session,
-        None,
-    )
-}
-
-/// [`commit_checked`] with what a read-ahead of the page decoded (`Store::read_ahead_page`).
-#[allow(clippy::too_many_arguments)]
-pub fn commit_checked_prepared(
-    store: &Store,
-    transport: &Transport,
-    from: Uuid,
-    page: &Page,
-    checked: CheckedPage,
-    knowledge: Option<&Knowledge>,
-    ends_session: bool,
-    prepared: Option<std::sync::Arc<crate::store::Prepared>>,
-) -> Result<Received, ReceiveError> {
     let CheckedPage {
         mut changes,
         forged,
@@ -201,18 +164,15 @@ pub fn commit_checked_prepared(
         Some(k) if !page.more => Some(bound_knowledge(store, from, k, &changes)?),
         _ => None,
     };
-    let committed = store.commit_page_prepared(
-        PageCommit {
-            peer: from,
-            changes: &changes,
-            since: page.since,
-            next: page.next,
-            more: page.more,
-            knowledge: bounded.as_ref(),
-            ends_session,
-        },
-        prepared,
-    )?;
+    let committed = store.commit_page(PageCommit {
+        peer: from,
+        changes: &changes,
+        since: page.since,
+        next: page.next,
+        more: page.more,
+        knowledge: bounded.as_ref(),
+        ends_session,
+    })?;
     if quarantined > 0 {
         // Bookkeeping after the page: losing it in a crash loses a count, not data.
         store

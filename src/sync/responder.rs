@@ -446,15 +446,11 @@ impl SyncService for Responder {
         self.inbound.touch(&r.from);
         let _slot = self.pushes.begin(r.from, r.page.since);
         // Decoding and signatures need nothing from the store: done before this page's turn.
-        // So is reading ahead what its merge and commit will read (on another thread, while
-        // this one checks signatures and merges, and while the page before merges).
-        let mut prepared = None;
-        let checked = receive::check_page_then(&self.transport, &r.page, |changes| {
-            prepared = Some(self.store.read_ahead_page(changes));
-        })
-        .map_err(|e| e.to_protocol())?;
+        let checked = receive::check_page(&self.transport, &r.page).map_err(|e| e.to_protocol())?;
+        // So is reading ahead the versions its merge will read (while the page before merges).
+        self.store.warm_records(checked.records());
         self.wait_turn(&r.from, r.page.since);
-        let got = receive::commit_checked_prepared(
+        let got = receive::commit_checked(
             &self.store,
             &self.transport,
             r.from,
@@ -462,7 +458,6 @@ impl SyncService for Responder {
             checked,
             r.knowledge.as_ref(),
             true,
-            prepared,
         )
         .map_err(|e: receive::ReceiveError| e.to_protocol())?;
         self.show(&r.from, |s| {
