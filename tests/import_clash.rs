@@ -234,6 +234,13 @@ fn a_key_clash_of_two_fields_clears_on_both_laptops_once_one_record_is_renamed()
         assert!(pair(&open[0]).contains(&gate.to_string()), "{name}");
     }
     let cid = clashes(&b)[0]["id"].to_string();
+    // One value for a key of two fields is refused, naming the key.
+    let wrong = agent::run(
+        &b,
+        &["conflicts", "resolve", &cid, "--keep-value", r#""Ann B.""#],
+    );
+    assert_ne!(wrong.code, 0, "{wrong}");
+    assert!(wrong.stderr.contains("name,district"), "{wrong}");
     agent::run(
         &b,
         &[

@@ -514,7 +514,13 @@ fn run(
     // Configured unique fields and import keys known here (any laptop's `--key` imports):
     // a row that would give one of them a value another record holds is refused before
     // anything is written.
-    let unique = store.unique_rules(table)?;
+    // The import's own key is left out: rows find their records by it (`keyed_elsewhere`),
+    // which refuses what the rule would, without a read per row.
+    let unique: Vec<UniqueKey> = store
+        .unique_rules(table)?
+        .into_iter()
+        .filter(|r| !(r.text && r.fields == opts.key))
+        .collect();
     let mut unique_seen: HashMap<(String, String), (Uuid, u64)> = HashMap::new();
     let mut chunk: Vec<ImportRow> = Vec::new();
     let mut in_chunk: HashMap<Uuid, u64> = HashMap::new();

@@ -147,6 +147,30 @@ pub(crate) fn still_holds(state: &RecordState, name: &str, value: &Value) -> boo
     }
 }
 
+/// The write behind a record's value of the name-clash field `name`: the field's own, or for an
+/// import key of several fields (`F,G`) their texts as an array, stamped by the latest of their
+/// writes (who wrote the key last, as a person reading the clash needs it).
+pub fn clash_write(state: &RecordState, name: &str) -> Option<crate::model::FieldState> {
+    if let Some(f) = state.fields.get(name) {
+        return Some(f.clone());
+    }
+    if !name.contains(',') {
+        return None;
+    }
+    let parts: Vec<&crate::model::FieldState> = name
+        .split(',')
+        .map(|f| state.fields.get(f))
+        .collect::<Option<_>>()?;
+    let texts: Option<Vec<String>> = parts
+        .iter()
+        .map(|p| p.value.as_ref().and_then(key_text))
+        .collect();
+    Some(crate::model::FieldState {
+        value: texts.map(|t| json!(t)),
+        stamp: parts.iter().map(|p| p.stamp).max()?,
+    })
+}
+
 /// The table's rules: its configured unique fields, then its import keys (a one-field key on a
 /// configured field left out: the field's rule is already there).
 pub(crate) fn rules<'a>(

@@ -313,6 +313,19 @@ impl Store {
             id: target,
             edit,
         };
+        // An import key of several fields is renamed with one value per field.
+        if let (ConflictDetail::NameClash { field, .. }, Keep::Value(v) | Keep::Rename(_, v)) =
+            (&entry.detail, &keep)
+        {
+            let n = field.split(',').count();
+            if n > 1 && v.as_array().map(Vec::len) != Some(n) {
+                return Err(StoreError::BadResolution(format!(
+                    "name clash {id} is on the import key {field}: give one value per field, \
+                     in that order, as a JSON array (e.g. --keep-value '{}')",
+                    serde_json::to_string(&vec!["..."; n]).unwrap_or_default()
+                )));
+            }
+        }
         let resolution = match &entry.detail {
             ConflictDetail::Merge { conflict } => conflicts::resolve(conflict, &keep)
                 .map_err(|e| StoreError::BadResolution(e.to_string()))?,
