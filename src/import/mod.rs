@@ -695,29 +695,40 @@ fn run(
             dry_run: true,
         });
     }
+    // The key becomes the table's key on every laptop (`store/unique.rs`): a record with the
+    // same key values written elsewhere, before or after, is then a name clash everywhere
+    // instead of a silent second record. Recorded once every row is read and checked (bad
+    // input leaves no rule behind) but before the rows are written: the rows are then indexed
+    // as they are written, chunk by chunk, instead of the whole table in the key record's one
+    // batch (measured: 520 MB peak for 100,000 rows that way), and the key record precedes
+    // the rows in this laptop's feed, so peers too learn the key before the rows and index
+    // them page by page.
+    let record_key = || -> Result<(), ImportError> {
+        if let Ids::Key(_) = ids {
+            store.record_import_key(table, &opts.key)?;
+        }
+        Ok(())
+    };
     let counts: ImportCounts = match staged {
-        None => store.import_rows(table, &chunk).map_err(|e| match e {
-            StoreError::Op { index, source } => ImportError::Row {
-                unit,
-                line: chunk.get(index).map_or(0, |r| r.line),
-                source: *source,
-            },
-            other => other.into(),
-        })?,
+        None => {
+            record_key()?;
+            store.import_rows(table, &chunk).map_err(|e| match e {
+                StoreError::Op { index, source } => ImportError::Row {
+                    unit,
+                    line: chunk.get(index).map_or(0, |r| r.line),
+                    source: *source,
+                },
+                other => other.into(),
+            })?
+        }
         Some(mut s) => {
             s.stage(chunk)?;
             drop(in_chunk);
             check_duplicates(all_ids, &ids, opts, unit)?;
+            record_key()?;
             s.commit()?
         }
     };
-    // The key becomes the table's key on every laptop (`store/unique.rs`): a record with the
-    // same key values written elsewhere, before or after, is then a name clash everywhere
-    // instead of a silent second record. Written after the rows: a refused import leaves no
-    // rule behind.
-    if let Ids::Key(_) = ids {
-        store.record_import_key(table, &opts.key)?;
-    }
     if counts.skipped > 0 {
         tracing::warn!(
             skipped = counts.skipped,
