@@ -65,6 +65,11 @@ pub fn is_signed_table(table: &str) -> bool {
     table == REVOCATIONS_TABLE || table == HOLD_DECISIONS_TABLE
 }
 
+/// The replicated table of import keys: one record per table and `import --key` field list
+/// (`store/unique.rs`), so every laptop treats those fields as the table's unique key once any
+/// laptop imported with it.
+pub const IMPORT_KEYS_TABLE: &str = "fs_import_keys";
+
 /// Checks a table name against `[a-z][a-z0-9_]{0,63}`.
 pub fn validate_table(name: &str) -> Result<(), ValidationError> {
     let mut chars = name.chars();

@@ -647,10 +647,14 @@ fn a_record_is_reached_by_the_values_of_a_two_field_key_in_the_key_order() {
 /// the registry's key under an id of its own: a keyed import updates that record rather than
 /// adding a second one with the same key (a trial found two FR-050 records, one found alive and
 /// one missing), and a deleted one stays deleted. Two such records for one key refuse the
-/// import, naming both, and nothing is written.
+/// import, naming both, and nothing is written; the first keyed import already logged them as
+/// a name clash (the key is unique from then on), and a third is refused.
 #[test]
 fn a_keyed_import_updates_records_written_in_the_field_with_that_key() {
     let a = Instance::new();
+    // Two records already carry FR-070 before any import: which one a row means is not guessed.
+    let one = a.put("person", r#"{"case_number":"FR-070","name":"One"}"#);
+    let two = a.put("person", r#"{"case_number":"FR-070","name":"Two"}"#);
     let field = a.put(
         "person",
         r#"{"case_number":"FR-050","name":"Ama","found_at":"North school"}"#,
@@ -676,7 +680,11 @@ fn a_keyed_import_updates_records_written_in_the_field_with_that_key() {
     let all = a
         .ok(&["list", "person", "--include-deleted", "--json"])
         .lines();
-    assert_eq!(all.len(), 3, "one record per case number: {all:?}");
+    let listed: Vec<&Value> = all
+        .iter()
+        .filter(|r| r["fields"]["case_number"] != "FR-070")
+        .collect();
+    assert_eq!(listed.len(), 3, "one record per case number: {all:?}");
     let ama = a.ok(&["get", "person", &field]).json();
     assert_eq!(ama["fields"]["name"], "Ama Mensah", "{ama}");
     assert_eq!(ama["fields"]["found_at"], "North school", "{ama}");
@@ -686,9 +694,28 @@ fn a_keyed_import_updates_records_written_in_the_field_with_that_key() {
         "the deleted record stays deleted"
     );
 
-    // Two records already carry FR-070: which one the row means is not guessed.
-    let one = a.put("person", r#"{"case_number":"FR-070","name":"One"}"#);
-    let two = a.put("person", r#"{"case_number":"FR-070","name":"Two"}"#);
+    // The import made case_number the table's key: the two FR-070 records are a name clash.
+    let clash: Vec<Value> = a
+        .ok(&["conflicts"])
+        .lines()
+        .into_iter()
+        .filter(|c| c["type"] == "name_clash" && c["value"] == "FR-070")
+        .collect();
+    assert_eq!(clash.len(), 1, "{clash:?}");
+    let mut pair = [
+        clash[0]["record"].as_str().unwrap(),
+        clash[0]["other_record"].as_str().unwrap(),
+    ];
+    pair.sort();
+    let mut expected = [one.as_str(), two.as_str()];
+    expected.sort();
+    assert_eq!(pair, expected);
+    a.run(&[
+        "put",
+        "person",
+        r#"{"case_number":"FR-050","name":"Third"}"#,
+    ])
+    .fails(2, &["FR-050", "already used by record", &field]);
     let before = a.snapshot();
     let file = a.file("dup.csv", "case_number,name\nFR-070,Registry\n");
     a.run(&["import", "person", path_str(&file), "--key", "case_number"])

@@ -367,7 +367,7 @@ impl App {
                     let w = r
                         .as_ref()
                         .filter(|r| r.state.is_alive())
-                        .and_then(|r| r.state.fields.get(field).cloned());
+                        .and_then(|r| crate::store::unique::clash_write(&r.state, field));
                     let stamp = w.as_ref().map(|w| w.stamp);
                     let node = stamp.map_or(Uuid::nil(), |s| s.node);
                     sides.push(SideView {
@@ -714,7 +714,8 @@ impl App {
             let written_here = self
                 .store
                 .get(&c.table, &rid)?
-                .and_then(|r| r.state.fields.get(field).map(|f| f.stamp.node == me))
+                .and_then(|r| crate::store::unique::clash_write(&r.state, field))
+                .map(|f| f.stamp.node == me)
                 .unwrap_or(false);
             if written_here {
                 mine.push(rid);

@@ -610,13 +610,21 @@ pub fn digest(app: &App, tables: Vec<String>, io: &mut Io<'_>) -> Result<(), Cli
         let (own, data): (Vec<&String>, Vec<&String>) = tables
             .iter()
             .partition(|t| t.starts_with(model::SYSTEM_PREFIX));
-        let own_live: u64 = app
+        let own_counts: Vec<(String, u64)> = app
             .store()
             .tables()?
             .into_iter()
             .filter(|(t, _)| own.contains(&t))
-            .map(|(_, c)| c.live)
-            .sum();
+            .map(|(t, c)| (t, c.live))
+            .collect();
+        let own_live: u64 = own_counts.iter().map(|(_, n)| n).sum();
+        let live_of = |table: &str| {
+            own_counts
+                .iter()
+                .filter(|(t, _)| t == table)
+                .map(|(_, n)| *n)
+                .sum::<u64>()
+        };
         let what = if data.is_empty() {
             "no tables".to_string()
         } else {
@@ -625,13 +633,29 @@ pub fn digest(app: &App, tables: Vec<String>, io: &mut Io<'_>) -> Result<(), Cli
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let plus = if own_live > 0 {
-            format!(
-                " (and {}, fieldsync's own)",
-                super::human::count(own_live, "laptop revocation", "laptop revocations")
-            )
-        } else {
+        let (revocations, import_keys) = (
+            live_of(model::REVOCATIONS_TABLE),
+            live_of(model::IMPORT_KEYS_TABLE),
+        );
+        let mut own_words = Vec::new();
+        if revocations > 0 {
+            own_words.push(super::human::count(
+                revocations,
+                "laptop revocation",
+                "laptop revocations",
+            ));
+        }
+        if import_keys > 0 {
+            own_words.push(super::human::count(
+                import_keys,
+                "import key",
+                "import keys",
+            ));
+        }
+        let plus = if own_words.is_empty() {
             String::new()
+        } else {
+            format!(" (and {}, fieldsync's own)", own_words.join(" and "))
         };
         writeln!(
             io.out,

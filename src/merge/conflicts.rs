@@ -289,12 +289,23 @@ pub fn resolve(c: &Conflict, keep: &Keep) -> Result<Resolution, KeepMismatch> {
 
 /// How resolving a name clash becomes an edit: a new value renames a record (the store applies
 /// the patch to the record `Keep::Rename` names, or to the entry's record for `Keep::Value`);
-/// keeping either side keeps both records as they are.
+/// keeping either side keeps both records as they are. A clash on an import key of several
+/// fields (`field` is `F,G`) takes an array of one value per field, in the key's order.
 pub fn resolve_name_clash(field: &str, keep: &Keep) -> Resolution {
     match keep {
         Keep::Value(v) | Keep::Rename(_, v) => {
             let mut patch = serde_json::Map::new();
-            patch.insert(field.to_string(), v.clone());
+            let parts: Vec<&str> = field.split(',').collect();
+            match v.as_array() {
+                Some(values) if parts.len() > 1 && values.len() == parts.len() => {
+                    for (f, v) in parts.iter().zip(values) {
+                        patch.insert(f.to_string(), v.clone());
+                    }
+                }
+                _ => {
+                    patch.insert(field.to_string(), v.clone());
+                }
+            }
             Resolution {
                 edit: Some(Edit::Patch(patch)),
                 how: format!("renamed: {field} set to {v}"),

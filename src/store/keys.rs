@@ -11,7 +11,7 @@
 //! | `C`    | conflict id (u64 BE)                          | `ConflictEntry`              |
 //! | `X`    | table, 0x00, id, conflict id (u64 BE)         | empty: conflicts by record   |
 //! | `D`    | table, 0x00, id, conflict fingerprint (32)    | conflict id (u64 BE): dedupe |
-//! | `U`    | table, 0x00, field, 0x00, value JSON, 0x00, id| empty: unique-field index    |
+//! | `U`    | table, 0x00, field, 0x00, value JSON, 0x00, id| empty: unique index (a configured field: its JSON value; an import key, `unique.rs`: field or `F,G`, its text as a JSON string or an array of texts) |
 //! | `T`    | table                                         | live and deleted counts      |
 //! | `P`    | peer instance id (16 bytes)                   | `PeerRow` (sync_instance)    |
 //! | `B`    | hold id (u64 BE)                              | `Hold`: deletes held by the brake |

@@ -21,6 +21,7 @@ mod rollback;
 mod snapshot;
 pub(crate) mod staging;
 mod txn;
+pub mod unique;
 mod warm;
 mod write;
 pub(crate) use write::{SETTLED_BY_RESOLUTION, SUPERSEDED};

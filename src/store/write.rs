@@ -7,6 +7,7 @@
 
 use super::keys;
 use super::staging::{ImportRow, RowOutcome, UpdateMode};
+use super::unique::{self, ImportKeys, UniqueKey};
 use super::{
     decode, encode, ConflictDetail, ConflictEntry, Created, HistoryEntry, Resolution, Source,
     Store, StoreError, StoredRecord, TableCounts, Txn, WriterState,
@@ -55,6 +56,9 @@ pub(super) struct Batch<'a> {
     leaves: Vec<(crate::signed::LeafKey, crate::signed::Hash)>,
     /// Own events merged pages carried that this directory did not hold (`rollback.rs`).
     pub(super) lost_own: Option<super::rollback::LostOwn>,
+    /// The replicated import keys (`unique.rs`), read at the first write that needs them and
+    /// kept up to date with the key records this batch writes.
+    import_keys: Option<ImportKeys>,
 }
 
 /// What to persist for one record.
@@ -102,6 +106,7 @@ impl Store {
             started: std::time::Instant::now(),
             leaves: Vec::new(),
             lost_own: None,
+            import_keys: None,
         }
     }
 
@@ -308,6 +313,19 @@ impl Store {
             id: target,
             edit,
         };
+        // An import key of several fields is renamed with one value per field.
+        if let (ConflictDetail::NameClash { field, .. }, Keep::Value(v) | Keep::Rename(_, v)) =
+            (&entry.detail, &keep)
+        {
+            let n = field.split(',').count();
+            if n > 1 && v.as_array().map(Vec::len) != Some(n) {
+                return Err(StoreError::BadResolution(format!(
+                    "name clash {id} is on the import key {field}: give one value per field, \
+                     in that order, as a JSON array (e.g. --keep-value '{}')",
+                    serde_json::to_string(&vec!["..."; n]).unwrap_or_default()
+                )));
+            }
+        }
         let resolution = match &entry.detail {
             ConflictDetail::Merge { conflict } => conflicts::resolve(conflict, &keep)
                 .map_err(|e| StoreError::BadResolution(e.to_string()))?,
@@ -672,13 +690,17 @@ impl Batch<'_> {
             }
         }
         let old_state = p.prev.as_ref().map(|r| &r.state).filter(|s| s.is_alive());
-        for field in self.store.config.unique_fields(p.table) {
-            let old = old_state.and_then(|s| s.value(field));
-            let new = p.state.value(field).filter(|_| is_alive);
+        let rules = self.unique_rules(p.table)?;
+        for rule in &rules {
+            let field = &rule.name;
+            let old = old_state.and_then(|s| rule.value_of(s));
+            let new = Some(&p.state)
+                .filter(|_| is_alive)
+                .and_then(|s| rule.value_of(s));
             if old == new {
                 continue;
             }
-            if let Some(v) = old {
+            if let Some(v) = &old {
                 let mut k = keys::unique_value(p.table, field, &v.to_string());
                 k.extend_from_slice(p.id.as_bytes());
                 self.txn.remove(k);
@@ -821,10 +843,137 @@ impl Batch<'_> {
             &rec,
             p.prev.as_ref(),
         );
-        if self.store.config.unique_fields(p.table).next().is_some() {
+        if !rules.is_empty() {
             self.recheck_clashes(&suffix)?;
         }
+        if p.table == crate::model::IMPORT_KEYS_TABLE {
+            let was = p
+                .prev
+                .as_ref()
+                .and_then(|r| unique::parse_import_key(&r.state));
+            match unique::parse_import_key(&rec.state) {
+                Some(now) if was.as_ref() != Some(&now) => self.learn_import_key(&now.0, now.1)?,
+                _ => {}
+            }
+        }
         Ok(logged)
+    }
+
+    /// The unique rules of `table`: configured fields and import keys (none for fieldsync's
+    /// own tables).
+    fn unique_rules(&mut self, table: &str) -> Result<Vec<UniqueKey>, StoreError> {
+        let configured = self.store.config.unique_fields(table);
+        if table.starts_with(crate::model::SYSTEM_PREFIX) {
+            return Ok(unique::rules(configured, None));
+        }
+        let keys = match &self.import_keys {
+            Some(k) => k,
+            None => {
+                let mut k = ImportKeys::new();
+                let prefix = keys::table_records(crate::model::IMPORT_KEYS_TABLE);
+                for rk in self.txn.keys_with_prefix(&prefix)? {
+                    let Some(v) = self.txn.get(&rk)? else {
+                        continue;
+                    };
+                    if let Some((t, key)) = unique::parse_import_key(&decode_record(&v)?.state) {
+                        let list: &mut Vec<Vec<String>> = k.entry(t).or_default();
+                        if !list.contains(&key) {
+                            list.push(key);
+                        }
+                    }
+                }
+                self.import_keys.insert(k)
+            }
+        };
+        Ok(unique::rules(configured, keys.get(table)))
+    }
+
+    /// A key record just written: if the key is new here, every live record of its table is
+    /// indexed under it now, and two records already sharing a key value get a name clash
+    /// (logged whatever wrote the key record: both records exist already, so refusing one
+    /// would help nobody; the clash tells a person to settle it). From then on every write of
+    /// the table keeps the index, like a configured unique field's.
+    fn learn_import_key(&mut self, table: &str, key: Vec<String>) -> Result<(), StoreError> {
+        // A key record's id is derived from its table and key, so a key is new here exactly
+        // when its record was not alive with it before this write (the caller's test). Loaded
+        // now, the keys include it (this batch's writes are read); loaded earlier, add it.
+        match self.import_keys.as_mut() {
+            None => {
+                self.unique_rules(table)?;
+            }
+            Some(k) => {
+                let list = k.entry(table.to_string()).or_default();
+                if !list.contains(&key) {
+                    list.push(key.clone());
+                }
+            }
+        }
+        let rule = UniqueKey::import(&key);
+        if key.len() == 1 && self.store.config.unique_fields(table).any(|f| *f == key[0]) {
+            return Ok(());
+        }
+        let prefix = keys::table_records(table);
+        for rk in self.txn.keys_with_prefix(&prefix)? {
+            let Some(v) = self.txn.get(&rk)? else {
+                continue;
+            };
+            let rec = decode_record(&v)?;
+            if !rec.state.is_alive() {
+                continue;
+            }
+            let Some(value) = rule.value_of(&rec.state) else {
+                continue;
+            };
+            let id = Uuid::from_slice(&rk[prefix.len()..])
+                .map_err(|e| StoreError::Decode(e.to_string()))?;
+            let vprefix = keys::unique_value(table, &rule.name, &value.to_string());
+            if let Some(k) = self.txn.keys_with_prefix(&vprefix)?.first() {
+                let other = Uuid::from_slice(&k[vprefix.len()..])
+                    .map_err(|e| StoreError::Decode(e.to_string()))?;
+                self.log_name_clash(table, id, rec.seq, rule.name.clone(), value, other);
+            }
+            let mut k = vprefix;
+            k.extend_from_slice(id.as_bytes());
+            self.txn.put(k, Vec::new());
+        }
+        Ok(())
+    }
+
+    /// Logs a name clash between two stored records (`record` at feed position `seq`), indexed
+    /// under both.
+    fn log_name_clash(
+        &mut self,
+        table: &str,
+        record: Uuid,
+        seq: u64,
+        field: String,
+        value: Value,
+        other: Uuid,
+    ) {
+        let id = self.w.next_conflict;
+        self.w.next_conflict += 1;
+        let entry = ConflictEntry {
+            id,
+            table: table.to_string(),
+            record,
+            detected_at: self.now,
+            peer: None,
+            detail: ConflictDetail::NameClash {
+                field,
+                value,
+                other,
+            },
+            resolved: None,
+            seq,
+            reported_by: None,
+        };
+        for r in [record, other] {
+            self.txn.put(
+                keys::conflict_by_record(&keys::record_suffix(table, &r), id),
+                Vec::new(),
+            );
+        }
+        self.txn.put(keys::conflict(id), encode(&entry));
     }
 
     /// Clears the open name clashes of a record whose two records no longer share the value
@@ -846,11 +995,9 @@ impl Batch<'_> {
             let mut shared = true;
             for rid in [entry.record, *other] {
                 let rec = self.load(&keys::record_suffix(&entry.table, &rid))?;
-                let now = rec
+                shared &= rec
                     .as_ref()
-                    .filter(|r| r.state.is_alive())
-                    .and_then(|r| r.state.value(field));
-                shared &= now == Some(value);
+                    .is_some_and(|r| unique::still_holds(&r.state, field, value));
             }
             if !shared {
                 entry.resolved = Some(Resolution {

@@ -1,0 +1,297 @@
+//! Which values of a table must be unique across its records: the unique fields of
+//! `fieldsync.toml` and the import keys every laptop of the deployment learnt from the
+//! replicated system table `fs_import_keys`.
+//!
+//! An `import --key F[,G]` records `(table, [F, G])` there (one record per table and key, its id
+//! derived from both, so two laptops recording the same key make one record). A record put on
+//! one laptop and the same person imported with `--key` on another otherwise become two
+//! records with one key, silently: with the key known everywhere, the second of them to reach a
+//! laptop logs a name clash there (rule 7 of the merge rules), as a configured unique field does.
+//!
+//! Key values are compared as text, as the import derives ids from them (`34` and `"34"` are
+//! one key); a key of one field is indexed under that field with its text as a JSON string, a
+//! key of several under `F,G` with a JSON array of their texts. A configured unique field keeps
+//! its own rule (JSON values) and wins over a one-field import key on the same field.
+//!
+//! | `fs_import_keys` record | value                                                   |
+//! |-------------------------|---------------------------------------------------------|
+//! | id                      | UUID v5 of [`KEYS_NAMESPACE`], `table 0x00 JSON array of the fields` |
+//! | field `table`           | the table the key belongs to (text)                     |
+//! | field `key`             | the key's fields, in the import's order (array of text) |
+
+use crate::model::RecordState;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// Namespace of the ids of `fs_import_keys` records.
+pub const KEYS_NAMESPACE: Uuid = Uuid::from_u128(0x3f1c_8e27_b0d4_4a69_9e12_64c5_d7a8_0b53);
+
+/// The id of the `fs_import_keys` record of `table`'s key `fields`.
+pub fn import_key_id(table: &str, fields: &[String]) -> Uuid {
+    let mut name = table.as_bytes().to_vec();
+    name.push(0);
+    name.extend(serde_json::to_vec(fields).unwrap_or_default());
+    Uuid::new_v5(&KEYS_NAMESPACE, &name)
+}
+
+/// The fields of the `fs_import_keys` record of `table`'s key `fields`.
+pub fn import_key_fields(table: &str, fields: &[String]) -> crate::model::Fields {
+    let mut m = crate::model::Fields::new();
+    m.insert("table".into(), json!(table));
+    m.insert("key".into(), json!(fields));
+    m
+}
+
+/// The table and key fields a live `fs_import_keys` record names (`None` for anything else).
+pub(crate) fn parse_import_key(state: &RecordState) -> Option<(String, Vec<String>)> {
+    if !state.is_alive() {
+        return None;
+    }
+    let table = state.value("table")?.as_str()?.to_string();
+    let key: Vec<String> = state
+        .value("key")?
+        .as_array()?
+        .iter()
+        .map(|v| v.as_str().map(str::to_string))
+        .collect::<Option<_>>()?;
+    (!key.is_empty() && key.iter().all(|k| !k.is_empty())).then_some((table, key))
+}
+
+/// Table → its import keys, as the replicated table holds them.
+pub(crate) type ImportKeys = BTreeMap<String, Vec<Vec<String>>>;
+
+/// One rule of uniqueness of a table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct UniqueKey {
+    /// The name in the unique index and in a name clash: the field, or `F,G`.
+    pub(crate) name: String,
+    /// The fields.
+    pub(crate) fields: Vec<String>,
+    /// Compared as text (an import key) rather than as JSON values (a configured field).
+    pub(crate) text: bool,
+}
+
+impl UniqueKey {
+    /// A configured unique field.
+    pub(crate) fn configured(field: &str) -> UniqueKey {
+        UniqueKey {
+            name: field.to_string(),
+            fields: vec![field.to_string()],
+            text: false,
+        }
+    }
+
+    /// An import key.
+    pub(crate) fn import(fields: &[String]) -> UniqueKey {
+        UniqueKey {
+            name: fields.join(","),
+            fields: fields.to_vec(),
+            text: true,
+        }
+    }
+
+    /// The record's value of this key (`None`: the record has none, so nothing to clash).
+    pub(crate) fn value_of(&self, state: &RecordState) -> Option<Value> {
+        self.value_in(|f| state.value(f))
+    }
+
+    /// [`Self::value_of`] for values read by `get` (an import row's fields).
+    pub(crate) fn value_in<'a>(&self, get: impl Fn(&str) -> Option<&'a Value>) -> Option<Value> {
+        if !self.text {
+            return get(&self.fields[0]).filter(|v| !v.is_null()).cloned();
+        }
+        let texts: Vec<String> = self
+            .fields
+            .iter()
+            .map(|f| get(f).and_then(key_text))
+            .collect::<Option<_>>()?;
+        Some(match <[String; 1]>::try_from(texts) {
+            Ok([one]) => Value::String(one),
+            Err(many) => json!(many),
+        })
+    }
+}
+
+/// A key value as text, as `import --key` reads it (text as is, numbers and booleans as JSON);
+/// `None` for what cannot be a key.
+pub(crate) fn key_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+        _ => None,
+    }
+}
+
+/// Whether a record still holds the value `value` a name clash on `name` was logged for:
+/// compared as the clash's rule compares (a key of several fields holds an array of texts; a
+/// text value also matches a number or boolean written as that text, as import keys compare).
+pub(crate) fn still_holds(state: &RecordState, name: &str, value: &Value) -> bool {
+    if !state.is_alive() {
+        return false;
+    }
+    if state.value(name) == Some(value) {
+        return true;
+    }
+    match value {
+        Value::String(s) => state.value(name).and_then(key_text).as_deref() == Some(s),
+        Value::Array(texts) if name.contains(',') => {
+            let fields: Vec<&str> = name.split(',').collect();
+            fields.len() == texts.len()
+                && fields.iter().zip(texts).all(|(f, t)| {
+                    t.as_str().is_some()
+                        && state.value(f).and_then(key_text).as_deref() == t.as_str()
+                })
+        }
+        _ => false,
+    }
+}
+
+/// The write behind a record's value of the name-clash field `name`: the field's own, or for an
+/// import key of several fields (`F,G`) their texts as an array, stamped by the latest of their
+/// writes (who wrote the key last, as a person reading the clash needs it).
+pub fn clash_write(state: &RecordState, name: &str) -> Option<crate::model::FieldState> {
+    if let Some(f) = state.fields.get(name) {
+        return Some(f.clone());
+    }
+    if !name.contains(',') {
+        return None;
+    }
+    let parts: Vec<&crate::model::FieldState> = name
+        .split(',')
+        .map(|f| state.fields.get(f))
+        .collect::<Option<_>>()?;
+    let texts: Option<Vec<String>> = parts
+        .iter()
+        .map(|p| p.value.as_ref().and_then(key_text))
+        .collect();
+    Some(crate::model::FieldState {
+        value: texts.map(|t| json!(t)),
+        stamp: parts.iter().map(|p| p.stamp).max()?,
+    })
+}
+
+/// The table's rules: its configured unique fields, then its import keys (a one-field key on a
+/// configured field left out: the field's rule is already there).
+pub(crate) fn rules<'a>(
+    configured: impl Iterator<Item = &'a String>,
+    keys: Option<&Vec<Vec<String>>>,
+) -> Vec<UniqueKey> {
+    let mut out: Vec<UniqueKey> = configured.map(|f| UniqueKey::configured(f)).collect();
+    for k in keys.into_iter().flatten() {
+        if k.len() == 1 && out.iter().any(|u| !u.text && u.name == k[0]) {
+            continue;
+        }
+        out.push(UniqueKey::import(k));
+    }
+    out
+}
+
+impl super::Store {
+    /// The unique rules of `table` as stored now: configured fields and import keys.
+    pub(crate) fn unique_rules(&self, table: &str) -> Result<Vec<UniqueKey>, super::StoreError> {
+        let configured = self.config().unique_fields(table);
+        if table.starts_with(crate::model::SYSTEM_PREFIX) {
+            return Ok(rules(configured, None));
+        }
+        let mut keys: Vec<Vec<String>> = Vec::new();
+        for r in self.scan_table(crate::model::IMPORT_KEYS_TABLE) {
+            if let Some((t, k)) = parse_import_key(&r?.1.state) {
+                if t == table && !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+        }
+        Ok(rules(configured, Some(&keys)))
+    }
+
+    /// Records that `table` is imported by `key`, deployment-wide (a no-op once recorded).
+    pub fn record_import_key(&self, table: &str, key: &[String]) -> Result<(), super::StoreError> {
+        let id = import_key_id(table, key);
+        let held = self
+            .get(crate::model::IMPORT_KEYS_TABLE, &id)?
+            .and_then(|r| parse_import_key(&r.state));
+        if held.is_some_and(|(t, k)| t == table && k == key) {
+            return Ok(());
+        }
+        self.write_system(&[super::LocalOp {
+            table: crate::model::IMPORT_KEYS_TABLE.to_string(),
+            id,
+            edit: crate::merge::Edit::Put(import_key_fields(table, key)),
+        }])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Hlc;
+    use crate::model::FieldState;
+
+    fn state(fields: &[(&str, Value)]) -> RecordState {
+        let mut s = RecordState::default();
+        let at = Hlc {
+            ts: 1,
+            node: Uuid::nil(),
+        };
+        for (k, v) in fields {
+            s.fields.insert(
+                k.to_string(),
+                FieldState {
+                    value: Some(v.clone()),
+                    stamp: at,
+                },
+            );
+        }
+        s.vv.insert(Uuid::nil(), 1);
+        s
+    }
+
+    #[test]
+    fn import_keys_compare_as_text_and_configured_fields_as_json() {
+        let s = state(&[("case", json!(34)), ("district", json!("North"))]);
+        assert_eq!(
+            UniqueKey::import(&["case".into()]).value_of(&s),
+            Some(json!("34"))
+        );
+        assert_eq!(UniqueKey::configured("case").value_of(&s), Some(json!(34)));
+        let two = UniqueKey::import(&["case".into(), "district".into()]);
+        assert_eq!(two.name, "case,district");
+        assert_eq!(two.value_of(&s), Some(json!(["34", "North"])));
+        assert!(still_holds(&s, "case,district", &json!(["34", "North"])));
+        assert!(still_holds(&s, "case", &json!("34")));
+        assert!(!still_holds(&s, "case", &json!("35")));
+        // A record without every key field has no key value.
+        let one = state(&[("case", json!("C-1"))]);
+        assert_eq!(two.value_of(&one), None);
+    }
+
+    #[test]
+    fn a_configured_field_wins_over_a_one_field_key_on_it() {
+        let configured = ["case".to_string()];
+        let keys = vec![
+            vec!["case".to_string()],
+            vec!["name".into(), "district".into()],
+        ];
+        let r = rules(configured.iter(), Some(&keys));
+        assert_eq!(r.len(), 2);
+        assert!(!r[0].text);
+        assert_eq!(r[1].name, "name,district");
+    }
+
+    #[test]
+    fn key_records_round_trip_and_ids_are_per_table_and_key() {
+        let k = vec!["case_number".to_string()];
+        assert_eq!(import_key_id("person", &k), import_key_id("person", &k));
+        assert_ne!(import_key_id("person", &k), import_key_id("tent", &k));
+        let fields = import_key_fields("person", &k);
+        let s = state(
+            &fields
+                .iter()
+                .map(|(f, v)| (f.as_str(), v.clone()))
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(parse_import_key(&s), Some(("person".to_string(), k)));
+    }
+}

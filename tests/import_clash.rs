@@ -1,0 +1,268 @@
+//! The same person registered by hand on one laptop and imported with `--key` on another
+//! (trial 8, finding 1): the import's key travels in the replicated table `fs_import_keys`, so
+//! every laptop keeps it unique like a configured unique field and the two records become a
+//! name clash on every laptop, never two silent copies. Real binaries, real agents, mutual TLS
+//! on 127.0.0.1.
+
+mod common;
+
+use common::agent::{self, Agent};
+use serde_json::{json, Value};
+use std::path::Path;
+use uuid::Uuid;
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+/// Panics unless `out` exited with `code` and its stderr holds every word of `words`.
+#[track_caller]
+fn fails(out: agent::Output, code: i32, words: &[&str]) {
+    let out = out.code(code);
+    for w in words {
+        assert!(out.stderr.contains(w), "{w:?} missing:\n{out}");
+    }
+}
+
+/// The open name clashes of `dir`.
+fn clashes(dir: &Path) -> Vec<Value> {
+    agent::conflicts(dir)
+        .into_iter()
+        .filter(|c| c["type"] == "name_clash" && c["resolved"].is_null())
+        .collect()
+}
+
+/// The two records a name clash names, in id order.
+fn pair(c: &Value) -> Vec<String> {
+    let mut p = vec![
+        c["record"].as_str().expect("record").to_string(),
+        c["other_record"]
+            .as_str()
+            .expect("other_record")
+            .to_string(),
+    ];
+    p.sort();
+    p
+}
+
+/// The records of `table` whose `field` is `value`.
+fn with(dir: &Path, table: &str, field: &str, value: &str) -> Vec<Value> {
+    common::parse_lines(&agent::export(dir, table))
+        .into_iter()
+        .filter(|r| r["fields"][field] == value)
+        .collect()
+}
+
+#[test]
+fn a_record_put_on_one_laptop_and_imported_on_another_is_a_name_clash_on_every_laptop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, c) = (
+        agent::data_dir(tmp.path(), "a"),
+        agent::data_dir(tmp.path(), "b"),
+        agent::data_dir(tmp.path(), "c"),
+    );
+    for d in [&a, &b, &c] {
+        agent::ensure_member(d);
+    }
+    // On B, while apart: the person is registered at the camp gate (a random id).
+    let put_b = Uuid::new_v4();
+    agent::put(
+        &b,
+        "person",
+        &put_b,
+        &json!({"case_number": "C-0008", "name": "Ladi Pam", "notes": "registered at camp gate"}),
+    );
+    // On A: the registry arrives and is imported by case number.
+    let list = tmp.path().join("registry-c8.csv");
+    std::fs::write(
+        &list,
+        "case_number,name,phone\nC-0007,Musa Bello,08071110000\nC-0008,Ladi Pam,08071112222\n",
+    )
+    .unwrap();
+    let first = agent::run(
+        &a,
+        &["import", "person", path_str(&list), "--key", "case_number"],
+    )
+    .ok()
+    .json();
+    assert_eq!(first["inserted"], 2, "{first}");
+    let imported = with(&a, "person", "case_number", "C-0008")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(clashes(&a).is_empty(), "nothing to clash with yet on A");
+
+    let agent_b = Agent::start(&b);
+    agent::sync(&a, agent_b.addr());
+    let both = {
+        let mut p = vec![imported.clone(), put_b.to_string()];
+        p.sort();
+        p
+    };
+    // Both records stay (both are real writes), and each laptop logs the same clash: the same
+    // two records, key field and value.
+    for (name, dir) in [("A", &a), ("B", &b)] {
+        assert_eq!(
+            with(dir, "person", "case_number", "C-0008").len(),
+            2,
+            "{name}"
+        );
+        let open = clashes(dir);
+        assert_eq!(open.len(), 1, "{name}: {open:?}");
+        assert_eq!(pair(&open[0]), both, "{name}: {open:?}");
+        assert_eq!(open[0]["field"], "case_number", "{name}");
+        assert_eq!(open[0]["value"], "C-0008", "{name}");
+        let sides: Vec<&str> = open[0]["sides"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["record"].as_str().unwrap())
+            .collect();
+        assert!(
+            sides.contains(&imported.as_str()) && sides.contains(&put_b.to_string().as_str()),
+            "{name}: both records listed: {open:?}"
+        );
+        // `status` counts it.
+        let st = agent::status(dir);
+        assert_eq!(st["unresolved_conflicts"], 1, "{name}: {st}");
+    }
+
+    // Re-importing the registry on a laptop holding both refuses, naming both ids.
+    let before = agent::export(&b, "person");
+    let out = agent::run(
+        &b,
+        &["import", "person", path_str(&list), "--key", "case_number"],
+    );
+    fails(out, 2, &[imported.as_str(), &put_b.to_string(), "C-0008"]);
+    assert_eq!(agent::export(&b, "person"), before, "nothing was written");
+
+    // The key reaches a third laptop with the records: the same clash there, and a second
+    // C-0008 written there by hand is refused like a configured unique field's.
+    // C also registered C-0007 by hand before it ever synced: B, which knows the key, logs
+    // that clash as the record arrives; C as the key arrives.
+    let gate_c = Uuid::new_v4();
+    agent::put(
+        &c,
+        "person",
+        &gate_c,
+        &json!({"case_number": "C-0007", "name": "Musa Bello"}),
+    );
+    agent::sync(&c, agent_b.addr());
+    let of = |dir: &Path, v: &str| -> Vec<Value> {
+        clashes(dir)
+            .into_iter()
+            .filter(|c| c["value"] == v)
+            .collect()
+    };
+    let open = of(&c, "C-0008");
+    assert_eq!(open.len(), 1, "C: {open:?}");
+    assert_eq!(pair(&open[0]), both, "C: {open:?}");
+    for (name, dir) in [("B", &b), ("C", &c)] {
+        let open = of(dir, "C-0007");
+        assert_eq!(open.len(), 1, "{name}: {:?}", clashes(dir));
+        assert!(pair(&open[0]).contains(&gate_c.to_string()), "{name}");
+    }
+    let again = agent::run(
+        &c,
+        &[
+            "put",
+            "person",
+            r#"{"case_number":"C-0008","name":"again"}"#,
+        ],
+    );
+    assert_ne!(again.code, 0, "{again}");
+    assert!(again.stderr.contains("C-0008"), "{again}");
+
+    // Settling it on one laptop settles it everywhere: B deletes its gate record.
+    agent::delete(&b, "person", &put_b);
+    agent::sync(&a, agent_b.addr());
+    agent::sync(&c, agent_b.addr());
+    for (name, dir) in [("A", &a), ("B", &b), ("C", &c)] {
+        assert!(of(dir, "C-0008").is_empty(), "{name}: {:?}", clashes(dir));
+        assert!(!agent::alive(dir, "person", &put_b), "{name}");
+        let kept = Uuid::parse_str(&imported).unwrap();
+        assert!(agent::alive(dir, "person", &kept), "{name}");
+    }
+}
+
+/// Renaming one record of a key clash (`--keep-value`) clears it on both laptops; a key of two
+/// fields clashes on both values together and is renamed with one value per field.
+#[test]
+fn a_key_clash_of_two_fields_clears_on_both_laptops_once_one_record_is_renamed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        agent::data_dir(tmp.path(), "a"),
+        agent::data_dir(tmp.path(), "b"),
+    );
+    agent::ensure_member(&a);
+    agent::ensure_member(&b);
+    let gate = Uuid::new_v4();
+    agent::put(
+        &b,
+        "person",
+        &gate,
+        &json!({"name": "Ann", "district": "North", "age": 34}),
+    );
+    // Same name in another district: no clash.
+    let other = Uuid::new_v4();
+    agent::put(
+        &b,
+        "person",
+        &other,
+        &json!({"name": "Ann", "district": "South"}),
+    );
+    let list = tmp.path().join("camps.csv");
+    std::fs::write(&list, "name,district,status\nAnn,North,missing\n").unwrap();
+    agent::run(
+        &a,
+        &[
+            "import",
+            "person",
+            path_str(&list),
+            "--key",
+            "name,district",
+        ],
+    )
+    .ok();
+    let agent_b = Agent::start(&b);
+    agent::sync(&a, agent_b.addr());
+    for (name, dir) in [("A", &a), ("B", &b)] {
+        let open = clashes(dir);
+        assert_eq!(open.len(), 1, "{name}: {open:?}");
+        assert_eq!(open[0]["field"], "name,district", "{name}");
+        assert_eq!(open[0]["value"], json!(["Ann", "North"]), "{name}");
+        assert!(pair(&open[0]).contains(&gate.to_string()), "{name}");
+    }
+    let cid = clashes(&b)[0]["id"].to_string();
+    // One value for a key of two fields is refused, naming the key.
+    let wrong = agent::run(
+        &b,
+        &["conflicts", "resolve", &cid, "--keep-value", r#""Ann B.""#],
+    );
+    assert_ne!(wrong.code, 0, "{wrong}");
+    assert!(wrong.stderr.contains("name,district"), "{wrong}");
+    agent::run(
+        &b,
+        &[
+            "conflicts",
+            "resolve",
+            &cid,
+            "--keep-value",
+            r#"["Ann B.","North"]"#,
+            "--record",
+            &gate.to_string(),
+        ],
+    )
+    .ok();
+    agent::sync(&a, agent_b.addr());
+    for (name, dir) in [("A", &a), ("B", &b)] {
+        assert!(
+            clashes(dir).is_empty(),
+            "{name}: {:?}",
+            agent::conflicts(dir)
+        );
+        let g = agent::get(dir, "person", &gate).unwrap();
+        assert_eq!(g["fields"]["name"], "Ann B.", "{name}: {g}");
+        assert_eq!(g["fields"]["district"], "North", "{name}: {g}");
+    }
+}
