@@ -583,13 +583,8 @@ fn xlsx_and_ods_import_as_the_same_records_as_csv() {
 fn the_same_keyed_row_imported_on_two_laptops_is_one_record_after_sync() {
     use common::agent::{self, Agent};
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (
-        agent::data_dir(tmp.path(), "a"),
-        agent::data_dir(tmp.path(), "b"),
-    );
     // Both laptops join the deployment first: derived ids depend on it.
-    agent::ensure_member(&a);
-    agent::ensure_member(&b);
+    let [a, b]: [_; 2] = agent::members(tmp.path(), &["a", "b"]).try_into().unwrap();
     let list = tmp.path().join("registry.csv");
     std::fs::write(&list, "case,name,status\nA-1,Ann,missing\nA-2,Bo,missing\n").unwrap();
     let list_b = tmp.path().join("registry-b.csv");

@@ -56,14 +56,9 @@ fn with(dir: &Path, table: &str, field: &str, value: &str) -> Vec<Value> {
 #[test]
 fn a_record_put_on_one_laptop_and_imported_on_another_is_a_name_clash_on_every_laptop() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b, c) = (
-        agent::data_dir(tmp.path(), "a"),
-        agent::data_dir(tmp.path(), "b"),
-        agent::data_dir(tmp.path(), "c"),
-    );
-    for d in [&a, &b, &c] {
-        agent::ensure_member(d);
-    }
+    let [a, b, c]: [_; 3] = agent::members(tmp.path(), &["a", "b", "c"])
+        .try_into()
+        .unwrap();
     // On B, while apart: the person is registered at the camp gate (a random id).
     let put_b = Uuid::new_v4();
     agent::put(
@@ -190,12 +185,7 @@ fn a_record_put_on_one_laptop_and_imported_on_another_is_a_name_clash_on_every_l
 #[test]
 fn a_key_clash_of_two_fields_clears_on_both_laptops_once_one_record_is_renamed() {
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (
-        agent::data_dir(tmp.path(), "a"),
-        agent::data_dir(tmp.path(), "b"),
-    );
-    agent::ensure_member(&a);
-    agent::ensure_member(&b);
+    let [a, b]: [_; 2] = agent::members(tmp.path(), &["a", "b"]).try_into().unwrap();
     let gate = Uuid::new_v4();
     agent::put(
         &b,

@@ -679,14 +679,28 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_peer_that_looks_reset_has_its_own_deletes_held_not_those_it_relays() {
-        let ((a, _da), (b, _db), (c, _dc)) = (open(""), open(""), open(""));
-        let op = |id: Uuid, edit| LocalOp {
+    /// A local write of `edit` to the person record `id`.
+    fn op(id: Uuid, edit: Edit) -> LocalOp {
+        LocalOp {
             table: "person".into(),
             id,
             edit,
-        };
+        }
+    }
+
+    /// Five person records (`{"n": i}`) written on `a`; their ids.
+    fn five_records(a: &Store) -> Vec<Uuid> {
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let f = json!({"n": i}).as_object().unwrap().clone();
+            a.write_one(op(*id, Edit::Put(f))).unwrap();
+        }
+        ids
+    }
+
+    #[test]
+    fn a_peer_that_looks_reset_has_its_own_deletes_held_not_those_it_relays() {
+        let ((a, _da), (b, _db), (c, _dc)) = (open(""), open(""), open(""));
         let f = || json!({"n": 1}).as_object().unwrap().clone();
         let (x, y) = (Uuid::new_v4(), Uuid::new_v4());
         a.write_one(op(x, Edit::Put(f()))).unwrap();
@@ -729,16 +743,7 @@ mod tests {
     fn an_approval_settles_what_it_covers_and_later_covered_deletes_are_not_held() {
         let cfg = "[brake.tables.person]\npercent = 20\nmin_records = 2\n";
         let ((a, _da), (b, _db), (c, _dc)) = (open(cfg), open(cfg), open(cfg));
-        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
-        let op = |id: Uuid, edit| LocalOp {
-            table: "person".into(),
-            id,
-            edit,
-        };
-        for (i, id) in ids.iter().enumerate() {
-            let f = json!({"n": i}).as_object().unwrap().clone();
-            a.write_one(op(*id, Edit::Put(f))).unwrap();
-        }
+        let ids = five_records(&a);
         for s in [&b, &c] {
             s.apply_remote(Some(a.id()), &states(&a, &ids)).unwrap();
             s.update_peer(&a.id(), |_| ()).unwrap();
@@ -802,16 +807,7 @@ mod tests {
     fn held_deletes_stay_out_of_knowledge_are_not_held_twice_and_approve_applies_them() {
         let cfg = "[brake.tables.person]\npercent = 20\nmin_records = 2\n";
         let ((a, _da), (b, _db)) = (open(cfg), open(cfg));
-        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
-        let op = |id: Uuid, edit| LocalOp {
-            table: "person".into(),
-            id,
-            edit,
-        };
-        for (i, id) in ids.iter().enumerate() {
-            let f = json!({"n": i}).as_object().unwrap().clone();
-            a.write_one(op(*id, Edit::Put(f))).unwrap();
-        }
+        let ids = five_records(&a);
         b.apply_remote(Some(a.id()), &states(&a, &ids)).unwrap();
         b.update_peer(&a.id(), |_| ()).unwrap();
         for id in &ids[..4] {

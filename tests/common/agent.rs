@@ -466,6 +466,19 @@ pub fn data_dir(root: &Path, name: &str) -> PathBuf {
     d
 }
 
+/// Fresh data dirs named `names` under `root`, each already a member of the test deployment
+/// (an import's derived ids depend on the deployment, so members join before importing).
+pub fn members(root: &Path, names: &[&str]) -> Vec<PathBuf> {
+    names
+        .iter()
+        .map(|n| {
+            let d = data_dir(root, n);
+            ensure_member(&d);
+            d
+        })
+        .collect()
+}
+
 /// A fresh data dir that never joins a deployment: it syncs only with `--insecure-plaintext`
 /// (the raw JSON-RPC tests speak plain HTTP to it).
 pub fn plaintext_data_dir(root: &Path, name: &str) -> PathBuf {
