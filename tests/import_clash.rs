@@ -167,6 +167,32 @@ fn a_record_put_on_one_laptop_and_imported_on_another_is_a_name_clash_on_every_l
     );
     assert_ne!(again.code, 0, "{again}");
     assert!(again.stderr.contains("C-0008"), "{again}");
+    // C wrote neither C-0008 record: its hint names the record to rename (it offered renaming
+    // "this laptop's record", which is then refused), and the refusal is in the CLI's words.
+    let cid = open[0]["id"].to_string();
+    let shown = agent::run(&c, &["conflicts", "--human"]).ok().stdout;
+    assert!(
+        shown.contains(&format!(
+            "Resolve: fieldsync conflicts resolve {cid} --record ID --keep-value NEW_VALUE \
+             (renames record ID, one of the two), or delete one of the two"
+        )),
+        "{shown}"
+    );
+    let refused = agent::run(
+        &c,
+        &["conflicts", "resolve", &cid, "--keep-value", "\"C-0008x\""],
+    );
+    assert_eq!(refused.code, 2, "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("this laptop wrote neither of the two records")
+            && refused
+                .stderr
+                .contains("say which one to rename with --record ID")
+            && !refused.stderr.contains("HTTP"),
+        "{refused}"
+    );
 
     // Settling it on one laptop settles it everywhere: B deletes its gate record.
     agent::delete(&b, "person", &put_b);

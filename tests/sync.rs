@@ -615,6 +615,14 @@ fn conflicts_are_resolved_from_the_readers_side_and_clear_everywhere() {
         history.contains("(a conflict resolution)\n  kept the record as it was (no value changed)"),
         "{history}"
     );
+    let diff = run(&a, &["history", "person", &z.to_string(), "--diff"])
+        .ok()
+        .stdout;
+    assert!(
+        diff.contains("kept the record as it was (no value changed)")
+            && !diff.contains("- name: \"Zoe\"\n+ name: \"Zoe\""),
+        "{diff}"
+    );
 }
 
 const BIG: usize = 20_000;

@@ -728,7 +728,7 @@ impl App {
                 "record",
                 format!(
                     "this laptop wrote {} of the two records of name clash {} ({} and {other}): \
-                     say which one to rename with --record ID (HTTP: \"record\")",
+                     say which one to rename with --record ID",
                     if mine.is_empty() { "neither" } else { "both" },
                     c.id,
                     c.record

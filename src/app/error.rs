@@ -132,10 +132,7 @@ const API_WORDS: &[(&str, &str)] = &[
         "run it again with --yes (API: \"confirm_mass_delete\": true)",
         "send it again with \"confirm_mass_delete\": true",
     ),
-    (
-        " with --record ID (HTTP: \"record\")",
-        " with \"record\": ID",
-    ),
+    (" with --record ID", " with \"record\": ID"),
     ("--keep-value JSON", "\"keep_value\": JSON"),
     ("--keep-from NAME_OR_ID", "\"keep_from\": NAME_OR_ID"),
     ("--keep-value", "\"keep_value\""),

@@ -204,7 +204,15 @@ fn block(c: &ConflictView, now: DateTime<Utc>) -> String {
             }
             "field" => "--keep-from NAME | --keep-value JSON".to_string(),
             "delete_edit" => "--keep deleted | --keep alive".to_string(),
-            _ => "--keep-value NEW_VALUE (renames this laptop's record)".to_string(),
+            // A laptop that wrote exactly one of the two records renames its own; any other
+            // (neither, as on a third laptop, or both) must say which: `--record` takes it.
+            _ if c.sides.iter().filter(|s| s.laptop.this_laptop).count() == 1 => {
+                "--keep-value NEW_VALUE (renames this laptop's record), or delete one of the two"
+                    .to_string()
+            }
+            _ => "--record ID --keep-value NEW_VALUE (renames record ID, one of the two), or \
+                  delete one of the two"
+                .to_string(),
         };
         out.push_str(&format!(
             "  Resolve: fieldsync conflicts resolve {id} {how}\n"

@@ -402,7 +402,15 @@ pub fn history_diff_named(
             crate::app::records::RECONSTRUCTED_NOTE
         ));
     }
-    for c in &r.changes {
+    // A resolution that kept a record alive re-asserts a field with its own value (so the
+    // decision travels): no "- age: 40 / + age: 40" pair, as `history` says it.
+    let kept = |c: &crate::merge::FieldChange| {
+        r.cause == crate::merge::Cause::Resolution && c.old.is_some() && c.old == c.new
+    };
+    if !r.changes.is_empty() && r.changes.iter().all(kept) {
+        out.push_str("  kept the record as it was (no value changed)\n");
+    }
+    for c in r.changes.iter().filter(|c| !kept(c)) {
         if let Some(old) = &c.old {
             out.push_str(&format!("- {}: {old}\n", c.field));
         }
