@@ -243,7 +243,10 @@ fn online_state_is_one_truth_in_memory_and_never_for_a_revoked_laptop() {
     );
     let typo = run(a, &["sync", "laptpC"]);
     assert!(!typo.stderr.contains("\"laptopC\""), "{}", typo.stderr);
-    // Nor is it "failing" in `status`: it is shut out, as `peers` says.
+    // Nor is it "failing" in `status`: it is shut out, as `peers` says, and counted apart.
+    assert_eq!(status(a)["peers"]["revoked"], 1);
+    let said = run(a, &["status", "--human"]).ok().stdout;
+    assert!(said.contains("Peers: 2 known (1 revoked), "), "{said}");
     let failing = status(a)["peers"]["failing"].clone();
     assert!(
         !failing.to_string().contains(&id_c),

@@ -88,6 +88,7 @@ impl App {
             "contact": info.contact, "data_dir": store.dir(), "feed_seq": store.seq(),
             "tables": tables, "unresolved_conflicts": unresolved, "held": held,
             "peers": {"known": peers.len(), "online": online.len(), "last_sync": last_sync,
+                      "revoked": peers.iter().filter(|p| revoked.contains_key(&p.instance)).count(),
                       "failing": failing, "quarantined": quarantined},
             "incarnation": store.incarnation(),
             "identity_problems": crate::sync::identity_problems(store)?,

@@ -249,8 +249,14 @@ pub fn status(v: &Value, now: DateTime<Utc>) -> String {
     } else {
         "online unknown while the agent is not running".to_string()
     };
+    // A revoked laptop stays known (history names it) but never syncs again: said, so "known"
+    // is not read as laptops that may still come back.
+    let revoked = match p["revoked"].as_u64().unwrap_or(0) {
+        0 => String::new(),
+        n => format!(" ({n} revoked)"),
+    };
     out += &format!(
-        "Peers: {} known, {online}; last sync {}.\n",
+        "Peers: {} known{revoked}, {online}; last sync {}.\n",
         p["known"],
         when(last, now)
     );
