@@ -478,7 +478,8 @@ fn status_peers_and_digest_on_a_fresh_and_a_used_instance() {
     assert_eq!(s["tables"], json!({}));
     assert_eq!(
         s["peers"],
-        json!({"known": 0, "online": 0, "last_sync": null, "failing": [], "quarantined": 0})
+        json!({"known": 0, "online": 0, "last_sync": null, "failing": [], "quarantined": 0,
+               "revoked": 0})
     );
     assert_eq!(s["unresolved_conflicts"], 0);
     assert_eq!(
