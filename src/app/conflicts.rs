@@ -623,7 +623,8 @@ impl App {
             }
         } else {
             let last = rec.and_then(|r| r.state.deleted).unwrap_or(deleted);
-            if self.is_resolution(c, last)? {
+            // (The record's resolution revisions were read above.)
+            if resolutions.contains(&last) {
                 (
                     "deleted".to_string(),
                     format!("resolved by {}", self.laptop(last.node)?.label()),
