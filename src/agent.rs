@@ -164,6 +164,9 @@ pub enum AgentError {
 enum Reason {
     Discovered,
     Notified,
+    /// A notify that waited [`NOTIFY_RETRIES`] for sessions with other laptops to end, and
+    /// runs although they have not.
+    NotifiedLate,
     Periodic,
     /// A session followed by an anti-entropy round (`[sync] anti_entropy_secs`).
     AntiEntropy,
@@ -227,12 +230,24 @@ impl Agent {
         }
         // A peer that just told us it has changes is reachable: its notify is not held back by
         // failures before (nor is one that discovery just saw).
-        if why != Reason::Discovered && why != Reason::Notified {
+        if !matches!(
+            why,
+            Reason::Discovered | Reason::Notified | Reason::NotifiedLate
+        ) {
             if let Some((_, until)) = lock(&self.backoff).get(&key) {
                 if Instant::now() < *until {
                     return;
                 }
             }
+        }
+        // A notify while we exchange with another laptop waits for that exchange: what the
+        // notifier has new is most often what we are receiving right now (it got it from the
+        // same source, or from us), and pulling it again doubled a three-laptop mesh's traffic
+        // (trial 8, finding 9). Once that session ends our knowledge covers it, and the
+        // notified session moves only what is really new.
+        if why == Reason::Notified && self.busy_with_another(&key, peer) {
+            self.notified_while_busy(peer, addrs, key);
+            return;
         }
         if !lock(&self.in_flight).insert(key.clone()) {
             if why == Reason::Notified {
@@ -319,24 +334,32 @@ impl Agent {
         });
     }
 
-    /// A notify that arrived while a session with that peer ran (ours or its own): that
+    /// True while a session with a laptop other than `key`/`peer` runs, ours or its own.
+    fn busy_with_another(&self, key: &str, peer: Option<Uuid>) -> bool {
+        lock(&self.in_flight).iter().any(|k| k != key) || self.inbound.any_active_but(peer)
+    }
+
+    /// A notify that arrived while a session ran: with that peer (ours or its own), that
     /// session may have read the peer's feed before the change the notify announces (seen in a
-    /// trial: a revocation waited ~50 s for the next periodic round). So the notified session
-    /// runs once that one has ended, checked every [`NOTIFY_RETRY`], at most [`NOTIFY_RETRIES`]
-    /// times (the periodic round covers the rest); one waiting notify per peer.
+    /// trial: a revocation waited ~50 s for the next periodic round); with another laptop, it
+    /// is likely bringing the same change (see [`Agent::spawn_session`]). So the notified
+    /// session runs once that one has ended, checked every [`NOTIFY_RETRY`], at most
+    /// [`NOTIFY_RETRIES`] times; then, if only other laptops' sessions still run, it runs
+    /// anyway (a notify is not held back by a long exchange elsewhere), and if one with that
+    /// peer still runs, the periodic round covers it. One waiting notify per peer.
     fn notified_while_busy(self: &Arc<Self>, peer: Option<Uuid>, addrs: Vec<String>, key: String) {
         if !lock(&self.notified_waiting).insert(key.clone()) {
             return; // one is waiting already
         }
         let me = self.clone();
         tokio::spawn(async move {
-            let busy = |me: &Agent| {
+            let busy_with_it = |me: &Agent| {
                 peer.is_some_and(|p| me.inbound.active(&p)) || lock(&me.in_flight).contains(&key)
             };
             let mut free = false;
             for _ in 0..NOTIFY_RETRIES {
                 tokio::time::sleep(NOTIFY_RETRY).await;
-                if !busy(&me) {
+                if !busy_with_it(&me) && !me.busy_with_another(&key, peer) {
                     free = true;
                     break;
                 }
@@ -344,6 +367,8 @@ impl Agent {
             lock(&me.notified_waiting).remove(&key);
             if free {
                 me.spawn_session(peer, addrs, Reason::Notified);
+            } else if !busy_with_it(&me) {
+                me.spawn_session(peer, addrs, Reason::NotifiedLate);
             }
         });
     }

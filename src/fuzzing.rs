@@ -52,6 +52,7 @@ fn page_of(encoding: &str, data: Value, count: u32) -> Page {
         encoding: encoding.to_string(),
         data,
         proofs: None,
+        knowledge: None,
     }
 }
 

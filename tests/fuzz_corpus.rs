@@ -163,6 +163,7 @@ fn seed_pages() -> Vec<(String, Vec<u8>)> {
                 encoding: enc.into(),
                 data: encode_changes(chs, enc).unwrap(),
                 proofs: None,
+                knowledge: None,
             };
             out.push((
                 format!("seed-page-{enc}-{n}"),
@@ -210,6 +211,7 @@ fn regression_pages() -> Vec<(String, Vec<u8>)> {
             encoding: ENC_JSON.into(),
             data: encode_changes(changes, ENC_JSON).unwrap(),
             proofs: None,
+            knowledge: None,
         };
         serde_json::to_vec(&page).unwrap()
     };

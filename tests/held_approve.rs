@@ -264,6 +264,7 @@ fn a_forged_or_tampered_approval_is_ignored_and_logged() {
             encoding: ENC_JSON.into(),
             data: protocol::encode_changes(&page, ENC_JSON).unwrap(),
             proofs: sign_as(&m_id, &page),
+            knowledge: None,
         },
         knowledge: None,
     })

@@ -47,6 +47,7 @@ fn push(from: &str, changes: &[RemoteChange], encoding: &str) -> Value {
             data: protocol::encode_changes(changes, encoding).unwrap(),
             // Signed as the sender could: its own writes only.
             proofs: sign_as(from, changes),
+            knowledge: None,
         },
         knowledge: None,
     })

@@ -457,6 +457,7 @@ fn records_page(
         data: fieldsync::protocol::encode_changes(&changes, ENC_JSON).unwrap(),
         encoding: ENC_JSON.into(),
         proofs: None,
+        knowledge: None,
     }
 }
 

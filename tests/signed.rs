@@ -52,6 +52,7 @@ fn push_req(from: &str, changes: &[RemoteChange], proofs: Option<String>) -> Val
             encoding: ENC_JSON.into(),
             data: protocol::encode_changes(changes, ENC_JSON).unwrap(),
             proofs,
+            knowledge: None,
         },
         knowledge: None,
     })

@@ -299,6 +299,12 @@ pub struct Page {
     /// `sync::signed` and docs/PROTOCOL.md). Absent over plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proofs: Option<String>,
+    /// On the last page of a pull (`more == false`), optional: the responder's knowledge as
+    /// of just before it read that page, which the caller adopts instead of the responder's
+    /// hello knowledge (it has now received every event the responder held then). Absent:
+    /// the hello knowledge (older responders; pushes carry theirs in [`PushRequest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knowledge: Option<VersionVector>,
 }
 
 /// `fieldsync_push` params.
@@ -308,7 +314,8 @@ pub struct PushRequest {
     pub from: Uuid,
     /// The page.
     pub page: Page,
-    /// With the last page (`more == false`): the caller's knowledge as of its hello.
+    /// With the last page (`more == false`): the caller's knowledge as of just before it read
+    /// that page (every event it then held is in its feed at or before `page.next`).
     #[serde(default)]
     pub knowledge: Option<VersionVector>,
 }
@@ -602,6 +609,7 @@ mod tests {
                 encoding: enc.into(),
                 data: encode_changes(&ch, enc).unwrap(),
                 proofs: None,
+                knowledge: None,
             };
             assert_eq!(decode_changes(&page).unwrap(), ch, "{enc}");
         }
@@ -617,6 +625,7 @@ mod tests {
             encoding: ENC_JSON.into(),
             data: encode_changes(&sample(), ENC_JSON).unwrap(),
             proofs: None,
+            knowledge: None,
         };
         assert!(decode_changes(&page)
             .unwrap_err()

@@ -275,6 +275,7 @@ fn apply_page(
         data: serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(&p.body)),
         proofs: (!p.proofs.is_empty())
             .then(|| base64::engine::general_purpose::STANDARD.encode(&p.proofs)),
+        knowledge: None,
     };
     let knowledge = valid.then_some(&h.knowledge);
     let got = receive_page(store, transport, h.writer.instance, &page, knowledge, valid).map_err(

@@ -539,6 +539,7 @@ async fn push<P: Peer>(
         count: changes.len() as u32,
         encoding: encoding.to_string(),
         data: protocol::encode_changes(changes, encoding)?,
+        knowledge: None,
     };
     let r = peer
         .push(&PushRequest {

@@ -131,6 +131,15 @@ impl Inbound {
             .remove(peer);
     }
 
+    /// True while a laptop other than `peer` (any, if `None`) runs a session with us.
+    pub fn any_active_but(&self, peer: Option<Uuid>) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(p, t)| Some(*p) != peer && t.elapsed() < INBOUND_GRACE)
+    }
+
     /// True while `peer` runs a session with us.
     pub fn active(&self, peer: &Uuid) -> bool {
         self.0
@@ -406,6 +415,17 @@ impl SyncService for Responder {
         let limit = (r.limit as usize).clamp(1, most.min(protocol::MAX_PAGE_RECORDS));
         let max_bytes = (r.max_bytes as usize).clamp(1024, cfg.page_bytes);
         let skip: BTreeSet<String> = r.local_only.into_iter().collect();
+        // Taken before the feed is read: every event it covers is in the feed at or before
+        // the head the read below reaches, so once the caller has the last page it holds all
+        // of them and may adopt this instead of our hello knowledge, which misses whatever
+        // arrived here during the session (an import still rolling forward, a third laptop's
+        // pushes). Adopting the older one made the caller re-send those records to the next
+        // laptop it met (trial 8, finding 9).
+        let knowledge = self
+            .store
+            .position()
+            .map_err(|e| store_refusal(&e))?
+            .knowledge;
         let out = self
             .store
             .outgoing(r.since, limit, max_bytes, &r.knowledge, &skip, Some(r.from))
@@ -419,6 +439,7 @@ impl SyncService for Responder {
             encoding: r.encoding,
             proofs: super::signed::proofs_for(&self.store, &self.transport, &out.changes)
                 .map_err(|e| store_refusal(&e))?,
+            knowledge: (!out.more).then_some(knowledge),
         };
         self.show(&r.from, |s| {
             // Asking from `since` says the peer has our feed up to there.
@@ -592,6 +613,7 @@ impl SyncService for Responder {
             encoding: r.encoding,
             proofs: super::signed::proofs_for(&self.store, &self.transport, &changes)
                 .map_err(|e| store_refusal(&e))?,
+            knowledge: None,
         })
     }
 }

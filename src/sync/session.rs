@@ -187,11 +187,13 @@ async fn run_once<P: Peer>(
         report.received.pages += 1;
         report.received.bytes += page_bytes;
         let (next, more) = (page.next, page.more);
-        let (k, pid, transport) = (
-            reply.knowledge.clone(),
-            info.instance,
-            opts.transport.clone(),
-        );
+        // The last page may carry the peer's knowledge as of reading it (newer than its
+        // hello's when its feed grew during the session): adopt that, joined with the hello's.
+        let mut k = reply.knowledge.clone();
+        if let Some(later) = &page.knowledge {
+            crate::model::vv_join(&mut k, later);
+        }
+        let (pid, transport) = (info.instance, opts.transport.clone());
         let commit = blocking(store, move |s| {
             Ok(receive_page(s, &transport, pid, &page, Some(&k), false))
         });
@@ -250,10 +252,17 @@ async fn run_once<P: Peer>(
         let (pid, encoding) = (info.instance, reply.encoding.clone());
         let transport = opts.transport.clone();
         blocking(store, move |s| {
+            // Our knowledge before the read: sent with the last page (see `PushRequest`), it
+            // covers what reached us during the session too (pulled from this peer, or
+            // brought by another laptop), all of it in our feed at or before the page's end.
+            let now_known = s.position()?.knowledge;
             let out = s.outgoing(since, limit, bytes, &k, &sk, Some(pid))?;
             let proofs = super::signed::proofs_for(s, &transport, &out.changes)?;
-            let page = page_of(since, out.next, out.more, &out.changes, &encoding)
-                .map(|p| Page { proofs, ..p });
+            let page = page_of(since, out.next, out.more, &out.changes, &encoding).map(|p| Page {
+                proofs,
+                knowledge: (!out.more).then_some(now_known),
+                ..p
+            });
             Ok((out, page))
         })
     };
@@ -279,7 +288,12 @@ async fn run_once<P: Peer>(
             }
             break;
         };
-        let page = page?;
+        let mut page = page?;
+        // Travels as the push's `knowledge`, not inside the page.
+        let known_now = page
+            .knowledge
+            .take()
+            .unwrap_or_else(|| pos.knowledge.clone());
         // One page at a time after a gap; and no page after one already refused.
         let failed = flying
             .as_ref()
@@ -297,10 +311,10 @@ async fn run_once<P: Peer>(
         report.sent.bytes += page_bytes;
         // The last page carries our knowledge for the peer to adopt, unless it holds all of
         // it already (then adopting it would change nothing).
-        let teach = !super::told::covers(&reply.knowledge, &pos.knowledge);
+        let teach = !super::told::covers(&reply.knowledge, &known_now);
         let req = Arc::new(PushRequest {
             from: me.id,
-            knowledge: (!out.more && teach).then(|| pos.knowledge.clone()),
+            knowledge: (!out.more && teach).then_some(known_now),
             page,
         });
         let call_req = req.clone();
@@ -460,6 +474,7 @@ fn page_of(
         data: protocol::encode_changes(changes, encoding).map_err(SyncError::Peer)?,
         encoding: encoding.to_string(),
         proofs: None,
+        knowledge: None,
     })
 }
 
