@@ -439,7 +439,10 @@ impl SyncService for Responder {
             encoding: r.encoding,
             proofs: super::signed::proofs_for(&self.store, &self.transport, &out.changes)
                 .map_err(|e| store_refusal(&e))?,
-            knowledge: (!out.more).then_some(knowledge),
+            // Only when it would teach the caller something (a no-op or reverse sync's last
+            // page stays as small as before).
+            knowledge: (!out.more && !super::told::covers(&r.knowledge, &knowledge))
+                .then_some(knowledge),
         };
         self.show(&r.from, |s| {
             // Asking from `since` says the peer has our feed up to there.
