@@ -725,3 +725,111 @@ fn a_keyed_import_updates_records_written_in_the_field_with_that_key() {
         );
     assert_eq!(a.snapshot(), before, "nothing was written");
 }
+
+/// A re-import does not undo what was corrected in the field (trial 8, finding 3): a field
+/// whose value in the file is one it held before an edit changed it — on this laptop or on
+/// another, met by sync — keeps the edit, and the summary says so; a value the file really
+/// changed is written; `--overwrite` writes the file's values anyway. The same for a JSONL
+/// file with ids (rows replace the fields): a field added in the field stays.
+#[test]
+fn a_re_import_keeps_fields_edited_since_the_list_had_them() {
+    use common::agent::{self, Agent};
+    let tmp = tempfile::tempdir().unwrap();
+    let [a, b]: [_; 2] = agent::members(tmp.path(), &["a", "b"]).try_into().unwrap();
+    let list = tmp.path().join("registry.csv");
+    std::fs::write(
+        &list,
+        "case,name,age,status\nA-1,Ann,30,missing\nA-2,Bo,41,missing\nA-3,Cy,52,missing\n",
+    )
+    .unwrap();
+    let import = |file: &Path, extra: &[&str]| {
+        let mut args = vec!["import", "person", path_str(file), "--key", "case"];
+        args.extend_from_slice(extra);
+        agent::run(&a, &args).ok()
+    };
+    assert_eq!(import(&list, &[]).json()["inserted"], 3);
+    let agent_b = Agent::start(&b);
+    agent::sync(&a, agent_b.addr());
+    // On laptopB, Bo is found; the change reaches the coordinator's laptop.
+    agent::run(
+        &b,
+        &["patch", "person", "A-2", r#"{"status":"found alive"}"#],
+    )
+    .ok();
+    agent::sync(&a, agent_b.addr());
+    let bo = agent::run(&a, &["get", "person", "A-2"]).ok().json();
+    let bo_id = bo["id"].as_str().unwrap().to_string();
+
+    // The same list again: Bo's status was "missing" before laptopB changed it.
+    let again = import(&list, &[]).json();
+    assert_eq!(
+        again,
+        json!({"table": "person", "records": 3, "inserted": 0, "updated": 0, "unchanged": 3,
+               "deleted_kept": 0, "kept_edited": 1,
+               "kept": [{"record": bo_id, "key": "A-2", "field": "status",
+                         "file": "missing", "kept": "found alive"}]})
+    );
+    let status = |dir: &Path| {
+        agent::run(dir, &["get", "person", "A-2"]).ok().json()["fields"]["status"].clone()
+    };
+    assert_eq!(status(&a), "found alive");
+
+    // The corrected list: Ann's age changed, Bo still "missing" in it.
+    let corrected = tmp.path().join("registry2.csv");
+    std::fs::write(
+        &corrected,
+        "case,name,age,status\nA-1,Ann,31,missing\nA-2,Bo,41,missing\nA-3,Cy,52,missing\n",
+    )
+    .unwrap();
+    let said = import(&corrected, &["--dry-run", "--human"]).stdout;
+    assert!(
+        said.contains("1 changed, 2 already as in the file")
+            && said.contains("Kept 1 field edited since the file's value")
+            && said.contains("  A-2: status kept \"found alive\" (the file has \"missing\")\n")
+            && said.contains("  A-1: age 30 → 31\n"),
+        "{said}"
+    );
+    let done = import(&corrected, &[]).json();
+    assert_eq!(
+        (&done["updated"], &done["kept_edited"]),
+        (&json!(1), &json!(1))
+    );
+    agent::sync(&a, agent_b.addr());
+    assert_eq!(status(&b), "found alive", "laptopB's edit stands on both");
+    assert_eq!(
+        agent::run(&b, &["get", "person", "A-1"]).ok().json()["fields"]["age"],
+        31
+    );
+
+    // --overwrite: the coordinator means the list's value.
+    let forced = import(&corrected, &["--overwrite"]).json();
+    assert_eq!(
+        (&forced["updated"], &forced.get("kept_edited")),
+        (&json!(1), &None)
+    );
+    assert_eq!(status(&a), "missing");
+    drop(agent_b);
+
+    // JSONL with ids replaces the fields: a note added since is kept, not removed.
+    let c = Instance::new();
+    let id = "8d3c8f4e-5d1b-4a4e-9a51-0c2f7f9e1a01";
+    let jsonl = c.file(
+        "people.jsonl",
+        format!("{{\"id\":\"{id}\",\"fields\":{{\"name\":\"Dee\",\"status\":\"missing\"}}}}\n"),
+    );
+    c.ok(&["import", "person", path_str(&jsonl)]);
+    c.ok(&["patch", "person", id, r#"{"notes":"at the school"}"#]);
+    let again = c.ok(&["import", "person", path_str(&jsonl)]).json();
+    assert_eq!(
+        (
+            &again["unchanged"],
+            &again["kept"][0]["field"],
+            &again["kept"][0]["file"]
+        ),
+        (&json!(1), &json!("notes"), &Value::Null)
+    );
+    assert_eq!(
+        c.ok(&["get", "person", id]).json()["fields"]["notes"],
+        "at the school"
+    );
+}

@@ -138,6 +138,42 @@ pub fn imported(v: &Value) -> String {
     } else {
         format!("Imported {rows} into {table}: {what}.\n")
     };
+    // No value is "(empty)", not JSON's null, for a person.
+    let said = |v: &serde_json::Value| {
+        if v.is_null() {
+            "(empty)".to_string()
+        } else {
+            v.to_string()
+        }
+    };
+    let who = |c: &serde_json::Value| {
+        c["key"]
+            .as_str()
+            .map_or_else(|| s(&c["record"]).to_string(), str::to_string)
+    };
+    // Edits the file would have undone: said first, since a person may want them undone.
+    let kept = u(&v["kept_edited"]);
+    if let Some(list) = v["kept"].as_array().filter(|c| !c.is_empty()) {
+        t += &format!(
+            "Kept {} edited since the file's value (the file has the value before the edit;              `--overwrite` writes the file's){}:
+",
+            count(kept, "field", "fields"),
+            if (list.len() as u64) < kept {
+                format!(", the first {}", list.len())
+            } else {
+                String::new()
+            }
+        );
+        for c in list {
+            t += &format!(
+                "  {}: {} kept {} (the file has {})\n",
+                who(c),
+                s(&c["field"]),
+                said(&c["kept"]),
+                said(&c["file"])
+            );
+        }
+    }
     // What a re-import overwrote, so a person notices a settled value put back to the list's.
     if let Some(changes) = v["changes"].as_array().filter(|c| !c.is_empty()) {
         let shown = changes.len();
@@ -148,19 +184,9 @@ pub fn imported(v: &Value) -> String {
             "Changed fields:\n".to_string()
         };
         for c in changes {
-            let who = c["key"]
-                .as_str()
-                .map_or_else(|| s(&c["record"]).to_string(), str::to_string);
-            // No value is "(empty)", not JSON's null, for a person.
-            let said = |v: &serde_json::Value| {
-                if v.is_null() {
-                    "(empty)".to_string()
-                } else {
-                    v.to_string()
-                }
-            };
             t += &format!(
-                "  {who}: {} {} → {}\n",
+                "  {}: {} {} → {}\n",
+                who(c),
                 s(&c["field"]),
                 said(&c["old"]),
                 said(&c["new"])

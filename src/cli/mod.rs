@@ -255,7 +255,11 @@ pub enum Command {
     ///
     /// An existing record: with --key the row's non-empty cells are set and its other fields
     /// kept (JSONL null removes a field); with file ids the row replaces the fields. Unchanged
-    /// rows write nothing; deleted records stay deleted. A record already here with the row's
+    /// rows write nothing; deleted records stay deleted. A field whose value in the file is one
+    /// it held before an edit changed it (here or on another laptop) keeps the edit, listed as
+    /// "kept" ({"record","key","field","file","kept"}, the first 20; "kept_edited" counts them):
+    /// re-importing a list does not undo corrections made since; --overwrite writes the file's
+    /// values anyway. A record already here with the row's
     /// key values under another id (written with put) is updated, not doubled. Prints
     /// {"table","records","inserted","updated","unchanged","deleted_kept"} and, when fields of
     /// existing records changed, "changes": the first 20 as {"record","key","field","old","new"}.
@@ -306,6 +310,11 @@ pub enum Command {
         /// first changed fields with their old and new values), writing nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Write the file's values even where a field was edited since it held that value
+        /// (by default such fields keep the edit: re-importing an older list does not undo
+        /// corrections made in the field).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Write a table to stdout as JSONL (default) or CSV, ordered by id.
     ///
@@ -1024,6 +1033,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
             sheet,
             text,
             dry_run,
+            overwrite,
         } => {
             let delimiter = delimiter
                 .as_deref()
@@ -1036,6 +1046,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
                 sheet,
                 text,
                 dry_run,
+                overwrite,
                 // Undocumented in --help: lets tests stage an import with a small file.
                 chunk_rows: std::env::var("FIELDSYNC_IMPORT_CHUNK_ROWS")
                     .ok()

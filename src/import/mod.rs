@@ -106,6 +106,9 @@ pub struct ImportOptions {
     pub chunk_rows: Option<usize>,
     /// Check the file and count what it would do, writing nothing (`--dry-run`).
     pub dry_run: bool,
+    /// Write the file's value even where it is one the record held before an edit changed
+    /// it (`--overwrite`); by default such a field keeps the edit ([`ImportSummary::kept`]).
+    pub overwrite: bool,
 }
 
 /// Field changes listed in a summary, at most (the counts cover every row).
@@ -124,6 +127,26 @@ pub struct FieldChange {
     pub old: Value,
     /// Its value after (`null`: removed).
     pub new: Value,
+}
+
+/// A field an import left as edited (see [`ImportSummary::kept_edited`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeptEdit {
+    /// The record.
+    pub record: Uuid,
+    /// Its key values as `--key` reads them (comma-separated), when imported by key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The field.
+    pub field: String,
+    /// The file's value, an earlier one of the field (`null`: not set).
+    pub file: Value,
+    /// The value kept, as edited since (`null`: not set).
+    pub kept: Value,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What an import did: `records` rows read (empty rows skipped), and what became of them.
@@ -147,6 +170,14 @@ pub struct ImportSummary {
     /// record's history).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<FieldChange>,
+    /// Fields of existing records left as they are because the file's value is one the field
+    /// held before an edit changed it, here or on another laptop (a re-import of a list does
+    /// not undo what was corrected in the field since; `--overwrite` writes the file's value).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub kept_edited: u64,
+    /// The first [`CHANGES_SHOWN`] of those fields (absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<KeptEdit>,
     /// `true` for `--dry-run`: nothing was written, the counts say what importing would do.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
@@ -656,15 +687,20 @@ fn run(
         for rule in &unique {
             check_unique(store, table, rule, &row, id, &mut unique_seen, unit)?;
         }
+        let (mut fields, mut update) = (row.fields, update);
         if table_has_records || opts.dry_run {
-            preview.row(store, table, id, key, &row.fields, update)?;
+            if let Some(adjusted) =
+                preview.row(store, table, id, key, &fields, update, opts.overwrite)?
+            {
+                (fields, update) = adjusted;
+            }
         }
         in_chunk.insert(id, line);
         all_ids.push((id.into_bytes(), line));
         chunk.push(ImportRow {
             id,
             line,
-            fields: row.fields,
+            fields,
             update,
         });
         records += 1;
@@ -692,6 +728,8 @@ fn run(
             unchanged: preview.unchanged,
             deleted_kept: preview.deleted_kept,
             changes: preview.changes,
+            kept_edited: preview.kept_edited,
+            kept: preview.kept,
             dry_run: true,
         });
     }
@@ -743,6 +781,8 @@ fn run(
         unchanged: counts.unchanged,
         deleted_kept: counts.deleted_kept,
         changes: preview.changes,
+        kept_edited: preview.kept_edited,
+        kept: preview.kept,
         dry_run: false,
     })
 }
@@ -757,9 +797,33 @@ struct Preview {
     unchanged: u64,
     deleted_kept: u64,
     changes: Vec<FieldChange>,
+    kept_edited: u64,
+    kept: Vec<KeptEdit>,
+}
+
+/// True when the record's `field` once held `value` (`None`: not set) and a later revision
+/// changed it, here or on another laptop: the value is an earlier one, and writing it would
+/// undo that edit. A creation is not a change away from "not set" (nothing was there before).
+fn earlier_value(
+    history: &[crate::store::HistoryEntry],
+    field: &str,
+    value: Option<&Value>,
+) -> bool {
+    history.iter().any(|e| {
+        e.revision.kind != crate::merge::RevisionKind::Create
+            && e.revision
+                .changes
+                .iter()
+                .any(|c| c.field == field && c.old.as_ref() == value && c.new.as_ref() != value)
+    })
 }
 
 impl Preview {
+    /// Counts the row and lists its changes; returns the row to write instead when fields of
+    /// it hold earlier values of fields edited since ([`earlier_value`], unless `overwrite`):
+    /// those fields are left out, as a patch (a `Replace` row becomes the patch that sets its
+    /// other fields and removes the record's fields it lacks).
+    #[allow(clippy::too_many_arguments)]
     fn row(
         &mut self,
         store: &Store,
@@ -768,14 +832,15 @@ impl Preview {
         key: Option<String>,
         fields: &Fields,
         update: UpdateMode,
-    ) -> Result<(), ImportError> {
+        overwrite: bool,
+    ) -> Result<Option<(Fields, UpdateMode)>, ImportError> {
         let Some(rec) = store.get(table, &id)? else {
             self.inserted += 1;
-            return Ok(());
+            return Ok(None);
         };
         if !rec.state.is_alive() {
             self.deleted_kept += 1;
-            return Ok(());
+            return Ok(None);
         }
         let mut changed = Vec::new();
         for (field, new) in fields {
@@ -799,9 +864,42 @@ impl Preview {
                 }
             }
         }
+        // Only rows that would change a field read the record's history.
+        let mut adjusted = None;
+        if !overwrite && !changed.is_empty() {
+            let history = store.history(table, &id)?;
+            let (kept, written): (Vec<_>, Vec<_>) = changed.into_iter().partition(|(f, _, new)| {
+                earlier_value(&history, f, Some(new).filter(|v| !v.is_null()))
+            });
+            changed = written;
+            if !kept.is_empty() {
+                let mut patch: Fields = changed
+                    .iter()
+                    .map(|(f, _, new)| (f.clone(), new.clone()))
+                    .collect();
+                // A merge row's unchanged fields need not be written again; nor a replace
+                // row's, which then keeps the record's fields it does not name only if kept.
+                for (f, _, _) in &kept {
+                    patch.remove(f);
+                }
+                adjusted = Some((patch, UpdateMode::Merge));
+                for (field, current, file) in kept {
+                    self.kept_edited += 1;
+                    if self.kept.len() < CHANGES_SHOWN {
+                        self.kept.push(KeptEdit {
+                            record: id,
+                            key: key.clone(),
+                            field,
+                            file,
+                            kept: current,
+                        });
+                    }
+                }
+            }
+        }
         if changed.is_empty() {
             self.unchanged += 1;
-            return Ok(());
+            return Ok(adjusted);
         }
         self.updated += 1;
         for (field, old, new) in changed {
@@ -815,7 +913,7 @@ impl Preview {
                 });
             }
         }
-        Ok(())
+        Ok(adjusted)
     }
 }
 
