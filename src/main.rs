@@ -32,7 +32,11 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // A person reading `run`'s terminal gets the level and the sentence; the module path
+    // (`fieldsync::store::held:`) is for whoever set RUST_LOG to debug something.
+    let developer = std::env::var_os("RUST_LOG").is_some();
     tracing_subscriber::fmt()
+        .with_target(developer)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
