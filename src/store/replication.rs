@@ -494,6 +494,7 @@ impl Store {
             ..Default::default()
         };
         let mut bytes = 0usize;
+        let mut in_page: std::collections::HashSet<uuid::Uuid> = std::collections::HashSet::new();
         let mut feed = self
             .tree()
             .range(keys::feed(since.saturating_add(1))..keys::feed(u64::MAX));
@@ -511,6 +512,21 @@ impl Store {
                 .ok_or_else(|| StoreError::Decode("bad feed entry".into()))?;
             if self.config.local_only.contains(&table) || skip_tables.contains(&table) {
                 continue;
+            }
+            // A record written while this page is read moves its feed entry ahead of the
+            // reader (sled's iterator is not a snapshot), which then meets it again: the later
+            // read is the newer state and replaces the earlier one. One page never holds a
+            // record twice: its writes would be counted twice against their signed commits and
+            // the receiver would quarantine it as altered (trial 9, finding 1: concurrent API
+            // writes during sessions).
+            if !in_page.insert(id) {
+                if let Some(i) = page
+                    .changes
+                    .iter()
+                    .position(|c| c.id == id && c.table == table)
+                {
+                    page.changes.remove(i);
+                }
             }
             let raw = self.tree().get(keys::record(suffix))?.ok_or_else(|| {
                 StoreError::Decode(format!("feed points at missing {table}/{id}"))
