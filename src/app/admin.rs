@@ -100,9 +100,26 @@ impl App {
     /// The sync_instance table: one row per peer instance, with `online` from
     /// [`crate::presence`] — false without an agent (nobody watches the network) and always
     /// false for a revoked laptop.
+    ///
+    /// On the coordinator's laptop it also lists the laptops enrolled here that never synced
+    /// with it (`enrolled.json`; a row with no `first_seen`, nothing else known): in a chain
+    /// (hq ↔ A ↔ B) hq otherwise named B's writes by UUID in conflicts and history, refused
+    /// `--keep-from laptopB`, and its console did not show B at all (trial 9, finding 5).
     pub fn peers(&self) -> Result<Vec<PeerRow>, AppError> {
         let revoked = self.revocations();
         let mut rows = self.store.peers()?;
+        let me = self.store.id();
+        let enrolled = crate::mesh::read_enrolled(self.store.dir()).unwrap_or_default();
+        for (id, name) in enrolled {
+            if id != me && !rows.iter().any(|r| r.instance == id) {
+                rows.push(PeerRow {
+                    instance: id,
+                    name,
+                    first_seen: None,
+                    ..Default::default()
+                });
+            }
+        }
         for r in &mut rows {
             r.online = self.agent.is_some()
                 && !revoked.contains_key(&r.instance)

@@ -154,6 +154,12 @@ pub(crate) fn problem(p: &PeerRow, revoked: bool, reason: Option<&str>) -> Value
             reason.unwrap_or("no reason given")
         ));
     }
+    if p.first_seen.is_none() {
+        // Listed from `enrolled.json` (`App::peers`): nothing is known about it here yet.
+        return json!(
+            "enrolled here, has not synced with this laptop yet (its changes may arrive              through other laptops)"
+        );
+    }
     if p.duplicate.is_some() {
         // The incarnations seen are in `duplicate_identity`; people get the fix by name.
         return json!(format!(

@@ -168,7 +168,9 @@ impl App {
         if let Ok(id) = Uuid::parse_str(peer.trim()) {
             return Ok(id);
         }
-        let rows = self.store.peers()?;
+        // Laptops enrolled here count too (`App::peers`): a coordinator resolves a conflict
+        // `--keep-from` a laptop it enrolled but never met.
+        let rows = self.peers()?;
         match named_peers(&rows, peer).as_slice() {
             [one] => Ok(one.instance),
             [] => Err(AppError::NotFound {
