@@ -157,7 +157,8 @@ pub(crate) fn problem(p: &PeerRow, revoked: bool, reason: Option<&str>) -> Value
     if p.first_seen.is_none() {
         // Listed from `enrolled.json` (`App::peers`): nothing is known about it here yet.
         return json!(
-            "enrolled here, has not synced with this laptop yet (its changes may arrive              through other laptops)"
+            "enrolled here, has not synced with this laptop yet (its changes may arrive \
+             through other laptops)"
         );
     }
     if p.duplicate.is_some() {
