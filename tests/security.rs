@@ -1469,6 +1469,28 @@ fn a_revoked_laptop_is_told_when_and_why_and_doctor_fails() {
         "fieldsync: this laptop was revoked by the deployment (a peer refused its certificate \
          as revoked): ask the coordinator for a new credential"
     );
+    // Its agent says so too, once, and does not retry every few seconds as if the network
+    // failed (trial 9, finding 12: "cannot reach …: the peer refused this laptop's certificate
+    // as revoked (next try in 2 s …)").
+    {
+        let agent_x = x.start(&["--no-api", "--peer", &agent_b.addr]);
+        wait_for("X's agent to say it is revoked", CMD_LIMIT, || {
+            agent_x
+                .log()
+                .contains(
+                    "b refused this laptop: this laptop's credential was revoked by the deployment",
+                )
+                .then_some(())
+        });
+        // The lines a person reads (the INFO lines are the developer's log).
+        let log = agent_x.log();
+        let said: Vec<&str> = log.lines().filter(|l| !l.contains(" INFO ")).collect();
+        assert!(
+            !said.iter().any(|l| l.contains("cannot reach"))
+                && log.contains("tried again only every 5 minutes"),
+            "{log}"
+        );
+    }
     let doctor = x.run(&["doctor"]);
     assert_eq!(doctor.status.code(), Some(1));
     let line = text(&doctor.stdout)
