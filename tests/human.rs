@@ -959,9 +959,16 @@ fn the_coordinator_names_laptops_it_enrolled_but_never_met() {
         row["problem"]
             .as_str()
             .unwrap()
-            .starts_with("enrolled here, has not synced with this laptop yet"),
+            .starts_with("has not synced with this laptop yet"),
         "{row}"
     );
+    // laptopB never met hq either: it names hq by the name hq's certificate carries.
+    let hq_id = run(&hq, &["status", "--json"]).ok().json()["instance"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let on_b = run(&b, &["history", "person", ID, "--human"]).ok().stdout;
+    assert!(on_b.contains("hq") && !on_b.contains(&hq_id), "{on_b}");
     let id = run(&hq, &["conflicts", "--json"]).ok().lines()[0]["id"].to_string();
     run(
         &hq,
