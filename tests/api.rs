@@ -1291,3 +1291,231 @@ fn apps_writing_on_two_laptops_while_they_sync_converge_with_nothing_quarantined
         );
     }
 }
+
+/// A developer's mistakes against the API (trial 9, findings 8–11) are answered with the
+/// documented code, the field at fault and the next step, in words rather than serde's.
+#[test]
+fn mistakes_get_the_documented_code_the_field_and_the_next_step() {
+    let (_tmp, dir) = new_root();
+    std::fs::write(dir.join("fieldsync.toml"), "unique = [\"person.case\"]\n").unwrap();
+    let (_a, api) = agent(&dir);
+    let msg = |e: &Value| e["message"].as_str().unwrap().to_string();
+    let no_serde = |m: &str| {
+        for rust in [
+            "invalid type",
+            "expected a sequence",
+            "missing field",
+            "unknown field `",
+        ] {
+            assert!(!m.contains(rust), "serde's words: {m}");
+        }
+    };
+
+    let holder = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    let r = api.send("PUT", &rec_path("person", holder), &json!({"case": "C1"}));
+    assert_eq!(r.status, 200);
+    let etag = r.header("etag").unwrap().to_string();
+
+    // Bodies that are JSON of the wrong shape: INVALID_BODY / UNKNOWN_FIELD, naming the field.
+    let r = api.send("POST", "/v1/batch", &json!({"ops": {"op": "put"}}));
+    let e = r.error(400, "INVALID_BODY");
+    assert_eq!(e["field"], "ops");
+    assert!(
+        msg(&e).contains("\"ops\" must be a list of operations like [{\"op\": \"put\""),
+        "{e}"
+    );
+    no_serde(&msg(&e));
+    let r = api.send("POST", "/v1/batch", &json!({"ops": [], "confirm": true}));
+    let e = r.error(400, "UNKNOWN_FIELD");
+    assert_eq!(e["field"], "confirm");
+    assert!(msg(&e).contains("confirm_mass_delete"), "{e}");
+    let r = api.send(
+        "POST",
+        "/v1/batch",
+        &json!({"ops": [{"op": "put", "fields": {}}]}),
+    );
+    let e = r.error(400, "INVALID_BODY");
+    assert_eq!(e["field"], "ops[0].table");
+    assert!(msg(&e).contains("operation 1: \"table\" is missing"), "{e}");
+    let r = api.send("POST", "/v1/sync", &json!({}));
+    let e = r.error(400, "INVALID_BODY");
+    assert_eq!(e["field"], "peer");
+    assert!(
+        msg(&e).contains("\"peer\" is missing: give a peer's name"),
+        "{e}"
+    );
+    no_serde(&msg(&e));
+    let r = api.send("POST", "/v1/verify", &json!({"peer": "x", "deep": true}));
+    assert_eq!(r.error(400, "UNKNOWN_FIELD")["field"], "deep");
+    let r = api.send("POST", "/v1/verify", &json!({"peer": 7}));
+    assert!(msg(&r.error(400, "INVALID_BODY")).contains("not a number"));
+
+    // Nesting: 127 levels are stored, 128 are refused saying so, with the limit.
+    let nested = |depth: usize| {
+        format!(
+            "{{\"a\":{}1{}}}",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
+    };
+    let deep = "0e1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    let r = api.req("PUT", &rec_path("deep", deep), &[], nested(127).as_bytes());
+    assert_eq!(r.status, 200, "{}", r.json());
+    for depth in [128, 5000] {
+        let r = api.req(
+            "PUT",
+            &rec_path("deep", deep),
+            &[],
+            nested(depth).as_bytes(),
+        );
+        let e = r.error(400, "MALFORMED_JSON");
+        assert!(
+            msg(&e).contains("nested too deeply (at most 127 levels"),
+            "{e}"
+        );
+    }
+    let r = api.req("POST", "/v1/batch", &[], nested(5000).as_bytes());
+    let e = r.error(400, "MALFORMED_JSON");
+    assert_eq!(e["field"], "body");
+    assert!(msg(&e).contains("nested too deeply"), "{e}");
+    // Bytes that are not UTF-8 are said to be so (not "an invalid \u escape").
+    let r = api.req(
+        "PUT",
+        &rec_path("person", holder),
+        &[],
+        b"{\"case\":\"C\xff1\"}",
+    );
+    let e = r.error(400, "MALFORMED_JSON");
+    assert!(msg(&e).contains("not UTF-8 (byte 11 "), "{e}");
+
+    // A malformed If-Match is the caller's mistake (400), not a changed record (412).
+    let r = api.req(
+        "PUT",
+        &rec_path("person", holder),
+        &[("If-Match", "garbage")],
+        b"{}",
+    );
+    let e = r.error(400, "BAD_HEADER");
+    assert_eq!(e["field"], "if-match");
+    assert!(
+        msg(&e).contains("send the ETag header a read or write of it returned"),
+        "{e}"
+    );
+    for (method, body) in [("PATCH", &b"{\"x\":1}"[..]), ("DELETE", b"")] {
+        let r = api.req(
+            method,
+            &rec_path("person", holder),
+            &[("If-Match", "\"12\", v3")],
+            body,
+        );
+        r.error(400, "BAD_HEADER");
+    }
+    let weak = format!("W/{etag}");
+    let r = api.req(
+        "PATCH",
+        &rec_path("person", holder),
+        &[("If-Match", &weak)],
+        b"{\"x\":1}",
+    );
+    assert_eq!(
+        r.status, 200,
+        "a weak ETag of the current revision matches: {r:?}"
+    );
+
+    // NOT_FOUND and UNIQUE_CLASH give the next step, in the API's words.
+    let absent = "0f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    let r = api.send("PATCH", &rec_path("person", absent), &json!({"a": 1}));
+    let e = r.error(404, "NOT_FOUND");
+    assert!(
+        msg(&e).contains("(GET /v1/tables/person/records lists them)"),
+        "{e}"
+    );
+    let r = api.send("POST", "/v1/tables/person/records", &json!({"case": "C1"}));
+    let e = r.error(409, "UNIQUE_CLASH");
+    assert!(
+        msg(&e).ends_with(&format!(
+            "give another value, or change that record's case first (GET \
+             /v1/tables/person/records/{holder} shows it)"
+        )),
+        "{e}"
+    );
+    let other = api.send("POST", "/v1/tables/person/records", &json!({"case": "C2"}));
+    let other = other.json()["id"].as_str().unwrap().to_string();
+    let r = api.send("PATCH", &rec_path("person", &other), &json!({"case": "C1"}));
+    r.error(409, "UNIQUE_CLASH");
+
+    // A batch op on a missing record names the op.
+    let r = api.send(
+        "POST",
+        "/v1/batch",
+        &json!({"ops": [
+            {"op": "put", "table": "person", "fields": {"case": "C9"}},
+            {"op": "patch", "table": "person", "id": absent, "fields": {"n": 1}}]}),
+    );
+    let e = r.error(404, "NOT_FOUND");
+    assert_eq!(e["field"], "ops[1].id", "{e}");
+    assert!(msg(&e).starts_with("operation 2: record person/"), "{e}");
+
+    // A write to a deleted record says how it comes back, and PUT brings it back.
+    let r = api.req("DELETE", &rec_path("person", &other), &[], b"");
+    assert_eq!(r.status, 200);
+    let r = api.send("PATCH", &rec_path("person", &other), &json!({"n": 1}));
+    let e = r.error(404, "RECORD_DELETED");
+    let m = msg(&e);
+    assert!(
+        m.contains("is deleted, so a patch cannot change it; to bring it back, PUT it again with all its fields (GET it with ?include_deleted=true for its last ones)"),
+        "{m}"
+    );
+    assert!(!m.contains("to see it"), "{m}");
+    let r = api.req("DELETE", &rec_path("person", &other), &[], b"");
+    let e = r.error(404, "RECORD_DELETED");
+    assert!(
+        msg(&e).contains("is already deleted: deleting it again changes nothing"),
+        "{e}"
+    );
+    let r = api.send(
+        "POST",
+        "/v1/batch",
+        &json!({"ops": [{"op": "delete", "table": "person", "id": other}]}),
+    );
+    assert_eq!(r.error(404, "RECORD_DELETED")["field"], "ops[0].id");
+    let r = api.send(
+        "PUT",
+        &rec_path("person", &other),
+        &json!({"case": "C2", "n": 1}),
+    );
+    assert_eq!(r.status, 200, "PUT brings it back: {}", r.json());
+    assert_eq!(
+        api.get(&rec_path("person", &other)).json()["fields"]["n"],
+        1
+    );
+
+    // Listing: a table that never had a record is an empty 200 with a warning header; a
+    // stray parameter is answered with the filters' form.
+    let r = api.get("/v1/tables/nosuchtable/records");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"records": [], "next": null}));
+    let w = r
+        .header("x-fieldsync-warning")
+        .expect("a warning for an unknown table");
+    assert!(
+        w.contains("table nosuchtable") && w.contains("GET /v1/tables"),
+        "{w}"
+    );
+    for known in [
+        "/v1/tables/person/records",
+        "/v1/tables/person/records?field.case=none",
+    ] {
+        let r = api.get(known);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-fieldsync-warning"), None, "{known}");
+    }
+    let r = api.get("/v1/tables/person/records?fields.status=missing");
+    let e = r.error(400, "UNKNOWN_PARAMETER");
+    assert!(
+        msg(&e).contains("or field.status=VALUE to keep only records"),
+        "{e}"
+    );
+    let r = api.get("/v1/conflicts?bogus=1");
+    r.error(400, "UNKNOWN_PARAMETER");
+}
