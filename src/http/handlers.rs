@@ -133,7 +133,19 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+            if let Some(n) = declared.filter(|n| *n > BODY_LIMIT as u64) {
+                // A client that sends its body at once, without waiting for `100 Continue`
+                // (Python's urllib, most libraries), would see the connection closed under its
+                // upload (a broken pipe) and never read this answer: its body is read and
+                // dropped first, up to a bound. Above it the answer is sent and the connection
+                // closed (docs/API.md says so).
+                let waits = req
+                    .headers()
+                    .get(header::EXPECT)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+                if !waits && n <= BODY_DRAIN_LIMIT {
+                    drain(req.into_body()).await;
+                }
                 return too_large().into_response();
             }
             next.run(req).await
@@ -153,6 +165,24 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
              data directory",
         )
         .into_response(),
+    }
+}
+
+/// Largest body read and dropped to answer 413 to a client that does not wait for `100
+/// Continue` (see [`auth`]): 4 times the limit, a fraction of a second on loopback.
+const BODY_DRAIN_LIMIT: u64 = 4 * BODY_LIMIT as u64;
+
+/// Reads a body to its end (at most [`BODY_DRAIN_LIMIT`] bytes, 30 s) and drops it.
+async fn drain(body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut read = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while read <= BODY_DRAIN_LIMIT {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => read += f.data_ref().map_or(0, |d| d.len() as u64),
+            _ => break,
+        }
     }
 }
 
