@@ -1555,3 +1555,407 @@ fn a_body_over_16_mib_is_answered_413_also_to_clients_that_do_not_wait_for_100_c
         "nothing written"
     );
 }
+
+/// The statuses the OpenAPI document lists for `method` on the path template `path`.
+fn documented(doc: &Value, method: &str, path: &str) -> Vec<u16> {
+    let op = &doc["paths"][path][method];
+    assert!(op.is_object(), "{method} {path} is in the OpenAPI document");
+    op["responses"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter_map(|k| k.parse().ok())
+        .collect()
+}
+
+/// The OpenAPI document says what the server does (trial 9, finding 11): every status the
+/// record, batch, conflicts, sync and verify endpoints answer below is listed for that
+/// endpoint (401 on every one, PATCH's 409 and 413, the 400s of conflicts and verify, a batch
+/// op's 404), `next` is documented as null on the last page, and the list filters are not
+/// declared as one parameter literally named `field.NAME`.
+#[test]
+fn the_openapi_document_lists_every_status_the_server_answers() {
+    let (_tmp, dir) = new_root();
+    std::fs::write(dir.join("fieldsync.toml"), "unique = [\"person.case\"]\n").unwrap();
+    let (_a, api) = agent(&dir);
+    let doc = api.get("/v1/openapi.json").json();
+    let rec = "/v1/tables/{table}/records/{id}";
+    let list = "/v1/tables/{table}/records";
+    let holder = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    let absent = "0f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    assert_eq!(
+        api.send("PUT", &rec_path("person", holder), &json!({"case": "C1"}))
+            .status,
+        200
+    );
+    let other = api.send("POST", "/v1/tables/person/records", &json!({"case": "C2"}));
+    let other = other.json()["id"].as_str().unwrap().to_string();
+    let gone = api.send("POST", "/v1/tables/person/records", &json!({"case": "C3"}));
+    let gone = gone.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        api.req("DELETE", &rec_path("person", &gone), &[], b"")
+            .status,
+        200
+    );
+    let bad = [("Authorization", "Bearer nope")];
+    let big = format!("{}", 17 << 20);
+    let over = [("Content-Length", big.as_str()), ("Expect", "100-continue")];
+    let h = |p: &str| format!("{p}/history");
+    // (method, path template, path, headers, body, status)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        String,
+        &'a [(&'a str, &'a str)],
+        String,
+        u16,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "GET",
+            list,
+            "/v1/tables/person/records".into(),
+            &[],
+            String::new(),
+            200,
+        ),
+        (
+            "GET",
+            list,
+            "/v1/tables/person/records?bogus=1".into(),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            list,
+            "/v1/tables/person/records".into(),
+            &bad,
+            String::new(),
+            401,
+        ),
+        (
+            "POST",
+            list,
+            "/v1/tables/person/records".into(),
+            &[],
+            r#"{"case":"C1"}"#.into(),
+            409,
+        ),
+        (
+            "POST",
+            list,
+            "/v1/tables/person/records".into(),
+            &bad,
+            "{}".into(),
+            401,
+        ),
+        (
+            "GET",
+            rec,
+            rec_path("person", absent),
+            &[],
+            String::new(),
+            404,
+        ),
+        (
+            "GET",
+            rec,
+            rec_path("Bad!", holder),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            rec,
+            format!("{}?at=nope", rec_path("person", holder)),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            "/v1/tables/{table}/records/{id}/history",
+            h(&rec_path("Bad!", holder)),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            "/v1/tables",
+            "/v1/tables?system=x".into(),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            "/v1/sessions",
+            "/v1/sessions?feed=x".into(),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            "/v1/sessions",
+            "/v1/sessions".into(),
+            &bad,
+            String::new(),
+            401,
+        ),
+        (
+            "GET",
+            "/v1/peers",
+            "/v1/peers".into(),
+            &bad,
+            String::new(),
+            401,
+        ),
+        (
+            "GET",
+            rec,
+            rec_path("person", holder),
+            &bad,
+            String::new(),
+            401,
+        ),
+        (
+            "PUT",
+            rec,
+            rec_path("person", holder),
+            &[("If-Match", "x")],
+            "{}".into(),
+            400,
+        ),
+        (
+            "PUT",
+            rec,
+            rec_path("person", holder),
+            &bad,
+            "{}".into(),
+            401,
+        ),
+        (
+            "PUT",
+            rec,
+            rec_path("person", holder),
+            &[("If-Match", "\"999999\"")],
+            "{}".into(),
+            412,
+        ),
+        (
+            "PATCH",
+            rec,
+            rec_path("person", &other),
+            &[],
+            r#"{"case":"C1"}"#.into(),
+            409,
+        ),
+        (
+            "PATCH",
+            rec,
+            rec_path("person", absent),
+            &[],
+            "{}".into(),
+            404,
+        ),
+        (
+            "PATCH",
+            rec,
+            rec_path("person", &gone),
+            &[],
+            "{}".into(),
+            404,
+        ),
+        (
+            "PATCH",
+            rec,
+            rec_path("person", holder),
+            &bad,
+            "{}".into(),
+            401,
+        ),
+        (
+            "PATCH",
+            rec,
+            rec_path("person", holder),
+            &[("If-Match", "\"999999\"")],
+            "{}".into(),
+            412,
+        ),
+        (
+            "DELETE",
+            rec,
+            rec_path("person", &gone),
+            &[],
+            String::new(),
+            404,
+        ),
+        (
+            "DELETE",
+            rec,
+            rec_path("person", holder),
+            &[("If-Match", "x")],
+            String::new(),
+            400,
+        ),
+        (
+            "DELETE",
+            rec,
+            rec_path("person", holder),
+            &bad,
+            String::new(),
+            401,
+        ),
+        (
+            "GET",
+            "/v1/tables/{table}/records/{id}/history",
+            h(&rec_path("person", absent)),
+            &[],
+            String::new(),
+            404,
+        ),
+        (
+            "GET",
+            "/v1/tables/{table}/records/{id}/history",
+            h(&rec_path("person", holder)),
+            &bad,
+            String::new(),
+            401,
+        ),
+        (
+            "POST",
+            "/v1/batch",
+            "/v1/batch".into(),
+            &[],
+            r#"{"ops":{}}"#.into(),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/batch",
+            "/v1/batch".into(),
+            &[],
+            format!(r#"{{"ops":[{{"op":"delete","table":"person","id":"{absent}"}}]}}"#),
+            404,
+        ),
+        (
+            "POST",
+            "/v1/batch",
+            "/v1/batch".into(),
+            &[],
+            r#"{"ops":[{"op":"put","table":"person","fields":{"case":"C1"}}]}"#.into(),
+            409,
+        ),
+        (
+            "POST",
+            "/v1/batch",
+            "/v1/batch".into(),
+            &bad,
+            "{}".into(),
+            401,
+        ),
+        (
+            "GET",
+            "/v1/conflicts",
+            "/v1/conflicts?bogus=1".into(),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            "/v1/conflicts",
+            "/v1/conflicts?all=maybe".into(),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            "/v1/conflicts",
+            "/v1/conflicts".into(),
+            &bad,
+            String::new(),
+            401,
+        ),
+        (
+            "POST",
+            "/v1/verify",
+            "/v1/verify".into(),
+            &[],
+            r#"{"peer":"x","y":1}"#.into(),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/verify",
+            "/v1/verify".into(),
+            &bad,
+            "{}".into(),
+            401,
+        ),
+        ("POST", "/v1/sync", "/v1/sync".into(), &[], "{}".into(), 400),
+    ];
+    let e = api
+        .get(&rec_path("person", "C-404"))
+        .error(404, "NOT_FOUND");
+    assert_eq!(
+        e["field"], "id",
+        "a key that names no record is the id at fault: {e}"
+    );
+    for (method, template, path, headers, body, status) in cases {
+        let r = api.req(method, &path, headers, body.as_bytes());
+        assert_eq!(
+            r.status,
+            status,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let listed = documented(&doc, &method.to_lowercase(), template);
+        assert!(
+            listed.contains(&status),
+            "{method} {path} answered {status} but the OpenAPI document lists {listed:?}"
+        );
+    }
+    // 413 before the body is read (Content-Length over the limit), on each writing endpoint.
+    for (method, path, template) in [
+        ("POST", "/v1/tables/person/records".to_string(), list),
+        ("PUT", rec_path("person", holder), rec),
+        ("PATCH", rec_path("person", holder), rec),
+        ("POST", "/v1/batch".to_string(), "/v1/batch"),
+        ("POST", "/v1/verify".to_string(), "/v1/verify"),
+    ] {
+        let mut s = TcpStream::connect(&api.addr).unwrap();
+        s.set_read_timeout(Some(REQ_TIMEOUT)).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n",
+            api.token
+        );
+        for (k, v) in over {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        read_response(s).error(413, "BODY_TOO_LARGE");
+        let listed = documented(&doc, &method.to_lowercase(), template);
+        assert!(
+            listed.contains(&413),
+            "{method} {template} lists 413: {listed:?}"
+        );
+    }
+
+    let next = doc["components"]["schemas"]["ListPage"]["properties"]["next"].to_string();
+    assert!(next.contains("`null` on the last page"), "{next}");
+    let params = doc["paths"][list]["get"]["parameters"].to_string();
+    assert!(!params.contains("field.NAME"), "{params}");
+    let text = doc["paths"][list]["get"]["description"].to_string();
+    assert!(
+        text.contains("field.NAME=VALUE"),
+        "the filters are described: {text}"
+    );
+}

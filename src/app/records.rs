@@ -55,7 +55,7 @@ pub struct WriteOutcome {
 pub struct ListPage {
     /// Records in id order.
     pub records: Vec<RecordView>,
-    /// Pass as `after` to get the next page; absent on the last page.
+    /// Pass as `after` to get the next page; `null` on the last page.
     pub next: Option<Uuid>,
 }
 
@@ -400,7 +400,7 @@ impl App {
         }
         let ns = crate::import::namespace(&self.store).map_err(|e| AppError::NotFound {
             code: "NOT_FOUND",
-            field: None,
+            field: Some("id".into()),
             message: format!(
                 "record id {text:?} is not a UUID, and import keys cannot be read: {e}"
             ),
@@ -417,7 +417,7 @@ impl App {
         }
         Err(AppError::NotFound {
             code: "NOT_FOUND",
-            field: None,
+            field: Some("id".into()),
             message: format!(
                 "{table} has no record with the id or import key {text:?}: an id is a UUID \
                  (`fieldsync list {table}` shows them); an import key is the value of the \

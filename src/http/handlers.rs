@@ -60,6 +60,42 @@ impl utoipa::Modify for Bearer {
             "bearer",
             Vec::<String>::new(),
         )]);
+        // Every route sits behind the token check, and every body behind the size check (it
+        // runs on the declared Content-Length before any handler): said once here rather than
+        // on each path, so no operation can leave them out.
+        let error = |description: &str| {
+            use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let r = &mut op.responses.responses;
+                r.entry("401".into())
+                    .or_insert_with(|| error("`UNAUTHORIZED`: no or a wrong bearer token").into());
+                if op.request_body.is_some() {
+                    r.entry("413".into()).or_insert_with(|| {
+                        error("`BODY_TOO_LARGE`: the body is over 16 MiB").into()
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -620,6 +656,8 @@ async fn sync_now(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
 /// Compares every table with a peer (digests only, no records copied).
 #[utoipa::path(post, path = "/v1/verify", request_body = PeerRef, responses(
     (status = 200, description = "in_sync overall and per table", body = Object),
+    (status = 400, description = "`MALFORMED_JSON`, `INVALID_BODY`, `UNKNOWN_FIELD`, `PEER_ADDRESS`, `AMBIGUOUS_PEER`", body = ErrorBody),
+    (status = 404, description = "`PEER_NOT_FOUND`", body = ErrorBody),
     (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn verify(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
     let peer = peer_ref(body)?;
@@ -632,7 +670,8 @@ async fn verify(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
 /// Table names with live and deleted counts (fieldsync's own tables only with `system=true`).
 #[utoipa::path(get, path = "/v1/tables",
     params(("system" = Option<bool>, Query, description = "Also fieldsync's own tables (fs_revocations)")),
-    responses((status = 200, body = Vec<TableInfo>)))]
+    responses((status = 200, body = Vec<TableInfo>),
+        (status = 400, description = "`UNKNOWN_PARAMETER`, `BAD_QUERY`", body = ErrorBody)))]
 async fn tables(State(st): St, q: Q) -> Result<Json<Vec<TableInfo>>, ApiError> {
     let system = Params::new(q, &["system"], false)?.flag("system")?;
     Ok(Json(blocking(&st, move |a| a.tables_with(system)).await?))
@@ -661,6 +700,7 @@ async fn create(
 ///
 /// Filters: any number of query parameters `field.NAME=VALUE` (e.g. `field.status=missing`):
 /// only records whose field NAME equals VALUE (read as JSON if it parses, else as a string).
+/// Their names vary, so they are not declared as parameters here.
 ///
 /// A table no record was ever written to here (a mistyped name, or before an application's
 /// first write) answers an empty page with the header `X-Fieldsync-Warning` saying so.
@@ -668,8 +708,7 @@ async fn create(
     params(("table" = String, Path,),
         ("after" = Option<String>, Query, description = "Only ids after this one (the `next` of the previous page)"),
         ("limit" = Option<u64>, Query, description = "Records per page, 1-1000, default 100"),
-        ("include_deleted" = Option<bool>, Query, description = "Include deleted records"),
-        ("field.NAME" = Option<String>, Query, description = "Only records whose field NAME equals this value")),
+        ("include_deleted" = Option<bool>, Query, description = "Include deleted records")),
     responses((status = 200, body = ListPage, headers(("X-Fieldsync-Warning" = String, description = "Only for a table that never had a record here"))),
         (status = 400, body = ErrorBody)))]
 async fn list(State(st): St, Path(table): Path<String>, q: Q) -> Result<Response, ApiError> {
@@ -716,6 +755,7 @@ async fn list(State(st): St, Path(table): Path<String>, q: Q) -> Result<Response
     params(("table" = String, Path,), ("id" = String, Path, description = "Record id (UUID)"),
         ("include_deleted" = Option<bool>, Query,), ("at" = Option<String>, Query, description = "A revision stamp (`at` of a history entry), or an RFC 3339 time: the record as of the latest revision at or before it (encode `+` as `%2B`, `#` as `%23`)")),
     responses((status = 200, description = "The record; ETag header", body = RecordView),
+        (status = 400, description = "`INVALID_TABLE`, `INVALID_ID`, `UNKNOWN_PARAMETER`, `BAD_QUERY`, `UNKNOWN_REVISION`", body = ErrorBody),
         (status = 404, description = "NOT_FOUND or RECORD_DELETED", body = ErrorBody)))]
 async fn get_record(
     State(st): St,
@@ -759,7 +799,10 @@ async fn put_record(
 #[utoipa::path(patch, path = "/v1/tables/{table}/records/{id}", request_body = Object,
     params(("table" = String, Path,), ("id" = String, Path,), ("If-Match" = Option<String>, Header,)),
     responses((status = 200, body = WriteOutcome), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
+        (status = 404, description = "`NOT_FOUND`, or `RECORD_DELETED` (PUT brings a deleted record back)", body = ErrorBody),
+        (status = 409, description = "`UNIQUE_CLASH`: a unique value is already used", body = ErrorBody),
+        (status = 412, description = "The record changed", body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
 async fn patch_record(
     State(st): St,
     Path((table, id)): Path<(String, String)>,
@@ -778,7 +821,9 @@ async fn patch_record(
 /// Deletes a record (a tombstone that syncs; history stays).
 #[utoipa::path(delete, path = "/v1/tables/{table}/records/{id}",
     params(("table" = String, Path,), ("id" = String, Path,), ("If-Match" = Option<String>, Header,)),
-    responses((status = 200, body = WriteOutcome), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
+    responses((status = 200, body = WriteOutcome), (status = 400, description = "`BAD_HEADER`, `INVALID_TABLE`, `INVALID_ID`", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`, or `RECORD_DELETED` (already deleted: deleting again changes nothing)", body = ErrorBody),
+        (status = 412, description = "The record changed", body = ErrorBody)))]
 async fn delete_record(
     State(st): St,
     Path((table, id)): Path<(String, String)>,
@@ -792,7 +837,9 @@ async fn delete_record(
 /// Every revision of a record, oldest first (as `fieldsync history`).
 #[utoipa::path(get, path = "/v1/tables/{table}/records/{id}/history",
     params(("table" = String, Path,), ("id" = String, Path,)),
-    responses((status = 200, body = Vec<Object>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Vec<Object>),
+        (status = 400, description = "`INVALID_TABLE`, `INVALID_ID`", body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 async fn history(
     State(st): St,
     Path((table, id)): Path<(String, String)>,
@@ -818,7 +865,8 @@ struct BatchRequest {
 #[utoipa::path(post, path = "/v1/batch", request_body = BatchRequest,
     responses((status = 200, body = BatchOutcome),
         (status = 400, description = "`field` names the failing op, e.g. ops[2].id; nothing written", body = ErrorBody),
-        (status = 409, description = "`MASS_DELETE`: deletes more than `[brake]` allows without `confirm_mass_delete`; nothing written", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`, `RECORD_DELETED`: a patch or delete of a record that is not here or is deleted; `field` names the op (ops[2].id); nothing written", body = ErrorBody),
+        (status = 409, description = "`MASS_DELETE`: deletes more than `[brake]` allows without `confirm_mass_delete`; `UNIQUE_CLASH`: a unique value already used; nothing written", body = ErrorBody),
         (status = 413, body = ErrorBody)))]
 async fn batch(State(st): St, body: Body) -> Result<Json<BatchOutcome>, ApiError> {
     let (ops, confirm) = batch_request(body)?;
@@ -828,7 +876,8 @@ async fn batch(State(st): St, body: Body) -> Result<Json<BatchOutcome>, ApiError
 /// The conflict log, unresolved first (as `fieldsync conflicts`).
 #[utoipa::path(get, path = "/v1/conflicts",
     params(("table" = Option<String>, Query,), ("all" = Option<bool>, Query, description = "Include resolved ones")),
-    responses((status = 200, body = Vec<Object>)))]
+    responses((status = 200, body = Vec<Object>),
+        (status = 400, description = "`UNKNOWN_PARAMETER`, `BAD_QUERY`", body = ErrorBody)))]
 async fn conflicts(State(st): St, q: Q) -> Result<Json<Vec<Value>>, ApiError> {
     let p = Params::new(q, &["table", "all"], false)?;
     let all = p.flag("all")?;
@@ -1027,7 +1076,8 @@ async fn warnings(State(st): St) -> Result<Json<Value>, ApiError> {
 /// session runs (bytes move between pages).
 #[utoipa::path(get, path = "/v1/sessions",
     params(("feed" = Option<String>, Query, description = "normal (default) or sse")),
-    responses((status = 200, body = Object), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = Object), (status = 400, description = "`UNKNOWN_PARAMETER`, `BAD_QUERY`", body = ErrorBody),
+        (status = 401, body = ErrorBody)))]
 async fn sessions(State(st): St, q: Q) -> Result<Response, ApiError> {
     let p = Params::new(q, &["feed"], false)?;
     match p.get("feed").unwrap_or("normal") {
