@@ -38,6 +38,7 @@ fn check_address(peer: &str) -> Result<(), AppError> {
         ))
     } else {
         Err(AppError::NotFound {
+            field: None,
             code: "PEER_NOT_FOUND",
             message: format!(
                 "no known peer is named {peer:?}, and it is not an address: use a name from \
@@ -174,6 +175,7 @@ impl App {
         match named_peers(&rows, peer).as_slice() {
             [one] => Ok(one.instance),
             [] => Err(AppError::NotFound {
+                field: None,
                 code: "PEER_NOT_FOUND",
                 message: format!("no known peer is named {peer:?}{}", name_hint(&rows, peer)),
             }),
@@ -227,6 +229,7 @@ impl App {
                         .find(|n| n.to_lowercase() == peer.trim().to_lowercase())
                     {
                         return Err(AppError::NotFound {
+                            field: None,
                             code: "PEER_NOT_FOUND",
                             message: format!(
                                 "{n} was enrolled here but has never synced with this laptop, so \
@@ -237,6 +240,7 @@ impl App {
                         });
                     }
                     return Err(AppError::NotFound {
+                        field: None,
                         code: "PEER_NOT_FOUND",
                         message: format!(
                             "no known peer is named {peer:?}, and it is not an address (HOST:PORT){}",
@@ -253,6 +257,7 @@ impl App {
                     .filter(|u| !u.is_empty())
                     .or_else(|| r.addresses.first().cloned());
                 addr.ok_or_else(|| AppError::NotFound {
+                    field: None,
                     code: "PEER_NOT_FOUND",
                     message: format!(
                         "peer {peer} has no known address: pass its HOST:PORT instead"
@@ -260,6 +265,7 @@ impl App {
                 })
             }
             None if by_id.is_some() => Err(AppError::NotFound {
+                field: None,
                 code: "PEER_NOT_FOUND",
                 message: format!("instance {peer} is not a known peer: pass its HOST:PORT instead"),
             }),
