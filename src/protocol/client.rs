@@ -136,7 +136,12 @@ pub async fn tls_refusal(addr: &str, cfg: rustls::ClientConfig) -> Option<String
             .map(tls_words)
     };
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let mut tls = match connector.connect(name, tcp).await {
+    // Bounded like the connect and the read below: a peer that accepts the connection but
+    // never finishes the handshake made `sync` hang here (seen once in the test suite, 60 s).
+    let mut tls = match tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        .await
+        .ok()?
+    {
         Ok(t) => t,
         Err(e) => return words(&e),
     };
