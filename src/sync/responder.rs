@@ -102,6 +102,9 @@ pub struct Inbound(Mutex<HashMap<Uuid, Instant>>);
 /// How long an inbound session counts as in progress without its last push.
 const INBOUND_GRACE: Duration = Duration::from_secs(60);
 
+/// How recent an inbound session's last request must be for [`Inbound::any_active_but`].
+const INBOUND_RECENT: Duration = Duration::from_secs(10);
+
 impl Inbound {
     fn begin(&self, peer: Uuid) {
         self.0
@@ -131,13 +134,16 @@ impl Inbound {
             .remove(peer);
     }
 
-    /// True while a laptop other than `peer` (any, if `None`) runs a session with us.
+    /// True while a laptop other than `peer` (any, if `None`) runs a session with us that
+    /// made a request in the last [`INBOUND_RECENT`]. The agent only defers notifies on it
+    /// (`agent.rs`), so a session that ended without its last push (a failure) must not hold
+    /// them back for the whole [`INBOUND_GRACE`] (a trial saw a chain converge ~50 s late).
     pub fn any_active_but(&self, peer: Option<Uuid>) -> bool {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .any(|(p, t)| Some(*p) != peer && t.elapsed() < INBOUND_GRACE)
+            .any(|(p, t)| Some(*p) != peer && t.elapsed() < INBOUND_RECENT)
     }
 
     /// True while `peer` runs a session with us.
