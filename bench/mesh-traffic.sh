@@ -13,6 +13,9 @@ set -u
 here=$(cd "$(dirname "$0")/.." && pwd)
 F=${F:-$here/target/release/fieldsync}; N=${1:-20000}
 GEN=${GEN:-$here/../shared/gen.py}; P0=${P0:-7711}
+# Absolute: the script works in a temporary directory.
+F=$(realpath "$F") && [ -x "$F" ] || { echo "no fieldsync binary at $F (build it or set F=)"; exit 1; }
+GEN=$(realpath "$GEN") && [ -f "$GEN" ] || { echo "no gen.py at $GEN (set GEN=)"; exit 1; }
 R=$(mktemp -d); cd "$R" || exit 1
 PIDS=""
 cleanup() { kill $PIDS 2>/dev/null; wait 2>/dev/null; rm -rf "$R"; }
