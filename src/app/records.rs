@@ -494,7 +494,8 @@ impl App {
     }
 
     /// A page of a table in id order: records after `after`, at most `limit` (≤ [`MAX_PAGE`]),
-    /// keeping only those whose fields equal every `(field, value)` filter.
+    /// keeping only those whose fields equal every `(field, value)` filter and contain the text
+    /// of every `(field, text)` in `contains` (see [`contains_text`]).
     pub fn list(
         &self,
         table: &str,
@@ -502,6 +503,7 @@ impl App {
         limit: usize,
         include_deleted: bool,
         filters: &[(String, Value)],
+        contains: &[(String, String)],
     ) -> Result<ListPage, AppError> {
         parse_table(table)?;
         let after = after
@@ -510,6 +512,7 @@ impl App {
             }))
             .transpose()?;
         let limit = limit.clamp(1, MAX_PAGE);
+        let needles: Vec<String> = contains.iter().map(|(_, t)| t.to_lowercase()).collect();
         let mut records = Vec::new();
         let mut next = None;
         for r in self.store.scan_table_after(table, after) {
@@ -518,6 +521,13 @@ impl App {
                 continue;
             }
             if !filters.iter().all(|(f, v)| rec.state.value(f) == Some(v)) {
+                continue;
+            }
+            if !contains
+                .iter()
+                .zip(&needles)
+                .all(|((f, _), t)| rec.state.value(f).is_some_and(|v| contains_text(v, t)))
+            {
                 continue;
             }
             if records.len() == limit {
@@ -637,6 +647,17 @@ impl App {
     }
 }
 
+/// Whether a field's value contains `lowered` (already lower-cased), ignoring letter case: a
+/// string by its text, a number or boolean by how JSON writes it, never an object, array or
+/// null. A person looks "Amina Okafor" up as `amina`, not by the exact stored value.
+pub fn contains_text(v: &Value, lowered: &str) -> bool {
+    match v {
+        Value::String(s) => s.to_lowercase().contains(lowered),
+        Value::Number(_) | Value::Bool(_) => v.to_string().to_lowercase().contains(lowered),
+        _ => false,
+    }
+}
+
 /// A history entry as printed by `fieldsync history` and served by the API.
 pub fn history_json(e: &HistoryEntry) -> Value {
     let r = &e.revision;
@@ -662,3 +683,20 @@ pub const RECONSTRUCTED_NOTE: &str = "not verified: reconstructed by a fieldsync
      protocol 2 from a merged state, or received without a commit signed by the laptop it names \
      (made before that laptop signed its writes, or made up by the sender): its values may be \
      wrong and edits in between may be missing";
+
+#[cfg(test)]
+mod tests {
+    use super::contains_text;
+    use serde_json::json;
+
+    #[test]
+    fn contains_ignores_letter_case_and_reads_numbers_as_written() {
+        assert!(contains_text(&json!("Amina Okafor"), "amina"));
+        assert!(contains_text(&json!("Amina Okafor"), "a oka"));
+        assert!(!contains_text(&json!("Amina Okafor"), "bello"));
+        assert!(contains_text(&json!(1234), "23"));
+        assert!(contains_text(&json!(true), "tru"));
+        assert!(!contains_text(&json!({"name": "amina"}), "amina"));
+        assert!(!contains_text(&json!(null), "null"));
+    }
+}

@@ -233,8 +233,8 @@ fn body_typed<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError>
     Ok(v)
 }
 
-/// Query parameters as pairs; `known` are the only names allowed (plus `field.NAME` when
-/// `filters` is true).
+/// Query parameters as pairs; `known` are the only names allowed (plus `field.NAME` and
+/// `contains.NAME` when `filters` is true).
 struct Params(Vec<(String, String)>);
 
 impl Params {
@@ -243,7 +243,8 @@ impl Params {
             ApiError::bad("BAD_QUERY", "query", format!("malformed query string: {e}"))
         })?;
         for (k, _) in &pairs {
-            let allowed = known.contains(&k.as_str()) || (filters && k.starts_with("field."));
+            let allowed = known.contains(&k.as_str())
+                || (filters && (k.starts_with("field.") || k.starts_with("contains.")));
             if !allowed {
                 return Err(ApiError::bad(
                     "UNKNOWN_PARAMETER",
@@ -417,13 +418,15 @@ async fn create(
     Ok(written(o, StatusCode::CREATED))
 }
 
-/// One page of a table in id order. Filters: `field.NAME=VALUE` (VALUE as JSON, else a string).
+/// One page of a table in id order. Filters: `field.NAME=VALUE` (VALUE as JSON, else a string),
+/// `contains.NAME=TEXT` (the field's text holds TEXT, any letter case).
 #[utoipa::path(get, path = "/v1/tables/{table}/records",
     params(("table" = String, Path,),
         ("after" = Option<String>, Query, description = "Only ids after this one (the `next` of the previous page)"),
         ("limit" = Option<u64>, Query, description = "Records per page, 1-1000, default 100"),
         ("include_deleted" = Option<bool>, Query, description = "Include deleted records"),
-        ("field.NAME" = Option<String>, Query, description = "Only records whose field NAME equals this value")),
+        ("field.NAME" = Option<String>, Query, description = "Only records whose field NAME equals this value"),
+        ("contains.NAME" = Option<String>, Query, description = "Only records whose field NAME contains this text, in any letter case")),
     responses((status = 200, body = ListPage), (status = 400, body = ErrorBody)))]
 async fn list(State(st): St, Path(table): Path<String>, q: Q) -> Result<Json<ListPage>, ApiError> {
     let p = Params::new(q, &["after", "limit", "include_deleted"], true)?;
@@ -438,8 +441,19 @@ async fn list(State(st): St, Path(table): Path<String>, q: Q) -> Result<Json<Lis
                 Some((f.to_string(), val))
             })
             .collect();
+    let contains: Vec<(String, String)> =
+        p.0.iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("contains.")?.to_string(), v.clone())))
+            .collect();
     let page = blocking(&st, move |a| {
-        a.list(&table, after.as_deref(), limit, deleted, &filters)
+        a.list(
+            &table,
+            after.as_deref(),
+            limit,
+            deleted,
+            &filters,
+            &contains,
+        )
     })
     .await?;
     Ok(Json(page))
