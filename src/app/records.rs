@@ -35,6 +35,10 @@ pub struct RecordView {
     pub seq: u64,
     /// The stamp of the latest event on the record (`time#counter@instance`), as in `history`.
     pub rev: Option<String>,
+    /// The record's name for people ([`record_name`]: its `name`, else `title`, field), as
+    /// `fieldsync conflicts` and the console name it; absent when it has neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_name: Option<String>,
 }
 
 /// What a write did.
@@ -187,14 +191,28 @@ pub fn revision_stamp(r: &StoredRecord) -> Option<crate::clock::Hlc> {
 }
 
 fn view(table: &str, id: Uuid, r: &StoredRecord) -> RecordView {
+    let fields = r.state.live_fields();
     RecordView {
         table: table.to_string(),
         id,
-        fields: r.state.live_fields(),
+        record_name: record_name(&fields),
+        fields,
         deleted: !r.state.is_alive(),
         seq: r.seq,
         rev: revision_stamp(r).map(|h| h.to_string()),
     }
+}
+
+/// What people call a record: its `name` field, else its `title`, when that is non-empty text
+/// (the one rule for `fieldsync conflicts`, the conflict and record JSON, and the console).
+pub fn record_name(fields: &Fields) -> Option<String> {
+    ["name", "title"].iter().find_map(|k| {
+        fields
+            .get(*k)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    })
 }
 
 /// RFC 7396 merge of `patch` into `target`.
@@ -487,6 +505,7 @@ impl App {
                 };
             }
         }
+        v.record_name = record_name(&fields);
         v.fields = fields;
         v.deleted = deleted;
         v.rev = Some(at.to_string());
@@ -686,8 +705,23 @@ pub const RECONSTRUCTED_NOTE: &str = "not verified: reconstructed by a fieldsync
 
 #[cfg(test)]
 mod tests {
-    use super::contains_text;
+    use super::{contains_text, record_name};
     use serde_json::json;
+
+    #[test]
+    fn a_record_is_named_by_its_name_else_its_title_when_that_is_text() {
+        let name = |v: serde_json::Value| record_name(v.as_object().unwrap());
+        assert_eq!(
+            name(json!({"name": "Amina Okafor", "title": "Dr"})).as_deref(),
+            Some("Amina Okafor")
+        );
+        assert_eq!(
+            name(json!({"name": "", "title": "Clinic report"})).as_deref(),
+            Some("Clinic report")
+        );
+        assert_eq!(name(json!({"name": 12})), None);
+        assert_eq!(name(json!({"status": "missing"})), None);
+    }
 
     #[test]
     fn contains_ignores_letter_case_and_reads_numbers_as_written() {

@@ -412,7 +412,7 @@ async function record(args) {
   open.forEach((c, i) => { if (c.record === r.id) mine.push([c, Math.floor(i / PAGE_SIZE) * PAGE_SIZE]); });
   const changes = (c) => (c || []).map((x) =>
     h("li", {}, h("strong", {}, x.field + ": "), x.old === undefined || x.old === null ? "" : show(x.old) + " → ", x.new === undefined || x.new === null ? "(removed)" : show(x.new)));
-  const named = ["name", "title"].map((k) => r.fields[k]).find((v) => typeof v === "string" && v !== "");
+  const named = r.record_name; // the name `fieldsync conflicts` gives it (absent: none)
   render(
     h("h1", {}, table + " record " + (named ? "“" + named + "”" : id) + (r.deleted ? " (deleted)" : "")),
     named ? h("p", { class: "muted small record-id" }, "Record " + id) : null,
