@@ -181,10 +181,20 @@ function direction(label, d) {
     h("span", { class: "pct" }, pct + "%"));
 }
 
-// ", the last with laptopA (started by laptopA at 2026-12-05 00:48)": who the latest was with.
-function lastIdle(x) {
-  const peer = x.peer_name || x.addr;
-  return ", the last with " + peer + " (started by " + (x.role === "responder" ? peer : "this laptop") + " at " + localTime(x.started) + ")";
+// ": 3 with laptopA (started by this laptop and laptopA, the last at 2026-12-05 00:48), 1 with
+// laptopC (…)": by peer, newest first, who started them.
+function idleSummary(list) {
+  const by = new Map();
+  for (const x of list) {
+    const peer = x.peer_name || x.addr;
+    const g = by.get(peer) || { n: 0, who: [], last: x.started };
+    const who = x.role === "responder" ? peer : "this laptop";
+    g.n += 1;
+    if (!g.who.includes(who)) g.who.push(who);
+    by.set(peer, g);
+  }
+  return ": " + [...by].map(([peer, g]) => g.n + " with " + peer + " (started by " + g.who.join(" and ") +
+    (g.n > 1 ? ", the last at " : " at ") + localTime(g.last) + ")").join(", ");
 }
 
 function renderSessions(s) {
@@ -208,7 +218,7 @@ function renderSessions(s) {
     h("h2", {}, "Recently finished"),
     moved.map(card),
     idle ? h("p", { id: "nothing-moved", class: "muted" }, idle + (idle === 1 ? " session" : " sessions") + " with nothing to move" +
-      lastIdle(s.finished.find(empty)) + ".") : null,
+      idleSummary(s.finished.filter(empty)) + ".") : null,
     s.finished.length ? null : h("p", {}, "None since the agent started."));
 }
 
