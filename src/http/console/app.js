@@ -162,6 +162,12 @@ function percent(fraction, done) {
   return done ? 100 : Math.min(99, Math.floor((fraction || 0) * 100));
 }
 
+// All the positions the sender had at the start are through but its last page is not: it
+// receives more while it sends (a relay), so the session's share done says nothing.
+function outrun(d) {
+  return !d.done && d.to > d.from && d.at >= d.to;
+}
+
 function direction(label, d) {
   const pct = percent(d.fraction, d.done);
   // The estimate covers the positions the sender had when the direction began: once they are
@@ -177,8 +183,10 @@ function direction(label, d) {
       d.records + " of about " + (known ? d.records_expected : "unknown") + " records, " +
       bytes(d.bytes) + " of about " + (bytesKnown ? bytes(d.bytes_expected) : "unknown") +
       ", " + Math.round(d.rate) + " records/s, time left " + (d.done ? "none" : known ? secs(d.eta_secs) : "unknown")),
-    h("progress", { max: "100", value: String(pct), "aria-label": label + " " + pct + "%" }),
-    h("span", { class: "pct" }, pct + "%"));
+    // Without an estimate the bar runs without a value (the browser's "in progress" bar).
+    known ? h("progress", { max: "100", value: String(pct), "aria-label": label + " " + pct + "%" })
+      : h("progress", { max: "100", "aria-label": label + ": how much is left is unknown" }),
+    h("span", { class: "pct" }, known ? pct + "%" : "how much is left is unknown"));
 }
 
 // ": 3 with laptopA (started by this laptop and laptopA, the last at 2026-12-05 00:48), 1 with
@@ -200,7 +208,8 @@ function idleSummary(list) {
 function renderSessions(s) {
   const card = (x) => h("div", { class: "card session", "data-peer": x.peer_name || x.addr, "data-state": x.state },
     h("h2", {}, (x.peer_name || x.addr) + " — " +
-      (x.state === "running" ? "syncing, " + percent(x.fraction, false) + "% done" :
+      (x.state === "running" ? (outrun(x.received) || outrun(x.sent) ? "syncing, how much is left is unknown"
+        : "syncing, " + percent(x.fraction, false) + "% done") :
         x.state === "finished" ? "finished, 100% done" : "failed")),
     x.error ? h("p", { class: "bad" }, x.error) : null,
     h("p", { class: "muted" }, "Started by " + (x.role === "responder" ? (x.peer_name || x.addr) : "this laptop") +
