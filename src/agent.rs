@@ -184,6 +184,11 @@ fn jittered(every: Duration) -> Duration {
 const NOTIFY_RETRY: Duration = Duration::from_millis(500);
 const NOTIFY_RETRIES: u32 = 120;
 
+/// What `run` says when a peer refuses this laptop's certificate as revoked.
+const REVOKED_LINE: &str = "this laptop's credential was revoked by the deployment, so no \
+     laptop syncs with it any more (`fieldsync doctor` says when and why; the coordinator can \
+     enroll this laptop again under a new name). It is tried again only every 5 minutes.";
+
 /// Longest back-off between attempts with a failing peer.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Local changes are announced this long after the first one, so a burst becomes one notify.
@@ -298,10 +303,19 @@ impl Agent {
                 }
             }
             if let Some(e) = last_err {
+                let text = e.to_string();
+                // Refused because this laptop's own credential is revoked: no retry can work,
+                // so it is said as what it is and tried only at the longest back-off (a trial
+                // read "cannot reach …" retried every few seconds as a network fault).
+                let revoked_here = text.contains(crate::protocol::client::REVOKED_BY_PEER);
                 let mut b = lock(&me.backoff);
                 let entry = b.entry(key.clone()).or_insert((0, Instant::now()));
                 entry.0 += 1;
-                let wait = Duration::from_secs(1 << entry.0.min(9)).min(MAX_BACKOFF);
+                let wait = if revoked_here {
+                    MAX_BACKOFF
+                } else {
+                    Duration::from_secs(1 << entry.0.min(9)).min(MAX_BACKOFF)
+                };
                 entry.1 = Instant::now() + wait;
                 drop(b);
                 // The sync layer already logged the failure with the peer's id and name; this is
@@ -313,8 +327,11 @@ impl Agent {
                     .map(|r| r.name)
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| addrs.join(", "));
-                let text = e.to_string();
-                if failure_worth_a_line(&me.failing, &key, &text) {
+                if revoked_here {
+                    if failure_worth_a_line(&me.failing, &key, REVOKED_LINE) {
+                        eprintln!("{who} refused this laptop: {REVOKED_LINE}");
+                    }
+                } else if failure_worth_a_line(&me.failing, &key, &text) {
                     eprintln!(
                         "sync with {who} failed: {text} (next try in {} s; retries that fail \
                          the same way are not repeated here)",

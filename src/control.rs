@@ -94,6 +94,15 @@ pub enum ControlError {
     /// The agent could not be reached or refused.
     #[error("the running agent did not answer: {0}")]
     Agent(String),
+    /// The agent was reached but stopped (or was killed) before it answered: whether the
+    /// command took effect is known only once the database is opened again.
+    #[error(
+        "the agent stopped before it answered (stopped, killed or a power cut): every write is \
+         all or nothing, so start it again (`fieldsync run`) and check whether the command took \
+         effect (`fieldsync tables`, `fieldsync status`; an interrupted import is finished or \
+         discarded when the database opens, and the agent says which)"
+    )]
+    Stopped,
     /// The operation failed inside the agent.
     #[error("{message}")]
     Failed {
@@ -423,13 +432,30 @@ pub async fn forward(dir: &Path, req: RunRequest) -> Result<RunReply, ControlErr
     let info = read_agent_file(dir)?;
     let client = client(&info, RUN_PATH)?;
     let req = RunRequest {
-        token: info.token,
+        token: info.token.clone(),
         ..req
     };
     client
         .request(RUN, jsonrpsee::rpc_params![req])
         .await
-        .map_err(|e| ControlError::Agent(e.to_string()))
+        .map_err(|e| lost(&info, e))
+}
+
+/// A failed request to the agent: [`ControlError::Stopped`] when the agent is gone now (its
+/// port refuses), else the client's error (jsonrpsee's text, e.g. "client error
+/// (SendRequest)", said only when nothing better is known).
+fn lost(info: &AgentFile, e: jsonrpsee::core::client::Error) -> ControlError {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], info.port));
+    // A killed agent's connections close before its listening socket does: a connect right
+    // after the reset may still be taken by the dying socket's backlog, so look a few times.
+    for wait_ms in [0u64, 100, 200, 300, 400] {
+        std::thread::sleep(std::time::Duration::from_millis(wait_ms));
+        let t = std::time::Duration::from_millis(500);
+        if std::net::TcpStream::connect_timeout(&addr, t).is_err() {
+            return ControlError::Stopped;
+        }
+    }
+    ControlError::Agent(e.to_string())
 }
 
 /// Runs one typed operation in the agent that owns `dir`.
@@ -451,6 +477,6 @@ pub async fn call(dir: &Path, op: Op) -> Result<serde_json::Value, ControlError>
                 message: e.message().to_string(),
             })
         }
-        Err(e) => Err(ControlError::Agent(e.to_string())),
+        Err(e) => Err(lost(&info, e)),
     }
 }

@@ -167,6 +167,13 @@ impl CaFile {
             .push(DnType::CommonName, instance.to_string());
         p.distinguished_name
             .push(DnType::OrganizationName, self.deployment.clone());
+        // The name it was enrolled under, attested by the CA: a laptop holding this
+        // certificate (every laptop that received writes it signed) can name it without ever
+        // having met it (`laptop_name_of_der`).
+        if !name.is_empty() {
+            p.distinguished_name
+                .push(DnType::OrganizationalUnitName, name.to_string());
+        }
         p.subject_alt_names.push(SanType::URI(
             format!("urn:uuid:{instance}")
                 .try_into()
@@ -308,6 +315,19 @@ pub fn instance_of_der(der: &[u8]) -> Option<Uuid> {
         .and_then(|cn| cn.as_str().ok())
         .and_then(|s| s.parse().ok());
     cn
+}
+
+/// The laptop name a member certificate was enrolled under (its subject's OU), if it has one
+/// (certificates issued before session 9 do not).
+pub fn laptop_name_of_der(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let name = cert
+        .subject()
+        .iter_organizational_unit()
+        .next()
+        .and_then(|ou| ou.as_str().ok())
+        .map(str::to_string);
+    name.filter(|n| !n.is_empty())
 }
 
 /// Subject, validity and SHA-256 fingerprint of a certificate, for `mesh show`.

@@ -320,6 +320,11 @@ const EXPECTED: &[(&str, &str)] = &[
         "remove the comma before the closing } or ]",
     ),
     ("trailing characters", "there is more after the JSON object"),
+    // serde_json's limit: 128 levels of objects and lists refused, 127 read.
+    (
+        "recursion limit exceeded",
+        "objects and lists are nested too deeply (at most 127 levels inside each other)",
+    ),
     (
         "invalid number",
         "a number is not written as JSON writes numbers",

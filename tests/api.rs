@@ -1291,3 +1291,671 @@ fn apps_writing_on_two_laptops_while_they_sync_converge_with_nothing_quarantined
         );
     }
 }
+
+/// A developer's mistakes against the API (trial 9, findings 8–11) are answered with the
+/// documented code, the field at fault and the next step, in words rather than serde's.
+#[test]
+fn mistakes_get_the_documented_code_the_field_and_the_next_step() {
+    let (_tmp, dir) = new_root();
+    std::fs::write(dir.join("fieldsync.toml"), "unique = [\"person.case\"]\n").unwrap();
+    let (_a, api) = agent(&dir);
+    let msg = |e: &Value| e["message"].as_str().unwrap().to_string();
+    let no_serde = |m: &str| {
+        for rust in [
+            "invalid type",
+            "expected a sequence",
+            "missing field",
+            "unknown field `",
+        ] {
+            assert!(!m.contains(rust), "serde's words: {m}");
+        }
+    };
+
+    let holder = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    let r = api.send("PUT", &rec_path("person", holder), &json!({"case": "C1"}));
+    assert_eq!(r.status, 200);
+    let etag = r.header("etag").unwrap().to_string();
+
+    // Bodies that are JSON of the wrong shape: INVALID_BODY / UNKNOWN_FIELD, naming the field.
+    let r = api.send("POST", "/v1/batch", &json!({"ops": {"op": "put"}}));
+    let e = r.error(400, "INVALID_BODY");
+    assert_eq!(e["field"], "ops");
+    assert!(
+        msg(&e).contains("\"ops\" must be a list of operations like [{\"op\": \"put\""),
+        "{e}"
+    );
+    no_serde(&msg(&e));
+    let r = api.send("POST", "/v1/batch", &json!({"ops": [], "confirm": true}));
+    let e = r.error(400, "UNKNOWN_FIELD");
+    assert_eq!(e["field"], "confirm");
+    assert!(msg(&e).contains("confirm_mass_delete"), "{e}");
+    let r = api.send(
+        "POST",
+        "/v1/batch",
+        &json!({"ops": [{"op": "put", "fields": {}}]}),
+    );
+    let e = r.error(400, "INVALID_BODY");
+    assert_eq!(e["field"], "ops[0].table");
+    assert!(msg(&e).contains("operation 1: \"table\" is missing"), "{e}");
+    let r = api.send("POST", "/v1/sync", &json!({}));
+    let e = r.error(400, "INVALID_BODY");
+    assert_eq!(e["field"], "peer");
+    assert!(
+        msg(&e).contains("\"peer\" is missing: give a peer's name"),
+        "{e}"
+    );
+    no_serde(&msg(&e));
+    let r = api.send("POST", "/v1/verify", &json!({"peer": "x", "deep": true}));
+    assert_eq!(r.error(400, "UNKNOWN_FIELD")["field"], "deep");
+    let r = api.send("POST", "/v1/verify", &json!({"peer": 7}));
+    assert!(msg(&r.error(400, "INVALID_BODY")).contains("not a number"));
+
+    // Nesting: 127 levels are stored, 128 are refused saying so, with the limit.
+    let nested = |depth: usize| {
+        format!(
+            "{{\"a\":{}1{}}}",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
+    };
+    let deep = "0e1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    let r = api.req("PUT", &rec_path("deep", deep), &[], nested(127).as_bytes());
+    assert_eq!(r.status, 200, "{}", r.json());
+    for depth in [128, 5000] {
+        let r = api.req(
+            "PUT",
+            &rec_path("deep", deep),
+            &[],
+            nested(depth).as_bytes(),
+        );
+        let e = r.error(400, "MALFORMED_JSON");
+        assert!(
+            msg(&e).contains("nested too deeply (at most 127 levels"),
+            "{e}"
+        );
+    }
+    let r = api.req("POST", "/v1/batch", &[], nested(5000).as_bytes());
+    let e = r.error(400, "MALFORMED_JSON");
+    assert_eq!(e["field"], "body");
+    assert!(msg(&e).contains("nested too deeply"), "{e}");
+    // Bytes that are not UTF-8 are said to be so (not "an invalid \u escape").
+    let r = api.req(
+        "PUT",
+        &rec_path("person", holder),
+        &[],
+        b"{\"case\":\"C\xff1\"}",
+    );
+    let e = r.error(400, "MALFORMED_JSON");
+    assert!(msg(&e).contains("not UTF-8 (byte 11 "), "{e}");
+
+    // A malformed If-Match is the caller's mistake (400), not a changed record (412).
+    let r = api.req(
+        "PUT",
+        &rec_path("person", holder),
+        &[("If-Match", "garbage")],
+        b"{}",
+    );
+    let e = r.error(400, "BAD_HEADER");
+    assert_eq!(e["field"], "if-match");
+    assert!(
+        msg(&e).contains("send the ETag header a read or write of it returned"),
+        "{e}"
+    );
+    for (method, body) in [("PATCH", &b"{\"x\":1}"[..]), ("DELETE", b"")] {
+        let r = api.req(
+            method,
+            &rec_path("person", holder),
+            &[("If-Match", "\"12\", v3")],
+            body,
+        );
+        r.error(400, "BAD_HEADER");
+    }
+    let weak = format!("W/{etag}");
+    let r = api.req(
+        "PATCH",
+        &rec_path("person", holder),
+        &[("If-Match", &weak)],
+        b"{\"x\":1}",
+    );
+    assert_eq!(
+        r.status, 200,
+        "a weak ETag of the current revision matches: {r:?}"
+    );
+
+    // NOT_FOUND and UNIQUE_CLASH give the next step, in the API's words.
+    let absent = "0f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    let r = api.send("PATCH", &rec_path("person", absent), &json!({"a": 1}));
+    let e = r.error(404, "NOT_FOUND");
+    assert!(
+        msg(&e).contains("(GET /v1/tables/person/records lists them)"),
+        "{e}"
+    );
+    let r = api.send("POST", "/v1/tables/person/records", &json!({"case": "C1"}));
+    let e = r.error(409, "UNIQUE_CLASH");
+    assert!(
+        msg(&e).ends_with(&format!(
+            "give another value, or change that record's case first (GET \
+             /v1/tables/person/records/{holder} shows it)"
+        )),
+        "{e}"
+    );
+    let other = api.send("POST", "/v1/tables/person/records", &json!({"case": "C2"}));
+    let other = other.json()["id"].as_str().unwrap().to_string();
+    let r = api.send("PATCH", &rec_path("person", &other), &json!({"case": "C1"}));
+    r.error(409, "UNIQUE_CLASH");
+
+    // A batch op on a missing record names the op.
+    let r = api.send(
+        "POST",
+        "/v1/batch",
+        &json!({"ops": [
+            {"op": "put", "table": "person", "fields": {"case": "C9"}},
+            {"op": "patch", "table": "person", "id": absent, "fields": {"n": 1}}]}),
+    );
+    let e = r.error(404, "NOT_FOUND");
+    assert_eq!(e["field"], "ops[1].id", "{e}");
+    assert!(msg(&e).starts_with("operation 2: record person/"), "{e}");
+
+    // A write to a deleted record says how it comes back, and PUT brings it back.
+    let r = api.req("DELETE", &rec_path("person", &other), &[], b"");
+    assert_eq!(r.status, 200);
+    let r = api.send("PATCH", &rec_path("person", &other), &json!({"n": 1}));
+    let e = r.error(404, "RECORD_DELETED");
+    let m = msg(&e);
+    assert!(
+        m.contains("is deleted, so a patch cannot change it; to bring it back, PUT it again with all its fields (GET it with ?include_deleted=true for its last ones)"),
+        "{m}"
+    );
+    assert!(!m.contains("to see it"), "{m}");
+    let r = api.req("DELETE", &rec_path("person", &other), &[], b"");
+    let e = r.error(404, "RECORD_DELETED");
+    assert!(
+        msg(&e).contains("is already deleted: deleting it again changes nothing"),
+        "{e}"
+    );
+    let r = api.send(
+        "POST",
+        "/v1/batch",
+        &json!({"ops": [{"op": "delete", "table": "person", "id": other}]}),
+    );
+    assert_eq!(r.error(404, "RECORD_DELETED")["field"], "ops[0].id");
+    let r = api.send(
+        "PUT",
+        &rec_path("person", &other),
+        &json!({"case": "C2", "n": 1}),
+    );
+    assert_eq!(r.status, 200, "PUT brings it back: {}", r.json());
+    assert_eq!(
+        api.get(&rec_path("person", &other)).json()["fields"]["n"],
+        1
+    );
+
+    // Listing: a table that never had a record is an empty 200 with a warning header; a
+    // stray parameter is answered with the filters' form.
+    let r = api.get("/v1/tables/nosuchtable/records");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"records": [], "next": null}));
+    let w = r
+        .header("x-fieldsync-warning")
+        .expect("a warning for an unknown table");
+    assert!(
+        w.contains("table nosuchtable") && w.contains("GET /v1/tables"),
+        "{w}"
+    );
+    for known in [
+        "/v1/tables/person/records",
+        "/v1/tables/person/records?field.case=none",
+    ] {
+        let r = api.get(known);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-fieldsync-warning"), None, "{known}");
+    }
+    let r = api.get("/v1/tables/person/records?fields.status=missing");
+    let e = r.error(400, "UNKNOWN_PARAMETER");
+    assert!(
+        msg(&e).contains("or field.status=VALUE to keep only records"),
+        "{e}"
+    );
+    let r = api.get("/v1/conflicts?bogus=1");
+    r.error(400, "UNKNOWN_PARAMETER");
+}
+
+/// A body over 16 MiB sent without waiting for `100 Continue` (trial 9, finding 8: Python's
+/// urllib got a broken pipe, as the agent closed the connection under the upload) is read,
+/// dropped and answered `413 BODY_TOO_LARGE`; nothing is written.
+#[test]
+fn a_body_over_16_mib_is_answered_413_also_to_clients_that_do_not_wait_for_100_continue() {
+    let (_tmp, dir) = new_root();
+    let (_a, api) = agent(&dir);
+    let id = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    assert_eq!(
+        api.send("PUT", &rec_path("person", id), &json!({"n": 1}))
+            .status,
+        200
+    );
+    let head = api.get("/v1/status").json()["feed_seq"].clone();
+    let big = vec![b' '; 17 << 20];
+    api.req("PATCH", &rec_path("person", id), &[], &big)
+        .error(413, "BODY_TOO_LARGE");
+    let out = python(
+        "import sys, urllib.request, urllib.error\n\
+         req = urllib.request.Request(sys.argv[1] + '/v1/batch', data=b' ' * (17 << 20), \
+           method='POST', headers={'Authorization': 'Bearer ' + sys.argv[2]})\n\
+         try:\n    urllib.request.urlopen(req)\n\
+         except urllib.error.HTTPError as e:\n    print(e.code, e.read().decode())\n",
+        &[&format!("http://{}", api.addr), &api.token],
+    );
+    assert!(
+        out.starts_with("413 ") && out.contains("BODY_TOO_LARGE"),
+        "{out}"
+    );
+    assert_eq!(
+        api.get("/v1/status").json()["feed_seq"],
+        head,
+        "nothing written"
+    );
+}
+
+/// The statuses the OpenAPI document lists for `method` on the path template `path`.
+fn documented(doc: &Value, method: &str, path: &str) -> Vec<u16> {
+    let op = &doc["paths"][path][method];
+    assert!(op.is_object(), "{method} {path} is in the OpenAPI document");
+    op["responses"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter_map(|k| k.parse().ok())
+        .collect()
+}
+
+/// The OpenAPI document says what the server does (trial 9, finding 11): every status the
+/// record, batch, conflicts, sync and verify endpoints answer below is listed for that
+/// endpoint (401 on every one, PATCH's 409 and 413, the 400s of conflicts and verify, a batch
+/// op's 404), `next` is documented as null on the last page, and the list filters are not
+/// declared as one parameter literally named `field.NAME`.
+#[test]
+fn the_openapi_document_lists_every_status_the_server_answers() {
+    let (_tmp, dir) = new_root();
+    std::fs::write(dir.join("fieldsync.toml"), "unique = [\"person.case\"]\n").unwrap();
+    let (_a, api) = agent(&dir);
+    let doc = api.get("/v1/openapi.json").json();
+    let rec = "/v1/tables/{table}/records/{id}";
+    let list = "/v1/tables/{table}/records";
+    let holder = "6f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    let absent = "0f1c2b7e-3d4a-4e5f-8a9b-0c1d2e3f4a5b";
+    assert_eq!(
+        api.send("PUT", &rec_path("person", holder), &json!({"case": "C1"}))
+            .status,
+        200
+    );
+    let other = api.send("POST", "/v1/tables/person/records", &json!({"case": "C2"}));
+    let other = other.json()["id"].as_str().unwrap().to_string();
+    let gone = api.send("POST", "/v1/tables/person/records", &json!({"case": "C3"}));
+    let gone = gone.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        api.req("DELETE", &rec_path("person", &gone), &[], b"")
+            .status,
+        200
+    );
+    let bad = [("Authorization", "Bearer nope")];
+    let big = format!("{}", 17 << 20);
+    let over = [("Content-Length", big.as_str()), ("Expect", "100-continue")];
+    let h = |p: &str| format!("{p}/history");
+    // (method, path template, path, headers, body, status)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        String,
+        &'a [(&'a str, &'a str)],
+        String,
+        u16,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "GET",
+            list,
+            "/v1/tables/person/records".into(),
+            &[],
+            String::new(),
+            200,
+        ),
+        (
+            "GET",
+            list,
+            "/v1/tables/person/records?bogus=1".into(),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            list,
+            "/v1/tables/person/records".into(),
+            &bad,
+            String::new(),
+            401,
+        ),
+        (
+            "POST",
+            list,
+            "/v1/tables/person/records".into(),
+            &[],
+            r#"{"case":"C1"}"#.into(),
+            409,
+        ),
+        (
+            "POST",
+            list,
+            "/v1/tables/person/records".into(),
+            &bad,
+            "{}".into(),
+            401,
+        ),
+        (
+            "GET",
+            rec,
+            rec_path("person", absent),
+            &[],
+            String::new(),
+            404,
+        ),
+        (
+            "GET",
+            rec,
+            rec_path("Bad!", holder),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            rec,
+            format!("{}?at=nope", rec_path("person", holder)),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            "/v1/tables/{table}/records/{id}/history",
+            h(&rec_path("Bad!", holder)),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            "/v1/tables",
+            "/v1/tables?system=x".into(),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            "/v1/sessions",
+            "/v1/sessions?feed=x".into(),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            "/v1/sessions",
+            "/v1/sessions".into(),
+            &bad,
+            String::new(),
+            401,
+        ),
+        (
+            "GET",
+            "/v1/peers",
+            "/v1/peers".into(),
+            &bad,
+            String::new(),
+            401,
+        ),
+        (
+            "GET",
+            rec,
+            rec_path("person", holder),
+            &bad,
+            String::new(),
+            401,
+        ),
+        (
+            "PUT",
+            rec,
+            rec_path("person", holder),
+            &[("If-Match", "x")],
+            "{}".into(),
+            400,
+        ),
+        (
+            "PUT",
+            rec,
+            rec_path("person", holder),
+            &bad,
+            "{}".into(),
+            401,
+        ),
+        (
+            "PUT",
+            rec,
+            rec_path("person", holder),
+            &[("If-Match", "\"999999\"")],
+            "{}".into(),
+            412,
+        ),
+        (
+            "PATCH",
+            rec,
+            rec_path("person", &other),
+            &[],
+            r#"{"case":"C1"}"#.into(),
+            409,
+        ),
+        (
+            "PATCH",
+            rec,
+            rec_path("person", absent),
+            &[],
+            "{}".into(),
+            404,
+        ),
+        (
+            "PATCH",
+            rec,
+            rec_path("person", &gone),
+            &[],
+            "{}".into(),
+            404,
+        ),
+        (
+            "PATCH",
+            rec,
+            rec_path("person", holder),
+            &bad,
+            "{}".into(),
+            401,
+        ),
+        (
+            "PATCH",
+            rec,
+            rec_path("person", holder),
+            &[("If-Match", "\"999999\"")],
+            "{}".into(),
+            412,
+        ),
+        (
+            "DELETE",
+            rec,
+            rec_path("person", &gone),
+            &[],
+            String::new(),
+            404,
+        ),
+        (
+            "DELETE",
+            rec,
+            rec_path("person", holder),
+            &[("If-Match", "x")],
+            String::new(),
+            400,
+        ),
+        (
+            "DELETE",
+            rec,
+            rec_path("person", holder),
+            &bad,
+            String::new(),
+            401,
+        ),
+        (
+            "GET",
+            "/v1/tables/{table}/records/{id}/history",
+            h(&rec_path("person", absent)),
+            &[],
+            String::new(),
+            404,
+        ),
+        (
+            "GET",
+            "/v1/tables/{table}/records/{id}/history",
+            h(&rec_path("person", holder)),
+            &bad,
+            String::new(),
+            401,
+        ),
+        (
+            "POST",
+            "/v1/batch",
+            "/v1/batch".into(),
+            &[],
+            r#"{"ops":{}}"#.into(),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/batch",
+            "/v1/batch".into(),
+            &[],
+            format!(r#"{{"ops":[{{"op":"delete","table":"person","id":"{absent}"}}]}}"#),
+            404,
+        ),
+        (
+            "POST",
+            "/v1/batch",
+            "/v1/batch".into(),
+            &[],
+            r#"{"ops":[{"op":"put","table":"person","fields":{"case":"C1"}}]}"#.into(),
+            409,
+        ),
+        (
+            "POST",
+            "/v1/batch",
+            "/v1/batch".into(),
+            &bad,
+            "{}".into(),
+            401,
+        ),
+        (
+            "GET",
+            "/v1/conflicts",
+            "/v1/conflicts?bogus=1".into(),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            "/v1/conflicts",
+            "/v1/conflicts?all=maybe".into(),
+            &[],
+            String::new(),
+            400,
+        ),
+        (
+            "GET",
+            "/v1/conflicts",
+            "/v1/conflicts".into(),
+            &bad,
+            String::new(),
+            401,
+        ),
+        (
+            "POST",
+            "/v1/verify",
+            "/v1/verify".into(),
+            &[],
+            r#"{"peer":"x","y":1}"#.into(),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/verify",
+            "/v1/verify".into(),
+            &bad,
+            "{}".into(),
+            401,
+        ),
+        ("POST", "/v1/sync", "/v1/sync".into(), &[], "{}".into(), 400),
+    ];
+    let e = api
+        .get(&rec_path("person", "C-404"))
+        .error(404, "NOT_FOUND");
+    assert_eq!(
+        e["field"], "id",
+        "a key that names no record is the id at fault: {e}"
+    );
+    for (method, template, path, headers, body, status) in cases {
+        let r = api.req(method, &path, headers, body.as_bytes());
+        assert_eq!(
+            r.status,
+            status,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let listed = documented(&doc, &method.to_lowercase(), template);
+        assert!(
+            listed.contains(&status),
+            "{method} {path} answered {status} but the OpenAPI document lists {listed:?}"
+        );
+    }
+    // 413 before the body is read (Content-Length over the limit), on each writing endpoint.
+    for (method, path, template) in [
+        ("POST", "/v1/tables/person/records".to_string(), list),
+        ("PUT", rec_path("person", holder), rec),
+        ("PATCH", rec_path("person", holder), rec),
+        ("POST", "/v1/batch".to_string(), "/v1/batch"),
+        ("POST", "/v1/verify".to_string(), "/v1/verify"),
+    ] {
+        let mut s = TcpStream::connect(&api.addr).unwrap();
+        s.set_read_timeout(Some(REQ_TIMEOUT)).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n",
+            api.token
+        );
+        for (k, v) in over {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("Connection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        read_response(s).error(413, "BODY_TOO_LARGE");
+        let listed = documented(&doc, &method.to_lowercase(), template);
+        assert!(
+            listed.contains(&413),
+            "{method} {template} lists 413: {listed:?}"
+        );
+    }
+
+    let next = doc["components"]["schemas"]["ListPage"]["properties"]["next"].to_string();
+    assert!(next.contains("`null` on the last page"), "{next}");
+    let params = doc["paths"][list]["get"]["parameters"].to_string();
+    assert!(!params.contains("field.NAME"), "{params}");
+    let text = doc["paths"][list]["get"]["description"].to_string();
+    assert!(
+        text.contains("field.NAME=VALUE"),
+        "the filters are described: {text}"
+    );
+}

@@ -903,3 +903,80 @@ fn run_says_in_a_sentence_that_it_runs() {
     .unwrap();
     assert!(said.is_match(&out), "{out:?}");
 }
+
+/// The coordinator names every laptop it enrolled, met or not (trial 9, finding 5): in a chain
+/// hq ↔ laptopA ↔ laptopB, hq named laptopB's writes by UUID in conflicts and history, refused
+/// `--keep-from laptopB` ("no known peer is named"), and listed only laptopA among its peers.
+#[test]
+fn the_coordinator_names_laptops_it_enrolled_but_never_met() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let hq = data_dir(root, "hq");
+    run(&hq, &["init", "--name", "hq"]).ok();
+    run(&hq, &["mesh", "create", "--name", "Relief"]).ok();
+    let [a, b] = [("a", "laptopA"), ("b", "laptopB")].map(|(d, name)| {
+        let cred = root.join(format!("{name}.fsmesh"));
+        let cred_s = cred.to_str().unwrap();
+        run(&hq, &["mesh", "enroll", "--name", name, "--out", cred_s]).ok();
+        let dir = data_dir(root, d);
+        run(&dir, &["init", "--mesh", cred_s]).ok();
+        dir
+    });
+    let b_id = run(&b, &["status", "--json"]).ok().json()["instance"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let agent_a = Agent::start(&a);
+    run(
+        &hq,
+        &["put", "person", "--id", ID, r#"{"status":"missing"}"#],
+    )
+    .ok();
+    sync(&hq, agent_a.addr());
+    sync(&b, agent_a.addr());
+    // Both change the record apart; laptopB's edit reaches hq through laptopA only.
+    run(&hq, &["patch", "person", ID, r#"{"status":"found"}"#]).ok();
+    run(&b, &["patch", "person", ID, r#"{"status":"in shelter"}"#]).ok();
+    sync(&b, agent_a.addr());
+    sync(&hq, agent_a.addr());
+
+    let said = run(&hq, &["conflicts", "--human"]).ok().stdout;
+    assert!(
+        said.contains("laptopB") && !said.contains(&b_id),
+        "hq names laptopB:\n{said}"
+    );
+    let history = run(&hq, &["history", "person", ID, "--human"]).ok().stdout;
+    assert!(
+        history.contains("laptopB") && !history.contains(&b_id),
+        "{history}"
+    );
+    let peers = run(&hq, &["peers", "--json"]).ok().lines();
+    let row = peers
+        .iter()
+        .find(|p| p["name"] == "laptopB")
+        .unwrap_or_else(|| panic!("hq lists laptopB: {peers:?}"));
+    assert!(
+        row["problem"]
+            .as_str()
+            .unwrap()
+            .starts_with("has not synced with this laptop yet"),
+        "{row}"
+    );
+    // laptopB never met hq either: it names hq by the name hq's certificate carries.
+    let hq_id = run(&hq, &["status", "--json"]).ok().json()["instance"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let on_b = run(&b, &["history", "person", ID, "--human"]).ok().stdout;
+    assert!(on_b.contains("hq") && !on_b.contains(&hq_id), "{on_b}");
+    let id = run(&hq, &["conflicts", "--json"]).ok().lines()[0]["id"].to_string();
+    run(
+        &hq,
+        &["conflicts", "resolve", &id, "--keep-from", "laptopB"],
+    )
+    .ok();
+    assert_eq!(
+        run(&hq, &["get", "person", ID]).ok().json()["fields"]["status"],
+        "in shelter"
+    );
+}

@@ -100,9 +100,40 @@ impl App {
     /// The sync_instance table: one row per peer instance, with `online` from
     /// [`crate::presence`] — false without an agent (nobody watches the network) and always
     /// false for a revoked laptop.
+    ///
+    /// It also lists the laptops that never synced with this one but are known by name: on
+    /// the coordinator's laptop those it enrolled (`enrolled.json`), and on every laptop those
+    /// whose signed writes it holds (the name in their certificate). Such a row has no
+    /// `first_seen` and nothing else known. In a chain (hq ↔ A ↔ B) hq named B's writes by
+    /// UUID in conflicts and history, refused `--keep-from laptopB`, and its console did not
+    /// show B at all (trial 9, finding 5).
     pub fn peers(&self) -> Result<Vec<PeerRow>, AppError> {
         let revoked = self.revocations();
         let mut rows = self.store.peers()?;
+        let me = self.store.id();
+        let enrolled = crate::mesh::read_enrolled(self.store.dir()).unwrap_or_default();
+        // And every laptop whose signed writes reached this one, by the name its certificate
+        // was enrolled under (certificates from session 9 on carry it): in a chain, laptops
+        // two hops away are named, not shown as UUIDs.
+        let certified = self
+            .store
+            .member_certs()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|der| {
+                let id = crate::mesh::instance_of_der(&der)?;
+                Some((id, crate::mesh::laptop_name_of_der(&der)?))
+            });
+        for (id, name) in enrolled.into_iter().chain(certified) {
+            if id != me && !rows.iter().any(|r| r.instance == id) {
+                rows.push(PeerRow {
+                    instance: id,
+                    name,
+                    first_seen: None,
+                    ..Default::default()
+                });
+            }
+        }
         for r in &mut rows {
             r.online = self.agent.is_some()
                 && !revoked.contains_key(&r.instance)

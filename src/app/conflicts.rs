@@ -254,7 +254,6 @@ impl App {
             });
         }
         let name = self
-            .store
             .peers()?
             .into_iter()
             .find(|p| p.instance == id)

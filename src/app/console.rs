@@ -190,6 +190,11 @@ pub(crate) fn problem(p: &PeerRow, revoked: bool, reason: Option<&str>) -> Value
         (Some(e), Some(d)) => json!(format!("the last sync failed: {e}; {d}")),
         (Some(e), None) => json!(format!("the last sync failed: {e}")),
         (None, Some(d)) => json!(d),
+        // Known by name only (`App::peers`): nothing else is known about it here yet.
+        (None, None) if p.first_seen.is_none() => json!(
+            "has not synced with this laptop yet (known from enrolling it or from its writes \
+             that other laptops passed on)"
+        ),
         (None, None) => Value::Null,
     }
 }
@@ -214,6 +219,7 @@ mod tests {
     fn dropped_records_are_a_peers_problem() {
         let mut p = PeerRow {
             quarantined: 3,
+            first_seen: Some(chrono::Utc::now()),
             ..PeerRow::default()
         };
         assert_eq!(
@@ -228,5 +234,11 @@ mod tests {
         p.quarantined = 0;
         p.last_error = None;
         assert_eq!(problem(&p, false, None), Value::Null);
+        // Known by name only (enrolled here, or its certificate came with its writes).
+        p.first_seen = None;
+        assert!(problem(&p, false, None)
+            .as_str()
+            .unwrap()
+            .starts_with("has not synced with this laptop yet"));
     }
 }

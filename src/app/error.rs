@@ -25,6 +25,8 @@ pub enum AppError {
         code: &'static str,
         /// What was not found.
         message: String,
+        /// The input that names it (`id`, `ops[2].id`), if one does.
+        field: Option<String>,
     },
     /// The write would break a rule of the data: a unique value already used (HTTP 409,
     /// exit code 2).
@@ -93,7 +95,9 @@ impl AppError {
     /// The input field at fault, if one is.
     pub fn field(&self) -> Option<&str> {
         match self {
-            AppError::Invalid { field, .. } | AppError::Conflict { field, .. } => field.as_deref(),
+            AppError::Invalid { field, .. }
+            | AppError::Conflict { field, .. }
+            | AppError::NotFound { field, .. } => field.as_deref(),
             _ => None,
         }
     }
@@ -115,7 +119,10 @@ impl AppError {
 
     /// Prefixes the field at fault (`ops[2].` + `table`), for errors inside a batch.
     fn in_field(mut self, prefix: &str) -> Self {
-        if let AppError::Invalid { field, .. } | AppError::Conflict { field, .. } = &mut self {
+        if let AppError::Invalid { field, .. }
+        | AppError::Conflict { field, .. }
+        | AppError::NotFound { field, .. } = &mut self
+        {
             *field = Some(match field.take() {
                 Some(f) => format!("{prefix}.{f}"),
                 None => prefix.to_string(),
@@ -145,6 +152,10 @@ const API_WORDS: &[(&str, &str)] = &[
     ),
     // A query parameter, not a body field: said as the API reads it.
     ("use --include-deleted", "add ?include_deleted=true"),
+    (
+        "put it again with all its fields (`get --include-deleted` shows its last ones)",
+        "PUT it again with all its fields (GET it with ?include_deleted=true for its last ones)",
+    ),
 ];
 
 /// `text` with the CLI's flags replaced by the HTTP API's field names ([`API_WORDS`]).
@@ -162,6 +173,18 @@ pub(crate) fn api_words(text: &str) -> String {
             let tail = rest[end + LIST.1.len()..].to_string();
             out = format!(
                 "{}(GET /v1/tables/{table}/records lists them){tail}",
+                &out[..start]
+            );
+        }
+    }
+    // "(`fieldsync get TABLE ID` shows it)": the record varies too.
+    const GET: (&str, &str) = ("(`fieldsync get ", "` shows it)");
+    if let Some(start) = out.find(GET.0) {
+        let rest = &out[start + GET.0.len()..];
+        if let Some((table, id)) = rest.find(GET.1).and_then(|end| rest[..end].split_once(' ')) {
+            let tail = &rest[rest.find(GET.1).unwrap_or(0) + GET.1.len()..];
+            out = format!(
+                "{}(GET /v1/tables/{table}/records/{id} shows it){tail}",
                 &out[..start]
             );
         }
@@ -188,21 +211,26 @@ impl From<StoreError> for AppError {
         // Messages stay the store's own text: the CLI prints them unchanged.
         let message = e.to_string();
         match e {
+            // The record is named by the request's id (in a batch: `ops[2].id`).
             StoreError::NotFound { .. } => AppError::NotFound {
                 code: "NOT_FOUND",
                 message,
+                field: Some("id".into()),
             },
             StoreError::Deleted { .. } => AppError::NotFound {
                 code: "RECORD_DELETED",
                 message,
+                field: Some("id".into()),
             },
             StoreError::ConflictNotFound(_) => AppError::NotFound {
                 code: "CONFLICT_NOT_FOUND",
                 message,
+                field: None,
             },
             StoreError::HoldNotFound(_) => AppError::NotFound {
                 code: "HOLD_NOT_FOUND",
                 message,
+                field: None,
             },
             StoreError::UniqueClash { field, .. } => AppError::Conflict {
                 code: "UNIQUE_CLASH",
@@ -227,7 +255,11 @@ impl From<StoreError> for AppError {
                         message,
                         field,
                     },
-                    AppError::NotFound { code, .. } => AppError::NotFound { code, message },
+                    AppError::NotFound { code, field, .. } => AppError::NotFound {
+                        code,
+                        message,
+                        field,
+                    },
                     AppError::Conflict { code, field, .. } => AppError::Conflict {
                         code,
                         message,
@@ -266,6 +298,7 @@ mod tests {
             field: None,
         };
         let gone = AppError::NotFound {
+            field: None,
             code: "RECORD_DELETED",
             message: "record person/x is deleted (use --include-deleted to see it)".into(),
         };
@@ -274,6 +307,7 @@ mod tests {
             "record person/x is deleted (add ?include_deleted=true to see it)"
         );
         let absent = AppError::NotFound {
+            field: None,
             code: "NOT_FOUND",
             message: "person has no record with the id or import key \"C-9\": an id is a UUID \
                       (`fieldsync list person` shows them); an import key is …"

@@ -38,6 +38,7 @@ fn check_address(peer: &str) -> Result<(), AppError> {
         ))
     } else {
         Err(AppError::NotFound {
+            field: None,
             code: "PEER_NOT_FOUND",
             message: format!(
                 "no known peer is named {peer:?}, and it is not an address: use a name from \
@@ -168,10 +169,13 @@ impl App {
         if let Ok(id) = Uuid::parse_str(peer.trim()) {
             return Ok(id);
         }
-        let rows = self.store.peers()?;
+        // Laptops enrolled here count too (`App::peers`): a coordinator resolves a conflict
+        // `--keep-from` a laptop it enrolled but never met.
+        let rows = self.peers()?;
         match named_peers(&rows, peer).as_slice() {
             [one] => Ok(one.instance),
             [] => Err(AppError::NotFound {
+                field: None,
                 code: "PEER_NOT_FOUND",
                 message: format!("no known peer is named {peer:?}{}", name_hint(&rows, peer)),
             }),
@@ -225,6 +229,7 @@ impl App {
                         .find(|n| n.to_lowercase() == peer.trim().to_lowercase())
                     {
                         return Err(AppError::NotFound {
+                            field: None,
                             code: "PEER_NOT_FOUND",
                             message: format!(
                                 "{n} was enrolled here but has never synced with this laptop, so \
@@ -235,6 +240,7 @@ impl App {
                         });
                     }
                     return Err(AppError::NotFound {
+                        field: None,
                         code: "PEER_NOT_FOUND",
                         message: format!(
                             "no known peer is named {peer:?}, and it is not an address (HOST:PORT){}",
@@ -251,6 +257,7 @@ impl App {
                     .filter(|u| !u.is_empty())
                     .or_else(|| r.addresses.first().cloned());
                 addr.ok_or_else(|| AppError::NotFound {
+                    field: None,
                     code: "PEER_NOT_FOUND",
                     message: format!(
                         "peer {peer} has no known address: pass its HOST:PORT instead"
@@ -258,6 +265,7 @@ impl App {
                 })
             }
             None if by_id.is_some() => Err(AppError::NotFound {
+                field: None,
                 code: "PEER_NOT_FOUND",
                 message: format!("instance {peer} is not a known peer: pass its HOST:PORT instead"),
             }),

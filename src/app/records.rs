@@ -59,7 +59,7 @@ pub struct WriteOutcome {
 pub struct ListPage {
     /// Records in id order.
     pub records: Vec<RecordView>,
-    /// Pass as `after` to get the next page; absent on the last page.
+    /// Pass as `after` to get the next page; `null` on the last page.
     pub next: Option<Uuid>,
 }
 
@@ -243,17 +243,21 @@ fn parse_id(id: &str) -> Result<Uuid, AppError> {
     model::parse_id(id).map_err(AppError::from)
 }
 
-fn malformed(e: serde_json::Error) -> AppError {
-    AppError::invalid("MALFORMED_JSON", "fields", malformed_words(&e))
+/// The next step after a malformed record body or argument.
+const FIELDS_HINT: &str = "give the fields as one JSON object, e.g. '{\"name\": \"Amina\"}'";
+
+fn malformed(e: serde_json::Error, hint: &str) -> AppError {
+    AppError::invalid(
+        "MALFORMED_JSON",
+        "fields",
+        format!("malformed JSON: {}; {hint}", model::json_problem(&e)),
+    )
 }
 
 /// A JSON parse error in a person's words ([`model::json_problem`]) and the next step.
 /// Starts with "malformed JSON", which scripts match.
 pub fn malformed_words(e: &serde_json::Error) -> String {
-    format!(
-        "malformed JSON: {}; give the fields as one JSON object, e.g. '{{\"name\": \"Amina\"}}'",
-        model::json_problem(e)
-    )
+    format!("malformed JSON: {}; {FIELDS_HINT}", model::json_problem(e))
 }
 
 /// Parses JSON text given by a caller (a CLI argument, a request body). A number that would
@@ -261,11 +265,26 @@ pub fn malformed_words(e: &serde_json::Error) -> String {
 /// or `f64` does not hold as written) is refused with `INEXACT_NUMBER`, naming its field, as
 /// `import` does: a value is stored exactly or not at all.
 pub fn parse_json(text: &[u8]) -> Result<Value, AppError> {
-    let v: Value = serde_json::from_slice(text).map_err(malformed)?;
-    if let Some(bad) = std::str::from_utf8(text)
-        .ok()
-        .and_then(crate::import::first_inexact_number)
-    {
+    parse_json_with(text, FIELDS_HINT)
+}
+
+/// [`parse_json`] for a text whose next step on a syntax error is `hint` (a request body
+/// that is not a record's fields says its own form). Text that is not UTF-8 is said to be so
+/// (serde_json would name the first bad byte inside quotes "an invalid \u escape").
+pub fn parse_json_with(text: &[u8], hint: &str) -> Result<Value, AppError> {
+    let text = std::str::from_utf8(text).map_err(|e| {
+        AppError::invalid(
+            "MALFORMED_JSON",
+            "fields",
+            format!(
+                "malformed JSON: the text is not UTF-8 (byte {} is not valid UTF-8): send it \
+                 encoded as UTF-8",
+                e.valid_up_to() + 1
+            ),
+        )
+    })?;
+    let v: Value = serde_json::from_str(text).map_err(|e| malformed(e, hint))?;
+    if let Some(bad) = crate::import::first_inexact_number(text) {
         return Err(inexact(bad));
     }
     Ok(v)
@@ -399,6 +418,7 @@ impl App {
         }
         let ns = crate::import::namespace(&self.store).map_err(|e| AppError::NotFound {
             code: "NOT_FOUND",
+            field: Some("id".into()),
             message: format!(
                 "record id {text:?} is not a UUID, and import keys cannot be read: {e}"
             ),
@@ -415,6 +435,7 @@ impl App {
         }
         Err(AppError::NotFound {
             code: "NOT_FOUND",
+            field: Some("id".into()),
             message: format!(
                 "{table} has no record with the id or import key {text:?}: an id is a UUID \
                  (`fieldsync list {table}` shows them); an import key is the value of the \
@@ -443,6 +464,7 @@ impl App {
             return Err(StoreError::Deleted {
                 table: table.to_string(),
                 id,
+                edit: None,
             }
             .into());
         }
@@ -641,6 +663,11 @@ impl App {
             unchanged: out.len() - written,
             results: out,
         })
+    }
+
+    /// True when a record of `table` was ever stored here (live or deleted).
+    pub fn table_known(&self, table: &str) -> Result<bool, AppError> {
+        Ok(self.store.tables()?.iter().any(|(t, _)| t == table))
     }
 
     /// Table names with live and deleted counts.

@@ -155,8 +155,8 @@ pub fn imported(v: &Value) -> String {
     let kept = u(&v["kept_edited"]);
     if let Some(list) = v["kept"].as_array().filter(|c| !c.is_empty()) {
         t += &format!(
-            "Kept {} edited since the file's value (the file has the value before the edit;              `--overwrite` writes the file's){}:
-",
+            "Kept {} edited since the file's value (the file has the value before the edit; \
+             `--overwrite` writes the file's){}:\n",
             count(kept, "field", "fields"),
             if (list.len() as u64) < kept {
                 format!(", the first {}", list.len())

@@ -913,11 +913,12 @@ fn forward(
     };
     let reply = rt
         .block_on(crate::control::forward(dir, req))
-        .map_err(|e| {
-            CliError::Io(format!(
+        .map_err(|e| match e {
+            crate::control::ControlError::Stopped => CliError::Io(e.to_string()),
+            e => CliError::Io(format!(
                 "the database in {} is in use by another process, and {e}",
                 dir.display()
-            ))
+            )),
         })?;
     out.write_all(reply.stdout.as_bytes())
         .map_err(CliError::Output)?;
@@ -1204,6 +1205,7 @@ impl Door<'_> {
                             code: exit,
                             message,
                         },
+                        ControlError::Stopped => CliError::Io(ControlError::Stopped.to_string()),
                         other => CliError::Io(format!(
                             "the database in {} is in use by another process, and {other}",
                             dir.display()

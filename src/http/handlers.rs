@@ -4,8 +4,8 @@ use super::{same_token, ApiError, ApiState, ErrorBody, BODY_LIMIT};
 use crate::app::changes::{Change, ChangesPage};
 use crate::app::conflicts::ResolveRequest;
 use crate::app::records::{
-    etag, history_json, parse_json, BatchOp, BatchOutcome, ListPage, PatchMode, Precondition,
-    RecordView, TableInfo, WriteOutcome,
+    etag, history_json, parse_json, parse_json_with, BatchOp, BatchOutcome, ListPage, PatchMode,
+    Precondition, RecordView, TableInfo, WriteOutcome,
 };
 use crate::app::{App, AppError};
 use axum::body::Bytes;
@@ -17,8 +17,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +60,42 @@ impl utoipa::Modify for Bearer {
             "bearer",
             Vec::<String>::new(),
         )]);
+        // Every route sits behind the token check, and every body behind the size check (it
+        // runs on the declared Content-Length before any handler): said once here rather than
+        // on each path, so no operation can leave them out.
+        let error = |description: &str| {
+            use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in doc.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let r = &mut op.responses.responses;
+                r.entry("401".into())
+                    .or_insert_with(|| error("`UNAUTHORIZED`: no or a wrong bearer token").into());
+                if op.request_body.is_some() {
+                    r.entry("413".into()).or_insert_with(|| {
+                        error("`BODY_TOO_LARGE`: the body is over 16 MiB").into()
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -134,7 +169,19 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+            if let Some(n) = declared.filter(|n| *n > BODY_LIMIT as u64) {
+                // A client that sends its body at once, without waiting for `100 Continue`
+                // (Python's urllib, most libraries), would see the connection closed under its
+                // upload (a broken pipe) and never read this answer: its body is read and
+                // dropped first, up to a bound. Above it the answer is sent and the connection
+                // closed (docs/API.md says so).
+                let waits = req
+                    .headers()
+                    .get(header::EXPECT)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+                if !waits && n <= BODY_DRAIN_LIMIT {
+                    drain(req.into_body()).await;
+                }
                 return too_large().into_response();
             }
             next.run(req).await
@@ -154,6 +201,24 @@ async fn auth(State(st): St, req: Request, next: Next) -> Response {
              data directory",
         )
         .into_response(),
+    }
+}
+
+/// Largest body read and dropped to answer 413 to a client that does not wait for `100
+/// Continue` (see [`auth`]): 4 times the limit, a fraction of a second on loopback.
+const BODY_DRAIN_LIMIT: u64 = 4 * BODY_LIMIT as u64;
+
+/// Reads a body to its end (at most [`BODY_DRAIN_LIMIT`] bytes, 30 s) and drops it.
+async fn drain(body: axum::body::Body) {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut read = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while read <= BODY_DRAIN_LIMIT {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => read += f.data_ref().map_or(0, |d| d.len() as u64),
+            _ => break,
+        }
     }
 }
 
@@ -224,13 +289,189 @@ fn body_json(body: Body) -> Result<Value, ApiError> {
     parse_json(&body_bytes(body)?).map_err(ApiError::from)
 }
 
-fn body_typed<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+/// A request body that must be one JSON object (batch, sync, verify, resolve). Malformed JSON
+/// is `MALFORMED_JSON` in a person's words; JSON of another shape is `INVALID_BODY` showing the
+/// form (`example`), and a key outside `allowed` (when given) is `UNKNOWN_FIELD` naming it:
+/// never serde's text, which names Rust types. Numbers are checked as a record's are
+/// (`INEXACT_NUMBER`): a batch's fields are stored exactly or refused.
+fn body_object(
+    body: Body,
+    allowed: Option<&[&str]>,
+    example: &str,
+) -> Result<Map<String, Value>, ApiError> {
     let bytes = body_bytes(body)?;
-    let v = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad("MALFORMED_JSON", "body", format!("request body: {e}")))?;
-    // A batch's fields, like a put's, are stored exactly or refused (`INEXACT_NUMBER`).
-    parse_json(&bytes)?;
-    Ok(v)
+    let hint = format!("send one JSON object like {example}");
+    let v = parse_json_with(&bytes, &hint).map_err(|e| {
+        let mut e = ApiError::from(e);
+        if e.code == "MALFORMED_JSON" {
+            e.field = Some("body".into());
+        }
+        e
+    })?;
+    let Value::Object(m) = v else {
+        return Err(ApiError::bad(
+            "INVALID_BODY",
+            "body",
+            format!(
+                "the body must be a JSON object like {example}, not {}",
+                kind(&v)
+            ),
+        ));
+    };
+    if let Some(allowed) = allowed {
+        if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(ApiError::bad(
+                "UNKNOWN_FIELD",
+                k,
+                format!(
+                    "{k:?} is not a field of this body: use {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(m)
+}
+
+/// What kind of JSON value `v` is, for messages.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "true or false",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The form of an operation of a batch, for messages.
+const OP_EXAMPLE: &str = r#"{"op": "put", "table": "person", "id": "…", "fields": {…}}"#;
+
+/// The body of `POST /v1/batch`, checked field by field ([`body_object`]): each mistake is named
+/// with the field at fault (`ops`, `ops[2].table`) and what it must be.
+fn batch_request(body: Body) -> Result<(Vec<BatchOp>, bool), ApiError> {
+    let example = format!(r#"{{"ops": [{OP_EXAMPLE}]}}"#);
+    let mut m = body_object(body, Some(&["ops", "confirm_mass_delete"]), &example)?;
+    let confirm = match m.remove("confirm_mass_delete") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => b,
+        Some(v) => {
+            return Err(ApiError::bad(
+                "INVALID_BODY",
+                "confirm_mass_delete",
+                format!(
+                    "\"confirm_mass_delete\" must be true or false, not {}",
+                    kind(&v)
+                ),
+            ))
+        }
+    };
+    let ops = match m.remove("ops") {
+        Some(Value::Array(ops)) => ops,
+        None | Some(Value::Null) => {
+            return Err(ApiError::bad(
+                "INVALID_BODY",
+                "ops",
+                format!("\"ops\" is missing: give a list of operations like [{OP_EXAMPLE}]"),
+            ))
+        }
+        Some(v) => {
+            return Err(ApiError::bad(
+                "INVALID_BODY",
+                "ops",
+                format!(
+                    "\"ops\" must be a list of operations like [{OP_EXAMPLE}], not {}",
+                    kind(&v)
+                ),
+            ))
+        }
+    };
+    let mut out = Vec::with_capacity(ops.len());
+    for (i, op) in ops.into_iter().enumerate() {
+        let at = format!("ops[{i}]");
+        let n = i + 1;
+        let Value::Object(mut o) = op else {
+            return Err(ApiError::bad(
+                "INVALID_BODY",
+                &at,
+                format!(
+                    "operation {n} must be an object like {OP_EXAMPLE}, not {}",
+                    kind(&op)
+                ),
+            ));
+        };
+        if let Some(k) = o
+            .keys()
+            .find(|k| !["op", "table", "id", "fields"].contains(&k.as_str()))
+        {
+            return Err(ApiError::bad(
+                "UNKNOWN_FIELD",
+                &format!("{at}.{k}"),
+                format!("operation {n}: {k:?} is not a field of an operation: use op, table, id and fields"),
+            ));
+        }
+        let mut text = |name: &str, what: &str| -> Result<Option<String>, ApiError> {
+            match o.remove(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(v) => Err(ApiError::bad(
+                    "INVALID_BODY",
+                    &format!("{at}.{name}"),
+                    format!("operation {n}: {name:?} must be {what}, not {}", kind(&v)),
+                )),
+            }
+        };
+        let ops_words = "\"put\", \"patch\" or \"delete\"";
+        let table_words = "a table name (a string such as \"person\")";
+        let verb = text("op", ops_words)?;
+        let table = text("table", table_words)?;
+        let id = text("id", "a record id (a UUID string)")?;
+        let has_table = table.is_some();
+        let (Some(verb), Some(table)) = (verb, table) else {
+            let (name, what) = if has_table {
+                ("op", ops_words)
+            } else {
+                ("table", table_words)
+            };
+            return Err(ApiError::bad(
+                "INVALID_BODY",
+                &format!("{at}.{name}"),
+                format!("operation {n}: {name:?} is missing: give {what}"),
+            ));
+        };
+        out.push(BatchOp {
+            op: verb,
+            table,
+            id,
+            fields: o.remove("fields"),
+        });
+    }
+    Ok((out, confirm))
+}
+
+/// The body of `POST /v1/sync` and `/v1/verify`: `{"peer": NAME_ID_OR_ADDRESS}`.
+fn peer_ref(body: Body) -> Result<String, ApiError> {
+    let example = r#"{"peer": "laptopA"}"#;
+    let mut m = body_object(body, Some(&["peer"]), example)?;
+    match m.remove("peer") {
+        Some(Value::String(p)) => Ok(p),
+        None | Some(Value::Null) => Err(ApiError::bad(
+            "INVALID_BODY",
+            "peer",
+            format!(
+                "\"peer\" is missing: give a peer's name, instance id or HOST:PORT, e.g. {example}"
+            ),
+        )),
+        Some(v) => Err(ApiError::bad(
+            "INVALID_BODY",
+            "peer",
+            format!(
+                "\"peer\" must be a peer's name, instance id or HOST:PORT (a string), not {}",
+                kind(&v)
+            ),
+        )),
+    }
 }
 
 /// Query parameters as pairs; `known` are the only names allowed (plus `field.NAME` and
@@ -246,11 +487,26 @@ impl Params {
             let allowed = known.contains(&k.as_str())
                 || (filters && (k.starts_with("field.") || k.starts_with("contains.")));
             if !allowed {
+                // Where filters are taken they are what a stray name usually reached for
+                // (`fields.status`, `status`): said, with the field it seems to mean.
+                let filter = if filters {
+                    let name = k
+                        .rsplit('.')
+                        .next()
+                        .filter(|n| !n.is_empty())
+                        .unwrap_or("NAME");
+                    format!(
+                        ", or field.{name}=VALUE to keep only records whose field {name} equals \
+                         VALUE (contains.{name}=TEXT: whose field {name} contains TEXT)"
+                    )
+                } else {
+                    String::new()
+                };
                 return Err(ApiError::bad(
                     "UNKNOWN_PARAMETER",
                     k,
                     format!(
-                        "query parameter {k:?} is unknown here: use {}",
+                        "query parameter {k:?} is unknown here: use {}{filter}",
                         known.join(", ")
                     ),
                 ));
@@ -303,9 +559,30 @@ fn precondition(h: &HeaderMap) -> Result<Precondition, ApiError> {
             .transpose()
     };
     if let Some(m) = text(header::IF_MATCH)? {
-        return Ok(Precondition::Match(
-            m.split(',').map(|t| t.trim().to_string()).collect(),
-        ));
+        let tags: Vec<String> = m.split(',').map(|t| t.trim().to_string()).collect();
+        // A revision is what an ETag of this API can be: `*`, `"42"`, `W/"42"` or the bare
+        // `42`. Anything else could never match, and a 412 ("changed since revision
+        // garbage") would send the caller to re-read a record that did not change.
+        let revision = |t: &str| {
+            let t = t.strip_prefix("W/").unwrap_or(t);
+            let t = t
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .unwrap_or(t);
+            !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())
+        };
+        if let Some(bad) = tags.iter().find(|t| *t != "*" && !revision(t)) {
+            return Err(ApiError::bad(
+                "BAD_HEADER",
+                "if-match",
+                format!(
+                    "If-Match: {bad} is not a revision of a record: send the ETag header a read \
+                     or write of it returned, e.g. If-Match: \"42\" (or * for any revision of \
+                     an existing record)"
+                ),
+            ));
+        }
+        return Ok(Precondition::Match(tags));
     }
     match text(header::IF_NONE_MATCH)?.as_deref() {
         None => Ok(Precondition::None),
@@ -356,8 +633,10 @@ async fn peers(State(st): St) -> Result<Json<Vec<Value>>, ApiError> {
 }
 
 /// A peer, by instance id, display name or `HOST:PORT`.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+// The OpenAPI schema of the body only: [`peer_ref`] reads it field by field, to name a
+// mistake in words rather than serde's.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
 struct PeerRef {
     /// Instance id, display name of a known peer, or `HOST:PORT`.
     peer: String,
@@ -370,8 +649,8 @@ struct PeerRef {
     (status = 502, description = "The peer could not be reached or refused", body = ErrorBody),
     (status = 503, description = "Sync is off (not joined)", body = ErrorBody)))]
 async fn sync_now(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
-    let p: PeerRef = body_typed(body)?;
-    let r = st.app.sync(&p.peer, None).await?;
+    let peer = peer_ref(body)?;
+    let r = st.app.sync(&peer, None).await?;
     Ok(Json(json!({
         "peer": r.peer.instance, "peer_name": r.peer.name,
         "received": r.received, "sent": r.sent,
@@ -381,10 +660,12 @@ async fn sync_now(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
 /// Compares every table with a peer (digests only, no records copied).
 #[utoipa::path(post, path = "/v1/verify", request_body = PeerRef, responses(
     (status = 200, description = "in_sync overall and per table", body = Object),
+    (status = 400, description = "`MALFORMED_JSON`, `INVALID_BODY`, `UNKNOWN_FIELD`, `PEER_ADDRESS`, `AMBIGUOUS_PEER`", body = ErrorBody),
+    (status = 404, description = "`PEER_NOT_FOUND`", body = ErrorBody),
     (status = 502, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn verify(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
-    let p: PeerRef = body_typed(body)?;
-    let checks = st.app.verify(&p.peer, None).await?;
+    let peer = peer_ref(body)?;
+    let checks = st.app.verify(&peer, None).await?;
     Ok(Json(json!({
         "in_sync": checks.iter().all(|c| c.in_sync), "tables": checks,
     })))
@@ -393,7 +674,8 @@ async fn verify(State(st): St, body: Body) -> Result<Json<Value>, ApiError> {
 /// Table names with live and deleted counts (fieldsync's own tables only with `system=true`).
 #[utoipa::path(get, path = "/v1/tables",
     params(("system" = Option<bool>, Query, description = "Also fieldsync's own tables (fs_revocations)")),
-    responses((status = 200, body = Vec<TableInfo>)))]
+    responses((status = 200, body = Vec<TableInfo>),
+        (status = 400, description = "`UNKNOWN_PARAMETER`, `BAD_QUERY`", body = ErrorBody)))]
 async fn tables(State(st): St, q: Q) -> Result<Json<Vec<TableInfo>>, ApiError> {
     let system = Params::new(q, &["system"], false)?.flag("system")?;
     Ok(Json(blocking(&st, move |a| a.tables_with(system)).await?))
@@ -418,17 +700,23 @@ async fn create(
     Ok(written(o, StatusCode::CREATED))
 }
 
-/// One page of a table in id order. Filters: `field.NAME=VALUE` (VALUE as JSON, else a string),
-/// `contains.NAME=TEXT` (the field's text holds TEXT, any letter case).
+/// One page of a table in id order.
+///
+/// Filters: any number of query parameters `field.NAME=VALUE` (e.g. `field.status=missing`):
+/// only records whose field NAME equals VALUE (read as JSON if it parses, else as a string);
+/// `contains.NAME=TEXT` (e.g. `contains.name=amina`): only records whose field NAME contains
+/// TEXT in any letter case. Their names vary, so they are not declared as parameters here.
+///
+/// A table no record was ever written to here (a mistyped name, or before an application's
+/// first write) answers an empty page with the header `X-Fieldsync-Warning` saying so.
 #[utoipa::path(get, path = "/v1/tables/{table}/records",
     params(("table" = String, Path,),
         ("after" = Option<String>, Query, description = "Only ids after this one (the `next` of the previous page)"),
         ("limit" = Option<u64>, Query, description = "Records per page, 1-1000, default 100"),
-        ("include_deleted" = Option<bool>, Query, description = "Include deleted records"),
-        ("field.NAME" = Option<String>, Query, description = "Only records whose field NAME equals this value"),
-        ("contains.NAME" = Option<String>, Query, description = "Only records whose field NAME contains this text, in any letter case")),
-    responses((status = 200, body = ListPage), (status = 400, body = ErrorBody)))]
-async fn list(State(st): St, Path(table): Path<String>, q: Q) -> Result<Json<ListPage>, ApiError> {
+        ("include_deleted" = Option<bool>, Query, description = "Include deleted records")),
+    responses((status = 200, body = ListPage, headers(("X-Fieldsync-Warning" = String, description = "Only for a table that never had a record here"))),
+        (status = 400, body = ErrorBody)))]
+async fn list(State(st): St, Path(table): Path<String>, q: Q) -> Result<Response, ApiError> {
     let p = Params::new(q, &["after", "limit", "include_deleted"], true)?;
     let limit = p.number("limit", 100)? as usize;
     let deleted = p.flag("include_deleted")?;
@@ -445,18 +733,37 @@ async fn list(State(st): St, Path(table): Path<String>, q: Q) -> Result<Json<Lis
         p.0.iter()
             .filter_map(|(k, v)| Some((k.strip_prefix("contains.")?.to_string(), v.clone())))
             .collect();
-    let page = blocking(&st, move |a| {
-        a.list(
+    let first = after.is_none();
+    let (page, table, known) = blocking(&st, move |a| {
+        let page = a.list(
             &table,
             after.as_deref(),
             limit,
             deleted,
             &filters,
             &contains,
-        )
+        )?;
+        // Only an empty first page asks: a table with records is known.
+        let known = !first
+            || !page.records.is_empty()
+            || table.starts_with(crate::model::SYSTEM_PREFIX)
+            || a.table_known(&table)?;
+        Ok((page, table, known))
     })
     .await?;
-    Ok(Json(page))
+    let mut r = Json(page).into_response();
+    if !known {
+        // Still 200: an application may list a table before its first write. The header says
+        // what a mistyped name would otherwise hide.
+        let warning = format!(
+            "no record of table {table} was ever written here: check the name (GET /v1/tables \
+             lists the tables)"
+        );
+        if let Ok(v) = HeaderValue::from_str(&warning) {
+            r.headers_mut().insert("x-fieldsync-warning", v);
+        }
+    }
+    Ok(r)
 }
 
 /// One record, with its revision as ETag; `at` shows it as of a revision from its history.
@@ -464,6 +771,7 @@ async fn list(State(st): St, Path(table): Path<String>, q: Q) -> Result<Json<Lis
     params(("table" = String, Path,), ("id" = String, Path, description = "Record id (UUID)"),
         ("include_deleted" = Option<bool>, Query,), ("at" = Option<String>, Query, description = "A revision stamp (`at` of a history entry), or an RFC 3339 time: the record as of the latest revision at or before it (encode `+` as `%2B`, `#` as `%23`)")),
     responses((status = 200, description = "The record; ETag header", body = RecordView),
+        (status = 400, description = "`INVALID_TABLE`, `INVALID_ID`, `UNKNOWN_PARAMETER`, `BAD_QUERY`, `UNKNOWN_REVISION`", body = ErrorBody),
         (status = 404, description = "NOT_FOUND or RECORD_DELETED", body = ErrorBody)))]
 async fn get_record(
     State(st): St,
@@ -507,7 +815,10 @@ async fn put_record(
 #[utoipa::path(patch, path = "/v1/tables/{table}/records/{id}", request_body = Object,
     params(("table" = String, Path,), ("id" = String, Path,), ("If-Match" = Option<String>, Header,)),
     responses((status = 200, body = WriteOutcome), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
+        (status = 404, description = "`NOT_FOUND`, or `RECORD_DELETED` (PUT brings a deleted record back)", body = ErrorBody),
+        (status = 409, description = "`UNIQUE_CLASH`: a unique value is already used", body = ErrorBody),
+        (status = 412, description = "The record changed", body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
 async fn patch_record(
     State(st): St,
     Path((table, id)): Path<(String, String)>,
@@ -526,7 +837,9 @@ async fn patch_record(
 /// Deletes a record (a tombstone that syncs; history stays).
 #[utoipa::path(delete, path = "/v1/tables/{table}/records/{id}",
     params(("table" = String, Path,), ("id" = String, Path,), ("If-Match" = Option<String>, Header,)),
-    responses((status = 200, body = WriteOutcome), (status = 404, body = ErrorBody), (status = 412, body = ErrorBody)))]
+    responses((status = 200, body = WriteOutcome), (status = 400, description = "`BAD_HEADER`, `INVALID_TABLE`, `INVALID_ID`", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`, or `RECORD_DELETED` (already deleted: deleting again changes nothing)", body = ErrorBody),
+        (status = 412, description = "The record changed", body = ErrorBody)))]
 async fn delete_record(
     State(st): St,
     Path((table, id)): Path<(String, String)>,
@@ -540,7 +853,9 @@ async fn delete_record(
 /// Every revision of a record, oldest first (as `fieldsync history`).
 #[utoipa::path(get, path = "/v1/tables/{table}/records/{id}/history",
     params(("table" = String, Path,), ("id" = String, Path,)),
-    responses((status = 200, body = Vec<Object>), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Vec<Object>),
+        (status = 400, description = "`INVALID_TABLE`, `INVALID_ID`", body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 async fn history(
     State(st): St,
     Path((table, id)): Path<(String, String)>,
@@ -550,34 +865,35 @@ async fn history(
 }
 
 /// A batch of operations.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+// The OpenAPI schema of the body only: [`batch_request`] reads it field by field, to name a
+// mistake in words rather than serde's.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
 struct BatchRequest {
     /// The operations, applied in order.
     ops: Vec<BatchOp>,
     /// Needed when the batch deletes more of a table's live records than `[brake]` allows
     /// (default: more than 20% and at least 50); otherwise it is refused with `MASS_DELETE`.
-    #[serde(default)]
-    confirm_mass_delete: bool,
+    confirm_mass_delete: Option<bool>,
 }
 
 /// Applies put/patch/delete operations all or nothing (like `fieldsync apply`).
 #[utoipa::path(post, path = "/v1/batch", request_body = BatchRequest,
     responses((status = 200, body = BatchOutcome),
         (status = 400, description = "`field` names the failing op, e.g. ops[2].id; nothing written", body = ErrorBody),
-        (status = 409, description = "`MASS_DELETE`: deletes more than `[brake]` allows without `confirm_mass_delete`; nothing written", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`, `RECORD_DELETED`: a patch or delete of a record that is not here or is deleted; `field` names the op (ops[2].id); nothing written", body = ErrorBody),
+        (status = 409, description = "`MASS_DELETE`: deletes more than `[brake]` allows without `confirm_mass_delete`; `UNIQUE_CLASH`: a unique value already used; nothing written", body = ErrorBody),
         (status = 413, body = ErrorBody)))]
 async fn batch(State(st): St, body: Body) -> Result<Json<BatchOutcome>, ApiError> {
-    let req: BatchRequest = body_typed(body)?;
-    Ok(Json(
-        blocking(&st, move |a| a.batch(req.ops, req.confirm_mass_delete)).await?,
-    ))
+    let (ops, confirm) = batch_request(body)?;
+    Ok(Json(blocking(&st, move |a| a.batch(ops, confirm)).await?))
 }
 
 /// The conflict log, unresolved first (as `fieldsync conflicts`).
 #[utoipa::path(get, path = "/v1/conflicts",
     params(("table" = Option<String>, Query,), ("all" = Option<bool>, Query, description = "Include resolved ones")),
-    responses((status = 200, body = Vec<Object>)))]
+    responses((status = 200, body = Vec<Object>),
+        (status = 400, description = "`UNKNOWN_PARAMETER`, `BAD_QUERY`", body = ErrorBody)))]
 async fn conflicts(State(st): St, q: Q) -> Result<Json<Vec<Value>>, ApiError> {
     let p = Params::new(q, &["table", "all"], false)?;
     let all = p.flag("all")?;
@@ -607,7 +923,8 @@ async fn resolve(
             format!("conflict id {id:?} is not a number"),
         )
     })?;
-    let req = ResolveRequest::from_json(body_typed::<Value>(body)?)?;
+    let example = r#"{"keep": "mine"}"#;
+    let req = ResolveRequest::from_json(Value::Object(body_object(body, None, example)?))?;
     let c = blocking(&st, move |a| a.resolve_with(id, &req)).await?;
     Ok(Json(json!(c)))
 }
@@ -775,7 +1092,8 @@ async fn warnings(State(st): St) -> Result<Json<Value>, ApiError> {
 /// session runs (bytes move between pages).
 #[utoipa::path(get, path = "/v1/sessions",
     params(("feed" = Option<String>, Query, description = "normal (default) or sse")),
-    responses((status = 200, body = Object), (status = 401, body = ErrorBody)))]
+    responses((status = 200, body = Object), (status = 400, description = "`UNKNOWN_PARAMETER`, `BAD_QUERY`", body = ErrorBody),
+        (status = 401, body = ErrorBody)))]
 async fn sessions(State(st): St, q: Q) -> Result<Response, ApiError> {
     let p = Params::new(q, &["feed"], false)?;
     match p.get("feed").unwrap_or("normal") {

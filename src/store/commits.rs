@@ -285,6 +285,15 @@ impl Store {
         Ok(self.tree().get(cert_key(hash))?.map(|v| v.to_vec()))
     }
 
+    /// Every member certificate held here (DER), in key order: the certificates that signed
+    /// commits this laptop holds.
+    pub fn member_certs(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.tree()
+            .scan_prefix([CERT])
+            .map(|kv| Ok(kv?.1.to_vec()))
+            .collect()
+    }
+
     /// Keeps a member certificate (this laptop's own, once it signed a commit with it).
     pub fn put_member_cert(&self, der: &[u8]) -> Result<(), StoreError> {
         let key = cert_key(&signed::cert_hash(der));

@@ -60,7 +60,7 @@ pub enum StoreError {
     )]
     Locked(PathBuf),
     /// No such record.
-    #[error("record {table}/{id} not found")]
+    #[error("record {table}/{id} not found: {table} has no record with that id here (`fieldsync list {table}` shows them)")]
     NotFound {
         /// Table.
         table: String,
@@ -68,15 +68,17 @@ pub enum StoreError {
         id: Uuid,
     },
     /// The record exists but is deleted.
-    #[error("record {table}/{id} is deleted (use --include-deleted to see it)")]
+    #[error("{}", deleted_words(table, id, *edit))]
     Deleted {
         /// Table.
         table: String,
         /// Record id.
         id: Uuid,
+        /// The write refused (`"patch"`, `"delete"`), or None for a read.
+        edit: Option<&'static str>,
     },
     /// A local write would give a unique field a value another record already has.
-    #[error("{table}.{field} = {value} is already used by record {other}")]
+    #[error("{table}.{field} = {value} is already used by record {other}: give another value, or change that record's {field} first (`fieldsync get {table} {other}` shows it)")]
     UniqueClash {
         /// Table.
         table: String,
@@ -162,6 +164,20 @@ pub enum StoreError {
         /// Underlying error.
         source: std::io::Error,
     },
+}
+
+/// What [`StoreError::Deleted`] says: for a read, how to see the record anyway; for a write,
+/// that it changes nothing and how the record comes back (a put restores a deleted record).
+fn deleted_words(table: &str, id: &Uuid, edit: Option<&str>) -> String {
+    const BACK: &str = "to bring it back, put it again with all its fields (`get \
+                        --include-deleted` shows its last ones)";
+    match edit {
+        None => format!("record {table}/{id} is deleted (use --include-deleted to see it)"),
+        Some("delete") => format!(
+            "record {table}/{id} is already deleted: deleting it again changes nothing; {BACK}"
+        ),
+        Some(e) => format!("record {table}/{id} is deleted, so a {e} cannot change it; {BACK}"),
+    }
 }
 
 impl StoreError {

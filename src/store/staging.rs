@@ -483,17 +483,32 @@ pub(crate) fn recover(store: &Store) -> Result<(), StoreError> {
             .ok_or_else(|| StoreError::Decode("bad import marker key".into()))?;
         committed.push((id, decode::<ImportMarker>(&v)?));
     }
+    // Said at warn, in sentences: the person whose import was cut off (a power cut, a killed
+    // agent) was told it failed, and this is where it is settled (trial 9, finding 3).
     for (id, marker) in &committed {
-        tracing::info!(import = %id, table = marker.table, rows = marker.rows,
-            "finishing an import interrupted after it committed");
+        tracing::warn!(
+            "an import of {} rows into {} was cut off after it committed: finishing it now, \
+             so all its rows will be in (import {id})",
+            marker.rows,
+            marker.table
+        );
         roll_forward(store, id, marker, APPLY_CHUNK, Sums::Rebuild)?;
+        tracing::warn!(
+            "the import of {} rows into {} is finished: all its rows are in",
+            marker.rows,
+            marker.table
+        );
     }
     // Whatever is still staged never committed.
     while let Some(kv) = store.tree().scan_prefix([STAGED]).next() {
         let k = kv?.0;
         let id = Uuid::from_slice(k.get(1..17).unwrap_or_default())
             .map_err(|e| StoreError::Decode(format!("staged import key: {e}")))?;
-        tracing::info!(import = %id, "discarding an import interrupted before it committed");
+        tracing::warn!(
+            "an import was cut off before it had read its whole file: discarded, none of its \
+             rows are in (import the file again; with ids or --key that never doubles a row) \
+             (import {id})"
+        );
         discard(store, &id)?;
         store.tree().flush()?;
     }

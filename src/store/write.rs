@@ -609,6 +609,10 @@ impl Batch<'_> {
                 return Err(StoreError::Deleted {
                     table: op.table.clone(),
                     id: op.id,
+                    edit: Some(match op.edit {
+                        Edit::Delete => "delete",
+                        _ => "patch",
+                    }),
                 })
             }
         };
