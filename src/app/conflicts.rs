@@ -435,17 +435,9 @@ impl App {
             "both" | "neither" => None,
             _ => sides.iter().find(|s| s.in_record).map(|s| s.laptop.id),
         };
-        let record_name = rec.as_ref().and_then(|r| {
-            ["name", "title"].iter().find_map(|k| {
-                r.state
-                    .fields
-                    .get(*k)
-                    .and_then(|w| w.value.as_ref())
-                    .and_then(Value::as_str)
-                    .filter(|v| !v.is_empty())
-                    .map(str::to_string)
-            })
-        });
+        let record_name = rec
+            .as_ref()
+            .and_then(|r| super::records::record_name(&r.state.live_fields()));
         Ok(ConflictView {
             entry,
             detected_by_laptop,

@@ -35,6 +35,10 @@ pub struct RecordView {
     pub seq: u64,
     /// The stamp of the latest event on the record (`time#counter@instance`), as in `history`.
     pub rev: Option<String>,
+    /// The record's name for people ([`record_name`]: its `name`, else `title`, field), as
+    /// `fieldsync conflicts` and the console name it; absent when it has neither.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_name: Option<String>,
 }
 
 /// What a write did.
@@ -187,14 +191,28 @@ pub fn revision_stamp(r: &StoredRecord) -> Option<crate::clock::Hlc> {
 }
 
 fn view(table: &str, id: Uuid, r: &StoredRecord) -> RecordView {
+    let fields = r.state.live_fields();
     RecordView {
         table: table.to_string(),
         id,
-        fields: r.state.live_fields(),
+        record_name: record_name(&fields),
+        fields,
         deleted: !r.state.is_alive(),
         seq: r.seq,
         rev: revision_stamp(r).map(|h| h.to_string()),
     }
+}
+
+/// What people call a record: its `name` field, else its `title`, when that is non-empty text
+/// (the one rule for `fieldsync conflicts`, the conflict and record JSON, and the console).
+pub fn record_name(fields: &Fields) -> Option<String> {
+    ["name", "title"].iter().find_map(|k| {
+        fields
+            .get(*k)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    })
 }
 
 /// RFC 7396 merge of `patch` into `target`.
@@ -509,6 +527,7 @@ impl App {
                 };
             }
         }
+        v.record_name = record_name(&fields);
         v.fields = fields;
         v.deleted = deleted;
         v.rev = Some(at.to_string());
@@ -516,7 +535,8 @@ impl App {
     }
 
     /// A page of a table in id order: records after `after`, at most `limit` (≤ [`MAX_PAGE`]),
-    /// keeping only those whose fields equal every `(field, value)` filter.
+    /// keeping only those whose fields equal every `(field, value)` filter and contain the text
+    /// of every `(field, text)` in `contains` (see [`contains_text`]).
     pub fn list(
         &self,
         table: &str,
@@ -524,6 +544,7 @@ impl App {
         limit: usize,
         include_deleted: bool,
         filters: &[(String, Value)],
+        contains: &[(String, String)],
     ) -> Result<ListPage, AppError> {
         parse_table(table)?;
         let after = after
@@ -532,6 +553,7 @@ impl App {
             }))
             .transpose()?;
         let limit = limit.clamp(1, MAX_PAGE);
+        let needles: Vec<String> = contains.iter().map(|(_, t)| t.to_lowercase()).collect();
         let mut records = Vec::new();
         let mut next = None;
         for r in self.store.scan_table_after(table, after) {
@@ -540,6 +562,13 @@ impl App {
                 continue;
             }
             if !filters.iter().all(|(f, v)| rec.state.value(f) == Some(v)) {
+                continue;
+            }
+            if !contains
+                .iter()
+                .zip(&needles)
+                .all(|((f, _), t)| rec.state.value(f).is_some_and(|v| contains_text(v, t)))
+            {
                 continue;
             }
             if records.len() == limit {
@@ -664,6 +693,17 @@ impl App {
     }
 }
 
+/// Whether a field's value contains `lowered` (already lower-cased), ignoring letter case: a
+/// string by its text, a number or boolean by how JSON writes it, never an object, array or
+/// null. A person looks "Amina Okafor" up as `amina`, not by the exact stored value.
+pub fn contains_text(v: &Value, lowered: &str) -> bool {
+    match v {
+        Value::String(s) => s.to_lowercase().contains(lowered),
+        Value::Number(_) | Value::Bool(_) => v.to_string().to_lowercase().contains(lowered),
+        _ => false,
+    }
+}
+
 /// A history entry as printed by `fieldsync history` and served by the API.
 pub fn history_json(e: &HistoryEntry) -> Value {
     let r = &e.revision;
@@ -689,3 +729,35 @@ pub const RECONSTRUCTED_NOTE: &str = "not verified: reconstructed by a fieldsync
      protocol 2 from a merged state, or received without a commit signed by the laptop it names \
      (made before that laptop signed its writes, or made up by the sender): its values may be \
      wrong and edits in between may be missing";
+
+#[cfg(test)]
+mod tests {
+    use super::{contains_text, record_name};
+    use serde_json::json;
+
+    #[test]
+    fn a_record_is_named_by_its_name_else_its_title_when_that_is_text() {
+        let name = |v: serde_json::Value| record_name(v.as_object().unwrap());
+        assert_eq!(
+            name(json!({"name": "Amina Okafor", "title": "Dr"})).as_deref(),
+            Some("Amina Okafor")
+        );
+        assert_eq!(
+            name(json!({"name": "", "title": "Clinic report"})).as_deref(),
+            Some("Clinic report")
+        );
+        assert_eq!(name(json!({"name": 12})), None);
+        assert_eq!(name(json!({"status": "missing"})), None);
+    }
+
+    #[test]
+    fn contains_ignores_letter_case_and_reads_numbers_as_written() {
+        assert!(contains_text(&json!("Amina Okafor"), "amina"));
+        assert!(contains_text(&json!("Amina Okafor"), "a oka"));
+        assert!(!contains_text(&json!("Amina Okafor"), "bello"));
+        assert!(contains_text(&json!(1234), "23"));
+        assert!(contains_text(&json!(true), "tru"));
+        assert!(!contains_text(&json!({"name": "amina"}), "amina"));
+        assert!(!contains_text(&json!(null), "null"));
+    }
+}

@@ -474,8 +474,8 @@ fn peer_ref(body: Body) -> Result<String, ApiError> {
     }
 }
 
-/// Query parameters as pairs; `known` are the only names allowed (plus `field.NAME` when
-/// `filters` is true).
+/// Query parameters as pairs; `known` are the only names allowed (plus `field.NAME` and
+/// `contains.NAME` when `filters` is true).
 struct Params(Vec<(String, String)>);
 
 impl Params {
@@ -484,7 +484,8 @@ impl Params {
             ApiError::bad("BAD_QUERY", "query", format!("malformed query string: {e}"))
         })?;
         for (k, _) in &pairs {
-            let allowed = known.contains(&k.as_str()) || (filters && k.starts_with("field."));
+            let allowed = known.contains(&k.as_str())
+                || (filters && (k.starts_with("field.") || k.starts_with("contains.")));
             if !allowed {
                 // Where filters are taken they are what a stray name usually reached for
                 // (`fields.status`, `status`): said, with the field it seems to mean.
@@ -494,7 +495,10 @@ impl Params {
                         .next()
                         .filter(|n| !n.is_empty())
                         .unwrap_or("NAME");
-                    format!(", or field.{name}=VALUE to keep only records whose field {name} equals VALUE")
+                    format!(
+                        ", or field.{name}=VALUE to keep only records whose field {name} equals \
+                         VALUE (contains.{name}=TEXT: whose field {name} contains TEXT)"
+                    )
                 } else {
                     String::new()
                 };
@@ -699,8 +703,9 @@ async fn create(
 /// One page of a table in id order.
 ///
 /// Filters: any number of query parameters `field.NAME=VALUE` (e.g. `field.status=missing`):
-/// only records whose field NAME equals VALUE (read as JSON if it parses, else as a string).
-/// Their names vary, so they are not declared as parameters here.
+/// only records whose field NAME equals VALUE (read as JSON if it parses, else as a string);
+/// `contains.NAME=TEXT` (e.g. `contains.name=amina`): only records whose field NAME contains
+/// TEXT in any letter case. Their names vary, so they are not declared as parameters here.
 ///
 /// A table no record was ever written to here (a mistyped name, or before an application's
 /// first write) answers an empty page with the header `X-Fieldsync-Warning` saying so.
@@ -724,9 +729,20 @@ async fn list(State(st): St, Path(table): Path<String>, q: Q) -> Result<Response
                 Some((f.to_string(), val))
             })
             .collect();
+    let contains: Vec<(String, String)> =
+        p.0.iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("contains.")?.to_string(), v.clone())))
+            .collect();
     let first = after.is_none();
     let (page, table, known) = blocking(&st, move |a| {
-        let page = a.list(&table, after.as_deref(), limit, deleted, &filters)?;
+        let page = a.list(
+            &table,
+            after.as_deref(),
+            limit,
+            deleted,
+            &filters,
+            &contains,
+        )?;
         // Only an empty first page asks: a table with records is known.
         let known = !first
             || !page.records.is_empty()

@@ -56,10 +56,14 @@ function nameOf(id) {
   return names[id] || id;
 }
 
+// "2026-12-05 00:48" in local time, as the CLI writes it (not the browser's locale format).
 function localTime(t) {
   if (!t) return "never";
   const d = new Date(t);
-  return d.toLocaleString();
+  if (isNaN(d.getTime())) return String(t);
+  const two = (n) => String(n).padStart(2, "0");
+  return d.getFullYear() + "-" + two(d.getMonth() + 1) + "-" + two(d.getDate()) + " " +
+    two(d.getHours()) + ":" + two(d.getMinutes());
 }
 
 function ago(t) {
@@ -89,8 +93,23 @@ function stampTime(at) {
   return at ? localTime(String(at).split("#")[0]) : "";
 }
 
+// A value as text for people: strings without quotes, numbers as written, "(empty)" for an
+// empty or removed value; only objects and arrays stay JSON.
 function show(v) {
-  return v === undefined ? "(no value)" : JSON.stringify(v, null, 1);
+  if (v === undefined) return "(no value)";
+  if (v === null || v === "") return "(empty)";
+  if (typeof v === "string") return v;
+  if (typeof v === "number" || typeof v === "boolean") return String(v);
+  return JSON.stringify(v);
+}
+
+// A record's fields as "key: value" lines, the `edited` ones first and marked.
+function fieldLines(fields, edited) {
+  const ed = edited || [];
+  const keys = Object.keys(fields || {});
+  const order = keys.filter((k) => ed.includes(k)).concat(keys.filter((k) => !ed.includes(k)));
+  return h("ul", { class: "fields" }, order.map((k) => h("li", { class: ed.includes(k) ? "edited" : null },
+    h("span", { class: "key" }, k + ": "), show(fields[k]), ed.includes(k) ? h("strong", { class: "mark" }, " (edited)") : null)));
 }
 
 async function loadMe() {
@@ -138,32 +157,78 @@ async function overview() {
 
 // ---- Live sessions ----------------------------------------------------------------------
 
+// Percent done, never 100 before the end (a relaying peer's feed grows while it sends).
+function percent(fraction, done) {
+  return done ? 100 : Math.min(99, Math.floor((fraction || 0) * 100));
+}
+
+// All the positions the sender had at the start are through but its last page is not: it
+// receives more while it sends (a relay), so the session's share done says nothing.
+function outrun(d) {
+  return !d.done && d.to > d.from && d.at >= d.to;
+}
+
 function direction(label, d) {
-  const pct = Math.floor((d.fraction || 0) * 100);
+  const pct = percent(d.fraction, d.done);
+  // The estimate covers the positions the sender had when the direction began: once they are
+  // through (or before the direction began) and it is not done, more is arriving: unknown.
+  const known = d.done || d.to > d.at;
+  const bytesKnown = d.done || (known && d.at > d.from);
+  // A finished direction that moved no record: one line, not "0 of about 0 records … 100%".
+  if (d.done && !d.records) {
+    return h("div", { class: "dir" }, h("p", {}, h("strong", {}, label + ": "), "no records (" + bytes(d.bytes) + " of messages)"));
+  }
   return h("div", { class: "dir" },
     h("p", {}, h("strong", {}, label + ": "),
-      d.records + " of about " + d.records_expected + " records, " + bytes(d.bytes) + " of about " + bytes(d.bytes_expected) +
-      ", " + Math.round(d.rate) + " records/s, time left " + (d.done ? "none" : secs(d.eta_secs))),
-    h("progress", { max: "100", value: String(pct), "aria-label": label + " " + pct + "%" }),
-    h("span", { class: "pct" }, pct + "%"));
+      d.records + " of about " + (known ? d.records_expected : "unknown") + " records, " +
+      bytes(d.bytes) + " of about " + (bytesKnown ? bytes(d.bytes_expected) : "unknown") +
+      ", " + Math.round(d.rate) + " records/s, time left " + (d.done ? "none" : known ? secs(d.eta_secs) : "unknown")),
+    // Without an estimate the bar runs without a value (the browser's "in progress" bar).
+    known ? h("progress", { max: "100", value: String(pct), "aria-label": label + " " + pct + "%" })
+      : h("progress", { max: "100", "aria-label": label + ": how much is left is unknown" }),
+    h("span", { class: "pct" }, known ? pct + "%" : "how much is left is unknown"));
+}
+
+// ": 3 with laptopA (started by this laptop and laptopA, the last at 2026-12-05 00:48), 1 with
+// laptopC (…)": by peer, newest first, who started them.
+function idleSummary(list) {
+  const by = new Map();
+  for (const x of list) {
+    const peer = x.peer_name || x.addr;
+    const g = by.get(peer) || { n: 0, who: [], last: x.started };
+    const who = x.role === "responder" ? peer : "this laptop";
+    g.n += 1;
+    if (!g.who.includes(who)) g.who.push(who);
+    by.set(peer, g);
+  }
+  return ": " + [...by].map(([peer, g]) => g.n + " with " + peer + " (started by " + g.who.join(" and ") +
+    (g.n > 1 ? ", the last at " : " at ") + localTime(g.last) + ")").join(", ");
 }
 
 function renderSessions(s) {
   const card = (x) => h("div", { class: "card session", "data-peer": x.peer_name || x.addr, "data-state": x.state },
     h("h2", {}, (x.peer_name || x.addr) + " — " +
-      (x.state === "running" ? "syncing, " + Math.floor(x.fraction * 100) + "% done" :
+      (x.state === "running" ? (outrun(x.received) || outrun(x.sent) ? "syncing, how much is left is unknown"
+        : "syncing, " + percent(x.fraction, false) + "% done") :
         x.state === "finished" ? "finished, 100% done" : "failed")),
     x.error ? h("p", { class: "bad" }, x.error) : null,
     h("p", { class: "muted" }, "Started by " + (x.role === "responder" ? (x.peer_name || x.addr) : "this laptop") +
       " at " + localTime(x.started) + ", " + secs(x.elapsed_secs) + (x.conflicts ? ", " + x.conflicts + " conflicts" : "")),
     direction("Received", x.received),
     direction("Sent", x.sent));
+  // Sessions that found nothing to move (most of them, between laptops in step) are one line.
+  const empty = (x) => x.state === "finished" && !x.conflicts && !x.received.records && !x.sent.records;
+  const moved = s.finished.filter((x) => !empty(x));
+  const idle = s.finished.length - moved.length;
   render(
     h("h1", {}, "Live sessions"),
     h("h2", {}, "In progress"),
     s.running.length ? s.running.map(card) : h("p", { id: "idle" }, "No sync is running right now."),
     h("h2", {}, "Recently finished"),
-    s.finished.length ? s.finished.map(card) : h("p", {}, "None since the agent started."));
+    moved.map(card),
+    idle ? h("p", { id: "nothing-moved", class: "muted" }, idle + (idle === 1 ? " session" : " sessions") + " with nothing to move" +
+      idleSummary(s.finished.filter(empty)) + ".") : null,
+    s.finished.length ? null : h("p", {}, "None since the agent started."));
 }
 
 async function live() {
@@ -177,11 +242,16 @@ async function live() {
 // Every entry comes told from this laptop's side (GET /v1/conflicts: `sides` by laptop, value
 // and time, `in_record`, `why`); each button posts the resolve body its side names (`keep`).
 
+// The page shows PAGE_SIZE entries at a time, of one table or all: a laptop back from the field
+// can hold hundreds (a trial had 404 open on one page 188,052 px tall).
+const PAGE_SIZE = 25;
+let conflictView = { table: "", start: 0 };
+
 async function resolve(id, body) {
   try {
     await api("/v1/conflicts/" + id + "/resolve", { method: "POST", body });
     showError("");
-    await conflicts("Conflict " + id + " resolved: the change syncs to the other laptops.");
+    await conflicts(null, "Conflict " + id + " resolved: the change syncs to the other laptops.");
   } catch (e) { showError(e.message); }
 }
 
@@ -189,6 +259,15 @@ async function resolve(id, body) {
 function laptopName(l) {
   const n = l.name || l.id;
   return l.this_laptop ? n + " (this laptop)" : n;
+}
+
+// What an input shows for a value: plain text for a string (unless that text would read back
+// as JSON of another type), else JSON.
+function asInput(v) {
+  if (typeof v === "string") {
+    try { JSON.parse(v); } catch (_) { return v; }
+  }
+  return JSON.stringify(v === undefined ? null : v);
 }
 
 // A form that posts {keep_value: V} (JSON, or plain text taken as a string).
@@ -206,56 +285,87 @@ function valueForm(c, label, button, initial, record) {
   h("button", { type: "submit", class: "secondary" }, button));
 }
 
-async function conflicts(notice) {
-  await loadMe();
-  const list = await api("/v1/conflicts");
-  const cards = [];
-  for (const c of list) {
-    const title = c.type === "field" ? "field “" + c.field + "” set to different values on two laptops"
-      : c.type === "delete_edit" ? "deleted on one laptop, edited on another"
-      : "two records share " + c.field + " = " + show(c.value);
-    const head = h("h2", {}, "Conflict " + c.id + ": " + c.table + " record " + c.record + ", " + title);
-    // By the side flagged in the record: on a third laptop both sides are "theirs".
-    const holder = c.sides.find((s) => s.in_record && s.laptop.id === c.in_record_by);
-    const why = h("p", { class: "why" }, "Detected " + localTime(c.detected_at) + " by " + laptopName(c.detected_by_laptop) + ". ",
-      c.in_record === "both" ? "Both records are kept: " + c.why + "."
-        : "In the record now: " + (holder ? holder.side + " (" + laptopName(holder.laptop) + ")" : c.in_record) + " — " + c.why + ".");
-    const sides = c.sides.map((s) => {
-      const what = s.side === "deleted" ? "the record deleted" : s.side === "alive" ? "the record alive with the edit" : "this value";
-      let button = null;
-      if (s.keep) {
-        const label = s.side === "deleted" ? "Keep deleted" : s.side === "alive" ? "Keep alive"
-          : "Keep " + laptopName(s.laptop) + "'s value of " + localTime(s.at);
-        button = h("button", { type: "button", class: "keep-" + s.side, onclick: () => resolve(c.id, s.keep),
-          "aria-label": label + " (" + laptopName(s.laptop) + ", " + localTime(s.at) + ") for conflict " + c.id }, label);
-      }
-      return h("div", { class: "side side-" + s.side + (s.in_record && c.type !== "name_clash" ? " now" : "") },
-        h("h3", {}, s.side === "deleted" ? "Deleted on " + laptopName(s.laptop)
-          : s.side === "alive" ? "Edited on " + laptopName(s.laptop)
-          : (c.type === "name_clash" ? "Record " + s.record + ", written by " : "Written by ") + laptopName(s.laptop)),
-        h("p", { class: "muted" }, (s.side === "deleted" ? "deleted " : "written ") + localTime(s.at)),
-        h("p", { class: "value" }, s.side === "deleted" ? "(deleted)" : show(s.value)),
-        s.in_record && c.type !== "name_clash" ? h("p", { class: "ok" }, "This is in the record now (" + what + ")") : null,
-        button);
-    });
-    let extra = null;
-    if (c.type === "field") {
-      const now = c.sides.find((s) => s.in_record);
-      extra = valueForm(c, "Or keep another value (JSON, or plain text):", "Keep this value",
-        JSON.stringify(now ? now.value : null), null);
-    } else if (c.type === "name_clash") {
-      const mine = c.sides.find((s) => s.laptop.this_laptop);
-      extra = mine
-        ? valueForm(c, "Rename this laptop's record (" + mine.record + ") to:", "Rename", JSON.stringify(c.value), mine.record)
-        : h("p", { class: "muted" }, "Neither record was written on this laptop: rename one with `fieldsync conflicts resolve " + c.id + " --keep-value V --record ID`.");
+// The record for people: its name (or title) as `fieldsync conflicts` prints it, from the
+// entry's `record_name`; the id only when it has none.
+function recordTitle(c) {
+  return c.record_name ? "“" + c.record_name + "”" : String(c.record).slice(0, 8);
+}
+
+function conflictCard(c) {
+  const title = c.type === "field" ? "field “" + c.field + "” set to different values on two laptops"
+    : c.type === "delete_edit" ? "deleted on one laptop, edited on another"
+    : "two records share " + c.field + " = " + show(c.value);
+  const head = h("h2", {}, "Conflict " + c.id + ": " + c.table + " record " + recordTitle(c) + ", " + title);
+  const idLine = h("p", { class: "muted small record-id" }, "Record ",
+    h("a", { href: "#record/" + c.table + "/" + c.record }, String(c.record)));
+  // By the side flagged in the record: on a third laptop both sides are "theirs".
+  const holder = c.sides.find((s) => s.in_record && s.laptop.id === c.in_record_by);
+  const why = h("p", { class: "why" }, "Detected " + localTime(c.detected_at) + " by " + laptopName(c.detected_by_laptop) + ". ",
+    c.in_record === "both" ? "Both records are kept: " + c.why + "."
+      : "In the record now: " + (holder ? holder.side + " (" + laptopName(holder.laptop) + ")" : c.in_record) + " — " + c.why + ".");
+  const sides = c.sides.map((s) => {
+    const what = s.side === "deleted" ? "the record deleted" : s.side === "alive" ? "the record alive with the edit" : "this value";
+    let button = null;
+    if (s.keep) {
+      const label = s.side === "deleted" ? "Keep deleted" : s.side === "alive" ? "Keep alive"
+        : "Keep " + laptopName(s.laptop) + "'s value of " + localTime(s.at);
+      button = h("button", { type: "button", class: "keep-" + s.side, onclick: () => resolve(c.id, s.keep),
+        "aria-label": label + " (" + laptopName(s.laptop) + ", " + localTime(s.at) + ") for conflict " + c.id }, label);
     }
-    cards.push(h("div", { class: "card conflict conflict-" + c.type, "data-conflict": String(c.id) }, head, why,
-      h("div", { class: "sides" }, sides), extra));
+    const value = s.side === "deleted" ? h("p", { class: "value" }, "(deleted)")
+      : s.side === "alive" && s.value && typeof s.value === "object" && !Array.isArray(s.value) ? fieldLines(s.value, s.edited)
+      : h("p", { class: "value" }, show(s.value));
+    return h("div", { class: "side side-" + s.side + (s.in_record && c.type !== "name_clash" ? " now" : "") },
+      h("h3", {}, s.side === "deleted" ? "Deleted on " + laptopName(s.laptop)
+        : s.side === "alive" ? "Edited on " + laptopName(s.laptop)
+        : (c.type === "name_clash" ? "Record " + s.record + ", written by " : "Written by ") + laptopName(s.laptop)),
+      h("p", { class: "muted" }, (s.side === "deleted" ? "deleted " : "written ") + localTime(s.at)),
+      value,
+      s.in_record && c.type !== "name_clash" ? h("p", { class: "ok" }, "This is in the record now (" + what + ")") : null,
+      button);
+  });
+  let extra = null;
+  if (c.type === "field") {
+    const now = c.sides.find((s) => s.in_record);
+    extra = valueForm(c, "Or keep another value (JSON, or plain text):", "Keep this value",
+      asInput(now ? now.value : null), null);
+  } else if (c.type === "name_clash") {
+    const mine = c.sides.find((s) => s.laptop.this_laptop);
+    extra = mine
+      ? valueForm(c, "Rename this laptop's record (" + mine.record + ") to:", "Rename", asInput(c.value), mine.record)
+      : h("p", { class: "muted" }, "Neither record was written on this laptop: rename one with `fieldsync conflicts resolve " + c.id + " --keep-value V --record ID`.");
   }
+  return h("div", { class: "card conflict conflict-" + c.type, "data-conflict": String(c.id) }, head, idLine, why,
+    h("div", { class: "sides" }, sides), extra);
+}
+
+// #conflicts/TABLE/START: the entries of TABLE (empty: every table) from START.
+async function conflicts(args, notice) {
+  if (args) conflictView = { table: args[0] || "", start: Math.max(0, parseInt(args[1] || "0", 10) || 0) };
+  await loadMe();
+  const all = await api("/v1/conflicts");
+  const counts = {};
+  for (const c of all) counts[c.table] = (counts[c.table] || 0) + 1;
+  const table = conflictView.table && counts[conflictView.table] ? conflictView.table : "";
+  const list = table ? all.filter((c) => c.table === table) : all;
+  let start = conflictView.start;
+  if (start >= list.length) start = Math.max(0, (Math.ceil(list.length / PAGE_SIZE) - 1) * PAGE_SIZE);
+  const shown = list.slice(start, start + PAGE_SIZE);
+  const go = (t, from) => { location.hash = "#conflicts/" + encodeURIComponent(t) + "/" + from; };
+  const sel = h("select", { id: "conflict-table", onchange: () => go(sel.value, 0) },
+    h("option", { value: "", selected: !table }, "all tables (" + all.length + ")"),
+    Object.keys(counts).sort().map((t) => h("option", { value: t, selected: t === table }, t + " (" + counts[t] + ")")));
+  const pager = () => h("p", { class: "pager" },
+    h("span", { class: "count" }, list.length ? (start + 1) + "–" + (start + shown.length) + " of " + list.length : ""), " ",
+    start > 0 ? h("button", { type: "button", class: "secondary prev", onclick: () => go(table, Math.max(0, start - PAGE_SIZE)) }, "Previous") : null, " ",
+    start + PAGE_SIZE < list.length ? h("button", { type: "button", class: "next", onclick: () => go(table, start + PAGE_SIZE) }, "Next") : null);
   render(
     h("h1", {}, "Conflicts"),
     notice ? h("p", { class: "ok", role: "status" }, notice) : null,
-    cards.length ? cards : h("p", { id: "no-conflicts" }, "No unresolved conflicts."));
+    all.length ? h("form", { class: "inline", onsubmit: (e) => e.preventDefault() },
+      h("label", { for: "conflict-table" }, "Table"), sel) : null,
+    list.length ? [pager(), shown.map(conflictCard), list.length > PAGE_SIZE ? pager() : null]
+      : h("p", { id: "no-conflicts" }, "No unresolved conflicts."));
 }
 
 // ---- Records ----------------------------------------------------------------------------
@@ -274,25 +384,32 @@ async function records(args) {
   const form = h("form", { class: "inline", onsubmit: (e) => { e.preventDefault(); go(""); } },
     h("label", { for: "table" }, "Table"), sel,
     h("label", { for: "field" }, "Field"), f,
-    h("label", { for: "value" }, "equals"), v,
+    h("label", { for: "value" }, "contains"), v,
     h("button", { type: "submit" }, "Show"));
   const parts = [h("h1", {}, "Records"), form];
   const t = table || (tables[0] && (tables[0].table || tables[0].name));
   if (t) {
     let q = "?limit=50" + (after ? "&after=" + encodeURIComponent(after) : "");
-    if (field) {
-      let val = value;
-      try { JSON.parse(value); } catch (_) { val = JSON.stringify(value); }
-      q += "&field." + encodeURIComponent(field) + "=" + encodeURIComponent(val);
-    }
+    // Any letter case, any part: "amina" finds "Amina Okafor" (GET …/records?contains.NAME=).
+    if (field) q += "&contains." + encodeURIComponent(field) + "=" + encodeURIComponent(value || "");
     const p = await api("/v1/tables/" + t + "/records" + q);
     const cols = [];
-    for (const r of p.records) for (const k of Object.keys(r.fields)) if (!cols.includes(k) && cols.length < 6) cols.push(k);
+    for (const r of p.records) for (const k of Object.keys(r.fields)) if (!cols.includes(k)) cols.push(k);
+    // As `fieldsync list`: name and title first, the others by name, at most six.
+    cols.sort();
+    cols.sort((x, y) => (x !== "name" && x !== "title") - (y !== "name" && y !== "title"));
+    cols.splice(6);
+    // A whole result on one page is read by its first column (the name), as the CLI lists a
+    // table it shows whole; pages of a longer one stay in id order so paging stays stable.
+    if (!p.next && !after && cols.length && (cols[0] === "name" || cols[0] === "title")) {
+      const key = (r) => { const v = r.fields[cols[0]]; return v === undefined || v === null ? "" : show(v).toLowerCase(); };
+      p.records.sort((x, y) => (key(x) === "") - (key(y) === "") || key(x).localeCompare(key(y)) || x.id.localeCompare(y.id));
+    }
     parts.push(h("table", { id: "records" },
       h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Record"), cols.map((c) => h("th", { scope: "col" }, c)))),
       h("tbody", {}, p.records.map((r) => h("tr", {},
         h("td", {}, h("a", { href: "#record/" + t + "/" + r.id }, r.id.slice(0, 8))),
-        cols.map((c) => h("td", {}, r.fields[c] === undefined ? "" : (typeof r.fields[c] === "string" ? r.fields[c] : JSON.stringify(r.fields[c])))))))));
+        cols.map((c) => h("td", {}, r.fields[c] === undefined ? "" : show(r.fields[c]))))))));
     if (!p.records.length) parts.push(h("p", {}, "No records match."));
     parts.push(h("p", {},
       after ? h("button", { type: "button", class: "secondary", onclick: () => go("") }, "First page") : null, " ",
@@ -308,10 +425,20 @@ async function record(args) {
   const [table, id] = args;
   const r = await api("/v1/tables/" + table + "/records/" + id + "?include_deleted=true");
   const hist = await api("/v1/tables/" + table + "/records/" + id + "/history");
+  // Its open conflicts, each linked on the Conflicts page (filtered to the table, at its page).
+  const open = (await api("/v1/conflicts?table=" + encodeURIComponent(table)));
+  const mine = [];
+  open.forEach((c, i) => { if (c.record === r.id) mine.push([c, Math.floor(i / PAGE_SIZE) * PAGE_SIZE]); });
   const changes = (c) => (c || []).map((x) =>
     h("li", {}, h("strong", {}, x.field + ": "), x.old === undefined || x.old === null ? "" : show(x.old) + " → ", x.new === undefined || x.new === null ? "(removed)" : show(x.new)));
+  const named = r.record_name; // the name `fieldsync conflicts` gives it (absent: none)
   render(
-    h("h1", {}, table + " record " + id + (r.deleted ? " (deleted)" : "")),
+    h("h1", {}, table + " record " + (named ? "“" + named + "”" : id) + (r.deleted ? " (deleted)" : "")),
+    named ? h("p", { class: "muted small record-id" }, "Record " + id) : null,
+    mine.length ? h("p", { class: "bad", id: "record-conflicts" }, "This record has an open conflict: ",
+      mine.map(([c, at], i) => [i ? ", " : "", h("a", { href: "#conflicts/" + encodeURIComponent(table) + "/" + at },
+        "conflict " + c.id + (c.type === "field" ? " (field “" + c.field + "”)" : c.type === "delete_edit" ? " (deleted on one laptop, edited on another)" : " (name clash)"))]),
+      ": keep one side on the Conflicts page.") : null,
     h("dl", { class: "facts" }, Object.entries(r.fields).map(([k, v]) => [h("dt", {}, k), h("dd", { class: "value" }, show(v))])),
     h("h2", {}, "History, oldest first"),
     h("table", { id: "history" },
