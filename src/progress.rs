@@ -529,7 +529,6 @@ fn overall(s: &SessionProgress) -> f64 {
 mod tests {
     use super::*;
 
-    #[test]
     /// A relay still receiving sends past the head it had at hello: never 100 % (or an ETA of
     /// 0 s) before its last page (trial 9, finding 7).
     #[test]
@@ -550,6 +549,7 @@ mod tests {
         t.finish(Ok(()));
     }
 
+    #[test]
     fn positions_drive_the_fraction_and_the_last_page_completes_it() {
         let t = start("127.0.0.1:1");
         t.direction(Way::Pull, 10, 110);
