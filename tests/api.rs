@@ -1289,6 +1289,12 @@ fn apps_writing_on_two_laptops_while_they_sync_converge_with_nothing_quarantined
             !log.contains("quarantined"),
             "{name} quarantined an honest write:\n{log}"
         );
+        // Nor was a page refused for a revision newer than the state it carried (a write
+        // between reading a record and reading its history: trial 9b).
+        assert!(
+            !log.contains("invalid history"),
+            "{name} refused a page as invalid history:\n{log}"
+        );
     }
 }
 

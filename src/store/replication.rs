@@ -330,7 +330,7 @@ impl Store {
     /// The revisions of a record a receiver that knows `known` lacks, oldest first (see
     /// [`RemoteChange::history`]). A record whose one event is its creation has no stored
     /// revision and sends none, without a read: the receiver rebuilds it from the state.
-    fn history_to_send(
+    pub(super) fn history_to_send(
         &self,
         suffix: &[u8],
         rec: &super::StoredRecord,
@@ -355,7 +355,11 @@ impl Store {
                     }
                 }
                 let r = super::write::decode_history(&v)?.revision;
-                if !covers(known, &r.at) {
+                // Only revisions of the state read above: a write that landed since (sled's
+                // reads are not a snapshot) added a revision the state does not hold, and a
+                // receiver refuses a page with one ("not an event of the record's state": trial
+                // 9b). The newer state moved the feed entry ahead; it goes with that.
+                if !covers(known, &r.at) && covers(&rec.state.vv, &r.at) {
                     out.push(r);
                 }
             }
@@ -369,7 +373,8 @@ impl Store {
             .history(&table, &id)?
             .into_iter()
             .map(|e| e.revision)
-            .filter(|r| !covers(known, &r.at))
+            // As above: only revisions of the state this page carries.
+            .filter(|r| !covers(known, &r.at) && covers(&rec.state.vv, &r.at))
             .collect();
         Ok(out)
     }

@@ -728,3 +728,29 @@ fn records_are_stored_compressed_and_plain_ones_from_older_formats_still_read() 
     s.tree().insert(&key, bad).unwrap();
     assert!(s.get("person", &id).is_err());
 }
+
+/// A page carries only the revisions of the state it carries: a write that lands between
+/// reading a record and reading its history (sled's reads are not a snapshot) added a revision
+/// the state lacks, and receivers refused the whole page ("not an event of the record's
+/// state … the sender must be fixed or upgraded", trial 9b, three laptops edited at once).
+#[test]
+fn history_sent_with_a_state_holds_only_that_states_revisions() {
+    let a = node("");
+    let id = Uuid::new_v4();
+    put(&a, "person", id, json!({"n": 1}));
+    patch(&a, "person", id, json!({"n": 2}));
+    let read = a.get("person", &id).unwrap().unwrap();
+    patch(&a, "person", id, json!({"n": 3}));
+    let suffix = keys::record_suffix("person", &id);
+    let created = read.created.clone().expect("created here").at;
+    let knows_creation: Knowledge = [(created.node, created.ts)].into_iter().collect();
+    for known in [Knowledge::new(), knows_creation] {
+        let sent = a.history_to_send(&suffix, &read, &known).unwrap();
+        assert!(!sent.is_empty(), "the second revision goes");
+        assert!(
+            sent.iter()
+                .all(|r| crate::model::covers(&read.state.vv, &r.at)),
+            "a revision newer than the state went with it: {sent:?}"
+        );
+    }
+}
