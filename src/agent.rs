@@ -351,10 +351,17 @@ impl Agent {
         });
     }
 
-    /// True while a session with a laptop other than `key`/`peer` runs, ours or its own
-    /// (with `""`/`None`: any session).
+    /// True while a session with a laptop other than `key`/`peer` runs, ours or its own.
     fn busy_with_another(&self, key: &str, peer: Option<Uuid>) -> bool {
-        lock(&self.in_flight).iter().any(|k| k != key) || self.inbound.any_active_but(peer)
+        // One lock at a time (the in-flight set's guard is dropped before Inbound's is taken).
+        let ours = lock(&self.in_flight).iter().any(|k| k != key);
+        ours || self.inbound.any_active_but(peer)
+    }
+
+    /// True while any session runs, ours or a peer's.
+    fn in_a_session(&self) -> bool {
+        let ours = !lock(&self.in_flight).is_empty();
+        ours || self.inbound.any_active_but(None)
     }
 
     /// A notify that arrived while a session ran: with that peer (ours or its own), that
@@ -735,7 +742,7 @@ pub async fn run(
                 // it (a three-laptop mesh moved 1.5× the records it needed without this).
                 let mut stopping = false;
                 for _ in 0..NOTIFY_RETRIES {
-                    if !a.busy_with_another("", None) {
+                    if !a.in_a_session() {
                         break;
                     }
                     tokio::select! {

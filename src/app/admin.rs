@@ -109,6 +109,17 @@ impl App {
     /// show B at all (trial 9, finding 5).
     pub fn peers(&self) -> Result<Vec<PeerRow>, AppError> {
         let revoked = self.revocations();
+        let mut rows = self.known_rows()?;
+        for r in &mut rows {
+            r.online = self.agent.is_some()
+                && !revoked.contains_key(&r.instance)
+                && crate::presence::is_online(&r.instance);
+        }
+        Ok(rows)
+    }
+
+    /// [`App::peers`] without `online`: the peer rows, then the laptops known by name only.
+    pub(crate) fn known_rows(&self) -> Result<Vec<PeerRow>, AppError> {
         let mut rows = self.store.peers()?;
         let me = self.store.id();
         let enrolled = crate::mesh::read_enrolled(self.store.dir()).unwrap_or_default();
@@ -133,11 +144,6 @@ impl App {
                     ..Default::default()
                 });
             }
-        }
-        for r in &mut rows {
-            r.online = self.agent.is_some()
-                && !revoked.contains_key(&r.instance)
-                && crate::presence::is_online(&r.instance);
         }
         Ok(rows)
     }

@@ -253,12 +253,17 @@ impl App {
                 this_laptop: true,
             });
         }
-        let name = self
-            .peers()?
-            .into_iter()
-            .find(|p| p.instance == id)
-            .map(|p| p.name)
-            .unwrap_or_default();
+        // A conflict names several laptops: a met peer is one read of its row; only the
+        // others need the enrolled list and the certificates (`App::known_rows`).
+        let name = match self.store.peer(&id)? {
+            Some(row) if !row.name.is_empty() => row.name,
+            _ => self
+                .known_rows()?
+                .into_iter()
+                .find(|p| p.instance == id)
+                .map(|p| p.name)
+                .unwrap_or_default(),
+        };
         Ok(Laptop {
             id,
             name,

@@ -169,9 +169,9 @@ impl App {
         if let Ok(id) = Uuid::parse_str(peer.trim()) {
             return Ok(id);
         }
-        // Laptops enrolled here count too (`App::peers`): a coordinator resolves a conflict
+        // Laptops enrolled here count too (`App::known_rows`): a coordinator resolves a conflict
         // `--keep-from` a laptop it enrolled but never met.
-        let rows = self.peers()?;
+        let rows = self.known_rows()?;
         match named_peers(&rows, peer).as_slice() {
             [one] => Ok(one.instance),
             [] => Err(AppError::NotFound {

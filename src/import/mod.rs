@@ -873,15 +873,12 @@ impl Preview {
             });
             changed = written;
             if !kept.is_empty() {
-                let mut patch: Fields = changed
+                // The changes still to write, as a patch: unchanged fields need not be written
+                // again, and a replace row's removals are among the changes (as nulls).
+                let patch: Fields = changed
                     .iter()
                     .map(|(f, _, new)| (f.clone(), new.clone()))
                     .collect();
-                // A merge row's unchanged fields need not be written again; nor a replace
-                // row's, which then keeps the record's fields it does not name only if kept.
-                for (f, _, _) in &kept {
-                    patch.remove(f);
-                }
                 adjusted = Some((patch, UpdateMode::Merge));
                 for (field, current, file) in kept {
                     self.kept_edited += 1;
