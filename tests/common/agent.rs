@@ -146,11 +146,13 @@ impl Running {
                     std::thread::sleep(Duration::from_millis(10))
                 }
                 _ => {
+                    // Where it stopped, before killing it loses that.
+                    let stacks = super::threads::dump(child.id());
                     let _ = child.kill();
                     let _ = child.wait();
                     let partial = self.collect(-1);
                     panic!(
-                        "{} did not finish within {timeout:?}:\n{partial}",
+                        "{} did not finish within {timeout:?}:\n{partial}\n--- its threads:\n{stacks}",
                         self.what
                     );
                 }

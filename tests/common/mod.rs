@@ -430,3 +430,4 @@ impl Drop for Background {
 
 /// Agents and one-shot sync commands for the multi-process sync tests.
 pub mod agent;
+pub mod threads;

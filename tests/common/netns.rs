@@ -26,6 +26,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+#[path = "threads.rs"]
+mod threads;
+
 /// The agent's default sync port (what `fieldsync run` listens on).
 pub const PORT: u16 = 7437;
 /// Longest a CLI command may take.
@@ -163,9 +166,15 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Out {
             break s;
         }
         if Instant::now() > deadline {
+            // Where it stopped, and what it said, before killing it loses both.
+            let stacks = threads::dump(child.id());
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{shown} did not finish within {timeout:?}");
+            let said = err.join().unwrap_or_default();
+            panic!(
+                "{shown} did not finish within {timeout:?}\n--- its stderr:\n{}\n--- its threads:\n{stacks}",
+                threads::tail(&said, 60)
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     };

@@ -23,6 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+#[path = "threads.rs"]
+pub mod threads;
+
 /// Credential files of the laptops enrolled in this test process, by instance id, so that a
 /// crafted page can be signed the way its sender could sign it ([`sign_as`]).
 static ENROLLED: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
@@ -111,8 +114,16 @@ pub fn output_within(mut cmd: Command, limit: Duration) -> Output {
             break s;
         }
         if Instant::now() > deadline {
+            // What it and this test's agents were doing, before killing it loses that.
+            let stacks = threads::dump(child.0.id());
+            let agents = agents_now();
             let _ = child.0.kill();
-            panic!("{cmd:?} did not finish within {limit:?}");
+            let _ = child.0.wait();
+            let said = text(&e.join().unwrap_or_default());
+            panic!(
+                "{cmd:?} did not finish within {limit:?}\n--- its stderr:\n{}\n--- its threads:\n{stacks}\n{agents}",
+                threads::tail(&said, 60)
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -314,6 +325,10 @@ impl Node {
         let v: Value = serde_json::from_str(&line).expect("listening line is JSON");
         assert_eq!(v["event"], "listening", "{line}");
         let addr = v["listen"].as_str().expect("listen").to_string();
+        AGENTS.with(|a| {
+            a.borrow_mut()
+                .push((self.name.clone(), child.0.id(), log.clone()))
+        });
         let agent = Agent {
             proc: child,
             addr,
@@ -328,6 +343,29 @@ impl Node {
     }
 }
 
+thread_local! {
+    /// The agents this test (thread) started and has not dropped: name, PID, log file.
+    static AGENTS: std::cell::RefCell<Vec<(String, u32, PathBuf)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// This test's running agents, each with the end of its log and its threads' stacks: what a
+/// command that hung was waiting for.
+fn agents_now() -> String {
+    AGENTS.with(|a| {
+        a.borrow()
+            .iter()
+            .map(|(name, pid, log)| {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                format!(
+                    "--- agent of {name} (pid {pid}), its log's end:\n{}\n--- its threads:\n{}\n",
+                    threads::tail(&log, 40),
+                    threads::dump(*pid)
+                )
+            })
+            .collect()
+    })
+}
+
 fn unique() -> u64 {
     static N: AtomicUsize = AtomicUsize::new(0);
     N.fetch_add(1, Ordering::Relaxed) as u64
@@ -339,6 +377,13 @@ pub struct Agent {
     pub addr: String,
     pub log: PathBuf,
     pub dir: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let pid = self.proc.0.id();
+        let _ = AGENTS.try_with(|a| a.borrow_mut().retain(|(_, p, _)| *p != pid));
+    }
 }
 
 impl Agent {
