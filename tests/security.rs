@@ -1809,6 +1809,15 @@ fn a_revocation_closes_a_connection_opened_before_it_arrived() {
         "{}",
         agent_b.log()
     );
+    // B's log speaks of the other laptop: the words meant for X ("ask the coordinator for a
+    // new credential") read on B as if B were the revoked one (trial 9b).
+    let log = agent_b.log();
+    assert!(
+        log.contains(&format!(
+            "that laptop (instance {x_id}) was revoked by the deployment after its connection opened"
+        )) && !log.contains("new credential"),
+        "{log}"
+    );
     // Nothing else was let through: B still serves its members.
     coord.ok(&["sync", &agent_b.addr]);
 }

@@ -47,7 +47,7 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         if let Some(t) = err.downcast_ref::<rustls::Error>() {
             return tls_words(t);
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+        if let Some(io) = err.downcast_ref::<std::io::Error>().map(innermost) {
             if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
                 return tls_words(t);
             }
@@ -69,6 +69,20 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     last
 }
 
+/// The innermost of I/O errors wrapped in one another. The TLS connector wraps the socket's
+/// error in one of kind `Other` ("tls handshake eof", a reset), and `io::Error::source` skips
+/// the wrapped error itself, so walking sources never reaches the kind that says what happened.
+fn innermost(mut io: &std::io::Error) -> &std::io::Error {
+    // Bounded: each step goes one wrapper deeper, and wrappers are finite.
+    while let Some(inner) = io
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<std::io::Error>())
+    {
+        io = inner;
+    }
+    io
+}
+
 /// True when a failed exchange ended with the connection going away before an answer and no
 /// reason given: hyper gave up on the request (canceled, e.g. "connection was not ready"; its
 /// channel closed; the message was cut off) or the socket was reset, aborted or hit end of
@@ -87,7 +101,7 @@ pub fn ended_unexplained(e: &(dyn std::error::Error + 'static)) -> bool {
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             ended |= h.is_canceled() || h.is_closed() || h.is_incomplete_message();
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+        if let Some(io) = err.downcast_ref::<std::io::Error>().map(innermost) {
             if io
                 .get_ref()
                 .is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some())
@@ -273,6 +287,27 @@ mod tests {
             .unwrap_err()
     }
 
+    /// [`notify_fails`] over TLS (a client that trusts no server: the handshake never gets
+    /// that far here).
+    async fn notify_fails_tls(addr: &str) -> CallError {
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let client = Client::connect(addr, Some(cfg)).unwrap();
+        client
+            .notify(&Notify {
+                from: uuid::Uuid::nil(),
+                head: 0,
+                leaving: false,
+            })
+            .await
+            .unwrap_err()
+    }
+
     /// A peer that accepts the connection and closes it without answering ends the call with
     /// [`CallError::Ended`] (decided by the error's type); a port nobody listens on is a plain
     /// transport error (no TLS refusal can hide behind it).
@@ -281,8 +316,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let closer = tokio::spawn(async move {
-            // Bounded: the test makes at most two connections.
-            for _ in 0..2 {
+            // Bounded: the test makes at most three connections.
+            for _ in 0..3 {
                 match listener.accept().await {
                     Ok((s, _)) => drop(s),
                     Err(_) => return,
@@ -291,6 +326,11 @@ mod tests {
         });
         let e = notify_fails(&addr).await;
         assert!(matches!(e, CallError::Ended(_)), "{e:?}");
+        // The same over TLS: the connector wraps the reset in an error of its own, which once
+        // hid it ("tls handshake eof" said as is, and no second look for a TLS alert).
+        let e = notify_fails_tls(&addr).await;
+        assert!(matches!(e, CallError::Ended(_)), "{e:?}");
+        assert_eq!(e.to_string(), "the connection was closed by the peer");
         closer.abort();
 
         let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

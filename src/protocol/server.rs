@@ -182,6 +182,19 @@ where
                         from_words(addr),
                         e.message
                     );
+                } else if e.code == super::codes::REVOKED {
+                    // The message is written for the revoked laptop ("ask the coordinator for
+                    // a new credential"); logged here as it is, it read as if this laptop were
+                    // the revoked one (trial 9b, finding 4).
+                    warn!(
+                        method = name,
+                        "refused a request from {}: that laptop (instance {}) was revoked by \
+                         the deployment after its connection opened; its connection is closed",
+                        from_words(addr),
+                        remote
+                            .instance
+                            .map_or_else(|| "unknown".to_string(), |i| i.to_string())
+                    );
                 } else {
                     warn!(
                         method = name,
