@@ -1342,7 +1342,10 @@ fn mistakes_get_the_documented_code_the_field_and_the_next_step() {
     );
     let e = r.error(400, "INVALID_BODY");
     assert_eq!(e["field"], "ops[0].table");
-    assert!(msg(&e).contains("operation 1: \"table\" is missing"), "{e}");
+    assert!(
+        msg(&e).contains("operation 1 (ops[0]): \"table\" is missing"),
+        "{e}"
+    );
     let r = api.send("POST", "/v1/sync", &json!({}));
     let e = r.error(400, "INVALID_BODY");
     assert_eq!(e["field"], "peer");
@@ -1460,7 +1463,10 @@ fn mistakes_get_the_documented_code_the_field_and_the_next_step() {
     );
     let e = r.error(404, "NOT_FOUND");
     assert_eq!(e["field"], "ops[1].id", "{e}");
-    assert!(msg(&e).starts_with("operation 2: record person/"), "{e}");
+    assert!(
+        msg(&e).starts_with("operation 2 (ops[1]): record person/"),
+        "{e}"
+    );
 
     // A write to a deleted record says how it comes back, and PUT brings it back.
     let r = api.req("DELETE", &rec_path("person", &other), &[], b"");

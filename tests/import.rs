@@ -764,8 +764,8 @@ fn a_re_import_keeps_fields_edited_since_the_list_had_them() {
     let again = import(&list, &[]).json();
     assert_eq!(
         again,
-        json!({"table": "person", "records": 3, "inserted": 0, "updated": 0, "unchanged": 3,
-               "deleted_kept": 0, "kept_edited": 1,
+        json!({"table": "person", "records": 3, "inserted": 0, "updated": 0, "unchanged": 2,
+               "deleted_kept": 0, "kept_edited": 1, "kept_rows": 1,
                "kept": [{"record": bo_id, "key": "A-2", "field": "status",
                          "file": "missing", "kept": "found alive"}]})
     );
@@ -783,16 +783,22 @@ fn a_re_import_keeps_fields_edited_since_the_list_had_them() {
     .unwrap();
     let said = import(&corrected, &["--dry-run", "--human"]).stdout;
     assert!(
-        said.contains("1 changed, 2 already as in the file")
-            && said.contains("Kept 1 field edited since the file's value")
+        said.contains(
+            "1 changed, 1 already as in the file, 1 kept as edited in the field (listed below)"
+        ) && said.contains("Kept 1 field edited since the file's value")
             && said.contains("  A-2: status kept \"found alive\" (the file has \"missing\")\n")
             && said.contains("  A-1: age 30 → 31\n"),
         "{said}"
     );
     let done = import(&corrected, &[]).json();
     assert_eq!(
-        (&done["updated"], &done["kept_edited"]),
-        (&json!(1), &json!(1))
+        (
+            &done["updated"],
+            &done["unchanged"],
+            &done["kept_edited"],
+            &done["kept_rows"]
+        ),
+        (&json!(1), &json!(1), &json!(1), &json!(1))
     );
     agent::sync(&a, agent_b.addr());
     assert_eq!(status(&b), "found alive", "laptopB's edit stands on both");
@@ -823,10 +829,11 @@ fn a_re_import_keeps_fields_edited_since_the_list_had_them() {
     assert_eq!(
         (
             &again["unchanged"],
+            &again["kept_rows"],
             &again["kept"][0]["field"],
             &again["kept"][0]["file"]
         ),
-        (&json!(1), &json!("notes"), &Value::Null)
+        (&json!(0), &json!(1), &json!("notes"), &Value::Null)
     );
     assert_eq!(
         c.ok(&["get", "person", id]).json()["fields"]["notes"],

@@ -248,6 +248,8 @@ impl From<StoreError> for AppError {
                 a
             }
             StoreError::Op { index, source } => {
+                // Counted from 1 for a person, and named as the field an app sent (from 0).
+                let message = format!("operation {} (ops[{index}]): {source}", index + 1);
                 let inner = AppError::from(*source).in_field(&format!("ops[{index}]"));
                 match inner {
                     AppError::Invalid { code, field, .. } => AppError::Invalid {

@@ -610,7 +610,7 @@ impl App {
                     .unwrap_or(format!("ops[{i}]"));
                 AppError::Invalid {
                     code: e.code(),
-                    message: format!("operation {}: {e}", i + 1),
+                    message: format!("operation {} (ops[{i}]): {e}", i + 1),
                     field: Some(field),
                 }
             };

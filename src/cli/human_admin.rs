@@ -126,6 +126,12 @@ pub fn imported(v: &Value) -> String {
         format!("{} changed", u(&v["updated"])),
         format!("{} already as in the file", u(&v["unchanged"])),
     ];
+    let edited = u(&v["kept_rows"]);
+    if edited > 0 {
+        parts.push(format!(
+            "{edited} kept as edited in the field (listed below)"
+        ));
+    }
     let kept = u(&v["deleted_kept"]);
     if kept > 0 {
         parts.push(format!(

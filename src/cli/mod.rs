@@ -257,7 +257,8 @@ pub enum Command {
     /// kept (JSONL null removes a field); with file ids the row replaces the fields. Unchanged
     /// rows write nothing; deleted records stay deleted. A field whose value in the file is one
     /// it held before an edit changed it (here or on another laptop) keeps the edit, listed as
-    /// "kept" ({"record","key","field","file","kept"}, the first 20; "kept_edited" counts them):
+    /// "kept" ({"record","key","field","file","kept"}, the first 20; "kept_edited" counts them,
+    /// "kept_rows" the rows that wrote nothing for it, not counted as "unchanged"):
     /// re-importing a list does not undo corrections made since; --overwrite writes the file's
     /// values anyway. A record already here with the row's
     /// key values under another id (written with put) is updated, not doubled. Prints

@@ -390,7 +390,8 @@ fn batch_request(body: Body) -> Result<(Vec<BatchOp>, bool), ApiError> {
     let mut out = Vec::with_capacity(ops.len());
     for (i, op) in ops.into_iter().enumerate() {
         let at = format!("ops[{i}]");
-        let n = i + 1;
+        // Counted from 1 for a person, and named as the field the app sent (from 0).
+        let n = format!("{} ({at})", i + 1);
         let Value::Object(mut o) = op else {
             return Err(ApiError::bad(
                 "INVALID_BODY",

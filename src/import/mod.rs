@@ -178,6 +178,11 @@ pub struct ImportSummary {
     /// The first [`CHANGES_SHOWN`] of those fields (absent when none).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kept: Vec<KeptEdit>,
+    /// Rows whose record differs from the file only in such fields: nothing written. Not
+    /// counted in `unchanged` (the record is not as in the file), so `records` is the sum of
+    /// `inserted`, `updated`, `unchanged`, `deleted_kept` and this.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub kept_rows: u64,
     /// `true` for `--dry-run`: nothing was written, the counts say what importing would do.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
@@ -730,6 +735,7 @@ fn run(
             changes: preview.changes,
             kept_edited: preview.kept_edited,
             kept: preview.kept,
+            kept_rows: preview.kept_rows,
             dry_run: true,
         });
     }
@@ -778,11 +784,14 @@ fn run(
         records,
         inserted: counts.inserted,
         updated: counts.updated,
-        unchanged: counts.unchanged,
+        // The store counts a row it had nothing to write for as unchanged; the preview knows
+        // which of those kept an edit instead.
+        unchanged: counts.unchanged.saturating_sub(preview.kept_rows),
         deleted_kept: counts.deleted_kept,
         changes: preview.changes,
         kept_edited: preview.kept_edited,
         kept: preview.kept,
+        kept_rows: preview.kept_rows,
         dry_run: false,
     })
 }
@@ -798,6 +807,7 @@ struct Preview {
     deleted_kept: u64,
     changes: Vec<FieldChange>,
     kept_edited: u64,
+    kept_rows: u64,
     kept: Vec<KeptEdit>,
 }
 
@@ -895,7 +905,11 @@ impl Preview {
             }
         }
         if changed.is_empty() {
-            self.unchanged += 1;
+            if adjusted.is_some() {
+                self.kept_rows += 1;
+            } else {
+                self.unchanged += 1;
+            }
             return Ok(adjusted);
         }
         self.updated += 1;
