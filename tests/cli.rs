@@ -1256,3 +1256,60 @@ fn sync_and_run_errors_name_the_address_and_the_next_step_once() {
         &["unrecognized subcommand 'statsu'", "similar", "'status'"],
     );
 }
+
+/// A record is reached by the start of its id, the short form `conflicts` shows ("Person 46"
+/// (fa223269)): 8 hex digits or more name the one record starting so; fewer are not read as
+/// one; a start several records share is refused naming them (trial 9b, finding 8).
+#[test]
+fn a_record_is_reached_by_the_start_of_its_id() {
+    let a = Instance::new();
+    let ids = [
+        "11111111-aaaa-4aaa-8aaa-aaaaaaaaaaaa",
+        "11111111-bbbb-4bbb-8bbb-bbbbbbbbbbbb",
+        "22222222-cccc-4ccc-8ccc-cccccccccccc",
+    ];
+    for (i, id) in ids.iter().enumerate() {
+        a.ok(&[
+            "put",
+            "person",
+            "--id",
+            id,
+            &format!("{{\"name\":\"P{i}\"}}"),
+        ]);
+    }
+    let name = |short: &str| a.ok(&["get", "person", short]).json()["fields"]["name"].clone();
+    assert_eq!(name("22222222"), "P2");
+    assert_eq!(
+        name("11111111-BBBB"),
+        "P1",
+        "dashes and upper case as in the id"
+    );
+    assert_eq!(name("11111111a"), "P0", "an odd number of digits");
+    a.run(&["get", "person", "2222222"]).fails(
+        1,
+        &["no record with the id or import key", "first 8 digits"],
+    );
+    a.run(&["get", "person", "33333333"])
+        .fails(1, &["no record"]);
+    a.run(&["get", "person", "11111111"]).fails(
+        2,
+        &[
+            "is the start of 2 ids",
+            ids[0],
+            ids[1],
+            "give more of the id",
+        ],
+    );
+    // Every command that names an existing record takes it.
+    a.ok(&["patch", "person", "22222222", r#"{"age":7}"#]);
+    assert_eq!(a.ok(&["get", "person", ids[2]]).json()["fields"]["age"], 7);
+    assert_eq!(
+        a.ok(&["history", "person", "22222222"])
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    a.ok(&["delete", "person", "11111111-a"]);
+    a.run(&["get", "person", ids[0]]).fails(1, &["deleted"]);
+}

@@ -239,6 +239,10 @@ fn parse_table(table: &str) -> Result<(), AppError> {
     model::validate_table(table).map_err(AppError::from)
 }
 
+/// Fewest hex digits of an id accepted as its short form ([`App::record_id`]): the 8 that
+/// `conflicts` and the console show.
+pub const MIN_ID_PREFIX: usize = 8;
+
 fn parse_id(id: &str) -> Result<Uuid, AppError> {
     model::parse_id(id).map_err(AppError::from)
 }
@@ -407,10 +411,12 @@ impl App {
     /// The record an existing-record command names: its id (a UUID), or the value of the
     /// `import --key` field(s) it was imported under — `A-1`, or `A-1,2024` for a key of two
     /// fields, in the key's order — from which the id is derived as `import` derives it
-    /// ([`crate::import::key_id`] in this laptop's deployment namespace). A key names only a
-    /// record that exists here (deleted ones included).
+    /// ([`crate::import::key_id`] in this laptop's deployment namespace), or the start of its
+    /// id, 8 hex digits or more (the short form `conflicts` shows). A key or a short id names
+    /// only a record that exists here (deleted ones included); a key wins over a short id.
     ///
-    /// Errors: `NOT_FOUND` naming both readings and the next step; `INVALID_ID` for an empty id.
+    /// Errors: `NOT_FOUND` naming the readings and the next step; `AMBIGUOUS_ID` for a short
+    /// id several records start with; `INVALID_ID` for an empty id.
     pub fn record_id(&self, table: &str, text: &str) -> Result<Uuid, AppError> {
         let text = text.trim();
         if text.is_empty() || Uuid::parse_str(text).is_ok() {
@@ -433,15 +439,71 @@ impl App {
                 return Ok(id);
             }
         }
+        if let Some(id) = self.id_by_prefix(table, text)? {
+            return Ok(id);
+        }
         Err(AppError::NotFound {
             code: "NOT_FOUND",
             field: Some("id".into()),
             message: format!(
                 "{table} has no record with the id or import key {text:?}: an id is a UUID \
-                 (`fieldsync list {table}` shows them); an import key is the value of the \
-                 `import --key` field, e.g. A-1, or A-1,2024 for a key of two fields"
+                 (`fieldsync list {table}` shows them) or its first 8 digits or more; an \
+                 import key is the value of the `import --key` field, e.g. A-1, or A-1,2024 \
+                 for a key of two fields"
             ),
         })
+    }
+
+    /// The record whose id starts with `text`, at least [`MIN_ID_PREFIX`] hex digits (dashes
+    /// as in the id allowed): the short form `conflicts` and the console show, "fa223269".
+    /// `None` when `text` is not such a prefix or no record has it; `AMBIGUOUS_ID` when several
+    /// do (the error lists a few, to give more of the id).
+    fn id_by_prefix(&self, table: &str, text: &str) -> Result<Option<Uuid>, AppError> {
+        let hex: String = text
+            .chars()
+            .filter(|c| *c != '-')
+            .collect::<String>()
+            .to_lowercase();
+        if hex.len() < MIN_ID_PREFIX
+            || hex.len() >= 32
+            || !hex.chars().all(|c| c.is_ascii_hexdigit())
+        {
+            return Ok(None);
+        }
+        // Whole bytes narrow the scan in sled; an odd last digit is compared as text.
+        let bytes = hex::decode(&hex[..hex.len() / 2 * 2]).unwrap_or_default();
+        let mut found = Vec::new();
+        for r in self.store.scan_ids(table, &bytes) {
+            let (id, _) = r?;
+            if id.simple().to_string().starts_with(&hex) {
+                found.push(id);
+                if found.len() > 3 {
+                    break;
+                }
+            }
+        }
+        match found.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(*one)),
+            many => Err(AppError::invalid(
+                "AMBIGUOUS_ID",
+                "id",
+                format!(
+                    "{text:?} is the start of {} ids in {table} ({}{}): give more of the id",
+                    if many.len() > 3 {
+                        "several".to_string()
+                    } else {
+                        many.len().to_string()
+                    },
+                    many.iter()
+                        .take(3)
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if many.len() > 3 { ", …" } else { "" }
+                ),
+            )),
+        }
     }
 
     /// Reads one record. A deleted one is `RECORD_DELETED` unless `include_deleted`.

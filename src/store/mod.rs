@@ -899,7 +899,6 @@ impl Store {
         })
     }
 
-    /// The records of a table whose id bytes start with `prefix`, in id order.
     /// The records of a table with ids after `after` (all when `None`), in id order: a page of
     /// a listing starts where the last one ended instead of reading from the table's start.
     pub fn scan_table_after(
@@ -928,6 +927,8 @@ impl Store {
                 Ok((id, decode_record(&v)?))
             })
     }
+
+    /// The records of a table whose id bytes start with `prefix`, in id order.
     pub fn scan_ids(
         &self,
         table: &str,
