@@ -332,6 +332,23 @@ fn records_crud_paging_filters_history_and_batch() {
     ] {
         assert!(doc["paths"].get(p).is_some(), "{p} in the OpenAPI document");
     }
+    // The ranges the server clamps to, as documented (a generator once read "minimum": 0).
+    let limit = |path: &str| {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "limit"))
+            .map(|p| {
+                (
+                    p["schema"]["minimum"].clone(),
+                    p["schema"]["maximum"].clone(),
+                )
+            })
+    };
+    assert_eq!(
+        limit("/v1/tables/{table}/records"),
+        Some((json!(1), json!(1000)))
+    );
+    assert_eq!(limit("/v1/changes"), Some((json!(1), json!(10000))));
 }
 
 #[test]

@@ -713,7 +713,7 @@ async fn create(
 #[utoipa::path(get, path = "/v1/tables/{table}/records",
     params(("table" = String, Path,),
         ("after" = Option<String>, Query, description = "Only ids after this one (the `next` of the previous page)"),
-        ("limit" = Option<u64>, Query, description = "Records per page, 1-1000, default 100"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Records per page, 1-1000, default 100 (a value outside is clamped)"),
         ("include_deleted" = Option<bool>, Query, description = "Include deleted records")),
     responses((status = 200, body = ListPage, headers(("X-Fieldsync-Warning" = String, description = "Only for a table that never had a record here"))),
         (status = 400, body = ErrorBody)))]
@@ -935,7 +935,7 @@ async fn resolve(
 /// `event: change`, `data` = the change) and resumes from `Last-Event-ID`.
 #[utoipa::path(get, path = "/v1/changes",
     params(("since" = Option<u64>, Query, description = "Feed position; 0 for everything"),
-        ("limit" = Option<u64>, Query, description = "Most changes per page, default 1000"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 10000, description = "Most changes per page, 1-10000, default 1000 (a value outside is clamped)"),
         ("feed" = Option<String>, Query, description = "normal (default), longpoll or sse"),
         ("timeout_ms" = Option<u64>, Query, description = "longpoll: longest wait, default 30000, at most 300000"),
         ("system" = Option<bool>, Query, description = "Also changes of fieldsync's own tables (fs_revocations)")),
