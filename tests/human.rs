@@ -962,6 +962,13 @@ fn the_coordinator_names_laptops_it_enrolled_but_never_met() {
             .starts_with("has not synced with this laptop yet"),
         "{row}"
     );
+    // On a terminal its owner, not told yet, is said so, not left blank as if it had none.
+    let table = run(&hq, &["peers", "--human"]).ok().stdout;
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("laptopB"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(line.contains("not known yet"), "{table}");
     // laptopB never met hq either: it names hq by the name hq's certificate carries.
     let hq_id = run(&hq, &["status", "--json"]).ok().json()["instance"]
         .as_str()

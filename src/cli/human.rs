@@ -109,7 +109,12 @@ pub fn peers(rows: &[Value], refused: &Value, agent: bool, now: DateTime<Utc>) -
                 };
                 vec![
                     row_name(p),
-                    p["owner"].as_str().unwrap_or("").to_string(),
+                    match p["owner"].as_str().unwrap_or("") {
+                        // A laptop known only by name (enrolled, or its writes passed on) has
+                        // not told its owner yet: a blank read as "has none" (trial 9b).
+                        "" if p["first_seen"].is_null() => "not known yet".to_string(),
+                        o => o.to_string(),
+                    },
                     state.into(),
                     when(time_of(&p["last_update"]), now),
                     p["sync_count"].to_string(),
