@@ -202,6 +202,13 @@ pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<ExitStat
             return Some(s);
         }
         if Instant::now() >= deadline {
+            // Where it stopped, before killing it loses that (shown with the failing test's
+            // output).
+            eprintln!(
+                "process {} did not exit within {limit:?}; its threads:\n{}",
+                child.id(),
+                threads::dump(child.id())
+            );
             let _ = child.kill();
             let _ = child.wait();
             return None;
@@ -412,7 +419,12 @@ impl Background {
     /// Waits up to `limit` for a normal exit; returns the exit code and stderr, or `None`
     /// (after killing it) on timeout.
     pub fn wait(mut self, limit: Duration) -> Option<(i32, String)> {
-        let status = wait_with_deadline(&mut self.child, limit)?;
+        let Some(status) = wait_with_deadline(&mut self.child, limit) else {
+            // Killed: what it printed until then says how far it got.
+            let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
+            eprintln!("its stderr:\n{}", stderr.join().unwrap_or_default());
+            return None;
+        };
         let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
         Some((
             status.code().unwrap_or(-1),
