@@ -184,6 +184,13 @@ fn jittered(every: Duration) -> Duration {
 const NOTIFY_RETRY: Duration = Duration::from_millis(500);
 const NOTIFY_RETRIES: u32 = 120;
 
+/// Puts `addr` first in a peer row's addresses (the last four that worked).
+fn remember(row: &mut PeerRow, addr: &str) {
+    row.addresses.retain(|a| a != addr);
+    row.addresses.insert(0, addr.to_string());
+    row.addresses.truncate(4);
+}
+
 /// What `run` says when a peer refuses this laptop's certificate as revoked.
 const REVOKED_LINE: &str = "this laptop's credential was revoked by the deployment, so no \
      laptop syncs with it any more (`fieldsync doctor` says when and why; the coordinator can \
@@ -268,16 +275,27 @@ impl Agent {
                     Ok(report) => {
                         last_err = None;
                         lock(&me.backoff).remove(&key);
-                        me.remember_address(report.peer.instance, addr);
-                        // Online now (`sync_with` told `presence`); the row keeps when.
-                        me.update_row(report.peer.instance, |row| {
-                            row.last_seen = Some(Utc::now());
-                        });
-                        // Deletes the brake holds from that peer are said on the same line.
-                        let held = crate::store::Store::holds(&me.store)
-                            .map(|h| h.iter().map(crate::app::held::HoldView::from).collect())
+                        // The address that worked, and when (online now: `sync_with` told
+                        // `presence`), kept in the row; and the deletes the brake holds from
+                        // that peer, said on the same line. Off the async threads: the write
+                        // waits for the writer lock (see `sync::sync_with`).
+                        let (s, pid, at) = (me.store.clone(), report.peer.instance, addr.clone());
+                        let held: Vec<crate::app::held::HoldView> =
+                            tokio::task::spawn_blocking(move || {
+                                if let Err(e) = s.update_peer(&pid, |row| {
+                                    remember(row, &at);
+                                    row.last_seen = Some(Utc::now());
+                                }) {
+                                    warn!(error = %e, "cannot record peer state");
+                                }
+                                s.holds()
+                                    .map(|h| {
+                                        h.iter().map(crate::app::held::HoldView::from).collect()
+                                    })
+                                    .unwrap_or_default()
+                            })
+                            .await
                             .unwrap_or_default();
-                        let held: Vec<crate::app::held::HoldView> = held;
                         let note = crate::app::held::held_note(&held, report.peer.instance);
                         // A person reading `run`'s output wants what changed, not a line per
                         // periodic or notified session that moved nothing: those are said once
@@ -308,23 +326,37 @@ impl Agent {
                 // so it is said as what it is and tried only at the longest back-off (a trial
                 // read "cannot reach …" retried every few seconds as a network fault).
                 let revoked_here = text.contains(crate::protocol::client::REVOKED_BY_PEER);
-                let mut b = lock(&me.backoff);
-                let entry = b.entry(key.clone()).or_insert((0, Instant::now()));
-                entry.0 += 1;
-                let wait = if revoked_here {
-                    MAX_BACKOFF
-                } else {
-                    Duration::from_secs(1 << entry.0.min(9)).min(MAX_BACKOFF)
+                // In a block of its own: the guard must be gone before the await below.
+                let wait = {
+                    let mut b = lock(&me.backoff);
+                    let entry = b.entry(key.clone()).or_insert((0, Instant::now()));
+                    entry.0 += 1;
+                    let wait = if revoked_here {
+                        MAX_BACKOFF
+                    } else {
+                        Duration::from_secs(1 << entry.0.min(9)).min(MAX_BACKOFF)
+                    };
+                    entry.1 = Instant::now() + wait;
+                    wait
                 };
-                entry.1 = Instant::now() + wait;
-                drop(b);
                 // The sync layer already logged the failure with the peer's id and name; this is
                 // the retry schedule, and the person reads the line below.
                 tracing::info!(error = %e, retry_in_s = wait.as_secs(), "sync will be retried");
-                sync::note_failure(&me.store, peer, &e);
-                let who = peer
-                    .and_then(|p| me.store.peer(&p).ok().flatten())
-                    .map(|r| r.name)
+                // Off the async threads, as above.
+                let (s, words) = (me.store.clone(), e.to_string());
+                let name = tokio::task::spawn_blocking(move || {
+                    let pid = peer?;
+                    let row = s.peer(&pid).ok().flatten()?;
+                    let _ = s.update_peer(&pid, |r| {
+                        r.last_error = Some(words);
+                        r.last_attempt = Some(Utc::now());
+                    });
+                    Some(row.name)
+                })
+                .await
+                .ok()
+                .flatten();
+                let who = name
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| addrs.join(", "));
                 if revoked_here {
@@ -414,14 +446,6 @@ impl Agent {
             Ok(r) => info!(peer = %peer.instance, rounds = r.stats.rounds, "anti-entropy: in sync"),
             Err(e) => warn!(peer = %peer.instance, error = %e, "anti-entropy failed"),
         }
-    }
-
-    fn remember_address(&self, peer: Uuid, addr: &str) {
-        self.update_row(peer, |row| {
-            row.addresses.retain(|a| a != addr);
-            row.addresses.insert(0, addr.to_string());
-            row.addresses.truncate(4);
-        });
     }
 
     fn update_row(&self, peer: Uuid, f: impl FnOnce(&mut PeerRow)) {

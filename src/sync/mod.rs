@@ -234,17 +234,34 @@ pub async fn sync_with(
         }
     }
     tracker.finish(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-    match &result {
-        Ok(r) => crate::presence::contact(r.peer.instance),
-        Err(SyncError::Transport { .. }) => {
-            if let Ok(Some(p)) = store.peers().map(|ps| {
-                ps.into_iter()
-                    .find(|p| p.url == addr || p.addresses.iter().any(|a| a == addr))
-            }) {
-                crate::presence::unreachable(p.instance);
-            }
+    // The peer a failed session was with, as this laptop knows it (by its address), with the
+    // failure kept in its row (a one-shot CLI sync has no other place, so `status`, `peers`
+    // and `doctor` show why, e.g. a refused duplicate identity). Off the async threads: the
+    // row's write waits for the writer lock, which a page commit, an import or a snapshot may
+    // hold for a while, and an agent's two async workers must keep serving meanwhile.
+    let known = match &result {
+        Ok(_) => None,
+        Err(e) => {
+            let (at, text) = (addr.to_string(), e.to_string());
+            blocking(&store, move |s| {
+                let row = s
+                    .peers()?
+                    .into_iter()
+                    .find(|p| p.url == at || p.addresses.contains(&at));
+                if let Some(p) = &row {
+                    record_failure(s, p.instance, &text);
+                }
+                Ok(row)
+            })
+            .await
+            .ok()
+            .flatten()
         }
-        Err(_) => {}
+    };
+    match (&result, &known) {
+        (Ok(r), _) => crate::presence::contact(r.peer.instance),
+        (Err(SyncError::Transport { .. }), Some(p)) => crate::presence::unreachable(p.instance),
+        _ => {}
     }
     match &result {
         Ok(r) => info!(parent: &span, peer = %r.peer.instance, name = %r.peer.name,
@@ -252,15 +269,6 @@ pub async fn sync_with(
                        sent = r.sent.records, conflicts_here = r.received.conflicts, conflicts_there = r.sent.conflicts,
                        ms = r.received.ms + r.sent.ms, "session finished"),
         Err(e) => {
-            let known = store
-                .peers()
-                .ok()
-                .and_then(|ps| ps.into_iter().find(|p| p.url == addr));
-            // Kept in the peer's row too (a one-shot CLI sync has no other place), so
-            // `status`, `peers` and `doctor` show why, e.g. a refused duplicate identity.
-            if let Some(p) = &known {
-                note_failure(&store, Some(p.instance), e);
-            }
             // Fields only when known: an empty `peer= name=` reads like a bug in the log.
             match (known, opts.url.is_some() && !opts.caller_reports_failure) {
                 (Some(p), true) => {
@@ -280,8 +288,15 @@ pub async fn sync_with(
 }
 
 /// Records a failed session in the peer's row (best effort: the session already failed).
+/// Blocks on the writer lock: call it off the async threads.
 pub fn note_failure(store: &Store, peer: Option<Uuid>, error: &SyncError) {
-    let Some(pid) = peer else { return };
+    if let Some(pid) = peer {
+        record_failure(store, pid, &error.to_string());
+    }
+}
+
+/// [`note_failure`] with the error in words; only for a peer that has a row.
+fn record_failure(store: &Store, pid: Uuid, error: &str) {
     if let Ok(Some(_)) = store.peer(&pid) {
         let _ = store.update_peer(&pid, |row| {
             row.last_error = Some(error.to_string());
