@@ -448,21 +448,6 @@ impl Agent {
         }
     }
 
-    fn update_row(&self, peer: Uuid, f: impl FnOnce(&mut PeerRow)) {
-        if let Err(e) = self.store.update_peer(&peer, f) {
-            warn!(error = %e, "cannot record peer state");
-        }
-    }
-
-    /// Like [`Agent::update_row`], but only for a peer that already has a row: what discovery
-    /// says about an instance never creates one (an advert proves nothing; a row is stored
-    /// once a session's TLS handshake has proved the instance).
-    fn update_known_row(&self, peer: Uuid, f: impl FnOnce(&mut PeerRow)) {
-        if matches!(self.store.peer(&peer), Ok(Some(_))) {
-            self.update_row(peer, f);
-        }
-    }
-
     /// Addresses to reach a peer at: discovered ones, then remembered ones.
     fn addrs_of(&self, peer: &Uuid) -> Vec<String> {
         let mut out = lock(&self.online).get(peer).cloned().unwrap_or_default();
@@ -487,14 +472,21 @@ impl Agent {
                 lock(&self.online).insert(instance, addrs.clone());
                 lock(&self.backoff).remove(&instance.to_string());
                 // Only an instance a session has proved is shown online (an advert proves
-                // nothing), and only such an instance has a row to update.
-                if matches!(self.store.peer(&instance), Ok(Some(_))) {
+                // nothing), and only such an instance has a row to update. Off the async
+                // threads: the row's write waits for the writer lock (see `sync::sync_with`).
+                let s = self.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    if !matches!(s.peer(&instance), Ok(Some(_))) {
+                        return;
+                    }
                     crate::presence::discovered(instance, true);
-                }
-                self.update_known_row(instance, |row| {
-                    row.last_seen = Some(Utc::now());
-                    if row.name.is_empty() {
-                        row.name = name;
+                    if let Err(e) = s.update_peer(&instance, |row| {
+                        row.last_seen = Some(Utc::now());
+                        if row.name.is_empty() {
+                            row.name = name;
+                        }
+                    }) {
+                        warn!(error = %e, "cannot record peer state");
                     }
                 });
                 // Two agents that discover each other at once must not both start a session:

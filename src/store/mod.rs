@@ -437,6 +437,9 @@ pub(crate) struct Head {
     /// Our own entry in the knowledge we report: our newest own event, or less after a restore
     /// or rollback (see `incarnation.rs`).
     pub(crate) own_claim: u64,
+    /// This data directory's incarnation (writer state, published here so a hello reads it
+    /// without the writer lock: see [`Store::incarnation`]).
+    pub(crate) incarnation: Option<crate::model::Incarnation>,
     /// Batches applied when it was taken (see `group.rs`): a head is never replaced by an
     /// older one.
     pub(crate) gen: u64,
@@ -784,6 +787,7 @@ impl Store {
             knowledge,
             conflict_head: w.conflict_head,
             own_claim: w.lineage.own_claim(w.own_last),
+            incarnation: Some(w.lineage.current),
             gen: self.group.applied(),
         })
     }

@@ -204,12 +204,20 @@ impl Store {
         })
     }
 
-    /// This data directory's current incarnation.
+    /// This data directory's current incarnation, as published with the feed head (a new
+    /// incarnation is published before `start_incarnation` returns). Read without the writer
+    /// lock: every session's hello asks for it, on an async thread, and waiting there for a
+    /// page commit, an import or a snapshot stalled the agent's runtime.
     pub fn incarnation(&self) -> super::Incarnation {
-        self.lock().lineage.current
+        match self.head().incarnation {
+            Some(i) => i,
+            // Before the first head is published (while opening): the writer state itself.
+            None => self.lock().lineage.current,
+        }
     }
 
-    /// This data directory's lineage (incarnation, own events that may be missing).
+    /// This data directory's lineage (incarnation, own events that may be missing). Takes the
+    /// writer lock: not for an async thread.
     pub fn lineage(&self) -> super::Lineage {
         self.lock().lineage.clone()
     }

@@ -408,3 +408,61 @@ impl From<ProtocolError> for SyncError {
 
 /// The knowledge type re-exported for callers of this module.
 pub type Knowledge = VersionVector;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    /// A failed session's bookkeeping (the peer row's `last_error`) waits for the writer lock,
+    /// which a page commit, an import chunk or a snapshot may hold for seconds: it must wait
+    /// on a blocking thread, not on the async worker that also serves the agent's listener,
+    /// API and signals. On a one-worker runtime, a timer due meanwhile fires while the lock is
+    /// still held; the row is written once it is free.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_session_waits_for_the_writer_lock_off_the_async_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Config::default()).unwrap());
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = gone.local_addr().unwrap().to_string();
+        drop(gone);
+        let pid = Uuid::new_v4();
+        store.update_peer(&pid, |r| r.url = addr.clone()).unwrap();
+        let opts = SessionOptions::from_store(&store, Transport::Plaintext);
+
+        let released = Arc::new(AtomicBool::new(false));
+        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let holder = {
+            let (s, released) = (store.clone(), released.clone());
+            std::thread::spawn(move || {
+                let _writer = s.hold_writer();
+                held_tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_secs(5));
+                released.store(true, Ordering::SeqCst);
+            })
+        };
+        held_rx.recv().unwrap();
+        let timer = {
+            let released = released.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                !released.load(Ordering::SeqCst)
+            })
+        };
+        let failed = sync_with(store.clone(), &addr, &opts).await;
+        assert!(failed.is_err(), "nobody listens at {addr}");
+        assert!(
+            timer.await.unwrap(),
+            "the timer could not fire before the writer lock was released"
+        );
+        holder.join().unwrap();
+        let row = store.peer(&pid).unwrap().unwrap();
+        assert!(
+            row.last_error
+                .is_some_and(|e| e.contains("connection refused")),
+            "the failure is kept in the peer's row"
+        );
+    }
+}
