@@ -241,6 +241,26 @@ fn altered_truncated_foreign_and_revoked_bundles_are_refused_and_apply_nothing()
     write_bundle(&a, &later, Some(&ic));
     refused(&c, &later, &["revoked", "nothing applied"]);
     assert_eq!(live_count(&c, "person"), 3);
+
+    // Nor is anything written for the revoked laptop (trial 10: a laptop revoked as lost read
+    // a whole deployment from a bundle written for it), by the coordinator or by C, which
+    // holds the revocation.
+    for dir in [&coordinator, &c] {
+        let for_a = root.join("for-a.fsbundle");
+        let o = run(
+            dir,
+            &["bundle", "write", for_a.to_str().unwrap(), "--for", &ia],
+        );
+        let o = o.code(2);
+        for w in [
+            "was revoked by the deployment",
+            "stolen",
+            "no bundle is written",
+        ] {
+            assert!(o.stderr.contains(w), "{}", o.stderr);
+        }
+        assert!(!for_a.exists(), "nothing was written");
+    }
 }
 
 #[test]

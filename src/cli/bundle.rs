@@ -107,6 +107,18 @@ fn write(
             "--for names this laptop itself: name the laptop that will read the bundle".into(),
         ));
     }
+    // A revoked laptop gets nothing more from the deployment, by network or by stick (trial
+    // 10: a laptop revoked as lost read everything from a bundle written for it).
+    if let Some(id) = instance {
+        if let Some(at) = app.revocations().get(&id) {
+            return Err(CliError::Invalid(format!(
+                "{} was revoked by the deployment on {} ({}): no bundle is written for it;                  write one for the laptop that replaces it",
+                app.laptop(id).map(|l| l.label()).unwrap_or_else(|_| id.to_string()),
+                at.format("%Y-%m-%d %H:%M UTC"),
+                app.revocation_reason(&id)
+            )));
+        }
+    }
     let cred = credential(app)?;
     let bytes = crate::sync::bundle::write(app.store(), &cred, &BundleTarget { instance })
         .map_err(bundle_err)?;
@@ -125,7 +137,11 @@ fn write(
         let whom = match (&h.target, &h.target_name) {
             (None, _) => "any laptop of the deployment (everything)".to_string(),
             (Some(id), Some(n)) => format!("{n} ({id})"),
-            (Some(id), None) => format!("{id} (never met: everything)"),
+            // A laptop enrolled here but never met is named as enrolled (trial 10).
+            (Some(id), None) => match app.laptop(*id).map(|l| l.name) {
+                Ok(n) if !n.is_empty() => format!("{n} ({id}, never met: everything)"),
+                _ => format!("{id} (never met: everything)"),
+            },
         };
         return writeln!(
             io.out,

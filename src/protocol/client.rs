@@ -43,9 +43,15 @@ pub const REVOKED_BY_PEER: &str = "the peer refused this laptop's certificate as
 pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut last = e.to_string();
+    // hyper's own words for a connection that went away ("connection was not ready") reached
+    // people as they are; said plainly unless a cause below it says more.
+    let mut went_away = false;
     while let Some(err) = cur {
         if let Some(t) = err.downcast_ref::<rustls::Error>() {
             return tls_words(t);
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            went_away |= h.is_canceled() || h.is_closed() || h.is_incomplete_message();
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>().map(innermost) {
             if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
@@ -65,6 +71,9 @@ pub fn describe(e: &(dyn std::error::Error + 'static)) -> String {
         }
         last = err.to_string();
         cur = err.source();
+    }
+    if went_away {
+        return "the connection was closed by the peer before it answered".into();
     }
     last
 }
@@ -326,6 +335,11 @@ mod tests {
         });
         let e = notify_fails(&addr).await;
         assert!(matches!(e, CallError::Ended(_)), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with("the connection was closed by the peer"),
+            "{e}"
+        );
         // The same over TLS: the connector wraps the reset in an error of its own, which once
         // hid it ("tls handshake eof" said as is, and no second look for a TLS alert).
         let e = notify_fails_tls(&addr).await;

@@ -31,6 +31,9 @@ pub(crate) struct GroupCommit {
     /// Woken on every applied batch ([`Store::wait_applied`]), before its flush.
     applied_lock: Mutex<()>,
     applied_cv: Condvar,
+    /// Makes the next leader's flush panic (tests of what a panicking flush leaves behind).
+    #[cfg(test)]
+    pub(crate) panic_next_flush: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -65,6 +68,17 @@ impl GroupCommit {
     }
 }
 
+/// Held by the leader while it flushes and forgotten when the flush returns: dropped only by
+/// an unwinding panic, when it clears `flushing` and wakes the waiters (one of them leads).
+struct Leading<'a>(&'a Store);
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        self.0.group.lock().flushing = false;
+        self.0.group.done.notify_all();
+    }
+}
+
 impl Store {
     /// Returns once the batch with this ticket (from [`GroupCommit::applied_one`]) is durable
     /// and published, leading a flush if none is running. Must be called without the writer
@@ -81,7 +95,12 @@ impl Store {
             }
             g.flushing = true;
             drop(g);
+            // Should the flush panic (a caller's thread may survive it: tokio catches a
+            // blocking task's panic), the flag must not stay set, or every later durable write
+            // on this store would wait for a flush that never ends.
+            let unwinding = Leading(self);
             let led = self.lead_flush();
+            std::mem::forget(unwinding);
             g = self.group.lock();
             g.flushing = false;
             match led {
@@ -107,6 +126,10 @@ impl Store {
             (self.group.applied(), self.head_of(&w)?)
         };
         let t = std::time::Instant::now();
+        #[cfg(test)]
+        if self.group.panic_next_flush.swap(false, Ordering::SeqCst) {
+            panic!("a flush panics (injected by a test)");
+        }
         self.tree().flush()?;
         tracing::trace!(
             upto,

@@ -754,3 +754,42 @@ fn history_sent_with_a_state_holds_only_that_states_revisions() {
         );
     }
 }
+
+/// A group-commit leader whose flush panics (its thread survives: tokio catches a blocking
+/// task's panic) must not leave the store believing a flush runs: every later durable write
+/// would wait for it forever, and the agent's API and syncs with them.
+#[test]
+fn a_flush_that_panics_does_not_stop_later_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = std::sync::Arc::new(Store::open(dir.path(), Config::default()).unwrap());
+    put(&s, "person", Uuid::new_v4(), json!({"name": "before"}));
+    s.group
+        .panic_next_flush
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        put(
+            &s,
+            "person",
+            Uuid::new_v4(),
+            json!({"name": "its flush panics"}),
+        )
+    }));
+    assert!(panicked.is_err(), "the injected panic happened");
+    // Bounded: a write that waits for the dead leader never returns, so it runs on a thread of
+    // its own (left behind if it hangs) and the test gives it 30 s.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = s.clone();
+    std::thread::spawn(move || {
+        put(&writer, "person", Uuid::new_v4(), json!({"name": "after"}));
+        let _ = tx.send(());
+    });
+    assert!(
+        rx.recv_timeout(std::time::Duration::from_secs(30)).is_ok(),
+        "a durable write after a panicked flush never returned"
+    );
+    assert_eq!(
+        s.scan_table("person").filter(|r| r.is_ok()).count(),
+        3,
+        "the panicked flush's batch was applied and is flushed with the next"
+    );
+}
