@@ -992,6 +992,27 @@ fn a_copied_data_directory_is_refused_with_its_original_and_status_peers_doctor_
     assert!(out.stderr.contains("used by two data directories"), "{out}");
     assert!(out.stderr.contains("fieldsync mesh enroll"), "{out}");
     assert!(!out.stderr.contains("Some("), "no debug format: {out}");
+    // The fix's backup step runs as written on a laptop of a deployment (trial 10: without
+    // --no-keys it was refused for holding the laptop's keys).
+    let step = out
+        .stderr
+        .split('`')
+        .find(|s| s.starts_with("fieldsync backup "))
+        .unwrap_or_else(|| panic!("a backup step: {out}"));
+    let saved = tmp.path().join("old.fsbackup");
+    let args: Vec<&str> = step
+        .split_whitespace()
+        .skip(1)
+        .map(|a| {
+            if a == "old.fsbackup" {
+                saved.to_str().unwrap()
+            } else {
+                a
+            }
+        })
+        .collect();
+    run(&b, &args).ok();
+    assert!(saved.exists(), "{step}");
     let out = run(&b2, &peer_args("sync", &b2, agent_a.addr()));
     assert_ne!(out.code, 0, "the copy is refused too from now on: {out}");
 

@@ -315,7 +315,8 @@ pub enum HelloSeen<'a> {
 /// What to do when two data directories share one instance id.
 pub const DUPLICATE_FIX: &str = "give one of the two laptops a new identity: on the \
      coordinator `fieldsync mesh enroll --name NAME --out new.fsmesh`; on that laptop \
-     `fieldsync backup old.fsbackup`, `fieldsync --data-dir NEWDIR init --mesh new.fsmesh`, \
+     `fieldsync backup old.fsbackup --no-keys`, \
+     `fieldsync --data-dir NEWDIR init --mesh new.fsmesh`, \
      `fieldsync --data-dir NEWDIR restore old.fsbackup`, then run from NEWDIR";
 
 /// The refusal of an instance whose id two data directories use, with the fix.
