@@ -120,7 +120,26 @@ fn a_record_put_on_one_laptop_and_imported_on_another_is_a_name_clash_on_every_l
         // `status` counts it.
         let st = agent::status(dir);
         assert_eq!(st["unresolved_conflicts"], 1, "{name}: {st}");
+        // Reaching a record by the key does not silently pick one of the two (trial 10).
+        let out = agent::run(dir, &["get", "person", "C-0008"]).code(2);
+        assert!(
+            out.stderr
+                .contains("2 records of person have the key \"C-0008\"")
+                && out.stderr.contains(&imported)
+                && out.stderr.contains(&put_b.to_string()),
+            "{name}: {out}"
+        );
     }
+    // A record written with `put` (at the gate) is reached by its key like an imported one.
+    let gate = Uuid::new_v4();
+    agent::put(
+        &b,
+        "person",
+        &gate,
+        &json!({"case_number": "G-0001", "name": "Amina Okafor"}),
+    );
+    let got = agent::run(&b, &["get", "person", "G-0001"]).ok().json();
+    assert_eq!(got["id"], gate.to_string().as_str(), "{got}");
 
     // Re-importing the registry on a laptop holding both refuses, naming both ids.
     let before = agent::export(&b, "person");
@@ -196,6 +215,11 @@ fn a_record_put_on_one_laptop_and_imported_on_another_is_a_name_clash_on_every_l
 
     // Settling it on one laptop settles it everywhere: B deletes its gate record.
     agent::delete(&b, "person", &put_b);
+    assert_eq!(
+        agent::run(&b, &["get", "person", "C-0008"]).ok().json()["id"],
+        imported.as_str(),
+        "one record has the key again"
+    );
     agent::sync(&a, agent_b.addr());
     agent::sync(&c, agent_b.addr());
     for (name, dir) in [("A", &a), ("B", &b), ("C", &c)] {

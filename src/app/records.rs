@@ -412,11 +412,14 @@ impl App {
     /// `import --key` field(s) it was imported under — `A-1`, or `A-1,2024` for a key of two
     /// fields, in the key's order — from which the id is derived as `import` derives it
     /// ([`crate::import::key_id`] in this laptop's deployment namespace), or the start of its
-    /// id, 8 hex digits or more (the short form `conflicts` shows). A key or a short id names
-    /// only a record that exists here (deleted ones included); a key wins over a short id.
+    /// id, 8 hex digits or more (the short form `conflicts` shows). A key names the record an
+    /// import made and any other holding that key value (written with `put`, found through
+    /// the key's unique index). A key or a short id names only a record that exists here
+    /// (deleted ones included for a key's import id); a key wins over a short id.
     ///
     /// Errors: `NOT_FOUND` naming the readings and the next step; `AMBIGUOUS_ID` for a short
-    /// id several records start with; `INVALID_ID` for an empty id.
+    /// id several records start with, or a key two records hold (an open name clash);
+    /// `INVALID_ID` for an empty id.
     pub fn record_id(&self, table: &str, text: &str) -> Result<Uuid, AppError> {
         let text = text.trim();
         if text.is_empty() || Uuid::parse_str(text).is_ok() {
@@ -433,10 +436,33 @@ impl App {
         if text.contains(',') {
             readings.push(text.split(',').map(|v| v.trim().to_string()).collect());
         }
+        // The record an import made (its id derives from the key), and any other with that key
+        // value, written otherwise (a `put` at the gate), found through the key's unique
+        // index: two while a name clash is open, which must not be hidden (trial 10).
+        let mut found = self.store.ids_by_import_key(table, text)?;
         for values in readings {
             let id = crate::import::key_id(&ns, table, &values);
-            if self.store.get(table, &id)?.is_some() {
-                return Ok(id);
+            if !found.contains(&id) && self.store.get(table, &id)?.is_some() {
+                found.push(id);
+            }
+        }
+        match found.as_slice() {
+            [] => {}
+            [one] => return Ok(*one),
+            two => {
+                return Err(AppError::invalid(
+                    "AMBIGUOUS_ID",
+                    "id",
+                    format!(
+                        "{} records of {table} have the key {text:?} (an open name clash: \
+                         `fieldsync conflicts` shows it): give the id of the one you mean ({})",
+                        two.len(),
+                        two.iter()
+                            .map(|i| i.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ))
             }
         }
         if let Some(id) = self.id_by_prefix(table, text)? {

@@ -205,6 +205,42 @@ impl super::Store {
         Ok(rules(configured, Some(&keys)))
     }
 
+    /// The records of `table` whose import key (any of the table's, see
+    /// [`Store::unique_rules`]) has the value `text` — `A-1`, or `A-1,2024` for a key of two
+    /// fields — found through the unique index whoever wrote them (an import, or a `put` at a
+    /// gate). Usually one; two while a name clash on that value is open. In id order.
+    pub fn ids_by_import_key(
+        &self,
+        table: &str,
+        text: &str,
+    ) -> Result<Vec<Uuid>, super::StoreError> {
+        let mut out = Vec::new();
+        for rule in self.unique_rules(table)?.into_iter().filter(|r| r.text) {
+            let value = match rule.fields.len() {
+                1 => Value::String(text.trim().to_string()),
+                n => {
+                    let parts: Vec<String> =
+                        text.split(',').map(|p| p.trim().to_string()).collect();
+                    if parts.len() != n {
+                        continue;
+                    }
+                    json!(parts)
+                }
+            };
+            let prefix = super::keys::unique_value(table, &rule.name, &value.to_string());
+            for kv in self.tree().scan_prefix(&prefix) {
+                let k = kv?.0;
+                let id = Uuid::from_slice(&k[prefix.len()..])
+                    .map_err(|e| super::StoreError::Decode(e.to_string()))?;
+                if !out.contains(&id) {
+                    out.push(id);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Records that `table` is imported by `key`, deployment-wide (a no-op once recorded).
     pub fn record_import_key(&self, table: &str, key: &[String]) -> Result<(), super::StoreError> {
         let id = import_key_id(table, key);
