@@ -281,6 +281,36 @@ fn a_key_clash_of_two_fields_clears_on_both_laptops_once_one_record_is_renamed()
     );
     assert_ne!(wrong.code, 0, "{wrong}");
     assert!(wrong.stderr.contains("name,district"), "{wrong}");
+    // The record's short id, as `conflicts` shows it, is not a conflict number (trial 10: the
+    // parser's "invalid digit found in string"), and is taken by --record; one that is neither
+    // record of the clash is named as such.
+    let short = gate.to_string()[..8].to_string();
+    let mistaken = agent::run(&b, &["conflicts", "resolve", &short, "--keep", "mine"]).code(2);
+    assert!(
+        mistaken.stderr.contains("is not a conflict number")
+            && !mistaken.stderr.contains("invalid digit"),
+        "{mistaken}"
+    );
+    let neither = agent::run(
+        &b,
+        &[
+            "conflicts",
+            "resolve",
+            &cid,
+            "--keep-value",
+            r#"["Ann B.","North"]"#,
+            "--record",
+            &other.to_string()[..8],
+        ],
+    )
+    .code(2);
+    assert!(
+        neither
+            .stderr
+            .contains("is not one of the records of conflict")
+            && neither.stderr.contains(&gate.to_string()),
+        "{neither}"
+    );
     agent::run(
         &b,
         &[
@@ -290,7 +320,7 @@ fn a_key_clash_of_two_fields_clears_on_both_laptops_once_one_record_is_renamed()
             "--keep-value",
             r#"["Ann B.","North"]"#,
             "--record",
-            &gate.to_string(),
+            &short,
         ],
     )
     .ok();

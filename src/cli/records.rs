@@ -50,7 +50,8 @@ pub enum ConflictAction {
     ///
     /// Example: fieldsync conflicts resolve 4 --keep-value '"K2"'
     Resolve {
-        /// The conflict id (from `fieldsync conflicts`).
+        /// The conflict's number on this laptop (`fieldsync conflicts` shows "Conflict 7").
+        #[arg(value_parser = conflict_number)]
         id: u64,
         /// mine, theirs, deleted, alive (or local, remote, or a JSON value).
         #[arg(long, required_unless_present_any = ["keep_from", "keep_value"],
@@ -67,6 +68,71 @@ pub enum ConflictAction {
         #[arg(long, value_name = "ID", requires = "keep_value")]
         record: Option<String>,
     },
+}
+
+/// The record of name clash `id` whose id starts with `short` (8 hex digits or more, as
+/// `conflicts` shows it): `--record 5a25e4d2` was refused as "not a UUID" (trial 10).
+fn clash_record(
+    door: &Door<'_>,
+    id: u64,
+    short: &str,
+    io: &Io<'_>,
+) -> Result<uuid::Uuid, CliError> {
+    let hex: String = short
+        .trim()
+        .chars()
+        .filter(|c| *c != '-')
+        .collect::<String>()
+        .to_lowercase();
+    let list: Vec<ConflictView> = door.call(
+        Op::Conflicts {
+            table: None,
+            all: true,
+        },
+        io,
+    )?;
+    let records: Vec<uuid::Uuid> = list
+        .iter()
+        .filter(|c| c.id() == id)
+        .flat_map(|c| c.sides.iter().filter_map(|s| s.record))
+        .collect();
+    let matching: Vec<uuid::Uuid> = records
+        .iter()
+        .copied()
+        .filter(|r| {
+            hex.len() >= crate::app::records::MIN_ID_PREFIX
+                && r.simple().to_string().starts_with(&hex)
+        })
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(*one),
+        _ => {
+            Err(CliError::Invalid(format!(
+            "--record {short:?} is not one of the records of conflict {id}{}: give one of their \
+             ids (its first 8 digits are enough)",
+            if records.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({})",
+                    records.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+                )
+            }
+        )))
+        }
+    }
+}
+
+/// A conflict's number as typed (`7`, `#7`); anything else is told what a conflict number is,
+/// since the record id shown in a conflict's title was taken for one (trial 10), and clap's own
+/// words were "invalid digit found in string".
+fn conflict_number(s: &str) -> Result<u64, String> {
+    s.trim().trim_start_matches('#').parse().map_err(|_| {
+        format!(
+            "{s:?} is not a conflict number: conflicts are numbered on each laptop \
+             (`fieldsync conflicts` shows \"Conflict 7\"); a record's id or key is not one"
+        )
+    })
 }
 
 /// `put`: prints what it did (`{"table","id","written","seq"}`).
@@ -457,7 +523,10 @@ pub fn conflicts(door: &Door<'_>, args: ConflictsArgs, io: &mut Io<'_>) -> Resul
                 }
             }
             if let Some(r) = record {
-                how.record = Some(model::parse_id(&r)?);
+                how.record = Some(match model::parse_id(&r) {
+                    Ok(full) => full,
+                    Err(_) => clash_record(door, id, &r, io)?,
+                });
             }
             let view: ConflictView = door.call(Op::Resolve { id, how }, io)?;
             if io.human {
