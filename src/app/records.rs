@@ -239,6 +239,21 @@ fn parse_table(table: &str) -> Result<(), AppError> {
     model::validate_table(table).map_err(AppError::from)
 }
 
+/// Whether a field's value `have` meets an equality filter's value `want`: equal, or both
+/// scalars written the same way as text, as import keys compare ("5551234" and 5551234, "true"
+/// and true). A list imported from a spreadsheet holds numbers in some rows and text in others
+/// (`--text`), and a filter that missed half of them looked like missing records (trial 10).
+pub fn same_value(have: &Value, want: &Value) -> bool {
+    fn text(v: &Value) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+            _ => None,
+        }
+    }
+    have == want || matches!((text(have), text(want)), (Some(a), Some(b)) if a == b)
+}
+
 /// Fewest hex digits of an id accepted as its short form ([`App::record_id`]): the 8 that
 /// `conflicts` and the console show.
 pub const MIN_ID_PREFIX: usize = 8;
@@ -649,7 +664,10 @@ impl App {
             if !rec.state.is_alive() && !include_deleted {
                 continue;
             }
-            if !filters.iter().all(|(f, v)| rec.state.value(f) == Some(v)) {
+            if !filters
+                .iter()
+                .all(|(f, v)| rec.state.value(f).is_some_and(|have| same_value(have, v)))
+            {
                 continue;
             }
             if !contains
