@@ -1313,3 +1313,53 @@ fn a_record_is_reached_by_the_start_of_its_id() {
     a.ok(&["delete", "person", "11111111-a"]);
     a.run(&["get", "person", ids[0]]).fails(1, &["deleted"]);
 }
+
+/// Finding a record from the CLI (trial 10: no search, `list` showed the first 1,000 of a
+/// registry in id order): `list --where FIELD=VALUE` and `--contains FIELD=TEXT`, together,
+/// as the API's filters read them, in JSON lines and on a terminal.
+#[test]
+fn list_finds_records_by_field_value_and_by_text() {
+    let a = Instance::new();
+    for doc in [
+        r#"{"name":"Amina Okafor","status":"missing","phone":"5551234"}"#,
+        r#"{"name":"aminu Sani","status":"found","phone":5551234}"#,
+        r#"{"name":"John Bello","status":"missing"}"#,
+    ] {
+        a.put("person", doc);
+    }
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["list", "person"];
+        all.extend_from_slice(args);
+        let mut n: Vec<String> = a
+            .ok(&all)
+            .lines()
+            .iter()
+            .map(|l| l["fields"]["name"].as_str().unwrap().to_string())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(&["--contains", "name=AMIN"]),
+        ["Amina Okafor", "aminu Sani"]
+    );
+    assert_eq!(
+        names(&["--contains", "name=amin", "--where", "status=missing"]),
+        ["Amina Okafor"]
+    );
+    // A number and the same text stored as a string are one value to a person.
+    assert_eq!(names(&["--where", "phone=5551234"]).len(), 2);
+    let none = a
+        .ok(&["list", "person", "--where", "status=gone", "--human"])
+        .stdout;
+    assert!(none.contains("No record of person matches"), "{none}");
+    let human = a
+        .ok(&["list", "person", "--contains", "name=bello", "--human"])
+        .stdout;
+    assert!(
+        human.contains("John Bello") && !human.contains("Amina"),
+        "{human}"
+    );
+    a.run(&["list", "person", "--where", "status"])
+        .fails(2, &["--where \"status\" is not FIELD=VALUE"]);
+}

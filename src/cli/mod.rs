@@ -209,17 +209,28 @@ pub enum Command {
         #[arg(long, value_name = "STAMP_OR_TIME")]
         at: Option<String>,
     },
-    /// Show a table's records, ordered by id.
+    /// Show a table's records: on a terminal the first 1,000 in name order; in a pipe or with
+    /// --json every one as JSON lines, in id order (a stream: one record a line).
     ///
-    /// In a pipe or with --json it prints JSON lines (a stream: one record a line).
+    /// Find records with --where FIELD=VALUE (equal; VALUE read as JSON if it parses, else as
+    /// text; a number also matches the same text) and --contains FIELD=TEXT (any part, any
+    /// letter case); several must all hold.
     ///
     /// Example: fieldsync list person | head
+    ///
+    /// Example: fieldsync list person --contains name=amina --where status=missing
     List {
         /// Table name.
         table: String,
         /// Include deleted records (marked "deleted": true).
         #[arg(long)]
         include_deleted: bool,
+        /// Only records whose FIELD equals VALUE (repeat for several).
+        #[arg(long = "where", value_name = "FIELD=VALUE")]
+        where_: Vec<String>,
+        /// Only records whose FIELD contains TEXT, in any letter case (repeat for several).
+        #[arg(long, value_name = "FIELD=TEXT")]
+        contains: Vec<String>,
         /// Only these fields (comma-separated), in this order: the columns a terminal shows
         /// (it shows at most six otherwise), and the fields of each JSON line.
         #[arg(long, value_delimiter = ',', value_name = "FIELD")]
@@ -1024,8 +1035,13 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         Command::List {
             table,
             include_deleted,
+            where_,
+            contains,
             fields,
-        } => records::list(&app, &table, include_deleted, &fields, io),
+        } => {
+            let find = records::Find::parse(&where_, &contains)?;
+            records::list(&app, &table, include_deleted, &find, &fields, io)
+        }
         Command::Import {
             table,
             file,

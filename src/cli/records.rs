@@ -240,10 +240,60 @@ pub fn get(
 const HUMAN_LIST_MAX: usize = 1_000;
 
 /// `list`: JSON lines in id order (streamed: a table may not fit in memory as one page).
+/// What `list --where` and `--contains` keep: the API's `field.` and `contains.` filters.
+#[derive(Debug, Default)]
+pub struct Find {
+    equal: Vec<(String, serde_json::Value)>,
+    /// Field and lowered text.
+    contains: Vec<(String, String)>,
+}
+
+impl Find {
+    /// Reads `FIELD=VALUE` and `FIELD=TEXT` arguments.
+    pub fn parse(equal: &[String], contains: &[String]) -> Result<Find, CliError> {
+        let split = |flag: &str, a: &str| -> Result<(String, String), CliError> {
+            match a.split_once('=') {
+                Some((f, v)) if !f.trim().is_empty() => Ok((f.trim().to_string(), v.to_string())),
+                _ => Err(CliError::Invalid(format!(
+                    "--{flag} {a:?} is not FIELD=VALUE: e.g. --{flag} status=missing"
+                ))),
+            }
+        };
+        let mut find = Find::default();
+        for a in equal {
+            let (f, v) = split("where", a)?;
+            let v = serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v));
+            find.equal.push((f, v));
+        }
+        for a in contains {
+            let (f, t) = split("contains", a)?;
+            find.contains.push((f, t.to_lowercase()));
+        }
+        Ok(find)
+    }
+
+    fn keeps(&self, state: &crate::model::RecordState) -> bool {
+        self.equal.iter().all(|(f, v)| {
+            state
+                .value(f)
+                .is_some_and(|have| crate::app::records::same_value(have, v))
+        }) && self.contains.iter().all(|(f, t)| {
+            state
+                .value(f)
+                .is_some_and(|v| crate::app::records::contains_text(v, t))
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.equal.is_empty() && self.contains.is_empty()
+    }
+}
+
 pub fn list(
     app: &App,
     table: &str,
     include_deleted: bool,
+    find: &Find,
     only: &[String],
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
@@ -262,7 +312,7 @@ pub fn list(
     for r in app.store().scan_table(table) {
         let (id, rec) = r?;
         let alive = rec.state.is_alive();
-        if alive || include_deleted {
+        if (alive || include_deleted) && find.keeps(&rec.state) {
             let mut fields = rec.state.live_fields();
             if !only.is_empty() {
                 fields.retain(|k, _| only.contains(k));
@@ -284,6 +334,11 @@ pub fn list(
             let names: Vec<String> = app.store().tables()?.into_iter().map(|(t, _)| t).collect();
             if !names.iter().any(|n| n == table) {
                 text = no_such_table(table, &names);
+            } else if !find.is_empty() {
+                text = format!(
+                    "No record of {table} matches (--where compares whole values, --contains \
+                     any part of a field).\n"
+                );
             }
         }
         return write!(io.out, "{text}").map_err(CliError::Output);
