@@ -189,16 +189,11 @@ fn human_read(file: &str, r: &ReadReport) -> String {
         .map(|t| t.with_timezone(&Local).format("%Y-%m-%d %H:%M").to_string())
         .unwrap_or_default();
     let mut s = format!(
-        "Read {file} from {} (written {when}): {} records, {} changed here, {} {}.\n",
+        "Read {file} from {} (written {when}): {}, {} changed here, {}.\n",
         r.from_name,
-        r.records,
+        super::human::count(r.records, "record", "records"),
         r.applied,
-        r.conflicts,
-        if r.conflicts == 1 {
-            "conflict"
-        } else {
-            "conflicts"
-        }
+        super::human::count(r.conflicts, "conflict", "conflicts"),
     );
     if r.pages_skipped > 0 {
         s += &format!(
@@ -209,8 +204,8 @@ fn human_read(file: &str, r: &ReadReport) -> String {
     }
     if r.held > 0 {
         s += &format!(
-            "{} deletes are held for a person to decide: `fieldsync held list`.\n",
-            r.held
+            "{} held for a person to decide: `fieldsync held list`.\n",
+            super::human::count(r.held, "delete is", "deletes are")
         );
     }
     if r.conflicts > 0 {
@@ -302,4 +297,29 @@ fn human_show(v: &Value) -> String {
         Some(p) => out += &format!("This laptop would refuse it: {p}\n"),
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts agree with their nouns: "1 record", "1 delete is held" (trial 10 read
+    /// "1 records").
+    #[test]
+    fn a_read_says_one_record_in_the_singular() {
+        let r = ReadReport {
+            from_name: "hq".into(),
+            pages: 1,
+            records: 1,
+            applied: 1,
+            held: 1,
+            ..Default::default()
+        };
+        let said = human_read("stick.fsbundle", &r);
+        assert!(
+            said.contains(": 1 record, 1 changed here, 0 conflicts.")
+                && said.contains("1 delete is held for a person to decide"),
+            "{said}"
+        );
+    }
 }

@@ -399,9 +399,15 @@ impl Batch<'_> {
         }
         for t in touched {
             let h = &holds[t];
-            tracing::warn!(hold = h.id, peer = %h.peer, table = %h.table,
+            // Read by a person in `run`'s output: the sentence only (trial 10 read the fields
+            // as developer text); they are in the debug line.
+            tracing::warn!(
                 "{}: held (run `fieldsync held approve {}` or `fieldsync held reject {}`)",
-                h.describe(), h.id, h.id);
+                h.describe(),
+                h.id,
+                h.id
+            );
+            tracing::debug!(hold = h.id, peer = %h.peer, table = %h.table, "deletes held");
             self.txn.put(keys::held(h.id), encode(h));
         }
         let rest = changes
@@ -626,12 +632,19 @@ impl Batch<'_> {
                     )
                 };
 
-                tracing::warn!(hold = h.id, table = %h.table, settled = list.len(),
-                "{n} of {} from {who} held here {what}{}",
-                h.table,
-                if h.changes.is_empty() { String::new() } else {
-                    format!(" ({} more stay held: `fieldsync held list`)", h.changes.len())
-                });
+                tracing::debug!(hold = h.id, table = %h.table, settled = list.len(), "hold settled");
+                tracing::warn!(
+                    "{n} of {} from {who} held here {what}{}",
+                    h.table,
+                    if h.changes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " ({} more stay held: `fieldsync held list`)",
+                            h.changes.len()
+                        )
+                    }
+                );
             }
             if h.changes.is_empty() {
                 self.txn.remove(keys::held(h.id));
