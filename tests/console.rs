@@ -604,6 +604,23 @@ fn console_in_a_real_browser() {
             .map(|i| t.find(&format!("Person 0000{i}")).expect("each of the ten"))
             .collect();
         assert!(at.windows(2).all(|w| w[0] < w[1]), "in name order: {t}");
+        // The columns are the ones `fieldsync list` shows: the registry's `status` among them
+        // (the first six by name left it out, trial 10), and the rest named.
+        let header = client
+            .find(Locator::Css("#records thead"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            header.contains("status") && header.contains("name") && !header.contains("notes"),
+            "{header}"
+        );
+        assert!(
+            t.contains("2 fields not shown: notes, reported_by"),
+            "the fields left out are named: {t}"
+        );
         client
             .goto(&format!("{base}/console/#record/person/{id}"))
             .await

@@ -374,7 +374,8 @@ async function records(args) {
   await loadMe();
   const [table, after, field, value] = args;
   const tables = await api("/v1/tables");
-  const sel = h("select", { id: "table" }, tables.map((t) =>
+  // A table chosen is shown at once (it waited for "Show", trial 10).
+  const sel = h("select", { id: "table", onchange: () => go("") }, tables.map((t) =>
     h("option", { value: t.table || t.name, selected: (t.table || t.name) === table }, (t.table || t.name) + " (" + t.live + ")")));
   const f = h("input", { id: "field", type: "text", value: field || "", placeholder: "e.g. name" });
   const v = h("input", { id: "value", type: "text", value: value || "", placeholder: "e.g. Amina Okafor" });
@@ -391,14 +392,26 @@ async function records(args) {
   if (t) {
     let q = "?limit=50" + (after ? "&after=" + encodeURIComponent(after) : "");
     // Any letter case, any part: "amina" finds "Amina Okafor" (GET …/records?contains.NAME=).
-    if (field) q += "&contains." + encodeURIComponent(field) + "=" + encodeURIComponent(value || "");
+    // Text typed without a field is looked for in the name (it showed every record).
+    const inField = field || (value ? "name" : "");
+    if (inField) q += "&contains." + encodeURIComponent(inField) + "=" + encodeURIComponent(value || "");
     const p = await api("/v1/tables/" + t + "/records" + q);
-    const cols = [];
-    for (const r of p.records) for (const k of Object.keys(r.fields)) if (!cols.includes(k)) cols.push(k);
-    // As `fieldsync list`: name and title first, the others by name, at most six.
-    cols.sort();
-    cols.sort((x, y) => (x !== "name" && x !== "title") - (y !== "name" && y !== "title"));
-    cols.splice(6);
+    // As `fieldsync list` (cli/human.rs `columns_kept`): at most six columns, name and title
+    // first, then the fields most records have, shorter values first; shown name and title
+    // first, the others by name. The rest are named under the table (the first six by name
+    // left out `status` of a registry, trial 10).
+    const stat = {};
+    for (const r of p.records) for (const [k, val] of Object.entries(r.fields)) {
+      const s = stat[k] || (stat[k] = { n: 0, len: 0 });
+      s.n++; s.len += show(val).length;
+    }
+    const named = (c) => c === "name" || c === "title";
+    const byName = (x, y) => (x < y ? -1 : x > y ? 1 : 0);
+    const avg = (c) => Math.floor(stat[c].len / stat[c].n);
+    const ranked = Object.keys(stat).sort((x, y) =>
+      (named(y) - named(x)) || (stat[y].n - stat[x].n) || (avg(x) - avg(y)) || byName(x, y));
+    const cols = ranked.slice(0, 6).sort((x, y) => (named(y) - named(x)) || byName(x, y));
+    const hidden = ranked.slice(6).sort(byName);
     // A whole result on one page is read by its first column (the name), as the CLI lists a
     // table it shows whole; pages of a longer one stay in id order so paging stays stable.
     if (!p.next && !after && cols.length && (cols[0] === "name" || cols[0] === "title")) {
@@ -410,6 +423,10 @@ async function records(args) {
       h("tbody", {}, p.records.map((r) => h("tr", {},
         h("td", {}, h("a", { href: "#record/" + t + "/" + r.id }, r.id.slice(0, 8))),
         cols.map((c) => h("td", {}, r.fields[c] === undefined ? "" : show(r.fields[c]))))))));
+    if (hidden.length) parts.push(h("p", { class: "muted small", id: "hidden-fields" },
+      hidden.length + (hidden.length === 1 ? " field" : " fields") + " not shown: " + hidden.join(", ") +
+      " (open a record to see all its fields)."));
+    if (!field && value) parts.push(h("p", { class: "muted small" }, "Searched in the field “name”; type another field to search in it."));
     if (!p.records.length) parts.push(h("p", {}, "No records match."));
     parts.push(h("p", {},
       after ? h("button", { type: "button", class: "secondary", onclick: () => go("") }, "First page") : null, " ",
