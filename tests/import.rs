@@ -784,7 +784,8 @@ fn a_re_import_keeps_fields_edited_since_the_list_had_them() {
     let said = import(&corrected, &["--dry-run", "--human"]).stdout;
     assert!(
         said.contains(
-            "1 changed, 1 already as in the file, 1 kept as edited in the field (listed below)"
+            "1 changed, 1 already as in the file, 1 row with nothing to write but fields edited \
+             in the field (below)"
         ) && said.contains("Kept 1 field edited since the file's value")
             && said.contains("  A-2: status kept \"found alive\" (the file has \"missing\")\n")
             && said.contains("  A-1: age 30 → 31\n"),

@@ -176,6 +176,22 @@ fn every_revision_travels_with_its_exact_old_and_new_values() {
         .ok()
         .json();
     assert_eq!(then["fields"], json!({"b": 1, "c": "x"}), "{then}");
+    // On a terminal it says it is an earlier state, and of when (trial 10: it printed like the
+    // record as it is); without --at, no such line.
+    let said = run(
+        &c,
+        &["get", "doc", &doc.to_string(), "--at", &at, "--human"],
+    )
+    .ok()
+    .stdout;
+    assert!(
+        said.starts_with("As it was after the revision of ") && said.contains("(not as it is now)"),
+        "{said}"
+    );
+    let now = run(&c, &["get", "doc", &doc.to_string(), "--human"])
+        .ok()
+        .stdout;
+    assert!(!now.contains("As it was"), "{now}");
 }
 
 #[test]

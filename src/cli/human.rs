@@ -680,6 +680,14 @@ fn laptop(names: &std::collections::HashMap<uuid::Uuid, String>, id: &str) -> St
 }
 
 /// The time of a stamp as `get --meta --json` prints it (`2026-12-04T14:01:45.916Z#0001@ID`).
+/// The line above a record `get --at` shows: which revision it is, and when it was made.
+pub fn as_of(rev: &str, now: DateTime<Utc>) -> String {
+    format!(
+        "As it was after the revision of {} (not as it is now):\n",
+        when(stamp_time(rev), now)
+    )
+}
+
 fn stamp_time(stamp: &str) -> Option<DateTime<Utc>> {
     let t = stamp.split('#').next()?;
     DateTime::parse_from_rfc3339(t)

@@ -128,8 +128,11 @@ pub fn imported(v: &Value) -> String {
     ];
     let edited = u(&v["kept_rows"]);
     if edited > 0 {
+        // Rows, where the list below counts fields (a row may keep several, and a changed
+        // row may keep one too): two numbers side by side read as a contradiction (trial 10).
         parts.push(format!(
-            "{edited} kept as edited in the field (listed below)"
+            "{} with nothing to write but fields edited in the field (below)",
+            count(edited, "row", "rows")
         ));
     }
     let kept = u(&v["deleted_kept"]);

@@ -218,8 +218,11 @@ pub fn get(
         meta,
         at,
     };
+    let asked_at = op_has_at(&op);
     let r: GetReply = door.call(op, io)?;
     let rec = r.record;
+    // An earlier state is said to be one (it printed like the record as it is, trial 10).
+    let as_of = rec.rev.clone().filter(|_| asked_at);
     let mut v = formats::record_json(&rec.table, &rec.id, rec.fields, rec.deleted);
     if let Some(m) = r.meta {
         v["meta"] = m;
@@ -230,10 +233,16 @@ pub fn get(
         } else {
             Default::default()
         };
-        let text = super::human::record(&v, &names, chrono::Utc::now());
+        let now = chrono::Utc::now();
+        let mut text = as_of.map_or_else(String::new, |rev| super::human::as_of(&rev, now));
+        text += &super::human::record(&v, &names, now);
         return write!(io.out, "{text}").map_err(CliError::Output);
     }
     print(io.out, &v)
+}
+
+fn op_has_at(op: &Op) -> bool {
+    matches!(op, Op::Get { at: Some(_), .. })
 }
 
 /// Most records `list` prints for people (the rest are counted: `--json` or `export` for all).
