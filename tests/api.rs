@@ -306,6 +306,33 @@ fn records_crud_paging_filters_history_and_batch() {
         let page = api.get(&format!("/v1/tables/shelter/records?{q}")).json();
         assert_eq!(page["records"].as_array().unwrap().len(), 2, "{q}: {page}");
     }
+    // A batch names an existing record as a single request does: by the start of its id too
+    // (trial 10: batches took only full UUIDs); one that names none is 404 at its op.
+    let short = seen[0][..8].to_string();
+    let b = api.send(
+        "POST",
+        "/v1/batch",
+        &json!({"ops": [{"op": "patch", "table": "shelter", "id": short, "fields": {"kind": "clinic"}}]}),
+    );
+    assert_eq!(b.status, 200, "{}", b.json());
+    assert_eq!(
+        api.get(&rec_path("shelter", &seen[0])).json()["fields"]["kind"],
+        "clinic"
+    );
+    let b = api.send(
+        "POST",
+        "/v1/batch",
+        &json!({"ops": [{"op": "delete", "table": "shelter", "id": "ffffffff"}]}),
+    );
+    let e = b.error(404, "NOT_FOUND");
+    assert_eq!(e["field"], "ops[0].id", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("operation 1 (ops[0]): "),
+        "{e}"
+    );
 
     // Delete: then 404 RECORD_DELETED, visible with include_deleted.
     let d = api.req("DELETE", &rec_path("person", id2), &[], b"");
