@@ -259,6 +259,7 @@ fn altered_truncated_foreign_and_revoked_bundles_are_refused_and_apply_nothing()
         ] {
             assert!(o.stderr.contains(w), "{}", o.stderr);
         }
+        assert!(!o.stderr.contains("  "), "one plain line: {}", o.stderr);
         assert!(!for_a.exists(), "nothing was written");
     }
 }

@@ -1362,4 +1362,14 @@ fn list_finds_records_by_field_value_and_by_text() {
     );
     a.run(&["list", "person", "--where", "status"])
         .fails(2, &["--where \"status\" is not FIELD=VALUE"]);
+    a.run(&["list", "person", "--contains", "amina"])
+        .fails(2, &["say the field to look in, e.g. --contains name=amina"]);
+    // A field no record has is said as such (a typo read as "nothing matches").
+    let typo = a
+        .ok(&["list", "person", "--where", "stat=missing", "--human"])
+        .stdout;
+    assert!(
+        typo.contains("No record of person has a field named \"stat\""),
+        "{typo}"
+    );
 }

@@ -97,7 +97,12 @@ async fn browser(driver: &Driver, chromium: &Path, profile: &Path) -> Client {
 
 /// The page's visible text.
 async fn text(c: &Client) -> String {
-    match c.find(Locator::Css("body")).await {
+    text_of(c, "body").await
+}
+
+/// The visible text of the first element `css` finds (empty if none).
+async fn text_of(c: &Client, css: &str) -> String {
+    match c.find(Locator::Css(css)).await {
         Ok(b) => b.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     }
@@ -372,13 +377,7 @@ fn console_in_a_real_browser() {
         assert!(t.contains("This is in the record now"), "{t}");
         assert!(t.contains("newer edit wins"), "which side and why: {t}");
         assert!(t.contains("laptopA"), "sides named by laptop: {t}");
-        let title = client
-            .find(Locator::Css(".conflict h2"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let title = text_of(&client, ".conflict h2").await;
         assert!(
             title.contains("person record “Amina Okafor”") && !title.contains(&id.to_string()),
             "titled by name, the id on a line of its own: {title}"
@@ -606,13 +605,7 @@ fn console_in_a_real_browser() {
         assert!(at.windows(2).all(|w| w[0] < w[1]), "in name order: {t}");
         // The columns are the ones `fieldsync list` shows: the registry's `status` among them
         // (the first six by name left it out, trial 10), and the rest named.
-        let header = client
-            .find(Locator::Css("#records thead"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let header = text_of(&client, "#records thead").await;
         assert!(
             header.contains("status") && header.contains("name") && !header.contains("notes"),
             "{header}"

@@ -291,19 +291,21 @@ fn a_key_clash_of_two_fields_clears_on_both_laptops_once_one_record_is_renamed()
             && !mistaken.stderr.contains("invalid digit"),
         "{mistaken}"
     );
-    let neither = agent::run(
-        &b,
-        &[
-            "conflicts",
-            "resolve",
-            &cid,
-            "--keep-value",
-            r#"["Ann B.","North"]"#,
-            "--record",
-            &other.to_string()[..8],
-        ],
-    )
-    .code(2);
+    let rename = |record: &str| {
+        agent::run(
+            &b,
+            &[
+                "conflicts",
+                "resolve",
+                &cid,
+                "--keep-value",
+                r#"["Ann B.","North"]"#,
+                "--record",
+                record,
+            ],
+        )
+    };
+    let neither = rename(&other.to_string()[..8]).code(2);
     assert!(
         neither
             .stderr
@@ -311,19 +313,7 @@ fn a_key_clash_of_two_fields_clears_on_both_laptops_once_one_record_is_renamed()
             && neither.stderr.contains(&gate.to_string()),
         "{neither}"
     );
-    agent::run(
-        &b,
-        &[
-            "conflicts",
-            "resolve",
-            &cid,
-            "--keep-value",
-            r#"["Ann B.","North"]"#,
-            "--record",
-            &short,
-        ],
-    )
-    .ok();
+    rename(&short).ok();
     agent::sync(&a, agent_b.addr());
     for (name, dir) in [("A", &a), ("B", &b)] {
         assert!(

@@ -112,8 +112,11 @@ fn write(
     if let Some(id) = instance {
         if let Some(at) = app.revocations().get(&id) {
             return Err(CliError::Invalid(format!(
-                "{} was revoked by the deployment on {} ({}): no bundle is written for it;                  write one for the laptop that replaces it",
-                app.laptop(id).map(|l| l.label()).unwrap_or_else(|_| id.to_string()),
+                "{} was revoked by the deployment on {} ({}): no bundle is written for it; write \
+                 one for the laptop that replaces it",
+                app.laptop(id)
+                    .map(|l| l.label())
+                    .unwrap_or_else(|_| id.to_string()),
                 at.format("%Y-%m-%d %H:%M UTC"),
                 app.revocation_reason(&id)
             )));

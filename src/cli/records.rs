@@ -263,8 +263,13 @@ impl Find {
         let split = |flag: &str, a: &str| -> Result<(String, String), CliError> {
             match a.split_once('=') {
                 Some((f, v)) if !f.trim().is_empty() => Ok((f.trim().to_string(), v.to_string())),
+                _ if flag == "contains" => Err(CliError::Invalid(format!(
+                    "--contains {a:?} is not FIELD=TEXT: say the field to look in, e.g. \
+                     --contains name={}",
+                    if a.contains('=') { "amina" } else { a }
+                ))),
                 _ => Err(CliError::Invalid(format!(
-                    "--{flag} {a:?} is not FIELD=VALUE: e.g. --{flag} status=missing"
+                    "--where {a:?} is not FIELD=VALUE: e.g. --where status=missing"
                 ))),
             }
         };
@@ -296,6 +301,14 @@ impl Find {
     fn is_empty(&self) -> bool {
         self.equal.is_empty() && self.contains.is_empty()
     }
+
+    /// The fields it looks at.
+    fn fields(&self) -> impl Iterator<Item = &String> {
+        self.equal
+            .iter()
+            .map(|(f, _)| f)
+            .chain(self.contains.iter().map(|(f, _)| f))
+    }
 }
 
 pub fn list(
@@ -318,9 +331,14 @@ pub fn list(
     // stream.
     let mut shown = Vec::new();
     let mut more = 0u64;
+    // Fields a filter names that no record has: a typo (`stat` for `status`) is said as one.
+    let mut unseen: Vec<&String> = find.fields().collect();
     for r in app.store().scan_table(table) {
         let (id, rec) = r?;
         let alive = rec.state.is_alive();
+        if !unseen.is_empty() && (alive || include_deleted) {
+            unseen.retain(|f| rec.state.value(f).is_none());
+        }
         if (alive || include_deleted) && find.keeps(&rec.state) {
             let mut fields = rec.state.live_fields();
             if !only.is_empty() {
@@ -343,6 +361,11 @@ pub fn list(
             let names: Vec<String> = app.store().tables()?.into_iter().map(|(t, _)| t).collect();
             if !names.iter().any(|n| n == table) {
                 text = no_such_table(table, &names);
+            } else if let Some(f) = unseen.first() {
+                text = format!(
+                    "No record of {table} has a field named {f:?}: `fieldsync list {table}` \
+                     shows its fields.\n"
+                );
             } else if !find.is_empty() {
                 text = format!(
                     "No record of {table} matches (--where compares whole values, --contains \

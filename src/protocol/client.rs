@@ -283,9 +283,9 @@ impl Client {
 mod tests {
     use super::*;
 
-    /// One notify call to `addr`, which must fail.
-    async fn notify_fails(addr: &str) -> CallError {
-        let client = Client::connect(addr, None).unwrap();
+    /// One notify call to `addr`, which must fail: in plaintext, or over TLS with `tls`.
+    async fn notify_fails_with(addr: &str, tls: Option<rustls::ClientConfig>) -> CallError {
+        let client = Client::connect(addr, tls).unwrap();
         client
             .notify(&Notify {
                 from: uuid::Uuid::nil(),
@@ -294,6 +294,10 @@ mod tests {
             })
             .await
             .unwrap_err()
+    }
+
+    async fn notify_fails(addr: &str) -> CallError {
+        notify_fails_with(addr, None).await
     }
 
     /// [`notify_fails`] over TLS (a client that trusts no server: the handshake never gets
@@ -306,15 +310,7 @@ mod tests {
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-        let client = Client::connect(addr, Some(cfg)).unwrap();
-        client
-            .notify(&Notify {
-                from: uuid::Uuid::nil(),
-                head: 0,
-                leaving: false,
-            })
-            .await
-            .unwrap_err()
+        notify_fails_with(addr, Some(cfg)).await
     }
 
     /// A peer that accepts the connection and closes it without answering ends the call with
