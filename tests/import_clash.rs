@@ -125,7 +125,7 @@ fn a_record_put_on_one_laptop_and_imported_on_another_is_a_name_clash_on_every_l
         assert!(
             out.stderr
                 .contains("2 records of person have the key \"C-0008\"")
-                && out.stderr.contains(&imported)
+                && out.stderr.contains(&format!("{imported} \"Ladi Pam\""))
                 && out.stderr.contains(&put_b.to_string()),
             "{name}: {out}"
         );

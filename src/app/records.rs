@@ -465,6 +465,22 @@ impl App {
             [] => {}
             [one] => return Ok(*one),
             two => {
+                // Each with its name, so a person tells the gate's record from the registry's.
+                let named: Vec<String> = two
+                    .iter()
+                    .map(|i| {
+                        let name = self
+                            .store
+                            .get(table, i)
+                            .ok()
+                            .flatten()
+                            .and_then(|r| record_name(&r.state.live_fields()));
+                        match name {
+                            Some(n) => format!("{i} \"{n}\""),
+                            None => i.to_string(),
+                        }
+                    })
+                    .collect();
                 return Err(AppError::invalid(
                     "AMBIGUOUS_ID",
                     "id",
@@ -472,12 +488,9 @@ impl App {
                         "{} records of {table} have the key {text:?} (an open name clash: \
                          `fieldsync conflicts` shows it): give the id of the one you mean ({})",
                         two.len(),
-                        two.iter()
-                            .map(|i| i.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        named.join(", ")
                     ),
-                ))
+                ));
             }
         }
         if let Some(id) = self.id_by_prefix(table, text)? {
