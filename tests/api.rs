@@ -302,7 +302,7 @@ fn records_crud_paging_filters_history_and_batch() {
     let text =
         json!({"ops": [{"op": "put", "table": "shelter", "fields": {"n": "3", "kind": "tent"}}]});
     assert_eq!(api.send("POST", "/v1/batch", &text).status, 200);
-    for q in ["field.n=3", "field.n=%223%22"] {
+    for q in ["field.n=3", "field.n=%223%22", "field.n=3.0"] {
         let page = api.get(&format!("/v1/tables/shelter/records?{q}")).json();
         assert_eq!(page["records"].as_array().unwrap().len(), 2, "{q}: {page}");
     }

@@ -239,9 +239,9 @@ fn parse_table(table: &str) -> Result<(), AppError> {
     model::validate_table(table).map_err(AppError::from)
 }
 
-/// Whether a field's value `have` meets an equality filter's value `want`: equal, or both
-/// scalars written the same way as text, as import keys compare ("5551234" and 5551234, "true"
-/// and true). A list imported from a spreadsheet holds numbers in some rows and text in others
+/// Whether a field's value `have` meets an equality filter's value `want`: equal, the same
+/// number however written (12, 12.0, "12"), or both scalars written the same way as text, as
+/// import keys compare ("5551234" and 5551234, "true" and true). A list imported from a spreadsheet holds numbers in some rows and text in others
 /// (`--text`), and a filter that missed half of them looked like missing records (trial 10).
 pub fn same_value(have: &Value, want: &Value) -> bool {
     fn text(v: &Value) -> Option<String> {
@@ -251,7 +251,27 @@ pub fn same_value(have: &Value, want: &Value) -> bool {
             _ => None,
         }
     }
-    have == want || matches!((text(have), text(want)), (Some(a), Some(b)) if a == b)
+    // A number, or text that is one as JSON writes numbers ("12", "12.0"; not "0809", a phone
+    // number's leading zero is not JSON): 12, 12.0 and "12" are one number to a person.
+    fn number(v: &Value) -> Option<serde_json::Number> {
+        match v {
+            Value::Number(n) => Some(n.clone()),
+            Value::String(s) => serde_json::from_str::<serde_json::Number>(s).ok(),
+            _ => None,
+        }
+    }
+    if have == want {
+        return true;
+    }
+    if let (Some(a), Some(b)) = (number(have), number(want)) {
+        // Integers exactly (a 64-bit id is not its neighbour as a double); else as doubles.
+        return match (a.as_i64(), b.as_i64(), a.as_u64(), b.as_u64()) {
+            (Some(x), Some(y), _, _) => x == y,
+            (_, _, Some(x), Some(y)) => x == y,
+            _ => a.as_f64().is_some_and(|x| b.as_f64() == Some(x)),
+        };
+    }
+    matches!((text(have), text(want)), (Some(a), Some(b)) if a == b)
 }
 
 /// Fewest hex digits of an id accepted as its short form ([`App::record_id`]): the 8 that
@@ -868,8 +888,34 @@ pub const RECONSTRUCTED_NOTE: &str = "not verified: reconstructed by a fieldsync
 
 #[cfg(test)]
 mod tests {
-    use super::{contains_text, record_name};
+    use super::{contains_text, record_name, same_value};
     use serde_json::json;
+
+    /// An equality filter meets the value however it was written, and never a different one.
+    #[test]
+    fn a_filter_value_meets_the_same_value_written_another_way() {
+        for (have, want) in [
+            (json!(12), json!(12.0)),
+            (json!("12"), json!(12)),
+            (json!(5551234), json!("5551234")),
+            (json!("true"), json!(true)),
+            (json!("found"), json!("found")),
+        ] {
+            assert!(same_value(&have, &want), "{have} ~ {want}");
+        }
+        for (have, want) in [
+            (
+                json!(9_007_199_254_740_993u64),
+                json!(9_007_199_254_740_992u64),
+            ),
+            (json!("0809"), json!(809)),
+            (json!("12"), json!(13)),
+            (json!(["a"]), json!("a")),
+            (json!(null), json!("null")),
+        ] {
+            assert!(!same_value(&have, &want), "{have} !~ {want}");
+        }
+    }
 
     #[test]
     fn a_record_is_named_by_its_name_else_its_title_when_that_is_text() {
