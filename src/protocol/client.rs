@@ -17,6 +17,13 @@ use std::time::Duration;
 /// How long one request may take before the session gives up on the peer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long a session's first request, the hello, may take, connecting and the TLS handshake
+/// included: it carries no pages, so a peer that has not answered it by then is stuck or
+/// overwhelmed, and the person (or the agent's next round) learns so in 30 s instead of the
+/// 120 s a page may take. The server's own handshake limit is 10 s
+/// (`server::HANDSHAKE_TIMEOUT`).
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A failed call.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -242,9 +249,17 @@ impl Client {
             })
     }
 
-    /// `fieldsync_hello`.
+    /// `fieldsync_hello`, answered within [`HELLO_TIMEOUT`] (connection and TLS handshake
+    /// included) or failed as [`CallError::Transport`] saying so.
     pub async fn hello(&self, h: &Hello) -> Result<HelloReply, CallError> {
-        self.call(HELLO, h).await
+        match tokio::time::timeout(HELLO_TIMEOUT, self.call(HELLO, h)).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Transport(format!(
+                "the peer took the connection but did not answer within {} s (its agent may be \
+                 busy or stuck): try again, or restart fieldsync there",
+                HELLO_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// `fieldsync_pull`.
@@ -311,6 +326,37 @@ mod tests {
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
         notify_fails_with(addr, Some(cfg)).await
+    }
+
+    /// A peer that takes the connection and never answers (a stuck agent: its kernel still
+    /// accepts) fails the hello after [`HELLO_TIMEOUT`], saying so, not after the 120 s a page
+    /// may take. Time is paused: tokio moves it on while the client waits.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_never_answers_fails_the_hello_in_bounded_time() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // Taken and held open, never read: what a stalled agent's backlog does.
+        let held = tokio::spawn(async move {
+            let kept = listener.accept().await;
+            std::future::pending::<()>().await;
+            drop(kept);
+        });
+        let client = Client::connect(&addr, None).unwrap();
+        let hello: Hello = serde_json::from_value(serde_json::json!({
+            "protocol_min": 4, "protocol_max": 4, "peer": {"instance": uuid::Uuid::nil()},
+            "clock_ms": 0, "head": 0, "knowledge": {}
+        }))
+        .unwrap_or_else(|e| panic!("a hello: {e}"));
+        let started = tokio::time::Instant::now();
+        let e = client.hello(&hello).await.unwrap_err();
+        assert!(matches!(e, CallError::Transport(_)), "{e:?}");
+        assert!(e.to_string().contains("did not answer within 30 s"), "{e}");
+        assert!(
+            started.elapsed() < REQUEST_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+        held.abort();
     }
 
     /// A peer that accepts the connection and closes it without answering ends the call with
