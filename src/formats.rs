@@ -70,6 +70,16 @@ fn csv_text(v: &Value) -> String {
 /// Reads an op file: JSON lines `{"op":"put"|"patch"|"delete","table","id","fields"}`.
 /// Returns the ops with their line numbers.
 pub fn read_ops(input: impl BufRead) -> Result<Vec<(usize, LocalOp)>, FormatError> {
+    read_ops_naming(input, &|_, _| None)
+}
+
+/// [`read_ops`], where a patch's or a delete's `id` that is not a UUID is given to `existing`
+/// (table, text): `Some(Ok(id))` for the record it names (the start of an id, an import key),
+/// `Some(Err(why))` to refuse the line with that reason, `None` to refuse it as not a UUID.
+pub fn read_ops_naming(
+    input: impl BufRead,
+    existing: &dyn Fn(&str, &str) -> Option<Result<Uuid, String>>,
+) -> Result<Vec<(usize, LocalOp)>, FormatError> {
     let mut out = Vec::new();
     for (n, line) in input.lines().enumerate() {
         let line_no = n + 1;
@@ -96,7 +106,14 @@ pub fn read_ops(input: impl BufRead) -> Result<Vec<(usize, LocalOp)>, FormatErro
         let op = get_str("op")?;
         let table = get_str("table")?;
         model::validate_table(&table).map_err(|e| err(e.to_string()))?;
-        let id = model::parse_id(&get_str("id")?).map_err(|e| err(e.to_string()))?;
+        let id_text = get_str("id")?;
+        let id = match model::parse_id(&id_text) {
+            Ok(id) => id,
+            Err(e) => match (op.as_str(), existing(&table, &id_text)) {
+                ("patch" | "delete", Some(found)) => found.map_err(err)?,
+                _ => return Err(err(e.to_string())),
+            },
+        };
         let fields = || -> Result<Fields, FormatError> {
             let f = v.get("fields").cloned().unwrap_or(Value::Null);
             validate_fields(f).map_err(|e| err(format!("\"fields\": {e}")))

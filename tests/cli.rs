@@ -1312,6 +1312,26 @@ fn a_record_is_reached_by_the_start_of_its_id() {
     );
     a.ok(&["delete", "person", "11111111-a"]);
     a.run(&["get", "person", ids[0]]).fails(1, &["deleted"]);
+    // An op file names records the same way (trial 10: `apply` took full UUIDs only); a put
+    // keeps to ids, and a line naming no record is refused with its line, writing nothing.
+    let ops = a.file(
+        "ops.jsonl",
+        r#"{"op":"patch","table":"person","id":"22222222","fields":{"age":8}}
+"#,
+    );
+    a.ok(&["apply", ops.to_str().unwrap()]);
+    assert_eq!(a.ok(&["get", "person", ids[2]]).json()["fields"]["age"], 8);
+    let bad = a.file(
+        "bad.jsonl",
+        r#"{"op":"patch","table":"person","id":"22222222","fields":{"age":9}}
+{"op":"delete","table":"person","id":"33333333"}
+"#,
+    );
+    a.run(&["apply", bad.to_str().unwrap()]).fails(
+        2,
+        &["line 2", "no record with the id or import key \"33333333\""],
+    );
+    assert_eq!(a.ok(&["get", "person", ids[2]]).json()["fields"]["age"], 8);
 }
 
 /// Finding a record from the CLI (trial 10: no search, `list` showed the first 1,000 of a

@@ -720,7 +720,14 @@ pub fn export(
 /// `apply`: an op file, all or nothing; errors name the file's line.
 pub fn apply(app: &App, file: &Path, yes: bool, io: &mut Io<'_>) -> Result<(), CliError> {
     let reads_stdin = file == Path::new("-");
-    let ops = formats::read_ops(BufReader::new(open_input(file, &mut io.stdin, &io.cwd)?))?;
+    // A patch or delete names its record as every command does: its id, the start of it, or
+    // its import key (trial 10: `apply` took only full UUIDs).
+    let existing =
+        |table: &str, text: &str| Some(app.record_id(table, text).map_err(|e| e.to_string()));
+    let ops = formats::read_ops_naming(
+        BufReader::new(open_input(file, &mut io.stdin, &io.cwd)?),
+        &existing,
+    )?;
     let lines: Vec<usize> = ops.iter().map(|(l, _)| *l).collect();
     let ops: Vec<LocalOp> = ops.into_iter().map(|(_, o)| o).collect();
     if let Err(e) = app.check_mass_delete(&ops, yes) {
