@@ -73,12 +73,15 @@ pub fn read_ops(input: impl BufRead) -> Result<Vec<(usize, LocalOp)>, FormatErro
     read_ops_naming(input, &|_, _| None)
 }
 
+/// What names an existing record in an op file (see [`read_ops_naming`]).
+pub type NameRecord<'a> = &'a dyn Fn(&str, &str) -> Option<Result<Uuid, String>>;
+
 /// [`read_ops`], where a patch's or a delete's `id` that is not a UUID is given to `existing`
 /// (table, text): `Some(Ok(id))` for the record it names (the start of an id, an import key),
 /// `Some(Err(why))` to refuse the line with that reason, `None` to refuse it as not a UUID.
 pub fn read_ops_naming(
     input: impl BufRead,
-    existing: &dyn Fn(&str, &str) -> Option<Result<Uuid, String>>,
+    existing: NameRecord<'_>,
 ) -> Result<Vec<(usize, LocalOp)>, FormatError> {
     let mut out = Vec::new();
     for (n, line) in input.lines().enumerate() {
