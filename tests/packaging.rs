@@ -759,6 +759,14 @@ fn backup_while_the_agent_takes_writes_restores_on_another_laptop() {
         .ok(&["restore", file.to_str().unwrap(), "--take-over-identity"])
         .json();
     assert_eq!(t["instance"], a_id.as_str());
+    // Said while it can still be acted on: the old disk must never run again (trial 10).
+    assert!(
+        t["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("old disk must never run fieldsync again")),
+        "{t}"
+    );
     assert_eq!(heir.status()["instance"], a_id.as_str());
     assert_eq!(heir.digest(&[]), (count, sha.clone()));
 

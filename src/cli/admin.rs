@@ -275,6 +275,20 @@ pub fn restore(
             .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
         keys_restored.push(name.clone());
     }
+    // Said once, when it can still be acted on (trial 10: one boot of the old disk after a
+    // take-over got both refused for good, which is right, since neither can be trusted).
+    if r.report.took_over_identity {
+        let name = if r.header.instance_name.is_empty() {
+            "the laptop this backup was taken from".to_string()
+        } else {
+            r.header.instance_name.clone()
+        };
+        warnings.push(format!(
+            "this laptop is now {name}: {name}'s old disk must never run fieldsync again (wipe \
+             it); if it does, the deployment refuses both laptops for good and this one needs \
+             a new identity"
+        ));
+    }
     if r.report.discarded_own_changes {
         warnings.push(
             "this laptop's own changes that were not in the backup are gone here; peers that \
