@@ -117,6 +117,15 @@ fn a_record_put_on_one_laptop_and_imported_on_another_is_a_name_clash_on_every_l
             sides.contains(&imported.as_str()) && sides.contains(&put_b.to_string().as_str()),
             "{name}: both records listed: {open:?}"
         );
+        // Each side names its record, so a person tells the two apart (the console shows it).
+        assert!(
+            open[0]["sides"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["record_name"] == "Ladi Pam"),
+            "{name}: {open:?}"
+        );
         // `status` counts it.
         let st = agent::status(dir);
         assert_eq!(st["unresolved_conflicts"], 1, "{name}: {st}");

@@ -189,6 +189,10 @@ pub struct SideView {
     /// Name clash: the record this side is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<Uuid>,
+    /// Name clash: that record's name (its `name` or `title`, as `record_name` reads it), so a
+    /// person tells the two records apart (trial 10: the console showed two equal key values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_name: Option<String>,
     /// How to keep this side (absent for name clashes: both records are kept; rename one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep: Option<ResolveRequest>,
@@ -319,6 +323,7 @@ impl App {
                         // By value: a resolution rewrites the kept value with a new stamp.
                         in_record: now.is_some_and(|n| n.value == s.value),
                         record: None,
+                        record_name: None,
                         keep: Some(ResolveRequest {
                             keep_from: Some(s.stamp.node.to_string()),
                             ..Default::default()
@@ -382,6 +387,9 @@ impl App {
                         stamp: stamp.map(|s| s.to_string()).unwrap_or_default(),
                         in_record: r.as_ref().is_some_and(|r| r.state.is_alive()),
                         record: Some(rid),
+                        record_name: r
+                            .as_ref()
+                            .and_then(|r| super::records::record_name(&r.state.live_fields())),
                         keep: None,
                         edited: Vec::new(),
                     });
@@ -573,6 +581,7 @@ impl App {
                 stamp: deleted.to_string(),
                 in_record: !alive,
                 record: None,
+                record_name: None,
                 keep: Some(ResolveRequest {
                     keep: Some("deleted".into()),
                     ..Default::default()
@@ -587,6 +596,7 @@ impl App {
                 stamp: edit.map(|e| e.to_string()).unwrap_or_default(),
                 in_record: alive,
                 record: None,
+                record_name: None,
                 keep: Some(ResolveRequest {
                     keep: Some("alive".into()),
                     ..Default::default()

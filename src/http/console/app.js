@@ -272,7 +272,9 @@ function asInput(v) {
 
 // A form that posts {keep_value: V} (JSON, or plain text taken as a string).
 function valueForm(c, label, button, initial, record) {
-  const input = h("input", { id: "value-" + c.id, type: "text", value: initial });
+  // One form per record of a name clash: ids kept apart.
+  const id = "value-" + c.id + (record ? "-" + String(record).slice(0, 8) : "");
+  const input = h("input", { id, type: "text", value: initial });
   return h("form", { class: "inline", onsubmit: (e) => {
     e.preventDefault();
     let v;
@@ -281,7 +283,7 @@ function valueForm(c, label, button, initial, record) {
     if (record) body.record = record;
     resolve(c.id, body);
   } },
-  h("label", { for: "value-" + c.id }, label), input,
+  h("label", { for: id }, label), input,
   h("button", { type: "submit", class: "secondary" }, button));
 }
 
@@ -289,6 +291,12 @@ function valueForm(c, label, button, initial, record) {
 // entry's `record_name`; the id only when it has none.
 function recordTitle(c) {
   return c.record_name ? "“" + c.record_name + "”" : String(c.record).slice(0, 8);
+}
+
+// A record of a name clash as a person tells it apart: its name and the start of its id.
+function clashRecord(s) {
+  const short = String(s.record).slice(0, 8);
+  return s.record_name ? "“" + s.record_name + "” (" + short + ")" : short;
 }
 
 function conflictCard(c) {
@@ -318,7 +326,7 @@ function conflictCard(c) {
     return h("div", { class: "side side-" + s.side + (s.in_record && c.type !== "name_clash" ? " now" : "") },
       h("h3", {}, s.side === "deleted" ? "Deleted on " + laptopName(s.laptop)
         : s.side === "alive" ? "Edited on " + laptopName(s.laptop)
-        : (c.type === "name_clash" ? "Record " + s.record + ", written by " : "Written by ") + laptopName(s.laptop)),
+        : (c.type === "name_clash" ? "Record " + clashRecord(s) + ", written by " : "Written by ") + laptopName(s.laptop)),
       h("p", { class: "muted" }, (s.side === "deleted" ? "deleted " : "written ") + localTime(s.at)),
       value,
       s.in_record && c.type !== "name_clash" ? h("p", { class: "ok" }, "This is in the record now (" + what + ")") : null,
@@ -330,10 +338,11 @@ function conflictCard(c) {
     extra = valueForm(c, "Or keep another value (JSON, or plain text):", "Keep this value",
       asInput(now ? now.value : null), null);
   } else if (c.type === "name_clash") {
-    const mine = c.sides.find((s) => s.laptop.this_laptop);
-    extra = mine
-      ? valueForm(c, "Rename this laptop's record (" + mine.record + ") to:", "Rename", asInput(c.value), mine.record)
-      : h("p", { class: "muted" }, "Neither record was written on this laptop: rename one with `fieldsync conflicts resolve " + c.id + " --keep-value V --record ID`.");
+    // Either record may be the one to rename (the gate's, or the registry's): a form for each,
+    // each named (trial 10: only this laptop's was offered, by its UUID).
+    extra = c.sides.filter((s) => s.record).map((s) =>
+      valueForm(c, "Rename record " + clashRecord(s) + (s.laptop.this_laptop ? " (written on this laptop)" : "") + " to:",
+        "Rename", asInput(c.value), s.record));
   }
   return h("div", { class: "card conflict conflict-" + c.type, "data-conflict": String(c.id) }, head, idLine, why,
     h("div", { class: "sides" }, sides), extra);
