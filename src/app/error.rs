@@ -224,7 +224,11 @@ impl From<StoreError> for AppError {
             },
             StoreError::ConflictNotFound(_) => AppError::NotFound {
                 code: "CONFLICT_NOT_FOUND",
-                message,
+                // A record's short id can be all digits, and then reads as a number.
+                message: format!(
+                    "{message}: conflicts are numbered on each laptop (`fieldsync conflicts --all` \
+                     lists them); a record's id is not a conflict number"
+                ),
                 field: None,
             },
             StoreError::HoldNotFound(_) => AppError::NotFound {
