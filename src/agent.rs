@@ -347,10 +347,14 @@ impl Agent {
                 let name = tokio::task::spawn_blocking(move || {
                     let pid = peer?;
                     let row = s.peer(&pid).ok().flatten()?;
-                    let _ = s.update_peer(&pid, |r| {
-                        r.last_error = Some(words);
-                        r.last_attempt = Some(Utc::now());
-                    });
+                    // `sync_with` kept it already when it knew the peer by this address: one
+                    // write then, not two.
+                    if row.last_error.as_deref() != Some(words.as_str()) {
+                        let _ = s.update_peer(&pid, |r| {
+                            r.last_error = Some(words);
+                            r.last_attempt = Some(Utc::now());
+                        });
+                    }
                     Some(row.name)
                 })
                 .await

@@ -108,6 +108,13 @@ async fn text_of(c: &Client, css: &str) -> String {
     }
 }
 
+/// The first element `css` finds; the test fails naming it if there is none.
+async fn el(c: &Client, css: &str) -> fantoccini::elements::Element {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+}
+
 /// Waits (bounded) until the page's text satisfies `ok`; returns that text.
 async fn wait_text(c: &Client, what: &str, ok: impl Fn(&str) -> bool) -> String {
     let start = Instant::now();
@@ -495,19 +502,15 @@ fn console_in_a_real_browser() {
         assert_eq!(cards.len(), 25, "{t}");
         assert!(t.contains("“Visit ") && t.contains("Next"), "{t}");
         shot(&client, &shots, "3c-conflicts-paged").await;
-        client
-            .find(Locator::Css(".pager button.next"))
+        el(&client, ".pager button.next")
             .await
-            .unwrap()
             .click()
             .await
             .unwrap();
         let t = wait_text(&client, "the second page", |t| t.contains("26–27 of 27")).await;
         assert!(t.contains("Previous"), "{t}");
-        client
-            .find(Locator::Css("#conflict-table"))
+        el(&client, "#conflict-table")
             .await
-            .unwrap()
             .select_by_value("visit")
             .await
             .unwrap();
@@ -515,10 +518,8 @@ fn console_in_a_real_browser() {
             t.contains("1–25 of 26")
         })
         .await;
-        client
-            .find(Locator::Css("#conflict-table"))
+        el(&client, "#conflict-table")
             .await
-            .unwrap()
             .select_by_value("person")
             .await
             .unwrap();
@@ -542,10 +543,8 @@ fn console_in_a_real_browser() {
         .await;
         assert!(t.contains("person record “Kofi Mensah”"), "{t}");
         assert!(t.contains("(field “status”)"), "{t}");
-        client
-            .find(Locator::Css("#record-conflicts a"))
+        el(&client, "#record-conflicts a")
             .await
-            .unwrap()
             .click()
             .await
             .unwrap();
@@ -560,24 +559,14 @@ fn console_in_a_real_browser() {
             .await
             .unwrap();
         wait_text(&client, "the records page", |t| t.contains("contains")).await;
-        client
-            .find(Locator::Css("#field"))
+        el(&client, "#field").await.send_keys("name").await.unwrap();
+        el(&client, "#value")
             .await
-            .unwrap()
-            .send_keys("name")
-            .await
-            .unwrap();
-        client
-            .find(Locator::Css("#value"))
-            .await
-            .unwrap()
             .send_keys("amina")
             .await
             .unwrap();
-        client
-            .find(Locator::Css("form button[type=submit]"))
+        el(&client, "form button[type=submit]")
             .await
-            .unwrap()
             .click()
             .await
             .unwrap();

@@ -239,6 +239,51 @@ fn parse_table(table: &str) -> Result<(), AppError> {
     model::validate_table(table).map_err(AppError::from)
 }
 
+/// What a listing keeps: records whose fields equal every `(field, value)` ([`same_value`])
+/// and contain every `(field, text)` in any letter case ([`contains_text`]). The API's
+/// `field.NAME=` and `contains.NAME=` filters and `fieldsync list --where/--contains`.
+#[derive(Clone, Debug, Default)]
+pub struct RecordFilter {
+    equal: Vec<(String, Value)>,
+    /// Field and text, lowered.
+    contains: Vec<(String, String)>,
+}
+
+impl RecordFilter {
+    /// A filter of these equalities and texts (the texts are compared in any letter case).
+    pub fn new(equal: Vec<(String, Value)>, contains: &[(String, String)]) -> Self {
+        let contains = contains
+            .iter()
+            .map(|(f, t)| (f.clone(), t.to_lowercase()))
+            .collect();
+        Self { equal, contains }
+    }
+
+    /// Whether a record with this state is kept.
+    pub fn keeps(&self, state: &crate::model::RecordState) -> bool {
+        self.equal
+            .iter()
+            .all(|(f, v)| state.value(f).is_some_and(|have| same_value(have, v)))
+            && self
+                .contains
+                .iter()
+                .all(|(f, t)| state.value(f).is_some_and(|v| contains_text(v, t)))
+    }
+
+    /// True when it keeps every record.
+    pub fn is_empty(&self) -> bool {
+        self.equal.is_empty() && self.contains.is_empty()
+    }
+
+    /// The fields it looks at.
+    pub fn fields(&self) -> impl Iterator<Item = &String> {
+        self.equal
+            .iter()
+            .map(|(f, _)| f)
+            .chain(self.contains.iter().map(|(f, _)| f))
+    }
+}
+
 /// Whether a field's value `have` meets an equality filter's value `want`: equal, the same
 /// number however written (12, 12.0, "12"), or both scalars written the same way as text, as
 /// import keys compare ("5551234" and 5551234, "true" and true). A list imported from a spreadsheet holds numbers in some rows and text in others
@@ -272,6 +317,19 @@ pub fn same_value(have: &Value, want: &Value) -> bool {
         };
     }
     matches!((text(have), text(want)), (Some(a), Some(b)) if a == b)
+}
+
+/// `text` as the start of an id, lower-case hex without dashes, when it is one: at least
+/// [`MIN_ID_PREFIX`] hex digits and fewer than a whole id ("5A25E4D2-1c" → "5a25e4d21c").
+pub fn short_id(text: &str) -> Option<String> {
+    let hex: String = text
+        .trim()
+        .chars()
+        .filter(|c| *c != '-')
+        .collect::<String>()
+        .to_lowercase();
+    (hex.len() >= MIN_ID_PREFIX && hex.len() < 32 && hex.chars().all(|c| c.is_ascii_hexdigit()))
+        .then_some(hex)
 }
 
 /// Fewest hex digits of an id accepted as its short form ([`App::record_id`]): the 8 that
@@ -533,17 +591,9 @@ impl App {
     /// `None` when `text` is not such a prefix or no record has it; `AMBIGUOUS_ID` when several
     /// do (the error lists a few, to give more of the id).
     fn id_by_prefix(&self, table: &str, text: &str) -> Result<Option<Uuid>, AppError> {
-        let hex: String = text
-            .chars()
-            .filter(|c| *c != '-')
-            .collect::<String>()
-            .to_lowercase();
-        if hex.len() < MIN_ID_PREFIX
-            || hex.len() >= 32
-            || !hex.chars().all(|c| c.is_ascii_hexdigit())
-        {
+        let Some(hex) = short_id(text) else {
             return Ok(None);
-        }
+        };
         // Whole bytes narrow the scan in sled; an odd last digit is compared as text.
         let bytes = hex::decode(&hex[..hex.len() / 2 * 2]).unwrap_or_default();
         let mut found = Vec::new();
@@ -689,7 +739,7 @@ impl App {
             }))
             .transpose()?;
         let limit = limit.clamp(1, MAX_PAGE);
-        let needles: Vec<String> = contains.iter().map(|(_, t)| t.to_lowercase()).collect();
+        let find = RecordFilter::new(filters.to_vec(), contains);
         let mut records = Vec::new();
         let mut next = None;
         for r in self.store.scan_table_after(table, after) {
@@ -697,17 +747,7 @@ impl App {
             if !rec.state.is_alive() && !include_deleted {
                 continue;
             }
-            if !filters
-                .iter()
-                .all(|(f, v)| rec.state.value(f).is_some_and(|have| same_value(have, v)))
-            {
-                continue;
-            }
-            if !contains
-                .iter()
-                .zip(&needles)
-                .all(|((f, _), t)| rec.state.value(f).is_some_and(|v| contains_text(v, t)))
-            {
+            if !find.keeps(&rec.state) {
                 continue;
             }
             if records.len() == limit {

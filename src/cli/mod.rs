@@ -1039,7 +1039,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
             contains,
             fields,
         } => {
-            let find = records::Find::parse(&where_, &contains)?;
+            let find = records::find_args(&where_, &contains)?;
             records::list(&app, &table, include_deleted, &find, &fields, io)
         }
         Command::Import {

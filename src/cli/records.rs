@@ -4,6 +4,7 @@
 use super::{at_line, open_input, print, read_json_arg, CliError, Door, ExportFormat, Io};
 use crate::app::admin::parse_keep;
 use crate::app::conflicts::{ConflictView, ResolveRequest};
+use crate::app::records::RecordFilter;
 use crate::app::records::{history_json, TableInfo, WriteOutcome};
 use crate::app::App;
 use crate::control::{GetReply, Op};
@@ -78,12 +79,7 @@ fn clash_record(
     short: &str,
     io: &Io<'_>,
 ) -> Result<uuid::Uuid, CliError> {
-    let hex: String = short
-        .trim()
-        .chars()
-        .filter(|c| *c != '-')
-        .collect::<String>()
-        .to_lowercase();
+    let hex = crate::app::records::short_id(short);
     let list: Vec<ConflictView> = door.call(
         Op::Conflicts {
             table: None,
@@ -100,8 +96,8 @@ fn clash_record(
         .iter()
         .copied()
         .filter(|r| {
-            hex.len() >= crate::app::records::MIN_ID_PREFIX
-                && r.simple().to_string().starts_with(&hex)
+            hex.as_deref()
+                .is_some_and(|h| r.simple().to_string().starts_with(h))
         })
         .collect();
     match matching.as_slice() {
@@ -211,6 +207,7 @@ pub fn get(
     at: Option<String>,
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
+    let asked_at = at.is_some();
     let op = Op::Get {
         table: table.to_string(),
         id: id.to_string(),
@@ -218,7 +215,6 @@ pub fn get(
         meta,
         at,
     };
-    let asked_at = op_has_at(&op);
     let r: GetReply = door.call(op, io)?;
     let rec = r.record;
     // An earlier state is said to be one (it printed like the record as it is, trial 10).
@@ -241,81 +237,46 @@ pub fn get(
     print(io.out, &v)
 }
 
-fn op_has_at(op: &Op) -> bool {
-    matches!(op, Op::Get { at: Some(_), .. })
-}
-
 /// Most records `list` prints for people (the rest are counted: `--json` or `export` for all).
 const HUMAN_LIST_MAX: usize = 1_000;
 
 /// `list`: JSON lines in id order (streamed: a table may not fit in memory as one page).
-/// What `list --where` and `--contains` keep: the API's `field.` and `contains.` filters.
-#[derive(Debug, Default)]
-pub struct Find {
-    equal: Vec<(String, serde_json::Value)>,
-    /// Field and lowered text.
-    contains: Vec<(String, String)>,
-}
-
-impl Find {
-    /// Reads `FIELD=VALUE` and `FIELD=TEXT` arguments.
-    pub fn parse(equal: &[String], contains: &[String]) -> Result<Find, CliError> {
-        let split = |flag: &str, a: &str| -> Result<(String, String), CliError> {
-            match a.split_once('=') {
-                Some((f, v)) if !f.trim().is_empty() => Ok((f.trim().to_string(), v.to_string())),
-                _ if flag == "contains" => Err(CliError::Invalid(format!(
-                    "--contains {a:?} is not FIELD=TEXT: say the field to look in, e.g. \
-                     --contains name={}",
-                    if a.contains('=') { "amina" } else { a }
-                ))),
-                _ => Err(CliError::Invalid(format!(
-                    "--where {a:?} is not FIELD=VALUE: e.g. --where status=missing"
-                ))),
-            }
-        };
-        let mut find = Find::default();
-        for a in equal {
+/// Reads `list --where FIELD=VALUE` and `--contains FIELD=TEXT` arguments into the filter the
+/// HTTP API's list uses (VALUE as JSON if it parses, else as text).
+pub fn find_args(equal: &[String], contains: &[String]) -> Result<RecordFilter, CliError> {
+    let split = |flag: &str, a: &str| -> Result<(String, String), CliError> {
+        match a.split_once('=') {
+            Some((f, v)) if !f.trim().is_empty() => Ok((f.trim().to_string(), v.to_string())),
+            _ if flag == "contains" => Err(CliError::Invalid(format!(
+                "--contains {a:?} is not FIELD=TEXT: say the field to look in, e.g. \
+                 --contains name={}",
+                if a.contains('=') { "amina" } else { a }
+            ))),
+            _ => Err(CliError::Invalid(format!(
+                "--where {a:?} is not FIELD=VALUE: e.g. --where status=missing"
+            ))),
+        }
+    };
+    let equal = equal
+        .iter()
+        .map(|a| {
             let (f, v) = split("where", a)?;
             let v = serde_json::from_str(&v).unwrap_or(serde_json::Value::String(v));
-            find.equal.push((f, v));
-        }
-        for a in contains {
-            let (f, t) = split("contains", a)?;
-            find.contains.push((f, t.to_lowercase()));
-        }
-        Ok(find)
-    }
-
-    fn keeps(&self, state: &crate::model::RecordState) -> bool {
-        self.equal.iter().all(|(f, v)| {
-            state
-                .value(f)
-                .is_some_and(|have| crate::app::records::same_value(have, v))
-        }) && self.contains.iter().all(|(f, t)| {
-            state
-                .value(f)
-                .is_some_and(|v| crate::app::records::contains_text(v, t))
+            Ok((f, v))
         })
-    }
-
-    fn is_empty(&self) -> bool {
-        self.equal.is_empty() && self.contains.is_empty()
-    }
-
-    /// The fields it looks at.
-    fn fields(&self) -> impl Iterator<Item = &String> {
-        self.equal
-            .iter()
-            .map(|(f, _)| f)
-            .chain(self.contains.iter().map(|(f, _)| f))
-    }
+        .collect::<Result<Vec<_>, CliError>>()?;
+    let contains = contains
+        .iter()
+        .map(|a| split("contains", a))
+        .collect::<Result<Vec<_>, CliError>>()?;
+    Ok(RecordFilter::new(equal, &contains))
 }
 
 pub fn list(
     app: &App,
     table: &str,
     include_deleted: bool,
-    find: &Find,
+    find: &RecordFilter,
     only: &[String],
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {

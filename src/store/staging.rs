@@ -183,16 +183,10 @@ impl Store {
         value: &serde_json::Value,
         except: &Uuid,
     ) -> Result<Option<Uuid>, StoreError> {
-        let prefix = keys::unique_value(table, field, &value.to_string());
-        for kv in self.tree().scan_prefix(&prefix) {
-            let k = kv?.0;
-            let id = Uuid::from_slice(&k[prefix.len()..])
-                .map_err(|e| StoreError::Decode(e.to_string()))?;
-            if id != *except {
-                return Ok(Some(id));
-            }
-        }
-        Ok(None)
+        Ok(self
+            .unique_holders(table, field, value)?
+            .into_iter()
+            .find(|id| id != except))
     }
 }
 

@@ -227,11 +227,7 @@ impl super::Store {
                     json!(parts)
                 }
             };
-            let prefix = super::keys::unique_value(table, &rule.name, &value.to_string());
-            for kv in self.tree().scan_prefix(&prefix) {
-                let k = kv?.0;
-                let id = Uuid::from_slice(&k[prefix.len()..])
-                    .map_err(|e| super::StoreError::Decode(e.to_string()))?;
+            for id in self.unique_holders(table, &rule.name, &value)? {
                 if !out.contains(&id) {
                     out.push(id);
                 }
@@ -239,6 +235,24 @@ impl super::Store {
         }
         out.sort();
         Ok(out)
+    }
+
+    /// The records the unique index lists under `value` of the rule `name` (a field, or `F,G`)
+    /// of `table`, in id order: usually one; two while a name clash on it is open.
+    pub(crate) fn unique_holders(
+        &self,
+        table: &str,
+        name: &str,
+        value: &Value,
+    ) -> Result<Vec<Uuid>, super::StoreError> {
+        let prefix = super::keys::unique_value(table, name, &value.to_string());
+        self.tree()
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                Uuid::from_slice(&kv?.0[prefix.len()..])
+                    .map_err(|e| super::StoreError::Decode(e.to_string()))
+            })
+            .collect()
     }
 
     /// Records that `table` is imported by `key`, deployment-wide (a no-op once recorded).
