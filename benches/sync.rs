@@ -18,7 +18,9 @@
 //! machine at the same moment (absolute times on the shared 2-core machines move by ±30 %).
 //! Bytes on disk per record are read from both data directories after the initial sync. The
 //! floor runs in a child process (this binary again), so its peak RSS is sled's own and is
-//! reported beside the agents'.
+//! reported beside the agents'. This binary uses the agent's allocator (jemalloc, tuned as in
+//! `fieldsync::allocator`), so the floor is sled driven as the agent drives it, allocator
+//! included (with glibc's malloc the floor is slower too: bench/RESULTS.md, session 11).
 //!
 //! The import's floor: each run also times sled alone writing what the local import left in
 //! A's database (see [`import_floor`]): per key prefix, as many keys with values of the mean
@@ -31,6 +33,8 @@
 //! read back and removed): that log is what makes the import all or nothing.
 
 mod common;
+
+fieldsync::use_jemalloc!();
 
 use common::{fs_ok, json, median, mesh, sync, verified, Agent, BIN};
 use std::path::{Path, PathBuf};

@@ -38,10 +38,12 @@
 //! - [`doctor`]: `doctor`: checks that this laptop can sync, with fixes.
 //! - [`autosnapshot`]: the agent's rolling automatic snapshots in the data directory.
 //! - [`repair`]: `repair`: replace a damaged database by the newest automatic snapshot.
+//! - [`allocator`]: jemalloc, tuned, as the binary's and the benchmark's global allocator.
 
 #![deny(unreachable_pub)]
 
 pub mod agent;
+pub mod allocator;
 pub mod app;
 pub mod autosnapshot;
 pub mod backup;

@@ -4,6 +4,8 @@ use clap::Parser;
 use fieldsync::cli::{self, Cli};
 use std::io::Write;
 
+fieldsync::use_jemalloc!();
+
 fn main() {
     limit_malloc_arenas();
     let cli = match Cli::try_parse() {
@@ -80,16 +82,12 @@ fn main() {
     std::process::exit(code);
 }
 
-/// At most two glibc malloc arenas. By default glibc gives each thread that allocates under
-/// contention its own arena (up to 8 per core), and each keeps the memory freed in it: the
-/// agent decodes and merges sync pages on tokio's blocking threads, so its resident memory
-/// grew with every thread that had handled a page. Two arenas for two cores keep the peak and
-/// the idle size of a long-running agent down at a small cost in allocator contention.
-///
-/// A fixed mmap threshold (256 KiB) as well: glibc's default threshold rises after each large
-/// block freed (up to 32 MiB), after which sync pages, decode buffers and snapshot buffers come
-/// from the heap and stay there when freed; with a fixed threshold they are mapped on their own
-/// and returned to the system on free.
+/// At most two glibc malloc arenas and a fixed mmap threshold (256 KiB), for what still
+/// allocates through glibc: the C libraries linked in (zstd's contexts and dictionaries; Rust's
+/// own allocations go to jemalloc, `fieldsync::allocator`). By default glibc gives each thread
+/// that allocates under contention its own arena (up to 8 per core), each keeping the memory
+/// freed in it, and raises its mmap threshold after each large block freed, after which large
+/// buffers come from the heap and stay there.
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; it is called before any thread starts.

@@ -57,3 +57,24 @@ fn after_a_large_sync_the_quiet_agent_reopens_its_database_and_holds_less_memory
         "B's RSS did not drop by 4 MB with the reopen: {before} kB before, {after} kB after"
     );
 }
+
+/// The agent's allocator gives freed memory back by itself, between syncs and without a
+/// reopen (`fieldsync::allocator`): jemalloc runs its purge thread only when the options built
+/// into the binary took effect (a wrong symbol name would silently leave jemalloc's defaults,
+/// which keep freed pages for 10 s and one arena per core).
+#[test]
+fn the_agent_runs_its_allocators_purge_thread() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(root.path(), "a");
+    let a = Agent::start(&dir);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", a.pid())).expect("the agent's threads");
+    let names: Vec<String> = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n == "jemalloc_bg_thd"),
+        "no jemalloc background thread in the agent; its threads: {}",
+        names.join(", ")
+    );
+}
