@@ -21,13 +21,20 @@ pub use tikv_jemallocator::Jemalloc;
 ///   so an idle agent shrinks without a call from us;
 /// - `dirty_decay_ms:100`, `muzzy_decay_ms:0`: freed pages go back after ~0.1 s (jemalloc's
 ///   default keeps them 10 s, which held the peak of one sync page into the next);
-/// - `narenas:1`, `tcache_max:1024`: one arena and small per-thread caches: the agent's
-///   threads (tokio's two workers, its blocking pool, sled's flusher) otherwise each kept
-///   their own free memory. Measured: two arenas raised the receiver's peak by ~25 MB.
+/// - `narenas:1`: one arena: the agent's threads (tokio's two workers, its blocking pool,
+///   sled's flusher and I/O threads) otherwise each kept their own free memory. Measured: two
+///   arenas raised the receiver's peak by ~25 MB.
+/// - `tcache_max:256`, `tcache_nslots_small_max:8`, `tcache_nslots_large:2`: small per-thread
+///   caches (objects up to 256 bytes, at most 8 of a size). A thread's cache is only trimmed
+///   when that thread allocates again, and an idle agent has ~18 threads (eight of them sled's
+///   `sled-io-N`) whose cached objects each pin a page of the arena. With jemalloc's default
+///   cache sizes (and `tcache_max:1024`) the receiver idled at 51–57 MB after the benchmark's
+///   100,000-record sync, over the 40 MB target (glibc's malloc: 38.6 MB); with these, 35–38 MB
+///   in three runs, and the import and initial sync took as long as with the default caches
+///   within this machine's noise (`_RJEM_MALLOC_CONF` runs of bench/RESULTS.md, session 11).
 ///
 /// Any `_RJEM_MALLOC_CONF` in the environment is read after these and wins.
-pub const JEMALLOC_CONF: &std::ffi::CStr =
-    c"background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0,narenas:1,tcache_max:1024";
+pub const JEMALLOC_CONF: &std::ffi::CStr = c"background_thread:true,dirty_decay_ms:100,muzzy_decay_ms:0,narenas:1,tcache_max:256,tcache_nslots_small_max:8,tcache_nslots_large:2";
 
 /// Makes jemalloc with [`JEMALLOC_CONF`] the global allocator of the crate that invokes it
 /// (the `fieldsync` binary and the benchmark; library users choose their own). Expands to two
