@@ -11,22 +11,9 @@
 set -e
 BIN=$1; ROOT=$2; shift 2
 RECS=$(realpath ${RECS:-recs.jsonl}); OPS=$(realpath ${OPS:-ops.jsonl})
-rm -rf $ROOT; mkdir -p $ROOT
-fs() { d=$1; shift; $BIN --data-dir $d "$@"; }
-fs $ROOT/a init --name bench-a >/dev/null
-fs $ROOT/a mesh create --name bench >/dev/null
-fs $ROOT/a mesh enroll --out $ROOT/b.fsmesh --name bench-b >/dev/null
-fs $ROOT/b init --mesh $ROOT/b.fsmesh >/dev/null
-for d in a b; do printf '[sync]\nnotify = false\n' > $ROOT/$d/fieldsync.toml; done
+. "$(dirname "$0")/pair.sh"
 env "$@" /usr/bin/time -f "import %e s user %U maxrss %M kB" $BIN --data-dir $ROOT/a import person $RECS >/dev/null
-for d in a b; do
-  env "$@" $BIN --data-dir $ROOT/$d run --listen 127.0.0.1:0 --no-discovery > $ROOT/$d.out 2>$ROOT/$d.err &
-  echo $! > $ROOT/$d.pid
-done
-trap 'for d in a b; do kill $(cat $ROOT/$d.pid) 2>/dev/null; done' EXIT
-for i in $(seq 1 100); do grep -q listen $ROOT/b.out && grep -q listen $ROOT/a.out && break; sleep 0.2; done
-BADDR=$(python3 -c "import json;print(json.loads(open('$ROOT/b.out').readline())['listen'])")
-AADDR=$(python3 -c "import json;print(json.loads(open('$ROOT/a.out').readline())['listen'])")
+pair_start "$@"
 ms() { python3 -c "import sys,json; print(sum(json.loads(l).get('ms',0) for l in sys.stdin))"; }
 echo "initial $(fs $ROOT/a sync $BADDR | ms) ms"
 for d in a b; do echo "$d $(grep -E 'VmHWM' /proc/$(cat $ROOT/$d.pid)/status | tr -s ' ')"; done

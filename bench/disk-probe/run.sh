@@ -4,22 +4,10 @@
 # usage: run.sh BIN ROOT  -- import 100k into A, sync A->B, report time, CPU, RSS, disk
 set -e
 BIN=$1; ROOT=$2; N=${3:-recs.jsonl}
-rm -rf $ROOT; mkdir -p $ROOT
-fs() { d=$1; shift; $BIN --data-dir $d "$@"; }
-fs $ROOT/a init --name bench-a >/dev/null
-fs $ROOT/a mesh create --name bench >/dev/null
-fs $ROOT/a mesh enroll --out $ROOT/b.fsmesh --name bench-b >/dev/null
-fs $ROOT/b init --mesh $ROOT/b.fsmesh >/dev/null
-for d in a b; do printf '[sync]\nnotify = false\n' > $ROOT/$d/fieldsync.toml; done
+. "$(dirname "$0")/../pair.sh"
 echo "load $(cut -d' ' -f1-3 /proc/loadavg)"
 /usr/bin/time -f "import %e s user %U sys %S maxrss %M kB" $BIN --data-dir $ROOT/a import person $N >/dev/null
-for d in a b; do
-  $BIN --data-dir $ROOT/$d run --listen 127.0.0.1:0 --no-discovery > $ROOT/$d.out 2>/dev/null &
-  echo $! > $ROOT/$d.pid
-done
-trap 'for d in a b; do kill $(cat $ROOT/$d.pid) 2>/dev/null; done' EXIT
-for i in $(seq 1 100); do grep -q listen $ROOT/b.out && grep -q listen $ROOT/a.out && break; sleep 0.2; done
-BADDR=$(python3 -c "import json;print(json.loads(open('$ROOT/b.out').readline())['listen'])")
+pair_start
 cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 ca0=$(cpu $(cat $ROOT/a.pid)); cb0=$(cpu $(cat $ROOT/b.pid))
 fs $ROOT/a sync $BADDR | python3 -c "import sys,json; print('sync ms', sum(json.loads(l).get('ms',0) for l in sys.stdin))"
