@@ -357,7 +357,10 @@ pub enum Command {
         #[arg(long)]
         yes: bool,
     },
-    /// Count and fingerprint the live records, to compare two laptops (as gen.py --digest).
+    /// Count and fingerprint the live records, to compare two laptops.
+    ///
+    /// The figure is the one the benchmark data generator (`gen.py --digest`, kept outside this
+    /// repository) prints for the same records.
     ///
     /// Example: fieldsync digest person
     Digest {

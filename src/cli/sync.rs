@@ -42,7 +42,7 @@ pub fn run_agent(
              sync is refused. Join with `fieldsync init --mesh FILE` (a credential from \
              `fieldsync mesh enroll` on the coordinator's laptop, or a join file) and restart; \
              on the coordinator's own laptop, `fieldsync mesh create --name NAME` starts a \
-             deployment and joins it. --insecure-plaintext is for debugging only"
+             deployment and joins it. --insecure-plaintext is for debugging only."
         );
         Transport::Plaintext
     } else {
