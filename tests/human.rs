@@ -81,6 +81,9 @@ fn writes_and_init_print_sentences() {
     t += &human(&a, root, &["delete", "person", ID]);
     t += &human(&a, root, &["peers"]);
     t += &human(&a, root, &["list", "person"]);
+    // A second init renames the laptop: the old name is said, and only when it changes.
+    t += &human(&a, root, &["init", "--name", "laptopA2"]);
+    t += &human(&a, root, &["init", "--name", "laptopA2"]);
     snapshot!("writes", t);
 
     // --json wins over --human, and a pipe gets JSON: what scripts parse.

@@ -83,6 +83,10 @@ pub fn init(
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
     let store = app.store();
+    // A laptop that had a name of its own and gets another says so: the name is how the other
+    // laptops' `peers` and conflicts show it (a newcomer's second `init --name` renamed the
+    // laptop without a word). The host name it starts with is not a name it was given.
+    let before = store.instance().name;
     // The deployment joined by this command, said to a person (a newcomer could not tell
     // whether `init --mesh` had joined anything).
     let mut joined: Option<String> = None;
@@ -128,9 +132,14 @@ pub fn init(
         let joined = joined.map_or(String::new(), |d| {
             format!(" It joined the deployment \"{d}\": start it with `fieldsync run` to sync.")
         });
+        let renamed = if me.name != before && before != crate::store::default_name() {
+            format!(" (renamed from {before})")
+        } else {
+            String::new()
+        };
         return writeln!(
             io.out,
-            "This laptop is {}{owner} (instance {}).{joined}",
+            "This laptop is {}{renamed}{owner} (instance {}).{joined}",
             me.name, me.id
         )
         .map_err(CliError::Output);

@@ -1238,7 +1238,9 @@ fn open_sled(db_dir: &Path, dir: &Path) -> Result<(sled::Db, sled::Tree), StoreE
     Ok((db, tree))
 }
 
-fn default_name() -> String {
+/// The name a laptop has until `init --name` gives it one: the host name (`/proc/sys/kernel/
+/// hostname`), else "fieldsync".
+pub(crate) fn default_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .ok()
