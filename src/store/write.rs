@@ -144,8 +144,8 @@ impl Store {
         let ticket = self.group.applied_one();
         let committed = t.elapsed();
         if writes > 10_000 {
-            // A big import or page leaves the allocator holding freed memory; give it back so
-            // a long-running agent on an old laptop does not sit at its peak.
+            // A big import or page leaves glibc's malloc (where it is the allocator) holding
+            // freed memory; give it back so a long-running agent does not sit at its peak.
             trim_heap();
         }
         *guard = b.w;
@@ -1184,6 +1184,11 @@ pub(crate) const SUPERSEDED: &str = "superseded by a later write";
 /// How a delete-vs-edit entry settled by a resolution revision (made here or received) reads.
 pub(crate) const SETTLED_BY_RESOLUTION: &str = "settled by a later conflict resolution";
 
+/// Gives glibc's free heap pages back to the system (`malloc_trim`). In the `fieldsync` binary
+/// glibc's heap holds only the C libraries' allocations (zstd's contexts): Rust's go to jemalloc,
+/// whose own background thread returns freed pages within ~0.1 s (`crate::allocator`). Where
+/// glibc's malloc is the global allocator (the library's tests, other programs using the
+/// library) it holds everything, and this is what shrinks an agent after a large batch.
 pub(crate) fn trim_heap() {
     // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
     unsafe {
@@ -1192,8 +1197,9 @@ pub(crate) fn trim_heap() {
 }
 
 /// [`trim_heap`] on a thread of its own, for the end of a sync session: trimming walks the
-/// whole heap (~20 ms after a session on a 100,000-record store, measured with perf), which
-/// the peer waiting for our last reply should not wait for.
+/// whole glibc heap (~20 ms after a session on a 100,000-record store when glibc's malloc held
+/// everything, measured with perf), which the peer waiting for our last reply should not wait
+/// for.
 pub(crate) fn trim_heap_soon() {
     let spawned = std::thread::Builder::new()
         .name("trim-heap".into())
