@@ -145,10 +145,16 @@ fn write_backup_with(
     let header = store.read_consistent(|view| -> Result<_, BackupError> {
         let s = view.store();
         let stop = || give_way && view.writer_waiting();
+        let t = std::time::Instant::now();
         let tables: Vec<String> = s.tables()?.into_iter().map(|(t, _)| t).collect();
         let Some((live_records, sha256)) = formats::digest_until(s, &tables, &stop)? else {
             return Ok(None);
         };
+        let digest_ms = t.elapsed().as_millis() as u64;
+        let Some(counts) = view.counts_until(&stop)? else {
+            return Ok(None);
+        };
+        let counts_ms = t.elapsed().as_millis() as u64 - digest_ms;
         let info = s.instance();
         let header = Header {
             format: FORMAT.into(),
@@ -158,7 +164,7 @@ fn write_backup_with(
             instance_name: info.name,
             created_at: Utc::now(),
             feed_seq: view.seq(),
-            counts: view.counts()?,
+            counts,
             live_records,
             sha256,
         };
@@ -185,6 +191,14 @@ fn write_backup_with(
         enc.finish()
             .and_then(|out| out.into_inner().map_err(|e| e.into_error()))
             .map_err(io)?;
+        // Each pass asks whether to give way; how long they take says how long one is.
+        tracing::debug!(
+            digest_ms,
+            counts_ms,
+            entries_ms = t.elapsed().as_millis() as u64 - digest_ms - counts_ms,
+            keys = written,
+            "snapshot read"
+        );
         Ok(Some(header))
     })?;
     match header {

@@ -82,11 +82,28 @@ impl ConsistentView<'_> {
 
     /// Counts every entry by kind (one pass over the tree).
     pub fn counts(&self) -> Result<SnapshotCounts, StoreError> {
+        Ok(self
+            .counts_until(&|| false)?
+            .expect("a count that never stops completes"))
+    }
+
+    /// [`ConsistentView::counts`], stopping early with `None` once `stop` answers true (asked
+    /// every [`crate::formats::STOP_EVERY`] entries), for a reader that gives way to writers:
+    /// the pass reads every key of the database (about 2.5 per record), so without the
+    /// question a write that came during it waited for all of it (255 ms for 100,000 records,
+    /// 253,675 keys: a sync's hello waited ~180 ms for an automatic snapshot, session 12).
+    pub fn counts_until(
+        &self,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<SnapshotCounts>, StoreError> {
         let mut c = SnapshotCounts::default();
-        for kv in self.store.tree().iter().keys() {
+        for (n, kv) in self.store.tree().iter().keys().enumerate() {
             c.add(&kv?);
+            if (n as u64 + 1) % crate::formats::STOP_EVERY == 0 && stop() {
+                return Ok(None);
+            }
         }
-        Ok(c)
+        Ok(Some(c))
     }
 }
 
@@ -778,6 +795,25 @@ mod tests {
         assert_eq!(digest(&a), snap_digest);
         assert_eq!(a.position().unwrap().knowledge[&a.id()], snap_clock);
         assert!(a.seq() > old_seq, "positions never go back");
+    }
+
+    #[test]
+    fn counting_the_entries_asks_whether_to_give_way_every_stop_every_keys() {
+        let (_dir, s) = open();
+        // Fewer records than keys (feed entries, fingerprints): over 2,048 keys in all.
+        put_new(&s, 800);
+        let all = s.read_consistent(|v| v.counts().unwrap());
+        assert!(all.keys > 2 * crate::formats::STOP_EVERY, "{}", all.keys);
+        let asked = std::cell::Cell::new(0u64);
+        // Answers "a writer waits" the second time it is asked.
+        let stop = || {
+            asked.set(asked.get() + 1);
+            asked.get() == 2
+        };
+        assert_eq!(s.read_consistent(|v| v.counts_until(&stop).unwrap()), None);
+        assert_eq!(asked.get(), 2, "stopped at the second question");
+        let never = s.read_consistent(|v| v.counts_until(&|| false).unwrap());
+        assert_eq!(never, Some(all));
     }
 
     #[test]
