@@ -1271,7 +1271,7 @@ fn open_input(
     path: &Path,
     stdin: &mut Option<String>,
     cwd: &Path,
-) -> Result<Box<dyn Read>, CliError> {
+) -> Result<Box<dyn Read + Send>, CliError> {
     if path == Path::new("-") {
         return Ok(match stdin.take() {
             Some(s) => Box::new(std::io::Cursor::new(s.into_bytes())),

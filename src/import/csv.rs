@@ -47,7 +47,7 @@ fn delimiter_name(d: u8) -> String {
 
 /// Opens CSV input: reads and checks the header, returns the rows as a stream.
 pub(crate) fn open(
-    input: Box<dyn Read>,
+    input: Box<dyn Read + Send>,
     delimiter: Option<u8>,
     text: &HashSet<String>,
 ) -> Result<Opened, ImportError> {
@@ -60,7 +60,7 @@ pub(crate) fn open(
         first.drain(..3);
     }
     let delim = delimiter.unwrap_or_else(|| detect_delimiter(&first));
-    let source: Box<dyn Read> = Box::new(std::io::Cursor::new(first).chain(input));
+    let source: Box<dyn Read + Send> = Box::new(std::io::Cursor::new(first).chain(input));
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(delim)
         .flexible(false)
@@ -146,7 +146,7 @@ fn csv_error(e: csv::Error, delim: u8) -> ImportError {
 }
 
 struct CsvRows {
-    rdr: csv::Reader<Box<dyn Read>>,
+    rdr: csv::Reader<Box<dyn Read + Send>>,
     rec: csv::ByteRecord,
     header: Header,
     text: Vec<bool>,

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read};
 
 /// Opens JSONL input for `table`.
-pub(crate) fn open(input: Box<dyn Read>, table: &str, text: &HashSet<String>) -> Opened {
+pub(crate) fn open(input: Box<dyn Read + Send>, table: &str, text: &HashSet<String>) -> Opened {
     Opened {
         unit: "line",
         header: None,
@@ -26,7 +26,7 @@ pub(crate) fn open(input: Box<dyn Read>, table: &str, text: &HashSet<String>) ->
 }
 
 struct JsonlRows {
-    input: BufReader<Box<dyn Read>>,
+    input: BufReader<Box<dyn Read + Send>>,
     buf: Vec<u8>,
     line: u64,
     table: String,
