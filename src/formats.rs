@@ -221,30 +221,34 @@ pub fn export_csv(
 /// Count and SHA-256 of the live records of the given tables, computed as `gen.py --digest`:
 /// lines `id:canonical({"table","fields"})\n` sorted by id.
 pub fn digest(store: &Store, tables: &[String]) -> Result<(u64, String), StoreError> {
-    let done = digest_until(store, tables, &|| false)?;
+    let done = digest_until(store, tables, &|| false, &|| Ok(()))?;
     Ok(done.unwrap_or_default())
 }
 
 /// [`digest`], stopping early with `None` once `stop` answers true (asked every
 /// [`STOP_EVERY`] records): for readers that give way to writers (an automatic snapshot).
+/// Every [`crate::store::SHED_EVERY`] records it lets go of its iterators and calls `shed`
+/// (a snapshot reopens sled there, `ConsistentView::shed`), then reads on after the last
+/// record of each table it took.
 pub fn digest_until(
     store: &Store,
     tables: &[String],
     stop: &dyn Fn() -> bool,
+    shed: &dyn Fn() -> Result<(), StoreError>,
 ) -> Result<Option<(u64, String)>, StoreError> {
     // Streamed: each table is read in id order (record keys sort like the ids' text) and the
     // tables are merged by id, so memory stays flat however many records there are (collecting
     // the lines first held ~0.5 KB per record: ~50 MB at 100,000 records, in every automatic
     // snapshot). Equal ids keep the order of `tables`, as the stable sort this replaces did.
-    let mut scans: Vec<_> = tables
-        .iter()
-        .map(|t| {
-            store
-                .scan_table(t)
-                .filter(|r| r.as_ref().map_or(true, |(_, rec)| rec.state.is_alive()))
-                .peekable()
-        })
-        .collect();
+    let alive_after = |t: &str, after: Option<Uuid>| {
+        store
+            .scan_table_after(t, after)
+            .filter(|r| r.as_ref().map_or(true, |(_, rec)| rec.state.is_alive()))
+            .peekable()
+    };
+    // The last record taken from each table: where its scan goes on after a shed.
+    let mut last: Vec<Option<Uuid>> = vec![None; tables.len()];
+    let mut scans: Vec<_> = tables.iter().map(|t| alive_after(t, None)).collect();
     let mut h = Sha256::new();
     let mut n = 0u64;
     loop {
@@ -265,6 +269,7 @@ pub fn digest_until(
         }
         let Some((i, _)) = next else { break };
         let (id, rec) = scans[i].next().expect("peeked")?;
+        last[i] = Some(id);
         let mut m = serde_json::Map::new();
         m.insert("table".into(), Value::String(tables[i].clone()));
         m.insert("fields".into(), Value::Object(rec.state.live_fields()));
@@ -275,6 +280,15 @@ pub fn digest_until(
         n += 1;
         if n % STOP_EVERY == 0 && stop() {
             return Ok(None);
+        }
+        if n % crate::store::shed_every() == 0 {
+            scans.clear();
+            shed()?;
+            scans = tables
+                .iter()
+                .zip(&last)
+                .map(|(t, after)| alive_after(t, *after))
+                .collect();
         }
     }
     Ok(Some((n, hex::encode(h.finalize()))))

@@ -32,7 +32,10 @@ pub use handles::Reopen;
 pub use held::{Decided, Hold, HoldVerdict, HoldVerdictSigner, VERDICT_PART};
 pub use incarnation::{dir_key, judge, DirKey, Incarnation, Lineage, Verdict};
 pub use replication::{CommitError, Committed, Knowledge, OutgoingPage, PageCommit, Position};
-pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts};
+pub(crate) use snapshot::shed_every;
+#[cfg(test)]
+pub(crate) use snapshot::SHED_EVERY_IN_TEST;
+pub use snapshot::{ConsistentView, RestoreReport, SnapshotCounts, SHED_BYTES, SHED_EVERY};
 pub use staging::{ImportCounts, ImportRow, RowOutcome, StagedImport, UpdateMode};
 pub use txn::Txn;
 pub(crate) use write::decode_record;
@@ -684,20 +687,32 @@ impl Store {
     }
 
     fn reopen_with(&self, w: std::sync::MutexGuard<'_, WriterState>) -> Result<Reopen, StoreError> {
-        use std::sync::atomic::Ordering;
-        let db_dir = self.dir.join("db");
-        let done = self
-            .sled
-            .reopen(&db_dir, || open_sled(&db_dir, &self.dir))?;
+        let done = self.reopen_holding(&w)?;
+        drop(w);
         if let Reopen::Done(took) = done {
-            self.opened_at.store(w.seq, Ordering::SeqCst);
-            self.reopens.fetch_add(1, Ordering::SeqCst);
-            drop(w);
             trim_heap();
             tracing::info!(
                 ms = took.as_millis() as u64,
                 "reopened the database to give back the memory sled held"
             );
+        }
+        Ok(done)
+    }
+
+    /// Closes and reopens sled for a caller that holds the writer lock (`w`, so nothing
+    /// writes) and goes on holding it: a long read under the lock (a snapshot, see
+    /// `ConsistentView::shed`) gives back what sled kept of the part it has read.
+    /// The caller must hold no iterator or tree reference of its own (the reopen waits for
+    /// them, then reports [`Reopen::Busy`]).
+    pub(crate) fn reopen_holding(&self, w: &WriterState) -> Result<Reopen, StoreError> {
+        use std::sync::atomic::Ordering;
+        let db_dir = self.dir.join("db");
+        let done = self
+            .sled
+            .reopen(&db_dir, || open_sled(&db_dir, &self.dir))?;
+        if let Reopen::Done(_) = done {
+            self.opened_at.store(w.seq, Ordering::SeqCst);
+            self.reopens.fetch_add(1, Ordering::SeqCst);
         }
         Ok(done)
     }
