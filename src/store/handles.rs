@@ -132,7 +132,7 @@ pub enum Reopen {
 
 /// Longest wait for the last reference to go before giving up (readers are quick; an
 /// iterator outliving this is a long scan, and the reopen tries again later).
-const WAIT_FOR_READERS: Duration = Duration::from_secs(2);
+pub(crate) const WAIT_FOR_READERS: Duration = Duration::from_secs(2);
 
 /// Attempts to open the database again after closing it; each first waits up to 5 s for
 /// sled's lock (`release.rs`), so a slow pool thread under load is waited for, not an error.
@@ -183,13 +183,16 @@ impl Sled {
     }
 
     /// Closes sled and opens it again with `open`; `db_dir` is the directory whose lock sled
-    /// must let go of first. The caller holds the store's writer lock (nothing writes). Fails
+    /// must let go of first. The caller holds the store's writer lock (nothing writes). Waits
+    /// for readers' references to go at most `wait` ([`WAIT_FOR_READERS`] unless the caller
+    /// holds the lock for a long read and must not keep writers waiting that long). Fails
     /// only when the flush before closing fails (nothing closed then). If the database cannot
     /// be opened again, the process stops with a message (see the module doc: every write was
     /// flushed; readers must not be left waiting forever nor handed a closed tree).
     pub(crate) fn reopen(
         &self,
         db_dir: &std::path::Path,
+        wait: Duration,
         open: impl Fn() -> Result<(sled::Db, sled::Tree), StoreError>,
     ) -> Result<Reopen, StoreError> {
         let start = Instant::now();
@@ -200,7 +203,7 @@ impl Sled {
         };
         // Nothing can take a new reference now; wait for the existing ones to go.
         while Arc::strong_count(&old) > 1 {
-            if start.elapsed() > WAIT_FOR_READERS {
+            if start.elapsed() > wait {
                 self.publish(old);
                 return Ok(Reopen::Busy);
             }

@@ -687,7 +687,7 @@ impl Store {
     }
 
     fn reopen_with(&self, w: std::sync::MutexGuard<'_, WriterState>) -> Result<Reopen, StoreError> {
-        let done = self.reopen_holding(&w)?;
+        let done = self.reopen_holding(&w, handles::WAIT_FOR_READERS)?;
         drop(w);
         if let Reopen::Done(took) = done {
             trim_heap();
@@ -702,14 +702,18 @@ impl Store {
     /// Closes and reopens sled for a caller that holds the writer lock (`w`, so nothing
     /// writes) and goes on holding it: a long read under the lock (a snapshot, see
     /// `ConsistentView::shed`) gives back what sled kept of the part it has read.
-    /// The caller must hold no iterator or tree reference of its own (the reopen waits for
-    /// them, then reports [`Reopen::Busy`]).
-    pub(crate) fn reopen_holding(&self, w: &WriterState) -> Result<Reopen, StoreError> {
+    /// The caller must hold no iterator or tree reference of its own: the reopen waits up to
+    /// `wait` for other readers' references to go, then reports [`Reopen::Busy`].
+    pub(crate) fn reopen_holding(
+        &self,
+        w: &WriterState,
+        wait: std::time::Duration,
+    ) -> Result<Reopen, StoreError> {
         use std::sync::atomic::Ordering;
         let db_dir = self.dir.join("db");
         let done = self
             .sled
-            .reopen(&db_dir, || open_sled(&db_dir, &self.dir))?;
+            .reopen(&db_dir, wait, || open_sled(&db_dir, &self.dir))?;
         if let Reopen::Done(_) = done {
             self.opened_at.store(w.seq, Ordering::SeqCst);
             self.reopens.fetch_add(1, Ordering::SeqCst);

@@ -85,9 +85,16 @@ impl ConsistentView<'_> {
     /// paged in until it closes (`handles.rs`), so one read of a 1,000,000-record database
     /// (`fieldsync backup`: three passes, 16.8 s) peaked at 515 MB. A long read calls this
     /// every [`SHED_EVERY`] entries, holding no iterator of its own; if another reader holds
-    /// the tree, nothing is closed and the read goes on.
+    /// the tree for more than 100 ms (a session serving a pull), nothing is closed and the read
+    /// goes on: it holds the writer lock meanwhile, and writers must not wait for that.
     pub fn shed(&self) -> Result<(), StoreError> {
-        let done = self.store.reopen_holding(&self.writer)?;
+        // A writer waits: an automatic snapshot gives way at its next question, so a reopen
+        // (~150 ms at 1,000,000 records) would only make the writer wait longer.
+        if self.writer_waiting() {
+            return Ok(());
+        }
+        let wait = std::time::Duration::from_millis(100);
+        let done = self.store.reopen_holding(&self.writer, wait)?;
         tracing::debug!(?done, "sled reopened in a long read");
         Ok(())
     }
