@@ -13,7 +13,7 @@ fs $ROOT/b init --mesh $ROOT/b.fsmesh >/dev/null
 for d in a b; do printf '[sync]\nnotify = false\n' > $ROOT/$d/fieldsync.toml; done
 pair_start() {
   for d in a b; do
-    env "$@" $BIN --data-dir $ROOT/$d run --listen 127.0.0.1:0 --no-discovery > $ROOT/$d.out 2>$ROOT/$d.err &
+    env "$@" $BIN --data-dir $ROOT/$d run --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --no-discovery > $ROOT/$d.out 2>$ROOT/$d.err &
     echo $! > $ROOT/$d.pid
   done
   trap 'for d in a b; do kill $(cat $ROOT/$d.pid) 2>/dev/null; done' EXIT
