@@ -302,12 +302,23 @@ pub fn status(v: &Value, now: DateTime<Utc>) -> String {
     }
     let a = &v["agent"];
     if a["running"] == true {
-        out += &format!(
-            "Agent: running (pid {}), sync on {}, {}",
-            a["pid"],
-            a["listen"].as_str().unwrap_or("?"),
-            a["transport"].as_str().unwrap_or("")
-        );
+        // An agent of a laptop not in a deployment listens nowhere: its transport says why
+        // (a newcomer read "sync on ?, none: sync is off ..." as a fault).
+        out += &match a["listen"].as_str() {
+            Some(listen) => format!(
+                "Agent: running (pid {}), sync on {listen}, {}",
+                a["pid"],
+                a["transport"].as_str().unwrap_or("")
+            ),
+            None => format!(
+                "Agent: running (pid {}); {}",
+                a["pid"],
+                a["transport"]
+                    .as_str()
+                    .and_then(|t| t.strip_prefix("none: "))
+                    .unwrap_or("sync is off")
+            ),
+        };
         if let Some(api) = a["api"].as_str() {
             out += &format!("; console and API on {api}");
         }
@@ -979,6 +990,22 @@ mod tests {
 
     /// Seven fields, six columns: the long free-text field is the one left out, not `status`
     /// (which the alphabetical cut dropped in a newcomer trial).
+    #[test]
+    fn an_agent_with_sync_off_says_so_without_a_question_mark() {
+        let v = serde_json::json!({"agent": {
+            "running": true, "pid": 7, "listen": null,
+            "transport": "none: sync is off until this laptop joins a deployment",
+        }});
+        let text = status(&v, Utc::now());
+        assert!(
+            text.contains(
+                "Agent: running (pid 7); sync is off until this laptop joins a deployment."
+            ),
+            "{text}"
+        );
+        assert!(!text.contains('?'), "{text}");
+    }
+
     #[test]
     fn a_list_leaves_out_the_longest_field_not_status() {
         let rec = |i: u32| {
