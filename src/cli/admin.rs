@@ -197,7 +197,8 @@ pub fn backup(
     });
     let out = &mut *io.out;
     if io.human {
-        let text = super::human_admin::backed_up(&v);
+        let own = super::records::own_records(store, |_| true)?;
+        let text = super::human_admin::backed_up(&v, own);
         return write!(out, "{text}").map_err(CliError::Output);
     }
     writeln!(out, "{v}").map_err(CliError::Output)
@@ -337,9 +338,12 @@ pub fn restore(
         } else {
             r.header.instance_name.clone()
         };
+        // fieldsync's own records (import keys, revocations) are in the backup's count but
+        // not records a person wrote: said apart, as `digest` and `backup` say them.
+        let (own, plus) = super::records::own_records(app.store(), |_| true)?;
         let mut text = format!(
-            "Restored {} from {from}'s backup of {}.\n",
-            super::human::count(r.live_records, "record", "records"),
+            "Restored {}{plus} from {from}'s backup of {}.\n",
+            super::human::count(r.live_records.saturating_sub(own), "record", "records"),
             super::human::when(Some(r.header.created_at), chrono::Utc::now())
         );
         // The lines are the JSON's words; for people, each is a sentence.

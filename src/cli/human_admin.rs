@@ -223,13 +223,16 @@ pub fn applied(v: &Value) -> String {
 
 /// `backup`: the record count once, the digest to check a restore against, and what else the
 /// file holds in words (the JSON's `entries` counts deleted records and the other kinds).
-pub fn backed_up(v: &Value) -> String {
+/// `own`: fieldsync's own live records among `count` and their words
+/// (`records::own_records`), said apart from the records people wrote.
+pub fn backed_up(v: &Value, own: (u64, String)) -> String {
     let live = u(&v["count"]);
     let e = &v["entries"];
     let deleted = u(&e["records"]).saturating_sub(live);
     let mut t = format!(
-        "Backed up {} of {} to {} ({}{}).\n",
-        count(live, "record", "records"),
+        "Backed up {}{} of {} to {} ({}{}).\n",
+        count(live.saturating_sub(own.0), "record", "records"),
+        own.1,
         if s(&v["name"]).is_empty() {
             s(&v["instance"])
         } else {

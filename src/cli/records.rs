@@ -722,6 +722,53 @@ fn confirmed_on_terminal(what: &str) -> bool {
     std::io::stdin().read_line(&mut answer).is_ok() && answer.trim() == "yes"
 }
 
+/// The live records of fieldsync's own tables (those `include` names) as a person reads them
+/// beside the records people wrote: their number, and ` (and 1 laptop revocation and 2 import
+/// keys, fieldsync's own)` (empty when there are none). `digest`, `backup` and `restore` count
+/// them in their totals (every laptop holds them too) but say them apart.
+pub(super) fn own_records(
+    store: &crate::store::Store,
+    include: impl Fn(&str) -> bool,
+) -> Result<(u64, String), CliError> {
+    let own: Vec<(String, u64)> = store
+        .tables()?
+        .into_iter()
+        .filter(|(t, _)| t.starts_with(model::SYSTEM_PREFIX) && include(t))
+        .map(|(t, c)| (t, c.live))
+        .collect();
+    let live_of = |table: &str| -> u64 {
+        own.iter()
+            .filter(|(t, _)| t == table)
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    let (revocations, import_keys) = (
+        live_of(model::REVOCATIONS_TABLE),
+        live_of(model::IMPORT_KEYS_TABLE),
+    );
+    let mut words = Vec::new();
+    if revocations > 0 {
+        words.push(super::human::count(
+            revocations,
+            "laptop revocation",
+            "laptop revocations",
+        ));
+    }
+    if import_keys > 0 {
+        words.push(super::human::count(
+            import_keys,
+            "import key",
+            "import keys",
+        ));
+    }
+    let plus = if words.is_empty() {
+        String::new()
+    } else {
+        format!(" (and {}, fieldsync's own)", words.join(" and "))
+    };
+    Ok((own.iter().map(|(_, n)| n).sum(), plus))
+}
+
 /// `digest`: count and SHA-256 of the live records.
 pub fn digest(app: &App, tables: Vec<String>, io: &mut Io<'_>) -> Result<(), CliError> {
     let tables = if tables.is_empty() {
@@ -742,21 +789,7 @@ pub fn digest(app: &App, tables: Vec<String>, io: &mut Io<'_>) -> Result<(), Cli
         let (own, data): (Vec<&String>, Vec<&String>) = tables
             .iter()
             .partition(|t| t.starts_with(model::SYSTEM_PREFIX));
-        let own_counts: Vec<(String, u64)> = app
-            .store()
-            .tables()?
-            .into_iter()
-            .filter(|(t, _)| own.contains(&t))
-            .map(|(t, c)| (t, c.live))
-            .collect();
-        let own_live: u64 = own_counts.iter().map(|(_, n)| n).sum();
-        let live_of = |table: &str| {
-            own_counts
-                .iter()
-                .filter(|(t, _)| t == table)
-                .map(|(_, n)| *n)
-                .sum::<u64>()
-        };
+        let (own_live, plus) = own_records(app.store(), |t| own.iter().any(|o| *o == t))?;
         let what = if data.is_empty() {
             "no tables".to_string()
         } else {
@@ -764,30 +797,6 @@ pub fn digest(app: &App, tables: Vec<String>, io: &mut Io<'_>) -> Result<(), Cli
                 .map(|t| t.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
-        };
-        let (revocations, import_keys) = (
-            live_of(model::REVOCATIONS_TABLE),
-            live_of(model::IMPORT_KEYS_TABLE),
-        );
-        let mut own_words = Vec::new();
-        if revocations > 0 {
-            own_words.push(super::human::count(
-                revocations,
-                "laptop revocation",
-                "laptop revocations",
-            ));
-        }
-        if import_keys > 0 {
-            own_words.push(super::human::count(
-                import_keys,
-                "import key",
-                "import keys",
-            ));
-        }
-        let plus = if own_words.is_empty() {
-            String::new()
-        } else {
-            format!(" (and {}, fieldsync's own)", own_words.join(" and "))
         };
         writeln!(
             io.out,
