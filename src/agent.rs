@@ -1077,6 +1077,10 @@ fn publish(a: &Agent, live: &LiveStatus, listen: &str) {
         "store": {
             "reopens": a.store.reopens(),
             "reopen_due": crate::reopen::due(&a.store),
+            // Closed while idle (`reopen::REST_AFTER`); the next read or write opens it.
+            "resting": a.store.resting(),
+            "rests": a.store.rests().0,
+            "wakes": a.store.rests().1,
         },
         "transport": a.opts.transport.mesh_id().map_or("plaintext (insecure)", |_| "mutual TLS"),
     });

@@ -1,7 +1,9 @@
 //! The agent's task that gives back the memory sled keeps after a large session, import or
 //! restore: once sled has written or read [`REOPEN_AFTER`] entries since it was opened and the
 //! store has been quiet for [`QUIET`], it closes and reopens the database
-//! ([`Store::reopen_if_free`], `store/handles.rs`).
+//! ([`Store::reopen_if_free`], `store/handles.rs`); once the store has been quiet for
+//! [`REST_AFTER`], it closes the database and leaves it closed until the next read or write
+//! opens it ([`Store::rest_if_free`]), so an idle agent holds none of sled's memory.
 //!
 //! Why then and not otherwise: sled 0.34 keeps memory for every page it touched while open
 //! (an agent that received 100,000 records idles at ~130 MB; a fresh open of the same
@@ -30,6 +32,16 @@ pub const REOPEN_AFTER: u64 = 10_000;
 /// a few seconds without any is the end of the burst rather than a gap inside it.
 pub const QUIET: Duration = Duration::from_secs(5);
 
+/// How long the store must have been quiet (no commit, no session in flight either way) before
+/// the agent closes sled altogether ([`Store::rest_if_free`]) until the next read or write.
+/// A reopen gives back what sled kept of past work, but sled 0.34 still holds memory for every
+/// page of the database merely to have it open (74 MB for 1,000,000 records against 10.9 MB
+/// for an empty one, bench/RESULTS.md, session 12); only a closed database holds none. Long
+/// enough that the sessions of one burst (a sync, its anti-entropy round, the peer's own
+/// session back) do not pay the open that ends a rest (0.2–0.5 s at 1,000,000 records), short
+/// enough that a laptop alone in the field gives its memory back soon after its last sync.
+pub const REST_AFTER: Duration = Duration::from_secs(30);
+
 /// How often the task looks.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -44,15 +56,36 @@ pub async fn run(store: Arc<Store>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(TICK);
     let mut seq = store.seq();
     let mut quiet_since = Instant::now();
+    let mut wakes = store.rests().1;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
         let now = store.seq();
-        if now != seq || crate::progress::any_running() {
-            seq = now;
+        // A read that ended a rest is use too: resting again at once would make every
+        // occasional reader (a `status`, an API read) pay an open.
+        let woke = store.rests().1;
+        if now != seq || crate::progress::any_running() || woke != wakes {
+            (seq, wakes) = (now, woke);
             quiet_since = Instant::now();
+            continue;
+        }
+        if quiet_since.elapsed() >= REST_AFTER && !store.resting() {
+            let s = store.clone();
+            match tokio::task::spawn_blocking(move || s.rest_if_free(wakes)).await {
+                // Logged by the store.
+                Ok(Ok(Reopen::Done(_))) => {}
+                Ok(Ok(Reopen::Busy)) => {
+                    debug!("the database was busy; letting it rest later");
+                    quiet_since = Instant::now();
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "could not close the idle database to give back memory; trying later");
+                    quiet_since = Instant::now();
+                }
+                Err(_) => return,
+            }
             continue;
         }
         if quiet_since.elapsed() < QUIET || !due(&store) {

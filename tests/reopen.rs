@@ -2,7 +2,8 @@
 //! database once it is quiet (`src/reopen.rs`): two real agents over mutual TLS on loopback,
 //! real sled on disk. What a user would check: the receiving agent's `status` reports the
 //! reopen, its resident memory went down with it, and it still holds, serves and takes every
-//! record as before.
+//! record as before. And an agent nobody uses closes its database altogether until the next
+//! command (`fieldsync::reopen::REST_AFTER`).
 
 mod common;
 
@@ -82,5 +83,59 @@ fn the_agent_runs_its_allocators_purge_thread() {
         names.iter().any(|n| n == "jemalloc_bg_thd"),
         "no jemalloc background thread in the agent; its threads: {}",
         names.join(", ")
+    );
+}
+
+/// True while a sled database is open in process `pid`: sled 0.34 runs its "log flusher"
+/// thread exactly as long as a database is open (read from /proc, so asking does not open a
+/// resting database as a `status` would).
+fn sled_open(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the agent's threads")
+        .flatten()
+        .any(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "log flusher")
+        })
+}
+
+/// An agent nobody uses closes its database after `fieldsync::reopen::REST_AFTER` (its memory
+/// goes with it) and opens it again for the next command: the record asked for is there, a
+/// write is kept, and `status` counts the rest.
+#[test]
+fn an_idle_agent_closes_its_database_and_opens_it_again_for_the_next_command() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = data_dir(root.path(), "a");
+    write_config(&dir, "[snapshots]\nenabled = false", "");
+    let records = people(3_000);
+    import(&dir, "person", &records);
+    let a = Agent::start(&dir);
+    assert!(sled_open(a.pid()), "a fresh agent has its database open");
+    assert_eq!(live_count(&dir, "person"), 3_000);
+    let open_kb = rss_kb(a.pid());
+    let limit = fieldsync::reopen::REST_AFTER + Duration::from_secs(60);
+    wait_until("the idle agent closes its database", limit, || {
+        !sled_open(a.pid())
+    });
+    let resting_kb = rss_kb(a.pid());
+    // The next command opens it again and finds everything.
+    let (id, fields) = &records[1_234];
+    let got = get(&dir, "person", id).expect("the record, after the rest");
+    assert_eq!(got["fields"]["name"], fields["name"], "{got}");
+    assert!(sled_open(a.pid()), "the command opened the database again");
+    let (new_id, new_fields) = people(1).remove(0);
+    put(&dir, "person", &new_id, &new_fields);
+    assert!(alive(&dir, "person", &new_id));
+    // The status the agent shows is refreshed every second.
+    wait_until("status counts the rest", Duration::from_secs(10), || {
+        let store = &status(&dir)["agent"]["store"];
+        store["rests"].as_u64() >= Some(1) && store["wakes"].as_u64() >= Some(1)
+    });
+    drop(a);
+    // The write survived a real stop too.
+    assert!(alive(&dir, "person", &new_id));
+    assert_eq!(live_count(&dir, "person"), 3_001);
+    assert!(
+        resting_kb < open_kb,
+        "resting did not lower the agent's memory: {open_kb} kB open, {resting_kb} kB resting"
     );
 }

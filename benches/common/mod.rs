@@ -72,6 +72,18 @@ impl Agent {
         a["bytes_received"].as_u64().unwrap_or(0) + a["bytes_sent"].as_u64().unwrap_or(0)
     }
 
+    /// Whether the agent's database rests now (`Store::rest_if_free`), told without asking the
+    /// agent (a `status` reads the database, which ends a rest): sled's log flusher thread
+    /// ("log flusher", sled 0.34) runs exactly while a database is open in the process.
+    pub fn resting(&self) -> bool {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else {
+            return false;
+        };
+        !tasks.flatten().any(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == "log flusher")
+        })
+    }
+
     pub fn rss_kb(&self, field: &str) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();

@@ -111,14 +111,24 @@ impl Iter {
 
 enum Slot {
     Open(Arc<Handles>),
-    /// A reopen is under way: readers wait.
+    /// A reopen (or the open that ends a rest) is under way: readers wait.
     Reopening,
+    /// Closed while the agent is idle ([`Sled::rest`]): the next reader opens it again.
+    Resting,
 }
+
+/// Opens the store's database and tree (the store's own `open_sled`).
+pub(crate) type Opener = Box<dyn Fn() -> Result<(sled::Db, sled::Tree), StoreError> + Send + Sync>;
 
 /// The swappable handles of one store.
 pub(crate) struct Sled {
     slot: Mutex<Slot>,
     swapped: Condvar,
+    /// The directory whose lock sled must let go of before it is opened again.
+    db_dir: std::path::PathBuf,
+    open: Opener,
+    /// Rests ended by a reader since the store was opened.
+    wakes: AtomicU64,
 }
 
 /// What [`Sled::reopen`] did.
@@ -139,7 +149,14 @@ pub(crate) const WAIT_FOR_READERS: Duration = Duration::from_secs(2);
 const OPEN_ATTEMPTS: u32 = 6;
 
 impl Sled {
-    pub(crate) fn new(db: sled::Db, tree: sled::Tree) -> Self {
+    /// Handles over the open `db` and `tree`; `open` opens them again (after a reopen's close
+    /// or a rest) once sled has let go of `db_dir`'s lock.
+    pub(crate) fn new(
+        db: sled::Db,
+        tree: sled::Tree,
+        db_dir: std::path::PathBuf,
+        open: Opener,
+    ) -> Self {
         Sled {
             slot: Mutex::new(Slot::Open(Arc::new(Handles {
                 db,
@@ -147,6 +164,9 @@ impl Sled {
                 read: AtomicU64::new(0),
             }))),
             swapped: Condvar::new(),
+            db_dir,
+            open,
+            wakes: AtomicU64::new(0),
         }
     }
 
@@ -155,7 +175,9 @@ impl Sled {
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A reference to the open handles, waiting while a reopen is under way.
+    /// A reference to the open handles, waiting while a reopen is under way. A resting
+    /// database is opened again here, by the first reader to come (the others wait for it);
+    /// if it cannot be, the process stops with a message, as after a reopen.
     pub(crate) fn get(&self) -> TreeRef {
         let mut s = self.slot();
         loop {
@@ -164,48 +186,77 @@ impl Sled {
                 Slot::Reopening => {
                     s = self.swapped.wait(s).unwrap_or_else(|e| e.into_inner());
                 }
+                Slot::Resting => {
+                    *s = Slot::Reopening;
+                    drop(s);
+                    let start = Instant::now();
+                    let h = self.open_again();
+                    // Counted before readers see it open, so no rest follows unseen.
+                    self.wakes.fetch_add(1, Ordering::SeqCst);
+                    self.publish(h.clone());
+                    tracing::info!(
+                        ms = start.elapsed().as_millis() as u64,
+                        "opened the database again after resting"
+                    );
+                    return TreeRef(h);
+                }
             }
         }
     }
 
     /// Entries read through iterators since sled was last opened (0 while a reopen is under
-    /// way: never waits, so a status tick on an async thread does not block).
+    /// way or the database rests: never waits, so a status tick on an async thread does not
+    /// block, and never opens a resting database).
     pub(crate) fn reads(&self) -> u64 {
         match &*self.slot() {
             Slot::Open(h) => h.read.load(Ordering::Relaxed),
-            Slot::Reopening => 0,
+            Slot::Reopening | Slot::Resting => 0,
         }
     }
 
-    fn publish(&self, h: Arc<Handles>) {
-        *self.slot() = Slot::Open(h);
+    /// Whether the database rests now ([`Sled::rest`]).
+    pub(crate) fn resting(&self) -> bool {
+        matches!(&*self.slot(), Slot::Resting)
+    }
+
+    /// Rests that a reader ended (by opening the database again) since the store was opened.
+    pub(crate) fn wakes(&self) -> u64 {
+        self.wakes.load(Ordering::SeqCst)
+    }
+
+    /// The handles, taken out of the slot for a close or an open: the slot says `Reopening`
+    /// (readers wait) until the caller publishes or rests again. `None` if the database
+    /// rested. Waits while another open is under way (a reader ending a rest takes no writer
+    /// lock, so it may overlap a caller that holds it).
+    fn take(&self) -> Option<Arc<Handles>> {
+        let mut s = self.slot();
+        loop {
+            match std::mem::replace(&mut *s, Slot::Reopening) {
+                Slot::Open(h) => return Some(h),
+                Slot::Resting => return None,
+                Slot::Reopening => {
+                    s = self.swapped.wait(s).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+    }
+
+    /// Puts the slot back to resting (after [`Sled::take`] found it so, or after a close).
+    fn back_to_rest(&self) {
+        *self.slot() = Slot::Resting;
+        // Readers that waited open the database themselves.
         self.swapped.notify_all();
     }
 
-    /// Closes sled and opens it again with `open`; `db_dir` is the directory whose lock sled
-    /// must let go of first. The caller holds the store's writer lock (nothing writes). Waits
-    /// for readers' references to go at most `wait` ([`WAIT_FOR_READERS`] unless the caller
-    /// holds the lock for a long read and must not keep writers waiting that long). Fails
-    /// only when the flush before closing fails (nothing closed then). If the database cannot
-    /// be opened again, the process stops with a message (see the module doc: every write was
-    /// flushed; readers must not be left waiting forever nor handed a closed tree).
-    pub(crate) fn reopen(
-        &self,
-        db_dir: &std::path::Path,
-        wait: Duration,
-        open: impl Fn() -> Result<(sled::Db, sled::Tree), StoreError>,
-    ) -> Result<Reopen, StoreError> {
-        let start = Instant::now();
-        let old = match std::mem::replace(&mut *self.slot(), Slot::Reopening) {
-            Slot::Open(h) => h,
-            // The writer lock makes reopens one at a time.
-            Slot::Reopening => unreachable!("two reopens at once"),
-        };
+    /// Waits up to `wait` for every other reference to `old` to go, then flushes and drops it
+    /// (closing sled). `false`, with `old` published again, if a reference stayed; an error,
+    /// with `old` published again, if the flush failed.
+    fn close(&self, old: Arc<Handles>, start: Instant, wait: Duration) -> Result<bool, StoreError> {
         // Nothing can take a new reference now; wait for the existing ones to go.
         while Arc::strong_count(&old) > 1 {
             if start.elapsed() > wait {
                 self.publish(old);
-                return Ok(Reopen::Busy);
+                return Ok(false);
             }
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -216,31 +267,85 @@ impl Sled {
         // The only reference: dropping it closes sled (its Drop flushes and joins its threads).
         drop(old);
         super::write::trim_heap();
+        Ok(true)
+    }
+
+    /// Opens the database again once sled has let go of its lock. If it cannot be opened, the
+    /// process stops with a message (see the module doc: every write was flushed; readers must
+    /// not be left waiting forever nor handed a closed tree).
+    fn open_again(&self) -> Arc<Handles> {
         let mut last = None;
         for attempt in 0..OPEN_ATTEMPTS {
-            if !super::release::wait_released(db_dir) {
+            if !super::release::wait_released(&self.db_dir) {
                 tracing::debug!(attempt, "sled still holds its lock; waiting again");
             }
-            match open() {
+            match (self.open)() {
                 Ok((db, tree)) => {
-                    self.publish(Arc::new(Handles {
+                    return Arc::new(Handles {
                         db,
                         tree,
                         read: AtomicU64::new(0),
-                    }));
-                    return Ok(Reopen::Done(start.elapsed()));
+                    })
                 }
                 Err(e) => last = Some(e),
             }
         }
         let why = last.map_or_else(String::new, |e| e.to_string());
-        tracing::error!(db = %db_dir.display(), error = %why,
-            "could not reopen the database after closing it to free memory");
+        let db_dir = self.db_dir.display();
+        tracing::error!(db = %db_dir, error = %why,
+            "could not open the database again after closing it to free memory");
         eprintln!(
-            "fieldsync: could not reopen the database in {} after closing it to free memory \
-             ({why}); every write was saved: start fieldsync again",
-            db_dir.display()
+            "fieldsync: could not open the database in {db_dir} again after closing it to free \
+             memory ({why}); every write was saved: start fieldsync again"
         );
         std::process::exit(1);
+    }
+
+    fn publish(&self, h: Arc<Handles>) {
+        *self.slot() = Slot::Open(h);
+        self.swapped.notify_all();
+    }
+
+    /// Closes sled and opens it again. The caller holds the store's writer lock (nothing
+    /// writes). Waits for readers' references to go at most `wait` ([`WAIT_FOR_READERS`]
+    /// unless the caller holds the lock for a long read and must not keep writers waiting that
+    /// long). A resting database is simply opened. Fails only when the flush before closing
+    /// fails (nothing closed then). If the database cannot be opened again, the process stops
+    /// with a message ([`Sled::get`]).
+    pub(crate) fn reopen(&self, wait: Duration) -> Result<Reopen, StoreError> {
+        let start = Instant::now();
+        // A resting database is simply opened (`take` holds readers off meanwhile).
+        if let Some(old) = self.take() {
+            if !self.close(old, start, wait)? {
+                return Ok(Reopen::Busy);
+            }
+        }
+        let h = self.open_again();
+        self.publish(h);
+        Ok(Reopen::Done(start.elapsed()))
+    }
+
+    /// Closes sled and leaves it closed until the next reader ([`Sled::get`] opens it again):
+    /// an idle agent holds none of sled's memory. The caller holds the store's writer lock.
+    /// Waits for readers' references to go at most `wait`, else [`Reopen::Busy`] and nothing
+    /// changes; `Busy` too if a reader ended a rest since the caller saw `wakes_seen`
+    /// ([`Sled::wakes`]); `Done` (zero) if it rests already. Fails only when the flush before closing
+    /// fails (nothing closed then).
+    pub(crate) fn rest(&self, wait: Duration, wakes_seen: u64) -> Result<Reopen, StoreError> {
+        let start = Instant::now();
+        let Some(old) = self.take() else {
+            self.back_to_rest();
+            return Ok(Reopen::Done(Duration::ZERO));
+        };
+        if self.wakes() != wakes_seen {
+            // Somebody ended a rest since the caller looked: the database is in use again.
+            self.publish(old);
+            return Ok(Reopen::Busy);
+        }
+        if !self.close(old, start, wait)? {
+            return Ok(Reopen::Busy);
+        }
+        self.back_to_rest();
+        Ok(Reopen::Done(start.elapsed()))
     }
 }

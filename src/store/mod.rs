@@ -473,6 +473,8 @@ pub struct Store {
     /// Feed head when sled was last opened, and reopens done (see [`Store::reopen`]).
     opened_at: std::sync::atomic::AtomicU64,
     reopens: std::sync::atomic::AtomicU64,
+    /// Rests since the store was opened ([`Store::rest_if_free`]).
+    rests: std::sync::atomic::AtomicU64,
     /// Last field, so it is dropped after the sled handles: waits for sled's lock to go.
     _release: release::SledRelease,
 }
@@ -633,7 +635,10 @@ impl Store {
         };
         let dicts = dict::Dicts::load(&tree)?;
         let store = Store {
-            sled: handles::Sled::new(db, tree),
+            sled: handles::Sled::new(db, tree, db_dir.clone(), {
+                let (db_dir, dir) = (db_dir.clone(), dir.to_path_buf());
+                Box::new(move || open_sled(&db_dir, &dir))
+            }),
             _dir_lock: dir_lock,
             dir: dir.to_path_buf(),
             instance: RwLock::new(instance),
@@ -647,6 +652,7 @@ impl Store {
             dicts,
             opened_at: seq.into(),
             reopens: Default::default(),
+            rests: Default::default(),
             _release: release::SledRelease(db_dir.clone()),
         };
         store.publish(&store.lock())?;
@@ -710,15 +716,59 @@ impl Store {
         wait: std::time::Duration,
     ) -> Result<Reopen, StoreError> {
         use std::sync::atomic::Ordering;
-        let db_dir = self.dir.join("db");
-        let done = self
-            .sled
-            .reopen(&db_dir, wait, || open_sled(&db_dir, &self.dir))?;
+        let done = self.sled.reopen(wait)?;
         if let Reopen::Done(_) = done {
             self.opened_at.store(w.seq, Ordering::SeqCst);
             self.reopens.fetch_add(1, Ordering::SeqCst);
         }
         Ok(done)
+    }
+
+    /// Closes sled and leaves it closed until something reads or writes again (the first
+    /// reader opens it, ~0.2–0.5 s at 1,000,000 records, measured in bench/RESULTS.md): how an
+    /// idle agent gives back all of sled's memory, which a reopen cannot (sled 0.34 keeps ~63
+    /// MB merely open on a 1,000,000-record database; session 12). Only if nobody holds the
+    /// writer lock now ([`Reopen::Busy`] otherwise, at once, as [`Store::reopen_if_free`]) and
+    /// nobody ended a rest since the caller read `wakes_seen` (the second of [`Store::rests`]:
+    /// `Busy` too, so a rest never follows a read it did not see); waits for readers in
+    /// flight at most 2 s (else `Busy`, nothing changed). Every write was
+    /// flushed before. `Done(0)` if the database rests already. Errors: the flush before
+    /// closing failed (nothing was closed).
+    pub fn rest_if_free(&self, wakes_seen: u64) -> Result<Reopen, StoreError> {
+        use std::sync::atomic::Ordering;
+        let w = match self.writer.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(Reopen::Busy),
+        };
+        if self.sled.resting() {
+            return Ok(Reopen::Done(std::time::Duration::ZERO));
+        }
+        let done = self.sled.rest(handles::WAIT_FOR_READERS, wakes_seen)?;
+        if let Reopen::Done(took) = done {
+            // Nothing of this open is left in memory: a reopen is not due any more.
+            self.opened_at.store(w.seq, Ordering::SeqCst);
+            self.rests.fetch_add(1, Ordering::SeqCst);
+            drop(w);
+            tracing::info!(
+                ms = took.as_millis() as u64,
+                "the database rests while nothing uses it (sled's memory given back); it opens again at the next read or write"
+            );
+        }
+        Ok(done)
+    }
+
+    /// Whether the database rests now ([`Store::rest_if_free`]).
+    pub fn resting(&self) -> bool {
+        self.sled.resting()
+    }
+
+    /// Rests since the store was opened, and how many of them a read or write ended.
+    pub fn rests(&self) -> (u64, u64) {
+        (
+            self.rests.load(std::sync::atomic::Ordering::SeqCst),
+            self.sled.wakes(),
+        )
     }
 
     /// Entries sled wrote or read through iterators since it was last opened (by

@@ -1,6 +1,7 @@
-//! [`Store::reopen`] on a real sled on disk while readers, writers and long-lived iterators
-//! run: nobody sees a closed tree or a half state, every acknowledged write stays, and a
-//! reference that does not go makes the reopen give way instead of waiting forever.
+//! [`Store::reopen`] and [`Store::rest_if_free`] on a real sled on disk while readers, writers
+//! and long-lived iterators run: nobody sees a closed tree or a half state, every acknowledged
+//! write stays, a resting database opens again for whoever comes next, and a reference that
+//! does not go makes the reopen give way instead of waiting forever.
 
 use super::*;
 use crate::merge::Edit;
@@ -111,12 +112,24 @@ fn reopens_while_readers_writers_and_iterators_run_lose_and_show_nothing_wrong()
             let (store, stop, done_reopens, writers_done) =
                 (&store, &stop, &done_reopens, &writers_done);
             sc.spawn(move || {
-                for _ in 0..10 {
+                for i in 0..20 {
                     if start.elapsed() > LIMIT {
                         break;
                     }
-                    if let Reopen::Done(_) = store.reopen().unwrap() {
-                        done_reopens.fetch_add(1, Ordering::SeqCst);
+                    if i % 2 == 0 {
+                        if let Reopen::Done(_) = store.reopen().unwrap() {
+                            done_reopens.fetch_add(1, Ordering::SeqCst);
+                        }
+                    } else {
+                        // A rest: closed until the next reader or writer opens it again
+                        // (they come at once here). Busy while someone holds the writer
+                        // lock or woke it meanwhile: tried again a bounded number of times.
+                        for _ in 0..200 {
+                            if let Reopen::Done(_) = store.rest_if_free(store.rests().1).unwrap() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
                     }
                     std::thread::sleep(Duration::from_millis(15));
                 }
@@ -133,6 +146,12 @@ fn reopens_while_readers_writers_and_iterators_run_lose_and_show_nothing_wrong()
     let reopened = done_reopens.load(Ordering::SeqCst);
     assert!(reopened >= 1, "no reopen completed while the others ran");
     assert_eq!(store.reopens(), reopened);
+    let (rests, wakes) = store.rests();
+    assert!(rests >= 1, "no rest completed while the others ran");
+    assert!(
+        wakes >= 1,
+        "no reader or writer opened a resting database ({rests} rests)"
+    );
     assert_eq!(live(&store), PRELOAD + 2 * PER_WRITER);
     assert!(store.check_fingerprints().unwrap().is_empty());
     // Durable across a real close too.
@@ -174,8 +193,8 @@ fn a_reopen_gives_way_to_an_iterator_that_stays_and_then_succeeds() {
     assert_eq!(live(&store), 52);
 }
 
-/// While the store reopens sled (its lock in `db/` let go for a moment), another open of the
-/// same data directory — a CLI command deciding whether an agent runs — is still refused as
+/// While the store reopens sled (its lock in `db/` let go for a moment) or rests (sled closed),
+/// another open of the same data directory — a CLI command deciding whether an agent runs — is still refused as
 /// `Locked`: it must never open the database under the agent (it found it open in CI).
 #[test]
 fn another_open_during_reopens_is_refused_as_locked() {
@@ -199,9 +218,73 @@ fn another_open_during_reopens_is_refused_as_locked() {
     };
     for _ in 0..20 {
         store.reopen().unwrap();
+        // Resting (sled closed) holds the data directory's lock just the same.
+        store.rest_if_free(store.rests().1).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(live(&store), 1);
     }
     stop.store(true, Ordering::SeqCst);
     let tries = opener.join().unwrap().unwrap();
     assert!(tries > 0, "the other open never ran");
     assert_eq!(live(&store), 1);
+}
+
+/// An idle agent's rest: sled closed, every record still there for the next reader, which
+/// opens it again; a write ends a rest too; a rest never follows a read the caller did not
+/// see; a held iterator makes it give way; everything is on disk after a real close.
+#[test]
+fn a_resting_database_opens_again_for_the_next_read_or_write_and_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ops: Vec<LocalOp> = (0..30).map(op).collect();
+    let first = ops[0].id;
+    store.write_local(&ops).unwrap();
+    assert!(!store.resting());
+    let (_, seen) = store.rests();
+    assert!(matches!(store.rest_if_free(seen).unwrap(), Reopen::Done(_)));
+    assert!(store.resting());
+    assert_eq!(store.rests(), (1, 0));
+    assert_eq!(store.written_since_open(), 0);
+    // A read opens it again and finds the record as written.
+    let got = store.get("person", &first).unwrap().expect("record kept");
+    assert_eq!(got.state.value("n"), Some(&json!(0)));
+    assert!(!store.resting());
+    assert_eq!(store.rests(), (1, 1));
+    // A rest asked for by someone who had not seen that read gives way.
+    assert_eq!(store.rest_if_free(seen).unwrap(), Reopen::Busy);
+    assert!(!store.resting());
+    // A write ends a rest as well, and is read back.
+    assert!(matches!(
+        store.rest_if_free(store.rests().1).unwrap(),
+        Reopen::Done(_)
+    ));
+    let late = op(31);
+    let late_id = late.id;
+    store.write_one(late).unwrap();
+    assert_eq!(store.rests(), (2, 2));
+    assert!(store.get("person", &late_id).unwrap().is_some());
+    // An iterator in hand keeps it open (the rest gives way after its bounded wait).
+    let mut held = store.scan_table("person");
+    held.next().unwrap().unwrap();
+    assert_eq!(store.rest_if_free(store.rests().1).unwrap(), Reopen::Busy);
+    assert_eq!(held.count(), 30);
+    // A reopen of a resting database just opens it.
+    assert!(matches!(
+        store.rest_if_free(store.rests().1).unwrap(),
+        Reopen::Done(_)
+    ));
+    assert!(matches!(store.reopen().unwrap(), Reopen::Done(_)));
+    assert!(!store.resting());
+    assert_eq!(live(&store), 31);
+    assert!(store.check_fingerprints().unwrap().is_empty());
+    // Left resting, then closed for real: all of it is on disk.
+    assert!(matches!(
+        store.rest_if_free(store.rests().1).unwrap(),
+        Reopen::Done(_)
+    ));
+    let seq = store.seq();
+    drop(store);
+    let again = open(dir.path());
+    assert_eq!(again.seq(), seq);
+    assert_eq!(live(&again), 31);
 }
