@@ -685,6 +685,32 @@ fn changes_feed_resumes_exactly_after_restarts_and_kill_9() {
     drop(_a2);
     let (_a3, api3) = agent(&dir);
     assert_eq!(drain(&api3, resume).0, Vec::<Value>::new());
+
+    // A position past the head (another laptop's, or a typo) is refused, not answered with
+    // "nothing yet" and `last_seq` = that position, which would skip the changes up to it.
+    let ahead = resume + 1_000;
+    for feed in ["normal", "longpoll"] {
+        let r = api3.get(&format!(
+            "/v1/changes?since={ahead}&feed={feed}&timeout_ms=100"
+        ));
+        assert_eq!(
+            r.status,
+            400,
+            "{feed}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let e = r.json();
+        assert_eq!(e["code"], "SINCE_AHEAD", "{e}");
+        assert_eq!(e["field"], "since", "{e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("since=0"),
+            "the next step: {e}"
+        );
+    }
+    let next = api3.send("POST", "/v1/tables/person/records", &json!({"i": 11}));
+    assert_eq!(next.status, 201);
+    let tail = api3.get(&format!("/v1/changes?since={resume}")).json();
+    assert_eq!(tail["changes"].as_array().unwrap().len(), 1, "{tail}");
 }
 
 #[test]

@@ -53,7 +53,8 @@ impl App {
         self.changes_with(since, limit, false)
     }
 
-    /// [`App::changes`], with changes of fieldsync's own tables too when `system`.
+    /// [`App::changes`], with changes of fieldsync's own tables too when `system`. Errors:
+    /// `SINCE_AHEAD` (invalid, field `since`) when `since` is past the feed's head.
     pub fn changes_with(
         &self,
         since: u64,
@@ -61,6 +62,20 @@ impl App {
         system: bool,
     ) -> Result<ChangesPage, AppError> {
         let limit = limit.clamp(1, MAX_CHANGES);
+        // A position past the head would answer "nothing yet" with `last_seq` = `since`, and an
+        // application storing that would skip every change up to it once the feed got there.
+        let head = self.store.seq();
+        if since > head {
+            return Err(AppError::Invalid {
+                code: "SINCE_AHEAD",
+                message: format!(
+                    "since={since} is past the last change on this laptop ({head}): it belongs to \
+                     another laptop or to a database since replaced; read the feed again from \
+                     since=0"
+                ),
+                field: Some("since".into()),
+            });
+        }
         let mut changes = Vec::new();
         // The page ends after the last row read, shown or not; rows of fieldsync's own tables
         // (`fs_revocations`) are not an application's data and are left out unless asked (still
