@@ -297,6 +297,25 @@ pub fn read_backup(path: &Path) -> Result<(Header, Entries), BackupError> {
     let not_backup = |e: &dyn std::fmt::Display| {
         invalid(path, format!("not a fieldsync backup, or damaged ({e})"))
     };
+    // Every backup starts as a zstd frame: anything else is some other file, which the
+    // decoder's own words ("Unknown frame descriptor") would not tell a person.
+    let mut magic = [0u8; 4];
+    let head = std::io::Read::read(&mut &file, &mut magic).unwrap_or(0);
+    if head < 4 || magic != [0x28, 0xb5, 0x2f, 0xfd] {
+        return Err(invalid(
+            path,
+            "not a fieldsync backup (it does not start as one): give a file written by \
+             `fieldsync backup FILE`, or an automatic snapshot from the data directory's \
+             snapshots/",
+        ));
+    }
+    use std::io::Seek;
+    let mut file = file;
+    file.seek(std::io::SeekFrom::Start(0))
+        .map_err(|source| BackupError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let dec = zstd::stream::read::Decoder::new(file).map_err(|e| not_backup(&e))?;
     let mut de = rmp_serde::Deserializer::new(dec);
     let header = Header::deserialize(&mut de).map_err(|e| not_backup(&e))?;
@@ -397,6 +416,28 @@ mod tests {
             rmp_serde::encode::write(&mut enc, &(Bin(k), Bin(v))).unwrap();
         }
         std::fs::write(to, enc.finish().unwrap()).unwrap();
+    }
+
+    /// Some other file given as a backup is named as such, without the decoder's words (a
+    /// newcomer read "IO error while reading marker: Unknown frame descriptor"); an empty
+    /// file too.
+    #[test]
+    fn a_file_that_is_not_a_backup_is_called_so_in_plain_words() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, body) in [
+            ("notes.txt", &b"shelter list, 3 rows\n"[..]),
+            ("empty", b""),
+        ] {
+            let f = dir.path().join(name);
+            std::fs::write(&f, body).unwrap();
+            let e = read_backup(&f).unwrap_err().to_string();
+            assert!(
+                e.contains("not a fieldsync backup (it does not start as one)"),
+                "{e}"
+            );
+            assert!(e.contains("fieldsync backup FILE"), "{e}");
+            assert!(!e.contains("frame"), "{e}");
+        }
     }
 
     #[test]

@@ -337,8 +337,10 @@ fn database_detail(store: &Store) -> String {
         tables = users.clone().count();
         live = users.map(|(_, c)| c.live).sum::<u64>();
     }
+    let records = if live == 1 { "record" } else { "records" };
+    let tables_word = if tables == 1 { "table" } else { "tables" };
     format!(
-        "opens: instance {} ({}), {live} live records in {tables} tables",
+        "opens: instance {} ({}), {live} live {records} in {tables} {tables_word}",
         info.id, info.name
     )
 }

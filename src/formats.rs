@@ -104,17 +104,48 @@ pub fn read_ops_naming(
             v.get(k)
                 .and_then(Value::as_str)
                 .map(str::to_string)
-                .ok_or_else(|| err(format!("missing or non-string \"{k}\"")))
+                .ok_or_else(|| {
+                    err(format!(
+                        "missing or non-string \"{k}\": each line is one op, \
+                         {{\"op\": \"put\" | \"patch\" | \"delete\", \"table\": NAME, \"id\": UUID, \
+                         \"fields\": {{...}}}}"
+                    ))
+                })
         };
         let op = get_str("op")?;
         let table = get_str("table")?;
         model::validate_table(&table).map_err(|e| err(e.to_string()))?;
-        let id_text = get_str("id")?;
+        // An ops file names every record, so that applying it twice changes nothing (a put
+        // without an id would add a new record each time).
+        let id_text = match v.get("id") {
+            Some(Value::String(t)) => t.clone(),
+            Some(_) => return Err(err("\"id\" must be a string: the record's UUID".into())),
+            None => {
+                return Err(err(format!(
+                    "missing \"id\": every op names its record by UUID, so that applying the \
+                     file twice changes nothing; add one (for a new record, a fresh UUID, e.g. \
+                     from `uuidgen`), or load rows without ids with `fieldsync import {table} \
+                     FILE --new-ids`"
+                )))
+            }
+        };
         let id = match model::parse_id(&id_text) {
             Ok(id) => id,
-            Err(e) => match (op.as_str(), existing(&table, &id_text)) {
+            Err(_) => match (op.as_str(), existing(&table, &id_text)) {
                 ("patch" | "delete", Some(found)) => found.map_err(err)?,
-                _ => return Err(err(e.to_string())),
+                ("patch" | "delete", None) => {
+                    return Err(err(format!(
+                        "record id {id_text:?} is not a UUID, the start of one or an import \
+                         key of {table}: give the record's UUID (`fieldsync list {table}` shows \
+                         them)"
+                    )))
+                }
+                _ => {
+                    return Err(err(format!(
+                        "record id {id_text:?} is not a UUID: a put names its record by UUID \
+                         (for a new record, a fresh one, e.g. from `uuidgen`)"
+                    )))
+                }
             },
         };
         let fields = || -> Result<Fields, FormatError> {
@@ -332,5 +363,23 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown op"));
+    }
+
+    /// A put without an id, or with one that is not a UUID, is refused with the next step,
+    /// never with "no id for a new record", which `apply` does not take (a newcomer was told
+    /// both); a patch or delete naming no record says how to find its UUID.
+    #[test]
+    fn ops_without_a_usable_id_say_what_to_give() {
+        let refused = |line: &str| read_ops(line.as_bytes()).unwrap_err().to_string();
+        let e = refused(r#"{"op":"put","table":"shelter","fields":{"name":"School"}}"#);
+        assert!(e.starts_with("line 1: missing \"id\""), "{e}");
+        assert!(e.contains("uuidgen") && e.contains("--new-ids"), "{e}");
+        let e = refused(r#"{"op":"put","table":"shelter","id":"not-a-uuid","fields":{}}"#);
+        assert!(e.contains("a put names its record by UUID"), "{e}");
+        assert!(!e.contains("no id for a new record"), "{e}");
+        let e = refused(r#"{"op":"delete","table":"shelter","id":"nope"}"#);
+        assert!(e.contains("fieldsync list shelter"), "{e}");
+        let e = refused(r#"{"op":"put","id":"x"}"#);
+        assert!(e.contains("\"table\": NAME"), "{e}");
     }
 }

@@ -553,6 +553,14 @@ fn generate_is_deterministic_and_needs_no_database() {
     let ops = a.file("ops.jsonl", gen(&["ops", "--from", from, "--count", "10"]));
     assert_eq!(a.ok(&["apply", path_str(&ops)]).json()["written"], 11);
     assert_eq!(a.digest(&[]).0, 39);
+    // Applying the same file again changes nothing and fails on nothing (its delete finds
+    // the record deleted already): the 11 ops are all unchanged.
+    let digest = a.digest(&[]);
+    assert_eq!(
+        a.ok(&["apply", path_str(&ops)]).json(),
+        json!({"ops": 11, "written": 0, "unchanged": 11})
+    );
+    assert_eq!(a.digest(&[]), digest);
 
     // It even runs while another process holds the database.
     let _held = Store::open(&a.dir(), Config::default()).expect("open in-process");

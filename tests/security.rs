@@ -400,6 +400,44 @@ fn revocations_travel_with_the_data_and_only_the_ca_can_revoke() {
     coord.ok(&["sync", &agent_b.addr]);
 }
 
+/// An agent started before its laptop was in a deployment keeps sync off; `mesh create` run
+/// while it runs (the CLI hands it to the agent) says to start it again, and once started
+/// again it syncs over mutual TLS (a newcomer made a deployment and kept being told to join).
+/// A second `run` meanwhile says which process holds the directory and how to stop it.
+#[test]
+fn mesh_create_under_an_agent_started_without_sync_says_to_restart_it() {
+    let coord = Node::new("coord");
+    let mut c = coord.cmd(&["run", "--listen", "127.0.0.1:0", "--no-discovery"]);
+    c.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().expect("start run");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("first line");
+    assert!(line.contains("\"sync\":\"off\""), "{line}");
+    let out = coord.ok(&["mesh", "create", "--name", "Flood"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let next = v["next"].as_str().unwrap_or_default();
+    assert!(
+        next.contains(&format!("pid {}", child.id())) && next.contains("fieldsync run"),
+        "{v}"
+    );
+    let err = coord.fails(&["run", "--listen", "127.0.0.1:0", "--no-discovery"]);
+    assert!(
+        err.contains(&format!("an agent (pid {}) is already running", child.id()))
+            && err.contains(&format!("`kill {}`", child.id())),
+        "{err}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let agent = coord.start(&[]);
+    assert_eq!(agent.live()["transport"], "mutual TLS");
+}
+
 /// Part 4: Plaintext only when asked for, on both ends, and never mixed with TLS.
 #[test]
 fn plaintext_must_be_asked_for_and_does_not_mix_with_tls() {

@@ -124,13 +124,17 @@ impl App {
         for (table, ids) in doomed {
             let live = counts.get(table).copied().unwrap_or(0);
             let n = ids.len() as u64;
-            if self.store.config().brake.trips(table, n, live) {
+            let brake = &self.store.config().brake;
+            let rule = brake.rule(table);
+            if brake.trips(table, n, live) {
                 return Err(AppError::Conflict {
                     code: "MASS_DELETE",
                     message: format!(
-                        "this batch deletes {n} of {live} {table} records, more than [brake] in \
-                         fieldsync.toml allows: nothing was written; run it again with --yes \
-                         (API: \"confirm_mass_delete\": true) if that is what you want"
+                        "this batch deletes {n} of {live} {table} records, more than the \
+                         mass-delete brake allows (over {} % of a table, from {} records; \
+                         `[brake]` in fieldsync.toml): nothing was written; run it again with \
+                         --yes (API: \"confirm_mass_delete\": true) if that is what you want",
+                        rule.percent, rule.min_records
                     ),
                     field: None,
                 });

@@ -38,7 +38,7 @@ fn check_address(peer: &str) -> Result<(), AppError> {
         ))
     } else {
         Err(AppError::NotFound {
-            field: None,
+            field: Some("peer".into()),
             code: "PEER_NOT_FOUND",
             message: format!(
                 "no known peer is named {peer:?}, and it is not an address: use a name from \
@@ -83,6 +83,20 @@ fn name_hint(rows: &[PeerRow], name: &str) -> String {
             .into();
     }
     name_hint_among(&names, name)
+}
+
+/// [`name_hint`] where only a laptop, not an address, will do (a bundle's recipient, a
+/// conflict's side): a laptop never met is named by its instance id, which `fieldsync status`
+/// on that laptop shows.
+fn instance_hint(rows: &[PeerRow], name: &str) -> String {
+    const ID: &str = "use its instance id (`fieldsync status` on that laptop shows it)";
+    if rows.iter().all(|r| r.name.is_empty()) {
+        return format!(": no laptop is known here by name yet; {ID}");
+    }
+    format!(
+        "{}; for a laptop never met here, {ID}",
+        name_hint(rows, name)
+    )
 }
 
 /// The name in `names` closest to a mistyped `name`, if one is close: Jaro-Winkler ≥ 0.85
@@ -175,9 +189,12 @@ impl App {
         match named_peers(&rows, peer).as_slice() {
             [one] => Ok(one.instance),
             [] => Err(AppError::NotFound {
-                field: None,
+                field: Some("peer".into()),
                 code: "PEER_NOT_FOUND",
-                message: format!("no known peer is named {peer:?}{}", name_hint(&rows, peer)),
+                message: format!(
+                    "no known peer is named {peer:?}{}",
+                    instance_hint(&rows, peer)
+                ),
             }),
             many => Err(ambiguous(peer, many)),
         }
@@ -229,18 +246,18 @@ impl App {
                         .find(|n| n.to_lowercase() == peer.trim().to_lowercase())
                     {
                         return Err(AppError::NotFound {
-                            field: None,
+                            field: Some("peer".into()),
                             code: "PEER_NOT_FOUND",
                             message: format!(
                                 "{n} was enrolled here but has never synced with this laptop, so \
-                                 its address is unknown: give its HOST:PORT (e.g. `fieldsync \
-                                 sync 192.0.2.7:7437`), or let the agents find each other on the \
-                                 network"
+                                 its address is unknown: give its HOST:PORT instead of its name \
+                                 (e.g. 192.0.2.7:7437, the port its `fieldsync run` listens on), \
+                                 or let the agents find each other on the network"
                             ),
                         });
                     }
                     return Err(AppError::NotFound {
-                        field: None,
+                        field: Some("peer".into()),
                         code: "PEER_NOT_FOUND",
                         message: format!(
                             "no known peer is named {peer:?}, and it is not an address (HOST:PORT){}",
@@ -257,7 +274,7 @@ impl App {
                     .filter(|u| !u.is_empty())
                     .or_else(|| r.addresses.first().cloned());
                 addr.ok_or_else(|| AppError::NotFound {
-                    field: None,
+                    field: Some("peer".into()),
                     code: "PEER_NOT_FOUND",
                     message: format!(
                         "peer {peer} has no known address: pass its HOST:PORT instead"
@@ -265,7 +282,7 @@ impl App {
                 })
             }
             None if by_id.is_some() => Err(AppError::NotFound {
-                field: None,
+                field: Some("peer".into()),
                 code: "PEER_NOT_FOUND",
                 message: format!("instance {peer} is not a known peer: pass its HOST:PORT instead"),
             }),
@@ -389,5 +406,28 @@ mod tests {
         let many: Vec<PeerRow> = (0..10).map(|i| row(&format!("unit{i:02}"))).collect();
         let hint = name_hint(&many, "zebra");
         assert!(hint.ends_with("and 2 more (`fieldsync peers`)"), "{hint}");
+    }
+
+    /// Where only a laptop will do (a bundle's recipient), the hint never offers HOST:PORT,
+    /// and names the instance id's source for a laptop never met (a newcomer got "use its
+    /// instance id or HOST:PORT" from `bundle write --for`).
+    #[test]
+    fn a_laptop_not_known_by_name_is_named_by_its_instance_id() {
+        let empty = instance_hint(&[], "hq");
+        assert!(!empty.contains("HOST:PORT"), "{empty}");
+        assert!(
+            empty.contains("`fieldsync status` on that laptop"),
+            "{empty}"
+        );
+        let rows = [row("laptopB")];
+        let known = instance_hint(&rows, "hq");
+        assert!(
+            known.starts_with(": known peers are \"laptopB\""),
+            "{known}"
+        );
+        assert!(
+            known.contains("never met here, use its instance id"),
+            "{known}"
+        );
     }
 }

@@ -92,7 +92,19 @@ fn write(
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
     let instance = match (target, all) {
-        (Some(t), _) => Some(app.resolve_instance(&t)?),
+        (Some(t), _) => Some(app.resolve_instance(&t).map_err(|e| match e {
+            // A stick for everyone needs no name at all.
+            crate::app::AppError::NotFound {
+                code,
+                message,
+                field,
+            } => crate::app::AppError::NotFound {
+                code,
+                message: format!("{message}; or write a bundle for every laptop with --all"),
+                field,
+            },
+            other => other,
+        })?),
         (None, true) => None,
         (None, false) => {
             return Err(CliError::Invalid(
@@ -253,6 +265,7 @@ fn show(app: &App, path: &Path, io: &mut Io<'_>) -> Result<(), CliError> {
         "written_at": h.written_at,
         "for": h.target,
         "for_name": h.target_name,
+        "for_this_laptop": h.target == Some(app.store().id()),
         "since": h.since,
         "next": h.next,
         "head": h.head,
@@ -275,6 +288,7 @@ fn human_show(v: &Value) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     let whom = match v["for"].as_str() {
         None => "any laptop (everything)".to_string(),
+        Some(id) if v["for_this_laptop"] == true => format!("this laptop ({id})"),
         Some(id) => format!("{} ({id})", v["for_name"].as_str().unwrap_or("never met")),
     };
     // Written at: a local minute, as everywhere else for people (the JSON keeps the exact time).
@@ -324,5 +338,17 @@ mod tests {
                 && said.contains("1 delete is held for a person to decide"),
             "{said}"
         );
+    }
+
+    /// A bundle written for the laptop that shows it says "this laptop", not "never met" (a
+    /// newcomer's `bundle show` on the recipient).
+    #[test]
+    fn a_bundle_for_this_laptop_says_so() {
+        let id = uuid::Uuid::new_v4().to_string();
+        let v = serde_json::json!({"for": id, "for_name": null, "for_this_laptop": true,
+            "written_at": "2026-12-05T10:00:00Z"});
+        let shown = human_show(&v);
+        assert!(shown.contains(&format!("this laptop ({id})")), "{shown}");
+        assert!(!shown.contains("never met"), "{shown}");
     }
 }

@@ -310,6 +310,14 @@ pub fn status(v: &Value, now: DateTime<Utc>) -> String {
                 a["pid"],
                 a["transport"].as_str().unwrap_or("")
             ),
+            // Joined (a credential, `mesh create` or `init --mesh`) since the agent started
+            // without one: its sync stays off until it starts again.
+            None if v["credential"]["ok"] == true => format!(
+                "Agent: running (pid {pid}); sync is off: the agent started before this laptop \
+                 joined a deployment. Stop it (Ctrl-C where it runs, or `kill {pid}`) and start \
+                 it again with `fieldsync run` to sync",
+                pid = a["pid"]
+            ),
             None => format!(
                 "Agent: running (pid {}); {}",
                 a["pid"],
@@ -1004,6 +1012,29 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains('?'), "{text}");
+    }
+
+    /// An agent started before `mesh create` (or `init --mesh`) keeps sync off until it starts
+    /// again: status says so and how, instead of "until this laptop joins" (a newcomer had
+    /// joined and was told to join).
+    #[test]
+    fn an_agent_started_before_joining_says_to_restart_it() {
+        let v = serde_json::json!({
+        "credential": {"ok": true, "check": "credential", "detail": "member of Flood"},
+        "agent": {
+            "running": true, "pid": 7, "listen": null,
+            "transport": "none: sync is off until this laptop joins a deployment",
+        }});
+        let text = status(&v, Utc::now());
+        assert!(
+            text.contains(
+                "Agent: running (pid 7); sync is off: the agent started before this laptop \
+                 joined a deployment. Stop it (Ctrl-C where it runs, or `kill 7`) and start it \
+                 again with `fieldsync run` to sync."
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("until this laptop joins"), "{text}");
     }
 
     #[test]

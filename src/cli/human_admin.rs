@@ -33,6 +33,11 @@ pub fn mesh_created(v: &Value, laptop: &str) -> String {
          `fieldsync mesh enroll --name NAME --out NAME.fsmesh`, then on that laptop \
          `fieldsync init --mesh NAME.fsmesh`.\n"
     );
+    if let Some(next) = v["next"].as_str() {
+        let mut c = next.chars();
+        let first = c.next().map(|f| f.to_uppercase().collect::<String>());
+        t += &format!("{}{}.\n", first.unwrap_or_default(), c.as_str());
+    }
     t
 }
 

@@ -148,6 +148,17 @@ pub fn init(
     writeln!(io.out, "{v}").map_err(CliError::Output)
 }
 
+/// What an agent that started before this laptop joined a deployment needs (this process is
+/// that agent: the CLI forwarded the command to it).
+fn restart_to_sync() -> String {
+    let pid = std::process::id();
+    format!(
+        "the agent (pid {pid}) started before this laptop was in a deployment, so its sync is \
+         off: stop it (Ctrl-C where it runs, or `kill {pid}`) and start it again with \
+         `fieldsync run` to sync"
+    )
+}
+
 /// `mesh create|enroll|revoke|show`.
 pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), CliError> {
     let store = app.store();
@@ -177,9 +188,17 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
                 .enroll(store.id(), &store.instance().name)
                 .map_err(invalid)?;
             mesh::save(&store.dir().join(mesh::CREDENTIAL_FILE), &cred).map_err(invalid)?;
-            let v = json!({"deployment": name, "mesh_id": ca.mesh_id().map_err(invalid)?,
+            let mut v = json!({"deployment": name, "mesh_id": ca.mesh_id().map_err(invalid)?,
                    "ca_file": path, "join_file": join_file.map(|j| cwd.join(j)),
                    "instance": store.id()});
+            // Run inside an agent that started with sync off (no credential then): it keeps
+            // sync off until it starts again, which nothing else would tell the coordinator.
+            if app
+                .agent()
+                .is_some_and(|a| a.live.to_json()["listen"].is_null())
+            {
+                v["next"] = json!(restart_to_sync());
+            }
             if io.human {
                 let text = super::human_admin::mesh_created(&v, &store.instance().name);
                 return write!(io.out, "{text}").map_err(CliError::Output);

@@ -905,8 +905,25 @@ fn forward(
     rt: &tokio::runtime::Handle,
 ) -> Result<(), CliError> {
     if matches!(command, Command::Run { .. }) {
+        // Which process it is, so that it can be found and stopped (asked of the agent).
+        let status = crate::control::RunRequest {
+            token: String::new(),
+            args: vec!["status".into()],
+            stdin: None,
+            cwd: cwd.clone(),
+        };
+        let pid = rt
+            .block_on(crate::control::forward(dir, status))
+            .ok()
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.stdout).ok())
+            .and_then(|v| v["agent"]["pid"].as_u64());
+        let (which, stop) = match pid {
+            Some(pid) => (format!(" (pid {pid})"), format!(", or `kill {pid}`")),
+            None => (String::new(), String::new()),
+        };
         return Err(CliError::Io(format!(
-            "an agent is already running on {}",
+            "an agent{which} is already running on {}: use it as it is (every command talks \
+             to it), or stop it first (Ctrl-C where it runs{stop}) to start it again",
             dir.display()
         )));
     }
@@ -926,8 +943,8 @@ fn forward(
         stdin,
         cwd,
     };
-    let reply = rt
-        .block_on(crate::control::forward(dir, req))
+    let mut reply = rt
+        .block_on(crate::control::forward(dir, req.clone()))
         .map_err(|e| match e {
             crate::control::ControlError::Stopped => CliError::Io(e.to_string()),
             e => CliError::Io(format!(
@@ -935,6 +952,22 @@ fn forward(
                 dir.display()
             )),
         })?;
+    // The agent cannot ask on this terminal: a mass delete it held back is confirmed here, as
+    // `apply` without an agent does, and sent again with --yes.
+    if reply.code != 0
+        && reply
+            .stderr
+            .contains("nothing was written; run it again with --yes")
+        && !reads_stdin
+        && std::io::stdin().is_terminal()
+        && records::confirmed_on_terminal(reply.stderr.trim().trim_start_matches("fieldsync: "))
+    {
+        let mut again = req;
+        again.args.push("--yes".into());
+        reply = rt
+            .block_on(crate::control::forward(dir, again))
+            .map_err(|e| CliError::Io(e.to_string()))?;
+    }
     out.write_all(reply.stdout.as_bytes())
         .map_err(CliError::Output)?;
     if reply.code == 0 {

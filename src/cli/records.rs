@@ -689,8 +689,28 @@ pub fn apply(app: &App, file: &Path, yes: bool, io: &mut Io<'_>) -> Result<(), C
         BufReader::new(open_input(file, &mut io.stdin, &io.cwd)?),
         &existing,
     )?;
-    let lines: Vec<usize> = ops.iter().map(|(l, _)| *l).collect();
-    let ops: Vec<LocalOp> = ops.into_iter().map(|(_, o)| o).collect();
+    // Applying a file again changes nothing: a delete of a record already deleted here, and
+    // not touched by an earlier line of the file, is counted unchanged instead of failing the
+    // whole file (a newcomer's second `apply` of the same ops failed on such a line).
+    let mut touched = std::collections::HashSet::new();
+    let mut already_deleted = 0usize;
+    let mut kept = Vec::with_capacity(ops.len());
+    for (line, op) in ops {
+        let first_touch = touched.insert((op.table.clone(), op.id));
+        if matches!(op.edit, crate::merge::Edit::Delete)
+            && first_touch
+            && app
+                .store()
+                .get(&op.table, &op.id)?
+                .is_some_and(|r| !r.state.is_alive())
+        {
+            already_deleted += 1;
+            continue;
+        }
+        kept.push((line, op));
+    }
+    let lines: Vec<usize> = kept.iter().map(|(l, _)| *l).collect();
+    let ops: Vec<LocalOp> = kept.into_iter().map(|(_, o)| o).collect();
     if let Err(e) = app.check_mass_delete(&ops, yes) {
         // A person at a terminal may confirm; scripts, pipes and the agent need --yes.
         let terminal = io.agent.is_none() && !reads_stdin && std::io::stdin().is_terminal();
@@ -698,15 +718,19 @@ pub fn apply(app: &App, file: &Path, yes: bool, io: &mut Io<'_>) -> Result<(), C
             return Err(e.into());
         }
     }
-    let results = app
-        .store()
-        .write_local(&ops)
-        .map_err(|e| at_line(e, &lines))?;
+    let results = if ops.is_empty() {
+        Vec::new()
+    } else {
+        app.store()
+            .write_local(&ops)
+            .map_err(|e| at_line(e, &lines))?
+    };
     let written = results
         .iter()
         .filter(|r| matches!(r, OpResult::Written(_)))
         .count();
-    let v = json!({"ops": results.len(), "written": written, "unchanged": results.len() - written});
+    let all = results.len() + already_deleted;
+    let v = json!({"ops": all, "written": written, "unchanged": all - written});
     if io.human {
         let text = super::human_admin::applied(&v);
         return write!(io.out, "{text}").map_err(CliError::Output);
@@ -715,7 +739,7 @@ pub fn apply(app: &App, file: &Path, yes: bool, io: &mut Io<'_>) -> Result<(), C
 }
 
 /// Asks on the terminal; true only for an explicit "yes".
-fn confirmed_on_terminal(what: &str) -> bool {
+pub(super) fn confirmed_on_terminal(what: &str) -> bool {
     let what = what.split(": nothing was written").next().unwrap_or(what);
     eprint!("fieldsync: {what}. Type yes to go on: ");
     let mut answer = String::new();

@@ -283,7 +283,8 @@ impl Store {
         let mut entry = self.conflict(id)?;
         if entry.resolved.is_some() {
             return Err(StoreError::BadResolution(format!(
-                "conflict {id} is already resolved"
+                "conflict {id} is already resolved: nothing to do (`fieldsync conflicts --all` \
+                 shows how it was resolved; to change a value now, put or patch the record)"
             )));
         }
         // "local"/"remote" name the sides as the detecting instance saw them: on any other
