@@ -170,6 +170,8 @@ enum Reason {
     Periodic,
     /// A session followed by an anti-entropy round (`[sync] anti_entropy_secs`).
     AntiEntropy,
+    /// The try a failure announced ("next try in N s"), at the end of its back-off.
+    Retry,
 }
 
 /// `every` ± 20%, so laptops started together do not all reconcile at the same moment.
@@ -209,6 +211,8 @@ struct Agent {
     in_flight: Mutex<std::collections::HashSet<String>>,
     /// Key → (consecutive failures, not before).
     backoff: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Session keys with a [`Reason::Retry`] scheduled (one at a time per key).
+    retrying: Mutex<std::collections::HashSet<String>>,
     /// Peers whose session line `run` has printed since it started (see [`worth_a_line`]).
     said: Mutex<std::collections::HashSet<Uuid>>,
     /// Session key → the failure `run` last printed for it (see [`failure_worth_a_line`]).
@@ -275,6 +279,15 @@ impl Agent {
                     Ok(report) => {
                         last_err = None;
                         lock(&me.backoff).remove(&key);
+                        // A laptop first tried by address (`--peer`) and now known by id: what
+                        // failed under its address is over too, and said so below.
+                        let by_address = addrs
+                            .iter()
+                            .filter(|a| **a != key)
+                            .any(|a| lock(&me.failing).remove(a).is_some());
+                        for a in &addrs {
+                            lock(&me.backoff).remove(a);
+                        }
                         // The address that worked, and when (online now: `sync_with` told
                         // `presence`), kept in the row; and the deletes the brake holds from
                         // that peer, said on the same line. Off the async threads: the write
@@ -301,7 +314,7 @@ impl Agent {
                         // periodic or notified session that moved nothing: those are said once
                         // per peer (so the first contact shows), then only in the debug log.
                         // After failures were said, the first session that works says so.
-                        let back = lock(&me.failing).remove(&key).is_some();
+                        let back = lock(&me.failing).remove(&key).is_some() || by_address;
                         if worth_a_line(&me.said, &report, &note) || back {
                             let again = if back { " (reachable again)" } else { "" };
                             eprintln!("{}{again}{}", report_line(&report), note);
@@ -378,6 +391,17 @@ impl Agent {
                 // discovery still sees it).
                 if let (Some(p), SyncError::Transport { .. }) = (peer, &e) {
                     crate::presence::unreachable(p);
+                }
+                // The next try the line above announced happens then, not at the next
+                // periodic round (`[sync] interval_secs`, a minute by default: a newcomer
+                // waited that long for "next try in 2 s"). One scheduled per key.
+                if !revoked_here && lock(&me.retrying).insert(key.clone()) {
+                    let (me, key, addrs) = (me.clone(), key.clone(), addrs.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        lock(&me.retrying).remove(&key);
+                        me.spawn_session(peer, addrs, Reason::Retry);
+                    });
                 }
                 if let (Some(p), Some(d)) = (peer, lock(&me.discovery).as_ref()) {
                     d.verify(&p);
@@ -628,6 +652,7 @@ pub async fn run(
         inbound,
         in_flight: Mutex::default(),
         backoff: Mutex::default(),
+        retrying: Mutex::default(),
         said: Mutex::default(),
         failing: Mutex::default(),
         notified_waiting: Mutex::default(),

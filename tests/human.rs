@@ -619,6 +619,81 @@ fn the_agents_output_says_only_sessions_that_moved_something() {
     );
 }
 
+/// A laptop given with `--peer` that is not up yet: `run` says the failure once with its next
+/// try, tries again then (not at the next periodic round, a minute away), and says when the
+/// laptop is back, although it is by then known by its id rather than its address (a newcomer
+/// saw neither the retry nor the "back" line).
+#[test]
+fn a_peer_that_comes_up_later_is_retried_when_announced_and_said_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let (a, b) = (data_dir(root, "a"), data_dir(root, "b"));
+    run(&a, &["init", "--name", "laptopA"]).ok();
+    run(&b, &["init", "--name", "laptopB"]).ok();
+    ensure_member(&b);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let b_addr = format!("127.0.0.1:{port}");
+    let agent_a = Agent::start_with(&a, &["--no-api", "--peer", &b_addr]);
+    wait_until(
+        "A to say B cannot be reached",
+        std::time::Duration::from_secs(30),
+        || {
+            agent_a
+                .log_text()
+                .lines()
+                .any(|l| {
+                    l.starts_with(&format!("sync with {b_addr} failed"))
+                        && l.contains("next try in")
+                })
+                .then_some(())
+        },
+    );
+    let log_b = root.join("b.log");
+    let mut agent_b = std::process::Command::new(bin())
+        .args([
+            "--data-dir",
+            b.to_str().unwrap(),
+            "run",
+            "--listen",
+            &b_addr,
+        ])
+        .args(["--no-discovery", "--no-api"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_b).unwrap())
+        .spawn()
+        .expect("start B");
+    // Bounded well under the periodic round (`[sync] interval_secs`, 60 s): only the announced
+    // retry (back-off 2, 4, 8 s) can make it in time.
+    let said = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_until(
+            "A to say B is back",
+            std::time::Duration::from_secs(30),
+            || {
+                agent_a
+                    .log_text()
+                    .lines()
+                    .any(|l| {
+                        l.starts_with("synced with laptopB") && l.contains("(reachable again)")
+                    })
+                    .then_some(())
+            },
+        )
+    }));
+    let _ = agent_b.kill();
+    let _ = agent_b.wait();
+    if said.is_err() {
+        panic!(
+            "A's log:\n{}\nB's log:\n{}",
+            agent_a.log_text(),
+            std::fs::read_to_string(&log_b).unwrap_or_default()
+        );
+    }
+}
+
 /// Polls `f` every 200 ms until it gives a value; panics naming `what` after `limit`.
 fn wait_until<T>(what: &str, limit: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = std::time::Instant::now() + limit;
