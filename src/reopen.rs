@@ -71,36 +71,33 @@ pub async fn run(store: Arc<Store>, mut stop: watch::Receiver<bool>) {
             quiet_since = Instant::now();
             continue;
         }
-        if quiet_since.elapsed() >= REST_AFTER && !store.resting() {
-            let s = store.clone();
-            match tokio::task::spawn_blocking(move || s.rest_if_free(wakes)).await {
-                // Logged by the store.
-                Ok(Ok(Reopen::Done(_))) => {}
-                Ok(Ok(Reopen::Busy)) => {
-                    debug!("the database was busy; letting it rest later");
-                    quiet_since = Instant::now();
-                }
-                Ok(Err(e)) => {
-                    warn!(error = %e, "could not close the idle database to give back memory; trying later");
-                    quiet_since = Instant::now();
-                }
-                Err(_) => return,
-            }
-            continue;
-        }
-        if quiet_since.elapsed() < QUIET || !due(&store) {
+        let resting_due = quiet_since.elapsed() >= REST_AFTER && !store.resting();
+        if !resting_due && (quiet_since.elapsed() < QUIET || !due(&store)) {
             continue;
         }
         let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.reopen_if_free()).await {
+        let done = tokio::task::spawn_blocking(move || {
+            if resting_due {
+                s.rest_if_free(wakes)
+            } else {
+                s.reopen_if_free()
+            }
+        })
+        .await;
+        let what = if resting_due {
+            "close the idle database"
+        } else {
+            "reopen the database"
+        };
+        match done {
             // Logged by the store.
             Ok(Ok(Reopen::Done(_))) => {}
             Ok(Ok(Reopen::Busy)) => {
-                debug!("the database was busy; reopening it later");
+                debug!("the database was busy; will {what} later");
                 quiet_since = Instant::now();
             }
             Ok(Err(e)) => {
-                warn!(error = %e, "could not reopen the database to give back memory; trying later");
+                warn!(error = %e, "could not {what} to give back memory; trying later");
                 quiet_since = Instant::now();
             }
             Err(_) => return,

@@ -563,6 +563,14 @@ fn restore_enroll_revoke_held_and_list_tell_a_newcomer_what_happened() {
     snapshot!("newcomer", t);
 }
 
+/// Data directories `a` and `b` under `root`, initialised as laptopA and laptopB.
+fn laptops_a_and_b(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (a, b) = (data_dir(root, "a"), data_dir(root, "b"));
+    run(&a, &["init", "--name", "laptopA"]).ok();
+    run(&b, &["init", "--name", "laptopB"]).ok();
+    (a, b)
+}
+
 /// `run`'s output (often a log file) says a session with a peer once, then only sessions that
 /// moved something: periodic sessions that move nothing do not fill it, and a failure's log
 /// line carries no empty `peer= name=` fields (found by a newcomer trial).
@@ -570,9 +578,7 @@ fn restore_enroll_revoke_held_and_list_tell_a_newcomer_what_happened() {
 fn the_agents_output_says_only_sessions_that_moved_something() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let (a, b) = (data_dir(root, "a"), data_dir(root, "b"));
-    run(&a, &["init", "--name", "laptopA"]).ok();
-    run(&b, &["init", "--name", "laptopB"]).ok();
+    let (a, b) = laptops_a_and_b(root);
     // B's agent syncs with every known peer each second.
     std::fs::write(b.join("fieldsync.toml"), "[sync]\ninterval_secs = 1\n").unwrap();
     let agent_a = Agent::start_with(&a, &["--no-api"]);
@@ -627,9 +633,7 @@ fn the_agents_output_says_only_sessions_that_moved_something() {
 fn a_peer_that_comes_up_later_is_retried_when_announced_and_said_back() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let (a, b) = (data_dir(root, "a"), data_dir(root, "b"));
-    run(&a, &["init", "--name", "laptopA"]).ok();
-    run(&b, &["init", "--name", "laptopB"]).ok();
+    let (a, b) = laptops_a_and_b(root);
     ensure_member(&b);
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

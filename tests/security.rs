@@ -400,17 +400,13 @@ fn revocations_travel_with_the_data_and_only_the_ca_can_revoke() {
     coord.ok(&["sync", &agent_b.addr]);
 }
 
-/// An agent started before its laptop was in a deployment keeps sync off; `mesh create` run
-/// while it runs (the CLI hands it to the agent) says to start it again, and once started
-/// again it syncs over mutual TLS (a newcomer made a deployment and kept being told to join).
-/// A second `run` meanwhile says which process holds the directory and how to stop it.
-#[test]
-fn mesh_create_under_an_agent_started_without_sync_says_to_restart_it() {
-    let coord = Node::new("coord");
-    let mut c = coord.cmd(&["run", "--listen", "127.0.0.1:0", "--no-discovery"]);
+/// `fieldsync run` on a laptop outside any deployment (its agent runs with sync off), with
+/// stderr as given; returns the process and its first stdout line.
+fn run_without_sync(node: &Node, stderr: std::process::Stdio) -> (std::process::Child, String) {
+    let mut c = node.cmd(&["run", "--listen", "127.0.0.1:0", "--no-discovery"]);
     c.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
+        .stderr(stderr);
     let mut child = c.spawn().expect("start run");
     let mut line = String::new();
     std::io::BufRead::read_line(
@@ -418,6 +414,17 @@ fn mesh_create_under_an_agent_started_without_sync_says_to_restart_it() {
         &mut line,
     )
     .expect("first line");
+    (child, line)
+}
+
+/// An agent started before its laptop was in a deployment keeps sync off; `mesh create` run
+/// while it runs (the CLI hands it to the agent) says to start it again, and once started
+/// again it syncs over mutual TLS (a newcomer made a deployment and kept being told to join).
+/// A second `run` meanwhile says which process holds the directory and how to stop it.
+#[test]
+fn mesh_create_under_an_agent_started_without_sync_says_to_restart_it() {
+    let coord = Node::new("coord");
+    let (mut child, line) = run_without_sync(&coord, std::process::Stdio::null());
     assert!(line.contains("\"sync\":\"off\""), "{line}");
     let out = coord.ok(&["mesh", "create", "--name", "Flood"]);
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
@@ -443,17 +450,7 @@ fn mesh_create_under_an_agent_started_without_sync_says_to_restart_it() {
 fn plaintext_must_be_asked_for_and_does_not_mix_with_tls() {
     let loner = Node::new("loner");
     // Without a credential the agent runs for the local CLI only: no sync port at all.
-    let mut c = loner.cmd(&["run", "--listen", "127.0.0.1:0", "--no-discovery"]);
-    c.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().expect("start run");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
-        &mut line,
-    )
-    .expect("first line");
+    let (mut child, line) = run_without_sync(&loner, std::process::Stdio::piped());
     let first: serde_json::Value = serde_json::from_str(&line).expect("json line");
     assert_eq!(first["sync"], "off", "{line}");
     assert!(first["listen"].is_null(), "{line}");
