@@ -641,20 +641,15 @@ fn a_peer_that_comes_up_later_is_retried_when_announced_and_said_back() {
     };
     let b_addr = format!("127.0.0.1:{port}");
     let agent_a = Agent::start_with(&a, &["--no-api", "--peer", &b_addr]);
-    wait_until(
-        "A to say B cannot be reached",
-        std::time::Duration::from_secs(30),
-        || {
-            agent_a
-                .log_text()
-                .lines()
-                .any(|l| {
-                    l.starts_with(&format!("sync with {b_addr} failed"))
-                        && l.contains("next try in")
-                })
-                .then_some(())
-        },
-    );
+    // A line of A's output, within 30 s.
+    let a_says = |what: &str, line: &dyn Fn(&str) -> bool| {
+        wait_until(what, std::time::Duration::from_secs(30), || {
+            agent_a.log_text().lines().any(line).then_some(())
+        })
+    };
+    a_says("A to say B cannot be reached", &|l| {
+        l.starts_with(&format!("sync with {b_addr} failed")) && l.contains("next try in")
+    });
     let log_b = root.join("b.log");
     let mut agent_b = std::process::Command::new(bin())
         .args([
@@ -673,19 +668,9 @@ fn a_peer_that_comes_up_later_is_retried_when_announced_and_said_back() {
     // Bounded well under the periodic round (`[sync] interval_secs`, 60 s): only the announced
     // retry (back-off 2, 4, 8 s) can make it in time.
     let said = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_until(
-            "A to say B is back",
-            std::time::Duration::from_secs(30),
-            || {
-                agent_a
-                    .log_text()
-                    .lines()
-                    .any(|l| {
-                        l.starts_with("synced with laptopB") && l.contains("(reachable again)")
-                    })
-                    .then_some(())
-            },
-        )
+        a_says("A to say B is back", &|l| {
+            l.starts_with("synced with laptopB") && l.contains("(reachable again)")
+        })
     }));
     let _ = agent_b.kill();
     let _ = agent_b.wait();
