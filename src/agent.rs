@@ -144,7 +144,10 @@ pub fn listening_line(
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The sync port could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error(
+        "cannot listen on {addr}: {source} (choose another with `run --listen ADDR`, or stop the \
+         program that holds it)"
+    )]
     Listen {
         /// The address.
         addr: String,

@@ -120,12 +120,18 @@ pub fn read_ops_naming(
         let id_text = match v.get("id") {
             Some(Value::String(t)) => t.clone(),
             Some(_) => return Err(err("\"id\" must be a string: the record's UUID".into())),
-            None => {
+            None if op == "put" => {
                 return Err(err(format!(
                     "missing \"id\": every op names its record by UUID, so that applying the \
                      file twice changes nothing; add one (for a new record, a fresh UUID, e.g. \
                      from `uuidgen`), or load rows without ids with `fieldsync import {table} \
                      FILE --new-ids`"
+                )))
+            }
+            None => {
+                return Err(err(format!(
+                    "missing \"id\": a {op} names the record it changes: give its UUID, the \
+                     start of one or its import key (`fieldsync list {table}` shows them)"
                 )))
             }
         };
@@ -379,6 +385,9 @@ mod tests {
         assert!(!e.contains("no id for a new record"), "{e}");
         let e = refused(r#"{"op":"delete","table":"shelter","id":"nope"}"#);
         assert!(e.contains("fieldsync list shelter"), "{e}");
+        let e = refused(r#"{"op":"patch","table":"shelter","fields":{"beds":11}}"#);
+        assert!(e.contains("a patch names the record it changes"), "{e}");
+        assert!(!e.contains("uuidgen") && !e.contains("--new-ids"), "{e}");
         let e = refused(r#"{"op":"put","id":"x"}"#);
         assert!(e.contains("\"table\": NAME"), "{e}");
     }

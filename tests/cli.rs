@@ -1253,7 +1253,9 @@ fn sync_and_run_errors_name_the_address_and_the_next_step_once() {
     assert_eq!(o.code, 3, "{o:?}");
     let last = o.stderr.trim().lines().last().unwrap_or("");
     assert!(
-        last.contains(&format!("cannot listen on {busy}")) && last.contains("in use"),
+        last.contains(&format!("cannot listen on {busy}"))
+            && last.contains("in use")
+            && last.contains("choose another with `run --listen ADDR`"),
         "{o:?}"
     );
     drop(held);

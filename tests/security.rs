@@ -430,7 +430,11 @@ fn mesh_create_under_an_agent_started_without_sync_says_to_restart_it() {
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
     let next = v["next"].as_str().unwrap_or_default();
     assert!(
-        next.contains(&format!("pid {}", child.id())) && next.contains("fieldsync run"),
+        next.contains(&format!("pid {}", child.id()))
+            && next.contains(&format!(
+                "`fieldsync --data-dir {} run`",
+                coord.dir().display()
+            )),
         "{v}"
     );
     let err = coord.fails(&["run", "--listen", "127.0.0.1:0", "--no-discovery"]);

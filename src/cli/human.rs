@@ -315,8 +315,9 @@ pub fn status(v: &Value, now: DateTime<Utc>) -> String {
             None if v["credential"]["ok"] == true => format!(
                 "Agent: running (pid {pid}); sync is off: the agent started before this laptop \
                  joined a deployment. Stop it (Ctrl-C where it runs, or `kill {pid}`) and start \
-                 it again with `fieldsync run` to sync",
-                pid = a["pid"]
+                 it again with `fieldsync --data-dir {dir} run` to sync",
+                pid = a["pid"],
+                dir = s("data_dir")
             ),
             None => format!(
                 "Agent: running (pid {}); {}",
@@ -1020,6 +1021,7 @@ mod tests {
     #[test]
     fn an_agent_started_before_joining_says_to_restart_it() {
         let v = serde_json::json!({
+        "data_dir": "/home/ana/fieldsync",
         "credential": {"ok": true, "check": "credential", "detail": "member of Flood"},
         "agent": {
             "running": true, "pid": 7, "listen": null,
@@ -1030,7 +1032,7 @@ mod tests {
             text.contains(
                 "Agent: running (pid 7); sync is off: the agent started before this laptop \
                  joined a deployment. Stop it (Ctrl-C where it runs, or `kill 7`) and start it \
-                 again with `fieldsync run` to sync."
+                 again with `fieldsync --data-dir /home/ana/fieldsync run` to sync."
             ),
             "{text}"
         );

@@ -150,12 +150,13 @@ pub fn init(
 
 /// What an agent that started before this laptop joined a deployment needs (this process is
 /// that agent: the CLI forwarded the command to it).
-fn restart_to_sync() -> String {
+fn restart_to_sync(dir: &std::path::Path) -> String {
     let pid = std::process::id();
     format!(
         "the agent (pid {pid}) started before this laptop was in a deployment, so its sync is \
          off: stop it (Ctrl-C where it runs, or `kill {pid}`) and start it again with \
-         `fieldsync run` to sync"
+         `fieldsync --data-dir {} run` (and the options it had) to sync",
+        dir.display()
     )
 }
 
@@ -174,7 +175,9 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
             let path = ca_path(file);
             if path.exists() {
                 return Err(invalid(format!(
-                    "{} already exists: a deployment CA is made once",
+                    "{} already exists: a deployment CA is made once, and this laptop holds \
+                     one (`fieldsync mesh show` shows its deployment; `fieldsync mesh enroll` adds \
+                     laptops to it)",
                     path.display()
                 )));
             }
@@ -197,7 +200,7 @@ pub fn mesh_command(app: &App, m: MeshCommand, io: &mut Io<'_>) -> Result<(), Cl
                 .agent()
                 .is_some_and(|a| a.live.to_json()["listen"].is_null())
             {
-                v["next"] = json!(restart_to_sync());
+                v["next"] = json!(restart_to_sync(store.dir()));
             }
             if io.human {
                 let text = super::human_admin::mesh_created(&v, &store.instance().name);
