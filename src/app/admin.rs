@@ -93,6 +93,11 @@ impl App {
             "incarnation": store.incarnation(),
             "identity_problems": crate::sync::identity_problems(store)?,
             "credential": crate::doctor::credential_status(store),
+            // The deployment this laptop's credential belongs to (none outside one).
+            "deployment": crate::mesh::load_credential(store.dir())
+                .ok()
+                .flatten()
+                .map(|c| c.deployment),
             "agent": agent,
         }))
     }

@@ -211,6 +211,11 @@ pub fn status(v: &Value, now: DateTime<Utc>) -> String {
         &s("name"),
         &s("instance"),
     );
+    // Which deployment this laptop syncs in, once it is in one (a newcomer who had joined saw
+    // the "Deployment: none" line go and nothing say where it was now).
+    if let (Some(d), true) = (v["deployment"].as_str(), v["credential"]["ok"] == true) {
+        out += &format!("Deployment: {d}\n");
+    }
     if let Some(t) = v["tables"].as_object().filter(|t| !t.is_empty()) {
         let rows: Vec<Vec<String>> = t
             .iter()
@@ -1028,6 +1033,13 @@ mod tests {
             "transport": "none: sync is off until this laptop joins a deployment",
         }});
         let text = status(&v, Utc::now());
+        assert!(
+            !text.contains("Deployment:"),
+            "no deployment name given: {text}"
+        );
+        let mut named = v.clone();
+        named["deployment"] = serde_json::json!("Flood");
+        assert!(status(&named, Utc::now()).contains("\nDeployment: Flood\n"));
         assert!(
             text.contains(
                 "Agent: running (pid 7); sync is off: the agent started before this laptop \
