@@ -66,6 +66,7 @@ pub mod fuzzing;
 pub mod gen;
 pub mod http;
 pub mod import;
+pub mod logfmt;
 pub mod merge;
 pub mod mesh;
 pub mod model;

@@ -34,18 +34,23 @@ fn main() {
             std::process::exit(2);
         }
     };
-    // A person reading `run`'s terminal gets the level and the sentence; the module path
-    // (`fieldsync::store::held:`) is for whoever set RUST_LOG to debug something.
+    // A person reading `run`'s terminal gets the time, the level as a word and the sentence
+    // (`fieldsync::logfmt`); tracing's own format with module paths (`fieldsync::store::held:`)
+    // is for whoever set RUST_LOG to debug something.
     let developer = std::env::var_os("RUST_LOG").is_some();
-    tracing_subscriber::fmt()
-        .with_target(developer)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if developer {
+        log.with_target(true)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    } else {
+        // Sentences with plain-text values (`fieldsync::logfmt`).
+        log.event_format(fieldsync::logfmt::ForPeople).init();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
