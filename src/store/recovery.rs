@@ -342,9 +342,13 @@ mod tests {
     fn raw(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         let db = sled::open(dir.join("db")).unwrap();
         let t = db.open_tree("fieldsync").unwrap();
-        t.iter()
+        let all = t
+            .iter()
             .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
-            .collect()
+            .collect();
+        drop((t, db));
+        super::super::release::wait_released(&dir.join("db"));
+        all
     }
 
     fn set_raw_format(dir: &Path, v: Option<u32>) {
@@ -355,6 +359,10 @@ mod tests {
             None => t.remove(keys::meta("format")).unwrap(),
         };
         db.flush().unwrap();
+        drop((t, db));
+        // sled's pool may hold the directory lock a moment after the drop (`release.rs`); the
+        // next raw open in a test failed on it once under a parallel suite's load.
+        super::super::release::wait_released(&dir.join("db"));
     }
 
     #[test]
@@ -404,6 +412,7 @@ mod tests {
             }
             db.flush().unwrap();
         }
+        super::super::release::wait_released(&dir.path().join("db"));
         let s = Store::open(dir.path(), Config::default()).unwrap();
         assert_eq!(
             crate::formats::digest(&s, &["person".to_string()]).unwrap(),
