@@ -905,18 +905,8 @@ fn forward(
     rt: &tokio::runtime::Handle,
 ) -> Result<(), CliError> {
     if matches!(command, Command::Run { .. }) {
-        // Which process it is, so that it can be found and stopped (asked of the agent).
-        let status = crate::control::RunRequest {
-            token: String::new(),
-            args: vec!["status".into()],
-            stdin: None,
-            cwd: cwd.clone(),
-        };
-        let pid = rt
-            .block_on(crate::control::forward(dir, status))
-            .ok()
-            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.stdout).ok())
-            .and_then(|v| v["agent"]["pid"].as_u64());
+        // Which process it is, so that it can be found and stopped (`agent.json` names it).
+        let pid = crate::control::read_agent_file(dir).ok().map(|a| a.pid);
         let (which, stop) = match pid {
             Some(pid) => (format!(" (pid {pid})"), format!(", or `kill {pid}`")),
             None => (String::new(), String::new()),
