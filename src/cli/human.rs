@@ -1002,8 +1002,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// Seven fields, six columns: the long free-text field is the one left out, not `status`
-    /// (which the alphabetical cut dropped in a newcomer trial).
+    /// An agent of a laptop outside any deployment says sync is off, without the "sync on ?"
+    /// a newcomer took for a fault.
     #[test]
     fn an_agent_with_sync_off_says_so_without_a_question_mark() {
         let v = serde_json::json!({"agent": {
@@ -1051,6 +1051,8 @@ mod tests {
         assert!(!text.contains("until this laptop joins"), "{text}");
     }
 
+    /// Seven fields, six columns: the long free-text field is the one left out, not `status`
+    /// (which the alphabetical cut dropped in a newcomer trial).
     #[test]
     fn a_list_leaves_out_the_longest_field_not_status() {
         let rec = |i: u32| {
