@@ -203,6 +203,20 @@ fn human_read(file: &str, r: &ReadReport) -> String {
         .written_at
         .map(|t| t.with_timezone(&Local).format("%Y-%m-%d %H:%M").to_string())
         .unwrap_or_default();
+    // Every page was here already (the bundle was read before, or a sync brought it): "0
+    // records" would read as an empty bundle (a newcomer's second read of the same file).
+    if r.pages > 0 && r.pages_skipped == r.pages {
+        return format!(
+            "Read {file} from {} (written {when}): nothing new, {} already here (this \
+             bundle was read before, or a sync brought the same changes).\n",
+            r.from_name,
+            if r.pages == 1 {
+                "its 1 page was".to_string()
+            } else {
+                format!("all {} of its pages were", r.pages)
+            }
+        );
+    }
     let mut s = format!(
         "Read {file} from {} (written {when}): {}, {} changed here, {}.\n",
         r.from_name,
@@ -336,6 +350,36 @@ mod tests {
         assert!(
             said.contains(": 1 record, 1 changed here, 0 conflicts.")
                 && said.contains("1 delete is held for a person to decide"),
+            "{said}"
+        );
+    }
+
+    /// A bundle read a second time says nothing new came, not "0 records" (a newcomer read
+    /// that as an empty bundle); one partly read before says how much of it was.
+    #[test]
+    fn a_bundle_read_again_says_nothing_new_came() {
+        let again = ReadReport {
+            from_name: "hq".into(),
+            pages: 3,
+            pages_skipped: 3,
+            ..Default::default()
+        };
+        let said = human_read("stick.fsbundle", &again);
+        assert!(
+            said.contains("nothing new, all 3 of its pages were already here"),
+            "{said}"
+        );
+        assert!(!said.contains("0 records"), "{said}");
+        let partly = ReadReport {
+            pages_skipped: 1,
+            records: 40,
+            applied: 40,
+            ..again
+        };
+        let said = human_read("stick.fsbundle", &partly);
+        assert!(
+            said.contains("40 records, 40 changed here")
+                && said.contains("1 of 3 pages were already here"),
             "{said}"
         );
     }
