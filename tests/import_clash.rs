@@ -139,6 +139,21 @@ fn a_record_put_on_one_laptop_and_imported_on_another_is_a_name_clash_on_every_l
             "{name}: {out}"
         );
     }
+    // `verify` lists the table of import keys, fieldsync's own, apart from the person's
+    // (`system`), and says it in words to a person, not as `fs_import_keys`.
+    let out = agent::run(&a, &["verify", agent_b.addr()]);
+    let checks = common::parse_lines(&out.stdout);
+    let of_table = |t: &str| checks.iter().find(|c| c["table"] == t).cloned();
+    let keys_row = of_table("fs_import_keys").unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(keys_row["system"], true, "{out}");
+    let person_row = of_table("person").unwrap_or_else(|| panic!("{out}"));
+    assert!(person_row.get("system").is_none(), "{out}");
+    let said = agent::run(&a, &["verify", agent_b.addr(), "--human"]).stdout;
+    assert!(
+        said.contains("import keys (fieldsync's own): in sync") && !said.contains("fs_"),
+        "{said}"
+    );
+
     // A record written with `put` (at the gate) is reached by its key like an imported one.
     let gate = Uuid::new_v4();
     agent::put(

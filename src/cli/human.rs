@@ -912,7 +912,7 @@ pub fn verify(peer: &str, name: Option<&str>, checks: &[Value]) -> String {
     // A difference that held deletes do not explain, which a sync may move.
     let mut unexplained = false;
     for c in checks {
-        let t = c["table"].as_str().unwrap_or("?");
+        let t = own_table_words(c["table"].as_str().unwrap_or("?"));
         let n = |k: &str| c[k].as_u64().unwrap_or(0);
         if c["in_sync"] == true {
             // The counts are of every record id, deleted records included (a delete syncs
@@ -989,6 +989,16 @@ pub fn verify(peer: &str, name: Option<&str>, checks: &[Value]) -> String {
     out
 }
 
+/// A table as a person reads it: fieldsync's own replicated tables in words ("import keys
+/// (fieldsync's own)"), not their `fs_` names; any other table as named.
+fn own_table_words(table: &str) -> String {
+    match table {
+        crate::model::REVOCATIONS_TABLE => "laptop revocations (fieldsync's own)".into(),
+        crate::model::IMPORT_KEYS_TABLE => "import keys (fieldsync's own)".into(),
+        t => t.to_string(),
+    }
+}
+
 /// `mesh enroll`: who was enrolled, where the credential is, and the step on that laptop.
 pub fn enrolled(name: &str, id: &str, file: &str) -> String {
     format!(
@@ -1001,6 +1011,28 @@ pub fn enrolled(name: &str, id: &str, file: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `verify` names fieldsync's own tables in words, not `fs_import_keys` (a newcomer read
+    /// the internal name among their own tables), and a person's tables as they are named.
+    #[test]
+    fn verify_names_fieldsyncs_own_tables_in_words() {
+        let checks = [
+            json!({"table": "person", "in_sync": true, "local_count": 20, "remote_count": 20,
+                   "differing": []}),
+            json!({"table": crate::model::IMPORT_KEYS_TABLE, "system": true, "in_sync": true,
+                   "local_count": 1, "remote_count": 1, "differing": []}),
+            json!({"table": crate::model::REVOCATIONS_TABLE, "system": true, "in_sync": false,
+                   "local_count": 1, "remote_count": 0, "differing": [uuid::Uuid::nil()]}),
+        ];
+        let text = verify("127.0.0.1:7437", Some("b"), &checks);
+        assert!(
+            text.contains("person: in sync (20 records, deleted ones included).")
+                && text.contains("import keys (fieldsync's own): in sync (1 record")
+                && text.contains("laptop revocations (fieldsync's own): differs: 1 here, 0 on b"),
+            "{text}"
+        );
+        assert!(!text.contains("fs_"), "{text}");
+    }
 
     /// An agent of a laptop outside any deployment says sync is off, without the "sync on ?"
     /// a newcomer took for a fault.

@@ -23,6 +23,11 @@ use uuid::Uuid;
 pub struct TableCheck {
     /// Table.
     pub table: String,
+    /// True for fieldsync's own replicated tables (`fs_` names: laptop revocations, import
+    /// keys), which every laptop of a deployment holds too but nobody writes as records; the
+    /// API lists them so an application can tell them apart (`/v1/tables` leaves them out).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub system: bool,
     /// Same content on both sides.
     pub in_sync: bool,
     /// Records here (deleted included).
@@ -213,6 +218,7 @@ pub async fn verify<P: Peer>(
                     })
                     .collect()
             },
+            system: d.table.starts_with(crate::model::SYSTEM_PREFIX),
             table: d.table,
             local_count: d.local_count,
             remote_count: d.remote_count,
