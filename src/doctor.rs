@@ -537,12 +537,15 @@ fn environment_checks(
 
 fn multicast_check(config: &Config) -> Check {
     if !config.discovery.enabled {
+        // The list in words, not Rust's `["a", "b"]`.
+        let peers = if config.sync.peers.is_empty() {
+            "none (add them under [sync] peers)".to_string()
+        } else {
+            config.sync.peers.join(", ")
+        };
         return pass(
             "multicast",
-            format!(
-                "mDNS discovery is off in fieldsync.toml; static peers: {:?}",
-                config.sync.peers
-            ),
+            format!("mDNS discovery is off in fieldsync.toml; static peers: {peers}"),
         );
     }
     let ifaces = crate::discovery::multicast_interfaces();
@@ -650,6 +653,31 @@ mod tests {
         assert!(!clock_check(built - chrono::Duration::days(30)).ok);
         assert!(!clock_check(DateTime::from_timestamp(0, 0).unwrap()).ok);
         assert!(!clock_check(built + chrono::Duration::days(365 * 40)).ok);
+    }
+
+    /// With discovery off, the static peers are named as a person writes a list, not as
+    /// Rust's `["…", "…"]`.
+    #[test]
+    fn discovery_off_lists_the_static_peers_in_words() {
+        let mut config = Config::default();
+        config.discovery.enabled = false;
+        config.sync.peers = vec!["10.0.0.7:7437".into(), "laptop-b.local:7437".into()];
+        let c = multicast_check(&config);
+        assert!(c.ok, "{}", c.detail);
+        assert!(
+            c.detail
+                .ends_with("static peers: 10.0.0.7:7437, laptop-b.local:7437"),
+            "{}",
+            c.detail
+        );
+        config.sync.peers.clear();
+        let c = multicast_check(&config);
+        assert!(
+            c.detail
+                .ends_with("static peers: none (add them under [sync] peers)"),
+            "{}",
+            c.detail
+        );
     }
 
     #[test]
