@@ -351,6 +351,68 @@ fn bad_input_names_the_line_and_column_and_imports_nothing() {
             vec!["--key", "case"],
             vec!["line 2", "malformed JSON"],
         ),
+        // A newcomer's try (session 14): lines as an editor numbers them after CRLF line ends
+        // (what a spreadsheet program saves), not one short.
+        (
+            a.file("dup-crlf.csv", "case;name\r\nA-1;x\r\nA-2;y\r\nA-1;z\r\n"),
+            vec!["--key", "case"],
+            vec!["line 4 repeats line 2"],
+        ),
+        (
+            a.file("ragged-crlf.csv", "case,name\r\nA-1,Ann\r\nA-2,Bo,x\r\n"),
+            vec!["--key", "case"],
+            vec!["line 3: the CSV row has 3 cells"],
+        ),
+        // A quote never closed swallowed the rows after it, exit 0.
+        (
+            a.file("unclosed.csv", "case;name\r\nA-1;\"unclosed\r\nA-2;y\r\n"),
+            vec!["--key", "case"],
+            vec!["line 2, column 2 (name)", "never closed"],
+        ),
+        // A misspelt --text left its column to the type rules, silently.
+        (
+            a.file("phones.csv", "case,phone\nA-1,0044123\n"),
+            vec!["--key", "case", "--text", "phnoe"],
+            vec![
+                "the --text field \"phnoe\" is not a column",
+                "\"case\", \"phone\"",
+            ],
+        ),
+        (
+            a.file("phones.jsonl", "{\"case\":\"A-1\",\"phone\":44123}\n"),
+            vec!["--key", "case", "--text", "phnoe"],
+            vec!["\"phnoe\" is in no line", "\"case\", \"phone\""],
+        ),
+        // "case, name" splits into "case" and " name".
+        (
+            a.file("two.csv", "case,name\nA-1,Ann\n"),
+            vec!["--key", "case, name"],
+            vec![
+                "\" name\" is not a column",
+                "did you mean \"name\"",
+                "no space",
+            ],
+        ),
+        (
+            a.file("twice.csv", "case,name\nA-1,Ann\n"),
+            vec!["--key", "case,case"],
+            vec!["--key names \"case\" twice"],
+        ),
+        (
+            a.file("empty.csv", ""),
+            vec!["--key", "case"],
+            vec!["the file is empty"],
+        ),
+        (
+            a.file("renamed.ods", "case;name\r\nA-1;Ann\r\n"),
+            vec!["--key", "case"],
+            vec!["is not a .ods spreadsheet", "rename it to .csv"],
+        ),
+        (
+            a.file("one-column.csv", "case;name\nA-1;Ann\n"),
+            vec!["--key", "case", "--delimiter", ","],
+            vec!["\"case\" is not a column", "--delimiter sets it"],
+        ),
     ];
     // An .ods is read whole: one too large for that is refused before it is read (a sparse
     // file: nothing of it is parsed).
@@ -366,6 +428,14 @@ fn bad_input_names_the_line_and_column_and_imports_nothing() {
         huge,
         vec!["--key", "case"],
         vec!["17 MB", "up to 16 MB", ".xlsx"],
+    ));
+    // A folder named instead of a file.
+    let folder = a.scratch("lists");
+    std::fs::create_dir_all(&folder).unwrap();
+    cases.push((
+        folder,
+        vec!["--key", "case"],
+        vec!["lists is a folder, not a file", "lists/people.csv"],
     ));
     for (file, opts, words) in &cases {
         let mut args = vec!["import", "person", path_str(file)];

@@ -21,6 +21,8 @@ pub(crate) fn open(input: Box<dyn Read + Send>, table: &str, text: &HashSet<Stri
             line: 0,
             table: table.to_string(),
             text: text.clone(),
+            unseen: text.clone(),
+            names: std::collections::BTreeSet::new(),
         }),
     }
 }
@@ -31,7 +33,15 @@ struct JsonlRows {
     line: u64,
     table: String,
     text: HashSet<String>,
+    /// `--text` fields no row has had yet: any left at the end is refused (a misspelt name
+    /// would leave its field to the type rules without a word).
+    unseen: HashSet<String>,
+    /// Field names met, for that message (the first [`NAMES_SHOWN`]).
+    names: std::collections::BTreeSet<String>,
 }
+
+/// Field names a message about an unknown `--text` field lists at most.
+const NAMES_SHOWN: usize = 40;
 
 fn has_float(v: &Value) -> bool {
     match v {
@@ -123,7 +133,7 @@ impl Iterator for JsonlRows {
         loop {
             self.buf.clear();
             match self.input.read_until(b'\n', &mut self.buf) {
-                Ok(0) => return None,
+                Ok(0) => return self.unseen_text().map(Err),
                 Ok(_) => {}
                 Err(e) => return Some(Err(ImportError::Io(e))),
             }
@@ -138,7 +148,38 @@ impl Iterator for JsonlRows {
             if text.trim().is_empty() {
                 continue;
             }
-            return Some(self.parse(text));
+            let row = self.parse(text);
+            if let Ok(r) = &row {
+                if !self.unseen.is_empty() {
+                    self.unseen.retain(|t| !r.fields.contains_key(t));
+                    for k in r.fields.keys() {
+                        if self.names.len() >= NAMES_SHOWN {
+                            break;
+                        }
+                        self.names.insert(k.clone());
+                    }
+                }
+            }
+            return Some(row);
         }
+    }
+}
+
+impl JsonlRows {
+    /// At the end of the input: a `--text` field no row had, refused once.
+    fn unseen_text(&mut self) -> Option<ImportError> {
+        let mut unseen: Vec<String> = std::mem::take(&mut self.unseen).into_iter().collect();
+        unseen.sort();
+        let first = unseen.first()?;
+        let names: Vec<String> = self.names.iter().map(|n| format!("{n:?}")).collect();
+        Some(ImportError::Usage(format!(
+            "the --text field {first:?} is in no line of the file; its fields are {}{}",
+            names.join(", "),
+            if self.names.len() >= NAMES_SHOWN {
+                ", …"
+            } else {
+                ""
+            }
+        )))
     }
 }

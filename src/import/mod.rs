@@ -449,6 +449,14 @@ pub fn import_file(
 ) -> Result<ImportSummary, ImportError> {
     let text: HashSet<String> = opts.text.iter().cloned().collect();
     check_options(store, table, opts)?;
+    // Opening a folder works; reading it fails later as "it is a folder", without its name.
+    if path.is_dir() {
+        return Err(ImportError::Usage(format!(
+            "{} is a folder, not a file: name the file to import in it, e.g. {}",
+            path.display(),
+            path.join("people.csv").display()
+        )));
+    }
     let format = Format::of(path);
     if format != Format::Csv && opts.delimiter.is_some() {
         return Err(ImportError::Usage(
@@ -519,6 +527,16 @@ fn check_options(store: &Store, table: &str, opts: &ImportOptions) -> Result<(),
                 .into(),
         ));
     }
+    if let Some((_, k)) = opts
+        .key
+        .iter()
+        .enumerate()
+        .find(|(i, k)| opts.key[..*i].contains(k))
+    {
+        return Err(ImportError::Usage(format!(
+            "--key names {k:?} twice: name each field of the key once, e.g. --key {k}"
+        )));
+    }
     if let Some(k) = opts.key.iter().find(|k| k.is_empty() || *k == "id") {
         return Err(ImportError::Usage(format!(
             "--key {k:?} is not a field name: name the columns that identify a row, \
@@ -527,6 +545,39 @@ fn check_options(store: &Store, table: &str, opts: &ImportOptions) -> Result<(),
     }
     let _ = store;
     Ok(())
+}
+
+/// `what` names no column of the file: its columns, and the one meant if the name only
+/// differs by spaces around it (`--key "case_number, name"` splits at the comma and keeps
+/// the space) or by letter case.
+fn not_a_column(what: &str, name: &str, h: &Header) -> ImportError {
+    let columns = h
+        .names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let hint = match h
+        .names
+        .iter()
+        .find(|n| n.trim().eq_ignore_ascii_case(name.trim()))
+    {
+        Some(n) if name.trim() != name => {
+            format!(" (did you mean {n:?}? leave no space after the commas between names)")
+        }
+        Some(n) => format!(" (did you mean {n:?}?)"),
+        None => String::new(),
+    };
+    let delimiter =
+        if h.names.len() == 1 && [',', ';', '\t'].iter().any(|d| h.names[0].contains(*d)) {
+            "; the whole header was read as one column, so the file's delimiter is another one: \
+         --delimiter sets it"
+        } else {
+            ""
+        };
+    ImportError::Usage(format!(
+        "{what} {name:?} is not a column of the file{hint}; its columns are {columns}{delimiter}"
+    ))
 }
 
 /// How rows get their ids.
@@ -575,18 +626,15 @@ fn run(
             }
             Ids::Key(_) => {
                 if let Some(k) = opts.key.iter().find(|k| !h.names.contains(k)) {
-                    return Err(ImportError::Usage(format!(
-                        "the key field {k:?} is not a column of the file; its columns are {}",
-                        h.names
-                            .iter()
-                            .filter(|n| !n.is_empty())
-                            .map(|n| format!("{n:?}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
+                    return Err(not_a_column("the key field", k, h));
                 }
             }
             _ => {}
+        }
+        // A misspelt --text would leave its column to the type rules without a word (a
+        // newcomer's `--text phnoe`): every name must be a column.
+        if let Some(t) = opts.text.iter().find(|t| !h.names.contains(t)) {
+            return Err(not_a_column("the --text field", t, h));
         }
     }
     let update = match ids {

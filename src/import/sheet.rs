@@ -66,6 +66,60 @@ fn pick_sheet(
     }
 }
 
+/// Why the file at `path`, named `.ext`, cannot be a spreadsheet of that kind, judged by its
+/// first bytes: `.xlsx`, `.xlsm` and `.ods` files are zip archives (`PK\x03\x04`), `.xls` an
+/// OLE2 compound file (`D0 CF 11 E0`). A CSV renamed `.ods` got calamine's
+/// `Ods error: Zip error: InvalidArchive("Could not find EOCD")`, which says nothing a person
+/// can act on. `None` when the bytes fit (or the file cannot be read: opening it says why).
+fn not_a_spreadsheet(path: &Path, ext: &str) -> Option<String> {
+    let mut head = [0u8; 4];
+    let mut f = std::fs::File::open(path).ok()?;
+    let n = std::io::Read::read(&mut f, &mut head).ok()?;
+    let fits = match ext {
+        "xls" => head[..n] == [0xD0, 0xCF, 0x11, 0xE0],
+        _ => head[..n] == *b"PK\x03\x04",
+    };
+    if fits {
+        return None;
+    }
+    // Printable text (UTF-8 bytes included), as a CSV or JSONL file starts.
+    let text = n > 0
+        && head[..n]
+            .iter()
+            .all(|b| !b.is_ascii_control() || b.is_ascii_whitespace());
+    Some(format!(
+        "is not a .{ext} spreadsheet (its content is not one{}): if it is a CSV or text \
+         file, rename it to .csv (or .jsonl) and import that; otherwise save it again from the \
+         spreadsheet program as .xlsx or .ods",
+        if n == 0 {
+            ", the file is empty".to_string()
+        } else if text {
+            ", it looks like text".to_string()
+        } else {
+            String::new()
+        }
+    ))
+}
+
+/// A spreadsheet calamine cannot read, in words: damaged (its zip archive or XML does not
+/// read), protected, or what calamine says.
+fn unreadable(e: &dyn std::fmt::Display, ext: &str) -> String {
+    let said = e.to_string();
+    if said.contains("Zip") || said.contains("zip") || said.contains("Xml") {
+        format!(
+            "cannot read this .{ext} spreadsheet: the file is damaged or incomplete (copy it \
+             again, or open it in the spreadsheet program and save it again)"
+        )
+    } else if said.to_lowercase().contains("password") || said.contains("Encrypted") {
+        format!(
+            "cannot read this .{ext} spreadsheet: it is protected with a password (save a copy \
+             without the password and import that)"
+        )
+    } else {
+        format!("cannot read this .{ext} spreadsheet: {said}")
+    }
+}
+
 /// Opens a spreadsheet and reads one sheet.
 pub(crate) fn open(
     path: &Path,
@@ -81,15 +135,19 @@ pub(crate) fn open(
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase)
         .unwrap_or_default();
-    if ext == "xlsx" || ext == "xlsm" {
-        return open_streamed(path, sheet, text);
-    }
+    // A missing file is "cannot open FILE: no such file", as for CSV, not calamine's words.
     let size = std::fs::metadata(path)
         .map_err(|source| ImportError::Open {
             path: path.to_path_buf(),
             source,
         })?
         .len();
+    if ext == "xlsx" || ext == "xlsm" {
+        if let Some(why) = not_a_spreadsheet(path, &ext) {
+            return Err(bad(why));
+        }
+        return open_streamed(path, sheet, text);
+    }
     if size > WHOLE_SHEET_MAX_BYTES {
         return Err(bad(format!(
             "is {} MB; .{ext} spreadsheets are read whole into memory, so fieldsync imports \
@@ -99,8 +157,10 @@ pub(crate) fn open(
             WHOLE_SHEET_MAX_BYTES >> 20
         )));
     }
-    let mut wb = calamine::open_workbook_auto(path)
-        .map_err(|e| bad(format!("cannot read the spreadsheet: {e}")))?;
+    if let Some(why) = not_a_spreadsheet(path, &ext) {
+        return Err(bad(why));
+    }
+    let mut wb = calamine::open_workbook_auto(path).map_err(|e| bad(unreadable(&e, &ext)))?;
     let name = pick_sheet(&wb.sheet_names(), sheet, bad)?;
     let range = wb
         .worksheet_range(&name)
@@ -162,8 +222,8 @@ fn open_streamed(
         path: p.clone(),
         message,
     };
-    let mut wb: calamine::Xlsx<_> = calamine::open_workbook(path)
-        .map_err(|e| bad(format!("cannot read the spreadsheet: {e}")))?;
+    let mut wb: calamine::Xlsx<_> =
+        calamine::open_workbook(path).map_err(|e| bad(unreadable(&e, "xlsx")))?;
     let name = pick_sheet(&wb.sheet_names(), sheet, &bad)?;
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<CellRow, String>>(READ_AHEAD_ROWS);
     std::thread::spawn(move || {
@@ -429,6 +489,46 @@ fn excel_date(serial: f64, duration: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file that is not the spreadsheet its name says is refused in words a person can act
+    /// on (a CSV renamed `.ods` got calamine's `InvalidArchive("Could not find EOCD")`), and
+    /// so is a damaged one.
+    #[test]
+    fn a_file_that_is_not_a_spreadsheet_is_called_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let said = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            match open(&p, None, &HashSet::new()) {
+                Ok(_) => panic!("{name} opened"),
+                Err(e) => e.to_string(),
+            }
+        };
+        for name in ["people.ods", "people.xlsx", "people.XLS"] {
+            let e = said(name, b"case_number;name\r\nC-1;Ann\r\n");
+            assert!(
+                e.contains(
+                    "spreadsheet (its content is not one, it looks like text): if it is a \
+                            CSV or text file, rename it to .csv"
+                ),
+                "{e}"
+            );
+            assert!(!e.contains("EOCD") && !e.contains("(\""), "{e}");
+        }
+        let e = said("empty.xlsx", b"");
+        assert!(e.contains("not one, the file is empty"), "{e}");
+        // A zip archive cut short: damaged, not "Zip error: ...".
+        let e = said("cut.ods", b"PK\x03\x04\x14\x00\x00\x00\x08\x00");
+        assert!(
+            e.contains("cannot read this .ods spreadsheet: the file is damaged or incomplete"),
+            "{e}"
+        );
+        let e = said("cut.xlsx", b"PK\x03\x04\x14\x00\x00\x00\x08\x00");
+        assert!(
+            e.contains("cannot read this .xlsx spreadsheet: the file is damaged or incomplete"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn columns_and_dates() {
