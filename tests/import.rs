@@ -50,7 +50,8 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
     assert_eq!(
         first,
         json!({"table": "person", "records": 50, "inserted": 50, "updated": 0,
-               "unchanged": 0, "deleted_kept": 0})
+               "unchanged": 0, "deleted_kept": 0, "changes": [], "kept_edited": 0,
+               "kept": [], "kept_rows": 0, "new_key": ["case_number"]})
     );
     let before = a.snapshot();
     let second = a
@@ -65,7 +66,27 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
         ),
         (&json!(50), &json!(0), &json!(0), &json!(50))
     );
+    assert_eq!(second["new_key"], Value::Null, "the key was one already");
     assert_eq!(a.snapshot(), before, "an unchanged import writes nothing");
+    // Another key would bind every laptop too: the import says so before it is made one.
+    let said = a
+        .ok(&[
+            "import",
+            "person",
+            path_str(&file),
+            "--key",
+            "name",
+            "--dry-run",
+            "--human",
+        ])
+        .stdout;
+    assert!(
+        said.contains(
+            "Importing would make name the import key of person on every laptop of the \
+             deployment"
+        ),
+        "{said}"
+    );
     assert_eq!(a.digest(&["person"]).0, 50);
 
     // In the field, someone adds a note to C-0003 and deletes C-0004.
@@ -113,7 +134,8 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
     assert_eq!(
         dry,
         json!({"table": "person", "records": 51, "inserted": 1, "updated": 1,
-               "unchanged": 48, "deleted_kept": 1, "changes": changes, "dry_run": true})
+               "unchanged": 48, "deleted_kept": 1, "changes": changes, "kept_edited": 0,
+               "kept": [], "kept_rows": 0, "new_key": null, "dry_run": true})
     );
     assert_eq!(a.snapshot(), before, "a dry run writes nothing");
     let said = import2(&["--dry-run", "--human"]).stdout;
@@ -143,7 +165,8 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
     assert_eq!(
         third,
         json!({"table": "person", "records": 51, "inserted": 1, "updated": 1,
-               "unchanged": 48, "deleted_kept": 1, "changes": changes})
+               "unchanged": 48, "deleted_kept": 1, "changes": changes, "kept_edited": 0,
+               "kept": [], "kept_rows": 0, "new_key": null})
     );
     let rec = a.ok(&["get", "person", &c3]).json();
     assert_eq!(
@@ -740,7 +763,8 @@ fn a_keyed_import_updates_records_written_in_the_field_with_that_key() {
                    {"record": field, "key": "FR-050", "field": "name", "old": "Ama",
                     "new": "Ama Mensah"},
                    {"record": field, "key": "FR-050", "field": "status", "old": null,
-                    "new": "missing"}]})
+                    "new": "missing"}],
+               "kept_edited": 0, "kept": [], "kept_rows": 0, "new_key": ["case_number"]})
     );
     let all = a
         .ok(&["list", "person", "--include-deleted", "--json"])
@@ -835,7 +859,8 @@ fn a_re_import_keeps_fields_edited_since_the_list_had_them() {
     assert_eq!(
         again,
         json!({"table": "person", "records": 3, "inserted": 0, "updated": 0, "unchanged": 2,
-               "deleted_kept": 0, "kept_edited": 1, "kept_rows": 1,
+               "deleted_kept": 0, "kept_edited": 1, "kept_rows": 1, "changes": [],
+               "new_key": null,
                "kept": [{"record": bo_id, "key": "A-2", "field": "status",
                          "file": "missing", "kept": "found alive"}]})
     );
@@ -854,8 +879,8 @@ fn a_re_import_keeps_fields_edited_since_the_list_had_them() {
     let said = import(&corrected, &["--dry-run", "--human"]).stdout;
     assert!(
         said.contains(
-            "1 changed, 1 already as in the file, 1 row with nothing to write but fields edited \
-             in the field (below)"
+            "1 changed, 1 already as in the file, 1 row left as they are, to keep corrections \
+             made since (below)"
         ) && said.contains("Kept 1 field edited since the file's value")
             && said.contains("  A-2: status kept \"found alive\" (the file has \"missing\")\n")
             && said.contains("  A-1: age 30 → 31\n"),
@@ -881,8 +906,8 @@ fn a_re_import_keeps_fields_edited_since_the_list_had_them() {
     // --overwrite: the coordinator means the list's value.
     let forced = import(&corrected, &["--overwrite"]).json();
     assert_eq!(
-        (&forced["updated"], &forced.get("kept_edited")),
-        (&json!(1), &None)
+        (&forced["updated"], &forced["kept_edited"]),
+        (&json!(1), &json!(0))
     );
     assert_eq!(status(&a), "missing");
     drop(agent_b);

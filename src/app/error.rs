@@ -152,6 +152,15 @@ const API_WORDS: &[(&str, &str)] = &[
     ),
     // A query parameter, not a body field: said as the API reads it.
     ("use --include-deleted", "add ?include_deleted=true"),
+    // A newcomer's GET by a name read the CLI's import flag in the API's 404.
+    (
+        "the value of the `import --key` field",
+        "the value of the field a list was imported by (its import key)",
+    ),
+    (
+        "`fieldsync conflicts` shows it",
+        "GET /v1/conflicts shows it",
+    ),
     (
         "put it again with all its fields (`get --include-deleted` shows its last ones)",
         "PUT it again with all its fields (GET it with ?include_deleted=true for its last ones)",
@@ -316,13 +325,28 @@ mod tests {
             field: None,
             code: "NOT_FOUND",
             message: "person has no record with the id or import key \"C-9\": an id is a UUID \
-                      (`fieldsync list person` shows them); an import key is …"
+                      (`fieldsync list person` shows them); an import key is the value of the \
+                      `import --key` field, e.g. A-1"
                 .into(),
         };
         assert_eq!(
             absent.api_message(),
             "person has no record with the id or import key \"C-9\": an id is a UUID (GET \
-             /v1/tables/person/records lists them); an import key is …"
+             /v1/tables/person/records lists them); an import key is the value of the field a \
+             list was imported by (its import key), e.g. A-1"
+        );
+        let clash = AppError::invalid(
+            "AMBIGUOUS_ID",
+            "id",
+            "2 records of person have the key \"C-8\" (an open name clash: `fieldsync \
+             conflicts` shows it): give the id of the one you mean",
+        );
+        assert!(
+            clash
+                .api_message()
+                .contains("(an open name clash: GET /v1/conflicts shows it)"),
+            "{}",
+            clash.api_message()
         );
         assert_eq!(
             brake.api_message(),

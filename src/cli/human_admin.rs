@@ -135,8 +135,9 @@ pub fn imported(v: &Value) -> String {
     if edited > 0 {
         // Rows, where the list below counts fields (a row may keep several, and a changed
         // row may keep one too): two numbers side by side read as a contradiction (trial 10).
+        // "Fields edited in the field" read as a pun on two meanings of field (a newcomer).
         parts.push(format!(
-            "{} with nothing to write but fields edited in the field (below)",
+            "{} left as they are, to keep corrections made since (below)",
             count(edited, "row", "rows")
         ));
     }
@@ -179,14 +180,49 @@ pub fn imported(v: &Value) -> String {
             }
         );
         for c in list {
+            // The same digits as text and as a number read as "kept X (the file has X)": say
+            // which is which, and how to keep such a column as text.
+            let as_text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            let types = if c["kept"] != c["file"] && as_text(&c["kept"]) == as_text(&c["file"]) {
+                format!(
+                    " as {}; `--text {}` reads that column as text",
+                    if c["file"].is_string() {
+                        "text"
+                    } else {
+                        "a number"
+                    },
+                    s(&c["field"])
+                )
+            } else {
+                String::new()
+            };
             t += &format!(
-                "  {}: {} kept {} (the file has {})\n",
+                "  {}: {} kept {} (the file has {}{types})\n",
                 who(c),
                 s(&c["field"]),
                 said(&c["kept"]),
                 said(&c["file"])
             );
         }
+    }
+    // A key made deployment-wide by this import: said, since it binds every laptop from now
+    // on (a newcomer's one `--key name` made person names unique everywhere, unannounced).
+    if let Some(key) = v["new_key"].as_array().filter(|k| !k.is_empty()) {
+        let fields: Vec<&str> = key.iter().filter_map(Value::as_str).collect();
+        let (what, them) = if fields.len() == 1 {
+            (fields[0].to_string(), "it")
+        } else {
+            (fields.join(" + "), "them")
+        };
+        t +=
+            &format!(
+            "{} {what} the import key of {table} on every laptop of the deployment (it travels \
+             with the next sync): a second record of {table} with the same {what} is refused \
+             there, or logged as a name clash when laptops meet. Re-import by {them} \
+             (`--key {}`) to update these records.\n",
+            if v["dry_run"] == true { "Importing would make" } else { "This import made" },
+            fields.join(",")
+        );
     }
     // What a re-import overwrote, so a person notices a settled value put back to the list's.
     if let Some(changes) = v["changes"].as_array().filter(|c| !c.is_empty()) {
@@ -314,4 +350,34 @@ pub fn doctor(checks: &[crate::doctor::Check]) -> String {
         )
     };
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A field kept as text whose file value is the same digits as a number says which is
+    /// which and how to read the column as text (a newcomer read "postcode kept "75001" (the
+    /// file has 75001)" as no difference at all); other kept values are said as before.
+    #[test]
+    fn a_kept_value_differing_only_in_type_says_so() {
+        let v = json!({"table": "person", "records": 2, "inserted": 0, "updated": 0,
+        "unchanged": 0, "deleted_kept": 0, "kept_rows": 2, "kept_edited": 2, "changes": [],
+        "new_key": null,
+        "kept": [
+            {"record": "r1", "key": "C-1", "field": "postcode", "kept": "75001", "file": 75001},
+            {"record": "r2", "key": "C-2", "field": "status", "kept": "found", "file": "missing"},
+        ]});
+        let said = imported(&v);
+        assert!(
+            said.contains(
+                "  C-1: postcode kept \"75001\" (the file has 75001 as a number; `--text \
+                 postcode` reads that column as text)\n"
+            ) && said.contains("  C-2: status kept \"found\" (the file has \"missing\")\n")
+                && said.contains("2 rows left as they are, to keep corrections made since"),
+            "{said}"
+        );
+        assert!(!said.contains("import key"), "{said}");
+    }
 }

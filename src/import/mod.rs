@@ -145,10 +145,6 @@ pub struct KeptEdit {
     pub kept: Value,
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
 /// What an import did: `records` rows read (empty rows skipped), and what became of them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ImportSummary {
@@ -166,23 +162,24 @@ pub struct ImportSummary {
     /// resurrects).
     pub deleted_kept: u64,
     /// The first [`CHANGES_SHOWN`] field changes to records that existed, in file order, so a
-    /// person sees what a re-import overwrote (absent when none; every change is also in the
-    /// record's history).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// person sees what a re-import overwrote (empty when none; every change is also in the
+    /// record's history). Every count and list is always present, so a script can rely on it.
     pub changes: Vec<FieldChange>,
     /// Fields of existing records left as they are because the file's value is one the field
     /// held before an edit changed it, here or on another laptop (a re-import of a list does
     /// not undo what was corrected in the field since; `--overwrite` writes the file's value).
-    #[serde(skip_serializing_if = "is_zero")]
     pub kept_edited: u64,
-    /// The first [`CHANGES_SHOWN`] of those fields (absent when none).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// The first [`CHANGES_SHOWN`] of those fields (empty when none).
     pub kept: Vec<KeptEdit>,
     /// Rows whose record differs from the file only in such fields: nothing written. Not
     /// counted in `unchanged` (the record is not as in the file), so `records` is the sum of
     /// `inserted`, `updated`, `unchanged`, `deleted_kept` and this.
-    #[serde(skip_serializing_if = "is_zero")]
     pub kept_rows: u64,
+    /// The `--key` fields, when this import made them an import key of the table (or a dry
+    /// run would): from then on every laptop of the deployment keeps them unique in it
+    /// (`store/unique.rs`). `null` when the key was one already, or there is none. A newcomer
+    /// made person names a deployment-wide key with one `--key name` and was not told.
+    pub new_key: Option<Vec<String>>,
     /// `true` for `--dry-run`: nothing was written, the counts say what importing would do.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
@@ -816,9 +813,17 @@ fn run(
             in_chunk.clear();
         }
     }
+    let key_of_import = match ids {
+        Ids::Key(_) => Some(opts.key.clone()),
+        _ => None,
+    };
     if opts.dry_run {
         drop(in_chunk);
         check_duplicates(all_ids, &ids, opts, unit)?;
+        let new_key = match key_of_import {
+            Some(k) if !store.import_key_recorded(table, &k)? => Some(k),
+            _ => None,
+        };
         return Ok(ImportSummary {
             table: table.to_string(),
             records,
@@ -830,6 +835,7 @@ fn run(
             kept_edited: preview.kept_edited,
             kept: preview.kept,
             kept_rows: preview.kept_rows,
+            new_key,
             dry_run: true,
         });
     }
@@ -841,15 +847,16 @@ fn run(
     // batch (measured: 520 MB peak for 100,000 rows that way), and the key record precedes
     // the rows in this laptop's feed, so peers too learn the key before the rows and index
     // them page by page.
-    let record_key = || -> Result<(), ImportError> {
-        if let Ids::Key(_) = ids {
-            store.record_import_key(table, &opts.key)?;
-        }
-        Ok(())
+    let record_key = || -> Result<bool, ImportError> {
+        Ok(match ids {
+            Ids::Key(_) => store.record_import_key(table, &opts.key)?,
+            _ => false,
+        })
     };
+    let new_key;
     let counts: ImportCounts = match staged {
         None => {
-            record_key()?;
+            new_key = record_key()?;
             store.import_rows(table, &chunk).map_err(|e| match e {
                 StoreError::Op { index, source } => ImportError::Row {
                     unit,
@@ -863,7 +870,7 @@ fn run(
             s.stage(chunk)?;
             drop(in_chunk);
             check_duplicates(all_ids, &ids, opts, unit)?;
-            record_key()?;
+            new_key = record_key()?;
             s.commit()?
         }
     };
@@ -886,6 +893,7 @@ fn run(
         kept_edited: preview.kept_edited,
         kept: preview.kept,
         kept_rows: preview.kept_rows,
+        new_key: key_of_import.filter(|_| new_key),
         dry_run: false,
     })
 }

@@ -256,20 +256,33 @@ impl super::Store {
     }
 
     /// Records that `table` is imported by `key`, deployment-wide (a no-op once recorded).
-    pub fn record_import_key(&self, table: &str, key: &[String]) -> Result<(), super::StoreError> {
-        let id = import_key_id(table, key);
-        let held = self
-            .get(crate::model::IMPORT_KEYS_TABLE, &id)?
-            .and_then(|r| parse_import_key(&r.state));
-        if held.is_some_and(|(t, k)| t == table && k == key) {
-            return Ok(());
+    /// Returns true if it was not recorded before (a new key: the import says so).
+    pub fn record_import_key(
+        &self,
+        table: &str,
+        key: &[String],
+    ) -> Result<bool, super::StoreError> {
+        if self.import_key_recorded(table, key)? {
+            return Ok(false);
         }
         self.write_system(&[super::LocalOp {
             table: crate::model::IMPORT_KEYS_TABLE.to_string(),
-            id,
+            id: import_key_id(table, key),
             edit: crate::merge::Edit::Put(import_key_fields(table, key)),
         }])?;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether `key` (its fields in order) is already an import key of `table` here, live.
+    pub fn import_key_recorded(
+        &self,
+        table: &str,
+        key: &[String],
+    ) -> Result<bool, super::StoreError> {
+        let held = self
+            .get(crate::model::IMPORT_KEYS_TABLE, &import_key_id(table, key))?
+            .and_then(|r| parse_import_key(&r.state));
+        Ok(held.is_some_and(|(t, k)| t == table && k == key))
     }
 }
 
