@@ -17,19 +17,22 @@ use tracing_subscriber::registry::LookupSpan;
 /// see (warnings and errors) name what they are about in their own fields.
 pub struct ForPeople;
 
-/// An event's fields as text: its sentence(s) (`message`) and the others in order.
+/// An event's fields as text: its sentence(s) (`message`), what went wrong (`error`, said as
+/// the sentence's detail: "session failed: cannot reach …", not "(error cannot reach …)",
+/// which a newcomer read as key=value logging), and the others in order.
 #[derive(Default)]
 struct Fields {
     messages: Vec<String>,
+    errors: Vec<String>,
     others: Vec<(&'static str, String)>,
 }
 
 impl Fields {
     fn push(&mut self, field: &Field, value: String) {
-        if field.name() == "message" {
-            self.messages.push(value);
-        } else {
-            self.others.push((field.name(), value));
+        match field.name() {
+            "message" => self.messages.push(value),
+            "error" => self.errors.push(value),
+            name => self.others.push((name, value)),
         }
     }
 }
@@ -58,9 +61,9 @@ fn word(level: &Level) -> &'static str {
 
 /// One event as a line without the time: `warning: sentence: detail (key value, …)`. The
 /// sentence a macro was given comes first among an event's `message` fields, and a field named
-/// `message` besides it (the API's refusals carry one) is its detail.
+/// `message` besides it (the API's refusals carry one) or `error` is its detail.
 fn line(level: &Level, fields: Fields) -> String {
-    let mut messages = fields.messages.into_iter();
+    let mut messages = fields.messages.into_iter().chain(fields.errors);
     let headline = messages.next().unwrap_or_default();
     let mut out = format!("{}: {headline}", word(level));
     for m in messages {
@@ -133,8 +136,8 @@ mod tests {
             [
                 "warning: API request refused: since=999 is past the last change on this \
                  laptop (24) (code SINCE_AHEAD)",
-                "warning: session failed (error cannot reach 127.0.0.1:7759: connection \
-                 refused, name laptop \"B\")",
+                "warning: session failed: cannot reach 127.0.0.1:7759: connection refused \
+                 (name laptop \"B\")",
                 "error: the database could not be opened",
             ]
         );

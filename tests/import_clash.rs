@@ -236,6 +236,17 @@ fn a_record_put_on_one_laptop_and_imported_on_another_is_a_name_clash_on_every_l
             && !refused.stderr.contains("HTTP"),
         "{refused}"
     );
+    // `--keep mine` is said not to fit a name clash, with the clash's own ways out (a newcomer
+    // got the options of every kind of conflict).
+    let mine = agent::run(&c, &["conflicts", "resolve", &cid, "--keep", "mine"]);
+    assert_eq!(mine.code, 2, "{mine}");
+    assert!(
+        mine.stderr.contains(&format!(
+            "conflict {cid} is a name clash: two records of person share case_number \"C-0008\""
+        )) && mine.stderr.contains("rename one record with --keep-value")
+            && mine.stderr.contains("fieldsync delete person ID"),
+        "{mine}"
+    );
 
     // Settling it on one laptop settles it everywhere: B deletes its gate record.
     agent::delete(&b, "person", &put_b);

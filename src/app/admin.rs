@@ -202,17 +202,35 @@ impl App {
             "deleted" => Keep::Deleted,
             "alive" => Keep::Alive,
             "mine" | "theirs" => {
-                let sides = match self.store.conflict(id)?.detail {
+                let entry = self.store.conflict(id)?;
+                let (a, b) = match &entry.detail {
                     ConflictDetail::Merge {
                         conflict: Conflict::Field { local, remote, .. },
-                    } => Some((local.stamp.node, remote.stamp.node)),
-                    _ => None,
-                };
-                let Some((a, b)) = sides else {
-                    return Err(bad(format!(
-                        "--keep {keep} is for field conflicts; conflict {id} takes --keep \
-                         deleted | alive (delete-vs-edit) or --keep-value JSON (name clash)"
-                    )));
+                    } => (local.stamp.node, remote.stamp.node),
+                    // Said for what the conflict is, with its own way out (a newcomer got the
+                    // options of every other kind for a name clash).
+                    ConflictDetail::NameClash { field, value, .. } => {
+                        let e_g = match value {
+                            serde_json::Value::String(v) => format!(", e.g. '\"{v}b\"'"),
+                            _ => String::new(),
+                        };
+                        return Err(bad(format!(
+                            "conflict {id} is a name clash: two records of {} share {field} \
+                             {value}, and both stay until one changes; --keep {keep} chooses \
+                             between two values of one field, so it does not apply: rename one \
+                             record with --keep-value JSON (its new value{e_g}; add --record \
+                             ID to say which), or delete one of the two with `fieldsync delete \
+                             {} ID`",
+                            entry.table, entry.table
+                        )));
+                    }
+                    ConflictDetail::Merge { .. } => {
+                        return Err(bad(format!(
+                            "conflict {id} is a delete and an edit of one record, not two \
+                             values of a field: keep the record with --keep alive, or delete it \
+                             with --keep deleted"
+                        )))
+                    }
                 };
                 let other = match (a == me, b == me) {
                     (true, false) => b,

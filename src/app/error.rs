@@ -140,6 +140,7 @@ const API_WORDS: &[(&str, &str)] = &[
         "send it again with \"confirm_mass_delete\": true",
     ),
     (" with --record ID", " with \"record\": ID"),
+    ("add --record ID", "add \"record\": ID"),
     ("--keep-value JSON", "\"keep_value\": JSON"),
     ("--keep-from NAME_OR_ID", "\"keep_from\": NAME_OR_ID"),
     ("--keep-value", "\"keep_value\""),
@@ -182,6 +183,21 @@ pub(crate) fn api_words(text: &str) -> String {
             let tail = rest[end + LIST.1.len()..].to_string();
             out = format!(
                 "{}(GET /v1/tables/{table}/records lists them){tail}",
+                &out[..start]
+            );
+        }
+    }
+    // "`fieldsync delete TABLE ID`": the table varies.
+    const DELETE: (&str, &str) = ("`fieldsync delete ", " ID`");
+    if let Some(start) = out.find(DELETE.0) {
+        let rest = &out[start + DELETE.0.len()..];
+        if let Some(end) = rest.find(DELETE.1) {
+            let (table, tail) = (
+                rest[..end].to_string(),
+                rest[end + DELETE.1.len()..].to_string(),
+            );
+            out = format!(
+                "{}DELETE /v1/tables/{table}/records/ID{tail}",
                 &out[..start]
             );
         }
@@ -340,6 +356,19 @@ mod tests {
             "id",
             "2 records of person have the key \"C-8\" (an open name clash: `fieldsync \
              conflicts` shows it): give the id of the one you mean",
+        );
+        let rename = AppError::invalid(
+            "BAD_RESOLUTION",
+            "keep",
+            "rename one record with --keep-value JSON (its new value, e.g. '\"C-8b\"'; add \
+             --record ID to say which), or delete one of the two with `fieldsync delete person \
+             ID`",
+        );
+        assert_eq!(
+            rename.api_message(),
+            "rename one record with \"keep_value\": JSON (its new value, e.g. '\"C-8b\"'; add \
+             \"record\": ID to say which), or delete one of the two with DELETE \
+             /v1/tables/person/records/ID"
         );
         assert!(
             clash
