@@ -51,7 +51,7 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
         first,
         json!({"table": "person", "records": 50, "inserted": 50, "updated": 0,
                "unchanged": 0, "deleted_kept": 0, "changes": [], "kept_edited": 0,
-               "kept": [], "kept_rows": 0, "new_key": ["case_number"]})
+               "kept": [], "kept_rows": 0, "new_key": ["case_number"], "mixed_types": []})
     );
     let before = a.snapshot();
     let second = a
@@ -135,7 +135,7 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
         dry,
         json!({"table": "person", "records": 51, "inserted": 1, "updated": 1,
                "unchanged": 48, "deleted_kept": 1, "changes": changes, "kept_edited": 0,
-               "kept": [], "kept_rows": 0, "new_key": null, "dry_run": true})
+               "kept": [], "kept_rows": 0, "new_key": null, "mixed_types": [], "dry_run": true})
     );
     assert_eq!(a.snapshot(), before, "a dry run writes nothing");
     let said = import2(&["--dry-run", "--human"]).stdout;
@@ -166,7 +166,7 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
         third,
         json!({"table": "person", "records": 51, "inserted": 1, "updated": 1,
                "unchanged": 48, "deleted_kept": 1, "changes": changes, "kept_edited": 0,
-               "kept": [], "kept_rows": 0, "new_key": null})
+               "kept": [], "kept_rows": 0, "new_key": null, "mixed_types": []})
     );
     let rec = a.ok(&["get", "person", &c3]).json();
     assert_eq!(
@@ -303,6 +303,39 @@ fn types_dates_stay_as_written_text_columns_and_inexact_numbers() {
         export(&a, "person")[0]["fields"],
         json!({"case": "A-1", "postcode": "01234", "phone": "12345", "born": "2026-03-01",
                "amount": 1.5, "ok": true, "tags": [1, 2], "big": big, "quoted": "34"})
+    );
+    // A column read half as numbers and half as text is said (postcodes with and without a
+    // leading zero, a decimal comma from a European spreadsheet); not for a --text column.
+    let mixed = a.file(
+        "shelters.csv",
+        "name;postcode;weight\nNorth;75001;80\nSouth;01000;70,5\nEast;75002;75\n",
+    );
+    let dry = |extra: &[&str]| {
+        let mut args = vec![
+            "import",
+            "shelter",
+            path_str(&mixed),
+            "--key",
+            "name",
+            "--dry-run",
+        ];
+        args.extend_from_slice(extra);
+        a.ok(&args)
+    };
+    assert_eq!(
+        dry(&[]).json()["mixed_types"],
+        json!([{"field": "postcode", "numbers": 2, "texts": 1},
+               {"field": "weight", "numbers": 2, "texts": 1}])
+    );
+    assert_eq!(
+        dry(&["--text", "postcode"]).json()["mixed_types"],
+        json!([{"field": "weight", "numbers": 2, "texts": 1}])
+    );
+    let said = dry(&["--human"]).stdout;
+    assert!(
+        said.contains("Read as numbers in some rows and as text in others: postcode (2 as numbers, 1 as text)")
+            && said.contains("with `--text postcode`"),
+        "{said}"
     );
     // JSONL states its types, so a number that would change is refused, naming the field.
     let before = a.snapshot();
@@ -764,7 +797,7 @@ fn a_keyed_import_updates_records_written_in_the_field_with_that_key() {
                     "new": "Ama Mensah"},
                    {"record": field, "key": "FR-050", "field": "status", "old": null,
                     "new": "missing"}],
-               "kept_edited": 0, "kept": [], "kept_rows": 0, "new_key": ["case_number"]})
+               "kept_edited": 0, "kept": [], "kept_rows": 0, "new_key": ["case_number"], "mixed_types": []})
     );
     let all = a
         .ok(&["list", "person", "--include-deleted", "--json"])
@@ -860,7 +893,7 @@ fn a_re_import_keeps_fields_edited_since_the_list_had_them() {
         again,
         json!({"table": "person", "records": 3, "inserted": 0, "updated": 0, "unchanged": 2,
                "deleted_kept": 0, "kept_edited": 1, "kept_rows": 1, "changes": [],
-               "new_key": null,
+               "new_key": null, "mixed_types": [],
                "kept": [{"record": bo_id, "key": "A-2", "field": "status",
                          "file": "missing", "kept": "found alive"}]})
     );

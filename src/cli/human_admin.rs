@@ -224,6 +224,28 @@ pub fn imported(v: &Value) -> String {
             fields.join(",")
         );
     }
+    // Columns the type rules read half as numbers, half as text: said, since a postcode or a
+    // decimal-comma column split that way is rarely meant (a newcomer's European CSV).
+    if let Some(mixed) = v["mixed_types"].as_array().filter(|m| !m.is_empty()) {
+        let cols: Vec<String> = mixed
+            .iter()
+            .map(|m| {
+                format!(
+                    "{} ({} as numbers, {} as text)",
+                    s(&m["field"]),
+                    u(&m["numbers"]),
+                    u(&m["texts"])
+                )
+            })
+            .collect();
+        t += &format!(
+            "Read as numbers in some rows and as text in others: {}. A column meant as text \
+             (postcodes, phone numbers, codes) is read whole as text, as written, with `--text \
+             {}`.\n",
+            cols.join(", "),
+            s(&mixed[0]["field"])
+        );
+    }
     // What a re-import overwrote, so a person notices a settled value put back to the list's.
     if let Some(changes) = v["changes"].as_array().filter(|c| !c.is_empty()) {
         let shown = changes.len();
@@ -379,5 +401,26 @@ mod tests {
             "{said}"
         );
         assert!(!said.contains("import key"), "{said}");
+        assert!(!said.contains("Read as numbers"), "{said}");
+    }
+
+    /// Columns read half as numbers and half as text are named, with counts and `--text`.
+    #[test]
+    fn columns_of_mixed_types_are_named() {
+        let v = json!({"table": "shelter", "records": 20, "inserted": 20, "updated": 0,
+            "unchanged": 0, "deleted_kept": 0, "kept_rows": 0, "kept_edited": 0, "changes": [],
+            "kept": [], "new_key": null,
+            "mixed_types": [{"field": "postcode", "numbers": 2, "texts": 18},
+                            {"field": "weight", "numbers": 15, "texts": 5}]});
+        let said = imported(&v);
+        assert!(
+            said.contains(
+                "Read as numbers in some rows and as text in others: postcode (2 as numbers, 18 \
+                 as text), weight (15 as numbers, 5 as text). A column meant as text \
+                 (postcodes, phone numbers, codes) is read whole as text, as written, with \
+                 `--text postcode`.\n"
+            ),
+            "{said}"
+        );
     }
 }

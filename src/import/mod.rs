@@ -129,6 +129,19 @@ pub struct FieldChange {
     pub new: Value,
 }
 
+/// A column whose cells the type rules read as numbers in some rows and as text in others
+/// (see [`ImportSummary::mixed_types`]): postcodes `75001` and `01000`, decimals `80` and
+/// `70,5` from a spreadsheet that writes decimal commas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MixedColumn {
+    /// The column's field.
+    pub field: String,
+    /// Cells read as numbers.
+    pub numbers: u64,
+    /// Cells read as text.
+    pub texts: u64,
+}
+
 /// A field an import left as edited (see [`ImportSummary::kept_edited`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct KeptEdit {
@@ -180,6 +193,12 @@ pub struct ImportSummary {
     /// (`store/unique.rs`). `null` when the key was one already, or there is none. A newcomer
     /// made person names a deployment-wide key with one `--key name` and was not told.
     pub new_key: Option<Vec<String>>,
+    /// CSV and spreadsheet columns (not `--text` ones) read as numbers in some rows and as
+    /// text in others, in the file's column order: said, because a postcode or phone column
+    /// whose leading-zero values stay text while the others become numbers, or a decimal
+    /// column half read as text, is rarely what was meant (`--text FIELD` reads a column
+    /// whole as text). Empty for JSONL, whose values carry their own types.
+    pub mixed_types: Vec<MixedColumn>,
     /// `true` for `--dry-run`: nothing was written, the counts say what importing would do.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
@@ -661,6 +680,10 @@ fn run(
     // run, which counts by this comparison instead of writing).
     let table_has_records = store.tables()?.iter().any(|(t, _)| t == table);
     let mut preview = Preview::default();
+    // Per column of a typed format (CSV, sheets): cells read as numbers and as text.
+    let mut types: HashMap<String, (u64, u64)> = HashMap::new();
+    let typed = opened.header.is_some();
+    let opened_columns: Option<Vec<String>> = opened.header.as_ref().map(|h| h.names.clone());
     let mut records = 0u64;
     let chunk_rows = opts.chunk_rows.unwrap_or(CHUNK_ROWS).max(1);
     for row in read_ahead(opened.rows) {
@@ -783,6 +806,21 @@ fn run(
         for rule in &unique {
             check_unique(store, table, rule, &row, id, &mut unique_seen, unit)?;
         }
+        if typed {
+            for (name, v) in &row.fields {
+                let (n, t) = match v {
+                    Value::Number(_) => (1, 0),
+                    Value::String(_) => (0, 1),
+                    _ => continue,
+                };
+                match types.get_mut(name) {
+                    Some(c) => *c = (c.0 + n, c.1 + t),
+                    None => {
+                        types.insert(name.clone(), (n, t));
+                    }
+                }
+            }
+        }
         let (mut fields, mut update) = (row.fields, update);
         if table_has_records || opts.dry_run {
             if let Some(adjusted) =
@@ -813,6 +851,7 @@ fn run(
             in_chunk.clear();
         }
     }
+    let mixed_types = mixed_columns(types, opened_columns.as_deref(), &opts.text);
     let key_of_import = match ids {
         Ids::Key(_) => Some(opts.key.clone()),
         _ => None,
@@ -836,6 +875,7 @@ fn run(
             kept: preview.kept,
             kept_rows: preview.kept_rows,
             new_key,
+            mixed_types,
             dry_run: true,
         });
     }
@@ -894,8 +934,30 @@ fn run(
         kept: preview.kept,
         kept_rows: preview.kept_rows,
         new_key: key_of_import.filter(|_| new_key),
+        mixed_types,
         dry_run: false,
     })
+}
+
+/// The columns of `types` (cells read as numbers, as text) that hold both, in the file's
+/// column order (`columns`, else by name), leaving out `--text` ones (all text by request).
+fn mixed_columns(
+    types: HashMap<String, (u64, u64)>,
+    columns: Option<&[String]>,
+    text: &[String],
+) -> Vec<MixedColumn> {
+    let mut mixed: Vec<MixedColumn> = types
+        .into_iter()
+        .filter(|(f, (n, t))| *n > 0 && *t > 0 && !text.contains(f))
+        .map(|(field, (numbers, texts))| MixedColumn {
+            field,
+            numbers,
+            texts,
+        })
+        .collect();
+    let at = |f: &str| columns.and_then(|c| c.iter().position(|n| n == f));
+    mixed.sort_by(|a, b| (at(&a.field), &a.field).cmp(&(at(&b.field), &b.field)));
+    mixed
 }
 
 /// What rows do to the records they name, as the store will apply them
