@@ -224,6 +224,32 @@ fn a_file_without_ids_needs_a_key_or_new_ids() {
         assert_eq!(r["inserted"], 2);
     }
     assert_eq!(a.digest(&["person"]).0, 5);
+    // A new table named like an existing one is most likely a typo: said (a newcomer's).
+    let said = a
+        .ok(&[
+            "import",
+            "peson",
+            path_str(&csv),
+            "--new-ids",
+            "--dry-run",
+            "--human",
+        ])
+        .stdout;
+    assert!(
+        said.contains("peson is a new table on this laptop: did you mean person?"),
+        "{said}"
+    );
+    let said = a
+        .ok(&[
+            "import",
+            "person",
+            path_str(&csv),
+            "--new-ids",
+            "--dry-run",
+            "--human",
+        ])
+        .stdout;
+    assert!(!said.contains("new table"), "{said}");
 }
 
 #[test]

@@ -618,6 +618,25 @@ pub fn import(
     opts: &crate::import::ImportOptions,
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
+    // A table this laptop has no record of yet, named like one it has: most likely a typo
+    // (`peson`, a newcomer's), said after the summary.
+    let typo = if io.human {
+        let tables: Vec<String> = app
+            .store()
+            .tables()?
+            .into_iter()
+            .map(|(t, _)| t)
+            .filter(|t| !t.starts_with(crate::model::SYSTEM_PREFIX))
+            .collect();
+        let names: Vec<&str> = tables.iter().map(String::as_str).collect();
+        if names.contains(&table) {
+            None
+        } else {
+            crate::app::peers::closest_name(&names, table).map(str::to_string)
+        }
+    } else {
+        None
+    };
     let summary = if file == Path::new("-") {
         let input = open_input(file, &mut io.stdin, &io.cwd)?;
         crate::import::import_reader(
@@ -633,7 +652,13 @@ pub fn import(
     .map_err(import_error)?;
     let v = json!(summary);
     if io.human {
-        let text = super::human_admin::imported(&v);
+        let mut text = super::human_admin::imported(&v);
+        if let Some(near) = typo {
+            text += &format!(
+                "{table} is a new table on this laptop: did you mean {near}? (`fieldsync tables` \
+                 lists them)\n"
+            );
+        }
         return write!(io.out, "{text}").map_err(CliError::Output);
     }
     print(io.out, &v)
