@@ -258,6 +258,17 @@ fn records_crud_paging_filters_history_and_batch() {
     ));
     assert_eq!(at.status, 200, "{}", at.json());
     assert_eq!(at.json()["fields"]["age"], 34);
+    assert_eq!(at.json()["rev"], first);
+    // By a time: `rev` is the revision shown (the latest at or before it), not the time.
+    let time = first.split('#').next().unwrap();
+    let by_time = api
+        .get(&format!("{}?at={time}", rec_path("person", &id)))
+        .json();
+    let shown = by_time["rev"].as_str().unwrap_or_default();
+    assert!(
+        h.iter().any(|e| e["at"] == shown) && shown.starts_with(time),
+        "{by_time} {h:?}"
+    );
 
     // Paging by id and a field filter.
     let ops: Vec<Value> = (0..25)

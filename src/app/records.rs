@@ -716,7 +716,9 @@ impl App {
         v.record_name = record_name(&fields);
         v.fields = fields;
         v.deleted = deleted;
-        v.rev = Some(at.to_string());
+        // The revision shown, not the time asked for (a newcomer's `--at 14:18:10` was said
+        // to be "the revision of 14:18", made at 14:17).
+        v.rev = Some(history[upto].revision.at.to_string());
         Ok(v)
     }
 
