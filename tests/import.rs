@@ -480,6 +480,17 @@ fn bad_input_names_the_line_and_column_and_imports_nothing() {
             vec!["--key", "case,case"],
             vec!["--key names \"case\" twice"],
         ),
+        // Excel's "Unicode Text" (UTF-16), saved as .txt (read as JSONL) or .csv.
+        (
+            a.file("unicode.txt", b"\xFF\xFEc\x00a\x00s\x00e\x00"),
+            vec!["--key", "case"],
+            vec!["the file is UTF-16 text", "CSV UTF-8"],
+        ),
+        (
+            a.file("unicode.csv", b"\xFF\xFEc\x00a\x00s\x00e\x00"),
+            vec!["--key", "case"],
+            vec!["the file is UTF-16 text", "CSV UTF-8"],
+        ),
         (
             a.file("empty.csv", ""),
             vec!["--key", "case"],

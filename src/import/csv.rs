@@ -182,6 +182,9 @@ pub(crate) fn open(
     input
         .read_until(b'\n', &mut first)
         .map_err(ImportError::Io)?;
+    if let Some(e) = super::utf16_refusal(&first) {
+        return Err(e);
+    }
     if first.starts_with(b"\xEF\xBB\xBF") {
         first.drain(..3);
     }
@@ -214,7 +217,7 @@ pub(crate) fn open(
             unit: "line",
             line,
             column: column.clone(),
-            message: "the header is not UTF-8 text: save the file as UTF-8".into(),
+            message: format!("the header is not UTF-8 text: {}", super::SAVE_AS_UTF8),
         })?;
         if name.is_empty() {
             return Err(ImportError::Cell {
@@ -321,7 +324,7 @@ impl CsvRows {
                 message,
             };
             let s = std::str::from_utf8(cell)
-                .map_err(|_| cell_err("not UTF-8 text: save the file as UTF-8".into()))?;
+                .map_err(|_| cell_err(format!("not UTF-8 text: {}", super::SAVE_AS_UTF8)))?;
             if s.is_empty() {
                 continue;
             }
@@ -421,6 +424,16 @@ mod tests {
         );
         // Quotes inside a plain cell, a closed quoted cell and "" stay as they were.
         assert_eq!(lines(b"a,b\n5'11\",\"x\"\"y\"\n"), Ok(vec![2]));
+    }
+
+    /// UTF-16 (Excel's "Unicode Text") is named as such, with what to save instead.
+    #[test]
+    fn utf16_is_named_with_what_to_save_instead() {
+        let e = open_bytes(b"\xFF\xFEk\x00;\x00").err().unwrap().to_string();
+        assert!(
+            e.starts_with("the file is UTF-16 text") && e.contains("\"CSV UTF-8\""),
+            "{e}"
+        );
     }
 
     /// An empty file says so, rather than "the key field is not a column; its columns are ".

@@ -140,10 +140,15 @@ impl Iterator for JsonlRows {
             self.line += 1;
             let mut bytes = &self.buf[..];
             if self.line == 1 {
+                if let Some(e) = super::utf16_refusal(bytes) {
+                    return Some(Err(e));
+                }
                 bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
             }
             let Ok(text) = std::str::from_utf8(bytes) else {
-                return Some(Err(self.err("not UTF-8 text: save the file as UTF-8")));
+                return Some(Err(
+                    self.err(format!("not UTF-8 text: {}", super::SAVE_AS_UTF8))
+                ));
             };
             if text.trim().is_empty() {
                 continue;

@@ -596,6 +596,22 @@ fn not_a_column(what: &str, name: &str, h: &Header) -> ImportError {
     ))
 }
 
+/// What to do with text that is not UTF-8, as spreadsheet programs name the choice.
+pub(crate) const SAVE_AS_UTF8: &str =
+    "save the file as UTF-8 (in Excel: Save As, \"CSV UTF-8\"; in LibreOffice: Character set \
+     \"Unicode (UTF-8)\")";
+
+/// The refusal of UTF-16 input (a byte order mark `FF FE` or `FE FF` first), which Excel saves
+/// as "Unicode Text": read as UTF-8 it fails on its first line with no hint of why.
+pub(crate) fn utf16_refusal(first: &[u8]) -> Option<ImportError> {
+    (first.starts_with(b"\xFF\xFE") || first.starts_with(b"\xFE\xFF")).then(|| {
+        ImportError::Usage(format!(
+            "the file is UTF-16 text (what Excel saves as \"Unicode Text\"), which fieldsync \
+             does not read: {SAVE_AS_UTF8}, then import that"
+        ))
+    })
+}
+
 /// How rows get their ids.
 enum Ids {
     /// From the file (`id` column or key).
