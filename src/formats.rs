@@ -208,13 +208,35 @@ pub fn export_jsonl(
     Ok(n)
 }
 
+/// How [`export_csv`] writes: the delimiter (`,` unless asked) and whether a UTF-8 byte order
+/// mark starts the file (Excel reads a CSV without one in the computer's legacy code page,
+/// garbling accents: `Chloé` as `ChloÃ©`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CsvOut {
+    /// The cell delimiter byte.
+    pub delimiter: u8,
+    /// Write `EF BB BF` first.
+    pub bom: bool,
+}
+
+impl Default for CsvOut {
+    fn default() -> Self {
+        CsvOut {
+            delimiter: b',',
+            bom: false,
+        }
+    }
+}
+
 /// Writes a table as CSV: `id`, then every field name in sorted order (plus `deleted` with
-/// `--include-deleted`). Strings are written as is, other values as JSON.
+/// `--include-deleted`). Strings are written as is, other values as JSON; `how` sets the
+/// delimiter and the byte order mark.
 pub fn export_csv(
     store: &Store,
     table: &str,
     include_deleted: bool,
-    out: impl Write,
+    how: CsvOut,
+    mut out: impl Write,
 ) -> Result<u64, FormatError> {
     let mut names = std::collections::BTreeSet::new();
     for r in store.scan_table(table) {
@@ -223,7 +245,12 @@ pub fn export_csv(
             names.extend(rec.state.live_fields().keys().cloned());
         }
     }
-    let mut w = csv::Writer::from_writer(out);
+    if how.bom {
+        out.write_all(b"\xEF\xBB\xBF").map_err(FormatError::Write)?;
+    }
+    let mut w = csv::WriterBuilder::new()
+        .delimiter(how.delimiter)
+        .from_writer(out);
     let werr = |e: csv::Error| FormatError::Write(std::io::Error::other(e));
     let mut header = vec!["id".to_string()];
     header.extend(names.iter().cloned());

@@ -1006,3 +1006,47 @@ fn a_re_import_keeps_fields_edited_since_the_list_had_them() {
         "at the school"
     );
 }
+
+/// A CSV export for a spreadsheet program in a decimal-comma locale: `--delimiter ';'` and a
+/// byte order mark (Excel reads a CSV without one in the legacy code page: `Chloé` as
+/// `ChloÃ©`, a newcomer's), and it imports back into the same records.
+#[test]
+fn a_csv_export_for_excel_has_semicolons_and_a_bom_and_imports_back() {
+    let a = Instance::new();
+    let file = a.file(
+        "people.csv",
+        "case;name;weight\nC-1;Chloé;70,5\nC-2;Zoë \"Z\";80\n",
+    );
+    a.ok(&["import", "person", path_str(&file), "--key", "case"]);
+    let out = a.ok(&[
+        "export",
+        "person",
+        "--format",
+        "csv",
+        "--delimiter",
+        ";",
+        "--bom",
+    ]);
+    let text = out.stdout.clone();
+    assert!(text.starts_with('\u{feff}'), "{text:?}");
+    let lines: Vec<&str> = text.trim_start_matches('\u{feff}').lines().collect();
+    assert_eq!(lines[0], "id;case;name;weight", "{text}");
+    assert!(
+        lines.iter().any(|l| l.ends_with(";C-1;Chloé;70,5")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(";C-2;\"Zoë \"\"Z\"\"\";80")),
+        "{text}"
+    );
+    // Back into another laptop: the same records, ids and values.
+    let b = Instance::new();
+    let back = b.file("back.csv", &text);
+    b.ok(&["import", "person", path_str(&back)]);
+    assert_eq!(b.digest(&["person"]), a.digest(&["person"]));
+    // JSONL has no delimiter: said, not ignored.
+    a.run(&["export", "person", "--delimiter", ";"])
+        .fails(2, &["--delimiter and --bom are for CSV", "--format csv"]);
+}

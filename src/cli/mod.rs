@@ -331,6 +331,7 @@ pub enum Command {
     /// Write a table to stdout as JSONL (default) or CSV, ordered by id.
     ///
     /// Example: fieldsync export person --format csv > people.csv
+    /// For Excel in a locale with decimal commas: --format csv --delimiter ';' --bom
     Export {
         /// Table name.
         table: String,
@@ -340,6 +341,14 @@ pub enum Command {
         /// Include deleted records.
         #[arg(long)]
         include_deleted: bool,
+        /// CSV delimiter: a single character, or `tab` (default: comma). Spreadsheet programs
+        /// in many European locales open `;`-separated files in columns.
+        #[arg(long, value_name = "CHAR")]
+        delimiter: Option<String>,
+        /// Start the CSV with a UTF-8 byte order mark, so that Excel reads accents right
+        /// (`import` accepts files with or without one).
+        #[arg(long)]
+        bom: bool,
     },
     /// Apply a file of JSON-line operations, all or nothing.
     ///
@@ -1102,7 +1111,19 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
             table,
             format,
             include_deleted,
-        } => records::export(&app, &table, format, include_deleted, io),
+            delimiter,
+            bom,
+        } => {
+            let csv = crate::formats::CsvOut {
+                delimiter: delimiter
+                    .as_deref()
+                    .map(records::parse_delimiter)
+                    .transpose()?
+                    .unwrap_or(b','),
+                bom,
+            };
+            records::export(&app, &table, format, include_deleted, csv, io)
+        }
         Command::Apply { file, yes } => records::apply(&app, &file, yes, io),
         Command::Held(h) => admin::held(&app, h, io),
         Command::Bundle(b) => bundle::bundle(&app, b, io),

@@ -689,15 +689,21 @@ pub fn export(
     table: &str,
     format: ExportFormat,
     include_deleted: bool,
+    csv: formats::CsvOut,
     io: &mut Io<'_>,
 ) -> Result<(), CliError> {
     model::validate_table(table)?;
+    if matches!(format, ExportFormat::Jsonl) && (csv.delimiter != b',' || csv.bom) {
+        return Err(CliError::Invalid(
+            "--delimiter and --bom are for CSV: add --format csv".into(),
+        ));
+    }
     match format {
         ExportFormat::Jsonl => {
             formats::export_jsonl(app.store(), table, include_deleted, &mut *io.out)?
         }
         ExportFormat::Csv => {
-            formats::export_csv(app.store(), table, include_deleted, &mut *io.out)?
+            formats::export_csv(app.store(), table, include_deleted, csv, &mut *io.out)?
         }
     };
     Ok(())
