@@ -214,13 +214,15 @@ pub fn imported(v: &Value) -> String {
         } else {
             (fields.join(" + "), "them")
         };
-        t +=
-            &format!(
-            "{} {what} the import key of {table} on every laptop of the deployment (it travels \
-             with the next sync): a second record of {table} with the same {what} is refused \
-             there, or logged as a name clash when laptops meet. Re-import by {them} \
-             (`--key {}`) to update these records.\n",
-            if v["dry_run"] == true { "Importing would make" } else { "This import made" },
+        let made = if v["dry_run"] == true {
+            "Importing would make"
+        } else {
+            "This import made"
+        };
+        t += &format!(
+            "{made} {what} the import key of {table} on every laptop of the deployment: another \
+             record of {table} with the same {what} is refused there, or logged as a name clash \
+             when laptops meet; import this list again by {them} (`--key {}`).\n",
             fields.join(",")
         );
     }
