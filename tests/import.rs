@@ -224,6 +224,34 @@ fn a_file_without_ids_needs_a_key_or_new_ids() {
         assert_eq!(r["inserted"], 2);
     }
     assert_eq!(a.digest(&["person"]).0, 5);
+    // A table imported by a key: its key is named when a file comes without --key.
+    let keyed = a.file("keyed.csv", "case,name\nK-1,Kim\n");
+    a.ok(&["import", "person", path_str(&keyed), "--key", "case"]);
+    a.run(&["import", "person", path_str(&keyed)]).fails(
+        2,
+        &["person is imported by the key case, a column of this file too: add --key case"],
+    );
+    // A header and no rows: nothing imported, and no key made from it.
+    let header_only = a.file("header.csv", "code,name\n");
+    let r = a
+        .ok(&["import", "shelter", path_str(&header_only), "--key", "code"])
+        .json();
+    assert_eq!(
+        (&r["records"], &r["new_key"]),
+        (&json!(0), &Value::Null),
+        "{r}"
+    );
+    let said = a
+        .ok(&[
+            "import",
+            "shelter",
+            path_str(&header_only),
+            "--key",
+            "code",
+            "--human",
+        ])
+        .stdout;
+    assert!(said.contains("The file holds no rows"), "{said}");
     // A new table named like an existing one is most likely a typo: said (a newcomer's).
     let said = a
         .ok(&[
@@ -350,12 +378,12 @@ fn types_dates_stay_as_written_text_columns_and_inexact_numbers() {
     };
     assert_eq!(
         dry(&[]).json()["mixed_types"],
-        json!([{"field": "postcode", "numbers": 2, "texts": 1},
-               {"field": "weight", "numbers": 2, "texts": 1}])
+        json!([{"field": "postcode", "numbers": 2, "texts": 1, "decimal_commas": 0},
+               {"field": "weight", "numbers": 2, "texts": 1, "decimal_commas": 1}])
     );
     assert_eq!(
         dry(&["--text", "postcode"]).json()["mixed_types"],
-        json!([{"field": "weight", "numbers": 2, "texts": 1}])
+        json!([{"field": "weight", "numbers": 2, "texts": 1, "decimal_commas": 1}])
     );
     let said = dry(&["--human"]).stdout;
     assert!(
@@ -491,6 +519,46 @@ fn bad_input_names_the_line_and_column_and_imports_nothing() {
             vec!["--key", "case"],
             vec!["the file is UTF-16 text", "CSV UTF-8"],
         ),
+        // A registry's own numbering in a column named id (a newcomer's: no way in).
+        (
+            a.file("own-ids.csv", "id,name\n1,Ann\n"),
+            vec![],
+            vec![
+                "line 2, column 1 (id)",
+                "rename the column",
+                "--key registry_id",
+            ],
+        ),
+        (
+            a.file("own-ids2.csv", "id,name\n1,Ann\n"),
+            vec!["--key", "id"],
+            vec!["--key id", "rename the column", "--key registry_id"],
+        ),
+        (
+            a.file("own-ids.jsonl", "{\"id\":1,\"name\":\"Ann\"}\n"),
+            vec![],
+            vec!["line 1", "\"id\" is a number", "--key registry_id"],
+        ),
+        (
+            a.file("comma.csv", "case,name\nA-1,Ann\n"),
+            vec!["--key", "case,"],
+            vec!["has an empty field name (a comma too many?)"],
+        ),
+        (
+            a.file("misspelt.jsonl", "{\"case\":\"A-1\",\"name\":\"Ann\"}\n"),
+            vec!["--key", "case_numbr"],
+            vec![
+                "line 1",
+                "no such field",
+                "\"case\", \"name\"",
+                "spelling of --key",
+            ],
+        ),
+        (
+            a.file("typo.csv", "case_number,name\nA-1,Ann\n"),
+            vec!["--key", "case_nuber"],
+            vec!["did you mean \"case_number\"?"],
+        ),
         (
             a.file("empty.csv", ""),
             vec!["--key", "case"],
@@ -499,7 +567,7 @@ fn bad_input_names_the_line_and_column_and_imports_nothing() {
         (
             a.file("renamed.ods", "case;name\r\nA-1;Ann\r\n"),
             vec!["--key", "case"],
-            vec!["is not a .ods spreadsheet", "rename it to .csv"],
+            vec!["renamed.ods: not a .ods spreadsheet", "rename it to .csv"],
         ),
         (
             a.file("one-column.csv", "case;name\nA-1;Ann\n"),
@@ -1015,9 +1083,17 @@ fn a_csv_export_for_excel_has_semicolons_and_a_bom_and_imports_back() {
     let a = Instance::new();
     let file = a.file(
         "people.csv",
-        "case;name;weight\nC-1;Chloé;70,5\nC-2;Zoë \"Z\";80\n",
+        "case;name;weight;postcode\nC-1;Chloé;70,5;75001\nC-2;Zoë \"Z\";80;01000\n",
     );
-    a.ok(&["import", "person", path_str(&file), "--key", "case"]);
+    a.ok(&[
+        "import",
+        "person",
+        path_str(&file),
+        "--key",
+        "case",
+        "--text",
+        "postcode",
+    ]);
     let out = a.ok(&[
         "export",
         "person",
@@ -1030,22 +1106,21 @@ fn a_csv_export_for_excel_has_semicolons_and_a_bom_and_imports_back() {
     let text = out.stdout.clone();
     assert!(text.starts_with('\u{feff}'), "{text:?}");
     let lines: Vec<&str> = text.trim_start_matches('\u{feff}').lines().collect();
-    assert_eq!(lines[0], "id;case;name;weight", "{text}");
-    assert!(
-        lines.iter().any(|l| l.ends_with(";C-1;Chloé;70,5")),
-        "{text}"
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.ends_with(";C-2;\"Zoë \"\"Z\"\"\";80")),
-        "{text}"
-    );
-    // Back into another laptop: the same records, ids and values.
-    let b = Instance::new();
-    let back = b.file("back.csv", &text);
-    b.ok(&["import", "person", path_str(&back)]);
-    assert_eq!(b.digest(&["person"]), a.digest(&["person"]));
+    assert_eq!(lines[0], "id;case;name;postcode;weight", "{text}");
+    // The text 75001 is written JSON-quoted, so it reads back as text, not a number.
+    let ends = |tail: &str| lines.iter().any(|l| l.ends_with(tail));
+    assert!(ends(";C-1;Chloé;\"\"\"75001\"\"\";70,5"), "{text}");
+    assert!(ends(";C-2;\"Zoë \"\"Z\"\"\";01000;80"), "{text}");
+    // Back into another laptop: the same records, ids and values, with or without --text (it
+    // stored the quote marks of "75001" once, a newcomer's).
+    for text_opt in [&[][..], &["--text", "postcode"]] {
+        let b = Instance::new();
+        let back = b.file("back.csv", &text);
+        let mut args = vec!["import", "person", path_str(&back)];
+        args.extend_from_slice(text_opt);
+        b.ok(&args);
+        assert_eq!(b.digest(&["person"]), a.digest(&["person"]), "{text_opt:?}");
+    }
     // JSONL has no delimiter: said, not ignored.
     a.run(&["export", "person", "--delimiter", ";"])
         .fails(2, &["--delimiter and --bom are for CSV", "--format csv"]);

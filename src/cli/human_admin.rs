@@ -147,6 +147,7 @@ pub fn imported(v: &Value) -> String {
             "{kept} left deleted (deleted earlier, here or on another laptop; an import never brings a record back)"
         ));
     }
+    let empty = rows == 0;
     let (rows, table, what) = (count(rows, "row", "rows"), s(&v["table"]), parts.join(", "));
     let mut t = if v["dry_run"] == true {
         format!("Dry run, nothing written: importing {rows} into {table} would make {what}.\n")
@@ -166,6 +167,9 @@ pub fn imported(v: &Value) -> String {
             .as_str()
             .map_or_else(|| s(&c["record"]).to_string(), str::to_string)
     };
+    if empty {
+        t += "The file holds no rows (only a header?): nothing to import.\n";
+    }
     // Edits the file would have undone: said first, since a person may want them undone.
     let kept = u(&v["kept_edited"]);
     if let Some(list) = v["kept"].as_array().filter(|c| !c.is_empty()) {
@@ -183,18 +187,17 @@ pub fn imported(v: &Value) -> String {
             // The same digits as text and as a number read as "kept X (the file has X)": say
             // which is which, and how to keep such a column as text.
             let as_text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
-            let types = if c["kept"] != c["file"] && as_text(&c["kept"]) == as_text(&c["file"]) {
+            let types = if c["kept"] == c["file"] || as_text(&c["kept"]) != as_text(&c["file"]) {
+                String::new()
+            } else if c["file"].is_string() {
+                // The record holds the number an earlier import made of it: --text is no help
+                // here (a newcomer had passed it and was told to pass it).
+                " as text, the record as a number".to_string()
+            } else {
                 format!(
-                    " as {}; `--text {}` reads that column as text",
-                    if c["file"].is_string() {
-                        "text"
-                    } else {
-                        "a number"
-                    },
+                    " as a number; `--text {}` reads that column as text",
                     s(&c["field"])
                 )
-            } else {
-                String::new()
             };
             t += &format!(
                 "  {}: {} kept {} (the file has {}{types})\n",
@@ -232,8 +235,12 @@ pub fn imported(v: &Value) -> String {
         let cols: Vec<String> = mixed
             .iter()
             .map(|m| {
+                let commas = match u(&m["decimal_commas"]) {
+                    0 => String::new(),
+                    n => format!(", {n} of them with a decimal comma"),
+                };
                 format!(
-                    "{} ({} as numbers, {} as text)",
+                    "{} ({} as numbers, {} as text{commas})",
                     s(&m["field"]),
                     u(&m["numbers"]),
                     u(&m["texts"])
@@ -241,10 +248,18 @@ pub fn imported(v: &Value) -> String {
             })
             .collect();
         t += &format!(
-            "Read as numbers in some rows and as text in others: {}. A column meant as text \
-             (postcodes, phone numbers, codes) is read whole as text, as written, with `--text \
-             {}`.\n",
-            cols.join(", "),
+            "Read as numbers in some rows and as text in others: {}. ",
+            cols.join(", ")
+        );
+        // A decimal comma is a number to its writer: say how to have it read as one, rather
+        // than only offering --text (a newcomer's weights).
+        if mixed.iter().any(|m| u(&m["decimal_commas"]) > 0) {
+            t += "Numbers are read with a decimal point: write 70,5 as 70.5 (or save the file \
+                  with a point as decimal separator) to have them as numbers. ";
+        }
+        t += &format!(
+            "A column meant as text (postcodes, phone numbers, codes) is read whole as text, as \
+             written, with `--text {}`.\n",
             s(&mixed[0]["field"])
         );
     }
@@ -391,6 +406,7 @@ mod tests {
         "new_key": null,
         "kept": [
             {"record": "r1", "key": "C-1", "field": "postcode", "kept": "75001", "file": 75001},
+            {"record": "r3", "key": "C-3", "field": "postcode", "kept": 75002, "file": "75002"},
             {"record": "r2", "key": "C-2", "field": "status", "kept": "found", "file": "missing"},
         ]});
         let said = imported(&v);
@@ -399,6 +415,10 @@ mod tests {
                 "  C-1: postcode kept \"75001\" (the file has 75001 as a number; `--text \
                  postcode` reads that column as text)\n"
             ) && said.contains("  C-2: status kept \"found\" (the file has \"missing\")\n")
+                && said.contains(
+                    "  C-3: postcode kept 75002 (the file has \"75002\" as text, the record as a \
+                     number)\n"
+                )
                 && said.contains("2 rows left as they are, to keep corrections made since"),
             "{said}"
         );
@@ -412,14 +432,16 @@ mod tests {
         let v = json!({"table": "shelter", "records": 20, "inserted": 20, "updated": 0,
             "unchanged": 0, "deleted_kept": 0, "kept_rows": 0, "kept_edited": 0, "changes": [],
             "kept": [], "new_key": null,
-            "mixed_types": [{"field": "postcode", "numbers": 2, "texts": 18},
-                            {"field": "weight", "numbers": 15, "texts": 5}]});
+            "mixed_types": [{"field": "postcode", "numbers": 2, "texts": 18, "decimal_commas": 0},
+                            {"field": "weight", "numbers": 15, "texts": 5, "decimal_commas": 5}]});
         let said = imported(&v);
         assert!(
             said.contains(
                 "Read as numbers in some rows and as text in others: postcode (2 as numbers, 18 \
-                 as text), weight (15 as numbers, 5 as text). A column meant as text \
-                 (postcodes, phone numbers, codes) is read whole as text, as written, with \
+                 as text), weight (15 as numbers, 5 as text, 5 of them with a decimal comma). \
+                 Numbers are read with a decimal point: write 70,5 as 70.5 (or save the file \
+                 with a point as decimal separator) to have them as numbers. A column meant as \
+                 text (postcodes, phone numbers, codes) is read whole as text, as written, with \
                  `--text postcode`.\n"
             ),
             "{said}"

@@ -273,8 +273,13 @@ pub enum Command {
     /// re-importing a list does not undo corrections made since; --overwrite writes the file's
     /// values anyway. A record already here with the row's
     /// key values under another id (written with put) is updated, not doubled. Prints
-    /// {"table","records","inserted","updated","unchanged","deleted_kept"} and, when fields of
-    /// existing records changed, "changes": the first 20 as {"record","key","field","old","new"}.
+    /// {"table","records","inserted","updated","unchanged","deleted_kept","changes",
+    /// "kept_edited","kept","kept_rows","new_key","mixed_types"}, every one always present:
+    /// "changes" lists the first 20 changed fields of existing records as
+    /// {"record","key","field","old","new"}; "new_key" names the --key fields when this import
+    /// made them the table's import key on every laptop (else null); "mixed_types" the CSV or
+    /// sheet columns read as numbers in some rows and text in others, as
+    /// {"field","numbers","texts","decimal_commas"}.
     /// --dry-run checks the file and prints the same, with "dry_run": true, writing nothing.
     ///
     /// Formats by extension, in any case: .csv/.tsv (delimiter , ; or tab detected from the
@@ -288,7 +293,8 @@ pub enum Command {
     /// else, dates included, is text as written; empty cells are no value. Numbers that would
     /// change (a 30-digit integer) stay text in CSV and are refused in JSONL. Spreadsheet cells
     /// keep the sheet's types (dates as ISO 8601 text). --text FIELD,... keeps fields as text
-    /// (phone numbers, postcodes).
+    /// (phone numbers, postcodes; a JSON-quoted cell is still the text inside the quotes); each
+    /// must be a column of the file.
     ///
     /// Example: fieldsync import person people.csv --key case_number
     ///

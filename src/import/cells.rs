@@ -9,13 +9,20 @@
 //! - the string inside a JSON-quoted cell (`"34"` → the string 34, so exports round-trip);
 //! - otherwise the text exactly as written (dates, `007`, `+44 20 7946 0000`, `null`).
 //!
-//! Columns named with `--text` are always text as written.
+//! Columns named with `--text` are always text as written, except that a JSON-quoted cell is
+//! still the text inside its quotes (an export writes a text that looks like a number so, and
+//! `--text` on it stored the quote marks).
 
 use serde_json::{Number, Value};
 
 /// The value of a text cell under the rules above (`text`: the column is `--text`).
 pub(crate) fn text_cell(raw: &str, text: bool) -> Value {
     if text {
+        if raw.len() >= 2 && raw.starts_with('"') && raw.ends_with('"') {
+            if let Ok(Value::String(inner)) = serde_json::from_str::<Value>(raw) {
+                return Value::String(inner);
+            }
+        }
         return Value::String(raw.to_string());
     }
     match serde_json::from_str::<Value>(raw) {
@@ -146,6 +153,11 @@ mod tests {
         assert_eq!(text_cell("true", false), json!(true));
         assert_eq!(text_cell("[1, 2]", false), json!([1, 2]));
         assert_eq!(text_cell("\"34\"", false), json!("34"));
+        // --text: as written, but a JSON-quoted cell (an export's) is still its text.
+        assert_eq!(text_cell("\"75001\"", true), json!("75001"));
+        assert_eq!(text_cell("75001", true), json!("75001"));
+        assert_eq!(text_cell("\"a\" b", true), json!("\"a\" b"));
+        assert_eq!(text_cell("\"", true), json!("\""));
         // Codes a field sheet holds (newcomer trial 8, finding 12): not 120000.0, 1000.0, -0.0.
         for code in ["12E4", "1e3", "-0", "-0.0", "2.5e-3"] {
             assert_eq!(text_cell(code, false), json!(code), "{code}");

@@ -330,7 +330,7 @@ impl CsvRows {
             }
             any = true;
             if Some(j) == self.id_col {
-                id = Some(model::parse_id(s).map_err(|e| cell_err(e.to_string()))?);
+                id = Some(super::file_id(s).map_err(cell_err)?);
                 continue;
             }
             fields.insert(self.header.names[j].clone(), text_cell(s, self.text[j]));

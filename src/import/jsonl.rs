@@ -64,9 +64,11 @@ impl JsonlRows {
     fn take_id(&self, obj: &mut Fields) -> Result<Option<uuid::Uuid>, ImportError> {
         match obj.remove("id") {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => model::parse_id(&s).map(Some).map_err(|e| self.err(e)),
+            Some(Value::String(s)) => super::file_id(&s).map(Some).map_err(|e| self.err(e)),
             Some(other) => Err(self.err(format!(
-                "\"id\" must be a UUID string, got {}",
+                "\"id\" is {}, not a fieldsync record id (a UUID string, as an export \
+                 writes): if it is the list's own number, rename the field (e.g. to \
+                 registry_id) and import with --key registry_id",
                 model::json_type(&other)
             ))),
         }

@@ -140,6 +140,24 @@ pub struct MixedColumn {
     pub numbers: u64,
     /// Cells read as text.
     pub texts: u64,
+    /// Of those, cells that are a number written with a decimal comma (`70,5`): the type
+    /// rules read a decimal point only.
+    pub decimal_commas: u64,
+}
+
+/// Whether `s` is a number written with a decimal comma, `70,5` or `-0,25` (not `1,000,000`,
+/// which is a thousands separator or a list).
+fn decimal_comma(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    match digits.split_once(',') {
+        Some((a, b)) => {
+            !a.is_empty()
+                && !b.is_empty()
+                && a.bytes().all(|c| c.is_ascii_digit())
+                && b.bytes().all(|c| c.is_ascii_digit())
+        }
+        None => false,
+    }
 }
 
 /// A field an import left as edited (see [`ImportSummary::kept_edited`]).
@@ -553,11 +571,20 @@ fn check_options(store: &Store, table: &str, opts: &ImportOptions) -> Result<(),
             "--key names {k:?} twice: name each field of the key once, e.g. --key {k}"
         )));
     }
-    if let Some(k) = opts.key.iter().find(|k| k.is_empty() || *k == "id") {
+    if opts.key.iter().any(|k| k.is_empty()) {
         return Err(ImportError::Usage(format!(
-            "--key {k:?} is not a field name: name the columns that identify a row, \
-             e.g. --key case_number"
+            "--key {:?} has an empty field name (a comma too many?): name the columns that \
+             identify a row, e.g. --key case_number or --key name,district",
+            opts.key.join(",")
         )));
+    }
+    if opts.key.iter().any(|k| k == "id") {
+        return Err(ImportError::Usage(
+            "--key id: a column named id holds fieldsync's record ids, so it cannot be a key; \
+             if it is the list's own number, rename the column (e.g. to registry_id) and import \
+             with --key registry_id"
+                .into(),
+        ));
     }
     let _ = store;
     Ok(())
@@ -582,7 +609,12 @@ fn not_a_column(what: &str, name: &str, h: &Header) -> ImportError {
             format!(" (did you mean {n:?}? leave no space after the commas between names)")
         }
         Some(n) => format!(" (did you mean {n:?}?)"),
-        None => String::new(),
+        None => {
+            let names: Vec<&str> = h.names.iter().map(String::as_str).collect();
+            crate::app::peers::closest_name(&names, name)
+                .map(|n| format!(" (did you mean {n:?}?)"))
+                .unwrap_or_default()
+        }
     };
     let delimiter =
         if h.names.len() == 1 && [',', ';', '\t'].iter().any(|d| h.names[0].contains(*d)) {
@@ -594,6 +626,20 @@ fn not_a_column(what: &str, name: &str, h: &Header) -> ImportError {
     ImportError::Usage(format!(
         "{what} {name:?} is not a column of the file{hint}; its columns are {columns}{delimiter}"
     ))
+}
+
+/// The record id of an `id` cell (`raw`, as written), or why a list's own numbering cannot be
+/// one: a column named `id` holds the ids fieldsync gave its records (an export's), and a
+/// registry's `1, 2, 3` in it was refused with `parse_id`'s hint about `fieldsync patch`, and
+/// `--key id` refused too, leaving no way in (a newcomer's).
+pub(crate) fn file_id(raw: &str) -> Result<Uuid, String> {
+    model::parse_id(raw).map_err(|_| {
+        format!(
+            "id {raw:?} is not a fieldsync record id (a UUID, as an export writes): a column \
+             named id must hold those; if it is the list's own number, rename the column (e.g. \
+             to registry_id) and import with --key registry_id"
+        )
+    })
 }
 
 /// What to do with text that is not UTF-8, as spreadsheet programs name the choice.
@@ -644,15 +690,30 @@ fn run(
         let has_id = h.names.iter().any(|n| n == "id");
         match &ids {
             Ids::File if !has_id => {
+                // A table imported by a key before: that key, which this file most likely has.
+                let known = store
+                    .unique_rules(table)?
+                    .into_iter()
+                    .filter(|r| r.text && r.fields.iter().all(|f| h.names.contains(f)))
+                    .map(|r| r.fields.join(","))
+                    .next();
+                let hint = match known {
+                    Some(k) => format!(
+                        "{table} is imported by the key {k}, a column of this file too: add \
+                         --key {k}. Otherwise "
+                    ),
+                    None => String::new(),
+                };
                 return Err(ImportError::Usage(format!(
                     "the file has no id column, so importing it twice would add every record \
-                     twice: {NO_ID_HELP}"
-                )))
+                     twice: {hint}{NO_ID_HELP}"
+                )));
             }
             Ids::Key(_) | Ids::New if has_id => {
                 return Err(ImportError::Usage(format!(
                     "the file has an id column, which already identifies its records: \
-                     import it without {}",
+                     import it without {} (if that column is the list's own number, not \
+                     fieldsync's record ids, rename it, e.g. to registry_id, first)",
                     if opts.new_ids { "--new-ids" } else { "--key" }
                 )))
             }
@@ -697,7 +758,7 @@ fn run(
     let table_has_records = store.tables()?.iter().any(|(t, _)| t == table);
     let mut preview = Preview::default();
     // Per column of a typed format (CSV, sheets): cells read as numbers and as text.
-    let mut types: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut types: HashMap<String, (u64, u64, u64)> = HashMap::new();
     let typed = opened.header.is_some();
     let opened_columns: Option<Vec<String>> = opened.header.as_ref().map(|h| h.names.clone());
     let mut records = 0u64;
@@ -824,15 +885,15 @@ fn run(
         }
         if typed {
             for (name, v) in &row.fields {
-                let (n, t) = match v {
-                    Value::Number(_) => (1, 0),
-                    Value::String(_) => (0, 1),
+                let (n, t, d) = match v {
+                    Value::Number(_) => (1, 0, 0),
+                    Value::String(s) => (0, 1, u64::from(decimal_comma(s))),
                     _ => continue,
                 };
                 match types.get_mut(name) {
-                    Some(c) => *c = (c.0 + n, c.1 + t),
+                    Some(c) => *c = (c.0 + n, c.1 + t, c.2 + d),
                     None => {
-                        types.insert(name.clone(), (n, t));
+                        types.insert(name.clone(), (n, t, d));
                     }
                 }
             }
@@ -876,7 +937,7 @@ fn run(
         drop(in_chunk);
         check_duplicates(all_ids, &ids, opts, unit)?;
         let new_key = match key_of_import {
-            Some(k) if !store.import_key_recorded(table, &k)? => Some(k),
+            Some(k) if records > 0 && !store.import_key_recorded(table, &k)? => Some(k),
             _ => None,
         };
         return Ok(ImportSummary {
@@ -903,9 +964,11 @@ fn run(
     // batch (measured: 520 MB peak for 100,000 rows that way), and the key record precedes
     // the rows in this laptop's feed, so peers too learn the key before the rows and index
     // them page by page.
+    // A file with a header and no rows makes no key: it names no record (a newcomer's empty
+    // list left a deployment-wide key behind).
     let record_key = || -> Result<bool, ImportError> {
         Ok(match ids {
-            Ids::Key(_) => store.record_import_key(table, &opts.key)?,
+            Ids::Key(_) if records > 0 => store.record_import_key(table, &opts.key)?,
             _ => false,
         })
     };
@@ -958,17 +1021,18 @@ fn run(
 /// The columns of `types` (cells read as numbers, as text) that hold both, in the file's
 /// column order (`columns`, else by name), leaving out `--text` ones (all text by request).
 fn mixed_columns(
-    types: HashMap<String, (u64, u64)>,
+    types: HashMap<String, (u64, u64, u64)>,
     columns: Option<&[String]>,
     text: &[String],
 ) -> Vec<MixedColumn> {
     let mut mixed: Vec<MixedColumn> = types
         .into_iter()
-        .filter(|(f, (n, t))| *n > 0 && *t > 0 && !text.contains(f))
-        .map(|(field, (numbers, texts))| MixedColumn {
+        .filter(|(f, (n, t, _))| *n > 0 && *t > 0 && !text.contains(f))
+        .map(|(field, (numbers, texts, decimal_commas))| MixedColumn {
             field,
             numbers,
             texts,
+            decimal_commas,
         })
         .collect();
     let at = |f: &str| columns.and_then(|c| c.iter().position(|n| n == f));
@@ -1202,6 +1266,18 @@ fn key_values(
                 },
             };
             match row.fields.get(k) {
+                // JSONL names its fields per line: a line without the field at all is more
+                // likely a misspelt --key than an empty key (a newcomer's `case_numbr`).
+                None if header.is_none() => {
+                    let mut names: Vec<String> =
+                        row.fields.keys().map(|n| format!("{n:?}")).collect();
+                    names.truncate(20);
+                    Err(err(format!(
+                        "this line has no such field (its fields are {}): check the spelling \
+                         of --key; every line needs a value in each --key field",
+                        names.join(", ")
+                    )))
+                }
                 None | Some(Value::Null) => Err(err(
                     "the key is empty: every row needs a value in each --key field".into(),
                 )),

@@ -88,7 +88,7 @@ fn not_a_spreadsheet(path: &Path, ext: &str) -> Option<String> {
             .iter()
             .all(|b| !b.is_ascii_control() || b.is_ascii_whitespace());
     Some(format!(
-        "is not a .{ext} spreadsheet (its content is not one{}): if it is a CSV or text \
+        "not a .{ext} spreadsheet (its content is not one{}): if it is a CSV or text \
          file, rename it to .csv (or .jsonl) and import that; otherwise save it again from the \
          spreadsheet program as .xlsx or .ods",
         if n == 0 {
@@ -437,7 +437,7 @@ fn row(header: &Header, text: &[bool], line: u64, cells: &[Data]) -> Result<Row,
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             };
-            id = Some(model::parse_id(&s).map_err(|e| err(e.to_string()))?);
+            id = Some(super::file_id(&s).map_err(err)?);
             continue;
         }
         let v = if text[j] { as_text(&v) } else { v };
