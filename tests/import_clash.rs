@@ -363,3 +363,91 @@ fn a_key_clash_of_two_fields_clears_on_both_laptops_once_one_record_is_renamed()
         assert_eq!(g["fields"]["district"], "North", "{name}: {g}");
     }
 }
+
+/// A key made by mistake (`--key name`: two people may share a name) is dropped on one laptop
+/// and the drop reaches the others by sync: each accepts a second record with that name
+/// again. Importing by the same key later makes it a key again, with its index built afresh
+/// (a second newcomer found no way back from one `--key name`).
+#[test]
+fn an_import_key_dropped_on_one_laptop_is_dropped_on_every_laptop() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [a, b]: [_; 2] = agent::members(tmp.path(), &["a", "b"]).try_into().unwrap();
+    let list = tmp.path().join("people.csv");
+    std::fs::write(&list, "case_number,name\nC-1,Ann Lee\nC-2,Bo Sani\n").unwrap();
+    let by_name = agent::run(&a, &["import", "person", path_str(&list), "--key", "name"])
+        .ok()
+        .json();
+    assert_eq!(by_name["new_key"], json!(["name"]), "{by_name}");
+    let agent_b = Agent::start(&b);
+    agent::sync(&a, agent_b.addr());
+    let listed = agent::run(&b, &["import-keys", "list"]).ok().json();
+    assert_eq!(
+        listed,
+        json!([{"table": "person", "key": ["name"]}]),
+        "{listed}"
+    );
+    // B refuses a second Ann Lee while the key stands.
+    let second = json!({"case_number": "C-9", "name": "Ann Lee"}).to_string();
+    let refused = agent::run(&b, &["put", "person", &second]);
+    assert_eq!(refused.code, 2, "{refused}");
+    assert!(
+        refused.stderr.contains("already used by record"),
+        "{refused}"
+    );
+
+    // Dropped on A; a key the table does not have is named as such.
+    fails(
+        agent::run(&a, &["import-keys", "drop", "person", "case_number"]),
+        1,
+        &["case_number is not an import key of person: its import keys are name"],
+    );
+    let said = agent::run(&a, &["import-keys", "drop", "person", "name", "--human"])
+        .ok()
+        .stdout;
+    assert!(
+        said.starts_with("name is no longer an import key of person"),
+        "{said}"
+    );
+    agent::sync(&a, agent_b.addr());
+    for (who, dir) in [("A", &a), ("B", &b)] {
+        let keys = agent::run(dir, &["import-keys", "list"]).ok().json();
+        assert_eq!(keys, json!([]), "{who}: {keys}");
+    }
+    agent::run(&b, &["put", "person", &second]).ok();
+    assert_eq!(with(&b, "person", "name", "Ann Lee").len(), 2);
+
+    // A list imported by name again on A once B's second Ann Lee has arrived: a key again,
+    // its index built from the records as they are now, so the two Ann Lees are a name clash
+    // (not a stale index entry refusing or missing one). (The first list again is refused:
+    // its row Ann Lee cannot tell which of the two it updates.)
+    agent::sync(&a, agent_b.addr());
+    fails(
+        agent::run(&a, &["import", "person", path_str(&list), "--key", "name"]),
+        2,
+        &["both have this key, so the row cannot tell which to update"],
+    );
+    // Meanwhile Bo Sani was renamed: an index entry left from the dropped key would refuse a
+    // new Bo Sani once the key is back.
+    let bo = with(&a, "person", "name", "Bo Sani")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    agent::run(&a, &["patch", "person", &bo, r#"{"name":"Bob Sani"}"#]).ok();
+    let more = tmp.path().join("more.csv");
+    std::fs::write(
+        &more,
+        "case_number,name
+C-3,Cy Obi
+",
+    )
+    .unwrap();
+    let again = agent::run(&a, &["import", "person", path_str(&more), "--key", "name"])
+        .ok()
+        .json();
+    assert_eq!(again["new_key"], json!(["name"]), "{again}");
+    let open = clashes(&a);
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0]["value"], "Ann Lee", "{open:?}");
+    let new_bo = json!({"case_number": "C-4", "name": "Bo Sani"}).to_string();
+    agent::run(&a, &["put", "person", &new_bo]).ok();
+}

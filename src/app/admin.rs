@@ -257,6 +257,42 @@ impl App {
         })
     }
 
+    /// Every import key of this laptop's tables (`import --key`, any laptop's): `(table,
+    /// fields)`, in table order.
+    pub fn import_keys(&self) -> Result<Vec<(String, Vec<String>)>, AppError> {
+        Ok(self.store.import_keys()?)
+    }
+
+    /// Drops `fields` as an import key of `table` on every laptop of the deployment (the drop
+    /// travels by sync like a delete): records of the table may share those values again.
+    /// `NOT_FOUND` (field `key`) naming the table's keys when it is not one.
+    pub fn drop_import_key(&self, table: &str, fields: &[String]) -> Result<(), AppError> {
+        crate::model::validate_table(table)?;
+        if self.store.drop_import_key(table, fields)? {
+            return Ok(());
+        }
+        let keys: Vec<String> = self
+            .store
+            .import_keys()?
+            .into_iter()
+            .filter(|(t, _)| t == table)
+            .map(|(_, k)| k.join(","))
+            .collect();
+        Err(AppError::NotFound {
+            code: "NOT_FOUND",
+            field: Some("key".into()),
+            message: format!(
+                "{} is not an import key of {table}: {}",
+                fields.join(","),
+                if keys.is_empty() {
+                    format!("{table} has none (`fieldsync import-keys` lists every table's)")
+                } else {
+                    format!("its import keys are {}", keys.join("; "))
+                }
+            ),
+        })
+    }
+
     /// Settles conflict `id` by `keep` (see [`crate::store::Store::resolve_conflict`]).
     pub fn resolve(&self, id: u64, keep: Keep) -> Result<ConflictEntry, AppError> {
         Ok(self.store.resolve_conflict(id, keep)?)

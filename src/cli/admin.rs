@@ -87,6 +87,56 @@ pub fn held(app: &App, cmd: super::HeldCommand, io: &mut Io<'_>) -> Result<(), C
     print(io.out, &v.map_err(super::invalid)?)
 }
 
+/// `import-keys list|drop`.
+pub fn import_keys(
+    app: &App,
+    cmd: super::ImportKeysCommand,
+    io: &mut Io<'_>,
+) -> Result<(), CliError> {
+    use super::ImportKeysCommand;
+    match cmd {
+        ImportKeysCommand::List => {
+            let keys = app.import_keys()?;
+            if io.human {
+                let text = if keys.is_empty() {
+                    "No import keys: no table was imported with --key.\n".to_string()
+                } else {
+                    let mut t = String::from(
+                        "Import keys (every laptop keeps each unique in its table):\n",
+                    );
+                    for (table, key) in &keys {
+                        t += &format!("  {table}: {}\n", key.join(", "));
+                    }
+                    t
+                };
+                return write!(io.out, "{text}").map_err(CliError::Output);
+            }
+            let v: Vec<serde_json::Value> = keys
+                .iter()
+                .map(|(table, key)| serde_json::json!({"table": table, "key": key}))
+                .collect();
+            print(io.out, &serde_json::json!(v))
+        }
+        ImportKeysCommand::Drop { table, key } => {
+            app.drop_import_key(&table, &key)?;
+            let key = key.join(",");
+            if io.human {
+                return writeln!(
+                    io.out,
+                    "{key} is no longer an import key of {table}: records of {table} may share \
+                     its values again, here now and on every other laptop once it syncs. Name \
+                     clashes already logged for it stay in `fieldsync conflicts` until settled."
+                )
+                .map_err(CliError::Output);
+            }
+            print(
+                io.out,
+                &serde_json::json!({"table": table, "key": key.split(',').collect::<Vec<_>>(), "dropped": true}),
+            )
+        }
+    }
+}
+
 /// `peers`: every peer instance (a JSON array), or a table for people.
 pub fn peers(door: &Door<'_>, io: &mut Io<'_>) -> Result<(), CliError> {
     let rows: Vec<serde_json::Value> = door.call(Op::Peers, io)?;

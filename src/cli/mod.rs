@@ -123,6 +123,22 @@ pub enum HeldCommand {
     },
 }
 
+/// `import-keys` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum ImportKeysCommand {
+    /// Every table's import keys (a JSON array of {"table","key"}; a list on a terminal).
+    List,
+    /// Stop keeping FIELD[,FIELD] unique in TABLE on every laptop: the drop travels by sync.
+    /// Records may then share those values; name clashes already logged stay until settled.
+    Drop {
+        /// The table.
+        table: String,
+        /// The key's fields, comma-separated, in the key's order (as given to import --key).
+        #[arg(value_delimiter = ',')]
+        key: Vec<String>,
+    },
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -451,6 +467,14 @@ pub enum Command {
     /// Example: fieldsync held reject 3
     #[command(subcommand)]
     Held(HeldCommand),
+    /// The import keys of the deployment's tables (`import --key` makes one: every laptop then
+    /// keeps it unique), and dropping one made by mistake (a key of names, say).
+    ///
+    /// Example: fieldsync import-keys list
+    ///
+    /// Example: fieldsync import-keys drop person name
+    #[command(subcommand, name = "import-keys")]
+    ImportKeys(ImportKeysCommand),
     /// Sync by USB stick: write a bundle of changes for a laptop out of reach, read one, or
     /// show what one holds. Bundles are encrypted to the deployment and signed by the writer.
     ///
@@ -1132,6 +1156,7 @@ pub fn execute(store: &Arc<Store>, command: Command, io: &mut Io<'_>) -> Result<
         }
         Command::Apply { file, yes } => records::apply(&app, &file, yes, io),
         Command::Held(h) => admin::held(&app, h, io),
+        Command::ImportKeys(k) => admin::import_keys(&app, k, io),
         Command::Bundle(b) => bundle::bundle(&app, b, io),
         Command::Digest { tables } => records::digest(&app, tables, io),
         Command::Put { .. }

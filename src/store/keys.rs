@@ -131,6 +131,11 @@ pub(crate) fn conflict_dedupe(suffix: &[u8], fingerprint: &[u8; 32]) -> Vec<u8> 
     with_prefix(CONFLICT_DEDUPE, &[suffix, fingerprint])
 }
 
+/// Prefix of every unique index entry of one field (or import key `F,G`) of a table.
+pub(crate) fn unique_rule(table: &str, field: &str) -> Vec<u8> {
+    with_prefix(UNIQUE, &[table.as_bytes(), &[0], field.as_bytes(), &[0]])
+}
+
 /// Prefix of the unique index entries for one value of one field.
 pub(crate) fn unique_value(table: &str, field: &str, value_json: &str) -> Vec<u8> {
     with_prefix(

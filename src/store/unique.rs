@@ -273,6 +273,36 @@ impl super::Store {
         Ok(true)
     }
 
+    /// Drops `key` as an import key of `table`, deployment-wide: its `fs_import_keys` record is
+    /// deleted like any record, so the delete reaches every laptop by sync and each stops
+    /// keeping the key unique (the write path removes its index, `forget_import_key`). Returns
+    /// false if it was not a key of the table here.
+    pub fn drop_import_key(&self, table: &str, key: &[String]) -> Result<bool, super::StoreError> {
+        if !self.import_key_recorded(table, key)? {
+            return Ok(false);
+        }
+        self.write_system(&[super::LocalOp {
+            table: crate::model::IMPORT_KEYS_TABLE.to_string(),
+            id: import_key_id(table, key),
+            edit: crate::merge::Edit::Delete,
+        }])?;
+        Ok(true)
+    }
+
+    /// Every live import key here: (table, fields), in table order.
+    pub fn import_keys(&self) -> Result<Vec<(String, Vec<String>)>, super::StoreError> {
+        let mut out = Vec::new();
+        for r in self.scan_table(crate::model::IMPORT_KEYS_TABLE) {
+            if let Some(k) = parse_import_key(&r?.1.state) {
+                if !out.contains(&k) {
+                    out.push(k);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Whether `key` (its fields in order) is already an import key of `table` here, live.
     pub fn import_key_recorded(
         &self,

@@ -856,8 +856,13 @@ impl Batch<'_> {
                 .prev
                 .as_ref()
                 .and_then(|r| unique::parse_import_key(&r.state));
-            match unique::parse_import_key(&rec.state) {
-                Some(now) if was.as_ref() != Some(&now) => self.learn_import_key(&now.0, now.1)?,
+            match (was, unique::parse_import_key(&rec.state)) {
+                (was, Some(now)) if was.as_ref() != Some(&now) => {
+                    self.learn_import_key(&now.0, now.1)?
+                }
+                // Dropped (`import-keys drop`, here or on another laptop): its index goes, so
+                // a later import by the same key indexes the table afresh.
+                (Some(was), None) => self.forget_import_key(&was.0, &was.1)?,
                 _ => {}
             }
         }
@@ -898,6 +903,28 @@ impl Batch<'_> {
     /// (logged whatever wrote the key record: both records exist already, so refusing one
     /// would help nobody; the clash tells a person to settle it). From then on every write of
     /// the table keeps the index, like a configured unique field's.
+    /// A key record just deleted: the table's writes stop keeping the key unique, and its
+    /// index entries are removed in this batch (left, they would be stale the day the same key
+    /// is imported again). A single-field key that is also a configured unique field keeps
+    /// its index, which the configured rule uses. Name clashes logged for the key stay in the
+    /// log until a person settles them.
+    fn forget_import_key(&mut self, table: &str, key: &[String]) -> Result<(), StoreError> {
+        if let Some(list) = self.import_keys.as_mut().and_then(|k| k.get_mut(table)) {
+            list.retain(|k| k != key);
+        }
+        if key.len() == 1 && self.store.config.unique_fields(table).any(|f| *f == key[0]) {
+            return Ok(());
+        }
+        let rule = UniqueKey::import(key);
+        for k in self
+            .txn
+            .keys_with_prefix(&keys::unique_rule(table, &rule.name))?
+        {
+            self.txn.remove(k);
+        }
+        Ok(())
+    }
+
     fn learn_import_key(&mut self, table: &str, key: Vec<String>) -> Result<(), StoreError> {
         // A key record's id is derived from its table and key, so a key is new here exactly
         // when its record was not alive with it before this write (the caller's test). Loaded
