@@ -225,8 +225,9 @@ pub fn imported(v: &Value) -> String {
         t += &format!(
             "{made} {what} the import key of {table} on every laptop of the deployment: another \
              record of {table} with the same {what} is refused there, or logged as a name clash \
-             when laptops meet; import this list again by {them} (`--key {}`).\n",
-            fields.join(",")
+             when laptops meet; import this list again by {them} (`--key {k}`); \
+             `fieldsync import-keys drop {table} {k}` undoes it.\n",
+            k = fields.join(",")
         );
     }
     // Columns the type rules read half as numbers, half as text: said, since a postcode or a
