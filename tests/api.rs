@@ -2063,3 +2063,50 @@ fn the_openapi_document_lists_every_status_the_server_answers() {
         "the filters are described: {text}"
     );
 }
+
+/// Import keys over the API, as `fieldsync import-keys`: listed, and one made by mistake
+/// dropped (404 naming the table's keys when it is not one), after which the table takes a
+/// second record with that value.
+#[test]
+fn import_keys_are_listed_and_a_mistaken_one_dropped() {
+    let (tmp, dir) = new_root();
+    let (_a, api) = agent(&dir);
+    let list = tmp.path().join("people.csv");
+    std::fs::write(&list, "case_number,name\nC-1,Ann Lee\n").unwrap();
+    run(
+        &dir,
+        &["import", "person", list.to_str().unwrap(), "--key", "name"],
+    )
+    .ok();
+    assert_eq!(
+        api.get("/v1/import-keys").json(),
+        json!([{"table": "person", "key": ["name"]}])
+    );
+    let twin = json!({"case_number": "C-2", "name": "Ann Lee"});
+    assert_eq!(
+        api.send("POST", "/v1/tables/person/records", &twin).status,
+        409,
+        "refused while name is a key"
+    );
+    let e = api
+        .req("DELETE", "/v1/import-keys/person/case_number", &[], b"")
+        .error(404, "NOT_FOUND");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("case_number is not an import key of person: its import keys are name"),
+        "{e}"
+    );
+    let r = api.req("DELETE", "/v1/import-keys/person/name", &[], b"");
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json(),
+        json!({"table": "person", "key": ["name"], "dropped": true})
+    );
+    assert_eq!(api.get("/v1/import-keys").json(), json!([]));
+    assert_eq!(
+        api.send("POST", "/v1/tables/person/records", &twin).status,
+        201
+    );
+}

@@ -15,7 +15,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
@@ -34,7 +34,7 @@ type Q = Result<Query<Vec<(String, String)>>, QueryRejection>;
     paths(
         openapi, status, peers, sync_now, verify, tables, create, list, get_record, put_record,
         patch_record, delete_record, history, batch, conflicts, resolve, changes, console_link,
-        overview, sessions, warnings
+        overview, sessions, warnings, import_keys, drop_import_key
     ),
     components(schemas(
         ErrorBody, RecordView, WriteOutcome, ListPage, TableInfo, BatchOp, BatchOutcome, Change,
@@ -125,6 +125,8 @@ pub(super) fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/overview", get(overview))
         .route("/v1/sessions", get(sessions))
         .route("/v1/warnings", get(warnings))
+        .route("/v1/import-keys", get(import_keys))
+        .route("/v1/import-keys/{table}/{key}", delete(drop_import_key))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
@@ -849,6 +851,38 @@ async fn delete_record(
     let pre = precondition(&headers)?;
     let o = blocking(&st, move |a| a.delete(&table, &id, &pre)).await?;
     Ok(written(o, StatusCode::OK))
+}
+
+/// Every table's import keys (`import --key`; every laptop keeps each unique in its table), as
+/// `fieldsync import-keys list`: `[{"table","key":[fields]}]` in table order.
+#[utoipa::path(get, path = "/v1/import-keys",
+    responses((status = 200, body = Vec<Object>), (status = 401, body = ErrorBody)))]
+async fn import_keys(State(st): St) -> Result<Json<Value>, ApiError> {
+    let keys = blocking(&st, |a| a.import_keys()).await?;
+    Ok(Json(Value::Array(
+        keys.into_iter()
+            .map(|(table, key)| json!({"table": table, "key": key}))
+            .collect(),
+    )))
+}
+
+/// Drops an import key made by mistake, on every laptop (the drop travels by sync), as
+/// `fieldsync import-keys drop`: `{key}` is its fields, comma-separated, in order.
+#[utoipa::path(delete, path = "/v1/import-keys/{table}/{key}",
+    params(("table" = String, Path,), ("key" = String, Path, description = "The key's fields, comma-separated")),
+    responses((status = 200, description = "`{\"table\",\"key\",\"dropped\": true}`", body = Object),
+        (status = 400, description = "`INVALID_TABLE`", body = ErrorBody),
+        (status = 404, description = "`NOT_FOUND`: not a key of the table (the message names its keys)", body = ErrorBody)))]
+async fn drop_import_key(
+    State(st): St,
+    Path((table, key)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let fields: Vec<String> = key.split(',').map(str::to_string).collect();
+    let (t, f) = (table.clone(), fields.clone());
+    blocking(&st, move |a| a.drop_import_key(&t, &f)).await?;
+    Ok(Json(
+        json!({"table": table, "key": fields, "dropped": true}),
+    ))
 }
 
 /// Every revision of a record, oldest first (as `fieldsync history`).
