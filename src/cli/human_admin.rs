@@ -258,11 +258,17 @@ pub fn imported(v: &Value) -> String {
             t += "Numbers are read with a decimal point: write 70,5 as 70.5 (or save the file \
                   with a point as decimal separator) to have them as numbers. ";
         }
-        t += &format!(
-            "A column meant as text (postcodes, phone numbers, codes) is read whole as text, as \
-             written, with `--text {}`.\n",
-            s(&mixed[0]["field"])
-        );
+        // The --text example is a column that is not decimal commas (those want a point).
+        match mixed.iter().find(|m| u(&m["decimal_commas"]) == 0) {
+            Some(m) => {
+                t += &format!(
+                    "A column meant as text (postcodes, phone numbers, codes) is read whole as \
+                     text, as written, with `--text {}`.\n",
+                    s(&m["field"])
+                )
+            }
+            None => t = t.trim_end().to_string() + "\n",
+        }
     }
     // What a re-import overwrote, so a person notices a settled value put back to the list's.
     if let Some(changes) = v["changes"].as_array().filter(|c| !c.is_empty()) {
@@ -427,9 +433,19 @@ mod tests {
         assert!(!said.contains("Read as numbers"), "{said}");
     }
 
-    /// Columns read half as numbers and half as text are named, with counts and `--text`.
+    /// Columns read half as numbers and half as text are named, with counts and `--text`
+    /// (never for a column of decimal commas, which want a point instead).
     #[test]
     fn columns_of_mixed_types_are_named() {
+        let commas = json!({"table": "shelter", "records": 3, "mixed_types": [
+            {"field": "weight", "numbers": 2, "texts": 1, "decimal_commas": 1}]});
+        let said = imported(&commas);
+        assert!(
+            said.contains("weight (2 as numbers, 1 as text, 1 of them with a decimal comma)")
+                && said.contains("to have them as numbers.\n")
+                && !said.contains("--text"),
+            "{said}"
+        );
         let v = json!({"table": "shelter", "records": 20, "inserted": 20, "updated": 0,
             "unchanged": 0, "deleted_kept": 0, "kept_rows": 0, "kept_edited": 0, "changes": [],
             "kept": [], "new_key": null,
