@@ -365,7 +365,7 @@ fn jsonl_export_import_round_trip_keeps_ids_and_values() {
         r,
         json!({"table": "person", "records": 301, "inserted": 301, "updated": 0,
                "unchanged": 0, "deleted_kept": 0, "changes": [], "kept_edited": 0, "kept": [],
-               "kept_rows": 0, "new_key": null, "mixed_types": []})
+               "kept_rows": 0, "new_key": null, "key_clashes": 0, "mixed_types": []})
     );
     assert_eq!(b.ok(&["export", "person"]).stdout, export.stdout);
     assert_eq!(fields(&b.ok(&["get", "person", ID]).json()), &odd);

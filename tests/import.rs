@@ -51,7 +51,7 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
         first,
         json!({"table": "person", "records": 50, "inserted": 50, "updated": 0,
                "unchanged": 0, "deleted_kept": 0, "changes": [], "kept_edited": 0,
-               "kept": [], "kept_rows": 0, "new_key": ["case_number"], "mixed_types": []})
+               "kept": [], "kept_rows": 0, "new_key": ["case_number"], "key_clashes": 0, "mixed_types": []})
     );
     let before = a.snapshot();
     let second = a
@@ -135,7 +135,7 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
         dry,
         json!({"table": "person", "records": 51, "inserted": 1, "updated": 1,
                "unchanged": 48, "deleted_kept": 1, "changes": changes, "kept_edited": 0,
-               "kept": [], "kept_rows": 0, "new_key": null, "mixed_types": [], "dry_run": true})
+               "kept": [], "kept_rows": 0, "new_key": null, "key_clashes": 0, "mixed_types": [], "dry_run": true})
     );
     assert_eq!(a.snapshot(), before, "a dry run writes nothing");
     let said = import2(&["--dry-run", "--human"]).stdout;
@@ -166,7 +166,7 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
         third,
         json!({"table": "person", "records": 51, "inserted": 1, "updated": 1,
                "unchanged": 48, "deleted_kept": 1, "changes": changes, "kept_edited": 0,
-               "kept": [], "kept_rows": 0, "new_key": null, "mixed_types": []})
+               "kept": [], "kept_rows": 0, "new_key": null, "key_clashes": 0, "mixed_types": []})
     );
     let rec = a.ok(&["get", "person", &c3]).json();
     assert_eq!(
@@ -224,6 +224,42 @@ fn a_file_without_ids_needs_a_key_or_new_ids() {
         assert_eq!(r["inserted"], 2);
     }
     assert_eq!(a.digest(&["person"]).0, 5);
+    // A key new to the table that its records already share: the import says how many values
+    // become name clashes (each one, on every laptop), and how to undo a wrong key.
+    let cy = a.file("cy.csv", "name,age\nCy,5\n");
+    let dry = a
+        .ok(&[
+            "import",
+            "person",
+            path_str(&cy),
+            "--key",
+            "name",
+            "--dry-run",
+        ])
+        .json();
+    assert_eq!(
+        (&dry["new_key"], &dry["key_clashes"]),
+        (&json!(["name"]), &json!(2)),
+        "{dry}"
+    );
+    let said = a
+        .ok(&[
+            "import",
+            "person",
+            path_str(&cy),
+            "--key",
+            "name",
+            "--dry-run",
+            "--human",
+        ])
+        .stdout;
+    assert!(
+        said.contains(
+            "2 values of name were already shared by several records of person: each would be a \
+             name clash on every laptop"
+        ) && said.contains("the key is wrong: drop it as above"),
+        "{said}"
+    );
     // A table imported by a key: its key is named when a file comes without --key.
     let keyed = a.file("keyed.csv", "case,name\nK-1,Kim\n");
     a.ok(&["import", "person", path_str(&keyed), "--key", "case"]);
@@ -902,7 +938,8 @@ fn a_keyed_import_updates_records_written_in_the_field_with_that_key() {
                     "new": "Ama Mensah"},
                    {"record": field, "key": "FR-050", "field": "status", "old": null,
                     "new": "missing"}],
-               "kept_edited": 0, "kept": [], "kept_rows": 0, "new_key": ["case_number"], "mixed_types": []})
+               "kept_edited": 0, "kept": [], "kept_rows": 0, "new_key": ["case_number"],
+               "key_clashes": 1, "mixed_types": []})
     );
     let all = a
         .ok(&["list", "person", "--include-deleted", "--json"])
@@ -998,7 +1035,7 @@ fn a_re_import_keeps_fields_edited_since_the_list_had_them() {
         again,
         json!({"table": "person", "records": 3, "inserted": 0, "updated": 0, "unchanged": 2,
                "deleted_kept": 0, "kept_edited": 1, "kept_rows": 1, "changes": [],
-               "new_key": null, "mixed_types": [],
+               "new_key": null, "key_clashes": 0, "mixed_types": [],
                "kept": [{"record": bo_id, "key": "A-2", "field": "status",
                          "file": "missing", "kept": "found alive"}]})
     );
@@ -1017,7 +1054,7 @@ fn a_re_import_keeps_fields_edited_since_the_list_had_them() {
     let said = import(&corrected, &["--dry-run", "--human"]).stdout;
     assert!(
         said.contains(
-            "1 changed, 1 already as in the file, 1 row left as they are, to keep corrections \
+            "1 changed, 1 already as in the file, 1 row left as it is to keep corrections \
              made since (below)"
         ) && said.contains("Kept 1 field edited since the file's value")
             && said.contains("  A-2: status kept \"found alive\" (the file has \"missing\")\n")

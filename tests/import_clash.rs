@@ -450,4 +450,30 @@ C-3,Cy Obi
     assert_eq!(open[0]["value"], "Ann Lee", "{open:?}");
     let new_bo = json!({"case_number": "C-4", "name": "Bo Sani"}).to_string();
     agent::run(&a, &["put", "person", &new_bo]).ok();
+
+    // Two people named Ann Lee: keeping both cannot be said while name is a key (nothing
+    // would carry it to B); dropping the key settles the clash on both laptops.
+    agent::sync(&a, agent_b.addr());
+    assert_eq!(
+        clashes(&b).len(),
+        1,
+        "B learned the key and logged the clash"
+    );
+    let cid = clashes(&a)[0]["id"].to_string();
+    fails(
+        agent::run(&a, &["conflicts", "resolve", &cid, "--keep", "alive"]),
+        2,
+        &["is a name clash", "fieldsync import-keys drop person name"],
+    );
+    agent::run(&a, &["import-keys", "drop", "person", "name"]).ok();
+    agent::sync(&a, agent_b.addr());
+    for (who, dir) in [("A", &a), ("B", &b)] {
+        assert!(clashes(dir).is_empty(), "{who}: {:?}", clashes(dir));
+        let all = agent::conflicts(dir);
+        assert!(
+            all.iter().any(|c| c["resolved"]["how"]
+                == "settled: name is no longer an import key of person (dropped)"),
+            "{who}: {all:?}"
+        );
+    }
 }

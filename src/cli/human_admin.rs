@@ -137,8 +137,8 @@ pub fn imported(v: &Value) -> String {
         // row may keep one too): two numbers side by side read as a contradiction (trial 10).
         // "Fields edited in the field" read as a pun on two meanings of field (a newcomer).
         parts.push(format!(
-            "{} left as they are, to keep corrections made since (below)",
-            count(edited, "row", "rows")
+            "{} to keep corrections made since (below)",
+            count(edited, "row left as it is", "rows left as they are")
         ));
     }
     let kept = u(&v["deleted_kept"]);
@@ -226,9 +226,26 @@ pub fn imported(v: &Value) -> String {
             "{made} {what} the import key of {table} on every laptop of the deployment: another \
              record of {table} with the same {what} is refused there, or logged as a name clash \
              when laptops meet; import this list again by {them} (`--key {k}`); \
-             `fieldsync import-keys drop {table} {k}` undoes it.\n",
+             `fieldsync import-keys drop {table} {k}` makes it no key again (the records \
+             stay).\n",
             k = fields.join(",")
         );
+        let shared = u(&v["key_clashes"]);
+        if shared > 0 {
+            t += &format!(
+                "{} of {what} {} already shared by several records of {table}: each {} a name \
+                 clash on every laptop (`fieldsync conflicts`). If they are the same person \
+                 twice, settle them there; if {what} may repeat (names), the key is wrong: drop \
+                 it as above.\n",
+                count(shared, "value", "values"),
+                if shared == 1 { "was" } else { "were" },
+                if v["dry_run"] == true {
+                    "would be"
+                } else {
+                    "is now"
+                },
+            );
+        }
     }
     // Columns the type rules read half as numbers, half as text: said, since a postcode or a
     // decimal-comma column split that way is rarely meant (a newcomer's European CSV).
@@ -426,7 +443,7 @@ mod tests {
                     "  C-3: postcode kept 75002 (the file has \"75002\" as text, the record as a \
                      number)\n"
                 )
-                && said.contains("2 rows left as they are, to keep corrections made since"),
+                && said.contains("2 rows left as they are to keep corrections made since"),
             "{said}"
         );
         assert!(!said.contains("import key"), "{said}");

@@ -290,7 +290,9 @@ pub enum Command {
     /// values anyway. A record already here with the row's
     /// key values under another id (written with put) is updated, not doubled. Prints
     /// {"table","records","inserted","updated","unchanged","deleted_kept","changes",
-    /// "kept_edited","kept","kept_rows","new_key","mixed_types"}, every one always present:
+    /// "kept_edited","kept","kept_rows","new_key","key_clashes","mixed_types"}, every one
+    /// always present ("key_clashes": values of a new key records already shared, each a name
+    /// clash on every laptop):
     /// "changes" lists the first 20 changed fields of existing records as
     /// {"record","key","field","old","new"}; "new_key" names the --key fields when this import
     /// made them the table's import key on every laptop (else null); "mixed_types" the CSV or
@@ -321,6 +323,8 @@ pub enum Command {
         /// The file (`-` reads JSONL from standard input).
         file: PathBuf,
         /// Fields that identify a row (comma-separated): rows update the record with that key.
+        /// The first import by a key makes it the table's key on every laptop, kept unique
+        /// there (`fieldsync import-keys` lists and drops keys).
         #[arg(
             long,
             value_delimiter = ',',

@@ -211,6 +211,11 @@ pub struct ImportSummary {
     /// (`store/unique.rs`). `null` when the key was one already, or there is none. A newcomer
     /// made person names a deployment-wide key with one `--key name` and was not told.
     pub new_key: Option<Vec<String>>,
+    /// With `new_key`: how many values of the key live records of the table already shared
+    /// (records the file did not name), each logged as a name clash on every laptop as the key
+    /// is made; for a field that may repeat (names) a sign the key is wrong
+    /// (`fieldsync import-keys drop` undoes it). 0 otherwise.
+    pub key_clashes: u64,
     /// CSV and spreadsheet columns (not `--text` ones) read as numbers in some rows and as
     /// text in others, in the file's column order: said, because a postcode or phone column
     /// whose leading-zero values stay text while the others become numbers, or a decimal
@@ -847,8 +852,10 @@ fn run(
                             line,
                             message: format!(
                                 "{what}: {} records of {table} already have this key ({}), so \
-                                 the row cannot tell which to update: delete all but one \
-                                 (`fieldsync delete {table} ID`), then import again",
+                                 the row cannot tell which to update: if they are different \
+                                 people (names repeat), the key is wrong: import by another \
+                                 --key, or with --new-ids; if they are duplicates, delete all \
+                                 but one (`fieldsync delete {table} ID`), then import again",
                                 many.len(),
                                 many.iter()
                                     .map(|o| o.0.to_string())
@@ -929,6 +936,24 @@ fn run(
         }
     }
     let mixed_types = mixed_columns(types, opened_columns.as_deref(), &opts.text);
+    // A key new to the table whose values live records already share: each becomes a name
+    // clash on every laptop when the key is made (trial 8's design: two records of one person
+    // are settled by a person), which the summary counts, since for a field that may repeat
+    // (`--key name`) it means the key is wrong (a newcomer's import logged five, unannounced).
+    let key_clashes = match (&ids, &elsewhere) {
+        (Ids::Key(_), Some(index)) => {
+            let shared = index
+                .values()
+                .filter(|recs| recs.iter().filter(|r| r.1).count() > 1)
+                .count() as u64;
+            if shared > 0 && !store.import_key_recorded(table, &opts.key)? {
+                shared
+            } else {
+                0
+            }
+        }
+        _ => 0,
+    };
     let key_of_import = match ids {
         Ids::Key(_) => Some(opts.key.clone()),
         _ => None,
@@ -951,6 +976,7 @@ fn run(
             kept_edited: preview.kept_edited,
             kept: preview.kept,
             kept_rows: preview.kept_rows,
+            key_clashes: if new_key.is_some() { key_clashes } else { 0 },
             new_key,
             mixed_types,
             dry_run: true,
@@ -1012,6 +1038,7 @@ fn run(
         kept_edited: preview.kept_edited,
         kept: preview.kept,
         kept_rows: preview.kept_rows,
+        key_clashes: if new_key { key_clashes } else { 0 },
         new_key: key_of_import.filter(|_| new_key),
         mixed_types,
         dry_run: false,

@@ -303,6 +303,16 @@ fn remote_name_clash_keeps_both_and_logs_it_but_a_local_clash_is_refused() {
     assert!(e.is_invalid_input());
     assert_eq!(b.seq(), seq);
 
+    // Keeping both would settle it on this laptop only while the rule holds: refused.
+    let e = b.resolve_conflict(c.id, Keep::Alive).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("is a name clash: both records keep name until one is renamed")
+            && e.to_string().contains("out of `unique` in fieldsync.toml"),
+        "{e}"
+    );
+    assert!(b.conflicts().unwrap()[0].resolved.is_none());
+
     // Renaming settles it: the value is then free for a new record.
     let resolved = b
         .resolve_conflict(c.id, Keep::Value(json!("water-kit-2")))

@@ -327,6 +327,38 @@ impl Store {
                 )));
             }
         }
+        // Keeping both records of a name clash changes no record, so nothing would carry the
+        // decision to the other laptops, which keep logging the clash while the rule holds (a
+        // newcomer's "kept both records. The change syncs" did not): refused while the table
+        // still has the rule; once it is gone (a dropped key), settling it is this laptop's.
+        if let ConflictDetail::NameClash { field, .. } = &entry.detail {
+            let holds = b
+                .unique_rules(&entry.table)?
+                .iter()
+                .any(|r| r.name == *field);
+            if holds && !matches!(keep, Keep::Value(_) | Keep::Rename(..)) {
+                let key = field.split(',').count() > 1 || {
+                    !self.config.unique_fields(&entry.table).any(|f| f == field)
+                };
+                return Err(StoreError::BadResolution(format!(
+                    "conflict {id} is a name clash: both records keep {field} until one is \
+                     renamed (--keep-value JSON) or deleted, on every laptop; {}",
+                    if key {
+                        format!(
+                            "if {field} may repeat (two people can share a name), drop it as a \
+                             key: `fieldsync import-keys drop {} {field}` settles its clashes on \
+                             every laptop",
+                            entry.table
+                        )
+                    } else {
+                        format!(
+                            "if {field} may repeat, take it out of `unique` in fieldsync.toml \
+                             on every laptop"
+                        )
+                    }
+                )));
+            }
+        }
         let resolution = match &entry.detail {
             ConflictDetail::Merge { conflict } => conflicts::resolve(conflict, &keep)
                 .map_err(|e| StoreError::BadResolution(e.to_string()))?,
@@ -921,6 +953,28 @@ impl Batch<'_> {
             .keys_with_prefix(&keys::unique_rule(table, &rule.name))?
         {
             self.txn.remove(k);
+        }
+        // Its open name clashes are settled here too, on every laptop as the drop arrives: the
+        // records no longer break a rule (a newcomer's "kept both" resolved one laptop only).
+        for ck in self.txn.keys_with_prefix(&[keys::CONFLICT])? {
+            let Some(v) = self.txn.get(&ck)? else {
+                continue;
+            };
+            let mut entry: ConflictEntry = decode(&v)?;
+            let settled = matches!(&entry.detail, ConflictDetail::NameClash { field, .. }
+                if *field == rule.name)
+                && entry.table == table
+                && entry.resolved.is_none();
+            if settled {
+                entry.resolved = Some(Resolution {
+                    at: self.now,
+                    how: format!(
+                        "settled: {} is no longer an import key of {table} (dropped)",
+                        rule.name
+                    ),
+                });
+                self.txn.put(ck, encode(&entry));
+            }
         }
         Ok(())
     }
