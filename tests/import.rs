@@ -67,6 +67,17 @@ fn keyed_import_twice_is_a_no_op_and_a_changed_row_is_an_edit_with_history() {
         (&json!(50), &json!(0), &json!(0), &json!(50))
     );
     assert_eq!(second["new_key"], Value::Null, "the key was one already");
+    // The fingerprint includes the key record: said, with the digest of the records alone (an
+    // export imported elsewhere matches that one, not this).
+    let said = a.ok(&["digest", "--human"]).stdout;
+    assert!(
+        said.contains("(and 1 import key, fieldsync's own)")
+            && said.contains(
+                "fieldsync's own records are in it too; `fieldsync digest person` compares the \
+                 records of those tables alone."
+            ),
+        "{said}"
+    );
     assert_eq!(a.snapshot(), before, "an unchanged import writes nothing");
     // Another key would bind every laptop too: the import says so before it is made one.
     let said = a

@@ -853,10 +853,25 @@ pub fn digest(app: &App, tables: Vec<String>, io: &mut Io<'_>) -> Result<(), Cli
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        // fieldsync's own records are in the fingerprint: said, with how to compare records
+        // alone (a newcomer's export imported elsewhere matched `digest person`, not `digest`).
+        let own_note = if own_live > 0 {
+            format!(
+                "\nfieldsync's own records are in it too; `fieldsync digest {}` compares the \
+                 records of those tables alone.",
+                data.iter()
+                    .map(|t| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )
+        } else {
+            String::new()
+        };
         writeln!(
             io.out,
             "{} live records in {what}{plus}; content fingerprint (SHA-256):\n{sha}\n\
-             Another laptop showing the same fingerprint holds exactly the same live records.",
+             Another laptop showing the same fingerprint holds exactly the same live records.\
+             {own_note}",
             count.saturating_sub(own_live)
         )
         .map_err(CliError::Output)?;

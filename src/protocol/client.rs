@@ -189,6 +189,12 @@ fn tls_words(t: &rustls::Error) -> String {
         rustls::Error::AlertReceived(A::UnknownCA | A::BadCertificate) => {
             "the peer does not accept this laptop's certificate (another deployment?)".into()
         }
+        // Not TLS back: that port speaks something else, most often the HTTP API's plain HTTP
+        // (a newcomer gave the API port and read rustls' "InvalidContentType").
+        rustls::Error::InvalidMessage(_) => "it did not answer as a fieldsync sync port (no TLS \
+             back): is it another program's port, or this agent's HTTP API port (the sync port \
+             is the one `fieldsync status` shows as listening)?"
+            .into(),
         other => format!("TLS: {other}"),
     }
 }
@@ -296,6 +302,21 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
+    /// A port that answers without TLS (the HTTP API's, given by mistake) is said so, not as
+    /// rustls' "received corrupt message of type InvalidContentType".
+    #[test]
+    fn a_port_without_tls_is_named_as_such() {
+        let said = tls_words(&rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        ));
+        assert!(
+            said.starts_with("it did not answer as a fieldsync sync port")
+                && said.contains("HTTP API port")
+                && !said.contains("InvalidContentType"),
+            "{said}"
+        );
+    }
+
     use super::*;
 
     /// One notify call to `addr`, which must fail: in plaintext, or over TLS with `tls`.
