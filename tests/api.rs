@@ -472,6 +472,12 @@ fn every_error_is_json_with_a_code_and_writes_nothing() {
         b"{\"n\":9007199254740993.0}",
     )
     .error(400, "INEXACT_NUMBER");
+    // Past f64's range: the same, naming the field (it was MALFORMED_JSON, "a number is too
+    // large").
+    let e = api
+        .req("POST", "/v1/tables/person/records", &[], b"{\"n\":1e400}")
+        .error(400, "INEXACT_NUMBER");
+    assert_eq!(e["field"], "fields.n");
     api.req(
         "POST",
         "/v1/batch",

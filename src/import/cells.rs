@@ -105,8 +105,9 @@ pub(crate) fn first_inexact_number(json: &str) -> Option<Inexact> {
 /// True when the number written as `tok` keeps its value as a JSON number.
 fn exact(tok: &str) -> bool {
     let Ok(n) = tok.parse::<Number>() else {
-        // Not a number at all: serde_json reports it when parsing the whole text.
-        return true;
+        // Past f64's range (`1e400`: infinite) it is a number that cannot be stored; anything
+        // else is not a number at all, which serde_json reports when parsing the whole text.
+        return tok.parse::<f64>().map_or(true, f64::is_finite);
     };
     if n.is_i64() || n.is_u64() {
         return true;
@@ -153,6 +154,12 @@ mod tests {
         assert_eq!(text_cell("true", false), json!(true));
         assert_eq!(text_cell("[1, 2]", false), json!([1, 2]));
         assert_eq!(text_cell("\"34\"", false), json!("34"));
+        // Past f64's range: kept as written (text), and named as inexact in JSON text.
+        assert_eq!(text_cell("1e400", false), json!("1e400"));
+        assert_eq!(
+            first_inexact_number("{\"n\":1e400}").map(|b| (b.key, b.number)),
+            Some((Some("n".to_string()), "1e400".to_string()))
+        );
         // --text: as written, but a JSON-quoted cell (an export's) is still its text.
         assert_eq!(text_cell("\"75001\"", true), json!("75001"));
         assert_eq!(text_cell("75001", true), json!("75001"));
