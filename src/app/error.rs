@@ -174,47 +174,40 @@ pub(crate) fn api_words(text: &str) -> String {
     for (cli, api) in API_WORDS {
         out = out.replace(cli, api);
     }
-    // "(`fieldsync list TABLE` shows them)": the table varies, so it is not in the list.
-    const LIST: (&str, &str) = ("(`fieldsync list ", "` shows them)");
-    if let Some(start) = out.find(LIST.0) {
-        let rest = &out[start + LIST.0.len()..];
-        if let Some(end) = rest.find(LIST.1) {
-            let table = rest[..end].to_string();
-            let tail = rest[end + LIST.1.len()..].to_string();
-            out = format!(
-                "{}(GET /v1/tables/{table}/records lists them){tail}",
-                &out[..start]
-            );
-        }
-    }
-    // "`fieldsync delete TABLE ID`": the table varies.
-    const DELETE: (&str, &str) = ("`fieldsync delete ", " ID`");
-    if let Some(start) = out.find(DELETE.0) {
-        let rest = &out[start + DELETE.0.len()..];
-        if let Some(end) = rest.find(DELETE.1) {
-            let (table, tail) = (
-                rest[..end].to_string(),
-                rest[end + DELETE.1.len()..].to_string(),
-            );
-            out = format!(
-                "{}DELETE /v1/tables/{table}/records/ID{tail}",
-                &out[..start]
-            );
-        }
-    }
-    // "(`fieldsync get TABLE ID` shows it)": the record varies too.
-    const GET: (&str, &str) = ("(`fieldsync get ", "` shows it)");
-    if let Some(start) = out.find(GET.0) {
-        let rest = &out[start + GET.0.len()..];
-        if let Some((table, id)) = rest.find(GET.1).and_then(|end| rest[..end].split_once(' ')) {
-            let tail = &rest[rest.find(GET.1).unwrap_or(0) + GET.1.len()..];
-            out = format!(
-                "{}(GET /v1/tables/{table}/records/{id} shows it){tail}",
-                &out[..start]
-            );
-        }
-    }
+    // CLI commands whose table (and record) vary, so they are not in the list: each said as
+    // the request that does the same.
+    out = replace_between(&out, "(`fieldsync list ", "` shows them)", |table| {
+        Some(format!("(GET /v1/tables/{table}/records lists them)"))
+    });
+    out = replace_between(&out, "`fieldsync delete ", " ID`", |table| {
+        Some(format!("DELETE /v1/tables/{table}/records/ID"))
+    });
+    out = replace_between(&out, "(`fieldsync get ", "` shows it)", |inner| {
+        let (table, id) = inner.split_once(' ')?;
+        Some(format!("(GET /v1/tables/{table}/records/{id} shows it)"))
+    });
     out
+}
+
+/// `text` with its first `open … close` replaced by what `say` makes of the text between them
+/// (unchanged when either is missing or `say` declines).
+fn replace_between(
+    text: &str,
+    open: &str,
+    close: &str,
+    say: impl Fn(&str) -> Option<String>,
+) -> String {
+    let Some(start) = text.find(open) else {
+        return text.to_string();
+    };
+    let rest = &text[start + open.len()..];
+    let Some(end) = rest.find(close) else {
+        return text.to_string();
+    };
+    match say(&rest[..end]) {
+        Some(said) => format!("{}{said}{}", &text[..start], &rest[end + close.len()..]),
+        None => text.to_string(),
+    }
 }
 
 impl From<ValidationError> for AppError {

@@ -383,13 +383,9 @@ pub fn parse_json_with(text: &[u8], hint: &str) -> Result<Value, AppError> {
     // A number past f64's range (`1e400`) fails serde_json's parse as "number out of range":
     // it is an inexact number, said naming its field as the README promises, not malformed
     // JSON (a newcomer's).
-    let v: Value =
-        serde_json::from_str(text).map_err(|e| {
-            match crate::import::first_inexact_number(text) {
-                Some(bad) if e.is_data() || e.to_string().contains("out of range") => inexact(bad),
-                _ => malformed(e, hint),
-            }
-        })?;
+    let v: Value = serde_json::from_str(text).map_err(|e| {
+        crate::import::first_inexact_number(text).map_or_else(|| malformed(e, hint), inexact)
+    })?;
     if let Some(bad) = crate::import::first_inexact_number(text) {
         return Err(inexact(bad));
     }

@@ -940,31 +940,24 @@ fn run(
     // clash on every laptop when the key is made (trial 8's design: two records of one person
     // are settled by a person), which the summary counts, since for a field that may repeat
     // (`--key name`) it means the key is wrong (a newcomer's import logged five, unannounced).
-    let key_clashes = match (&ids, &elsewhere) {
-        (Ids::Key(_), Some(index)) => {
-            let shared = index
-                .values()
-                .filter(|recs| recs.iter().filter(|r| r.1).count() > 1)
-                .count() as u64;
-            if shared > 0 && !store.import_key_recorded(table, &opts.key)? {
-                shared
-            } else {
-                0
-            }
-        }
-        _ => 0,
-    };
+    // The key this import would make (a `--key` not yet one of the table's, and rows to
+    // import), read once here; the store's `record_import_key` says whether it made it.
     let key_of_import = match ids {
-        Ids::Key(_) => Some(opts.key.clone()),
+        Ids::Key(_) if records > 0 && !store.import_key_recorded(table, &opts.key)? => {
+            Some(opts.key.clone())
+        }
         _ => None,
+    };
+    let key_clashes = match (&key_of_import, &elsewhere) {
+        (Some(_), Some(index)) => index
+            .values()
+            .filter(|recs| recs.iter().filter(|r| r.1).count() > 1)
+            .count() as u64,
+        _ => 0,
     };
     if opts.dry_run {
         drop(in_chunk);
         check_duplicates(all_ids, &ids, opts, unit)?;
-        let new_key = match key_of_import {
-            Some(k) if records > 0 && !store.import_key_recorded(table, &k)? => Some(k),
-            _ => None,
-        };
         return Ok(ImportSummary {
             table: table.to_string(),
             records,
@@ -976,8 +969,8 @@ fn run(
             kept_edited: preview.kept_edited,
             kept: preview.kept,
             kept_rows: preview.kept_rows,
-            key_clashes: if new_key.is_some() { key_clashes } else { 0 },
-            new_key,
+            key_clashes,
+            new_key: key_of_import,
             mixed_types,
             dry_run: true,
         });

@@ -194,14 +194,12 @@ impl super::Store {
         if table.starts_with(crate::model::SYSTEM_PREFIX) {
             return Ok(rules(configured, None));
         }
-        let mut keys: Vec<Vec<String>> = Vec::new();
-        for r in self.scan_table(crate::model::IMPORT_KEYS_TABLE) {
-            if let Some((t, k)) = parse_import_key(&r?.1.state) {
-                if t == table && !keys.contains(&k) {
-                    keys.push(k);
-                }
-            }
-        }
+        let keys: Vec<Vec<String>> = self
+            .import_keys()?
+            .into_iter()
+            .filter(|(t, _)| t == table)
+            .map(|(_, k)| k)
+            .collect();
         Ok(rules(configured, Some(&keys)))
     }
 
